@@ -1,0 +1,64 @@
+"""Name -> constructor registries, so that a config or a CLI flag picks a component by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from metamodal.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A registry of constructors by name, in the style of timm's model registry.
+
+    Args:
+        family: what the registry holds, used in error messages ("encoder", "fusion", ...).
+
+    Example:
+        >>> fusions = Registry("fusion")
+        >>> @fusions.register("mean")
+        ... class Mean: ...
+        >>> type(fusions.create("mean")).__name__
+        'Mean'
+    """
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self._entries: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator that registers a class or factory under ``name``."""
+
+        def decorate(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ValueError(f"{self.family} {name!r} is registered twice")
+            self._entries[name] = factory
+            return factory
+
+        return decorate
+
+    def get(self, name: str) -> Callable[..., T]:
+        """The constructor registered as ``name``; `UnknownNameError` lists the known names."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(
+                f"unknown {self.family} {name!r}",
+                fix=f"use one of: {', '.join(self.names())}",
+            ) from None
+
+    def create(self, name: str, **kwargs: Any) -> T:
+        """Build the component registered as ``name`` with keyword arguments."""
+        return self.get(name)(**kwargs)
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __repr__(self) -> str:
+        return f"Registry({self.family!r}, {self.names()})"

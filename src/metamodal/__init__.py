@@ -1,3 +1,47 @@
-"""metamodal: few-shot learning on multimodal data."""
+"""metamodal: few-shot learning on multimodal data.
+
+The public API is imported lazily, so ``import metamodal`` stays cheap:
+
+>>> import metamodal
+>>> sorted(metamodal.__all__)[:3]
+['ConfigError', 'DatasetError', 'EpisodeSampler']
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_dataset": "metamodal.data.dataset",
+    "MultimodalDataset": "metamodal.data.dataset",
+    "EpisodeSampler": "metamodal.data.episodes",
+    "read_episode_file": "metamodal.data.episodes",
+    "write_episode_file": "metamodal.data.episodes",
+    "split_classes": "metamodal.data.splits",
+    "Preprocessor": "metamodal.data.preprocess",
+    "make_synthetic": "metamodal.datasets.synthetic",
+    "encoders": "metamodal.encoders",
+    "fusions": "metamodal.fusion",
+    "learners": "metamodal.learners",
+    "FewShotModel": "metamodal.learners.model",
+    "Trainer": "metamodal.train.trainer",
+    "TrainConfig": "metamodal.train.config",
+    "load_run": "metamodal.train.run",
+    "evaluate": "metamodal.evaluate.protocol",
+    "FewShotClassifier": "metamodal.api",
+    "MetamodalError": "metamodal.errors",
+    "DatasetError": "metamodal.errors",
+    "ConfigError": "metamodal.errors",
+    "RunError": "metamodal.errors",
+    "ModalityError": "metamodal.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'metamodal' has no attribute {name!r}")

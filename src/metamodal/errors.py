@@ -20,9 +20,11 @@ class LocatedError(MetamodalError):
         fix: one sentence saying how to fix it.
 
     Example:
-        >>> str(DatasetError("empty id", file="samples.csv", row=3, column="id", fix="give it an id"))
-        'samples.csv, row 3, column id: empty id (fix: give it an id)'
+        >>> str(DatasetError("empty id", file="samples.csv", row=3, column="id", fix="add one"))
+        'samples.csv, row 3, column id: empty id (fix: add one)'
     """
+
+    column_label = "column"
 
     def __init__(
         self,
@@ -48,7 +50,7 @@ class LocatedError(MetamodalError):
         if self.row is not None:
             parts.append(f"row {self.row}")
         if self.column is not None:
-            parts.append(f"column {self.column}")
+            parts.append(f"{self.column_label} {self.column}")
         return ", ".join(parts)
 
     def __str__(self) -> str:
@@ -66,7 +68,9 @@ class InsufficientSamplesError(DatasetError):
 
 
 class ConfigError(LocatedError):
-    """A configuration value (TOML file or flag) is invalid."""
+    """A configuration value (TOML file or flag) is invalid; ``column`` holds the key."""
+
+    column_label = "key"
 
 
 class UnknownNameError(ConfigError, KeyError):

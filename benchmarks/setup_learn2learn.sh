@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Make a throwaway virtual environment with learn2learn 0.2.0 and metamodal, to run
+# benchmarks/data.py side by side with learn2learn's TaskDataset.
+#
+#   bash benchmarks/setup_learn2learn.sh ENV_DIR
+#   ENV_DIR/bin/python benchmarks/data.py
+#
+# learn2learn is built from its source distribution with its Cython extensions regenerated
+# (its shipped .c files do not build against current Python headers). torch is pinned to 2.13.0,
+# the CPU build the project uses. Never point ENV_DIR at the project's own environment.
+set -euo pipefail
+
+if [[ $# -ne 1 ]]; then
+    echo "usage: $0 ENV_DIR   (a new, throwaway directory)" >&2
+    exit 2
+fi
+ENV_DIR=$1
+PROJECT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${PYTHON:-python3}
+
+if [[ -e "$ENV_DIR" && ! -x "$ENV_DIR/bin/python" ]]; then
+    echo "$ENV_DIR exists and is not a virtual environment; give a new directory" >&2
+    exit 2
+fi
+if [[ "$(cd "$(dirname "$ENV_DIR")" && pwd)/$(basename "$ENV_DIR")" == "$PROJECT/.venv" ]]; then
+    echo "refusing to touch the project's own environment; give a throwaway directory" >&2
+    exit 2
+fi
+
+"$PYTHON" -m venv "$ENV_DIR"
+PIP=("$ENV_DIR/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install --upgrade pip setuptools wheel
+"${PIP[@]}" install "torch==2.13.0" numpy requests tqdm cython
+"${PIP[@]}" install -e "$PROJECT"
+
+BUILD=$(mktemp -d)
+trap 'rm -rf "$BUILD"' EXIT
+"${PIP[@]}" download --no-deps --no-binary :all: --no-build-isolation --dest "$BUILD" "learn2learn==0.2.0"
+tar -xzf "$BUILD"/learn2learn-0.2.0.tar.gz -C "$BUILD"
+SRC="$BUILD/learn2learn-0.2.0"
+# Regenerate the Cython extensions instead of compiling the stale generated C.
+find "$SRC/learn2learn" -name '*.c' -delete
+sed -i 's/^use_cython = .*/use_cython = True/' "$SRC/setup.py"
+grep -q '^use_cython = True' "$SRC/setup.py" || {
+    echo "could not switch setup.py to use_cython = True" >&2
+    exit 1
+}
+(cd "$SRC" && "${PIP[@]}" install --no-deps --no-build-isolation .)
+
+echo "learn2learn environment ready: $ENV_DIR/bin/python $PROJECT/benchmarks/data.py"

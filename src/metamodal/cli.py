@@ -1,0 +1,303 @@
+"""The ``metamodal`` command: every verb is a thin shell over the library API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from metamodal.errors import ConfigError, MetamodalError
+
+
+def _modalities(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    result = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"{flag} expects MODALITY=NAME, got {item!r}", column=flag,
+                              fix=f"e.g. {flag} image=conv4")
+        key, value = item.split("=", 1)
+        result[key.strip()] = value.strip()
+    return result
+
+
+def _write_json(path: str | None, data: Any) -> None:
+    if path:
+        from metamodal.io import atomic_write_json
+
+        atomic_write_json(path, data)
+
+
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from metamodal.datasets.synthetic import make_synthetic
+
+    out = make_synthetic(args.out, classes=args.classes, per_class=args.per_class,
+                         seed=args.seed, missing_rate=args.missing_rate, noise=args.noise,
+                         attribute_values=args.attribute_values, image_size=args.image_size,
+                         overwrite=args.overwrite)
+    print(f"wrote {args.classes} classes x {args.per_class} samples to {out}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from metamodal.data.inspect import format_inspection, inspect_dataset
+
+    report = inspect_dataset(args.dir)
+    print(format_inspection(report))
+    _write_json(args.json, report.to_dict())
+    return 0 if report.ok else 1
+
+
+def _train_config(args: argparse.Namespace):
+    from metamodal.train.config import TrainConfig, load_config
+
+    config = load_config(args.config) if args.config else TrainConfig()
+    flags: dict[str, Any] = {}
+    for key in ("learner", "fusion", "ways", "shots", "queries", "steps", "seed", "lr", "dim",
+                "val_every", "val_episodes", "patience", "device", "batch_size",
+                "checkpoint_every"):
+        value = getattr(args, key)
+        if value is not None:
+            flags[key] = value
+    if args.data:
+        flags["data"] = str(args.data)
+    if args.modalities:
+        flags["modalities"] = _modalities(args.modalities)
+    if args.encoder:
+        flags["encoders"] = {**config.encoders, **_pairs(args.encoder, "--encoder")}
+    if args.no_cache:
+        flags["cache"] = False
+    config = config.updated(flags)
+    if not config.data:
+        raise ConfigError("no dataset given", column="data",
+                          fix="pass --data DIR or set data in the config file")
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metamodal.train.trainer import Trainer
+
+    config = _train_config(args)
+    result = Trainer(config, args.out, progress=not args.no_progress).fit(resume=args.resume)
+    print(f"run: {result.run_dir}  steps: {result.steps}  best validation accuracy: "
+          f"{result.best_val_accuracy:.4f} (step {result.best_step})"
+          + ("  [stopped early]" if result.stopped_early else ""))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from metamodal.data.episodes import read_episode_file
+    from metamodal.evaluate.ablation import modality_ablation
+    from metamodal.evaluate.protocol import evaluate, evaluate_episodes
+    from metamodal.evaluate.report import format_results_table
+    from metamodal.evaluate.robustness import missing_modality_curve
+    from metamodal.train.run import load_run, load_run_data
+
+    run = load_run(args.run)
+    prepared = load_run_data(run, args.data)
+    split = prepared.split
+    classes = {"train": split.train, "val": split.val, "test": split.test,
+               "all": split.train + split.val + split.test}[args.split]
+    modalities = _modalities(args.modalities) if args.modalities else None
+    common = dict(ways=args.ways, shots=args.shots, queries=args.queries,
+                  episodes=args.episodes_count, seed=args.seed, modalities=modalities)
+    if args.episodes:
+        episodes = read_episode_file(args.episodes, prepared.store)
+        result = evaluate_episodes(run.model, prepared.store, episodes, modalities=modalities)
+    else:
+        result = evaluate(run.model, prepared.store, classes, progress=True, **common)
+    name = f"{run.config.learner}+{run.config.fusion}"
+    print(format_results_table({name: result}))
+    output: dict[str, Any] = {**result.to_dict(), "run": str(args.run), "split": args.split}
+    if args.ablation and not args.episodes:
+        rows = modality_ablation(run.model, prepared.store, classes, **common)
+        print(format_results_table({r.name: r for r in rows}))
+        output["ablation"] = [r.to_dict() for r in rows]
+    if args.robustness and not args.episodes:
+        curves = missing_modality_curve(run.model, prepared.store, classes, **common)
+        output["robustness"] = {m: [r.to_dict() for r in rs] for m, rs in curves.items()}
+        for modality, rows in curves.items():
+            print(f"without {modality}: " + "  ".join(
+                f"{100 * r.accuracy:.1f}±{100 * r.ci95:.1f}" for r in rows))
+    _write_json(args.json, output)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from metamodal.api import FewShotClassifier
+
+    classifier = FewShotClassifier(args.run).fit(args.support)
+    from metamodal.data.dataset import load_sample_table
+
+    query = load_sample_table(args.query, classifier._run.schema, require_label=False)
+    probabilities = classifier.predict_proba(query)
+    rows = []
+    for sample_id, p in zip(query.ids, probabilities, strict=True):
+        best = int(p.argmax())
+        rows.append({"id": sample_id, "prediction": classifier.classes_[best],
+                     "probability": float(p[best]),
+                     "probabilities": dict(zip(classifier.classes_, map(float, p), strict=True))})
+    width = max(len(str(r["id"])) for r in rows) if rows else 2
+    print(f"{'id':<{width}}  prediction  probability")
+    for r in rows:
+        print(f"{r['id']:<{width}}  {r['prediction']}  {r['probability']:.3f}")
+    _write_json(args.json, {"classes": classifier.classes_, "predictions": rows})
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from metamodal.evaluate.ablation import modality_ablation
+    from metamodal.evaluate.protocol import evaluate
+    from metamodal.evaluate.report import write_report
+    from metamodal.evaluate.robustness import missing_modality_curve
+    from metamodal.train.logger import read_metrics
+    from metamodal.train.run import load_run, load_run_data
+
+    run = load_run(args.run)
+    prepared = load_run_data(run)
+    test = prepared.split.test
+    common = dict(ways=args.ways, shots=args.shots, queries=args.queries,
+                  episodes=args.episodes_count, seed=args.seed)
+    name = f"{run.config.learner}+{run.config.fusion}"
+    results = {name: evaluate(run.model, prepared.store, test, progress=True, **common)}
+    path = write_report(
+        Path(args.run) / "report", results=results,
+        ablation=modality_ablation(run.model, prepared.store, test, **common),
+        robustness=missing_modality_curve(run.model, prepared.store, test, **common),
+        learning_curve=read_metrics(args.run), title=f"metamodal run {Path(args.run).name}")
+    print(f"report: {path / 'index.html'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from metamodal.demo import DemoSettings, run_demo
+
+    settings = DemoSettings()
+    if args.quick:
+        settings = DemoSettings(classes=40, per_class=12, steps=60, baseline_steps=60,
+                                episodes=600, robustness_episodes=100)
+    if args.seed is not None:
+        settings.seed = args.seed
+    result = run_demo(args.out, data=args.data, settings=settings,
+                      progress=not args.no_progress, echo=print)
+    print("\nVerdict: fused model beats the best single modality at 5-way 1-shot beyond the "
+          f"95% intervals: {'yes' if result.fused_beats_best_single else 'no'}; "
+          f"beats both baselines: {'yes' if result.fused_beats_baselines else 'no'}.")
+    return 0
+
+
+def _add_episode_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ways", type=int, default=5, help="classes per episode (default 5)")
+    parser.add_argument("--shots", type=int, default=1, help="support samples per class")
+    parser.add_argument("--queries", type=int, default=15, help="query samples per class")
+    parser.add_argument("--episodes-count", type=int, default=600,
+                        help="test episodes (default 600)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the episodes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``metamodal`` command."""
+    parser = argparse.ArgumentParser(
+        prog="metamodal",
+        description="Few-shot learning on multimodal data: meta-train, evaluate, predict.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the whole pipeline on the embedded dataset")
+    p.add_argument("--out", default="metamodal-demo", help="demo directory")
+    p.add_argument("--data", help="use this dataset instead of generating one")
+    p.add_argument("--quick", action="store_true", help="a small, fast version (a smoke run)")
+    p.add_argument("--seed", type=int, help="seed of data, training and episodes")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("inspect", help="validate a dataset directory and describe it")
+    p.add_argument("dir", help="dataset directory")
+    p.add_argument("--json", help="also write the findings as JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("make-synthetic", help="write the embedded five-modality dataset")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--per-class", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--missing-rate", type=float, default=0.1,
+                   help="probability that a modality is missing in a sample")
+    p.add_argument("--noise", type=float, default=0.5,
+                   help="nuisance strength in every modality (0 clean, 1-2 hard)")
+    p.add_argument("--attribute-values", type=int, default=3,
+                   help="values per latent attribute (2-5); fewer = weaker single modalities")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_make_synthetic)
+
+    p = sub.add_parser("train", help="meta-train a model; writes a run directory")
+    p.add_argument("--data", help="dataset directory")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--config", help="TOML config (flags override it)")
+    p.add_argument("--learner", help="e.g. protonet, matchingnet, relationnet, siamese, "
+                   "nearest-centroid, finetune")
+    p.add_argument("--fusion", help="e.g. gated, concat, mean, attention, tensor, lowrank, late")
+    p.add_argument("--modalities", help="comma-separated modalities to use")
+    p.add_argument("--encoder", action="append", metavar="MODALITY=NAME",
+                   help="encoder of a modality, e.g. image=resnet12 (repeatable)")
+    for flag, kind in (("--ways", int), ("--shots", int), ("--queries", int), ("--steps", int),
+                       ("--seed", int), ("--lr", float), ("--dim", int), ("--val-every", int),
+                       ("--val-episodes", int), ("--patience", int), ("--batch-size", int),
+                       ("--checkpoint-every", int)):
+        p.add_argument(flag, type=kind)
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--no-cache", action="store_true", help="do not cache decoded tensors")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run on test episodes")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", help="another dataset (default: the run's own)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    p.add_argument("--episodes", help="fixed episode file (episodes.jsonl)")
+    p.add_argument("--modalities", help="evaluate with only these modalities")
+    p.add_argument("--ablation", action="store_true", help="also each modality alone / left out")
+    p.add_argument("--robustness", action="store_true", help="also missing-modality curves")
+    p.add_argument("--json", help="write the results as JSON")
+    _add_episode_flags(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="classify query samples from a labelled support set")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--support", required=True, help="labelled support samples (csv/jsonl/parquet)")
+    p.add_argument("--query", required=True, help="query samples (csv/jsonl/parquet)")
+    p.add_argument("--json", help="write the predictions as JSON")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="write a run's report (plots, tables, index.html)")
+    p.add_argument("run", help="run directory")
+    _add_episode_flags(p)
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``metamodal`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except MetamodalError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

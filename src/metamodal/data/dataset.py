@@ -1,0 +1,380 @@
+"""A multimodal dataset: its schema, its sample table, ids, labels, groups and raw cells.
+
+`load_dataset` reads a dataset directory (``dataset.toml`` + ``samples.*`` + media files) and
+validates it; `load_sample_table` reads a support / query table given at prediction time
+against a known schema. Nothing is decoded here: `metamodal.data.preprocess` turns the cells
+into tensors.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from metamodal.data.loaders.base import Cell, DecodeContext
+from metamodal.data.schema import SCHEMA_FILE, DatasetSchema, ModalitySpec, load_schema
+from metamodal.data.table import TABLE_SUFFIXES, SampleTable, read_samples
+from metamodal.errors import DatasetError, ModalityError, UnknownNameError
+
+ID_COLUMN = "id"
+"""The column holding each sample's unique id."""
+
+SAMPLE_FILES = tuple(f"samples{suffix}" for suffix in TABLE_SUFFIXES)
+"""Default sample-table names, searched in this order when the schema names none."""
+
+
+class MultimodalDataset:
+    """Samples of a dataset: ids, labels, groups and the raw cells of every modality.
+
+    The constructor does not validate; use `load_dataset` or `load_sample_table`, which do.
+
+    Args:
+        root: directory that relative media paths are resolved against.
+        schema: the dataset's schema.
+        table: the sample table.
+        indices: 0-based table rows this dataset holds (default: all, in order).
+
+    Attributes:
+        ids: sample ids, one per sample.
+        labels: class label per sample; ``None`` only for unlabelled rows of a table read with
+            ``load_sample_table(..., require_label=False)``.
+        groups: group per sample when the schema declares a group column, else ``None``.
+        classes: sorted unique labels.
+
+    Example:
+        >>> from metamodal.data.schema import ModalitySpec
+        >>> schema = DatasetSchema("toy", "y", modalities={"t": ModalitySpec("t", "text", "t")})
+        >>> table = SampleTable("s.csv", {"id": ["a", "b"], "y": ["P", "Q"], "t": ["hi", None]}, 2)
+        >>> ds = MultimodalDataset(".", schema, table)
+        >>> ds.cells("t"), ds.rows(), ds.classes
+        (['hi', None], [1, 2], ['P', 'Q'])
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        schema: DatasetSchema,
+        table: SampleTable,
+        indices: Sequence[int] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.schema = schema
+        self.table = table
+        self._indices = list(range(table.n_rows)) if indices is None else list(indices)
+        self.ids: list[str] = [cell or "" for cell in self._column(ID_COLUMN)]
+        self.labels: list[str | None] = self._column(schema.label)
+        self.groups: list[str | None] | None = (
+            self._column(schema.group)
+            if schema.group is not None and schema.group in table.columns
+            else None
+        )
+        self.classes: list[str] = sorted({label for label in self.labels if label is not None})
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __repr__(self) -> str:
+        return (
+            f"MultimodalDataset({self.schema.name!r}, samples={len(self)}, "
+            f"classes={len(self.classes)}, modalities={list(self.schema.modalities)})"
+        )
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modality names, in schema order."""
+        return list(self.schema.modalities)
+
+    def rows(self) -> list[int]:
+        """1-based row of each sample in the sample table (for error messages)."""
+        return [index + 1 for index in self._indices]
+
+    def cells(self, modality: str) -> list[Cell]:
+        """One raw cell per sample for ``modality``: ``None`` where missing; a tabular
+        modality gives the list of its columns' cells (``None`` when all are empty)."""
+        spec = self._spec(modality)
+        if spec.columns is None:
+            return self._column(str(spec.column))
+        columns = [self._column(name) for name in spec.columns]
+        cells: list[Cell] = []
+        for values in zip(*columns, strict=True):
+            cells.append(None if all(v is None for v in values) else list(values))
+        return cells
+
+    def context(self, modality: str, problems: list[DatasetError] | None = None) -> DecodeContext:
+        """The `DecodeContext` for decoding ``modality``'s cells (rows, column, root)."""
+        spec = self._spec(modality)
+        return DecodeContext(
+            root=self.root,
+            table_file=self.table.file,
+            rows=self.rows(),
+            column=spec.column if spec.column is not None else modality,
+            problems=problems,
+        )
+
+    def subset(self, indices: Sequence[int]) -> MultimodalDataset:
+        """The samples at positions ``indices`` of this dataset, as a new dataset."""
+        return MultimodalDataset(
+            self.root, self.schema, self.table, [self._indices[i] for i in indices]
+        )
+
+    def _spec(self, modality: str) -> ModalitySpec:
+        if modality not in self.schema.modalities:
+            raise UnknownNameError(
+                f"unknown modality {modality!r}",
+                fix=f"use one of: {', '.join(self.schema.modalities)}",
+            )
+        return self.schema.modalities[modality]
+
+    def _column(self, name: str) -> list[str | None]:
+        """This dataset's cells of a table column; all ``None`` when the table lacks it."""
+        column = self.table.columns.get(name)
+        if column is None:
+            return [None] * len(self._indices)
+        return [column[i] for i in self._indices]
+
+
+def load_dataset(path: str | Path) -> MultimodalDataset:
+    """Read and validate a dataset directory.
+
+    Checks: the schema (see `load_schema`); the sample table (the schema's ``samples`` or the
+    first of ``samples.csv|jsonl|parquet``) has an ``id`` column with unique non-empty ids, the
+    label column with a label in every row, the group column (when declared) with a group in
+    every row and one group per class, and every modality column. Empty modality cells are
+    missing modalities, which is normal. Media files are checked when decoded.
+
+    Args:
+        path: the dataset directory (or its ``dataset.toml``).
+
+    Raises:
+        DatasetError: the first problem found; ``metamodal inspect`` lists all of them.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / "dataset.toml").write_text(
+        ...     'label = "y"\\n[modalities.note]\\nkind = "text"\\ncolumn = "note"\\n')
+        >>> _ = (d / "samples.csv").write_text("id,y,note\\na,P,hello\\nb,Q,\\n")
+        >>> ds = load_dataset(d)
+        >>> ds.ids, ds.labels, ds.cells("note")
+        (['a', 'b'], ['P', 'Q'], ['hello', None])
+    """
+    root = dataset_root(path)
+    schema = load_schema(root)
+    table = read_samples(samples_path(root, schema))
+    problems = check_table(table, schema)
+    if problems:
+        raise problems[0]
+    return MultimodalDataset(root, schema, table)
+
+
+def load_sample_table(
+    path: str | Path, schema: DatasetSchema, require_label: bool = True
+) -> MultimodalDataset:
+    """Read a support or query table given at prediction time, against a known schema.
+
+    Media paths are relative to the table's directory. A modality column the table lacks is
+    treated as missing for every sample (with a warning); a table with none of them is an
+    error. The group column is not needed.
+
+    Args:
+        path: a ``.csv``, ``.jsonl`` or ``.parquet`` table with an ``id`` column.
+        schema: the schema the model was trained with.
+        require_label: when False, the label column may be absent or empty (queries).
+
+    Raises:
+        DatasetError: the first problem found.
+
+    Example:
+        >>> import tempfile
+        >>> from metamodal.data.schema import ModalitySpec
+        >>> f = Path(tempfile.mkdtemp()) / "query.csv"
+        >>> _ = f.write_text("id,note\\nq1,hello\\n")
+        >>> spec = ModalitySpec("note", "text", "note")
+        >>> schema = DatasetSchema("toy", "y", modalities={"note": spec})
+        >>> load_sample_table(f, schema, require_label=False).labels
+        [None]
+    """
+    path = Path(path)
+    table = read_samples(path)
+    problems = check_table(
+        table, schema, require_label=require_label, require_group=False, require_modalities=False
+    )
+    if problems:
+        raise problems[0]
+    wanted = [c for spec in schema.modalities.values() for c in spec.source_columns()]
+    absent = [c for c in wanted if c not in table.columns]
+    if len(absent) == len(wanted):
+        raise ModalityError(
+            "the table has none of the modality columns",
+            file=table.file,
+            fix=f"add at least one of: {', '.join(wanted)}",
+        )
+    if absent:
+        warnings.warn(
+            f"{table.file}: no column {absent}; those modalities are missing for every sample",
+            stacklevel=2,
+        )
+    return MultimodalDataset(path.parent, schema, table)
+
+
+def dataset_root(path: str | Path) -> Path:
+    """The dataset directory of ``path`` (a directory, or its ``dataset.toml``).
+
+    Example:
+        >>> dataset_root("my-dataset").name
+        'my-dataset'
+    """
+    path = Path(path)
+    return path.parent if path.name == SCHEMA_FILE and path.is_file() else path
+
+
+def samples_path(root: Path, schema: DatasetSchema) -> Path:
+    """The sample table of a dataset: the schema's ``samples``, else the first default name.
+
+    Raises:
+        DatasetError: the named table does not exist, or no default table is there.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = (root / "samples.jsonl").write_text('{"id": "a"}\\n')
+        >>> samples_path(root, DatasetSchema("toy", "y")).name
+        'samples.jsonl'
+    """
+    if schema.samples is not None:
+        path = root / schema.samples
+        if not path.is_file():
+            raise DatasetError(
+                f"the sample table {schema.samples!r} named by `samples` does not exist",
+                file=str(root / SCHEMA_FILE),
+                column="samples",
+                fix="correct `samples` (a path relative to the dataset directory)",
+            )
+        return path
+    for name in SAMPLE_FILES:
+        if (root / name).is_file():
+            return root / name
+    raise DatasetError(
+        "no sample table found",
+        file=str(root),
+        fix=f"add one of {', '.join(SAMPLE_FILES)} or set `samples` in {SCHEMA_FILE}",
+    )
+
+
+def check_table(
+    table: SampleTable,
+    schema: DatasetSchema,
+    *,
+    require_label: bool = True,
+    require_group: bool = True,
+    require_modalities: bool = True,
+) -> list[DatasetError]:
+    """Every problem of a sample table against its schema (empty list when fine).
+
+    Args:
+        table: the sample table.
+        schema: the dataset schema.
+        require_label: the label column must exist with a label in every row.
+        require_group: a declared group column must exist, fill every row, and give each
+            class one group (splits are made by group, so a class in two groups would leak).
+        require_modalities: every modality column must exist.
+
+    Example:
+        >>> schema = DatasetSchema("toy", "y")
+        >>> t = SampleTable("s.csv", {"id": ["a", "a"], "y": ["P", None]}, 2)
+        >>> [(p.row, p.column, p.message) for p in check_table(t, schema)]
+        [(2, 'id', "duplicate id 'a' (also in row 1)"), (2, 'y', 'empty label')]
+    """
+    problems: list[DatasetError] = []
+    file = table.file
+
+    def absent(column: str, what: str) -> bool:
+        if column in table.columns:
+            return False
+        problems.append(
+            DatasetError(
+                f"{what} column not found",
+                file=file,
+                column=column,
+                fix=f"add the column (the table has: {', '.join(table.columns)})",
+            )
+        )
+        return True
+
+    if not absent(ID_COLUMN, "the id"):
+        first_row: dict[str, int] = {}
+        for row, sample_id in enumerate(table.columns[ID_COLUMN], start=1):
+            if sample_id is None:
+                problems.append(
+                    DatasetError(
+                        "empty id",
+                        file=file,
+                        row=row,
+                        column=ID_COLUMN,
+                        fix="give every sample a unique id",
+                    )
+                )
+            elif sample_id in first_row:
+                problems.append(
+                    DatasetError(
+                        f"duplicate id {sample_id!r} (also in row {first_row[sample_id]})",
+                        file=file,
+                        row=row,
+                        column=ID_COLUMN,
+                        fix="give every sample a unique id",
+                    )
+                )
+            else:
+                first_row[sample_id] = row
+    if require_label and not absent(schema.label, "the label"):
+        for row, label in enumerate(table.columns[schema.label], start=1):
+            if label is None:
+                problems.append(
+                    DatasetError(
+                        "empty label",
+                        file=file,
+                        row=row,
+                        column=schema.label,
+                        fix=f"give every sample its class in column {schema.label}",
+                    )
+                )
+    if require_group and schema.group is not None and not absent(schema.group, "the group"):
+        problems += _check_groups(table, schema.label, schema.group)
+    if require_modalities:
+        for spec in schema.modalities.values():
+            for column in spec.source_columns():
+                absent(column, f"modality {spec.name!r}:")
+    return problems
+
+
+def _check_groups(table: SampleTable, label: str, group: str) -> list[DatasetError]:
+    """Group cells are filled, and each class lies in one group."""
+    problems: list[DatasetError] = []
+    labels = table.columns.get(label, [None] * table.n_rows)
+    seen: dict[str, tuple[str, int]] = {}
+    for row, (cls, grp) in enumerate(zip(labels, table.columns[group], strict=True), start=1):
+        if grp is None:
+            problems.append(
+                DatasetError(
+                    "empty group",
+                    file=table.file,
+                    row=row,
+                    column=group,
+                    fix=f"give every sample the group of its class in column {group}",
+                )
+            )
+        elif cls is not None:
+            first = seen.setdefault(cls, (grp, row))
+            if first[0] != grp:
+                problems.append(
+                    DatasetError(
+                        f"class {cls!r} is in group {grp!r} here but in {first[0]!r} "
+                        f"in row {first[1]}",
+                        file=table.file,
+                        row=row,
+                        column=group,
+                        fix="give all samples of a class the same group",
+                    )
+                )
+    return problems

@@ -1,0 +1,346 @@
+"""Check a dataset directory and describe it: every problem at once, and its statistics.
+
+`inspect_dataset` never raises for a problem of the dataset: it collects all of them (schema,
+sample table, ids, labels, groups, missing or corrupt media files, NaN / inf values) by
+decoding every modality with a collecting `DecodeContext`, and computes per-modality
+statistics (missing rate, sizes, lengths). ``metamodal inspect DIR`` prints
+`format_inspection` of it and exits non-zero when the report is not ``ok``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metamodal.data.batch import ModalityBatch
+from metamodal.data.dataset import (
+    MultimodalDataset,
+    check_table,
+    dataset_root,
+    samples_path,
+)
+from metamodal.data.preprocess import create_loader
+from metamodal.data.schema import SCHEMA_FILE, ModalitySpec, read_schema
+from metamodal.data.table import read_samples
+from metamodal.errors import DatasetError, LocatedError
+
+_SHOWN_PROBLEMS = 50  # format_inspection lists at most this many problems
+
+
+@dataclass
+class ModalityStats:
+    """Statistics of one modality.
+
+    Args:
+        name: the modality's name.
+        kind: its kind.
+        columns: the sample-table columns it reads.
+        present: samples with a non-empty cell.
+        missing_rate: fraction of samples with an empty cell, 0..1.
+        details: kind-specific statistics, e.g. ``{"length": {"min": 3, "median": 7,
+            "max": 12}}``; ``{min, median, max}`` dicts for ranges.
+    """
+
+    name: str
+    kind: str
+    columns: list[str]
+    present: int = 0
+    missing_rate: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InspectionReport:
+    """What `inspect_dataset` found.
+
+    Args:
+        path: the dataset directory.
+        name: the dataset's name (``None`` when the schema is unreadable).
+        samples: number of rows of the sample table.
+        classes: number of distinct labels.
+        class_size: ``{"min", "median", "max"}`` samples per class (empty when unknown).
+        groups: number of distinct groups, or ``None`` without a group column.
+        modalities: modality name -> `ModalityStats`.
+        problems: every problem found; any of them makes the dataset unusable as it is.
+        warnings: observations that do not prevent use (e.g. a class with one sample).
+    """
+
+    path: str
+    name: str | None = None
+    samples: int = 0
+    classes: int = 0
+    class_size: dict[str, float] = field(default_factory=dict)
+    groups: int | None = None
+    modalities: dict[str, ModalityStats] = field(default_factory=dict)
+    problems: list[DatasetError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the dataset can be loaded and decoded as it is (no problems)."""
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-serialisable data."""
+        return {
+            "path": self.path,
+            "name": self.name,
+            "ok": self.ok,
+            "samples": self.samples,
+            "classes": self.classes,
+            "class_size": self.class_size,
+            "groups": self.groups,
+            "modalities": {
+                name: {
+                    "kind": m.kind,
+                    "columns": m.columns,
+                    "present": m.present,
+                    "missing_rate": m.missing_rate,
+                    **m.details,
+                }
+                for name, m in self.modalities.items()
+            },
+            "problems": [_problem_dict(p) for p in self.problems],
+            "warnings": list(self.warnings),
+        }
+
+
+def inspect_dataset(path: str | Path) -> InspectionReport:
+    """Check a dataset directory and compute its statistics, listing every problem.
+
+    Args:
+        path: the dataset directory (or its ``dataset.toml``).
+
+    Returns:
+        the report; ``report.ok`` is False when any problem was found.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / "dataset.toml").write_text(
+        ...     'label = "y"\\n[modalities.note]\\nkind = "text"\\ncolumn = "note"\\n')
+        >>> _ = (d / "samples.csv").write_text("id,y,note\\na,P,hi there\\na,,\\n")
+        >>> report = inspect_dataset(d)
+        >>> report.ok, [(p.row, p.column) for p in report.problems]
+        (False, [(2, 'id'), (2, 'y')])
+    """
+    root = dataset_root(path)
+    report = InspectionReport(path=str(root))
+    schema = read_schema(root, report.problems)
+    if schema is None:
+        return report
+    report.name = schema.name
+    try:
+        table = read_samples(samples_path(root, schema))
+    except DatasetError as exc:
+        report.problems.append(exc)
+        return report
+    report.problems += check_table(table, schema)
+    dataset = MultimodalDataset(root, schema, table)
+    report.samples = len(dataset)
+    sizes = Counter(label for label in dataset.labels if label is not None)
+    report.classes = len(sizes)
+    if sizes:
+        report.class_size = _summary(list(sizes.values()))
+        single = sorted(label for label, count in sizes.items() if count < 2)
+        if single:
+            report.warnings.append(
+                f"{len(single)} class(es) have a single sample and cannot give both a support "
+                f"and a query sample: {_shorten(single)}"
+            )
+    if dataset.groups is not None:
+        report.groups = len({group for group in dataset.groups if group is not None})
+    for name, spec in schema.modalities.items():
+        if all(column in table.columns for column in spec.source_columns()):
+            report.modalities[name] = _inspect_modality(dataset, spec, report)
+    report.problems = _unique(report.problems)
+    return report
+
+
+def format_inspection(report: InspectionReport) -> str:
+    """The report as readable plain text: summary, a table of modalities, problems, verdict.
+
+    Example:
+        >>> print(format_inspection(InspectionReport(path="data", name="toy")))
+        dataset toy (data)
+        samples 0, classes 0
+        <BLANKLINE>
+        usable: no problems found
+    """
+    lines = [f"dataset {report.name or '?'} ({report.path})"]
+    summary = f"samples {report.samples}, classes {report.classes}"
+    if report.class_size:
+        size = report.class_size
+        summary += f" (per class: min {size['min']:g}, median {size['median']:g}, "
+        summary += f"max {size['max']:g})"
+    if report.groups is not None:
+        summary += f", groups {report.groups}"
+    lines.append(summary)
+    if report.modalities:
+        rows = [("modality", "kind", "missing", "details")]
+        for name, m in report.modalities.items():
+            details = _details_text(m.details)
+            if m.kind == "tabular":
+                details = f"columns {', '.join(m.columns)}; {details}"
+            rows.append((name, m.kind, f"{100 * m.missing_rate:.1f}%", details))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines.append("")
+        for row in rows:
+            cells = [row[i].ljust(widths[i]) for i in range(3)]
+            lines.append("  ".join([*cells, row[3]]).rstrip())
+    for warning in report.warnings:
+        lines.append(f"warning: {warning}")
+    lines.append("")
+    if report.ok:
+        lines.append("usable: no problems found")
+        return "\n".join(lines)
+    lines.append(f"{len(report.problems)} problem(s):")
+    lines += [f"  {problem}" for problem in report.problems[:_SHOWN_PROBLEMS]]
+    if len(report.problems) > _SHOWN_PROBLEMS:
+        lines.append(f"  ... and {len(report.problems) - _SHOWN_PROBLEMS} more")
+    lines.append("not usable: fix the problems above")
+    return "\n".join(lines)
+
+
+def _inspect_modality(
+    dataset: MultimodalDataset, spec: ModalitySpec, report: InspectionReport
+) -> ModalityStats:
+    """Decode one modality, collecting problems into ``report``, and describe it."""
+    cells = dataset.cells(spec.name)
+    present = sum(cell is not None for cell in cells)
+    stats = ModalityStats(
+        spec.name,
+        spec.kind,
+        spec.source_columns(),
+        present=present,
+        missing_rate=(len(cells) - present) / len(cells) if cells else 0.0,
+    )
+    if cells and present == 0:
+        report.warnings.append(f"modality {spec.name!r} is missing in every sample")
+    try:
+        loader = create_loader(spec)
+    except LocatedError as exc:  # bad options in dataset.toml, or a kind without a loader
+        report.problems.append(
+            DatasetError(
+                f"cannot build the {spec.kind} loader: {exc.message}",
+                file=str(dataset.root / SCHEMA_FILE),
+                column=f"modalities.{spec.name}",
+                fix=exc.fix or f"see the {spec.kind} loader's options",
+            )
+        )
+        return stats
+    try:  # loaders decode unfitted with identity normalisation: enough to check every cell
+        batch = loader.decode(cells, dataset.context(spec.name, report.problems))
+    except DatasetError as exc:  # a loader may raise for a problem it cannot skip
+        report.problems.append(exc)
+        return stats
+    stats.details = _decoded_details(spec, batch, cells, dataset.root)
+    return stats
+
+
+def _decoded_details(
+    spec: ModalitySpec, batch: ModalityBatch, cells: Sequence[Any], root: Path
+) -> dict[str, Any]:
+    """Kind-specific statistics of a decoded modality (rows that decoded only)."""
+    details: dict[str, Any] = {"decoded_shape": list(batch.values.shape[1:])}
+    present = batch.present
+    details["unreadable"] = sum(c is not None for c in cells) - int(present.sum())
+    if batch.lengths is not None and bool(present.any()):
+        unit = {"text": "tokens", "audio": "frames", "sequence": "steps"}.get(spec.kind, "length")
+        details[unit] = _summary(batch.lengths[present].tolist())
+    if spec.kind == "image":
+        sizes = [_image_size(root / c) for c, ok in zip(cells, present.tolist(), strict=True) if ok]
+        sizes = [s for s in sizes if s is not None]
+        if sizes:
+            details["width"] = _summary([w for w, _ in sizes])
+            details["height"] = _summary([h for _, h in sizes])
+    elif spec.kind == "text":
+        chars = [len(str(c)) for c in cells if c is not None]
+        if chars:
+            details["characters"] = _summary(chars)
+    elif spec.kind == "audio":
+        seconds = [
+            _audio_seconds(root / c) for c, ok in zip(cells, present.tolist(), strict=True) if ok
+        ]
+        seconds = [s for s in seconds if s is not None]
+        if seconds:
+            details["seconds"] = _summary(seconds)
+    elif spec.kind == "sequence":
+        details["dims"] = int(batch.values.shape[-1])
+    elif spec.kind == "tabular":
+        details["features"] = int(batch.values.shape[-1])
+    return details
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` of an image file from its header, ``None`` if unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception:  # already reported by the loader
+        return None
+
+
+def _audio_seconds(path: Path) -> float | None:
+    """Duration of an audio file from its header, ``None`` if unreadable."""
+    import soundfile
+
+    try:
+        return float(soundfile.info(str(path)).duration)
+    except Exception:  # already reported by the loader
+        return None
+
+
+def _summary(values: Sequence[float]) -> dict[str, float]:
+    """``{"min", "median", "max"}`` of a non-empty sequence."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def _details_text(details: dict[str, Any]) -> str:
+    """Details as ``key a..b (median m)`` text for the table."""
+    parts = []
+    for key, value in details.items():
+        if key == "unreadable" and not value:
+            continue
+        if isinstance(value, dict):
+            parts.append(f"{key} {value['min']:g}..{value['max']:g} (median {value['median']:g})")
+        elif isinstance(value, list):
+            parts.append(f"{key} {'x'.join(str(v) for v in value)}")
+        else:
+            parts.append(f"{key} {value}")
+    return ", ".join(parts)
+
+
+def _shorten(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _unique(problems: list[DatasetError]) -> list[DatasetError]:
+    """``problems`` without repeats, in order."""
+    seen: set[tuple[Any, ...]] = set()
+    unique = []
+    for problem in problems:
+        key = (type(problem), problem.message, problem.file, problem.row, problem.column)
+        if key not in seen:
+            seen.add(key)
+            unique.append(problem)
+    return unique
+
+
+def _problem_dict(problem: DatasetError) -> dict[str, Any]:
+    return {
+        "error": type(problem).__name__,
+        "message": problem.message,
+        "file": problem.file,
+        "row": problem.row,
+        "column": problem.column,
+        "fix": problem.fix,
+        "text": str(problem),
+    }

@@ -1,0 +1,325 @@
+"""Audio loader: WAV / FLAC / OGG files -> log-mel spectrograms float ``[B, n_mels, frames]``.
+
+Each file is read with soundfile (only its first ``max_seconds``), averaged to mono, resampled
+to ``sample_rate`` by FFT resampling (`resample`: band-limited, so downsampling does not alias),
+cut to ``max_seconds`` and turned into a natural-log mel spectrogram (`mel.log_mel_spectrogram`:
+Hann window of ``n_fft`` samples, hop ``hop_length``, HTK mel filters between ``f_min`` and
+``f_max``). A clip of ``S`` samples gives ``1 + S // hop_length`` frames (even ``n_fft``);
+``lengths`` holds that count and frames past it are zeros.
+
+With ``normalize`` (the default) each mel band is standardised with the mean and standard
+deviation of that band over every frame of the meta-train clips. Calling `AudioLoader.decode`
+before `AudioLoader.fit` is allowed and uses identity normalisation (`AudioLoader.is_fitted`
+tells the two apart).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import soundfile
+import torch
+from torch import Tensor
+
+from metamodal.data.batch import ModalityBatch
+from metamodal.data.loaders.base import Cell, DecodeContext, ModalityLoader, loaders
+from metamodal.data.loaders.mel import frame_count, log_mel_spectrogram, mel_filterbank
+from metamodal.errors import ConfigError, DatasetError
+
+_CHUNK = 64  # clips whose spectrograms are computed in one torch.stft call
+_MIN_STD = 1e-6
+
+
+def _smooth_at_least(k: int) -> int:
+    """The smallest integer >= ``k`` whose prime factors are all 2, 3, 5 or 7 (fast FFT size)."""
+    k = max(1, k)
+    while True:
+        rest = k
+        for prime in (2, 3, 5, 7):
+            while rest % prime == 0:
+                rest //= prime
+        if rest == 1:
+            return k
+        k += 1
+
+
+def resample(wave: Tensor, orig_rate: int, new_rate: int) -> Tensor:
+    """Resample ``wave`` from ``orig_rate`` to ``new_rate`` Hz by band-limited (FFT)
+    interpolation, the method of ``scipy.signal.resample``.
+
+    The wave is zero-padded to a length whose FFT is fast and whose resampled length is exact
+    (a multiple of ``orig_rate / gcd``), its spectrum is cut (downsampling) or zero-extended
+    (upsampling) and transformed back. The result is band-limited to the lower of the two
+    Nyquist frequencies, so downsampling does not alias; the signal is taken as silent past
+    its end.
+
+    Args:
+        wave: float ``[..., S]``.
+        orig_rate: sampling rate of ``wave`` (Hz, integer).
+        new_rate: wanted sampling rate (Hz, integer).
+
+    Returns:
+        ``[..., round(S * new_rate / orig_rate)]`` (at least 1 sample), same dtype as ``wave``.
+
+    Example:
+        >>> resample(torch.ones(44100), 44100, 16000).shape
+        torch.Size([16000])
+    """
+    if orig_rate == new_rate:
+        return wave
+    common = math.gcd(orig_rate, new_rate)
+    up, down = new_rate // common, orig_rate // common
+    n = wave.shape[-1]
+    out_length = max(1, round(n * up / down))
+    blocks = _smooth_at_least(math.ceil(n / down))
+    n_in, n_out = blocks * down, blocks * up
+    padded = torch.nn.functional.pad(wave.to(torch.float64), (0, n_in - n))
+    spectrum = torch.fft.rfft(padded, dim=-1)
+    kept = torch.zeros(*wave.shape[:-1], n_out // 2 + 1, dtype=spectrum.dtype)
+    shared = min(n_in, n_out)
+    kept[..., : shared // 2 + 1] = spectrum[..., : shared // 2 + 1]
+    if shared % 2 == 0:
+        # the Nyquist bin of the shorter signal stands for both +f and -f of the longer one
+        kept[..., shared // 2] *= 2.0 if n_out < n_in else 0.5
+    resampled = torch.fft.irfft(kept, n=n_out, dim=-1) * (n_out / n_in)
+    return resampled[..., :out_length].to(wave.dtype)
+
+
+class _DecodeFailure(Exception):
+    """A file that cannot be used; carries the message and fix for the `DatasetError`."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+
+def _option(name: str, value: Any, kind: type, minimum: float, *, strict: bool = True) -> Any:
+    ok = isinstance(value, kind | int) if kind is float else isinstance(value, kind)
+    if isinstance(value, bool) or not ok or not math.isfinite(value) or (
+        value <= minimum if strict else value < minimum
+    ):
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise ConfigError(f"audio {name} must be a number {bound}, got {value!r}",
+                          fix=f"set {name} to a number {bound}")
+    return kind(value)
+
+
+@loaders.register("audio")
+class AudioLoader(ModalityLoader):
+    """Decodes audio files into normalised log-mel spectrograms.
+
+    Args:
+        sample_rate: rate every clip is resampled to (Hz), default 16000.
+        n_mels: mel bands, default 40.
+        n_fft: FFT / window size in samples, default 400 (25 ms at 16 kHz).
+        hop_length: samples between frames, default 160 (10 ms at 16 kHz).
+        max_seconds: clips are cut to this length, default 4.0.
+        f_min: lowest frequency of the mel filters (Hz), default 0.
+        f_max: highest frequency of the mel filters (Hz), default None = ``sample_rate / 2``.
+        normalize: standardise each mel band with meta-train statistics (default True).
+
+    Fitted state: ``mean_`` and ``std_``, one float per mel band (None without ``normalize``).
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np, soundfile
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> tone = np.sin(2 * np.pi * 440 * np.arange(8000) / 8000).astype("float32")
+        >>> soundfile.write(root / "a.wav", tone, 8000)
+        >>> loader = AudioLoader(sample_rate=8000, n_fft=256, hop_length=80, n_mels=20)
+        >>> batch = loader.decode(["a.wav", None], DecodeContext(root, "s.csv", [1, 2], "sound"))
+        >>> batch.values.shape, batch.lengths.tolist(), batch.present.tolist()
+        (torch.Size([2, 20, 101]), [101, 0], [True, False])
+    """
+
+    kind: ClassVar[str] = "audio"
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        n_mels: int = 40,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        max_seconds: float = 4.0,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        normalize: bool = True,
+    ) -> None:
+        self.sample_rate = _option("sample_rate", sample_rate, int, 0)
+        self.n_mels = _option("n_mels", n_mels, int, 0)
+        self.n_fft = _option("n_fft", n_fft, int, 1)
+        self.hop_length = _option("hop_length", hop_length, int, 0)
+        self.max_seconds = _option("max_seconds", max_seconds, float, 0)
+        self.f_min = _option("f_min", f_min, float, 0, strict=False)
+        self.f_max = None if f_max is None else _option("f_max", f_max, float, 0)
+        if not isinstance(normalize, bool):
+            raise ConfigError(f"audio normalize must be true or false, got {normalize!r}",
+                              fix="set normalize = true or normalize = false")
+        self.normalize = normalize
+        top = self.sample_rate / 2 if self.f_max is None else self.f_max
+        if not self.f_min < top <= self.sample_rate / 2:
+            raise ConfigError(
+                f"audio needs f_min < f_max <= sample_rate / 2, got f_min={self.f_min}, "
+                f"f_max={top}, sample_rate={self.sample_rate}",
+                fix="lower f_min, or set f_max at most half the sample rate",
+            )
+        self.max_samples = max(1, round(self.max_seconds * self.sample_rate))
+        self.max_frames = int(self._frames(self.max_samples))
+        self.filterbank = mel_filterbank(sample_rate=self.sample_rate, n_fft=self.n_fft,
+                                         n_mels=self.n_mels, f_min=self.f_min, f_max=self.f_max)
+        self.mean_: list[float] | None = None
+        self.std_: list[float] | None = None
+        self.fitted_ = False
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether `fit` (or `from_state` of a fitted loader) has run."""
+        return self.fitted_
+
+    def fit(self, cells: Sequence[Cell], context: DecodeContext) -> None:
+        """Learn each mel band's mean / std over all frames of the meta-train clips."""
+        if self.normalize:
+            total = torch.zeros(self.n_mels, dtype=torch.float64)
+            squares = torch.zeros(self.n_mels, dtype=torch.float64)
+            count = 0
+            for start in range(0, len(cells), _CHUNK):
+                stop = min(start + _CHUNK, len(cells))
+                sub = dataclasses.replace(context, rows=context.rows[start:stop])
+                logmel, _, lengths = self._read_batch(cells[start:stop], sub)
+                values = logmel.to(torch.float64)  # frames past each length are zeros
+                total += values.sum(dim=(0, 2))
+                squares += values.square().sum(dim=(0, 2))
+                count += int(lengths.sum())
+            if count == 0:
+                warnings.warn(f"no meta-train audio in column {context.column!r}; "
+                              "audio normalisation is the identity", stacklevel=2)
+                mean = torch.zeros(self.n_mels, dtype=torch.float64)
+                std = torch.ones(self.n_mels, dtype=torch.float64)
+            else:
+                mean = total / count
+                std = torch.sqrt(torch.clamp(squares / count - mean.square(), min=0.0))
+                std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
+            self.mean_ = mean.tolist()
+            self.std_ = std.tolist()
+        self.fitted_ = True
+
+    def decode(self, cells: Sequence[Cell], context: DecodeContext) -> ModalityBatch:
+        """Log-mel spectrograms float ``[B, n_mels, frames]`` (``frames`` = longest clip in the
+        batch, at least 1), ``lengths`` long ``[B]`` frames (0 when absent), ``present`` bool
+        ``[B]``. Missing, undecodable, empty or non-finite files are reported as `DatasetError`
+        naming the file, row and column."""
+        logmel, present, lengths = self._read_batch(cells, context)
+        if self.normalize and self.mean_ is not None and self.std_ is not None:
+            mean = torch.tensor(self.mean_, dtype=torch.float32).view(1, -1, 1)
+            std = torch.tensor(self.std_, dtype=torch.float32).view(1, -1, 1)
+            valid = torch.arange(logmel.shape[2]).view(1, 1, -1) < lengths.view(-1, 1, 1)
+            logmel = (logmel - mean) / std * valid
+        return ModalityBatch(logmel, present, lengths)
+
+    def input_info(self) -> dict[str, Any]:
+        """``{"n_mels": n_mels, "max_frames": frames of a max_seconds clip, "sample_rate": sr}``."""
+        return {"n_mels": self.n_mels, "max_frames": self.max_frames,
+                "sample_rate": self.sample_rate}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Options and fitted statistics as JSON-able data."""
+        return {
+            "kind": self.kind,
+            "options": {"sample_rate": self.sample_rate, "n_mels": self.n_mels,
+                        "n_fft": self.n_fft, "hop_length": self.hop_length,
+                        "max_seconds": self.max_seconds, "f_min": self.f_min,
+                        "f_max": self.f_max, "normalize": self.normalize},
+            "fitted": self.fitted_,
+            "mean": self.mean_,
+            "std": self.std_,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> AudioLoader:
+        """Rebuild the loader `state_dict` describes."""
+        loader = cls(**state["options"])
+        loader.fitted_ = bool(state["fitted"])
+        loader.mean_ = None if state["mean"] is None else [float(v) for v in state["mean"]]
+        loader.std_ = None if state["std"] is None else [float(v) for v in state["std"]]
+        return loader
+
+    # -- decoding -------------------------------------------------------------------------
+
+    def _read_batch(
+        self, cells: Sequence[Cell], context: DecodeContext
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Un-normalised log-mels ``[B, n_mels, frames]`` (zeros past each length), present,
+        lengths."""
+        waves: list[Tensor | None] = []
+        for i, cell in enumerate(cells):
+            if cell is None:
+                waves.append(None)
+                continue
+            try:
+                waves.append(self._read_file(Path(context.root) / str(cell), context.root))
+            except _DecodeFailure as failure:
+                error = DatasetError(failure.message, file=str(cell), row=context.rows[i],
+                                     column=context.column, fix=failure.fix)
+                error.__cause__ = failure.__cause__
+                context.report(error)
+                waves.append(None)
+        present = torch.tensor([w is not None for w in waves], dtype=torch.bool)
+        samples = torch.tensor([0 if w is None else w.shape[0] for w in waves], dtype=torch.long)
+        lengths = torch.where(present, self._frames(samples), 0)
+        width = max(1, int(lengths.max()) if len(waves) else 1)
+        out = torch.zeros(len(waves), self.n_mels, width)
+        for start in range(0, len(waves), _CHUNK):
+            chunk = [(i, w) for i, w in enumerate(waves[start:start + _CHUNK], start)
+                     if w is not None]
+            if not chunk:
+                continue
+            longest = max(w.shape[0] for _, w in chunk)
+            padded = torch.zeros(len(chunk), longest)
+            for row, (_, wave) in enumerate(chunk):
+                padded[row, : wave.shape[0]] = wave
+            logmel = log_mel_spectrogram(padded, filterbank=self.filterbank, n_fft=self.n_fft,
+                                         hop_length=self.hop_length)
+            index = torch.tensor([i for i, _ in chunk])
+            valid = torch.arange(logmel.shape[2]).view(1, 1, -1) < lengths[index].view(-1, 1, 1)
+            out[index, :, : logmel.shape[2]] = logmel * valid
+        return out, present, lengths
+
+    def _frames(self, samples: int | Tensor) -> int | Tensor:
+        return frame_count(samples, n_fft=self.n_fft, hop_length=self.hop_length)
+
+    def _read_file(self, path: Path, root: Path | str) -> Tensor:
+        """The first ``max_seconds`` of one file as a mono float32 wave at ``sample_rate``."""
+        fix = "replace it with a valid WAV / FLAC / OGG file, or leave the cell empty"
+        if not path.exists():
+            raise _DecodeFailure(
+                f"audio file not found (paths are relative to {root})",
+                "check the path, or leave the cell empty if the sample has no audio",
+            )
+        try:
+            with soundfile.SoundFile(path) as sound:
+                rate = sound.samplerate
+                # a little more than needed, so that resampling's edge effect is cut away
+                wanted = math.ceil(self.max_seconds * rate) + rate // 100
+                data = sound.read(frames=wanted, dtype="float32", always_2d=True)
+        except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError
+            raise _DecodeFailure(f"cannot decode audio: {exc}", fix) from exc
+        if data.shape[0] == 0:
+            raise _DecodeFailure("audio file has no samples", fix)
+        finite = np.isfinite(data)
+        if not finite.all():
+            sample, channel = np.argwhere(~finite)[0]
+            raise _DecodeFailure(
+                f"audio holds NaN or infinite values (first at sample {int(sample)}, "
+                f"channel {int(channel)})",
+                "re-export the recording with finite sample values",
+            )
+        wave = torch.from_numpy(data.mean(axis=1, dtype=np.float32))
+        wave = resample(wave, rate, self.sample_rate)
+        return wave[: self.max_samples]

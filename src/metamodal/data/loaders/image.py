@@ -1,0 +1,247 @@
+"""Image loader: PNG / JPEG / ... files -> float ``[B, C, H, W]``, normalised per channel.
+
+Each file is decoded with Pillow, turned upright by its EXIF orientation, converted to RGB
+(``channels = 3``) or to grayscale (``channels = 1``, ITU-R 601-2 luma), and resized to
+``size`` with a Lanczos filter (antialiased when shrinking; the aspect ratio is not kept).
+Transparent pixels are composited over white; 16-bit grayscale (modes ``I;16`` and ``I``) is
+scaled from 0..65535. Pixels are scaled to ``[0, 1]`` and, with ``normalize`` (the default),
+standardised with the per-channel mean and standard deviation (population, over every pixel)
+of the meta-train images.
+
+Calling `ImageLoader.decode` before `ImageLoader.fit` is allowed and uses identity
+normalisation (mean 0, std 1), so that ``metamodal inspect`` can check files without fitting;
+`ImageLoader.is_fitted` tells the two apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from metamodal.data.batch import ModalityBatch
+from metamodal.data.loaders.base import Cell, DecodeContext, ModalityLoader, loaders
+from metamodal.errors import ConfigError, DatasetError
+
+RESAMPLE_FILTER = Image.Resampling.LANCZOS
+"""Pillow filter used to resize (antialiased Lanczos-3)."""
+
+_CHUNK = 512  # images decoded at once while fitting (bounds memory for large datasets)
+_SIXTEEN_BIT = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+_GRAY_MODES = ("1", "L", "LA", "F", *_SIXTEEN_BIT)
+_MIN_STD = 1e-6
+
+
+class _DecodeFailure(Exception):
+    """A file that cannot be used; carries the message and fix for the `DatasetError`."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+
+def _parse_size(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, bool):
+        raise ConfigError(f"image size must be an int or [height, width], got {size!r}",
+                          fix="set size = 32 or size = [32, 48]")
+    dims = [size, size] if isinstance(size, int) else list(size)
+    if len(dims) != 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                 for d in dims):
+        raise ConfigError(f"image size must be a positive int or [height, width], got {size!r}",
+                          fix="set size = 32 or size = [32, 48]")
+    return dims[0], dims[1]
+
+
+@loaders.register("image")
+class ImageLoader(ModalityLoader):
+    """Decodes image files into float ``[B, C, H, W]`` tensors.
+
+    Args:
+        size: output size, an int (square) or ``[height, width]``. Default 32.
+        channels: 3 for RGB (default) or 1 for grayscale.
+        normalize: standardise each channel with the meta-train mean / std (default True);
+            when False, pixels stay in ``[0, 1]``.
+
+    Fitted state: ``mean_`` and ``std_`` (one float per channel, or None without
+    ``normalize``). ``values`` rows of absent samples are zeros.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (8, 8), (255, 0, 0)).save(root / "a.png")
+        >>> ctx = DecodeContext(root, "samples.csv", [1, 2], "image")
+        >>> loader = ImageLoader(size=4, normalize=False)
+        >>> batch = loader.decode(["a.png", None], ctx)
+        >>> batch.values.shape, batch.present.tolist(), batch.values[0, :, 0, 0].tolist()
+        (torch.Size([2, 3, 4, 4]), [True, False], [1.0, 0.0, 0.0])
+    """
+
+    kind: ClassVar[str] = "image"
+
+    def __init__(
+        self, *, size: int | Sequence[int] = 32, channels: int = 3, normalize: bool = True
+    ) -> None:
+        self.height, self.width = _parse_size(size)
+        if channels not in (1, 3) or isinstance(channels, bool):
+            raise ConfigError(f"image channels must be 1 or 3, got {channels!r}",
+                              fix="set channels = 3 (RGB) or channels = 1 (grayscale)")
+        if not isinstance(normalize, bool):
+            raise ConfigError(f"image normalize must be true or false, got {normalize!r}",
+                              fix="set normalize = true or normalize = false")
+        self.channels = channels
+        self.normalize = normalize
+        self.mean_: list[float] | None = None
+        self.std_: list[float] | None = None
+        self.fitted_ = False
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether `fit` (or `from_state` of a fitted loader) has run."""
+        return self.fitted_
+
+    def fit(self, cells: Sequence[Cell], context: DecodeContext) -> None:
+        """Learn the per-channel mean / std from meta-train images (``None`` cells skipped).
+
+        Args:
+            cells: relative image paths or ``None``, ``N`` of them.
+            context: where the cells come from; unreadable files are reported through it.
+        """
+        if self.normalize:
+            total = torch.zeros(self.channels, dtype=torch.float64)
+            squares = torch.zeros(self.channels, dtype=torch.float64)
+            count = 0
+            for start in range(0, len(cells), _CHUNK):
+                stop = min(start + _CHUNK, len(cells))
+                sub = dataclasses.replace(context, rows=context.rows[start:stop])
+                pixels, present = self._read_batch(cells[start:stop], sub)
+                values = pixels.to(torch.float64)
+                total += values.sum(dim=(0, 2, 3))
+                squares += values.square().sum(dim=(0, 2, 3))
+                count += int(present.sum()) * self.height * self.width
+            if count == 0:
+                warnings.warn(f"no meta-train images in column {context.column!r}; "
+                              "image normalisation is the identity", stacklevel=2)
+                mean = torch.zeros(self.channels, dtype=torch.float64)
+                std = torch.ones(self.channels, dtype=torch.float64)
+            else:
+                mean = total / count
+                std = torch.sqrt(torch.clamp(squares / count - mean.square(), min=0.0))
+                std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
+            self.mean_ = mean.tolist()
+            self.std_ = std.tolist()
+        self.fitted_ = True
+
+    def decode(self, cells: Sequence[Cell], context: DecodeContext) -> ModalityBatch:
+        """Decode images into ``values`` float ``[B, C, H, W]`` and ``present`` bool ``[B]``.
+
+        A missing file or one Pillow cannot decode is reported as a `DatasetError` naming the
+        file, row and column (raised, or collected in ``context.problems`` and then treated as
+        missing).
+        """
+        pixels, present = self._read_batch(cells, context)
+        if self.normalize and self.mean_ is not None and self.std_ is not None:
+            mean = torch.tensor(self.mean_, dtype=torch.float32).view(1, -1, 1, 1)
+            std = torch.tensor(self.std_, dtype=torch.float32).view(1, -1, 1, 1)
+            pixels = (pixels - mean) / std
+            pixels = pixels * present.view(-1, 1, 1, 1)
+        return ModalityBatch(pixels, present, None)
+
+    def input_info(self) -> dict[str, Any]:
+        """``{"channels": C, "height": H, "width": W}``."""
+        return {"channels": self.channels, "height": self.height, "width": self.width}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Options and fitted statistics as JSON-able data."""
+        return {
+            "kind": self.kind,
+            "options": {"size": [self.height, self.width], "channels": self.channels,
+                        "normalize": self.normalize},
+            "fitted": self.fitted_,
+            "mean": self.mean_,
+            "std": self.std_,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ImageLoader:
+        """Rebuild the loader `state_dict` describes."""
+        loader = cls(**state["options"])
+        loader.fitted_ = bool(state["fitted"])
+        loader.mean_ = None if state["mean"] is None else [float(v) for v in state["mean"]]
+        loader.std_ = None if state["std"] is None else [float(v) for v in state["std"]]
+        return loader
+
+    # -- decoding -------------------------------------------------------------------------
+
+    def _read_batch(self, cells: Sequence[Cell], context: DecodeContext) -> tuple[Tensor, Tensor]:
+        """Pixels in ``[0, 1]`` as float ``[B, C, H, W]`` (zeros where absent) and ``present``."""
+        buffer = np.zeros((len(cells), self.height, self.width, self.channels), np.float32)
+        present = np.zeros(len(cells), dtype=bool)
+        for i, cell in enumerate(cells):
+            if cell is None:
+                continue
+            try:
+                buffer[i] = self._read_file(Path(context.root) / str(cell), context.root)
+            except _DecodeFailure as failure:
+                error = DatasetError(failure.message, file=str(cell), row=context.rows[i],
+                                     column=context.column, fix=failure.fix)
+                error.__cause__ = failure.__cause__
+                context.report(error)
+                continue
+            present[i] = True
+        pixels = torch.from_numpy(buffer).permute(0, 3, 1, 2).contiguous()
+        pixels.mul_(1.0 / 255.0)
+        return pixels, torch.from_numpy(present)
+
+    def _read_file(self, path: Path, root: Path | str) -> np.ndarray:
+        """One image as ``[H, W, C]`` (or ``[H, W, 1]`` broadcastable) float values 0..255."""
+        fix = "replace it with a valid image file, or leave the cell empty if there is no image"
+        try:
+            with Image.open(path) as image:
+                side = max(self.height, self.width)
+                image.draft("L" if self.channels == 1 else "RGB", (side, side))  # JPEG only
+                ImageOps.exif_transpose(image, in_place=True)
+                return self._pixels(image)
+        except FileNotFoundError as exc:
+            raise _DecodeFailure(
+                f"image file not found (paths are relative to {root})",
+                "check the path, or leave the cell empty if the sample has no image",
+            ) from exc
+        except IsADirectoryError as exc:
+            raise _DecodeFailure("image path is a directory, not a file",
+                                 "point the cell at an image file") from exc
+        except Exception as exc:  # Pillow raises many types for corrupt files
+            raise _DecodeFailure(f"cannot decode image: {exc}", fix) from exc
+
+    def _pixels(self, image: Image.Image) -> np.ndarray:
+        """Convert, resize and return ``image`` as float32 ``[H, W, C or 1]`` in 0..255."""
+        target = (self.width, self.height)
+        has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+            "transparency" in image.info
+        )
+        gray = self.channels == 1 or image.mode in _GRAY_MODES
+        if image.mode in _SIXTEEN_BIT:
+            image = Image.fromarray(np.asarray(image, dtype=np.float32) * (255.0 / 65535.0))
+        elif has_alpha:
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(white, rgba).convert("L" if gray else "RGB")
+        elif image.mode != "F":
+            image = image.convert("L" if gray else "RGB")
+        if image.size != target:
+            image = image.resize(target, RESAMPLE_FILTER, reducing_gap=3.0)
+        pixels = np.asarray(image, dtype=np.float32)
+        if image.mode == "F":
+            pixels = np.clip(pixels, 0.0, 255.0)
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        return pixels
+

@@ -1,0 +1,317 @@
+"""Sequence loader: ``.npy`` / ``.csv`` files of ``T`` steps x ``D`` features -> ``[B, T, D]``.
+
+A ``.npy`` file holds a numeric array ``[T, D]`` (a 1-D ``[T]`` array is ``[T, 1]``); it is
+loaded without pickle. A ``.csv`` file holds one step a row, comma-separated numbers; a first
+row with any non-numeric cell is a header and skipped. Every sequence of a modality must have
+the same ``D``; NaN or infinite values are errors. Sequences longer than ``max_length`` keep
+their first ``max_length`` steps; ``lengths`` holds each sample's step count and steps past it
+are zeros.
+
+With ``normalize`` (the default) each feature is standardised with its mean and standard
+deviation over every step of the meta-train sequences (after the cut to ``max_length``).
+Calling `SequenceLoader.decode` before `SequenceLoader.fit` is allowed and uses identity
+normalisation (`SequenceLoader.is_fitted` tells the two apart).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metamodal.data.batch import ModalityBatch
+from metamodal.data.loaders.base import Cell, DecodeContext, ModalityLoader, loaders
+from metamodal.errors import ConfigError, DatasetError
+
+SUFFIXES = (".npy", ".csv")
+"""File types the sequence loader reads."""
+
+_CHUNK = 1024  # sequences decoded at once while fitting (bounds memory)
+_MIN_STD = 1e-6
+_FIX = "replace it with a valid .npy array [T, D] or .csv of numbers, or leave the cell empty"
+
+
+class _DecodeFailure(Exception):
+    """A file that cannot be used; carries the message and fix for the `DatasetError`."""
+
+    def __init__(self, message: str, fix: str = _FIX) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_sequence_file(path: Path) -> np.ndarray:
+    """Read one ``.npy`` or ``.csv`` sequence file as float32 ``[T, D]``.
+
+    Args:
+        path: the file.
+
+    Returns:
+        float32 ``[T, D]`` with ``T >= 1`` and ``D >= 1``, all values finite. NaN / infinite
+        values are located by step (0-based, ``.npy``) or line (1-based, ``.csv``).
+
+    Raises:
+        ValueError: the file is unusable; the message says why and where (step / line).
+        OSError: the file cannot be read.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "s.csv"
+        >>> _ = path.write_text("x,y\\n1,2\\n3,4\\n")
+        >>> read_sequence_file(path).tolist()
+        [[1.0, 2.0], [3.0, 4.0]]
+    """
+    suffix = path.suffix.lower()
+    header = False
+    if suffix == ".npy":
+        array = _read_npy(path)
+    elif suffix == ".csv":
+        array, header = _read_csv(path)
+    else:
+        raise ValueError(f"unsupported sequence file type {path.suffix!r} (use .npy or .csv)")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"sequence is empty (shape {list(array.shape)})")
+    array = array.astype(np.float32)
+    finite = np.isfinite(array)
+    if not finite.all():
+        step, feature = (int(v) for v in np.argwhere(~finite)[0])
+        where = f"line {step + 1 + int(header)}" if suffix == ".csv" else f"step {step}"
+        raise ValueError(f"sequence holds NaN or infinite values (first at {where}, "
+                         f"feature {feature}; values beyond float32 range count as infinite)")
+    return array
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"not a numeric .npy array ({exc})") from exc
+    if not isinstance(array, np.ndarray):
+        raise ValueError("not a single .npy array")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"array has non-numeric dtype {array.dtype}")
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise ValueError(f"array must be [T] or [T, D], got shape {list(array.shape)}")
+    return array
+
+
+def _read_csv(path: Path) -> tuple[np.ndarray, bool]:
+    """Numbers of a CSV file ``[T, D]`` and whether it had a header row."""
+    text = path.read_text(encoding="utf-8-sig")
+    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    if not rows:
+        raise ValueError("CSV file has no rows")
+    header = not all(_is_number(cell) for cell in rows[0])
+    body = rows[1:] if header else rows
+    width = len(rows[0])
+    for index, row in enumerate(body):
+        if len(row) != width:
+            raise ValueError(f"line {index + 1 + int(header)} has {len(row)} values, "
+                             f"expected {width}")
+    try:
+        return np.array(body, dtype=str).astype(np.float64).reshape(len(body), width), header
+    except ValueError:
+        for index, row in enumerate(body):
+            for column, cell in enumerate(row):
+                if not _is_number(cell):
+                    raise ValueError(f"line {index + 1 + int(header)}, value {column + 1} is "
+                                     f"not a number: {cell!r}") from None
+        raise
+
+
+@loaders.register("sequence")
+class SequenceLoader(ModalityLoader):
+    """Decodes ``.npy`` / ``.csv`` sequence files into float ``[B, T, D]`` with lengths.
+
+    Args:
+        max_length: steps kept per sequence (the rest is cut), default 256.
+        normalize: standardise each feature with meta-train statistics (default True).
+
+    Fitted state: ``features_`` (``D``, from the meta-train files), and ``mean_`` / ``std_``
+    (one float per feature, None without ``normalize``).
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> np.save(root / "a.npy", np.arange(6.0).reshape(3, 2))
+        >>> loader = SequenceLoader(normalize=False)
+        >>> batch = loader.decode(["a.npy", None], DecodeContext(root, "s.csv", [1, 2], "track"))
+        >>> batch.values.shape, batch.lengths.tolist(), batch.present.tolist()
+        (torch.Size([2, 3, 2]), [3, 0], [True, False])
+    """
+
+    kind: ClassVar[str] = "sequence"
+
+    def __init__(self, *, max_length: int = 256, normalize: bool = True) -> None:
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ConfigError(f"sequence max_length must be an integer >= 1, got {max_length!r}",
+                              fix="set max_length to a positive integer")
+        if not isinstance(normalize, bool):
+            raise ConfigError(f"sequence normalize must be true or false, got {normalize!r}",
+                              fix="set normalize = true or normalize = false")
+        self.max_length = max_length
+        self.normalize = normalize
+        self.features_: int | None = None
+        self.mean_: list[float] | None = None
+        self.std_: list[float] | None = None
+        self.fitted_ = False
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether `fit` (or `from_state` of a fitted loader) has run."""
+        return self.fitted_
+
+    def fit(self, cells: Sequence[Cell], context: DecodeContext) -> None:
+        """Learn ``D`` and each feature's mean / std over every meta-train step."""
+        features: int | None = None
+        first: str | None = None
+        total: Tensor | None = None
+        squares: Tensor | None = None
+        count = 0
+        for start in range(0, len(cells), _CHUNK):
+            stop = min(start + _CHUNK, len(cells))
+            sub = dataclasses.replace(context, rows=context.rows[start:stop])
+            arrays = self._read_arrays(cells[start:stop], sub, features, first)
+            for cell, array in zip(cells[start:stop], arrays, strict=True):
+                if array is None:
+                    continue
+                if features is None:
+                    features, first = array.shape[1], str(cell)
+                    total = torch.zeros(features, dtype=torch.float64)
+                    squares = torch.zeros(features, dtype=torch.float64)
+                assert total is not None and squares is not None
+                kept = torch.from_numpy(array[: self.max_length]).to(torch.float64)
+                total += kept.sum(dim=0)
+                squares += kept.square().sum(dim=0)
+                count += kept.shape[0]
+        self.features_ = features
+        if self.normalize:
+            if total is None or squares is None:
+                warnings.warn(f"no meta-train sequences in column {context.column!r}; "
+                              "sequence normalisation is the identity", stacklevel=2)
+                self.mean_, self.std_ = None, None
+            else:
+                mean = total / count
+                std = torch.sqrt(torch.clamp(squares / count - mean.square(), min=0.0))
+                std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
+                self.mean_, self.std_ = mean.tolist(), std.tolist()
+        self.fitted_ = True
+
+    def decode(self, cells: Sequence[Cell], context: DecodeContext) -> ModalityBatch:
+        """Sequences float ``[B, T, D]`` (``T`` = longest kept in the batch, at least 1),
+        ``lengths`` long ``[B]`` steps (0 when absent), ``present`` bool ``[B]``.
+
+        Missing or unreadable files, NaN / infinite values and a ``D`` different from the
+        fitted one (or, before fitting, from the batch's first file) are `DatasetError` naming
+        the file, row and column.
+        """
+        arrays = self._read_arrays(cells, context, self.features_, None)
+        lengths = torch.tensor([0 if a is None else min(a.shape[0], self.max_length)
+                                for a in arrays], dtype=torch.long)
+        present = lengths > 0
+        found = next((a.shape[1] for a in arrays if a is not None), None)
+        features = self.features_ or found or 1
+        longest = int(lengths.max()) if len(cells) else 0
+        values = torch.zeros(len(cells), max(1, longest), features)
+        for i, array in enumerate(arrays):
+            if array is not None:
+                values[i, : lengths[i]] = torch.from_numpy(array[: self.max_length])
+        if self.normalize and self.mean_ is not None and self.std_ is not None:
+            mean = torch.tensor(self.mean_, dtype=torch.float32)
+            std = torch.tensor(self.std_, dtype=torch.float32)
+            valid = torch.arange(values.shape[1]).view(1, -1, 1) < lengths.view(-1, 1, 1)
+            values = (values - mean) / std * valid
+        return ModalityBatch(values, present, lengths)
+
+    def input_info(self) -> dict[str, Any]:
+        """``{"features": D (None before fit), "max_length": max_length}``."""
+        return {"features": self.features_, "max_length": self.max_length}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Options and fitted state as JSON-able data."""
+        return {
+            "kind": self.kind,
+            "options": {"max_length": self.max_length, "normalize": self.normalize},
+            "fitted": self.fitted_,
+            "features": self.features_,
+            "mean": self.mean_,
+            "std": self.std_,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> SequenceLoader:
+        """Rebuild the loader `state_dict` describes."""
+        loader = cls(**state["options"])
+        loader.fitted_ = bool(state["fitted"])
+        loader.features_ = None if state["features"] is None else int(state["features"])
+        loader.mean_ = None if state["mean"] is None else [float(v) for v in state["mean"]]
+        loader.std_ = None if state["std"] is None else [float(v) for v in state["std"]]
+        return loader
+
+    # -- decoding -------------------------------------------------------------------------
+
+    def _read_arrays(
+        self,
+        cells: Sequence[Cell],
+        context: DecodeContext,
+        features: int | None,
+        first: str | None,
+    ) -> list[np.ndarray | None]:
+        """Each cell's float32 ``[T, D]`` array, or None when absent or reported as a problem.
+
+        ``features`` is the ``D`` every array must have (None: the first array's), ``first``
+        the file it came from (None: it was fitted)."""
+        arrays: list[np.ndarray | None] = []
+        for i, cell in enumerate(cells):
+            array = None
+            if cell is not None:
+                try:
+                    array = self._read_file(Path(context.root) / str(cell), context.root)
+                    if features is None:
+                        features, first = array.shape[1], str(cell)
+                    elif array.shape[1] != features:
+                        where = (f"file {first}" if first is not None
+                                 else "the meta-train sequences")
+                        raise _DecodeFailure(
+                            f"sequence has {array.shape[1]} features per step but {where} "
+                            f"has {features}",
+                            fix=f"give every sequence of this modality {features} features",
+                        )
+                except _DecodeFailure as failure:
+                    error = DatasetError(failure.message, file=str(cell), row=context.rows[i],
+                                         column=context.column, fix=failure.fix)
+                    error.__cause__ = failure.__cause__
+                    context.report(error)
+                    array = None
+            arrays.append(array)
+        return arrays
+
+    @staticmethod
+    def _read_file(path: Path, root: Path | str) -> np.ndarray:
+        if not path.exists():
+            raise _DecodeFailure(
+                f"sequence file not found (paths are relative to {root})",
+                "check the path, or leave the cell empty if the sample has no sequence",
+            )
+        try:
+            return read_sequence_file(path)
+        except Exception as exc:  # NumPy / csv raise several types for corrupt files
+            raise _DecodeFailure(f"cannot read sequence: {exc}") from exc

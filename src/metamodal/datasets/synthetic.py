@@ -1,0 +1,562 @@
+"""The embedded synthetic multimodal dataset: a field guide of invented species.
+
+Each class (``species``) is a distinct tuple of six latent attributes -- shape, colour, habitat,
+call pitch, gait and size -- and each of the five modalities reveals only two of them, through
+noise and nuisance. No single modality can tell every pair of classes apart (two species can
+share everything a modality sees), but all five together can, because the tuples are distinct
+and every attribute is seen by at least one modality. Fusion therefore beats any single
+modality, and dropping a modality removes information that the others cannot fully replace.
+Classes are gathered into families (``family``, 5 species each by default) and ``splits.toml``
+splits families, so meta-train, meta-val and meta-test classes are disjoint.
+
+{table}
+
+``make_synthetic`` writes a dataset directory in metamodal's format (``dataset.toml``,
+``samples.csv``, ``splits.toml``, media under ``images/``, ``audio/``, ``tracks/``) plus
+``classes.csv`` (each species' attributes and a one-line description, usable for zero-shot
+prediction from class descriptions) and a ``README.md`` recording the arguments. Output is a
+pure function of the arguments: every sample and modality draws from its own generator seeded
+by ``(seed, class, sample, modality)``, so files are byte-identical across runs and worker
+counts, a present cell does not depend on ``missing_rate``, and growing ``classes`` or
+``per_class`` keeps the earlier classes and their samples' media unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import tomli_w
+from PIL import Image
+
+from metamodal.datasets._render import (
+    ATTRIBUTES,
+    MEASUREMENTS,
+    render_call,
+    render_caption,
+    render_image,
+    render_measurements,
+    render_track,
+)
+from metamodal.errors import ConfigError
+
+__all__ = [
+    "ATTRIBUTES",
+    "MEASUREMENTS",
+    "MODALITY_ATTRIBUTES",
+    "MODALITY_KINDS",
+    "attribute_names",
+    "class_attributes",
+    "describe_synthetic",
+    "make_synthetic",
+]
+
+#: Which attributes each modality reveals (the rest are invisible to it).
+MODALITY_ATTRIBUTES: dict[str, tuple[str, str]] = {
+    "image": ("shape", "colour"),
+    "caption": ("colour", "habitat"),
+    "sound": ("pitch", "habitat"),
+    "track": ("gait", "size"),
+    "measurements": ("shape", "size"),
+}
+
+#: The metamodal kind of each modality.
+MODALITY_KINDS: dict[str, str] = {
+    "image": "image",
+    "caption": "text",
+    "sound": "audio",
+    "track": "sequence",
+    "measurements": "tabular",
+}
+
+_ATTRIBUTE_ORDER = tuple(ATTRIBUTES)
+_MODALITY_ORDER = tuple(MODALITY_ATTRIBUTES)
+_FOLDERS = {"image": ("images", ".png"), "sound": ("audio", ".wav"), "track": ("tracks", ".npy")}
+_PARALLEL_FROM = 2000  # samples; below this a process pool costs more than it saves
+
+_ROWS: tuple[tuple[str, str, str, str, str], ...] = (
+    (
+        "image", "image", "`images/*.png` RGB", "shape, colour",
+        "random position, rotation and scale; background grey level, tint, gradient and "
+        "pixel noise; colour jitter; a distractor blob of a random palette colour",
+    ),
+    (
+        "caption", "text", "inline, 4-15 words", "colour, habitat",
+        "8 paraphrase templates, 3 synonyms per value, inserted filler words (some are size "
+        "and shape words, which carry no information), an attribute sometimes left out",
+    ),
+    (
+        "sound", "audio", "`audio/*.wav` (8 kHz, 0.5 s by default)", "pitch, habitat",
+        "pitch is the call's fundamental (harmonic tone, jittered, vibrato); habitat is the "
+        "spectral centre of the background ambience; random pulse count, timing, length; hiss",
+    ),
+    (
+        "track", "sequence", "`tracks/*.npy` float32 `[T, 2]` (T = 64)", "gait, size",
+        "gait is the motion pattern (loop, spiral, zigzag, figure8, glide), size its scale; "
+        "random rotation, mirror, offset, frequency, uneven speed, jitter and drift",
+    ),
+    (
+        "measurements", "tabular", "4 columns", "shape, size",
+        "size sets body length and width, shape their ratio (elongation), weight follows; "
+        "log-normal measurement error; `air_temp_c` is pure noise",
+    ),
+)
+
+
+def describe_synthetic() -> str:
+    """A markdown table of what each modality of the synthetic dataset carries, and its knobs.
+
+    Returns:
+        markdown text: one row per modality (kind, storage, attributes revealed, nuisance)
+        followed by the difficulty knobs of :func:`make_synthetic`.
+
+    Example:
+        >>> print(describe_synthetic().splitlines()[0])
+        | modality | kind | stored as | reveals | nuisance |
+    """
+    lines = [
+        "| modality | kind | stored as | reveals | nuisance |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {name} | {kind} | {store} | {attrs} | {nuisance} |"
+              for name, kind, store, attrs, nuisance in _ROWS]
+    values = ", ".join(f"{k} ({'/'.join(v)})" for k, v in ATTRIBUTES.items())
+    lines += [
+        "",
+        f"Attributes (up to five values each): {values}. Each attribute is seen by one or two "
+        "modalities; only all five together reveal every attribute (image + sound + track is the "
+        "smallest set that does).",
+        "",
+        "Difficulty knobs of `make_synthetic`:",
+        "",
+        "| knob | default | effect |",
+        "|---|---|---|",
+        "| `noise` | 0.5 | nuisance strength in every modality (0 clean, 1-2 hard) |",
+        "| `attribute_values` | 3 | values per attribute (2-5): fewer values means more species "
+        "share what one modality sees, so single modalities get weaker; allows at most "
+        "`attribute_values ** 6` classes |",
+        "| `flip_rate` | 0.02 | chance that a modality of a sample shows a random value of an "
+        "attribute instead of its species' value |",
+        "| `missing_rate` | 0.1 | chance that each modality cell is empty (never all five) |",
+        "| `image_size`, `audio_seconds`, `sample_rate`, `track_length` | 32, 0.5, 8000, 64 | "
+        "smaller media are faster and harder |",
+        "| `classes`, `per_class`, `classes_per_family` | 100, 20, 5 | dataset size and grouping |",
+    ]
+    return "\n".join(lines)
+
+
+__doc__ = (__doc__ or "").replace("{table}", describe_synthetic())
+
+
+def value_positions(attribute_values: int) -> np.ndarray:
+    """Positions (in each attribute's five-value list) of the values a dataset uses.
+
+    Args:
+        attribute_values: values per attribute, 2-5; evenly spaced picks of the five.
+
+    Returns:
+        int ``[attribute_values]`` positions, e.g. ``[0, 2, 4]`` for 3.
+
+    Example:
+        >>> value_positions(3).tolist()
+        [0, 2, 4]
+    """
+    _check_attribute_values(attribute_values)
+    return np.rint(np.linspace(0.0, 4.0, attribute_values)).astype(np.int64)
+
+
+def attribute_names(attribute_values: int = 3) -> dict[str, tuple[str, ...]]:
+    """The value names each attribute takes in a dataset with ``attribute_values`` values.
+
+    Args:
+        attribute_values: values per attribute, 2-5.
+
+    Returns:
+        attribute name -> its value names, index ``i`` naming value index ``i`` of
+        :func:`class_attributes`.
+
+    Example:
+        >>> attribute_names(3)["colour"]
+        ('red', 'green', 'blue')
+    """
+    positions = value_positions(attribute_values)
+    return {name: tuple(values[p] for p in positions) for name, values in ATTRIBUTES.items()}
+
+
+def class_attributes(classes: int, *, seed: int = 0, attribute_values: int = 3) -> np.ndarray:
+    """Choose the classes: distinct attribute tuples, deterministically from the seed.
+
+    The first ``n`` classes are the same for every ``classes >= n`` (a prefix of one seeded
+    permutation of the whole attribute space).
+
+    Args:
+        classes: how many classes (at most ``attribute_values ** 6``).
+        seed: non-negative seed.
+        attribute_values: values per attribute, 2-5.
+
+    Returns:
+        int ``[classes, 6]``: value index (``0..attribute_values-1``) of each attribute, columns
+        in the order of :data:`ATTRIBUTES` (shape, colour, habitat, pitch, gait, size).
+
+    Raises:
+        ConfigError: the attribute space has fewer tuples than ``classes``.
+
+    Example:
+        >>> table = class_attributes(10, seed=0)
+        >>> table.shape, len({tuple(row) for row in table.tolist()})
+        ((10, 6), 10)
+    """
+    _check_attribute_values(attribute_values)
+    _check_seed(seed)
+    space = attribute_values ** len(_ATTRIBUTE_ORDER)
+    if not isinstance(classes, int) or classes < 1:
+        raise ConfigError(f"classes must be a positive integer, got {classes!r}",
+                          fix="pass classes >= 1")
+    if classes > space:
+        raise ConfigError(
+            f"{classes} classes asked but {attribute_values} values for each of "
+            f"{len(_ATTRIBUTE_ORDER)} attributes make only {space} distinct species",
+            fix=f"ask for at most {space} classes or raise attribute_values (up to 5 gives "
+            f"{5 ** len(_ATTRIBUTE_ORDER)})",
+        )
+    codes = np.random.default_rng([seed, 1]).permutation(space)[:classes]
+    digits = attribute_values ** np.arange(len(_ATTRIBUTE_ORDER) - 1, -1, -1)
+    return (codes[:, None] // digits[None, :]) % attribute_values
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """Everything a worker needs to render samples (picklable)."""
+
+    root: str
+    seed: int
+    missing_rate: float
+    noise: float
+    flip_rate: float
+    attribute_values: int
+    image_size: int
+    sample_rate: int
+    audio_seconds: float
+    track_length: int
+
+
+def make_synthetic(
+    out: str | Path,
+    *,
+    classes: int = 100,
+    per_class: int = 20,
+    seed: int = 0,
+    missing_rate: float = 0.1,
+    noise: float = 0.5,
+    flip_rate: float = 0.02,
+    attribute_values: int = 3,
+    classes_per_family: int = 5,
+    image_size: int = 32,
+    sample_rate: int = 8000,
+    audio_seconds: float = 0.5,
+    track_length: int = 64,
+    workers: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the synthetic five-modality dataset directory (see the module docstring).
+
+    Args:
+        out: directory to create; must not exist, or be empty, or (with ``overwrite``) hold a
+            dataset (a ``dataset.toml``), which is replaced.
+        classes: number of species (at most ``attribute_values ** 6``: 729 by default).
+        per_class: samples per species.
+        seed: non-negative seed; the output is a pure function of all arguments but ``workers``.
+        missing_rate: chance that each modality cell of a sample is empty (0 <= rate < 1);
+            a sample never loses all five.
+        noise: nuisance strength in every modality (0 clean, 0.5 default, 1-2 hard).
+        flip_rate: chance that one attribute shown by one modality of one sample is replaced by
+            a uniformly drawn value.
+        attribute_values: values per attribute, 2-5.
+        classes_per_family: species per family (the group column; splits are by family);
+            ``ceil(classes / classes_per_family)`` families of near-equal size, at least three.
+        image_size: side of the square RGB images, pixels (8-512).
+        sample_rate: audio sample rate, Hz (2000-48000).
+        audio_seconds: audio clip length, seconds (0.1-10).
+        track_length: points per trajectory (8-4096).
+        workers: processes rendering in parallel; None picks up to 2 for large datasets.
+            The output does not depend on it.
+        overwrite: replace an existing dataset directory at ``out``.
+
+    Returns:
+        the dataset directory.
+
+    Raises:
+        ConfigError: an argument is out of range, the attribute space is too small for
+            ``classes``, or ``out`` exists and may not be replaced.
+
+    Example:
+        >>> import tempfile, tomllib
+        >>> root = make_synthetic(tempfile.mkdtemp() + "/toy", classes=15, per_class=2)
+        >>> sorted(tomllib.loads((root / "dataset.toml").read_text())["modalities"])
+        ['caption', 'image', 'measurements', 'sound', 'track']
+    """
+    _check_arguments(per_class=per_class, missing_rate=missing_rate, noise=noise,
+                     flip_rate=flip_rate, classes_per_family=classes_per_family,
+                     image_size=image_size, sample_rate=sample_rate,
+                     audio_seconds=audio_seconds, track_length=track_length, workers=workers)
+    table = class_attributes(classes, seed=seed, attribute_values=attribute_values)
+    families = math.ceil(classes / classes_per_family)
+    if families < 3:
+        raise ConfigError(
+            f"{classes} classes in families of {classes_per_family} make {families} "
+            "families, too few for class-disjoint train / val / test splits",
+            fix=f"use at least {3 * classes_per_family} classes or a smaller classes_per_family",
+        )
+    out = Path(out)
+    _check_target(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_dataset(tmp, table, families, per_class, workers,
+                       _Settings(str(tmp), seed, float(missing_rate), float(noise),
+                                 float(flip_rate), attribute_values, image_size, sample_rate,
+                                 float(audio_seconds), track_length))
+        _write_readme(tmp, dict(classes=classes, per_class=per_class, seed=seed,
+                                missing_rate=float(missing_rate), noise=float(noise),
+                                flip_rate=float(flip_rate), attribute_values=attribute_values,
+                                classes_per_family=classes_per_family, image_size=image_size,
+                                sample_rate=sample_rate, audio_seconds=float(audio_seconds),
+                                track_length=track_length))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_dataset(root: Path, table: np.ndarray, families: int, per_class: int,
+                   workers: int | None, settings: _Settings) -> None:
+    """Render every sample into ``root`` and write the tables and the schema."""
+    classes = len(table)
+    positions = value_positions(settings.attribute_values)[table]  # [classes, 6]
+    labels = [f"species-{c:0{max(3, len(str(classes - 1)))}d}" for c in range(classes)]
+    groups = [f"family-{f:0{max(2, len(str(families - 1)))}d}" for f in range(families)]
+    family_of = [groups[c * families // classes] for c in range(classes)]  # sizes differ by <= 1
+
+    for folder, _ in _FOLDERS.values():
+        (root / folder).mkdir()
+    total = classes * per_class
+    width = max(5, len(str(total - 1)))
+    jobs = [(c, j, f"s{c * per_class + j:0{width}d}", tuple(int(p) for p in positions[c]))
+            for c in range(classes) for j in range(per_class)]
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1) if total >= _PARALLEL_FROM else 1
+    chunk = max(1, math.ceil(total / (8 * workers)))
+    chunks = [jobs[i:i + chunk] for i in range(0, total, chunk)]
+    if workers > 1 and len(chunks) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_render_chunk, [settings] * len(chunks), chunks))
+    else:
+        results = [_render_chunk(settings, part) for part in chunks]
+
+    header = ["id", "species", "family", *_MODALITY_ORDER[:4], *MEASUREMENTS]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for part, rows in zip(chunks, results, strict=True):
+        for (c, _, sample_id, _), cells in zip(part, rows, strict=True):
+            writer.writerow([sample_id, labels[c], family_of[c], *cells])
+    (root / "samples.csv").write_text(buffer.getvalue(), encoding="utf-8")
+
+    names = attribute_names(settings.attribute_values)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["species", "family", *_ATTRIBUTE_ORDER, "description"])
+    for c in range(classes):
+        values = {a: names[a][table[c, i]] for i, a in enumerate(_ATTRIBUTE_ORDER)}
+        writer.writerow([labels[c], family_of[c], *values.values(), _description(values)])
+    (root / "classes.csv").write_text(buffer.getvalue(), encoding="utf-8")
+
+    n_fft = 2 ** round(math.log2(settings.sample_rate * 0.032))
+    schema = {
+        "name": "synthetic-field-guide",
+        "label": "species",
+        "group": "family",
+        "samples": "samples.csv",
+        "modalities": {
+            "image": {"kind": "image", "column": "image", "size": settings.image_size,
+                      "channels": 3},
+            "caption": {"kind": "text", "column": "caption", "max_length": 32},
+            "sound": {"kind": "audio", "column": "sound", "sample_rate": settings.sample_rate,
+                      "n_mels": 32, "n_fft": n_fft, "hop_length": n_fft // 4,
+                      "max_seconds": settings.audio_seconds},
+            "track": {"kind": "sequence", "column": "track",
+                      "max_length": settings.track_length},
+            "measurements": {"kind": "tabular", "columns": list(MEASUREMENTS)},
+        },
+    }
+    (root / "dataset.toml").write_text(tomli_w.dumps(schema), encoding="utf-8")
+
+    order = np.random.default_rng([settings.seed, 2]).permutation(families)
+    n_test = n_val = max(1, round(0.2 * families))
+    split = {
+        "train": sorted(groups[i] for i in order[: families - n_val - n_test]),
+        "val": sorted(groups[i] for i in order[families - n_val - n_test: families - n_test]),
+        "test": sorted(groups[i] for i in order[families - n_test:]),
+    }
+    (root / "splits.toml").write_text(tomli_w.dumps(split), encoding="utf-8")
+
+
+def _render_chunk(settings: _Settings,
+                  jobs: list[tuple[int, int, str, tuple[int, ...]]]) -> list[list[str]]:
+    """Render and write the media of ``jobs`` ``(class, sample, id, positions)``.
+
+    Returns:
+        one row of cells per job: image, caption, sound, track paths/text and the
+        measurements ("" where the modality is missing).
+    """
+    root = Path(settings.root)
+    index = {name: i for i, name in enumerate(_ATTRIBUTE_ORDER)}
+    k = settings.attribute_values
+    choices = value_positions(k)
+    rows = []
+    for c, j, sample_id, positions in jobs:
+        missing = _missing_mask(settings, c, j)
+        cells: list[str] = []
+        for m, modality in enumerate(_MODALITY_ORDER):
+            if missing[m]:
+                cells += [""] * (len(MEASUREMENTS) if modality == "measurements" else 1)
+                continue
+            rng = np.random.default_rng([settings.seed, 3, c, j, m])
+            flip = rng.random(2) < settings.flip_rate
+            drawn = choices[rng.integers(k, size=2)]
+            a, b = (int(drawn[i]) if flip[i] else positions[index[name]]
+                    for i, name in enumerate(MODALITY_ATTRIBUTES[modality]))
+            cells += _render_modality(root, modality, sample_id, a, b, rng, settings)
+        rows.append(cells)
+    return rows
+
+
+def _missing_mask(settings: _Settings, c: int, j: int) -> np.ndarray:
+    """bool ``[5]``: which modalities sample ``(c, j)`` lacks (never all of them)."""
+    rng = np.random.default_rng([settings.seed, 4, c, j])
+    missing = rng.random(len(_MODALITY_ORDER)) < settings.missing_rate
+    keep = rng.integers(len(_MODALITY_ORDER))
+    if missing.all():
+        missing[keep] = False
+    return missing
+
+
+def _render_modality(root: Path, modality: str, sample_id: str, a: int, b: int,
+                     rng: np.random.Generator, s: _Settings) -> list[str]:
+    """Render one modality of one sample (writing its file if it has one); return its cells."""
+    if modality == "caption":
+        return [render_caption(a, b, rng, noise=s.noise)]
+    if modality == "measurements":
+        return [f"{v:.2f}" for v in render_measurements(a, b, rng, noise=s.noise)]
+    folder, suffix = _FOLDERS[modality]
+    relative = f"{folder}/{sample_id}{suffix}"
+    if modality == "image":
+        pixels = render_image(a, b, rng, size=s.image_size, noise=s.noise)
+        Image.fromarray(pixels).save(root / relative, compress_level=1)
+    elif modality == "sound":
+        wave = render_call(a, b, rng, sample_rate=s.sample_rate, seconds=s.audio_seconds,
+                           noise=s.noise)
+        # Encode in memory: writing to a path makes libsndfile fsync every file (~10 ms each).
+        buffer = io.BytesIO()
+        soundfile.write(buffer, wave, s.sample_rate, subtype="PCM_16", format="WAV")
+        (root / relative).write_bytes(buffer.getvalue())
+    else:
+        np.save(root / relative, render_track(a, b, rng, length=s.track_length, noise=s.noise))
+    return [relative]
+
+
+def _description(values: dict[str, str]) -> str:
+    """One sentence naming every attribute of a species (for zero-shot class descriptions)."""
+    gait = {"figure8": "figure eight"}.get(values["gait"], values["gait"])
+    return (f"a {values['size']} {values['colour']} {values['shape']} shaped creature of the "
+            f"{values['habitat']} with a {values['pitch']} call that moves in a {gait}")
+
+
+def _write_readme(root: Path, arguments: dict[str, object]) -> None:
+    """Write the generated directory's README: what it is, the arguments, the modality table."""
+    text = "\n".join([
+        "# synthetic-field-guide",
+        "",
+        "Synthetic few-shot multimodal dataset written by `metamodal.datasets.synthetic."
+        "make_synthetic`. Each species is a distinct tuple of six attributes; each modality "
+        "shows two of them. `classes.csv` lists every species' attributes.",
+        "",
+        "Arguments (re-running with them gives byte-identical files):",
+        "",
+        "```toml",
+        tomli_w.dumps(arguments).rstrip(),
+        "```",
+        "",
+        describe_synthetic(),
+        "",
+    ])
+    (root / "README.md").write_text(text, encoding="utf-8")
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    """Refuse to write over anything but an empty directory or (with overwrite) a dataset."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError("exists and is not a directory", file=out,
+                          fix="choose another output path")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError("output directory exists and is not empty", file=out,
+                          fix="pass overwrite=True (--overwrite) or choose a new directory")
+    if not (out / "dataset.toml").is_file():
+        raise ConfigError("refusing to overwrite a directory that holds no dataset.toml",
+                          file=out, fix="choose a new directory or empty this one yourself")
+
+
+def _check_attribute_values(attribute_values: int) -> None:
+    if not isinstance(attribute_values, int) or not 2 <= attribute_values <= 5:
+        raise ConfigError(f"attribute_values must be an integer from 2 to 5, got "
+                          f"{attribute_values!r}",
+                          fix="pass attribute_values between 2 and 5")
+
+
+def _check_seed(seed: int) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}",
+                          fix="pass seed >= 0")
+
+
+def _check_arguments(**values: object) -> None:
+    """Raise ConfigError naming the first argument outside its range."""
+    ranges: dict[str, tuple[type, float, float, str]] = {
+        "per_class": (int, 1, math.inf, "at least 1"),
+        "missing_rate": (float, 0.0, 0.999999, "in [0, 1)"),
+        "noise": (float, 0.0, 100.0, "in [0, 100]"),
+        "flip_rate": (float, 0.0, 1.0, "in [0, 1]"),
+        "classes_per_family": (int, 1, math.inf, "at least 1"),
+        "image_size": (int, 8, 512, "from 8 to 512"),
+        "sample_rate": (int, 2000, 48000, "from 2000 to 48000"),
+        "audio_seconds": (float, 0.1, 10.0, "from 0.1 to 10"),
+        "track_length": (int, 8, 4096, "from 8 to 4096"),
+        "workers": (int, 1, 64, "from 1 to 64, or None"),
+    }
+    for name, value in values.items():
+        kind, low, high, words = ranges[name]
+        if name == "workers" and value is None:
+            continue
+        ok_type = isinstance(value, int) if kind is int else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok_type or not low <= value <= high:  # type: ignore[operator]
+            raise ConfigError(f"{name} must be {words}, got {value!r}",
+                              fix=f"pass {name} {words}")

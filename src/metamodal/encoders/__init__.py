@@ -1,0 +1,51 @@
+"""Per-modality encoders, registered by name: ``encoders.create("conv4", dim=64, input_info=...)``.
+
+=============  ==================  ==========================================================
+name           kinds               what
+=============  ==================  ==========================================================
+``conv4``      image               4 x (conv3x3, BatchNorm, ReLU, max-pool), linear
+``resnet12``   image               4 residual blocks of 3 conv3x3, average pool, linear
+``bag``        text                mean of token embeddings, MLP
+``textcnn``    text                convolutions of widths 3/4/5, max over time, linear
+``gru``        sequence, text      bidirectional GRU over packed sequences, linear
+``tcn``        sequence            dilated causal conv blocks, masked mean/max pool, linear
+``audio-cnn``  audio               2-D conv blocks over log-mels, masked pool over frames
+``mlp``        tabular             multi-layer perceptron
+=============  ==================  ==========================================================
+
+`DEFAULT_ENCODERS` names the encoder of each kind when a config names none; `ENCODER_KINDS`
+(or `check_encoder` / `encoders_for`) says which kinds an encoder fits; `build_encoder`
+checks both and the hyper-parameters.
+"""
+
+from metamodal.encoders import audio, image, sequence, tabular, text
+from metamodal.encoders.base import (
+    DEFAULT_ENCODERS,
+    ENCODER_KINDS,
+    Encoder,
+    build_encoder,
+    check_encoder,
+    check_hyperparameters,
+    encoders,
+    encoders_for,
+    hyperparameters,
+    register_encoder,
+)
+
+__all__ = [
+    "DEFAULT_ENCODERS",
+    "ENCODER_KINDS",
+    "Encoder",
+    "audio",
+    "build_encoder",
+    "check_encoder",
+    "check_hyperparameters",
+    "encoders",
+    "encoders_for",
+    "hyperparameters",
+    "image",
+    "register_encoder",
+    "sequence",
+    "tabular",
+    "text",
+]

@@ -1,0 +1,108 @@
+"""Audio encoder: a small 2-D CNN over log-mel spectrograms ``[B, n_mels, frames]``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from metamodal.data.batch import ModalityBatch
+from metamodal.encoders.base import Encoder, register_encoder, require_info
+from metamodal.encoders.layers import (
+    POOLS,
+    MaskedBatchNorm,
+    length_mask,
+    masked_pool,
+    resolve_lengths,
+)
+from metamodal.errors import ConfigError, ModalityError
+
+
+@register_encoder("audio-cnn", ["audio"])
+class AudioCNN(Encoder):
+    """A spectrogram treated as a one-channel image: conv blocks, pooling over valid frames.
+
+    The common CNN baseline for sound classification (e.g. Choi et al., 2016, "Automatic
+    Tagging Using Deep Convolutional Neural Networks"; Hershey et al., 2017, "CNN
+    Architectures for Large-Scale Audio Classification"). Each block is conv3x3 -> BatchNorm ->
+    ReLU -> 2x2 max-pool over (mels, frames). Variable lengths are exact: BatchNorm counts only
+    valid frames (`MaskedBatchNorm`), frames past each clip's length are zeroed after every
+    block, pooling over time uses ``ceil_mode`` (a clip's last odd frame is kept whatever the
+    padding), and the final pooling (mean over mels, then ``pool`` over valid frames) ignores
+    padding. The same clip therefore gets the same embedding however much it is padded.
+
+    Args:
+        dim: output size.
+        input_info: ``{"n_mels", "max_frames"}`` from the audio loader.
+        channels: filters per block.
+        blocks: number of blocks.
+        pool: ``mean``, ``max`` or ``meanmax`` (both, concatenated) over valid frames.
+
+    Shapes:
+        ``[B, n_mels, frames]`` with lengths ``[B]`` (frames) -> ``[B, dim]``.
+
+    Example:
+        >>> enc = AudioCNN(dim=8, input_info={"n_mels": 16, "max_frames": 20}, channels=4)
+        >>> batch = ModalityBatch(torch.randn(3, 16, 20), torch.ones(3, dtype=torch.bool),
+        ...                       torch.tensor([20, 7, 12]))
+        >>> enc(batch).shape
+        torch.Size([3, 8])
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        input_info: Mapping[str, Any],
+        channels: int = 32,
+        blocks: int = 4,
+        pool: str = "mean",
+    ) -> None:
+        super().__init__(dim=dim, input_info=input_info)
+        (self.n_mels,) = require_info("audio-cnn", input_info, "n_mels")
+        if pool not in POOLS:
+            raise ConfigError(
+                f"audio-cnn: unknown pool {pool!r}", fix=f"use one of: {', '.join(POOLS)}"
+            )
+        if channels < 1 or blocks < 1:
+            raise ConfigError(
+                f"audio-cnn needs channels >= 1 and blocks >= 1, got {channels}, {blocks}",
+                fix="use e.g. channels=32, blocks=4",
+            )
+        self.pool = pool
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        self.mel_pools: list[int] = []
+        mels, inputs = self.n_mels, 1
+        for _ in range(blocks):
+            self.convs.append(nn.Conv2d(inputs, channels, 3, padding=1, bias=False))
+            self.norms.append(MaskedBatchNorm(channels))
+            self.mel_pools.append(2 if mels >= 2 else 1)
+            mels, inputs = -(-mels // self.mel_pools[-1]), channels
+        self.project = nn.Linear(channels * (2 if pool == "meanmax" else 1), dim)
+
+    def check(self, batch: ModalityBatch) -> None:
+        values = batch.values
+        if values.dim() != 3 or values.shape[1] != self.n_mels or not values.is_floating_point():
+            raise ModalityError(
+                f"encoder 'audio-cnn' takes float [B, {self.n_mels}, frames] spectrograms, got "
+                f"{values.dtype} {tuple(values.shape)}",
+                fix="decode the modality with the audio loader the encoder was built for",
+            )
+
+    def encode(self, values: Tensor, lengths: Tensor | None) -> Tensor:
+        """Embed spectrograms ``[n, n_mels, frames]`` with lengths ``[n]`` -> ``[n, dim]``."""
+        lengths = resolve_lengths(lengths, values.shape[2], values.shape[0], values.device)
+        mask = length_mask(lengths, values.shape[2])[:, None, None, :]  # [n, 1, 1, frames]
+        x = torch.where(mask, values.unsqueeze(1), torch.zeros((), dtype=values.dtype))
+        for conv, norm, mel_pool in zip(self.convs, self.norms, self.mel_pools, strict=True):
+            x = torch.relu(norm(conv(x), mask))
+            x = F.max_pool2d(x, (mel_pool, 2), ceil_mode=True)
+            # windows past a clip's end pooled only zeros, so x is already zero there
+            lengths = torch.div(lengths + 1, 2, rounding_mode="floor")
+            mask = length_mask(lengths, x.shape[3])[:, None, None, :]
+        steps = x.mean(dim=2).transpose(1, 2)  # [n, frames', channels]
+        return self.project(masked_pool(steps, mask[:, 0, 0, :], self.pool))

@@ -1,0 +1,181 @@
+"""Image encoders: the four-block ConvNet (``conv4``) and the small residual net (``resnet12``).
+
+Both take ``[B, C, H, W]`` images of the size the image loader reports and work on small
+inputs (16x16, 28x28, 32x32, ...): a 2x2 max-pool is applied along an axis only while that axis
+is at least 2 long, so spatial sizes never reach 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from metamodal.data.batch import ModalityBatch
+from metamodal.encoders.base import Encoder, register_encoder, require_info
+from metamodal.errors import ConfigError, ModalityError
+
+
+def _pool_kernel(height: int, width: int) -> tuple[int, int]:
+    """A 2x2 pooling kernel, 1 along an axis that is already 1 long."""
+    return (2 if height >= 2 else 1, 2 if width >= 2 else 1)
+
+
+class _ImageEncoder(Encoder):
+    """Shared input checks of the image encoders."""
+
+    def __init__(self, *, dim: int, input_info: Mapping[str, Any], name: str) -> None:
+        super().__init__(dim=dim, input_info=input_info)
+        self.channels, self.height, self.width = require_info(
+            name, input_info, "channels", "height", "width"
+        )
+        self._name = name
+
+    def check(self, batch: ModalityBatch) -> None:
+        shape = tuple(batch.values.shape[1:])
+        if shape != (self.channels, self.height, self.width):
+            raise ModalityError(
+                f"encoder {self._name!r} was built for images of shape "
+                f"{(self.channels, self.height, self.width)} (C, H, W), got {shape}",
+                fix="decode images with the same loader (size, mode) the encoder was built for",
+            )
+
+
+@register_encoder("conv4", ["image"])
+class Conv4(_ImageEncoder):
+    """The four-block ConvNet of few-shot learning, followed by a linear map to ``dim``.
+
+    Each block is conv3x3 (``hidden`` filters) -> BatchNorm -> ReLU -> 2x2 max-pool (Vinyals et
+    al., 2016, "Matching Networks for One Shot Learning"; Snell et al., 2017, "Prototypical
+    Networks for Few-shot Learning"). The final feature map is flattened and mapped linearly to
+    ``dim``. Pooling along an axis stops once that axis is 1 long, so 16x16 inputs work.
+
+    Args:
+        dim: output size.
+        input_info: ``{"channels", "height", "width"}`` from the image loader.
+        hidden: filters per block (64 in the papers).
+        blocks: number of blocks (4 in the papers).
+
+    Shapes:
+        ``[B, channels, height, width]`` -> ``[B, dim]``.
+
+    Example:
+        >>> import torch
+        >>> enc = Conv4(dim=32, input_info={"channels": 1, "height": 16, "width": 16}, hidden=8)
+        >>> batch = ModalityBatch(torch.randn(5, 1, 16, 16), torch.ones(5, dtype=torch.bool))
+        >>> enc(batch).shape
+        torch.Size([5, 32])
+    """
+
+    def __init__(
+        self, *, dim: int, input_info: Mapping[str, Any], hidden: int = 64, blocks: int = 4
+    ) -> None:
+        super().__init__(dim=dim, input_info=input_info, name="conv4")
+        if hidden < 1 or blocks < 1:
+            raise ConfigError(
+                f"conv4 needs hidden >= 1 and blocks >= 1, got hidden={hidden}, blocks={blocks}",
+                fix="use e.g. hidden=64, blocks=4",
+            )
+        layers: list[nn.Module] = []
+        height, width, channels = self.height, self.width, self.channels
+        for _ in range(blocks):
+            kernel = _pool_kernel(height, width)
+            layers += [
+                nn.Conv2d(channels, hidden, 3, padding=1),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU(inplace=True),
+            ]
+            if kernel != (1, 1):
+                layers.append(nn.MaxPool2d(kernel))
+            height, width, channels = height // kernel[0], width // kernel[1], hidden
+        self.features = nn.Sequential(*layers)
+        self.project = nn.Linear(channels * height * width, dim)
+
+    def encode(self, values: Tensor, lengths: Tensor | None) -> Tensor:
+        """Embed images ``[n, C, H, W]`` -> ``[n, dim]``."""
+        return self.project(self.features(values).flatten(1))
+
+
+class _ResidualBlock(nn.Module):
+    """Three conv3x3-BatchNorm layers with LeakyReLU, a 1x1 shortcut, then 2x2 max-pool."""
+
+    def __init__(
+        self, channels: int, width: int, slope: float, kernel: tuple[int, int]
+    ) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(slope),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(slope),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+        )
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width)
+        )
+        self.activation = nn.LeakyReLU(slope)
+        self.pool = nn.MaxPool2d(kernel) if kernel != (1, 1) else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.activation(self.body(x) + self.shortcut(x)))
+
+
+@register_encoder("resnet12", ["image"])
+class ResNet12(_ImageEncoder):
+    """ResNet-12: four residual blocks of three conv3x3 layers, global average pool, linear.
+
+    As in Oreshkin et al., 2018, "TADAM: Task dependent adaptive metric for improved few-shot
+    learning" and Lee et al., 2019, "Meta-Learning with Differentiable Convex Optimization"
+    (MetaOptNet), without DropBlock. Each block: (conv3x3 -> BatchNorm -> LeakyReLU) x 2 ->
+    conv3x3 -> BatchNorm, plus a 1x1-conv shortcut, LeakyReLU, 2x2 max-pool. The default widths
+    are a quarter of the papers' (64, 160, 320, 640), small enough for a CPU.
+
+    Args:
+        dim: output size.
+        input_info: ``{"channels", "height", "width"}`` from the image loader.
+        widths: output channels of each block (one block per entry).
+        slope: negative slope of the LeakyReLU (0.1 in the papers).
+
+    Shapes:
+        ``[B, channels, height, width]`` -> ``[B, dim]``.
+
+    Example:
+        >>> import torch
+        >>> enc = ResNet12(dim=16, input_info={"channels": 3, "height": 16, "width": 16},
+        ...                widths=(8, 8, 16, 16))
+        >>> batch = ModalityBatch(torch.randn(2, 3, 16, 16), torch.ones(2, dtype=torch.bool))
+        >>> enc(batch).shape
+        torch.Size([2, 16])
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        input_info: Mapping[str, Any],
+        widths: Sequence[int] = (32, 64, 128, 256),
+        slope: float = 0.1,
+    ) -> None:
+        super().__init__(dim=dim, input_info=input_info, name="resnet12")
+        widths = [int(w) for w in widths]
+        if not widths or min(widths) < 1:
+            raise ConfigError(
+                f"resnet12 needs a non-empty list of positive widths, got {widths!r}",
+                fix="use e.g. widths=[32, 64, 128, 256]",
+            )
+        blocks: list[nn.Module] = []
+        height, width, channels = self.height, self.width, self.channels
+        for out in widths:
+            kernel = _pool_kernel(height, width)
+            blocks.append(_ResidualBlock(channels, out, slope, kernel))
+            height, width, channels = height // kernel[0], width // kernel[1], out
+        self.blocks = nn.Sequential(*blocks)
+        self.project = nn.Linear(channels, dim)
+
+    def encode(self, values: Tensor, lengths: Tensor | None) -> Tensor:
+        """Embed images ``[n, C, H, W]`` -> ``[n, dim]``."""
+        return self.project(self.blocks(values).mean(dim=(2, 3)))

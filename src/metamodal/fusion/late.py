@@ -1,0 +1,74 @@
+"""Late fusion: keep one embedding per modality and mix the per-modality logits afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from metamodal.fusion.base import Fusion, fusions, masked_softmax
+
+
+@fusions.register("late")
+class LateFusion(Fusion):
+    """An ensemble of per-modality heads whose logits are mixed with learned weights.
+
+    Unlike the other fusions, ``forward`` does not fuse: it returns the per-modality
+    embeddings ``[B, M, dim]`` (absent ones zero), optionally after a per-modality linear map.
+    The learner computes logits ``[Q, M, W]`` per modality with its head (e.g. distances to
+    per-modality prototypes) and calls `combine`, which mixes them with learned per-modality
+    weights, a softmax over the modalities each query has (late fusion / decision-level
+    fusion, as in the ensemble baselines of Baltrusaitis et al., 2019, "Multimodal Machine
+    Learning: A Survey and Taxonomy").
+
+    Args:
+        modalities: the modality names (the order of the M axis).
+        dim: embedding size (also ``out_dim``).
+        project: apply a learned linear map per modality in ``forward``.
+
+    Shapes:
+        ``forward``: ``{name: [B, dim]}``, ``{name: bool [B]}`` -> ``[B, M, dim]``;
+        ``combine``: ``[Q, M, W]``, bool ``[Q, M]`` -> ``[Q, W]``.
+
+    Example:
+        >>> fusion = LateFusion(modalities=["a", "b"], dim=4)
+        >>> fusion({"a": torch.randn(3, 4)}, {"a": torch.ones(3, dtype=torch.bool)}).shape
+        torch.Size([3, 2, 4])
+        >>> logits = torch.tensor([[[1.0, 0.0], [0.0, 3.0]]])  # [Q=1, M=2, W=2]
+        >>> fusion.combine(logits, torch.tensor([[True, False]])).tolist()
+        [[1.0, 0.0]]
+    """
+
+    late: bool = True
+
+    def __init__(self, *, modalities: Sequence[str], dim: int, project: bool = False) -> None:
+        super().__init__(modalities=modalities, dim=dim)
+        count = len(self.modalities)
+        self.mix = nn.Parameter(torch.zeros(count))
+        self.project = project
+        if project:
+            self.weight = nn.Parameter(torch.eye(dim).repeat(count, 1, 1))
+            self.bias = nn.Parameter(torch.zeros(count, dim))
+        self.last_weights: Tensor | None = None
+
+    def forward(self, embeddings: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+        """Per-modality embeddings ``[B, M, dim]`` in ``self.modalities`` order, absent zero."""
+        z, mask = self.stack(embeddings, present)
+        if self.project:
+            z = torch.einsum("bmd,mde->bme", z, self.weight) + self.bias
+            z = torch.where(mask.unsqueeze(-1), z, torch.zeros((), dtype=z.dtype))
+        return z
+
+    def combine(self, logits: Tensor, valid: Tensor) -> Tensor:
+        """Mix per-modality logits: ``[Q, M, W]`` with bool ``valid`` ``[Q, M]`` -> ``[Q, W]``.
+
+        Each query's weights are a softmax of the learned ``mix`` scores over its valid
+        modalities; invalid modalities' logits are never read; a query with no valid modality
+        gets zeros. The weights are kept in ``last_weights`` ``[Q, M]`` (detached).
+        """
+        valid = valid.to(torch.bool)
+        weights = masked_softmax(self.mix.to(logits.dtype).expand(valid.shape), valid)
+        self.last_weights = weights.detach()
+        safe = torch.where(valid.unsqueeze(-1), logits, torch.zeros((), dtype=logits.dtype))
+        return (weights.unsqueeze(-1) * safe).sum(dim=1)

@@ -1,0 +1,155 @@
+"""What every few-shot head shares: the registry, the `Head` base class and episode helpers.
+
+A *head* turns embedded support and query samples of one episode into query logits. It is a
+plain `torch.nn.Module` with
+
+- ``forward(support [S, D], support_labels long [S], query [Q, D], ways) -> logits [Q, ways]``;
+- ``loss(logits [Q, ways], query_labels long [Q]) -> scalar`` (cross-entropy unless overridden);
+- ``extra_loss(support: Embeddings, support_labels, query: Embeddings, query_labels) -> scalar``
+  (zero unless overridden; sees fused ``z`` and the per-modality ``parts``);
+- a class attribute ``training_mode``: ``"episodic"`` (meta-trained on episodes) or
+  ``"supervised"`` (the encoders and fusion are pre-trained by ordinary classification over
+  every meta-train class, and the head only adapts per episode on frozen features).
+
+Heads are built by name from `learners` with ``learners.create(name, dim=D, **options)``, where
+``D`` is the width of the embeddings they receive; heads that need no width ignore it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metamodal.errors import DatasetError, InsufficientSamplesError
+from metamodal.learners.embeddings import Embeddings
+from metamodal.registry import Registry
+
+learners: Registry[nn.Module] = Registry("learner")
+"""Few-shot heads by name (``protonet``, ``matchingnet``, ``relationnet``, ``siamese``,
+``nearest-centroid``, ``finetune``)."""
+
+TRAINING_MODES = ("episodic", "supervised")
+
+
+class Head(nn.Module):
+    """Base class of few-shot heads: cross-entropy `loss`, zero `extra_loss`, episodic training.
+
+    Subclasses implement `forward`. See the module docstring for the contract.
+
+    Example:
+        >>> class Nearest(Head):
+        ...     def forward(self, support, support_labels, query, ways):
+        ...         return -torch.cdist(query, class_means(support, support_labels, ways))
+        >>> Nearest()(torch.eye(2), torch.tensor([0, 1]), torch.eye(2), 2).argmax(1).tolist()
+        [0, 1]
+    """
+
+    training_mode: ClassVar[str] = "episodic"
+
+    def forward(  # pragma: no cover - abstract
+        self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
+    ) -> Tensor:
+        """Query logits ``[Q, ways]`` from support ``[S, D]``, labels ``[S]``, query ``[Q, D]``."""
+        raise NotImplementedError
+
+    def loss(self, logits: Tensor, query_labels: Tensor) -> Tensor:
+        """Cross-entropy of ``logits`` ``[Q, ways]`` against ``query_labels`` long ``[Q]``."""
+        return F.cross_entropy(logits, query_labels)
+
+    def extra_loss(
+        self,
+        support: Embeddings,
+        support_labels: Tensor,
+        query: Embeddings,
+        query_labels: Tensor,
+    ) -> Tensor:
+        """A loss term beyond `loss` computed from the embeddings themselves; zero here."""
+        return support.z.new_zeros(())
+
+
+def check_support(support_labels: Tensor, ways: int) -> Tensor:
+    """Check that every class ``0..ways-1`` has a support sample; return the counts ``[ways]``.
+
+    Args:
+        support_labels: long ``[S]``, each in ``0..ways-1``.
+        ways: the number of classes of the episode.
+
+    Raises:
+        DatasetError: a label is outside ``0..ways-1``.
+        InsufficientSamplesError: some class has no support sample (its logits would be
+            undefined).
+
+    Example:
+        >>> check_support(torch.tensor([0, 0, 1]), 2).tolist()
+        [2, 1]
+    """
+    if support_labels.numel() and (
+        int(support_labels.min()) < 0 or int(support_labels.max()) >= ways
+    ):
+        raise DatasetError(
+            f"support labels must lie in 0..{ways - 1}, got "
+            f"{int(support_labels.min())}..{int(support_labels.max())}",
+            fix="number the episode's classes 0..ways-1 in support_labels",
+        )
+    counts = torch.bincount(support_labels, minlength=ways)
+    if bool((counts == 0).any()):
+        missing = (counts == 0).nonzero().flatten().tolist()
+        raise InsufficientSamplesError(
+            f"class label(s) {missing} of a {ways}-way episode have no support sample",
+            fix="give every class of the episode at least one support sample "
+            "(check the support table or the episode file)",
+        )
+    return counts
+
+
+def class_means(support: Tensor, support_labels: Tensor, ways: int) -> Tensor:
+    """Mean support embedding of each class (the prototypes of Snell et al. 2017).
+
+    Args:
+        support: ``[S, D]`` support embeddings.
+        support_labels: long ``[S]`` in ``0..ways-1``; every class must occur.
+        ways: the number of classes.
+
+    Returns:
+        ``[ways, D]``: row ``k`` is the mean of the support rows labelled ``k``.
+
+    Example:
+        >>> class_means(torch.tensor([[0.0], [2.0], [5.0]]), torch.tensor([0, 0, 1]), 2).tolist()
+        [[1.0], [5.0]]
+    """
+    counts = check_support(support_labels, ways)
+    one_hot = F.one_hot(support_labels, ways).to(support.dtype)  # [S, ways]
+    return (one_hot.T @ support) / counts.to(support.dtype).unsqueeze(1)
+
+
+def squared_distances(query: Tensor, keys: Tensor) -> Tensor:
+    """Squared Euclidean distances between every query row and every key row.
+
+    Args:
+        query: ``[Q, D]``.
+        keys: ``[K, D]``.
+
+    Returns:
+        ``[Q, K]`` with entry ``(i, j) = ||query_i - keys_j||^2`` (clamped at 0 against rounding).
+
+    Example:
+        >>> squared_distances(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]])).tolist()
+        [[25.0]]
+    """
+    cross = query @ keys.T
+    sq = query.pow(2).sum(1, keepdim=True) + keys.pow(2).sum(1).unsqueeze(0) - 2 * cross
+    return sq.clamp_min(0.0)
+
+
+def euclidean_distances(query: Tensor, keys: Tensor, eps: float = 1e-12) -> Tensor:
+    """Euclidean distances ``[Q, K]`` between rows of ``query [Q, D]`` and ``keys [K, D]``,
+    with a gradient that stays finite at zero distance (``sqrt(max(d^2, eps))``).
+
+    Example:
+        >>> euclidean_distances(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]])).tolist()
+        [[5.0]]
+    """
+    return squared_distances(query, keys).clamp_min(eps).sqrt()

@@ -1,0 +1,239 @@
+"""Baselines on frozen, supervised pre-trained features: nearest centroid and fine-tuning.
+
+These heads have ``training_mode = "supervised"``: the encoders and fusion are first trained
+with ordinary classification over every meta-train class (through `SupervisedClassifier`), then
+frozen; the head adapts to each episode from the support features alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metamodal.learners.base import Head, check_support, class_means, learners, squared_distances
+
+
+class SupervisedClassifier(nn.Module):
+    """The classification layer of supervised pre-training: linear, or cosine (Baseline++).
+
+    Chen, Liu, Kira, Wang and Huang, 2019, "A Closer Look at Few-shot Classification": the
+    *Baseline* uses a linear layer; *Baseline++* scores ``scale * cos(x, w_c)`` against one
+    weight vector per class, which reduces intra-class variation of the features.
+
+    Args:
+        in_dim: width of the features ``[B, in_dim]``.
+        num_classes: number of meta-train classes.
+        cosine: use the cosine classifier (Baseline++) instead of a linear layer.
+        scale: the cosine classifier's scale (temperature inverse).
+
+    Example:
+        >>> clf = SupervisedClassifier(8, 3, cosine=True)
+        >>> clf(torch.randn(4, 8)).shape
+        torch.Size([4, 3])
+        >>> bool(clf(torch.randn(4, 8)).abs().max() <= 10.0 + 1e-4)
+        True
+    """
+
+    def __init__(
+        self, in_dim: int, num_classes: int, cosine: bool = False, scale: float = 10.0
+    ) -> None:
+        super().__init__()
+        self.cosine = cosine
+        self.scale = scale
+        if cosine:
+            self.weight = nn.Parameter(torch.empty(num_classes, in_dim))
+            nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        else:
+            self.linear = nn.Linear(in_dim, num_classes)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Class logits ``[B, num_classes]`` of ``features`` ``[B, in_dim]``."""
+        if self.cosine:
+            return self.scale * F.normalize(features, dim=1) @ F.normalize(self.weight, dim=1).T
+        return self.linear(features)
+
+
+@learners.register("nearest-centroid")
+class NearestCentroid(Head):
+    """SimpleShot: centre the features by the mean pre-training feature, L2-normalise them, and
+    give each query the class whose mean normalised support feature is nearest (Euclidean).
+
+    Wang, Chao, Weinberger and van der Maaten, 2019, "SimpleShot: Revisiting Nearest-Neighbor
+    Classification for Few-Shot Learning" (the CL2N variant).
+
+    Args:
+        dim: feature width ``D``.
+
+    The mean is the buffer ``feature_mean`` ``[D]`` (saved with the model), zero until
+    `set_feature_mean` is called after pre-training (then the head is plain L2N).
+
+    Example:
+        >>> head = NearestCentroid(dim=2)
+        >>> head.set_feature_mean(torch.tensor([1.0, 1.0]))
+        >>> support = torch.tensor([[2.0, 1.0], [1.0, 3.0]])  # centred: [1, 0], [0, 2] -> [0, 1]
+        >>> logits = head(support, torch.tensor([0, 1]), torch.tensor([[5.0, 1.0]]), 2)
+        >>> [round(v, 4) for v in logits[0].tolist()]  # query -> [1, 0]: distances 0 and sqrt 2
+        [-0.0, -1.4142]
+    """
+
+    training_mode = "supervised"
+
+    def __init__(self, *, dim: int) -> None:
+        super().__init__()
+        self.feature_mean: Tensor
+        self.register_buffer("feature_mean", torch.zeros(dim))
+
+    def set_feature_mean(self, mean: Tensor) -> None:
+        """Store the mean feature ``[D]`` of the pre-training data (subtracted before norming)."""
+        if mean.shape != self.feature_mean.shape:
+            raise ValueError(
+                f"feature mean must have shape {tuple(self.feature_mean.shape)}, "
+                f"got {tuple(mean.shape)}"
+            )
+        self.feature_mean.copy_(mean.detach())
+
+    def normalize(self, features: Tensor) -> Tensor:
+        """Centred and L2-normalised features, ``[B, D]``."""
+        return F.normalize(features - self.feature_mean, dim=1)
+
+    def forward(
+        self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
+    ) -> Tensor:
+        """Logits ``[Q, ways]``: minus the Euclidean distance to each class's mean.
+
+        Args:
+            support: ``[S, D]`` support features.
+            support_labels: long ``[S]`` in ``0..ways-1``; every class must occur.
+            query: ``[Q, D]`` query features.
+            ways: number of classes.
+        """
+        centroids = class_means(self.normalize(support), support_labels, ways)
+        return -squared_distances(self.normalize(query), centroids).clamp_min(1e-12).sqrt()
+
+
+@learners.register("finetune")
+class FineTune(Head):
+    """Fine-tuning baseline: a fresh linear (or cosine) classifier trained on the support
+    features of each episode, with the features frozen.
+
+    Chen, Liu, Kira, Wang and Huang, 2019, "A Closer Look at Few-shot Classification" (Baseline
+    and, with ``cosine=True``, Baseline++). The classifier is trained full-batch (vectorised over
+    the whole support set) for ``steps`` steps under `torch.enable_grad`, so it also adapts
+    inside ``torch.no_grad()`` or ``torch.inference_mode()`` evaluation. Its initial weights come
+    from a generator seeded with ``seed``: the same support set always gives the same
+    classifier. Gradients do not reach the support features; they do reach the query features
+    through the (fixed) trained classifier.
+
+    Args:
+        dim: feature width (unused; the classifier is sized from the support features).
+        steps: optimisation steps per episode.
+        lr: learning rate.
+        optimizer: ``"adam"``, ``"sgd"`` (momentum 0.9, as in the paper) or ``"lbfgs"``.
+        weight_decay: L2 penalty on the classifier's weights.
+        cosine: cosine classifier ``scale * cos(x, w_c)`` (Baseline++) instead of linear.
+        scale: the cosine classifier's scale.
+        normalize: L2-normalise the features first.
+        seed: seeds the initial weights.
+
+    Example:
+        >>> head = FineTune(steps=50)
+        >>> support = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> with torch.no_grad():
+        ...     head(support, torch.tensor([0, 1]), support, 2).argmax(1).tolist()
+        [0, 1]
+    """
+
+    training_mode = "supervised"
+
+    def __init__(
+        self,
+        *,
+        dim: int | None = None,
+        steps: int = 100,
+        lr: float = 0.05,
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        cosine: bool = False,
+        scale: float = 10.0,
+        normalize: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if optimizer not in ("adam", "sgd", "lbfgs"):
+            raise ValueError(f"optimizer must be 'adam', 'sgd' or 'lbfgs', got {optimizer!r}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.steps = steps
+        self.lr = lr
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.cosine = cosine
+        self.scale = scale
+        self.normalize = normalize
+        self.seed = seed
+
+    def _features(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=1) if self.normalize else x
+
+    def _classify(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        if self.cosine:
+            return self.scale * F.normalize(x, dim=1) @ F.normalize(weight, dim=1).T
+        return x @ weight.T + bias
+
+    def fit(self, support: Tensor, support_labels: Tensor, ways: int) -> tuple[Tensor, Tensor]:
+        """Train a classifier on ``support`` ``[S, D]`` / ``support_labels`` ``[S]``; returns its
+        (detached) ``weight [ways, D]`` and ``bias [ways]``."""
+        check_support(support_labels, ways)
+        with torch.inference_mode(False), torch.enable_grad():
+            x = self._features(support.detach().clone())
+            y = support_labels.clone()
+            generator = torch.Generator().manual_seed(self.seed)
+            init = torch.randn(ways, x.shape[1], generator=generator, dtype=x.dtype) * 0.01
+            weight = init.to(x.device).requires_grad_()
+            bias = torch.zeros(ways, dtype=x.dtype, device=x.device, requires_grad=True)
+            params = [weight] if self.cosine else [weight, bias]
+
+            def objective() -> Tensor:
+                loss = F.cross_entropy(self._classify(x, weight, bias), y)
+                if self.weight_decay:
+                    loss = loss + 0.5 * self.weight_decay * weight.pow(2).sum()
+                return loss
+
+            if self.optimizer == "lbfgs":
+                lbfgs = torch.optim.LBFGS(
+                    params, lr=self.lr, max_iter=self.steps, line_search_fn="strong_wolfe"
+                )
+
+                def closure() -> Tensor:
+                    lbfgs.zero_grad()
+                    loss = objective()
+                    loss.backward()
+                    return loss
+
+                lbfgs.step(closure)
+            else:
+                opt: torch.optim.Optimizer
+                if self.optimizer == "adam":
+                    opt = torch.optim.Adam(params, lr=self.lr)
+                else:
+                    opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9)
+                for _ in range(self.steps):
+                    opt.zero_grad()
+                    objective().backward()
+                    opt.step()
+        return weight.detach(), bias.detach()
+
+    def forward(
+        self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
+    ) -> Tensor:
+        """Logits ``[Q, ways]`` of the classifier fitted to this episode's support set.
+
+        Args:
+            support: ``[S, D]`` support features.
+            support_labels: long ``[S]`` in ``0..ways-1``; every class must occur.
+            query: ``[Q, D]`` query features.
+            ways: number of classes.
+        """
+        weight, bias = self.fit(support, support_labels, ways)
+        return self._classify(self._features(query), weight, bias)

@@ -1,0 +1,58 @@
+"""Prototypical Networks (Snell, Swersky and Zemel, 2017)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from metamodal.learners.base import Head, class_means, learners, squared_distances
+
+
+@learners.register("protonet")
+class ProtoNet(Head):
+    """Prototypical Networks: each class is the mean of its support embeddings (its
+    *prototype*); a query's logit for class ``k`` is minus its squared Euclidean distance to
+    prototype ``k``, divided by a temperature.
+
+    Snell, Swersky and Zemel, 2017, "Prototypical Networks for Few-shot Learning".
+
+    Args:
+        dim: embedding width (unused; accepted so that every head is built the same way).
+        temperature: divides the distances; 1.0 (the paper's version) by default.
+        learn_temperature: make the temperature a trained parameter (kept positive through
+            its logarithm).
+
+    Example:
+        >>> head = ProtoNet()
+        >>> support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
+        >>> head(support, torch.tensor([0, 0, 1]), torch.tensor([[1.0, 1.0]]), 2).tolist()
+        [[-1.0, -10.0]]
+    """
+
+    def __init__(
+        self, *, dim: int | None = None, temperature: float = 1.0, learn_temperature: bool = False
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        log_t = torch.tensor(math.log(temperature))
+        if learn_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+
+    def forward(
+        self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
+    ) -> Tensor:
+        """Logits ``[Q, ways]`` = ``-||query - prototype_k||^2 / temperature``.
+
+        Args:
+            support: ``[ways*shots, D]`` support embeddings.
+            support_labels: long ``[ways*shots]`` in ``0..ways-1``.
+            query: ``[Q, D]`` query embeddings.
+            ways: number of classes.
+        """
+        prototypes = class_means(support, support_labels, ways)
+        return -squared_distances(query, prototypes) / self.log_temperature.exp()

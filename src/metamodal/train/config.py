@@ -1,0 +1,160 @@
+"""Training configuration: one dataclass, read from TOML and/or CLI flags, written to a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metamodal.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides how a model is meta-trained.
+
+    Args:
+        data: the dataset directory.
+        modalities: modalities to use (default: all of the dataset's).
+        encoders: modality name -> encoder registry name (default per kind).
+        encoder_options: modality name -> encoder hyper-parameters.
+        preprocess: modality name -> loader option overrides (e.g. ``{"image": {"size": 16}}``).
+        fusion: fusion registry name; ``fusion_options`` its hyper-parameters.
+        learner: learner registry name; ``learner_options`` its hyper-parameters.
+        dim: the shared embedding size of every encoder.
+        ways, shots, queries: the episodes of meta-training (and of validation).
+        steps: optimisation steps (episodes, or batches for supervised pre-training).
+        lr, weight_decay: Adam's (AdamW's) learning rate and decoupled weight decay.
+        schedule: ``cosine`` (decay to 0 over ``steps``) or ``constant``.
+        grad_clip: max global gradient norm (0 = off).
+        batch_size: samples per batch of supervised pre-training (baseline learners).
+        val_every: validate every this many steps (0 = only at the end).
+        val_episodes: episodes per validation.
+        patience: stop after this many validations without improvement (0 = never).
+        checkpoint_every: save a resumable checkpoint every this many steps.
+        seed: seeds the split, the episodes, the initialisation and dropout.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
+        cache: keep decoded tensors in an on-disk cache inside the dataset directory.
+
+    Example:
+        >>> TrainConfig(data="ds", steps=10).updated({"ways": 3}).ways
+        3
+    """
+
+    data: str = ""
+    modalities: list[str] | None = None
+    encoders: dict[str, str] = field(default_factory=dict)
+    encoder_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    preprocess: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fusion: str = "gated"
+    fusion_options: dict[str, Any] = field(default_factory=dict)
+    learner: str = "protonet"
+    learner_options: dict[str, Any] = field(default_factory=dict)
+    dim: int = 64
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    steps: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    grad_clip: float = 5.0
+    batch_size: int = 64
+    val_every: int = 100
+    val_episodes: int = 100
+    patience: int = 0
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    cache: bool = True
+
+    def updated(self, values: dict[str, Any], *, source: str = "flags") -> TrainConfig:
+        """A copy with ``values`` applied; unknown keys or wrong types raise `ConfigError`."""
+        return _from_dict({**self.to_dict(), **values}, source=source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, for TOML / JSON."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build from plain data; unknown keys or wrong types raise `ConfigError`."""
+        return _from_dict(values, source=source)
+
+    def validate(self) -> None:
+        """Check value ranges; raises `ConfigError` naming the key."""
+        positive = ("dim", "ways", "shots", "queries", "steps", "batch_size", "val_episodes")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}", column=key,
+                                  fix=f"set {key} to a positive integer")
+        if self.ways < 2:
+            raise ConfigError("ways must be >= 2", column="ways", fix="use --ways 2 or more")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"unknown schedule {self.schedule!r}", column="schedule",
+                              fix="use 'cosine' or 'constant'")
+        if self.lr <= 0:
+            raise ConfigError("lr must be > 0", column="lr", fix="e.g. lr = 1e-3")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a `TrainConfig` from a TOML file (keys as in `TrainConfig`; a ``[train]`` table or
+    top-level keys).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.toml"
+        >>> _ = p.write_text('learner = "protonet"\\n[preprocess.image]\\nsize = 16\\n')
+        >>> load_config(p).preprocess
+        {'image': {'size': 16}}
+    """
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=path,
+                          fix="check the path given to --config") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"invalid TOML: {error}", file=path,
+                          fix="fix the TOML syntax at the line named") from None
+    values = values.get("train", values)
+    return _from_dict(values, source=str(path))
+
+
+def _from_dict(values: dict[str, Any], *, source: str) -> TrainConfig:
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    clean: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {key!r}", file=source, column=key,
+                              fix=f"use one of: {', '.join(sorted(known))}")
+        if value is not None and not _matches(value, hints[key]):
+            raise ConfigError(f"{key} has the wrong type ({type(value).__name__})", file=source,
+                              column=key, fix=f"give a value of type {hints[key]}")
+        if hints[key] is float and isinstance(value, int):
+            value = float(value)
+        clean[key] = value
+    return TrainConfig(**clean)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_matches(value, h) for h in typing.get_args(hint) if h is not type(None))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is Any:
+        return True
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)

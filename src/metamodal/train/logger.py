@@ -1,0 +1,74 @@
+"""Training metrics: one JSON line per record in ``metrics.jsonl`` and TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from metamodal.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLogger:
+    """Appends metric records to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
+
+    Args:
+        run_dir: the run directory.
+        resume_step: when resuming, records after this step (written by the killed run after
+            its last checkpoint) are dropped, so the log matches the resumed state exactly.
+
+    Example:
+        >>> import tempfile
+        >>> logger = MetricsLogger(tempfile.mkdtemp())
+        >>> logger.log(10, {"train_loss": 0.5})
+        >>> logger.close()
+    """
+
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
+        self.path = Path(run_dir) / METRICS_FILE
+        if resume_step is None:
+            self.path.unlink(missing_ok=True)
+        elif self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self._file = self.path.open("a", encoding="utf-8")
+        self._writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(
+                str(Path(run_dir) / "tensorboard"),
+                purge_step=None if resume_step is None else resume_step + 1,
+            )
+        except ImportError:  # pragma: no cover - tensorboard is a dependency
+            log.warning("tensorboard is not installed: no event files are written")
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        """Record ``values`` at ``step`` (numbers go to TensorBoard too)."""
+        record = {"step": step, **values}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            for key, value in values.items():
+                if isinstance(value, int | float):
+                    self._writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        """Flush and close the files."""
+        self._file.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All records of a run's ``metrics.jsonl`` (empty when there is none)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

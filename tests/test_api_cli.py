@@ -1,0 +1,156 @@
+"""The user-facing surfaces: `FewShotClassifier` and the `metamodal` command."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metamodal.api import FewShotClassifier
+from metamodal.cli import main
+from metamodal.data.episodes import EpisodeSampler, write_episode_file
+from metamodal.errors import InsufficientSamplesError, ModalityError, RunError
+from metamodal.train.run import load_run, load_run_data
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A dataset made and a small model trained through the CLI: (data dir, run dir)."""
+    root = tmp_path_factory.mktemp("cli")
+    data, run = root / "data", root / "run"
+    assert main(["make-synthetic", str(data), "--classes", "24", "--per-class", "8",
+                 "--image-size", "16", "--seed", "2"]) == 0
+    config = root / "config.toml"
+    config.write_text("dim = 16\nval_episodes = 10\nval_every = 0\n"
+                      "[preprocess.image]\nsize = 16\n")
+    assert main(["train", "--data", str(data), "--out", str(run), "--config", str(config),
+                 "--ways", "3", "--shots", "1", "--queries", "2", "--steps", "20",
+                 "--no-progress", "--device", "cpu"]) == 0
+    return data, run
+
+
+def _rows(data: Path) -> list[dict[str, str]]:
+    with (data / "samples.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _support_query(data: Path, run: Path) -> tuple[Path, Path, list[str]]:
+    """One support sample and two queries for three test classes, as tables in ``data``."""
+    test = load_run(run).split.test[:3]
+    label = "species"
+    by_class: dict[str, list[dict[str, str]]] = {}
+    for row in _rows(data):
+        if row[label] in test:
+            by_class.setdefault(row[label], []).append(row)
+    support = [rows[0] for rows in by_class.values()]
+    query = [r for rows in by_class.values() for r in rows[1:3]]
+    return (_write(data / "support.csv", support), _write(data / "query.csv", query), test)
+
+
+def test_classifier_fit_predict_save_load(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = trained
+    support, query, classes = _support_query(data, run)
+    clf = FewShotClassifier(run).fit(support)
+    assert clf.classes_ == sorted(classes)
+    proba = clf.predict_proba(query)
+    assert proba.shape == (6, 3)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
+    assert clf.predict(query) == [clf.classes_[k] for k in proba.argmax(1)]
+    # with one shot a support sample is its own prototype: ProtoNet must give its own class
+    assert clf.predict(support) == [r["species"] for r in _rows_of(support)]
+    clf.save(tmp_path / "saved")
+    again = FewShotClassifier.load(tmp_path / "saved")
+    np.testing.assert_allclose(again.predict_proba(query), proba, rtol=1e-5, atol=1e-6)
+
+
+def _rows_of(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_support_class_without_example_is_a_typed_error(trained: tuple[Path, Path]) -> None:
+    data, run = trained
+    support, _, classes = _support_query(data, run)
+    with pytest.raises(InsufficientSamplesError, match="ghost"):
+        FewShotClassifier(run).fit(support, classes=[*classes, "ghost"])
+    rows = _rows_of(support)
+    for column in ("image", "caption", "sound", "track", "body_length_cm", "body_width_cm",
+                   "weight_g", "air_temp_c"):
+        rows[0][column] = ""
+    with pytest.raises(InsufficientSamplesError, match=rows[0]["species"]):
+        FewShotClassifier(run).fit(_write(data / "support-empty.csv", rows))
+
+
+def test_predict_before_fit_is_a_typed_error(trained: tuple[Path, Path]) -> None:
+    _, run = trained
+    with pytest.raises(RunError, match="fit"):
+        FewShotClassifier(run).predict("query.csv")
+
+
+def test_query_with_modalities_the_model_never_saw(trained: tuple[Path, Path],
+                                                   tmp_path: Path) -> None:
+    data, run = trained
+    support, query, _ = _support_query(data, run)
+    clf = FewShotClassifier(run).fit(support)
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("id,thermal\nq1,scan.npy\n")
+    with pytest.raises(ModalityError, match="modalities"):
+        clf.predict(foreign)
+
+
+def test_cli_eval_writes_the_contract_json(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, run = trained
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run), "--ways", "3", "--shots", "1", "--queries", "2",
+                 "--episodes-count", "40", "--json", str(out), "--ablation"]) == 0
+    result = json.loads(out.read_text())
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["ci95"] >= 0
+    assert (result["episodes"], result["ways"], result["shots"]) == (40, 3, 1)
+    assert len(result["ablation"]) == 1 + 2 * len(load_run(run).model.modalities)
+
+
+def test_cli_eval_on_a_fixed_episode_file(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, run = trained
+    loaded = load_run(run)
+    store = load_run_data(loaded).store
+    sampler = EpisodeSampler(store, loaded.split.test, 3, 1, 2, seed=9)
+    episodes = [sampler[i] for i in range(7)]
+    path = tmp_path / "episodes.jsonl"
+    write_episode_file(path, episodes)
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run), "--episodes", str(path), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["episodes"] == 7
+
+
+def test_cli_predict_and_report(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = trained
+    support, query, classes = _support_query(data, run)
+    out = tmp_path / "pred.json"
+    assert main(["predict", str(run), "--support", str(support), "--query", str(query),
+                 "--json", str(out)]) == 0
+    predictions = json.loads(out.read_text())["predictions"]
+    assert [p["id"] for p in predictions] == [r["id"] for r in _rows_of(query)]
+    assert all(p["prediction"] in classes for p in predictions)
+    assert main(["report", str(run), "--ways", "3", "--queries", "2",
+                 "--episodes-count", "20"]) == 0
+    assert (run / "report" / "index.html").is_file()
+
+
+def test_cli_reports_typed_errors_without_traceback(tmp_path: Path, capsys) -> None:
+    assert main(["eval", str(tmp_path / "missing-run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "missing-run" in err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "dataset.toml").write_text("label = \n")
+    assert main(["inspect", str(tmp_path / "bad")]) != 0

@@ -1,0 +1,397 @@
+"""Encoders: shapes, padding and absent-row invariance, gradients, registry checks, learning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from metamodal.data.batch import KINDS, ModalityBatch
+from metamodal.encoders import (
+    DEFAULT_ENCODERS,
+    ENCODER_KINDS,
+    Encoder,
+    build_encoder,
+    check_encoder,
+    encoders,
+    encoders_for,
+    hyperparameters,
+)
+from metamodal.encoders.layers import (
+    MaskedBatchNorm,
+    length_mask,
+    masked_max,
+    masked_mean,
+    masked_pool,
+)
+from metamodal.errors import ConfigError, ModalityError, UnknownNameError
+
+torch.set_num_threads(1)
+
+VOCAB = 30
+MAX_LEN = 12
+
+
+@dataclass
+class Case:
+    name: str
+    kind: str
+    info: dict[str, Any]
+    hyper: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}-{self.kind}"
+
+    def build(self, dim: int = 8) -> Encoder:
+        return build_encoder(self.kind, self.name, dim=dim, input_info=self.info, **self.hyper)
+
+
+CASES = [
+    Case("conv4", "image", {"channels": 1, "height": 16, "width": 16}, {"hidden": 8}),
+    Case("resnet12", "image", {"channels": 3, "height": 12, "width": 12},
+         {"widths": (4, 8, 8, 8)}),
+    Case("bag", "text", {"vocab_size": VOCAB, "max_length": MAX_LEN}, {"embedding_dim": 8}),
+    Case("textcnn", "text", {"vocab_size": VOCAB, "max_length": MAX_LEN},
+         {"embedding_dim": 8, "filters": 6}),
+    Case("gru", "text", {"vocab_size": VOCAB, "max_length": MAX_LEN},
+         {"embedding_dim": 8, "hidden": 6}),
+    Case("gru", "sequence", {"features": 3, "max_length": MAX_LEN}, {"hidden": 6}),
+    Case("tcn", "sequence", {"features": 3, "max_length": MAX_LEN}, {"channels": 6}),
+    Case("audio-cnn", "audio", {"n_mels": 8, "max_frames": MAX_LEN}, {"channels": 4}),
+    Case("mlp", "tabular", {"features": 5}, {"hidden": [8]}),
+]
+VARIABLE = [c for c in CASES if c.kind in ("text", "sequence", "audio")]
+
+
+def make_batch(
+    case: Case,
+    size: int,
+    generator: torch.Generator,
+    present: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+) -> ModalityBatch:
+    """Random valid inputs of ``case``'s kind; absent rows zero."""
+    info = case.info
+    if lengths is None and case.kind in ("text", "sequence", "audio"):
+        lengths = torch.randint(1, MAX_LEN + 1, (size,), generator=generator)
+    if case.kind == "image":
+        values = torch.randn(size, info["channels"], info["height"], info["width"],
+                             generator=generator)
+    elif case.kind == "text":
+        values = torch.randint(1, VOCAB, (size, MAX_LEN), generator=generator)
+        values = values * length_mask(lengths, MAX_LEN)
+    elif case.kind == "sequence":
+        values = torch.randn(size, MAX_LEN, info["features"], generator=generator)
+        values = values * length_mask(lengths, MAX_LEN).unsqueeze(-1)
+    elif case.kind == "audio":
+        values = torch.randn(size, info["n_mels"], MAX_LEN, generator=generator)
+        values = values * length_mask(lengths, MAX_LEN).unsqueeze(1)
+    else:
+        values = torch.randn(size, info["features"], generator=generator)
+    if present is None:
+        present = torch.ones(size, dtype=torch.bool)
+    return ModalityBatch(values, present, lengths).with_present(present)
+
+
+def pad_more(case: Case, batch: ModalityBatch, extra: int, generator: torch.Generator
+             ) -> ModalityBatch:
+    """The same samples with ``extra`` more padded steps holding random garbage."""
+    values = batch.values
+    if case.kind == "text":
+        garbage = torch.randint(1, VOCAB, (values.shape[0], extra), generator=generator)
+        return ModalityBatch(torch.cat([values, garbage], 1), batch.present, batch.lengths)
+    if case.kind == "sequence":
+        garbage = torch.randn(values.shape[0], extra, values.shape[2], generator=generator)
+        return ModalityBatch(torch.cat([values, garbage], 1), batch.present, batch.lengths)
+    garbage = torch.randn(values.shape[0], values.shape[1], extra, generator=generator)
+    return ModalityBatch(torch.cat([values, garbage], 2), batch.present, batch.lengths)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_output_shape_and_absent_rows_are_zero(case: Case) -> None:
+    g = torch.Generator().manual_seed(0)
+    encoder = case.build(dim=7)
+    present = torch.tensor([True, False, True, True, False, True])
+    out = encoder(make_batch(case, 6, g, present))
+    assert out.shape == (6, 7)
+    assert torch.all(out[~present] == 0)
+    assert torch.all(out[present].abs().sum(1) > 0)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_values_of_absent_rows_never_matter(case: Case, train: bool) -> None:
+    g = torch.Generator().manual_seed(1)
+    encoder = case.build()
+    encoder.train(train)
+    present = torch.tensor([True, False, True, False, True])
+    batch = make_batch(case, 5, g, present)
+    noisy_values = make_batch(case, 5, g).values
+    if noisy_values.is_floating_point():
+        noisy_values = noisy_values * 100
+    noisy = ModalityBatch(torch.where(present.view(-1, *[1] * (batch.values.dim() - 1)),
+                                      batch.values, noisy_values),
+                          present, batch.lengths)
+    torch.manual_seed(0)
+    clean_out = encoder(batch)
+    torch.manual_seed(0)
+    noisy_out = encoder(noisy)
+    torch.testing.assert_close(clean_out, noisy_out)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_all_rows_absent_gives_zeros(case: Case) -> None:
+    g = torch.Generator().manual_seed(2)
+    encoder = case.build()
+    out = encoder(make_batch(case, 3, g, torch.zeros(3, dtype=torch.bool)))
+    assert out.shape == (3, 8) and torch.all(out == 0)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("case", VARIABLE, ids=lambda c: c.id)
+def test_padding_never_changes_an_embedding(case: Case, train: bool) -> None:
+    g = torch.Generator().manual_seed(3)
+    encoder = case.build()
+    encoder.train(train)
+    lengths = torch.tensor([1, 2, 5, 7, 12, 3])
+    batch = make_batch(case, 6, g, lengths=lengths)
+    longer = pad_more(case, batch, 9, g)
+    torch.testing.assert_close(encoder(batch), encoder(longer))
+    # one sample alone, padded exactly to its length, matches its row in the batch
+    encoder.eval()
+    alone_len = 5
+    values = batch.values[2:3, :alone_len] if case.kind != "audio" else \
+        batch.values[2:3, :, :alone_len]
+    alone = ModalityBatch(values, batch.present[2:3], lengths[2:3])
+    torch.testing.assert_close(encoder(alone)[0], encoder(longer)[2])
+
+
+def test_text_without_lengths_uses_the_nonzero_tokens() -> None:
+    case = CASES[2]
+    encoder = case.build().eval()
+    values = torch.tensor([[4, 9, 0, 0], [7, 0, 0, 0]])
+    with_lengths = ModalityBatch(values, torch.ones(2, dtype=torch.bool), torch.tensor([2, 1]))
+    without = ModalityBatch(values, torch.ones(2, dtype=torch.bool), None)
+    torch.testing.assert_close(encoder(with_lengths), encoder(without))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_gradient_reaches_every_parameter(case: Case) -> None:
+    g = torch.Generator().manual_seed(4)
+    encoder = case.build()
+    present = torch.tensor([True, True, False, True, True, True])
+    out = encoder(make_batch(case, 6, g, present))
+    (out * torch.randn(out.shape, generator=g)).sum().backward()
+    for name, parameter in encoder.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_encoding_all_rows_matches_encoding_present_rows(case: Case) -> None:
+    g = torch.Generator().manual_seed(5)
+    encoder = case.build().eval()
+    present = torch.tensor([True, False, True, True])
+    batch = make_batch(case, 4, g, present)
+    skipped = encoder(batch)
+    encoder.skip_absent = False
+    torch.testing.assert_close(encoder(batch), skipped)
+
+
+def test_absent_rows_do_not_enter_batchnorm_statistics() -> None:
+    g = torch.Generator().manual_seed(6)
+    case = CASES[0]
+    encoder = case.build().train()
+    present = torch.tensor([True, False, False, True, True])
+    batch = make_batch(case, 5, g, present)
+    encoder(batch)
+    reference = case.build()
+    reference.load_state_dict({k: v for k, v in encoder.state_dict().items()
+                               if "running" not in k and "num_batches" not in k}, strict=False)
+    reference.train()
+    reference(batch.index(present.nonzero().squeeze(1)))
+    bn, ref_bn = encoder.features[1], reference.features[1]
+    torch.testing.assert_close(bn.running_mean, ref_bn.running_mean)
+    torch.testing.assert_close(bn.running_var, ref_bn.running_var)
+
+
+@pytest.mark.parametrize("size", [8, 16, 21, 28, 32])
+def test_image_encoders_accept_small_sizes(size: int) -> None:
+    info = {"channels": 3, "height": size, "width": size}
+    batch = ModalityBatch(torch.randn(2, 3, size, size), torch.ones(2, dtype=torch.bool))
+    for name, hyper in (("conv4", {"hidden": 4}), ("resnet12", {"widths": [4, 4, 4, 4]})):
+        encoder = encoders.create(name, dim=5, input_info=info, **hyper)
+        assert encoder(batch).shape == (2, 5)
+
+
+def test_conv4_paper_layout_on_84_pixels() -> None:
+    encoder = encoders.create("conv4", dim=16,
+                              input_info={"channels": 3, "height": 84, "width": 84})
+    assert encoder.project.in_features == 64 * 5 * 5  # 1600 features as in the papers
+    convs = [m for m in encoder.features if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 64, 64]
+
+
+def test_wrong_input_shape_raises_modality_error() -> None:
+    info = {"channels": 1, "height": 16, "width": 16}
+    encoder = encoders.create("conv4", dim=4, input_info=info)
+    with pytest.raises(ModalityError, match=r"\(1, 16, 16\)"):
+        encoder(ModalityBatch(torch.randn(2, 3, 16, 16), torch.ones(2, dtype=torch.bool)))
+    tcn = encoders.create("tcn", dim=4, input_info={"features": 3})
+    with pytest.raises(ModalityError, match="float"):
+        tcn(ModalityBatch(torch.randn(2, 5, 4), torch.ones(2, dtype=torch.bool)))
+    bag = encoders.create("bag", dim=4, input_info={"vocab_size": 10})
+    with pytest.raises(ModalityError, match="token ids"):
+        bag(ModalityBatch(torch.randn(2, 5), torch.ones(2, dtype=torch.bool)))
+
+
+def test_missing_input_info_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match="input_info\\['height'\\]"):
+        encoders.create("conv4", dim=4, input_info={"channels": 3, "width": 8})
+    with pytest.raises(ConfigError, match="features"):
+        encoders.create("mlp", dim=4, input_info={})
+
+
+def test_registry_lists_names_and_unknown_name_lists_them() -> None:
+    expected = {"conv4", "resnet12", "bag", "textcnn", "gru", "tcn", "audio-cnn", "mlp"}
+    assert expected <= set(encoders.names())
+    with pytest.raises(UnknownNameError) as info:
+        encoders.create("vit", dim=4, input_info={})
+    for name in expected:
+        assert name in str(info.value)
+
+
+def test_every_kind_has_a_default_encoder_that_fits_it() -> None:
+    infos = {"image": {"channels": 1, "height": 8, "width": 8},
+             "text": {"vocab_size": 10, "max_length": 4},
+             "audio": {"n_mels": 4, "max_frames": 4},
+             "sequence": {"features": 2, "max_length": 4},
+             "tabular": {"features": 2}}
+    assert set(DEFAULT_ENCODERS) == set(KINDS)
+    for kind, name in DEFAULT_ENCODERS.items():
+        assert kind in ENCODER_KINDS[name]
+        encoder = build_encoder(kind, dim=4, input_info=infos[kind])
+        assert isinstance(encoder, encoders.get(name))
+
+
+def test_encoder_kind_checks() -> None:
+    assert encoders_for("text") == ["bag", "gru", "textcnn"]
+    assert encoders_for("sequence") == ["gru", "tcn"]
+    check_encoder("gru", "sequence")
+    with pytest.raises(ConfigError, match="bag, gru, textcnn"):
+        check_encoder("tcn", "text", "caption")
+    with pytest.raises(ConfigError, match="caption"):
+        build_encoder("text", "conv4", dim=4, input_info={}, modality="caption")
+    with pytest.raises(ConfigError, match="image, text"):
+        build_encoder("video", dim=4, input_info={})
+
+
+def test_hyperparameters_are_listed_and_unknown_ones_rejected() -> None:
+    assert hyperparameters(encoders.get("tcn")) == {
+        "channels": 64, "levels": 3, "kernel_size": 3, "dropout": 0.0, "pool": "meanmax"}
+    with pytest.raises(ConfigError, match="channels=64"):
+        build_encoder("sequence", "tcn", dim=4, input_info={"features": 2}, width=3)
+    with pytest.raises(ConfigError, match="dim"):
+        encoders.create("mlp", dim=0, input_info={"features": 2})
+
+
+def test_length_mask_and_masked_pooling() -> None:
+    assert length_mask(torch.tensor([0, 2]), 3).tolist() == [[False] * 3, [True, True, False]]
+    x = torch.tensor([[[1.0, -1.0], [3.0, 5.0], [9.0, 9.0]], [[2.0, 2.0], [7.0, 7.0],
+                                                               [0.0, 0.0]]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    assert masked_mean(x, mask).tolist() == [[2.0, 2.0], [0.0, 0.0]]
+    assert masked_max(x, mask).tolist() == [[3.0, 5.0], [0.0, 0.0]]
+    assert masked_pool(x, mask, "meanmax").shape == (2, 4)
+
+
+def test_masked_batchnorm_uses_only_valid_positions() -> None:
+    torch.manual_seed(0)
+    norm = MaskedBatchNorm(3, momentum=1.0)
+    x = torch.randn(4, 3, 6)
+    mask = length_mask(torch.tensor([6, 2, 4, 1]), 6).unsqueeze(1)  # [4, 1, 6]
+    out = norm(x, mask)
+    valid = x.transpose(1, 2)[mask.squeeze(1)]  # [valid positions, 3]
+    expected = (valid - valid.mean(0)) / torch.sqrt(valid.var(0, unbiased=False) + 1e-5)
+    torch.testing.assert_close(out.transpose(1, 2)[mask.squeeze(1)], expected)
+    assert torch.all(out.transpose(1, 2)[~mask.squeeze(1)] == 0)
+    torch.testing.assert_close(norm.running_mean, valid.mean(0))
+    torch.testing.assert_close(norm.running_var, valid.var(0, unbiased=True))
+    norm.eval()
+    torch.testing.assert_close(norm(x, mask).transpose(1, 2)[mask.squeeze(1)],
+                               expected * torch.sqrt(valid.var(0, unbiased=False) + 1e-5)
+                               / torch.sqrt(valid.var(0, unbiased=True) + 1e-5))
+
+
+def toy_task(case: Case, size: int, generator: torch.Generator
+             ) -> tuple[ModalityBatch, torch.Tensor]:
+    """Two classes that each kind's encoder can separate: labels ``[size]`` in {0, 1}."""
+    labels = torch.arange(size) % 2
+    batch = make_batch(case, size, generator)
+    values, lengths = batch.values.clone(), batch.lengths
+    sign = labels.float() * 2 - 1
+    if case.kind == "image":
+        half = values.shape[2] // 2
+        values[:, :, :half] += 2 * sign.view(-1, 1, 1, 1)
+    elif case.kind == "text":
+        values[:, 0] = 2 + labels  # the first token says the class
+    elif case.kind == "sequence":
+        steps = torch.arange(MAX_LEN).float().view(1, -1, 1) / MAX_LEN
+        values = values * 0.3 + sign.view(-1, 1, 1) * steps * 3
+        values = values * length_mask(lengths, MAX_LEN).unsqueeze(-1)
+    elif case.kind == "audio":
+        values[:, :4] += 2 * sign.view(-1, 1, 1)
+        values = values * length_mask(lengths, MAX_LEN).unsqueeze(1)
+    else:
+        values[:, 0] = 2 * sign
+    return ModalityBatch(values, batch.present, lengths), labels
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_encoder_learns_a_toy_task(case: Case) -> None:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(7)
+    encoder = case.build(dim=8)
+    head = nn.Linear(8, 2)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=1e-2)
+    batch, labels = toy_task(case, 32, g)
+    first = None
+    for _ in range(40):
+        loss = nn.functional.cross_entropy(head(encoder(batch)), labels)
+        first = loss.item() if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    encoder.eval()
+    test_batch, test_labels = toy_task(case, 32, g)
+    accuracy = (head(encoder(test_batch)).argmax(1) == test_labels).float().mean().item()
+    assert loss.item() < first * 0.5
+    assert accuracy >= 0.9
+
+
+def test_textcnn_ignores_windows_made_only_of_padding() -> None:
+    encoder = encoders.create("textcnn", dim=4, input_info={"vocab_size": 10},
+                              embedding_dim=3, filters=2, widths=[2])
+    with torch.no_grad():
+        encoder.embed.table.weight.abs_()
+        encoder.convs[0].weight.copy_(-encoder.convs[0].weight.abs())
+        encoder.convs[0].bias.fill_(0.5)  # a window of padding only would score 0.5
+    tokens = torch.tensor([[3, 4, 5]])
+    tight = ModalityBatch(tokens, torch.ones(1, dtype=torch.bool), torch.tensor([3]))
+    padded = ModalityBatch(torch.cat([tokens, torch.zeros(1, 6, dtype=torch.long)], 1),
+                           torch.ones(1, dtype=torch.bool), torch.tensor([3]))
+    torch.testing.assert_close(encoder(tight), encoder(padded))
+
+
+def test_register_encoder_rejects_unknown_kinds() -> None:
+    from metamodal.encoders import register_encoder
+
+    with pytest.raises(ValueError, match="video"):
+        register_encoder("video-net", ["video"])
+    assert "video-net" not in encoders

@@ -1,0 +1,171 @@
+"""Tests of dataset inspection: statistics, every problem listed at once, never raising."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from metamodal.data.inspect import InspectionReport, format_inspection, inspect_dataset
+
+SCHEMA = """
+name = "zoo"
+label = "label"
+group = "family"
+
+[modalities.photo]
+kind = "image"
+column = "photo"
+size = 8
+
+[modalities.caption]
+kind = "text"
+column = "caption"
+
+[modalities.sound]
+kind = "audio"
+column = "sound"
+n_mels = 8
+n_fft = 64
+hop_length = 32
+
+[modalities.track]
+kind = "sequence"
+column = "track"
+
+[modalities.size]
+kind = "tabular"
+columns = ["w", "h"]
+"""
+
+HEADER = "id,label,family,photo,caption,sound,track,w,h\n"
+GOOD_ROWS = (
+    "1,cat,felid,a.png,a red cat,a.wav,a.npy,1,2\n"
+    "2,cat,felid,b.png,grey cat,,b.npy,3,\n"
+    "3,dog,canid,,a brown dog,b.wav,,5,6\n"
+    "4,dog,canid,a.png,,a.wav,a.npy,,\n"
+    "5,wolf,canid,b.png,wolf,b.wav,b.npy,7,8\n"
+)
+
+
+def make(root: Path, rows: str = GOOD_ROWS, schema: str = SCHEMA) -> Path:
+    Image.new("RGB", (6, 5), (200, 10, 10)).save(root / "a.png")
+    Image.new("L", (12, 9), 80).save(root / "b.png")
+    t = np.arange(800) / 8000.0
+    soundfile.write(root / "a.wav", np.sin(2 * np.pi * 440 * t), 8000)
+    soundfile.write(root / "b.wav", np.sin(2 * np.pi * 220 * t[:400]), 8000)
+    np.save(root / "a.npy", np.arange(10, dtype=np.float32).reshape(5, 2))
+    np.save(root / "b.npy", np.ones((3, 2), dtype=np.float32))
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (root / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    np.save(root / "nan.npy", np.array([[0.0, np.inf]], dtype=np.float32))
+    (root / "dataset.toml").write_text(schema)
+    (root / "samples.csv").write_text(HEADER + rows)
+    return root
+
+
+def test_statistics_of_a_good_dataset(tmp_path: Path) -> None:
+    report = inspect_dataset(make(tmp_path))
+    assert report.ok and report.problems == []
+    assert (report.name, report.samples, report.classes, report.groups) == ("zoo", 5, 3, 2)
+    assert report.class_size == {"min": 1, "median": 2, "max": 2}
+    assert any("wolf" in w for w in report.warnings)  # a single-sample class
+    m = report.modalities
+    assert m["photo"].kind == "image" and m["photo"].present == 4
+    assert m["photo"].missing_rate == 0.2
+    assert m["photo"].details["width"] == {"min": 6, "median": 9.0, "max": 12}
+    assert m["photo"].details["height"] == {"min": 5, "median": 7.0, "max": 9}
+    assert m["photo"].details["decoded_shape"] == [3, 8, 8]
+    assert m["caption"].details["tokens"] == {"min": 1, "median": 2.5, "max": 3}
+    assert m["caption"].details["characters"]["max"] == len("a brown dog")
+    assert m["sound"].details["seconds"] == pytest.approx(
+        {"min": 0.05, "median": 0.075, "max": 0.1}
+    )
+    assert m["sound"].details["frames"]["max"] > m["sound"].details["frames"]["min"]
+    assert m["track"].details["steps"] == {"min": 3, "median": 4.0, "max": 5}
+    assert m["track"].details["dims"] == 2
+    assert m["size"].columns == ["w", "h"] and m["size"].details["features"] == 2
+    assert m["size"].missing_rate == 0.2
+
+
+def test_format_and_to_dict(tmp_path: Path) -> None:
+    report = inspect_dataset(make(tmp_path))
+    text = format_inspection(report)
+    assert "dataset zoo" in text and "samples 5, classes 3" in text and "groups 2" in text
+    assert "photo" in text and "20.0%" in text and "columns w, h" in text
+    assert text.rstrip().endswith("usable: no problems found")
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["ok"] is True and data["modalities"]["track"]["dims"] == 2
+    assert data["modalities"]["photo"]["missing_rate"] == 0.2
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
+    rows = GOOD_ROWS + (
+        "1,cat,felid,,dup id,,,,\n"  # row 6: duplicate id
+        "7,,felid,,no label,,,,\n"  # row 7: empty label
+        "8,owl,strigid,missing.png,,,,,\n"  # row 8: missing image file
+        "9,owl,strigid,broken.png,,,,,\n"  # row 9: corrupt image
+        "10,owl,strigid,,,broken.wav,,,\n"  # row 10: corrupt audio
+        "11,owl,strigid,,,,nan.npy,,\n"  # row 11: inf in a sequence
+        "12,owl,strigid,,,,,nan,1\n"  # row 12: NaN in a tabular value
+    )
+    report = inspect_dataset(make(tmp_path, rows))
+    assert not report.ok
+    found = {(p.row, p.column) for p in report.problems}
+    assert found == {
+        (6, "id"),
+        (7, "label"),
+        (8, "photo"),
+        (9, "photo"),
+        (10, "sound"),
+        (11, "track"),
+        (12, "w"),
+    }
+    text = format_inspection(report)
+    assert "7 problem(s)" in text and "not usable" in text
+    for name in ("missing.png", "broken.png", "broken.wav", "nan.npy", "duplicate id"):
+        assert name in text
+    assert report.samples == 12  # statistics are still computed
+    assert report.modalities["photo"].details["unreadable"] == 2
+    assert len(report.to_dict()["problems"]) == 7
+
+
+def test_schema_problems_do_not_raise(tmp_path: Path) -> None:
+    report = inspect_dataset(tmp_path)
+    assert not report.ok and len(report.problems) == 1
+    assert report.problems[0].file == str(tmp_path / "dataset.toml")
+    (tmp_path / "dataset.toml").write_text('label = "y\n')
+    report = inspect_dataset(tmp_path)
+    assert not report.ok and "line 1" in str(report.problems[0])
+    assert "not usable" in format_inspection(report)
+
+
+def test_partly_valid_schema_is_still_inspected(tmp_path: Path) -> None:
+    schema = SCHEMA + '\n[modalities.clip]\nkind = "video"\ncolumn = "clip"\n'
+    schema = schema.replace("size = 8", "size = -3")
+    report = inspect_dataset(make(tmp_path, schema=schema))
+    assert [p.column for p in report.problems] == ["modalities.clip.kind", "modalities.photo"]
+    assert "video" in report.problems[0].message and "size" in report.problems[1].message
+    assert report.modalities["track"].details["dims"] == 2  # the rest was inspected
+
+
+def test_missing_table_and_columns(tmp_path: Path) -> None:
+    make(tmp_path)
+    (tmp_path / "samples.csv").unlink()
+    report = inspect_dataset(tmp_path)
+    assert not report.ok and "no sample table" in report.problems[0].message
+    (tmp_path / "samples.csv").write_text("id,label,family,photo\n1,cat,felid,a.png\n")
+    report = inspect_dataset(tmp_path)
+    missing = {p.column for p in report.problems}
+    assert missing == {"caption", "sound", "track", "w", "h"}
+    assert list(report.modalities) == ["photo"]
+
+
+def test_empty_report_formats() -> None:
+    report = InspectionReport(path="somewhere")
+    assert report.ok and report.to_dict()["modalities"] == {}
+    assert "dataset ? (somewhere)" in format_inspection(report)

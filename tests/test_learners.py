@@ -1,0 +1,409 @@
+"""Tests of the few-shot heads, the `Embeddings` container and the baselines."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metamodal.errors import DatasetError, InsufficientSamplesError
+from metamodal.learners import (
+    Embeddings,
+    FineTune,
+    MatchingNet,
+    NearestCentroid,
+    ProtoNet,
+    RelationNet,
+    Siamese,
+    SupervisedClassifier,
+    check_support,
+    class_means,
+    contrastive_loss,
+    learners,
+)
+from metamodal.learners.base import euclidean_distances, squared_distances
+
+
+def toy_episode(
+    generator: torch.Generator, ways: int = 3, shots: int = 2, queries: int = 4, features: int = 6
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gaussian clusters: class centres apart in the first two features only, the others are
+    loud noise that a learned embedding has to ignore."""
+    centres = torch.zeros(ways, features)
+    centres[:, :2] = torch.randn(ways, 2, generator=generator) * 3
+    support_labels = torch.arange(ways).repeat_interleave(shots)
+    query_labels = torch.arange(ways).repeat_interleave(queries)
+    noise = torch.ones(features)
+    noise[2:] = 4.0
+    support = centres[support_labels] + noise * torch.randn(
+        len(support_labels), features, generator=generator
+    )
+    query = centres[query_labels] + noise * torch.randn(
+        len(query_labels), features, generator=generator
+    )
+    return support, support_labels, query, query_labels
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread avoids contention on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_registry_lists_every_head_and_their_training_modes() -> None:
+    assert learners.names() == [
+        "finetune", "matchingnet", "nearest-centroid", "protonet", "relationnet", "siamese",
+    ]
+    modes = {name: learners.create(name, dim=4).training_mode for name in learners.names()}
+    assert modes == {
+        "finetune": "supervised", "matchingnet": "episodic", "nearest-centroid": "supervised",
+        "protonet": "episodic", "relationnet": "episodic", "siamese": "episodic",
+    }
+
+
+def test_default_loss_is_cross_entropy_and_extra_loss_is_zero() -> None:
+    head = ProtoNet()
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0])
+    assert torch.allclose(head.loss(logits, labels), F.cross_entropy(logits, labels))
+    emb = Embeddings(torch.ones(2, 3), torch.ones(2, 1, dtype=torch.bool))
+    assert float(head.extra_loss(emb, labels, emb, labels)) == 0.0
+
+
+# ----------------------------------------------------------------------------- Embeddings
+
+
+def test_embeddings_index_cat_detach_to_len() -> None:
+    z = torch.arange(12.0).view(4, 3).requires_grad_()
+    present = torch.tensor([[True, False], [True, True], [False, True], [True, True]])
+    parts = {"a": torch.arange(12.0).view(4, 3) + 100, "b": torch.arange(12.0).view(4, 3) - 100}
+    emb = Embeddings(z, present, parts)
+    assert len(emb) == 4 and emb.modalities == ["a", "b"] and not emb.late
+
+    picked = emb.index(torch.tensor([3, 1]))
+    assert picked.z.tolist() == [[9.0, 10.0, 11.0], [3.0, 4.0, 5.0]]
+    assert picked.present.tolist() == [[True, True], [True, True]]
+    assert picked.parts is not None and picked.parts["b"][0].tolist() == [-91.0, -90.0, -89.0]
+
+    both = Embeddings.cat([emb, picked])
+    assert len(both) == 6 and both.present.shape == (6, 2)
+    assert both.parts is not None and both.parts["a"].shape == (6, 3)
+    assert torch.equal(both.z[4:], picked.z)
+    # parts dropped when one item lacks them
+    assert Embeddings.cat([emb, Embeddings(z, present)]).parts is None
+
+    detached = emb.detach()
+    assert emb.z.requires_grad and not detached.z.requires_grad
+    moved = emb.to("cpu")
+    assert moved.z.device.type == "cpu" and moved.modalities == ["a", "b"]
+    late = Embeddings(torch.zeros(4, 2, 3), present, modalities=["a", "b"])
+    assert late.late and late.index(torch.tensor([0])).z.shape == (1, 2, 3)
+    with pytest.raises(ValueError):
+        Embeddings.cat([])
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_check_support_counts_and_errors() -> None:
+    assert check_support(torch.tensor([1, 0, 1]), 2).tolist() == [1, 2]
+    with pytest.raises(InsufficientSamplesError, match=r"\[2\].*no support sample") as info:
+        check_support(torch.tensor([0, 1, 1]), 3)
+    assert info.value.fix
+    with pytest.raises(DatasetError, match="0..1"):
+        check_support(torch.tensor([0, 2]), 2)
+
+
+def test_class_means_and_distances_by_hand() -> None:
+    support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 2.0]])
+    means = class_means(support, torch.tensor([0, 0, 1, 1]), 2)
+    assert means.tolist() == [[1.0, 0.0], [0.0, 3.0]]
+    query = torch.tensor([[1.0, 1.0], [3.0, 4.0]])
+    assert squared_distances(query, means).tolist() == [[1.0, 5.0], [20.0, 10.0]]
+    assert torch.allclose(euclidean_distances(query, means),
+                          torch.tensor([[1.0, 5.0], [20.0, 10.0]]).sqrt())
+
+
+# ----------------------------------------------------------------------------- ProtoNet
+
+
+def test_protonet_logits_by_hand() -> None:
+    support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 0, 1, 1])  # prototypes [1, 0] and [0, 3]
+    query = torch.tensor([[1.0, 1.0], [0.0, 3.0]])
+    logits = ProtoNet()(support, labels, query, 2)
+    assert logits.tolist() == [[-1.0, -5.0], [-10.0, -0.0]]
+    warm = ProtoNet(temperature=2.0)(support, labels, query, 2)
+    assert torch.allclose(warm, logits / 2)
+
+
+def test_protonet_learned_temperature_gets_a_gradient() -> None:
+    head = ProtoNet(learn_temperature=True, temperature=0.5)
+    assert [name for name, _ in head.named_parameters()] == ["log_temperature"]
+    assert math.isclose(float(head.log_temperature.detach().exp()), 0.5, rel_tol=1e-6)
+    logits = head(torch.eye(2), torch.tensor([0, 1]), torch.tensor([[0.9, 0.1]]), 2)
+    head.loss(logits, torch.tensor([0])).backward()
+    assert head.log_temperature.grad is not None and head.log_temperature.grad != 0
+    assert [name for name, _ in ProtoNet().named_parameters()] == []
+    with pytest.raises(ValueError):
+        ProtoNet(temperature=0.0)
+
+
+def test_protonet_missing_class_raises() -> None:
+    with pytest.raises(InsufficientSamplesError):
+        ProtoNet()(torch.eye(2), torch.tensor([0, 0]), torch.eye(2), 2)
+
+
+# ----------------------------------------------------------------------------- MatchingNet
+
+
+def test_matchingnet_logits_by_hand() -> None:
+    support = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    labels = torch.tensor([0, 1, 1])
+    query = torch.tensor([[2.0, 0.0]])
+    scale = 2.0
+    cosines = [1.0, 0.0, 1 / math.sqrt(2)]
+    weights = [math.exp(scale * c) for c in cosines]
+    total = sum(weights)
+    expected = [math.log(weights[0] / total), math.log((weights[1] + weights[2]) / total)]
+    logits = MatchingNet(scale=scale)(support, labels, query, 2)
+    assert torch.allclose(logits, torch.tensor([expected]), atol=1e-6)
+    assert torch.allclose(logits.exp().sum(1), torch.ones(1))
+
+
+def test_matchingnet_learned_scale_and_gradients_are_finite() -> None:
+    head = MatchingNet(learn_scale=True)
+    support = torch.randn(6, 4, requires_grad=True)
+    logits = head(support, torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(5, 4), 3)
+    head.loss(logits, torch.tensor([0, 1, 2, 0, 1])).backward()
+    assert head.log_scale.grad is not None
+    assert support.grad is not None and torch.isfinite(support.grad).all()
+
+
+# ----------------------------------------------------------------------------- RelationNet
+
+
+def test_relationnet_shapes_loss_and_pooling() -> None:
+    torch.manual_seed(0)
+    head = RelationNet(dim=4, hidden=8)
+    support, labels = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+    query, query_labels = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    logits = head(support, labels, query, 3)
+    assert logits.shape == (5, 3)
+    target = F.one_hot(query_labels, 3).float()
+    assert torch.allclose(head.loss(logits, query_labels),
+                          ((torch.sigmoid(logits) - target) ** 2).mean())
+    summed = RelationNet(dim=4, hidden=8, pool="sum")
+    summed.load_state_dict(head.state_dict())
+    assert not torch.allclose(summed(support, labels, query, 3), logits)
+    one_shot = torch.tensor([0, 1, 2])
+    assert torch.allclose(summed(support[::2], one_shot, query, 3),
+                          head(support[::2], one_shot, query, 3))
+    with pytest.raises(ValueError):
+        RelationNet(dim=4, pool="max")
+
+
+def train_head(head: nn.Module, embed: nn.Module, steps: int, seed: int = 0,
+               extra: bool = False) -> tuple[float, float, float]:
+    """Train ``embed`` (+ head) on toy episodes; return the mean loss of the first and of the
+    last 10 steps, and the mean query accuracy of the last 20."""
+    generator = torch.Generator().manual_seed(seed)
+    params = list(embed.parameters()) + list(head.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    losses, accuracies = [], []
+    for _ in range(steps):
+        support, sl, query, ql = toy_episode(generator)
+        zs, zq = embed(support), embed(query)
+        logits = head(zs, sl, zq, 3)
+        loss = head.loss(logits, ql)
+        if extra:
+            es = Embeddings(zs, torch.ones(len(zs), 1, dtype=torch.bool))
+            eq = Embeddings(zq, torch.ones(len(zq), 1, dtype=torch.bool))
+            loss = loss + head.extra_loss(es, sl, eq, ql)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        accuracies.append(float((logits.argmax(1) == ql).float().mean()))
+    first = sum(losses[:10]) / 10
+    last = sum(losses[-10:]) / 10
+    return first, last, sum(accuracies[-20:]) / 20
+
+
+def test_relationnet_loss_decreases_on_toy_problem() -> None:
+    torch.manual_seed(0)
+    first, last, accuracy = train_head(RelationNet(dim=8, hidden=16), nn.Linear(6, 8), steps=120)
+    assert last < 0.7 * first
+    assert accuracy > 0.6  # chance: 1/3
+
+
+# ----------------------------------------------------------------------------- Siamese
+
+
+def test_contrastive_loss_by_hand() -> None:
+    sq = torch.tensor([[0.25, 0.04, 4.0, 9.0]])
+    same = torch.tensor([[True, False, False, True]])
+    valid = torch.tensor([[True, True, True, False]])
+    # positives: 0.25/2; negatives: (1-0.2)^2/2 = 0.32 and 0 (beyond margin)
+    balanced = contrastive_loss(sq, same, valid, margin=1.0)
+    assert math.isclose(float(balanced), 0.125 + (0.32 + 0.0) / 2, rel_tol=1e-5)
+    plain = contrastive_loss(sq, same, valid, margin=1.0, balance=False)
+    assert math.isclose(float(plain), (0.125 + 0.32) / 3, rel_tol=1e-5)
+    nothing = torch.zeros(1, 4, dtype=torch.bool)
+    assert float(contrastive_loss(sq, same, nothing, margin=1.0)) == 0.0
+
+
+def test_siamese_prediction_mean_and_nearest_by_hand() -> None:
+    support = torch.tensor([[0.0], [4.0], [1.0], [10.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    query = torch.tensor([[2.0]])
+    mean = Siamese(normalize=False)(support, labels, query, 2)
+    assert torch.allclose(mean, torch.tensor([[-2.0, -4.5]]))
+    nearest = Siamese(normalize=False, predict="nearest")(support, labels, query, 2)
+    assert torch.allclose(nearest, torch.tensor([[-2.0, -1.0]]))
+    with pytest.raises(ValueError):
+        Siamese(predict="vote")
+
+
+def test_siamese_loss_is_in_extra_loss_and_decreases() -> None:
+    torch.manual_seed(0)
+    head = Siamese(margin=1.0)
+    assert float(head.loss(torch.randn(3, 2), torch.tensor([0, 1, 0]))) == 0.0
+    first, last, accuracy = train_head(head, nn.Linear(6, 8), steps=120, extra=True)
+    assert last < 0.7 * first
+    assert accuracy > 0.6  # chance: 1/3
+
+
+def test_siamese_cross_modal_pairs_use_only_present_modalities() -> None:
+    torch.manual_seed(0)
+    head = Siamese()
+    names = ["a", "b"]
+    s_parts = {"a": torch.randn(4, 3), "b": torch.randn(4, 3)}
+    q_parts = {"a": torch.randn(2, 3), "b": torch.randn(2, 3)}
+    s_present = torch.tensor([[True, True], [True, False], [True, True], [False, True]])
+    q_present = torch.tensor([[True, True], [True, False]])
+    sl, ql = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1])
+    s = Embeddings(torch.randn(4, 3), s_present, s_parts, names)
+    q = Embeddings(torch.randn(2, 3), q_present, q_parts, names)
+    with_parts = head.extra_loss(s, sl, q, ql)
+    fused_only = head.extra_loss(Embeddings(s.z, s_present), sl, Embeddings(q.z, q_present), ql)
+    assert float(with_parts) > float(fused_only)  # the cross-modal term adds something
+    # changing what an absent modality holds changes nothing
+    s_parts2 = dict(s_parts, b=s_parts["b"].clone())
+    s_parts2["b"][1] = 100.0
+    q_parts2 = dict(q_parts, b=q_parts["b"].clone())
+    q_parts2["b"][1] = -100.0
+    again = head.extra_loss(
+        Embeddings(s.z, s_present, s_parts2, names), sl,
+        Embeddings(q.z, q_present, q_parts2, names), ql,
+    )
+    assert torch.allclose(with_parts, again)
+    # and the cross-modal term alone matches a direct computation over the valid pairs
+    off = Siamese(cross_modal_weight=0.0).extra_loss(s, sl, q, ql)
+    assert torch.allclose(off, fused_only)
+    flat = F.normalize(torch.cat([torch.cat([s_parts[n], q_parts[n]]) for n in names]), dim=1)
+    present = torch.cat([torch.cat([s_present[:, m], q_present[:, m]]) for m in range(2)])
+    labels = torch.cat([sl, ql]).repeat(2)
+    modality = torch.arange(2).repeat_interleave(6)
+    valid = present[:, None] & present[None] & (modality[:, None] != modality[None])
+    same = labels[:, None] == labels[None]
+    direct = contrastive_loss(squared_distances(flat, flat), same, valid, margin=1.0)
+    assert torch.allclose(with_parts - fused_only, direct, atol=1e-6)
+
+
+def test_siamese_late_fusion_pairs_stay_within_modality() -> None:
+    torch.manual_seed(0)
+    head = Siamese()
+    present_s = torch.tensor([[True, False], [True, True]])
+    present_q = torch.tensor([[True, True], [False, True]])
+    zs, zq = torch.randn(2, 2, 3), torch.randn(2, 2, 3)
+    sl, ql = torch.tensor([0, 1]), torch.tensor([1, 0])
+    loss = head.extra_loss(Embeddings(zs, present_s), sl, Embeddings(zq, present_q), ql)
+    zs2 = zs.clone()
+    zs2[0, 1] = 50.0  # absent: must not matter
+    again = head.extra_loss(Embeddings(zs2, present_s), sl, Embeddings(zq, present_q), ql)
+    assert torch.isfinite(loss) and torch.allclose(loss, again)
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def test_nearest_centroid_by_hand_and_feature_mean_buffer() -> None:
+    head = NearestCentroid(dim=2)
+    assert head.feature_mean.tolist() == [0.0, 0.0]
+    support = torch.tensor([[3.0, 1.0], [1.0, 1.0], [1.0, 4.0]])
+    labels = torch.tensor([0, 0, 1])
+    query = torch.tensor([[1.0, 2.0]])
+    head.set_feature_mean(torch.tensor([1.0, 1.0]))
+    # centred + normalised support: [1, 0], [0, 0] (zero stays zero), [0, 1]
+    # centroids: [0.5, 0] and [0, 1]; query -> [0, 1]
+    logits = head(support, labels, query, 2)
+    assert torch.allclose(logits, torch.tensor([[-math.sqrt(0.25 + 1.0), 0.0]]), atol=1e-5)
+    assert "feature_mean" in head.state_dict()
+    uncentred = NearestCentroid(dim=2)(support, labels, query, 2)
+    assert not torch.allclose(uncentred, logits)
+    with pytest.raises(ValueError):
+        head.set_feature_mean(torch.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("options"),
+    [{}, {"cosine": True}, {"optimizer": "sgd", "lr": 0.5}, {"optimizer": "lbfgs", "lr": 1.0,
+                                                              "steps": 30}],
+)
+def test_finetune_fits_separable_support_and_is_deterministic(options: dict) -> None:
+    generator = torch.Generator().manual_seed(3)
+    support, labels, query, _ = toy_episode(generator, ways=5, shots=5, features=16)
+    head = FineTune(**options)
+    with torch.no_grad():
+        logits = head(support, labels, support, 5)
+    assert float((logits.argmax(1) == labels).float().mean()) == 1.0
+    again = FineTune(**options)(support, labels, support, 5)
+    assert torch.equal(logits, again.detach())
+    with torch.inference_mode():
+        inference = head(support, labels, query, 5)
+    assert inference.shape == (len(query), 5)
+    other_seed = FineTune(**options, seed=1)(support, labels, support, 5)
+    if options.get("optimizer") != "lbfgs":  # LBFGS converges to (nearly) one optimum
+        assert not torch.equal(logits, other_seed)
+
+
+def test_finetune_gradient_reaches_query_not_support() -> None:
+    support = torch.randn(4, 3, requires_grad=True)
+    query = torch.randn(2, 3, requires_grad=True)
+    logits = FineTune(steps=5)(support, torch.tensor([0, 0, 1, 1]), query, 2)
+    logits.sum().backward()
+    assert query.grad is not None and support.grad is None
+    with pytest.raises(ValueError):
+        FineTune(optimizer="rmsprop")
+
+
+def test_supervised_classifier_linear_and_cosine() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(5, 8)
+    linear = SupervisedClassifier(8, 3)
+    assert torch.allclose(linear(features), linear.linear(features))
+    cosine = SupervisedClassifier(8, 3, cosine=True, scale=4.0)
+    out = cosine(features)
+    assert out.shape == (5, 3) and float(out.detach().abs().max()) <= 4.0 + 1e-5
+    expected = 4.0 * F.normalize(features, dim=1) @ F.normalize(cosine.weight, dim=1).T
+    assert torch.allclose(out, expected)
+    # it learns: a few steps reduce the loss on a fixed batch
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    optimizer = torch.optim.SGD(cosine.parameters(), lr=0.5)
+    before = F.cross_entropy(cosine(features), labels).item()
+    for _ in range(20):
+        optimizer.zero_grad()
+        F.cross_entropy(cosine(features), labels).backward()
+        optimizer.step()
+    assert F.cross_entropy(cosine(features), labels).item() < before

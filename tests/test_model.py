@@ -1,0 +1,389 @@
+"""Tests of `FewShotModel`: embedding, logits (fused and late), losses, building and training."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator, Mapping
+
+import pytest
+import tomli_w
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metamodal.data.batch import Episode, ModalityBatch, TensorStore
+from metamodal.errors import ConfigError, InsufficientSamplesError, ModalityError, UnknownNameError
+from metamodal.learners import Embeddings, FewShotModel, ProtoNet, Siamese, learners
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread avoids contention on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- stand-ins
+
+
+class LinearEncoder(nn.Module):
+    """Linear map of tabular values (does not zero absent rows itself)."""
+
+    def __init__(self, features: int, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, dim)
+
+    def forward(self, batch: ModalityBatch) -> Tensor:
+        return self.linear(batch.values)
+
+
+class MaskedMean(nn.Module):
+    """Mean over present modalities."""
+
+    late = False
+
+    def __init__(self, modalities: list[str], dim: int) -> None:
+        super().__init__()
+        self.modalities = list(modalities)
+        self.out_dim = dim
+
+    def forward(self, embeddings: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+        z = torch.stack([embeddings[m] for m in self.modalities], 1)
+        mask = torch.stack([present[m] for m in self.modalities], 1).unsqueeze(2).to(z.dtype)
+        return (z * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+class RecordingLate(nn.Module):
+    """Late fusion that averages the valid per-modality logits and records its inputs."""
+
+    late = True
+
+    def __init__(self, modalities: list[str], dim: int) -> None:
+        super().__init__()
+        self.modalities = list(modalities)
+        self.out_dim = dim
+        self.seen: tuple[Tensor, Tensor] | None = None
+
+    def forward(self, embeddings: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+        return torch.stack([embeddings[m] for m in self.modalities], 1)
+
+    def combine(self, logits: Tensor, valid: Tensor) -> Tensor:
+        self.seen = (logits, valid)
+        weights = valid.unsqueeze(2).to(logits.dtype)
+        return (logits * weights).sum(1) / weights.sum(1).clamp_min(1)
+
+
+def tabular(values: list[list[float]], present: list[bool] | None = None) -> ModalityBatch:
+    tensor = torch.tensor(values)
+    mask = torch.ones(len(values), dtype=torch.bool) if present is None else torch.tensor(present)
+    return ModalityBatch(tensor, mask)
+
+
+def stand_in_model(fusion: nn.Module | None = None, head: nn.Module | None = None) -> FewShotModel:
+    torch.manual_seed(0)
+    return FewShotModel(
+        {"a": LinearEncoder(2, 3), "b": LinearEncoder(1, 3)},
+        fusion or MaskedMean(["a", "b"], 3),
+        head or ProtoNet(),
+    )
+
+
+# ----------------------------------------------------------------------------- embed
+
+
+def test_embed_shapes_presence_and_zeroed_parts() -> None:
+    model = stand_in_model()
+    batch = {
+        "a": tabular([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], [True, True, False]),
+        "b": tabular([[2.0], [0.0], [3.0]], [True, False, True]),
+    }
+    emb = model.embed(batch)
+    assert emb.z.shape == (3, 3) and emb.modalities == ["a", "b"]
+    assert emb.present.tolist() == [[True, True], [True, False], [False, True]]
+    assert emb.parts is not None
+    assert emb.parts["a"][2].abs().sum() == 0 and emb.parts["b"][1].abs().sum() == 0
+    expected_a = model.encoders["a"](batch["a"])
+    expected_b = model.encoders["b"](batch["b"])
+    assert torch.allclose(emb.z[0], (expected_a[0] + expected_b[0]) / 2)
+    assert torch.allclose(emb.z[1], expected_a[1]) and torch.allclose(emb.z[2], expected_b[2])
+
+
+def test_embed_treats_a_missing_model_modality_as_absent() -> None:
+    model = stand_in_model()
+    emb = model.embed({"a": tabular([[1.0, 0.0], [0.0, 1.0]])})
+    assert emb.present.tolist() == [[True, False], [True, False]]
+    assert emb.parts is not None and emb.parts["b"].shape == (2, 3)
+    assert emb.parts["b"].abs().sum() == 0
+    assert torch.allclose(emb.z, model.encoders["a"](tabular([[1.0, 0.0], [0.0, 1.0]])))
+
+
+def test_embed_rejects_unknown_modalities_and_empty_or_ragged_input() -> None:
+    model = stand_in_model()
+    with pytest.raises(ModalityError) as info:
+        model.embed({"a": tabular([[1.0, 0.0]]), "sound": tabular([[1.0]])})
+    message = str(info.value)
+    assert "sound" in message and "a, b" in message and info.value.fix
+    with pytest.raises(ModalityError, match="no modality"):
+        model.embed({})
+    with pytest.raises(ModalityError, match="different sample counts"):
+        model.embed({"a": tabular([[1.0, 0.0]]), "b": tabular([[1.0], [2.0]])})
+
+
+def test_model_follows_the_fusion_order_and_checks_it() -> None:
+    model = FewShotModel(
+        {"b": LinearEncoder(1, 3), "a": LinearEncoder(2, 3)}, MaskedMean(["a", "b"], 3),
+        ProtoNet(),
+    )
+    assert model.modalities == ["a", "b"] and not model.late
+    assert model.training_mode == "episodic" and model.spec is None
+    with pytest.raises(ConfigError, match="fusion combines"):
+        FewShotModel({"a": LinearEncoder(2, 3)}, MaskedMean(["a", "b"], 3), ProtoNet())
+
+
+# ----------------------------------------------------------------------------- logits
+
+
+def test_logits_apply_the_head_to_fused_embeddings() -> None:
+    model = stand_in_model()
+    support = Embeddings(torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]]),
+                         torch.ones(2, 2, dtype=torch.bool))
+    query = Embeddings(torch.tensor([[1.0, 0.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool))
+    assert model.logits(support, torch.tensor([0, 1]), query, 2).tolist() == [[-1.0, -1.0]]
+    with pytest.raises(InsufficientSamplesError, match="no support sample"):
+        model.logits(support, torch.tensor([0, 0]), query, 2)
+
+
+def late_embeddings() -> tuple[Embeddings, Tensor, Embeddings]:
+    # modality 0 ("a"): every support sample has it; modality 1 ("b"): support 1 lacks it
+    zs = torch.tensor([
+        [[0.0, 0.0], [0.0, 0.0]],
+        [[4.0, 0.0], [9.0, 9.0]],
+        [[0.0, 0.0], [4.0, 0.0]],
+    ])
+    support = Embeddings(zs, torch.tensor([[True, True], [True, False], [True, True]]),
+                         modalities=["a", "b"])
+    labels = torch.tensor([0, 1, 1])
+    zq = torch.tensor([[[1.0, 0.0], [7.0, 7.0]], [[3.0, 0.0], [1.0, 0.0]]])
+    query = Embeddings(zq, torch.tensor([[True, False], [True, True]]), modalities=["a", "b"])
+    return support, labels, query
+
+
+def test_late_fusion_logits_ignore_modalities_a_query_lacks() -> None:
+    fusion = RecordingLate(["a", "b"], 2)
+    model = stand_in_model(fusion=fusion)
+    support, labels, query = late_embeddings()
+    logits = model.logits(support, labels, query, 2)
+    assert fusion.seen is not None
+    per_modality, valid = fusion.seen
+    assert valid.tolist() == [[True, False], [True, True]]
+    # modality a: prototypes [0, 0] and [2, 0]; modality b: support 1 excluded -> [0, 0], [4, 0]
+    assert per_modality[:, 0].tolist() == [[-1.0, -1.0], [-9.0, -1.0]]
+    assert per_modality[1, 1].tolist() == [-1.0, -9.0]
+    assert logits[0].tolist() == [-1.0, -1.0]  # only modality a counts for query 0
+    assert logits[1].tolist() == [-5.0, -5.0]
+    # what query 0 holds in its absent modality, or support 1 in its, changes nothing
+    query.z[0, 1] = 100.0
+    support.z[1, 1] = -50.0
+    assert torch.equal(model.logits(support, labels, query, 2), logits)
+
+
+def test_late_fusion_drops_a_modality_some_class_lacks_in_the_support() -> None:
+    fusion = RecordingLate(["a", "b"], 2)
+    model = stand_in_model(fusion=fusion)
+    support, labels, query = late_embeddings()
+    support.present[2, 1] = False  # class 1 now has no support sample with modality b
+    logits = model.logits(support, labels, query, 2)
+    assert fusion.seen is not None
+    assert fusion.seen[1].tolist() == [[True, False], [True, False]]
+    assert logits[1].tolist() == [-9.0, -1.0]
+
+
+# ----------------------------------------------------------------------------- episodes
+
+
+def gaussian_store(classes: int, per_class: int, seed: int) -> TensorStore:
+    """Tabular samples: class signal in 4 features, 12 features of loud noise; a second
+    tabular modality "b" (a noisy copy of the signal) that a third of the samples lack."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, 4, generator=generator) * 2
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    signal = centres[labels] + 0.5 * torch.randn(len(labels), 4, generator=generator)
+    noise = 3 * torch.randn(len(labels), 12, generator=generator)
+    a = torch.cat([signal, noise], dim=1)
+    b = signal + torch.randn(len(labels), 4, generator=generator)
+    present_b = torch.rand(len(labels), generator=generator) > 0.33
+    b = torch.where(present_b.unsqueeze(1), b, torch.zeros(()))
+    return TensorStore(
+        [f"s{i}" for i in range(len(labels))],
+        [f"c{int(k)}" for k in labels],
+        {
+            "a": ModalityBatch(a, torch.ones(len(labels), dtype=torch.bool)),
+            "b": ModalityBatch(b, present_b),
+        },
+        {"a": "tabular", "b": "tabular"},
+    )
+
+
+def sample_episode(
+    store: TensorStore, classes: list[str], generator: torch.Generator, ways: int = 5,
+    shots: int = 1, queries: int = 5, modalities: list[str] | None = None,
+) -> Episode:
+    by_class = store.class_indices()
+    chosen = torch.randperm(len(classes), generator=generator)[:ways].tolist()
+    support, query = [], []
+    for k in chosen:
+        rows = by_class[classes[k]]
+        picked = rows[torch.randperm(len(rows), generator=generator)[: shots + queries]]
+        support.append(picked[:shots])
+        query.append(picked[shots:])
+    support_idx, query_idx = torch.cat(support), torch.cat(query)
+    return Episode(
+        store.batch(support_idx, modalities),
+        store.batch(query_idx, modalities),
+        torch.arange(ways).repeat_interleave(shots),
+        torch.arange(ways).repeat_interleave(queries),
+        [classes[k] for k in chosen],
+        [store.ids[i] for i in support_idx.tolist()],
+        [store.ids[i] for i in query_idx.tolist()],
+    )
+
+
+def test_embed_episode_matches_separate_embedding_and_loss_adds_extra() -> None:
+    store = gaussian_store(6, 6, seed=1)
+    generator = torch.Generator().manual_seed(0)
+    classes = sorted(set(store.labels))
+    model = FewShotModel(
+        {"a": LinearEncoder(16, 4), "b": LinearEncoder(4, 4)}, MaskedMean(["a", "b"], 4),
+        Siamese(),
+    )
+    episode = sample_episode(store, classes, generator, ways=3, shots=2, queries=2)
+    support, query = model.embed_episode(episode)
+    alone = model.embed(episode.query)
+    assert torch.allclose(query.z, alone.z) and query.present.tolist() == alone.present.tolist()
+    assert len(support) == 6
+    logits = model.episode_logits(episode)
+    assert torch.allclose(logits, model.logits(support, episode.support_labels, query, 3))
+    loss, loss_logits = model.loss(episode)
+    expected = model.head.extra_loss(support, episode.support_labels, query,
+                                     episode.query_labels)
+    assert torch.allclose(loss, expected) and torch.allclose(loss_logits, logits)
+
+    model.head = ProtoNet()
+    loss, logits = model.loss(episode)
+    assert torch.allclose(loss, F.cross_entropy(logits, episode.query_labels))
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def input_info() -> dict[str, dict]:
+    return {"a": {"features": 16}, "b": {"features": 4}, "t": {"features": 2, "max_length": 8}}
+
+
+KINDS = {"a": "tabular", "b": "tabular", "t": "sequence"}
+
+
+def test_build_spec_round_trips_through_toml() -> None:
+    torch.manual_seed(0)
+    model = FewShotModel.build(
+        kinds=KINDS, input_info=input_info(), dim=8, fusion="gated", learner="matchingnet",
+        encoders={"b": "mlp"}, encoder_options={"a": {"hidden": [8]}},
+        learner_options={"scale": 5.0},
+    )
+    assert model.modalities == ["a", "b", "t"]
+    assert model.spec is not None
+    assert model.spec["encoders"] == {"a": "mlp", "b": "mlp", "t": "tcn"}
+    assert model.spec["encoder_options"] == {"a": {"hidden": [8]}, "b": {}, "t": {}}
+    assert model.spec["learner_options"] == {"scale": 5.0} and model.spec["dim"] == 8
+    spec = tomllib.loads(tomli_w.dumps(model.spec))
+    rebuilt = FewShotModel.build(**spec)
+    rebuilt.load_state_dict(model.state_dict())
+    model.eval()
+    rebuilt.eval()
+    batch = {
+        "a": ModalityBatch(torch.randn(3, 16), torch.tensor([True, True, False])),
+        "t": ModalityBatch(torch.randn(3, 8, 2), torch.ones(3, dtype=torch.bool),
+                           torch.tensor([8, 3, 5])),
+    }
+    with torch.no_grad():
+        assert torch.allclose(model.embed(batch).z, rebuilt.embed(batch).z)
+
+
+def test_build_reports_unknown_names_and_mismatched_encoders() -> None:
+    info = input_info()
+    with pytest.raises(UnknownNameError, match="protonet"):
+        FewShotModel.build(kinds=KINDS, input_info=info, learner="protonett")
+    with pytest.raises(UnknownNameError, match="gated"):
+        FewShotModel.build(kinds=KINDS, input_info=info, fusion="nope")
+    with pytest.raises(UnknownNameError, match="mlp"):
+        FewShotModel.build(kinds=KINDS, input_info=info, encoders={"a": "nope"})
+    with pytest.raises(ConfigError, match="conv4") as info_error:
+        FewShotModel.build(kinds=KINDS, input_info=info, encoders={"a": "conv4"})
+    assert not isinstance(info_error.value, UnknownNameError) and "mlp" in str(info_error.value)
+    with pytest.raises(ConfigError, match="does not use: z"):
+        FewShotModel.build(kinds=KINDS, input_info=info, encoders={"z": "mlp"})
+    with pytest.raises(ConfigError, match="input_info"):
+        FewShotModel.build(kinds=KINDS, input_info={"a": info["a"]})
+    with pytest.raises(ConfigError, match="hyper-parameter"):
+        FewShotModel.build(kinds=KINDS, input_info=info, learner_options={"temprature": 2.0})
+    with pytest.raises(ConfigError, match="at least one modality"):
+        FewShotModel.build(kinds={}, input_info={})
+
+
+@pytest.mark.parametrize("learner", learners.names())
+@pytest.mark.parametrize("fusion", ["mean", "late"])
+def test_every_learner_trains_through_a_built_model(learner: str, fusion: str) -> None:
+    torch.manual_seed(0)
+    store = gaussian_store(6, 5, seed=2)
+    episode = sample_episode(store, sorted(set(store.labels)), torch.Generator().manual_seed(1),
+                             ways=3, shots=2, queries=2)
+    model = FewShotModel.build(
+        kinds={"a": "tabular", "b": "tabular"}, input_info=input_info(), dim=8, fusion=fusion,
+        learner=learner, learner_options={"steps": 5} if learner == "finetune" else None,
+    )
+    assert model.late == (fusion == "late")
+    loss, logits = model.loss(episode)
+    assert logits.shape == (6, 3) and torch.isfinite(loss)
+    if model.training_mode == "episodic":
+        loss.backward()
+        grads = [p.grad for p in model.encoders.parameters() if p.grad is not None]
+        assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def accuracy(model: FewShotModel, store: TensorStore, classes: list[str], episodes: int,
+             seed: int, modalities: list[str] | None = None) -> float:
+    generator = torch.Generator().manual_seed(seed)
+    model.eval()
+    correct = 0.0
+    with torch.no_grad():
+        for _ in range(episodes):
+            episode = sample_episode(store, classes, generator, modalities=modalities)
+            logits = model.episode_logits(episode)
+            correct += float((logits.argmax(1) == episode.query_labels).float().mean())
+    model.train()
+    return correct / episodes
+
+
+def test_protonet_meta_training_generalises_to_held_out_classes() -> None:
+    store = gaussian_store(30, 12, seed=0)
+    classes = sorted(set(store.labels))
+    train_classes, test_classes = classes[:20], classes[20:]
+    torch.manual_seed(0)
+    model = FewShotModel.build(
+        kinds={"a": "tabular"}, input_info=input_info(), dim=16, fusion="mean",
+        learner="protonet",
+    )
+    before = accuracy(model, store, test_classes, 30, seed=7, modalities=["a"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        episode = sample_episode(store, train_classes, generator, modalities=["a"])
+        loss, _ = model.loss(episode)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = accuracy(model, store, test_classes, 30, seed=7, modalities=["a"])
+    assert after > 0.65  # chance is 0.2 (5-way)
+    assert after > before + 0.3  # learned to ignore the noise features

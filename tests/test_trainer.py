@@ -1,0 +1,153 @@
+"""Meta-training end to end: learning, resume, run directories, bad configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from metamodal.data.episodes import EpisodeSampler
+from metamodal.datasets.synthetic import make_synthetic
+from metamodal.errors import ConfigError, RunError, UnknownNameError
+from metamodal.evaluate.protocol import evaluate
+from metamodal.train.checkpoint import CHECKPOINT_FILE
+from metamodal.train.config import TrainConfig, load_config
+from metamodal.train.run import load_run, load_run_data
+from metamodal.train.trainer import Trainer
+
+SMALL = {"image": {"size": 16}}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small embedded dataset: 30 classes x 10 samples."""
+    return make_synthetic(tmp_path_factory.mktemp("data") / "tiny", classes=30, per_class=10,
+                          seed=3, image_size=16)
+
+
+def _config(data: Path, **values) -> TrainConfig:
+    base = dict(data=str(data), steps=20, ways=3, shots=1, queries=3, dim=16, val_every=10,
+                val_episodes=10, checkpoint_every=5, seed=1, preprocess=SMALL, device="cpu",
+                )
+    base.update(values)
+    return TrainConfig(**base)
+
+
+def test_meta_training_beats_chance_on_unseen_classes(tiny_data: Path, tmp_path: Path) -> None:
+    config = _config(tiny_data, steps=300, val_every=100, val_episodes=30, lr=3e-3,
+                     modalities=["caption", "measurements", "track"])
+    result = Trainer(config, tmp_path / "run", progress=False).fit()
+    run = load_run(result.run_dir)
+    data = load_run_data(run)
+    score = evaluate(run.model, data.store, data.split.test, ways=3, shots=1, queries=3,
+                     episodes=200, seed=5)
+    # chance is 1/3; a model that learned nothing stays within a few points of it
+    assert score.accuracy - score.ci95 > 0.55, score
+
+
+def test_run_directory_contract(tiny_data: Path, tmp_path: Path) -> None:
+    Trainer(_config(tiny_data, steps=10), tmp_path / "run", progress=False).fit()
+    run_dir = tmp_path / "run"
+    for name in ("config.toml", "model.safetensors", "metrics.jsonl", "preprocessor.json"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tensorboard").iterdir())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train_loss" in r] == [10]
+    assert any("val_acc" in r for r in records)
+    assert load_config(run_dir / "config.toml").steps == 10
+
+
+class _Kill(Exception):
+    pass
+
+
+def _kill_at(step_to_die: int):
+    def callback(step: int, values: dict) -> None:
+        if step == step_to_die:
+            raise _Kill
+
+    return callback
+
+
+@pytest.mark.parametrize("learner", ["protonet", "nearest-centroid"])
+def test_resume_after_kill_matches_uninterrupted_run(
+    tiny_data: Path, tmp_path: Path, learner: str
+) -> None:
+    config = _config(tiny_data, steps=20, learner=learner, batch_size=16)
+    Trainer(config, tmp_path / "full", progress=False).fit()
+    with pytest.raises(_Kill):
+        Trainer(config, tmp_path / "killed", progress=False, callbacks=[_kill_at(13)]).fit()
+    assert torch.load(tmp_path / "killed" / CHECKPOINT_FILE, weights_only=False)["step"] == 10
+    Trainer(config, tmp_path / "killed", progress=False).fit(resume=True)
+    full = torch.load(tmp_path / "full" / CHECKPOINT_FILE, weights_only=False)["model"]
+    resumed = torch.load(tmp_path / "killed" / CHECKPOINT_FILE, weights_only=False)["model"]
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    assert (tmp_path / "full" / "metrics.jsonl").read_text() == (
+        tmp_path / "killed" / "metrics.jsonl").read_text()
+
+
+def test_training_is_deterministic_under_a_seed(tiny_data: Path, tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        Trainer(_config(tiny_data, steps=5, val_every=0), tmp_path / name, progress=False).fit()
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (
+        tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("key,value", [("learner", "protonett"), ("fusion", "nope")])
+def test_unknown_component_name_lists_registered_names(
+    tiny_data: Path, tmp_path: Path, key: str, value: str
+) -> None:
+    with pytest.raises(UnknownNameError) as error:
+        Trainer(_config(tiny_data, **{key: value}), tmp_path / "run", progress=False).fit()
+    assert value in str(error.value)
+    assert ("protonet" if key == "learner" else "gated") in str(error.value)
+
+
+def test_unknown_encoder_name_lists_registered_names(tiny_data: Path, tmp_path: Path) -> None:
+    config = _config(tiny_data, encoders={"image": "conv5"})
+    with pytest.raises(UnknownNameError) as error:
+        Trainer(config, tmp_path / "run", progress=False).fit()
+    assert "conv4" in str(error.value)
+
+
+def test_config_rejects_unknown_keys_and_types(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('learner = "protonet"\nwayz = 5\n')
+    with pytest.raises(ConfigError, match="wayz"):
+        load_config(path)
+    path.write_text('ways = "five"\n')
+    with pytest.raises(ConfigError, match="ways"):
+        load_config(path)
+    path.write_text("ways = [\n")
+    with pytest.raises(ConfigError, match="TOML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="ways"):
+        TrainConfig(data="x", ways=1).validate()
+
+
+def test_missing_or_corrupt_run_directory(tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="not found"):
+        load_run(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunError, match="config.toml"):
+        load_run(tmp_path / "empty")
+    run_dir = tmp_path / "run"
+    Trainer(_config(tiny_data, steps=5, val_every=0), run_dir, progress=False).fit()
+    (run_dir / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(RunError, match="model.safetensors"):
+        load_run(run_dir)
+    (run_dir / "config.toml").write_text("[train\n")
+    with pytest.raises(RunError, match="corrupt"):
+        load_run(run_dir)
+
+
+def test_sampler_on_run_store_uses_only_test_classes(tiny_data: Path, tmp_path: Path) -> None:
+    Trainer(_config(tiny_data, steps=5, val_every=0), tmp_path / "run", progress=False).fit()
+    data = load_run_data(load_run(tmp_path / "run"))
+    assert not set(data.split.train) & set(data.split.test)
+    episode = EpisodeSampler(data.store, data.split.test, 3, 1, 2, seed=0)[0]
+    assert set(episode.classes) <= set(data.split.test)

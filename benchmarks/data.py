@@ -7,14 +7,15 @@ Prints two tables:
 (b) milliseconds to sample one few-shot task from the same in-memory tensors with
     `metamodal.data.episodes.EpisodeSampler` and with learn2learn's ``TaskDataset`` (transforms
     ``NWays``, ``KShots``, ``LoadData``, ``RemapLabels`` over a ``MetaDataset``), and the
-    speed-up. The data has the shape of Omniglot's background set as used in few-shot papers:
-    4,840 tensors ``[1, 28, 28]`` of 242 classes (20 each); tasks are 5-way with 16 samples per
-    class (1 shot + 15 queries) and 20-way with 20 per class (5 shots + 15 queries). Before
+    speed-up. The data is Omniglot-like (images ``[1, 28, 28]``, 20 per class): 4,840 tensors
+    of 242 classes; tasks are 5-way with 16 samples per class (1 shot + 15 queries) and 20-way
+    with 20 per class (5 shots + 15 queries). Before
     timing, both sides' tasks are checked to be the same kind of thing: the same task shape,
     ``ways`` distinct classes with the right count each, labels remapped to ``0..ways-1`` and
     each label standing for one original class.
 
-learn2learn needs its own environment (it pins old dependencies)::
+learn2learn needs its own environment (it depends on torchvision and gym, which the project
+does without)::
 
     bash benchmarks/setup_learn2learn.sh /tmp/l2l-env
     /tmp/l2l-env/bin/python benchmarks/data.py
@@ -321,9 +322,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows,
         text_columns=2,
     )
+    sides = "each implementation" if compared else "metamodal"
     print(
-        f"checked: {args.check} tasks per side have the task shape, `ways` distinct classes "
-        "with the right count each, labels 0..ways-1 each standing for one class"
+        f"checked: {args.check} tasks of {sides} have the task shape [ways * k, 1, 28, 28], "
+        "`ways` distinct classes with k samples each, no sample twice, and labels 0..ways-1 "
+        "each standing for one class"
     )
     if not compared:
         print(SETUP_HINT)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -146,6 +149,37 @@ def test_every_sample_and_class_gets_drawn() -> None:
         first_class.add(ep.classes[0])
     assert support_seen == set(store.ids) and query_seen == set(store.ids)
     assert first_class == {"c0", "c1", "c2", "c3"}
+
+
+def test_classes_and_samples_are_drawn_uniformly() -> None:
+    store = make_store([6, 6, 6, 6, 6])
+    sampler = EpisodeSampler(store, sorted(set(store.labels)), 2, 1, 2, seed=21)
+    class_counts = Counter()
+    first_label_counts = Counter()
+    support_counts = Counter()
+    n = 2000
+    for i in range(n):
+        support, _, classes = sampler.indices(i)
+        class_counts.update(classes)
+        first_label_counts[classes[0]] += 1
+        support_counts.update(support.tolist())
+    # Expected 800 episodes per class (sd ~22), 400 as label 0 (sd ~18), 133 supports per
+    # sample (sd ~11); the bounds are five or more standard deviations wide.
+    assert all(abs(c - 800) < 120 for c in class_counts.values()), class_counts
+    assert all(abs(c - 400) < 100 for c in first_label_counts.values()), first_label_counts
+    assert len(support_counts) == 30
+    assert all(abs(c - 2000 * 2 / 30) < 60 for c in support_counts.values()), support_counts
+
+
+def test_sampler_pickles_and_is_thread_safe() -> None:
+    store = make_store([8, 8, 8, 8])
+    sampler = EpisodeSampler(store, sorted(set(store.labels)), 3, 2, 2, seed=9)
+    expected = [sampler.indices(i)[0].tolist() for i in range(200)]
+    copy = pickle.loads(pickle.dumps(sampler))
+    assert [copy.indices(i)[0].tolist() for i in range(200)] == expected
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda i: sampler.indices(i)[0].tolist(), range(200)))
+    assert got == expected
 
 
 @pytest.mark.parametrize("sizes", [[150, 90, 120], [70] * 3, [3] * 80 + [5] * 10])

@@ -203,3 +203,8 @@ def test_splits_file_malformed(tmp_path: Path, text: str, column: str | None) ->
 def test_splits_file_missing(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not found"):
         split_classes(LABELS, splits_file=tmp_path / "splits.toml")
+
+
+def test_unlabelled_rows_are_ignored() -> None:
+    split = split_classes(["a", None, "b", "c"], ["g1", "g2", "g2", "g3"], seed=0)
+    assert sorted(_all(split)) == ["a", "b", "c"]

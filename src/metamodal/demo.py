@@ -17,6 +17,7 @@ from metamodal.evaluate.report import format_results_table, write_report
 from metamodal.evaluate.robustness import missing_modality_curve
 from metamodal.evaluate.stats import paired_difference
 from metamodal.learners.base import learners
+from metamodal.train.checkpoint import CHECKPOINT_FILE
 from metamodal.train.config import TrainConfig
 from metamodal.train.logger import read_metrics
 from metamodal.train.run import load_run, load_run_data
@@ -31,6 +32,7 @@ class DemoSettings:
 
     Args:
         classes, per_class: size of the generated dataset.
+        image_size, track_length: size of its images and trajectories.
         steps: meta-training episodes of each episodic model.
         baseline_steps: supervised pre-training batches of the baselines.
         episodes: test episodes per evaluation (>= 600 for published numbers).
@@ -38,8 +40,10 @@ class DemoSettings:
         seed: seeds data generation, splits, training and episodes.
     """
 
-    classes: int = 150
+    classes: int = 100
     per_class: int = 20
+    image_size: int = 16
+    track_length: int = 32
     steps: int = 600
     baseline_steps: int = 600
     episodes: int = 600
@@ -93,7 +97,8 @@ def run_demo(
             echo(f"Generating the embedded dataset ({settings.classes} classes x "
                  f"{settings.per_class} samples) in {data} ...")
             make_synthetic(data, classes=settings.classes, per_class=settings.per_class,
-                           seed=settings.seed)
+                           seed=settings.seed, image_size=settings.image_size,
+                           track_length=settings.track_length)
     data = Path(data)
     base = TrainConfig(data=str(data), steps=settings.steps, seed=settings.seed, dim=settings.dim,
                        val_every=max(1, settings.steps // 6), val_episodes=200,
@@ -102,7 +107,8 @@ def run_demo(
     def train(name: str, config: TrainConfig) -> Path:
         run_dir = out / "runs" / name
         echo(f"Training {name} ...")
-        result = Trainer(config, run_dir, progress=progress).fit(resume=True)
+        has_checkpoint = (run_dir / CHECKPOINT_FILE).exists()
+        result = Trainer(config, run_dir, progress=progress).fit(resume=has_checkpoint)
         echo(f"  best validation accuracy {result.best_val_accuracy:.3f} at step "
              f"{result.best_step}")
         return run_dir

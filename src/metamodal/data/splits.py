@@ -72,7 +72,7 @@ class ClassSplit:
 
 
 def split_classes(
-    labels: Sequence[str],
+    labels: Sequence[str | None],
     groups: Sequence[str | None] | None = None,
     *,
     seed: int = 0,
@@ -90,7 +90,7 @@ def split_classes(
     order of the rows.
 
     Args:
-        labels: the class label of every sample, ``N`` of them.
+        labels: the class label of every sample, ``N`` of them (``None`` ones are ignored).
         groups: the group value of every sample (``N``; ``None`` where the cell is empty), or
             ``None`` when the dataset has no group column.
         seed: seed of the split when there is no splits file.
@@ -122,7 +122,7 @@ def split_classes(
 
 def load_split(
     dataset_root: str | Path,
-    labels: Sequence[str],
+    labels: Sequence[str | None],
     groups: Sequence[str | None] | None = None,
     *,
     seed: int = 0,
@@ -153,15 +153,16 @@ def load_split(
 
 
 def _group_members(
-    labels: Sequence[str], groups: Sequence[str | None] | None
+    labels: Sequence[str | None], groups: Sequence[str | None] | None
 ) -> dict[str, set[str]]:
     """Group name -> its classes. Without groups (or for an empty group cell) the class is its
     own group, named by its label."""
     if groups is None:
-        return {label: {label} for label in set(labels)}
+        return {label: {label} for label in set(labels) if label is not None}
     members: dict[str, set[str]] = {}
     for label, group in set(zip(labels, groups, strict=True)):
-        members.setdefault(label if group is None else group, set()).add(label)
+        if label is not None:
+            members.setdefault(label if group is None else group, set()).add(label)
     return members
 
 

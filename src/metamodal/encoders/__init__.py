@@ -49,3 +49,10 @@ __all__ = [
     "tabular",
     "text",
 ]
+
+# The package doubles as its registry, so `metamodal.encoders.create(...)` works whether
+# `metamodal.encoders` resolves to this package or to the registry object.
+create = encoders.create
+get = encoders.get
+names = encoders.names
+register = encoders.register

@@ -32,3 +32,10 @@ __all__ = [
     "mean",
     "tensor",
 ]
+
+# The package doubles as its registry, so `metamodal.fusions.create(...)` works whether
+# `metamodal.fusions` resolves to this package or to the registry object.
+create = fusions.create
+get = fusions.get
+names = fusions.names
+register = fusions.register

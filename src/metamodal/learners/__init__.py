@@ -42,3 +42,10 @@ __all__ = [
     "relationnet",
     "siamese",
 ]
+
+# The package doubles as its registry, so `metamodal.learners.create(...)` works whether
+# `metamodal.learners` resolves to this package or to the registry object.
+create = learners.create
+get = learners.get
+names = learners.names
+register = learners.register

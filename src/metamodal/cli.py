@@ -180,7 +180,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = DemoSettings()
     if args.quick:
-        settings = DemoSettings(classes=40, per_class=12, steps=60, baseline_steps=60,
+        settings = DemoSettings(classes=40, per_class=20, steps=60, baseline_steps=60,
                                 episodes=600, robustness_episodes=100)
     if args.seed is not None:
         settings.seed = args.seed

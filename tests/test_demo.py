@@ -1,0 +1,91 @@
+"""The demo end to end at a tiny size, and resume after a real kill of a training process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from metamodal.datasets.synthetic import make_synthetic
+from metamodal.demo import FUSED, DemoSettings, run_demo
+from metamodal.train.checkpoint import CHECKPOINT_FILE
+
+
+def test_demo_compares_every_method_on_the_same_episodes(tmp_path: Path) -> None:
+    lines: list[str] = []
+    settings = DemoSettings(classes=30, per_class=20, steps=20, baseline_steps=20, episodes=50,
+                            robustness_episodes=20, dim=16)
+    result = run_demo(tmp_path, settings=settings, progress=False, echo=lines.append)
+    methods = {FUSED, "baseline: nearest-centroid", "baseline: finetune"} | {
+        f"protonet, only {m}" for m in ("image", "caption", "sound", "track", "measurements")}
+    for key in ("5-way 1-shot", "5-way 5-shot"):
+        assert set(result.results[key]) == methods
+        digests = {r.episode_digest for r in result.results[key].values()}
+        assert len(digests) == 1, "methods must be compared on the same episodes"
+        assert all(r.episodes == 50 for r in result.results[key].values())
+    one = result.results["5-way 1-shot"]
+    best = max((r for k, r in one.items() if "only" in k), key=lambda r: r.accuracy)
+    fused = one[FUSED]
+    assert result.fused_beats_best_single == (fused.accuracy - fused.ci95
+                                              > best.accuracy + best.ci95)
+    html = (result.report / "index.html").read_text()
+    for image in ("methods.png", "robustness.png", "learning_curve.png", "ablation.png"):
+        assert (result.report / image).is_file() and image in html
+    assert any("worked prediction" in line for line in lines)
+    # a second run reuses the finished models instead of training again
+    before = (tmp_path / "runs" / FUSED / "model.safetensors").stat().st_mtime_ns
+    run_demo(tmp_path, settings=settings, progress=False)
+    assert (tmp_path / "runs" / FUSED / "model.safetensors").stat().st_mtime_ns == before
+
+
+def _train_command(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "metamodal.cli", "train", "--data", str(data), "--out",
+            str(out), "--steps", "300", "--ways", "3", "--shots", "1", "--queries", "2",
+            "--dim", "16", "--val-every", "100", "--val-episodes", "10", "--checkpoint-every",
+            "5", "--modalities", "caption,measurements", "--no-progress", "--device", "cpu",
+            *extra]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
+    data = make_synthetic(tmp_path / "data", classes=24, per_class=8, seed=4, image_size=16)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_train_command(data, tmp_path / "full"), check=True, env=env,
+                   capture_output=True)
+    process = subprocess.Popen(_train_command(data, tmp_path / "killed"), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / CHECKPOINT_FILE
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = torch.load(checkpoint, weights_only=False)["step"]
+    assert 0 < killed_at < 300, "the process must be killed mid-run"
+    subprocess.run(_train_command(data, tmp_path / "killed", "--resume"), check=True, env=env,
+                   capture_output=True)
+    full = torch.load(tmp_path / "full" / CHECKPOINT_FILE, weights_only=False)
+    resumed = torch.load(checkpoint, weights_only=False)
+    assert resumed["step"] == full["step"] == 300
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert (tmp_path / "full" / "metrics.jsonl").read_text() == (
+        tmp_path / "killed" / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("flag", ["--help"])
+def test_every_verb_has_help(flag: str) -> None:
+    from metamodal.cli import build_parser
+
+    parser = build_parser()
+    verbs = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse internals
+    for verb in ("demo", "inspect", "make-synthetic", "train", "eval", "predict", "report"):
+        assert verb in verbs
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([verb, flag])
+        assert exit_.value.code == 0

@@ -151,3 +151,35 @@ def test_sampler_on_run_store_uses_only_test_classes(tiny_data: Path, tmp_path: 
     assert not set(data.split.train) & set(data.split.test)
     episode = EpisodeSampler(data.store, data.split.test, 3, 1, 2, seed=0)[0]
     assert set(episode.classes) <= set(data.split.test)
+
+
+def test_early_stopping_keeps_the_best_validated_weights(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.9])
+    monkeypatch.setattr(Trainer, "_validate", lambda self, *args: next(scores))
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    trainer = Trainer(_config(tiny_data, steps=60, val_every=5, patience=2), tmp_path / "run",
+                      progress=False)
+
+    def snapshot(step: int, values: dict) -> None:
+        if "val_acc" in values:
+            snapshots[step] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    trainer.callbacks.append(snapshot)
+    result = trainer.fit()
+    # validations at steps 5, 10, 15, 20: best 0.7 at step 10, then two without improvement
+    assert (result.stopped_early, result.steps, result.best_step) == (True, 20, 10)
+    assert result.best_val_accuracy == pytest.approx(0.7)
+    saved = load_run(tmp_path / "run").model.state_dict()
+    for key, value in snapshots[10].items():
+        assert torch.equal(saved[key], value), key
+    assert any(not torch.equal(v, snapshots[20][k]) for k, v in snapshots[10].items())
+
+
+def test_cosine_schedule_decays_the_learning_rate(tiny_data: Path, tmp_path: Path) -> None:
+    Trainer(_config(tiny_data, steps=20, lr=1e-2), tmp_path / "run", progress=False).fit()
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl")
+                                            .read_text().splitlines()) if "lr" in r}
+    assert lrs[10] == pytest.approx(0.5e-2)
+    assert lrs[20] == pytest.approx(0.0, abs=1e-12)

@@ -89,6 +89,9 @@ class Trainer:
         progress: show a progress bar.
         callbacks: functions called as ``callback(step, values)`` after each step.
 
+    Attributes:
+        model: the `FewShotModel` being trained (set by `fit`).
+
     Example:
         >>> config = TrainConfig(data="demo-data", steps=200)
         >>> result = Trainer(config, "runs/a").fit()  # doctest: +SKIP
@@ -140,6 +143,7 @@ class Trainer:
             fusion_options=cfg.fusion_options or None,
             learner_options=cfg.learner_options or None,
         ).to(device)
+        self.model = model
         supervised = model.head.training_mode == "supervised"
         classifier = None
         if supervised:

@@ -183,3 +183,27 @@ def test_cosine_schedule_decays_the_learning_rate(tiny_data: Path, tmp_path: Pat
                                             .read_text().splitlines()) if "lr" in r}
     assert lrs[10] == pytest.approx(0.5e-2)
     assert lrs[20] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "learner,fusion",
+    [("protonet", f) for f in ("concat", "mean", "attention", "tensor", "lowrank", "late")]
+    + [(lr, "gated") for lr in ("matchingnet", "relationnet", "siamese", "finetune")]
+    + [("nearest-centroid", "late")],
+)
+def test_every_component_trains_and_round_trips_through_the_run(
+    tiny_data: Path, tmp_path: Path, learner: str, fusion: str
+) -> None:
+    config = _config(tiny_data, steps=6, val_every=0, learner=learner, fusion=fusion,
+                     batch_size=16, learner_options={"steps": 5} if learner == "finetune" else {})
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.fit()
+    run = load_run(tmp_path / "run")
+    trained = trainer.model.state_dict()
+    for key, value in run.model.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+    data = load_run_data(run)
+    a = evaluate(run.model, data.store, data.split.test, ways=3, shots=1, queries=2, episodes=8)
+    b = evaluate(trainer.model, data.store, data.split.test, ways=3, shots=1, queries=2,
+                 episodes=8)
+    assert a.accuracies == pytest.approx(b.accuracies)

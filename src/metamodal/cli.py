@@ -247,11 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modalities", help="comma-separated modalities to use")
     p.add_argument("--encoder", action="append", metavar="MODALITY=NAME",
                    help="encoder of a modality, e.g. image=resnet12 (repeatable)")
-    for flag, kind in (("--ways", int), ("--shots", int), ("--queries", int), ("--steps", int),
-                       ("--seed", int), ("--lr", float), ("--dim", int), ("--val-every", int),
-                       ("--val-episodes", int), ("--patience", int), ("--batch-size", int),
-                       ("--checkpoint-every", int)):
-        p.add_argument(flag, type=kind)
+    for flag, kind, text in (
+        ("--ways", int, "classes per training episode (default 5)"),
+        ("--shots", int, "support samples per class (default 1)"),
+        ("--queries", int, "query samples per class (default 15)"),
+        ("--steps", int, "optimisation steps (default 1000)"),
+        ("--seed", int, "seed of split, episodes, initialisation (default 0)"),
+        ("--lr", float, "learning rate (default 1e-3)"),
+        ("--dim", int, "shared embedding size (default 64)"),
+        ("--val-every", int, "validate every N steps (default 100; 0 = at the end)"),
+        ("--val-episodes", int, "episodes per validation (default 100)"),
+        ("--patience", int, "early stopping after N validations without gain (0 = off)"),
+        ("--batch-size", int, "batch of supervised pre-training for baselines (default 64)"),
+        ("--checkpoint-every", int, "resumable checkpoint every N steps (default 100)"),
+    ):
+        p.add_argument(flag, type=kind, help=text)
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--no-cache", action="store_true", help="do not cache decoded tensors")

@@ -17,8 +17,8 @@ Prints two tables:
 learn2learn needs its own environment (it depends on torchvision and gym, which the project
 does without)::
 
-    bash benchmarks/setup_learn2learn.sh /tmp/l2l-env
-    /tmp/l2l-env/bin/python benchmarks/data.py
+    bash benchmarks/setup_learn2learn.sh .l2l-env
+    .l2l-env/bin/python benchmarks/data.py
 
 Without learn2learn the script prints metamodal's side only and says how to set it up. Its
 import pulls in gym, torchvision and scipy, which the sampling code never uses; when they are
@@ -49,8 +49,8 @@ from metamodal.data.episodes import EpisodeSampler
 
 SETUP_HINT = (
     "learn2learn is not importable here; to compare against it run\n"
-    "  bash benchmarks/setup_learn2learn.sh /tmp/l2l-env\n"
-    "  /tmp/l2l-env/bin/python benchmarks/data.py"
+    "  bash benchmarks/setup_learn2learn.sh .l2l-env\n"
+    "  .l2l-env/bin/python benchmarks/data.py"
 )
 STUBBED_ROOTS = ("gym", "torchvision", "scipy")
 

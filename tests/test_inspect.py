@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
-from PIL import Image
+from sample_media import MEDIA_MODALITIES, write_media
 
 from metamodal.data.inspect import InspectionReport, format_inspection, inspect_dataset
 
@@ -16,31 +15,7 @@ SCHEMA = """
 name = "zoo"
 label = "label"
 group = "family"
-
-[modalities.photo]
-kind = "image"
-column = "photo"
-size = 8
-
-[modalities.caption]
-kind = "text"
-column = "caption"
-
-[modalities.sound]
-kind = "audio"
-column = "sound"
-n_mels = 8
-n_fft = 64
-hop_length = 32
-
-[modalities.track]
-kind = "sequence"
-column = "track"
-
-[modalities.size]
-kind = "tabular"
-columns = ["w", "h"]
-"""
+""" + MEDIA_MODALITIES
 
 HEADER = "id,label,family,photo,caption,sound,track,w,h\n"
 GOOD_ROWS = (
@@ -53,13 +28,7 @@ GOOD_ROWS = (
 
 
 def make(root: Path, rows: str = GOOD_ROWS, schema: str = SCHEMA) -> Path:
-    Image.new("RGB", (6, 5), (200, 10, 10)).save(root / "a.png")
-    Image.new("L", (12, 9), 80).save(root / "b.png")
-    t = np.arange(800) / 8000.0
-    soundfile.write(root / "a.wav", np.sin(2 * np.pi * 440 * t), 8000)
-    soundfile.write(root / "b.wav", np.sin(2 * np.pi * 220 * t[:400]), 8000)
-    np.save(root / "a.npy", np.arange(10, dtype=np.float32).reshape(5, 2))
-    np.save(root / "b.npy", np.ones((3, 2), dtype=np.float32))
+    write_media(root)
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     (root / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     np.save(root / "nan.npy", np.array([[0.0, np.inf]], dtype=np.float32))

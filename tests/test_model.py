@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import pytest
 import tomli_w
@@ -15,14 +15,7 @@ from metamodal.data.batch import Episode, ModalityBatch, TensorStore
 from metamodal.errors import ConfigError, InsufficientSamplesError, ModalityError, UnknownNameError
 from metamodal.learners import Embeddings, FewShotModel, ProtoNet, Siamese, learners
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread avoids contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (see conftest.py)
 
 
 # ----------------------------------------------------------------------------- stand-ins

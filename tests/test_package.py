@@ -31,3 +31,25 @@ def test_import_is_light() -> None:
             "'soundfile', 'torch') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_atomic_write_replaces_whole_files_with_usual_permissions(tmp_path) -> None:
+    import os
+
+    from metamodal.io import atomic_write, atomic_write_json
+
+    path = tmp_path / "sub" / "x.json"
+    atomic_write_json(path, {"a": 1})
+    assert path.read_text().strip().startswith("{") and '"a": 1' in path.read_text()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+    def fail(tmp) -> None:
+        tmp.write_text("half")
+        raise RuntimeError("killed while writing")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, fail)
+    assert '"a": 1' in path.read_text()
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]

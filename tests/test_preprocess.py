@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-import soundfile
 import torch
 from PIL import Image
+from sample_media import MEDIA_MODALITIES, write_media
 
 from metamodal.data.batch import ModalityBatch
 from metamodal.data.dataset import load_dataset
@@ -224,42 +224,7 @@ def test_create_loader_passes_tabular_columns() -> None:
 
 REAL_SCHEMA = """
 label = "label"
-
-[modalities.photo]
-kind = "image"
-column = "photo"
-size = 8
-
-[modalities.caption]
-kind = "text"
-column = "caption"
-
-[modalities.sound]
-kind = "audio"
-column = "sound"
-n_mels = 8
-n_fft = 64
-hop_length = 32
-
-[modalities.track]
-kind = "sequence"
-column = "track"
-
-[modalities.size]
-kind = "tabular"
-columns = ["w", "h"]
-"""
-
-
-def write_media(root: Path) -> None:
-    """Small valid media files: 2 images, 2 clips, 2 sequences."""
-    Image.new("RGB", (6, 5), (200, 10, 10)).save(root / "a.png")
-    Image.new("L", (12, 9), 80).save(root / "b.png")
-    t = np.arange(800) / 8000.0
-    soundfile.write(root / "a.wav", np.sin(2 * np.pi * 440 * t), 8000)
-    soundfile.write(root / "b.wav", 0.5 * np.sin(2 * np.pi * 220 * t[:400]), 8000)
-    np.save(root / "a.npy", np.arange(10, dtype=np.float32).reshape(5, 2))
-    np.save(root / "b.npy", np.ones((3, 2), dtype=np.float32))
+""" + MEDIA_MODALITIES
 
 
 def real_dataset(root: Path, extra_rows: str = "") -> Path:

@@ -13,6 +13,8 @@ from typing import Any
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write ``path`` atomically: ``write(tmp)`` fills a temporary file beside it, then rename.
 
+    The file gets the permissions a plain ``open(path, "w")`` would give (``0666 & ~umask``).
+
     Args:
         path: the destination file.
         write: a function that writes the whole content to the temporary path it is given.
@@ -31,11 +33,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

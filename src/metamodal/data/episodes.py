@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import operator
 import os
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +28,7 @@ from torch.utils.data import Dataset
 
 from metamodal.data.batch import Episode, TensorStore
 from metamodal.errors import ConfigError, DatasetError, InsufficientSamplesError
+from metamodal.io import atomic_write
 
 UNBOUNDED_EPISODES = 2**62
 """``len(EpisodeSampler(..., episodes=None))``: an endless stream for step-bounded training."""
@@ -500,7 +500,7 @@ def write_episode_file(path: str | Path, episodes: Iterable[Episode]) -> Path:
     """Write episodes as an ``episodes.jsonl`` protocol file, atomically (temp file, rename).
 
     Args:
-        path: where to write; its directory must exist.
+        path: where to write; a missing directory is created.
         episodes: the episodes; an episode without a name is named by its position.
 
     Returns:
@@ -522,15 +522,11 @@ def write_episode_file(path: str | Path, episodes: Iterable[Episode]) -> Path:
         )
         for k, episode in enumerate(episodes)
     ]
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+
+    def write(temp: Path) -> None:
+        with temp.open("w", encoding="utf-8") as handle:
             handle.write("".join(line + "\n" for line in lines))
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)

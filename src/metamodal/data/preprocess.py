@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,6 +46,7 @@ from metamodal.errors import (
     RunError,
     UnknownNameError,
 )
+from metamodal.io import atomic_write
 
 MEDIA_KINDS = frozenset({"image", "audio", "sequence"})
 """Kinds whose cells are paths of media files (fingerprinted for the cache key)."""
@@ -317,18 +316,10 @@ def _save_store(store: TensorStore, path: Path) -> None:
         "kinds": json.dumps(store.kinds),
         "modalities": json.dumps(list(store.modalities)),
     }
-    temporary = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(handle)
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
+        atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
     except OSError as exc:
         warnings.warn(f"cannot write the store cache {path}: {exc}", stacklevel=3)
-    finally:
-        if temporary is not None and os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def _load_store(path: Path) -> TensorStore | None:

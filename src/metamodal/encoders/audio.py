@@ -12,10 +12,11 @@ from torch.nn import functional as F
 from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder, require_info
 from metamodal.encoders.layers import (
-    POOLS,
     MaskedBatchNorm,
+    check_pool,
     length_mask,
     masked_pool,
+    pooled_size,
     resolve_lengths,
 )
 from metamodal.errors import ConfigError, ModalityError
@@ -63,10 +64,7 @@ class AudioCNN(Encoder):
     ) -> None:
         super().__init__(dim=dim, input_info=input_info)
         (self.n_mels,) = require_info("audio-cnn", input_info, "n_mels")
-        if pool not in POOLS:
-            raise ConfigError(
-                f"audio-cnn: unknown pool {pool!r}", fix=f"use one of: {', '.join(POOLS)}"
-            )
+        check_pool("audio-cnn", pool)
         if channels < 1 or blocks < 1:
             raise ConfigError(
                 f"audio-cnn needs channels >= 1 and blocks >= 1, got {channels}, {blocks}",
@@ -82,7 +80,7 @@ class AudioCNN(Encoder):
             self.norms.append(MaskedBatchNorm(channels))
             self.mel_pools.append(2 if mels >= 2 else 1)
             mels, inputs = -(-mels // self.mel_pools[-1]), channels
-        self.project = nn.Linear(channels * (2 if pool == "meanmax" else 1), dim)
+        self.project = nn.Linear(pooled_size(channels, pool), dim)
 
     def check(self, batch: ModalityBatch) -> None:
         values = batch.values

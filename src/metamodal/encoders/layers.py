@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metamodal.errors import ConfigError
+
 
 def length_mask(lengths: Tensor, size: int) -> Tensor:
     """Bool ``[B, size]``: True at positions before each row's length.
@@ -65,6 +67,29 @@ def masked_max(x: Tensor, mask: Tensor) -> Tensor:
 
 
 POOLS = ("mean", "max", "meanmax")
+"""The ways `masked_pool` pools over valid steps."""
+
+
+def check_pool(encoder: str, pool: str) -> None:
+    """Raise `ConfigError` naming ``encoder`` unless ``pool`` is one of `POOLS`.
+
+    Example:
+        >>> check_pool("tcn", "meanmax")
+    """
+    if pool not in POOLS:
+        raise ConfigError(
+            f"{encoder}: unknown pool {pool!r}", fix=f"use one of: {', '.join(POOLS)}"
+        )
+
+
+def pooled_size(channels: int, pool: str) -> int:
+    """Width of `masked_pool`'s output for ``channels`` input channels: ``2C`` for ``meanmax``.
+
+    Example:
+        >>> pooled_size(32, "mean"), pooled_size(32, "meanmax")
+        (32, 64)
+    """
+    return channels * (2 if pool == "meanmax" else 1)
 
 
 def masked_pool(x: Tensor, mask: Tensor, pool: str) -> Tensor:

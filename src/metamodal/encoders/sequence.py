@@ -17,7 +17,13 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder, require_info
-from metamodal.encoders.layers import POOLS, length_mask, masked_pool, resolve_lengths
+from metamodal.encoders.layers import (
+    check_pool,
+    length_mask,
+    masked_pool,
+    pooled_size,
+    resolve_lengths,
+)
 from metamodal.encoders.text import TokenEmbedding, token_mask
 from metamodal.errors import ConfigError, ModalityError
 
@@ -184,8 +190,7 @@ class TCN(Encoder):
     ) -> None:
         super().__init__(dim=dim, input_info=input_info)
         (self.features,) = require_info("tcn", input_info, "features")
-        if pool not in POOLS:
-            raise ConfigError(f"tcn: unknown pool {pool!r}", fix=f"use one of: {', '.join(POOLS)}")
+        check_pool("tcn", pool)
         if levels < 1 or kernel_size < 1 or channels < 1:
             raise ConfigError(
                 f"tcn needs channels, levels and kernel_size >= 1, got {channels}, {levels}, "
@@ -200,7 +205,7 @@ class TCN(Encoder):
                 for i in range(levels)
             )
         )
-        self.project = nn.Linear(channels * (2 if pool == "meanmax" else 1), dim)
+        self.project = nn.Linear(pooled_size(channels, pool), dim)
 
     def check(self, batch: ModalityBatch) -> None:
         _check_steps("tcn", batch, self.features)

@@ -301,45 +301,6 @@ def _progress(iterable: Iterable[Any], *, enabled: bool, total: int, desc: str) 
     return tqdm(iterable, total=total, desc=desc, delay=PROGRESS_DELAY_S, leave=False)
 
 
-def _embed_rows(
-    model: Any,
-    store: TensorStore,
-    rows: Tensor,
-    *,
-    names: list[str],
-    selected: list[str],
-    drop: Mapping[str, float] | None,
-    seed: int,
-    batch_size: int,
-    device: torch.device | str,
-    progress: bool,
-) -> Any:
-    if batch_size < 1:
-        raise ConfigError(f"batch_size {batch_size} < 1", fix="use a positive batch size")
-    if drop:
-        # Decide the drop on the whole set of rows at once, so the hidden fraction is exact
-        # and does not depend on the batch size.
-        hidden = {m: drop_mask(len(store), rows, r, seed, m) for m, r in drop.items() if r > 0}
-    else:
-        hidden = {}
-    chunks = list(torch.split(rows, batch_size))
-    parts = []
-    with _inference(model):
-        start = 0
-        for chunk in _progress(chunks, enabled=progress, total=len(chunks), desc="embed"):
-            batch = store.batch(chunk, names)
-            for name in names:
-                mb = batch[name]
-                if name not in selected:
-                    batch[name] = mb.with_present(torch.zeros_like(mb.present))
-                elif name in hidden:
-                    part = hidden[name][start : start + chunk.numel()]
-                    batch[name] = mb.with_present(mb.present & ~part)
-            start += chunk.numel()
-            parts.append(_detach(model.embed(batch_to(batch, device))))
-    return _cat_embeddings(parts)
-
-
 def embed_store(
     model: Any,
     store: TensorStore,
@@ -383,18 +344,31 @@ def embed_store(
     rows = torch.as_tensor(indices, dtype=torch.long).flatten().cpu()
     names = _model_modalities(model, store)
     selected = _resolve_selection(names, modalities, drop)
-    return _embed_rows(
-        model,
-        store,
-        rows,
-        names=names,
-        selected=selected,
-        drop=dict(drop) if drop else None,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-    )
+    drop = dict(drop) if drop else None
+    if batch_size < 1:
+        raise ConfigError(f"batch_size {batch_size} < 1", fix="use a positive batch size")
+    if drop:
+        # Decide the drop on the whole set of rows at once, so the hidden fraction is exact
+        # and does not depend on the batch size.
+        hidden = {m: drop_mask(len(store), rows, r, seed, m) for m, r in drop.items() if r > 0}
+    else:
+        hidden = {}
+    chunks = list(torch.split(rows, batch_size))
+    parts = []
+    with _inference(model):
+        start = 0
+        for chunk in _progress(chunks, enabled=progress, total=len(chunks), desc="embed"):
+            batch = store.batch(chunk, names)
+            for name in names:
+                mb = batch[name]
+                if name not in selected:
+                    batch[name] = mb.with_present(torch.zeros_like(mb.present))
+                elif name in hidden:
+                    part = hidden[name][start : start + chunk.numel()]
+                    batch[name] = mb.with_present(mb.present & ~part)
+            start += chunk.numel()
+            parts.append(_detach(model.embed(batch_to(batch, device))))
+    return _cat_embeddings(parts)
 
 
 # ----------------------------------------------------------------------------- episodes
@@ -526,23 +500,12 @@ def _score(
     n_episodes = len(plan.ways)
     if n_episodes == 0:
         raise ConfigError("no episodes to evaluate", fix="evaluate at least one episode")
-    names = _model_modalities(model, store)
-    selected = _resolve_selection(names, modalities, drop)
+    selected = select_modalities(model, store, modalities, drop)
     drop = {m: float(r) for m, r in drop.items()} if drop else None
 
     needed = torch.cat(plan.support + plan.query).unique()
-    emb = _embed_rows(
-        model,
-        store,
-        needed,
-        names=names,
-        selected=selected,
-        drop=drop,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-    )
+    emb = embed_store(model, store, needed, selected, drop, seed=seed, batch_size=batch_size,
+                      device=device, progress=progress)
     position = torch.full((len(store),), -1, dtype=torch.long)
     position[needed] = torch.arange(needed.numel())
     position = position.to(device)

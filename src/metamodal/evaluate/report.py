@@ -13,8 +13,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 from metamodal.errors import ConfigError, RunError
 from metamodal.evaluate.protocol import EvalResult
 from metamodal.evaluate.stats import paired_difference
+from metamodal.io import atomic_write
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -79,16 +78,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, then rename it over ``path``."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically (`metamodal.io.atomic_write`)."""
+    atomic_write(path, lambda temp: temp.write_bytes(data))
 
 
 def _finite(x: float | None, default: float = 0.0) -> float:

@@ -17,6 +17,7 @@ Heads are built by name from `learners` with ``learners.create(name, dim=D, **op
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -68,6 +69,30 @@ class Head(nn.Module):
     ) -> Tensor:
         """A loss term beyond `loss` computed from the embeddings themselves; zero here."""
         return support.z.new_zeros(())
+
+
+def register_log_scalar(module: nn.Module, name: str, value: float, *, learn: bool) -> None:
+    """Store the positive ``value`` as its logarithm in ``module.<name>`` (a 0-d tensor).
+
+    With ``learn`` it is a trained `nn.Parameter` (the logarithm keeps the value positive),
+    otherwise a buffer; either way it is saved in the state dict under ``name``.
+
+    Raises:
+        ValueError: ``value`` is not positive (named ``name`` without ``log_``).
+
+    Example:
+        >>> head = nn.Module()
+        >>> register_log_scalar(head, "log_scale", 10.0, learn=True)
+        >>> round(head.log_scale.exp().item(), 4), head.log_scale.requires_grad
+        (10.0, True)
+    """
+    if value <= 0:
+        raise ValueError(f"{name.removeprefix('log_')} must be > 0, got {value}")
+    log_value = torch.tensor(math.log(value))
+    if learn:
+        setattr(module, name, nn.Parameter(log_value))
+    else:
+        module.register_buffer(name, log_value)
 
 
 def check_support(support_labels: Tensor, ways: int) -> Tensor:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from metamodal.learners.base import Head, check_support, learners
+from metamodal.learners.base import Head, check_support, learners, register_log_scalar
 
 
 @learners.register("matchingnet")
@@ -29,6 +26,7 @@ class MatchingNet(Head):
         learn_scale: make the scale a trained parameter (kept positive through its logarithm).
 
     Example:
+        >>> import torch
         >>> head = MatchingNet(scale=1.0)
         >>> support = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
         >>> logits = head(support, torch.tensor([0, 1]), torch.tensor([[1.0, 0.0]]), 2)
@@ -40,13 +38,7 @@ class MatchingNet(Head):
         self, *, dim: int | None = None, scale: float = 10.0, learn_scale: bool = False
     ) -> None:
         super().__init__()
-        if scale <= 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
-        log_scale = torch.tensor(math.log(scale))
-        if learn_scale:
-            self.log_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_scale", log_scale)
+        register_log_scalar(self, "log_scale", scale, learn=learn_scale)
 
     def forward(
         self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import math
+from torch import Tensor
 
-import torch
-from torch import Tensor, nn
-
-from metamodal.learners.base import Head, class_means, learners, squared_distances
+from metamodal.learners.base import (
+    Head,
+    class_means,
+    learners,
+    register_log_scalar,
+    squared_distances,
+)
 
 
 @learners.register("protonet")
@@ -25,6 +28,7 @@ class ProtoNet(Head):
             its logarithm).
 
     Example:
+        >>> import torch
         >>> head = ProtoNet()
         >>> support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
         >>> head(support, torch.tensor([0, 0, 1]), torch.tensor([[1.0, 1.0]]), 2).tolist()
@@ -35,13 +39,7 @@ class ProtoNet(Head):
         self, *, dim: int | None = None, temperature: float = 1.0, learn_temperature: bool = False
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        log_t = torch.tensor(math.log(temperature))
-        if learn_temperature:
-            self.log_temperature = nn.Parameter(log_t)
-        else:
-            self.register_buffer("log_temperature", log_t)
+        register_log_scalar(self, "log_temperature", temperature, learn=learn_temperature)
 
     def forward(
         self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int

@@ -15,9 +15,7 @@ tells the two apart).
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,12 +26,23 @@ import torch
 from torch import Tensor
 
 from metamodal.data.batch import ModalityBatch
+from metamodal.data.loaders._media import (
+    DecodeFailure,
+    file_not_found,
+    in_chunks,
+    read_media,
+)
+from metamodal.data.loaders._numeric import (
+    StandardisingState,
+    check_normalize,
+    mean_and_std,
+    warn_identity,
+)
 from metamodal.data.loaders.base import Cell, DecodeContext, ModalityLoader, loaders
 from metamodal.data.loaders.mel import frame_count, log_mel_spectrogram, mel_filterbank
-from metamodal.errors import ConfigError, DatasetError
+from metamodal.errors import ConfigError
 
 _CHUNK = 64  # clips whose spectrograms are computed in one torch.stft call
-_MIN_STD = 1e-6
 
 
 def _smooth_at_least(k: int) -> int:
@@ -91,15 +100,6 @@ def resample(wave: Tensor, orig_rate: int, new_rate: int) -> Tensor:
     return resampled[..., :out_length].to(wave.dtype)
 
 
-class _DecodeFailure(Exception):
-    """A file that cannot be used; carries the message and fix for the `DatasetError`."""
-
-    def __init__(self, message: str, fix: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.fix = fix
-
-
 def _option(name: str, value: Any, kind: type, minimum: float, *, strict: bool = True) -> Any:
     ok = isinstance(value, kind | int) if kind is float else isinstance(value, kind)
     if isinstance(value, bool) or not ok or not math.isfinite(value) or (
@@ -112,7 +112,7 @@ def _option(name: str, value: Any, kind: type, minimum: float, *, strict: bool =
 
 
 @loaders.register("audio")
-class AudioLoader(ModalityLoader):
+class AudioLoader(StandardisingState, ModalityLoader):
     """Decodes audio files into normalised log-mel spectrograms.
 
     Args:
@@ -159,10 +159,7 @@ class AudioLoader(ModalityLoader):
         self.max_seconds = _option("max_seconds", max_seconds, float, 0)
         self.f_min = _option("f_min", f_min, float, 0, strict=False)
         self.f_max = None if f_max is None else _option("f_max", f_max, float, 0)
-        if not isinstance(normalize, bool):
-            raise ConfigError(f"audio normalize must be true or false, got {normalize!r}",
-                              fix="set normalize = true or normalize = false")
-        self.normalize = normalize
+        self.normalize = check_normalize("audio", normalize)
         top = self.sample_rate / 2 if self.f_max is None else self.f_max
         if not self.f_min < top <= self.sample_rate / 2:
             raise ConfigError(
@@ -174,14 +171,7 @@ class AudioLoader(ModalityLoader):
         self.max_frames = int(self._frames(self.max_samples))
         self.filterbank = mel_filterbank(sample_rate=self.sample_rate, n_fft=self.n_fft,
                                          n_mels=self.n_mels, f_min=self.f_min, f_max=self.f_max)
-        self.mean_: list[float] | None = None
-        self.std_: list[float] | None = None
-        self.fitted_ = False
-
-    @property
-    def is_fitted(self) -> bool:
-        """Whether `fit` (or `from_state` of a fitted loader) has run."""
-        return self.fitted_
+        self._clear_statistics()
 
     def fit(self, cells: Sequence[Cell], context: DecodeContext) -> None:
         """Learn each mel band's mean / std over all frames of the meta-train clips."""
@@ -189,25 +179,17 @@ class AudioLoader(ModalityLoader):
             total = torch.zeros(self.n_mels, dtype=torch.float64)
             squares = torch.zeros(self.n_mels, dtype=torch.float64)
             count = 0
-            for start in range(0, len(cells), _CHUNK):
-                stop = min(start + _CHUNK, len(cells))
-                sub = dataclasses.replace(context, rows=context.rows[start:stop])
-                logmel, _, lengths = self._read_batch(cells[start:stop], sub)
+            for part, sub in in_chunks(cells, context, _CHUNK):
+                logmel, _, lengths = self._read_batch(part, sub)
                 values = logmel.to(torch.float64)  # frames past each length are zeros
                 total += values.sum(dim=(0, 2))
                 squares += values.square().sum(dim=(0, 2))
                 count += int(lengths.sum())
             if count == 0:
-                warnings.warn(f"no meta-train audio in column {context.column!r}; "
-                              "audio normalisation is the identity", stacklevel=2)
-                mean = torch.zeros(self.n_mels, dtype=torch.float64)
-                std = torch.ones(self.n_mels, dtype=torch.float64)
+                warn_identity("audio", "audio", context.column)
+                self.mean_, self.std_ = [0.0] * self.n_mels, [1.0] * self.n_mels
             else:
-                mean = total / count
-                std = torch.sqrt(torch.clamp(squares / count - mean.square(), min=0.0))
-                std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
-            self.mean_ = mean.tolist()
-            self.std_ = std.tolist()
+                self.mean_, self.std_ = mean_and_std(total, squares, count)
         self.fitted_ = True
 
     def decode(self, cells: Sequence[Cell], context: DecodeContext) -> ModalityBatch:
@@ -236,18 +218,14 @@ class AudioLoader(ModalityLoader):
                         "n_fft": self.n_fft, "hop_length": self.hop_length,
                         "max_seconds": self.max_seconds, "f_min": self.f_min,
                         "f_max": self.f_max, "normalize": self.normalize},
-            "fitted": self.fitted_,
-            "mean": self.mean_,
-            "std": self.std_,
+            **self._statistics_state(),
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> AudioLoader:
         """Rebuild the loader `state_dict` describes."""
         loader = cls(**state["options"])
-        loader.fitted_ = bool(state["fitted"])
-        loader.mean_ = None if state["mean"] is None else [float(v) for v in state["mean"]]
-        loader.std_ = None if state["std"] is None else [float(v) for v in state["std"]]
+        loader._restore_statistics(state)
         return loader
 
     # -- decoding -------------------------------------------------------------------------
@@ -257,19 +235,9 @@ class AudioLoader(ModalityLoader):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Un-normalised log-mels ``[B, n_mels, frames]`` (zeros past each length), present,
         lengths."""
-        waves: list[Tensor | None] = []
-        for i, cell in enumerate(cells):
-            if cell is None:
-                waves.append(None)
-                continue
-            try:
-                waves.append(self._read_file(Path(context.root) / str(cell), context.root))
-            except _DecodeFailure as failure:
-                error = DatasetError(failure.message, file=str(cell), row=context.rows[i],
-                                     column=context.column, fix=failure.fix)
-                error.__cause__ = failure.__cause__
-                context.report(error)
-                waves.append(None)
+        waves: list[Tensor | None] = [None] * len(cells)
+        for i, _, wave in read_media(cells, context, self._read_file):
+            waves[i] = wave
         present = torch.tensor([w is not None for w in waves], dtype=torch.bool)
         samples = torch.tensor([0 if w is None else w.shape[0] for w in waves], dtype=torch.long)
         lengths = torch.where(present, self._frames(samples), 0)
@@ -298,10 +266,7 @@ class AudioLoader(ModalityLoader):
         """The first ``max_seconds`` of one file as a mono float32 wave at ``sample_rate``."""
         fix = "replace it with a valid WAV / FLAC / OGG file, or leave the cell empty"
         if not path.exists():
-            raise _DecodeFailure(
-                f"audio file not found (paths are relative to {root})",
-                "check the path, or leave the cell empty if the sample has no audio",
-            )
+            raise file_not_found("audio", root)
         try:
             with soundfile.SoundFile(path) as sound:
                 rate = sound.samplerate
@@ -309,13 +274,13 @@ class AudioLoader(ModalityLoader):
                 wanted = math.ceil(self.max_seconds * rate) + rate // 100
                 data = sound.read(frames=wanted, dtype="float32", always_2d=True)
         except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError
-            raise _DecodeFailure(f"cannot decode audio: {exc}", fix) from exc
+            raise DecodeFailure(f"cannot decode audio: {exc}", fix) from exc
         if data.shape[0] == 0:
-            raise _DecodeFailure("audio file has no samples", fix)
+            raise DecodeFailure("audio file has no samples", fix)
         finite = np.isfinite(data)
         if not finite.all():
             sample, channel = np.argwhere(~finite)[0]
-            raise _DecodeFailure(
+            raise DecodeFailure(
                 f"audio holds NaN or infinite values (first at sample {int(sample)}, "
                 f"channel {int(channel)})",
                 "re-export the recording with finite sample values",

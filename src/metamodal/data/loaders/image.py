@@ -15,8 +15,6 @@ normalisation (mean 0, std 1), so that ``metamodal inspect`` can check files wit
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,8 +25,20 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from metamodal.data.batch import ModalityBatch
+from metamodal.data.loaders._media import (
+    DecodeFailure,
+    file_not_found,
+    in_chunks,
+    read_media,
+)
+from metamodal.data.loaders._numeric import (
+    StandardisingState,
+    check_normalize,
+    mean_and_std,
+    warn_identity,
+)
 from metamodal.data.loaders.base import Cell, DecodeContext, ModalityLoader, loaders
-from metamodal.errors import ConfigError, DatasetError
+from metamodal.errors import ConfigError
 
 RESAMPLE_FILTER = Image.Resampling.LANCZOS
 """Pillow filter used to resize (antialiased Lanczos-3)."""
@@ -36,16 +46,6 @@ RESAMPLE_FILTER = Image.Resampling.LANCZOS
 _CHUNK = 512  # images decoded at once while fitting (bounds memory for large datasets)
 _SIXTEEN_BIT = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 _GRAY_MODES = ("1", "L", "LA", "F", *_SIXTEEN_BIT)
-_MIN_STD = 1e-6
-
-
-class _DecodeFailure(Exception):
-    """A file that cannot be used; carries the message and fix for the `DatasetError`."""
-
-    def __init__(self, message: str, fix: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.fix = fix
 
 
 def _parse_size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -61,7 +61,7 @@ def _parse_size(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 @loaders.register("image")
-class ImageLoader(ModalityLoader):
+class ImageLoader(StandardisingState, ModalityLoader):
     """Decodes image files into float ``[B, C, H, W]`` tensors.
 
     Args:
@@ -94,19 +94,9 @@ class ImageLoader(ModalityLoader):
         if channels not in (1, 3) or isinstance(channels, bool):
             raise ConfigError(f"image channels must be 1 or 3, got {channels!r}",
                               fix="set channels = 3 (RGB) or channels = 1 (grayscale)")
-        if not isinstance(normalize, bool):
-            raise ConfigError(f"image normalize must be true or false, got {normalize!r}",
-                              fix="set normalize = true or normalize = false")
         self.channels = channels
-        self.normalize = normalize
-        self.mean_: list[float] | None = None
-        self.std_: list[float] | None = None
-        self.fitted_ = False
-
-    @property
-    def is_fitted(self) -> bool:
-        """Whether `fit` (or `from_state` of a fitted loader) has run."""
-        return self.fitted_
+        self.normalize = check_normalize("image", normalize)
+        self._clear_statistics()
 
     def fit(self, cells: Sequence[Cell], context: DecodeContext) -> None:
         """Learn the per-channel mean / std from meta-train images (``None`` cells skipped).
@@ -119,25 +109,17 @@ class ImageLoader(ModalityLoader):
             total = torch.zeros(self.channels, dtype=torch.float64)
             squares = torch.zeros(self.channels, dtype=torch.float64)
             count = 0
-            for start in range(0, len(cells), _CHUNK):
-                stop = min(start + _CHUNK, len(cells))
-                sub = dataclasses.replace(context, rows=context.rows[start:stop])
-                pixels, present = self._read_batch(cells[start:stop], sub)
+            for part, sub in in_chunks(cells, context, _CHUNK):
+                pixels, present = self._read_batch(part, sub)
                 values = pixels.to(torch.float64)
                 total += values.sum(dim=(0, 2, 3))
                 squares += values.square().sum(dim=(0, 2, 3))
                 count += int(present.sum()) * self.height * self.width
             if count == 0:
-                warnings.warn(f"no meta-train images in column {context.column!r}; "
-                              "image normalisation is the identity", stacklevel=2)
-                mean = torch.zeros(self.channels, dtype=torch.float64)
-                std = torch.ones(self.channels, dtype=torch.float64)
+                warn_identity("images", "image", context.column)
+                self.mean_, self.std_ = [0.0] * self.channels, [1.0] * self.channels
             else:
-                mean = total / count
-                std = torch.sqrt(torch.clamp(squares / count - mean.square(), min=0.0))
-                std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
-            self.mean_ = mean.tolist()
-            self.std_ = std.tolist()
+                self.mean_, self.std_ = mean_and_std(total, squares, count)
         self.fitted_ = True
 
     def decode(self, cells: Sequence[Cell], context: DecodeContext) -> ModalityBatch:
@@ -165,18 +147,14 @@ class ImageLoader(ModalityLoader):
             "kind": self.kind,
             "options": {"size": [self.height, self.width], "channels": self.channels,
                         "normalize": self.normalize},
-            "fitted": self.fitted_,
-            "mean": self.mean_,
-            "std": self.std_,
+            **self._statistics_state(),
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ImageLoader:
         """Rebuild the loader `state_dict` describes."""
         loader = cls(**state["options"])
-        loader.fitted_ = bool(state["fitted"])
-        loader.mean_ = None if state["mean"] is None else [float(v) for v in state["mean"]]
-        loader.std_ = None if state["std"] is None else [float(v) for v in state["std"]]
+        loader._restore_statistics(state)
         return loader
 
     # -- decoding -------------------------------------------------------------------------
@@ -185,17 +163,8 @@ class ImageLoader(ModalityLoader):
         """Pixels in ``[0, 1]`` as float ``[B, C, H, W]`` (zeros where absent) and ``present``."""
         buffer = np.zeros((len(cells), self.height, self.width, self.channels), np.float32)
         present = np.zeros(len(cells), dtype=bool)
-        for i, cell in enumerate(cells):
-            if cell is None:
-                continue
-            try:
-                buffer[i] = self._read_file(Path(context.root) / str(cell), context.root)
-            except _DecodeFailure as failure:
-                error = DatasetError(failure.message, file=str(cell), row=context.rows[i],
-                                     column=context.column, fix=failure.fix)
-                error.__cause__ = failure.__cause__
-                context.report(error)
-                continue
+        for i, _, image in read_media(cells, context, self._read_file):
+            buffer[i] = image
             present[i] = True
         pixels = torch.from_numpy(buffer).permute(0, 3, 1, 2).contiguous()
         pixels.mul_(1.0 / 255.0)
@@ -211,15 +180,12 @@ class ImageLoader(ModalityLoader):
                 ImageOps.exif_transpose(image, in_place=True)
                 return self._pixels(image)
         except FileNotFoundError as exc:
-            raise _DecodeFailure(
-                f"image file not found (paths are relative to {root})",
-                "check the path, or leave the cell empty if the sample has no image",
-            ) from exc
+            raise file_not_found("image", root) from exc
         except IsADirectoryError as exc:
-            raise _DecodeFailure("image path is a directory, not a file",
-                                 "point the cell at an image file") from exc
+            raise DecodeFailure("image path is a directory, not a file",
+                                "point the cell at an image file") from exc
         except Exception as exc:  # Pillow raises many types for corrupt files
-            raise _DecodeFailure(f"cannot decode image: {exc}", fix) from exc
+            raise DecodeFailure(f"cannot decode image: {exc}", fix) from exc
 
     def _pixels(self, image: Image.Image) -> np.ndarray:
         """Convert, resize and return ``image`` as float32 ``[H, W, C or 1]`` in 0..255."""

@@ -16,9 +16,7 @@ normalisation (`SequenceLoader.is_fitted` tells the two apart).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,32 +26,28 @@ import torch
 from torch import Tensor
 
 from metamodal.data.batch import ModalityBatch
+from metamodal.data.loaders._media import (
+    DecodeFailure,
+    file_not_found,
+    in_chunks,
+    read_media,
+    report_failure,
+)
+from metamodal.data.loaders._numeric import (
+    StandardisingState,
+    check_normalize,
+    is_number,
+    mean_and_std,
+    warn_identity,
+)
 from metamodal.data.loaders.base import Cell, DecodeContext, ModalityLoader, loaders
-from metamodal.errors import ConfigError, DatasetError
+from metamodal.errors import ConfigError
 
 SUFFIXES = (".npy", ".csv")
 """File types the sequence loader reads."""
 
 _CHUNK = 1024  # sequences decoded at once while fitting (bounds memory)
-_MIN_STD = 1e-6
 _FIX = "replace it with a valid .npy array [T, D] or .csv of numbers, or leave the cell empty"
-
-
-class _DecodeFailure(Exception):
-    """A file that cannot be used; carries the message and fix for the `DatasetError`."""
-
-    def __init__(self, message: str, fix: str = _FIX) -> None:
-        super().__init__(message)
-        self.message = message
-        self.fix = fix
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def read_sequence_file(path: Path) -> np.ndarray:
@@ -119,7 +113,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, bool]:
     rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
     if not rows:
         raise ValueError("CSV file has no rows")
-    header = not all(_is_number(cell) for cell in rows[0])
+    header = not all(is_number(cell) for cell in rows[0])
     body = rows[1:] if header else rows
     width = len(rows[0])
     for index, row in enumerate(body):
@@ -131,14 +125,14 @@ def _read_csv(path: Path) -> tuple[np.ndarray, bool]:
     except ValueError:
         for index, row in enumerate(body):
             for column, cell in enumerate(row):
-                if not _is_number(cell):
+                if not is_number(cell):
                     raise ValueError(f"line {index + 1 + int(header)}, value {column + 1} is "
                                      f"not a number: {cell!r}") from None
         raise
 
 
 @loaders.register("sequence")
-class SequenceLoader(ModalityLoader):
+class SequenceLoader(StandardisingState, ModalityLoader):
     """Decodes ``.npy`` / ``.csv`` sequence files into float ``[B, T, D]`` with lengths.
 
     Args:
@@ -164,20 +158,10 @@ class SequenceLoader(ModalityLoader):
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
             raise ConfigError(f"sequence max_length must be an integer >= 1, got {max_length!r}",
                               fix="set max_length to a positive integer")
-        if not isinstance(normalize, bool):
-            raise ConfigError(f"sequence normalize must be true or false, got {normalize!r}",
-                              fix="set normalize = true or normalize = false")
         self.max_length = max_length
-        self.normalize = normalize
+        self.normalize = check_normalize("sequence", normalize)
         self.features_: int | None = None
-        self.mean_: list[float] | None = None
-        self.std_: list[float] | None = None
-        self.fitted_ = False
-
-    @property
-    def is_fitted(self) -> bool:
-        """Whether `fit` (or `from_state` of a fitted loader) has run."""
-        return self.fitted_
+        self._clear_statistics()
 
     def fit(self, cells: Sequence[Cell], context: DecodeContext) -> None:
         """Learn ``D`` and each feature's mean / std over every meta-train step."""
@@ -186,11 +170,9 @@ class SequenceLoader(ModalityLoader):
         total: Tensor | None = None
         squares: Tensor | None = None
         count = 0
-        for start in range(0, len(cells), _CHUNK):
-            stop = min(start + _CHUNK, len(cells))
-            sub = dataclasses.replace(context, rows=context.rows[start:stop])
-            arrays = self._read_arrays(cells[start:stop], sub, features, first)
-            for cell, array in zip(cells[start:stop], arrays, strict=True):
+        for part, sub in in_chunks(cells, context, _CHUNK):
+            arrays = self._read_arrays(part, sub, features, first)
+            for cell, array in zip(part, arrays, strict=True):
                 if array is None:
                     continue
                 if features is None:
@@ -205,14 +187,10 @@ class SequenceLoader(ModalityLoader):
         self.features_ = features
         if self.normalize:
             if total is None or squares is None:
-                warnings.warn(f"no meta-train sequences in column {context.column!r}; "
-                              "sequence normalisation is the identity", stacklevel=2)
+                warn_identity("sequences", "sequence", context.column)
                 self.mean_, self.std_ = None, None
             else:
-                mean = total / count
-                std = torch.sqrt(torch.clamp(squares / count - mean.square(), min=0.0))
-                std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
-                self.mean_, self.std_ = mean.tolist(), std.tolist()
+                self.mean_, self.std_ = mean_and_std(total, squares, count)
         self.fitted_ = True
 
     def decode(self, cells: Sequence[Cell], context: DecodeContext) -> ModalityBatch:
@@ -250,20 +228,16 @@ class SequenceLoader(ModalityLoader):
         return {
             "kind": self.kind,
             "options": {"max_length": self.max_length, "normalize": self.normalize},
-            "fitted": self.fitted_,
+            **self._statistics_state(),
             "features": self.features_,
-            "mean": self.mean_,
-            "std": self.std_,
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> SequenceLoader:
         """Rebuild the loader `state_dict` describes."""
         loader = cls(**state["options"])
-        loader.fitted_ = bool(state["fitted"])
+        loader._restore_statistics(state)
         loader.features_ = None if state["features"] is None else int(state["features"])
-        loader.mean_ = None if state["mean"] is None else [float(v) for v in state["mean"]]
-        loader.std_ = None if state["std"] is None else [float(v) for v in state["std"]]
         return loader
 
     # -- decoding -------------------------------------------------------------------------
@@ -279,39 +253,26 @@ class SequenceLoader(ModalityLoader):
 
         ``features`` is the ``D`` every array must have (None: the first array's), ``first``
         the file it came from (None: it was fitted)."""
-        arrays: list[np.ndarray | None] = []
-        for i, cell in enumerate(cells):
-            array = None
-            if cell is not None:
-                try:
-                    array = self._read_file(Path(context.root) / str(cell), context.root)
-                    if features is None:
-                        features, first = array.shape[1], str(cell)
-                    elif array.shape[1] != features:
-                        where = (f"file {first}" if first is not None
-                                 else "the meta-train sequences")
-                        raise _DecodeFailure(
-                            f"sequence has {array.shape[1]} features per step but {where} "
-                            f"has {features}",
-                            fix=f"give every sequence of this modality {features} features",
-                        )
-                except _DecodeFailure as failure:
-                    error = DatasetError(failure.message, file=str(cell), row=context.rows[i],
-                                         column=context.column, fix=failure.fix)
-                    error.__cause__ = failure.__cause__
-                    context.report(error)
-                    array = None
-            arrays.append(array)
+        arrays: list[np.ndarray | None] = [None] * len(cells)
+        for i, cell, array in read_media(cells, context, self._read_file):
+            if features is None:
+                features, first = array.shape[1], str(cell)
+            elif array.shape[1] != features:
+                where = f"file {first}" if first is not None else "the meta-train sequences"
+                report_failure(DecodeFailure(
+                    f"sequence has {array.shape[1]} features per step but {where} "
+                    f"has {features}",
+                    fix=f"give every sequence of this modality {features} features",
+                ), cell, i, context)
+                continue
+            arrays[i] = array
         return arrays
 
     @staticmethod
     def _read_file(path: Path, root: Path | str) -> np.ndarray:
         if not path.exists():
-            raise _DecodeFailure(
-                f"sequence file not found (paths are relative to {root})",
-                "check the path, or leave the cell empty if the sample has no sequence",
-            )
+            raise file_not_found("sequence", root)
         try:
             return read_sequence_file(path)
         except Exception as exc:  # NumPy / csv raise several types for corrupt files
-            raise _DecodeFailure(f"cannot read sequence: {exc}") from exc
+            raise DecodeFailure(f"cannot read sequence: {exc}", _FIX) from exc

@@ -22,22 +22,15 @@ import numpy as np
 import torch
 
 from metamodal.data.batch import ModalityBatch
+from metamodal.data.loaders._numeric import StandardisingState, check_normalize, is_number
 from metamodal.data.loaders.base import Cell, DecodeContext, ModalityLoader, loaders
 from metamodal.errors import ConfigError, DatasetError
 
 _MIN_STD = 1e-12
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 @loaders.register("tabular")
-class TabularLoader(ModalityLoader):
+class TabularLoader(StandardisingState, ModalityLoader):
     """Parses numeric columns into standardised float ``[B, F]`` rows.
 
     Args:
@@ -66,20 +59,10 @@ class TabularLoader(ModalityLoader):
         ):
             raise ConfigError(f"tabular columns must be a list of column names, got {columns!r}",
                               fix='set columns = ["a", "b"]')
-        if not isinstance(normalize, bool):
-            raise ConfigError(f"tabular normalize must be true or false, got {normalize!r}",
-                              fix="set normalize = true or normalize = false")
         self.columns = None if columns is None else list(columns)
-        self.normalize = normalize
+        self.normalize = check_normalize("tabular", normalize)
         self.features_: int | None = None if columns is None else len(columns)
-        self.mean_: list[float] | None = None
-        self.std_: list[float] | None = None
-        self.fitted_ = False
-
-    @property
-    def is_fitted(self) -> bool:
-        """Whether `fit` (or `from_state` of a fitted loader) has run."""
-        return self.fitted_
+        self._clear_statistics()
 
     def fit(self, cells: Sequence[Cell], context: DecodeContext) -> None:
         """Learn each column's mean / std over the non-empty meta-train values."""
@@ -123,20 +106,16 @@ class TabularLoader(ModalityLoader):
         return {
             "kind": self.kind,
             "options": {"columns": self.columns, "normalize": self.normalize},
-            "fitted": self.fitted_,
+            **self._statistics_state(),
             "features": self.features_,
-            "mean": self.mean_,
-            "std": self.std_,
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> TabularLoader:
         """Rebuild the loader `state_dict` describes."""
         loader = cls(**state["options"])
-        loader.fitted_ = bool(state["fitted"])
+        loader._restore_statistics(state)
         loader.features_ = None if state["features"] is None else int(state["features"])
-        loader.mean_ = None if state["mean"] is None else [float(v) for v in state["mean"]]
-        loader.std_ = None if state["std"] is None else [float(v) for v in state["std"]]
         return loader
 
     # -- parsing --------------------------------------------------------------------------
@@ -178,7 +157,7 @@ class TabularLoader(ModalityLoader):
             parsed = np.array(texts, dtype=str).astype(np.float64)
             good = np.ones(len(texts), dtype=bool)
         except ValueError:
-            good = np.array([_is_number(text) for text in texts], dtype=bool)
+            good = np.array([is_number(text) for text in texts], dtype=bool)
             parsed = np.array([float(t) if ok else np.nan for t, ok in zip(texts, good,
                                                                           strict=True)])
         finite = np.isfinite(parsed)

@@ -1,0 +1,131 @@
+"""Numbers shared by the loaders: parsing text as a number and standardisation statistics.
+
+The image, audio, sequence and tabular loaders all take a ``normalize`` option and, when it is
+set, keep a per-channel / per-band / per-feature ``mean_`` and ``std_`` learnt on the
+meta-train samples and stored in their state as plain lists of floats (`StandardisingState`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metamodal.errors import ConfigError
+
+MIN_STD = 1e-6
+"""A standard deviation below this counts as constant; it is replaced by 1."""
+
+
+def is_number(text: str) -> bool:
+    """Whether ``float(text)`` parses.
+
+    Example:
+        >>> is_number("1e3"), is_number("nan"), is_number("ten")
+        (True, True, False)
+    """
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_normalize(kind: str, normalize: object) -> bool:
+    """Return ``normalize`` if it is a bool; else raise `ConfigError` for the ``kind`` loader.
+
+    Example:
+        >>> check_normalize("image", True)
+        True
+    """
+    if not isinstance(normalize, bool):
+        raise ConfigError(f"{kind} normalize must be true or false, got {normalize!r}",
+                          fix="set normalize = true or normalize = false")
+    return normalize
+
+
+def mean_and_std(total: Tensor, squares: Tensor, count: int) -> tuple[list[float], list[float]]:
+    """Mean and (population) standard deviation from running sums over ``count`` values.
+
+    A standard deviation below `MIN_STD` (a constant channel) becomes 1.
+
+    Args:
+        total: float64 ``[C]`` sum of the values of each channel.
+        squares: float64 ``[C]`` sum of their squares.
+        count: values summed per channel (> 0).
+
+    Example:
+        >>> total, squares = torch.tensor([3.0, 4.0]), torch.tensor([5.0, 8.0])
+        >>> mean_and_std(total, squares, 2)
+        ([1.5, 2.0], [0.5, 1.0])
+    """
+    mean = total / count
+    std = torch.sqrt(torch.clamp(squares / count - mean.square(), min=0.0))
+    std = torch.where(std < MIN_STD, torch.ones_like(std), std)
+    return mean.tolist(), std.tolist()
+
+
+def warn_identity(what: str, kind: str, column: str) -> None:
+    """Warn that no meta-train ``what`` were found in ``column``, so normalisation is skipped.
+
+    The warning points at the caller of the loader's ``fit``.
+    """
+    warnings.warn(f"no meta-train {what} in column {column!r}; "
+                  f"{kind} normalisation is the identity", stacklevel=3)
+
+
+def optional_floats(values: Iterable[float] | None) -> list[float] | None:
+    """``values`` as a list of floats (e.g. ``mean`` of a loader's state), or None.
+
+    Example:
+        >>> optional_floats([1, 2]), optional_floats(None)
+        ([1.0, 2.0], None)
+    """
+    return None if values is None else [float(v) for v in values]
+
+
+class StandardisingState:
+    """The fitted state of a loader that standardises its values with meta-train statistics.
+
+    ``mean_`` and ``std_`` hold one float per channel / band / feature (None before fitting,
+    or when the loader does not normalise); ``fitted_`` says whether ``fit`` has run. Mixed
+    into the image, audio, sequence and tabular loaders, which call `_clear_statistics` in
+    their constructor and add `_statistics_state` to their ``state_dict``.
+
+    Example:
+        >>> state = StandardisingState()
+        >>> state._clear_statistics()
+        >>> state.mean_, state.std_, state.fitted_ = [0.5], [2.0], True
+        >>> again = StandardisingState()
+        >>> again._restore_statistics(state._statistics_state())
+        >>> again.is_fitted, again.mean_, again.std_
+        (True, [0.5], [2.0])
+    """
+
+    mean_: list[float] | None
+    std_: list[float] | None
+    fitted_: bool
+
+    def _clear_statistics(self) -> None:
+        """No statistics yet, not fitted."""
+        self.mean_ = None
+        self.std_ = None
+        self.fitted_ = False
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether `fit` (or `from_state` of a fitted loader) has run."""
+        return self.fitted_
+
+    def _statistics_state(self) -> dict[str, Any]:
+        """``{"fitted", "mean", "std"}`` as JSON-able data, for ``state_dict``."""
+        return {"fitted": self.fitted_, "mean": self.mean_, "std": self.std_}
+
+    def _restore_statistics(self, state: Mapping[str, Any]) -> None:
+        """Set the statistics `_statistics_state` wrote into ``state``."""
+        self.fitted_ = bool(state["fitted"])
+        self.mean_ = optional_floats(state["mean"])
+        self.std_ = optional_floats(state["std"])

@@ -154,3 +154,18 @@ def test_cli_reports_typed_errors_without_traceback(tmp_path: Path, capsys) -> N
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "dataset.toml").write_text("label = \n")
     assert main(["inspect", str(tmp_path / "bad")]) != 0
+
+
+def test_cli_eval_on_another_dataset_uses_the_runs_preprocessing(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, run = trained
+    other = tmp_path / "other"
+    assert main(["make-synthetic", str(other), "--classes", "12", "--per-class", "6",
+                 "--image-size", "16", "--seed", "11"]) == 0
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run), "--data", str(other), "--split", "all", "--ways", "3",
+                 "--queries", "2", "--episodes-count", "30", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["split"] == "all" and result["episodes"] == 30
+

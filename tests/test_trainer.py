@@ -207,3 +207,13 @@ def test_every_component_trains_and_round_trips_through_the_run(
     b = evaluate(trainer.model, data.store, data.split.test, ways=3, shots=1, queries=2,
                  episodes=8)
     assert a.accuracies == pytest.approx(b.accuracies)
+
+
+def test_run_records_an_absolute_dataset_path(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tiny_data.parent)
+    config = _config(Path(tiny_data.name), steps=2, val_every=0)
+    Trainer(config, tmp_path / "run", progress=False).fit()
+    monkeypatch.chdir(tmp_path)
+    assert Path(load_run(tmp_path / "run").config.data) == tiny_data.resolve()

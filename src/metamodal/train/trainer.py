@@ -108,6 +108,8 @@ class Trainer:
         callbacks: list[StepCallback] | None = None,
     ) -> None:
         config.validate()
+        if config.data:  # the run must find its dataset from any working directory
+            config = config.updated({"data": str(Path(config.data).resolve())})
         self.config = config
         self.out = Path(out)
         self.progress = progress

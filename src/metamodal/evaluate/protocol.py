@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from metamodal.data.batch import Episode, TensorStore, batch_to
 from metamodal.data.episodes import EpisodeSampler
 from metamodal.errors import ConfigError, DatasetError, MetamodalError, ModalityError
 from metamodal.evaluate.stats import confusion_matrices, macro_f1_from_confusion, mean_ci95
+from metamodal.learners.embeddings import Embeddings
 
 PROGRESS_DELAY_S = 1.0
 """Progress bars appear only once the work has run this long (seconds)."""
@@ -147,22 +147,11 @@ def _nan_if_none(x: float | None) -> float:
 # ----------------------------------------------------------------------------- embeddings
 
 
-def _cat_embeddings(parts: Sequence[Any]) -> Any:
-    """Join embeddings along the sample axis, whatever their container."""
-    first = parts[0]
-    if isinstance(first, Tensor):
+def _cat_embeddings(parts: Sequence[Embeddings | Tensor]) -> Embeddings | Tensor:
+    """Join embeddings (`Embeddings` or plain ``[B, D]`` tensors) along the sample axis."""
+    if isinstance(parts[0], Tensor):
         return torch.cat(list(parts))
-    if len(parts) == 1:
-        return first
-    cat = getattr(type(first), "cat", None)
-    if cat is None:
-        cat = getattr(sys.modules.get(type(first).__module__), "cat", None)
-    if cat is None:
-        raise MetamodalError(
-            f"cannot concatenate {type(first).__name__} embeddings: neither the class nor its "
-            "module has a `cat` function"
-        )
-    return cat(list(parts))
+    return parts[0] if len(parts) == 1 else Embeddings.cat(list(parts))
 
 
 def _index_embeddings(emb: Any, idx: Tensor) -> Any:

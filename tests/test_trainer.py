@@ -189,15 +189,21 @@ def test_cosine_schedule_decays_the_learning_rate(tiny_data: Path, tmp_path: Pat
     "learner,fusion",
     [("protonet", f) for f in ("concat", "mean", "attention", "tensor", "lowrank", "late")]
     + [(lr, "gated") for lr in ("matchingnet", "relationnet", "siamese", "finetune")]
-    + [("nearest-centroid", "late")],
+    + [("nearest-centroid", "late")]
+    + [("nearest-centroid", "concat")],
 )
 def test_every_component_trains_and_round_trips_through_the_run(
     tiny_data: Path, tmp_path: Path, learner: str, fusion: str
 ) -> None:
     config = _config(tiny_data, steps=6, val_every=0, learner=learner, fusion=fusion,
-                     batch_size=16, learner_options={"steps": 5} if learner == "finetune" else {})
+                     batch_size=16, learner_options={"steps": 5} if learner == "finetune" else {},
+                     pretrain_classifier="cosine" if fusion == "concat" else "linear")
     trainer = Trainer(config, tmp_path / "run", progress=False)
     trainer.fit()
+    if learner in ("nearest-centroid", "finetune"):
+        classifier = torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=False)
+        expected = ["weight"] if fusion == "concat" else ["linear.weight", "linear.bias"]
+        assert list(classifier["classifier"]) == expected  # Baseline++ cosine vs linear
     run = load_run(tmp_path / "run")
     trained = trainer.model.state_dict()
     for key, value in run.model.state_dict().items():

@@ -32,6 +32,8 @@ class TrainConfig:
         schedule: ``cosine`` (decay to 0 over ``steps``) or ``constant``.
         grad_clip: max global gradient norm (0 = off).
         batch_size: samples per batch of supervised pre-training (baseline learners).
+        pretrain_classifier: the classifier of supervised pre-training: ``linear`` or
+            ``cosine`` (Baseline++, Chen et al. 2019).
         val_every: validate every this many steps (0 = only at the end).
         val_episodes: episodes per validation.
         patience: stop after this many validations without improvement (0 = never).
@@ -64,6 +66,7 @@ class TrainConfig:
     schedule: str = "cosine"
     grad_clip: float = 5.0
     batch_size: int = 64
+    pretrain_classifier: str = "linear"
     val_every: int = 100
     val_episodes: int = 100
     patience: int = 0
@@ -97,6 +100,9 @@ class TrainConfig:
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"unknown schedule {self.schedule!r}", column="schedule",
                               fix="use 'cosine' or 'constant'")
+        if self.pretrain_classifier not in ("linear", "cosine"):
+            raise ConfigError(f"unknown pretrain_classifier {self.pretrain_classifier!r}",
+                              column="pretrain_classifier", fix="use 'linear' or 'cosine'")
         if self.lr <= 0:
             raise ConfigError("lr must be > 0", column="lr", fix="e.g. lr = 1e-3")
 

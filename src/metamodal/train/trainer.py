@@ -150,7 +150,9 @@ class Trainer:
         classifier = None
         if supervised:
             classes = len(data.split.train)
-            classifier = SupervisedClassifier(model.fusion.out_dim, classes).to(device)
+            classifier = SupervisedClassifier(
+                model.fusion.out_dim, classes, cosine=cfg.pretrain_classifier == "cosine"
+            ).to(device)
         # Fail before training, not at the first validation, when a split is too small.
         EpisodeSampler(data.store, data.split.val, cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed)
         train_sampler = None

@@ -117,6 +117,10 @@ def test_cli_eval_writes_the_contract_json(trained: tuple[Path, Path], tmp_path:
     result = json.loads(out.read_text())
     assert 0.0 <= result["accuracy"] <= 1.0 and result["ci95"] >= 0
     assert (result["episodes"], result["ways"], result["shots"]) == (40, 3, 1)
+    baseline = result["baseline"]["baseline: untrained encoders"]
+    assert baseline["episodes"] == 40 and result["chance"] == pytest.approx(1 / 3)
+    # same episodes, different weights: the per-episode accuracies must differ somewhere
+    assert baseline["accuracies"] != result["accuracies"]
     assert len(result["ablation"]) == 1 + 2 * len(load_run(run).model.modalities)
 
 

@@ -473,3 +473,21 @@ def test_with_the_real_few_shot_model(store: TensorStore) -> None:
     assert only_noise.accuracy == pytest.approx(0.2, abs=0.1)
     assert full.episode_digest == only_noise.episode_digest
     assert full.modalities == ["signal", "noise"]
+
+
+def test_untrained_baseline_rebuilds_the_architecture_with_fresh_weights() -> None:
+    from metamodal.evaluate.baseline import untrained_baseline
+    from metamodal.learners.model import FewShotModel
+
+    spec = dict(kinds={"x": "tabular"}, input_info={"x": {"features": 3}}, dim=8,
+                learner="matchingnet", fusion="gated")
+    trained = FewShotModel.build(**spec)
+    before = torch.get_rng_state()
+    a, b = untrained_baseline(trained, seed=1), untrained_baseline(trained, seed=1)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert type(a.head).__name__ == "ProtoNet" and not a.training
+    state_a, state_b, state_t = a.state_dict(), b.state_dict(), trained.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    shared = [k for k in state_a if k in state_t and state_a[k].is_floating_point()
+              and state_a[k].numel() > 1]
+    assert any(not torch.equal(state_a[k], state_t[k]) for k in shared)

@@ -94,6 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from metamodal.data.episodes import read_episode_file
     from metamodal.evaluate.ablation import modality_ablation
+    from metamodal.evaluate.baseline import UNTRAINED, untrained_baseline
     from metamodal.evaluate.protocol import evaluate, evaluate_episodes
     from metamodal.evaluate.report import format_results_table
     from metamodal.evaluate.robustness import missing_modality_curve
@@ -107,14 +108,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     modalities = _modalities(args.modalities) if args.modalities else None
     common = dict(ways=args.ways, shots=args.shots, queries=args.queries,
                   episodes=args.episodes_count, seed=args.seed, modalities=modalities)
+    baseline_model = untrained_baseline(run.model, seed=args.seed)
     if args.episodes:
         episodes = read_episode_file(args.episodes, prepared.store)
-        result = evaluate_episodes(run.model, prepared.store, episodes, modalities=modalities)
+        result, baseline = (evaluate_episodes(m, prepared.store, episodes, modalities=modalities)
+                            for m in (run.model, baseline_model))
     else:
-        result = evaluate(run.model, prepared.store, classes, progress=True, **common)
+        result, baseline = (evaluate(m, prepared.store, classes, progress=True, **common)
+                            for m in (run.model, baseline_model))
     name = f"{run.config.learner}+{run.config.fusion}"
-    print(format_results_table({name: result}))
-    output: dict[str, Any] = {**result.to_dict(), "run": str(args.run), "split": args.split}
+    print(format_results_table({name: result, UNTRAINED: baseline}))
+    chance = 1 / result.ways if result.ways else None
+    if chance:
+        print(f"chance: {100 * chance:.1f}%")
+    output: dict[str, Any] = {**result.to_dict(), "run": str(args.run), "split": args.split,
+                              "baseline": {UNTRAINED: baseline.to_dict()}, "chance": chance}
     if args.ablation and not args.episodes:
         rows = modality_ablation(run.model, prepared.store, classes, **common)
         print(format_results_table({r.name: r for r in rows}))
@@ -153,6 +161,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from metamodal.evaluate.ablation import modality_ablation
+    from metamodal.evaluate.baseline import UNTRAINED, untrained_baseline
     from metamodal.evaluate.protocol import evaluate
     from metamodal.evaluate.report import write_report
     from metamodal.evaluate.robustness import missing_modality_curve
@@ -165,7 +174,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     common = dict(ways=args.ways, shots=args.shots, queries=args.queries,
                   episodes=args.episodes_count, seed=args.seed)
     name = f"{run.config.learner}+{run.config.fusion}"
-    results = {name: evaluate(run.model, prepared.store, test, progress=True, **common)}
+    results = {
+        name: evaluate(run.model, prepared.store, test, progress=True, **common),
+        UNTRAINED: evaluate(untrained_baseline(run.model, seed=args.seed), prepared.store,
+                            test, **common),
+    }
     path = write_report(
         Path(args.run) / "report", results=results,
         ablation=modality_ablation(run.model, prepared.store, test, **common),

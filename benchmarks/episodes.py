@@ -11,7 +11,8 @@ five modalities: image, caption, sound, track, measurements; about 10% of the ce
      the fusion and the head are trained;
 (2a) milliseconds to adapt to a 5-way 5-shot task and predict its 75 queries (eval mode, no
      gradient), end to end: encode support and query, fuse, prototypes, logits;
-(2b) the same on cached per-modality embeddings: index them, fuse, prototypes, logits.
+(2b) the same on cached per-modality embeddings: index them, fuse (`FewShotModel.fuse`),
+     prototypes, logits.
 
 Each table holds one row per fusion with metamodal's time, the time of a plain-PyTorch
 reference of the same computation, the speed-up and the largest logit difference between the
@@ -166,14 +167,14 @@ def sample_episodes(
 
 
 def metamodal_cached_logits(model: FewShotModel, cache: Embeddings, task: Task) -> Tensor:
-    """Query logits ``[Q, ways]`` from cached per-modality embeddings: index, fuse, head."""
-    parts = {name: part.index_select(0, task.rows) for name, part in cache.parts.items()}
+    """Query logits ``[Q, ways]`` from cached per-modality embeddings: index the episode's
+    rows, `FewShotModel.fuse`, head."""
     present = cache.present.index_select(0, task.rows)
-    names = cache.modalities
-    fused = model.fusion(parts, {name: present[:, k] for k, name in enumerate(names)})
-    s = task.n_support
-    support = Embeddings(fused[:s], present[:s], None, cache.modalities)
-    query = Embeddings(fused[s:], present[s:], None, cache.modalities)
+    both = model.fuse(
+        {name: part.index_select(0, task.rows) for name, part in cache.parts.items()},
+        dict(zip(cache.modalities, present.unbind(1), strict=True)),
+    )
+    support, query = both.split([task.n_support, len(both) - task.n_support])
     return model.logits(support, task.support_labels, query, WAYS)
 
 

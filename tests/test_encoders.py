@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,11 +15,13 @@ from metamodal.encoders import (
     DEFAULT_ENCODERS,
     ENCODER_KINDS,
     Encoder,
+    audio,
     build_encoder,
     check_encoder,
     encoders,
     encoders_for,
     hyperparameters,
+    image,
 )
 from metamodal.encoders.layers import (
     MaskedBatchNorm,
@@ -26,6 +29,7 @@ from metamodal.encoders.layers import (
     masked_max,
     masked_mean,
     masked_pool,
+    to_channels_last,
 )
 from metamodal.errors import ConfigError, ModalityError, UnknownNameError
 
@@ -327,6 +331,124 @@ def test_masked_batchnorm_uses_only_valid_positions() -> None:
     torch.testing.assert_close(norm(x, mask).transpose(1, 2)[mask.squeeze(1)],
                                expected * torch.sqrt(valid.var(0, unbiased=False) + 1e-5)
                                / torch.sqrt(valid.var(0, unbiased=True) + 1e-5))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_masked_batchnorm_matches_the_textbook_formula(train: bool, layout: str) -> None:
+    g = torch.Generator().manual_seed(8)
+    norm = MaskedBatchNorm(4, momentum=0.5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+        norm.bias.uniform_(-1.0, 1.0, generator=g)
+        norm.running_mean.uniform_(-1.0, 1.0, generator=g)
+        norm.running_var.uniform_(0.5, 2.0, generator=g)
+    old_mean, old_var = norm.running_mean.clone(), norm.running_var.clone()
+    norm.train(train)
+    x = torch.randn(3, 4, 5, 6, generator=g) * 2 + 1  # [B, C, mels, frames]
+    mask = length_mask(torch.tensor([6, 2, 4]), 6)[:, None, None, :]  # [B, 1, 1, frames]
+    given = x if layout == "contiguous" else x.contiguous(memory_format=torch.channels_last)
+    given.requires_grad_(True)
+    out = norm(given, mask)
+    upstream = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad((out * upstream).sum(), [given, norm.weight, norm.bias])
+
+    # the textbook formula in float64 over the valid positions only
+    x64 = x.double().requires_grad_(True)
+    weight, bias = norm.weight.double(), norm.bias.double()
+    full = mask.expand(3, 1, 5, 6)
+    valid = x64.permute(0, 2, 3, 1)[full.squeeze(1)]  # [valid positions, C]
+    if train:
+        mean, var = valid.mean(0), valid.var(0, unbiased=False)
+    else:
+        mean, var = old_mean.double(), old_var.double()
+    view = (1, -1, 1, 1)
+    normalised = (x64 - mean.view(view)) / torch.sqrt(var.view(view) + norm.eps)
+    expected = torch.where(full, normalised * weight.view(view) + bias.view(view), 0.0)
+    expected_grads = torch.autograd.grad((expected * upstream.double()).sum(),
+                                         [x64, norm.weight, norm.bias])
+
+    torch.testing.assert_close(out, expected.float())
+    assert torch.all(out.masked_select(~full) == 0)
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want.float())
+    if train:
+        torch.testing.assert_close(norm.running_mean, torch.lerp(old_mean, mean.float(), 0.5))
+        torch.testing.assert_close(
+            norm.running_var, torch.lerp(old_var, valid.var(0, unbiased=True).float(), 0.5))
+    else:
+        assert torch.equal(norm.running_mean, old_mean)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_to_channels_last_keeps_values_and_marks_the_layout(channels: int) -> None:
+    x = torch.randn(2, channels, 4, 5)
+    y = to_channels_last(x)
+    assert torch.equal(y, x) and y.shape == x.shape
+    assert y.stride(1) == 1 and y.is_contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(channels, 6, 3, padding=1)
+    out = conv(y)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    if channels == 1:
+        assert y.data_ptr() == x.data_ptr()  # one channel: nothing copied
+
+
+CHANNELS_LAST_CASES = [
+    Case("conv4", "image", {"channels": 1, "height": 16, "width": 16}, {"hidden": 8}),
+    Case("conv4", "image", {"channels": 3, "height": 12, "width": 10}, {"hidden": 8}),
+    Case("resnet12", "image", {"channels": 3, "height": 12, "width": 12},
+         {"widths": (4, 8, 8, 8)}),
+    Case("audio-cnn", "audio", {"n_mels": 8, "max_frames": MAX_LEN}, {"channels": 4}),
+]
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("case", CHANNELS_LAST_CASES,
+                         ids=lambda c: f"{c.name}-{c.info.get('channels', 1)}ch")
+def test_channels_last_encoders_match_the_plain_layout(
+    case: Case, train: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    g = torch.Generator().manual_seed(9)
+    torch.manual_seed(0)
+    encoder = case.build().train(train)
+    with torch.no_grad():  # non-trivial normalisation in eval mode
+        for name, tensor in encoder.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.uniform_(0.5, 2.0, generator=g)
+            elif name.endswith("running_mean"):
+                tensor.uniform_(-0.5, 0.5, generator=g)
+    plain = copy.deepcopy(encoder)
+    batch = make_batch(case, 5, g, torch.tensor([True, True, False, True, True]))
+    layouts: list[bool] = []  # per convolution whose output layout is unambiguous
+
+    def record(module: nn.Module, inputs: object, out: torch.Tensor) -> None:
+        if out.is_contiguous() != out.is_contiguous(memory_format=torch.channels_last):
+            layouts.append(out.is_contiguous(memory_format=torch.channels_last))
+
+    hooks = [conv.register_forward_hook(record)
+             for conv in encoder.modules() if isinstance(conv, nn.Conv2d)]
+    out = encoder(batch)
+    for hook in hooks:
+        hook.remove()
+    # image encoders keep training in the plain layout (exact BatchNorm statistics)
+    expected_layout = case.kind == "audio" or not train
+    assert layouts and all(layout == expected_layout for layout in layouts)
+    assert out.is_contiguous()
+
+    for module in (audio, image):  # the same encoder without the conversion: NCHW throughout
+        monkeypatch.setattr(module, "to_channels_last", lambda x: x)
+    expected = plain(batch)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad((out * upstream).sum(), list(encoder.parameters()))
+    plain_grads = torch.autograd.grad((expected * upstream).sum(), list(plain.parameters()))
+    scale = max(float(p.abs().max()) for p in plain_grads)
+    for got, want in zip(grads, plain_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * scale)
+    for (name, got), want in zip(encoder.state_dict().items(), plain.state_dict().values(),
+                                 strict=True):
+        torch.testing.assert_close(got, want, msg=name)
 
 
 def toy_task(case: Case, size: int, generator: torch.Generator

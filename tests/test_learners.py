@@ -23,6 +23,7 @@ from metamodal.learners import (
     class_means,
     contrastive_loss,
     learners,
+    support_checked,
 )
 from metamodal.learners.base import euclidean_distances, squared_distances
 
@@ -105,6 +106,23 @@ def test_embeddings_index_cat_detach_to_len() -> None:
         Embeddings.cat([])
 
 
+def test_embeddings_split_gives_views_of_consecutive_rows() -> None:
+    z = torch.arange(12.0).view(4, 3)
+    present = torch.tensor([[True, False], [True, True], [False, True], [True, True]])
+    emb = Embeddings(z, present, {"a": z + 100, "b": z - 100})
+    head, tail = emb.split([1, 3])
+    assert len(head) == 1 and len(tail) == 3 and tail.modalities == ["a", "b"]
+    for part, rows in ((head, torch.tensor([0])), (tail, torch.tensor([1, 2, 3]))):
+        expected = emb.index(rows)
+        assert torch.equal(part.z, expected.z) and torch.equal(part.present, expected.present)
+        assert part.parts is not None and expected.parts is not None
+        assert all(torch.equal(part.parts[m], expected.parts[m]) for m in ("a", "b"))
+    assert tail.z.data_ptr() == z[1:].data_ptr()  # nothing copied
+    assert all(block.parts is None for block in Embeddings(z, present).split([2, 2]))
+    with pytest.raises(ValueError, match="add up to 4"):
+        emb.split([1, 2])  # the sizes must cover every row
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -115,6 +133,24 @@ def test_check_support_counts_and_errors() -> None:
     assert info.value.fix
     with pytest.raises(DatasetError, match="0..1"):
         check_support(torch.tensor([0, 2]), 2)
+
+
+def test_check_support_trusts_only_the_labels_vouched_for() -> None:
+    labels = torch.tensor([0, 1, 1])
+    counts = check_support(labels, 2)
+    with support_checked(labels, 2, counts):
+        assert check_support(labels, 2) is counts  # no second check
+        means = class_means(torch.tensor([[0.0], [2.0], [4.0]]), labels, 2)
+        assert means.tolist() == [[0.0], [3.0]]
+        # other labels (even equal ones), or other ways, are still checked
+        with pytest.raises(InsufficientSamplesError):
+            check_support(torch.tensor([0, 0]), 2)
+        assert check_support(labels.clone(), 2) is not counts
+        with pytest.raises(InsufficientSamplesError):
+            check_support(labels, 3)
+    assert check_support(labels, 2) is not counts  # the block is over
+    with pytest.raises(DatasetError, match="0..1"):
+        check_support(torch.tensor([-1, 0, 1]), 2)
 
 
 def test_class_means_and_distances_by_hand() -> None:

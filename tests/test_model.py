@@ -124,6 +124,48 @@ def test_embed_rejects_unknown_modalities_and_empty_or_ragged_input() -> None:
         model.embed({"a": tabular([[1.0, 0.0]]), "b": tabular([[1.0], [2.0]])})
 
 
+@pytest.mark.parametrize("fusion", ["gated", "late"])
+def test_fuse_of_encoded_parts_is_embed_and_works_on_cached_rows(fusion: str) -> None:
+    torch.manual_seed(0)
+    model = FewShotModel.build(kinds={"a": "tabular", "b": "tabular"}, input_info=input_info(),
+                               dim=8, fusion=fusion).eval()
+    batch = {
+        "a": ModalityBatch(torch.randn(6, 16), torch.tensor([1, 1, 0, 1, 1, 1]).bool()),
+        "b": ModalityBatch(torch.randn(6, 4), torch.tensor([1, 0, 1, 1, 0, 1]).bool()),
+    }
+    parts, present = model.encode(batch)
+    assert list(parts) == list(present) == ["a", "b"]
+    assert parts["a"][2].abs().sum() == 0 and present["b"].tolist() == batch["b"].present.tolist()
+    embedded = model.embed(batch)
+    fused = model.fuse(parts, present)
+    assert torch.equal(fused.z, embedded.z) and torch.equal(fused.present, embedded.present)
+    # cached per-modality embeddings: index rows, fuse; no encoder runs again
+    rows = torch.tensor([5, 0, 3])
+    cached = model.fuse({m: p[rows] for m, p in parts.items()},
+                        {m: p[rows] for m, p in present.items()})
+    torch.testing.assert_close(cached.z, model.embed({m: mb.index(rows)
+                                                      for m, mb in batch.items()}).z)
+    # a modality left out counts as absent everywhere
+    only_a = model.fuse({"a": parts["a"]}, {"a": present["a"]})
+    assert only_a.present[:, 1].sum() == 0 and only_a.modalities == ["a", "b"]
+    torch.testing.assert_close(only_a.z, model.embed({"a": batch["a"]}).z)
+
+
+def test_fuse_rejects_mismatched_unknown_or_ragged_input() -> None:
+    model = stand_in_model()
+    z, yes = torch.zeros(2, 3), torch.ones(2, dtype=torch.bool)
+    with pytest.raises(ModalityError, match="present has"):
+        model.fuse({"a": z, "b": z}, {"a": yes})
+    with pytest.raises(ModalityError, match="sound"):
+        model.fuse({"a": z, "sound": z}, {"a": yes, "sound": yes})
+    with pytest.raises(ModalityError, match="no modality"):
+        model.fuse({}, {})
+    with pytest.raises(ModalityError, match="row counts"):
+        model.fuse({"a": z, "b": torch.zeros(3, 3)}, {"a": yes, "b": yes})
+    with pytest.raises(ModalityError, match="row counts"):
+        model.fuse({"a": z}, {"a": torch.ones(3, dtype=torch.bool)})
+
+
 def test_model_follows_the_fusion_order_and_checks_it() -> None:
     model = FewShotModel(
         {"b": LinearEncoder(1, 3), "a": LinearEncoder(2, 3)}, MaskedMean(["a", "b"], 3),
@@ -146,6 +188,42 @@ def test_logits_apply_the_head_to_fused_embeddings() -> None:
     assert model.logits(support, torch.tensor([0, 1]), query, 2).tolist() == [[-1.0, -1.0]]
     with pytest.raises(InsufficientSamplesError, match="no support sample"):
         model.logits(support, torch.tensor([0, 0]), query, 2)
+
+
+def count_host_transfers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every tensor-to-Python conversion (each is a device-to-host sync on a GPU)."""
+    calls: list[str] = []
+    for name in ("tolist", "item", "__bool__", "__int__", "__float__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self: Tensor, *args: object, _original: object = original, _name: str = name
+                ) -> object:
+            calls.append(_name)
+            return _original(self, *args)  # type: ignore[operator]
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["fused", "late"])
+def test_logits_check_the_support_once(late: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = stand_in_model(fusion=RecordingLate(["a", "b"], 2) if late else None)
+    if late:
+        support, labels, query = late_embeddings()
+    else:
+        support = Embeddings(torch.randn(4, 3), torch.ones(4, 2, dtype=torch.bool))
+        query = Embeddings(torch.randn(2, 3), torch.ones(2, 2, dtype=torch.bool))
+        labels = torch.tensor([0, 1, 1, 0])
+    expected = model.logits(support, labels, query, 2)
+    calls = count_host_transfers(monkeypatch)
+    logits = model.logits(support, labels, query, 2)
+    # one transfer checks the support (the head's own check is skipped); late fusion adds one
+    # that decides for every modality at once whether each class has a support sample with it
+    assert len(calls) == (2 if late else 1), calls
+    monkeypatch.undo()
+    assert torch.equal(logits, expected)
+    with pytest.raises(InsufficientSamplesError, match="no support sample"):
+        model.logits(support, torch.zeros_like(labels), query, 2)
 
 
 def late_embeddings() -> tuple[Embeddings, Tensor, Embeddings]:

@@ -18,6 +18,7 @@ from metamodal.encoders.layers import (
     masked_pool,
     pooled_size,
     resolve_lengths,
+    to_channels_last,
 )
 from metamodal.errors import ConfigError, ModalityError
 
@@ -96,6 +97,8 @@ class AudioCNN(Encoder):
         lengths = resolve_lengths(lengths, values.shape[2], values.shape[0], values.device)
         mask = length_mask(lengths, values.shape[2])[:, None, None, :]  # [n, 1, 1, frames]
         x = torch.where(mask, values.unsqueeze(1), torch.zeros((), dtype=values.dtype))
+        # channels_last: convolutions, MaskedBatchNorm and max-pooling keep it, and run faster
+        x = to_channels_last(x)
         for conv, norm, mel_pool in zip(self.convs, self.norms, self.mel_pools, strict=True):
             x = torch.relu(norm(conv(x), mask))
             x = F.max_pool2d(x, (mel_pool, 2), ceil_mode=True)

@@ -14,12 +14,27 @@ from torch import Tensor, nn
 
 from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder, require_info
+from metamodal.encoders.layers import to_channels_last
 from metamodal.errors import ConfigError, ModalityError
 
 
 def _pool_kernel(height: int, width: int) -> tuple[int, int]:
     """A 2x2 pooling kernel, 1 along an axis that is already 1 long."""
     return (2 if height >= 2 else 1, 2 if width >= 2 else 1)
+
+
+def _layout_for(encoder: nn.Module, values: Tensor) -> Tensor:
+    """The images in the memory format the encoder runs fastest in without losing precision.
+
+    In evaluation mode BatchNorm is a fixed per-channel affine map, and convolutions,
+    BatchNorm and max-pooling all run several times faster on ``channels_last`` activations
+    (each keeps the format), with the same results up to rounding. In training mode the
+    images stay as they are: the CPU ``channels_last`` BatchNorm of torch 2.13 accumulates its
+    batch statistics and their gradients less precisely (relative errors near 1e-5 instead of
+    1e-7, which cancellation turns into errors of up to a few per cent in the gradients of the
+    convolutions before it).
+    """
+    return values if encoder.training else to_channels_last(values)
 
 
 class _ImageEncoder(Encoder):
@@ -94,7 +109,7 @@ class Conv4(_ImageEncoder):
 
     def encode(self, values: Tensor, lengths: Tensor | None) -> Tensor:
         """Embed images ``[n, C, H, W]`` -> ``[n, dim]``."""
-        return self.project(self.features(values).flatten(1))
+        return self.project(self.features(_layout_for(self, values)).flatten(1))
 
 
 class _ResidualBlock(nn.Module):
@@ -178,4 +193,4 @@ class ResNet12(_ImageEncoder):
 
     def encode(self, values: Tensor, lengths: Tensor | None) -> Tensor:
         """Embed images ``[n, C, H, W]`` -> ``[n, dim]``."""
-        return self.project(self.blocks(values).mean(dim=(2, 3)))
+        return self.project(self.blocks(_layout_for(self, values)).mean(dim=(2, 3)))

@@ -12,7 +12,7 @@ Example:
 """
 
 from metamodal.learners import baselines, matchingnet, protonet, relationnet, siamese
-from metamodal.learners.base import Head, check_support, class_means, learners
+from metamodal.learners.base import Head, check_support, class_means, learners, support_checked
 from metamodal.learners.baselines import FineTune, NearestCentroid, SupervisedClassifier
 from metamodal.learners.embeddings import Embeddings
 from metamodal.learners.matchingnet import MatchingNet
@@ -41,6 +41,7 @@ __all__ = [
     "protonet",
     "relationnet",
     "siamese",
+    "support_checked",
 ]
 
 # The package doubles as its registry, so `metamodal.learners.create(...)` works whether

@@ -18,6 +18,9 @@ Heads are built by name from `learners` with ``learners.create(name, dim=D, **op
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import ClassVar
 
 import torch
@@ -95,8 +98,19 @@ def register_log_scalar(module: nn.Module, name: str, value: float, *, learn: bo
         module.register_buffer(name, log_value)
 
 
+_CHECKED: ContextVar[tuple[Tensor, int, Tensor] | None] = ContextVar(
+    "metamodal_checked_support", default=None
+)
+"""The support labels (the tensor object itself), ways and counts that `support_checked`
+vouches for, while its block runs."""
+
+
 def check_support(support_labels: Tensor, ways: int) -> Tensor:
     """Check that every class ``0..ways-1`` has a support sample; return the counts ``[ways]``.
+
+    One device-to-host transfer (the ``ways`` counts) decides both checks. Inside a
+    `support_checked` block for these very labels the counts are returned without checking
+    again.
 
     Args:
         support_labels: long ``[S]``, each in ``0..ways-1``.
@@ -111,23 +125,53 @@ def check_support(support_labels: Tensor, ways: int) -> Tensor:
         >>> check_support(torch.tensor([0, 0, 1]), 2).tolist()
         [2, 1]
     """
-    if support_labels.numel() and (
-        int(support_labels.min()) < 0 or int(support_labels.max()) >= ways
-    ):
+    checked = _CHECKED.get()
+    if checked is not None and checked[0] is support_labels and checked[1] == ways:
+        return checked[2]
+    classes = torch.arange(ways, device=support_labels.device)
+    counts = (support_labels.unsqueeze(1) == classes).sum(0)  # [ways]; ignores stray labels
+    listed = counts.tolist()  # the one transfer
+    if sum(listed) != support_labels.numel():
         raise DatasetError(
             f"support labels must lie in 0..{ways - 1}, got "
             f"{int(support_labels.min())}..{int(support_labels.max())}",
             fix="number the episode's classes 0..ways-1 in support_labels",
         )
-    counts = torch.bincount(support_labels, minlength=ways)
-    if bool((counts == 0).any()):
-        missing = (counts == 0).nonzero().flatten().tolist()
+    if 0 in listed:
+        missing = [k for k, count in enumerate(listed) if count == 0]
         raise InsufficientSamplesError(
             f"class label(s) {missing} of a {ways}-way episode have no support sample",
             fix="give every class of the episode at least one support sample "
             "(check the support table or the episode file)",
         )
     return counts
+
+
+@contextmanager
+def support_checked(support_labels: Tensor, ways: int, counts: Tensor) -> Iterator[None]:
+    """Within this block, `check_support` (and so `class_means`) trusts ``counts`` for these
+    ``support_labels`` and checks nothing again.
+
+    `FewShotModel.logits` checks an episode's support once and calls the head inside this
+    block, so a head that checks again (every built-in head does, when called on its own)
+    costs no second device-to-host transfer. Other label tensors are checked as usual.
+
+    Args:
+        support_labels: the labels already checked (recognised as this very tensor object).
+        ways: the number of classes they were checked for.
+        counts: long ``[ways]``, what `check_support` returned for them.
+
+    Example:
+        >>> labels = torch.tensor([0, 1, 1])
+        >>> with support_checked(labels, 2, check_support(labels, 2)):
+        ...     class_means(torch.tensor([[0.0], [2.0], [4.0]]), labels, 2).tolist()
+        [[0.0], [3.0]]
+    """
+    token = _CHECKED.set((support_labels, ways, counts))
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
 
 
 def class_means(support: Tensor, support_labels: Tensor, ways: int) -> Tensor:

@@ -61,6 +61,30 @@ class Embeddings:
             list(self.modalities),
         )
 
+    def split(self, sizes: Sequence[int]) -> list[Embeddings]:
+        """Consecutive blocks of ``sizes`` rows (summing to ``len(self)``), e.g. an episode's
+        support and query, as `Embeddings` whose tensors are views (nothing is copied).
+
+        Example:
+            >>> e = Embeddings(torch.arange(4.0).view(4, 1), torch.ones(4, 1, dtype=torch.bool))
+            >>> support, query = e.split([1, 3])
+            >>> support.z.flatten().tolist(), query.z.flatten().tolist()
+            ([0.0], [1.0, 2.0, 3.0])
+        """
+        if sum(sizes) != len(self) or min(sizes, default=0) < 0:
+            raise ValueError(f"split sizes {list(sizes)} do not add up to {len(self)} rows")
+        blocks = []
+        start = 0
+        for size in sizes:
+            rows = slice(start, start + size)
+            start += size
+            parts = None if self.parts is None else {
+                name: part[rows] for name, part in self.parts.items()
+            }
+            blocks.append(Embeddings(self.z[rows], self.present[rows], parts,
+                                     list(self.modalities)))
+        return blocks
+
     @staticmethod
     def cat(items: Sequence[Embeddings]) -> Embeddings:
         """Concatenate along the sample axis; ``parts`` is kept only when every item has it.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -13,7 +13,7 @@ from metamodal.data.batch import Episode, cat_batches
 from metamodal.encoders import DEFAULT_ENCODERS, build_encoder, check_hyperparameters
 from metamodal.errors import ConfigError, ModalityError
 from metamodal.fusion.base import build_fusion
-from metamodal.learners.base import check_support, learners
+from metamodal.learners.base import check_support, learners, support_checked
 from metamodal.learners.embeddings import Embeddings
 
 
@@ -86,34 +86,53 @@ class FewShotModel(nn.Module):
         """The head's training mode: ``"episodic"`` or ``"supervised"``."""
         return str(getattr(self.head, "training_mode", "episodic"))
 
-    def embed(self, batch: Mapping[str, Any]) -> Embeddings:
-        """Encode every modality of ``batch`` and fuse them.
+    def _check_names(self, names: Iterable[str], what: str, known: list[str]) -> None:
+        """Raise `ModalityError` when ``names`` holds a modality not in ``known`` (the model's
+        modalities), or is empty; ``what`` names the input in the message."""
+        names = list(names)
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ModalityError(
+                f"{what} has modalities the model does not know: {', '.join(unknown)}; "
+                f"the model knows: {', '.join(known)}",
+                fix=f"leave out {', '.join(unknown)} (keep only {', '.join(known)}), "
+                "or train a model that uses them",
+            )
+        if not names:
+            raise ModalityError(
+                f"{what} has no modality",
+                fix=f"give at least one of the model's modalities: {', '.join(known)}",
+            )
+
+    def encode(
+        self, batch: Mapping[str, Any]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Run each modality's encoder: the per-modality embeddings that `fuse` combines.
 
         Args:
             batch: modality name -> `ModalityBatch`, all of one size ``B``. A modality of the
                 model that the batch lacks counts as absent for every sample.
 
         Returns:
-            `Embeddings` with ``z`` ``[B, D]`` (``[B, M, D]`` for late fusion), ``present``
-            ``[B, M]`` and ``parts`` (each encoder's output ``[B, dim]``, zero where absent).
+            ``(parts, present)``, both keyed by every modality of the model in its order:
+            ``parts[m]`` ``[B, dim]`` is the encoder's output (zero where absent) and
+            ``present[m]`` bool ``[B]`` says which samples have ``m``.
 
         Raises:
-            ModalityError: the batch has a modality the model does not know, or none at all.
+            ModalityError: the batch has a modality the model does not know, or none at all,
+                or its modalities differ in sample count.
+
+        Example:
+            >>> model = FewShotModel.build(kinds={"m": "tabular"},
+            ...                            input_info={"m": {"features": 3}}, dim=8)
+            >>> from metamodal.data.batch import ModalityBatch
+            >>> parts, present = model.encode(
+            ...     {"m": ModalityBatch(torch.randn(4, 3), torch.ones(4, dtype=torch.bool))})
+            >>> parts["m"].shape, present["m"].tolist()
+            (torch.Size([4, 8]), [True, True, True, True])
         """
         known = self.modalities
-        unknown = [name for name in batch if name not in self.encoders]
-        if unknown:
-            raise ModalityError(
-                f"the input has modalities the model does not know: {', '.join(unknown)}; "
-                f"the model knows: {', '.join(known)}",
-                fix=f"leave out {', '.join(unknown)} (keep only {', '.join(known)}), "
-                "or train a model that uses them",
-            )
-        if not batch:
-            raise ModalityError(
-                "the input has no modality",
-                fix=f"give at least one of the model's modalities: {', '.join(known)}",
-            )
+        self._check_names(batch, "the input", known)
         sizes = {name: len(mb) for name, mb in batch.items()}
         if len(set(sizes.values())) > 1:
             raise ModalityError(
@@ -136,10 +155,88 @@ class FewShotModel(nn.Module):
             if name not in parts:
                 parts[name] = reference.new_zeros(size, reference.shape[1])
                 present[name] = torch.zeros(size, dtype=torch.bool, device=reference.device)
-        parts = {name: parts[name] for name in known}
-        present = {name: present[name] for name in known}
-        z = self.fusion(parts, present)
-        return Embeddings(z, torch.stack([present[n] for n in known], dim=1), parts, known)
+        return {name: parts[name] for name in known}, {name: present[name] for name in known}
+
+    def fuse(
+        self, parts: Mapping[str, Tensor], present: Mapping[str, Tensor]
+    ) -> Embeddings:
+        """Fuse per-modality embeddings (from `encode`, or cached) into `Embeddings`.
+
+        This is the second half of `embed`: with per-modality embeddings computed once (e.g.
+        by frozen encoders over a whole store), an episode only needs its rows indexed and
+        fused, without running an encoder again.
+
+        Args:
+            parts: modality name -> embeddings ``[B, dim]``; rows where the modality is absent
+                are ignored (the fusion masks them).
+            present: modality name -> bool ``[B]``, for the same modalities as ``parts``. A
+                modality of the model that neither holds counts as absent for every sample.
+
+        Returns:
+            `Embeddings` with ``z`` ``[B, D]`` (``[B, M, D]`` for late fusion), ``present``
+            ``[B, M]`` and ``parts`` (every modality of the model, in its order).
+
+        Raises:
+            ModalityError: ``parts`` and ``present`` name different modalities, one the model
+                does not know, or none; or their row counts differ.
+
+        Example:
+            >>> model = FewShotModel.build(kinds={"a": "tabular", "b": "tabular"}, input_info={
+            ...     "a": {"features": 3}, "b": {"features": 2}}, dim=8, fusion="mean")
+            >>> parts = {"a": torch.randn(5, 8), "b": torch.randn(5, 8)}
+            >>> present = {"a": torch.ones(5, dtype=torch.bool),
+            ...            "b": torch.tensor([True, False, True, True, False])}
+            >>> fused = model.fuse(parts, present)  # e.g. cached encoder outputs
+            >>> fused.z.shape, fused.present.shape
+            (torch.Size([5, 8]), torch.Size([5, 2]))
+        """
+        if parts.keys() != present.keys():
+            raise ModalityError(
+                f"parts has modalities {sorted(parts)} but present has {sorted(present)}",
+                fix="give one presence mask per modality embedding",
+            )
+        known = self.modalities
+        self._check_names(parts, "parts", known)
+        reference = next(iter(parts.values()))
+        size = reference.shape[0]
+        if any(p.shape[0] != size for p in parts.values()) or any(
+            m.shape[0] != size for m in present.values()
+        ):
+            sizes = {name: (part.shape[0], present[name].shape[0]) for name, part in parts.items()}
+            raise ModalityError(
+                f"parts and present of one batch have different row counts: {sizes} "
+                "(parts, present)",
+                fix="give every modality one row per sample (absent ones with present=False)",
+            )
+        fused_parts: dict[str, Tensor] = {}
+        masks: dict[str, Tensor] = {}
+        for name in known:
+            if name in parts:
+                mask = present[name]
+                fused_parts[name] = parts[name]
+                masks[name] = mask if mask.dtype == torch.bool else mask.to(torch.bool)
+            else:
+                fused_parts[name] = reference.new_zeros(size, reference.shape[1])
+                masks[name] = torch.zeros(size, dtype=torch.bool, device=reference.device)
+        z = self.fusion(fused_parts, masks)
+        return Embeddings(z, torch.stack(list(masks.values()), dim=1), fused_parts, known)
+
+    def embed(self, batch: Mapping[str, Any]) -> Embeddings:
+        """Encode every modality of ``batch`` and fuse them: `encode`, then `fuse`.
+
+        Args:
+            batch: modality name -> `ModalityBatch`, all of one size ``B``. A modality of the
+                model that the batch lacks counts as absent for every sample.
+
+        Returns:
+            `Embeddings` with ``z`` ``[B, D]`` (``[B, M, D]`` for late fusion), ``present``
+            ``[B, M]`` and ``parts`` (each encoder's output ``[B, dim]``, zero where absent).
+
+        Raises:
+            ModalityError: the batch has a modality the model does not know, or none at all.
+        """
+        parts, present = self.encode(batch)
+        return self.fuse(parts, present)
 
     def embed_episode(self, episode: Episode) -> tuple[Embeddings, Embeddings]:
         """Embed an episode's support and query sets (in one pass when they carry the same
@@ -149,12 +246,8 @@ class FewShotModel(nn.Module):
             return self.embed(support), self.embed(query)
         n_support = len(episode.support_labels)
         both = self.embed(cat_batches([support, query]))
-        total = len(both)
-        device = both.z.device
-        return (
-            both.index(torch.arange(n_support, device=device)),
-            both.index(torch.arange(n_support, total, device=device)),
-        )
+        first, second = both.split([n_support, len(both) - n_support])
+        return first, second
 
     def logits(
         self, support: Embeddings, support_labels: Tensor, query: Embeddings, ways: int
@@ -175,22 +268,24 @@ class FewShotModel(nn.Module):
         Raises:
             InsufficientSamplesError: some class has no support sample.
         """
-        check_support(support_labels, ways)
+        counts = check_support(support_labels, ways)  # the episode's only check
         if not self.late:
-            return self.head(support.z, support_labels, query.z, ways)
+            with support_checked(support_labels, ways, counts):
+                return self.head(support.z, support_labels, query.z, ways)
+        # per_class[k, m]: support samples of class k that have modality m
+        has_modality = support.present.to(torch.long)
+        per_class = has_modality.new_zeros(ways, has_modality.shape[1])
+        per_class.index_add_(0, support_labels, has_modality)
+        usable = (per_class > 0).all(0).tolist()  # one transfer for every modality
         per_modality: list[Tensor] = []
         valid: list[Tensor] = []
         n_query = len(query)
-        for m in range(support.present.shape[1]):
-            has = support.present[:, m]
-            counts = torch.bincount(support_labels[has], minlength=ways)
-            if bool((counts > 0).all()):
-                rows = has.nonzero().squeeze(1)
-                per_modality.append(
-                    self.head(
-                        support.z[rows, m], support_labels[rows], query.z[:, m], ways
-                    )
-                )
+        for m, use in enumerate(usable):
+            if use:
+                rows = support.present[:, m].nonzero().squeeze(1)
+                labels = support_labels[rows]
+                with support_checked(labels, ways, per_class[:, m]):
+                    per_modality.append(self.head(support.z[rows, m], labels, query.z[:, m], ways))
                 valid.append(query.present[:, m])
             else:
                 per_modality.append(query.z.new_zeros(n_query, ways))

@@ -65,13 +65,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = torch.load(checkpoint, weights_only=False)["step"]
+    killed_at = torch.load(checkpoint, weights_only=False)["progress"]["step"]
     assert 0 < killed_at < 300, "the process must be killed mid-run"
     subprocess.run(_train_command(data, tmp_path / "killed", "--resume"), check=True, env=env,
                    capture_output=True)
     full = torch.load(tmp_path / "full" / CHECKPOINT_FILE, weights_only=False)
     resumed = torch.load(checkpoint, weights_only=False)
-    assert resumed["step"] == full["step"] == 300
+    assert resumed["progress"]["step"] == full["progress"]["step"] == 300
     for key, value in full["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     assert (tmp_path / "full" / "metrics.jsonl").read_text() == (

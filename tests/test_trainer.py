@@ -79,7 +79,8 @@ def test_resume_after_kill_matches_uninterrupted_run(
     Trainer(config, tmp_path / "full", progress=False).fit()
     with pytest.raises(_Kill):
         Trainer(config, tmp_path / "killed", progress=False, callbacks=[_kill_at(13)]).fit()
-    assert torch.load(tmp_path / "killed" / CHECKPOINT_FILE, weights_only=False)["step"] == 10
+    killed = torch.load(tmp_path / "killed" / CHECKPOINT_FILE, weights_only=False)
+    assert killed["progress"]["step"] == 10
     Trainer(config, tmp_path / "killed", progress=False).fit(resume=True)
     full = torch.load(tmp_path / "full" / CHECKPOINT_FILE, weights_only=False)["model"]
     resumed = torch.load(tmp_path / "killed" / CHECKPOINT_FILE, weights_only=False)["model"]
@@ -223,3 +224,13 @@ def test_run_records_an_absolute_dataset_path(
     Trainer(config, tmp_path / "run", progress=False).fit()
     monkeypatch.chdir(tmp_path)
     assert Path(load_run(tmp_path / "run").config.data) == tiny_data.resolve()
+
+
+def test_fresh_start_discards_a_former_runs_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    Trainer(_config(tiny_data, steps=10, val_every=0), run_dir, progress=False).fit()
+    with pytest.raises(_Kill):
+        Trainer(_config(tiny_data, steps=30, val_every=0, seed=2), run_dir, progress=False,
+                callbacks=[_kill_at(3)]).fit()
+    assert not (run_dir / CHECKPOINT_FILE).exists()
+    assert not (run_dir / "model.safetensors").exists()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,26 @@ class TrainResult:
     best_val_accuracy: float
     best_step: int
     stopped_early: bool
+
+
+@dataclass
+class _Progress:
+    """Where training stands; checkpointed so that a resumed run continues exactly."""
+
+    step: int = 0
+    best: float = -1.0
+    best_step: int = 0
+    bad: int = 0
+    window: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "acc": 0.0, "n": 0})
+    stopped_early: bool = False
+    finished: bool = False
+
+
+def _schedule(config: TrainConfig) -> Callable[[int], float]:
+    """The learning-rate factor of each step: cosine decay to 0 over ``steps``, or constant."""
+    if config.schedule == "constant":
+        return lambda step: 1.0
+    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -118,22 +139,120 @@ class Trainer:
     def fit(self, resume: bool = False) -> TrainResult:
         """Train (or resume training) and write the run directory; returns a `TrainResult`."""
         self.out.mkdir(parents=True, exist_ok=True)
-        state = None
         checkpoint_path = self.out / CHECKPOINT_FILE
-        if resume:
-            if checkpoint_path.exists():
-                state = load_checkpoint(checkpoint_path)
-                saved = TrainConfig.from_dict(state["config"], source=str(checkpoint_path))
-                if saved != self.config:
-                    log.warning("resuming with the run's own config; the flags given differ")
-                self.config = saved
-            else:
-                log.warning("no checkpoint in %s: training from the start", self.out)
+        state = self._load_state(checkpoint_path) if resume else None
+        if state is None:  # a fresh start must not leave a former run's files to be resumed
+            checkpoint_path.unlink(missing_ok=True)
+            (self.out / WEIGHTS_FILE).unlink(missing_ok=True)
         cfg = self.config
         seed_everything(cfg.seed)
         data = prepare_data(cfg.data, seed=cfg.seed, modalities=cfg.modalities,
                             preprocess=cfg.preprocess, cache=cfg.cache)
         device = resolve_device(cfg.device)
+        model, classifier = self._build(data, device)
+        # Fail before training, not at the first validation, when a split is too small.
+        EpisodeSampler(data.store, data.split.val, cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed)
+        train_sampler = None
+        if classifier is None:
+            train_sampler = EpisodeSampler(data.store, data.split.train, cfg.ways, cfg.shots,
+                                           cfg.queries, seed=cfg.seed)
+        params = list(model.parameters()) + (list(classifier.parameters()) if classifier else [])
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
+        write_run_files(self.out, config=cfg, model_spec=model.spec, split=data.split,
+                        schema=data.dataset.schema, preprocessor=data.preprocessor)
+
+        progress = _Progress()
+        if state is not None:
+            model.load_state_dict(state["model"])
+            if classifier is not None:
+                classifier.load_state_dict(state["classifier"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            set_rng_state(state["rng"])
+            progress = _Progress(**state["progress"])
+        already_finished = progress.finished
+        logger = MetricsLogger(self.out, resume_step=progress.step if state else None)
+        train_index = _class_index(data) if classifier is not None else None
+        bar = tqdm(total=cfg.steps, initial=progress.step, unit="step", leave=False,
+                   disable=not self.progress or already_finished,
+                   desc=f"train {cfg.learner}+{cfg.fusion}")
+        model.train()
+        try:
+            while not progress.finished:
+                if classifier is not None:
+                    loss, acc = self._supervised_step(model, classifier, data, train_index,
+                                                      progress.step, device)
+                else:
+                    episode = train_sampler[progress.step].to(device)
+                    loss, logits = model.loss(episode)
+                    acc = (logits.argmax(-1) == episode.query_labels).float().mean().item()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                schedule.step()
+                progress.step += 1
+                step = progress.step
+                bar.update(1)
+                values = {"train_loss": loss.item(), "train_acc": acc}
+                window = progress.window
+                window["loss"] += values["train_loss"]
+                window["acc"] += acc
+                window["n"] += 1
+                if step % LOG_EVERY == 0 or step == cfg.steps:
+                    logger.log(step, {"train_loss": window["loss"] / window["n"],
+                                      "train_acc": window["acc"] / window["n"],
+                                      "lr": schedule.get_last_lr()[0]})
+                    progress.window = {"loss": 0.0, "acc": 0.0, "n": 0}
+                if step == cfg.steps or (cfg.val_every and step % cfg.val_every == 0):
+                    values["val_acc"] = self._validate(model, classifier, data, device)
+                    model.train()
+                    logger.log(step, {"val_acc": values["val_acc"]})
+                    self._select(progress, values["val_acc"], model)
+                    bar.set_postfix(val=f"{values['val_acc']:.3f}", best=f"{progress.best:.3f}")
+                progress.finished = progress.stopped_early or step >= cfg.steps
+                if progress.finished or step % cfg.checkpoint_every == 0:
+                    save_checkpoint(checkpoint_path, {
+                        "config": cfg.to_dict(),
+                        "model": model.state_dict(),
+                        "classifier": classifier.state_dict() if classifier else None,
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "rng": rng_state(),
+                        "progress": dataclasses.asdict(progress),
+                    })
+                for callback in self.callbacks:
+                    callback(step, values)
+            if not already_finished:
+                logger.log(progress.step, {"event": "end", "best_val_acc": progress.best,
+                                           "best_step": progress.best_step,
+                                           "stopped_early": progress.stopped_early})
+        finally:
+            bar.close()
+            logger.close()
+        best = progress.best if progress.best >= 0 else float("nan")
+        return TrainResult(self.out, progress.step, best, progress.best_step,
+                           progress.stopped_early)
+
+    def _load_state(self, checkpoint_path: Path) -> dict | None:
+        """The checkpoint to resume from (its config replaces the given one), or None."""
+        if not checkpoint_path.exists():
+            log.warning("no checkpoint in %s: training from the start", self.out)
+            return None
+        state = load_checkpoint(checkpoint_path)
+        saved = TrainConfig.from_dict(state["config"], source=str(checkpoint_path))
+        if saved != self.config:
+            log.warning("resuming with the run's own config; the flags given differ")
+        self.config = saved
+        return state
+
+    def _build(
+        self, data: PreparedData, device: torch.device
+    ) -> tuple[FewShotModel, SupervisedClassifier | None]:
+        """The model, and for supervised-mode learners the pre-training classifier."""
+        cfg = self.config
         model = FewShotModel.build(
             kinds=data.preprocessor.kinds(),
             input_info=data.preprocessor.input_info(),
@@ -146,113 +265,23 @@ class Trainer:
             learner_options=cfg.learner_options or None,
         ).to(device)
         self.model = model
-        supervised = model.head.training_mode == "supervised"
-        classifier = None
-        if supervised:
-            classes = len(data.split.train)
-            classifier = SupervisedClassifier(
-                model.fusion.out_dim, classes, cosine=cfg.pretrain_classifier == "cosine"
-            ).to(device)
-        # Fail before training, not at the first validation, when a split is too small.
-        EpisodeSampler(data.store, data.split.val, cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed)
-        train_sampler = None
-        if not supervised:
-            train_sampler = EpisodeSampler(data.store, data.split.train, cfg.ways, cfg.shots,
-                                           cfg.queries, seed=cfg.seed)
-        params = list(model.parameters()) + (list(classifier.parameters()) if classifier else [])
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        total = cfg.steps
-
-        def factor(step: int) -> float:
-            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, factor if cfg.schedule == "cosine" else (lambda step: 1.0)
+        if model.head.training_mode != "supervised":
+            return model, None
+        classifier = SupervisedClassifier(
+            model.fusion.out_dim, len(data.split.train), cosine=cfg.pretrain_classifier == "cosine"
         )
-        write_run_files(self.out, config=cfg, model_spec=model.spec, split=data.split,
-                        schema=data.dataset.schema, preprocessor=data.preprocessor)
+        return model, classifier.to(device)
 
-        step, best, best_step, bad, window = 0, -1.0, 0, 0, {"loss": 0.0, "acc": 0.0, "n": 0}
-        if state is not None:
-            model.load_state_dict(state["model"])
-            if classifier is not None:
-                classifier.load_state_dict(state["classifier"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            set_rng_state(state["rng"])
-            step, best, best_step = state["step"], state["best"], state["best_step"]
-            bad, window = state["bad"], state["window"]
-        logger = MetricsLogger(self.out, resume_step=step if state is not None else None)
-        stopped_early = bool(state and state.get("stopped_early"))
-        already_finished = bool(state and state.get("finished"))
-        finished = already_finished
-        train_index = _class_index(data) if supervised else None
-        bar = tqdm(total=total, initial=step, disable=not self.progress or already_finished,
-                   desc=f"train {cfg.learner}+{cfg.fusion}", unit="step", leave=False)
-        model.train()
-        try:
-            while step < total and not finished:
-                if supervised:
-                    loss, acc = self._supervised_step(model, classifier, data, train_index, step,
-                                                      device)
-                else:
-                    episode = train_sampler[step].to(device)
-                    loss, logits = model.loss(episode)
-                    acc = (logits.argmax(-1) == episode.query_labels).float().mean().item()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                schedule.step()
-                step += 1
-                bar.update(1)
-                window["loss"] += loss.item()
-                window["acc"] += acc
-                window["n"] += 1
-                values = {"train_loss": loss.item(), "train_acc": acc}
-                if step % LOG_EVERY == 0 or step == total:
-                    logger.log(step, {"train_loss": window["loss"] / window["n"],
-                                      "train_acc": window["acc"] / window["n"],
-                                      "lr": schedule.get_last_lr()[0]})
-                    window = {"loss": 0.0, "acc": 0.0, "n": 0}
-                validate_now = step == total or (cfg.val_every and step % cfg.val_every == 0)
-                if validate_now:
-                    val_acc = self._validate(model, classifier, data, device)
-                    model.train()
-                    values["val_acc"] = val_acc
-                    logger.log(step, {"val_acc": val_acc})
-                    bar.set_postfix(val=f"{val_acc:.3f}", best=f"{max(best, val_acc):.3f}")
-                    if val_acc > best:
-                        best, best_step, bad = val_acc, step, 0
-                        save_weights(self.out / WEIGHTS_FILE, model)
-                    else:
-                        bad += 1
-                        if cfg.patience and bad >= cfg.patience:
-                            stopped_early = True
-                            log.info("early stopping at step %d (best %d)", step, best_step)
-                finished = stopped_early or step >= total
-                if finished or step % cfg.checkpoint_every == 0:
-                    save_checkpoint(checkpoint_path, {
-                        "config": cfg.to_dict(),
-                        "model": model.state_dict(),
-                        "classifier": classifier.state_dict() if classifier else None,
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                        "rng": rng_state(),
-                        "step": step, "best": best, "best_step": best_step, "bad": bad,
-                        "window": window, "stopped_early": stopped_early, "finished": finished,
-                    })
-                for callback in self.callbacks:
-                    callback(step, values)
-            if not already_finished:
-                logger.log(step, {"event": "end", "best_val_acc": best, "best_step": best_step,
-                                  "stopped_early": stopped_early})
-        finally:
-            bar.close()
-            logger.close()
-        return TrainResult(self.out, step, best if best >= 0 else float("nan"), best_step,
-                           stopped_early)
+    def _select(self, progress: _Progress, val_acc: float, model: FewShotModel) -> None:
+        """Keep the best validated weights; count validations without gain for early stopping."""
+        if val_acc > progress.best:
+            progress.best, progress.best_step, progress.bad = val_acc, progress.step, 0
+            save_weights(self.out / WEIGHTS_FILE, model)
+            return
+        progress.bad += 1
+        if self.config.patience and progress.bad >= self.config.patience:
+            progress.stopped_early = True
+            log.info("early stopping at step %d (best %d)", progress.step, progress.best_step)
 
     def _supervised_step(
         self,

@@ -56,7 +56,16 @@ class FewShotClassifier:
         """The modalities the model was trained on."""
         return list(self._run.model.modalities)
 
-    def _read(self, source: SampleSource, *, require_label: bool) -> MultimodalDataset:
+    def load_samples(self, source: SampleSource, *, labelled: bool = False) -> MultimodalDataset:
+        """Read samples in the dataset format with the run's schema, checking modalities.
+
+        Args:
+            source: a sample table file, a dataset directory, or a `MultimodalDataset`.
+            labelled: require the label column (as for a support set).
+
+        Raises:
+            ModalityError: the samples carry modalities the model never saw, or none of its.
+        """
         if isinstance(source, MultimodalDataset):
             dataset = source
         else:
@@ -64,7 +73,7 @@ class FewShotClassifier:
             if path.is_dir():
                 dataset = load_dataset(path)
             else:
-                dataset = load_sample_table(path, self._run.schema, require_label=require_label)
+                dataset = load_sample_table(path, self._run.schema, require_label=labelled)
         self._check_modalities(dataset)
         return dataset
 
@@ -96,7 +105,7 @@ class FewShotClassifier:
             classes: the classes to predict, in order (default: sorted support labels). A class
                 with no usable support sample raises `InsufficientSamplesError`.
         """
-        dataset = self._read(support, require_label=True)
+        dataset = self.load_samples(support, labelled=True)
         embeddings = self._embed(dataset)
         usable = embeddings.present.any(1)
         labels = list(dataset.labels)
@@ -133,7 +142,7 @@ class FewShotClassifier:
     def decision_function(self, query: SampleSource) -> np.ndarray:
         """Head logits ``[Q, classes]`` of each query sample."""
         self._check_fitted()
-        dataset = self._read(query, require_label=False)
+        dataset = self.load_samples(query)
         embeddings = self._embed(dataset)
         logits = self._run.model.logits(
             self.support_embeddings_.to(self.device), self.support_labels_.to(self.device),

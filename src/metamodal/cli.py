@@ -141,9 +141,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from metamodal.api import FewShotClassifier
 
     classifier = FewShotClassifier(args.run).fit(args.support)
-    from metamodal.data.dataset import load_sample_table
-
-    query = load_sample_table(args.query, classifier._run.schema, require_label=False)
+    query = classifier.load_samples(args.query)
     probabilities = classifier.predict_proba(query)
     rows = []
     for sample_id, p in zip(query.ids, probabilities, strict=True):

@@ -119,6 +119,33 @@ def test_missing_id_column(tmp_path: Path) -> None:
     assert error.column == "id" and error.file == str(tmp_path / "samples.csv")
 
 
+def test_table_without_samples(tmp_path: Path) -> None:
+    error = dataset_error(make(tmp_path, ROWS[:1]))  # a header line only
+    assert error.message == "the table has no samples"
+    assert error.file == str(tmp_path / "samples.csv")
+    query = tmp_path / "query.csv"
+    query.write_text(ROWS[0] + "\n")
+    with pytest.raises(DatasetError, match="no samples"):
+        load_sample_table(query, load_schema(tmp_path), require_label=False)
+
+
+@pytest.mark.parametrize(
+    ("modality", "option", "words"),
+    [
+        ("photo", "size = -3", "size"),
+        ("photo", "colour = true", "colour"),
+        ("note", 'tokenizer = "bpe"', "bpe"),  # an unknown name, not only a bad value
+    ],
+)
+def test_loader_options_are_checked_naming_dataset_toml(
+    tmp_path: Path, modality: str, option: str, words: str
+) -> None:
+    line = f'column = "{modality}"'
+    error = dataset_error(make(tmp_path, schema=SCHEMA.replace(line, f"{line}\n{option}")))
+    assert error.file == str(tmp_path / "dataset.toml")
+    assert error.column == f"modalities.{modality}" and words in error.message
+
+
 def test_empty_id(tmp_path: Path) -> None:
     rows = [*ROWS[:3], ",dog,canid,x,,,"]
     error = dataset_error(make(tmp_path, rows))

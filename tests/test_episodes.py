@@ -312,6 +312,23 @@ def test_episode_file_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["episodes.jsonl"]
 
 
+def test_episode_file_round_trips_unicode_ids_and_reads_windows_files(tmp_path: Path) -> None:
+    store = make_store([2, 2])
+    # U+2028 and U+0085 are line breaks to str.splitlines but plain characters in JSON
+    store.ids = [f"é\u2028{k}" if k % 2 else f"ü\x85{k}" for k in range(len(store.ids))]
+    sampler = EpisodeSampler(store, ["c0", "c1"], 2, 1, 1, seed=3)
+    original = episodes_from_sampler(sampler, 2)
+    back = read_episode_file(write_episode_file(tmp_path / "episodes.jsonl", original), store)
+    assert [ep.support_ids for ep in back] == [ep.support_ids for ep in original]
+    assert [ep.query_ids for ep in back] == [ep.query_ids for ep in original]
+    # a byte-order mark and CRLF line ends, as some Windows editors save files
+    line = json.dumps({"episode": "w", "support": original[0].support_ids, "query": []})
+    windows = tmp_path / "windows.jsonl"
+    windows.write_bytes(b"\xef\xbb\xbf" + (line + "\r\n\r\n").encode("utf-8"))
+    (episode,) = read_episode_file(windows, store)
+    assert episode.name == "w" and episode.support_ids == original[0].support_ids
+
+
 def test_episode_file_orders_classes_by_first_support_appearance(tmp_path: Path) -> None:
     store = make_store([3, 3, 3])
     by_class: dict[str, list[str]] = {}

@@ -138,3 +138,28 @@ def test_empty_report_formats() -> None:
     report = InspectionReport(path="somewhere")
     assert report.ok and report.to_dict()["modalities"] == {}
     assert "dataset ? (somewhere)" in format_inspection(report)
+
+
+def test_splits_file_problems_are_listed(tmp_path: Path) -> None:
+    make(tmp_path)
+    (tmp_path / "splits.toml").write_text('train = ["felid"]\nval = []\ntest = ["canid"]\n')
+    assert inspect_dataset(tmp_path).ok
+    (tmp_path / "splits.toml").write_text('train = ["felid"]\n')
+    report = inspect_dataset(tmp_path)
+    assert report.ok and any("canid" in w for w in report.warnings)  # a group in no split
+    (tmp_path / "splits.toml").write_text('train = ["felid"]\ntest = ["bovid"]\n')
+    report = inspect_dataset(tmp_path)
+    assert not report.ok and report.modalities["photo"].present == 4  # still inspected
+    (problem,) = report.problems
+    assert problem.file == str(tmp_path / "splits.toml") and problem.column == "test"
+    assert "unknown group 'bovid'" in problem.message and problem.fix
+    (tmp_path / "splits.toml").write_text("train = [\n")
+    assert "not valid TOML" in inspect_dataset(tmp_path).problems[0].message
+
+
+def test_warnings_go_into_the_report(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    report = inspect_dataset(make(tmp_path, schema='lable = "typo"\n' + SCHEMA))
+    assert report.ok and len(recwarn) == 0  # nothing escapes as a Python warning
+    assert any("unknown keys ['lable']" in w for w in report.warnings)
+    assert any("unknown keys" in w for w in report.to_dict()["warnings"])
+    assert "warning: " in format_inspection(report)

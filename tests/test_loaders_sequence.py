@@ -96,6 +96,10 @@ def test_feature_mismatch_names_both_files_and_sizes(tmp_path: Path) -> None:
     ("inf.csv", lambda p: p.write_text("a,b\n1,2\n3,inf\n"), "NaN or infinite .*line 3, feature 1"),
     ("text.csv", lambda p: p.write_text("1,2\n3,x\n"), "line 2, value 2 is not a number"),
     ("ragged.csv", lambda p: p.write_text("1,2\n3\n"), "line 2 has 1 values, expected 2"),
+    # lines are those of the file, blank lines included
+    ("gaps.csv", lambda p: p.write_text("a,b\n\n1,2\n \n3,nan\n"), "line 5, feature 1"),
+    ("gaps_text.csv", lambda p: p.write_text("\n1,2\n\n3,x\n"), "line 4, value 2 is not"),
+    ("gaps_ragged.csv", lambda p: p.write_text("1,2\n\n\n3\n"), "line 4 has 1 values"),
     ("cube.npy", lambda p: np.save(p, np.zeros((2, 2, 2))), r"\[T\] or \[T, D\]"),
     ("words.npy", lambda p: np.save(p, np.array(["a", "b"])), "non-numeric"),
     ("objects.npy", lambda p: np.save(p, np.array([{"a": 1}], dtype=object)), "numeric .npy"),

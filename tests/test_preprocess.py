@@ -218,6 +218,10 @@ def test_create_loader_passes_tabular_columns() -> None:
     with pytest.raises(ConfigError) as info:
         create_loader(ModalitySpec("pic", "image", column="p", options={"size": -1}))
     assert info.value.column == "modalities.pic"
+    with pytest.raises(UnknownNameError) as unknown:  # also a ConfigError and a KeyError
+        create_loader(ModalitySpec("note", "text", column="n"), {"tokenizer": "bpe"})
+    assert unknown.value.column == "modalities.note" and "'note'" in unknown.value.message
+    assert "bpe" in unknown.value.message and "words" in str(unknown.value.fix)
 
 
 # -- end to end with the real loaders -------------------------------------------------------

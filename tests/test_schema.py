@@ -91,6 +91,14 @@ def test_name_defaults_to_directory_and_toml_path_is_accepted(tmp_path: Path) ->
     assert load_schema(root / "dataset.toml").name == "my-set"
 
 
+def test_byte_order_mark_and_crlf_are_accepted(tmp_path: Path) -> None:
+    windows, plain = tmp_path / "windows", tmp_path / "plain"
+    windows.mkdir()
+    plain.mkdir()
+    (windows / "dataset.toml").write_bytes(FULL.replace("\n", "\r\n").encode("utf-8-sig"))
+    assert load_schema(windows) == load_schema(write(plain, FULL))
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not found") as info:
         load_schema(tmp_path)

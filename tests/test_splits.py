@@ -153,6 +153,13 @@ def test_splits_file_of_labels_without_groups(tmp_path: Path) -> None:
     assert any("finch" in str(w.message) and "sparrow" in str(w.message) for w in caught)
 
 
+def test_splits_file_with_byte_order_mark_and_crlf(tmp_path: Path) -> None:
+    text = 'train = ["passerine", "waders"]\r\nval = ["owls"]\r\ntest = ["raptors"]\r\n'
+    (tmp_path / "splits.toml").write_bytes(text.encode("utf-8-sig"))
+    split = load_split(tmp_path, LABELS, GROUPS)
+    assert split == ClassSplit(["finch", "heron", "sparrow"], ["owl"], ["eagle", "hawk"])
+
+
 def test_load_split_without_file_is_seeded(tmp_path: Path) -> None:
     assert load_split(tmp_path, LABELS, GROUPS, seed=5) == split_classes(LABELS, GROUPS, seed=5)
 

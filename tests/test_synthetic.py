@@ -216,6 +216,19 @@ def test_existing_output_needs_overwrite_and_must_be_a_dataset(tmp_path: Path) -
     assert (other / "keep.txt").read_text() == "mine"
 
 
+def test_output_can_be_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert make_synthetic(".", classes=15, per_class=1, image_size=8) == Path(".")
+    assert len(read_rows(here)) == 15
+    make_synthetic(".", classes=15, per_class=2, image_size=8, overwrite=True)
+    assert len(read_rows(here)) == 30 and not any(p.name.startswith(".") for p in here.iterdir())
+    assert Path.cwd() == here and (Path.cwd() / "dataset.toml").is_file()
+
+
 def test_describe_synthetic_names_every_modality_and_what_it_reveals() -> None:
     text = describe_synthetic()
     for modality, attributes in MODALITY_ATTRIBUTES.items():

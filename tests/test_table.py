@@ -31,6 +31,15 @@ def test_csv_byte_order_mark_is_ignored(tmp_path: Path) -> None:
     assert list(read_samples(path).columns) == ["id", "label"]
 
 
+def test_csv_lines_of_white_space_are_blank(tmp_path: Path) -> None:
+    path = tmp_path / "samples.csv"
+    path.write_bytes(b"  \r\nid,label\r\n1,a\r\n \t \r\n2,b\r\n   \r\n")
+    table = read_samples(path)
+    assert table.n_rows == 2 and table.columns == {"id": ["1", "2"], "label": ["a", "b"]}
+    path.write_text("id,label\n1,a\n,\n")  # a line of empty cells is a row, not blank
+    assert read_samples(path).columns["id"] == ["1", None]
+
+
 @pytest.mark.parametrize(
     ("content", "match", "row"),
     [

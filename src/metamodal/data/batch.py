@@ -67,10 +67,20 @@ class ModalityBatch:
         )
 
     def with_present(self, present: Tensor) -> ModalityBatch:
-        """The same values with another presence mask; absent rows are zeroed."""
+        """The same values with another presence mask; absent rows are zeroed (values and
+        lengths), as the loaders leave a missing cell.
+
+        Example:
+            >>> both = torch.tensor([True, True])
+            >>> b = ModalityBatch(torch.ones(2, 3), both, torch.tensor([3, 2]))
+            >>> c = b.with_present(torch.tensor([True, False]))
+            >>> c.values.sum().item(), c.lengths.tolist()
+            (3.0, [3, 0])
+        """
         keep = present.view(-1, *([1] * (self.values.dim() - 1)))
         values = torch.where(keep, self.values, torch.zeros((), dtype=self.values.dtype))
-        return ModalityBatch(values, present, self.lengths)
+        lengths = None if self.lengths is None else torch.where(present, self.lengths, 0)
+        return ModalityBatch(values, present, lengths)
 
 
 Batch = dict[str, ModalityBatch]
@@ -78,17 +88,38 @@ Batch = dict[str, ModalityBatch]
 
 
 def index_batch(batch: Mapping[str, ModalityBatch], indices: Tensor) -> Batch:
-    """Rows ``indices`` of every modality of ``batch``."""
+    """Rows ``indices`` (long ``[K]``) of every modality of ``batch``.
+
+    Example:
+        >>> b = {"m": ModalityBatch(torch.arange(4.0).view(4, 1), torch.ones(4, dtype=torch.bool))}
+        >>> index_batch(b, torch.tensor([3, 0]))["m"].values.flatten().tolist()
+        [3.0, 0.0]
+    """
     return {name: mb.index(indices) for name, mb in batch.items()}
 
 
 def batch_to(batch: Mapping[str, ModalityBatch], device: torch.device | str) -> Batch:
-    """Every modality of ``batch`` moved to ``device``."""
+    """Every modality of ``batch`` moved to ``device``.
+
+    Example:
+        >>> b = {"m": ModalityBatch(torch.zeros(2, 1), torch.ones(2, dtype=torch.bool))}
+        >>> batch_to(b, "cpu")["m"].values.device.type
+        'cpu'
+    """
     return {name: mb.to(device) for name, mb in batch.items()}
 
 
 def cat_batches(batches: Sequence[Mapping[str, ModalityBatch]]) -> Batch:
-    """Concatenate batches along B; lengths/values are padded to the longest."""
+    """Concatenate batches along B; values are zero-padded to the longest along every axis.
+
+    Example:
+        >>> ok = torch.ones(1, dtype=torch.bool)
+        >>> a = {"t": ModalityBatch(torch.ones(1, 2), ok, torch.tensor([2]))}
+        >>> b = {"t": ModalityBatch(torch.ones(1, 4), ok, torch.tensor([4]))}
+        >>> joined = cat_batches([a, b])["t"]
+        >>> joined.values.shape, joined.lengths.tolist()
+        (torch.Size([2, 4]), [2, 4])
+    """
     out: Batch = {}
     for name in batches[0]:
         parts = [b[name] for b in batches]
@@ -175,6 +206,7 @@ class Episode:
 
     @property
     def ways(self) -> int:
+        """The number of classes of the episode."""
         return len(self.classes)
 
     def to(self, device: torch.device | str) -> Episode:

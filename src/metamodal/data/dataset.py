@@ -138,10 +138,11 @@ def load_dataset(path: str | Path) -> MultimodalDataset:
     """Read and validate a dataset directory.
 
     Checks: the schema (see `load_schema`); the sample table (the schema's ``samples`` or the
-    first of ``samples.csv|jsonl|parquet``) has an ``id`` column with unique non-empty ids, the
-    label column with a label in every row, the group column (when declared) with a group in
-    every row and one group per class, and every modality column. Empty modality cells are
-    missing modalities, which is normal. Media files are checked when decoded.
+    first of ``samples.csv|jsonl|parquet``) has at least one row, an ``id`` column with unique
+    non-empty ids, the label column with a label in every row, the group column (when
+    declared) with a group in every row and one group per class, and every modality column;
+    each modality's loader accepts its options. Empty modality cells are missing modalities,
+    which is normal. Media files are checked when decoded.
 
     Args:
         path: the dataset directory (or its ``dataset.toml``).
@@ -159,12 +160,17 @@ def load_dataset(path: str | Path) -> MultimodalDataset:
         >>> ds.ids, ds.labels, ds.cells("note")
         (['a', 'b'], ['P', 'Q'], ['hello', None])
     """
+    # imported here because metamodal.data.preprocess imports this module
+    from metamodal.data.preprocess import build_loader
+
     root = dataset_root(path)
     schema = load_schema(root)
     table = read_samples(samples_path(root, schema))
     problems = check_table(table, schema)
     if problems:
         raise problems[0]
+    for spec in schema.modalities.values():
+        build_loader(spec, root / SCHEMA_FILE)
     return MultimodalDataset(root, schema, table)
 
 
@@ -302,6 +308,14 @@ def check_table(
         )
         return True
 
+    if table.n_rows == 0:
+        problems.append(
+            DatasetError(
+                "the table has no samples",
+                file=file,
+                fix="add one row per sample (below the header line of a .csv)",
+            )
+        )
     if not absent(ID_COLUMN, "the id"):
         first_row: dict[str, int] = {}
         for row, sample_id in enumerate(table.columns[ID_COLUMN], start=1):

@@ -335,7 +335,13 @@ def episodes_from_sampler(sampler: EpisodeSampler, n: int, start: int = 0) -> li
     """Episodes ``start .. start + n - 1`` of ``sampler`` (e.g. to write an episode file).
 
     Example:
-        ``write_episode_file("episodes.jsonl", episodes_from_sampler(sampler, 600))``
+        >>> from metamodal.data.batch import ModalityBatch
+        >>> store = TensorStore([f"s{i}" for i in range(8)], ["a", "b"] * 4,
+        ...     {"x": ModalityBatch(torch.zeros(8, 3), torch.ones(8, dtype=torch.bool))},
+        ...     {"x": "tabular"})
+        >>> sampler = EpisodeSampler(store, ["a", "b"], ways=2, shots=1, queries=1)
+        >>> [episode.name for episode in episodes_from_sampler(sampler, 3, start=10)]
+        ['10', '11', '12']
     """
     return [sampler[i] for i in range(start, start + n)]
 
@@ -413,11 +419,23 @@ def read_episode_file(
             the error names the file, the line and the id.
 
     Example:
-        ``episodes = read_episode_file("episodes.jsonl", store)``; ``episodes[0].ways``.
+        >>> import tempfile
+        >>> from metamodal.data.batch import ModalityBatch
+        >>> store = TensorStore([f"s{i}" for i in range(8)], ["a", "b"] * 4,
+        ...     {"x": ModalityBatch(torch.zeros(8, 3), torch.ones(8, dtype=torch.bool))},
+        ...     {"x": "tabular"})
+        >>> path = Path(tempfile.mkdtemp()) / "episodes.jsonl"
+        >>> _ = path.write_text('{"episode": "run01", "support": ["s1", "s0"], "query": ["s2"]}\\n')
+        >>> (episode,) = read_episode_file(path, store)
+        >>> episode.classes, episode.support_ids, episode.query_labels.tolist()
+        (['b', 'a'], ['s1', 's0'], [1])
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark (some Windows editors write one) is not part of line 1.
+        # Split on "\n" only: str.splitlines would also split inside ids holding U+2028,
+        # U+0085 and the like, which write_episode_file writes verbatim (ensure_ascii=False).
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(
             f"cannot read episode file: {err}", file=path, fix="give a readable UTF-8 .jsonl file"
@@ -507,8 +525,17 @@ def write_episode_file(path: str | Path, episodes: Iterable[Episode]) -> Path:
         ``path`` as a `Path`.
 
     Example:
-        ``write_episode_file("episodes.jsonl", episodes_from_sampler(sampler, 600))`` then
-        ``read_episode_file("episodes.jsonl", store)`` gives the same episodes back.
+        >>> import tempfile
+        >>> from metamodal.data.batch import ModalityBatch
+        >>> store = TensorStore([f"s{i}" for i in range(8)], ["a", "b"] * 4,
+        ...     {"x": ModalityBatch(torch.zeros(8, 3), torch.ones(8, dtype=torch.bool))},
+        ...     {"x": "tabular"})
+        >>> sampler = EpisodeSampler(store, ["a", "b"], ways=2, shots=1, queries=1)
+        >>> path = write_episode_file(Path(tempfile.mkdtemp()) / "episodes.jsonl",
+        ...                           episodes_from_sampler(sampler, 600))
+        >>> back = read_episode_file(path, store)
+        >>> len(back), back[7].support_ids == sampler[7].support_ids
+        (600, True)
     """
     path = Path(path)
     lines = [

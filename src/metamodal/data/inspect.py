@@ -1,8 +1,8 @@
 """Check a dataset directory and describe it: every problem at once, and its statistics.
 
 `inspect_dataset` never raises for a problem of the dataset: it collects all of them (schema,
-sample table, ids, labels, groups, missing or corrupt media files, NaN / inf values) by
-decoding every modality with a collecting `DecodeContext`, and computes per-modality
+sample table, ids, labels, groups, ``splits.toml``, missing or corrupt media files, NaN / inf
+values) by decoding every modality with a collecting `DecodeContext`, and computes per-modality
 statistics (missing rate, sizes, lengths). ``metamodal inspect DIR`` prints
 `format_inspection` of it and exits non-zero when the report is not ``ok``.
 """
@@ -10,6 +10,7 @@ statistics (missing rate, sizes, lengths). ``metamodal inspect DIR`` prints
 from __future__ import annotations
 
 import statistics
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,10 +24,11 @@ from metamodal.data.dataset import (
     dataset_root,
     samples_path,
 )
-from metamodal.data.preprocess import create_loader
+from metamodal.data.preprocess import build_loader
 from metamodal.data.schema import SCHEMA_FILE, ModalitySpec, read_schema
+from metamodal.data.splits import SPLITS_FILE, split_classes
 from metamodal.data.table import read_samples
-from metamodal.errors import DatasetError, LocatedError
+from metamodal.errors import DatasetError
 
 _SHOWN_PROBLEMS = 50  # format_inspection lists at most this many problems
 
@@ -43,6 +45,11 @@ class ModalityStats:
         missing_rate: fraction of samples with an empty cell, 0..1.
         details: kind-specific statistics, e.g. ``{"length": {"min": 3, "median": 7,
             "max": 12}}``; ``{min, median, max}`` dicts for ranges.
+
+    Example:
+        >>> stats = ModalityStats("photo", "image", ["photo"], present=3, missing_rate=0.25)
+        >>> stats.present, stats.details
+        (3, {})
     """
 
     name: str
@@ -66,7 +73,13 @@ class InspectionReport:
         groups: number of distinct groups, or ``None`` without a group column.
         modalities: modality name -> `ModalityStats`.
         problems: every problem found; any of them makes the dataset unusable as it is.
-        warnings: observations that do not prevent use (e.g. a class with one sample).
+        warnings: observations that do not prevent use (e.g. a class with one sample, an
+            unknown key in ``dataset.toml``, a group that ``splits.toml`` leaves out).
+
+    Example:
+        >>> report = InspectionReport(path="data", problems=[DatasetError("empty id", row=3)])
+        >>> report.ok, report.to_dict()["problems"][0]["row"]
+        (False, 3)
     """
 
     path: str
@@ -130,15 +143,27 @@ def inspect_dataset(path: str | Path) -> InspectionReport:
     """
     root = dataset_root(path)
     report = InspectionReport(path=str(root))
+    # warnings (unknown keys in dataset.toml, groups in no split, ...) go into the report
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _inspect(root, report)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        report.warnings.append(message)
+    report.problems = _unique(report.problems)
+    return report
+
+
+def _inspect(root: Path, report: InspectionReport) -> None:
+    """Fill ``report`` with the statistics and problems of the dataset at ``root``."""
     schema = read_schema(root, report.problems)
     if schema is None:
-        return report
+        return
     report.name = schema.name
     try:
         table = read_samples(samples_path(root, schema))
     except DatasetError as exc:
         report.problems.append(exc)
-        return report
+        return
     report.problems += check_table(table, schema)
     dataset = MultimodalDataset(root, schema, table)
     report.samples = len(dataset)
@@ -154,11 +179,10 @@ def inspect_dataset(path: str | Path) -> InspectionReport:
             )
     if dataset.groups is not None:
         report.groups = len({group for group in dataset.groups if group is not None})
+    _check_splits_file(dataset, report)
     for name, spec in schema.modalities.items():
         if all(column in table.columns for column in spec.source_columns()):
             report.modalities[name] = _inspect_modality(dataset, spec, report)
-    report.problems = _unique(report.problems)
-    return report
 
 
 def format_inspection(report: InspectionReport) -> str:
@@ -222,16 +246,9 @@ def _inspect_modality(
     if cells and present == 0:
         report.warnings.append(f"modality {spec.name!r} is missing in every sample")
     try:
-        loader = create_loader(spec)
-    except LocatedError as exc:  # bad options in dataset.toml, or a kind without a loader
-        report.problems.append(
-            DatasetError(
-                f"cannot build the {spec.kind} loader: {exc.message}",
-                file=str(dataset.root / SCHEMA_FILE),
-                column=f"modalities.{spec.name}",
-                fix=exc.fix or f"see the {spec.kind} loader's options",
-            )
-        )
+        loader = build_loader(spec, dataset.root / SCHEMA_FILE)
+    except DatasetError as exc:  # bad options in dataset.toml, or a kind without a loader
+        report.problems.append(exc)
         return stats
     try:  # loaders decode unfitted with identity normalisation: enough to check every cell
         batch = loader.decode(cells, dataset.context(spec.name, report.problems))
@@ -240,6 +257,17 @@ def _inspect_modality(
         return stats
     stats.details = _decoded_details(spec, batch, cells, dataset.root)
     return stats
+
+
+def _check_splits_file(dataset: MultimodalDataset, report: InspectionReport) -> None:
+    """Read the dataset's ``splits.toml``, if any, as training would; record what it finds."""
+    path = dataset.root / SPLITS_FILE
+    if not path.is_file():
+        return
+    try:
+        split_classes(dataset.labels, dataset.groups, splits_file=path)
+    except DatasetError as exc:
+        report.problems.append(exc)
 
 
 def _decoded_details(

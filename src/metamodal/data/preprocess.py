@@ -42,6 +42,7 @@ from metamodal.data.schema import DatasetSchema, ModalitySpec
 from metamodal.errors import (
     ConfigError,
     DatasetError,
+    LocatedError,
     MetamodalError,
     RunError,
     UnknownNameError,
@@ -263,7 +264,8 @@ def create_loader(spec: ModalitySpec, overrides: Mapping[str, Any] | None = None
     A tabular modality's loader also gets the spec's ``columns`` (for its error messages).
 
     Raises:
-        ConfigError: the loader rejects the options; names the modality.
+        ConfigError: the loader rejects the options (`UnknownNameError` for an unknown name,
+            e.g. a text ``tokenizer``); names the modality, with ``modalities.NAME`` as key.
 
     Example:
         >>> spec = ModalitySpec("m", "tabular", columns=["a", "b"])
@@ -283,10 +285,44 @@ def create_loader(spec: ModalitySpec, overrides: Mapping[str, Any] | None = None
             fix=f"use the options the {spec.kind} loader documents",
         ) from None
     except ConfigError as exc:
-        if exc.column is not None or isinstance(exc, UnknownNameError):
+        if exc.column is not None:
             raise
-        raise ConfigError(
+        error_type = UnknownNameError if isinstance(exc, UnknownNameError) else ConfigError
+        raise error_type(
             f"modality {spec.name!r}: {exc.message}", column=where, fix=exc.fix
+        ) from None
+
+
+def build_loader(spec: ModalitySpec, schema_file: str | Path) -> ModalityLoader:
+    """The loader of a modality declared in a dataset directory's ``dataset.toml``.
+
+    Like `create_loader`, but options the loader rejects are a `DatasetError` that names
+    ``schema_file`` and the key ``modalities.NAME``: `load_dataset` and ``metamodal inspect``
+    use it to check every modality's options.
+
+    Args:
+        spec: the modality, as parsed from ``schema_file``.
+        schema_file: the ``dataset.toml`` the spec comes from (named in the error).
+
+    Raises:
+        DatasetError: the options are invalid (unknown option, bad value, unknown name).
+
+    Example:
+        >>> spec = ModalitySpec("photo", "image", column="photo", options={"size": -1})
+        >>> try:
+        ...     build_loader(spec, "dataset.toml")
+        ... except DatasetError as error:
+        ...     print(error.file, error.column)
+        dataset.toml modalities.photo
+    """
+    try:
+        return create_loader(spec)
+    except LocatedError as exc:  # a ConfigError from the loader, or a kind without a loader
+        raise DatasetError(
+            f"cannot build the {spec.kind} loader: {exc.message}",
+            file=str(schema_file),
+            column=f"modalities.{spec.name}",
+            fix=exc.fix or f"use the options the {spec.kind} loader documents",
         ) from None
 
 

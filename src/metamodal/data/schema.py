@@ -214,7 +214,8 @@ def read_schema(root: str | Path, problems: list[DatasetError]) -> DatasetSchema
         )
         return None
     try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+        # utf-8-sig: a byte-order mark (Windows editors may write one) is not TOML syntax
+        data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         problems.append(DatasetError(f"not UTF-8 text ({exc})", file=file, fix="save as UTF-8"))
         return None

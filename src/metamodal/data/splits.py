@@ -246,7 +246,8 @@ def _seeded_split(
 
 def _read_splits_file(path: Path) -> dict[str, list[str]]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (Windows editors may write one) is not TOML syntax
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise DatasetError(
             "splits file not found", file=path, fix="create it or leave the split to the seed"

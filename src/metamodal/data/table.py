@@ -4,7 +4,7 @@ Every cell is normalised to ``str`` or ``None``: empty or blank strings and null
 JSON line lacks) become ``None``, which means *missing*; numbers and booleans become their text
 (``3``, ``0.5``, ``true``); a float NaN stays ``"nan"`` so that a loader can report it rather
 than silently treat it as missing. Rows are numbered from 1 over data rows (a CSV header is not
-a row; blank lines are skipped and not counted).
+a row; blank lines, also those holding only white space, are skipped and not counted).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def _read_csv(text: str, file: str) -> SampleTable:
     """Parse CSV text with a header line."""
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        header = next((line for line in reader if line), None)
+        header = next((line for line in reader if not _blank_line(line)), None)
         if header is None:
             raise DatasetError(
                 "the table is empty (no header line)",
@@ -137,7 +137,7 @@ def _read_csv(text: str, file: str) -> SampleTable:
         cells: list[list[str | None]] = [[] for _ in header]
         n_rows = 0
         for fields in reader:
-            if not fields:
+            if _blank_line(fields):
                 continue
             n_rows += 1
             if len(fields) != len(header):
@@ -157,6 +157,11 @@ def _read_csv(text: str, file: str) -> SampleTable:
             fix="check the quoting of that line",
         ) from None
     return SampleTable(file, dict(zip(header, cells, strict=True)), n_rows)
+
+
+def _blank_line(fields: list[str]) -> bool:
+    """Whether a parsed CSV line is blank: empty, or white space only (no delimiter)."""
+    return not fields or (len(fields) == 1 and not fields[0].strip())
 
 
 def _check_header(header: list[str], file: str) -> None:

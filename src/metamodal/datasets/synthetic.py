@@ -318,8 +318,13 @@ def make_synthetic(
         )
     out = Path(out)
     _check_target(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # An existing directory (possibly ".", the working directory) is kept and filled from a
+    # temporary directory inside it; a new one is renamed into place whole.
+    existing = out.is_dir()
+    if not existing:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    name = Path(os.path.abspath(out)).name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out if existing else out.parent))
     try:
         _write_dataset(tmp, table, families, per_class, workers,
                        _Settings(str(tmp), seed, float(missing_rate), float(noise),
@@ -331,16 +336,31 @@ def make_synthetic(
                                 classes_per_family=classes_per_family, image_size=image_size,
                                 sample_rate=sample_rate, audio_seconds=float(audio_seconds),
                                 track_length=track_length))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        if existing:
+            _move_into(tmp, out)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o777 & ~umask)
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _move_into(tmp: Path, out: Path) -> None:
+    """Replace the content of directory ``out`` by that of ``tmp`` (a directory inside it),
+    moving ``dataset.toml`` last so that a half-moved directory is not taken for a dataset."""
+    for entry in out.iterdir():
+        if entry != tmp:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    for entry in sorted(tmp.iterdir(), key=lambda path: path.name == "dataset.toml"):
+        os.replace(entry, out / entry.name)
+    tmp.rmdir()
 
 
 def _write_dataset(root: Path, table: np.ndarray, families: int, per_class: int,

@@ -29,6 +29,12 @@ class DecodeContext:
         column: the column (or, for tabular, the modality name) being decoded.
         problems: when given, a decoding problem is appended here and the cell is treated as
             missing instead of raising; ``metamodal inspect`` uses this to list every problem.
+
+    Example:
+        >>> ctx = DecodeContext(Path("data"), "samples.csv", [1, 2], "photo", problems=[])
+        >>> ctx.report(DatasetError("cannot decode", file="a.png", row=2, column="photo"))
+        >>> [str(p) for p in ctx.problems]
+        ['a.png, row 2, column photo: cannot decode']
     """
 
     root: Path
@@ -52,6 +58,15 @@ class ModalityLoader(ABC):
     normalisation statistics), then ``decode`` turns any cells into a `ModalityBatch`.
     ``state_dict`` / ``from_state`` round-trip everything (options + fitted state) as JSON-able
     data so that a run directory can decode new samples exactly as in training.
+
+    Example:
+        >>> ctx = DecodeContext(Path("."), "samples.csv", [1, 2], "caption")
+        >>> loader = loaders.create("text", max_length=4)
+        >>> loader.fit(["a cat", "a dog"], ctx)
+        >>> loader.decode(["a cat", None], ctx).values.tolist()
+        [[2, 3], [0, 0]]
+        >>> type(loader).from_state(loader.state_dict()).vocab_ == loader.vocab_
+        True
     """
 
     kind: ClassVar[str]

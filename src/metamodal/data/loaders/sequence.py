@@ -72,11 +72,11 @@ def read_sequence_file(path: Path) -> np.ndarray:
         [[1.0, 2.0], [3.0, 4.0]]
     """
     suffix = path.suffix.lower()
-    header = False
+    lines: list[int] = []
     if suffix == ".npy":
         array = _read_npy(path)
     elif suffix == ".csv":
-        array, header = _read_csv(path)
+        array, lines = _read_csv(path)
     else:
         raise ValueError(f"unsupported sequence file type {path.suffix!r} (use .npy or .csv)")
     if array.shape[0] == 0 or array.shape[1] == 0:
@@ -85,7 +85,7 @@ def read_sequence_file(path: Path) -> np.ndarray:
     finite = np.isfinite(array)
     if not finite.all():
         step, feature = (int(v) for v in np.argwhere(~finite)[0])
-        where = f"line {step + 1 + int(header)}" if suffix == ".csv" else f"step {step}"
+        where = f"line {lines[step]}" if suffix == ".csv" else f"step {step}"
         raise ValueError(f"sequence holds NaN or infinite values (first at {where}, "
                          f"feature {feature}; values beyond float32 range count as infinite)")
     return array
@@ -107,26 +107,31 @@ def _read_npy(path: Path) -> np.ndarray:
     return array
 
 
-def _read_csv(path: Path) -> tuple[np.ndarray, bool]:
-    """Numbers of a CSV file ``[T, D]`` and whether it had a header row."""
+def _read_csv(path: Path) -> tuple[np.ndarray, list[int]]:
+    """Numbers of a CSV file ``[T, D]`` and the 1-based file line of each of its ``T`` rows
+    (blank lines and a header row are skipped)."""
     text = path.read_text(encoding="utf-8-sig")
-    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    reader = csv.reader(io.StringIO(text))
+    rows, lines = [], []
+    for row in reader:
+        if any(cell.strip() for cell in row):
+            rows.append(row)
+            lines.append(reader.line_num)
     if not rows:
         raise ValueError("CSV file has no rows")
     header = not all(is_number(cell) for cell in rows[0])
-    body = rows[1:] if header else rows
+    body, lines = (rows[1:], lines[1:]) if header else (rows, lines)
     width = len(rows[0])
-    for index, row in enumerate(body):
+    for line, row in zip(lines, body, strict=True):
         if len(row) != width:
-            raise ValueError(f"line {index + 1 + int(header)} has {len(row)} values, "
-                             f"expected {width}")
+            raise ValueError(f"line {line} has {len(row)} values, expected {width}")
     try:
-        return np.array(body, dtype=str).astype(np.float64).reshape(len(body), width), header
+        return np.array(body, dtype=str).astype(np.float64).reshape(len(body), width), lines
     except ValueError:
-        for index, row in enumerate(body):
+        for line, row in zip(lines, body, strict=True):
             for column, cell in enumerate(row):
                 if not is_number(cell):
-                    raise ValueError(f"line {index + 1 + int(header)}, value {column + 1} is "
+                    raise ValueError(f"line {line}, value {column + 1} is "
                                      f"not a number: {cell!r}") from None
         raise
 

@@ -25,7 +25,13 @@ from metamodal.learners import (
     learners,
     support_checked,
 )
-from metamodal.learners.base import euclidean_distances, squared_distances
+from metamodal.learners.base import (
+    euclidean_distances,
+    l2_normalize,
+    safe_sqrt,
+    squared_distances,
+    tiny,
+)
 
 
 def toy_episode(
@@ -436,3 +442,90 @@ def test_supervised_classifier_linear_and_cosine() -> None:
         F.cross_entropy(cosine(features), labels).backward()
         optimizer.step()
     assert F.cross_entropy(cosine(features), labels).item() < before
+
+
+# ----------------------------------------------------------------------------- half precision
+
+
+def test_l2_normalize_and_safe_sqrt_keep_zero_rows_finite_in_float16() -> None:
+    x = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=torch.float16, requires_grad=True)
+    unit = l2_normalize(x, dim=1)
+    assert unit.dtype == torch.float16 and torch.isfinite(unit).all()
+    assert unit[1].tolist() == [0.0, 0.0]
+    assert torch.allclose(unit[0].float(), torch.tensor([0.6, 0.8]), atol=1e-3)
+    root = safe_sqrt((x * x).sum(1))
+    (unit.sum() + root.sum()).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    # float32 and float64 keep the usual 1e-12 guard
+    assert tiny(torch.float32) == tiny(torch.float64) == 1e-12
+    assert tiny(torch.float16) > 0 and torch.tensor(tiny(torch.float16), dtype=torch.float16) > 0
+
+
+@pytest.mark.parametrize(
+    "head",
+    [MatchingNet(), Siamese(), Siamese(predict="nearest"), NearestCentroid(dim=4),
+     FineTune(steps=3), FineTune(steps=3, cosine=True)],
+    ids=["matchingnet", "siamese", "siamese-nearest", "nearest-centroid", "finetune",
+         "finetune-cosine"],
+)
+def test_normalising_heads_stay_finite_in_float16_with_zero_embeddings(head: nn.Module) -> None:
+    # A sample with no modality has the embedding 0 (so does every absent modality under late
+    # fusion); F.normalize's eps=1e-12 is 0 in float16 and would turn it into NaN.
+    generator = torch.Generator().manual_seed(0)
+    support = torch.randn(4, 4, generator=generator).half()
+    query = torch.randn(3, 4, generator=generator).half()
+    support[1] = 0.0
+    query[0] = 0.0
+    support.requires_grad_()
+    query.requires_grad_()
+    labels = torch.tensor([0, 0, 1, 1])
+    head = head.half()
+    logits = head(support, labels, query, 2)
+    assert logits.dtype == torch.float16 and torch.isfinite(logits).all()
+    loss = head.loss(logits, torch.tensor([0, 1, 1])) + logits.float().square().mean()
+    assert torch.isfinite(loss)
+    loss.backward()
+    # the rows of real embeddings get finite gradients (a zero row is a placeholder, whose
+    # gradient the model's masks drop)
+    if support.grad is not None:  # FineTune fits on detached support features
+        assert torch.isfinite(support.grad[torch.tensor([True, False, True, True])]).all()
+    assert query.grad is not None
+    assert torch.isfinite(query.grad[torch.tensor([False, True, True])]).all()
+
+
+def test_siamese_pair_loss_is_finite_in_float16_with_zero_embeddings() -> None:
+    generator = torch.Generator().manual_seed(1)
+    zs = torch.randn(4, 4, generator=generator).half()
+    zq = torch.randn(2, 4, generator=generator).half()
+    zs[1] = 0.0
+    zq[0] = 0.0  # a zero pair of different classes: distance 0, a negative pair
+    zs.requires_grad_()
+    zq.requires_grad_()
+    present_s = torch.ones(4, 1, dtype=torch.bool)
+    present_q = torch.ones(2, 1, dtype=torch.bool)
+    loss = Siamese(normalize=False).extra_loss(
+        Embeddings(zs, present_s), torch.tensor([0, 0, 1, 1]),
+        Embeddings(zq, present_q), torch.tensor([1, 0]),
+    )
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(zs.grad).all() and torch.isfinite(zq.grad).all()
+
+
+def test_siamese_fused_pairs_leave_out_samples_without_any_modality() -> None:
+    generator = torch.Generator().manual_seed(2)
+    zs = torch.randn(4, 3, generator=generator)
+    zq = torch.randn(2, 3, generator=generator)
+    present_s = torch.ones(4, 2, dtype=torch.bool)
+    present_q = torch.ones(2, 2, dtype=torch.bool)
+    sl, ql = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1])
+    head = Siamese(normalize=False, cross_modal_weight=0.0)
+    loss = head.extra_loss(Embeddings(zs, present_s), sl, Embeddings(zq, present_q), ql)
+    # one more support sample of class 0 that has no modality: its fused embedding is the
+    # placeholder 0, which must not be pulled towards (or pushed from) anything
+    zs_more = torch.cat([zs, torch.zeros(1, 3)])
+    present_more = torch.cat([present_s, torch.zeros(1, 2, dtype=torch.bool)])
+    sl_more = torch.cat([sl, torch.tensor([0])])
+    again = head.extra_loss(Embeddings(zs_more, present_more), sl_more,
+                            Embeddings(zq, present_q), ql)
+    assert torch.allclose(loss, again)

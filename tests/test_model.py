@@ -217,9 +217,10 @@ def test_logits_check_the_support_once(late: bool, monkeypatch: pytest.MonkeyPat
     expected = model.logits(support, labels, query, 2)
     calls = count_host_transfers(monkeypatch)
     logits = model.logits(support, labels, query, 2)
-    # one transfer checks the support (the head's own check is skipped); late fusion adds one
-    # that decides for every modality at once whether each class has a support sample with it
-    assert len(calls) == (2 if late else 1), calls
+    # one transfer checks the support (the head's own check is skipped); a second one decides
+    # (fused) whether some support sample has no modality at all, or (late) for every modality
+    # at once whether each class has a support sample with it
+    assert len(calls) == 2, calls
     monkeypatch.undo()
     assert torch.equal(logits, expected)
     with pytest.raises(InsufficientSamplesError, match="no support sample"):
@@ -458,3 +459,31 @@ def test_protonet_meta_training_generalises_to_held_out_classes() -> None:
     after = accuracy(model, store, test_classes, 30, seed=7, modalities=["a"])
     assert after > 0.65  # chance is 0.2 (5-way)
     assert after > before + 0.3  # learned to ignore the noise features
+
+
+def test_support_samples_without_any_modality_do_not_shape_prototypes() -> None:
+    from metamodal.learners.protonet import ProtoNet
+
+    class Identity(nn.Module):
+        def forward(self, b):
+            return b.values
+
+    class Passthrough(nn.Module):
+        modalities = ["x"]
+
+        def forward(self, embeddings, present):
+            return embeddings["x"] * present["x"].unsqueeze(1)
+
+    model = FewShotModel({"x": Identity()}, Passthrough(), ProtoNet())
+    z = torch.tensor([[4.0, 0.0], [0.0, 0.0], [0.0, 4.0], [0.0, 0.0]])
+    present = torch.tensor([[True], [False], [True], [False]])
+    support = Embeddings(z, present, modalities=["x"])
+    labels = torch.tensor([0, 0, 1, 1])
+    query = Embeddings(torch.tensor([[4.0, 0.0]]), torch.ones(1, 1, dtype=torch.bool),
+                       modalities=["x"])
+    logits = model.logits(support, labels, query, 2)
+    # prototypes are [4, 0] and [0, 4]; an empty sample would have pulled them to [2, 0], [0, 2]
+    assert torch.allclose(logits, torch.tensor([[0.0, -32.0]]))
+    # a class whose only support sample is empty keeps it rather than vanishing
+    only_empty = model.logits(support.index(torch.tensor([0, 3])), torch.tensor([0, 1]), query, 2)
+    assert torch.allclose(only_empty, torch.tensor([[0.0, -16.0]]))

@@ -84,6 +84,7 @@ class AudioCNN(Encoder):
         self.project = nn.Linear(pooled_size(channels, pool), dim)
 
     def check(self, batch: ModalityBatch) -> None:
+        """Raise `ModalityError` unless ``batch.values`` is float ``[B, n_mels, frames]``."""
         values = batch.values
         if values.dim() != 3 or values.shape[1] != self.n_mels or not values.is_floating_point():
             raise ModalityError(

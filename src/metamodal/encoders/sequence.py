@@ -104,6 +104,8 @@ class GRUEncoder(Encoder):
         self.project = nn.Linear(hidden * self.directions, dim)
 
     def check(self, batch: ModalityBatch) -> None:
+        """Raise `ModalityError` unless ``batch.values`` is token ids ``[B, L]`` (text) or
+        float ``[B, T, features]`` (sequence), whichever the encoder was built for."""
         if self.text:
             if batch.values.dim() != 2 or batch.values.is_floating_point():
                 raise ModalityError(
@@ -208,6 +210,7 @@ class TCN(Encoder):
         self.project = nn.Linear(pooled_size(channels, pool), dim)
 
     def check(self, batch: ModalityBatch) -> None:
+        """Raise `ModalityError` unless ``batch.values`` is float ``[B, T, features]``."""
         _check_steps("tcn", batch, self.features)
 
     def encode(self, values: Tensor, lengths: Tensor | None) -> Tensor:

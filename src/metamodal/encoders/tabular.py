@@ -57,6 +57,7 @@ class TabularMLP(Encoder):
         self.net = nn.Sequential(*layers)
 
     def check(self, batch: ModalityBatch) -> None:
+        """Raise `ModalityError` unless ``batch.values`` is ``[B, features]``."""
         values = batch.values
         if values.dim() != 2 or values.shape[1] != self.features:
             raise ModalityError(

@@ -50,6 +50,7 @@ class TokenEmbedding(nn.Module):
         self.table = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
 
     def forward(self, values: Tensor, lengths: Tensor | None) -> Tensor:
+        """Embed token ids ``[B, L]`` (lengths ``[B]`` or ``None``) -> ``[B, L, E]``."""
         mask = token_mask(values, lengths)
         ids = torch.where(mask, values, torch.zeros((), dtype=values.dtype))
         return self.table(ids) * mask.unsqueeze(-1).to(self.table.weight.dtype)
@@ -64,6 +65,7 @@ class _TextEncoder(Encoder):
         self._name = name
 
     def check(self, batch: ModalityBatch) -> None:
+        """Raise `ModalityError` unless ``batch.values`` is token ids, long ``[B, L]``."""
         if batch.values.dim() != 2 or batch.values.is_floating_point():
             raise ModalityError(
                 f"encoder {self._name!r} takes token ids, long [B, L]; got "

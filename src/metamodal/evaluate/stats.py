@@ -95,8 +95,9 @@ def macro_f1_from_confusion(confusion: Tensor) -> Tensor:
     """Macro-averaged F1 of each confusion matrix.
 
     A class's F1 is ``2 TP / (2 TP + FP + FN)``. Classes that occur neither among the targets nor
-    among the predictions carry no information and are left out of the average (scikit-learn
-    would count them as 0); a group with no such class at all scores ``nan``.
+    among the predictions carry no information and are left out of the average (as
+    scikit-learn does unless given ``labels=``, with which it counts them as 0); a group with
+    no class occurring at all (no predictions) scores ``nan``.
 
     Args:
         confusion: counts ``[..., K, K]`` (rows: true class, columns: predicted class).
@@ -162,6 +163,10 @@ class PairedDifference(NamedTuple):
     """Mean per-episode difference ``a - b`` and the half width of its 95% interval.
 
     ``significant`` is True when the interval excludes 0, i.e. ``|mean| > ci95``.
+
+    Example:
+        >>> PairedDifference(0.05, 0.02).significant, PairedDifference(0.01, 0.02).significant
+        (True, False)
     """
 
     mean: float

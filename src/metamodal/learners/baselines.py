@@ -11,7 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metamodal.learners.base import Head, check_support, class_means, learners, squared_distances
+from metamodal.learners.base import (
+    Head,
+    check_support,
+    class_means,
+    euclidean_distances,
+    l2_normalize,
+    learners,
+)
 
 
 class SupervisedClassifier(nn.Module):
@@ -50,7 +57,7 @@ class SupervisedClassifier(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         """Class logits ``[B, num_classes]`` of ``features`` ``[B, in_dim]``."""
         if self.cosine:
-            return self.scale * F.normalize(features, dim=1) @ F.normalize(self.weight, dim=1).T
+            return self.scale * l2_normalize(features, dim=1) @ l2_normalize(self.weight, dim=1).T
         return self.linear(features)
 
 
@@ -95,7 +102,7 @@ class NearestCentroid(Head):
 
     def normalize(self, features: Tensor) -> Tensor:
         """Centred and L2-normalised features, ``[B, D]``."""
-        return F.normalize(features - self.feature_mean, dim=1)
+        return l2_normalize(features - self.feature_mean, dim=1)
 
     def forward(
         self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
@@ -109,7 +116,7 @@ class NearestCentroid(Head):
             ways: number of classes.
         """
         centroids = class_means(self.normalize(support), support_labels, ways)
-        return -squared_distances(self.normalize(query), centroids).clamp_min(1e-12).sqrt()
+        return -euclidean_distances(self.normalize(query), centroids)
 
 
 @learners.register("finetune")
@@ -123,7 +130,9 @@ class FineTune(Head):
     inside ``torch.no_grad()`` or ``torch.inference_mode()`` evaluation. Its initial weights come
     from a generator seeded with ``seed``: the same support set always gives the same
     classifier. Gradients do not reach the support features; they do reach the query features
-    through the (fixed) trained classifier.
+    through the (fixed) trained classifier. Half-precision features are fitted in float32 (the
+    optimisers' ``eps`` and small second moments vanish in float16) and the classifier is
+    returned in the features' dtype.
 
     Args:
         dim: feature width (unused; the classifier is sized from the support features).
@@ -174,19 +183,20 @@ class FineTune(Head):
         self.seed = seed
 
     def _features(self, x: Tensor) -> Tensor:
-        return F.normalize(x, dim=1) if self.normalize else x
+        return l2_normalize(x, dim=1) if self.normalize else x
 
     def _classify(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         if self.cosine:
-            return self.scale * F.normalize(x, dim=1) @ F.normalize(weight, dim=1).T
+            return self.scale * l2_normalize(x, dim=1) @ l2_normalize(weight, dim=1).T
         return x @ weight.T + bias
 
     def fit(self, support: Tensor, support_labels: Tensor, ways: int) -> tuple[Tensor, Tensor]:
         """Train a classifier on ``support`` ``[S, D]`` / ``support_labels`` ``[S]``; returns its
-        (detached) ``weight [ways, D]`` and ``bias [ways]``."""
+        (detached) ``weight [ways, D]`` and ``bias [ways]``, in the dtype of ``support``."""
         check_support(support_labels, ways)
+        work = torch.promote_types(support.dtype, torch.float32)  # never fit in half precision
         with torch.inference_mode(False), torch.enable_grad():
-            x = self._features(support.detach().clone())
+            x = self._features(support.detach().to(work).clone())
             y = support_labels.clone()
             generator = torch.Generator().manual_seed(self.seed)
             init = torch.randn(ways, x.shape[1], generator=generator, dtype=x.dtype) * 0.01
@@ -222,7 +232,7 @@ class FineTune(Head):
                     opt.zero_grad()
                     objective().backward()
                     opt.step()
-        return weight.detach(), bias.detach()
+        return weight.detach().to(support.dtype), bias.detach().to(support.dtype)
 
     def forward(
         self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int

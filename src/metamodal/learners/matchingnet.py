@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from metamodal.learners.base import Head, check_support, learners, register_log_scalar
+from metamodal.learners.base import (
+    Head,
+    check_support,
+    l2_normalize,
+    learners,
+    register_log_scalar,
+)
 
 
 @learners.register("matchingnet")
@@ -52,7 +58,7 @@ class MatchingNet(Head):
             ways: number of classes.
         """
         check_support(support_labels, ways)
-        similarity = F.normalize(query, dim=1) @ F.normalize(support, dim=1).T  # [Q, S]
+        similarity = l2_normalize(query, dim=1) @ l2_normalize(support, dim=1).T  # [Q, S]
         scores = similarity * self.log_scale.exp()
         log_attention = scores.log_softmax(dim=1)  # [Q, S]
         # log of the attention mass on each class, computed in log space for stability

@@ -254,6 +254,10 @@ class FewShotModel(nn.Module):
     ) -> Tensor:
         """Query logits ``[Q, ways]`` of an episode.
 
+        A support sample with no modality at all carries no information (its fused embedding
+        is a placeholder zero vector), so it is left out of its class, unless its class has no
+        other support sample.
+
         With late fusion the head runs once per modality ``m`` on the support samples that
         have ``m``; ``valid[q, m]`` is True when query ``q`` has ``m`` and every class has at
         least one support sample with ``m``; the fusion's ``combine`` merges the per-modality
@@ -270,6 +274,8 @@ class FewShotModel(nn.Module):
         """
         counts = check_support(support_labels, ways)  # the episode's only check
         if not self.late:
+            support, support_labels, counts = _informative_support(support, support_labels,
+                                                                   ways, counts)
             with support_checked(support_labels, ways, counts):
                 return self.head(support.z, support_labels, query.z, ways)
         # per_class[k, m]: support samples of class k that have modality m
@@ -400,3 +406,20 @@ class FewShotModel(nn.Module):
             "learner_options": learner_options,
         }
         return cls(built, fusion_module, head, spec=spec)
+
+
+def _informative_support(
+    support: Embeddings, labels: Tensor, ways: int, counts: Tensor
+) -> tuple[Embeddings, Tensor, Tensor]:
+    """Support without samples that have no modality, except for classes that have nothing
+    else; returns (support, labels ``[S']``, per-class counts ``[ways]``)."""
+    informative = support.present.any(1)
+    if bool(informative.all()):
+        return support, labels, counts
+    per_class = torch.zeros(ways, dtype=torch.long, device=labels.device)
+    per_class.index_add_(0, labels, informative.to(torch.long))
+    keep = informative | (per_class[labels] == 0)
+    rows = keep.nonzero().squeeze(1)
+    kept = labels[rows]
+    return support.index(rows), kept, torch.bincount(kept, minlength=ways)
+

@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metamodal.learners.base import Head, check_support, learners, squared_distances
+from metamodal.learners.base import (
+    Head,
+    check_support,
+    l2_normalize,
+    learners,
+    safe_sqrt,
+    squared_distances,
+)
 from metamodal.learners.embeddings import Embeddings
 
 
@@ -38,7 +45,7 @@ def contrastive_loss(
         >>> float(contrastive_loss(d2, same, valid, margin=1.0))  # 0.25/2 + 0
         0.125
     """
-    distance = sq_distances.clamp_min(1e-12).sqrt()
+    distance = safe_sqrt(sq_distances)
     positive_cost = 0.5 * sq_distances
     negative_cost = 0.5 * F.relu(margin - distance).pow(2)
     positive = same & valid
@@ -57,9 +64,10 @@ class Siamese(Head):
 
     Training uses pairs, not class logits (its `loss` is zero; everything is in `extra_loss`):
 
-    1. *fused pairs*: every (query, support) pair of fused embeddings, positive when both have
-       the same class (for late fusion, ``z`` is ``[B, M, D]``: pairs are formed within each
-       modality, between samples that both have it);
+    1. *fused pairs*: every (query, support) pair of fused embeddings of samples that have at
+       least one modality (a sample with none has the placeholder embedding 0, which is not
+       data), positive when both have the same class (for late fusion, ``z`` is ``[B, M, D]``:
+       pairs are formed within each modality, between samples that both have it);
     2. *cross-modal pairs*, when the embeddings carry per-modality ``parts``: modality ``a`` of
        sample ``i`` against modality ``b != a`` of sample ``j`` over every support and query
        sample of the episode (including ``i == j``: a sample's image and its caption form a
@@ -123,7 +131,7 @@ class Siamese(Head):
         self.scale = scale
 
     def _prepare(self, x: Tensor) -> Tensor:
-        return F.normalize(x, dim=-1) if self.normalize else x
+        return l2_normalize(x, dim=-1) if self.normalize else x
 
     def forward(
         self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
@@ -138,7 +146,7 @@ class Siamese(Head):
         """
         counts = check_support(support_labels, ways)
         distance = squared_distances(self._prepare(query), self._prepare(support))
-        distance = distance.clamp_min(1e-12).sqrt()  # [Q, S]
+        distance = safe_sqrt(distance)  # [Q, S]
         member = F.one_hot(support_labels, ways).to(distance.dtype)  # [S, ways]
         if self.predict == "mean":
             per_class = distance @ member / counts.to(distance.dtype)
@@ -171,7 +179,8 @@ class Siamese(Head):
         zq, zs = self._prepare(query.z), self._prepare(support.z)
         if zq.dim() == 2:
             sq = squared_distances(zq, zs)
-            valid = torch.ones_like(same)
+            # a sample with no modality at all has the placeholder z = 0: not a data point
+            valid = query.present.any(1).unsqueeze(1) & support.present.any(1).unsqueeze(0)
         else:  # late fusion: [B, M, D], pairs within each modality
             zq, zs = zq.transpose(0, 1), zs.transpose(0, 1)  # [M, Q, D], [M, S, D]
             sq = (

@@ -317,7 +317,7 @@ class Trainer:
             indices, _ = _class_index(data)
             embeddings = embed_store(model, data.store, indices, device=device)
             z = embeddings.z if embeddings.z.dim() == 2 else _masked_mean(embeddings)
-            model.head.set_feature_mean(z.mean(0))
+            model.head.set_feature_mean(z[embeddings.present.any(1)].mean(0))
         result = evaluate(model, data.store, data.split.val, ways=cfg.ways, shots=cfg.shots,
                           queries=cfg.queries, episodes=cfg.val_episodes, seed=cfg.seed + 1,
                           device=device)

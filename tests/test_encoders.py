@@ -517,3 +517,17 @@ def test_register_encoder_rejects_unknown_kinds() -> None:
     with pytest.raises(ValueError, match="video"):
         register_encoder("video-net", ["video"])
     assert "video-net" not in encoders
+
+
+@pytest.mark.parametrize("name", ["conv4", "resnet12"])
+@pytest.mark.parametrize("size", [4, 8])
+def test_tiny_images_train_with_a_single_present_image(name: str, size: int) -> None:
+    from metamodal.encoders import build_encoder
+
+    encoder = build_encoder("image", name, dim=8,
+                            input_info={"channels": 3, "height": size, "width": size})
+    encoder.train()
+    values = torch.randn(3, 3, size, size)
+    present = torch.tensor([False, True, False])
+    out = encoder(ModalityBatch(values, present))
+    assert out.shape == (3, 8) and torch.all(out[~present] == 0)

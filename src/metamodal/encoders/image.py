@@ -18,9 +18,12 @@ from metamodal.encoders.layers import to_channels_last
 from metamodal.errors import ConfigError, ModalityError
 
 
-def _pool_kernel(height: int, width: int) -> tuple[int, int]:
-    """A 2x2 pooling kernel, 1 along an axis that is already 1 long."""
-    return (2 if height >= 2 else 1, 2 if width >= 2 else 1)
+def _pool_kernel(height: int, width: int, *, last: bool) -> tuple[int, int]:
+    """A 2x2 pooling kernel, 1 along an axis that is already 1 long; before another
+    BatchNorm layer no axis is pooled down to 1 (with a single image in a training batch,
+    BatchNorm would see one value per channel and fail)."""
+    floor = 1 if last else 2
+    return (2 if height // 2 >= floor else 1, 2 if width // 2 >= floor else 1)
 
 
 def _layout_for(encoder: nn.Module, values: Tensor) -> Tensor:
@@ -95,8 +98,8 @@ class Conv4(_ImageEncoder):
             )
         layers: list[nn.Module] = []
         height, width, channels = self.height, self.width, self.channels
-        for _ in range(blocks):
-            kernel = _pool_kernel(height, width)
+        for block in range(blocks):
+            kernel = _pool_kernel(height, width, last=block == blocks - 1)
             layers += [
                 nn.Conv2d(channels, hidden, 3, padding=1),
                 nn.BatchNorm2d(hidden),
@@ -186,8 +189,8 @@ class ResNet12(_ImageEncoder):
             )
         blocks: list[nn.Module] = []
         height, width, channels = self.height, self.width, self.channels
-        for out in widths:
-            kernel = _pool_kernel(height, width)
+        for block, out in enumerate(widths):
+            kernel = _pool_kernel(height, width, last=block == len(widths) - 1)
             blocks.append(_ResidualBlock(channels, out, slope, kernel))
             height, width, channels = height // kernel[0], width // kernel[1], out
         self.blocks = nn.Sequential(*blocks)

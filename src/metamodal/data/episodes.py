@@ -98,8 +98,12 @@ def check_class_sizes(
         ConfigError: ``ways``, ``shots`` or ``queries`` is not a valid count.
 
     Example:
-        >>> check_class_sizes({"a": 5, "b": 5, "c": 2}, ["a", "b", "c"], 2, 1, 3)
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     check_class_sizes({"a": 5, "b": 5, "c": 2}, ["a", "b", "c"], 2, 1, 3)
         ['a', 'b']
+        >>> str(caught[0].message)
+        'skipping 1 class(es) with fewer than 4 samples (shots 1 + queries 3): c (2)'
     """
     _check_counts(ways, shots, queries)
     need = shots + queries

@@ -466,3 +466,10 @@ def test_write_episode_file_is_atomic(tmp_path: Path, monkeypatch: pytest.Monkey
     unnamed.name = ""
     write_episode_file(path, [sampler[1], unnamed])
     assert [json.loads(line)["episode"] for line in path.read_text().splitlines()] == ["1", "1"]
+
+
+def test_too_few_classes_for_the_ways_says_so() -> None:
+    from metamodal.data.episodes import check_class_sizes
+
+    with pytest.raises(InsufficientSamplesError, match="needs 5 classes, but .* only 4"):
+        check_class_sizes({c: 20 for c in "abcd"}, list("abcd"), 5, 1, 15)

@@ -122,6 +122,12 @@ def check_class_sizes(
             )
         return usable
     small_text = _few([f"{c!r} has {sizes.get(c, 0)}" for c in small])
+    if not small:
+        raise InsufficientSamplesError(
+            f"a {ways}-way episode needs {ways} classes, but this split has only "
+            f"{len(classes)}",
+            fix=f"use --ways {len(classes)} or fewer, or give the split more classes",
+        )
     if len(usable) < ways:
         message = (
             f"only {len(usable)} of {len(classes)} classes have the {need} samples a "

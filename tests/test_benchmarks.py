@@ -1,0 +1,28 @@
+"""The benchmark scripts at their smallest: their built-in checks that metamodal and the
+reference compute the same thing must hold (nothing here looks at timings)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.parametrize(
+    "script,args",
+    [
+        ("episodes.py", ["--steps", "1", "--repeats", "1", "--warmup", "1",
+                         "--fusions", "mean,gated,late", "--classes", "30", "--per-class", "20"]),
+        ("data.py", ["--tasks", "10", "--repeats", "1", "--check", "5", "--classes", "15",
+                     "--per-class", "8"]),
+    ],
+)
+def test_benchmark_checks_pass_at_a_tiny_size(script: str, args: list[str]) -> None:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "metamodal" in done.stdout

@@ -53,3 +53,15 @@ def test_atomic_write_replaces_whole_files_with_usual_permissions(tmp_path) -> N
         atomic_write(path, fail)
     assert '"a": 1' in path.read_text()
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+
+
+def test_evaluate_is_callable_however_it_is_reached() -> None:
+    import metamodal.evaluate.protocol  # noqa: F401 - binds the subpackage on metamodal
+    from metamodal import evaluate
+    from metamodal.evaluate.protocol import evaluate as function
+
+    assert callable(evaluate) and callable(metamodal.evaluate)
+    with pytest.raises(metamodal.ConfigError, match="episodes"):
+        evaluate(None, None, [], episodes=0)
+    with pytest.raises(metamodal.ConfigError, match="episodes"):
+        function(None, None, [], episodes=0)

@@ -8,6 +8,10 @@ Example:
 
 from __future__ import annotations
 
+import sys
+import types
+from typing import Any
+
 from metamodal.evaluate.ablation import modality_ablation
 from metamodal.evaluate.protocol import (
     EvalResult,
@@ -53,3 +57,14 @@ __all__ = [
     "select_modalities",
     "write_report",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """Lets ``metamodal.evaluate(...)`` call `evaluate` even where the name resolves to this
+    package (Python binds a subpackage to its parent's attribute of the same name)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> EvalResult:
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

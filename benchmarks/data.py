@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from text_table import print_table
 from torch.utils.data import Dataset, TensorDataset
 
 from metamodal.data.batch import ModalityBatch, TensorStore
@@ -56,26 +57,6 @@ STUBBED_ROOTS = ("gym", "torchvision", "scipy")
 
 
 # --- table printing -------------------------------------------------------------------------
-
-
-def print_table(
-    title: str, header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1
-) -> None:
-    """Print rows as a text table under ``title``: the first ``text_columns`` columns aligned
-    left, the others (numbers) right."""
-    widths = [max(len(str(r[k])) for r in [header, *rows]) for k in range(len(header))]
-    line = "  ".join("-" * w for w in widths)
-    print(f"\n{title}")
-    print(line)
-    print("  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True)))
-    print(line)
-    for row in rows:
-        cells = [
-            str(c).ljust(w) if k < text_columns else str(c).rjust(w)
-            for k, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        print("  ".join(cells).rstrip())
-    print(line)
 
 
 def best_seconds(run: Callable[[], Any], repeats: int) -> float:

@@ -61,7 +61,7 @@ def _train_config(args: argparse.Namespace):
     flags: dict[str, Any] = {}
     for key in ("learner", "fusion", "ways", "shots", "queries", "steps", "seed", "lr", "dim",
                 "val_every", "val_episodes", "patience", "device", "batch_size",
-                "checkpoint_every"):
+                "checkpoint_every", "meta_batch"):
         value = getattr(args, key)
         if value is not None:
             flags[key] = value
@@ -73,6 +73,18 @@ def _train_config(args: argparse.Namespace):
         flags["encoders"] = {**config.encoders, **_pairs(args.encoder, "--encoder")}
     if args.no_cache:
         flags["cache"] = False
+    options: dict[str, Any] = {}
+    for key in ("inner_steps", "inner_lr", "eval_steps", "eval_lr"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    if args.first_order:
+        options["first_order"] = True
+    if args.adapt:
+        adapt = _modalities(args.adapt)
+        options["adapt"] = adapt[0] if len(adapt) == 1 and adapt[0] in (
+            "all", "head", "fusion") else adapt
+    if options:
+        flags["learner_options"] = {**config.learner_options, **options}
     config = config.updated(flags)
     if not config.data:
         raise ConfigError("no dataset given", column="data",
@@ -253,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--config", help="TOML config (flags override it)")
     p.add_argument("--learner", help="e.g. protonet, matchingnet, relationnet, siamese, "
-                   "nearest-centroid, finetune")
+                   "nearest-centroid, finetune, maml, fomaml, anil, metasgd, maml++, reptile, "
+                   "lstm-optimizer")
     p.add_argument("--fusion", help="e.g. gated, concat, mean, attention, tensor, lowrank, late")
     p.add_argument("--modalities", help="comma-separated modalities to use")
     p.add_argument("--encoder", action="append", metavar="MODALITY=NAME",
@@ -271,8 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("--patience", int, "early stopping after N validations without gain (0 = off)"),
         ("--batch-size", int, "batch of supervised pre-training for baselines (default 64)"),
         ("--checkpoint-every", int, "resumable checkpoint every N steps (default 100)"),
+        ("--meta-batch", int, "episodes (tasks) per meta-update (default 1)"),
+        ("--inner-steps", int, "optimisation-based learners: inner steps in training"),
+        ("--inner-lr", float, "optimisation-based learners: inner learning rate in training"),
+        ("--eval-steps", int, "optimisation-based learners: inner steps at evaluation"),
+        ("--eval-lr", float, "optimisation-based learners: inner learning rate at evaluation"),
     ):
         p.add_argument(flag, type=kind, help=text)
+    p.add_argument("--first-order", action="store_true",
+                   help="optimisation-based learners: first-order meta-gradients")
+    p.add_argument("--adapt", help="optimisation-based learners: what the inner loop adapts: "
+                   "all, head, fusion, or comma-separated modalities")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--no-cache", action="store_true", help="do not cache decoded tensors")

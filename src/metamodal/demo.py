@@ -128,7 +128,7 @@ def run_demo(
     pretrained = load_run(baseline_dir).model
     models["baseline: nearest-centroid"] = pretrained
     finetune = copy.deepcopy(pretrained)
-    finetune.head = learners.create("finetune", dim=pretrained.fusion.out_dim)
+    finetune.learner = learners.create("finetune", dim=pretrained.backbone.fusion.out_dim)
     models["baseline: finetune"] = finetune
 
     result = DemoResult()

@@ -27,7 +27,8 @@ class TrainConfig:
         learner: learner registry name; ``learner_options`` its hyper-parameters.
         dim: the shared embedding size of every encoder.
         ways, shots, queries: the episodes of meta-training (and of validation).
-        steps: optimisation steps (episodes, or batches for supervised pre-training).
+        steps: optimisation steps (meta-updates, or batches for supervised pre-training).
+        meta_batch: episodes (tasks) per meta-update, each backpropagated on its own.
         lr, weight_decay: Adam's (AdamW's) learning rate and decoupled weight decay.
         schedule: ``cosine`` (decay to 0 over ``steps``) or ``constant``.
         grad_clip: max global gradient norm (0 = off).
@@ -61,6 +62,7 @@ class TrainConfig:
     shots: int = 1
     queries: int = 15
     steps: int = 1000
+    meta_batch: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "cosine"
@@ -90,7 +92,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check value ranges; raises `ConfigError` naming the key."""
-        positive = ("dim", "ways", "shots", "queries", "steps", "batch_size", "val_episodes")
+        positive = ("dim", "ways", "shots", "queries", "steps", "meta_batch", "batch_size",
+                    "val_episodes", "checkpoint_every")
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}", column=key,

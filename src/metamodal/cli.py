@@ -204,14 +204,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = DemoSettings()
     if args.quick:
         settings = DemoSettings(classes=40, per_class=20, steps=60, baseline_steps=60,
-                                episodes=600, robustness_episodes=100)
+                                maml_steps=60, episodes=600, robustness_episodes=100)
     if args.seed is not None:
         settings.seed = args.seed
     result = run_demo(args.out, data=args.data, settings=settings,
                       progress=not args.no_progress, echo=print)
     print("\nVerdict: fused model beats the best single modality at 5-way 1-shot beyond the "
           f"95% intervals: {'yes' if result.fused_beats_best_single else 'no'}; "
-          f"beats both baselines: {'yes' if result.fused_beats_baselines else 'no'}.")
+          f"beats both baselines: {'yes' if result.fused_beats_baselines else 'no'}; "
+          f"MAML beats both baselines: {'yes' if result.maml_beats_baselines else 'no'}.")
     return 0
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class TrainResult:
         best_val_accuracy: the best validation accuracy (0..1), NaN without validation.
         best_step: the step whose weights were kept in ``model.safetensors``.
         stopped_early: whether early stopping ended training.
+        seconds: wall-clock seconds of training (steps and validations, summed over resumes).
     """
 
     run_dir: Path
@@ -55,6 +57,7 @@ class TrainResult:
     best_val_accuracy: float
     best_step: int
     stopped_early: bool
+    seconds: float = 0.0
 
 
 @dataclass
@@ -68,6 +71,7 @@ class _Progress:
     window: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "acc": 0.0, "n": 0})
     stopped_early: bool = False
     finished: bool = False
+    seconds: float = 0.0
 
 
 def _schedule(config: TrainConfig) -> Callable[[int], float]:
@@ -169,6 +173,7 @@ class Trainer:
         model.train()
         try:
             while not progress.finished:
+                started = time.perf_counter()
                 model.learner.on_step(progress.step, cfg.steps)
                 optimizer.zero_grad(set_to_none=True)
                 loss, acc = step_loss(progress.step)
@@ -188,6 +193,7 @@ class Trainer:
                     self._select(progress, values["val_acc"], model)
                     bar.set_postfix(val=f"{values['val_acc']:.3f}", best=f"{progress.best:.3f}")
                 progress.finished = progress.stopped_early or progress.step >= cfg.steps
+                progress.seconds += time.perf_counter() - started
                 if progress.finished or progress.step % cfg.checkpoint_every == 0:
                     self._checkpoint(checkpoint_path, progress, model, classifier, optimizer,
                                      schedule)
@@ -196,13 +202,14 @@ class Trainer:
             if not already_finished:
                 logger.log(progress.step, {"event": "end", "best_val_acc": progress.best,
                                            "best_step": progress.best_step,
-                                           "stopped_early": progress.stopped_early})
+                                           "stopped_early": progress.stopped_early,
+                                           "train_seconds": round(progress.seconds, 3)})
         finally:
             bar.close()
             logger.close()
         best = progress.best if progress.best >= 0 else float("nan")
         return TrainResult(self.out, progress.step, best, progress.best_step,
-                           progress.stopped_early)
+                           progress.stopped_early, progress.seconds)
 
     def _step_function(
         self,

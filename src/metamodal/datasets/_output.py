@@ -8,12 +8,15 @@ to (``overwrite``) and only when it already holds a dataset (a ``dataset.toml``)
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from metamodal.errors import ConfigError
 
@@ -101,3 +104,69 @@ def staged_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_samples_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a sample table as UTF-8 CSV (``None`` cells empty), ``\\n`` line ends."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(list(header))
+    for row in rows:
+        writer.writerow(["" if cell is None else cell for cell in row])
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def write_schema(path: Path, schema: dict[str, Any]) -> None:
+    """Write a ``dataset.toml`` from plain data (keys as in `metamodal.data.schema`)."""
+    import tomli_w
+
+    path.write_text(tomli_w.dumps(schema), encoding="utf-8")
+
+
+def holdout_split(
+    units: Iterable[str],
+    val: Sequence[str] = (),
+    test: Sequence[str] = (),
+    *,
+    what: str = "group",
+) -> dict[str, list[str]] | None:
+    """A ``splits.toml`` mapping that holds ``val`` and ``test`` out and trains on the rest.
+
+    Args:
+        units: every group of the dataset (or every label when it has no group column).
+        val: the units of meta-validation.
+        test: the units of meta-test.
+        what: the name of a unit in messages (``group`` or ``class``).
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}`` (sorted), or ``None`` when neither
+        ``val`` nor ``test`` is given (the dataset then gets no ``splits.toml``).
+
+    Raises:
+        ConfigError: a unit is unknown, in both ``val`` and ``test``, or nothing is left to
+            train on.
+
+    Example:
+        >>> holdout_split(["Greek", "Latin", "Tagalog"], val=["Tagalog"])
+        {'train': ['Greek', 'Latin'], 'val': ['Tagalog'], 'test': []}
+    """
+    if not val and not test:
+        return None
+    known = sorted(set(units))
+    for flag, names in (("val", val), ("test", test)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(
+                f"unknown {what}(s) for {flag}: {', '.join(unknown)}",
+                column=f"{flag}_groups",
+                fix=f"choose among: {', '.join(known[:30])}" + (" ..." if len(known) > 30 else ""),
+            )
+    both = sorted(set(val) & set(test))
+    if both:
+        raise ConfigError(f"{what}(s) both in val and test: {', '.join(both)}",
+                          column="test_groups", fix="put each in one split only")
+    train = [u for u in known if u not in set(val) | set(test)]
+    if not train:
+        raise ConfigError(f"no {what} left for meta-training", column="val_groups",
+                          fix="hold out fewer groups for val and test")
+    return {"train": train, "val": sorted(set(val)), "test": sorted(set(test))}

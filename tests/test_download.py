@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import socket
 import threading
+import warnings
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from omniglot_fixtures import write_archives
+from omniglot_fixtures import SHARED_OMNIGLOT, write_archives
 
 from metamodal.cli import main
 from metamodal.datasets.download import OMNIGLOT_SHA256, download_omniglot, fetch
@@ -204,3 +205,19 @@ def test_unreachable_or_missing_files_and_bad_arguments(server: _Server,
         port = probe.getsockname()[1]
     with pytest.raises(DownloadError, match="cannot reach"):
         fetch(f"http://127.0.0.1:{port}/a.zip", tmp_path / "a.zip", timeout=5)
+
+
+def test_the_built_in_checksums_match_the_real_small_archives(server: _Server,
+                                                              tmp_path: Path) -> None:
+    if SHARED_OMNIGLOT is None:
+        pytest.skip("the real Omniglot archives (shared/data/omniglot beside the repository) "
+                    "are absent")
+    for path in SHARED_OMNIGLOT.glob("*_background_small*.zip"):
+        server.files[path.name] = path.read_bytes()
+    assert len(server.files) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no trust-on-first-use warning: all four are known
+        result = download_omniglot(tmp_path, base_url=server.url, import_data=False)
+    assert sorted(p.name for p in result.archives) == sorted(server.files)
+    assert result.recorded == [] and len(result.unpacked) == 4
+    assert (tmp_path / "unpacked/strokes_background_small2/Tagalog").is_dir()

@@ -256,7 +256,7 @@ def import_folder(
         if c.other and not skip_other:
             types = sorted({f.suffix or "(no suffix)" for f in c.other})
             raise DatasetError(
-                f"class folder holds files of mixed types: besides {kind} files, "
+                f"class folder holds files that are not {kind}s (mixed file types): "
                 f"{len(c.other)} of type {', '.join(types)} ({_few([f.name for f in c.other])})",
                 file=source.joinpath(*c.parts),
                 fix=f"move files that are not {kind}s ({', '.join(suffixes)}) out of the class "
@@ -516,7 +516,7 @@ def import_table(
                 target = (base / cell).resolve()
                 if not target.is_relative_to(inside):
                     raise DatasetError(
-                        f"path {cell!r} leads out of the source folder {base}",
+                        f"path {cell!r} leads out of the source folder {inside}",
                         file=file, row=row, column=column,
                         fix="put the file under the table's folder, or pass --root with a "
                         "folder that holds every file")
@@ -526,7 +526,7 @@ def import_table(
                         cells.append(None)
                         continue
                     raise DatasetError(
-                        f"{kind} file not found (paths are relative to {base})",
+                        f"{kind} file not found (paths are relative to {inside})",
                         file=file, row=row, column=column,
                         fix="correct the path, leave the cell empty (a missing modality), or "
                         "pass --allow-missing-files")

@@ -195,7 +195,7 @@ def fetch(
             dest.unlink()
             raise _mismatch(dest, url, expected, actual, source)
         if expected is None and record:
-            record_path.write_text(f"{actual}  {dest.name}\n")
+            _record(record_path, dest, actual)
         return dest, actual
 
     part = dest.with_name(dest.name + ".part")
@@ -206,14 +206,19 @@ def fetch(
         raise _mismatch(dest, url, expected, actual, source)
     os.replace(part, dest)
     if expected is None and record:
-        record_path.write_text(f"{actual}  {dest.name}\n")
-        warnings.warn(
-            f"{dest.name}: no known checksum; recorded its SHA-256 {actual} in "
-            f"{record_path.name} (trust on first use: later runs check against it; compare it "
-            "with a source you trust)",
-            stacklevel=2,
-        )
+        _record(record_path, dest, actual)
     return dest, actual
+
+
+def _record(record_path: Path, dest: Path, actual: str) -> None:
+    """Trust on first use: keep the SHA-256 of a file that had no known checksum, and say so."""
+    record_path.write_text(f"{actual}  {dest.name}\n", encoding="utf-8")
+    warnings.warn(
+        f"{dest.name}: no known checksum; recorded its SHA-256 {actual} in {record_path.name} "
+        "(trust on first use: later runs check against it; compare it with a source you "
+        "trust)",
+        stacklevel=3,
+    )
 
 
 def _download(url: str, part: Path, *, progress: bool, timeout: float,

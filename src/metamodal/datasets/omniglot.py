@@ -139,13 +139,16 @@ def read_stroke_file(source: SourceFile | str | Path) -> np.ndarray:
             raise DatasetError(f"cannot read stroke file: {err}", file=path,
                                fix="check the path") from None
         source = SourceFile((path.name,), str(path), size, path=path)
-    data = source.read_bytes(MAX_STROKE_BYTES)
+    return _parse_bytes(source.read_bytes(MAX_STROKE_BYTES), source.origin)
+
+
+def _parse_bytes(data: bytes, origin: str) -> np.ndarray:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DatasetError(f"unreadable stroke file: not UTF-8 text ({err.reason} at byte "
-                           f"{err.start})", file=source.origin, fix=_FIX_STROKES) from None
-    return parse_strokes(text, file=source.origin)
+                           f"{err.start})", file=origin, fix=_FIX_STROKES) from None
+    return parse_strokes(text, file=origin)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -376,8 +379,8 @@ def import_omniglot(
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     dest.write_bytes(_unique_bytes(key, images[key], max_file_bytes))
                 if key in drawn:
-                    _unique_bytes(key, drawn[key], MAX_STROKE_BYTES)
-                    array = read_stroke_file(drawn[key][0])
+                    array = _parse_bytes(_unique_bytes(key, drawn[key], MAX_STROKE_BYTES),
+                                         drawn[key][0].origin)
                     stroke = f"strokes/{relative}.npy"
                     dest = tmp / stroke
                     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -83,3 +83,12 @@ class RunError(LocatedError):
 
 class ModalityError(LocatedError):
     """Input carries modalities a model cannot use (e.g. one it never saw in training)."""
+
+
+class DownloadError(LocatedError):
+    """A download failed: the server is unreachable, refused the request or sent too little;
+    ``file`` holds the URL or the local file."""
+
+
+class ChecksumError(DownloadError):
+    """A downloaded file's SHA-256 differs from the expected one."""

@@ -32,6 +32,7 @@ from metamodal.train.config import TrainConfig
 from metamodal.train.data import PreparedData, prepare_data
 from metamodal.train.logger import MetricsLogger
 from metamodal.train.run import write_run_files
+from metamodal.train.validation import resolve_validation_shape
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class Trainer:
         device = resolve_device(cfg.device)
         model, classifier = self._build(data, device)
         # Fail before training, not at the first validation, when a split is too small.
-        EpisodeSampler(data.store, data.split.val, cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed)
+        self._val_shape = resolve_validation_shape(cfg, data.store, data.split.val)
         params = list(model.parameters()) + (list(classifier.parameters()) if classifier else [])
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
@@ -373,8 +374,9 @@ class Trainer:
             embeddings = embed_store(model, data.store, indices, device=device)
             z = embeddings.z if embeddings.z.dim() == 2 else _masked_mean(embeddings)
             model.learner.set_feature_mean(z[embeddings.present.any(1)].mean(0))
-        result = evaluate(model, data.store, data.split.val, ways=cfg.ways, shots=cfg.shots,
-                          queries=cfg.queries, episodes=cfg.val_episodes, seed=cfg.seed + 1,
+        ways, shots, queries = self._val_shape
+        result = evaluate(model, data.store, data.split.val, ways=ways, shots=shots,
+                          queries=queries, episodes=cfg.val_episodes, seed=cfg.seed + 1,
                           device=device)
         return result.accuracy
 

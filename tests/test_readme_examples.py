@@ -47,5 +47,5 @@ def test_the_training_config_example_loads(tmp_path: Path) -> None:
     path.write_text(block, encoding="utf-8")
     config = load_config(path)
     config.validate()
-    assert config.learner_options == {"inner_steps": 1, "eval_steps": 3, "inner_lr": 0.5}
+    assert config.learner_options == {"inner_steps": 1, "eval_steps": 1, "inner_lr": 5.0}
     assert config.meta_batch == 1 and config.preprocess == {"image": {"size": 16}}

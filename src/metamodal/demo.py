@@ -52,8 +52,8 @@ class DemoSettings:
     baseline_steps: int = 600
     maml_steps: int = 600
     maml_inner_steps: int = 1
-    maml_eval_steps: int = 3
-    maml_lr: float = 0.5
+    maml_eval_steps: int = 1
+    maml_lr: float = 5.0
     episodes: int = 600
     robustness_episodes: int = 300
     seed: int = 0

@@ -252,9 +252,11 @@ class GradientLearner(Learner):
 
             outputs: list[Tensor] = []
             params = start
+            # with the output layer at zero, the first step's backbone gradients are zero
+            backbone_names = frozenset(n for n in start if not n.startswith("head."))
             for step, params in enumerate(unroll(support_loss, start, steps=steps,
                                                  update=self.update, create_graph=create_graph,
-                                                 track=meta)):
+                                                 track=meta, zero_first=backbone_names)):
                 if every_step and step < steps - 1:
                     outputs.append(predict(params, step + 1))
             outputs.append(predict(params, steps))
@@ -487,7 +489,8 @@ class Reptile(GradientLearner):
                                             embedded.present.any(1))
 
             *_, adapted = unroll(task_loss, start, steps=steps, update=self.update,
-                                 create_graph=False, track=False)
+                                 create_graph=False, track=False,
+                                 zero_first=frozenset(self.adapted))
             surrogate = sum(0.5 * (start[n] - adapted[n]).pow(2).sum() for n in self.adapted)
             with torch.no_grad():
                 logits = self._logits(backbone, self._embed(backbone, episode.query, adapted,

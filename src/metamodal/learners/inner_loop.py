@@ -139,6 +139,7 @@ def unroll(
     update: Callable[[int, Params, Params], Params],
     create_graph: bool,
     track: bool = True,
+    zero_first: frozenset[str] = frozenset(),
 ) -> Iterator[Params]:
     """Run ``steps`` inner-loop updates and yield the parameters after each one.
 
@@ -151,6 +152,10 @@ def unroll(
         create_graph: differentiate through the gradients (second order).
         track: keep the graph back to ``params`` (meta-training); without it each step starts
             from detached copies (evaluation: no memory kept across steps).
+        zero_first: names whose gradient at the first step is known to be exactly zero (the
+            backbone's, while the output layer is zero): zeros are used without
+            differentiating the loss through them, which saves a backward pass through the
+            network.
 
     Example:
         >>> w = {"w": torch.tensor([3.0], requires_grad=True)}
@@ -164,7 +169,13 @@ def unroll(
         params = detached(params)
     for step in range(steps):
         loss = loss_fn(params, step)
-        grads = gradients(loss, params, create_graph=create_graph)
+        if step == 0 and zero_first:
+            wanted = {n: p for n, p in params.items() if n not in zero_first}
+            grads = gradients(loss, wanted, create_graph=create_graph)
+            grads.update({n: torch.zeros_like(params[n]) for n in params if n in zero_first})
+            grads = {n: grads[n] for n in params}
+        else:
+            grads = gradients(loss, params, create_graph=create_graph)
         params = update(step, params, grads)
         if not track:
             params = detached(params)

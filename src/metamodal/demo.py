@@ -135,7 +135,8 @@ def run_demo(
     models = {FUSED: fused.model}
     maml_dir = train(MAML, base.updated({
         "learner": "maml", "fusion": "gated", "steps": settings.maml_steps,
-        "val_every": max(1, settings.maml_steps // 6),
+        # each validation episode adapts anew (no embedding cache): validate less often
+        "val_every": max(1, settings.maml_steps // 3), "val_episodes": 100,
         "learner_options": {"inner_steps": settings.maml_inner_steps,
                             "eval_steps": settings.maml_eval_steps,
                             "inner_lr": settings.maml_lr}}))

@@ -14,7 +14,8 @@ W4  MAML on frozen 512-d features: an MLP 512-256-64, meta-batch 64, 5 inner ste
 
 A meta-update is what `metamodal.train.trainer.Trainer` does: for each of the meta-batch's
 tasks, the query loss divided by the meta-batch size is backpropagated on its own (only one
-task's graph is alive at a time), then one Adam step. The sides:
+task's graph is alive at a time), then one optimiser step (Adam, lr 1e-3, on every side; the
+trainer's AdamW costs the same). The sides:
 
 - ``metamodal``: `FewShotModel.build(...)` with learner ``maml`` (or ``protonet``);
   ``loss, _ = model.loss(episode)`` on `Episode` objects built before timing.
@@ -340,6 +341,7 @@ def adam(parameters: Sequence[Tensor]) -> torch.optim.Optimizer:
 
 
 def side_metamodal(workload: Workload, model: FewShotModel) -> Side:
+    """metamodal's side: ``model.loss(episode)`` per task, as the trainer does."""
     model.train()
 
     def accumulate(tasks: list[Task]) -> None:
@@ -374,6 +376,7 @@ def import_peer(name: str) -> tuple[Any | None, str]:
 
 
 def side_learn2learn(workload: Workload, model: FewShotModel) -> Side:
+    """learn2learn's ``MAML`` around the backbone and a zero output layer."""
     l2l, line = import_peer("learn2learn")
     assert l2l is not None, line
     net = PeerNetwork(model.backbone, workload.modality, workload.dim, workload.ways)
@@ -394,6 +397,7 @@ def side_learn2learn(workload: Workload, model: FewShotModel) -> Side:
 
 
 def side_higher(workload: Workload, model: FewShotModel) -> Side:
+    """higher's ``innerloop_ctx`` around the backbone and a zero output layer."""
     higher, line = import_peer("higher")
     assert higher is not None, line
     net = PeerNetwork(model.backbone, workload.modality, workload.dim, workload.ways)
@@ -431,6 +435,7 @@ def plain_protonet_loss(net: nn.Module, task: Task, workload: Workload) -> Tenso
 
 
 def side_plain_loop(workload: Workload, model: FewShotModel) -> Side:
+    """The plain-PyTorch network, inner loop and one backward per task."""
     net = plain_network(workload, model)
     net.train()
     params = dict(net.named_parameters())
@@ -464,6 +469,7 @@ def side_plain_loop(workload: Workload, model: FewShotModel) -> Side:
 
 
 def side_vmap(workload: Workload, model: FewShotModel) -> Side:
+    """The plain-PyTorch network, every task of the meta-batch at once under vmap."""
     assert workload.maml, "vmap side: MAML workloads only"
     net = plain_network(workload, model)
     torch.func.replace_all_batch_norm_modules_(net)  # no running statistics under vmap
@@ -639,7 +645,10 @@ def compare(key: str, args: argparse.Namespace, peers: dict[str, tuple[bool, str
         started = time.perf_counter()
         results[side] = launch(side, key, args, grad_out)
         results[side]["grad_out"] = grad_out
-        print(f"  {key} {side}: {time.perf_counter() - started:.0f} s", flush=True)
+        done = results[side]
+        found = (f"median {done['median']:.4f} s/update" if "median" in done
+                 else f"failed: {done['error']}")
+        print(f"  {key} {side}: {found} ({time.perf_counter() - started:.0f} s)", flush=True)
 
     ours = results.get("metamodal", {})
     reference = torch.load(ours["grad_out"]) if "median" in ours else None

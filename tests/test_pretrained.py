@@ -120,6 +120,29 @@ def test_resemblyzer_loads_from_the_wheel_and_embeds_deterministically(no_networ
     assert not torch.allclose(first[0], first[1], atol=1e-3)
 
 
+@needs("resemblyzer")
+def test_resemblyzer_matches_the_packages_own_voice_encoder(
+    monkeypatch: pytest.MonkeyPatch, no_network
+) -> None:
+    import types
+    import warnings
+
+    # its voice-activity detector (unused here) imports pkg_resources at import time
+    monkeypatch.setitem(sys.modules, "webrtcvad", types.ModuleType("webrtcvad"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from resemblyzer import VoiceEncoder
+
+    encoder = pretrained_encoders.create("resemblyzer")
+    rng = np.random.default_rng(0)
+    t = np.arange(20000) / 16000
+    waves = [(0.2 * np.sin(2 * np.pi * 300 * t)).astype(np.float32),
+             (0.1 * rng.standard_normal(40000)).astype(np.float32)]
+    reference = VoiceEncoder("cpu", verbose=False)
+    theirs = torch.tensor(np.stack([reference.embed_utterance(w) for w in waves]))
+    assert torch.allclose(encoder.encode(waves), theirs, atol=1e-5)
+
+
 @needs("minilm")
 def test_prepared_text_features_go_through_the_cache(tmp_path: Path, minilm) -> None:
     from metamodal.train.data import prepare_data

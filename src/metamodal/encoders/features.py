@@ -356,19 +356,10 @@ def preprocessor_from_state(state: Mapping[str, Any]) -> Preprocessor:
     return Preprocessor.from_state(state, loader_classes={LOADER: PretrainedLoader})
 
 
-def with_progress(preprocessor: Preprocessor, progress: bool) -> Preprocessor:
-    """Show (or hide) the feature progress bars of ``preprocessor``'s pretrained loaders."""
-    for loader in preprocessor.loaders.values():
-        if isinstance(loader, PretrainedLoader):
-            loader.progress = progress
-    return preprocessor
-
-
 __all__ = [
     "LOADER",
     "PretrainedLoader",
     "preprocessor_from_state",
     "pretrained_for",
     "pretrained_loaders",
-    "with_progress",
 ]

@@ -20,7 +20,7 @@ sound modalities, about 10% of the cells missing), with ``minilm`` (captions),
 
 Run::
 
-    python benchmarks/features.py [--classes 30] [--per-class 20] [--size 224] [--threads 2]
+    python benchmarks/features.py [--classes 20] [--per-class 20] [--size 224] [--threads 2]
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def train_epoch(prepared, modalities, episodes: int, seed: int) -> list[list[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--classes", type=int, default=30)
+    parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--size", type=int, default=224, help="EfficientNet input side")
     parser.add_argument("--modalities", default="caption,image,sound")

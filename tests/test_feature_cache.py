@@ -330,3 +330,25 @@ def test_content_keys_and_namespaces() -> None:
     assert a == FeatureCache.namespace("minilm", "v1", {"max_length": 8})
     assert len({a, FeatureCache.namespace("minilm", "v2", {"max_length": 8}),
                 FeatureCache.namespace("other", "v1", {"max_length": 8})}) == 3
+
+
+def test_cli_train_eval_predict_choose_and_reuse_pretrained_features(
+    toy: FeatureCache, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _dataset(tmp_path / "data", classes=9, per_class=4)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--encoder",
+                 "photo=efficientnet-lite0", "--ways", "2", "--shots", "1", "--queries", "1",
+                 "--steps", "3", "--dim", "8", "--val-every", "0", "--val-episodes", "2",
+                 "--no-progress", "--device", "cpu", "--no-cache"]) == 0
+    encoded = ToyImageEncoder.encoded
+    assert encoded == 36  # each image once
+    assert main(["eval", str(run), "--ways", "2", "--queries", "1", "--episodes-count", "5",
+                 "--json", str(tmp_path / "eval.json")]) == 0
+    assert main(["predict", str(run), "--support", str(data / "samples.csv"), "--query",
+                 str(data / "samples.csv")]) == 0
+    assert ToyImageEncoder.encoded == encoded  # eval and predict read the cached features
+    assert json.loads((tmp_path / "eval.json").read_text())["episodes"] == 5
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "bad"), "--encoder",
+                 "w=efficientnet-lite0", "--steps", "1", "--no-progress"]) == 2
+    assert "encodes image modalities, not tabular" in capsys.readouterr().err

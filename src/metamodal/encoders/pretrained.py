@@ -82,7 +82,6 @@ class PretrainedEncoder:
 
     def __init__(self) -> None:
         self._model: Any = None
-        self._lock = threading.Lock()
 
     def options(self) -> dict[str, Any]:
         """The preprocessing options, JSON-able (part of the cache key)."""
@@ -117,7 +116,7 @@ class PretrainedEncoder:
 
     def model(self) -> Any:
         """The frozen network, loaded from the package's files on first use (thread-safe)."""
-        with self._lock:
+        with _LOAD_LOCK:
             if self._model is None:
                 self.check_installed()
                 self._model = self._build()
@@ -137,6 +136,8 @@ class PretrainedEncoder:
     def _encode(self, model: Any, inputs: list[Any]) -> Tensor:
         raise NotImplementedError
 
+
+_LOAD_LOCK = threading.Lock()
 
 pretrained_encoders: Registry[PretrainedEncoder] = Registry("pretrained encoder")
 """Frozen pretrained encoders by name: ``pretrained_encoders.create("minilm")``."""

@@ -306,7 +306,9 @@ def test_runs_record_the_pretrained_pipeline_and_predict_reads_the_cache(
     assert run.model.spec["encoders"]["photo"] == "efficientnet-lite0"
     encoded = ToyImageEncoder.encoded
     classifier = FewShotClassifier(tmp_path / "run").fit(data / "samples.csv")
-    assert classifier.predict(data / "samples.csv")
+    predictions = classifier.predict(data / "samples.csv")
+    again = FewShotClassifier.load(classifier.save(tmp_path / "classifier"))
+    assert again.predict(data / "samples.csv") == predictions
     assert ToyImageEncoder.encoded == encoded  # support and query features from the cache
 
 

@@ -15,12 +15,13 @@ sound modalities, about 10% of the cells missing), with ``minilm`` (captions),
     (what a training loop without a cache does), (b) the episodes are cut from the features
     prepared once through the cache. Both sides start from the same weights and see the same
     episodes; before the timings are trusted, the script asserts that every on-the-fly feature
-    equals the cached one (within float rounding of different batch sizes: the largest
-    difference is printed) and that both sides' losses agree.
+    equals the cached one (the frozen network's raw output, within float rounding of different
+    batch sizes: at most 1e-4; the largest difference is printed) and that both sides' losses
+    agree.
 
 Run::
 
-    python benchmarks/features.py [--classes 20] [--per-class 20] [--size 224] [--threads 2]
+    python benchmarks/features.py [--classes 20] [--per-class 20] [--size 224] [--threads 1]
 """
 
 from __future__ import annotations
@@ -126,10 +127,11 @@ def train_epoch(prepared, modalities, episodes: int, seed: int) -> list[list[str
         optimizers["cached"].step()
         times["cached"] += time.perf_counter() - start
         for name in modalities:
+            std = torch.tensor(fly[name].std_ or [1.0])  # compare unstandardised features
             for a, b in ((fresh.support, cached.support), (fresh.query, cached.query)):
                 assert torch.equal(a[name].present, b[name].present)
-                worst_feature = max(worst_feature,
-                                    float((a[name].values - b[name].values).abs().max()))
+                difference = ((a[name].values - b[name].values).abs() * std).max()
+                worst_feature = max(worst_feature, float(difference))
         worst_loss = max(worst_loss, abs(loss_fly.item() - loss_cached.item()))
     assert worst_feature <= TOLERANCE, f"on-the-fly features differ by {worst_feature}"
     assert worst_loss <= 1e-3, f"losses differ by {worst_loss}"
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modalities", default="caption,image,sound")
     parser.add_argument("--episodes", type=int, default=0,
                         help="episodes of the epoch (default: one pass over meta-train)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

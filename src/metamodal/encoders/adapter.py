@@ -3,8 +3,9 @@
 ``--encoder caption=minilm`` makes the preprocessor compute MiniLM features once per input
 (`metamodal.encoders.features`); the model-side encoder ``minilm`` is this adapter, the part
 the learner trains: a small MLP over the ``[B, F]`` features, optionally plus a residual
-linear map (Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP", for adapters;
-the CLIP-Adapter residual form of Gao et al. 2021):
+linear map (adapters on frozen features in the spirit of Houlsby et al. 2019,
+"Parameter-Efficient Transfer Learning for NLP", and Gao et al. 2021, "CLIP-Adapter", whose
+adapter output is likewise added to a residual path):
 
 ``z = MLP(x) + W x`` (with ``residual``) or ``z = MLP(x)``, ``[B, F] -> [B, dim]``.
 """

@@ -149,9 +149,9 @@ def sample_episodes(
 
 def metamodal_cached_logits(model: FewShotModel, cache: Embeddings, task: Task) -> Tensor:
     """Query logits ``[Q, ways]`` from cached per-modality embeddings: index the episode's
-    rows, `FewShotModel.fuse`, head."""
+    rows, `Backbone.fuse`, learner."""
     present = cache.present.index_select(0, task.rows)
-    both = model.fuse(
+    both = model.backbone.fuse(
         {name: part.index_select(0, task.rows) for name, part in cache.parts.items()},
         dict(zip(cache.modalities, present.unbind(1), strict=True)),
     )
@@ -168,7 +168,7 @@ def plain_encode(
     """Encode support and query samples together: per modality, the encoder runs once on the
     samples that have it; returns one `Sample` per sample (support first)."""
     samples: list[Sample] = []
-    for k, (name, encoder) in enumerate(model.encoders.items()):
+    for k, (name, encoder) in enumerate(model.backbone.encoders.items()):
         values = torch.cat([support[name].values, query[name].values])
         present = torch.cat([support[name].present, query[name].present]).tolist()
         if not samples:
@@ -285,7 +285,7 @@ def plain_late(
     """Late fusion: one ProtoNet per modality over the samples that have it (a modality is
     used only when every class has a support sample with it), then per query a softmax of the
     learned mixing scores over its usable modalities."""
-    fusion, temperature = model.fusion, model.head.log_temperature.exp()
+    fusion, temperature = model.backbone.fusion, model.learner.log_temperature.exp()
     per_modality: list[dict[int, Tensor] | None] = []
     for k in range(len(fusion.modalities)):
         groups = [
@@ -319,13 +319,13 @@ def plain_logits(
     ways: int,
 ) -> Tensor:
     """Query logits ``[Q, ways]`` of an episode given as `Sample` s (support first)."""
-    zero = next(iter(samples[0].values())).new_zeros(model.fusion.dim)
+    zero = next(iter(samples[0].values())).new_zeros(model.backbone.fusion.dim)
     support, query = samples[:n_support], samples[n_support:]
     if model.late:
         return plain_late(model, support, support_labels.tolist(), query, ways, zero)
     fuse = PLAIN_FUSIONS[model.spec["fusion"]]
-    z = torch.stack([fuse(model.fusion, s, zero) for s in samples])
-    temperature = model.head.log_temperature.exp()
+    z = torch.stack([fuse(model.backbone.fusion, s, zero) for s in samples])
+    temperature = model.learner.log_temperature.exp()
     return plain_protonet(z[:n_support], support_labels, z[n_support:], ways, temperature)
 
 
@@ -402,7 +402,8 @@ def training(setup: Setup, cached: bool) -> tuple[float, float, float]:
     ours.train()
     plain.train()
     if cached:
-        trained = [list(m.fusion.parameters()) + list(m.head.parameters()) for m in (ours, plain)]
+        trained = [list(m.backbone.fusion.parameters()) + list(m.learner.parameters())
+                   for m in (ours, plain)]
     else:
         trained = [list(ours.parameters()), list(plain.parameters())]
     opt_ours, opt_plain = adam(trained[0]), adam(trained[1])
@@ -411,7 +412,7 @@ def training(setup: Setup, cached: bool) -> tuple[float, float, float]:
     def ours_loss(i: int) -> tuple[Tensor, Tensor]:
         if cached:
             logits = metamodal_cached_logits(ours, setup.cache, tasks[i])
-            return ours.head.loss(logits, tasks[i].query_labels), logits
+            return ours.learner.query_loss(logits, tasks[i].query_labels), logits
         return ours.loss(episodes[i])
 
     def plain_loss(i: int) -> tuple[Tensor, Tensor]:

@@ -19,6 +19,10 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
                          "--fusions", "mean,gated,late", "--classes", "30", "--per-class", "20"]),
         ("data.py", ["--tasks", "10", "--repeats", "1", "--check", "5", "--classes", "15",
                      "--per-class", "8"]),
+        # Every workload and side at tiny sizes; learn2learn and higher run where importable
+        # and are reported as not importable elsewhere. One thread: on a busy 2-core machine
+        # two threads per process can make each update many times slower.
+        ("meta_learners.py", ["--tiny", "--repeats", "1", "--warmup", "0", "--threads", "1"]),
     ],
 )
 def test_benchmark_checks_pass_at_a_tiny_size(script: str, args: list[str]) -> None:

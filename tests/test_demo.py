@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from metamodal.datasets.synthetic import make_synthetic
-from metamodal.demo import FUSED, DemoSettings, run_demo
+from metamodal.demo import FUSED, MAML, DemoSettings, run_demo
 from metamodal.train.checkpoint import CHECKPOINT_FILE
 
 
 def test_demo_compares_every_method_on_the_same_episodes(tmp_path: Path) -> None:
     lines: list[str] = []
     settings = DemoSettings(classes=30, per_class=20, steps=20, baseline_steps=20, episodes=50,
-                            robustness_episodes=20, dim=16)
+                            robustness_episodes=20, dim=16, maml_steps=10)
     result = run_demo(tmp_path, settings=settings, progress=False, echo=lines.append)
-    methods = {FUSED, "baseline: nearest-centroid", "baseline: finetune"} | {
+    methods = {FUSED, MAML, "baseline: nearest-centroid", "baseline: finetune"} | {
         f"protonet, only {m}" for m in ("image", "caption", "sound", "track", "measurements")}
     for key in ("5-way 1-shot", "5-way 5-shot"):
         assert set(result.results[key]) == methods
@@ -34,7 +34,12 @@ def test_demo_compares_every_method_on_the_same_episodes(tmp_path: Path) -> None
     fused = one[FUSED]
     assert result.fused_beats_best_single == (fused.accuracy - fused.ci95
                                               > best.accuracy + best.ci95)
+    assert set(result.training_seconds) == {FUSED, MAML, "baseline-pretrained",
+                                            "baseline: finetune"} | {
+        f"protonet+only-{m}" for m in ("image", "caption", "sound", "track", "measurements")}
+    assert all(seconds > 0 for seconds in result.training_seconds.values())
     html = (result.report / "index.html").read_text()
+    assert "Training time" in html and MAML in html
     for image in ("methods.png", "robustness.png", "learning_curve.png", "ablation.png"):
         assert (result.report / image).is_file() and image in html
     assert any("worked prediction" in line for line in lines)

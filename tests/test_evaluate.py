@@ -449,7 +449,7 @@ def test_missing_modality_curve(store: TensorStore) -> None:
 
 def test_with_the_real_few_shot_model(store: TensorStore) -> None:
     from metamodal.encoders import build_encoder
-    from metamodal.learners import FewShotModel, ProtoNet
+    from metamodal.learners import Backbone, FewShotModel, ProtoNet
 
     class MeanFusion(nn.Module):
         out_dim = 16
@@ -464,7 +464,7 @@ def test_with_the_real_few_shot_model(store: TensorStore) -> None:
         m: build_encoder("tabular", "mlp", dim=16, input_info={"features": f}, modality=m)
         for m, f in (("signal", N_CLASSES), ("noise", 4))
     }
-    model = FewShotModel(encoders, MeanFusion(), ProtoNet())
+    model = FewShotModel(Backbone(encoders, MeanFusion()), ProtoNet())
     kw = dict(ways=5, shots=1, queries=5, episodes=60)
     full = evaluate(model, store, CLASSES, **kw)
     only_noise = evaluate(model, store, CLASSES, modalities=["noise"], **kw)
@@ -485,7 +485,7 @@ def test_untrained_baseline_rebuilds_the_architecture_with_fresh_weights() -> No
     before = torch.get_rng_state()
     a, b = untrained_baseline(trained, seed=1), untrained_baseline(trained, seed=1)
     assert torch.equal(torch.get_rng_state(), before)
-    assert type(a.head).__name__ == "ProtoNet" and not a.training
+    assert type(a.learner).__name__ == "ProtoNet" and not a.training
     state_a, state_b, state_t = a.state_dict(), b.state_dict(), trained.state_dict()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     shared = [k for k in state_a if k in state_t and state_a[k].is_floating_point()

@@ -60,22 +60,25 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (see conftest
 # ----------------------------------------------------------------------------- registry
 
 
-def test_registry_lists_every_head_and_their_training_modes() -> None:
-    assert learners.names() == [
-        "finetune", "matchingnet", "nearest-centroid", "protonet", "relationnet", "siamese",
-    ]
-    modes = {name: learners.create(name, dim=4).training_mode for name in learners.names()}
+def test_registry_lists_every_learner_and_their_training_modes() -> None:
+    metric = ["finetune", "matchingnet", "nearest-centroid", "protonet", "relationnet", "siamese"]
+    gradient = ["anil", "fomaml", "lstm-optimizer", "maml", "maml++", "metasgd", "reptile"]
+    assert learners.names() == sorted(metric + gradient)
+    built = {name: learners.create(name, dim=4) for name in learners.names()}
+    modes = {name: learner.training_mode for name, learner in built.items()}
     assert modes == {
-        "finetune": "supervised", "matchingnet": "episodic", "nearest-centroid": "supervised",
-        "protonet": "episodic", "relationnet": "episodic", "siamese": "episodic",
+        "finetune": "supervised", "nearest-centroid": "supervised",
+        **{name: "episodic" for name in ["matchingnet", "protonet", "relationnet", "siamese",
+                                         *gradient]},
     }
+    assert {name for name, learner in built.items() if learner.caches_embeddings} == set(metric)
 
 
 def test_default_loss_is_cross_entropy_and_extra_loss_is_zero() -> None:
     head = ProtoNet()
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     labels = torch.tensor([0, 0])
-    assert torch.allclose(head.loss(logits, labels), F.cross_entropy(logits, labels))
+    assert torch.allclose(head.query_loss(logits, labels), F.cross_entropy(logits, labels))
     emb = Embeddings(torch.ones(2, 3), torch.ones(2, 1, dtype=torch.bool))
     assert float(head.extra_loss(emb, labels, emb, labels)) == 0.0
 
@@ -176,9 +179,9 @@ def test_protonet_logits_by_hand() -> None:
     support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 2.0]])
     labels = torch.tensor([0, 0, 1, 1])  # prototypes [1, 0] and [0, 3]
     query = torch.tensor([[1.0, 1.0], [0.0, 3.0]])
-    logits = ProtoNet()(support, labels, query, 2)
+    logits = ProtoNet().scores(support, labels, query, 2)
     assert logits.tolist() == [[-1.0, -5.0], [-10.0, -0.0]]
-    warm = ProtoNet(temperature=2.0)(support, labels, query, 2)
+    warm = ProtoNet(temperature=2.0).scores(support, labels, query, 2)
     assert torch.allclose(warm, logits / 2)
 
 
@@ -186,8 +189,8 @@ def test_protonet_learned_temperature_gets_a_gradient() -> None:
     head = ProtoNet(learn_temperature=True, temperature=0.5)
     assert [name for name, _ in head.named_parameters()] == ["log_temperature"]
     assert math.isclose(float(head.log_temperature.detach().exp()), 0.5, rel_tol=1e-6)
-    logits = head(torch.eye(2), torch.tensor([0, 1]), torch.tensor([[0.9, 0.1]]), 2)
-    head.loss(logits, torch.tensor([0])).backward()
+    logits = head.scores(torch.eye(2), torch.tensor([0, 1]), torch.tensor([[0.9, 0.1]]), 2)
+    head.query_loss(logits, torch.tensor([0])).backward()
     assert head.log_temperature.grad is not None and head.log_temperature.grad != 0
     assert [name for name, _ in ProtoNet().named_parameters()] == []
     with pytest.raises(ValueError):
@@ -196,7 +199,7 @@ def test_protonet_learned_temperature_gets_a_gradient() -> None:
 
 def test_protonet_missing_class_raises() -> None:
     with pytest.raises(InsufficientSamplesError):
-        ProtoNet()(torch.eye(2), torch.tensor([0, 0]), torch.eye(2), 2)
+        ProtoNet().scores(torch.eye(2), torch.tensor([0, 0]), torch.eye(2), 2)
 
 
 # ----------------------------------------------------------------------------- MatchingNet
@@ -211,7 +214,7 @@ def test_matchingnet_logits_by_hand() -> None:
     weights = [math.exp(scale * c) for c in cosines]
     total = sum(weights)
     expected = [math.log(weights[0] / total), math.log((weights[1] + weights[2]) / total)]
-    logits = MatchingNet(scale=scale)(support, labels, query, 2)
+    logits = MatchingNet(scale=scale).scores(support, labels, query, 2)
     assert torch.allclose(logits, torch.tensor([expected]), atol=1e-6)
     assert torch.allclose(logits.exp().sum(1), torch.ones(1))
 
@@ -219,8 +222,8 @@ def test_matchingnet_logits_by_hand() -> None:
 def test_matchingnet_learned_scale_and_gradients_are_finite() -> None:
     head = MatchingNet(learn_scale=True)
     support = torch.randn(6, 4, requires_grad=True)
-    logits = head(support, torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(5, 4), 3)
-    head.loss(logits, torch.tensor([0, 1, 2, 0, 1])).backward()
+    logits = head.scores(support, torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(5, 4), 3)
+    head.query_loss(logits, torch.tensor([0, 1, 2, 0, 1])).backward()
     assert head.log_scale.grad is not None
     assert support.grad is not None and torch.isfinite(support.grad).all()
 
@@ -233,17 +236,17 @@ def test_relationnet_shapes_loss_and_pooling() -> None:
     head = RelationNet(dim=4, hidden=8)
     support, labels = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
     query, query_labels = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
-    logits = head(support, labels, query, 3)
+    logits = head.scores(support, labels, query, 3)
     assert logits.shape == (5, 3)
     target = F.one_hot(query_labels, 3).float()
-    assert torch.allclose(head.loss(logits, query_labels),
+    assert torch.allclose(head.query_loss(logits, query_labels),
                           ((torch.sigmoid(logits) - target) ** 2).mean())
     summed = RelationNet(dim=4, hidden=8, pool="sum")
     summed.load_state_dict(head.state_dict())
-    assert not torch.allclose(summed(support, labels, query, 3), logits)
+    assert not torch.allclose(summed.scores(support, labels, query, 3), logits)
     one_shot = torch.tensor([0, 1, 2])
-    assert torch.allclose(summed(support[::2], one_shot, query, 3),
-                          head(support[::2], one_shot, query, 3))
+    assert torch.allclose(summed.scores(support[::2], one_shot, query, 3),
+                          head.scores(support[::2], one_shot, query, 3))
     with pytest.raises(ValueError):
         RelationNet(dim=4, pool="max")
 
@@ -259,8 +262,8 @@ def train_head(head: nn.Module, embed: nn.Module, steps: int, seed: int = 0,
     for _ in range(steps):
         support, sl, query, ql = toy_episode(generator)
         zs, zq = embed(support), embed(query)
-        logits = head(zs, sl, zq, 3)
-        loss = head.loss(logits, ql)
+        logits = head.scores(zs, sl, zq, 3)
+        loss = head.query_loss(logits, ql)
         if extra:
             es = Embeddings(zs, torch.ones(len(zs), 1, dtype=torch.bool))
             eq = Embeddings(zq, torch.ones(len(zq), 1, dtype=torch.bool))
@@ -302,9 +305,9 @@ def test_siamese_prediction_mean_and_nearest_by_hand() -> None:
     support = torch.tensor([[0.0], [4.0], [1.0], [10.0]])
     labels = torch.tensor([0, 0, 1, 1])
     query = torch.tensor([[2.0]])
-    mean = Siamese(normalize=False)(support, labels, query, 2)
+    mean = Siamese(normalize=False).scores(support, labels, query, 2)
     assert torch.allclose(mean, torch.tensor([[-2.0, -4.5]]))
-    nearest = Siamese(normalize=False, predict="nearest")(support, labels, query, 2)
+    nearest = Siamese(normalize=False, predict="nearest").scores(support, labels, query, 2)
     assert torch.allclose(nearest, torch.tensor([[-2.0, -1.0]]))
     with pytest.raises(ValueError):
         Siamese(predict="vote")
@@ -313,7 +316,7 @@ def test_siamese_prediction_mean_and_nearest_by_hand() -> None:
 def test_siamese_loss_is_in_extra_loss_and_decreases() -> None:
     torch.manual_seed(0)
     head = Siamese(margin=1.0)
-    assert float(head.loss(torch.randn(3, 2), torch.tensor([0, 1, 0]))) == 0.0
+    assert float(head.query_loss(torch.randn(3, 2), torch.tensor([0, 1, 0]))) == 0.0
     first, last, accuracy = train_head(head, nn.Linear(6, 8), steps=120, extra=True)
     assert last < 0.7 * first
     assert accuracy > 0.6  # chance: 1/3
@@ -382,10 +385,10 @@ def test_nearest_centroid_by_hand_and_feature_mean_buffer() -> None:
     head.set_feature_mean(torch.tensor([1.0, 1.0]))
     # centred + normalised support: [1, 0], [0, 0] (zero stays zero), [0, 1]
     # centroids: [0.5, 0] and [0, 1]; query -> [0, 1]
-    logits = head(support, labels, query, 2)
+    logits = head.scores(support, labels, query, 2)
     assert torch.allclose(logits, torch.tensor([[-math.sqrt(0.25 + 1.0), 0.0]]), atol=1e-5)
     assert "feature_mean" in head.state_dict()
-    uncentred = NearestCentroid(dim=2)(support, labels, query, 2)
+    uncentred = NearestCentroid(dim=2).scores(support, labels, query, 2)
     assert not torch.allclose(uncentred, logits)
     with pytest.raises(ValueError):
         head.set_feature_mean(torch.zeros(3))
@@ -401,14 +404,14 @@ def test_finetune_fits_separable_support_and_is_deterministic(options: dict) -> 
     support, labels, query, _ = toy_episode(generator, ways=5, shots=5, features=16)
     head = FineTune(**options)
     with torch.no_grad():
-        logits = head(support, labels, support, 5)
+        logits = head.scores(support, labels, support, 5)
     assert float((logits.argmax(1) == labels).float().mean()) == 1.0
-    again = FineTune(**options)(support, labels, support, 5)
+    again = FineTune(**options).scores(support, labels, support, 5)
     assert torch.equal(logits, again.detach())
     with torch.inference_mode():
-        inference = head(support, labels, query, 5)
+        inference = head.scores(support, labels, query, 5)
     assert inference.shape == (len(query), 5)
-    other_seed = FineTune(**options, seed=1)(support, labels, support, 5)
+    other_seed = FineTune(**options, seed=1).scores(support, labels, support, 5)
     if options.get("optimizer") != "lbfgs":  # LBFGS converges to (nearly) one optimum
         assert not torch.equal(logits, other_seed)
 
@@ -416,7 +419,7 @@ def test_finetune_fits_separable_support_and_is_deterministic(options: dict) -> 
 def test_finetune_gradient_reaches_query_not_support() -> None:
     support = torch.randn(4, 3, requires_grad=True)
     query = torch.randn(2, 3, requires_grad=True)
-    logits = FineTune(steps=5)(support, torch.tensor([0, 0, 1, 1]), query, 2)
+    logits = FineTune(steps=5).scores(support, torch.tensor([0, 0, 1, 1]), query, 2)
     logits.sum().backward()
     assert query.grad is not None and support.grad is None
     with pytest.raises(ValueError):
@@ -480,9 +483,9 @@ def test_normalising_heads_stay_finite_in_float16_with_zero_embeddings(head: nn.
     query.requires_grad_()
     labels = torch.tensor([0, 0, 1, 1])
     head = head.half()
-    logits = head(support, labels, query, 2)
+    logits = head.scores(support, labels, query, 2)
     assert logits.dtype == torch.float16 and torch.isfinite(logits).all()
-    loss = head.loss(logits, torch.tensor([0, 1, 1])) + logits.float().square().mean()
+    loss = head.query_loss(logits, torch.tensor([0, 1, 1])) + logits.float().square().mean()
     assert torch.isfinite(loss)
     loss.backward()
     # the rows of real embeddings get finite gradients (a zero row is a placeholder, whose

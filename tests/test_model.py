@@ -13,7 +13,15 @@ from torch import Tensor, nn
 
 from metamodal.data.batch import Episode, ModalityBatch, TensorStore
 from metamodal.errors import ConfigError, InsufficientSamplesError, ModalityError, UnknownNameError
-from metamodal.learners import Embeddings, FewShotModel, ProtoNet, Siamese, learners
+from metamodal.learners import (
+    Backbone,
+    Embeddings,
+    FewShotModel,
+    ProtoNet,
+    Siamese,
+    embed_pair,
+    learners,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (see conftest.py)
 
@@ -77,8 +85,8 @@ def tabular(values: list[list[float]], present: list[bool] | None = None) -> Mod
 def stand_in_model(fusion: nn.Module | None = None, head: nn.Module | None = None) -> FewShotModel:
     torch.manual_seed(0)
     return FewShotModel(
-        {"a": LinearEncoder(2, 3), "b": LinearEncoder(1, 3)},
-        fusion or MaskedMean(["a", "b"], 3),
+        Backbone({"a": LinearEncoder(2, 3), "b": LinearEncoder(1, 3)},
+                 fusion or MaskedMean(["a", "b"], 3)),
         head or ProtoNet(),
     )
 
@@ -97,8 +105,8 @@ def test_embed_shapes_presence_and_zeroed_parts() -> None:
     assert emb.present.tolist() == [[True, True], [True, False], [False, True]]
     assert emb.parts is not None
     assert emb.parts["a"][2].abs().sum() == 0 and emb.parts["b"][1].abs().sum() == 0
-    expected_a = model.encoders["a"](batch["a"])
-    expected_b = model.encoders["b"](batch["b"])
+    expected_a = model.backbone.encoders["a"](batch["a"])
+    expected_b = model.backbone.encoders["b"](batch["b"])
     assert torch.allclose(emb.z[0], (expected_a[0] + expected_b[0]) / 2)
     assert torch.allclose(emb.z[1], expected_a[1]) and torch.allclose(emb.z[2], expected_b[2])
 
@@ -109,7 +117,7 @@ def test_embed_treats_a_missing_model_modality_as_absent() -> None:
     assert emb.present.tolist() == [[True, False], [True, False]]
     assert emb.parts is not None and emb.parts["b"].shape == (2, 3)
     assert emb.parts["b"].abs().sum() == 0
-    assert torch.allclose(emb.z, model.encoders["a"](tabular([[1.0, 0.0], [0.0, 1.0]])))
+    assert torch.allclose(emb.z, model.backbone.encoders["a"](tabular([[1.0, 0.0], [0.0, 1.0]])))
 
 
 def test_embed_rejects_unknown_modalities_and_empty_or_ragged_input() -> None:
@@ -133,20 +141,20 @@ def test_fuse_of_encoded_parts_is_embed_and_works_on_cached_rows(fusion: str) ->
         "a": ModalityBatch(torch.randn(6, 16), torch.tensor([1, 1, 0, 1, 1, 1]).bool()),
         "b": ModalityBatch(torch.randn(6, 4), torch.tensor([1, 0, 1, 1, 0, 1]).bool()),
     }
-    parts, present = model.encode(batch)
+    parts, present = model.backbone.encode(batch)
     assert list(parts) == list(present) == ["a", "b"]
     assert parts["a"][2].abs().sum() == 0 and present["b"].tolist() == batch["b"].present.tolist()
     embedded = model.embed(batch)
-    fused = model.fuse(parts, present)
+    fused = model.backbone.fuse(parts, present)
     assert torch.equal(fused.z, embedded.z) and torch.equal(fused.present, embedded.present)
     # cached per-modality embeddings: index rows, fuse; no encoder runs again
     rows = torch.tensor([5, 0, 3])
-    cached = model.fuse({m: p[rows] for m, p in parts.items()},
+    cached = model.backbone.fuse({m: p[rows] for m, p in parts.items()},
                         {m: p[rows] for m, p in present.items()})
     torch.testing.assert_close(cached.z, model.embed({m: mb.index(rows)
                                                       for m, mb in batch.items()}).z)
     # a modality left out counts as absent everywhere
-    only_a = model.fuse({"a": parts["a"]}, {"a": present["a"]})
+    only_a = model.backbone.fuse({"a": parts["a"]}, {"a": present["a"]})
     assert only_a.present[:, 1].sum() == 0 and only_a.modalities == ["a", "b"]
     torch.testing.assert_close(only_a.z, model.embed({"a": batch["a"]}).z)
 
@@ -155,26 +163,26 @@ def test_fuse_rejects_mismatched_unknown_or_ragged_input() -> None:
     model = stand_in_model()
     z, yes = torch.zeros(2, 3), torch.ones(2, dtype=torch.bool)
     with pytest.raises(ModalityError, match="present has"):
-        model.fuse({"a": z, "b": z}, {"a": yes})
+        model.backbone.fuse({"a": z, "b": z}, {"a": yes})
     with pytest.raises(ModalityError, match="sound"):
-        model.fuse({"a": z, "sound": z}, {"a": yes, "sound": yes})
+        model.backbone.fuse({"a": z, "sound": z}, {"a": yes, "sound": yes})
     with pytest.raises(ModalityError, match="no modality"):
-        model.fuse({}, {})
+        model.backbone.fuse({}, {})
     with pytest.raises(ModalityError, match="row counts"):
-        model.fuse({"a": z, "b": torch.zeros(3, 3)}, {"a": yes, "b": yes})
+        model.backbone.fuse({"a": z, "b": torch.zeros(3, 3)}, {"a": yes, "b": yes})
     with pytest.raises(ModalityError, match="row counts"):
-        model.fuse({"a": z}, {"a": torch.ones(3, dtype=torch.bool)})
+        model.backbone.fuse({"a": z}, {"a": torch.ones(3, dtype=torch.bool)})
 
 
 def test_model_follows_the_fusion_order_and_checks_it() -> None:
     model = FewShotModel(
-        {"b": LinearEncoder(1, 3), "a": LinearEncoder(2, 3)}, MaskedMean(["a", "b"], 3),
+        Backbone({"b": LinearEncoder(1, 3), "a": LinearEncoder(2, 3)}, MaskedMean(["a", "b"], 3)),
         ProtoNet(),
     )
     assert model.modalities == ["a", "b"] and not model.late
     assert model.training_mode == "episodic" and model.spec is None
     with pytest.raises(ConfigError, match="fusion combines"):
-        FewShotModel({"a": LinearEncoder(2, 3)}, MaskedMean(["a", "b"], 3), ProtoNet())
+        Backbone({"a": LinearEncoder(2, 3)}, MaskedMean(["a", "b"], 3))
 
 
 # ----------------------------------------------------------------------------- logits
@@ -327,22 +335,22 @@ def test_embed_episode_matches_separate_embedding_and_loss_adds_extra() -> None:
     generator = torch.Generator().manual_seed(0)
     classes = sorted(set(store.labels))
     model = FewShotModel(
-        {"a": LinearEncoder(16, 4), "b": LinearEncoder(4, 4)}, MaskedMean(["a", "b"], 4),
+        Backbone({"a": LinearEncoder(16, 4), "b": LinearEncoder(4, 4)}, MaskedMean(["a", "b"], 4)),
         Siamese(),
     )
     episode = sample_episode(store, classes, generator, ways=3, shots=2, queries=2)
-    support, query = model.embed_episode(episode)
+    support, query = embed_pair(model.backbone, episode.support, episode.query)
     alone = model.embed(episode.query)
     assert torch.allclose(query.z, alone.z) and query.present.tolist() == alone.present.tolist()
     assert len(support) == 6
     logits = model.episode_logits(episode)
     assert torch.allclose(logits, model.logits(support, episode.support_labels, query, 3))
     loss, loss_logits = model.loss(episode)
-    expected = model.head.extra_loss(support, episode.support_labels, query,
+    expected = model.learner.extra_loss(support, episode.support_labels, query,
                                      episode.query_labels)
     assert torch.allclose(loss, expected) and torch.allclose(loss_logits, logits)
 
-    model.head = ProtoNet()
+    model.learner = ProtoNet()
     loss, logits = model.loss(episode)
     assert torch.allclose(loss, F.cross_entropy(logits, episode.query_labels))
 
@@ -420,7 +428,7 @@ def test_every_learner_trains_through_a_built_model(learner: str, fusion: str) -
     assert logits.shape == (6, 3) and torch.isfinite(loss)
     if model.training_mode == "episodic":
         loss.backward()
-        grads = [p.grad for p in model.encoders.parameters() if p.grad is not None]
+        grads = [p.grad for p in model.backbone.encoders.parameters() if p.grad is not None]
         assert grads and any(float(g.abs().sum()) > 0 for g in grads)
 
 
@@ -474,7 +482,7 @@ def test_support_samples_without_any_modality_do_not_shape_prototypes() -> None:
         def forward(self, embeddings, present):
             return embeddings["x"] * present["x"].unsqueeze(1)
 
-    model = FewShotModel({"x": Identity()}, Passthrough(), ProtoNet())
+    model = FewShotModel(Backbone({"x": Identity()}, Passthrough()), ProtoNet())
     z = torch.tensor([[4.0, 0.0], [0.0, 0.0], [0.0, 4.0], [0.0, 0.0]])
     present = torch.tensor([[True], [False], [True], [False]])
     support = Embeddings(z, present, modalities=["x"])

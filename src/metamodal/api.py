@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from metamodal.data.batch import ModalityBatch, batch_to, index_batch
 from metamodal.data.dataset import MultimodalDataset, load_dataset, load_sample_table
 from metamodal.errors import InsufficientSamplesError, ModalityError, RunError
-from metamodal.evaluate.protocol import embed_store
 from metamodal.io import atomic_write, atomic_write_json
 from metamodal.learners.embeddings import Embeddings
 from metamodal.train.run import CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE, Run, load_run
@@ -25,9 +25,11 @@ SampleSource = str | Path | MultimodalDataset
 class FewShotClassifier:
     """Classify new classes from a few labelled examples with a meta-trained run.
 
-    ``fit(support)`` embeds the labelled support samples (any mix of the model's modalities,
-    some may be missing) and keeps them; ``predict(query)`` / ``predict_proba(query)`` apply the
-    run's few-shot head (e.g. ProtoNet's nearest prototype) against them. Support and query are
+    ``fit(support)`` keeps what the run's learner needs to adapt to the labelled support
+    samples (any mix of the model's modalities, some may be missing): their embeddings for a
+    metric learner (e.g. ProtoNet's prototypes come from them), the decoded samples themselves
+    for a learner that adapts the network's weights (the MAML family);
+    ``predict(query)`` / ``predict_proba(query)`` adapt and classify. Support and query are
     sample tables in the dataset format (a ``.csv``/``.jsonl``/``.parquet`` file whose media
     paths are relative to the file, or a dataset directory), or a `MultimodalDataset`.
 
@@ -37,7 +39,9 @@ class FewShotClassifier:
 
     Attributes (after ``fit``):
         classes_: class labels, the column order of `predict_proba`.
-        support_embeddings_: the embedded support set.
+        support_embeddings_: the embedded support set (metric learners), else None.
+        support_batch_: modality name -> `ModalityBatch` of the decoded support samples
+            (learners that adapt weights), else None.
         support_labels_: long ``[S]`` class index of each support sample.
 
     Example:
@@ -92,13 +96,24 @@ class FewShotClassifier:
                 fix=f"give samples with the model's modalities: {', '.join(self.modalities)}",
             )
 
-    def _embed(self, dataset: MultimodalDataset) -> Embeddings:
+    def _decode(self, dataset: MultimodalDataset) -> dict[str, ModalityBatch]:
+        """The samples decoded with the run's fitted preprocessor, as one batch of the model's
+        modalities (those the table lacks are absent)."""
         store = self._run.preprocessor.transform(dataset)
-        indices = torch.arange(len(store))
-        return embed_store(self._run.model, store, indices, device=self.device)
+        names = [m for m in self.modalities if m in store.modalities]
+        return store.batch(torch.arange(len(store)), names)
+
+    def _embed(self, batch: dict[str, ModalityBatch], chunk: int = 512) -> Embeddings:
+        """Embeddings of ``batch`` in chunks of ``chunk`` samples, without gradients."""
+        model = self._run.model.eval()
+        size = len(next(iter(batch.values())))
+        with torch.no_grad():
+            return Embeddings.cat([
+                model.embed(batch_to(index_batch(batch, rows), self.device)).detach()
+                for rows in torch.arange(size).split(chunk)])
 
     def fit(self, support: SampleSource, classes: list[str] | None = None) -> FewShotClassifier:
-        """Embed and keep the labelled support samples.
+        """Keep the labelled support samples (embedded, or decoded; see the class docstring).
 
         Args:
             support: the labelled support samples (every sample needs a label).
@@ -106,8 +121,8 @@ class FewShotClassifier:
                 with no usable support sample raises `InsufficientSamplesError`.
         """
         dataset = self.load_samples(support, labelled=True)
-        embeddings = self._embed(dataset)
-        usable = embeddings.present.any(1)
+        batch = self._decode(dataset)
+        usable = torch.stack([mb.present.to(torch.bool) for mb in batch.values()], 1).any(1)
         labels = list(dataset.labels)
         classes = sorted(set(labels)) if classes is None else list(classes)
         counts = {c: 0 for c in classes}
@@ -127,8 +142,12 @@ class FewShotClassifier:
             )
         keep = torch.nonzero(usable).flatten()
         index = {c: k for k, c in enumerate(classes)}
+        kept = index_batch(batch, keep)
         self.classes_ = classes
-        self.support_embeddings_ = embeddings.index(keep)
+        if self._run.model.caches_embeddings:
+            self.support_embeddings_, self.support_batch_ = self._embed(kept), None
+        else:
+            self.support_embeddings_, self.support_batch_ = None, kept
         self.support_labels_ = torch.tensor([index[labels[i]] for i in keep.tolist()],
                                             dtype=torch.long)
         return self
@@ -140,18 +159,21 @@ class FewShotClassifier:
 
     @torch.no_grad()
     def decision_function(self, query: SampleSource) -> np.ndarray:
-        """Head logits ``[Q, classes]`` of each query sample."""
+        """Logits ``[Q, classes]`` of each query sample."""
         self._check_fitted()
-        dataset = self.load_samples(query)
-        embeddings = self._embed(dataset)
-        logits = self._run.model.logits(
-            self.support_embeddings_.to(self.device), self.support_labels_.to(self.device),
-            embeddings, len(self.classes_),
-        )
+        batch = self._decode(self.load_samples(query))
+        model = self._run.model.eval()
+        labels = self.support_labels_.to(self.device)
+        if self.support_batch_ is None:
+            logits = model.logits(self.support_embeddings_.to(self.device), labels,
+                                  self._embed(batch), len(self.classes_))
+        else:
+            logits = model.adapt_predict(batch_to(self.support_batch_, self.device), labels,
+                                         batch_to(batch, self.device), len(self.classes_))
         return logits.float().cpu().numpy()
 
     def predict_proba(self, query: SampleSource) -> np.ndarray:
-        """Class probabilities ``[Q, classes]`` (softmax of the head's logits)."""
+        """Class probabilities ``[Q, classes]`` (softmax of the logits)."""
         return torch.softmax(torch.from_numpy(self.decision_function(query)), -1).numpy()
 
     def predict(self, query: SampleSource) -> list[str]:
@@ -168,12 +190,23 @@ class FewShotClassifier:
             for name in (CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE):
                 source = self.run / name
                 atomic_write(directory / name, lambda tmp, src=source: shutil.copyfile(src, tmp))
-        tensors = {"z": self.support_embeddings_.z.contiguous().cpu(),
-                   "present": self.support_embeddings_.present.contiguous().cpu(),
-                   "labels": self.support_labels_}
+        tensors = {"labels": self.support_labels_.contiguous().cpu()}
+        if self.support_batch_ is None:
+            form = "embeddings"
+            tensors["z"] = self.support_embeddings_.z.contiguous().cpu()
+            tensors["present"] = self.support_embeddings_.present.contiguous().cpu()
+            modalities = self.support_embeddings_.modalities
+        else:
+            form = "samples"
+            modalities = list(self.support_batch_)
+            for name, mb in self.support_batch_.items():
+                tensors[f"{name}.values"] = mb.values.contiguous().cpu()
+                tensors[f"{name}.present"] = mb.present.contiguous().cpu()
+                if mb.lengths is not None:
+                    tensors[f"{name}.lengths"] = mb.lengths.contiguous().cpu()
         atomic_write(directory / SUPPORT_FILE, lambda tmp: save_file(tensors, str(tmp)))
         atomic_write_json(directory / SUPPORT_META, {
-            "classes": self.classes_, "modalities": self.support_embeddings_.modalities})
+            "classes": self.classes_, "modalities": modalities, "form": form})
         return directory
 
     @classmethod
@@ -181,18 +214,35 @@ class FewShotClassifier:
         """Read a classifier written by `save` (or an unfitted one from a plain run dir)."""
         classifier = cls(directory, device=device)
         directory = Path(directory)
-        if (directory / SUPPORT_FILE).exists():
-            try:
-                tensors = load_file(str(directory / SUPPORT_FILE))
-                meta = json.loads((directory / SUPPORT_META).read_text())
-            except (OSError, ValueError) as error:
-                raise RunError(f"saved support set is corrupt ({error})",
-                               file=directory / SUPPORT_FILE, fix="fit and save again") from None
-            classifier.classes_ = meta["classes"]
-            classifier.support_embeddings_ = Embeddings(
-                tensors["z"].to(device), tensors["present"].to(device),
-                modalities=meta["modalities"])
+        if not (directory / SUPPORT_FILE).exists():
+            return classifier
+        try:
+            tensors = load_file(str(directory / SUPPORT_FILE))
+            meta = json.loads((directory / SUPPORT_META).read_text())
+            form = meta.get("form", "embeddings")
+            expected = "embeddings" if classifier._run.model.caches_embeddings else "samples"
+            if form != expected:
+                raise RunError(
+                    f"the saved support set holds {form}, but the run's learner "
+                    f"({classifier._run.config.learner}) needs {expected}",
+                    file=directory / SUPPORT_META, column="form",
+                    fix="fit this run's classifier on the support set again and save it")
+            classifier.classes_ = list(meta["classes"])
             classifier.support_labels_ = tensors["labels"]
+            if form == "embeddings":
+                classifier.support_batch_ = None
+                classifier.support_embeddings_ = Embeddings(
+                    tensors["z"].to(device), tensors["present"].to(device),
+                    modalities=list(meta["modalities"]))
+            else:
+                classifier.support_embeddings_ = None
+                classifier.support_batch_ = {
+                    name: ModalityBatch(tensors[f"{name}.values"], tensors[f"{name}.present"],
+                                        tensors.get(f"{name}.lengths"))
+                    for name in meta["modalities"]}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise RunError(f"saved support set is corrupt ({error})",
+                           file=directory / SUPPORT_FILE, fix="fit and save again") from None
         return classifier
 
 

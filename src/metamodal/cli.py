@@ -61,7 +61,7 @@ def _train_config(args: argparse.Namespace):
     flags: dict[str, Any] = {}
     for key in ("learner", "fusion", "ways", "shots", "queries", "steps", "seed", "lr", "dim",
                 "val_every", "val_episodes", "patience", "device", "batch_size",
-                "checkpoint_every"):
+                "checkpoint_every", "meta_batch", "val_ways", "val_shots", "val_queries"):
         value = getattr(args, key)
         if value is not None:
             flags[key] = value
@@ -73,6 +73,18 @@ def _train_config(args: argparse.Namespace):
         flags["encoders"] = {**config.encoders, **_pairs(args.encoder, "--encoder")}
     if args.no_cache:
         flags["cache"] = False
+    options: dict[str, Any] = {}
+    for key in ("inner_steps", "inner_lr", "eval_steps", "eval_lr"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    if args.first_order:
+        options["first_order"] = True
+    if args.adapt:
+        adapt = _modalities(args.adapt)
+        options["adapt"] = adapt[0] if len(adapt) == 1 and adapt[0] in (
+            "all", "head", "fusion") else adapt
+    if options:
+        flags["learner_options"] = {**config.learner_options, **options}
     config = config.updated(flags)
     if not config.data:
         raise ConfigError("no dataset given", column="data",
@@ -123,6 +135,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"chance: {100 * chance:.1f}%")
     output: dict[str, Any] = {**result.to_dict(), "run": str(args.run), "split": args.split,
                               "baseline": {UNTRAINED: baseline.to_dict()}, "chance": chance}
+    if args.episodes:
+        output.update(_pooled_error(result, [len(e.query_ids) for e in episodes]))
     if args.ablation and not args.episodes:
         rows = modality_ablation(run.model, prepared.store, classes, **common)
         print(format_results_table({r.name: r for r in rows}))
@@ -134,6 +148,100 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"without {modality}: " + "  ".join(
                 f"{100 * r.accuracy:.1f}±{100 * r.ci95:.1f}" for r in rows))
     _write_json(args.json, output)
+    return 0
+
+
+def _pooled_error(result: Any, counts: list[int]) -> dict[str, Any]:
+    """Print and return the error over all query items of fixed runs, with a CI over runs."""
+    from metamodal.evaluate.stats import pooled_error
+
+    error, half = pooled_error(result.accuracies, counts)
+    interval = f" ± {100 * half:.2f}" if half == half else ""
+    print(f"error over all {sum(counts)} query items of {len(counts)} runs: "
+          f"{100 * error:.2f}%{interval} (95% interval over runs)")
+    return {"error": error, "error_ci95": half if half == half else None,
+            "query_items": sum(counts), "runs": len(counts)}
+
+
+def _names(values: Sequence[str] | None) -> list[str]:
+    """Comma-separated and/or repeated flag values as one list."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from metamodal.datasets.importers import import_dataset
+
+    options: dict[str, Any] = dict(name=args.name, overwrite=args.overwrite,
+                                   val_groups=_names(args.val_groups),
+                                   test_groups=_names(args.test_groups),
+                                   progress=not args.no_progress)
+    if args.layout in ("imagefolder", "audiofolder"):
+        options.update(group_level={"auto": None, "yes": True, "no": False}[args.group_level],
+                       skip_other=args.skip_other_files)
+        if args.layout == "imagefolder":
+            options.update(image_size=args.image_size, channels=args.channels)
+    elif args.layout == "table":
+        options.update(label=args.label, id_column=args.id, group=args.group,
+                       text=_names(args.text), numeric=_names(args.numeric),
+                       image=_names(args.image), audio=_names(args.audio),
+                       sequence=_names(args.sequence), root=args.root,
+                       allow_missing_files=args.allow_missing_files)
+    else:
+        options.update(image_size=args.image_size, strokes=not args.no_strokes,
+                       allow_unmatched=args.allow_unmatched, stroke_length=args.stroke_length)
+        if options["name"] is None:
+            options.pop("name")
+    result = import_dataset(args.layout, args.source, args.out, **options)
+    print(result.summary())
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from metamodal.datasets.download import download_omniglot
+
+    checksums = _pairs(args.sha256, "--sha256")
+    result = download_omniglot(
+        args.dir, sets=_names(args.sets) or ["background-small"],
+        **({"base_url": args.url} if args.url else {}), sha256=checksums,
+        import_data=not args.no_import, overwrite=args.overwrite,
+        progress=not args.no_progress, timeout=args.timeout,
+        val_groups=_names(args.val_groups), test_groups=_names(args.test_groups),
+        image_size=args.image_size)
+    for path in result.archives:
+        note = " (checksum recorded on first download)" if path.name in result.recorded else ""
+        print(f"archive: {path}{note}")
+    if result.summary:
+        print(result.summary)
+    return 0
+
+
+def cmd_episodes(args: argparse.Namespace) -> int:
+    from metamodal.data.dataset import load_dataset
+    from metamodal.data.episodes import protocol_episodes, write_episode_file
+    from metamodal.data.splits import load_split
+
+    dataset = load_dataset(args.data)
+    labels = [str(label) for label in dataset.labels]
+    classes = None
+    if args.split != "all":
+        split = load_split(dataset.root, labels, dataset.groups, seed=args.split_seed)
+        classes = split.of(args.split)
+    within: list[str] | str | None = None
+    if args.within is not None:
+        within = "*" if args.within.strip() in ("*", "all") else _names([args.within])
+    runs = protocol_episodes(dataset.ids, labels, ways=args.ways, shots=args.shots,
+                             queries=args.queries, runs=args.runs, seed=args.seed,
+                             classes=classes, groups=dataset.groups, within=within)
+    path = write_episode_file(args.out, runs)
+    shape = (f"{args.ways}-way {args.shots}-shot, {args.queries} "
+             f"quer{'y' if args.queries == 1 else 'ies'} per class")
+    where = ""
+    if within is not None:
+        used: dict[str, int] = {}
+        for run in runs:
+            used[str(run.group)] = used.get(str(run.group), 0) + 1
+        where = "; within one group each: " + ", ".join(f"{g} x{n}" for g, n in used.items())
+    print(f"wrote {len(runs)} runs ({shape}{where}) to {path}")
     return 0
 
 
@@ -192,14 +300,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = DemoSettings()
     if args.quick:
         settings = DemoSettings(classes=40, per_class=20, steps=60, baseline_steps=60,
-                                episodes=600, robustness_episodes=100)
+                                maml_steps=60, episodes=600, robustness_episodes=100)
     if args.seed is not None:
         settings.seed = args.seed
     result = run_demo(args.out, data=args.data, settings=settings,
                       progress=not args.no_progress, echo=print)
     print("\nVerdict: fused model beats the best single modality at 5-way 1-shot beyond the "
           f"95% intervals: {'yes' if result.fused_beats_best_single else 'no'}; "
-          f"beats both baselines: {'yes' if result.fused_beats_baselines else 'no'}.")
+          f"beats both baselines: {'yes' if result.fused_beats_baselines else 'no'}; "
+          f"MAML beats both baselines: {'yes' if result.maml_beats_baselines else 'no'}.")
     return 0
 
 
@@ -258,6 +367,62 @@ def _add_episode_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the episodes")
 
 
+def _add_import_parser(sub: Any) -> None:
+    p = sub.add_parser("import", help="import data in a common layout as a dataset directory")
+    layouts = p.add_subparsers(dest="layout", required=True, metavar="LAYOUT")
+    helps = {
+        "imagefolder": "one folder of images per class (SOURCE/[GROUP/]CLASS/FILE)",
+        "audiofolder": "one folder of audio files per class (SOURCE/[GROUP/]CLASS/FILE)",
+        "table": "a CSV / JSON-lines / Parquet table; name the columns by role",
+        "omniglot": "the official Omniglot archives or folders (images + strokes, all_runs)",
+    }
+    for layout, text in helps.items():
+        q = layouts.add_parser(layout, help=text, description=text)
+        q.add_argument("source", help="the folder, archive or table to import")
+        q.add_argument("out", help="the dataset directory to write")
+        q.add_argument("--name", help="the dataset's name")
+        q.add_argument("--overwrite", action="store_true",
+                       help="replace OUT when it already holds a dataset")
+        q.add_argument("--val-groups", action="append", metavar="GROUPS",
+                       help="groups (or classes, without groups) held out for validation, "
+                       "written to splits.toml (comma-separated)")
+        q.add_argument("--test-groups", action="append", metavar="GROUPS",
+                       help="groups (or classes) held out for testing (comma-separated)")
+        q.add_argument("--no-progress", action="store_true")
+        if layout in ("imagefolder", "audiofolder"):
+            q.add_argument("--group-level", choices=("auto", "yes", "no"), default="auto",
+                           help="folders above the class folders are groups (default: detect)")
+            q.add_argument("--skip-other-files", action="store_true",
+                           help="leave out files of other types instead of failing")
+        if layout == "imagefolder":
+            q.add_argument("--image-size", type=int, help="decoded image size (loader option)")
+            q.add_argument("--channels", type=int, choices=(1, 3), help="1 grey, 3 RGB")
+        if layout == "table":
+            q.add_argument("--label", required=True, help="the column of class labels")
+            q.add_argument("--id", help="the column of unique sample ids (default: id, or row "
+                           "numbers)")
+            q.add_argument("--group", help="a column grouping classes (splits by group)")
+            for role, what in (("text", "text"), ("numeric", "numbers (one tabular modality)"),
+                               ("image", "image file paths"), ("audio", "audio file paths"),
+                               ("sequence", ".npy / .csv sequence file paths")):
+                q.add_argument(f"--{role}", action="append", metavar="COLUMNS",
+                               help=f"columns holding {what} (comma-separated, repeatable)")
+            q.add_argument("--root", help="folder the file paths are relative to (default: the "
+                           "table's folder); paths out of it are refused")
+            q.add_argument("--allow-missing-files", action="store_true",
+                           help="a path to a missing file becomes an empty cell")
+        if layout == "omniglot":
+            q.add_argument("--image-size", type=int, default=28,
+                           help="decoded image size (default 28; files keep 105x105)")
+            q.add_argument("--stroke-length", type=int, default=256,
+                           help="points of a stroke sequence kept when decoded (default 256)")
+            q.add_argument("--no-strokes", action="store_true", help="import the images only")
+            q.add_argument("--allow-unmatched", action="store_true",
+                           help="import a drawing lacking its image or strokes with that "
+                           "modality missing")
+        q.set_defaults(func=cmd_import)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``metamodal`` command."""
     parser = argparse.ArgumentParser(
@@ -294,12 +459,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_make_synthetic)
 
+    _add_import_parser(sub)
+
+    p = sub.add_parser("download", help="download a public dataset, verify, unpack, import")
+    p.add_argument("dataset", choices=("omniglot",), help="the dataset")
+    p.add_argument("dir", help="folder for archives/, unpacked/ and the imported dataset/")
+    p.add_argument("--sets", action="append", metavar="SETS",
+                   help="background-small (default), background, evaluation, or archive names "
+                   "(comma-separated, repeatable)")
+    p.add_argument("--url", default=None, help="base URL the archive names are appended to "
+                   "(default: the authors' repository)")
+    p.add_argument("--sha256", action="append", metavar="NAME=HEX",
+                   help="expected SHA-256 of an archive (repeatable)")
+    p.add_argument("--no-import", action="store_true", help="only download and unpack")
+    p.add_argument("--overwrite", action="store_true", help="import again over DIR/dataset")
+    p.add_argument("--val-groups", action="append", metavar="GROUPS",
+                   help="alphabets held out for validation (comma-separated)")
+    p.add_argument("--test-groups", action="append", metavar="GROUPS",
+                   help="alphabets held out for testing (comma-separated)")
+    p.add_argument("--image-size", type=int, default=28, help="decoded image size (default 28)")
+    p.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("episodes", help="write an episode file of a published protocol")
+    p.add_argument("data", help="dataset directory")
+    p.add_argument("--out", required=True, help="the episodes.jsonl to write")
+    p.add_argument("--within", metavar="GROUPS",
+                   help="every run within one group: group names (comma-separated, used in "
+                   "turn) or '*' for every group that can supply a run (Lake et al. 2015)")
+    p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
+                   help="draw classes from this split (default all)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the split when the dataset has no splits.toml (use the "
+                   "training seed)")
+    p.add_argument("--ways", type=int, default=5, help="classes per run (default 5)")
+    p.add_argument("--shots", type=int, default=1, help="support samples per class (default 1)")
+    p.add_argument("--queries", type=int, default=15, help="query samples per class (default 15)")
+    p.add_argument("--runs", type=int, default=600, help="number of runs / episodes (default 600)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the runs (default 0)")
+    p.set_defaults(func=cmd_episodes)
+
     p = sub.add_parser("train", help="meta-train a model; writes a run directory")
     p.add_argument("--data", help="dataset directory")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--config", help="TOML config (flags override it)")
     p.add_argument("--learner", help="e.g. protonet, matchingnet, relationnet, siamese, "
-                   "nearest-centroid, finetune")
+                   "nearest-centroid, finetune, maml, fomaml, anil, metasgd, maml++, reptile, "
+                   "lstm-optimizer")
     p.add_argument("--fusion", help="e.g. gated, concat, mean, attention, tensor, lowrank, late")
     p.add_argument("--modalities", help="comma-separated modalities to use")
     p.add_argument("--encoder", action="append", metavar="MODALITY=NAME",
@@ -317,8 +524,21 @@ def build_parser() -> argparse.ArgumentParser:
         ("--patience", int, "early stopping after N validations without gain (0 = off)"),
         ("--batch-size", int, "batch of supervised pre-training for baselines (default 64)"),
         ("--checkpoint-every", int, "resumable checkpoint every N steps (default 100)"),
+        ("--meta-batch", int, "episodes (tasks) per meta-update (default 1)"),
+        ("--inner-steps", int, "optimisation-based learners: inner steps in training"),
+        ("--inner-lr", float, "optimisation-based learners: inner learning rate in training"),
+        ("--eval-steps", int, "optimisation-based learners: inner steps at evaluation"),
+        ("--eval-lr", float, "optimisation-based learners: inner learning rate at evaluation"),
+        ("--val-ways", int, "classes per validation episode (default: as training, lowered to "
+                            "what the validation split has)"),
+        ("--val-shots", int, "support samples per class in validation (default: as training)"),
+        ("--val-queries", int, "query samples per class in validation (default: as training)"),
     ):
         p.add_argument(flag, type=kind, help=text)
+    p.add_argument("--first-order", action="store_true",
+                   help="optimisation-based learners: first-order meta-gradients")
+    p.add_argument("--adapt", help="optimisation-based learners: what the inner loop adapts: "
+                   "all, head, fusion, or comma-separated modalities")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--no-cache", action="store_true", help="do not cache decoded tensors")

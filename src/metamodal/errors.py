@@ -94,3 +94,12 @@ class MissingExtraError(ConfigError):
         ...                         fix="pip install 'metamodal[pretrained]'"))
         encoder 'minilm' needs sentence-transformers (fix: pip install 'metamodal[pretrained]')
     """
+
+
+class DownloadError(LocatedError):
+    """A download failed: the server is unreachable, refused the request or sent too little;
+    ``file`` holds the URL or the local file."""
+
+
+class ChecksumError(DownloadError):
+    """A downloaded file's SHA-256 differs from the expected one."""

@@ -19,6 +19,7 @@ import os
 import threading
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -524,12 +525,13 @@ def read_episode_file(
     return episodes
 
 
-def write_episode_file(path: str | Path, episodes: Iterable[Episode]) -> Path:
+def write_episode_file(path: str | Path, episodes: Iterable[Episode | EpisodeIds]) -> Path:
     """Write episodes as an ``episodes.jsonl`` protocol file, atomically (temp file, rename).
 
     Args:
         path: where to write; a missing directory is created.
-        episodes: the episodes; an episode without a name is named by its position.
+        episodes: the episodes (`Episode` or `EpisodeIds`: only names and ids are written);
+            an episode without a name is named by its position.
 
     Returns:
         ``path`` as a `Path`.
@@ -567,3 +569,187 @@ def write_episode_file(path: str | Path, episodes: Iterable[Episode]) -> Path:
             os.fsync(handle.fileno())
 
     return atomic_write(path, write)
+
+
+# ----------------------------------------------------------------------------- protocols
+
+
+@dataclass
+class EpisodeIds:
+    """An episode as sample ids only: what an episode file holds, before anything is decoded.
+
+    Args:
+        name: the episode's name (``run01``, ...).
+        support_ids: ids of the support samples, grouped by class.
+        query_ids: ids of the query samples.
+        group: the group all its classes come from (within-group protocols), else ``None``;
+            not written to the file.
+        classes: the classes of the episode, in label order.
+
+    Example:
+        >>> EpisodeIds("run01", ["a1", "b1"], ["a2", "b2"]).query_ids
+        ['a2', 'b2']
+    """
+
+    name: str
+    support_ids: list[str]
+    query_ids: list[str]
+    group: str | None = None
+    classes: list[str] = field(default_factory=list)
+
+
+def _run_names(runs: int) -> list[str]:
+    width = max(2, len(str(runs)))
+    return [f"run{k + 1:0{width}d}" for k in range(runs)]
+
+
+def _check_runs(runs: int) -> None:
+    if isinstance(runs, bool) or not isinstance(runs, int | np.integer) or runs < 1:
+        raise ConfigError(f"invalid number of runs {runs!r}", column="runs",
+                          fix="ask for at least one run (episode)")
+
+
+def protocol_episodes(
+    ids: Sequence[str],
+    labels: Sequence[str],
+    *,
+    ways: int,
+    shots: int,
+    queries: int,
+    runs: int,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+    groups: Sequence[str | None] | None = None,
+    within: Sequence[str] | str | None = None,
+) -> list[EpisodeIds]:
+    """Episodes of a published protocol, as ids: N-way K-shot, optionally within one group.
+
+    Without ``within``, these are the episodes ``0 .. runs - 1`` of an `EpisodeSampler` with
+    this ``seed`` over ``classes`` (so, on a store whose samples come in the same order, the
+    very episodes `metamodal.evaluate.evaluate` draws with that seed).
+
+    With ``within``, every run draws all its classes from one group, as in the 20-way one-shot
+    runs of Lake, Salakhutdinov & Tenenbaum (2015), "Human-level concept learning through
+    probabilistic program induction" (each run within one alphabet). ``within`` names the
+    groups; run ``k`` uses the ``k % len(within)``-th, so 20 runs over 10 alphabets use each
+    twice. ``"*"`` means every group that can supply a run (the others are skipped with a
+    warning). Run ``k`` picks ``ways`` classes of its group and ``shots + queries`` distinct
+    samples of each, uniformly, from NumPy's PCG64 seeded with ``(seed, k)``; support and query
+    never share a sample.
+
+    Args:
+        ids: sample ids, ``N``.
+        labels: class label of each sample, ``N``.
+        ways: classes per run.
+        shots: support samples per class.
+        queries: query samples per class.
+        runs: the number of runs (episodes).
+        seed: the seed.
+        classes: the classes runs may use (e.g. a split's); default: all.
+        groups: group of each sample, ``N`` (needed by ``within``).
+        within: group names, or ``"*"`` for all groups; ``None`` for episodes across groups.
+
+    Returns:
+        ``runs`` `EpisodeIds` named ``run01``, ``run02``, ... (wider numbers past 99).
+
+    Raises:
+        InsufficientSamplesError: a named group has fewer than ``ways`` classes of at least
+            ``shots + queries`` samples (no group can, with ``"*"``), or the classes cannot
+            supply the episodes; the message says what can.
+        ConfigError: invalid counts, ``within`` without ``groups``, or an unknown group.
+
+    Example:
+        >>> ids = [f"{c}{i}" for c in "abcd" for i in range(3)]
+        >>> labels = [i[0] for i in ids]
+        >>> groups = ["G" if l in "ab" else "H" for l in labels]
+        >>> runs = protocol_episodes(ids, labels, ways=2, shots=1, queries=1, runs=2,
+        ...                          groups=groups, within=["G", "H"])
+        >>> [(r.name, r.group, sorted(r.classes)) for r in runs]
+        [('run01', 'G', ['a', 'b']), ('run02', 'H', ['c', 'd'])]
+    """
+    _check_counts(ways, shots, queries)
+    _check_runs(runs)
+    if len(ids) != len(labels):
+        raise ConfigError(f"{len(ids)} ids but {len(labels)} labels",
+                          fix="give one label per sample")
+    allowed = list(dict.fromkeys(classes)) if classes is not None else sorted(set(labels))
+    if within is None:
+        store = TensorStore(list(ids), list(labels), {}, {})
+        sampler = EpisodeSampler(store, allowed, ways, shots, queries, seed=seed)
+        out = []
+        for k, name in enumerate(_run_names(runs)):
+            support, query, chosen = sampler.indices(k)
+            out.append(EpisodeIds(name, [ids[i] for i in support.tolist()],
+                                  [ids[i] for i in query.tolist()], classes=chosen))
+        return out
+    if groups is None:
+        raise ConfigError("within-group runs need a group column", column="within",
+                          fix="set `group` in dataset.toml, or drop --within")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ConfigError(f"invalid seed {seed!r}", column="seed", fix="use an integer >= 0")
+    need = shots + queries
+    allowed_set = set(allowed)
+    rows: dict[str, list[int]] = {}
+    group_of: dict[str, str] = {}
+    for i, (label, group) in enumerate(zip(labels, groups, strict=True)):
+        if label in allowed_set:
+            rows.setdefault(label, []).append(i)
+            group_of.setdefault(label, label if group is None else group)
+    members: dict[str, list[str]] = {}
+    for label in sorted(rows):
+        members.setdefault(group_of[label], []).append(label)
+    usable = {g: [c for c in cs if len(rows[c]) >= need] for g, cs in members.items()}
+    able = sorted(g for g, cs in usable.items() if len(cs) >= ways)
+
+    def able_text() -> str:
+        if not able:
+            most = max((len(cs) for cs in usable.values()), default=0)
+            return f"no group can; the largest has {most} usable classes"
+        return "groups that can: " + _few([f"{g} ({len(usable[g])})" for g in able], 8)
+
+    if isinstance(within, str) and within in ("*", "all"):
+        chosen_groups = able
+        skipped = sorted(set(members) - set(able))
+        if not chosen_groups:
+            raise InsufficientSamplesError(
+                f"no group has {ways} classes of at least {need} samples (shots {shots} + "
+                f"queries {queries}); {able_text()}",
+                fix="use fewer ways, shots or queries",
+            )
+        if skipped:
+            warnings.warn(f"skipping {len(skipped)} group(s) with fewer than {ways} usable "
+                          f"classes: {_few([f'{g} ({len(usable[g])})' for g in skipped])}",
+                          stacklevel=2)
+    else:
+        chosen_groups = [within] if isinstance(within, str) else list(within)
+        if not chosen_groups:
+            raise ConfigError("no group named", column="within",
+                              fix="name groups, or pass '*' for every group")
+        for g in chosen_groups:
+            if g not in members:
+                raise ConfigError(f"unknown group {g!r} (or none of its classes is allowed)",
+                                  column="within",
+                                  fix="choose among: " + _few(sorted(members), 12))
+            if len(usable[g]) < ways:
+                small = len(members[g]) - len(usable[g])
+                detail = f" ({small} more with fewer than {need} samples)" if small else ""
+                raise InsufficientSamplesError(
+                    f"group {g!r} has {len(usable[g])} classes{detail}, but a {ways}-way run "
+                    f"needs {ways}",
+                    fix=f"use --ways {len(usable[g])} or fewer for {g!r}, or choose another "
+                    f"group; {able_text()}",
+                )
+    out = []
+    for k, name in enumerate(_run_names(runs)):
+        group = chosen_groups[k % len(chosen_groups)]
+        rng = np.random.default_rng([int(seed), k])
+        candidates = usable[group]
+        picked = [candidates[j] for j in rng.choice(len(candidates), ways, replace=False)]
+        support, query = [], []
+        for label in picked:
+            members_rows = rows[label]
+            chosen = rng.choice(len(members_rows), need, replace=False)
+            support += [ids[members_rows[j]] for j in chosen[:shots]]
+            query += [ids[members_rows[j]] for j in chosen[shots:]]
+        out.append(EpisodeIds(name, support, query, group=group, classes=picked))
+    return out

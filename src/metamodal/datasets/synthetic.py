@@ -27,8 +27,6 @@ import csv
 import io
 import math
 import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ import soundfile
 import tomli_w
 from PIL import Image
 
+from metamodal.datasets._output import staged_directory
 from metamodal.datasets._render import (
     ATTRIBUTES,
     MEASUREMENTS,
@@ -317,15 +316,7 @@ def make_synthetic(
             fix=f"use at least {3 * classes_per_family} classes or a smaller classes_per_family",
         )
     out = Path(out)
-    _check_target(out, overwrite)
-    # An existing directory (possibly ".", the working directory) is kept and filled from a
-    # temporary directory inside it; a new one is renamed into place whole.
-    existing = out.is_dir()
-    if not existing:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    name = Path(os.path.abspath(out)).name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out if existing else out.parent))
-    try:
+    with staged_directory(out, overwrite) as tmp:
         _write_dataset(tmp, table, families, per_class, workers,
                        _Settings(str(tmp), seed, float(missing_rate), float(noise),
                                  float(flip_rate), attribute_values, image_size, sample_rate,
@@ -336,31 +327,7 @@ def make_synthetic(
                                 classes_per_family=classes_per_family, image_size=image_size,
                                 sample_rate=sample_rate, audio_seconds=float(audio_seconds),
                                 track_length=track_length))
-        if existing:
-            _move_into(tmp, out)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            tmp.chmod(0o777 & ~umask)
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _move_into(tmp: Path, out: Path) -> None:
-    """Replace the content of directory ``out`` by that of ``tmp`` (a directory inside it),
-    moving ``dataset.toml`` last so that a half-moved directory is not taken for a dataset."""
-    for entry in out.iterdir():
-        if entry != tmp:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    for entry in sorted(tmp.iterdir(), key=lambda path: path.name == "dataset.toml"):
-        os.replace(entry, out / entry.name)
-    tmp.rmdir()
 
 
 def _write_dataset(root: Path, table: np.ndarray, families: int, per_class: int,
@@ -526,23 +493,6 @@ def _write_readme(root: Path, arguments: dict[str, object]) -> None:
         "",
     ])
     (root / "README.md").write_text(text, encoding="utf-8")
-
-
-def _check_target(out: Path, overwrite: bool) -> None:
-    """Refuse to write over anything but an empty directory or (with overwrite) a dataset."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ConfigError("exists and is not a directory", file=out,
-                          fix="choose another output path")
-    if not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise ConfigError("output directory exists and is not empty", file=out,
-                          fix="pass overwrite=True (--overwrite) or choose a new directory")
-    if not (out / "dataset.toml").is_file():
-        raise ConfigError("refusing to overwrite a directory that holds no dataset.toml",
-                          file=out, fix="choose a new directory or empty this one yourself")
 
 
 def _check_attribute_values(attribute_values: int) -> None:

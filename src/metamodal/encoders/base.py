@@ -168,19 +168,29 @@ def hyperparameters(factory: Callable[..., Any]) -> dict[str, Any]:
     """The keyword hyper-parameters of a registered constructor and their defaults.
 
     ``dim``, ``input_info`` and ``modalities`` (given by the model, not by a config) are left
-    out.
+    out. A class constructor that passes ``**options`` on to its base class also accepts the
+    base class's hyper-parameters (its own defaults win).
 
     Example:
         >>> hyperparameters(encoders.get("mlp"))
         {'hidden': (64,), 'dropout': 0.0}
     """
     skip = {"self", "dim", "input_info", "modalities"}
-    return {
-        name: parameter.default
-        for name, parameter in inspect.signature(factory).parameters.items()
-        if name not in skip
-        and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
-    }
+    found: dict[str, Any] = {}
+    owners = factory.__mro__ if isinstance(factory, type) else [factory]
+    for owner in owners:
+        init = owner.__dict__.get("__init__") if isinstance(factory, type) else owner
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        for parameter in parameters:
+            if parameter.name not in skip and parameter.kind in (
+                parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD
+            ):
+                found.setdefault(parameter.name, parameter.default)
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return found
 
 
 def check_hyperparameters(

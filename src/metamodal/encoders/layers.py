@@ -162,6 +162,7 @@ class MaskedBatchNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.momentum = momentum
+        self.track_running_stats = True
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("running_mean", torch.zeros(channels))
@@ -185,10 +186,13 @@ class MaskedBatchNorm(nn.Module):
             mean = masked.sum(dims) / count
             centred = masked - mean.view(shape) * keep  # x - mean where valid, 0 elsewhere
             var = centred.square().sum(dims) / count
-            with torch.no_grad():
-                unbiased = var * (count / (count - 1).clamp_min(1))
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
-                self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), self.momentum)
+            if self.track_running_stats:
+                with torch.no_grad():
+                    unbiased = var * (count / (count - 1).clamp_min(1))
+                    self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype),
+                                            self.momentum)
+                    self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype),
+                                           self.momentum)
             scale = (self.weight * torch.rsqrt(var + self.eps)).to(x.dtype)
             bias = _in_layout_of(self.bias.to(x.dtype).view(shape) * keep, x)
             return torch.addcmul(bias, centred, scale.view(shape))

@@ -27,7 +27,7 @@ def untrained_baseline(model: FewShotModel, *, seed: int = 0) -> FewShotModel:
     Example:
         >>> spec = dict(kinds={"x": "tabular"}, input_info={"x": {"features": 3}}, dim=8)
         >>> trained = FewShotModel.build(**spec, learner="matchingnet")
-        >>> type(untrained_baseline(trained).head).__name__
+        >>> type(untrained_baseline(trained).learner).__name__
         'ProtoNet'
     """
     spec = {**model.spec, "learner": "protonet", "learner_options": {}}

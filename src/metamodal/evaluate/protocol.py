@@ -1,20 +1,27 @@
-"""Few-shot evaluation protocols: embed every needed sample once, then score every episode.
+"""Few-shot evaluation protocols: score a model on many episodes, embedding each sample once
+where the learner allows it.
 
-A few-shot model's embedding of a sample depends on that sample alone, so evaluation embeds
-each sample that any episode needs exactly once (in batches, without gradients, in eval mode)
-and then runs every episode's head (`logits`) on those precomputed embeddings. Scoring 600
-episodes then costs 600 small head calls instead of 600 passes of the encoders.
+When the model's learner compares embeddings of the unadapted backbone (metric learners,
+``caches_embeddings`` True), a sample's embedding depends on that sample alone, so evaluation
+embeds each sample that any episode needs exactly once (in batches, without gradients, in eval
+mode) and then runs every episode's ``logits`` on those precomputed embeddings: 600 episodes
+cost 600 small calls instead of 600 passes of the encoders. When the learner adapts the
+network per task (the MAML family), each episode's support and query batches go through
+``adapt_predict``.
 
 The model is anything with the interface of ``metamodal.learners.FewShotModel``:
 
 - ``modalities: list[str]`` (optional; without it, every modality of the store is used);
-- ``embed(batch: dict[str, ModalityBatch]) -> Embeddings`` (or a plain tensor ``[B, D]``);
-- ``logits(support, support_labels, query, ways) -> Tensor [Q, ways]``.
+- ``caches_embeddings: bool`` (optional, default True);
+- with it: ``embed(batch) -> Embeddings`` (or a plain tensor ``[B, D]``) and
+  ``logits(support, support_labels, query, ways) -> Tensor [Q, ways]``;
+- without it: ``adapt_predict(support_batch, support_labels, query_batch, ways) -> [Q, ways]``.
 
-Embeddings are indexed with ``.index(idx)`` and joined with the ``cat`` of their class (or of
-their module). Both ``embed`` and ``logits`` run under `torch.no_grad`: a head that adapts by
-gradient steps inside ``logits`` (fine-tuning, MAML-style inner loops) must turn gradients back
-on for that itself (``torch.enable_grad()``), as `metamodal.learners.FineTune` does.
+Modalities left out of an evaluation (``modalities``) or hidden for a fraction of the samples
+(``drop``) are masked in the batches themselves, so both paths see the same inputs.
+Everything runs under `torch.no_grad`: a learner that adapts by gradient steps turns
+gradients back on for that itself (``torch.enable_grad()``), as `metamodal.learners.FineTune`
+and the MAML family do.
 
 The protocol follows Vinyals et al. (2016), "Matching Networks for One Shot Learning": mean
 accuracy over many test episodes drawn from held-out classes, with a 95% confidence interval.
@@ -290,6 +297,39 @@ def _progress(iterable: Iterable[Any], *, enabled: bool, total: int, desc: str) 
     return tqdm(iterable, total=total, desc=desc, delay=PROGRESS_DELAY_S, leave=False)
 
 
+def _hidden_rows(
+    store: TensorStore, rows: Tensor, drop: Mapping[str, float] | None, seed: int
+) -> dict[str, Tensor]:
+    """Modality -> bool ``[N]`` over the store: True where `drop_mask` hides it among
+    ``rows`` (decided on all of them at once, so the fraction is exact)."""
+    hidden = {}
+    for name, rate in (drop or {}).items():
+        if rate > 0:
+            mask = torch.zeros(len(store), dtype=torch.bool)
+            mask[rows] = drop_mask(len(store), rows, rate, seed, name)
+            hidden[name] = mask
+    return hidden
+
+
+def _masked_batch(
+    store: TensorStore,
+    rows: Tensor,
+    names: Sequence[str],
+    selected: Sequence[str],
+    hidden: Mapping[str, Tensor],
+) -> dict[str, Any]:
+    """The store rows ``rows`` as a batch of ``names``, with modalities outside ``selected``
+    absent for every sample and those in ``hidden`` absent where it says so."""
+    batch = store.batch(rows, names)
+    for name in names:
+        mb = batch[name]
+        if name not in selected:
+            batch[name] = mb.with_present(torch.zeros_like(mb.present))
+        elif name in hidden:
+            batch[name] = mb.with_present(mb.present & ~hidden[name][rows])
+    return batch
+
+
 def embed_store(
     model: Any,
     store: TensorStore,
@@ -333,29 +373,14 @@ def embed_store(
     rows = torch.as_tensor(indices, dtype=torch.long).flatten().cpu()
     names = _model_modalities(model, store)
     selected = _resolve_selection(names, modalities, drop)
-    drop = dict(drop) if drop else None
     if batch_size < 1:
         raise ConfigError(f"batch_size {batch_size} < 1", fix="use a positive batch size")
-    if drop:
-        # Decide the drop on the whole set of rows at once, so the hidden fraction is exact
-        # and does not depend on the batch size.
-        hidden = {m: drop_mask(len(store), rows, r, seed, m) for m, r in drop.items() if r > 0}
-    else:
-        hidden = {}
+    hidden = _hidden_rows(store, rows, drop, seed)
     chunks = list(torch.split(rows, batch_size))
     parts = []
     with _inference(model):
-        start = 0
         for chunk in _progress(chunks, enabled=progress, total=len(chunks), desc="embed"):
-            batch = store.batch(chunk, names)
-            for name in names:
-                mb = batch[name]
-                if name not in selected:
-                    batch[name] = mb.with_present(torch.zeros_like(mb.present))
-                elif name in hidden:
-                    part = hidden[name][start : start + chunk.numel()]
-                    batch[name] = mb.with_present(mb.present & ~part)
-            start += chunk.numel()
+            batch = _masked_batch(store, chunk, names, selected, hidden)
             parts.append(_detach(model.embed(batch_to(batch, device))))
     return _cat_embeddings(parts)
 
@@ -492,28 +517,13 @@ def _score(
     selected = select_modalities(model, store, modalities, drop)
     drop = {m: float(r) for m, r in drop.items()} if drop else None
 
-    needed = torch.cat(plan.support + plan.query).unique()
-    emb = embed_store(model, store, needed, selected, drop, seed=seed, batch_size=batch_size,
-                      device=device, progress=progress)
-    position = torch.full((len(store),), -1, dtype=torch.long)
-    position[needed] = torch.arange(needed.numel())
-    position = position.to(device)
-
-    preds: list[Tensor] = []
-    with _inference(model):
-        episodes = zip(plan.support, plan.support_labels, plan.query, plan.ways, strict=True)
-        for support, s_lab, query, ways in _progress(
-            episodes, enabled=progress, total=n_episodes, desc="episodes"
-        ):
-            s_emb = _index_embeddings(emb, position[support.to(device)])
-            q_emb = _index_embeddings(emb, position[query.to(device)])
-            logits = model.logits(s_emb, s_lab.to(device), q_emb, ways)
-            if tuple(logits.shape) != (query.numel(), ways):
-                raise MetamodalError(
-                    f"model.logits returned shape {tuple(logits.shape)}, expected "
-                    f"[{query.numel()}, {ways}] (queries, ways)"
-                )
-            preds.append(logits.detach().argmax(-1))
+    episodes = zip(plan.support, plan.support_labels, plan.query, plan.ways, strict=True)
+    episodes = _progress(episodes, enabled=progress, total=n_episodes, desc="episodes")
+    if getattr(model, "caches_embeddings", True):
+        preds = _predict_from_embeddings(model, store, plan, episodes, selected, drop, seed,
+                                         batch_size, device, progress)
+    else:
+        preds = _predict_per_episode(model, store, plan, episodes, selected, drop, seed, device)
 
     pred = torch.cat(preds).cpu()
     target = torch.cat(plan.query_labels)
@@ -541,6 +551,57 @@ def _score(
         drop=drop,
         episode_digest=plan.digest(len(store)),
     )
+
+
+def _check_logits(logits: Tensor, queries: int, ways: int) -> None:
+    if tuple(logits.shape) != (queries, ways):
+        raise MetamodalError(
+            f"the model returned logits of shape {tuple(logits.shape)}, expected "
+            f"[{queries}, {ways}] (queries, ways)"
+        )
+
+
+def _predict_from_embeddings(
+    model: Any, store: TensorStore, plan: _IndexEpisodes, episodes: Iterable[Any],
+    selected: list[str], drop: Mapping[str, float] | None, seed: int, batch_size: int,
+    device: torch.device | str, progress: bool,
+) -> list[Tensor]:
+    """Embed every sample the episodes need once, then run each episode's ``logits``."""
+    needed = torch.cat(plan.support + plan.query).unique()
+    emb = embed_store(model, store, needed, selected, drop, seed=seed, batch_size=batch_size,
+                      device=device, progress=progress)
+    position = torch.full((len(store),), -1, dtype=torch.long)
+    position[needed] = torch.arange(needed.numel())
+    position = position.to(device)
+    preds: list[Tensor] = []
+    with _inference(model):
+        for support, s_lab, query, ways in episodes:
+            s_emb = _index_embeddings(emb, position[support.to(device)])
+            q_emb = _index_embeddings(emb, position[query.to(device)])
+            logits = model.logits(s_emb, s_lab.to(device), q_emb, ways)
+            _check_logits(logits, query.numel(), ways)
+            preds.append(logits.detach().argmax(-1))
+    return preds
+
+
+def _predict_per_episode(
+    model: Any, store: TensorStore, plan: _IndexEpisodes, episodes: Iterable[Any],
+    selected: list[str], drop: Mapping[str, float] | None, seed: int,
+    device: torch.device | str,
+) -> list[Tensor]:
+    """Run each episode's support and query batches through ``adapt_predict``."""
+    names = _model_modalities(model, store)
+    needed = torch.cat(plan.support + plan.query).unique()
+    hidden = _hidden_rows(store, needed, drop, seed)
+    preds: list[Tensor] = []
+    with _inference(model):
+        for support, s_lab, query, ways in episodes:
+            s_batch = batch_to(_masked_batch(store, support, names, selected, hidden), device)
+            q_batch = batch_to(_masked_batch(store, query, names, selected, hidden), device)
+            logits = model.adapt_predict(s_batch, s_lab.to(device), q_batch, ways)
+            _check_logits(logits, query.numel(), ways)
+            preds.append(logits.detach().argmax(-1))
+    return preds
 
 
 def evaluate(

@@ -457,6 +457,7 @@ def write_report(
     ablation: Sequence[EvalResult] | None = None,
     robustness: Mapping[str, Sequence[EvalResult]] | None = None,
     learning_curve: Sequence[Mapping[str, Any]] | None = None,
+    training_seconds: Mapping[str, float] | None = None,
     title: str = "metamodal report",
 ) -> Path:
     """Write an evaluation report: PNG plots, ``results.json``, ``results.md``, ``index.html``.
@@ -469,6 +470,7 @@ def write_report(
     - ``robustness.png``: accuracy vs fraction of samples with a modality dropped, one line per
       modality with a CI band (`missing_modality_curve`);
     - ``learning_curve.png``: training loss and train / validation accuracy per step;
+    - a table of training time per method (``training_seconds``);
     - ``results.json``: everything above as data (read back with `read_results`), plus the
       paired comparisons (`paired_comparisons`);
     - ``results.md``: the tables in Markdown;
@@ -484,6 +486,7 @@ def write_report(
         robustness: modality -> results per drop rate, from `missing_modality_curve`.
         learning_curve: rows of ``metrics.jsonl`` (``step``, ``train_loss``, ``train_acc``,
             ``val_acc``, optional ``val_loss`` and ``val_ci95``).
+        training_seconds: method (or run) name -> wall-clock seconds of its training.
         title: the report's title.
 
     Returns:
@@ -505,7 +508,8 @@ def write_report(
 
     md = [f"# {_md_text(title)}", ""]
     page = [f"<h1>{html.escape(title)}</h1>"]
-    if not (named or ablation_list or robust or curve_rows):
+    timing = {str(k): float(v) for k, v in (training_seconds or {}).items()}
+    if not (named or ablation_list or robust or curve_rows or timing):
         md.append("Nothing to report.")
         page.append('<p class="note">Nothing to report.</p>')
 
@@ -526,6 +530,12 @@ def write_report(
                 '<p class="note">Method minus reference, per episode, averaged; significant '
                 "when the 95% interval of the difference excludes zero.</p>"
             )
+
+    if timing:
+        header = ["training", "seconds"]
+        rows = [[name, f"{seconds:.0f}"] for name, seconds in timing.items()]
+        md += ["## Training time", "", _md_table(header, rows), ""]
+        page += ["<h2>Training time</h2>", _html_table(header, rows)]
 
     if ablation_list:
         _bar_plot(_named(ablation_list), out / ABLATION_PNG, "Modality ablation")
@@ -559,6 +569,7 @@ def write_report(
         "ablation": [r.to_dict() for r in ablation_list] or None,
         "robustness": {m: [r.to_dict() for r in c] for m, c in robust.items()} or None,
         "learning_curve": curve_rows or None,
+        "training_seconds": timing or None,
     }
     text = json.dumps(_jsonable(data), indent=2, ensure_ascii=False, allow_nan=False)
     _atomic_write(out / RESULTS_JSON, (text + "\n").encode("utf-8"))
@@ -581,7 +592,8 @@ def read_results(path: str | Path) -> dict[str, Any]:
 
     Returns:
         ``{"title", "results": dict[str, EvalResult], "ablation": list | None,
-        "robustness": dict[str, list] | None, "learning_curve": list | None}``; the keys other
+        "robustness": dict[str, list] | None, "learning_curve": list | None,
+        "training_seconds": dict | None}``; the keys other
         than ``title`` can be passed back to `write_report` to redraw the report.
 
     Raises:
@@ -614,4 +626,5 @@ def read_results(path: str | Path) -> dict[str, Any]:
         "ablation": ablation,
         "robustness": robustness,
         "learning_curve": data.get("learning_curve"),
+        "training_seconds": data.get("training_seconds"),
     }

@@ -212,3 +212,49 @@ def paired_difference(a: Iterable[float] | Tensor, b: Iterable[float] | Tensor) 
         )
     mean, half = mean_ci95(xa - xb)
     return PairedDifference(mean, half)
+
+
+def pooled_error(
+    accuracies: Iterable[float] | Tensor, counts: Iterable[int] | Tensor
+) -> tuple[float, float]:
+    """Error rate over all query items of a set of runs, with a 95% interval over runs.
+
+    Lake et al. (2015), "Human-level concept learning through probabilistic program
+    induction", report one-shot classification as the error over all test items of their 20
+    runs. The pooled error is ``1 - sum(acc_r * n_r) / sum(n_r)``. Its interval treats the
+    runs as the sampled units (items of one run share its classes): the half width is
+    ``1.96 * sqrt(sum(n_r^2 (e_r - E)^2) / (R (R - 1))) / mean(n_r)``, the usual standard error
+    of a ratio estimator over clusters, which for runs of equal size is the standard error of
+    the mean per-run error. One run gives ``nan``. Runs without query items are left out.
+
+    Args:
+        accuracies: per-run accuracy, ``[R]`` in ``0..1``.
+        counts: query items per run, ``[R]``.
+
+    Returns:
+        ``(error, half_width)`` in ``0..1``.
+
+    Raises:
+        ConfigError: lengths differ, or no run has a query item.
+
+    Example:
+        >>> e, h = pooled_error([0.9, 0.8, 1.0], [20, 20, 20])
+        >>> round(e, 3), round(h, 3)
+        (0.1, 0.113)
+    """
+    acc = _as_float_tensor(accuracies)
+    n = _as_float_tensor(counts)
+    if acc.numel() != n.numel():
+        raise ConfigError(f"{acc.numel()} accuracies but {n.numel()} counts",
+                          fix="give one query count per run")
+    keep = n > 0
+    acc, n = acc[keep], n[keep]
+    if n.numel() == 0:
+        raise ConfigError("no run has a query item", fix="evaluate runs with query items")
+    error = 1.0 - (acc * n).sum().item() / n.sum().item()
+    runs = n.numel()
+    if runs == 1:
+        return error, math.nan
+    per_run = 1.0 - acc
+    spread = ((n * (per_run - error)) ** 2).sum().item() / (runs * (runs - 1))
+    return error, Z_95 * math.sqrt(spread) / n.mean().item()

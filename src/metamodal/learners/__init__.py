@@ -1,41 +1,73 @@
-"""Few-shot learners: metric-based heads, baselines and the `FewShotModel` that composes
-encoders, fusion and a head.
+"""Few-shot learners and the `FewShotModel` that composes a `Backbone` (encoders + fusion)
+with one.
 
-Heads register themselves in `learners` by name, one file per family:
-``protonet``, ``matchingnet``, ``relationnet``, ``siamese`` and the baselines
-``nearest-centroid`` and ``finetune``.
+Learners register themselves in `learners` by name, one file per family: metric
+(``protonet``, ``matchingnet``, ``relationnet``, ``siamese``), the baselines
+(``nearest-centroid``, ``finetune``) and the optimisation-based family (``maml``, ``fomaml``,
+``anil``, ``metasgd``, ``maml++``, ``reptile``, ``lstm-optimizer``).
 
 Example:
     >>> from metamodal.learners import learners
-    >>> learners.names()
-    ['finetune', 'matchingnet', 'nearest-centroid', 'protonet', 'relationnet', 'siamese']
+    >>> learners.names()  # doctest: +NORMALIZE_WHITESPACE
+    ['anil', 'finetune', 'fomaml', 'lstm-optimizer', 'maml', 'maml++', 'matchingnet', 'metasgd',
+     'nearest-centroid', 'protonet', 'relationnet', 'reptile', 'siamese']
 """
 
-from metamodal.learners import baselines, matchingnet, protonet, relationnet, siamese
-from metamodal.learners.base import Head, check_support, class_means, learners, support_checked
+from metamodal.learners import baselines, gradient, matchingnet, protonet, relationnet, siamese
+from metamodal.learners.base import (
+    Learner,
+    MetricLearner,
+    check_support,
+    class_means,
+    embed_pair,
+    learners,
+    support_checked,
+)
 from metamodal.learners.baselines import FineTune, NearestCentroid, SupervisedClassifier
 from metamodal.learners.embeddings import Embeddings
+from metamodal.learners.gradient import (
+    ANIL,
+    FOMAML,
+    MAML,
+    GradientLearner,
+    LSTMOptimizer,
+    MAMLPlusPlus,
+    MetaSGD,
+    Reptile,
+)
 from metamodal.learners.matchingnet import MatchingNet
-from metamodal.learners.model import FewShotModel
+from metamodal.learners.model import Backbone, FewShotModel
 from metamodal.learners.protonet import ProtoNet
 from metamodal.learners.relationnet import RelationNet
 from metamodal.learners.siamese import Siamese, contrastive_loss
 
 __all__ = [
+    "ANIL",
+    "FOMAML",
+    "MAML",
+    "Backbone",
     "Embeddings",
     "FewShotModel",
     "FineTune",
-    "Head",
+    "GradientLearner",
+    "LSTMOptimizer",
+    "Learner",
+    "MAMLPlusPlus",
     "MatchingNet",
+    "MetaSGD",
+    "MetricLearner",
     "NearestCentroid",
     "ProtoNet",
     "RelationNet",
+    "Reptile",
     "Siamese",
     "SupervisedClassifier",
     "baselines",
     "check_support",
     "class_means",
     "contrastive_loss",
+    "embed_pair",
+    "gradient",
     "learners",
     "matchingnet",
     "protonet",

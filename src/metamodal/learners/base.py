@@ -1,24 +1,21 @@
-"""What every few-shot head shares: the registry, the `Head` base class and episode helpers.
+"""What every learner shares: the registry, the `Learner` and `MetricLearner` base classes
+and episode helpers.
 
-A *head* turns embedded support and query samples of one episode into query logits. It is a
-plain `torch.nn.Module` with
+A *learner* owns an episode: given the backbone (encoders + fusion, ``backbone(batch) ->
+Embeddings``) and the episode's support and query batches it returns the query logits
+(``forward``) and the training loss (``loss``). Metric learners (`MetricLearner`) compare
+embeddings and let evaluation embed every sample once; optimisation-based learners
+(`metamodal.learners.gradient`) adapt the backbone's weights per task.
 
-- ``forward(support [S, D], support_labels long [S], query [Q, D], ways) -> logits [Q, ways]``;
-- ``loss(logits [Q, ways], query_labels long [Q]) -> scalar`` (cross-entropy unless overridden);
-- ``extra_loss(support: Embeddings, support_labels, query: Embeddings, query_labels) -> scalar``
-  (zero unless overridden; sees fused ``z`` and the per-modality ``parts``);
-- a class attribute ``training_mode``: ``"episodic"`` (meta-trained on episodes) or
-  ``"supervised"`` (the encoders and fusion are pre-trained by ordinary classification over
-  every meta-train class, and the head only adapts per episode on frozen features).
-
-Heads are built by name from `learners` with ``learners.create(name, dim=D, **options)``, where
-``D`` is the width of the embeddings they receive; heads that need no width ignore it.
+Learners are built by name from `learners` with ``learners.create(name, dim=D, **options)``,
+where ``D`` is the width of the fused embeddings they receive; learners that need no width
+ignore it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import ClassVar
@@ -27,39 +24,115 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metamodal.data.batch import Episode, ModalityBatch, cat_batches
 from metamodal.errors import DatasetError, InsufficientSamplesError
 from metamodal.learners.embeddings import Embeddings
 from metamodal.registry import Registry
 
 learners: Registry[nn.Module] = Registry("learner")
-"""Few-shot heads by name (``protonet``, ``matchingnet``, ``relationnet``, ``siamese``,
-``nearest-centroid``, ``finetune``)."""
+"""Learners by name: metric (``protonet``, ``matchingnet``, ``relationnet``, ``siamese``),
+baselines (``nearest-centroid``, ``finetune``) and optimisation-based (``maml``, ``fomaml``,
+``anil``, ``metasgd``, ``maml++``, ``reptile``, ``lstm-optimizer``)."""
 
 TRAINING_MODES = ("episodic", "supervised")
 
 
-class Head(nn.Module):
-    """Base class of few-shot heads: cross-entropy `loss`, zero `extra_loss`, episodic training.
+class Learner(nn.Module):
+    """Base class of every learner: it owns an episode.
 
-    Subclasses implement `forward`. See the module docstring for the contract.
+    A learner gets the *backbone* (the encoders and the fusion as one `nn.Module`,
+    ``backbone(batch) -> Embeddings``, callable through `torch.func.functional_call`) and an
+    episode, and returns the query logits and the loss. Subclasses implement `forward`; the
+    default `loss` is the cross-entropy of those logits.
+
+    Class attributes:
+        training_mode: ``"episodic"`` (meta-trained on episodes) or ``"supervised"`` (the
+            backbone is pre-trained by ordinary classification over every meta-train class,
+            and the learner only adapts per episode).
+        caches_embeddings: True when the learner sees a sample only through its embedding by
+            the unadapted backbone, so that evaluation may embed every sample once and reuse
+            the embeddings across episodes (metric learners). Learners that adapt the
+            backbone's weights per task (the MAML family) set it False: evaluation then runs
+            each episode through `forward`.
 
     Example:
-        >>> class Nearest(Head):
-        ...     def forward(self, support, support_labels, query, ways):
-        ...         return -torch.cdist(query, class_means(support, support_labels, ways))
-        >>> Nearest()(torch.eye(2), torch.tensor([0, 1]), torch.eye(2), 2).argmax(1).tolist()
+        >>> class Nearest(Learner):
+        ...     def forward(self, backbone, support, support_labels, query, ways):
+        ...         s, q = backbone(support).z, backbone(query).z
+        ...         return -torch.cdist(q, class_means(s, support_labels, ways))
+        >>> from metamodal.data.batch import ModalityBatch
+        >>> class Identity(nn.Module):
+        ...     def forward(self, batch):
+        ...         return Embeddings(batch["x"].values, batch["x"].present.unsqueeze(1))
+        >>> batch = {"x": ModalityBatch(torch.eye(2), torch.ones(2, dtype=torch.bool))}
+        >>> Nearest()(Identity(), batch, torch.tensor([0, 1]), batch, 2).argmax(1).tolist()
         [0, 1]
     """
 
     training_mode: ClassVar[str] = "episodic"
+    caches_embeddings: ClassVar[bool] = True
 
     def forward(  # pragma: no cover - abstract
+        self,
+        backbone: nn.Module,
+        support: Mapping[str, ModalityBatch],
+        support_labels: Tensor,
+        query: Mapping[str, ModalityBatch],
+        ways: int,
+    ) -> Tensor:
+        """Query logits ``[Q, ways]`` of an episode.
+
+        Args:
+            backbone: encoders + fusion, ``backbone(batch) -> Embeddings``.
+            support: modality name -> `ModalityBatch` of the ``S`` support samples.
+            support_labels: long ``[S]`` in ``0..ways-1``.
+            query: modality name -> `ModalityBatch` of the ``Q`` query samples.
+            ways: number of classes.
+        """
+        raise NotImplementedError
+
+    def loss(self, backbone: nn.Module, episode: Episode) -> tuple[Tensor, Tensor]:
+        """The episode's training loss and its query logits ``[Q, ways]``."""
+        logits = self(backbone, episode.support, episode.support_labels, episode.query,
+                      episode.ways)
+        return F.cross_entropy(logits, episode.query_labels), logits
+
+    def check_backbone(self, backbone: nn.Module) -> None:
+        """Called once when a `FewShotModel` is assembled: raise `ConfigError` when this
+        learner cannot work with ``backbone`` (its fusion or encoders), and create any state
+        that depends on it (per-weight learning rates); nothing here."""
+
+    def on_step(self, step: int, total: int) -> None:
+        """Called by the trainer before training step ``step`` of ``total`` (schedules that
+        depend on training progress); nothing here."""
+
+
+class MetricLearner(Learner):
+    """A learner that compares embeddings: ProtoNet and its kin, and the baselines.
+
+    Subclasses implement `scores` (support and query *embeddings* of one view in, logits
+    out); `logits` runs it on fused embeddings, or on each modality's embeddings under late
+    fusion and mixes them with the fusion's ``combine``. Embeddings do not depend on the
+    episode, so evaluation may compute them once per sample (``caches_embeddings``).
+
+    Optional overrides: `query_loss` (cross-entropy of the query logits) and `extra_loss`
+    (zero; sees fused ``z`` and the per-modality ``parts``).
+
+    Example:
+        >>> class Nearest(MetricLearner):
+        ...     def scores(self, support, support_labels, query, ways):
+        ...         return -torch.cdist(query, class_means(support, support_labels, ways))
+        >>> Nearest().scores(torch.eye(2), torch.tensor([0, 1]), torch.eye(2), 2).argmax(1)
+        tensor([0, 1])
+    """
+
+    def scores(  # pragma: no cover - abstract
         self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
     ) -> Tensor:
         """Query logits ``[Q, ways]`` from support ``[S, D]``, labels ``[S]``, query ``[Q, D]``."""
         raise NotImplementedError
 
-    def loss(self, logits: Tensor, query_labels: Tensor) -> Tensor:
+    def query_loss(self, logits: Tensor, query_labels: Tensor) -> Tensor:
         """Cross-entropy of ``logits`` ``[Q, ways]`` against ``query_labels`` long ``[Q]``."""
         return F.cross_entropy(logits, query_labels)
 
@@ -70,8 +143,125 @@ class Head(nn.Module):
         query: Embeddings,
         query_labels: Tensor,
     ) -> Tensor:
-        """A loss term beyond `loss` computed from the embeddings themselves; zero here."""
+        """A loss term beyond `query_loss` computed from the embeddings themselves; zero here."""
         return support.z.new_zeros(())
+
+    def logits(
+        self,
+        backbone: nn.Module,
+        support: Embeddings,
+        support_labels: Tensor,
+        query: Embeddings,
+        ways: int,
+    ) -> Tensor:
+        """Query logits ``[Q, ways]`` from embedded support and query samples.
+
+        A support sample with no modality at all carries no information (its fused embedding
+        is a placeholder zero vector), so it is left out of its class, unless its class has no
+        other support sample. With late fusion (``z`` ``[B, M, D]``) `scores` runs once per
+        modality ``m`` on the support samples that have ``m``; ``valid[q, m]`` is True when
+        query ``q`` has ``m`` and every class has a support sample with ``m``; the backbone's
+        fusion ``combine`` mixes the per-modality logits ``[Q, M, ways]`` over the valid ones.
+
+        Args:
+            backbone: the backbone that made the embeddings (its fusion mixes late logits).
+            support: embeddings of the ``S`` support samples.
+            support_labels: long ``[S]`` in ``0..ways-1``.
+            query: embeddings of the ``Q`` query samples.
+            ways: number of classes.
+
+        Raises:
+            InsufficientSamplesError: some class has no support sample.
+        """
+        counts = check_support(support_labels, ways)  # the episode's only check
+        if not support.late:
+            support, support_labels, counts = _informative_support(support, support_labels,
+                                                                   ways, counts)
+            with support_checked(support_labels, ways, counts):
+                return self.scores(support.z, support_labels, query.z, ways)
+        # per_class[k, m]: support samples of class k that have modality m
+        has_modality = support.present.to(torch.long)
+        per_class = has_modality.new_zeros(ways, has_modality.shape[1])
+        per_class.index_add_(0, support_labels, has_modality)
+        usable = (per_class > 0).all(0).tolist()  # one transfer for every modality
+        per_modality: list[Tensor] = []
+        valid: list[Tensor] = []
+        for m, use in enumerate(usable):
+            if use:
+                rows = support.present[:, m].nonzero().squeeze(1)
+                labels = support_labels[rows]
+                with support_checked(labels, ways, per_class[:, m]):
+                    per_modality.append(self.scores(support.z[rows, m], labels,
+                                                    query.z[:, m], ways))
+                valid.append(query.present[:, m])
+            else:
+                per_modality.append(query.z.new_zeros(len(query), ways))
+                valid.append(torch.zeros_like(query.present[:, m]))
+        return backbone.fusion.combine(torch.stack(per_modality, 1), torch.stack(valid, 1))
+
+    def forward(
+        self,
+        backbone: nn.Module,
+        support: Mapping[str, ModalityBatch],
+        support_labels: Tensor,
+        query: Mapping[str, ModalityBatch],
+        ways: int,
+    ) -> Tensor:
+        """Embed support and query (in one pass where they carry the same modalities) and
+        return `logits` ``[Q, ways]``."""
+        s, q = embed_pair(backbone, support, query)
+        return self.logits(backbone, s, support_labels, q, ways)
+
+    def loss(self, backbone: nn.Module, episode: Episode) -> tuple[Tensor, Tensor]:
+        """`query_loss` of the query logits plus `extra_loss` of the embeddings, and the
+        logits ``[Q, ways]``."""
+        support, query = embed_pair(backbone, episode.support, episode.query)
+        logits = self.logits(backbone, support, episode.support_labels, query, episode.ways)
+        total = self.query_loss(logits, episode.query_labels)
+        total = total + self.extra_loss(support, episode.support_labels, query,
+                                        episode.query_labels)
+        return total, logits
+
+
+def embed_pair(
+    backbone: nn.Module,
+    support: Mapping[str, ModalityBatch],
+    query: Mapping[str, ModalityBatch],
+) -> tuple[Embeddings, Embeddings]:
+    """Embed an episode's support and query sets: in one pass when they carry the same
+    modalities (so that normalisation layers see the whole episode); returns (support, query).
+
+    Example:
+        >>> from metamodal.data.batch import ModalityBatch
+        >>> class Identity(nn.Module):
+        ...     def forward(self, batch):
+        ...         return Embeddings(batch["x"].values, batch["x"].present.unsqueeze(1))
+        >>> b = {"x": ModalityBatch(torch.eye(3), torch.ones(3, dtype=torch.bool))}
+        >>> [len(e) for e in embed_pair(Identity(), b, b)]
+        [3, 3]
+    """
+    if set(support) != set(query):
+        return backbone(support), backbone(query)
+    n_support = len(next(iter(support.values())))
+    both = backbone(cat_batches([support, query]))
+    first, second = both.split([n_support, len(both) - n_support])
+    return first, second
+
+
+def _informative_support(
+    support: Embeddings, labels: Tensor, ways: int, counts: Tensor
+) -> tuple[Embeddings, Tensor, Tensor]:
+    """Support without samples that have no modality, except for classes that have nothing
+    else; returns (support, labels ``[S']``, per-class counts ``[ways]``)."""
+    informative = support.present.any(1)
+    if bool(informative.all()):
+        return support, labels, counts
+    per_class = torch.zeros(ways, dtype=torch.long, device=labels.device)
+    per_class.index_add_(0, labels, informative.to(torch.long))
+    keep = informative | (per_class[labels] == 0)
+    rows = keep.nonzero().squeeze(1)
+    kept = labels[rows]
+    return support.index(rows), kept, torch.bincount(kept, minlength=ways)
 
 
 def register_log_scalar(module: nn.Module, name: str, value: float, *, learn: bool) -> None:
@@ -152,8 +342,8 @@ def support_checked(support_labels: Tensor, ways: int, counts: Tensor) -> Iterat
     """Within this block, `check_support` (and so `class_means`) trusts ``counts`` for these
     ``support_labels`` and checks nothing again.
 
-    `FewShotModel.logits` checks an episode's support once and calls the head inside this
-    block, so a head that checks again (every built-in head does, when called on its own)
+    `MetricLearner.logits` checks an episode's support once and calls `scores` inside this
+    block, so a learner that checks again (every built-in one does, when called on its own)
     costs no second device-to-host transfer. Other label tensors are checked as usual.
 
     Args:

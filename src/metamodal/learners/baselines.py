@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metamodal.learners.base import (
-    Head,
+    MetricLearner,
     check_support,
     class_means,
     euclidean_distances,
@@ -62,7 +62,7 @@ class SupervisedClassifier(nn.Module):
 
 
 @learners.register("nearest-centroid")
-class NearestCentroid(Head):
+class NearestCentroid(MetricLearner):
     """SimpleShot: centre the features by the mean pre-training feature, L2-normalise them, and
     give each query the class whose mean normalised support feature is nearest (Euclidean).
 
@@ -79,7 +79,7 @@ class NearestCentroid(Head):
         >>> head = NearestCentroid(dim=2)
         >>> head.set_feature_mean(torch.tensor([1.0, 1.0]))
         >>> support = torch.tensor([[2.0, 1.0], [1.0, 3.0]])  # centred: [1, 0], [0, 2] -> [0, 1]
-        >>> logits = head(support, torch.tensor([0, 1]), torch.tensor([[5.0, 1.0]]), 2)
+        >>> logits = head.scores(support, torch.tensor([0, 1]), torch.tensor([[5.0, 1.0]]), 2)
         >>> [round(v, 4) for v in logits[0].tolist()]  # query -> [1, 0]: distances 0 and sqrt 2
         [-0.0, -1.4142]
     """
@@ -104,7 +104,7 @@ class NearestCentroid(Head):
         """Centred and L2-normalised features, ``[B, D]``."""
         return l2_normalize(features - self.feature_mean, dim=1)
 
-    def forward(
+    def scores(
         self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
     ) -> Tensor:
         """Logits ``[Q, ways]``: minus the Euclidean distance to each class's mean.
@@ -120,7 +120,7 @@ class NearestCentroid(Head):
 
 
 @learners.register("finetune")
-class FineTune(Head):
+class FineTune(MetricLearner):
     """Fine-tuning baseline: a fresh linear (or cosine) classifier trained on the support
     features of each episode, with the features frozen.
 
@@ -149,7 +149,7 @@ class FineTune(Head):
         >>> head = FineTune(steps=50)
         >>> support = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
         >>> with torch.no_grad():
-        ...     head(support, torch.tensor([0, 1]), support, 2).argmax(1).tolist()
+        ...     head.scores(support, torch.tensor([0, 1]), support, 2).argmax(1).tolist()
         [0, 1]
     """
 
@@ -234,7 +234,7 @@ class FineTune(Head):
                     opt.step()
         return weight.detach().to(support.dtype), bias.detach().to(support.dtype)
 
-    def forward(
+    def scores(
         self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
     ) -> Tensor:
         """Logits ``[Q, ways]`` of the classifier fitted to this episode's support set.

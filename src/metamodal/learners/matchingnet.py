@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metamodal.learners.base import (
-    Head,
+    MetricLearner,
     check_support,
     l2_normalize,
     learners,
@@ -15,7 +15,7 @@ from metamodal.learners.base import (
 
 
 @learners.register("matchingnet")
-class MatchingNet(Head):
+class MatchingNet(MetricLearner):
     """Matching Networks: a query attends over every support sample with a softmax of scaled
     cosine similarities; its class distribution is the attention-weighted sum of the support
     labels' one-hot vectors, and its logits are the logarithms of that distribution (so the
@@ -26,7 +26,7 @@ class MatchingNet(Head):
     the embeddings are used as they come from the encoders and fusion.
 
     Args:
-        dim: embedding width (unused; accepted so that every head is built the same way).
+        dim: embedding width (unused; accepted so that every learner is built the same way).
         scale: multiplies the cosine similarities before the softmax (the paper's plain cosine
             is ``scale=1``; a larger scale lets the attention become sharp, 10 by default).
         learn_scale: make the scale a trained parameter (kept positive through its logarithm).
@@ -35,7 +35,7 @@ class MatchingNet(Head):
         >>> import torch
         >>> head = MatchingNet(scale=1.0)
         >>> support = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> logits = head(support, torch.tensor([0, 1]), torch.tensor([[1.0, 0.0]]), 2)
+        >>> logits = head.scores(support, torch.tensor([0, 1]), torch.tensor([[1.0, 0.0]]), 2)
         >>> [round(p, 4) for p in logits.exp()[0].tolist()]  # softmax([1, 0])
         [0.7311, 0.2689]
     """
@@ -46,7 +46,7 @@ class MatchingNet(Head):
         super().__init__()
         register_log_scalar(self, "log_scale", scale, learn=learn_scale)
 
-    def forward(
+    def scores(
         self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
     ) -> Tensor:
         """Log-probabilities ``[Q, ways]``: ``log sum_{i: y_i = k} softmax_i(s * cos(q, x_i))``.

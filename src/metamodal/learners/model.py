@@ -1,4 +1,4 @@
-"""`FewShotModel`: per-modality encoders, a fusion module and a few-shot head, composed."""
+"""`FewShotModel`: a `Backbone` (per-modality encoders and a fusion module) and a learner."""
 
 from __future__ import annotations
 
@@ -9,54 +9,48 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metamodal.data.batch import Episode, cat_batches
+from metamodal.data.batch import Episode
 from metamodal.encoders import DEFAULT_ENCODERS, build_encoder, check_hyperparameters
 from metamodal.errors import ConfigError, ModalityError
 from metamodal.fusion.base import build_fusion
-from metamodal.learners.base import check_support, learners, support_checked
+from metamodal.learners.base import learners
 from metamodal.learners.embeddings import Embeddings
 
 
-class FewShotModel(nn.Module):
-    """A few-shot classifier over multimodal samples: encoders -> fusion -> head.
+class Backbone(nn.Module):
+    """Encoders and fusion as one module: ``backbone(batch) -> Embeddings``.
 
     Each modality has its own encoder (``[B, ...] -> [B, dim]``); the fusion module combines the
     per-modality embeddings, given which samples have which modality, into one embedding per
-    sample (``[B, D]``; late fusion keeps one per modality, ``[B, M, D]``); the head compares
-    query and support embeddings of an episode into query logits ``[Q, ways]``.
+    sample (``[B, D]``; late fusion keeps one per modality, ``[B, M, D]``). It is what a learner
+    adapts or compares through: a plain `nn.Module` whose `forward` is `embed`, so
+    ``torch.func.functional_call(backbone, params, (batch,))`` runs it with other weights.
 
     Args:
         encoders: modality name -> encoder module (``forward(ModalityBatch) -> [B, dim]``).
         fusion: fusion module (``forward(embeddings, present) -> [B, D]``; with ``late = True``
             it returns ``[B, M, D]`` and has ``combine(logits [Q, M, W], valid [Q, M])``).
-        head: a few-shot head (see `metamodal.learners.base.Head`).
-        spec: the arguments of `FewShotModel.build` that made this model, if it was built so.
 
-    Most users call `FewShotModel.build`. The modality order (``modalities``, the columns of
-    ``Embeddings.present``) is the fusion's ``modalities`` when it has that attribute, else the
-    order of ``encoders``.
+    The modality order (``modalities``, the columns of ``Embeddings.present``) is the fusion's
+    ``modalities`` when it has that attribute, else the order of ``encoders``.
 
     Example:
         >>> from metamodal.data.batch import ModalityBatch
-        >>> from metamodal.learners.protonet import ProtoNet
         >>> class Mean(nn.Module):
         ...     def forward(self, embeddings, present):
         ...         return sum(embeddings.values()) / len(embeddings)
         >>> class Enc(nn.Module):  # any module mapping a ModalityBatch to [B, dim]
         ...     def forward(self, b): return b.values
-        >>> model = FewShotModel({"x": Enc()}, Mean(), ProtoNet())
+        >>> backbone = Backbone({"x": Enc()}, Mean())
         >>> batch = {"x": ModalityBatch(torch.eye(3), torch.ones(3, dtype=torch.bool))}
-        >>> e = model.embed(batch)
-        >>> model.logits(e, torch.tensor([0, 1, 2]), e, 3).argmax(1).tolist()
-        [0, 1, 2]
+        >>> backbone(batch).z.shape
+        torch.Size([3, 3])
     """
 
     def __init__(
         self,
         encoders: Mapping[str, nn.Module],
         fusion: nn.Module,
-        head: nn.Module,
-        spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         order = list(getattr(fusion, "modalities", None) or encoders)
@@ -68,8 +62,6 @@ class FewShotModel(nn.Module):
             )
         self.encoders = nn.ModuleDict({name: encoders[name] for name in order})
         self.fusion = fusion
-        self.head = head
-        self.spec = copy.deepcopy(spec) if spec is not None else None
 
     @property
     def modalities(self) -> list[str]:
@@ -80,11 +72,6 @@ class FewShotModel(nn.Module):
     def late(self) -> bool:
         """True with late fusion: one embedding (and one set of logits) per modality."""
         return bool(getattr(self.fusion, "late", False))
-
-    @property
-    def training_mode(self) -> str:
-        """The head's training mode: ``"episodic"`` or ``"supervised"``."""
-        return str(getattr(self.head, "training_mode", "episodic"))
 
     def _check_names(self, names: Iterable[str], what: str, known: list[str]) -> None:
         """Raise `ModalityError` when ``names`` holds a modality not in ``known`` (the model's
@@ -124,7 +111,7 @@ class FewShotModel(nn.Module):
 
         Example:
             >>> model = FewShotModel.build(kinds={"m": "tabular"},
-            ...                            input_info={"m": {"features": 3}}, dim=8)
+            ...                            input_info={"m": {"features": 3}}, dim=8).backbone
             >>> from metamodal.data.batch import ModalityBatch
             >>> parts, present = model.encode(
             ...     {"m": ModalityBatch(torch.randn(4, 3), torch.ones(4, dtype=torch.bool))})
@@ -162,7 +149,7 @@ class FewShotModel(nn.Module):
     ) -> Embeddings:
         """Fuse per-modality embeddings (from `encode`, or cached) into `Embeddings`.
 
-        This is the second half of `embed`: with per-modality embeddings computed once (e.g.
+        This is the second half of `forward`: with per-modality embeddings computed once (e.g.
         by frozen encoders over a whole store), an episode only needs its rows indexed and
         fused, without running an encoder again.
 
@@ -182,7 +169,7 @@ class FewShotModel(nn.Module):
 
         Example:
             >>> model = FewShotModel.build(kinds={"a": "tabular", "b": "tabular"}, input_info={
-            ...     "a": {"features": 3}, "b": {"features": 2}}, dim=8, fusion="mean")
+            ...     "a": {"features": 3}, "b": {"features": 2}}, dim=8, fusion="mean").backbone
             >>> parts = {"a": torch.randn(5, 8), "b": torch.randn(5, 8)}
             >>> present = {"a": torch.ones(5, dtype=torch.bool),
             ...            "b": torch.tensor([True, False, True, True, False])}
@@ -221,7 +208,7 @@ class FewShotModel(nn.Module):
         z = self.fusion(fused_parts, masks)
         return Embeddings(z, torch.stack(list(masks.values()), dim=1), fused_parts, known)
 
-    def embed(self, batch: Mapping[str, Any]) -> Embeddings:
+    def forward(self, batch: Mapping[str, Any]) -> Embeddings:
         """Encode every modality of ``batch`` and fuse them: `encode`, then `fuse`.
 
         Args:
@@ -238,81 +225,106 @@ class FewShotModel(nn.Module):
         parts, present = self.encode(batch)
         return self.fuse(parts, present)
 
-    def embed_episode(self, episode: Episode) -> tuple[Embeddings, Embeddings]:
-        """Embed an episode's support and query sets (in one pass when they carry the same
-        modalities, so normalisation layers see the whole episode); returns (support, query)."""
-        support, query = episode.support, episode.query
-        if set(support) != set(query):
-            return self.embed(support), self.embed(query)
-        n_support = len(episode.support_labels)
-        both = self.embed(cat_batches([support, query]))
-        first, second = both.split([n_support, len(both) - n_support])
-        return first, second
+
+class FewShotModel(nn.Module):
+    """A few-shot classifier over multimodal samples: a `Backbone` (encoders + fusion) and the
+    `Learner` that owns each episode.
+
+    Args:
+        backbone: the encoders and fusion, ``backbone(batch) -> Embeddings``.
+        learner: the learner (see `metamodal.learners.base.Learner`).
+        spec: the arguments of `FewShotModel.build` that made this model, if it was built so.
+
+    Most users call `FewShotModel.build`.
+
+    Example:
+        >>> model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {"features": 3}},
+        ...                            dim=8, fusion="mean", learner="protonet")
+        >>> from metamodal.data.batch import ModalityBatch
+        >>> batch = {"m": ModalityBatch(torch.eye(3), torch.ones(3, dtype=torch.bool))}
+        >>> model.eval().adapt_predict(batch, torch.tensor([0, 1, 2]), batch, 3).shape
+        torch.Size([3, 3])
+    """
+
+    def __init__(
+        self, backbone: Backbone, learner: nn.Module, spec: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.learner = learner
+        self.spec = copy.deepcopy(spec) if spec is not None else None
+        check = getattr(learner, "check_backbone", None)
+        if check is not None:
+            check(backbone)
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modality names the model uses, in its order."""
+        return self.backbone.modalities
+
+    @property
+    def late(self) -> bool:
+        """True with late fusion: one embedding (and one set of logits) per modality."""
+        return self.backbone.late
+
+    @property
+    def training_mode(self) -> str:
+        """The learner's training mode: ``"episodic"`` or ``"supervised"``."""
+        return str(getattr(self.learner, "training_mode", "episodic"))
+
+    @property
+    def caches_embeddings(self) -> bool:
+        """True when the learner compares embeddings of the unadapted backbone only, so that
+        evaluation may embed each sample once (`embed`, then `logits`)."""
+        return bool(getattr(self.learner, "caches_embeddings", True))
+
+    def embed(self, batch: Mapping[str, Any]) -> Embeddings:
+        """The backbone's embeddings of ``batch`` (see `Backbone.forward`)."""
+        return self.backbone(batch)
 
     def logits(
         self, support: Embeddings, support_labels: Tensor, query: Embeddings, ways: int
     ) -> Tensor:
-        """Query logits ``[Q, ways]`` of an episode.
-
-        A support sample with no modality at all carries no information (its fused embedding
-        is a placeholder zero vector), so it is left out of its class, unless its class has no
-        other support sample.
-
-        With late fusion the head runs once per modality ``m`` on the support samples that
-        have ``m``; ``valid[q, m]`` is True when query ``q`` has ``m`` and every class has at
-        least one support sample with ``m``; the fusion's ``combine`` merges the per-modality
-        logits ``[Q, M, ways]`` over the valid ones.
-
-        Args:
-            support: embeddings of the ``S`` support samples.
-            support_labels: long ``[S]`` in ``0..ways-1``.
-            query: embeddings of the ``Q`` query samples.
-            ways: number of classes.
+        """Query logits ``[Q, ways]`` from precomputed embeddings (metric learners only).
 
         Raises:
-            InsufficientSamplesError: some class has no support sample.
+            ConfigError: the learner adapts weights per task and needs the samples themselves
+                (use `adapt_predict`).
         """
-        counts = check_support(support_labels, ways)  # the episode's only check
-        if not self.late:
-            support, support_labels, counts = _informative_support(support, support_labels,
-                                                                   ways, counts)
-            with support_checked(support_labels, ways, counts):
-                return self.head(support.z, support_labels, query.z, ways)
-        # per_class[k, m]: support samples of class k that have modality m
-        has_modality = support.present.to(torch.long)
-        per_class = has_modality.new_zeros(ways, has_modality.shape[1])
-        per_class.index_add_(0, support_labels, has_modality)
-        usable = (per_class > 0).all(0).tolist()  # one transfer for every modality
-        per_modality: list[Tensor] = []
-        valid: list[Tensor] = []
-        n_query = len(query)
-        for m, use in enumerate(usable):
-            if use:
-                rows = support.present[:, m].nonzero().squeeze(1)
-                labels = support_labels[rows]
-                with support_checked(labels, ways, per_class[:, m]):
-                    per_modality.append(self.head(support.z[rows, m], labels, query.z[:, m], ways))
-                valid.append(query.present[:, m])
-            else:
-                per_modality.append(query.z.new_zeros(n_query, ways))
-                valid.append(torch.zeros_like(query.present[:, m]))
-        return self.fusion.combine(torch.stack(per_modality, 1), torch.stack(valid, 1))
+        if not self.caches_embeddings:
+            raise ConfigError(
+                f"learner {type(self.learner).__name__} adapts the network per task and cannot "
+                "work from precomputed embeddings",
+                fix="call adapt_predict(support_batch, support_labels, query_batch, ways)",
+            )
+        return self.learner.logits(self.backbone, support, support_labels, query, ways)
+
+    def adapt_predict(
+        self,
+        support: Mapping[str, Any],
+        support_labels: Tensor,
+        query: Mapping[str, Any],
+        ways: int,
+    ) -> Tensor:
+        """Adapt to a labelled support batch and return the query logits ``[Q, ways]``.
+
+        Args:
+            support: modality name -> `ModalityBatch` of the ``S`` support samples.
+            support_labels: long ``[S]`` in ``0..ways-1``.
+            query: modality name -> `ModalityBatch` of the ``Q`` query samples.
+            ways: number of classes.
+        """
+        return self.learner(self.backbone, support, support_labels, query, ways)
 
     def episode_logits(self, episode: Episode) -> Tensor:
         """Query logits ``[ways*queries, ways]`` of ``episode``."""
-        support, query = self.embed_episode(episode)
-        return self.logits(support, episode.support_labels, query, episode.ways)
+        return self.adapt_predict(episode.support, episode.support_labels, episode.query,
+                                  episode.ways)
 
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        """The episode's training loss (the head's ``loss`` on the query logits plus its
-        ``extra_loss`` on the embeddings) and the query logits ``[Q, ways]``."""
-        support, query = self.embed_episode(episode)
-        logits = self.logits(support, episode.support_labels, query, episode.ways)
-        total = self.head.loss(logits, episode.query_labels)
-        extra = getattr(self.head, "extra_loss", None)
-        if extra is not None:
-            total = total + extra(support, episode.support_labels, query, episode.query_labels)
-        return total, logits
+        """The episode's training loss and the query logits ``[Q, ways]`` (the learner's
+        `loss`)."""
+        return self.learner.loss(self.backbone, episode)
 
     @classmethod
     def build(
@@ -338,10 +350,10 @@ class FewShotModel(nn.Module):
             encoders: modality name -> encoder registry name; modalities left out get
                 ``DEFAULT_ENCODERS[kind]``.
             fusion: fusion registry name.
-            learner: learner (head) registry name.
+            learner: learner registry name.
             encoder_options: modality name -> encoder hyper-parameters.
             fusion_options: the fusion's hyper-parameters.
-            learner_options: the head's hyper-parameters.
+            learner_options: the learner's hyper-parameters.
 
         Raises:
             UnknownNameError: an encoder, fusion or learner name is not registered (the message
@@ -393,7 +405,8 @@ class FewShotModel(nn.Module):
         fusion_module = build_fusion(fusion, modalities=names, dim=dim, **fusion_options)
         learner_options = dict(learner_options or {})
         check_hyperparameters("learner", learner, learners.get(learner), learner_options)
-        head = learners.create(learner, dim=int(fusion_module.out_dim), **learner_options)
+        learner_module = learners.create(learner, dim=int(fusion_module.out_dim),
+                                         **learner_options)
         spec = {
             "kinds": dict(kinds),
             "input_info": {name: dict(input_info[name]) for name in names},
@@ -405,21 +418,4 @@ class FewShotModel(nn.Module):
             "fusion_options": fusion_options,
             "learner_options": learner_options,
         }
-        return cls(built, fusion_module, head, spec=spec)
-
-
-def _informative_support(
-    support: Embeddings, labels: Tensor, ways: int, counts: Tensor
-) -> tuple[Embeddings, Tensor, Tensor]:
-    """Support without samples that have no modality, except for classes that have nothing
-    else; returns (support, labels ``[S']``, per-class counts ``[ways]``)."""
-    informative = support.present.any(1)
-    if bool(informative.all()):
-        return support, labels, counts
-    per_class = torch.zeros(ways, dtype=torch.long, device=labels.device)
-    per_class.index_add_(0, labels, informative.to(torch.long))
-    keep = informative | (per_class[labels] == 0)
-    rows = keep.nonzero().squeeze(1)
-    kept = labels[rows]
-    return support.index(rows), kept, torch.bincount(kept, minlength=ways)
-
+        return cls(Backbone(built, fusion_module), learner_module, spec=spec)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from metamodal.learners.base import (
-    Head,
+    MetricLearner,
     class_means,
     learners,
     register_log_scalar,
@@ -14,7 +14,7 @@ from metamodal.learners.base import (
 
 
 @learners.register("protonet")
-class ProtoNet(Head):
+class ProtoNet(MetricLearner):
     """Prototypical Networks: each class is the mean of its support embeddings (its
     *prototype*); a query's logit for class ``k`` is minus its squared Euclidean distance to
     prototype ``k``, divided by a temperature.
@@ -22,7 +22,7 @@ class ProtoNet(Head):
     Snell, Swersky and Zemel, 2017, "Prototypical Networks for Few-shot Learning".
 
     Args:
-        dim: embedding width (unused; accepted so that every head is built the same way).
+        dim: embedding width (unused; accepted so that every learner is built the same way).
         temperature: divides the distances; 1.0 (the paper's version) by default.
         learn_temperature: make the temperature a trained parameter (kept positive through
             its logarithm).
@@ -31,7 +31,7 @@ class ProtoNet(Head):
         >>> import torch
         >>> head = ProtoNet()
         >>> support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
-        >>> head(support, torch.tensor([0, 0, 1]), torch.tensor([[1.0, 1.0]]), 2).tolist()
+        >>> head.scores(support, torch.tensor([0, 0, 1]), torch.tensor([[1.0, 1.0]]), 2).tolist()
         [[-1.0, -10.0]]
     """
 
@@ -41,7 +41,7 @@ class ProtoNet(Head):
         super().__init__()
         register_log_scalar(self, "log_temperature", temperature, learn=learn_temperature)
 
-    def forward(
+    def scores(
         self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
     ) -> Tensor:
         """Logits ``[Q, ways]`` = ``-||query - prototype_k||^2 / temperature``.

@@ -6,18 +6,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metamodal.learners.base import Head, class_means, learners
+from metamodal.learners.base import MetricLearner, class_means, learners
 
 
 @learners.register("relationnet")
-class RelationNet(Head):
+class RelationNet(MetricLearner):
     """Relation Network: a learned relation module scores how well a query matches each class.
 
     Each class is summarised by its support embeddings (their mean by default, their sum as in
     the paper); the relation module, an MLP on the concatenation ``[class; query]`` (our
     embeddings are vectors, not feature maps), outputs one relation score per (query, class).
-    `forward` returns the scores *before* the sigmoid, so ``argmax`` and ``softmax`` behave as for
-    any other head; `loss` is the paper's mean squared error between the sigmoid scores (in
+    `scores` returns the scores *before* the sigmoid, so ``argmax`` and ``softmax`` behave as for
+    any other learner; `query_loss` is the paper's mean squared error between the sigmoid scores (in
     (0, 1)) and the one-hot query labels.
 
     Sung, Yang, Zhang, Xiang, Torr and Hospedales, 2018, "Learning to Compare: Relation Network
@@ -33,10 +33,10 @@ class RelationNet(Head):
     Example:
         >>> head = RelationNet(dim=4)
         >>> support, query = torch.randn(6, 4), torch.randn(5, 4)
-        >>> logits = head(support, torch.tensor([0, 0, 1, 1, 2, 2]), query, 3)
+        >>> logits = head.scores(support, torch.tensor([0, 0, 1, 1, 2, 2]), query, 3)
         >>> logits.shape
         torch.Size([5, 3])
-        >>> bool(head.loss(logits, torch.tensor([0, 1, 2, 0, 1])) > 0)
+        >>> bool(head.query_loss(logits, torch.tensor([0, 1, 2, 0, 1])) > 0)
         True
     """
 
@@ -53,7 +53,7 @@ class RelationNet(Head):
         blocks.append(nn.Linear(width, 1))
         self.relation = nn.Sequential(*blocks)
 
-    def forward(
+    def scores(
         self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
     ) -> Tensor:
         """Relation scores before the sigmoid, ``[Q, ways]``.
@@ -74,7 +74,7 @@ class RelationNet(Head):
         )  # [Q, ways, 2D]
         return self.relation(pairs).squeeze(2)
 
-    def loss(self, logits: Tensor, query_labels: Tensor) -> Tensor:
+    def query_loss(self, logits: Tensor, query_labels: Tensor) -> Tensor:
         """Mean squared error between ``sigmoid(logits)`` ``[Q, ways]`` and one-hot labels."""
         target = F.one_hot(query_labels, logits.shape[1]).to(logits.dtype)
         return F.mse_loss(torch.sigmoid(logits), target)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metamodal.learners.base import (
-    Head,
+    MetricLearner,
     check_support,
     l2_normalize,
     learners,
@@ -59,10 +59,10 @@ def contrastive_loss(
 
 
 @learners.register("siamese")
-class Siamese(Head):
+class Siamese(MetricLearner):
     """Cross-modal Siamese network with a contrastive loss.
 
-    Training uses pairs, not class logits (its `loss` is zero; everything is in `extra_loss`):
+    Training uses pairs, not class logits (its `query_loss` is zero; everything is in `extra_loss`):
 
     1. *fused pairs*: every (query, support) pair of fused embeddings of samples that have at
        least one modality (a sample with none has the placeholder embedding 0, which is not
@@ -88,7 +88,7 @@ class Siamese(Head):
     Invariant Mapping".
 
     Args:
-        dim: embedding width (unused; accepted so that every head is built the same way).
+        dim: embedding width (unused; accepted so that every learner is built the same way).
         margin: contrastive margin on the Euclidean distance.
         normalize: L2-normalise embeddings before any distance.
         predict: ``"mean"`` or ``"nearest"``.
@@ -101,7 +101,7 @@ class Siamese(Head):
         >>> s = Embeddings(torch.randn(4, 8), torch.ones(4, 1, dtype=torch.bool))
         >>> q = Embeddings(torch.randn(6, 8), torch.ones(6, 1, dtype=torch.bool))
         >>> sl, ql = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1, 0, 1])
-        >>> head(s.z, sl, q.z, 2).shape
+        >>> head.scores(s.z, sl, q.z, 2).shape
         torch.Size([6, 2])
         >>> bool(head.extra_loss(s, sl, q, ql) > 0)
         True
@@ -133,7 +133,7 @@ class Siamese(Head):
     def _prepare(self, x: Tensor) -> Tensor:
         return l2_normalize(x, dim=-1) if self.normalize else x
 
-    def forward(
+    def scores(
         self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
     ) -> Tensor:
         """Logits ``[Q, ways]``: minus the mean (or smallest) distance to each class's support.
@@ -155,7 +155,7 @@ class Siamese(Head):
             per_class = distance.unsqueeze(1).masked_fill(~mask, float("inf")).amin(dim=2)
         return -self.scale * per_class
 
-    def loss(self, logits: Tensor, query_labels: Tensor) -> Tensor:
+    def query_loss(self, logits: Tensor, query_labels: Tensor) -> Tensor:
         """Zero: a Siamese network learns from pairs, in `extra_loss`."""
         return logits.new_zeros(())
 

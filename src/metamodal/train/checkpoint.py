@@ -32,8 +32,19 @@ def load_weights(path: str | Path, module: torch.nn.Module) -> None:
                        fix="train the run first, or point to a complete run directory")
     try:
         state = load_file(str(path))
-        module.load_state_dict(state)
     except (SafetensorError, RuntimeError, OSError) as error:
+        raise RunError(f"model weights are corrupt: {error}", file=path,
+                       fix="re-train the run or restore model.safetensors") from None
+    expected = set(module.state_dict())
+    stray = sorted(set(state) ^ expected)
+    if any(key.startswith("learner.") for key in stray):
+        raise RunError(
+            "the weights were saved for another learner than the run's config.toml names "
+            f"(mismatched tensors: {', '.join(stray[:4])}{', ...' if len(stray) > 4 else ''})",
+            file=path, fix="restore the config.toml that belongs to these weights, or re-train")
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError) as error:
         raise RunError(f"model weights are corrupt or do not match the config: {error}",
                        file=path, fix="re-train the run or restore model.safetensors") from None
 

@@ -26,8 +26,12 @@ class TrainConfig:
         fusion: fusion registry name; ``fusion_options`` its hyper-parameters.
         learner: learner registry name; ``learner_options`` its hyper-parameters.
         dim: the shared embedding size of every encoder.
-        ways, shots, queries: the episodes of meta-training (and of validation).
-        steps: optimisation steps (episodes, or batches for supervised pre-training).
+        ways, shots, queries: the episodes of meta-training.
+        val_ways, val_shots, val_queries: the episodes of validation; 0 follows training,
+            lowered (with a warning) to what the validation split supplies (see
+            `metamodal.train.validation.resolve_validation_shape`).
+        steps: optimisation steps (meta-updates, or batches for supervised pre-training).
+        meta_batch: episodes (tasks) per meta-update, each backpropagated on its own.
         lr, weight_decay: Adam's (AdamW's) learning rate and decoupled weight decay.
         schedule: ``cosine`` (decay to 0 over ``steps``) or ``constant``.
         grad_clip: max global gradient norm (0 = off).
@@ -60,7 +64,11 @@ class TrainConfig:
     ways: int = 5
     shots: int = 1
     queries: int = 15
+    val_ways: int = 0
+    val_shots: int = 0
+    val_queries: int = 0
     steps: int = 1000
+    meta_batch: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "cosine"
@@ -90,13 +98,19 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check value ranges; raises `ConfigError` naming the key."""
-        positive = ("dim", "ways", "shots", "queries", "steps", "batch_size", "val_episodes")
+        positive = ("dim", "ways", "shots", "queries", "steps", "meta_batch", "batch_size",
+                    "val_episodes", "checkpoint_every")
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}", column=key,
                                   fix=f"set {key} to a positive integer")
         if self.ways < 2:
             raise ConfigError("ways must be >= 2", column="ways", fix="use --ways 2 or more")
+        for key in ("val_ways", "val_shots", "val_queries"):
+            if getattr(self, key) < 0 or (key == "val_ways" and self.val_ways == 1):
+                raise ConfigError(f"{key} must be 0 (follow training) or a positive count"
+                                  + (" >= 2" if key == "val_ways" else ""), column=key,
+                                  fix=f"set {key} = 0 or a count")
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"unknown schedule {self.schedule!r}", column="schedule",
                               fix="use 'cosine' or 'constant'")

@@ -21,7 +21,7 @@ from metamodal.data.preprocess import Preprocessor
 from metamodal.data.schema import DatasetSchema
 from metamodal.data.splits import ClassSplit
 from metamodal.encoders.features import preprocessor_from_state
-from metamodal.errors import RunError
+from metamodal.errors import ConfigError, RunError
 from metamodal.io import atomic_write_json, atomic_write_text
 from metamodal.learners.model import FewShotModel
 from metamodal.train.checkpoint import WEIGHTS_FILE, load_weights
@@ -125,7 +125,12 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise RunError(f"preprocessor.json is corrupt ({error})", file=prep_path,
                        fix="re-train the run") from None
-    model = FewShotModel.build(**document["model"])
+    try:
+        model = FewShotModel.build(**document["model"])
+    except ConfigError as error:
+        raise RunError(f"config.toml describes a model that cannot be built: {error.message}",
+                       file=run_dir / CONFIG_FILE, column=error.column,
+                       fix=error.fix or "restore the run's config.toml") from None
     load_weights(run_dir / WEIGHTS_FILE, model)
     model.to(device).eval()
     return Run(

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from metamodal.train.config import TrainConfig
 from metamodal.train.data import PreparedData, prepare_data
 from metamodal.train.logger import MetricsLogger
 from metamodal.train.run import write_run_files
+from metamodal.train.validation import resolve_validation_shape
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class TrainResult:
         best_val_accuracy: the best validation accuracy (0..1), NaN without validation.
         best_step: the step whose weights were kept in ``model.safetensors``.
         stopped_early: whether early stopping ended training.
+        seconds: wall-clock seconds of training (steps and validations, summed over resumes).
     """
 
     run_dir: Path
@@ -55,6 +58,7 @@ class TrainResult:
     best_val_accuracy: float
     best_step: int
     stopped_early: bool
+    seconds: float = 0.0
 
 
 @dataclass
@@ -68,6 +72,7 @@ class _Progress:
     window: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "acc": 0.0, "n": 0})
     stopped_early: bool = False
     finished: bool = False
+    seconds: float = 0.0
 
 
 def _schedule(config: TrainConfig) -> Callable[[int], float]:
@@ -152,90 +157,140 @@ class Trainer:
         device = resolve_device(cfg.device)
         model, classifier = self._build(data, device)
         # Fail before training, not at the first validation, when a split is too small.
-        EpisodeSampler(data.store, data.split.val, cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed)
-        train_sampler = None
-        if classifier is None:
-            train_sampler = EpisodeSampler(data.store, data.split.train, cfg.ways, cfg.shots,
-                                           cfg.queries, seed=cfg.seed)
+        self._val_shape = resolve_validation_shape(cfg, data.store, data.split.val)
         params = list(model.parameters()) + (list(classifier.parameters()) if classifier else [])
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
         write_run_files(self.out, config=cfg, model_spec=model.spec, split=data.split,
                         schema=data.dataset.schema, preprocessor=data.preprocessor)
-
         progress = _Progress()
         if state is not None:
-            model.load_state_dict(state["model"])
-            if classifier is not None:
-                classifier.load_state_dict(state["classifier"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            set_rng_state(state["rng"])
-            progress = _Progress(**state["progress"])
+            progress = self._restore(state, model, classifier, optimizer, schedule)
         already_finished = progress.finished
+        step_loss = self._step_function(model, classifier, data, device)
         logger = MetricsLogger(self.out, resume_step=progress.step if state else None)
-        train_index = _class_index(data) if classifier is not None else None
         bar = tqdm(total=cfg.steps, initial=progress.step, unit="step", leave=False,
                    disable=not self.progress or already_finished,
                    desc=f"train {cfg.learner}+{cfg.fusion}")
         model.train()
         try:
             while not progress.finished:
-                if classifier is not None:
-                    loss, acc = self._supervised_step(model, classifier, data, train_index,
-                                                      progress.step, device)
-                else:
-                    episode = train_sampler[progress.step].to(device)
-                    loss, logits = model.loss(episode)
-                    acc = (logits.argmax(-1) == episode.query_labels).float().mean().item()
+                started = time.perf_counter()
+                model.learner.on_step(progress.step, cfg.steps)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss, acc = step_loss(progress.step)
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
                 schedule.step()
                 progress.step += 1
-                step = progress.step
                 bar.update(1)
-                values = {"train_loss": loss.item(), "train_acc": acc}
-                window = progress.window
-                window["loss"] += values["train_loss"]
-                window["acc"] += acc
-                window["n"] += 1
-                if step % LOG_EVERY == 0 or step == cfg.steps:
-                    logger.log(step, {"train_loss": window["loss"] / window["n"],
-                                      "train_acc": window["acc"] / window["n"],
-                                      "lr": schedule.get_last_lr()[0]})
-                    progress.window = {"loss": 0.0, "acc": 0.0, "n": 0}
-                if step == cfg.steps or (cfg.val_every and step % cfg.val_every == 0):
+                values = {"train_loss": loss, "train_acc": acc}
+                self._log_window(progress, values, logger, schedule)
+                if progress.step == cfg.steps or (cfg.val_every
+                                                  and progress.step % cfg.val_every == 0):
                     values["val_acc"] = self._validate(model, classifier, data, device)
                     model.train()
-                    logger.log(step, {"val_acc": values["val_acc"]})
+                    logger.log(progress.step, {"val_acc": values["val_acc"]})
                     self._select(progress, values["val_acc"], model)
                     bar.set_postfix(val=f"{values['val_acc']:.3f}", best=f"{progress.best:.3f}")
-                progress.finished = progress.stopped_early or step >= cfg.steps
-                if progress.finished or step % cfg.checkpoint_every == 0:
-                    save_checkpoint(checkpoint_path, {
-                        "config": cfg.to_dict(),
-                        "model": model.state_dict(),
-                        "classifier": classifier.state_dict() if classifier else None,
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                        "rng": rng_state(),
-                        "progress": dataclasses.asdict(progress),
-                    })
+                progress.finished = progress.stopped_early or progress.step >= cfg.steps
+                progress.seconds += time.perf_counter() - started
+                if progress.finished or progress.step % cfg.checkpoint_every == 0:
+                    self._checkpoint(checkpoint_path, progress, model, classifier, optimizer,
+                                     schedule)
                 for callback in self.callbacks:
-                    callback(step, values)
+                    callback(progress.step, values)
             if not already_finished:
                 logger.log(progress.step, {"event": "end", "best_val_acc": progress.best,
                                            "best_step": progress.best_step,
-                                           "stopped_early": progress.stopped_early})
+                                           "stopped_early": progress.stopped_early,
+                                           "train_seconds": round(progress.seconds, 3)})
         finally:
             bar.close()
             logger.close()
         best = progress.best if progress.best >= 0 else float("nan")
         return TrainResult(self.out, progress.step, best, progress.best_step,
-                           progress.stopped_early)
+                           progress.stopped_early, progress.seconds)
+
+    def _step_function(
+        self,
+        model: FewShotModel,
+        classifier: SupervisedClassifier | None,
+        data: PreparedData,
+        device: torch.device,
+    ) -> Callable[[int], tuple[float, float]]:
+        """``step_loss(step) -> (loss, accuracy)``: computes one update's gradients.
+
+        Episodic learners train on ``meta_batch`` episodes per update: episode
+        ``step * meta_batch + i`` of the meta-train sampler, each backpropagated on its own
+        (``loss / meta_batch``), so that only one task's graph is alive at a time.
+        Supervised-mode learners train on one batch of ordinary classification.
+        """
+        cfg = self.config
+        if classifier is not None:
+            train_index = _class_index(data)
+
+            def supervised(step: int) -> tuple[float, float]:
+                loss, acc = self._supervised_step(model, classifier, data, train_index, step,
+                                                  device)
+                loss.backward()
+                return loss.item(), acc
+
+            return supervised
+        sampler = EpisodeSampler(data.store, data.split.train, cfg.ways, cfg.shots, cfg.queries,
+                                 seed=cfg.seed)
+
+        def episodic(step: int) -> tuple[float, float]:
+            total_loss = total_acc = 0.0
+            for i in range(cfg.meta_batch):
+                episode = sampler[step * cfg.meta_batch + i].to(device)
+                loss, logits = model.loss(episode)
+                (loss / cfg.meta_batch).backward()
+                total_loss += loss.item()
+                total_acc += (logits.argmax(-1) == episode.query_labels).float().mean().item()
+            return total_loss / cfg.meta_batch, total_acc / cfg.meta_batch
+
+        return episodic
+
+    def _restore(self, state: dict, model: FewShotModel,
+                 classifier: SupervisedClassifier | None, optimizer: torch.optim.Optimizer,
+                 schedule: torch.optim.lr_scheduler.LRScheduler) -> _Progress:
+        """Load a checkpoint's states into the training objects; returns its progress."""
+        model.load_state_dict(state["model"])
+        if classifier is not None:
+            classifier.load_state_dict(state["classifier"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        set_rng_state(state["rng"])
+        return _Progress(**state["progress"])
+
+    def _checkpoint(self, path: Path, progress: _Progress, model: FewShotModel,
+                    classifier: SupervisedClassifier | None, optimizer: torch.optim.Optimizer,
+                    schedule: torch.optim.lr_scheduler.LRScheduler) -> None:
+        """Write the resumable state atomically."""
+        save_checkpoint(path, {
+            "config": self.config.to_dict(),
+            "model": model.state_dict(),
+            "classifier": classifier.state_dict() if classifier else None,
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "rng": rng_state(),
+            "progress": dataclasses.asdict(progress),
+        })
+
+    def _log_window(self, progress: _Progress, values: dict[str, float],
+                    logger: MetricsLogger, schedule: torch.optim.lr_scheduler.LRScheduler) -> None:
+        """Average the training loss and accuracy over ``LOG_EVERY`` steps and log them."""
+        window = progress.window
+        window["loss"] += values["train_loss"]
+        window["acc"] += values["train_acc"]
+        window["n"] += 1
+        if progress.step % LOG_EVERY == 0 or progress.step == self.config.steps:
+            logger.log(progress.step, {"train_loss": window["loss"] / window["n"],
+                                       "train_acc": window["acc"] / window["n"],
+                                       "lr": schedule.get_last_lr()[0]})
+            progress.window = {"loss": 0.0, "acc": 0.0, "n": 0}
 
     def _load_state(self, checkpoint_path: Path) -> dict | None:
         """The checkpoint to resume from (its config replaces the given one), or None."""
@@ -266,10 +321,11 @@ class Trainer:
             learner_options=cfg.learner_options or None,
         ).to(device)
         self.model = model
-        if model.head.training_mode != "supervised":
+        if model.training_mode != "supervised":
             return model, None
         classifier = SupervisedClassifier(
-            model.fusion.out_dim, len(data.split.train), cosine=cfg.pretrain_classifier == "cosine"
+            model.backbone.fusion.out_dim, len(data.split.train),
+            cosine=cfg.pretrain_classifier == "cosine",
         )
         return model, classifier.to(device)
 
@@ -314,13 +370,14 @@ class Trainer:
     ) -> float:
         """Accuracy on ``val_episodes`` meta-validation episodes (same episodes every time)."""
         cfg = self.config
-        if classifier is not None and hasattr(model.head, "set_feature_mean"):
+        if classifier is not None and hasattr(model.learner, "set_feature_mean"):
             indices, _ = _class_index(data)
             embeddings = embed_store(model, data.store, indices, device=device)
             z = embeddings.z if embeddings.z.dim() == 2 else _masked_mean(embeddings)
-            model.head.set_feature_mean(z[embeddings.present.any(1)].mean(0))
-        result = evaluate(model, data.store, data.split.val, ways=cfg.ways, shots=cfg.shots,
-                          queries=cfg.queries, episodes=cfg.val_episodes, seed=cfg.seed + 1,
+            model.learner.set_feature_mean(z[embeddings.present.any(1)].mean(0))
+        ways, shots, queries = self._val_shape
+        result = evaluate(model, data.store, data.split.val, ways=ways, shots=shots,
+                          queries=queries, episodes=cfg.val_episodes, seed=cfg.seed + 1,
                           device=device)
         return result.accuracy
 
@@ -342,10 +399,10 @@ def _masked_mean(embeddings) -> torch.Tensor:
 def _classify(
     model: FewShotModel, classifier: SupervisedClassifier, batch: dict
 ) -> torch.Tensor:
-    """Supervised logits ``[B, classes]``; late fusion averages per-modality logits."""
+    """Supervised logits ``[B, classes]``; late fusion mixes the per-modality logits with the
+    fusion's ``combine``, as a learner does."""
     embeddings = model.embed(batch)
-    if embeddings.z.dim() == 2:
-        return classifier(embeddings.z)
-    logits = classifier(embeddings.z)  # [B, M, C]
-    mask = embeddings.present.unsqueeze(-1).to(logits.dtype)
-    return (logits * mask).sum(1) / mask.sum(1).clamp_min(1)
+    logits = classifier(embeddings.z)  # [B, C], late fusion [B, M, C]
+    if embeddings.late:
+        return model.backbone.fusion.combine(logits, embeddings.present)
+    return logits

@@ -1,0 +1,172 @@
+"""Writing a dataset directory all at once: into a temporary directory, then into place.
+
+Generators and importers build the whole dataset in a temporary directory beside (or inside) the
+output and move it into place only when it is complete, so an interrupted run never leaves a
+half-written directory that looks like a dataset. A non-empty output is replaced only when asked
+to (``overwrite``) and only when it already holds a dataset (a ``dataset.toml``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from metamodal.errors import ConfigError
+
+SCHEMA_NAME = "dataset.toml"
+
+
+def check_target(out: Path, overwrite: bool) -> None:
+    """Refuse to write over anything but an empty directory or (with overwrite) a dataset.
+
+    Raises:
+        ConfigError: ``out`` is a file, or a non-empty directory without ``overwrite``, or a
+            non-empty directory that holds no ``dataset.toml``.
+
+    Example:
+        >>> import tempfile
+        >>> check_target(Path(tempfile.mkdtemp()), overwrite=False)  # empty: fine
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError("exists and is not a directory", file=out,
+                          fix="choose another output path")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError("output directory exists and is not empty", file=out,
+                          fix="pass overwrite=True (--overwrite) or choose a new directory")
+    if not (out / SCHEMA_NAME).is_file():
+        raise ConfigError("refusing to overwrite a directory that holds no dataset.toml",
+                          file=out, fix="choose a new directory or empty this one yourself")
+
+
+def move_into(tmp: Path, out: Path) -> None:
+    """Replace the content of directory ``out`` by that of ``tmp`` (a directory inside it),
+    moving ``dataset.toml`` last so that a half-moved directory is not taken for a dataset."""
+    for entry in out.iterdir():
+        if entry != tmp:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    for entry in sorted(tmp.iterdir(), key=lambda path: path.name == SCHEMA_NAME):
+        os.replace(entry, out / entry.name)
+    tmp.rmdir()
+
+
+@contextmanager
+def staged_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary directory to fill; on success it becomes ``out``, on failure it is removed.
+
+    An existing directory ``out`` (possibly ``.``) is kept and its content replaced; a new one
+    is renamed into place whole, with the permissions ``mkdir`` would give.
+
+    Args:
+        out: the output directory.
+        overwrite: replace an existing dataset directory at ``out``.
+
+    Raises:
+        ConfigError: ``out`` may not be written (see `check_target`).
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "ds"
+        >>> with staged_directory(out) as tmp:
+        ...     _ = (tmp / "dataset.toml").write_text('label = "y"\\n')
+        >>> sorted(p.name for p in out.iterdir())
+        ['dataset.toml']
+    """
+    out = Path(out)
+    check_target(out, overwrite)
+    existing = out.is_dir()
+    if not existing:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    name = Path(os.path.abspath(out)).name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out if existing else out.parent))
+    try:
+        yield tmp
+        if existing:
+            move_into(tmp, out)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o777 & ~umask)
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_samples_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a sample table as UTF-8 CSV (``None`` cells empty), ``\\n`` line ends."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(list(header))
+    for row in rows:
+        writer.writerow(["" if cell is None else cell for cell in row])
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def write_schema(path: Path, schema: dict[str, Any]) -> None:
+    """Write a ``dataset.toml`` from plain data (keys as in `metamodal.data.schema`)."""
+    import tomli_w
+
+    path.write_text(tomli_w.dumps(schema), encoding="utf-8")
+
+
+def holdout_split(
+    units: Iterable[str],
+    val: Sequence[str] = (),
+    test: Sequence[str] = (),
+    *,
+    what: str = "group",
+) -> dict[str, list[str]] | None:
+    """A ``splits.toml`` mapping that holds ``val`` and ``test`` out and trains on the rest.
+
+    Args:
+        units: every group of the dataset (or every label when it has no group column).
+        val: the units of meta-validation.
+        test: the units of meta-test.
+        what: the name of a unit in messages (``group`` or ``class``).
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}`` (sorted), or ``None`` when neither
+        ``val`` nor ``test`` is given (the dataset then gets no ``splits.toml``).
+
+    Raises:
+        ConfigError: a unit is unknown, in both ``val`` and ``test``, or nothing is left to
+            train on.
+
+    Example:
+        >>> holdout_split(["Greek", "Latin", "Tagalog"], val=["Tagalog"])
+        {'train': ['Greek', 'Latin'], 'val': ['Tagalog'], 'test': []}
+    """
+    if not val and not test:
+        return None
+    known = sorted(set(units))
+    for flag, names in (("val", val), ("test", test)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(
+                f"unknown {what}(s) for {flag}: {', '.join(unknown)}",
+                column=f"{flag}_groups",
+                fix=f"choose among: {', '.join(known[:30])}" + (" ..." if len(known) > 30 else ""),
+            )
+    both = sorted(set(val) & set(test))
+    if both:
+        raise ConfigError(f"{what}(s) both in val and test: {', '.join(both)}",
+                          column="test_groups", fix="put each in one split only")
+    train = [u for u in known if u not in set(val) | set(test)]
+    if not train:
+        raise ConfigError(f"no {what} left for meta-training", column="val_groups",
+                          fix="hold out fewer groups for val and test")
+    return {"train": train, "val": sorted(set(val)), "test": sorted(set(test))}

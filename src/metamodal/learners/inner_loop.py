@@ -1,0 +1,182 @@
+"""The functional core of the optimisation-based learners: inner-loop gradient steps on
+parameter dictionaries, per-task BatchNorm, and the output layer built per task.
+
+Everything here is a pure function of ``(params, batch)`` in the style of `torch.func`: a
+network is run with other weights through `torch.func.functional_call`, and an inner-loop
+step is ``params - lr * grad`` with ``grad`` from `torch.autograd.grad` (``create_graph=True``
+keeps the second-order terms of MAML's meta-gradient; without it the step is first order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metamodal.encoders.layers import MaskedBatchNorm
+
+Params = dict[str, Tensor]
+"""Parameter name -> tensor, as `nn.Module.named_parameters` names them."""
+
+BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, MaskedBatchNorm)
+"""The normalisation layers whose statistics a task must not leak into the running ones."""
+
+
+def gradients(loss: Tensor, params: Mapping[str, Tensor], *, create_graph: bool) -> Params:
+    """``d loss / d params`` for every entry; one that ``loss`` does not use gets zeros.
+
+    Args:
+        loss: a scalar.
+        params: name -> tensor (each requiring grad).
+        create_graph: keep the graph of the gradients (for second-order meta-gradients).
+
+    Example:
+        >>> w = torch.tensor([2.0], requires_grad=True)
+        >>> unused = torch.tensor([1.0], requires_grad=True)
+        >>> g = gradients((w ** 2).sum(), {"w": w, "u": unused}, create_graph=False)
+        >>> g["w"].tolist(), g["u"].tolist()
+        ([4.0], [0.0])
+    """
+    names = list(params)
+    grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph,
+                                allow_unused=True)
+    return {n: torch.zeros_like(params[n]) if g is None else g
+            for n, g in zip(names, grads, strict=True)}
+
+
+def sgd_step(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
+             lr: float | Mapping[str, Tensor | float]) -> Params:
+    """One gradient-descent step ``p - lr * g`` (``lr`` one number or one per name, a tensor
+    broadcastable to the parameter for Meta-SGD).
+
+    Example:
+        >>> sgd_step({"w": torch.tensor([1.0])}, {"w": torch.tensor([2.0])}, 0.25)["w"].tolist()
+        [0.5]
+    """
+    if isinstance(lr, Mapping):
+        return {n: p - lr[n] * grads[n] for n, p in params.items()}
+    return {n: p - lr * grads[n] for n, p in params.items()}
+
+
+def detached(params: Mapping[str, Tensor]) -> Params:
+    """Copies cut from the graph that require grad again (an inner loop without meta-gradient:
+    evaluation keeps no graph back to the initial weights)."""
+    return {n: p.detach().requires_grad_() for n, p in params.items()}
+
+
+@contextmanager
+def task_batch_norm(module: nn.Module) -> Iterator[None]:
+    """Inside the block every BatchNorm layer of ``module`` normalises with the statistics of
+    the batch it sees and leaves its running statistics untouched, in training and evaluation
+    alike (transductive BatchNorm, as in Finn et al. 2017): an inner loop neither pollutes the
+    running statistics with a task's data nor depends on them.
+
+    The layers' (and encoders') training flags are restored afterwards; dropout keeps the
+    module's mode. An `Encoder` whose input layout depends on its mode is switched to its
+    training layout too (`metamodal.encoders.image._layout_for`).
+
+    Example:
+        >>> bn = nn.BatchNorm1d(2).eval()
+        >>> with task_batch_norm(bn):
+        ...     y = bn(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
+        >>> y.abs().max().item() < 1.01, bn.running_mean.tolist(), bn.training
+        (True, [0.0, 0.0], False)
+    """
+    from metamodal.encoders.base import Encoder
+
+    saved: list[tuple[nn.Module, bool, bool | None]] = []
+    for layer in module.modules():
+        if isinstance(layer, BATCH_NORMS):
+            saved.append((layer, layer.training, layer.track_running_stats))
+            layer.training = True
+            layer.track_running_stats = False
+        elif isinstance(layer, Encoder):
+            saved.append((layer, layer.training, None))
+            layer.training = True
+    try:
+        yield
+    finally:
+        for layer, training, track in saved:
+            layer.training = training
+            if track is not None:
+                layer.track_running_stats = track
+
+
+def head_logits(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """The output layer: ``z @ weight.T + bias``, ``[B, D]`` -> ``[B, ways]`` (late fusion:
+    ``[B, M, D]`` -> ``[B, M, ways]``).
+
+    Example:
+        >>> head_logits(torch.ones(2, 3), torch.zeros(4, 3), torch.arange(4.0)).shape
+        torch.Size([2, 4])
+    """
+    return z @ weight.T + bias
+
+
+def masked_cross_entropy(logits: Tensor, labels: Tensor, keep: Tensor) -> Tensor:
+    """Mean cross-entropy over the rows where ``keep`` (bool ``[B]``) is True; all rows when
+    none is (without a device-to-host transfer).
+
+    Example:
+        >>> logits = torch.tensor([[5.0, 0.0], [0.0, 5.0]])
+        >>> float(masked_cross_entropy(logits, torch.tensor([0, 0]), torch.tensor([True, False])))
+        0.006715348921716213
+    """
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    weight = keep.to(losses.dtype)
+    weight = torch.where(weight.sum() > 0, weight, torch.ones_like(weight))
+    return (losses * weight).sum() / weight.sum()
+
+
+def unroll(
+    loss_fn: Callable[[Params, int], Tensor],
+    params: Params,
+    *,
+    steps: int,
+    update: Callable[[int, Params, Params], Params],
+    create_graph: bool,
+    track: bool = True,
+    zero_first: frozenset[str] = frozenset(),
+) -> Iterator[Params]:
+    """Run ``steps`` inner-loop updates and yield the parameters after each one.
+
+    Args:
+        loss_fn: ``loss_fn(params, step) -> scalar`` (the support loss).
+        params: the starting parameters (the meta-learned ones, or views of them).
+        steps: the number of updates.
+        update: ``update(step, params, grads) -> params`` (e.g. `sgd_step` with a learning
+            rate; Meta-SGD and MAML++ pass learned rates; the LSTM optimiser its proposals).
+        create_graph: differentiate through the gradients (second order).
+        track: keep the graph back to ``params`` (meta-training); without it each step starts
+            from detached copies (evaluation: no memory kept across steps).
+        zero_first: names whose gradient at the first step is known to be exactly zero (the
+            backbone's, while the output layer is zero): zeros are used without
+            differentiating the loss through them, which saves a backward pass through the
+            network.
+
+    Example:
+        >>> w = {"w": torch.tensor([3.0], requires_grad=True)}
+        >>> last = list(unroll(lambda p, s: (p["w"] ** 2).sum(), w, steps=2,
+        ...                    update=lambda s, p, g: sgd_step(p, g, 0.25),
+        ...                    create_graph=True))[-1]
+        >>> last["w"].tolist()  # 3 -> 1.5 -> 0.75
+        [0.75]
+    """
+    if not track:
+        params = detached(params)
+    for step in range(steps):
+        loss = loss_fn(params, step)
+        if step == 0 and zero_first:
+            wanted = {n: p for n, p in params.items() if n not in zero_first}
+            grads = gradients(loss, wanted, create_graph=create_graph)
+            grads.update({n: torch.zeros_like(params[n]) for n in params if n in zero_first})
+            grads = {n: grads[n] for n in params}
+        else:
+            grads = gradients(loss, params, create_graph=create_graph)
+        params = update(step, params, grads)
+        if not track:
+            params = detached(params)
+        yield params

@@ -30,3 +30,18 @@ def test_benchmark_checks_pass_at_a_tiny_size(script: str, args: list[str]) -> N
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "metamodal" in done.stdout
+
+
+def test_features_benchmark_checks_pass_at_a_tiny_size() -> None:
+    from metamodal.encoders.pretrained import pretrained_encoders
+    from metamodal.errors import MissingExtraError
+
+    try:
+        pretrained_encoders.get("minilm").check_installed()
+    except MissingExtraError:
+        pytest.skip("the pretrained extra is not installed")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "features.py"), "--classes", "15",
+                           "--per-class", "16", "--modalities", "caption", "--episodes", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cached and on-the-fly features agree" in done.stdout

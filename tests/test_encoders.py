@@ -285,10 +285,10 @@ def test_every_kind_has_a_default_encoder_that_fits_it() -> None:
 
 
 def test_encoder_kind_checks() -> None:
-    assert encoders_for("text") == ["bag", "gru", "textcnn"]
+    assert encoders_for("text") == ["bag", "gru", "minilm", "textcnn"]
     assert encoders_for("sequence") == ["gru", "tcn"]
     check_encoder("gru", "sequence")
-    with pytest.raises(ConfigError, match="bag, gru, textcnn"):
+    with pytest.raises(ConfigError, match="bag, gru, minilm, textcnn"):
         check_encoder("tcn", "text", "caption")
     with pytest.raises(ConfigError, match="caption"):
         build_encoder("text", "conv4", dim=4, input_info={}, modality="caption")

@@ -312,6 +312,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- metamodal cache: the on-disk feature cache of pretrained encoders ----------------------
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from metamodal.encoders.cache import FeatureCache
+
+    cache = FeatureCache(args.dir, limit=getattr(args, "limit", None))
+    if args.action == "clear":
+        freed = cache.clear(encoder=args.encoder)
+        print(f"cleared {_human(freed)} from {cache.root}"
+              + (f" (encoder {args.encoder})" if args.encoder else ""))
+        return 0
+    info = cache.info()
+    print(f"feature cache: {info.root}")
+    limit = _human(info.limit) if info.limit else "none"
+    print(f"size: {_human(info.bytes)} of {limit}, {info.entries} entries in {info.shards} shards")
+    if info.namespaces:
+        print("encoder             entries  shards  size        version / options")
+        for n in info.namespaces:
+            print(f"{n.encoder:<18}  {n.entries:>7}  {n.shards:>6}  {_human(n.bytes):>10}  "
+                  f"{n.version} {n.options}")
+    _write_json(args.json, info.to_dict())
+    return 0
+
+
+def _add_cache_parser(sub: Any) -> None:
+    p = sub.add_parser("cache", help="show or empty the feature cache of pretrained encoders")
+    p.add_argument("action", choices=("info", "clear"), help="info: location, size, entries; "
+                   "clear: delete the cached features")
+    p.add_argument("--dir", help="cache directory (default $METAMODAL_CACHE or "
+                   "~/.cache/metamodal/features)")
+    p.add_argument("--encoder", help="clear: only this encoder's features (e.g. minilm)")
+    p.add_argument("--limit", help="info: size limit to report (default $METAMODAL_CACHE_LIMIT "
+                   "or 2GiB)")
+    p.add_argument("--json", help="info: also write it as JSON")
+    p.set_defaults(func=cmd_cache)
+
+
 def _add_episode_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ways", type=int, default=5, help="classes per episode (default 5)")
     parser.add_argument("--shots", type=int, default=1, help="support samples per class")
@@ -522,6 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
     _add_episode_flags(p)
     p.set_defaults(func=cmd_report)
+
+    _add_cache_parser(sub)
     return parser
 
 

@@ -85,6 +85,17 @@ class ModalityError(LocatedError):
     """Input carries modalities a model cannot use (e.g. one it never saw in training)."""
 
 
+class MissingExtraError(ConfigError):
+    """A component needs an optional extra that is not installed; the fix names the
+    ``pip install`` command.
+
+    Example:
+        >>> print(MissingExtraError("encoder 'minilm' needs sentence-transformers",
+        ...                         fix="pip install 'metamodal[pretrained]'"))
+        encoder 'minilm' needs sentence-transformers (fix: pip install 'metamodal[pretrained]')
+    """
+
+
 class DownloadError(LocatedError):
     """A download failed: the server is unreachable, refused the request or sent too little;
     ``file`` holds the URL or the local file."""

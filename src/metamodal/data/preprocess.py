@@ -64,6 +64,9 @@ class Preprocessor:
         modalities: the modalities to keep, in this order (default: all of ``specs``).
         overrides: modality name -> loader options that update the spec's options (e.g. from
             a run config: ``{"image": {"size": 64}}``).
+        prebuilt: modality name -> a loader to use instead of the kind's own (e.g. a frozen
+            pretrained encoder's ``metamodal.encoders.features.PretrainedLoader``, which
+            decodes the modality into feature vectors); ``overrides`` do not apply to it.
 
     Raises:
         UnknownNameError: a modality in ``modalities`` or ``overrides`` is not in ``specs``.
@@ -88,6 +91,7 @@ class Preprocessor:
         specs: Mapping[str, ModalitySpec] | DatasetSchema,
         modalities: Sequence[str] | None = None,
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        prebuilt: Mapping[str, ModalityLoader] | None = None,
     ) -> None:
         if isinstance(specs, DatasetSchema):
             specs = specs.modalities
@@ -103,8 +107,10 @@ class Preprocessor:
                 "no modality selected", fix=f"select at least one of: {', '.join(specs)}"
             )
         self.specs: dict[str, ModalitySpec] = {name: specs[name] for name in names}
+        prebuilt = dict(prebuilt or {})
         self.loaders: dict[str, ModalityLoader] = {
-            name: create_loader(spec, overrides.get(name)) for name, spec in self.specs.items()
+            name: prebuilt[name] if name in prebuilt else create_loader(spec, overrides.get(name))
+            for name, spec in self.specs.items()
         }
         self.fitted_ = False
 
@@ -227,11 +233,23 @@ class Preprocessor:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> Preprocessor:
+    def from_state(
+        cls,
+        state: Mapping[str, Any],
+        loader_classes: Mapping[str, type[ModalityLoader]] | None = None,
+    ) -> Preprocessor:
         """Rebuild a preprocessor (fitted if it was) from `state_dict`'s output.
 
+        Args:
+            state: what `state_dict` returned.
+            loader_classes: classes of loaders that are not a kind's own, by the ``loader``
+                key of their state (a ``prebuilt`` loader, e.g. ``{"pretrained":
+                PretrainedLoader}``; ``metamodal.encoders.features.preprocessor_from_state``
+                passes it).
+
         Raises:
-            RunError: the state is incomplete or of another format.
+            RunError: the state is incomplete or of another format, or names a loader that
+                ``loader_classes`` lacks.
         """
         try:
             if state["format"] != _STATE_FORMAT:
@@ -247,8 +265,17 @@ class Preprocessor:
             preprocessor.specs = specs
             preprocessor.loaders = {}
             for name, spec in specs.items():
-                loader_class: Any = loaders.get(spec.kind)
-                preprocessor.loaders[name] = loader_class.from_state(state["loaders"][name])
+                loader_state = state["loaders"][name]
+                custom = loader_state.get("loader") if isinstance(loader_state, Mapping) else None
+                if custom is not None and custom not in (loader_classes or {}):
+                    raise RunError(
+                        f"modality {name!r} is decoded by the {custom!r} loader",
+                        fix="rebuild the preprocessor with metamodal.encoders.features."
+                        "preprocessor_from_state (load_run does)",
+                    )
+                loader_class: Any = (loader_classes or {})[custom] if custom else loaders.get(
+                    spec.kind)
+                preprocessor.loaders[name] = loader_class.from_state(loader_state)
             preprocessor.fitted_ = bool(state["fitted"])
         except (KeyError, TypeError) as exc:
             raise RunError(

@@ -13,12 +13,18 @@ name           kinds               what
 ``mlp``        tabular             multi-layer perceptron
 =============  ==================  ==========================================================
 
+Pretrained frozen encoders (the ``pretrained`` extra, `metamodal.encoders.pretrained`):
+``minilm`` (text), ``efficientnet-lite0`` (image), ``resemblyzer`` (audio). Their features are
+computed once per input when the data is prepared, through the on-disk feature cache
+(`metamodal.encoders.features`, `metamodal.encoders.cache`); the encoders registered here
+under those names are the trainable adapters over the features (`metamodal.encoders.adapter`).
+
 `DEFAULT_ENCODERS` names the encoder of each kind when a config names none; `ENCODER_KINDS`
 (or `check_encoder` / `encoders_for`) says which kinds an encoder fits; `build_encoder`
 checks both and the hyper-parameters.
 """
 
-from metamodal.encoders import audio, image, sequence, tabular, text
+from metamodal.encoders import adapter, audio, image, sequence, tabular, text
 from metamodal.encoders.base import (
     DEFAULT_ENCODERS,
     ENCODER_KINDS,
@@ -36,6 +42,7 @@ __all__ = [
     "DEFAULT_ENCODERS",
     "ENCODER_KINDS",
     "Encoder",
+    "adapter",
     "audio",
     "build_encoder",
     "check_encoder",

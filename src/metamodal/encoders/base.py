@@ -133,7 +133,7 @@ def encoders_for(kind: str) -> list[str]:
 
     Example:
         >>> encoders_for("image")
-        ['conv4', 'resnet12']
+        ['conv4', 'efficientnet-lite0', 'resnet12']
     """
     return sorted(name for name, kinds in ENCODER_KINDS.items() if kind in kinds)
 
@@ -152,7 +152,7 @@ def check_encoder(name: str, kind: str, modality: str | None = None) -> None:
         Traceback (most recent call last):
         ...
         metamodal.errors.ConfigError: encoder 'conv4' fits image modalities, not 'caption' \
-(text) (fix: use one of: bag, gru, textcnn)
+(text) (fix: use one of: bag, gru, minilm, textcnn)
     """
     encoders.get(name)
     if kind not in ENCODER_KINDS.get(name, ()):

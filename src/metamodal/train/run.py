@@ -20,6 +20,7 @@ from metamodal import __version__
 from metamodal.data.preprocess import Preprocessor
 from metamodal.data.schema import DatasetSchema
 from metamodal.data.splits import ClassSplit
+from metamodal.encoders.features import preprocessor_from_state
 from metamodal.errors import ConfigError, RunError
 from metamodal.io import atomic_write_json, atomic_write_text
 from metamodal.learners.model import FewShotModel
@@ -116,7 +117,7 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
     document = read_run_config(run_dir)
     prep_path = run_dir / PREPROCESSOR_FILE
     try:
-        preprocessor = Preprocessor.from_state(json.loads(prep_path.read_text()))
+        preprocessor = preprocessor_from_state(json.loads(prep_path.read_text()))
     except FileNotFoundError:
         raise RunError("preprocessor.json is missing", file=prep_path,
                        fix="re-train the run; the file holds the fitted vocabulary and "

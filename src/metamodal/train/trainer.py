@@ -152,7 +152,8 @@ class Trainer:
         cfg = self.config
         seed_everything(cfg.seed)
         data = prepare_data(cfg.data, seed=cfg.seed, modalities=cfg.modalities,
-                            preprocess=cfg.preprocess, cache=cfg.cache)
+                            preprocess=cfg.preprocess, cache=cfg.cache,
+                            encoders=cfg.encoders)
         device = resolve_device(cfg.device)
         model, classifier = self._build(data, device)
         # Fail before training, not at the first validation, when a split is too small.

@@ -69,7 +69,7 @@ def main() -> None:
             results["lstm-optimizer, SGD at test"] = evaluate(
                 run.model, prepared.store, prepared.split.test, ways=5, shots=1, queries=15,
                 episodes=args.episodes, seed=args.seed + 100, name="sgd at test")
-            learned_lr = float(run.model.learner.log_lr.exp())
+            learned_lr = float(run.model.learner.log_lr.detach().exp())
     print(f"5-way 1-shot on held-out classes, {args.episodes} test episodes, "
           f"{args.inner_steps} inner steps in training and at test, modalities "
           f"{args.modalities}, {args.steps} meta-updates each:")

@@ -41,6 +41,24 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def publish_directory(tmp: str | Path, dest: str | Path) -> Path:
+    """Move a fully written temporary directory into place as ``dest`` in one rename, with
+    the permissions a plain ``mkdir`` would give (``0777 & ~umask``; `tempfile.mkdtemp`
+    makes 0700). ``tmp`` must be on the same file system (e.g. made in ``dest``'s parent).
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> staged = Path(tempfile.mkdtemp(dir=root))
+        >>> publish_directory(staged, root / "ready").is_dir(), staged.exists()
+        (True, False)
+    """
+    tmp, dest = Path(tmp), Path(dest)
+    tmp.chmod(0o777 & ~_umask())
+    os.replace(tmp, dest)
+    return dest
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

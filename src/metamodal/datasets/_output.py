@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.errors import ConfigError
+from metamodal.io import publish_directory
 
 SCHEMA_NAME = "dataset.toml"
 
@@ -97,10 +98,7 @@ def staged_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
         if existing:
             move_into(tmp, out)
         else:
-            umask = os.umask(0)
-            os.umask(umask)
-            tmp.chmod(0o777 & ~umask)
-            os.replace(tmp, out)
+            publish_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

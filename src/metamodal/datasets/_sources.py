@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from metamodal.errors import DatasetError
+from metamodal.io import publish_directory
 
 log = logging.getLogger(__name__)
 
@@ -331,10 +332,7 @@ def extract_zip(
         try:
             for f in files:
                 f.copy_to(tmp.joinpath(*(f.parts[1:] if strip else f.parts)), max_file_bytes)
-            umask = os.umask(0)
-            os.umask(umask)
-            tmp.chmod(0o777 & ~umask)
-            os.replace(tmp, dest)
+            publish_directory(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

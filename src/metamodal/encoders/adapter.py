@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder
+from metamodal.encoders.layers import mlp_layers
 from metamodal.errors import ConfigError, ModalityError
 
 
@@ -69,13 +70,8 @@ class FeatureAdapter(Encoder):
             raise ConfigError(f"{name}: hidden widths must be positive and dropout in [0, 1), "
                               f"got hidden={hidden!r}, dropout={dropout!r}",
                               fix="use e.g. hidden=[256], dropout=0.1")
-        layers: list[nn.Module] = [nn.Dropout(dropout)]
-        size = self.features
-        for width in widths:
-            layers += [nn.Linear(size, width), nn.ReLU(), nn.Dropout(dropout)]
-            size = width
-        layers.append(nn.Linear(size, dim))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = nn.Sequential(nn.Dropout(dropout),
+                                 *mlp_layers(self.features, widths, dim, dropout))
         self.residual = nn.Linear(self.features, dim, bias=False) if residual else None
 
     def check(self, batch: ModalityBatch) -> None:

@@ -108,6 +108,23 @@ def masked_pool(x: Tensor, mask: Tensor, pool: str) -> Tensor:
     return torch.cat([masked_mean(x, mask), masked_max(x, mask)], dim=-1)
 
 
+def mlp_layers(in_features: int, widths: list[int], out_features: int,
+               dropout: float) -> list[nn.Module]:
+    """(linear -> ReLU -> dropout) per hidden width, then a linear map to ``out_features``.
+
+    Example:
+        >>> [type(m).__name__ for m in mlp_layers(3, [4], 2, 0.0)]
+        ['Linear', 'ReLU', 'Dropout', 'Linear']
+    """
+    layers: list[nn.Module] = []
+    size = in_features
+    for width in widths:
+        layers += [nn.Linear(size, width), nn.ReLU(), nn.Dropout(dropout)]
+        size = width
+    layers.append(nn.Linear(size, out_features))
+    return layers
+
+
 def to_channels_last(x: Tensor) -> Tensor:
     """``x`` ``[B, C, H, W]`` in ``channels_last`` memory format (same values, same shape).
 

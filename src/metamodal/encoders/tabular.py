@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder, require_info
+from metamodal.encoders.layers import mlp_layers
 from metamodal.errors import ConfigError, ModalityError
 
 
@@ -48,13 +49,7 @@ class TabularMLP(Encoder):
                 f"mlp: hidden widths must be positive, got {hidden!r}",
                 fix="use e.g. hidden=[64]",
             )
-        layers: list[nn.Module] = []
-        size = self.features
-        for width in widths:
-            layers += [nn.Linear(size, width), nn.ReLU(), nn.Dropout(dropout)]
-            size = width
-        layers.append(nn.Linear(size, dim))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*mlp_layers(self.features, widths, dim, dropout))
 
     def check(self, batch: ModalityBatch) -> None:
         """Raise `ModalityError` unless ``batch.values`` is ``[B, features]``."""

@@ -49,3 +49,22 @@ def test_the_training_config_example_loads(tmp_path: Path) -> None:
     config.validate()
     assert config.learner_options == {"inner_steps": 1, "eval_steps": 1, "inner_lr": 5.0}
     assert config.meta_batch == 1 and config.preprocess == {"image": {"size": 16}}
+
+
+def test_the_augmentation_example_is_a_valid_augment_table(tmp_path: Path) -> None:
+    import tomllib
+
+    from metamodal.data.augment import Augmentation
+
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("### Augmentation"):]
+    block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    options = tomllib.loads(block)["augment"]
+    kinds = {"image": "image", "strokes": "sequence", "sound": "audio", "caption": "text",
+             "fields": "tabular"}
+    with_text = Augmentation({**options, "rotate_classes": False}, kinds,
+                             widths={"strokes": 4})
+    assert with_text.active and set(with_text.modalities) == set(kinds)
+    image_and_strokes = {k: options[k] for k in ("rotate_classes", "image", "strokes")}
+    assert Augmentation(image_and_strokes, {k: kinds[k] for k in ("image", "strokes")},
+                        widths={"strokes": 4}).rotate_classes

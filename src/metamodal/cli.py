@@ -27,6 +27,35 @@ def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, str]:
     return result
 
 
+def _augment_flags(items: Sequence[str], base: dict[str, Any]) -> dict[str, Any]:
+    """``--augment KEY=VALUE`` flags merged into a config's ``augment`` table: ``KEY`` is an
+    option (``rotate_classes``) or ``MODALITY.OPTION`` (``image.rotate``); ``VALUE`` is read as
+    a TOML value (``10``, ``true``, ``[0, 1]``), else kept as a string (``horizontal``)."""
+    import tomllib
+
+    result = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for item in items:
+        key, sep, text = item.partition("=")
+        path = [part.strip() for part in key.split(".")]
+        if not sep or not all(path) or len(path) > 2:
+            raise ConfigError(f"--augment expects KEY=VALUE or MODALITY.OPTION=VALUE, got "
+                              f"{item!r}", column="--augment",
+                              fix="e.g. --augment image.rotate=10 --augment rotate_classes=true")
+        try:
+            value: Any = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        if len(path) == 1:
+            result[path[0]] = value
+        else:
+            table = result.setdefault(path[0], {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--augment {item!r}: {path[0]!r} is not a modality table",
+                                  column="--augment", fix="e.g. --augment image.rotate=10")
+            table[path[1]] = value
+    return result
+
+
 def _write_json(path: str | None, data: Any) -> None:
     if path:
         from metamodal.io import atomic_write_json
@@ -73,6 +102,8 @@ def _train_config(args: argparse.Namespace):
         flags["encoders"] = {**config.encoders, **_pairs(args.encoder, "--encoder")}
     if args.no_cache:
         flags["cache"] = False
+    if args.augment:
+        flags["augment"] = _augment_flags(args.augment, config.augment)
     options: dict[str, Any] = {}
     for key in ("inner_steps", "inner_lr", "eval_steps", "eval_lr"):
         if getattr(args, key) is not None:
@@ -539,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimisation-based learners: first-order meta-gradients")
     p.add_argument("--adapt", help="optimisation-based learners: what the inner loop adapts: "
                    "all, head, fusion, or comma-separated modalities")
+    p.add_argument("--augment", action="append", metavar="KEY=VALUE",
+                   help="training augmentation, e.g. rotate_classes=true, image.rotate=10, "
+                   "strokes.jitter=0.01, modality_dropout=0.2 (repeatable; see the README)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--no-cache", action="store_true", help="do not cache decoded tensors")

@@ -13,6 +13,12 @@ column, an optional sample table and one ``[modalities.NAME]`` table per modalit
     column = "image"
     size = 32                     # extra keys are options of the image loader
 
+    [modalities.strokes]
+    kind = "sequence"
+    column = "strokes"
+    encoder = "trajectory"        # optional: the encoder suited to this data, used when a
+    encoder_options = { pen = 3 } # training config names none for the modality
+
     [modalities.measurements]
     kind = "tabular"
     columns = ["wingspan_cm", "weight_g"]
@@ -37,7 +43,7 @@ SCHEMA_FILE = "dataset.toml"
 """Name of the schema file in a dataset directory."""
 
 _TOP_KEYS = ("name", "label", "group", "samples", "modalities")
-_SPEC_KEYS = ("kind", "column", "columns")
+_SPEC_KEYS = ("kind", "column", "columns", "encoder", "encoder_options")
 
 
 def valid_kinds() -> list[str]:
@@ -60,6 +66,10 @@ class ModalitySpec:
         column: the column holding the modality (every kind but tabular).
         columns: the numeric columns of a tabular modality.
         options: extra keys of the table, passed to the kind's loader as keyword arguments.
+        encoder: the encoder suited to this data (a registry name, checked when a model is
+            built), used when a training config names none for the modality; ``None``: the
+            kind's default.
+        encoder_options: that encoder's hyper-parameters.
 
     Example:
         >>> spec = ModalitySpec("photo", "image", column="photo_path", options={"size": 32})
@@ -72,6 +82,8 @@ class ModalitySpec:
     column: str | None = None
     columns: list[str] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    encoder: str | None = None
+    encoder_options: dict[str, Any] = field(default_factory=dict)
 
     def source_columns(self) -> list[str]:
         """The sample-table columns this modality reads, in order."""
@@ -84,6 +96,10 @@ class ModalitySpec:
             out["columns"] = list(self.columns)
         else:
             out["column"] = self.column
+        if self.encoder is not None:
+            out["encoder"] = self.encoder
+        if self.encoder_options:
+            out["encoder_options"] = dict(self.encoder_options)
         out.update(self.options)
         return out
 
@@ -336,9 +352,30 @@ def _parse_modalities(tables: Any, label: str | None, problem: Reporter) -> dict
             )
             continue
         spec = _parse_columns(name, kind, table, label, problem)
-        if spec is not None:
+        if spec is not None and _parse_encoder(spec, table, problem):
             specs[name] = spec
     return specs
+
+
+def _parse_encoder(spec: ModalitySpec, table: dict[str, Any], problem: Reporter) -> bool:
+    """Set the spec's suggested ``encoder`` / ``encoder_options``; False after a problem."""
+    key = f"modalities.{spec.name}"
+    encoder = table.get("encoder")
+    options = table.get("encoder_options", {})
+    if encoder is not None and (not isinstance(encoder, str) or not encoder.strip()):
+        problem(f"`encoder` must be an encoder name, got {encoder!r}", f"{key}.encoder",
+                'write e.g. encoder = "trajectory", or remove the key')
+        return False
+    if not isinstance(options, dict):
+        problem(f"`encoder_options` must be a table, got {options!r}",
+                f"{key}.encoder_options", "write e.g. encoder_options = { pen = 3 }")
+        return False
+    if options and encoder is None:
+        problem("`encoder_options` without `encoder`", f"{key}.encoder_options",
+                "name the encoder they are for, or remove them")
+        return False
+    spec.encoder, spec.encoder_options = encoder, dict(options)
+    return True
 
 
 def _parse_columns(

@@ -418,7 +418,8 @@ def _schema(name: str, group: str, image_options: dict[str, Any], stroke_length:
     modalities: dict[str, Any] = {"image": {"kind": "image", "column": "image", **image_options}}
     if with_strokes:
         modalities["strokes"] = {"kind": "sequence", "column": "strokes",
-                                 "max_length": stroke_length}
+                                 "max_length": stroke_length, "encoder": "trajectory",
+                                 "encoder_options": {"pen": 3}}
     return {"name": name, "label": "character", "group": group, "samples": "samples.csv",
             "modalities": modalities}
 

@@ -9,6 +9,7 @@ name           kinds               what
 ``textcnn``    text                convolutions of widths 3/4/5, max over time, linear
 ``gru``        sequence, text      bidirectional GRU over packed sequences, linear
 ``tcn``        sequence            dilated causal conv blocks, masked mean/max pool, linear
+``trajectory`` sequence            pen strokes: resampled along the path, normalised, 1-D CNN
 ``audio-cnn``  audio               2-D conv blocks over log-mels, masked pool over frames
 ``mlp``        tabular             multi-layer perceptron
 =============  ==================  ==========================================================
@@ -24,7 +25,7 @@ under those names are the trainable adapters over the features (`metamodal.encod
 checks both and the hyper-parameters.
 """
 
-from metamodal.encoders import adapter, audio, image, sequence, tabular, text
+from metamodal.encoders import adapter, audio, image, sequence, tabular, text, trajectory
 from metamodal.encoders.base import (
     DEFAULT_ENCODERS,
     ENCODER_KINDS,
@@ -55,6 +56,7 @@ __all__ = [
     "sequence",
     "tabular",
     "text",
+    "trajectory",
 ]
 
 # The package doubles as its registry, so `metamodal.encoders.create(...)` works whether

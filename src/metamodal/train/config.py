@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metamodal.data.schema import DatasetSchema
 from metamodal.errors import ConfigError
 
 
@@ -45,6 +46,8 @@ class TrainConfig:
         seed: seeds the split, the episodes, the initialisation and dropout.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
         cache: keep decoded tensors in an on-disk cache inside the dataset directory.
+        augment: training-time augmentation: ``rotate_classes``, ``modality_dropout`` and a
+            table of options per modality (`metamodal.data.augment`); empty = none.
 
     Example:
         >>> TrainConfig(data="ds", steps=10).updated({"ways": 3}).ways
@@ -82,6 +85,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     cache: bool = True
+    augment: dict[str, Any] = field(default_factory=dict)
 
     def updated(self, values: dict[str, Any], *, source: str = "flags") -> TrainConfig:
         """A copy with ``values`` applied; unknown keys or wrong types raise `ConfigError`."""
@@ -119,6 +123,34 @@ class TrainConfig:
                               column="pretrain_classifier", fix="use 'linear' or 'cosine'")
         if self.lr <= 0:
             raise ConfigError("lr must be > 0", column="lr", fix="e.g. lr = 1e-3")
+
+
+def with_dataset_encoders(config: TrainConfig, schema: DatasetSchema) -> TrainConfig:
+    """``config`` with the encoders the dataset suggests (``encoder`` / ``encoder_options`` of
+    its ``[modalities.NAME]`` tables) for the modalities it uses and names no encoder for.
+
+    Example:
+        >>> from metamodal.data.schema import DatasetSchema
+        >>> schema = DatasetSchema.from_dict({"label": "y", "modalities": {"s": {
+        ...     "kind": "sequence", "column": "s", "encoder": "trajectory",
+        ...     "encoder_options": {"pen": 3}}}})
+        >>> c = with_dataset_encoders(TrainConfig(), schema)
+        >>> c.encoders, c.encoder_options
+        ({'s': 'trajectory'}, {'s': {'pen': 3}})
+        >>> with_dataset_encoders(TrainConfig(encoders={"s": "gru"}), schema).encoder_options
+        {}
+    """
+    encoders = dict(config.encoders)
+    options = {name: dict(values) for name, values in config.encoder_options.items()}
+    for name, spec in schema.modalities.items():
+        used = config.modalities is None or name in config.modalities
+        if spec.encoder is None or name in encoders or not used:
+            continue
+        encoders[name] = spec.encoder
+        options[name] = {**spec.encoder_options, **options.get(name, {})}
+    if encoders == config.encoders:
+        return config
+    return config.updated({"encoders": encoders, "encoder_options": options})
 
 
 def load_config(path: str | Path) -> TrainConfig:

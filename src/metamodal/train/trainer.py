@@ -15,7 +15,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from metamodal.data.augment import Augmentation, augmentation_for, step_generator
+from metamodal.data.batch import TensorStore
 from metamodal.data.episodes import EpisodeSampler
+from metamodal.data.schema import load_schema
 from metamodal.evaluate.protocol import embed_store, evaluate
 from metamodal.learners.baselines import SupervisedClassifier
 from metamodal.learners.model import FewShotModel
@@ -28,7 +31,7 @@ from metamodal.train.checkpoint import (
     save_weights,
     set_rng_state,
 )
-from metamodal.train.config import TrainConfig
+from metamodal.train.config import TrainConfig, with_dataset_encoders
 from metamodal.train.data import PreparedData, prepare_data
 from metamodal.train.logger import MetricsLogger
 from metamodal.train.run import write_run_files
@@ -136,6 +139,7 @@ class Trainer:
         config.validate()
         if config.data:  # the run must find its dataset from any working directory
             config = config.updated({"data": str(Path(config.data).resolve())})
+            config = with_dataset_encoders(config, load_schema(config.data))
         self.config = config
         self.out = Path(out)
         self.progress = progress
@@ -155,7 +159,9 @@ class Trainer:
                             preprocess=cfg.preprocess, cache=cfg.cache,
                             encoders=cfg.encoders)
         device = resolve_device(cfg.device)
-        model, classifier = self._build(data, device)
+        augmentation = augmentation_for(cfg.augment, data.preprocessor)
+        train_store, train_classes = augmentation.expand_classes(data.store, data.split.train)
+        model, classifier = self._build(data, len(train_classes), device)
         # Fail before training, not at the first validation, when a split is too small.
         self._val_shape = resolve_validation_shape(cfg, data.store, data.split.val)
         params = list(model.parameters()) + (list(classifier.parameters()) if classifier else [])
@@ -167,7 +173,8 @@ class Trainer:
         if state is not None:
             progress = self._restore(state, model, classifier, optimizer, schedule)
         already_finished = progress.finished
-        step_loss = self._step_function(model, classifier, data, device)
+        step_loss = self._step_function(model, classifier, train_store, train_classes,
+                                        augmentation, device)
         logger = MetricsLogger(self.out, resume_step=progress.step if state else None)
         bar = tqdm(total=cfg.steps, initial=progress.step, unit="step", leave=False,
                    disable=not self.progress or already_finished,
@@ -217,34 +224,41 @@ class Trainer:
         self,
         model: FewShotModel,
         classifier: SupervisedClassifier | None,
-        data: PreparedData,
+        store: TensorStore,
+        classes: list[str],
+        augmentation: Augmentation,
         device: torch.device,
     ) -> Callable[[int], tuple[float, float]]:
         """``step_loss(step) -> (loss, accuracy)``: computes one update's gradients.
 
         Episodic learners train on ``meta_batch`` episodes per update: episode
-        ``step * meta_batch + i`` of the meta-train sampler, each backpropagated on its own
+        ``step * meta_batch + i`` of the meta-train sampler over ``classes`` of ``store``,
+        augmented with that episode number's generator, each backpropagated on its own
         (``loss / meta_batch``), so that only one task's graph is alive at a time.
-        Supervised-mode learners train on one batch of ordinary classification.
+        Supervised-mode learners train on one (augmented) batch of ordinary classification.
         """
         cfg = self.config
         if classifier is not None:
-            train_index = _class_index(data)
+            train_index = _class_index(store, classes)
 
             def supervised(step: int) -> tuple[float, float]:
-                loss, acc = self._supervised_step(model, classifier, data, train_index, step,
-                                                  device)
+                loss, acc = self._supervised_step(model, classifier, store, train_index,
+                                                  augmentation, step, device)
                 loss.backward()
                 return loss.item(), acc
 
             return supervised
-        sampler = EpisodeSampler(data.store, data.split.train, cfg.ways, cfg.shots, cfg.queries,
+        sampler = EpisodeSampler(store, classes, cfg.ways, cfg.shots, cfg.queries,
                                  seed=cfg.seed)
 
         def episodic(step: int) -> tuple[float, float]:
             total_loss = total_acc = 0.0
             for i in range(cfg.meta_batch):
-                episode = sampler[step * cfg.meta_batch + i].to(device)
+                number = step * cfg.meta_batch + i
+                episode = sampler[number]
+                if augmentation.active:
+                    episode = augmentation.episode(episode, step_generator(cfg.seed, number))
+                episode = episode.to(device)
                 loss, logits = model.loss(episode)
                 (loss / cfg.meta_batch).backward()
                 total_loss += loss.item()
@@ -305,9 +319,10 @@ class Trainer:
         return state
 
     def _build(
-        self, data: PreparedData, device: torch.device
+        self, data: PreparedData, train_classes: int, device: torch.device
     ) -> tuple[FewShotModel, SupervisedClassifier | None]:
-        """The model, and for supervised-mode learners the pre-training classifier."""
+        """The model, and for supervised-mode learners the pre-training classifier over
+        ``train_classes`` classes."""
         cfg = self.config
         model = FewShotModel.build(
             kinds=data.preprocessor.kinds(),
@@ -324,7 +339,7 @@ class Trainer:
         if model.training_mode != "supervised":
             return model, None
         classifier = SupervisedClassifier(
-            model.backbone.fusion.out_dim, len(data.split.train),
+            model.backbone.fusion.out_dim, train_classes,
             cosine=cfg.pretrain_classifier == "cosine",
         )
         return model, classifier.to(device)
@@ -344,17 +359,21 @@ class Trainer:
         self,
         model: FewShotModel,
         classifier: SupervisedClassifier,
-        data: PreparedData,
+        store: TensorStore,
         train_index: tuple[torch.Tensor, torch.Tensor],
+        augmentation: Augmentation,
         step: int,
         device: torch.device,
     ) -> tuple[torch.Tensor, float]:
-        """One batch of ordinary classification over all meta-train classes."""
+        """One (augmented) batch of ordinary classification over all meta-train classes."""
         indices, targets = train_index
         rng = np.random.default_rng([self.config.seed, step])
         size = min(self.config.batch_size, len(indices))
         pick = torch.from_numpy(rng.choice(len(indices), size=size, replace=False))
-        batch = {k: v.to(device) for k, v in data.store.batch(indices[pick]).items()}
+        batch = store.batch(indices[pick])
+        if augmentation.active:
+            batch = augmentation.batch(batch, step_generator(self.config.seed, step))
+        batch = {k: v.to(device) for k, v in batch.items()}
         logits = _classify(model, classifier, batch)
         labels = targets[pick].to(device)
         loss = torch.nn.functional.cross_entropy(logits, labels)
@@ -371,7 +390,7 @@ class Trainer:
         """Accuracy on ``val_episodes`` meta-validation episodes (same episodes every time)."""
         cfg = self.config
         if classifier is not None and hasattr(model.learner, "set_feature_mean"):
-            indices, _ = _class_index(data)
+            indices, _ = _class_index(data.store, data.split.train)
             embeddings = embed_store(model, data.store, indices, device=device)
             z = embeddings.z if embeddings.z.dim() == 2 else _masked_mean(embeddings)
             model.learner.set_feature_mean(z[embeddings.present.any(1)].mean(0))
@@ -382,10 +401,10 @@ class Trainer:
         return result.accuracy
 
 
-def _class_index(data: PreparedData) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of meta-train samples, long ``[N]``, and their class ids ``[N]``."""
-    ids = {label: k for k, label in enumerate(data.split.train)}
-    rows = [(i, ids[label]) for i, label in enumerate(data.store.labels) if label in ids]
+def _class_index(store: TensorStore, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the samples of ``classes``, long ``[N]``, and their class ids ``[N]``."""
+    ids = {label: k for k, label in enumerate(classes)}
+    rows = [(i, ids[label]) for i, label in enumerate(store.labels) if label in ids]
     index = torch.tensor([r[0] for r in rows], dtype=torch.long)
     return index, torch.tensor([r[1] for r in rows], dtype=torch.long)
 

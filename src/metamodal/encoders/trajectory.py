@@ -1,0 +1,184 @@
+"""Encoder of pen trajectories (``trajectory``): resampled, normalised strokes through a 1-D CNN.
+
+A pen trajectory is a sequence modality whose steps carry an ``x, y`` position and, optionally, a
+flag marking the first point of each stroke (the pen touching down), as Omniglot's strokes
+(`metamodal.datasets.omniglot`) do. Raw recordings differ in speed, sampling rate, position and
+size, none of which tells characters apart; the encoder removes them before learning anything:
+
+1. **resample** each drawing to ``points`` points spaced uniformly along the pen's path (jumps
+   between strokes are not path: a stroke's points never lie on the pen-up line);
+2. **normalise** position and scale per drawing (centre at the ink's centroid, divide by its
+   RMS radius, the same for x and y so the aspect ratio stays);
+3. describe each point by its position, its **offset** from the previous point (zero where a
+   stroke starts) and the **pen-down** flag;
+4. a 1-D CNN (conv, BatchNorm, ReLU; pooling halves the length between blocks), then mean and
+   max over the points, and a linear map to ``dim``.
+
+Measured on Omniglot (see the README's real-data table), this beats a GRU or TCN over the raw
+steps by a wide margin; it is the default encoder of the strokes that `metamodal import
+omniglot` writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metamodal.data.batch import ModalityBatch
+from metamodal.encoders.base import Encoder, register_encoder, require_info
+from metamodal.encoders.layers import resolve_lengths
+from metamodal.errors import ConfigError, ModalityError
+
+
+def resample_trajectory(points: Tensor, starts: Tensor, lengths: Tensor, count: int
+                        ) -> tuple[Tensor, Tensor]:
+    """Points uniformly spaced along the pen's path, and which of them begin a stroke.
+
+    Args:
+        points: float ``[n, T, 2]`` positions (steps past a sample's length are ignored).
+        starts: bool ``[n, T]``, True on the first step of each stroke (step 0 counts as one).
+        lengths: long ``[n]`` valid steps (>= 1).
+        count: points to return per drawing.
+
+    Returns:
+        ``(resampled [n, count, 2], stroke_starts bool [n, count])``; the path length between
+        consecutive strokes' end and start is not counted, so no point falls on a pen-up jump.
+
+    Example:
+        >>> line = torch.tensor([[[0.0, 0.0], [4.0, 0.0]]])
+        >>> out, first = resample_trajectory(line, torch.tensor([[True, False]]),
+        ...                                  torch.tensor([2]), 5)
+        >>> out[0, :, 0].tolist(), first[0].tolist()
+        ([0.0, 1.0, 2.0, 3.0, 4.0], [True, False, False, False, False])
+    """
+    n, steps, _ = points.shape
+    index = torch.arange(steps, device=points.device)
+    valid = index < lengths.unsqueeze(1)
+    starts = (starts | (index == 0)) & valid
+    step = (points[:, 1:] - points[:, :-1]).norm(dim=-1)
+    step = torch.where(starts[:, 1:] | ~valid[:, 1:], torch.zeros((), dtype=step.dtype), step)
+    arc = torch.cat([step.new_zeros(n, 1), step.cumsum(1)], 1)  # [n, T], non-decreasing
+    total = arc.gather(1, (lengths - 1).clamp_min(0).unsqueeze(1))
+    targets = torch.linspace(0, 1, count, device=points.device, dtype=points.dtype) * total
+    last = (lengths - 1).clamp_min(0).unsqueeze(1)
+    low = (torch.searchsorted(arc.contiguous(), targets.contiguous(), right=True) - 1)
+    low = torch.minimum(low.clamp_min(0), last)
+    high = torch.minimum(low + 1, last)
+    span = arc.gather(1, high) - arc.gather(1, low)
+    weight = torch.where(span > 0, (targets - arc.gather(1, low)) / span.clamp_min(1e-12),
+                         torch.zeros((), dtype=span.dtype)).clamp(0, 1)
+    take = lambda i: points.gather(1, i.unsqueeze(-1).expand(n, count, 2))  # noqa: E731
+    resampled = take(low) * (1 - weight.unsqueeze(-1)) + take(high) * weight.unsqueeze(-1)
+    stroke = starts.long().cumsum(1).gather(1, low)
+    first = torch.ones(n, count, dtype=torch.bool, device=points.device)
+    first[:, 1:] = stroke[:, 1:] != stroke[:, :-1]
+    return resampled, first
+
+
+def trajectory_features(resampled: Tensor, first: Tensor) -> Tensor:
+    """Per-point features ``[n, count, 5]``: normalised x, y, offsets dx, dy, stroke start.
+
+    Position and scale are normalised per drawing: centred at the mean point, divided by the
+    RMS distance to it (one scale for both axes).
+    """
+    centre = resampled.mean(1, keepdim=True)
+    moved = resampled - centre
+    radius = moved.square().sum(-1).mean(1, keepdim=True).sqrt().clamp_min(1e-6).unsqueeze(-1)
+    normal = moved / radius
+    offset = torch.zeros_like(normal)
+    offset[:, 1:] = normal[:, 1:] - normal[:, :-1]
+    offset = offset.masked_fill(first.unsqueeze(-1), 0.0)
+    return torch.cat([normal, offset, first.unsqueeze(-1).to(normal.dtype)], -1)
+
+
+@register_encoder("trajectory", ["sequence"])
+class TrajectoryEncoder(Encoder):
+    """Pen trajectories: resample along the path, normalise, 1-D CNN (see the module docstring).
+
+    Args:
+        dim: output size.
+        input_info: ``{"features", "max_length"}`` from the sequence loader.
+        coords: the ``x, y`` columns of the steps.
+        pen: the column flagging the first point of a stroke (a value > 0 marks it, which
+            holds for a raw 0/1 flag and for its standardised value), or -1 for one stroke.
+        points: points per resampled drawing.
+        channels: channels of the convolutions.
+        blocks: convolution blocks (the length halves after each but the last).
+        dropout: dropout before the final linear map.
+
+    Shapes:
+        ``[B, T, features]`` with lengths ``[B]`` -> ``[B, dim]``.
+
+    Example:
+        >>> enc = TrajectoryEncoder(dim=8, input_info={"features": 4, "max_length": 6},
+        ...                         pen=3, points=16, channels=4)
+        >>> batch = ModalityBatch(torch.randn(3, 6, 4), torch.ones(3, dtype=torch.bool),
+        ...                       torch.tensor([6, 2, 4]))
+        >>> enc(batch).shape
+        torch.Size([3, 8])
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        input_info: Mapping[str, Any],
+        coords: list[int] | tuple[int, int] = (0, 1),
+        pen: int = -1,
+        points: int = 64,
+        channels: int = 64,
+        blocks: int = 4,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(dim=dim, input_info=input_info)
+        (self.features,) = require_info("trajectory", input_info, "features")
+        columns = [*coords, *([pen] if pen >= 0 else [])]
+        if (len(coords) != 2 or any(not isinstance(c, int) or not 0 <= c < self.features
+                                    for c in columns)):
+            raise ConfigError(
+                f"trajectory: coords {list(coords)} and pen {pen} must be columns of the "
+                f"{self.features}-feature steps",
+                fix=f"give two x, y columns in 0..{self.features - 1} (and pen, or -1)")
+        if points < 4 or channels < 1 or blocks < 1 or not 0 <= dropout < 1:
+            raise ConfigError(
+                f"trajectory needs points >= 4, channels >= 1, blocks >= 1, 0 <= dropout < 1; "
+                f"got {points}, {channels}, {blocks}, {dropout}",
+                fix="use e.g. points=64, channels=64, blocks=4")
+        self.coords = [int(c) for c in coords]
+        self.pen = int(pen)
+        self.points = int(points)
+        layers: list[nn.Module] = []
+        width = 5
+        for i in range(blocks):
+            layers += [nn.Conv1d(width, channels, 5, padding=2, bias=False),
+                       nn.BatchNorm1d(channels), nn.ReLU()]
+            if i < blocks - 1:
+                layers.append(nn.MaxPool1d(2, ceil_mode=True))
+            width = channels
+        self.body = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.project = nn.Linear(2 * channels, dim)
+
+    def check(self, batch: ModalityBatch) -> None:
+        """Raise `ModalityError` unless ``batch.values`` is float ``[B, T, features]``."""
+        values = batch.values
+        if values.dim() != 3 or values.shape[2] != self.features or not values.is_floating_point():
+            raise ModalityError(
+                f"encoder 'trajectory' takes float [B, T, {self.features}] sequences, got "
+                f"{values.dtype} {tuple(values.shape)}",
+                fix="decode the modality with the sequence loader the encoder was built for")
+
+    def encode(self, values: Tensor, lengths: Tensor | None) -> Tensor:
+        """Embed ``[n, T, features]`` with lengths ``[n]`` -> ``[n, dim]``."""
+        lengths = resolve_lengths(lengths, values.shape[1], values.shape[0], values.device)
+        lengths = lengths.clamp_min(1)
+        starts = (values[..., self.pen] > 0) if self.pen >= 0 else torch.zeros(
+            values.shape[:2], dtype=torch.bool, device=values.device)
+        resampled, first = resample_trajectory(values[..., self.coords], starts, lengths,
+                                               self.points)
+        h = self.body(trajectory_features(resampled, first).transpose(1, 2))  # [n, C, P']
+        pooled = torch.cat([h.mean(-1), h.amax(-1)], -1)
+        return self.project(self.dropout(pooled))

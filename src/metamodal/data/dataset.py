@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metamodal.data.loaders.base import Cell, DecodeContext
+from metamodal.data.paths import PathRefused, check_regular_file, resolve_inside
 from metamodal.data.schema import SCHEMA_FILE, DatasetSchema, ModalitySpec, load_schema
 from metamodal.data.table import TABLE_SUFFIXES, SampleTable, read_samples
 from metamodal.errors import DatasetError, ModalityError, UnknownNameError
@@ -110,6 +111,8 @@ class MultimodalDataset:
             rows=self.rows(),
             column=spec.column if spec.column is not None else modality,
             problems=problems,
+            allow_outside=self.schema.allow_outside_paths,
+            noun=spec.kind,
         )
 
     def subset(self, indices: Sequence[int]) -> MultimodalDataset:
@@ -249,17 +252,23 @@ def samples_path(root: Path, schema: DatasetSchema) -> Path:
         'samples.jsonl'
     """
     if schema.samples is not None:
-        path = root / schema.samples
-        if not path.is_file():
+        try:
+            path = resolve_inside(root, schema.samples, allow_outside=schema.allow_outside_paths)
+            check_regular_file(path, "sample table")
+        except FileNotFoundError:
             raise DatasetError(
                 f"the sample table {schema.samples!r} named by `samples` does not exist",
                 file=str(root / SCHEMA_FILE),
                 column="samples",
                 fix="correct `samples` (a path relative to the dataset directory)",
-            )
+            ) from None
+        except PathRefused as refused:
+            raise DatasetError(f"`samples` = {schema.samples[:200]!r}: {refused.message}",
+                               file=str(root / SCHEMA_FILE), column="samples",
+                               fix=refused.fix) from None
         return path
     for name in SAMPLE_FILES:
-        if (root / name).is_file():
+        if (root / name).exists():
             return root / name
     raise DatasetError(
         "no sample table found",

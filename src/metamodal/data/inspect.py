@@ -26,9 +26,9 @@ from metamodal.data.dataset import (
 )
 from metamodal.data.preprocess import build_loader
 from metamodal.data.schema import SCHEMA_FILE, ModalitySpec, read_schema
-from metamodal.data.splits import SPLITS_FILE, split_classes
+from metamodal.data.splits import SPLITS_FILE, load_split
 from metamodal.data.table import read_samples
-from metamodal.errors import DatasetError
+from metamodal.errors import ConfigError, DatasetError
 
 _SHOWN_PROBLEMS = 50  # format_inspection lists at most this many problems
 
@@ -179,7 +179,8 @@ def _inspect(root: Path, report: InspectionReport) -> None:
             )
     if dataset.groups is not None:
         report.groups = len({group for group in dataset.groups if group is not None})
-    _check_splits_file(dataset, report)
+    _check_split(dataset, report)
+    _check_samples_carry_a_modality(dataset, report)
     for name, spec in schema.modalities.items():
         if all(column in table.columns for column in spec.source_columns()):
             report.modalities[name] = _inspect_modality(dataset, spec, report)
@@ -259,15 +260,59 @@ def _inspect_modality(
     return stats
 
 
-def _check_splits_file(dataset: MultimodalDataset, report: InspectionReport) -> None:
-    """Read the dataset's ``splits.toml``, if any, as training would; record what it finds."""
+DEFAULT_WAYS = 5
+"""Classes of a default training episode (``metamodal train`` without ``--ways``)."""
+
+
+def _check_split(dataset: MultimodalDataset, report: InspectionReport) -> None:
+    """Split the classes as training does (``splits.toml``, else seeded with seed 0) and
+    record what training would refuse: an unreadable splits file, a meta-train split with
+    fewer usable classes than a default episode needs, a validation split with fewer than
+    two usable classes (a usable class has two samples: one support, one query)."""
     path = dataset.root / SPLITS_FILE
-    if not path.is_file():
-        return
+    has_file = path.exists() or path.is_symlink()
     try:
-        split_classes(dataset.labels, dataset.groups, splits_file=path)
-    except DatasetError as exc:
-        report.problems.append(exc)
+        split = load_split(dataset.root, dataset.labels, dataset.groups, seed=0)
+    except (DatasetError, ConfigError) as exc:
+        report.problems.append(exc if isinstance(exc, DatasetError)
+                               else DatasetError(exc.message, file=path, fix=exc.fix))
+        return
+    if not dataset.classes:
+        return
+    sizes = Counter(label for label in dataset.labels if label is not None)
+    where = str(path) if has_file else str(dataset.root)
+    how = ("move groups into it in splits.toml" if has_file
+           else "add classes (the seeded split keeps 60% for meta-training, 20% for validation)")
+    train = [c for c in split.train if sizes[c] >= 2]
+    if len(train) < DEFAULT_WAYS:
+        report.problems.append(DatasetError(
+            f"the meta-train split has {len(train)} class(es) with at least 2 samples; a "
+            f"default training episode ({DEFAULT_WAYS}-way 1-shot) needs {DEFAULT_WAYS}",
+            file=where, column="train" if has_file else None,
+            fix=f"{how}, or train with --ways {max(2, len(train))}" if len(train) >= 2
+            else how))
+    val = [c for c in split.val if sizes[c] >= 2]
+    if len(val) < 2:
+        report.problems.append(DatasetError(
+            f"the validation split has {len(val)} class(es) with at least 2 samples; "
+            "validation needs 2", file=where, column="val" if has_file else None, fix=how))
+
+
+def _check_samples_carry_a_modality(
+    dataset: MultimodalDataset, report: InspectionReport
+) -> None:
+    """A sample whose every modality cell is empty cannot be embedded: a problem per row."""
+    columns = [c for spec in dataset.schema.modalities.values() for c in spec.source_columns()
+               if c in dataset.table.columns]
+    if not columns:
+        return
+    cells = [dataset.table.columns[c] for c in columns]
+    for row, values in enumerate(zip(*cells, strict=True), start=1):
+        if all(v is None for v in values):
+            report.problems.append(DatasetError(
+                "the sample carries no modality (every modality cell is empty)",
+                file=dataset.table.file, row=row,
+                fix=f"fill at least one of {', '.join(columns)}, or remove the row"))
 
 
 def _decoded_details(

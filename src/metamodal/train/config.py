@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.errors import ConfigError
+from metamodal.io import ParseError, loads_toml
 
 
 @dataclass
@@ -154,14 +154,20 @@ def load_config(path: str | Path) -> TrainConfig:
     """
     path = Path(path)
     try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
+        values = loads_toml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError("config file not found", file=path,
                           fix="check the path given to --config") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"invalid TOML: {error}", file=path,
+    except (IsADirectoryError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the config file ({error})", file=path,
+                          fix="give a UTF-8 TOML file to --config") from None
+    except ParseError as error:
+        raise ConfigError(str(error), file=path,
                           fix="fix the TOML syntax at the line named") from None
     values = values.get("train", values)
+    if not isinstance(values, dict):
+        raise ConfigError("`train` must be a table", file=path, column="train",
+                          fix="write [train] with keys of TrainConfig")
     return _from_dict(values, source=str(path))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from metamodal.errors import UnknownNameError
+from metamodal.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -50,8 +50,19 @@ class Registry(Generic[T]):
             ) from None
 
     def create(self, name: str, **kwargs: Any) -> T:
-        """Build the component registered as ``name`` with keyword arguments."""
-        return self.get(name)(**kwargs)
+        """Build the component registered as ``name`` with keyword arguments.
+
+        Raises:
+            UnknownNameError: no component has that name.
+            ConfigError: the component rejects an option value (its ``ValueError``, e.g.
+                ``temperature = 0``), naming the component as the key.
+        """
+        factory = self.get(name)
+        try:
+            return factory(**kwargs)
+        except ValueError as error:
+            raise ConfigError(f"{self.family} {name!r}: {error}", column=name,
+                              fix=f"correct the {self.family}'s options") from error
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

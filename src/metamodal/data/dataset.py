@@ -90,13 +90,23 @@ class MultimodalDataset:
         """1-based row of each sample in the sample table (for error messages)."""
         return [index + 1 for index in self._indices]
 
-    def cells(self, modality: str) -> list[Cell]:
+    def cells(self, modality: str, columns: Sequence[str] | None = None) -> list[Cell]:
         """One raw cell per sample for ``modality``: ``None`` where missing; a tabular
-        modality gives the list of its columns' cells (``None`` when all are empty)."""
+        modality gives the list of its columns' cells (``None`` when all are empty).
+
+        Args:
+            modality: the modality's name.
+            columns: a tabular modality's columns in the order a fitted loader expects them;
+                used when they are the same columns as this dataset's schema lists (in any
+                order), so that values are matched by column name, not by position.
+        """
         spec = self._spec(modality)
         if spec.columns is None:
             return self._column(str(spec.column))
-        columns = [self._column(name) for name in spec.columns]
+        names = spec.columns
+        if columns is not None and sorted(columns) == sorted(names):
+            names = list(columns)
+        columns = [self._column(name) for name in names]
         cells: list[Cell] = []
         for values in zip(*columns, strict=True):
             cells.append(None if all(v is None for v in values) else list(values))

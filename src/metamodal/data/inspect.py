@@ -138,8 +138,13 @@ def inspect_dataset(path: str | Path) -> InspectionReport:
         ...     'label = "y"\\n[modalities.note]\\nkind = "text"\\ncolumn = "note"\\n')
         >>> _ = (d / "samples.csv").write_text("id,y,note\\na,P,hi there\\na,,\\n")
         >>> report = inspect_dataset(d)
-        >>> report.ok, [(p.row, p.column) for p in report.problems]
+        >>> report.ok, [(p.row, p.column) for p in report.problems][:2]
         (False, [(2, 'id'), (2, 'y')])
+        >>> [p.message for p in report.problems][2:]  # doctest: +NORMALIZE_WHITESPACE
+        ['the meta-train split has 0 class(es) with at least 2 samples; a default training
+          episode (5-way 1-shot) needs 5',
+         'the validation split has 0 class(es) with at least 2 samples; validation needs 2',
+         'the sample carries no modality (every modality cell is empty)']
     """
     root = dataset_root(path)
     report = InspectionReport(path=str(root))

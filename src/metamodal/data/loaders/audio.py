@@ -225,7 +225,7 @@ class AudioLoader(StandardisingState, ModalityLoader):
     def from_state(cls, state: dict[str, Any]) -> AudioLoader:
         """Rebuild the loader `state_dict` describes."""
         loader = cls(**state["options"])
-        loader._restore_statistics(state)
+        loader._restore_statistics(state, loader.n_mels)
         return loader
 
     # -- decoding -------------------------------------------------------------------------

@@ -154,7 +154,7 @@ class ImageLoader(StandardisingState, ModalityLoader):
     def from_state(cls, state: dict[str, Any]) -> ImageLoader:
         """Rebuild the loader `state_dict` describes."""
         loader = cls(**state["options"])
-        loader._restore_statistics(state)
+        loader._restore_statistics(state, loader.channels)
         return loader
 
     # -- decoding -------------------------------------------------------------------------

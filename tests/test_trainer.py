@@ -10,7 +10,13 @@ import torch
 
 from metamodal.data.episodes import EpisodeSampler
 from metamodal.datasets.synthetic import make_synthetic
-from metamodal.errors import ConfigError, MetamodalError, RunError, UnknownNameError
+from metamodal.errors import (
+    ConfigError,
+    InsufficientSamplesError,
+    MetamodalError,
+    RunError,
+    UnknownNameError,
+)
 from metamodal.evaluate.protocol import evaluate
 from metamodal.train.checkpoint import CHECKPOINT_FILE
 from metamodal.train.config import TrainConfig, load_config
@@ -343,3 +349,17 @@ def test_a_checkpoint_with_a_bad_entry_is_a_run_error_naming_it(
         Trainer(_config(tiny_data, steps=30), run_dir, progress=False).fit(resume=True)
     assert caught.value.column == "checkpoint_every"
     assert caught.value.file == str(run_dir / CHECKPOINT_FILE)
+
+
+def test_a_too_small_validation_split_names_the_split_and_the_flags(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(InsufficientSamplesError) as caught:
+        Trainer(_config(tiny_data, val_ways=40), tmp_path / "run", progress=False).fit()
+    error = caught.value
+    assert error.column == "val" and error.file == str(tiny_data / "splits.toml")
+    assert "--val-ways" in error.fix and "or fewer" not in error.fix
+    with pytest.raises(InsufficientSamplesError) as caught:
+        Trainer(_config(tiny_data, ways=40), tmp_path / "run", progress=False).fit()
+    assert caught.value.column == "train" and caught.value.file == str(tiny_data / "splits.toml")
+    assert not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from metamodal.data.episodes import EpisodeSampler
-from metamodal.errors import RunError
+from metamodal.data.episodes import EpisodeSampler, check_class_sizes
+from metamodal.data.splits import SPLITS_FILE
+from metamodal.errors import InsufficientSamplesError, RunError
 from metamodal.evaluate.protocol import embed_store, evaluate
 from metamodal.io import replace_directory
 from metamodal.learners.baselines import SupervisedClassifier
@@ -178,7 +180,20 @@ class Trainer:
         device = resolve_device(cfg.device)
         model, classifier = self._build(data, device)
         # Fail before training, not at the first validation, when a split is too small.
-        self._val_shape = resolve_validation_shape(cfg, data.store, data.split.val)
+        splits_file = Path(cfg.data) / SPLITS_FILE
+        where = splits_file if splits_file.exists() else Path(cfg.data)
+        if model.training_mode != "supervised":
+            try:
+                with warnings.catch_warnings():  # the sampler warns about small classes
+                    warnings.simplefilter("ignore")
+                    check_class_sizes(data.store, data.split.train, cfg.ways, cfg.shots,
+                                      cfg.queries)
+            except InsufficientSamplesError as error:
+                raise InsufficientSamplesError(
+                    f"the meta-train split 'train' cannot supply training episodes: "
+                    f"{error.message}", file=where, column="train", fix=error.fix) from None
+        self._val_shape = resolve_validation_shape(cfg, data.store, data.split.val,
+                                                   file=where)
         # The inputs are valid: only now may a former run's files be replaced.
         if state is None and finished_before:
             self.out.parent.mkdir(parents=True, exist_ok=True)

@@ -190,3 +190,97 @@ def test_rows_without_any_modality_make_the_dataset_unusable(tmp_path: Path) -> 
     report = inspect_dataset(root)
     assert not report.ok
     assert {p.row for p in report.problems if "no modality" in p.message} == set(range(1, 41))
+
+
+MEDIA_SCHEMA = '''label = "y"
+[modalities.photo]
+kind = "image"
+column = "photo"
+size = 8
+[modalities.sound]
+kind = "audio"
+column = "sound"
+sample_rate = 8000
+n_fft = 64
+hop_length = 32
+n_mels = 8
+[modalities.track]
+kind = "sequence"
+column = "track"
+[modalities.note]
+kind = "text"
+column = "note"
+'''
+
+
+@pytest.mark.parametrize(("modality", "option"), [
+    ("photo", "channels = 3.0"), ("photo", "size = 100000"), ("photo", "size = [8, 0]"),
+    ("sound", "sample_rate = 2147483647"), ("sound", "n_fft = 1073741824"),
+    ("sound", "n_mels = 100000"), ("sound", "max_seconds = 1e9"),
+    ("sound", "hop_length = 1073741824"), ("track", "max_length = 1073741824"),
+    ("note", "max_length = 1073741824"), ("note", "max_vocab = 1e3"),
+])
+def test_loader_options_are_bounded(tmp_path: Path, modality: str, option: str) -> None:
+    root = tmp_path / "ds"
+    root.mkdir()
+    key = option.split(" ")[0]
+    blocks = MEDIA_SCHEMA.split("[modalities.")
+    blocks = [
+        "\n".join(line for line in block.splitlines() if not line.startswith(f"{key} ="))
+        + f"\n{option}\n" if block.startswith(f"{modality}]") else block for block in blocks]
+    schema = "[modalities.".join(blocks)
+    (root / "dataset.toml").write_text(schema)
+    (root / "samples.csv").write_text("id,y,photo,sound,track,note\na,P,,,,hi\n")
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(root)
+    assert caught.value.file == str(root / "dataset.toml")
+    assert caught.value.column.startswith(f"modalities.{modality}")
+
+
+def _wav_header(rate: int) -> bytes:
+    import struct
+
+    data = b"\x00\x00" * 16
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, (rate * 2) & 0xFFFFFFFF, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack(
+        "<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _media_dataset(root: Path, column: str, cell: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset.toml").write_text(MEDIA_SCHEMA)
+    cells = {"photo": "", "sound": "", "track": "", column: cell}
+    (root / "samples.csv").write_text(
+        "id,y,photo,sound,track,note\n"
+        f"a,P,{cells['photo']},{cells['sound']},{cells['track']},hi\n")
+    return root
+
+
+def test_an_audio_header_claiming_2147483647_hz_is_a_typed_error(tmp_path: Path) -> None:
+    root = _media_dataset(tmp_path / "ds", "sound", "fast.wav")
+    (root / "fast.wav").write_bytes(_wav_header(2_147_483_647))
+    with pytest.raises(DatasetError) as caught:
+        _decode(root)
+    assert caught.value.file == "fast.wav" and caught.value.row == 1
+    assert caught.value.column == "sound"
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
+    root = _media_dataset(tmp_path / "ds", "photo", "bomb.png")
+    Image.new("1", (9000, 8000)).save(root / "bomb.png")
+    with pytest.raises(DatasetError, match="pixels") as caught:
+        _decode(root)
+    assert caught.value.file == "bomb.png" and caught.value.column == "photo"
+
+
+def test_nan_pixels_of_a_float_image_name_the_file(tmp_path: Path) -> None:
+    import numpy as np
+
+    root = _media_dataset(tmp_path / "ds", "photo", "float.tiff")
+    pixels = np.full((6, 6), 100.0, dtype=np.float32)
+    pixels[2, 3] = np.nan
+    Image.fromarray(pixels, mode="F").save(root / "float.tiff")
+    with pytest.raises(DatasetError, match="NaN") as caught:
+        _decode(root)
+    assert caught.value.file == "float.tiff" and caught.value.row == 1

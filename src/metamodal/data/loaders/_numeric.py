@@ -35,6 +35,30 @@ def is_number(text: str) -> bool:
     return True
 
 
+def check_count(kind: str, name: str, value: object, minimum: int, maximum: int) -> int:
+    """Return ``value`` if it is an integer (not a bool, not ``3.0``) in
+    ``[minimum, maximum]``; else raise `ConfigError` naming the ``kind`` loader's option.
+
+    Every size a user can set has an upper bound, so that a typo cannot ask for an
+    allocation without end.
+
+    Example:
+        >>> check_count("image", "channels", 3, 1, 3)
+        3
+        >>> try:
+        ...     check_count("image", "channels", 3.0, 1, 3)
+        ... except ConfigError as error:
+        ...     print(error.message)
+        image channels must be an integer from 1 to 3, got 3.0
+    """
+    if (isinstance(value, bool) or not isinstance(value, int)
+            or not minimum <= value <= maximum):
+        raise ConfigError(f"{kind} {name} must be an integer from {minimum} to {maximum}, "
+                          f"got {value!r}",
+                          fix=f"set {name} to an integer from {minimum} to {maximum}")
+    return value
+
+
 def check_normalize(kind: str, normalize: object) -> bool:
     """Return ``normalize`` if it is a bool; else raise `ConfigError` for the ``kind`` loader.
 

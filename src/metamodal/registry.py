@@ -40,12 +40,14 @@ class Registry(Generic[T]):
         return decorate
 
     def get(self, name: str) -> Callable[..., T]:
-        """The constructor registered as ``name``; `UnknownNameError` lists the known names."""
+        """The constructor registered as ``name``; `UnknownNameError` lists the known names
+        (its key is the family, e.g. ``learner``)."""
         try:
             return self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):
             raise UnknownNameError(
                 f"unknown {self.family} {name!r}",
+                column=self.family,
                 fix=f"use one of: {', '.join(self.names())}",
             ) from None
 

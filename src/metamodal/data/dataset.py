@@ -378,7 +378,24 @@ def check_table(
         for spec in schema.modalities.values():
             for column in spec.source_columns():
                 absent(column, f"modality {spec.name!r}:")
+        problems += _rows_without_modality(table, schema)
     return problems
+
+
+def _rows_without_modality(table: SampleTable, schema: DatasetSchema) -> list[DatasetError]:
+    """A row whose every modality cell is empty cannot be embedded: a problem per row."""
+    columns = [c for spec in schema.modalities.values() for c in spec.source_columns()
+               if c in table.columns]
+    if not columns:
+        return []
+    return [
+        DatasetError("the sample carries no modality (every modality cell is empty)",
+                     file=table.file, row=row,
+                     fix=f"fill at least one of {', '.join(columns)}, or remove the row")
+        for row, values in enumerate(zip(*(table.columns[c] for c in columns), strict=True),
+                                     start=1)
+        if all(v is None for v in values)
+    ]
 
 
 def _check_groups(table: SampleTable, label: str, group: str) -> list[DatasetError]:

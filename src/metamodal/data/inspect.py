@@ -185,7 +185,6 @@ def _inspect(root: Path, report: InspectionReport) -> None:
     if dataset.groups is not None:
         report.groups = len({group for group in dataset.groups if group is not None})
     _check_split(dataset, report)
-    _check_samples_carry_a_modality(dataset, report)
     for name, spec in schema.modalities.items():
         if all(column in table.columns for column in spec.source_columns()):
             report.modalities[name] = _inspect_modality(dataset, spec, report)
@@ -301,23 +300,6 @@ def _check_split(dataset: MultimodalDataset, report: InspectionReport) -> None:
         report.problems.append(DatasetError(
             f"the validation split has {len(val)} class(es) with at least 2 samples; "
             "validation needs 2", file=where, column="val" if has_file else None, fix=how))
-
-
-def _check_samples_carry_a_modality(
-    dataset: MultimodalDataset, report: InspectionReport
-) -> None:
-    """A sample whose every modality cell is empty cannot be embedded: a problem per row."""
-    columns = [c for spec in dataset.schema.modalities.values() for c in spec.source_columns()
-               if c in dataset.table.columns]
-    if not columns:
-        return
-    cells = [dataset.table.columns[c] for c in columns]
-    for row, values in enumerate(zip(*cells, strict=True), start=1):
-        if all(v is None for v in values):
-            report.problems.append(DatasetError(
-                "the sample carries no modality (every modality cell is empty)",
-                file=dataset.table.file, row=row,
-                fix=f"fill at least one of {', '.join(columns)}, or remove the row"))
 
 
 def _decoded_details(

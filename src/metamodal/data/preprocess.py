@@ -100,7 +100,8 @@ class Preprocessor:
         for name in [*names, *overrides]:
             if name not in specs:
                 raise UnknownNameError(
-                    f"unknown modality {name!r}", fix=f"use one of: {', '.join(specs)}"
+                    f"unknown modality {name!r}", column="modalities",
+                    fix=f"use one of: {', '.join(specs)}"
                 )
         if not names:
             raise ConfigError(

@@ -80,6 +80,19 @@ class _Progress:
     finished: bool = False
     seconds: float = 0.0
 
+    def check(self) -> None:
+        """Raise `TypeError` unless every field has its type (a checkpoint is not trusted)."""
+        numbers = (self.best, self.seconds, *self.window.values()) if isinstance(
+            self.window, dict) else ()
+        if (not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                    for v in (self.step, self.best_step, self.bad))
+                or not isinstance(self.window, dict) or set(self.window) != {"loss", "acc", "n"}
+                or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                           for v in numbers)
+                or not isinstance(self.stopped_early, bool)
+                or not isinstance(self.finished, bool)):
+            raise TypeError(f"progress has values of the wrong type: {self}")
+
 
 def _schedule(config: TrainConfig) -> Callable[[int], float]:
     """The learning-rate factor of each step: cosine decay to 0 over ``steps``, or constant."""
@@ -336,6 +349,7 @@ class Trainer:
             set_rng_state(state["rng"])
             entry = "progress"
             progress = _Progress(**state["progress"])
+            progress.check()
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError,
                 IndexError) as error:
             raise RunError(f"checkpoint entry does not fit this run ({type(error).__name__}: "

@@ -46,6 +46,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -1050,6 +1051,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--match", help="run only cases whose name contains this")
     parser.add_argument("--list", action="store_true", help="list the cases and stop")
     args = parser.parse_args(argv)
+    logging.getLogger("metamodal").setLevel(logging.ERROR)  # e.g. "resuming with ..." notes
     cases = build_corpus()
     if args.match:
         cases = [c for c in cases if args.match in c.name]

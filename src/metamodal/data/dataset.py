@@ -168,10 +168,10 @@ def load_dataset(path: str | Path) -> MultimodalDataset:
         >>> d = Path(tempfile.mkdtemp())
         >>> _ = (d / "dataset.toml").write_text(
         ...     'label = "y"\\n[modalities.note]\\nkind = "text"\\ncolumn = "note"\\n')
-        >>> _ = (d / "samples.csv").write_text("id,y,note\\na,P,hello\\nb,Q,\\n")
+        >>> _ = (d / "samples.csv").write_text("id,y,note\\na,P,hello\\nb,Q,hi\\n")
         >>> ds = load_dataset(d)
         >>> ds.ids, ds.labels, ds.cells("note")
-        (['a', 'b'], ['P', 'Q'], ['hello', None])
+        (['a', 'b'], ['P', 'Q'], ['hello', 'hi'])
     """
     # imported here because metamodal.data.preprocess imports this module
     from metamodal.data.preprocess import build_loader

@@ -141,10 +141,10 @@ def inspect_dataset(path: str | Path) -> InspectionReport:
         >>> report.ok, [(p.row, p.column) for p in report.problems][:2]
         (False, [(2, 'id'), (2, 'y')])
         >>> [p.message for p in report.problems][2:]  # doctest: +NORMALIZE_WHITESPACE
-        ['the meta-train split has 0 class(es) with at least 2 samples; a default training
+        ['the sample carries no modality (every modality cell is empty)',
+         'the meta-train split has 0 class(es) with at least 2 samples; a default training
           episode (5-way 1-shot) needs 5',
-         'the validation split has 0 class(es) with at least 2 samples; validation needs 2',
-         'the sample carries no modality (every modality cell is empty)']
+         'the validation split has 0 class(es) with at least 2 samples; validation needs 2']
     """
     root = dataset_root(path)
     report = InspectionReport(path=str(root))

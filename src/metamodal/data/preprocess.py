@@ -330,7 +330,7 @@ def create_loader(spec: ModalitySpec, overrides: Mapping[str, Any] | None = None
             fix=f"use the options the {spec.kind} loader documents",
         ) from None
     except ConfigError as exc:
-        if exc.column is not None:
+        if exc.column is not None and exc.column.startswith("modalities."):
             raise
         error_type = UnknownNameError if isinstance(exc, UnknownNameError) else ConfigError
         raise error_type(

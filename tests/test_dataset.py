@@ -193,14 +193,15 @@ def test_check_table_lists_every_problem(tmp_path: Path) -> None:
         {
             "id": ["a", "a", None],
             "label": ["x", None, "y"],
-            "note": [None] * 3,
+            "note": ["hi", "hi", None],
             "photo": [None] * 3,
             "w": [None] * 3,
         },
         3,
     )
     found = [(p.row, p.column) for p in check_table(table, schema)]
-    assert found == [(2, "id"), (3, "id"), (2, "label"), (None, "family"), (None, "h")]
+    assert found == [(2, "id"), (3, "id"), (2, "label"), (None, "family"), (None, "h"), (3, None)]
+    assert "no modality" in check_table(table, schema)[-1].message
     relaxed = check_table(
         table, schema, require_label=False, require_group=False, require_modalities=False
     )
@@ -208,9 +209,12 @@ def test_check_table_lists_every_problem(tmp_path: Path) -> None:
 
 
 def test_missing_modalities_are_not_errors(tmp_path: Path) -> None:
-    rows = [ROWS[0], "a,cat,felid,,,,"]
+    rows = [ROWS[0], "a,cat,felid,,a.png,,"]
     ds = load_dataset(make(tmp_path, rows))
     assert ds.cells("note") == [None] and ds.cells("size") == [None]
+    # but a sample needs at least one modality
+    error = dataset_error(make(tmp_path, [ROWS[0], "a,cat,felid,,,,"]))
+    assert error.row == 1 and "no modality" in error.message
 
 
 def test_load_sample_table_for_prediction(tmp_path: Path) -> None:

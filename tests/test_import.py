@@ -33,6 +33,12 @@ from metamodal.train.data import prepare_data
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def _usable(report) -> bool:
+    """No problem but the split being too small for default 5-way training episodes, which
+    these tiny fixtures always are (that check is tested in test_hostile_inputs.py)."""
+    return not [p for p in report.problems if " split has " not in p.message]
+
+
 def _rows(path: Path) -> list[dict[str, str]]:
     with (path / "samples.csv").open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -41,7 +47,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def _round_trip(out: Path, ways: int = 2, shots: int = 1, queries: int = 1) -> None:
     """import -> inspect (usable) -> decode -> one episode whose ids are the dataset's."""
     report = inspect_dataset(out)
-    assert report.ok, report.problems
+    assert _usable(report), report.problems
     data = prepare_data(out, cache=False)
     classes = data.split.train + data.split.val + data.split.test
     sampler = EpisodeSampler(data.store, classes, ways, shots, queries, seed=0)
@@ -165,7 +171,7 @@ def test_a_drawing_without_its_strokes_or_image_is_a_typed_error(tmp_path: Path)
                              image_size=14)
     rows = {r["id"]: r for r in _rows(tmp_path / "out3")}
     assert result.samples == 6 and rows[f"Alpha/character01/{stem}"]["image"] == ""
-    assert inspect_dataset(tmp_path / "out3").ok
+    assert _usable(inspect_dataset(tmp_path / "out3"))
 
 
 def test_an_unreadable_stroke_file_in_an_archive_names_the_member(tmp_path: Path) -> None:
@@ -233,7 +239,7 @@ def test_lakes_all_runs_layout_becomes_a_dataset_with_its_episode_file(tmp_path:
                                    strict=True):
             k = int(query_id[-2:])  # item k belongs to class k % 3 + 1 (see the fixture)
             assert episode.support_ids[label].endswith(f"class{k % 3 + 1:02d}")
-    assert inspect_dataset(out).ok
+    assert _usable(inspect_dataset(out))
 
 
 def test_all_runs_beside_the_background_sets_go_to_their_own_dataset(
@@ -291,7 +297,7 @@ def test_imagefolder_round_trip_with_and_without_a_group_level(tmp_path: Path) -
     assert rows[0]["label"] == "birds/c0" and rows[0]["group"] == "birds"
     assert rows[0]["image"] == "images/birds/c0/sub/0.jpg"
     assert (tmp_path / "nested-ds/splits.toml").is_file()
-    assert inspect_dataset(tmp_path / "nested-ds").ok
+    assert _usable(inspect_dataset(tmp_path / "nested-ds"))
 
 
 def test_a_class_folder_with_mixed_file_types_is_a_typed_error(tmp_path: Path) -> None:
@@ -440,7 +446,7 @@ def test_parquet_table_through_the_command_line(tmp_path: Path) -> None:
                  "--val-groups", "owl", "--test-groups", "elk", "--no-progress"]) == 0
     assert [r["id"] for r in _rows(tmp_path / "ds")][:2] == ["row1", "row2"]
     assert 'test = [\n    "elk",\n]' in (tmp_path / "ds/splits.toml").read_text()
-    assert inspect_dataset(tmp_path / "ds").ok
+    assert _usable(inspect_dataset(tmp_path / "ds"))
 
 
 def test_table_errors_name_row_and_column(tmp_path: Path) -> None:

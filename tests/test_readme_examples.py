@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from metamodal.learners import FewShotModel, learners
@@ -68,3 +69,21 @@ def test_the_augmentation_example_is_a_valid_augment_table(tmp_path: Path) -> No
     image_and_strokes = {k: options[k] for k in ("rotate_classes", "image", "strokes")}
     assert Augmentation(image_and_strokes, {k: kinds[k] for k in ("image", "strokes")},
                         widths={"strokes": 4}).rotate_classes
+
+
+def test_the_python_api_example_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = _block_after("## Python API")
+    # the same code at a size a test can afford: fewer classes and steps, shorter validation
+    smaller = {"classes=100, per_class=20": "classes=15, per_class=16", "steps=600": "steps=2"}
+    for old, new in smaller.items():
+        assert old in code
+        code = code.replace(old, new)
+    code = code.replace('steps=2)', 'steps=2, val_episodes=5, dim=16)')
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # the README's own example
+    assert len(namespace["labels"]) == len(namespace["query"]) == 5 * 15
+    assert namespace["proba"].shape == (75, 5)
+    assert (tmp_path / "my-classifier" / "support.safetensors").is_file()

@@ -10,7 +10,13 @@ import torch
 
 from metamodal.data.episodes import EpisodeSampler
 from metamodal.datasets.synthetic import make_synthetic
-from metamodal.errors import ConfigError, RunError, UnknownNameError
+from metamodal.errors import (
+    ConfigError,
+    InsufficientSamplesError,
+    MetamodalError,
+    RunError,
+    UnknownNameError,
+)
 from metamodal.evaluate.protocol import evaluate
 from metamodal.train.checkpoint import CHECKPOINT_FILE
 from metamodal.train.config import TrainConfig, load_config
@@ -87,7 +93,7 @@ def test_resume_after_kill_matches_uninterrupted_run(
     assert killed["progress"]["step"] == 10
     Trainer(config, tmp_path / "killed", progress=False).fit(resume=True)
     full = torch.load(tmp_path / "full" / CHECKPOINT_FILE, weights_only=False)["model"]
-    resumed = torch.load(tmp_path / "killed" / CHECKPOINT_FILE, weights_only=False)["model"]
+    resumed = torch.load(tmp_path / "killed" / CHECKPOINT_FILE, weights_only=True)["model"]
     assert full.keys() == resumed.keys()
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
@@ -236,11 +242,124 @@ def test_run_records_an_absolute_dataset_path(
     assert Path(load_run(tmp_path / "run").config.data) == tiny_data.resolve()
 
 
-def test_fresh_start_discards_a_former_runs_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+def test_fresh_start_discards_an_unfinished_runs_checkpoint(
+    tiny_data: Path, tmp_path: Path
+) -> None:
     run_dir = tmp_path / "run"
-    Trainer(_config(tiny_data, steps=10, val_every=0), run_dir, progress=False).fit()
+    with pytest.raises(_Kill):
+        Trainer(_config(tiny_data, steps=30, val_every=0, checkpoint_every=2), run_dir,
+                progress=False, callbacks=[_kill_at(5)]).fit()
+    assert (run_dir / CHECKPOINT_FILE).exists()
     with pytest.raises(_Kill):
         Trainer(_config(tiny_data, steps=30, val_every=0, seed=2), run_dir, progress=False,
                 callbacks=[_kill_at(3)]).fit()
     assert not (run_dir / CHECKPOINT_FILE).exists()
-    assert not (run_dir / "model.safetensors").exists()
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_is_refused_without_overwrite(tiny_data: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    Trainer(_config(tiny_data, steps=4, val_every=0), run_dir, progress=False).fit()
+    before = _snapshot(run_dir)
+    with pytest.raises(RunError, match="finished run") as caught:
+        Trainer(_config(tiny_data, steps=4, val_every=0, seed=3), run_dir, progress=False).fit()
+    assert caught.value.file == str(run_dir)
+    assert _snapshot(run_dir) == before
+
+
+def test_overwrite_keeps_the_finished_run_until_the_new_one_is_written(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    Trainer(_config(tiny_data, steps=4, val_every=0), run_dir, progress=False).fit()
+    before = _snapshot(run_dir)
+    # invalid inputs: nothing is touched
+    with pytest.raises(MetamodalError):
+        Trainer(_config(tiny_data, steps=4, val_every=0, ways=500), run_dir,
+                progress=False).fit(overwrite=True)
+    assert _snapshot(run_dir) == before
+    # killed while training: the finished run is still there, no staging directory is left
+    with pytest.raises(_Kill):
+        Trainer(_config(tiny_data, steps=30, val_every=0, seed=2), run_dir, progress=False,
+                callbacks=[_kill_at(3)]).fit(overwrite=True)
+    assert _snapshot(run_dir) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    # complete: replaced
+    Trainer(_config(tiny_data, steps=6, val_every=0, seed=2), run_dir,
+            progress=False).fit(overwrite=True)
+    assert load_run(run_dir).config.steps == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED_BY_CHECKPOINT",))
+
+
+def test_a_crafted_checkpoint_runs_no_code(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(_Kill):
+        Trainer(_config(tiny_data, steps=30, val_every=0, checkpoint_every=2), run_dir,
+                progress=False, callbacks=[_kill_at(5)]).fit()
+    monkeypatch.chdir(tmp_path)
+    torch.save({"config": {}, "payload": _Payload()}, run_dir / CHECKPOINT_FILE)
+    with pytest.raises(RunError, match="corrupt") as caught:
+        Trainer(_config(tiny_data, steps=30), run_dir, progress=False).fit(resume=True)
+    assert caught.value.file == str(run_dir / CHECKPOINT_FILE)
+    assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"\x80\x02}q\x00."])
+def test_a_garbage_checkpoint_is_a_run_error(
+    tiny_data: Path, tmp_path: Path, content: bytes
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / CHECKPOINT_FILE).write_bytes(content)
+    with pytest.raises(RunError) as caught:
+        Trainer(_config(tiny_data, steps=3), run_dir, progress=False).fit(resume=True)
+    assert caught.value.file == str(run_dir / CHECKPOINT_FILE)
+
+
+def test_a_checkpoint_with_a_bad_entry_is_a_run_error_naming_it(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(_Kill):
+        Trainer(_config(tiny_data, steps=30, val_every=0, checkpoint_every=2), run_dir,
+                progress=False, callbacks=[_kill_at(5)]).fit()
+    state = torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)
+    state["progress"] = {"step": "x", "unknown": 1}
+    torch.save(state, run_dir / CHECKPOINT_FILE)
+    with pytest.raises(RunError) as caught:
+        Trainer(_config(tiny_data, steps=30), run_dir, progress=False).fit(resume=True)
+    assert caught.value.column == "progress"
+    state["progress"] = {}
+    state["config"]["checkpoint_every"] = 0
+    torch.save(state, run_dir / CHECKPOINT_FILE)
+    with pytest.raises(ConfigError) as caught:
+        Trainer(_config(tiny_data, steps=30), run_dir, progress=False).fit(resume=True)
+    assert caught.value.column == "checkpoint_every"
+    assert caught.value.file == str(run_dir / CHECKPOINT_FILE)
+
+
+def test_a_too_small_validation_split_names_the_split_and_the_flags(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(InsufficientSamplesError) as caught:
+        Trainer(_config(tiny_data, val_ways=40), tmp_path / "run", progress=False).fit()
+    error = caught.value
+    assert error.column == "val" and error.file == str(tiny_data / "splits.toml")
+    assert "--val-ways" in error.fix and "or fewer" not in error.fix
+    with pytest.raises(InsufficientSamplesError) as caught:
+        Trainer(_config(tiny_data, ways=40), tmp_path / "run", progress=False).fit()
+    assert caught.value.column == "train" and caught.value.file == str(tiny_data / "splits.toml")
+    assert not (tmp_path / "run").exists()

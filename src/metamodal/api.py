@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from metamodal.data.batch import ModalityBatch, batch_to, index_batch
 from metamodal.data.dataset import MultimodalDataset, load_dataset, load_sample_table
 from metamodal.errors import InsufficientSamplesError, ModalityError, RunError
-from metamodal.io import atomic_write, atomic_write_json
+from metamodal.io import ParseError, atomic_write, atomic_write_json, loads_json
 from metamodal.learners.embeddings import Embeddings
 from metamodal.train.run import CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE, Run, load_run
 
@@ -99,7 +99,9 @@ class FewShotClassifier:
     def _decode(self, dataset: MultimodalDataset) -> dict[str, ModalityBatch]:
         """The samples decoded with the run's fitted preprocessor, as one batch of the model's
         modalities (those the table lacks are absent)."""
-        store = self._run.preprocessor.transform(dataset)
+        declared = [m for m in self._run.preprocessor.modalities
+                    if m in dataset.schema.modalities]
+        store = self._run.preprocessor.transform(dataset, modalities=declared)
         names = [m for m in self.modalities if m in store.modalities]
         return store.batch(torch.arange(len(store)), names)
 
@@ -161,7 +163,17 @@ class FewShotClassifier:
     def decision_function(self, query: SampleSource) -> np.ndarray:
         """Logits ``[Q, classes]`` of each query sample."""
         self._check_fitted()
-        batch = self._decode(self.load_samples(query))
+        dataset = self.load_samples(query)
+        batch = self._decode(dataset)
+        usable = torch.stack([mb.present.to(torch.bool) for mb in batch.values()], 1).any(1)
+        if not bool(usable.all()):
+            first = int((~usable).nonzero()[0])
+            raise ModalityError(
+                f"{int((~usable).sum())} query sample(s) carry none of the model's modalities "
+                f"(the first is {dataset.ids[first]!r}); no prediction can be made for them",
+                file=getattr(dataset.table, "file", None), row=dataset.rows()[first],
+                fix=f"give each query sample at least one of: {', '.join(self.modalities)}, "
+                "or leave such samples out")
         model = self._run.model.eval()
         labels = self.support_labels_.to(self.device)
         if self.support_batch_ is None:
@@ -216,34 +228,112 @@ class FewShotClassifier:
         directory = Path(directory)
         if not (directory / SUPPORT_FILE).exists():
             return classifier
-        try:
-            tensors = load_file(str(directory / SUPPORT_FILE))
-            meta = json.loads((directory / SUPPORT_META).read_text())
-            form = meta.get("form", "embeddings")
-            expected = "embeddings" if classifier._run.model.caches_embeddings else "samples"
-            if form != expected:
-                raise RunError(
-                    f"the saved support set holds {form}, but the run's learner "
-                    f"({classifier._run.config.learner}) needs {expected}",
-                    file=directory / SUPPORT_META, column="form",
-                    fix="fit this run's classifier on the support set again and save it")
-            classifier.classes_ = list(meta["classes"])
-            classifier.support_labels_ = tensors["labels"]
-            if form == "embeddings":
-                classifier.support_batch_ = None
-                classifier.support_embeddings_ = Embeddings(
-                    tensors["z"].to(device), tensors["present"].to(device),
-                    modalities=list(meta["modalities"]))
-            else:
-                classifier.support_embeddings_ = None
-                classifier.support_batch_ = {
-                    name: ModalityBatch(tensors[f"{name}.values"], tensors[f"{name}.present"],
-                                        tensors.get(f"{name}.lengths"))
-                    for name in meta["modalities"]}
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise RunError(f"saved support set is corrupt ({error})",
-                           file=directory / SUPPORT_FILE, fix="fit and save again") from None
+        meta = _read_support_meta(directory / SUPPORT_META)
+        expected = "embeddings" if classifier._run.model.caches_embeddings else "samples"
+        if meta["form"] != expected:
+            raise RunError(
+                f"the saved support set holds {meta['form']}, but the run's learner "
+                f"({classifier._run.config.learner}) needs {expected}",
+                file=directory / SUPPORT_META, column="form",
+                fix="fit this run's classifier on the support set again and save it")
+        tensors = _read_support_tensors(directory / SUPPORT_FILE, meta,
+                                        classifier._run.model.modalities)
+        classifier.classes_ = meta["classes"]
+        classifier.support_labels_ = tensors["labels"]
+        if meta["form"] == "embeddings":
+            classifier.support_batch_ = None
+            classifier.support_embeddings_ = Embeddings(
+                tensors["z"].to(device), tensors["present"].to(device),
+                modalities=meta["modalities"])
+        else:
+            classifier.support_embeddings_ = None
+            classifier.support_batch_ = {
+                name: ModalityBatch(tensors[f"{name}.values"], tensors[f"{name}.present"],
+                                    tensors.get(f"{name}.lengths"))
+                for name in meta["modalities"]}
         return classifier
+
+
+def _read_support_meta(path: Path) -> dict:
+    """``support.json``, checked: ``classes`` a non-empty list of unique strings,
+    ``modalities`` a list of strings, ``form`` ``embeddings`` or ``samples``."""
+    fix = "fit the classifier on its support set and save it again"
+    try:
+        meta = loads_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError("support.json is missing beside support.safetensors", file=path,
+                       fix=fix) from None
+    except (ParseError, OSError, UnicodeDecodeError) as error:
+        raise RunError(f"support.json is corrupt ({error})", file=path, fix=fix) from None
+    if not isinstance(meta, dict):
+        raise RunError("support.json must hold an object", file=path, fix=fix)
+    meta.setdefault("form", "embeddings")
+    classes, modalities = meta.get("classes"), meta.get("modalities")
+    if (not isinstance(classes, list) or not classes
+            or not all(isinstance(c, str) for c in classes) or len(set(classes)) < len(classes)):
+        raise RunError("`classes` must be a non-empty list of distinct class names", file=path,
+                       column="classes", fix=fix)
+    if not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities):
+        raise RunError("`modalities` must be a list of modality names", file=path,
+                       column="modalities", fix=fix)
+    if meta["form"] not in ("embeddings", "samples"):
+        raise RunError(f"unknown form {meta['form']!r}", file=path, column="form", fix=fix)
+    return meta
+
+
+def _read_support_tensors(path: Path, meta: dict, model_modalities: list[str]) -> dict:
+    """``support.safetensors``, checked against ``support.json``: every tensor present, of
+    consistent sizes, finite, labels within the classes; `RunError` naming the tensor."""
+    fix = "fit the classifier on its support set and save it again"
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise RunError(f"support.safetensors is corrupt ({error})", file=path,
+                       fix=fix) from None
+
+    def need(key: str, dims: int | None = None) -> torch.Tensor:
+        if key not in tensors:
+            raise RunError("a tensor is missing", file=path, column=key, fix=fix)
+        tensor = tensors[key]
+        if dims is not None and tensor.dim() != dims:
+            raise RunError(f"tensor has {tensor.dim()} dimensions, {dims} expected", file=path,
+                           column=key, fix=fix)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise RunError("tensor holds NaN or infinite values", file=path, column=key,
+                           fix=fix)
+        if tensor.shape[0] != size:
+            raise RunError(f"tensor has {tensor.shape[0]} rows, the labels {size}", file=path,
+                           column=key, fix=fix)
+        return tensor
+
+    size = -1
+    labels = tensors.get("labels")
+    if labels is None or labels.dim() != 1 or labels.dtype != torch.long or len(labels) == 0:
+        raise RunError("`labels` must be a non-empty 1-D int64 tensor", file=path,
+                       column="labels", fix=fix)
+    size = len(labels)
+    if int(labels.min()) < 0 or int(labels.max()) >= len(meta["classes"]):
+        raise RunError(f"labels must lie in 0..{len(meta['classes']) - 1}", file=path,
+                       column="labels", fix=fix)
+    unknown = [m for m in meta["modalities"] if m not in model_modalities]
+    if unknown:
+        raise RunError(f"modalities {unknown} are not the model's", file=path.with_name(
+            SUPPORT_META), column="modalities", fix=fix)
+    if meta["form"] == "embeddings":
+        z = need("z")
+        present = need("present", 2)
+        if z.dim() not in (2, 3) or present.dtype != torch.bool:
+            raise RunError("`z` must be [S, D] or [S, M, D] with a bool `present`", file=path,
+                           column="z", fix=fix)
+    else:
+        for name in meta["modalities"]:
+            need(f"{name}.values")
+            if need(f"{name}.present", 1).dtype != torch.bool:
+                raise RunError("tensor must be bool", file=path, column=f"{name}.present",
+                               fix=fix)
+            if f"{name}.lengths" in tensors:
+                need(f"{name}.lengths", 1)
+    return tensors
 
 
 def _has_columns(dataset: MultimodalDataset, modality: str) -> bool:

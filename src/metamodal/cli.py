@@ -127,7 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from metamodal.train.trainer import Trainer
 
     config = _train_config(args)
-    result = Trainer(config, args.out, progress=not args.no_progress).fit(resume=args.resume)
+    result = Trainer(config, args.out, progress=not args.no_progress).fit(
+        resume=args.resume, overwrite=args.overwrite)
     print(f"run: {result.run_dir}  steps: {result.steps}  best validation accuracy: "
           f"{result.best_val_accuracy:.4f} (step {result.best_step})"
           + ("  [stopped early]" if result.stopped_early else ""))
@@ -575,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "strokes.jitter=0.01, modality_dropout=0.2 (repeatable; see the README)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run in --out (once the new run is complete)")
     p.add_argument("--no-cache", action="store_true", help="do not cache decoded tensors")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)

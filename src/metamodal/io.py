@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,3 +75,82 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+class ParseError(ValueError):
+    """Text that is not valid TOML / JSON, is nested too deeply, or holds an integer longer
+    than Python converts; the message says which. Callers turn it into a typed error naming
+    their file."""
+
+
+def loads_toml(text: str) -> dict[str, Any]:
+    """Parse TOML text; every failure is a `ParseError` (never a `RecursionError`).
+
+    Example:
+        >>> loads_toml('a = 1')
+        {'a': 1}
+        >>> loads_toml('a = ' + '[' * 5000 + ']' * 5000)
+        Traceback (most recent call last):
+        ...
+        metamodal.io.ParseError: not valid TOML: nested too deeply
+    """
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ParseError(f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ParseError("not valid TOML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise ParseError(f"not valid TOML: {exc}") from None
+
+
+def loads_json(text: str) -> Any:
+    """Parse JSON text; every failure is a `ParseError` (never a `RecursionError`).
+
+    Example:
+        >>> loads_json('{"a": [1, 2]}')
+        {'a': [1, 2]}
+        >>> try:
+        ...     loads_json('9' * 5000)
+        ... except ParseError as error:
+        ...     print(str(error)[:33])
+        not valid JSON: Exceeds the limit
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ParseError("not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise ParseError(f"not valid JSON: {exc}") from None
+
+
+def replace_directory(new: str | Path, dest: str | Path) -> Path:
+    """Put the fully written directory ``new`` in place of the directory ``dest``.
+
+    ``dest`` is renamed aside, ``new`` renamed into place (`publish_directory`), and only then
+    is the old one deleted; if the second rename fails the old directory is put back. ``new``
+    must be on the same file system (e.g. made in ``dest``'s parent).
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "run").mkdir(); _ = (root / "run" / "a").write_text("old")
+        >>> new = Path(tempfile.mkdtemp(dir=root)); _ = (new / "a").write_text("new")
+        >>> (replace_directory(new, root / "run") / "a").read_text()
+        'new'
+        >>> [p.name for p in root.iterdir()]
+        ['run']
+    """
+    new, dest = Path(new), Path(dest)
+    aside = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+    os.rmdir(aside)
+    os.replace(dest, aside)
+    try:
+        publish_directory(new, dest)
+    except BaseException:
+        os.replace(aside, dest)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return dest

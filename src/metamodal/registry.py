@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from metamodal.errors import UnknownNameError
+from metamodal.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -40,18 +40,31 @@ class Registry(Generic[T]):
         return decorate
 
     def get(self, name: str) -> Callable[..., T]:
-        """The constructor registered as ``name``; `UnknownNameError` lists the known names."""
+        """The constructor registered as ``name``; `UnknownNameError` lists the known names
+        (its key is the family, e.g. ``learner``)."""
         try:
             return self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):
             raise UnknownNameError(
                 f"unknown {self.family} {name!r}",
+                column=self.family,
                 fix=f"use one of: {', '.join(self.names())}",
             ) from None
 
     def create(self, name: str, **kwargs: Any) -> T:
-        """Build the component registered as ``name`` with keyword arguments."""
-        return self.get(name)(**kwargs)
+        """Build the component registered as ``name`` with keyword arguments.
+
+        Raises:
+            UnknownNameError: no component has that name.
+            ConfigError: the component rejects an option value (its ``ValueError``, e.g.
+                ``temperature = 0``), naming the component as the key.
+        """
+        factory = self.get(name)
+        try:
+            return factory(**kwargs)
+        except ValueError as error:
+            raise ConfigError(f"{self.family} {name!r}: {error}", column=name,
+                              fix=f"correct the {self.family}'s options") from error
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

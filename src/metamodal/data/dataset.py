@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metamodal.data.loaders.base import Cell, DecodeContext
+from metamodal.data.paths import PathRefused, check_regular_file, resolve_inside
 from metamodal.data.schema import SCHEMA_FILE, DatasetSchema, ModalitySpec, load_schema
 from metamodal.data.table import TABLE_SUFFIXES, SampleTable, read_samples
 from metamodal.errors import DatasetError, ModalityError, UnknownNameError
@@ -89,13 +90,23 @@ class MultimodalDataset:
         """1-based row of each sample in the sample table (for error messages)."""
         return [index + 1 for index in self._indices]
 
-    def cells(self, modality: str) -> list[Cell]:
+    def cells(self, modality: str, columns: Sequence[str] | None = None) -> list[Cell]:
         """One raw cell per sample for ``modality``: ``None`` where missing; a tabular
-        modality gives the list of its columns' cells (``None`` when all are empty)."""
+        modality gives the list of its columns' cells (``None`` when all are empty).
+
+        Args:
+            modality: the modality's name.
+            columns: a tabular modality's columns in the order a fitted loader expects them;
+                used when they are the same columns as this dataset's schema lists (in any
+                order), so that values are matched by column name, not by position.
+        """
         spec = self._spec(modality)
         if spec.columns is None:
             return self._column(str(spec.column))
-        columns = [self._column(name) for name in spec.columns]
+        names = spec.columns
+        if columns is not None and sorted(columns) == sorted(names):
+            names = list(columns)
+        columns = [self._column(name) for name in names]
         cells: list[Cell] = []
         for values in zip(*columns, strict=True):
             cells.append(None if all(v is None for v in values) else list(values))
@@ -110,6 +121,8 @@ class MultimodalDataset:
             rows=self.rows(),
             column=spec.column if spec.column is not None else modality,
             problems=problems,
+            allow_outside=self.schema.allow_outside_paths,
+            noun=spec.kind,
         )
 
     def subset(self, indices: Sequence[int]) -> MultimodalDataset:
@@ -155,10 +168,10 @@ def load_dataset(path: str | Path) -> MultimodalDataset:
         >>> d = Path(tempfile.mkdtemp())
         >>> _ = (d / "dataset.toml").write_text(
         ...     'label = "y"\\n[modalities.note]\\nkind = "text"\\ncolumn = "note"\\n')
-        >>> _ = (d / "samples.csv").write_text("id,y,note\\na,P,hello\\nb,Q,\\n")
+        >>> _ = (d / "samples.csv").write_text("id,y,note\\na,P,hello\\nb,Q,hi\\n")
         >>> ds = load_dataset(d)
         >>> ds.ids, ds.labels, ds.cells("note")
-        (['a', 'b'], ['P', 'Q'], ['hello', None])
+        (['a', 'b'], ['P', 'Q'], ['hello', 'hi'])
     """
     # imported here because metamodal.data.preprocess imports this module
     from metamodal.data.preprocess import build_loader
@@ -249,17 +262,23 @@ def samples_path(root: Path, schema: DatasetSchema) -> Path:
         'samples.jsonl'
     """
     if schema.samples is not None:
-        path = root / schema.samples
-        if not path.is_file():
+        try:
+            path = resolve_inside(root, schema.samples, allow_outside=schema.allow_outside_paths)
+            check_regular_file(path, "sample table")
+        except FileNotFoundError:
             raise DatasetError(
                 f"the sample table {schema.samples!r} named by `samples` does not exist",
                 file=str(root / SCHEMA_FILE),
                 column="samples",
                 fix="correct `samples` (a path relative to the dataset directory)",
-            )
+            ) from None
+        except PathRefused as refused:
+            raise DatasetError(f"`samples` = {schema.samples[:200]!r}: {refused.message}",
+                               file=str(root / SCHEMA_FILE), column="samples",
+                               fix=refused.fix) from None
         return path
     for name in SAMPLE_FILES:
-        if (root / name).is_file():
+        if (root / name).exists():
             return root / name
     raise DatasetError(
         "no sample table found",
@@ -359,7 +378,24 @@ def check_table(
         for spec in schema.modalities.values():
             for column in spec.source_columns():
                 absent(column, f"modality {spec.name!r}:")
+        problems += _rows_without_modality(table, schema)
     return problems
+
+
+def _rows_without_modality(table: SampleTable, schema: DatasetSchema) -> list[DatasetError]:
+    """A row whose every modality cell is empty cannot be embedded: a problem per row."""
+    columns = [c for spec in schema.modalities.values() for c in spec.source_columns()
+               if c in table.columns]
+    if not columns:
+        return []
+    return [
+        DatasetError("the sample carries no modality (every modality cell is empty)",
+                     file=table.file, row=row,
+                     fix=f"fill at least one of {', '.join(columns)}, or remove the row")
+        for row, values in enumerate(zip(*(table.columns[c] for c in columns), strict=True),
+                                     start=1)
+        if all(v is None for v in values)
+    ]
 
 
 def _check_groups(table: SampleTable, label: str, group: str) -> list[DatasetError]:

@@ -364,12 +364,14 @@ def _line_error(path: Path, line: int, column: str | None, message: str, fix: st
 def _parse_line(path: Path, line_no: int, text: str) -> tuple[str, list[str], list[str]]:
     try:
         record = json.loads(text)
-    except json.JSONDecodeError as err:
+    except (ValueError, RecursionError) as err:
+        detail = (f"{err.msg} at character {err.pos + 1}" if isinstance(err, json.JSONDecodeError)
+                  else "nested too deeply" if isinstance(err, RecursionError) else str(err))
         raise _line_error(
             path,
             line_no,
             None,
-            f"not valid JSON ({err.msg} at character {err.pos + 1})",
+            f"not valid JSON ({detail})",
             'write one JSON object a line: {"episode": "e1", "support": [ids], "query": [ids]}',
         ) from None
     if not isinstance(record, dict):

@@ -26,9 +26,9 @@ from metamodal.data.dataset import (
 )
 from metamodal.data.preprocess import build_loader
 from metamodal.data.schema import SCHEMA_FILE, ModalitySpec, read_schema
-from metamodal.data.splits import SPLITS_FILE, split_classes
+from metamodal.data.splits import SPLITS_FILE, load_split
 from metamodal.data.table import read_samples
-from metamodal.errors import DatasetError
+from metamodal.errors import ConfigError, DatasetError
 
 _SHOWN_PROBLEMS = 50  # format_inspection lists at most this many problems
 
@@ -138,8 +138,13 @@ def inspect_dataset(path: str | Path) -> InspectionReport:
         ...     'label = "y"\\n[modalities.note]\\nkind = "text"\\ncolumn = "note"\\n')
         >>> _ = (d / "samples.csv").write_text("id,y,note\\na,P,hi there\\na,,\\n")
         >>> report = inspect_dataset(d)
-        >>> report.ok, [(p.row, p.column) for p in report.problems]
+        >>> report.ok, [(p.row, p.column) for p in report.problems][:2]
         (False, [(2, 'id'), (2, 'y')])
+        >>> [p.message for p in report.problems][2:]  # doctest: +NORMALIZE_WHITESPACE
+        ['the sample carries no modality (every modality cell is empty)',
+         'the meta-train split has 0 class(es) with at least 2 samples; a default training
+          episode (5-way 1-shot) needs 5',
+         'the validation split has 0 class(es) with at least 2 samples; validation needs 2']
     """
     root = dataset_root(path)
     report = InspectionReport(path=str(root))
@@ -179,7 +184,7 @@ def _inspect(root: Path, report: InspectionReport) -> None:
             )
     if dataset.groups is not None:
         report.groups = len({group for group in dataset.groups if group is not None})
-    _check_splits_file(dataset, report)
+    _check_split(dataset, report)
     for name, spec in schema.modalities.items():
         if all(column in table.columns for column in spec.source_columns()):
             report.modalities[name] = _inspect_modality(dataset, spec, report)
@@ -259,15 +264,42 @@ def _inspect_modality(
     return stats
 
 
-def _check_splits_file(dataset: MultimodalDataset, report: InspectionReport) -> None:
-    """Read the dataset's ``splits.toml``, if any, as training would; record what it finds."""
+DEFAULT_WAYS = 5
+"""Classes of a default training episode (``metamodal train`` without ``--ways``)."""
+
+
+def _check_split(dataset: MultimodalDataset, report: InspectionReport) -> None:
+    """Split the classes as training does (``splits.toml``, else seeded with seed 0) and
+    record what training would refuse: an unreadable splits file, a meta-train split with
+    fewer usable classes than a default episode needs, a validation split with fewer than
+    two usable classes (a usable class has two samples: one support, one query)."""
     path = dataset.root / SPLITS_FILE
-    if not path.is_file():
-        return
+    has_file = path.exists() or path.is_symlink()
     try:
-        split_classes(dataset.labels, dataset.groups, splits_file=path)
-    except DatasetError as exc:
-        report.problems.append(exc)
+        split = load_split(dataset.root, dataset.labels, dataset.groups, seed=0)
+    except (DatasetError, ConfigError) as exc:
+        report.problems.append(exc if isinstance(exc, DatasetError)
+                               else DatasetError(exc.message, file=path, fix=exc.fix))
+        return
+    if not dataset.classes:
+        return
+    sizes = Counter(label for label in dataset.labels if label is not None)
+    where = str(path) if has_file else str(dataset.root)
+    how = ("move groups into it in splits.toml" if has_file
+           else "add classes (the seeded split keeps 60% for meta-training, 20% for validation)")
+    train = [c for c in split.train if sizes[c] >= 2]
+    if len(train) < DEFAULT_WAYS:
+        report.problems.append(DatasetError(
+            f"the meta-train split has {len(train)} class(es) with at least 2 samples; a "
+            f"default training episode ({DEFAULT_WAYS}-way 1-shot) needs {DEFAULT_WAYS}",
+            file=where, column="train" if has_file else None,
+            fix=f"{how}, or train with --ways {max(2, len(train))}" if len(train) >= 2
+            else how))
+    val = [c for c in split.val if sizes[c] >= 2]
+    if len(val) < 2:
+        report.problems.append(DatasetError(
+            f"the validation split has {len(val)} class(es) with at least 2 samples; "
+            "validation needs 2", file=where, column="val" if has_file else None, fix=how))
 
 
 def _decoded_details(

@@ -100,7 +100,8 @@ class Preprocessor:
         for name in [*names, *overrides]:
             if name not in specs:
                 raise UnknownNameError(
-                    f"unknown modality {name!r}", fix=f"use one of: {', '.join(specs)}"
+                    f"unknown modality {name!r}", column="modalities",
+                    fix=f"use one of: {', '.join(specs)}"
                 )
         if not names:
             raise ConfigError(
@@ -163,6 +164,7 @@ class Preprocessor:
         dataset: MultimodalDataset,
         cache_dir: str | Path | None = None,
         problems: list[DatasetError] | None = None,
+        modalities: Sequence[str] | None = None,
     ) -> TensorStore:
         """Decode every sample of ``dataset`` once.
 
@@ -173,6 +175,7 @@ class Preprocessor:
             problems: when a list, decoding problems (missing or corrupt media, NaN values)
                 are appended to it and those cells are treated as missing; otherwise the
                 first one is raised.
+            modalities: decode only these (default: all of the preprocessor's); not cached.
 
         Returns:
             a `TensorStore` with ``N = len(dataset)`` samples; labels of unlabelled samples
@@ -184,6 +187,8 @@ class Preprocessor:
         if not self.fitted_:
             raise MetamodalError("the preprocessor is not fitted; call fit(dataset, classes)")
         path = None
+        if modalities is not None:
+            cache_dir = None
         if cache_dir is not None:
             path = Path(cache_dir) / f"store-{self.cache_key(dataset)}.safetensors"
             if path.is_file():
@@ -195,8 +200,10 @@ class Preprocessor:
             ids=list(dataset.ids),
             labels=[label if label is not None else "" for label in dataset.labels],
             modalities={
-                name: loader.decode(dataset.cells(name), dataset.context(name, problems))
+                name: loader.decode(dataset.cells(name, self.specs[name].columns),
+                                    dataset.context(name, problems))
                 for name, loader in self.loaders.items()
+                if modalities is None or name in modalities
             },
             kinds=self.kinds(),
         )
@@ -216,7 +223,7 @@ class Preprocessor:
         feed(dataset.ids)
         feed(dataset.labels)
         for name, spec in self.specs.items():
-            cells = dataset.cells(name)
+            cells = dataset.cells(name, spec.columns)
             feed(cells)
             if spec.kind in MEDIA_KINDS:
                 feed([_fingerprint(dataset.root, cell) for cell in cells])
@@ -251,7 +258,10 @@ class Preprocessor:
             RunError: the state is incomplete or of another format, or names a loader that
                 ``loader_classes`` lacks.
         """
+        name = None
         try:
+            if not isinstance(state, Mapping):
+                raise TypeError(f"the state is a {type(state).__name__}, not an object")
             if state["format"] != _STATE_FORMAT:
                 raise RunError(
                     f"preprocessor state format {state['format']!r} is not {_STATE_FORMAT}",
@@ -277,10 +287,18 @@ class Preprocessor:
                     spec.kind)
                 preprocessor.loaders[name] = loader_class.from_state(loader_state)
             preprocessor.fitted_ = bool(state["fitted"])
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise RunError(
-                f"the preprocessor state is incomplete ({type(exc).__name__}: {exc})",
-                fix="rebuild it with Preprocessor.state_dict()",
+                f"the preprocessor state is incomplete or invalid ({type(exc).__name__}: "
+                f"{str(exc)[:300]})",
+                column=f"loaders.{name}" if name else None,
+                fix="rebuild it with Preprocessor.state_dict() (re-train the run)",
+            ) from None
+        except (ConfigError, DatasetError) as exc:
+            raise RunError(
+                f"the preprocessor state holds invalid options: {exc.message}",
+                column=f"loaders.{name}" if name else exc.column,
+                fix="rebuild it with Preprocessor.state_dict() (re-train the run)",
             ) from None
         return preprocessor
 
@@ -312,7 +330,7 @@ def create_loader(spec: ModalitySpec, overrides: Mapping[str, Any] | None = None
             fix=f"use the options the {spec.kind} loader documents",
         ) from None
     except ConfigError as exc:
-        if exc.column is not None:
+        if exc.column is not None and exc.column.startswith("modalities."):
             raise
         error_type = UnknownNameError if isinstance(exc, UnknownNameError) else ConfigError
         raise error_type(

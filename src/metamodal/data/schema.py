@@ -28,7 +28,6 @@ Every problem is a `DatasetError` naming the file, the key at fault (as ``column
 
 from __future__ import annotations
 
-import tomllib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,12 +36,14 @@ from typing import Any
 
 from metamodal.data.batch import KINDS
 from metamodal.data.loaders.base import loaders
+from metamodal.data.paths import OUTSIDE_KEY
 from metamodal.errors import DatasetError
+from metamodal.io import ParseError, loads_toml
 
 SCHEMA_FILE = "dataset.toml"
 """Name of the schema file in a dataset directory."""
 
-_TOP_KEYS = ("name", "label", "group", "samples", "modalities")
+_TOP_KEYS = ("name", "label", "group", "samples", OUTSIDE_KEY, "modalities")
 _SPEC_KEYS = ("kind", "column", "columns", "encoder", "encoder_options")
 
 
@@ -128,6 +129,9 @@ class DatasetSchema:
         samples: the sample table, relative to the dataset directory, or ``None`` for the
             first of ``samples.csv``, ``samples.jsonl``, ``samples.parquet``.
         modalities: modality name -> `ModalitySpec`, in file order.
+        allow_outside_paths: media paths and ``samples`` may lead outside the dataset
+            directory (``../``, absolute paths, symbolic links pointing out); by default
+            such a path is a `DatasetError`.
 
     Example:
         >>> schema = DatasetSchema.from_dict(
@@ -143,6 +147,7 @@ class DatasetSchema:
     group: str | None = None
     samples: str | None = None
     modalities: dict[str, ModalitySpec] = field(default_factory=dict)
+    allow_outside_paths: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The schema as the TOML-shaped dict it was parsed from (keys that are unset omitted),
@@ -152,6 +157,8 @@ class DatasetSchema:
             out["group"] = self.group
         if self.samples is not None:
             out["samples"] = self.samples
+        if self.allow_outside_paths:
+            out[OUTSIDE_KEY] = True
         out["modalities"] = {name: spec.to_dict() for name, spec in self.modalities.items()}
         return out
 
@@ -231,14 +238,14 @@ def read_schema(root: str | Path, problems: list[DatasetError]) -> DatasetSchema
         return None
     try:
         # utf-8-sig: a byte-order mark (Windows editors may write one) is not TOML syntax
-        data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+        data = loads_toml(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         problems.append(DatasetError(f"not UTF-8 text ({exc})", file=file, fix="save as UTF-8"))
         return None
-    except tomllib.TOMLDecodeError as exc:
+    except ParseError as exc:
         problems.append(
             DatasetError(
-                f"not valid TOML: {exc}",
+                str(exc),
                 file=file,
                 fix="correct the syntax at that line (strings need quotes, tables [brackets])",
             )
@@ -294,6 +301,11 @@ def parse_schema(
             "label",
             'add `label = "COLUMN"` naming the sample-table column that holds the class',
         )
+    outside = data.get(OUTSIDE_KEY, False)
+    if not isinstance(outside, bool):
+        problem(f"`{OUTSIDE_KEY}` must be true or false, got {outside!r}", OUTSIDE_KEY,
+                f"write {OUTSIDE_KEY} = true to allow paths outside the dataset directory")
+        outside = False
     modalities = _parse_modalities(data.get("modalities"), strings.get("label"), problem)
     label = strings["label"]
     if label is None:
@@ -304,6 +316,7 @@ def parse_schema(
         group=strings["group"],
         samples=strings["samples"],
         modalities=modalities,
+        allow_outside_paths=outside,
     )
 
 

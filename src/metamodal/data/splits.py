@@ -12,7 +12,6 @@ group cell is empty makes its class a group of its own, named by its label.
 
 from __future__ import annotations
 
-import tomllib
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from metamodal.data.paths import PathRefused, check_regular_file
 from metamodal.errors import ConfigError, DatasetError
+from metamodal.io import ParseError, loads_toml
 
 SPLIT_NAMES = ("train", "val", "test")
 SPLITS_FILE = "splits.toml"
@@ -148,7 +149,7 @@ def load_split(
         groups,
         seed=seed,
         fractions=fractions,
-        splits_file=path if path.is_file() else None,
+        splits_file=path if path.exists() or path.is_symlink() else None,
     )
 
 
@@ -246,15 +247,19 @@ def _seeded_split(
 
 def _read_splits_file(path: Path) -> dict[str, list[str]]:
     try:
+        check_regular_file(path, "splits")
         # utf-8-sig: a byte-order mark (Windows editors may write one) is not TOML syntax
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        data = loads_toml(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise DatasetError(
             "splits file not found", file=path, fix="create it or leave the split to the seed"
         ) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+    except PathRefused as refused:
+        raise DatasetError(refused.message, file=path,
+                           fix="make splits.toml a file, or remove it to split by seed") from None
+    except (ParseError, UnicodeDecodeError) as err:
         raise DatasetError(
-            f"not valid TOML: {err}",
+            str(err) if isinstance(err, ParseError) else f"not valid TOML: {err}",
             file=path,
             fix='write three lists, e.g. train = ["a", "b"], val = ["c"], test = ["d"]',
         ) from None

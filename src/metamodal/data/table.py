@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metamodal.data.paths import PathRefused, check_regular_file
 from metamodal.errors import DatasetError
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -77,8 +78,13 @@ def read_samples(path: str | Path) -> SampleTable:
     """
     path = Path(path)
     file = str(path)
-    if not path.is_file():
-        raise DatasetError("sample table not found", file=file, fix="create it or correct its path")
+    try:
+        check_regular_file(path, "sample table")
+    except FileNotFoundError:
+        raise DatasetError("sample table not found", file=file,
+                           fix="create it or correct its path") from None
+    except PathRefused as refused:
+        raise DatasetError(refused.message, file=file, fix=refused.fix) from None
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _read_parquet(path)
@@ -193,9 +199,11 @@ def _read_jsonl(text: str, file: str) -> SampleTable:
         row = len(records) + 1
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
+            detail = (f"{exc.msg}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError)
+                      else "nested too deeply" if isinstance(exc, RecursionError) else str(exc))
             raise DatasetError(
-                f"line {line_number} is not valid JSON ({exc.msg}, column {exc.colno})",
+                f"line {line_number} is not valid JSON ({detail})",
                 file=file,
                 row=row,
                 fix="write one JSON object per line",

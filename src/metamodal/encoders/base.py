@@ -246,9 +246,8 @@ def build_encoder(
         )
     name = DEFAULT_ENCODERS[kind] if name is None else name
     check_encoder(name, kind, modality)
-    factory = encoders.get(name)
-    check_hyperparameters("encoder", name, factory, hyper)
-    return factory(dim=dim, input_info=input_info, **hyper)
+    check_hyperparameters("encoder", name, encoders.get(name), hyper)
+    return encoders.create(name, dim=dim, input_info=input_info, **hyper)
 
 
 def require_info(encoder: str, input_info: Mapping[str, Any], *keys: str) -> list[int]:

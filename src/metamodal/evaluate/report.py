@@ -614,7 +614,7 @@ def read_results(path: str | Path) -> dict[str, Any]:
             m: [EvalResult.from_dict(d) for d in curve]
             for m, curve in (data.get("robustness") or {}).items()
         } or None
-    except (OSError, ValueError, AttributeError, TypeError, ConfigError) as err:
+    except (OSError, ValueError, AttributeError, TypeError, ConfigError, RecursionError) as err:
         raise RunError(
             f"cannot read report results: {err}",
             file=path,

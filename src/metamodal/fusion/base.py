@@ -152,6 +152,5 @@ def build_fusion(name: str, *, modalities: Sequence[str], dim: int, **hyper: Any
         >>> build_fusion("gated", modalities=["a", "b"], dim=8, hidden=4).out_dim
         8
     """
-    factory = fusions.get(name)
-    check_hyperparameters("fusion", name, factory, hyper)
-    return factory(modalities=modalities, dim=dim, **hyper)
+    check_hyperparameters("fusion", name, fusions.get(name), hyper)
+    return fusions.create(name, modalities=modalities, dim=dim, **hyper)

@@ -271,7 +271,8 @@ def register_log_scalar(module: nn.Module, name: str, value: float, *, learn: bo
     otherwise a buffer; either way it is saved in the state dict under ``name``.
 
     Raises:
-        ValueError: ``value`` is not positive (named ``name`` without ``log_``).
+        ValueError: ``value`` is not a finite number > 0 (named ``name`` without ``log_``);
+            built through a registry it becomes a `ConfigError`.
 
     Example:
         >>> head = nn.Module()
@@ -279,8 +280,10 @@ def register_log_scalar(module: nn.Module, name: str, value: float, *, learn: bo
         >>> round(head.log_scale.exp().item(), 4), head.log_scale.requires_grad
         (10.0, True)
     """
-    if value <= 0:
-        raise ValueError(f"{name.removeprefix('log_')} must be > 0, got {value}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 < value < math.inf):
+        raise ValueError(f"{name.removeprefix('log_')} must be a finite number > 0, "
+                         f"got {value!r}")
     log_value = torch.tensor(math.log(value))
     if learn:
         setattr(module, name, nn.Parameter(log_value))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -12,6 +12,7 @@ from typing import Any
 
 from metamodal.data.schema import DatasetSchema
 from metamodal.errors import ConfigError
+from metamodal.io import ParseError, loads_toml
 
 
 @dataclass
@@ -100,29 +101,48 @@ class TrainConfig:
         """Build from plain data; unknown keys or wrong types raise `ConfigError`."""
         return _from_dict(values, source=source)
 
-    def validate(self) -> None:
-        """Check value ranges; raises `ConfigError` naming the key."""
+    def validate(self, *, source: str | None = None) -> None:
+        """Check value ranges; raises `ConfigError` naming the key (and ``source``, the file
+        the values came from, when given)."""
+        def bad(message: str, key: str, fix: str) -> ConfigError:
+            return ConfigError(message, file=source, column=key, fix=fix)
+
         positive = ("dim", "ways", "shots", "queries", "steps", "meta_batch", "batch_size",
                     "val_episodes", "checkpoint_every")
         for key in positive:
             if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}", column=key,
-                                  fix=f"set {key} to a positive integer")
+                raise bad(f"{key} must be >= 1, got {getattr(self, key)}", key,
+                          f"set {key} to a positive integer")
+        for key, most in LIMITS.items():
+            if getattr(self, key) > most:
+                raise bad(f"{key} must be at most {most}, got {getattr(self, key)}", key,
+                          f"set {key} to {most} or less")
         if self.ways < 2:
-            raise ConfigError("ways must be >= 2", column="ways", fix="use --ways 2 or more")
-        for key in ("val_ways", "val_shots", "val_queries"):
+            raise bad("ways must be >= 2", "ways", "use --ways 2 or more")
+        for key in ("val_ways", "val_shots", "val_queries", "val_every", "patience", "seed"):
             if getattr(self, key) < 0 or (key == "val_ways" and self.val_ways == 1):
-                raise ConfigError(f"{key} must be 0 (follow training) or a positive count"
-                                  + (" >= 2" if key == "val_ways" else ""), column=key,
-                                  fix=f"set {key} = 0 or a count")
+                raise bad(f"{key} must be 0 or a positive count"
+                          + (" >= 2" if key == "val_ways" else ""), key,
+                          f"set {key} = 0 or a count")
         if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(f"unknown schedule {self.schedule!r}", column="schedule",
-                              fix="use 'cosine' or 'constant'")
+            raise bad(f"unknown schedule {self.schedule!r}", "schedule",
+                      "use 'cosine' or 'constant'")
         if self.pretrain_classifier not in ("linear", "cosine"):
-            raise ConfigError(f"unknown pretrain_classifier {self.pretrain_classifier!r}",
-                              column="pretrain_classifier", fix="use 'linear' or 'cosine'")
-        if self.lr <= 0:
-            raise ConfigError("lr must be > 0", column="lr", fix="e.g. lr = 1e-3")
+            raise bad(f"unknown pretrain_classifier {self.pretrain_classifier!r}",
+                      "pretrain_classifier", "use 'linear' or 'cosine'")
+        if not (0 < self.lr < math.inf):
+            raise bad("lr must be a finite number > 0", "lr", "e.g. lr = 1e-3")
+        for key in ("weight_decay", "grad_clip"):
+            if not (0 <= getattr(self, key) < math.inf):
+                raise bad(f"{key} must be a finite number >= 0", key, f"e.g. {key} = 0")
+
+
+LIMITS = {"dim": 8192, "ways": 10_000, "shots": 10_000, "queries": 10_000, "steps": 10**9,
+          "meta_batch": 10_000, "batch_size": 1_000_000, "val_ways": 10_000,
+          "val_shots": 10_000, "val_queries": 10_000, "val_episodes": 10**7,
+          "checkpoint_every": 10**9, "val_every": 10**9, "patience": 10**9, "seed": 2**63 - 1}
+"""Upper bounds of the integer settings: far beyond any real use, low enough to refuse a
+typo that would allocate without end."""
 
 
 def with_dataset_encoders(config: TrainConfig, schema: DatasetSchema) -> TrainConfig:
@@ -166,14 +186,20 @@ def load_config(path: str | Path) -> TrainConfig:
     """
     path = Path(path)
     try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
+        values = loads_toml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError("config file not found", file=path,
                           fix="check the path given to --config") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"invalid TOML: {error}", file=path,
+    except (IsADirectoryError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the config file ({error})", file=path,
+                          fix="give a UTF-8 TOML file to --config") from None
+    except ParseError as error:
+        raise ConfigError(str(error), file=path,
                           fix="fix the TOML syntax at the line named") from None
     values = values.get("train", values)
+    if not isinstance(values, dict):
+        raise ConfigError("`train` must be a table", file=path, column="train",
+                          fix="write [train] with keys of TrainConfig")
     return _from_dict(values, source=str(path))
 
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from metamodal.io import atomic_write_text
+from metamodal.io import ParseError, atomic_write_text, loads_json
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ class MetricsLogger:
         if resume_step is None:
             self.path.unlink(missing_ok=True)
         elif self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            kept = [line for line in self.path.read_text(errors="replace").splitlines()
+                    if _step(line) is not None and _step(line) <= resume_step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self._file = self.path.open("a", encoding="utf-8")
         self._writer = None
@@ -72,3 +72,36 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _step(line: str) -> int | None:
+    """The step of one ``metrics.jsonl`` line, None when it is not a record."""
+    try:
+        record = loads_json(line)
+    except ParseError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def run_is_finished(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a finished run: its ``metrics.jsonl`` records the end of
+    training, or it has ``config.toml`` and ``model.safetensors`` but no checkpoint to resume.
+
+    Example:
+        >>> import tempfile
+        >>> run_is_finished(tempfile.mkdtemp())
+        False
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS_FILE
+    if path.is_file():
+        for line in reversed(path.read_text(errors="replace").splitlines()):
+            try:
+                record = loads_json(line)
+            except ParseError:
+                continue
+            if isinstance(record, dict) and record.get("event") == "end":
+                return True
+    return ((run_dir / "config.toml").is_file() and (run_dir / "model.safetensors").is_file()
+            and not (run_dir / "checkpoint.pt").exists())

@@ -8,8 +8,6 @@ schema), ``preprocessor.json`` (fitted loaders: vocabulary, normalisation statis
 
 from __future__ import annotations
 
-import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +19,8 @@ from metamodal.data.preprocess import Preprocessor
 from metamodal.data.schema import DatasetSchema
 from metamodal.data.splits import ClassSplit
 from metamodal.encoders.features import preprocessor_from_state
-from metamodal.errors import ConfigError, RunError
-from metamodal.io import atomic_write_json, atomic_write_text
+from metamodal.errors import ConfigError, LocatedError, MetamodalError, RunError
+from metamodal.io import ParseError, atomic_write_json, atomic_write_text, loads_json, loads_toml
 from metamodal.learners.model import FewShotModel
 from metamodal.train.checkpoint import WEIGHTS_FILE, load_weights
 from metamodal.train.config import TrainConfig
@@ -83,7 +81,8 @@ def write_run_files(
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The parsed ``config.toml`` of a run; `RunError` when missing or corrupt."""
+    """The parsed ``config.toml`` of a run; `RunError` naming the file (and the key) when it
+    is missing, corrupt, lacks a section or holds an unknown or mistyped training setting."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError("run directory not found", file=run_dir,
@@ -93,20 +92,27 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         raise RunError("not a run directory: config.toml is missing", file=path,
                        fix="pass the --out directory of a finished `metamodal train`")
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-        for key in ("train", "model", "split", "dataset"):
-            document[key]  # noqa: B018 - presence check
-    except (tomllib.TOMLDecodeError, KeyError, UnicodeDecodeError) as error:
+        document = loads_toml(path.read_text(encoding="utf-8"))
+    except (ParseError, UnicodeDecodeError) as error:
         raise RunError(f"config.toml is corrupt ({error})", file=path,
                        fix="re-train the run, or restore its config.toml") from None
+    for key in ("train", "model", "split", "dataset"):
+        if not isinstance(document.get(key), dict):
+            raise RunError(f"config.toml lacks the [{key}] table", file=path, column=key,
+                           fix="re-train the run, or restore its config.toml")
+    try:
+        TrainConfig.from_dict(document["train"], source=str(path)).validate(source=str(path))
+    except ConfigError as error:
+        raise RunError(error.message, file=path, column=f"train.{error.column}",
+                       fix=error.fix or "restore the run's config.toml") from None
     return document
 
 
 def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
     """Load a run directory written by `metamodal.train.Trainer`.
 
-    Raises `RunError` naming the file when the directory, its config, preprocessor or weights
-    are missing or corrupt.
+    Raises `RunError` naming the file (and the key or tensor) when the directory, its config,
+    preprocessor or weights are missing, corrupt or do not fit together.
 
     Example:
         >>> run = load_run("runs/demo")  # doctest: +SKIP
@@ -115,32 +121,77 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
     """
     run_dir = Path(run_dir)
     document = read_run_config(run_dir)
-    prep_path = run_dir / PREPROCESSOR_FILE
-    try:
-        preprocessor = preprocessor_from_state(json.loads(prep_path.read_text()))
-    except FileNotFoundError:
-        raise RunError("preprocessor.json is missing", file=prep_path,
-                       fix="re-train the run; the file holds the fitted vocabulary and "
-                       "normalisation statistics") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise RunError(f"preprocessor.json is corrupt ({error})", file=prep_path,
-                       fix="re-train the run") from None
+    config_path = run_dir / CONFIG_FILE
+    preprocessor = read_preprocessor(run_dir / PREPROCESSOR_FILE)
     try:
         model = FewShotModel.build(**document["model"])
+    except TypeError as error:
+        raise RunError(f"config.toml's [model] table does not describe a model ({error})",
+                       file=config_path, column="model",
+                       fix="restore the run's config.toml") from None
     except ConfigError as error:
         raise RunError(f"config.toml describes a model that cannot be built: {error.message}",
-                       file=run_dir / CONFIG_FILE, column=error.column,
+                       file=config_path,
+                       column=f"model.{error.column}" if error.column else "model",
                        fix=error.fix or "restore the run's config.toml") from None
+    if set(model.modalities) - set(preprocessor.modalities):
+        raise RunError(f"the model uses modalities {sorted(model.modalities)} but the "
+                       f"preprocessor decodes {sorted(preprocessor.modalities)}",
+                       file=run_dir / PREPROCESSOR_FILE, column="modalities",
+                       fix="restore the preprocessor.json that belongs to this run, or re-train")
+    info = preprocessor.input_info()
+    expected = document["model"].get("input_info")
+    if isinstance(expected, dict):
+        for name in model.modalities:
+            if expected.get(name) is not None and info.get(name) != expected.get(name):
+                raise RunError(
+                    f"modality {name!r} decodes to {info.get(name)}, but the model was built "
+                    f"for {expected.get(name)}", file=run_dir / PREPROCESSOR_FILE,
+                    column=f"loaders.{name}",
+                    fix="restore the preprocessor.json that belongs to this run, or re-train")
     load_weights(run_dir / WEIGHTS_FILE, model)
     model.to(device).eval()
+    try:
+        split = ClassSplit.from_dict(document["split"])
+        schema = DatasetSchema.from_dict(document["dataset"], file=str(config_path))
+    except (MetamodalError, KeyError, TypeError, ValueError) as error:
+        message = error.message if isinstance(error, LocatedError) else str(error)
+        key = getattr(error, "column", None)
+        raise RunError(f"config.toml's split or dataset table is invalid: {message}",
+                       file=config_path, column=f"dataset.{key}" if key else "split",
+                       fix="restore the run's config.toml") from None
     return Run(
         path=run_dir,
-        config=TrainConfig.from_dict(document["train"], source=str(run_dir / CONFIG_FILE)),
+        config=TrainConfig.from_dict(document["train"], source=str(config_path)),
         model=model,
         preprocessor=preprocessor,
-        split=ClassSplit.from_dict(document["split"]),
-        schema=DatasetSchema.from_dict(document["dataset"]),
+        split=split,
+        schema=schema,
     )
+
+
+def read_preprocessor(path: Path) -> Preprocessor:
+    """The fitted preprocessor of a run's ``preprocessor.json``; `RunError` naming the file
+    (and the loader, as key) when it is missing, corrupt or invalid (missing fields, zero or
+    non-finite statistics, statistics of the wrong size)."""
+    try:
+        state = loads_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError("preprocessor.json is missing", file=path,
+                       fix="re-train the run; the file holds the fitted vocabulary and "
+                       "normalisation statistics") from None
+    except (ParseError, OSError, UnicodeDecodeError) as error:
+        raise RunError(f"preprocessor.json is corrupt ({error})", file=path,
+                       fix="re-train the run") from None
+    try:
+        preprocessor = preprocessor_from_state(state)
+    except RunError as error:
+        raise RunError(error.message, file=path, column=error.column,
+                       fix=error.fix) from None
+    if not preprocessor.fitted_:
+        raise RunError("the preprocessor was never fitted", file=path, column="fitted",
+                       fix="re-train the run")
+    return preprocessor
 
 
 def load_run_data(run: Run, data: str | Path | None = None, *, cache: bool = True):

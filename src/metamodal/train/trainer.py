@@ -6,7 +6,10 @@ import dataclasses
 import logging
 import math
 import random
+import shutil
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +20,12 @@ from tqdm.auto import tqdm
 
 from metamodal.data.augment import Augmentation, augmentation_for, step_generator
 from metamodal.data.batch import TensorStore
-from metamodal.data.episodes import EpisodeSampler
+from metamodal.data.episodes import EpisodeSampler, check_class_sizes
 from metamodal.data.schema import load_schema
+from metamodal.data.splits import SPLITS_FILE
+from metamodal.errors import InsufficientSamplesError, RunError
 from metamodal.evaluate.protocol import embed_store, evaluate
+from metamodal.io import replace_directory
 from metamodal.learners.baselines import SupervisedClassifier
 from metamodal.learners.model import FewShotModel
 from metamodal.train.checkpoint import (
@@ -33,7 +39,7 @@ from metamodal.train.checkpoint import (
 )
 from metamodal.train.config import TrainConfig, with_dataset_encoders
 from metamodal.train.data import PreparedData, prepare_data
-from metamodal.train.logger import MetricsLogger
+from metamodal.train.logger import MetricsLogger, run_is_finished
 from metamodal.train.run import write_run_files
 from metamodal.train.validation import resolve_validation_shape
 
@@ -76,6 +82,19 @@ class _Progress:
     stopped_early: bool = False
     finished: bool = False
     seconds: float = 0.0
+
+    def check(self) -> None:
+        """Raise `TypeError` unless every field has its type (a checkpoint is not trusted)."""
+        numbers = (self.best, self.seconds, *self.window.values()) if isinstance(
+            self.window, dict) else ()
+        if (not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                    for v in (self.step, self.best_step, self.bad))
+                or not isinstance(self.window, dict) or set(self.window) != {"loss", "acc", "n"}
+                or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                           for v in numbers)
+                or not isinstance(self.stopped_early, bool)
+                or not isinstance(self.finished, bool)):
+            raise TypeError(f"progress has values of the wrong type: {self}")
 
 
 def _schedule(config: TrainConfig) -> Callable[[int], float]:
@@ -145,14 +164,31 @@ class Trainer:
         self.progress = progress
         self.callbacks = list(callbacks or [])
 
-    def fit(self, resume: bool = False) -> TrainResult:
-        """Train (or resume training) and write the run directory; returns a `TrainResult`."""
-        self.out.mkdir(parents=True, exist_ok=True)
+    def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
+        """Train (or resume training) and write the run directory; returns a `TrainResult`.
+
+        Nothing of a former run in ``out`` is touched before the inputs (dataset, config,
+        checkpoint) have been validated. A finished run in ``out`` is refused unless
+        ``resume`` (which returns it as it is) or ``overwrite`` is given; with ``overwrite``
+        the new run is written beside it and replaces it only once it is complete, so a
+        failure or a kill leaves the finished run as it was.
+
+        Args:
+            resume: continue from ``out``'s checkpoint (start afresh when there is none).
+            overwrite: replace a finished run in ``out``.
+
+        Raises:
+            RunError: ``out`` holds a finished run and neither flag is given, or its
+                checkpoint is corrupt.
+        """
+        finished_before = run_is_finished(self.out)
+        if finished_before and not resume and not overwrite:
+            raise RunError(
+                "the directory already holds a finished run", file=self.out,
+                fix="pass --resume to keep it, --overwrite to replace it once the new run "
+                "is complete, or choose another --out")
         checkpoint_path = self.out / CHECKPOINT_FILE
         state = self._load_state(checkpoint_path) if resume else None
-        if state is None:  # a fresh start must not leave a former run's files to be resumed
-            checkpoint_path.unlink(missing_ok=True)
-            (self.out / WEIGHTS_FILE).unlink(missing_ok=True)
         cfg = self.config
         seed_everything(cfg.seed)
         data = prepare_data(cfg.data, seed=cfg.seed, modalities=cfg.modalities,
@@ -163,19 +199,62 @@ class Trainer:
         train_store, train_classes = augmentation.expand_classes(data.store, data.split.train)
         model, classifier = self._build(data, len(train_classes), device)
         # Fail before training, not at the first validation, when a split is too small.
-        self._val_shape = resolve_validation_shape(cfg, data.store, data.split.val)
+        splits_file = Path(cfg.data) / SPLITS_FILE
+        where = splits_file if splits_file.exists() else Path(cfg.data)
+        if model.training_mode != "supervised":
+            try:
+                with warnings.catch_warnings():  # the sampler warns about small classes
+                    warnings.simplefilter("ignore")
+                    check_class_sizes(data.store, data.split.train, cfg.ways, cfg.shots,
+                                      cfg.queries)
+            except InsufficientSamplesError as error:
+                raise InsufficientSamplesError(
+                    f"the meta-train split 'train' cannot supply training episodes: "
+                    f"{error.message}", file=where, column="train", fix=error.fix) from None
+        self._val_shape = resolve_validation_shape(cfg, data.store, data.split.val,
+                                                   file=where)
+        # The inputs are valid: only now may a former run's files be replaced.
+        if state is None and finished_before:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self._work = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}."))
+        else:
+            self._work = self.out
+            self.out.mkdir(parents=True, exist_ok=True)
+            if state is None:  # a fresh start must not leave a former run's files to be resumed
+                checkpoint_path.unlink(missing_ok=True)
+                (self.out / WEIGHTS_FILE).unlink(missing_ok=True)
+        try:
+            result = self._train(state, data, device, model, classifier,
+                                 (train_store, train_classes, augmentation))
+        except BaseException:
+            if self._work != self.out:
+                shutil.rmtree(self._work, ignore_errors=True)
+            raise
+        if self._work != self.out:
+            replace_directory(self._work, self.out)
+        return result
+
+    def _train(self, state: dict | None, data: PreparedData, device: torch.device,
+               model: FewShotModel, classifier: SupervisedClassifier | None,
+               training: tuple[TensorStore, list[str], Augmentation]) -> TrainResult:
+        """The training loop over validated inputs; writes into ``self._work``.
+
+        ``training``: the store and classes training episodes are drawn from (the meta-train
+        split, with rotated copies under class rotations) and the augmentation of each step.
+        """
+        cfg = self.config
+        checkpoint_path = self._work / CHECKPOINT_FILE
         params = list(model.parameters()) + (list(classifier.parameters()) if classifier else [])
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
-        write_run_files(self.out, config=cfg, model_spec=model.spec, split=data.split,
+        write_run_files(self._work, config=cfg, model_spec=model.spec, split=data.split,
                         schema=data.dataset.schema, preprocessor=data.preprocessor)
         progress = _Progress()
         if state is not None:
             progress = self._restore(state, model, classifier, optimizer, schedule)
         already_finished = progress.finished
-        step_loss = self._step_function(model, classifier, train_store, train_classes,
-                                        augmentation, device)
-        logger = MetricsLogger(self.out, resume_step=progress.step if state else None)
+        step_loss = self._step_function(model, classifier, *training, device)
+        logger = MetricsLogger(self._work, resume_step=progress.step if state else None)
         bar = tqdm(total=cfg.steps, initial=progress.step, unit="step", leave=False,
                    disable=not self.progress or already_finished,
                    desc=f"train {cfg.learner}+{cfg.fusion}")
@@ -270,14 +349,33 @@ class Trainer:
     def _restore(self, state: dict, model: FewShotModel,
                  classifier: SupervisedClassifier | None, optimizer: torch.optim.Optimizer,
                  schedule: torch.optim.lr_scheduler.LRScheduler) -> _Progress:
-        """Load a checkpoint's states into the training objects; returns its progress."""
-        model.load_state_dict(state["model"])
-        if classifier is not None:
-            classifier.load_state_dict(state["classifier"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        set_rng_state(state["rng"])
-        return _Progress(**state["progress"])
+        """Load a checkpoint's states into the training objects; returns its progress.
+
+        Raises:
+            RunError: an entry does not fit the model, optimiser or generators (names it).
+        """
+        entry = "model"
+        try:
+            model.load_state_dict(state["model"])
+            if classifier is not None:
+                entry = "classifier"
+                classifier.load_state_dict(state["classifier"])
+            entry = "optimizer"
+            optimizer.load_state_dict(state["optimizer"])
+            entry = "schedule"
+            schedule.load_state_dict(state["schedule"])
+            entry = "rng"
+            set_rng_state(state["rng"])
+            entry = "progress"
+            progress = _Progress(**state["progress"])
+            progress.check()
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError,
+                IndexError) as error:
+            raise RunError(f"checkpoint entry does not fit this run ({type(error).__name__}: "
+                           f"{str(error)[:200]})", file=self._work / CHECKPOINT_FILE,
+                           column=entry, fix="delete checkpoint.pt to start over, or train "
+                           "without --resume") from None
+        return progress
 
     def _checkpoint(self, path: Path, progress: _Progress, model: FewShotModel,
                     classifier: SupervisedClassifier | None, optimizer: torch.optim.Optimizer,
@@ -312,7 +410,11 @@ class Trainer:
             log.warning("no checkpoint in %s: training from the start", self.out)
             return None
         state = load_checkpoint(checkpoint_path)
+        if not isinstance(state["config"], dict):
+            raise RunError("checkpoint entry is not a table of settings", file=checkpoint_path,
+                           column="config", fix="delete it to start over")
         saved = TrainConfig.from_dict(state["config"], source=str(checkpoint_path))
+        saved.validate(source=str(checkpoint_path))
         if saved != self.config:
             log.warning("resuming with the run's own config; the flags given differ")
         self.config = saved
@@ -348,7 +450,7 @@ class Trainer:
         """Keep the best validated weights; count validations without gain for early stopping."""
         if val_acc > progress.best:
             progress.best, progress.best_step, progress.bad = val_acc, progress.step, 0
-            save_weights(self.out / WEIGHTS_FILE, model)
+            save_weights(self._work / WEIGHTS_FILE, model)
             return
         progress.bad += 1
         if self.config.patience and progress.bad >= self.config.patience:

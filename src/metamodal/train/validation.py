@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from metamodal.data.batch import TensorStore
 from metamodal.data.episodes import check_class_sizes
+from metamodal.errors import InsufficientSamplesError
 from metamodal.train.config import TrainConfig
 
 
@@ -22,7 +24,8 @@ def _usable(sizes: Sequence[int], need: int) -> int:
 
 
 def resolve_validation_shape(
-    config: TrainConfig, store: TensorStore, classes: Sequence[str]
+    config: TrainConfig, store: TensorStore, classes: Sequence[str], *,
+    file: str | Path | None = None, split: str = "val",
 ) -> tuple[int, int, int]:
     """The ``(ways, shots, queries)`` of validation episodes on ``classes``.
 
@@ -36,6 +39,9 @@ def resolve_validation_shape(
         config: the training configuration.
         store: the decoded samples (only labels are read).
         classes: the validation split's classes.
+        file: where the split comes from (``splits.toml``, or the dataset directory), named
+            in the error.
+        split: the split's name, named in the error (as its key).
 
     Returns:
         ``(ways, shots, queries)`` that the split supplies.
@@ -87,5 +93,13 @@ def resolve_validation_shape(
             "val_ways / val_shots / val_queries (--val-ways ...) to choose",
             stacklevel=2,
         )
-    check_class_sizes(counts, list(classes), ways, shots, queries)
+    try:
+        check_class_sizes(counts, list(classes), ways, shots, queries)
+    except InsufficientSamplesError as error:
+        raise InsufficientSamplesError(
+            f"the validation split {split!r} cannot supply a {ways}-way {shots}-shot "
+            f"{queries}-query episode: {error.message}", file=file, column=split,
+            fix=f"choose the validation episodes with --val-ways (at least 2), --val-shots "
+            f"and --val-queries, or move classes into the {split!r} split "
+            "(splits.toml)") from None
     return ways, shots, queries

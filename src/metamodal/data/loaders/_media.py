@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from metamodal.data.loaders.base import Cell, DecodeContext
+from metamodal.data.paths import PathRefused, check_regular_file, resolve_inside
 from metamodal.errors import DatasetError
 
 T = TypeVar("T")
@@ -76,6 +77,20 @@ def report_failure(
     context.report(error)
 
 
+def _checked_path(context: DecodeContext, cell: str) -> Path:
+    """The cell's file, checked before anything opens it: inside the root (unless the
+    dataset allows outside paths), not too long, a regular file (or absent, which the
+    reader reports in its own words)."""
+    try:
+        path = resolve_inside(context.root, cell, allow_outside=context.allow_outside)
+        check_regular_file(path, context.noun)
+    except FileNotFoundError:
+        return Path(context.root) / cell
+    except PathRefused as refused:
+        raise DecodeFailure(refused.message, refused.fix) from None
+    return path
+
+
 def read_media(
     cells: Sequence[Cell],
     context: DecodeContext,
@@ -84,8 +99,9 @@ def read_media(
     """Read each non-empty cell's file; yield ``(index, cell, content)`` for those that worked.
 
     ``read(path, root)`` gets the cell resolved against ``context.root`` and the root itself
-    (for its messages); a `DecodeFailure` it raises is reported with `report_failure` and that
-    cell is skipped. Files are read lazily, one per step of the iteration.
+    (for its messages), only after `metamodal.data.paths` has checked that the path stays
+    inside the root and names a regular file; a `DecodeFailure` it raises is reported with
+    `report_failure` and that cell is skipped. Files are read lazily, one per step of the iteration.
 
     Args:
         cells: relative paths or ``None``, ``B`` of them.
@@ -110,7 +126,8 @@ def read_media(
         if cell is None:
             continue
         try:
-            content = read(Path(context.root) / str(cell), context.root)
+            path = _checked_path(context, str(cell))
+            content = read(path, context.root)
         except DecodeFailure as failure:
             report_failure(failure, cell, index, context)
             continue

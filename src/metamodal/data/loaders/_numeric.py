@@ -7,6 +7,7 @@ meta-train samples and stored in their state as plain lists of floats (`Standard
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -32,6 +33,30 @@ def is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def check_count(kind: str, name: str, value: object, minimum: int, maximum: int) -> int:
+    """Return ``value`` if it is an integer (not a bool, not ``3.0``) in
+    ``[minimum, maximum]``; else raise `ConfigError` naming the ``kind`` loader's option.
+
+    Every size a user can set has an upper bound, so that a typo cannot ask for an
+    allocation without end.
+
+    Example:
+        >>> check_count("image", "channels", 3, 1, 3)
+        3
+        >>> try:
+        ...     check_count("image", "channels", 3.0, 1, 3)
+        ... except ConfigError as error:
+        ...     print(error.message)
+        image channels must be an integer from 1 to 3, got 3.0
+    """
+    if (isinstance(value, bool) or not isinstance(value, int)
+            or not minimum <= value <= maximum):
+        raise ConfigError(f"{kind} {name} must be an integer from {minimum} to {maximum}, "
+                          f"got {value!r}",
+                          fix=f"set {name} to an integer from {minimum} to {maximum}")
+    return value
 
 
 def check_normalize(kind: str, normalize: object) -> bool:
@@ -124,8 +149,31 @@ class StandardisingState:
         """``{"fitted", "mean", "std"}`` as JSON-able data, for ``state_dict``."""
         return {"fitted": self.fitted_, "mean": self.mean_, "std": self.std_}
 
-    def _restore_statistics(self, state: Mapping[str, Any]) -> None:
-        """Set the statistics `_statistics_state` wrote into ``state``."""
-        self.fitted_ = bool(state["fitted"])
-        self.mean_ = optional_floats(state["mean"])
-        self.std_ = optional_floats(state["std"])
+    def _restore_statistics(self, state: Mapping[str, Any], size: int | None = None) -> None:
+        """Set the statistics `_statistics_state` wrote into ``state``, checked.
+
+        Args:
+            state: the loader's state.
+            size: how many values ``mean`` and ``std`` must hold (channels, bands, features),
+                when known.
+
+        Raises:
+            ValueError: ``fitted`` is not a bool, ``mean`` and ``std`` differ in length or
+                from ``size``, a value is not finite, or a standard deviation is not > 0 (a
+                zero would divide every decoded value by zero).
+        """
+        if not isinstance(state["fitted"], bool):
+            raise ValueError(f"fitted must be true or false, got {state['fitted']!r}")
+        mean, std = optional_floats(state["mean"]), optional_floats(state["std"])
+        if (mean is None) != (std is None):
+            raise ValueError("mean and std must both be given or both be null")
+        if mean is not None and std is not None:
+            if len(mean) != len(std) or (size is not None and len(mean) != size):
+                raise ValueError(f"mean has {len(mean)} values and std {len(std)}"
+                                 + (f"; {size} are needed" if size is not None else ""))
+            if not all(math.isfinite(v) for v in mean + std):
+                raise ValueError("mean and std must be finite numbers")
+            if not all(v > 0 for v in std):
+                raise ValueError("every std must be > 0")
+        self.fitted_ = state["fitted"]
+        self.mean_, self.std_ = mean, std

@@ -100,14 +100,33 @@ def resample(wave: Tensor, orig_rate: int, new_rate: int) -> Tensor:
     return resampled[..., :out_length].to(wave.dtype)
 
 
-def _option(name: str, value: Any, kind: type, minimum: float, *, strict: bool = True) -> Any:
+MAX_SAMPLE_RATE = 384_000
+"""The highest ``sample_rate`` option (Hz)."""
+
+MAX_FILE_RATE = 768_000
+"""The highest sampling rate an audio file's header may claim (Hz); a file claiming more is
+refused before its samples are read."""
+
+MAX_SECONDS = 600.0
+"""The longest ``max_seconds`` option."""
+
+MAX_FFT = 65_536
+"""The largest ``n_fft`` and ``hop_length``."""
+
+MAX_MELS = 1024
+"""The most mel bands."""
+
+
+def _option(name: str, value: Any, kind: type, minimum: float, maximum: float, *,
+            strict: bool = True) -> Any:
     ok = isinstance(value, kind | int) if kind is float else isinstance(value, kind)
     if isinstance(value, bool) or not ok or not math.isfinite(value) or (
         value <= minimum if strict else value < minimum
-    ):
+    ) or value > maximum:
         bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ConfigError(f"audio {name} must be a number {bound}, got {value!r}",
-                          fix=f"set {name} to a number {bound}")
+        raise ConfigError(f"audio {name} must be a number {bound} and <= {maximum}, "
+                          f"got {value!r}", fix=f"set {name} to a number {bound}, at most "
+                          f"{maximum}")
     return kind(value)
 
 
@@ -152,13 +171,14 @@ class AudioLoader(StandardisingState, ModalityLoader):
         f_max: float | None = None,
         normalize: bool = True,
     ) -> None:
-        self.sample_rate = _option("sample_rate", sample_rate, int, 0)
-        self.n_mels = _option("n_mels", n_mels, int, 0)
-        self.n_fft = _option("n_fft", n_fft, int, 1)
-        self.hop_length = _option("hop_length", hop_length, int, 0)
-        self.max_seconds = _option("max_seconds", max_seconds, float, 0)
-        self.f_min = _option("f_min", f_min, float, 0, strict=False)
-        self.f_max = None if f_max is None else _option("f_max", f_max, float, 0)
+        self.sample_rate = _option("sample_rate", sample_rate, int, 0, MAX_SAMPLE_RATE)
+        self.n_mels = _option("n_mels", n_mels, int, 0, MAX_MELS)
+        self.n_fft = _option("n_fft", n_fft, int, 1, MAX_FFT)
+        self.hop_length = _option("hop_length", hop_length, int, 0, MAX_FFT)
+        self.max_seconds = _option("max_seconds", max_seconds, float, 0, MAX_SECONDS)
+        self.f_min = _option("f_min", f_min, float, 0, MAX_SAMPLE_RATE, strict=False)
+        self.f_max = None if f_max is None else _option("f_max", f_max, float, 0,
+                                                        MAX_SAMPLE_RATE)
         self.normalize = check_normalize("audio", normalize)
         top = self.sample_rate / 2 if self.f_max is None else self.f_max
         if not self.f_min < top <= self.sample_rate / 2:
@@ -225,7 +245,7 @@ class AudioLoader(StandardisingState, ModalityLoader):
     def from_state(cls, state: dict[str, Any]) -> AudioLoader:
         """Rebuild the loader `state_dict` describes."""
         loader = cls(**state["options"])
-        loader._restore_statistics(state)
+        loader._restore_statistics(state, loader.n_mels)
         return loader
 
     # -- decoding -------------------------------------------------------------------------
@@ -270,9 +290,15 @@ class AudioLoader(StandardisingState, ModalityLoader):
         try:
             with soundfile.SoundFile(path) as sound:
                 rate = sound.samplerate
+                if not 1 <= rate <= MAX_FILE_RATE or not 1 <= sound.channels <= 64:
+                    raise DecodeFailure(
+                        f"audio header claims {rate} Hz and {sound.channels} channel(s); at "
+                        f"most {MAX_FILE_RATE} Hz and 64 channels are read", fix)
                 # a little more than needed, so that resampling's edge effect is cut away
                 wanted = math.ceil(self.max_seconds * rate) + rate // 100
                 data = sound.read(frames=wanted, dtype="float32", always_2d=True)
+        except DecodeFailure:
+            raise
         except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError
             raise DecodeFailure(f"cannot decode audio: {exc}", fix) from exc
         if data.shape[0] == 0:

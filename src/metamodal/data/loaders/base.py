@@ -29,6 +29,9 @@ class DecodeContext:
         column: the column (or, for tabular, the modality name) being decoded.
         problems: when given, a decoding problem is appended here and the cell is treated as
             missing instead of raising; ``metamodal inspect`` uses this to list every problem.
+        allow_outside: media paths may lead outside ``root`` (``allow_outside_paths = true``
+            in ``dataset.toml``); refused by default.
+        noun: what the column's files hold, for messages (``"image"``, ...).
 
     Example:
         >>> ctx = DecodeContext(Path("data"), "samples.csv", [1, 2], "photo", problems=[])
@@ -42,6 +45,8 @@ class DecodeContext:
     rows: Sequence[int]
     column: str
     problems: list[DatasetError] | None = field(default=None)
+    allow_outside: bool = False
+    noun: str = "media"
 
     def report(self, error: DatasetError) -> None:
         """Raise ``error``, or record it when collecting problems."""

@@ -43,6 +43,14 @@ from metamodal.errors import ConfigError
 RESAMPLE_FILTER = Image.Resampling.LANCZOS
 """Pillow filter used to resize (antialiased Lanczos-3)."""
 
+MAX_SIDE = 4096
+"""The largest ``size`` (height or width) a decoded image may have."""
+
+MAX_PIXELS = 64 * 1024 * 1024
+"""The most pixels an image file may have (after JPEG draft reduction) to be decoded: 64
+megapixels; a larger file is refused before its pixels are read (a decompression bomb would
+otherwise take gigabytes)."""
+
 _CHUNK = 512  # images decoded at once while fitting (bounds memory for large datasets)
 _SIXTEEN_BIT = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 _GRAY_MODES = ("1", "L", "LA", "F", *_SIXTEEN_BIT)
@@ -52,11 +60,12 @@ def _parse_size(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, bool):
         raise ConfigError(f"image size must be an int or [height, width], got {size!r}",
                           fix="set size = 32 or size = [32, 48]")
-    dims = [size, size] if isinstance(size, int) else list(size)
-    if len(dims) != 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
-                                 for d in dims):
-        raise ConfigError(f"image size must be a positive int or [height, width], got {size!r}",
-                          fix="set size = 32 or size = [32, 48]")
+    dims = [size, size] if isinstance(size, int) else list(size) if isinstance(
+        size, list | tuple) else []
+    if len(dims) != 2 or not all(isinstance(d, int) and not isinstance(d, bool)
+                                 and 0 < d <= MAX_SIDE for d in dims):
+        raise ConfigError(f"image size must be an int or [height, width] from 1 to {MAX_SIDE}, "
+                          f"got {size!r}", fix="set size = 32 or size = [32, 48]")
     return dims[0], dims[1]
 
 
@@ -91,7 +100,7 @@ class ImageLoader(StandardisingState, ModalityLoader):
         self, *, size: int | Sequence[int] = 32, channels: int = 3, normalize: bool = True
     ) -> None:
         self.height, self.width = _parse_size(size)
-        if channels not in (1, 3) or isinstance(channels, bool):
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels not in (1, 3):
             raise ConfigError(f"image channels must be 1 or 3, got {channels!r}",
                               fix="set channels = 3 (RGB) or channels = 1 (grayscale)")
         self.channels = channels
@@ -154,7 +163,7 @@ class ImageLoader(StandardisingState, ModalityLoader):
     def from_state(cls, state: dict[str, Any]) -> ImageLoader:
         """Rebuild the loader `state_dict` describes."""
         loader = cls(**state["options"])
-        loader._restore_statistics(state)
+        loader._restore_statistics(state, loader.channels)
         return loader
 
     # -- decoding -------------------------------------------------------------------------
@@ -177,8 +186,16 @@ class ImageLoader(StandardisingState, ModalityLoader):
             with Image.open(path) as image:
                 side = max(self.height, self.width)
                 image.draft("L" if self.channels == 1 else "RGB", (side, side))  # JPEG only
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise DecodeFailure(
+                        f"image is {width} x {height} pixels, more than the {MAX_PIXELS:,} "
+                        "decoded at most", "shrink the image file (the loader resizes to "
+                        f"{self.height} x {self.width} anyway)")
                 ImageOps.exif_transpose(image, in_place=True)
                 return self._pixels(image)
+        except DecodeFailure:
+            raise
         except FileNotFoundError as exc:
             raise file_not_found("image", root) from exc
         except IsADirectoryError as exc:
@@ -190,6 +207,12 @@ class ImageLoader(StandardisingState, ModalityLoader):
     def _pixels(self, image: Image.Image) -> np.ndarray:
         """Convert, resize and return ``image`` as float32 ``[H, W, C or 1]`` in 0..255."""
         target = (self.width, self.height)
+        if image.mode == "F":  # float images (e.g. 32-bit TIFF) may hold NaN / inf
+            raw = np.asarray(image)
+            if not np.isfinite(raw).all():
+                y, x = (int(v) for v in np.argwhere(~np.isfinite(raw))[0])
+                raise DecodeFailure(f"image holds NaN or infinite pixel values (first at x {x}, "
+                                    f"y {y})", "re-export the image with finite pixel values")
         has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
             "transparency" in image.info
         )

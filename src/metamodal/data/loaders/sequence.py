@@ -35,16 +35,19 @@ from metamodal.data.loaders._media import (
 )
 from metamodal.data.loaders._numeric import (
     StandardisingState,
+    check_count,
     check_normalize,
     is_number,
     mean_and_std,
     warn_identity,
 )
 from metamodal.data.loaders.base import Cell, DecodeContext, ModalityLoader, loaders
-from metamodal.errors import ConfigError
 
 SUFFIXES = (".npy", ".csv")
 """File types the sequence loader reads."""
+
+MAX_LENGTH = 1_000_000
+"""The largest ``max_length``: steps kept per sequence."""
 
 _CHUNK = 1024  # sequences decoded at once while fitting (bounds memory)
 _FIX = "replace it with a valid .npy array [T, D] or .csv of numbers, or leave the cell empty"
@@ -160,10 +163,7 @@ class SequenceLoader(StandardisingState, ModalityLoader):
     kind: ClassVar[str] = "sequence"
 
     def __init__(self, *, max_length: int = 256, normalize: bool = True) -> None:
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-            raise ConfigError(f"sequence max_length must be an integer >= 1, got {max_length!r}",
-                              fix="set max_length to a positive integer")
-        self.max_length = max_length
+        self.max_length = check_count("sequence", "max_length", max_length, 1, MAX_LENGTH)
         self.normalize = check_normalize("sequence", normalize)
         self.features_: int | None = None
         self._clear_statistics()
@@ -241,8 +241,11 @@ class SequenceLoader(StandardisingState, ModalityLoader):
     def from_state(cls, state: dict[str, Any]) -> SequenceLoader:
         """Rebuild the loader `state_dict` describes."""
         loader = cls(**state["options"])
-        loader._restore_statistics(state)
-        loader.features_ = None if state["features"] is None else int(state["features"])
+        features = state["features"]
+        if features is not None and (not isinstance(features, int) or features < 1):
+            raise ValueError(f"features must be a positive count, got {features!r}")
+        loader._restore_statistics(state, features)
+        loader.features_ = features
         return loader
 
     # -- decoding -------------------------------------------------------------------------

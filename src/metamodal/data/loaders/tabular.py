@@ -114,8 +114,11 @@ class TabularLoader(StandardisingState, ModalityLoader):
     def from_state(cls, state: dict[str, Any]) -> TabularLoader:
         """Rebuild the loader `state_dict` describes."""
         loader = cls(**state["options"])
-        loader._restore_statistics(state)
-        loader.features_ = None if state["features"] is None else int(state["features"])
+        features = state["features"]
+        if features is not None and (not isinstance(features, int) or features < 1):
+            raise ValueError(f"features must be a positive count, got {features!r}")
+        loader._restore_statistics(state, features)
+        loader.features_ = features
         return loader
 
     # -- parsing --------------------------------------------------------------------------

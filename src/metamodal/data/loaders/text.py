@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from metamodal.data.batch import ModalityBatch
+from metamodal.data.loaders._numeric import check_count
 from metamodal.data.loaders.base import Cell, DecodeContext, ModalityLoader, loaders
-from metamodal.errors import ConfigError, DatasetError
+from metamodal.errors import DatasetError
 from metamodal.registry import Registry
 
 PAD_ID = 0
@@ -72,11 +73,16 @@ def char_tokens(text: str) -> list[str]:
     return list(_SPACES.sub(" ", _normalise(text)).strip())
 
 
+MAX_LENGTH = 100_000
+"""The largest ``max_length``: tokens kept per text."""
+
+MAX_VOCAB = 10_000_000
+"""The largest ``max_vocab``."""
+
+
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"text {name} must be an integer >= {minimum}, got {value!r}",
-                          fix=f"set {name} to an integer >= {minimum}")
-    return value
+    maximum = {"max_length": MAX_LENGTH, "max_vocab": MAX_VOCAB}.get(name, 2**31 - 1)
+    return check_count("text", name, value, minimum, maximum)
 
 
 @loaders.register("text")

@@ -1,0 +1,200 @@
+"""A run directory and a saved classifier are checked, not trusted: every corruption of one of
+their files is a `RunError` naming the file and the key (or tensor); bad head options and
+flags are `ConfigError`s; a query sample without a modality gets no label."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from metamodal.api import FewShotClassifier
+from metamodal.cli import main
+from metamodal.datasets.synthetic import make_synthetic
+from metamodal.errors import ConfigError, ModalityError, RunError
+from metamodal.train.config import TrainConfig
+from metamodal.train.run import load_run
+from metamodal.train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(data dir, run dir, saved classifier dir) of a tiny model."""
+    root = tmp_path_factory.mktemp("runs")
+    data = make_synthetic(root / "data", classes=15, per_class=4, image_size=8, seed=1)
+    config = TrainConfig(data=str(data), steps=3, ways=2, shots=1, queries=1, dim=8,
+                         val_every=0, val_episodes=2, device="cpu", cache=False,
+                         preprocess={"image": {"size": 8}})
+    Trainer(config, root / "run", progress=False).fit()
+    support = _write(data / "support.csv", _rows(data)[:8])
+    FewShotClassifier(root / "run").fit(support).save(root / "saved")
+    return data, root / "run", root / "saved"
+
+
+def _rows(data: Path) -> list[dict[str, str]]:
+    with (data / "samples.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write(path: Path, rows: list[dict[str, str]], fields: list[str] | None = None) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields or list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _copy(source: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(source, tmp_path / source.name))
+
+
+def _error(run: Path, loader=load_run) -> RunError:
+    with pytest.raises(RunError) as caught:
+        loader(run)
+    return caught.value
+
+
+@pytest.mark.parametrize(("line", "key"), [("bogus = 1", "train.bogus"),
+                                           ('steps = "many"', "train.steps"),
+                                           ("checkpoint_every = 0", "train.checkpoint_every")])
+def test_config_toml_with_a_bad_training_key(trained, tmp_path: Path, line: str,
+                                             key: str) -> None:
+    run = _copy(trained[1], tmp_path)
+    text = (run / "config.toml").read_text()
+    name = line.split(" ")[0]
+    text = "\n".join(t for t in text.splitlines() if not t.startswith(f"{name} ="))
+    (run / "config.toml").write_text(text.replace("[train]\n", f"[train]\n{line}\n"))
+    error = _error(run)
+    assert error.file == str(run / "config.toml") and error.column == key
+
+
+def test_config_toml_with_a_zero_temperature(trained, tmp_path: Path) -> None:
+    run = _copy(trained[1], tmp_path)
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(text.replace("[model.learner_options]\n",
+                                                  "[model.learner_options]\ntemperature = 0\n"))
+    error = _error(run)
+    assert error.file == str(run / "config.toml") and error.column.startswith("model")
+    assert "temperature" in error.message
+
+
+def test_zero_temperature_and_checkpoint_every_are_config_errors(trained, tmp_path: Path,
+                                                                 capsys) -> None:
+    data = trained[0]
+    config = tmp_path / "c.toml"
+    config.write_text("steps = 2\n[learner_options]\ntemperature = 0\n")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "a"), "--config",
+                 str(config), "--no-progress", "--device", "cpu", "--no-cache"]) == 2
+    assert "temperature" in capsys.readouterr().err
+    with pytest.raises(ConfigError) as caught:
+        Trainer(TrainConfig(data=str(data), checkpoint_every=0), tmp_path / "b")
+    assert caught.value.column == "checkpoint_every"
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "c"),
+                 "--checkpoint-every", "0", "--no-progress"]) == 2
+
+
+def _edit_json(path: Path, change) -> None:
+    state = json.loads(path.read_text())
+    change(state)
+    path.write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("change", [
+    lambda s: s.pop("loaders"),
+    lambda s: s["loaders"]["image"].update(std=[0.0, 1.0, 1.0]),
+    lambda s: s["loaders"]["image"].update(mean=[0.5, 0.5]),
+    lambda s: s["loaders"]["measurements"].update(std=[float("nan")] * 4),
+    lambda s: s["loaders"]["image"]["options"].update(size=0),
+], ids=["missing-field", "zero-std", "wrong-shape", "nan-std", "bad-option"])
+def test_preprocessor_json_is_checked(trained, tmp_path: Path, change) -> None:
+    run = _copy(trained[1], tmp_path)
+    _edit_json(run / "preprocessor.json", change)
+    error = _error(run)
+    assert error.file == str(run / "preprocessor.json")
+
+
+def test_preprocessor_json_names_the_loader(trained, tmp_path: Path) -> None:
+    run = _copy(trained[1], tmp_path)
+    _edit_json(run / "preprocessor.json",
+               lambda s: s["loaders"]["image"].update(std=[0.0, 1.0, 1.0]))
+    assert _error(run).column == "loaders.image"
+
+
+@pytest.mark.parametrize("how", ["nan", "missing", "shape"])
+def test_model_safetensors_is_checked(trained, tmp_path: Path, how: str) -> None:
+    run = _copy(trained[1], tmp_path)
+    state = load_file(str(run / "model.safetensors"))
+    key = sorted(k for k in state if state[k].is_floating_point())[0]
+    if how == "nan":
+        state[key] = state[key].clone().fill_(float("nan"))
+    elif how == "missing":
+        del state[key]
+    else:
+        state[key] = torch.zeros(7, 3)
+    save_file(state, str(run / "model.safetensors"))
+    error = _error(run)
+    assert error.file == str(run / "model.safetensors") and error.column == key
+
+
+@pytest.mark.parametrize(("name", "content", "key"), [
+    ("support.json", "{not json", None),
+    ("support.json", '{"classes": [], "modalities": [], "form": "embeddings"}', "classes"),
+    ("support.json", "[" * 5000 + "]" * 5000, None),
+    ("support.safetensors", "garbage", None),
+])
+def test_saved_classifier_files_are_checked(trained, tmp_path: Path, name: str, content: str,
+                                            key: str | None) -> None:
+    saved = _copy(trained[2], tmp_path)
+    (saved / name).write_text(content)
+    error = _error(saved, FewShotClassifier.load)
+    assert error.file == str(saved / name) and error.column == key
+
+
+def test_saved_support_labels_out_of_range(trained, tmp_path: Path) -> None:
+    saved = _copy(trained[2], tmp_path)
+    tensors = load_file(str(saved / "support.safetensors"))
+    tensors["labels"] = tensors["labels"] + 100
+    save_file(tensors, str(saved / "support.safetensors"))
+    error = _error(saved, FewShotClassifier.load)
+    assert error.column == "labels" and error.file == str(saved / "support.safetensors")
+
+
+def test_a_query_without_any_modality_gets_an_error_not_a_label(trained, tmp_path) -> None:
+    data, run, saved = trained
+    rows = _rows(data)[8:11]
+    for column in ("image", "caption", "sound", "track", "body_length_cm", "body_width_cm",
+                   "weight_g", "air_temp_c"):
+        rows[1][column] = ""
+    query = _write(data / "query-empty.csv", rows)
+    with pytest.raises(ModalityError) as caught:
+        FewShotClassifier.load(saved).predict(query)
+    assert caught.value.file == str(query) and caught.value.row == 2
+
+
+def test_tabular_columns_are_matched_by_name(trained, tmp_path: Path) -> None:
+    data, run, saved = trained
+    clf = FewShotClassifier.load(saved)
+    columns = ["body_length_cm", "body_width_cm", "weight_g", "air_temp_c"]
+    rows = [{"id": r["id"], **{c: r[c] for c in columns}} for r in _rows(data)[8:]
+            if all(r[c] for c in columns)][:8]
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(data, shuffled)
+    toml = (shuffled / "dataset.toml").read_text()
+    toml = toml[:toml.index("[modalities.image]")] + (
+        '[modalities.measurements]\nkind = "tabular"\n'
+        f"columns = {json.dumps(columns[::-1])}\n")
+    (shuffled / "dataset.toml").write_text(toml)
+    _write(shuffled / "samples.csv",
+           [{**r, "species": "x", "family": "f"} for r in rows],
+           ["id", "species", "family", *columns[::-1]])
+    same = tmp_path / "same.csv"
+    _write(same, rows, ["id", *columns[::-1]])
+    expected = clf.predict_proba(_write(tmp_path / "q.csv", rows))
+    np.testing.assert_allclose(clf.predict_proba(same), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(clf.predict_proba(shuffled), expected, rtol=1e-5, atol=1e-6)

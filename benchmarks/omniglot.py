@@ -44,6 +44,8 @@ from metamodal.train.trainer import Trainer
 VAL, TEST = "Tagalog", "Sanskrit"
 STROKES = {"coords": [0, 1], "follow": "image", "frame": [0, 0, 105, -105], "discrete": [3]}
 """Omniglot strokes are pixel coordinates of the 105 x 105 drawing, y pointing up."""
+OWN_FRAME = {k: v for k, v in STROKES.items() if k != "follow"}
+"""Strokes without an image to follow: their own affine maps, in the drawing's frame."""
 AFFINE = {"rotate": 10, "shift": 0.1, "scale": 0.15, "shear": 10}
 TRAJECTORY = {"strokes": "trajectory"}
 TRAJECTORY_OPTIONS = {"strokes": {"pen": 3}}
@@ -68,6 +70,19 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "fused-late-dropout": {"fusion": "late", "encoders": TRAJECTORY,
                            "encoder_options": TRAJECTORY_OPTIONS,
                            "augment": {"modality_dropout": 0.3}},
+    "fused-late-unimodal": {"fusion": "late", "fusion_options": {"unimodal_loss": 1.0},
+                            "encoders": TRAJECTORY, "encoder_options": TRAJECTORY_OPTIONS},
+    # the same three with class rotations and affine maps (strokes follow their image)
+    "images-aug": {"modalities": ["image"],
+                   "augment": {"rotate_classes": True, "image": AFFINE}},
+    "strokes-aug": {"modalities": ["strokes"], "encoders": TRAJECTORY,
+                    "encoder_options": TRAJECTORY_OPTIONS,
+                    "augment": {"rotate_classes": True,
+                                "strokes": {**OWN_FRAME, **AFFINE}}},
+    "fused-late-unimodal-aug": {"fusion": "late", "fusion_options": {"unimodal_loss": 1.0},
+                                "encoders": TRAJECTORY, "encoder_options": TRAJECTORY_OPTIONS,
+                                "augment": {"rotate_classes": True, "image": AFFINE,
+                                            "strokes": STROKES}},
     # 20-way within-alphabet one-shot (images at test time)
     "images-20way": {"modalities": ["image"], "ways": 20, "queries": 5, **WIDE_VAL},
     "images-20way-rot": {"modalities": ["image"], "ways": 20, "queries": 5, **WIDE_VAL,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metamodal.errors import DatasetError, InsufficientSamplesError
+from metamodal.errors import ConfigError, DatasetError, InsufficientSamplesError
 from metamodal.learners import (
     Embeddings,
     FineTune,
@@ -532,3 +532,39 @@ def test_siamese_fused_pairs_leave_out_samples_without_any_modality() -> None:
     again = head.extra_loss(Embeddings(zs_more, present_more), sl_more,
                             Embeddings(zq, present_q), ql)
     assert torch.allclose(loss, again)
+
+
+def test_late_fusion_unimodal_loss_adds_each_modalitys_own_query_loss() -> None:
+    from metamodal.data.batch import Episode, ModalityBatch
+    from metamodal.learners import FewShotModel
+
+    torch.manual_seed(0)
+    kinds = {"a": "tabular", "b": "tabular"}
+    info = {"a": {"features": 3}, "b": {"features": 3}}
+    plain = FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
+                               learner="protonet")
+    weighted = FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
+                                  learner="protonet", fusion_options={"unimodal_loss": 0.5})
+    weighted.load_state_dict(plain.state_dict())
+    present = torch.ones(6, dtype=torch.bool)
+    batch = {"a": ModalityBatch(torch.randn(6, 3), present),
+             "b": ModalityBatch(torch.randn(6, 3), present.clone())}
+    batch["b"] = batch["b"].with_present(torch.tensor([True, True, True, False, True, True]))
+    support = {k: v.index(torch.arange(3)) for k, v in batch.items()}
+    query = {k: v.index(torch.arange(3, 6)) for k, v in batch.items()}
+    labels = torch.arange(3)
+    episode = Episode(support, query, labels, labels.clone(), ["x", "y", "z"],
+                      ["1", "2", "3"], ["4", "5", "6"])
+    base, logits = plain.loss(episode)
+    total, same_logits = weighted.loss(episode)
+    assert torch.allclose(logits, same_logits)
+    learner, backbone = weighted.learner, weighted.backbone
+    s, q = backbone(support), backbone(query)
+    per_modality, valid = learner.late_logits(s, labels, q, 3)
+    assert valid[:, 1].tolist() == [False, True, True]  # query 0 lacks b
+    own = [torch.nn.functional.cross_entropy(per_modality[valid[:, m], m], labels[valid[:, m]])
+           for m in range(2)]
+    assert torch.allclose(total, base + 0.5 * (own[0] + own[1]) / 2)
+    with pytest.raises(ConfigError, match="unimodal_loss"):
+        FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
+                           fusion_options={"unimodal_loss": -1})

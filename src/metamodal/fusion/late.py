@@ -26,6 +26,8 @@ class LateFusion(Fusion):
         modalities: the modality names (the order of the M axis).
         dim: embedding size (also ``out_dim``).
         project: apply a learned linear map per modality in ``forward``.
+        unimodal_loss: weight of each modality's own query loss, added in training by
+            metric learners (`metamodal.learners.base.MetricLearner.loss`); 0 = off.
 
     Shapes:
         ``forward``: ``{name: [B, dim]}``, ``{name: bool [B]}`` -> ``[B, M, dim]``;
@@ -42,8 +44,13 @@ class LateFusion(Fusion):
 
     late: bool = True
 
-    def __init__(self, *, modalities: Sequence[str], dim: int, project: bool = False) -> None:
+    def __init__(self, *, modalities: Sequence[str], dim: int, project: bool = False,
+                 unimodal_loss: float = 0.0) -> None:
         super().__init__(modalities=modalities, dim=dim)
+        if isinstance(unimodal_loss, bool) or not isinstance(unimodal_loss, int | float) or not (
+                0 <= unimodal_loss <= 100):
+            raise ValueError(f"unimodal_loss must be a number in [0, 100], got {unimodal_loss!r}")
+        self.unimodal_loss = float(unimodal_loss)
         count = len(self.modalities)
         self.mix = nn.Parameter(torch.zeros(count))
         self.project = project

@@ -179,6 +179,15 @@ class MetricLearner(Learner):
                                                                    ways, counts)
             with support_checked(support_labels, ways, counts):
                 return self.scores(support.z, support_labels, query.z, ways)
+        return backbone.fusion.combine(*self.late_logits(support, support_labels, query, ways))
+
+    def late_logits(
+        self, support: Embeddings, support_labels: Tensor, query: Embeddings, ways: int
+    ) -> tuple[Tensor, Tensor]:
+        """Per-modality logits ``[Q, M, ways]`` of late-fusion embeddings (``z`` ``[B, M, D]``)
+        and bool ``valid`` ``[Q, M]``: `scores` per modality ``m`` on the support samples that
+        have ``m``; ``valid[q, m]`` is True when query ``q`` has ``m`` and every class has a
+        support sample with ``m`` (other rows are zeros, never to be read)."""
         # per_class[k, m]: support samples of class k that have modality m
         has_modality = support.present.to(torch.long)
         per_class = has_modality.new_zeros(ways, has_modality.shape[1])
@@ -197,7 +206,7 @@ class MetricLearner(Learner):
             else:
                 per_modality.append(query.z.new_zeros(len(query), ways))
                 valid.append(torch.zeros_like(query.present[:, m]))
-        return backbone.fusion.combine(torch.stack(per_modality, 1), torch.stack(valid, 1))
+        return torch.stack(per_modality, 1), torch.stack(valid, 1)
 
     def forward(
         self,
@@ -214,10 +223,30 @@ class MetricLearner(Learner):
 
     def loss(self, backbone: nn.Module, episode: Episode) -> tuple[Tensor, Tensor]:
         """`query_loss` of the query logits plus `extra_loss` of the embeddings, and the
-        logits ``[Q, ways]``."""
+        logits ``[Q, ways]``.
+
+        With a late fusion whose ``unimodal_loss`` weight is above zero, each modality's own
+        logits are also trained: that weight times the mean over modalities of their
+        `query_loss` on the queries they are valid for (deep supervision of every branch, so
+        that no modality leans on another).
+        """
         support, query = embed_pair(backbone, episode.support, episode.query)
-        logits = self.logits(backbone, support, episode.support_labels, query, episode.ways)
-        total = self.query_loss(logits, episode.query_labels)
+        weight = getattr(backbone.fusion, "unimodal_loss", 0.0) if support.late else 0.0
+        if not weight:
+            logits = self.logits(backbone, support, episode.support_labels, query,
+                                 episode.ways)
+            total = self.query_loss(logits, episode.query_labels)
+        else:
+            check_support(episode.support_labels, episode.ways)
+            per_modality, valid = self.late_logits(support, episode.support_labels, query,
+                                                   episode.ways)
+            logits = backbone.fusion.combine(per_modality, valid)
+            total = self.query_loss(logits, episode.query_labels)
+            branches = [self.query_loss(per_modality[valid[:, m], m],
+                                        episode.query_labels[valid[:, m]])
+                        for m in range(per_modality.shape[1]) if bool(valid[:, m].any())]
+            if branches:
+                total = total + weight * torch.stack(branches).mean()
         total = total + self.extra_loss(support, episode.support_labels, query,
                                         episode.query_labels)
         return total, logits

@@ -95,6 +95,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "ways": 20, "queries": 5, **WIDE_VAL, "encoders": TRAJECTORY,
         "encoder_options": TRAJECTORY_OPTIONS, "fusion": "late",
         "augment": {"rotate_classes": True, "image": AFFINE, "strokes": STROKES}},
+    "images+strokes-20way-rot-affine-unimodal": {
+        "ways": 20, "queries": 5, **WIDE_VAL, "encoders": TRAJECTORY,
+        "encoder_options": TRAJECTORY_OPTIONS, "fusion": "late",
+        "fusion_options": {"unimodal_loss": 1.0},
+        "augment": {"rotate_classes": True, "image": AFFINE, "strokes": STROKES}},
 }
 STEPS = {"images-60way-rot-affine": 2000}
 """Steps of a configuration when not the default (``--steps``)."""

@@ -45,6 +45,19 @@ class TrainConfig:
         seed: seeds the split, the episodes, the initialisation and dropout.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
         cache: keep decoded tensors in an on-disk cache inside the dataset directory.
+        init_from: a run directory whose encoder weights initialise this model's encoders
+            (pre-training, e.g. by ``metamodal align``), modality by modality where the
+            architecture and the fitted loader agree.
+        align_weight: weight of the cross-modal alignment loss added to the learner's loss
+            (0 = off); see `metamodal.mapping.Aligner`.
+        align_only: train the encoders with the alignment loss alone, on random batches of
+            ``batch_size`` meta-train samples (what ``metamodal align`` does); validation then
+            measures instance-level Recall@1 between the aligned modalities.
+        align_modalities: the modalities to align (default: every modality of the model).
+        align_objective: ``infonce``, ``margin`` or ``regression``.
+        align_options: further options of `metamodal.mapping.Aligner` (``temperature``,
+            ``learn_temperature``, ``margin``, ``regression_loss``, ``direction``,
+            ``positives``).
 
     Example:
         >>> TrainConfig(data="ds", steps=10).updated({"ways": 3}).ways
@@ -82,6 +95,17 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     cache: bool = True
+    init_from: str = ""
+    align_weight: float = 0.0
+    align_only: bool = False
+    align_modalities: list[str] | None = None
+    align_objective: str = "infonce"
+    align_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def aligns(self) -> bool:
+        """True when training uses an alignment loss (``align_only`` or ``align_weight > 0``)."""
+        return self.align_only or self.align_weight > 0
 
     def updated(self, values: dict[str, Any], *, source: str = "flags") -> TrainConfig:
         """A copy with ``values`` applied; unknown keys or wrong types raise `ConfigError`."""
@@ -119,6 +143,19 @@ class TrainConfig:
                               column="pretrain_classifier", fix="use 'linear' or 'cosine'")
         if self.lr <= 0:
             raise ConfigError("lr must be > 0", column="lr", fix="e.g. lr = 1e-3")
+        if self.align_weight < 0:
+            raise ConfigError("align_weight must be >= 0", column="align_weight",
+                              fix="e.g. --align-weight 0.5 (0 turns alignment off)")
+        if self.align_objective not in ("infonce", "margin", "regression"):
+            raise ConfigError(f"unknown align_objective {self.align_objective!r}",
+                              column="align_objective",
+                              fix="use 'infonce', 'margin' or 'regression'")
+        stray = set(self.align_options) - {"temperature", "learn_temperature", "margin",
+                                           "regression_loss", "direction", "positives"}
+        if stray:
+            raise ConfigError(f"unknown align_options {sorted(stray)}", column="align_options",
+                              fix="use temperature, learn_temperature, margin, "
+                              "regression_loss, direction or positives")
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -147,6 +147,6 @@ def fit_am3(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     head.eval()
     return losses

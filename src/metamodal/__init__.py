@@ -4,7 +4,7 @@ The public API is imported lazily, so ``import metamodal`` stays cheap:
 
 >>> import metamodal
 >>> sorted(metamodal.__all__)[:3]
-['ConfigError', 'DatasetError', 'EpisodeSampler']
+['Aligner', 'ConfigError', 'DatasetError']
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Training an alignment (``metamodal align``, ``train --align-weight``) lives in
 `metamodal.evaluate.zeroshot`.
 """
 
+# The learners come first: the Siamese learner imports `contrastive` from here, so the learners
+# package must be complete before any mapping module asks it for its helpers.
+import metamodal.learners  # noqa: F401  (import order, see above)
 from metamodal.mapping.aligner import OBJECTIVES, Aligner, parse_direction
 from metamodal.mapping.contrastive import contrastive_loss, info_nce, margin_alignment_loss
 from metamodal.mapping.descriptions import (

@@ -23,7 +23,7 @@ def regression_loss(prediction: Tensor, target: Tensor, kind: str = "mse") -> Te
 
     Example:
         >>> import torch
-        >>> float(regression_loss(torch.ones(2, 3), 2 * torch.ones(2, 3), "cosine"))
+        >>> round(float(regression_loss(torch.ones(2, 3), 2 * torch.ones(2, 3), "cosine")), 6)
         0.0
     """
     if kind not in REGRESSION_LOSSES:

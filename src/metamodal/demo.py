@@ -55,9 +55,11 @@ class DemoSettings:
         episodes: test episodes per evaluation (>= 600 for published numbers).
         robustness_episodes: episodes per point of the missing-modality curves.
         seed: seeds data generation, splits, training and episodes.
-        align_steps: steps of the contrastive alignment of all five encoders.
+        align_steps: steps of the contrastive alignment of all five encoders (default
+            ``steps // 2``).
         align_weight: weight of the alignment loss when ProtoNet trains on top of it.
-        am3_steps: meta-training episodes of the AM3 head (backbone frozen).
+        am3_steps: meta-training episodes of the AM3 head, backbone frozen (default
+            ``min(steps, 500)``).
         mapping: run the cross-modal part (alignment, retrieval, zero-shot, AM3, imputation).
     """
 
@@ -75,9 +77,9 @@ class DemoSettings:
     robustness_episodes: int = 300
     seed: int = 0
     dim: int = 64
-    align_steps: int = 300
+    align_steps: int | None = None
     align_weight: float = 0.5
-    am3_steps: int = 500
+    am3_steps: int | None = None
     mapping: bool = True
 
 
@@ -252,11 +254,12 @@ def _cross_modal(out: Path, base: TrainConfig, settings: DemoSettings,
     echo("\nCross-modal mapping: contrastive alignment of the five encoders (InfoNCE, "
          "class-level positives) ...")
     class_level = {"positives": "class"}
+    align_steps = settings.align_steps or max(1, settings.steps // 2)
+    am3_steps = settings.am3_steps or min(settings.steps, 500)
     align_dir = train(ALIGN, base.updated({
-        "align_only": True, "fusion": "mean", "steps": settings.align_steps,
+        "align_only": True, "fusion": "mean", "steps": align_steps,
         "batch_size": 128, "align_options": class_level,
-        "val_every": max(1, settings.align_steps // 3),
-        "checkpoint_every": max(1, settings.align_steps // 3)}))
+        "val_every": max(1, align_steps // 3), "checkpoint_every": max(1, align_steps // 3)}))
     joint_dir = train(JOINT, base.updated({
         "learner": "protonet", "fusion": "gated", "init_from": str(align_dir),
         "align_weight": settings.align_weight, "align_options": class_level}))
@@ -287,7 +290,7 @@ def _cross_modal(out: Path, base: TrainConfig, settings: DemoSettings,
          "retrieval stays near the class level divided by the samples per class.)")
 
     zs = zero_shot(joint_dir, seed=settings.seed, episodes=settings.episodes,
-                   am3_steps=settings.am3_steps)
+                   am3_steps=am3_steps)
     result.zero_shot = zs
     echo("\n" + format_zero_shot(zs))
     zero = zs.results["0-shot"][ZERO_SHOT]

@@ -248,8 +248,9 @@ def _imputation(run_dir: str, run: Any, store: Any, classes: list[str],
     from metamodal.train.alignment import load_alignment
     from metamodal.train.run import read_run_config
 
-    if "alignment" not in read_run_config(run_dir) or run.model.late:
-        return None
+    if ("alignment" not in read_run_config(run_dir) or run.model.late
+            or not run.model.learner.caches_embeddings):
+        return None  # imputation fills embeddings: metric learners with early fusion only
     common = {k: v for k, v in common.items() if k != "modalities"}
     curves = imputation_curves(run.model, load_alignment(run_dir), store, classes, **common)
     gains = imputation_gains(curves)

@@ -14,14 +14,16 @@ import pytest
 import torch
 
 from metamodal.datasets.synthetic import make_synthetic
-from metamodal.demo import FUSED, MAML, DemoSettings, run_demo
+from metamodal.demo import ALIGN, FUSED, JOINT, MAML, DemoSettings, run_demo
+from metamodal.evaluate.retrieval import ALIGNED, RANDOM
 from metamodal.train.checkpoint import CHECKPOINT_FILE
 
 
 def test_demo_compares_every_method_on_the_same_episodes(tmp_path: Path) -> None:
     lines: list[str] = []
     settings = DemoSettings(classes=30, per_class=20, steps=20, baseline_steps=20, episodes=50,
-                            robustness_episodes=20, dim=16, maml_steps=10)
+                            robustness_episodes=20, dim=16, maml_steps=10, align_steps=20,
+                            am3_steps=20)
     result = run_demo(tmp_path, settings=settings, progress=False, echo=lines.append)
     methods = {FUSED, MAML, "baseline: nearest-centroid", "baseline: finetune"} | {
         f"protonet, only {m}" for m in ("image", "caption", "sound", "track", "measurements")}
@@ -36,13 +38,33 @@ def test_demo_compares_every_method_on_the_same_episodes(tmp_path: Path) -> None
     assert result.fused_beats_best_single == (fused.accuracy - fused.ci95
                                               > best.accuracy + best.ci95)
     assert set(result.training_seconds) == {FUSED, MAML, "baseline-pretrained",
-                                            "baseline: finetune"} | {
+                                            "baseline: finetune", ALIGN, JOINT} | {
         f"protonet+only-{m}" for m in ("image", "caption", "sound", "track", "measurements")}
     assert all(seconds > 0 for seconds in result.training_seconds.values())
     html = (result.report / "index.html").read_text()
     assert "Training time" in html and MAML in html
-    for image in ("methods.png", "robustness.png", "learning_curve.png", "ablation.png"):
+    for image in ("methods.png", "robustness.png", "learning_curve.png", "ablation.png",
+                  "imputation.png", "joint_space.png"):
         assert (result.report / image).is_file() and image in html
+    # the cross-modal part: retrieval both ways with baselines, zero-shot, AM3, imputation
+    assert "Cross-modal retrieval" in html and "Zero-shot and few+zero-shot" in html
+    rows = result.retrieval.rows
+    for direction in ("caption->image", "image->caption"):
+        aligned = result.retrieval.row(ALIGNED, direction, "class").recall[1]
+        random = result.retrieval.row(RANDOM, direction, "class").recall[1]
+        assert 0 <= random[0] <= 1 and 0 <= aligned[0] <= 1
+    assert any(r.method.startswith("baseline: ridge") for r in rows)
+    assert any(r.method.startswith("baseline: cca") for r in rows)
+    assert result.retrieval_beats_random == all(
+        result.retrieval.row(ALIGNED, d, "class").recall[1][0]
+        - result.retrieval.row(ALIGNED, d, "class").recall[1][1]
+        > sum(result.retrieval.row(RANDOM, d, "class").recall[1])
+        for d in ("caption->image", "image->caption"))
+    assert set(result.zero_shot.results) == {"0-shot", "1-shot", "5-shot"}
+    assert all(r.episodes == 50 for rs in result.zero_shot.results.values() for r in rs.values())
+    gain, ci = result.zero_shot.gains["1-shot"]
+    assert result.am3_beats_prototypes == (gain > ci)
+    assert set(result.imputation) == {"image", "caption", "sound", "track", "measurements"}
     assert any("worked prediction" in line for line in lines)
     # a second run reuses the finished models instead of training again
     before = (tmp_path / "runs" / FUSED / "model.safetensors").stat().st_mtime_ns

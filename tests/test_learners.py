@@ -61,15 +61,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (see conftest
 
 
 def test_registry_lists_every_learner_and_their_training_modes() -> None:
-    metric = ["finetune", "matchingnet", "nearest-centroid", "protonet", "relationnet", "siamese"]
+    metric = ["am3", "finetune", "matchingnet", "nearest-centroid", "protonet", "relationnet",
+              "siamese"]
     gradient = ["anil", "fomaml", "lstm-optimizer", "maml", "maml++", "metasgd", "reptile"]
     assert learners.names() == sorted(metric + gradient)
     built = {name: learners.create(name, dim=4) for name in learners.names()}
     modes = {name: learner.training_mode for name, learner in built.items()}
     assert modes == {
         "finetune": "supervised", "nearest-centroid": "supervised",
-        **{name: "episodic" for name in ["matchingnet", "protonet", "relationnet", "siamese",
-                                         *gradient]},
+        **{name: "episodic" for name in ["am3", "matchingnet", "protonet", "relationnet",
+                                         "siamese", *gradient]},
     }
     assert {name for name, learner in built.items() if learner.caches_embeddings} == set(metric)
 

@@ -192,3 +192,41 @@ def test_format_results_table() -> None:
     ]
     listed = format_results_table([r1.renamed("x")])
     assert listed.splitlines()[1].startswith("x ")
+
+
+def test_mapping_sections_show_retrieval_zero_shot_imputation_and_the_joint_space(
+        tmp_path: Path) -> None:
+    import torch
+
+    from metamodal.evaluate.mapping_report import MappingResults
+    from metamodal.evaluate.projection import Projection
+    from metamodal.evaluate.retrieval import RetrievalReport, RetrievalRow
+    from metamodal.evaluate.zeroshot import ZeroShotReport
+
+    rows = [RetrievalRow(method, direction, level, {1: (0.3, 0.02), 5: (0.6, 0.03),
+                                                    10: (0.8, 0.02)}, 3.0, 400, 400)
+            for method in ("aligned encoders", "baseline: random")
+            for direction in ("caption->image", "image->caption")
+            for level in ("instance", "class")]
+    retrieval = RetrievalReport("caption", "image", rows)
+    zero = ZeroShotReport({"0-shot": {"zero-shot": METHOD}, "1-shot": {"AM3": METHOD,
+                                                                       "prototypes": BASELINE}},
+                          {"1-shot": (0.3, 0.05)}, ways=5)
+    imputation = {"image": {"masking": [result("m", [0.5, 0.6, 0.55], drop={"image": r})
+                                        for r in (0.5, 0.75)],
+                            "imputation": [result("i", [0.6, 0.7, 0.65], drop={"image": r})
+                                           for r in (0.5, 0.75)]}}
+    projection = Projection(torch.randn(6, 2), ["a", "a", "b", "b", "a", "b"],
+                            ["image"] * 3 + ["caption"] * 3, 0.4)
+    out = write_report(tmp_path / "r", mapping=MappingResults(retrieval, zero, imputation,
+                                                               projection))
+    html_text = (out / "index.html").read_text()
+    for text in ("Cross-modal retrieval (caption &lt;-&gt; image)", "Zero-shot and few+zero-shot",
+                 "imputation.png", "joint_space.png", "+10.0 ± "):
+        assert text in html_text
+    for image in ("imputation.png", "joint_space.png"):
+        with Image.open(out / image) as img:
+            assert img.size[0] > 100
+    data = json.loads((out / "results.json").read_text())["mapping"]
+    assert set(data) == {"retrieval", "zero_shot", "imputation", "projection"}
+    assert data["zero_shot"]["am3_gain"]["1-shot"]["mean"] == 0.3

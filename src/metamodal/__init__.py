@@ -4,7 +4,7 @@ The public API is imported lazily, so ``import metamodal`` stays cheap:
 
 >>> import metamodal
 >>> sorted(metamodal.__all__)[:3]
-['ConfigError', 'DatasetError', 'EpisodeSampler']
+['Aligner', 'ConfigError', 'DatasetError']
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ _EXPORTS = {
     "load_run": "metamodal.train.run",
     "evaluate": "metamodal.evaluate.protocol",
     "FewShotClassifier": "metamodal.api",
+    "retrieve": "metamodal.api",
+    "zero_shot": "metamodal.api",
+    "Aligner": "metamodal.mapping.aligner",
+    "load_alignment": "metamodal.train.alignment",
     "MetamodalError": "metamodal.errors",
     "DatasetError": "metamodal.errors",
     "ConfigError": "metamodal.errors",

@@ -104,6 +104,7 @@ def _train_config(args: argparse.Namespace):
         flags["cache"] = False
     if args.augment:
         flags["augment"] = _augment_flags(args.augment, config.augment)
+    flags.update(_align_flags(args, config))
     options: dict[str, Any] = {}
     for key in ("inner_steps", "inner_lr", "eval_steps", "eval_lr"):
         if getattr(args, key) is not None:
@@ -121,6 +122,92 @@ def _train_config(args: argparse.Namespace):
         raise ConfigError("no dataset given", column="data",
                           fix="pass --data DIR or set data in the config file")
     return config
+
+
+def _align_flags(args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    """The alignment keys of `TrainConfig` given by flags (shared by ``train`` and ``align``)."""
+    flags: dict[str, Any] = {}
+    if getattr(args, "init_from", None):
+        flags["init_from"] = str(args.init_from)
+    if getattr(args, "align_weight", None) is not None:
+        flags["align_weight"] = args.align_weight
+    if getattr(args, "align_modalities", None):
+        flags["align_modalities"] = _modalities(args.align_modalities)
+    if getattr(args, "objective", None):
+        flags["align_objective"] = args.objective
+    options = {}
+    for key in ("temperature", "margin", "regression_loss", "direction", "positives"):
+        value = getattr(args, key, None)
+        if value is not None:
+            options[key] = value
+    if options:
+        flags["align_options"] = {**config.align_options, **options}
+    return flags
+
+
+def _add_align_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--objective", choices=("infonce", "margin", "regression"),
+                   help="alignment objective (default infonce: symmetric InfoNCE, CLIP-style)")
+    p.add_argument("--positives", choices=("instance", "class"),
+                   help="InfoNCE positives: the same sample (default) or any sample of its class")
+    p.add_argument("--temperature", type=float, help="initial InfoNCE temperature (0.07)")
+    p.add_argument("--margin", type=float, help="margin of the margin objective (1.0)")
+    p.add_argument("--regression-loss", choices=("mse", "cosine"),
+                   help="loss of the regression maps and objective (mse)")
+    p.add_argument("--direction", help="regression objective: SOURCE->TARGET, e.g. "
+                   "caption->image")
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from metamodal.train.config import TrainConfig, load_config
+    from metamodal.train.trainer import Trainer
+
+    config = load_config(args.config) if args.config else TrainConfig()
+    names = _modalities(args.modalities)
+    if len(names) < 2:
+        raise ConfigError("align needs two or more modalities", column="--modalities",
+                          fix="e.g. --modalities image,caption")
+    flags: dict[str, Any] = {"data": str(args.data), "modalities": names,
+                             "align_modalities": names, "align_only": True,
+                             "fusion": args.fusion, "learner": "protonet"}
+    for key in ("steps", "seed", "lr", "dim", "batch_size", "val_every", "device"):
+        if getattr(args, key) is not None:
+            flags[key] = getattr(args, key)
+    if args.encoder:
+        flags["encoders"] = _pairs(args.encoder, "--encoder")
+    flags.update(_align_flags(args, config))
+    config = config.updated(flags)
+    result = Trainer(config, args.out, progress=not args.no_progress).fit(resume=args.resume)
+    print(f"run: {result.run_dir}  steps: {result.steps}  best validation Recall@1 "
+          f"({config.align_options.get('positives', 'instance')} level): "
+          f"{result.best_val_accuracy:.4f} (step {result.best_step})")
+    return 0
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from metamodal.api import retrieve
+    from metamodal.evaluate.retrieval import format_retrieval_table
+
+    baselines = _pairs(args.baseline_run, "--baseline-run")
+    report = retrieve(args.run, args.query_modality, args.target_modality, data=args.data,
+                      split=args.split, baseline_runs=baselines, seed=args.seed)
+    for level in ("class", "instance"):
+        print(format_retrieval_table(report, level))
+    _write_json(args.json, report.to_dict())
+    return 0
+
+
+def cmd_zero_shot(args: argparse.Namespace) -> int:
+    from metamodal.api import zero_shot
+    from metamodal.evaluate.zeroshot import format_zero_shot
+
+    report = zero_shot(args.run, descriptions=args.descriptions, data=args.data, ways=args.ways,
+                       shots=tuple(int(s) for s in _modalities(args.shots)),
+                       queries=args.queries, episodes=args.episodes_count, seed=args.seed,
+                       am3_steps=args.am3_steps)
+    print(format_zero_shot(report))
+    _write_json(args.json, report.to_dict())
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -179,8 +266,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for modality, rows in curves.items():
             print(f"without {modality}: " + "  ".join(
                 f"{100 * r.accuracy:.1f}±{100 * r.ci95:.1f}" for r in rows))
+        imputation = _imputation(args.run, run, prepared.store, classes, common)
+        if imputation:
+            output["imputation"] = imputation
     _write_json(args.json, output)
     return 0
+
+
+def _imputation(run_dir: str, run: Any, store: Any, classes: list[str],
+                common: dict[str, Any]) -> dict[str, Any] | None:
+    """Imputation-vs-masking curves of a run that trained an alignment (printed), else None."""
+    from metamodal.evaluate.robustness import imputation_curves, imputation_gains
+    from metamodal.train.alignment import load_alignment
+    from metamodal.train.run import read_run_config
+
+    if ("alignment" not in read_run_config(run_dir) or run.model.late
+            or not run.model.learner.caches_embeddings):
+        return None  # imputation fills embeddings: metric learners with early fusion only
+    common = {k: v for k, v in common.items() if k != "modalities"}
+    curves = imputation_curves(run.model, load_alignment(run_dir), store, classes, **common)
+    gains = imputation_gains(curves)
+    for modality, rows in curves.items():
+        print(f"without {modality}, imputed vs masked: " + "  ".join(
+            f"{100 * (m.drop or {}).get(modality, 0):.0f}%: {100 * i.accuracy:.1f} vs "
+            f"{100 * m.accuracy:.1f} ({100 * g[1]:+.1f}±{100 * g[2]:.1f})"
+            for m, i, g in zip(rows["masking"], rows["imputation"], gains[modality],
+                               strict=True)))
+    return {m: {k: [r.to_dict() for r in v] for k, v in rows.items()}
+            for m, rows in curves.items()}
 
 
 def _pooled_error(result: Any, counts: list[int]) -> dict[str, Any]:
@@ -321,9 +434,41 @@ def cmd_report(args: argparse.Namespace) -> int:
         Path(args.run) / "report", results=results,
         ablation=modality_ablation(run.model, prepared.store, test, **common),
         robustness=missing_modality_curve(run.model, prepared.store, test, **common),
-        learning_curve=read_metrics(args.run), title=f"metamodal run {Path(args.run).name}")
+        learning_curve=read_metrics(args.run), title=f"metamodal run {Path(args.run).name}",
+        mapping=_mapping_results(args, run, prepared, common))
     print(f"report: {path / 'index.html'}")
     return 0
+
+
+def _mapping_results(args: argparse.Namespace, run: Any, prepared: Any,
+                     common: dict[str, Any]) -> Any:
+    """The report's mapping sections for a run that trained an alignment: retrieval between
+    its first two aligned modalities, imputation vs masking, the joint space, and zero-shot
+    when the dataset has a descriptions.toml; None for other runs."""
+    from metamodal.api import retrieve, zero_shot
+    from metamodal.evaluate.mapping_report import MappingResults
+    from metamodal.evaluate.projection import joint_projection
+    from metamodal.evaluate.robustness import imputation_curves
+    from metamodal.mapping.descriptions import DESCRIPTIONS_FILE
+    from metamodal.train.alignment import load_alignment
+    from metamodal.train.run import read_run_config
+
+    if "alignment" not in read_run_config(args.run):
+        return None
+    aligner = load_alignment(args.run)
+    test = prepared.split.test
+    results = MappingResults(
+        retrieval=retrieve(args.run, aligner.modalities[0], aligner.modalities[1],
+                           seed=args.seed),
+        projection=joint_projection(run.model, prepared.store, test,
+                                    modalities=aligner.modalities))
+    if not run.model.late and run.model.learner.caches_embeddings:
+        results.imputation = imputation_curves(run.model, aligner, prepared.store, test,
+                                               **common)
+    if (prepared.dataset.root / DESCRIPTIONS_FILE).is_file() and not run.model.late:
+        results.zero_shot = zero_shot(args.run, ways=args.ways, queries=args.queries,
+                                      episodes=args.episodes_count, seed=args.seed)
+    return results
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -332,7 +477,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = DemoSettings()
     if args.quick:
         settings = DemoSettings(classes=40, per_class=20, steps=60, baseline_steps=60,
-                                maml_steps=60, episodes=600, robustness_episodes=100)
+                                maml_steps=60, episodes=600, robustness_episodes=100,
+                                align_steps=60, am3_steps=100)
     if args.seed is not None:
         settings.seed = args.seed
     result = run_demo(args.out, data=args.data, settings=settings,
@@ -341,6 +487,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"95% intervals: {'yes' if result.fused_beats_best_single else 'no'}; "
           f"beats both baselines: {'yes' if result.fused_beats_baselines else 'no'}; "
           f"MAML beats both baselines: {'yes' if result.maml_beats_baselines else 'no'}.")
+    if result.retrieval is not None:
+        imputed = [m for m, ok in result.imputation_beats_masking.items() if ok]
+        print(f"Retrieval (class-level Recall@1, both directions) above random: "
+              f"{'yes' if result.retrieval_beats_random else 'no'}, above the linear maps: "
+              f"{'yes' if result.retrieval_beats_linear else 'no'}; zero-shot above chance: "
+              f"{'yes' if result.zero_shot_above_chance else 'no'}; AM3 beats the prototypes "
+              f"at 1 shot: {'yes' if result.am3_beats_prototypes else 'no'}; imputation beats "
+              f"masking at 50% and 75% for {len(imputed)} of "
+              f"{len(result.imputation_beats_masking)} modalities"
+              + (f" ({', '.join(imputed)})" if imputed else "") + ".")
     return 0
 
 
@@ -580,7 +736,65 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a finished run in --out (once the new run is complete)")
     p.add_argument("--no-cache", action="store_true", help="do not cache decoded tensors")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--init-from", metavar="RUN", help="initialise the encoders from a run "
+                   "(e.g. of `metamodal align`): pre-training for any learner")
+    p.add_argument("--align-weight", type=float, metavar="W", help="add W times the "
+                   "cross-modal alignment loss to the learner's loss (default 0: off)")
+    p.add_argument("--align-modalities", help="modalities to align (default: all used)")
+    _add_align_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("align", help="align the encoders of two or more modalities "
+                       "(contrastive or regression); writes a run directory")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--modalities", required=True, help="comma-separated, e.g. image,caption")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--config", help="TOML config (flags override it)")
+    p.add_argument("--encoder", action="append", metavar="MODALITY=NAME",
+                   help="encoder of a modality, e.g. image=resnet12 (repeatable)")
+    p.add_argument("--fusion", default="mean", help="fusion of the run's few-shot model "
+                   "(default mean; alignment itself trains only the encoders)")
+    for flag, kind, text in (
+        ("--steps", int, "optimisation steps (default 1000)"),
+        ("--seed", int, "seed"), ("--lr", float, "learning rate (default 1e-3)"),
+        ("--dim", int, "embedding size (default 64)"),
+        ("--batch-size", int, "samples per step (default 64)"),
+        ("--val-every", int, "validate (Recall@1 on meta-val samples) every N steps"),
+    ):
+        p.add_argument(flag, type=kind, help=text)
+    _add_align_flags(p)
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_align)
+
+    p = sub.add_parser("retrieve", help="cross-modal retrieval of an aligned run: Recall@K and "
+                       "median rank both ways, with random and linear-map baselines")
+    p.add_argument("run", help="run directory (of `align` or `train --align-weight`)")
+    p.add_argument("--query-modality", required=True)
+    p.add_argument("--target-modality", required=True)
+    p.add_argument("--data", help="another dataset (default: the run's own)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    p.add_argument("--baseline-run", action="append", metavar="NAME=RUN",
+                   help="also fit ridge / CCA maps on this run's encoders (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the results (and top matches) as JSON")
+    p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("zero-shot", help="zero-shot (from class descriptions) and few+zero-shot "
+                       "(AM3) accuracy on the run's test classes")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--descriptions", help="descriptions.toml (default: the dataset's own)")
+    p.add_argument("--data", help="another dataset (default: the run's own)")
+    p.add_argument("--ways", type=int, default=5)
+    p.add_argument("--shots", default="1,5", help="shot counts of few+zero-shot (default 1,5)")
+    p.add_argument("--queries", type=int, default=15)
+    p.add_argument("--episodes-count", type=int, default=600)
+    p.add_argument("--am3-steps", type=int, default=500,
+                   help="meta-training episodes of the AM3 head (backbone frozen)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the results as JSON")
+    p.set_defaults(func=cmd_zero_shot)
 
     p = sub.add_parser("eval", help="evaluate a run on test episodes")
     p.add_argument("run", help="run directory")

@@ -13,8 +13,9 @@ splits families, so meta-train, meta-val and meta-test classes are disjoint.
 
 ``make_synthetic`` writes a dataset directory in metamodal's format (``dataset.toml``,
 ``samples.csv``, ``splits.toml``, media under ``images/``, ``audio/``, ``tracks/``) plus
-``classes.csv`` (each species' attributes and a one-line description, usable for zero-shot
-prediction from class descriptions) and a ``README.md`` recording the arguments. Output is a
+``classes.csv`` (each species' attributes and a one-line description), ``descriptions.toml``
+(species -> that description: the class descriptions of zero-shot prediction,
+`metamodal.mapping.read_descriptions`) and a ``README.md`` recording the arguments. Output is a
 pure function of the arguments: every sample and modality draws from its own generator seeded
 by ``(seed, class, sample, modality)``, so files are byte-identical across runs and worker
 counts, a present cell does not depend on ``missing_rate``, and growing ``classes`` or
@@ -372,6 +373,10 @@ def _write_dataset(root: Path, table: np.ndarray, families: int, per_class: int,
         values = {a: names[a][table[c, i]] for i, a in enumerate(_ATTRIBUTE_ORDER)}
         writer.writerow([labels[c], family_of[c], *values.values(), _description(values)])
     (root / "classes.csv").write_text(buffer.getvalue(), encoding="utf-8")
+    descriptions = {labels[c]: _description({a: names[a][table[c, i]] for i, a in
+                                             enumerate(_ATTRIBUTE_ORDER)})
+                    for c in range(classes)}
+    (root / "descriptions.toml").write_text(tomli_w.dumps(descriptions), encoding="utf-8")
 
     n_fft = 2 ** round(math.log2(settings.sample_rate * 0.032))
     schema = {
@@ -481,7 +486,8 @@ def _write_readme(root: Path, arguments: dict[str, object]) -> None:
         "",
         "Synthetic few-shot multimodal dataset written by `metamodal.datasets.synthetic."
         "make_synthetic`. Each species is a distinct tuple of six attributes; each modality "
-        "shows two of them. `classes.csv` lists every species' attributes.",
+        "shows two of them. `classes.csv` lists every species' attributes; `descriptions.toml` "
+        "holds one sentence per species naming all six (for zero-shot prediction).",
         "",
         "Arguments (re-running with them gives byte-identical files):",
         "",

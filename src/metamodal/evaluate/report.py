@@ -459,6 +459,7 @@ def write_report(
     learning_curve: Sequence[Mapping[str, Any]] | None = None,
     training_seconds: Mapping[str, float] | None = None,
     title: str = "metamodal report",
+    mapping: Any = None,
 ) -> Path:
     """Write an evaluation report: PNG plots, ``results.json``, ``results.md``, ``index.html``.
 
@@ -488,6 +489,8 @@ def write_report(
             ``val_acc``, optional ``val_loss`` and ``val_ci95``).
         training_seconds: method (or run) name -> wall-clock seconds of its training.
         title: the report's title.
+        mapping: a `metamodal.evaluate.mapping_report.MappingResults` (retrieval, zero-shot,
+            imputation, joint-space picture), shown after the robustness section.
 
     Returns:
         the report directory (open ``<it>/index.html``).
@@ -509,7 +512,7 @@ def write_report(
     md = [f"# {_md_text(title)}", ""]
     page = [f"<h1>{html.escape(title)}</h1>"]
     timing = {str(k): float(v) for k, v in (training_seconds or {}).items()}
-    if not (named or ablation_list or robust or curve_rows or timing):
+    if not (named or ablation_list or robust or curve_rows or timing or mapping):
         md.append("Nothing to report.")
         page.append('<p class="note">Nothing to report.</p>')
 
@@ -554,6 +557,14 @@ def write_report(
         page += ["<h2>Robustness to a missing modality</h2>"]
         page += [_html_image(ROBUSTNESS_PNG, "robustness"), _html_table(header, rows)]
 
+    mapping_data: dict[str, Any] = {}
+    if mapping is not None:
+        from metamodal.evaluate.mapping_report import mapping_sections
+
+        mapping_md, mapping_page, mapping_data = mapping_sections(mapping, out)
+        md += mapping_md
+        page += mapping_page
+
     if curve_rows:
         _learning_plot(curve_rows, out / LEARNING_CURVE_PNG)
         header, rows = _learning_rows(curve_rows)
@@ -570,6 +581,7 @@ def write_report(
         "robustness": {m: [r.to_dict() for r in c] for m, c in robust.items()} or None,
         "learning_curve": curve_rows or None,
         "training_seconds": timing or None,
+        "mapping": mapping_data or None,
     }
     text = json.dumps(_jsonable(data), indent=2, ensure_ascii=False, allow_nan=False)
     _atomic_write(out / RESULTS_JSON, (text + "\n").encode("utf-8"))

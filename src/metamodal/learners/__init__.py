@@ -2,18 +2,27 @@
 with one.
 
 Learners register themselves in `learners` by name, one file per family: metric
-(``protonet``, ``matchingnet``, ``relationnet``, ``siamese``), the baselines
+(``protonet``, ``matchingnet``, ``relationnet``, ``siamese``, ``am3``), the baselines
 (``nearest-centroid``, ``finetune``) and the optimisation-based family (``maml``, ``fomaml``,
 ``anil``, ``metasgd``, ``maml++``, ``reptile``, ``lstm-optimizer``).
 
 Example:
     >>> from metamodal.learners import learners
     >>> learners.names()  # doctest: +NORMALIZE_WHITESPACE
-    ['anil', 'finetune', 'fomaml', 'lstm-optimizer', 'maml', 'maml++', 'matchingnet', 'metasgd',
-     'nearest-centroid', 'protonet', 'relationnet', 'reptile', 'siamese']
+    ['am3', 'anil', 'finetune', 'fomaml', 'lstm-optimizer', 'maml', 'maml++', 'matchingnet',
+     'metasgd', 'nearest-centroid', 'protonet', 'relationnet', 'reptile', 'siamese']
 """
 
-from metamodal.learners import baselines, gradient, matchingnet, protonet, relationnet, siamese
+from metamodal.learners import (
+    am3,
+    baselines,
+    gradient,
+    matchingnet,
+    protonet,
+    relationnet,
+    siamese,
+)
+from metamodal.learners.am3 import AM3, class_semantics
 from metamodal.learners.base import (
     Learner,
     MetricLearner,
@@ -42,6 +51,7 @@ from metamodal.learners.relationnet import RelationNet
 from metamodal.learners.siamese import Siamese, contrastive_loss
 
 __all__ = [
+    "AM3",
     "ANIL",
     "FOMAML",
     "MAML",
@@ -61,10 +71,12 @@ __all__ = [
     "RelationNet",
     "Reptile",
     "Siamese",
+    "am3",
     "SupervisedClassifier",
     "baselines",
     "check_support",
     "class_means",
+    "class_semantics",
     "contrastive_loss",
     "embed_pair",
     "gradient",

@@ -49,6 +49,19 @@ class TrainConfig:
         cache: keep decoded tensors in an on-disk cache inside the dataset directory.
         augment: training-time augmentation: ``rotate_classes``, ``modality_dropout`` and a
             table of options per modality (`metamodal.data.augment`); empty = none.
+        init_from: a run directory whose encoder weights initialise this model's encoders
+            (pre-training, e.g. by ``metamodal align``), modality by modality where the
+            architecture and the fitted loader agree.
+        align_weight: weight of the cross-modal alignment loss added to the learner's loss
+            (0 = off); see `metamodal.mapping.Aligner`.
+        align_only: train the encoders with the alignment loss alone, on random batches of
+            ``batch_size`` meta-train samples (what ``metamodal align`` does); validation then
+            measures instance-level Recall@1 between the aligned modalities.
+        align_modalities: the modalities to align (default: every modality of the model).
+        align_objective: ``infonce``, ``margin`` or ``regression``.
+        align_options: further options of `metamodal.mapping.Aligner` (``temperature``,
+            ``learn_temperature``, ``margin``, ``regression_loss``, ``direction``,
+            ``positives``).
 
     Example:
         >>> TrainConfig(data="ds", steps=10).updated({"ways": 3}).ways
@@ -87,6 +100,17 @@ class TrainConfig:
     device: str = "auto"
     cache: bool = True
     augment: dict[str, Any] = field(default_factory=dict)
+    init_from: str = ""
+    align_weight: float = 0.0
+    align_only: bool = False
+    align_modalities: list[str] | None = None
+    align_objective: str = "infonce"
+    align_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def aligns(self) -> bool:
+        """True when training uses an alignment loss (``align_only`` or ``align_weight > 0``)."""
+        return self.align_only or self.align_weight > 0
 
     def updated(self, values: dict[str, Any], *, source: str = "flags") -> TrainConfig:
         """A copy with ``values`` applied; unknown keys or wrong types raise `ConfigError`."""
@@ -135,6 +159,18 @@ class TrainConfig:
         for key in ("weight_decay", "grad_clip"):
             if not (0 <= getattr(self, key) < math.inf):
                 raise bad(f"{key} must be a finite number >= 0", key, f"e.g. {key} = 0")
+        if not (0 <= self.align_weight < math.inf):
+            raise bad("align_weight must be a finite number >= 0", "align_weight",
+                      "e.g. --align-weight 0.5 (0 turns alignment off)")
+        if self.align_objective not in ("infonce", "margin", "regression"):
+            raise bad(f"unknown align_objective {self.align_objective!r}", "align_objective",
+                      "use 'infonce', 'margin' or 'regression'")
+        stray = set(self.align_options) - {"temperature", "learn_temperature", "margin",
+                                           "regression_loss", "direction", "positives"}
+        if stray:
+            raise bad(f"unknown align_options {sorted(stray)}", "align_options",
+                      "use temperature, learn_temperature, margin, regression_loss, direction "
+                      "or positives")
 
 
 LIMITS = {"dim": 8192, "ways": 10_000, "shots": 10_000, "queries": 10_000, "steps": 10**9,

@@ -66,8 +66,10 @@ def write_run_files(
     split: ClassSplit,
     schema: DatasetSchema,
     preprocessor: Preprocessor,
+    alignment: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``config.toml`` and ``preprocessor.json`` of a run (atomically)."""
+    """Write ``config.toml`` and ``preprocessor.json`` of a run (atomically); ``alignment``
+    (the options of a trained `metamodal.mapping.Aligner`) goes to its ``[alignment]`` table."""
     run_dir = Path(run_dir)
     document = {
         "metamodal_version": __version__,
@@ -76,6 +78,8 @@ def write_run_files(
         "split": split.to_dict(),
         "dataset": schema.to_dict(),
     }
+    if alignment:
+        document["alignment"] = dict(alignment)
     atomic_write_text(run_dir / CONFIG_FILE, tomli_w.dumps(_drop_none(document)))
     atomic_write_json(run_dir / PREPROCESSOR_FILE, preprocessor.state_dict())
 

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metamodal.data.augment import Augmentation, augmentation_for, step_generator
-from metamodal.data.batch import TensorStore
+from metamodal.data.batch import TensorStore, cat_batches
 from metamodal.data.episodes import EpisodeSampler, check_class_sizes
 from metamodal.data.schema import load_schema
 from metamodal.data.splits import SPLITS_FILE
@@ -28,6 +28,15 @@ from metamodal.evaluate.protocol import embed_store, evaluate
 from metamodal.io import replace_directory
 from metamodal.learners.baselines import SupervisedClassifier
 from metamodal.learners.model import FewShotModel
+from metamodal.mapping.aligner import Aligner
+from metamodal.mapping.retrieval import similarity
+from metamodal.train.alignment import (
+    ALIGNMENT_FILE,
+    alignment_recall,
+    build_aligner,
+    class_rows,
+    init_from_run,
+)
 from metamodal.train.checkpoint import (
     CHECKPOINT_FILE,
     WEIGHTS_FILE,
@@ -198,10 +207,11 @@ class Trainer:
         augmentation = augmentation_for(cfg.augment, data.preprocessor)
         train_store, train_classes = augmentation.expand_classes(data.store, data.split.train)
         model, classifier = self._build(data, len(train_classes), device)
+        self._build_aligner(model, data, device)
         # Fail before training, not at the first validation, when a split is too small.
         splits_file = Path(cfg.data) / SPLITS_FILE
         where = splits_file if splits_file.exists() else Path(cfg.data)
-        if model.training_mode != "supervised":
+        if model.training_mode != "supervised" and not cfg.align_only:
             try:
                 with warnings.catch_warnings():  # the sampler warns about small classes
                     warnings.simplefilter("ignore")
@@ -211,8 +221,9 @@ class Trainer:
                 raise InsufficientSamplesError(
                     f"the meta-train split 'train' cannot supply training episodes: "
                     f"{error.message}", file=where, column="train", fix=error.fix) from None
-        self._val_shape = resolve_validation_shape(cfg, data.store, data.split.val,
-                                                   file=where)
+        if not cfg.align_only:
+            self._val_shape = resolve_validation_shape(cfg, data.store, data.split.val,
+                                                       file=where)
         # The inputs are valid: only now may a former run's files be replaced.
         if state is None and finished_before:
             self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +234,7 @@ class Trainer:
             if state is None:  # a fresh start must not leave a former run's files to be resumed
                 checkpoint_path.unlink(missing_ok=True)
                 (self.out / WEIGHTS_FILE).unlink(missing_ok=True)
+                (self.out / ALIGNMENT_FILE).unlink(missing_ok=True)
         try:
             result = self._train(state, data, device, model, classifier,
                                  (train_store, train_classes, augmentation))
@@ -244,14 +256,20 @@ class Trainer:
         """
         cfg = self.config
         checkpoint_path = self._work / CHECKPOINT_FILE
+        aligner = self.aligner
         params = list(model.parameters()) + (list(classifier.parameters()) if classifier else [])
+        if aligner is not None:
+            params += list(aligner.parameters())
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
         write_run_files(self._work, config=cfg, model_spec=model.spec, split=data.split,
-                        schema=data.dataset.schema, preprocessor=data.preprocessor)
+                        schema=data.dataset.schema, preprocessor=data.preprocessor,
+                        alignment=aligner.options if aligner is not None else None)
         progress = _Progress()
         if state is not None:
             progress = self._restore(state, model, classifier, optimizer, schedule)
+            if aligner is not None and state.get("aligner") is not None:
+                aligner.load_state_dict(state["aligner"])
         already_finished = progress.finished
         step_loss = self._step_function(model, classifier, *training, device)
         logger = MetricsLogger(self._work, resume_step=progress.step if state else None)
@@ -277,6 +295,8 @@ class Trainer:
                                                   and progress.step % cfg.val_every == 0):
                     values["val_acc"] = self._validate(model, classifier, data, device)
                     model.train()
+                    if aligner is not None:
+                        aligner.train()
                     logger.log(progress.step, {"val_acc": values["val_acc"]})
                     self._select(progress, values["val_acc"], model)
                     bar.set_postfix(val=f"{values['val_acc']:.3f}", best=f"{progress.best:.3f}")
@@ -315,8 +335,29 @@ class Trainer:
         augmented with that episode number's generator, each backpropagated on its own
         (``loss / meta_batch``), so that only one task's graph is alive at a time.
         Supervised-mode learners train on one (augmented) batch of ordinary classification.
+        With ``align_weight`` the alignment loss of the episode's samples is added; with
+        ``align_only`` a step is the alignment loss of ``batch_size`` random meta-train samples.
         """
         cfg = self.config
+        aligner = self.aligner
+        if cfg.align_only:
+            assert aligner is not None
+            rows = class_rows(store, classes)
+            class_id = {label: k for k, label in enumerate(classes)}
+            row_labels = torch.tensor([class_id[store.labels[i]] for i in rows.tolist()])
+
+            def align_step(step: int) -> tuple[float, float]:
+                rng = np.random.default_rng([cfg.seed, step])
+                size = min(cfg.batch_size, len(rows))
+                chosen = torch.from_numpy(rng.choice(len(rows), size=size, replace=False))
+                batch = {k: v.to(device) for k, v in store.batch(rows[chosen]).items()
+                         if k in model.modalities}
+                parts, present = model.backbone.encode(batch)
+                loss = aligner.loss(parts, present, row_labels[chosen].to(device))
+                loss.backward()
+                return loss.item(), _batch_recall(aligner, parts, present)
+
+            return align_step
         if classifier is not None:
             train_index = _class_index(store, classes)
 
@@ -339,6 +380,11 @@ class Trainer:
                     episode = augmentation.episode(episode, step_generator(cfg.seed, number))
                 episode = episode.to(device)
                 loss, logits = model.loss(episode)
+                if aligner is not None:
+                    parts, present = model.backbone.encode(
+                        cat_batches([episode.support, episode.query]))
+                    labels = torch.cat([episode.support_labels, episode.query_labels])
+                    loss = loss + cfg.align_weight * aligner.loss(parts, present, labels)
                 (loss / cfg.meta_batch).backward()
                 total_loss += loss.item()
                 total_acc += (logits.argmax(-1) == episode.query_labels).float().mean().item()
@@ -385,6 +431,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "model": model.state_dict(),
             "classifier": classifier.state_dict() if classifier else None,
+            "aligner": self.aligner.state_dict() if self.aligner is not None else None,
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "rng": rng_state(),
@@ -437,6 +484,9 @@ class Trainer:
             fusion_options=cfg.fusion_options or None,
             learner_options=cfg.learner_options or None,
         ).to(device)
+        if cfg.init_from:
+            copied = init_from_run(model, cfg.init_from, data.preprocessor.state_dict())
+            log.info("encoders of %s initialised from %s", ", ".join(copied), cfg.init_from)
         self.model = model
         if model.training_mode != "supervised":
             return model, None
@@ -446,11 +496,22 @@ class Trainer:
         )
         return model, classifier.to(device)
 
+    def _build_aligner(self, model: FewShotModel, data: PreparedData,
+                       device: torch.device) -> Aligner | None:
+        """The alignment module when the config asks for one (`build_aligner`), else None."""
+        self.aligner: Aligner | None = None
+        if self.config.aligns:
+            self.aligner = build_aligner(self.config, model, data.store,
+                                         data.split.train).to(device)
+        return self.aligner
+
     def _select(self, progress: _Progress, val_acc: float, model: FewShotModel) -> None:
         """Keep the best validated weights; count validations without gain for early stopping."""
         if val_acc > progress.best:
             progress.best, progress.best_step, progress.bad = val_acc, progress.step, 0
             save_weights(self._work / WEIGHTS_FILE, model)
+            if self.aligner is not None:
+                save_weights(self._work / ALIGNMENT_FILE, self.aligner)
             return
         progress.bad += 1
         if self.config.patience and progress.bad >= self.config.patience:
@@ -489,8 +550,13 @@ class Trainer:
         data: PreparedData,
         device: torch.device,
     ) -> float:
-        """Accuracy on ``val_episodes`` meta-validation episodes (same episodes every time)."""
+        """Accuracy on ``val_episodes`` meta-validation episodes (same episodes every time);
+        with ``align_only``, the mean instance-level Recall@1 between aligned modalities."""
         cfg = self.config
+        if cfg.align_only:
+            assert self.aligner is not None
+            return alignment_recall(model, self.aligner, data.store, data.split.val,
+                                    device=device, level=self.aligner.positives)
         if classifier is not None and hasattr(model.learner, "set_feature_mean"):
             indices, _ = _class_index(data.store, data.split.train)
             embeddings = embed_store(model, data.store, indices, device=device)
@@ -501,6 +567,17 @@ class Trainer:
                           queries=queries, episodes=cfg.val_episodes, seed=cfg.seed + 1,
                           device=device)
         return result.accuracy
+
+
+def _batch_recall(aligner: Aligner, parts: dict, present: dict) -> float:
+    """In-batch instance Recall@1 of the first aligned pair, in its first direction."""
+    a, b = aligner.pairs()[0]
+    rows = (present[a] & present[b]).nonzero().squeeze(1)
+    if len(rows) < 2:
+        return 0.0
+    with torch.no_grad():
+        sim = similarity(parts[a][rows], parts[b][rows])
+        return (sim.argmax(1) == torch.arange(len(rows), device=sim.device)).float().mean().item()
 
 
 def _class_index(store: TensorStore, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,174 @@
+"""Alignment in training: build the `Aligner` a config asks for, initialise encoders from
+another run (``--init-from``), measure alignment on validation samples, save and load it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from metamodal.data.batch import TensorStore
+from metamodal.errors import ConfigError, DatasetError, ModalityError, RunError
+from metamodal.learners.model import FewShotModel
+from metamodal.mapping.aligner import Aligner
+from metamodal.mapping.joint import encode_store
+from metamodal.mapping.retrieval import retrieval_ranks
+from metamodal.train.checkpoint import WEIGHTS_FILE, load_weights
+from metamodal.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+ALIGNMENT_FILE = "alignment.safetensors"
+
+
+def class_rows(store: TensorStore, classes: list[str]) -> torch.Tensor:
+    """Store rows (long ``[K]``) of the samples of ``classes``."""
+    keep = set(classes)
+    return torch.tensor([i for i, label in enumerate(store.labels) if label in keep],
+                        dtype=torch.long)
+
+
+def build_aligner(config: TrainConfig, model: FewShotModel, store: TensorStore,
+                  train_classes: list[str]) -> Aligner:
+    """The `Aligner` of ``config`` for ``model``, checked against the training data.
+
+    Raises:
+        ModalityError: an aligned modality is not one of the model's (the dataset lacks it,
+            or ``--modalities`` left it out).
+        DatasetError: no meta-train sample has both modalities of an aligned pair.
+    """
+    names = list(config.align_modalities or model.modalities)
+    unknown = [m for m in names if m not in model.modalities]
+    if unknown:
+        raise ModalityError(
+            f"cannot align {', '.join(unknown)}: the training data has no such modality "
+            f"(it has {', '.join(model.modalities)})", column="align_modalities",
+            fix=f"align two or more of: {', '.join(model.modalities)}")
+    aligner = Aligner(names, dim=int(config.dim), objective=config.align_objective,
+                      **config.align_options)
+    rows = class_rows(store, train_classes)
+    batch = store.batch(rows, names)
+    for a, b in aligner.pairs():
+        if not bool((batch[a].present & batch[b].present).any()):
+            raise DatasetError(
+                f"no meta-train sample has both {a} and {b}, so they cannot be aligned",
+                column=f"{a},{b}", fix="align modalities that occur together in samples")
+    return aligner
+
+
+def init_from_run(model: FewShotModel, run_dir: str | Path,
+                  preprocessor_state: dict[str, Any]) -> list[str]:
+    """Copy the encoder weights of the run at ``run_dir`` into ``model``'s encoders.
+
+    A modality's encoder is copied when the other run has the same modality, every tensor has
+    the same shape and the fitted loaders agree (same vocabulary, same normalisation), so the
+    weights mean the same thing; other modalities keep their fresh initialisation (logged).
+
+    Args:
+        model: the model to initialise (in place).
+        run_dir: a finished run (``metamodal align`` or ``metamodal train``).
+        preprocessor_state: this training's ``Preprocessor.state_dict()``.
+
+    Returns:
+        The modalities whose encoders were copied.
+
+    Raises:
+        RunError: ``run_dir`` is not a finished run.
+        ConfigError: no encoder could be copied.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / WEIGHTS_FILE
+    if not path.is_file():
+        raise RunError("--init-from needs a finished run: model.safetensors is missing",
+                       file=path, fix="pass the --out directory of `metamodal align` or "
+                       "`metamodal train`")
+    state = load_file(str(path))
+    try:
+        other = json.loads((run_dir / "preprocessor.json").read_text())["loaders"]
+    except (OSError, ValueError, KeyError):
+        raise RunError("preprocessor.json is missing or corrupt", file=run_dir,
+                       fix="pass a complete run directory") from None
+    own = model.state_dict()
+    copied = []
+    for name in model.modalities:
+        prefix = f"backbone.encoders.{name}."
+        keys = [k for k in own if k.startswith(prefix)]
+        same = (keys and all(k in state and state[k].shape == own[k].shape for k in keys)
+                and other.get(name) == preprocessor_state["loaders"].get(name))
+        if not same:
+            why = ("that run has no such encoder" if not any(k in state for k in keys)
+                   else "its architecture or fitted loader differs")
+            log.warning("--init-from %s: encoder of %s not copied (%s)", run_dir, name, why)
+            continue
+        with torch.no_grad():
+            for k in keys:
+                own[k].copy_(state[k])
+        copied.append(name)
+    if not copied:
+        raise ConfigError(
+            f"--init-from {run_dir}: no encoder matches this model (modalities, encoders, "
+            "dim and fitted loaders must agree)", column="init_from",
+            fix="train on the same dataset with the same --dim and --encoder choices")
+    return copied
+
+
+@torch.no_grad()
+def alignment_recall(model: FewShotModel, aligner: Aligner, store: TensorStore,
+                     classes: list[str], *, device: torch.device | str = "cpu",
+                     max_samples: int = 1000, level: str = "instance") -> float:
+    """Mean Recall@1 (``level`` ``"instance"`` or ``"class"``) over every aligned pair and both
+    directions, on the samples of ``classes`` (the first ``max_samples`` of each pair's)."""
+    rows = class_rows(store, classes)
+    parts, present = encode_store(model.backbone, store, rows, device=device)
+    recalls = []
+    for a, b in aligner.pairs():
+        both = (present[a] & present[b]).nonzero().squeeze(1)[:max_samples]
+        if len(both) < 2:
+            continue
+        names = [store.labels[i] for i in rows[both].tolist()]
+        index = {label: k for k, label in enumerate(dict.fromkeys(names))}
+        labels = torch.tensor([index[label] for label in names])
+        for x, y in ((a, b), (b, a)):
+            ranks = retrieval_ranks(parts[x][both], parts[y][both], labels)
+            recalls.append(float(ranks.recall(1, level).mean()))
+    return sum(recalls) / len(recalls) if recalls else float("nan")
+
+
+def load_alignment(run_dir: str | Path, *, device: str = "cpu") -> Aligner:
+    """The `Aligner` a run trained (``metamodal align`` or ``train --align-weight``).
+
+    Raises:
+        RunError: the run trained no alignment, or its alignment file is missing or corrupt.
+    """
+    from metamodal.train.run import read_run_config
+
+    run_dir = Path(run_dir)
+    document = read_run_config(run_dir)
+    options = document.get("alignment")
+    if not options:
+        raise RunError("this run trained no cross-modal alignment", file=run_dir / "config.toml",
+                       fix="train one with `metamodal align --data DIR --modalities a,b --out RUN`"
+                       " or `metamodal train ... --align-weight 0.5`")
+    options = dict(options)
+    modalities, dim = options.pop("modalities"), options.pop("dim")
+    aligner = Aligner(modalities, dim=dim, **options)
+    load_weights(run_dir / ALIGNMENT_FILE, aligner)
+    return aligner.to(device).eval()
+
+
+def check_aligned(aligner: Aligner, *modalities: str) -> None:
+    """Raise `ModalityError` unless every one of ``modalities`` was aligned by ``aligner``."""
+    missing = [m for m in modalities if m not in aligner.modalities]
+    if missing:
+        raise ModalityError(
+            f"the run was not aligned on {', '.join(missing)} (it aligned "
+            f"{', '.join(aligner.modalities)})", column="modality",
+            fix=f"use two of: {', '.join(aligner.modalities)}, or align a run on "
+            f"{', '.join(modalities)} with `metamodal align --modalities "
+            f"{','.join(modalities)}`")
+
+

@@ -1,0 +1,152 @@
+"""Alignment runs end to end through the command line: ``align``, ``train --init-from`` and
+``--align-weight``, ``retrieve``, ``zero-shot`` and ``eval --robustness`` with imputation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from metamodal.cli import main
+from metamodal.mapping import read_descriptions
+from metamodal.train.alignment import ALIGNMENT_FILE, load_alignment
+from metamodal.train.checkpoint import WEIGHTS_FILE
+from metamodal.train.run import load_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = ["--dim", "8", "--no-progress", "--device", "cpu"]
+EPISODES = ["--ways", "3", "--shots", "1", "--queries", "2"]
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small generated dataset and a run of ``metamodal align`` on it: (data, run)."""
+    root = tmp_path_factory.mktemp("align")
+    data, run = root / "data", root / "align"
+    assert main(["make-synthetic", str(data), "--classes", "15", "--per-class", "8",
+                 "--image-size", "8", "--seed", "3"]) == 0
+    assert main(["align", "--data", str(data), "--modalities", "caption,measurements",
+                 "--out", str(run), "--steps", "20", "--batch-size", "32",
+                 "--positives", "class", "--val-every", "10", *SMALL]) == 0
+    return data, run
+
+
+def test_make_synthetic_writes_a_description_of_every_class(aligned) -> None:
+    data, _ = aligned
+    labels = {line.split(",")[1] for line in (data / "samples.csv").read_text().splitlines()[1:]}
+    descriptions = read_descriptions(data, labels)
+    assert set(descriptions) == labels
+    assert all(len(text.split()) >= 8 for text in descriptions.values())
+
+
+def test_align_writes_a_run_with_its_alignment(aligned) -> None:
+    _, run = aligned
+    document = tomllib.loads((run / "config.toml").read_text())
+    assert document["alignment"]["modalities"] == ["caption", "measurements"]
+    assert document["alignment"]["positives"] == "class"
+    assert document["train"]["align_only"] is True
+    aligner = load_alignment(run)
+    assert sorted(aligner.maps) == ["caption->measurements", "measurements->caption"]
+    assert (run / ALIGNMENT_FILE).is_file()
+
+
+def test_retrieve_reports_both_directions_with_baselines(aligned, tmp_path: Path,
+                                                         capsys) -> None:
+    _, run = aligned
+    out = tmp_path / "retrieval.json"
+    assert main(["retrieve", str(run), "--query-modality", "caption", "--target-modality",
+                 "measurements", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    methods = {(r["method"], r["direction"], r["level"]) for r in report["rows"]}
+    for method in ("aligned encoders", "baseline: random", "baseline: ridge on untrained "
+                   "encoders", "baseline: cca on untrained encoders"):
+        for direction in ("caption->measurements", "measurements->caption"):
+            for level in ("instance", "class"):
+                assert (method, direction, level) in methods
+    assert all(0 <= r["recall@1"] <= r["recall@5"] <= r["recall@10"] <= 1
+               for r in report["rows"])
+    assert report["matches"] and len(report["matches"][0]["targets"]) == 5
+    assert "median rank" in capsys.readouterr().out
+
+
+def test_retrieval_between_modalities_the_run_did_not_align_is_refused(aligned,
+                                                                        capsys) -> None:
+    _, run = aligned
+    assert main(["retrieve", str(run), "--query-modality", "image", "--target-modality",
+                 "caption"]) == 2
+    err = capsys.readouterr().err
+    assert "not aligned on image" in err and "metamodal align --modalities image,caption" in err
+
+
+def test_aligning_a_modality_the_data_lacks_is_a_typed_error(aligned, tmp_path: Path,
+                                                             capsys) -> None:
+    data, _ = aligned
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--modalities",
+                 "caption,measurements", "--align-modalities", "caption,image",
+                 "--align-weight", "0.5", "--steps", "1", *EPISODES, *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "cannot align image" in err and "align two or more of: caption, measurements" in err
+
+
+def test_init_from_copies_the_aligned_encoders(aligned, tmp_path: Path) -> None:
+    data, run = aligned
+    out = tmp_path / "init"
+    assert main(["train", "--data", str(data), "--out", str(out), "--init-from", str(run),
+                 "--modalities", "caption,measurements,track", "--steps", "1", "--lr", "1e-12",
+                 "--val-episodes", "5", *EPISODES, *SMALL]) == 0
+    before, after = load_file(str(run / WEIGHTS_FILE)), load_file(str(out / WEIGHTS_FILE))
+    copied = [k for k in before if k.startswith("backbone.encoders.caption.")]
+    assert copied and all(torch.allclose(before[k], after[k], atol=1e-6) for k in copied)
+    assert any(k.startswith("backbone.encoders.track.") for k in after)  # fresh, not copied
+
+
+def test_init_from_a_directory_without_a_run_is_a_typed_error(aligned, tmp_path: Path,
+                                                              capsys) -> None:
+    data, _ = aligned
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--init-from",
+                 str(tmp_path), "--steps", "1", *EPISODES, *SMALL]) == 2
+    assert "--init-from needs a finished run" in capsys.readouterr().err
+
+
+def test_align_weight_trains_jointly_then_zero_shot_and_imputation(aligned, tmp_path: Path,
+                                                                   capsys) -> None:
+    data, run = aligned
+    joint = tmp_path / "joint"
+    assert main(["train", "--data", str(data), "--out", str(joint), "--init-from", str(run),
+                 "--modalities", "caption,measurements,track", "--align-weight", "0.5",
+                 "--positives", "class", "--steps", "10", "--val-episodes", "5", *EPISODES,
+                 *SMALL]) == 0
+    metrics = [json.loads(line) for line in (joint / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["train_loss"] == row["train_loss"] for row in metrics if "train_loss" in row)
+    assert load_alignment(joint).modalities == ["caption", "measurements", "track"]
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(joint), "--robustness", "--episodes-count", "5", "--json",
+                 str(out), *EPISODES]) == 0
+    imputation = json.loads(out.read_text())["imputation"]
+    assert set(imputation) == {"caption", "measurements", "track"}
+    assert len(imputation["track"]["imputation"]) == len(imputation["track"]["masking"]) == 4
+
+    out = tmp_path / "zero.json"
+    assert main(["zero-shot", str(joint), "--ways", "3", "--shots", "1", "--queries", "2",
+                 "--episodes-count", "5", "--am3-steps", "5", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"0-shot", "1-shot"} and report["chance"] == 1 / 3
+    assert "AM3 minus prototypes alone at 1-shot" in capsys.readouterr().out
+
+    # a class without a description cannot be predicted zero-shot
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    texts = read_descriptions(copy)
+    dropped = load_run(joint).split.test[0]
+    (copy / "descriptions.toml").write_text("".join(
+        f'"{k}" = "{v}"\n' for k, v in texts.items() if k != dropped))
+    assert main(["zero-shot", str(joint), "--data", str(copy), "--ways", "3", "--queries", "2",
+                 "--episodes-count", "5"]) == 2
+    assert f"no description: {dropped}" in capsys.readouterr().err

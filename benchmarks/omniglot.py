@@ -18,8 +18,8 @@ is not run again, so an interrupted benchmark resumes) and print as a table.
     python benchmarks/omniglot.py --source PATH/TO/omniglot --out omniglot-bench
     python benchmarks/omniglot.py --source ... --out ... --only images,fused-late --steps 200
 
-The best configuration is written as ``configs/omniglot.toml`` (usable as ``metamodal train
---config configs/omniglot.toml --data DIR``).
+The configuration with the best validation accuracy is ``configs/omniglot.toml`` (usable as
+``metamodal train --config configs/omniglot.toml --data DIR``).
 """
 
 from __future__ import annotations
@@ -100,20 +100,27 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "encoder_options": TRAJECTORY_OPTIONS, "fusion": "late",
         "fusion_options": {"unimodal_loss": 1.0},
         "augment": {"rotate_classes": True, "image": AFFINE, "strokes": STROKES}},
+    "images+strokes-20way-rot-affine-align": {
+        "ways": 20, "queries": 5, **WIDE_VAL, "encoders": TRAJECTORY,
+        "encoder_options": TRAJECTORY_OPTIONS, "fusion": "late",
+        "fusion_options": {"unimodal_loss": 1.0}, "align_weight": 0.5,
+        "augment": {"rotate_classes": True, "image": AFFINE, "strokes": STROKES}},
 }
 STEPS = {"images-60way-rot-affine": 2000}
 """Steps of a configuration when not the default (``--steps``)."""
 
 
-def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float, *, episodes: int,
-         runs: int) -> dict[str, Any]:
+def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float, best_val: float, *,
+         episodes: int, runs: int) -> dict[str, Any]:
     """Evaluate a trained run: 5-way 1-shot on val / test, Lake-style 20-way on test."""
     run = load_run(run_dir)
     prepared = load_run_data(run)
     split, store, model = prepared.split, prepared.store, run.model
     modalities = list(run.model.backbone.modalities)
     row: dict[str, Any] = {"name": name, "train_seconds": round(seconds, 1),
-                           "steps": config.steps, "modalities": modalities}
+                           "steps": config.steps, "modalities": modalities,
+                           "selection_val": best_val,
+                           "selection_shape": f"{config.val_ways or config.ways}-way"}
 
     def five_way(classes: list[str], only: list[str] | None) -> dict[str, float]:
         result = evaluate(model, store, classes, ways=5, shots=1, queries=15, episodes=episodes,
@@ -145,13 +152,15 @@ def _cell(value: dict[str, float] | None, key: str = "accuracy") -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     """The README table: accuracy / error with 95% intervals, training time."""
-    print("| configuration | val 5-way 1-shot | test 5-way 1-shot | test, each modality "
-          "alone | test 20-way within-alphabet error (images) | training |")
-    print("|---|---|---|---|---|---|")
+    print("| configuration | validation in training | val 5-way 1-shot | test 5-way 1-shot | "
+          "test, each modality alone | test 20-way within-alphabet error (images) | training |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         alone = row.get("test_5way_alone")
         alone_text = ", ".join(f"{m} {_cell(v)}" for m, v in alone.items()) if alone else "-"
-        print(f"| {row['name']} | {_cell(row['val_5way'])} | {_cell(row['test_5way'])} | "
+        selection = f"{100 * row['selection_val']:.1f} ({row['selection_shape']})"
+        print(f"| {row['name']} | {selection} | {_cell(row['val_5way'])} | "
+              f"{_cell(row['test_5way'])} | "
               f"{alone_text} | {_cell(row.get('test_20way_error'), 'error')} | "
               f"{row['steps']} steps, {row['train_seconds'] / 60:.1f} min |")
 
@@ -190,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         result = Trainer(config, out / "runs" / name, progress=False).fit(resume=True)
         print(f"{name}: trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        row = _row(name, config, result.run_dir, result.seconds, episodes=args.episodes,
-                   runs=args.runs)
+        row = _row(name, config, result.run_dir, result.seconds, result.best_val_accuracy,
+                   episodes=args.episodes, runs=args.runs)
         done[name] = row
         with results_file.open("a") as handle:
             handle.write(json.dumps(row) + "\n")

@@ -3,6 +3,7 @@ reference compute the same thing must hold (nothing here looks at timings)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,25 @@ def test_features_benchmark_checks_pass_at_a_tiny_size() -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "cached and on-the-fly features agree" in done.stdout
+
+
+def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from omniglot_fixtures import write_archives
+
+    write_archives(tmp_path / "src", "small1",
+                   {"Alpha": 5, "Beta": 5, "Tagalog": 5, "Sanskrit": 20}, drawers=16)
+    args = [sys.executable, str(BENCHMARKS / "omniglot.py"), "--source", str(tmp_path / "src"),
+            "--out", str(tmp_path / "bench"), "--only", "images,fused-late-unimodal",
+            "--steps", "2", "--episodes", "5", "--runs", "2", "--threads", "1"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| images", "| fused-late-unimodal"]
+    results = [json.loads(line) for line in
+               (tmp_path / "bench" / "results.jsonl").read_text().splitlines()]
+    fused = results[1]
+    assert set(fused["test_5way_alone"]) == {"image", "strokes"}
+    assert 0 <= fused["test_20way_error"]["error"] <= 1
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)  # resumes: no
+    assert again.returncode == 0 and "trained in" not in again.stderr  # training again

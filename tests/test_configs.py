@@ -22,7 +22,7 @@ def test_omniglot_config_trains_on_an_omniglot_import(tmp_path: Path) -> None:
                            val_groups=["Gamma"]).path
     config = load_config(CONFIGS / "omniglot.toml").updated(
         {"data": str(data), "steps": 2, "ways": 2, "queries": 1, "dim": 8, "val_episodes": 2,
-         "device": "cpu"})
+         "val_ways": 2, "val_queries": 1, "device": "cpu"})
     run = Trainer(config, tmp_path / "run", progress=False).fit().run_dir
     saved = tomllib.loads((run / "config.toml").read_text())["train"]
     assert saved["augment"] == load_config(CONFIGS / "omniglot.toml").augment

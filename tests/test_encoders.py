@@ -65,6 +65,8 @@ CASES = [
          {"embedding_dim": 8, "hidden": 6}),
     Case("gru", "sequence", {"features": 3, "max_length": MAX_LEN}, {"hidden": 6}),
     Case("tcn", "sequence", {"features": 3, "max_length": MAX_LEN}, {"channels": 6}),
+    Case("trajectory", "sequence", {"features": 3, "max_length": MAX_LEN},
+         {"channels": 6, "points": 8, "pen": 2}),
     Case("audio-cnn", "audio", {"n_mels": 8, "max_frames": MAX_LEN}, {"channels": 4}),
     Case("mlp", "tabular", {"features": 5}, {"hidden": [8]}),
 ]
@@ -263,7 +265,8 @@ def test_missing_input_info_raises_config_error() -> None:
 
 
 def test_registry_lists_names_and_unknown_name_lists_them() -> None:
-    expected = {"conv4", "resnet12", "bag", "textcnn", "gru", "tcn", "audio-cnn", "mlp"}
+    expected = {"conv4", "resnet12", "bag", "textcnn", "gru", "tcn", "trajectory", "audio-cnn",
+                "mlp"}
     assert expected <= set(encoders.names())
     with pytest.raises(UnknownNameError) as info:
         encoders.create("vit", dim=4, input_info={})
@@ -286,7 +289,7 @@ def test_every_kind_has_a_default_encoder_that_fits_it() -> None:
 
 def test_encoder_kind_checks() -> None:
     assert encoders_for("text") == ["bag", "gru", "minilm", "textcnn"]
-    assert encoders_for("sequence") == ["gru", "tcn"]
+    assert encoders_for("sequence") == ["gru", "tcn", "trajectory"]
     check_encoder("gru", "sequence")
     with pytest.raises(ConfigError, match="bag, gru, minilm, textcnn"):
         check_encoder("tcn", "text", "caption")

@@ -249,3 +249,13 @@ def test_cli_rejects_a_rotation_of_text_with_the_key(tiny_data: Path, tmp_path: 
     assert code != 0
     err = capsys.readouterr().err
     assert "augment.caption.rotate" in err and "fix" in err
+
+
+def test_cli_huge_or_deeply_nested_augment_values_are_typed_errors(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for value in ("9" * 5000, "[" * 3000 + "]" * 3000):
+        code = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"),
+                     "--steps", "2", "--no-progress", "--augment", f"image.rotate={value}"])
+        assert code == 2
+        assert "augment.image.rotate" in capsys.readouterr().err

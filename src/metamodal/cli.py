@@ -31,7 +31,7 @@ def _augment_flags(items: Sequence[str], base: dict[str, Any]) -> dict[str, Any]
     """``--augment KEY=VALUE`` flags merged into a config's ``augment`` table: ``KEY`` is an
     option (``rotate_classes``) or ``MODALITY.OPTION`` (``image.rotate``); ``VALUE`` is read as
     a TOML value (``10``, ``true``, ``[0, 1]``), else kept as a string (``horizontal``)."""
-    import tomllib
+    from metamodal.io import ParseError, loads_toml
 
     result = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     for item in items:
@@ -42,8 +42,8 @@ def _augment_flags(items: Sequence[str], base: dict[str, Any]) -> dict[str, Any]
                               f"{item!r}", column="--augment",
                               fix="e.g. --augment image.rotate=10 --augment rotate_classes=true")
         try:
-            value: Any = tomllib.loads(f"v = {text.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
+            value: Any = loads_toml(f"v = {text.strip()}")["v"]
+        except ParseError:
             value = text.strip()
         if len(path) == 1:
             result[path[0]] = value

@@ -28,7 +28,7 @@ from metamodal.encoders.text import TokenEmbedding, token_mask
 from metamodal.errors import ConfigError, ModalityError
 
 
-def _check_steps(name: str, batch: ModalityBatch, features: int) -> None:
+def check_steps(name: str, batch: ModalityBatch, features: int) -> None:
     """Raise `ModalityError` unless ``batch.values`` is float ``[B, T, features]``."""
     values = batch.values
     if values.dim() != 3 or values.shape[2] != features or not values.is_floating_point():
@@ -114,7 +114,7 @@ class GRUEncoder(Encoder):
                     fix="decode the modality with the text loader",
                 )
         else:
-            _check_steps("gru", batch, self.features)
+            check_steps("gru", batch, self.features)
 
     def encode(self, values: Tensor, lengths: Tensor | None) -> Tensor:
         """Embed ``[n, T, D]`` (or token ids ``[n, L]``) with lengths ``[n]`` -> ``[n, dim]``."""
@@ -211,7 +211,7 @@ class TCN(Encoder):
 
     def check(self, batch: ModalityBatch) -> None:
         """Raise `ModalityError` unless ``batch.values`` is float ``[B, T, features]``."""
-        _check_steps("tcn", batch, self.features)
+        check_steps("tcn", batch, self.features)
 
     def encode(self, values: Tensor, lengths: Tensor | None) -> Tensor:
         """Embed ``[n, T, features]`` with lengths ``[n]`` -> ``[n, dim]``."""

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder, require_info
 from metamodal.encoders.layers import resolve_lengths
-from metamodal.errors import ConfigError, ModalityError
+from metamodal.encoders.sequence import check_steps
+from metamodal.errors import ConfigError
 
 
 def resample_trajectory(points: Tensor, starts: Tensor, lengths: Tensor, count: int
@@ -164,12 +165,7 @@ class TrajectoryEncoder(Encoder):
 
     def check(self, batch: ModalityBatch) -> None:
         """Raise `ModalityError` unless ``batch.values`` is float ``[B, T, features]``."""
-        values = batch.values
-        if values.dim() != 3 or values.shape[2] != self.features or not values.is_floating_point():
-            raise ModalityError(
-                f"encoder 'trajectory' takes float [B, T, {self.features}] sequences, got "
-                f"{values.dtype} {tuple(values.shape)}",
-                fix="decode the modality with the sequence loader the encoder was built for")
+        check_steps("trajectory", batch, self.features)
 
     def encode(self, values: Tensor, lengths: Tensor | None) -> Tensor:
         """Embed ``[n, T, features]`` with lengths ``[n]`` -> ``[n, dim]``."""

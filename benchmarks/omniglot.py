@@ -94,6 +94,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "images-20way-rot-affine-56px": {"modalities": ["image"], "ways": 20, "queries": 5,
                                      **WIDE_VAL, "preprocess": {"image": {"size": 56}},
                                      "augment": {"rotate_classes": True, "image": AFFINE}},
+    "images-20way-rot-affine-resnet12": {"modalities": ["image"], "ways": 20, "queries": 5,
+                                         **WIDE_VAL, "encoders": {"image": "resnet12"},
+                                         "augment": {"rotate_classes": True, "image": AFFINE}},
+    "images-20way-rot-affine-5000": {"modalities": ["image"], "ways": 20, "queries": 5,
+                                     **WIDE_VAL, "val_every": 1000,
+                                     "augment": {"rotate_classes": True, "image": AFFINE}},
     "images+strokes-20way-rot-affine": {
         "ways": 20, "queries": 5, **WIDE_VAL, "encoders": TRAJECTORY,
         "encoder_options": TRAJECTORY_OPTIONS, "fusion": "late",
@@ -109,7 +115,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "fusion_options": {"unimodal_loss": 1.0}, "align_weight": 0.5,
         "augment": {"rotate_classes": True, "image": AFFINE, "strokes": STROKES}},
 }
-STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000}
+STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000,
+         "images-20way-rot-affine-resnet12": 2000, "images-20way-rot-affine-5000": 5000}
 """Steps of a configuration when not the default (``--steps``)."""
 
 

@@ -12,7 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from metamodal.api import retrieve
 from metamodal.cli import main
+from metamodal.datasets.synthetic import shared_attributes
+from metamodal.errors import DatasetError
+from metamodal.evaluate.retrieval import CEILING
 from metamodal.mapping import read_descriptions
 from metamodal.train.alignment import ALIGNMENT_FILE, load_alignment
 from metamodal.train.checkpoint import WEIGHTS_FILE
@@ -73,6 +77,23 @@ def test_retrieve_reports_both_directions_with_baselines(aligned, tmp_path: Path
                for r in report["rows"])
     assert report["matches"] and len(report["matches"][0]["targets"]) == 5
     assert "median rank" in capsys.readouterr().out
+
+
+def test_the_retrieval_ceiling_ranks_by_what_the_modalities_share(aligned) -> None:
+    data, run = aligned
+    test = load_run(run).split.test
+    # caption and measurements share no attribute: the ceiling knows nothing beyond chance
+    shared = shared_attributes("caption", "measurements", 15, seed=3)
+    assert set(shared.values()) == {()}
+    report = retrieve(run, "caption", "measurements", shared=shared)
+    row = report.row(CEILING, "caption->measurements", "class")
+    assert row.recall[1][0] < 0.6
+    # a ceiling that knows each class exactly ranks its own class first, always
+    report = retrieve(run, "caption", "measurements", shared={c: c for c in test})
+    for direction in ("caption->measurements", "measurements->caption"):
+        assert report.row(CEILING, direction, "class").recall[1] == (1.0, 0.0)
+    with pytest.raises(DatasetError, match="no shared attributes given for class"):
+        retrieve(run, "caption", "measurements", shared={c: c for c in test[1:]})
 
 
 def test_retrieval_between_modalities_the_run_did_not_align_is_refused(aligned,
@@ -139,6 +160,19 @@ def test_align_weight_trains_jointly_then_zero_shot_and_imputation(aligned, tmp_
     report = json.loads(out.read_text())
     assert set(report["results"]) == {"0-shot", "1-shot"} and report["chance"] == 1 / 3
     assert "AM3 minus prototypes alone at 1-shot" in capsys.readouterr().out
+
+    # classes described by their samples' captions instead of descriptions.toml
+    assert main(["zero-shot", str(joint), "--descriptions-from", "caption", "--ways", "3",
+                 "--shots", "1", "--queries", "2", "--episodes-count", "5", "--am3-steps", "5",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["descriptions"] == "the caption of each class's samples"
+    assert set(report["results"]) == {"0-shot", "1-shot"}
+    for flags, message in ((["--descriptions-from", "image"], "cannot describe classes by"),
+                           (["--descriptions-from", "caption", "--descriptions",
+                             str(data / "descriptions.toml")], "exactly one source")):
+        assert main(["zero-shot", str(joint), *flags, "--episodes-count", "5"]) == 2
+        assert message in capsys.readouterr().err
 
     # a class without a description cannot be predicted zero-shot
     copy = tmp_path / "data"

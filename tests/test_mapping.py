@@ -249,9 +249,10 @@ def test_description_map_generalises_to_new_attribute_combinations() -> None:
     train, test = pairs[:6] + pairs[7:8], [pairs[6], pairs[8]]
     proto = {p: word[p[0]] + word[p[1]] for p in pairs}
     texts = {p: f"a {p[0]} {p[1]} thing" for p in pairs}
-    mapped = DescriptionMap(alpha=1e-3).fit([texts[p] for p in train],
+    words = BagOfWords().fit(texts[p] for p in train)
+    mapped = DescriptionMap(alpha=1e-3).fit(words.transform([texts[p] for p in train]),
                                             torch.stack([proto[p] for p in train]))
-    semantic = mapped.transform([texts[p] for p in test])
+    semantic = mapped.transform(words.transform([texts[p] for p in test]))
     query = torch.stack([proto[p] for p in test])
     assert zero_shot_logits(query, semantic).argmax(1).tolist() == [0, 1]
     assert BagOfWords().fit(["A b", "b c"]).vocab_ == ["a", "b", "c"]
@@ -260,10 +261,28 @@ def test_description_map_generalises_to_new_attribute_combinations() -> None:
 def test_cross_fitted_semantics_leave_each_class_out_of_its_own_map() -> None:
     z = torch.randn(12, 4)
     labels = [f"c{i % 6}" for i in range(12)]
-    texts = {f"c{k}": f"word{k} common" for k in range(6)}
-    full, crossed = fit_description_map(texts, z, labels, [f"c{k}" for k in range(6)], folds=3)
+    texts = [f"word{k} common" for k in range(6)]
+    features = BagOfWords().fit(texts).transform(texts)
+    full, crossed = fit_description_map(features, z, labels, [f"c{k}" for k in range(6)],
+                                        folds=3)
     # each class's own word is unseen by the map that maps it: only the shared word is left
-    assert not torch.allclose(crossed, full.transform(list(texts.values())))
+    assert not torch.allclose(crossed, full.transform(features))
+    assert torch.allclose(crossed[0], crossed[3])  # fold 0 holds out c0 and c3: same features
+
+
+def test_a_description_modality_describes_a_class_without_the_episodes_queries() -> None:
+    from metamodal.evaluate.zeroshot import _ModalityFeatures
+
+    z = torch.arange(8.0).unsqueeze(1).repeat(1, 2)  # row i embeds to [i, i]
+    present = torch.tensor([True, True, False, True, True, True, True, False])
+    labels = ["a", "a", "a", "b", "b", "c", "c", "c"]
+    features = _ModalityFeatures(z, present, labels, ["a", "b"], ["c"], "caption")
+    assert features.train.tolist() == [[0.5, 0.5], [3.5, 3.5]]  # row 2 lacks the caption
+    # an episode of classes (c, a) with one query each (rows 5 and 0): each is left out
+    episode = features.episode(["c", "a"], torch.tensor([5, 0]), 1)
+    assert episode.tolist() == [[6.0, 6.0], [1.0, 1.0]]
+    with pytest.raises(DatasetError, match="'c' has no sample with modality 'caption'"):
+        features.episode(["c"], torch.tensor([5, 6]), 2)
 
 
 # ----------------------------------------------------------------------------- AM3

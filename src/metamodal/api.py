@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +353,7 @@ def retrieve(
     data: str | Path | None = None,
     split: str = "test",
     baseline_runs: Mapping[str, str | Path] | None = None,
+    shared: Mapping[str, Hashable] | None = None,
     seed: int = 0,
     device: str = "cpu",
 ) -> Any:
@@ -370,7 +371,9 @@ def retrieve(
         data: another dataset directory (default: the run's own).
         split: ``test``, ``val``, ``train`` or ``all``.
         baseline_runs: further encoders for the linear-map baselines.
-        seed: seeds the random baseline and the untrained encoders.
+        shared: class label -> what both modalities of the class show (known for generated
+            data): adds the ceiling row that ranks by it.
+        seed: seeds the random rankings and the untrained encoders.
         device: where encoders run.
 
     Returns:
@@ -400,13 +403,15 @@ def retrieve(
     for name, path in (baseline_runs or {}).items():
         baselines[name] = load_run(path, device=device).model
     return evaluate_retrieval(loaded.model, prepared.store, classes, s.train, query_modality,
-                              target_modality, baselines=baselines, seed=seed, device=device)
+                              target_modality, baselines=baselines, shared=shared, seed=seed,
+                              device=device)
 
 
 def zero_shot(
     run: str | Path,
     *,
     descriptions: str | Path | None = None,
+    description_modality: str | None = None,
     data: str | Path | None = None,
     ways: int = 5,
     shots: tuple[int, ...] = (1, 5),
@@ -421,6 +426,8 @@ def zero_shot(
     Args:
         run: a run directory with a metric learner (e.g. ``train --align-weight``).
         descriptions: a ``descriptions.toml`` (class -> text); default: the dataset's own.
+        description_modality: describe each class by this modality of its samples (e.g. a
+            caption column) instead of a ``descriptions.toml``.
         data: another dataset directory (default: the run's own).
         ways, shots, queries, episodes, seed: the test episodes.
         am3_steps: meta-training episodes of the AM3 head (on the training classes).
@@ -432,6 +439,8 @@ def zero_shot(
     Raises:
         DatasetError: the descriptions are missing, empty, name an unknown class, or a class
             of the run's splits has none.
+        ConfigError: both ``descriptions`` and ``description_modality`` are given.
+        ModalityError: the description modality is not one of the run's, or its only one.
 
     Example:
         >>> print(format_zero_shot(zero_shot("runs/joint")))  # doctest: +SKIP
@@ -442,9 +451,12 @@ def zero_shot(
 
     loaded = load_run(run, device=device)
     prepared = load_run_data(loaded, data)
-    source = descriptions if descriptions is not None else prepared.dataset.root
-    texts = read_descriptions(source, set(prepared.store.labels))
+    texts = None
+    if descriptions is not None or description_modality is None:
+        source = descriptions if descriptions is not None else prepared.dataset.root
+        texts = read_descriptions(source, set(prepared.store.labels))
     return evaluate_zero_shot(loaded.model, prepared.store, prepared.split.train,
-                              prepared.split.test, texts, ways=ways, shots=shots,
+                              prepared.split.test, texts,
+                              description_modality=description_modality, ways=ways, shots=shots,
                               queries=queries, episodes=episodes, seed=seed,
                               am3_steps=am3_steps, device=device)

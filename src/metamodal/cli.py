@@ -201,7 +201,8 @@ def cmd_zero_shot(args: argparse.Namespace) -> int:
     from metamodal.api import zero_shot
     from metamodal.evaluate.zeroshot import format_zero_shot
 
-    report = zero_shot(args.run, descriptions=args.descriptions, data=args.data, ways=args.ways,
+    report = zero_shot(args.run, descriptions=args.descriptions,
+                       description_modality=args.descriptions_from, data=args.data, ways=args.ways,
                        shots=tuple(int(s) for s in _modalities(args.shots)),
                        queries=args.queries, episodes=args.episodes_count, seed=args.seed,
                        am3_steps=args.am3_steps)
@@ -785,6 +786,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(AM3) accuracy on the run's test classes")
     p.add_argument("run", help="run directory")
     p.add_argument("--descriptions", help="descriptions.toml (default: the dataset's own)")
+    p.add_argument("--descriptions-from", metavar="MODALITY",
+                   help="describe each class by this modality of its samples (e.g. a caption "
+                   "column) instead of descriptions.toml; queries are embedded without it")
     p.add_argument("--data", help="another dataset (default: the run's own)")
     p.add_argument("--ways", type=int, default=5)
     p.add_argument("--shots", default="1,5", help="shot counts of few+zero-shot (default 1,5)")

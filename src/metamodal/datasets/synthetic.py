@@ -58,6 +58,8 @@ __all__ = [
     "class_attributes",
     "describe_synthetic",
     "make_synthetic",
+    "shared_attributes",
+    "species_labels",
 ]
 
 #: Which attributes each modality reveals (the rest are invisible to it).
@@ -331,12 +333,42 @@ def make_synthetic(
     return out
 
 
+def species_labels(classes: int) -> list[str]:
+    """The class labels of a dataset of ``classes`` species: ``species-000``, ..."""
+    return [f"species-{c:0{max(3, len(str(classes - 1)))}d}" for c in range(classes)]
+
+
+def shared_attributes(a: str, b: str, classes: int, *, seed: int = 0,
+                      attribute_values: int = 3) -> dict[str, tuple[int, ...]]:
+    """What modalities ``a`` and ``b`` both reveal of each species of
+    ``make_synthetic(classes=classes, seed=seed, attribute_values=attribute_values)``.
+
+    Returns:
+        class label -> value indices of the attributes both modalities show (``()`` when they
+        share none), e.g. ``caption`` and ``image`` share the colour.
+
+    Example:
+        >>> shared = shared_attributes("caption", "image", 4)
+        >>> len(shared), len(shared["species-000"])
+        (4, 1)
+    """
+    for name in (a, b):
+        if name not in MODALITY_ATTRIBUTES:
+            raise ConfigError(f"the generated dataset has no modality {name!r}",
+                              fix=f"use one of: {', '.join(MODALITY_ATTRIBUTES)}")
+    columns = [i for i, attribute in enumerate(_ATTRIBUTE_ORDER)
+               if attribute in MODALITY_ATTRIBUTES[a] and attribute in MODALITY_ATTRIBUTES[b]]
+    table = class_attributes(classes, seed=seed, attribute_values=attribute_values)
+    return {label: tuple(int(v) for v in table[c, columns])
+            for c, label in enumerate(species_labels(classes))}
+
+
 def _write_dataset(root: Path, table: np.ndarray, families: int, per_class: int,
                    workers: int | None, settings: _Settings) -> None:
     """Render every sample into ``root`` and write the tables and the schema."""
     classes = len(table)
     positions = value_positions(settings.attribute_values)[table]  # [classes, 6]
-    labels = [f"species-{c:0{max(3, len(str(classes - 1)))}d}" for c in range(classes)]
+    labels = species_labels(classes)
     groups = [f"family-{f:0{max(2, len(str(families - 1)))}d}" for f in range(families)]
     family_of = [groups[c * families // classes] for c in range(classes)]  # sizes differ by <= 1
 

@@ -4,7 +4,7 @@ closed-form linear maps (ridge, CCA) fitted on the meta-train samples."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from metamodal.mapping.retrieval import RECALL_AT, RetrievalRanks, retrieval_ran
 
 ALIGNED = "aligned encoders"
 RANDOM = "baseline: random"
+CEILING = "ceiling: ranks by the shared attributes"
 LEVELS = ("instance", "class")
 
 
@@ -79,9 +80,9 @@ def _row(method: str, direction: str, ranks: RetrievalRanks) -> list[RetrievalRo
 
 
 def _paired(store: TensorStore, backbone: nn.Module, classes: Sequence[str], a: str, b: str,
-            device: torch.device | str) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+            device: torch.device | str) -> tuple[Tensor, Tensor, Tensor, list[str], list[str]]:
     """Embeddings of ``a`` and ``b`` of the samples of ``classes`` that have both, their class
-    ids ``[N]`` and their sample ids."""
+    ids ``[N]``, their sample ids and the class label of each class id."""
     keep = set(classes)
     rows = torch.tensor([i for i, label in enumerate(store.labels) if label in keep],
                         dtype=torch.long)
@@ -91,7 +92,17 @@ def _paired(store: TensorStore, backbone: nn.Module, classes: Sequence[str], a: 
     index = {label: k for k, label in enumerate(dict.fromkeys(names))}
     labels = torch.tensor([index[n] for n in names], dtype=torch.long)
     ids = [store.ids[i] for i in rows[both].tolist()]
-    return parts[a][both], parts[b][both], labels, ids
+    return parts[a][both], parts[b][both], labels, ids, list(index)
+
+
+def _ceiling_scores(labels: Tensor, classes: Sequence[str], shared: Mapping[str, Hashable],
+                    generator: torch.Generator) -> Tensor:
+    """``[N, N]`` scores of a ranking that knows what the two modalities of a class share:
+    1 where query and target classes show the same values, plus a random tie-break below 1."""
+    keys = [shared[c] for c in classes]
+    same = torch.tensor([[keys[i] == keys[j] for j in labels.tolist()] for i in labels.tolist()],
+                        dtype=torch.float64)
+    return same + 0.5 * torch.rand(same.shape, generator=generator, dtype=torch.float64)
 
 
 def evaluate_retrieval(
@@ -103,6 +114,7 @@ def evaluate_retrieval(
     target_modality: str,
     *,
     baselines: Mapping[str, nn.Module] | None = None,
+    shared: Mapping[str, Hashable] | None = None,
     seed: int = 0,
     top: int = 5,
     device: torch.device | str = "cpu",
@@ -117,7 +129,11 @@ def evaluate_retrieval(
     - ``baseline: random``: scores drawn at random (seeded);
     - for each ``baselines`` entry (name -> model with encoders for both modalities), a ridge
       map and CCA fitted on the ``fit_classes`` samples (meta-train) between those encoders'
-      outputs, then cosine similarity in the mapped space (Hotelling 1936; Hardoon et al. 2004).
+      outputs, then cosine similarity in the mapped space (Hotelling 1936; Hardoon et al. 2004);
+    - with ``shared`` (class -> what both modalities of that class reveal, known for generated
+      data), ``ceiling: ranks by the shared attributes``: targets whose class shows the same
+      values first, in random order. At the class level no map can do better when the two
+      modalities share nothing else: it bounds every method on such data.
 
     Args:
         model: a `FewShotModel` whose encoders were aligned (``metamodal align``).
@@ -125,7 +141,8 @@ def evaluate_retrieval(
         query_modality, target_modality: the two modalities.
         baselines: encoders for the linear maps (e.g. the same architecture untrained, or a
             model trained without alignment).
-        seed: seeds the random baseline; top: target ids kept per query in ``matches``.
+        shared: class label -> the attribute values both modalities show (any hashable).
+        seed: seeds the random rankings; top: target ids kept per query in ``matches``.
         device: where encoders run.
 
     Raises:
@@ -139,8 +156,8 @@ def evaluate_retrieval(
     if query_modality == target_modality:
         raise ModalityError("query and target modality are the same", column="modality",
                             fix="retrieve between two different modalities")
-    q, t, labels, ids = _paired(store, model.backbone, test_classes, query_modality,
-                                target_modality, device)
+    q, t, labels, ids, classes = _paired(store, model.backbone, test_classes, query_modality,
+                                         target_modality, device)
     if len(labels) < 2:
         raise DatasetError(f"fewer than two test samples have both {query_modality} and "
                            f"{target_modality}", column=f"{query_modality},{target_modality}",
@@ -155,10 +172,18 @@ def evaluate_retrieval(
     for direction in (forward, backward):
         noise = torch.rand(len(labels), len(labels), generator=generator)
         report.rows += _row(RANDOM, direction, retrieval_ranks(q, t, labels, noise))
+    if shared is not None:
+        unknown = [c for c in classes if c not in shared]
+        if unknown:
+            raise DatasetError(f"no shared attributes given for class {unknown[0]!r}",
+                               column=unknown[0], fix="give every test class's attributes")
+        for direction in (forward, backward):
+            ceiling = _ceiling_scores(labels, classes, shared, generator)
+            report.rows += _row(CEILING, direction, retrieval_ranks(q, t, labels, ceiling))
     for name, other in (baselines or {}).items():
-        fq, ft, _, _ = _paired(store, other.backbone, fit_classes, query_modality,
+        fq, ft, _, _, _ = _paired(store, other.backbone, fit_classes, query_modality,
                                target_modality, device)
-        bq, bt, _, _ = _paired(store, other.backbone, test_classes, query_modality,
+        bq, bt, _, _, _ = _paired(store, other.backbone, test_classes, query_modality,
                                target_modality, device)
         w, b = ridge_map(fq, ft, alpha=1.0)
         report.rows += _row(f"baseline: ridge on {name}", forward,

@@ -1,16 +1,16 @@
-"""Zero-shot prediction from class descriptions: a linear map from a description's words to
-its class's prototype, fitted on training classes; a new class is then recognised by the
-nearest mapped description (Lampert et al. 2009; Romera-Paredes and Torr, 2015)."""
+"""Zero-shot prediction from class descriptions: a linear map from a description's features
+(its words, or its embedding in a description modality) to its class's prototype, fitted on
+training classes; a new class is then recognised by the nearest mapped description (Lampert
+et al. 2009; Romera-Paredes and Torr, 2015)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from metamodal.errors import ConfigError
-from metamodal.mapping.descriptions import BagOfWords, require_descriptions
 from metamodal.mapping.linear import ridge_map
 
 
@@ -22,49 +22,51 @@ def class_prototypes(z: Tensor, labels: Tensor, classes: int) -> Tensor:
 
 
 class DescriptionMap:
-    """Maps a class description to the embedding of its class: bag-of-words -> ridge
-    regression onto class prototypes.
+    """Maps a class description to the embedding of its class: ridge regression from the
+    description's features to class prototypes.
+
+    The features ``[C, F]`` are whatever describes a class: the bag of words of its text in
+    ``descriptions.toml`` (`BagOfWords`), or the mean embedding of its samples in a description
+    modality (a caption column).
 
     Args:
         alpha: ridge penalty.
 
-    Fitted state: ``bow_`` (`BagOfWords`), ``weight_`` ``[V, D]``, ``bias_`` ``[D]``.
+    Fitted state: ``weight_`` ``[F, D]``, ``bias_`` ``[D]``.
 
     Example:
-        >>> m = DescriptionMap(alpha=1e-3).fit(["red", "blue"], torch.tensor([[1.0, 0], [0, 1.0]]))
-        >>> m.transform(["red"]).round().tolist()
+        >>> m = DescriptionMap(alpha=1e-3).fit(torch.eye(2), torch.tensor([[1.0, 0], [0, 1.0]]))
+        >>> m.transform(torch.tensor([[1.0, 0.0]])).round().tolist()
         [[1.0, 0.0]]
     """
 
     def __init__(self, alpha: float = 1.0) -> None:
         self.alpha = alpha
 
-    def fit(self, texts: Sequence[str], prototypes: Tensor) -> DescriptionMap:
-        """Fit on one description per row of ``prototypes`` ``[C, D]``."""
-        if len(texts) != prototypes.shape[0] or len(texts) < 2:
+    def fit(self, features: Tensor, prototypes: Tensor) -> DescriptionMap:
+        """Fit on one feature row ``[C, F]`` per row of ``prototypes`` ``[C, D]``."""
+        if features.shape[0] != prototypes.shape[0] or features.shape[0] < 2:
             raise ConfigError("a description map needs one description per class and two or "
                               "more classes", fix="give descriptions of the training classes")
-        self.bow_ = BagOfWords().fit(texts)
-        self.weight_, self.bias_ = ridge_map(self.bow_.transform(texts).to(prototypes.dtype),
-                                             prototypes, alpha=self.alpha)
+        self.weight_, self.bias_ = ridge_map(features.to(prototypes.dtype), prototypes,
+                                             alpha=self.alpha)
         return self
 
-    def transform(self, texts: Sequence[str]) -> Tensor:
-        """Mapped descriptions ``[N, D]``."""
-        x = self.bow_.transform(texts).to(self.weight_.dtype)
-        return x @ self.weight_ + self.bias_
+    def transform(self, features: Tensor) -> Tensor:
+        """Mapped descriptions ``[N, D]`` of features ``[N, F]``."""
+        return features.to(self.weight_.dtype) @ self.weight_ + self.bias_
 
 
 def fit_description_map(
-    descriptions: Mapping[str, str], z: Tensor, labels: Sequence[str],
-    train_classes: Sequence[str], *, alpha: float = 1.0, folds: int = 5,
+    features: Tensor, z: Tensor, labels: Sequence[str], train_classes: Sequence[str], *,
+    alpha: float = 1.0, folds: int = 5,
 ) -> tuple[DescriptionMap, Tensor]:
     """Fit a `DescriptionMap` on the training classes, and map their descriptions
     *cross-fitted*: each training class's semantic vector comes from a map fitted without it
     (``folds`` folds), so a learner trained on them sees the errors it will see on new classes.
 
     Args:
-        descriptions: class -> text (every training class needs one).
+        features: ``[C, F]`` description features of ``train_classes``, in their order.
         z: ``[N, D]`` embeddings of training samples; labels: their class labels ``[N]``.
         train_classes: the classes to fit on.
         alpha: ridge penalty; folds: cross-fitting folds (>= 2).
@@ -73,13 +75,11 @@ def fit_description_map(
         The map fitted on every training class, and ``[C, D]`` cross-fitted semantic vectors of
         ``train_classes`` in their order.
     """
-    require_descriptions(descriptions, train_classes)
     index = {c: k for k, c in enumerate(train_classes)}
     rows = [i for i, label in enumerate(labels) if label in index]
     y = torch.tensor([index[labels[i]] for i in rows], dtype=torch.long)
     prototypes = class_prototypes(z[rows], y, len(train_classes))
-    texts = [descriptions[c] for c in train_classes]
-    full = DescriptionMap(alpha).fit(texts, prototypes)
+    full = DescriptionMap(alpha).fit(features, prototypes)
     crossed = torch.empty_like(prototypes)
     order = torch.arange(len(train_classes))
     for fold in range(folds):
@@ -87,8 +87,8 @@ def fit_description_map(
         kept = order[order % folds != fold]
         if len(held) == 0:
             continue
-        part = DescriptionMap(alpha).fit([texts[i] for i in kept], prototypes[kept])
-        crossed[held] = part.transform([texts[i] for i in held])
+        part = DescriptionMap(alpha).fit(features[kept], prototypes[kept])
+        crossed[held] = part.transform(features[held])
     return full, crossed
 
 

@@ -168,6 +168,10 @@ def test_align_weight_trains_jointly_then_zero_shot_and_imputation(aligned, tmp_
     report = json.loads(out.read_text())
     assert report["descriptions"] == "the caption of each class's samples"
     assert set(report["results"]) == {"0-shot", "1-shot"}
+    assert main(["report", str(joint), "--descriptions-from", "caption", "--ways", "3",
+                 "--queries", "2", "--episodes-count", "5"]) == 0
+    assert "Classes described by the caption of each class's samples." in (
+        joint / "report" / "results.md").read_text()
     for flags, message in ((["--descriptions-from", "image"], "cannot describe classes by"),
                            (["--descriptions-from", "caption", "--descriptions",
                              str(data / "descriptions.toml")], "exactly one source")):

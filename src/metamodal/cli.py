@@ -445,7 +445,8 @@ def _mapping_results(args: argparse.Namespace, run: Any, prepared: Any,
                      common: dict[str, Any]) -> Any:
     """The report's mapping sections for a run that trained an alignment: retrieval between
     its first two aligned modalities, imputation vs masking, the joint space, and zero-shot
-    when the dataset has a descriptions.toml; None for other runs."""
+    when the dataset has a descriptions.toml (or ``--descriptions-from`` names a modality);
+    None for other runs."""
     from metamodal.api import retrieve, zero_shot
     from metamodal.evaluate.mapping_report import MappingResults
     from metamodal.evaluate.projection import joint_projection
@@ -466,8 +467,10 @@ def _mapping_results(args: argparse.Namespace, run: Any, prepared: Any,
     if not run.model.late and run.model.learner.caches_embeddings:
         results.imputation = imputation_curves(run.model, aligner, prepared.store, test,
                                                **common)
-    if (prepared.dataset.root / DESCRIPTIONS_FILE).is_file() and not run.model.late:
-        results.zero_shot = zero_shot(args.run, ways=args.ways, queries=args.queries,
+    described = args.descriptions_from or (prepared.dataset.root / DESCRIPTIONS_FILE).is_file()
+    if described and not run.model.late:
+        results.zero_shot = zero_shot(args.run, description_modality=args.descriptions_from,
+                                      ways=args.ways, queries=args.queries,
                                       episodes=args.episodes_count, seed=args.seed)
     return results
 
@@ -822,6 +825,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write a run's report (plots, tables, index.html)")
     p.add_argument("run", help="run directory")
     _add_episode_flags(p)
+    p.add_argument("--descriptions-from", metavar="MODALITY",
+                   help="for a run with an alignment: zero-shot with classes described by this "
+                   "modality of their samples (default: the dataset's descriptions.toml)")
     p.set_defaults(func=cmd_report)
 
     _add_cache_parser(sub)

@@ -143,10 +143,11 @@ def mapping_sections(results: MappingResults, out: Path
         data["retrieval"] = r.to_dict()
     if results.zero_shot is not None:
         header, rows = _zero_shot_rows(results.zero_shot)
-        md += ["## Zero-shot and few+zero-shot (class descriptions)", "",
+        source = f"Classes described by {results.zero_shot.source}."
+        md += ["## Zero-shot and few+zero-shot (class descriptions)", "", source, "",
                _md_table(header, rows), ""]
         page += ["<h2>Zero-shot and few+zero-shot (class descriptions)</h2>",
-                 _html_table(header, rows)]
+                 f"<p>{html.escape(source)}</p>", _html_table(header, rows)]
         data["zero_shot"] = results.zero_shot.to_dict()
     if results.imputation:
         _imputation_plot(results.imputation, out / IMPUTATION_PNG)

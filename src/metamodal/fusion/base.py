@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metamodal.data.batch import all_present
 from metamodal.encoders.base import check_hyperparameters
 from metamodal.errors import ConfigError, ModalityError
 from metamodal.registry import Registry
@@ -129,8 +130,12 @@ class Fusion(nn.Module):
                 mask = torch.ones(size, dtype=torch.bool, device=z.device)
             columns.append(z)
             masks.append(mask.to(device=z.device, dtype=torch.bool))
-        mask = torch.stack(masks, dim=1)
-        z = torch.stack(columns, dim=1)
+        if len(columns) == 1:  # one modality: views, no copy
+            mask, z = masks[0].unsqueeze(1), columns[0].unsqueeze(1)
+        else:
+            mask, z = torch.stack(masks, dim=1), torch.stack(columns, dim=1)
+        if all_present(mask):  # nothing to zero
+            return z, mask
         return torch.where(mask.unsqueeze(-1), z, torch.zeros((), dtype=z.dtype)), mask
 
     @staticmethod

@@ -35,5 +35,7 @@ class MeanFusion(Fusion):
     def forward(self, embeddings: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
         """Fuse: ``{name: [B, dim]}`` -> ``[B, dim]``."""
         z, mask = self.stack(embeddings, present)
+        if z.shape[1] == 1:  # the mean of one (absent rows zeroed) embedding is itself
+            return z[:, 0]
         count = mask.sum(dim=1, keepdim=True).clamp_min(1).to(z.dtype)
         return z.sum(dim=1) / count

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metamodal.data.batch import Episode, ModalityBatch
+from metamodal.data.batch import Episode, ModalityBatch, all_present
 from metamodal.errors import ConfigError
 from metamodal.learners.base import Learner, check_support, embed_pair, learners
 from metamodal.learners.embeddings import Embeddings
@@ -227,6 +227,8 @@ class GradientLearner(Learner):
         meta = torch.is_grad_enabled()
         steps, _ = self.steps_and_lr()
         create_graph = meta and self.second_order()
+        # every support sample has a modality when one modality is present in all of them
+        every = any(all_present(mb.present) for mb in support.values())
         with torch.enable_grad(), task_batch_norm(backbone):
             start = self._start(backbone, ways)
             adapts_backbone = any(not n.startswith("head.") for n in start)
@@ -234,12 +236,13 @@ class GradientLearner(Learner):
                 def support_loss(params: Params, step: int) -> Tensor:
                     embedded = self._embed(backbone, support, params, step)
                     return masked_cross_entropy(self._logits(backbone, embedded, params),
-                                                support_labels, embedded.present.any(1))
+                                                support_labels,
+                                                None if every else embedded.present.any(1))
             else:  # only the output layer adapts: embed once
                 s_emb, q_emb = embed_pair(backbone, support, query)
                 if not meta:
                     s_emb, q_emb = s_emb.detach(), q_emb.detach()
-                keep = s_emb.present.any(1)
+                keep = None if every else s_emb.present.any(1)
 
                 def support_loss(params: Params, step: int) -> Tensor:
                     return masked_cross_entropy(self._logits(backbone, s_emb, params),
@@ -480,13 +483,14 @@ class Reptile(GradientLearner):
         labels = (torch.cat([episode.support_labels, episode.query_labels])
                   if task is not episode.support else episode.support_labels)
         steps, _ = self.steps_and_lr()
+        every = any(all_present(mb.present) for mb in task.values())
         with torch.enable_grad(), task_batch_norm(backbone):
             start = self._start(backbone, ways)
 
             def task_loss(params: Params, step: int) -> Tensor:
                 embedded = self._embed(backbone, task, params, step)
                 return masked_cross_entropy(self._logits(backbone, embedded, params), labels,
-                                            embedded.present.any(1))
+                                            None if every else embedded.present.any(1))
 
             *_, adapted = unroll(task_loss, start, steps=steps, update=self.update,
                                  create_graph=False, track=False,

@@ -116,9 +116,11 @@ def head_logits(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return z @ weight.T + bias
 
 
-def masked_cross_entropy(logits: Tensor, labels: Tensor, keep: Tensor) -> Tensor:
-    """Mean cross-entropy over the rows where ``keep`` (bool ``[B]``) is True; all rows when
-    none is (without a device-to-host transfer).
+def masked_cross_entropy(logits: Tensor, labels: Tensor, keep: Tensor | None) -> Tensor:
+    """Mean cross-entropy of ``logits`` ``[B, ways]`` against ``labels`` long ``[B]`` over the
+    rows where ``keep`` (bool ``[B]``) is True; all rows when none is (without a device-to-host
+    transfer), or when ``keep`` is None (every row known to be kept: the same value, computed
+    without the weights).
 
     Example:
         >>> logits = torch.tensor([[5.0, 0.0], [0.0, 5.0]])
@@ -126,6 +128,8 @@ def masked_cross_entropy(logits: Tensor, labels: Tensor, keep: Tensor) -> Tensor
         0.006715348921716213
     """
     losses = F.cross_entropy(logits, labels, reduction="none")
+    if keep is None:  # (losses * 1).sum() / B with every weight 1
+        return losses.sum() / losses.shape[0]
     weight = keep.to(losses.dtype)
     weight = torch.where(weight.sum() > 0, weight, torch.ones_like(weight))
     return (losses * weight).sum() / weight.sum()

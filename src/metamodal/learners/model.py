@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metamodal.data.batch import Episode
+from metamodal.data.batch import Episode, all_present
 from metamodal.encoders import DEFAULT_ENCODERS, build_encoder, check_hyperparameters
 from metamodal.errors import ConfigError, ModalityError
 from metamodal.fusion.base import build_fusion
@@ -135,7 +135,9 @@ class Backbone(nn.Module):
             mb = batch[name]
             mask = mb.present.to(torch.bool)
             out = self.encoders[name](mb)
-            parts[name] = torch.where(mask.unsqueeze(1), out, torch.zeros((), dtype=out.dtype))
+            if not all_present(mask):  # with every sample present there is nothing to zero
+                out = torch.where(mask.unsqueeze(1), out, torch.zeros((), dtype=out.dtype))
+            parts[name] = out
             present[name] = mask
         reference = next(iter(parts.values()))
         for name in known:

@@ -38,6 +38,7 @@ from metamodal.learners.inner_loop import (
     head_logits,
     masked_cross_entropy,
     sgd_step,
+    stochastic,
     task_batch_norm,
     unroll,
 )
@@ -124,6 +125,7 @@ class GradientLearner(Learner):
         self.adapt = adapt if isinstance(adapt, str) else list(adapt)
         self.dim = dim
         self.adapted: list[str] = []
+        self._tied = True  # whether the backbone may share a tensor between two names
 
     # ------------------------------------------------------------------ set-up
 
@@ -156,6 +158,10 @@ class GradientLearner(Learner):
                  for prefix, layer in backbone.named_modules()
                  if isinstance(layer, BATCH_NORMS) for n, _ in layer.named_parameters()}
         self._norm_params = norms
+        # without shared tensors, functional_call need not look for them on every call
+        self._tied = any(
+            len(dict(named(remove_duplicate=False))) != len(dict(named()))
+            for named in (backbone.named_parameters, backbone.named_buffers))
         recurrent = any(isinstance(m, nn.RNNBase) for m in backbone.modules())
         on_cuda = any(p.is_cuda for p in backbone.parameters())
         if recurrent and on_cuda and not self.first_order and self.adapted:
@@ -185,6 +191,13 @@ class GradientLearner(Learner):
         per-step BatchNorm weights); none here."""
         return {}
 
+    def _plain_sgd(self) -> bool:
+        """Whether the inner loop is plain SGD (this class's `update`) on the same network at
+        every step (no `step_params`): a weight whose gradient is zero then stays as it is."""
+        cls = type(self)
+        return (cls.update is GradientLearner.update
+                and cls.step_params is GradientLearner.step_params)
+
     def _start(self, backbone: nn.Module, ways: int) -> Params:
         params = dict(backbone.named_parameters())
         start = {n: params[n] for n in self.adapted}
@@ -204,7 +217,7 @@ class GradientLearner(Learner):
         weights.update(self.step_params(step))
         if not weights:
             return backbone(batch)
-        return functional_call(backbone, weights, (batch,))
+        return functional_call(backbone, weights, (batch,), tie_weights=self._tied)
 
     def adapt_and_predict(
         self,
@@ -233,8 +246,19 @@ class GradientLearner(Learner):
             start = self._start(backbone, ways)
             adapts_backbone = any(not n.startswith("head.") for n in start)
             if adapts_backbone:
+                # plain SGD leaves the backbone's weights after the first step as they were,
+                # the very tensors in first order (see `unroll`): the second step then reuses
+                # the first one's support embeddings
+                reuse = self._plain_sgd() and not create_graph and not stochastic(backbone)
+                last: list[tuple[list[Tensor], Embeddings]] = []
+
                 def support_loss(params: Params, step: int) -> Tensor:
-                    embedded = self._embed(backbone, support, params, step)
+                    weights = [p for n, p in params.items() if not n.startswith("head.")]
+                    if last and all(a is b for a, b in zip(last[0][0], weights, strict=True)):
+                        embedded = last[0][1]
+                    else:
+                        embedded = self._embed(backbone, support, params, step)
+                        last[:] = [(weights, embedded)] if reuse and step == 0 else []
                     return masked_cross_entropy(self._logits(backbone, embedded, params),
                                                 support_labels,
                                                 None if every else embedded.present.any(1))
@@ -259,7 +283,8 @@ class GradientLearner(Learner):
             backbone_names = frozenset(n for n in start if not n.startswith("head."))
             for step, params in enumerate(unroll(support_loss, start, steps=steps,
                                                  update=self.update, create_graph=create_graph,
-                                                 track=meta, zero_first=backbone_names)):
+                                                 track=meta, zero_first=backbone_names,
+                                                 keep_zero=self._plain_sgd())):
                 if every_step and step < steps - 1:
                     outputs.append(predict(params, step + 1))
             outputs.append(predict(params, steps))
@@ -494,7 +519,7 @@ class Reptile(GradientLearner):
 
             *_, adapted = unroll(task_loss, start, steps=steps, update=self.update,
                                  create_graph=False, track=False,
-                                 zero_first=frozenset(self.adapted))
+                                 zero_first=frozenset(self.adapted), keep_zero=self._plain_sgd())
             surrogate = sum(0.5 * (start[n] - adapted[n]).pow(2).sum() for n in self.adapted)
             with torch.no_grad():
                 logits = self._logits(backbone, self._embed(backbone, episode.query, adapted,

@@ -105,6 +105,26 @@ def task_batch_norm(module: nn.Module) -> Iterator[None]:
                 layer.track_running_stats = track
 
 
+def stochastic(module: nn.Module) -> bool:
+    """Whether ``module`` draws random numbers in its forward pass: one of its layers is a
+    dropout (``p > 0``), an `nn.RReLU` or a recurrent layer with ``dropout > 0`` in training
+    mode. Other layers are taken to be deterministic.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+        >>> stochastic(net), stochastic(net.eval())
+        (True, False)
+    """
+    for layer in module.modules():
+        if not layer.training:
+            continue
+        if isinstance(layer, nn.modules.dropout._DropoutNd) and layer.p > 0:
+            return True
+        if isinstance(layer, nn.RReLU) or (isinstance(layer, nn.RNNBase) and layer.dropout > 0):
+            return True
+    return False
+
+
 def head_logits(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """The output layer: ``z @ weight.T + bias``, ``[B, D]`` -> ``[B, ways]`` (late fusion:
     ``[B, M, D]`` -> ``[B, M, ways]``).
@@ -144,6 +164,7 @@ def unroll(
     create_graph: bool,
     track: bool = True,
     zero_first: frozenset[str] = frozenset(),
+    keep_zero: bool = False,
 ) -> Iterator[Params]:
     """Run ``steps`` inner-loop updates and yield the parameters after each one.
 
@@ -160,6 +181,14 @@ def unroll(
             backbone's, while the output layer is zero): zeros are used without
             differentiating the loss through them, which saves a backward pass through the
             network.
+        keep_zero: ``update`` leaves a weight whose gradient is zero as it is (plain SGD:
+            ``p - lr * 0 = p``). The ``zero_first`` weights then come out of the first step
+            without an update: as the very tensors that went in without ``create_graph`` (so
+            that ``loss_fn`` may recognise them at the second step and reuse what it computed
+            from them), else as views of them. A view is a new node of the graph, which keeps
+            the second step's gradient the partial derivative at the step's own weights: the
+            same tensors would add the path through the first step's gradients, which depend on
+            them too.
 
     Example:
         >>> w = {"w": torch.tensor([3.0], requires_grad=True)}
@@ -173,6 +202,15 @@ def unroll(
         params = detached(params)
     for step in range(steps):
         loss = loss_fn(params, step)
+        if step == 0 and zero_first and keep_zero:
+            wanted = {n: p for n, p in params.items() if n not in zero_first}
+            moved = update(step, wanted, gradients(loss, wanted, create_graph=create_graph))
+            if not track:
+                moved = detached(moved)
+            params = {n: moved[n] if n in moved else p.view_as(p) if create_graph else p
+                      for n, p in params.items()}
+            yield params
+            continue
         if step == 0 and zero_first:
             wanted = {n: p for n, p in params.items() if n not in zero_first}
             grads = gradients(loss, wanted, create_graph=create_graph)

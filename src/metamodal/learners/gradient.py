@@ -21,7 +21,8 @@ statistics (`task_batch_norm`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ from metamodal.learners.embeddings import Embeddings
 from metamodal.learners.inner_loop import (
     BATCH_NORMS,
     Params,
+    Through,
     head_logits,
     masked_cross_entropy,
     sgd_step,
@@ -69,6 +71,11 @@ def _fraction(name: str, value: Any) -> float:
                           column=f"learner_options.{name}",
                           fix=f"set learner_options.{name} between 0 and 1")
     return float(value)
+
+
+def _everyone(batch: Batch) -> bool:
+    """Whether every sample of ``batch`` has a modality: one modality is present in all."""
+    return any(all_present(mb.present) for mb in batch.values())
 
 
 def _key(name: str) -> str:
@@ -198,6 +205,39 @@ class GradientLearner(Learner):
         return (cls.update is GradientLearner.update
                 and cls.step_params is GradientLearner.step_params)
 
+    def _loss_fn(self, backbone: nn.Module, batch: Batch, labels: Tensor
+                 ) -> Callable[[Params, int], Tensor | Through]:
+        """The inner loop's loss on ``batch`` (labels long ``[B]``): ``loss_fn(params, step)``,
+        the masked cross-entropy of the network with weights ``params``, for `unroll` with the
+        backbone's weights as ``zero_first`` and ``keep_zero=self._plain_sgd()``.
+
+        With plain SGD the first step leaves the backbone's weights as they were, so the second
+        step's embeddings are the first step's: unless the network draws random numbers
+        (dropout), the second step reuses them and returns a `Through` loss, whose gradient is
+        the same as with the embeddings computed again.
+        """
+        keep_all = _everyone(batch)
+        reuse = self._plain_sgd() and not stochastic(backbone)
+        first: list[tuple[Params, Embeddings]] = []  # the first step's weights and embeddings
+
+        def loss(embedded: Embeddings, params: Params) -> Tensor:
+            return masked_cross_entropy(self._logits(backbone, embedded, params), labels,
+                                        None if keep_all else embedded.present.any(1))
+
+        def loss_fn(params: Params, step: int) -> Tensor | Through:
+            if step == 1 and first:
+                weights, embedded = first.pop()
+                node = embedded.z.view_as(embedded.z)
+                return Through(loss(replace(embedded, z=node), params), node, embedded.z,
+                               weights)
+            embedded = self._embed(backbone, batch, params, step)
+            if reuse and step == 0:
+                first.append(({n: p for n, p in params.items() if not n.startswith("head.")},
+                              embedded))
+            return loss(embedded, params)
+
+        return loss_fn
+
     def _start(self, backbone: nn.Module, ways: int) -> Params:
         params = dict(backbone.named_parameters())
         start = {n: params[n] for n in self.adapted}
@@ -240,33 +280,16 @@ class GradientLearner(Learner):
         meta = torch.is_grad_enabled()
         steps, _ = self.steps_and_lr()
         create_graph = meta and self.second_order()
-        # every support sample has a modality when one modality is present in all of them
-        every = any(all_present(mb.present) for mb in support.values())
         with torch.enable_grad(), task_batch_norm(backbone):
             start = self._start(backbone, ways)
             adapts_backbone = any(not n.startswith("head.") for n in start)
             if adapts_backbone:
-                # plain SGD leaves the backbone's weights after the first step as they were,
-                # the very tensors in first order (see `unroll`): the second step then reuses
-                # the first one's support embeddings
-                reuse = self._plain_sgd() and not create_graph and not stochastic(backbone)
-                last: list[tuple[list[Tensor], Embeddings]] = []
-
-                def support_loss(params: Params, step: int) -> Tensor:
-                    weights = [p for n, p in params.items() if not n.startswith("head.")]
-                    if last and all(a is b for a, b in zip(last[0][0], weights, strict=True)):
-                        embedded = last[0][1]
-                    else:
-                        embedded = self._embed(backbone, support, params, step)
-                        last[:] = [(weights, embedded)] if reuse and step == 0 else []
-                    return masked_cross_entropy(self._logits(backbone, embedded, params),
-                                                support_labels,
-                                                None if every else embedded.present.any(1))
+                support_loss = self._loss_fn(backbone, support, support_labels)
             else:  # only the output layer adapts: embed once
                 s_emb, q_emb = embed_pair(backbone, support, query)
                 if not meta:
                     s_emb, q_emb = s_emb.detach(), q_emb.detach()
-                keep = None if every else s_emb.present.any(1)
+                keep = None if _everyone(support) else s_emb.present.any(1)
 
                 def support_loss(params: Params, step: int) -> Tensor:
                     return masked_cross_entropy(self._logits(backbone, s_emb, params),
@@ -508,15 +531,9 @@ class Reptile(GradientLearner):
         labels = (torch.cat([episode.support_labels, episode.query_labels])
                   if task is not episode.support else episode.support_labels)
         steps, _ = self.steps_and_lr()
-        every = any(all_present(mb.present) for mb in task.values())
         with torch.enable_grad(), task_batch_norm(backbone):
             start = self._start(backbone, ways)
-
-            def task_loss(params: Params, step: int) -> Tensor:
-                embedded = self._embed(backbone, task, params, step)
-                return masked_cross_entropy(self._logits(backbone, embedded, params), labels,
-                                            None if every else embedded.present.any(1))
-
+            task_loss = self._loss_fn(backbone, task, labels)
             *_, adapted = unroll(task_loss, start, steps=steps, update=self.update,
                                  create_graph=False, track=False,
                                  zero_first=frozenset(self.adapted), keep_zero=self._plain_sgd())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +26,15 @@ BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, MaskedBatchNorm)
 """The normalisation layers whose statistics a task must not leak into the running ones."""
 
 
-def gradients(loss: Tensor, params: Mapping[str, Tensor], *, create_graph: bool) -> Params:
+def gradients(loss: Tensor, params: Mapping[str, Tensor], *, create_graph: bool,
+              grad_output: Tensor | None = None) -> Params:
     """``d loss / d params`` for every entry; one that ``loss`` does not use gets zeros.
 
     Args:
-        loss: a scalar.
+        loss: a scalar (or any tensor, with ``grad_output``).
         params: name -> tensor (each requiring grad).
         create_graph: keep the graph of the gradients (for second-order meta-gradients).
+        grad_output: the vector of the vector-Jacobian product, shaped like ``loss``.
 
     Example:
         >>> w = torch.tensor([2.0], requires_grad=True)
@@ -41,10 +44,63 @@ def gradients(loss: Tensor, params: Mapping[str, Tensor], *, create_graph: bool)
         ([4.0], [0.0])
     """
     names = list(params)
-    grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph,
-                                allow_unused=True)
+    grads = torch.autograd.grad(loss, [params[n] for n in names], grad_output,
+                                create_graph=create_graph, allow_unused=True)
     return {n: torch.zeros_like(params[n]) if g is None else g
             for n, g in zip(names, grads, strict=True)}
+
+
+@dataclass
+class Through:
+    """A loss that reads some weights only through a tensor computed earlier from other tensors
+    of the same values: a support loss that reuses the previous step's embeddings, where plain
+    SGD left the backbone's weights unchanged.
+
+    Args:
+        loss: the scalar loss.
+        node: ``output.view_as(output)``, the only way ``loss`` reads ``output`` (a node of its
+            own, so that the gradient at it leaves out the paths through ``output`` that earlier
+            steps built, e.g. the output layer's update).
+        output: what ``weights`` computed (e.g. embeddings ``[B, D]``).
+        weights: name -> the tensors ``output`` was computed from, with the values of the
+            current step's weights of those names.
+    """
+
+    loss: Tensor
+    node: Tensor
+    output: Tensor
+    weights: Params
+
+
+def gradients_through(loss: Through, params: Mapping[str, Tensor], *,
+                      create_graph: bool) -> Params:
+    """``d loss / d params`` of a `Through` loss: the gradient at ``loss.node`` (every entry of
+    ``params`` held fixed) carried back through the graph of ``loss.output`` to
+    ``loss.weights``, whose names' gradients they are; the other names' as `gradients` gives
+    them. This is the partial derivative at ``params``, as if the output had been recomputed
+    from them, without the forward pass.
+
+    Example:
+        >>> w = torch.tensor([2.0], requires_grad=True)
+        >>> h = torch.tensor([3.0], requires_grad=True)
+        >>> z = w * 5  # computed earlier from w
+        >>> node = z.view_as(z)
+        >>> g = gradients_through(Through((node * h).sum(), node, z, {"w": w}),
+        ...                       {"w": w.view_as(w), "h": h}, create_graph=False)
+        >>> g["w"].tolist(), g["h"].tolist()  # d(5wh)/dw = 5h, d(5wh)/dh = 5w
+        ([15.0], [10.0])
+    """
+    weights = {n: w for n, w in loss.weights.items() if n in params}
+    rest = {n: p for n, p in params.items() if n not in weights}
+    names = list(rest)
+    found = torch.autograd.grad(loss.loss, [rest[n] for n in names] + [loss.node],
+                                create_graph=create_graph, allow_unused=True)
+    grads = {n: torch.zeros_like(rest[n]) if g is None else g
+             for n, g in zip(names, found, strict=False)}
+    at_node = torch.zeros_like(loss.node) if found[-1] is None else found[-1]
+    grads.update(gradients(loss.output, weights, create_graph=create_graph,
+                           grad_output=at_node))
+    return {n: grads[n] for n in params}
 
 
 def sgd_step(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
@@ -156,7 +212,7 @@ def masked_cross_entropy(logits: Tensor, labels: Tensor, keep: Tensor | None) ->
 
 
 def unroll(
-    loss_fn: Callable[[Params, int], Tensor],
+    loss_fn: Callable[[Params, int], Tensor | Through],
     params: Params,
     *,
     steps: int,
@@ -169,7 +225,8 @@ def unroll(
     """Run ``steps`` inner-loop updates and yield the parameters after each one.
 
     Args:
-        loss_fn: ``loss_fn(params, step) -> scalar`` (the support loss).
+        loss_fn: ``loss_fn(params, step) -> scalar`` (the support loss), or a `Through`
+            loss (differentiated with `gradients_through`).
         params: the starting parameters (the meta-learned ones, or views of them).
         steps: the number of updates.
         update: ``update(step, params, grads) -> params`` (e.g. `sgd_step` with a learning
@@ -183,12 +240,9 @@ def unroll(
             network.
         keep_zero: ``update`` leaves a weight whose gradient is zero as it is (plain SGD:
             ``p - lr * 0 = p``). The ``zero_first`` weights then come out of the first step
-            without an update: as the very tensors that went in without ``create_graph`` (so
-            that ``loss_fn`` may recognise them at the second step and reuse what it computed
-            from them), else as views of them. A view is a new node of the graph, which keeps
-            the second step's gradient the partial derivative at the step's own weights: the
-            same tensors would add the path through the first step's gradients, which depend on
-            them too.
+            without an update (as the very tensors that went in without ``create_graph``,
+            else as views of them), and ``loss_fn`` may reuse at the second step what it
+            computed from them at the first, returning a `Through` loss.
 
     Example:
         >>> w = {"w": torch.tensor([3.0], requires_grad=True)}
@@ -202,23 +256,20 @@ def unroll(
         params = detached(params)
     for step in range(steps):
         loss = loss_fn(params, step)
-        if step == 0 and zero_first and keep_zero:
-            wanted = {n: p for n, p in params.items() if n not in zero_first}
-            moved = update(step, wanted, gradients(loss, wanted, create_graph=create_graph))
+        skip = zero_first if step == 0 else frozenset()
+        wanted = {n: p for n, p in params.items() if n not in skip}
+        grads = (gradients_through(loss, wanted, create_graph=create_graph)
+                 if isinstance(loss, Through)
+                 else gradients(loss, wanted, create_graph=create_graph))
+        if skip and keep_zero:  # the skipped weights stay as they are
+            moved = update(step, wanted, grads)
             if not track:
                 moved = detached(moved)
             params = {n: moved[n] if n in moved else p.view_as(p) if create_graph else p
                       for n, p in params.items()}
-            yield params
-            continue
-        if step == 0 and zero_first:
-            wanted = {n: p for n, p in params.items() if n not in zero_first}
-            grads = gradients(loss, wanted, create_graph=create_graph)
-            grads.update({n: torch.zeros_like(params[n]) for n in params if n in zero_first})
-            grads = {n: grads[n] for n in params}
         else:
-            grads = gradients(loss, params, create_graph=create_graph)
-        params = update(step, params, grads)
-        if not track:
-            params = detached(params)
+            grads.update({n: torch.zeros_like(params[n]) for n in skip})
+            params = update(step, params, {n: grads[n] for n in params})
+            if not track:
+                params = detached(params)
         yield params

@@ -428,3 +428,30 @@ def test_precomputed_embeddings_are_refused_for_weight_adapting_learners() -> No
     embedded = model.embed(ep.support)
     with pytest.raises(ConfigError, match="adapt_predict"):
         model.logits(embedded, ep.support_labels, embedded, WAYS)
+
+
+def test_swapping_weights_in_place_equals_functional_call(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """The inner loop swaps the task's weights into the backbone's parameter slots; a
+    recurrent encoder (whose flat weights are refreshed from them) gives the meta-gradient of
+    `torch.func.functional_call`."""
+    import metamodal.learners.gradient as gradient_module
+
+    torch.manual_seed(0)
+    model = FewShotModel.build(
+        kinds={"t": "text"}, input_info={"t": {"vocab_size": 20, "max_length": 6}}, dim=4,
+        encoders={"t": "gru"}, fusion="mean", learner="maml",
+        learner_options={"inner_steps": 3}).double().train()
+    tokens = torch.randint(1, 20, (6, 6), generator=torch.Generator().manual_seed(1))
+    batch = {"t": ModalityBatch(tokens, torch.ones(6, dtype=torch.bool), torch.full((6,), 6))}
+    labels = torch.arange(3).repeat(2)
+    ep = make_episode(batch, labels, batch, labels)
+    found = []
+    for slots in (True, False):
+        if not slots:
+            monkeypatch.setattr(gradient_module, "parameter_slots", lambda backbone: None)
+        model.zero_grad(set_to_none=True)
+        model.loss(ep)[0].backward()
+        found.append([p.grad for p in model.backbone.parameters()])
+    assert max_difference(*found) == 0.0
+    assert all(isinstance(p, torch.nn.Parameter) for p in model.backbone.parameters())

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from metamodal.data.batch import Episode, ModalityBatch, all_present
 from metamodal.errors import ConfigError
@@ -36,9 +35,12 @@ from metamodal.learners.embeddings import Embeddings
 from metamodal.learners.inner_loop import (
     BATCH_NORMS,
     Params,
+    Slots,
     Through,
+    call_with,
     head_logits,
     masked_cross_entropy,
+    parameter_slots,
     sgd_step,
     stochastic,
     task_batch_norm,
@@ -132,7 +134,6 @@ class GradientLearner(Learner):
         self.adapt = adapt if isinstance(adapt, str) else list(adapt)
         self.dim = dim
         self.adapted: list[str] = []
-        self._tied = True  # whether the backbone may share a tensor between two names
 
     # ------------------------------------------------------------------ set-up
 
@@ -165,10 +166,6 @@ class GradientLearner(Learner):
                  for prefix, layer in backbone.named_modules()
                  if isinstance(layer, BATCH_NORMS) for n, _ in layer.named_parameters()}
         self._norm_params = norms
-        # without shared tensors, functional_call need not look for them on every call
-        self._tied = any(
-            len(dict(named(remove_duplicate=False))) != len(dict(named()))
-            for named in (backbone.named_parameters, backbone.named_buffers))
         recurrent = any(isinstance(m, nn.RNNBase) for m in backbone.modules())
         on_cuda = any(p.is_cuda for p in backbone.parameters())
         if recurrent and on_cuda and not self.first_order and self.adapted:
@@ -205,11 +202,12 @@ class GradientLearner(Learner):
         return (cls.update is GradientLearner.update
                 and cls.step_params is GradientLearner.step_params)
 
-    def _loss_fn(self, backbone: nn.Module, batch: Batch, labels: Tensor
+    def _loss_fn(self, backbone: nn.Module, batch: Batch, labels: Tensor, slots: Slots | None
                  ) -> Callable[[Params, int], Tensor | Through]:
         """The inner loop's loss on ``batch`` (labels long ``[B]``): ``loss_fn(params, step)``,
         the masked cross-entropy of the network with weights ``params``, for `unroll` with the
-        backbone's weights as ``zero_first`` and ``keep_zero=self._plain_sgd()``.
+        backbone's weights as ``zero_first`` and ``keep_zero=self._plain_sgd()`` (``slots``
+        from `parameter_slots` of the backbone).
 
         With plain SGD the first step leaves the backbone's weights as they were, so the second
         step's embeddings are the first step's: unless the network draws random numbers
@@ -230,7 +228,7 @@ class GradientLearner(Learner):
                 node = embedded.z.view_as(embedded.z)
                 return Through(loss(replace(embedded, z=node), params), node, embedded.z,
                                weights)
-            embedded = self._embed(backbone, batch, params, step)
+            embedded = self._embed(backbone, batch, params, step, slots)
             if reuse and step == 0:
                 first.append(({n: p for n, p in params.items() if not n.startswith("head.")},
                               embedded))
@@ -252,12 +250,15 @@ class GradientLearner(Learner):
             return backbone.fusion.combine(logits, embeddings.present)
         return logits
 
-    def _embed(self, backbone: nn.Module, batch: Batch, params: Params, step: int) -> Embeddings:
+    def _embed(self, backbone: nn.Module, batch: Batch, params: Params, step: int,
+               slots: Slots | None) -> Embeddings:
+        """The backbone's embeddings of ``batch`` with the backbone's weights in ``params``
+        and `step_params` (``slots`` from `parameter_slots` of the backbone)."""
         weights = {n: p for n, p in params.items() if not n.startswith("head.")}
         weights.update(self.step_params(step))
         if not weights:
             return backbone(batch)
-        return functional_call(backbone, weights, (batch,), tie_weights=self._tied)
+        return call_with(backbone, slots, weights, batch)
 
     def adapt_and_predict(
         self,
@@ -283,8 +284,9 @@ class GradientLearner(Learner):
         with torch.enable_grad(), task_batch_norm(backbone):
             start = self._start(backbone, ways)
             adapts_backbone = any(not n.startswith("head.") for n in start)
+            slots = parameter_slots(backbone) if adapts_backbone else None
             if adapts_backbone:
-                support_loss = self._loss_fn(backbone, support, support_labels)
+                support_loss = self._loss_fn(backbone, support, support_labels, slots)
             else:  # only the output layer adapts: embed once
                 s_emb, q_emb = embed_pair(backbone, support, query)
                 if not meta:
@@ -296,7 +298,7 @@ class GradientLearner(Learner):
                                                 support_labels, keep)
 
             def predict(params: Params, step: int) -> Tensor:
-                embedded = (self._embed(backbone, query, params, step) if adapts_backbone
+                embedded = (self._embed(backbone, query, params, step, slots) if adapts_backbone
                             else q_emb)
                 return self._logits(backbone, embedded, params)
 
@@ -533,14 +535,15 @@ class Reptile(GradientLearner):
         steps, _ = self.steps_and_lr()
         with torch.enable_grad(), task_batch_norm(backbone):
             start = self._start(backbone, ways)
-            task_loss = self._loss_fn(backbone, task, labels)
+            slots = parameter_slots(backbone)
+            task_loss = self._loss_fn(backbone, task, labels, slots)
             *_, adapted = unroll(task_loss, start, steps=steps, update=self.update,
                                  create_graph=False, track=False,
                                  zero_first=frozenset(self.adapted), keep_zero=self._plain_sgd())
             surrogate = sum(0.5 * (start[n] - adapted[n]).pow(2).sum() for n in self.adapted)
             with torch.no_grad():
                 logits = self._logits(backbone, self._embed(backbone, episode.query, adapted,
-                                                            steps), adapted)
+                                                            steps, slots), adapted)
         return surrogate, logits
 
 

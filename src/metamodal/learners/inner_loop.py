@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from metamodal.encoders.layers import MaskedBatchNorm
 
@@ -159,6 +160,59 @@ def task_batch_norm(module: nn.Module) -> Iterator[None]:
             layer.training = training
             if track is not None:
                 layer.track_running_stats = track
+
+
+Slots = dict[str, tuple[nn.Module, str]]
+"""Parameter name -> (the submodule that holds it, its attribute name there)."""
+
+
+def parameter_slots(module: nn.Module) -> Slots | None:
+    """Where each parameter of ``module`` lives, for `call_with`; None when two names share one
+    tensor (tied weights), which `torch.func.functional_call` handles.
+
+    Example:
+        >>> slots = parameter_slots(nn.Sequential(nn.Linear(2, 3)))
+        >>> {name: (type(m).__name__, attr) for name, (m, attr) in slots.items()}
+        {'0.weight': ('Linear', 'weight'), '0.bias': ('Linear', 'bias')}
+    """
+    named = list(module.named_parameters(remove_duplicate=False))
+    if len({id(p) for _, p in named}) != len(named):
+        return None
+    slots: Slots = {}
+    for name, _ in named:
+        prefix, _, attr = name.rpartition(".")
+        slots[name] = (module.get_submodule(prefix), attr)
+    return slots
+
+
+def call_with(module: nn.Module, slots: Slots | None, weights: Mapping[str, Tensor],
+              *args: object) -> object:
+    """``module(*args)`` with the tensors of ``weights`` (parameter name -> tensor) in place of
+    those parameters, which are put back afterwards: `torch.func.functional_call`, without
+    looking every name up again on every call (``slots`` from `parameter_slots` of this
+    module, found once per task). Without ``slots``, or for a name they lack, it is
+    `torch.func.functional_call` itself.
+
+    Example:
+        >>> net = nn.Linear(1, 1, bias=False)
+        >>> out = call_with(net, parameter_slots(net), {"weight": torch.tensor([[2.0]])},
+        ...                 torch.tensor([[3.0]]))
+        >>> out.item(), isinstance(net.weight, nn.Parameter)
+        (6.0, True)
+    """
+    if slots is None or not all(name in slots for name in weights):
+        return functional_call(module, dict(weights), args)
+    swapped: list[tuple[dict[str, object], str, object]] = []
+    try:
+        for name, tensor in weights.items():
+            holder, attr = slots[name]
+            table = holder._parameters
+            swapped.append((table, attr, table[attr]))
+            table[attr] = tensor
+        return module(*args)
+    finally:
+        for table, attr, original in reversed(swapped):
+            table[attr] = original
 
 
 def stochastic(module: nn.Module) -> bool:

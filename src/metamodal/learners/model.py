@@ -221,7 +221,9 @@ class Backbone(nn.Module):
         """`fuse` of checked inputs: ``parts`` (``[B, dim]``) and bool ``present`` (``[B]``)
         for every modality of the model, in its order."""
         z = self.fusion(parts, present)
-        return Embeddings(z, torch.stack(list(present.values()), dim=1), parts, list(parts))
+        masks = list(present.values())
+        stacked = masks[0].unsqueeze(1) if len(masks) == 1 else torch.stack(masks, dim=1)
+        return Embeddings(z, stacked, parts, list(parts))
 
     def forward(self, batch: Mapping[str, Any]) -> Embeddings:
         """Encode every modality of ``batch`` and fuse them: `encode`, then `fuse`.

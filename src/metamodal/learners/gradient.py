@@ -37,10 +37,12 @@ from metamodal.learners.inner_loop import (
     Params,
     Slots,
     Through,
+    add_step,
     call_with,
     head_logits,
     masked_cross_entropy,
     parameter_slots,
+    scaled_descent,
     sgd_step,
     stochastic,
     task_batch_norm,
@@ -279,7 +281,7 @@ class GradientLearner(Learner):
         """
         check_support(support_labels, ways)
         meta = torch.is_grad_enabled()
-        steps, _ = self.steps_and_lr()
+        steps, lr = self.steps_and_lr()
         create_graph = meta and self.second_order()
         with torch.enable_grad(), task_batch_norm(backbone):
             start = self._start(backbone, ways)
@@ -306,10 +308,12 @@ class GradientLearner(Learner):
             params = start
             # with the output layer at zero, the first step's backbone gradients are zero
             backbone_names = frozenset(n for n in start if not n.startswith("head."))
-            for step, params in enumerate(unroll(support_loss, start, steps=steps,
-                                                 update=self.update, create_graph=create_graph,
-                                                 track=meta, zero_first=backbone_names,
-                                                 keep_zero=self._plain_sgd())):
+            plain = self._plain_sgd()
+            loss_fn, update = ((scaled_descent(support_loss, lr), add_step) if plain
+                               else (support_loss, self.update))
+            for step, params in enumerate(unroll(loss_fn, start, steps=steps, update=update,
+                                                 create_graph=create_graph, track=meta,
+                                                 zero_first=backbone_names, keep_zero=plain)):
                 if every_step and step < steps - 1:
                     outputs.append(predict(params, step + 1))
             outputs.append(predict(params, steps))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,36 @@ def sgd_step(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
     if isinstance(lr, Mapping):
         return {n: p - lr[n] * grads[n] for n, p in params.items()}
     return {n: torch.add(p, grads[n], alpha=-lr) for n, p in params.items()}
+
+
+def add_step(step: int, params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> Params:
+    """``p + g``: the update of `scaled_descent`, whose "gradients" are already the steps."""
+    return {n: p + grads[n] for n, p in params.items()}
+
+
+def scaled_descent(
+    loss_fn: Callable[[Params, int], Tensor | Through], lr: float
+) -> Callable[[Params, int], Tensor | Through]:
+    """Plain SGD ``p - lr * g`` for `unroll`, with the learning rate on the loss: the returned
+    loss function gives ``-lr * loss``, whose gradients are the steps themselves, and
+    `add_step` adds them. The same steps up to rounding; a second-order meta-gradient then
+    flows through every update without multiplying a weight-sized tensor by the rate (the
+    rate multiplies the scalar loss instead).
+
+    Example:
+        >>> w = {"w": torch.tensor([3.0], requires_grad=True)}
+        >>> last = list(unroll(scaled_descent(lambda p, s: (p["w"] ** 2).sum(), 0.25), w,
+        ...                    steps=2, update=add_step, create_graph=True))[-1]
+        >>> last["w"].tolist()  # 3 -> 1.5 -> 0.75
+        [0.75]
+    """
+    def scaled(params: Params, step: int) -> Tensor | Through:
+        loss = loss_fn(params, step)
+        if isinstance(loss, Through):
+            return replace(loss, loss=loss.loss * -lr)
+        return loss * -lr
+
+    return scaled
 
 
 def detached(params: Mapping[str, Tensor]) -> Params:

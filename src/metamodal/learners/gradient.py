@@ -3,9 +3,9 @@
 Each task adapts a copy of the network's weights with a few gradient steps on the support set
 (the *inner loop*) and classifies the query set with the adapted weights; meta-training
 differentiates the query loss through the inner loop (the *outer loop*). The backbone
-(encoders + fusion) runs through `torch.func.functional_call` with the task's weights, so any
-encoder and fusion of the registries can be adapted, and absent modalities are masked inside
-the inner loop exactly as outside it.
+(encoders + fusion) runs with the task's weights in place of its own (`call_with`, what
+`torch.func.functional_call` does), so any encoder and fusion of the registries can be adapted,
+and absent modalities are masked inside the inner loop exactly as outside it.
 
 The output layer is built per task for its ``ways`` and starts at zero (as in Antoniou et al.
 2019): a start that does not depend on the order of the classes lets one model serve any
@@ -13,7 +13,9 @@ number of ways (Ye and Chao 2022, "How to Train Your MAML to Excel in Few-Shot
 Classification"), and every such start is equivalent to zero, since adding one vector to
 every class's weights shifts all logits alike and changes neither the losses nor the inner
 loop's gradients. The first inner step therefore moves only the output layer; the backbone
-adapts from the second step on. BatchNorm layers normalise with each
+adapts from the second step on. With plain SGD the inner loop uses this: the first step
+differentiates only the output layer, and the second reuses the first one's support embeddings
+(`unroll`'s ``keep_zero``, `Through`). BatchNorm layers normalise with each
 batch's own statistics during adaptation and prediction and never update their running
 statistics (`task_batch_norm`).
 """

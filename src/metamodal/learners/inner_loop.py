@@ -2,9 +2,10 @@
 parameter dictionaries, per-task BatchNorm, and the output layer built per task.
 
 Everything here is a pure function of ``(params, batch)`` in the style of `torch.func`: a
-network is run with other weights through `torch.func.functional_call`, and an inner-loop
-step is ``params - lr * grad`` with ``grad`` from `torch.autograd.grad` (``create_graph=True``
-keeps the second-order terms of MAML's meta-gradient; without it the step is first order).
+network is run with other weights through `call_with` (`torch.func.functional_call` with the
+parameters' places found once per task), and an inner-loop step is ``params - lr * grad``
+with ``grad`` from `torch.autograd.grad` (``create_graph=True`` keeps the second-order terms
+of MAML's meta-gradient; without it the step is first order).
 """
 
 from __future__ import annotations

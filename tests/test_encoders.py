@@ -244,6 +244,38 @@ def test_conv4_paper_layout_on_84_pixels() -> None:
     assert [c.out_channels for c in convs] == [64, 64, 64, 64]
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_conv4_pooling_before_relu_equals_the_textbook_order(train: bool) -> None:
+    """conv -> BatchNorm -> max-pool -> ReLU gives exactly the values and gradients of
+    conv -> BatchNorm -> ReLU -> max-pool, ties at zero included."""
+    torch.manual_seed(0)
+    encoder = encoders.create("conv4", dim=6, input_info={"channels": 1, "height": 16,
+                                                          "width": 16}, hidden=4)
+    encoder = encoder.double().train(train)
+    # the textbook order: each pool after the ReLU that follows it in the encoder
+    textbook: list[nn.Module] = []
+    pending: nn.Module | None = None
+    for layer in copy.deepcopy(encoder.features):
+        if isinstance(layer, nn.MaxPool2d):
+            pending = layer
+            continue
+        textbook.append(layer)
+        if isinstance(layer, nn.ReLU) and pending is not None:
+            textbook.append(pending)
+            pending = None
+    reference = nn.Sequential(*textbook).train(train)
+    assert [type(m) for m in reference][:4] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
+    images = torch.randn(5, 1, 16, 16, dtype=torch.float64)
+    images[:, :, :8] = 0.0  # flat regions: ties in the pooling windows
+    ours = encoder.features(images)
+    theirs = reference(images)
+    assert torch.equal(ours, theirs)
+    direction = torch.randn_like(ours)
+    grads = torch.autograd.grad((ours * direction).sum(), list(encoder.features.parameters()))
+    expected = torch.autograd.grad((theirs * direction).sum(), list(reference.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(grads, expected, strict=True))
+
+
 def test_wrong_input_shape_raises_modality_error() -> None:
     info = {"channels": 1, "height": 16, "width": 16}
     encoder = encoders.create("conv4", dim=4, input_info=info)

@@ -11,6 +11,7 @@ from torch import Tensor
 from metamodal.data.batch import Episode, ModalityBatch
 from metamodal.errors import ConfigError, InsufficientSamplesError
 from metamodal.learners import FewShotModel, learners
+from metamodal.learners.inner_loop import masked_cross_entropy, sgd_step
 from metamodal.train.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -255,6 +256,101 @@ def test_absent_modalities_are_masked_inside_the_inner_loop() -> None:
     assert torch.allclose(run(float("nan")), clean) and torch.allclose(run(1e6), clean)
 
 
+def recomputing(model: FewShotModel) -> FewShotModel:
+    """``model`` with an inner update that is plain SGD but not the class's own: the inner loop
+    then updates every weight at every step and embeds the support set again at each one."""
+    learner = model.learner
+
+    class Recomputing(type(learner)):  # type: ignore[misc]
+        def update(self, step, params, grads):
+            return sgd_step(params, grads, self.steps_and_lr()[1])
+
+    learner.__class__ = Recomputing
+    assert not learner._plain_sgd()
+    return model
+
+
+def multimodal(learner: str, fusion: str, dropout: float = 0.0) -> FewShotModel:
+    torch.manual_seed(0)
+    return FewShotModel.build(
+        kinds={"a": "tabular", "b": "tabular"}, input_info={"a": {"features": 3},
+                                                             "b": {"features": 2}},
+        dim=4, fusion=fusion, learner=learner, learner_options={"inner_steps": 3},
+        encoder_options={"a": {"hidden": [5], "dropout": dropout}},
+    ).double().train()
+
+
+def multimodal_episode(seed: int, everyone: bool) -> Episode:
+    """Two modalities; ``b`` is missing from some samples, and with ``everyone`` False ``a``
+    too, so that one support sample and one query have no modality at all."""
+    g = torch.Generator().manual_seed(seed)
+
+    def batch(n: int) -> dict[str, ModalityBatch]:
+        has_b = torch.rand(n, generator=g) < 0.6
+        has_a = torch.ones(n, dtype=torch.bool)
+        if not everyone:
+            has_a[1] = has_b[1] = False
+            has_a[2] = False
+            has_b[2] = True
+        return {"a": ModalityBatch(torch.randn(n, 3, generator=g, dtype=torch.float64), has_a),
+                "b": ModalityBatch(torch.randn(n, 2, generator=g, dtype=torch.float64), has_b)}
+
+    labels = torch.arange(WAYS)
+    return make_episode(batch(WAYS * SHOTS), labels.repeat_interleave(SHOTS),
+                        batch(WAYS * QUERIES), labels.repeat_interleave(QUERIES))
+
+
+@pytest.mark.parametrize("fusion", ["mean", "gated", "late"])
+@pytest.mark.parametrize("learner", ["maml", "fomaml", "reptile"])
+@pytest.mark.parametrize(("everyone", "dropout"), [(True, 0.0), (False, 0.0), (True, 0.3)])
+def test_reusing_the_first_steps_embeddings_changes_nothing(learner: str, fusion: str,
+                                                            everyone: bool,
+                                                            dropout: float) -> None:
+    """Plain SGD keeps the backbone's weights through the first step and the second step reuses
+    its support embeddings (not with dropout, which embeds again): the same meta-gradient and
+    predictions as updating every weight and embedding again at every step, with and without
+    absent modalities."""
+    tasks = [multimodal_episode(1, everyone), multimodal_episode(2, everyone)]
+    fast = multimodal(learner, fusion, dropout)
+    slow = recomputing(multimodal(learner, fusion, dropout))
+    assert fast.learner._plain_sgd()
+    gradients = []
+    for model in (fast, slow):
+        torch.manual_seed(5)  # the same dropout masks on both sides
+        model.zero_grad(set_to_none=True)
+        for ep in tasks:
+            loss, _ = model.loss(ep)
+            (loss / len(tasks)).backward()
+        gradients.append([p.grad for p in model.backbone.parameters() if p.grad is not None])
+    assert len(gradients[0]) == len(gradients[1]) > 0
+    assert max_difference(*gradients) < 1e-12
+    with torch.no_grad():
+        predicted = [m.eval().episode_logits(tasks[0]) for m in (fast, slow)]
+    assert max_difference(predicted[0:1], predicted[1:2]) < 1e-12
+
+
+@pytest.mark.parametrize(("dropout", "expected"), [(0.0, 3), (0.3, 4)])
+def test_support_embeddings_are_reused_only_without_randomness(dropout: float,
+                                                                expected: int) -> None:
+    """Three inner steps embed the support set twice (the second step reuses the first one's
+    embeddings), then the query once; with dropout every step embeds again."""
+    model = multimodal("maml", "mean", dropout)
+    calls: list[int] = []
+    model.backbone.encoders["a"].register_forward_hook(lambda *_: calls.append(1))
+    model.loss(multimodal_episode(3, True))
+    assert len(calls) == expected
+
+
+def test_masked_cross_entropy_without_a_mask_is_the_all_kept_one() -> None:
+    logits = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    masked = masked_cross_entropy(logits, labels, torch.ones(6, dtype=torch.bool))
+    plain = masked_cross_entropy(logits, labels, None)
+    assert torch.equal(masked, plain)
+    assert torch.equal(torch.autograd.grad(masked, logits)[0],
+                       torch.autograd.grad(plain, logits)[0])
+
+
 def test_one_model_serves_any_number_of_ways() -> None:
     model = build("maml", inner_steps=1).eval()
     batch = {"m": ModalityBatch(torch.randn(10, FEATURES, dtype=torch.float64),
@@ -332,3 +428,30 @@ def test_precomputed_embeddings_are_refused_for_weight_adapting_learners() -> No
     embedded = model.embed(ep.support)
     with pytest.raises(ConfigError, match="adapt_predict"):
         model.logits(embedded, ep.support_labels, embedded, WAYS)
+
+
+def test_swapping_weights_in_place_equals_functional_call(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """The inner loop swaps the task's weights into the backbone's parameter slots; a
+    recurrent encoder (whose flat weights are refreshed from them) gives the meta-gradient of
+    `torch.func.functional_call`."""
+    import metamodal.learners.gradient as gradient_module
+
+    torch.manual_seed(0)
+    model = FewShotModel.build(
+        kinds={"t": "text"}, input_info={"t": {"vocab_size": 20, "max_length": 6}}, dim=4,
+        encoders={"t": "gru"}, fusion="mean", learner="maml",
+        learner_options={"inner_steps": 3}).double().train()
+    tokens = torch.randint(1, 20, (6, 6), generator=torch.Generator().manual_seed(1))
+    batch = {"t": ModalityBatch(tokens, torch.ones(6, dtype=torch.bool), torch.full((6,), 6))}
+    labels = torch.arange(3).repeat(2)
+    ep = make_episode(batch, labels, batch, labels)
+    found = []
+    for slots in (True, False):
+        if not slots:
+            monkeypatch.setattr(gradient_module, "parameter_slots", lambda backbone: None)
+        model.zero_grad(set_to_none=True)
+        model.loss(ep)[0].backward()
+        found.append([p.grad for p in model.backbone.parameters()])
+    assert max_difference(*found) == 0.0
+    assert all(isinstance(p, torch.nn.Parameter) for p in model.backbone.parameters())

@@ -27,6 +27,24 @@ from torch import Tensor
 KINDS = ("image", "text", "audio", "sequence", "tabular")
 
 
+def all_present(present: Tensor) -> bool:
+    """Whether every entry of the presence mask ``present`` (``[B]``, bool or 0/1) is True.
+
+    The networks use it to skip the masking of absent rows when there are none (one
+    device-to-host transfer on a GPU). Under `torch.func.vmap` and other transforms where the
+    values cannot be read, the answer is False, and callers take their general path, which
+    masks absent rows.
+
+    Example:
+        >>> all_present(torch.ones(3, dtype=torch.bool)), all_present(torch.tensor([True, False]))
+        (True, False)
+    """
+    try:
+        return bool(present.all())
+    except RuntimeError:  # values that cannot be read (e.g. under vmap)
+        return False
+
+
 @dataclass
 class ModalityBatch:
     """One modality of a batch of samples.

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from metamodal.data.batch import KINDS, ModalityBatch
+from metamodal.data.batch import KINDS, ModalityBatch, all_present
 from metamodal.errors import ConfigError
 from metamodal.registry import Registry
 
@@ -69,10 +69,10 @@ class Encoder(nn.Module):
         if not self.skip_absent:
             out = self.encode(batch.values, batch.lengths)
             return torch.where(present.unsqueeze(1), out, torch.zeros((), dtype=out.dtype))
+        if all_present(present):
+            return self.encode(batch.values, batch.lengths)
         rows = present.nonzero().squeeze(1)
         size = present.shape[0]
-        if rows.numel() == size:
-            return self.encode(batch.values, batch.lengths)
         if rows.numel() == 0:
             return torch.zeros(size, self.dim, dtype=self._dtype(), device=batch.values.device)
         lengths = None if batch.lengths is None else batch.lengths.index_select(0, rows)

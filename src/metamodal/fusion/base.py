@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metamodal.data.batch import all_present
 from metamodal.encoders.base import check_hyperparameters
 from metamodal.errors import ConfigError, ModalityError
 from metamodal.registry import Registry
@@ -98,6 +99,26 @@ class Fusion(nn.Module):
         Returns:
             ``z`` ``[B, M, dim]`` (zeros where absent) and ``mask`` bool ``[B, M]``.
         """
+        columns, masks = self.columns(embeddings, present)
+        if len(columns) == 1:  # one modality: views, no copy
+            mask, z = masks[0].unsqueeze(1), columns[0].unsqueeze(1)
+        else:
+            mask, z = torch.stack(masks, dim=1), torch.stack(columns, dim=1)
+        if all_present(mask):  # nothing to zero
+            return z, mask
+        return torch.where(mask.unsqueeze(-1), z, torch.zeros((), dtype=z.dtype)), mask
+
+    def columns(
+        self, embeddings: Mapping[str, Tensor], present: Mapping[str, Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The checked inputs of `stack`, before stacking and zeroing: one embedding ``[B,
+        dim]`` (as given, absent rows not zeroed) and one bool mask ``[B]`` per modality, in
+        ``self.modalities`` order.
+
+        Raises:
+            ModalityError: a modality the fusion was not built for, none at all, or an
+                embedding that is not ``[B, dim]``.
+        """
         unknown = sorted(set(embeddings) - set(self.modalities))
         if unknown:
             raise ModalityError(
@@ -129,9 +150,7 @@ class Fusion(nn.Module):
                 mask = torch.ones(size, dtype=torch.bool, device=z.device)
             columns.append(z)
             masks.append(mask.to(device=z.device, dtype=torch.bool))
-        mask = torch.stack(masks, dim=1)
-        z = torch.stack(columns, dim=1)
-        return torch.where(mask.unsqueeze(-1), z, torch.zeros((), dtype=z.dtype)), mask
+        return columns, masks
 
     @staticmethod
     def zero_empty(out: Tensor, mask: Tensor) -> Tensor:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor
 
+from metamodal.data.batch import all_present
 from metamodal.fusion.base import Fusion, fusions
 
 
@@ -34,6 +36,11 @@ class MeanFusion(Fusion):
 
     def forward(self, embeddings: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
         """Fuse: ``{name: [B, dim]}`` -> ``[B, dim]``."""
+        if len(self.modalities) == 1:  # the mean of one embedding is itself, absent rows zeroed
+            (z,), (mask,) = self.columns(embeddings, present)
+            if all_present(mask):
+                return z
+            return torch.where(mask.unsqueeze(1), z, torch.zeros((), dtype=z.dtype))
         z, mask = self.stack(embeddings, present)
         count = mask.sum(dim=1, keepdim=True).clamp_min(1).to(z.dtype)
         return z.sum(dim=1) / count

@@ -3,9 +3,9 @@
 Each task adapts a copy of the network's weights with a few gradient steps on the support set
 (the *inner loop*) and classifies the query set with the adapted weights; meta-training
 differentiates the query loss through the inner loop (the *outer loop*). The backbone
-(encoders + fusion) runs through `torch.func.functional_call` with the task's weights, so any
-encoder and fusion of the registries can be adapted, and absent modalities are masked inside
-the inner loop exactly as outside it.
+(encoders + fusion) runs with the task's weights in place of its own (`call_with`, what
+`torch.func.functional_call` does), so any encoder and fusion of the registries can be adapted,
+and absent modalities are masked inside the inner loop exactly as outside it.
 
 The output layer is built per task for its ``ways`` and starts at zero (as in Antoniou et al.
 2019): a start that does not depend on the order of the classes lets one model serve any
@@ -13,7 +13,9 @@ number of ways (Ye and Chao 2022, "How to Train Your MAML to Excel in Few-Shot
 Classification"), and every such start is equivalent to zero, since adding one vector to
 every class's weights shifts all logits alike and changes neither the losses nor the inner
 loop's gradients. The first inner step therefore moves only the output layer; the backbone
-adapts from the second step on. BatchNorm layers normalise with each
+adapts from the second step on. With plain SGD the inner loop uses this: the first step
+differentiates only the output layer, and the second reuses the first one's support embeddings
+(`unroll`'s ``keep_zero``, `Through`). BatchNorm layers normalise with each
 batch's own statistics during adaptation and prediction and never update their running
 statistics (`task_batch_norm`).
 """
@@ -21,23 +23,30 @@ statistics (`task_batch_norm`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from metamodal.data.batch import Episode, ModalityBatch
+from metamodal.data.batch import Episode, ModalityBatch, all_present
 from metamodal.errors import ConfigError
 from metamodal.learners.base import Learner, check_support, embed_pair, learners
 from metamodal.learners.embeddings import Embeddings
 from metamodal.learners.inner_loop import (
     BATCH_NORMS,
     Params,
+    Slots,
+    Through,
+    add_step,
+    call_with,
     head_logits,
     masked_cross_entropy,
+    parameter_slots,
+    scaled_descent,
     sgd_step,
+    stochastic,
     task_batch_norm,
     unroll,
 )
@@ -68,6 +77,11 @@ def _fraction(name: str, value: Any) -> float:
                           column=f"learner_options.{name}",
                           fix=f"set learner_options.{name} between 0 and 1")
     return float(value)
+
+
+def _everyone(batch: Batch) -> bool:
+    """Whether every sample of ``batch`` has a modality: one modality is present in all."""
+    return any(all_present(mb.present) for mb in batch.values())
 
 
 def _key(name: str) -> str:
@@ -185,6 +199,47 @@ class GradientLearner(Learner):
         per-step BatchNorm weights); none here."""
         return {}
 
+    def _plain_sgd(self) -> bool:
+        """Whether the inner loop is plain SGD (this class's `update`) on the same network at
+        every step (no `step_params`): a weight whose gradient is zero then stays as it is."""
+        cls = type(self)
+        return (cls.update is GradientLearner.update
+                and cls.step_params is GradientLearner.step_params)
+
+    def _loss_fn(self, backbone: nn.Module, batch: Batch, labels: Tensor, slots: Slots | None
+                 ) -> Callable[[Params, int], Tensor | Through]:
+        """The inner loop's loss on ``batch`` (labels long ``[B]``): ``loss_fn(params, step)``,
+        the masked cross-entropy of the network with weights ``params``, for `unroll` with the
+        backbone's weights as ``zero_first`` and ``keep_zero=self._plain_sgd()`` (``slots``
+        from `parameter_slots` of the backbone).
+
+        With plain SGD the first step leaves the backbone's weights as they were, so the second
+        step's embeddings are the first step's: unless the network draws random numbers
+        (dropout), the second step reuses them and returns a `Through` loss, whose gradient is
+        the same as with the embeddings computed again.
+        """
+        keep_all = _everyone(batch)
+        reuse = self._plain_sgd() and not stochastic(backbone)
+        first: list[tuple[Params, Embeddings]] = []  # the first step's weights and embeddings
+
+        def loss(embedded: Embeddings, params: Params) -> Tensor:
+            return masked_cross_entropy(self._logits(backbone, embedded, params), labels,
+                                        None if keep_all else embedded.present.any(1))
+
+        def loss_fn(params: Params, step: int) -> Tensor | Through:
+            if step == 1 and first:
+                weights, embedded = first.pop()
+                node = embedded.z.view_as(embedded.z)
+                return Through(loss(replace(embedded, z=node), params), node, embedded.z,
+                               weights)
+            embedded = self._embed(backbone, batch, params, step, slots)
+            if reuse and step == 0:
+                first.append(({n: p for n, p in params.items() if not n.startswith("head.")},
+                              embedded))
+            return loss(embedded, params)
+
+        return loss_fn
+
     def _start(self, backbone: nn.Module, ways: int) -> Params:
         params = dict(backbone.named_parameters())
         start = {n: params[n] for n in self.adapted}
@@ -199,12 +254,15 @@ class GradientLearner(Learner):
             return backbone.fusion.combine(logits, embeddings.present)
         return logits
 
-    def _embed(self, backbone: nn.Module, batch: Batch, params: Params, step: int) -> Embeddings:
+    def _embed(self, backbone: nn.Module, batch: Batch, params: Params, step: int,
+               slots: Slots | None) -> Embeddings:
+        """The backbone's embeddings of ``batch`` with the backbone's weights in ``params``
+        and `step_params` (``slots`` from `parameter_slots` of the backbone)."""
         weights = {n: p for n, p in params.items() if not n.startswith("head.")}
         weights.update(self.step_params(step))
         if not weights:
             return backbone(batch)
-        return functional_call(backbone, weights, (batch,))
+        return call_with(backbone, slots, weights, batch)
 
     def adapt_and_predict(
         self,
@@ -225,28 +283,26 @@ class GradientLearner(Learner):
         """
         check_support(support_labels, ways)
         meta = torch.is_grad_enabled()
-        steps, _ = self.steps_and_lr()
+        steps, lr = self.steps_and_lr()
         create_graph = meta and self.second_order()
         with torch.enable_grad(), task_batch_norm(backbone):
             start = self._start(backbone, ways)
             adapts_backbone = any(not n.startswith("head.") for n in start)
+            slots = parameter_slots(backbone) if adapts_backbone else None
             if adapts_backbone:
-                def support_loss(params: Params, step: int) -> Tensor:
-                    embedded = self._embed(backbone, support, params, step)
-                    return masked_cross_entropy(self._logits(backbone, embedded, params),
-                                                support_labels, embedded.present.any(1))
+                support_loss = self._loss_fn(backbone, support, support_labels, slots)
             else:  # only the output layer adapts: embed once
                 s_emb, q_emb = embed_pair(backbone, support, query)
                 if not meta:
                     s_emb, q_emb = s_emb.detach(), q_emb.detach()
-                keep = s_emb.present.any(1)
+                keep = None if _everyone(support) else s_emb.present.any(1)
 
                 def support_loss(params: Params, step: int) -> Tensor:
                     return masked_cross_entropy(self._logits(backbone, s_emb, params),
                                                 support_labels, keep)
 
             def predict(params: Params, step: int) -> Tensor:
-                embedded = (self._embed(backbone, query, params, step) if adapts_backbone
+                embedded = (self._embed(backbone, query, params, step, slots) if adapts_backbone
                             else q_emb)
                 return self._logits(backbone, embedded, params)
 
@@ -254,9 +310,12 @@ class GradientLearner(Learner):
             params = start
             # with the output layer at zero, the first step's backbone gradients are zero
             backbone_names = frozenset(n for n in start if not n.startswith("head."))
-            for step, params in enumerate(unroll(support_loss, start, steps=steps,
-                                                 update=self.update, create_graph=create_graph,
-                                                 track=meta, zero_first=backbone_names)):
+            plain = self._plain_sgd()
+            loss_fn, update = ((scaled_descent(support_loss, lr), add_step) if plain
+                               else (support_loss, self.update))
+            for step, params in enumerate(unroll(loss_fn, start, steps=steps, update=update,
+                                                 create_graph=create_graph, track=meta,
+                                                 zero_first=backbone_names, keep_zero=plain)):
                 if every_step and step < steps - 1:
                     outputs.append(predict(params, step + 1))
             outputs.append(predict(params, steps))
@@ -482,19 +541,15 @@ class Reptile(GradientLearner):
         steps, _ = self.steps_and_lr()
         with torch.enable_grad(), task_batch_norm(backbone):
             start = self._start(backbone, ways)
-
-            def task_loss(params: Params, step: int) -> Tensor:
-                embedded = self._embed(backbone, task, params, step)
-                return masked_cross_entropy(self._logits(backbone, embedded, params), labels,
-                                            embedded.present.any(1))
-
+            slots = parameter_slots(backbone)
+            task_loss = self._loss_fn(backbone, task, labels, slots)
             *_, adapted = unroll(task_loss, start, steps=steps, update=self.update,
                                  create_graph=False, track=False,
-                                 zero_first=frozenset(self.adapted))
+                                 zero_first=frozenset(self.adapted), keep_zero=self._plain_sgd())
             surrogate = sum(0.5 * (start[n] - adapted[n]).pow(2).sum() for n in self.adapted)
             with torch.no_grad():
                 logits = self._logits(backbone, self._embed(backbone, episode.query, adapted,
-                                                            steps), adapted)
+                                                            steps, slots), adapted)
         return surrogate, logits
 
 

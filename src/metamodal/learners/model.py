@@ -9,12 +9,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metamodal.data.batch import Episode
-from metamodal.encoders import DEFAULT_ENCODERS, build_encoder, check_hyperparameters
+from metamodal.data.batch import Episode, all_present
+from metamodal.encoders import DEFAULT_ENCODERS, Encoder, build_encoder, check_hyperparameters
 from metamodal.errors import ConfigError, ModalityError
 from metamodal.fusion.base import build_fusion
 from metamodal.learners.base import learners
 from metamodal.learners.embeddings import Embeddings
+
+
+def _zeroes_absent(encoder: nn.Module) -> bool:
+    """Whether ``encoder``'s output rows of absent samples are exactly zero, and pass no
+    gradient, by construction: an `Encoder` that keeps `Encoder.forward`."""
+    return isinstance(encoder, Encoder) and type(encoder).forward is Encoder.forward
 
 
 class Backbone(nn.Module):
@@ -134,8 +140,12 @@ class Backbone(nn.Module):
                 continue
             mb = batch[name]
             mask = mb.present.to(torch.bool)
-            out = self.encoders[name](mb)
-            parts[name] = torch.where(mask.unsqueeze(1), out, torch.zeros((), dtype=out.dtype))
+            encoder = self.encoders[name]
+            out = encoder(mb)
+            # nothing to zero when the encoder did (see `_zeroes_absent`) or all are present
+            if not _zeroes_absent(encoder) and not all_present(mask):
+                out = torch.where(mask.unsqueeze(1), out, torch.zeros((), dtype=out.dtype))
+            parts[name] = out
             present[name] = mask
         reference = next(iter(parts.values()))
         for name in known:
@@ -205,8 +215,15 @@ class Backbone(nn.Module):
             else:
                 fused_parts[name] = reference.new_zeros(size, reference.shape[1])
                 masks[name] = torch.zeros(size, dtype=torch.bool, device=reference.device)
-        z = self.fusion(fused_parts, masks)
-        return Embeddings(z, torch.stack(list(masks.values()), dim=1), fused_parts, known)
+        return self._fuse(fused_parts, masks)
+
+    def _fuse(self, parts: dict[str, Tensor], present: dict[str, Tensor]) -> Embeddings:
+        """`fuse` of checked inputs: ``parts`` (``[B, dim]``) and bool ``present`` (``[B]``)
+        for every modality of the model, in its order."""
+        z = self.fusion(parts, present)
+        masks = list(present.values())
+        stacked = masks[0].unsqueeze(1) if len(masks) == 1 else torch.stack(masks, dim=1)
+        return Embeddings(z, stacked, parts, list(parts))
 
     def forward(self, batch: Mapping[str, Any]) -> Embeddings:
         """Encode every modality of ``batch`` and fuse them: `encode`, then `fuse`.
@@ -222,8 +239,8 @@ class Backbone(nn.Module):
         Raises:
             ModalityError: the batch has a modality the model does not know, or none at all.
         """
-        parts, present = self.encode(batch)
-        return self.fuse(parts, present)
+        parts, present = self.encode(batch)  # checked and complete: fused without checks
+        return self._fuse(parts, present)
 
 
 class FewShotModel(nn.Module):

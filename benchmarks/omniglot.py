@@ -16,7 +16,7 @@ Results go to ``OUT/results.jsonl`` (one line per configuration; a configuration
 is not run again, so an interrupted benchmark resumes) and print as a table.
 
     python benchmarks/omniglot.py --source PATH/TO/omniglot --out omniglot-bench
-    python benchmarks/omniglot.py --source ... --out ... --only images,fused-late --steps 200
+    python benchmarks/omniglot.py --source ... --out ... --only images,fused-late --max-steps 200
 
 The configuration with the best validation accuracy is ``configs/omniglot.toml`` (usable as
 ``metamodal train --config configs/omniglot.toml --data DIR``).
@@ -123,7 +123,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000,
          "images-20way-rot-affine-resnet12": 2000, "images-20way-rot-affine-5000": 5000,
          "images-20way-rot-affine-resnet12-4000": 4000}
-"""Steps of a configuration when not the default (``--steps``)."""
+"""Steps of a configuration when not the default (``--steps``; ``--max-steps`` caps both)."""
 
 
 def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float, best_val: float, *,
@@ -186,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", required=True, help="folder of the Omniglot archives")
     parser.add_argument("--out", required=True, help="work folder (dataset, runs, results)")
     parser.add_argument("--only", help="comma-separated configurations (default: all)")
-    parser.add_argument("--steps", type=int, default=3000, help="training steps (default 3000)")
+    parser.add_argument("--steps", type=int, default=2000,
+                        help="training steps of a configuration without its own count in "
+                        "STEPS (default 2000)")
+    parser.add_argument("--max-steps", type=int,
+                        help="cap every configuration's steps (a smoke run)")
     parser.add_argument("--episodes", type=int, default=600, help="5-way test episodes")
     parser.add_argument("--runs", type=int, default=100, help="20-way within-alphabet runs")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -210,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if name in done:
             continue
-        steps = min(STEPS.get(name, args.steps), args.steps)
+        steps = STEPS.get(name, args.steps)
+        if args.max_steps is not None:
+            steps = min(steps, args.max_steps)
         config = TrainConfig(data=str(data), steps=steps).updated({**BASE, **CONFIGS[name]})
         started = time.perf_counter()
         result = Trainer(config, out / "runs" / name, progress=False).fit(resume=True)

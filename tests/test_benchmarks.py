@@ -56,7 +56,7 @@ def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None
                    {"Alpha": 5, "Beta": 5, "Tagalog": 5, "Sanskrit": 20}, drawers=16)
     args = [sys.executable, str(BENCHMARKS / "omniglot.py"), "--source", str(tmp_path / "src"),
             "--out", str(tmp_path / "bench"), "--only", "images,fused-late-unimodal",
-            "--steps", "2", "--episodes", "5", "--runs", "2", "--threads", "1"]
+            "--max-steps", "2", "--episodes", "5", "--runs", "2", "--threads", "1"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]

@@ -114,6 +114,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "encoder_options": TRAJECTORY_OPTIONS, "fusion": "late",
         "fusion_options": {"unimodal_loss": 1.0},
         "augment": {"rotate_classes": True, "image": AFFINE, "strokes": STROKES}},
+    "images+strokes-20way-rot-affine-unimodal-resnet12-4000": {
+        "ways": 20, "queries": 5, **WIDE_VAL, "val_every": 1000, "fusion": "late",
+        "fusion_options": {"unimodal_loss": 1.0},
+        "encoders": {**TRAJECTORY, "image": "resnet12"}, "encoder_options": TRAJECTORY_OPTIONS,
+        "augment": {"rotate_classes": True, "image": AFFINE, "strokes": STROKES}},
     "images+strokes-20way-rot-affine-align": {
         "ways": 20, "queries": 5, **WIDE_VAL, "encoders": TRAJECTORY,
         "encoder_options": TRAJECTORY_OPTIONS, "fusion": "late",
@@ -122,7 +127,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000,
          "images-20way-rot-affine-resnet12": 2000, "images-20way-rot-affine-5000": 5000,
-         "images-20way-rot-affine-resnet12-4000": 4000}
+         "images-20way-rot-affine-resnet12-4000": 4000,
+         "images+strokes-20way-rot-affine-unimodal-resnet12-4000": 4000}
 """Steps of a configuration when not the default (``--steps``; ``--max-steps`` caps both)."""
 
 

@@ -77,6 +77,13 @@ def _kill_at(step_to_die: int):
     return callback
 
 
+def _interrupted_run(data: Path, run_dir: Path) -> None:
+    """A 30-step run killed at step 5, leaving the checkpoint of step 4 in ``run_dir``."""
+    with pytest.raises(_Kill):
+        Trainer(_config(data, steps=30, val_every=0, checkpoint_every=2), run_dir,
+                progress=False, callbacks=[_kill_at(5)]).fit()
+
+
 @pytest.mark.parametrize(("learner", "extra"), [
     ("protonet", {}), ("nearest-centroid", {}),
     ("maml++", {"meta_batch": 2, "learner_options": {"inner_steps": 2},
@@ -246,9 +253,7 @@ def test_fresh_start_discards_an_unfinished_runs_checkpoint(
     tiny_data: Path, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    with pytest.raises(_Kill):
-        Trainer(_config(tiny_data, steps=30, val_every=0, checkpoint_every=2), run_dir,
-                progress=False, callbacks=[_kill_at(5)]).fit()
+    _interrupted_run(tiny_data, run_dir)
     assert (run_dir / CHECKPOINT_FILE).exists()
     with pytest.raises(_Kill):
         Trainer(_config(tiny_data, steps=30, val_every=0, seed=2), run_dir, progress=False,
@@ -306,9 +311,7 @@ def test_a_crafted_checkpoint_runs_no_code(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_dir = tmp_path / "run"
-    with pytest.raises(_Kill):
-        Trainer(_config(tiny_data, steps=30, val_every=0, checkpoint_every=2), run_dir,
-                progress=False, callbacks=[_kill_at(5)]).fit()
+    _interrupted_run(tiny_data, run_dir)
     monkeypatch.chdir(tmp_path)
     torch.save({"config": {}, "payload": _Payload()}, run_dir / CHECKPOINT_FILE)
     with pytest.raises(RunError, match="corrupt") as caught:
@@ -333,9 +336,7 @@ def test_a_checkpoint_with_a_bad_entry_is_a_run_error_naming_it(
     tiny_data: Path, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    with pytest.raises(_Kill):
-        Trainer(_config(tiny_data, steps=30, val_every=0, checkpoint_every=2), run_dir,
-                progress=False, callbacks=[_kill_at(5)]).fit()
+    _interrupted_run(tiny_data, run_dir)
     state = torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)
     state["progress"] = {"step": "x", "unknown": 1}
     torch.save(state, run_dir / CHECKPOINT_FILE)

@@ -96,11 +96,9 @@ def loads_toml(text: str) -> dict[str, Any]:
     """
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ParseError(f"not valid TOML: {exc}") from None
     except RecursionError:
         raise ParseError("not valid TOML: nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+    except ValueError as exc:  # a decode error, or an integer beyond Python's digit limit
         raise ParseError(f"not valid TOML: {exc}") from None
 
 
@@ -118,11 +116,9 @@ def loads_json(text: str) -> Any:
     """
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ParseError(f"not valid JSON: {exc}") from None
     except RecursionError:
         raise ParseError("not valid JSON: nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+    except ValueError as exc:  # a decode error, or an integer beyond Python's digit limit
         raise ParseError(f"not valid JSON: {exc}") from None
 
 

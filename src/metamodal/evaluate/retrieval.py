@@ -99,9 +99,9 @@ def _ceiling_scores(labels: Tensor, classes: Sequence[str], shared: Mapping[str,
                     generator: torch.Generator) -> Tensor:
     """``[N, N]`` scores of a ranking that knows what the two modalities of a class share:
     1 where query and target classes show the same values, plus a random tie-break below 1."""
-    keys = [shared[c] for c in classes]
-    same = torch.tensor([[keys[i] == keys[j] for j in labels.tolist()] for i in labels.tolist()],
-                        dtype=torch.float64)
+    key_ids = {key: k for k, key in enumerate(dict.fromkeys(shared[c] for c in classes))}
+    of_sample = torch.tensor([key_ids[shared[c]] for c in classes])[labels]  # [N]
+    same = (of_sample.unsqueeze(1) == of_sample.unsqueeze(0)).to(torch.float64)
     return same + 0.5 * torch.rand(same.shape, generator=generator, dtype=torch.float64)
 
 

@@ -19,6 +19,9 @@ trainer's AdamW costs the same). The sides:
 
 - ``metamodal``: `FewShotModel.build(...)` with learner ``maml`` (or ``protonet``);
   ``loss, _ = model.loss(episode)`` on `Episode` objects built before timing.
+- ``metamodal vmap``: the same model with the trainer's ``task_batching = "vmap"``: eight
+  tasks at a time under `torch.func.vmap` (`metamodal.learners.task_batching`), one backward
+  per chunk. Which of the two is faster on the device decides ``task_batching = "auto"``.
 - ``learn2learn``: ``l2l.algorithms.MAML`` (``clone()``, ``adapt(loss)``) around the *same*
   backbone module (metamodal's conv4 / MLP encoder and mean fusion) plus a zero-initialised
   ``nn.Linear(D, ways)``.
@@ -50,7 +53,7 @@ gradient entry (at least 1e-9).
 
 Run::
 
-    python benchmarks/meta_learners.py                       # metamodal, plain loop, vmap
+    python benchmarks/meta_learners.py                       # metamodal (both), plain, vmap
     bash benchmarks/setup_learn2learn.sh .l2l-env            # once: learn2learn + higher
     .l2l-env/bin/python benchmarks/meta_learners.py          # every side
     python benchmarks/meta_learners.py --device cuda         # on a GPU
@@ -84,8 +87,14 @@ from torch.func import functional_call
 
 from metamodal.data.batch import Episode, ModalityBatch
 from metamodal.learners.model import FewShotModel
+from metamodal.learners.task_batching import batched_losses
+from metamodal.train.config import TrainConfig
 
-SIDES = ("metamodal", "learn2learn", "higher", "plain loop", "vmap")
+SIDES = ("metamodal", "metamodal vmap", "learn2learn", "higher", "plain loop", "vmap")
+OURS = ("metamodal", "metamodal vmap")
+"""metamodal's two ways through a meta-batch (``task_batching`` ``loop`` and ``vmap``)."""
+VMAP_CHUNK = TrainConfig.vmap_chunk
+"""Tasks per vmap call of the ``metamodal vmap`` side: the trainer's default."""
 PEERS = {"learn2learn": "learn2learn", "higher": "higher"}
 """Side name -> the module it imports."""
 SETUP_HINT = ("to compare with learn2learn and higher: bash benchmarks/setup_learn2learn.sh "
@@ -186,6 +195,8 @@ def sides_for(workload: Workload) -> dict[str, str | None]:
     for side in SIDES:
         if side in PEERS and not workload.maml:
             out[side] = f"not applicable: {side} has no ProtoNet learner"
+        elif side == "metamodal vmap" and not workload.maml:
+            out[side] = "not applicable: ProtoNet runs each episode on its own"
         elif side == "vmap" and workload.key not in VMAP_WORKLOADS:
             out[side] = "not measured (W1, W2, W4 only)"
         else:
@@ -350,6 +361,22 @@ def side_metamodal(workload: Workload, model: FewShotModel) -> Side:
             (loss / len(tasks)).backward()
 
     return Side(accumulate, adam(list(model.parameters())), list(model.backbone.parameters()))
+
+
+def side_metamodal_vmap(workload: Workload, model: FewShotModel) -> Side:
+    """metamodal's side with ``task_batching = "vmap"``: `VMAP_CHUNK` tasks at a time under
+    `torch.func.vmap` (`batched_losses`), one backward per chunk, as the trainer does."""
+    model.train()
+
+    def accumulate(tasks: list[Task]) -> None:
+        for first in range(0, len(tasks), VMAP_CHUNK):
+            chunk = [task.episode for task in tasks[first:first + VMAP_CHUNK]]
+            losses, _ = batched_losses(model.learner, model.backbone, chunk)
+            (losses.sum() / len(tasks)).backward()
+
+    return Side(accumulate, adam(list(model.parameters())), list(model.backbone.parameters()),
+                f"task_batching = 'vmap': {VMAP_CHUNK} tasks per vmap call, one backward per "
+                "chunk")
 
 
 def import_peer(name: str) -> tuple[Any | None, str]:
@@ -521,6 +548,7 @@ def side_vmap(workload: Workload, model: FewShotModel) -> Side:
 
 BUILDERS: dict[str, Callable[[Workload, FewShotModel], Side]] = {
     "metamodal": side_metamodal,
+    "metamodal vmap": side_metamodal_vmap,
     "learn2learn": side_learn2learn,
     "higher": side_higher,
     "plain loop": side_plain_loop,
@@ -693,9 +721,14 @@ def summarize(key: str, timed: dict[str, tuple[float, float]]) -> str:
     """One line: is metamodal faster than the fastest peer, at no more peak memory?"""
     if "metamodal" not in timed:
         return f"{key}: metamodal did not run"
-    peers = {s: v for s, v in timed.items() if s != "metamodal"}
+    peers = {s: v for s, v in timed.items() if s not in OURS}
+    batching = ""
+    if "metamodal vmap" in timed:
+        loop, vmap = timed["metamodal"][0], timed["metamodal vmap"][0]
+        batching = (f"; task_batching on this device: {'loop' if loop <= vmap else 'vmap'} is "
+                    f"faster ({loop:.4f} s loop, {vmap:.4f} s vmap)")
     if not peers:
-        return f"{key}: no peer ran"
+        return f"{key}: no peer ran{batching}"
     ours, our_rss = timed["metamodal"]
     fastest = min(peers, key=lambda s: peers[s][0])
     theirs, their_rss = peers[fastest]
@@ -706,7 +739,7 @@ def summarize(key: str, timed: dict[str, tuple[float, float]]) -> str:
             f"(metamodal {ours:.4f} s/update, {our_rss:,.0f} MB; fastest peer {fastest} "
             f"{theirs:.4f} s, {their_rss:,.0f} MB: metamodal {'faster' if faster else 'slower'}"
             f" by {abs(theirs / ours - 1) * 100:.0f}%, "
-            f"{'no more' if less else 'more'} memory)")
+            f"{'no more' if less else 'more'} memory){batching}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

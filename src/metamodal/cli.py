@@ -90,7 +90,8 @@ def _train_config(args: argparse.Namespace):
     flags: dict[str, Any] = {}
     for key in ("learner", "fusion", "ways", "shots", "queries", "steps", "seed", "lr", "dim",
                 "val_every", "val_episodes", "patience", "device", "batch_size",
-                "checkpoint_every", "meta_batch", "val_ways", "val_shots", "val_queries"):
+                "checkpoint_every", "meta_batch", "task_batching", "vmap_chunk", "val_ways",
+                "val_shots", "val_queries"):
         value = getattr(args, key)
         if value is not None:
             flags[key] = value
@@ -717,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--batch-size", int, "batch of supervised pre-training for baselines (default 64)"),
         ("--checkpoint-every", int, "resumable checkpoint every N steps (default 100)"),
         ("--meta-batch", int, "episodes (tasks) per meta-update (default 1)"),
+        ("--vmap-chunk", int, "with --task-batching vmap: tasks per vmap call (default 8)"),
         ("--inner-steps", int, "optimisation-based learners: inner steps in training"),
         ("--inner-lr", float, "optimisation-based learners: inner learning rate in training"),
         ("--eval-steps", int, "optimisation-based learners: inner steps at evaluation"),
@@ -734,6 +736,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action="append", metavar="KEY=VALUE",
                    help="training augmentation, e.g. rotate_classes=true, image.rotate=10, "
                    "strokes.jitter=0.01, modality_dropout=0.2 (repeatable; see the README)")
+    p.add_argument("--task-batching", choices=("auto", "loop", "vmap"),
+                   help="tasks of a meta-batch one after the other (loop) or at once with "
+                   "torch.func.vmap (MAML family); auto: loop on CPU, vmap on CUDA")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--overwrite", action="store_true",

@@ -44,6 +44,10 @@ class Encoder(nn.Module):
     kinds: ClassVar[tuple[str, ...]] = ()
     """The modality kinds this encoder fits (set by `register_encoder`)."""
 
+    batches_tasks: ClassVar[bool] = True
+    """Whether `encode` can run under `torch.func.vmap` over the tasks of a meta-batch
+    (`metamodal.learners.task_batching`); False where it reads values on the host."""
+
     def __init__(self, *, dim: int, input_info: Mapping[str, Any]) -> None:
         super().__init__()
         if not isinstance(dim, int) or dim < 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metamodal.batched_tasks import batching_tasks
 from metamodal.errors import ConfigError
 
 
@@ -142,6 +143,8 @@ def to_channels_last(x: Tensor) -> Tensor:
         >>> y.stride(), y.tolist()
         ((6, 1, 3, 1), [[[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]]])
     """
+    if batching_tasks():  # vmap cannot query memory formats; the layout is only speed
+        return x
     batch, channels, height, width = x.shape
     if channels == 1:
         # stride 1 along the channel axis: what convolutions take for channels_last
@@ -226,7 +229,7 @@ class MaskedBatchNorm(nn.Module):
 def _in_layout_of(factor: Tensor, x: Tensor) -> Tensor:
     """``factor`` (broadcastable to ``x``) in the memory format of ``x``, so that an
     element-wise op taking ``factor`` first gives an output laid out like ``x``."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+    if x.dim() == 4 and not batching_tasks() and not x.is_contiguous() and x.is_contiguous(
         memory_format=torch.channels_last
     ):
         return factor.contiguous(memory_format=torch.channels_last)

@@ -71,6 +71,8 @@ class GRUEncoder(Encoder):
         torch.Size([3, 8])
     """
 
+    batches_tasks = False  # packing needs the lengths on the host
+
     def __init__(
         self,
         *,

@@ -74,8 +74,8 @@ def resample_trajectory(points: Tensor, starts: Tensor, lengths: Tensor, count: 
     take = lambda i: points.gather(1, i.unsqueeze(-1).expand(n, count, 2))  # noqa: E731
     resampled = take(low) * (1 - weight.unsqueeze(-1)) + take(high) * weight.unsqueeze(-1)
     stroke = starts.long().cumsum(1).gather(1, low)
-    first = torch.ones(n, count, dtype=torch.bool, device=points.device)
-    first[:, 1:] = stroke[:, 1:] != stroke[:, :-1]
+    first = torch.cat([torch.ones(n, 1, dtype=torch.bool, device=points.device),
+                       stroke[:, 1:] != stroke[:, :-1]], 1)
     return resampled, first
 
 
@@ -89,8 +89,7 @@ def trajectory_features(resampled: Tensor, first: Tensor) -> Tensor:
     moved = resampled - centre
     radius = moved.square().sum(-1).mean(1, keepdim=True).sqrt().clamp_min(1e-6).unsqueeze(-1)
     normal = moved / radius
-    offset = torch.zeros_like(normal)
-    offset[:, 1:] = normal[:, 1:] - normal[:, :-1]
+    offset = torch.cat([torch.zeros_like(normal[:, :1]), normal[:, 1:] - normal[:, :-1]], 1)
     offset = offset.masked_fill(first.unsqueeze(-1), 0.0)
     return torch.cat([normal, offset, first.unsqueeze(-1).to(normal.dtype)], -1)
 

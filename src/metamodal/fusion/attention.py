@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metamodal.errors import ConfigError
@@ -25,6 +27,11 @@ class AttentionFusion(Fusion):
     Multimodal Fusion". Absent modalities are masked out as keys (``src_key_padding_mask``);
     the CLS token is always present. ``pool="mean"`` averages the present modality tokens'
     outputs instead of taking the CLS output. A sample with no modality gets zeros.
+
+    The layers are `nn.TransformerEncoderLayer` modules (post-norm, ReLU), run by
+    `_encoder_layer`: the same computation written with plain tensor operations, which can be
+    differentiated twice (second-order MAML through the fusion; the CPU's fused attention
+    kernel has no double backward) and run under `torch.func.vmap`.
 
     Args:
         modalities: the modality names.
@@ -80,7 +87,9 @@ class AttentionFusion(Fusion):
         tokens = torch.where(mask.unsqueeze(-1), z + self.type_embedding.to(z.dtype), zero)
         tokens = torch.cat([self.cls.expand(size, 1, self.dim).to(z.dtype), tokens], dim=1)
         padding = torch.cat([torch.zeros_like(mask[:, :1]), ~mask], dim=1)
-        out = self.encoder(tokens, src_key_padding_mask=padding)
+        out = tokens
+        for layer in self.encoder.layers:
+            out = _encoder_layer(layer, out, padding)
         if self.pool == "cls":
             fused = out[:, 0]
         else:
@@ -88,3 +97,26 @@ class AttentionFusion(Fusion):
             total = torch.where(keep, out[:, 1:], torch.zeros((), dtype=out.dtype)).sum(1)
             fused = total / keep.sum(1).clamp_min(1).to(out.dtype)
         return self.zero_empty(fused, mask)
+
+
+def _self_attention(attention: nn.MultiheadAttention, x: Tensor, padding: Tensor) -> Tensor:
+    """Multi-head self-attention of ``x`` ``[B, T, D]`` over the keys where ``padding`` (bool
+    ``[B, T]``) is False, with ``attention``'s weights: what it computes as
+    ``attention(x, x, x, key_padding_mask=padding)[0]``. Every row needs one unpadded key."""
+    size, tokens, dim = x.shape
+    heads = attention.num_heads
+    q, k, v = F.linear(x, attention.in_proj_weight, attention.in_proj_bias).chunk(3, -1)
+    q, k, v = (t.view(size, tokens, heads, dim // heads).transpose(1, 2) for t in (q, k, v))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(dim // heads)  # [B, heads, T, T]
+    scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+    weights = F.dropout(scores.softmax(-1), attention.dropout, attention.training)
+    out = (weights @ v).transpose(1, 2).reshape(size, tokens, dim)
+    return attention.out_proj(out)
+
+
+def _encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, padding: Tensor) -> Tensor:
+    """``layer(x, src_key_padding_mask=padding)`` for a post-norm layer: ``x`` ``[B, T, D]``,
+    ``padding`` bool ``[B, T]``."""
+    x = layer.norm1(x + layer.dropout1(_self_attention(layer.self_attn, x, padding)))
+    feedforward = layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))
+    return layer.norm2(x + layer.dropout2(feedforward))

@@ -54,6 +54,9 @@ class Learner(nn.Module):
             the embeddings across episodes (metric learners). Learners that adapt the
             backbone's weights per task (the MAML family) set it False: evaluation then runs
             each episode through `forward`.
+        batches_tasks: True when `loss` can run under `torch.func.vmap` over a stack of
+            episodes inside `metamodal.batched_tasks.tasks_batched` (the MAML family; see
+            `metamodal.learners.task_batching`), so that a meta-batch may be processed at once.
 
     Example:
         >>> class Nearest(Learner):
@@ -71,6 +74,7 @@ class Learner(nn.Module):
 
     training_mode: ClassVar[str] = "episodic"
     caches_embeddings: ClassVar[bool] = True
+    batches_tasks: ClassVar[bool] = False
 
     def forward(  # pragma: no cover - abstract
         self,

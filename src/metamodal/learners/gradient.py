@@ -28,8 +28,10 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metamodal.batched_tasks import batching_tasks
 from metamodal.data.batch import Episode, ModalityBatch, all_present
 from metamodal.errors import ConfigError
 from metamodal.learners.base import Learner, check_support, embed_pair, learners
@@ -110,6 +112,7 @@ class GradientLearner(Learner):
     """
 
     caches_embeddings = False
+    batches_tasks = True
 
     def __init__(
         self,
@@ -219,7 +222,7 @@ class GradientLearner(Learner):
         the same as with the embeddings computed again.
         """
         keep_all = _everyone(batch)
-        reuse = self._plain_sgd() and not stochastic(backbone)
+        reuse = self._plain_sgd() and not stochastic(backbone) and not batching_tasks()
         first: list[tuple[Params, Embeddings]] = []  # the first step's weights and embeddings
 
         def loss(embedded: Embeddings, params: Params) -> Tensor:
@@ -244,8 +247,11 @@ class GradientLearner(Learner):
         params = dict(backbone.named_parameters())
         start = {n: params[n] for n in self.adapted}
         reference = next(iter(params.values()))
-        start["head.weight"] = reference.new_zeros(ways, self.dim).requires_grad_()
-        start["head.bias"] = reference.new_zeros(ways).requires_grad_()
+        start["head.weight"] = reference.new_zeros(ways, self.dim)
+        start["head.bias"] = reference.new_zeros(ways)
+        if not batching_tasks():  # torch.func.grad needs no flag (and forbids setting one)
+            start["head.weight"].requires_grad_()
+            start["head.bias"].requires_grad_()
         return start
 
     def _logits(self, backbone: nn.Module, embeddings: Embeddings, params: Params) -> Tensor:
@@ -281,7 +287,8 @@ class GradientLearner(Learner):
         entry (meta-training); otherwise (evaluation under `torch.no_grad`) the inner loop
         runs with gradients on, keeps no graph across steps, and the logits are detached.
         """
-        check_support(support_labels, ways)
+        if not batching_tasks():  # checked before batching, where labels can be read
+            check_support(support_labels, ways)
         meta = torch.is_grad_enabled()
         steps, lr = self.steps_and_lr()
         create_graph = meta and self.second_order()
@@ -533,7 +540,8 @@ class Reptile(GradientLearner):
         from metamodal.data.batch import cat_batches
 
         ways = episode.ways
-        check_support(episode.support_labels, ways)
+        if not batching_tasks():
+            check_support(episode.support_labels, ways)
         task = (cat_batches([episode.support, episode.query])
                 if set(episode.support) == set(episode.query) else episode.support)
         labels = (torch.cat([episode.support_labels, episode.query_labels])
@@ -561,6 +569,20 @@ def _preprocess_gradients(grads: Tensor, p: float) -> Tensor:
     first = torch.where(big, magnitude.clamp_min(math.exp(-p)).log() / p, -torch.ones_like(grads))
     second = torch.where(big, grads.sign(), grads * math.exp(p))
     return torch.stack([first, second], dim=1)
+
+
+def _lstm_cell(cell: nn.LSTMCell, x: Tensor, state: tuple[Tensor, Tensor]
+               ) -> tuple[Tensor, Tensor]:
+    """``cell(x, state)``: ``x`` ``[N, inputs]``, ``state`` two ``[N, hidden]``; under vmap
+    over tasks written out (input, forget, cell and output gates, in `nn.LSTMCell`'s order),
+    since the fused cell has no vmap rule."""
+    if not batching_tasks():
+        return cell(x, state)
+    h, c = state
+    gates = F.linear(x, cell.weight_ih, cell.bias_ih) + F.linear(h, cell.weight_hh, cell.bias_hh)
+    i, f, g, o = gates.chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 @learners.register("lstm-optimizer")
@@ -622,7 +644,7 @@ class LSTMOptimizer(GradientLearner):
             zeros = flat.new_zeros(flat.numel(), self.hidden)
             self._state = (zeros, zeros)
         inputs = _preprocess_gradients(flat.detach() if self.first_order else flat, 10.0)
-        h, c = self.cell(inputs.to(self.cell.weight_ih.dtype), self._state)
+        h, c = _lstm_cell(self.cell, inputs.to(self.cell.weight_ih.dtype), self._state)
         self._state = (h, c) if torch.is_grad_enabled() else (h.detach(), c.detach())
         lr = 1.0 if self.training else self.eval_lr / self.inner_lr
         delta = -lr * self.log_lr.exp() * flat + self.scale * self.proposal(h).squeeze(1)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metamodal.batched_tasks import batching_tasks
 from metamodal.encoders.layers import MaskedBatchNorm
 
 Params = dict[str, Tensor]
@@ -50,6 +51,26 @@ def gradients(loss: Tensor, params: Mapping[str, Tensor], *, create_graph: bool,
                                 create_graph=create_graph, allow_unused=True)
     return {n: torch.zeros_like(params[n]) if g is None else g
             for n, g in zip(names, grads, strict=True)}
+
+
+def functional_gradients(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor],
+                         wanted: Mapping[str, Tensor], *, create_graph: bool) -> Params:
+    """`gradients` for use under `torch.func.vmap`: ``d loss_fn(params) / d wanted`` (every
+    entry of ``wanted`` replaces its name in ``params``) with `torch.func.grad`, whose result
+    stays differentiable by the outer autograd (second order); without ``create_graph`` it
+    is detached (first order).
+
+    Example:
+        >>> w = torch.tensor([2.0], requires_grad=True)
+        >>> g = functional_gradients(lambda p: (p["w"] ** 2 * p["u"]).sum(),
+        ...                          {"w": w, "u": torch.tensor([3.0])}, {"w": w},
+        ...                          create_graph=False)
+        >>> g["w"].tolist()  # d(3 w^2)/dw = 6 w
+        [12.0]
+    """
+    rest = {n: p for n, p in params.items() if n not in wanted}
+    grads = torch.func.grad(lambda chosen: loss_fn({**rest, **chosen}))(dict(wanted))
+    return grads if create_graph else {n: g.detach() for n, g in grads.items()}
 
 
 @dataclass
@@ -151,7 +172,10 @@ def scaled_descent(
 
 def detached(params: Mapping[str, Tensor]) -> Params:
     """Copies cut from the graph that require grad again (an inner loop without meta-gradient:
-    evaluation keeps no graph back to the initial weights)."""
+    evaluation keeps no graph back to the initial weights); under `tasks_batched` only cut
+    (`torch.func.grad` needs no flag)."""
+    if batching_tasks():
+        return {n: p.detach() for n, p in params.items()}
     return {n: p.detach().requires_grad_() for n, p in params.items()}
 
 
@@ -311,7 +335,8 @@ def unroll(
 
     Args:
         loss_fn: ``loss_fn(params, step) -> scalar`` (the support loss), or a `Through`
-            loss (differentiated with `gradients_through`).
+            loss (differentiated with `gradients_through`). Inside `tasks_batched` it is
+            differentiated with `functional_gradients` and must return a tensor.
         params: the starting parameters (the meta-learned ones, or views of them).
         steps: the number of updates.
         update: ``update(step, params, grads) -> params`` (e.g. `sgd_step` with a learning
@@ -339,13 +364,18 @@ def unroll(
     """
     if not track:
         params = detached(params)
+    batched = batching_tasks()
     for step in range(steps):
-        loss = loss_fn(params, step)
         skip = zero_first if step == 0 else frozenset()
         wanted = {n: p for n, p in params.items() if n not in skip}
-        grads = (gradients_through(loss, wanted, create_graph=create_graph)
-                 if isinstance(loss, Through)
-                 else gradients(loss, wanted, create_graph=create_graph))
+        if batched:
+            grads = functional_gradients(lambda p, step=step: loss_fn(p, step), params,
+                                         wanted, create_graph=create_graph)
+        else:
+            loss = loss_fn(params, step)
+            grads = (gradients_through(loss, wanted, create_graph=create_graph)
+                     if isinstance(loss, Through)
+                     else gradients(loss, wanted, create_graph=create_graph))
         if skip and keep_zero:  # the skipped weights stay as they are
             moved = update(step, wanted, grads)
             if not track:

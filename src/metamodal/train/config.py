@@ -33,7 +33,12 @@ class TrainConfig:
             lowered (with a warning) to what the validation split supplies (see
             `metamodal.train.validation.resolve_validation_shape`).
         steps: optimisation steps (meta-updates, or batches for supervised pre-training).
-        meta_batch: episodes (tasks) per meta-update, each backpropagated on its own.
+        meta_batch: episodes (tasks) per meta-update.
+        task_batching: how the tasks of a meta-batch are processed: ``loop`` (one after the
+            other, each backpropagated on its own), ``vmap`` (``vmap_chunk`` tasks at once
+            under `torch.func.vmap`, for the MAML family) or ``auto`` (``loop`` on CPU,
+            ``vmap`` on CUDA where the model allows); see `metamodal.learners.task_batching`.
+        vmap_chunk: tasks per vmap call (each chunk backpropagated on its own).
         lr, weight_decay: Adam's (AdamW's) learning rate and decoupled weight decay.
         schedule: ``cosine`` (decay to 0 over ``steps``) or ``constant``.
         grad_clip: max global gradient norm (0 = off).
@@ -86,6 +91,8 @@ class TrainConfig:
     val_queries: int = 0
     steps: int = 1000
     meta_batch: int = 1
+    task_batching: str = "auto"
+    vmap_chunk: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "cosine"
@@ -131,8 +138,8 @@ class TrainConfig:
         def bad(message: str, key: str, fix: str) -> ConfigError:
             return ConfigError(message, file=source, column=key, fix=fix)
 
-        positive = ("dim", "ways", "shots", "queries", "steps", "meta_batch", "batch_size",
-                    "val_episodes", "checkpoint_every")
+        positive = ("dim", "ways", "shots", "queries", "steps", "meta_batch", "vmap_chunk",
+                    "batch_size", "val_episodes", "checkpoint_every")
         for key in positive:
             if getattr(self, key) < 1:
                 raise bad(f"{key} must be >= 1, got {getattr(self, key)}", key,
@@ -148,6 +155,9 @@ class TrainConfig:
                 raise bad(f"{key} must be 0 or a positive count"
                           + (" >= 2" if key == "val_ways" else ""), key,
                           f"set {key} = 0 or a count")
+        if self.task_batching not in ("auto", "loop", "vmap"):
+            raise bad(f"unknown task_batching {self.task_batching!r}", "task_batching",
+                      "use 'auto', 'loop' or 'vmap'")
         if self.schedule not in ("cosine", "constant"):
             raise bad(f"unknown schedule {self.schedule!r}", "schedule",
                       "use 'cosine' or 'constant'")
@@ -174,7 +184,7 @@ class TrainConfig:
 
 
 LIMITS = {"dim": 8192, "ways": 10_000, "shots": 10_000, "queries": 10_000, "steps": 10**9,
-          "meta_batch": 10_000, "batch_size": 1_000_000, "val_ways": 10_000,
+          "meta_batch": 10_000, "vmap_chunk": 10_000, "batch_size": 1_000_000, "val_ways": 10_000,
           "val_shots": 10_000, "val_queries": 10_000, "val_episodes": 10**7,
           "checkpoint_every": 10**9, "val_every": 10**9, "patience": 10**9, "seed": 2**63 - 1}
 """Upper bounds of the integer settings: far beyond any real use, low enough to refuse a

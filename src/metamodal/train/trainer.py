@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metamodal.data.augment import Augmentation, augmentation_for, step_generator
-from metamodal.data.batch import TensorStore, cat_batches
+from metamodal.data.batch import Episode, TensorStore, cat_batches
 from metamodal.data.episodes import EpisodeSampler, check_class_sizes
 from metamodal.data.schema import load_schema
 from metamodal.data.splits import SPLITS_FILE
@@ -28,6 +28,7 @@ from metamodal.evaluate.protocol import embed_store, evaluate
 from metamodal.io import replace_directory
 from metamodal.learners.baselines import SupervisedClassifier
 from metamodal.learners.model import FewShotModel
+from metamodal.learners.task_batching import batchable, batched_losses, uses_vmap
 from metamodal.mapping.aligner import Aligner
 from metamodal.mapping.retrieval import similarity
 from metamodal.train.alignment import (
@@ -172,6 +173,7 @@ class Trainer:
         self.out = Path(out)
         self.progress = progress
         self.callbacks = list(callbacks or [])
+        self._vmap = False  # whether meta-batches run under vmap (`uses_vmap`, set by `fit`)
 
     def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
         """Train (or resume training) and write the run directory; returns a `TrainResult`.
@@ -208,6 +210,8 @@ class Trainer:
         train_store, train_classes = augmentation.expand_classes(data.store, data.split.train)
         model, classifier = self._build(data, len(train_classes), device)
         self._build_aligner(model, data, device)
+        self._vmap = uses_vmap(cfg.task_batching, device, model.learner, model.backbone,
+                               aligns=cfg.aligns)
         # Fail before training, not at the first validation, when a split is too small.
         splits_file = Path(cfg.data) / SPLITS_FILE
         where = splits_file if splits_file.exists() else Path(cfg.data)
@@ -333,7 +337,8 @@ class Trainer:
         Episodic learners train on ``meta_batch`` episodes per update: episode
         ``step * meta_batch + i`` of the meta-train sampler over ``classes`` of ``store``,
         augmented with that episode number's generator, each backpropagated on its own
-        (``loss / meta_batch``), so that only one task's graph is alive at a time.
+        (``loss / meta_batch``), so that only one task's graph is alive at a time; or, with
+        vmap (``task_batching``), ``vmap_chunk`` at a time, one graph per chunk.
         Supervised-mode learners train on one (augmented) batch of ordinary classification.
         With ``align_weight`` the alignment loss of the episode's samples is added; with
         ``align_only`` a step is the alignment loss of ``batch_size`` random meta-train samples.
@@ -371,23 +376,48 @@ class Trainer:
         sampler = EpisodeSampler(store, classes, cfg.ways, cfg.shots, cfg.queries,
                                  seed=cfg.seed)
 
-        def episodic(step: int) -> tuple[float, float]:
+        def episode(number: int) -> Episode:
+            """Episode ``number`` of the meta-train sampler, augmented, on the device."""
+            drawn = sampler[number]
+            if augmentation.active:
+                drawn = augmentation.episode(drawn, step_generator(cfg.seed, number))
+            return drawn.to(device)
+
+        def one_by_one(episodes: list[Episode]) -> tuple[float, float]:
+            """Backpropagate each episode on its own; sums of their losses and accuracies."""
             total_loss = total_acc = 0.0
-            for i in range(cfg.meta_batch):
-                number = step * cfg.meta_batch + i
-                episode = sampler[number]
-                if augmentation.active:
-                    episode = augmentation.episode(episode, step_generator(cfg.seed, number))
-                episode = episode.to(device)
-                loss, logits = model.loss(episode)
+            for task in episodes:
+                loss, logits = model.loss(task)
                 if aligner is not None:
                     parts, present = model.backbone.encode(
-                        cat_batches([episode.support, episode.query]))
-                    labels = torch.cat([episode.support_labels, episode.query_labels])
+                        cat_batches([task.support, task.query]))
+                    labels = torch.cat([task.support_labels, task.query_labels])
                     loss = loss + cfg.align_weight * aligner.loss(parts, present, labels)
                 (loss / cfg.meta_batch).backward()
                 total_loss += loss.item()
-                total_acc += (logits.argmax(-1) == episode.query_labels).float().mean().item()
+                total_acc += (logits.argmax(-1) == task.query_labels).float().mean().item()
+            return total_loss, total_acc
+
+        def at_once(episodes: list[Episode]) -> tuple[float, float]:
+            """Backpropagate the episodes together under vmap (or one by one when they
+            cannot be batched); sums of their losses and accuracies."""
+            if len(episodes) == 1 or not batchable(episodes):
+                return one_by_one(episodes)
+            losses, logits = batched_losses(model.learner, model.backbone, episodes)
+            (losses.sum() / cfg.meta_batch).backward()
+            labels = torch.stack([task.query_labels for task in episodes])
+            return (losses.sum().item(),
+                    (logits.argmax(-1) == labels).float().mean(-1).sum().item())
+
+        chunk, process = (cfg.vmap_chunk, at_once) if self._vmap else (1, one_by_one)
+
+        def episodic(step: int) -> tuple[float, float]:
+            numbers = range(step * cfg.meta_batch, (step + 1) * cfg.meta_batch)
+            total_loss = total_acc = 0.0
+            for first in range(0, cfg.meta_batch, chunk):
+                loss, acc = process([episode(n) for n in numbers[first:first + chunk]])
+                total_loss += loss
+                total_acc += acc
             return total_loss / cfg.meta_batch, total_acc / cfg.meta_batch
 
         return episodic

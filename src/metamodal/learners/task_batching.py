@@ -1,0 +1,227 @@
+"""The tasks of a meta-batch at once: a learner's episode loss under `torch.func.vmap` over a
+stack of episodes.
+
+The trainer processes a meta-batch in one of two ways (``task_batching``): ``loop`` runs the
+episodes one after the other, each backpropagated on its own (the fastest and leanest way on
+CPU, see ``benchmarks/meta_learners.py``); ``vmap`` stacks a chunk of episodes along a new
+leading axis and runs the learner's `loss` once for all of them under `torch.func.vmap`, its
+inner loop differentiated with `torch.func.grad` (`tasks_batched`), and backpropagates the
+chunk's losses together (one graph per chunk, never one for the whole meta-batch). Both
+compute the same losses and meta-gradients up to rounding.
+
+vmap runs every sample through every encoder (it cannot skip absent rows, whose number is
+data), so a chunk is batched only when its episodes are *complete*: every sample has every
+modality the episodes carry. A BatchNorm layer would otherwise see the absent rows' zeros
+in its statistics. Other chunks fall back to the loop, which masks absent modalities
+exactly (`batchable`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from metamodal.batched_tasks import tasks_batched
+from metamodal.data.batch import Batch, Episode, ModalityBatch, all_present, cat_batches
+from metamodal.encoders.base import Encoder
+from metamodal.errors import ConfigError
+from metamodal.learners.base import check_support
+from metamodal.learners.inner_loop import task_batch_norm
+
+TASK_BATCHING = ("auto", "loop", "vmap")
+"""The choices of ``task_batching``: ``auto`` picks per device (`resolve_task_batching`)."""
+
+
+def uses_vmap(choice: str, device: torch.device, learner: nn.Module, backbone: nn.Module,
+              *, aligns: bool = False) -> bool:
+    """Whether meta-training batches the tasks of a meta-batch with vmap: ``choice``
+    ``"vmap"``, or ``"auto"`` on CUDA (on CPU ``auto`` is the loop, measured faster and leaner
+    there by ``benchmarks/meta_learners.py``), when the model can (`obstacles`) and no
+    alignment loss is trained beside the learner's.
+
+    Raises:
+        ConfigError: ``choice`` is not one of `TASK_BATCHING`, or it is ``"vmap"`` and the
+            model or the alignment loss cannot be batched (names why).
+
+    Example:
+        >>> from metamodal.learners.model import FewShotModel
+        >>> model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {"features": 3}},
+        ...                            dim=8, fusion="mean", learner="maml")
+        >>> uses_vmap("auto", torch.device("cpu"), model.learner, model.backbone)
+        False
+        >>> uses_vmap("vmap", torch.device("cpu"), model.learner, model.backbone)
+        True
+    """
+    if choice not in TASK_BATCHING:
+        raise ConfigError(f"unknown task_batching {choice!r}", column="task_batching",
+                          fix="use 'auto', 'loop' or 'vmap'")
+    found = obstacles(learner, backbone) + (["the alignment loss is computed per episode"]
+                                             if aligns else [])
+    if choice == "vmap" and found:
+        raise ConfigError("task_batching = 'vmap' is not available: " + "; ".join(found),
+                          column="task_batching",
+                          fix="use task_batching = 'loop' (or 'auto'), or a learner of the MAML "
+                          "family with encoders that can be batched (not gru)")
+    return not found and (choice == "vmap" or (choice == "auto" and device.type == "cuda"))
+
+
+def batchable(episodes: Sequence[Episode]) -> bool:
+    """Whether ``episodes`` can run under vmap together and give what the loop gives: they
+    have the same modalities and sizes, and every sample has every modality (one check per
+    modality batch).
+
+    Example:
+        >>> from metamodal.batched_tasks import tasks_batched
+from metamodal.data.batch import ModalityBatch
+        >>> full = {"m": ModalityBatch(torch.zeros(2, 3), torch.ones(2, dtype=torch.bool))}
+        >>> labels = torch.tensor([0, 1])
+        >>> episode = Episode(full, full, labels, labels, ["a", "b"], ["1", "2"], ["3", "4"])
+        >>> batchable([episode, episode])
+        True
+    """
+    first = episodes[0]
+    for episode in episodes:
+        if episode.ways != first.ways:
+            return False
+        for side, reference in ((episode.support, first.support), (episode.query, first.query)):
+            if set(side) != set(reference) or any(len(side[m]) != len(reference[m])
+                                                  for m in side):
+                return False
+            if not all(all_present(mb.present) for mb in side.values()):
+                return False
+    return True
+
+
+def stack_batches(batches: Sequence[Batch]) -> dict[str, tuple[Tensor, ...]]:
+    """Batches of equal size ``B`` stacked along a new leading task axis, as plain tensors
+    for vmap: modality name -> ``(values [T, B, ...], present [T, B])``, with ``lengths
+    [T, B]`` appended where the kind has lengths. Values are zero-padded to the longest along
+    every axis (as `cat_batches` pads).
+
+    Example:
+        >>> ok = torch.ones(2, dtype=torch.bool)
+        >>> a = {"t": ModalityBatch(torch.ones(2, 3), ok, torch.tensor([3, 1]))}
+        >>> b = {"t": ModalityBatch(torch.ones(2, 5), ok, torch.tensor([5, 2]))}
+        >>> [tuple(x.shape) for x in stack_batches([a, b])["t"]]
+        [(2, 2, 5), (2, 2), (2, 2)]
+    """
+    joined = cat_batches(batches)
+    tasks = len(batches)
+    out: dict[str, tuple[Tensor, ...]] = {}
+    for name, mb in joined.items():
+        parts = [mb.values.unflatten(0, (tasks, -1)), mb.present.unflatten(0, (tasks, -1))]
+        if mb.lengths is not None:
+            parts.append(mb.lengths.unflatten(0, (tasks, -1)))
+        out[name] = tuple(parts)
+    return out
+
+
+def _unstacked(stacked: dict[str, tuple[Tensor, ...]]) -> Batch:
+    """One task's batch from `stack_batches`' tensors (under vmap: the task axis removed)."""
+    return {name: ModalityBatch(*parts) for name, parts in stacked.items()}
+
+
+def obstacles(learner: nn.Module, backbone: nn.Module) -> list[str]:
+    """Why ``learner`` and ``backbone`` cannot run under vmap over tasks (empty: they can).
+
+    Example:
+        >>> from metamodal.learners.model import FewShotModel
+        >>> model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {"features": 3}},
+        ...                            dim=8, fusion="mean", learner="protonet")
+        >>> obstacles(model.learner, model.backbone)
+        ['learner ProtoNet runs each episode on its own']
+    """
+    found = []
+    if not getattr(learner, "batches_tasks", False):
+        found.append(f"learner {type(learner).__name__} runs each episode on its own")
+    for name, encoder in getattr(backbone, "encoders", {}).items():
+        if not encoder.batches_tasks:
+            found.append(f"encoder {type(encoder).__name__} of modality {name!r} reads "
+                         "values on the host")
+    return found
+
+
+def _batch_norm(layer: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """``layer(x)`` with the batch's own statistics (as inside `task_batch_norm`), written out:
+    torch's batching rule for BatchNorm's double backward with affine weights gives wrong
+    second-order gradients under vmap. ``x`` ``[B, C, ...]``."""
+    dims = [0, *range(2, x.dim())]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    mean = x.mean(dims, keepdim=True)
+    centred = x - mean
+    out = centred * torch.rsqrt(centred.square().mean(dims, keepdim=True) + layer.eps)
+    if layer.affine:
+        out = out * layer.weight.view(shape) + layer.bias.view(shape)
+    return out
+
+
+def _layer_norm(layer: nn.LayerNorm, x: Tensor) -> Tensor:
+    """``layer(x)`` written out, for the same reason as `_batch_norm`."""
+    dims = list(range(x.dim() - len(layer.normalized_shape), x.dim()))
+    centred = x - x.mean(dims, keepdim=True)
+    out = centred * torch.rsqrt(centred.square().mean(dims, keepdim=True) + layer.eps)
+    if layer.elementwise_affine:
+        out = out * layer.weight
+        if layer.bias is not None:
+            out = out + layer.bias
+    return out
+
+
+@contextmanager
+def vmap_ready(backbone: nn.Module) -> Iterator[None]:
+    """Inside the block ``backbone`` runs under vmap as it runs outside on complete batches:
+    every `Encoder` encodes all rows of a batch and zeroes the absent ones afterwards
+    (``skip_absent = False``; vmap cannot skip rows whose number is data), and every
+    BatchNorm and LayerNorm layer is written out (`_batch_norm`, `_layer_norm`)."""
+    encoders = [(m, m.skip_absent) for m in backbone.modules() if isinstance(m, Encoder)]
+    norms = [(m, _batch_norm if isinstance(m, nn.modules.batchnorm._BatchNorm) else _layer_norm)
+             for m in backbone.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.LayerNorm)]
+    for encoder, _ in encoders:
+        encoder.skip_absent = False
+    for norm, written_out in norms:
+        norm.forward = partial(written_out, norm)
+    try:
+        yield
+    finally:
+        for encoder, skip in encoders:
+            encoder.skip_absent = skip
+        for norm, _ in norms:
+            del norm.forward
+
+
+def batched_losses(learner: nn.Module, backbone: nn.Module, episodes: Sequence[Episode]
+                   ) -> tuple[Tensor, Tensor]:
+    """The training losses ``[T]`` and query logits ``[T, Q, ways]`` of ``T`` episodes, the
+    learner's `loss` run once under `torch.func.vmap` over the stacked episodes.
+
+    Args:
+        learner: a learner whose ``batches_tasks`` is True (the MAML family).
+        backbone: the encoders and fusion.
+        episodes: `batchable` episodes.
+
+    Raises:
+        InsufficientSamplesError, DatasetError: an episode's support labels (checked here,
+            before batching).
+    """
+    for episode in episodes:
+        check_support(episode.support_labels, episode.ways)
+    first = episodes[0]
+    support = stack_batches([e.support for e in episodes])
+    query = stack_batches([e.query for e in episodes])
+    support_labels = torch.stack([e.support_labels for e in episodes])
+    query_labels = torch.stack([e.query_labels for e in episodes])
+
+    def one_task(support: dict[str, tuple[Tensor, ...]], query: dict[str, tuple[Tensor, ...]],
+                 support_labels: Tensor, query_labels: Tensor) -> tuple[Tensor, Tensor]:
+        episode = Episode(_unstacked(support), _unstacked(query), support_labels, query_labels,
+                          first.classes, first.support_ids, first.query_ids)
+        return learner.loss(backbone, episode)
+
+    with tasks_batched(), task_batch_norm(backbone), vmap_ready(backbone):
+        return torch.func.vmap(one_task, randomness="different")(
+            support, query, support_labels, query_labels)

@@ -173,6 +173,8 @@ def test_attention_fusion_computes_what_the_torch_transformer_computes(training:
     expected = fusion.zero_empty(fusion.encoder(tokens, src_key_padding_mask=padding)[:, 0],
                                  mask)
     assert torch.allclose(fusion(parts, present), expected, atol=1e-12)
+    with torch.no_grad():  # torch's own layers there
+        assert torch.allclose(fusion(parts, present), expected, atol=1e-12)
 
 
 def test_stacking_pads_every_task_to_the_longest() -> None:

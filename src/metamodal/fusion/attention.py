@@ -28,10 +28,10 @@ class AttentionFusion(Fusion):
     the CLS token is always present. ``pool="mean"`` averages the present modality tokens'
     outputs instead of taking the CLS output. A sample with no modality gets zeros.
 
-    The layers are `nn.TransformerEncoderLayer` modules (post-norm, ReLU), run by
-    `_encoder_layer`: the same computation written with plain tensor operations, which can be
-    differentiated twice (second-order MAML through the fusion; the CPU's fused attention
-    kernel has no double backward) and run under `torch.func.vmap`.
+    The layers are `nn.TransformerEncoderLayer` modules (post-norm, ReLU). With gradients on
+    they run through `_encoder_layer`: the same computation written with plain tensor
+    operations, which can be differentiated twice (second-order MAML through the fusion; the
+    CPU's fused attention kernel has no double backward) and run under `torch.func.vmap`.
 
     Args:
         modalities: the modality names.
@@ -87,9 +87,12 @@ class AttentionFusion(Fusion):
         tokens = torch.where(mask.unsqueeze(-1), z + self.type_embedding.to(z.dtype), zero)
         tokens = torch.cat([self.cls.expand(size, 1, self.dim).to(z.dtype), tokens], dim=1)
         padding = torch.cat([torch.zeros_like(mask[:, :1]), ~mask], dim=1)
-        out = tokens
-        for layer in self.encoder.layers:
-            out = _encoder_layer(layer, out, padding)
+        if torch.is_grad_enabled():
+            out = tokens
+            for layer in self.encoder.layers:
+                out = _encoder_layer(layer, out, padding)
+        else:  # torch's fused kernels: the same values, faster without gradients
+            out = self.encoder(tokens, src_key_padding_mask=padding)
         if self.pool == "cls":
             fused = out[:, 0]
         else:

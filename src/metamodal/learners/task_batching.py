@@ -75,8 +75,6 @@ def batchable(episodes: Sequence[Episode]) -> bool:
     modality batch).
 
     Example:
-        >>> from metamodal.batched_tasks import tasks_batched
-from metamodal.data.batch import ModalityBatch
         >>> full = {"m": ModalityBatch(torch.zeros(2, 3), torch.ones(2, dtype=torch.bool))}
         >>> labels = torch.tensor([0, 1])
         >>> episode = Episode(full, full, labels, labels, ["a", "b"], ["1", "2"], ["3", "4"])

@@ -252,7 +252,7 @@ def train_losses(data: Path, out: Path, batching: str) -> list[float]:
 @pytest.mark.parametrize("missing", [0.0, 0.3])
 def test_the_trainer_batches_complete_chunks_and_loops_over_the_rest(
     datasets: dict[float, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    missing: float,
+    caplog: pytest.LogCaptureFixture, missing: float,
 ) -> None:
     import metamodal.train.trainer as trainer
 
@@ -270,6 +270,20 @@ def test_the_trainer_batches_complete_chunks_and_loops_over_the_rest(
     if missing:  # every chunk has an absent modality: the loop, the very same numbers
         assert not calls
         assert batched == looped
+        assert "lacks a modality" in caplog.text
     else:  # chunks of 3 and 1 tasks per step; the single one runs in the loop
         assert calls == [3, 3, 3]
         assert batched == pytest.approx(looped, rel=1e-4)
+
+
+def test_dropout_draws_its_own_masks_for_every_task() -> None:
+    torch.manual_seed(0)
+    model = FewShotModel.build(
+        kinds={"t": "tabular"}, input_info={"t": INFO["tabular"]}, dim=8, encoders={"t": "mlp"},
+        fusion="gated", learner="maml", encoder_options={"t": {"dropout": 0.5}},
+        learner_options={"inner_steps": 2}).double().train()
+    same = [episodes({"t": "tabular"})[0]] * TASKS  # one task three times
+    losses, _ = batched_losses(model.learner, model.backbone, same)
+    assert len(set(losses.tolist())) == TASKS  # as the loop, which draws new masks per task
+    losses.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

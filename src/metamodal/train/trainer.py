@@ -398,10 +398,17 @@ class Trainer:
                 total_acc += (logits.argmax(-1) == task.query_labels).float().mean().item()
             return total_loss, total_acc
 
+        told = []  # whether the fallback to the loop has been logged
+
         def at_once(episodes: list[Episode]) -> tuple[float, float]:
             """Backpropagate the episodes together under vmap (or one by one when they
             cannot be batched); sums of their losses and accuracies."""
             if len(episodes) == 1 or not batchable(episodes):
+                if len(episodes) > 1 and not told:
+                    told.append(True)
+                    log.warning("task_batching vmap: chunks in which a sample lacks a "
+                                "modality run one task after the other (vmap cannot skip "
+                                "absent samples)")
                 return one_by_one(episodes)
             losses, logits = batched_losses(model.learner, model.backbone, episodes)
             (losses.sum() / cfg.meta_batch).backward()

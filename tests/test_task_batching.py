@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from metamodal.cli import main
 from metamodal.data.batch import Episode, ModalityBatch
-from metamodal.errors import ConfigError
+from metamodal.errors import ConfigError, DatasetError
 from metamodal.fusion.attention import AttentionFusion
 from metamodal.learners import FewShotModel
 from metamodal.learners.inner_loop import task_batch_norm
@@ -287,3 +287,34 @@ def test_dropout_draws_its_own_masks_for_every_task() -> None:
     assert len(set(losses.tolist())) == TASKS  # as the loop, which draws new masks per task
     losses.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize(("learner", "fusion"), [("maml", "gated"), ("maml", "late"),
+                                                 ("lstm-optimizer", "mean")])
+def test_nothing_from_inside_vmap_stays_in_the_model(learner: str, fusion: str) -> None:
+    import copy
+
+    kinds = {"picture": "image", "numbers": "tabular"}
+    model = build(learner, kinds, {"picture": "conv4", "numbers": "mlp"}, fusion)
+    losses, _ = batched_losses(model.learner, model.backbone, episodes(kinds))
+    losses.sum().backward()
+    copy.deepcopy(model)  # every tensor it keeps can be read and copied
+    weights = getattr(model.backbone.fusion, "last_weights", None)
+    assert weights is None or torch.isfinite(weights).all()
+
+
+def test_episodes_that_cannot_be_batched_are_a_typed_error() -> None:
+    tasks = episodes({"picture": "image", "numbers": "tabular"})
+    model = build("maml", {"picture": "image", "numbers": "tabular"},
+                  {"picture": "conv4", "numbers": "mlp"})
+    other = episodes({"picture": "image"})[0]
+    for bad in ([], [tasks[0], other]):
+        with pytest.raises(DatasetError, match="cannot be batched"):
+            batched_losses(model.learner, model.backbone, bad)
+
+
+def test_the_alignment_fix_says_to_drop_the_alignment_loss() -> None:
+    maml = build("maml", {"x": "tabular"}, {"x": "mlp"})
+    with pytest.raises(ConfigError) as error:
+        uses_vmap("vmap", torch.device("cpu"), maml.learner, maml.backbone, aligns=True)
+    assert "align_weight = 0" in error.value.fix and "gru" not in error.value.fix

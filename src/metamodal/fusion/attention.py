@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metamodal.batched_tasks import batching_tasks
 from metamodal.errors import ConfigError
 from metamodal.fusion.base import Fusion, fusions
 
@@ -28,10 +29,11 @@ class AttentionFusion(Fusion):
     the CLS token is always present. ``pool="mean"`` averages the present modality tokens'
     outputs instead of taking the CLS output. A sample with no modality gets zeros.
 
-    The layers are `nn.TransformerEncoderLayer` modules (post-norm, ReLU). With gradients on
-    they run through `_encoder_layer`: the same computation written with plain tensor
-    operations, which can be differentiated twice (second-order MAML through the fusion; the
-    CPU's fused attention kernel has no double backward) and run under `torch.func.vmap`.
+    The layers are `nn.TransformerEncoderLayer` modules (post-norm, ReLU). With gradients on,
+    and under vmap over tasks, they run through `_encoder_layer`: the same computation written
+    with plain tensor operations, which can be differentiated twice (second-order MAML through
+    the fusion; the CPU's fused attention kernel has no double backward) and batched by
+    `torch.func.vmap`.
 
     Args:
         modalities: the modality names.
@@ -87,11 +89,11 @@ class AttentionFusion(Fusion):
         tokens = torch.where(mask.unsqueeze(-1), z + self.type_embedding.to(z.dtype), zero)
         tokens = torch.cat([self.cls.expand(size, 1, self.dim).to(z.dtype), tokens], dim=1)
         padding = torch.cat([torch.zeros_like(mask[:, :1]), ~mask], dim=1)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or batching_tasks():
             out = tokens
             for layer in self.encoder.layers:
                 out = _encoder_layer(layer, out, padding)
-        else:  # torch's fused kernels: the same values, faster without gradients
+        else:  # torch's fused kernels: the same values, faster without gradients or vmap
             out = self.encoder(tokens, src_key_padding_mask=padding)
         if self.pool == "cls":
             fused = out[:, 0]

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from metamodal.batched_tasks import tasks_batched
 from metamodal.data.batch import Batch, Episode, ModalityBatch, all_present, cat_batches
 from metamodal.encoders.base import Encoder
-from metamodal.errors import ConfigError
+from metamodal.errors import ConfigError, DatasetError
 from metamodal.learners.base import check_support
 from metamodal.learners.inner_loop import task_batch_norm
 
@@ -62,10 +62,14 @@ def uses_vmap(choice: str, device: torch.device, learner: nn.Module, backbone: n
     found = obstacles(learner, backbone) + (["the alignment loss is computed per episode"]
                                              if aligns else [])
     if choice == "vmap" and found:
+        fixes = ["use task_batching = 'loop' (or 'auto')"]
+        if aligns:
+            fixes.append("train without the alignment loss (align_weight = 0)")
+        if len(found) > aligns:
+            fixes.append("a learner of the MAML family with encoders that can be batched "
+                         "(not gru)")
         raise ConfigError("task_batching = 'vmap' is not available: " + "; ".join(found),
-                          column="task_batching",
-                          fix="use task_batching = 'loop' (or 'auto'), or a learner of the MAML "
-                          "family with encoders that can be batched (not gru)")
+                          column="task_batching", fix=", or ".join(fixes))
     return not found and (choice == "vmap" or (choice == "auto" and device.type == "cuda"))
 
 
@@ -169,12 +173,27 @@ def _layer_norm(layer: nn.LayerNorm, x: Tensor) -> Tensor:
     return out
 
 
+def _kept_tensors(module: nn.Module) -> dict[tuple[nn.Module, str], object]:
+    """Tensors (or tuples of them) that ``module``'s submodules keep as plain attributes (the
+    gated fusion's ``last_weights``, the LSTM optimiser's state): attribute -> value."""
+    kept = {}
+    for sub in module.modules():
+        for name, value in vars(sub).items():
+            if isinstance(value, Tensor) or (isinstance(value, tuple) and value
+                                             and all(isinstance(v, Tensor) for v in value)):
+                kept[sub, name] = value
+    return kept
+
+
 @contextmanager
-def vmap_ready(backbone: nn.Module) -> Iterator[None]:
-    """Inside the block ``backbone`` runs under vmap as it runs outside on complete batches:
-    every `Encoder` encodes all rows of a batch and zeroes the absent ones afterwards
-    (``skip_absent = False``; vmap cannot skip rows whose number is data), and every
-    BatchNorm and LayerNorm layer is written out (`_batch_norm`, `_layer_norm`)."""
+def vmap_ready(learner: nn.Module, backbone: nn.Module) -> Iterator[None]:
+    """Inside the block ``learner`` and ``backbone`` run under vmap as they run outside on
+    complete batches: every `Encoder` encodes all rows of a batch and zeroes the absent ones
+    afterwards (``skip_absent = False``; vmap cannot skip rows whose number is data), and every
+    BatchNorm and LayerNorm layer is written out (`_batch_norm`, `_layer_norm`). Tensors the
+    modules keep as attributes are put back as they were afterwards: those set inside exist
+    only within vmap and could not be read, copied or saved."""
+    kept = {**_kept_tensors(learner), **_kept_tensors(backbone)}
     encoders = [(m, m.skip_absent) for m in backbone.modules() if isinstance(m, Encoder)]
     norms = [(m, _batch_norm if isinstance(m, nn.modules.batchnorm._BatchNorm) else _layer_norm)
              for m in backbone.modules()
@@ -190,6 +209,9 @@ def vmap_ready(backbone: nn.Module) -> Iterator[None]:
             encoder.skip_absent = skip
         for norm, _ in norms:
             del norm.forward
+        for module in (learner, backbone):
+            for (sub, name), _ in _kept_tensors(module).items():
+                setattr(sub, name, kept.get((sub, name)))
 
 
 def batched_losses(learner: nn.Module, backbone: nn.Module, episodes: Sequence[Episode]
@@ -203,9 +225,15 @@ def batched_losses(learner: nn.Module, backbone: nn.Module, episodes: Sequence[E
         episodes: `batchable` episodes.
 
     Raises:
-        InsufficientSamplesError, DatasetError: an episode's support labels (checked here,
-            before batching).
+        DatasetError: the episodes are not `batchable` (or there are none); an episode's
+            support labels (checked here, before batching).
+        InsufficientSamplesError: a class of an episode has no support sample.
     """
+    if not episodes or not batchable(episodes):
+        raise DatasetError(
+            "these episodes cannot be batched: they differ in ways, modalities or sizes, or a "
+            "sample lacks a modality", fix="check them with batchable() and run the others "
+            "one by one through model.loss(episode)")
     for episode in episodes:
         check_support(episode.support_labels, episode.ways)
     first = episodes[0]
@@ -220,6 +248,6 @@ def batched_losses(learner: nn.Module, backbone: nn.Module, episodes: Sequence[E
                           first.classes, first.support_ids, first.query_ids)
         return learner.loss(backbone, episode)
 
-    with tasks_batched(), task_batch_norm(backbone), vmap_ready(backbone):
+    with tasks_batched(), task_batch_norm(backbone), vmap_ready(learner, backbone):
         return torch.func.vmap(one_task, randomness="different")(
             support, query, support_labels, query_labels)

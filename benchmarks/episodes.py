@@ -56,8 +56,8 @@ from metamodal.datasets.synthetic import make_synthetic
 from metamodal.evaluate.protocol import embed_store
 from metamodal.fusion.base import Fusion
 from metamodal.learners.embeddings import Embeddings
-from metamodal.learners.model import FewShotModel
-from metamodal.train.data import prepare_data
+from metamodal.model import FewShotModel
+from metamodal.runs.prepared import prepare_data
 
 FUSIONS = ("concat", "mean", "gated", "attention", "tensor", "lowrank", "late")
 WAYS, TRAIN_SHOTS, EVAL_SHOTS, QUERIES = 5, 1, 5, 15

@@ -44,8 +44,8 @@ from metamodal.data.episodes import EpisodeSampler
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.encoders.cache import FeatureCache
 from metamodal.encoders.features import PretrainedLoader
-from metamodal.learners.model import FewShotModel
-from metamodal.train.data import prepare_data
+from metamodal.model import FewShotModel
+from metamodal.runs.prepared import prepare_data
 
 ENCODERS = {"caption": "minilm", "image": "efficientnet-lite0", "sound": "resemblyzer"}
 WAYS, SHOTS, QUERIES = 5, 1, 15

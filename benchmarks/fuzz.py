@@ -846,9 +846,9 @@ def make_base(root: Path) -> Base:
     resumable checkpoint, and a classifier fitted on a support table and saved in the run."""
     import torch
 
-    from metamodal.api import FewShotClassifier
+    from metamodal.classifier import FewShotClassifier
+    from metamodal.config import TrainConfig
     from metamodal.datasets.synthetic import make_synthetic
-    from metamodal.train.config import TrainConfig
     from metamodal.train.trainer import Trainer
 
     torch.set_num_threads(1)
@@ -897,13 +897,13 @@ def _located(error: BaseException, case: Case) -> bool:
 
 def _run_op(case: Case, work: Path, base: Base) -> tuple[str, object]:
     """Run the case's calls; returns ``("ok", result)``, or raises what they raise."""
-    from metamodal.api import FewShotClassifier
+    from metamodal.classifier import FewShotClassifier
 
     if case.op == "dataset":
+        from metamodal.config import TrainConfig
         from metamodal.data.episodes import check_class_sizes
         from metamodal.data.inspect import inspect_dataset
-        from metamodal.train.config import TrainConfig
-        from metamodal.train.data import prepare_data
+        from metamodal.runs.prepared import prepare_data
         from metamodal.train.validation import resolve_validation_shape
 
         report = inspect_dataset(work / "data")
@@ -924,7 +924,7 @@ def _run_op(case: Case, work: Path, base: Base) -> tuple[str, object]:
     if case.op == "query":
         return "ok", base.clf.predict(work / "data" / "query.csv")
     if case.op == "resume":
-        from metamodal.train.run import load_run
+        from metamodal.runs.directory import load_run
         from metamodal.train.trainer import Trainer
 
         config = load_run(base.run).config.updated({"data": str(work / "data")})

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
+from metamodal.config import TrainConfig
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.evaluate.protocol import evaluate
 from metamodal.evaluate.stats import paired_difference
-from metamodal.train.config import TrainConfig
-from metamodal.train.run import load_run, load_run_data
+from metamodal.runs.directory import load_run, load_run_data
 from metamodal.train.trainer import Trainer
 
 

@@ -85,10 +85,10 @@ from text_table import print_table
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metamodal.config import TrainConfig
 from metamodal.data.batch import Episode, ModalityBatch
-from metamodal.learners.model import FewShotModel
 from metamodal.learners.task_batching import batched_losses
-from metamodal.train.config import TrainConfig
+from metamodal.model import FewShotModel
 
 SIDES = ("metamodal", "metamodal vmap", "learn2learn", "higher", "plain loop", "vmap")
 OURS = ("metamodal", "metamodal vmap")

@@ -33,12 +33,12 @@ from typing import Any
 
 import torch
 
+from metamodal.config import TrainConfig
 from metamodal.data.episodes import protocol_episodes, read_episode_file, write_episode_file
 from metamodal.datasets.omniglot import import_omniglot
 from metamodal.evaluate.protocol import evaluate, evaluate_episodes
 from metamodal.evaluate.stats import pooled_error
-from metamodal.train.config import TrainConfig
-from metamodal.train.run import load_run, load_run_data
+from metamodal.runs.directory import load_run, load_run_data
 from metamodal.train.trainer import Trainer
 
 VAL, TEST = "Tagalog", "Sanskrit"

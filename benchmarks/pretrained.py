@@ -41,11 +41,11 @@ from pathlib import Path
 import torch
 from text_table import print_table
 
+from metamodal.config import TrainConfig
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.evaluate.protocol import evaluate
-from metamodal.train.config import TrainConfig
-from metamodal.train.data import prepare_data
-from metamodal.train.run import load_run, load_run_data
+from metamodal.runs.directory import load_run, load_run_data
+from metamodal.runs.prepared import prepare_data
 from metamodal.train.trainer import Trainer
 
 VAL_ALPHABET, TEST_ALPHABET = "Tagalog", "Sanskrit"

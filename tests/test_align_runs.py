@@ -18,9 +18,9 @@ from metamodal.datasets.synthetic import shared_attributes
 from metamodal.errors import DatasetError
 from metamodal.evaluate.retrieval import CEILING
 from metamodal.mapping import read_descriptions
+from metamodal.runs.directory import load_run
+from metamodal.runs.weights import WEIGHTS_FILE
 from metamodal.train.alignment import ALIGNMENT_FILE, load_alignment
-from metamodal.train.checkpoint import WEIGHTS_FILE
-from metamodal.train.run import load_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metamodal.api import FewShotClassifier
+from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
 from metamodal.data.episodes import EpisodeSampler, write_episode_file
 from metamodal.errors import InsufficientSamplesError, ModalityError, RunError
-from metamodal.train.run import load_run, load_run_data
+from metamodal.runs.directory import load_run, load_run_data
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from metamodal.cli import main
+from metamodal.config import TrainConfig
 from metamodal.data.augment import Augmentation, step_generator
 from metamodal.data.batch import Episode, ModalityBatch, TensorStore
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.errors import ConfigError
 from metamodal.train.checkpoint import CHECKPOINT_FILE
-from metamodal.train.config import TrainConfig
 from metamodal.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

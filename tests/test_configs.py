@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from omniglot_fixtures import write_archives
 
+from metamodal.config import load_config
 from metamodal.datasets.omniglot import import_omniglot
-from metamodal.train.config import load_config
 from metamodal.train.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -449,7 +449,8 @@ def test_missing_modality_curve(store: TensorStore) -> None:
 
 def test_with_the_real_few_shot_model(store: TensorStore) -> None:
     from metamodal.encoders import build_encoder
-    from metamodal.learners import Backbone, FewShotModel, ProtoNet
+    from metamodal.learners import ProtoNet
+    from metamodal.model import Backbone, FewShotModel
 
     class MeanFusion(nn.Module):
         out_dim = 16
@@ -477,7 +478,7 @@ def test_with_the_real_few_shot_model(store: TensorStore) -> None:
 
 def test_untrained_baseline_rebuilds_the_architecture_with_fresh_weights() -> None:
     from metamodal.evaluate.baseline import untrained_baseline
-    from metamodal.learners.model import FewShotModel
+    from metamodal.model import FewShotModel
 
     spec = dict(kinds={"x": "tabular"}, input_info={"x": {"features": 3}}, dim=8,
                 learner="matchingnet", fusion="gated")

@@ -20,8 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from metamodal.api import FewShotClassifier
+from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
+from metamodal.config import TrainConfig
 from metamodal.data.dataset import load_dataset
 from metamodal.data.loaders.base import DecodeContext
 from metamodal.data.preprocess import Preprocessor
@@ -29,9 +30,8 @@ from metamodal.encoders.cache import FeatureCache, content_key, parse_size
 from metamodal.encoders.features import PretrainedLoader, preprocessor_from_state
 from metamodal.encoders.pretrained import PretrainedEncoder, pretrained_encoders
 from metamodal.errors import ConfigError, DatasetError, RunError
-from metamodal.train.config import TrainConfig
-from metamodal.train.data import prepare_data
-from metamodal.train.run import load_run
+from metamodal.runs.directory import load_run
+from metamodal.runs.prepared import prepare_data
 from metamodal.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

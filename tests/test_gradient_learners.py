@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metamodal.config import TrainConfig
 from metamodal.data.batch import Episode, ModalityBatch
 from metamodal.errors import ConfigError, InsufficientSamplesError
-from metamodal.learners import FewShotModel, learners
+from metamodal.learners import learners
 from metamodal.learners.inner_loop import masked_cross_entropy, sgd_step
-from metamodal.train.config import TrainConfig
+from metamodal.model import FewShotModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

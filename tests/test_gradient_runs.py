@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from metamodal.api import FewShotClassifier
+from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
 from metamodal.data.episodes import EpisodeSampler
 from metamodal.errors import RunError
 from metamodal.evaluate.protocol import evaluate
-from metamodal.train.run import load_run, load_run_data
+from metamodal.runs.directory import load_run, load_run_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

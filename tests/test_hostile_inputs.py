@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from metamodal.config import load_config
 from metamodal.data.dataset import load_dataset
 from metamodal.data.inspect import inspect_dataset
 from metamodal.data.preprocess import Preprocessor
 from metamodal.data.splits import load_split
 from metamodal.errors import ConfigError, DatasetError
-from metamodal.train.config import load_config
 
 SCHEMA = 'label = "y"\n{extra}\n[modalities.photo]\nkind = "image"\ncolumn = "photo"\nsize = 8\n'
 

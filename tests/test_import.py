@@ -28,7 +28,7 @@ from metamodal.datasets._sources import extract_zip
 from metamodal.datasets.importers import import_folder, import_table
 from metamodal.datasets.omniglot import import_omniglot, parse_strokes, read_stroke_file
 from metamodal.errors import ConfigError, DatasetError
-from metamodal.train.data import prepare_data
+from metamodal.runs.prepared import prepare_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -537,7 +537,7 @@ def test_siamese_fused_pairs_leave_out_samples_without_any_modality() -> None:
 
 def test_late_fusion_unimodal_loss_adds_each_modalitys_own_query_loss() -> None:
     from metamodal.data.batch import Episode, ModalityBatch
-    from metamodal.learners import FewShotModel
+    from metamodal.model import FewShotModel
 
     torch.manual_seed(0)
     kinds = {"a": "tabular", "b": "tabular"}

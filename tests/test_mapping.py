@@ -11,7 +11,7 @@ import torch
 
 from metamodal.data.batch import ModalityBatch, TensorStore
 from metamodal.errors import ConfigError, DatasetError
-from metamodal.learners import AM3, FewShotModel, ProtoNet, class_semantics
+from metamodal.learners import AM3, ProtoNet, class_semantics
 from metamodal.learners import siamese as siamese_module
 from metamodal.mapping import (
     Aligner,
@@ -30,6 +30,7 @@ from metamodal.mapping import (
 )
 from metamodal.mapping.joint import ImputingModel, encode_store
 from metamodal.mapping.retrieval import first_positive_rank
+from metamodal.model import FewShotModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (see conftest.py)
 

@@ -13,15 +13,8 @@ from torch import Tensor, nn
 
 from metamodal.data.batch import Episode, ModalityBatch, TensorStore
 from metamodal.errors import ConfigError, InsufficientSamplesError, ModalityError, UnknownNameError
-from metamodal.learners import (
-    Backbone,
-    Embeddings,
-    FewShotModel,
-    ProtoNet,
-    Siamese,
-    embed_pair,
-    learners,
-)
+from metamodal.learners import Embeddings, ProtoNet, Siamese, embed_pair, learners
+from metamodal.model import Backbone, FewShotModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (see conftest.py)
 

@@ -145,7 +145,7 @@ def test_resemblyzer_matches_the_packages_own_voice_encoder(
 
 @needs("minilm")
 def test_prepared_text_features_go_through_the_cache(tmp_path: Path, minilm) -> None:
-    from metamodal.train.data import prepare_data
+    from metamodal.runs.prepared import prepare_data
 
     (tmp_path / "dataset.toml").write_text(
         'label = "y"\n[modalities.caption]\nkind = "text"\ncolumn = "caption"\n')
@@ -190,7 +190,7 @@ _WITHOUT_EXTRA = textwrap.dedent("""
     from metamodal.errors import MissingExtraError
     from metamodal.datasets.synthetic import make_synthetic
     from metamodal.demo import DemoSettings, run_demo
-    from metamodal.train.data import prepare_data
+    from metamodal.runs.prepared import prepare_data
     root = sys.argv[1]
     data = make_synthetic(root + "/data", classes=30, per_class=20, seed=1, image_size=16)
     try:
@@ -220,7 +220,7 @@ def test_without_the_extra_the_core_and_the_demo_work_and_asking_is_a_typed_erro
 
 
 def test_importing_metamodal_and_its_encoders_loads_no_extra() -> None:
-    code = ("import sys, metamodal, metamodal.encoders, metamodal.train.data, metamodal.cli; "
+    code = ("import sys, metamodal, metamodal.encoders, metamodal.runs.prepared, metamodal.cli; "
             f"print([m for m in {EXTRA_MODULES!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

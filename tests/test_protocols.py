@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from metamodal.cli import main
+from metamodal.config import TrainConfig
 from metamodal.data.batch import TensorStore
 from metamodal.data.dataset import load_dataset
 from metamodal.data.episodes import (
@@ -20,8 +21,7 @@ from metamodal.data.episodes import (
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.errors import ConfigError, InsufficientSamplesError
 from metamodal.evaluate.stats import mean_ci95, pooled_error
-from metamodal.train.config import TrainConfig
-from metamodal.train.run import load_run, load_run_data
+from metamodal.runs.directory import load_run, load_run_data
 from metamodal.train.trainer import Trainer
 from metamodal.train.validation import resolve_validation_shape
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from metamodal.learners import FewShotModel, learners
+from metamodal.learners import learners
+from metamodal.model import FewShotModel
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -39,7 +40,7 @@ def test_the_new_learner_example_registers_and_learns() -> None:
 
 
 def test_the_training_config_example_loads(tmp_path: Path) -> None:
-    from metamodal.train.config import load_config
+    from metamodal.config import load_config
 
     text = README.read_text(encoding="utf-8")
     section = text[text.index("A training config is a TOML file"):]

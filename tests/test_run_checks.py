@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from metamodal.api import FewShotClassifier
+from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
+from metamodal.config import TrainConfig
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.errors import ConfigError, ModalityError, RunError
-from metamodal.train.config import TrainConfig
-from metamodal.train.run import load_run
+from metamodal.runs.directory import load_run
 from metamodal.train.trainer import Trainer
 
 

@@ -11,10 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from metamodal.cli import main
+from metamodal.config import TrainConfig
 from metamodal.data.batch import Episode, ModalityBatch
 from metamodal.errors import ConfigError, DatasetError
 from metamodal.fusion.attention import AttentionFusion
-from metamodal.learners import FewShotModel
 from metamodal.learners.inner_loop import task_batch_norm
 from metamodal.learners.task_batching import (
     _batch_norm,
@@ -25,7 +25,7 @@ from metamodal.learners.task_batching import (
     stack_batches,
     uses_vmap,
 )
-from metamodal.train.config import TrainConfig
+from metamodal.model import FewShotModel
 from metamodal.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from metamodal.config import TrainConfig, load_config
 from metamodal.data.episodes import EpisodeSampler
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.errors import (
@@ -18,9 +19,8 @@ from metamodal.errors import (
     UnknownNameError,
 )
 from metamodal.evaluate.protocol import evaluate
+from metamodal.runs.directory import load_run, load_run_data
 from metamodal.train.checkpoint import CHECKPOINT_FILE
-from metamodal.train.config import TrainConfig, load_config
-from metamodal.train.run import load_run, load_run_data
 from metamodal.train.trainer import Trainer
 
 SMALL = {"image": {"size": 16}}

@@ -10,12 +10,12 @@ import pytest
 import torch
 from omniglot_fixtures import write_archives
 
+from metamodal.config import TrainConfig, with_dataset_encoders
 from metamodal.data.batch import ModalityBatch
 from metamodal.data.schema import DatasetSchema
 from metamodal.datasets.omniglot import import_omniglot
 from metamodal.encoders.trajectory import TrajectoryEncoder, resample_trajectory
 from metamodal.errors import ConfigError, DatasetError, ModalityError
-from metamodal.train.config import TrainConfig, with_dataset_encoders
 from metamodal.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from metamodal.version import __version__ as __version__
 
 _EXPORTS = {
     "load_dataset": "metamodal.data.dataset",
@@ -29,12 +29,12 @@ _EXPORTS = {
     "encoders": "metamodal.encoders",
     "fusions": "metamodal.fusion",
     "learners": "metamodal.learners",
-    "FewShotModel": "metamodal.learners.model",
+    "FewShotModel": "metamodal.model",
     "Trainer": "metamodal.train.trainer",
-    "TrainConfig": "metamodal.train.config",
-    "load_run": "metamodal.train.run",
+    "TrainConfig": "metamodal.config",
+    "load_run": "metamodal.runs.directory",
     "evaluate": "metamodal.evaluate.protocol",
-    "FewShotClassifier": "metamodal.api",
+    "FewShotClassifier": "metamodal.classifier",
     "retrieve": "metamodal.api",
     "zero_shot": "metamodal.api",
     "Aligner": "metamodal.mapping.aligner",

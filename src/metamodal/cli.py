@@ -84,7 +84,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
-    from metamodal.train.config import TrainConfig, load_config
+    from metamodal.config import TrainConfig, load_config
 
     config = load_config(args.config) if args.config else TrainConfig()
     flags: dict[str, Any] = {}
@@ -160,7 +160,7 @@ def _add_align_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from metamodal.train.config import TrainConfig, load_config
+    from metamodal.config import TrainConfig, load_config
     from metamodal.train.trainer import Trainer
 
     config = load_config(args.config) if args.config else TrainConfig()
@@ -231,7 +231,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from metamodal.evaluate.protocol import evaluate, evaluate_episodes
     from metamodal.evaluate.report import format_results_table
     from metamodal.evaluate.robustness import missing_modality_curve
-    from metamodal.train.run import load_run, load_run_data
+    from metamodal.runs.directory import load_run, load_run_data
 
     run = load_run(args.run)
     prepared = load_run_data(run, args.data)
@@ -279,8 +279,8 @@ def _imputation(run_dir: str, run: Any, store: Any, classes: list[str],
                 common: dict[str, Any]) -> dict[str, Any] | None:
     """Imputation-vs-masking curves of a run that trained an alignment (printed), else None."""
     from metamodal.evaluate.robustness import imputation_curves, imputation_gains
+    from metamodal.runs.directory import read_run_config
     from metamodal.train.alignment import load_alignment
-    from metamodal.train.run import read_run_config
 
     if ("alignment" not in read_run_config(run_dir) or run.model.late
             or not run.model.learner.caches_embeddings):
@@ -393,7 +393,7 @@ def cmd_episodes(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from metamodal.api import FewShotClassifier
+    from metamodal.classifier import FewShotClassifier
 
     classifier = FewShotClassifier(args.run).fit(args.support)
     query = classifier.load_samples(args.query)
@@ -418,8 +418,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from metamodal.evaluate.protocol import evaluate
     from metamodal.evaluate.report import write_report
     from metamodal.evaluate.robustness import missing_modality_curve
+    from metamodal.runs.directory import load_run, load_run_data
     from metamodal.train.logger import read_metrics
-    from metamodal.train.run import load_run, load_run_data
 
     run = load_run(args.run)
     prepared = load_run_data(run)
@@ -453,8 +453,8 @@ def _mapping_results(args: argparse.Namespace, run: Any, prepared: Any,
     from metamodal.evaluate.projection import joint_projection
     from metamodal.evaluate.robustness import imputation_curves
     from metamodal.mapping.descriptions import DESCRIPTIONS_FILE
+    from metamodal.runs.directory import read_run_config
     from metamodal.train.alignment import load_alignment
-    from metamodal.train.run import read_run_config
 
     if "alignment" not in read_run_config(args.run):
         return None

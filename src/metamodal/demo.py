@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from metamodal.api import retrieve, zero_shot
+from metamodal.config import TrainConfig
 from metamodal.data.episodes import EpisodeSampler
 from metamodal.datasets.synthetic import make_synthetic, shared_attributes
 from metamodal.evaluate.ablation import modality_ablation
@@ -32,11 +33,10 @@ from metamodal.evaluate.robustness import (
 from metamodal.evaluate.stats import paired_difference
 from metamodal.evaluate.zeroshot import AM3_NAME, ZERO_SHOT, ZeroShotReport, format_zero_shot
 from metamodal.learners.base import learners
+from metamodal.runs.directory import load_run, load_run_data
 from metamodal.train.alignment import load_alignment
 from metamodal.train.checkpoint import CHECKPOINT_FILE
-from metamodal.train.config import TrainConfig
 from metamodal.train.logger import read_metrics
-from metamodal.train.run import load_run, load_run_data
 from metamodal.train.trainer import Trainer
 
 FUSED = "protonet+gated"

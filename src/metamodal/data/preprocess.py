@@ -33,7 +33,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import metamodal
 import metamodal.data.loaders  # noqa: F401  (registers the built-in loader kinds)
 from metamodal.data.batch import ModalityBatch, TensorStore
 from metamodal.data.dataset import MultimodalDataset
@@ -48,6 +47,7 @@ from metamodal.errors import (
     UnknownNameError,
 )
 from metamodal.io import atomic_write
+from metamodal.version import __version__
 
 MEDIA_KINDS = frozenset({"image", "audio", "sequence"})
 """Kinds whose cells are paths of media files (fingerprinted for the cache key)."""
@@ -219,7 +219,7 @@ class Preprocessor:
             digest.update(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
             digest.update(b"\n")
 
-        feed({"version": metamodal.__version__, "state": self.state_dict()})
+        feed({"version": __version__, "state": self.state_dict()})
         feed(dataset.ids)
         feed(dataset.labels)
         for name, spec in self.specs.items():

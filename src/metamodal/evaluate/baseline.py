@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from metamodal.learners.model import FewShotModel
+from metamodal.model import FewShotModel
 
 UNTRAINED = "baseline: untrained encoders"
 

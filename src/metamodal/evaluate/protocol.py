@@ -9,7 +9,7 @@ cost 600 small calls instead of 600 passes of the encoders. When the learner ada
 network per task (the MAML family), each episode's support and query batches go through
 ``adapt_predict``.
 
-The model is anything with the interface of ``metamodal.learners.FewShotModel``:
+The model is anything with the interface of ``metamodal.model.FewShotModel``:
 
 - ``modalities: list[str]`` (optional; without it, every modality of the store is used);
 - ``caches_embeddings: bool`` (optional, default True);

@@ -1,5 +1,5 @@
-"""Few-shot learners and the `FewShotModel` that composes a `Backbone` (encoders + fusion)
-with one.
+"""Few-shot learners: each owns an episode, given a backbone (encoders + fusion; see
+`metamodal.model`).
 
 Learners register themselves in `learners` by name, one file per family: metric
 (``protonet``, ``matchingnet``, ``relationnet``, ``siamese``, ``am3``), the baselines
@@ -45,7 +45,6 @@ from metamodal.learners.gradient import (
     Reptile,
 )
 from metamodal.learners.matchingnet import MatchingNet
-from metamodal.learners.model import Backbone, FewShotModel
 from metamodal.learners.protonet import ProtoNet
 from metamodal.learners.relationnet import RelationNet
 from metamodal.learners.siamese import Siamese, contrastive_loss
@@ -55,9 +54,7 @@ __all__ = [
     "ANIL",
     "FOMAML",
     "MAML",
-    "Backbone",
     "Embeddings",
-    "FewShotModel",
     "FineTune",
     "GradientLearner",
     "LSTMOptimizer",

@@ -348,7 +348,7 @@ class MAML(GradientLearner):
     Networks". See `GradientLearner` for the options.
 
     Example:
-        >>> from metamodal.learners.model import FewShotModel
+        >>> from metamodal.model import FewShotModel
         >>> model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {"features": 3}},
         ...                            dim=8, fusion="mean", learner="maml",
         ...                            learner_options={"inner_steps": 2})

@@ -48,7 +48,7 @@ def uses_vmap(choice: str, device: torch.device, learner: nn.Module, backbone: n
             model or the alignment loss cannot be batched (names why).
 
     Example:
-        >>> from metamodal.learners.model import FewShotModel
+        >>> from metamodal.model import FewShotModel
         >>> model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {"features": 3}},
         ...                            dim=8, fusion="mean", learner="maml")
         >>> uses_vmap("auto", torch.device("cpu"), model.learner, model.backbone)
@@ -131,7 +131,7 @@ def obstacles(learner: nn.Module, backbone: nn.Module) -> list[str]:
     """Why ``learner`` and ``backbone`` cannot run under vmap over tasks (empty: they can).
 
     Example:
-        >>> from metamodal.learners.model import FewShotModel
+        >>> from metamodal.model import FewShotModel
         >>> model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {"features": 3}},
         ...                            dim=8, fusion="mean", learner="protonet")
         >>> obstacles(model.learner, model.backbone)

@@ -22,7 +22,7 @@ def encode_store(
     """Per-modality embeddings of the store rows ``indices``, in eval mode, without gradients.
 
     Args:
-        backbone: a `metamodal.learners.Backbone` (``encode(batch) -> (parts, present)``).
+        backbone: a `metamodal.model.Backbone` (``encode(batch) -> (parts, present)``).
         store: the decoded samples.
         indices: long ``[K]`` rows.
         batch_size: rows per encoder call; device: where the batches go.
@@ -58,7 +58,7 @@ class ImputingModel(nn.Module):
     imputation and masking are compared on the same episodes.
 
     Args:
-        model: a `metamodal.learners.FewShotModel` with a metric learner.
+        model: a `metamodal.model.FewShotModel` with a metric learner.
         aligner: the alignment trained with it.
 
     Example:

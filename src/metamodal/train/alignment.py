@@ -11,14 +11,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from metamodal.config import TrainConfig
 from metamodal.data.batch import TensorStore
 from metamodal.errors import ConfigError, DatasetError, ModalityError, RunError
-from metamodal.learners.model import FewShotModel
 from metamodal.mapping.aligner import Aligner
 from metamodal.mapping.joint import encode_store
 from metamodal.mapping.retrieval import retrieval_ranks
-from metamodal.train.checkpoint import WEIGHTS_FILE, load_weights
-from metamodal.train.config import TrainConfig
+from metamodal.model import FewShotModel
+from metamodal.runs.weights import WEIGHTS_FILE, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def load_alignment(run_dir: str | Path, *, device: str = "cpu") -> Aligner:
     Raises:
         RunError: the run trained no alignment, or its alignment file is missing or corrupt.
     """
-    from metamodal.train.run import read_run_config
+    from metamodal.runs.directory import read_run_config
 
     run_dir = Path(run_dir)
     document = read_run_config(run_dir)

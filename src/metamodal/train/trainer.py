@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from metamodal.config import TrainConfig, with_dataset_encoders
 from metamodal.data.augment import Augmentation, augmentation_for, step_generator
 from metamodal.data.batch import Episode, TensorStore, cat_batches
 from metamodal.data.episodes import EpisodeSampler, check_class_sizes
@@ -27,10 +28,13 @@ from metamodal.errors import InsufficientSamplesError, RunError
 from metamodal.evaluate.protocol import embed_store, evaluate
 from metamodal.io import replace_directory
 from metamodal.learners.baselines import SupervisedClassifier
-from metamodal.learners.model import FewShotModel
 from metamodal.learners.task_batching import batchable, batched_losses, uses_vmap
 from metamodal.mapping.aligner import Aligner
 from metamodal.mapping.retrieval import similarity
+from metamodal.model import FewShotModel
+from metamodal.runs.directory import write_run_files
+from metamodal.runs.prepared import PreparedData, prepare_data
+from metamodal.runs.weights import WEIGHTS_FILE, save_weights
 from metamodal.train.alignment import (
     ALIGNMENT_FILE,
     alignment_recall,
@@ -40,17 +44,12 @@ from metamodal.train.alignment import (
 )
 from metamodal.train.checkpoint import (
     CHECKPOINT_FILE,
-    WEIGHTS_FILE,
     load_checkpoint,
     rng_state,
     save_checkpoint,
-    save_weights,
     set_rng_state,
 )
-from metamodal.train.config import TrainConfig, with_dataset_encoders
-from metamodal.train.data import PreparedData, prepare_data
 from metamodal.train.logger import MetricsLogger, run_is_finished
-from metamodal.train.run import write_run_files
 from metamodal.train.validation import resolve_validation_shape
 
 log = logging.getLogger(__name__)

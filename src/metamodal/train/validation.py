@@ -13,10 +13,10 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from metamodal.config import TrainConfig
 from metamodal.data.batch import TensorStore
 from metamodal.data.episodes import check_class_sizes
 from metamodal.errors import InsufficientSamplesError
-from metamodal.train.config import TrainConfig
 
 
 def _usable(sizes: Sequence[int], need: int) -> int:

@@ -14,16 +14,16 @@ from typing import Any
 
 import tomli_w
 
-from metamodal import __version__
+from metamodal.config import TrainConfig
 from metamodal.data.preprocess import Preprocessor
 from metamodal.data.schema import DatasetSchema
 from metamodal.data.splits import ClassSplit
 from metamodal.encoders.features import preprocessor_from_state
 from metamodal.errors import ConfigError, LocatedError, MetamodalError, RunError
 from metamodal.io import ParseError, atomic_write_json, atomic_write_text, loads_json, loads_toml
-from metamodal.learners.model import FewShotModel
-from metamodal.train.checkpoint import WEIGHTS_FILE, load_weights
-from metamodal.train.config import TrainConfig
+from metamodal.model import FewShotModel
+from metamodal.runs.weights import WEIGHTS_FILE, load_weights
+from metamodal.version import __version__
 
 CONFIG_FILE = "config.toml"
 PREPROCESSOR_FILE = "preprocessor.json"
@@ -207,10 +207,10 @@ def load_run_data(run: Run, data: str | Path | None = None, *, cache: bool = Tru
         cache: use the dataset's on-disk cache of decoded tensors.
 
     Returns:
-        `metamodal.train.data.PreparedData` whose ``split`` is the run's split for its own
+        `metamodal.runs.prepared.PreparedData` whose ``split`` is the run's split for its own
         dataset, or the other dataset's own split (``splits.toml`` or seeded).
     """
-    from metamodal.train.data import prepare_data
+    from metamodal.runs.prepared import prepare_data
 
     if data is None:
         return prepare_data(run.config.data, preprocessor=run.preprocessor, split=run.split,

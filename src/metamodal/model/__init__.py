@@ -1,0 +1,7 @@
+"""The model: a `Backbone` (per-modality encoders and a fusion module) and `FewShotModel`
+(a backbone and a learner)."""
+
+from metamodal.model.backbone import Backbone
+from metamodal.model.few_shot_model import FewShotModel
+
+__all__ = ["Backbone", "FewShotModel"]

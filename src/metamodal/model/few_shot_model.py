@@ -1,0 +1,213 @@
+"""`FewShotModel`: a `Backbone` (per-modality encoders and a fusion module) and a learner."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch  # noqa: F401  (the docstring examples use it)
+from torch import Tensor, nn
+
+from metamodal.data.batch import Episode
+from metamodal.encoders import DEFAULT_ENCODERS, build_encoder, check_hyperparameters
+from metamodal.errors import ConfigError
+from metamodal.fusion.base import build_fusion
+from metamodal.learners.base import learners
+from metamodal.learners.embeddings import Embeddings
+from metamodal.model.backbone import Backbone
+
+
+class FewShotModel(nn.Module):
+    """A few-shot classifier over multimodal samples: a `Backbone` (encoders + fusion) and the
+    `Learner` that owns each episode.
+
+    Args:
+        backbone: the encoders and fusion, ``backbone(batch) -> Embeddings``.
+        learner: the learner (see `metamodal.learners.base.Learner`).
+        spec: the arguments of `FewShotModel.build` that made this model, if it was built so.
+
+    Most users call `FewShotModel.build`.
+
+    Example:
+        >>> model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {"features": 3}},
+        ...                            dim=8, fusion="mean", learner="protonet")
+        >>> from metamodal.data.batch import ModalityBatch
+        >>> batch = {"m": ModalityBatch(torch.eye(3), torch.ones(3, dtype=torch.bool))}
+        >>> model.eval().adapt_predict(batch, torch.tensor([0, 1, 2]), batch, 3).shape
+        torch.Size([3, 3])
+    """
+
+    def __init__(
+        self, backbone: Backbone, learner: nn.Module, spec: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.learner = learner
+        self.spec = copy.deepcopy(spec) if spec is not None else None
+        check = getattr(learner, "check_backbone", None)
+        if check is not None:
+            check(backbone)
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modality names the model uses, in its order."""
+        return self.backbone.modalities
+
+    @property
+    def late(self) -> bool:
+        """True with late fusion: one embedding (and one set of logits) per modality."""
+        return self.backbone.late
+
+    @property
+    def training_mode(self) -> str:
+        """The learner's training mode: ``"episodic"`` or ``"supervised"``."""
+        return str(getattr(self.learner, "training_mode", "episodic"))
+
+    @property
+    def caches_embeddings(self) -> bool:
+        """True when the learner compares embeddings of the unadapted backbone only, so that
+        evaluation may embed each sample once (`embed`, then `logits`)."""
+        return bool(getattr(self.learner, "caches_embeddings", True))
+
+    def embed(self, batch: Mapping[str, Any]) -> Embeddings:
+        """The backbone's embeddings of ``batch`` (see `Backbone.forward`)."""
+        return self.backbone(batch)
+
+    def logits(
+        self, support: Embeddings, support_labels: Tensor, query: Embeddings, ways: int
+    ) -> Tensor:
+        """Query logits ``[Q, ways]`` from precomputed embeddings (metric learners only).
+
+        Raises:
+            ConfigError: the learner adapts weights per task and needs the samples themselves
+                (use `adapt_predict`).
+        """
+        if not self.caches_embeddings:
+            raise ConfigError(
+                f"learner {type(self.learner).__name__} adapts the network per task and cannot "
+                "work from precomputed embeddings",
+                fix="call adapt_predict(support_batch, support_labels, query_batch, ways)",
+            )
+        return self.learner.logits(self.backbone, support, support_labels, query, ways)
+
+    def adapt_predict(
+        self,
+        support: Mapping[str, Any],
+        support_labels: Tensor,
+        query: Mapping[str, Any],
+        ways: int,
+    ) -> Tensor:
+        """Adapt to a labelled support batch and return the query logits ``[Q, ways]``.
+
+        Args:
+            support: modality name -> `ModalityBatch` of the ``S`` support samples.
+            support_labels: long ``[S]`` in ``0..ways-1``.
+            query: modality name -> `ModalityBatch` of the ``Q`` query samples.
+            ways: number of classes.
+        """
+        return self.learner(self.backbone, support, support_labels, query, ways)
+
+    def episode_logits(self, episode: Episode) -> Tensor:
+        """Query logits ``[ways*queries, ways]`` of ``episode``."""
+        return self.adapt_predict(episode.support, episode.support_labels, episode.query,
+                                  episode.ways)
+
+    def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """The episode's training loss and the query logits ``[Q, ways]`` (the learner's
+        `loss`)."""
+        return self.learner.loss(self.backbone, episode)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        kinds: Mapping[str, str],
+        input_info: Mapping[str, Mapping[str, Any]],
+        dim: int = 64,
+        encoders: Mapping[str, str] | None = None,
+        fusion: str = "gated",
+        learner: str = "protonet",
+        encoder_options: Mapping[str, Mapping[str, Any]] | None = None,
+        fusion_options: Mapping[str, Any] | None = None,
+        learner_options: Mapping[str, Any] | None = None,
+    ) -> FewShotModel:
+        """Build a model from registry names; ``FewShotModel.build(**model.spec)`` rebuilds it.
+
+        Args:
+            kinds: modality name -> kind (``image``, ``text``, ``audio``, ``sequence``,
+                ``tabular``), in the order the model will use.
+            input_info: modality name -> its loader's ``input_info()``.
+            dim: embedding size of every encoder (and of the fusion's input).
+            encoders: modality name -> encoder registry name; modalities left out get
+                ``DEFAULT_ENCODERS[kind]``.
+            fusion: fusion registry name.
+            learner: learner registry name.
+            encoder_options: modality name -> encoder hyper-parameters.
+            fusion_options: the fusion's hyper-parameters.
+            learner_options: the learner's hyper-parameters.
+
+        Raises:
+            UnknownNameError: an encoder, fusion or learner name is not registered (the message
+                lists the registered names).
+            ConfigError: an encoder does not fit its modality's kind, a modality named in
+                ``encoders`` / ``encoder_options`` / ``input_info`` is not in ``kinds``, or a
+                hyper-parameter is unknown.
+
+        Example:
+            >>> model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {
+            ...     "features": 3}}, dim=8, fusion="mean")
+            >>> model.spec["encoders"], FewShotModel.build(**model.spec).modalities
+            ({'m': 'mlp'}, ['m'])
+        """
+        names = list(kinds)
+        if not names:
+            raise ConfigError(
+                "a model needs at least one modality", column="modalities",
+                fix="give kinds={modality name: kind} with one entry or more",
+            )
+        encoders = dict(encoders or {})
+        encoder_options = {k: dict(v) for k, v in (encoder_options or {}).items()}
+        for key, given in (
+            ("encoders", encoders), ("encoder_options", encoder_options),
+        ):
+            stray = [name for name in given if name not in kinds]
+            if stray:
+                raise ConfigError(
+                    f"{key} names modalities the model does not use: {', '.join(stray)}",
+                    column=key, fix=f"use only: {', '.join(names)}",
+                )
+        missing_info = [name for name in names if name not in input_info]
+        if missing_info:
+            raise ConfigError(
+                f"no input_info for modalities {', '.join(missing_info)}", column="input_info",
+                fix="pass each modality loader's input_info() (Preprocessor.input_info())",
+            )
+        resolved = {
+            name: encoders.get(name) or DEFAULT_ENCODERS.get(kinds[name]) for name in names
+        }
+        built = {
+            name: build_encoder(
+                kinds[name], resolved[name], dim=dim, input_info=input_info[name],
+                modality=name, **encoder_options.get(name, {}),
+            )
+            for name in names
+        }
+        fusion_options = dict(fusion_options or {})
+        fusion_module = build_fusion(fusion, modalities=names, dim=dim, **fusion_options)
+        learner_options = dict(learner_options or {})
+        check_hyperparameters("learner", learner, learners.get(learner), learner_options)
+        learner_module = learners.create(learner, dim=int(fusion_module.out_dim),
+                                         **learner_options)
+        spec = {
+            "kinds": dict(kinds),
+            "input_info": {name: dict(input_info[name]) for name in names},
+            "dim": dim,
+            "encoders": resolved,
+            "fusion": fusion,
+            "learner": learner,
+            "encoder_options": {name: encoder_options.get(name, {}) for name in names},
+            "fusion_options": fusion_options,
+            "learner_options": learner_options,
+        }
+        return cls(Backbone(built, fusion_module), learner_module, spec=spec)

@@ -1,0 +1,37 @@
+"""The run directory: the format that training writes and that evaluation, prediction,
+reports and serving read (strictly), below `metamodal.train` and `metamodal.evaluate`.
+
+- `directory`: ``config.toml`` and ``preprocessor.json``, `load_run`, `load_run_data`;
+- `weights`: ``model.safetensors``;
+- `prepared`: a dataset decoded for training or evaluation (`prepare_data`).
+"""
+
+from metamodal.runs.directory import (
+    CONFIG_FILE,
+    PREPROCESSOR_FILE,
+    Run,
+    load_run,
+    load_run_data,
+    read_preprocessor,
+    read_run_config,
+    write_run_files,
+)
+from metamodal.runs.prepared import CACHE_DIR, PreparedData, prepare_data
+from metamodal.runs.weights import WEIGHTS_FILE, load_weights, save_weights
+
+__all__ = [
+    "CACHE_DIR",
+    "CONFIG_FILE",
+    "PREPROCESSOR_FILE",
+    "WEIGHTS_FILE",
+    "PreparedData",
+    "Run",
+    "load_run",
+    "load_run_data",
+    "load_weights",
+    "prepare_data",
+    "read_preprocessor",
+    "read_run_config",
+    "save_weights",
+    "write_run_files",
+]

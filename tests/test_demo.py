@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from metamodal.api import DemoSettings
+from metamodal.api import demo as run_demo
+from metamodal.api.demo import ALIGN, FUSED, JOINT, MAML
 from metamodal.datasets.synthetic import make_synthetic
-from metamodal.demo import ALIGN, FUSED, JOINT, MAML, DemoSettings, run_demo
 from metamodal.evaluate.retrieval import ALIGNED, RANDOM
 from metamodal.train.checkpoint import CHECKPOINT_FILE
 

@@ -189,7 +189,8 @@ _WITHOUT_EXTRA = textwrap.dedent("""
     import metamodal
     from metamodal.errors import MissingExtraError
     from metamodal.datasets.synthetic import make_synthetic
-    from metamodal.demo import DemoSettings, run_demo
+    from metamodal.api import DemoSettings
+    from metamodal.api import demo as run_demo
     from metamodal.runs.prepared import prepare_data
     root = sys.argv[1]
     data = make_synthetic(root + "/data", classes=30, per_class=20, seed=1, image_size=16)

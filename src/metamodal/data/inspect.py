@@ -97,6 +97,10 @@ class InspectionReport:
         """Whether the dataset can be loaded and decoded as it is (no problems)."""
         return not self.problems
 
+    def table(self) -> str:
+        """The findings as text (`format_inspection`)."""
+        return format_inspection(self)
+
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-serialisable data."""
         return {

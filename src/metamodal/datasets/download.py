@@ -92,6 +92,20 @@ class DownloadResult:
     recorded: list[str] = field(default_factory=list)
     summary: str = ""
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (paths as strings)."""
+        return {"archives": [str(p) for p in self.archives],
+                "unpacked": [str(p) for p in self.unpacked],
+                "dataset": None if self.dataset is None else str(self.dataset),
+                "recorded": list(self.recorded), "summary": self.summary}
+
+    def table(self) -> str:
+        """One line per archive, then the importer's summary."""
+        lines = [f"archive: {path}" + (" (checksum recorded on first download)"
+                                       if path.name in self.recorded else "")
+                 for path in self.archives]
+        return "\n".join(lines + ([self.summary] if self.summary else []))
+
 
 def sha256_file(path: str | Path) -> str:
     """The hex SHA-256 of a file.

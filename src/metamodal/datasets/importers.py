@@ -23,6 +23,7 @@ dataset in a temporary directory and moves it into place only when complete; a n
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -84,6 +85,15 @@ class ImportResult:
     modalities: dict[str, str]
     episodes: Path | None = None
     notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        """The `summary`."""
+        return self.summary()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: the dataset directory, the counts and the modalities."""
+        values = dataclasses.asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
 
     def summary(self) -> str:
         """One paragraph for the command line."""

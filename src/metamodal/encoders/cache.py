@@ -171,6 +171,33 @@ class CacheInfo:
                 "shards": self.shards, "entries": self.entries,
                 "namespaces": [vars(n) for n in self.namespaces]}
 
+    def table(self) -> str:
+        """Location, size against the limit, and one line per encoder configuration."""
+        limit = human_size(self.limit) if self.limit else "none"
+        lines = [f"feature cache: {self.root}",
+                 f"size: {human_size(self.bytes)} of {limit}, {self.entries} entries in "
+                 f"{self.shards} shards"]
+        if self.namespaces:
+            lines.append("encoder             entries  shards  size        version / options")
+            lines += [f"{n.encoder:<18}  {n.entries:>7}  {n.shards:>6}  "
+                      f"{human_size(n.bytes):>10}  {n.version} {n.options}"
+                      for n in self.namespaces]
+        return "\n".join(lines)
+
+
+def human_size(size: float) -> str:
+    """``size`` bytes in B, KiB, MiB or GiB.
+
+    Example:
+        >>> human_size(512), human_size(3 * 1024 ** 2)
+        ('512 B', '3.0 MiB')
+    """
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
+
 
 class FeatureCache:
     """Feature vectors of frozen encoders on disk, keyed by namespace and content hash.

@@ -64,6 +64,10 @@ class RetrievalReport:
                 return r
         raise KeyError((method, direction, level))
 
+    def table(self) -> str:
+        """The class-level and the instance-level tables (`format_retrieval_table`)."""
+        return "\n".join(format_retrieval_table(self, level) for level in ("class", "instance"))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (``rows`` and ``matches``)."""
         return {"query_modality": self.query_modality, "target_modality": self.target_modality,

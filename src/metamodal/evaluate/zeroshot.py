@@ -35,6 +35,10 @@ class ZeroShotReport:
     ways: int = 5
     source: str = "descriptions.toml"
 
+    def table(self) -> str:
+        """The tables of `format_zero_shot`."""
+        return format_zero_shot(self)
+
     def to_dict(self) -> dict:
         """JSON-able form."""
         return {"ways": self.ways, "chance": 1 / self.ways, "descriptions": self.source,

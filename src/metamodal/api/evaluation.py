@@ -1,0 +1,410 @@
+"""The verbs that measure a trained run: `evaluate`, `compare`, `report`, `report_results`."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metamodal.api.settings import EvalSettings, ReportSettings, resolve, write_json
+from metamodal.errors import ConfigError
+from metamodal.evaluate.ablation import modality_ablation
+from metamodal.evaluate.baseline import UNTRAINED, untrained_baseline
+from metamodal.evaluate.mapping_report import MappingResults
+from metamodal.evaluate.protocol import EvalResult, evaluate_episodes
+from metamodal.evaluate.protocol import evaluate as evaluate_model
+from metamodal.evaluate.report import format_results_table, write_report
+from metamodal.evaluate.robustness import (
+    imputation_curves,
+    imputation_gains,
+    missing_modality_curve,
+)
+from metamodal.evaluate.stats import PairedDifference, paired_difference, pooled_error
+from metamodal.runs import PreparedData, Run, load_run, load_run_data, read_run_config
+from metamodal.train.logger import read_metrics
+
+Curves = dict[str, list[EvalResult]]
+"""Modality -> results per drop rate (0, 25, 50, 75%)."""
+
+
+def _rows(results: Sequence[EvalResult]) -> list[dict[str, Any]]:
+    return [r.to_dict() for r in results]
+
+
+def _classes(prepared: PreparedData, split: str) -> list[str]:
+    """The class labels of ``split`` (``train``, ``val``, ``test`` or ``all``)."""
+    s = prepared.split
+    return s.train + s.val + s.test if split == "all" else s.of(split)
+
+
+def _shape(settings: Any) -> dict[str, Any]:
+    """The episode keywords of `metamodal.evaluate.protocol.evaluate` from an `EpisodeShape`."""
+    return dict(ways=settings.ways or 5, shots=settings.shots, queries=settings.queries or 15,
+                episodes=settings.episodes_count, seed=settings.seed)
+
+
+def _aligned_metric_run(run_dir: str | Path, run: Run) -> bool:
+    """Whether ``run`` trained an alignment and fills embeddings that imputation can replace
+    (a metric learner with early fusion)."""
+    return ("alignment" in read_run_config(run_dir) and not run.model.late
+            and run.model.caches_embeddings)
+
+
+@dataclass
+class EvalReport:
+    """What `evaluate` measured: the run, the untrained baseline on the same episodes, chance,
+    and the optional ablation, robustness and imputation.
+
+    Args:
+        name: the method (``learner+fusion``).
+        result: its accuracy over the episodes.
+        baseline: the untrained-encoders baseline (None when not asked for).
+        run: the run directory.
+        split: the split evaluated on.
+        chance: 1 / ways (None when fixed episodes differ in ways).
+        pooled: for fixed episodes, the error over all query items and its interval over runs.
+        ablation: each modality alone and each one left out.
+        robustness: the missing-modality curves.
+        imputation: per modality, the curves of masking it and of imputing it.
+    """
+
+    name: str
+    result: EvalResult
+    baseline: EvalResult | None = None
+    run: str = ""
+    split: str = "test"
+    chance: float | None = None
+    pooled: dict[str, Any] | None = None
+    ablation: list[EvalResult] | None = None
+    robustness: Curves | None = None
+    imputation: dict[str, Curves] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``metamodal eval --json``: at least accuracy (0..1), ci95, episodes,
+        ways and shots, then the run, split, baseline, chance and the optional parts."""
+        output: dict[str, Any] = {**self.result.to_dict(), "run": self.run, "split": self.split}
+        if self.baseline is not None:
+            output["baseline"] = {UNTRAINED: self.baseline.to_dict()}
+        output["chance"] = self.chance
+        if self.pooled is not None:
+            output.update(self.pooled)
+        if self.ablation is not None:
+            output["ablation"] = _rows(self.ablation)
+        if self.robustness is not None:
+            output["robustness"] = {m: _rows(rs) for m, rs in self.robustness.items()}
+        if self.imputation:
+            output["imputation"] = {m: {k: _rows(v) for k, v in rows.items()}
+                                    for m, rows in self.imputation.items()}
+        return output
+
+    def imputation_gains(self) -> dict[str, list[tuple[float, float, float]]]:
+        """Per modality, (drop rate, mean gain of imputing over masking, its paired 95%
+        interval) at each rate (empty without imputation)."""
+        return imputation_gains(self.imputation) if self.imputation else {}
+
+    def table(self) -> str:
+        """The terminal rendering: the results table, chance, and the optional parts."""
+        named = {self.name: self.result}
+        if self.baseline is not None:
+            named[UNTRAINED] = self.baseline
+        lines = [format_results_table(named)]
+        if self.chance:
+            lines.append(f"chance: {100 * self.chance:.1f}%")
+        if self.pooled is not None:
+            half = self.pooled["error_ci95"]
+            interval = f" ± {100 * half:.2f}" if half is not None else ""
+            lines.append(f"error over all {self.pooled['query_items']} query items of "
+                         f"{self.pooled['runs']} runs: {100 * self.pooled['error']:.2f}%"
+                         f"{interval} (95% interval over runs)")
+        if self.ablation is not None:
+            lines.append(format_results_table({r.name: r for r in self.ablation}))
+        for modality, rows in (self.robustness or {}).items():
+            lines.append(f"without {modality}: " + "  ".join(
+                f"{100 * r.accuracy:.1f}±{100 * r.ci95:.1f}" for r in rows))
+        if self.imputation:
+            gains = self.imputation_gains()
+            for modality, rows in self.imputation.items():
+                lines.append(f"without {modality}, imputed vs masked: " + "  ".join(
+                    f"{100 * (m.drop or {}).get(modality, 0):.0f}%: {100 * i.accuracy:.1f} vs "
+                    f"{100 * m.accuracy:.1f} ({100 * g[1]:+.1f}±{100 * g[2]:.1f})"
+                    for m, i, g in zip(rows["masking"], rows["imputation"], gains[modality],
+                                       strict=True)))
+        return "\n".join(lines)
+
+
+def _model(run: Run, learner: str | None) -> Any:
+    """The run's model, or its backbone under another learner (a copy)."""
+    if not learner:
+        return run.model
+    from metamodal.learners import learners
+
+    model = copy.deepcopy(run.model)
+    model.learner = learners.create(learner, dim=model.backbone.fusion.out_dim)
+    return model.eval()
+
+
+def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None,
+             **options: Any) -> EvalReport:
+    """Evaluate a run on test episodes: mean accuracy with a 95% interval, beside the
+    untrained-encoders baseline and chance on the same episodes (``metamodal eval``).
+
+    Args:
+        run: the run directory.
+        settings: an `EvalSettings`; ``options`` (its field names) override it.
+
+    Returns:
+        an `EvalReport`.
+
+    Raises:
+        RunError: the run directory is incomplete or damaged.
+        DatasetError: the data cannot supply the episodes asked for.
+
+    Example:
+        >>> report = evaluate("runs/demo", shots=5, episodes_count=600)  # doctest: +SKIP
+        >>> report.result.accuracy, report.result.ci95  # doctest: +SKIP
+    """
+    s = resolve(EvalSettings, settings, {"run": run, **options}, verb="evaluate")
+    loaded = load_run(s.run)
+    prepared = load_run_data(loaded, s.data)
+    classes = _classes(prepared, s.split)
+    model = _model(loaded, s.learner)
+    modalities = list(s.modalities) if s.modalities else None
+    common = {**_shape(s), "modalities": modalities}
+    models = [model] + ([untrained_baseline(loaded.model, seed=s.seed)] if s.baseline else [])
+    pooled = None
+    if s.episodes:
+        from metamodal.data.episodes import read_episode_file
+
+        episodes = read_episode_file(s.episodes, prepared.store)
+        results = [evaluate_episodes(m, prepared.store, episodes, modalities=modalities)
+                   for m in models]
+        counts = [len(e.query_ids) for e in episodes]
+        error, half = pooled_error(results[0].accuracies, counts)
+        pooled = {"error": error, "error_ci95": half if half == half else None,
+                  "query_items": sum(counts), "runs": len(counts)}
+    else:
+        results = [evaluate_model(m, prepared.store, classes, progress=s.progress, **common)
+                   for m in models]
+    name = f"{s.learner or loaded.config.learner}+{loaded.config.fusion}"
+    report = EvalReport(name=name, result=results[0],
+                        baseline=results[1] if s.baseline else None, run=str(s.run),
+                        split=s.split, pooled=pooled,
+                        chance=1 / results[0].ways if results[0].ways else None)
+    if s.ablation and not s.episodes:
+        report.ablation = modality_ablation(model, prepared.store, classes, **common)
+    if s.robustness and not s.episodes:
+        report.robustness = missing_modality_curve(model, prepared.store, classes, **common)
+    if (s.robustness or s.imputation) and not s.episodes:
+        if not s.learner and _aligned_metric_run(s.run, loaded):
+            from metamodal.train.alignment import load_alignment
+
+            report.imputation = imputation_curves(model, load_alignment(s.run), prepared.store,
+                                                  classes, **_shape(s))
+        elif s.imputation:
+            raise ConfigError("imputation needs a run that trained an alignment, with a metric "
+                              "learner and early fusion", file=s.run, column="imputation",
+                              fix="train with --align-weight (or drop imputation)")
+    write_json(s.json, report)
+    return report
+
+
+@dataclass
+class Comparison:
+    """Several methods evaluated on the same episodes, side by side.
+
+    Args:
+        results: method name -> its result (the same episodes for all).
+    """
+
+    results: dict[str, EvalResult] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Method name -> its result as a dict."""
+        return {name: r.to_dict() for name, r in self.results.items()}
+
+    def table(self) -> str:
+        """The results table: accuracy with its 95% interval, macro-F1 and episodes."""
+        return format_results_table(self.results)
+
+    def difference(self, a: str, b: str) -> PairedDifference:
+        """The paired difference of method ``a``'s per-episode accuracy minus ``b``'s."""
+        return paired_difference(self.results[a], self.results[b])
+
+
+def compare(results: Mapping[str, EvalResult | EvalReport]) -> Comparison:
+    """Put results of several methods (evaluated on the same episodes) side by side.
+
+    Args:
+        results: method name -> an `EvalResult` or the `EvalReport` of `evaluate`.
+
+    Example:
+        >>> from metamodal.evaluate.protocol import EvalResult
+        >>> a = EvalResult(0.8, 0.02, 0.8, 2, 5, 1, 15, 0, accuracies=[0.7, 0.9])
+        >>> b = EvalResult(0.6, 0.02, 0.6, 2, 5, 1, 15, 0, accuracies=[0.6, 0.6])
+        >>> round(compare({"a": a, "b": b}).difference("a", "b").mean, 3)
+        0.2
+    """
+    return Comparison({name: r.result if isinstance(r, EvalReport) else r
+                       for name, r in results.items()})
+
+
+@dataclass
+class ReportResult:
+    """Where a report was written.
+
+    Args:
+        path: the report directory (``index.html``, ``results.json``, plots).
+    """
+
+    path: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's directory and page."""
+        return {"report": str(self.path), "index": str(self.path / "index.html")}
+
+    def table(self) -> str:
+        """One line naming the page."""
+        return f"report: {self.path / 'index.html'}"
+
+
+def report(run: str | Path | None = None, settings: ReportSettings | None = None,
+           **options: Any) -> ReportResult:
+    """Write a run's report into ``RUN/report`` (``metamodal report``): its test accuracy
+    beside the untrained baseline, the modality ablation, the missing-modality curves, the
+    learning curve and, for a run that trained an alignment, retrieval, imputation, the joint
+    space and zero-shot.
+
+    Args:
+        run: the run directory.
+        settings: a `ReportSettings`; ``options`` (its field names) override it.
+
+    Example:
+        >>> report("runs/demo").path  # doctest: +SKIP
+    """
+    s = resolve(ReportSettings, settings, {"run": run, **options}, verb="report")
+    loaded = load_run(s.run)
+    prepared = load_run_data(loaded)
+    test = prepared.split.test
+    common = {**_shape(s), "modalities": list(s.modalities) if s.modalities else None}
+    name = f"{loaded.config.learner}+{loaded.config.fusion}"
+    results = {
+        name: evaluate_model(loaded.model, prepared.store, test, progress=s.progress, **common),
+        UNTRAINED: evaluate_model(untrained_baseline(loaded.model, seed=s.seed), prepared.store,
+                                  test, **common),
+    }
+    path = write_report(
+        Path(s.run) / "report", results=results,
+        ablation=modality_ablation(loaded.model, prepared.store, test, **common),
+        robustness=missing_modality_curve(loaded.model, prepared.store, test, **common),
+        learning_curve=read_metrics(s.run), title=f"metamodal run {Path(s.run).name}",
+        mapping=_mapping_results(s, loaded, prepared))
+    return ReportResult(path)
+
+
+def _mapping_results(s: ReportSettings, run: Run, prepared: PreparedData) -> Any:
+    """The report's mapping sections for a run that trained an alignment: retrieval between
+    its first two aligned modalities, imputation vs masking, the joint space, and zero-shot
+    when the dataset has a descriptions.toml (or ``descriptions_from`` names a modality);
+    None for other runs."""
+    from metamodal.api.mapping import project, retrieve, zero_shot
+    from metamodal.mapping.descriptions import DESCRIPTIONS_FILE
+    from metamodal.train.alignment import load_alignment
+
+    if "alignment" not in read_run_config(s.run):
+        return None
+    aligner = load_alignment(s.run)
+    test = prepared.split.test
+    results = MappingResults(
+        retrieval=retrieve(s.run, query_modality=aligner.modalities[0],
+                           target_modality=aligner.modalities[1], seed=s.seed),
+        projection=project(run, prepared, modalities=aligner.modalities))
+    if _aligned_metric_run(s.run, run):
+        results.imputation = imputation_curves(run.model, aligner, prepared.store, test,
+                                               **_shape(s))
+    described = s.descriptions_from or (prepared.dataset.root / DESCRIPTIONS_FILE).is_file()
+    if described and not run.model.late:
+        results.zero_shot = zero_shot(s.run, descriptions_from=s.descriptions_from,
+                                      ways=s.ways or 5, queries=s.queries or 15,
+                                      episodes_count=s.episodes_count, seed=s.seed)
+    return results
+
+
+def report_results(
+    out: str | Path,
+    comparison: Comparison | Mapping[str, EvalResult],
+    *,
+    ablation: Sequence[EvalResult] | None = None,
+    robustness: Curves | None = None,
+    learning_curve_of: str | Path | None = None,
+    training_seconds: Mapping[str, float] | None = None,
+    mapping: MappingResults | None = None,
+    title: str = "metamodal report",
+) -> ReportResult:
+    """Write a report of several methods (e.g. the demo's): the results table and plot, the
+    paired comparisons against the baselines, and the optional sections.
+
+    Args:
+        out: the report directory.
+        comparison: the methods' results (`compare`), names starting with "baseline" being the
+            references of the paired comparisons.
+        ablation: each modality alone / left out (`EvalReport.ablation`).
+        robustness: the missing-modality curves (`EvalReport.robustness`).
+        learning_curve_of: a run directory whose learning curve to plot.
+        training_seconds: method -> seconds of training.
+        mapping: the cross-modal sections (`MappingResults`).
+        title: the report's title.
+    """
+    results = comparison.results if isinstance(comparison, Comparison) else dict(comparison)
+    path = write_report(out, results=results, ablation=ablation, robustness=robustness,
+                        learning_curve=read_metrics(learning_curve_of)
+                        if learning_curve_of is not None else None,
+                        training_seconds=training_seconds, title=title, mapping=mapping)
+    return ReportResult(path)
+
+
+@dataclass
+class RunInfo:
+    """What a run is: its model, its data and its split.
+
+    Args:
+        run: the run directory.
+        learner: the learner's registry name.
+        fusion: the fusion's registry name.
+        modalities: the modalities the model accepts, in its order.
+        dim: the shared embedding size.
+        data: the dataset it was trained on.
+        split: its class split (``train``, ``val``, ``test`` label lists).
+    """
+
+    run: str
+    learner: str
+    fusion: str
+    modalities: list[str]
+    dim: int
+    data: str
+    split: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return {"run": self.run, "learner": self.learner, "fusion": self.fusion,
+                "modalities": self.modalities, "dim": self.dim, "data": self.data,
+                "split": {"train": self.split.train, "val": self.split.val,
+                          "test": self.split.test}}
+
+    def table(self) -> str:
+        """One line per fact."""
+        return "\n".join(f"{key}: {value}" for key, value in self.to_dict().items())
+
+
+def run_info(run: str | Path) -> RunInfo:
+    """Describe a run directory: learner, fusion, modalities, embedding size, data, split.
+
+    Example:
+        >>> run_info("runs/demo").modalities  # doctest: +SKIP
+    """
+    loaded = load_run(run)
+    return RunInfo(str(run), loaded.config.learner, loaded.config.fusion,
+                   list(loaded.model.modalities), loaded.config.dim, loaded.config.data,
+                   loaded.split)

@@ -1,0 +1,131 @@
+"""The cross-modal verbs of an aligned run: `retrieve`, `zero_shot` and `project`."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from metamodal.api.settings import RetrieveSettings, ZeroShotSettings, resolve, write_json
+from metamodal.evaluate.projection import Projection, joint_projection
+from metamodal.evaluate.retrieval import RetrievalReport
+from metamodal.evaluate.zeroshot import ZeroShotReport
+from metamodal.runs import PreparedData, Run, load_run, load_run_data
+
+
+def retrieve(
+    run: str | Path | None = None,
+    query_modality: str | None = None,
+    target_modality: str | None = None,
+    settings: RetrieveSettings | None = None,
+    *,
+    shared: Mapping[str, Hashable] | None = None,
+    **options: Any,
+) -> RetrievalReport:
+    """Evaluate cross-modal retrieval of an aligned run (``metamodal align``).
+
+    Recall@1/5/10 and median rank in both directions, instance- and class-level, on the
+    run's test classes (or ``split`` of ``data``), beside a random baseline and ridge / CCA maps
+    fitted on the meta-train samples over the same architecture's untrained encoders and over
+    the encoders of each of ``baseline_runs`` (name -> run directory, e.g. a run trained
+    without alignment).
+
+    Args:
+        run: the run directory.
+        query_modality, target_modality: the two modalities (both aligned by the run).
+        settings: a `RetrieveSettings`; ``options`` (its field names) override it.
+        shared: class label -> what both modalities of the class show (known for generated
+            data): adds the ceiling row that ranks by it.
+
+    Returns:
+        a `metamodal.evaluate.retrieval.RetrievalReport`.
+
+    Raises:
+        RunError: the run trained no alignment.
+        ModalityError: the run was not aligned on one of the two modalities.
+
+    Example:
+        >>> report = retrieve("runs/align", "caption", "image")  # doctest: +SKIP
+        >>> report.row("aligned encoders", "caption->image", "class").recall[1]  # doctest: +SKIP
+    """
+    from metamodal.evaluate.baseline import untrained_baseline
+    from metamodal.evaluate.retrieval import evaluate_retrieval
+    from metamodal.train.alignment import check_aligned, load_alignment
+
+    s = resolve(RetrieveSettings, settings, {"run": run, "query_modality": query_modality,
+                                             "target_modality": target_modality, **options},
+                verb="retrieve")
+    aligner = load_alignment(s.run, device=s.device)
+    check_aligned(aligner, s.query_modality, s.target_modality)
+    loaded = load_run(s.run, device=s.device)
+    prepared = load_run_data(loaded, s.data)
+    split = prepared.split
+    classes = split.train + split.val + split.test if s.split == "all" else split.of(s.split)
+    baselines = {"untrained encoders": untrained_baseline(loaded.model, seed=s.seed)}
+    for name, path in s.baseline_runs.items():
+        baselines[name] = load_run(path, device=s.device).model
+    report = evaluate_retrieval(loaded.model, prepared.store, classes, split.train,
+                                s.query_modality, s.target_modality, baselines=baselines,
+                                shared=shared, seed=s.seed, device=s.device)
+    write_json(s.json, report)
+    return report
+
+
+def zero_shot(run: str | Path | None = None, settings: ZeroShotSettings | None = None,
+              **options: Any) -> ZeroShotReport:
+    """Zero-shot and few+zero-shot (AM3) accuracy of a run on its test classes.
+
+    Args:
+        run: a run directory with a metric learner (e.g. ``train --align-weight``).
+        settings: a `ZeroShotSettings`; ``options`` (its field names) override it.
+
+    Returns:
+        a `metamodal.evaluate.zeroshot.ZeroShotReport`.
+
+    Raises:
+        DatasetError: the descriptions are missing, empty, name an unknown class, or a class
+            of the run's splits has none.
+        ConfigError: both ``descriptions`` and ``description_modality`` are given.
+        ModalityError: the description modality is not one of the run's, or its only one.
+
+    Example:
+        >>> print(zero_shot("runs/joint").table())  # doctest: +SKIP
+    """
+    from metamodal.evaluate.zeroshot import evaluate_zero_shot
+    from metamodal.mapping.descriptions import read_descriptions
+
+    s = resolve(ZeroShotSettings, settings, {"run": run, **options}, verb="zero_shot")
+    loaded = load_run(s.run, device=s.device)
+    prepared = load_run_data(loaded, s.data)
+    texts = None
+    if s.descriptions is not None or s.descriptions_from is None:
+        source = s.descriptions if s.descriptions is not None else prepared.dataset.root
+        texts = read_descriptions(source, set(prepared.store.labels))
+    report = evaluate_zero_shot(loaded.model, prepared.store, prepared.split.train,
+                                prepared.split.test, texts,
+                                description_modality=s.descriptions_from, ways=s.ways,
+                                shots=tuple(s.shots), queries=s.queries,
+                                episodes=s.episodes_count, seed=s.seed, am3_steps=s.am3_steps,
+                                device=s.device)
+    write_json(s.json, report)
+    return report
+
+
+def project(run: str | Path | Run, prepared: PreparedData | None = None, *,
+            modalities: Sequence[str] | None = None) -> Projection:
+    """A 2-D picture of the joint embedding space of a run's test classes: each modality's
+    embeddings of a few samples per class, projected together (see
+    `metamodal.evaluate.projection.joint_projection`).
+
+    Args:
+        run: a run directory (or a loaded `Run`).
+        prepared: its decoded data (default: loaded from the run's dataset).
+        modalities: the modalities to show (default: all of the run's).
+
+    Example:
+        >>> project("runs/align").points.shape  # doctest: +SKIP
+    """
+    loaded = run if isinstance(run, Run) else load_run(run)
+    prepared = prepared if prepared is not None else load_run_data(loaded)
+    return joint_projection(loaded.model, prepared.store, prepared.split.test,
+                            modalities=modalities)

@@ -1,0 +1,128 @@
+"""The verbs that classify new samples with a run: `predict` and `worked_episode`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metamodal.api.settings import PredictSettings, resolve, write_json
+
+
+@dataclass
+class PredictResult:
+    """The predictions of `predict`.
+
+    Args:
+        classes: the support set's classes, in the order of the probabilities.
+        predictions: one dict per query sample: ``id``, ``prediction``, ``probability`` (of
+            the prediction) and ``probabilities`` (class -> probability).
+    """
+
+    classes: list[str]
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``metamodal predict --json``."""
+        return {"classes": self.classes, "predictions": self.predictions}
+
+    def table(self) -> str:
+        """One line per query sample: id, prediction and its probability."""
+        width = max((len(str(r["id"])) for r in self.predictions), default=2)
+        lines = [f"{'id':<{width}}  prediction  probability"]
+        lines += [f"{r['id']:<{width}}  {r['prediction']}  {r['probability']:.3f}"
+                  for r in self.predictions]
+        return "\n".join(lines)
+
+
+def predict(run: str | Path | None = None, settings: PredictSettings | None = None,
+            **options: Any) -> PredictResult:
+    """Classify query samples from a labelled support set with a run (``metamodal predict``):
+    the support's classes may be any, also ones never seen in training.
+
+    Args:
+        run: the run directory.
+        settings: a `PredictSettings` (``support`` and ``query`` tables, ``modalities``);
+            ``options`` (its field names) override it.
+
+    Example:
+        >>> predict("runs/demo", support="support.csv", query="query.csv").table()  # doctest: +SKIP
+    """
+    from metamodal.classifier import FewShotClassifier
+
+    s = resolve(PredictSettings, settings, {"run": run, **options}, verb="predict")
+    classifier = FewShotClassifier(s.run).fit(s.support)
+    query = classifier.load_samples(s.query)
+    probabilities = classifier.predict_proba(query)
+    rows = []
+    for sample_id, p in zip(query.ids, probabilities, strict=True):
+        best = int(p.argmax())
+        rows.append({"id": sample_id, "prediction": classifier.classes_[best],
+                     "probability": float(p[best]),
+                     "probabilities": dict(zip(classifier.classes_, map(float, p), strict=True))})
+    result = PredictResult(list(classifier.classes_), rows)
+    write_json(s.json, result)
+    return result
+
+
+@dataclass
+class WorkedEpisode:
+    """One episode of a run's held-out classes and the run's predictions for its queries.
+
+    Args:
+        classes: the episode's classes, in order.
+        support_ids: the support samples, ``shots`` per class in class order.
+        query_ids: the query samples.
+        query_labels: their true classes.
+        probabilities: ``[queries, ways]`` class probabilities of each query.
+    """
+
+    classes: list[str]
+    support_ids: list[str]
+    query_ids: list[str]
+    query_labels: list[str]
+    probabilities: list[list[float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The episode and its probabilities."""
+        return {"classes": self.classes, "support_ids": self.support_ids,
+                "query_ids": self.query_ids, "query_labels": self.query_labels,
+                "probabilities": self.probabilities}
+
+    def table(self) -> str:
+        """The support, then each query with its classes from the most probable down."""
+        shots = len(self.support_ids) // max(1, len(self.classes))
+        labels = [c for c in self.classes for _ in range(shots)]
+        lines = ["  support: " + ", ".join(f"{sid} = {label}" for sid, label in
+                                           zip(self.support_ids, labels, strict=True))]
+        for qid, truth, p in zip(self.query_ids, self.query_labels, self.probabilities,
+                                 strict=True):
+            lines.append(f"  query {qid} (true class {truth}):")
+            for k in sorted(range(len(p)), key=lambda k: -p[k]):
+                lines.append(f"    {self.classes[k]:<24} p = {p[k]:.3f}")
+        return "\n".join(lines)
+
+
+def worked_episode(run: str | Path, *, ways: int = 5, shots: int = 1, queries: int = 1,
+                   seed: int = 0, split: str = "test") -> WorkedEpisode:
+    """Draw one episode of a run's ``split`` classes (with the sampler evaluation uses) and
+    predict its queries: a worked example of what the run does with classes it never saw.
+
+    Example:
+        >>> print(worked_episode("runs/demo", seed=7).table())  # doctest: +SKIP
+    """
+    import torch
+
+    from metamodal.data.episodes import EpisodeSampler
+    from metamodal.runs import load_run, load_run_data
+
+    loaded = load_run(run)
+    prepared = load_run_data(loaded)
+    episode = EpisodeSampler(prepared.store, prepared.split.of(split), ways, shots, queries,
+                             seed=seed)[0]
+    model = loaded.model.eval()
+    with torch.no_grad():
+        probabilities = torch.softmax(model.episode_logits(episode), -1)
+    return WorkedEpisode(
+        list(episode.classes), list(episode.support_ids), list(episode.query_ids),
+        [episode.classes[int(k)] for k in episode.query_labels], probabilities.tolist())

@@ -1,0 +1,629 @@
+"""The settings of each verb: one dataclass per verb, one field per setting.
+
+A field's docstring entry (the class's ``Args:``) is its documentation and the help of its
+command-line flag: the ``metamodal`` command builds every flag from these fields (and from
+`metamodal.config.TrainConfig`'s), so that a setting is declared once. `field_help` reads
+the entries; `Flag` metadata names a flag that differs from the field's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from metamodal.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a field appears on the command line, where it differs from ``--field-name``.
+
+    Args:
+        name: the flag (``"--episodes-count"``), or ``""`` for a positional argument.
+        aliases: further spellings of the flag.
+        metavar: the placeholder in ``--help``.
+        pairs: the field is a ``dict[str, str]`` given as repeated ``KEY=VALUE`` flags.
+        values: a Python literal in ``--help`` for the default, where ``repr`` misleads.
+    """
+
+    name: str | None = None
+    aliases: tuple[str, ...] = ()
+    metavar: str | None = None
+    pairs: bool = False
+    values: str | None = None
+
+
+def flag(default: Any = dataclasses.MISSING, **how: Any) -> Any:
+    """A dataclass field with command-line `Flag` metadata (``flag(600, name="--episodes-count")``).
+    A mutable default (list or dict) is copied for each instance."""
+    metadata = {"flag": Flag(**how)}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+_ENTRY = re.compile(r"^(\s*)([A-Za-z_][\w, ]*):\s*(.*)$")
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The ``Args:`` entries of ``cls``'s docstring by field name (an entry ``a, b: text``
+    documents both ``a`` and ``b``).
+
+    Example:
+        >>> field_help(EpisodeShape)["ways"]
+        'classes per episode; None: 5, lowered (with a warning) to what the split has.'
+    """
+    doc = inspect.getdoc(cls) or ""
+    lines = doc.splitlines()
+    try:
+        start = lines.index("Args:") + 1
+    except ValueError:
+        return {}
+    found: dict[str, str] = {}
+    names: list[str] = []
+    indent = None
+    for line in lines[start:]:
+        if line and not line.startswith(" "):
+            break  # the next section
+        match = _ENTRY.match(line)
+        if match and (indent is None or len(match.group(1)) == indent):
+            indent = len(match.group(1))
+            names = [n.strip() for n in match.group(2).split(",")]
+            for name in names:
+                found[name] = match.group(3).strip()
+        elif line.strip() and names:
+            for name in names:
+                found[name] = f"{found[name]} {line.strip()}"
+    return found
+
+
+def make(cls: type, values: dict[str, Any], *, verb: str) -> Any:
+    """``cls(**values)``; an unknown setting is a `ConfigError` that lists the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{verb}: unknown setting(s) {', '.join(unknown)}",
+                          column=unknown[0], fix=f"use {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass
+class EpisodeShape:
+    """The test episodes of an evaluation.
+
+    Args:
+        ways: classes per episode; None: 5, lowered (with a warning) to what the split has.
+        shots: support samples per class.
+        queries: query samples per class; None: 15, lowered (with a warning) to what the
+            classes hold.
+        episodes_count: test episodes (600 or more for published numbers).
+        seed: seed of the episodes (the same seed gives every model the same episodes).
+    """
+
+    ways: int | None = None
+    shots: int = 1
+    queries: int | None = None
+    episodes_count: int = 600
+    seed: int = 0
+
+
+@dataclass
+class EvalSettings(EpisodeShape):
+    """What `metamodal.api.evaluate` measures.
+
+    Args:
+        run: the run directory.
+        data: another dataset directory (default: the run's own, with its split).
+        split: the classes evaluated on: test, val, train or all.
+        episodes: a fixed episode file (episodes.jsonl): exactly these episodes.
+        modalities: evaluate with only these modalities (the others count as absent).
+        learner: evaluate the run's backbone under another learner (e.g. finetune on a
+            supervised-pretrained run).
+        ablation: also each modality alone and each one left out.
+        robustness: also the missing-modality curves (and, for a run that trained an
+            alignment, imputing the modality against masking it).
+        imputation: also, for a run that trained an alignment, imputing each modality
+            through the learned maps against masking it.
+        baseline: also the untrained-encoders baseline on the same episodes.
+        progress: show a progress bar.
+        json: also write the results as JSON to this file.
+    """
+
+    run: str = flag("", name="")
+    data: str | None = None
+    split: Literal["test", "val", "train", "all"] = "test"
+    episodes: str | None = flag(None, metavar="FILE")
+    modalities: list[str] | None = None
+    learner: str | None = None
+    ablation: bool = False
+    robustness: bool = False
+    imputation: bool = False
+    baseline: bool = flag(True, name="--no-baseline")
+    progress: bool = flag(True, name="--no-progress")
+    json: str | None = flag(None, metavar="FILE")
+
+
+@dataclass
+class ReportSettings(EpisodeShape):
+    """What `metamodal.api.report` writes into ``RUN/report``.
+
+    Args:
+        run: the run directory.
+        modalities: report on only these modalities (the others count as absent).
+        descriptions_from: for a run with an alignment, zero-shot with classes described by
+            this modality of their samples (default: the dataset's descriptions.toml).
+        progress: show a progress bar.
+    """
+
+    run: str = flag("", name="")
+    modalities: list[str] | None = None
+    descriptions_from: str | None = flag(None, metavar="MODALITY")
+    progress: bool = flag(True, name="--no-progress")
+
+
+@dataclass
+class PredictSettings:
+    """What `metamodal.api.predict` classifies.
+
+    Args:
+        run: the run directory.
+        support: the labelled support samples (a csv / jsonl / parquet table).
+        query: the query samples (a table of the same columns, labels not needed).
+        modalities: predict with only these modalities (the others count as absent).
+        json: also write the predictions as JSON to this file.
+    """
+
+    run: str = flag("", name="")
+    support: str = flag("", metavar="TABLE")
+    query: str = flag("", metavar="TABLE")
+    modalities: list[str] | None = None
+    json: str | None = flag(None, metavar="FILE")
+
+
+@dataclass
+class EpisodesSettings:
+    """The episode file that `metamodal.api.episodes` writes (a published protocol).
+
+    Args:
+        data: the dataset directory.
+        out: the episodes.jsonl to write.
+        within: every run within one group: group names (comma-separated, used in turn) or
+            '*' for every group that can supply a run (Lake et al. 2015).
+        split: draw classes from this split.
+        split_seed: seed of the split when the dataset has no splits.toml (use the training
+            seed).
+        ways: classes per run.
+        shots: support samples per class.
+        queries: query samples per class.
+        runs: number of runs (episodes).
+        seed: seed of the runs.
+    """
+
+    data: str = flag("", name="")
+    out: str = flag("", metavar="FILE")
+    within: str | None = flag(None, metavar="GROUPS")
+    split: Literal["all", "train", "val", "test"] = "all"
+    split_seed: int = 0
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    runs: int = 600
+    seed: int = 0
+
+
+@dataclass
+class SyntheticSettings:
+    """The embedded synthetic dataset that `metamodal.api.make_synthetic` writes.
+
+    Args:
+        out: the dataset directory to write.
+        classes: number of classes.
+        per_class: samples per class.
+        seed: seed of the generator.
+        missing_rate: probability that a modality is missing in a sample.
+        noise: nuisance strength in every modality (0 clean, 1-2 hard).
+        attribute_values: values per latent attribute (2-5); fewer = weaker single modalities.
+        image_size: side of the images in pixels.
+        track_length: points of each trajectory.
+        overwrite: replace a dataset already in ``out``.
+    """
+
+    out: str = flag("", name="")
+    classes: int = 100
+    per_class: int = 20
+    seed: int = 0
+    missing_rate: float = 0.1
+    noise: float = 0.5
+    attribute_values: int = 3
+    image_size: int = 32
+    track_length: int = 64
+    overwrite: bool = False
+
+
+@dataclass
+class ImportSettings:
+    """What every importer of `metamodal.api.import_dataset` takes.
+
+    Args:
+        source: the folder, archive or table to import.
+        out: the dataset directory to write.
+        name: the dataset's name.
+        overwrite: replace OUT when it already holds a dataset.
+        val_groups: groups (or classes, without groups) held out for validation, written to
+            splits.toml.
+        test_groups: groups (or classes) held out for testing.
+        progress: show a progress bar.
+    """
+
+    source: str = flag("", name="")
+    out: str = flag("", name="")
+    name: str | None = None
+    overwrite: bool = False
+    val_groups: list[str] = flag([], metavar="GROUPS")
+    test_groups: list[str] = flag([], metavar="GROUPS")
+    progress: bool = flag(True, name="--no-progress")
+
+
+@dataclass
+class FolderImportSettings(ImportSettings):
+    """One folder of media files per class (``SOURCE/[GROUP/]CLASS/FILE``).
+
+    Args:
+        group_level: folders above the class folders are groups (auto: detect).
+        skip_other_files: leave out files of other types instead of failing.
+    """
+
+    group_level: Literal["auto", "yes", "no"] = "auto"
+    skip_other_files: bool = False
+
+
+@dataclass
+class ImageFolderSettings(FolderImportSettings):
+    """One folder of images per class.
+
+    Args:
+        image_size: decoded image size (loader option).
+        channels: 1 grey, 3 RGB.
+    """
+
+    image_size: int | None = None
+    channels: Literal[1, 3] | None = None
+
+
+@dataclass
+class TableImportSettings(ImportSettings):
+    """A CSV / JSON-lines / Parquet table whose columns are named by role.
+
+    Args:
+        label: the column of class labels.
+        id: the column of unique sample ids (default: id, or row numbers).
+        group: a column grouping classes (splits by group).
+        text: columns holding text.
+        numeric: columns holding numbers (one tabular modality).
+        image: columns holding image file paths.
+        audio: columns holding audio file paths.
+        sequence: columns holding .npy / .csv sequence file paths.
+        root: folder the file paths are relative to (default: the table's folder); paths out
+            of it are refused.
+        allow_missing_files: a path to a missing file becomes an empty cell.
+    """
+
+    label: str = ""
+    id: str | None = None
+    group: str | None = None
+    text: list[str] = flag([], metavar="COLUMNS")
+    numeric: list[str] = flag([], metavar="COLUMNS")
+    image: list[str] = flag([], metavar="COLUMNS")
+    audio: list[str] = flag([], metavar="COLUMNS")
+    sequence: list[str] = flag([], metavar="COLUMNS")
+    root: str | None = None
+    allow_missing_files: bool = False
+
+
+@dataclass
+class OmniglotImportSettings(ImportSettings):
+    """The official Omniglot archives or folders (images + pen strokes, ``all_runs``).
+
+    Args:
+        image_size: decoded image size (files keep 105x105).
+        stroke_length: points of a stroke sequence kept when decoded.
+        no_strokes: import the images only.
+        allow_unmatched: import a drawing lacking its image or strokes with that modality
+            missing.
+    """
+
+    image_size: int = 28
+    stroke_length: int = 256
+    no_strokes: bool = False
+    allow_unmatched: bool = False
+
+
+IMPORT_LAYOUTS: dict[str, tuple[type[ImportSettings], str]] = {
+    "imagefolder": (ImageFolderSettings, "one folder of images per class "
+                    "(SOURCE/[GROUP/]CLASS/FILE)"),
+    "audiofolder": (FolderImportSettings, "one folder of audio files per class "
+                    "(SOURCE/[GROUP/]CLASS/FILE)"),
+    "table": (TableImportSettings, "a CSV / JSON-lines / Parquet table; name the columns by "
+              "role"),
+    "omniglot": (OmniglotImportSettings, "the official Omniglot archives or folders (images + "
+                 "strokes, all_runs)"),
+}
+"""Import layout -> (its settings, one line of help)."""
+
+
+@dataclass
+class DownloadSettings:
+    """What `metamodal.api.download` fetches, verifies, unpacks and imports.
+
+    Args:
+        dataset: the dataset (omniglot).
+        dir: folder for archives/, unpacked/ and the imported dataset/.
+        sets: background-small (default), background, evaluation, or archive names.
+        url: base URL the archive names are appended to (default: the authors' repository).
+        sha256: expected SHA-256 of an archive, NAME=HEX (repeatable).
+        no_import: only download and unpack.
+        overwrite: import again over DIR/dataset.
+        val_groups: alphabets held out for validation.
+        test_groups: alphabets held out for testing.
+        image_size: decoded image size.
+        timeout: network timeout in seconds.
+        progress: show a progress bar.
+    """
+
+    dataset: Literal["omniglot"] = flag("omniglot", name="")
+    dir: str = flag("", name="")
+    sets: list[str] = flag([], metavar="SETS")
+    url: str | None = None
+    sha256: dict[str, str] = flag({}, metavar="NAME=HEX", pairs=True)
+    no_import: bool = False
+    overwrite: bool = False
+    val_groups: list[str] = flag([], metavar="GROUPS")
+    test_groups: list[str] = flag([], metavar="GROUPS")
+    image_size: int = 28
+    timeout: float = 60.0
+    progress: bool = flag(True, name="--no-progress")
+
+
+@dataclass
+class RetrieveSettings:
+    """The cross-modal retrieval that `metamodal.api.retrieve` measures.
+
+    Args:
+        run: the run directory (of align or train --align-weight).
+        query_modality: the modality of the queries.
+        target_modality: the modality ranked for each query.
+        data: another dataset (default: the run's own).
+        split: the classes: test, val, train or all.
+        baseline_runs: also fit ridge / CCA maps on these runs' encoders, NAME=RUN
+            (repeatable).
+        seed: seeds the random rankings and the untrained encoders.
+        device: where the encoders run.
+        json: also write the results (and top matches) as JSON to this file.
+    """
+
+    run: str = flag("", name="")
+    query_modality: str = ""
+    target_modality: str = ""
+    data: str | None = None
+    split: Literal["test", "val", "train", "all"] = "test"
+    baseline_runs: dict[str, str] = flag({}, name="--baseline-run", metavar="NAME=RUN",
+                                         pairs=True)
+    seed: int = 0
+    device: str = "cpu"
+    json: str | None = flag(None, metavar="FILE")
+
+
+@dataclass
+class ZeroShotSettings:
+    """The zero-shot and few+zero-shot (AM3) accuracy that `metamodal.api.zero_shot` measures.
+
+    Args:
+        run: the run directory (a metric learner, e.g. train --align-weight).
+        descriptions: a descriptions.toml (class -> text); default: the dataset's own.
+        descriptions_from: describe each class by this modality of its samples (e.g. a
+            caption column) instead of descriptions.toml; queries are embedded without it.
+        data: another dataset (default: the run's own).
+        ways: classes per episode.
+        shots: shot counts of few+zero-shot.
+        queries: query samples per class.
+        episodes_count: test episodes.
+        am3_steps: meta-training episodes of the AM3 head (backbone frozen).
+        seed: seed of the episodes.
+        device: where the encoders run.
+        json: also write the results as JSON to this file.
+    """
+
+    run: str = flag("", name="")
+    descriptions: str | None = None
+    descriptions_from: str | None = flag(None, metavar="MODALITY")
+    data: str | None = None
+    ways: int = 5
+    shots: list[int] = flag([1, 5], values="1,5")
+    queries: int = 15
+    episodes_count: int = 600
+    am3_steps: int = 500
+    seed: int = 0
+    device: str = "cpu"
+    json: str | None = flag(None, metavar="FILE")
+
+
+@dataclass
+class CacheSettings:
+    """The feature cache of pretrained encoders that `metamodal.api.cache_info` describes and
+    `metamodal.api.clear_cache` empties.
+
+    Args:
+        dir: cache directory (default $METAMODAL_CACHE or ~/.cache/metamodal/features).
+        encoder: only this encoder's features (e.g. minilm).
+        limit: size limit to report (default $METAMODAL_CACHE_LIMIT or 2GiB).
+        json: also write the description as JSON to this file.
+    """
+
+    dir: str | None = None
+    encoder: str | None = None
+    limit: str | None = None
+    json: str | None = flag(None, metavar="FILE")
+
+
+@dataclass
+class LearnerFlags:
+    """The optimisation-based learners' options that have flags of their own (they land in
+    `metamodal.config.TrainConfig`'s ``learner_options``).
+
+    Args:
+        inner_steps: inner steps in training.
+        inner_lr: inner learning rate in training.
+        eval_steps: inner steps at evaluation.
+        eval_lr: inner learning rate at evaluation.
+        first_order: first-order meta-gradients.
+        adapt: what the inner loop adapts: all, head, fusion, or comma-separated modalities.
+    """
+
+    inner_steps: int | None = None
+    inner_lr: float | None = None
+    eval_steps: int | None = None
+    eval_lr: float | None = None
+    first_order: bool = False
+    adapt: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The options given (``None`` and ``False`` are left out), as ``learner_options``."""
+        options = {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, False)}
+        if "adapt" in options:
+            names = [n.strip() for n in options["adapt"].split(",") if n.strip()]
+            options["adapt"] = names[0] if len(names) == 1 and names[0] in (
+                "all", "head", "fusion") else names
+        return options
+
+
+@dataclass
+class AlignFlags:
+    """The alignment options that have flags of their own (they land in
+    `metamodal.config.TrainConfig`'s ``align_options``).
+
+    Args:
+        temperature: initial InfoNCE temperature (0.07).
+        margin: margin of the margin objective (1.0).
+        regression_loss: loss of the regression maps and objective (mse).
+        direction: regression objective: SOURCE->TARGET, e.g. caption->image.
+        positives: InfoNCE positives: the same sample (instance) or any sample of its class.
+    """
+
+    temperature: float | None = None
+    margin: float | None = None
+    regression_loss: Literal["mse", "cosine"] | None = None
+    direction: str | None = None
+    positives: Literal["instance", "class"] | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The options given, as ``align_options``."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class RunSettings:
+    """How `metamodal.api.train` and `metamodal.api.align` write their run directory.
+
+    Args:
+        out: the run directory to write.
+        config: a TOML training config (the other settings override it).
+        resume: continue from the last checkpoint.
+        overwrite: replace a finished run in OUT (once the new run is complete).
+        progress: show a progress bar.
+    """
+
+    out: str = flag("", metavar="RUN")
+    config: str | None = flag(None, metavar="FILE.toml")
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = flag(True, name="--no-progress")
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of the demo; the defaults finish in minutes on 2 CPU cores.
+
+    Args:
+        classes, per_class: size of the generated dataset.
+        image_size, track_length: size of its images and trajectories.
+        steps: meta-training episodes of each episodic model.
+        baseline_steps: supervised pre-training batches of the baselines.
+        maml_steps: meta-updates of MAML (one episode each).
+        maml_inner_steps, maml_eval_steps, maml_lr: MAML's inner loop in training and at
+            evaluation, and its learning rate.
+        episodes: test episodes per evaluation (>= 600 for published numbers).
+        robustness_episodes: episodes per point of the missing-modality curves.
+        seed: seeds data generation, splits, training and episodes.
+        dim: the shared embedding size.
+        align_steps: steps of the contrastive alignment of all five encoders (default
+            steps // 2).
+        align_weight: weight of the alignment loss when ProtoNet trains on top of it.
+        am3_steps: meta-training episodes of the AM3 head, backbone frozen (default
+            min(steps, 500)).
+        mapping: run the cross-modal part (alignment, retrieval, zero-shot, AM3, imputation).
+    """
+
+    classes: int = 100
+    per_class: int = 20
+    image_size: int = 16
+    track_length: int = 32
+    steps: int = 600
+    baseline_steps: int = 600
+    maml_steps: int = 600
+    maml_inner_steps: int = 1
+    maml_eval_steps: int = 1
+    maml_lr: float = 5.0
+    episodes: int = 600
+    robustness_episodes: int = 300
+    seed: int = 0
+    dim: int = 64
+    align_steps: int | None = None
+    align_weight: float = 0.5
+    am3_steps: int | None = None
+    mapping: bool = flag(True, name="--no-mapping")
+
+
+QUICK_DEMO = {"classes": 40, "per_class": 20, "steps": 60, "baseline_steps": 60,
+              "maml_steps": 60, "episodes": 600, "robustness_episodes": 100, "align_steps": 60,
+              "am3_steps": 100}
+"""The sizes of ``metamodal demo --quick``: a small, less accurate smoke run."""
+
+
+@dataclass
+class DemoRunSettings:
+    """Where `metamodal.api.demo` works.
+
+    Args:
+        out: the demo directory (data/, runs/, report/).
+        data: use this dataset instead of generating one.
+        quick: a small, fast version (a smoke run): the sizes of QUICK_DEMO.
+        progress: show progress bars.
+    """
+
+    out: str = "metamodal-demo"
+    data: str | None = None
+    quick: bool = False
+    progress: bool = flag(True, name="--no-progress")
+
+
+def resolve(cls: type, settings: Any, options: dict[str, Any], *, verb: str) -> Any:
+    """``settings`` (an instance of ``cls``, or None for its defaults) with ``options`` (field
+    name -> value; None values are left out) applied; an unknown name is a `ConfigError`."""
+    values = dataclasses.asdict(settings) if settings is not None else {}
+    values.update({k: v for k, v in options.items() if v is not None})
+    return make(cls, values, verb=verb)
+
+
+def write_json(path: str | Path | None, result: Any) -> None:
+    """Write ``result.to_dict()`` to ``path`` atomically (nothing when ``path`` is None)."""
+    if path:
+        from metamodal.io import atomic_write_json
+
+        atomic_write_json(path, result.to_dict())

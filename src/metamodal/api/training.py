@@ -1,0 +1,161 @@
+"""The verbs that write a run directory: `train` and `align`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from metamodal.api.settings import RunSettings, resolve
+from metamodal.config import TrainConfig, load_config
+from metamodal.errors import ConfigError
+
+
+@dataclass
+class TrainReport:
+    """What `train` or `align` did.
+
+    Args:
+        run_dir: the run directory written.
+        steps: optimisation steps done in total.
+        best_val_accuracy: the best validation score (accuracy, or Recall@1 for an alignment),
+            NaN without validation.
+        best_step: the step whose weights were kept.
+        stopped_early: whether early stopping ended training.
+        seconds: wall-clock seconds of training (summed over resumes).
+        score: what ``best_val_accuracy`` measures, in words.
+    """
+
+    run_dir: Path
+    steps: int
+    best_val_accuracy: float
+    best_step: int
+    stopped_early: bool
+    seconds: float
+    score: str = "validation accuracy"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (the run directory as a string; NaN as None)."""
+        values = dataclasses.asdict(self)
+        values["run_dir"] = str(self.run_dir)
+        if values["best_val_accuracy"] != values["best_val_accuracy"]:
+            values["best_val_accuracy"] = None
+        return values
+
+    def table(self) -> str:
+        """One line: the run, its steps and its best validation score."""
+        return (f"run: {self.run_dir}  steps: {self.steps}  best {self.score}: "
+                f"{self.best_val_accuracy:.4f} (step {self.best_step})"
+                + ("  [stopped early]" if self.stopped_early else ""))
+
+
+def merged(config: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
+    """``config`` with ``changes`` applied; a table (``encoders``, ``augment``,
+    ``learner_options``, ...) is merged key by key, one level deep inside it too, so that
+    ``{"augment": {"image": {"rotate": 10}}}`` keeps the file's other image options.
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type.
+
+    Example:
+        >>> base = TrainConfig(augment={"image": {"rotate": 5, "flip": "horizontal"}})
+        >>> merged(base, {"augment": {"image": {"rotate": 10}}}).augment
+        {'image': {'rotate': 10, 'flip': 'horizontal'}}
+    """
+    current = config.to_dict()
+    values: dict[str, Any] = {}
+    for key, value in changes.items():
+        old = current.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            value = {**old, **{k: {**old[k], **v} if isinstance(v, dict) and isinstance(
+                old.get(k), dict) else v for k, v in value.items()}}
+        values[key] = value
+    return config.updated(values)
+
+
+def _run_settings(settings: RunSettings | None, options: dict[str, Any],
+                  verb: str) -> tuple[RunSettings, TrainConfig, dict[str, Any]]:
+    """Split ``options`` into the run's settings, the base config and the config changes."""
+    names = {f.name for f in dataclasses.fields(RunSettings)}
+    config = options.pop("config", None)
+    run_options = {k: options.pop(k) for k in list(options) if k in names}
+    s = resolve(RunSettings, settings, run_options, verb=verb)
+    if isinstance(config, TrainConfig):
+        base = config
+    else:
+        path = config if config is not None else s.config
+        base = load_config(path) if path else TrainConfig()
+    return s, base, options
+
+
+def _fit(config: TrainConfig, s: RunSettings, score: str) -> TrainReport:
+    from metamodal.train.trainer import Trainer
+
+    if not s.out:
+        raise ConfigError("no run directory given", column="out",
+                          fix="pass --out RUN (out= in Python)")
+    result = Trainer(config, s.out, progress=s.progress).fit(resume=s.resume,
+                                                             overwrite=s.overwrite)
+    return TrainReport(result.run_dir, result.steps, result.best_val_accuracy, result.best_step,
+                       result.stopped_early, result.seconds, score)
+
+
+def train(out: str | Path | None = None, settings: RunSettings | None = None,
+          **options: Any) -> TrainReport:
+    """Meta-train a model and write its run directory (``metamodal train``).
+
+    Args:
+        out: the run directory to write.
+        settings: a `RunSettings` (``config`` file, ``resume``, ``overwrite``, ``progress``).
+        options: `RunSettings` fields, ``config`` (a `TrainConfig` or a TOML file), and any
+            key of `metamodal.config.TrainConfig` (``data``, ``learner``, ``fusion``,
+            ``ways``, ...), which overrides the config; tables are merged (`merged`).
+
+    Returns:
+        a `TrainReport`.
+
+    Raises:
+        ConfigError: no dataset, an unknown key or a bad value (named).
+        RunError: ``out`` holds a finished run and neither ``resume`` nor ``overwrite``.
+
+    Example:
+        >>> train("runs/demo", data="data", learner="protonet", fusion="gated",
+        ...       steps=1000).best_val_accuracy  # doctest: +SKIP
+    """
+    s, base, changes = _run_settings(settings, {"out": out, **options}, "train")
+    config = merged(base, changes)
+    if not config.data:
+        raise ConfigError("no dataset given", column="data",
+                          fix="pass --data DIR or set data in the config file")
+    return _fit(config, s, "validation accuracy")
+
+
+def align(out: str | Path | None = None, settings: RunSettings | None = None,
+          **options: Any) -> TrainReport:
+    """Align the encoders of two or more modalities, contrastively or by regression, and write
+    a run directory (``metamodal align``) that `retrieve` measures and ``train --init-from``
+    starts from.
+
+    Args:
+        out: the run directory to write.
+        settings: a `RunSettings`.
+        options: as for `train`; ``modalities`` (two or more) are the ones aligned; the
+            fusion defaults to ``mean`` (alignment trains only the encoders).
+
+    Raises:
+        ConfigError: fewer than two modalities.
+
+    Example:
+        >>> align("runs/align", data="data", modalities=["image", "caption"])  # doctest: +SKIP
+    """
+    s, base, changes = _run_settings(settings, {"out": out, **options}, "align")
+    names = list(changes.get("modalities") or [])
+    if len(names) < 2:
+        raise ConfigError("align needs two or more modalities", column="modalities",
+                          fix="e.g. --modalities image,caption")
+    changes = {"fusion": "mean", **changes, "align_modalities": names, "align_only": True,
+               "learner": "protonet"}
+    config = merged(base, changes)
+    positives = config.align_options.get("positives", "instance")
+    return _fit(config, s, f"validation Recall@1 ({positives} level)")

@@ -109,3 +109,16 @@ def test_the_site_builds_strictly_without_cdn_assets(tmp_path: Path) -> None:
     assert not remote, f"assets from the network: {remote}"
     api = html[site / "reference" / "api.html"]
     assert 'id="metamodal.api' in api  # the reference is generated from the docstrings
+
+
+def test_getting_started_shows_the_readmes_demo_output() -> None:
+    def demo_output(path: Path) -> str:
+        text = path.read_text(encoding="utf-8")
+        found = re.search(r"Output of `metamodal demo` \(seed 0, 2-core CPU\):\n\n```\n(.*?)```",
+                          text, re.S)
+        assert found, f"{path.name} lost the demo's output"
+        return found.group(1)
+
+    readme = demo_output(README)
+    assert "protonet+gated               88.13 ± 0.79  0.869          600" in readme
+    assert demo_output(DOCS / "getting-started.md") == readme

@@ -1,5 +1,5 @@
 """Omniglot, images + pen strokes, whole alphabets held out: every configuration tried for the
-README's real-data table, trained and evaluated in one run.
+real-data table (`docs/omniglot.md`), trained and evaluated in one run.
 
 The shared Omniglot background sets (``images_background_small1/2``, ``strokes_background_small1/2``
 archives: eight alphabets) are imported with ``metamodal import omniglot``: six alphabets train,
@@ -173,7 +173,7 @@ def _cell(value: dict[str, float] | None, key: str = "accuracy") -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    """The README table: accuracy / error with 95% intervals, training time."""
+    """The table of `docs/omniglot.md`: accuracy / error with 95% intervals, training time."""
     print("| configuration | validation in training | val 5-way 1-shot | test 5-way 1-shot | "
           "test, each modality alone | test 20-way within-alphabet error (images) | training |")
     print("|---|---|---|---|---|---|---|")

@@ -1,4 +1,8 @@
-"""The README's code examples run as written."""
+"""The code examples of the README and of the documentation pages run as written.
+
+Each example is found by the text that introduces it, in the file that holds it; a test fails
+when the text or the block is gone, so an example cannot move without its test.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +15,26 @@ import torch
 from metamodal.learners import learners
 from metamodal.model import FewShotModel
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 
-def _block_after(heading: str) -> str:
-    text = README.read_text(encoding="utf-8")
+def block_after(path: Path, heading: str, language: str = "python") -> str:
+    """The first ```language block after ``heading`` in ``path``."""
+    text = path.read_text(encoding="utf-8")
+    assert heading in text, f"{path.name} no longer says {heading!r}"
     section = text[text.index(heading):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    found = re.search(rf"```{language}\n(.*?)```", section, re.S)
+    assert found, f"no {language} block after {heading!r} in {path.name}"
+    return found.group(1)
 
 
 def test_the_new_learner_example_registers_and_learns() -> None:
-    code = _block_after("A new learner is one file.")
+    code = block_after(DOCS / "learners.md", "A new learner is one file.")
     namespace: dict = {}
     try:
-        exec(compile(code, "README.md", "exec"), namespace)  # the README's own example
+        exec(compile(code, "docs/learners.md", "exec"), namespace)  # the page's own example
         assert "cosine-proto" in learners.names()
         model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {"features": 3}},
                                    dim=8, fusion="mean", learner="cosine-proto")
@@ -42,9 +52,7 @@ def test_the_new_learner_example_registers_and_learns() -> None:
 def test_the_training_config_example_loads(tmp_path: Path) -> None:
     from metamodal.config import load_config
 
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("A training config is a TOML file"):]
-    block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    block = block_after(DOCS / "cli.md", "A training config is a TOML file", "toml")
     path = tmp_path / "train.toml"
     path.write_text(block, encoding="utf-8")
     config = load_config(path)
@@ -58,9 +66,7 @@ def test_the_augmentation_example_is_a_valid_augment_table(tmp_path: Path) -> No
 
     from metamodal.data.augment import Augmentation
 
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("### Augmentation"):]
-    block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    block = block_after(DOCS / "cli.md", "## Augmentation", "toml")
     options = tomllib.loads(block)["augment"]
     kinds = {"image": "image", "strokes": "sequence", "sound": "audio", "caption": "text",
              "fields": "tabular"}
@@ -72,10 +78,16 @@ def test_the_augmentation_example_is_a_valid_augment_table(tmp_path: Path) -> No
                         widths={"strokes": 4}).rotate_classes
 
 
+def test_the_api_guide_shows_the_readme_example() -> None:
+    """The API guide's first example is the README's, which the next test runs."""
+    guide = block_after(DOCS / "python-api.md", "## Train, then classify new classes")
+    assert guide == block_after(README, "## Python API")
+
+
 def test_the_python_api_example_runs_as_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    code = _block_after("## Python API")
+    code = block_after(README, "## Python API")
     # the same code at a size a test can afford: fewer classes and steps, shorter validation
     smaller = {"classes=100, per_class=20": "classes=15, per_class=16", "steps=600": "steps=2"}
     for old, new in smaller.items():
@@ -88,3 +100,20 @@ def test_the_python_api_example_runs_as_written(
     assert len(namespace["labels"]) == len(namespace["query"]) == 5 * 15
     assert namespace["proba"].shape == (75, 5)
     assert (tmp_path / "my-classifier" / "support.safetensors").is_file()
+
+
+def test_the_lower_level_example_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import metamodal
+
+    code = block_after(DOCS / "python-api.md", "## Lower-level pieces")
+    assert "episodes=600" in code
+    code = code.replace("episodes=600", "episodes=3")  # a size a test can afford
+    monkeypatch.chdir(tmp_path)
+    metamodal.make_synthetic("data", classes=15, per_class=16)
+    namespace: dict = {}
+    exec(compile(code, "docs/python-api.md", "exec"), namespace)  # the page's own example
+    assert namespace["logits"].shape == (5 * 15, 5)
+    assert torch.isfinite(namespace["loss"])
+    assert 0.0 <= namespace["score"].accuracy <= 1.0 and namespace["score"].episodes == 3

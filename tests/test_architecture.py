@@ -115,3 +115,22 @@ def test_the_import_graph_has_no_circle() -> None:
 def test_the_cycle_finder_finds_a_circle_through_a_package() -> None:
     graph = {"p": {"p.a"}, "p.a": {"q.b", "q"}, "q": {"q.b", "p"}, "q.b": set()}
     assert _cycles(graph) == [["p", "p.a", "q"]]
+
+
+def test_the_command_line_imports_only_the_api_the_errors_and_the_config_types() -> None:
+    graph = import_graph()
+    allowed = {"metamodal", "metamodal.api", "metamodal.api.settings", "metamodal.errors",
+               "metamodal.config"}
+    assert graph["metamodal.cli"] <= allowed, graph["metamodal.cli"] - allowed
+
+
+def test_the_demo_calls_only_api_verbs() -> None:
+    """The demo composes the verbs of `metamodal.api`; it may name result and config types,
+    but the work is done by api functions."""
+    graph = import_graph()
+    allowed = {"metamodal.api", "metamodal.config", "metamodal.datasets.synthetic",
+               "metamodal.evaluate.mapping_report", "metamodal.evaluate.protocol",
+               "metamodal.evaluate.retrieval", "metamodal.evaluate.zeroshot"}
+    outside = {m for m in graph["metamodal.api.demo"]
+               if not m.startswith("metamodal.api.") and m not in allowed}
+    assert not outside, outside

@@ -1,0 +1,72 @@
+"""Every flag of the ``metamodal`` command comes from a settings field, and back."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from metamodal import api
+from metamodal.api.settings import field_help
+from metamodal.cli import build_parser, collect
+from metamodal.config import TrainConfig
+
+
+def _subparser(*names: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for name in names:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
+def _dests(parser: argparse.ArgumentParser) -> set[str]:
+    return {a.dest for a in parser._actions}
+
+
+@pytest.mark.parametrize(("verb", "cls"), [
+    ("eval", api.EvalSettings), ("report", api.ReportSettings), ("predict", api.PredictSettings),
+    ("episodes", api.EpisodesSettings), ("make-synthetic", api.SyntheticSettings),
+    ("download", api.DownloadSettings), ("retrieve", api.RetrieveSettings),
+    ("zero-shot", api.ZeroShotSettings), ("cache", api.CacheSettings),
+])
+def test_each_settings_field_is_a_flag_with_its_documentation(verb: str, cls: type) -> None:
+    parser = _subparser(verb)
+    names = {f.name for f in dataclasses.fields(cls)}
+    assert names <= _dests(parser)
+    helps = {a.dest: a.help or "" for a in parser._actions}
+    documented = {}
+    for base in cls.__mro__:
+        if dataclasses.is_dataclass(base):
+            documented.update(field_help(base))
+    for name in names:
+        assert documented[name].replace("`", "")[:20] in helps[name], name
+
+
+def test_train_flags_are_the_config_fields_that_are_not_tables() -> None:
+    parser = _subparser("train")
+    scalar = {f.name for f in dataclasses.fields(TrainConfig)
+              if not f.name.endswith("options") and f.name not in ("preprocess", "align_only")}
+    assert scalar <= _dests(parser)
+    args = parser.parse_args(["--out", "r", "--data", "d", "--ways", "3", "--modalities",
+                              "a,b", "--encoder", "a=conv4", "--augment", "image.rotate=10",
+                              "--no-cache", "--objective", "margin"])
+    values = collect(args, TrainConfig, [f.name for f in dataclasses.fields(TrainConfig)])
+    assert values == {"data": "d", "ways": 3, "modalities": ["a", "b"],
+                      "encoders": {"a": "conv4"}, "augment": {"image": {"rotate": 10}},
+                      "cache": False, "align_objective": "margin"}
+    assert TrainConfig().updated(values).ways == 3  # they are valid config keys
+
+
+def test_only_given_flags_reach_the_api() -> None:
+    args = _subparser("eval").parse_args(["RUN", "--shots", "5"])
+    assert collect(args, api.EvalSettings, ["run", "shots", "ways", "baseline"]) == {
+        "run": "RUN", "shots": 5}
+
+
+def test_an_unknown_setting_is_a_config_error() -> None:
+    from metamodal.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown setting"):
+        api.evaluate("RUN", shot=5)

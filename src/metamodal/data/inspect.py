@@ -9,7 +9,6 @@ statistics (missing rate, sizes, lengths). ``metamodal inspect DIR`` prints
 
 from __future__ import annotations
 
-import statistics
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -24,7 +23,10 @@ from metamodal.data.dataset import (
     dataset_root,
     samples_path,
 )
-from metamodal.data.preprocess import build_loader
+from metamodal.data.kinds import kinds, modality_kind
+from metamodal.data.kinds import summary as _summary
+from metamodal.data.loaders.base import DecodeContext
+from metamodal.data.loading import build_loader
 from metamodal.data.schema import SCHEMA_FILE, ModalitySpec, read_schema
 from metamodal.data.splits import SPLITS_FILE, load_split
 from metamodal.data.table import read_samples
@@ -213,7 +215,7 @@ def format_inspection(report: InspectionReport) -> str:
         rows = [("modality", "kind", "missing", "details")]
         for name, m in report.modalities.items():
             details = _details_text(m.details)
-            if m.kind == "tabular":
+            if m.kind in kinds and modality_kind(m.kind).multi_column:
                 details = f"columns {', '.join(m.columns)}; {details}"
             rows.append((name, m.kind, f"{100 * m.missing_rate:.1f}%", details))
         widths = [max(len(row[i]) for row in rows) for i in range(3)]
@@ -255,12 +257,13 @@ def _inspect_modality(
     except DatasetError as exc:  # bad options in dataset.toml, or a kind without a loader
         report.problems.append(exc)
         return stats
+    context = dataset.context(spec.name, report.problems)
     try:  # loaders decode unfitted with identity normalisation: enough to check every cell
-        batch = loader.decode(cells, dataset.context(spec.name, report.problems))
+        batch = loader.decode(cells, context)
     except DatasetError as exc:  # a loader may raise for a problem it cannot skip
         report.problems.append(exc)
         return stats
-    stats.details = _decoded_details(spec, batch, cells, dataset.root)
+    stats.details = _decoded_details(spec, batch, cells, context)
     return stats
 
 
@@ -303,63 +306,19 @@ def _check_split(dataset: MultimodalDataset, report: InspectionReport) -> None:
 
 
 def _decoded_details(
-    spec: ModalitySpec, batch: ModalityBatch, cells: Sequence[Any], root: Path
+    spec: ModalitySpec, batch: ModalityBatch, cells: Sequence[Any], context: DecodeContext
 ) -> dict[str, Any]:
-    """Kind-specific statistics of a decoded modality (rows that decoded only)."""
+    """Statistics of a decoded modality (rows that decoded only): the decoded shape, the
+    unreadable cells, the lengths, then what the modality's kind describes
+    (`ModalityKind.describe`)."""
+    kind = modality_kind(spec.kind)
     details: dict[str, Any] = {"decoded_shape": list(batch.values.shape[1:])}
     present = batch.present
     details["unreadable"] = sum(c is not None for c in cells) - int(present.sum())
     if batch.lengths is not None and bool(present.any()):
-        unit = {"text": "tokens", "audio": "frames", "sequence": "steps"}.get(spec.kind, "length")
-        details[unit] = _summary(batch.lengths[present].tolist())
-    if spec.kind == "image":
-        sizes = [_image_size(root / c) for c, ok in zip(cells, present.tolist(), strict=True) if ok]
-        sizes = [s for s in sizes if s is not None]
-        if sizes:
-            details["width"] = _summary([w for w, _ in sizes])
-            details["height"] = _summary([h for _, h in sizes])
-    elif spec.kind == "text":
-        chars = [len(str(c)) for c in cells if c is not None]
-        if chars:
-            details["characters"] = _summary(chars)
-    elif spec.kind == "audio":
-        seconds = [
-            _audio_seconds(root / c) for c, ok in zip(cells, present.tolist(), strict=True) if ok
-        ]
-        seconds = [s for s in seconds if s is not None]
-        if seconds:
-            details["seconds"] = _summary(seconds)
-    elif spec.kind == "sequence":
-        details["dims"] = int(batch.values.shape[-1])
-    elif spec.kind == "tabular":
-        details["features"] = int(batch.values.shape[-1])
+        details[kind.length_unit] = _summary(batch.lengths[present].tolist())
+    details.update(kind.describe(cells, batch, context))
     return details
-
-
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """``(width, height)`` of an image file from its header, ``None`` if unreadable."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception:  # already reported by the loader
-        return None
-
-
-def _audio_seconds(path: Path) -> float | None:
-    """Duration of an audio file from its header, ``None`` if unreadable."""
-    import soundfile
-
-    try:
-        return float(soundfile.info(str(path)).duration)
-    except Exception:  # already reported by the loader
-        return None
-
-
-def _summary(values: Sequence[float]) -> dict[str, float]:
-    """``{"min", "median", "max"}`` of a non-empty sequence."""
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def _details_text(details: dict[str, Any]) -> str:

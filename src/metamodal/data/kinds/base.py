@@ -106,6 +106,8 @@ class ModalityKind:
         length_unit: what the loader's ``lengths`` count, for inspection (``tokens``, ...).
         suffixes: importer hint: file suffixes of this kind's media files (lower case).
         media_folder: importer hint: the folder an importer copies this kind's files into.
+        import_options: importer hint: the loader options an importer's ``image_size`` /
+            ``channels`` set (``size``, ``channels``), empty when they do not apply.
         augment_options: numeric augmentation options and their (lowest, highest) values.
         augment_choices: the other augmentation options it accepts (``flip``, ``coords``).
         followable: a trajectory may follow this modality's geometric augmentation.
@@ -124,6 +126,7 @@ class ModalityKind:
     length_unit: ClassVar[str] = "length"
     suffixes: ClassVar[tuple[str, ...]] = ()
     media_folder: ClassVar[str | None] = None
+    import_options: ClassVar[tuple[str, ...]] = ()
     augment_options: ClassVar[Mapping[str, tuple[float, float]]] = {}
     augment_choices: ClassVar[tuple[str, ...]] = ()
     followable: ClassVar[bool] = False

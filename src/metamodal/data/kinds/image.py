@@ -50,6 +50,7 @@ class ImageKind(ModalityKind):
     default_encoder = "conv4"
     media = True
     suffixes = IMAGE_SUFFIXES
+    import_options = ("size", "channels")
     media_folder = "images"
     augment_options = GEOMETRY_OPTIONS
     augment_choices = ("flip",)

@@ -93,6 +93,7 @@ class VideoKind(ModalityKind):
     default_encoder = "video-conv"
     media = True
     suffixes = VIDEO_SUFFIXES
+    import_options = ("size", "channels")
     media_folder = "videos"
     augment_options = {**GEOMETRY_OPTIONS, "temporal_crop": (0, 0.9)}
     augment_choices = ("flip",)

@@ -222,10 +222,12 @@ class VideoLoader(ModalityLoader):
 
         container = av.open(str(path), metadata_errors="ignore")
         try:
-            if not container.streams.video:
-                what = "audio only" if container.streams.audio else "no stream"
-                raise DecodeFailure(f"video file holds no video stream ({what})",
+            if not container.streams.video and container.streams.audio:
+                raise DecodeFailure("video file holds no video stream (audio only)",
                                     "point the cell at a file with a video track")
+            if not container.streams.video:
+                raise DecodeFailure("video file holds no stream: it is corrupt or truncated",
+                                    _FIX)
             stream = container.streams.video[0]
             self._check_side(stream.codec_context.width, stream.codec_context.height)
             seconds = None

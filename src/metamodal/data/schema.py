@@ -9,7 +9,7 @@ column, an optional sample table and one ``[modalities.NAME]`` table per modalit
     samples = "samples.csv"       # optional
 
     [modalities.image]
-    kind = "image"                # image | text | audio | sequence | tabular
+    kind = "image"                # image | text | audio | sequence | tabular | video
     column = "image"
     size = 32                     # extra keys are options of the image loader
 

@@ -48,6 +48,7 @@ def write_video(path: Path, frames: int = 12, size: int = 32, rate: int = 8,
 
 
 def write_audio_only(path: Path) -> Path:
+    """A Matroska file holding one audio stream and no video."""
     with av.open(str(path), "w") as out:
         stream = out.add_stream("pcm_s16le", rate=8000)
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16",
@@ -96,8 +97,8 @@ def test_corrupt_truncated_empty_and_audio_only_files_are_named(tmp_path: Path) 
     (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
     (tmp_path / "corrupt.mp4").write_bytes(b"\x00not a video" * 100)
     (tmp_path / "empty.mp4").write_bytes(b"")
-    write_audio_only(tmp_path / "sound.wav")
-    cells = ["truncated.mp4", "corrupt.mp4", "empty.mp4", "sound.wav", "missing.mp4", "good.mp4"]
+    write_audio_only(tmp_path / "sound.mka")
+    cells = ["truncated.mp4", "corrupt.mp4", "empty.mp4", "sound.mka", "missing.mp4", "good.mp4"]
     problems: list[DatasetError] = []
     batch = VideoLoader(frames=2, size=8).decode(cells, context(tmp_path, 6, problems))
     assert batch.present.tolist() == [False] * 5 + [True]
@@ -138,10 +139,15 @@ def test_a_path_out_of_the_dataset_is_refused(tmp_path: Path) -> None:
     write_video(tmp_path / "outside.mp4")
     root = tmp_path / "ds"
     root.mkdir()
+    # a playlist inside the dataset that names a video outside it
+    (root / "list.m3u8").write_text(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n../outside.mp4\n#EXT-X-ENDLIST\n")
     problems: list[DatasetError] = []
-    batch = VideoLoader(frames=2, size=8).decode(["../outside.mp4"],
-                                                 context(root, 1, problems))
-    assert not bool(batch.present[0]) and problems[0].file == "../outside.mp4"
+    batch = VideoLoader(frames=2, size=8).decode(["../outside.mp4", "list.m3u8"],
+                                                 context(root, 2, problems))
+    assert batch.present.tolist() == [False, False]
+    assert [p.file for p in problems] == ["../outside.mp4", "list.m3u8"]
+    assert "formats read" in problems[1].message
 
 
 def video_dataset(root: Path, classes: int = 10, per_class: int = 4,

@@ -25,6 +25,7 @@ from metamodal.data.kinds.base import (
     summary,
 )
 from metamodal.data.loaders.base import Cell, DecodeContext
+from metamodal.data.loaders.video import open_video
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".webm", ".avi", ".mkv", ".mov", ".mpg", ".mpeg", ".ogv",
                   ".wmv", ".flv")
@@ -40,7 +41,7 @@ def video_metadata(path: Path) -> dict[str, Any] | None:
     import av
 
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
+        with open_video(path) as container:
             stream = container.streams.video[0]
             seconds = None
             if stream.duration is not None and stream.time_base is not None:

@@ -6,13 +6,16 @@ Segment Networks: Towards Good Practices for Deep Action Recognition"), a video 
 ``frames`` repeats frames. Each sampled frame is converted to RGB (``channels = 3``) or gray
 (``channels = 1``) and resized to ``size`` by FFmpeg's scaler (bicubic).
 
-Every size is bounded before decoding and again while decoding (container metadata can lie):
-the file's bytes (``max_bytes``), the frame size (``max_side`` on width and height), the
-duration (``max_seconds``) and the number of frames (``max_source_frames``). A file that is
-empty, corrupt, truncated, has no video stream (audio only) or breaks a bound is a
-`DatasetError` naming the file, row and column. Decoding runs two passes over the file: one
-that counts the video packets without decoding them, one that decodes and keeps the sampled
-frames only, so that memory stays at ``frames`` frames whatever the video's length.
+Only the container formats of `CONTAINER_FORMATS` are read, and only local files: a playlist
+or concat list that would open other files is refused. Every size is bounded before decoding
+and again while decoding (container metadata can lie): the file's bytes (``max_bytes``), the
+frame size (``max_side`` on width and height), the duration (``max_seconds``) and the number
+of frames (``max_source_frames``). A file that is empty, corrupt, truncated, has no video
+stream (audio only) or breaks a bound is a `DatasetError` naming the file, row and column.
+
+Decoding runs two passes over the file: one that counts the video packets without decoding
+them, one that decodes and keeps the sampled frames only, so that memory stays at ``frames``
+frames whatever the video's length.
 """
 
 from __future__ import annotations
@@ -48,6 +51,12 @@ DEFAULT_MAX_SIDE = 4096
 DEFAULT_MAX_SOURCE_FRAMES = 200_000
 """Default ``max_source_frames``: videos of more frames are refused (an hour at 55 fps)."""
 
+CONTAINER_FORMATS = "mov,mp4,matroska,webm,avi,mpeg,mpegts,ogg,asf,flv,ivf,m4v"
+"""The FFmpeg demuxers a video file may be read with (MP4 / MOV, Matroska / WebM, AVI, MPEG
+program and transport streams, Ogg, ASF / WMV, FLV, IVF, raw MPEG-4). Others are refused before
+they run: a playlist (HLS ``.m3u8``) or concat list would otherwise open the files or URLs it
+names, outside the dataset directory."""
+
 _HARD_LIMITS = {"max_bytes": 1 << 36, "max_seconds": 7 * 86400.0, "max_side": 16384,
                 "max_source_frames": 10_000_000}
 _FIX = "replace it with a valid video file, or leave the cell empty if there is no video"
@@ -68,6 +77,21 @@ def _parse_size(size: int | Sequence[int]) -> tuple[int, int]:
         raise ConfigError(f"video size must be an int or [height, width] from 1 to {MAX_SIZE}, "
                           f"got {size!r}", fix="set size = 32 or size = [32, 48]")
     return dims[0], dims[1]
+
+
+def open_video(path: str | Path) -> Any:
+    """Open a video file with PyAV, reading only `CONTAINER_FORMATS` and local files.
+
+    Raises:
+        av.error.FFmpegError: the file is not one of those containers, or is unreadable.
+
+    Example:
+        >>> open_video("clip.mp4")  # doctest: +SKIP
+    """
+    import av
+
+    return av.open(str(path), metadata_errors="ignore",
+                   options={"format_whitelist": CONTAINER_FORMATS, "protocol_whitelist": "file"})
 
 
 def sample_indices(available: int, frames: int) -> list[int]:
@@ -213,14 +237,15 @@ class VideoLoader(ModalityLoader):
             raise DecodeFailure("video path is a directory, not a file",
                                 "point the cell at a video file") from exc
         except (av.error.FFmpegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-            raise DecodeFailure(f"cannot decode video: {str(exc)[:300]}", _FIX) from exc
+            raise DecodeFailure(f"cannot decode video: {str(exc)[:300]} (formats read: "
+                                f"{CONTAINER_FORMATS.replace(',', ', ')})", _FIX) from exc
 
     def _open(self, path: Path) -> Any:
         """The container and its first video stream, checked against the bounds from the
         metadata (before any frame is decoded)."""
         import av
 
-        container = av.open(str(path), metadata_errors="ignore")
+        container = open_video(path)
         try:
             if not container.streams.video and container.streams.audio:
                 raise DecodeFailure("video file holds no video stream (audio only)",

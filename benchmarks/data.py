@@ -82,7 +82,7 @@ def drain(make_task: Callable[[int], Any], n: int) -> None:
 def decode_throughput(classes: int, per_class: int, repeats: int) -> list[list[str]]:
     """Rows ``[modality, kind, samples, present, samples/s]`` for every loader."""
     from metamodal.data.dataset import load_dataset
-    from metamodal.data.preprocess import create_loader
+    from metamodal.data.loading import create_loader
     from metamodal.datasets.synthetic import make_synthetic
 
     rows = []

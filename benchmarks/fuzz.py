@@ -314,7 +314,7 @@ def build_corpus() -> list[Case]:
         "image": {"size": ["0", "-3", "100000", "3.5", '"big"', "[8]", "[8, 8, 8]", "[0, 8]",
                            "true", "nan"],
                   "channels": ["2", "3.0", '"3"', "0", "true", "4"],
-                  "normalize": ['"yes"', "1"], "kind": ['"video"', "3"],
+                  "normalize": ['"yes"', "1"], "kind": ['"hologram"', "3"],
                   "column": ["3", '""', '"species"']},
         "caption": {"max_length": ["0", "-1", "1073741824", "3.0", '"x"'],
                     "max_vocab": ["-1", "1e3", "100000000000"], "min_count": ["0", "1.5"],

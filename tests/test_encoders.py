@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from metamodal.data.batch import KINDS, ModalityBatch
+from metamodal.data.batch import ModalityBatch
+from metamodal.data.kinds import kinds
 from metamodal.encoders import (
     DEFAULT_ENCODERS,
     ENCODER_KINDS,
@@ -311,8 +312,9 @@ def test_every_kind_has_a_default_encoder_that_fits_it() -> None:
              "text": {"vocab_size": 10, "max_length": 4},
              "audio": {"n_mels": 4, "max_frames": 4},
              "sequence": {"features": 2, "max_length": 4},
-             "tabular": {"features": 2}}
-    assert set(DEFAULT_ENCODERS) == set(KINDS)
+             "tabular": {"features": 2},
+             "video": {"frames": 2, "channels": 1, "height": 8, "width": 8}}
+    assert set(DEFAULT_ENCODERS) == set(kinds.names()) == set(infos)
     for kind, name in DEFAULT_ENCODERS.items():
         assert kind in ENCODER_KINDS[name]
         encoder = build_encoder(kind, dim=4, input_info=infos[kind])
@@ -327,8 +329,8 @@ def test_encoder_kind_checks() -> None:
         check_encoder("tcn", "text", "caption")
     with pytest.raises(ConfigError, match="caption"):
         build_encoder("text", "conv4", dim=4, input_info={}, modality="caption")
-    with pytest.raises(ConfigError, match="image, text"):
-        build_encoder("video", dim=4, input_info={})
+    with pytest.raises(ConfigError, match="image, sequence, tabular, text, video"):
+        build_encoder("hologram", dim=4, input_info={})
 
 
 def test_hyperparameters_are_listed_and_unknown_ones_rejected() -> None:
@@ -549,9 +551,9 @@ def test_textcnn_ignores_windows_made_only_of_padding() -> None:
 def test_register_encoder_rejects_unknown_kinds() -> None:
     from metamodal.encoders import register_encoder
 
-    with pytest.raises(ValueError, match="video"):
-        register_encoder("video-net", ["video"])
-    assert "video-net" not in encoders
+    with pytest.raises(ValueError, match="hologram"):
+        register_encoder("hologram-net", ["hologram"])
+    assert "hologram-net" not in encoders
 
 
 @pytest.mark.parametrize("name", ["conv4", "resnet12"])

@@ -121,12 +121,12 @@ def test_schema_problems_do_not_raise(tmp_path: Path) -> None:
 
 
 def test_partly_valid_schema_is_still_inspected(tmp_path: Path) -> None:
-    schema = SCHEMA + '\n[modalities.clip]\nkind = "video"\ncolumn = "clip"\n'
+    schema = SCHEMA + '\n[modalities.clip]\nkind = "hologram"\ncolumn = "clip"\n'
     schema = schema.replace("size = 8", "size = -3")
     report = inspect_dataset(make(tmp_path, schema=schema))
     found = problems(report)
     assert [p.column for p in found] == ["modalities.clip.kind", "modalities.photo"]
-    assert "video" in found[0].message and "size" in found[1].message
+    assert "hologram" in found[0].message and "size" in found[1].message
     assert report.modalities["track"].details["dims"] == 2  # the rest was inspected
 
 
@@ -171,3 +171,50 @@ def test_warnings_go_into_the_report(tmp_path: Path, recwarn: pytest.WarningsRec
     assert any("unknown keys ['lable']" in w for w in report.warnings)
     assert any("unknown keys" in w for w in report.to_dict()["warnings"])
     assert "warning: " in format_inspection(report)
+
+
+def test_without_splits_file_every_seed_is_checked_and_the_shown_seed_named(
+    tmp_path: Path,
+) -> None:
+    from collections import Counter
+
+    from metamodal.data.splits import split_classes
+
+    # ten classes of three samples, but c01 has one: seed 0's split can train (5-way) and
+    # validate, while seed 1's split leaves too few classes with two samples
+    labels = [f"c{i:02d}" for i in range(10) for _ in range(1 if i == 1 else 3)]
+    rows = "".join(f"s{n},{label},{n}\n" for n, label in enumerate(labels))
+    (tmp_path / "dataset.toml").write_text(
+        'label = "y"\n[modalities.f]\nkind = "tabular"\ncolumns = ["x"]\n')
+    (tmp_path / "samples.csv").write_text("id,y,x\n" + rows)
+    sizes = Counter(labels)
+
+    def trains(seed: int) -> bool:
+        split = split_classes(labels, seed=seed)
+        return (sum(sizes[c] >= 2 for c in split.train) >= 5
+                and sum(sizes[c] >= 2 for c in split.val) >= 2)
+
+    assert trains(0) and not trains(1)
+    report = inspect_dataset(tmp_path)
+    assert report.ok  # seed 0, the default, trains
+    assert report.split == {"seed": 0, "train": 6, "val": 2, "test": 2}
+    seeds = [w for w in report.warnings if "depends on the seed" in w]
+    assert len(seeds) == 1 and "seed(s) 1, 8, 12" in seeds[0]
+    assert "split (seeded, seed 0): meta-train 6 classes" in format_inspection(report)
+    (tmp_path / "splits.toml").write_text(
+        'train = ["c00", "c02", "c03", "c04", "c05"]\nval = ["c06", "c07"]\n'
+        'test = ["c08", "c09", "c01"]\n')
+    fixed = inspect_dataset(tmp_path)
+    assert fixed.split["seed"] is None and not any("depends on the seed" in w
+                                                   for w in fixed.warnings)
+
+
+def test_too_few_groups_for_any_split_is_said(tmp_path: Path) -> None:
+    (tmp_path / "dataset.toml").write_text(
+        'label = "y"\ngroup = "g"\n[modalities.f]\nkind = "tabular"\ncolumns = ["x"]\n')
+    rows = "".join(f"s{c}{j},c{c},{'A' if c < 4 else 'B'},{j}\n"
+                   for c in range(8) for j in range(3))
+    (tmp_path / "samples.csv").write_text("id,y,g,x\n" + rows)
+    report = inspect_dataset(tmp_path)
+    assert not report.ok
+    assert any("has 2 group(s)" in w and "needs at least 3" in w for w in report.warnings)

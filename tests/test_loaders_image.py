@@ -25,7 +25,7 @@ def save(root: Path, name: str, pixels: np.ndarray, mode: str | None = None) -> 
 
 
 def test_registered_under_kind() -> None:
-    assert loaders.names() == ["audio", "image", "sequence", "tabular", "text"]
+    assert loaders.names() == ["audio", "image", "sequence", "tabular", "text", "video"]
     assert isinstance(loaders.create("image", size=8), ImageLoader)
 
 

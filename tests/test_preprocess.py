@@ -16,8 +16,10 @@ from sample_media import MEDIA_MODALITIES, write_media
 
 from metamodal.data.batch import ModalityBatch
 from metamodal.data.dataset import load_dataset
+from metamodal.data.kinds import ModalityKind, kinds
 from metamodal.data.loaders.base import Cell, DecodeContext, ModalityLoader, loaders
-from metamodal.data.preprocess import Preprocessor, create_loader
+from metamodal.data.loading import create_loader
+from metamodal.data.preprocess import Preprocessor
 from metamodal.data.schema import ModalitySpec
 from metamodal.errors import ConfigError, DatasetError, MetamodalError, RunError, UnknownNameError
 
@@ -66,10 +68,19 @@ class FakeLoader(ModalityLoader):
         return loader
 
 
+class FakeKind(ModalityKind):
+    """The kind ``fake``: inline numbers decoded by `FakeLoader`."""
+
+    name = "fake"
+    loader = "fake"
+    default_encoder = "mlp"
+
+
 @pytest.fixture
 def data_fake_kind(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Register `FakeLoader` as kind ``fake`` for one test only."""
+    """Register `FakeLoader` and the kind ``fake`` that names it, for one test only."""
     monkeypatch.setitem(loaders._entries, "fake", FakeLoader)
+    monkeypatch.setitem(kinds._entries, "fake", FakeKind)
     FakeLoader.decodes = 0
 
 

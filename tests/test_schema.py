@@ -121,8 +121,8 @@ def test_no_modalities(tmp_path: Path) -> None:
 
 
 def test_unknown_kind_lists_valid_kinds(tmp_path: Path) -> None:
-    error = schema_error(tmp_path, 'label = "y"\n[modalities.v]\nkind = "video"\ncolumn = "v"\n')
-    assert error.column == "modalities.v.kind" and "'video'" in error.message
+    error = schema_error(tmp_path, 'label = "y"\n[modalities.v]\nkind = "hologram"\ncolumn = "v"\n')
+    assert error.column == "modalities.v.kind" and "'hologram'" in error.message
     for kind in ("image", "text", "audio", "sequence", "tabular"):
         assert kind in str(error.fix)
     assert set(valid_kinds()) >= {"image", "text", "audio", "sequence", "tabular"}
@@ -176,7 +176,7 @@ def test_unknown_top_level_key_warns(tmp_path: Path) -> None:
 
 def test_read_schema_collects_every_problem(tmp_path: Path) -> None:
     text = (
-        'label = "y"\n[modalities.a]\nkind = "video"\ncolumn = "a"\n'
+        'label = "y"\n[modalities.a]\nkind = "hologram"\ncolumn = "a"\n'
         '[modalities.b]\nkind = "image"\n[modalities.c]\nkind = "text"\ncolumn = "c"\n'
     )
     problems: list[DatasetError] = []

@@ -69,8 +69,8 @@ def import_dataset(layout: str, source: str | Path | None = None, out: str | Pat
     """Import data in a common layout as a dataset directory (``metamodal import LAYOUT``).
 
     Args:
-        layout: one of `IMPORT_LAYOUTS`: ``imagefolder``, ``audiofolder``, ``table``,
-            ``omniglot``.
+        layout: one of `IMPORT_LAYOUTS`: ``imagefolder``, ``audiofolder``, ``videofolder``,
+            ``table``, ``omniglot``.
         source: the folder, archive or table to import.
         out: the dataset directory to write.
         settings: the layout's settings (`ImageFolderSettings`, `TableImportSettings`, ...);

@@ -298,6 +298,17 @@ class ImageFolderSettings(FolderImportSettings):
 
 
 @dataclass
+class VideoFolderSettings(ImageFolderSettings):
+    """One folder of videos per class (MP4, WebM, AVI, MKV, MOV ...).
+
+    Args:
+        frames: frames sampled uniformly from each video (default: the loader's, 8).
+    """
+
+    frames: int | None = None
+
+
+@dataclass
 class TableImportSettings(ImportSettings):
     """A CSV / JSON-lines / Parquet table whose columns are named by role.
 
@@ -310,6 +321,7 @@ class TableImportSettings(ImportSettings):
         image: columns holding image file paths.
         audio: columns holding audio file paths.
         sequence: columns holding .npy / .csv sequence file paths.
+        video: columns holding video file paths.
         root: folder the file paths are relative to (default: the table's folder); paths out
             of it are refused.
         allow_missing_files: a path to a missing file becomes an empty cell.
@@ -323,6 +335,7 @@ class TableImportSettings(ImportSettings):
     image: list[str] = flag([], metavar="COLUMNS")
     audio: list[str] = flag([], metavar="COLUMNS")
     sequence: list[str] = flag([], metavar="COLUMNS")
+    video: list[str] = flag([], metavar="COLUMNS")
     root: str | None = None
     allow_missing_files: bool = False
 
@@ -350,6 +363,8 @@ IMPORT_LAYOUTS: dict[str, tuple[type[ImportSettings], str]] = {
                     "(SOURCE/[GROUP/]CLASS/FILE)"),
     "audiofolder": (FolderImportSettings, "one folder of audio files per class "
                     "(SOURCE/[GROUP/]CLASS/FILE)"),
+    "videofolder": (VideoFolderSettings, "one folder of videos per class "
+                    "(SOURCE/[GROUP/]CLASS/FILE); frames sampled uniformly"),
     "table": (TableImportSettings, "a CSV / JSON-lines / Parquet table; name the columns by "
               "role"),
     "omniglot": (OmniglotImportSettings, "the official Omniglot archives or folders (images + "

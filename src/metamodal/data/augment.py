@@ -51,37 +51,51 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from metamodal.data.batch import Batch, Episode, ModalityBatch, TensorStore
+from metamodal.data.geometry import FLIPS
+from metamodal.data.kinds import (
+    AugmentContext,
+    ModalityAugment,
+    ModalityKind,
+    augment_error,
+    kinds,
+    modality_kind,
+)
 from metamodal.errors import ConfigError
 
-FLIPS = ("none", "horizontal", "vertical", "both")
-GEOMETRY = ("rotate", "shift", "scale", "shear")
-OPTIONS: dict[str, dict[str, tuple[float, float]]] = {
-    # option -> (lowest, highest) allowed value
-    "image": {"rotate": (0, 180), "shift": (0, 1), "scale": (0, 0.9), "shear": (0, 60)},
-    "sequence": {"rotate": (0, 180), "shift": (0, 1), "scale": (0, 0.9), "shear": (0, 60),
-                 "time_warp": (0, 0.9), "jitter": (0, 1)},
-    "audio": {"time_shift": (0, 1), "gain_db": (0, 40), "freq_mask": (0, 1000),
-              "time_mask": (0, 100_000)},
-    "text": {"token_dropout": (0, 0.9)},
-    "tabular": {"noise": (0, 10)},
-}
-"""Numeric options of each modality kind and their allowed ranges (inclusive)."""
-OTHER_OPTIONS = {"image": ("flip",), "sequence": ("coords", "follow", "frame", "discrete")}
+__all__ = ["Augmentation", "ModalityAugment", "augmentation_for", "augment_options",
+           "step_generator"]
+
 GLOBAL_OPTIONS = ("rotate_classes", "modality_dropout")
 ROTATIONS = (90, 180, 270)
+_BUILT_IN_ORDER = ("image", "sequence", "audio", "text", "tabular")
+
+
+def augment_options() -> dict[str, dict[str, tuple[float, float]]]:
+    """Numeric augmentation options of each registered modality kind and their allowed
+    ranges (inclusive), from the kinds' ``augment_options``.
+
+    Example:
+        >>> augment_options()["text"]
+        {'token_dropout': (0, 0.9)}
+    """
+    return {name: dict(kinds.get(name).augment_options) for name in _kind_order()}
+
+
+def _kind_order() -> list[str]:
+    """Registered kinds: the built-in ones in their documented order, then the others."""
+    names = kinds.names()
+    return [n for n in _BUILT_IN_ORDER if n in names] + [
+        n for n in names if n not in _BUILT_IN_ORDER]
 
 
 def _error(message: str, key: str, fix: str) -> ConfigError:
-    return ConfigError(message, column=f"augment.{key}", fix=fix)
+    return augment_error(message, key, fix)
 
 
 def _number(value: Any, key: str, low: float, high: float) -> float:
@@ -104,28 +118,6 @@ def _columns(value: Any, key: str, width: int | None) -> tuple[int, ...]:
         raise _error(f"augment.{key} = {value!r} names a column the sequences lack", key,
                      f"use column numbers 0..{width - 1}")
     return tuple(value)
-
-
-@dataclass(frozen=True)
-class ModalityAugment:
-    """The validated augmentation options of one modality (see the module docstring)."""
-
-    kind: str
-    values: Mapping[str, float]
-    flip: str = "none"
-    coords: tuple[int, ...] = ()
-    follow: str | None = None
-    frame: tuple[float, float, float, float] | None = None
-    discrete: tuple[int, ...] = ()
-
-    def get(self, name: str) -> float:
-        """The value of numeric option ``name`` (0 = off)."""
-        return self.values.get(name, 0.0)
-
-    @property
-    def geometric(self) -> bool:
-        """Whether the modality has its own random affine map or flips."""
-        return any(self.get(k) for k in GEOMETRY) or self.flip != "none"
 
 
 class Augmentation:
@@ -185,10 +177,17 @@ class Augmentation:
         if self.rotate_classes:
             self._check_rotatable()
 
+    def _kind(self, name: str) -> ModalityKind:
+        return modality_kind(self.kinds[name])
+
+    def _context(self, name: str, geometry: dict[str, Any] | None = None) -> AugmentContext:
+        return AugmentContext(name, self._scales.get(name), {} if geometry is None else geometry)
+
     def _parse(self, name: str, table: Mapping[str, Any], width: int | None) -> ModalityAugment:
         kind = self.kinds[name]
-        ranges = OPTIONS[kind]
-        others = OTHER_OPTIONS.get(kind, ())
+        kind_object = modality_kind(kind)
+        ranges = kind_object.augment_options
+        others = kind_object.augment_choices
         values: dict[str, float] = {}
         extra: dict[str, Any] = {}
         for key, value in table.items():
@@ -198,16 +197,13 @@ class Augmentation:
             elif key in others:
                 extra[key] = value
             else:
-                usable = [k for k in OPTIONS
-                          if key in OPTIONS[k] or key in OTHER_OPTIONS.get(k, ())]
+                usable = [k for k in _kind_order()
+                          if key in kinds.get(k).augment_options
+                          or key in kinds.get(k).augment_choices]
                 why = (f"a {kind} modality has no {key!r} augmentation"
                        + (f" (it applies to {', '.join(usable)} modalities)" if usable else ""))
                 raise _error(f"augment.{full}: {why}", full,
                              f"use one of: {', '.join([*ranges, *others])}")
-        for key in ("time_mask", "freq_mask"):
-            if key in values and values[key] != int(values[key]):
-                raise _error(f"augment.{name}.{key} must be a whole number", f"{name}.{key}",
-                             "give a count of bands / frames")
         flip = extra.get("flip", "none")
         if flip not in FLIPS:
             raise _error(f"augment.{name}.flip = {flip!r} is unknown", f"{name}.flip",
@@ -230,12 +226,7 @@ class Augmentation:
             frame = tuple(float(v) for v in frame)
         follow = extra.get("follow")
         spec = ModalityAugment(kind, values, flip, coords, follow, frame, discrete)
-        if kind == "sequence" and not coords and (
-            spec.geometric or follow is not None or frame is not None or spec.get("jitter")
-        ):
-            raise _error(f"augment.{name}: a geometric transform or jitter of a sequence needs "
-                         "its coordinate columns", f"{name}.coords",
-                         "name them, e.g. coords = [0, 1]")
+        kind_object.check_augment(name, spec)
         return spec
 
     def _check_follow(self) -> None:
@@ -243,7 +234,8 @@ class Augmentation:
             if spec.follow is None:
                 continue
             target = self.modalities.get(spec.follow)
-            if self.kinds.get(spec.follow) != "image":
+            if spec.follow not in self.kinds or not modality_kind(
+                    self.kinds[spec.follow]).followable:
                 raise _error(f"augment.{name}.follow = {spec.follow!r} is not an image modality",
                              f"{name}.follow", "name the image modality the trajectory draws")
             if spec.frame is None:
@@ -259,16 +251,8 @@ class Augmentation:
                              f"add rotate / shift / scale / shear / flip to augment.{spec.follow}")
 
     def _check_rotatable(self) -> None:
-        for name, kind in self.kinds.items():
-            spec = self.modalities.get(name)
-            if kind == "sequence" and (spec is None or not spec.coords):
-                raise _error(f"rotate_classes rotates every modality of a sample, and the "
-                             f"sequence modality {name!r} has no coordinate columns",
-                             f"{name}.coords", f"add [augment.{name}] coords = [x, y] (and frame)")
-            if kind not in ("image", "sequence"):
-                raise _error(f"rotate_classes cannot rotate the {kind} modality {name!r}",
-                             "rotate_classes",
-                             "train on image and sequence modalities only, or turn it off")
+        for name in self.kinds:
+            self._kind(name).check_rotatable(name, self.modalities.get(name))
 
     @property
     def active(self) -> bool:
@@ -295,17 +279,17 @@ class Augmentation:
                             dtype=torch.long)
         base = store.batch(rows)
         for name, mb in base.items():
-            if store.kinds.get(name) == "image" and mb.values.shape[-1] != mb.values.shape[-2]:
-                raise _error(f"rotate_classes needs square images; {name!r} is "
-                             f"{mb.values.shape[-2]}x{mb.values.shape[-1]}", "rotate_classes",
-                             "resize the images to a square (preprocess size = N)")
+            kind = store.kinds.get(name)
+            if kind is not None and kind in kinds:
+                modality_kind(kind).check_rotation(name, mb)
         parts: list[Batch] = [store.modalities]
         ids, labels = list(store.ids), list(store.labels)
         picked_ids = [store.ids[i] for i in rows.tolist()]
         picked_labels = [store.labels[i] for i in rows.tolist()]
         for quarter, angle in enumerate(ROTATIONS, start=1):
-            parts.append({name: self._rotate_quarter(name, mb, quarter)
-                          for name, mb in base.items()})
+            parts.append({name: self._kind(name).rotate_quarter(
+                mb, quarter, self.modalities.get(name), self._context(name))
+                for name, mb in base.items()})
             ids += [f"{sid}@rot{angle}" for sid in picked_ids]
             labels += [f"{label}@rot{angle}" for label in picked_labels]
         modalities = {name: ModalityBatch(
@@ -317,16 +301,6 @@ class Augmentation:
         expanded = list(classes) + [f"{c}@rot{angle}" for angle in ROTATIONS for c in classes]
         return TensorStore(ids, labels, modalities, dict(store.kinds)), expanded
 
-    def _rotate_quarter(self, name: str, mb: ModalityBatch, quarter: int) -> ModalityBatch:
-        """``mb`` rotated counter-clockwise (as seen on screen) by ``quarter`` * 90 degrees."""
-        if self.kinds[name] == "image":
-            return ModalityBatch(torch.rot90(mb.values, quarter, dims=(-2, -1)), mb.present,
-                                 mb.lengths)
-        angle = torch.full((len(mb),), quarter * math.pi / 2)
-        matrix = _affine(angle, torch.ones(len(mb)), torch.zeros(len(mb)),
-                         torch.zeros(len(mb), 2), torch.ones(len(mb), 2))
-        return self._move_points(name, mb, matrix)
-
     # -- episodes --------------------------------------------------------------------------
 
     def episode(self, episode: Episode, generator: torch.Generator) -> Episode:
@@ -336,198 +310,25 @@ class Augmentation:
                        episode.support_ids, episode.query_ids, episode.name)
 
     def batch(self, batch: Mapping[str, ModalityBatch], generator: torch.Generator) -> Batch:
-        """Every configured transform applied to ``batch`` (a new batch; inputs unchanged)."""
+        """Every configured transform applied to ``batch`` (a new batch; inputs unchanged):
+        each modality's kind transforms it (`ModalityKind.augment`), in the order of the
+        ``augment`` table, then the modalities that follow another one, then modality
+        dropout."""
         out = dict(batch)
-        geometry: dict[str, Tensor] = {}
+        geometry: dict[str, Any] = {}
         for name, spec in self.modalities.items():
             if name not in out or spec.follow is not None:
                 continue
-            mb = out[name]
-            if spec.kind == "image":
-                matrix = self._draw_affine(spec, len(mb), generator)
-                geometry[name] = matrix
-                out[name] = _warp_image(mb, matrix)
-            elif spec.kind == "sequence":
-                out[name] = self._sequence(name, spec, mb, generator,
-                                           self._draw_affine(spec, len(mb), generator)
-                                           if spec.geometric else None)
-            elif spec.kind == "audio":
-                out[name] = _audio(spec, mb, generator, self._scales.get(name))
-            elif spec.kind == "text":
-                out[name] = _token_dropout(mb, spec.get("token_dropout"), generator)
-            else:
-                noise = torch.randn(mb.values.shape, generator=generator) * spec.get("noise")
-                out[name] = ModalityBatch(mb.values + noise.to(mb.values), mb.present, mb.lengths)
+            out[name] = self._kind(name).augment(out[name], spec, generator,
+                                                 self._context(name, geometry))
         for name, spec in self.modalities.items():  # trajectories move with their image
             if spec.follow is not None and name in out:
                 matrix = geometry.get(spec.follow)
-                out[name] = self._sequence(name, spec, out[name], generator, matrix)
+                out[name] = self._kind(name).follow(out[name], spec, generator,
+                                                    self._context(name, geometry), matrix)
         if self.modality_dropout:
             out = _drop_modalities(out, self.modality_dropout, generator)
         return out
-
-    def _draw_affine(self, spec: ModalityAugment, n: int, generator: torch.Generator) -> Tensor:
-        """Random forward maps ``[n, 2, 3]`` in normalised coordinates (x right, y down)."""
-        def uniform(bound: float) -> Tensor:
-            return (torch.rand(n, generator=generator) * 2 - 1) * bound
-
-        angle = uniform(math.radians(spec.get("rotate")))
-        scale = 1 + uniform(spec.get("scale"))
-        shear = uniform(math.radians(spec.get("shear")))
-        shift = torch.stack([uniform(2 * spec.get("shift")), uniform(2 * spec.get("shift"))], 1)
-        flips = torch.ones(n, 2)
-        coin = torch.rand(n, 2, generator=generator) < 0.5
-        if spec.flip in ("horizontal", "both"):
-            flips[:, 0] = torch.where(coin[:, 0], -1.0, 1.0)
-        if spec.flip in ("vertical", "both"):
-            flips[:, 1] = torch.where(coin[:, 1], -1.0, 1.0)
-        return _affine(angle, scale, shear, shift, flips)
-
-    def _sequence(self, name: str, spec: ModalityAugment, mb: ModalityBatch,
-                  generator: torch.Generator, matrix: Tensor | None) -> ModalityBatch:
-        if matrix is not None:
-            mb = self._move_points(name, mb, matrix)
-        if spec.get("time_warp"):
-            mb = _time_warp(mb, spec.get("time_warp"), spec.discrete, generator)
-        if spec.get("jitter"):
-            x, y = spec.coords
-            noise = torch.randn(*mb.values.shape[:2], 2, generator=generator) * spec.get("jitter")
-            if spec.frame is not None:  # a fraction of the frame's width / height
-                left, top, right, bottom = spec.frame
-                noise = noise * torch.tensor([right - left, bottom - top]).abs()
-            noise = noise / self._unit(name, spec)[1]
-            values = mb.values.clone()
-            values[..., [x, y]] += noise.to(values) * _step_mask(mb).unsqueeze(-1)
-            mb = ModalityBatch(values, mb.present, mb.lengths)
-        return mb
-
-    def _unit(self, name: str, spec: ModalityAugment) -> tuple[Tensor, Tensor]:
-        """Stored units of the coords: ``(mean [2], std [2])`` of stored = (raw - mean) / std."""
-        mean, std = self._scales.get(name, (None, None))
-        if mean is None:
-            return torch.zeros(2), torch.ones(2)
-        columns = list(spec.coords)
-        return mean[columns], std[columns]
-
-    def _move_points(self, name: str, mb: ModalityBatch, matrix: Tensor) -> ModalityBatch:
-        """Apply forward maps ``[B, 2, 3]`` (normalised frame coordinates) to the coords."""
-        spec = self.modalities[name]
-        x, y = spec.coords
-        mean, std = self._unit(name, spec)
-        points = mb.values[..., [x, y]] * std + mean  # raw units [B, T, 2]
-        if spec.frame is not None:
-            left, top, right, bottom = spec.frame
-            origin = torch.tensor([left, top])
-            size = torch.tensor([right - left, bottom - top])
-            points = (points - origin) / size * 2 - 1
-        moved = points @ matrix[:, :, :2].transpose(1, 2) + matrix[:, None, :, 2]
-        if spec.frame is not None:
-            moved = (moved + 1) / 2 * size + origin
-        values = mb.values.clone()
-        keep = _step_mask(mb).unsqueeze(-1)
-        values[..., [x, y]] = torch.where(keep, (moved - mean) / std, values[..., [x, y]])
-        return ModalityBatch(values, mb.present, mb.lengths)
-
-
-def _affine(angle: Tensor, scale: Tensor, shear: Tensor, shift: Tensor, flips: Tensor) -> Tensor:
-    """Forward maps ``[n, 2, 3]``: flip, then scale, shear, rotate and shift (normalised
-    coordinates, x right and y down, so a positive angle turns counter-clockwise on screen)."""
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    rotation = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
-    shearing = torch.eye(2).repeat(len(angle), 1, 1)
-    shearing[:, 0, 1] = torch.tan(shear)
-    linear = rotation @ shearing * scale[:, None, None] * flips[:, None, :]
-    return torch.cat([linear, shift.unsqueeze(-1)], -1)
-
-
-def _warp_image(mb: ModalityBatch, matrix: Tensor) -> ModalityBatch:
-    """Images ``[B, C, H, W]`` moved by forward maps ``[B, 2, 3]`` (border pixels fill in)."""
-    linear, shift = matrix[:, :, :2], matrix[:, :, 2:]
-    inverse = torch.linalg.inv(linear)
-    theta = torch.cat([inverse, -inverse @ shift], -1).to(mb.values)
-    grid = F.affine_grid(theta, list(mb.values.shape), align_corners=False)
-    warped = F.grid_sample(mb.values, grid, mode="bilinear", padding_mode="border",
-                           align_corners=False)
-    keep = mb.present.view(-1, 1, 1, 1)
-    return ModalityBatch(torch.where(keep, warped, mb.values), mb.present, mb.lengths)
-
-
-def _step_mask(mb: ModalityBatch) -> Tensor:
-    """bool ``[B, T]``: the valid steps of each (present) sequence."""
-    steps = torch.arange(mb.values.shape[1])
-    lengths = mb.lengths if mb.lengths is not None else torch.full((len(mb),), len(steps))
-    return (steps < lengths.unsqueeze(1)) & mb.present.unsqueeze(1)
-
-
-def _time_warp(mb: ModalityBatch, strength: float, discrete: Sequence[int],
-               generator: torch.Generator) -> ModalityBatch:
-    """Re-time each sequence by a random monotone map ``u + a * u * (1 - u)``, ``|a| <=
-    strength``, interpolating steps linearly (``discrete`` columns: the nearest step)."""
-    values, lengths = mb.values, mb.lengths
-    if lengths is None or values.shape[1] < 2:
-        return mb
-    b, t, _ = values.shape
-    u = torch.linspace(0, 1, t).expand(b, t)
-    a = (torch.rand(b, 1, generator=generator) * 2 - 1) * strength
-    last = (lengths - 1).clamp_min(0).unsqueeze(1).to(values.dtype)
-    position = (u + a * u * (1 - u)) * last  # [B, T] fractional source steps
-    low = position.floor().long().clamp(0, t - 1)
-    high = (low + 1).clamp(max=(lengths - 1).clamp_min(0).unsqueeze(1))
-    weight = (position - low).unsqueeze(-1).to(values.dtype)
-    gather = lambda index: values.gather(1, index.unsqueeze(-1).expand_as(values))  # noqa: E731
-    warped = gather(low) * (1 - weight) + gather(high) * weight
-    if discrete:
-        nearest = gather(position.round().long().clamp(0, t - 1))
-        warped[..., list(discrete)] = nearest[..., list(discrete)]
-    keep = _step_mask(mb).unsqueeze(-1)
-    return ModalityBatch(torch.where(keep, warped, values), mb.present, lengths)
-
-
-def _audio(spec: ModalityAugment, mb: ModalityBatch, generator: torch.Generator,
-           scale: tuple[Tensor, Tensor] | None) -> ModalityBatch:
-    """Time shift, gain and SpecAugment masks of log-mel spectrograms ``[B, n_mels, frames]``."""
-    values = mb.values
-    b, bands, frames = values.shape
-    lengths = mb.lengths if mb.lengths is not None else torch.full((b,), frames)
-    valid = (torch.arange(frames) < lengths.unsqueeze(1)).unsqueeze(1)  # [B, 1, frames]
-    if spec.get("time_shift"):
-        limit = (lengths.to(torch.float32) * spec.get("time_shift")).floor()
-        shift = (torch.rand(b, generator=generator) * (2 * limit + 1)).floor() - limit
-        source = (torch.arange(frames) - shift.unsqueeze(1)).remainder(lengths.clamp_min(1)
-                                                                     .unsqueeze(1))
-        values = values.gather(2, source.long().unsqueeze(1).expand(b, bands, frames))
-    if spec.get("gain_db"):
-        db = (torch.rand(b, 1, 1, generator=generator) * 2 - 1) * spec.get("gain_db")
-        offset = db * math.log(10) / 10  # natural-log power change
-        if scale is not None:
-            offset = offset / scale[1].view(1, -1, 1)
-        values = values + offset.to(values)
-    for axis, key, size in ((1, "freq_mask", bands), (2, "time_mask", frames)):
-        width = int(spec.get(key))
-        if not width:
-            continue
-        span = (torch.rand(b, generator=generator) * (min(width, size) + 1)).floor()
-        start = (torch.rand(b, generator=generator) * (size - span + 1)).floor()
-        index = torch.arange(size)
-        masked = (index >= start.unsqueeze(1)) & (index < (start + span).unsqueeze(1))
-        shape = (b, size, 1) if axis == 1 else (b, 1, size)
-        values = values.masked_fill(masked.view(shape), 0.0)
-    values = torch.where(valid & mb.present.view(-1, 1, 1), values, mb.values)
-    return ModalityBatch(values, mb.present, mb.lengths)
-
-
-def _token_dropout(mb: ModalityBatch, rate: float, generator: torch.Generator) -> ModalityBatch:
-    """Drop each token with probability ``rate``, keeping at least one per text."""
-    tokens, lengths = mb.values, mb.lengths
-    if lengths is None:
-        lengths = (tokens != 0).sum(1)
-    valid = torch.arange(tokens.shape[1]) < lengths.unsqueeze(1)
-    keep = valid & (torch.rand(tokens.shape, generator=generator) >= rate)
-    first = valid & (torch.arange(tokens.shape[1]) == 0)
-    keep |= first & (keep.sum(1, keepdim=True) == 0)
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
-    packed = torch.where(keep, tokens, 0).gather(1, order)
-    return ModalityBatch(packed, mb.present, keep.sum(1).to(lengths.dtype))
 
 
 def _drop_modalities(batch: Batch, rate: float, generator: torch.Generator) -> Batch:
@@ -547,21 +348,19 @@ def _drop_modalities(batch: Batch, rate: float, generator: torch.Generator) -> B
 
 def augmentation_for(options: Mapping[str, Any] | None, preprocessor: Any) -> Augmentation:
     """The `Augmentation` of ``options`` for data decoded by a fitted ``preprocessor``
-    (`metamodal.data.preprocess.Preprocessor`): kinds, sequence widths and the standardisation
-    of each sequence modality come from its loaders."""
-    kinds = preprocessor.kinds()
+    (`metamodal.data.preprocess.Preprocessor`): kinds come from it, and each kind reads what
+    it needs from its loader (`ModalityKind.augment_info`: a sequence's width, the
+    standardisation of a sequence or audio modality)."""
+    kinds_by_name = preprocessor.kinds()
     widths: dict[str, int] = {}
     scales: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
-    for name, kind in kinds.items():
-        if kind not in ("sequence", "audio"):
-            continue
-        loader = preprocessor.loaders[name]
-        width = loader.input_info().get("features")
-        if kind == "sequence" and isinstance(width, int):
-            widths[name] = width
-        if getattr(loader, "mean_", None) is not None:
-            scales[name] = (loader.mean_, loader.std_)
-    return Augmentation(options, kinds, widths, scales)
+    for name, kind in kinds_by_name.items():
+        info = modality_kind(kind).augment_info(preprocessor.loaders[name])
+        if "width" in info:
+            widths[name] = info["width"]
+        if "scale" in info:
+            scales[name] = info["scale"]
+    return Augmentation(options, kinds_by_name, widths, scales)
 
 
 def step_generator(seed: int, index: int) -> torch.Generator:

@@ -10,7 +10,11 @@ text          long ``[B, L]`` (0 = padding)     long ``[B]`` tokens
 audio         float ``[B, n_mels, frames]``     long ``[B]`` frames
 sequence      float ``[B, T, D]``               long ``[B]`` steps
 tabular       float ``[B, F]``                  ``None``
+video         float ``[B, T, C, H, W]``         ``None``
 ============  ===============================  ===========================
+
+The kinds themselves (loader, default encoder, inspection, augmentation) are
+`metamodal.data.kinds`.
 
 ``present`` is a bool ``[B]`` mask: False where the sample lacks that modality (its ``values``
 row is all zeros and must never be used as data).
@@ -23,8 +27,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-
-KINDS = ("image", "text", "audio", "sequence", "tabular")
 
 
 def all_present(present: Tensor) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metamodal.data.loaders.base import Cell, DecodeContext
+from metamodal.data.loading import build_loader
 from metamodal.data.paths import PathRefused, check_regular_file, resolve_inside
 from metamodal.data.schema import SCHEMA_FILE, DatasetSchema, ModalitySpec, load_schema
 from metamodal.data.table import TABLE_SUFFIXES, SampleTable, read_samples
@@ -173,9 +174,6 @@ def load_dataset(path: str | Path) -> MultimodalDataset:
         >>> ds.ids, ds.labels, ds.cells("note")
         (['a', 'b'], ['P', 'Q'], ['hello', 'hi'])
     """
-    # imported here because metamodal.data.preprocess imports this module
-    from metamodal.data.preprocess import build_loader
-
     root = dataset_root(path)
     schema = load_schema(root)
     table = read_samples(samples_path(root, schema))

@@ -9,7 +9,6 @@ statistics (missing rate, sizes, lengths). ``metamodal inspect DIR`` prints
 
 from __future__ import annotations
 
-import statistics
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -24,9 +23,12 @@ from metamodal.data.dataset import (
     dataset_root,
     samples_path,
 )
-from metamodal.data.preprocess import build_loader
+from metamodal.data.kinds import kinds, modality_kind
+from metamodal.data.kinds import summary as _summary
+from metamodal.data.loaders.base import DecodeContext
+from metamodal.data.loading import build_loader
 from metamodal.data.schema import SCHEMA_FILE, ModalitySpec, read_schema
-from metamodal.data.splits import SPLITS_FILE, load_split
+from metamodal.data.splits import SPLITS_FILE, load_split, seeded_splits
 from metamodal.data.table import read_samples
 from metamodal.errors import ConfigError, DatasetError
 
@@ -74,7 +76,11 @@ class InspectionReport:
         modalities: modality name -> `ModalityStats`.
         problems: every problem found; any of them makes the dataset unusable as it is.
         warnings: observations that do not prevent use (e.g. a class with one sample, an
-            unknown key in ``dataset.toml``, a group that ``splits.toml`` leaves out).
+            unknown key in ``dataset.toml``, a group that ``splits.toml`` leaves out, seeds
+            whose seeded split training would refuse).
+        split: the class split the report checks in detail: ``{"seed": 0, "train": N,
+            "val": N, "test": N}`` (classes per split; ``seed`` is ``None`` when
+            ``splits.toml`` decides); empty when no split could be made.
 
     Example:
         >>> report = InspectionReport(path="data", problems=[DatasetError("empty id", row=3)])
@@ -91,6 +97,7 @@ class InspectionReport:
     modalities: dict[str, ModalityStats] = field(default_factory=dict)
     problems: list[DatasetError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    split: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -123,6 +130,7 @@ class InspectionReport:
             },
             "problems": [_problem_dict(p) for p in self.problems],
             "warnings": list(self.warnings),
+            "split": dict(self.split),
         }
 
 
@@ -213,11 +221,16 @@ def format_inspection(report: InspectionReport) -> str:
     if report.groups is not None:
         summary += f", groups {report.groups}"
     lines.append(summary)
+    if report.split:
+        shown = ("splits.toml" if report.split["seed"] is None
+                 else f"seeded, seed {report.split['seed']}")
+        lines.append(f"split ({shown}): meta-train {report.split['train']} classes, "
+                     f"validation {report.split['val']}, test {report.split['test']}")
     if report.modalities:
         rows = [("modality", "kind", "missing", "details")]
         for name, m in report.modalities.items():
             details = _details_text(m.details)
-            if m.kind == "tabular":
+            if m.kind in kinds and modality_kind(m.kind).multi_column:
                 details = f"columns {', '.join(m.columns)}; {details}"
             rows.append((name, m.kind, f"{100 * m.missing_rate:.1f}%", details))
         widths = [max(len(row[i]) for row in rows) for i in range(3)]
@@ -259,24 +272,31 @@ def _inspect_modality(
     except DatasetError as exc:  # bad options in dataset.toml, or a kind without a loader
         report.problems.append(exc)
         return stats
+    context = dataset.context(spec.name, report.problems)
     try:  # loaders decode unfitted with identity normalisation: enough to check every cell
-        batch = loader.decode(cells, dataset.context(spec.name, report.problems))
+        batch = loader.decode(cells, context)
     except DatasetError as exc:  # a loader may raise for a problem it cannot skip
         report.problems.append(exc)
         return stats
-    stats.details = _decoded_details(spec, batch, cells, dataset.root)
+    stats.details = _decoded_details(spec, batch, cells, context)
     return stats
 
 
 DEFAULT_WAYS = 5
 """Classes of a default training episode (``metamodal train`` without ``--ways``)."""
 
+SEEDS_CHECKED = 100
+"""Without a ``splits.toml``, inspection checks the seeded splits of seeds 0 to 99."""
+
 
 def _check_split(dataset: MultimodalDataset, report: InspectionReport) -> None:
-    """Split the classes as training does (``splits.toml``, else seeded with seed 0) and
-    record what training would refuse: an unreadable splits file, a meta-train split with
-    fewer usable classes than a default episode needs, a validation split with fewer than
-    two usable classes (a usable class has two samples: one support, one query)."""
+    """Split the classes as training does (``splits.toml``, else seeded with seed 0, the
+    split the report shows) and record what training would refuse: an unreadable splits file,
+    a meta-train split with fewer usable classes than a default episode needs, a validation
+    split with fewer than two usable classes (a usable class has two samples: one support,
+    one query). Without a splits file, what holds for every seed is checked too: enough
+    groups (or classes) for a three-way split at all, and which seeds among `SEEDS_CHECKED`
+    give a split that training refuses."""
     path = dataset.root / SPLITS_FILE
     has_file = path.exists() or path.is_symlink()
     try:
@@ -285,12 +305,16 @@ def _check_split(dataset: MultimodalDataset, report: InspectionReport) -> None:
         report.problems.append(exc if isinstance(exc, DatasetError)
                                else DatasetError(exc.message, file=path, fix=exc.fix))
         return
+    report.split = {"seed": None if has_file else 0, "train": len(split.train),
+                    "val": len(split.val), "test": len(split.test)}
     if not dataset.classes:
         return
     sizes = Counter(label for label in dataset.labels if label is not None)
     where = str(path) if has_file else str(dataset.root)
     how = ("move groups into it in splits.toml" if has_file
            else "add classes (the seeded split keeps 60% for meta-training, 20% for validation)")
+    if not has_file:
+        _check_every_seed(dataset, sizes, report)
     train = [c for c in split.train if sizes[c] >= 2]
     if len(train) < DEFAULT_WAYS:
         report.problems.append(DatasetError(
@@ -306,64 +330,48 @@ def _check_split(dataset: MultimodalDataset, report: InspectionReport) -> None:
             "validation needs 2", file=where, column="val" if has_file else None, fix=how))
 
 
+def _check_every_seed(dataset: MultimodalDataset, sizes: Counter[str],
+                      report: InspectionReport) -> None:
+    """What the seeded split needs whatever the seed, as warnings beside the problems of the
+    seed-0 split: three groups (or classes) to make three class-disjoint splits at all; and
+    the seeds (of 0 .. `SEEDS_CHECKED` - 1) whose split training would refuse."""
+    unit = "group" if dataset.groups is not None else "class"
+    units = ({g for g in dataset.groups if g is not None} if dataset.groups is not None
+             else set(dataset.classes))
+    if len(units) < 3:
+        report.warnings.append(
+            f"the dataset has {len(units)} {unit}(s); a class-disjoint meta-train / validation "
+            f"/ test split (made by {unit}) needs at least 3, whatever the seed: add {unit}s")
+        return
+    short = [
+        seed for seed, split in seeded_splits(dataset.labels, dataset.groups,
+                                              range(1, SEEDS_CHECKED))
+        if sum(sizes[c] >= 2 for c in split.train) < DEFAULT_WAYS
+        or sum(sizes[c] >= 2 for c in split.val) < 2
+    ]
+    if short:
+        report.warnings.append(
+            "without splits.toml the split depends on the seed: with seed(s) "
+            f"{_shorten([str(seed) for seed in short])} "
+            f"(of 0..{SEEDS_CHECKED - 1} checked) the meta-train split has fewer than "
+            f"{DEFAULT_WAYS} classes with 2 samples or the validation split fewer than 2, and "
+            "training with that --seed fails; add classes or write a splits.toml")
+
+
 def _decoded_details(
-    spec: ModalitySpec, batch: ModalityBatch, cells: Sequence[Any], root: Path
+    spec: ModalitySpec, batch: ModalityBatch, cells: Sequence[Any], context: DecodeContext
 ) -> dict[str, Any]:
-    """Kind-specific statistics of a decoded modality (rows that decoded only)."""
+    """Statistics of a decoded modality (rows that decoded only): the decoded shape, the
+    unreadable cells, the lengths, then what the modality's kind describes
+    (`ModalityKind.describe`)."""
+    kind = modality_kind(spec.kind)
     details: dict[str, Any] = {"decoded_shape": list(batch.values.shape[1:])}
     present = batch.present
     details["unreadable"] = sum(c is not None for c in cells) - int(present.sum())
     if batch.lengths is not None and bool(present.any()):
-        unit = {"text": "tokens", "audio": "frames", "sequence": "steps"}.get(spec.kind, "length")
-        details[unit] = _summary(batch.lengths[present].tolist())
-    if spec.kind == "image":
-        sizes = [_image_size(root / c) for c, ok in zip(cells, present.tolist(), strict=True) if ok]
-        sizes = [s for s in sizes if s is not None]
-        if sizes:
-            details["width"] = _summary([w for w, _ in sizes])
-            details["height"] = _summary([h for _, h in sizes])
-    elif spec.kind == "text":
-        chars = [len(str(c)) for c in cells if c is not None]
-        if chars:
-            details["characters"] = _summary(chars)
-    elif spec.kind == "audio":
-        seconds = [
-            _audio_seconds(root / c) for c, ok in zip(cells, present.tolist(), strict=True) if ok
-        ]
-        seconds = [s for s in seconds if s is not None]
-        if seconds:
-            details["seconds"] = _summary(seconds)
-    elif spec.kind == "sequence":
-        details["dims"] = int(batch.values.shape[-1])
-    elif spec.kind == "tabular":
-        details["features"] = int(batch.values.shape[-1])
+        details[kind.length_unit] = _summary(batch.lengths[present].tolist())
+    details.update(kind.describe(cells, batch, context))
     return details
-
-
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """``(width, height)`` of an image file from its header, ``None`` if unreadable."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception:  # already reported by the loader
-        return None
-
-
-def _audio_seconds(path: Path) -> float | None:
-    """Duration of an audio file from its header, ``None`` if unreadable."""
-    import soundfile
-
-    try:
-        return float(soundfile.info(str(path)).duration)
-    except Exception:  # already reported by the loader
-        return None
-
-
-def _summary(values: Sequence[float]) -> dict[str, float]:
-    """``{"min", "median", "max"}`` of a non-empty sequence."""
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def _details_text(details: dict[str, Any]) -> str:

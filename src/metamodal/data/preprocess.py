@@ -12,7 +12,8 @@ and reused by later calls. ``KEY`` is a SHA-256 over
   options and fitted state), so a refit or a changed option gives a new key;
 * the samples being decoded: their ids, labels and, for every modality, their cells (the
   part of the sample table that is decoded, in order);
-* for media kinds (image, audio, sequence), each referenced file's size and modification time
+* for media kinds (whose `ModalityKind.media` is true: image, audio, sequence, video), each
+  referenced file's size and modification time
   in nanoseconds (``os.stat``), the cheap test build tools such as make and rsync use: media
   are never read to compute the key, and editing or replacing a file changes the key.
 
@@ -33,15 +34,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import metamodal.data.loaders  # noqa: F401  (registers the built-in loader kinds)
 from metamodal.data.batch import ModalityBatch, TensorStore
 from metamodal.data.dataset import MultimodalDataset
-from metamodal.data.loaders.base import Cell, ModalityLoader, loaders
+from metamodal.data.kinds import modality_kind
+from metamodal.data.loaders.base import Cell, ModalityLoader
+from metamodal.data.loading import build_loader, create_loader, loader_class_of
 from metamodal.data.schema import DatasetSchema, ModalitySpec
 from metamodal.errors import (
     ConfigError,
     DatasetError,
-    LocatedError,
     MetamodalError,
     RunError,
     UnknownNameError,
@@ -49,8 +50,7 @@ from metamodal.errors import (
 from metamodal.io import atomic_write
 from metamodal.version import __version__
 
-MEDIA_KINDS = frozenset({"image", "audio", "sequence"})
-"""Kinds whose cells are paths of media files (fingerprinted for the cache key)."""
+__all__ = ["Preprocessor", "build_loader", "create_loader"]
 
 _STATE_FORMAT = 1
 
@@ -225,7 +225,7 @@ class Preprocessor:
         for name, spec in self.specs.items():
             cells = dataset.cells(name, spec.columns)
             feed(cells)
-            if spec.kind in MEDIA_KINDS:
+            if modality_kind(spec.kind).media:
                 feed([_fingerprint(dataset.root, cell) for cell in cells])
         return digest.hexdigest()[:32]
 
@@ -283,8 +283,8 @@ class Preprocessor:
                         fix="rebuild the preprocessor with metamodal.encoders.features."
                         "preprocessor_from_state (load_run does)",
                     )
-                loader_class: Any = (loader_classes or {})[custom] if custom else loaders.get(
-                    spec.kind)
+                loader_class: Any = (loader_classes or {})[custom] if custom else (
+                    loader_class_of(spec.kind))
                 preprocessor.loaders[name] = loader_class.from_state(loader_state)
             preprocessor.fitted_ = bool(state["fitted"])
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -301,74 +301,6 @@ class Preprocessor:
                 fix="rebuild it with Preprocessor.state_dict() (re-train the run)",
             ) from None
         return preprocessor
-
-
-def create_loader(spec: ModalitySpec, overrides: Mapping[str, Any] | None = None) -> ModalityLoader:
-    """The loader of ``spec.kind``, built from the spec's options updated by ``overrides``.
-
-    A tabular modality's loader also gets the spec's ``columns`` (for its error messages).
-
-    Raises:
-        ConfigError: the loader rejects the options (`UnknownNameError` for an unknown name,
-            e.g. a text ``tokenizer``); names the modality, with ``modalities.NAME`` as key.
-
-    Example:
-        >>> spec = ModalitySpec("m", "tabular", columns=["a", "b"])
-        >>> create_loader(spec).input_info()
-        {'features': 2}
-    """
-    options = {**spec.options, **(overrides or {})}
-    if spec.columns is not None:
-        options.setdefault("columns", list(spec.columns))
-    where = f"modalities.{spec.name}"
-    try:
-        return loaders.create(spec.kind, **options)
-    except TypeError as exc:
-        raise ConfigError(
-            f"modality {spec.name!r}: the {spec.kind} loader rejects its options ({exc})",
-            column=where,
-            fix=f"use the options the {spec.kind} loader documents",
-        ) from None
-    except ConfigError as exc:
-        if exc.column is not None and exc.column.startswith("modalities."):
-            raise
-        error_type = UnknownNameError if isinstance(exc, UnknownNameError) else ConfigError
-        raise error_type(
-            f"modality {spec.name!r}: {exc.message}", column=where, fix=exc.fix
-        ) from None
-
-
-def build_loader(spec: ModalitySpec, schema_file: str | Path) -> ModalityLoader:
-    """The loader of a modality declared in a dataset directory's ``dataset.toml``.
-
-    Like `create_loader`, but options the loader rejects are a `DatasetError` that names
-    ``schema_file`` and the key ``modalities.NAME``: `load_dataset` and ``metamodal inspect``
-    use it to check every modality's options.
-
-    Args:
-        spec: the modality, as parsed from ``schema_file``.
-        schema_file: the ``dataset.toml`` the spec comes from (named in the error).
-
-    Raises:
-        DatasetError: the options are invalid (unknown option, bad value, unknown name).
-
-    Example:
-        >>> spec = ModalitySpec("photo", "image", column="photo", options={"size": -1})
-        >>> try:
-        ...     build_loader(spec, "dataset.toml")
-        ... except DatasetError as error:
-        ...     print(error.file, error.column)
-        dataset.toml modalities.photo
-    """
-    try:
-        return create_loader(spec)
-    except LocatedError as exc:  # a ConfigError from the loader, or a kind without a loader
-        raise DatasetError(
-            f"cannot build the {spec.kind} loader: {exc.message}",
-            file=str(schema_file),
-            column=f"modalities.{spec.name}",
-            fix=exc.fix or f"use the options the {spec.kind} loader documents",
-        ) from None
 
 
 def _fingerprint(root: Path, cell: Cell) -> list[int] | None:

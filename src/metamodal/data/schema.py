@@ -9,7 +9,7 @@ column, an optional sample table and one ``[modalities.NAME]`` table per modalit
     samples = "samples.csv"       # optional
 
     [modalities.image]
-    kind = "image"                # image | text | audio | sequence | tabular
+    kind = "image"                # image | text | audio | sequence | tabular | video
     column = "image"
     size = 32                     # extra keys are options of the image loader
 
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metamodal.data.batch import KINDS
-from metamodal.data.loaders.base import loaders
+from metamodal.data.kinds import kinds as kind_registry
+from metamodal.data.kinds import modality_kind
 from metamodal.data.paths import OUTSIDE_KEY
 from metamodal.errors import DatasetError
 from metamodal.io import ParseError, loads_toml
@@ -48,13 +48,14 @@ _SPEC_KEYS = ("kind", "column", "columns", "encoder", "encoder_options")
 
 
 def valid_kinds() -> list[str]:
-    """Modality kinds a schema may use: the five built-in kinds plus any registered loader.
+    """Modality kinds a schema may use: the registered `ModalityKind`s (the built-in kinds
+    and any kind a user registers with ``metamodal.data.kinds.register_kind``).
 
     Example:
         >>> valid_kinds()[:5]
         ['audio', 'image', 'sequence', 'tabular', 'text']
     """
-    return sorted(set(KINDS) | set(loaders.names()))
+    return kind_registry.names()
 
 
 @dataclass
@@ -63,7 +64,8 @@ class ModalitySpec:
 
     Args:
         name: the modality's name (the key of its ``[modalities.NAME]`` table).
-        kind: ``image``, ``text``, ``audio``, ``sequence`` or ``tabular``.
+        kind: a registered modality kind: ``image``, ``text``, ``audio``, ``sequence``,
+            ``tabular``, ``video`` or one a user registered (`valid_kinds`).
         column: the column holding the modality (every kind but tabular).
         columns: the numeric columns of a tabular modality.
         options: extra keys of the table, passed to the kind's loader as keyword arguments.
@@ -397,7 +399,7 @@ def _parse_columns(
     """The spec of one modality table with a known kind, or ``None`` after a problem."""
     key = f"modalities.{name}"
     options = {k: v for k, v in table.items() if k not in _SPEC_KEYS}
-    if kind == "tabular":
+    if modality_kind(kind).multi_column:
         columns = table.get("columns")
         if "column" in table:
             problem(

@@ -13,7 +13,7 @@ group cell is empty makes its class a group of its own, named by its label.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +119,28 @@ def split_classes(
     if splits_file is not None:
         return _split_from_file(Path(splits_file), members, grouped=groups is not None)
     return _seeded_split(members, seed=seed, fractions=_check_fractions(fractions))
+
+
+def seeded_splits(
+    labels: Sequence[str | None],
+    groups: Sequence[str | None] | None,
+    seeds: Sequence[int],
+    *,
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+) -> Iterator[tuple[int, ClassSplit]]:
+    """``(seed, split)`` for each of ``seeds``: the seeded split `split_classes` makes without
+    a splits file, with the dataset's groups worked out once for all seeds.
+
+    Example:
+        >>> [s.train for _, s in seeded_splits(["a", "b", "c", "d", "e"], None, [0])]
+        [['c', 'd', 'e']]
+    """
+    if groups is not None and len(groups) != len(labels):
+        raise ValueError(f"{len(labels)} labels but {len(groups)} group values")
+    members = _group_members(labels, groups)
+    checked = _check_fractions(fractions)
+    for seed in seeds:
+        yield seed, _seeded_split(members, seed=seed, fractions=checked)
 
 
 def load_split(

@@ -27,7 +27,6 @@ runs: in ``OUT`` itself when they are all the source holds, else in ``OUT/all_ru
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -51,104 +50,23 @@ from metamodal.datasets._sources import (
     walk_folder,
     zip_files,
 )
-from metamodal.datasets.importers import ImportResult, _few, _image_options, _progress
+from metamodal.datasets.common import ImportResult, few, image_options
+from metamodal.datasets.common import progress as progress_bar
+from metamodal.datasets.strokes import (
+    MAX_STROKE_BYTES,
+    STROKE_FEATURES,
+    parse_stroke_bytes,
+    parse_strokes,
+    read_stroke_file,
+)
 from metamodal.errors import ConfigError, DatasetError
+
+__all__ = ["MAX_STROKE_BYTES", "STROKE_FEATURES", "import_omniglot", "parse_strokes",
+           "read_stroke_file"]
 
 log = logging.getLogger(__name__)
 
-STROKE_FEATURES = ("x", "y", "t", "pen_down")
-"""The columns of an imported stroke array ``[T, 4]``."""
-
-MAX_STROKE_BYTES = 16 << 20
-"""Largest stroke file read (the official ones are under 20 KB)."""
-
 RUNS_LABELS = "class_labels.txt"
-_FIX_STROKES = ("a stroke file holds START / BREAK lines, each followed by 'x,y,t' lines; "
-                "replace the file from the official archive")
-
-
-def parse_strokes(text: str, file: str | Path | None = None) -> np.ndarray:
-    """Parse an Omniglot stroke file into one array of pen positions.
-
-    The file lists strokes; each begins with a line ``START`` (the first) or ``BREAK`` (the pen
-    was lifted), followed by lines ``x,y,t``: position in pixels of the 105x105 frame (``y`` as
-    published: negative downwards; Lake's code negates it to get image rows) and time in
-    milliseconds. Blank lines and a final ``BREAK`` are ignored; a point before any ``START``
-    starts a stroke.
-
-    Args:
-        text: the file's content.
-        file: the file's name, for error messages.
-
-    Returns:
-        float32 ``[T, 4]``: ``x, y, t`` and a pen-down-start flag, 1 on the first point of
-        each stroke and 0 elsewhere (`STROKE_FEATURES`).
-
-    Raises:
-        DatasetError: a line is neither START, BREAK nor three finite numbers (named by its
-            1-based line number), or the file has no point.
-
-    Example:
-        >>> parse_strokes("START\\n1,-2,0\\n2,-3,15\\nBREAK\\n5,-5,900\\nBREAK\\n").tolist()
-        [[1.0, -2.0, 0.0, 1.0], [2.0, -3.0, 15.0, 0.0], [5.0, -5.0, 900.0, 1.0]]
-    """
-    points: list[tuple[float, float, float, float]] = []
-    start = True
-    for line_no, raw in enumerate(text.split("\n"), start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        if line.upper() in ("START", "BREAK"):
-            start = True
-            continue
-        fields = line.split(",")
-        try:
-            x, y, t = (float(v) for v in fields) if len(fields) == 3 else (math.nan,) * 3
-        except ValueError:
-            x = y = t = math.nan
-        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(t)):
-            raise DatasetError(f"line {line_no}: expected START, BREAK or 'x,y,t' with three "
-                               f"finite numbers, got {line[:40]!r}", file=file, row=line_no,
-                               fix=_FIX_STROKES)
-        points.append((x, y, t, 1.0 if start else 0.0))
-        start = False
-    if not points:
-        raise DatasetError("stroke file holds no point", file=file, fix=_FIX_STROKES)
-    return np.asarray(points, dtype=np.float32)
-
-
-def read_stroke_file(source: SourceFile | str | Path) -> np.ndarray:
-    """Read and parse one stroke file (a path, or a file of an import source).
-
-    Raises:
-        DatasetError: the file cannot be read, is not UTF-8 text or does not parse
-            (`parse_strokes`).
-
-    Example:
-        >>> import tempfile
-        >>> path = Path(tempfile.mkdtemp()) / "0108_01.txt"
-        >>> _ = path.write_text("START\\n1,2,0\\n3,4,5\\nBREAK\\n")
-        >>> read_stroke_file(path).shape
-        (2, 4)
-    """
-    if not isinstance(source, SourceFile):
-        path = Path(source)
-        try:
-            size = path.stat().st_size
-        except OSError as err:
-            raise DatasetError(f"cannot read stroke file: {err}", file=path,
-                               fix="check the path") from None
-        source = SourceFile((path.name,), str(path), size, path=path)
-    return _parse_bytes(source.read_bytes(MAX_STROKE_BYTES), source.origin)
-
-
-def _parse_bytes(data: bytes, origin: str) -> np.ndarray:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DatasetError(f"unreadable stroke file: not UTF-8 text ({err.reason} at byte "
-                           f"{err.start})", file=origin, fix=_FIX_STROKES) from None
-    return parse_strokes(text, file=origin)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -257,7 +175,7 @@ def _unique_bytes(key: Key, files: list[SourceFile], limit: int) -> bytes:
 def _unmatched(keys: list[Key], have: dict[Key, list[SourceFile]], what: str, other: str,
                flag_fix: str) -> DatasetError:
     first = have[keys[0]][0]
-    examples = _few(["/".join(k) for k in keys], 3)
+    examples = few(["/".join(k) for k in keys], 3)
     return DatasetError(
         f"{len(keys)} drawing(s) have {what} but no {other}, e.g. {examples}"
         " (an image and its strokes are matched by alphabet, character and file stem)",
@@ -328,7 +246,7 @@ def import_omniglot(
     if not sources:
         raise ConfigError("no source given", column="source", fix="give a folder or an archive")
     source = sources[0]
-    options = _image_options(image_size, 1)
+    options = image_options(image_size, 1)
     if isinstance(stroke_length, bool) or not isinstance(stroke_length, int) or stroke_length < 1:
         raise ConfigError(f"invalid stroke length {stroke_length!r}", column="stroke_length",
                           fix="give a positive number of points, e.g. 256")
@@ -337,7 +255,7 @@ def import_omniglot(
         runs = [s for s in sets if s.kind == "runs"]
         main = [s for s in sets if s.kind != "runs" and (strokes or s.kind == "images")]
         if len(runs) > 1:
-            raise DatasetError(f"{len(runs)} all_runs sets found: {_few([s.origin for s in runs])}",
+            raise DatasetError(f"{len(runs)} all_runs sets found: {few([s.origin for s in runs])}",
                                file=source, fix="keep one all_runs archive or folder")
         if not main:
             if not runs:
@@ -363,13 +281,13 @@ def import_omniglot(
         if not keys:
             raise DatasetError(
                 "no classes found: no <alphabet>/<character>/<drawing>.png or .txt in the sets "
-                f"{_few([s.origin for s in main])}",
+                f"{few([s.origin for s in main])}",
                 file=source, fix="give the official archives, unchanged, or their folders")
         alphabets = sorted({k[0] for k in keys})
         splits = holdout_split(alphabets, val_groups, test_groups, what="alphabet")
         rows: list[list[str | None]] = []
         with staged_directory(out, overwrite) as tmp:
-            for key in _progress(keys, progress, "import omniglot"):
+            for key in progress_bar(keys, progress, "import omniglot"):
                 alphabet, character, stem = key
                 relative = f"{alphabet}/{character}/{stem}"
                 image = stroke = None
@@ -379,7 +297,7 @@ def import_omniglot(
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     dest.write_bytes(_unique_bytes(key, images[key], max_file_bytes))
                 if key in drawn:
-                    array = _parse_bytes(_unique_bytes(key, drawn[key], MAX_STROKE_BYTES),
+                    array = parse_stroke_bytes(_unique_bytes(key, drawn[key], MAX_STROKE_BYTES),
                                          drawn[key][0].origin)
                     stroke = f"strokes/{relative}.npy"
                     dest = tmp / stroke
@@ -502,7 +420,7 @@ def _write_runs(runs: _Set, out: Path, image_options: dict[str, Any], stroke_len
         seen_ids.update(support + query)
         episodes.append(EpisodeIds(run, support, query))
     out.mkdir(parents=True, exist_ok=True)
-    for f, dest in _progress(copies, progress, "import all_runs"):
+    for f, dest in progress_bar(copies, progress, "import all_runs"):
         f.copy_to(dest, max_file_bytes)
     write_samples_csv(out / "samples.csv", ["id", "character", "run", "image", "strokes"], rows)
     write_episode_file(out / "episodes.jsonl", episodes)

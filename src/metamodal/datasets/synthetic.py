@@ -47,6 +47,17 @@ from metamodal.datasets._render import (
     render_measurements,
     render_track,
 )
+from metamodal.datasets.species import (
+    ATTRIBUTE_ORDER,
+    MODALITY_ATTRIBUTES,
+    MODALITY_KINDS,
+    MODALITY_ORDER,
+    attribute_names,
+    class_attributes,
+    shared_attributes,
+    species_labels,
+    value_positions,
+)
 from metamodal.errors import ConfigError
 
 __all__ = [
@@ -62,26 +73,6 @@ __all__ = [
     "species_labels",
 ]
 
-#: Which attributes each modality reveals (the rest are invisible to it).
-MODALITY_ATTRIBUTES: dict[str, tuple[str, str]] = {
-    "image": ("shape", "colour"),
-    "caption": ("colour", "habitat"),
-    "sound": ("pitch", "habitat"),
-    "track": ("gait", "size"),
-    "measurements": ("shape", "size"),
-}
-
-#: The metamodal kind of each modality.
-MODALITY_KINDS: dict[str, str] = {
-    "image": "image",
-    "caption": "text",
-    "sound": "audio",
-    "track": "sequence",
-    "measurements": "tabular",
-}
-
-_ATTRIBUTE_ORDER = tuple(ATTRIBUTES)
-_MODALITY_ORDER = tuple(MODALITY_ATTRIBUTES)
 _FOLDERS = {"image": ("images", ".png"), "sound": ("audio", ".wav"), "track": ("tracks", ".npy")}
 _PARALLEL_FROM = 2000  # samples; below this a process pool costs more than it saves
 
@@ -157,82 +148,6 @@ def describe_synthetic() -> str:
 
 
 __doc__ = (__doc__ or "").replace("{table}", describe_synthetic())
-
-
-def value_positions(attribute_values: int) -> np.ndarray:
-    """Positions (in each attribute's five-value list) of the values a dataset uses.
-
-    Args:
-        attribute_values: values per attribute, 2-5; evenly spaced picks of the five.
-
-    Returns:
-        int ``[attribute_values]`` positions, e.g. ``[0, 2, 4]`` for 3.
-
-    Example:
-        >>> value_positions(3).tolist()
-        [0, 2, 4]
-    """
-    _check_attribute_values(attribute_values)
-    return np.rint(np.linspace(0.0, 4.0, attribute_values)).astype(np.int64)
-
-
-def attribute_names(attribute_values: int = 3) -> dict[str, tuple[str, ...]]:
-    """The value names each attribute takes in a dataset with ``attribute_values`` values.
-
-    Args:
-        attribute_values: values per attribute, 2-5.
-
-    Returns:
-        attribute name -> its value names, index ``i`` naming value index ``i`` of
-        :func:`class_attributes`.
-
-    Example:
-        >>> attribute_names(3)["colour"]
-        ('red', 'green', 'blue')
-    """
-    positions = value_positions(attribute_values)
-    return {name: tuple(values[p] for p in positions) for name, values in ATTRIBUTES.items()}
-
-
-def class_attributes(classes: int, *, seed: int = 0, attribute_values: int = 3) -> np.ndarray:
-    """Choose the classes: distinct attribute tuples, deterministically from the seed.
-
-    The first ``n`` classes are the same for every ``classes >= n`` (a prefix of one seeded
-    permutation of the whole attribute space).
-
-    Args:
-        classes: how many classes (at most ``attribute_values ** 6``).
-        seed: non-negative seed.
-        attribute_values: values per attribute, 2-5.
-
-    Returns:
-        int ``[classes, 6]``: value index (``0..attribute_values-1``) of each attribute, columns
-        in the order of :data:`ATTRIBUTES` (shape, colour, habitat, pitch, gait, size).
-
-    Raises:
-        ConfigError: the attribute space has fewer tuples than ``classes``.
-
-    Example:
-        >>> table = class_attributes(10, seed=0)
-        >>> table.shape, len({tuple(row) for row in table.tolist()})
-        ((10, 6), 10)
-    """
-    _check_attribute_values(attribute_values)
-    _check_seed(seed)
-    space = attribute_values ** len(_ATTRIBUTE_ORDER)
-    if not isinstance(classes, int) or classes < 1:
-        raise ConfigError(f"classes must be a positive integer, got {classes!r}",
-                          fix="pass classes >= 1")
-    if classes > space:
-        raise ConfigError(
-            f"{classes} classes asked but {attribute_values} values for each of "
-            f"{len(_ATTRIBUTE_ORDER)} attributes make only {space} distinct species",
-            fix=f"ask for at most {space} classes or raise attribute_values (up to 5 gives "
-            f"{5 ** len(_ATTRIBUTE_ORDER)})",
-        )
-    codes = np.random.default_rng([seed, 1]).permutation(space)[:classes]
-    digits = attribute_values ** np.arange(len(_ATTRIBUTE_ORDER) - 1, -1, -1)
-    return (codes[:, None] // digits[None, :]) % attribute_values
 
 
 @dataclass(frozen=True)
@@ -333,36 +248,6 @@ def make_synthetic(
     return out
 
 
-def species_labels(classes: int) -> list[str]:
-    """The class labels of a dataset of ``classes`` species: ``species-000``, ..."""
-    return [f"species-{c:0{max(3, len(str(classes - 1)))}d}" for c in range(classes)]
-
-
-def shared_attributes(a: str, b: str, classes: int, *, seed: int = 0,
-                      attribute_values: int = 3) -> dict[str, tuple[int, ...]]:
-    """What modalities ``a`` and ``b`` both reveal of each species of
-    ``make_synthetic(classes=classes, seed=seed, attribute_values=attribute_values)``.
-
-    Returns:
-        class label -> value indices of the attributes both modalities show (``()`` when they
-        share none), e.g. ``caption`` and ``image`` share the colour.
-
-    Example:
-        >>> shared = shared_attributes("caption", "image", 4)
-        >>> len(shared), len(shared["species-000"])
-        (4, 1)
-    """
-    for name in (a, b):
-        if name not in MODALITY_ATTRIBUTES:
-            raise ConfigError(f"the generated dataset has no modality {name!r}",
-                              fix=f"use one of: {', '.join(MODALITY_ATTRIBUTES)}")
-    columns = [i for i, attribute in enumerate(_ATTRIBUTE_ORDER)
-               if attribute in MODALITY_ATTRIBUTES[a] and attribute in MODALITY_ATTRIBUTES[b]]
-    table = class_attributes(classes, seed=seed, attribute_values=attribute_values)
-    return {label: tuple(int(v) for v in table[c, columns])
-            for c, label in enumerate(species_labels(classes))}
-
-
 def _write_dataset(root: Path, table: np.ndarray, families: int, per_class: int,
                    workers: int | None, settings: _Settings) -> None:
     """Render every sample into ``root`` and write the tables and the schema."""
@@ -388,7 +273,7 @@ def _write_dataset(root: Path, table: np.ndarray, families: int, per_class: int,
     else:
         results = [_render_chunk(settings, part) for part in chunks]
 
-    header = ["id", "species", "family", *_MODALITY_ORDER[:4], *MEASUREMENTS]
+    header = ["id", "species", "family", *MODALITY_ORDER[:4], *MEASUREMENTS]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -400,13 +285,13 @@ def _write_dataset(root: Path, table: np.ndarray, families: int, per_class: int,
     names = attribute_names(settings.attribute_values)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["species", "family", *_ATTRIBUTE_ORDER, "description"])
+    writer.writerow(["species", "family", *ATTRIBUTE_ORDER, "description"])
     for c in range(classes):
-        values = {a: names[a][table[c, i]] for i, a in enumerate(_ATTRIBUTE_ORDER)}
+        values = {a: names[a][table[c, i]] for i, a in enumerate(ATTRIBUTE_ORDER)}
         writer.writerow([labels[c], family_of[c], *values.values(), _description(values)])
     (root / "classes.csv").write_text(buffer.getvalue(), encoding="utf-8")
     descriptions = {labels[c]: _description({a: names[a][table[c, i]] for i, a in
-                                             enumerate(_ATTRIBUTE_ORDER)})
+                                             enumerate(ATTRIBUTE_ORDER)})
                     for c in range(classes)}
     (root / "descriptions.toml").write_text(tomli_w.dumps(descriptions), encoding="utf-8")
 
@@ -449,14 +334,14 @@ def _render_chunk(settings: _Settings,
         measurements ("" where the modality is missing).
     """
     root = Path(settings.root)
-    index = {name: i for i, name in enumerate(_ATTRIBUTE_ORDER)}
+    index = {name: i for i, name in enumerate(ATTRIBUTE_ORDER)}
     k = settings.attribute_values
     choices = value_positions(k)
     rows = []
     for c, j, sample_id, positions in jobs:
         missing = _missing_mask(settings, c, j)
         cells: list[str] = []
-        for m, modality in enumerate(_MODALITY_ORDER):
+        for m, modality in enumerate(MODALITY_ORDER):
             if missing[m]:
                 cells += [""] * (len(MEASUREMENTS) if modality == "measurements" else 1)
                 continue
@@ -473,8 +358,8 @@ def _render_chunk(settings: _Settings,
 def _missing_mask(settings: _Settings, c: int, j: int) -> np.ndarray:
     """bool ``[5]``: which modalities sample ``(c, j)`` lacks (never all of them)."""
     rng = np.random.default_rng([settings.seed, 4, c, j])
-    missing = rng.random(len(_MODALITY_ORDER)) < settings.missing_rate
-    keep = rng.integers(len(_MODALITY_ORDER))
+    missing = rng.random(len(MODALITY_ORDER)) < settings.missing_rate
+    keep = rng.integers(len(MODALITY_ORDER))
     if missing.all():
         missing[keep] = False
     return missing
@@ -531,19 +416,6 @@ def _write_readme(root: Path, arguments: dict[str, object]) -> None:
         "",
     ])
     (root / "README.md").write_text(text, encoding="utf-8")
-
-
-def _check_attribute_values(attribute_values: int) -> None:
-    if not isinstance(attribute_values, int) or not 2 <= attribute_values <= 5:
-        raise ConfigError(f"attribute_values must be an integer from 2 to 5, got "
-                          f"{attribute_values!r}",
-                          fix="pass attribute_values between 2 and 5")
-
-
-def _check_seed(seed: int) -> None:
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}",
-                          fix="pass seed >= 0")
 
 
 def _check_arguments(**values: object) -> None:

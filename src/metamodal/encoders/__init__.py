@@ -12,6 +12,7 @@ name           kinds               what
 ``trajectory`` sequence            pen strokes: resampled along the path, normalised, 1-D CNN
 ``audio-cnn``  audio               2-D conv blocks over log-mels, masked pool over frames
 ``mlp``        tabular             multi-layer perceptron
+``video-conv`` video               conv4 on every frame, mean (or 1-D conv) over time
 =============  ==================  ==========================================================
 
 Pretrained frozen encoders (the ``pretrained`` extra, `metamodal.encoders.pretrained`):
@@ -20,12 +21,22 @@ computed once per input when the data is prepared, through the on-disk feature c
 (`metamodal.encoders.features`, `metamodal.encoders.cache`); the encoders registered here
 under those names are the trainable adapters over the features (`metamodal.encoders.adapter`).
 
-`DEFAULT_ENCODERS` names the encoder of each kind when a config names none; `ENCODER_KINDS`
+`DEFAULT_ENCODERS` names the encoder of each kind when a config names none (each
+`metamodal.data.kinds.ModalityKind`'s ``default_encoder``); `ENCODER_KINDS`
 (or `check_encoder` / `encoders_for`) says which kinds an encoder fits; `build_encoder`
 checks both and the hyper-parameters.
 """
 
-from metamodal.encoders import adapter, audio, image, sequence, tabular, text, trajectory
+from metamodal.encoders import (
+    adapter,
+    audio,
+    image,
+    sequence,
+    tabular,
+    text,
+    trajectory,
+    video,
+)
 from metamodal.encoders.base import (
     DEFAULT_ENCODERS,
     ENCODER_KINDS,
@@ -57,6 +68,7 @@ __all__ = [
     "tabular",
     "text",
     "trajectory",
+    "video",
 ]
 
 # The package doubles as its registry, so `metamodal.encoders.create(...)` works whether

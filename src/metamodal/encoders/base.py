@@ -9,13 +9,14 @@ compute nor pollute BatchNorm statistics, and their output rows are exactly zero
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from metamodal.data.batch import KINDS, ModalityBatch, all_present
+from metamodal.data.batch import ModalityBatch, all_present
+from metamodal.data.kinds import kinds as modality_kinds
 from metamodal.errors import ConfigError
 from metamodal.registry import Registry
 
@@ -95,14 +96,30 @@ encoders: Registry[Encoder] = Registry("encoder")
 ENCODER_KINDS: dict[str, tuple[str, ...]] = {}
 """Encoder name -> the modality kinds it fits (an encoder may fit several, e.g. ``gru``)."""
 
-DEFAULT_ENCODERS: dict[str, str] = {
-    "image": "conv4",
-    "text": "bag",
-    "audio": "audio-cnn",
-    "sequence": "tcn",
-    "tabular": "mlp",
-}
-"""Modality kind -> the encoder used when a config names none."""
+
+
+class _DefaultEncoders(Mapping[str, str]):
+    """Modality kind -> its default encoder's name, read from the registered kinds
+    (``metamodal.data.kinds``), so that a kind registered later has its default too."""
+
+    def __getitem__(self, kind: str) -> str:
+        if kind not in modality_kinds:
+            raise KeyError(kind)
+        return modality_kinds.get(kind).default_encoder
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(modality_kinds.names())
+
+    def __len__(self) -> int:
+        return len(modality_kinds.names())
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+DEFAULT_ENCODERS: Mapping[str, str] = _DefaultEncoders()
+"""Modality kind -> the encoder used when a config names none (each `ModalityKind`'s
+``default_encoder``): ``DEFAULT_ENCODERS["image"] == "conv4"``."""
 
 
 def register_encoder(
@@ -119,7 +136,7 @@ def register_encoder(
         ('sequence', 'text')
     """
     kinds = tuple(kinds)
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in modality_kinds]
     if unknown:
         raise ValueError(f"encoder {name!r}: unknown modality kinds {unknown}")
 
@@ -243,10 +260,10 @@ def build_encoder(
         >>> type(enc).__name__
         'BagOfEmbeddings'
     """
-    if kind not in KINDS:
+    if kind not in modality_kinds:
         raise ConfigError(
             f"unknown modality kind {kind!r}" + (f" of {modality!r}" if modality else ""),
-            fix=f"use one of: {', '.join(KINDS)}",
+            fix=f"use one of: {', '.join(modality_kinds.names())}",
         )
     name = DEFAULT_ENCODERS[kind] if name is None else name
     check_encoder(name, kind, modality)

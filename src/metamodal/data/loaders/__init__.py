@@ -1,10 +1,11 @@
 """Modality loaders: one `ModalityLoader` per kind, registered in `loaders` by kind name.
 
-Importing this package registers ``image``, ``text``, ``audio``, ``sequence`` and ``tabular``:
+Importing this package registers ``image``, ``text``, ``audio``, ``sequence``, ``tabular``
+and ``video``:
 
     >>> from metamodal.data.loaders import loaders
     >>> loaders.names()
-    ['audio', 'image', 'sequence', 'tabular', 'text']
+    ['audio', 'image', 'sequence', 'tabular', 'text', 'video']
     >>> loaders.create("image", size=16).input_info()
     {'channels': 3, 'height': 16, 'width': 16}
 """
@@ -17,6 +18,7 @@ from metamodal.data.loaders.image import ImageLoader
 from metamodal.data.loaders.sequence import SequenceLoader
 from metamodal.data.loaders.tabular import TabularLoader
 from metamodal.data.loaders.text import TextLoader, tokenizers
+from metamodal.data.loaders.video import VideoLoader
 
 __all__ = [
     "AudioLoader",
@@ -27,6 +29,7 @@ __all__ = [
     "SequenceLoader",
     "TabularLoader",
     "TextLoader",
+    "VideoLoader",
     "loaders",
     "tokenizers",
 ]

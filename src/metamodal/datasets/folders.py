@@ -1,0 +1,266 @@
+"""Importers of one folder per class: ``imagefolder``, ``audiofolder``, ``videofolder``.
+
+``SOURCE/CLASS/FILE`` (or ``SOURCE/GROUP/CLASS/FILE``, splits then made by group), as
+torchvision's ``ImageFolder`` reads them. Which files a kind takes and where they are copied come
+from the kind's importer hints (`metamodal.data.kinds.ModalityKind.suffixes` and
+``media_folder``), so any media kind with hints can be imported this way.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metamodal.data.kinds import kinds, modality_kind
+from metamodal.datasets._output import holdout_split, staged_directory
+from metamodal.datasets._sources import MAX_FILE_BYTES, SourceFile, walk_folder
+from metamodal.datasets.common import ImportResult, few, image_options, write_dataset
+from metamodal.datasets.common import progress as progress_bar
+from metamodal.errors import ConfigError, DatasetError
+
+__all__ = ["folder_kinds", "import_audiofolder", "import_folder", "import_imagefolder",
+           "import_videofolder"]
+
+
+def folder_kinds() -> list[str]:
+    """The kinds `import_folder` can import: media kinds with file suffixes and a media
+    folder among their importer hints.
+
+    Example:
+        >>> folder_kinds()
+        ['audio', 'image', 'sequence', 'video']
+    """
+    return [name for name in kinds.names()
+            if kinds.get(name).media and kinds.get(name).suffixes and kinds.get(name).media_folder]
+
+
+@dataclass
+class _ClassFolder:
+    label: str
+    group: str | None
+    parts: tuple[str, ...]
+    files: list[SourceFile] = field(default_factory=list)
+    other: list[SourceFile] = field(default_factory=list)
+
+
+def _class_folders(
+    source: Path, files: list[SourceFile], group_level: bool | None
+) -> tuple[list[_ClassFolder], bool]:
+    """Sort the files of a folder source into class folders; returns them and whether a
+    group level was used."""
+    loose = [f for f in files if len(f.parts) == 1]
+    if loose:
+        warnings.warn(f"skipped {len(loose)} file(s) at the top of {source}, outside any class "
+                      f"folder: {few([f.name for f in loose])}", stacklevel=3)
+    nested = [f for f in files if len(f.parts) > 1]
+    if group_level is None:
+        holds_files = {f.parts[0] for f in nested if len(f.parts) == 2}
+        tops = sorted({f.parts[0] for f in nested})
+        folders_only = [t for t in tops if t not in holds_files]
+        if holds_files and folders_only:
+            raise DatasetError(
+                "some top-level folders hold files (classes), others only folders (groups of "
+                f"classes): {few(sorted(holds_files))} vs {few(folders_only)}",
+                file=source,
+                fix="use one level throughout: SOURCE/CLASS/FILE or SOURCE/GROUP/CLASS/FILE, "
+                "or say which with --group-level yes|no",
+            )
+        group_level = bool(tops) and not holds_files
+    classes: dict[tuple[str, ...], _ClassFolder] = {}
+    for f in nested:
+        if group_level:
+            if len(f.parts) < 3:
+                raise DatasetError(
+                    "file in a group folder, outside any class folder",
+                    file=f.origin,
+                    fix="move it into a class folder (SOURCE/GROUP/CLASS/FILE) or out of SOURCE",
+                )
+            key, group = f.parts[:2], f.parts[0]
+        else:
+            key, group = f.parts[:1], None
+        folder = classes.get(key)
+        if folder is None:
+            folder = classes[key] = _ClassFolder(key[-1], group, key)
+        folder.files.append(f)
+    if group_level:  # class names that repeat across groups are qualified by their group
+        names = [c.label for c in classes.values()]
+        if len(set(names)) < len(names):
+            for c in classes.values():
+                c.label = f"{c.group}/{c.label}"
+    return list(classes.values()), group_level
+
+
+def import_folder(
+    source: str | Path,
+    out: str | Path,
+    *,
+    kind: str = "image",
+    group_level: bool | None = None,
+    skip_other: bool = False,
+    name: str | None = None,
+    val_groups: Sequence[str] = (),
+    test_groups: Sequence[str] = (),
+    image_size: int | None = None,
+    channels: int | None = None,
+    loader_options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> ImportResult:
+    """Import one folder per class (``imagefolder`` / ``audiofolder`` / ``videofolder``) as a
+    dataset directory.
+
+    ``SOURCE/CLASS/FILE`` gives the label ``CLASS``; ``SOURCE/GROUP/CLASS/FILE`` gives the label
+    ``CLASS`` (``GROUP/CLASS`` when class names repeat across groups) and the group ``GROUP``.
+    The level is detected (folders holding files are classes) unless ``group_level`` says.
+    Files are copied to the kind's media folder (``OUT/images/...``, ``OUT/audio/...``,
+    ``OUT/videos/...``: `ModalityKind.media_folder`) under their relative path, which is also
+    the sample's id; the file types taken are the kind's `ModalityKind.suffixes`. Files at the
+    top of ``SOURCE`` and empty class folders are skipped with a warning.
+
+    Args:
+        source: the folder.
+        out: the dataset directory to write (must not exist or be empty, unless
+            ``overwrite`` and it holds a dataset).
+        kind: a media kind with importer hints (`folder_kinds`): ``image``, ``audio``,
+            ``video``, ...
+        group_level: True: ``SOURCE/GROUP/CLASS``; False: ``SOURCE/CLASS``; None: detect.
+        skip_other: leave out files of other types instead of raising.
+        name: the dataset's name (default: the source folder's name).
+        val_groups, test_groups: groups (labels, without a group level) to hold out for
+            meta-validation and meta-test; given, they are written to ``splits.toml``.
+        image_size, channels: image / video loader options written to ``dataset.toml``
+            (for kinds whose `ModalityKind.import_options` take them).
+        loader_options: other options of the kind's loader written to ``dataset.toml``
+            (e.g. ``{"frames": 16}`` for videos); checked by building the loader.
+        overwrite: replace an existing dataset at ``out``.
+        progress: show a progress bar while copying.
+        max_file_bytes: the largest file copied.
+
+    Returns:
+        an `ImportResult`.
+
+    Raises:
+        DatasetError: no class folder with files of the kind; a class folder with files of
+            other types (without ``skip_other``); mixed levels; an unreadable or too large file.
+        ConfigError: ``out`` may not be written; an unknown held-out group.
+
+    Example:
+        >>> import tempfile
+        >>> src = Path(tempfile.mkdtemp())
+        >>> for label in ("cat", "dog"):
+        ...     (src / label).mkdir()
+        ...     for i in range(3):
+        ...         _ = (src / label / f"{i}.png").write_bytes(b"not decoded here")
+        >>> result = import_folder(src, Path(tempfile.mkdtemp()) / "pets")
+        >>> result.samples, result.classes, (result.path / "images/dog/2.png").is_file()
+        (6, 2, True)
+    """
+    known = folder_kinds()
+    if kind not in known:
+        raise ConfigError(f"unknown kind {kind!r}", column="kind",
+                          fix=f"use {', '.join(known[:-1])} or {known[-1]}")
+    hints = modality_kind(kind)
+    source = Path(source)
+    options = ({k: v for k, v in image_options(image_size, channels).items()
+                if k in hints.import_options} if hints.import_options else {})
+    options.update(loader_options or {})
+    if options:
+        hints.create_loader(**options)  # a ConfigError names the option the loader refuses
+    files = list(walk_folder(source))
+    classes, grouped = _class_folders(source, files, group_level)
+    suffixes = hints.suffixes
+    for c in classes:
+        c.other = [f for f in c.files if f.suffix not in suffixes]
+        c.files = [f for f in c.files if f.suffix in suffixes]
+        if c.other and not skip_other:
+            types = sorted({f.suffix or "(no suffix)" for f in c.other})
+            raise DatasetError(
+                f"class folder holds files that are not {kind}s (mixed file types): "
+                f"{len(c.other)} of type {', '.join(types)} ({few([f.name for f in c.other])})",
+                file=source.joinpath(*c.parts),
+                fix=f"move files that are not {kind}s ({', '.join(suffixes)}) out of the class "
+                "folders, or pass --skip-other-files to leave them out",
+            )
+    skipped = sum(len(c.other) for c in classes)
+    empty = [c for c in classes if not c.files]
+    if empty:
+        warnings.warn(f"skipped {len(empty)} class folder(s) without {kind} files: "
+                      f"{few(['/'.join(c.parts) for c in empty])}", stacklevel=2)
+    classes = [c for c in classes if c.files]
+    if not classes:
+        layout = "SOURCE/GROUP/CLASS/FILE" if grouped else "SOURCE/CLASS/FILE"
+        raise DatasetError(
+            f"no classes found: no class folder holds {kind} files ({', '.join(suffixes)})",
+            file=source,
+            fix=f"lay the data out as one folder per class ({layout}), or use "
+            "`metamodal import table` for a table of file paths",
+        )
+    folder = str(hints.media_folder)
+    rows: list[list[str | None]] = []
+    jobs: list[tuple[SourceFile, tuple[str, ...]]] = []
+    for c in classes:
+        for f in c.files:
+            sample_id = "/".join(f.parts)
+            rows.append([sample_id, c.label, *([c.group] if grouped else []),
+                         f"{folder}/{sample_id}"])
+            jobs.append((f, f.parts))
+    units = sorted({c.group for c in classes} if grouped else {c.label for c in classes})
+    splits = holdout_split(units, val_groups, test_groups,
+                           what="group" if grouped else "class")
+    schema: dict[str, Any] = {"name": name or source.resolve().name, "label": "label"}
+    if grouped:
+        schema["group"] = "group"
+    schema["samples"] = "samples.csv"
+    schema["modalities"] = {kind: {"kind": kind, "column": kind, **options}}
+    header = ["id", "label", *(["group"] if grouped else []), kind]
+    with staged_directory(out, overwrite) as tmp:
+        for f, parts in progress_bar(jobs, progress, f"copy {kind}s"):
+            f.copy_to(tmp.joinpath(folder, *parts), max_file_bytes)
+        write_dataset(tmp, header, rows, schema, splits)
+    notes = [f"skipped {skipped} file(s) of other types"] if skipped else []
+    return ImportResult(Path(out), len(rows), len(classes),
+                        len({c.group for c in classes}) if grouped else None,
+                        {kind: kind}, notes=notes)
+
+
+def import_imagefolder(source: str | Path, out: str | Path, **options: Any) -> ImportResult:
+    """`import_folder` with ``kind="image"``: one folder of images per class.
+
+    Example:
+        >>> import_imagefolder("photos", "photos-ds")  # doctest: +SKIP
+    """
+    return import_folder(source, out, kind="image", **options)
+
+
+def import_audiofolder(source: str | Path, out: str | Path, **options: Any) -> ImportResult:
+    """`import_folder` with ``kind="audio"``: one folder of WAV / FLAC / OGG files per class.
+
+    Example:
+        >>> import_audiofolder("calls", "calls-ds")  # doctest: +SKIP
+    """
+    return import_folder(source, out, kind="audio", **options)
+
+
+def import_videofolder(source: str | Path, out: str | Path, *, frames: int | None = None,
+                       **options: Any) -> ImportResult:
+    """`import_folder` with ``kind="video"``: one folder of MP4 / WebM / AVI / MKV / MOV ...
+    files per class.
+
+    Args:
+        source, out: as `import_folder`.
+        frames: frames the video loader samples per video (written to ``dataset.toml``;
+            default: the loader's, 8).
+        **options: the other options of `import_folder` (``image_size`` and ``channels``
+            set the frames' size and colour).
+
+    Example:
+        >>> import_videofolder("clips", "clips-ds", frames=16)  # doctest: +SKIP
+    """
+    extra = dict(options.pop("loader_options", None) or {})
+    if frames is not None:
+        extra["frames"] = frames
+    return import_folder(source, out, kind="video", loader_options=extra, **options)

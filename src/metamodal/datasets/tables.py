@@ -1,0 +1,287 @@
+"""The ``table`` importer: a CSV / JSON-lines / Parquet table whose columns the user names by
+role (text, numbers, and paths of image, audio, sequence or video files)."""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from metamodal.data.kinds import modality_kind
+from metamodal.datasets._output import holdout_split, staged_directory
+from metamodal.datasets._sources import MAX_FILE_BYTES, SourceFile
+from metamodal.datasets.common import ImportResult, few, write_dataset
+from metamodal.datasets.common import progress as progress_bar
+from metamodal.errors import ConfigError, DatasetError
+
+__all__ = ["MEDIA_ROLES", "import_table"]
+
+MEDIA_ROLES = ("image", "audio", "sequence", "video")
+"""The roles of columns holding file paths: each is a modality kind, whose importer hints
+(`metamodal.data.kinds.ModalityKind.suffixes`) say which files it takes."""
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")
+    return slug or "column"
+
+
+def _columns(values: Sequence[str] | str | None) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [c.strip() for v in values for c in v.split(",") if c.strip()]
+
+
+def import_table(
+    source: str | Path,
+    out: str | Path,
+    *,
+    label: str,
+    id_column: str | None = None,
+    group: str | None = None,
+    text: Sequence[str] | str | None = None,
+    numeric: Sequence[str] | str | None = None,
+    image: Sequence[str] | str | None = None,
+    audio: Sequence[str] | str | None = None,
+    sequence: Sequence[str] | str | None = None,
+    video: Sequence[str] | str | None = None,
+    root: str | Path | None = None,
+    allow_missing_files: bool = False,
+    name: str | None = None,
+    val_groups: Sequence[str] = (),
+    test_groups: Sequence[str] = (),
+    overwrite: bool = False,
+    progress: bool = False,
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> ImportResult:
+    """Import a table (CSV, JSON lines or Parquet) whose columns the user names by role.
+
+    Each ``text`` column becomes a text modality, each ``image`` / ``audio`` / ``sequence`` /
+    ``video`` column a modality of that kind (its files copied to ``OUT/media/COLUMN/...``), and the
+    ``numeric`` columns together one tabular modality named ``numeric``. Other columns are left
+    out. An empty cell is a missing modality (normal). File paths are relative to ``root``
+    (default: the table's folder); a path that leads out of it is refused.
+
+    Args:
+        source: the table (``.csv``, ``.jsonl`` or ``.parquet``; Parquet needs pyarrow).
+        out: the dataset directory to write.
+        label: the column holding the class label.
+        id_column: the column of unique sample ids (default: ``id`` if the table has one, else
+            ``row1``, ``row2``, ...).
+        group: a column grouping classes (splits are then made by group).
+        text, numeric, image, audio, sequence, video: column names, as lists or
+            comma-separated; a media column's files must have its kind's suffixes
+            (`metamodal.data.kinds.ModalityKind.suffixes`).
+        root: the folder file paths are relative to (default: the table's folder).
+        allow_missing_files: a path to a missing file becomes an empty cell (with a warning)
+            instead of an error.
+        name: the dataset's name (default: the table's file stem).
+        val_groups, test_groups: groups (labels without ``group``) held out in ``splits.toml``.
+        overwrite: replace an existing dataset at ``out``.
+        progress: show a progress bar while copying.
+        max_file_bytes: the largest file copied.
+
+    Returns:
+        an `ImportResult`.
+
+    Raises:
+        DatasetError: a named column is absent; an empty or duplicate id; an empty label; a
+            number that does not parse; a path out of ``root``, to a missing file or of the
+            wrong type; no samples.
+        ConfigError: no modality column named, a column named twice, ``out`` not writable.
+
+    Example:
+        >>> import tempfile
+        >>> src = Path(tempfile.mkdtemp()) / "notes.csv"
+        >>> _ = src.write_text("species,note,length\\nfox,red fur,60\\nowl,,30\\n")
+        >>> r = import_table(src, src.parent / "ds", label="species", text="note",
+        ...                  numeric="length")
+        >>> r.samples, r.modalities
+        (2, {'note': 'text', 'numeric': 'tabular'})
+    """
+    from metamodal.data.table import read_samples
+
+    source = Path(source)
+    table = read_samples(source)
+    file = str(source)
+    roles: dict[str, str] = {}
+    by_role = {"text": _columns(text), "numeric": _columns(numeric), "image": _columns(image),
+               "audio": _columns(audio), "sequence": _columns(sequence), "video": _columns(video)}
+    if not any(by_role.values()):
+        raise ConfigError(
+            "no modality column named",
+            column="text",
+            fix="name the columns by role: --text COL, --numeric COL, --image COL, --audio COL "
+            "--sequence COL or --video COL (comma-separated lists)",
+        )
+    if id_column is None and "id" in table.columns:
+        id_column = "id"
+    singles = {"label": [label], "group": [group] if group else [],
+               "id": [id_column] if id_column else []}
+    for role, names in {**singles, **by_role}.items():
+        for column in names:
+            if column in roles:
+                raise ConfigError(f"column {column!r} named twice (as {roles[column]} and "
+                                  f"{role})", column=column, fix="give each column one role")
+            roles[column] = role
+            if column not in table.columns:
+                raise DatasetError("column not found", file=file, column=column,
+                                   fix=f"use one of the table's columns: "
+                                   f"{few(list(table.columns), 20)}")
+    if "id" in roles and roles["id"] != "id":
+        raise ConfigError("a modality column may not be named 'id'", column="id",
+                          fix="rename that column, or name it as the id column with --id id")
+    if table.n_rows == 0:
+        raise DatasetError("the table has no samples", file=file, fix="add one row per sample")
+
+    if id_column is not None:
+        ids = table.column(id_column)
+        first: dict[str, int] = {}
+        for row, sample_id in enumerate(ids, start=1):
+            if sample_id is None:
+                raise DatasetError("empty id", file=file, row=row, column=id_column,
+                                   fix="give every sample a unique id, or name no id column to "
+                                   "number the rows")
+            if sample_id in first:
+                raise DatasetError(f"duplicate id {sample_id!r} (also in row {first[sample_id]})",
+                                   file=file, row=row, column=id_column,
+                                   fix="give every sample a unique id")
+            first[sample_id] = row
+        id_cells: list[str] = [str(i) for i in ids]
+    else:
+        width = len(str(table.n_rows))
+        id_cells = [f"row{r:0{width}d}" for r in range(1, table.n_rows + 1)]
+    labels = table.column(label)
+    for row, value in enumerate(labels, start=1):
+        if value is None:
+            raise DatasetError("empty label", file=file, row=row, column=label,
+                               fix="give every sample its class, or drop the row")
+    groups = table.column(group) if group else None
+    if groups is not None:
+        owner: dict[str, str] = {}
+        for row, (value, lab) in enumerate(zip(groups, labels, strict=True), start=1):
+            if value is None:
+                raise DatasetError("empty group", file=file, row=row, column=group,
+                                   fix="give every sample the group of its class")
+            if owner.setdefault(str(lab), value) != value:
+                raise DatasetError(f"class {lab!r} is in two groups ({owner[str(lab)]!r} and "
+                                   f"{value!r})", file=file, row=row, column=group,
+                                   fix="give each class one group")
+    for column in by_role["numeric"]:
+        for row, value in enumerate(table.column(column), start=1):
+            if value is None:
+                continue
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number):
+                raise DatasetError(f"not a finite number: {value!r}", file=file, row=row,
+                                   column=column,
+                                   fix="write a number, or leave the cell empty (missing)")
+
+    base = Path(root) if root is not None else source.parent
+    if not base.is_dir():
+        raise ConfigError("the root of the file paths is not a folder", file=base,
+                          column="root", fix="pass --root with the folder the paths start from")
+    inside = base.resolve()
+    copies: dict[Path, tuple[str, Path, int]] = {}
+    file_cells: dict[str, list[str | None]] = {}
+    missing = 0
+    folders: dict[str, str] = {}
+    for kind in MEDIA_ROLES:
+        suffixes = modality_kind(kind).suffixes
+        for column in by_role[kind]:
+            folder = _slug(column)
+            while folder in folders.values():
+                folder += "_"
+            folders[column] = folder
+            cells: list[str | None] = []
+            for row, cell in enumerate(table.column(column), start=1):
+                if cell is None:
+                    cells.append(None)
+                    continue
+                target = (base / cell).resolve()
+                if not target.is_relative_to(inside):
+                    raise DatasetError(
+                        f"path {cell!r} leads out of the source folder {inside}",
+                        file=file, row=row, column=column,
+                        fix="put the file under the table's folder, or pass --root with a "
+                        "folder that holds every file")
+                if not target.is_file():
+                    if allow_missing_files:
+                        missing += 1
+                        cells.append(None)
+                        continue
+                    raise DatasetError(
+                        f"{kind} file not found (paths are relative to {inside})",
+                        file=file, row=row, column=column,
+                        fix="correct the path, leave the cell empty (a missing modality), or "
+                        "pass --allow-missing-files")
+                if target.suffix.lower() not in suffixes:
+                    raise DatasetError(
+                        f"{cell!r} is not a {kind} file (type {target.suffix or 'none'})",
+                        file=file, row=row, column=column,
+                        fix=f"use files of type {', '.join(suffixes)}, or name the "
+                        "column with its right role")
+                size = target.stat().st_size
+                if size > max_file_bytes:
+                    raise DatasetError(f"file larger than {max_file_bytes} bytes", file=file,
+                                       row=row, column=column, fix="leave the file out")
+                relative = target.relative_to(inside).as_posix()
+                dest = f"media/{folder}/{relative}"
+                copies.setdefault(target, (dest, target, size))
+                cells.append(dest)
+            file_cells[column] = cells
+    if missing:
+        warnings.warn(f"{missing} path(s) to missing files left as empty cells", stacklevel=2)
+
+    header = ["id", label, *([group] if group else [])]
+    columns: list[list[str | None]] = [list(id_cells), list(labels)]
+    if groups is not None:
+        columns.append(list(groups))
+    modalities: dict[str, dict[str, Any]] = {}
+    for column in by_role["text"]:
+        header.append(column)
+        columns.append(table.column(column))
+        modalities[column] = {"kind": "text", "column": column}
+    if by_role["numeric"]:
+        header += by_role["numeric"]
+        columns += [table.column(c) for c in by_role["numeric"]]
+        tabular = "numeric"
+        while tabular in modalities or any(tabular in by_role[k] for k in MEDIA_ROLES):
+            tabular += "_"
+        modalities[tabular] = {"kind": "tabular", "columns": by_role["numeric"]}
+    for kind in MEDIA_ROLES:
+        for column in by_role[kind]:
+            header.append(column)
+            columns.append(file_cells[column])
+            modalities[column] = {"kind": kind, "column": column}
+    rows = [list(row) for row in zip(*columns, strict=True)]
+    units = sorted(set(groups) if groups is not None else {str(v) for v in labels})
+    splits = holdout_split(units, val_groups, test_groups, what="group" if group else "class")
+    schema: dict[str, Any] = {"name": name or source.stem, "label": label}
+    if group:
+        schema["group"] = group
+    schema["samples"] = "samples.csv"
+    schema["modalities"] = modalities
+    jobs = list(copies.values())
+    with staged_directory(out, overwrite) as tmp:
+        for dest, target, _ in progress_bar(jobs, progress, "copy files"):
+            SourceFile((target.name,), str(target), target.stat().st_size,
+                       path=target).copy_to(tmp / dest, max_file_bytes)
+        write_dataset(tmp, header, rows, schema, splits)
+    left_out = [c for c in table.columns if c not in roles]
+    notes = []
+    if left_out:
+        notes.append(f"columns left out (no role named): {few(left_out, 10)}")
+    if missing:
+        notes.append(f"{missing} path(s) to missing files left empty")
+    return ImportResult(Path(out), len(rows), len(set(labels)),
+                        len(set(groups)) if groups is not None else None,
+                        {m: spec["kind"] for m, spec in modalities.items()}, notes=notes)

@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone, is_classifier
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.utils.validation import check_is_fitted
 
 from metamodal.classifier import FewShotClassifier
 from metamodal.config import TrainConfig
@@ -99,6 +101,9 @@ def test_clone_gives_an_unfitted_copy_with_equal_params(trained) -> None:
     assert copy.modalities is not clf.modalities  # clone copies parameters deeply
     assert not hasattr(copy, "classes_") and not hasattr(copy, "run_")
     assert hasattr(clf, "classes_") and is_classifier(clf)
+    check_is_fitted(clf)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(copy)
     assert clone(FewShotClassifier(run)).get_params() == FewShotClassifier(run).get_params()
 
 

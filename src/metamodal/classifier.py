@@ -144,6 +144,10 @@ class FewShotClassifier(EstimatorParams):
                     classifier_tags=ClassifierTags(), no_validation=True,
                     input_tags=InputTags(two_d_array=False, string=True, dict=True))
 
+    def __sklearn_is_fitted__(self) -> bool:
+        """True after ``fit`` (or `load` of a saved classifier); scikit-learn asks this."""
+        return hasattr(self, "classes_")
+
     # -- reading input ----------------------------------------------------------------------
 
     def _load_run(self) -> Run:
@@ -220,7 +224,7 @@ class FewShotClassifier(EstimatorParams):
         where = dataset.table.file if hasattr(dataset, "table") else None
         if unknown or not usable:
             what = (f"modalities {unknown} were never seen in training" if unknown
-                    else "none of the model's modalities has a column in this table")
+                    else "none of the modalities used has a column in this table")
             raise ModalityError(
                 what, file=where,
                 fix=f"give samples with the model's modalities: {', '.join(modalities)}",

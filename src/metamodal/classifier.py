@@ -3,42 +3,83 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from metamodal.data.batch import ModalityBatch, batch_to, index_batch
 from metamodal.data.dataset import MultimodalDataset, load_dataset, load_sample_table
-from metamodal.errors import InsufficientSamplesError, ModalityError, RunError
-from metamodal.io import ParseError, atomic_write, atomic_write_json, loads_json
+from metamodal.data.records import Label, checked_labels, records_dataset
+from metamodal.errors import (
+    ConfigError,
+    DatasetError,
+    InsufficientSamplesError,
+    ModalityError,
+    RunError,
+)
+from metamodal.estimator import EstimatorParams
+from metamodal.io import atomic_write
 from metamodal.learners.embeddings import Embeddings
 from metamodal.runs.directory import CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE, Run, load_run
+from metamodal.runs.support import (
+    SUPPORT_FILE,
+    SUPPORT_META,
+    read_support_meta,
+    read_support_tensors,
+    write_support,
+)
 
-SUPPORT_FILE = "support.safetensors"
-SUPPORT_META = "support.json"
-SampleSource = str | Path | MultimodalDataset
+SampleSource = Any
+"""What ``X`` may be: a list of dicts, a pandas DataFrame, a sample table or dataset directory
+path, or a `MultimodalDataset` (see `FewShotClassifier`)."""
 
 
-class FewShotClassifier:
+class FewShotClassifier(EstimatorParams):
     """Classify new classes from a few labelled examples with a meta-trained run.
 
-    ``fit(support)`` keeps what the run's learner needs to adapt to the labelled support
-    samples (any mix of the model's modalities, some may be missing): their embeddings for a
-    metric learner (e.g. ProtoNet's prototypes come from them), the decoded samples themselves
-    for a learner that adapts the network's weights (the MAML family);
-    ``predict(query)`` / ``predict_proba(query)`` adapt and classify. Support and query are
-    sample tables in the dataset format (a ``.csv``/``.jsonl``/``.parquet`` file whose media
-    paths are relative to the file, or a dataset directory), or a `MultimodalDataset`.
+    ``fit(X, y)`` keeps what the run's learner needs to adapt to the labelled support samples
+    ``X`` (any mix of the model's modalities, some may be missing) with their labels ``y``: their
+    embeddings for a metric learner (e.g. ProtoNet's prototypes come from them), the decoded
+    samples themselves for a learner that adapts the network's weights (the MAML family).
+    ``predict(X)`` / ``predict_proba(X)`` / ``decision_function(X)`` adapt and classify;
+    ``score(X, y)`` is the accuracy. ``X`` is, in every method, one of:
+
+    * a list of dicts, one per sample, keys = column names of the run's dataset schema (``id``
+      optional, one column per modality, a tabular modality's columns); ``None``, ``""`` or a
+      key left out is a missing modality, a float NaN is an error;
+    * a pandas DataFrame with those columns (pandas' NaN / ``NA`` is a missing cell);
+    * a sample table (``.csv`` / ``.jsonl`` / ``.parquet``; media paths relative to the file)
+      or a dataset directory, as a path;
+    * a `MultimodalDataset`.
+
+    Media paths in a list of dicts or a DataFrame are relative to ``media_root`` and never
+    leave it (see `metamodal.data.records`). ``y`` is a sequence of labels, one per sample:
+    strings or integers. Errors name the row (1-based, in the order given) and the column.
+
+    The class follows scikit-learn's conventions: the constructor only stores its arguments
+    (it reads no file: the run is loaded by ``fit``), ``get_params`` / ``set_params`` work, and
+    so does ``sklearn.base.clone``; what ``fit`` learns ends with ``_``. scikit-learn itself is
+    not needed.
 
     Args:
         run: a run directory written by ``metamodal train``.
         device: where the model runs (``cpu``, ``cuda``).
+        modalities: the modalities to use, a subset of the model's; the others are treated as
+            absent in every sample, in ``fit`` and in prediction (default: all of the
+            model's). A model modality the input lacks entirely is absent in every sample,
+            with one warning; a modality the model never saw is a `ModalityError`.
+        media_root: the directory that media paths of a list of dicts or a DataFrame are
+            relative to (default: none, and such a path is an error).
 
     Attributes (after ``fit``):
+        run_: the loaded run (`metamodal.runs.directory.Run`: model, preprocessor, schema).
+        modalities_: the modalities used, in the model's order.
         classes_: class labels, the column order of `predict_proba`.
         support_embeddings_: the embedded support set (metric learners), else None.
         support_batch_: modality name -> `ModalityBatch` of the decoded support samples
@@ -46,93 +87,226 @@ class FewShotClassifier:
         support_labels_: long ``[S]`` class index of each support sample.
 
     Example:
-        >>> clf = FewShotClassifier("runs/demo").fit("support.csv")  # doctest: +SKIP
-        >>> clf.predict("query.csv")[:3]  # doctest: +SKIP
-        ['heron', 'finch', 'heron']
+        >>> clf = FewShotClassifier("runs/demo", modalities=["caption"])  # reads no file
+        >>> clf
+        FewShotClassifier(run='runs/demo', modalities=['caption'])
+        >>> clf.set_params(device="cuda").get_params()["device"]
+        'cuda'
+
+        Fitted on a tiny run (trained for two steps here; a real one comes from
+        ``metamodal train``):
+
+        >>> import tempfile
+        >>> from metamodal.config import TrainConfig
+        >>> from metamodal.datasets.synthetic import make_synthetic
+        >>> from metamodal.train.trainer import Trainer
+        >>> root = Path(tempfile.mkdtemp())
+        >>> data = make_synthetic(root / "data", classes=12, per_class=3, image_size=8)
+        >>> config = TrainConfig(data=str(data), modalities=["caption"],
+        ...                      steps=2, ways=2, shots=1, queries=1, dim=8, val_every=0,
+        ...                      device="cpu", cache=False)
+        >>> _ = Trainer(config, root / "run", progress=False).fit()
+        >>> X = [{"caption": "a tiny blue bird of the dunes"},
+        ...      {"caption": "a large grey heron by the river"}]
+        >>> clf = FewShotClassifier(root / "run").fit(X, ["finch", "heron"])
+        >>> clf.classes_
+        ['finch', 'heron']
+        >>> clf.predict(X)  # with one shot a sample is its class's prototype
+        ['finch', 'heron']
+        >>> clf.predict_proba(X).shape, clf.score(X, ["finch", "heron"])
+        ((2, 2), 1.0)
     """
 
-    def __init__(self, run: str | Path, *, device: str = "cpu") -> None:
-        self.run = Path(run)
+    # scikit-learn's conventions come from EstimatorParams (get_params, set_params, repr) and
+    # are not inherited from sklearn.base.BaseEstimator / ClassifierMixin: scikit-learn (with
+    # SciPy) is not a dependency of metamodal's core, and importing this class must not need
+    # it. `__sklearn_tags__` imports scikit-learn only when scikit-learn asks for the tags.
+
+    def __init__(
+        self,
+        run: str | os.PathLike[str],
+        *,
+        device: str = "cpu",
+        modalities: Sequence[str] | None = None,
+        media_root: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.run = run
         self.device = device
-        self._run: Run = load_run(self.run, device=device)
+        self.modalities = modalities
+        self.media_root = media_root
 
-    @property
-    def modalities(self) -> list[str]:
-        """The modalities the model was trained on."""
-        return list(self._run.model.modalities)
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's tags: a classifier that needs ``y`` and validates its own input
+        (called by scikit-learn only, so scikit-learn is importable here)."""
+        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
 
-    def load_samples(self, source: SampleSource, *, labelled: bool = False) -> MultimodalDataset:
-        """Read samples in the dataset format with the run's schema, checking modalities.
+        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
+                    classifier_tags=ClassifierTags(), no_validation=True,
+                    input_tags=InputTags(two_d_array=False, string=True, dict=True))
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """True after ``fit`` (or `load` of a saved classifier); scikit-learn asks this."""
+        return hasattr(self, "classes_")
+
+    # -- reading input ----------------------------------------------------------------------
+
+    def _load_run(self) -> Run:
+        """The run named by ``run`` on ``device``, loaded once per (run, device)."""
+        key = (os.fspath(self.run) if isinstance(self.run, str | os.PathLike) else None,
+               self.device)
+        if key[0] is None:
+            raise ConfigError(f"run must be a run directory path, not {type(self.run).__name__}",
+                              column="run", fix="FewShotClassifier('path/to/run')")
+        cached = getattr(self, "_loaded", None)
+        if cached is None or cached[0] != key:
+            self._loaded = (key, load_run(key[0], device=self.device))
+        return self._loaded[1]
+
+    def _used_modalities(self, run: Run) -> list[str]:
+        """``modalities`` checked against the model's, in the model's order."""
+        known = list(run.model.modalities)
+        if self.modalities is None:
+            return known
+        chosen = self.modalities
+        fix = f"name some of the model's modalities, e.g. modalities={known[:1]!r}"
+        if isinstance(chosen, str) or not isinstance(chosen, Sequence | set | frozenset):
+            raise ConfigError(f"modalities must be a list of names, not {chosen!r}",
+                              column="modalities", fix=fix)
+        unknown = [m for m in chosen if m not in known]
+        if unknown or not chosen:
+            raise ConfigError(
+                f"the model has no modality {unknown[0]!r}" if unknown else "no modality named",
+                column="modalities", fix=f"{fix} (the model has: {', '.join(known)})")
+        return [m for m in known if m in chosen]
+
+    def load_samples(self, X: SampleSource, *, labelled: bool = False) -> MultimodalDataset:
+        """Read samples (any form of ``X``, see the class docstring) with the run's schema,
+        checking their modalities.
 
         Args:
-            source: a sample table file, a dataset directory, or a `MultimodalDataset`.
-            labelled: require the label column (as for a support set).
+            X: the samples.
+            labelled: require the label column of a sample table (as for a support set).
 
         Raises:
-            ModalityError: the samples carry modalities the model never saw, or none of its.
+            ModalityError: the samples carry modalities the model never saw, or none of the
+                ones used.
         """
-        if isinstance(source, MultimodalDataset):
-            dataset = source
-        else:
-            path = Path(source)
+        fitted = hasattr(self, "classes_")
+        run = self.run_ if fitted else self._load_run()
+        modalities = self.modalities_ if fitted else self._used_modalities(run)
+        return self._read(X, run, modalities, labelled=labelled)
+
+    def _read(self, X: SampleSource, run: Run, modalities: list[str], *,
+              labelled: bool) -> MultimodalDataset:
+        warn_lacking = True
+        if isinstance(X, MultimodalDataset):
+            dataset = X
+        elif isinstance(X, str | os.PathLike):
+            path = Path(X)
             if path.is_dir():
                 dataset = load_dataset(path)
             else:
-                dataset = load_sample_table(path, self._run.schema, require_label=labelled)
-        self._check_modalities(dataset)
+                dataset = load_sample_table(path, run.schema, require_label=labelled)
+                warn_lacking = False  # load_sample_table warns of each column it lacks
+        else:
+            dataset = records_dataset(X, run.schema, media_root=self.media_root,
+                                      decoded=modalities)
+        self._check_modalities(dataset, run, modalities, warn_lacking=warn_lacking)
         return dataset
 
-    def _check_modalities(self, dataset: MultimodalDataset) -> None:
-        known = set(self.modalities)
+    def _check_modalities(self, dataset: MultimodalDataset, run: Run, modalities: list[str],
+                          *, warn_lacking: bool) -> None:
+        known = set(run.model.modalities)
         unknown = [name for name in dataset.schema.modalities if name not in known
-                   and name not in self._run.schema.modalities]
-        usable = [name for name in self.modalities if name in dataset.schema.modalities
+                   and name not in run.schema.modalities]
+        usable = [name for name in modalities if name in dataset.schema.modalities
                   and _has_columns(dataset, name)]
+        where = dataset.table.file if hasattr(dataset, "table") else None
         if unknown or not usable:
-            where = dataset.table.file if hasattr(dataset, "table") else None
             what = (f"modalities {unknown} were never seen in training" if unknown
-                    else "none of the model's modalities has a column in this table")
+                    else "none of the modalities used has a column in this table")
             raise ModalityError(
                 what, file=where,
-                fix=f"give samples with the model's modalities: {', '.join(self.modalities)}",
+                fix=f"give samples with the model's modalities: {', '.join(modalities)}",
             )
+        lacking = [name for name in modalities if not _any_column(dataset, name)]
+        if lacking and warn_lacking:
+            warnings.warn(f"{where}: no column for modalities {lacking}; they are absent in "
+                          "every sample", stacklevel=4)
 
-    def _decode(self, dataset: MultimodalDataset) -> dict[str, ModalityBatch]:
-        """The samples decoded with the run's fitted preprocessor, as one batch of the model's
-        modalities (those the table lacks are absent)."""
-        declared = [m for m in self._run.preprocessor.modalities
-                    if m in dataset.schema.modalities]
-        store = self._run.preprocessor.transform(dataset, modalities=declared)
-        names = [m for m in self.modalities if m in store.modalities]
+    def _decode(self, dataset: MultimodalDataset, run: Run,
+                modalities: list[str]) -> dict[str, ModalityBatch]:
+        """The samples decoded with the run's fitted preprocessor, as one batch of the used
+        modalities (those the samples lack are absent)."""
+        declared = [m for m in run.preprocessor.modalities
+                    if m in dataset.schema.modalities and m in modalities]
+        store = run.preprocessor.transform(dataset, modalities=declared)
+        names = [m for m in modalities if m in store.modalities]
         return store.batch(torch.arange(len(store)), names)
 
-    def _embed(self, batch: dict[str, ModalityBatch], chunk: int = 512) -> Embeddings:
+    def _embed(self, run: Run, batch: dict[str, ModalityBatch], chunk: int = 512) -> Embeddings:
         """Embeddings of ``batch`` in chunks of ``chunk`` samples, without gradients."""
-        model = self._run.model.eval()
+        model = run.model.eval()
         size = len(next(iter(batch.values())))
         with torch.no_grad():
             return Embeddings.cat([
                 model.embed(batch_to(index_batch(batch, rows), self.device)).detach()
                 for rows in torch.arange(size).split(chunk)])
 
-    def fit(self, support: SampleSource, classes: list[str] | None = None) -> FewShotClassifier:
-        """Keep the labelled support samples (embedded, or decoded; see the class docstring).
+    # -- fitting and predicting -------------------------------------------------------------
+
+    def fit(self, X: SampleSource, y: Sequence[Label] | None = None, *,
+            classes: Sequence[Label] | None = None) -> FewShotClassifier:
+        """Load the run and keep the labelled support samples (embedded, or decoded; see the
+        class docstring).
 
         Args:
-            support: the labelled support samples (every sample needs a label).
-            classes: the classes to predict, in order (default: sorted support labels). A class
+            X: the support samples, ``S`` of them (any form, see the class docstring).
+            y: their labels, ``S`` of them. Leaving it out takes the labels from the label
+                column of a sample table or dataset ``X``: deprecated, pass them.
+            classes: the classes to predict, in order (default: the sorted labels). A class
                 with no usable support sample raises `InsufficientSamplesError`.
+
+        Raises:
+            RunError: the run directory is missing or corrupt.
+            DatasetError: ``y`` does not give one valid label per sample, or ``X`` cannot be
+                read (the row and column are named).
+            InsufficientSamplesError: a label is not among ``classes``, or a class has no
+                support sample with a used modality.
         """
-        dataset = self.load_samples(support, labelled=True)
-        batch = self._decode(dataset)
+        run = self._load_run()
+        modalities = self._used_modalities(run)
+        if y is None:
+            if not isinstance(X, MultimodalDataset | str | os.PathLike):
+                raise DatasetError("no labels given for the support samples", column="y",
+                                   fix="call fit(X, y) with one label per sample in y")
+            warnings.warn(
+                "FewShotClassifier.fit(support) with the labels read from the support table is "
+                "deprecated; pass them as y: fit(X, y), e.g. support = "
+                "clf.load_samples(path, labelled=True); clf.fit(support, support.labels)",
+                DeprecationWarning, stacklevel=2)
+            dataset = self._read(X, run, modalities, labelled=True)
+            labels = checked_labels(dataset.labels, len(dataset), column=dataset.schema.label)
+        else:
+            dataset = self._read(X, run, modalities, labelled=False)
+            labels = checked_labels(y, len(dataset))
+        batch = self._decode(dataset, run, modalities)
         usable = torch.stack([mb.present.to(torch.bool) for mb in batch.values()], 1).any(1)
-        labels = list(dataset.labels)
-        classes = sorted(set(labels)) if classes is None else list(classes)
+        if classes is None:
+            classes = sorted(set(labels))
+        else:
+            classes = checked_labels(classes, len(classes), column="classes")
+            if len(set(classes)) < len(classes):
+                raise DatasetError("a class is named twice", column="classes",
+                                   fix="name each class once")
         counts = {c: 0 for c in classes}
-        for label, ok in zip(labels, usable.tolist(), strict=True):
+        rows = dataset.rows()
+        for position, (label, ok) in enumerate(zip(labels, usable.tolist(), strict=True)):
             if label not in counts:
                 raise InsufficientSamplesError(
-                    f"support label {label!r} is not among the classes given", column="label",
+                    f"support label {label!r} is not among the classes given",
+                    row=position + 1 if y is not None else rows[position],
+                    column="y" if y is not None else "label",
                     fix="add it to `classes` or remove those samples")
             counts[label] += int(ok)
         empty = [c for c, n in counts.items() if n == 0]
@@ -140,106 +314,161 @@ class FewShotClassifier:
             raise InsufficientSamplesError(
                 f"classes without a usable support example: {', '.join(map(str, empty))}",
                 file=getattr(dataset.table, "file", None),
-                fix="give at least one sample with one of the model's modalities "
-                f"({', '.join(self.modalities)}) for each class",
+                fix="give at least one sample with one of the used modalities "
+                f"({', '.join(modalities)}) for each class",
             )
         keep = torch.nonzero(usable).flatten()
         index = {c: k for k, c in enumerate(classes)}
         kept = index_batch(batch, keep)
-        self.classes_ = classes
-        if self._run.model.caches_embeddings:
-            self.support_embeddings_, self.support_batch_ = self._embed(kept), None
+        if run.model.caches_embeddings:
+            self.support_embeddings_, self.support_batch_ = self._embed(run, kept), None
         else:
             self.support_embeddings_, self.support_batch_ = None, kept
         self.support_labels_ = torch.tensor([index[labels[i]] for i in keep.tolist()],
                                             dtype=torch.long)
+        self.run_, self.modalities_, self.classes_ = run, modalities, list(classes)
         return self
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "classes_"):
             raise RunError("the classifier has no support set yet",
-                           fix="call fit(support) before predict")
+                           fix="call fit(X, y) before predict")
+
+    def decision_function(self, X: SampleSource) -> np.ndarray:
+        """Logits ``[Q, classes]`` of each of the ``Q`` samples of ``X``."""
+        self._check_fitted()
+        return self._logits(self._read(X, self.run_, self.modalities_, labelled=False))
 
     @torch.no_grad()
-    def decision_function(self, query: SampleSource) -> np.ndarray:
-        """Logits ``[Q, classes]`` of each query sample."""
-        self._check_fitted()
-        dataset = self.load_samples(query)
-        batch = self._decode(dataset)
+    def _logits(self, dataset: MultimodalDataset) -> np.ndarray:
+        """Logits ``[Q, classes]`` of the samples of a dataset read by `_read`."""
+        run, modalities = self.run_, self.modalities_
+        batch = self._decode(dataset, run, modalities)
         usable = torch.stack([mb.present.to(torch.bool) for mb in batch.values()], 1).any(1)
         if not bool(usable.all()):
             first = int((~usable).nonzero()[0])
             raise ModalityError(
-                f"{int((~usable).sum())} query sample(s) carry none of the model's modalities "
+                f"{int((~usable).sum())} query sample(s) carry none of the used modalities "
                 f"(the first is {dataset.ids[first]!r}); no prediction can be made for them",
                 file=getattr(dataset.table, "file", None), row=dataset.rows()[first],
-                fix=f"give each query sample at least one of: {', '.join(self.modalities)}, "
+                fix=f"give each query sample at least one of: {', '.join(modalities)}, "
                 "or leave such samples out")
-        model = self._run.model.eval()
+        model = run.model.eval()
         labels = self.support_labels_.to(self.device)
         if self.support_batch_ is None:
             logits = model.logits(self.support_embeddings_.to(self.device), labels,
-                                  self._embed(batch), len(self.classes_))
+                                  self._embed(run, batch), len(self.classes_))
         else:
             logits = model.adapt_predict(batch_to(self.support_batch_, self.device), labels,
                                          batch_to(batch, self.device), len(self.classes_))
         return logits.float().cpu().numpy()
 
-    def predict_proba(self, query: SampleSource) -> np.ndarray:
+    def predict_proba(self, X: SampleSource) -> np.ndarray:
         """Class probabilities ``[Q, classes]`` (softmax of the logits)."""
-        return torch.softmax(torch.from_numpy(self.decision_function(query)), -1).numpy()
+        return torch.softmax(torch.from_numpy(self.decision_function(X)), -1).numpy()
 
-    def predict(self, query: SampleSource) -> list[str]:
-        """The predicted class label of each query sample."""
-        return [self.classes_[k] for k in self.decision_function(query).argmax(1)]
+    def predict(self, X: SampleSource) -> list[Label]:
+        """The predicted class label of each sample of ``X`` (a list, in ``X``'s order)."""
+        return [self.classes_[k] for k in self.decision_function(X).argmax(1)]
+
+    def score(self, X: SampleSource, y: Sequence[Label],
+              sample_weight: Sequence[float] | None = None) -> float:
+        """The accuracy of `predict` on ``X`` against the labels ``y`` (weighted by
+        ``sample_weight`` when given), as scikit-learn's ``ClassifierMixin.score``; a label
+        that is not among ``classes_`` counts as an error.
+
+        Raises:
+            DatasetError: ``y`` (or ``sample_weight``) does not give one valid value per
+                sample of ``X``.
+        """
+        self._check_fitted()
+        dataset = self._read(X, self.run_, self.modalities_, labelled=False)
+        labels = checked_labels(y, len(dataset))
+        predicted = self._logits(dataset).argmax(1)
+        correct = np.array([self.classes_[k] == label for k, label in zip(predicted, labels,
+                                                                           strict=True)],
+                           dtype=np.float64)
+        if sample_weight is None:
+            return float(correct.mean())
+        try:
+            weights = np.asarray(sample_weight, dtype=np.float64)
+        except (TypeError, ValueError):
+            weights = np.full(0, np.nan)
+        if weights.shape != correct.shape or not np.isfinite(weights).all() or (
+                weights < 0).any() or weights.sum() <= 0:
+            raise DatasetError("sample_weight must hold one finite weight >= 0 per sample, "
+                               "not all zero", column="sample_weight",
+                               fix="give one weight per sample of X")
+        return float((correct * weights).sum() / weights.sum())
+
+    # -- saving and loading -----------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
         """Write the run (config, preprocessor, weights) and the fitted support set to
-        ``directory``, which `load` reads back."""
+        ``directory``, which `load` reads back. The constructor's ``modalities`` and
+        ``media_root`` are not written: pass them to `load` again.
+
+        Raises:
+            RunError: not fitted, or the classes are not strings (``support.json`` names
+                classes as strings).
+        """
         self._check_fitted()
+        if not all(isinstance(c, str) for c in self.classes_):
+            raise RunError("only string class labels can be saved", column="classes",
+                           fix="fit with string labels, e.g. y = [str(label) for label in y]")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if directory.resolve() != self.run.resolve():
+        source = self.run_.path
+        if directory.resolve() != source.resolve():
             for name in (CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE):
-                source = self.run / name
-                atomic_write(directory / name, lambda tmp, src=source: shutil.copyfile(src, tmp))
-        tensors = {"labels": self.support_labels_.contiguous().cpu()}
+                atomic_write(directory / name,
+                             lambda tmp, src=source / name: shutil.copyfile(src, tmp))
+        tensors = {"labels": self.support_labels_}
         if self.support_batch_ is None:
             form = "embeddings"
-            tensors["z"] = self.support_embeddings_.z.contiguous().cpu()
-            tensors["present"] = self.support_embeddings_.present.contiguous().cpu()
+            tensors["z"] = self.support_embeddings_.z
+            tensors["present"] = self.support_embeddings_.present
             modalities = self.support_embeddings_.modalities
         else:
             form = "samples"
             modalities = list(self.support_batch_)
             for name, mb in self.support_batch_.items():
-                tensors[f"{name}.values"] = mb.values.contiguous().cpu()
-                tensors[f"{name}.present"] = mb.present.contiguous().cpu()
+                tensors[f"{name}.values"] = mb.values
+                tensors[f"{name}.present"] = mb.present
                 if mb.lengths is not None:
-                    tensors[f"{name}.lengths"] = mb.lengths.contiguous().cpu()
-        atomic_write(directory / SUPPORT_FILE, lambda tmp: save_file(tensors, str(tmp)))
-        atomic_write_json(directory / SUPPORT_META, {
-            "classes": self.classes_, "modalities": modalities, "form": form})
+                    tensors[f"{name}.lengths"] = mb.lengths
+        write_support(directory, tensors, classes=self.classes_, modalities=modalities,
+                      form=form)
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: str = "cpu") -> FewShotClassifier:
-        """Read a classifier written by `save` (or an unfitted one from a plain run dir)."""
-        classifier = cls(directory, device=device)
+    def load(cls, directory: str | Path, *, device: str = "cpu",
+             modalities: Sequence[str] | None = None,
+             media_root: str | os.PathLike[str] | None = None) -> FewShotClassifier:
+        """Read a classifier written by `save` (fitted), or a plain run directory (unfitted:
+        the run is loaded and checked now). Every file is read strictly: a missing, corrupt or
+        inconsistent one is a `RunError` naming it and the key or tensor.
+
+        Args:
+            directory: what `save` wrote, or a run directory.
+            device, modalities, media_root: as for the constructor.
+        """
+        classifier = cls(directory, device=device, modalities=modalities,
+                         media_root=media_root)
+        run = classifier._load_run()
+        used = classifier._used_modalities(run)
         directory = Path(directory)
         if not (directory / SUPPORT_FILE).exists():
             return classifier
-        meta = _read_support_meta(directory / SUPPORT_META)
-        expected = "embeddings" if classifier._run.model.caches_embeddings else "samples"
+        meta = read_support_meta(directory / SUPPORT_META)
+        expected = "embeddings" if run.model.caches_embeddings else "samples"
         if meta["form"] != expected:
             raise RunError(
                 f"the saved support set holds {meta['form']}, but the run's learner "
-                f"({classifier._run.config.learner}) needs {expected}",
+                f"({run.config.learner}) needs {expected}",
                 file=directory / SUPPORT_META, column="form",
                 fix="fit this run's classifier on the support set again and save it")
-        tensors = _read_support_tensors(directory / SUPPORT_FILE, meta,
-                                        classifier._run.model.modalities)
-        classifier.classes_ = meta["classes"]
+        tensors = read_support_tensors(directory / SUPPORT_FILE, meta, run.model.modalities)
         classifier.support_labels_ = tensors["labels"]
         if meta["form"] == "embeddings":
             classifier.support_batch_ = None
@@ -252,92 +481,18 @@ class FewShotClassifier:
                 name: ModalityBatch(tensors[f"{name}.values"], tensors[f"{name}.present"],
                                     tensors.get(f"{name}.lengths"))
                 for name in meta["modalities"]}
+        classifier.run_, classifier.modalities_ = run, used
+        classifier.classes_ = meta["classes"]
         return classifier
-
-
-def _read_support_meta(path: Path) -> dict:
-    """``support.json``, checked: ``classes`` a non-empty list of unique strings,
-    ``modalities`` a list of strings, ``form`` ``embeddings`` or ``samples``."""
-    fix = "fit the classifier on its support set and save it again"
-    try:
-        meta = loads_json(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunError("support.json is missing beside support.safetensors", file=path,
-                       fix=fix) from None
-    except (ParseError, OSError, UnicodeDecodeError) as error:
-        raise RunError(f"support.json is corrupt ({error})", file=path, fix=fix) from None
-    if not isinstance(meta, dict):
-        raise RunError("support.json must hold an object", file=path, fix=fix)
-    meta.setdefault("form", "embeddings")
-    classes, modalities = meta.get("classes"), meta.get("modalities")
-    if (not isinstance(classes, list) or not classes
-            or not all(isinstance(c, str) for c in classes) or len(set(classes)) < len(classes)):
-        raise RunError("`classes` must be a non-empty list of distinct class names", file=path,
-                       column="classes", fix=fix)
-    if not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities):
-        raise RunError("`modalities` must be a list of modality names", file=path,
-                       column="modalities", fix=fix)
-    if meta["form"] not in ("embeddings", "samples"):
-        raise RunError(f"unknown form {meta['form']!r}", file=path, column="form", fix=fix)
-    return meta
-
-
-def _read_support_tensors(path: Path, meta: dict, model_modalities: list[str]) -> dict:
-    """``support.safetensors``, checked against ``support.json``: every tensor present, of
-    consistent sizes, finite, labels within the classes; `RunError` naming the tensor."""
-    fix = "fit the classifier on its support set and save it again"
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
-        raise RunError(f"support.safetensors is corrupt ({error})", file=path,
-                       fix=fix) from None
-
-    def need(key: str, dims: int | None = None) -> torch.Tensor:
-        if key not in tensors:
-            raise RunError("a tensor is missing", file=path, column=key, fix=fix)
-        tensor = tensors[key]
-        if dims is not None and tensor.dim() != dims:
-            raise RunError(f"tensor has {tensor.dim()} dimensions, {dims} expected", file=path,
-                           column=key, fix=fix)
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise RunError("tensor holds NaN or infinite values", file=path, column=key,
-                           fix=fix)
-        if tensor.shape[0] != size:
-            raise RunError(f"tensor has {tensor.shape[0]} rows, the labels {size}", file=path,
-                           column=key, fix=fix)
-        return tensor
-
-    size = -1
-    labels = tensors.get("labels")
-    if labels is None or labels.dim() != 1 or labels.dtype != torch.long or len(labels) == 0:
-        raise RunError("`labels` must be a non-empty 1-D int64 tensor", file=path,
-                       column="labels", fix=fix)
-    size = len(labels)
-    if int(labels.min()) < 0 or int(labels.max()) >= len(meta["classes"]):
-        raise RunError(f"labels must lie in 0..{len(meta['classes']) - 1}", file=path,
-                       column="labels", fix=fix)
-    unknown = [m for m in meta["modalities"] if m not in model_modalities]
-    if unknown:
-        raise RunError(f"modalities {unknown} are not the model's", file=path.with_name(
-            SUPPORT_META), column="modalities", fix=fix)
-    if meta["form"] == "embeddings":
-        z = need("z")
-        present = need("present", 2)
-        if z.dim() not in (2, 3) or present.dtype != torch.bool:
-            raise RunError("`z` must be [S, D] or [S, M, D] with a bool `present`", file=path,
-                           column="z", fix=fix)
-    else:
-        for name in meta["modalities"]:
-            need(f"{name}.values")
-            if need(f"{name}.present", 1).dtype != torch.bool:
-                raise RunError("tensor must be bool", file=path, column=f"{name}.present",
-                               fix=fix)
-            if f"{name}.lengths" in tensors:
-                need(f"{name}.lengths", 1)
-    return tensors
 
 
 def _has_columns(dataset: MultimodalDataset, modality: str) -> bool:
     spec = dataset.schema.modalities[modality]
-    columns = spec.columns if spec.kind == "tabular" else [spec.column]
+    columns = spec.columns if spec.columns is not None else [spec.column]
     return all(c in dataset.table.columns for c in columns)
+
+
+def _any_column(dataset: MultimodalDataset, modality: str) -> bool:
+    """True when the samples have a column of ``modality`` (one of a tabular modality's)."""
+    spec = dataset.schema.modalities.get(modality)
+    return spec is not None and any(c in dataset.table.columns for c in spec.source_columns())

@@ -51,7 +51,9 @@ def predict(run: str | Path | None = None, settings: PredictSettings | None = No
     from metamodal.classifier import FewShotClassifier
 
     s = resolve(PredictSettings, settings, {"run": run, **options}, verb="predict")
-    classifier = FewShotClassifier(s.run).fit(s.support)
+    classifier = FewShotClassifier(s.run, modalities=s.modalities)
+    support = classifier.load_samples(s.support, labelled=True)
+    classifier.fit(support, support.labels)
     query = classifier.load_samples(s.query)
     probabilities = classifier.predict_proba(query)
     rows = []

@@ -1,0 +1,117 @@
+"""A saved classifier's support set beside its run files: ``support.json`` (classes, modalities,
+form) and ``support.safetensors`` (labels, and the embeddings or the decoded samples), written
+atomically and read strictly: a missing, corrupt or inconsistent entry is a `RunError` naming
+the file and the key or tensor. `metamodal.classifier.FewShotClassifier` writes and reads
+them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from metamodal.errors import RunError
+from metamodal.io import ParseError, atomic_write, atomic_write_json, loads_json
+
+SUPPORT_FILE = "support.safetensors"
+SUPPORT_META = "support.json"
+SUPPORT_FORMS = ("embeddings", "samples")
+"""What a support set holds: the embedded samples (metric learners) or the decoded samples
+(learners that adapt the network's weights)."""
+
+
+def write_support(directory: str | Path, tensors: dict[str, torch.Tensor], *,
+                  classes: list[str], modalities: list[str], form: str) -> None:
+    """Write ``support.safetensors`` (``tensors``: ``labels`` long ``[S]``, then ``z`` /
+    ``present`` for embeddings or ``NAME.values`` / ``NAME.present`` / ``NAME.lengths`` per
+    modality for samples) and ``support.json`` into ``directory``, each atomically."""
+    directory = Path(directory)
+    tensors = {key: tensor.contiguous().cpu() for key, tensor in tensors.items()}
+    atomic_write(directory / SUPPORT_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write_json(directory / SUPPORT_META, {
+        "classes": classes, "modalities": modalities, "form": form})
+
+
+def read_support_meta(path: Path) -> dict:
+    """``support.json``, checked: ``classes`` a non-empty list of unique strings,
+    ``modalities`` a list of strings, ``form`` ``embeddings`` or ``samples``."""
+    fix = "fit the classifier on its support set and save it again"
+    try:
+        meta = loads_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError("support.json is missing beside support.safetensors", file=path,
+                       fix=fix) from None
+    except (ParseError, OSError, UnicodeDecodeError) as error:
+        raise RunError(f"support.json is corrupt ({error})", file=path, fix=fix) from None
+    if not isinstance(meta, dict):
+        raise RunError("support.json must hold an object", file=path, fix=fix)
+    meta.setdefault("form", "embeddings")
+    classes, modalities = meta.get("classes"), meta.get("modalities")
+    if (not isinstance(classes, list) or not classes
+            or not all(isinstance(c, str) for c in classes) or len(set(classes)) < len(classes)):
+        raise RunError("`classes` must be a non-empty list of distinct class names", file=path,
+                       column="classes", fix=fix)
+    if not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities):
+        raise RunError("`modalities` must be a list of modality names", file=path,
+                       column="modalities", fix=fix)
+    if meta["form"] not in SUPPORT_FORMS:
+        raise RunError(f"unknown form {meta['form']!r}", file=path, column="form", fix=fix)
+    return meta
+
+
+def read_support_tensors(path: Path, meta: dict, model_modalities: list[str]) -> dict:
+    """``support.safetensors``, checked against ``support.json``: every tensor present, of
+    consistent sizes, finite, labels within the classes; `RunError` naming the tensor."""
+    fix = "fit the classifier on its support set and save it again"
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise RunError(f"support.safetensors is corrupt ({error})", file=path,
+                       fix=fix) from None
+
+    def need(key: str, dims: int | None = None) -> torch.Tensor:
+        if key not in tensors:
+            raise RunError("a tensor is missing", file=path, column=key, fix=fix)
+        tensor = tensors[key]
+        if dims is not None and tensor.dim() != dims:
+            raise RunError(f"tensor has {tensor.dim()} dimensions, {dims} expected", file=path,
+                           column=key, fix=fix)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise RunError("tensor holds NaN or infinite values", file=path, column=key,
+                           fix=fix)
+        if tensor.shape[0] != size:
+            raise RunError(f"tensor has {tensor.shape[0]} rows, the labels {size}", file=path,
+                           column=key, fix=fix)
+        return tensor
+
+    size = -1
+    labels = tensors.get("labels")
+    if labels is None or labels.dim() != 1 or labels.dtype != torch.long or len(labels) == 0:
+        raise RunError("`labels` must be a non-empty 1-D int64 tensor", file=path,
+                       column="labels", fix=fix)
+    size = len(labels)
+    if int(labels.min()) < 0 or int(labels.max()) >= len(meta["classes"]):
+        raise RunError(f"labels must lie in 0..{len(meta['classes']) - 1}", file=path,
+                       column="labels", fix=fix)
+    unknown = [m for m in meta["modalities"] if m not in model_modalities]
+    if unknown:
+        raise RunError(f"modalities {unknown} are not the model's", file=path.with_name(
+            SUPPORT_META), column="modalities", fix=fix)
+    if meta["form"] == "embeddings":
+        z = need("z")
+        present = need("present", 2)
+        if z.dim() not in (2, 3) or present.dtype != torch.bool:
+            raise RunError("`z` must be [S, D] or [S, M, D] with a bool `present`", file=path,
+                           column="z", fix=fix)
+    else:
+        for name in meta["modalities"]:
+            need(f"{name}.values")
+            if need(f"{name}.present", 1).dtype != torch.bool:
+                raise RunError("tensor must be bool", file=path, column=f"{name}.present",
+                               fix=fix)
+            if f"{name}.lengths" in tensors:
+                need(f"{name}.lengths", 1)
+    return tensors
+

@@ -147,7 +147,7 @@ class FewShotClassifier:
         index = {c: k for k, c in enumerate(classes)}
         kept = index_batch(batch, keep)
         self.classes_ = classes
-        if self._run.model.caches_embeddings:
+        if self._run.model.capabilities().embeds_once:
             self.support_embeddings_, self.support_batch_ = self._embed(kept), None
         else:
             self.support_embeddings_, self.support_batch_ = None, kept
@@ -230,7 +230,8 @@ class FewShotClassifier:
         if not (directory / SUPPORT_FILE).exists():
             return classifier
         meta = _read_support_meta(directory / SUPPORT_META)
-        expected = "embeddings" if classifier._run.model.caches_embeddings else "samples"
+        expected = ("embeddings" if classifier._run.model.capabilities().embeds_once
+                    else "samples")
         if meta["form"] != expected:
             raise RunError(
                 f"the saved support set holds {meta['form']}, but the run's learner "

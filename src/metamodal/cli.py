@@ -283,7 +283,7 @@ def _imputation(run_dir: str, run: Any, store: Any, classes: list[str],
     from metamodal.train.alignment import load_alignment
 
     if ("alignment" not in read_run_config(run_dir) or run.model.late
-            or not run.model.learner.caches_embeddings):
+            or not run.model.capabilities().embeds_once):
         return None  # imputation fills embeddings: metric learners with early fusion only
     common = {k: v for k, v in common.items() if k != "modalities"}
     curves = imputation_curves(run.model, load_alignment(run_dir), store, classes, **common)
@@ -465,7 +465,7 @@ def _mapping_results(args: argparse.Namespace, run: Any, prepared: Any,
                            seed=args.seed),
         projection=joint_projection(run.model, prepared.store, test,
                                     modalities=aligner.modalities))
-    if not run.model.late and run.model.learner.caches_embeddings:
+    if not run.model.late and run.model.capabilities().embeds_once:
         results.imputation = imputation_curves(run.model, aligner, prepared.store, test,
                                                **common)
     described = args.descriptions_from or (prepared.dataset.root / DESCRIPTIONS_FILE).is_file()

@@ -474,7 +474,7 @@ def test_channels_last_encoders_match_the_plain_layout(
     assert out.is_contiguous()
 
     for module in (audio, image):  # the same encoder without the conversion: NCHW throughout
-        monkeypatch.setattr(module, "to_channels_last", lambda x: x)
+        monkeypatch.setattr(module, "to_channels_last", lambda x, **_: x)
     expected = plain(batch)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     upstream = torch.randn(out.shape, generator=g)

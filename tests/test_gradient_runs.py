@@ -45,7 +45,7 @@ def test_the_run_records_the_inner_loop_options(runs: tuple[Path, Path, Path]) -
     assert run.config.meta_batch == 2
     assert run.config.learner_options == {"inner_steps": 2, "eval_steps": 3}
     assert (run.model.learner.inner_steps, run.model.learner.eval_steps) == (2, 3)
-    assert not run.model.caches_embeddings
+    assert not run.model.capabilities().embeds_once
 
 
 def test_evaluation_runs_each_episode_through_adapt_predict(

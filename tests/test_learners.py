@@ -13,6 +13,7 @@ from metamodal.errors import ConfigError, DatasetError, InsufficientSamplesError
 from metamodal.learners import (
     Embeddings,
     FineTune,
+    LearnerCapabilities,
     MatchingNet,
     NearestCentroid,
     ProtoNet,
@@ -21,11 +22,10 @@ from metamodal.learners import (
     SupervisedClassifier,
     check_support,
     class_means,
-    contrastive_loss,
     learners,
-    support_checked,
 )
-from metamodal.learners.base import (
+from metamodal.losses import contrastive_loss
+from metamodal.ops import (
     euclidean_distances,
     l2_normalize,
     safe_sqrt,
@@ -60,19 +60,25 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (see conftest
 # ----------------------------------------------------------------------------- registry
 
 
-def test_registry_lists_every_learner_and_their_training_modes() -> None:
+def test_registry_lists_every_learner_and_their_capabilities() -> None:
     metric = ["am3", "finetune", "matchingnet", "nearest-centroid", "protonet", "relationnet",
               "siamese"]
     gradient = ["anil", "fomaml", "lstm-optimizer", "maml", "maml++", "metasgd", "reptile"]
     assert learners.names() == sorted(metric + gradient)
     built = {name: learners.create(name, dim=4) for name in learners.names()}
-    modes = {name: learner.training_mode for name, learner in built.items()}
-    assert modes == {
+    capabilities = {name: learner.capabilities() for name, learner in built.items()}
+    assert all(isinstance(c, LearnerCapabilities) for c in capabilities.values())
+    assert {name: c.training for name, c in capabilities.items()} == {
         "finetune": "supervised", "nearest-centroid": "supervised",
         **{name: "episodic" for name in ["am3", "matchingnet", "protonet", "relationnet",
                                          "siamese", *gradient]},
     }
-    assert {name for name, learner in built.items() if learner.caches_embeddings} == set(metric)
+    assert {name for name, c in capabilities.items() if c.embeds_once} == set(metric)
+    assert {name for name, c in capabilities.items() if c.batches_tasks} == set(gradient)
+    assert {name for name, c in capabilities.items() if c.uses_class_semantics} == {"am3"}
+    for learner in built.values():  # the one method replaced these flags
+        assert not any(hasattr(learner, old) for old in ("training_mode", "caches_embeddings",
+                                                         "batches_tasks"))
 
 
 def test_default_loss_is_cross_entropy_and_extra_loss_is_zero() -> None:
@@ -145,20 +151,20 @@ def test_check_support_counts_and_errors() -> None:
         check_support(torch.tensor([0, 2]), 2)
 
 
-def test_check_support_trusts_only_the_labels_vouched_for() -> None:
+def test_given_counts_skip_the_check_and_missing_ones_are_checked() -> None:
     labels = torch.tensor([0, 1, 1])
+    support = torch.tensor([[0.0], [2.0], [4.0]])
     counts = check_support(labels, 2)
-    with support_checked(labels, 2, counts):
-        assert check_support(labels, 2) is counts  # no second check
-        means = class_means(torch.tensor([[0.0], [2.0], [4.0]]), labels, 2)
-        assert means.tolist() == [[0.0], [3.0]]
-        # other labels (even equal ones), or other ways, are still checked
-        with pytest.raises(InsufficientSamplesError):
-            check_support(torch.tensor([0, 0]), 2)
-        assert check_support(labels.clone(), 2) is not counts
-        with pytest.raises(InsufficientSamplesError):
-            check_support(labels, 3)
-    assert check_support(labels, 2) is not counts  # the block is over
+    assert class_means(support, labels, 2, counts=counts).tolist() == [[0.0], [3.0]]
+    # the counts divide as given: the caller vouches for them, nothing is checked again
+    assert class_means(support, labels, 2, counts=torch.tensor([1, 1])).tolist() == [[0.0],
+                                                                                      [6.0]]
+    with pytest.raises(InsufficientSamplesError):
+        class_means(support, labels, 3)  # without counts the labels are checked
+    with pytest.raises(InsufficientSamplesError):
+        ProtoNet().scores(support, labels, support, 3)
+    assert torch.equal(ProtoNet().scores(support, labels, support, 2, counts=counts),
+                       ProtoNet().scores(support, labels, support, 2))
     with pytest.raises(DatasetError, match="0..1"):
         check_support(torch.tensor([-1, 0, 1]), 2)
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from metamodal import losses
 from metamodal.data.batch import ModalityBatch, TensorStore
 from metamodal.errors import ConfigError, DatasetError
-from metamodal.learners import AM3, ProtoNet, class_semantics
+from metamodal.learners import AM3, EpisodeContext, ProtoNet
 from metamodal.learners import siamese as siamese_module
 from metamodal.mapping import (
     Aligner,
@@ -38,8 +39,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (see conftest
 # ----------------------------------------------------------------------------- objectives
 
 
-def test_the_siamese_learner_reuses_the_mapping_contrastive_loss() -> None:
-    assert siamese_module.contrastive_loss is contrastive.contrastive_loss
+def test_the_siamese_learner_and_the_margin_alignment_share_one_contrastive_loss() -> None:
+    assert siamese_module.contrastive_loss is contrastive.contrastive_loss is \
+        losses.contrastive_loss
 
 
 def test_info_nce_is_low_for_matching_pairs_and_log_n_for_unrelated_ones() -> None:
@@ -289,14 +291,17 @@ def test_a_description_modality_describes_a_class_without_the_episodes_queries()
 # ----------------------------------------------------------------------------- AM3
 
 
-def test_am3_is_protonet_without_semantics_and_mixes_with_them() -> None:
+def test_am3_needs_a_context_is_protonet_without_semantics_and_mixes_with_them() -> None:
     torch.manual_seed(0)
     head = AM3(dim=4)
     s, q = torch.randn(6, 4), torch.randn(5, 4)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    assert torch.allclose(head.scores(s, labels, q, 3), ProtoNet().scores(s, labels, q, 3))
-    with class_semantics(torch.randn(3, 4)):
-        mixed = head.scores(s, labels, q, 3)
+    with pytest.raises(ConfigError, match="EpisodeContext"):
+        head.scores(s, labels, q, 3)  # not told: no silent ProtoNet
+    none = EpisodeContext()  # told explicitly: no semantics
+    assert torch.allclose(head.scores(s, labels, q, 3, context=none),
+                          ProtoNet().scores(s, labels, q, 3))
+    mixed = head.scores(s, labels, q, 3, context=EpisodeContext(class_semantics=torch.randn(3, 4)))
     assert not torch.allclose(mixed, ProtoNet().scores(s, labels, q, 3))
     _, lam = head.mixture(torch.zeros(3, 4), torch.randn(3, 4))
     assert lam.shape == (3, 1) and bool(((lam > 0) & (lam < 1)).all())
@@ -321,8 +326,9 @@ def test_am3_training_learns_to_use_informative_descriptions() -> None:
             s = torch.stack([z[labels == c][0] for c in classes])
             q = torch.cat([z[labels == c][1:] for c in classes])
             ql = torch.arange(5).repeat_interleave(9)
-            with class_semantics(centres[classes]):
-                correct_am3 += int((head.scores(s, torch.arange(5), q, 5).argmax(1) == ql).sum())
+            described = EpisodeContext(class_semantics=centres[classes])
+            correct_am3 += int((head.scores(s, torch.arange(5), q, 5, context=described)
+                                .argmax(1) == ql).sum())
             correct_proto += int((ProtoNet().scores(s, torch.arange(5), q, 5).argmax(1)
                                   == ql).sum())
     assert correct_am3 > correct_proto

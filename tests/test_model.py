@@ -13,7 +13,15 @@ from torch import Tensor, nn
 
 from metamodal.data.batch import Episode, ModalityBatch, TensorStore
 from metamodal.errors import ConfigError, InsufficientSamplesError, ModalityError, UnknownNameError
-from metamodal.learners import Embeddings, ProtoNet, Siamese, embed_pair, learners
+from metamodal.learners import (
+    Embeddings,
+    EpisodeContext,
+    LearnerCapabilities,
+    ProtoNet,
+    Siamese,
+    embed_pair,
+    learners,
+)
 from metamodal.model import Backbone, FewShotModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (see conftest.py)
@@ -173,7 +181,7 @@ def test_model_follows_the_fusion_order_and_checks_it() -> None:
         ProtoNet(),
     )
     assert model.modalities == ["a", "b"] and not model.late
-    assert model.training_mode == "episodic" and model.spec is None
+    assert model.capabilities().training == "episodic" and model.spec is None
     with pytest.raises(ConfigError, match="fusion combines"):
         Backbone({"a": LinearEncoder(2, 3)}, MaskedMean(["a", "b"], 3))
 
@@ -358,6 +366,22 @@ def input_info() -> dict[str, dict]:
 KINDS = {"a": "tabular", "b": "tabular", "t": "sequence"}
 
 
+def test_model_capabilities_are_the_learners_with_what_the_encoders_allow() -> None:
+    def caps(learner: str, encoder: str) -> LearnerCapabilities:
+        return FewShotModel.build(kinds=KINDS, input_info=input_info(), dim=8,
+                                  encoders={"t": encoder}, fusion="mean",
+                                  learner=learner).capabilities()
+
+    assert caps("protonet", "tcn") == LearnerCapabilities(embeds_once=True)
+    assert caps("maml", "tcn") == LearnerCapabilities(embeds_once=False, batches_tasks=True)
+    # a GRU packs its sequences by lengths read on the host: no vmap over tasks
+    assert caps("maml", "gru") == LearnerCapabilities(embeds_once=False)
+    assert caps("nearest-centroid", "gru").training == "supervised"
+    assert caps("am3", "gru").uses_class_semantics
+    assert not hasattr(FewShotModel, "caches_embeddings")
+    assert not hasattr(FewShotModel, "training_mode")
+
+
 def test_build_spec_round_trips_through_toml() -> None:
     torch.manual_seed(0)
     model = FewShotModel.build(
@@ -417,9 +441,12 @@ def test_every_learner_trains_through_a_built_model(learner: str, fusion: str) -
         learner=learner, learner_options={"steps": 5} if learner == "finetune" else None,
     )
     assert model.late == (fusion == "late")
-    loss, logits = model.loss(episode)
+    context = None
+    if model.capabilities().uses_class_semantics:  # AM3: the classes' descriptions
+        context = EpisodeContext(class_semantics=torch.randn(3, model.backbone.fusion.out_dim))
+    loss, logits = model.loss(episode, context)
     assert logits.shape == (6, 3) and torch.isfinite(loss)
-    if model.training_mode == "episodic":
+    if model.capabilities().training == "episodic":
         loss.backward()
         grads = [p.grad for p in model.backbone.encoders.parameters() if p.grad is not None]
         assert grads and any(float(g.abs().sum()) > 0 for g in grads)

@@ -24,6 +24,8 @@ from metamodal.learners.task_batching import (
     obstacles,
     stack_batches,
     uses_vmap,
+    vmap_modes,
+    vmap_ready,
 )
 from metamodal.model import FewShotModel
 from metamodal.train.trainer import Trainer
@@ -301,6 +303,26 @@ def test_nothing_from_inside_vmap_stays_in_the_model(learner: str, fusion: str) 
     copy.deepcopy(model)  # every tensor it keeps can be read and copied
     weights = getattr(model.backbone.fusion, "last_weights", None)
     assert weights is None or torch.isfinite(weights).all()
+
+
+def test_the_vmap_mode_is_on_in_every_module_that_declares_it_and_only_inside() -> None:
+    kinds = {"sound": "audio", "numbers": "tabular"}
+    model = build("maml", kinds, {"sound": "audio-cnn", "numbers": "mlp"}, "attention")
+    declared = vmap_modes(model.learner, model.backbone)
+    assert {"MAML", "AudioCNN", "MaskedBatchNorm", "AttentionFusion"} <= {
+        type(m).__name__ for m in declared}
+    seen = []
+
+    def one_task(x: Tensor) -> Tensor:
+        seen.append([m.under_task_vmap for m in declared])
+        return x.sum()
+
+    with vmap_ready(model.learner, model.backbone):
+        torch.func.vmap(one_task)(torch.zeros(2, 3))
+    assert seen == [[True] * len(declared)]
+    assert not any(m.under_task_vmap for m in declared)
+    losses, _ = batched_losses(model.learner, model.backbone, episodes(kinds))
+    assert torch.isfinite(losses).all() and not any(m.under_task_vmap for m in declared)
 
 
 def test_episodes_that_cannot_be_batched_are_a_typed_error() -> None:

@@ -131,6 +131,15 @@ def test_unknown_component_name_lists_registered_names(
     assert ("protonet" if key == "learner" else "gated") in str(error.value)
 
 
+def test_am3_is_refused_since_training_episodes_carry_no_descriptions(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    config = _config(tiny_data, learner="am3", modalities=["measurements"])
+    with pytest.raises(ConfigError, match="description") as error:
+        Trainer(config, tmp_path / "run", progress=False).fit()
+    assert error.value.column == "learner" and "zero-shot" in error.value.fix
+
+
 def test_unknown_encoder_name_lists_registered_names(tiny_data: Path, tmp_path: Path) -> None:
     config = _config(tiny_data, encoders={"image": "conv5"})
     with pytest.raises(UnknownNameError) as error:

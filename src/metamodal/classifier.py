@@ -320,7 +320,7 @@ class FewShotClassifier(EstimatorParams):
         keep = torch.nonzero(usable).flatten()
         index = {c: k for k, c in enumerate(classes)}
         kept = index_batch(batch, keep)
-        if run.model.caches_embeddings:
+        if run.model.capabilities().embeds_once:
             self.support_embeddings_, self.support_batch_ = self._embed(run, kept), None
         else:
             self.support_embeddings_, self.support_batch_ = None, kept
@@ -461,7 +461,7 @@ class FewShotClassifier(EstimatorParams):
         if not (directory / SUPPORT_FILE).exists():
             return classifier
         meta = read_support_meta(directory / SUPPORT_META)
-        expected = "embeddings" if run.model.caches_embeddings else "samples"
+        expected = "embeddings" if run.model.capabilities().embeds_once else "samples"
         if meta["form"] != expected:
             raise RunError(
                 f"the saved support set holds {meta['form']}, but the run's learner "

@@ -49,7 +49,7 @@ def _aligned_metric_run(run_dir: str | Path, run: Run) -> bool:
     """Whether ``run`` trained an alignment and fills embeddings that imputation can replace
     (a metric learner with early fusion)."""
     return ("alignment" in read_run_config(run_dir) and not run.model.late
-            and run.model.caches_embeddings)
+            and run.model.capabilities().embeds_once)
 
 
 @dataclass

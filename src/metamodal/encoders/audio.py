@@ -99,7 +99,7 @@ class AudioCNN(Encoder):
         mask = length_mask(lengths, values.shape[2])[:, None, None, :]  # [n, 1, 1, frames]
         x = torch.where(mask, values.unsqueeze(1), torch.zeros((), dtype=values.dtype))
         # channels_last: convolutions, MaskedBatchNorm and max-pooling keep it, and run faster
-        x = to_channels_last(x)
+        x = to_channels_last(x, batched=self.under_task_vmap)
         for conv, norm, mel_pool in zip(self.convs, self.norms, self.mel_pools, strict=True):
             x = torch.relu(norm(conv(x), mask))
             x = F.max_pool2d(x, (mel_pool, 2), ceil_mode=True)

@@ -49,6 +49,10 @@ class Encoder(nn.Module):
     """Whether `encode` can run under `torch.func.vmap` over the tasks of a meta-batch
     (`metamodal.learners.task_batching`); False where it reads values on the host."""
 
+    under_task_vmap: bool = False
+    """True while the encoder runs under `torch.func.vmap` over tasks (set by
+    `metamodal.learners.task_batching.vmap_ready`), where memory formats cannot be queried."""
+
     def __init__(self, *, dim: int, input_info: Mapping[str, Any]) -> None:
         super().__init__()
         if not isinstance(dim, int) or dim < 1:

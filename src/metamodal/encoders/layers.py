@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metamodal.batched_tasks import batching_tasks
 from metamodal.errors import ConfigError
 
 
@@ -126,7 +125,7 @@ def mlp_layers(in_features: int, widths: list[int], out_features: int,
     return layers
 
 
-def to_channels_last(x: Tensor) -> Tensor:
+def to_channels_last(x: Tensor, *, batched: bool = False) -> Tensor:
     """``x`` ``[B, C, H, W]`` in ``channels_last`` memory format (same values, same shape).
 
     Convolutions, BatchNorm and max-pooling of the CPU build run several times faster on
@@ -134,7 +133,9 @@ def to_channels_last(x: Tensor) -> Tensor:
     ``x.contiguous(memory_format=torch.channels_last)``, this also marks a one-channel input
     (whose plain layout is already valid ``channels_last``) with strides that convolutions
     recognise, so that the first convolution of a grayscale image or a spectrogram already
-    writes ``channels_last`` output. Copies only when the layout changes.
+    writes ``channels_last`` output. Copies only when the layout changes. With ``batched``
+    (under `torch.func.vmap` over tasks, where memory formats cannot be queried; the caller's
+    ``under_task_vmap``) ``x`` is returned as it is: the layout is only speed.
 
     Example:
         >>> to_channels_last(torch.zeros(2, 3, 4, 5)).stride()
@@ -143,7 +144,7 @@ def to_channels_last(x: Tensor) -> Tensor:
         >>> y.stride(), y.tolist()
         ((6, 1, 3, 1), [[[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]]])
     """
-    if batching_tasks():  # vmap cannot query memory formats; the layout is only speed
+    if batched:  # vmap cannot query memory formats; the layout is only speed
         return x
     batch, channels, height, width = x.shape
     if channels == 1:
@@ -170,6 +171,9 @@ class MaskedBatchNorm(nn.Module):
     Shapes:
         ``x`` ``[B, C, *positions]``, ``mask`` bool broadcastable to ``[B, 1, *positions]``.
 
+    Under `torch.func.vmap` over tasks (``under_task_vmap``, set by
+    `metamodal.learners.task_batching.vmap_ready`) it leaves memory formats alone.
+
     Example:
         >>> bn = MaskedBatchNorm(2)
         >>> x = torch.randn(3, 2, 5)
@@ -177,6 +181,10 @@ class MaskedBatchNorm(nn.Module):
         >>> bool(bn(x, mask)[..., 3:].abs().sum() == 0)
         True
     """
+
+    under_task_vmap: bool = False
+    """True while the layer runs under `torch.func.vmap` over tasks (memory formats cannot be
+    queried there)."""
 
     def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
@@ -214,22 +222,24 @@ class MaskedBatchNorm(nn.Module):
                     self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype),
                                            self.momentum)
             scale = (self.weight * torch.rsqrt(var + self.eps)).to(x.dtype)
-            bias = _in_layout_of(self.bias.to(x.dtype).view(shape) * keep, x)
+            bias = _in_layout_of(self.bias.to(x.dtype).view(shape) * keep, x,
+                                 self.under_task_vmap)
             return torch.addcmul(bias, centred, scale.view(shape))
         mean, var = self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
         scale = (self.weight * torch.rsqrt(var + self.eps)).to(x.dtype)
         shift = self.bias.to(x.dtype) - mean * scale
         # keep * ((x - mean) * scale + bias), the mask folded into the (small) factors
         return torch.addcmul(
-            _in_layout_of(shift.view(shape) * keep, x), x,
-            _in_layout_of(scale.view(shape) * keep, x),
+            _in_layout_of(shift.view(shape) * keep, x, self.under_task_vmap), x,
+            _in_layout_of(scale.view(shape) * keep, x, self.under_task_vmap),
         )
 
 
-def _in_layout_of(factor: Tensor, x: Tensor) -> Tensor:
+def _in_layout_of(factor: Tensor, x: Tensor, batched: bool) -> Tensor:
     """``factor`` (broadcastable to ``x``) in the memory format of ``x``, so that an
-    element-wise op taking ``factor`` first gives an output laid out like ``x``."""
-    if x.dim() == 4 and not batching_tasks() and not x.is_contiguous() and x.is_contiguous(
+    element-wise op taking ``factor`` first gives an output laid out like ``x``; as it is
+    when ``batched`` (under vmap, where memory formats cannot be queried)."""
+    if x.dim() == 4 and not batched and not x.is_contiguous() and x.is_contiguous(
         memory_format=torch.channels_last
     ):
         return factor.contiguous(memory_format=torch.channels_last)

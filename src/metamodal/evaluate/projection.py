@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from metamodal.data.batch import TensorStore
-from metamodal.learners.base import l2_normalize
 from metamodal.mapping.joint import encode_store
+from metamodal.ops import l2_normalize
 
 
 @dataclass

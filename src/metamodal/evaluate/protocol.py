@@ -2,7 +2,7 @@
 where the learner allows it.
 
 When the model's learner compares embeddings of the unadapted backbone (metric learners,
-``caches_embeddings`` True), a sample's embedding depends on that sample alone, so evaluation
+``capabilities().embeds_once``), a sample's embedding depends on that sample alone, so evaluation
 embeds each sample that any episode needs exactly once (in batches, without gradients, in eval
 mode) and then runs every episode's ``logits`` on those precomputed embeddings: 600 episodes
 cost 600 small calls instead of 600 passes of the encoders. When the learner adapts the
@@ -12,8 +12,9 @@ network per task (the MAML family), each episode's support and query batches go 
 The model is anything with the interface of ``metamodal.model.FewShotModel``:
 
 - ``modalities: list[str]`` (optional; without it, every modality of the store is used);
-- ``caches_embeddings: bool`` (optional, default True);
-- with it: ``embed(batch) -> Embeddings`` (or a plain tensor ``[B, D]``) and
+- ``capabilities() -> LearnerCapabilities`` (optional; without it the model is evaluated
+  from embeddings);
+- with ``embeds_once``: ``embed(batch) -> Embeddings`` (or a plain tensor ``[B, D]``) and
   ``logits(support, support_labels, query, ways) -> Tensor [Q, ways]``;
 - without it: ``adapt_predict(support_batch, support_labels, query_batch, ways) -> [Q, ways]``.
 
@@ -498,6 +499,13 @@ def _file_episodes(store: TensorStore, episodes: Sequence[Episode]) -> _IndexEpi
 # ----------------------------------------------------------------------------- scoring
 
 
+def _embeds_once(model: Any) -> bool:
+    """Whether ``model`` is evaluated from embeddings (`_predict_from_embeddings`): its
+    ``capabilities()`` say ``embeds_once``, or it has no ``capabilities``."""
+    capabilities = getattr(model, "capabilities", None)
+    return capabilities is None or capabilities().embeds_once
+
+
 def _score(
     model: Any,
     store: TensorStore,
@@ -519,7 +527,7 @@ def _score(
 
     episodes = zip(plan.support, plan.support_labels, plan.query, plan.ways, strict=True)
     episodes = _progress(episodes, enabled=progress, total=n_episodes, desc="episodes")
-    if getattr(model, "caches_embeddings", True):
+    if _embeds_once(model):
         preds = _predict_from_embeddings(model, store, plan, episodes, selected, drop, seed,
                                          batch_size, device, progress)
     else:

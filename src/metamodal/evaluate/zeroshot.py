@@ -14,10 +14,11 @@ from metamodal.data.episodes import EpisodeSampler
 from metamodal.errors import ConfigError, DatasetError, ModalityError
 from metamodal.evaluate.protocol import EvalResult, _sampled_episodes, embed_store
 from metamodal.evaluate.stats import mean_ci95, paired_difference
-from metamodal.learners.am3 import AM3, class_semantics
-from metamodal.learners.base import class_means, squared_distances
+from metamodal.learners.am3 import AM3
+from metamodal.learners.base import EpisodeContext, class_means
 from metamodal.mapping.descriptions import BagOfWords, require_descriptions
 from metamodal.mapping.zeroshot import fit_am3, fit_description_map, zero_shot_logits
+from metamodal.ops import squared_distances
 
 ZERO_SHOT = "zero-shot: nearest mapped description"
 PROTOTYPE = "prototypes alone (ProtoNet)"
@@ -227,8 +228,8 @@ def evaluate_zero_shot(
                 s, q = z_all[support], z_all[query]
                 semantic = description_map.transform(features.episode(classes, query, queries))
                 proto = -squared_distances(q, class_means(s, support_labels, ways))
-                with class_semantics(semantic):
-                    am3 = head.scores(s, support_labels, q, ways)
+                am3 = head.scores(s, support_labels, q, ways,
+                                  context=EpisodeContext(class_semantics=semantic))
                 zero = zero_shot_logits(q, semantic)
                 for name, logits in ((ZERO_SHOT, zero), (PROTOTYPE, proto), (AM3_NAME, am3)):
                     acc[name].append(float((logits.argmax(1) == query_labels).float().mean()))

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metamodal.batched_tasks import batching_tasks
 from metamodal.errors import ConfigError
 from metamodal.fusion.base import Fusion, fusions
 
@@ -33,7 +32,8 @@ class AttentionFusion(Fusion):
     and under vmap over tasks, they run through `_encoder_layer`: the same computation written
     with plain tensor operations, which can be differentiated twice (second-order MAML through
     the fusion; the CPU's fused attention kernel has no double backward) and batched by
-    `torch.func.vmap`.
+    `torch.func.vmap` (``under_task_vmap``, set by
+    `metamodal.learners.task_batching.vmap_ready`).
 
     Args:
         modalities: the modality names.
@@ -53,6 +53,10 @@ class AttentionFusion(Fusion):
         >>> fusion({"a": torch.randn(3, 8), "b": torch.randn(3, 8)}, present).shape
         torch.Size([3, 8])
     """
+
+    under_task_vmap: bool = False
+    """True while the fusion runs under `torch.func.vmap` over tasks: the plain-tensor layers
+    then run even without gradients (the fused kernels have no vmap rule)."""
 
     def __init__(
         self,
@@ -89,7 +93,7 @@ class AttentionFusion(Fusion):
         tokens = torch.where(mask.unsqueeze(-1), z + self.type_embedding.to(z.dtype), zero)
         tokens = torch.cat([self.cls.expand(size, 1, self.dim).to(z.dtype), tokens], dim=1)
         padding = torch.cat([torch.zeros_like(mask[:, :1]), ~mask], dim=1)
-        if torch.is_grad_enabled() or batching_tasks():
+        if torch.is_grad_enabled() or self.under_task_vmap:
             out = tokens
             for layer in self.encoder.layers:
                 out = _encoder_layer(layer, out, padding)

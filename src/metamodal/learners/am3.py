@@ -3,35 +3,18 @@ few-shot prototypes mixed with each class's mapped description."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-
 import torch
 from torch import Tensor, nn
 
-from metamodal.learners.base import MetricLearner, class_means, learners, squared_distances
-
-_SEMANTICS: ContextVar[Tensor | None] = ContextVar("metamodal_class_semantics", default=None)
-
-
-@contextmanager
-def class_semantics(semantic: Tensor | None) -> Iterator[None]:
-    """Within this block, `AM3` mixes the episode's prototypes with ``semantic`` ``[ways, D]``:
-    row ``k`` is the mapped description of episode class ``k``.
-
-    Example:
-        >>> head = AM3(dim=2)
-        >>> s, q = torch.tensor([[0.0, 0.0], [4.0, 0.0]]), torch.tensor([[1.0, 0.0]])
-        >>> with class_semantics(torch.tensor([[2.0, 0.0], [4.0, 0.0]])):
-        ...     head.scores(s, torch.tensor([0, 1]), q, 2).argmax(1).item()
-        0
-    """
-    token = _SEMANTICS.set(semantic)
-    try:
-        yield
-    finally:
-        _SEMANTICS.reset(token)
+from metamodal.errors import ConfigError
+from metamodal.learners.base import (
+    EpisodeContext,
+    LearnerCapabilities,
+    MetricLearner,
+    class_means,
+    learners,
+)
+from metamodal.ops import squared_distances
 
 
 @learners.register("am3")
@@ -42,8 +25,11 @@ class AM3(MetricLearner):
     input-dependent mixing weight (a class whose description says little leans on its
     examples). Queries are scored by minus the squared distance, as in ProtoNet.
 
-    The description embeddings come through `class_semantics` (set by the code that knows the
-    episode's classes, e.g. `metamodal.evaluate.zeroshot`); without them AM3 is ProtoNet.
+    The description embeddings ``e`` come in explicitly, as the ``class_semantics`` of an
+    `EpisodeContext` (made by the code that knows the episode's classes, e.g.
+    `metamodal.evaluate.zeroshot` and `metamodal.mapping.zeroshot.fit_am3`). Without a
+    context AM3 refuses to run; with ``EpisodeContext()`` (semantics explicitly None) it is
+    ProtoNet.
 
     Xing, Rostamzadeh, Oreshkin and Pinheiro, 2019, "Adaptive Cross-Modal Few-shot Learning".
 
@@ -52,11 +38,13 @@ class AM3(MetricLearner):
         hidden: hidden width of ``g`` and ``h``.
 
     Example:
-        >>> head = AM3(dim=4)
-        >>> s, q = torch.randn(6, 4), torch.randn(3, 4)
-        >>> with class_semantics(torch.randn(3, 4)):
-        ...     head.scores(s, torch.tensor([0, 0, 1, 1, 2, 2]), q, 3).shape
-        torch.Size([3, 3])
+        >>> head = AM3(dim=2)
+        >>> s, q = torch.tensor([[0.0, 0.0], [4.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+        >>> described = EpisodeContext(class_semantics=torch.tensor([[2.0, 0.0], [4.0, 0.0]]))
+        >>> head.scores(s, torch.tensor([0, 1]), q, 2, context=described).argmax(1).item()
+        0
+        >>> head.scores(s, torch.tensor([0, 1]), q, 2, context=EpisodeContext()).tolist()
+        [[-1.0, -9.0]]
     """
 
     def __init__(self, *, dim: int, hidden: int = 64) -> None:
@@ -66,6 +54,11 @@ class AM3(MetricLearner):
         nn.init.zeros_(self.g[2].bias)
         self.h = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
+    def capabilities(self) -> LearnerCapabilities:
+        """Trained on episodes, embedded once for evaluation, and needs the episode's class
+        semantics (``uses_class_semantics``)."""
+        return LearnerCapabilities(embeds_once=True, uses_class_semantics=True)
+
     def mixture(self, prototypes: Tensor, semantic: Tensor) -> tuple[Tensor, Tensor]:
         """Mixed prototypes ``[ways, D]`` and the weights ``lambda`` ``[ways, 1]``."""
         w = semantic + self.g(semantic)
@@ -73,16 +66,39 @@ class AM3(MetricLearner):
         return lam * prototypes + (1 - lam) * w, lam
 
     def scores(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
+        self,
+        support: Tensor,
+        support_labels: Tensor,
+        query: Tensor,
+        ways: int,
+        *,
+        counts: Tensor | None = None,
+        context: EpisodeContext | None = None,
     ) -> Tensor:
         """Logits ``[Q, ways]`` = minus the squared distance to the mixed prototypes.
 
         Args:
             support: ``[ways*shots, D]``; support_labels: long ``[ways*shots]``;
             query: ``[Q, D]``; ways: number of classes.
+            counts: long ``[ways]`` from `check_support`, when the caller has checked the
+                labels.
+            context: its ``class_semantics`` ``[ways, D]`` are the episode's description
+                embeddings (None: the prototypes alone, as ProtoNet).
+
+        Raises:
+            ConfigError: no ``context`` (AM3 needs to be told the class semantics, or that
+                there are none).
         """
-        prototypes = class_means(support, support_labels, ways)
-        semantic = _SEMANTICS.get()
+        if context is None:
+            raise ConfigError(
+                "AM3 mixes each class's prototype with its description, but no episode "
+                "context came with this episode",
+                column="learner",
+                fix="pass context=EpisodeContext(class_semantics=...) with the classes' mapped "
+                "descriptions (EpisodeContext() for none: AM3 is then ProtoNet), or train "
+                "protonet and use `metamodal zero-shot`, which fits an AM3 head")
+        prototypes = class_means(support, support_labels, ways, counts=counts)
+        semantic = context.class_semantics
         if semantic is not None:
             prototypes, _ = self.mixture(prototypes, semantic.to(prototypes))
         return -squared_distances(query, prototypes)

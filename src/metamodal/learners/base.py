@@ -1,10 +1,13 @@
-"""What every learner shares: the registry, the `Learner` and `MetricLearner` base classes
-and episode helpers.
+"""What every learner shares: the registry, the `Learner` and `MetricLearner` base classes,
+what a learner can do (`LearnerCapabilities`), what an episode tells it beyond its samples
+(`EpisodeContext`), and the episode helpers (`check_support`, `class_means`, `embed_pair`).
 
 A *learner* owns an episode: given the backbone (encoders + fusion, ``backbone(batch) ->
 Embeddings``) and the episode's support and query batches it returns the query logits
-(``forward``) and the training loss (``loss``). Metric learners (`MetricLearner`) compare
-embeddings and let evaluation embed every sample once; optimisation-based learners
+(``forward``) and the training loss (``loss``). Everything a learner needs comes in through
+its arguments: the episode, an optional `EpisodeContext` (e.g. AM3's class semantics) and, for
+the scores of a checked support set, its per-class counts. Metric learners (`MetricLearner`)
+compare embeddings and let evaluation embed every sample once; optimisation-based learners
 (`metamodal.learners.gradient`) adapt the backbone's weights per task.
 
 Learners are built by name from `learners` with ``learners.create(name, dim=D, **options)``,
@@ -15,10 +18,9 @@ ignore it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import ClassVar
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +32,64 @@ from metamodal.learners.embeddings import Embeddings
 from metamodal.registry import Registry
 
 learners: Registry[nn.Module] = Registry("learner")
-"""Learners by name: metric (``protonet``, ``matchingnet``, ``relationnet``, ``siamese``),
-baselines (``nearest-centroid``, ``finetune``) and optimisation-based (``maml``, ``fomaml``,
-``anil``, ``metasgd``, ``maml++``, ``reptile``, ``lstm-optimizer``)."""
+"""Learners by name: metric (``protonet``, ``matchingnet``, ``relationnet``, ``siamese``,
+``am3``), baselines (``nearest-centroid``, ``finetune``) and optimisation-based (``maml``,
+``fomaml``, ``anil``, ``metasgd``, ``maml++``, ``reptile``, ``lstm-optimizer``)."""
 
 TRAINING_MODES = ("episodic", "supervised")
+
+
+@dataclass(frozen=True)
+class LearnerCapabilities:
+    """What a learner can do: the one thing the trainer, evaluation and the API ask a learner
+    (`Learner.capabilities`) or a model (`metamodal.model.FewShotModel.capabilities`).
+
+    Attributes:
+        training: ``"episodic"`` (meta-trained on episodes) or ``"supervised"`` (the backbone
+            is pre-trained by ordinary classification over every meta-train class, and the
+            learner only adapts per episode).
+        embeds_once: the learner sees a sample only through its embedding by the unadapted
+            backbone, so evaluation may embed every sample once and run each episode's
+            ``logits`` on those embeddings (metric learners). False for learners that adapt
+            the backbone's weights per task (the MAML family): each episode then runs through
+            ``forward`` (``adapt_predict``).
+        batches_tasks: ``loss`` can run under `torch.func.vmap` over a stack of episodes
+            (`metamodal.learners.task_batching`), so a meta-batch may be processed at once.
+            For a model, also every encoder can.
+        uses_class_semantics: the learner mixes each class's description embedding into its
+            prediction (AM3): it needs an `EpisodeContext` with ``class_semantics``.
+
+    Example:
+        >>> LearnerCapabilities(embeds_once=True).training
+        'episodic'
+    """
+
+    training: Literal["episodic", "supervised"] = "episodic"
+    embeds_once: bool = False
+    batches_tasks: bool = False
+    uses_class_semantics: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class EpisodeContext:
+    """What an episode tells a learner beyond its samples and labels, passed explicitly to
+    ``forward``, ``loss``, ``logits`` and ``scores``.
+
+    A learner whose capabilities say ``uses_class_semantics`` (AM3) refuses to run without a
+    context; ``EpisodeContext()`` says explicitly that there are no semantics (AM3 is then
+    ProtoNet). Other learners ignore the context.
+
+    Args:
+        class_semantics: ``[ways, D]``: row ``k`` is the mapped description of episode class
+            ``k`` (see `metamodal.mapping.zeroshot`), or None.
+
+    Example:
+        >>> EpisodeContext(class_semantics=torch.zeros(5, 8)).class_semantics.shape
+        torch.Size([5, 8])
+    """
+
+    class_semantics: Tensor | None = None
+
 
 
 class Learner(nn.Module):
@@ -43,24 +98,12 @@ class Learner(nn.Module):
     A learner gets the *backbone* (the encoders and the fusion as one `nn.Module`,
     ``backbone(batch) -> Embeddings``, callable through `torch.func.functional_call`) and an
     episode, and returns the query logits and the loss. Subclasses implement `forward`; the
-    default `loss` is the cross-entropy of those logits.
-
-    Class attributes:
-        training_mode: ``"episodic"`` (meta-trained on episodes) or ``"supervised"`` (the
-            backbone is pre-trained by ordinary classification over every meta-train class,
-            and the learner only adapts per episode).
-        caches_embeddings: True when the learner sees a sample only through its embedding by
-            the unadapted backbone, so that evaluation may embed every sample once and reuse
-            the embeddings across episodes (metric learners). Learners that adapt the
-            backbone's weights per task (the MAML family) set it False: evaluation then runs
-            each episode through `forward`.
-        batches_tasks: True when `loss` can run under `torch.func.vmap` over a stack of
-            episodes inside `metamodal.batched_tasks.tasks_batched` (the MAML family; see
-            `metamodal.learners.task_batching`), so that a meta-batch may be processed at once.
+    default `loss` is the cross-entropy of those logits. `capabilities` says what the learner
+    can do (how it trains, whether evaluation may embed each sample once, ...).
 
     Example:
         >>> class Nearest(Learner):
-        ...     def forward(self, backbone, support, support_labels, query, ways):
+        ...     def forward(self, backbone, support, support_labels, query, ways, context=None):
         ...         s, q = backbone(support).z, backbone(query).z
         ...         return -torch.cdist(q, class_means(s, support_labels, ways))
         >>> from metamodal.data.batch import ModalityBatch
@@ -70,11 +113,14 @@ class Learner(nn.Module):
         >>> batch = {"x": ModalityBatch(torch.eye(2), torch.ones(2, dtype=torch.bool))}
         >>> Nearest()(Identity(), batch, torch.tensor([0, 1]), batch, 2).argmax(1).tolist()
         [0, 1]
+        >>> Nearest().capabilities().embeds_once
+        False
     """
 
-    training_mode: ClassVar[str] = "episodic"
-    caches_embeddings: ClassVar[bool] = True
-    batches_tasks: ClassVar[bool] = False
+    def capabilities(self) -> LearnerCapabilities:
+        """What this learner can do; here: trained on episodes, each episode run through
+        `forward` (no `logits` on precomputed embeddings), one episode at a time."""
+        return LearnerCapabilities()
 
     def forward(  # pragma: no cover - abstract
         self,
@@ -83,6 +129,7 @@ class Learner(nn.Module):
         support_labels: Tensor,
         query: Mapping[str, ModalityBatch],
         ways: int,
+        context: EpisodeContext | None = None,
     ) -> Tensor:
         """Query logits ``[Q, ways]`` of an episode.
 
@@ -92,13 +139,17 @@ class Learner(nn.Module):
             support_labels: long ``[S]`` in ``0..ways-1``.
             query: modality name -> `ModalityBatch` of the ``Q`` query samples.
             ways: number of classes.
+            context: what the episode tells the learner beyond its samples (see
+                `EpisodeContext`); None when the caller has nothing to say.
         """
         raise NotImplementedError
 
-    def loss(self, backbone: nn.Module, episode: Episode) -> tuple[Tensor, Tensor]:
-        """The episode's training loss and its query logits ``[Q, ways]``."""
+    def loss(self, backbone: nn.Module, episode: Episode,
+             context: EpisodeContext | None = None) -> tuple[Tensor, Tensor]:
+        """The episode's training loss and its query logits ``[Q, ways]`` (``context`` as in
+        `forward`)."""
         logits = self(backbone, episode.support, episode.support_labels, episode.query,
-                      episode.ways)
+                      episode.ways, context)
         return F.cross_entropy(logits, episode.query_labels), logits
 
     def check_backbone(self, backbone: nn.Module) -> None:
@@ -117,23 +168,46 @@ class MetricLearner(Learner):
     Subclasses implement `scores` (support and query *embeddings* of one view in, logits
     out); `logits` runs it on fused embeddings, or on each modality's embeddings under late
     fusion and mixes them with the fusion's ``combine``. Embeddings do not depend on the
-    episode, so evaluation may compute them once per sample (``caches_embeddings``).
+    episode, so evaluation may compute them once per sample (``embeds_once`` in
+    `capabilities`).
 
     Optional overrides: `query_loss` (cross-entropy of the query logits) and `extra_loss`
     (zero; sees fused ``z`` and the per-modality ``parts``).
 
     Example:
         >>> class Nearest(MetricLearner):
-        ...     def scores(self, support, support_labels, query, ways):
-        ...         return -torch.cdist(query, class_means(support, support_labels, ways))
+        ...     def scores(self, support, support_labels, query, ways, *, counts=None,
+        ...                context=None):
+        ...         means = class_means(support, support_labels, ways, counts=counts)
+        ...         return -torch.cdist(query, means)
         >>> Nearest().scores(torch.eye(2), torch.tensor([0, 1]), torch.eye(2), 2).argmax(1)
         tensor([0, 1])
+        >>> Nearest().capabilities().embeds_once
+        True
     """
 
+    def capabilities(self) -> LearnerCapabilities:
+        """Trained on episodes; evaluation may embed each sample once (``embeds_once``)."""
+        return LearnerCapabilities(embeds_once=True)
+
     def scores(  # pragma: no cover - abstract
-        self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
+        self,
+        support: Tensor,
+        support_labels: Tensor,
+        query: Tensor,
+        ways: int,
+        *,
+        counts: Tensor | None = None,
+        context: EpisodeContext | None = None,
     ) -> Tensor:
-        """Query logits ``[Q, ways]`` from support ``[S, D]``, labels ``[S]``, query ``[Q, D]``."""
+        """Query logits ``[Q, ways]`` from support ``[S, D]``, labels ``[S]``, query ``[Q, D]``.
+
+        Args:
+            counts: long ``[ways]``: the support samples of each class, when the caller has
+                already checked ``support_labels`` with `check_support` (what it returned);
+                None: the learner checks them itself.
+            context: see `EpisodeContext`.
+        """
         raise NotImplementedError
 
     def query_loss(self, logits: Tensor, query_labels: Tensor) -> Tensor:
@@ -157,6 +231,7 @@ class MetricLearner(Learner):
         support_labels: Tensor,
         query: Embeddings,
         ways: int,
+        context: EpisodeContext | None = None,
     ) -> Tensor:
         """Query logits ``[Q, ways]`` from embedded support and query samples.
 
@@ -166,6 +241,7 @@ class MetricLearner(Learner):
         modality ``m`` on the support samples that have ``m``; ``valid[q, m]`` is True when
         query ``q`` has ``m`` and every class has a support sample with ``m``; the backbone's
         fusion ``combine`` mixes the per-modality logits ``[Q, M, ways]`` over the valid ones.
+        The support is checked once here (`check_support`); `scores` gets the counts.
 
         Args:
             backbone: the backbone that made the embeddings (its fusion mixes late logits).
@@ -173,6 +249,7 @@ class MetricLearner(Learner):
             support_labels: long ``[S]`` in ``0..ways-1``.
             query: embeddings of the ``Q`` query samples.
             ways: number of classes.
+            context: see `EpisodeContext`; passed on to `scores`.
 
         Raises:
             InsufficientSamplesError: some class has no support sample.
@@ -181,17 +258,20 @@ class MetricLearner(Learner):
         if not support.late:
             support, support_labels, counts = _informative_support(support, support_labels,
                                                                    ways, counts)
-            with support_checked(support_labels, ways, counts):
-                return self.scores(support.z, support_labels, query.z, ways)
-        return backbone.fusion.combine(*self.late_logits(support, support_labels, query, ways))
+            return self.scores(support.z, support_labels, query.z, ways, counts=counts,
+                               context=context)
+        return backbone.fusion.combine(*self.late_logits(support, support_labels, query, ways,
+                                                         context))
 
     def late_logits(
-        self, support: Embeddings, support_labels: Tensor, query: Embeddings, ways: int
+        self, support: Embeddings, support_labels: Tensor, query: Embeddings, ways: int,
+        context: EpisodeContext | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Per-modality logits ``[Q, M, ways]`` of late-fusion embeddings (``z`` ``[B, M, D]``)
         and bool ``valid`` ``[Q, M]``: `scores` per modality ``m`` on the support samples that
         have ``m``; ``valid[q, m]`` is True when query ``q`` has ``m`` and every class has a
-        support sample with ``m`` (other rows are zeros, never to be read)."""
+        support sample with ``m`` (other rows are zeros, never to be read). The caller has
+        checked ``support_labels`` (`check_support`)."""
         # per_class[k, m]: support samples of class k that have modality m
         has_modality = support.present.to(torch.long)
         per_class = has_modality.new_zeros(ways, has_modality.shape[1])
@@ -202,10 +282,9 @@ class MetricLearner(Learner):
         for m, use in enumerate(usable):
             if use:
                 rows = support.present[:, m].nonzero().squeeze(1)
-                labels = support_labels[rows]
-                with support_checked(labels, ways, per_class[:, m]):
-                    per_modality.append(self.scores(support.z[rows, m], labels,
-                                                    query.z[:, m], ways))
+                per_modality.append(self.scores(support.z[rows, m], support_labels[rows],
+                                                query.z[:, m], ways, counts=per_class[:, m],
+                                                context=context))
                 valid.append(query.present[:, m])
             else:
                 per_modality.append(query.z.new_zeros(len(query), ways))
@@ -219,15 +298,17 @@ class MetricLearner(Learner):
         support_labels: Tensor,
         query: Mapping[str, ModalityBatch],
         ways: int,
+        context: EpisodeContext | None = None,
     ) -> Tensor:
         """Embed support and query (in one pass where they carry the same modalities) and
         return `logits` ``[Q, ways]``."""
         s, q = embed_pair(backbone, support, query)
-        return self.logits(backbone, s, support_labels, q, ways)
+        return self.logits(backbone, s, support_labels, q, ways, context)
 
-    def loss(self, backbone: nn.Module, episode: Episode) -> tuple[Tensor, Tensor]:
+    def loss(self, backbone: nn.Module, episode: Episode,
+             context: EpisodeContext | None = None) -> tuple[Tensor, Tensor]:
         """`query_loss` of the query logits plus `extra_loss` of the embeddings, and the
-        logits ``[Q, ways]``.
+        logits ``[Q, ways]`` (``context`` as in `logits`).
 
         With a late fusion whose ``unimodal_loss`` weight is above zero, each modality's own
         logits are also trained: that weight times the mean over modalities of their
@@ -238,12 +319,12 @@ class MetricLearner(Learner):
         weight = getattr(backbone.fusion, "unimodal_loss", 0.0) if support.late else 0.0
         if not weight:
             logits = self.logits(backbone, support, episode.support_labels, query,
-                                 episode.ways)
+                                 episode.ways, context)
             total = self.query_loss(logits, episode.query_labels)
         else:
             check_support(episode.support_labels, episode.ways)
             per_modality, valid = self.late_logits(support, episode.support_labels, query,
-                                                   episode.ways)
+                                                   episode.ways, context)
             logits = backbone.fusion.combine(per_modality, valid)
             total = self.query_loss(logits, episode.query_labels)
             branches = [self.query_loss(per_modality[valid[:, m], m],
@@ -324,19 +405,12 @@ def register_log_scalar(module: nn.Module, name: str, value: float, *, learn: bo
         module.register_buffer(name, log_value)
 
 
-_CHECKED: ContextVar[tuple[Tensor, int, Tensor] | None] = ContextVar(
-    "metamodal_checked_support", default=None
-)
-"""The support labels (the tensor object itself), ways and counts that `support_checked`
-vouches for, while its block runs."""
-
-
 def check_support(support_labels: Tensor, ways: int) -> Tensor:
     """Check that every class ``0..ways-1`` has a support sample; return the counts ``[ways]``.
 
-    One device-to-host transfer (the ``ways`` counts) decides both checks. Inside a
-    `support_checked` block for these very labels the counts are returned without checking
-    again.
+    One device-to-host transfer (the ``ways`` counts) decides both checks. A caller that has
+    checked the labels passes the counts on (``counts=`` of `class_means` and of
+    `MetricLearner.scores`) instead of checking again.
 
     Args:
         support_labels: long ``[S]``, each in ``0..ways-1``.
@@ -351,9 +425,6 @@ def check_support(support_labels: Tensor, ways: int) -> Tensor:
         >>> check_support(torch.tensor([0, 0, 1]), 2).tolist()
         [2, 1]
     """
-    checked = _CHECKED.get()
-    if checked is not None and checked[0] is support_labels and checked[1] == ways:
-        return checked[2]
     classes = torch.arange(ways, device=support_labels.device)
     counts = (support_labels.unsqueeze(1) == classes).sum(0)  # [ways]; ignores stray labels
     listed = counts.tolist()  # the one transfer
@@ -373,120 +444,32 @@ def check_support(support_labels: Tensor, ways: int) -> Tensor:
     return counts
 
 
-@contextmanager
-def support_checked(support_labels: Tensor, ways: int, counts: Tensor) -> Iterator[None]:
-    """Within this block, `check_support` (and so `class_means`) trusts ``counts`` for these
-    ``support_labels`` and checks nothing again.
-
-    `MetricLearner.logits` checks an episode's support once and calls `scores` inside this
-    block, so a learner that checks again (every built-in one does, when called on its own)
-    costs no second device-to-host transfer. Other label tensors are checked as usual.
-
-    Args:
-        support_labels: the labels already checked (recognised as this very tensor object).
-        ways: the number of classes they were checked for.
-        counts: long ``[ways]``, what `check_support` returned for them.
-
-    Example:
-        >>> labels = torch.tensor([0, 1, 1])
-        >>> with support_checked(labels, 2, check_support(labels, 2)):
-        ...     class_means(torch.tensor([[0.0], [2.0], [4.0]]), labels, 2).tolist()
-        [[0.0], [3.0]]
-    """
-    token = _CHECKED.set((support_labels, ways, counts))
-    try:
-        yield
-    finally:
-        _CHECKED.reset(token)
-
-
-def class_means(support: Tensor, support_labels: Tensor, ways: int) -> Tensor:
+def class_means(support: Tensor, support_labels: Tensor, ways: int, *,
+                counts: Tensor | None = None) -> Tensor:
     """Mean support embedding of each class (the prototypes of Snell et al. 2017).
 
     Args:
         support: ``[S, D]`` support embeddings.
         support_labels: long ``[S]`` in ``0..ways-1``; every class must occur.
         ways: the number of classes.
+        counts: long ``[ways]``, what `check_support` returned for these labels when the
+            caller has checked them; None: checked here.
 
     Returns:
         ``[ways, D]``: row ``k`` is the mean of the support rows labelled ``k``.
 
+    Raises:
+        DatasetError, InsufficientSamplesError: as `check_support` (without ``counts``).
+
     Example:
         >>> class_means(torch.tensor([[0.0], [2.0], [5.0]]), torch.tensor([0, 0, 1]), 2).tolist()
         [[1.0], [5.0]]
+        >>> labels = torch.tensor([0, 1, 1])
+        >>> class_means(torch.tensor([[0.0], [2.0], [4.0]]), labels, 2,
+        ...             counts=check_support(labels, 2)).tolist()
+        [[0.0], [3.0]]
     """
-    counts = check_support(support_labels, ways)
+    if counts is None:
+        counts = check_support(support_labels, ways)
     one_hot = F.one_hot(support_labels, ways).to(support.dtype)  # [S, ways]
     return (one_hot.T @ support) / counts.to(support.dtype).unsqueeze(1)
-
-
-def squared_distances(query: Tensor, keys: Tensor) -> Tensor:
-    """Squared Euclidean distances between every query row and every key row.
-
-    Args:
-        query: ``[Q, D]``.
-        keys: ``[K, D]``.
-
-    Returns:
-        ``[Q, K]`` with entry ``(i, j) = ||query_i - keys_j||^2`` (clamped at 0 against rounding).
-
-    Example:
-        >>> squared_distances(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]])).tolist()
-        [[25.0]]
-    """
-    cross = query @ keys.T
-    sq = query.pow(2).sum(1, keepdim=True) + keys.pow(2).sum(1).unsqueeze(0) - 2 * cross
-    return sq.clamp_min(0.0)
-
-
-def tiny(dtype: torch.dtype, eps: float = 1e-12) -> float:
-    """``eps``, raised to the smallest normal number of floating ``dtype`` where it is smaller.
-
-    ``1e-12``, the usual guard against dividing by (or taking the root of) zero, rounds to 0
-    in float16 and then guards nothing; this gives a guard every floating dtype can hold.
-
-    Example:
-        >>> tiny(torch.float32), tiny(torch.float16)
-        (1e-12, 6.103515625e-05)
-    """
-    return max(eps, float(torch.finfo(dtype).tiny))
-
-
-def safe_sqrt(squared: Tensor, eps: float = 1e-12) -> Tensor:
-    """``sqrt(max(squared, tiny(dtype, eps)))``: square roots of non-negative values (e.g.
-    squared distances, any shape) whose gradient stays finite at zero in every floating dtype.
-
-    Example:
-        >>> safe_sqrt(torch.tensor([25.0, 0.0])).tolist()
-        [5.0, 9.999999974752427e-07]
-    """
-    return squared.clamp_min(tiny(squared.dtype, eps)).sqrt()
-
-
-def l2_normalize(x: Tensor, dim: int = -1) -> Tensor:
-    """``x`` divided by its L2 norm along ``dim``; all-zero rows stay zero.
-
-    Same as ``torch.nn.functional.normalize``, but with a floor on the norm that the dtype
-    can hold (`tiny`): with the default ``eps=1e-12``, a zero row (the embedding of a sample
-    with no modality, or of an absent modality under late fusion) becomes NaN in float16.
-
-    Args:
-        x: float ``[..., D]`` (any shape).
-        dim: the axis to normalise.
-
-    Example:
-        >>> l2_normalize(torch.tensor([[3.0, 4.0], [0.0, 0.0]]).half()).tolist()
-        [[0.60009765625, 0.7998046875], [0.0, 0.0]]
-    """
-    return F.normalize(x, dim=dim, eps=tiny(x.dtype))
-
-
-def euclidean_distances(query: Tensor, keys: Tensor, eps: float = 1e-12) -> Tensor:
-    """Euclidean distances ``[Q, K]`` between rows of ``query [Q, D]`` and ``keys [K, D]``,
-    with a gradient that stays finite at zero distance (``sqrt(max(d^2, eps))``, `safe_sqrt`).
-
-    Example:
-        >>> euclidean_distances(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]])).tolist()
-        [[5.0]]
-    """
-    return safe_sqrt(squared_distances(query, keys), eps)

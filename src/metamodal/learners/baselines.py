@@ -1,8 +1,9 @@
 """Baselines on frozen, supervised pre-trained features: nearest centroid and fine-tuning.
 
-These heads have ``training_mode = "supervised"``: the encoders and fusion are first trained
-with ordinary classification over every meta-train class (through `SupervisedClassifier`), then
-frozen; the head adapts to each episode from the support features alone.
+These heads train ``"supervised"`` (their `LearnerCapabilities`): the encoders and fusion are
+first trained with ordinary classification over every meta-train class (through
+`SupervisedClassifier`), then frozen; the head adapts to each episode from the support features
+alone.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metamodal.learners.base import (
+    EpisodeContext,
+    LearnerCapabilities,
     MetricLearner,
     check_support,
     class_means,
-    euclidean_distances,
-    l2_normalize,
     learners,
 )
+from metamodal.ops import euclidean_distances, l2_normalize
 
 
 class SupervisedClassifier(nn.Module):
@@ -84,12 +86,14 @@ class NearestCentroid(MetricLearner):
         [-0.0, -1.4142]
     """
 
-    training_mode = "supervised"
-
     def __init__(self, *, dim: int) -> None:
         super().__init__()
         self.feature_mean: Tensor
         self.register_buffer("feature_mean", torch.zeros(dim))
+
+    def capabilities(self) -> LearnerCapabilities:
+        """Supervised pre-training, then embedded once for evaluation."""
+        return LearnerCapabilities(training="supervised", embeds_once=True)
 
     def set_feature_mean(self, mean: Tensor) -> None:
         """Store the mean feature ``[D]`` of the pre-training data (subtracted before norming)."""
@@ -105,7 +109,14 @@ class NearestCentroid(MetricLearner):
         return l2_normalize(features - self.feature_mean, dim=1)
 
     def scores(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
+        self,
+        support: Tensor,
+        support_labels: Tensor,
+        query: Tensor,
+        ways: int,
+        *,
+        counts: Tensor | None = None,
+        context: EpisodeContext | None = None,
     ) -> Tensor:
         """Logits ``[Q, ways]``: minus the Euclidean distance to each class's mean.
 
@@ -114,8 +125,10 @@ class NearestCentroid(MetricLearner):
             support_labels: long ``[S]`` in ``0..ways-1``; every class must occur.
             query: ``[Q, D]`` query features.
             ways: number of classes.
+            counts: long ``[ways]`` from `check_support`, when the caller has checked the
+                labels; context: unused.
         """
-        centroids = class_means(self.normalize(support), support_labels, ways)
+        centroids = class_means(self.normalize(support), support_labels, ways, counts=counts)
         return -euclidean_distances(self.normalize(query), centroids)
 
 
@@ -153,8 +166,6 @@ class FineTune(MetricLearner):
         [0, 1]
     """
 
-    training_mode = "supervised"
-
     def __init__(
         self,
         *,
@@ -182,6 +193,10 @@ class FineTune(MetricLearner):
         self.normalize = normalize
         self.seed = seed
 
+    def capabilities(self) -> LearnerCapabilities:
+        """Supervised pre-training, then embedded once for evaluation."""
+        return LearnerCapabilities(training="supervised", embeds_once=True)
+
     def _features(self, x: Tensor) -> Tensor:
         return l2_normalize(x, dim=1) if self.normalize else x
 
@@ -190,10 +205,13 @@ class FineTune(MetricLearner):
             return self.scale * l2_normalize(x, dim=1) @ l2_normalize(weight, dim=1).T
         return x @ weight.T + bias
 
-    def fit(self, support: Tensor, support_labels: Tensor, ways: int) -> tuple[Tensor, Tensor]:
+    def fit(self, support: Tensor, support_labels: Tensor, ways: int, *,
+            counts: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Train a classifier on ``support`` ``[S, D]`` / ``support_labels`` ``[S]``; returns its
-        (detached) ``weight [ways, D]`` and ``bias [ways]``, in the dtype of ``support``."""
-        check_support(support_labels, ways)
+        (detached) ``weight [ways, D]`` and ``bias [ways]``, in the dtype of ``support``.
+        The labels are checked (`check_support`) unless their ``counts`` are given."""
+        if counts is None:
+            check_support(support_labels, ways)
         work = torch.promote_types(support.dtype, torch.float32)  # never fit in half precision
         with torch.inference_mode(False), torch.enable_grad():
             x = self._features(support.detach().to(work).clone())
@@ -235,7 +253,14 @@ class FineTune(MetricLearner):
         return weight.detach().to(support.dtype), bias.detach().to(support.dtype)
 
     def scores(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
+        self,
+        support: Tensor,
+        support_labels: Tensor,
+        query: Tensor,
+        ways: int,
+        *,
+        counts: Tensor | None = None,
+        context: EpisodeContext | None = None,
     ) -> Tensor:
         """Logits ``[Q, ways]`` of the classifier fitted to this episode's support set.
 
@@ -244,6 +269,8 @@ class FineTune(MetricLearner):
             support_labels: long ``[S]`` in ``0..ways-1``; every class must occur.
             query: ``[Q, D]`` query features.
             ways: number of classes.
+            counts: given when the caller has checked the labels (`check_support`);
+                context: unused.
         """
-        weight, bias = self.fit(support, support_labels, ways)
+        weight, bias = self.fit(support, support_labels, ways, counts=counts)
         return self._classify(self._features(query), weight, bias)

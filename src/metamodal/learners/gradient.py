@@ -1,4 +1,10 @@
-"""Optimisation-based learners: MAML, first-order MAML, ANIL, Meta-SGD and MAML++.
+"""The base of the optimisation-based learners (MAML and its family, Reptile, the learned LSTM
+optimiser): `GradientLearner`, which adapts the backbone's weights per task with an inner
+loop, and the checks of their options.
+
+The learners themselves: `metamodal.learners.maml` (``maml``, ``fomaml``, ``anil``,
+``metasgd``, ``maml++``), `metamodal.learners.reptile` (``reptile``) and
+`metamodal.learners.lstm_optimizer` (``lstm-optimizer``).
 
 Each task adapts a copy of the network's weights with a few gradient steps on the support set
 (the *inner loop*) and classifies the query set with the adapted weights; meta-training
@@ -28,13 +34,17 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metamodal.batched_tasks import batching_tasks
-from metamodal.data.batch import Episode, ModalityBatch, all_present
+from metamodal.data.batch import ModalityBatch, all_present
 from metamodal.errors import ConfigError
-from metamodal.learners.base import Learner, check_support, embed_pair, learners
+from metamodal.learners.base import (
+    EpisodeContext,
+    Learner,
+    LearnerCapabilities,
+    check_support,
+    embed_pair,
+)
 from metamodal.learners.embeddings import Embeddings
 from metamodal.learners.inner_loop import (
     BATCH_NORMS,
@@ -56,7 +66,13 @@ from metamodal.learners.inner_loop import (
 Batch = Mapping[str, ModalityBatch]
 
 
-def _positive_int(name: str, value: Any) -> int:
+def positive_int(name: str, value: Any) -> int:
+    """``value`` when it is an integer >= 1, else a `ConfigError` naming ``learner_options.<name>``.
+
+    Example:
+        >>> positive_int("inner_steps", 5)
+        5
+    """
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}",
                           column=f"learner_options.{name}",
@@ -64,7 +80,14 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
-def _positive_float(name: str, value: Any) -> float:
+def positive_float(name: str, value: Any) -> float:
+    """``value`` as a float when it is a finite number > 0, else a `ConfigError` naming
+    ``learner_options.<name>``.
+
+    Example:
+        >>> positive_float("inner_lr", 1)
+        1.0
+    """
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
             or not math.isfinite(value):
         raise ConfigError(f"{name} must be a number > 0, got {value!r}",
@@ -73,7 +96,14 @@ def _positive_float(name: str, value: Any) -> float:
     return float(value)
 
 
-def _fraction(name: str, value: Any) -> float:
+def fraction(name: str, value: Any) -> float:
+    """``value`` as a float when it is a number in 0..1, else a `ConfigError` naming
+    ``learner_options.<name>``.
+
+    Example:
+        >>> fraction("msl_until", 0.3)
+        0.3
+    """
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         raise ConfigError(f"{name} must be a number in 0..1, got {value!r}",
                           column=f"learner_options.{name}",
@@ -86,13 +116,9 @@ def _everyone(batch: Batch) -> bool:
     return any(all_present(mb.present) for mb in batch.values())
 
 
-def _key(name: str) -> str:
-    """A parameter name usable as a `nn.ParameterDict` key (no dots)."""
-    return name.replace(".", "__")
-
-
 class GradientLearner(Learner):
-    """Base class of the optimisation-based learners (MAML and its family).
+    """Base class of the optimisation-based learners (MAML and its family, Reptile, the LSTM
+    optimiser).
 
     Args:
         dim: width of the fused embeddings (the output layer's input).
@@ -111,8 +137,10 @@ class GradientLearner(Learner):
     the loss (`loss`).
     """
 
-    caches_embeddings = False
-    batches_tasks = True
+    under_task_vmap: bool = False
+    """True while `metamodal.learners.task_batching.vmap_ready` runs this learner under
+    `torch.func.vmap` over tasks: the inner loop then differentiates with `torch.func.grad`
+    and skips what reads a task's values on the host (the support check, done before)."""
 
     def __init__(
         self,
@@ -126,11 +154,11 @@ class GradientLearner(Learner):
         adapt: str | Sequence[str] = "all",
     ) -> None:
         super().__init__()
-        self.inner_steps = _positive_int("inner_steps", inner_steps)
-        self.inner_lr = _positive_float("inner_lr", inner_lr)
-        self.eval_steps = _positive_int("eval_steps", inner_steps if eval_steps is None
-                                        else eval_steps)
-        self.eval_lr = _positive_float("eval_lr", inner_lr if eval_lr is None else eval_lr)
+        self.inner_steps = positive_int("inner_steps", inner_steps)
+        self.inner_lr = positive_float("inner_lr", inner_lr)
+        self.eval_steps = positive_int("eval_steps", inner_steps if eval_steps is None
+                                       else eval_steps)
+        self.eval_lr = positive_float("eval_lr", inner_lr if eval_lr is None else eval_lr)
         self.first_order = bool(first_order)
         if isinstance(adapt, str):
             adapt = adapt if adapt in ("all", "head", "fusion") else [adapt]
@@ -143,6 +171,11 @@ class GradientLearner(Learner):
         self.adapted: list[str] = []
 
     # ------------------------------------------------------------------ set-up
+
+    def capabilities(self) -> LearnerCapabilities:
+        """Trained on episodes; each episode runs through `forward` (the network adapts per
+        task, so embeddings cannot be reused); tasks can be batched under vmap."""
+        return LearnerCapabilities(embeds_once=False, batches_tasks=True)
 
     def check_backbone(self, backbone: nn.Module) -> None:
         """Check the options against the backbone and record which of its weights adapt.
@@ -222,7 +255,7 @@ class GradientLearner(Learner):
         the same as with the embeddings computed again.
         """
         keep_all = _everyone(batch)
-        reuse = self._plain_sgd() and not stochastic(backbone) and not batching_tasks()
+        reuse = self._plain_sgd() and not stochastic(backbone) and not self.under_task_vmap
         first: list[tuple[Params, Embeddings]] = []  # the first step's weights and embeddings
 
         def loss(embedded: Embeddings, params: Params) -> Tensor:
@@ -249,7 +282,7 @@ class GradientLearner(Learner):
         reference = next(iter(params.values()))
         start["head.weight"] = reference.new_zeros(ways, self.dim)
         start["head.bias"] = reference.new_zeros(ways)
-        if not batching_tasks():  # torch.func.grad needs no flag (and forbids setting one)
+        if not self.under_task_vmap:  # torch.func.grad needs no flag (and forbids one)
             start["head.weight"].requires_grad_()
             start["head.bias"].requires_grad_()
         return start
@@ -287,7 +320,7 @@ class GradientLearner(Learner):
         entry (meta-training); otherwise (evaluation under `torch.no_grad`) the inner loop
         runs with gradients on, keeps no graph across steps, and the logits are detached.
         """
-        if not batching_tasks():  # checked before batching, where labels can be read
+        if not self.under_task_vmap:  # checked before batching, where labels can be read
             check_support(support_labels, ways)
         meta = torch.is_grad_enabled()
         steps, lr = self.steps_and_lr()
@@ -322,7 +355,8 @@ class GradientLearner(Learner):
                                else (support_loss, self.update))
             for step, params in enumerate(unroll(loss_fn, start, steps=steps, update=update,
                                                  create_graph=create_graph, track=meta,
-                                                 zero_first=backbone_names, keep_zero=plain)):
+                                                 zero_first=backbone_names, keep_zero=plain,
+                                                 batched=self.under_task_vmap)):
                 if every_step and step < steps - 1:
                     outputs.append(predict(params, step + 1))
             outputs.append(predict(params, steps))
@@ -335,323 +369,8 @@ class GradientLearner(Learner):
         support_labels: Tensor,
         query: Batch,
         ways: int,
+        context: EpisodeContext | None = None,
     ) -> Tensor:
-        """Query logits ``[Q, ways]`` after adapting to the support set."""
+        """Query logits ``[Q, ways]`` after adapting to the support set (``context`` is not
+        used: these learners use no class semantics)."""
         return self.adapt_and_predict(backbone, support, support_labels, query, ways)[-1]
-
-
-@learners.register("maml")
-class MAML(GradientLearner):
-    """Model-Agnostic Meta-Learning with second-order meta-gradients.
-
-    Finn, Abbeel and Levine, 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
-    Networks". See `GradientLearner` for the options.
-
-    Example:
-        >>> from metamodal.model import FewShotModel
-        >>> model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {"features": 3}},
-        ...                            dim=8, fusion="mean", learner="maml",
-        ...                            learner_options={"inner_steps": 2})
-        >>> from metamodal.data.batch import ModalityBatch
-        >>> batch = {"m": ModalityBatch(torch.randn(4, 3), torch.ones(4, dtype=torch.bool))}
-        >>> model.adapt_predict(batch, torch.tensor([0, 1, 0, 1]), batch, 2).shape
-        torch.Size([4, 2])
-    """
-
-
-@learners.register("fomaml")
-class FOMAML(GradientLearner):
-    """First-order MAML: the meta-gradient is the query gradient at the adapted weights.
-
-    Finn, Abbeel and Levine, 2017 (section 5.2). Same options as `GradientLearner`, with
-    ``first_order`` True.
-    """
-
-    def __init__(self, *, dim: int, **options: Any) -> None:
-        options.setdefault("first_order", True)
-        super().__init__(dim=dim, **options)
-
-
-@learners.register("anil")
-class ANIL(GradientLearner):
-    """Almost No Inner Loop: only the output layer adapts per task; the backbone is
-    meta-learned through it (its features are computed once per task).
-
-    Raghu, Raghu, Bengio and Vinyals, 2020, "Rapid Learning or Feature Reuse? Towards
-    Understanding the Effectiveness of MAML". Same options as `GradientLearner`, with
-    ``adapt`` ``"head"``.
-    """
-
-    def __init__(self, *, dim: int, **options: Any) -> None:
-        options.setdefault("adapt", "head")
-        super().__init__(dim=dim, **options)
-
-
-@learners.register("metasgd")
-class MetaSGD(GradientLearner):
-    """Meta-SGD: every adapted weight has its own meta-learned inner learning rate (a tensor of
-    the weight's shape; one row shared by the classes of the output layer).
-
-    Li, Zhou, Chen and Li, 2017, "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning".
-    ``inner_lr`` initialises the rates; at evaluation the learned rates are used (scaled by
-    ``eval_lr / inner_lr`` when ``eval_lr`` is given).
-    """
-
-    def __init__(self, *, dim: int, **options: Any) -> None:
-        super().__init__(dim=dim, **options)
-        self.rates = nn.ParameterDict({
-            "head__weight": nn.Parameter(torch.full((dim,), self.inner_lr)),
-            "head__bias": nn.Parameter(torch.tensor(self.inner_lr)),
-        })
-
-    def check_backbone(self, backbone: nn.Module) -> None:
-        """As `GradientLearner.check_backbone`, then one learning-rate tensor per adapted
-        weight."""
-        super().check_backbone(backbone)
-        params = dict(backbone.named_parameters())
-        for name in self.adapted:
-            self.rates[_key(name)] = nn.Parameter(torch.full_like(params[name].detach(),
-                                                                  self.inner_lr))
-
-    def update(self, step: int, params: Params, grads: Params) -> Params:
-        """``p - rate_p * g`` with the learned per-weight rates."""
-        scale = 1.0 if self.training else self.eval_lr / self.inner_lr
-        return {n: p - scale * self.rates[_key(n)] * grads[n] for n, p in params.items()}
-
-
-@learners.register("maml++")
-class MAMLPlusPlus(GradientLearner):
-    """MAML++: learned per-step, per-layer learning rates (LSLR), per-step BatchNorm weights
-    and biases (BNWB), the multi-step loss (MSL) and derivative-order annealing (DA).
-
-    Antoniou, Edwards and Storkey, 2019, "How to Train Your MAML".
-
-    Args:
-        msl_until: fraction of training over which the multi-step loss's weights move from
-            uniform over the steps to the last step only (0 turns MSL off).
-        first_order_until: fraction of training run with first-order meta-gradients before
-            switching to second order (DA).
-        **options: as `GradientLearner`.
-
-    BatchNorm normalises with each batch's statistics at every step (see the module
-    docstring); per-step *running* statistics (BNRS) are not kept. Training progress comes
-    from the trainer through `on_step`.
-    """
-
-    def __init__(self, *, dim: int, msl_until: float = 0.3, first_order_until: float = 0.25,
-                 **options: Any) -> None:
-        super().__init__(dim=dim, **options)
-        self.msl_until = _fraction("msl_until", msl_until)
-        self.first_order_until = _fraction("first_order_until", first_order_until)
-        self.progress = 1.0
-        self.rates = nn.ParameterDict()
-        self.norm_weights = nn.ParameterDict()
-
-    def check_backbone(self, backbone: nn.Module) -> None:
-        """As `GradientLearner.check_backbone`, then per-step rates for each adapted weight
-        and per-step copies of every BatchNorm weight and bias (taken out of the inner
-        loop)."""
-        super().check_backbone(backbone)
-        params = dict(backbone.named_parameters())
-        self.adapted = [n for n in self.adapted if n not in self._norm_params]
-        steps = max(self.inner_steps, self.eval_steps)
-        for name in [*self.adapted, "head.weight", "head.bias"]:
-            self.rates[_key(name)] = nn.Parameter(torch.full((steps,), self.inner_lr))
-        for name in sorted(self._norm_params):
-            self.norm_weights[_key(name)] = nn.Parameter(
-                params[name].detach().clone().unsqueeze(0).repeat(steps + 1,
-                                                                  *[1] * params[name].dim()))
-
-    def on_step(self, step: int, total: int) -> None:
-        """Record training progress (``step / total``) for MSL and DA."""
-        self.progress = step / max(total, 1)
-
-    def second_order(self) -> bool:
-        """First order until ``first_order_until`` of training, then second order."""
-        return not self.first_order and self.progress >= self.first_order_until
-
-    def step_params(self, step: int) -> Params:
-        """The BatchNorm weights and biases of inner step ``step``."""
-        return {name: self.norm_weights[_key(name)][min(step, len(self.norm_weights[
-            _key(name)]) - 1)] for name in self._norm_params}
-
-    def update(self, step: int, params: Params, grads: Params) -> Params:
-        """``p - rate[layer, step] * g`` with the learned per-step, per-layer rates."""
-        scale = 1.0 if self.training else self.eval_lr / self.inner_lr
-        return {n: p - scale * self.rates[_key(n)][step] * grads[n] for n, p in params.items()}
-
-    def loss_weights(self, steps: int) -> Tensor:
-        """MSL weights of the query losses after each of ``steps`` steps: uniform at the
-        start of training, annealed to the last step alone by ``msl_until``."""
-        if self.msl_until <= 0 or self.progress >= self.msl_until or steps == 1:
-            weights = torch.zeros(steps)
-            weights[-1] = 1.0
-            return weights
-        decay = self.progress / self.msl_until  # 0 -> 1
-        weights = torch.full((steps,), (1.0 - decay) / steps)
-        weights[-1] += decay
-        return weights
-
-    def loss(self, backbone: nn.Module, episode: Episode) -> tuple[Tensor, Tensor]:
-        """The multi-step loss: query cross-entropy after every inner step, weighted by
-        `loss_weights`; and the final query logits."""
-        outputs = self.adapt_and_predict(backbone, episode.support, episode.support_labels,
-                                         episode.query, episode.ways, every_step=True)
-        weights = self.loss_weights(len(outputs))
-        total = sum(float(w) * torch.nn.functional.cross_entropy(o, episode.query_labels)
-                    for w, o in zip(weights, outputs, strict=True) if w > 0)
-        return total, outputs[-1]
-
-
-@learners.register("reptile")
-class Reptile(GradientLearner):
-    """Reptile: adapt to each task with plain SGD, then move the meta-learned weights toward
-    the adapted ones.
-
-    Nichol, Achiam and Schulman, 2018, "On First-Order Meta-Learning Algorithms". Meta-training
-    adapts on all of an episode's samples (support and query) for ``inner_steps`` steps and
-    returns the surrogate loss ``1/2 * ||theta - phi||^2`` (``phi`` the adapted weights, held
-    fixed), whose gradient is ``theta - phi``: an outer SGD step of size ``epsilon`` is then
-    exactly Reptile's ``theta <- theta + epsilon * (phi - theta)``, and with ``--meta-batch N``
-    the mean over N tasks. The output layer starts at zero in every task (see the module
-    docstring). Prediction adapts to the support set as MAML does.
-    """
-
-    def __init__(self, *, dim: int, **options: Any) -> None:
-        if options.get("first_order") is False:
-            raise ConfigError("reptile is first order by definition",
-                              column="learner_options.first_order",
-                              fix="leave learner_options.first_order out, or use maml")
-        options["first_order"] = True
-        super().__init__(dim=dim, **options)
-
-    def check_backbone(self, backbone: nn.Module) -> None:
-        """As `GradientLearner.check_backbone`; Reptile needs backbone weights to adapt."""
-        super().check_backbone(backbone)
-        if not self.adapted:
-            raise ConfigError("reptile moves the backbone toward its adapted weights, but "
-                              f"adapt = {self.adapt!r} adapts none of them",
-                              column="learner_options.adapt",
-                              fix='use adapt = "all", "fusion" or a list of modalities')
-
-    def loss(self, backbone: nn.Module, episode: Episode) -> tuple[Tensor, Tensor]:
-        """The Reptile surrogate loss of one episode and the query logits ``[Q, ways]`` of the
-        weights adapted to the whole episode (for the training accuracy)."""
-        from metamodal.data.batch import cat_batches
-
-        ways = episode.ways
-        if not batching_tasks():
-            check_support(episode.support_labels, ways)
-        task = (cat_batches([episode.support, episode.query])
-                if set(episode.support) == set(episode.query) else episode.support)
-        labels = (torch.cat([episode.support_labels, episode.query_labels])
-                  if task is not episode.support else episode.support_labels)
-        steps, _ = self.steps_and_lr()
-        with torch.enable_grad(), task_batch_norm(backbone):
-            start = self._start(backbone, ways)
-            slots = parameter_slots(backbone)
-            task_loss = self._loss_fn(backbone, task, labels, slots)
-            *_, adapted = unroll(task_loss, start, steps=steps, update=self.update,
-                                 create_graph=False, track=False,
-                                 zero_first=frozenset(self.adapted), keep_zero=self._plain_sgd())
-            surrogate = sum(0.5 * (start[n] - adapted[n]).pow(2).sum() for n in self.adapted)
-            with torch.no_grad():
-                logits = self._logits(backbone, self._embed(backbone, episode.query, adapted,
-                                                            steps, slots), adapted)
-        return surrogate, logits
-
-
-def _preprocess_gradients(grads: Tensor, p: float) -> Tensor:
-    """Andrychowicz et al.'s gradient preprocessing, ``[N]`` -> ``[N, 2]``: ``(log|g| / p,
-    sign g)`` where ``|g| >= e^-p``, else ``(-1, e^p g)``."""
-    magnitude = grads.abs()
-    big = magnitude >= math.exp(-p)
-    first = torch.where(big, magnitude.clamp_min(math.exp(-p)).log() / p, -torch.ones_like(grads))
-    second = torch.where(big, grads.sign(), grads * math.exp(p))
-    return torch.stack([first, second], dim=1)
-
-
-def _lstm_cell(cell: nn.LSTMCell, x: Tensor, state: tuple[Tensor, Tensor]
-               ) -> tuple[Tensor, Tensor]:
-    """``cell(x, state)``: ``x`` ``[N, inputs]``, ``state`` two ``[N, hidden]``; under vmap
-    over tasks written out (input, forget, cell and output gates, in `nn.LSTMCell`'s order),
-    since the fused cell has no vmap rule."""
-    if not batching_tasks():
-        return cell(x, state)
-    h, c = state
-    gates = F.linear(x, cell.weight_ih, cell.bias_ih) + F.linear(h, cell.weight_hh, cell.bias_hh)
-    i, f, g, o = gates.chunk(4, 1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
-
-
-@learners.register("lstm-optimizer")
-class LSTMOptimizer(GradientLearner):
-    """A learned optimiser: a coordinate-wise LSTM proposes each inner-loop update, and is
-    meta-trained through the unrolled inner loop.
-
-    Andrychowicz et al., 2016, "Learning to Learn by Gradient Descent by Gradient Descent"
-    (coordinate-wise LSTM, gradient preprocessing, second derivatives dropped); Ravi and
-    Larochelle, 2017, "Optimization as a Model for Few-Shot Learning" (the LSTM as the inner
-    optimiser of few-shot learning, with the learner's initial weights meta-learned too).
-
-    Every adapted coordinate ``i`` carries its own LSTM state, the LSTM's weights are shared
-    by all coordinates; its input is the preprocessed gradient ``g_i``, and the update is
-    ``-lr * g_i + scale * out(h_i)``, with ``lr`` learned (from ``inner_lr``) and the output
-    layer initialised near zero: the optimiser starts as SGD and learns how to depart from it.
-
-    Args:
-        hidden: the LSTM's state size.
-        scale: multiplies the LSTM's proposals.
-        max_coordinates: refuse to adapt more weights than this (the LSTM state is
-            ``coordinates x hidden`` floats per step).
-        **options: as `GradientLearner` (``first_order`` defaults to True: the gradients are
-            inputs, not differentiated through).
-    """
-
-    def __init__(self, *, dim: int, hidden: int = 20, scale: float = 0.01,
-                 max_coordinates: int = 2_000_000, **options: Any) -> None:
-        options.setdefault("first_order", True)
-        super().__init__(dim=dim, **options)
-        self.hidden = _positive_int("hidden", hidden)
-        self.scale = _positive_float("scale", scale)
-        self.max_coordinates = _positive_int("max_coordinates", max_coordinates)
-        self.cell = nn.LSTMCell(2, self.hidden)
-        self.proposal = nn.Linear(self.hidden, 1)
-        nn.init.normal_(self.proposal.weight, std=1e-3)
-        nn.init.zeros_(self.proposal.bias)
-        self.log_lr = nn.Parameter(torch.tensor(math.log(self.inner_lr)))
-        self._state: tuple[Tensor, Tensor] | None = None
-
-    def check_backbone(self, backbone: nn.Module) -> None:
-        """As `GradientLearner.check_backbone`; also refuses more than ``max_coordinates``
-        adapted weights."""
-        super().check_backbone(backbone)
-        params = dict(backbone.named_parameters())
-        count = sum(params[n].numel() for n in self.adapted)
-        if count > self.max_coordinates:
-            raise ConfigError(
-                f"lstm-optimizer would adapt {count:,} weights (more than max_coordinates = "
-                f"{self.max_coordinates:,})", column="learner_options.adapt",
-                fix='set learner_options.adapt = "head" or a list of modalities, or raise '
-                "learner_options.max_coordinates")
-
-    def update(self, step: int, params: Params, grads: Params) -> Params:
-        """The LSTM's proposal for every adapted coordinate (its state is reset at step 0)."""
-        names = list(params)
-        flat = torch.cat([grads[n].reshape(-1) for n in names])
-        if step == 0 or self._state is None or self._state[0].shape[0] != flat.numel():
-            zeros = flat.new_zeros(flat.numel(), self.hidden)
-            self._state = (zeros, zeros)
-        inputs = _preprocess_gradients(flat.detach() if self.first_order else flat, 10.0)
-        h, c = _lstm_cell(self.cell, inputs.to(self.cell.weight_ih.dtype), self._state)
-        self._state = (h, c) if torch.is_grad_enabled() else (h.detach(), c.detach())
-        lr = 1.0 if self.training else self.eval_lr / self.inner_lr
-        delta = -lr * self.log_lr.exp() * flat + self.scale * self.proposal(h).squeeze(1)
-        out: Params = {}
-        offset = 0
-        for n in names:
-            size = params[n].numel()
-            out[n] = params[n] + delta[offset:offset + size].view_as(params[n])
-            offset += size
-        return out

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metamodal.batched_tasks import batching_tasks
 from metamodal.encoders.layers import MaskedBatchNorm
 
 Params = dict[str, Tensor]
@@ -170,11 +169,17 @@ def scaled_descent(
     return scaled
 
 
-def detached(params: Mapping[str, Tensor]) -> Params:
+def detached(params: Mapping[str, Tensor], *, batched: bool = False) -> Params:
     """Copies cut from the graph that require grad again (an inner loop without meta-gradient:
-    evaluation keeps no graph back to the initial weights); under `tasks_batched` only cut
-    (`torch.func.grad` needs no flag)."""
-    if batching_tasks():
+    evaluation keeps no graph back to the initial weights); with ``batched`` (under vmap over
+    tasks) only cut (`torch.func.grad` needs no flag).
+
+    Example:
+        >>> w = torch.ones(2, requires_grad=True) * 2
+        >>> [(p.requires_grad, p.grad_fn) for p in detached({"w": w}).values()]
+        [(True, None)]
+    """
+    if batched:
         return {n: p.detach() for n, p in params.items()}
     return {n: p.detach().requires_grad_() for n, p in params.items()}
 
@@ -330,12 +335,13 @@ def unroll(
     track: bool = True,
     zero_first: frozenset[str] = frozenset(),
     keep_zero: bool = False,
+    batched: bool = False,
 ) -> Iterator[Params]:
     """Run ``steps`` inner-loop updates and yield the parameters after each one.
 
     Args:
         loss_fn: ``loss_fn(params, step) -> scalar`` (the support loss), or a `Through`
-            loss (differentiated with `gradients_through`). Inside `tasks_batched` it is
+            loss (differentiated with `gradients_through`). With ``batched`` it is
             differentiated with `functional_gradients` and must return a tensor.
         params: the starting parameters (the meta-learned ones, or views of them).
         steps: the number of updates.
@@ -353,6 +359,9 @@ def unroll(
             without an update (as the very tensors that went in without ``create_graph``,
             else as views of them), and ``loss_fn`` may reuse at the second step what it
             computed from them at the first, returning a `Through` loss.
+        batched: the loop runs under `torch.func.vmap` over tasks
+            (`metamodal.learners.task_batching`): gradients come from `torch.func.grad`, since
+            `torch.autograd.grad` cannot run there.
 
     Example:
         >>> w = {"w": torch.tensor([3.0], requires_grad=True)}
@@ -363,8 +372,7 @@ def unroll(
         [0.75]
     """
     if not track:
-        params = detached(params)
-    batched = batching_tasks()
+        params = detached(params, batched=batched)
     for step in range(steps):
         skip = zero_first if step == 0 else frozenset()
         wanted = {n: p for n, p in params.items() if n not in skip}
@@ -379,12 +387,12 @@ def unroll(
         if skip and keep_zero:  # the skipped weights stay as they are
             moved = update(step, wanted, grads)
             if not track:
-                moved = detached(moved)
+                moved = detached(moved, batched=batched)
             params = {n: moved[n] if n in moved else p.view_as(p) if create_graph else p
                       for n, p in params.items()}
         else:
             grads.update({n: torch.zeros_like(params[n]) for n in skip})
             params = update(step, params, {n: grads[n] for n in params})
             if not track:
-                params = detached(params)
+                params = detached(params, batched=batched)
         yield params

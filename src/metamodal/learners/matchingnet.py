@@ -6,12 +6,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metamodal.learners.base import (
+    EpisodeContext,
     MetricLearner,
     check_support,
-    l2_normalize,
     learners,
     register_log_scalar,
 )
+from metamodal.ops import l2_normalize
 
 
 @learners.register("matchingnet")
@@ -47,7 +48,14 @@ class MatchingNet(MetricLearner):
         register_log_scalar(self, "log_scale", scale, learn=learn_scale)
 
     def scores(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
+        self,
+        support: Tensor,
+        support_labels: Tensor,
+        query: Tensor,
+        ways: int,
+        *,
+        counts: Tensor | None = None,
+        context: EpisodeContext | None = None,
     ) -> Tensor:
         """Log-probabilities ``[Q, ways]``: ``log sum_{i: y_i = k} softmax_i(s * cos(q, x_i))``.
 
@@ -56,8 +64,11 @@ class MatchingNet(MetricLearner):
             support_labels: long ``[S]`` in ``0..ways-1``; every class must occur.
             query: ``[Q, D]`` query embeddings.
             ways: number of classes.
+            counts: given when the caller has checked the labels (`check_support`);
+                context: unused.
         """
-        check_support(support_labels, ways)
+        if counts is None:
+            check_support(support_labels, ways)
         similarity = l2_normalize(query, dim=1) @ l2_normalize(support, dim=1).T  # [Q, S]
         scores = similarity * self.log_scale.exp()
         log_attention = scores.log_softmax(dim=1)  # [Q, S]

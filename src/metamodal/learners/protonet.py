@@ -5,12 +5,13 @@ from __future__ import annotations
 from torch import Tensor
 
 from metamodal.learners.base import (
+    EpisodeContext,
     MetricLearner,
     class_means,
     learners,
     register_log_scalar,
-    squared_distances,
 )
+from metamodal.ops import squared_distances
 
 
 @learners.register("protonet")
@@ -42,7 +43,14 @@ class ProtoNet(MetricLearner):
         register_log_scalar(self, "log_temperature", temperature, learn=learn_temperature)
 
     def scores(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
+        self,
+        support: Tensor,
+        support_labels: Tensor,
+        query: Tensor,
+        ways: int,
+        *,
+        counts: Tensor | None = None,
+        context: EpisodeContext | None = None,
     ) -> Tensor:
         """Logits ``[Q, ways]`` = ``-||query - prototype_k||^2 / temperature``.
 
@@ -51,6 +59,8 @@ class ProtoNet(MetricLearner):
             support_labels: long ``[ways*shots]`` in ``0..ways-1``.
             query: ``[Q, D]`` query embeddings.
             ways: number of classes.
+            counts: long ``[ways]`` from `check_support`, when the caller has checked the
+                labels; context: unused.
         """
-        prototypes = class_means(support, support_labels, ways)
+        prototypes = class_means(support, support_labels, ways, counts=counts)
         return -squared_distances(query, prototypes) / self.log_temperature.exp()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metamodal.learners.base import MetricLearner, class_means, learners
+from metamodal.learners.base import EpisodeContext, MetricLearner, class_means, learners
 
 
 @learners.register("relationnet")
@@ -54,7 +54,14 @@ class RelationNet(MetricLearner):
         self.relation = nn.Sequential(*blocks)
 
     def scores(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
+        self,
+        support: Tensor,
+        support_labels: Tensor,
+        query: Tensor,
+        ways: int,
+        *,
+        counts: Tensor | None = None,
+        context: EpisodeContext | None = None,
     ) -> Tensor:
         """Relation scores before the sigmoid, ``[Q, ways]``.
 
@@ -63,8 +70,10 @@ class RelationNet(MetricLearner):
             support_labels: long ``[S]`` in ``0..ways-1``; every class must occur.
             query: ``[Q, D]`` query embeddings.
             ways: number of classes.
+            counts: long ``[ways]`` from `check_support`, when the caller has checked the
+                labels; context: unused.
         """
-        classes = class_means(support, support_labels, ways)  # [ways, D]
+        classes = class_means(support, support_labels, ways, counts=counts)  # [ways, D]
         if self.pool == "sum":
             counts = torch.bincount(support_labels, minlength=ways).to(classes.dtype)
             classes = classes * counts.unsqueeze(1)

@@ -7,18 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metamodal.learners.base import (
-    MetricLearner,
-    check_support,
-    l2_normalize,
-    learners,
-    safe_sqrt,
-    squared_distances,
-)
+from metamodal.learners.base import EpisodeContext, MetricLearner, check_support, learners
 from metamodal.learners.embeddings import Embeddings
-from metamodal.mapping.contrastive import contrastive_loss
-
-__all__ = ["Siamese", "contrastive_loss"]
+from metamodal.losses import contrastive_loss
+from metamodal.ops import l2_normalize, safe_sqrt, squared_distances
 
 
 @learners.register("siamese")
@@ -39,8 +31,9 @@ class Siamese(MetricLearner):
        samples of the same class whatever modality they come in.
 
     Both use the margin-based contrastive loss of Hadsell et al. 2006 on Euclidean distances
-    (see `contrastive_loss`); the second is weighted by ``cross_modal_weight``. Embeddings are
-    L2-normalised first by default so that one margin suits every encoder.
+    (see `metamodal.losses.contrastive_loss`); the second is weighted by
+    ``cross_modal_weight``. Embeddings are L2-normalised first by default so that one margin
+    suits every encoder.
 
     Prediction: a query's logit for class ``k`` is minus ``scale`` times its mean distance to the
     support samples of class ``k`` (``predict="mean"``) or to the nearest one
@@ -97,7 +90,14 @@ class Siamese(MetricLearner):
         return l2_normalize(x, dim=-1) if self.normalize else x
 
     def scores(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, ways: int
+        self,
+        support: Tensor,
+        support_labels: Tensor,
+        query: Tensor,
+        ways: int,
+        *,
+        counts: Tensor | None = None,
+        context: EpisodeContext | None = None,
     ) -> Tensor:
         """Logits ``[Q, ways]``: minus the mean (or smallest) distance to each class's support.
 
@@ -106,8 +106,11 @@ class Siamese(MetricLearner):
             support_labels: long ``[S]`` in ``0..ways-1``; every class must occur.
             query: ``[Q, D]`` query embeddings.
             ways: number of classes.
+            counts: long ``[ways]`` from `check_support`, when the caller has checked the
+                labels; context: unused.
         """
-        counts = check_support(support_labels, ways)
+        if counts is None:
+            counts = check_support(support_labels, ways)
         distance = squared_distances(self._prepare(query), self._prepare(support))
         distance = safe_sqrt(distance)  # [Q, S]
         member = F.one_hot(support_labels, ways).to(distance.dtype)  # [S, ways]

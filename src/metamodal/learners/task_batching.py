@@ -5,8 +5,8 @@ The trainer processes a meta-batch in one of two ways (``task_batching``): ``loo
 episodes one after the other, each backpropagated on its own (the fastest and leanest way on
 CPU, see ``benchmarks/meta_learners.py``); ``vmap`` stacks a chunk of episodes along a new
 leading axis and runs the learner's `loss` once for all of them under `torch.func.vmap`, its
-inner loop differentiated with `torch.func.grad` (`tasks_batched`), and backpropagates the
-chunk's losses together (one graph per chunk, never one for the whole meta-batch). Both
+inner loop differentiated with `torch.func.grad`, and backpropagates the chunk's losses
+together (one graph per chunk, never one for the whole meta-batch). Both
 compute the same losses and meta-gradients up to rounding.
 
 vmap runs every sample through every encoder (it cannot skip absent rows, whose number is
@@ -14,6 +14,11 @@ data), so a chunk is batched only when its episodes are *complete*: every sample
 modality the episodes carry. A BatchNorm layer would otherwise see the absent rows' zeros
 in its statistics. Other chunks fall back to the loop, which masks absent modalities
 exactly (`batchable`).
+
+Modules that must behave differently under vmap over tasks (the optimisation-based learners,
+encoders, `MaskedBatchNorm`, the attention fusion) declare an ``under_task_vmap`` mode, as
+``training`` is declared by every module; `vmap_ready` switches it on for the duration of the
+vmapped call, as ``module.train()`` switches ``training``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from metamodal.batched_tasks import tasks_batched
 from metamodal.data.batch import Batch, Episode, ModalityBatch, all_present, cat_batches
 from metamodal.encoders.base import Encoder
 from metamodal.errors import ConfigError, DatasetError
@@ -138,7 +142,7 @@ def obstacles(learner: nn.Module, backbone: nn.Module) -> list[str]:
         ['learner ProtoNet runs each episode on its own']
     """
     found = []
-    if not getattr(learner, "batches_tasks", False):
+    if not learner.capabilities().batches_tasks:
         found.append(f"learner {type(learner).__name__} runs each episode on its own")
     for name, encoder in getattr(backbone, "encoders", {}).items():
         if not encoder.batches_tasks:
@@ -185,19 +189,47 @@ def _kept_tensors(module: nn.Module) -> dict[tuple[nn.Module, str], object]:
     return kept
 
 
+def vmap_modes(*modules: nn.Module) -> list[nn.Module]:
+    """The submodules of ``modules`` whose class declares the ``under_task_vmap`` mode.
+
+    Example:
+        >>> from metamodal.learners import learners
+        >>> [type(m).__name__ for m in vmap_modes(learners.create("maml", dim=4))]
+        ['MAML']
+    """
+    return [sub for module in modules for sub in module.modules()
+            if hasattr(type(sub), "under_task_vmap")]
+
+
 @contextmanager
 def vmap_ready(learner: nn.Module, backbone: nn.Module) -> Iterator[None]:
-    """Inside the block ``learner`` and ``backbone`` run under vmap as they run outside on
-    complete batches: every `Encoder` encodes all rows of a batch and zeroes the absent ones
-    afterwards (``skip_absent = False``; vmap cannot skip rows whose number is data), and every
-    BatchNorm and LayerNorm layer is written out (`_batch_norm`, `_layer_norm`). Tensors the
-    modules keep as attributes are put back as they were afterwards: those set inside exist
-    only within vmap and could not be read, copied or saved."""
+    """Inside the block ``learner`` and ``backbone`` run under vmap over tasks as they run
+    outside on complete batches: every module that declares the ``under_task_vmap`` mode
+    (`vmap_modes`) has it on, so that the learner's inner loop differentiates with
+    `torch.func.grad` and no layer queries memory formats; every `Encoder` encodes all rows of
+    a batch and zeroes the absent ones afterwards (``skip_absent = False``; vmap cannot skip
+    rows whose number is data), and every BatchNorm and LayerNorm layer is written out
+    (`_batch_norm`, `_layer_norm`). The modes are put back afterwards, and so are tensors the
+    modules keep as attributes: those set inside exist only within vmap and could not be
+    read, copied or saved.
+
+    Example:
+        >>> from metamodal.model import FewShotModel
+        >>> model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {"features": 3}},
+        ...                            dim=8, fusion="mean", learner="maml")
+        >>> with vmap_ready(model.learner, model.backbone):
+        ...     inside = model.learner.under_task_vmap
+        >>> inside, model.learner.under_task_vmap
+        (True, False)
+    """
     kept = {**_kept_tensors(learner), **_kept_tensors(backbone)}
+    modes = [(module, module.under_task_vmap) for module in vmap_modes(learner, backbone)]
     encoders = [(m, m.skip_absent) for m in backbone.modules() if isinstance(m, Encoder)]
     norms = [(m, _batch_norm if isinstance(m, nn.modules.batchnorm._BatchNorm) else _layer_norm)
              for m in backbone.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.LayerNorm)]
+    for module, _ in modes:
+        module.under_task_vmap = True
     for encoder, _ in encoders:
         encoder.skip_absent = False
     for norm, written_out in norms:
@@ -205,6 +237,8 @@ def vmap_ready(learner: nn.Module, backbone: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
+        for module, mode in modes:
+            module.under_task_vmap = mode
         for encoder, skip in encoders:
             encoder.skip_absent = skip
         for norm, _ in norms:
@@ -220,7 +254,7 @@ def batched_losses(learner: nn.Module, backbone: nn.Module, episodes: Sequence[E
     learner's `loss` run once under `torch.func.vmap` over the stacked episodes.
 
     Args:
-        learner: a learner whose ``batches_tasks`` is True (the MAML family).
+        learner: a learner whose capabilities say ``batches_tasks`` (the MAML family).
         backbone: the encoders and fusion.
         episodes: `batchable` episodes.
 
@@ -248,6 +282,6 @@ def batched_losses(learner: nn.Module, backbone: nn.Module, episodes: Sequence[E
                           first.classes, first.support_ids, first.query_ids)
         return learner.loss(backbone, episode)
 
-    with tasks_batched(), task_batch_norm(backbone), vmap_ready(learner, backbone):
+    with task_batch_norm(backbone), vmap_ready(learner, backbone):
         return torch.func.vmap(one_task, randomness="different")(
             support, query, support_labels, query_labels)

@@ -1,7 +1,7 @@
 """Cross-modal mapping: where a sample of one modality lands in another's space.
 
 - `contrastive`: symmetric InfoNCE with a learnable temperature (CLIP) and the margin-based
-  pair loss that the Siamese learner also uses;
+  alignment loss (on `metamodal.losses.contrastive_loss`, which the Siamese learner also uses);
 - `regression`: a network ``f`` with ``f(X) ~ Y`` under MSE or cosine loss;
 - `aligner`: `Aligner`, the trainable alignment of two or more modalities (objective, maps,
   imputation of a missing modality);
@@ -15,11 +15,9 @@ Training an alignment (``metamodal align``, ``train --align-weight``) lives in
 `metamodal.evaluate.zeroshot`.
 """
 
-# The learners come first: the Siamese learner imports `contrastive` from here, so the learners
-# package must be complete before any mapping module asks it for its helpers.
-import metamodal.learners  # noqa: F401  (import order, see above)
+from metamodal.losses import contrastive_loss
 from metamodal.mapping.aligner import OBJECTIVES, Aligner, parse_direction
-from metamodal.mapping.contrastive import contrastive_loss, info_nce, margin_alignment_loss
+from metamodal.mapping.contrastive import info_nce, margin_alignment_loss
 from metamodal.mapping.descriptions import (
     DESCRIPTIONS_FILE,
     BagOfWords,

@@ -1,5 +1,6 @@
 """Contrastive objectives that pull matching samples of two modalities together: symmetric
-InfoNCE with a learnable temperature (CLIP) and the margin-based pair loss (Hadsell et al.)."""
+InfoNCE with a learnable temperature (CLIP) and the margin-based pair loss (Hadsell et al.,
+`metamodal.losses.contrastive_loss`, which the Siamese learner shares)."""
 
 from __future__ import annotations
 
@@ -9,50 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metamodal.learners.base import l2_normalize, safe_sqrt, squared_distances
+from metamodal.losses import contrastive_loss
+from metamodal.ops import l2_normalize, squared_distances
 
 MAX_LOGIT_SCALE = 100.0
 """CLIP's cap on the inverse temperature (Radford et al. 2021), for stability."""
-
-
-def contrastive_loss(
-    sq_distances: Tensor, same: Tensor, valid: Tensor, *, margin: float, balance: bool = True
-) -> Tensor:
-    """Margin-based contrastive loss over pairs (Hadsell, Chopra and LeCun, 2006,
-    "Dimensionality Reduction by Learning an Invariant Mapping").
-
-    A positive pair (same class) costs ``d^2 / 2``; a negative pair costs
-    ``max(0, margin - d)^2 / 2``, with ``d`` the Euclidean distance.
-
-    Args:
-        sq_distances: squared Euclidean distances of the pairs, any shape ``[*P]``.
-        same: bool ``[*P]``: True for positive pairs.
-        valid: bool ``[*P]``: pairs that count (both sides present, not a sample with itself).
-        margin: distance beyond which a negative pair costs nothing.
-        balance: average positive and negative pairs separately and add the two means, so the
-            many negative pairs of a many-way episode do not drown the few positive ones;
-            otherwise one mean over every valid pair (the paper's sum, normalised).
-
-    Returns:
-        A scalar; zero when no pair is valid.
-
-    Example:
-        >>> d2 = torch.tensor([[0.25, 4.0]])
-        >>> same, valid = torch.tensor([[True, False]]), torch.ones(1, 2, dtype=torch.bool)
-        >>> float(contrastive_loss(d2, same, valid, margin=1.0))  # 0.25/2 + 0
-        0.125
-    """
-    distance = safe_sqrt(sq_distances)
-    positive_cost = 0.5 * sq_distances
-    negative_cost = 0.5 * F.relu(margin - distance).pow(2)
-    positive = same & valid
-    negative = ~same & valid
-    zero = torch.zeros((), dtype=sq_distances.dtype, device=sq_distances.device)
-    pos_sum = torch.where(positive, positive_cost, zero).sum()
-    neg_sum = torch.where(negative, negative_cost, zero).sum()
-    if balance:
-        return pos_sum / positive.sum().clamp_min(1) + neg_sum / negative.sum().clamp_min(1)
-    return (pos_sum + neg_sum) / valid.sum().clamp_min(1)
 
 
 def info_nce(a: Tensor, b: Tensor, log_scale: Tensor, labels: Tensor | None = None) -> Tensor:

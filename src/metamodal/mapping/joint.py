@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from metamodal.data.batch import TensorStore, batch_to
+from metamodal.learners.base import LearnerCapabilities
 from metamodal.learners.embeddings import Embeddings
 from metamodal.mapping.aligner import Aligner
 
@@ -65,8 +66,6 @@ class ImputingModel(nn.Module):
         >>> imputing = ImputingModel(run.model, load_alignment(run.path))  # doctest: +SKIP
     """
 
-    caches_embeddings = True
-
     def __init__(self, model: nn.Module, aligner: Aligner) -> None:
         super().__init__()
         self.model = model
@@ -76,6 +75,11 @@ class ImputingModel(nn.Module):
     def modalities(self) -> list[str]:
         """The wrapped model's modalities."""
         return list(self.model.modalities)
+
+    def capabilities(self) -> LearnerCapabilities:
+        """The wrapped model's capabilities (imputation needs ``embeds_once``: it fills in
+        embeddings)."""
+        return self.model.capabilities()
 
     def embed(self, batch: Mapping[str, Any]) -> Embeddings:
         """Fused `Embeddings` of ``batch`` with missing aligned modalities imputed."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metamodal.learners.base import l2_normalize
+from metamodal.ops import l2_normalize
 
 RECALL_AT = (1, 5, 10)
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from metamodal.errors import ConfigError
+from metamodal.learners.base import EpisodeContext
 from metamodal.mapping.linear import ridge_map
 
 
@@ -105,8 +106,8 @@ def fit_am3(
     """Meta-train an `metamodal.learners.AM3` head on fixed embeddings of training classes.
 
     The backbone stays frozen: each step draws an episode of ``ways`` training classes from
-    ``z``, mixes their prototypes with their semantic vectors and takes a gradient step on the
-    query cross-entropy.
+    ``z``, mixes their prototypes with their semantic vectors (passed to the head as the
+    episode's `EpisodeContext`) and takes a gradient step on the query cross-entropy.
 
     Args:
         head: the AM3 learner (its ``g`` and ``h`` are trained).
@@ -119,8 +120,6 @@ def fit_am3(
     Returns:
         The loss of every step.
     """
-    from metamodal.learners.am3 import class_semantics
-
     classes = int(labels.max()) + 1
     members = [torch.nonzero(labels == c).squeeze(1) for c in range(classes)]
     usable = [c for c in range(classes) if len(members[c]) >= shots + queries]
@@ -140,9 +139,8 @@ def fit_am3(
             rows = members[c][torch.randperm(len(members[c]), generator=generator)]
             support.append(rows[:shots])
             query.append(rows[shots:shots + queries])
-        with class_semantics(semantic[chosen]):
-            logits = head.scores(z[torch.cat(support)], support_labels, z[torch.cat(query)],
-                                 ways)
+        logits = head.scores(z[torch.cat(support)], support_labels, z[torch.cat(query)], ways,
+                             context=EpisodeContext(class_semantics=semantic[chosen]))
         loss = torch.nn.functional.cross_entropy(logits, query_labels)
         optimizer.zero_grad()
         loss.backward()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch  # noqa: F401  (the docstring examples use it)
@@ -13,8 +14,9 @@ from metamodal.data.batch import Episode
 from metamodal.encoders import DEFAULT_ENCODERS, build_encoder, check_hyperparameters
 from metamodal.errors import ConfigError
 from metamodal.fusion.base import build_fusion
-from metamodal.learners.base import learners
+from metamodal.learners.base import EpisodeContext, LearnerCapabilities, learners
 from metamodal.learners.embeddings import Embeddings
+from metamodal.learners.task_batching import obstacles
 from metamodal.model.backbone import Backbone
 
 
@@ -59,37 +61,50 @@ class FewShotModel(nn.Module):
         """True with late fusion: one embedding (and one set of logits) per modality."""
         return self.backbone.late
 
-    @property
-    def training_mode(self) -> str:
-        """The learner's training mode: ``"episodic"`` or ``"supervised"``."""
-        return str(getattr(self.learner, "training_mode", "episodic"))
+    def capabilities(self) -> LearnerCapabilities:
+        """What the model can do: its learner's `capabilities`, with ``batches_tasks`` only
+        when every encoder can run under vmap over tasks too.
 
-    @property
-    def caches_embeddings(self) -> bool:
-        """True when the learner compares embeddings of the unadapted backbone only, so that
-        evaluation may embed each sample once (`embed`, then `logits`)."""
-        return bool(getattr(self.learner, "caches_embeddings", True))
+        ``training`` says how the trainer trains it (``"episodic"`` or ``"supervised"``),
+        ``embeds_once`` whether evaluation may embed each sample once (`embed`, then
+        `logits`) instead of running each episode through `adapt_predict`, and
+        ``uses_class_semantics`` whether episodes need an `EpisodeContext` with the classes'
+        descriptions (AM3).
+
+        Example:
+            >>> model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {
+            ...     "features": 3}}, dim=8, fusion="mean", learner="maml")
+            >>> caps = model.capabilities()
+            >>> caps.training, caps.embeds_once, caps.batches_tasks
+            ('episodic', False, True)
+        """
+        learner = self.learner.capabilities()
+        if learner.batches_tasks and obstacles(self.learner, self.backbone):
+            return replace(learner, batches_tasks=False)
+        return learner
 
     def embed(self, batch: Mapping[str, Any]) -> Embeddings:
         """The backbone's embeddings of ``batch`` (see `Backbone.forward`)."""
         return self.backbone(batch)
 
     def logits(
-        self, support: Embeddings, support_labels: Tensor, query: Embeddings, ways: int
+        self, support: Embeddings, support_labels: Tensor, query: Embeddings, ways: int,
+        context: EpisodeContext | None = None,
     ) -> Tensor:
-        """Query logits ``[Q, ways]`` from precomputed embeddings (metric learners only).
+        """Query logits ``[Q, ways]`` from precomputed embeddings (learners whose capabilities
+        say ``embeds_once``: the metric learners); ``context`` as in the learner's `logits`.
 
         Raises:
             ConfigError: the learner adapts weights per task and needs the samples themselves
                 (use `adapt_predict`).
         """
-        if not self.caches_embeddings:
+        if not self.capabilities().embeds_once:
             raise ConfigError(
                 f"learner {type(self.learner).__name__} adapts the network per task and cannot "
                 "work from precomputed embeddings",
                 fix="call adapt_predict(support_batch, support_labels, query_batch, ways)",
             )
-        return self.learner.logits(self.backbone, support, support_labels, query, ways)
+        return self.learner.logits(self.backbone, support, support_labels, query, ways, context)
 
     def adapt_predict(
         self,
@@ -97,6 +112,7 @@ class FewShotModel(nn.Module):
         support_labels: Tensor,
         query: Mapping[str, Any],
         ways: int,
+        context: EpisodeContext | None = None,
     ) -> Tensor:
         """Adapt to a labelled support batch and return the query logits ``[Q, ways]``.
 
@@ -105,18 +121,23 @@ class FewShotModel(nn.Module):
             support_labels: long ``[S]`` in ``0..ways-1``.
             query: modality name -> `ModalityBatch` of the ``Q`` query samples.
             ways: number of classes.
+            context: what the episode tells the learner beyond its samples (the class
+                semantics AM3 needs; see `EpisodeContext`).
         """
-        return self.learner(self.backbone, support, support_labels, query, ways)
+        return self.learner(self.backbone, support, support_labels, query, ways, context)
 
-    def episode_logits(self, episode: Episode) -> Tensor:
-        """Query logits ``[ways*queries, ways]`` of ``episode``."""
+    def episode_logits(self, episode: Episode,
+                       context: EpisodeContext | None = None) -> Tensor:
+        """Query logits ``[ways*queries, ways]`` of ``episode`` (``context`` as in
+        `adapt_predict`)."""
         return self.adapt_predict(episode.support, episode.support_labels, episode.query,
-                                  episode.ways)
+                                  episode.ways, context)
 
-    def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
+    def loss(self, episode: Episode,
+             context: EpisodeContext | None = None) -> tuple[Tensor, Tensor]:
         """The episode's training loss and the query logits ``[Q, ways]`` (the learner's
-        `loss`)."""
-        return self.learner.loss(self.backbone, episode)
+        `loss`; ``context`` as in `adapt_predict`)."""
+        return self.learner.loss(self.backbone, episode, context)
 
     @classmethod
     def build(

@@ -24,7 +24,7 @@ from metamodal.data.batch import Episode, TensorStore, cat_batches
 from metamodal.data.episodes import EpisodeSampler, check_class_sizes
 from metamodal.data.schema import load_schema
 from metamodal.data.splits import SPLITS_FILE
-from metamodal.errors import InsufficientSamplesError, RunError
+from metamodal.errors import ConfigError, InsufficientSamplesError, RunError
 from metamodal.evaluate.protocol import embed_store, evaluate
 from metamodal.io import replace_directory
 from metamodal.learners.baselines import SupervisedClassifier
@@ -214,7 +214,7 @@ class Trainer:
         # Fail before training, not at the first validation, when a split is too small.
         splits_file = Path(cfg.data) / SPLITS_FILE
         where = splits_file if splits_file.exists() else Path(cfg.data)
-        if model.training_mode != "supervised" and not cfg.align_only:
+        if model.capabilities().training != "supervised" and not cfg.align_only:
             try:
                 with warnings.catch_warnings():  # the sampler warns about small classes
                     warnings.simplefilter("ignore")
@@ -520,11 +520,17 @@ class Trainer:
             fusion_options=cfg.fusion_options or None,
             learner_options=cfg.learner_options or None,
         ).to(device)
+        if model.capabilities().uses_class_semantics:
+            raise ConfigError(
+                f"learner {cfg.learner} mixes each class's prototype with its description, "
+                "which training episodes do not carry", column="learner",
+                fix="train protonet and run `metamodal zero-shot` on the run: it fits an AM3 "
+                "head on the run's embeddings and the class descriptions")
         if cfg.init_from:
             copied = init_from_run(model, cfg.init_from, data.preprocessor.state_dict())
             log.info("encoders of %s initialised from %s", ", ".join(copied), cfg.init_from)
         self.model = model
-        if model.training_mode != "supervised":
+        if model.capabilities().training != "supervised":
             return model, None
         classifier = SupervisedClassifier(
             model.backbone.fusion.out_dim, train_classes,

@@ -89,7 +89,8 @@ def test_the_python_api_example_runs_as_written(
 ) -> None:
     code = block_after(README, "## Python API")
     # the same code at a size a test can afford: fewer classes and steps, shorter validation
-    smaller = {"classes=100, per_class=20": "classes=15, per_class=16", "steps=600": "steps=2"}
+    smaller = {"classes=100, per_class=20": "classes=15, per_class=16", "steps=600": "steps=2",
+               "episodes_count=600": "episodes_count=3"}
     for old, new in smaller.items():
         assert old in code
         code = code.replace(old, new)

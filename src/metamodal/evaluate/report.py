@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.errors import ConfigError, RunError
-from metamodal.evaluate.protocol import EvalResult
+from metamodal.evaluate.result import EvalResult
 from metamodal.evaluate.stats import paired_difference
 from metamodal.io import atomic_write
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.evaluate.projection import Projection
-from metamodal.evaluate.result import EvalResult
 from metamodal.evaluate.report import _figure, _html_image, _html_table, _md_table, _save_png
+from metamodal.evaluate.result import EvalResult
 from metamodal.evaluate.retrieval import LEVELS, RetrievalReport
 from metamodal.evaluate.robustness import IMPUTATION, MASKING, imputation_gains
 from metamodal.evaluate.zeroshot import ZeroShotReport

@@ -116,7 +116,7 @@ def _transform_without(preprocessor: Preprocessor, dataset: MultimodalDataset,
             column="modalities",
             fix="evaluate on data that carries at least one modality the model was trained on")
     warnings.warn(
-        f"the dataset {dataset.root} lacks the model's modalit"
+        f"dataset {str(dataset.root)!r} lacks the model's modalit"
         f"{'y' if len(lacking) == 1 else 'ies'} {', '.join(map(repr, lacking))}: "
         f"{'it is' if len(lacking) == 1 else 'they are'} absent for every sample, and the "
         f"model uses {', '.join(map(repr, present))}", stacklevel=3)

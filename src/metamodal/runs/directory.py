@@ -15,7 +15,7 @@ from typing import Any
 
 import tomli_w
 
-from metamodal.config import TrainConfig
+from metamodal.config import TrainConfig, resolve_device
 from metamodal.data.loaders.base import loaders
 from metamodal.data.preprocess import Preprocessor, create_loader
 from metamodal.data.schema import DatasetSchema
@@ -118,7 +118,8 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
     """Load a run directory written by `metamodal.train.Trainer`.
 
     Raises `RunError` naming the file (and the key or tensor) when the directory, its config,
-    preprocessor or weights are missing, corrupt or do not fit together.
+    preprocessor or weights are missing, corrupt or do not fit together, and `ConfigError`
+    (key ``device``) when ``device`` names one this machine lacks (``cuda`` without CUDA).
 
     Example:
         >>> run = load_run("runs/demo")  # doctest: +SKIP
@@ -155,8 +156,9 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
                     f"for {expected.get(name)}", file=run_dir / PREPROCESSOR_FILE,
                     column=f"loaders.{name}",
                     fix="restore the preprocessor.json that belongs to this run, or re-train")
+    target = resolve_device(str(device))
     load_weights(run_dir / WEIGHTS_FILE, model)
-    model.to(device).eval()
+    model.to(target).eval()
     try:
         split = ClassSplit.from_dict(document["split"])
         with warnings.catch_warnings():

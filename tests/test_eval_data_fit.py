@@ -74,6 +74,10 @@ def test_a_dataset_lacking_a_modality_is_evaluated_as_if_it_were_masked(image_tr
         assert result.modalities == ["image"]
         assert result.episode_digest == masked.episode_digest
     assert both.modalities == ["image", "track"]
+    named = evaluate(run.model, lacking.store, test, modalities=["image", "track"], **SHAPE)
+    assert named.accuracies == masked.accuracies and named.modalities == ["image"]
+    with pytest.raises(ModalityError, match="no sample of the data carries 'track'"):
+        evaluate(run.model, lacking.store, test, modalities=["track"], **SHAPE)
 
 
 def test_modalities_restrict_ablation_and_robustness(image_track) -> None:
@@ -86,6 +90,9 @@ def test_modalities_restrict_ablation_and_robustness(image_track) -> None:
     test = full.split.test
     rows = modality_ablation(run.model, lacking.store, test, **SHAPE)
     assert [r.name for r in rows] == ["all", "only:image"]
+    named = modality_ablation(run.model, lacking.store, test, modalities=["image", "track"],
+                              **SHAPE)
+    assert [r.accuracies for r in named] == [r.accuracies for r in rows]
     restricted = modality_ablation(run.model, full.store, test, modalities=["image"], **SHAPE)
     assert [r.accuracies for r in restricted] == [r.accuracies for r in rows]
     curves = missing_modality_curve(run.model, full.store, test, modalities=["track"],

@@ -84,8 +84,9 @@ def _resolve_selection(
     usable: list[str], modalities: Sequence[str] | None, drop: Mapping[str, float] | None,
     present: Sequence[str] | None = None,
 ) -> list[str]:
-    """Check ``modalities`` and ``drop`` against the usable ones; return the selection (by
-    default the usable ones in ``present``, or all of them when none is)."""
+    """Check ``modalities`` and ``drop`` against the usable ones; return the selection: the
+    requested (or, by default, usable) modalities that ``present`` lists, i.e. that some sample
+    carries; by default all usable ones when none is, on request an error."""
     if isinstance(modalities, str):
         modalities = [modalities]
     if modalities is None:
@@ -106,6 +107,14 @@ def _resolve_selection(
                 f"drop rate {rate} of modality {name!r} is outside 0..1",
                 fix="give the fraction of samples to hide, between 0 and 1",
             )
+    if modalities is not None and present is not None:
+        carried = [m for m in selected if m in present]
+        if not carried:
+            raise ModalityError(
+                f"no sample of the data carries {', '.join(map(repr, selected))}",
+                fix="select a modality the data has: "
+                f"{', '.join(m for m in usable if m in present) or 'none'}")
+        selected = carried  # a modality the data lacks entirely is absent anyway
     return selected
 
 
@@ -121,16 +130,16 @@ def select_modalities(
         model: a few-shot model; its ``modalities`` attribute (if any) lists what it uses.
         store: the decoded samples.
         modalities: the requested subset; the others are shown as absent. Default: every
-            modality that the model uses and that at least one sample of the data carries (a
-            modality the data lacks entirely is left out, as it would be absent anyway).
+            modality that the model uses. Either way a modality that no sample of the data
+            carries is left out of the selection (it would be absent anyway).
         drop: modality -> drop rate, checked the same way (names usable, rates in ``0..1``).
 
     Returns:
         the selected modality names, in request order.
 
     Raises:
-        ModalityError: a name is not used by the model or absent from the data, or the
-            selection is empty.
+        ModalityError: a name is not used by the model or absent from the data, the
+            selection is empty, or no sample carries any requested modality.
         ConfigError: a drop rate is outside ``0..1``.
 
     Example:

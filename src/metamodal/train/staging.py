@@ -15,6 +15,7 @@ after a kill between its two renames holds the only copy of the finished run.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -117,7 +118,7 @@ def clean_leftovers(out: Path) -> list[Path]:
     removed: list[Path] = []
     unclaimed: list[Path] = []
     aside: list[Path] = []
-    for folder in sorted(parent.glob(f".{out.name}.*")):
+    for folder in sorted(parent.glob(f".{glob.escape(out.name)}.*")):
         if not folder.is_dir() or folder.is_symlink():
             continue
         rest = folder.name[len(out.name) + 1:]

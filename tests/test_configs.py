@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 from omniglot_fixtures import write_archives
 
 from metamodal.config import load_config
@@ -26,3 +27,41 @@ def test_omniglot_config_trains_on_an_omniglot_import(tmp_path: Path) -> None:
     run = Trainer(config, tmp_path / "run", progress=False).fit().run_dir
     saved = tomllib.loads((run / "config.toml").read_text())["train"]
     assert saved["augment"] == load_config(CONFIGS / "omniglot.toml").augment
+
+
+def test_a_config_files_out_of_range_value_names_the_file(tmp_path: Path) -> None:
+    from metamodal.errors import ConfigError
+
+    path = tmp_path / "bad.toml"
+    path.write_text("[train]\nways = 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.file == str(path) and caught.value.column == "ways"
+    path.write_text('device = "gpu"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.file == str(path) and caught.value.column == "device"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_config_error_naming_the_device(tmp_path: Path) -> None:
+    from metamodal.config import TrainConfig, resolve_device
+    from metamodal.datasets.synthetic import make_synthetic
+    from metamodal.errors import ConfigError
+    from metamodal.runs.directory import load_run
+
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match="CUDA is not available") as caught:
+            resolve_device(name)
+        assert caught.value.column == "device" and "cpu" in caught.value.fix
+    data = make_synthetic(tmp_path / "data", classes=15, per_class=3, image_size=8, seed=1,
+                          track_length=8)
+    config = TrainConfig(data=str(data), steps=1, ways=2, shots=1, queries=1, dim=8,
+                         val_every=0, val_episodes=1, cache=False, modalities=["measurements"])
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        Trainer(config.updated({"device": "cuda"}), tmp_path / "gpu", progress=False).fit()
+    assert not (tmp_path / "gpu").exists()
+    Trainer(config.updated({"device": "cpu"}), tmp_path / "run", progress=False).fit()
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        load_run(tmp_path / "run", device="cuda")
+    assert load_run(tmp_path / "run", device="auto").model is not None

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from metamodal.cli import main
 from metamodal.config import TrainConfig
@@ -190,3 +191,29 @@ def test_episodes_and_eval_on_a_fixed_protocol_through_the_command_line(
                  "--shots", "1", "--queries", "1", "--runs", "2", "--out",
                  str(tmp_path / "x.jsonl")]) == 2
     assert "has 5 classes" in capsys.readouterr().err
+
+
+def test_out_of_range_query_labels_are_typed_errors() -> None:
+    from metamodal.data.batch import Episode, ModalityBatch
+    from metamodal.errors import ConfigError, DatasetError
+    from metamodal.evaluate.stats import confusion_matrices
+    from metamodal.model import FewShotModel
+
+    with pytest.raises(ConfigError, match="target lies outside 0..1"):
+        confusion_matrices(torch.tensor([0, 1]), torch.tensor([0, 7]), torch.tensor([0, 0]),
+                           1, 2)
+    with pytest.raises(ConfigError, match="group lies outside"):
+        confusion_matrices(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([0, 3]),
+                           1, 2)
+    model = FewShotModel.build(kinds={"f": "tabular"}, input_info={"f": {"features": 3}}, dim=4)
+
+    def batch(n: int) -> dict:
+        return {"f": ModalityBatch(torch.randn(n, 3), torch.ones(n, dtype=torch.bool))}
+
+    episode = Episode(batch(2), batch(2), torch.tensor([0, 1]), torch.tensor([0, 7]),
+                      ["a", "b"], ["s0", "s1"], ["q0", "q1"])
+    with pytest.raises(DatasetError, match="query labels must lie in 0..1"):
+        model.loss(episode)
+    episode.query_labels = torch.tensor([1, 0])
+    loss, logits = model.loss(episode)
+    assert logits.shape == (2, 2) and bool(torch.isfinite(loss))

@@ -198,8 +198,8 @@ def test_mapping_sections_show_retrieval_zero_shot_imputation_and_the_joint_spac
         tmp_path: Path) -> None:
     import torch
 
-    from metamodal.evaluate.mapping_report import MappingResults
     from metamodal.evaluate.projection import Projection
+    from metamodal.evaluate.report import MappingResults
     from metamodal.evaluate.retrieval import RetrievalReport, RetrievalRow
     from metamodal.evaluate.zeroshot import ZeroShotReport
 

@@ -19,7 +19,7 @@ from metamodal.cli import main
 from metamodal.config import TrainConfig
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.errors import ConfigError, ModalityError, RunError
-from metamodal.runs.directory import load_run
+from metamodal.runs.directory import load_run, load_run_data
 from metamodal.train.trainer import Trainer
 
 
@@ -124,6 +124,52 @@ def test_preprocessor_json_names_the_loader(trained, tmp_path: Path) -> None:
     _edit_json(run / "preprocessor.json",
                lambda s: s["loaders"]["image"].update(std=[0.0, 1.0, 1.0]))
     assert _error(run).column == "loaders.image"
+
+
+@pytest.mark.parametrize(("table", "line", "key"), [
+    ("[dataset]", "bogus = 1", "dataset.bogus"),
+    ("[dataset.modalities.image]", "bogus = 1", "dataset.modalities.image"),
+])
+def test_config_toml_with_an_unknown_dataset_key(trained, tmp_path: Path, table: str,
+                                                 line: str, key: str) -> None:
+    run = _copy(trained[1], tmp_path)
+    text = (run / "config.toml").read_text()
+    assert f"{table}\n" in text
+    (run / "config.toml").write_text(text.replace(f"{table}\n", f"{table}\n{line}\n"))
+    error = _error(run)
+    assert error.file == str(run / "config.toml") and error.column == key
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    (lambda s: s["loaders"]["image"].update(kind="hologram"), "loaders.image.kind"),
+    (lambda s: s["loaders"]["image"].update(kind="text"), "loaders.image.kind"),
+    (lambda s: s["loaders"]["caption"].update(fitted="yes"), "loaders.caption.fitted"),
+    (lambda s: s.update(fitted="yes"), "fitted"),
+    (lambda s: s["loaders"].update(caption="fitted"), "loaders.caption"),
+], ids=["unknown-kind", "other-kind", "loader-fitted-string", "fitted-string",
+        "state-string"])
+def test_preprocessor_json_with_a_bad_kind_or_fitted_state(trained, tmp_path: Path, change,
+                                                           key: str) -> None:
+    run = _copy(trained[1], tmp_path)
+    _edit_json(run / "preprocessor.json", change)
+    error = _error(run)
+    assert error.file == str(run / "preprocessor.json") and error.column == key
+
+
+def test_train_data_pointing_nowhere_is_an_error_only_when_the_data_is_needed(
+        trained, tmp_path: Path) -> None:
+    data, source, _ = trained
+    run = _copy(source, tmp_path)
+    text = (run / "config.toml").read_text()
+    line = next(t for t in text.splitlines() if t.startswith("data = "))
+    (run / "config.toml").write_text(text.replace(line, f'data = "{tmp_path / "moved"}"'))
+    loaded = load_run(run)  # predict needs only the run's own preprocessing
+    assert len(FewShotClassifier(run).fit(data / "support.csv").classes_) > 1
+    with pytest.raises(RunError) as caught:
+        load_run_data(loaded)
+    assert caught.value.file == str(run / "config.toml")
+    assert caught.value.column == "train.data"
+    assert load_run_data(loaded, data).store.ids  # another dataset is still fine
 
 
 @pytest.mark.parametrize("how", ["nan", "missing", "shape"])

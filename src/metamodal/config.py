@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from metamodal.data.schema import DatasetSchema
 from metamodal.errors import ConfigError
 from metamodal.io import ParseError, loads_toml
@@ -155,6 +157,12 @@ class TrainConfig:
                 raise bad(f"{key} must be 0 or a positive count"
                           + (" >= 2" if key == "val_ways" else ""), key,
                           f"set {key} = 0 or a count")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError, ValueError):
+                raise bad(f"unknown device {self.device!r}", "device",
+                          "use auto, cpu, cuda, cuda:N or mps") from None
         if self.task_batching not in ("auto", "loop", "vmap"):
             raise bad(f"unknown task_batching {self.task_batching!r}", "task_batching",
                       "use 'auto', 'loop' or 'vmap'")
@@ -191,6 +199,58 @@ LIMITS = {"dim": 8192, "ways": 10_000, "shots": 10_000, "queries": 10_000, "step
 typo that would allocate without end."""
 
 
+def resolve_device(name: str, *, key: str = "device",
+                   source: str | Path | None = None) -> torch.device:
+    """The torch device a ``device`` setting names: ``auto`` -> CUDA when available, else CPU;
+    ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as given, when this machine has it.
+
+    Args:
+        name: the setting's value.
+        key: the setting's name (or flag), named in the error.
+        source: the file the setting came from (a config or a run's ``config.toml``), if any.
+
+    Raises:
+        ConfigError: the name is not a device, or names one this machine lacks (CUDA on a
+            machine without a CUDA build or GPU, a GPU index beyond the last); the fix says to
+            use ``cpu`` or ``auto``.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+        >>> try:
+        ...     resolve_device("gpu")
+        ... except ConfigError as error:
+        ...     print(error.column, "|", error.message)
+        device | unknown device 'gpu'
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {name!r}", file=source, column=key,
+                          fix="use auto, cpu, cuda, cuda:N or mps") from None
+    fix = f"use {key} = auto (CUDA when available, else the CPU) or cpu (--device auto|cpu)"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: CUDA is not available on this machine "
+                              f"(torch {torch.__version__}, "
+                              f"{'a CUDA build' if torch.version.cuda else 'a CPU-only build'})",
+                              file=source, column=key, fix=fix)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)", file=source,
+                              column=key, fix=f"use cuda:0 .. cuda:"
+                              f"{torch.cuda.device_count() - 1}, or {key} = auto")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r}: MPS is not available on this machine",
+                          file=source, column=key, fix=fix)
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name!r} is not supported", file=source, column=key,
+                          fix="use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
 def with_dataset_encoders(config: TrainConfig, schema: DatasetSchema) -> TrainConfig:
     """``config`` with the encoders the dataset suggests (``encoder`` / ``encoder_options`` of
     its ``[modalities.NAME]`` tables) for the modalities it uses and names no encoder for.
@@ -223,6 +283,10 @@ def load_config(path: str | Path) -> TrainConfig:
     """Read a `TrainConfig` from a TOML file (keys as in `TrainConfig`; a ``[train]`` table or
     top-level keys).
 
+    Raises:
+        ConfigError: the file is missing or not TOML, or a key is unknown, mistyped or out of
+            range (`TrainConfig.validate`); the error names the file and the key.
+
     Example:
         >>> import tempfile, pathlib
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.toml"
@@ -246,7 +310,9 @@ def load_config(path: str | Path) -> TrainConfig:
     if not isinstance(values, dict):
         raise ConfigError("`train` must be a table", file=path, column="train",
                           fix="write [train] with keys of TrainConfig")
-    return _from_dict(values, source=str(path))
+    config = _from_dict(values, source=str(path))
+    config.validate(source=str(path))
+    return config
 
 
 def _from_dict(values: dict[str, Any], *, source: str) -> TrainConfig:

@@ -85,7 +85,7 @@ from metamodal.api.settings import (
 )
 from metamodal.api.training import TrainReport, align, train
 from metamodal.classifier import FewShotClassifier
-from metamodal.evaluate.mapping_report import MappingResults
+from metamodal.evaluate.report import MappingResults
 
 __all__ = [
     "IMPORT_LAYOUTS", "QUICK_DEMO", "AlignFlags", "CacheSettings", "ClearedCache", "Comparison",

@@ -22,8 +22,8 @@ from metamodal.api.prediction import worked_episode
 from metamodal.api.settings import QUICK_DEMO, DemoSettings, make
 from metamodal.api.training import train
 from metamodal.config import TrainConfig
-from metamodal.evaluate.mapping_report import MappingResults
 from metamodal.evaluate.protocol import EvalResult
+from metamodal.evaluate.report import MappingResults
 from metamodal.evaluate.retrieval import ALIGNED, CEILING, RANDOM, RetrievalReport
 from metamodal.evaluate.zeroshot import AM3_NAME, ZERO_SHOT, ZeroShotReport
 

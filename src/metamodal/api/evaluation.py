@@ -12,15 +12,15 @@ from metamodal.api.settings import EvalSettings, ReportSettings, resolve, write_
 from metamodal.errors import ConfigError
 from metamodal.evaluate.ablation import modality_ablation
 from metamodal.evaluate.baseline import UNTRAINED, untrained_baseline
-from metamodal.evaluate.mapping_report import MappingResults
 from metamodal.evaluate.protocol import EvalResult, evaluate_episodes
 from metamodal.evaluate.protocol import evaluate as evaluate_model
-from metamodal.evaluate.report import format_results_table, write_report
+from metamodal.evaluate.report import MappingResults, format_results_table, write_report
 from metamodal.evaluate.robustness import (
     imputation_curves,
     imputation_gains,
     missing_modality_curve,
 )
+from metamodal.evaluate.shape import resolve_eval_shape
 from metamodal.evaluate.stats import PairedDifference, paired_difference, pooled_error
 from metamodal.runs import PreparedData, Run, load_run, load_run_data, read_run_config
 from metamodal.train.logger import read_metrics
@@ -39,10 +39,16 @@ def _classes(prepared: PreparedData, split: str) -> list[str]:
     return s.train + s.val + s.test if split == "all" else s.of(split)
 
 
-def _shape(settings: Any) -> dict[str, Any]:
-    """The episode keywords of `metamodal.evaluate.protocol.evaluate` from an `EpisodeShape`."""
-    return dict(ways=settings.ways or 5, shots=settings.shots, queries=settings.queries or 15,
-                episodes=settings.episodes_count, seed=settings.seed)
+def _shape(settings: Any, prepared: PreparedData, classes: list[str],
+           split: str = "test") -> dict[str, Any]:
+    """The episode keywords of `metamodal.evaluate.protocol.evaluate` from an `EpisodeShape`:
+    ways and queries the user left unset take the default shape, lowered (with a warning) to
+    what ``classes`` can supply."""
+    ways, shots, queries = resolve_eval_shape(
+        prepared.store, classes, settings.ways, settings.shots, settings.queries,
+        file=prepared.dataset.root, split=split)
+    return dict(ways=ways, shots=shots, queries=queries, episodes=settings.episodes_count,
+                seed=settings.seed)
 
 
 def _aligned_metric_run(run_dir: str | Path, run: Run) -> bool:
@@ -171,7 +177,8 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
     classes = _classes(prepared, s.split)
     model = _model(loaded, s.learner)
     modalities = list(s.modalities) if s.modalities else None
-    common = {**_shape(s), "modalities": modalities}
+    shape = {} if s.episodes else _shape(s, prepared, classes, s.split)
+    common = {**shape, "modalities": modalities}
     models = [model] + ([untrained_baseline(loaded.model, seed=s.seed)] if s.baseline else [])
     pooled = None
     if s.episodes:
@@ -201,7 +208,7 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
             from metamodal.train.alignment import load_alignment
 
             report.imputation = imputation_curves(model, load_alignment(s.run), prepared.store,
-                                                  classes, **_shape(s))
+                                                  classes, **shape)
         elif s.imputation:
             raise ConfigError("imputation needs a run that trained an alignment, with a metric "
                               "learner and early fusion", file=s.run, column="imputation",
@@ -287,7 +294,8 @@ def report(run: str | Path | None = None, settings: ReportSettings | None = None
     loaded = load_run(s.run)
     prepared = load_run_data(loaded)
     test = prepared.split.test
-    common = {**_shape(s), "modalities": list(s.modalities) if s.modalities else None}
+    shape = _shape(s, prepared, test)
+    common = {**shape, "modalities": list(s.modalities) if s.modalities else None}
     name = f"{loaded.config.learner}+{loaded.config.fusion}"
     results = {
         name: evaluate_model(loaded.model, prepared.store, test, progress=s.progress, **common),
@@ -299,11 +307,12 @@ def report(run: str | Path | None = None, settings: ReportSettings | None = None
         ablation=modality_ablation(loaded.model, prepared.store, test, **common),
         robustness=missing_modality_curve(loaded.model, prepared.store, test, **common),
         learning_curve=read_metrics(s.run), title=f"metamodal run {Path(s.run).name}",
-        mapping=_mapping_results(s, loaded, prepared))
+        mapping=_mapping_results(s, loaded, prepared, shape))
     return ReportResult(path)
 
 
-def _mapping_results(s: ReportSettings, run: Run, prepared: PreparedData) -> Any:
+def _mapping_results(s: ReportSettings, run: Run, prepared: PreparedData,
+                     shape: dict[str, Any]) -> Any:
     """The report's mapping sections for a run that trained an alignment: retrieval between
     its first two aligned modalities, imputation vs masking, the joint space, and zero-shot
     when the dataset has a descriptions.toml (or ``descriptions_from`` names a modality);
@@ -322,11 +331,11 @@ def _mapping_results(s: ReportSettings, run: Run, prepared: PreparedData) -> Any
         projection=project(run, prepared, modalities=aligner.modalities))
     if _aligned_metric_run(s.run, run):
         results.imputation = imputation_curves(run.model, aligner, prepared.store, test,
-                                               **_shape(s))
+                                               **shape)
     described = s.descriptions_from or (prepared.dataset.root / DESCRIPTIONS_FILE).is_file()
     if described and not run.model.late:
         results.zero_shot = zero_shot(s.run, descriptions_from=s.descriptions_from,
-                                      ways=s.ways or 5, queries=s.queries or 15,
+                                      ways=shape["ways"], queries=shape["queries"],
                                       episodes_count=s.episodes_count, seed=s.seed)
     return results
 

@@ -54,8 +54,8 @@ def field_help(cls: type) -> dict[str, str]:
     documents both ``a`` and ``b``).
 
     Example:
-        >>> field_help(EpisodeShape)["ways"]
-        'classes per episode; None: 5, lowered (with a warning) to what the split has.'
+        >>> field_help(EpisodeShape)["shots"]
+        'support samples per class.'
     """
     doc = inspect.getdoc(cls) or ""
     lines = doc.splitlines()
@@ -99,10 +99,11 @@ class EpisodeShape:
     """The test episodes of an evaluation.
 
     Args:
-        ways: classes per episode; None: 5, lowered (with a warning) to what the split has.
+        ways: classes per episode; when not given 5, lowered (with a warning) to what the
+            split has.
         shots: support samples per class.
-        queries: query samples per class; None: 15, lowered (with a warning) to what the
-            classes hold.
+        queries: query samples per class; when not given 15, lowered (with a warning) to what
+            the classes hold.
         episodes_count: test episodes (600 or more for published numbers).
         seed: seed of the episodes (the same seed gives every model the same episodes).
     """

@@ -28,6 +28,7 @@ from metamodal.evaluate.report import (
     write_report,
 )
 from metamodal.evaluate.robustness import missing_modality_curve
+from metamodal.evaluate.shape import resolve_eval_shape
 from metamodal.evaluate.stats import (
     PairedDifference,
     confusion_matrices,
@@ -54,6 +55,7 @@ __all__ = [
     "paired_comparisons",
     "paired_difference",
     "read_results",
+    "resolve_eval_shape",
     "select_modalities",
     "write_report",
 ]

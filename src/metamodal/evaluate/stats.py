@@ -84,8 +84,19 @@ def confusion_matrices(
         >>> confusion_matrices(torch.tensor([0, 1]), torch.tensor([0, 0]),
         ...                    torch.tensor([0, 0]), 1, 2).tolist()
         [[[1, 1], [0, 0]]]
+
+    Raises:
+        ConfigError: a prediction or target lies outside ``0..K-1``, or a group outside
+            ``0..G-1`` (instead of a count in the wrong cell, or a raw shape error).
     """
     k = num_classes
+    for name, values, bound in (("prediction", pred, k), ("target", target, k),
+                                ("group", group, num_groups)):
+        if values.numel() and (int(values.min()) < 0 or int(values.max()) >= bound):
+            raise ConfigError(
+                f"a {name} lies outside 0..{bound - 1} (got {int(values.min())}.."
+                f"{int(values.max())})",
+                fix=f"pass {name}s below {'num_classes' if bound == k else 'num_groups'}")
     flat = (group.long() * k + target.long()) * k + pred.long()
     counts = torch.bincount(flat.flatten().cpu(), minlength=num_groups * k * k)
     return counts.view(num_groups, k, k)

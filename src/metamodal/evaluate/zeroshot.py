@@ -12,7 +12,9 @@ from torch import Tensor, nn
 from metamodal.data.batch import TensorStore
 from metamodal.data.episodes import EpisodeSampler
 from metamodal.errors import ConfigError, DatasetError, ModalityError
-from metamodal.evaluate.protocol import EvalResult, _sampled_episodes, embed_store
+from metamodal.evaluate.embedding import embed_store
+from metamodal.evaluate.episode_plans import sampled_episodes
+from metamodal.evaluate.result import EvalResult
 from metamodal.evaluate.stats import mean_ci95, paired_difference
 from metamodal.learners.am3 import AM3
 from metamodal.learners.base import EpisodeContext, class_means
@@ -214,7 +216,7 @@ def evaluate_zero_shot(
     for n_shots in shots:
         sampler = EpisodeSampler(store, list(test_classes), ways, n_shots, queries, seed,
                                  episodes)
-        digest = _sampled_episodes(store, test_classes, ways, n_shots, queries, seed,
+        digest = sampled_episodes(store, test_classes, ways, n_shots, queries, seed,
                                    episodes).digest(len(store))
         head = AM3(dim=z_all.shape[1])  # one head per shot count, as in the paper
         fit_am3(head, z_all[train_rows], train_labels, crossed, ways=ways, shots=n_shots,

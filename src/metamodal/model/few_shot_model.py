@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from metamodal.data.batch import Episode
 from metamodal.encoders import DEFAULT_ENCODERS, build_encoder, check_hyperparameters
-from metamodal.errors import ConfigError
+from metamodal.errors import ConfigError, DatasetError
 from metamodal.fusion.base import build_fusion
 from metamodal.learners.base import EpisodeContext, LearnerCapabilities, learners
 from metamodal.learners.embeddings import Embeddings
@@ -136,8 +136,21 @@ class FewShotModel(nn.Module):
     def loss(self, episode: Episode,
              context: EpisodeContext | None = None) -> tuple[Tensor, Tensor]:
         """The episode's training loss and the query logits ``[Q, ways]`` (the learner's
-        `loss`; ``context`` as in `adapt_predict`)."""
-        return self.learner.loss(self.backbone, episode, context)
+        `loss`; ``context`` as in `adapt_predict`).
+
+        Raises:
+            DatasetError: a query label lies outside ``0..ways-1``.
+        """
+        try:
+            return self.learner.loss(self.backbone, episode, context)
+        except IndexError:  # checked only on failure: no device sync on the training path
+            labels = episode.query_labels
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= episode.ways):
+                raise DatasetError(
+                    f"query labels must lie in 0..{episode.ways - 1}, got "
+                    f"{int(labels.min())}..{int(labels.max())}",
+                    fix="number the episode's classes 0..ways-1 in query_labels") from None
+            raise
 
     @classmethod
     def build(

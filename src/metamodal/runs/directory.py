@@ -8,14 +8,16 @@ schema), ``preprocessor.json`` (fitted loaders: vocabulary, normalisation statis
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from metamodal.config import TrainConfig
-from metamodal.data.preprocess import Preprocessor
+from metamodal.config import TrainConfig, resolve_device
+from metamodal.data.loaders.base import loaders
+from metamodal.data.preprocess import Preprocessor, create_loader
 from metamodal.data.schema import DatasetSchema
 from metamodal.data.splits import ClassSplit
 from metamodal.encoders.features import preprocessor_from_state
@@ -116,7 +118,8 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
     """Load a run directory written by `metamodal.train.Trainer`.
 
     Raises `RunError` naming the file (and the key or tensor) when the directory, its config,
-    preprocessor or weights are missing, corrupt or do not fit together.
+    preprocessor or weights are missing, corrupt or do not fit together, and `ConfigError`
+    (key ``device``) when ``device`` names one this machine lacks (``cuda`` without CUDA).
 
     Example:
         >>> run = load_run("runs/demo")  # doctest: +SKIP
@@ -153,17 +156,21 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
                     f"for {expected.get(name)}", file=run_dir / PREPROCESSOR_FILE,
                     column=f"loaders.{name}",
                     fix="restore the preprocessor.json that belongs to this run, or re-train")
+    target = resolve_device(str(device))
     load_weights(run_dir / WEIGHTS_FILE, model)
-    model.to(device).eval()
+    model.to(target).eval()
     try:
         split = ClassSplit.from_dict(document["split"])
-        schema = DatasetSchema.from_dict(document["dataset"], file=str(config_path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unknown key is an error here, raised below
+            schema = DatasetSchema.from_dict(document["dataset"], file=str(config_path))
     except (MetamodalError, KeyError, TypeError, ValueError) as error:
         message = error.message if isinstance(error, LocatedError) else str(error)
         key = getattr(error, "column", None)
         raise RunError(f"config.toml's split or dataset table is invalid: {message}",
                        file=config_path, column=f"dataset.{key}" if key else "split",
                        fix="restore the run's config.toml") from None
+    _check_dataset_table(document["dataset"], schema, config_path)
     return Run(
         path=run_dir,
         config=TrainConfig.from_dict(document["train"], source=str(config_path)),
@@ -172,6 +179,61 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
         split=split,
         schema=schema,
     )
+
+
+def _check_dataset_table(table: dict[str, Any], schema: DatasetSchema, path: Path) -> None:
+    """`RunError` naming the key when the run's ``[dataset]`` table holds a key that the
+    schema does not write (a dataset.toml only warns about one; a run's config is written by
+    metamodal, so an unknown key means it was edited or damaged) or a modality option that
+    its loader rejects."""
+    written = schema.to_dict()
+    for key in table:
+        if key not in written:
+            raise RunError(f"config.toml's [dataset] table has an unknown key {key!r}",
+                           file=path, column=f"dataset.{key}",
+                           fix=f"remove `{key}` (known: {', '.join(written)}), or restore the "
+                           "run's config.toml")
+    for name, spec in schema.modalities.items():
+        try:
+            create_loader(spec)
+        except ConfigError as error:
+            raise RunError(f"config.toml's modality {name!r} is invalid: {error.message}",
+                           file=path, column=f"dataset.modalities.{name}",
+                           fix="remove the unknown option, or restore the run's "
+                           "config.toml") from None
+
+
+def _check_preprocessor_state(state: Any, path: Path) -> None:
+    """`RunError` naming the key when ``preprocessor.json`` holds a value of the wrong type
+    where fitted state belongs (``fitted`` not a boolean), or a loader whose ``kind`` is not
+    a registered loader kind or not its modality's kind."""
+    if not isinstance(state, dict):
+        raise RunError(f"preprocessor.json holds a {type(state).__name__}, not an object",
+                       file=path, fix="re-train the run")
+    if "fitted" in state and not isinstance(state["fitted"], bool):
+        raise RunError(f"`fitted` must be true or false, got {state['fitted']!r}", file=path,
+                       column="fitted", fix="restore the run's preprocessor.json or re-train")
+    specs = state.get("specs") if isinstance(state.get("specs"), dict) else {}
+    for name, loader in (state.get("loaders") or {}).items():
+        if not isinstance(loader, dict):
+            raise RunError(f"the loader state of {name!r} is a {type(loader).__name__}, not "
+                           "an object", file=path, column=f"loaders.{name}",
+                           fix="restore the run's preprocessor.json or re-train")
+        if "fitted" in loader and not isinstance(loader["fitted"], bool):
+            raise RunError(f"`fitted` must be true or false, got {loader['fitted']!r}",
+                           file=path, column=f"loaders.{name}.fitted",
+                           fix="restore the run's preprocessor.json or re-train")
+        kind = loader.get("kind")
+        if kind is None:
+            continue
+        spec = specs.get(name)
+        expected = spec.get("kind") if isinstance(spec, dict) else None
+        if kind not in loaders or (expected is not None and kind != expected):
+            raise RunError(f"modality {name!r} names the unknown loader kind {kind!r}"
+                           + (f" (its modality is of kind {expected!r})" if expected else ""),
+                           file=path, column=f"loaders.{name}.kind",
+                           fix=f"use one of: {', '.join(loaders.names())}; or restore the "
+                           "run's preprocessor.json")
 
 
 def read_preprocessor(path: Path) -> Preprocessor:
@@ -187,6 +249,7 @@ def read_preprocessor(path: Path) -> Preprocessor:
     except (ParseError, OSError, UnicodeDecodeError) as error:
         raise RunError(f"preprocessor.json is corrupt ({error})", file=path,
                        fix="re-train the run") from None
+    _check_preprocessor_state(state, path)
     try:
         preprocessor = preprocessor_from_state(state)
     except RunError as error:
@@ -208,11 +271,23 @@ def load_run_data(run: Run, data: str | Path | None = None, *, cache: bool = Tru
 
     Returns:
         `metamodal.runs.prepared.PreparedData` whose ``split`` is the run's split for its own
-        dataset, or the other dataset's own split (``splits.toml`` or seeded).
+        dataset, or the other dataset's own split (``splits.toml`` or seeded). A modality of
+        the run that the dataset lacks entirely is absent for every sample (one warning names
+        it; see `metamodal.runs.prepared.prepare_data`).
+
+    Raises:
+        RunError: without ``data``, the run's ``train.data`` names no dataset directory
+            (the key and ``config.toml`` are named); the run still loads for prediction.
     """
     from metamodal.runs.prepared import prepare_data
 
     if data is None:
-        return prepare_data(run.config.data, preprocessor=run.preprocessor, split=run.split,
+        source = Path(run.config.data) if run.config.data else None
+        if source is None or not (source / "dataset.toml").is_file():
+            raise RunError(f"the run's dataset {run.config.data!r} is not there (no "
+                           "dataset.toml)", file=run.path / CONFIG_FILE, column="train.data",
+                           fix="pass the dataset to evaluate on (--data DIR, or data=), or "
+                           "move the training dataset back to where train.data says")
+        return prepare_data(source, preprocessor=run.preprocessor, split=run.split,
                             cache=cache)
     return prepare_data(data, seed=run.config.seed, preprocessor=run.preprocessor, cache=cache)

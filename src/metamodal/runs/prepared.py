@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from metamodal.data.batch import TensorStore
 from metamodal.data.dataset import MultimodalDataset, load_dataset
+from metamodal.data.loaders.base import DecodeContext
 from metamodal.data.preprocess import Preprocessor
 from metamodal.data.splits import ClassSplit, split_classes
-from metamodal.encoders.features import pretrained_loaders
+from metamodal.encoders.features import preprocessor_from_state, pretrained_loaders
+from metamodal.errors import ModalityError
 
 CACHE_DIR = ".metamodal-cache"
 
@@ -47,7 +50,10 @@ def prepare_data(
         cache: keep decoded tensors in ``DATA/.metamodal-cache`` and reuse them. (Features of
             pretrained encoders are also kept in the user-wide feature cache,
             `metamodal.encoders.cache.FeatureCache`, whatever this flag says.)
-        preprocessor: an already fitted preprocessor (from a run): used as is.
+        preprocessor: an already fitted preprocessor (from a run): used as is. A modality it
+            decodes that the dataset lacks entirely (not in its ``dataset.toml``) is absent
+            for every sample, with one `UserWarning` naming it, as if each row had an empty
+            cell; the others are decoded (and cached) as usual.
         split: an already chosen class split (from a run): used as is.
         encoders: modality name -> encoder name (``TrainConfig.encoders``); a modality whose
             encoder is pretrained (``minilm``, ``efficientnet-lite0``, ``resemblyzer``) is
@@ -79,5 +85,54 @@ def prepare_data(
                                     prebuilt=prebuilt)
         preprocessor.fit(dataset, split.train)
     cache_dir = dataset.root / CACHE_DIR if cache else None
-    store = preprocessor.transform(dataset, cache_dir=cache_dir)
+    lacking = lacking_modalities(preprocessor, dataset)
+    if not lacking:
+        store = preprocessor.transform(dataset, cache_dir=cache_dir)
+    else:
+        store = _transform_without(preprocessor, dataset, lacking, cache_dir)
     return PreparedData(dataset, split, preprocessor, store)
+
+
+def lacking_modalities(preprocessor: Preprocessor, dataset: MultimodalDataset) -> list[str]:
+    """The modalities ``preprocessor`` decodes that ``dataset``'s schema does not declare.
+
+    Example:
+        >>> lacking_modalities(run.preprocessor, load_dataset("images-only"))  # doctest: +SKIP
+        ['strokes']
+    """
+    return [name for name in preprocessor.modalities if name not in dataset.schema.modalities]
+
+
+def _transform_without(preprocessor: Preprocessor, dataset: MultimodalDataset,
+                       lacking: list[str], cache_dir: Path | None) -> TensorStore:
+    """Decode the modalities ``dataset`` has (cached, by a preprocessor restricted to them)
+    and add the ``lacking`` ones as absent for every sample, in the preprocessor's order."""
+    present = [name for name in preprocessor.modalities if name not in lacking]
+    if not present:
+        raise ModalityError(
+            f"the dataset {dataset.root} has none of the model's modalities "
+            f"({', '.join(preprocessor.modalities)}); it has: "
+            f"{', '.join(dataset.schema.modalities)}", file=dataset.root / "dataset.toml",
+            column="modalities",
+            fix="evaluate on data that carries at least one modality the model was trained on")
+    warnings.warn(
+        f"dataset {str(dataset.root)!r} lacks the model's modalit"
+        f"{'y' if len(lacking) == 1 else 'ies'} {', '.join(map(repr, lacking))}: "
+        f"{'it is' if len(lacking) == 1 else 'they are'} absent for every sample, and the "
+        f"model uses {', '.join(map(repr, present))}", stacklevel=3)
+    state = preprocessor.state_dict()
+    state = {**state, "modalities": present,
+             "specs": {name: state["specs"][name] for name in present},
+             "loaders": {name: state["loaders"][name] for name in present}}
+    decoded = preprocessor_from_state(state).transform(dataset, cache_dir=cache_dir)
+    context_rows = list(range(1, len(dataset) + 1))
+    modalities = {}
+    for name in preprocessor.modalities:
+        if name in decoded.modalities:
+            modalities[name] = decoded.modalities[name]
+        else:
+            context = DecodeContext(dataset.root, dataset.table.file, context_rows, name,
+                                    noun=preprocessor.specs[name].kind)
+            modalities[name] = preprocessor.loaders[name].decode([None] * len(dataset),
+                                                                 context)
+    return TensorStore(decoded.ids, decoded.labels, modalities, preprocessor.kinds())

@@ -16,7 +16,7 @@ from metamodal.data.batch import TensorStore
 from metamodal.errors import ConfigError, DatasetError, ModalityError, RunError
 from metamodal.mapping.aligner import Aligner
 from metamodal.mapping.joint import encode_store
-from metamodal.mapping.retrieval import retrieval_ranks
+from metamodal.mapping.retrieval import retrieval_ranks, similarity
 from metamodal.model import FewShotModel
 from metamodal.runs.weights import WEIGHTS_FILE, load_weights
 
@@ -172,3 +172,19 @@ def check_aligned(aligner: Aligner, *modalities: str) -> None:
             f"{','.join(modalities)}`")
 
 
+def batch_recall(aligner: Aligner, parts: dict, present: dict) -> float:
+    """In-batch instance Recall@1 of the first aligned pair, in its first direction (what
+    an ``align_only`` training step reports); 0 with fewer than two samples carrying both.
+
+    Args:
+        aligner: the alignment module.
+        parts: modality -> per-modality embeddings ``[B, D]`` of the batch.
+        present: modality -> bool ``[B]``.
+    """
+    a, b = aligner.pairs()[0]
+    rows = (present[a] & present[b]).nonzero().squeeze(1)
+    if len(rows) < 2:
+        return 0.0
+    with torch.no_grad():
+        sim = similarity(parts[a][rows], parts[b][rows])
+        return (sim.argmax(1) == torch.arange(len(rows), device=sim.device)).float().mean().item()

@@ -8,12 +8,15 @@ or corrupt file is a `RunError`.
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from metamodal.errors import RunError
 from metamodal.io import atomic_write
@@ -78,3 +81,94 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if key not in state:
             raise RunError("checkpoint lacks an entry", file=path, column=key, fix=fix)
     return state
+
+
+@dataclass
+class TrainingProgress:
+    """Where training stands; checkpointed so that a resumed run continues exactly.
+
+    Args:
+        step: optimisation steps done.
+        best: best validation accuracy so far (-1 before the first validation).
+        best_step: the step of the best validation (whose weights are kept).
+        bad: validations since the best one (for early stopping).
+        window: sums of training loss and accuracy over the steps since the last log line.
+        stopped_early: early stopping ended training.
+        finished: training is over.
+        seconds: wall-clock seconds of training so far.
+    """
+
+    step: int = 0
+    best: float = -1.0
+    best_step: int = 0
+    bad: int = 0
+    window: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "acc": 0.0, "n": 0})
+    stopped_early: bool = False
+    finished: bool = False
+    seconds: float = 0.0
+
+    def check(self) -> None:
+        """Raise `TypeError` unless every field has its type (a checkpoint is not trusted)."""
+        numbers = (self.best, self.seconds, *self.window.values()) if isinstance(
+            self.window, dict) else ()
+        if (not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                    for v in (self.step, self.best_step, self.bad))
+                or not isinstance(self.window, dict) or set(self.window) != {"loss", "acc", "n"}
+                or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                           for v in numbers)
+                or not isinstance(self.stopped_early, bool)
+                or not isinstance(self.finished, bool)):
+            raise TypeError(f"progress has values of the wrong type: {self}")
+
+
+def restore_training(state: dict[str, Any], model: nn.Module, classifier: nn.Module | None,
+                     optimizer: torch.optim.Optimizer,
+                     schedule: torch.optim.lr_scheduler.LRScheduler,
+                     path: str | Path) -> TrainingProgress:
+    """Load a checkpoint's states into the training objects and the generators; returns its
+    progress.
+
+    Raises:
+        RunError: an entry does not fit the model, optimiser or generators (names the file
+            ``path`` and the entry).
+    """
+    entry = "model"
+    try:
+        model.load_state_dict(state["model"])
+        if classifier is not None:
+            entry = "classifier"
+            classifier.load_state_dict(state["classifier"])
+        entry = "optimizer"
+        optimizer.load_state_dict(state["optimizer"])
+        entry = "schedule"
+        schedule.load_state_dict(state["schedule"])
+        entry = "rng"
+        set_rng_state(state["rng"])
+        entry = "progress"
+        progress = TrainingProgress(**state["progress"])
+        progress.check()
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError,
+            IndexError) as error:
+        raise RunError(f"checkpoint entry does not fit this run ({type(error).__name__}: "
+                       f"{str(error)[:200]})", file=path,
+                       column=entry, fix="delete checkpoint.pt to start over, or train "
+                       "without --resume") from None
+    return progress
+
+
+def training_state(config: dict[str, Any], progress: TrainingProgress, model: nn.Module,
+                   classifier: nn.Module | None, aligner: nn.Module | None,
+                   optimizer: torch.optim.Optimizer,
+                   schedule: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """The resumable state of a training (the entries `CHECKPOINT_KEYS` and ``aligner``), for
+    `save_checkpoint`."""
+    return {
+        "config": config,
+        "model": model.state_dict(),
+        "classifier": classifier.state_dict() if classifier else None,
+        "aligner": aligner.state_dict() if aligner is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "rng": rng_state(),
+        "progress": dataclasses.asdict(progress),
+    }

@@ -2,35 +2,32 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from metamodal.config import TrainConfig, with_dataset_encoders
+from metamodal.config import TrainConfig, resolve_device, with_dataset_encoders
 from metamodal.data.augment import Augmentation, augmentation_for, step_generator
 from metamodal.data.batch import Episode, TensorStore, cat_batches
 from metamodal.data.episodes import EpisodeSampler, check_class_sizes
 from metamodal.data.schema import load_schema
 from metamodal.data.splits import SPLITS_FILE
 from metamodal.errors import ConfigError, InsufficientSamplesError, RunError
-from metamodal.evaluate.protocol import embed_store, evaluate
+from metamodal.evaluate.protocol import evaluate
 from metamodal.io import replace_directory
 from metamodal.learners.baselines import SupervisedClassifier
 from metamodal.learners.task_batching import batchable, batched_losses, uses_vmap
 from metamodal.mapping.aligner import Aligner
-from metamodal.mapping.retrieval import similarity
 from metamodal.model import FewShotModel
 from metamodal.runs.directory import write_run_files
 from metamodal.runs.prepared import PreparedData, prepare_data
@@ -38,18 +35,26 @@ from metamodal.runs.weights import WEIGHTS_FILE, save_weights
 from metamodal.train.alignment import (
     ALIGNMENT_FILE,
     alignment_recall,
+    batch_recall,
     build_aligner,
     class_rows,
     init_from_run,
 )
 from metamodal.train.checkpoint import (
     CHECKPOINT_FILE,
+    TrainingProgress,
     load_checkpoint,
-    rng_state,
+    restore_training,
     save_checkpoint,
-    set_rng_state,
+    training_state,
 )
 from metamodal.train.logger import MetricsLogger, run_is_finished
+from metamodal.train.staging import clean_leftovers, make_staging, release_staging
+from metamodal.train.supervised import (
+    class_index,
+    supervised_step,
+    train_feature_mean,
+)
 from metamodal.train.validation import resolve_validation_shape
 
 log = logging.getLogger(__name__)
@@ -79,45 +84,11 @@ class TrainResult:
     seconds: float = 0.0
 
 
-@dataclass
-class _Progress:
-    """Where training stands; checkpointed so that a resumed run continues exactly."""
-
-    step: int = 0
-    best: float = -1.0
-    best_step: int = 0
-    bad: int = 0
-    window: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "acc": 0.0, "n": 0})
-    stopped_early: bool = False
-    finished: bool = False
-    seconds: float = 0.0
-
-    def check(self) -> None:
-        """Raise `TypeError` unless every field has its type (a checkpoint is not trusted)."""
-        numbers = (self.best, self.seconds, *self.window.values()) if isinstance(
-            self.window, dict) else ()
-        if (not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                    for v in (self.step, self.best_step, self.bad))
-                or not isinstance(self.window, dict) or set(self.window) != {"loss", "acc", "n"}
-                or not all(isinstance(v, int | float) and not isinstance(v, bool)
-                           for v in numbers)
-                or not isinstance(self.stopped_early, bool)
-                or not isinstance(self.finished, bool)):
-            raise TypeError(f"progress has values of the wrong type: {self}")
-
-
 def _schedule(config: TrainConfig) -> Callable[[int], float]:
     """The learning-rate factor of each step: cosine decay to 0 over ``steps``, or constant."""
     if config.schedule == "constant":
         return lambda step: 1.0
     return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -130,15 +101,29 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """Meta-trains a `FewShotModel` on a dataset directory and writes a run directory.
 
-    Episodic learners (ProtoNet, MatchingNet, RelationNet, Siamese) train on episode ``i`` =
-    ``EpisodeSampler(train classes, seed)[i]`` at step ``i``; baseline learners pre-train the
-    encoders and fusion with a supervised classifier over all meta-train classes (Chen et al.
-    2019, "A Closer Look at Few-shot Classification"). AdamW with an optional cosine schedule and
-    gradient clipping; validation every ``val_every`` steps keeps the best weights in
+    What a step trains depends on the learner and the config:
+
+    - episodic learners (metric ones: ``protonet``, ``matchingnet``, ``relationnet``,
+      ``siamese``, ``am3``; the optimisation-based ``maml``, ``fomaml``, ``maml++``, ``anil``,
+      ``metasgd``, ``reptile`` and ``lstm-optimizer``) train on ``meta_batch`` episodes per
+      update: episode ``step * meta_batch + i`` of ``EpisodeSampler(meta-train classes, seed)``,
+      augmented with that episode's generator (``augment``), backpropagated one by one or, with
+      ``task_batching`` vmap, ``vmap_chunk`` at a time (`metamodal.learners.task_batching`);
+    - supervised-mode learners (``finetune``, ``nearest-centroid``) pre-train encoders and
+      fusion with a classifier over all meta-train classes (Chen et al. 2019, "A Closer Look
+      at Few-shot Classification"; `metamodal.train.supervised`);
+    - ``align_weight`` adds a cross-modal alignment loss to each episode, and ``align_only``
+      trains the encoders with that loss alone (`metamodal.train.alignment`); ``init_from``
+      starts the encoders from another run.
+
+    AdamW with an optional cosine schedule and gradient clipping; validation every
+    ``val_every`` steps on episodes of the shape the validation split allows
+    (`metamodal.train.validation.resolve_validation_shape`) keeps the best weights in
     ``model.safetensors``; early stopping after ``patience`` validations without improvement;
     a resumable checkpoint every ``checkpoint_every`` steps. Because each step's data is a pure
     function of (seed, step) and every generator's state is checkpointed, ``fit(resume=True)``
-    after a kill ends with the same parameters as an uninterrupted run.
+    after a kill ends with the same parameters as an uninterrupted run. ``fit(overwrite=True)``
+    writes the new run in a staging folder beside the old one (`metamodal.train.staging`).
 
     Args:
         config: the training configuration.
@@ -181,16 +166,19 @@ class Trainer:
         checkpoint) have been validated. A finished run in ``out`` is refused unless
         ``resume`` (which returns it as it is) or ``overwrite`` is given; with ``overwrite``
         the new run is written beside it and replaces it only once it is complete, so a
-        failure or a kill leaves the finished run as it was.
+        failure or a kill leaves the finished run as it was; what a kill leaves beside it is
+        cleaned up or named by the next `fit` (`metamodal.train.staging.clean_leftovers`).
 
         Args:
             resume: continue from ``out``'s checkpoint (start afresh when there is none).
             overwrite: replace a finished run in ``out``.
 
         Raises:
-            RunError: ``out`` holds a finished run and neither flag is given, or its
-                checkpoint is corrupt.
+            RunError: ``out`` holds a finished run and neither flag is given, its checkpoint
+                is corrupt, or an interrupted replacement left the finished run aside.
+            ConfigError: ``device`` names one this machine lacks (``cuda`` without CUDA).
         """
+        clean_leftovers(self.out)
         finished_before = run_is_finished(self.out)
         if finished_before and not resume and not overwrite:
             raise RunError(
@@ -229,8 +217,7 @@ class Trainer:
                                                        file=where)
         # The inputs are valid: only now may a former run's files be replaced.
         if state is None and finished_before:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
-            self._work = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}."))
+            self._work = make_staging(self.out)
         else:
             self._work = self.out
             self.out.mkdir(parents=True, exist_ok=True)
@@ -246,6 +233,7 @@ class Trainer:
                 shutil.rmtree(self._work, ignore_errors=True)
             raise
         if self._work != self.out:
+            release_staging(self._work)
             replace_directory(self._work, self.out)
         return result
 
@@ -268,9 +256,10 @@ class Trainer:
         write_run_files(self._work, config=cfg, model_spec=model.spec, split=data.split,
                         schema=data.dataset.schema, preprocessor=data.preprocessor,
                         alignment=aligner.options if aligner is not None else None)
-        progress = _Progress()
+        progress = TrainingProgress()
         if state is not None:
-            progress = self._restore(state, model, classifier, optimizer, schedule)
+            progress = restore_training(state, model, classifier, optimizer, schedule,
+                                        self._work / CHECKPOINT_FILE)
             if aligner is not None and state.get("aligner") is not None:
                 aligner.load_state_dict(state["aligner"])
         already_finished = progress.finished
@@ -306,8 +295,9 @@ class Trainer:
                 progress.finished = progress.stopped_early or progress.step >= cfg.steps
                 progress.seconds += time.perf_counter() - started
                 if progress.finished or progress.step % cfg.checkpoint_every == 0:
-                    self._checkpoint(checkpoint_path, progress, model, classifier, optimizer,
-                                     schedule)
+                    save_checkpoint(checkpoint_path, training_state(
+                        self.config.to_dict(), progress, model, classifier, self.aligner,
+                        optimizer, schedule))
                 for callback in self.callbacks:
                     callback(progress.step, values)
             if not already_finished:
@@ -359,15 +349,16 @@ class Trainer:
                 parts, present = model.backbone.encode(batch)
                 loss = aligner.loss(parts, present, row_labels[chosen].to(device))
                 loss.backward()
-                return loss.item(), _batch_recall(aligner, parts, present)
+                return loss.item(), batch_recall(aligner, parts, present)
 
             return align_step
         if classifier is not None:
-            train_index = _class_index(store, classes)
+            train_index = class_index(store, classes)
 
             def supervised(step: int) -> tuple[float, float]:
-                loss, acc = self._supervised_step(model, classifier, store, train_index,
-                                                  augmentation, step, device)
+                loss, acc = supervised_step(model, classifier, store, train_index,
+                                            augmentation, step, seed=cfg.seed,
+                                            batch_size=cfg.batch_size, device=device)
                 loss.backward()
                 return loss.item(), acc
 
@@ -428,53 +419,7 @@ class Trainer:
 
         return episodic
 
-    def _restore(self, state: dict, model: FewShotModel,
-                 classifier: SupervisedClassifier | None, optimizer: torch.optim.Optimizer,
-                 schedule: torch.optim.lr_scheduler.LRScheduler) -> _Progress:
-        """Load a checkpoint's states into the training objects; returns its progress.
-
-        Raises:
-            RunError: an entry does not fit the model, optimiser or generators (names it).
-        """
-        entry = "model"
-        try:
-            model.load_state_dict(state["model"])
-            if classifier is not None:
-                entry = "classifier"
-                classifier.load_state_dict(state["classifier"])
-            entry = "optimizer"
-            optimizer.load_state_dict(state["optimizer"])
-            entry = "schedule"
-            schedule.load_state_dict(state["schedule"])
-            entry = "rng"
-            set_rng_state(state["rng"])
-            entry = "progress"
-            progress = _Progress(**state["progress"])
-            progress.check()
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError,
-                IndexError) as error:
-            raise RunError(f"checkpoint entry does not fit this run ({type(error).__name__}: "
-                           f"{str(error)[:200]})", file=self._work / CHECKPOINT_FILE,
-                           column=entry, fix="delete checkpoint.pt to start over, or train "
-                           "without --resume") from None
-        return progress
-
-    def _checkpoint(self, path: Path, progress: _Progress, model: FewShotModel,
-                    classifier: SupervisedClassifier | None, optimizer: torch.optim.Optimizer,
-                    schedule: torch.optim.lr_scheduler.LRScheduler) -> None:
-        """Write the resumable state atomically."""
-        save_checkpoint(path, {
-            "config": self.config.to_dict(),
-            "model": model.state_dict(),
-            "classifier": classifier.state_dict() if classifier else None,
-            "aligner": self.aligner.state_dict() if self.aligner is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "rng": rng_state(),
-            "progress": dataclasses.asdict(progress),
-        })
-
-    def _log_window(self, progress: _Progress, values: dict[str, float],
+    def _log_window(self, progress: TrainingProgress, values: dict[str, float],
                     logger: MetricsLogger, schedule: torch.optim.lr_scheduler.LRScheduler) -> None:
         """Average the training loss and accuracy over ``LOG_EVERY`` steps and log them."""
         window = progress.window
@@ -547,7 +492,7 @@ class Trainer:
                                          data.split.train).to(device)
         return self.aligner
 
-    def _select(self, progress: _Progress, val_acc: float, model: FewShotModel) -> None:
+    def _select(self, progress: TrainingProgress, val_acc: float, model: FewShotModel) -> None:
         """Keep the best validated weights; count validations without gain for early stopping."""
         if val_acc > progress.best:
             progress.best, progress.best_step, progress.bad = val_acc, progress.step, 0
@@ -559,30 +504,6 @@ class Trainer:
         if self.config.patience and progress.bad >= self.config.patience:
             progress.stopped_early = True
             log.info("early stopping at step %d (best %d)", progress.step, progress.best_step)
-
-    def _supervised_step(
-        self,
-        model: FewShotModel,
-        classifier: SupervisedClassifier,
-        store: TensorStore,
-        train_index: tuple[torch.Tensor, torch.Tensor],
-        augmentation: Augmentation,
-        step: int,
-        device: torch.device,
-    ) -> tuple[torch.Tensor, float]:
-        """One (augmented) batch of ordinary classification over all meta-train classes."""
-        indices, targets = train_index
-        rng = np.random.default_rng([self.config.seed, step])
-        size = min(self.config.batch_size, len(indices))
-        pick = torch.from_numpy(rng.choice(len(indices), size=size, replace=False))
-        batch = store.batch(indices[pick])
-        if augmentation.active:
-            batch = augmentation.batch(batch, step_generator(self.config.seed, step))
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = _classify(model, classifier, batch)
-        labels = targets[pick].to(device)
-        loss = torch.nn.functional.cross_entropy(logits, labels)
-        return loss, (logits.argmax(-1) == labels).float().mean().item()
 
     @torch.no_grad()
     def _validate(
@@ -600,49 +521,10 @@ class Trainer:
             return alignment_recall(model, self.aligner, data.store, data.split.val,
                                     device=device, level=self.aligner.positives)
         if classifier is not None and hasattr(model.learner, "set_feature_mean"):
-            indices, _ = _class_index(data.store, data.split.train)
-            embeddings = embed_store(model, data.store, indices, device=device)
-            z = embeddings.z if embeddings.z.dim() == 2 else _masked_mean(embeddings)
-            model.learner.set_feature_mean(z[embeddings.present.any(1)].mean(0))
+            model.learner.set_feature_mean(
+                train_feature_mean(model, data.store, data.split.train, device))
         ways, shots, queries = self._val_shape
         result = evaluate(model, data.store, data.split.val, ways=ways, shots=shots,
                           queries=queries, episodes=cfg.val_episodes, seed=cfg.seed + 1,
                           device=device)
         return result.accuracy
-
-
-def _batch_recall(aligner: Aligner, parts: dict, present: dict) -> float:
-    """In-batch instance Recall@1 of the first aligned pair, in its first direction."""
-    a, b = aligner.pairs()[0]
-    rows = (present[a] & present[b]).nonzero().squeeze(1)
-    if len(rows) < 2:
-        return 0.0
-    with torch.no_grad():
-        sim = similarity(parts[a][rows], parts[b][rows])
-        return (sim.argmax(1) == torch.arange(len(rows), device=sim.device)).float().mean().item()
-
-
-def _class_index(store: TensorStore, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the samples of ``classes``, long ``[N]``, and their class ids ``[N]``."""
-    ids = {label: k for k, label in enumerate(classes)}
-    rows = [(i, ids[label]) for i, label in enumerate(store.labels) if label in ids]
-    index = torch.tensor([r[0] for r in rows], dtype=torch.long)
-    return index, torch.tensor([r[1] for r in rows], dtype=torch.long)
-
-
-def _masked_mean(embeddings) -> torch.Tensor:
-    """Mean over present modalities of late-fusion embeddings ``[B, M, D]`` -> ``[B, D]``."""
-    mask = embeddings.present.unsqueeze(-1).to(embeddings.z.dtype)
-    return (embeddings.z * mask).sum(1) / mask.sum(1).clamp_min(1)
-
-
-def _classify(
-    model: FewShotModel, classifier: SupervisedClassifier, batch: dict
-) -> torch.Tensor:
-    """Supervised logits ``[B, classes]``; late fusion mixes the per-modality logits with the
-    fusion's ``combine``, as a learner does."""
-    embeddings = model.embed(batch)
-    logits = classifier(embeddings.z)  # [B, C], late fusion [B, M, C]
-    if embeddings.late:
-        return model.backbone.fusion.combine(logits, embeddings.present)
-    return logits

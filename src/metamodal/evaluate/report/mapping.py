@@ -1,16 +1,22 @@
-"""Report sections of cross-modal mapping: retrieval, zero-shot and few+zero-shot, imputation
-versus masking, and the 2-D picture of the joint space."""
+"""The cross-modal mapping sections of a report: retrieval, zero-shot and few+zero-shot,
+imputation versus masking, and the 2-D picture of the joint space."""
 
 from __future__ import annotations
 
 import html
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from metamodal.evaluate.projection import Projection
-from metamodal.evaluate.protocol import EvalResult
-from metamodal.evaluate.report import _figure, _html_image, _html_table, _md_table, _save_png
+from metamodal.evaluate.report.render import (
+    Section,
+    html_image,
+    html_table,
+    md_table,
+    new_figure,
+    save_png,
+)
+from metamodal.evaluate.result import EvalResult
 from metamodal.evaluate.retrieval import LEVELS, RetrievalReport
 from metamodal.evaluate.robustness import IMPUTATION, MASKING, imputation_gains
 from metamodal.evaluate.zeroshot import ZeroShotReport
@@ -22,7 +28,8 @@ IMPUTATION_PNG = "imputation.png"
 
 @dataclass
 class MappingResults:
-    """What `write_report` shows about cross-modal mapping (every part optional).
+    """What `metamodal.evaluate.report.write_report` shows about cross-modal mapping (every
+    part optional).
 
     Args:
         retrieval: from `metamodal.evaluate.retrieval.evaluate_retrieval`.
@@ -82,7 +89,7 @@ def _imputation_rows(curves: dict[str, dict[str, list[EvalResult]]]
 
 
 def _imputation_plot(curves: dict[str, dict[str, list[EvalResult]]], path: Path) -> None:
-    fig = _figure(6.5, 4.2)
+    fig = new_figure(6.5, 4.2)
     ax = fig.subplots()
     gains = imputation_gains(curves)
     for modality, methods in curves.items():
@@ -96,11 +103,11 @@ def _imputation_plot(curves: dict[str, dict[str, list[EvalResult]]], path: Path)
     ax.set_title("Imputing a missing modality vs masking it")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small", ncol=2)
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def _projection_plot(projection: Projection, path: Path) -> None:
-    fig = _figure(6.5, 5.0)
+    fig = new_figure(6.5, 5.0)
     ax = fig.subplots()
     classes = list(dict.fromkeys(projection.classes))
     modalities = list(dict.fromkeys(projection.modalities))
@@ -120,22 +127,22 @@ def _projection_plot(projection: Projection, path: Path) -> None:
     ax.set_title(f"Joint space, PCA ({100 * projection.explained:.0f}% of the variance)")
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
-def mapping_sections(results: MappingResults, out: Path
-                     ) -> tuple[list[str], list[str], dict[str, Any]]:
-    """Markdown lines, HTML fragments and JSON data of the mapping sections; plots are written
-    into ``out``."""
-    md: list[str] = []
-    page: list[str] = []
-    data: dict[str, Any] = {}
+def mapping_section(results: MappingResults, out: Path) -> Section:
+    """The mapping sections of the parts ``results`` holds, in this order: retrieval,
+    zero-shot, imputation vs masking (``imputation.png``), the joint space
+    (``joint_space.png``); plots are written into ``out``, and each part adds its data under
+    its own key (``retrieval``, ``zero_shot``, ``imputation``, ``projection``)."""
+    section = Section()
+    md, page, data = section.markdown, section.html, section.data
     if results.retrieval is not None:
         r = results.retrieval
         header, rows = _retrieval_rows(r)
         title = f"Cross-modal retrieval ({r.query_modality} <-> {r.target_modality})"
-        md += [f"## {title}", "", _md_table(header, rows), ""]
-        page += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows),
+        md += [f"## {title}", "", md_table(header, rows), ""]
+        page += [f"<h2>{html.escape(title)}</h2>", html_table(header, rows),
                  '<p class="note">Recall@K: share of queries whose hit (the same sample, or any '
                  "sample of its class) is among the K best targets; ± is the 95% interval over "
                  "queries. Baselines: random scores; ridge and CCA maps fitted on meta-train "
@@ -145,25 +152,25 @@ def mapping_sections(results: MappingResults, out: Path
         header, rows = _zero_shot_rows(results.zero_shot)
         source = f"Classes described by {results.zero_shot.source}."
         md += ["## Zero-shot and few+zero-shot (class descriptions)", "", source, "",
-               _md_table(header, rows), ""]
+               md_table(header, rows), ""]
         page += ["<h2>Zero-shot and few+zero-shot (class descriptions)</h2>",
-                 f"<p>{html.escape(source)}</p>", _html_table(header, rows)]
+                 f"<p>{html.escape(source)}</p>", html_table(header, rows)]
         data["zero_shot"] = results.zero_shot.to_dict()
     if results.imputation:
         _imputation_plot(results.imputation, out / IMPUTATION_PNG)
         header, rows = _imputation_rows(results.imputation)
         md += ["## Imputing a missing modality vs masking it", "",
-               f"![imputation]({IMPUTATION_PNG})", "", _md_table(header, rows), ""]
+               f"![imputation]({IMPUTATION_PNG})", "", md_table(header, rows), ""]
         page += ["<h2>Imputing a missing modality vs masking it</h2>",
-                 _html_image(IMPUTATION_PNG, "imputation vs masking"), _html_table(header, rows)]
+                 html_image(IMPUTATION_PNG, "imputation vs masking"), html_table(header, rows)]
         data["imputation"] = {m: {k: [x.to_dict() for x in v] for k, v in rows_.items()}
                               for m, rows_ in results.imputation.items()}
     if results.projection is not None:
         _projection_plot(results.projection, out / PROJECTION_PNG)
         md += ["## The joint space", "", f"![joint space]({PROJECTION_PNG})", ""]
-        page += ["<h2>The joint space</h2>", _html_image(PROJECTION_PNG, "joint space"),
+        page += ["<h2>The joint space</h2>", html_image(PROJECTION_PNG, "joint space"),
                  '<p class="note">Each point is one modality of one test sample (its encoder '
                  "output, L2-normalised), projected on the first two principal components; "
                  "colour is the class, the marker the modality.</p>"]
         data["projection"] = results.projection.to_dict()
-    return md, page, data
+    return section

@@ -1,0 +1,166 @@
+"""Evaluation fits the data it is given: a modality of the model that a dataset lacks entirely
+is absent for every sample (one warning), ``modalities=`` restricts what the model sees, and the
+episode shape is lowered to what small data supplies unless the user set it."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+from metamodal.config import TrainConfig
+from metamodal.datasets.synthetic import make_synthetic
+from metamodal.errors import InsufficientSamplesError, ModalityError
+from metamodal.evaluate.ablation import modality_ablation
+from metamodal.evaluate.protocol import evaluate
+from metamodal.evaluate.robustness import missing_modality_curve
+from metamodal.evaluate.shape import resolve_eval_shape
+from metamodal.runs.directory import load_run, load_run_data
+from metamodal.train.trainer import Trainer
+
+SHAPE = dict(ways=2, shots=1, queries=2, episodes=12, seed=3)
+
+
+@pytest.fixture(scope="module")
+def image_track(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(dataset, run trained on its image and track modalities, copy without the track)."""
+    root = tmp_path_factory.mktemp("fit")
+    data = make_synthetic(root / "data", classes=15, per_class=4, image_size=8, seed=2,
+                          track_length=16)
+    config = TrainConfig(data=str(data), modalities=["image", "track"], steps=3, ways=2,
+                         shots=1, queries=1, dim=8, val_every=0, val_episodes=2, device="cpu",
+                         cache=False, preprocess={"image": {"size": 8}})
+    Trainer(config, root / "run", progress=False).fit()
+    return data, root / "run", _without(data, "track", root / "images-only")
+
+
+def _without(data: Path, modality: str, out: Path) -> Path:
+    """A copy of ``data`` whose dataset.toml and samples.csv lack ``modality``."""
+    shutil.copytree(data, out, ignore=shutil.ignore_patterns(".metamodal-cache"))
+    schema = (out / "dataset.toml").read_text()
+    schema = re.sub(rf"\[modalities\.{modality}\]\n(?:[^\[\n][^\n]*\n|\n)*", "", schema)
+    assert f"modalities.{modality}" not in schema
+    (out / "dataset.toml").write_text(schema)
+    with (out / "samples.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    fields = [name for name in rows[0] if name != modality]
+    with (out / "samples.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in fields} for row in rows)
+    return out
+
+
+def test_a_dataset_lacking_a_modality_is_evaluated_as_if_it_were_masked(image_track) -> None:
+    data, run_dir, images_only = image_track
+    run = load_run(run_dir)
+    full = load_run_data(run)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lacking = load_run_data(run, images_only)
+    messages = [str(w.message) for w in caught if "lacks the model's" in str(w.message)]
+    assert len(messages) == 1 and "'track'" in messages[0]
+    assert not bool(lacking.store.modalities["track"].present.any())
+    test = full.split.test
+    masked = evaluate(run.model, full.store, test, modalities=["image"], **SHAPE)
+    both = evaluate(run.model, full.store, test, **SHAPE)
+    for result in (evaluate(run.model, lacking.store, test, **SHAPE),
+                   evaluate(run.model, lacking.store, test, modalities=["image"], **SHAPE)):
+        assert result.accuracies == masked.accuracies
+        assert result.modalities == ["image"]
+        assert result.episode_digest == masked.episode_digest
+    assert both.modalities == ["image", "track"]
+    named = evaluate(run.model, lacking.store, test, modalities=["image", "track"], **SHAPE)
+    assert named.accuracies == masked.accuracies and named.modalities == ["image"]
+    with pytest.raises(ModalityError, match="no sample of the data carries 'track'"):
+        evaluate(run.model, lacking.store, test, modalities=["track"], **SHAPE)
+
+
+def test_modalities_restrict_ablation_and_robustness(image_track) -> None:
+    _, run_dir, images_only = image_track
+    run = load_run(run_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lacking = load_run_data(run, images_only)
+    full = load_run_data(run)
+    test = full.split.test
+    rows = modality_ablation(run.model, lacking.store, test, **SHAPE)
+    assert [r.name for r in rows] == ["all", "only:image"]
+    named = modality_ablation(run.model, lacking.store, test, modalities=["image", "track"],
+                              **SHAPE)
+    assert [r.accuracies for r in named] == [r.accuracies for r in rows]
+    restricted = modality_ablation(run.model, full.store, test, modalities=["image"], **SHAPE)
+    assert [r.accuracies for r in restricted] == [r.accuracies for r in rows]
+    curves = missing_modality_curve(run.model, full.store, test, modalities=["track"],
+                                    rates=(0.0, 0.5), **SHAPE)
+    assert list(curves) == ["track"]
+
+
+def test_a_modality_the_model_does_not_know_stays_an_error(image_track) -> None:
+    data, run_dir, _ = image_track
+    run = load_run(run_dir)
+    prepared = load_run_data(run)
+    with pytest.raises(ModalityError, match="caption"):
+        evaluate(run.model, prepared.store, prepared.split.test, modalities=["caption"],
+                 **SHAPE)
+
+
+def test_a_dataset_with_none_of_the_models_modalities_is_an_error(image_track,
+                                                                  tmp_path: Path) -> None:
+    _, run_dir, images_only = image_track
+    neither = _without(images_only, "image", tmp_path / "neither")
+    with pytest.raises(ModalityError, match="none of the model's modalities") as caught:
+        load_run_data(load_run(run_dir), neither)
+    assert caught.value.file == str(neither / "dataset.toml")
+
+
+@pytest.mark.parametrize(("classes", "per_class", "family"), [(10, 4, 2), (30, 10, 5)])
+def test_small_data_is_evaluated_in_the_shape_it_allows(tmp_path: Path, image_track,
+                                                        classes: int, per_class: int,
+                                                        family: int) -> None:
+    data = make_synthetic(tmp_path / "small", classes=classes, per_class=per_class,
+                          image_size=8, seed=4, track_length=16, classes_per_family=family)
+    run = load_run(image_track[1])
+    prepared = load_run_data(run, data)
+    test = prepared.split.test
+    with pytest.raises(InsufficientSamplesError):  # the default shape does not fit
+        evaluate(run.model, prepared.store, test, episodes=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ways, shots, queries = resolve_eval_shape(prepared.store, test)
+    assert len([w for w in caught if "lowered from the default" in str(w.message)]) == 1
+    if classes == 10:  # a 10-class dataset keeps a few test classes (of 4 samples)
+        assert 2 <= len(test) < 5
+    else:  # enough test classes of 10 samples: only the queries are lowered
+        assert len(test) >= 5
+    expected = (min(5, len(test)), 1, per_class - 1)
+    assert (ways, shots, queries) == expected
+    result = evaluate(run.model, prepared.store, test, ways=ways, shots=shots,
+                      queries=queries, episodes=3)
+    assert (result.ways, result.shots, result.queries) == expected
+
+
+def test_an_explicit_shape_the_data_cannot_supply_is_an_error(tmp_path: Path) -> None:
+    from metamodal.data.batch import TensorStore
+
+    store = TensorStore([str(i) for i in range(30)], [f"c{i % 3}" for i in range(30)], {}, {})
+    classes = ["c0", "c1", "c2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default shape fits: no warning
+        big = TensorStore([str(i) for i in range(96)], [f"c{i % 6}" for i in range(96)], {},
+                          {})
+        assert resolve_eval_shape(big, [f"c{i}" for i in range(6)]) == (5, 1, 15)
+    for shape in (dict(ways=4), dict(queries=10), dict(shots=10), dict(ways=3, queries=12)):
+        with pytest.raises(InsufficientSamplesError) as caught, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            resolve_eval_shape(store, classes, file="splits.toml", **shape)
+        assert caught.value.file == "splits.toml" and caught.value.column == "test"
+    # the user's queries are kept; only the ways that were not set are lowered
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert resolve_eval_shape(store, classes, queries=4) == (3, 1, 4)
+        assert resolve_eval_shape(store, classes, ways=2) == (2, 1, 9)

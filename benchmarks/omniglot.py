@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from metamodal.config import TrainConfig
-from metamodal.data.episodes import protocol_episodes, read_episode_file, write_episode_file
+from metamodal.data.episode_files import protocol_episodes, read_episode_file, write_episode_file
 from metamodal.datasets.omniglot import import_omniglot
 from metamodal.evaluate.protocol import evaluate, evaluate_episodes
 from metamodal.evaluate.stats import pooled_error

@@ -11,7 +11,8 @@ import pytest
 
 from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
-from metamodal.data.episodes import EpisodeSampler, write_episode_file
+from metamodal.data.episode_files import write_episode_file
+from metamodal.data.episodes import EpisodeSampler
 from metamodal.errors import InsufficientSamplesError, ModalityError, RunError
 from metamodal.runs.directory import load_run, load_run_data
 

@@ -16,15 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
+import metamodal.data.episode_files as episode_files_module
 import metamodal.data.episodes as episodes_module
 from metamodal.data.batch import Episode, ModalityBatch, TensorStore
+from metamodal.data.episode_files import read_episode_file, write_episode_file
 from metamodal.data.episodes import (
     UNBOUNDED_EPISODES,
     EpisodeSampler,
     check_class_sizes,
     episodes_from_sampler,
-    read_episode_file,
-    write_episode_file,
 )
 from metamodal.errors import ConfigError, DatasetError, InsufficientSamplesError
 
@@ -457,7 +457,7 @@ def test_write_episode_file_is_atomic(tmp_path: Path, monkeypatch: pytest.Monkey
         raise OSError("disk full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(episodes_module.os, "replace", no_rename)
+        patch.setattr(episode_files_module.os, "replace", no_rename)
         with pytest.raises(OSError, match="disk full"):
             write_episode_file(path, [sampler[7]])
     assert path.read_text() == before

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from metamodal.data.batch import Episode, ModalityBatch, TensorStore
-from metamodal.data.episodes import EpisodeSampler, read_episode_file, write_episode_file
+from metamodal.data.episode_files import read_episode_file, write_episode_file
+from metamodal.data.episodes import EpisodeSampler
 from metamodal.errors import (
     ConfigError,
     DatasetError,

@@ -22,7 +22,8 @@ from omniglot_fixtures import (
 from PIL import Image
 
 from metamodal.cli import main
-from metamodal.data.episodes import EpisodeSampler, read_episode_file
+from metamodal.data.episode_files import read_episode_file
+from metamodal.data.episodes import EpisodeSampler
 from metamodal.data.inspect import inspect_dataset
 from metamodal.datasets._sources import extract_zip
 from metamodal.datasets.importers import import_folder, import_table

@@ -14,11 +14,8 @@ from metamodal.cli import main
 from metamodal.config import TrainConfig
 from metamodal.data.batch import TensorStore
 from metamodal.data.dataset import load_dataset
-from metamodal.data.episodes import (
-    EpisodeSampler,
-    protocol_episodes,
-    read_episode_file,
-)
+from metamodal.data.episode_files import protocol_episodes, read_episode_file
+from metamodal.data.episodes import EpisodeSampler
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.errors import ConfigError, InsufficientSamplesError
 from metamodal.evaluate.stats import mean_ci95, pooled_error

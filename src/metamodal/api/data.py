@@ -197,7 +197,7 @@ def episodes(data: str | Path | None = None, settings: EpisodesSettings | None =
         ...          queries=1, runs=20).path  # doctest: +SKIP
     """
     from metamodal.data.dataset import load_dataset
-    from metamodal.data.episodes import protocol_episodes, write_episode_file
+    from metamodal.data.episode_files import protocol_episodes, write_episode_file
     from metamodal.data.splits import load_split
 
     s = resolve(EpisodesSettings, settings, {"data": data, **options}, verb="episodes")

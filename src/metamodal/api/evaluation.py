@@ -182,7 +182,7 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
     models = [model] + ([untrained_baseline(loaded.model, seed=s.seed)] if s.baseline else [])
     pooled = None
     if s.episodes:
-        from metamodal.data.episodes import read_episode_file
+        from metamodal.data.episode_files import read_episode_file
 
         episodes = read_episode_file(s.episodes, prepared.store)
         results = [evaluate_episodes(m, prepared.store, episodes, modalities=modalities)

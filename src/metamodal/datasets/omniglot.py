@@ -351,7 +351,7 @@ def _write_runs(runs: _Set, out: Path, image_options: dict[str, Any], stroke_len
     ``strokes`` modality with every cell empty (the runs have no strokes), so that a model
     trained on images and strokes evaluates on the runs' images.
     """
-    from metamodal.data.episodes import EpisodeIds, write_episode_file
+    from metamodal.data.episode_files import EpisodeIds, write_episode_file
 
     index = {f.parts: f for f in runs.files}
     label_files = sorted((f for f in runs.files if f.name == RUNS_LABELS), key=lambda f: f.parts)

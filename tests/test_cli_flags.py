@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from metamodal import api
-from metamodal.api.settings import field_help
+from metamodal.api.fields import field_help
 from metamodal.cli import build_parser, collect
 from metamodal.config import TrainConfig
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from metamodal import api
-from metamodal.api.settings import Flag, field_help
+from metamodal.api.fields import Flag, field_help
 from metamodal.config import TrainConfig
 from metamodal.errors import ConfigError, MetamodalError
 

@@ -55,6 +55,7 @@ from metamodal.api.evaluation import (
     report_results,
     run_info,
 )
+from metamodal.api.fields import write_json
 from metamodal.api.mapping import project, retrieve, zero_shot
 from metamodal.api.prediction import PredictResult, WorkedEpisode, predict, worked_episode
 from metamodal.api.settings import (
@@ -81,7 +82,6 @@ from metamodal.api.settings import (
     TableImportSettings,
     VideoFolderSettings,
     ZeroShotSettings,
-    write_json,
 )
 from metamodal.api.training import TrainReport, align, train
 from metamodal.classifier import FewShotClassifier

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metamodal.api.fields import resolve, write_json
 from metamodal.api.settings import (
     IMPORT_LAYOUTS,
     CacheSettings,
@@ -15,8 +16,6 @@ from metamodal.api.settings import (
     EpisodesSettings,
     ImportSettings,
     SyntheticSettings,
-    resolve,
-    write_json,
 )
 from metamodal.errors import ConfigError
 

@@ -17,9 +17,10 @@ from metamodal.api.evaluation import (
     report_results,
     run_info,
 )
+from metamodal.api.fields import make
 from metamodal.api.mapping import project, retrieve, zero_shot
 from metamodal.api.prediction import worked_episode
-from metamodal.api.settings import QUICK_DEMO, DemoSettings, make
+from metamodal.api.settings import QUICK_DEMO, DemoSettings
 from metamodal.api.training import train
 from metamodal.config import TrainConfig
 from metamodal.evaluate.protocol import EvalResult

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metamodal.api.settings import EvalSettings, ReportSettings, resolve, write_json
+from metamodal.api.fields import resolve, write_json
+from metamodal.api.settings import EvalSettings, ReportSettings
 from metamodal.errors import ConfigError
 from metamodal.evaluate.ablation import modality_ablation
 from metamodal.evaluate.baseline import UNTRAINED, untrained_baseline

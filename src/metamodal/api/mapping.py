@@ -6,7 +6,8 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from metamodal.api.settings import RetrieveSettings, ZeroShotSettings, resolve, write_json
+from metamodal.api.fields import resolve, write_json
+from metamodal.api.settings import RetrieveSettings, ZeroShotSettings
 from metamodal.evaluate.projection import Projection, joint_projection
 from metamodal.evaluate.retrieval import RetrievalReport
 from metamodal.evaluate.zeroshot import ZeroShotReport

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metamodal.api.settings import PredictSettings, resolve, write_json
+from metamodal.api.fields import resolve, write_json
+from metamodal.api.settings import PredictSettings
 
 
 @dataclass

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metamodal.api.settings import RunSettings, resolve
+from metamodal.api.fields import resolve
+from metamodal.api.settings import RunSettings
 from metamodal.config import TrainConfig, load_config
 from metamodal.errors import ConfigError
 

@@ -1,0 +1,104 @@
+"""How a verb's settings dataclass becomes keywords and flags: `Flag` metadata, the field
+documentation read from the class's ``Args:`` (`field_help`), building settings from keywords
+with typed errors (`make`, `resolve`), and writing a result's JSON (`write_json`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metamodal.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a field appears on the command line, where it differs from ``--field-name``.
+
+    Args:
+        name: the flag (``"--episodes-count"``), or ``""`` for a positional argument.
+        aliases: further spellings of the flag.
+        metavar: the placeholder in ``--help``.
+        pairs: the field is a ``dict[str, str]`` given as repeated ``KEY=VALUE`` flags.
+        values: a Python literal in ``--help`` for the default, where ``repr`` misleads.
+    """
+
+    name: str | None = None
+    aliases: tuple[str, ...] = ()
+    metavar: str | None = None
+    pairs: bool = False
+    values: str | None = None
+
+
+def flag(default: Any = dataclasses.MISSING, **how: Any) -> Any:
+    """A dataclass field with command-line `Flag` metadata (``flag(600, name="--episodes-count")``).
+    A mutable default (list or dict) is copied for each instance."""
+    metadata = {"flag": Flag(**how)}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+_ENTRY = re.compile(r"^(\s*)([A-Za-z_][\w, ]*):\s*(.*)$")
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The ``Args:`` entries of ``cls``'s docstring by field name (an entry ``a, b: text``
+    documents both ``a`` and ``b``).
+
+    Example:
+        >>> from metamodal.api.settings import EpisodeShape
+        >>> field_help(EpisodeShape)["shots"]
+        'support samples per class.'
+    """
+    doc = inspect.getdoc(cls) or ""
+    lines = doc.splitlines()
+    try:
+        start = lines.index("Args:") + 1
+    except ValueError:
+        return {}
+    found: dict[str, str] = {}
+    names: list[str] = []
+    indent = None
+    for line in lines[start:]:
+        if line and not line.startswith(" "):
+            break  # the next section
+        match = _ENTRY.match(line)
+        if match and (indent is None or len(match.group(1)) == indent):
+            indent = len(match.group(1))
+            names = [n.strip() for n in match.group(2).split(",")]
+            for name in names:
+                found[name] = match.group(3).strip()
+        elif line.strip() and names:
+            for name in names:
+                found[name] = f"{found[name]} {line.strip()}"
+    return found
+
+
+def make(cls: type, values: dict[str, Any], *, verb: str) -> Any:
+    """``cls(**values)``; an unknown setting is a `ConfigError` that lists the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{verb}: unknown setting(s) {', '.join(unknown)}",
+                          column=unknown[0], fix=f"use {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def resolve(cls: type, settings: Any, options: dict[str, Any], *, verb: str) -> Any:
+    """``settings`` (an instance of ``cls``, or None for its defaults) with ``options`` (field
+    name -> value; None values are left out) applied; an unknown name is a `ConfigError`."""
+    values = dataclasses.asdict(settings) if settings is not None else {}
+    values.update({k: v for k, v in options.items() if v is not None})
+    return make(cls, values, verb=verb)
+
+
+def write_json(path: str | Path | None, result: Any) -> None:
+    """Write ``result.to_dict()`` to ``path`` atomically (nothing when ``path`` is None)."""
+    if path:
+        from metamodal.io import atomic_write_json
+
+        atomic_write_json(path, result.to_dict())

@@ -930,14 +930,14 @@ def _run_op(case: Case, work: Path, base: Base) -> tuple[str, object]:
         config = load_run(base.run).config.updated({"data": str(work / "data")})
         return "ok", Trainer(config, work / "run", progress=False).fit(resume=True)
     if case.op == "flags":
-        from metamodal.cli import _train_config, build_parser
-        from metamodal.train.trainer import Trainer
+        from metamodal.cli import build_parser
 
         args = build_parser().parse_args(
             ["train", "--data", str(work / "data"), "--out", str(work / "new-run"),
              "--steps", "1", "--no-cache", "--device", "cpu", "--dim", "8",
              "--val-episodes", "2", "--ways", "2", "--queries", "1", *case.flags])
-        Trainer(_train_config(args), args.out, progress=False).fit()
+        args.progress = False
+        args.call(args)  # what `metamodal train` runs: api.train with the flags' settings
         return "ok", None
     raise ValueError(case.op)
 

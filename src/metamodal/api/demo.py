@@ -159,7 +159,8 @@ def demo(
     def trained(name: str, config: TrainConfig) -> Path:
         run_dir = out / "runs" / name
         echo(f"Training {name} ...")
-        done = train(run_dir, config=config, resume=True, progress=progress)
+        # a run begun earlier continues (or is reused when finished); a new one starts
+        done = train(run_dir, config=config, resume=run_dir.exists(), progress=progress)
         result.training_seconds[name] = done.seconds
         echo(f"  best validation accuracy {done.best_val_accuracy:.3f} at step "
              f"{done.best_step} ({done.seconds:.0f} s of training)")

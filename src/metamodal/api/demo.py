@@ -218,7 +218,7 @@ def demo(
         title="metamodal demo: embedded dataset", mapping=mapping).path
     echo(f"\nReport with plots: {result.report / 'index.html'}")
     echo("\nA worked prediction (5-way 1-shot, classes never seen in training):")
-    echo(worked_episode(fused_dir, seed=settings.seed + 7).table())
+    echo(worked_episode(fused_dir, seed=settings.seed + 7).table(queries=1))
     return result
 
 

@@ -92,14 +92,16 @@ class WorkedEpisode:
                 "query_ids": self.query_ids, "query_labels": self.query_labels,
                 "probabilities": self.probabilities}
 
-    def table(self) -> str:
-        """The support, then each query with its classes from the most probable down."""
+    def table(self, queries: int | None = None) -> str:
+        """The support, then each query (the first ``queries`` of them) with its classes from
+        the most probable down."""
         shots = len(self.support_ids) // max(1, len(self.classes))
         labels = [c for c in self.classes for _ in range(shots)]
         lines = ["  support: " + ", ".join(f"{sid} = {label}" for sid, label in
                                            zip(self.support_ids, labels, strict=True))]
-        for qid, truth, p in zip(self.query_ids, self.query_labels, self.probabilities,
-                                 strict=True):
+        shown = slice(None) if queries is None else slice(queries)
+        for qid, truth, p in zip(self.query_ids[shown], self.query_labels[shown],
+                                 self.probabilities[shown], strict=True):
             lines.append(f"  query {qid} (true class {truth}):")
             for k in sorted(range(len(p)), key=lambda k: -p[k]):
                 lines.append(f"    {self.classes[k]:<24} p = {p[k]:.3f}")

@@ -218,7 +218,9 @@ def evaluate_zero_shot(
                                  episodes)
         digest = sampled_episodes(store, test_classes, ways, n_shots, queries, seed,
                                    episodes).digest(len(store))
-        head = AM3(dim=z_all.shape[1])  # one head per shot count, as in the paper
+        with torch.random.fork_rng(devices=[]):  # its start depends on the seed alone
+            torch.manual_seed(seed)
+            head = AM3(dim=z_all.shape[1])  # one head per shot count, as in the paper
         fit_am3(head, z_all[train_rows], train_labels, crossed, ways=ways, shots=n_shots,
                 queries=queries, steps=am3_steps, seed=seed)
         support_labels = torch.arange(ways).repeat_interleave(n_shots)

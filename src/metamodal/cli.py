@@ -122,10 +122,17 @@ def _augment(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--augment expects KEY=VALUE or MODALITY.OPTION=VALUE, got "
                               f"{item!r}", column="--augment",
                               fix="e.g. --augment image.rotate=10 --augment rotate_classes=true")
+        where = "augment." + ".".join(path)
+        if len(text) > 1000:
+            raise ConfigError(f"--augment {key}: a value of {len(text)} characters",
+                              column=where, fix="give a number, a boolean, a word or a short list")
         try:
             value: Any = tomllib.loads(f"v = {text.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             value = text.strip()
+        except (ValueError, RecursionError):  # integers beyond Python's digit limit, nesting
+            raise ConfigError(f"--augment {key}: the value cannot be read", column=where,
+                              fix="give a number, a boolean, a word or a short list") from None
         if len(path) == 1:
             table[path[0]] = value
         else:

@@ -164,3 +164,26 @@ def test_an_explicit_shape_the_data_cannot_supply_is_an_error(tmp_path: Path) ->
         warnings.simplefilter("always")
         assert resolve_eval_shape(store, classes, queries=4) == (3, 1, 4)
         assert resolve_eval_shape(store, classes, ways=2) == (2, 1, 9)
+
+
+def test_the_command_evaluates_an_image_and_track_model_on_images_only(
+    image_track, tmp_path: Path
+) -> None:
+    """``metamodal eval RUN --data IMAGES_ONLY`` and ``eval RUN --modalities image`` answer with
+    what the model can use, as masking the track would."""
+    import json
+
+    from metamodal.cli import main
+
+    data, run_dir, images_only = image_track
+    flags = ["--ways", "2", "--queries", "2", "--episodes-count", "12", "--seed", "3",
+             "--split", "all", "--no-progress"]
+    with pytest.warns(UserWarning, match="'track'"):
+        assert main(["eval", str(run_dir), "--data", str(images_only), *flags, "--json",
+                     str(tmp_path / "lacking.json")]) == 0
+    assert main(["eval", str(run_dir), "--data", str(data), "--modalities", "image", *flags,
+                 "--json", str(tmp_path / "named.json")]) == 0
+    lacking, named = (json.loads((tmp_path / f"{n}.json").read_text())
+                      for n in ("lacking", "named"))
+    assert lacking["modalities"] == named["modalities"] == ["image"]
+    assert lacking["accuracies"] == named["accuracies"]

@@ -70,3 +70,16 @@ def test_an_unknown_setting_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="unknown setting"):
         api.evaluate("RUN", shot=5)
+
+
+@pytest.mark.parametrize(("options", "name"), [
+    ({"shots": "5"}, "shots"), ({"split": "tset"}, "split"), ({"ablation": 1}, "ablation"),
+    ({"modalities": "image"}, "modalities"),
+])
+def test_a_setting_of_the_wrong_type_is_a_config_error_naming_it(options: dict,
+                                                                 name: str) -> None:
+    from metamodal.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        api.evaluate("RUN", **options)  # refused before the run is read
+    assert caught.value.column == name

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,13 +80,58 @@ def field_help(cls: type) -> dict[str, str]:
     return found
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the type ``hint`` (the hints settings use: int, float, str,
+    bool, ``X | None``, ``Literal[...]``, ``list[X]``, ``dict[str, str]``)."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or isinstance(hint, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list | tuple) and all(_fits(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(
+            _fits(k, key) and _fits(v, item) for k, v in value.items())
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str | Path)
+    return isinstance(value, hint)
+
+
 def make(cls: type, values: dict[str, Any], *, verb: str) -> Any:
-    """``cls(**values)``; an unknown setting is a `ConfigError` that lists the known ones."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    """``cls(**values)``; an unknown setting, or a value of the wrong type or outside the
+    field's choices, is a `ConfigError` naming the setting.
+
+    Example:
+        >>> from metamodal.api.settings import EvalSettings
+        >>> make(EvalSettings, {"split": "tset"}, verb="evaluate")
+        Traceback (most recent call last):
+        ...
+        metamodal.errors.ConfigError: key split: evaluate: split = 'tset' is not \
+typing.Literal['test', 'val', 'train', 'all'] (fix: e.g. split = 'test')
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{verb}: unknown setting(s) {', '.join(unknown)}",
-                          column=unknown[0], fix=f"use {', '.join(sorted(known))}")
+                          column=unknown[0], fix=f"use {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if not _fits(value, hints[name]):
+            default = fields[name].default
+            example = "" if default is dataclasses.MISSING else f"e.g. {name} = {default!r}"
+            raise ConfigError(f"{verb}: {name} = {value!r} is not {hints[name]}", column=name,
+                              fix=example or f"give {name} a value of type {hints[name]}")
+    values = {k: str(v) if isinstance(v, Path) and hints[k] in (str, str | None) else v
+              for k, v in values.items()}
     return cls(**values)
 
 

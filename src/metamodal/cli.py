@@ -178,12 +178,15 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _take(values: dict[str, Any], cls: type) -> Any:
+    """An instance of the dataclass ``cls`` from the ``values`` that are its fields (taken out)."""
+    return cls(**{k: values.pop(k) for k in list(values) if k in cls.__dataclass_fields__})
+
+
 def _train(args: argparse.Namespace, verb: Callable[..., Any]) -> Any:
     values = _given(args)
-    learner = api.LearnerFlags(**{k: values.pop(k) for k in list(values)
-                                  if k in api.LearnerFlags.__dataclass_fields__}).options()
-    align = api.AlignFlags(**{k: values.pop(k) for k in list(values)
-                              if k in api.AlignFlags.__dataclass_fields__}).options()
+    learner = _take(values, api.LearnerFlags).options()
+    align = _take(values, api.AlignFlags).options()
     if learner:
         values["learner_options"] = learner
     if align:

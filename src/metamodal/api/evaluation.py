@@ -34,12 +34,6 @@ def _rows(results: Sequence[EvalResult]) -> list[dict[str, Any]]:
     return [r.to_dict() for r in results]
 
 
-def _classes(prepared: PreparedData, split: str) -> list[str]:
-    """The class labels of ``split`` (``train``, ``val``, ``test`` or ``all``)."""
-    s = prepared.split
-    return s.train + s.val + s.test if split == "all" else s.of(split)
-
-
 def _shape(settings: Any, prepared: PreparedData, classes: list[str],
            split: str = "test") -> dict[str, Any]:
     """The episode keywords of `metamodal.evaluate.protocol.evaluate` from an `EpisodeShape`:
@@ -175,7 +169,7 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
     s = resolve(EvalSettings, settings, {"run": run, **options}, verb="evaluate")
     loaded = load_run(s.run)
     prepared = load_run_data(loaded, s.data)
-    classes = _classes(prepared, s.split)
+    classes = prepared.classes(s.split)
     model = _model(loaded, s.learner)
     modalities = list(s.modalities) if s.modalities else None
     shape = {} if s.episodes else _shape(s, prepared, classes, s.split)
@@ -292,32 +286,23 @@ def report(run: str | Path | None = None, settings: ReportSettings | None = None
         >>> report("runs/demo").path  # doctest: +SKIP
     """
     s = resolve(ReportSettings, settings, {"run": run, **options}, verb="report")
-    loaded = load_run(s.run)
-    prepared = load_run_data(loaded)
-    test = prepared.split.test
-    shape = _shape(s, prepared, test)
-    common = {**shape, "modalities": list(s.modalities) if s.modalities else None}
-    name = f"{loaded.config.learner}+{loaded.config.fusion}"
-    results = {
-        name: evaluate_model(loaded.model, prepared.store, test, progress=s.progress, **common),
-        UNTRAINED: evaluate_model(untrained_baseline(loaded.model, seed=s.seed), prepared.store,
-                                  test, **common),
-    }
+    measured = evaluate(s.run, ways=s.ways, shots=s.shots, queries=s.queries,
+                        episodes_count=s.episodes_count, seed=s.seed, modalities=s.modalities,
+                        ablation=True, robustness=True, progress=s.progress)
     path = write_report(
-        Path(s.run) / "report", results=results,
-        ablation=modality_ablation(loaded.model, prepared.store, test, **common),
-        robustness=missing_modality_curve(loaded.model, prepared.store, test, **common),
+        Path(s.run) / "report", results={measured.name: measured.result,
+                                         UNTRAINED: measured.baseline},
+        ablation=measured.ablation, robustness=measured.robustness,
         learning_curve=read_metrics(s.run), title=f"metamodal run {Path(s.run).name}",
-        mapping=_mapping_results(s, loaded, prepared, shape))
+        mapping=_mapping_results(s, measured))
     return ReportResult(path)
 
 
-def _mapping_results(s: ReportSettings, run: Run, prepared: PreparedData,
-                     shape: dict[str, Any]) -> Any:
+def _mapping_results(s: ReportSettings, measured: EvalReport) -> MappingResults | None:
     """The report's mapping sections for a run that trained an alignment: retrieval between
-    its first two aligned modalities, imputation vs masking, the joint space, and zero-shot
-    when the dataset has a descriptions.toml (or ``descriptions_from`` names a modality);
-    None for other runs."""
+    its first two aligned modalities, the joint space, imputation vs masking (measured by
+    `evaluate`), and zero-shot when the dataset has a descriptions.toml (or
+    ``descriptions_from`` names a modality); None for other runs."""
     from metamodal.api.mapping import project, retrieve, zero_shot
     from metamodal.mapping.descriptions import DESCRIPTIONS_FILE
     from metamodal.train.alignment import load_alignment
@@ -325,18 +310,18 @@ def _mapping_results(s: ReportSettings, run: Run, prepared: PreparedData,
     if "alignment" not in read_run_config(s.run):
         return None
     aligner = load_alignment(s.run)
-    test = prepared.split.test
+    run = load_run(s.run)
+    prepared = load_run_data(run)
     results = MappingResults(
         retrieval=retrieve(s.run, query_modality=aligner.modalities[0],
                            target_modality=aligner.modalities[1], seed=s.seed),
-        projection=project(run, prepared, modalities=aligner.modalities))
-    if _aligned_metric_run(s.run, run):
-        results.imputation = imputation_curves(run.model, aligner, prepared.store, test,
-                                               **shape)
+        projection=project(run, prepared, modalities=aligner.modalities),
+        imputation=measured.imputation)
     described = s.descriptions_from or (prepared.dataset.root / DESCRIPTIONS_FILE).is_file()
     if described and not run.model.late:
         results.zero_shot = zero_shot(s.run, descriptions_from=s.descriptions_from,
-                                      ways=shape["ways"], queries=shape["queries"],
+                                      ways=measured.result.ways,
+                                      queries=measured.result.queries,
                                       episodes_count=s.episodes_count, seed=s.seed)
     return results
 

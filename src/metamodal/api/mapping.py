@@ -61,7 +61,7 @@ def retrieve(
     loaded = load_run(s.run, device=s.device)
     prepared = load_run_data(loaded, s.data)
     split = prepared.split
-    classes = split.train + split.val + split.test if s.split == "all" else split.of(s.split)
+    classes = prepared.classes(s.split)
     baselines = {"untrained encoders": untrained_baseline(loaded.model, seed=s.seed)}
     for name, path in s.baseline_runs.items():
         baselines[name] = load_run(path, device=s.device).model

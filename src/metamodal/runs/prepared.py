@@ -27,6 +27,11 @@ class PreparedData:
     preprocessor: Preprocessor
     store: TensorStore
 
+    def classes(self, split: str) -> list[str]:
+        """The class labels of ``split``: ``train``, ``val``, ``test`` or ``all``."""
+        s = self.split
+        return s.train + s.val + s.test if split == "all" else s.of(split)
+
 
 def prepare_data(
     data: str | Path,

@@ -150,8 +150,13 @@ class FewShotClassifier(EstimatorParams):
 
     # -- reading input ----------------------------------------------------------------------
 
-    def _load_run(self) -> Run:
-        """The run named by ``run`` on ``device``, loaded once per (run, device)."""
+    def loaded_run(self) -> Run:
+        """The run named by ``run`` on ``device``, loaded once per (run, device) and shared by
+        shallow copies of the classifier.
+
+        Raises:
+            RunError: the run directory is missing or damaged.
+        """
         key = (os.fspath(self.run) if isinstance(self.run, str | os.PathLike) else None,
                self.device)
         if key[0] is None:
@@ -192,7 +197,7 @@ class FewShotClassifier(EstimatorParams):
                 ones used.
         """
         fitted = hasattr(self, "classes_")
-        run = self.run_ if fitted else self._load_run()
+        run = self.run_ if fitted else self.loaded_run()
         modalities = self.modalities_ if fitted else self._used_modalities(run)
         return self._read(X, run, modalities, labelled=labelled)
 
@@ -274,7 +279,7 @@ class FewShotClassifier(EstimatorParams):
             InsufficientSamplesError: a label is not among ``classes``, or a class has no
                 support sample with a used modality.
         """
-        run = self._load_run()
+        run = self.loaded_run()
         modalities = self._used_modalities(run)
         if y is None:
             if not isinstance(X, MultimodalDataset | str | os.PathLike):
@@ -305,7 +310,7 @@ class FewShotClassifier(EstimatorParams):
             `EncodedSamples` of ``S`` rows, on the classifier's device.
         """
         fitted = hasattr(self, "classes_")
-        run = self.run_ if fitted else self._load_run()
+        run = self.run_ if fitted else self.loaded_run()
         modalities = self.modalities_ if fitted else self._used_modalities(run)
         return self._encode(self._read(X, run, modalities, labelled=False), run, modalities)
 
@@ -314,14 +319,14 @@ class FewShotClassifier(EstimatorParams):
         that needs no model, so that samples of several callers can be embedded as one batch.
         """
         fitted = hasattr(self, "classes_")
-        run = self.run_ if fitted else self._load_run()
+        run = self.run_ if fitted else self.loaded_run()
         modalities = self.modalities_ if fitted else self._used_modalities(run)
         batch = self._decode(self._read(X, run, modalities, labelled=False), run, modalities)
         return EncodedSamples(None, batch, _usable(batch))
 
     def embed(self, samples: EncodedSamples) -> EncodedSamples:
         """Decoded samples embedded when the learner embeds once, else unchanged."""
-        run = self.run_ if hasattr(self, "classes_") else self._load_run()
+        run = self.run_ if hasattr(self, "classes_") else self.loaded_run()
         if samples.embeddings is not None or not run.model.capabilities().embeds_once:
             return samples
         return EncodedSamples(self._embed(run, samples.batch), None, samples.usable)
@@ -352,7 +357,7 @@ class FewShotClassifier(EstimatorParams):
             InsufficientSamplesError: a label is not among ``classes``, or a class has no
                 support sample with a used modality.
         """
-        run = self._load_run()
+        run = self.loaded_run()
         modalities = self._used_modalities(run)
         labels = checked_labels(y, len(support))
         if classes is None:
@@ -534,7 +539,7 @@ class FewShotClassifier(EstimatorParams):
         """
         classifier = cls(directory, device=device, modalities=modalities,
                          media_root=media_root)
-        run = classifier._load_run()
+        run = classifier.loaded_run()
         used = classifier._used_modalities(run)
         directory = Path(directory)
         if not (directory / SUPPORT_FILE).exists():

@@ -24,6 +24,9 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         # and are reported as not importable elsewhere. One thread: on a busy 2-core machine
         # two threads per process can make each update many times slower.
         ("meta_learners.py", ["--tiny", "--repeats", "1", "--warmup", "0", "--threads", "1"]),
+        # Batching on and off answer alike, no request fails, and a server killed with
+        # SIGKILL mid-write keeps every acknowledged task and example.
+        ("serve.py", ["--tiny"]),
     ],
 )
 def test_benchmark_checks_pass_at_a_tiny_size(script: str, args: list[str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,17 @@ def serve(run: str | Path | None = None, settings: ServeSettings | None = None,
     host = f"[{s.host}]" if ":" in s.host else s.host
     url = f"http://{host}:{s.port}/"
     print(f"serving {s.run} on {url} (Ctrl-C to stop)", flush=True)
-    uvicorn.Server(uvicorn.Config(app, host=s.host, port=s.port, log_level="warning",
-                                  timeout_graceful_shutdown=10)).run()
+    server = uvicorn.Server(uvicorn.Config(app, host=s.host, port=s.port, log_level="warning",
+                                           timeout_graceful_shutdown=10))
+    # uvicorn stops gracefully on SIGINT / SIGTERM, then raises the signal again for the
+    # handler that was there before it: a quiet one here, so the verb returns its result.
+    main_thread = threading.current_thread() is threading.main_thread()
+    quiet = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT,
+                                                                   signal.SIGTERM)
+             } if main_thread else {}
+    try:
+        server.run()
+    finally:
+        for sig, handler in quiet.items():
+            signal.signal(sig, handler)
     return ServeResult(url, s.state, len(app.state.store.tasks()))

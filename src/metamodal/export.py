@@ -289,7 +289,20 @@ class EmbeddingGraph(nn.Module):
     def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
         """``embedding`` ``[B, D]`` (late fusion ``[B, M, D]``) and bool ``present``
         ``[B, M]`` of the flat inputs (see the class docstring)."""
-        embeddings = self.backbone(self.batch(inputs))
+        batch = self.batch(inputs)
+        parts: dict[str, Tensor] = {}
+        present: dict[str, Tensor] = {}
+        for name, mb in batch.items():
+            out = self.backbone.encoders[name](mb)
+            parts[name] = torch.where(mb.present.unsqueeze(1), out,
+                                      torch.zeros((), dtype=out.dtype))
+            present[name] = mb.present
+        reference = next(iter(batch))
+        for name in self.backbone.modalities:  # not exported: absent, sized from the inputs
+            if name not in parts:
+                parts[name] = torch.zeros_like(parts[reference])
+                present[name] = torch.zeros_like(present[reference])
+        embeddings = self.backbone.fuse(parts, present)
         return embeddings.z, embeddings.present
 
 
@@ -476,3 +489,22 @@ def check(graph: EmbeddingGraph, path: Any, format: str, reference: nn.Module | 
         raise RunError("the exported graph's presence mask differs from PyTorch's", file=path,
                        fix="report this as a bug of metamodal export")
     return float((z - expected.z).abs().max())
+
+
+def read_sidecar(path: Any) -> dict[str, Any]:
+    """The sidecar JSON of an exported model file (``model.onnx`` -> ``model.json``).
+
+    Raises:
+        RunError: it is missing or not JSON.
+    """
+    import json
+    from pathlib import Path
+
+    from metamodal.errors import RunError
+
+    side = Path(path).with_suffix(".json")
+    try:
+        return json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise RunError(f"cannot read the export sidecar ({error})", file=side,
+                       fix="export again with metamodal export") from None

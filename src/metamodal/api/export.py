@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,16 +162,3 @@ def export(run: str | Path | None = None, settings: ExportSettings | None = None
     write_json(s.json, result)
     return result
 
-
-def read_sidecar(path: str | Path) -> dict[str, Any]:
-    """The sidecar JSON of an exported model (``model.onnx`` -> ``model.json``).
-
-    Raises:
-        RunError: it is missing or not JSON.
-    """
-    side = Path(path).with_suffix(".json")
-    try:
-        return json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise RunError(f"cannot read the export sidecar ({error})", file=side,
-                       fix="export again with metamodal export") from None

@@ -322,3 +322,31 @@ def test_the_command_writes_the_model_and_prints_the_check(
     assert "--overwrite" in capsys.readouterr().err
     assert main(["export", str(runs["rnn"]), str(tmp_path / "r.onnx")]) == 2
     assert "pack_padded_sequence" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fusion", ["concat", "mean", "gated", "attention", "tensor", "lowrank",
+                                    "late"])
+def test_every_fusion_exports(fusion: str, tmp_path: Path) -> None:
+    model = FewShotModel.build(kinds={"img": "image", "seq": "sequence"}, input_info={
+        "img": {"channels": 1, "height": 8, "width": 8},
+        "seq": {"features": 2, "max_length": 6}}, dim=8, fusion=fusion).eval()
+    graph = EmbeddingGraph(model.backbone, {"img": "image", "seq": "sequence"})
+    write_onnx(graph, tmp_path / "f.onnx")
+    write_torchscript(graph, tmp_path / "f.pt")
+    assert check(graph, tmp_path / "f.onnx", "onnx", model.backbone) <= TOLERANCE
+    assert check(graph, tmp_path / "f.pt", "torchscript", model.backbone) <= TOLERANCE
+
+
+def test_each_export_setting_is_a_flag_with_its_documentation() -> None:
+    import argparse
+    import dataclasses
+
+    from metamodal.api.fields import field_help
+    from metamodal.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help or "" for a in action.choices["export"]._actions}
+    documented = field_help(api.ExportSettings)
+    for f in dataclasses.fields(api.ExportSettings):
+        assert documented[f.name].replace("`", "")[:20] in helps[f.name], f.name

@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
           (api.ServeSettings, {}))
     _verb(sub, "report", "write a run's report (plots, tables, index.html)",
           lambda a: api.report(**_given(a)), (api.ReportSettings, {}))
+    _verb(sub, "export", "write a run's encoders and fusion as an ONNX or TorchScript file "
+          "(preprocessed inputs -> embeddings) and a JSON of its preprocessing and prototype "
+          "rule", lambda a: api.export(**_given(a)), (api.ExportSettings, {}))
     p = _verb(sub, "cache", "show or empty the feature cache of pretrained encoders", _cache,
               (api.CacheSettings, {}))
     p.add_argument("action", choices=("info", "clear"),

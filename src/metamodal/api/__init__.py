@@ -21,6 +21,7 @@ keyword overrides, and returns a typed result: a dataclass with ``to_dict()`` (w
 | ``zero-shot`` | `zero_shot` | ``ZeroShotReport`` |
 | ``cache info`` / ``cache clear`` | `cache_info` / `clear_cache` | ``CacheInfo`` / `ClearedCache` |
 | ``demo`` | `demo` | `DemoResult` |
+| ``export`` | `export` | `ExportResult` |
 
 Beside them: `compare` (results side by side, paired differences), `report_results` (a report
 of several methods), `run_info` (what a run is), `worked_episode` (one episode predicted),
@@ -56,6 +57,7 @@ from metamodal.api.evaluation import (
     report_results,
     run_info,
 )
+from metamodal.api.export import ExportResult, export
 from metamodal.api.fields import write_json
 from metamodal.api.mapping import project, retrieve, zero_shot
 from metamodal.api.prediction import PredictResult, WorkedEpisode, predict, worked_episode
@@ -71,6 +73,7 @@ from metamodal.api.settings import (
     EpisodeShape,
     EpisodesSettings,
     EvalSettings,
+    ExportSettings,
     FolderImportSettings,
     ImageFolderSettings,
     ImportSettings,
@@ -93,13 +96,14 @@ from metamodal.evaluate.report import MappingResults
 __all__ = [
     "IMPORT_LAYOUTS", "QUICK_DEMO", "AlignFlags", "CacheSettings", "ClearedCache", "Comparison",
     "DemoResult", "DemoRunSettings", "DemoSettings", "DownloadSettings", "EpisodeShape",
-    "EpisodesResult", "EpisodesSettings", "EvalReport", "EvalSettings", "FewShotClassifier",
-    "FolderImportSettings", "ImageFolderSettings", "ImportSettings", "LearnerFlags",
-    "MappingResults", "OmniglotImportSettings", "PredictResult", "PredictSettings", "ReportResult",
-    "ReportSettings", "RetrieveSettings", "RunInfo", "RunSettings", "ServeResult", "ServeSettings",
-    "SyntheticResult", "SyntheticSettings", "TableImportSettings", "TrainReport",
-    "VideoFolderSettings", "WorkedEpisode", "ZeroShotSettings", "align", "cache_info",
-    "clear_cache", "compare", "demo", "download", "episodes", "evaluate", "import_dataset",
-    "inspect", "make_synthetic", "predict", "project", "report", "report_results", "retrieve",
-    "run_info", "serve", "train", "worked_episode", "write_json", "zero_shot",
+    "EpisodesResult", "EpisodesSettings", "EvalReport", "EvalSettings", "ExportResult",
+    "ExportSettings", "FewShotClassifier", "FolderImportSettings", "ImageFolderSettings",
+    "ImportSettings", "LearnerFlags", "MappingResults", "OmniglotImportSettings", "PredictResult",
+    "PredictSettings", "ReportResult", "ReportSettings", "RetrieveSettings", "RunInfo",
+    "RunSettings", "ServeResult", "ServeSettings", "SyntheticResult", "SyntheticSettings",
+    "TableImportSettings", "TrainReport", "VideoFolderSettings", "WorkedEpisode",
+    "ZeroShotSettings", "align", "cache_info", "clear_cache", "compare", "demo", "download",
+    "episodes", "evaluate", "export", "import_dataset", "inspect", "make_synthetic", "predict",
+    "project", "report", "report_results", "retrieve", "run_info", "serve", "train",
+    "worked_episode", "write_json", "zero_shot",
 ]

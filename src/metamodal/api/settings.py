@@ -590,3 +590,35 @@ class DemoRunSettings:
     data: str | None = None
     quick: bool = False
     progress: bool = flag(True, name="--no-progress")
+
+
+@dataclass
+class ExportSettings:
+    """What `metamodal.api.export` writes: a run's encoders and fusion as a model file that
+    maps preprocessed inputs to embeddings, and a JSON sidecar beside it (``OUT`` with the
+    suffix ``.json``) with the preprocessing and the prototype rule.
+
+    Args:
+        run: the run directory.
+        out: the model file to write (e.g. model.onnx or model.pt).
+        format: onnx (run with onnxruntime) or torchscript (torch.jit.load).
+        modalities: export only these modalities (the others count as absent); needed
+            when a modality's encoder does not export.
+        opset: the ONNX opset.
+        features: export a modality with a frozen pretrained encoder as its adapter over
+            precomputed features (the pretrained network stays outside the graph).
+        check: run the written file (onnxruntime or torch.jit.load) on example inputs and
+            report its largest difference from PyTorch's embeddings.
+        overwrite: replace OUT and its sidecar when they exist.
+        json: also write the result as JSON to this file.
+    """
+
+    run: str = flag("", name="")
+    out: str = flag("", name="")
+    format: Literal["onnx", "torchscript"] = "onnx"
+    modalities: list[str] | None = None
+    opset: int = 17
+    features: bool = False
+    check: bool = flag(True, name="--no-check")
+    overwrite: bool = False
+    json: str | None = flag(None, metavar="FILE")

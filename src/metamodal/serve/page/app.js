@@ -43,6 +43,8 @@
     return Number.isFinite(value) ? `${value.toFixed(value >= 99.95 || value < 0.05 ? 0 : 1)}%` : "?";
   }
 
+  const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+
   let uid = 0;
   const nextId = (prefix) => `${prefix}-${++uid}`;
 
@@ -392,8 +394,8 @@
       const classes = (t.classes || []).length;
       options.push(el("option", {
         value: t.id,
-        text: `${t.name || t.id} (${classes} class${classes === 1 ? "" : "es"}, `
-          + `${t.size} example${t.size === 1 ? "" : "s"})`,
+        text: `${t.name || t.id} (${plural(classes, "class", "classes")}, `
+          + `${plural(t.size, "example", "examples")})`,
       }));
     }
     select.replaceChildren(...options);
@@ -434,8 +436,9 @@
     const summary = $("task-summary");
     if (task) {
       const created = task.created ? new Date(task.created) : null;
-      summary.textContent = `Task ${task.name || task.id}: ${(task.classes || []).length} `
-        + `classes, ${task.size} examples`
+      summary.textContent = `“${task.name || task.id}”: `
+        + `${plural((task.classes || []).length, "class", "classes")}, `
+        + `${plural(task.size, "example", "examples")}`
         + (created && !Number.isNaN(created.getTime()) ? `, created ${created.toLocaleString()}`
           : "");
     } else {
@@ -521,7 +524,7 @@
 
   function fillCard(card, examples) {
     card.el.querySelector("[data-testid=class-count]").textContent =
-      `${examples.length} example${examples.length === 1 ? "" : "s"}`;
+      plural(examples.length, "example", "examples");
     card.el.classList.toggle("pending", examples.length === 0);
     if (examples.length === 0) card.composerBox.open = true;
     const list = card.el.querySelector(".examples");
@@ -669,9 +672,11 @@
           batch.forEach((sample, n) => addToForm(form, `q${n}`, sample));
           form.append("k", String(k));
           const data = await api("POST", `${taskPath(state.task.id)}/predict`, form);
-          (data.predictions || []).forEach((p, n) => {
-            showPrediction(p, previews[offset + n] || batch[n]);
-          });
+          const items = (data.predictions || []).map((p, n) => predictionItem(
+            p, previews[offset + n] || batch[n]));
+          const results = $("results");
+          results.prepend(...items); // newest first, a batch in the order of its queries
+          while (results.children.length > MAX_RESULTS) results.lastElementChild.remove();
           offset += batch.length;
         }
       });
@@ -697,8 +702,10 @@
     return node;
   }
 
-  function showPrediction(p, sample) {
-    const item = el("li", { class: "result", testid: "prediction" });
+  function predictionItem(p, sample) {
+    const names = Object.values(sample).filter((v) => v instanceof File).map((f) => f.name);
+    const item = el("li", { class: "result", testid: "prediction", "data-query": p.query,
+      "data-files": names.join(",") });
     const head = el("div", { class: "result-head" });
     head.append(previewOf(sample));
     const verdict = el("div", { class: "verdict" },
@@ -747,9 +754,7 @@
       item.append(el("div", { class: "nearest-box" },
         el("span", { class: "muted", text: "Nearest examples" }), list));
     }
-    const results = $("results");
-    results.prepend(item);
-    while (results.children.length > MAX_RESULTS) results.lastElementChild.remove();
+    return item;
   }
 
   async function predictFiles(files) {

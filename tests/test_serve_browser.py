@@ -228,6 +228,12 @@ def exercise_page(driver, url: str, data: Path, scratch: Path) -> None:
     assert driver.execute_script("return document.querySelectorAll('script[src^=http], "
                                  "link[href^=http]').length") == 0  # works offline
 
+    # a new task, named on the page; its first example creates it
+    driver.find_element("id", "task-name").send_keys("field guide")
+    driver.find_element("id", "task-create").click()
+    wait_for(driver, lambda: "field guide" in driver.find_element("id", "task-summary").text,
+             "the new task's name")
+
     # two classes, named on the page
     for label in (CLASS_A, CLASS_B):
         driver.find_element("id", "class-name").send_keys(label)
@@ -237,6 +243,8 @@ def exercise_page(driver, url: str, data: Path, scratch: Path) -> None:
     # fast path: two image files dropped at once onto A's card = two examples
     drop_files(driver, card(driver, CLASS_A), [image(r) for r in a_rows[:2]])
     wait_for(driver, lambda: len(examples_of(driver, CLASS_A)) == 2, "two examples of A")
+    selected = driver.find_element("css selector", "#task-select option:checked").text
+    assert "field guide" in selected and "2 examples" in selected
     wait_for(driver, lambda: len(loaded_images(driver, by_testid(
         card(driver, CLASS_A), "example-thumbnail"))) == 2, "A's two thumbnails")
 

@@ -12,6 +12,7 @@
   const state = {
     model: null,          // GET /api/model
     task: null,           // GET /api/tasks/{id} (with examples)
+    draftName: "",        // the name of the task the next example creates, when none is open
     pending: new Map(),   // task id -> Set of labels named here that have no example yet
     cards: new Map(),     // label -> {el, examples, composer, fresh}
     queryComposer: null,
@@ -349,11 +350,7 @@
     $("model-learner").textContent = model.learner || "?";
     $("model-fusion").textContent = model.fusion
       ? `${model.fusion}${model.dim ? `, ${model.dim}-d embedding` : ""}` : "none";
-    const acc = model.test_accuracy;
-    $("model-accuracy").textContent = acc && Number.isFinite(acc.mean)
-      ? `${acc.mean.toFixed(1)}% ± ${Number(acc.ci95 || 0).toFixed(1)} `
-        + `(${acc.ways}-way ${acc.shots}-shot)`
-      : "not measured";
+    showAccuracy(model);
     const list = $("model-modalities");
     list.replaceChildren(...model.modalities.map((m) => el("li", {
       class: "chip", testid: "model-modality", "data-modality": m.name,
@@ -368,6 +365,38 @@
     $("query-files").removeAttribute("accept");
     for (const card of state.cards.values()) card.el.remove();
     state.cards.clear();
+  }
+
+  // test_accuracy: {mean, ci95} in percent, or {accuracy, ci95} as fractions; while the server
+  // still measures it (test_accuracy_status "measuring") the page asks again now and then.
+  let accuracyTimer = null;
+  function showAccuracy(model) {
+    const acc = model.test_accuracy;
+    const status = model.test_accuracy_status;
+    const node = $("model-accuracy");
+    clearTimeout(accuracyTimer);
+    if (acc && (Number.isFinite(acc.mean) || Number.isFinite(acc.accuracy))) {
+      const fraction = !Number.isFinite(acc.mean);
+      const scale = fraction ? 100 : 1;
+      const mean = (fraction ? acc.accuracy : acc.mean) * scale;
+      const ci = Number(acc.ci95 || 0) * scale;
+      const episode = acc.ways && acc.shots ? ` (${acc.ways}-way ${acc.shots}-shot)` : "";
+      node.textContent = `${mean.toFixed(1)}% ± ${ci.toFixed(1)}${episode}`;
+    } else if (status === "measuring") {
+      node.textContent = "being measured…";
+      accuracyTimer = setTimeout(async () => {
+        try {
+          showAccuracy(await api("GET", "/api/model"));
+        } catch {
+          node.textContent = "not measured";
+        }
+      }, 5000);
+    } else if (typeof status === "string" && status.startsWith("unavailable")) {
+      node.textContent = "not available";
+      node.title = status;
+    } else {
+      node.textContent = "not measured";
+    }
   }
 
   // ---------------------------------------------------------------- tasks
@@ -389,7 +418,8 @@
     const data = await api("GET", "/api/tasks");
     const select = $("task-select");
     const current = state.task ? state.task.id : localStorage.getItem(TASK_KEY);
-    const options = [el("option", { value: "", text: "(no task yet)" })];
+    const options = [el("option", { value: "",
+      text: state.draftName ? `new task “${state.draftName}”` : "new task" })];
     for (const t of data.tasks || []) {
       const classes = (t.classes || []).length;
       options.push(el("option", {
@@ -442,7 +472,8 @@
         + (created && !Number.isNaN(created.getTime()) ? `, created ${created.toLocaleString()}`
           : "");
     } else {
-      summary.textContent = "No task open: adding the first example creates one.";
+      summary.textContent = `${state.draftName ? `New task “${state.draftName}”` : "New task"}`
+        + ": adding the first example creates it.";
     }
     renderClasses();
   }
@@ -602,12 +633,12 @@
       if (state.task) {
         await api("POST", `${taskPath(state.task.id)}/examples`, form);
       } else {
-        const name = $("task-name").value.trim();
+        const name = state.draftName || $("task-name").value.trim();
         if (name) form.append("name", name);
         const created = await api("POST", "/api/tasks", form);
         adoptPending(created.id);
         state.task = created;
-        $("task-name").value = "";
+        state.draftName = "";
       }
     }
     await refresh();
@@ -791,16 +822,17 @@
       const id = e.target.value;
       enqueue("Opening the task…", "Opening the task", () => openTask(id || null));
     });
+    // A task is created with its first example (the server keeps no empty task): "New task"
+    // closes the open one and names the next.
     $("task-form").addEventListener("submit", (e) => {
       e.preventDefault();
-      const form = new FormData();
       const name = $("task-name").value.trim();
-      if (name) form.append("name", name);
-      enqueue("Creating a task…", "Creating a task", async () => {
-        state.task = await api("POST", "/api/tasks", form);
-        adoptPending(state.task.id);
-        $("task-name").value = "";
-        await refresh();
+      $("task-name").value = "";
+      enqueue("Starting a new task…", "Starting a new task", async () => {
+        await openTask(null);
+        state.draftName = name;
+        await loadTasks();
+        renderTask();
       });
     });
     $("task-delete").addEventListener("click", () => {

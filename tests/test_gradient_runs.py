@@ -102,7 +102,7 @@ def test_classifier_keeps_the_support_samples_and_round_trips(
     data, maml, protonet = runs
     support, query = _tables(data, maml)
     clf = FewShotClassifier(maml).fit(support)
-    assert clf.support_embeddings_ is None and set(clf.support_batch_) == {
+    assert clf.support_.embeddings is None and set(clf.support_.batch) == {
         "image", "measurements", "caption"}
     proba = clf.predict_proba(query)
     assert proba.shape == (6, 3)

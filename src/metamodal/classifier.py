@@ -30,6 +30,7 @@ from metamodal.runs.directory import CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FIL
 from metamodal.runs.support import (
     SUPPORT_FILE,
     SUPPORT_META,
+    EncodedSamples,
     read_support_meta,
     read_support_tensors,
     write_support,
@@ -81,9 +82,8 @@ class FewShotClassifier(EstimatorParams):
         run_: the loaded run (`metamodal.runs.directory.Run`: model, preprocessor, schema).
         modalities_: the modalities used, in the model's order.
         classes_: class labels, the column order of `predict_proba`.
-        support_embeddings_: the embedded support set (metric learners), else None.
-        support_batch_: modality name -> `ModalityBatch` of the decoded support samples
-            (learners that adapt weights), else None.
+        support_: the kept support samples (`EncodedSamples`): embedded for a metric
+            learner, decoded for a learner that adapts weights.
         support_labels_: long ``[S]`` class index of each support sample.
 
     Example:
@@ -150,8 +150,13 @@ class FewShotClassifier(EstimatorParams):
 
     # -- reading input ----------------------------------------------------------------------
 
-    def _load_run(self) -> Run:
-        """The run named by ``run`` on ``device``, loaded once per (run, device)."""
+    def loaded_run(self) -> Run:
+        """The run named by ``run`` on ``device``, loaded once per (run, device) and shared by
+        shallow copies of the classifier.
+
+        Raises:
+            RunError: the run directory is missing or damaged.
+        """
         key = (os.fspath(self.run) if isinstance(self.run, str | os.PathLike) else None,
                self.device)
         if key[0] is None:
@@ -192,7 +197,7 @@ class FewShotClassifier(EstimatorParams):
                 ones used.
         """
         fitted = hasattr(self, "classes_")
-        run = self.run_ if fitted else self._load_run()
+        run = self.run_ if fitted else self.loaded_run()
         modalities = self.modalities_ if fitted else self._used_modalities(run)
         return self._read(X, run, modalities, labelled=labelled)
 
@@ -274,7 +279,7 @@ class FewShotClassifier(EstimatorParams):
             InsufficientSamplesError: a label is not among ``classes``, or a class has no
                 support sample with a used modality.
         """
-        run = self._load_run()
+        run = self.loaded_run()
         modalities = self._used_modalities(run)
         if y is None:
             if not isinstance(X, MultimodalDataset | str | os.PathLike):
@@ -290,8 +295,71 @@ class FewShotClassifier(EstimatorParams):
         else:
             dataset = self._read(X, run, modalities, labelled=False)
             labels = checked_labels(y, len(dataset))
+        return self.fit_encoded(self._encode(dataset, run, modalities), labels, classes,
+                                rows=None if y is not None else dataset.rows(),
+                                file=getattr(dataset.table, "file", None))
+
+    def encode(self, X: SampleSource) -> EncodedSamples:
+        """Read, decode and (for a learner that embeds once) embed samples: what `fit_encoded`
+        and `decision_function_encoded` take. The run is loaded if it is not yet.
+
+        Args:
+            X: the ``S`` samples (any form, see the class docstring).
+
+        Returns:
+            `EncodedSamples` of ``S`` rows, on the classifier's device.
+        """
+        fitted = hasattr(self, "classes_")
+        run = self.run_ if fitted else self.loaded_run()
+        modalities = self.modalities_ if fitted else self._used_modalities(run)
+        return self._encode(self._read(X, run, modalities, labelled=False), run, modalities)
+
+    def decode(self, X: SampleSource) -> EncodedSamples:
+        """Read and decode samples without embedding them (see `embed`): the half of `encode`
+        that needs no model, so that samples of several callers can be embedded as one batch.
+        """
+        fitted = hasattr(self, "classes_")
+        run = self.run_ if fitted else self.loaded_run()
+        modalities = self.modalities_ if fitted else self._used_modalities(run)
+        batch = self._decode(self._read(X, run, modalities, labelled=False), run, modalities)
+        return EncodedSamples(None, batch, _usable(batch))
+
+    def embed(self, samples: EncodedSamples) -> EncodedSamples:
+        """Decoded samples embedded when the learner embeds once, else unchanged."""
+        run = self.run_ if hasattr(self, "classes_") else self.loaded_run()
+        if samples.embeddings is not None or not run.model.capabilities().embeds_once:
+            return samples
+        return EncodedSamples(self._embed(run, samples.batch), None, samples.usable)
+
+    def _encode(self, dataset: MultimodalDataset, run: Run,
+                modalities: list[str]) -> EncodedSamples:
         batch = self._decode(dataset, run, modalities)
-        usable = torch.stack([mb.present.to(torch.bool) for mb in batch.values()], 1).any(1)
+        usable = _usable(batch)
+        if run.model.capabilities().embeds_once:
+            return EncodedSamples(self._embed(run, batch), None, usable)
+        return EncodedSamples(None, batch_to(batch, self.device), usable)
+
+    def fit_encoded(self, support: EncodedSamples, y: Sequence[Label],
+                    classes: Sequence[Label] | None = None, *, rows: list[int] | None = None,
+                    file: str | os.PathLike[str] | None = None) -> FewShotClassifier:
+        """Keep encoded support samples (from `encode`) with their labels: `fit` without
+        reading, for a caller that keeps encoded samples (a server's stored tasks).
+
+        Args:
+            support: the ``S`` encoded support samples.
+            y: their labels, ``S`` of them.
+            classes: the classes to predict, in order (default: the sorted labels).
+            rows, file: where the samples came from, for error messages (default: the
+                position in ``y``).
+
+        Raises:
+            DatasetError: ``y`` does not give one valid label per sample.
+            InsufficientSamplesError: a label is not among ``classes``, or a class has no
+                support sample with a used modality.
+        """
+        run = self.loaded_run()
+        modalities = self._used_modalities(run)
+        labels = checked_labels(y, len(support))
         if classes is None:
             classes = sorted(set(labels))
         else:
@@ -300,30 +368,26 @@ class FewShotClassifier(EstimatorParams):
                 raise DatasetError("a class is named twice", column="classes",
                                    fix="name each class once")
         counts = {c: 0 for c in classes}
-        rows = dataset.rows()
-        for position, (label, ok) in enumerate(zip(labels, usable.tolist(), strict=True)):
+        for position, (label, ok) in enumerate(zip(labels, support.usable.tolist(),
+                                                   strict=True)):
             if label not in counts:
                 raise InsufficientSamplesError(
                     f"support label {label!r} is not among the classes given",
-                    row=position + 1 if y is not None else rows[position],
-                    column="y" if y is not None else "label",
+                    row=position + 1 if rows is None else rows[position],
+                    column="y" if rows is None else "label",
                     fix="add it to `classes` or remove those samples")
             counts[label] += int(ok)
         empty = [c for c, n in counts.items() if n == 0]
         if empty:
             raise InsufficientSamplesError(
                 f"classes without a usable support example: {', '.join(map(str, empty))}",
-                file=getattr(dataset.table, "file", None),
+                file=file,
                 fix="give at least one sample with one of the used modalities "
                 f"({', '.join(modalities)}) for each class",
             )
-        keep = torch.nonzero(usable).flatten()
+        keep = torch.nonzero(support.usable).flatten()
         index = {c: k for k, c in enumerate(classes)}
-        kept = index_batch(batch, keep)
-        if run.model.capabilities().embeds_once:
-            self.support_embeddings_, self.support_batch_ = self._embed(run, kept), None
-        else:
-            self.support_embeddings_, self.support_batch_ = None, kept
+        self.support_ = support.index(keep).to(self.device)
         self.support_labels_ = torch.tensor([index[labels[i]] for i in keep.tolist()],
                                             dtype=torch.long)
         self.run_, self.modalities_, self.classes_ = run, modalities, list(classes)
@@ -339,29 +403,62 @@ class FewShotClassifier(EstimatorParams):
         self._check_fitted()
         return self._logits(self._read(X, self.run_, self.modalities_, labelled=False))
 
-    @torch.no_grad()
     def _logits(self, dataset: MultimodalDataset) -> np.ndarray:
         """Logits ``[Q, classes]`` of the samples of a dataset read by `_read`."""
-        run, modalities = self.run_, self.modalities_
-        batch = self._decode(dataset, run, modalities)
-        usable = torch.stack([mb.present.to(torch.bool) for mb in batch.values()], 1).any(1)
-        if not bool(usable.all()):
-            first = int((~usable).nonzero()[0])
+        query = self._encode(dataset, self.run_, self.modalities_)
+        if not bool(query.usable.all()):
+            first = int((~query.usable).nonzero()[0])
             raise ModalityError(
-                f"{int((~usable).sum())} query sample(s) carry none of the used modalities "
-                f"(the first is {dataset.ids[first]!r}); no prediction can be made for them",
-                file=getattr(dataset.table, "file", None), row=dataset.rows()[first],
-                fix=f"give each query sample at least one of: {', '.join(modalities)}, "
+                f"{int((~query.usable).sum())} query sample(s) carry none of the used "
+                f"modalities (the first is {dataset.ids[first]!r}); no prediction can be made "
+                "for them", file=getattr(dataset.table, "file", None), row=dataset.rows()[first],
+                fix=f"give each query sample at least one of: {', '.join(self.modalities_)}, "
                 "or leave such samples out")
-        model = run.model.eval()
+        return self.decision_function_encoded(query)
+
+    @torch.no_grad()
+    def decision_function_encoded(self, query: EncodedSamples) -> np.ndarray:
+        """Logits ``[Q, classes]`` of encoded query samples (from `encode`, each carrying a
+        used modality)."""
+        self._check_fitted()
+        model = self.run_.model.eval()
         labels = self.support_labels_.to(self.device)
-        if self.support_batch_ is None:
-            logits = model.logits(self.support_embeddings_.to(self.device), labels,
-                                  self._embed(run, batch), len(self.classes_))
+        query = self.embed(query).to(self.device)
+        if self.support_.embeddings is not None:
+            logits = model.logits(self.support_.embeddings, labels, query.embeddings,
+                                  len(self.classes_))
         else:
-            logits = model.adapt_predict(batch_to(self.support_batch_, self.device), labels,
-                                         batch_to(batch, self.device), len(self.classes_))
+            logits = model.adapt_predict(self.support_.batch, labels, query.batch,
+                                         len(self.classes_))
         return logits.float().cpu().numpy()
+
+    @torch.no_grad()
+    def support_scores(self, query: EncodedSamples) -> np.ndarray:
+        """How near each encoded query sample is to each kept support sample, ``[Q, S]``
+        (higher is nearer), in the order of ``support_labels_``.
+
+        A learner that embeds once scores with its own rule, each support sample taken as a
+        class of its own (for ProtoNet: minus the squared distance to the sample). A learner
+        that adapts weights per task has no rule for single samples: the score is minus the
+        squared distance between the unadapted network's embeddings (late fusion: the mean
+        over the modalities both samples have).
+        """
+        self._check_fitted()
+        model = self.run_.model.eval()
+        query = self.embed(query).to(self.device)
+        if self.support_.embeddings is not None:
+            support = self.support_.embeddings
+            own = torch.arange(len(support), device=self.device)
+            return model.logits(support, own, query.embeddings, len(support)).float().cpu(
+                ).numpy()
+        support, query_z = model.embed(self.support_.batch), model.embed(query.batch)
+        if support.late:
+            both = query_z.present[:, None, :] & support.present[None, :, :]  # [Q, S, M]
+            distance = ((query_z.z[:, None] - support.z[None]) ** 2).sum(-1)  # [Q, S, M]
+            scores = -(distance * both).sum(-1) / both.sum(-1).clamp(min=1)
+        else:
+            scores = -torch.cdist(query_z.z, support.z) ** 2
+        return scores.float().cpu().numpy()
 
     def predict_proba(self, X: SampleSource) -> np.ndarray:
         """Class probabilities ``[Q, classes]`` (softmax of the logits)."""
@@ -423,22 +520,9 @@ class FewShotClassifier(EstimatorParams):
             for name in (CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE):
                 atomic_write(directory / name,
                              lambda tmp, src=source / name: shutil.copyfile(src, tmp))
-        tensors = {"labels": self.support_labels_}
-        if self.support_batch_ is None:
-            form = "embeddings"
-            tensors["z"] = self.support_embeddings_.z
-            tensors["present"] = self.support_embeddings_.present
-            modalities = self.support_embeddings_.modalities
-        else:
-            form = "samples"
-            modalities = list(self.support_batch_)
-            for name, mb in self.support_batch_.items():
-                tensors[f"{name}.values"] = mb.values
-                tensors[f"{name}.present"] = mb.present
-                if mb.lengths is not None:
-                    tensors[f"{name}.lengths"] = mb.lengths
-        write_support(directory, tensors, classes=self.classes_, modalities=modalities,
-                      form=form)
+        tensors = {"labels": self.support_labels_, **self.support_.tensors()}
+        write_support(directory, tensors, classes=self.classes_,
+                      modalities=self.support_.modalities, form=self.support_.form)
         return directory
 
     @classmethod
@@ -455,7 +539,7 @@ class FewShotClassifier(EstimatorParams):
         """
         classifier = cls(directory, device=device, modalities=modalities,
                          media_root=media_root)
-        run = classifier._load_run()
+        run = classifier.loaded_run()
         used = classifier._used_modalities(run)
         directory = Path(directory)
         if not (directory / SUPPORT_FILE).exists():
@@ -470,20 +554,16 @@ class FewShotClassifier(EstimatorParams):
                 fix="fit this run's classifier on the support set again and save it")
         tensors = read_support_tensors(directory / SUPPORT_FILE, meta, run.model.modalities)
         classifier.support_labels_ = tensors["labels"]
-        if meta["form"] == "embeddings":
-            classifier.support_batch_ = None
-            classifier.support_embeddings_ = Embeddings(
-                tensors["z"].to(device), tensors["present"].to(device),
-                modalities=meta["modalities"])
-        else:
-            classifier.support_embeddings_ = None
-            classifier.support_batch_ = {
-                name: ModalityBatch(tensors[f"{name}.values"], tensors[f"{name}.present"],
-                                    tensors.get(f"{name}.lengths"))
-                for name in meta["modalities"]}
+        classifier.support_ = EncodedSamples.from_tensors(
+            tensors, meta["form"], meta["modalities"]).to(device)
         classifier.run_, classifier.modalities_ = run, used
         classifier.classes_ = meta["classes"]
         return classifier
+
+
+def _usable(batch: dict[str, ModalityBatch]) -> torch.Tensor:
+    """bool ``[S]``: the sample has at least one modality of ``batch``."""
+    return torch.stack([mb.present.to(torch.bool) for mb in batch.values()], 1).any(1)
 
 
 def _has_columns(dataset: MultimodalDataset, modality: str) -> bool:

@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
           (api.EvalSettings, {}))
     _verb(sub, "predict", "classify query samples from a labelled support set",
           lambda a: api.predict(**_given(a)), (api.PredictSettings, {}))
+    _verb(sub, "serve", "serve a run: an HTTP API and a web page where classes are defined "
+          "by a few examples and new items classified", lambda a: api.serve(**_given(a)),
+          (api.ServeSettings, {}))
     _verb(sub, "report", "write a run's report (plots, tables, index.html)",
           lambda a: api.report(**_given(a)), (api.ReportSettings, {}))
     p = _verb(sub, "cache", "show or empty the feature cache of pretrained encoders", _cache,

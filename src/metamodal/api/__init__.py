@@ -16,6 +16,7 @@ keyword overrides, and returns a typed result: a dataclass with ``to_dict()`` (w
 | ``eval`` | `evaluate` | `EvalReport` |
 | ``report`` | `report` | `ReportResult` |
 | ``predict`` | `predict` | `PredictResult` |
+| ``serve`` | `serve` | `ServeResult` |
 | ``retrieve`` | `retrieve` | ``RetrievalReport`` |
 | ``zero-shot`` | `zero_shot` | ``ZeroShotReport`` |
 | ``cache info`` / ``cache clear`` | `cache_info` / `clear_cache` | ``CacheInfo`` / `ClearedCache` |
@@ -58,6 +59,7 @@ from metamodal.api.evaluation import (
 from metamodal.api.fields import write_json
 from metamodal.api.mapping import project, retrieve, zero_shot
 from metamodal.api.prediction import PredictResult, WorkedEpisode, predict, worked_episode
+from metamodal.api.serve import ServeResult, serve
 from metamodal.api.settings import (
     IMPORT_LAYOUTS,
     QUICK_DEMO,
@@ -78,6 +80,7 @@ from metamodal.api.settings import (
     ReportSettings,
     RetrieveSettings,
     RunSettings,
+    ServeSettings,
     SyntheticSettings,
     TableImportSettings,
     VideoFolderSettings,
@@ -93,10 +96,10 @@ __all__ = [
     "EpisodesResult", "EpisodesSettings", "EvalReport", "EvalSettings", "FewShotClassifier",
     "FolderImportSettings", "ImageFolderSettings", "ImportSettings", "LearnerFlags",
     "MappingResults", "OmniglotImportSettings", "PredictResult", "PredictSettings", "ReportResult",
-    "ReportSettings", "RetrieveSettings", "RunInfo", "RunSettings", "SyntheticResult",
-    "SyntheticSettings", "TableImportSettings", "TrainReport", "VideoFolderSettings",
-    "WorkedEpisode", "ZeroShotSettings", "align", "cache_info", "clear_cache", "compare", "demo",
-    "download", "episodes", "evaluate", "import_dataset", "inspect", "make_synthetic", "predict",
-    "project", "report", "report_results", "retrieve", "run_info", "train", "worked_episode",
-    "write_json", "zero_shot",
+    "ReportSettings", "RetrieveSettings", "RunInfo", "RunSettings", "ServeResult", "ServeSettings",
+    "SyntheticResult", "SyntheticSettings", "TableImportSettings", "TrainReport",
+    "VideoFolderSettings", "WorkedEpisode", "ZeroShotSettings", "align", "cache_info",
+    "clear_cache", "compare", "demo", "download", "episodes", "evaluate", "import_dataset",
+    "inspect", "make_synthetic", "predict", "project", "report", "report_results", "retrieve",
+    "run_info", "serve", "train", "worked_episode", "write_json", "zero_shot",
 ]

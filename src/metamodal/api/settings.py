@@ -112,6 +112,46 @@ class PredictSettings:
 
 
 @dataclass
+class ServeSettings:
+    """What `metamodal.api.serve` serves, where, and within which limits.
+
+    Args:
+        run: the run directory whose model classifies.
+        host: the address to listen on; any address other than loopback needs ``token``.
+        port: the TCP port.
+        token: the bearer token that write requests need (and every request, on an address
+            other than loopback).
+        state: the directory of the task database (tasks and their encoded examples survive
+            a restart there).
+        device: where the model runs (``cpu``, ``cuda``).
+        batching: embed the queries of requests waiting at the same time as one batch.
+        cors: a web origin allowed to call the API from a page of its own (default: none).
+        max_request_mb: the largest request body, in MiB.
+        max_samples: the most examples or queries in one request.
+        max_examples: the most examples a task holds.
+        max_classes: the most classes a task holds.
+        max_tasks: the most tasks the state holds.
+        eval_episodes: test episodes to measure the run's accuracy on, once, in the
+            background (kept in the state; 0: don't).
+    """
+
+    run: str = flag("", name="")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    state: str = flag("metamodal-state", metavar="DIR")
+    device: str = "cpu"
+    batching: bool = flag(True, name="--no-batching")
+    cors: str | None = flag(None, metavar="ORIGIN")
+    max_request_mb: float = 32.0
+    max_samples: int = 64
+    max_examples: int = 2000
+    max_classes: int = 200
+    max_tasks: int = 1000
+    eval_episodes: int = 600
+
+
+@dataclass
 class EpisodesSettings:
     """The episode file that `metamodal.api.episodes` writes (a published protocol).
 

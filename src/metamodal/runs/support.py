@@ -6,14 +6,18 @@ them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from metamodal.data.batch import Batch, ModalityBatch, batch_to, cat_batches, index_batch
 from metamodal.errors import RunError
 from metamodal.io import ParseError, atomic_write, atomic_write_json, loads_json
+from metamodal.learners.embeddings import Embeddings
 
 SUPPORT_FILE = "support.safetensors"
 SUPPORT_META = "support.json"
@@ -115,3 +119,99 @@ def read_support_tensors(path: Path, meta: dict, model_modalities: list[str]) ->
                 need(f"{name}.lengths", 1)
     return tensors
 
+
+
+@dataclass
+class EncodedSamples:
+    """Samples in the form a run's learner adapts from: embedded (``embeddings``, for learners
+    whose capabilities say ``embeds_once``: the metric learners) or decoded (``batch``, for
+    learners that adapt the network's weights per task). Exactly one of the two is set once
+    the samples are encoded; a decoded batch of a metric learner's samples, not yet embedded,
+    has only ``batch``.
+
+    Args:
+        embeddings: the embedded samples (``S`` rows), or None.
+        batch: modality name -> `ModalityBatch` of the ``S`` decoded samples, or None.
+        usable: bool ``[S]``: the sample carries at least one of the used modalities.
+
+    Example:
+        >>> from metamodal.data.batch import ModalityBatch
+        >>> mb = ModalityBatch(torch.ones(2, 3), torch.tensor([True, False]))
+        >>> samples = EncodedSamples(None, {"m": mb}, torch.tensor([True, False]))
+        >>> samples.form, len(EncodedSamples.cat([samples, samples]))
+        ('samples', 4)
+        >>> back = EncodedSamples.from_tensors(samples.tensors(), "samples", ["m"])
+        >>> back.batch["m"].present.tolist(), back.usable.tolist()
+        ([True, False], [True, False])
+    """
+
+    embeddings: Embeddings | None
+    batch: Batch | None
+    usable: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.usable)
+
+    @property
+    def form(self) -> str:
+        """``embeddings`` or ``samples`` (one of `SUPPORT_FORMS`)."""
+        return "samples" if self.embeddings is None else "embeddings"
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modality names, in order."""
+        return list(self.batch) if self.embeddings is None else list(self.embeddings.modalities)
+
+    def index(self, rows: torch.Tensor) -> EncodedSamples:
+        """Rows ``rows`` (long ``[K]``) as new `EncodedSamples` of length K."""
+        return EncodedSamples(
+            None if self.embeddings is None else self.embeddings.index(rows),
+            None if self.batch is None else index_batch(self.batch, rows),
+            self.usable.index_select(0, rows))
+
+    def split(self, sizes: Sequence[int]) -> list[EncodedSamples]:
+        """Consecutive blocks of ``sizes`` rows (summing to ``len(self)``)."""
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        return [self.index(torch.arange(start, start + size))
+                for start, size in zip(starts, sizes, strict=True)]
+
+    @staticmethod
+    def cat(items: Sequence[EncodedSamples]) -> EncodedSamples:
+        """Concatenate along the sample axis (all items of one form; sequences are padded)."""
+        if items[0].embeddings is not None:
+            return EncodedSamples(Embeddings.cat([i.embeddings for i in items]), None,
+                                  torch.cat([i.usable for i in items]))
+        return EncodedSamples(None, cat_batches([i.batch for i in items]),
+                              torch.cat([i.usable for i in items]))
+
+    def to(self, device: torch.device | str) -> EncodedSamples:
+        """The samples on ``device``."""
+        return EncodedSamples(
+            None if self.embeddings is None else self.embeddings.to(device),
+            None if self.batch is None else batch_to(self.batch, device), self.usable)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors ``support.safetensors`` holds besides ``labels``: ``z`` and ``present``
+        for embeddings, ``NAME.values`` / ``NAME.present`` / ``NAME.lengths`` per modality for
+        samples."""
+        if self.embeddings is not None:
+            return {"z": self.embeddings.z, "present": self.embeddings.present}
+        tensors = {}
+        for name, mb in self.batch.items():
+            tensors[f"{name}.values"] = mb.values
+            tensors[f"{name}.present"] = mb.present
+            if mb.lengths is not None:
+                tensors[f"{name}.lengths"] = mb.lengths
+        return tensors
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], form: str,
+                     modalities: list[str]) -> EncodedSamples:
+        """The samples back from `tensors` (checked beforehand, e.g. by
+        `read_support_tensors`)."""
+        if form == "embeddings":
+            embeddings = Embeddings(tensors["z"], tensors["present"], modalities=modalities)
+            return cls(embeddings, None, embeddings.present.any(1))
+        batch = {name: ModalityBatch(tensors[f"{name}.values"], tensors[f"{name}.present"],
+                                     tensors.get(f"{name}.lengths")) for name in modalities}
+        return cls(None, batch, torch.stack([mb.present for mb in batch.values()], 1).any(1))

@@ -1,0 +1,290 @@
+"""The HTTP API and the page of ``metamodal serve``: `create_app` builds the FastAPI app.
+
+Endpoints (JSON; every error is ``{"error", "file", "row", "column", "fix"}`` with a 4xx):
+
+====== ============================================== ==========================================
+GET    ``/api/health``                                ``{"status": "ok"}``
+GET    ``/api/model``                                 modalities, learner, dim, test accuracy
+GET    ``/api/tasks``                                 every task's summary
+POST   ``/api/tasks``                                 a new task from examples ``e<n>.*``
+GET    ``/api/tasks/{id}``                            a task with its examples
+DELETE ``/api/tasks/{id}``                            delete a task
+POST   ``/api/tasks/{id}/examples``                   add examples ``e<n>.*``
+DELETE ``/api/tasks/{id}/examples/{example}``         remove an example
+DELETE ``/api/tasks/{id}/classes/{label}``            remove a class's examples
+GET    ``/api/tasks/{id}/examples/{example}/thumbnail`` the example's image, PNG
+POST   ``/api/tasks/{id}/predict``                    classify queries ``q<n>.*``
+====== ============================================== ==========================================
+
+The page is ``/`` (files in ``page/``, served from ``/static``); the OpenAPI schema is
+``/openapi.json``. Writes (POST, DELETE) need ``Authorization: Bearer TOKEN`` when the server
+has a token; prediction is a read.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from metamodal.api.settings import ServeSettings
+from metamodal.errors import (
+    ConfigError,
+    DatasetError,
+    InsufficientSamplesError,
+    LocatedError,
+    MetamodalError,
+    ModalityError,
+)
+from metamodal.serve.engine import Engine
+from metamodal.serve.forms import BodyLimit, BodyTooLargeError, read_form, samples_of
+from metamodal.serve.store import LimitError, Limits, NotFoundError, TaskRecord, TaskStore
+
+PAGE = Path(__file__).parent / "page"
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+_STATUS = [(BodyTooLargeError, 413), (NotFoundError, 404), (LimitError, 409),
+           (InsufficientSamplesError, 409), (ModalityError, 422), (DatasetError, 422),
+           (ConfigError, 400), (MetamodalError, 422)]
+
+_EXAMPLES_FORM = {"requestBody": {"content": {"multipart/form-data": {"schema": {
+    "type": "object", "description": "examples e<n>.label plus e<n>.<column> per modality "
+    "(a file for image / audio / sequence / video, text otherwise; one field per tabular "
+    "column)", "additionalProperties": True}}}}}
+_QUERY_FORM = {"requestBody": {"content": {"multipart/form-data": {"schema": {
+    "type": "object", "description": "queries q<n>.<column> per modality, and k (nearest "
+    "examples to return, default 3)", "additionalProperties": True}}}}}
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches (127.0.0.0/8, ``::1``, ``localhost``).
+
+    Example:
+        >>> is_loopback("127.0.0.2"), is_loopback("0.0.0.0")
+        (True, False)
+    """
+    return host in LOOPBACK or host.startswith("127.")
+
+
+def error_body(error: MetamodalError) -> dict[str, Any]:
+    """The JSON of an error answer."""
+    if isinstance(error, LocatedError):
+        return {"error": error.message, "file": error.file, "row": error.row,
+                "column": error.column, "fix": error.fix}
+    return {"error": str(error), "file": None, "row": None, "column": None, "fix": None}
+
+
+def _status(error: MetamodalError) -> int:
+    return next(code for kind, code in _STATUS if isinstance(error, kind))
+
+
+class _Accuracy:
+    """The run's test accuracy, measured once in the background and kept in the state."""
+
+    def __init__(self, run: Path, store: TaskStore, episodes: int) -> None:
+        self.value: dict[str, Any] | None = store.read_meta("test_accuracy")
+        self.status = "measured" if self.value else ("off" if episodes <= 0 else "measuring")
+        if self.status == "measuring":
+            threading.Thread(target=self._measure, args=(run, store, episodes), daemon=True,
+                             name="test-accuracy").start()
+
+    def _measure(self, run: Path, store: TaskStore, episodes: int) -> None:
+        from metamodal import api
+
+        try:
+            report = api.evaluate(run, episodes_count=episodes, baseline=False, progress=False)
+        except MetamodalError as error:
+            self.status = f"unavailable: {error}"
+            return
+        r = report.result
+        self.value = {"accuracy": r.accuracy, "ci95": r.ci95, "ways": r.ways, "shots": r.shots,
+                      "episodes": r.episodes, "split": report.split}
+        store.write_meta("test_accuracy", self.value)
+        self.status = "measured"
+
+
+def create_app(run: str | Path, settings: ServeSettings | None = None,
+               **options: Any) -> FastAPI:
+    """The FastAPI app serving ``run``: the API, the page and the OpenAPI schema.
+
+    Args:
+        run: the run directory.
+        settings: a `ServeSettings` (state directory, token, limits, batching, ...);
+            ``options`` (its field names) override it.
+
+    Raises:
+        RunError: the run is missing or damaged, or the state belongs to another model.
+        ConfigError: a non-loopback host without a token.
+    """
+    from metamodal.api.fields import resolve
+
+    s = resolve(ServeSettings, settings, {"run": str(run), **options}, verb="serve")
+    if not is_loopback(s.host) and not s.token:
+        raise ConfigError(f"serving on {s.host} (reachable from other machines) needs a token",
+                          column="token", fix="give --token SECRET, or serve on 127.0.0.1")
+    engine = Engine(s.run, device=s.device, batching=s.batching)
+    store = TaskStore(s.state, model=engine.fingerprint,
+                      limits=Limits(s.max_tasks, s.max_examples, s.max_classes))
+    accuracy = _Accuracy(Path(s.run), store, s.eval_episodes)
+    reads_need_token = bool(s.token) and not is_loopback(s.host)
+
+    app = FastAPI(title="metamodal", summary="Few-shot classification of multimodal samples: "
+                  "define classes by a few examples, then classify new items.",
+                  docs_url=None, redoc_url=None)
+    app.state.engine, app.state.store = engine, store
+    app.add_middleware(BodyLimit, limit=int(s.max_request_mb * (1 << 20)))
+    if s.cors:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=[s.cors],
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization"])
+
+    @app.exception_handler(MetamodalError)
+    async def located(_: Request, error: MetamodalError) -> JSONResponse:
+        return JSONResponse(error_body(error), status_code=_status(error))
+
+    @app.middleware("http")
+    async def authorise(request: Request, call_next: Any) -> Response:
+        path = request.url.path
+        write = request.method in ("POST", "DELETE") and not path.endswith("/predict")
+        if s.token and path.startswith("/api/") and (write or reads_need_token) \
+                and path != "/api/health":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {s.token}".encode()):
+                return JSONResponse(
+                    {"error": "this request needs the server's token", "file": None,
+                     "row": None, "column": "Authorization",
+                     "fix": "send the header Authorization: Bearer <token>"}, status_code=401)
+        return await call_next(request)
+
+    columns = engine.columns()
+    limits = dict(max_request_bytes=int(s.max_request_mb * (1 << 20)),
+                  max_samples_per_request=s.max_samples, max_examples_per_task=s.max_examples,
+                  max_classes_per_task=s.max_classes, max_tasks=s.max_tasks)
+
+    def summary(task: TaskRecord, *, examples: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": task.id, "name": task.name, "created": task.created,
+            "size": len(task.examples),
+            "classes": [{"label": label, "examples": n} for label, n in task.classes()]}
+        if examples:
+            out["examples"] = [{
+                "id": e.id, "label": e.label, "modalities": e.modalities, "text": e.text,
+                "thumbnail": _thumbnail_url(task.id, e.id) if e.has_thumbnail else None}
+                for e in task.examples]
+        return out
+
+    async def examples_from(request: Request, extra: tuple[str, ...] = ()) -> tuple[Any, list]:
+        form = await read_form(request, max_samples=s.max_samples, max_files=s.max_samples * 8)
+        samples = await samples_of(form, "e", columns=columns, labelled=True,
+                                   max_samples=s.max_samples, extra=extra)
+        return form, await run_in_threadpool(engine.encode_examples, samples)
+
+    @app.get("/api/health")
+    def health() -> dict[str, str]:
+        """The server is up."""
+        return {"status": "ok"}
+
+    @app.get("/api/model")
+    def model() -> dict[str, Any]:
+        """The model: learner, fusion, embedding size, the modalities it accepts (and how a
+        form gives each), its test accuracy (measured once), the limits and what needs the
+        token."""
+        config = engine.run.config
+        return {"learner": config.learner, "fusion": config.fusion, "dim": config.dim,
+                "modalities": [m.to_dict() for m in engine.modality_info()],
+                "test_accuracy": accuracy.value, "test_accuracy_status": accuracy.status,
+                "limits": limits,
+                "auth": {"token_required_for_writes": bool(s.token),
+                         "token_required_for_reads": reads_need_token}}
+
+    @app.get("/api/tasks")
+    def list_tasks() -> dict[str, Any]:
+        """Every task, oldest first."""
+        return {"tasks": [summary(t) for t in store.tasks()]}
+
+    @app.post("/api/tasks", status_code=201, openapi_extra=_EXAMPLES_FORM)
+    async def create_task(request: Request) -> dict[str, Any]:
+        """A new task from labelled examples (``name`` optional)."""
+        form, examples = await examples_from(request, extra=("name",))
+        name = str(form.get("name") or "untitled")[:200]
+        return summary(await run_in_threadpool(store.create_task, name, examples))
+
+    @app.get("/api/tasks/{task_id}")
+    def get_task(task_id: str) -> dict[str, Any]:
+        """A task with its examples."""
+        return summary(store.get(task_id), examples=True)
+
+    @app.delete("/api/tasks/{task_id}", status_code=204)
+    def delete_task(task_id: str) -> Response:
+        """Delete a task and its examples."""
+        store.delete_task(task_id)
+        engine.forget(task_id)
+        return Response(status_code=204)
+
+    @app.post("/api/tasks/{task_id}/examples", status_code=201, openapi_extra=_EXAMPLES_FORM)
+    async def add_examples(task_id: str, request: Request) -> dict[str, Any]:
+        """Add labelled examples to a task (of its classes or new ones)."""
+        store.get(task_id)  # 404 before reading the uploads
+        _, examples = await examples_from(request)
+        task, added = await run_in_threadpool(store.add_examples, task_id, examples)
+        return {**summary(task), "added": added}
+
+    @app.delete("/api/tasks/{task_id}/examples/{example_id}")
+    def remove_example(task_id: str, example_id: str) -> dict[str, Any]:
+        """Remove one example."""
+        return summary(store.remove_examples(task_id, example_id=example_id))
+
+    @app.delete("/api/tasks/{task_id}/classes/{label}")
+    def remove_class(task_id: str, label: str) -> dict[str, Any]:
+        """Remove every example of a class."""
+        return summary(store.remove_examples(task_id, label=label))
+
+    @app.get("/api/tasks/{task_id}/examples/{example_id}/thumbnail",
+             responses={200: {"content": {"image/png": {}}}})
+    def thumbnail(task_id: str, example_id: str) -> Response:
+        """The example's image, at most 96 pixels a side (404 when it has none)."""
+        data = store.thumbnail(task_id, example_id)
+        if data is None:
+            raise NotFoundError("the example has no image", column="example",
+                                fix="show its text instead")
+        return Response(data, media_type="image/png")
+
+    @app.post("/api/tasks/{task_id}/predict", openapi_extra=_QUERY_FORM)
+    async def predict(task_id: str, request: Request) -> dict[str, Any]:
+        """Classify query samples against a task: label, probabilities, the modalities each
+        query lacked and its nearest examples."""
+        task = await run_in_threadpool(store.get, task_id, tensors=True)
+        form = await read_form(request, max_samples=s.max_samples, max_files=s.max_samples * 8)
+        samples = await samples_of(form, "q", columns=columns, labelled=False,
+                                   max_samples=s.max_samples, extra=("k",))
+        k = form.get("k") or "3"
+        if not isinstance(k, str) or not k.isdigit() or int(k) > 50:
+            raise ConfigError("k must be a whole number from 0 to 50", column="k",
+                              fix="e.g. -F k=3")
+        result = await run_in_threadpool(engine.predict, task, samples, int(k))
+        for prediction in result["predictions"]:
+            for near in prediction["nearest"]:
+                near["thumbnail"] = (_thumbnail_url(task_id, near["example"])
+                                     if near.pop("has_thumbnail") else None)
+        return result
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(PAGE / "index.html")
+
+    if PAGE.is_dir():
+        app.mount("/static", StaticFiles(directory=PAGE), name="static")
+    return app
+
+
+def _thumbnail_url(task_id: str, example_id: str) -> str:
+    return f"/api/tasks/{task_id}/examples/{example_id}/thumbnail"

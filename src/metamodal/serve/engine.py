@@ -1,0 +1,358 @@
+"""`Engine`: the model behind the server. It turns uploaded samples into encoded examples and
+classifies queries against a task, all through `metamodal.classifier.FewShotClassifier`.
+
+Uploaded files are written under server-chosen names into a private temporary directory and
+read from there by the run's own loaders (so a corrupt file is the same typed error it is
+anywhere else); no name a client sends is ever used as a path. Errors name the form field
+(``e0.image``) rather than the temporary file.
+
+With ``batching`` on, the queries of requests that wait at the same time are embedded as one
+batch by one worker thread (`EmbedBatcher`); ``benchmarks/serve.py`` measures what that gains.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import queue
+import re
+import tempfile
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from metamodal.classifier import FewShotClassifier
+from metamodal.data.kinds import modality_kind
+from metamodal.data.records import records_dataset
+from metamodal.errors import InsufficientSamplesError, LocatedError, ModalityError
+from metamodal.runs.directory import WEIGHTS_FILE, Run
+from metamodal.runs.support import EncodedSamples
+from metamodal.serve.store import NewExample, TaskRecord
+
+THUMBNAIL_SIZE = 96
+"""The longest side of a stored thumbnail, in pixels."""
+
+TEXT_SNIPPET = 200
+"""The most characters of an example's text kept for display."""
+
+_SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
+
+
+@dataclass
+class Upload:
+    """A file a client sent: its bytes and the suffix of its name (lower case, or ``""``)."""
+
+    data: bytes
+    suffix: str = ""
+
+
+@dataclass
+class Sample:
+    """One sample of a form: its field prefix (``e0``), label (examples only) and values by
+    column (text, or an `Upload` for a media modality)."""
+
+    key: str
+    label: str | None = None
+    values: dict[str, str | Upload] = field(default_factory=dict)
+
+
+@dataclass
+class ModalityInfo:
+    """What the page and clients need to know of one modality the model accepts."""
+
+    name: str
+    kind: str
+    input: str  # "file", "text" or "fields"
+    accept: str | None
+    columns: list[str] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return dict(self.__dict__)
+
+
+class EmbedBatcher:
+    """Embeds decoded samples of concurrent callers as one batch on one worker thread.
+
+    A caller hands its decoded samples to `__call__` and waits; the worker takes every sample
+    set waiting at that moment (up to ``max_rows`` rows), embeds them as one batch and hands
+    each caller its rows. No caller waits for a timer: a lone request is embedded at once, and
+    requests arriving while a batch runs form the next one.
+
+    Args:
+        embed: decoded samples -> embedded samples (`FewShotClassifier.embed`).
+        max_rows: the most rows embedded at once.
+    """
+
+    def __init__(self, embed: Any, max_rows: int = 512) -> None:
+        self._embed = embed
+        self._max_rows = max_rows
+        self._queue: queue.Queue[tuple[EncodedSamples, Future]] = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="embed-batcher", daemon=True)
+        self._worker.start()
+
+    def __call__(self, samples: EncodedSamples) -> EncodedSamples:
+        """The embedded ``samples`` (blocks until the worker has embedded them)."""
+        done: Future = Future()
+        self._queue.put((samples, done))
+        return done.result()
+
+    def _run(self) -> None:
+        while True:
+            waiting = [self._queue.get()]
+            rows = len(waiting[0][0])
+            while rows < self._max_rows:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                waiting.append(item)
+                rows += len(item[0])
+            try:
+                joined = self._embed(EncodedSamples.cat([s for s, _ in waiting]))
+                for (_, done), part in zip(waiting, joined.split([len(s) for s, _ in waiting]),
+                                           strict=True):
+                    done.set_result(part)
+            except BaseException as error:  # handed to the callers, who raise it
+                for _, done in waiting:
+                    done.set_exception(error)
+
+
+class Engine:
+    """A run's classifier serving many tasks.
+
+    Args:
+        run: the run directory.
+        device: where the model runs.
+        batching: embed the queries of concurrent requests together (`EmbedBatcher`).
+
+    Raises:
+        RunError: the run directory is missing or damaged.
+    """
+
+    def __init__(self, run: str | Path, *, device: str = "cpu", batching: bool = True) -> None:
+        self.classifier = FewShotClassifier(run, device=device)
+        self.run: Run = self.classifier.loaded_run()
+        self.model = self.run.model.eval()
+        self.embeds_once = self.model.capabilities().embeds_once
+        self.modalities = list(self.model.modalities)
+        self.fingerprint = _digest(self.run.path / WEIGHTS_FILE)
+        self._batcher = EmbedBatcher(self.classifier.embed) if (
+            batching and self.embeds_once) else None
+        self._fitted: dict[str, tuple[int, FewShotClassifier, list[str]]] = {}
+        self._fitted_guard = threading.Lock()
+
+    # -- what the model accepts ----------------------------------------------------------
+
+    def modality_info(self) -> list[ModalityInfo]:
+        """Each modality the model accepts and how a form gives it."""
+        infos = []
+        for name in self.modalities:
+            spec = self.run.schema.modalities[name]
+            kind = modality_kind(spec.kind)
+            if spec.kind == "tabular":
+                infos.append(ModalityInfo(name, spec.kind, "fields", None, list(spec.columns)))
+            elif kind.media:
+                accept = ",".join([f"{spec.kind}/*"] * (spec.kind in ("image", "audio", "video"))
+                                  + list(kind.suffixes))
+                infos.append(ModalityInfo(name, spec.kind, "file", accept, None))
+            else:
+                infos.append(ModalityInfo(name, spec.kind, "text", None, None))
+        return infos
+
+    def columns(self) -> dict[str, str]:
+        """Form column -> the modality it belongs to (a tabular modality has several)."""
+        out = {}
+        for info in self.modality_info():
+            for column in info.columns or [info.name]:
+                out[column] = info.name
+        return out
+
+    # -- encoding ------------------------------------------------------------------------
+
+    def _decode(self, samples: list[Sample]) -> EncodedSamples:
+        """The samples read and decoded by the run's loaders, from a private directory."""
+        kinds = {info.name: info for info in self.modality_info()}
+        columns = self.columns()
+        with tempfile.TemporaryDirectory(prefix="metamodal-upload-") as tmp:
+            records = []
+            names: dict[str, str] = {}
+            for sample in samples:
+                record: dict[str, Any] = {"id": sample.key, **dict.fromkeys(columns)}
+                for column, value in sample.values.items():
+                    info = kinds[columns[column]]
+                    if isinstance(value, Upload):
+                        if info.input != "file":
+                            value = _text_of(value, f"{sample.key}.{column}")
+                        else:
+                            suffix = value.suffix if _SUFFIX.match(value.suffix) else ""
+                            name = f"{sample.key}.{column}{suffix}"
+                            (Path(tmp) / name).write_bytes(value.data)
+                            names[str(Path(tmp) / name)] = f"{sample.key}.{column}"
+                            value = name
+                    record[column] = value
+                records.append(record)
+            try:
+                dataset = records_dataset(records, self.run.schema, media_root=tmp)
+                return self.classifier.decode(dataset)
+            except LocatedError as error:
+                raise _located_in_form(error, names, tmp, [s.key for s in samples]) from None
+
+    def encode_examples(self, samples: list[Sample]) -> list[NewExample]:
+        """Encode labelled samples for storing: one `NewExample` each, with its encoded row,
+        its text snippet and its image thumbnail.
+
+        Raises:
+            DatasetError: a value is unusable (named by its form field).
+            ModalityError: a sample carries none of the model's modalities.
+        """
+        decoded = self._decode(samples)
+        _require_usable(decoded, samples)
+        encoded = self.classifier.embed(decoded) if self.embeds_once else decoded
+        examples = []
+        for k, sample in enumerate(samples):
+            row = encoded.index(torch.tensor([k]))
+            tensors = {name: t.detach().cpu().contiguous() for name, t in row.tensors().items()}
+            examples.append(NewExample(
+                label=sample.label or "", modalities=self._present(decoded, k),
+                tensors=save_tensors(tensors), text=self._text(sample),
+                thumbnail=self._thumbnail(sample)))
+        return examples
+
+    def _present(self, decoded: EncodedSamples, row: int) -> list[str]:
+        return [name for name, mb in decoded.batch.items() if bool(mb.present[row])]
+
+    def _text(self, sample: Sample) -> str | None:
+        for info in self.modality_info():
+            value = sample.values.get(info.name)
+            if info.input == "text" and isinstance(value, str) and value.strip():
+                return value[:TEXT_SNIPPET]
+        return None
+
+    def _thumbnail(self, sample: Sample) -> bytes | None:
+        """A small PNG of the sample's first image (already checked by the loader)."""
+        from PIL import Image
+
+        for info in self.modality_info():
+            value = sample.values.get(info.name)
+            if info.kind == "image" and isinstance(value, Upload):
+                with Image.open(io.BytesIO(value.data)) as image:
+                    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+                    out = io.BytesIO()
+                    image.convert("RGBA" if "A" in image.getbands() else "RGB").save(out, "PNG")
+                    return out.getvalue()
+        return None
+
+    # -- predicting ----------------------------------------------------------------------
+
+    def _task_classifier(self, task: TaskRecord) -> tuple[FewShotClassifier, list[str]]:
+        """The classifier fitted on a task's examples (kept per task version) and the ids of
+        its support rows."""
+        with self._fitted_guard:
+            cached = self._fitted.get(task.id)
+        if cached is not None and cached[0] == task.version:
+            return cached[1], cached[2]
+        classes = [label for label, _ in task.classes()]
+        if len(classes) < 2:
+            raise InsufficientSamplesError(
+                f"task {task.id!r} has {len(classes)} class(es); predicting needs two",
+                column="task", fix="add examples of at least two classes to the task")
+        form = "embeddings" if self.embeds_once else "samples"
+        rows = [EncodedSamples.from_tensors(load_tensors(example.tensors), form,
+                                            self.modalities)
+                for example in task.examples]
+        fitted = copy.copy(self.classifier)  # shares the loaded run
+        fitted.fit_encoded(EncodedSamples.cat(rows), [e.label for e in task.examples], classes)
+        ids = [e.id for e in task.examples]
+        with self._fitted_guard:
+            self._fitted[task.id] = (task.version, fitted, ids)
+        return fitted, ids
+
+    def forget(self, task_id: str) -> None:
+        """Drop the fitted classifier kept for a task (it was deleted)."""
+        with self._fitted_guard:
+            self._fitted.pop(task_id, None)
+
+    def predict(self, task: TaskRecord, samples: list[Sample], k: int = 3) -> dict[str, Any]:
+        """Classify query samples against a task (loaded with its tensors).
+
+        Returns:
+            ``{"task", "classes", "predictions": [...]}``: per query its label, probability,
+            class probabilities, the modalities it lacked and its ``k`` nearest examples.
+
+        Raises:
+            InsufficientSamplesError: the task has fewer than two classes.
+            DatasetError, ModalityError: a query is unusable (named by its form field).
+        """
+        fitted, ids = self._task_classifier(task)
+        decoded = self._decode(samples)
+        _require_usable(decoded, samples)
+        query = self._batcher(decoded) if self._batcher is not None else fitted.embed(decoded)
+        probabilities = torch.softmax(torch.from_numpy(fitted.decision_function_encoded(query)),
+                                      -1).numpy()
+        scores = fitted.support_scores(query)
+        by_id = {e.id: e for e in task.examples}
+        predictions = []
+        for row, sample in enumerate(samples):
+            p = probabilities[row]
+            best = int(np.argmax(p))
+            order = np.argsort(-scores[row])[:max(0, k)]
+            predictions.append({
+                "query": sample.key, "label": fitted.classes_[best],
+                "probability": float(p[best]),
+                "probabilities": dict(zip(fitted.classes_, map(float, p), strict=True)),
+                "missing_modalities": [m for m in self.modalities
+                                       if m not in self._present(decoded, row)],
+                "nearest": [{"example": ids[j], "label": by_id[ids[j]].label,
+                             "score": float(scores[row, j]),
+                             "has_thumbnail": by_id[ids[j]].has_thumbnail,
+                             "text": by_id[ids[j]].text} for j in order],
+            })
+        return {"task": task.id, "classes": list(fitted.classes_), "predictions": predictions}
+
+
+def _require_usable(decoded: EncodedSamples, samples: list[Sample]) -> None:
+    if not bool(decoded.usable.all()):
+        first = samples[int((~decoded.usable).nonzero()[0])].key
+        raise ModalityError(f"sample {first} carries none of the model's modalities",
+                            column=first, fix="give each sample at least one of: "
+                            + ", ".join(decoded.batch))
+
+
+def _text_of(upload: Upload, field_name: str) -> str:
+    try:
+        return upload.data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModalityError("a text modality was sent as a file that is not UTF-8 text",
+                            column=field_name, fix="send the text as a form value") from None
+
+
+def _located_in_form(error: LocatedError, names: dict[str, str], tmp: str,
+                     keys: list[str]) -> LocatedError:
+    """``error`` located in the form: the form field (``e0.image``) as its column, instead of
+    the temporary file or the row of the samples read from the form."""
+    column = names.get(error.file or "")
+    if column is None and error.row is not None and 1 <= error.row <= len(keys):
+        key = keys[error.row - 1]
+        column = key if not error.column else f"{key}.{error.column}"
+    error.file, error.row, error.column = None, None, column or error.column
+    error.message = error.message.replace(tmp + "/", "")
+    error.args = (str(error),)
+    return error
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

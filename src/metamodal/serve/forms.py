@@ -1,0 +1,166 @@
+"""Samples from a multipart form, and the request body bound.
+
+A sample is a group of fields sharing a prefix: ``e0.label``, ``e0.image`` (a file),
+``e0.caption`` (text), ``e0.m0`` (a tabular column) for examples; ``q0.image`` ... for queries.
+Any other field is an error naming it, so a misspelt modality never passes as a missing one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from metamodal.errors import ConfigError, DatasetError
+from metamodal.serve.engine import Sample, Upload
+
+_FIELD = re.compile(r"^([eq])(\d{1,6})\.(.+)$")
+
+MAX_LABEL = 200
+"""The longest class label, in characters."""
+
+
+class BodyTooLargeError(ConfigError):
+    """The request body is larger than the server accepts."""
+
+
+async def read_form(request: Request, *, max_samples: int, max_files: int) -> Any:
+    """The request's multipart form, parsed within the bounds (a file's bytes are read later).
+
+    Raises:
+        ConfigError: not a form, or too many fields or files.
+    """
+    kind = request.headers.get("content-type", "")
+    if not kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        raise ConfigError("the request must be a multipart form", column="content-type",
+                          fix="send multipart/form-data (curl -F 'e0.label=cat' ...)")
+    try:
+        return await request.form(max_files=max_files, max_fields=max_samples * 64 + 8,
+                                  max_part_size=1 << 20)
+    except BodyTooLargeError:
+        raise
+    except Exception as error:  # the multipart parser's own errors (starlette HTTPException)
+        detail = getattr(error, "detail", None) or str(error)
+        raise ConfigError(f"the form cannot be read: {detail}", column="form",
+                          fix="send a well-formed multipart form within the server's limits"
+                          ) from None
+
+
+async def samples_of(form: Any, letter: str, *, columns: dict[str, str], labelled: bool,
+                     max_samples: int, extra: tuple[str, ...] = ()) -> list[Sample]:
+    """The samples of prefix ``letter`` (``e`` or ``q``) in a parsed form, in index order.
+
+    Args:
+        form: the parsed form.
+        letter: ``e`` (examples, labelled) or ``q`` (queries).
+        columns: the form columns the model accepts (column -> modality).
+        labelled: each sample needs a ``label`` field.
+        max_samples: the most samples accepted.
+        extra: other field names allowed in the form (e.g. ``name``, ``k``).
+
+    Raises:
+        ConfigError: an unknown field, no sample, too many, a label missing or too long.
+    """
+    samples: dict[int, Sample] = {}
+    for key, value in form.multi_items():
+        match = _FIELD.match(key)
+        if match is None or match.group(1) != letter:
+            if key in extra:
+                continue
+            raise ConfigError(
+                f"unknown form field {key!r}", column=key,
+                fix=f"name fields {letter}<n>.<column> with a column of the model "
+                f"({', '.join(columns)}){' or ' + letter + '<n>.label' if labelled else ''}")
+        index, column = int(match.group(2)), match.group(3)
+        sample = samples.setdefault(index, Sample(f"{letter}{index}"))
+        if column == "label" and labelled:
+            if not isinstance(value, str) or not value.strip() or len(value) > MAX_LABEL:
+                raise ConfigError(f"{key} must be a class name of 1 to {MAX_LABEL} characters",
+                                  column=key, fix="give each example a label")
+            sample.label = value.strip()
+            continue
+        if column not in columns:
+            raise ConfigError(f"the model has no column {column!r}", column=key,
+                              fix=f"use one of: {', '.join(columns)}")
+        if column in sample.values:
+            raise ConfigError("the field is given twice", column=key, fix="give it once")
+        if isinstance(value, UploadFile):
+            data = await value.read()
+            suffix = PurePosixPath(value.filename or "").suffix.lower()
+            sample.values[column] = Upload(data, suffix)
+        elif value != "":
+            sample.values[column] = value
+    if not samples:
+        raise DatasetError(f"the form holds no sample ({letter}0.<column> fields)",
+                           column=f"{letter}0",
+                           fix=f"send at least one sample, e.g. -F '{letter}0.<column>=...'")
+    if len(samples) > max_samples:
+        raise ConfigError(f"the form holds {len(samples)} samples, more than {max_samples}",
+                          column=f"{letter}{max(samples)}",
+                          fix="send fewer samples per request, or serve with a higher "
+                          "--max-samples")
+    ordered = [samples[k] for k in sorted(samples)]
+    for sample in ordered:
+        if labelled and sample.label is None:
+            raise ConfigError("the example has no label", column=f"{sample.key}.label",
+                              fix=f"add the field {sample.key}.label")
+        if not sample.values:
+            raise DatasetError("the sample carries no modality", column=sample.key,
+                               fix=f"give {sample.key} at least one of: {', '.join(columns)}")
+    return ordered
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 (by its
+    Content-Length, or as soon as the bytes received pass it)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(send, self.limit)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLargeError("request body too large", column="body")
+            return message
+
+        async def sending(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, sending)
+        except BodyTooLargeError:
+            if not started:
+                await _too_large(send, self.limit)
+
+
+async def _too_large(send: Any, limit: int) -> None:
+    import json
+
+    body = json.dumps({"error": f"the request body is larger than {limit} bytes",
+                       "file": None, "row": None, "column": "body",
+                       "fix": "send fewer or smaller files, or serve with a higher "
+                       "--max-request-mb"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,373 @@
+"""`TaskStore`: the server's tasks and their encoded examples in one SQLite database.
+
+The database (``tasks.sqlite`` in the state directory) runs in WAL mode with ``synchronous =
+FULL``: every write of a task is one transaction, so after a crash (even ``kill -9``) the
+database holds each acknowledged write whole and nothing of one that was not acknowledged.
+Readers never wait for a writer (WAL); writers of one task are serialised by a lock per task,
+and SQLite's own lock orders writers of different tasks.
+
+An example's encoded tensors (one row of `metamodal.runs.support.EncodedSamples`) are stored
+as safetensors bytes, read back without unpickling. The database records a fingerprint of the
+model (the run's weights): a state written by another model is refused, since its stored
+embeddings mean nothing to this one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from metamodal.errors import ConfigError, RunError
+
+DATABASE = "tasks.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, created TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS examples (
+    id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL, label TEXT NOT NULL, modalities TEXT NOT NULL, text TEXT,
+    thumbnail BLOB, tensors BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS examples_of_task ON examples (task_id, seq);
+"""
+
+
+class LimitError(ConfigError):
+    """A bound of the server's state is reached (tasks, examples or classes)."""
+
+
+class NotFoundError(ConfigError):
+    """No task or example of that id."""
+
+
+@dataclass
+class NewExample:
+    """An example to store.
+
+    Args:
+        label: its class.
+        modalities: the names of the modalities it carries.
+        tensors: safetensors bytes of its encoded form (one row of ``EncodedSamples``).
+        text: the first text it carries, shortened (shown instead of a picture), or None.
+        thumbnail: PNG bytes of its first image, small, or None.
+    """
+
+    label: str
+    modalities: list[str]
+    tensors: bytes
+    text: str | None = None
+    thumbnail: bytes | None = None
+
+
+@dataclass
+class StoredExample:
+    """A stored example (its tensors only when asked for)."""
+
+    id: str
+    label: str
+    modalities: list[str]
+    text: str | None
+    has_thumbnail: bool
+    tensors: bytes | None = None
+
+
+@dataclass
+class TaskRecord:
+    """A task: its id, name, creation time (ISO 8601), version (one more after each write)
+    and examples in the order they were added."""
+
+    id: str
+    name: str
+    created: str
+    version: int
+    examples: list[StoredExample] = field(default_factory=list)
+
+    def classes(self) -> list[tuple[str, int]]:
+        """(label, number of examples) of each class, in the order classes first appeared."""
+        counts: dict[str, int] = {}
+        for example in self.examples:
+            counts[example.label] = counts.get(example.label, 0) + 1
+        return list(counts.items())
+
+
+@dataclass
+class Limits:
+    """The bounds of the state: tasks, examples per task, classes per task."""
+
+    max_tasks: int = 1000
+    max_examples: int = 2000
+    max_classes: int = 200
+
+
+class TaskStore:
+    """Tasks and their examples in ``DIR/tasks.sqlite`` (see the module docstring).
+
+    Args:
+        directory: the state directory (created if missing).
+        model: the fingerprint of the model the examples are encoded by.
+        limits: the bounds that writes respect.
+
+    Raises:
+        RunError: the database is corrupt or was written for another model.
+
+    Example:
+        >>> import tempfile
+        >>> store = TaskStore(tempfile.mkdtemp(), model="m1")
+        >>> task = store.create_task("birds", [NewExample("finch", ["image"], b"...")])
+        >>> [(c, n) for c, n in store.get(task.id).classes()]
+        [('finch', 1)]
+    """
+
+    def __init__(self, directory: str | Path, *, model: str,
+                 limits: Limits | None = None) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / DATABASE
+        self.limits = limits or Limits()
+        self._local = threading.local()
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        try:
+            with self._write() as db:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+                row = db.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()
+                if row is None:
+                    db.execute("INSERT INTO meta VALUES ('model', ?)", (model,))
+        except sqlite3.DatabaseError as error:
+            raise RunError(f"the task database is unreadable ({error})", file=self.path,
+                           fix="point --state at another directory, or move this one away"
+                           ) from None
+        if row is not None and row[0] != model:
+            raise RunError(
+                "the state holds tasks encoded by another model", file=self.path,
+                column="model",
+                fix="serve that model's run with this --state, or give another --state")
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit: transactions are explicit)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA foreign_keys = ON")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``): committed whole, or rolled back."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: a consistent snapshot."""
+        db = self._db()
+        db.execute("BEGIN")
+        try:
+            yield db
+        finally:
+            db.execute("COMMIT")
+
+    def task_lock(self, task_id: str) -> threading.Lock:
+        """The lock that serialises writes to ``task_id``."""
+        with self._locks_guard:
+            return self._locks.setdefault(task_id, threading.Lock())
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def tasks(self) -> list[TaskRecord]:
+        """Every task with its examples (without their tensors), oldest first."""
+        with self._read() as db:
+            tasks = [TaskRecord(*row) for row in db.execute(
+                "SELECT id, name, created, version FROM tasks ORDER BY created, id")]
+            for task in tasks:
+                task.examples = self._examples(db, task.id, tensors=False)
+        return tasks
+
+    def get(self, task_id: str, *, tensors: bool = False) -> TaskRecord:
+        """One task with its examples (and their tensors when ``tensors``).
+
+        Raises:
+            NotFoundError: no such task.
+        """
+        with self._read() as db:
+            row = db.execute("SELECT id, name, created, version FROM tasks WHERE id = ?",
+                             (task_id,)).fetchone()
+            if row is None:
+                raise _no_task(task_id)
+            task = TaskRecord(*row)
+            task.examples = self._examples(db, task_id, tensors=tensors)
+        return task
+
+    def thumbnail(self, task_id: str, example_id: str) -> bytes | None:
+        """The PNG thumbnail of an example, or None when it has no image.
+
+        Raises:
+            NotFoundError: no such task or example.
+        """
+        with self._read() as db:
+            row = db.execute("SELECT thumbnail FROM examples WHERE id = ? AND task_id = ?",
+                             (example_id, task_id)).fetchone()
+        if row is None:
+            raise NotFoundError(f"task {task_id!r} has no example {example_id!r}",
+                                column="example", fix="list the task's examples first")
+        return row[0]
+
+    @staticmethod
+    def _examples(db: sqlite3.Connection, task_id: str, *,
+                  tensors: bool) -> list[StoredExample]:
+        columns = "id, label, modalities, text, thumbnail IS NOT NULL" + (
+            ", tensors" if tensors else "")
+        return [StoredExample(row[0], row[1], json.loads(row[2]), row[3], bool(row[4]),
+                              row[5] if tensors else None)
+                for row in db.execute(f"SELECT {columns} FROM examples WHERE task_id = ? "
+                                      "ORDER BY seq", (task_id,))]
+
+    def read_meta(self, key: str) -> Any:
+        """A value kept beside the tasks (JSON), or None."""
+        with self._read() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def write_meta(self, key: str, value: Any) -> None:
+        """Keep a JSON value beside the tasks."""
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def create_task(self, name: str, examples: list[NewExample]) -> TaskRecord:
+        """A new task holding ``examples``, written in one transaction.
+
+        Raises:
+            LimitError: the state holds ``max_tasks`` tasks, or ``examples`` exceed a task's
+                bounds.
+        """
+        task_id = uuid.uuid4().hex[:12]
+        created = datetime.now(UTC).isoformat(timespec="milliseconds")
+        with self._write() as db:
+            (count,) = db.execute("SELECT COUNT(*) FROM tasks").fetchone()
+            if count >= self.limits.max_tasks:
+                raise LimitError(f"the server holds {count} tasks, its limit",
+                                 column="max_tasks",
+                                 fix="delete tasks you no longer need, or serve with a higher "
+                                 "--max-tasks")
+            db.execute("INSERT INTO tasks VALUES (?, ?, ?, 0)", (task_id, name, created))
+            self._insert(db, task_id, [], examples)
+        return self.get(task_id)
+
+    def add_examples(self, task_id: str, examples: list[NewExample]) -> tuple[TaskRecord,
+                                                                            list[str]]:
+        """Add ``examples`` to a task in one transaction; the task and the new ids.
+
+        Raises:
+            NotFoundError: no such task.
+            LimitError: the task would exceed ``max_examples`` or ``max_classes``.
+        """
+        with self.task_lock(task_id), self._write() as db:
+            self._require(db, task_id)
+            current = self._examples(db, task_id, tensors=False)
+            added = self._insert(db, task_id, current, examples)
+            self._bump(db, task_id)
+        return self.get(task_id), added
+
+    def remove_examples(self, task_id: str, *, example_id: str | None = None,
+                        label: str | None = None) -> TaskRecord:
+        """Remove one example, or every example of a class, in one transaction.
+
+        Raises:
+            NotFoundError: no such task, example or class.
+        """
+        with self.task_lock(task_id), self._write() as db:
+            self._require(db, task_id)
+            if example_id is not None:
+                gone = db.execute("DELETE FROM examples WHERE id = ? AND task_id = ?",
+                                  (example_id, task_id)).rowcount
+                what = f"example {example_id!r}"
+            else:
+                gone = db.execute("DELETE FROM examples WHERE label = ? AND task_id = ?",
+                                  (label, task_id)).rowcount
+                what = f"class {label!r}"
+            if not gone:
+                raise NotFoundError(f"task {task_id!r} has no {what}",
+                                    column="example" if example_id is not None else "label",
+                                    fix="list the task's examples and classes first")
+            self._bump(db, task_id)
+        return self.get(task_id)
+
+    def delete_task(self, task_id: str) -> None:
+        """Delete a task and its examples.
+
+        Raises:
+            NotFoundError: no such task.
+        """
+        with self.task_lock(task_id), self._write() as db:
+            if not db.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount:
+                raise _no_task(task_id)
+        with self._locks_guard:
+            self._locks.pop(task_id, None)
+
+    def _insert(self, db: sqlite3.Connection, task_id: str, current: list[StoredExample],
+                examples: list[NewExample]) -> list[str]:
+        limits = self.limits
+        if len(current) + len(examples) > limits.max_examples:
+            raise LimitError(
+                f"the task would hold {len(current) + len(examples)} examples, more than "
+                f"{limits.max_examples}", column="max_examples",
+                fix="remove examples first, or serve with a higher --max-examples")
+        classes = {e.label for e in current} | {e.label for e in examples}
+        if len(classes) > limits.max_classes:
+            raise LimitError(f"the task would hold {len(classes)} classes, more than "
+                             f"{limits.max_classes}", column="max_classes",
+                             fix="remove classes first, or serve with a higher --max-classes")
+        (seq,) = db.execute("SELECT COALESCE(MAX(seq), -1) FROM examples WHERE task_id = ?",
+                            (task_id,)).fetchone()
+        ids = [uuid.uuid4().hex[:12] for _ in examples]
+        db.executemany(
+            "INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(ids[k], task_id, seq + 1 + k, e.label, json.dumps(e.modalities), e.text,
+              e.thumbnail, e.tensors) for k, e in enumerate(examples)])
+        return ids
+
+    @staticmethod
+    def _require(db: sqlite3.Connection, task_id: str) -> None:
+        if db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+            raise _no_task(task_id)
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, task_id: str) -> None:
+        db.execute("UPDATE tasks SET version = version + 1 WHERE id = ?", (task_id,))
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+def _no_task(task_id: str) -> NotFoundError:
+    return NotFoundError(f"no task {task_id!r}", column="task",
+                         fix="list the tasks with GET /api/tasks")

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from metamodal.train.trainer import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_A = "species-000"  # red triangle
 CLASS_B = "species-003"  # blue square: differs from A in both attributes an image shows
+TOKEN = "open-sesame"
 
 
 def _missing(reason: str) -> None:
@@ -96,14 +98,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, root / "run"
 
 
-@pytest.fixture(scope="module")
-def server(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The base URL of ``create_app(run)`` served by uvicorn on a free loopback port."""
+@contextmanager
+def serving(run: Path, state: Path, **options: object) -> Iterator[str]:
+    """The base URL of ``create_app(run, ...)`` served by uvicorn on a free loopback port."""
     import uvicorn
 
     from metamodal.serve.app import create_app
 
-    app = create_app(trained[1], state_dir=tmp_path_factory.mktemp("serve-state"))
+    app = create_app(run, state=str(state), **options)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -122,6 +124,20 @@ def server(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory)
         uv.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The server of the run, measuring its test accuracy on a few episodes."""
+    with serving(trained[1], tmp_path_factory.mktemp("serve-state"), eval_episodes=10) as url:
+        yield url
+
+
+@pytest.fixture
+def token_server(trained: tuple[Path, Path], tmp_path: Path) -> Iterator[str]:
+    """The server of the run with a token (writes need it)."""
+    with serving(trained[1], tmp_path / "state", token=TOKEN, eval_episodes=0) as url:
+        yield url
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -198,11 +214,17 @@ def artifacts_dir(tmp_path: Path) -> Path:
 def save_screenshot(driver, tmp_path: Path) -> Path:
     """A full-height screenshot of the page; copied to docs/images when asked to refresh it."""
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, max(900, min(int(height) + 40, 2400)))
-    driver.execute_script("window.scrollTo(0, 0)")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 1280, "height": max(800, min(int(height), 3000)), "deviceScaleFactor": 1,
+        "mobile": False})
+    driver.execute_script("document.activeElement && document.activeElement.blur();"
+                          "window.scrollTo(0, 0)")
     time.sleep(0.3)
     path = artifacts_dir(tmp_path) / "serve-page.png"
-    assert driver.save_screenshot(str(path)), "the screenshot could not be written"
+    try:
+        assert driver.save_screenshot(str(path)), "the screenshot could not be written"
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     print(f"serve page screenshot: {path}")
     if os.environ.get("METAMODAL_UPDATE_SCREENSHOT") == "1":
         target = ROOT / "docs" / "images" / "serve-page.png"
@@ -220,7 +242,7 @@ def exercise_page(driver, url: str, data: Path, scratch: Path) -> None:
     image = lambda row: str(data / row["image"])  # noqa: E731
 
     driver.get(url + "/")
-    wait_for(driver, lambda: driver.find_element("tag name", "body").get_attribute("data-ready"),
+    wait_for(driver, lambda: driver.find_element("tag name", "body").get_attribute("data-ready") == "true",
              "the page to load the model")
     assert driver.find_element("id", "model-learner").text == "protonet"
     names = {e.get_attribute("data-modality") for e in by_testid(driver, "model-modality")}
@@ -326,3 +348,36 @@ def test_page_in_a_browser(browser, server: str, trained: tuple[Path, Path],
         exercise_page(browser, server, trained[0], tmp_path)
     finally:
         save_screenshot(browser, tmp_path)
+
+
+def test_token_and_class_removal(browser, token_server: str, trained: tuple[Path, Path]) -> None:
+    """A write without the token is refused with a readable 401; the token typed on the page is
+    kept in localStorage and sent; a class (all its examples) can be removed."""
+    driver, data = browser, trained[0]
+    a_image = str(data / rows_by_class(data)[CLASS_A][0]["image"])
+    driver.get(token_server + "/")
+    wait_for(driver, lambda: driver.find_element("tag name", "body").get_attribute("data-ready") == "true",
+             "the page to load the model")
+    assert "change" in driver.find_element("id", "token-state").text
+
+    driver.find_element("id", "class-name").send_keys(CLASS_A)
+    driver.find_element("id", "class-add").click()
+    drop_files(driver, wait_for(driver, lambda: card(driver, CLASS_A), "A's card"), [a_image])
+    error = wait_for(driver, lambda: by_testid(driver, "error"), "the 401 of a write")[0]
+    assert "401" in error.text and "Authorization" in error.text
+    assert not examples_of(driver, CLASS_A)
+    error.find_element("css selector", "button.close").click()
+
+    driver.find_element("id", "token-input").send_keys(TOKEN)
+    driver.find_element("id", "token-save").click()
+    wait_for(driver, lambda: driver.find_element("tag name", "body").get_attribute("data-ready") == "true",
+             "the page to reload")
+    assert driver.execute_script("return localStorage.getItem('metamodal.token')") == TOKEN
+    drop_files(driver, wait_for(driver, lambda: card(driver, CLASS_A), "A's card"), [a_image])
+    wait_for(driver, lambda: len(examples_of(driver, CLASS_A)) == 1, "A's example, with the token")
+
+    by_testid(card(driver, CLASS_A), "remove-class")[0].click()
+    driver.switch_to.alert.accept()
+    wait_for(driver, lambda: card(driver, CLASS_A) is None, "A's card removed")
+    assert "0 classes" in driver.find_element("id", "task-summary").text
+    assert not by_testid(driver, "error")

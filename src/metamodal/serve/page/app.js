@@ -78,7 +78,11 @@
       item.append(el("div", { class: "error-fix", testid: "error-fix" },
         el("strong", { text: "Fix: " }), el("span", { text: body.fix })));
     }
-    if (err instanceof ApiError && err.status === 401) $("token-input").focus();
+    if (err instanceof ApiError && err.status === 401) {
+      item.append(el("div", { class: "error-fix", text:
+        "Type the server's token (metamodal serve --token) in Access token above and Save." }));
+      $("token-input").focus();
+    }
     item.append(el("button", {
       type: "button", class: "small close", "aria-label": "Dismiss this error", text: "×",
       onclick: () => item.remove(),
@@ -530,6 +534,10 @@
     node.querySelector("[data-testid=remove-class]").addEventListener("click",
       () => removeClass(label));
     const composerBox = node.querySelector(".composer-box");
+    const card = { el: node, composerBox, autoOpened: false, userToggled: false };
+    composerBox.querySelector("summary").addEventListener("click", () => {
+      card.userToggled = true;
+    });
     const composer = buildComposer(node.querySelector(".composer"), `class-${uid}`);
     const add = el("button", { type: "button", class: "primary", testid: "add-example",
       text: "Add example" });
@@ -550,14 +558,25 @@
       if (files.length) addFiles(label, files);
       else if (text) addText(label, text);
     });
-    return { el: node, composer, composerBox };
+    card.composer = composer;
+    return card;
   }
 
   function fillCard(card, examples) {
     card.el.querySelector("[data-testid=class-count]").textContent =
       plural(examples.length, "example", "examples");
     card.el.classList.toggle("pending", examples.length === 0);
-    if (examples.length === 0) card.composerBox.open = true;
+    // An empty class shows its composer; it folds away once the class has examples, unless
+    // the user opened or closed it.
+    if (!card.userToggled) {
+      if (examples.length === 0 && !card.composerBox.open) {
+        card.composerBox.open = true;
+        card.autoOpened = true;
+      } else if (examples.length > 0 && card.autoOpened) {
+        card.composerBox.open = false;
+        card.autoOpened = false;
+      }
+    }
     const list = card.el.querySelector(".examples");
     const current = new Map([...list.children].map((li) => [li.dataset.id, li]));
     const wanted = new Set(examples.map((e) => e.id));
@@ -890,15 +909,17 @@
     $("results-clear").addEventListener("click", () => $("results").replaceChildren());
   }
 
+  // (Re)load the model and the tasks; body[data-ready] is "true" once that is done.
   function start() {
+    document.body.dataset.ready = "false";
     return enqueue("Loading the model…", "Loading", async () => {
       await loadModel();
       await refresh();
-    });
+    }).then(() => { document.body.dataset.ready = "true"; });
   }
 
   document.addEventListener("DOMContentLoaded", () => {
     wire();
-    start().then(() => document.body.dataset.ready = "true");
+    start();
   });
 })();

@@ -160,6 +160,12 @@ def wait_for(driver, condition: Callable[[], object], what: str, timeout: float 
                 f"console {console}")
 
 
+def wait_ready(driver, what: str) -> None:
+    """Wait until the page has (re)loaded the model and the tasks."""
+    body = driver.find_element("tag name", "body")
+    wait_for(driver, lambda: body.get_attribute("data-ready") == "true", what)
+
+
 def by_testid(scope, testid: str, **attrs: str) -> list:
     selector = f"[data-testid={testid}]" + "".join(f'[data-{k}="{v}"]' for k, v in attrs.items())
     return scope.find_elements("css selector", selector)
@@ -242,8 +248,7 @@ def exercise_page(driver, url: str, data: Path, scratch: Path) -> None:
     image = lambda row: str(data / row["image"])  # noqa: E731
 
     driver.get(url + "/")
-    wait_for(driver, lambda: driver.find_element("tag name", "body").get_attribute("data-ready") == "true",
-             "the page to load the model")
+    wait_ready(driver, "the page to load the model")
     assert driver.find_element("id", "model-learner").text == "protonet"
     names = {e.get_attribute("data-modality") for e in by_testid(driver, "model-modality")}
     assert names == {"image", "caption"}
@@ -356,8 +361,7 @@ def test_token_and_class_removal(browser, token_server: str, trained: tuple[Path
     driver, data = browser, trained[0]
     a_image = str(data / rows_by_class(data)[CLASS_A][0]["image"])
     driver.get(token_server + "/")
-    wait_for(driver, lambda: driver.find_element("tag name", "body").get_attribute("data-ready") == "true",
-             "the page to load the model")
+    wait_ready(driver, "the page to load the model")
     assert "change" in driver.find_element("id", "token-state").text
 
     driver.find_element("id", "class-name").send_keys(CLASS_A)
@@ -370,8 +374,7 @@ def test_token_and_class_removal(browser, token_server: str, trained: tuple[Path
 
     driver.find_element("id", "token-input").send_keys(TOKEN)
     driver.find_element("id", "token-save").click()
-    wait_for(driver, lambda: driver.find_element("tag name", "body").get_attribute("data-ready") == "true",
-             "the page to reload")
+    wait_ready(driver, "the page to reload")
     assert driver.execute_script("return localStorage.getItem('metamodal.token')") == TOKEN
     drop_files(driver, wait_for(driver, lambda: card(driver, CLASS_A), "A's card"), [a_image])
     wait_for(driver, lambda: len(examples_of(driver, CLASS_A)) == 1, "A's example, with the token")

@@ -439,6 +439,9 @@
   }
 
   async function openTask(taskId) {
+    if ((state.task ? state.task.id : null) !== (taskId || null)) {
+      $("results").replaceChildren(); // predictions belong to the task they were made with
+    }
     if (!taskId) {
       state.task = null;
       localStorage.removeItem(TASK_KEY);

@@ -122,3 +122,4 @@ def test_getting_started_shows_the_readmes_demo_output() -> None:
     readme = demo_output(README)
     assert "protonet+gated               88.13 ± 0.79  0.869          600" in readme
     assert demo_output(DOCS / "getting-started.md") == readme
+

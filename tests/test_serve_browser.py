@@ -211,13 +211,13 @@ def rows_by_class(data: Path) -> dict[str, list[dict[str, str]]]:
     return out
 
 
-def artifacts_dir(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("METAMODAL_TEST_ARTIFACTS") or tmp_path)
+def artifacts_dir() -> Path:
+    folder = Path(os.environ.get("METAMODAL_TEST_ARTIFACTS") or ROOT / "test-artifacts")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
-def save_screenshot(driver, tmp_path: Path) -> Path:
+def save_screenshot(driver) -> Path:
     """A full-height screenshot of the page; copied to docs/images when asked to refresh it."""
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
@@ -226,7 +226,7 @@ def save_screenshot(driver, tmp_path: Path) -> Path:
     driver.execute_script("document.activeElement && document.activeElement.blur();"
                           "window.scrollTo(0, 0)")
     time.sleep(0.3)
-    path = artifacts_dir(tmp_path) / "serve-page.png"
+    path = artifacts_dir() / "serve-page.png"
     try:
         assert driver.save_screenshot(str(path)), "the screenshot could not be written"
     finally:
@@ -352,7 +352,7 @@ def test_page_in_a_browser(browser, server: str, trained: tuple[Path, Path],
     try:
         exercise_page(browser, server, trained[0], tmp_path)
     finally:
-        save_screenshot(browser, tmp_path)
+        save_screenshot(browser)
 
 
 def test_token_and_class_removal(browser, token_server: str, trained: tuple[Path, Path]) -> None:

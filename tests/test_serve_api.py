@@ -444,3 +444,215 @@ def test_a_corrupt_database_is_a_run_error(runs: dict[str, Path], tmp_path: Path
     with pytest.raises(RunError) as caught:
         create_app(runs["protonet"], state=tmp_path, eval_episodes=0)
     assert Path(caught.value.file).name == DATABASE and caught.value.fix
+
+
+# -- hostile input: a typed 4xx, never a 500 -------------------------------------------------
+
+def _wav(samples: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    soundfile.write(out, samples, 8000, format="WAV", subtype="FLOAT")
+    return out.getvalue()
+
+
+class _Opens:
+    """Unpickling it opens (creates) a file: proof that a pickle was loaded."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+# (form fields, files, status, column); the examples endpoint prefixes e0 with a label
+BAD_SAMPLES = {
+    "corrupt image": ({}, [("e0.image", ("a.png", b"not an image at all"))], 422, "e0.image"),
+    "truncated png": ({}, [("e0.image", ("a.png", png(40, 40)[:60]))], 422, "e0.image"),
+    "text file as image": ({}, [("e0.image", ("notes.txt", b"hello\n"))], 422, "e0.image"),
+    "empty image file": ({}, [("e0.image", ("a.png", b""))], 422, "e0.image"),
+    "decompression bomb": ({}, [("e0.image", ("a.png", declared_png(100_000, 100_000)))], 422,
+                           "e0.image"),
+    "image over the pixel bound": ({}, [("e0.image", ("a.png", declared_png(9000, 9000)))],
+                                   422, "e0.image"),
+    "corrupt audio": ({}, [("e0.sound", ("a.wav", b"RIFF\x00\x00\x00\x00WAVEjunk"))], 422,
+                      "e0.sound"),
+    "image as audio": ({}, [("e0.sound", ("a.wav", png(8, 8)))], 422, "e0.sound"),
+    "audio of NaN": ({}, [("e0.sound", ("a.wav", _wav(np.full(800, np.nan))))], 422,
+                     "e0.sound"),
+    "corrupt sequence": ({}, [("e0.track", ("a.npy", b"\x93NUMPY garbage"))], 422,
+                         "e0.track"),
+    "sequence of NaN": ({}, [("e0.track", ("a.npy", npy(np.full((4, 2), np.nan))))], 422,
+                        "e0.track"),
+    "empty sequence": ({}, [("e0.track", ("a.npy", npy(np.zeros((0, 2)))))], 422, "e0.track"),
+    "sequence csv of words": ({}, [("e0.track", ("a.csv", b"x,y\n1,2\nfoo,bar\n"))], 422,
+                              "e0.track"),
+    "sequence without a suffix": ({}, [("e0.track", ("track", npy(np.ones((4, 2)))))], 422,
+                                  "e0.track"),
+    "text as a binary file": ({}, [("e0.caption", ("c.bin", b"\xff\xfe\x00\x81"))], 422,
+                              "e0.caption"),
+    "NaN measurement": ({"e0.weight_g": "nan"}, [], 422, "e0.weight_g"),
+    "infinite measurement": ({"e0.weight_g": "-inf"}, [], 422, "e0.weight_g"),
+    "non-numeric measurement": ({"e0.weight_g": "heavy"}, [], 422, "e0.weight_g"),
+    "unknown column": ({"e0.imag": "x"}, [], 400, "e0.imag"),
+    "no modality": ({}, [], 422, "e0"),
+    "only an empty text": ({"e0.caption": ""}, [], 422, "e0"),
+    "only empty measurements": ({"e0.weight_g": "", "e0.air_temp_c": ""}, [], 422, "e0"),
+    "duplicated field": ({"e0.caption": ["a", "b"]}, [], 400, "e0.caption"),
+    "duplicated file": ({}, [("e0.image", ("a.png", png(8, 8))), ("e0.image",
+                                                                   ("b.png", png(8, 8)))],
+                        400, "e0.image"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SAMPLES))
+@pytest.mark.parametrize("endpoint", ["examples", "predict"])
+def test_bad_samples_are_typed_4xx(client: TestClient, task: dict, case: str,
+                                   endpoint: str) -> None:
+    fields, files, status, column = BAD_SAMPLES[case]
+    before = client.get(f"/api/tasks/{task['id']}").json()
+    if endpoint == "examples":
+        fields = {"e0.label": "bad", **fields}
+    else:
+        rename = lambda key: "q" + key[1:]  # noqa: E731
+        fields = {rename(k): v for k, v in fields.items()}
+        files = [(rename(k), v) for k, v in files]
+        column = rename(column)
+    r = post(client, f"/api/tasks/{task['id']}/{endpoint}", fields, files)
+    assert_error(r, status, column)
+    assert client.get(f"/api/tasks/{task['id']}").json() == before  # nothing was stored
+
+
+def test_a_pickled_sequence_is_refused_unread(client: TestClient, task: dict,
+                                              tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    data = npy(np.array([_Opens(str(marker))], dtype=object))
+    pickle.loads(pickle.dumps(_Opens(str(tmp_path / "probe"))))  # the payload does work
+    assert (tmp_path / "probe").exists()
+    for endpoint, key in (("examples", "e0"), ("predict", "q0")):
+        fields = {"e0.label": "a"} if key == "e0" else {}
+        r = post(client, f"/api/tasks/{task['id']}/{endpoint}", fields,
+                 [(f"{key}.track", ("t.npy", data))])
+        assert_error(r, 422, f"{key}.track")
+    assert not marker.exists()
+
+
+def test_the_second_sample_is_named(client: TestClient, task: dict) -> None:
+    r = post(client, f"/api/tasks/{task['id']}/predict", {"q0.caption": "fine", "q1.weight_g":
+                                                          "x"})
+    assert_error(r, 422, "q1.weight_g")
+    r = post(client, f"/api/tasks/{task['id']}/predict", {"q0.caption": "fine"},
+             [("q1.image", ("x.png", b"junk"))])
+    assert_error(r, 422, "q1.image")
+
+
+LABELS = {
+    "missing": ({"e0.caption": "x"}, "e0.label"),
+    "too long": ({"e0.label": "x" * 201, "e0.caption": "x"}, "e0.label"),
+    "only spaces": ({"e0.label": "   ", "e0.caption": "x"}, "e0.label"),
+    "empty": ({"e0.label": "", "e0.caption": "x"}, "e0.label"),
+    "given twice": ({"e0.label": ["cat", "dog"], "e0.caption": "x"}, "e0.label"),
+    "given twice by two spellings of n": ({"e0.label": "cat", "e00.label": "dog",
+                                           "e0.caption": "x"}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(LABELS))
+def test_bad_labels_are_400(client: TestClient, task: dict, case: str) -> None:
+    fields, column = LABELS[case]
+    before = client.get(f"/api/tasks/{task['id']}").json()
+    r = post(client, f"/api/tasks/{task['id']}/examples", fields)
+    assert_error(r, 400, column)
+    assert client.get(f"/api/tasks/{task['id']}").json() == before
+
+
+def test_a_label_given_as_a_file_is_400(client: TestClient, task: dict) -> None:
+    r = post(client, f"/api/tasks/{task['id']}/examples", {"e0.caption": "x"},
+             [("e0.label", ("label.txt", b"cat"))])
+    assert_error(r, 400, "e0.label")
+
+
+FORMS = {
+    "a query on the examples endpoint": ("examples", {"e0.label": "a", "e0.caption": "x",
+                                                      "q0.caption": "y"}, 400, "q0.caption"),
+    "an example on the predict endpoint": ("predict", {"q0.caption": "y", "e0.caption": "x"},
+                                           400, "e0.caption"),
+    "a label on a query": ("predict", {"q0.caption": "y", "q0.label": "a"}, 400, "q0.label"),
+    "k on the examples endpoint": ("examples", {"e0.label": "a", "e0.caption": "x", "k": "3"},
+                                   400, "k"),
+    "name on the examples endpoint": ("examples", {"e0.label": "a", "e0.caption": "x",
+                                                   "name": "n"}, 400, "name"),
+    "no samples": ("examples", {}, 422, "e0"),
+    "no queries": ("predict", {"k": "3"}, 422, "q0"),
+    "a field without a prefix": ("predict", {"caption": "y"}, 400, "caption"),
+    "an upper-case prefix": ("predict", {"Q0.caption": "y"}, 400, "Q0.caption"),
+    "a negative index": ("predict", {"q-1.caption": "y"}, 400, "q-1.caption"),
+    "a non-ASCII digit index": ("predict", {"q\u0663.caption": "y"}, 400, "q\u0663.caption"),
+    "a path as a column": ("predict", {"q0.../../etc/passwd": "y"}, 400,
+                           "q0.../../etc/passwd"),
+    "too many queries": ("predict", {f"q{n}.caption": "y" for n in range(65)}, 400, "q64"),
+    "too many examples": ("examples", {f"e{n}.{k}": v for n in range(65)
+                                       for k, v in (("label", "a"), ("caption", "y"))},
+                          400, "e64"),
+}
+
+
+@pytest.mark.parametrize("case", list(FORMS))
+def test_bad_forms_are_4xx(client: TestClient, task: dict, case: str) -> None:
+    endpoint, fields, status, column = FORMS[case]
+    r = post(client, f"/api/tasks/{task['id']}/{endpoint}", fields)
+    assert_error(r, status, column)
+
+
+@pytest.mark.parametrize("body, kind", [
+    (b'{"e0.label": "a", "e0.caption": "x"}', "application/json"),
+    (b"e0.label=a", "text/plain"),
+    (b"", None),
+    (b"--zz\r\nContent-Disposition: form-data; name=\"e0.label\"\r\n\r\na\r\n", "multipart/"
+     "form-data; boundary=zz"),
+    (b"garbage", "multipart/form-data"),
+    (b"garbage", "multipart/form-data; boundary=zz"),
+])
+@pytest.mark.parametrize("endpoint", ["examples", "predict", "create"])
+def test_bodies_that_are_not_forms_are_400(client: TestClient, task: dict, body: bytes,
+                                           kind: str | None, endpoint: str) -> None:
+    url = "/api/tasks" if endpoint == "create" else f"/api/tasks/{task['id']}/{endpoint}"
+    r = client.post(url, content=body, headers={"content-type": kind} if kind else {})
+    assert 400 <= r.status_code < 500
+    assert_error(r, r.status_code)
+
+
+def test_an_urlencoded_form_is_accepted(client: TestClient, task: dict) -> None:
+    r = client.post(f"/api/tasks/{task['id']}/predict", content=b"q0.caption=a+crimson&k=1",
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"][0]["nearest"]) == 1
+
+
+def test_unknown_ids_are_404(client: TestClient, task: dict) -> None:
+    t = task["id"]
+    example = client.get(f"/api/tasks/{t}").json()["examples"][0]["id"]
+    for method, url, column in [
+            ("GET", "/api/tasks/nope", "task"), ("DELETE", "/api/tasks/nope", "task"),
+            ("POST", "/api/tasks/nope/examples", "task"),
+            ("POST", "/api/tasks/nope/predict", "task"),
+            ("DELETE", f"/api/tasks/nope/examples/{example}", "task"),
+            ("DELETE", "/api/tasks/nope/classes/a", "task"),
+            ("GET", f"/api/tasks/nope/examples/{example}/thumbnail", "example"),
+            ("DELETE", f"/api/tasks/{t}/examples/nope", "example"),
+            ("DELETE", f"/api/tasks/{t}/classes/nope", "label"),
+            ("GET", f"/api/tasks/{t}/examples/nope/thumbnail", "example")]:
+        kwargs = {"data": {"e0.label": "a", "e0.caption": "x", "q0.caption": "x"}} if (
+            method == "POST") else {}
+        if url.endswith("/examples"):
+            kwargs["data"].pop("q0.caption")
+        elif url.endswith("/predict"):
+            kwargs = {"data": {"q0.caption": "x"}}
+        assert_error(client.request(method, url, **kwargs), 404, column)
+    assert client.get(f"/api/tasks/{t}").json()["size"] == 9
+
+
+def test_unknown_routes_and_methods_answer_the_error_shape(client: TestClient,
+                                                           task: dict) -> None:
+    assert_error(client.get("/api/nothing"), 404)
+    assert_error(client.put(f"/api/tasks/{task['id']}"), 405)
+    assert_error(client.get(f"/api/tasks/{task['id']}/predict"), 405)

@@ -32,7 +32,7 @@ from metamodal.config import TrainConfig  # noqa: E402
 from metamodal.datasets.synthetic import make_synthetic  # noqa: E402
 from metamodal.errors import ConfigError, RunError  # noqa: E402
 from metamodal.serve.app import PAGE, create_app  # noqa: E402
-from metamodal.serve.engine import Sample, Upload  # noqa: E402
+from metamodal.serve.engine import Sample  # noqa: E402
 from metamodal.serve.store import DATABASE  # noqa: E402
 from metamodal.train.trainer import Trainer  # noqa: E402
 
@@ -107,8 +107,15 @@ def records(rows: list[dict[str, str]], modalities: tuple[str, ...] = (
     return out
 
 
+EMPTY_FORM = {"content": b"--zz--\r\n",
+              "headers": {"content-type": "multipart/form-data; boundary=zz"}}
+
+
 def post(c: TestClient, url: str, fields: dict | None = None, files: list | None = None,
          **kwargs: Any):
+    """POST a form (urlencoded without files; an empty multipart form when empty)."""
+    if not fields and not files and not kwargs:
+        return c.post(url, **EMPTY_FORM)
     return c.post(url, data=fields, files=files or None, **kwargs)
 
 
@@ -319,10 +326,8 @@ def test_predict_answers_in_the_order_of_n(client: TestClient, task: dict,
         assert len(p["nearest"]) == 3  # the default k
         scores = [n["score"] for n in p["nearest"]]
         assert scores == sorted(scores, reverse=True)
-    assert body["predictions"][1]["missing_modalities"] == ["image", "sound", "track",
-                                                            "measurements"] or set(
-        body["predictions"][1]["missing_modalities"]) == {"image", "sound", "track",
-                                                          "measurements"}
+    assert sorted(body["predictions"][1]["missing_modalities"]) == [
+        "image", "measurements", "sound", "track"]
     row = rows[11]  # q0
     lacks = {m for m in ("image", "caption", "sound", "track") if not row[m]} | (
         set() if any(row[c] for c in TABULAR) else {"measurements"})
@@ -630,7 +635,8 @@ def test_an_urlencoded_form_is_accepted(client: TestClient, task: dict) -> None:
 
 def test_unknown_ids_are_404(client: TestClient, task: dict) -> None:
     t = task["id"]
-    example = client.get(f"/api/tasks/{t}").json()["examples"][0]["id"]
+    before = client.get(f"/api/tasks/{t}").json()
+    example = before["examples"][0]["id"]
     for method, url, column in [
             ("GET", "/api/tasks/nope", "task"), ("DELETE", "/api/tasks/nope", "task"),
             ("POST", "/api/tasks/nope/examples", "task"),
@@ -648,7 +654,7 @@ def test_unknown_ids_are_404(client: TestClient, task: dict) -> None:
         elif url.endswith("/predict"):
             kwargs = {"data": {"q0.caption": "x"}}
         assert_error(client.request(method, url, **kwargs), 404, column)
-    assert client.get(f"/api/tasks/{t}").json()["size"] == 9
+    assert client.get(f"/api/tasks/{t}").json() == before
 
 
 def test_unknown_routes_and_methods_answer_the_error_shape(client: TestClient,
@@ -656,3 +662,375 @@ def test_unknown_routes_and_methods_answer_the_error_shape(client: TestClient,
     assert_error(client.get("/api/nothing"), 404)
     assert_error(client.put(f"/api/tasks/{task['id']}"), 405)
     assert_error(client.get(f"/api/tasks/{task['id']}/predict"), 405)
+
+
+def test_a_label_with_a_slash_can_be_removed(client: TestClient) -> None:
+    created = post(client, "/api/tasks", {"e0.label": "a/b", "e0.caption": "x",
+                                          "e1.label": "c", "e1.caption": "y"}).json()
+    r = client.delete(f"/api/tasks/{created['id']}/classes/a%2Fb")
+    assert r.status_code == 200, r.text
+    assert [c["label"] for c in r.json()["classes"]] == ["c"]
+
+
+@pytest.mark.parametrize("value", ["1e39", "1e308", "3e38"])
+@pytest.mark.parametrize("endpoint", ["examples", "predict"])
+def test_values_out_of_the_models_range_are_422_not_nan(client: TestClient,
+                                                        runs: dict[str, Path],
+                                                        rows: list[dict[str, str]],
+                                                        value: str, endpoint: str) -> None:
+    """A finite number too large for the model would make every probability NaN (sent as
+    ``null``): refused, and never stored where it would poison the task's prototypes."""
+    created = new_task(client, rows[:6], runs["data"])
+    key = "e0" if endpoint == "examples" else "q0"
+    fields = {f"{key}.weight_g": value, f"{key}.caption": "a crimson"}
+    if key == "e0":
+        fields["e0.label"] = rows[0]["species"]
+    r = post(client, f"/api/tasks/{created['id']}/{endpoint}", fields)
+    assert_error(r, 422)
+    assert r.json()["column"].startswith(key)
+    r = post(client, f"/api/tasks/{created['id']}/predict", {"q0.caption": "a crimson"})
+    probabilities = r.json()["predictions"][0]["probabilities"]
+    assert all(isinstance(p, float) for p in probabilities.values()), r.text
+
+
+def test_a_huge_sequence_value_is_422_not_nan(client: TestClient, task: dict) -> None:
+    r = post(client, f"/api/tasks/{task['id']}/predict", {},
+             [("q0.track", ("t.npy", npy(np.full((4, 2), 3e38, dtype=np.float32))))])
+    assert_error(r, 422, "q0.track")
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[TestClient]:
+    """A client of an app with small limits: 3 samples a request, 5 examples and 3 classes a
+    task, 2 tasks, a 64 KiB body."""
+    app = create_app(runs["protonet"], state=tmp_path_factory.mktemp("small"), eval_episodes=0,
+                     max_samples=3, max_examples=5, max_classes=3, max_tasks=2,
+                     max_request_mb=1 / 16)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def _texts(labels: list[str]) -> dict[str, str]:
+    fields = {}
+    for n, label in enumerate(labels):
+        fields[f"e{n}.label"], fields[f"e{n}.caption"] = label, f"a {label} thing"
+    return fields
+
+
+def test_model_reports_the_limits(small: TestClient) -> None:
+    assert small.get("/api/model").json()["limits"] == {
+        "max_request_bytes": 65536, "max_samples_per_request": 3, "max_examples_per_task": 5,
+        "max_tasks": 2, "max_classes_per_task": 3}
+
+
+def test_limits_are_409(small: TestClient) -> None:
+    one = post(small, "/api/tasks", _texts(["a"])).json()
+    url = f"/api/tasks/{one['id']}"
+    # a task of one class cannot predict
+    assert_error(post(small, f"{url}/predict", {"q0.caption": "a thing"}), 409, "task")
+    assert post(small, f"{url}/examples", _texts(["b", "c"])).status_code == 201
+    assert_error(post(small, f"{url}/examples", _texts(["d"])), 409, "max_classes")
+    assert post(small, f"{url}/examples", _texts(["a"])).status_code == 201
+    assert_error(post(small, f"{url}/examples", _texts(["a", "b"])), 409, "max_examples")
+    assert post(small, f"{url}/examples", _texts(["b"])).status_code == 201
+    assert_error(post(small, f"{url}/examples", _texts(["c"])), 409, "max_examples")
+    assert small.get(url).json()["size"] == 5
+    assert post(small, f"{url}/predict", {"q0.caption": "a c thing"}).status_code == 200
+    # removing a class back to one: 409 again
+    for label in ("b", "c"):
+        assert small.delete(f"{url}/classes/{label}").status_code == 200
+    assert_error(post(small, f"{url}/predict", {"q0.caption": "a thing"}), 409, "task")
+    assert_error(post(small, "/api/tasks", _texts(["a", "b", "c", "d"])), 400, "e3")
+    two = post(small, "/api/tasks", _texts(["a"]))
+    assert two.status_code == 201
+    assert_error(post(small, "/api/tasks", _texts(["a"])), 409, "max_tasks")
+    assert small.delete(f"/api/tasks/{two.json()['id']}").status_code == 204
+    assert post(small, "/api/tasks", _texts(["a"])).status_code == 201
+    assert len(small.get("/api/tasks").json()["tasks"]) == 2
+
+
+def test_a_new_task_over_the_task_bounds_is_409(small: TestClient) -> None:
+    tasks = small.get("/api/tasks").json()["tasks"]
+    for t in tasks:
+        small.delete(f"/api/tasks/{t['id']}")
+    many = _texts(["a", "b", "c"])
+    many.update({"e3.label": "d", "e3.caption": "x"})
+    assert_error(post(small, "/api/tasks", many), 400, "e3")  # more than a request holds
+    created = post(small, "/api/tasks", _texts(["a", "b", "c"])).json()
+    assert_error(post(small, f"/api/tasks/{created['id']}/examples", _texts(["d", "e"])),
+                 409, "max_classes")
+    assert small.get(f"/api/tasks/{created['id']}").json()["size"] == 3
+
+
+def test_a_body_over_the_limit_is_413(small: TestClient, task: dict) -> None:
+    tasks = small.get("/api/tasks").json()["tasks"]
+    url = f"/api/tasks/{tasks[0]['id']}/examples" if tasks else "/api/tasks"
+    big = [("e0.image", ("a.png", b"\x89PNG" + bytes(70_000)))]
+    r = post(small, url, {"e0.label": "a"}, big)
+    assert int(r.request.headers["content-length"]) > 65536
+    assert_error(r, 413, "body")
+    assert r.json()["error"].endswith("65536 bytes")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the server counts what arrives
+        yield b"--zz\r\nContent-Disposition: form-data; name=\"e0.caption\"\r\n\r\n"
+        for _ in range(40):
+            yield b"x" * 4096
+        yield b"\r\n--zz--\r\n"
+
+    r = small.post(url, content=chunks(),
+                   headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert "content-length" not in {k.lower() for k in r.request.headers}
+    assert_error(r, 413, "body")
+    # a Content-Length that lies low does not get more bytes through either
+    r = small.post(url, content=b"x" * 70_000, headers={
+        "content-type": "multipart/form-data; boundary=zz", "content-length": "10"})
+    assert 400 <= r.status_code < 500
+
+
+def test_more_files_than_allowed_is_400(small: TestClient) -> None:
+    created = post(small, "/api/tasks", _texts(["a", "b"]))
+    url = (f"/api/tasks/{created.json()['id']}/predict" if created.status_code == 201
+           else f"/api/tasks/{small.get('/api/tasks').json()['tasks'][0]['id']}/predict")
+    files = [("q0.image", (f"{n}.png", b"x")) for n in range(3 * 8 + 1)]
+    r = post(small, url, {}, files)
+    assert_error(r, 400)
+
+
+def test_a_part_over_a_mebibyte_of_text_is_400(client: TestClient, task: dict) -> None:
+    r = post(client, f"/api/tasks/{task['id']}/predict", {"q0.caption": "x" * (1 << 20 + 1)})
+    assert_error(r, 400)
+
+
+# -- what a client names is never a path -----------------------------------------------------
+
+@pytest.mark.parametrize("filename", ["../../pwned-by-name.png", "/tmp/pwned-by-name.png",
+                                      "..\\..\\pwned-by-name.png", "a/../../pwned-by-name.png",
+                                      "pwned-by-name.png\x00.txt", "../../etc/passwd"])
+def test_an_uploads_filename_is_never_a_path(client: TestClient, task: dict, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             filename: str) -> None:
+    import tempfile
+
+    uploads = tmp_path / "private"
+    uploads.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(uploads))
+    written: list[Path] = []
+    write_bytes = Path.write_bytes
+
+    def recording(self: Path, data: bytes) -> int:
+        written.append(Path(self).resolve())
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", recording)
+    before = {p for p in Path(tempfile.gettempdir()).parent.glob("*pwned*")}
+    r = post(client, f"/api/tasks/{task['id']}/predict", {"k": "1"},
+             [("q0.image", (filename, png(8, 8)))])
+    assert r.status_code == 200, r.text
+    assert len(written) == 1
+    assert written[0].parent.parent == uploads.resolve()  # a private directory of its own
+    assert written[0].name in ("q0.image.png", "q0.image.txt", "q0.image")
+    assert not written[0].exists()  # removed after the request
+    assert list(uploads.iterdir()) == []
+    assert not list(tmp_path.rglob("*pwned*")) and not list(Path.cwd().rglob("*pwned*"))
+    assert {p for p in Path(tempfile.gettempdir()).parent.glob("*pwned*")} == before
+
+
+# -- the token -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def guarded(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[TestClient, TestClient]]:
+    """Clients of a token-guarded app on 127.0.0.1 and on 0.0.0.0 (one state each)."""
+    local = create_app(runs["protonet"], state=tmp_path_factory.mktemp("local"),
+                       eval_episodes=0, token="s3cret")
+    public = create_app(runs["protonet"], state=tmp_path_factory.mktemp("public"),
+                        eval_episodes=0, token="s3cret", host="0.0.0.0")
+    with TestClient(local, raise_server_exceptions=False) as a, TestClient(
+            public, raise_server_exceptions=False) as b:
+        yield a, b
+
+
+GOOD = {"Authorization": "Bearer s3cret"}
+BAD_TOKENS = [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
+              {"Authorization": "Bearer s3cret "}, {"Authorization": "Bearer s3cre"},
+              {"Authorization": "Basic czNjcmV0"}, {"X-Token": "s3cret"}]
+
+
+def _endpoints(c: TestClient, headers: dict) -> tuple[str, str, str]:
+    """A task (two classes) and one of its examples, made with ``headers``."""
+    r = post(c, "/api/tasks", _texts(["a", "b", "c"]), headers=headers)
+    assert r.status_code == 201, r.text
+    tid = r.json()["id"]
+    example = c.get(f"/api/tasks/{tid}", headers=headers).json()["examples"][0]["id"]
+    return tid, example, r.json()["classes"][2]["label"]
+
+
+def test_writes_need_the_token_on_loopback(guarded: tuple[TestClient, TestClient]) -> None:
+    c, _ = guarded
+    assert c.get("/api/model").json()["auth"] == {"token_required_for_writes": True,
+                                                  "token_required_for_reads": False}
+    tid, example, label = _endpoints(c, GOOD)
+    writes = [("POST", "/api/tasks", _texts(["z"])),
+              ("POST", f"/api/tasks/{tid}/examples", _texts(["z"])),
+              ("DELETE", f"/api/tasks/{tid}/examples/{example}", None),
+              ("DELETE", f"/api/tasks/{tid}/classes/{label}", None),
+              ("DELETE", f"/api/tasks/{tid}", None)]
+    for headers in BAD_TOKENS:
+        for method, url, data in writes:
+            r = c.request(method, url, data=data, headers=headers)
+            body = assert_error(r, 401, "Authorization")
+            assert "s3cret" not in r.text and body["fix"]
+    assert len(c.get("/api/tasks").json()["tasks"]) == 1
+    assert c.get(f"/api/tasks/{tid}").json()["size"] == 3  # nothing was written
+    # reads and predictions need no token on loopback
+    for url in ("/api/health", "/api/model", "/api/tasks", f"/api/tasks/{tid}",
+                "/openapi.json"):
+        assert c.get(url).status_code == 200, url
+    assert post(c, f"/api/tasks/{tid}/predict", {"q0.caption": "x"}).status_code == 200
+    for method, url, data in writes:
+        r = c.request(method, url, data=data, headers=GOOD)
+        assert r.status_code in (200, 201, 204), (url, r.text)
+
+
+def test_every_api_call_but_health_needs_the_token_off_loopback(
+        runs: dict[str, Path], guarded: tuple[TestClient, TestClient]) -> None:
+    _, c = guarded
+    assert c.get("/api/health").json() == {"status": "ok"}
+    assert_error(c.get("/api/model"), 401, "Authorization")
+    assert c.get("/api/model", headers=GOOD).json()["auth"] == {
+        "token_required_for_writes": True, "token_required_for_reads": True}
+    tid, example, label = _endpoints(c, GOOD)
+    calls = [("GET", "/api/model", None), ("GET", "/api/tasks", None),
+             ("GET", f"/api/tasks/{tid}", None),
+             ("GET", f"/api/tasks/{tid}/examples/{example}/thumbnail", None),
+             ("GET", "/api/tasks/nope", None),
+             ("POST", f"/api/tasks/{tid}/predict", {"q0.caption": "x"}),
+             ("POST", "/api/tasks", _texts(["z"])),
+             ("POST", f"/api/tasks/{tid}/examples", _texts(["z"])),
+             ("DELETE", f"/api/tasks/{tid}/examples/{example}", None),
+             ("DELETE", f"/api/tasks/{tid}/classes/{label}", None),
+             ("DELETE", f"/api/tasks/{tid}", None)]
+    for headers in BAD_TOKENS:
+        for method, url, data in calls:
+            assert_error(c.request(method, url, data=data, headers=headers), 401,
+                         "Authorization")
+    for method, url, data in calls:
+        r = c.request(method, url, data=data, headers=GOOD)
+        assert r.status_code < 500 and r.status_code != 401, (url, r.text)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.org"])
+def test_a_public_host_without_a_token_is_a_config_error(runs: dict[str, Path],
+                                                         tmp_path: Path, host: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        create_app(runs["protonet"], state=tmp_path, eval_episodes=0, host=host)
+    assert caught.value.column == "token" and caught.value.fix
+    with pytest.raises(ConfigError):
+        create_app(runs["protonet"], state=tmp_path, eval_episodes=0, host=host, token="")
+
+
+# -- CORS ------------------------------------------------------------------------------------
+
+def test_cors_is_off_by_default(client: TestClient) -> None:
+    r = client.get("/api/tasks", headers={"Origin": "http://evil.example"})
+    assert r.status_code == 200
+    assert "access-control-allow-origin" not in r.headers
+    r = client.options("/api/tasks", headers={"Origin": "http://evil.example",
+                                              "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_cors_allows_the_origin_given(runs: dict[str, Path], tmp_path: Path) -> None:
+    app = create_app(runs["protonet"], state=tmp_path, eval_episodes=0,
+                     cors="http://ok.example")
+    with TestClient(app) as c:
+        r = c.get("/api/tasks", headers={"Origin": "http://ok.example"})
+        assert r.headers["access-control-allow-origin"] == "http://ok.example"
+        r = c.options("/api/tasks", headers={"Origin": "http://ok.example",
+                                             "Access-Control-Request-Method": "POST",
+                                             "Access-Control-Request-Headers": "authorization"})
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "http://ok.example"
+        r = c.get("/api/tasks", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+# -- concurrency -----------------------------------------------------------------------------
+
+def _together(count: int, work) -> list:
+    """``work(k)`` for k < count on as many threads, started at once; their results."""
+    barrier = threading.Barrier(count)
+    results: list = [None] * count
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        barrier.wait()
+        try:
+            results[k] = work(k)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    return results
+
+
+def test_concurrent_writers_lose_no_example(client: TestClient, runs: dict[str, Path],
+                                            rows: list[dict[str, str]]) -> None:
+    store, engine = client.app.state.store, client.app.state.engine
+    created = new_task(client, rows[:2], runs["data"])
+    encoded = engine.encode_examples([Sample("e0", "x", {"caption": "a crimson thing"})])
+    per_thread = [1 + k % 3 for k in range(16)]
+    added = _together(16, lambda k: store.add_examples(
+        created["id"], [encoded[0]] * per_thread[k])[1])
+    ids = [i for batch in added for i in batch]
+    assert len(ids) == len(set(ids)) == sum(per_thread)
+    after = client.get(f"/api/tasks/{created['id']}").json()
+    assert after["size"] == 2 + sum(per_thread)
+    assert {e["id"] for e in after["examples"]} >= set(ids)
+    # and through HTTP, from threads
+    responses = _together(8, lambda k: post(client, f"/api/tasks/{created['id']}/examples",
+                                            {"e0.label": f"t{k}", "e0.caption": f"c {k}"}))
+    assert all(r.status_code == 201 for r in responses)
+    assert client.get(f"/api/tasks/{created['id']}").json()["size"] == 2 + sum(per_thread) + 8
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_parallel_predictions_equal_a_sequential_one(runs: dict[str, Path],
+                                                     rows: list[dict[str, str]],
+                                                     tmp_path: Path, batching: bool) -> None:
+    app = create_app(runs["protonet"], state=tmp_path, eval_episodes=0, batching=batching)
+    assert (app.state.engine._batcher is not None) == batching
+    with TestClient(app, raise_server_exceptions=False) as c:
+        created = new_task(c, rows[:9], runs["data"])
+        url = f"/api/tasks/{created['id']}/predict"
+        queries = [form([row], runs["data"], "q", labelled=False) for row in rows[9:21]]
+        alone = [post(c, url, *q).json() for q in queries]
+        together = _together(12, lambda k: post(c, url, *queries[k]).json())
+    for a, b in zip(alone, together, strict=True):
+        pa = [p["probabilities"][label] for p in a["predictions"] for label in a["classes"]]
+        pb = [p["probabilities"][label] for p in b["predictions"] for label in b["classes"]]
+        np.testing.assert_allclose(pb, pa, atol=1e-5, rtol=0)
+        assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
+        assert [n["example"] for n in a["predictions"][0]["nearest"]] == [
+            n["example"] for n in b["predictions"][0]["nearest"]]
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def test_cli_serve_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["serve", "--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--token", "--state", "--device", "--no-batching",
+                 "--cors", "--max-request-mb", "--max-samples", "--max-examples",
+                 "--max-classes", "--max-tasks", "--eval-episodes", "RUN"):
+        assert flag in out, flag

@@ -24,6 +24,7 @@ has a token; prediction is a read.
 from __future__ import annotations
 
 import hmac
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -266,9 +267,11 @@ def create_app(run: str | Path, settings: ServeSettings | None = None,
         form = await read_form(request, max_samples=s.max_samples, max_files=s.max_samples * 8)
         samples = await samples_of(form, "q", columns=columns, labelled=False,
                                    max_samples=s.max_samples, extra=("k",))
-        k = form.get("k") or "3"
-        if not isinstance(k, str) or not k.isdigit() or int(k) > 50:
-            raise ConfigError("k must be a whole number from 0 to 50", column="k",
+        given = form.getlist("k")  # ASCII digits only: int() refuses "²", which isdigit()
+        k = (given[0] or "3") if given else "3"
+        if len(given) > 1 or not isinstance(k, str) or not re.fullmatch(r"[0-9]{1,2}", k) \
+                or int(k) > 50:
+            raise ConfigError("k must be a whole number from 0 to 50, given once", column="k",
                               fix="e.g. -F k=3")
         result = await run_in_threadpool(engine.predict, task, samples, int(k))
         for prediction in result["predictions"]:

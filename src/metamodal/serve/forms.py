@@ -17,7 +17,7 @@ from starlette.requests import Request
 from metamodal.errors import ConfigError, DatasetError
 from metamodal.serve.engine import Sample, Upload
 
-_FIELD = re.compile(r"^([eq])(\d{1,6})\.(.+)$")
+_FIELD = re.compile(r"^([eq])(0|[1-9][0-9]{0,5})\.(.+)$")  # one spelling per n
 
 MAX_LABEL = 200
 """The longest class label, in characters."""
@@ -65,6 +65,7 @@ async def samples_of(form: Any, letter: str, *, columns: dict[str, str], labelle
         ConfigError: an unknown field, no sample, too many, a label missing or too long.
     """
     samples: dict[int, Sample] = {}
+    seen: set[str] = set()
     for key, value in form.multi_items():
         match = _FIELD.match(key)
         if match is None or match.group(1) != letter:
@@ -74,6 +75,9 @@ async def samples_of(form: Any, letter: str, *, columns: dict[str, str], labelle
                 f"unknown form field {key!r}", column=key,
                 fix=f"name fields {letter}<n>.<column> with a column of the model "
                 f"({', '.join(columns)}){' or ' + letter + '<n>.label' if labelled else ''}")
+        if key in seen:  # a label or an empty value given twice too
+            raise ConfigError("the field is given twice", column=key, fix="give it once")
+        seen.add(key)
         index, column = int(match.group(2)), match.group(3)
         sample = samples.setdefault(index, Sample(f"{letter}{index}"))
         if column == "label" and labelled:
@@ -85,8 +89,6 @@ async def samples_of(form: Any, letter: str, *, columns: dict[str, str], labelle
         if column not in columns:
             raise ConfigError(f"the model has no column {column!r}", column=key,
                               fix=f"use one of: {', '.join(columns)}")
-        if column in sample.values:
-            raise ConfigError("the field is given twice", column=key, fix="give it once")
         if isinstance(value, UploadFile):
             data = await value.read()
             suffix = PurePosixPath(value.filename or "").suffix.lower()

@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metamodal.api.settings import ServeSettings
 from metamodal.errors import (
@@ -152,6 +153,13 @@ def create_app(run: str | Path, settings: ServeSettings | None = None,
     async def located(_: Request, error: MetamodalError) -> JSONResponse:
         return JSONResponse(error_body(error), status_code=_status(error))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def routing(_: Request, error: StarletteHTTPException) -> Response:
+        """An unknown path or method: the error body of every other answer."""
+        return JSONResponse({"error": str(error.detail), "file": None, "row": None,
+                             "column": None, "fix": "see the endpoints in /openapi.json"},
+                            status_code=error.status_code, headers=error.headers)
+
     @app.middleware("http")
     async def authorise(request: Request, call_next: Any) -> Response:
         path = request.url.path
@@ -244,7 +252,7 @@ def create_app(run: str | Path, settings: ServeSettings | None = None,
         """Remove one example."""
         return summary(store.remove_examples(task_id, example_id=example_id))
 
-    @app.delete("/api/tasks/{task_id}/classes/{label}")
+    @app.delete("/api/tasks/{task_id}/classes/{label:path}")  # a label may hold "/"
     def remove_class(task_id: str, label: str) -> dict[str, Any]:
         """Remove every example of a class."""
         return summary(store.remove_examples(task_id, label=label))

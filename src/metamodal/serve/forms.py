@@ -19,6 +19,8 @@ from metamodal.serve.engine import Sample, Upload
 
 _FIELD = re.compile(r"^([eq])(0|[1-9][0-9]{0,5})\.(.+)$")  # one spelling per n
 
+_TOO_LARGE_FIX = "send fewer or smaller files, or serve with a higher --max-request-mb"
+
 MAX_LABEL = 200
 """The longest class label, in characters."""
 
@@ -140,7 +142,8 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise BodyTooLargeError("request body too large", column="body")
+                raise BodyTooLargeError(f"the request body is larger than {self.limit} bytes",
+                                        column="body", fix=_TOO_LARGE_FIX)
             return message
 
         async def sending(message: dict) -> None:
@@ -160,8 +163,7 @@ async def _too_large(send: Any, limit: int) -> None:
 
     body = json.dumps({"error": f"the request body is larger than {limit} bytes",
                        "file": None, "row": None, "column": "body",
-                       "fix": "send fewer or smaller files, or serve with a higher "
-                       "--max-request-mb"}).encode()
+                       "fix": _TOO_LARGE_FIX}).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})

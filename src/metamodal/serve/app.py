@@ -290,6 +290,9 @@ def create_app(run: str | Path, settings: ServeSettings | None = None,
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
+        if not (PAGE / "index.html").is_file():  # FileResponse would fail with a 500
+            raise NotFoundError("this installation has no page", column="page",
+                                fix="use the API: its endpoints are in /openapi.json")
         return FileResponse(PAGE / "index.html")
 
     if PAGE.is_dir():

@@ -676,31 +676,70 @@ def test_a_label_with_a_slash_can_be_removed(client: TestClient) -> None:
     assert [c["label"] for c in r.json()["classes"]] == ["c"]
 
 
-@pytest.mark.parametrize("value", ["1e39", "1e308", "3e38"])
+def _texts(labels: list[str]) -> dict[str, str]:
+    fields = {}
+    for n, label in enumerate(labels):
+        fields[f"e{n}.label"], fields[f"e{n}.caption"] = label, f"a {label} thing"
+    return fields
+
+
+def _finite_or_422(r, key: str) -> None:
+    """A 422 naming sample ``key`` (or one of its fields), or an answer of finite numbers."""
+    if r.status_code == 422:
+        assert assert_error(r, 422)["column"].split(".")[0] == key
+        return
+    assert r.status_code in (200, 201), r.text
+    for p in r.json().get("predictions", []):
+        assert all(isinstance(v, float) for v in p["probabilities"].values()), r.text
+        assert sum(p["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+        assert all(isinstance(n["score"], float) for n in p["nearest"]), r.text
+
+
+@pytest.mark.parametrize("value", ["1e39", "1e308", "-1e308", "3e38"])
 @pytest.mark.parametrize("endpoint", ["examples", "predict"])
-def test_values_out_of_the_models_range_are_422_not_nan(client: TestClient,
-                                                        runs: dict[str, Path],
-                                                        rows: list[dict[str, str]],
-                                                        value: str, endpoint: str) -> None:
-    """A finite number too large for the model would make every probability NaN (sent as
-    ``null``): refused, and never stored where it would poison the task's prototypes."""
+def test_huge_measurements_never_answer_nan(client: TestClient, runs: dict[str, Path],
+                                            rows: list[dict[str, str]], value: str,
+                                            endpoint: str) -> None:
+    """A finite number far beyond the training data may overflow the model: the answer is a
+    422 or finite probabilities, never NaN (sent as ``null``), and no example stored poisons
+    the task's prototypes."""
     created = new_task(client, rows[:6], runs["data"])
     key = "e0" if endpoint == "examples" else "q0"
-    fields = {f"{key}.weight_g": value, f"{key}.caption": "a crimson"}
+    fields = {f"{key}.weight_g": value, f"{key}.body_length_cm": value,
+              f"{key}.caption": "a crimson"}
     if key == "e0":
         fields["e0.label"] = rows[0]["species"]
-    r = post(client, f"/api/tasks/{created['id']}/{endpoint}", fields)
-    assert_error(r, 422)
-    assert r.json()["column"].startswith(key)
-    r = post(client, f"/api/tasks/{created['id']}/predict", {"q0.caption": "a crimson"})
-    probabilities = r.json()["predictions"][0]["probabilities"]
-    assert all(isinstance(p, float) for p in probabilities.values()), r.text
+    _finite_or_422(post(client, f"/api/tasks/{created['id']}/{endpoint}", fields), key)
+    _finite_or_422(post(client, f"/api/tasks/{created['id']}/predict",
+                        {"q0.caption": "a crimson", "q0.air_temp_c": "20"}), "q0")
 
 
-def test_a_huge_sequence_value_is_422_not_nan(client: TestClient, task: dict) -> None:
+def test_a_huge_sequence_never_answers_nan(client: TestClient, task: dict) -> None:
     r = post(client, f"/api/tasks/{task['id']}/predict", {},
              [("q0.track", ("t.npy", npy(np.full((4, 2), 3e38, dtype=np.float32))))])
-    assert_error(r, 422, "q0.track")
+    _finite_or_422(r, "q0")
+
+
+def test_a_non_finite_model_output_is_422(client: TestClient, task: dict,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever input makes the model answer NaN: a 422 naming the sample, nothing stored."""
+    engine = client.app.state.engine
+    embed = engine.classifier.embed
+
+    def poisoned(samples):
+        out = embed(samples)
+        out.embeddings.z[-1] = float("nan")
+        return out
+
+    before = client.get(f"/api/tasks/{task['id']}").json()
+    monkeypatch.setattr(engine.classifier, "embed", poisoned)
+    r = post(client, f"/api/tasks/{task['id']}/examples", _texts(["a", "b"]))
+    assert_error(r, 422, "e1")
+    assert client.get(f"/api/tasks/{task['id']}").json() == before
+    monkeypatch.setattr(type(engine.classifier), "decision_function_encoded",
+                        lambda self, query: np.full((len(query), 3), np.nan, np.float32))
+    r = post(client, f"/api/tasks/{task['id']}/predict", {"q0.caption": "a", "q1.caption": "b"})
+    assert_error(r, 422, "q0")
 
 
 # -- limits ----------------------------------------------------------------------------------
@@ -715,13 +754,6 @@ def small(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
                      max_request_mb=1 / 16)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
-
-
-def _texts(labels: list[str]) -> dict[str, str]:
-    fields = {}
-    for n, label in enumerate(labels):
-        fields[f"e{n}.label"], fields[f"e{n}.caption"] = label, f"a {label} thing"
-    return fields
 
 
 def test_model_reports_the_limits(small: TestClient) -> None:

@@ -224,7 +224,11 @@ def create_app(run: str | Path, settings: ServeSettings | None = None,
     async def create_task(request: Request) -> dict[str, Any]:
         """A new task from labelled examples (``name`` optional)."""
         form, examples = await examples_from(request, extra=("name",))
-        name = str(form.get("name") or "untitled")[:200]
+        names = form.getlist("name")
+        if len(names) > 1 or not all(isinstance(n, str) for n in names):
+            raise ConfigError("the task's name must be one text field", column="name",
+                              fix="e.g. -F name=birds")
+        name = (names[0] if names else "").strip()[:200] or "untitled"
         return summary(await run_in_threadpool(store.create_task, name, examples))
 
     @app.get("/api/tasks/{task_id}")

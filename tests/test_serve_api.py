@@ -225,6 +225,9 @@ def test_the_page_is_served_as_html(client: TestClient) -> None:
         pytest.skip("the page (serve/page/index.html) has not landed yet")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "<html" in r.text.lower()
+    assert client.get("/static/app.js").status_code == 200
+    for outside in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py"):
+        assert client.get(outside).status_code == 404, outside
 
 
 def test_task_lifecycle(client: TestClient, runs: dict[str, Path],
@@ -574,6 +577,17 @@ def test_bad_labels_are_400(client: TestClient, task: dict, case: str) -> None:
     assert client.get(f"/api/tasks/{task['id']}").json() == before
 
 
+@pytest.mark.parametrize("name", [["one", "two"], None])
+def test_a_task_name_is_one_text_field(client: TestClient, name: list | None) -> None:
+    files = [("name", ("name.txt", b"birds"))] if name is None else None
+    fields = {"e0.label": "a", "e0.caption": "x"} | ({"name": name} if name else {})
+    count = len(client.get("/api/tasks").json()["tasks"])
+    assert_error(post(client, "/api/tasks", fields, files), 400, "name")
+    assert len(client.get("/api/tasks").json()["tasks"]) == count
+    created = post(client, "/api/tasks", {"e0.label": "a", "e0.caption": "x", "name": "  "})
+    assert created.json()["name"] == "untitled"
+
+
 def test_a_label_given_as_a_file_is_400(client: TestClient, task: dict) -> None:
     r = post(client, f"/api/tasks/{task['id']}/examples", {"e0.caption": "x"},
              [("e0.label", ("label.txt", b"cat"))])
@@ -830,9 +844,8 @@ def test_more_files_than_allowed_is_400(small: TestClient) -> None:
     created = post(small, "/api/tasks", _texts(["a", "b"]))
     url = (f"/api/tasks/{created.json()['id']}/predict" if created.status_code == 201
            else f"/api/tasks/{small.get('/api/tasks').json()['tasks'][0]['id']}/predict")
-    files = [("q0.image", (f"{n}.png", b"x")) for n in range(3 * 8 + 1)]
-    r = post(small, url, {}, files)
-    assert_error(r, 400)
+    files = [(f"q{n % 3}.image", (f"{n}.png", b"x")) for n in range(3 * 8 + 1)]
+    assert_error(post(small, url, {}, files), 400, "form")  # refused while parsing
 
 
 def test_a_part_over_a_mebibyte_of_text_is_400(client: TestClient, task: dict) -> None:

@@ -885,6 +885,8 @@ def test_an_uploads_filename_is_never_a_path(client: TestClient, task: dict, tmp
     assert list(uploads.iterdir()) == []
     assert not list(tmp_path.rglob("*pwned*")) and not list(Path.cwd().rglob("*pwned*"))
     assert {p for p in Path(tempfile.gettempdir()).parent.glob("*pwned*")} == before
+    if filename.startswith("/"):
+        assert not Path(filename).exists()
 
 
 # -- the token -------------------------------------------------------------------------------

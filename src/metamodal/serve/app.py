@@ -24,6 +24,7 @@ has a token; prediction is a read.
 from __future__ import annotations
 
 import hmac
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metamodal.api.settings import ServeSettings
 from metamodal.errors import (
@@ -151,6 +153,13 @@ def create_app(run: str | Path, settings: ServeSettings | None = None,
     async def located(_: Request, error: MetamodalError) -> JSONResponse:
         return JSONResponse(error_body(error), status_code=_status(error))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def routing(_: Request, error: StarletteHTTPException) -> Response:
+        """An unknown path or method: the error body of every other answer."""
+        return JSONResponse({"error": str(error.detail), "file": None, "row": None,
+                             "column": None, "fix": "see the endpoints in /openapi.json"},
+                            status_code=error.status_code, headers=error.headers)
+
     @app.middleware("http")
     async def authorise(request: Request, call_next: Any) -> Response:
         path = request.url.path
@@ -215,7 +224,11 @@ def create_app(run: str | Path, settings: ServeSettings | None = None,
     async def create_task(request: Request) -> dict[str, Any]:
         """A new task from labelled examples (``name`` optional)."""
         form, examples = await examples_from(request, extra=("name",))
-        name = str(form.get("name") or "untitled")[:200]
+        names = form.getlist("name")
+        if len(names) > 1 or not all(isinstance(n, str) for n in names):
+            raise ConfigError("the task's name must be one text field", column="name",
+                              fix="e.g. -F name=birds")
+        name = (names[0] if names else "").strip()[:200] or "untitled"
         return summary(await run_in_threadpool(store.create_task, name, examples))
 
     @app.get("/api/tasks/{task_id}")
@@ -243,7 +256,7 @@ def create_app(run: str | Path, settings: ServeSettings | None = None,
         """Remove one example."""
         return summary(store.remove_examples(task_id, example_id=example_id))
 
-    @app.delete("/api/tasks/{task_id}/classes/{label}")
+    @app.delete("/api/tasks/{task_id}/classes/{label:path}")  # a label may hold "/"
     def remove_class(task_id: str, label: str) -> dict[str, Any]:
         """Remove every example of a class."""
         return summary(store.remove_examples(task_id, label=label))
@@ -266,9 +279,11 @@ def create_app(run: str | Path, settings: ServeSettings | None = None,
         form = await read_form(request, max_samples=s.max_samples, max_files=s.max_samples * 8)
         samples = await samples_of(form, "q", columns=columns, labelled=False,
                                    max_samples=s.max_samples, extra=("k",))
-        k = form.get("k") or "3"
-        if not isinstance(k, str) or not k.isdigit() or int(k) > 50:
-            raise ConfigError("k must be a whole number from 0 to 50", column="k",
+        given = form.getlist("k")  # ASCII digits only: int() refuses "²", which isdigit()
+        k = (given[0] or "3") if given else "3"
+        if len(given) > 1 or not isinstance(k, str) or not re.fullmatch(r"[0-9]{1,2}", k) \
+                or int(k) > 50:
+            raise ConfigError("k must be a whole number from 0 to 50, given once", column="k",
                               fix="e.g. -F k=3")
         result = await run_in_threadpool(engine.predict, task, samples, int(k))
         for prediction in result["predictions"]:
@@ -279,6 +294,9 @@ def create_app(run: str | Path, settings: ServeSettings | None = None,
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
+        if not (PAGE / "index.html").is_file():  # FileResponse would fail with a 500
+            raise NotFoundError("this installation has no page", column="page",
+                                fix="use the API: its endpoints are in /openapi.json")
         return FileResponse(PAGE / "index.html")
 
     if PAGE.is_dir():

@@ -30,6 +30,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from metamodal.classifier import FewShotClassifier
+from metamodal.data.batch import batch_to
 from metamodal.data.kinds import modality_kind
 from metamodal.data.records import records_dataset
 from metamodal.errors import InsufficientSamplesError, LocatedError, ModalityError
@@ -217,6 +218,9 @@ class Engine:
         decoded = self._decode(samples)
         _require_usable(decoded, samples)
         encoded = self.classifier.embed(decoded) if self.embeds_once else decoded
+        with torch.no_grad():  # a stored NaN would make every prediction of the task NaN
+            _require_finite(encoded.embeddings.z if self.embeds_once else self.model.embed(
+                batch_to(decoded.batch, self.classifier.device)).z, samples)
         examples = []
         for k, sample in enumerate(samples):
             row = encoded.index(torch.tensor([k]))
@@ -299,6 +303,7 @@ class Engine:
         probabilities = torch.softmax(torch.from_numpy(fitted.decision_function_encoded(query)),
                                       -1).numpy()
         scores = fitted.support_scores(query)
+        _require_finite(torch.from_numpy(np.concatenate([probabilities, scores], 1)), samples)
         by_id = {e.id: e for e in task.examples}
         predictions = []
         for row, sample in enumerate(samples):
@@ -325,6 +330,17 @@ def _require_usable(decoded: EncodedSamples, samples: list[Sample]) -> None:
         raise ModalityError(f"sample {first} carries none of the model's modalities",
                             column=first, fix="give each sample at least one of: "
                             + ", ".join(decoded.batch))
+
+
+def _require_finite(values: torch.Tensor, samples: list[Sample]) -> None:
+    """Refuse the samples whose rows of ``values`` (the model's output) are not finite: a
+    number far beyond the training data (1e39 overflows float32) would answer NaN."""
+    bad = ~torch.isfinite(values.reshape(len(samples), -1)).all(1)
+    if bool(bad.any()):
+        first = samples[int(bad.nonzero()[0])].key
+        raise ModalityError(f"the model's output for sample {first} is not a finite number",
+                            column=first, fix="check its numbers: a value far beyond those "
+                            "the model was trained on (e.g. 1e39) overflows it")
 
 
 def _text_of(upload: Upload, field_name: str) -> str:

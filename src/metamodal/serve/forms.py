@@ -17,7 +17,9 @@ from starlette.requests import Request
 from metamodal.errors import ConfigError, DatasetError
 from metamodal.serve.engine import Sample, Upload
 
-_FIELD = re.compile(r"^([eq])(\d{1,6})\.(.+)$")
+_FIELD = re.compile(r"^([eq])(0|[1-9][0-9]{0,5})\.(.+)$")  # one spelling per n
+
+_TOO_LARGE_FIX = "send fewer or smaller files, or serve with a higher --max-request-mb"
 
 MAX_LABEL = 200
 """The longest class label, in characters."""
@@ -65,6 +67,7 @@ async def samples_of(form: Any, letter: str, *, columns: dict[str, str], labelle
         ConfigError: an unknown field, no sample, too many, a label missing or too long.
     """
     samples: dict[int, Sample] = {}
+    seen: set[str] = set()
     for key, value in form.multi_items():
         match = _FIELD.match(key)
         if match is None or match.group(1) != letter:
@@ -74,6 +77,9 @@ async def samples_of(form: Any, letter: str, *, columns: dict[str, str], labelle
                 f"unknown form field {key!r}", column=key,
                 fix=f"name fields {letter}<n>.<column> with a column of the model "
                 f"({', '.join(columns)}){' or ' + letter + '<n>.label' if labelled else ''}")
+        if key in seen:  # a label or an empty value given twice too
+            raise ConfigError("the field is given twice", column=key, fix="give it once")
+        seen.add(key)
         index, column = int(match.group(2)), match.group(3)
         sample = samples.setdefault(index, Sample(f"{letter}{index}"))
         if column == "label" and labelled:
@@ -85,8 +91,6 @@ async def samples_of(form: Any, letter: str, *, columns: dict[str, str], labelle
         if column not in columns:
             raise ConfigError(f"the model has no column {column!r}", column=key,
                               fix=f"use one of: {', '.join(columns)}")
-        if column in sample.values:
-            raise ConfigError("the field is given twice", column=key, fix="give it once")
         if isinstance(value, UploadFile):
             data = await value.read()
             suffix = PurePosixPath(value.filename or "").suffix.lower()
@@ -138,7 +142,8 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise BodyTooLargeError("request body too large", column="body")
+                raise BodyTooLargeError(f"the request body is larger than {self.limit} bytes",
+                                        column="body", fix=_TOO_LARGE_FIX)
             return message
 
         async def sending(message: dict) -> None:
@@ -158,8 +163,7 @@ async def _too_large(send: Any, limit: int) -> None:
 
     body = json.dumps({"error": f"the request body is larger than {limit} bytes",
                        "file": None, "row": None, "column": "body",
-                       "fix": "send fewer or smaller files, or serve with a higher "
-                       "--max-request-mb"}).encode()
+                       "fix": _TOO_LARGE_FIX}).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})

@@ -1,0 +1,1087 @@
+"""The HTTP API of ``metamodal serve`` through an in-process client: every endpoint of the
+contract, predictions equal to `FewShotClassifier`'s, persistence across restarts, the token,
+CORS, concurrent writers and predictions, and hostile input, which must be a typed 4xx JSON
+answer (``error``, ``column``, ``fix``), never a 500, and never a file opened or written where
+a client names it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import pickle
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from metamodal.classifier import FewShotClassifier  # noqa: E402
+from metamodal.cli import main  # noqa: E402
+from metamodal.config import TrainConfig  # noqa: E402
+from metamodal.datasets.synthetic import make_synthetic  # noqa: E402
+from metamodal.errors import ConfigError, RunError  # noqa: E402
+from metamodal.serve.app import PAGE, create_app  # noqa: E402
+from metamodal.serve.engine import Sample  # noqa: E402
+from metamodal.serve.store import DATABASE  # noqa: E402
+from metamodal.train.trainer import Trainer  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TABULAR = ["body_length_cm", "body_width_cm", "weight_g", "air_temp_c"]
+FILES = ["image", "sound", "track"]
+ERROR_KEYS = {"error", "file", "row", "column", "fix"}
+
+
+# -- runs, apps and forms ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A synthetic dataset, a ProtoNet run on its five modalities and a MAML run on three."""
+    root = tmp_path_factory.mktemp("serve")
+    data = make_synthetic(root / "data", classes=12, per_class=3, image_size=8, seed=3)
+    common = dict(data=str(data), ways=2, shots=1, queries=1, dim=8, val_every=0,
+                  val_episodes=1, device="cpu", cache=False)
+    Trainer(TrainConfig(steps=2, **common), root / "protonet", progress=False).fit()
+    Trainer(TrainConfig(modalities=["image", "caption", "measurements"], learner="maml",
+                        learner_options={"inner_steps": 1, "eval_steps": 2}, steps=1,
+                        **common), root / "maml", progress=False).fit()
+    return {"data": data, "protonet": root / "protonet", "maml": root / "maml", "root": root}
+
+
+@pytest.fixture(scope="module")
+def rows(runs: dict[str, Path]) -> list[dict[str, str]]:
+    """The synthetic samples as read from the CSV (every cell a string, empty ones ``""``)."""
+    with (runs["data"] / "samples.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def client(runs: dict[str, Path]) -> Iterator[TestClient]:
+    """A client of the ProtoNet run's app; server exceptions come back as a 500."""
+    app = create_app(runs["protonet"], state=runs["root"] / "state", eval_episodes=0)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def form(rows: list[dict[str, str]], data: Path, letter: str = "e", *,
+         modalities: tuple[str, ...] = ("image", "caption", "sound", "track", "measurements"),
+         labelled: bool = True, start: int = 0) -> tuple[dict[str, Any], list]:
+    """The form fields (text) and files of samples ``rows`` as ``<letter><n>.*``."""
+    fields: dict[str, Any] = {}
+    files: list = []
+    for n, row in enumerate(rows, start):
+        if labelled:
+            fields[f"{letter}{n}.label"] = row["species"]
+        if "caption" in modalities and row["caption"]:
+            fields[f"{letter}{n}.caption"] = row["caption"]
+        if "measurements" in modalities:
+            fields.update({f"{letter}{n}.{c}": row[c] for c in TABULAR if row[c]})
+        for name in FILES:
+            if name in modalities and row[name]:
+                files.append((f"{letter}{n}.{name}",
+                              (Path(row[name]).name, (data / row[name]).read_bytes())))
+    return fields, files
+
+
+def records(rows: list[dict[str, str]], modalities: tuple[str, ...] = (
+        "image", "caption", "sound", "track", "measurements")) -> list[dict[str, Any]]:
+    """The same samples as a list of dicts for `FewShotClassifier` (paths under the data)."""
+    out = []
+    for row in rows:
+        record: dict[str, Any] = {m: row[m] or None for m in ("image", "caption", "sound",
+                                                              "track") if m in modalities}
+        if "measurements" in modalities:
+            record.update({c: float(row[c]) if row[c] else None for c in TABULAR})
+        out.append(record)
+    return out
+
+
+EMPTY_FORM = {"content": b"--zz--\r\n",
+              "headers": {"content-type": "multipart/form-data; boundary=zz"}}
+
+
+def post(c: TestClient, url: str, fields: dict | None = None, files: list | None = None,
+         **kwargs: Any):
+    """POST a form (urlencoded without files; an empty multipart form when empty)."""
+    if not fields and not files and not kwargs:
+        return c.post(url, **EMPTY_FORM)
+    return c.post(url, data=fields, files=files or None, **kwargs)
+
+
+def new_task(c: TestClient, rows: list[dict[str, str]], data: Path, **kwargs: Any) -> dict:
+    fields, files = form(rows, data, **kwargs)
+    r = post(c, "/api/tasks", fields, files)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def assert_error(r, status: int, column: str | None = None) -> dict:
+    """``r`` is the contract's error answer: JSON with the five keys, a message and a fix."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert set(body) == ERROR_KEYS, body
+    assert isinstance(body["error"], str) and body["error"]
+    assert isinstance(body["fix"], str) and body["fix"]
+    if column is not None:
+        assert body["column"] == column, body
+    assert "metamodal-upload" not in r.text  # no private temporary path leaks
+    return body
+
+
+def png(width: int, height: int, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, "PNG")
+    return out.getvalue()
+
+
+def declared_png(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width x height`` pixels and holds none."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
+                                                             0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=array.dtype == object)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def task(client: TestClient, runs: dict[str, Path], rows: list[dict[str, str]]) -> dict:
+    """A task of the first three classes, three examples each (read-only for the tests)."""
+    return new_task(client, rows[:9], runs["data"])
+
+
+# -- the endpoints ---------------------------------------------------------------------------
+
+def test_health(client: TestClient) -> None:
+    r = client.get("/api/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_model_describes_modalities_limits_and_auth(client: TestClient) -> None:
+    body = client.get("/api/model").json()
+    assert (body["learner"], body["dim"]) == ("protonet", 8)
+    assert isinstance(body["fusion"], str)
+    by_name = {m["name"]: m for m in body["modalities"]}
+    assert set(by_name) == {"image", "caption", "sound", "track", "measurements"}
+    assert all(set(m) == {"name", "kind", "input", "accept", "columns"}
+               for m in body["modalities"])
+    assert by_name["image"]["kind"] == "image" and by_name["image"]["input"] == "file"
+    assert "image/*" in by_name["image"]["accept"].split(",")
+    assert by_name["sound"]["input"] == "file" and "audio/*" in by_name["sound"]["accept"]
+    assert ".wav" in by_name["sound"]["accept"].split(",")
+    assert by_name["track"]["input"] == "file"
+    assert {".npy", ".csv"} <= set(by_name["track"]["accept"].split(","))
+    assert by_name["caption"] == {"name": "caption", "kind": "text", "input": "text",
+                                  "accept": None, "columns": None}
+    assert by_name["measurements"] == {"name": "measurements", "kind": "tabular",
+                                       "input": "fields", "accept": None, "columns": TABULAR}
+    assert body["limits"] == {"max_request_bytes": 32 << 20, "max_samples_per_request": 64,
+                              "max_examples_per_task": 2000, "max_tasks": 1000,
+                              "max_classes_per_task": 200}
+    assert body["auth"] == {"token_required_for_writes": False,
+                            "token_required_for_reads": False}
+    assert body["test_accuracy"] is None and body["test_accuracy_status"] == "off"
+
+
+def test_openapi_lists_every_endpoint_and_serves_no_docs_page(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    methods = {(path, method) for path, item in paths.items() for method in item}
+    assert methods == {
+        ("/api/health", "get"), ("/api/model", "get"), ("/api/tasks", "get"),
+        ("/api/tasks", "post"), ("/api/tasks/{task_id}", "get"),
+        ("/api/tasks/{task_id}", "delete"), ("/api/tasks/{task_id}/examples", "post"),
+        ("/api/tasks/{task_id}/examples/{example_id}", "delete"),
+        ("/api/tasks/{task_id}/classes/{label}", "delete"),
+        ("/api/tasks/{task_id}/examples/{example_id}/thumbnail", "get"),
+        ("/api/tasks/{task_id}/predict", "post")}
+    for path in ("/api/tasks", "/api/tasks/{task_id}/examples", "/api/tasks/{task_id}/predict"):
+        assert "multipart/form-data" in paths[path]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 404
+    assert client.get("/redoc").status_code == 404
+
+
+def test_the_page_is_served_as_html(client: TestClient) -> None:
+    r = client.get("/")
+    if not (PAGE / "index.html").is_file():
+        assert_error(r, 404)  # not a 500
+        pytest.skip("the page (serve/page/index.html) has not landed yet")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "<html" in r.text.lower()
+    assert client.get("/static/app.js").status_code == 200
+    for outside in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py"):
+        assert client.get(outside).status_code == 404, outside
+
+
+def test_task_lifecycle(client: TestClient, runs: dict[str, Path],
+                        rows: list[dict[str, str]]) -> None:
+    data = runs["data"]
+    fields, files = form(rows[:3], data)
+    r = post(client, "/api/tasks", {**fields, "name": "birds"}, files)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert set(created) == {"id", "name", "created", "size", "classes"}
+    assert created["name"] == "birds" and created["size"] == 3
+    assert created["classes"] == [{"label": rows[0]["species"], "examples": 3}]
+    assert created["created"][:2] == "20" and "T" in created["created"]
+    tid = created["id"]
+    assert tid in [t["id"] for t in client.get("/api/tasks").json()["tasks"]]
+
+    fields, files = form(rows[3:6], data)
+    r = post(client, f"/api/tasks/{tid}/examples", fields, files)
+    assert r.status_code == 201, r.text
+    added = r.json()
+    assert added["size"] == 6 and len(added["added"]) == 3 == len(set(added["added"]))
+    assert [c["label"] for c in added["classes"]] == [rows[0]["species"], rows[3]["species"]]
+
+    full = client.get(f"/api/tasks/{tid}").json()
+    assert [e["label"] for e in full["examples"]] == [r["species"] for r in rows[:6]]
+    assert [e["id"] for e in full["examples"]][3:] == added["added"]
+    for example, row in zip(full["examples"], rows[:6], strict=True):
+        assert set(example) == {"id", "label", "modalities", "text", "thumbnail"}
+        assert set(example["modalities"]) == {m for m in ("image", "caption", "sound", "track")
+                                              if row[m]} | (
+            {"measurements"} if any(row[c] for c in TABULAR) else set())
+        assert example["text"] == (row["caption"] or None)
+        assert example["thumbnail"] == (
+            f"/api/tasks/{tid}/examples/{example['id']}/thumbnail" if row["image"] else None)
+
+    first = full["examples"][0]["id"]
+    r = client.delete(f"/api/tasks/{tid}/examples/{first}")
+    assert r.status_code == 200 and r.json()["size"] == 5
+    assert first not in [e["id"] for e in client.get(f"/api/tasks/{tid}").json()["examples"]]
+    assert_error(client.delete(f"/api/tasks/{tid}/examples/{first}"), 404, "example")
+
+    r = client.delete(f"/api/tasks/{tid}/classes/{rows[3]['species']}")
+    assert r.status_code == 200
+    assert r.json()["size"] == 2 and [c["label"] for c in r.json()["classes"]] == [
+        rows[0]["species"]]
+    assert_error(client.delete(f"/api/tasks/{tid}/classes/{rows[3]['species']}"), 404, "label")
+
+    r = client.delete(f"/api/tasks/{tid}")
+    assert r.status_code == 204 and r.content == b""
+    assert_error(client.get(f"/api/tasks/{tid}"), 404, "task")
+    assert_error(client.delete(f"/api/tasks/{tid}"), 404, "task")
+    assert tid not in [t["id"] for t in client.get("/api/tasks").json()["tasks"]]
+
+
+def test_thumbnail_is_a_small_png_and_404_without_image(client: TestClient) -> None:
+    fields = {"e0.label": "wide", "e1.label": "words", "e1.caption": "only words here"}
+    files = [("e0.image", ("wide.jpg", png(300, 150)))]
+    created = post(client, "/api/tasks", fields, files).json()
+    examples = client.get(f"/api/tasks/{created['id']}").json()["examples"]
+    assert examples[0]["thumbnail"] and examples[1]["thumbnail"] is None
+    r = client.get(examples[0]["thumbnail"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(r.content))
+    assert image.format == "PNG" and max(image.size) <= 96
+    assert image.size == (96, 48)  # the aspect ratio is kept
+    missing = f"/api/tasks/{created['id']}/examples/{examples[1]['id']}/thumbnail"
+    assert_error(client.get(missing), 404, "example")
+    assert_error(client.get(f"/api/tasks/{created['id']}/examples/nope/thumbnail"), 404,
+                 "example")
+    assert_error(client.get("/api/tasks/nope/examples/nope/thumbnail"), 404)
+
+
+def test_predict_answers_in_the_order_of_n(client: TestClient, task: dict,
+                                           runs: dict[str, Path],
+                                           rows: list[dict[str, str]]) -> None:
+    data = runs["data"]
+    # q10, q2 and q0 sent in that order: the answer is q0, q2, q10 (numeric order)
+    fields, files = {}, []
+    for n, row in zip((10, 2, 0), rows[9:12], strict=True):
+        f, fs = form([row], data, "q", labelled=False, start=n)
+        fields.update(f)
+        files += fs
+    fields["q2.caption"] = "only the caption"
+    files = [f for f in files if not f[0].startswith("q2.")]
+    fields = {k: v for k, v in fields.items() if not k.startswith("q2.") or k == "q2.caption"}
+    r = post(client, f"/api/tasks/{task['id']}/predict", fields, files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    classes = [c["label"] for c in task["classes"]]
+    assert body["task"] == task["id"] and body["classes"] == classes
+    assert [p["query"] for p in body["predictions"]] == ["q0", "q2", "q10"]
+    for p in body["predictions"]:
+        assert set(p) == {"query", "label", "probability", "probabilities",
+                          "missing_modalities", "nearest"}
+        assert list(p["probabilities"]) == classes
+        assert sum(p["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+        assert all(0 <= v <= 1 for v in p["probabilities"].values())
+        assert p["label"] == max(p["probabilities"], key=p["probabilities"].get)
+        assert p["probability"] == p["probabilities"][p["label"]]
+        assert len(p["nearest"]) == 3  # the default k
+        scores = [n["score"] for n in p["nearest"]]
+        assert scores == sorted(scores, reverse=True)
+    assert sorted(body["predictions"][1]["missing_modalities"]) == [
+        "image", "measurements", "sound", "track"]
+    row = rows[11]  # q0
+    lacks = {m for m in ("image", "caption", "sound", "track") if not row[m]} | (
+        set() if any(row[c] for c in TABULAR) else {"measurements"})
+    assert set(body["predictions"][0]["missing_modalities"]) == lacks
+
+
+def test_a_support_example_is_its_own_nearest(client: TestClient, task: dict,
+                                              runs: dict[str, Path],
+                                              rows: list[dict[str, str]]) -> None:
+    examples = client.get(f"/api/tasks/{task['id']}").json()["examples"]
+    for k in (1, 4):
+        fields, files = form([rows[k]], runs["data"], "q", labelled=False)
+        r = post(client, f"/api/tasks/{task['id']}/predict", {**fields, "k": "9"}, files)
+        assert r.status_code == 200, r.text
+        p = r.json()["predictions"][0]
+        assert p["label"] == rows[k]["species"]
+        nearest = p["nearest"]
+        assert len(nearest) == 9 == len({n["example"] for n in nearest})
+        assert nearest[0]["example"] == examples[k]["id"]
+        assert nearest[0]["label"] == rows[k]["species"]
+        assert nearest[0]["score"] == pytest.approx(0, abs=1e-4)  # minus a zero distance
+        assert nearest[0]["text"] == examples[k]["text"]
+        assert nearest[0]["thumbnail"] == examples[k]["thumbnail"]
+        assert all(set(n) == {"example", "label", "score", "thumbnail", "text"}
+                   for n in nearest)
+
+
+@pytest.mark.parametrize("k, count", [("0", 0), ("1", 1), ("50", 9), ("", 3)])
+def test_predict_k(client: TestClient, task: dict, k: str, count: int) -> None:
+    r = post(client, f"/api/tasks/{task['id']}/predict", {"q0.caption": "a crimson", "k": k})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"][0]["nearest"]) == count
+
+
+@pytest.mark.parametrize("k", ["-1", "abc", "1000", "51", "1.5", "3 ", "0x3", "\u00b2",
+                               "0" * 5000, "\u0663"])
+def test_predict_refuses_a_bad_k(client: TestClient, task: dict, k: str) -> None:
+    r = post(client, f"/api/tasks/{task['id']}/predict", {"q0.caption": "a crimson", "k": k})
+    assert_error(r, 400, "k")
+
+
+def test_predict_k_given_as_a_file_or_twice(client: TestClient, task: dict) -> None:
+    url = f"/api/tasks/{task['id']}/predict"
+    assert_error(post(client, url, {"q0.caption": "x"}, [("k", ("k.txt", b"3"))]), 400, "k")
+    assert_error(post(client, url, {"q0.caption": "x", "k": ["2", "3"]}), 400, "k")
+
+
+# -- the server's predictions are the classifier's ------------------------------------------
+
+@pytest.mark.parametrize("learner", ["protonet", "maml"])
+def test_predictions_equal_the_classifier(runs: dict[str, Path], rows: list[dict[str, str]],
+                                          learner: str, tmp_path: Path) -> None:
+    modalities = (("image", "caption", "sound", "track", "measurements")
+                  if learner == "protonet" else ("image", "caption", "measurements"))
+    support, queries = rows[:12], rows[12:21]
+    app = create_app(runs[learner], state=tmp_path, eval_episodes=0)
+    assert app.state.engine.embeds_once == (learner == "protonet")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        created = new_task(c, support, runs["data"], modalities=modalities)
+        fields, files = form(queries, runs["data"], "q", labelled=False, modalities=modalities)
+        r = post(c, f"/api/tasks/{created['id']}/predict", fields, files)
+    assert r.status_code == 200, r.text
+    served = r.json()
+    clf = FewShotClassifier(runs[learner], media_root=runs["data"])
+    clf.fit(records(support, modalities), [row["species"] for row in support])
+    expected = clf.predict_proba(records(queries, modalities))
+    assert sorted(served["classes"]) == sorted(clf.classes_)
+    got = np.array([[p["probabilities"][label] for label in clf.classes_]
+                    for p in served["predictions"]])
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert [p["label"] for p in served["predictions"]] == clf.predict(
+        records(queries, modalities))
+
+
+# -- persistence -----------------------------------------------------------------------------
+
+def test_tasks_survive_a_restart(runs: dict[str, Path], rows: list[dict[str, str]],
+                                 tmp_path: Path) -> None:
+    queries = form(rows[20:24], runs["data"], "q", labelled=False)
+
+    def snapshot(c: TestClient, ids: list[str]) -> tuple:
+        listed = c.get("/api/tasks").json()
+        tasks = [c.get(f"/api/tasks/{t}").json() for t in ids]
+        thumbs = [c.get(e["thumbnail"]).content for t in tasks for e in t["examples"]
+                  if e["thumbnail"]]
+        predicted = [post(c, f"/api/tasks/{t}/predict", *queries).json() for t in ids]
+        return listed, tasks, thumbs, predicted
+
+    with TestClient(create_app(runs["protonet"], state=tmp_path, eval_episodes=0)) as c:
+        ids = [new_task(c, rows[:6], runs["data"])["id"],
+               new_task(c, rows[6:15], runs["data"])["id"]]
+        fields, files = form(rows[15:18], runs["data"])
+        assert post(c, f"/api/tasks/{ids[0]}/examples", fields, files).status_code == 201
+        first = c.get(f"/api/tasks/{ids[1]}").json()["examples"][0]["id"]
+        assert c.delete(f"/api/tasks/{ids[1]}/examples/{first}").status_code == 200
+        before = snapshot(c, ids)
+    assert (tmp_path / DATABASE).is_file()
+    with TestClient(create_app(runs["protonet"], state=tmp_path, eval_episodes=0)) as c:
+        after = snapshot(c, ids)
+    assert len(before[0]["tasks"]) == 2 and before[2]
+    assert after == before
+
+
+def test_a_state_of_another_model_is_refused(runs: dict[str, Path],
+                                             tmp_path: Path) -> None:
+    with TestClient(create_app(runs["protonet"], state=tmp_path, eval_episodes=0)) as c:
+        assert post(c, "/api/tasks", {"e0.label": "a", "e0.caption": "x"}).status_code == 201
+    with pytest.raises(RunError) as caught:
+        create_app(runs["maml"], state=tmp_path, eval_episodes=0)
+    assert caught.value.file is not None and Path(caught.value.file).name == DATABASE
+    assert caught.value.fix
+
+
+@pytest.mark.parametrize("garbage", [b"\x00\x01garbage" * 500, b"SQLite format 3\x00" + bytes(
+    range(256)) * 20])
+def test_a_corrupt_database_is_a_run_error(runs: dict[str, Path], tmp_path: Path,
+                                           garbage: bytes) -> None:
+    (tmp_path / DATABASE).write_bytes(garbage)
+    with pytest.raises(RunError) as caught:
+        create_app(runs["protonet"], state=tmp_path, eval_episodes=0)
+    assert Path(caught.value.file).name == DATABASE and caught.value.fix
+
+
+# -- hostile input: a typed 4xx, never a 500 -------------------------------------------------
+
+def _wav(samples: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    soundfile.write(out, samples, 8000, format="WAV", subtype="FLOAT")
+    return out.getvalue()
+
+
+class _Opens:
+    """Unpickling it opens (creates) a file: proof that a pickle was loaded."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+# (form fields, files, status, column); the examples endpoint prefixes e0 with a label
+BAD_SAMPLES = {
+    "corrupt image": ({}, [("e0.image", ("a.png", b"not an image at all"))], 422, "e0.image"),
+    "truncated png": ({}, [("e0.image", ("a.png", png(40, 40)[:60]))], 422, "e0.image"),
+    "text file as image": ({}, [("e0.image", ("notes.txt", b"hello\n"))], 422, "e0.image"),
+    "empty image file": ({}, [("e0.image", ("a.png", b""))], 422, "e0.image"),
+    "decompression bomb": ({}, [("e0.image", ("a.png", declared_png(100_000, 100_000)))], 422,
+                           "e0.image"),
+    "image over the pixel bound": ({}, [("e0.image", ("a.png", declared_png(9000, 9000)))],
+                                   422, "e0.image"),
+    "corrupt audio": ({}, [("e0.sound", ("a.wav", b"RIFF\x00\x00\x00\x00WAVEjunk"))], 422,
+                      "e0.sound"),
+    "image as audio": ({}, [("e0.sound", ("a.wav", png(8, 8)))], 422, "e0.sound"),
+    "audio of NaN": ({}, [("e0.sound", ("a.wav", _wav(np.full(800, np.nan))))], 422,
+                     "e0.sound"),
+    "corrupt sequence": ({}, [("e0.track", ("a.npy", b"\x93NUMPY garbage"))], 422,
+                         "e0.track"),
+    "sequence of NaN": ({}, [("e0.track", ("a.npy", npy(np.full((4, 2), np.nan))))], 422,
+                        "e0.track"),
+    "empty sequence": ({}, [("e0.track", ("a.npy", npy(np.zeros((0, 2)))))], 422, "e0.track"),
+    "sequence csv of words": ({}, [("e0.track", ("a.csv", b"x,y\n1,2\nfoo,bar\n"))], 422,
+                              "e0.track"),
+    "sequence without a suffix": ({}, [("e0.track", ("track", npy(np.ones((4, 2)))))], 422,
+                                  "e0.track"),
+    "text as a binary file": ({}, [("e0.caption", ("c.bin", b"\xff\xfe\x00\x81"))], 422,
+                              "e0.caption"),
+    "NaN measurement": ({"e0.weight_g": "nan"}, [], 422, "e0.weight_g"),
+    "infinite measurement": ({"e0.weight_g": "-inf"}, [], 422, "e0.weight_g"),
+    "non-numeric measurement": ({"e0.weight_g": "heavy"}, [], 422, "e0.weight_g"),
+    "unknown column": ({"e0.imag": "x"}, [], 400, "e0.imag"),
+    "no modality": ({}, [], 422, "e0"),
+    "only an empty text": ({"e0.caption": ""}, [], 422, "e0"),
+    "only empty measurements": ({"e0.weight_g": "", "e0.air_temp_c": ""}, [], 422, "e0"),
+    "duplicated field": ({"e0.caption": ["a", "b"]}, [], 400, "e0.caption"),
+    "duplicated field, the first empty": ({"e0.caption": ["", "b"]}, [], 400, "e0.caption"),
+    "a field of n written twice": ({"e0.caption": "a", "e00.caption": "b"}, [], 400,
+                                   "e00.caption"),
+    "duplicated file": ({}, [("e0.image", ("a.png", png(8, 8))), ("e0.image",
+                                                                   ("b.png", png(8, 8)))],
+                        400, "e0.image"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SAMPLES))
+@pytest.mark.parametrize("endpoint", ["examples", "predict"])
+def test_bad_samples_are_typed_4xx(client: TestClient, task: dict, case: str,
+                                   endpoint: str) -> None:
+    fields, files, status, column = BAD_SAMPLES[case]
+    before = client.get(f"/api/tasks/{task['id']}").json()
+    if endpoint == "examples":
+        fields = {"e0.label": "bad", **fields}
+    else:
+        rename = lambda key: "q" + key[1:]  # noqa: E731
+        fields = {rename(k): v for k, v in fields.items()}
+        files = [(rename(k), v) for k, v in files]
+        column = rename(column)
+    r = post(client, f"/api/tasks/{task['id']}/{endpoint}", fields, files)
+    assert_error(r, status, column)
+    assert client.get(f"/api/tasks/{task['id']}").json() == before  # nothing was stored
+
+
+def test_a_pickled_sequence_is_refused_unread(client: TestClient, task: dict,
+                                              tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    data = npy(np.array([_Opens(str(marker))], dtype=object))
+    pickle.loads(pickle.dumps(_Opens(str(tmp_path / "probe"))))  # the payload does work
+    assert (tmp_path / "probe").exists()
+    for endpoint, key in (("examples", "e0"), ("predict", "q0")):
+        fields = {"e0.label": "a"} if key == "e0" else {}
+        r = post(client, f"/api/tasks/{task['id']}/{endpoint}", fields,
+                 [(f"{key}.track", ("t.npy", data))])
+        assert_error(r, 422, f"{key}.track")
+    assert not marker.exists()
+
+
+def test_the_second_sample_is_named(client: TestClient, task: dict) -> None:
+    r = post(client, f"/api/tasks/{task['id']}/predict", {"q0.caption": "fine", "q1.weight_g":
+                                                          "x"})
+    assert_error(r, 422, "q1.weight_g")
+    r = post(client, f"/api/tasks/{task['id']}/predict", {"q0.caption": "fine"},
+             [("q1.image", ("x.png", b"junk"))])
+    assert_error(r, 422, "q1.image")
+
+
+LABELS = {
+    "missing": ({"e0.caption": "x"}, "e0.label"),
+    "too long": ({"e0.label": "x" * 201, "e0.caption": "x"}, "e0.label"),
+    "only spaces": ({"e0.label": "   ", "e0.caption": "x"}, "e0.label"),
+    "empty": ({"e0.label": "", "e0.caption": "x"}, "e0.label"),
+    "given twice": ({"e0.label": ["cat", "dog"], "e0.caption": "x"}, "e0.label"),
+    "given twice by two spellings of n": ({"e0.label": "cat", "e00.label": "dog",
+                                           "e0.caption": "x"}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(LABELS))
+def test_bad_labels_are_400(client: TestClient, task: dict, case: str) -> None:
+    fields, column = LABELS[case]
+    before = client.get(f"/api/tasks/{task['id']}").json()
+    r = post(client, f"/api/tasks/{task['id']}/examples", fields)
+    assert_error(r, 400, column)
+    assert client.get(f"/api/tasks/{task['id']}").json() == before
+
+
+@pytest.mark.parametrize("name", [["one", "two"], None])
+def test_a_task_name_is_one_text_field(client: TestClient, name: list | None) -> None:
+    files = [("name", ("name.txt", b"birds"))] if name is None else None
+    fields = {"e0.label": "a", "e0.caption": "x"} | ({"name": name} if name else {})
+    count = len(client.get("/api/tasks").json()["tasks"])
+    assert_error(post(client, "/api/tasks", fields, files), 400, "name")
+    assert len(client.get("/api/tasks").json()["tasks"]) == count
+    created = post(client, "/api/tasks", {"e0.label": "a", "e0.caption": "x", "name": "  "})
+    assert created.json()["name"] == "untitled"
+
+
+def test_a_label_given_as_a_file_is_400(client: TestClient, task: dict) -> None:
+    r = post(client, f"/api/tasks/{task['id']}/examples", {"e0.caption": "x"},
+             [("e0.label", ("label.txt", b"cat"))])
+    assert_error(r, 400, "e0.label")
+
+
+FORMS = {
+    "a query on the examples endpoint": ("examples", {"e0.label": "a", "e0.caption": "x",
+                                                      "q0.caption": "y"}, 400, "q0.caption"),
+    "an example on the predict endpoint": ("predict", {"q0.caption": "y", "e0.caption": "x"},
+                                           400, "e0.caption"),
+    "a label on a query": ("predict", {"q0.caption": "y", "q0.label": "a"}, 400, "q0.label"),
+    "k on the examples endpoint": ("examples", {"e0.label": "a", "e0.caption": "x", "k": "3"},
+                                   400, "k"),
+    "name on the examples endpoint": ("examples", {"e0.label": "a", "e0.caption": "x",
+                                                   "name": "n"}, 400, "name"),
+    "no samples": ("examples", {}, 422, "e0"),
+    "no queries": ("predict", {"k": "3"}, 422, "q0"),
+    "a field without a prefix": ("predict", {"caption": "y"}, 400, "caption"),
+    "an upper-case prefix": ("predict", {"Q0.caption": "y"}, 400, "Q0.caption"),
+    "a negative index": ("predict", {"q-1.caption": "y"}, 400, "q-1.caption"),
+    "a non-ASCII digit index": ("predict", {"q\u0663.caption": "y"}, 400, "q\u0663.caption"),
+    "a path as a column": ("predict", {"q0.../../etc/passwd": "y"}, 400,
+                           "q0.../../etc/passwd"),
+    "too many queries": ("predict", {f"q{n}.caption": "y" for n in range(65)}, 400, "q64"),
+    "too many examples": ("examples", {f"e{n}.{k}": v for n in range(65)
+                                       for k, v in (("label", "a"), ("caption", "y"))},
+                          400, "e64"),
+}
+
+
+@pytest.mark.parametrize("case", list(FORMS))
+def test_bad_forms_are_4xx(client: TestClient, task: dict, case: str) -> None:
+    endpoint, fields, status, column = FORMS[case]
+    r = post(client, f"/api/tasks/{task['id']}/{endpoint}", fields)
+    assert_error(r, status, column)
+
+
+@pytest.mark.parametrize("body, kind", [
+    (b'{"e0.label": "a", "e0.caption": "x"}', "application/json"),
+    (b"e0.label=a", "text/plain"),
+    (b"", None),
+    (b"--zz\r\nContent-Disposition: form-data; name=\"e0.label\"\r\n\r\na\r\n", "multipart/"
+     "form-data; boundary=zz"),
+    (b"garbage", "multipart/form-data"),
+    (b"garbage", "multipart/form-data; boundary=zz"),
+])
+@pytest.mark.parametrize("endpoint", ["examples", "predict", "create"])
+def test_bodies_that_are_not_forms_are_400(client: TestClient, task: dict, body: bytes,
+                                           kind: str | None, endpoint: str) -> None:
+    url = "/api/tasks" if endpoint == "create" else f"/api/tasks/{task['id']}/{endpoint}"
+    r = client.post(url, content=body, headers={"content-type": kind} if kind else {})
+    assert 400 <= r.status_code < 500
+    assert_error(r, r.status_code)
+
+
+def test_an_urlencoded_form_is_accepted(client: TestClient, task: dict) -> None:
+    r = client.post(f"/api/tasks/{task['id']}/predict", content=b"q0.caption=a+crimson&k=1",
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"][0]["nearest"]) == 1
+
+
+def test_unknown_ids_are_404(client: TestClient, task: dict) -> None:
+    t = task["id"]
+    before = client.get(f"/api/tasks/{t}").json()
+    example = before["examples"][0]["id"]
+    for method, url, column in [
+            ("GET", "/api/tasks/nope", "task"), ("DELETE", "/api/tasks/nope", "task"),
+            ("POST", "/api/tasks/nope/examples", "task"),
+            ("POST", "/api/tasks/nope/predict", "task"),
+            ("DELETE", f"/api/tasks/nope/examples/{example}", "task"),
+            ("DELETE", "/api/tasks/nope/classes/a", "task"),
+            ("GET", f"/api/tasks/nope/examples/{example}/thumbnail", "example"),
+            ("DELETE", f"/api/tasks/{t}/examples/nope", "example"),
+            ("DELETE", f"/api/tasks/{t}/classes/nope", "label"),
+            ("GET", f"/api/tasks/{t}/examples/nope/thumbnail", "example")]:
+        kwargs = {"data": {"e0.label": "a", "e0.caption": "x", "q0.caption": "x"}} if (
+            method == "POST") else {}
+        if url.endswith("/examples"):
+            kwargs["data"].pop("q0.caption")
+        elif url.endswith("/predict"):
+            kwargs = {"data": {"q0.caption": "x"}}
+        assert_error(client.request(method, url, **kwargs), 404, column)
+    assert client.get(f"/api/tasks/{t}").json() == before
+
+
+def test_unknown_routes_and_methods_answer_the_error_shape(client: TestClient,
+                                                           task: dict) -> None:
+    assert_error(client.get("/api/nothing"), 404)
+    assert_error(client.put(f"/api/tasks/{task['id']}"), 405)
+    assert_error(client.get(f"/api/tasks/{task['id']}/predict"), 405)
+
+
+def test_a_label_with_a_slash_can_be_removed(client: TestClient) -> None:
+    created = post(client, "/api/tasks", {"e0.label": "a/b", "e0.caption": "x",
+                                          "e1.label": "c", "e1.caption": "y"}).json()
+    r = client.delete(f"/api/tasks/{created['id']}/classes/a%2Fb")
+    assert r.status_code == 200, r.text
+    assert [c["label"] for c in r.json()["classes"]] == ["c"]
+
+
+def _texts(labels: list[str]) -> dict[str, str]:
+    fields = {}
+    for n, label in enumerate(labels):
+        fields[f"e{n}.label"], fields[f"e{n}.caption"] = label, f"a {label} thing"
+    return fields
+
+
+def _finite_or_422(r, key: str) -> None:
+    """A 422 naming sample ``key`` (or one of its fields), or an answer of finite numbers."""
+    if r.status_code == 422:
+        assert assert_error(r, 422)["column"].split(".")[0] == key
+        return
+    assert r.status_code in (200, 201), r.text
+    for p in r.json().get("predictions", []):
+        assert all(isinstance(v, float) for v in p["probabilities"].values()), r.text
+        assert sum(p["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+        assert all(isinstance(n["score"], float) for n in p["nearest"]), r.text
+
+
+@pytest.mark.parametrize("value", ["1e39", "1e308", "-1e308", "3e38"])
+@pytest.mark.parametrize("endpoint", ["examples", "predict"])
+def test_huge_measurements_never_answer_nan(client: TestClient, runs: dict[str, Path],
+                                            rows: list[dict[str, str]], value: str,
+                                            endpoint: str) -> None:
+    """A finite number far beyond the training data may overflow the model: the answer is a
+    422 or finite probabilities, never NaN (sent as ``null``), and no example stored poisons
+    the task's prototypes."""
+    created = new_task(client, rows[:6], runs["data"])
+    key = "e0" if endpoint == "examples" else "q0"
+    fields = {f"{key}.weight_g": value, f"{key}.body_length_cm": value,
+              f"{key}.caption": "a crimson"}
+    if key == "e0":
+        fields["e0.label"] = rows[0]["species"]
+    _finite_or_422(post(client, f"/api/tasks/{created['id']}/{endpoint}", fields), key)
+    _finite_or_422(post(client, f"/api/tasks/{created['id']}/predict",
+                        {"q0.caption": "a crimson", "q0.air_temp_c": "20"}), "q0")
+
+
+def test_a_huge_sequence_never_answers_nan(client: TestClient, task: dict) -> None:
+    r = post(client, f"/api/tasks/{task['id']}/predict", {},
+             [("q0.track", ("t.npy", npy(np.full((4, 2), 3e38, dtype=np.float32))))])
+    _finite_or_422(r, "q0")
+
+
+def test_a_non_finite_model_output_is_422(client: TestClient, task: dict,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever input makes the model answer NaN: a 422 naming the sample, nothing stored."""
+    engine = client.app.state.engine
+    embed = engine.classifier.embed
+
+    def poisoned(samples):
+        out = embed(samples)
+        out.embeddings.z[-1] = float("nan")
+        return out
+
+    before = client.get(f"/api/tasks/{task['id']}").json()
+    monkeypatch.setattr(engine.classifier, "embed", poisoned)
+    r = post(client, f"/api/tasks/{task['id']}/examples", _texts(["a", "b"]))
+    assert_error(r, 422, "e1")
+    assert client.get(f"/api/tasks/{task['id']}").json() == before
+    monkeypatch.setattr(type(engine.classifier), "decision_function_encoded",
+                        lambda self, query: np.full((len(query), 3), np.nan, np.float32))
+    r = post(client, f"/api/tasks/{task['id']}/predict", {"q0.caption": "a", "q1.caption": "b"})
+    assert_error(r, 422, "q0")
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[TestClient]:
+    """A client of an app with small limits: 3 samples a request, 5 examples and 3 classes a
+    task, 2 tasks, a 64 KiB body."""
+    app = create_app(runs["protonet"], state=tmp_path_factory.mktemp("small"), eval_episodes=0,
+                     max_samples=3, max_examples=5, max_classes=3, max_tasks=2,
+                     max_request_mb=1 / 16)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_model_reports_the_limits(small: TestClient) -> None:
+    assert small.get("/api/model").json()["limits"] == {
+        "max_request_bytes": 65536, "max_samples_per_request": 3, "max_examples_per_task": 5,
+        "max_tasks": 2, "max_classes_per_task": 3}
+
+
+def test_limits_are_409(small: TestClient) -> None:
+    one = post(small, "/api/tasks", _texts(["a"])).json()
+    url = f"/api/tasks/{one['id']}"
+    # a task of one class cannot predict
+    assert_error(post(small, f"{url}/predict", {"q0.caption": "a thing"}), 409, "task")
+    assert post(small, f"{url}/examples", _texts(["b", "c"])).status_code == 201
+    assert_error(post(small, f"{url}/examples", _texts(["d"])), 409, "max_classes")
+    assert post(small, f"{url}/examples", _texts(["a"])).status_code == 201
+    assert_error(post(small, f"{url}/examples", _texts(["a", "b"])), 409, "max_examples")
+    assert post(small, f"{url}/examples", _texts(["b"])).status_code == 201
+    assert_error(post(small, f"{url}/examples", _texts(["c"])), 409, "max_examples")
+    assert small.get(url).json()["size"] == 5
+    assert post(small, f"{url}/predict", {"q0.caption": "a c thing"}).status_code == 200
+    # removing a class back to one: 409 again
+    for label in ("b", "c"):
+        assert small.delete(f"{url}/classes/{label}").status_code == 200
+    assert_error(post(small, f"{url}/predict", {"q0.caption": "a thing"}), 409, "task")
+    assert_error(post(small, "/api/tasks", _texts(["a", "b", "c", "d"])), 400, "e3")
+    two = post(small, "/api/tasks", _texts(["a"]))
+    assert two.status_code == 201
+    assert_error(post(small, "/api/tasks", _texts(["a"])), 409, "max_tasks")
+    assert small.delete(f"/api/tasks/{two.json()['id']}").status_code == 204
+    assert post(small, "/api/tasks", _texts(["a"])).status_code == 201
+    assert len(small.get("/api/tasks").json()["tasks"]) == 2
+
+
+def test_a_new_task_over_the_task_bounds_is_409(small: TestClient) -> None:
+    tasks = small.get("/api/tasks").json()["tasks"]
+    for t in tasks:
+        small.delete(f"/api/tasks/{t['id']}")
+    many = _texts(["a", "b", "c"])
+    many.update({"e3.label": "d", "e3.caption": "x"})
+    assert_error(post(small, "/api/tasks", many), 400, "e3")  # more than a request holds
+    created = post(small, "/api/tasks", _texts(["a", "b", "c"])).json()
+    assert_error(post(small, f"/api/tasks/{created['id']}/examples", _texts(["d", "e"])),
+                 409, "max_classes")
+    assert small.get(f"/api/tasks/{created['id']}").json()["size"] == 3
+
+
+def test_a_body_over_the_limit_is_413(small: TestClient, task: dict) -> None:
+    tasks = small.get("/api/tasks").json()["tasks"]
+    url = f"/api/tasks/{tasks[0]['id']}/examples" if tasks else "/api/tasks"
+    big = [("e0.image", ("a.png", b"\x89PNG" + bytes(70_000)))]
+    r = post(small, url, {"e0.label": "a"}, big)
+    assert int(r.request.headers["content-length"]) > 65536
+    assert_error(r, 413, "body")
+    assert r.json()["error"].endswith("65536 bytes")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the server counts what arrives
+        yield b"--zz\r\nContent-Disposition: form-data; name=\"e0.caption\"\r\n\r\n"
+        for _ in range(40):
+            yield b"x" * 4096
+        yield b"\r\n--zz--\r\n"
+
+    r = small.post(url, content=chunks(),
+                   headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert "content-length" not in {k.lower() for k in r.request.headers}
+    assert_error(r, 413, "body")
+    # a Content-Length that lies low does not get more bytes through either
+    r = small.post(url, content=b"x" * 70_000, headers={
+        "content-type": "multipart/form-data; boundary=zz", "content-length": "10"})
+    assert 400 <= r.status_code < 500
+
+
+def test_more_files_than_allowed_is_400(small: TestClient) -> None:
+    created = post(small, "/api/tasks", _texts(["a", "b"]))
+    url = (f"/api/tasks/{created.json()['id']}/predict" if created.status_code == 201
+           else f"/api/tasks/{small.get('/api/tasks').json()['tasks'][0]['id']}/predict")
+    files = [(f"q{n % 3}.image", (f"{n}.png", b"x")) for n in range(3 * 8 + 1)]
+    assert_error(post(small, url, {}, files), 400, "form")  # refused while parsing
+
+
+def test_a_part_over_a_mebibyte_of_text_is_400(client: TestClient, task: dict) -> None:
+    r = post(client, f"/api/tasks/{task['id']}/predict", {"q0.caption": "x" * (1 << 20 + 1)})
+    assert_error(r, 400)
+
+
+# -- what a client names is never a path -----------------------------------------------------
+
+@pytest.mark.parametrize("filename", ["../../pwned-by-name.png", "/tmp/pwned-by-name.png",
+                                      "..\\..\\pwned-by-name.png", "a/../../pwned-by-name.png",
+                                      "pwned-by-name.png\x00.txt", "../../etc/passwd"])
+def test_an_uploads_filename_is_never_a_path(client: TestClient, task: dict, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             filename: str) -> None:
+    import tempfile
+
+    uploads = tmp_path / "private"
+    uploads.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(uploads))
+    written: list[Path] = []
+    write_bytes = Path.write_bytes
+
+    def recording(self: Path, data: bytes) -> int:
+        written.append(Path(self).resolve())
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", recording)
+    before = {p for p in Path(tempfile.gettempdir()).parent.glob("*pwned*")}
+    r = post(client, f"/api/tasks/{task['id']}/predict", {"k": "1"},
+             [("q0.image", (filename, png(8, 8)))])
+    assert r.status_code == 200, r.text
+    assert len(written) == 1
+    assert written[0].parent.parent == uploads.resolve()  # a private directory of its own
+    assert written[0].name in ("q0.image.png", "q0.image.txt", "q0.image")
+    assert not written[0].exists()  # removed after the request
+    assert list(uploads.iterdir()) == []
+    assert not list(tmp_path.rglob("*pwned*")) and not list(Path.cwd().rglob("*pwned*"))
+    assert {p for p in Path(tempfile.gettempdir()).parent.glob("*pwned*")} == before
+    if filename.startswith("/"):
+        assert not Path(filename).exists()
+
+
+# -- the token -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def guarded(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[TestClient, TestClient]]:
+    """Clients of a token-guarded app on 127.0.0.1 and on 0.0.0.0 (one state each)."""
+    local = create_app(runs["protonet"], state=tmp_path_factory.mktemp("local"),
+                       eval_episodes=0, token="s3cret")
+    public = create_app(runs["protonet"], state=tmp_path_factory.mktemp("public"),
+                        eval_episodes=0, token="s3cret", host="0.0.0.0")
+    with TestClient(local, raise_server_exceptions=False) as a, TestClient(
+            public, raise_server_exceptions=False) as b:
+        yield a, b
+
+
+GOOD = {"Authorization": "Bearer s3cret"}
+BAD_TOKENS = [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
+              {"Authorization": "Bearer s3cret "}, {"Authorization": "Bearer s3cre"},
+              {"Authorization": "Basic czNjcmV0"}, {"X-Token": "s3cret"}]
+
+
+def _endpoints(c: TestClient, headers: dict) -> tuple[str, str, str]:
+    """A task (two classes) and one of its examples, made with ``headers``."""
+    r = post(c, "/api/tasks", _texts(["a", "b", "c"]), headers=headers)
+    assert r.status_code == 201, r.text
+    tid = r.json()["id"]
+    example = c.get(f"/api/tasks/{tid}", headers=headers).json()["examples"][0]["id"]
+    return tid, example, r.json()["classes"][2]["label"]
+
+
+def test_writes_need_the_token_on_loopback(guarded: tuple[TestClient, TestClient]) -> None:
+    c, _ = guarded
+    assert c.get("/api/model").json()["auth"] == {"token_required_for_writes": True,
+                                                  "token_required_for_reads": False}
+    tid, example, label = _endpoints(c, GOOD)
+    writes = [("POST", "/api/tasks", _texts(["z"])),
+              ("POST", f"/api/tasks/{tid}/examples", _texts(["z"])),
+              ("DELETE", f"/api/tasks/{tid}/examples/{example}", None),
+              ("DELETE", f"/api/tasks/{tid}/classes/{label}", None),
+              ("DELETE", f"/api/tasks/{tid}", None)]
+    for headers in BAD_TOKENS:
+        for method, url, data in writes:
+            r = c.request(method, url, data=data, headers=headers)
+            body = assert_error(r, 401, "Authorization")
+            assert "s3cret" not in r.text and body["fix"]
+    assert len(c.get("/api/tasks").json()["tasks"]) == 1
+    assert c.get(f"/api/tasks/{tid}").json()["size"] == 3  # nothing was written
+    # reads and predictions need no token on loopback
+    for url in ("/api/health", "/api/model", "/api/tasks", f"/api/tasks/{tid}",
+                "/openapi.json"):
+        assert c.get(url).status_code == 200, url
+    assert post(c, f"/api/tasks/{tid}/predict", {"q0.caption": "x"}).status_code == 200
+    for method, url, data in writes:
+        r = c.request(method, url, data=data, headers=GOOD)
+        assert r.status_code in (200, 201, 204), (url, r.text)
+
+
+def test_every_api_call_but_health_needs_the_token_off_loopback(
+        runs: dict[str, Path], guarded: tuple[TestClient, TestClient]) -> None:
+    _, c = guarded
+    assert c.get("/api/health").json() == {"status": "ok"}
+    assert_error(c.get("/api/model"), 401, "Authorization")
+    assert c.get("/api/model", headers=GOOD).json()["auth"] == {
+        "token_required_for_writes": True, "token_required_for_reads": True}
+    tid, example, label = _endpoints(c, GOOD)
+    calls = [("GET", "/api/model", None), ("GET", "/api/tasks", None),
+             ("GET", f"/api/tasks/{tid}", None),
+             ("GET", f"/api/tasks/{tid}/examples/{example}/thumbnail", None),
+             ("GET", "/api/tasks/nope", None),
+             ("POST", f"/api/tasks/{tid}/predict", {"q0.caption": "x"}),
+             ("POST", "/api/tasks", _texts(["z"])),
+             ("POST", f"/api/tasks/{tid}/examples", _texts(["z"])),
+             ("DELETE", f"/api/tasks/{tid}/examples/{example}", None),
+             ("DELETE", f"/api/tasks/{tid}/classes/{label}", None),
+             ("DELETE", f"/api/tasks/{tid}", None)]
+    for headers in BAD_TOKENS:
+        for method, url, data in calls:
+            assert_error(c.request(method, url, data=data, headers=headers), 401,
+                         "Authorization")
+    for method, url, data in calls:
+        r = c.request(method, url, data=data, headers=GOOD)
+        assert r.status_code < 500 and r.status_code != 401, (url, r.text)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.org"])
+def test_a_public_host_without_a_token_is_a_config_error(runs: dict[str, Path],
+                                                         tmp_path: Path, host: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        create_app(runs["protonet"], state=tmp_path, eval_episodes=0, host=host)
+    assert caught.value.column == "token" and caught.value.fix
+    with pytest.raises(ConfigError):
+        create_app(runs["protonet"], state=tmp_path, eval_episodes=0, host=host, token="")
+
+
+# -- CORS ------------------------------------------------------------------------------------
+
+def test_cors_is_off_by_default(client: TestClient) -> None:
+    r = client.get("/api/tasks", headers={"Origin": "http://evil.example"})
+    assert r.status_code == 200
+    assert "access-control-allow-origin" not in r.headers
+    r = client.options("/api/tasks", headers={"Origin": "http://evil.example",
+                                              "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_cors_allows_the_origin_given(runs: dict[str, Path], tmp_path: Path) -> None:
+    app = create_app(runs["protonet"], state=tmp_path, eval_episodes=0,
+                     cors="http://ok.example")
+    with TestClient(app) as c:
+        r = c.get("/api/tasks", headers={"Origin": "http://ok.example"})
+        assert r.headers["access-control-allow-origin"] == "http://ok.example"
+        r = c.options("/api/tasks", headers={"Origin": "http://ok.example",
+                                             "Access-Control-Request-Method": "POST",
+                                             "Access-Control-Request-Headers": "authorization"})
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "http://ok.example"
+        r = c.get("/api/tasks", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+# -- concurrency -----------------------------------------------------------------------------
+
+def _together(count: int, work) -> list:
+    """``work(k)`` for k < count on as many threads, started at once; their results."""
+    barrier = threading.Barrier(count)
+    results: list = [None] * count
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        barrier.wait()
+        try:
+            results[k] = work(k)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    return results
+
+
+def test_concurrent_writers_lose_no_example(client: TestClient, runs: dict[str, Path],
+                                            rows: list[dict[str, str]]) -> None:
+    store, engine = client.app.state.store, client.app.state.engine
+    created = new_task(client, rows[:2], runs["data"])
+    encoded = engine.encode_examples([Sample("e0", "x", {"caption": "a crimson thing"})])
+    per_thread = [1 + k % 3 for k in range(16)]
+    added = _together(16, lambda k: store.add_examples(
+        created["id"], [encoded[0]] * per_thread[k])[1])
+    ids = [i for batch in added for i in batch]
+    assert len(ids) == len(set(ids)) == sum(per_thread)
+    after = client.get(f"/api/tasks/{created['id']}").json()
+    assert after["size"] == 2 + sum(per_thread)
+    assert {e["id"] for e in after["examples"]} >= set(ids)
+    # and through HTTP, from threads
+    responses = _together(8, lambda k: post(client, f"/api/tasks/{created['id']}/examples",
+                                            {"e0.label": f"t{k}", "e0.caption": f"c {k}"}))
+    assert all(r.status_code == 201 for r in responses)
+    assert client.get(f"/api/tasks/{created['id']}").json()["size"] == 2 + sum(per_thread) + 8
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_parallel_predictions_equal_a_sequential_one(runs: dict[str, Path],
+                                                     rows: list[dict[str, str]],
+                                                     tmp_path: Path, batching: bool) -> None:
+    app = create_app(runs["protonet"], state=tmp_path, eval_episodes=0, batching=batching)
+    assert (app.state.engine._batcher is not None) == batching
+    with TestClient(app, raise_server_exceptions=False) as c:
+        created = new_task(c, rows[:9], runs["data"])
+        url = f"/api/tasks/{created['id']}/predict"
+        queries = [form([row], runs["data"], "q", labelled=False) for row in rows[9:21]]
+        alone = [post(c, url, *q).json() for q in queries]
+        together = _together(12, lambda k: post(c, url, *queries[k]).json())
+    for a, b in zip(alone, together, strict=True):
+        pa = [p["probabilities"][label] for p in a["predictions"] for label in a["classes"]]
+        pb = [p["probabilities"][label] for p in b["predictions"] for label in b["classes"]]
+        np.testing.assert_allclose(pb, pa, atol=1e-5, rtol=0)
+        assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
+        assert [n["example"] for n in a["predictions"][0]["nearest"]] == [
+            n["example"] for n in b["predictions"][0]["nearest"]]
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def test_cli_serve_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["serve", "--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--token", "--state", "--device", "--no-batching",
+                 "--cors", "--max-request-mb", "--max-samples", "--max-examples",
+                 "--max-classes", "--max-tasks", "--eval-episodes", "RUN"):
+        assert flag in out, flag

@@ -114,3 +114,14 @@ def test_fit_warns_about_columns_without_values() -> None:
 def test_invalid_options_raise_config_error(options: dict) -> None:
     with pytest.raises(ConfigError):
         TabularLoader(**options)
+
+
+def test_a_finite_value_beyond_float32_once_standardised_is_a_problem_not_inf() -> None:
+    problems: list[DatasetError] = []
+    loader = TabularLoader(columns=COLUMNS)
+    loader.fit([["1", "10", "5"], ["3", "30", "5"]], context(2))
+    batch = loader.decode([["1e308", "20", "5"], ["2", "20", "5"]], context(2, problems))
+    assert [(p.row, p.column) for p in problems] == [(1, "wingspan_cm")]
+    assert "float32" in str(problems[0])
+    assert batch.present.tolist() == [False, True]
+    assert torch.isfinite(batch.values).all() and batch.values[0].abs().sum() == 0

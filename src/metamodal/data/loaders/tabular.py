@@ -94,8 +94,17 @@ class TabularLoader(StandardisingState, ModalityLoader):
             if self.normalize:
                 values = (values - mean) / np.asarray(self.std_)
         values = np.where(np.isnan(values) | ~present[:, None], 0.0, values)
-        return ModalityBatch(torch.from_numpy(values.astype(np.float32)),
-                             torch.from_numpy(present), None)
+        with np.errstate(over="ignore"):
+            out = values.astype(np.float32)
+        for i, j in zip(*np.nonzero(~np.isfinite(out)), strict=True):
+            context.report(DatasetError(
+                "value is beyond float32 range once standardised with the meta-train mean "
+                "and std", file=context.table_file, row=context.rows[i],
+                column=self._column_name(j, context),
+                fix="write the value in the units the model was trained on"))
+            present[i] = False
+        out[~present] = 0.0
+        return ModalityBatch(torch.from_numpy(out), torch.from_numpy(present), None)
 
     def input_info(self) -> dict[str, Any]:
         """``{"features": F}`` (None while unknown: no ``columns`` and not fitted)."""

@@ -1085,3 +1085,15 @@ def test_cli_serve_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> N
                  "--cors", "--max-request-mb", "--max-samples", "--max-examples",
                  "--max-classes", "--max-tasks", "--eval-episodes", "RUN"):
         assert flag in out, flag
+
+
+def test_the_token_may_come_from_the_environment_and_the_scheme_is_case_blind(
+        runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METAMODAL_SERVE_TOKEN", "from-env")
+    client = TestClient(create_app(runs["protonet"], state=str(tmp_path), eval_episodes=0))
+    assert client.delete("/api/tasks/nothing").status_code == 401
+    for header in ("Bearer from-env", "bearer from-env", "BEARER  from-env"):
+        answer = client.delete("/api/tasks/nothing", headers={"Authorization": header})
+        assert answer.status_code == 404, header
+    assert client.delete("/api/tasks/nothing",
+                         headers={"Authorization": "Basic from-env"}).status_code == 401

@@ -120,7 +120,8 @@ class ServeSettings:
         host: the address to listen on; any address other than loopback needs ``token``.
         port: the TCP port.
         token: the bearer token that write requests need (and every request, on an address
-            other than loopback).
+            other than loopback); default: the environment variable
+            ``METAMODAL_SERVE_TOKEN``, which other users cannot see in the process list.
         state: the directory of the task database (tasks and their encoded examples survive
             a restart there).
         device: where the model runs (``cpu``, ``cuda``).

@@ -23,7 +23,9 @@ has a token; prediction is a read.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
+import os
 import re
 import threading
 from pathlib import Path
@@ -51,6 +53,10 @@ from metamodal.serve.store import LimitError, Limits, NotFoundError, TaskRecord,
 PAGE = Path(__file__).parent / "page"
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+TOKEN_VARIABLE = "METAMODAL_SERVE_TOKEN"
+"""The environment variable read for the token when none is given (unlike a flag, it does
+not show in the process list)."""
 
 _STATUS = [(BodyTooLargeError, 413), (NotFoundError, 404), (LimitError, 409),
            (InsufficientSamplesError, 409), (ModalityError, 422), (DatasetError, 422),
@@ -128,6 +134,8 @@ def create_app(run: str | Path, settings: ServeSettings | None = None,
     from metamodal.api.fields import resolve
 
     s = resolve(ServeSettings, settings, {"run": str(run), **options}, verb="serve")
+    if s.token is None and os.environ.get(TOKEN_VARIABLE):
+        s = dataclasses.replace(s, token=os.environ[TOKEN_VARIABLE])
     if not is_loopback(s.host) and not s.token:
         raise ConfigError(f"serving on {s.host} (reachable from other machines) needs a token",
                           column="token", fix="give --token SECRET, or serve on 127.0.0.1")
@@ -166,8 +174,9 @@ def create_app(run: str | Path, settings: ServeSettings | None = None,
         write = request.method in ("POST", "DELETE") and not path.endswith("/predict")
         if s.token and path.startswith("/api/") and (write or reads_need_token) \
                 and path != "/api/health":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {s.token}".encode()):
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    given.lstrip(" ").encode(), s.token.encode()):
                 return JSONResponse(
                     {"error": "this request needs the server's token", "file": None,
                      "row": None, "column": "Authorization",

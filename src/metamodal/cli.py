@@ -248,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
           (api.EvalSettings, {}))
     _verb(sub, "predict", "classify query samples from a labelled support set",
           lambda a: api.predict(**_given(a)), (api.PredictSettings, {}))
+    _verb(sub, "search", "search over learners, fusions, encoders and hyper-parameters "
+          "(Optuna: TPE, random or grid); every trial trains a run and is scored on fixed "
+          "validation episodes", lambda a: _train(a, api.search), (api.SearchSettings, {}),
+          (TrainConfig, {"flags": TRAIN_FLAGS, "skip": ("align_only", "config"),
+                         "required": False}),
+          (api.LearnerFlags, {}), (api.AlignFlags, {}))
     _verb(sub, "serve", "serve a run: an HTTP API and a web page where classes are defined "
           "by a few examples and new items classified", lambda a: api.serve(**_given(a)),
           (api.ServeSettings, {}))

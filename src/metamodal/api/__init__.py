@@ -17,6 +17,7 @@ keyword overrides, and returns a typed result: a dataclass with ``to_dict()`` (w
 | ``report`` | `report` | `ReportResult` |
 | ``predict`` | `predict` | `PredictResult` |
 | ``serve`` | `serve` | `ServeResult` |
+| ``search`` | `search` | `SearchResult` |
 | ``retrieve`` | `retrieve` | ``RetrievalReport`` |
 | ``zero-shot`` | `zero_shot` | ``ZeroShotReport`` |
 | ``cache info`` / ``cache clear`` | `cache_info` / `clear_cache` | ``CacheInfo`` / `ClearedCache` |
@@ -61,6 +62,7 @@ from metamodal.api.export import ExportResult, export
 from metamodal.api.fields import write_json
 from metamodal.api.mapping import project, retrieve, zero_shot
 from metamodal.api.prediction import PredictResult, WorkedEpisode, predict, worked_episode
+from metamodal.api.search import SearchResult, search
 from metamodal.api.serve import ServeResult, serve
 from metamodal.api.settings import (
     IMPORT_LAYOUTS,
@@ -83,6 +85,7 @@ from metamodal.api.settings import (
     ReportSettings,
     RetrieveSettings,
     RunSettings,
+    SearchSettings,
     ServeSettings,
     SyntheticSettings,
     TableImportSettings,
@@ -100,10 +103,11 @@ __all__ = [
     "ExportSettings", "FewShotClassifier", "FolderImportSettings", "ImageFolderSettings",
     "ImportSettings", "LearnerFlags", "MappingResults", "OmniglotImportSettings", "PredictResult",
     "PredictSettings", "ReportResult", "ReportSettings", "RetrieveSettings", "RunInfo",
-    "RunSettings", "ServeResult", "ServeSettings", "SyntheticResult", "SyntheticSettings",
-    "TableImportSettings", "TrainReport", "VideoFolderSettings", "WorkedEpisode",
-    "ZeroShotSettings", "align", "cache_info", "clear_cache", "compare", "demo", "download",
-    "episodes", "evaluate", "export", "import_dataset", "inspect", "make_synthetic", "predict",
-    "project", "report", "report_results", "retrieve", "run_info", "serve", "train",
-    "worked_episode", "write_json", "zero_shot",
+    "RunSettings", "SearchResult", "SearchSettings", "ServeResult", "ServeSettings",
+    "SyntheticResult", "SyntheticSettings", "TableImportSettings", "TrainReport",
+    "VideoFolderSettings", "WorkedEpisode", "ZeroShotSettings", "align", "cache_info",
+    "clear_cache", "compare", "demo", "download", "episodes", "evaluate", "export",
+    "import_dataset", "inspect", "make_synthetic", "predict", "project", "report",
+    "report_results", "retrieve", "run_info", "search", "serve", "train", "worked_episode",
+    "write_json", "zero_shot",
 ]

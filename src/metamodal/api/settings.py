@@ -153,6 +153,45 @@ class ServeSettings:
 
 
 @dataclass
+class SearchSettings:
+    """What `metamodal.api.search` searches, how, and where it keeps the study.
+
+    Args:
+        space: the search space (TOML: one key per training setting, see
+            `metamodal.search.space`).
+        out: the search's folder (trials' runs, fixed validation episodes, best.toml,
+            trials.csv, report/).
+        trials: the study's size: a worker stops once the study holds this many trials.
+        sampler: ``tpe`` (Bayesian), ``random`` or ``grid`` (every combination of choices).
+        pruner: stop unpromising trials early from the trainer's validations: ``median``,
+            ``hyperband`` or ``none``.
+        storage: where the study lives: an Optuna URL (default: sqlite:///OUT/study.db), or
+            journal:PATH for Optuna's journal file; workers given the same storage and study
+            share it.
+        study: the study's name (a study of that name in the storage is continued).
+        sampler_seed: seed of the sampler (give each parallel worker its own).
+        config: the base training config (TOML); train's flags given here override it and the
+            space overrides both.
+        objective_ways, objective_shots, objective_queries, objective_episodes: the fixed
+            validation episodes every trial is scored on.
+    """
+
+    space: str = flag("", metavar="SPACE.toml")
+    out: str = flag("", metavar="DIR")
+    trials: int = 20
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    storage: str | None = flag(None, metavar="URL")
+    study: str = "metamodal"
+    sampler_seed: int | None = None
+    config: str | None = flag(None, metavar="FILE.toml")
+    objective_ways: int = 5
+    objective_shots: int = 1
+    objective_queries: int = 15
+    objective_episodes: int = 200
+
+
+@dataclass
 class EpisodesSettings:
     """The episode file that `metamodal.api.episodes` writes (a published protocol).
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metamodal.api.fields import resolve
 from metamodal.api.settings import RunSettings
 from metamodal.config import TrainConfig, load_config
 from metamodal.errors import ConfigError
+
+if TYPE_CHECKING:
+    from metamodal.train.trainer import StepCallback
 
 
 @dataclass
@@ -90,25 +93,29 @@ def _run_settings(settings: RunSettings | None, options: dict[str, Any],
     return s, base, options
 
 
-def _fit(config: TrainConfig, s: RunSettings, score: str) -> TrainReport:
+def _fit(config: TrainConfig, s: RunSettings, score: str,
+         callbacks: list[StepCallback] | None = None) -> TrainReport:
     from metamodal.train.trainer import Trainer
 
     if not s.out:
         raise ConfigError("no run directory given", column="out",
                           fix="pass --out RUN (out= in Python)")
-    result = Trainer(config, s.out, progress=s.progress).fit(resume=s.resume,
-                                                             overwrite=s.overwrite)
+    result = Trainer(config, s.out, progress=s.progress, callbacks=callbacks).fit(
+        resume=s.resume, overwrite=s.overwrite)
     return TrainReport(result.run_dir, result.steps, result.best_val_accuracy, result.best_step,
                        result.stopped_early, result.seconds, score)
 
 
-def train(out: str | Path | None = None, settings: RunSettings | None = None,
-          **options: Any) -> TrainReport:
+def train(out: str | Path | None = None, settings: RunSettings | None = None, *,
+          callbacks: list[StepCallback] | None = None, **options: Any) -> TrainReport:
     """Meta-train a model and write its run directory (``metamodal train``).
 
     Args:
         out: the run directory to write.
         settings: a `RunSettings` (``config`` file, ``resume``, ``overwrite``, ``progress``).
+        callbacks: functions called as ``callback(step, values)`` after each training step
+            (``values`` has ``val_acc`` at validation steps; `metamodal.search` prunes with
+            it).
         options: `RunSettings` fields, ``config`` (a `TrainConfig` or a TOML file), and any
             key of `metamodal.config.TrainConfig` (``data``, ``learner``, ``fusion``,
             ``ways``, ...), which overrides the config; tables are merged (`merged`).
@@ -129,7 +136,7 @@ def train(out: str | Path | None = None, settings: RunSettings | None = None,
     if not config.data:
         raise ConfigError("no dataset given", column="data",
                           fix="pass --data DIR or set data in the config file")
-    return _fit(config, s, "validation accuracy")
+    return _fit(config, s, "validation accuracy", callbacks)
 
 
 def align(out: str | Path | None = None, settings: RunSettings | None = None,

@@ -1,0 +1,249 @@
+"""`SearchSpace`: the settings a search varies, read from a TOML file.
+
+One key per setting, named as in the training config (`metamodal.config.TrainConfig`), with
+dotted keys for the settings inside its tables:
+
+.. code-block:: toml
+
+    fusion = { choices = ["mean", "gated", "late"] }
+    lr = { low = 1e-4, high = 1e-2, log = true }
+    dim = { choices = [32, 64] }
+    "learner_options.inner_steps" = { low = 1, high = 5 }
+    "encoders.image" = { choices = ["conv4", "resnet12"] }
+    "augment.image.rotate" = { low = 0.0, high = 20.0, step = 5.0 }
+
+A range of integers (``low``, ``high`` both integers) draws integers, one of floats draws floats;
+``log = true`` draws on a log scale, ``step`` on a grid. Every value a key can take is checked
+against the training config before any trial runs, so a misspelt key or a value of the wrong
+type is a `ConfigError` naming the file and the key, never a failed trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from metamodal.config import TrainConfig
+from metamodal.errors import ConfigError
+from metamodal.io import ParseError, loads_toml
+
+FIXED = ("data", "seed", "init_from", "device", "cache")
+"""Training settings a search may not vary: they define the data, its split (and so the fixed
+validation episodes) or where training runs, not the model."""
+
+MAX_CHOICES = 1000
+"""The most choices (or grid points) of one key."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One setting a search varies.
+
+    Args:
+        name: the training config key, dotted inside tables (``encoders.image``).
+        choices: the values of a categorical setting, or None.
+        low, high: the bounds of a range (inclusive).
+        log: draw the range on a log scale.
+        step: draw the range on a grid of this step.
+    """
+
+    name: str
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+
+    @property
+    def integer(self) -> bool:
+        """A range of integers."""
+        return self.choices is None and all(isinstance(v, int) and not isinstance(v, bool)
+                                            for v in (self.low, self.high))
+
+    def suggest(self, trial: Any) -> Any:
+        """The value an Optuna trial draws for this setting."""
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.name, int(self.low), int(self.high),
+                                     step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high),
+                                   step=self.step, log=self.log)
+
+    def grid(self, file: Path) -> list[Any]:
+        """Every value of a grid search.
+
+        Raises:
+            ConfigError: a float range without ``step``, or too many points.
+        """
+        if self.choices is not None:
+            return list(self.choices)
+        if self.step is None and not self.integer:
+            raise ConfigError("a grid search needs the values of a float range", file=file,
+                              column=self.name, fix="give choices = [...] or a step")
+        step = self.step or 1
+        count = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+        if count > MAX_CHOICES:
+            raise ConfigError(f"the grid of this range has {count} points", file=file,
+                              column=self.name, fix=f"use a step giving at most {MAX_CHOICES}")
+        values = [self.low + k * step for k in range(count)]
+        return [int(v) for v in values] if self.integer and float(step).is_integer() else values
+
+    def examples(self) -> list[Any]:
+        """Values that stand for what this setting can take (checked against the config)."""
+        if self.choices is not None:
+            return list(self.choices)
+        return [int(self.low), int(self.high)] if self.integer else [float(self.low),
+                                                                      float(self.high)]
+
+
+@dataclass
+class SearchSpace:
+    """The settings a search varies (see the module docstring)."""
+
+    params: list[Param]
+    file: Path
+
+    @classmethod
+    def from_toml(cls, path: str | Path, base: TrainConfig | None = None) -> SearchSpace:
+        """Read and check a space file against the training config ``base``.
+
+        Raises:
+            ConfigError: the file is missing or not TOML, a key is not a training setting (or
+                one a search may not vary), a range is empty, a categorical has no choices,
+                or a value does not fit the setting.
+        """
+        path = Path(path)
+        try:
+            table = loads_toml(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("the search space file does not exist", file=path,
+                              fix="write a space TOML, e.g. fusion = { choices = "
+                              "[\"mean\", \"gated\"] }") from None
+        except (ParseError, OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"the search space is not valid TOML ({error})", file=path,
+                              fix="fix the TOML syntax") from None
+        params = [_param(name, spec, path) for name, spec in _flatten(table)]
+        if not params:
+            raise ConfigError("the search space is empty", file=path,
+                              fix="name at least one setting to vary")
+        space = cls(params, path)
+        space.check(base or TrainConfig())
+        return space
+
+    def check(self, base: TrainConfig) -> None:
+        """Every value of every key applied to ``base`` is a valid training config.
+
+        Raises:
+            ConfigError: naming the space file and the key.
+        """
+        from metamodal.api.training import merged
+
+        for param in self.params:
+            for value in param.examples():
+                try:
+                    merged(base, nest({param.name: value})).validate()
+                except ConfigError as error:
+                    raise ConfigError(f"{param.name} = {value!r} is not a valid training "
+                                      f"setting: {error.message}", file=self.file,
+                                      column=param.name, fix=error.fix or "see metamodal "
+                                      "train --help for the settings and their values"
+                                      ) from None
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """The values an Optuna trial draws, by dotted name."""
+        return {param.name: param.suggest(trial) for param in self.params}
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The grid of a grid search: each setting's values."""
+        return {param.name: param.grid(self.file) for param in self.params}
+
+
+def nest(values: dict[str, Any]) -> dict[str, Any]:
+    """Dotted names as nested tables, the form `metamodal.api.training.merged` takes.
+
+    Example:
+        >>> nest({"lr": 0.01, "encoders.image": "conv4", "augment.image.rotate": 5})
+        {'lr': 0.01, 'encoders': {'image': 'conv4'}, 'augment': {'image': {'rotate': 5}}}
+    """
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        *tables, key = name.split(".")
+        node = out
+        for table in tables:
+            node = node.setdefault(table, {})
+        node[key] = value
+    return out
+
+
+_SPEC_KEYS = {"choices", "low", "high", "log", "step"}
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, spec) of each setting: a nested table that is not a spec is a table of
+    settings (``[encoders]`` then ``image = {...}``)."""
+    out = []
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not set(value) & _SPEC_KEYS:
+            out += _flatten(value, name + ".")
+        else:
+            out.append((name, value))
+    return out
+
+
+def _param(name: str, spec: Any, file: Path) -> Param:
+    """One key of the space file, checked."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    head = name.split(".")[0]
+
+    def bad(message: str, fix: str) -> ConfigError:
+        return ConfigError(message, file=file, column=name, fix=fix)
+
+    if head not in fields:
+        raise bad(f"{head!r} is not a training setting",
+                  "use a key of the training config (metamodal train --help)")
+    if head in FIXED:
+        raise bad(f"a search may not vary {head}",
+                  f"fix it with --{head.replace('_', '-')} for every trial")
+    if "." in name and not isinstance(TrainConfig().to_dict()[head], dict):
+        raise bad(f"{head} is not a table, so {name!r} names nothing",
+                  f"write {head} = {{ ... }} without the dotted part")
+    if not isinstance(spec, dict):
+        raise bad("each setting needs { choices = [...] } or { low = ..., high = ... }",
+                  f'e.g. {name} = {{ choices = [...] }}')
+    unknown = set(spec) - _SPEC_KEYS
+    if unknown:
+        raise bad(f"unknown key(s) {sorted(unknown)}", f"use {sorted(_SPEC_KEYS)}")
+    if "choices" in spec:
+        choices = spec["choices"]
+        if set(spec) != {"choices"}:
+            raise bad("choices cannot be mixed with a range", "give choices or low / high")
+        if not isinstance(choices, list) or not choices:
+            raise bad("a categorical setting needs at least one choice",
+                      "give choices = [a, b, ...]")
+        if len(choices) > MAX_CHOICES:
+            raise bad(f"{len(choices)} choices", f"give at most {MAX_CHOICES}")
+        return Param(name, choices=tuple(choices))
+    low, high = spec.get("low"), spec.get("high")
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool)
+                  and math.isfinite(v) for v in (low, high))
+    if not numbers:
+        raise bad("a range needs finite numbers low and high", f"e.g. {name} = "
+                  "{ low = 0.001, high = 0.01 }")
+    if not low < high:
+        raise bad(f"the range [{low}, {high}] is empty", "give low < high")
+    log, step = spec.get("log", False), spec.get("step")
+    if not isinstance(log, bool):
+        raise bad("log must be true or false", "write log = true")
+    if log and low <= 0:
+        raise bad("a log range needs low > 0", "raise low above 0, or drop log")
+    if step is not None and (not isinstance(step, int | float) or isinstance(step, bool)
+                             or not 0 < step <= high - low):
+        raise bad(f"step must be a number in (0, {high - low}]", "give a smaller step")
+    if log and step is not None:
+        raise bad("a range cannot have both log and step", "drop one of them")
+    return Param(name, low=low, high=high, log=log, step=step)

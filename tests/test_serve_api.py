@@ -26,12 +26,13 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from metamodal.api.serve import create_app  # noqa: E402
 from metamodal.classifier import FewShotClassifier  # noqa: E402
 from metamodal.cli import main  # noqa: E402
 from metamodal.config import TrainConfig  # noqa: E402
 from metamodal.datasets.synthetic import make_synthetic  # noqa: E402
 from metamodal.errors import ConfigError, RunError  # noqa: E402
-from metamodal.serve.app import PAGE, create_app  # noqa: E402
+from metamodal.serve.app import PAGE  # noqa: E402
 from metamodal.serve.engine import Sample  # noqa: E402
 from metamodal.serve.store import DATABASE  # noqa: E402
 from metamodal.train.trainer import Trainer  # noqa: E402

@@ -103,7 +103,7 @@ def serving(run: Path, state: Path, **options: object) -> Iterator[str]:
     """The base URL of ``create_app(run, ...)`` served by uvicorn on a free loopback port."""
     import uvicorn
 
-    from metamodal.serve.app import create_app
+    from metamodal.api.serve import create_app
 
     app = create_app(run, state=str(state), **options)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -141,7 +141,7 @@ def token_server(trained: tuple[Path, Path], tmp_path: Path) -> Iterator[str]:
 
 
 # ---------------------------------------------------------------------------- helpers
-def wait_for(driver, condition: Callable[[], object], what: str, timeout: float = 30.0):
+def wait_for(driver, condition: Callable[[], object], what: str, timeout: float = 90.0):
     """Poll ``condition`` until it returns something truthy; on timeout fail with ``what``, the
     errors the page shows and the browser's console."""
     deadline = time.monotonic() + timeout

@@ -125,6 +125,29 @@ class TrainConfig:
         """A copy with ``values`` applied; unknown keys or wrong types raise `ConfigError`."""
         return _from_dict({**self.to_dict(), **values}, source=source)
 
+    def merged(self, changes: dict[str, Any], *, source: str = "flags") -> TrainConfig:
+        """A copy with ``changes`` applied where a table (``encoders``, ``augment``,
+        ``learner_options``, ...) is merged key by key, one level deep inside it too, so that
+        ``{"augment": {"image": {"rotate": 10}}}`` keeps the other image options.
+
+        Raises:
+            ConfigError: an unknown key or a value of the wrong type.
+
+        Example:
+            >>> base = TrainConfig(augment={"image": {"rotate": 5, "flip": "horizontal"}})
+            >>> base.merged({"augment": {"image": {"rotate": 10}}}).augment
+            {'image': {'rotate': 10, 'flip': 'horizontal'}}
+        """
+        current = self.to_dict()
+        values: dict[str, Any] = {}
+        for key, value in changes.items():
+            old = current.get(key)
+            if isinstance(value, dict) and isinstance(old, dict):
+                value = {**old, **{k: {**old[k], **v} if isinstance(v, dict) and isinstance(
+                    old.get(k), dict) else v for k, v in value.items()}}
+            values[key] = value
+        return self.updated(values, source=source)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data, for TOML / JSON."""
         return dataclasses.asdict(self)

@@ -1,16 +1,37 @@
-"""The verb that searches over training settings: `search` (``metamodal search``)."""
+"""The verb that searches over training settings: `search` (``metamodal search``).
+
+Each trial trains a run with `metamodal.api.train` (the base config, the fixed flags, then the
+trial's values from the `metamodal.search.space.SearchSpace`) into ``OUT/trials/NNNN`` and
+scores it with `metamodal.api.evaluate` on *fixed* validation episodes
+(``OUT/val-episodes.jsonl``, written once from the dataset's validation split, the same for
+every trial and every worker). The trainer's validations during training go to the pruner. A
+trial that fails (a bad combination of settings) is recorded as failed with its reason, and
+the search goes on. Storage, sampler and pruner: `metamodal.search.study`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metamodal.api.data import episodes as write_episodes
+from metamodal.api.evaluation import evaluate
 from metamodal.api.fields import resolve
 from metamodal.api.settings import SearchSettings
+from metamodal.api.training import train
 from metamodal.config import TrainConfig, load_config
 from metamodal.errors import ConfigError, RunError
+from metamodal.search.space import SearchSpace, nest
+
+log = logging.getLogger(__name__)
+
+EPISODES_FILE = "val-episodes.jsonl"
+TRIALS_DIR = "trials"
 
 
 @dataclass
@@ -74,18 +95,16 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
         >>> search("data", space="space.toml", trials=20, steps=200,
         ...        out="search").best  # doctest: +SKIP
     """
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("searching needs the search extra (optuna is missing)",
+                          column="search",
+                          fix="pip install -c constraints.txt -e '.[search]'") from None
 
-    from metamodal.api.training import merged
     from metamodal.search.report import write_outputs
     from metamodal.search.space import SearchSpace
-    from metamodal.search.study import (
-        fixed_episodes,
-        make_pruner,
-        make_sampler,
-        objective,
-        open_storage,
-    )
+    from metamodal.search.study import make_pruner, make_sampler, open_storage
 
     names = {f.name for f in dataclasses.fields(SearchSettings)}
     own = {k: options.pop(k) for k in list(options) if k in names}
@@ -93,8 +112,8 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
     for key, fix in (("space", "--space SPACE.toml"), ("out", "--out DIR")):
         if not getattr(s, key):
             raise ConfigError(f"no {key} given", column=key, fix=f"pass {fix}")
-    base = merged(load_config(s.config) if s.config else TrainConfig(),
-                  {**options, **({"data": str(data)} if data else {})})
+    base = (load_config(s.config) if s.config else TrainConfig()).merged(
+        {**options, **({"data": str(data)} if data else {})})
     if not base.data:
         raise ConfigError("no dataset given", column="data", fix="pass DATA")
     base = base.updated({"data": str(Path(base.data).resolve())})
@@ -123,3 +142,54 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
     rows = [dataclasses.asdict(r) for r in summary.rows]
     best = dataclasses.asdict(summary.best) if summary.best else None
     return SearchResult(summary.study, rows, best, summary.importances, summary.files)
+
+
+def fixed_episodes(out: Path, data: str, seed: int, *, ways: int, shots: int, queries: int,
+                   count: int) -> Path:
+    """The validation episodes every trial is scored on, written once (the same file for
+    every worker: it depends only on the dataset, its split and these numbers)."""
+    from metamodal.io import atomic_write
+
+    path = out / EPISODES_FILE
+    if not path.exists():
+        tmp_dir = out / f".episodes-{os.getpid()}"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        written = write_episodes(data, out=str(tmp_dir / EPISODES_FILE), split="val",
+                                 split_seed=seed, ways=ways, shots=shots, queries=queries,
+                                 runs=count, seed=seed).path
+        atomic_write(path, lambda tmp: os.replace(written, tmp))
+        tmp_dir.rmdir()
+    return path
+
+
+def objective(space: SearchSpace, base: TrainConfig, out: Path,
+              episodes: Path) -> Callable[[Any], float]:
+    """The function Optuna maximises: train a trial's run, score it on the fixed episodes."""
+    import optuna
+
+    def score(trial: optuna.Trial) -> float:
+        values = space.suggest(trial)
+        run_dir = out / TRIALS_DIR / f"{trial.number:04d}"
+        trial.set_user_attr("run", str(run_dir))
+
+        def report(step: int, metrics: dict[str, float]) -> None:
+            if "val_acc" in metrics:
+                trial.report(metrics["val_acc"], step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at step {step} (validation "
+                                             f"{metrics['val_acc']:.4f})")
+
+        try:
+            config = base.merged(nest(values))
+            trial.set_user_attr("config", config.to_dict())
+            train(run_dir, config=config, progress=False, overwrite=True, callbacks=[report])
+            result = evaluate(run_dir, split="val", episodes=str(episodes), baseline=False,
+                              progress=False).result
+        except optuna.TrialPruned:
+            raise
+        except Exception as error:  # a bad combination fails its trial, not the search
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            log.warning("trial %d failed: %s", trial.number, error)
+            raise
+        trial.set_user_attr("ci95", result.ci95)
+        return result.accuracy

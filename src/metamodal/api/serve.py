@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metamodal.api.evaluation import evaluate
 from metamodal.api.fields import resolve
 from metamodal.api.settings import ServeSettings
 from metamodal.errors import ConfigError
@@ -36,6 +39,50 @@ class ServeResult:
         return f"served {self.url}; {self.tasks} task(s) kept in {self.state}"
 
 
+TOKEN_VARIABLE = "METAMODAL_SERVE_TOKEN"
+"""The environment variable read for the token when none is given (unlike a flag, it does
+not show in the process list)."""
+
+
+def create_app(run: str | Path | None = None, settings: ServeSettings | None = None,
+               **options: Any) -> Any:
+    """The FastAPI app of ``metamodal serve`` for ``run`` (the API, the page and the OpenAPI
+    schema), to run under uvicorn or mount in an app of your own.
+
+    Args:
+        run: the run directory.
+        settings: a `ServeSettings` (state directory, token, limits, batching, ...);
+            ``options`` (its field names) override it. Without a token, the environment
+            variable ``METAMODAL_SERVE_TOKEN`` gives it.
+
+    Raises:
+        ConfigError: the ``serve`` extra is not installed, or a non-loopback host without a
+            token.
+        RunError: the run is missing or damaged, or the state belongs to another model.
+
+    Example:
+        >>> app = create_app("runs/demo", state="serve-state")  # doctest: +SKIP
+    """
+    s = resolve(ServeSettings, settings, {"run": run, **options}, verb="serve")
+    if s.token is None and os.environ.get(TOKEN_VARIABLE):
+        s = dataclasses.replace(s, token=os.environ[TOKEN_VARIABLE])
+    try:
+        from metamodal.serve.app import build_app
+    except ImportError as error:
+        raise ConfigError(f"serving needs the serve extra ({error.name} is missing)",
+                          column="serve",
+                          fix="pip install -c constraints.txt -e '.[serve]'") from None
+
+    def measure() -> dict[str, Any]:
+        report = evaluate(s.run, episodes_count=s.eval_episodes, baseline=False,
+                          progress=False)
+        r = report.result
+        return {"accuracy": r.accuracy, "ci95": r.ci95, "ways": r.ways, "shots": r.shots,
+                "episodes": r.episodes, "split": report.split}
+
+    return build_app(s, measure if s.eval_episodes > 0 else None)
+
+
 def serve(run: str | Path | None = None, settings: ServeSettings | None = None,
           **options: Any) -> ServeResult:
     """Serve a run's classifier: the HTTP API and the page (``metamodal serve``) until
@@ -55,15 +102,9 @@ def serve(run: str | Path | None = None, settings: ServeSettings | None = None,
         >>> serve("runs/demo", port=8000, state="serve-state")  # doctest: +SKIP
     """
     s = resolve(ServeSettings, settings, {"run": run, **options}, verb="serve")
-    try:
-        import uvicorn
-
-        from metamodal.serve.app import create_app
-    except ImportError as error:
-        raise ConfigError(f"serving needs the serve extra ({error.name} is missing)",
-                          column="serve",
-                          fix="pip install -c constraints.txt -e '.[serve]'") from None
     app = create_app(s.run, s)
+    import uvicorn
+
     host = f"[{s.host}]" if ":" in s.host else s.host
     url = f"http://{host}:{s.port}/"
     print(f"serving {s.run} on {url} (Ctrl-C to stop)", flush=True)

@@ -54,30 +54,6 @@ class TrainReport:
                 + ("  [stopped early]" if self.stopped_early else ""))
 
 
-def merged(config: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
-    """``config`` with ``changes`` applied; a table (``encoders``, ``augment``,
-    ``learner_options``, ...) is merged key by key, one level deep inside it too, so that
-    ``{"augment": {"image": {"rotate": 10}}}`` keeps the file's other image options.
-
-    Raises:
-        ConfigError: an unknown key or a value of the wrong type.
-
-    Example:
-        >>> base = TrainConfig(augment={"image": {"rotate": 5, "flip": "horizontal"}})
-        >>> merged(base, {"augment": {"image": {"rotate": 10}}}).augment
-        {'image': {'rotate': 10, 'flip': 'horizontal'}}
-    """
-    current = config.to_dict()
-    values: dict[str, Any] = {}
-    for key, value in changes.items():
-        old = current.get(key)
-        if isinstance(value, dict) and isinstance(old, dict):
-            value = {**old, **{k: {**old[k], **v} if isinstance(v, dict) and isinstance(
-                old.get(k), dict) else v for k, v in value.items()}}
-        values[key] = value
-    return config.updated(values)
-
-
 def _run_settings(settings: RunSettings | None, options: dict[str, Any],
                   verb: str) -> tuple[RunSettings, TrainConfig, dict[str, Any]]:
     """Split ``options`` into the run's settings, the base config and the config changes."""
@@ -118,7 +94,7 @@ def train(out: str | Path | None = None, settings: RunSettings | None = None, *,
             it).
         options: `RunSettings` fields, ``config`` (a `TrainConfig` or a TOML file), and any
             key of `metamodal.config.TrainConfig` (``data``, ``learner``, ``fusion``,
-            ``ways``, ...), which overrides the config; tables are merged (`merged`).
+            ``ways``, ...), which overrides the config; tables are merged (`TrainConfig.merged`).
 
     Returns:
         a `TrainReport`.
@@ -132,7 +108,7 @@ def train(out: str | Path | None = None, settings: RunSettings | None = None, *,
         ...       steps=1000).best_val_accuracy  # doctest: +SKIP
     """
     s, base, changes = _run_settings(settings, {"out": out, **options}, "train")
-    config = merged(base, changes)
+    config = base.merged(changes)
     if not config.data:
         raise ConfigError("no dataset given", column="data",
                           fix="pass --data DIR or set data in the config file")
@@ -164,6 +140,6 @@ def align(out: str | Path | None = None, settings: RunSettings | None = None,
                           fix="e.g. --modalities image,caption")
     changes = {"fusion": "mean", **changes, "align_modalities": names, "align_only": True,
                "learner": "protonet"}
-    config = merged(base, changes)
+    config = base.merged(changes)
     positives = config.align_options.get("positives", "instance")
     return _fit(config, s, f"validation Recall@1 ({positives} level)")

@@ -64,9 +64,11 @@ class Param:
                                             for v in (self.low, self.high))
 
     def suggest(self, trial: Any) -> Any:
-        """The value an Optuna trial draws for this setting."""
+        """The value an Optuna trial draws for this setting (a list choice, such as a set of
+        modalities, is drawn by its label ``image+strokes``)."""
         if self.choices is not None:
-            return trial.suggest_categorical(self.name, list(self.choices))
+            labels = {_label(c): c for c in self.choices}
+            return labels[trial.suggest_categorical(self.name, list(labels))]
         if self.integer:
             return trial.suggest_int(self.name, int(self.low), int(self.high),
                                      step=int(self.step or 1), log=self.log)
@@ -74,13 +76,13 @@ class Param:
                                    step=self.step, log=self.log)
 
     def grid(self, file: Path) -> list[Any]:
-        """Every value of a grid search.
+        """Every value of a grid search (list choices by their labels).
 
         Raises:
             ConfigError: a float range without ``step``, or too many points.
         """
         if self.choices is not None:
-            return list(self.choices)
+            return [_label(c) for c in self.choices]
         if self.step is None and not self.integer:
             raise ConfigError("a grid search needs the values of a float range", file=file,
                               column=self.name, fix="give choices = [...] or a step")
@@ -140,12 +142,10 @@ class SearchSpace:
         Raises:
             ConfigError: naming the space file and the key.
         """
-        from metamodal.api.training import merged
-
         for param in self.params:
             for value in param.examples():
                 try:
-                    merged(base, nest({param.name: value})).validate()
+                    base.merged(nest({param.name: value})).validate()
                 except ConfigError as error:
                     raise ConfigError(f"{param.name} = {value!r} is not a valid training "
                                       f"setting: {error.message}", file=self.file,
@@ -163,7 +163,7 @@ class SearchSpace:
 
 
 def nest(values: dict[str, Any]) -> dict[str, Any]:
-    """Dotted names as nested tables, the form `metamodal.api.training.merged` takes.
+    """Dotted names as nested tables, the form `TrainConfig.merged` takes.
 
     Example:
         >>> nest({"lr": 0.01, "encoders.image": "conv4", "augment.image.rotate": 5})
@@ -180,6 +180,16 @@ def nest(values: dict[str, Any]) -> dict[str, Any]:
 
 
 _SPEC_KEYS = {"choices", "low", "high", "log", "step"}
+
+
+def _label(choice: Any) -> Any:
+    """A choice as Optuna stores it: a list as ``a+b``, anything else as it is.
+
+    Example:
+        >>> _label(["image", "strokes"]), _label(0.5)
+        ('image+strokes', 0.5)
+    """
+    return "+".join(map(str, choice)) if isinstance(choice, list) else choice
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -227,6 +237,11 @@ def _param(name: str, spec: Any, file: Path) -> Param:
                       "give choices = [a, b, ...]")
         if len(choices) > MAX_CHOICES:
             raise bad(f"{len(choices)} choices", f"give at most {MAX_CHOICES}")
+        labels = [_label(c) for c in choices]
+        if any(isinstance(c, dict) for c in choices) or len(set(map(repr, labels))) < len(
+                labels):
+            raise bad("choices must be distinct values or lists of values",
+                      "remove the repeated choice or the table")
         return Param(name, choices=tuple(choices))
     low, high = spec.get("low"), spec.get("high")
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool)

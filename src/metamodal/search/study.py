@@ -1,11 +1,5 @@
-"""Running a search: the Optuna study, its storage, sampler and pruner, and the objective.
-
-Each trial trains a run with `metamodal.api.train` (the base config, the fixed flags, then the
-trial's values from the `SearchSpace`) into ``OUT/trials/NNNN`` and scores it with
-`metamodal.api.evaluate` on *fixed* validation episodes (``OUT/val-episodes.jsonl``, written
-once from the dataset's validation split, the same for every trial and every worker). The
-trainer's validations during training are reported to the pruner. A trial that fails (a bad
-combination of settings) is recorded as failed with its reason, and the search goes on.
+"""The parts of an Optuna study a search is made of: its storage, sampler and pruner (the
+objective, which trains and evaluates, is `metamodal.api.search`'s).
 
 Several workers (processes or machines) share one study through its storage: a SQLite file
 (the default, ``OUT/study.db``), any URL Optuna accepts (``postgresql://...``), or Optuna's
@@ -16,21 +10,12 @@ trials (running ones included), so N workers overshoot it by at most N - 1.
 
 from __future__ import annotations
 
-import logging
-import os
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metamodal.config import TrainConfig
 from metamodal.errors import ConfigError, MetamodalError, RunError
-from metamodal.search.space import SearchSpace, nest
-
-log = logging.getLogger(__name__)
-
-EPISODES_FILE = "val-episodes.jsonl"
-TRIALS_DIR = "trials"
+from metamodal.search.space import SearchSpace
 
 
 def open_storage(url: str | None, out: Path) -> Any:
@@ -102,64 +87,3 @@ def make_pruner(name: str, steps: int, every: int) -> Any:
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=max(1, every), max_resource=steps)
     return optuna.pruners.NopPruner()
-
-
-def fixed_episodes(out: Path, data: str, seed: int, *, ways: int, shots: int, queries: int,
-                   count: int) -> Path:
-    """The validation episodes every trial is scored on, written once (the same file for
-    every worker: it depends only on the dataset, its split and these numbers)."""
-    from metamodal import api
-    from metamodal.io import atomic_write
-
-    path = out / EPISODES_FILE
-    if not path.exists():
-        tmp_dir = out / f".episodes-{os.getpid()}"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        written = api.episodes(data, out=str(tmp_dir / EPISODES_FILE), split="val",
-                               split_seed=seed, ways=ways, shots=shots, queries=queries,
-                               runs=count, seed=seed).path
-        atomic_write(path, lambda tmp: os.replace(written, tmp))
-        tmp_dir.rmdir()
-    return path
-
-
-def objective(space: SearchSpace, base: TrainConfig, out: Path, episodes: Path,
-              on_trial: Callable[[str], None] | None = None) -> Callable[[Any], float]:
-    """The function Optuna maximises: train a trial's run, score it on the fixed episodes."""
-    import optuna
-
-    from metamodal import api
-    from metamodal.api.training import merged
-
-    def score(trial: optuna.Trial) -> float:
-        values = space.suggest(trial)
-        run_dir = out / TRIALS_DIR / f"{trial.number:04d}"
-        trial.set_user_attr("run", str(run_dir))
-
-        def report(step: int, metrics: dict[str, float]) -> None:
-            if "val_acc" in metrics:
-                trial.report(metrics["val_acc"], step)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at step {step} (validation "
-                                             f"{metrics['val_acc']:.4f})")
-
-        try:
-            config = merged(base, nest(values))
-            trial.set_user_attr("config", config.to_dict())
-            api.train(run_dir, config=config, progress=False, overwrite=True,
-                      callbacks=[report])
-            result = api.evaluate(run_dir, split="val", episodes=str(episodes),
-                                  baseline=False, progress=False).result
-        except optuna.TrialPruned:
-            raise
-        except Exception as error:  # a bad combination fails its trial, not the search
-            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
-            log.warning("trial %d failed: %s", trial.number, error)
-            raise
-        trial.set_user_attr("ci95", result.ci95)
-        if on_trial is not None:
-            on_trial(f"trial {trial.number}: {result.accuracy:.4f} ± {result.ci95:.4f} "
-                     f"{values}")
-        return result.accuracy
-
-    return score

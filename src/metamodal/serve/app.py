@@ -1,4 +1,4 @@
-"""The HTTP API and the page of ``metamodal serve``: `create_app` builds the FastAPI app.
+"""The HTTP API and the page of ``metamodal serve``: `build_app` builds the FastAPI app.
 
 Endpoints (JSON; every error is ``{"error", "file", "row", "column", "fix"}`` with a 4xx):
 
@@ -23,13 +23,12 @@ has a token; prediction is a read.
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
-import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -37,7 +36,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from metamodal.api.settings import ServeSettings
 from metamodal.errors import (
     ConfigError,
     DatasetError,
@@ -50,13 +48,13 @@ from metamodal.serve.engine import Engine
 from metamodal.serve.forms import BodyLimit, BodyTooLargeError, read_form, samples_of
 from metamodal.serve.store import LimitError, Limits, NotFoundError, TaskRecord, TaskStore
 
+if TYPE_CHECKING:
+    from metamodal.api.settings import ServeSettings
+
 PAGE = Path(__file__).parent / "page"
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-TOKEN_VARIABLE = "METAMODAL_SERVE_TOKEN"
-"""The environment variable read for the token when none is given (unlike a flag, it does
-not show in the process list)."""
 
 _STATUS = [(BodyTooLargeError, 413), (NotFoundError, 404), (LimitError, 409),
            (InsufficientSamplesError, 409), (ModalityError, 422), (DatasetError, 422),
@@ -96,53 +94,45 @@ def _status(error: MetamodalError) -> int:
 class _Accuracy:
     """The run's test accuracy, measured once in the background and kept in the state."""
 
-    def __init__(self, run: Path, store: TaskStore, episodes: int) -> None:
+    def __init__(self, store: TaskStore, measure: Callable[[], dict[str, Any]] | None) -> None:
         self.value: dict[str, Any] | None = store.read_meta("test_accuracy")
-        self.status = "measured" if self.value else ("off" if episodes <= 0 else "measuring")
+        self.status = "measured" if self.value else ("off" if measure is None else "measuring")
         if self.status == "measuring":
-            threading.Thread(target=self._measure, args=(run, store, episodes), daemon=True,
+            threading.Thread(target=self._measure, args=(store, measure), daemon=True,
                              name="test-accuracy").start()
 
-    def _measure(self, run: Path, store: TaskStore, episodes: int) -> None:
-        from metamodal import api
-
+    def _measure(self, store: TaskStore, measure: Callable[[], dict[str, Any]]) -> None:
         try:
-            report = api.evaluate(run, episodes_count=episodes, baseline=False, progress=False)
+            self.value = measure()
         except MetamodalError as error:
             self.status = f"unavailable: {error}"
             return
-        r = report.result
-        self.value = {"accuracy": r.accuracy, "ci95": r.ci95, "ways": r.ways, "shots": r.shots,
-                      "episodes": r.episodes, "split": report.split}
         store.write_meta("test_accuracy", self.value)
         self.status = "measured"
 
 
-def create_app(run: str | Path, settings: ServeSettings | None = None,
-               **options: Any) -> FastAPI:
-    """The FastAPI app serving ``run``: the API, the page and the OpenAPI schema.
+def build_app(s: ServeSettings,
+              measure_accuracy: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
+    """The FastAPI app serving the run of ``s``: the API, the page and the OpenAPI schema
+    (`metamodal.api.serve.create_app` builds it from a run and keywords).
 
     Args:
-        run: the run directory.
-        settings: a `ServeSettings` (state directory, token, limits, batching, ...);
-            ``options`` (its field names) override it.
+        s: the resolved `ServeSettings`.
+        measure_accuracy: measures the run's test accuracy (``accuracy``, ``ci95``,
+            ``ways``, ``shots``, ``episodes``, ``split``), called once in the background
+            when the state holds no measurement; None: not measured.
 
     Raises:
         RunError: the run is missing or damaged, or the state belongs to another model.
         ConfigError: a non-loopback host without a token.
     """
-    from metamodal.api.fields import resolve
-
-    s = resolve(ServeSettings, settings, {"run": str(run), **options}, verb="serve")
-    if s.token is None and os.environ.get(TOKEN_VARIABLE):
-        s = dataclasses.replace(s, token=os.environ[TOKEN_VARIABLE])
     if not is_loopback(s.host) and not s.token:
         raise ConfigError(f"serving on {s.host} (reachable from other machines) needs a token",
                           column="token", fix="give --token SECRET, or serve on 127.0.0.1")
     engine = Engine(s.run, device=s.device, batching=s.batching)
     store = TaskStore(s.state, model=engine.fingerprint,
                       limits=Limits(s.max_tasks, s.max_examples, s.max_classes))
-    accuracy = _Accuracy(Path(s.run), store, s.eval_episodes)
+    accuracy = _Accuracy(store, measure_accuracy)
     reads_need_token = bool(s.token) and not is_loopback(s.host)
 
     app = FastAPI(title="metamodal", summary="Few-shot classification of multimodal samples: "

@@ -193,3 +193,5 @@ def objective(space: SearchSpace, base: TrainConfig, out: Path,
             raise
         trial.set_user_attr("ci95", result.ci95)
         return result.accuracy
+
+    return score

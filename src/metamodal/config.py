@@ -6,6 +6,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,13 @@ class TrainConfig:
         align_options: further options of `metamodal.mapping.Aligner` (``temperature``,
             ``learn_temperature``, ``margin``, ``regression_loss``, ``direction``,
             ``positives``).
+        tasks: the label columns to train on (multi-task learning; the dataset's ``labels``,
+            the main ``label`` first); ``None``: only the main label
+            (`metamodal.train.multitask`).
+        task_weights: fixed loss weight per task in ``tasks`` order (default 1 each; 0
+            leaves a task out).
+        task_weighting: ``fixed`` (``task_weights``) or ``uncertainty`` (learned log-variances,
+            Kendall, Gal & Cipolla 2018).
 
     Example:
         >>> TrainConfig(data="ds", steps=10).updated({"ways": 3}).ways
@@ -115,6 +123,9 @@ class TrainConfig:
     align_modalities: list[str] | None = None
     align_objective: str = "infonce"
     align_options: dict[str, Any] = field(default_factory=dict)
+    tasks: list[str] | None = None
+    task_weights: list[float] | None = None
+    task_weighting: str = "fixed"
 
     @property
     def aligns(self) -> bool:
@@ -212,6 +223,25 @@ class TrainConfig:
             raise bad(f"unknown align_options {sorted(stray)}", "align_options",
                       "use temperature, learn_temperature, margin, regression_loss, direction "
                       "or positives")
+        self._validate_tasks(bad)
+
+    def _validate_tasks(self, bad: Callable[[str, str, str], ConfigError]) -> None:
+        """The multi-task settings: weights match the tasks, a known weighting."""
+        if self.task_weighting not in ("fixed", "uncertainty"):
+            raise bad(f"unknown task_weighting {self.task_weighting!r}", "task_weighting",
+                      "use 'fixed' or 'uncertainty'")
+        if self.task_weights is None:
+            return
+        count = len(self.tasks) if self.tasks is not None else 1
+        if len(self.task_weights) != count:
+            raise bad(f"task_weights has {len(self.task_weights)} weights for {count} "
+                      "task(s)", "task_weights", "give one weight per entry of tasks")
+        if not all(0 <= w < math.inf for w in self.task_weights) or self.task_weights[0] <= 0:
+            raise bad("task weights must be finite numbers >= 0, the first > 0",
+                      "task_weights", "e.g. task_weights = [1.0, 0.5]")
+        if self.task_weighting == "uncertainty":
+            raise bad("task_weights are fixed weights; uncertainty weighting learns them",
+                      "task_weights", "drop task_weights, or use task_weighting = 'fixed'")
 
 
 LIMITS = {"dim": 8192, "ways": 10_000, "shots": 10_000, "queries": 10_000, "steps": 10**9,

@@ -69,6 +69,9 @@ class EvalReport:
         ablation: each modality alone and each one left out.
         robustness: the missing-modality curves.
         imputation: per modality, the curves of masking it and of imputing it.
+        task: the label column evaluated (None: the main label of a single-task run).
+        tasks: for a multi-task run evaluated on every task, each further task's label
+            column -> its result on episodes of its own classes (`metamodal.train.multitask`).
     """
 
     name: str
@@ -81,11 +84,17 @@ class EvalReport:
     ablation: list[EvalResult] | None = None
     robustness: Curves | None = None
     imputation: dict[str, Curves] | None = None
+    task: str | None = None
+    tasks: dict[str, EvalResult] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``metamodal eval --json``: at least accuracy (0..1), ci95, episodes,
         ways and shots, then the run, split, baseline, chance and the optional parts."""
         output: dict[str, Any] = {**self.result.to_dict(), "run": self.run, "split": self.split}
+        if self.task is not None:
+            output["task"] = self.task
+        if self.tasks:
+            output["tasks"] = {name: r.to_dict() for name, r in self.tasks.items()}
         if self.baseline is not None:
             output["baseline"] = {UNTRAINED: self.baseline.to_dict()}
         output["chance"] = self.chance
@@ -110,6 +119,9 @@ class EvalReport:
         named = {self.name: self.result}
         if self.baseline is not None:
             named[UNTRAINED] = self.baseline
+        if self.task is not None:
+            named = {f"{key} [{self.task}]": value for key, value in named.items()}
+        named.update({f"{self.name} [{column}]": r for column, r in (self.tasks or {}).items()})
         lines = [format_results_table(named)]
         if self.chance:
             lines.append(f"chance: {100 * self.chance:.1f}%")
@@ -171,6 +183,19 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
     prepared = load_run_data(loaded, s.data)
     classes = prepared.classes(s.split)
     model = _model(loaded, s.learner)
+    columns = _task_columns(s, loaded)
+    others: dict[str, EvalResult] | None = None
+    if s.task is not None and s.task != columns[0]:
+        model, prepared, classes = _task(s, loaded, model, prepared, classes,
+                                         columns.index(s.task))
+    elif s.task is None and len(columns) > 1 and not s.episodes:
+        others = {}
+        for t in range(1, len(columns)):
+            task_model, task_data, task_classes = _task(s, loaded, model, prepared, classes, t)
+            others[columns[t]] = evaluate_model(
+                task_model, task_data.store, task_classes, progress=s.progress,
+                modalities=list(s.modalities) if s.modalities else None,
+                **_shape(s, task_data, task_classes, s.split))
     modalities = list(s.modalities) if s.modalities else None
     shape = {} if s.episodes else _shape(s, prepared, classes, s.split)
     common = {**shape, "modalities": modalities}
@@ -193,7 +218,9 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
     report = EvalReport(name=name, result=results[0],
                         baseline=results[1] if s.baseline else None, run=str(s.run),
                         split=s.split, pooled=pooled,
-                        chance=1 / results[0].ways if results[0].ways else None)
+                        chance=1 / results[0].ways if results[0].ways else None,
+                        task=s.task or (columns[0] if len(columns) > 1 else None),
+                        tasks=others)
     if s.ablation and not s.episodes:
         report.ablation = modality_ablation(model, prepared.store, classes, **common)
     if s.robustness and not s.episodes:
@@ -210,6 +237,43 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
                               fix="train with --align-weight (or drop imputation)")
     write_json(s.json, report)
     return report
+
+
+def _task_columns(s: EvalSettings, run: Run) -> list[str]:
+    """The label columns a run was trained on (the main label first); checks ``s.task``."""
+    from metamodal.train.multitask import task_columns
+
+    columns = task_columns(run.config.tasks, run.schema, str(Path(s.run) / "config.toml"))
+    if s.task is not None and s.task not in columns:
+        raise ConfigError(f"the run was not trained on the task {s.task!r}", file=s.run,
+                          column="task", fix=f"use one of: {', '.join(columns)}")
+    if s.task is not None and s.task != columns[0] and (s.episodes or s.learner):
+        raise ConfigError("a further task is evaluated on episodes drawn from its own "
+                          "classes, under its own learner", column="task",
+                          fix="drop --episodes / --learner, or evaluate the main task")
+    return columns
+
+
+def _task(s: EvalSettings, run: Run, model: Any, prepared: PreparedData, classes: list[str],
+          t: int) -> tuple[Any, PreparedData, list[str]]:
+    """Task ``t`` of a multi-task run: its model (the run's backbone under the task's
+    learner), the data relabelled by its column and its classes within ``classes``."""
+    import dataclasses
+
+    from metamodal.errors import UnknownNameError
+    from metamodal.train.multitask import load_task_heads, task_view
+
+    columns = run.config.tasks or [run.schema.label]
+    heads = load_task_heads(s.run, model, columns, run.config.task_weighting)
+    try:
+        store, task_classes = task_view(prepared.store, prepared.dataset, columns[t], classes)
+    except UnknownNameError:
+        raise ConfigError(f"the dataset does not declare the label column {columns[t]!r}",
+                          file=prepared.dataset.root / "dataset.toml", column="labels",
+                          fix=f'list it in labels = [...], or evaluate with --task '
+                          f'{columns[0]}') from None
+    task_model = heads.model(model, t).to(next(model.parameters()).device).eval()
+    return task_model, dataclasses.replace(prepared, store=store), task_classes
 
 
 @dataclass

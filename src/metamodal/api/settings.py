@@ -58,6 +58,8 @@ class EvalSettings(EpisodeShape):
         baseline: also the untrained-encoders baseline on the same episodes.
         progress: show a progress bar.
         json: also write the results as JSON to this file.
+        task: for a multi-task run, evaluate only this label column's task (default: every
+            task, the main label's at the top of the results).
     """
 
     run: str = flag("", name="")
@@ -72,6 +74,7 @@ class EvalSettings(EpisodeShape):
     baseline: bool = flag(True, name="--no-baseline")
     progress: bool = flag(True, name="--no-progress")
     json: str | None = flag(None, metavar="FILE")
+    task: str | None = flag(None, metavar="NAME")
 
 
 @dataclass

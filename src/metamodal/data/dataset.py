@@ -87,6 +87,16 @@ class MultimodalDataset:
         """Modality names, in schema order."""
         return list(self.schema.modalities)
 
+    def label_values(self, column: str) -> list[str | None]:
+        """Each sample's value of the label column ``column`` (one of
+        ``schema.label_columns``; the first gives `labels`)."""
+        if column not in self.schema.label_columns:
+            raise UnknownNameError(
+                f"unknown label column {column!r}",
+                fix=f"use one of: {', '.join(self.schema.label_columns)}",
+            )
+        return self._column(column)
+
     def rows(self) -> list[int]:
         """1-based row of each sample in the sample table (for error messages)."""
         return [index + 1 for index in self._indices]
@@ -177,7 +187,7 @@ def load_dataset(path: str | Path) -> MultimodalDataset:
     root = dataset_root(path)
     schema = load_schema(root)
     table = read_samples(samples_path(root, schema))
-    problems = check_table(table, schema)
+    problems = check_table(table, schema, schema_file=root / SCHEMA_FILE)
     if problems:
         raise problems[0]
     for spec in schema.modalities.values():
@@ -292,6 +302,7 @@ def check_table(
     require_label: bool = True,
     require_group: bool = True,
     require_modalities: bool = True,
+    schema_file: str | Path = SCHEMA_FILE,
 ) -> list[DatasetError]:
     """Every problem of a sample table against its schema (empty list when fine).
 
@@ -302,6 +313,8 @@ def check_table(
         require_group: a declared group column must exist, fill every row, and give each
             class one group (splits are made by group, so a class in two groups would leak).
         require_modalities: every modality column must exist.
+        schema_file: the ``dataset.toml`` to name when a column its ``labels`` lists is
+            not in the table.
 
     Example:
         >>> schema = DatasetSchema("toy", "y")
@@ -370,6 +383,19 @@ def check_table(
                         fix=f"give every sample its class in column {schema.label}",
                     )
                 )
+    if require_label:
+        for column in schema.label_columns[1:]:
+            if column not in table.columns:
+                problems.append(DatasetError(
+                    f"`labels` names the column {column!r}, which the sample table lacks",
+                    file=str(schema_file), column="labels",
+                    fix=f"add the column to {file}, or remove it from `labels` (the table "
+                    f"has: {', '.join(table.columns)})"))
+                continue
+            problems += [
+                DatasetError("empty label", file=file, row=row, column=column,
+                             fix=f"give every sample its class in column {column}")
+                for row, value in enumerate(table.columns[column], start=1) if value is None]
     if require_group and schema.group is not None and not absent(schema.group, "the group"):
         problems += _check_groups(table, schema.label, schema.group)
     if require_modalities:

@@ -81,6 +81,8 @@ class InspectionReport:
         split: the class split the report checks in detail: ``{"seed": 0, "train": N,
             "val": N, "test": N}`` (classes per split; ``seed`` is ``None`` when
             ``splits.toml`` decides); empty when no split could be made.
+        labels: every label column (``labels`` in ``dataset.toml``, the main one first) ->
+            ``{"classes": N, "class_size": {...}}``.
 
     Example:
         >>> report = InspectionReport(path="data", problems=[DatasetError("empty id", row=3)])
@@ -98,6 +100,7 @@ class InspectionReport:
     problems: list[DatasetError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     split: dict[str, int | None] = field(default_factory=dict)
+    labels: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -131,6 +134,7 @@ class InspectionReport:
             "problems": [_problem_dict(p) for p in self.problems],
             "warnings": list(self.warnings),
             "split": dict(self.split),
+            "labels": {name: dict(stats) for name, stats in self.labels.items()},
         }
 
 
@@ -181,8 +185,14 @@ def _inspect(root: Path, report: InspectionReport) -> None:
     except DatasetError as exc:
         report.problems.append(exc)
         return
-    report.problems += check_table(table, schema)
+    report.problems += check_table(table, schema, schema_file=root / SCHEMA_FILE)
     dataset = MultimodalDataset(root, schema, table)
+    for column in schema.label_columns:
+        if column in table.columns:
+            counts = Counter(v for v in dataset.label_values(column) if v is not None)
+            report.labels[column] = {"classes": len(counts),
+                                     "class_size": _summary(list(counts.values()))
+                                     if counts else {}}
     report.samples = len(dataset)
     sizes = Counter(label for label in dataset.labels if label is not None)
     report.classes = len(sizes)
@@ -221,6 +231,12 @@ def format_inspection(report: InspectionReport) -> str:
     if report.groups is not None:
         summary += f", groups {report.groups}"
     lines.append(summary)
+    if len(report.labels) > 1:
+        for column, stats in report.labels.items():
+            size = stats["class_size"]
+            per = (f" (per class: min {size['min']:g}, median {size['median']:g}, "
+                   f"max {size['max']:g})" if size else "")
+            lines.append(f"label {column}: {stats['classes']} classes{per}")
     if report.split:
         shown = ("splits.toml" if report.split["seed"] is None
                  else f"seeded, seed {report.split['seed']}")

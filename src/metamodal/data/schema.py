@@ -5,6 +5,8 @@ column, an optional sample table and one ``[modalities.NAME]`` table per modalit
 
     name = "field-guide"
     label = "species"
+    labels = ["species", "genus"] # optional: several label columns (multi-task learning);
+                                  # the first is `label` (either key may be left out)
     group = "family"              # optional
     samples = "samples.csv"       # optional
 
@@ -43,7 +45,7 @@ from metamodal.io import ParseError, loads_toml
 SCHEMA_FILE = "dataset.toml"
 """Name of the schema file in a dataset directory."""
 
-_TOP_KEYS = ("name", "label", "group", "samples", OUTSIDE_KEY, "modalities")
+_TOP_KEYS = ("name", "label", "labels", "group", "samples", OUTSIDE_KEY, "modalities")
 _SPEC_KEYS = ("kind", "column", "columns", "encoder", "encoder_options")
 
 
@@ -134,6 +136,9 @@ class DatasetSchema:
         allow_outside_paths: media paths and ``samples`` may lead outside the dataset
             directory (``../``, absolute paths, symbolic links pointing out); by default
             such a path is a `DatasetError`.
+        labels: every label column, ``label`` first (``labels = [...]`` in the file: one
+            task per column for multi-task learning); empty means ``[label]``.
+            Splits, ``group`` and everything single-task use ``label``.
 
     Example:
         >>> schema = DatasetSchema.from_dict(
@@ -150,11 +155,24 @@ class DatasetSchema:
     samples: str | None = None
     modalities: dict[str, ModalitySpec] = field(default_factory=dict)
     allow_outside_paths: bool = False
+    labels: list[str] = field(default_factory=list)
+
+    @property
+    def label_columns(self) -> list[str]:
+        """Every label column, ``label`` first: ``labels``, or ``[label]`` when unset.
+
+        Example:
+            >>> DatasetSchema("toy", "y").label_columns
+            ['y']
+        """
+        return list(self.labels) if self.labels else [self.label]
 
     def to_dict(self) -> dict[str, Any]:
         """The schema as the TOML-shaped dict it was parsed from (keys that are unset omitted),
         suitable for storing in a run config."""
         out: dict[str, Any] = {"name": self.name, "label": self.label}
+        if len(self.label_columns) > 1:
+            out["labels"] = self.label_columns
         if self.group is not None:
             out["group"] = self.group
         if self.samples is not None:
@@ -297,7 +315,10 @@ def parse_schema(
                 f'write it as {key} = "..."',
             )
             strings[key] = None
-    if "label" not in data:
+    labels = _parse_labels(data.get("labels"), strings, problem)
+    if labels and strings["label"] is None and "label" not in data:
+        strings["label"] = labels[0]
+    elif "label" not in data:
         problem(
             "`label` is missing",
             "label",
@@ -308,7 +329,8 @@ def parse_schema(
         problem(f"`{OUTSIDE_KEY}` must be true or false, got {outside!r}", OUTSIDE_KEY,
                 f"write {OUTSIDE_KEY} = true to allow paths outside the dataset directory")
         outside = False
-    modalities = _parse_modalities(data.get("modalities"), strings.get("label"), problem)
+    label_set = set(labels) | ({strings["label"]} if strings["label"] else set())
+    modalities = _parse_modalities(data.get("modalities"), label_set, problem)
     label = strings["label"]
     if label is None:
         return None
@@ -319,7 +341,36 @@ def parse_schema(
         samples=strings["samples"],
         modalities=modalities,
         allow_outside_paths=outside,
+        labels=labels if len(labels) > 1 else [],
     )
+
+
+def _parse_labels(value: Any, strings: dict[str, str | None], problem: Reporter) -> list[str]:
+    """The ``labels`` list (``label`` first), or ``[]`` when absent or after a problem."""
+    if value is None:
+        return []
+    fix = 'write labels = ["species", "genus"] (the first is the main label)'
+    if not isinstance(value, list) or not value:
+        problem(f"`labels` must be a non-empty list of column names, got {value!r}",
+                "labels", fix)
+        return []
+    if not all(isinstance(c, str) and c.strip() for c in value):
+        problem(f"`labels` must list non-empty column names, got {value!r}", "labels", fix)
+        return []
+    duplicated = sorted({c for c in value if value.count(c) > 1})
+    if duplicated:
+        problem(f"label columns listed twice: {duplicated}", "labels", "list each column once")
+        return []
+    label = strings.get("label")
+    if label is not None and value[0] != label:
+        problem(f"`labels` must start with the `label` column {label!r}, got {value[0]!r}",
+                "labels", f'write labels = ["{label}", ...] or remove `label`')
+        return []
+    if strings.get("group") in value:
+        problem(f"the group column {strings['group']!r} cannot also be a label column",
+                "labels", "remove it from `labels`, or declare another group column")
+        return []
+    return list(value)
 
 
 Reporter = Callable[[str, str, str], None]
@@ -335,7 +386,8 @@ def _reporter(file: str, problems: list[DatasetError]) -> Reporter:
     return problem
 
 
-def _parse_modalities(tables: Any, label: str | None, problem: Reporter) -> dict[str, ModalitySpec]:
+def _parse_modalities(tables: Any, label: set[str] | str | None,
+                      problem: Reporter) -> dict[str, ModalitySpec]:
     """The valid `ModalitySpec`s of the ``modalities`` table; problems go to ``problem``."""
     example = '[modalities.photo] with kind = "image" and column = "photo"'
     if tables is None or tables == {}:
@@ -349,6 +401,7 @@ def _parse_modalities(tables: Any, label: str | None, problem: Reporter) -> dict
         problem("`modalities` must be a table of tables", "modalities", f"write {example}")
         return {}
     kinds = valid_kinds()
+    labels = {label} if isinstance(label, str) else set(label or ())
     specs: dict[str, ModalitySpec] = {}
     for name, table in tables.items():
         key = f"modalities.{name}"
@@ -366,7 +419,7 @@ def _parse_modalities(tables: Any, label: str | None, problem: Reporter) -> dict
                 f"use one of: {', '.join(kinds)}",
             )
             continue
-        spec = _parse_columns(name, kind, table, label, problem)
+        spec = _parse_columns(name, kind, table, labels, problem)
         if spec is not None and _parse_encoder(spec, table, problem):
             specs[name] = spec
     return specs
@@ -394,7 +447,7 @@ def _parse_encoder(spec: ModalitySpec, table: dict[str, Any], problem: Reporter)
 
 
 def _parse_columns(
-    name: str, kind: str, table: dict[str, Any], label: str | None, problem: Reporter
+    name: str, kind: str, table: dict[str, Any], labels: set[str], problem: Reporter
 ) -> ModalitySpec | None:
     """The spec of one modality table with a known kind, or ``None`` after a problem."""
     key = f"modalities.{name}"
@@ -430,9 +483,10 @@ def _parse_columns(
                 "list each column once",
             )
             return None
-        if label in columns:
+        used = sorted(labels.intersection(columns))
+        if used:
             problem(
-                f"the label column {label!r} cannot be a modality input",
+                f"the label column {used[0]!r} cannot be a modality input",
                 f"{key}.columns",
                 "remove the label column from the list",
             )
@@ -456,9 +510,9 @@ def _parse_columns(
             'write column = "NAME"',
         )
         return None
-    if column == label:
+    if column in labels:
         problem(
-            f"the label column {label!r} cannot be a modality input",
+            f"the label column {column!r} cannot be a modality input",
             f"{key}.column",
             "point the modality at another column",
         )

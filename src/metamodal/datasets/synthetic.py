@@ -7,7 +7,12 @@ share everything a modality sees), but all five together can, because the tuples
 and every attribute is seen by at least one modality. Fusion therefore beats any single
 modality, and dropping a modality removes information that the others cannot fully replace.
 Classes are gathered into families (``family``, 5 species each by default) and ``splits.toml``
-splits families, so meta-train, meta-val and meta-test classes are disjoint.
+splits families, so meta-train, meta-val and meta-test classes are disjoint. A second, coarser
+label column, ``genus``, groups the species of a family that share a body shape (``genus-03-
+oval``: family 3's oval species), so a genus lies inside one family and the genera of the three
+splits are disjoint too; ``dataset.toml`` declares ``labels = ["species", "genus"]`` for
+multi-task training (`metamodal.train.multitask`). The genus is derived from the species'
+attributes and draws nothing at random: the other columns are the same as without it.
 
 {table}
 
@@ -256,6 +261,10 @@ def _write_dataset(root: Path, table: np.ndarray, families: int, per_class: int,
     labels = species_labels(classes)
     groups = [f"family-{f:0{max(2, len(str(families - 1)))}d}" for f in range(families)]
     family_of = [groups[c * families // classes] for c in range(classes)]  # sizes differ by <= 1
+    names = attribute_names(settings.attribute_values)
+    shape = ATTRIBUTE_ORDER.index("shape")
+    genus_of = [f"genus-{family_of[c].removeprefix('family-')}-{names['shape'][table[c, shape]]}"
+                for c in range(classes)]
 
     for folder, _ in _FOLDERS.values():
         (root / folder).mkdir()
@@ -273,22 +282,22 @@ def _write_dataset(root: Path, table: np.ndarray, families: int, per_class: int,
     else:
         results = [_render_chunk(settings, part) for part in chunks]
 
-    header = ["id", "species", "family", *MODALITY_ORDER[:4], *MEASUREMENTS]
+    header = ["id", "species", "family", "genus", *MODALITY_ORDER[:4], *MEASUREMENTS]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for part, rows in zip(chunks, results, strict=True):
         for (c, _, sample_id, _), cells in zip(part, rows, strict=True):
-            writer.writerow([sample_id, labels[c], family_of[c], *cells])
+            writer.writerow([sample_id, labels[c], family_of[c], genus_of[c], *cells])
     (root / "samples.csv").write_text(buffer.getvalue(), encoding="utf-8")
 
-    names = attribute_names(settings.attribute_values)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["species", "family", *ATTRIBUTE_ORDER, "description"])
+    writer.writerow(["species", "family", "genus", *ATTRIBUTE_ORDER, "description"])
     for c in range(classes):
         values = {a: names[a][table[c, i]] for i, a in enumerate(ATTRIBUTE_ORDER)}
-        writer.writerow([labels[c], family_of[c], *values.values(), _description(values)])
+        writer.writerow([labels[c], family_of[c], genus_of[c], *values.values(),
+                         _description(values)])
     (root / "classes.csv").write_text(buffer.getvalue(), encoding="utf-8")
     descriptions = {labels[c]: _description({a: names[a][table[c, i]] for i, a in
                                              enumerate(ATTRIBUTE_ORDER)})
@@ -299,6 +308,7 @@ def _write_dataset(root: Path, table: np.ndarray, families: int, per_class: int,
     schema = {
         "name": "synthetic-field-guide",
         "label": "species",
+        "labels": ["species", "genus"],
         "group": "family",
         "samples": "samples.csv",
         "modalities": {

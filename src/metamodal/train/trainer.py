@@ -49,6 +49,13 @@ from metamodal.train.checkpoint import (
     training_state,
 )
 from metamodal.train.logger import MetricsLogger, run_is_finished
+from metamodal.train.multitask import (
+    TASKS_FILE,
+    TaskHeads,
+    build_task_heads,
+    task_sampler_seed,
+    task_view,
+)
 from metamodal.train.staging import clean_leftovers, make_staging, release_staging
 from metamodal.train.supervised import (
     class_index,
@@ -192,13 +199,17 @@ class Trainer:
         data = prepare_data(cfg.data, seed=cfg.seed, modalities=cfg.modalities,
                             preprocess=cfg.preprocess, cache=cfg.cache,
                             encoders=cfg.encoders)
+        self._data = data
         device = resolve_device(cfg.device)
         augmentation = augmentation_for(cfg.augment, data.preprocessor)
         train_store, train_classes = augmentation.expand_classes(data.store, data.split.train)
         model, classifier = self._build(data, len(train_classes), device)
         self._build_aligner(model, data, device)
-        self._vmap = uses_vmap(cfg.task_batching, device, model.learner, model.backbone,
-                               aligns=cfg.aligns)
+        self.heads: TaskHeads | None = build_task_heads(cfg, model, data.dataset.schema)
+        if self.heads is not None:
+            self.heads.to(device)
+        self._vmap = self.heads is None and uses_vmap(
+            cfg.task_batching, device, model.learner, model.backbone, aligns=cfg.aligns)
         # Fail before training, not at the first validation, when a split is too small.
         splits_file = Path(cfg.data) / SPLITS_FILE
         where = splits_file if splits_file.exists() else Path(cfg.data)
@@ -208,6 +219,10 @@ class Trainer:
                     warnings.simplefilter("ignore")
                     check_class_sizes(data.store, data.split.train, cfg.ways, cfg.shots,
                                       cfg.queries)
+                    for column in (self.heads.columns[1:] if self.heads else []):
+                        check_class_sizes(*task_view(data.store, data.dataset, column,
+                                                     data.split.train),
+                                          cfg.ways, cfg.shots, cfg.queries)
             except InsufficientSamplesError as error:
                 raise InsufficientSamplesError(
                     f"the meta-train split 'train' cannot supply training episodes: "
@@ -225,6 +240,7 @@ class Trainer:
                 checkpoint_path.unlink(missing_ok=True)
                 (self.out / WEIGHTS_FILE).unlink(missing_ok=True)
                 (self.out / ALIGNMENT_FILE).unlink(missing_ok=True)
+                (self.out / TASKS_FILE).unlink(missing_ok=True)
         try:
             result = self._train(state, data, device, model, classifier,
                                  (train_store, train_classes, augmentation))
@@ -251,6 +267,8 @@ class Trainer:
         params = list(model.parameters()) + (list(classifier.parameters()) if classifier else [])
         if aligner is not None:
             params += list(aligner.parameters())
+        if self.heads is not None:
+            params += list(self.heads.parameters())
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
         write_run_files(self._work, config=cfg, model_spec=model.spec, split=data.split,
@@ -262,6 +280,8 @@ class Trainer:
                                         self._work / CHECKPOINT_FILE)
             if aligner is not None and state.get("aligner") is not None:
                 aligner.load_state_dict(state["aligner"])
+            if self.heads is not None:
+                self.heads.load_state_dict(state["tasks"])
         already_finished = progress.finished
         step_loss = self._step_function(model, classifier, *training, device)
         logger = MetricsLogger(self._work, resume_step=progress.step if state else None)
@@ -283,6 +303,10 @@ class Trainer:
                 bar.update(1)
                 values = {"train_loss": loss, "train_acc": acc}
                 self._log_window(progress, values, logger, schedule)
+                if self.heads is not None:
+                    values.update(self.task_values)
+                    if progress.step % LOG_EVERY == 0 or progress.step == cfg.steps:
+                        logger.log(progress.step, dict(self.task_values))
                 if progress.step == cfg.steps or (cfg.val_every
                                                   and progress.step % cfg.val_every == 0):
                     values["val_acc"] = self._validate(model, classifier, data, device)
@@ -295,9 +319,10 @@ class Trainer:
                 progress.finished = progress.stopped_early or progress.step >= cfg.steps
                 progress.seconds += time.perf_counter() - started
                 if progress.finished or progress.step % cfg.checkpoint_every == 0:
-                    save_checkpoint(checkpoint_path, training_state(
+                    save_checkpoint(checkpoint_path, {**training_state(
                         self.config.to_dict(), progress, model, classifier, self.aligner,
-                        optimizer, schedule))
+                        optimizer, schedule), "tasks": (self.heads.state_dict()
+                                                        if self.heads is not None else None)})
                 for callback in self.callbacks:
                     callback(progress.step, values)
             if not already_finished:
@@ -383,7 +408,8 @@ class Trainer:
                         cat_batches([task.support, task.query]))
                     labels = torch.cat([task.support_labels, task.query_labels])
                     loss = loss + cfg.align_weight * aligner.loss(parts, present, labels)
-                (loss / cfg.meta_batch).backward()
+                weighted = loss if self.heads is None else self.heads.combine(0, loss)
+                (weighted / cfg.meta_batch).backward()
                 total_loss += loss.item()
                 total_acc += (logits.argmax(-1) == task.query_labels).float().mean().item()
             return total_loss, total_acc
@@ -417,7 +443,45 @@ class Trainer:
                 total_acc += acc
             return total_loss / cfg.meta_batch, total_acc / cfg.meta_batch
 
-        return episodic
+        return episodic if self.heads is None else self._multitask(episodic, model, device)
+
+    def _multitask(self, first: Callable[[int], tuple[float, float]], model: FewShotModel,
+                   device: torch.device) -> Callable[[int], tuple[float, float]]:
+        """``step_loss`` of multi-task training (`metamodal.train.multitask`): ``first`` (the
+        main label's step, its loss weighted by the heads), then ``meta_batch`` episodes of
+        each further active task, episode ``step * meta_batch + i`` of that task's sampler
+        over its meta-train classes, through the shared backbone and the task's learner, each
+        backpropagated with its weighted loss. Returns the main task's loss and accuracy; the
+        further tasks' go to ``self.task_values``."""
+        cfg, heads, data = self.config, self.heads, self._data
+        assert heads is not None
+        samplers = {}
+        for t in heads.active()[1:]:  # the main task always trains (`TrainConfig.validate`)
+            store, classes = task_view(data.store, data.dataset, heads.columns[t],
+                                       data.split.train)
+            samplers[t] = EpisodeSampler(store, classes, cfg.ways, cfg.shots, cfg.queries,
+                                         seed=task_sampler_seed(cfg.seed, t))
+        self.task_values: dict[str, float] = {}
+
+        def step_loss(step: int) -> tuple[float, float]:
+            loss, acc = first(step)
+            for t, sampler in samplers.items():
+                task_model, total_loss, total_acc = heads.model(model, t), 0.0, 0.0
+                for number in range(step * cfg.meta_batch, (step + 1) * cfg.meta_batch):
+                    task = sampler[number].to(device)
+                    task_loss, logits = task_model.loss(task)
+                    (heads.combine(t, task_loss) / cfg.meta_batch).backward()
+                    total_loss += task_loss.item()
+                    total_acc += (logits.argmax(-1) == task.query_labels).float().mean().item()
+                name = heads.columns[t]
+                self.task_values[f"train_loss_{name}"] = total_loss / cfg.meta_batch
+                self.task_values[f"train_acc_{name}"] = total_acc / cfg.meta_batch
+            if heads.log_vars is not None:
+                for t, value in enumerate(heads.log_vars.tolist()):
+                    self.task_values[f"log_var_{heads.columns[t]}"] = value
+            return loss, acc
+
+        return step_loss
 
     def _log_window(self, progress: TrainingProgress, values: dict[str, float],
                     logger: MetricsLogger, schedule: torch.optim.lr_scheduler.LRScheduler) -> None:
@@ -497,6 +561,8 @@ class Trainer:
         if val_acc > progress.best:
             progress.best, progress.best_step, progress.bad = val_acc, progress.step, 0
             save_weights(self._work / WEIGHTS_FILE, model)
+            if self.heads is not None:
+                save_weights(self._work / TASKS_FILE, self.heads)
             if self.aligner is not None:
                 save_weights(self._work / ALIGNMENT_FILE, self.aligner)
             return

@@ -22,6 +22,7 @@ keyword overrides, and returns a typed result: a dataclass with ``to_dict()`` (w
 | ``cache info`` / ``cache clear`` | `cache_info` / `clear_cache` | ``CacheInfo`` / `ClearedCache` |
 | ``demo`` | `demo` | `DemoResult` |
 | ``export`` | `export` | `ExportResult` |
+| ``ensemble`` | `ensemble` | `EnsembleResult` |
 
 Beside them: `compare` (results side by side, paired differences), `report_results` (a report
 of several methods), `run_info` (what a run is), `worked_episode` (one episode predicted),
@@ -46,6 +47,7 @@ from metamodal.api.data import (
     make_synthetic,
 )
 from metamodal.api.demo import DemoResult, demo
+from metamodal.api.ensemble import EnsembleResult, ensemble
 from metamodal.api.evaluation import (
     Comparison,
     EvalReport,
@@ -70,6 +72,7 @@ from metamodal.api.settings import (
     DemoRunSettings,
     DemoSettings,
     DownloadSettings,
+    EnsembleSettings,
     EpisodeShape,
     EpisodesSettings,
     EvalSettings,
@@ -95,7 +98,8 @@ from metamodal.evaluate.report import MappingResults
 
 __all__ = [
     "IMPORT_LAYOUTS", "QUICK_DEMO", "AlignFlags", "CacheSettings", "ClearedCache", "Comparison",
-    "DemoResult", "DemoRunSettings", "DemoSettings", "DownloadSettings", "EpisodeShape",
+    "DemoResult", "DemoRunSettings", "DemoSettings", "DownloadSettings", "EnsembleResult",
+    "EnsembleSettings", "EpisodeShape",
     "EpisodesResult", "EpisodesSettings", "EvalReport", "EvalSettings", "ExportResult",
     "ExportSettings", "FewShotClassifier", "FolderImportSettings", "ImageFolderSettings",
     "ImportSettings", "LearnerFlags", "MappingResults", "OmniglotImportSettings", "PredictResult",
@@ -103,7 +107,7 @@ __all__ = [
     "RunSettings", "ServeResult", "ServeSettings", "SyntheticResult", "SyntheticSettings",
     "TableImportSettings", "TrainReport", "VideoFolderSettings", "WorkedEpisode",
     "ZeroShotSettings", "align", "cache_info", "clear_cache", "compare", "demo", "download",
-    "episodes", "evaluate", "export", "import_dataset", "inspect", "make_synthetic", "predict",
-    "project", "report", "report_results", "retrieve", "run_info", "serve", "train",
+    "ensemble", "episodes", "evaluate", "export", "import_dataset", "inspect", "make_synthetic",
+    "predict", "project", "report", "report_results", "retrieve", "run_info", "serve", "train",
     "worked_episode", "write_json", "zero_shot",
 ]

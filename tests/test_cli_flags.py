@@ -30,6 +30,7 @@ def _dests(parser: argparse.ArgumentParser) -> set[str]:
     ("episodes", api.EpisodesSettings), ("make-synthetic", api.SyntheticSettings),
     ("download", api.DownloadSettings), ("retrieve", api.RetrieveSettings),
     ("zero-shot", api.ZeroShotSettings), ("cache", api.CacheSettings),
+    ("ensemble", api.EnsembleSettings),
 ])
 def test_each_settings_field_is_a_flag_with_its_documentation(verb: str, cls: type) -> None:
     parser = _subparser(verb)

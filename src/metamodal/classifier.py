@@ -26,7 +26,14 @@ from metamodal.errors import (
 from metamodal.estimator import EstimatorParams
 from metamodal.io import atomic_write
 from metamodal.learners.embeddings import Embeddings
-from metamodal.runs.directory import CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE, Run, load_run
+from metamodal.runs.directory import (
+    CONFIG_FILE,
+    MEMBERS_DIR,
+    PREPROCESSOR_FILE,
+    WEIGHTS_FILE,
+    Run,
+    load_run,
+)
 from metamodal.runs.support import (
     SUPPORT_FILE,
     SUPPORT_META,
@@ -517,7 +524,10 @@ class FewShotClassifier(EstimatorParams):
         directory.mkdir(parents=True, exist_ok=True)
         source = self.run_.path
         if directory.resolve() != source.resolve():
-            for name in (CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE):
+            if (source / MEMBERS_DIR).is_dir():  # an ensemble: its members' configs too
+                shutil.rmtree(directory / MEMBERS_DIR, ignore_errors=True)
+                shutil.copytree(source / MEMBERS_DIR, directory / MEMBERS_DIR)
+            for name in (PREPROCESSOR_FILE, WEIGHTS_FILE, CONFIG_FILE):
                 atomic_write(directory / name,
                              lambda tmp, src=source / name: shutil.copyfile(src, tmp))
         tensors = {"labels": self.support_labels_, **self.support_.tensors()}

@@ -77,7 +77,8 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, *, only: Sequence[str
             del kwargs["dest"]
             parser.add_argument(f.name, help=text, metavar=f.name.upper().replace("_", "-"),
                                 **({"choices": typing.get_args(hint)}
-                                   if typing.get_origin(hint) is Literal else {}))
+                                   if typing.get_origin(hint) is Literal else {}),
+                                **({"nargs": "+", "action": "extend"} if origin is list else {}))
             added.append(f.name)
             continue
         negated = hint is bool and default is True
@@ -262,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     _verb(sub, "export", "write a run's encoders and fusion as an ONNX or TorchScript file "
           "(preprocessed inputs -> embeddings) and a JSON of its preprocessing and prototype "
           "rule", lambda a: api.export(**_given(a)), (api.ExportSettings, {}))
+    _verb(sub, "ensemble", "combine trained runs into one ensemble run (mean of calibrated "
+          "probabilities, or stacked weights fitted on validation episodes)",
+          lambda a: api.ensemble(**_given(a)), (api.EnsembleSettings, {}))
     p = _verb(sub, "cache", "show or empty the feature cache of pretrained encoders", _cache,
               (api.CacheSettings, {}))
     p.add_argument("action", choices=("info", "clear"),

@@ -23,6 +23,7 @@ keyword overrides, and returns a typed result: a dataclass with ``to_dict()`` (w
 | ``cache info`` / ``cache clear`` | `cache_info` / `clear_cache` | ``CacheInfo`` / `ClearedCache` |
 | ``demo`` | `demo` | `DemoResult` |
 | ``export`` | `export` | `ExportResult` |
+| ``ensemble`` | `ensemble` | `EnsembleResult` |
 
 Beside them: `compare` (results side by side, paired differences), `report_results` (a report
 of several methods), `run_info` (what a run is), `worked_episode` (one episode predicted),
@@ -47,6 +48,7 @@ from metamodal.api.data import (
     make_synthetic,
 )
 from metamodal.api.demo import DemoResult, demo
+from metamodal.api.ensemble import EnsembleResult, ensemble
 from metamodal.api.evaluation import (
     Comparison,
     EvalReport,
@@ -72,6 +74,7 @@ from metamodal.api.settings import (
     DemoRunSettings,
     DemoSettings,
     DownloadSettings,
+    EnsembleSettings,
     EpisodeShape,
     EpisodesSettings,
     EvalSettings,
@@ -98,15 +101,15 @@ from metamodal.evaluate.report import MappingResults
 
 __all__ = [
     "IMPORT_LAYOUTS", "QUICK_DEMO", "AlignFlags", "CacheSettings", "ClearedCache", "Comparison",
-    "DemoResult", "DemoRunSettings", "DemoSettings", "DownloadSettings", "EpisodeShape",
-    "EpisodesResult", "EpisodesSettings", "EvalReport", "EvalSettings", "ExportResult",
-    "ExportSettings", "FewShotClassifier", "FolderImportSettings", "ImageFolderSettings",
-    "ImportSettings", "LearnerFlags", "MappingResults", "OmniglotImportSettings", "PredictResult",
-    "PredictSettings", "ReportResult", "ReportSettings", "RetrieveSettings", "RunInfo",
-    "RunSettings", "SearchResult", "SearchSettings", "ServeResult", "ServeSettings",
-    "SyntheticResult", "SyntheticSettings", "TableImportSettings", "TrainReport",
+    "DemoResult", "DemoRunSettings", "DemoSettings", "DownloadSettings", "EnsembleResult",
+    "EnsembleSettings", "EpisodeShape", "EpisodesResult", "EpisodesSettings", "EvalReport",
+    "EvalSettings", "ExportResult", "ExportSettings", "FewShotClassifier", "FolderImportSettings",
+    "ImageFolderSettings", "ImportSettings", "LearnerFlags", "MappingResults",
+    "OmniglotImportSettings", "PredictResult", "PredictSettings", "ReportResult", "ReportSettings",
+    "RetrieveSettings", "RunInfo", "RunSettings", "SearchResult", "SearchSettings", "ServeResult",
+    "ServeSettings", "SyntheticResult", "SyntheticSettings", "TableImportSettings", "TrainReport",
     "VideoFolderSettings", "WorkedEpisode", "ZeroShotSettings", "align", "cache_info",
-    "clear_cache", "compare", "demo", "download", "episodes", "evaluate", "export",
+    "clear_cache", "compare", "demo", "download", "ensemble", "episodes", "evaluate", "export",
     "import_dataset", "inspect", "make_synthetic", "predict", "project", "report",
     "report_results", "retrieve", "run_info", "search", "serve", "train", "worked_episode",
     "write_json", "zero_shot",

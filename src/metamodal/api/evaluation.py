@@ -151,6 +151,11 @@ def _model(run: Run, learner: str | None) -> Any:
     """The run's model, or its backbone under another learner (a copy)."""
     if not learner:
         return run.model
+    if run.ensemble is not None:
+        raise ConfigError("an ensemble run cannot be evaluated under another learner",
+                          file=run.path, column="learner",
+                          fix="evaluate the ensemble as it is (drop learner / --learner), or "
+                          "its member runs one by one")
     from metamodal.learners import learners
 
     model = copy.deepcopy(run.model)
@@ -214,7 +219,7 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
     else:
         results = [evaluate_model(m, prepared.store, classes, progress=s.progress, **common)
                    for m in models]
-    name = f"{s.learner or loaded.config.learner}+{loaded.config.fusion}"
+    name = f"{s.learner}+{loaded.config.fusion}" if s.learner else loaded.name
     report = EvalReport(name=name, result=results[0],
                         baseline=results[1] if s.baseline else None, run=str(s.run),
                         split=s.split, pooled=pooled,
@@ -464,6 +469,10 @@ def run_info(run: str | Path) -> RunInfo:
         >>> run_info("runs/demo").modalities  # doctest: +SKIP
     """
     loaded = load_run(run)
+    if loaded.ensemble is not None:
+        return RunInfo(str(run), "ensemble", str(loaded.ensemble.get("method")),
+                       list(loaded.model.modalities), loaded.config.dim, loaded.config.data,
+                       loaded.split)
     return RunInfo(str(run), loaded.config.learner, loaded.config.fusion,
                    list(loaded.model.modalities), loaded.config.dim, loaded.config.data,
                    loaded.split)

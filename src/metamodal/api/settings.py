@@ -665,3 +665,35 @@ class ExportSettings:
     check: bool = flag(True, name="--no-check")
     overwrite: bool = False
     json: str | None = flag(None, metavar="FILE")
+
+
+@dataclass
+class EnsembleSettings:
+    """What `metamodal.api.ensemble` combines and writes: two or more trained runs of the
+    same dataset and class split, fitted once on episodes of their validation classes.
+
+    Args:
+        runs: the member run directories (two or more).
+        out: the ensemble run directory to write.
+        method: mean (average of temperature-calibrated probabilities) or stack (weights over
+            the members' calibrated log-probabilities, fitted on validation episodes).
+        ways: classes per validation episode; when not given 5, lowered (with a warning) to
+            what the validation split has.
+        shots: support samples per class.
+        queries: query samples per class; when not given 15, lowered to what the classes hold.
+        episodes_count: validation episodes the temperatures and weights are fitted on.
+        seed: seed of the validation episodes.
+        overwrite: replace OUT when it exists.
+        json: also write the result as JSON to this file.
+    """
+
+    runs: list[str] = flag([], name="")
+    out: str = ""
+    method: Literal["mean", "stack"] = "mean"
+    ways: int | None = None
+    shots: int = 1
+    queries: int | None = None
+    episodes_count: int = 300
+    seed: int = 0
+    overwrite: bool = False
+    json: str | None = flag(None, metavar="FILE")

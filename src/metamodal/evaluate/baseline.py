@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from metamodal.model import FewShotModel
+from metamodal.model import EnsembleModel, FewShotModel
 
 UNTRAINED = "baseline: untrained encoders"
 
 
-def untrained_baseline(model: FewShotModel, *, seed: int = 0) -> FewShotModel:
+def untrained_baseline(model: FewShotModel | EnsembleModel, *,
+                       seed: int = 0) -> FewShotModel | EnsembleModel:
     """The same architecture as ``model`` with freshly initialised weights and a ProtoNet head.
 
     Random-feature baselines show how much of a result meta-training earned: nearest
@@ -17,8 +18,11 @@ def untrained_baseline(model: FewShotModel, *, seed: int = 0) -> FewShotModel:
     "On Random Weights and Unsupervised Feature Learning"). The global random state is left
     untouched.
 
+    For an `EnsembleModel`, the ensemble (``mean``, no calibration) of its members'
+    baselines.
+
     Args:
-        model: a model built by `FewShotModel.build` (it has a ``spec``).
+        model: a model built by `FewShotModel.build` (it has a ``spec``), or an ensemble.
         seed: seeds the initialisation.
 
     Returns:
@@ -30,6 +34,9 @@ def untrained_baseline(model: FewShotModel, *, seed: int = 0) -> FewShotModel:
         >>> type(untrained_baseline(trained).learner).__name__
         'ProtoNet'
     """
+    if isinstance(model, EnsembleModel):  # each member's baseline, averaged
+        return EnsembleModel([untrained_baseline(m, seed=seed + k)
+                              for k, m in enumerate(model.members)], "mean").eval()
     spec = {**model.spec, "learner": "protonet", "learner_options": {}}
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):

@@ -56,8 +56,8 @@ from metamodal.evaluate.episode_plans import EpisodePlan, file_episodes, sampled
 from metamodal.evaluate.result import EvalResult
 from metamodal.evaluate.stats import confusion_matrices, macro_f1_from_confusion, mean_ci95
 
-__all__ = ["EvalResult", "drop_mask", "embed_store", "evaluate", "evaluate_episodes",
-           "select_modalities"]
+__all__ = ["EvalResult", "drop_mask", "embed_store", "episode_logits", "evaluate",
+           "evaluate_episodes", "select_modalities"]
 
 
 def _embeds_once(model: Any) -> bool:
@@ -86,15 +86,8 @@ def _score(
     selected = select_modalities(model, store, modalities, drop)
     drop = {m: float(r) for m, r in drop.items()} if drop else None
 
-    episodes = zip(plan.support, plan.support_labels, plan.query, plan.ways, strict=True)
-    episodes = progress_bar(episodes, enabled=progress, total=n_episodes, desc="episodes")
-    if _embeds_once(model):
-        preds = _predict_from_embeddings(model, store, plan, episodes, selected, drop, seed,
-                                         batch_size, device, progress)
-    else:
-        preds = _predict_per_episode(model, store, plan, episodes, selected, drop, seed, device)
-
-    pred = torch.cat(preds).cpu()
+    logits = _plan_logits(model, store, plan, selected, drop, seed, batch_size, device, progress)
+    pred = torch.cat([x.argmax(-1) for x in logits]).cpu()
     target = torch.cat(plan.query_labels)
     sizes = torch.tensor([q.numel() for q in plan.query_labels])
     group = torch.repeat_interleave(torch.arange(n_episodes), sizes)
@@ -120,6 +113,55 @@ def _score(
         drop=drop,
         episode_digest=plan.digest(len(store)),
     )
+
+
+def _plan_logits(model: Any, store: TensorStore, plan: EpisodePlan, selected: list[str],
+                 drop: Mapping[str, float] | None, seed: int, batch_size: int,
+                 device: torch.device | str, progress: bool) -> list[Tensor]:
+    """Each episode's query logits ``[Q, ways]`` (detached), embedding once where the model
+    allows it."""
+    episodes = zip(plan.support, plan.support_labels, plan.query, plan.ways, strict=True)
+    episodes = progress_bar(episodes, enabled=progress, total=len(plan.ways), desc="episodes")
+    if _embeds_once(model):
+        return _predict_from_embeddings(model, store, plan, episodes, selected, drop, seed,
+                                        batch_size, device, progress)
+    return _predict_per_episode(model, store, plan, episodes, selected, drop, seed, device)
+
+
+def episode_logits(
+    model: Any,
+    store: TensorStore,
+    plan: EpisodePlan,
+    *,
+    modalities: Sequence[str] | None = None,
+    drop: Mapping[str, float] | None = None,
+    seed: int = 0,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> list[Tensor]:
+    """The query logits of every episode of ``plan``, exactly as `evaluate` computes them
+    before taking the argmax (the same inputs, masking and embedding path).
+
+    Args:
+        model: a few-shot model (see the module docstring), already on ``device``.
+        store: the decoded samples.
+        plan: the episodes (`metamodal.evaluate.episode_plans.sampled_episodes` or
+            `file_episodes`).
+        modalities, drop, seed, batch_size, device, progress: as in `evaluate`.
+
+    Returns:
+        one detached tensor ``[Q_i, ways_i]`` per episode, on ``device``.
+
+    Example:
+        >>> plan = sampled_episodes(store, split.val, 5, 1, 15, 0, 100)  # doctest: +SKIP
+        >>> logits = episode_logits(model, store, plan)  # doctest: +SKIP
+    """
+    if not plan.ways:
+        raise ConfigError("no episodes to evaluate", fix="evaluate at least one episode")
+    selected = select_modalities(model, store, modalities, drop)
+    drop = {m: float(r) for m, r in drop.items()} if drop else None
+    return _plan_logits(model, store, plan, selected, drop, seed, batch_size, device, progress)
 
 
 def _check_logits(logits: Tensor, queries: int, ways: int) -> None:
@@ -149,7 +191,7 @@ def _predict_from_embeddings(
             q_emb = index_embeddings(emb, position[query.to(device)])
             logits = model.logits(s_emb, s_lab.to(device), q_emb, ways)
             _check_logits(logits, query.numel(), ways)
-            preds.append(logits.detach().argmax(-1))
+            preds.append(logits.detach())
     return preds
 
 
@@ -169,7 +211,7 @@ def _predict_per_episode(
             q_batch = batch_to(masked_batch(store, query, names, selected, hidden), device)
             logits = model.adapt_predict(s_batch, s_lab.to(device), q_batch, ways)
             _check_logits(logits, query.numel(), ways)
-            preds.append(logits.detach().argmax(-1))
+            preds.append(logits.detach())
     return preds
 
 

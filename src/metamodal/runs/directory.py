@@ -4,6 +4,14 @@ A run directory holds ``config.toml`` (training config, model spec, class split,
 schema), ``preprocessor.json`` (fitted loaders: vocabulary, normalisation statistics),
 ``model.safetensors``, ``metrics.jsonl``, ``tensorboard/`` and ``report/``. It is all that
 ``eval``, ``predict`` and `FewShotClassifier.load` need.
+
+An ensemble run (written by ``metamodal ensemble``) has no ``[model]`` table: its
+``config.toml`` holds an ``[ensemble]`` table (method, member directories, fitted temperatures
+and weights), each member's ``config.toml`` and ``preprocessor.json`` (what rebuilds its
+model) are copied under ``members/0``, ``members/1``, ..., its ``model.safetensors`` holds
+every member's weights (``members.N.`` prefixes), and its ``preprocessor.json`` decodes the
+union of their modalities. `load_run` returns it as a `Run` whose model is an
+`metamodal.model.EnsembleModel`.
 """
 
 from __future__ import annotations
@@ -23,12 +31,14 @@ from metamodal.data.splits import ClassSplit
 from metamodal.encoders.features import preprocessor_from_state
 from metamodal.errors import ConfigError, LocatedError, MetamodalError, RunError
 from metamodal.io import ParseError, atomic_write_json, atomic_write_text, loads_json, loads_toml
-from metamodal.model import FewShotModel
+from metamodal.model import EnsembleModel, FewShotModel
 from metamodal.runs.weights import WEIGHTS_FILE, load_weights
 from metamodal.version import __version__
 
 CONFIG_FILE = "config.toml"
 PREPROCESSOR_FILE = "preprocessor.json"
+MEMBERS_DIR = "members"
+"""Where an ensemble run keeps its member runs (``members/0``, ``members/1``, ...)."""
 
 
 @dataclass
@@ -42,14 +52,26 @@ class Run:
         preprocessor: the fitted preprocessor that decodes new samples as in training.
         split: the class split used in training.
         schema: the training dataset's schema.
+        ensemble: for an ensemble run, its ``[ensemble]`` table (method, members,
+            temperatures, weights, validation); None for a trained run. ``config`` is then
+            the first member's training configuration (the data and split are shared).
     """
 
     path: Path
     config: TrainConfig
-    model: FewShotModel
+    model: FewShotModel | EnsembleModel
     preprocessor: Preprocessor
     split: ClassSplit
     schema: DatasetSchema
+    ensemble: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        """``learner+fusion``, or ``ensemble-METHOD(member, ...)`` for an ensemble."""
+        if self.ensemble is not None:
+            names = self.ensemble.get("names") or []
+            return f"ensemble-{self.ensemble.get('method')}({', '.join(names)})"
+        return f"{self.config.learner}+{self.config.fusion}"
 
 
 def _drop_none(value: Any) -> Any:
@@ -86,6 +108,32 @@ def write_run_files(
     atomic_write_json(run_dir / PREPROCESSOR_FILE, preprocessor.state_dict())
 
 
+def write_ensemble_files(
+    run_dir: str | Path,
+    *,
+    train: dict[str, Any],
+    ensemble: dict[str, Any],
+    split: ClassSplit,
+    schema: DatasetSchema,
+    preprocessor: Preprocessor,
+) -> None:
+    """Write the ``config.toml`` and ``preprocessor.json`` of an ensemble run (atomically):
+    ``train`` is the first member's ``[train]`` table, ``ensemble`` the ``[ensemble]`` table,
+    ``preprocessor`` decodes the union of the members' modalities. The members' files and
+    the weights (`metamodal.runs.weights.save_weights` of the `EnsembleModel`) are written by
+    the caller."""
+    run_dir = Path(run_dir)
+    document = {
+        "metamodal_version": __version__,
+        "train": dict(train),
+        "ensemble": dict(ensemble),
+        "split": split.to_dict(),
+        "dataset": schema.to_dict(),
+    }
+    atomic_write_json(run_dir / PREPROCESSOR_FILE, preprocessor.state_dict())
+    atomic_write_text(run_dir / CONFIG_FILE, tomli_w.dumps(_drop_none(document)))
+
+
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The parsed ``config.toml`` of a run; `RunError` naming the file (and the key) when it
     is missing, corrupt, lacks a section or holds an unknown or mistyped training setting."""
@@ -102,7 +150,9 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     except (ParseError, UnicodeDecodeError) as error:
         raise RunError(f"config.toml is corrupt ({error})", file=path,
                        fix="re-train the run, or restore its config.toml") from None
-    for key in ("train", "model", "split", "dataset"):
+    tables = ("train", "ensemble", "split", "dataset") if "ensemble" in document else (
+        "train", "model", "split", "dataset")
+    for key in tables:
         if not isinstance(document.get(key), dict):
             raise RunError(f"config.toml lacks the [{key}] table", file=path, column=key,
                            fix="re-train the run, or restore its config.toml")
@@ -130,6 +180,28 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
     document = read_run_config(run_dir)
     config_path = run_dir / CONFIG_FILE
     preprocessor = read_preprocessor(run_dir / PREPROCESSOR_FILE)
+    if "ensemble" in document:
+        return _load_ensemble(run_dir, document, preprocessor, device)
+    model = _build_model(run_dir, document, preprocessor)
+    target = resolve_device(str(device))
+    load_weights(run_dir / WEIGHTS_FILE, model)
+    model.to(target).eval()
+    split, schema = _split_and_schema(document, config_path)
+    return Run(
+        path=run_dir,
+        config=TrainConfig.from_dict(document["train"], source=str(config_path)),
+        model=model,
+        preprocessor=preprocessor,
+        split=split,
+        schema=schema,
+    )
+
+
+def _build_model(run_dir: Path, document: dict[str, Any],
+                 preprocessor: Preprocessor) -> FewShotModel:
+    """The untrained model ``config.toml``'s ``[model]`` table describes, checked against the
+    run's preprocessor; `RunError` naming the file and key when they do not fit."""
+    config_path = run_dir / CONFIG_FILE
     try:
         model = FewShotModel.build(**document["model"])
     except TypeError as error:
@@ -156,9 +228,69 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
                     f"for {expected.get(name)}", file=run_dir / PREPROCESSOR_FILE,
                     column=f"loaders.{name}",
                     fix="restore the preprocessor.json that belongs to this run, or re-train")
-    target = resolve_device(str(device))
+    return model
+
+
+def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Preprocessor,
+                   device: str) -> Run:
+    """The `Run` of an ensemble run directory: each member's model built from
+    ``members/N`` (its config and preprocessor, checked against the ensemble's split and
+    preprocessor), the `EnsembleModel` of them with the ``[ensemble]`` table's method,
+    temperatures and weights, and every member's weights from the ensemble's own
+    ``model.safetensors``."""
+    config_path = run_dir / CONFIG_FILE
+    table = document["ensemble"]
+    members = table.get("members")
+    if not isinstance(members, list) or len(members) < 2 or not all(
+            isinstance(m, str) for m in members):
+        raise RunError("config.toml's [ensemble] table lacks its list of members",
+                       file=config_path, column="ensemble.members",
+                       fix="re-run `metamodal ensemble`")
+    split, schema = _split_and_schema(document, config_path)
+    state = preprocessor.state_dict()
+    models, configs = [], []
+    for k, member in enumerate(members):
+        if member != f"{MEMBERS_DIR}/{k}":
+            raise RunError(f"member {k} is {member!r}, not {MEMBERS_DIR}/{k} inside the run",
+                           file=config_path, column=f"ensemble.members[{k}]",
+                           fix="re-run `metamodal ensemble`; its members are copied inside")
+        member_dir = run_dir / member
+        own_document = read_run_config(member_dir)
+        if "ensemble" in own_document:
+            raise RunError("a member of an ensemble is itself an ensemble",
+                           file=member_dir / CONFIG_FILE, fix="combine the trained runs directly")
+        if ClassSplit.from_dict(own_document["split"]).to_dict() != split.to_dict():
+            raise RunError(f"member {k}'s class split differs from the ensemble's",
+                           file=member_dir / CONFIG_FILE, column="split",
+                           fix="re-run `metamodal ensemble`")
+        own = read_preprocessor(member_dir / PREPROCESSOR_FILE)
+        for name in own.modalities:
+            if name not in state["loaders"] or (
+                    state["loaders"][name] != own.state_dict()["loaders"][name]):
+                raise RunError(f"the ensemble decodes modality {name!r} differently from "
+                               f"member {k}", file=run_dir / PREPROCESSOR_FILE,
+                               column=f"loaders.{name}", fix="re-run `metamodal ensemble`")
+        models.append(_build_model(member_dir, own_document, own))
+        configs.append(TrainConfig.from_dict(own_document["train"],
+                                             source=str(member_dir / CONFIG_FILE)))
+    try:
+        model = EnsembleModel(models, table.get("method", "mean"),
+                              table.get("temperatures"), table.get("weights"))
+    except (ConfigError, TypeError, ValueError, RuntimeError) as error:
+        message = error.message if isinstance(error, LocatedError) else str(error)
+        key = getattr(error, "column", None) or "method"
+        raise RunError(f"config.toml's [ensemble] table is invalid: {message}",
+                       file=config_path, column=f"ensemble.{key}",
+                       fix="re-run `metamodal ensemble`") from None
     load_weights(run_dir / WEIGHTS_FILE, model)
-    model.to(target).eval()
+    model.to(resolve_device(str(device))).eval()
+    return Run(path=run_dir, config=configs[0], model=model, preprocessor=preprocessor,
+               split=split, schema=schema, ensemble=dict(table))
+
+
+def _split_and_schema(document: dict[str, Any],
+                      config_path: Path) -> tuple[ClassSplit, DatasetSchema]:
+    """The run's class split and dataset schema from its config; `RunError` when invalid."""
     try:
         split = ClassSplit.from_dict(document["split"])
         with warnings.catch_warnings():
@@ -171,14 +303,7 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
                        file=config_path, column=f"dataset.{key}" if key else "split",
                        fix="restore the run's config.toml") from None
     _check_dataset_table(document["dataset"], schema, config_path)
-    return Run(
-        path=run_dir,
-        config=TrainConfig.from_dict(document["train"], source=str(config_path)),
-        model=model,
-        preprocessor=preprocessor,
-        split=split,
-        schema=schema,
-    )
+    return split, schema
 
 
 def _check_dataset_table(table: dict[str, Any], schema: DatasetSchema, path: Path) -> None:

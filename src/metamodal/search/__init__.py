@@ -1,7 +1,7 @@
 """``metamodal search``: random, grid and Bayesian (TPE) search over learners, fusions,
 encoders and their hyper-parameters, built on Optuna.
 
-Modules: `space` (the settings varied, from TOML), `study` (storage, sampler, pruner, the
-objective that trains with `metamodal.api.train` and scores with `metamodal.api.evaluate`),
-`report` (trials table, best config, plots).
+Modules: `space` (the settings varied, from TOML), `study` (storage, sampler, pruner),
+`report` (trials table, best config, plots); the objective, which trains with
+`metamodal.api.train` and scores with `metamodal.api.evaluate`, is `metamodal.api.search`'s.
 """

@@ -207,7 +207,10 @@ def build_app(s: ServeSettings,
         form gives each), its test accuracy (measured once), the limits and what needs the
         token."""
         config = engine.run.config
-        return {"learner": config.learner, "fusion": config.fusion, "dim": config.dim,
+        ensemble = engine.run.ensemble
+        learner, fusion = (("ensemble", str(ensemble.get("method"))) if ensemble is not None
+                           else (config.learner, config.fusion))
+        return {"learner": learner, "fusion": fusion, "dim": config.dim,
                 "modalities": [m.to_dict() for m in engine.modality_info()],
                 "test_accuracy": accuracy.value, "test_accuracy_status": accuracy.status,
                 "limits": limits,

@@ -1,0 +1,292 @@
+"""Ensembles of runs (``metamodal ensemble``): they build with both methods, load as runs that
+``eval``, ``predict``, `FewShotClassifier` and the server accept, their evaluation equals
+the combination of the members' probabilities computed by hand, their combination is fitted
+on validation classes only, and runs that cannot be combined get typed errors."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metamodal import api
+from metamodal.classifier import FewShotClassifier
+from metamodal.cli import main
+from metamodal.config import TrainConfig
+from metamodal.datasets.synthetic import make_synthetic
+from metamodal.errors import ConfigError, RunError
+from metamodal.evaluate import episode_plans
+from metamodal.evaluate.episode_plans import sampled_episodes
+from metamodal.evaluate.protocol import episode_logits
+from metamodal.model import EnsembleModel
+from metamodal.model.ensemble import combine_log_probs
+from metamodal.runs import ensemble as fitting
+from metamodal.runs import load_run, load_run_data
+from metamodal.train.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SUBSET = ["image", "caption", "measurements"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three tiny runs of one synthetic dataset (ProtoNet gated, ProtoNet late, MAML on three
+    modalities), a run of another dataset, and the mean and stack ensembles of the three."""
+    root = tmp_path_factory.mktemp("ensemble")
+    data = make_synthetic(root / "data", classes=15, per_class=4, image_size=8, seed=3)
+    common = dict(data=str(data), ways=2, shots=1, queries=1, dim=8, val_every=0,
+                  val_episodes=1, device="cpu", cache=False)
+    Trainer(TrainConfig(steps=3, fusion="gated", **common), root / "gated",
+            progress=False).fit()
+    Trainer(TrainConfig(steps=3, fusion="late", seed=0, **common), root / "late",
+            progress=False).fit()
+    Trainer(TrainConfig(modalities=SUBSET, learner="maml",
+                        learner_options={"inner_steps": 1, "eval_steps": 2}, steps=1,
+                        **common), root / "maml", progress=False).fit()
+    other = make_synthetic(root / "other", classes=15, per_class=4, image_size=8, seed=4)
+    Trainer(TrainConfig(steps=1, **{**common, "data": str(other), "seed": 5}), root / "other",
+            progress=False).fit()
+    members = [str(root / name) for name in ("gated", "late", "maml")]
+    shape = dict(ways=2, queries=2, episodes_count=20, seed=1)
+    api.ensemble(members, out=str(root / "mean"), method="mean", **shape)
+    api.ensemble(members, out=str(root / "stack"), method="stack", **shape)
+    return {"data": data, "root": root, "members": members, "mean": root / "mean",
+            "stack": root / "stack", "other": root / "other"}
+
+
+def _rows(data: Path) -> list[dict[str, str]]:
+    with (data / "samples.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_ensemble_runs_are_self_contained_and_load(runs: dict[str, Path]) -> None:
+    for method in ("mean", "stack"):
+        run = load_run(runs[method])
+        assert isinstance(run.model, EnsembleModel) and run.model.method == method
+        assert len(run.model.members) == 3
+        assert run.model.modalities == ["image", "caption", "sound", "track", "measurements"]
+        assert run.model.members[2].modalities == SUBSET
+        assert sorted(run.preprocessor.modalities) == sorted(run.model.modalities)
+        for k in range(3):
+            assert (runs[method] / "members" / str(k) / "config.toml").is_file()
+        assert (runs[method] / "model.safetensors").is_file()
+        assert run.ensemble["sources"] == [str(p) for p in runs["members"]]
+        assert all(t > 0 for t in run.ensemble["temperatures"])
+    assert load_run(runs["mean"]).ensemble["weights"] == [1.0, 1.0, 1.0]
+
+
+def test_the_ensemble_survives_moving_its_members(runs: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(runs["stack"], moved)
+    before = api.evaluate(str(runs["stack"]), ways=2, queries=2, episodes_count=5,
+                          baseline=False, progress=False).result.accuracies
+    after = api.evaluate(str(moved), ways=2, queries=2, episodes_count=5, baseline=False,
+                         progress=False).result.accuracies
+    assert before == after
+
+
+@pytest.mark.parametrize("method", ["mean", "stack"])
+def test_evaluation_equals_the_members_probabilities_combined_by_hand(
+        runs: dict[str, Path], method: str) -> None:
+    report = api.evaluate(str(runs[method]), ways=2, queries=2, episodes_count=12, seed=7,
+                          progress=False)
+    assert report.name.startswith(f"ensemble-{method}(")
+    assert report.baseline is not None  # the members' untrained baselines, averaged
+    run = load_run(runs[method])
+    prepared = load_run_data(run)
+    plan = sampled_episodes(prepared.store, prepared.classes("test"), 2, 1, 2, 7, 12)
+    temperatures = run.ensemble["temperatures"]
+    weights = run.ensemble["weights"]
+    member_logits = [episode_logits(load_run(p).model, prepared.store, plan)
+                     for p in runs["members"]]
+    expected = []
+    for e in range(12):
+        probs = [torch.softmax(member_logits[m][e] / temperatures[m], -1) for m in range(3)]
+        if method == "mean":
+            combined = sum(probs) / 3
+        else:
+            combined = torch.softmax(sum(w * p.log() for w, p in zip(weights, probs,
+                                                                       strict=True)), -1)
+        hits = combined.argmax(-1) == plan.query_labels[e]
+        expected.append(float(hits.double().mean()))
+    assert report.result.accuracies == pytest.approx(expected)
+
+
+def test_combine_log_probs_ignores_a_member_that_saw_nothing() -> None:
+    logits = torch.tensor([[[3.0, 0.0]], [[0.0, 9.0]]])
+    only_first = torch.tensor([[True], [False]])
+    for method in ("mean", "stack"):
+        out = combine_log_probs(logits, only_first, torch.ones(2), torch.ones(2), method)
+        assert torch.allclose(out, torch.log_softmax(logits[0], -1))
+    nobody = torch.zeros(2, 1, dtype=torch.bool)
+    out = combine_log_probs(logits, nobody, torch.ones(2), torch.ones(2), "mean")
+    assert torch.allclose(out.exp(), torch.full((1, 2), 0.5))
+
+
+def test_fitting_draws_validation_episodes_never_test(runs: dict[str, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[list[str]] = []
+    real = episode_plans.sampled_episodes
+
+    def spy(store, classes, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        drawn.append(list(classes))
+        return real(store, classes, *args, **kwargs)
+
+    monkeypatch.setattr(episode_plans, "sampled_episodes", spy)
+    api.ensemble(runs["members"], out=str(tmp_path / "spied"), method="stack", ways=2,
+                 queries=2, episodes_count=5)
+    split = load_run(runs["members"][0]).split
+    assert drawn and all(sorted(c) == sorted(split.val) for c in drawn)
+    assert not set(split.test) & {c for classes in drawn for c in classes}
+
+
+def test_stack_weights_follow_the_validation_data(runs: dict[str, Path]) -> None:
+    """Fitted weights keep a member that is mostly right on validation and switch off one
+    whose logits are noise."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (200,), generator=g)
+    noisy = torch.where(torch.rand(200, generator=g) < 0.2,
+                        torch.randint(0, 3, (200,), generator=g), labels)
+    good = torch.nn.functional.one_hot(noisy, 3).float() * 2
+    bad = torch.randn(200, 3, generator=g) * 2
+    available = torch.ones(2, 200, dtype=torch.bool)
+    weights = fitting.fit_stack_weights(torch.stack([good, bad]), available, labels,
+                                        torch.ones(2))
+    assert weights[0] > 0.5 and weights[1] < 0.01
+
+
+def test_predict_classifier_and_server_accept_an_ensemble(runs: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    rows = _rows(runs["data"])
+    support, queries = rows[:8], rows[8:12]
+    columns = list(rows[0])
+    for name, part in (("support.csv", support), ("query.csv", queries)):
+        with (runs["data"] / name).open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(part)
+    predicted = api.predict(str(runs["stack"]), support=str(runs["data"] / "support.csv"),
+                            query=str(runs["data"] / "query.csv"))
+    clf = FewShotClassifier(runs["stack"], media_root=runs["data"])
+    X = [{k: (v or None) for k, v in row.items() if k not in ("id", "species", "family")}
+         for row in support]
+    clf.fit(X, [row["species"] for row in support])
+    Q = [{k: (v or None) for k, v in row.items() if k not in ("id", "species", "family")}
+         for row in queries]
+    proba = clf.predict_proba(Q)
+    assert proba.shape == (4, len(set(r["species"] for r in support)))
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-5)
+    assert [p["prediction"] for p in predicted.predictions] == clf.predict(Q)
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from metamodal.serve.app import create_app
+
+    app = create_app(runs["stack"], state=tmp_path / "state", eval_episodes=0)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert c.get("/api/model").json()["learner"] == "ensemble"
+        fields = {f"e{n}.label": row["species"] for n, row in enumerate(support)}
+        fields.update({f"e{n}.caption": row["caption"] for n, row in enumerate(support)
+                       if row["caption"]})
+        files = [(f"e{n}.image", (Path(row["image"]).name,
+                                  (runs["data"] / row["image"]).read_bytes()))
+                 for n, row in enumerate(support) if row["image"]]
+        r = c.post("/api/tasks", data=fields, files=files)
+        assert r.status_code == 201, r.text
+        task = r.json()
+        r = c.post(f"/api/tasks/{task['id']}/predict",
+                   data={f"q{n}.caption": row["caption"] for n, row in enumerate(queries)
+                         if row["caption"]})
+        assert r.status_code == 200, r.text
+        answers = r.json()["predictions"]
+    assert answers and all(sum(p["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+                           for p in answers)
+
+
+def test_a_reloaded_ensemble_predicts_the_same(runs: dict[str, Path], tmp_path: Path) -> None:
+    rows = _rows(runs["data"])
+    X = [{k: (v or None) for k, v in row.items() if k not in ("id", "species", "family")}
+         for row in rows[:10]]
+    y = [row["species"] for row in rows[:10]]
+    clf = FewShotClassifier(runs["mean"], media_root=runs["data"]).fit(X, y)
+    clf.save(tmp_path / "saved")
+    again = FewShotClassifier.load(tmp_path / "saved", media_root=runs["data"])
+    np.testing.assert_array_equal(clf.predict_proba(X), again.predict_proba(X))
+    first = load_run(runs["mean"])
+    second = load_run(runs["mean"])
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+
+
+def test_runs_of_different_datasets_are_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="different .* classes") as info:
+        api.ensemble([runs["members"][0], str(runs["other"])], out=str(tmp_path / "x"))
+    assert str(runs["other"]) in str(info.value) and info.value.fix
+
+
+def test_a_modality_decoded_differently_is_refused(runs: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    common = dict(data=str(runs["data"]), ways=2, shots=1, queries=1, dim=8, val_every=0,
+                  val_episodes=1, device="cpu", cache=False, steps=1,
+                  modalities=["image", "caption"])
+    Trainer(TrainConfig(preprocess={"image": {"size": 12}}, **common), tmp_path / "big",
+            progress=False).fit()
+    with pytest.raises(ConfigError, match="decode modality 'image' differently") as info:
+        api.ensemble([runs["members"][0], str(tmp_path / "big")], out=str(tmp_path / "x"))
+    assert info.value.column == "runs.image" and "size" in str(info.value)
+
+
+def test_too_few_missing_or_damaged_runs_are_typed_errors(runs: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="at least 2"):
+        api.ensemble([runs["members"][0]], out=str(tmp_path / "x"))
+    with pytest.raises(RunError, match="not found"):
+        api.ensemble([runs["members"][0], str(tmp_path / "nope")], out=str(tmp_path / "x"))
+    with pytest.raises(ConfigError, match="already exists"):
+        api.ensemble(runs["members"][:2], out=str(runs["mean"]))
+    with pytest.raises(ConfigError, match="itself an ensemble"):
+        api.ensemble([runs["members"][0], str(runs["mean"])], out=str(tmp_path / "x"))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(runs["mean"], damaged)
+    (damaged / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(RunError, match="model weights are corrupt"):
+        load_run(damaged)
+    shutil.copyfile(runs["mean"] / "model.safetensors", damaged / "model.safetensors")
+    (damaged / "members" / "1" / "preprocessor.json").unlink()
+    with pytest.raises(RunError, match="preprocessor.json is missing"):
+        load_run(damaged)
+    shutil.copyfile(runs["mean"] / "members" / "1" / "preprocessor.json",
+                    damaged / "members" / "1" / "preprocessor.json")
+    text = (runs["mean"] / "config.toml").read_text()
+    (damaged / "config.toml").write_text(text.replace('"members/1"', '"../elsewhere"'))
+    with pytest.raises(RunError, match="members"):
+        load_run(damaged)
+    (damaged / "config.toml").write_text(text.replace("temperatures = [", "temperatures = [-1, "))
+    with pytest.raises(RunError, match="temperatures"):
+        load_run(damaged)
+    with pytest.raises(ConfigError, match="another learner"):
+        api.evaluate(str(runs["mean"]), learner="protonet", episodes_count=2, ways=2,
+                     queries=1, progress=False)
+
+
+def test_the_command_line_builds_an_ensemble(runs: dict[str, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    code = main(["ensemble", *runs["members"][:2], "--out", str(out), "--method", "stack",
+                 "--ways", "2", "--queries", "2", "--episodes-count", "4",
+                 "--json", str(tmp_path / "e.json")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "temperature" in printed and "ensemble (fitted on these episodes)" in printed
+    assert load_run(out).ensemble["method"] == "stack"
+    assert (tmp_path / "e.json").is_file()
+    assert main(["ensemble", runs["members"][0], "--out", str(tmp_path / "y")]) == 2

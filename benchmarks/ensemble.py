@@ -42,13 +42,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=600, help="test episodes")
     parser.add_argument("--val-episodes", type=int, default=300,
                         help="validation episodes the ensembles are fitted on")
+    parser.add_argument("--runs", nargs="+", metavar="RUN",
+                        help="ensemble these trained runs (e.g. the demo's) instead of "
+                        "training the three members")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    data = out / "data"
-    if not (data / "dataset.toml").is_file():
-        api.make_synthetic(str(data))
     members = []
-    for name, fusion in MEMBERS.items():
+    names = MEMBERS
+    if args.runs:
+        names = {Path(r).name: "" for r in args.runs}
+        members = [str(r) for r in args.runs]
+    else:
+        data = out / "data"
+        if not (data / "dataset.toml").is_file():
+            api.make_synthetic(str(data))
+    for name, fusion in ({} if args.runs else MEMBERS).items():
         run = out / f"{name.replace('+', '-')}-{args.steps}"
         if not (run / CONFIG_FILE).is_file():
             start = time.perf_counter()
@@ -66,24 +74,26 @@ def main(argv: list[str] | None = None) -> int:
         print(fitted.table(), flush=True)
         ensembles[f"ensemble ({method})"] = str(target)
     results = {}
-    for name, run in [*zip(MEMBERS, members, strict=True), *ensembles.items()]:
+    for name, run in [*zip(names, members, strict=True), *ensembles.items()]:
         report = api.evaluate(run, ways=5, shots=1, queries=15, episodes_count=args.episodes,
                               seed=0, baseline=False, progress=False)
         results[name] = report.result
     digests = {r.episode_digest for r in results.values()}
     assert len(digests) == 1, "the models were not evaluated on the same episodes"
-    best = max(MEMBERS, key=lambda n: results[n].accuracy)
+    best = max(names, key=lambda n: results[n].accuracy)
     rows = []
     for name, result in results.items():
-        if name in MEMBERS:
+        if name in names:
             versus = "best member" if name == best else ""
         else:
             diff = paired_difference(result.accuracies, results[best].accuracies)
             versus = (f"{100 * diff.mean:+.2f} ± {100 * diff.ci95:.2f}"
                       + (" (significant)" if diff.significant else ""))
         rows.append([name, f"{100 * result.accuracy:.2f} ± {100 * result.ci95:.2f}", versus])
-    print_table(f"synthetic, 5-way 1-shot, {args.episodes} test episodes (seed 0), members "
-                f"trained {args.steps} steps each; chance 20%",
+    trained = ("the given runs" if args.runs else
+               f"members trained {args.steps} steps each")
+    print_table(f"5-way 1-shot, {args.episodes} test episodes (seed 0), {trained}; "
+                "chance 20%",
                 ["model", "accuracy % (95% CI)", f"paired difference vs {best}"], rows)
     return 0
 

@@ -188,7 +188,7 @@ def test_predict_classifier_and_server_accept_an_ensemble(runs: dict[str, Path],
     pytest.importorskip("httpx")
     from fastapi.testclient import TestClient
 
-    from metamodal.serve.app import create_app
+    from metamodal.api.serve import create_app
 
     app = create_app(runs["stack"], state=tmp_path / "state", eval_episodes=0)
     with TestClient(app, raise_server_exceptions=False) as c:

@@ -241,7 +241,7 @@ def _pandas_missing(value: Any) -> bool:
 def _check_known_columns(columns: Mapping[str, list], schema: DatasetSchema,
                          source: str) -> None:
     """A column that is not the schema's is a `ModalityError` naming it and its first row."""
-    known = [ID_COLUMN, schema.label, *([schema.group] if schema.group else [])]
+    known = [ID_COLUMN, *schema.label_columns, *([schema.group] if schema.group else [])]
     known += [c for spec in schema.modalities.values() for c in spec.source_columns()]
     for name, cells in columns.items():
         if name not in known:

@@ -24,6 +24,7 @@ from metamodal.encoders.features import preprocessor_from_state
 from metamodal.errors import ConfigError, LocatedError, MetamodalError, RunError
 from metamodal.io import ParseError, atomic_write_json, atomic_write_text, loads_json, loads_toml
 from metamodal.model import FewShotModel
+from metamodal.model.freeze import freeze
 from metamodal.runs.weights import WEIGHTS_FILE, load_weights
 from metamodal.version import __version__
 
@@ -171,9 +172,15 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
                        file=config_path, column=f"dataset.{key}" if key else "split",
                        fix="restore the run's config.toml") from None
     _check_dataset_table(document["dataset"], schema, config_path)
+    config = TrainConfig.from_dict(document["train"], source=str(config_path))
+    try:  # weights frozen in training stay out of the MAML family's inner loop here too
+        freeze(model, config.freeze, source=str(config_path))
+    except ConfigError as error:
+        raise RunError(error.message, file=config_path, column="train.freeze",
+                       fix="restore the run's config.toml") from None
     return Run(
         path=run_dir,
-        config=TrainConfig.from_dict(document["train"], source=str(config_path)),
+        config=config,
         model=model,
         preprocessor=preprocessor,
         split=split,

@@ -82,8 +82,8 @@ def freeze(model: nn.Module, names: Sequence[str], *, source: str | None = None)
         ...                            dim=4, fusion="mean", learner="protonet")
         >>> [n.split(".")[-1] for n in freeze(model, ["m"])][:2]
         ['weight', 'bias']
-        >>> model.learner.log_temperature.requires_grad
-        True
+        >>> any(p.requires_grad for p in model.backbone.parameters())
+        False
     """
     prefixes = tuple(frozen_prefixes(model, names, source=source))
     if not prefixes:

@@ -267,7 +267,8 @@ class Trainer:
         params = list(model.parameters()) + (list(classifier.parameters()) if classifier else [])
         if aligner is not None:
             params += list(aligner.parameters())
-        params = [p for p in params if p.requires_grad]  # frozen weights are not optimised
+        frozen = {id(p) for n, p in model.named_parameters() if n in self.frozen}
+        params = [p for p in params if id(p) not in frozen]  # frozen weights are not optimised
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
         write_run_files(self._work, config=cfg, model_spec=model.spec, split=data.split,
@@ -507,6 +508,7 @@ class Trainer:
         """Initialise ``model`` from ``init_from`` (when ``fresh``) and freeze ``freeze``;
         the `Transfer` table (a resumed run's is read from its ``transfer.json``)."""
         cfg = self.config
+        self.frozen: set[str] = set()
         if not cfg.init_from and not cfg.freeze:
             return None
         transfer: Transfer | None
@@ -518,6 +520,7 @@ class Trainer:
         else:
             transfer = no_transfer(model)
         frozen = freeze(model, cfg.freeze)
+        self.frozen = set(frozen)
         if cfg.freeze and not any(p.requires_grad for p in model.parameters()) \
                 and model.capabilities().training != "supervised" and not cfg.aligns:
             raise ConfigError(

@@ -57,9 +57,14 @@ class TrainConfig:
         cache: keep decoded tensors in an on-disk cache inside the dataset directory.
         augment: training-time augmentation: ``rotate_classes``, ``modality_dropout`` and a
             table of options per modality (`metamodal.data.augment`); empty = none.
-        init_from: a run directory whose encoder weights initialise this model's encoders
-            (pre-training, e.g. by ``metamodal align``), modality by modality where the
-            architecture and the fitted loader agree.
+        init_from: a finished run (of ``metamodal train`` or ``metamodal align``, on this
+            dataset or another) whose weights initialise this model: every tensor of the
+            encoders, the fusion and the learner (BatchNorm statistics too) with the same name
+            and shape, an encoder only where the fitted loaders agree (image size, vocabulary,
+            ...) and the fusion only where the same modalities are fused; the rest is newly
+            initialised. What was reused, newly initialised or dropped is printed and written
+            to the run's ``transfer.json`` (`metamodal.train.transfer`). ``--resume`` does not
+            initialise again.
         align_weight: weight of the cross-modal alignment loss added to the learner's loss
             (0 = off); see `metamodal.mapping.Aligner`.
         align_only: train the encoders with the alignment loss alone, on random batches of
@@ -77,6 +82,13 @@ class TrainConfig:
             leaves a task out).
         task_weighting: ``fixed`` (``task_weights``) or ``uncertainty`` (learned log-variances,
             Kendall, Gal & Cipolla 2018).
+        freeze: parts of the model to freeze: ``encoders`` (every encoder), ``backbone``
+            (the encoders and the fusion) or modality names (their encoders). Frozen weights
+            are left out of the optimiser, not adapted by the inner loop of MAML-family
+            learners (in training and evaluation), and their modules stay in evaluation mode
+            (BatchNorm statistics frozen, no dropout); see `metamodal.model.freeze`. Freezing
+            weights that ``init_from`` did not reuse is allowed (random features) and warned
+            about.
 
     Example:
         >>> TrainConfig(data="ds", steps=10).updated({"ways": 3}).ways
@@ -126,6 +138,7 @@ class TrainConfig:
     tasks: list[str] | None = None
     task_weights: list[float] | None = None
     task_weighting: str = "fixed"
+    freeze: list[str] = field(default_factory=list)
 
     @property
     def aligns(self) -> bool:

@@ -29,6 +29,9 @@ class TrainReport:
         stopped_early: whether early stopping ended training.
         seconds: wall-clock seconds of training (summed over resumes).
         score: what ``best_val_accuracy`` measures, in words.
+        transfer: what ``init_from`` reused, newly initialised or dropped and what ``freeze``
+            froze (``transfer.json``'s content, `metamodal.train.transfer.Transfer.to_dict`);
+            None when neither was asked for.
     """
 
     run_dir: Path
@@ -38,6 +41,7 @@ class TrainReport:
     stopped_early: bool
     seconds: float
     score: str = "validation accuracy"
+    transfer: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (the run directory as a string; NaN as None)."""
@@ -48,10 +52,16 @@ class TrainReport:
         return values
 
     def table(self) -> str:
-        """One line: the run, its steps and its best validation score."""
-        return (f"run: {self.run_dir}  steps: {self.steps}  best {self.score}: "
+        """One line: the run, its steps and its best validation score; then the transfer
+        table when ``init_from`` or ``freeze`` was given."""
+        line = (f"run: {self.run_dir}  steps: {self.steps}  best {self.score}: "
                 f"{self.best_val_accuracy:.4f} (step {self.best_step})"
                 + ("  [stopped early]" if self.stopped_early else ""))
+        if not self.transfer:
+            return line
+        from metamodal.train.transfer import Transfer
+
+        return line + "\n" + Transfer.from_dict(self.transfer).table()
 
 
 def _run_settings(settings: RunSettings | None, options: dict[str, Any],
@@ -79,7 +89,8 @@ def _fit(config: TrainConfig, s: RunSettings, score: str,
     result = Trainer(config, s.out, progress=s.progress, callbacks=callbacks).fit(
         resume=s.resume, overwrite=s.overwrite)
     return TrainReport(result.run_dir, result.steps, result.best_val_accuracy, result.best_step,
-                       result.stopped_early, result.seconds, score)
+                       result.stopped_early, result.seconds, score,
+                       result.transfer.to_dict() if result.transfer is not None else None)
 
 
 def train(out: str | Path | None = None, settings: RunSettings | None = None, *,

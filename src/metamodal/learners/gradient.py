@@ -276,9 +276,16 @@ class GradientLearner(Learner):
 
         return loss_fn
 
+    def adapting(self, backbone: nn.Module) -> list[str]:
+        """The backbone weights the inner loop adapts: the ``adapted`` ones that are not frozen
+        (``requires_grad`` off, `metamodal.model.freeze`). A frozen weight is fixed in both
+        loops: the outer loop does not train it and no task adapts it."""
+        params = dict(backbone.named_parameters())
+        return [n for n in self.adapted if params[n].requires_grad]
+
     def _start(self, backbone: nn.Module, ways: int) -> Params:
         params = dict(backbone.named_parameters())
-        start = {n: params[n] for n in self.adapted}
+        start = {n: params[n] for n in self.adapting(backbone)}
         reference = next(iter(params.values()))
         start["head.weight"] = reference.new_zeros(ways, self.dim)
         start["head.bias"] = reference.new_zeros(ways)

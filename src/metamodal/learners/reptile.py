@@ -74,14 +74,15 @@ class Reptile(GradientLearner):
         steps, _ = self.steps_and_lr()
         with torch.enable_grad(), task_batch_norm(backbone):
             start = self._start(backbone, ways)
+            adapted = [n for n in start if not n.startswith("head.")]
             slots = parameter_slots(backbone)
             task_loss = self._loss_fn(backbone, task, labels, slots)
-            *_, adapted = unroll(task_loss, start, steps=steps, update=self.update,
-                                 create_graph=False, track=False,
-                                 zero_first=frozenset(self.adapted), keep_zero=self._plain_sgd(),
-                                 batched=self.under_task_vmap)
-            surrogate = sum(0.5 * (start[n] - adapted[n]).pow(2).sum() for n in self.adapted)
+            *_, final = unroll(task_loss, start, steps=steps, update=self.update,
+                               create_graph=False, track=False,
+                               zero_first=frozenset(adapted), keep_zero=self._plain_sgd(),
+                               batched=self.under_task_vmap)
+            surrogate = sum(0.5 * (start[n] - final[n]).pow(2).sum() for n in adapted)
             with torch.no_grad():
-                logits = self._logits(backbone, self._embed(backbone, episode.query, adapted,
-                                                            steps, slots), adapted)
+                logits = self._logits(backbone, self._embed(backbone, episode.query, final,
+                                                            steps, slots), final)
         return surrogate, logits

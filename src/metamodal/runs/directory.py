@@ -32,6 +32,7 @@ from metamodal.encoders.features import preprocessor_from_state
 from metamodal.errors import ConfigError, LocatedError, MetamodalError, RunError
 from metamodal.io import ParseError, atomic_write_json, atomic_write_text, loads_json, loads_toml
 from metamodal.model import EnsembleModel, FewShotModel
+from metamodal.model.freeze import freeze
 from metamodal.runs.weights import WEIGHTS_FILE, load_weights
 from metamodal.version import __version__
 
@@ -228,6 +229,12 @@ def _build_model(run_dir: Path, document: dict[str, Any],
                     f"for {expected.get(name)}", file=run_dir / PREPROCESSOR_FILE,
                     column=f"loaders.{name}",
                     fix="restore the preprocessor.json that belongs to this run, or re-train")
+    try:  # weights frozen in training stay out of the MAML family's inner loop here too
+        freeze(model, list(document.get("train", {}).get("freeze") or []),
+               source=str(config_path))
+    except ConfigError as error:
+        raise RunError(error.message, file=config_path, column="train.freeze",
+                       fix="restore the run's config.toml") from None
     return model
 
 

@@ -1,24 +1,22 @@
-"""Alignment in training: build the `Aligner` a config asks for, initialise encoders from
-another run (``--init-from``), measure alignment on validation samples, save and load it."""
+"""Alignment in training: build the `Aligner` a config asks for, measure alignment on
+validation samples, save and load it. (``--init-from``, which starts a model from an alignment
+run or any other, is `metamodal.train.transfer`.)"""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from metamodal.config import TrainConfig
 from metamodal.data.batch import TensorStore
-from metamodal.errors import ConfigError, DatasetError, ModalityError, RunError
+from metamodal.errors import DatasetError, ModalityError, RunError
 from metamodal.mapping.aligner import Aligner
 from metamodal.mapping.joint import encode_store
 from metamodal.mapping.retrieval import retrieval_ranks, similarity
 from metamodal.model import FewShotModel
-from metamodal.runs.weights import WEIGHTS_FILE, load_weights
+from metamodal.runs.weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -58,62 +56,6 @@ def build_aligner(config: TrainConfig, model: FewShotModel, store: TensorStore,
                 f"no meta-train sample has both {a} and {b}, so they cannot be aligned",
                 column=f"{a},{b}", fix="align modalities that occur together in samples")
     return aligner
-
-
-def init_from_run(model: FewShotModel, run_dir: str | Path,
-                  preprocessor_state: dict[str, Any]) -> list[str]:
-    """Copy the encoder weights of the run at ``run_dir`` into ``model``'s encoders.
-
-    A modality's encoder is copied when the other run has the same modality, every tensor has
-    the same shape and the fitted loaders agree (same vocabulary, same normalisation), so the
-    weights mean the same thing; other modalities keep their fresh initialisation (logged).
-
-    Args:
-        model: the model to initialise (in place).
-        run_dir: a finished run (``metamodal align`` or ``metamodal train``).
-        preprocessor_state: this training's ``Preprocessor.state_dict()``.
-
-    Returns:
-        The modalities whose encoders were copied.
-
-    Raises:
-        RunError: ``run_dir`` is not a finished run.
-        ConfigError: no encoder could be copied.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / WEIGHTS_FILE
-    if not path.is_file():
-        raise RunError("--init-from needs a finished run: model.safetensors is missing",
-                       file=path, fix="pass the --out directory of `metamodal align` or "
-                       "`metamodal train`")
-    state = load_file(str(path))
-    try:
-        other = json.loads((run_dir / "preprocessor.json").read_text())["loaders"]
-    except (OSError, ValueError, KeyError):
-        raise RunError("preprocessor.json is missing or corrupt", file=run_dir,
-                       fix="pass a complete run directory") from None
-    own = model.state_dict()
-    copied = []
-    for name in model.modalities:
-        prefix = f"backbone.encoders.{name}."
-        keys = [k for k in own if k.startswith(prefix)]
-        same = (keys and all(k in state and state[k].shape == own[k].shape for k in keys)
-                and other.get(name) == preprocessor_state["loaders"].get(name))
-        if not same:
-            why = ("that run has no such encoder" if not any(k in state for k in keys)
-                   else "its architecture or fitted loader differs")
-            log.warning("--init-from %s: encoder of %s not copied (%s)", run_dir, name, why)
-            continue
-        with torch.no_grad():
-            for k in keys:
-                own[k].copy_(state[k])
-        copied.append(name)
-    if not copied:
-        raise ConfigError(
-            f"--init-from {run_dir}: no encoder matches this model (modalities, encoders, "
-            "dim and fitted loaders must agree)", column="init_from",
-            fix="train on the same dataset with the same --dim and --encoder choices")
-    return copied
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ from metamodal.learners.baselines import SupervisedClassifier
 from metamodal.learners.task_batching import batchable, batched_losses, uses_vmap
 from metamodal.mapping.aligner import Aligner
 from metamodal.model import FewShotModel
+from metamodal.model.freeze import freeze, train_mode
 from metamodal.runs.directory import write_run_files
 from metamodal.runs.prepared import PreparedData, prepare_data
 from metamodal.runs.weights import WEIGHTS_FILE, save_weights
@@ -38,7 +39,6 @@ from metamodal.train.alignment import (
     batch_recall,
     build_aligner,
     class_rows,
-    init_from_run,
 )
 from metamodal.train.checkpoint import (
     CHECKPOINT_FILE,
@@ -62,6 +62,15 @@ from metamodal.train.supervised import (
     supervised_step,
     train_feature_mean,
 )
+from metamodal.train.transfer import (
+    TRANSFER_FILE,
+    Transfer,
+    mark_frozen,
+    no_transfer,
+    read_transfer,
+    transfer_weights,
+    write_transfer,
+)
 from metamodal.train.validation import resolve_validation_shape
 
 log = logging.getLogger(__name__)
@@ -81,6 +90,8 @@ class TrainResult:
         best_step: the step whose weights were kept in ``model.safetensors``.
         stopped_early: whether early stopping ended training.
         seconds: wall-clock seconds of training (steps and validations, summed over resumes).
+        transfer: what ``init_from`` reused and ``freeze`` froze (`Transfer`), None when
+            neither was asked for.
     """
 
     run_dir: Path
@@ -89,6 +100,7 @@ class TrainResult:
     best_step: int
     stopped_early: bool
     seconds: float = 0.0
+    transfer: Transfer | None = None
 
 
 def _schedule(config: TrainConfig) -> Callable[[int], float]:
@@ -120,8 +132,10 @@ class Trainer:
       fusion with a classifier over all meta-train classes (Chen et al. 2019, "A Closer Look
       at Few-shot Classification"; `metamodal.train.supervised`);
     - ``align_weight`` adds a cross-modal alignment loss to each episode, and ``align_only``
-      trains the encoders with that loss alone (`metamodal.train.alignment`); ``init_from``
-      starts the encoders from another run.
+      trains the encoders with that loss alone (`metamodal.train.alignment`);
+    - ``init_from`` starts the model from any other run's weights where they fit, and
+      ``freeze`` keeps parts of it fixed (`metamodal.train.transfer`,
+      `metamodal.model.freeze`); a resumed run starts from its checkpoint, not the source.
 
     AdamW with an optional cosine schedule and gradient clipping; validation every
     ``val_every`` steps on episodes of the shape the validation split allows
@@ -203,7 +217,8 @@ class Trainer:
         device = resolve_device(cfg.device)
         augmentation = augmentation_for(cfg.augment, data.preprocessor)
         train_store, train_classes = augmentation.expand_classes(data.store, data.split.train)
-        model, classifier = self._build(data, len(train_classes), device)
+        model, classifier = self._build(data, len(train_classes), device,
+                                        fresh=state is None)
         self._build_aligner(model, data, device)
         self.heads: TaskHeads | None = build_task_heads(cfg, model, data.dataset.schema)
         if self.heads is not None:
@@ -241,6 +256,7 @@ class Trainer:
                 (self.out / WEIGHTS_FILE).unlink(missing_ok=True)
                 (self.out / ALIGNMENT_FILE).unlink(missing_ok=True)
                 (self.out / TASKS_FILE).unlink(missing_ok=True)
+                (self.out / TRANSFER_FILE).unlink(missing_ok=True)
         try:
             result = self._train(state, data, device, model, classifier,
                                  (train_store, train_classes, augmentation))
@@ -269,11 +285,15 @@ class Trainer:
             params += list(aligner.parameters())
         if self.heads is not None:
             params += list(self.heads.parameters())
+        frozen = {id(p) for n, p in model.named_parameters() if n in self.frozen}
+        params = [p for p in params if id(p) not in frozen]  # frozen weights are not optimised
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
         write_run_files(self._work, config=cfg, model_spec=model.spec, split=data.split,
                         schema=data.dataset.schema, preprocessor=data.preprocessor,
                         alignment=aligner.options if aligner is not None else None)
+        if state is None and self.transfer is not None:
+            write_transfer(self._work, self.transfer)
         progress = TrainingProgress()
         if state is not None:
             progress = restore_training(state, model, classifier, optimizer, schedule,
@@ -288,7 +308,7 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=progress.step, unit="step", leave=False,
                    disable=not self.progress or already_finished,
                    desc=f"train {cfg.learner}+{cfg.fusion}")
-        model.train()
+        train_mode(model, cfg.freeze)
         try:
             while not progress.finished:
                 started = time.perf_counter()
@@ -310,7 +330,7 @@ class Trainer:
                 if progress.step == cfg.steps or (cfg.val_every
                                                   and progress.step % cfg.val_every == 0):
                     values["val_acc"] = self._validate(model, classifier, data, device)
-                    model.train()
+                    train_mode(model, cfg.freeze)
                     if aligner is not None:
                         aligner.train()
                     logger.log(progress.step, {"val_acc": values["val_acc"]})
@@ -335,7 +355,7 @@ class Trainer:
             logger.close()
         best = progress.best if progress.best >= 0 else float("nan")
         return TrainResult(self.out, progress.step, best, progress.best_step,
-                           progress.stopped_early, progress.seconds)
+                           progress.stopped_early, progress.seconds, self.transfer)
 
     def _step_function(
         self,
@@ -513,10 +533,12 @@ class Trainer:
         return state
 
     def _build(
-        self, data: PreparedData, train_classes: int, device: torch.device
+        self, data: PreparedData, train_classes: int, device: torch.device, *,
+        fresh: bool = True,
     ) -> tuple[FewShotModel, SupervisedClassifier | None]:
         """The model, and for supervised-mode learners the pre-training classifier over
-        ``train_classes`` classes."""
+        ``train_classes`` classes; initialised from ``init_from`` when ``fresh`` (not when
+        resuming: the checkpoint's weights replace them), with ``freeze`` applied."""
         cfg = self.config
         model = FewShotModel.build(
             kinds=data.preprocessor.kinds(),
@@ -535,9 +557,7 @@ class Trainer:
                 "which training episodes do not carry", column="learner",
                 fix="train protonet and run `metamodal zero-shot` on the run: it fits an AM3 "
                 "head on the run's embeddings and the class descriptions")
-        if cfg.init_from:
-            copied = init_from_run(model, cfg.init_from, data.preprocessor.state_dict())
-            log.info("encoders of %s initialised from %s", ", ".join(copied), cfg.init_from)
+        self.transfer = self._transfer(model, data, fresh)
         self.model = model
         if model.capabilities().training != "supervised":
             return model, None
@@ -546,6 +566,40 @@ class Trainer:
             cosine=cfg.pretrain_classifier == "cosine",
         )
         return model, classifier.to(device)
+
+    def _transfer(self, model: FewShotModel, data: PreparedData,
+                  fresh: bool) -> Transfer | None:
+        """Initialise ``model`` from ``init_from`` (when ``fresh``) and freeze ``freeze``;
+        the `Transfer` table (a resumed run's is read from its ``transfer.json``)."""
+        cfg = self.config
+        self.frozen: set[str] = set()
+        if not cfg.init_from and not cfg.freeze:
+            return None
+        transfer: Transfer | None
+        if not fresh:
+            transfer = read_transfer(self.out)
+        elif cfg.init_from:
+            transfer = transfer_weights(model, cfg.init_from,
+                                        data.preprocessor.state_dict()["loaders"])
+        else:
+            transfer = no_transfer(model)
+        frozen = freeze(model, cfg.freeze)
+        self.frozen = set(frozen)
+        if cfg.freeze and not any(p.requires_grad for p in model.parameters()) \
+                and model.capabilities().training != "supervised" and not cfg.aligns:
+            raise ConfigError(
+                f"--freeze {','.join(cfg.freeze)} leaves no weight of this model to train "
+                f"(learner {cfg.learner}, fusion {cfg.fusion})", column="freeze",
+                fix="freeze less (e.g. --freeze encoders keeps the fusion trainable), or use "
+                "a fusion or learner with weights of its own (e.g. --fusion gated)")
+        if transfer is not None and fresh:
+            random = mark_frozen(transfer, frozen, cfg.freeze, model.modalities)
+            if random:
+                log.warning("--freeze: %s %s frozen at a random initialisation (not reused "
+                            "from --init-from)", ", ".join(random),
+                            "is" if len(random) == 1 else "are")
+            log.info("transfer:\n%s", transfer.table())
+        return transfer
 
     def _build_aligner(self, model: FewShotModel, data: PreparedData,
                        device: torch.device) -> Aligner | None:

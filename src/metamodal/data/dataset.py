@@ -8,6 +8,7 @@ into tensors.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,6 +188,7 @@ def load_dataset(path: str | Path) -> MultimodalDataset:
     root = dataset_root(path)
     schema = load_schema(root)
     table = read_samples(samples_path(root, schema))
+    schema = usable_labels(schema, table, root / SCHEMA_FILE)
     problems = check_table(table, schema, schema_file=root / SCHEMA_FILE)
     if problems:
         raise problems[0]
@@ -295,6 +297,22 @@ def samples_path(root: Path, schema: DatasetSchema) -> Path:
     )
 
 
+def usable_labels(schema: DatasetSchema, table: SampleTable,
+                  schema_file: str | Path) -> DatasetSchema:
+    """``schema`` without the further label columns (``labels`` after the first) that the
+    sample table lacks, each with a warning naming it: the table stays usable for the main
+    label, and training on a dropped task is refused as an unknown task."""
+    lacking = [c for c in schema.label_columns[1:] if c not in table.columns]
+    for column in lacking:
+        warnings.warn(f"{schema_file}: `labels` names the column {column!r}, which the sample "
+                      f"table lacks; it is not a task of this dataset (add the column, or "
+                      f"remove it from `labels`)", stacklevel=3)
+    if not lacking:
+        return schema
+    kept = [c for c in schema.label_columns if c not in lacking]
+    return dataclasses.replace(schema, labels=kept if len(kept) > 1 else [])
+
+
 def check_table(
     table: SampleTable,
     schema: DatasetSchema,
@@ -386,12 +404,7 @@ def check_table(
     if require_label:
         for column in schema.label_columns[1:]:
             if column not in table.columns:
-                problems.append(DatasetError(
-                    f"`labels` names the column {column!r}, which the sample table lacks",
-                    file=str(schema_file), column="labels",
-                    fix=f"add the column to {file}, or remove it from `labels` (the table "
-                    f"has: {', '.join(table.columns)})"))
-                continue
+                continue  # a further label the table lacks is dropped (`usable_labels`)
             problems += [
                 DatasetError("empty label", file=file, row=row, column=column,
                              fix=f"give every sample its class in column {column}")

@@ -22,6 +22,7 @@ from metamodal.data.dataset import (
     check_table,
     dataset_root,
     samples_path,
+    usable_labels,
 )
 from metamodal.data.kinds import kinds, modality_kind
 from metamodal.data.kinds import summary as _summary
@@ -185,6 +186,10 @@ def _inspect(root: Path, report: InspectionReport) -> None:
     except DatasetError as exc:
         report.problems.append(exc)
         return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        schema = usable_labels(schema, table, root / SCHEMA_FILE)
+    report.warnings += [str(w.message) for w in caught]
     report.problems += check_table(table, schema, schema_file=root / SCHEMA_FILE)
     dataset = MultimodalDataset(root, schema, table)
     for column in schema.label_columns:

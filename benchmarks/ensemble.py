@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=600, help="test episodes")
     parser.add_argument("--val-episodes", type=int, default=300,
                         help="validation episodes the ensembles are fitted on")
+    parser.add_argument("--within", metavar="GROUP",
+                        help="also Lake-style 20-way one-shot runs within this group of the "
+                        "test split (Omniglot: an alphabet), images only, as the error over "
+                        "all query items")
+    parser.add_argument("--lake-runs", type=int, default=100, help="20-way runs (--within)")
     parser.add_argument("--runs", nargs="+", metavar="RUN",
                         help="ensemble these trained runs (e.g. the demo's) instead of "
                         "training the three members")
@@ -68,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         members.append(str(run))
     ensembles = {}
     for method in ("mean", "stack"):
-        target = out / f"ensemble-{method}-{args.steps}"
+        target = out / (f"ensemble-{method}" if args.runs else
+                        f"ensemble-{method}-{args.steps}")
         fitted = api.ensemble(members, out=str(target), method=method, ways=5, queries=15,
                               episodes_count=args.val_episodes, seed=1, overwrite=True)
         print(fitted.table(), flush=True)
@@ -80,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = report.result
     digests = {r.episode_digest for r in results.values()}
     assert len(digests) == 1, "the models were not evaluated on the same episodes"
+    lake = {}
+    if args.within:
+        episodes = api.episodes(api.run_info(members[0]).data, out=str(out / "lake.jsonl"),
+                                within=args.within, split="test", ways=20, shots=1,
+                                queries=1, runs=args.lake_runs, seed=0).path
+        for name, run in [*zip(names, members, strict=True), *ensembles.items()]:
+            lake[name] = api.evaluate(run, episodes=str(episodes), modalities=["image"],
+                                      baseline=False, progress=False)
     best = max(names, key=lambda n: results[n].accuracy)
     rows = []
     for name, result in results.items():
@@ -89,12 +103,24 @@ def main(argv: list[str] | None = None) -> int:
             diff = paired_difference(result.accuracies, results[best].accuracies)
             versus = (f"{100 * diff.mean:+.2f} ± {100 * diff.ci95:.2f}"
                       + (" (significant)" if diff.significant else ""))
-        rows.append([name, f"{100 * result.accuracy:.2f} ± {100 * result.ci95:.2f}", versus])
+        row = [name, f"{100 * result.accuracy:.2f} ± {100 * result.ci95:.2f}", versus]
+        if lake:
+            pooled = lake[name].pooled
+            row.append(f"{100 * pooled['error']:.1f} ± {100 * (pooled['error_ci95'] or 0):.1f}")
+            if name not in names:
+                diff = paired_difference(lake[name].result.accuracies,
+                                         lake[best].result.accuracies)
+                row.append(f"{100 * diff.mean:+.2f} ± {100 * diff.ci95:.2f}")
+            else:
+                row.append("")
+        rows.append(row)
     trained = ("the given runs" if args.runs else
                f"members trained {args.steps} steps each")
     print_table(f"5-way 1-shot, {args.episodes} test episodes (seed 0), {trained}; "
                 "chance 20%",
-                ["model", "accuracy % (95% CI)", f"paired difference vs {best}"], rows)
+                ["model", "accuracy % (95% CI)", f"paired difference vs {best}",
+                 *([f"20-way within {args.within}: error %", "accuracy vs best, paired"]
+                   if lake else [])], rows)
     return 0
 
 

@@ -105,7 +105,7 @@ def train_epoch(prepared, modalities, episodes: int, seed: int) -> list[list[str
         fly[name].cache, fly[name].progress = None, False
         fly[name].encoder.model()
     times = {"on the fly": 0.0, "cached": 0.0}
-    worst_feature, worst_loss = 0.0, 0.0
+    worst_feature, worst_loss, first_loss = 0.0, 0.0, None
     for step in range(-1, episodes):  # step -1 warms both sides up, untimed
         if step == 0:
             times = {"on the fly": 0.0, "cached": 0.0}
@@ -132,9 +132,14 @@ def train_epoch(prepared, modalities, episodes: int, seed: int) -> list[list[str
                 assert torch.equal(a[name].present, b[name].present)
                 difference = ((a[name].values - b[name].values).abs() * std).max()
                 worst_feature = max(worst_feature, float(difference))
-        worst_loss = max(worst_loss, abs(loss_fly.item() - loss_cached.item()))
+        gap = abs(loss_fly.item() - loss_cached.item())
+        first_loss = gap if first_loss is None else first_loss
+        worst_loss = max(worst_loss, gap)
     assert worst_feature <= TOLERANCE, f"on-the-fly features differ by {worst_feature}"
-    assert worst_loss <= 1e-3, f"losses differ by {worst_loss}"
+    # the first step sees the same weights on both sides: its losses differ only through the
+    # features; later steps follow two optimisers whose rounding drifts apart a little
+    assert first_loss is not None and first_loss <= 1e-3, f"losses differ by {first_loss}"
+    assert worst_loss <= 1e-2, f"losses drift apart by {worst_loss}"
     fly_s, cached_s = times["on the fly"], times["cached"]
     return [[f"{episodes} episodes ({episodes * WAYS * (SHOTS + QUERIES)} samples)",
              f"{fly_s:.2f} s", f"{1000 * cached_s:.1f} ms", f"{fly_s / cached_s:,.0f}x",

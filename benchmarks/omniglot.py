@@ -10,13 +10,26 @@ trained with `metamodal.train.trainer.Trainer` and measured on:
   with the modalities it was trained on, and for fused models also with each modality alone;
 - **20-way within-alphabet one-shot** on the test alphabet, Lake et al. (2015)-style runs (20
   characters of one alphabet, one drawer's drawing as support, another's as query), images
-  only, reported as the error over all query items with a 95% interval over runs.
+  only, reported as the error over all query items with a 95% interval over runs;
+- the same within the validation alphabet (17 ways: Tagalog has 17 characters), which chooses
+  the test-time settings; and a proxy of Lake's official runs spread over **every** held-out
+  test alphabet (20 runs within each, ``metamodal episodes --within '*'``);
+- for fused models, the within-alphabet runs with both modalities in support and query, and
+  with each alone, with the paired difference between the fused model and images alone.
+
+``--split wide`` holds out three test alphabets (Sanskrit, Korean, Greek; four train) instead
+of one, so that the proxy is spread over several alphabets. ``--run NAME=DIR`` measures a run
+trained elsewhere (e.g. ``metamodal train --config configs/omniglot.toml``) instead of training
+one, and ``--test-time plain,tta,transduction,tta+transduction`` measures each configuration
+with each test-time setting (`metamodal.model.test_time`), one row each.
 
 Results go to ``OUT/results.jsonl`` (one line per configuration; a configuration already there
 is not run again, so an interrupted benchmark resumes) and print as a table.
 
     python benchmarks/omniglot.py --source PATH/TO/omniglot --out omniglot-bench
     python benchmarks/omniglot.py --source ... --out ... --only images,fused-late --max-steps 200
+    python benchmarks/omniglot.py --source ... --out wide --split wide \
+        --run recipe=runs/omniglot --test-time plain,tta+transduction
 
 The configuration with the best validation accuracy is ``configs/omniglot.toml`` (usable as
 ``metamodal train --config configs/omniglot.toml --data DIR``).
@@ -37,11 +50,19 @@ from metamodal.config import TrainConfig
 from metamodal.data.episode_files import protocol_episodes, read_episode_file, write_episode_file
 from metamodal.datasets.omniglot import import_omniglot
 from metamodal.evaluate.protocol import evaluate, evaluate_episodes
-from metamodal.evaluate.stats import pooled_error
+from metamodal.evaluate.stats import paired_difference, pooled_error
 from metamodal.runs.directory import load_run, load_run_data
 from metamodal.train.trainer import Trainer
 
 VAL, TEST = "Tagalog", "Sanskrit"
+SPLITS = {"sanskrit": [TEST], "wide": [TEST, "Korean", "Greek"]}
+"""Test alphabets of each ``--split`` (Tagalog validates in both)."""
+TEST_TIME = {"plain": {"tta": 0, "transduction": 0}, "tta": {"tta": 8, "transduction": 0},
+             "transduction": {"tta": 0, "transduction": 1},
+             "tta+transduction": {"tta": 8, "transduction": 1}}
+"""Test-time settings of ``--test-time`` (8 augmented copies, one soft k-means step)."""
+WITHIN_RUNS = 20
+"""Runs within each held-out test alphabet in the all-alphabet proxy."""
 STROKES = {"coords": [0, 1], "follow": "image", "frame": [0, 0, 105, -105], "discrete": [3]}
 """Omniglot strokes are pixel coordinates of the 105 x 105 drawing, y pointing up."""
 OWN_FRAME = {k: v for k, v in STROKES.items() if k != "follow"}
@@ -132,17 +153,41 @@ STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000,
 """Steps of a configuration when not the default (``--steps``; ``--max-steps`` caps both)."""
 
 
-def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float, best_val: float, *,
-         episodes: int, runs: int) -> dict[str, Any]:
-    """Evaluate a trained run: 5-way 1-shot on val / test, Lake-style 20-way on test."""
-    run = load_run(run_dir)
+def _within(model: Any, store: Any, prepared: Any, classes: list[str], groups: list[str],
+            runs: int, run_dir: Path, tag: str,
+            modalities: list[str] | None) -> tuple[Any, list[Any]]:
+    """Lake-style one-shot runs within ``groups`` (20 ways, or all of a smaller alphabet's
+    characters; run ``k`` in group ``k % len(groups)``): the result and the episodes."""
+    ways = min(20, min(len({c for c in classes if c.startswith(g + "/")}) for g in groups))
+    lake = protocol_episodes(store.ids, store.labels, ways=ways, shots=1, queries=1,
+                             runs=runs, seed=0, classes=classes,
+                             groups=prepared.dataset.groups, within=groups)
+    path = write_episode_file(run_dir / f"{tag}.jsonl", lake)
+    result = evaluate_episodes(model, store, read_episode_file(path, store),
+                               modalities=modalities)
+    return result, lake
+
+
+def _error(accuracies: list[float], episodes: list[Any]) -> dict[str, float]:
+    """The pooled error over all query items of ``episodes`` and its 95% interval."""
+    error, half = pooled_error(accuracies, [len(e.query_ids) for e in episodes])
+    return {"error": error, "ci95": half}
+
+
+def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
+         best_val: float | None, *, episodes: int, runs: int,
+         test_time: dict[str, int] | None = None) -> dict[str, Any]:
+    """Evaluate a trained run: 5-way 1-shot on val / test, Lake-style within-alphabet runs on
+    the validation alphabet, on Sanskrit and spread over every test alphabet."""
+    run = load_run(run_dir, test_time=test_time)
     prepared = load_run_data(run)
     split, store, model = prepared.split, prepared.store, run.model
     modalities = list(run.model.backbone.modalities)
-    row: dict[str, Any] = {"name": name, "train_seconds": round(seconds, 1),
+    row: dict[str, Any] = {"name": name, "train_seconds": seconds,
                            "steps": config.steps, "modalities": modalities,
                            "selection_val": best_val,
-                           "selection_shape": f"{config.val_ways or config.ways}-way"}
+                           "selection_shape": f"{config.val_ways or config.ways}-way",
+                           "test_time": dict(test_time or {})}
 
     def five_way(classes: list[str], only: list[str] | None) -> dict[str, float]:
         result = evaluate(model, store, classes, ways=5, shots=1, queries=15, episodes=episodes,
@@ -154,15 +199,39 @@ def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float, best_val
     if len(modalities) > 1:
         row["test_5way_alone"] = {m: five_way(split.test, [m]) for m in modalities}
         row["val_5way_alone"] = {m: five_way(split.val, [m]) for m in modalities}
-    if "image" in modalities:
-        lake = protocol_episodes(store.ids, store.labels, ways=20, shots=1, queries=1,
-                                 runs=runs, seed=0, classes=split.test,
-                                 groups=prepared.dataset.groups, within=[TEST])
-        path = write_episode_file(run_dir / "lake-20way.jsonl", lake)
-        result = evaluate_episodes(model, store, read_episode_file(path, store),
-                                   modalities=["image"])
-        error, half = pooled_error(result.accuracies, [len(e.query_ids) for e in lake])
-        row["test_20way_error"] = {"error": error, "ci95": half}
+    if "image" not in modalities:
+        return row
+    alphabets = sorted({g for g in prepared.dataset.groups if g is not None
+                        and any(c.startswith(g + "/") for c in split.test)})
+    result, lake = _within(model, store, prepared, split.val, [VAL], runs, run_dir,
+                           "val-within", ["image"])
+    row["val_within_error"] = _error(result.accuracies, lake)
+    if TEST in alphabets:
+        result, lake = _within(model, store, prepared, split.test, [TEST], runs, run_dir,
+                               "lake-20way", ["image"])
+        row["test_20way_error"] = _error(result.accuracies, lake)
+    result, lake = _within(model, store, prepared, split.test, alphabets,
+                           WITHIN_RUNS * len(alphabets), run_dir, "test-within-all", ["image"])
+    row["test_within_all_error"] = _error(result.accuracies, lake)
+    row["test_within_by_alphabet"] = {  # run k lies within alphabet k % len(alphabets)
+        a: _error(result.accuracies[i::len(alphabets)], lake[i::len(alphabets)])
+        for i, a in enumerate(alphabets)}
+    if len(modalities) > 1:  # fusion: both modalities in support and query, and each alone
+        fused = {}
+        for tag, stage, classes, groups in (("val", "val", split.val, [VAL]),
+                                            ("test", "test", split.test, alphabets)):
+            count = runs if stage == "val" else WITHIN_RUNS * len(alphabets)
+            results = {}
+            for only in (None, *([m] for m in modalities)):
+                key = "fused" if only is None else only[0]
+                results[key], lake = _within(model, store, prepared, classes, groups, count,
+                                             run_dir, f"{tag}-within-all", only)
+                fused[f"{tag}_{key}"] = _error(results[key].accuracies, lake)
+            best = max(modalities, key=lambda m: -fused[f"val_{m}"]["error"])
+            difference = paired_difference(results["fused"], results[best])
+            fused[f"{tag}_fused_minus_{best}"] = {"points": 100 * difference.mean,
+                                                 "ci95": 100 * difference.ci95}
+        row["within_modalities"] = fused
     return row
 
 
@@ -172,19 +241,66 @@ def _cell(value: dict[str, float] | None, key: str = "accuracy") -> str:
     return f"{100 * value[key]:.1f} ± {100 * value['ci95']:.1f}"
 
 
+def _minutes(row: dict[str, Any]) -> str:
+    seconds = row.get("train_seconds")
+    return f"{row['steps']} steps" + (f", {seconds / 60:.1f} min" if seconds else "")
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
-    """The table of `docs/omniglot.md`: accuracy / error with 95% intervals, training time."""
+    """The tables of `docs/omniglot.md`: accuracy / error with 95% intervals, training time;
+    then, for rows with within-alphabet runs on the validation alphabet, the Lake-style
+    errors (validation, Sanskrit, every test alphabet) and, for fused models, both
+    modalities against each alone."""
     print("| configuration | validation in training | val 5-way 1-shot | test 5-way 1-shot | "
           "test, each modality alone | test 20-way within-alphabet error (images) | training |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         alone = row.get("test_5way_alone")
         alone_text = ", ".join(f"{m} {_cell(v)}" for m, v in alone.items()) if alone else "-"
-        selection = f"{100 * row['selection_val']:.1f} ({row['selection_shape']})"
+        selection = ("-" if row["selection_val"] is None else
+                     f"{100 * row['selection_val']:.1f} ({row['selection_shape']})")
         print(f"| {row['name']} | {selection} | {_cell(row['val_5way'])} | "
               f"{_cell(row['test_5way'])} | "
               f"{alone_text} | {_cell(row.get('test_20way_error'), 'error')} | "
-              f"{row['steps']} steps, {row['train_seconds'] / 60:.1f} min |")
+              f"{_minutes(row)} |")
+    within = [row for row in rows if "val_within_error" in row]
+    if not within:
+        return
+    print("\nOne-shot within-alphabet error, images only (validation: 17-way within Tagalog; "
+          f"test: {WITHIN_RUNS} 20-way runs within each test alphabet)\n")
+    print("| configuration | test time | val within Tagalog | test, every test alphabet | "
+          "by alphabet | test within Sanskrit (100 runs) |")
+    print("|---|---|---|---|---|---|")
+    for row in within:
+        by = ", ".join(f"{a} {_cell(v, 'error')}"
+                       for a, v in row.get("test_within_by_alphabet", {}).items())
+        print(f"| {row['name']} | {_test_time(row)} | {_cell(row['val_within_error'], 'error')} "
+              f"| {_cell(row.get('test_within_all_error'), 'error')} | {by or '-'} | "
+              f"{_cell(row.get('test_20way_error'), 'error')} |")
+    fused = [row for row in within if "within_modalities" in row]
+    if not fused:
+        return
+    print("\nFusion, one-shot within-alphabet error with both modalities in support and query "
+          "(the same runs), and the paired difference fused - better single modality "
+          "(chosen on validation), in points (negative: fusion pays)\n")
+    print("| configuration | test time | split | fused | image | strokes | fused - better |")
+    print("|---|---|---|---|---|---|---|")
+    for row in fused:
+        cells = row["within_modalities"]
+        for stage in ("val", "test"):
+            gap = next(v for k, v in cells.items() if k.startswith(f"{stage}_fused_minus_"))
+            print(f"| {row['name']} | {_test_time(row)} | {stage} | "
+                  f"{_cell(cells[f'{stage}_fused'], 'error')} | "
+                  f"{_cell(cells.get(f'{stage}_image'), 'error')} | "
+                  f"{_cell(cells.get(f'{stage}_strokes'), 'error')} | "
+                  f"{-gap['points']:+.1f} ± {gap['ci95']:.1f} |")
+
+
+def _test_time(row: dict[str, Any]) -> str:
+    setting = row.get("test_time") or {}
+    parts = [f"tta {setting['tta']}" if setting.get("tta") else "",
+             f"transduction {setting['transduction']}" if setting.get("transduction") else ""]
+    return ", ".join(p for p in parts if p) or "plain"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,15 +316,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=600, help="5-way test episodes")
     parser.add_argument("--runs", type=int, default=100, help="20-way within-alphabet runs")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--split", choices=sorted(SPLITS), default="sanskrit",
+                        help="held-out test alphabets: sanskrit (one) or wide (three)")
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR",
+                        help="measure a run trained elsewhere under NAME (repeatable); with "
+                        "--run, only the runs given are measured")
+    parser.add_argument("--test-time", default="plain",
+                        help=f"comma-separated test-time settings: {', '.join(TEST_TIME)}")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    settings = args.test_time.split(",")
+    unknown = [s for s in settings if s not in TEST_TIME]
+    if unknown:
+        parser.error(f"unknown test-time settings {unknown}; known: {', '.join(TEST_TIME)}")
     out = Path(args.out)
     data = out / "omniglot"
-    if not (data / "dataset.toml").exists():
-        import_omniglot(args.source, data, val_groups=[VAL], test_groups=[TEST],
+    if not (data / "dataset.toml").exists() and not args.run:
+        import_omniglot(args.source, data, val_groups=[VAL], test_groups=SPLITS[args.split],
                         progress=False)
-    names = args.only.split(",") if args.only else list(CONFIGS)
-    unknown = [n for n in names if n not in CONFIGS]
+    given = dict(item.split("=", 1) for item in args.run if "=" in item)
+    if len(given) != len(args.run):
+        parser.error("--run takes NAME=DIR")
+    names = list(given) if given else (args.only.split(",") if args.only else list(CONFIGS))
+    unknown = [n for n in names if n not in CONFIGS and n not in given]
     if unknown:
         parser.error(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
     results_file = out / "results.jsonl"
@@ -217,22 +347,34 @@ def main(argv: list[str] | None = None) -> int:
         for line in results_file.read_text().splitlines():
             row = json.loads(line)
             done[row["name"]] = row
+    order = []
     for name in names:
-        if name in done:
-            continue
-        steps = STEPS.get(name, args.steps)
-        if args.max_steps is not None:
-            steps = min(steps, args.max_steps)
-        config = TrainConfig(data=str(data), steps=steps).updated({**BASE, **CONFIGS[name]})
-        started = time.perf_counter()
-        result = Trainer(config, out / "runs" / name, progress=False).fit(resume=True)
-        print(f"{name}: trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        row = _row(name, config, result.run_dir, result.seconds, result.best_val_accuracy,
-                   episodes=args.episodes, runs=args.runs)
-        done[name] = row
-        with results_file.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
-    print_table([done[n] for n in names if n in done])
+        if name in given:
+            run_dir = Path(given[name])
+            config, seconds, best_val = load_run(run_dir).config, None, None
+        for setting in settings:
+            label = name if setting == "plain" else f"{name} [{setting}]"
+            order.append(label)
+            if label in done:
+                continue
+            if name not in given:
+                steps = STEPS.get(name, args.steps)
+                if args.max_steps is not None:
+                    steps = min(steps, args.max_steps)
+                config = TrainConfig(data=str(data), steps=steps).updated(
+                    {**BASE, **CONFIGS[name]})
+                started = time.perf_counter()
+                result = Trainer(config, out / "runs" / name, progress=False).fit(resume=True)
+                print(f"{name}: trained in {time.perf_counter() - started:.0f} s",
+                      file=sys.stderr)
+                run_dir, seconds = result.run_dir, round(result.seconds, 1)
+                best_val = result.best_val_accuracy
+            row = _row(label, config, run_dir, seconds, best_val, episodes=args.episodes,
+                       runs=args.runs, test_time=TEST_TIME[setting])
+            done[label] = row
+            with results_file.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+    print_table([done[n] for n in order if n in done])
     return 0
 
 

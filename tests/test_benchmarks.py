@@ -59,15 +59,34 @@ def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None
                    {"Alpha": 5, "Beta": 5, "Tagalog": 5, "Sanskrit": 20}, drawers=16)
     args = [sys.executable, str(BENCHMARKS / "omniglot.py"), "--source", str(tmp_path / "src"),
             "--out", str(tmp_path / "bench"), "--only", "images,fused-late-unimodal",
-            "--max-steps", "2", "--episodes", "5", "--runs", "2", "--threads", "1"]
+            "--max-steps", "2", "--episodes", "5", "--runs", "2", "--threads", "1",
+            "--test-time", "plain,transduction"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    assert [r.split(" | ")[0] for r in rows[1:]] == ["| images", "| fused-late-unimodal"]
+    first = done.stdout.split("\n\n")[0]
+    rows = [line for line in first.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == [
+        "| images", "| images [transduction]", "| fused-late-unimodal",
+        "| fused-late-unimodal [transduction]"]
     results = [json.loads(line) for line in
                (tmp_path / "bench" / "results.jsonl").read_text().splitlines()]
-    fused = results[1]
+    fused = results[2]
     assert set(fused["test_5way_alone"]) == {"image", "strokes"}
     assert 0 <= fused["test_20way_error"]["error"] <= 1
+    assert results[3]["test_time"] == {"tta": 0, "transduction": 1}
+    for row in results:  # Lake-style runs within the validation and every test alphabet
+        assert 0 <= row["val_within_error"]["error"] <= 1
+        assert list(row["test_within_by_alphabet"]) == ["Sanskrit"]
+    cells = fused["within_modalities"]
+    assert {"val_fused", "val_image", "val_strokes", "test_fused", "test_image",
+            "test_strokes"} <= set(cells)
+    gap = next(v for k, v in cells.items() if k.startswith("test_fused_minus_"))
+    assert gap["ci95"] >= 0
+    assert "| fused-late-unimodal | plain | test |" in done.stdout  # the fusion table
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)  # resumes: no
     assert again.returncode == 0 and "trained in" not in again.stderr  # training again
+    elsewhere = [*args[:args.index("--only")], "--run", f"reuse={tmp_path / 'bench/runs/images'}",
+                 "--episodes", "5", "--runs", "2", "--threads", "1"]
+    measured = subprocess.run(elsewhere, capture_output=True, text=True, timeout=600)
+    assert measured.returncode == 0, measured.stderr[-2000:]
+    assert "| reuse | - |" in measured.stdout and "trained in" not in measured.stderr

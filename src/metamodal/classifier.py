@@ -84,6 +84,10 @@ class FewShotClassifier(EstimatorParams):
             with one warning; a modality the model never saw is a `ModalityError`.
         media_root: the directory that media paths of a list of dicts or a DataFrame are
             relative to (default: none, and such a path is an error).
+        tta: test-time augmentation copies per sample (default: the run's ``tta``; see
+            `metamodal.model.test_time`).
+        transduction: soft k-means steps over the queries of each `predict` call (default:
+            the run's ``transduction``).
 
     Attributes (after ``fit``):
         run_: the loaded run (`metamodal.runs.directory.Run`: model, preprocessor, schema).
@@ -136,11 +140,15 @@ class FewShotClassifier(EstimatorParams):
         device: str = "cpu",
         modalities: Sequence[str] | None = None,
         media_root: str | os.PathLike[str] | None = None,
+        tta: int | None = None,
+        transduction: int | None = None,
     ) -> None:
         self.run = run
         self.device = device
         self.modalities = modalities
         self.media_root = media_root
+        self.tta = tta
+        self.transduction = transduction
 
     def __sklearn_tags__(self) -> Any:
         """scikit-learn's tags: a classifier that needs ``y`` and validates its own input
@@ -165,13 +173,14 @@ class FewShotClassifier(EstimatorParams):
             RunError: the run directory is missing or damaged.
         """
         key = (os.fspath(self.run) if isinstance(self.run, str | os.PathLike) else None,
-               self.device)
+               self.device, self.tta, self.transduction)
         if key[0] is None:
             raise ConfigError(f"run must be a run directory path, not {type(self.run).__name__}",
                               column="run", fix="FewShotClassifier('path/to/run')")
         cached = getattr(self, "_loaded", None)
         if cached is None or cached[0] != key:
-            self._loaded = (key, load_run(key[0], device=self.device))
+            self._loaded = (key, load_run(key[0], device=self.device, test_time={
+                "tta": self.tta, "transduction": self.transduction}))
         return self._loaded[1]
 
     def _used_modalities(self, run: Run) -> list[str]:

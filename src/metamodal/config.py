@@ -17,6 +17,40 @@ from metamodal.data.schema import DatasetSchema
 from metamodal.errors import ConfigError
 from metamodal.io import ParseError, loads_toml
 
+MAX_TTA = 64
+"""The most augmented copies of a sample (each is one more pass of the encoders)."""
+MAX_TRANSDUCTION = 20
+"""The most soft k-means steps."""
+
+
+@dataclass(frozen=True)
+class TestTime:
+    """Test-time settings of a model (``tta`` and ``transduction`` of `TrainConfig`).
+
+    Args:
+        tta: augmented copies averaged into each sample's embedding (0 = off).
+        transduction: soft k-means steps refining the prototypes with the queries (0 = off).
+
+    Example:
+        >>> TestTime(tta=4).check().tta
+        4
+    """
+
+    __test__ = False  # not a pytest test class
+
+    tta: int = 0
+    transduction: int = 0
+
+    def check(self, *, source: str | None = None) -> TestTime:
+        """Itself, when both counts are integers in range; `ConfigError` naming the key."""
+        for key, most in (("tta", MAX_TTA), ("transduction", MAX_TRANSDUCTION)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+                raise ConfigError(f"{key} must be an integer in 0..{most}, got {value!r}",
+                                  file=source, column=key,
+                                  fix=f"set {key} = 0 (off) or a count up to {most}")
+        return self
+
 
 @dataclass
 class TrainConfig:
@@ -89,6 +123,11 @@ class TrainConfig:
             (BatchNorm statistics frozen, no dropout); see `metamodal.model.freeze`. Freezing
             weights that ``init_from`` did not reuse is allowed (random features) and warned
             about.
+        tta: test-time augmentation: each sample's embedding in evaluation is the mean over
+            it and this many copies transformed by the per-modality ``augment`` tables (0 =
+            off; at most 64); see `metamodal.model.test_time`. Validation uses it too.
+        transduction: soft k-means steps refining ProtoNet's prototypes with the episode's
+            unlabelled queries in evaluation (0 = off; at most 20; Ren et al. 2018).
 
     Example:
         >>> TrainConfig(data="ds", steps=10).updated({"ways": 3}).ways
@@ -139,6 +178,8 @@ class TrainConfig:
     task_weights: list[float] | None = None
     task_weighting: str = "fixed"
     freeze: list[str] = field(default_factory=list)
+    tta: int = 0
+    transduction: int = 0
 
     @property
     def aligns(self) -> bool:
@@ -237,6 +278,11 @@ class TrainConfig:
                       "use temperature, learn_temperature, margin, regression_loss, direction "
                       "or positives")
         self._validate_tasks(bad)
+        self.test_time().check(source=source)
+
+    def test_time(self) -> TestTime:
+        """The test-time settings (``tta``, ``transduction``) as a `TestTime`."""
+        return TestTime(tta=self.tta, transduction=self.transduction)
 
     def _validate_tasks(self, bad: Callable[[str, str, str], ConfigError]) -> None:
         """The multi-task settings: weights match the tasks, a known weighting."""

@@ -184,7 +184,7 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
         >>> report.result.accuracy, report.result.ci95  # doctest: +SKIP
     """
     s = resolve(EvalSettings, settings, {"run": run, **options}, verb="evaluate")
-    loaded = load_run(s.run)
+    loaded = load_run(s.run, test_time={"tta": s.tta, "transduction": s.transduction})
     prepared = load_run_data(loaded, s.data)
     classes = prepared.classes(s.split)
     model = _model(loaded, s.learner)

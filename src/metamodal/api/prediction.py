@@ -52,7 +52,8 @@ def predict(run: str | Path | None = None, settings: PredictSettings | None = No
     from metamodal.classifier import FewShotClassifier
 
     s = resolve(PredictSettings, settings, {"run": run, **options}, verb="predict")
-    classifier = FewShotClassifier(s.run, modalities=s.modalities)
+    classifier = FewShotClassifier(s.run, modalities=s.modalities, tta=s.tta,
+                                   transduction=s.transduction)
     support = classifier.load_samples(s.support, labelled=True)
     classifier.fit(support, support.labels)
     query = classifier.load_samples(s.query)

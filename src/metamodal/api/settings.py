@@ -60,6 +60,10 @@ class EvalSettings(EpisodeShape):
         json: also write the results as JSON to this file.
         task: for a multi-task run, evaluate only this label column's task (default: every
             task, the main label's at the top of the results).
+        tta: test-time augmentation: copies of each sample averaged into its embedding
+            (default: the run's ``tta``; 0 = off).
+        transduction: soft k-means steps refining the prototypes with each episode's queries
+            (default: the run's ``transduction``; 0 = off).
     """
 
     run: str = flag("", name="")
@@ -75,6 +79,8 @@ class EvalSettings(EpisodeShape):
     progress: bool = flag(True, name="--no-progress")
     json: str | None = flag(None, metavar="FILE")
     task: str | None = flag(None, metavar="NAME")
+    tta: int | None = flag(None, metavar="N")
+    transduction: int | None = flag(None, metavar="STEPS")
 
 
 @dataclass
@@ -105,6 +111,8 @@ class PredictSettings:
         query: the query samples (a table of the same columns, labels not needed).
         modalities: predict with only these modalities (the others count as absent).
         json: also write the predictions as JSON to this file.
+        tta: test-time augmentation copies per sample (default: the run's ``tta``).
+        transduction: soft k-means steps over the queries (default: the run's).
     """
 
     run: str = flag("", name="")
@@ -112,6 +120,8 @@ class PredictSettings:
     query: str = flag("", metavar="TABLE")
     modalities: list[str] | None = None
     json: str | None = flag(None, metavar="FILE")
+    tta: int | None = flag(None, metavar="N")
+    transduction: int | None = flag(None, metavar="STEPS")
 
 
 @dataclass

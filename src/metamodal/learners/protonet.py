@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from metamodal.learners.base import (
@@ -28,6 +30,14 @@ class ProtoNet(MetricLearner):
         learn_temperature: make the temperature a trained parameter (kept positive through
             its logarithm).
 
+    Attributes:
+        transduction: soft k-means steps that refine the prototypes with the episode's
+            unlabelled queries in evaluation mode (Ren et al. 2018, "Meta-Learning for
+            Semi-Supervised Few-Shot Classification"): each query joins every class with the
+            weight of its softmax probability, and each prototype becomes the weighted mean of
+            its supports (weight 1) and of the queries. 0 (the default) = off; set by
+            `metamodal.model.FewShotModel.set_test_time`.
+
     Example:
         >>> import torch
         >>> head = ProtoNet()
@@ -41,6 +51,7 @@ class ProtoNet(MetricLearner):
     ) -> None:
         super().__init__()
         register_log_scalar(self, "log_temperature", temperature, learn=learn_temperature)
+        self.transduction = 0
 
     def scores(
         self,
@@ -63,4 +74,15 @@ class ProtoNet(MetricLearner):
                 labels; context: unused.
         """
         prototypes = class_means(support, support_labels, ways, counts=counts)
-        return -squared_distances(query, prototypes) / self.log_temperature.exp()
+        temperature = self.log_temperature.exp()
+        logits = -squared_distances(query, prototypes) / temperature
+        if self.training or not self.transduction:
+            return logits
+        sums = F.one_hot(support_labels, ways).to(support.dtype).T @ support  # [ways, D]
+        sizes = (counts if counts is not None else torch.bincount(
+            support_labels, minlength=ways)).to(support.dtype)  # [ways]
+        for _ in range(self.transduction):
+            weights = logits.softmax(-1)  # [Q, ways]
+            prototypes = (sums + weights.T @ query) / (sizes + weights.sum(0)).unsqueeze(1)
+            logits = -squared_distances(query, prototypes) / temperature
+        return logits

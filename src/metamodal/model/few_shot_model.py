@@ -10,6 +10,7 @@ from typing import Any
 import torch  # noqa: F401  (the docstring examples use it)
 from torch import Tensor, nn
 
+from metamodal.data.augment import Augmentation
 from metamodal.data.batch import Episode
 from metamodal.encoders import DEFAULT_ENCODERS, build_encoder, check_hyperparameters
 from metamodal.errors import ConfigError, DatasetError
@@ -18,6 +19,7 @@ from metamodal.learners.base import EpisodeContext, LearnerCapabilities, learner
 from metamodal.learners.embeddings import Embeddings
 from metamodal.learners.task_batching import obstacles
 from metamodal.model.backbone import Backbone
+from metamodal.model.test_time import TestTime, averaged_embedding, check_test_time
 
 
 class FewShotModel(nn.Module):
@@ -29,7 +31,9 @@ class FewShotModel(nn.Module):
         learner: the learner (see `metamodal.learners.base.Learner`).
         spec: the arguments of `FewShotModel.build` that made this model, if it was built so.
 
-    Most users call `FewShotModel.build`.
+    Most users call `FewShotModel.build`. What the model does at test time beyond embedding
+    (test-time augmentation, transduction) is set by `set_test_time` and kept in
+    ``test_time``.
 
     Example:
         >>> model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {"features": 3}},
@@ -47,6 +51,8 @@ class FewShotModel(nn.Module):
         self.backbone = backbone
         self.learner = learner
         self.spec = copy.deepcopy(spec) if spec is not None else None
+        self.test_time = TestTime()
+        self.tta_augmentation: Augmentation | None = None
         check = getattr(learner, "check_backbone", None)
         if check is not None:
             check(backbone)
@@ -83,9 +89,30 @@ class FewShotModel(nn.Module):
             return replace(learner, batches_tasks=False)
         return learner
 
+    def set_test_time(self, test_time: TestTime, augmentation: Augmentation | None = None, *,
+                      source: str | None = None) -> None:
+        """Use ``test_time`` in evaluation mode (`metamodal.model.test_time`): ``tta``
+        transformed copies of each sample, drawn by ``augmentation``, averaged into its
+        embedding (`embed`); ``transduction`` soft k-means steps in the learner.
+
+        Raises:
+            ConfigError: settings out of range, ``tta`` without transforms, or transduction
+                with a learner that has no prototypes (the key named, and ``source``).
+        """
+        check_test_time(test_time, self.learner, augmentation, source=source)
+        self.test_time = test_time
+        self.tta_augmentation = augmentation if test_time.tta else None
+        if hasattr(self.learner, "transduction"):
+            self.learner.transduction = test_time.transduction
+
     def embed(self, batch: Mapping[str, Any]) -> Embeddings:
-        """The backbone's embeddings of ``batch`` (see `Backbone.forward`)."""
-        return self.backbone(batch)
+        """The backbone's embeddings of ``batch`` (see `Backbone.forward`); in evaluation
+        mode with test-time augmentation, the mean over the sample and its copies
+        (`metamodal.model.test_time.averaged_embedding`)."""
+        if self.training or self.tta_augmentation is None:
+            return self.backbone(batch)
+        return averaged_embedding(self.backbone, batch, self.test_time.tta,
+                                  self.tta_augmentation)
 
     def logits(
         self, support: Embeddings, support_labels: Tensor, query: Embeddings, ways: int,

@@ -17,6 +17,7 @@ union of their modalities. `load_run` returns it as a `Run` whose model is an
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from metamodal.errors import ConfigError, LocatedError, MetamodalError, RunError
 from metamodal.io import ParseError, atomic_write_json, atomic_write_text, loads_json, loads_toml
 from metamodal.model import EnsembleModel, FewShotModel
 from metamodal.model.freeze import freeze
+from metamodal.model.test_time import tta_augmentation
 from metamodal.runs.weights import WEIGHTS_FILE, load_weights
 from metamodal.version import __version__
 
@@ -165,8 +167,12 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     return document
 
 
-def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
+def load_run(run_dir: str | Path, *, device: str = "cpu",
+             test_time: Mapping[str, int | None] | None = None) -> Run:
     """Load a run directory written by `metamodal.train.Trainer`.
+
+    ``test_time`` replaces the run's test-time settings (``tta``, ``transduction``; a None
+    value keeps the run's; `metamodal.model.test_time`), for every member of an ensemble.
 
     Raises `RunError` naming the file (and the key or tensor) when the directory, its config,
     preprocessor or weights are missing, corrupt or do not fit together, and `ConfigError`
@@ -181,9 +187,10 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
     document = read_run_config(run_dir)
     config_path = run_dir / CONFIG_FILE
     preprocessor = read_preprocessor(run_dir / PREPROCESSOR_FILE)
+    changes = {k: v for k, v in (test_time or {}).items() if v is not None}
     if "ensemble" in document:
-        return _load_ensemble(run_dir, document, preprocessor, device)
-    model = _build_model(run_dir, document, preprocessor)
+        return _load_ensemble(run_dir, document, preprocessor, device, changes)
+    model = _build_model(run_dir, document, preprocessor, changes)
     target = resolve_device(str(device))
     load_weights(run_dir / WEIGHTS_FILE, model)
     model.to(target).eval()
@@ -198,10 +205,12 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> Run:
     )
 
 
-def _build_model(run_dir: Path, document: dict[str, Any],
-                 preprocessor: Preprocessor) -> FewShotModel:
+def _build_model(run_dir: Path, document: dict[str, Any], preprocessor: Preprocessor,
+                 test_time: Mapping[str, int]) -> FewShotModel:
     """The untrained model ``config.toml``'s ``[model]`` table describes, checked against the
-    run's preprocessor; `RunError` naming the file and key when they do not fit."""
+    run's preprocessor, with the run's test-time settings updated by ``test_time``;
+    `RunError` naming the file and key when they do not fit, `ConfigError` when
+    ``test_time`` does not."""
     config_path = run_dir / CONFIG_FILE
     try:
         model = FewShotModel.build(**document["model"])
@@ -229,6 +238,11 @@ def _build_model(run_dir: Path, document: dict[str, Any],
                     f"for {expected.get(name)}", file=run_dir / PREPROCESSOR_FILE,
                     column=f"loaders.{name}",
                     fix="restore the preprocessor.json that belongs to this run, or re-train")
+    train = TrainConfig.from_dict(document["train"], source=str(config_path))
+    if test_time:  # the run's own settings were checked with its config
+        train = train.updated(dict(test_time))
+    model.set_test_time(train.test_time(), tta_augmentation(train.augment, preprocessor)
+                        if train.tta else None)
     try:  # weights frozen in training stay out of the MAML family's inner loop here too
         freeze(model, list(document.get("train", {}).get("freeze") or []),
                source=str(config_path))
@@ -239,7 +253,7 @@ def _build_model(run_dir: Path, document: dict[str, Any],
 
 
 def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Preprocessor,
-                   device: str) -> Run:
+                   device: str, test_time: Mapping[str, int]) -> Run:
     """The `Run` of an ensemble run directory: each member's model built from
     ``members/N`` (its config and preprocessor, checked against the ensemble's split and
     preprocessor), the `EnsembleModel` of them with the ``[ensemble]`` table's method,
@@ -277,7 +291,7 @@ def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Prepro
                 raise RunError(f"the ensemble decodes modality {name!r} differently from "
                                f"member {k}", file=run_dir / PREPROCESSOR_FILE,
                                column=f"loaders.{name}", fix="re-run `metamodal ensemble`")
-        models.append(_build_model(member_dir, own_document, own))
+        models.append(_build_model(member_dir, own_document, own, test_time))
         configs.append(TrainConfig.from_dict(own_document["train"],
                                              source=str(member_dir / CONFIG_FILE)))
     try:

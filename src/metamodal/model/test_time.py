@@ -1,0 +1,94 @@
+"""What a trained model does at test time beyond embedding each sample once: test-time
+augmentation and transductive refinement of the prototypes.
+
+- **Test-time augmentation** (``tta = N``): a sample's embedding is the mean of the
+  embeddings of the sample and of ``N`` randomly transformed copies of it, drawn from the run's
+  own per-modality ``[augment]`` tables (class rotations and modality dropout are left out:
+  they change what a sample is, not how it was drawn). A support drawing's copies stand in
+  for more supports (for prototypes, their mean is the same thing), a query's copies vote.
+  The copies are drawn from a generator seeded anew for every batch, so an evaluation is
+  reproducible.
+- **Transduction** (``transduction = T``): ``T`` steps of soft k-means over the episode's
+  unlabelled queries refine each prototype (Ren et al. 2018, "Meta-Learning for
+  Semi-Supervised Few-Shot Classification"); see `metamodal.learners.protonet.ProtoNet`.
+
+Both act only in evaluation mode: training is unchanged, so either can be switched on for a
+run that was trained without it (``metamodal eval RUN --tta 8 --transduction 1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metamodal.config import TestTime
+from metamodal.data.augment import Augmentation, augmentation_for
+from metamodal.data.batch import batch_to
+from metamodal.errors import ConfigError
+from metamodal.learners.embeddings import Embeddings
+
+TTA_SEED = 0
+"""Seed of the copies' transforms (fixed: the same copies for every model and call)."""
+
+
+def tta_augmentation(options: Mapping[str, Any] | None, preprocessor: Any) -> Augmentation:
+    """The transforms of test-time augmentation: the per-modality tables of a run's
+    ``augment`` options (``rotate_classes`` and ``modality_dropout`` left out), for data
+    decoded by ``preprocessor`` (see `metamodal.data.augment.augmentation_for`)."""
+    tables = {k: v for k, v in dict(options or {}).items()
+              if k not in ("rotate_classes", "modality_dropout")}
+    return augmentation_for(tables, preprocessor)
+
+
+def check_test_time(test_time: TestTime, learner: Any, augmentation: Augmentation | None,
+                    *, source: str | None = None) -> None:
+    """Refuse settings the model cannot honour.
+
+    Raises:
+        ConfigError: ``tta`` without any per-modality transform in ``augmentation`` (key
+            ``tta``), or ``transduction`` with a learner that has no prototypes to refine (key
+            ``transduction``).
+    """
+    test_time.check(source=source)
+    if test_time.tta and (augmentation is None or not augmentation.modalities):
+        raise ConfigError("tta needs the transforms of at least one modality, and the run's "
+                          "[augment] table has none", file=source, column="tta",
+                          fix="add e.g. [augment.image] rotate = 10 to the training config, "
+                          "or set tta = 0")
+    if test_time.transduction and not hasattr(learner, "transduction"):
+        raise ConfigError(f"learner {type(learner).__name__} has no prototypes to refine by "
+                          "transduction", file=source, column="transduction",
+                          fix="use learner = 'protonet', or set transduction = 0")
+
+
+def averaged_embedding(embed: Any, batch: Mapping[str, Any], copies: int,
+                       augmentation: Augmentation) -> Embeddings:
+    """The mean of ``embed(batch)`` and ``embed`` of ``copies`` transformed copies of
+    ``batch``: ``z`` (``[B, D]`` or ``[B, M, D]``) and the per-modality ``parts`` averaged,
+    ``present`` unchanged (the transforms never hide a modality).
+
+    Args:
+        embed: ``embed(batch) -> Embeddings`` (a backbone).
+        batch: modality name -> `ModalityBatch` of ``B`` samples.
+        copies: transformed copies (>= 1).
+        augmentation: the transforms (`tta_augmentation`).
+    """
+    generator = torch.Generator().manual_seed(TTA_SEED)
+    first = embed(batch)
+    device = first.z.device
+    on_cpu = batch_to(batch, "cpu") if device.type != "cpu" else batch  # transforms draw there
+    z: Tensor = first.z.clone()
+    parts = None if first.parts is None else {k: v.clone() for k, v in first.parts.items()}
+    for _ in range(copies):
+        other = embed(batch_to(augmentation.batch(on_cpu, generator), device))
+        z += other.z
+        if parts is not None and other.parts is not None:
+            for name in parts:
+                parts[name] += other.parts[name]
+    scale = 1.0 / (copies + 1)
+    return Embeddings(z * scale, first.present,
+                      None if parts is None else {k: v * scale for k, v in parts.items()},
+                      list(first.modalities))

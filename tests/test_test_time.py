@@ -1,0 +1,193 @@
+"""Test-time augmentation and transduction (`metamodal.model.test_time`): the arithmetic, the
+config keys and flags, typed errors, and that training is left unchanged."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from metamodal import api
+from metamodal.cli import main
+from metamodal.config import TestTime, TrainConfig
+from metamodal.datasets.synthetic import make_synthetic
+from metamodal.errors import ConfigError
+from metamodal.learners.protonet import ProtoNet
+from metamodal.model.test_time import TTA_SEED, averaged_embedding, tta_augmentation
+from metamodal.ops import squared_distances
+from metamodal.runs.directory import load_run, load_run_data
+from metamodal.runs.weights import WEIGHTS_FILE
+
+SMALL = {"ways": 2, "shots": 1, "queries": 2, "dim": 8, "val_every": 0, "val_episodes": 3,
+         "device": "cpu", "cache": False}
+AUGMENT = {"image": {"rotate": 15, "shift": 0.1}}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    """A dataset, a run trained with tta = 2 and transduction = 1, and one trained without."""
+    root = tmp_path_factory.mktemp("test_time")
+    data = make_synthetic(root / "data", classes=12, per_class=4, image_size=8)
+    with_test_time = root / "tt"
+    api.train(with_test_time, data=str(data), modalities=["image", "caption"], fusion="late",
+              steps=3, augment=AUGMENT, tta=2, transduction=1, progress=False, **SMALL)
+    plain = root / "plain"
+    api.train(plain, data=str(data), modalities=["image", "caption"], fusion="late",
+              steps=3, augment=AUGMENT, progress=False, **SMALL)
+    return {"data": data, "tt": with_test_time, "plain": plain, "root": root}
+
+
+# ---------------------------------------------------------------------------- arithmetic
+
+def test_soft_kmeans_refines_prototypes_as_ren_et_al() -> None:
+    torch.manual_seed(0)
+    support, labels = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2, 2])
+    query = torch.randn(5, 4, dtype=torch.float64)
+    head = ProtoNet().double().eval()
+    plain = head.scores(support, labels, query, 3)
+    head.transduction = 2
+    refined = head.scores(support, labels, query, 3)
+    prototypes = torch.stack([support[labels == k].mean(0) for k in range(3)])
+    logits = -squared_distances(query, prototypes)
+    for _ in range(2):  # by hand: queries join each class with their soft assignment
+        w = logits.softmax(-1)
+        prototypes = torch.stack([
+            (support[labels == k].sum(0) + (w[:, k:k + 1] * query).sum(0))
+            / ((labels == k).sum() + w[:, k].sum()) for k in range(3)])
+        logits = -squared_distances(query, prototypes)
+    torch.testing.assert_close(refined, logits, rtol=0, atol=1e-12)
+    assert not torch.allclose(refined, plain)
+    head.train()  # training is never transductive
+    torch.testing.assert_close(head.scores(support, labels, query, 3), plain)
+
+
+def test_test_time_settings_are_checked() -> None:
+    for bad in ({"tta": -1}, {"tta": 65}, {"tta": True}, {"transduction": 21},
+                {"transduction": 1.5}):
+        key = next(iter(bad))
+        with pytest.raises(ConfigError) as error:
+            TestTime(**bad).check()
+        assert error.value.column == key and error.value.fix
+        with pytest.raises(ConfigError) as error:
+            TrainConfig(data="x", **bad).validate(source="config.toml")
+        assert error.value.column == key
+
+
+def test_tta_embedding_is_the_mean_over_the_sample_and_its_copies(setup) -> None:
+    run = load_run(setup["tt"])
+    model = run.model
+    assert model.test_time == TestTime(tta=2, transduction=1)
+    assert model.learner.transduction == 1
+    store = load_run_data(run).store
+    from metamodal.evaluate.embedding import masked_batch
+
+    names = list(model.modalities)
+    batch = masked_batch(store, torch.arange(6), names, names, {})
+    augmentation = tta_augmentation(run.config.augment, run.preprocessor)
+    with torch.no_grad():
+        got = model.embed(batch)
+        generator = torch.Generator().manual_seed(TTA_SEED)
+        copies = [model.backbone(batch)] + [
+            model.backbone(augmentation.batch(batch, generator)) for _ in range(2)]
+        expected = torch.stack([c.z for c in copies]).mean(0)
+        assert not torch.allclose(copies[0].z, copies[1].z)  # the copies differ
+        torch.testing.assert_close(got.z, expected, rtol=0, atol=1e-6)
+        assert torch.equal(got.present, copies[0].present)
+        again = averaged_embedding(model.backbone, batch, 2, augmentation)
+        torch.testing.assert_close(again.z, got.z, rtol=0, atol=0)  # reproducible
+        training = copy.deepcopy(model).train()  # training embeds each sample once
+        torch.testing.assert_close(training.embed(batch).z,
+                                   copy.deepcopy(model).train().backbone(batch).z)
+
+
+# ----------------------------------------------------------------------- config and flags
+
+def test_training_is_unchanged_by_test_time_settings(setup) -> None:
+    """The weights of the run trained with tta and transduction equal those of the plain run:
+    both only act at evaluation."""
+    a, b = load_file(str(setup["tt"] / WEIGHTS_FILE)), load_file(str(setup["plain"] / WEIGHTS_FILE))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_uses_the_runs_settings_and_flags_override_them(setup) -> None:
+    with_run = api.evaluate(setup["tt"], episodes_count=20, baseline=False, progress=False)
+    overridden = api.evaluate(setup["tt"], episodes_count=20, baseline=False, progress=False,
+                              tta=0, transduction=0)
+    plain = api.evaluate(setup["plain"], episodes_count=20, baseline=False, progress=False)
+    on_plain = api.evaluate(setup["plain"], episodes_count=20, baseline=False, progress=False,
+                            tta=2, transduction=1)
+    assert overridden.result.accuracies == plain.result.accuracies
+    assert with_run.result.accuracies == on_plain.result.accuracies
+    run = load_run(setup["plain"], test_time={"tta": 2, "transduction": None})
+    assert run.model.test_time == TestTime(tta=2, transduction=0)
+
+
+def test_cli_flags_and_typed_errors(setup, capsys) -> None:
+    assert main(["eval", str(setup["plain"]), "--tta", "2", "--transduction", "1",
+                 "--episodes-count", "5", "--no-baseline", "--no-progress"]) == 0
+    assert main(["eval", str(setup["plain"]), "--tta", "99", "--episodes-count", "5",
+                 "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "tta" in err and "0..64" in err
+    with pytest.raises(ConfigError) as error:
+        api.evaluate(setup["plain"], transduction=-1, progress=False)
+    assert error.value.column == "transduction"
+
+
+def test_tta_without_transforms_and_transduction_without_prototypes_are_refused(
+        setup) -> None:
+    root = setup["root"]
+    with pytest.raises(ConfigError) as error:
+        api.train(root / "no-augment", data=str(setup["data"]), modalities=["image"], steps=1,
+                  tta=2, progress=False, **SMALL)
+    assert error.value.column == "tta" and "augment" in error.value.fix
+    with pytest.raises(ConfigError) as error:
+        api.train(root / "matching", data=str(setup["data"]), modalities=["image"], steps=1,
+                  learner="matchingnet", transduction=1, progress=False, **SMALL)
+    assert error.value.column == "transduction"
+
+
+def test_the_classifier_takes_the_settings(setup) -> None:
+    from metamodal.classifier import FewShotClassifier
+
+    clf = FewShotClassifier(setup["plain"], tta=2, transduction=1)
+    assert clf.get_params()["tta"] == 2
+    assert clf.loaded_run().model.test_time == TestTime(tta=2, transduction=1)
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_resume_with_test_time_settings_is_bit_identical(setup, tmp_path: Path) -> None:
+    """Validation runs with tta and transduction; a killed run resumed ends with the same
+    weights and the same validation record as an uninterrupted one."""
+    from metamodal.train.checkpoint import CHECKPOINT_FILE
+    from metamodal.train.trainer import Trainer
+
+    config = TrainConfig(data=str(setup["data"]), modalities=["image", "caption"],
+                         fusion="late", steps=6, augment=AUGMENT, tta=2, transduction=1,
+                         **{**SMALL, "val_every": 2, "checkpoint_every": 2})
+    Trainer(config, tmp_path / "full", progress=False).fit()
+
+    def die(step: int, values: dict) -> None:
+        if step == 4:
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        Trainer(config, tmp_path / "killed", progress=False, callbacks=[die]).fit()
+    Trainer(config, tmp_path / "killed", progress=False).fit(resume=True)
+    full, resumed = (torch.load(tmp_path / run / CHECKPOINT_FILE, weights_only=False)["model"]
+                     for run in ("full", "killed"))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+    def validations(run: str) -> list[float]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [row["val_acc"] for row in map(json.loads, lines) if "val_acc" in row]
+
+    assert validations("full") and validations("full") == validations("killed")

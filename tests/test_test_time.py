@@ -16,6 +16,8 @@ from metamodal.cli import main
 from metamodal.config import TestTime, TrainConfig
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.errors import ConfigError
+from metamodal.fusion.late import LateFusion
+from metamodal.learners.embeddings import Embeddings
 from metamodal.learners.protonet import ProtoNet
 from metamodal.model.test_time import TTA_SEED, averaged_embedding, tta_augmentation
 from metamodal.ops import squared_distances
@@ -43,26 +45,53 @@ def setup(tmp_path_factory) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------- arithmetic
 
+def _by_hand(supports: list[torch.Tensor], labels: torch.Tensor, queries: list[torch.Tensor],
+             steps: int) -> torch.Tensor:
+    """Soft k-means over views with equal weights (mean of the views' logits), by hand."""
+    def logits_of(prototypes: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([-squared_distances(q, p) for q, p in zip(queries, prototypes,
+                                                                      strict=True)]).mean(0)
+
+    prototypes = [torch.stack([s[labels == k].mean(0) for k in range(3)]) for s in supports]
+    for _ in range(steps):
+        w = logits_of(prototypes).softmax(-1)  # one assignment for every view
+        prototypes = [torch.stack([
+            (s[labels == k].sum(0) + (w[:, k:k + 1] * q).sum(0))
+            / ((labels == k).sum() + w[:, k].sum()) for k in range(3)])
+            for s, q in zip(supports, queries, strict=True)]
+    return logits_of(prototypes)
+
+
 def test_soft_kmeans_refines_prototypes_as_ren_et_al() -> None:
     torch.manual_seed(0)
     support, labels = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2, 2])
     query = torch.randn(5, 4, dtype=torch.float64)
+    s = Embeddings(support, torch.ones(6, 1, dtype=torch.bool))
+    q = Embeddings(query, torch.ones(5, 1, dtype=torch.bool))
     head = ProtoNet().double().eval()
-    plain = head.scores(support, labels, query, 3)
+    plain = head.logits(None, s, labels, q, 3)
     head.transduction = 2
-    refined = head.scores(support, labels, query, 3)
-    prototypes = torch.stack([support[labels == k].mean(0) for k in range(3)])
-    logits = -squared_distances(query, prototypes)
-    for _ in range(2):  # by hand: queries join each class with their soft assignment
-        w = logits.softmax(-1)
-        prototypes = torch.stack([
-            (support[labels == k].sum(0) + (w[:, k:k + 1] * query).sum(0))
-            / ((labels == k).sum() + w[:, k].sum()) for k in range(3)])
-        logits = -squared_distances(query, prototypes)
-    torch.testing.assert_close(refined, logits, rtol=0, atol=1e-12)
+    refined = head.logits(None, s, labels, q, 3)
+    torch.testing.assert_close(refined, _by_hand([support], labels, [query], 2), rtol=0,
+                               atol=1e-12)
     assert not torch.allclose(refined, plain)
     head.train()  # training is never transductive
-    torch.testing.assert_close(head.scores(support, labels, query, 3), plain)
+    torch.testing.assert_close(head.logits(None, s, labels, q, 3), plain)
+
+
+def test_under_late_fusion_the_fused_assignment_refines_every_modality() -> None:
+    torch.manual_seed(1)
+    supports = [torch.randn(6, 4, dtype=torch.float64) for _ in range(2)]
+    queries = [torch.randn(5, 4, dtype=torch.float64) for _ in range(2)]
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    backbone = torch.nn.Module()
+    backbone.fusion = LateFusion(modalities=["a", "b"], dim=4).double()  # equal weights
+    s = Embeddings(torch.stack(supports, 1), torch.ones(6, 2, dtype=torch.bool))
+    q = Embeddings(torch.stack(queries, 1), torch.ones(5, 2, dtype=torch.bool))
+    head = ProtoNet().double().eval()
+    head.transduction = 1
+    torch.testing.assert_close(head.logits(backbone, s, labels, q, 3),
+                               _by_hand(supports, labels, queries, 1), rtol=0, atol=1e-12)
 
 
 def test_test_time_settings_are_checked() -> None:

@@ -256,7 +256,7 @@ class MetricLearner(Learner):
         """
         counts = check_support(support_labels, ways)  # the episode's only check
         if not support.late:
-            support, support_labels, counts = _informative_support(support, support_labels,
+            support, support_labels, counts = informative_support(support, support_labels,
                                                                    ways, counts)
             return self.scores(support.z, support_labels, query.z, ways, counts=counts,
                                context=context)
@@ -362,7 +362,7 @@ def embed_pair(
     return first, second
 
 
-def _informative_support(
+def informative_support(
     support: Embeddings, labels: Tensor, ways: int, counts: Tensor
 ) -> tuple[Embeddings, Tensor, Tensor]:
     """Support without samples that have no modality, except for classes that have nothing

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from metamodal.learners.base import (
     EpisodeContext,
     MetricLearner,
+    check_support,
     class_means,
+    informative_support,
     learners,
     register_log_scalar,
 )
+from metamodal.learners.embeddings import Embeddings
 from metamodal.ops import squared_distances
 
 
@@ -35,8 +38,9 @@ class ProtoNet(MetricLearner):
             unlabelled queries in evaluation mode (Ren et al. 2018, "Meta-Learning for
             Semi-Supervised Few-Shot Classification"): each query joins every class with the
             weight of its softmax probability, and each prototype becomes the weighted mean of
-            its supports (weight 1) and of the queries. 0 (the default) = off; set by
-            `metamodal.model.FewShotModel.set_test_time`.
+            its supports (weight 1) and of the queries; under late fusion the fused logits
+            assign and every modality's prototypes move (`logits`). 0 (the default) = off;
+            set by `metamodal.model.FewShotModel.set_test_time`.
 
     Example:
         >>> import torch
@@ -74,15 +78,58 @@ class ProtoNet(MetricLearner):
                 labels; context: unused.
         """
         prototypes = class_means(support, support_labels, ways, counts=counts)
-        temperature = self.log_temperature.exp()
-        logits = -squared_distances(query, prototypes) / temperature
+        return -squared_distances(query, prototypes) / self.log_temperature.exp()
+
+    def logits(
+        self,
+        backbone: nn.Module,
+        support: Embeddings,
+        support_labels: Tensor,
+        query: Embeddings,
+        ways: int,
+        context: EpisodeContext | None = None,
+    ) -> Tensor:
+        """Query logits ``[Q, ways]`` (see `MetricLearner.logits`), refined in evaluation mode
+        by ``transduction`` soft k-means steps.
+
+        Each step assigns every query softly to the classes (the softmax of the current
+        logits) and moves each prototype to the weighted mean of its supports (weight 1) and
+        the queries. Under late fusion the assignment comes from the *fused* logits and
+        refines every modality's prototypes (from the queries that have that modality): one
+        modality's confidence moves the other's prototypes.
+        """
         if self.training or not self.transduction:
-            return logits
-        sums = F.one_hot(support_labels, ways).to(support.dtype).T @ support  # [ways, D]
-        sizes = (counts if counts is not None else torch.bincount(
-            support_labels, minlength=ways)).to(support.dtype)  # [ways]
+            return super().logits(backbone, support, support_labels, query, ways, context)
+        counts = check_support(support_labels, ways)
+        if support.late:
+            per_modality, valid = self.late_logits(support, support_labels, query, ways,
+                                                   context)
+            views = [(m, support.present[:, m], query.z[:, m]) for m in range(valid.shape[1])
+                     if bool(valid[:, m].any())]
+            supports = [support.z[:, m] for m in range(valid.shape[1])]
+
+            def combine(per: Tensor) -> Tensor:
+                return backbone.fusion.combine(per, valid)
+        else:
+            support, support_labels, counts = informative_support(support, support_labels,
+                                                                  ways, counts)
+            per_modality = self.scores(support.z, support_labels, query.z, ways,
+                                       counts=counts).unsqueeze(1)
+            valid = torch.ones(len(query), 1, dtype=torch.bool, device=query.z.device)
+            views = [(0, torch.ones_like(support_labels, dtype=torch.bool), query.z)]
+            supports = [support.z]
+
+            def combine(per: Tensor) -> Tensor:
+                return per[:, 0]
+        per_modality = per_modality.clone()
+        temperature = self.log_temperature.exp()
         for _ in range(self.transduction):
-            weights = logits.softmax(-1)  # [Q, ways]
-            prototypes = (sums + weights.T @ query) / (sizes + weights.sum(0)).unsqueeze(1)
-            logits = -squared_distances(query, prototypes) / temperature
-        return logits
+            weights = combine(per_modality).softmax(-1)  # [Q, ways]
+            for m, has, queries in views:
+                one_hot = F.one_hot(support_labels[has], ways).to(queries.dtype)  # [S_m, ways]
+                sums = one_hot.T @ supports[m][has]  # [ways, D]
+                joined = weights * valid[:, m].unsqueeze(1).to(weights.dtype)  # [Q, ways]
+                prototypes = (sums + joined.T @ queries) / (
+                    one_hot.sum(0) + joined.sum(0)).unsqueeze(1)
+                per_modality[:, m] = -squared_distances(queries, prototypes) / temperature
+        return combine(per_modality)

@@ -3,16 +3,19 @@
 ``python distributed_worker.py SPEC.json`` trains each run of the spec in turn:
 
 ```json
-{"runs": [{"config": {...TrainConfig...}, "out": "RUN", "float64": false, "resume": false}],
- "kill": {"rank": 1, "step": 5},
+{"runs": [{"config": {...TrainConfig...}, "out": "RUN", "float64": false, "resume": false,
+           "evaluate": {"episodes_count": 24, "json": "EVAL.json"}}],
+ "kill": {"rank": 1, "step": 5, "mark": "KILLED_AT"},
  "vary": {"lr": [0.001, 0.002]}}
 ```
 
-``float64`` runs the model and the data in float64. ``kill``: the process of that rank kills
-itself (SIGKILL, as the kernel's out-of-memory killer would) after that step, in the first
-attempt of a job only (not after a ``torchrun --max-restarts`` restart). ``vary``: each rank
-trains with its own value of a setting (a job started with mismatched flags). A typed error
-is printed and exits with status 2, as the ``metamodal`` command does.
+``float64`` runs the model and the data in float64. ``evaluate``: then evaluate the run with
+`metamodal.api.evaluate` (these settings; every process takes part, rank 0 writes the JSON).
+``kill``: the process of that rank kills itself (SIGKILL, as the kernel's out-of-memory
+killer would) after that step, in the first attempt of a job only (not after a ``torchrun
+--max-restarts`` restart), having written the time (``time.time()``) to the file ``mark``.
+``vary``: each rank trains with its own value of a setting (a job started with mismatched
+flags). A typed error is printed and exits with status 2, as the ``metamodal`` command does.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -53,6 +57,7 @@ def main(spec_path: str) -> int:
 
     def die(step: int, values: dict) -> None:
         if kill and first_attempt and rank == kill["rank"] and step == kill["step"]:
+            Path(kill["mark"]).write_text(str(time.time()))
             os.kill(os.getpid(), signal.SIGKILL)
 
     for run in spec["runs"]:
@@ -65,6 +70,10 @@ def main(spec_path: str) -> int:
         try:
             Trainer(TrainConfig(**values), run["out"], progress=False,
                     callbacks=[die]).fit(resume=run.get("resume", False))
+            if run.get("evaluate"):
+                from metamodal.api import evaluate
+
+                evaluate(run["out"], baseline=False, progress=False, **run["evaluate"])
         except MetamodalError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -46,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -73,6 +74,9 @@ T = TypeVar("T")
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 """The environment variables ``torchrun`` sets in every process it starts (and that a job
 started by other means must set too)."""
+
+_GROUPS = itertools.count()
+"""Numbers the process groups `join` makes in this process (the same on every process)."""
 
 DEFAULT_TIMEOUT_S = 600.0
 """How long a collective may wait when no `TrainConfig` says (evaluation)."""
@@ -626,9 +630,10 @@ def join(device: str = "auto", *, backend: str = "auto",
     A process group already set up (by the caller) is used as it is; otherwise one is made
     with `torch.distributed.init_process_group` on the ``MASTER_ADDR:MASTER_PORT`` store
     (``torchrun``'s, or one rank 0 starts), waiting at most ``timeout_s`` seconds for the
-    others, and taken down after the block. Its keys are kept apart per attempt of the job:
-    after a restart (``torchrun --max-restarts``) the store still holds the failed attempt's
-    addresses, which would otherwise be read for the new processes'.
+    others, and taken down after the block. Its keys in the store are kept apart per attempt
+    of the job and per group this process made: after a restart (``torchrun
+    --max-restarts``), or for a second training in the same processes, the store still holds
+    the former group's addresses, which would otherwise be read for the new one's.
 
     Args:
         device: the ``device`` setting (``auto``, ``cpu``, ``cuda``...): CUDA means NCCL and
@@ -668,8 +673,9 @@ def join(device: str = "auto", *, backend: str = "auto",
             store = dist.TCPStore(launch.host, launch.port, launch.world_size,
                                   is_master=launch.rank == 0 and not launch.agent_store,
                                   timeout=timedelta(seconds=timeout_s))
+            prefix = f"metamodal/attempt-{launch.restarts}/group-{next(_GROUPS)}"
             dist.init_process_group(
-                name, store=dist.PrefixStore(f"metamodal/attempt-{launch.restarts}", store),
+                name, store=dist.PrefixStore(prefix, store),
                 rank=launch.rank, world_size=launch.world_size,
                 timeout=timedelta(seconds=timeout_s))
         except (RuntimeError, TimeoutError, ValueError) as error:

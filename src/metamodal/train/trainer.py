@@ -208,7 +208,8 @@ class Trainer:
         with join(self.config.device, backend=self.config.dist_backend,
                   timeout_s=self.config.dist_timeout) as job:
             self.job = job
-            return self._fit(resume or job.restarted, overwrite)
+            # a restarted job resumes (an --overwrite one starts again: its staging is gone)
+            return self._fit(resume or (job.restarted and not overwrite), overwrite)
 
     def _start(self, resume: bool, overwrite: bool) -> tuple[bool, dict | None, TrainConfig]:
         """Rank 0's look at ``out``: whether it holds a finished run, the checkpoint state

@@ -245,7 +245,13 @@ class _Pair(Job):
         return [value, self.other(value)]
 
 
-def test_processes_with_other_settings_or_code_are_refused() -> None:
+def _prepared(data: Path) -> Any:
+    from metamodal.runs.prepared import prepare_data
+
+    return prepare_data(data, seed=0, modalities=["measurements"], cache=False)
+
+
+def test_processes_with_other_settings_or_code_are_refused(data: Path) -> None:
     config = TrainConfig(data="/one/copy", lr=1e-3)
 
     def other_flags(mine: dict) -> dict:
@@ -256,7 +262,7 @@ def test_processes_with_other_settings_or_code_are_refused() -> None:
     with pytest.raises(ConfigError, match="process\\(es\\) 1 run other code than rank 0"):
         _Pair(lambda mine: {**mine, "code": "0123456789abcdef"}).check_same(config)
     with pytest.raises(ConfigError, match="decoded other data"):
-        _Pair(lambda mine: "another").check_data("mine", "data")
+        _Pair(lambda mine: "another").check_data(_prepared(data), data)
     # the dataset's path may differ between machines; its content is compared
     _Pair(lambda mine: {**mine, "settings": {**mine["settings"]}}).check_same(
         config.updated({"data": "/another/copy"}))
@@ -339,9 +345,8 @@ def test_a_shared_evaluation_equals_the_whole(data: Path) -> None:
     give the result of one process's evaluation."""
     from metamodal.evaluate.protocol import evaluate
     from metamodal.model import FewShotModel
-    from metamodal.runs.prepared import prepare_data
 
-    prepared = prepare_data(data, seed=0, modalities=["measurements"], cache=False)
+    prepared = _prepared(data)
     torch.manual_seed(0)
     model = FewShotModel.build(kinds=prepared.preprocessor.kinds(),
                                input_info=prepared.preprocessor.input_info(), dim=8,

@@ -65,6 +65,7 @@ from torch import Tensor, nn
 
 from metamodal.config import TrainConfig, resolve_device
 from metamodal.errors import ConfigError, RunError
+from metamodal.runs.prepared import PreparedData
 from metamodal.version import __version__
 
 log = logging.getLogger(__name__)
@@ -446,12 +447,14 @@ class Job:
                                   column=keys[0], fix="start every process with the same "
                                   "flags and config file")
 
-    def check_data(self, fingerprint: str, where: str | Path) -> None:
-        """Raise `ConfigError` unless every process decoded the same data (``fingerprint``
-        of `data_fingerprint`)."""
+    def check_data(self, data: PreparedData, where: str | Path) -> None:
+        """Raise `ConfigError` unless every process decoded the same ``data`` (compared by
+        `data_fingerprint`; ``where``, the dataset directory, is named in the error)."""
         if not self.active:
             return
-        everyone = self.all_gather_object(fingerprint)
+        everyone = self.all_gather_object(data_fingerprint(
+            data.store.ids, data.store.labels, data.split.to_dict(),
+            data.preprocessor.state_dict()))
         other = [r for r, f in enumerate(everyone) if f != everyone[0]]
         if other:
             raise ConfigError(

@@ -48,7 +48,7 @@ from metamodal.train.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from metamodal.train.distributed import Job, QuietLogger, data_fingerprint, join, seed_task
+from metamodal.train.distributed import Job, QuietLogger, join, seed_task
 from metamodal.train.logger import MetricsLogger, run_is_finished
 from metamodal.train.multitask import (
     TASKS_FILE,
@@ -241,8 +241,7 @@ class Trainer:
                             preprocess=cfg.preprocess, cache=cfg.cache,
                             encoders=cfg.encoders)
         self._data = data
-        job.check_data(data_fingerprint(data.store.ids, data.store.labels, data.split.to_dict(),
-                                        data.preprocessor.state_dict()), cfg.data)
+        job.check_data(data, cfg.data)
         device = job.device_for(resolve_device(cfg.device))
         augmentation = augmentation_for(cfg.augment, data.preprocessor)
         train_store, train_classes = augmentation.expand_classes(data.store, data.split.train)

@@ -22,13 +22,15 @@ What a step of a job of ``W`` processes does (`Job.step`):
 - each task draws its randomness (dropout) from torch's generator seeded by ``(seed, task
   number)`` (`seed_task`), so that a task draws the same numbers in whichever process it runs.
 
-A run is therefore the same with 1 or ``W`` processes, up to the order in which floating-point
-sums are taken. Every process then makes the same optimiser step, so that the weights stay
-identical without being sent; only rank 0 writes the run directory, its TensorBoard events
-and its checkpoints, and reads the checkpoint to resume from, which it sends to the others
-(`Job.on_main`): a checkpoint of any world size resumes with any other. Validation
-episodes are shared out among the processes and their predictions gathered
-(`metamodal.evaluate.protocol.evaluate`'s ``shard``).
+This is synchronous data-parallel SGD with an all-reduce of the gradients, as in Li et al.,
+2020, "PyTorch Distributed: Experiences on Accelerating Data Parallel Training" (VLDB), with
+the data being tasks. A run is therefore the same with 1 or ``W`` processes, up to the order
+in which floating-point sums are taken. Every process then makes the same optimiser step,
+so that the weights stay identical without being sent; only rank 0 writes the run directory,
+its TensorBoard events and its checkpoints, and reads the checkpoint to resume from, which
+it sends to the others (`Job.on_main`): a checkpoint of any world size resumes with any
+other. Validation episodes are shared out among the processes and their predictions
+gathered (`metamodal.evaluate.protocol.evaluate`'s ``shard``).
 
 On start every process compares a fingerprint of its code (metamodal's sources, torch's
 version), its settings and its decoded data with rank 0's (`Job.check_same`,

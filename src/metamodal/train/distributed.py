@@ -343,6 +343,8 @@ class Job:
             the last checkpoint).
         timeout_s: how long a collective may wait.
         backend: the process group's backend (``gloo`` or ``nccl``); None alone.
+        objects: the gloo group that carries Python objects (settings, the checkpoint,
+            predictions) beside an NCCL group; None: the default group.
     """
 
     def __init__(self, rank: int = 0, world_size: int = 1, *, local_rank: int = 0,
@@ -495,7 +497,10 @@ class Job:
             if module is None:
                 continue
             for tensor in [*module.parameters(), *module.buffers()]:
-                self._collective(lambda t=tensor: dist.broadcast(t.data, src=0), "start")
+                sent = tensor.data if tensor.is_contiguous() else tensor.data.contiguous()
+                self._collective(lambda t=sent: dist.broadcast(t, src=0), "start")
+                if sent is not tensor.data:  # e.g. a channels_last weight
+                    tensor.data.copy_(sent)
 
     # -- a step ---------------------------------------------------------------------------
 

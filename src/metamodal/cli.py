@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import tomllib
 import types
@@ -232,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
           lambda a: api.episodes(**_given(a)), (api.EpisodesSettings, {}))
     _verb(sub, "train", "meta-train a model; writes a run directory",
           lambda a: _train(a, api.train), (api.RunSettings, {}),
-          (TrainConfig, {"flags": TRAIN_FLAGS, "skip": ("align_only",), "required": False}),
+          (TrainConfig, {"flags": TRAIN_FLAGS, "skip": ("align_only", "world_size"),
+                         "required": False}),
           (api.LearnerFlags, {}), (api.AlignFlags, {}))
     _verb(sub, "align", "align the encoders of two or more modalities (contrastive or "
           "regression); writes a run directory", lambda a: _train(a, api.align),
@@ -252,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _verb(sub, "search", "search over learners, fusions, encoders and hyper-parameters "
           "(Optuna: TPE, random or grid); every trial trains a run and is scored on fixed "
           "validation episodes", lambda a: _train(a, api.search), (api.SearchSettings, {}),
-          (TrainConfig, {"flags": TRAIN_FLAGS, "skip": ("align_only", "config"),
+          (TrainConfig, {"flags": TRAIN_FLAGS, "skip": ("align_only", "config", "world_size"),
                          "required": False}),
           (api.LearnerFlags, {}), (api.AlignFlags, {}))
     _verb(sub, "serve", "serve a run: an HTTP API and a web page where classes are defined "
@@ -287,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    print(result.table())
+    if os.environ.get("RANK", "0") in ("0", ""):  # under torchrun, rank 0 prints
+        print(result.table())
     return 0 if getattr(result, "ok", True) else 1
 
 

@@ -128,6 +128,13 @@ class TrainConfig:
             off; at most 64); see `metamodal.model.test_time`. Validation uses it too.
         transduction: soft k-means steps refining ProtoNet's prototypes with the episode's
             unlabelled queries in evaluation (0 = off; at most 20; Ren et al. 2018).
+        world_size: the number of processes the run was trained with: set from ``torchrun``'s
+            environment when training starts (1 without it) and recorded in the run's
+            ``config.toml``; not a choice (`metamodal.train.distributed`).
+        dist_backend: the process group's backend when ``torchrun`` starts several processes:
+            ``auto`` (NCCL on CUDA devices, gloo on CPUs), ``gloo`` or ``nccl``.
+        dist_timeout: seconds a process waits for the others (joining the job, each
+            exchange) before the job stops with an error.
 
     Example:
         >>> TrainConfig(data="ds", steps=10).updated({"ways": 3}).ways
@@ -180,6 +187,9 @@ class TrainConfig:
     freeze: list[str] = field(default_factory=list)
     tta: int = 0
     transduction: int = 0
+    world_size: int = 1
+    dist_backend: str = "auto"
+    dist_timeout: float = 600.0
 
     @property
     def aligns(self) -> bool:
@@ -229,7 +239,7 @@ class TrainConfig:
             return ConfigError(message, file=source, column=key, fix=fix)
 
         positive = ("dim", "ways", "shots", "queries", "steps", "meta_batch", "vmap_chunk",
-                    "batch_size", "val_episodes", "checkpoint_every")
+                    "batch_size", "val_episodes", "checkpoint_every", "world_size")
         for key in positive:
             if getattr(self, key) < 1:
                 raise bad(f"{key} must be >= 1, got {getattr(self, key)}", key,
@@ -251,6 +261,12 @@ class TrainConfig:
             except (RuntimeError, TypeError, ValueError):
                 raise bad(f"unknown device {self.device!r}", "device",
                           "use auto, cpu, cuda, cuda:N or mps") from None
+        if self.dist_backend not in ("auto", "gloo", "nccl"):
+            raise bad(f"unknown dist_backend {self.dist_backend!r}", "dist_backend",
+                      "use 'auto', 'gloo' (CPUs) or 'nccl' (GPUs)")
+        if not (0 < self.dist_timeout < math.inf):
+            raise bad("dist_timeout must be a finite number of seconds > 0", "dist_timeout",
+                      "e.g. dist_timeout = 600")
         if self.task_batching not in ("auto", "loop", "vmap"):
             raise bad(f"unknown task_batching {self.task_batching!r}", "task_batching",
                       "use 'auto', 'loop' or 'vmap'")
@@ -306,7 +322,8 @@ class TrainConfig:
 LIMITS = {"dim": 8192, "ways": 10_000, "shots": 10_000, "queries": 10_000, "steps": 10**9,
           "meta_batch": 10_000, "vmap_chunk": 10_000, "batch_size": 1_000_000, "val_ways": 10_000,
           "val_shots": 10_000, "val_queries": 10_000, "val_episodes": 10**7,
-          "checkpoint_every": 10**9, "val_every": 10**9, "patience": 10**9, "seed": 2**63 - 1}
+          "checkpoint_every": 10**9, "val_every": 10**9, "patience": 10**9, "seed": 2**63 - 1,
+          "world_size": 1_000_000}
 """Upper bounds of the integer settings: far beyond any real use, low enough to refuse a
 typo that would allocate without end."""
 

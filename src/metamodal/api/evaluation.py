@@ -13,7 +13,7 @@ from metamodal.api.settings import EvalSettings, ReportSettings
 from metamodal.errors import ConfigError
 from metamodal.evaluate.ablation import modality_ablation
 from metamodal.evaluate.baseline import UNTRAINED, untrained_baseline
-from metamodal.evaluate.protocol import EvalResult, evaluate_episodes
+from metamodal.evaluate.protocol import EpisodeShard, EvalResult, evaluate_episodes
 from metamodal.evaluate.protocol import evaluate as evaluate_model
 from metamodal.evaluate.report import MappingResults, format_results_table, write_report
 from metamodal.evaluate.robustness import (
@@ -184,6 +184,14 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
         >>> report.result.accuracy, report.result.ci95  # doctest: +SKIP
     """
     s = resolve(EvalSettings, settings, {"run": run, **options}, verb="evaluate")
+    from metamodal.train.distributed import join
+
+    with join("cpu") as job:  # under torchrun the processes share the episodes out
+        return _evaluate(s, job if job.active else None)
+
+
+def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
+    """`evaluate` with its settings resolved; ``shard``: this process's part of a job."""
     loaded = load_run(s.run, test_time={"tta": s.tta, "transduction": s.transduction})
     prepared = load_run_data(loaded, s.data)
     classes = prepared.classes(s.split)
@@ -210,15 +218,15 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
         from metamodal.data.episode_files import read_episode_file
 
         episodes = read_episode_file(s.episodes, prepared.store)
-        results = [evaluate_episodes(m, prepared.store, episodes, modalities=modalities)
-                   for m in models]
+        results = [evaluate_episodes(m, prepared.store, episodes, modalities=modalities,
+                                     shard=shard) for m in models]
         counts = [len(e.query_ids) for e in episodes]
         error, half = pooled_error(results[0].accuracies, counts)
         pooled = {"error": error, "error_ci95": half if half == half else None,
                   "query_items": sum(counts), "runs": len(counts)}
     else:
-        results = [evaluate_model(m, prepared.store, classes, progress=s.progress, **common)
-                   for m in models]
+        results = [evaluate_model(m, prepared.store, classes, progress=s.progress, shard=shard,
+                                  **common) for m in models]
     name = f"{s.learner}+{loaded.config.fusion}" if s.learner else loaded.name
     report = EvalReport(name=name, result=results[0],
                         baseline=results[1] if s.baseline else None, run=str(s.run),
@@ -240,7 +248,8 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
             raise ConfigError("imputation needs a run that trained an alignment, with a metric "
                               "learner and early fusion", file=s.run, column="imputation",
                               fix="train with --align-weight (or drop imputation)")
-    write_json(s.json, report)
+    if shard is None or shard.rank == 0:
+        write_json(s.json, report)
     return report
 
 

@@ -95,6 +95,14 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
         >>> search("data", space="space.toml", trials=20, steps=200,
         ...        out="search").best  # doctest: +SKIP
     """
+    from metamodal.train.distributed import Launch
+
+    launch = Launch.from_environment()
+    if launch is not None and launch.world_size > 1:
+        raise ConfigError("a search is not a torchrun job: its workers are independent "
+                          "processes that share a study", column="WORLD_SIZE",
+                          fix="start `metamodal search` once per worker (on any machines) "
+                          "with the same --storage, --study and --out, without torchrun")
     try:
         import optuna
     except ImportError:

@@ -52,6 +52,21 @@ class EpisodePlan:
             h.update(b"|")
         return h.hexdigest()[:16]
 
+    def subset(self, indices: Sequence[int]) -> EpisodePlan:
+        """The episodes at ``indices``, in that order (one process's share of a plan).
+
+        Example:
+            >>> plan = EpisodePlan([torch.tensor([0, 1])] * 3, [torch.tensor([2, 3])] * 3,
+            ...                    [torch.tensor([0, 1])] * 3, [torch.tensor([0, 1])] * 3,
+            ...                    [2, 2, 2])
+            >>> len(plan.subset([0, 2]).ways)
+            2
+        """
+        return EpisodePlan([self.support[i] for i in indices], [self.query[i] for i in indices],
+                           [self.support_labels[i] for i in indices],
+                           [self.query_labels[i] for i in indices],
+                           [self.ways[i] for i in indices], self.known_shape)
+
     def shape(self) -> tuple[int | None, int | None, int | None]:
         """(ways, shots, queries) when every episode is balanced and alike, else None."""
         if self.known_shape is not None:

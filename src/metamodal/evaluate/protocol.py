@@ -27,6 +27,11 @@ and the MAML family do.
 The episodes come from `metamodal.evaluate.episode_plans`, the result is an
 `metamodal.evaluate.result.EvalResult` (both also importable from here).
 
+With a ``shard`` (a process of a job of several, `metamodal.train.distributed.Job`), each
+process predicts every ``world_size``-th episode from its ``rank`` on, and the predictions are
+gathered, so that every process returns the result of all the episodes (a ``drop``
+evaluation is not shared out: which samples it hides depends on all the episodes' samples).
+
 The protocol follows Vinyals et al. (2016), "Matching Networks for One Shot Learning": mean
 accuracy over many test episodes drawn from held-out classes, with a 95% confidence interval.
 """
@@ -34,7 +39,7 @@ accuracy over many test episodes drawn from held-out classes, with a 95% confide
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -60,6 +65,19 @@ __all__ = ["EvalResult", "drop_mask", "embed_store", "episode_logits", "evaluate
            "evaluate_episodes", "select_modalities"]
 
 
+class EpisodeShard(Protocol):
+    """A process's part of an evaluation shared out over several processes: its ``rank``,
+    the ``world_size``, and ``all_gather_object(value)``, which returns every process's
+    ``value`` in rank order (`metamodal.train.distributed.Job` is one)."""
+
+    rank: int
+    world_size: int
+
+    def all_gather_object(self, value: Any) -> list[Any]:
+        """Every process's ``value``, in rank order."""
+        ...
+
+
 def _embeds_once(model: Any) -> bool:
     """Whether ``model`` is evaluated from embeddings (`_predict_from_embeddings`): its
     ``capabilities()`` say ``embeds_once``, or it has no ``capabilities``."""
@@ -79,6 +97,7 @@ def _score(
     device: torch.device | str,
     progress: bool,
     name: str | None,
+    shard: EpisodeShard | None = None,
 ) -> EvalResult:
     n_episodes = len(plan.ways)
     if n_episodes == 0:
@@ -86,8 +105,14 @@ def _score(
     selected = select_modalities(model, store, modalities, drop)
     drop = {m: float(r) for m, r in drop.items()} if drop else None
 
-    logits = _plan_logits(model, store, plan, selected, drop, seed, batch_size, device, progress)
-    pred = torch.cat([x.argmax(-1) for x in logits]).cpu()
+    if shard is None or shard.world_size == 1 or drop:
+        logits = _plan_logits(model, store, plan, selected, drop, seed, batch_size, device,
+                              progress)
+        predicted = [x.argmax(-1).cpu() for x in logits]
+    else:
+        predicted = _shared_predictions(model, store, plan, selected, seed, batch_size, device,
+                                        progress, shard)
+    pred = torch.cat(predicted)
     target = torch.cat(plan.query_labels)
     sizes = torch.tensor([q.numel() for q in plan.query_labels])
     group = torch.repeat_interleave(torch.arange(n_episodes), sizes)
@@ -126,6 +151,27 @@ def _plan_logits(model: Any, store: TensorStore, plan: EpisodePlan, selected: li
         return _predict_from_embeddings(model, store, plan, episodes, selected, drop, seed,
                                         batch_size, device, progress)
     return _predict_per_episode(model, store, plan, episodes, selected, drop, seed, device)
+
+
+def _shared_predictions(model: Any, store: TensorStore, plan: EpisodePlan,
+                        selected: list[str], seed: int, batch_size: int,
+                        device: torch.device | str, progress: bool,
+                        shard: EpisodeShard) -> list[Tensor]:
+    """Each episode's predicted query labels ``[Q]`` (CPU): this process predicts episodes
+    ``rank, rank + world_size, ...``, and every process gets all of them."""
+    n, world = len(plan.ways), shard.world_size
+    mine = list(range(shard.rank, n, world))
+    predicted = []
+    if mine:
+        logits = _plan_logits(model, store, plan.subset(mine), selected, None, seed, batch_size,
+                              device, progress and shard.rank == 0)
+        predicted = [x.argmax(-1).cpu() for x in logits]
+    everyone = shard.all_gather_object(predicted)
+    ordered: list[Tensor] = [torch.empty(0)] * n
+    for rank, theirs in enumerate(everyone):
+        for i, p in zip(range(rank, n, world), theirs, strict=True):
+            ordered[i] = p
+    return ordered
 
 
 def episode_logits(
@@ -231,6 +277,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: bool = False,
     name: str | None = None,
+    shard: EpisodeShard | None = None,
 ) -> EvalResult:
     """Mean accuracy (with 95% CI) of a few-shot model over episodes drawn from ``classes``.
 
@@ -257,6 +304,8 @@ def evaluate(
         device: where batches and embeddings live.
         progress: show progress bars when the work takes longer than a second.
         name: a name to record in the result.
+        shard: this process's part when several processes share the episodes out (see the
+            module docstring); every process returns the whole result.
 
     Returns:
         `EvalResult` with accuracy, its 95% CI, mean macro-F1 and per-episode accuracies.
@@ -287,6 +336,7 @@ def evaluate(
         device=device,
         progress=progress,
         name=name,
+        shard=shard,
     )
 
 
@@ -302,6 +352,7 @@ def evaluate_episodes(
     device: torch.device | str = "cpu",
     progress: bool = False,
     name: str | None = None,
+    shard: EpisodeShard | None = None,
 ) -> EvalResult:
     """Evaluate on a fixed list of episodes (e.g. from an episode file), exactly as given.
 
@@ -320,6 +371,7 @@ def evaluate_episodes(
         device: where batches and embeddings live.
         progress: show progress bars when the work takes longer than a second.
         name: a name to record in the result.
+        shard: this process's part when several processes share the episodes out.
 
     Returns:
         `EvalResult` over these episodes.
@@ -343,4 +395,5 @@ def evaluate_episodes(
         device=device,
         progress=progress,
         name=name,
+        shard=shard,
     )

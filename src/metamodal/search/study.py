@@ -6,10 +6,16 @@ Several workers (processes or machines) share one study through its storage: a S
 journal file, written ``journal:PATH`` (safe on file systems where SQLite locking is not).
 ``trials`` is the size of the whole study: a worker stops once the study holds that many
 trials (running ones included), so N workers overshoot it by at most N - 1.
+
+Workers on several machines need a storage all of them reach: a database server's URL (the
+safest), or a journal file on a shared file system. A SQLite file on a network file system
+(NFS, SMB, Lustre, ...) is warned about (`network_filesystem`): SQLite's locking is not
+reliable there, and concurrent writers from several machines can corrupt the study.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -49,6 +55,13 @@ def open_storage(url: str | None, out: Path) -> Any:
                 raise RunError("the study file is not a SQLite database", file=path,
                                column="storage", fix="give another --storage, or move this "
                                "file away (the search starts a new study there)")
+            shared = network_filesystem(path)
+            if shared:
+                warnings.warn(
+                    f"{path}: the study's SQLite file is on a network file system ({shared}), "
+                    "where SQLite's locking is not reliable: workers on several machines may "
+                    "corrupt it; use --storage journal:PATH (one file on the shared file "
+                    "system) or a database server (--storage postgresql://...)", stacklevel=2)
         with warnings.catch_warnings():  # heartbeats: a killed worker's trial is failed
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, heartbeat_interval=60, grace_period=180)
@@ -60,6 +73,45 @@ def open_storage(url: str | None, out: Path) -> Any:
     except Exception as error:  # the store's own errors: unreachable, locked, corrupt
         raise RunError(f"the storage {url!r} cannot be read ({type(error).__name__}: "
                        f"{error})", column="storage", fix=fix) from None
+
+
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "afs", "9p", "lustre", "gpfs",
+    "beegfs", "ceph", "glusterfs", "ocfs2", "gfs2", "panfs", "wekafs", "fuse.sshfs",
+    "fuse.glusterfs", "fuse.ceph", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.rclone",
+})
+"""File-system types (as ``/proc/mounts`` names them) that are shared over a network."""
+
+
+def network_filesystem(path: str | Path, mounts: str | Path = "/proc/mounts") -> str | None:
+    """The type of the network file system ``path`` lies on (its mount point's, the longest
+    that contains it, as listed in ``mounts``), or None: a local one, or no mount table
+    (not Linux).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> table = pathlib.Path(tempfile.mkdtemp()) / "mounts"
+        >>> _ = table.write_text("/dev/sda1 / ext4 rw 0 0\\nserver:/x /shared nfs4 rw 0 0\\n")
+        >>> network_filesystem("/shared/search/study.db", table)
+        'nfs4'
+        >>> network_filesystem("/home/study.db", table) is None
+        True
+    """
+    try:
+        lines = Path(mounts).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    target = os.path.abspath(path)
+    best, kind = "", None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind if kind in NETWORK_FILESYSTEMS else None
 
 
 def _is_sqlite(path: Path) -> bool:

@@ -49,6 +49,7 @@ from metamodal.train.checkpoint import (
     save_checkpoint,
     training_state,
 )
+from metamodal.train.distributed import Job, QuietLogger, join, seed_task
 from metamodal.train.logger import MetricsLogger, run_is_finished
 from metamodal.train.multitask import (
     TASKS_FILE,
@@ -180,6 +181,7 @@ class Trainer:
         self.progress = progress
         self.callbacks = list(callbacks or [])
         self._vmap = False  # whether meta-batches run under vmap (`uses_vmap`, set by `fit`)
+        self.job = Job.alone()  # this process's part in the job (`fit` joins it)
 
     def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
         """Train (or resume training) and write the run directory; returns a `TrainResult`.
@@ -199,7 +201,20 @@ class Trainer:
             RunError: ``out`` holds a finished run and neither flag is given, its checkpoint
                 is corrupt, or an interrupted replacement left the finished run aside.
             ConfigError: ``device`` names one this machine lacks (``cuda`` without CUDA).
+
+        Started by ``torchrun`` (several processes), each process trains its share of every
+        meta-batch and only rank 0 writes (`metamodal.train.distributed`); a job that
+        ``torchrun --max-restarts`` started again resumes.
         """
+        with join(self.config.device, backend=self.config.dist_backend,
+                  timeout_s=self.config.dist_timeout) as job:
+            self.job = job
+            # a restarted job resumes (an --overwrite one starts again: its staging is gone)
+            return self._fit(resume or (job.restarted and not overwrite), overwrite)
+
+    def _start(self, resume: bool, overwrite: bool) -> tuple[bool, dict | None, TrainConfig]:
+        """Rank 0's look at ``out``: whether it holds a finished run, the checkpoint state
+        to resume from (None: start afresh) and the config to train with."""
         clean_leftovers(self.out)
         finished_before = run_is_finished(self.out)
         if finished_before and not resume and not overwrite:
@@ -207,15 +222,28 @@ class Trainer:
                 "the directory already holds a finished run", file=self.out,
                 fix="pass --resume to keep it, --overwrite to replace it once the new run "
                 "is complete, or choose another --out")
+        state = self._load_state(self.out / CHECKPOINT_FILE) if resume else None
+        return finished_before, state, self.config
+
+    def _fit(self, resume: bool, overwrite: bool) -> TrainResult:
+        """`fit` inside the job ``self.job``."""
+        job = self.job
+        self.config = self.config.updated({"world_size": job.world_size})
+        job.check_same(self.config)
+        finished_before, state, config = job.on_main(lambda: self._start(resume, overwrite))
+        if config.world_size != job.world_size:
+            log.info("resuming a run trained on %d process(es) with %d", config.world_size,
+                     job.world_size)
+        self.config = config.updated({"world_size": job.world_size})
         checkpoint_path = self.out / CHECKPOINT_FILE
-        state = self._load_state(checkpoint_path) if resume else None
         cfg = self.config
         seed_everything(cfg.seed)
         data = prepare_data(cfg.data, seed=cfg.seed, modalities=cfg.modalities,
                             preprocess=cfg.preprocess, cache=cfg.cache,
                             encoders=cfg.encoders)
         self._data = data
-        device = resolve_device(cfg.device)
+        job.check_data(data, cfg.data)
+        device = job.device_for(resolve_device(cfg.device))
         augmentation = augmentation_for(cfg.augment, data.preprocessor)
         train_store, train_classes = augmentation.expand_classes(data.store, data.split.train)
         model, classifier = self._build(data, len(train_classes), device,
@@ -224,6 +252,7 @@ class Trainer:
         self.heads: TaskHeads | None = build_task_heads(cfg, model, data.dataset.schema)
         if self.heads is not None:
             self.heads.to(device)
+        job.check_trainable(cfg, model.capabilities().training, self.heads is not None)
         self._vmap = self.heads is None and uses_vmap(
             cfg.task_batching, device, model.learner, model.backbone, aligns=cfg.aligns)
         # Fail before training, not at the first validation, when a split is too small.
@@ -247,7 +276,9 @@ class Trainer:
             self._val_shape = resolve_validation_shape(cfg, data.store, data.split.val,
                                                        file=where)
         # The inputs are valid: only now may a former run's files be replaced.
-        if state is None and finished_before:
+        if not job.is_main:  # only rank 0 writes
+            self._work = self.out
+        elif state is None and finished_before:
             self._work = make_staging(self.out)
         else:
             self._work = self.out
@@ -290,10 +321,11 @@ class Trainer:
         params = [p for p in params if id(p) not in frozen]  # frozen weights are not optimised
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
-        write_run_files(self._work, config=cfg, model_spec=model.spec, split=data.split,
-                        schema=data.dataset.schema, preprocessor=data.preprocessor,
-                        alignment=aligner.options if aligner is not None else None)
-        if state is None and self.transfer is not None:
+        if self.job.is_main:
+            write_run_files(self._work, config=cfg, model_spec=model.spec, split=data.split,
+                            schema=data.dataset.schema, preprocessor=data.preprocessor,
+                            alignment=aligner.options if aligner is not None else None)
+        if state is None and self.transfer is not None and self.job.is_main:
             write_transfer(self._work, self.transfer)
         progress = TrainingProgress()
         if state is not None:
@@ -305,9 +337,12 @@ class Trainer:
                 self.heads.load_state_dict(state["tasks"])
         already_finished = progress.finished
         step_loss = self._step_function(model, classifier, *training, device)
-        logger = MetricsLogger(self._work, resume_step=progress.step if state else None)
+        self.job.same_weights(model, aligner)
+        self.job.watch(model, aligner)
+        logger = (MetricsLogger(self._work, resume_step=progress.step if state else None)
+                  if self.job.is_main else QuietLogger())
         bar = tqdm(total=cfg.steps, initial=progress.step, unit="step", leave=False,
-                   disable=not self.progress or already_finished,
+                   disable=not self.progress or already_finished or not self.job.is_main,
                    desc=f"train {cfg.learner}+{cfg.fusion}")
         train_mode(model, cfg.freeze)
         try:
@@ -315,7 +350,7 @@ class Trainer:
                 started = time.perf_counter()
                 model.learner.on_step(progress.step, cfg.steps)
                 optimizer.zero_grad(set_to_none=True)
-                loss, acc = step_loss(progress.step)
+                loss, acc = self.job.step(step_loss, progress.step, params)
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
@@ -339,7 +374,8 @@ class Trainer:
                     bar.set_postfix(val=f"{values['val_acc']:.3f}", best=f"{progress.best:.3f}")
                 progress.finished = progress.stopped_early or progress.step >= cfg.steps
                 progress.seconds += time.perf_counter() - started
-                if progress.finished or progress.step % cfg.checkpoint_every == 0:
+                if self.job.is_main and (progress.finished
+                                         or progress.step % cfg.checkpoint_every == 0):
                     save_checkpoint(checkpoint_path, {**training_state(
                         self.config.to_dict(), progress, model, classifier, self.aligner,
                         optimizer, schedule), "tasks": (self.heads.state_dict()
@@ -415,6 +451,7 @@ class Trainer:
         def episode(number: int) -> Episode:
             """Episode ``number`` of the meta-train sampler, augmented, on the device."""
             drawn = sampler[number]
+            seed_task(cfg.seed, number)  # its dropout, in whichever process it runs
             if augmentation.active:
                 drawn = augmentation.episode(drawn, step_generator(cfg.seed, number))
             return drawn.to(device)
@@ -456,9 +493,9 @@ class Trainer:
         chunk, process = (cfg.vmap_chunk, at_once) if self._vmap else (1, one_by_one)
 
         def episodic(step: int) -> tuple[float, float]:
-            numbers = range(step * cfg.meta_batch, (step + 1) * cfg.meta_batch)
+            numbers = self.job.shard(range(step * cfg.meta_batch, (step + 1) * cfg.meta_batch))
             total_loss = total_acc = 0.0
-            for first in range(0, cfg.meta_batch, chunk):
+            for first in range(0, len(numbers), chunk):
                 loss, acc = process([episode(n) for n in numbers[first:first + chunk]])
                 total_loss += loss
                 total_acc += acc
@@ -528,7 +565,7 @@ class Trainer:
                            column="config", fix="delete it to start over")
         saved = TrainConfig.from_dict(state["config"], source=str(checkpoint_path))
         saved.validate(source=str(checkpoint_path))
-        if saved != self.config:
+        if saved.updated({"world_size": self.config.world_size}) != self.config:
             log.warning("resuming with the run's own config; the flags given differ")
         self.config = saved
         return state
@@ -617,6 +654,8 @@ class Trainer:
         """Keep the best validated weights; count validations without gain for early stopping."""
         if val_acc > progress.best:
             progress.best, progress.best_step, progress.bad = val_acc, progress.step, 0
+            if not self.job.is_main:
+                return
             save_weights(self._work / WEIGHTS_FILE, model)
             if self.heads is not None:
                 save_weights(self._work / TASKS_FILE, self.heads)
@@ -649,5 +688,5 @@ class Trainer:
         ways, shots, queries = self._val_shape
         result = evaluate(model, data.store, data.split.val, ways=ways, shots=shots,
                           queries=queries, episodes=cfg.val_episodes, seed=cfg.seed + 1,
-                          device=device)
+                          device=device, shard=self.job)
         return result.accuracy

@@ -59,8 +59,10 @@ SPLITS = {"sanskrit": [TEST], "wide": [TEST, "Korean", "Greek"]}
 """Test alphabets of each ``--split`` (Tagalog validates in both)."""
 TEST_TIME = {"plain": {"tta": 0, "transduction": 0}, "tta": {"tta": 8, "transduction": 0},
              "transduction": {"tta": 0, "transduction": 1},
-             "tta+transduction": {"tta": 8, "transduction": 1}}
-"""Test-time settings of ``--test-time`` (8 augmented copies, one soft k-means step)."""
+             "tta+transduction": {"tta": 8, "transduction": 1},
+             "tta16+transduction10": {"tta": 16, "transduction": 10}}
+"""Test-time settings of ``--test-time`` (8 or 16 augmented copies, 1 or 10 soft k-means
+steps; the last is `configs/omniglot.toml`'s, chosen within the validation alphabet)."""
 WITHIN_RUNS = 20
 """Runs within each held-out test alphabet in the all-alphabet proxy."""
 STROKES = {"coords": [0, 1], "follow": "image", "frame": [0, 0, 105, -105], "discrete": [3]}
@@ -183,7 +185,7 @@ def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
     run = load_run(run_dir, test_time=test_time)
     prepared = load_run_data(run)
     split, store, model = prepared.split, prepared.store, run.model
-    modalities = list(run.model.backbone.modalities)
+    modalities = list(run.model.modalities)
     row: dict[str, Any] = {"name": name, "train_seconds": seconds,
                            "steps": config.steps, "modalities": modalities,
                            "selection_val": best_val,
@@ -332,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown test-time settings {unknown}; known: {', '.join(TEST_TIME)}")
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     data = out / "omniglot"
     if not (data / "dataset.toml").exists() and not args.run:
         import_omniglot(args.source, data, val_groups=[VAL], test_groups=SPLITS[args.split],

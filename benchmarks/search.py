@@ -1,5 +1,5 @@
 """A TPE search on Omniglot within a stated budget, set against the hand-written grid of
-``benchmarks/omniglot.py`` and the recipe it chose (``configs/omniglot.toml``).
+``benchmarks/omniglot.py`` and the fused recipe it chose (``configs/omniglot-fused.toml``).
 
 The dataset is imported as in ``benchmarks/omniglot.py`` (six alphabets train, Tagalog
 validates, Sanskrit tests). ``metamodal search`` runs ``--trials`` trials of ``--steps`` steps
@@ -115,17 +115,17 @@ def main() -> int:
                     episodes=args.episodes, runs=args.runs)
     rows = grid_rows(args.grid_results)
     recipe = TrainConfig.from_dict({k: v for k, v in load_config(
-        ROOT / "configs" / "omniglot.toml").to_dict().items()})
+        ROOT / "configs" / "omniglot-fused.toml").to_dict().items()})
     chosen = next((r for r in rows if r["name"] ==
                    "images+strokes-20way-rot-affine-unimodal-resnet12-4000"), None)
     print(f"\nsearch: {args.trials} trials x {args.steps} steps = "
           f"{args.trials * args.steps} steps, {seconds / 60:.1f} min; grid: {len(rows)} "
-          f"configurations, {sum(r['steps'] for r in rows)} steps; configs/omniglot.toml: "
+          f"configurations, {sum(r['steps'] for r in rows)} steps; configs/omniglot-fused.toml: "
           f"{recipe.steps} steps of resnet12")
     print("\n| configuration | val 5-way 1-shot | test 5-way 1-shot | test 20-way "
           "within-alphabet error | steps |")
     print("|---|---|---|---|---|")
-    shown = [row] + ([dict(chosen, name="configs/omniglot.toml (grid's choice)")]
+    shown = [row] + ([dict(chosen, name="configs/omniglot-fused.toml (grid's choice)")]
                      if chosen else [])
     best_grid = max(rows, key=lambda r: r["val_5way"]["accuracy"]) if rows else None
     if best_grid is not None and best_grid is not chosen:

@@ -17,16 +17,18 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_omniglot_config_trains_on_an_omniglot_import(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["omniglot.toml", "omniglot-fused.toml"])
+def test_omniglot_config_trains_on_an_omniglot_import(tmp_path: Path, name: str) -> None:
     write_archives(tmp_path / "src", "small1", {"Alpha": 4, "Beta": 4, "Gamma": 4}, drawers=4)
     data = import_omniglot(tmp_path / "src", tmp_path / "omniglot", image_size=14,
                            val_groups=["Gamma"]).path
-    config = load_config(CONFIGS / "omniglot.toml").updated(
+    config = load_config(CONFIGS / name).updated(
         {"data": str(data), "steps": 2, "ways": 2, "queries": 1, "dim": 8, "val_episodes": 2,
          "val_ways": 2, "val_queries": 1, "device": "cpu"})
     run = Trainer(config, tmp_path / "run", progress=False).fit().run_dir
     saved = tomllib.loads((run / "config.toml").read_text())["train"]
-    assert saved["augment"] == load_config(CONFIGS / "omniglot.toml").augment
+    assert saved["augment"] == load_config(CONFIGS / name).augment
+    assert (saved["tta"], saved["transduction"]) == (16, 10)
 
 
 def test_a_config_files_out_of_range_value_names_the_file(tmp_path: Path) -> None:

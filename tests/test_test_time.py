@@ -220,3 +220,30 @@ def test_resume_with_test_time_settings_is_bit_identical(setup, tmp_path: Path) 
         return [row["val_acc"] for row in map(json.loads, lines) if "val_acc" in row]
 
     assert validations("full") and validations("full") == validations("killed")
+
+
+def test_adapt_predict_uses_the_same_embeddings_as_evaluation(setup) -> None:
+    """An episode run through adapt_predict (as an ensemble member is) gets the logits of
+    the embed-once path: both average each sample with its copies."""
+    run = load_run(setup["tt"])
+    store = load_run_data(run).store
+    from metamodal.evaluate.embedding import masked_batch
+
+    names = list(run.model.modalities)
+    support = masked_batch(store, torch.arange(4), names, names, {})
+    query = masked_batch(store, torch.arange(4, 8), names, names, {})
+    labels = torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        direct = run.model.adapt_predict(support, labels, query, 4)
+        embedded = run.model.logits(run.model.embed(support), labels, run.model.embed(query), 4)
+        plain = load_run(setup["tt"], test_time={"tta": 0}).model.adapt_predict(
+            support, labels, query, 4)
+    torch.testing.assert_close(direct, embedded)
+    assert not torch.allclose(direct, plain)
+
+
+def test_tta_with_a_learner_that_adapts_weights_is_refused(setup) -> None:
+    with pytest.raises(ConfigError) as error:
+        api.train(setup["root"] / "maml", data=str(setup["data"]), modalities=["image"],
+                  steps=1, learner="maml", augment=AUGMENT, tta=2, progress=False, **SMALL)
+    assert error.value.column == "tta"

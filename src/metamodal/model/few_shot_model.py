@@ -150,7 +150,13 @@ class FewShotModel(nn.Module):
             ways: number of classes.
             context: what the episode tells the learner beyond its samples (the class
                 semantics AM3 needs; see `EpisodeContext`).
+
+        In evaluation mode with test-time augmentation, support and query are embedded by
+        `embed` (each sample averaged with its copies), as evaluation from embeddings does.
         """
+        if self.tta_augmentation is not None and not self.training:  # a metric learner
+            return self.logits(self.embed(support), support_labels, self.embed(query), ways,
+                               context)
         return self.learner(self.backbone, support, support_labels, query, ways, context)
 
     def episode_logits(self, episode: Episode,

@@ -48,9 +48,9 @@ def check_test_time(test_time: TestTime, learner: Any, augmentation: Augmentatio
     """Refuse settings the model cannot honour.
 
     Raises:
-        ConfigError: ``tta`` without any per-modality transform in ``augmentation`` (key
-            ``tta``), or ``transduction`` with a learner that has no prototypes to refine (key
-            ``transduction``).
+        ConfigError: ``tta`` without any per-modality transform in ``augmentation`` or with a
+            learner that adapts the network per task (key ``tta``), or ``transduction`` with
+            a learner that has no prototypes to refine (key ``transduction``).
     """
     test_time.check(source=source)
     if test_time.tta and (augmentation is None or not augmentation.modalities):
@@ -58,6 +58,11 @@ def check_test_time(test_time: TestTime, learner: Any, augmentation: Augmentatio
                           "[augment] table has none", file=source, column="tta",
                           fix="add e.g. [augment.image] rotate = 10 to the training config, "
                           "or set tta = 0")
+    if test_time.tta and not learner.capabilities().embeds_once:
+        raise ConfigError(f"learner {type(learner).__name__} adapts the network per task; "
+                          "test-time augmentation averages embeddings of a fixed network",
+                          file=source, column="tta",
+                          fix="use a metric learner (protonet, ...), or set tta = 0")
     if test_time.transduction and not hasattr(learner, "transduction"):
         raise ConfigError(f"learner {type(learner).__name__} has no prototypes to refine by "
                           "transduction", file=source, column="transduction",

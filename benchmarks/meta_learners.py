@@ -94,6 +94,7 @@ from metamodal.config import TrainConfig
 from metamodal.data.batch import Episode, ModalityBatch
 from metamodal.learners.task_batching import batched_losses
 from metamodal.model import FewShotModel
+from metamodal.train import acceleration
 from metamodal.train.acceleration import ChunkPlan, MetaLossCompiler
 
 SIDES = ("metamodal", "metamodal vmap", "metamodal compiled", "learn2learn", "higher",
@@ -396,7 +397,9 @@ def side_metamodal_vmap(workload: Workload, model: FewShotModel, *,
         how += f", at most {plan.size} tasks a chunk" if plan.size else ""
         if compile:
             how += (", torch.compile(fullgraph=True"
-                    + (", mode='reduce-overhead'" if compiler.mode else "") + ")"
+                    + (", mode='reduce-overhead'" if compiler.mode else "")
+                    + (f", backend={acceleration.BACKEND!r}"
+                       if acceleration.BACKEND != "inductor" else "") + ")"
                     + (f"; FELL BACK to eager: {compiler.failure}" if compiler.failure else ""))
         return f"task_batching = 'vmap': {how}, one backward per chunk"
 
@@ -607,6 +610,7 @@ def run_side(args: argparse.Namespace) -> None:
     result as one JSON line and save the gradient to ``--grad-out``."""
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    acceleration.BACKEND = args.compile_backend
     workload = WORKLOADS[args.workload]
     if args.tiny:
         workload = tiny(workload)
@@ -652,7 +656,8 @@ def launch(side: str, workload: str, args: argparse.Namespace, grad_out: Path
         sys.executable, str(Path(__file__).resolve()), "--side", side, "--workload", workload,
         "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads",
         str(args.threads), "--device", args.device, "--seed", str(args.seed), "--check-tasks",
-        str(args.check_tasks), "--grad-out", str(grad_out),
+        str(args.check_tasks), "--grad-out", str(grad_out), "--compile-backend",
+        args.compile_backend,
     ] + (["--tiny"] if args.tiny else [])
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
     for line in reversed(done.stdout.splitlines()):
@@ -790,6 +795,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--check-tasks", type=int, default=2,
                         help="tasks of the float64 meta-gradient check")
     parser.add_argument("--seed", type=int, default=0, help="seeds weights and data")
+    parser.add_argument("--compile-backend", default=acceleration.BACKEND,
+                        help="torch.compile backend of the 'metamodal compiled' side "
+                        "(aot_eager: the same graphs without generating kernels, for tests)")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny networks and meta-batches (for tests; same code paths)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)

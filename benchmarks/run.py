@@ -47,7 +47,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ENTRIES = ("meta_learners", "episodes", "data", "recipe")
 QUICK = {
-    "meta_learners": ["--tiny", "--repeats", "1", "--warmup", "0", "--threads", "1"],
+    "meta_learners": ["--tiny", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                      "--compile-backend", "aot_eager"],
     "episodes": ["--steps", "1", "--repeats", "1", "--warmup", "1", "--fusions", "mean",
                  "--classes", "30", "--per-class", "20"],
     "data": ["--tasks", "10", "--repeats", "1", "--check", "5", "--classes", "15",

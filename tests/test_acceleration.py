@@ -261,3 +261,27 @@ def test_the_trainer_with_vmap_chunks_and_compile_trains_as_the_loop(
             warnings.simplefilter("error", RuntimeWarning)  # no fallback to eager mode
             batched, _ = train(data, tmp_path / name, **common, task_batching="vmap", **extra)
         assert batched == pytest.approx(loop, rel=1e-4), name
+
+
+def test_bf16_runs_under_vmap_and_in_the_compiled_meta_update(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(acceleration, "BACKEND", "aot_eager")
+    torch.manual_seed(0)
+    model = build("maml", {"numbers": "tabular"}, {"numbers": "mlp"}).float()
+    tasks = episodes({"numbers": "tabular"}, tasks=2)
+    for task in tasks:
+        for side in (task.support, task.query):
+            side["numbers"] = type(side["numbers"])(side["numbers"].values.float(),
+                                                    side["numbers"].present)
+    cpu = torch.device("cpu")
+    plain = chunked(model, tasks, [2])
+    compiler = MetaLossCompiler(model.learner, model.backbone, cpu)
+    with backbone_precision(model.backbone, "bf16", cpu):
+        batched = chunked(model, tasks, [2])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # compiled, not run eagerly
+            compiled = chunked(model, tasks, [2], run=compiler.runner)
+    for low in (batched, compiled):
+        assert low[0] != plain[0] and low[0] == pytest.approx(plain[0], rel=0.05)
+        assert all(torch.isfinite(g).all() and g.dtype == torch.float32 for g in low[1])
+    assert compiled[0] == pytest.approx(batched[0], rel=1e-3)

@@ -333,8 +333,8 @@ def vmapped_loss(learner: nn.Module, backbone: nn.Module, ways: int) -> TaskRunn
 
 
 def batched_losses(learner: nn.Module, backbone: nn.Module, episodes: Sequence[Episode],
-                   *, run: TaskRunner | None = None,
-                   checked: bool = False) -> tuple[Tensor, Tensor]:
+                   *, run: TaskRunner | None = None, checked: bool = False,
+                   device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     """The training losses ``[T]`` and query logits ``[T, Q, ways]`` of ``T`` episodes, the
     learner's `loss` run once under `torch.func.vmap` over the stacked episodes.
 
@@ -345,6 +345,8 @@ def batched_losses(learner: nn.Module, backbone: nn.Module, episodes: Sequence[E
         run: `vmapped_loss`'s function for these modules and the episodes' ways, or the same
             compiled (`metamodal.train.acceleration.MetaLossCompiler`); default: a new one.
         checked: the caller has checked the episodes (see `stack_episodes`).
+        device: move the stacked tensors there (episodes on the host are stacked there and
+            copied in one transfer per tensor, not one per episode).
 
     Raises:
         DatasetError: the episodes are not `batchable` (or there are none); an episode's
@@ -352,6 +354,11 @@ def batched_losses(learner: nn.Module, backbone: nn.Module, episodes: Sequence[E
         InsufficientSamplesError: a class of an episode has no support sample.
     """
     stacked = stack_episodes(episodes, checked=checked)
+    if device is not None:
+        support, query, support_labels, query_labels = stacked
+        stacked = ({m: tuple(t.to(device) for t in parts) for m, parts in support.items()},
+                   {m: tuple(t.to(device) for t in parts) for m, parts in query.items()},
+                   support_labels.to(device), query_labels.to(device))
     if run is None:
         run = vmapped_loss(learner, backbone, episodes[0].ways)
     with task_batch_norm(backbone), vmap_ready(learner, backbone):

@@ -469,11 +469,11 @@ class Trainer:
                 return one_by_one(episodes)
             for task in episodes:
                 check_support(task.support_labels, task.ways)
-            episodes = [task.to(device) for task in episodes]
             losses, logits = batched_losses(model.learner, model.backbone, episodes,
-                                            run=compiler.runner(episodes[0].ways), checked=True)
+                                            run=compiler.runner(episodes[0].ways), checked=True,
+                                            device=device)  # stacked here, one copy each
             (losses.sum() / cfg.meta_batch).backward()
-            labels = torch.stack([task.query_labels for task in episodes])
+            labels = torch.stack([task.query_labels for task in episodes]).to(device)
             return losses.detach(), (logits.argmax(-1) == labels).float().mean(-1)
 
         plan = ChunkPlan(cfg.vmap_chunk, cfg.meta_batch, device) if self._vmap else None

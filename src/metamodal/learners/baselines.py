@@ -135,7 +135,6 @@ class NearestCentroid(MetricLearner):
         return -euclidean_distances(self.normalize(query), centroids)
 
 
-@learners.register("finetune")
 def _adam(objective: Callable[[], Tensor], params: list[Tensor], *, lr: float, steps: int,
           betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
     """``steps`` steps of Adam (Kingma & Ba 2015) on ``objective()`` over ``params``, in place:
@@ -163,6 +162,7 @@ def _adam(objective: Callable[[], Tensor], params: list[Tensor], *, lr: float, s
                 p.addcdiv_(m, (v.sqrt() / correction).add_(eps), value=-step_size)
 
 
+@learners.register("finetune")
 class FineTune(MetricLearner):
     """Fine-tuning baseline: a fresh linear (or cosine) classifier trained on the support
     features of each episode, with the features frozen.

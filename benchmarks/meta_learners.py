@@ -388,7 +388,8 @@ def side_metamodal_vmap(workload: Workload, model: FewShotModel, *,
     def accumulate(tasks: list[Task]) -> None:
         for chunk in plan.chunks([task.episode for task in tasks]):
             losses, _ = batched_losses(model.learner, model.backbone, chunk,
-                                       run=compiler.runner(chunk[0].ways))
+                                       run=None if plan.probing
+                                       else compiler.runner(chunk[0].ways))
             (losses.sum() / len(tasks)).backward()
 
     def note() -> str:

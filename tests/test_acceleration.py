@@ -106,6 +106,7 @@ def test_chunks_are_sized_from_the_memory_a_probe_chunk_takes() -> None:
     assert plan.size is None
     seen = []
     for chunk in plan.chunks(list(range(32))):
+        assert plan.probing == (not seen)  # the probe runs eagerly
         if not seen:  # the probe: the caller runs it before the next chunk is cut
             memory.probed = len(chunk)
         seen.append(chunk)

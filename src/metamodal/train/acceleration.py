@@ -102,6 +102,8 @@ class ChunkPlan:
 
     Attributes:
         size: the largest chunk, once known (None until the first meta-batch on CUDA).
+        probing: True while the probe chunk is out (the caller runs it eagerly: a compiled
+            meta-update would be compiled for its shape, used only once).
 
     Example:
         >>> plan = ChunkPlan(0, 20, torch.device("cpu"))
@@ -116,6 +118,7 @@ class ChunkPlan:
             else DeviceMemory(device)
         self.size: int | None = setting or (None if device.type == "cuda"
                                             else min(meta_batch, CPU_CHUNK))
+        self.probing = False
 
     def chunks(self, items: Sequence[T]) -> Iterator[list[T]]:
         """``items`` (a meta-batch's tasks) in chunks. Before the size is known, the first
@@ -126,7 +129,9 @@ class ChunkPlan:
             probe = items[:min(PROBE_TASKS, len(items))]
             available = self.memory.available()
             before = self.memory.start()
+            self.probing = True
             yield probe
+            self.probing = False
             per_task = max(self.memory.peak() - before, 1) / len(probe)
             self.size = max(1, min(self.meta_batch,
                                    int(MEMORY_FRACTION * available / per_task)))

@@ -470,7 +470,8 @@ class Trainer:
             for task in episodes:
                 check_support(task.support_labels, task.ways)
             losses, logits = batched_losses(model.learner, model.backbone, episodes,
-                                            run=compiler.runner(episodes[0].ways), checked=True,
+                                            run=None if plan.probing
+                                            else compiler.runner(episodes[0].ways), checked=True,
                                             device=device)  # stacked here, one copy each
             (losses.sum() / cfg.meta_batch).backward()
             labels = torch.stack([task.query_labels for task in episodes]).to(device)

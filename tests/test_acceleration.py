@@ -28,6 +28,16 @@ from metamodal.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+CAPTURES = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 13)
+"""Whether this torch captures the vmapped meta-update whole: the pinned one (2.13) does;
+torch 2.4 (the lowest declared) cannot trace the inner loop's context managers and runs it
+eagerly, with a warning, computing the same thing."""
+
+
+def compiled_whole(compiler: MetaLossCompiler) -> bool:
+    """Whether ``compiler`` compiled (not fallen back), required where this torch can."""
+    return compiler.failure is None or not CAPTURES
+
 KINDS = {"picture": "image", "numbers": "tabular"}
 ENCODERS = {"picture": "conv4", "numbers": "mlp"}
 
@@ -175,7 +185,7 @@ def test_the_compiled_meta_update_equals_the_eager_one_in_float64() -> None:
     eager = chunked(model, tasks, [2, 2])
     compiler = MetaLossCompiler(model.learner, model.backbone, torch.device("cpu"))
     compiled = chunked(model, tasks, [2, 2], run=compiler.runner)
-    assert compiler.failure is None  # it was compiled, not run eagerly after a failure
+    assert compiled_whole(compiler)  # it was compiled, not run eagerly after a failure
     assert eager[0] == pytest.approx(compiled[0], abs=1e-12)
     assert largest_difference(eager[1], compiled[1]) < 1e-9
     again = chunked(model, tasks, [2, 2], run=compiler.runner)  # the same compiled graph
@@ -253,13 +263,16 @@ def test_the_trainer_with_vmap_chunks_and_compile_trains_as_the_loop(
     meta-update (captured whole, run by the ``aot_eager`` backend here: kernel generation is
     the float64 test's) train as the loop does."""
     monkeypatch.setattr(acceleration, "BACKEND", "aot_eager")
+    if not CAPTURES:
+        warnings.filterwarnings("ignore", "compile: the meta-update runs eagerly")
     common = {"learner": "maml", "meta_batch": 3, "steps": 2, "val_episodes": 5,
               "learner_options": {"inner_steps": 1}}
     loop, _ = train(data, tmp_path / "loop", **common, task_batching="loop")
     for name, extra in (("chunks", {"vmap_chunk": 2}), ("auto", {"vmap_chunk": 0}),
                         ("compiled", {"compile": True})):
         with warnings.catch_warnings():
-            warnings.simplefilter("error", RuntimeWarning)  # no fallback to eager mode
+            if CAPTURES:
+                warnings.simplefilter("error", RuntimeWarning)  # no fallback to eager mode
             batched, _ = train(data, tmp_path / name, **common, task_batching="vmap", **extra)
         assert batched == pytest.approx(loop, rel=1e-4), name
 
@@ -280,8 +293,8 @@ def test_bf16_runs_under_vmap_and_in_the_compiled_meta_update(
     with backbone_precision(model.backbone, "bf16", cpu):
         batched = chunked(model, tasks, [2])
         with warnings.catch_warnings():
-            warnings.simplefilter("error", RuntimeWarning)  # compiled, not run eagerly
-            compiled = chunked(model, tasks, [2], run=compiler.runner)
+            warnings.simplefilter("error" if CAPTURES else "ignore", RuntimeWarning)
+            compiled = chunked(model, tasks, [2], run=compiler.runner)  # compiled, not eager
     for low in (batched, compiled):
         assert low[0] != plain[0] and low[0] == pytest.approx(plain[0], rel=0.05)
         assert all(torch.isfinite(g).all() and g.dtype == torch.float32 for g in low[1])

@@ -332,6 +332,19 @@ def vmapped_loss(learner: nn.Module, backbone: nn.Module, ways: int) -> TaskRunn
     return run
 
 
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on ``device``; from the host to a GPU through pinned memory without waiting
+    (``non_blocking``), so that the host does not wait for the GPU's queued work to copy.
+
+    Example:
+        >>> to_device(torch.ones(2), torch.device("cpu")).device
+        device(type='cpu')
+    """
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def batched_losses(learner: nn.Module, backbone: nn.Module, episodes: Sequence[Episode],
                    *, run: TaskRunner | None = None, checked: bool = False,
                    device: torch.device | None = None) -> tuple[Tensor, Tensor]:
@@ -356,9 +369,9 @@ def batched_losses(learner: nn.Module, backbone: nn.Module, episodes: Sequence[E
     stacked = stack_episodes(episodes, checked=checked)
     if device is not None:
         support, query, support_labels, query_labels = stacked
-        stacked = ({m: tuple(t.to(device) for t in parts) for m, parts in support.items()},
-                   {m: tuple(t.to(device) for t in parts) for m, parts in query.items()},
-                   support_labels.to(device), query_labels.to(device))
+        stacked = ({m: tuple(to_device(t, device) for t in parts) for m, parts in support.items()},
+                   {m: tuple(to_device(t, device) for t in parts) for m, parts in query.items()},
+                   to_device(support_labels, device), to_device(query_labels, device))
     if run is None:
         run = vmapped_loss(learner, backbone, episodes[0].ways)
     with task_batch_norm(backbone), vmap_ready(learner, backbone):

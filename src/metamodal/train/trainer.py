@@ -28,7 +28,12 @@ from metamodal.evaluate.protocol import evaluate
 from metamodal.io import replace_directory
 from metamodal.learners.base import check_support
 from metamodal.learners.baselines import SupervisedClassifier
-from metamodal.learners.task_batching import batchable, batched_losses, uses_vmap
+from metamodal.learners.task_batching import (
+    batchable,
+    batched_losses,
+    to_device,
+    uses_vmap,
+)
 from metamodal.mapping.aligner import Aligner
 from metamodal.model import FewShotModel
 from metamodal.model.freeze import freeze, train_mode
@@ -474,7 +479,7 @@ class Trainer:
                                             else compiler.runner(episodes[0].ways), checked=True,
                                             device=device)  # stacked here, one copy each
             (losses.sum() / cfg.meta_batch).backward()
-            labels = torch.stack([task.query_labels for task in episodes]).to(device)
+            labels = to_device(torch.stack([task.query_labels for task in episodes]), device)
             return losses.detach(), (logits.argmax(-1) == labels).float().mean(-1)
 
         plan = ChunkPlan(cfg.vmap_chunk, cfg.meta_batch, device) if self._vmap else None

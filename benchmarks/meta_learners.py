@@ -19,9 +19,14 @@ trainer's AdamW costs the same). The sides:
 
 - ``metamodal``: `FewShotModel.build(...)` with learner ``maml`` (or ``protonet``);
   ``loss, _ = model.loss(episode)`` on `Episode` objects built before timing.
-- ``metamodal vmap``: the same model with the trainer's ``task_batching = "vmap"``: eight
-  tasks at a time under `torch.func.vmap` (`metamodal.learners.task_batching`), one backward
-  per chunk. Which of the two is faster on the device decides ``task_batching = "auto"``.
+- ``metamodal vmap``: the same model with the trainer's ``task_batching = "vmap"``: chunks of
+  tasks under `torch.func.vmap` (`metamodal.learners.task_batching`), one backward per chunk,
+  sized as the trainer sizes them (``vmap_chunk = 0``: `metamodal.train.acceleration.ChunkPlan`,
+  from the device's free memory on CUDA). Which of the two is faster on the device decides
+  ``task_batching = "auto"``.
+- ``metamodal compiled``: ``metamodal vmap`` with the trainer's ``compile = true``: each
+  chunk's meta-loss compiled whole by `torch.compile` (`MetaLossCompiler`; mode
+  ``reduce-overhead``, CUDA graphs, on CUDA). Compilation happens in the warm-up updates.
 - ``learn2learn``: ``l2l.algorithms.MAML`` (``clone()``, ``adapt(loss)``) around the *same*
   backbone module (metamodal's conv4 / MLP encoder and mean fusion) plus a zero-initialised
   ``nn.Linear(D, ways)``.
@@ -89,12 +94,17 @@ from metamodal.config import TrainConfig
 from metamodal.data.batch import Episode, ModalityBatch
 from metamodal.learners.task_batching import batched_losses
 from metamodal.model import FewShotModel
+from metamodal.train import acceleration
+from metamodal.train.acceleration import ChunkPlan, MetaLossCompiler
 
-SIDES = ("metamodal", "metamodal vmap", "learn2learn", "higher", "plain loop", "vmap")
-OURS = ("metamodal", "metamodal vmap")
-"""metamodal's two ways through a meta-batch (``task_batching`` ``loop`` and ``vmap``)."""
+SIDES = ("metamodal", "metamodal vmap", "metamodal compiled", "learn2learn", "higher",
+         "plain loop", "vmap")
+OURS = ("metamodal", "metamodal vmap", "metamodal compiled")
+"""metamodal's ways through a meta-batch (``task_batching`` ``loop`` and ``vmap``, and
+``vmap`` with ``compile``)."""
 VMAP_CHUNK = TrainConfig.vmap_chunk
-"""Tasks per vmap call of the ``metamodal vmap`` side: the trainer's default."""
+"""``vmap_chunk`` of the ``metamodal vmap`` side: the trainer's default (0: sized by
+`ChunkPlan`)."""
 PEERS = {"learn2learn": "learn2learn", "higher": "higher"}
 """Side name -> the module it imports."""
 SETUP_HINT = ("to compare with learn2learn and higher: bash benchmarks/setup_learn2learn.sh "
@@ -195,7 +205,7 @@ def sides_for(workload: Workload) -> dict[str, str | None]:
     for side in SIDES:
         if side in PEERS and not workload.maml:
             out[side] = f"not applicable: {side} has no ProtoNet learner"
-        elif side == "metamodal vmap" and not workload.maml:
+        elif side in ("metamodal vmap", "metamodal compiled") and not workload.maml:
             out[side] = "not applicable: ProtoNet runs each episode on its own"
         elif side == "vmap" and workload.key not in VMAP_WORKLOADS:
             out[side] = "not measured (W1, W2, W4 only)"
@@ -337,13 +347,14 @@ class Side:
             count) to ``.grad`` of the meta-learned weights.
         optimizer: the outer optimiser (Adam, lr 1e-3, over the backbone's weights).
         compared: the backbone's weights in metamodal's order, whose gradients are compared.
-        note: how this side was set up, for the notes under the table.
+        note: how this side was set up, for the notes under the table (a function: read
+            after timing, when it can say what happened, e.g. a compilation given up).
     """
 
     accumulate: Callable[[list[Task]], None]
     optimizer: torch.optim.Optimizer
     compared: list[Tensor]
-    note: str = ""
+    note: str | Callable[[], str] = ""
 
 
 def adam(parameters: Sequence[Tensor]) -> torch.optim.Optimizer:
@@ -363,20 +374,43 @@ def side_metamodal(workload: Workload, model: FewShotModel) -> Side:
     return Side(accumulate, adam(list(model.parameters())), list(model.backbone.parameters()))
 
 
-def side_metamodal_vmap(workload: Workload, model: FewShotModel) -> Side:
-    """metamodal's side with ``task_batching = "vmap"``: `VMAP_CHUNK` tasks at a time under
-    `torch.func.vmap` (`batched_losses`), one backward per chunk, as the trainer does."""
+def side_metamodal_vmap(workload: Workload, model: FewShotModel, *,
+                        compile: bool = False) -> Side:
+    """metamodal's side with ``task_batching = "vmap"``: chunks of tasks under
+    `torch.func.vmap` (`batched_losses`), sized by `ChunkPlan` from the trainer's default
+    ``vmap_chunk``, one backward per chunk, as the trainer does; with ``compile`` each
+    chunk's meta-loss compiled (`MetaLossCompiler`)."""
     model.train()
+    device = next(model.parameters()).device
+    plan = ChunkPlan(VMAP_CHUNK, workload.meta_batch, device)
+    compiler = MetaLossCompiler(model.learner, model.backbone, device, enabled=compile)
 
     def accumulate(tasks: list[Task]) -> None:
-        for first in range(0, len(tasks), VMAP_CHUNK):
-            chunk = [task.episode for task in tasks[first:first + VMAP_CHUNK]]
-            losses, _ = batched_losses(model.learner, model.backbone, chunk)
+        for chunk in plan.chunks([task.episode for task in tasks]):
+            losses, _ = batched_losses(model.learner, model.backbone, chunk,
+                                       run=None if plan.probing
+                                       else compiler.runner(chunk[0].ways))
             (losses.sum() / len(tasks)).backward()
 
+    def note() -> str:
+        how = ("chunks sized by the trainer's rule (vmap_chunk = 0)" if not VMAP_CHUNK
+               else f"{VMAP_CHUNK} tasks per vmap call")
+        how += f", at most {plan.size} tasks a chunk" if plan.size else ""
+        if compile:
+            how += (", torch.compile(fullgraph=True"
+                    + (", mode='reduce-overhead'" if compiler.mode else "")
+                    + (f", backend={acceleration.BACKEND!r}"
+                       if acceleration.BACKEND != "inductor" else "") + ")"
+                    + (f"; FELL BACK to eager: {compiler.failure}" if compiler.failure else ""))
+        return f"task_batching = 'vmap': {how}, one backward per chunk"
+
     return Side(accumulate, adam(list(model.parameters())), list(model.backbone.parameters()),
-                f"task_batching = 'vmap': {VMAP_CHUNK} tasks per vmap call, one backward per "
-                "chunk")
+                note)
+
+
+def side_metamodal_compiled(workload: Workload, model: FewShotModel) -> Side:
+    """``metamodal vmap`` with ``compile = true``."""
+    return side_metamodal_vmap(workload, model, compile=True)
 
 
 def import_peer(name: str) -> tuple[Any | None, str]:
@@ -549,6 +583,7 @@ def side_vmap(workload: Workload, model: FewShotModel) -> Side:
 BUILDERS: dict[str, Callable[[Workload, FewShotModel], Side]] = {
     "metamodal": side_metamodal,
     "metamodal vmap": side_metamodal_vmap,
+    "metamodal compiled": side_metamodal_compiled,
     "learn2learn": side_learn2learn,
     "higher": side_higher,
     "plain loop": side_plain_loop,
@@ -576,6 +611,7 @@ def run_side(args: argparse.Namespace) -> None:
     result as one JSON line and save the gradient to ``--grad-out``."""
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    acceleration.BACKEND = args.compile_backend
     workload = WORKLOADS[args.workload]
     if args.tiny:
         workload = tiny(workload)
@@ -598,6 +634,7 @@ def run_side(args: argparse.Namespace) -> None:
             times.append(time.perf_counter() - started)
     rss = peak_rss_mb()
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    note = side.note() if callable(side.note) else side.note
     del side, tasks
 
     check_tasks = make_tasks(workload, args.check_tasks, args.seed + 1, torch.float64, device)
@@ -609,7 +646,7 @@ def run_side(args: argparse.Namespace) -> None:
     torch.save([g.cpu() for g in grads], args.grad_out)
     print(RESULT + json.dumps({
         "median": statistics.median(times), "times": times, "peak_rss_mb": rss,
-        "start_rss_mb": start_rss, "gpu_peak_mb": gpu, "note": check.note,
+        "start_rss_mb": start_rss, "gpu_peak_mb": gpu, "note": note,
     }), flush=True)
 
 
@@ -620,7 +657,8 @@ def launch(side: str, workload: str, args: argparse.Namespace, grad_out: Path
         sys.executable, str(Path(__file__).resolve()), "--side", side, "--workload", workload,
         "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads",
         str(args.threads), "--device", args.device, "--seed", str(args.seed), "--check-tasks",
-        str(args.check_tasks), "--grad-out", str(grad_out),
+        str(args.check_tasks), "--grad-out", str(grad_out), "--compile-backend",
+        args.compile_backend,
     ] + (["--tiny"] if args.tiny else [])
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
     for line in reversed(done.stdout.splitlines()):
@@ -729,14 +767,16 @@ def summarize(key: str, timed: dict[str, tuple[float, float]]) -> str:
                     f"faster ({loop:.4f} s loop, {vmap:.4f} s vmap)")
     if not peers:
         return f"{key}: no peer ran{batching}"
-    ours, our_rss = timed["metamodal"]
+    best = min((s for s in timed if s in OURS), key=lambda s: timed[s][0])
+    ours, our_rss = timed[best]
     fastest = min(peers, key=lambda s: peers[s][0])
     theirs, their_rss = peers[fastest]
     faster = ours < theirs
     less = our_rss <= their_rss + max(RSS_SLACK_MB, RSS_SLACK * their_rss)
     verdict = "YES" if faster and less else "NO"
     return (f"{key}: faster than the fastest peer at no more peak memory: {verdict} "
-            f"(metamodal {ours:.4f} s/update, {our_rss:,.0f} MB; fastest peer {fastest} "
+            f"(fastest of metamodal's ways: {best}, {ours:.4f} s/update, {our_rss:,.0f} MB; "
+            f"fastest peer {fastest} "
             f"{theirs:.4f} s, {their_rss:,.0f} MB: metamodal {'faster' if faster else 'slower'}"
             f" by {abs(theirs / ours - 1) * 100:.0f}%, "
             f"{'no more' if less else 'more'} memory){batching}")
@@ -756,6 +796,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--check-tasks", type=int, default=2,
                         help="tasks of the float64 meta-gradient check")
     parser.add_argument("--seed", type=int, default=0, help="seeds weights and data")
+    parser.add_argument("--compile-backend", default=acceleration.BACKEND,
+                        help="torch.compile backend of the 'metamodal compiled' side "
+                        "(aot_eager: the same graphs without generating kernels, for tests)")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny networks and meta-batches (for tests; same code paths)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)

@@ -23,7 +23,10 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         # Every workload and side at tiny sizes; learn2learn and higher run where importable
         # and are reported as not importable elsewhere. One thread: on a busy 2-core machine
         # two threads per process can make each update many times slower.
-        ("meta_learners.py", ["--tiny", "--repeats", "1", "--warmup", "0", "--threads", "1"]),
+        # The compiled side's graphs are captured whole but run by the aot_eager backend
+        # (generating kernels is tests/test_acceleration.py's float64 check).
+        ("meta_learners.py", ["--tiny", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                              "--compile-backend", "aot_eager"]),
         # Batching on and off answer alike, no request fails, and a server killed with
         # SIGKILL mid-write keeps every acknowledged task and example.
         ("serve.py", ["--tiny"]),
@@ -34,6 +37,28 @@ def test_benchmark_checks_pass_at_a_tiny_size(script: str, args: list[str]) -> N
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "metamodal" in done.stdout
+
+
+def test_the_suite_runner_writes_every_table_into_one_json(tmp_path: Path) -> None:
+    out = tmp_path / "suite.json"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "run.py"), "--device", "cpu",
+                           "--quick", "--only", "data,recipe", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["quick"] is True and report["torch"]
+    assert set(report["entries"]) == {"data", "recipe"}
+    assert "skipped" in report["entries"]["recipe"]  # no --omniglot given
+    data = report["entries"]["data"]
+    assert data["returncode"] == 0 and data["seconds"] > 0 and data["command"][-1] == "8"
+    decode, tasks = data["tables"]  # the script's two tables, as it printed them
+    assert decode["title"].startswith("(a) decode") and tasks["title"].startswith("(b)")
+    assert decode["header"][0] == "modality" and tasks["header"][2] == "ms per task"
+    for table in (decode, tasks):
+        assert table["rows"] and all(len(r) == len(table["header"]) for r in table["rows"])
+        for row in table["rows"]:  # every printed row appears in the output as cut
+            assert row[0] in done.stdout
+    assert any(line.startswith("checked:") for line in data["lines"])
 
 
 def test_features_benchmark_checks_pass_at_a_tiny_size() -> None:

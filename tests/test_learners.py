@@ -423,6 +423,34 @@ def test_finetune_fits_separable_support_and_is_deterministic(options: dict) -> 
         assert not torch.equal(logits, other_seed)
 
 
+@pytest.mark.parametrize("cosine", [False, True])
+def test_finetunes_hand_written_adam_fits_what_torch_adam_fits(cosine: bool) -> None:
+    """FineTune's Adam (without an optimiser object, for speed) gives torch.optim.Adam's
+    classifier: the same arithmetic, in float64 and float32."""
+    import torch.nn.functional as F
+
+    from metamodal.ops import l2_normalize
+
+    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        generator = torch.Generator().manual_seed(4)
+        support, labels, _, _ = toy_episode(generator, ways=5, shots=3, features=16)
+        support = support.to(dtype)
+        head = FineTune(cosine=cosine, steps=60, lr=0.05)
+        weight, bias = head.fit(support, labels, 5)
+        x = l2_normalize(support, dim=1)
+        w = (torch.randn(5, 16, generator=torch.Generator().manual_seed(0), dtype=dtype)
+             * 0.01).requires_grad_()
+        b = torch.zeros(5, dtype=dtype, requires_grad=True)
+        params = [w] if cosine else [w, b]
+        optimizer = torch.optim.Adam(params, lr=0.05)
+        for _ in range(60):
+            optimizer.zero_grad()
+            F.cross_entropy(head._classify(x, w, b), labels).backward()
+            optimizer.step()
+        assert float((weight - w).abs().max()) < tolerance * max(1.0, float(w.abs().max()))
+        assert float((bias - b).abs().max()) < tolerance
+
+
 def test_finetune_gradient_reaches_query_not_support() -> None:
     support = torch.randn(4, 3, requires_grad=True)
     query = torch.randn(2, 3, requires_grad=True)

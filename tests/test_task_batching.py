@@ -218,7 +218,7 @@ def test_models_that_cannot_be_batched_are_named() -> None:
             uses_vmap("loop", cuda, maml.learner, maml.backbone)) == (False, True, False)
 
 
-@pytest.mark.parametrize(("key", "value"), [("task_batching", "batched"), ("vmap_chunk", 0)])
+@pytest.mark.parametrize(("key", "value"), [("task_batching", "batched"), ("vmap_chunk", -1)])
 def test_bad_task_batching_settings_are_config_errors(key: str, value: object) -> None:
     with pytest.raises(ConfigError) as error:
         TrainConfig(data="x", **{key: value}).validate()
@@ -260,9 +260,9 @@ def test_the_trainer_batches_complete_chunks_and_loops_over_the_rest(
 
     calls: list[int] = []
 
-    def counted(learner, backbone, tasks):
+    def counted(learner, backbone, tasks, **options):
         calls.append(len(tasks))
-        return batched_losses(learner, backbone, tasks)
+        return batched_losses(learner, backbone, tasks, **options)
 
     monkeypatch.setattr(trainer, "batched_losses", counted)
     looped = train_losses(datasets[missing], tmp_path / "loop", "loop")
@@ -273,8 +273,8 @@ def test_the_trainer_batches_complete_chunks_and_loops_over_the_rest(
         assert not calls
         assert batched == looped
         assert "lacks a modality" in caplog.text
-    else:  # chunks of 3 and 1 tasks per step; the single one runs in the loop
-        assert calls == [3, 3, 3]
+    else:  # 4 tasks in chunks of at most 3: two chunks of 2 per step (`chunk_sizes`)
+        assert calls == [2, 2] * 3
         assert batched == pytest.approx(looped, rel=1e-4)
 
 

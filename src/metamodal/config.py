@@ -75,7 +75,10 @@ class TrainConfig:
             other, each backpropagated on its own), ``vmap`` (``vmap_chunk`` tasks at once
             under `torch.func.vmap`, for the MAML family) or ``auto`` (``loop`` on CPU,
             ``vmap`` on CUDA where the model allows); see `metamodal.learners.task_batching`.
-        vmap_chunk: tasks per vmap call (each chunk backpropagated on its own).
+        vmap_chunk: tasks per vmap call (each chunk backpropagated on its own); 0 (the
+            default) sizes chunks at the start of training: on CUDA from the free device
+            memory and the memory a first chunk of two tasks took, on CPU at most 8 tasks
+            (`metamodal.train.acceleration.ChunkPlan`).
         lr, weight_decay: Adam's (AdamW's) learning rate and decoupled weight decay.
         schedule: ``cosine`` (decay to 0 over ``steps``) or ``constant``.
         grad_clip: max global gradient norm (0 = off).
@@ -135,6 +138,14 @@ class TrainConfig:
             ``auto`` (NCCL on CUDA devices, gloo on CPUs), ``gloo`` or ``nccl``.
         dist_timeout: seconds a process waits for the others (joining the job, each
             exchange) before the job stops with an error.
+        precision: ``fp32``, or ``bf16``: the encoders and the fusion of training steps run
+            under `torch.autocast` in bfloat16, while the output layer, the losses, the
+            inner-loop updates and the meta-gradient stay in float32; validation runs in
+            float32 (`metamodal.train.acceleration.backbone_precision`).
+        compile: capture the meta-update of ``task_batching`` vmap (inner loop, query loss
+            and its backward) with `torch.compile` (mode ``reduce-overhead``, CUDA graphs, on
+            CUDA); a model or a torch that cannot be compiled falls back to eager mode with
+            a warning (`metamodal.train.acceleration.MetaLossCompiler`).
 
     Example:
         >>> TrainConfig(data="ds", steps=10).updated({"ways": 3}).ways
@@ -160,7 +171,7 @@ class TrainConfig:
     steps: int = 1000
     meta_batch: int = 1
     task_batching: str = "auto"
-    vmap_chunk: int = 8
+    vmap_chunk: int = 0
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "cosine"
@@ -190,6 +201,8 @@ class TrainConfig:
     world_size: int = 1
     dist_backend: str = "auto"
     dist_timeout: float = 600.0
+    precision: str = "fp32"
+    compile: bool = False
 
     @property
     def aligns(self) -> bool:
@@ -238,8 +251,8 @@ class TrainConfig:
         def bad(message: str, key: str, fix: str) -> ConfigError:
             return ConfigError(message, file=source, column=key, fix=fix)
 
-        positive = ("dim", "ways", "shots", "queries", "steps", "meta_batch", "vmap_chunk",
-                    "batch_size", "val_episodes", "checkpoint_every", "world_size")
+        positive = ("dim", "ways", "shots", "queries", "steps", "meta_batch", "batch_size",
+                    "val_episodes", "checkpoint_every", "world_size")
         for key in positive:
             if getattr(self, key) < 1:
                 raise bad(f"{key} must be >= 1, got {getattr(self, key)}", key,
@@ -250,7 +263,8 @@ class TrainConfig:
                           f"set {key} to {most} or less")
         if self.ways < 2:
             raise bad("ways must be >= 2", "ways", "use --ways 2 or more")
-        for key in ("val_ways", "val_shots", "val_queries", "val_every", "patience", "seed"):
+        for key in ("val_ways", "val_shots", "val_queries", "val_every", "patience", "seed",
+                    "vmap_chunk"):
             if getattr(self, key) < 0 or (key == "val_ways" and self.val_ways == 1):
                 raise bad(f"{key} must be 0 or a positive count"
                           + (" >= 2" if key == "val_ways" else ""), key,
@@ -270,6 +284,9 @@ class TrainConfig:
         if self.task_batching not in ("auto", "loop", "vmap"):
             raise bad(f"unknown task_batching {self.task_batching!r}", "task_batching",
                       "use 'auto', 'loop' or 'vmap'")
+        if self.precision not in ("fp32", "bf16"):
+            raise bad(f"unknown precision {self.precision!r}", "precision",
+                      "use 'fp32' or 'bf16' (--precision fp32|bf16)")
         if self.schedule not in ("cosine", "constant"):
             raise bad(f"unknown schedule {self.schedule!r}", "schedule",
                       "use 'cosine' or 'constant'")

@@ -20,6 +20,7 @@ precomputed features.
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -200,7 +201,14 @@ def write_onnx(graph: EmbeddingGraph, path: Any, opset: int = DEFAULT_OPSET) -> 
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(graph, tuple(example_inputs(graph)), str(path),
                           input_names=graph.input_names(), output_names=list(OUTPUT_NAMES),
-                          dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+                          dynamic_axes=dynamic, opset_version=opset, **_torchscript_exporter())
+
+
+def _torchscript_exporter() -> dict[str, bool]:
+    """The option of ``torch.onnx.export`` that picks its TorchScript-based exporter where it
+    offers another (``dynamo``, torch 2.5 on); before that it is the only one."""
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters \
+        else {}
 
 
 class _no_fastpath:

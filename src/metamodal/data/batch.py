@@ -34,13 +34,16 @@ def all_present(present: Tensor) -> bool:
 
     The networks use it to skip the masking of absent rows when there are none (one
     device-to-host transfer on a GPU). Under `torch.func.vmap` and other transforms where the
-    values cannot be read, the answer is False, and callers take their general path, which
-    masks absent rows.
+    values cannot be read, and while `torch.compile` traces (a graph holds no branch on
+    values), the answer is False, and callers take their general path, which masks absent
+    rows.
 
     Example:
         >>> all_present(torch.ones(3, dtype=torch.bool)), all_present(torch.tensor([True, False]))
         (True, False)
     """
+    if torch.compiler.is_compiling():
+        return False
     try:
         return bool(present.all())
     except RuntimeError:  # values that cannot be read (e.g. under vmap)

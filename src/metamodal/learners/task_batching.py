@@ -23,7 +23,7 @@ vmapped call, as ``module.train()`` switches ``training``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 
@@ -177,6 +177,17 @@ def _layer_norm(layer: nn.LayerNorm, x: Tensor) -> Tensor:
     return out
 
 
+def _written_out_forward(layer: nn.Module, written_out: Callable[..., Tensor]) -> partial:
+    """``partial(written_out, layer)``, the same object at every call for one layer (kept on
+    the layer), so that a `torch.compile`'d meta-update, which checks which ``forward`` a
+    layer has, finds the same one every time and does not compile again."""
+    found = vars(layer).get("_task_vmap_forward")
+    if found is None or found.func is not written_out:
+        found = partial(written_out, layer)
+        vars(layer)["_task_vmap_forward"] = found
+    return found
+
+
 def _kept_tensors(module: nn.Module) -> dict[tuple[nn.Module, str], object]:
     """Tensors (or tuples of them) that ``module``'s submodules keep as plain attributes (the
     gated fusion's ``last_weights``, the LSTM optimiser's state): attribute -> value."""
@@ -233,7 +244,7 @@ def vmap_ready(learner: nn.Module, backbone: nn.Module) -> Iterator[None]:
     for encoder, _ in encoders:
         encoder.skip_absent = False
     for norm, written_out in norms:
-        norm.forward = partial(written_out, norm)
+        norm.forward = _written_out_forward(norm, written_out)
     try:
         yield
     finally:
@@ -248,8 +259,95 @@ def vmap_ready(learner: nn.Module, backbone: nn.Module) -> Iterator[None]:
                 setattr(sub, name, kept.get((sub, name)))
 
 
-def batched_losses(learner: nn.Module, backbone: nn.Module, episodes: Sequence[Episode]
-                   ) -> tuple[Tensor, Tensor]:
+StackedTasks = tuple[dict[str, tuple[Tensor, ...]], dict[str, tuple[Tensor, ...]], Tensor, Tensor]
+"""What `stack_episodes` returns: support and query (`stack_batches`), support labels
+``[T, S]`` and query labels ``[T, Q]``."""
+TaskRunner = Callable[..., tuple[Tensor, Tensor]]
+"""``run(support, query, support_labels, query_labels) -> (losses [T], logits [T, Q, ways])``
+over `StackedTasks`: `vmapped_loss`'s function, or the same compiled."""
+
+
+def stack_episodes(episodes: Sequence[Episode], *, checked: bool = False) -> StackedTasks:
+    """The tensors of ``T`` episodes stacked along a new task axis, for `vmapped_loss`'s
+    function, after checking that they can run under vmap together (unless ``checked``: the
+    caller has checked them with `batchable` and `check_support`, e.g. on the host before
+    moving them to a GPU, where reading them would wait for the device).
+
+    Raises:
+        DatasetError: the episodes are not `batchable` (or there are none); an episode's
+            support labels (checked here, before batching).
+        InsufficientSamplesError: a class of an episode has no support sample.
+    """
+    if not episodes or not (checked or batchable(episodes)):
+        raise DatasetError(
+            "these episodes cannot be batched: they differ in ways, modalities or sizes, or a "
+            "sample lacks a modality", fix="check them with batchable() and run the others "
+            "one by one through model.loss(episode)")
+    for episode in episodes if not checked else ():
+        check_support(episode.support_labels, episode.ways)
+    return (stack_batches([e.support for e in episodes]),
+            stack_batches([e.query for e in episodes]),
+            torch.stack([e.support_labels for e in episodes]),
+            torch.stack([e.query_labels for e in episodes]))
+
+
+def vmapped_loss(learner: nn.Module, backbone: nn.Module, ways: int) -> TaskRunner:
+    """The learner's `loss` of ``ways``-way episodes as one function of tensors under
+    `torch.func.vmap` over tasks (what `batched_losses` runs; `torch.compile` can capture it
+    whole: inner loop, query loss and, through its backward, the meta-gradient). Call it
+    inside `task_batch_norm` and `vmap_ready` of the same modules.
+
+    The episodes it rebuilds carry placeholder class names and sample ids (``"0"``, ``"s0"``,
+    ...): the learners that batch tasks read neither, and a compiled function then depends on
+    the episodes' sizes only.
+
+    Example:
+        >>> from metamodal.model import FewShotModel
+        >>> model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {"features": 3}},
+        ...                            dim=8, fusion="mean", learner="maml")
+        >>> present = torch.ones(2, dtype=torch.bool)
+        >>> side = {"m": ModalityBatch(torch.randn(2, 3), present)}
+        >>> labels = torch.tensor([0, 1])
+        >>> tasks = [Episode(side, side, labels, labels, ["a", "b"], ["1", "2"], ["3", "4"])] * 3
+        >>> run = vmapped_loss(model.learner, model.backbone, ways=2)
+        >>> with task_batch_norm(model.backbone), vmap_ready(model.learner, model.backbone):
+        ...     losses, logits = run(*stack_episodes(tasks))
+        >>> tuple(losses.shape), tuple(logits.shape)
+        ((3,), (3, 2, 2))
+    """
+    classes = [str(k) for k in range(ways)]
+
+    def one_task(support: dict[str, tuple[Tensor, ...]], query: dict[str, tuple[Tensor, ...]],
+                 support_labels: Tensor, query_labels: Tensor) -> tuple[Tensor, Tensor]:
+        episode = Episode(_unstacked(support), _unstacked(query), support_labels, query_labels,
+                          classes, [f"s{i}" for i in range(support_labels.shape[0])],
+                          [f"q{i}" for i in range(query_labels.shape[0])])
+        return learner.loss(backbone, episode)
+
+    def run(support: dict[str, tuple[Tensor, ...]], query: dict[str, tuple[Tensor, ...]],
+            support_labels: Tensor, query_labels: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.func.vmap(one_task, randomness="different")(
+            support, query, support_labels, query_labels)
+
+    return run
+
+
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on ``device``; from the host to a GPU through pinned memory without waiting
+    (``non_blocking``), so that the host does not wait for the GPU's queued work to copy.
+
+    Example:
+        >>> to_device(torch.ones(2), torch.device("cpu")).device
+        device(type='cpu')
+    """
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def batched_losses(learner: nn.Module, backbone: nn.Module, episodes: Sequence[Episode],
+                   *, run: TaskRunner | None = None, checked: bool = False,
+                   device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     """The training losses ``[T]`` and query logits ``[T, Q, ways]`` of ``T`` episodes, the
     learner's `loss` run once under `torch.func.vmap` over the stacked episodes.
 
@@ -257,31 +355,40 @@ def batched_losses(learner: nn.Module, backbone: nn.Module, episodes: Sequence[E
         learner: a learner whose capabilities say ``batches_tasks`` (the MAML family).
         backbone: the encoders and fusion.
         episodes: `batchable` episodes.
+        run: `vmapped_loss`'s function for these modules and the episodes' ways, or the same
+            compiled (`metamodal.train.acceleration.MetaLossCompiler`); default: a new one.
+        checked: the caller has checked the episodes (see `stack_episodes`).
+        device: move the stacked tensors there (episodes on the host are stacked there and
+            copied in one transfer per tensor, not one per episode).
 
     Raises:
         DatasetError: the episodes are not `batchable` (or there are none); an episode's
             support labels (checked here, before batching).
         InsufficientSamplesError: a class of an episode has no support sample.
     """
-    if not episodes or not batchable(episodes):
-        raise DatasetError(
-            "these episodes cannot be batched: they differ in ways, modalities or sizes, or a "
-            "sample lacks a modality", fix="check them with batchable() and run the others "
-            "one by one through model.loss(episode)")
-    for episode in episodes:
-        check_support(episode.support_labels, episode.ways)
-    first = episodes[0]
-    support = stack_batches([e.support for e in episodes])
-    query = stack_batches([e.query for e in episodes])
-    support_labels = torch.stack([e.support_labels for e in episodes])
-    query_labels = torch.stack([e.query_labels for e in episodes])
-
-    def one_task(support: dict[str, tuple[Tensor, ...]], query: dict[str, tuple[Tensor, ...]],
-                 support_labels: Tensor, query_labels: Tensor) -> tuple[Tensor, Tensor]:
-        episode = Episode(_unstacked(support), _unstacked(query), support_labels, query_labels,
-                          first.classes, first.support_ids, first.query_ids)
-        return learner.loss(backbone, episode)
-
+    stacked = stack_episodes(episodes, checked=checked)
+    if device is not None:
+        support, query, support_labels, query_labels = stacked
+        stacked = ({m: tuple(to_device(t, device) for t in parts) for m, parts in support.items()},
+                   {m: tuple(to_device(t, device) for t in parts) for m, parts in query.items()},
+                   to_device(support_labels, device), to_device(query_labels, device))
+    if run is None:
+        run = vmapped_loss(learner, backbone, episodes[0].ways)
     with task_batch_norm(backbone), vmap_ready(learner, backbone):
-        return torch.func.vmap(one_task, randomness="different")(
-            support, query, support_labels, query_labels)
+        return run(*stacked)
+
+
+def chunk_sizes(total: int, most: int) -> list[int]:
+    """``total`` tasks cut into the fewest chunks of at most ``most``, as even as can be
+    (sizes differ by at most one, larger first): at most two shapes for a compiled
+    meta-update, and no small last chunk.
+
+    Example:
+        >>> chunk_sizes(32, 30), chunk_sizes(10, 4), chunk_sizes(3, 8)
+        ([16, 16], [4, 3, 3], [3])
+    """
+    if total < 1 or most < 1:
+        raise ValueError(f"chunk_sizes needs positive counts, got {total} and {most}")
+    count = -(-total // most)
+    small, extra = divmod(total, count)
+    return [small + 1] * extra + [small] * (count - extra)

@@ -509,8 +509,9 @@ class Job:
         if self.active:
             self._stats = RunningStats.of(*modules)
 
-    def step(self, step_loss: Callable[[int], tuple[float, float]], step: int,
-             params: Sequence[nn.Parameter]) -> tuple[float, float]:
+    def step(self, step_loss: Callable[[int], tuple[Tensor | float, Tensor | float]],
+             step: int, params: Sequence[nn.Parameter]
+             ) -> tuple[Tensor | float, Tensor | float]:
         """One step's gradients, summed over the job: ``step_loss(step)`` (this process's
         shard, each task weighted ``1 / meta_batch``), then one all-reduce of the gradients
         of ``params``, the loss and the accuracy, and the composition of the running
@@ -526,10 +527,10 @@ class Job:
             self._stats.compose(self.rank, self.world_size, self._all_reduce, self._device())
         return loss, acc
 
-    def _reduce_gradients(self, params: Sequence[nn.Parameter], loss: float,
-                          acc: float) -> tuple[float, float]:
+    def _reduce_gradients(self, params: Sequence[nn.Parameter], loss: Tensor | float,
+                          acc: Tensor | float) -> tuple[float, float]:
         device = self._device()
-        head = torch.tensor([loss, acc] + [p.grad is not None for p in params],
+        head = torch.tensor([float(loss), float(acc)] + [p.grad is not None for p in params],
                             dtype=torch.float64, device=device)
         self._all_reduce(head)
         by_dtype: dict[torch.dtype, list[int]] = {}

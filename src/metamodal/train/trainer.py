@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from metamodal.config import TrainConfig, resolve_device, with_dataset_encoders
@@ -25,8 +26,14 @@ from metamodal.data.splits import SPLITS_FILE
 from metamodal.errors import ConfigError, InsufficientSamplesError, RunError
 from metamodal.evaluate.protocol import evaluate
 from metamodal.io import replace_directory
+from metamodal.learners.base import check_support
 from metamodal.learners.baselines import SupervisedClassifier
-from metamodal.learners.task_batching import batchable, batched_losses, uses_vmap
+from metamodal.learners.task_batching import (
+    batchable,
+    batched_losses,
+    to_device,
+    uses_vmap,
+)
 from metamodal.mapping.aligner import Aligner
 from metamodal.model import FewShotModel
 from metamodal.model.freeze import freeze, train_mode
@@ -34,6 +41,12 @@ from metamodal.model.test_time import tta_augmentation
 from metamodal.runs.directory import write_run_files
 from metamodal.runs.prepared import PreparedData, prepare_data
 from metamodal.runs.weights import WEIGHTS_FILE, save_weights
+from metamodal.train.acceleration import (
+    ChunkPlan,
+    MetaLossCompiler,
+    backbone_precision,
+    check_precision,
+)
 from metamodal.train.alignment import (
     ALIGNMENT_FILE,
     alignment_recall,
@@ -244,6 +257,7 @@ class Trainer:
         self._data = data
         job.check_data(data, cfg.data)
         device = job.device_for(resolve_device(cfg.device))
+        check_precision(cfg.precision, device)
         augmentation = augmentation_for(cfg.augment, data.preprocessor)
         train_store, train_classes = augmentation.expand_classes(data.store, data.split.train)
         model, classifier = self._build(data, len(train_classes), device,
@@ -350,7 +364,8 @@ class Trainer:
                 started = time.perf_counter()
                 model.learner.on_step(progress.step, cfg.steps)
                 optimizer.zero_grad(set_to_none=True)
-                loss, acc = self.job.step(step_loss, progress.step, params)
+                with backbone_precision(model.backbone, cfg.precision, device):
+                    loss, acc = self.job.step(step_loss, progress.step, params)
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
@@ -374,12 +389,17 @@ class Trainer:
                     bar.set_postfix(val=f"{values['val_acc']:.3f}", best=f"{progress.best:.3f}")
                 progress.finished = progress.stopped_early or progress.step >= cfg.steps
                 progress.seconds += time.perf_counter() - started
+                if progress.finished or progress.step % cfg.checkpoint_every == 0:
+                    progress.window.update({k: float(progress.window[k])
+                                            for k in ("loss", "acc")})
                 if self.job.is_main and (progress.finished
                                          or progress.step % cfg.checkpoint_every == 0):
                     save_checkpoint(checkpoint_path, {**training_state(
                         self.config.to_dict(), progress, model, classifier, self.aligner,
                         optimizer, schedule), "tasks": (self.heads.state_dict()
                                                         if self.heads is not None else None)})
+                if self.callbacks:  # values read from the device only for callbacks
+                    values = {k: float(v) for k, v in values.items()}
                 for callback in self.callbacks:
                     callback(progress.step, values)
             if not already_finished:
@@ -449,17 +469,19 @@ class Trainer:
                                  seed=cfg.seed)
 
         def episode(number: int) -> Episode:
-            """Episode ``number`` of the meta-train sampler, augmented, on the device."""
+            """Episode ``number`` of the meta-train sampler, augmented, on the host."""
             drawn = sampler[number]
             seed_task(cfg.seed, number)  # its dropout, in whichever process it runs
             if augmentation.active:
                 drawn = augmentation.episode(drawn, step_generator(cfg.seed, number))
-            return drawn.to(device)
+            return drawn
 
-        def one_by_one(episodes: list[Episode]) -> tuple[float, float]:
-            """Backpropagate each episode on its own; sums of their losses and accuracies."""
-            total_loss = total_acc = 0.0
+        def one_by_one(episodes: list[Episode]) -> tuple[Tensor, Tensor]:
+            """Backpropagate each episode on its own; their losses and accuracies ``[n]``
+            (on the device, read only when logged)."""
+            losses, accuracies = [], []
             for task in episodes:
+                task = task.to(device)
                 loss, logits = model.loss(task)
                 if aligner is not None:
                     parts, present = model.backbone.encode(
@@ -468,15 +490,21 @@ class Trainer:
                     loss = loss + cfg.align_weight * aligner.loss(parts, present, labels)
                 weighted = loss if self.heads is None else self.heads.combine(0, loss)
                 (weighted / cfg.meta_batch).backward()
-                total_loss += loss.item()
-                total_acc += (logits.argmax(-1) == task.query_labels).float().mean().item()
-            return total_loss, total_acc
+                losses.append(loss.detach())
+                accuracies.append((logits.argmax(-1) == task.query_labels).float().mean())
+            return torch.stack(losses), torch.stack(accuracies)
 
+        compiler = MetaLossCompiler(model.learner, model.backbone, device,
+                                    enabled=cfg.compile and self._vmap)
+        if cfg.compile and not self._vmap:
+            log.warning("compile: only the meta-update of task_batching vmap is compiled; "
+                        "this run's steps run eagerly")
         told = []  # whether the fallback to the loop has been logged
 
-        def at_once(episodes: list[Episode]) -> tuple[float, float]:
+        def at_once(episodes: list[Episode]) -> tuple[Tensor, Tensor]:
             """Backpropagate the episodes together under vmap (or one by one when they
-            cannot be batched); sums of their losses and accuracies."""
+            cannot be batched; both checked on the host); their losses and accuracies
+            ``[n]``."""
             if len(episodes) == 1 or not batchable(episodes):
                 if len(episodes) > 1 and not told:
                     told.append(True)
@@ -484,22 +512,28 @@ class Trainer:
                                 "modality run one task after the other (vmap cannot skip "
                                 "absent samples)")
                 return one_by_one(episodes)
-            losses, logits = batched_losses(model.learner, model.backbone, episodes)
+            for task in episodes:
+                check_support(task.support_labels, task.ways)
+            losses, logits = batched_losses(model.learner, model.backbone, episodes,
+                                            run=None if plan.probing
+                                            else compiler.runner(episodes[0].ways), checked=True,
+                                            device=device)  # stacked here, one copy each
             (losses.sum() / cfg.meta_batch).backward()
-            labels = torch.stack([task.query_labels for task in episodes])
-            return (losses.sum().item(),
-                    (logits.argmax(-1) == labels).float().mean(-1).sum().item())
+            labels = to_device(torch.stack([task.query_labels for task in episodes]), device)
+            return losses.detach(), (logits.argmax(-1) == labels).float().mean(-1)
 
-        chunk, process = (cfg.vmap_chunk, at_once) if self._vmap else (1, one_by_one)
+        plan = ChunkPlan(cfg.vmap_chunk, cfg.meta_batch, device) if self._vmap else None
 
-        def episodic(step: int) -> tuple[float, float]:
+        def episodic(step: int) -> tuple[Tensor, Tensor]:
             numbers = self.job.shard(range(step * cfg.meta_batch, (step + 1) * cfg.meta_batch))
-            total_loss = total_acc = 0.0
-            for first in range(0, len(numbers), chunk):
-                loss, acc = process([episode(n) for n in numbers[first:first + chunk]])
-                total_loss += loss
-                total_acc += acc
-            return total_loss / cfg.meta_batch, total_acc / cfg.meta_batch
+            losses, accuracies = [], []
+            for part in plan.chunks(numbers) if plan else ([n] for n in numbers):
+                loss, acc = (at_once if plan else one_by_one)([episode(n) for n in part])
+                losses.append(loss)
+                accuracies.append(acc)
+            # summed in one order however the tasks were chunked
+            return (torch.cat(losses).sum() / cfg.meta_batch,
+                    torch.cat(accuracies).sum() / cfg.meta_batch)
 
         return episodic if self.heads is None else self._multitask(episodic, model, device)
 
@@ -541,16 +575,17 @@ class Trainer:
 
         return step_loss
 
-    def _log_window(self, progress: TrainingProgress, values: dict[str, float],
+    def _log_window(self, progress: TrainingProgress, values: dict[str, float | Tensor],
                     logger: MetricsLogger, schedule: torch.optim.lr_scheduler.LRScheduler) -> None:
-        """Average the training loss and accuracy over ``LOG_EVERY`` steps and log them."""
+        """Average the training loss and accuracy over ``LOG_EVERY`` steps and log them (the
+        sums stay on the device between log lines: no step waits to read them)."""
         window = progress.window
         window["loss"] += values["train_loss"]
         window["acc"] += values["train_acc"]
         window["n"] += 1
         if progress.step % LOG_EVERY == 0 or progress.step == self.config.steps:
-            logger.log(progress.step, {"train_loss": window["loss"] / window["n"],
-                                       "train_acc": window["acc"] / window["n"],
+            logger.log(progress.step, {"train_loss": float(window["loss"]) / window["n"],
+                                       "train_acc": float(window["acc"]) / window["n"],
                                        "lr": schedule.get_last_lr()[0]})
             progress.window = {"loss": 0.0, "acc": 0.0, "n": 0}
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metamodal.config import TestTime
+from metamodal.config import TestTime, TrainConfig
 from metamodal.data.augment import Augmentation, augmentation_for
 from metamodal.data.batch import batch_to
 from metamodal.errors import ConfigError
@@ -41,6 +41,14 @@ def tta_augmentation(options: Mapping[str, Any] | None, preprocessor: Any) -> Au
     tables = {k: v for k, v in dict(options or {}).items()
               if k not in ("rotate_classes", "modality_dropout")}
     return augmentation_for(tables, preprocessor)
+
+
+def apply_test_time(model: Any, config: TrainConfig, preprocessor: Any) -> None:
+    """Give ``model`` (a `metamodal.model.FewShotModel`) the test-time settings of a training
+    ``config`` (``tta``, ``transduction``), its copies drawn by `tta_augmentation` for data
+    decoded by ``preprocessor``; `ConfigError` as `check_test_time`."""
+    model.set_test_time(config.test_time(), tta_augmentation(config.augment, preprocessor)
+                        if config.tta else None)
 
 
 def check_test_time(test_time: TestTime, learner: Any, augmentation: Augmentation | None,

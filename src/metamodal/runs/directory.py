@@ -34,7 +34,7 @@ from metamodal.errors import ConfigError, LocatedError, MetamodalError, RunError
 from metamodal.io import ParseError, atomic_write_json, atomic_write_text, loads_json, loads_toml
 from metamodal.model import EnsembleModel, FewShotModel
 from metamodal.model.freeze import freeze
-from metamodal.model.test_time import tta_augmentation
+from metamodal.model.test_time import apply_test_time
 from metamodal.runs.weights import WEIGHTS_FILE, load_weights
 from metamodal.version import __version__
 
@@ -241,8 +241,7 @@ def _build_model(run_dir: Path, document: dict[str, Any], preprocessor: Preproce
     train = TrainConfig.from_dict(document["train"], source=str(config_path))
     if test_time:  # the run's own settings were checked with its config
         train = train.updated(dict(test_time))
-    model.set_test_time(train.test_time(), tta_augmentation(train.augment, preprocessor)
-                        if train.tta else None)
+    apply_test_time(model, train, preprocessor)
     try:  # weights frozen in training stay out of the MAML family's inner loop here too
         freeze(model, list(document.get("train", {}).get("freeze") or []),
                source=str(config_path))

@@ -37,7 +37,7 @@ from metamodal.learners.task_batching import (
 from metamodal.mapping.aligner import Aligner
 from metamodal.model import FewShotModel
 from metamodal.model.freeze import freeze, train_mode
-from metamodal.model.test_time import tta_augmentation
+from metamodal.model.test_time import apply_test_time
 from metamodal.runs.directory import write_run_files
 from metamodal.runs.prepared import PreparedData, prepare_data
 from metamodal.runs.weights import WEIGHTS_FILE, save_weights
@@ -624,8 +624,7 @@ class Trainer:
             fusion_options=cfg.fusion_options or None,
             learner_options=cfg.learner_options or None,
         ).to(device)
-        model.set_test_time(cfg.test_time(), tta_augmentation(cfg.augment, data.preprocessor)
-                            if cfg.tta else None)
+        apply_test_time(model, cfg, data.preprocessor)
         if model.capabilities().uses_class_semantics:
             raise ConfigError(
                 f"learner {cfg.learner} mixes each class's prototype with its description, "

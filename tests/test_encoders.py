@@ -568,3 +568,74 @@ def test_tiny_images_train_with_a_single_present_image(name: str, size: int) -> 
     present = torch.tensor([False, True, False])
     out = encoder(ModalityBatch(values, present))
     assert out.shape == (3, 8) and torch.all(out[~present] == 0)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_batchnorm_without_a_mask_equals_an_all_valid_mask_in_float64(train: bool,
+                                                                      layout: str) -> None:
+    """``mask=None`` (the native kernel) computes what an all-True mask does: outputs,
+    gradients and running statistics."""
+    g = torch.Generator().manual_seed(9)
+    norms = [MaskedBatchNorm(4, momentum=0.3).double().train(train) for _ in range(2)]
+    with torch.no_grad():
+        for p in norms[0].parameters():
+            p.uniform_(0.5, 1.5, generator=g)
+    norms[1].load_state_dict(norms[0].state_dict())
+    x = torch.randn(3, 4, 5, 6, generator=g, dtype=torch.float64) * 2 + 1
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(3, 4, 5, 6, generator=g, dtype=torch.float64)
+    results = []
+    for norm, mask in zip(norms, [None, torch.ones(3, 1, 1, 6, dtype=torch.bool)], strict=True):
+        given = x.clone().requires_grad_(True)
+        out = norm(given, mask)
+        grads = torch.autograd.grad((out * upstream).sum(), [given, norm.weight, norm.bias])
+        results.append([out, *grads, norm.running_mean, norm.running_var])
+    for fast, masked in zip(*results, strict=True):
+        torch.testing.assert_close(fast, masked, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_full_length_audio_skips_the_mask_with_the_same_results(
+        train: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clips that all fill the window take BatchNorm's native kernel: the same embeddings
+    and gradients (float64) as the masked arithmetic they replace."""
+    torch.manual_seed(3)
+    encoder = audio.AudioCNN(dim=8, input_info={"n_mels": 16, "max_frames": 20}, channels=4)
+    encoder = encoder.double().train(train)
+    values = torch.randn(5, 16, 20, dtype=torch.float64)
+    lengths = torch.full((5,), 20)
+    calls: list[bool] = []
+    masked_forward = MaskedBatchNorm.forward
+
+    def recording(self: MaskedBatchNorm, x: torch.Tensor, mask: torch.Tensor | None):
+        calls.append(mask is None)
+        return masked_forward(self, x, mask)
+
+    def run() -> list[torch.Tensor]:
+        encoder.zero_grad()
+        out = encoder.encode(values, lengths)
+        out.square().sum().backward()
+        return [out.detach(), *(p.grad.clone() for p in encoder.parameters())]
+
+    state = copy.deepcopy(encoder.state_dict())
+    monkeypatch.setattr(MaskedBatchNorm, "forward", recording)
+    fast = run()
+    assert calls and all(calls)  # the native path was taken in every block
+    encoder.load_state_dict(state)
+
+    def always_masked(self: MaskedBatchNorm, x: torch.Tensor, mask: torch.Tensor | None):
+        if mask is None:
+            mask = torch.ones(x.shape[0], 1, 1, x.shape[3], dtype=torch.bool)
+        return masked_forward(self, x, mask)
+
+    monkeypatch.setattr(MaskedBatchNorm, "forward", always_masked)
+    for got, want in zip(fast, run(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    shorter = lengths.clone()
+    shorter[0] = 11
+    calls.clear()
+    monkeypatch.setattr(MaskedBatchNorm, "forward", recording)
+    encoder.encode(values, shorter)
+    assert calls and not any(calls)  # one short clip: the masked path

@@ -184,10 +184,14 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
         >>> report.result.accuracy, report.result.ci95  # doctest: +SKIP
     """
     s = resolve(EvalSettings, settings, {"run": run, **options}, verb="evaluate")
+    from metamodal.memory import release_memory
     from metamodal.train.distributed import join
 
     with join("cpu") as job:  # under torchrun the processes share the episodes out
-        return _evaluate(s, job if job.active else None)
+        try:
+            return _evaluate(s, job if job.active else None)
+        finally:
+            release_memory()  # the run's model and embeddings, for what the caller does next
 
 
 def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:

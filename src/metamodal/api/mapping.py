@@ -11,6 +11,7 @@ from metamodal.api.settings import RetrieveSettings, ZeroShotSettings
 from metamodal.evaluate.projection import Projection, joint_projection
 from metamodal.evaluate.retrieval import RetrievalReport
 from metamodal.evaluate.zeroshot import ZeroShotReport
+from metamodal.memory import release_memory
 from metamodal.runs import PreparedData, Run, load_run, load_run_data
 
 
@@ -68,6 +69,7 @@ def retrieve(
     report = evaluate_retrieval(loaded.model, prepared.store, classes, split.train,
                                 s.query_modality, s.target_modality, baselines=baselines,
                                 shared=shared, seed=s.seed, device=s.device)
+    release_memory()  # what the retrieval freed, for what the caller does next
     write_json(s.json, report)
     return report
 
@@ -108,6 +110,7 @@ def zero_shot(run: str | Path | None = None, settings: ZeroShotSettings | None =
                                 shots=tuple(s.shots), queries=s.queries,
                                 episodes=s.episodes_count, seed=s.seed, am3_steps=s.am3_steps,
                                 device=s.device)
+    release_memory()  # AM3's training, for what the caller does next
     write_json(s.json, report)
     return report
 

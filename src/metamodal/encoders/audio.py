@@ -95,13 +95,18 @@ class AudioCNN(Encoder):
 
     def encode(self, values: Tensor, lengths: Tensor | None) -> Tensor:
         """Embed spectrograms ``[n, n_mels, frames]`` with lengths ``[n]`` -> ``[n, dim]``."""
-        lengths = resolve_lengths(lengths, values.shape[2], values.shape[0], values.device)
-        mask = length_mask(lengths, values.shape[2])[:, None, None, :]  # [n, 1, 1, frames]
-        x = torch.where(mask, values.unsqueeze(1), torch.zeros((), dtype=values.dtype))
+        frames = values.shape[2]
+        lengths = resolve_lengths(lengths, frames, values.shape[0], values.device)
+        mask = length_mask(lengths, frames)[:, None, None, :]  # [n, 1, 1, frames]
+        # clips that all fill the window (a common case: fixed-length clips) need no masking:
+        # BatchNorm then takes its native kernel (the check reads data, so not under vmap)
+        full = not self.under_task_vmap and bool((lengths == frames).all())
+        x = values.unsqueeze(1) if full else torch.where(
+            mask, values.unsqueeze(1), torch.zeros((), dtype=values.dtype))
         # channels_last: convolutions, MaskedBatchNorm and max-pooling keep it, and run faster
         x = to_channels_last(x, batched=self.under_task_vmap)
         for conv, norm, mel_pool in zip(self.convs, self.norms, self.mel_pools, strict=True):
-            x = torch.relu(norm(conv(x), mask))
+            x = torch.relu(norm(conv(x), None if full else mask))
             x = F.max_pool2d(x, (mel_pool, 2), ceil_mode=True)
             # windows past a clip's end pooled only zeros, so x is already zero there
             lengths = torch.div(lengths + 1, 2, rounding_mode="floor")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from metamodal.errors import ConfigError
 
@@ -196,7 +197,7 @@ class MaskedBatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """Normalise ``x`` ``[B, C, ...]``; positions where ``mask`` is False become zeros.
 
         The output is one ``addcmul`` whose per-channel factors carry the mask (``x * (scale
@@ -204,7 +205,15 @@ class MaskedBatchNorm(nn.Module):
         ``[B, 1, 1, frames]``) those factors are small, and the activations are read and
         written once. The output keeps the memory format of ``x`` (``channels_last`` in,
         ``channels_last`` out).
+
+        ``mask=None`` says every position is valid: the statistics are then plain BatchNorm's,
+        and the native kernel computes them (about twice as fast in training on the CPU;
+        on ``channels_last`` input its gradients differ from float64 by about 1e-5 relative,
+        against 1e-6 for the masked arithmetic).
         """
+        if mask is None:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                self.training, self.momentum, self.eps)
         shape = [1, -1] + [1] * (x.dim() - 2)
         keep = mask.to(x.dtype)
         if self.training:

@@ -35,6 +35,7 @@ from metamodal.learners.task_batching import (
     uses_vmap,
 )
 from metamodal.mapping.aligner import Aligner
+from metamodal.memory import release_memory
 from metamodal.model import FewShotModel
 from metamodal.model.freeze import freeze, train_mode
 from metamodal.model.test_time import apply_test_time
@@ -223,7 +224,10 @@ class Trainer:
                   timeout_s=self.config.dist_timeout) as job:
             self.job = job
             # a restarted job resumes (an --overwrite one starts again: its staging is gone)
-            return self._fit(resume or (job.restarted and not overwrite), overwrite)
+            try:
+                return self._fit(resume or (job.restarted and not overwrite), overwrite)
+            finally:
+                release_memory()  # the steps' freed activations, for what the caller does next
 
     def _start(self, resume: bool, overwrite: bool) -> tuple[bool, dict | None, TrainConfig]:
         """Rank 0's look at ``out``: whether it holds a finished run, the checkpoint state
@@ -381,6 +385,7 @@ class Trainer:
                 if progress.step == cfg.steps or (cfg.val_every
                                                   and progress.step % cfg.val_every == 0):
                     values["val_acc"] = self._validate(model, classifier, data, device)
+                    release_memory()  # validation's embeddings, before the steps go on
                     train_mode(model, cfg.freeze)
                     if aligner is not None:
                         aligner.train()

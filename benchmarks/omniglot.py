@@ -60,9 +60,13 @@ SPLITS = {"sanskrit": [TEST], "wide": [TEST, "Korean", "Greek"]}
 TEST_TIME = {"plain": {"tta": 0, "transduction": 0}, "tta": {"tta": 8, "transduction": 0},
              "transduction": {"tta": 0, "transduction": 1},
              "tta+transduction": {"tta": 8, "transduction": 1},
-             "tta16+transduction10": {"tta": 16, "transduction": 10}}
+             "tta16+transduction10": {"tta": 16, "transduction": 10},
+             "confidence4": {"tta": 0, "transduction": 0, "fusion_confidence": 4},
+             "tta16+transduction10+confidence4": {"tta": 16, "transduction": 10,
+                                                  "fusion_confidence": 4}}
 """Test-time settings of ``--test-time`` (8 or 16 augmented copies, 1 or 10 soft k-means
-steps; the last is `configs/omniglot.toml`'s, chosen within the validation alphabet)."""
+steps, confidence weighting 4 of late fusion; 16 and 10 are `configs/omniglot.toml`'s, and 4
+was chosen, like them, within the validation alphabet)."""
 WITHIN_RUNS = 20
 """Runs within each held-out test alphabet in the all-alphabet proxy."""
 STROKES = {"coords": [0, 1], "follow": "image", "frame": [0, 0, 105, -105], "discrete": [3]}
@@ -178,7 +182,7 @@ def _error(accuracies: list[float], episodes: list[Any]) -> dict[str, float]:
 
 def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
          best_val: float | None, *, episodes: int, runs: int,
-         test_time: dict[str, int] | None = None) -> dict[str, Any]:
+         test_time: dict[str, float] | None = None) -> dict[str, Any]:
     """Evaluate a trained run: 5-way 1-shot on val / test, Lake-style within-alphabet runs on
     the validation alphabet, on Sanskrit and spread over every test alphabet (with test-time
     settings, each modality alone at 5 ways and the 100 Sanskrit runs are left out)."""
@@ -303,7 +307,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def _test_time(row: dict[str, Any]) -> str:
     setting = row.get("test_time") or {}
     parts = [f"tta {setting['tta']}" if setting.get("tta") else "",
-             f"transduction {setting['transduction']}" if setting.get("transduction") else ""]
+             f"transduction {setting['transduction']}" if setting.get("transduction") else "",
+             f"confidence {setting['fusion_confidence']:g}"
+             if setting.get("fusion_confidence") else ""]
     return ", ".join(p for p in parts if p) or "plain"
 
 

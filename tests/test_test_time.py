@@ -1,5 +1,6 @@
-"""Test-time augmentation and transduction (`metamodal.model.test_time`): the arithmetic, the
-config keys and flags, typed errors, and that training is left unchanged."""
+"""Test-time augmentation, confidence-weighted late fusion and transduction
+(`metamodal.model.test_time`): the arithmetic, the config keys and flags, typed errors, and
+that training is left unchanged."""
 
 from __future__ import annotations
 
@@ -94,9 +95,41 @@ def test_under_late_fusion_the_fused_assignment_refines_every_modality() -> None
                                _by_hand(supports, labels, queries, 1), rtol=0, atol=1e-12)
 
 
+def test_confidence_weighting_moves_each_querys_weight_off_an_uncertain_modality() -> None:
+    """Weights ``softmax(mix - c * entropy)`` per query, in evaluation only; c = 0 is the
+    learned mix."""
+    fusion = LateFusion(modalities=["a", "b"], dim=4).double()
+    with torch.no_grad():
+        fusion.mix.copy_(torch.tensor([0.0, 0.5], dtype=torch.float64))
+    # query 0: a sure of class 0, b undecided; query 1: both sure, of different classes
+    logits = torch.tensor([[[4.0, 0.0, 0.0], [1.0, 1.0, 1.0]],
+                           [[3.0, 0.0, 0.0], [0.0, 0.0, 5.0]]], dtype=torch.float64)
+    valid = torch.ones(2, 2, dtype=torch.bool)
+    learned = fusion.combine(logits, valid)
+    fusion.confidence = 2.0
+    assert torch.equal(fusion.combine(logits, valid), learned)  # training: the learned mix
+    fusion.eval()
+    got = fusion.combine(logits, valid)
+    p = logits.softmax(-1)
+    entropy = -(p * p.log()).sum(-1)
+    weights = (fusion.mix.detach() - 2.0 * entropy).softmax(-1)
+    torch.testing.assert_close(got, (weights.unsqueeze(-1) * logits).sum(1), rtol=0,
+                               atol=1e-12)
+    assert fusion.last_weights[0, 0] > 0.75 > 0.5 > torch.softmax(fusion.mix.detach(), 0)[0]
+    assert got[0].argmax() == 0
+    fusion.confidence = 0.0
+    torch.testing.assert_close(fusion.combine(logits, valid), learned, rtol=0, atol=0)
+    # a query with one valid modality keeps it alone, whatever its entropy
+    fusion.confidence = 5.0
+    one = fusion.combine(logits, torch.tensor([[False, True], [True, True]]))
+    torch.testing.assert_close(one[0], logits[0, 1], rtol=0, atol=0)
+
+
 def test_test_time_settings_are_checked() -> None:
     for bad in ({"tta": -1}, {"tta": 65}, {"tta": True}, {"transduction": 21},
-                {"transduction": 1.5}):
+                {"transduction": 1.5}, {"fusion_confidence": -0.5},
+                {"fusion_confidence": 101}, {"fusion_confidence": "high"},
+                {"fusion_confidence": True}):
         key = next(iter(bad))
         with pytest.raises(ConfigError) as error:
             TestTime(**bad).check()
@@ -154,6 +187,20 @@ def test_eval_uses_the_runs_settings_and_flags_override_them(setup) -> None:
     assert with_run.result.accuracies == on_plain.result.accuracies
     run = load_run(setup["plain"], test_time={"tta": 2, "transduction": None})
     assert run.model.test_time == TestTime(tta=2, transduction=0)
+    from metamodal.evaluate.episode_plans import sampled_episodes
+    from metamodal.evaluate.protocol import episode_logits
+
+    api.evaluate(setup["plain"], episodes_count=5, baseline=False, progress=False,
+                 fusion_confidence=50)
+    logits = {}
+    for confidence in (0, 50):
+        run = load_run(setup["plain"], test_time={"fusion_confidence": confidence})
+        assert run.model.backbone.fusion.confidence == confidence
+        assert run.model.test_time == TestTime(fusion_confidence=confidence)
+        prepared = load_run_data(run)
+        plan = sampled_episodes(prepared.store, prepared.split.test, 4, 1, 3, 0, 5)
+        logits[confidence] = torch.cat(episode_logits(run.model, prepared.store, plan))
+    assert not torch.allclose(logits[0], logits[50])  # the weights moved
 
 
 def test_cli_flags_and_typed_errors(setup, capsys) -> None:
@@ -179,14 +226,19 @@ def test_tta_without_transforms_and_transduction_without_prototypes_are_refused(
         api.train(root / "matching", data=str(setup["data"]), modalities=["image"], steps=1,
                   learner="matchingnet", transduction=1, progress=False, **SMALL)
     assert error.value.column == "transduction"
+    with pytest.raises(ConfigError) as error:
+        api.train(root / "gated", data=str(setup["data"]), modalities=["image", "caption"],
+                  steps=1, fusion="gated", fusion_confidence=2, progress=False, **SMALL)
+    assert error.value.column == "fusion_confidence" and "late" in error.value.fix
 
 
 def test_the_classifier_takes_the_settings(setup) -> None:
     from metamodal.classifier import FewShotClassifier
 
-    clf = FewShotClassifier(setup["plain"], tta=2, transduction=1)
+    clf = FewShotClassifier(setup["plain"], tta=2, transduction=1, fusion_confidence=3)
     assert clf.get_params()["tta"] == 2
-    assert clf.loaded_run().model.test_time == TestTime(tta=2, transduction=1)
+    assert clf.loaded_run().model.test_time == TestTime(tta=2, transduction=1,
+                                                        fusion_confidence=3)
 
 
 class _Kill(Exception):

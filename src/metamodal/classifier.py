@@ -88,6 +88,8 @@ class FewShotClassifier(EstimatorParams):
             `metamodal.model.test_time`).
         transduction: soft k-means steps over the queries of each `predict` call (default:
             the run's ``transduction``).
+        fusion_confidence: late fusion lowers the weight of a modality whose posterior is
+            uncertain, query by query (default: the run's ``fusion_confidence``).
 
     Attributes (after ``fit``):
         run_: the loaded run (`metamodal.runs.directory.Run`: model, preprocessor, schema).
@@ -142,6 +144,7 @@ class FewShotClassifier(EstimatorParams):
         media_root: str | os.PathLike[str] | None = None,
         tta: int | None = None,
         transduction: int | None = None,
+        fusion_confidence: float | None = None,
     ) -> None:
         self.run = run
         self.device = device
@@ -149,6 +152,7 @@ class FewShotClassifier(EstimatorParams):
         self.media_root = media_root
         self.tta = tta
         self.transduction = transduction
+        self.fusion_confidence = fusion_confidence
 
     def __sklearn_tags__(self) -> Any:
         """scikit-learn's tags: a classifier that needs ``y`` and validates its own input
@@ -173,14 +177,15 @@ class FewShotClassifier(EstimatorParams):
             RunError: the run directory is missing or damaged.
         """
         key = (os.fspath(self.run) if isinstance(self.run, str | os.PathLike) else None,
-               self.device, self.tta, self.transduction)
+               self.device, self.tta, self.transduction, self.fusion_confidence)
         if key[0] is None:
             raise ConfigError(f"run must be a run directory path, not {type(self.run).__name__}",
                               column="run", fix="FewShotClassifier('path/to/run')")
         cached = getattr(self, "_loaded", None)
         if cached is None or cached[0] != key:
             self._loaded = (key, load_run(key[0], device=self.device, test_time={
-                "tta": self.tta, "transduction": self.transduction}))
+                "tta": self.tta, "transduction": self.transduction,
+                "fusion_confidence": self.fusion_confidence}))
         return self._loaded[1]
 
     def _used_modalities(self, run: Run) -> list[str]:

@@ -21,15 +21,20 @@ MAX_TTA = 64
 """The most augmented copies of a sample (each is one more pass of the encoders)."""
 MAX_TRANSDUCTION = 20
 """The most soft k-means steps."""
+MAX_FUSION_CONFIDENCE = 100.0
+"""The largest confidence weight of late fusion (beyond it the weights are all-or-nothing)."""
 
 
 @dataclass(frozen=True)
 class TestTime:
-    """Test-time settings of a model (``tta`` and ``transduction`` of `TrainConfig`).
+    """Test-time settings of a model (``tta``, ``transduction`` and ``fusion_confidence`` of
+    `TrainConfig`).
 
     Args:
         tta: augmented copies averaged into each sample's embedding (0 = off).
         transduction: soft k-means steps refining the prototypes with the queries (0 = off).
+        fusion_confidence: how much late fusion moves each query's modality weights away from
+            a modality whose posterior is uncertain (0 = off; `metamodal.fusion.late`).
 
     Example:
         >>> TestTime(tta=4).check().tta
@@ -40,15 +45,23 @@ class TestTime:
 
     tta: int = 0
     transduction: int = 0
+    fusion_confidence: float = 0.0
 
     def check(self, *, source: str | None = None) -> TestTime:
-        """Itself, when both counts are integers in range; `ConfigError` naming the key."""
+        """Itself, when the counts are integers and the weight a number, each in range;
+        `ConfigError` naming the key."""
         for key, most in (("tta", MAX_TTA), ("transduction", MAX_TRANSDUCTION)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
                 raise ConfigError(f"{key} must be an integer in 0..{most}, got {value!r}",
                                   file=source, column=key,
                                   fix=f"set {key} = 0 (off) or a count up to {most}")
+        value = self.fusion_confidence
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                0 <= value <= MAX_FUSION_CONFIDENCE):
+            raise ConfigError(f"fusion_confidence must be a number in 0..{MAX_FUSION_CONFIDENCE:g}"
+                              f", got {value!r}", file=source, column="fusion_confidence",
+                              fix="set fusion_confidence = 0 (off) or e.g. 4")
         return self
 
 
@@ -131,6 +144,10 @@ class TrainConfig:
             off; at most 64); see `metamodal.model.test_time`. Validation uses it too.
         transduction: soft k-means steps refining ProtoNet's prototypes with the episode's
             unlabelled queries in evaluation (0 = off; at most 20; Ren et al. 2018).
+        fusion_confidence: late fusion in evaluation lowers, for each query, the weight of a
+            modality whose posterior over the classes is uncertain: weights ``softmax(mix -
+            fusion_confidence * entropy)`` (0 = off, the learned mix alone; at most 100);
+            see `metamodal.fusion.late.LateFusion`.
         world_size: the number of processes the run was trained with: set from ``torchrun``'s
             environment when training starts (1 without it) and recorded in the run's
             ``config.toml``; not a choice (`metamodal.train.distributed`).
@@ -198,6 +215,7 @@ class TrainConfig:
     freeze: list[str] = field(default_factory=list)
     tta: int = 0
     transduction: int = 0
+    fusion_confidence: float = 0.0
     world_size: int = 1
     dist_backend: str = "auto"
     dist_timeout: float = 600.0
@@ -314,8 +332,10 @@ class TrainConfig:
         self.test_time().check(source=source)
 
     def test_time(self) -> TestTime:
-        """The test-time settings (``tta``, ``transduction``) as a `TestTime`."""
-        return TestTime(tta=self.tta, transduction=self.transduction)
+        """The test-time settings (``tta``, ``transduction``, ``fusion_confidence``) as a
+        `TestTime`."""
+        return TestTime(tta=self.tta, transduction=self.transduction,
+                        fusion_confidence=self.fusion_confidence)
 
     def _validate_tasks(self, bad: Callable[[str, str, str], ConfigError]) -> None:
         """The multi-task settings: weights match the tasks, a known weighting."""

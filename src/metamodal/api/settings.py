@@ -64,6 +64,8 @@ class EvalSettings(EpisodeShape):
             (default: the run's ``tta``; 0 = off).
         transduction: soft k-means steps refining the prototypes with each episode's queries
             (default: the run's ``transduction``; 0 = off).
+        fusion_confidence: late fusion lowers the weight of a modality whose posterior is
+            uncertain, query by query (default: the run's ``fusion_confidence``; 0 = off).
     """
 
     run: str = flag("", name="")
@@ -81,6 +83,7 @@ class EvalSettings(EpisodeShape):
     task: str | None = flag(None, metavar="NAME")
     tta: int | None = flag(None, metavar="N")
     transduction: int | None = flag(None, metavar="STEPS")
+    fusion_confidence: float | None = flag(None, metavar="WEIGHT")
 
 
 @dataclass
@@ -113,6 +116,7 @@ class PredictSettings:
         json: also write the predictions as JSON to this file.
         tta: test-time augmentation copies per sample (default: the run's ``tta``).
         transduction: soft k-means steps over the queries (default: the run's).
+        fusion_confidence: confidence weighting of late fusion (default: the run's).
     """
 
     run: str = flag("", name="")
@@ -122,6 +126,7 @@ class PredictSettings:
     json: str | None = flag(None, metavar="FILE")
     tta: int | None = flag(None, metavar="N")
     transduction: int | None = flag(None, metavar="STEPS")
+    fusion_confidence: float | None = flag(None, metavar="WEIGHT")
 
 
 @dataclass

@@ -22,6 +22,14 @@ class LateFusion(Fusion):
     fusion, as in the ensemble baselines of Baltrusaitis et al., 2019, "Multimodal Machine
     Learning: A Survey and Taxonomy").
 
+    In evaluation mode, ``confidence`` > 0 (set from the test-time setting
+    ``fusion_confidence``, `metamodal.model.FewShotModel.set_test_time`) lowers, for each query,
+    the weight of a modality whose posterior over the classes is uncertain: the weights become
+    ``softmax(mix - confidence * H)`` over the query's valid modalities, ``H`` ``[Q, M]`` the
+    entropy of each modality's softmax. A modality that separates the episode's classes poorly
+    (an alphabet whose strokes it never learned to tell apart) spreads its posterior and
+    steps back for that query, where the learned ``mix`` weights it the same everywhere.
+
     Args:
         modalities: the modality names (the order of the M axis).
         dim: embedding size (also ``out_dim``).
@@ -58,6 +66,7 @@ class LateFusion(Fusion):
             self.weight = nn.Parameter(torch.eye(dim).repeat(count, 1, 1))
             self.bias = nn.Parameter(torch.zeros(count, dim))
         self.last_weights: Tensor | None = None
+        self.confidence = 0.0
 
     def forward(self, embeddings: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
         """Per-modality embeddings ``[B, M, dim]`` in ``self.modalities`` order, absent zero."""
@@ -71,11 +80,17 @@ class LateFusion(Fusion):
         """Mix per-modality logits: ``[Q, M, W]`` with bool ``valid`` ``[Q, M]`` -> ``[Q, W]``.
 
         Each query's weights are a softmax of the learned ``mix`` scores over its valid
-        modalities; invalid modalities' logits are never read; a query with no valid modality
-        gets zeros. The weights are kept in ``last_weights`` ``[Q, M]`` (detached).
+        modalities (in evaluation minus ``confidence`` times each modality's entropy);
+        invalid modalities' logits are never read; a query with no valid modality gets zeros.
+        The weights are kept in ``last_weights`` ``[Q, M]`` (detached).
         """
         valid = valid.to(torch.bool)
-        weights = masked_softmax(self.mix.to(logits.dtype).expand(valid.shape), valid)
-        self.last_weights = weights.detach()
         safe = torch.where(valid.unsqueeze(-1), logits, torch.zeros((), dtype=logits.dtype))
+        scores = self.mix.to(logits.dtype).expand(valid.shape)
+        if self.confidence and not self.training:
+            log_p = safe.log_softmax(-1)
+            entropy = -(log_p.exp() * log_p).sum(-1)  # [Q, M]
+            scores = scores - self.confidence * entropy
+        weights = masked_softmax(scores, valid)
+        self.last_weights = weights.detach()
         return (weights.unsqueeze(-1) * safe).sum(dim=1)

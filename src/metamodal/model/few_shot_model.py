@@ -93,17 +93,22 @@ class FewShotModel(nn.Module):
                       source: str | None = None) -> None:
         """Use ``test_time`` in evaluation mode (`metamodal.model.test_time`): ``tta``
         transformed copies of each sample, drawn by ``augmentation``, averaged into its
-        embedding (`embed`); ``transduction`` soft k-means steps in the learner.
+        embedding (`embed`); ``transduction`` soft k-means steps in the learner;
+        ``fusion_confidence`` in late fusion's mix.
 
         Raises:
-            ConfigError: settings out of range, ``tta`` without transforms, or transduction
-                with a learner that has no prototypes (the key named, and ``source``).
+            ConfigError: settings out of range, ``tta`` without transforms, transduction
+                with a learner that has no prototypes, or ``fusion_confidence`` without late
+                fusion (the key named, and ``source``).
         """
-        check_test_time(test_time, self.learner, augmentation, source=source)
+        check_test_time(test_time, self.learner, augmentation, source=source,
+                        fusion=self.backbone.fusion)
         self.test_time = test_time
         self.tta_augmentation = augmentation if test_time.tta else None
         if hasattr(self.learner, "transduction"):
             self.learner.transduction = test_time.transduction
+        if hasattr(self.backbone.fusion, "confidence"):
+            self.backbone.fusion.confidence = float(test_time.fusion_confidence)
 
     def embed(self, batch: Mapping[str, Any]) -> Embeddings:
         """The backbone's embeddings of ``batch`` (see `Backbone.forward`); in evaluation

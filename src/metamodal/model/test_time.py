@@ -1,5 +1,5 @@
 """What a trained model does at test time beyond embedding each sample once: test-time
-augmentation and transductive refinement of the prototypes.
+augmentation, confidence-weighted late fusion and transductive refinement of the prototypes.
 
 - **Test-time augmentation** (``tta = N``): a sample's embedding is the mean of the
   embeddings of the sample and of ``N`` randomly transformed copies of it, drawn from the run's
@@ -8,11 +8,13 @@ augmentation and transductive refinement of the prototypes.
   for more supports (for prototypes, their mean is the same thing), a query's copies vote.
   The copies are drawn from a generator seeded anew for every batch, so an evaluation is
   reproducible.
+- **Confidence-weighted late fusion** (``fusion_confidence = c``): each query's modality
+  weights become ``softmax(mix - c * entropy)`` (`metamodal.fusion.late.LateFusion`).
 - **Transduction** (``transduction = T``): ``T`` steps of soft k-means over the episode's
   unlabelled queries refine each prototype (Ren et al. 2018, "Meta-Learning for
   Semi-Supervised Few-Shot Classification"); see `metamodal.learners.protonet.ProtoNet`.
 
-Both act only in evaluation mode: training is unchanged, so either can be switched on for a
+All act only in evaluation mode: training is unchanged, so each can be switched on for a
 run that was trained without it (``metamodal eval RUN --tta 8 --transduction 1``).
 """
 
@@ -45,20 +47,23 @@ def tta_augmentation(options: Mapping[str, Any] | None, preprocessor: Any) -> Au
 
 def apply_test_time(model: Any, config: TrainConfig, preprocessor: Any) -> None:
     """Give ``model`` (a `metamodal.model.FewShotModel`) the test-time settings of a training
-    ``config`` (``tta``, ``transduction``), its copies drawn by `tta_augmentation` for data
-    decoded by ``preprocessor``; `ConfigError` as `check_test_time`."""
+    ``config`` (``tta``, ``transduction``, ``fusion_confidence``), its copies drawn by
+    `tta_augmentation` for data decoded by ``preprocessor``; `ConfigError` as
+    `check_test_time`."""
     model.set_test_time(config.test_time(), tta_augmentation(config.augment, preprocessor)
                         if config.tta else None)
 
 
 def check_test_time(test_time: TestTime, learner: Any, augmentation: Augmentation | None,
-                    *, source: str | None = None) -> None:
+                    *, source: str | None = None, fusion: Any = None) -> None:
     """Refuse settings the model cannot honour.
 
     Raises:
         ConfigError: ``tta`` without any per-modality transform in ``augmentation`` or with a
-            learner that adapts the network per task (key ``tta``), or ``transduction`` with
-            a learner that has no prototypes to refine (key ``transduction``).
+            learner that adapts the network per task (key ``tta``), ``transduction`` with
+            a learner that has no prototypes to refine (key ``transduction``), or
+            ``fusion_confidence`` with a ``fusion`` other than late fusion (key
+            ``fusion_confidence``).
     """
     test_time.check(source=source)
     if test_time.tta and (augmentation is None or not augmentation.modalities):
@@ -75,6 +80,11 @@ def check_test_time(test_time: TestTime, learner: Any, augmentation: Augmentatio
         raise ConfigError(f"learner {type(learner).__name__} has no prototypes to refine by "
                           "transduction", file=source, column="transduction",
                           fix="use learner = 'protonet', or set transduction = 0")
+    if test_time.fusion_confidence and not hasattr(fusion, "confidence"):
+        raise ConfigError(f"fusion_confidence weighs the per-modality posteriors of late "
+                          f"fusion, and this model fuses with {type(fusion).__name__}",
+                          file=source, column="fusion_confidence",
+                          fix="train with fusion = 'late', or set fusion_confidence = 0")
 
 
 def averaged_embedding(embed: Any, batch: Mapping[str, Any], copies: int,

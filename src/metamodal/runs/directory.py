@@ -168,10 +168,11 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def load_run(run_dir: str | Path, *, device: str = "cpu",
-             test_time: Mapping[str, int | None] | None = None) -> Run:
+             test_time: Mapping[str, float | None] | None = None) -> Run:
     """Load a run directory written by `metamodal.train.Trainer`.
 
-    ``test_time`` replaces the run's test-time settings (``tta``, ``transduction``; a None
+    ``test_time`` replaces the run's test-time settings (``tta``, ``transduction``,
+    ``fusion_confidence``; a None
     value keeps the run's; `metamodal.model.test_time`), for every member of an ensemble.
 
     Raises `RunError` naming the file (and the key or tensor) when the directory, its config,
@@ -206,7 +207,7 @@ def load_run(run_dir: str | Path, *, device: str = "cpu",
 
 
 def _build_model(run_dir: Path, document: dict[str, Any], preprocessor: Preprocessor,
-                 test_time: Mapping[str, int]) -> FewShotModel:
+                 test_time: Mapping[str, float]) -> FewShotModel:
     """The untrained model ``config.toml``'s ``[model]`` table describes, checked against the
     run's preprocessor, with the run's test-time settings updated by ``test_time``;
     `RunError` naming the file and key when they do not fit, `ConfigError` when
@@ -252,7 +253,7 @@ def _build_model(run_dir: Path, document: dict[str, Any], preprocessor: Preproce
 
 
 def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Preprocessor,
-                   device: str, test_time: Mapping[str, int]) -> Run:
+                   device: str, test_time: Mapping[str, float]) -> Run:
     """The `Run` of an ensemble run directory: each member's model built from
     ``members/N`` (its config and preprocessor, checked against the ensemble's split and
     preprocessor), the `EnsembleModel` of them with the ``[ensemble]`` table's method,

@@ -96,11 +96,13 @@ class AudioCNN(Encoder):
     def encode(self, values: Tensor, lengths: Tensor | None) -> Tensor:
         """Embed spectrograms ``[n, n_mels, frames]`` with lengths ``[n]`` -> ``[n, dim]``."""
         frames = values.shape[2]
+        # clips that all fill the window (a common case: fixed-length clips) need no masking:
+        # BatchNorm then takes its native kernel. The check reads the lengths, so it is made
+        # only where that costs nothing: not under vmap, and not on an accelerator (a wait)
+        full = not self.under_task_vmap and (lengths is None or (
+            lengths.device.type == "cpu" and bool((lengths >= frames).all())))
         lengths = resolve_lengths(lengths, frames, values.shape[0], values.device)
         mask = length_mask(lengths, frames)[:, None, None, :]  # [n, 1, 1, frames]
-        # clips that all fill the window (a common case: fixed-length clips) need no masking:
-        # BatchNorm then takes its native kernel (the check reads data, so not under vmap)
-        full = not self.under_task_vmap and bool((lengths == frames).all())
         x = values.unsqueeze(1) if full else torch.where(
             mask, values.unsqueeze(1), torch.zeros((), dtype=values.dtype))
         # channels_last: convolutions, MaskedBatchNorm and max-pooling keep it, and run faster

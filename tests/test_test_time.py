@@ -230,6 +230,13 @@ def test_tta_without_transforms_and_transduction_without_prototypes_are_refused(
         api.train(root / "gated", data=str(setup["data"]), modalities=["image", "caption"],
                   steps=1, fusion="gated", fusion_confidence=2, progress=False, **SMALL)
     assert error.value.column == "fusion_confidence" and "late" in error.value.fix
+    gated = api.train(root / "gated-plain", data=str(setup["data"]),
+                      modalities=["image", "caption"], steps=1, fusion="gated",
+                      progress=False, **SMALL).run_dir
+    with pytest.raises(ConfigError) as error:  # an override the run cannot honour names it
+        api.evaluate(gated, fusion_confidence=1, progress=False)
+    assert error.value.column == "fusion_confidence"
+    assert str(error.value.file) == str(gated)
 
 
 def test_the_classifier_takes_the_settings(setup) -> None:

@@ -45,13 +45,14 @@ def tta_augmentation(options: Mapping[str, Any] | None, preprocessor: Any) -> Au
     return augmentation_for(tables, preprocessor)
 
 
-def apply_test_time(model: Any, config: TrainConfig, preprocessor: Any) -> None:
+def apply_test_time(model: Any, config: TrainConfig, preprocessor: Any, *,
+                    source: str | None = None) -> None:
     """Give ``model`` (a `metamodal.model.FewShotModel`) the test-time settings of a training
     ``config`` (``tta``, ``transduction``, ``fusion_confidence``), its copies drawn by
     `tta_augmentation` for data decoded by ``preprocessor``; `ConfigError` as
-    `check_test_time`."""
+    `check_test_time`, naming ``source``."""
     model.set_test_time(config.test_time(), tta_augmentation(config.augment, preprocessor)
-                        if config.tta else None)
+                        if config.tta else None, source=source)
 
 
 def check_test_time(test_time: TestTime, learner: Any, augmentation: Augmentation | None,

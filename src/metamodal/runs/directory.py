@@ -242,7 +242,8 @@ def _build_model(run_dir: Path, document: dict[str, Any], preprocessor: Preproce
     train = TrainConfig.from_dict(document["train"], source=str(config_path))
     if test_time:  # the run's own settings were checked with its config
         train = train.updated(dict(test_time))
-    apply_test_time(model, train, preprocessor)
+    # an override the run cannot honour names the run (one member of an ensemble, say)
+    apply_test_time(model, train, preprocessor, source=str(run_dir if test_time else config_path))
     try:  # weights frozen in training stay out of the MAML family's inner loop here too
         freeze(model, list(document.get("train", {}).get("freeze") or []),
                source=str(config_path))

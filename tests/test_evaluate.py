@@ -477,6 +477,51 @@ def test_with_the_real_few_shot_model(store: TensorStore) -> None:
     assert full.modalities == ["signal", "noise"]
 
 
+def test_episodes_in_chunks_give_what_one_by_one_gives(store: TensorStore) -> None:
+    """A model with ``logits_many`` gets up to EPISODE_CHUNK episodes of one ``ways`` at a
+    time (FineTune fits them together); the logits equal those of ``logits`` one by one (float64),
+    in
+    the plan's order, across chunk boundaries and changes of ``ways``."""
+    from metamodal.encoders import build_encoder
+    from metamodal.evaluate.episode_plans import EpisodePlan, sampled_episodes
+    from metamodal.evaluate.protocol import EPISODE_CHUNK, episode_logits
+    from metamodal.learners import FineTune
+    from metamodal.model import Backbone, FewShotModel
+
+    class Only(nn.Module):
+        out_dim = 8
+
+        def forward(self, embeddings, present):  # type: ignore[no-untyped-def]
+            return next(iter(embeddings.values()))
+
+    torch.manual_seed(0)
+    encoder = build_encoder("tabular", "mlp", dim=8, input_info={"features": 4},
+                            modality="noise")
+    model = FewShotModel(Backbone({"noise": encoder}, Only()), FineTune(steps=10)).double()
+    noise = store.modalities["noise"]
+    store = TensorStore(store.ids, store.labels, {"noise": ModalityBatch(
+        noise.values.double(), noise.present)}, {"noise": "tabular"})
+    plans = [sampled_episodes(store, CLASSES, ways, 1, 2, seed, count) for ways, seed, count
+             in ((3, 0, EPISODE_CHUNK + 5), (2, 1, 4), (3, 2, 3))]
+    plan = EpisodePlan(*(sum((getattr(p, f) for p in plans), []) for f in
+                         ("support", "query", "support_labels", "query_labels", "ways")))
+    calls: list[int] = []
+    logits_many = model.logits_many
+
+    def counting(episodes, ways):  # type: ignore[no-untyped-def]
+        calls.append(len(episodes))
+        return logits_many(episodes, ways)
+
+    model.logits_many = counting  # type: ignore[method-assign]
+    together = episode_logits(model, store, plan, modalities=["noise"])
+    assert calls == [EPISODE_CHUNK, 5, 4, 3]
+    model.logits_many = None  # type: ignore[assignment]  # a model without it: one by one
+    one_by_one = episode_logits(model, store, plan, modalities=["noise"])
+    assert len(together) == len(one_by_one) == EPISODE_CHUNK + 12
+    for a, b in zip(together, one_by_one, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
 def test_untrained_baseline_rebuilds_the_architecture_with_fresh_weights() -> None:
     from metamodal.evaluate.baseline import untrained_baseline
     from metamodal.model import FewShotModel

@@ -451,6 +451,37 @@ def test_finetunes_hand_written_adam_fits_what_torch_adam_fits(cosine: bool) -> 
         assert float((bias - b).abs().max()) < tolerance
 
 
+@pytest.mark.parametrize("options", [{}, {"cosine": True}, {"optimizer": "sgd", "lr": 0.5},
+                                     {"weight_decay": 0.01, "normalize": False}],
+                         ids=["adam", "cosine", "sgd", "decay"])
+def test_finetune_fits_many_episodes_at_once_as_one_by_one(options: dict) -> None:
+    """``logits_many`` fits every episode's classifier in one batched run: in float64 the
+    same logits as `logits` episode by episode."""
+    from metamodal.learners.embeddings import Embeddings
+
+    generator = torch.Generator().manual_seed(12)
+    head = FineTune(steps=30, **options).double()
+    episodes = []
+    for _ in range(4):
+        support, labels, query, _ = toy_episode(generator, ways=3, shots=2, features=6)
+        episodes.append((Embeddings(support.double(), torch.ones(len(support), 1).bool()),
+                         labels, Embeddings(query.double(), torch.ones(len(query), 1).bool())))
+    one_by_one = [head.logits(nn.Module(), s, labels, q, 3) for s, labels, q in episodes]
+    together = head.logits_many(nn.Module(), episodes, 3)
+    for a, b in zip(together, one_by_one, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="L-BFGS"):
+        FineTune(optimizer="lbfgs").fit(torch.stack([episodes[0][0].z] * 2),
+                                         torch.stack([episodes[0][1]] * 2), 3)
+    lbfgs = FineTune(optimizer="lbfgs", steps=5).double()  # one by one, as its own logits
+    for a, (s, labels, q) in zip(lbfgs.logits_many(nn.Module(), episodes, 3), episodes,
+                                 strict=True):
+        torch.testing.assert_close(a, lbfgs.logits(nn.Module(), s, labels, q, 3))
+    with pytest.raises(InsufficientSamplesError):  # every episode's support is checked
+        bad = (episodes[1][0], torch.zeros_like(episodes[1][1]), episodes[1][2])
+        head.logits_many(nn.Module(), [episodes[0], bad], 3)
+
+
 def test_finetune_gradient_reaches_query_not_support() -> None:
     support = torch.randn(4, 3, requires_grad=True)
     query = torch.randn(2, 3, requires_grad=True)

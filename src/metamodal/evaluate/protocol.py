@@ -15,7 +15,8 @@ The model is anything with the interface of ``metamodal.model.FewShotModel``:
 - ``capabilities() -> LearnerCapabilities`` (optional; without it the model is evaluated
   from embeddings);
 - with ``embeds_once``: ``embed(batch) -> Embeddings`` (or a plain tensor ``[B, D]``) and
-  ``logits(support, support_labels, query, ways) -> Tensor [Q, ways]``;
+  ``logits(support, support_labels, query, ways) -> Tensor [Q, ways]``, and optionally
+  ``logits_many(episodes, ways) -> list[Tensor]`` for several episodes at once;
 - without it: ``adapt_predict(support_batch, support_labels, query_batch, ways) -> [Q, ways]``.
 
 Modalities left out of an evaluation (``modalities``) or hidden for a fraction of the samples
@@ -60,6 +61,9 @@ from metamodal.evaluate.embedding import (
 from metamodal.evaluate.episode_plans import EpisodePlan, file_episodes, sampled_episodes
 from metamodal.evaluate.result import EvalResult
 from metamodal.evaluate.stats import confusion_matrices, macro_f1_from_confusion, mean_ci95
+
+EPISODE_CHUNK = 100
+"""The most episodes handed to a model's ``logits_many`` at once."""
 
 __all__ = ["EvalResult", "drop_mask", "embed_store", "episode_logits", "evaluate",
            "evaluate_episodes", "select_modalities"]
@@ -223,21 +227,40 @@ def _predict_from_embeddings(
     selected: list[str], drop: Mapping[str, float] | None, seed: int, batch_size: int,
     device: torch.device | str, progress: bool,
 ) -> list[Tensor]:
-    """Embed every sample the episodes need once, then run each episode's ``logits``."""
+    """Embed every sample the episodes need once, then run the episodes' ``logits``: up to
+    `EPISODE_CHUNK` consecutive episodes of the same ways at a time through the model's
+    ``logits_many`` where it has one (a learner that fits per episode fits them together),
+    one by one otherwise."""
     needed = torch.cat(plan.support + plan.query).unique()
     emb = embed_store(model, store, needed, selected, drop, seed=seed, batch_size=batch_size,
                       device=device, progress=progress)
     position = torch.full((len(store),), -1, dtype=torch.long)
     position[needed] = torch.arange(needed.numel())
     position = position.to(device)
+    many = getattr(model, "logits_many", None)
     preds: list[Tensor] = []
+    chunk: list[tuple[Any, Tensor, Any]] = []  # (support, labels, query) embeddings
+
+    def flush(ways: int) -> None:
+        if many is not None:
+            logits = many(chunk, ways)
+        else:
+            logits = [model.logits(s, labels, q, ways) for s, labels, q in chunk]
+        for (_, _, q), one in zip(chunk, logits, strict=True):
+            _check_logits(one, len(q), ways)
+            preds.append(one.detach())
+        chunk.clear()
+
     with evaluation_mode(model):
+        chunk_ways = 0
         for support, s_lab, query, ways in episodes:
-            s_emb = index_embeddings(emb, position[support.to(device)])
-            q_emb = index_embeddings(emb, position[query.to(device)])
-            logits = model.logits(s_emb, s_lab.to(device), q_emb, ways)
-            _check_logits(logits, query.numel(), ways)
-            preds.append(logits.detach())
+            if chunk and (ways != chunk_ways or len(chunk) == EPISODE_CHUNK):
+                flush(chunk_ways)
+            chunk_ways = ways
+            chunk.append((index_embeddings(emb, position[support.to(device)]),
+                          s_lab.to(device), index_embeddings(emb, position[query.to(device)])))
+        if chunk:
+            flush(chunk_ways)
     return preds
 
 

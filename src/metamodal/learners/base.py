@@ -18,7 +18,7 @@ ignore it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -262,6 +262,15 @@ class MetricLearner(Learner):
                                context=context)
         return backbone.fusion.combine(*self.late_logits(support, support_labels, query, ways,
                                                          context))
+
+    def logits_many(
+        self, backbone: nn.Module, episodes: Sequence[tuple[Embeddings, Tensor, Embeddings]],
+        ways: int,
+    ) -> list[Tensor]:
+        """`logits` of several ``ways``-way episodes (support embeddings, support labels
+        ``[S]``, query embeddings), one ``[Q, ways]`` tensor each: here one after the other;
+        a learner whose per-episode work vectorises across episodes overrides it."""
+        return [self.logits(backbone, s, labels, q, ways) for s, labels, q in episodes]
 
     def late_logits(
         self, support: Embeddings, support_labels: Tensor, query: Embeddings, ways: int,

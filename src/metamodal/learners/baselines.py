@@ -9,7 +9,7 @@ alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from metamodal.learners.base import (
     class_means,
     learners,
 )
+from metamodal.learners.embeddings import Embeddings
 from metamodal.ops import euclidean_distances, l2_normalize
 
 
@@ -228,32 +229,46 @@ class FineTune(MetricLearner):
         return LearnerCapabilities(training="supervised", embeds_once=True)
 
     def _features(self, x: Tensor) -> Tensor:
-        return l2_normalize(x, dim=1) if self.normalize else x
+        return l2_normalize(x, dim=-1) if self.normalize else x
 
     def _classify(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Logits ``[..., N, ways]`` of features ``[..., N, D]`` (``...``: episodes, if any)."""
         if self.cosine:
-            return self.scale * l2_normalize(x, dim=1) @ l2_normalize(weight, dim=1).T
-        return x @ weight.T + bias
+            return self.scale * l2_normalize(x, dim=-1) @ l2_normalize(weight, dim=-1).mT
+        return x @ weight.mT + bias.unsqueeze(-2)
 
     def fit(self, support: Tensor, support_labels: Tensor, ways: int, *,
             counts: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Train a classifier on ``support`` ``[S, D]`` / ``support_labels`` ``[S]``; returns its
         (detached) ``weight [ways, D]`` and ``bias [ways]``, in the dtype of ``support``.
+        With a leading episode axis (``[E, S, D]`` / ``[E, S]``) it fits one classifier per
+        episode at once (``[E, ways, D]``, ``[E, ways]``): the objective is the sum of the
+        episodes', whose classifiers share no weight, and Adam and SGD act element by
+        element, so each episode's classifier is the one it would get alone (not with
+        L-BFGS, whose line search would couple them: a `ValueError`).
         The labels are checked (`check_support`) unless their ``counts`` are given."""
+        batched = support.dim() == 3
+        if batched and self.optimizer == "lbfgs":
+            raise ValueError("L-BFGS fits one episode at a time (its line search would couple "
+                             "the episodes)")
         if counts is None:
-            check_support(support_labels, ways)
+            for labels in support_labels.reshape(-1, support_labels.shape[-1]):
+                check_support(labels, ways)
         work = torch.promote_types(support.dtype, torch.float32)  # never fit in half precision
         with torch.inference_mode(False), torch.enable_grad():
             x = self._features(support.detach().to(work).clone())
             y = support_labels.clone()
             generator = torch.Generator().manual_seed(self.seed)
-            init = torch.randn(ways, x.shape[1], generator=generator, dtype=x.dtype) * 0.01
-            weight = init.to(x.device).requires_grad_()
-            bias = torch.zeros(ways, dtype=x.dtype, device=x.device, requires_grad=True)
+            init = torch.randn(ways, x.shape[-1], generator=generator, dtype=x.dtype) * 0.01
+            weight = init.to(x.device).expand(*x.shape[:-2], ways, -1).clone().requires_grad_()
+            bias = torch.zeros(*x.shape[:-2], ways, dtype=x.dtype, device=x.device,
+                               requires_grad=True)
             params = [weight] if self.cosine else [weight, bias]
 
             def objective() -> Tensor:
-                loss = F.cross_entropy(self._classify(x, weight, bias), y)
+                logits = self._classify(x, weight, bias)
+                loss = (F.cross_entropy(logits.mT, y, reduction="none").mean(-1).sum()
+                        if batched else F.cross_entropy(logits, y))
                 if self.weight_decay:
                     loss = loss + 0.5 * self.weight_decay * weight.pow(2).sum()
                 return loss
@@ -302,3 +317,20 @@ class FineTune(MetricLearner):
         """
         weight, bias = self.fit(support, support_labels, ways, counts=counts)
         return self._classify(self._features(query), weight, bias)
+
+    def logits_many(
+        self, backbone: nn.Module, episodes: Sequence[tuple[Embeddings, Tensor, Embeddings]],
+        ways: int,
+    ) -> list[Tensor]:
+        """`logits` of several episodes, their classifiers fitted at once (`fit` with an
+        episode axis: the same classifiers as one by one). Episodes of different sizes, late
+        fusion, supports with a sample that has no modality, and L-BFGS go one by one."""
+        if (self.optimizer == "lbfgs" or len(episodes) < 2
+                or len({(len(s), len(q)) for s, _, q in episodes}) > 1
+                or any(s.late or not bool(s.present.any(1).all()) for s, _, _ in episodes)):
+            return super().logits_many(backbone, episodes, ways)
+        support = torch.stack([s.z for s, _, _ in episodes])  # [E, S, D]
+        labels = torch.stack([labels for _, labels, _ in episodes])  # [E, S]
+        query = torch.stack([q.z for _, _, q in episodes])  # [E, Q, D]
+        weight, bias = self.fit(support, labels, ways)
+        return list(self._classify(self._features(query), weight, bias).unbind(0))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -130,13 +130,24 @@ class FewShotModel(nn.Module):
             ConfigError: the learner adapts weights per task and needs the samples themselves
                 (use `adapt_predict`).
         """
+        self._require_embeds_once()
+        return self.learner.logits(self.backbone, support, support_labels, query, ways, context)
+
+    def logits_many(self, episodes: Sequence[tuple[Embeddings, Tensor, Embeddings]],
+                    ways: int) -> list[Tensor]:
+        """`logits` of several ``ways``-way episodes (support embeddings, support labels,
+        query embeddings), one ``[Q, ways]`` tensor each, computed together where the learner
+        can (`metamodal.learners.base.MetricLearner.logits_many`)."""
+        self._require_embeds_once()
+        return self.learner.logits_many(self.backbone, episodes, ways)
+
+    def _require_embeds_once(self) -> None:
         if not self.capabilities().embeds_once:
             raise ConfigError(
                 f"learner {type(self.learner).__name__} adapts the network per task and cannot "
                 "work from precomputed embeddings",
                 fix="call adapt_predict(support_batch, support_labels, query_batch, ways)",
             )
-        return self.learner.logits(self.backbone, support, support_labels, query, ways, context)
 
     def adapt_predict(
         self,

@@ -137,9 +137,14 @@ class FewShotModel(nn.Module):
                     ways: int) -> list[Tensor]:
         """`logits` of several ``ways``-way episodes (support embeddings, support labels,
         query embeddings), one ``[Q, ways]`` tensor each, computed together where the learner
-        can (`metamodal.learners.base.MetricLearner.logits_many`)."""
+        can (`metamodal.learners.base.MetricLearner.logits_many`; a learner without it: one
+        by one)."""
         self._require_embeds_once()
-        return self.learner.logits_many(self.backbone, episodes, ways)
+        many = getattr(self.learner, "logits_many", None)
+        if many is None:
+            return [self.learner.logits(self.backbone, s, labels, q, ways)
+                    for s, labels, q in episodes]
+        return many(self.backbone, episodes, ways)
 
     def _require_embeds_once(self) -> None:
         if not self.capabilities().embeds_once:

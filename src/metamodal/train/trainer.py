@@ -385,7 +385,7 @@ class Trainer:
                 if progress.step == cfg.steps or (cfg.val_every
                                                   and progress.step % cfg.val_every == 0):
                     values["val_acc"] = self._validate(model, classifier, data, device)
-                    release_memory(collect=False)  # validation's embeddings
+                    release_memory()  # validation's embeddings, before the steps go on
                     train_mode(model, cfg.freeze)
                     if aligner is not None:
                         aligner.train()

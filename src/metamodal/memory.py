@@ -34,9 +34,8 @@ def release_memory(*, collect: bool = True) -> bool:
 
     Args:
         collect: first collect garbage, so that what reference cycles still hold is freed
-            too (on the demo, leaving it out after each validation raised the peak from 1.05
-            to 1.37 GB). The trim alone takes a fraction of a millisecond; a collection tens
-            to hundreds of milliseconds in a process holding many objects.
+            too. The trim alone takes a fraction of a millisecond; a collection tens to
+            hundreds of milliseconds in a process holding many objects.
 
     Returns:
         True when the C library could be asked to (glibc), False where it cannot.

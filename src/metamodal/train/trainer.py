@@ -385,7 +385,8 @@ class Trainer:
                 if progress.step == cfg.steps or (cfg.val_every
                                                   and progress.step % cfg.val_every == 0):
                     values["val_acc"] = self._validate(model, classifier, data, device)
-                    release_memory()  # validation's embeddings, before the steps go on
+                    # validation's embeddings; a collection here did not lower the demo's peak
+                    release_memory(collect=False)
                     train_mode(model, cfg.freeze)
                     if aligner is not None:
                         aligner.train()

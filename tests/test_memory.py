@@ -12,20 +12,31 @@ from metamodal.memory import _malloc_trim, release_memory
 
 glibc = pytest.mark.skipif(_malloc_trim() is None, reason="needs glibc's malloc_trim")
 
+PREAMBLE = textwrap.dedent("""
+    import gc
+    from metamodal.memory import release_memory
+
+    def resident_mb():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+""")
+
+
+def _printed(body: str) -> list[float]:
+    """The numbers ``body`` prints, run after `PREAMBLE` in a fresh interpreter (whose heap
+    holds nothing of this test process)."""
+    script = PREAMBLE + textwrap.dedent(body)
+    return [float(x) for x in subprocess.run([sys.executable, "-c", script], check=True,
+                                             capture_output=True, text=True).stdout.split()]
+
 
 @glibc
 def test_freed_heap_blocks_leave_the_resident_memory() -> None:
     # 3,000 blocks of 64 KiB come from the heap (below glibc's mmap threshold); all but the last
     # are freed, which the heap keeps (the last block pins its top): about 190 MB stay resident
     # until release_memory gives them back
-    script = textwrap.dedent("""
-        from metamodal.memory import release_memory
-
-        def resident_mb():
-            for line in open("/proc/self/status"):
-                if line.startswith("VmRSS"):
-                    return int(line.split()[1]) / 1024
-
+    [freed] = _printed("""
         blocks = [bytearray(b"x" * 65536) for _ in range(3000)]
         last = blocks[-1]
         del blocks
@@ -33,8 +44,6 @@ def test_freed_heap_blocks_leave_the_resident_memory() -> None:
         assert release_memory()
         print(before - resident_mb())
     """)
-    freed = float(subprocess.run([sys.executable, "-c", script], check=True,
-                                 capture_output=True, text=True).stdout)
     assert freed > 100, f"only {freed:.0f} MB returned"
 
 
@@ -42,15 +51,7 @@ def test_freed_heap_blocks_leave_the_resident_memory() -> None:
 def test_memory_held_by_a_reference_cycle_needs_the_collection() -> None:
     # a cycle keeps ~190 MB of heap blocks alive after its last name is gone: the trim alone
     # cannot return them, the collection first frees them
-    script = textwrap.dedent("""
-        import gc
-        from metamodal.memory import release_memory
-
-        def resident_mb():
-            for line in open("/proc/self/status"):
-                if line.startswith("VmRSS"):
-                    return int(line.split()[1]) / 1024
-
+    kept, freed = _printed("""
         gc.disable()
         class Holder:
             pass
@@ -65,8 +66,6 @@ def test_memory_held_by_a_reference_cycle_needs_the_collection() -> None:
         release_memory()
         print(kept, before - resident_mb())
     """)
-    kept, freed = map(float, subprocess.run([sys.executable, "-c", script], check=True,
-                                            capture_output=True, text=True).stdout.split())
     assert kept < 20 and freed > 100, (kept, freed)
 
 

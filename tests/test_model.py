@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metamodal.data.batch import Episode, ModalityBatch, TensorStore
+from metamodal.data.batch import Episode, ModalityBatch, TensorStore, cat_batches
 from metamodal.errors import ConfigError, InsufficientSamplesError, ModalityError, UnknownNameError
 from metamodal.learners import (
     Embeddings,
@@ -354,6 +354,34 @@ def test_embed_episode_matches_separate_embedding_and_loss_adds_extra() -> None:
     model.learner = ProtoNet()
     loss, logits = model.loss(episode)
     assert torch.allclose(loss, F.cross_entropy(logits, episode.query_labels))
+
+
+@pytest.mark.parametrize("learner", ["protonet", "maml"])
+@pytest.mark.parametrize("fusion", ["gated", "late"])
+def test_loss_and_parts_is_the_loss_with_the_encoders_outputs(learner: str,
+                                                              fusion: str) -> None:
+    """A metric learner hands back the embeddings its loss used (one encoder pass); others
+    encode once more: either way the loss and logits are `loss`'s, the parts `encode`'s, and
+    the parts carry gradients to the encoders."""
+    torch.manual_seed(0)
+    store = gaussian_store(6, 5, seed=2)
+    episode = sample_episode(store, sorted(set(store.labels)), torch.Generator().manual_seed(1),
+                             ways=3, shots=2, queries=2)
+    model = FewShotModel.build(kinds={"a": "tabular", "b": "tabular"}, input_info=input_info(),
+                               dim=8, fusion=fusion, learner=learner).eval()
+    loss, logits, parts, present = model.loss_and_parts(episode)
+    expected_loss, expected_logits = model.loss(episode)
+    expected_parts, expected_present = model.backbone.encode(
+        cat_batches([episode.support, episode.query]))
+    assert torch.allclose(loss, expected_loss, atol=1e-6)
+    assert torch.allclose(logits, expected_logits, atol=1e-6)
+    assert list(parts) == list(expected_parts) == ["a", "b"]
+    for m in parts:
+        assert parts[m].shape == (12, 8) and torch.allclose(parts[m], expected_parts[m])
+        assert present[m].tolist() == expected_present[m].tolist()
+    sum(p.sum() for p in parts.values()).backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0
+               for p in model.backbone.encoders.parameters())
 
 
 # ----------------------------------------------------------------------------- build

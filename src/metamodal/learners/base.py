@@ -325,6 +325,14 @@ class MetricLearner(Learner):
         that no modality leans on another).
         """
         support, query = embed_pair(backbone, episode.support, episode.query)
+        return self.embedded_loss(backbone, support, query, episode, context)
+
+    def embedded_loss(self, backbone: nn.Module, support: Embeddings, query: Embeddings,
+                      episode: Episode, context: EpisodeContext | None = None
+                      ) -> tuple[Tensor, Tensor]:
+        """`loss` of ``episode`` whose support and query sets are already embedded
+        (``support``, ``query``, e.g. by `embed_pair`): the loss and the logits ``[Q, ways]``.
+        """
         weight = getattr(backbone.fusion, "unimodal_loss", 0.0) if support.late else 0.0
         if not weight:
             logits = self.logits(backbone, support, episode.support_labels, query,

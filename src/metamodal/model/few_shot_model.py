@@ -11,11 +11,17 @@ import torch  # noqa: F401  (the docstring examples use it)
 from torch import Tensor, nn
 
 from metamodal.data.augment import Augmentation
-from metamodal.data.batch import Episode
+from metamodal.data.batch import Episode, cat_batches
 from metamodal.encoders import DEFAULT_ENCODERS, build_encoder, check_hyperparameters
 from metamodal.errors import ConfigError, DatasetError
 from metamodal.fusion.base import build_fusion
-from metamodal.learners.base import EpisodeContext, LearnerCapabilities, learners
+from metamodal.learners.base import (
+    EpisodeContext,
+    LearnerCapabilities,
+    MetricLearner,
+    embed_pair,
+    learners,
+)
 from metamodal.learners.embeddings import Embeddings
 from metamodal.learners.task_batching import obstacles
 from metamodal.model.backbone import Backbone
@@ -198,13 +204,37 @@ class FewShotModel(nn.Module):
         try:
             return self.learner.loss(self.backbone, episode, context)
         except IndexError:  # checked only on failure: no device sync on the training path
-            labels = episode.query_labels
-            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= episode.ways):
-                raise DatasetError(
-                    f"query labels must lie in 0..{episode.ways - 1}, got "
-                    f"{int(labels.min())}..{int(labels.max())}",
-                    fix="number the episode's classes 0..ways-1 in query_labels") from None
+            _check_query_labels(episode)
             raise
+
+    def loss_and_parts(self, episode: Episode) -> tuple[
+            Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """`loss` and the logits, and every sample's per-modality encoder outputs, for a
+        further loss on them (the cross-modal alignment): ``(loss, logits, parts, present)``
+        where ``parts[m]`` ``[S+Q, dim]`` (support then query rows, with gradients) and bool
+        ``present[m]`` ``[S+Q]`` are as `Backbone.encode` returns them.
+
+        A metric learner's own embeddings of the episode are returned (one pass of the
+        encoders); other learners (MAML adapts its weights to each episode) have the samples
+        encoded once more with the backbone's own weights.
+
+        Raises:
+            DatasetError: a query label lies outside ``0..ways-1``.
+        """
+        if not isinstance(self.learner, MetricLearner):
+            loss, logits = self.loss(episode)
+            return (loss, logits,
+                    *self.backbone.encode(cat_batches([episode.support, episode.query])))
+        try:
+            support, query = embed_pair(self.backbone, episode.support, episode.query)
+            loss, logits = self.learner.embedded_loss(self.backbone, support, query, episode)
+        except IndexError:
+            _check_query_labels(episode)
+            raise
+        both = Embeddings.cat([support, query])
+        assert both.parts is not None  # a backbone's embeddings always carry their parts
+        present = {m: both.present[:, i] for i, m in enumerate(both.modalities)}
+        return loss, logits, both.parts, present
 
     @classmethod
     def build(
@@ -299,3 +329,13 @@ class FewShotModel(nn.Module):
             "learner_options": learner_options,
         }
         return cls(Backbone(built, fusion_module), learner_module, spec=spec)
+
+
+def _check_query_labels(episode: Episode) -> None:
+    """Raise `DatasetError` when a query label of ``episode`` lies outside ``0..ways-1``."""
+    labels = episode.query_labels
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= episode.ways):
+        raise DatasetError(
+            f"query labels must lie in 0..{episode.ways - 1}, got "
+            f"{int(labels.min())}..{int(labels.max())}",
+            fix="number the episode's classes 0..ways-1 in query_labels") from None

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from metamodal.config import TrainConfig, resolve_device, with_dataset_encoders
 from metamodal.data.augment import Augmentation, augmentation_for, step_generator
-from metamodal.data.batch import Episode, TensorStore, cat_batches
+from metamodal.data.batch import Episode, TensorStore
 from metamodal.data.episodes import EpisodeSampler, check_class_sizes
 from metamodal.data.schema import load_schema
 from metamodal.data.splits import SPLITS_FILE
@@ -488,10 +488,10 @@ class Trainer:
             losses, accuracies = [], []
             for task in episodes:
                 task = task.to(device)
-                loss, logits = model.loss(task)
-                if aligner is not None:
-                    parts, present = model.backbone.encode(
-                        cat_batches([task.support, task.query]))
+                if aligner is None:
+                    loss, logits = model.loss(task)
+                else:
+                    loss, logits, parts, present = model.loss_and_parts(task)
                     labels = torch.cat([task.support_labels, task.query_labels])
                     loss = loss + cfg.align_weight * aligner.loss(parts, present, labels)
                 weighted = loss if self.heads is None else self.heads.combine(0, loss)

@@ -468,9 +468,7 @@ def test_channels_last_encoders_match_the_plain_layout(
     out = encoder(batch)
     for hook in hooks:
         hook.remove()
-    # image encoders keep training in the plain layout (exact BatchNorm statistics)
-    expected_layout = case.kind == "audio" or not train
-    assert layouts and all(layout == expected_layout for layout in layouts)
+    assert layouts and all(layouts)  # every encoder, in training and evaluation
     assert out.is_contiguous()
 
     for module in (audio, image):  # the same encoder without the conversion: NCHW throughout

@@ -14,6 +14,8 @@ Entries (``--only`` picks some):
   PyTorch), logits and gradients compared;
 - ``data``: ``data.py`` (decoding and episode sampling against learn2learn's data pipeline);
   host work, the same on either device;
+- ``cpu_path`` (``--device cpu`` only): ``cpu_path.py`` (the demo's CPU-path changes, each
+  against the computation it replaced), losses, gradients and logits compared;
 - ``recipe``: ``configs/omniglot.toml`` trained by ``metamodal train`` on the device (given
   ``--omniglot``: an imported Omniglot dataset, or the folder of its archives, imported
   first): wall seconds of the command, training seconds and the best validation accuracy the
@@ -45,7 +47,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ENTRIES = ("meta_learners", "episodes", "data", "recipe")
+ENTRIES = ("meta_learners", "episodes", "data", "cpu_path", "recipe")
 QUICK = {
     "meta_learners": ["--tiny", "--repeats", "1", "--warmup", "0", "--threads", "1",
                       "--compile-backend", "aot_eager"],
@@ -53,6 +55,8 @@ QUICK = {
                  "--classes", "30", "--per-class", "20"],
     "data": ["--tasks", "10", "--repeats", "1", "--check", "5", "--classes", "15",
              "--per-class", "8"],
+    "cpu_path": ["--steps", "1", "--warmup", "1", "--episodes", "10", "--repeats", "1",
+                 "--classes", "15"],
 }
 """Arguments of each script in ``--quick`` mode (those of ``tests/test_benchmarks.py``)."""
 QUICK_RECIPE = ["--steps", "20", "--val-every", "10", "--val-episodes", "10"]
@@ -173,8 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help='more flags of the recipe\'s `metamodal train`, e.g. "--precision '
                         'bf16"')
     parser.add_argument("--threads", type=int,
-                        help="--threads of meta_learners.py and episodes.py (their defaults "
-                        "otherwise)")
+                        help="--threads of meta_learners.py, episodes.py and cpu_path.py (their "
+                        "defaults otherwise)")
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in ENTRIES]
@@ -186,8 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name == "recipe":
                 report["entries"][name] = recipe(args, Path(tmp))
                 continue
+            if name == "cpu_path" and args.device != "cpu":
+                report["entries"][name] = {"skipped": "it measures the CPU path"}
+                print(f"\n{name}: skipped (it measures the CPU path)")
+                continue
             command = [sys.executable, str(HERE / f"{name}.py")]
-            if name != "data":
+            if name not in ("data", "cpu_path"):
                 command += ["--device", args.device]
             if args.threads and name != "data":
                 command += ["--threads", str(args.threads)]

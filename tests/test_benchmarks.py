@@ -30,6 +30,10 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         # Batching on and off answer alike, no request fails, and a server killed with
         # SIGKILL mid-write keeps every acknowledged task and example.
         ("serve.py", ["--tiny"]),
+        # The demo's CPU-path changes give the same losses, gradients and logits as the
+        # computations they replaced.
+        ("cpu_path.py", ["--steps", "1", "--warmup", "1", "--episodes", "10", "--repeats", "1",
+                         "--classes", "15", "--threads", "1"]),
     ],
 )
 def test_benchmark_checks_pass_at_a_tiny_size(script: str, args: list[str]) -> None:

@@ -7,7 +7,8 @@ computation it replaced, on the embedded dataset at the demo's sizes (five modal
 (1) a training step of the fused model (forward, backward): the audio encoder's BatchNorm as
     masked element-wise arithmetic with an all-valid mask (before) against the native kernel
     it now runs when every clip fills the window; and the image encoder in the plain memory
-    layout (before) against ``channels_last``, which it now also trains in;
+    layout (before) against ``channels_last``, which it now also trains in (with the precision
+    of each layout's float32 gradients against float64);
 (2) a training step with the cross-modal alignment loss (the demo's ``protonet+gated+align``):
     the episode's samples encoded a second time for the alignment loss (before) against the
     encoder outputs the ProtoNet loss already computed (`FewShotModel.loss_and_parts`);
@@ -172,6 +173,25 @@ def check_step(data: PreparedData, episodes: list[Episode], kind: str) -> float:
     return difference
 
 
+def float32_errors(data: PreparedData, episodes: list[Episode]) -> tuple[float, float]:
+    """The largest relative error (gradient norm, over the weights of the image encoder) of
+    one float32 training step in the plain layout and in ``channels_last``, against the same
+    step in float64."""
+    def image_grads(model: FewShotModel) -> list[Tensor]:
+        return [p.grad.double() for p in model.backbone.encoders["image"].parameters()]
+
+    reference = fused_model(data, torch.float64)
+    reference.loss(as_dtype(episodes[0], torch.float64))[0].backward()
+    errors = []
+    for side in (plain_layout, lambda model: model):
+        model = side(fused_model(data, torch.float32))
+        model.loss(as_dtype(episodes[0], torch.float32))[0].backward()
+        errors.append(max(float((got - want).norm() / want.norm())
+                          for got, want in zip(image_grads(model), image_grads(reference),
+                                               strict=True) if float(want.norm()) > 1e-6))
+    return errors[0], errors[1]
+
+
 def time_steps(data: PreparedData, episodes: list[Episode], kind: str, warmup: int,
                steps: int) -> tuple[float, float]:
     """Median seconds of one training step (forward, backward) of each side in float32."""
@@ -269,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "check: float64 gradients, largest relative difference)",
                 ["step", "before", "after", "before ms", "after ms", "speed-up", "grad diff"],
                 rows, text_columns=3)
+    plain, channels_last = float32_errors(data, episodes)
+    print(f"image encoder, float32 training gradients against float64 (largest relative error "
+          f"over its weights): NCHW {plain:.1e}, channels_last {channels_last:.1e}")
 
     checked = finetune_episodes(min(args.episodes, 20), seed=1, dtype=torch.float64)
     slow_side, fast_side = finetune_sides(checked, chunk=8)

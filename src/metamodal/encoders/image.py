@@ -51,9 +51,9 @@ class _ImageEncoder(Encoder):
         this CPU build's convolutions, BatchNorm and max-pooling run several times faster on
         it, in training and evaluation, and each keeps the format. Its BatchNorm accumulates
         batch statistics in another order: float32 training gradients differ from float64's
-        by up to about twice the plain layout's error (relative, per weight: 1e-6 to 2e-5 for
-        ``conv4`` on 16 x 16 images, 1e-3 to 3e-3 for ``resnet12`` on 28 x 28), far below
-        the noise of sampling episodes."""
+        by up to about twice the plain layout's error (relative, per weight: 7e-6 against 3e-6
+        for ``conv4`` on 16 x 16 images, 3e-3 against 1.4e-3 for ``resnet12`` on 28 x 28), far
+        below the noise of sampling episodes (``benchmarks/cpu_path.py``)."""
         return to_channels_last(values, batched=self.under_task_vmap)
 
 

@@ -30,7 +30,6 @@ import copy
 import platform
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -100,13 +99,6 @@ def as_dtype(episode: Episode, dtype: torch.dtype) -> Episode:
                    episode.query_ids)
 
 
-def gradients(model: nn.Module, loss: Tensor) -> list[Tensor]:
-    """The gradients of ``loss`` for every parameter of ``model`` (zeros where unused)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
-
-
 def largest_difference(first: Sequence[Tensor], second: Sequence[Tensor]) -> float:
     """The largest absolute difference between paired tensors, relative to the largest
     magnitude of the pair."""
@@ -117,24 +109,18 @@ def largest_difference(first: Sequence[Tensor], second: Sequence[Tensor]) -> flo
 def step_sides(data: PreparedData, episodes: list[Episode], kind: str, dtype: torch.dtype
                ) -> tuple[Callable[[int], Tensor], Callable[[int], Tensor], list[nn.Module]]:
     """The before and after sides of comparison ``kind`` (``"batchnorm"``, ``"layout"`` or
-    ``"align"``):
-    two functions ``step(i) -> loss`` that backpropagate episode ``i``, and the modules
-    whose gradients they fill (before's, after's)."""
+    ``"align"``): two functions ``step(i) -> loss`` that backpropagate episode ``i``, and the
+    modules whose gradients they fill (before's, after's)."""
     after = fused_model(data, dtype)
     if kind in ("batchnorm", "layout"):
         before = (always_masked if kind == "batchnorm" else plain_layout)(after)
 
-        def before_step(i: int) -> Tensor:
-            loss = before.loss(as_dtype(episodes[i], dtype))[0]
+        def step(model: FewShotModel, i: int) -> Tensor:
+            loss = model.loss(as_dtype(episodes[i], dtype))[0]
             loss.backward()
             return loss
 
-        def after_step(i: int) -> Tensor:
-            loss = after.loss(as_dtype(episodes[i], dtype))[0]
-            loss.backward()
-            return loss
-
-        return before_step, after_step, [before, after]
+        return (lambda i: step(before, i), lambda i: step(after, i), [before, after])
     torch.manual_seed(1)
     aligner = Aligner(after.modalities, dim=64, positives="class").to(dtype)
     before, before_aligner = copy.deepcopy(after), copy.deepcopy(aligner)
@@ -300,13 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"finetune: the logits differ by {difference:.1e}")
     slow_side, fast_side = finetune_sides(finetune_episodes(args.episodes, seed=2,
                                                             dtype=torch.float32), chunk=100)
-    times: tuple[list[float], list[float]] = ([], [])
-    for repeat in range(args.repeats):
-        for side in (0, 1) if repeat % 2 == 0 else (1, 0):
-            start = time.perf_counter()
-            (slow_side if side == 0 else fast_side)()
-            times[side].append(time.perf_counter() - start)
-    slow, fast = sorted(times[0])[len(times[0]) // 2], sorted(times[1])[len(times[1]) // 2]
+    slow, fast = median_pair(lambda i: slow_side(), lambda i: fast_side(), 0, args.repeats, CPU)
     print_table(f"Fine-tune baseline, {args.episodes} test episodes, s (median of "
                 f"{args.repeats}; check: float64 logits, largest relative difference)",
                 ["evaluation", "before", "after", "before s", "after s", "speed-up",

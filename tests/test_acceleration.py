@@ -166,7 +166,8 @@ def test_fp32_precision_changes_nothing_and_bf16_computes_in_bfloat16() -> None:
 def test_bad_precision_is_a_config_error_naming_the_setting(capsys) -> None:
     with pytest.raises(ConfigError) as error:
         TrainConfig(data="x", precision="fp16").validate()
-    assert error.value.column == "precision" and "bf16" in error.value.fix
+    assert error.value.column == "precision" and "auto" in error.value.fix
+    TrainConfig(data="x", precision="auto").validate()
     with pytest.raises(ConfigError) as error:
         check_precision("half", torch.device("cpu"))
     assert error.value.column == "precision"
@@ -255,6 +256,24 @@ def test_bf16_trains_to_within_a_stated_distance_of_fp32(data: Path, tmp_path: P
     print(f"validation accuracy: fp32 {fp32:.3f}, bf16 {bf16:.3f}")
     assert fp32 > 0.5 and bf16 > 0.5
     assert abs(fp32 - bf16) <= 0.1
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [
+    (True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")])
+def test_auto_precision_is_bf16_exactly_where_the_cpu_computes_it_natively(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        amx: bool, avx512_bf16: bool, expected: str) -> None:
+    """``precision = "auto"`` trains as ``bf16`` on a CPU with AMX tiles or AVX512-BF16 and as
+    ``fp32`` on one with neither: the same losses, bit for bit."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert acceleration.resolve_precision("auto", torch.device("cpu")) == expected
+    common = {"steps": 3, "val_episodes": 5}
+    auto, _ = train(data, tmp_path / "auto", precision="auto", **common)
+    explicit, _ = train(data, tmp_path / expected, precision=expected, **common)
+    other, _ = train(data, tmp_path / "other", **common,
+                     precision="fp32" if expected == "bf16" else "bf16")
+    assert auto == explicit and auto != other
 
 
 def test_the_trainer_with_vmap_chunks_and_compile_trains_as_the_loop(

@@ -155,10 +155,13 @@ class TrainConfig:
             ``auto`` (NCCL on CUDA devices, gloo on CPUs), ``gloo`` or ``nccl``.
         dist_timeout: seconds a process waits for the others (joining the job, each
             exchange) before the job stops with an error.
-        precision: ``fp32``, or ``bf16``: the encoders and the fusion of training steps run
-            under `torch.autocast` in bfloat16, while the output layer, the losses, the
-            inner-loop updates and the meta-gradient stay in float32; validation runs in
-            float32 (`metamodal.train.acceleration.backbone_precision`).
+        precision: ``fp32``, ``bf16`` or ``auto``. With ``bf16`` the encoders and the fusion
+            of training steps run under `torch.autocast` in bfloat16, while the output layer,
+            the losses, the inner-loop updates and the meta-gradient stay in float32;
+            validation runs in float32 (`metamodal.train.acceleration.backbone_precision`).
+            ``auto`` is ``bf16`` on hardware that computes bfloat16 natively (a CPU with AMX
+            or AVX512-BF16, a GPU from Ampere on) and ``fp32`` elsewhere
+            (`metamodal.train.acceleration.resolve_precision`).
         compile: capture the meta-update of ``task_batching`` vmap (inner loop, query loss
             and its backward) with `torch.compile` (mode ``reduce-overhead``, CUDA graphs, on
             CUDA); a model or a torch that cannot be compiled falls back to eager mode with
@@ -302,9 +305,9 @@ class TrainConfig:
         if self.task_batching not in ("auto", "loop", "vmap"):
             raise bad(f"unknown task_batching {self.task_batching!r}", "task_batching",
                       "use 'auto', 'loop' or 'vmap'")
-        if self.precision not in ("fp32", "bf16"):
+        if self.precision not in ("fp32", "bf16", "auto"):
             raise bad(f"unknown precision {self.precision!r}", "precision",
-                      "use 'fp32' or 'bf16' (--precision fp32|bf16)")
+                      "use 'fp32', 'bf16' or 'auto' (--precision fp32|bf16|auto)")
         if self.schedule not in ("cosine", "constant"):
             raise bad(f"unknown schedule {self.schedule!r}", "schedule",
                       "use 'cosine' or 'constant'")

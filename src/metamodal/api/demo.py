@@ -153,7 +153,8 @@ def demo(
                            track_length=settings.track_length)
     base = TrainConfig(data=str(Path(data)), steps=settings.steps, seed=settings.seed,
                        dim=settings.dim, val_every=max(1, settings.steps // 6), val_episodes=200,
-                       checkpoint_every=max(1, settings.steps // 6))
+                       checkpoint_every=max(1, settings.steps // 6),
+                       precision=settings.precision)
     result = DemoResult()
 
     def trained(name: str, config: TrainConfig) -> Path:

@@ -605,6 +605,9 @@ class DemoSettings:
         am3_steps: meta-training episodes of the AM3 head, backbone frozen (default
             min(steps, 500)).
         mapping: run the cross-modal part (alignment, retrieval, zero-shot, AM3, imputation).
+        precision: the precision of every training step (`metamodal.config.TrainConfig`):
+            ``auto`` trains the encoders and the fusion in bfloat16 where the hardware
+            computes it natively (a CPU with AMX or AVX512-BF16), ``fp32`` or ``bf16``.
     """
 
     classes: int = 100
@@ -625,6 +628,7 @@ class DemoSettings:
     align_weight: float = 0.5
     am3_steps: int | None = None
     mapping: bool = flag(True, name="--no-mapping")
+    precision: str = "auto"
 
 
 QUICK_DEMO = {"classes": 40, "per_class": 20, "steps": 60, "baseline_steps": 60,

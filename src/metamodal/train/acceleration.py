@@ -13,7 +13,8 @@ is computed beyond rounding:
   rule is fixed: chunks of at most `CPU_CHUNK` tasks (on a CPU ``task_batching = "auto"``
   runs the loop, measured faster there; see ``benchmarks/meta_learners.py``). A positive
   ``vmap_chunk`` is used as given.
-- ``precision = "bf16"``: `backbone_precision` runs the backbone's forward pass under
+- ``precision = "bf16"`` (or ``"auto"`` on hardware that computes bfloat16 natively:
+  `resolve_precision`): `backbone_precision` runs the backbone's forward pass under
   `torch.autocast` in bfloat16 and hands float embeddings of the parameters' dtype on, so the
   output layer, the losses, the inner-loop updates and the meta-gradient stay in float32.
 - ``compile = true``: `MetaLossCompiler` captures the vmapped meta-loss
@@ -44,8 +45,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-PRECISIONS = ("fp32", "bf16")
-"""The choices of ``precision``."""
+PRECISIONS = ("fp32", "bf16", "auto")
+"""The choices of ``precision`` (``auto``: `resolve_precision`)."""
 CPU_CHUNK = 8
 """Tasks per vmap chunk on the CPU when ``vmap_chunk = 0``."""
 PROBE_TASKS = 2
@@ -162,10 +163,43 @@ def check_precision(precision: str, device: torch.device) -> None:
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}", column="precision",
-                          fix="use 'fp32' or 'bf16' (--precision fp32|bf16)")
+                          fix="use 'fp32', 'bf16' or 'auto' (--precision fp32|bf16|auto)")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"{torch.cuda.get_device_name(device)} does not compute in bfloat16",
                           column="precision", fix="use --precision fp32")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 matrix products and convolutions in hardware: a
+    CUDA GPU from NVIDIA's Ampere on, or a CPU with AMX tiles or AVX512-BF16 (on which oneDNN's
+    bfloat16 convolutions run about twice as fast as float32's; elsewhere they are emulated,
+    and slower)."""
+    if device.type == "cuda":
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch before 2.3 has no emulation to leave out
+            return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(getattr(torch.cpu, probe, lambda: False)()
+                   for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision training steps run in on ``device``: ``precision`` itself, or for
+    ``"auto"`` ``"bf16"`` where `native_bf16` and ``"fp32"`` elsewhere. Raises `ConfigError`
+    like `check_precision`.
+
+    Example:
+        >>> resolve_precision("fp32", torch.device("cpu"))
+        'fp32'
+        >>> resolve_precision("auto", torch.device("meta"))
+        'fp32'
+    """
+    check_precision(precision, device)
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def _as_dtype(embeddings: Embeddings, dtype: torch.dtype) -> Embeddings:

@@ -46,7 +46,7 @@ from metamodal.train.acceleration import (
     ChunkPlan,
     MetaLossCompiler,
     backbone_precision,
-    check_precision,
+    resolve_precision,
 )
 from metamodal.train.alignment import (
     ALIGNMENT_FILE,
@@ -261,7 +261,9 @@ class Trainer:
         self._data = data
         job.check_data(data, cfg.data)
         device = job.device_for(resolve_device(cfg.device))
-        check_precision(cfg.precision, device)
+        self._precision = resolve_precision(cfg.precision, device)
+        if cfg.precision == "auto":
+            log.info("precision auto: training steps in %s on %s", self._precision, device)
         augmentation = augmentation_for(cfg.augment, data.preprocessor)
         train_store, train_classes = augmentation.expand_classes(data.store, data.split.train)
         model, classifier = self._build(data, len(train_classes), device,
@@ -368,7 +370,7 @@ class Trainer:
                 started = time.perf_counter()
                 model.learner.on_step(progress.step, cfg.steps)
                 optimizer.zero_grad(set_to_none=True)
-                with backbone_precision(model.backbone, cfg.precision, device):
+                with backbone_precision(model.backbone, self._precision, device):
                     loss, acc = self.job.step(step_loss, progress.step, params)
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -342,6 +342,44 @@ def test_support_embeddings_are_reused_only_without_randomness(dropout: float,
     assert len(calls) == expected
 
 
+@pytest.mark.parametrize("fusion", ["mean", "late"])
+@pytest.mark.parametrize("everyone", [True, False])
+def test_one_evaluation_step_embeds_without_a_graph_what_the_inner_loop_embeds(
+        fusion: str, everyone: bool) -> None:
+    """One plain SGD step from the zero output layer leaves the backbone's weights as they are,
+    so evaluation embeds the support and the query with the backbone itself, each in its own
+    pass (BatchNorm on each one's statistics, as in the inner loop) and without a graph: the
+    same logits as updating every weight and embedding with the updated ones (float64, a
+    conv4 image encoder with BatchNorm beside a tabular one, with absent modalities)."""
+    def image_model() -> FewShotModel:
+        torch.manual_seed(0)
+        return FewShotModel.build(
+            kinds={"a": "image", "b": "tabular"},
+            input_info={"a": {"channels": 1, "height": 8, "width": 8}, "b": {"features": 2}},
+            dim=4, fusion=fusion, learner="maml", encoder_options={"a": {"hidden": 3}},
+            learner_options={"inner_steps": 2, "eval_steps": 1, "eval_lr": 0.5},
+        ).double().eval()
+
+    tabular = multimodal_episode(4, everyone)
+    g = torch.Generator().manual_seed(4)
+
+    def with_images(batch: dict[str, ModalityBatch]) -> dict[str, ModalityBatch]:
+        values = torch.randn(len(batch["a"].present), 1, 8, 8, generator=g, dtype=torch.float64)
+        return {"a": ModalityBatch(values, batch["a"].present), "b": batch["b"]}
+
+    task = make_episode(with_images(tabular.support), tabular.support_labels,
+                        with_images(tabular.query), tabular.query_labels)
+    fast, slow = image_model(), recomputing(image_model())
+    recorded: list[bool] = []
+    fast.backbone.encoders["a"].register_forward_hook(
+        lambda module, args, out: recorded.append(out.requires_grad))
+    with torch.no_grad():
+        logits = [model.episode_logits(task) for model in (fast, slow)]
+    assert recorded == [False, False]  # support and query, each once, no graph
+    assert max_difference(logits[0:1], logits[1:2]) < 1e-12
+    assert float(logits[0].std()) > 0  # the output layer did adapt
+
+
 def test_masked_cross_entropy_without_a_mask_is_the_all_kept_one() -> None:
     logits = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])

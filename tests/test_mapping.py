@@ -3,6 +3,7 @@ descriptions, zero-shot, AM3 and imputation."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from metamodal.mapping import (
     fit_description_map,
     info_nce,
     read_descriptions,
+    regression_loss,
     require_descriptions,
     retrieval_ranks,
     ridge_map,
@@ -145,6 +147,67 @@ def test_regression_objective_and_maps_predict_the_other_modality() -> None:
         Aligner(["a", "b"], dim=4, objective="regression", direction="a")
     with pytest.raises(ConfigError, match="not aligned"):
         Aligner(["a", "b"], dim=4, objective="regression", direction="a->c")
+
+
+def per_pair_alignment_loss(aligner: Aligner, parts: dict, present: dict,
+                            labels: torch.Tensor) -> torch.Tensor:
+    """`Aligner.loss` written out pair by pair, on each pair's samples having both
+    modalities: `info_nce` of every pair, then every map's `regression_loss`."""
+    objective, used = torch.zeros((), dtype=torch.float64), 0
+    for a, b in aligner.pairs():
+        rows = (present[a] & present[b]).nonzero().squeeze(1)
+        if len(rows) >= 2:
+            same = labels[rows] if aligner.positives == "class" else None
+            objective = objective + info_nce(parts[a][rows], parts[b][rows],
+                                             aligner.log_scale, same)
+            used += 1
+    maps, count = torch.zeros((), dtype=torch.float64), 0
+    for a, b in itertools.permutations(aligner.modalities, 2):
+        rows = (present[a] & present[b]).nonzero().squeeze(1)
+        if len(rows) >= 1:
+            prediction = aligner.maps[f"{a}->{b}"](parts[a][rows].detach())
+            maps = maps + regression_loss(prediction, parts[b][rows].detach(),
+                                          aligner.regression_kind)
+            count += 1
+    return objective / max(used, 1) + maps / max(count, 1)
+
+
+@pytest.mark.parametrize("positives", ["instance", "class"])
+@pytest.mark.parametrize("regression", ["mse", "cosine"])
+def test_the_batched_alignment_loss_is_the_per_pair_loss(positives: str,
+                                                         regression: str) -> None:
+    """Every pair and map at once computes the per-pair loss and its gradients (float64), with
+    modalities missing from some samples: one pair has a single sample with both (no
+    negative: left out) and one map none."""
+    torch.manual_seed(0)
+    names = ["a", "b", "c", "d"]
+    aligner = Aligner(names, dim=6, positives=positives, regression_loss=regression,
+                      learn_temperature=True).double()
+    for layer in aligner.maps.values():  # maps away from the identity they start at
+        torch.nn.init.normal_(layer.net[2].weight, std=0.3)
+    batch = 9
+    parts = {m: torch.randn(batch, 6, dtype=torch.float64, requires_grad=True) for m in names}
+    present = {m: torch.rand(batch) < 0.8 for m in names}
+    present["c"] = torch.zeros(batch, dtype=torch.bool)
+    present["c"][[0, 1, 2]] = True
+    present["d"] = torch.zeros(batch, dtype=torch.bool)
+    present["d"][[3, 4]] = True
+    present["a"][[0, 3]] = True
+    present["a"][4] = False
+    labels = torch.tensor([0, 1, 0, 2, 1, 2, 0, 1, 2])
+    results = []
+    for loss in (aligner.loss, lambda *args: per_pair_alignment_loss(aligner, *args)):
+        aligner.zero_grad()
+        value = loss(parts, present, labels)
+        weights = [parts[m] for m in names] + list(aligner.parameters())
+        results.append((value, torch.autograd.grad(value, weights, allow_unused=True)))
+    (batched, batched_grads), (reference, reference_grads) = results
+    assert abs(float((batched - reference).detach())) < 1e-12
+    for got, want in zip(batched_grads, reference_grads, strict=True):
+        if want is None:
+            assert got is None or float(got.abs().max()) == 0.0
+        else:
+            assert torch.allclose(got, want, atol=1e-12, rtol=0)
 
 
 def test_aligner_rejects_bad_settings() -> None:

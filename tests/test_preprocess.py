@@ -335,3 +335,30 @@ def test_bad_media_and_values_name_file_row_column(
     else:
         assert error.file == str(root / "samples.csv")
     assert error.fix
+
+
+def test_a_loader_fitted_on_the_same_files_is_fitted_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second preprocessor fitting the same modality on the same files with the same options
+    takes the first one's fitted state (and decodes the same); other classes, other options or
+    a changed file are fitted again."""
+    ds = load_dataset(real_dataset(tmp_path))
+    photo_loader = type(create_loader(ds.schema.modalities["photo"]))
+    fitted: list[int] = []
+    fit = photo_loader.fit
+    monkeypatch.setattr(photo_loader, "fit",
+                        lambda self, cells, context: (fitted.append(1), fit(self, cells, context)))
+    first = Preprocessor(ds.schema, modalities=["photo"]).fit(ds, ["cat", "dog"])
+    second = Preprocessor(ds.schema, modalities=["caption", "photo"]).fit(ds, ["cat", "dog"])
+    assert len(fitted) == 1
+    assert second.state_dict()["loaders"]["photo"] == first.state_dict()["loaders"]["photo"]
+    assert torch.equal(first.transform(ds).modalities["photo"].values,
+                       second.transform(ds).modalities["photo"].values)
+    Preprocessor(ds.schema, modalities=["photo"]).fit(ds, ["cat"])
+    Preprocessor(ds.schema, modalities=["photo"], overrides={"photo": {"size": 4}}).fit(
+        ds, ["cat", "dog"])
+    assert len(fitted) == 3
+    stat = (tmp_path / "a.png").stat()
+    os.utime(tmp_path / "a.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    Preprocessor(ds.schema, modalities=["photo"]).fit(ds, ["cat", "dog"])
+    assert len(fitted) == 4

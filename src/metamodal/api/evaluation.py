@@ -191,7 +191,7 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
         try:
             return _evaluate(s, job if job.active else None)
         finally:
-            release_memory()  # the run's model and embeddings, for what the caller does next
+            release_memory(collect=False)  # the run's model and embeddings, for what follows
 
 
 def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:

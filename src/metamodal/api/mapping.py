@@ -69,7 +69,7 @@ def retrieve(
     report = evaluate_retrieval(loaded.model, prepared.store, classes, split.train,
                                 s.query_modality, s.target_modality, baselines=baselines,
                                 shared=shared, seed=s.seed, device=s.device)
-    release_memory()  # what the retrieval freed, for what the caller does next
+    release_memory(collect=False)  # what the retrieval freed, for what the caller does next
     write_json(s.json, report)
     return report
 
@@ -110,7 +110,7 @@ def zero_shot(run: str | Path | None = None, settings: ZeroShotSettings | None =
                                 shots=tuple(s.shots), queries=s.queries,
                                 episodes=s.episodes_count, seed=s.seed, am3_steps=s.am3_steps,
                                 device=s.device)
-    release_memory()  # AM3's training, for what the caller does next
+    release_memory(collect=False)  # AM3's training, for what the caller does next
     write_json(s.json, report)
     return report
 

@@ -19,13 +19,20 @@ and reused by later calls. ``KEY`` is a SHA-256 over
 
 A store is written atomically (temporary file in the same directory, then ``os.replace``),
 never when decoding collected problems, and an unreadable cache file is decoded again.
+
+Fitting is remembered within a process: a loader fitted on the same cells of the same files
+(the same key, over its options instead of the fitted state and over the meta-train samples)
+as one fitted before is rebuilt from that one's state instead of reading the files again
+(``_FITTED``, the last `FIT_MEMORY` of them), as when several runs train on one dataset.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +60,9 @@ from metamodal.version import __version__
 __all__ = ["Preprocessor", "build_loader", "create_loader"]
 
 _STATE_FORMAT = 1
+FIT_MEMORY = 32
+"""Fitted loader states this process remembers (`Preprocessor.fit`)."""
+_FITTED: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
 
 class Preprocessor:
@@ -154,8 +164,17 @@ class Preprocessor:
                 fix="fit on the meta-train classes of this dataset",
             )
         train = dataset.subset([i for i, label in enumerate(dataset.labels) if label in wanted])
-        for name, loader in self.loaders.items():
+        for name, loader in list(self.loaders.items()):
+            key = _fit_key(loader, self.specs[name], train, name)
+            known = _FITTED.get(key)
+            if known is not None:
+                _FITTED.move_to_end(key)
+                self.loaders[name] = type(loader).from_state(copy.deepcopy(known))
+                continue
             loader.fit(train.cells(name), train.context(name))
+            _FITTED[key] = copy.deepcopy(loader.state_dict())
+            while len(_FITTED) > FIT_MEMORY:
+                _FITTED.popitem(last=False)
         self.fitted_ = True
         return self
 
@@ -301,6 +320,26 @@ class Preprocessor:
                 fix="rebuild it with Preprocessor.state_dict() (re-train the run)",
             ) from None
         return preprocessor
+
+
+def _fit_key(loader: ModalityLoader, spec: ModalitySpec, train: MultimodalDataset,
+             name: str) -> str:
+    """The key of fitting ``loader`` (not yet fitted) on modality ``name`` of ``train``: its
+    class and options, the modality's spec, the root, the cells it reads and, for media, each
+    file's size and modification time (as the decoded store's key, module docstring)."""
+    digest = hashlib.sha256()
+    cells = train.cells(name)
+    for value in ({"version": __version__,
+                   "loader": f"{type(loader).__module__}.{type(loader).__qualname__}",
+                   "options": loader.state_dict(), "spec": spec.to_dict(),
+                   "root": str(train.root.resolve())},
+                  cells,
+                  [_fingerprint(train.root, cell) for cell in cells]
+                  if modality_kind(spec.kind).media else None):
+        digest.update(json.dumps(value, sort_keys=True, separators=(",", ":"),
+                                 default=repr).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def _fingerprint(root: Path, cell: Cell) -> list[int] | None:

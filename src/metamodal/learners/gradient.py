@@ -335,11 +335,24 @@ class GradientLearner(Learner):
         with torch.enable_grad(), task_batch_norm(backbone):
             start = self._start(backbone, ways)
             adapts_backbone = any(not n.startswith("head.") for n in start)
+            # one plain SGD step from the zero output layer leaves the backbone as it is (its
+            # gradient is zero): outside meta-training the support and the query are then
+            # embedded by the backbone itself, each in its own pass as the inner loop does,
+            # without recording a graph through it
+            unchanged = (adapts_backbone and not meta and steps == 1 and self._plain_sgd()
+                         and not stochastic(backbone) and not self.under_task_vmap)
+            if unchanged:
+                start = {n: p for n, p in start.items() if n.startswith("head.")}
+                adapts_backbone = False
             slots = parameter_slots(backbone) if adapts_backbone else None
             if adapts_backbone:
                 support_loss = self._loss_fn(backbone, support, support_labels, slots)
             else:  # only the output layer adapts: embed once
-                s_emb, q_emb = embed_pair(backbone, support, query)
+                if unchanged:
+                    with torch.no_grad():
+                        s_emb, q_emb = backbone(support), backbone(query)
+                else:
+                    s_emb, q_emb = embed_pair(backbone, support, query)
                 if not meta:
                     s_emb, q_emb = s_emb.detach(), q_emb.detach()
                 keep = None if _everyone(support) else s_emb.present.any(1)

@@ -9,11 +9,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metamodal.errors import ConfigError
-from metamodal.mapping.contrastive import info_nce, margin_alignment_loss
-from metamodal.mapping.regression import REGRESSION_LOSSES, RegressionMap, regression_loss
+from metamodal.mapping.contrastive import MAX_LOGIT_SCALE, margin_alignment_loss
+from metamodal.mapping.regression import (
+    REGRESSION_LOSSES,
+    RegressionMap,
+    regression_loss,
+    stacked_maps,
+)
+from metamodal.ops import l2_normalize
 
 OBJECTIVES = ("infonce", "margin", "regression")
 POSITIVES = ("instance", "class")
@@ -152,38 +159,73 @@ class Aligner(nn.Module):
         if self.positives == "class" and labels is None:
             raise ConfigError("class-level positives need the samples' labels",
                               column="align_positives", fix="pass labels= to Aligner.loss")
-        reference = next(iter(parts.values()))
-        objective = reference.new_zeros(())
+        if self.objective == "infonce":
+            return self._info_nce(parts, present, labels) + self._maps_loss(parts, present)
+        objective = next(iter(parts.values())).new_zeros(())
         used = 0
         for a, b in self.pairs():
             rows = (present[a] & present[b]).nonzero().squeeze(1)
             if len(rows) < 2:
                 continue
             xa, xb = parts[a][rows], parts[b][rows]
-            if self.objective == "infonce":
-                same = labels[rows] if self.positives == "class" and labels is not None else None
-                objective = objective + info_nce(xa, xb, self.log_scale, same)
-            elif self.objective == "margin":
+            if self.objective == "margin":
                 objective = objective + margin_alignment_loss(xa, xb, margin=self.margin)
             else:
                 prediction = self.maps[f"{a}->{b}"](xa)
                 objective = objective + regression_loss(prediction, xb.detach(),
                                                         self.regression_kind)
             used += 1
-        total = objective / max(used, 1)
-        maps = reference.new_zeros(())
-        count = 0
-        for a, b in itertools.permutations(self.modalities, 2):
-            if self.objective == "regression" and (a, b) == self.direction:
-                continue  # trained with the encoder above
-            rows = (present[a] & present[b]).nonzero().squeeze(1)
-            if len(rows) < 1:
-                continue
-            prediction = self.maps[f"{a}->{b}"](parts[a][rows].detach())
-            maps = maps + regression_loss(prediction, parts[b][rows].detach(),
-                                          self.regression_kind)
-            count += 1
-        return total + maps / max(count, 1)
+        return objective / max(used, 1) + self._maps_loss(parts, present)
+
+    def _info_nce(self, parts: Mapping[str, Tensor], present: Mapping[str, Tensor],
+                  labels: Tensor | None) -> Tensor:
+        """`info_nce` averaged over the modality pairs with at least two samples having
+        both, every pair at once: each pair's ``[B, B]`` similarities in one ``[P, B, B]``
+        batch, the samples lacking either modality masked out of its rows and columns."""
+        pairs = self.pairs()
+        normed = {m: l2_normalize(parts[m]) for m in {m for pair in pairs for m in pair}}
+        first = torch.stack([normed[a] for a, _ in pairs])  # [P, B, D]
+        second = torch.stack([normed[b] for _, b in pairs])
+        keep = torch.stack([present[a] & present[b] for a, b in pairs])  # [P, B]
+        counts = keep.sum(1)
+        scale = self.log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+        logits = scale * first @ second.transpose(1, 2)  # [P, B, B]
+        valid = keep.unsqueeze(2) & keep.unsqueeze(1)
+        same = (labels.unsqueeze(1) == labels.unsqueeze(0)
+                if self.positives == "class" and labels is not None
+                else torch.eye(keep.shape[1], dtype=torch.bool, device=keep.device))
+        positive = valid & same
+        total = logits.new_zeros(len(pairs))
+        for side, mask, wanted in ((logits, valid, positive),
+                                   (logits.transpose(1, 2), valid.transpose(1, 2),
+                                    positive.transpose(1, 2))):
+            rows = (side.masked_fill(~mask, -math.inf).logsumexp(2)
+                    - side.masked_fill(~wanted, -math.inf).logsumexp(2))
+            total = total + torch.where(keep, rows, 0.0).sum(1) / counts.clamp_min(1)
+        used = counts >= 2
+        return torch.where(used, 0.5 * total, 0.0).sum() / used.sum().clamp_min(1)
+
+    def _maps_loss(self, parts: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+        """The regression maps' loss on detached embeddings, averaged over the ordered pairs
+        with a sample having both (the one the regression objective trains with the encoder
+        left out): every map at once, their weights stacked into batched products."""
+        ordered = [(a, b) for a, b in itertools.permutations(self.modalities, 2)
+                   if not (self.objective == "regression" and (a, b) == self.direction)]
+        if not ordered:
+            return next(iter(parts.values())).new_zeros(())
+        maps = [self.maps[f"{a}->{b}"] for a, b in ordered]
+        source = torch.stack([parts[a].detach() for a, _ in ordered])  # [Q, B, D]
+        target = torch.stack([parts[b].detach() for _, b in ordered])
+        keep = torch.stack([present[a] & present[b] for a, b in ordered])  # [Q, B]
+        prediction = stacked_maps(maps, source)
+        if self.regression_kind == "mse":
+            errors = (prediction - target).pow(2).mean(-1)  # [Q, B]
+        else:
+            errors = 1 - F.cosine_similarity(prediction, target, dim=-1)
+        counts = keep.sum(1)
+        per_map = torch.where(keep, errors, 0.0).sum(1) / counts.clamp_min(1)
+        used = counts >= 1
+        return torch.where(used, per_map, 0.0).sum() / used.sum().clamp_min(1)
 
     def map(self, source: str, target: str, x: Tensor) -> Tensor:
         """``f_{source->target}(x)``: ``[N, dim]`` embeddings of ``source`` mapped into the

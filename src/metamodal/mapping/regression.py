@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -67,3 +70,26 @@ class RegressionMap(nn.Module):
         """``f(x)`` ``[N, D_out]`` from ``x`` ``[N, D_in]``."""
         out = self.net(x)
         return x + out if self.residual else out
+
+
+def stacked_maps(maps: Sequence[RegressionMap], x: Tensor) -> Tensor:
+    """``maps[q](x[q])`` for every ``q`` at once: ``x`` ``[Q, N, D_in]`` -> ``[Q, N, D_out]``,
+    each map's weights stacked into batched matrix products (maps of the same widths).
+
+    Example:
+        >>> import torch
+        >>> maps = [RegressionMap(4), RegressionMap(4)]
+        >>> x = torch.randn(2, 3, 4)
+        >>> bool(torch.allclose(stacked_maps(maps, x)[1], maps[1](x[1])))
+        True
+    """
+    first = [m.net[0] for m in maps]
+    second = [m.net[2] for m in maps]
+    hidden = F.gelu(torch.baddbmm(torch.stack([layer.bias for layer in first]).unsqueeze(1), x,
+                                  torch.stack([layer.weight for layer in first]).transpose(1, 2)))
+    out = torch.baddbmm(torch.stack([layer.bias for layer in second]).unsqueeze(1), hidden,
+                        torch.stack([layer.weight for layer in second]).transpose(1, 2))
+    residual = {m.residual for m in maps}
+    if len(residual) != 1:
+        raise ValueError("stacked_maps needs maps of the same widths")
+    return x + out if residual.pop() else out

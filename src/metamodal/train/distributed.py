@@ -175,7 +175,13 @@ def seed_task(seed: int, number: int) -> None:
         True
     """
     words = np.random.SeedSequence([seed, number, 0x7A5C]).generate_state(2, dtype=np.uint32)
-    torch.manual_seed(int(words[0]) << 31 | int(words[1]) >> 1)
+    value = int(words[0]) << 31 | int(words[1]) >> 1
+    # torch.manual_seed would also queue a seeding of every accelerator not yet initialised,
+    # with a formatted stack trace each time (milliseconds per task); an accelerator a task
+    # draws from is initialised by then (the model is on it)
+    torch.default_generator.manual_seed(value)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(value)
 
 
 @cache

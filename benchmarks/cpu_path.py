@@ -14,10 +14,16 @@ computation it replaced, on the embedded dataset at the demo's sizes (five modal
     encoder outputs the ProtoNet loss already computed (`FewShotModel.loss_and_parts`);
 (3) the fine-tune baseline's evaluation (a linear head fitted on each episode's support
     features, 100 Adam steps): one episode after the other (before) against up to 100
-    episodes fitted together (`FineTune.logits_many`).
+    episodes fitted together (`FineTune.logits_many`);
+(4) a training step in float32 against the encoders and fusion under bfloat16 autocast
+    (``precision = "bf16"``, what ``auto`` picks on a CPU with AMX or AVX512-BF16), for the
+    demo's fused model and for ``resnet12`` at the Omniglot recipe's shape (20-way 1-shot
+    5-query episodes of 28 x 28 images).
 
 Before anything is timed, each pair is checked to compute the same thing in float64: the same
-loss and gradients (1, 2), the same logits (3). Times are medians of interleaved readings
+loss and gradients (1, 2), the same logits (3). bfloat16 (4) rounds to 8 bits of mantissa: its
+gradient is checked against float64 to lie within `BF16_TOLERANCE` (relative, all weights as
+one vector), beside float32's error. Times are medians of interleaved readings
 after warm-up; take them with nothing else running on the machine. Run::
 
     python benchmarks/cpu_path.py [--steps 20] [--episodes 600] [--threads 2]
@@ -47,8 +53,15 @@ from metamodal.learners.embeddings import Embeddings
 from metamodal.mapping.aligner import Aligner
 from metamodal.model import FewShotModel
 from metamodal.runs.prepared import PreparedData, prepare_data
+from metamodal.train.acceleration import backbone_precision
 
 CPU = torch.device("cpu")
+BF16_TOLERANCE = 0.5
+"""The largest relative error of a bfloat16 training step's gradient (all weights as one
+vector) against float64 that the precision check accepts: bfloat16 keeps 8 bits of mantissa,
+and through a freshly initialised network a step's rounding adds up to several percent of the
+gradient (about a quarter for ``resnet12``, printed below), while a side that computed
+something else (a layer left out, a wrong cast) errs by about 100%."""
 
 
 class AlwaysMasked(MaskedBatchNorm):
@@ -178,6 +191,59 @@ def float32_errors(data: PreparedData, episodes: list[Episode]) -> tuple[float, 
     return errors[0], errors[1]
 
 
+def precision_step(model: FewShotModel, episode: Episode, precision: str) -> Tensor:
+    """One training step (forward, backward) of ``model`` on ``episode`` in ``precision``."""
+    with backbone_precision(model.backbone, precision, CPU):
+        loss = model.loss(episode)[0]
+    loss.backward()
+    return loss
+
+
+def precision_errors(build: Callable[[torch.dtype], FewShotModel], episode: Episode
+                     ) -> tuple[float, float]:
+    """The relative error of one training step's gradient (every weight's, as one vector) in
+    float32 and under bfloat16 autocast, against the same step in float64; raises past
+    `BF16_TOLERANCE`."""
+    def grads(model: FewShotModel) -> list[Tensor]:
+        return [p.grad.double() for p in model.parameters() if p.grad is not None]
+
+    reference = build(torch.float64)
+    precision_step(reference, as_dtype(episode, torch.float64), "fp32")
+    want = torch.cat([g.flatten() for g in grads(reference)])
+    errors = []
+    for precision in ("fp32", "bf16"):
+        model = build(torch.float32)
+        precision_step(model, as_dtype(episode, torch.float32), precision)
+        got = torch.cat([g.flatten() for g in grads(model)])
+        errors.append(float((got - want).norm() / want.norm()))
+    if errors[1] > BF16_TOLERANCE:
+        raise SystemExit(f"bf16: the gradients err by {errors[1]:.1e} against float64")
+    return errors[0], errors[1]
+
+
+def time_precisions(build: Callable[[torch.dtype], FewShotModel], episodes: list[Episode],
+                    warmup: int, steps: int) -> tuple[float, float]:
+    """Median seconds of one float32 training step and of one under bfloat16 autocast."""
+    model = build(torch.float32)
+
+    def side(precision: str) -> Callable[[int], object]:
+        def run(i: int) -> object:
+            model.zero_grad(set_to_none=True)
+            return precision_step(model, episodes[i % len(episodes)], precision)
+        return run
+
+    return median_pair(side("fp32"), side("bf16"), warmup, steps, CPU)
+
+
+def resnet12_model(data: PreparedData, dtype: torch.dtype) -> FewShotModel:
+    """The Omniglot recipe's model: ``resnet12`` on the images alone, ProtoNet, 64-d."""
+    torch.manual_seed(0)
+    return FewShotModel.build(kinds=data.preprocessor.kinds(),
+                              input_info=data.preprocessor.input_info(), dim=64,
+                              encoders={"image": "resnet12"}, fusion="mean",
+                              learner="protonet").to(dtype).train()
+
+
 def time_steps(data: PreparedData, episodes: list[Episode], kind: str, warmup: int,
                steps: int) -> tuple[float, float]:
     """Median seconds of one training step (forward, backward) of each side in float32."""
@@ -253,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         root = make_synthetic(Path(tmp) / "data", classes=args.classes, per_class=20, seed=0,
                               image_size=16, track_length=32)
         data = prepare_data(root, seed=0, cache=False)
+        root = make_synthetic(Path(tmp) / "images", classes=args.classes, per_class=20, seed=0,
+                              image_size=28, track_length=32)
+        images = prepare_data(root, seed=0, cache=False, modalities=["image"])
     sampler = EpisodeSampler(data.store, data.split.train + data.split.val + data.split.test,
                              5, 1, 15, seed=0)
     episodes = [sampler[i] for i in range(args.warmup + args.steps)]
@@ -294,6 +363,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                 [["5-way 1-shot, 100 Adam steps", "one by one", "100 episodes at once",
                   f"{slow:.2f}", f"{fast:.2f}", f"{slow / fast:.2f}x", f"{difference:.1e}"]],
                 text_columns=3)
+    ways = min(20, args.classes)  # the recipe's 20 ways, fewer for a smaller dataset
+    many_way = EpisodeSampler(images.store, images.split.train + images.split.val
+                              + images.split.test, ways, 1, 5, seed=0)
+    cases = {"fused": (lambda dtype: fused_model(data, dtype), episodes),
+             "resnet12": (lambda dtype: resnet12_model(images, dtype),
+                          [many_way[i] for i in range(args.warmup + args.steps)])}
+    rows = []
+    for name, title in (("fused", "the demo's fused ProtoNet, 5-way 1-shot 15-query"),
+                        ("resnet12", f"resnet12, {ways}-way 1-shot 5-query, 28 x 28 images")):
+        build, steps_of = cases[name]
+        fp32_error, bf16_error = precision_errors(build, steps_of[0])
+        slow, fast = time_precisions(build, steps_of, args.warmup, args.steps)
+        rows.append([title, f"{1e3 * slow:,.1f}", f"{1e3 * fast:,.1f}", f"{slow / fast:.2f}x",
+                     f"{fp32_error:.1e}", f"{bf16_error:.1e}"])
+    print_table(f"Training steps by precision, ms (median of {args.steps} after {args.warmup} "
+                "warm-up; check: the gradient's relative error against float64)",
+                ["step", "fp32 ms", "bf16 ms", "speed-up", "fp32 error", "bf16 error"],
+                rows, text_columns=1)
     print("metamodal: every check passed")
 
 

@@ -134,6 +134,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
                                               "encoders": {"image": "resnet12"},
                                               "augment": {"rotate_classes": True,
                                                           "image": AFFINE}},
+    "images-20way-rot-affine-resnet12-8000-bf16": {
+        "modalities": ["image"], "ways": 20, "queries": 5, **WIDE_VAL, "val_every": 1000,
+        "encoders": {"image": "resnet12"}, "precision": "bf16",
+        "augment": {"rotate_classes": True, "image": AFFINE}},
+    "images-20way-rot-affine-resnet12-5500-bf16": {
+        "modalities": ["image"], "ways": 20, "queries": 5, **WIDE_VAL, "val_every": 1000,
+        "encoders": {"image": "resnet12"}, "precision": "bf16",
+        "augment": {"rotate_classes": True, "image": AFFINE}},
     "images-20way-rot-affine-5000": {"modalities": ["image"], "ways": 20, "queries": 5,
                                      **WIDE_VAL, "val_every": 1000,
                                      "augment": {"rotate_classes": True, "image": AFFINE}},
@@ -161,6 +169,8 @@ STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000,
          "images-20way-rot-affine-resnet12": 2000, "images-20way-rot-affine-5000": 5000,
          "images-20way-rot-affine-resnet12-4000": 4000,
          "images-20way-rot-affine-resnet12-8000": 8000,
+         "images-20way-rot-affine-resnet12-8000-bf16": 8000,
+         "images-20way-rot-affine-resnet12-5500-bf16": 5500,
          "images+strokes-20way-rot-affine-unimodal-resnet12-4000": 4000}
 """Steps of a configuration when not the default (``--steps``; ``--max-steps`` caps both)."""
 

@@ -120,6 +120,6 @@ def test_getting_started_shows_the_readmes_demo_output() -> None:
         return found.group(1)
 
     readme = demo_output(README)
-    assert "protonet+gated               87.99 ± 0.80  0.867          600" in readme
+    assert "protonet+gated               87.88 ± 0.81  0.867          600" in readme
     assert demo_output(DOCS / "getting-started.md") == readme
 

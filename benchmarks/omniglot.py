@@ -78,7 +78,7 @@ TRAJECTORY = {"strokes": "trajectory"}
 TRAJECTORY_OPTIONS = {"strokes": {"pen": 3}}
 
 WIDE_VAL = {"val_ways": 17, "val_queries": 5}
-"""20-way training validates within Tagalog's 17 characters."""
+"""20- and 60-way training validate within Tagalog's 17 characters."""
 BASE: dict[str, Any] = {"learner": "protonet", "ways": 5, "shots": 1, "queries": 15,
                         "val_every": 500, "val_episodes": 200, "checkpoint_every": 500}
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -142,6 +142,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "modalities": ["image"], "ways": 20, "queries": 5, **WIDE_VAL, "val_every": 1000,
         "encoders": {"image": "resnet12"}, "precision": "bf16",
         "augment": {"rotate_classes": True, "image": AFFINE}},
+    "images-60way-rot-affine-resnet12-6000-bf16": {
+        "modalities": ["image"], "ways": 60, "queries": 3, **WIDE_VAL, "val_every": 1000,
+        "encoders": {"image": "resnet12"}, "precision": "bf16",
+        "augment": {"rotate_classes": True, "image": AFFINE}},
+    "images-60way-rot-affine-resnet12-3000-bf16": {
+        "modalities": ["image"], "ways": 60, "queries": 3, **WIDE_VAL, "val_every": 500,
+        "encoders": {"image": "resnet12"}, "precision": "bf16",
+        "augment": {"rotate_classes": True, "image": AFFINE}},
     "images-20way-rot-affine-5000": {"modalities": ["image"], "ways": 20, "queries": 5,
                                      **WIDE_VAL, "val_every": 1000,
                                      "augment": {"rotate_classes": True, "image": AFFINE}},
@@ -171,6 +179,8 @@ STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000,
          "images-20way-rot-affine-resnet12-8000": 8000,
          "images-20way-rot-affine-resnet12-8000-bf16": 8000,
          "images-20way-rot-affine-resnet12-5500-bf16": 5500,
+         "images-60way-rot-affine-resnet12-6000-bf16": 6000,
+         "images-60way-rot-affine-resnet12-3000-bf16": 3000,
          "images+strokes-20way-rot-affine-unimodal-resnet12-4000": 4000}
 """Steps of a configuration when not the default (``--steps``; ``--max-steps`` caps both)."""
 

@@ -17,7 +17,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("name", ["omniglot.toml", "omniglot-fast.toml", "omniglot-fused.toml"])
+@pytest.mark.parametrize("name", ["omniglot.toml", "omniglot-fused.toml"])
 def test_omniglot_config_trains_on_an_omniglot_import(tmp_path: Path, name: str) -> None:
     write_archives(tmp_path / "src", "small1", {"Alpha": 4, "Beta": 4, "Gamma": 4}, drawers=4)
     data = import_omniglot(tmp_path / "src", tmp_path / "omniglot", image_size=14,
@@ -29,12 +29,6 @@ def test_omniglot_config_trains_on_an_omniglot_import(tmp_path: Path, name: str)
     saved = tomllib.loads((run / "config.toml").read_text())["train"]
     assert saved["augment"] == load_config(CONFIGS / name).augment
     assert (saved["tta"], saved["transduction"]) == (16, 10)
-
-
-def test_the_fast_omniglot_config_is_the_recipe_with_fewer_steps() -> None:
-    fast = load_config(CONFIGS / "omniglot-fast.toml")
-    recipe = load_config(CONFIGS / "omniglot.toml")
-    assert fast.steps < recipe.steps and fast.updated({"steps": recipe.steps}) == recipe
 
 
 def test_a_config_files_out_of_range_value_names_the_file(tmp_path: Path) -> None:

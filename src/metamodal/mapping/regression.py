@@ -83,13 +83,13 @@ def stacked_maps(maps: Sequence[RegressionMap], x: Tensor) -> Tensor:
         >>> bool(torch.allclose(stacked_maps(maps, x)[1], maps[1](x[1])))
         True
     """
+    residual = {m.residual for m in maps}
+    if len(residual) != 1:
+        raise ValueError("stacked_maps needs maps of the same widths")
     first = [m.net[0] for m in maps]
     second = [m.net[2] for m in maps]
     hidden = F.gelu(torch.baddbmm(torch.stack([layer.bias for layer in first]).unsqueeze(1), x,
                                   torch.stack([layer.weight for layer in first]).transpose(1, 2)))
     out = torch.baddbmm(torch.stack([layer.bias for layer in second]).unsqueeze(1), hidden,
                         torch.stack([layer.weight for layer in second]).transpose(1, 2))
-    residual = {m.residual for m in maps}
-    if len(residual) != 1:
-        raise ValueError("stacked_maps needs maps of the same widths")
     return x + out if residual.pop() else out

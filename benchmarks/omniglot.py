@@ -79,6 +79,11 @@ TRAJECTORY_OPTIONS = {"strokes": {"pen": 3}}
 
 WIDE_VAL = {"val_ways": 17, "val_queries": 5}
 """20- and 60-way training validate within Tagalog's 17 characters."""
+RESNET12_BF16: dict[str, Any] = {"modalities": ["image"], **WIDE_VAL,
+                                 "encoders": {"image": "resnet12"}, "precision": "bf16",
+                                 "augment": {"rotate_classes": True, "image": AFFINE}}
+"""ResNet-12 on the images in bfloat16 with rotated classes and affine maps: the runs of
+``configs/omniglot.toml``'s precision and ways, which name their ways, queries and steps."""
 BASE: dict[str, Any] = {"learner": "protonet", "ways": 5, "shots": 1, "queries": 15,
                         "val_every": 500, "val_episodes": 200, "checkpoint_every": 500}
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -134,22 +139,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
                                               "encoders": {"image": "resnet12"},
                                               "augment": {"rotate_classes": True,
                                                           "image": AFFINE}},
-    "images-20way-rot-affine-resnet12-8000-bf16": {
-        "modalities": ["image"], "ways": 20, "queries": 5, **WIDE_VAL, "val_every": 1000,
-        "encoders": {"image": "resnet12"}, "precision": "bf16",
-        "augment": {"rotate_classes": True, "image": AFFINE}},
-    "images-20way-rot-affine-resnet12-5500-bf16": {
-        "modalities": ["image"], "ways": 20, "queries": 5, **WIDE_VAL, "val_every": 1000,
-        "encoders": {"image": "resnet12"}, "precision": "bf16",
-        "augment": {"rotate_classes": True, "image": AFFINE}},
-    "images-60way-rot-affine-resnet12-6000-bf16": {
-        "modalities": ["image"], "ways": 60, "queries": 3, **WIDE_VAL, "val_every": 1000,
-        "encoders": {"image": "resnet12"}, "precision": "bf16",
-        "augment": {"rotate_classes": True, "image": AFFINE}},
-    "images-60way-rot-affine-resnet12-3000-bf16": {
-        "modalities": ["image"], "ways": 60, "queries": 3, **WIDE_VAL, "val_every": 500,
-        "encoders": {"image": "resnet12"}, "precision": "bf16",
-        "augment": {"rotate_classes": True, "image": AFFINE}},
+    "images-20way-rot-affine-resnet12-8000-bf16": {**RESNET12_BF16, "ways": 20, "queries": 5,
+                                                   "val_every": 1000},
+    "images-20way-rot-affine-resnet12-5500-bf16": {**RESNET12_BF16, "ways": 20, "queries": 5,
+                                                   "val_every": 1000},
+    "images-60way-rot-affine-resnet12-6000-bf16": {**RESNET12_BF16, "ways": 60, "queries": 3,
+                                                   "val_every": 1000},
+    "images-60way-rot-affine-resnet12-3000-bf16": {**RESNET12_BF16, "ways": 60, "queries": 3,
+                                                   "val_every": 500},
     "images-20way-rot-affine-5000": {"modalities": ["image"], "ways": 20, "queries": 5,
                                      **WIDE_VAL, "val_every": 1000,
                                      "augment": {"rotate_classes": True, "image": AFFINE}},

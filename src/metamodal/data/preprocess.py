@@ -165,13 +165,14 @@ class Preprocessor:
             )
         train = dataset.subset([i for i, label in enumerate(dataset.labels) if label in wanted])
         for name, loader in list(self.loaders.items()):
-            key = _fit_key(loader, self.specs[name], train, name)
+            cells = train.cells(name)
+            key = _fit_key(loader, self.specs[name], train.root, cells)
             known = _FITTED.get(key)
             if known is not None:
                 _FITTED.move_to_end(key)
                 self.loaders[name] = type(loader).from_state(copy.deepcopy(known))
                 continue
-            loader.fit(train.cells(name), train.context(name))
+            loader.fit(cells, train.context(name))
             _FITTED[key] = copy.deepcopy(loader.state_dict())
             while len(_FITTED) > FIT_MEMORY:
                 _FITTED.popitem(last=False)
@@ -322,19 +323,18 @@ class Preprocessor:
         return preprocessor
 
 
-def _fit_key(loader: ModalityLoader, spec: ModalitySpec, train: MultimodalDataset,
-             name: str) -> str:
-    """The key of fitting ``loader`` (not yet fitted) on modality ``name`` of ``train``: its
-    class and options, the modality's spec, the root, the cells it reads and, for media, each
+def _fit_key(loader: ModalityLoader, spec: ModalitySpec, root: Path,
+             cells: Sequence[Cell]) -> str:
+    """The key of fitting ``loader`` (not yet fitted) on ``cells`` of a dataset at ``root``:
+    its class and options, the modality's spec, the root, the cells and, for media, each
     file's size and modification time (as the decoded store's key, module docstring)."""
     digest = hashlib.sha256()
-    cells = train.cells(name)
     for value in ({"version": __version__,
                    "loader": f"{type(loader).__module__}.{type(loader).__qualname__}",
                    "options": loader.state_dict(), "spec": spec.to_dict(),
-                   "root": str(train.root.resolve())},
+                   "root": str(root.resolve())},
                   cells,
-                  [_fingerprint(train.root, cell) for cell in cells]
+                  [_fingerprint(root, cell) for cell in cells]
                   if modality_kind(spec.kind).media else None):
         digest.update(json.dumps(value, sort_keys=True, separators=(",", ":"),
                                  default=repr).encode())

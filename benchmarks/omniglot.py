@@ -10,7 +10,8 @@ trained with `metamodal.train.trainer.Trainer` and measured on:
   with the modalities it was trained on, and for fused models also with each modality alone;
 - **20-way within-alphabet one-shot** on the test alphabet, Lake et al. (2015)-style runs (20
   characters of one alphabet, one drawer's drawing as support, another's as query), images
-  only, reported as the error over all query items with a 95% interval over runs;
+  only (strokes for a run on strokes alone), reported as the error over all query items with
+  a 95% interval over runs;
 - the same within the validation alphabet (17 ways: Tagalog has 17 characters), which chooses
   the test-time settings; and a proxy of Lake's official runs spread over **every** held-out
   test alphabet (20 runs within each, ``metamodal episodes --within '*'``);
@@ -63,10 +64,14 @@ TEST_TIME = {"plain": {"tta": 0, "transduction": 0}, "tta": {"tta": 8, "transduc
              "tta16+transduction10": {"tta": 16, "transduction": 10},
              "confidence4": {"tta": 0, "transduction": 0, "fusion_confidence": 4},
              "tta16+transduction10+confidence4": {"tta": 16, "transduction": 10,
-                                                  "fusion_confidence": 4}}
+                                                  "fusion_confidence": 4},
+             "reliability1": {"tta": 0, "transduction": 0, "fusion_reliability": 1},
+             "tta16+transduction10+reliability1": {"tta": 16, "transduction": 10,
+                                                   "fusion_reliability": 1}}
 """Test-time settings of ``--test-time`` (8 or 16 augmented copies, 1 or 10 soft k-means
-steps, confidence weighting 4 of late fusion; 16 and 10 are `configs/omniglot.toml`'s, and 4
-was chosen, like them, within the validation alphabet)."""
+steps, confidence weighting 4 and reliability weighting 1 of late fusion; 16 and 10 are
+`configs/omniglot.toml`'s, and 4 and 1 were chosen, like them, within the validation
+alphabet)."""
 WITHIN_RUNS = 20
 """Runs within each held-out test alphabet in the all-alphabet proxy."""
 STROKES = {"coords": [0, 1], "follow": "image", "frame": [0, 0, 105, -105], "discrete": [3]}
@@ -77,6 +82,8 @@ AFFINE = {"rotate": 10, "shift": 0.1, "scale": 0.15, "shear": 10}
 TRAJECTORY = {"strokes": "trajectory"}
 TRAJECTORY_OPTIONS = {"strokes": {"pen": 3}}
 
+REORDER = {"pen": 3, "shuffle_strokes": 0.5, "reverse_strokes": 0.5}
+"""Strokes redrawn in a random order (half the drawings) and direction (half the strokes)."""
 WIDE_VAL = {"val_ways": 17, "val_queries": 5}
 """20- and 60-way training validate within Tagalog's 17 characters."""
 RESNET12_BF16: dict[str, Any] = {"modalities": ["image"], **WIDE_VAL,
@@ -147,6 +154,36 @@ CONFIGS: dict[str, dict[str, Any]] = {
                                                    "val_every": 1000},
     "images-60way-rot-affine-resnet12-3000-bf16": {**RESNET12_BF16, "ways": 60, "queries": 3,
                                                    "val_every": 500},
+    "strokes-60way-rot-affine-3000-bf16": {
+        "modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
+        "encoders": TRAJECTORY, "encoder_options": TRAJECTORY_OPTIONS,
+        "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE}}},
+    "strokes-60way-rot-affine-reorder-3000-bf16": {
+        "modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
+        "encoders": TRAJECTORY, "encoder_options": TRAJECTORY_OPTIONS,
+        "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE, **REORDER}}},
+    "strokes-60way-rot-affine-reorder-all-3000-bf16": {
+        "modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
+        "encoders": TRAJECTORY, "encoder_options": TRAJECTORY_OPTIONS,
+        "augment": {"rotate_classes": True,
+                    "strokes": {**OWN_FRAME, **AFFINE, **REORDER, "shuffle_strokes": 1.0}}},
+    "strokes-60way-rot-affine-reorder-128ch-3000-bf16": {
+        "modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
+        "encoders": TRAJECTORY, "encoder_options": {"strokes": {"pen": 3, "channels": 128}},
+        "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE, **REORDER}}},
+    "strokes-60way-rot-affine-reorder-128pt-3000-bf16": {
+        "modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
+        "encoders": TRAJECTORY, "encoder_options": {"strokes": {"pen": 3, "points": 128}},
+        "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE, **REORDER}}},
+    "strokes-60way-rot-affine-reorder-256pt-3000-bf16": {
+        "modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
+        "encoders": TRAJECTORY, "encoder_options": {"strokes": {"pen": 3, "points": 256}},
+        "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE, **REORDER}}},
+    "strokes-60way-rot-affine-reorder-128pt-128ch-3000-bf16": {
+        "modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
+        "encoders": TRAJECTORY,
+        "encoder_options": {"strokes": {"pen": 3, "points": 128, "channels": 128}},
+        "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE, **REORDER}}},
     "images-20way-rot-affine-5000": {"modalities": ["image"], "ways": 20, "queries": 5,
                                      **WIDE_VAL, "val_every": 1000,
                                      "augment": {"rotate_classes": True, "image": AFFINE}},
@@ -164,6 +201,17 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "fusion_options": {"unimodal_loss": 1.0},
         "encoders": {**TRAJECTORY, "image": "resnet12"}, "encoder_options": TRAJECTORY_OPTIONS,
         "augment": {"rotate_classes": True, "image": AFFINE, "strokes": STROKES}},
+    "images+strokes-60way-rot-affine-reorder-unimodal-resnet12-3000-bf16": {
+        "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16", "fusion": "late",
+        "fusion_options": {"unimodal_loss": 1.0},
+        "encoders": {**TRAJECTORY, "image": "resnet12"}, "encoder_options": TRAJECTORY_OPTIONS,
+        "augment": {"rotate_classes": True, "image": AFFINE, "strokes": {**STROKES, **REORDER}}},
+    "images+strokes-60way-rot-affine-reorder-256pt-unimodal-resnet12-3000-bf16": {
+        "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16", "fusion": "late",
+        "fusion_options": {"unimodal_loss": 1.0},
+        "encoders": {**TRAJECTORY, "image": "resnet12"},
+        "encoder_options": {"strokes": {"pen": 3, "points": 256}},
+        "augment": {"rotate_classes": True, "image": AFFINE, "strokes": {**STROKES, **REORDER}}},
     "images+strokes-20way-rot-affine-align": {
         "ways": 20, "queries": 5, **WIDE_VAL, "encoders": TRAJECTORY,
         "encoder_options": TRAJECTORY_OPTIONS, "fusion": "late",
@@ -178,6 +226,15 @@ STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000,
          "images-20way-rot-affine-resnet12-5500-bf16": 5500,
          "images-60way-rot-affine-resnet12-6000-bf16": 6000,
          "images-60way-rot-affine-resnet12-3000-bf16": 3000,
+         "strokes-60way-rot-affine-3000-bf16": 3000,
+         "strokes-60way-rot-affine-reorder-3000-bf16": 3000,
+         "strokes-60way-rot-affine-reorder-all-3000-bf16": 3000,
+         "strokes-60way-rot-affine-reorder-128ch-3000-bf16": 3000,
+         "strokes-60way-rot-affine-reorder-128pt-3000-bf16": 3000,
+         "strokes-60way-rot-affine-reorder-256pt-3000-bf16": 3000,
+         "strokes-60way-rot-affine-reorder-128pt-128ch-3000-bf16": 3000,
+         "images+strokes-60way-rot-affine-reorder-unimodal-resnet12-3000-bf16": 3000,
+         "images+strokes-60way-rot-affine-reorder-256pt-unimodal-resnet12-3000-bf16": 3000,
          "images+strokes-20way-rot-affine-unimodal-resnet12-4000": 4000}
 """Steps of a configuration when not the default (``--steps``; ``--max-steps`` caps both)."""
 
@@ -230,19 +287,18 @@ def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
     if len(modalities) > 1 and full:
         row["test_5way_alone"] = {m: five_way(split.test, [m]) for m in modalities}
         row["val_5way_alone"] = {m: five_way(split.val, [m]) for m in modalities}
-    if "image" not in modalities:
-        return row
+    primary = ["image"] if "image" in modalities else modalities[:1]  # in the within runs
     alphabets = sorted({g for g in prepared.dataset.groups if g is not None
                         and any(c.startswith(g + "/") for c in split.test)})
     result, lake = _within(model, store, prepared, split.val, [VAL], runs, run_dir,
-                           "val-within", ["image"])
+                           "val-within", primary)
     row["val_within_error"] = _error(result.accuracies, lake)
     if TEST in alphabets and full:
         result, lake = _within(model, store, prepared, split.test, [TEST], runs, run_dir,
-                               "lake-20way", ["image"])
+                               "lake-20way", primary)
         row["test_20way_error"] = _error(result.accuracies, lake)
     result, lake = _within(model, store, prepared, split.test, alphabets,
-                           WITHIN_RUNS * len(alphabets), run_dir, "test-within-all", ["image"])
+                           WITHIN_RUNS * len(alphabets), run_dir, "test-within-all", primary)
     row["test_within_all_error"] = _error(result.accuracies, lake)
     row["test_within_by_alphabet"] = {  # run k lies within alphabet k % len(alphabets)
         a: _error(result.accuracies[i::len(alphabets)], lake[i::len(alphabets)])
@@ -332,7 +388,9 @@ def _test_time(row: dict[str, Any]) -> str:
     parts = [f"tta {setting['tta']}" if setting.get("tta") else "",
              f"transduction {setting['transduction']}" if setting.get("transduction") else "",
              f"confidence {setting['fusion_confidence']:g}"
-             if setting.get("fusion_confidence") else ""]
+             if setting.get("fusion_confidence") else "",
+             f"reliability {setting['fusion_reliability']:g}"
+             if setting.get("fusion_reliability") else ""]
     return ", ".join(p for p in parts if p) or "plain"
 
 

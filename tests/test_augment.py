@@ -61,6 +61,46 @@ def test_geometric_augmentation_moves_image_and_trajectory_together() -> None:
     assert error.max() < 0.75, error  # within a pixel, after bilinear resampling
 
 
+def _strokes_of(steps: torch.Tensor) -> list[list[float]]:
+    """The strokes of one drawing ``[T, 3]`` (x, step number, pen), each as its step numbers."""
+    strokes: list[list[float]] = []
+    for _x, number, pen in steps.tolist():
+        if pen > 0 or not strokes:
+            strokes.append([])
+        strokes[-1].append(number)
+    return strokes
+
+
+def test_reordered_strokes_are_the_same_strokes_in_another_order_and_direction() -> None:
+    drawings, lengths = [], []
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(64):  # random strokes; padding (-7) past each length
+        count = int(torch.randint(1, 6, (1,), generator=generator))
+        sizes = torch.randint(1, 5, (count,), generator=generator).tolist()
+        steps = [[float(s), float(len(lengths) * 100 + s), 0.0] for s in range(sum(sizes))]
+        at = 0
+        for size in sizes:
+            steps[at][2] = 1.0
+            at += size
+        lengths.append(len(steps))
+        drawings.append(steps + [[-7.0, -7.0, -7.0]] * (20 - len(steps)))
+    values = torch.tensor(drawings)
+    mb = ModalityBatch(values, torch.ones(len(values), dtype=torch.bool), torch.tensor(lengths))
+    aug = Augmentation({"strokes": {"pen": 2, "shuffle_strokes": 0.5, "reverse_strokes": 0.5}},
+                       {"strokes": "sequence"}, widths={"strokes": 3})
+    out = aug.batch({"strokes": mb}, step_generator(0, 1))["strokes"].values
+    reversed_seen = reordered_seen = False
+    for before, after, length in zip(values, out, lengths, strict=True):
+        assert torch.equal(after[length:], before[length:])  # padding untouched
+        old, new = _strokes_of(before[:length]), _strokes_of(after[:length])
+        assert sorted(sorted(s) for s in new) == sorted(sorted(s) for s in old)
+        for stroke in new:
+            assert stroke in old or stroke[::-1] in old  # whole strokes, maybe backwards
+            reversed_seen |= len(stroke) > 1 and stroke not in old
+        reordered_seen |= [min(s) for s in new] != sorted(min(s) for s in new)
+    assert reversed_seen and reordered_seen
+
+
 def test_class_rotations_turn_image_and_trajectory_alike() -> None:
     aug = Augmentation({**GEOMETRY, "rotate_classes": True}, PAIR_KINDS,
                        widths={"strokes": 3})
@@ -134,6 +174,11 @@ def test_audio_masks_stay_inside_the_valid_frames() -> None:
     ({"strokes": {"jitter": 0.1}}, "augment.strokes.coords", "coordinate columns"),
     ({"strokes": {"coords": [0, 7]}}, "augment.strokes.coords", "column"),
     ({"rotate_classes": "yes"}, "augment.rotate_classes", "true or false"),
+    ({"strokes": {"reverse_strokes": 0.5}}, "augment.strokes.pen", "where each stroke starts"),
+    ({"strokes": {"pen": 3, "shuffle_strokes": 1.5}}, "augment.strokes.shuffle_strokes",
+     "out of range"),
+    ({"strokes": {"pen": True}}, "augment.strokes.pen", "one column number"),
+    ({"caption": {"pen": 0}}, "augment.caption.pen", "text modality has no 'pen'"),
     ({"rotate_classes": True, "caption": {}}, "augment.rotate_classes", "cannot rotate the text"),
 ])
 def test_inapplicable_or_out_of_range_options_are_typed_errors(

@@ -87,7 +87,8 @@ def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None
     write_archives(tmp_path / "src", "small1",
                    {"Alpha": 5, "Beta": 5, "Tagalog": 5, "Sanskrit": 20}, drawers=16)
     args = [sys.executable, str(BENCHMARKS / "omniglot.py"), "--source", str(tmp_path / "src"),
-            "--out", str(tmp_path / "bench"), "--only", "images,fused-late-unimodal",
+            "--out", str(tmp_path / "bench"), "--only",
+            "images,fused-late-unimodal,strokes-trajectory",
             "--max-steps", "2", "--episodes", "5", "--runs", "2", "--threads", "1",
             "--test-time", "plain,transduction"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
@@ -96,7 +97,8 @@ def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None
     rows = [line for line in first.splitlines() if line.startswith("| ")]
     assert [r.split(" | ")[0] for r in rows[1:]] == [
         "| images", "| images [transduction]", "| fused-late-unimodal",
-        "| fused-late-unimodal [transduction]"]
+        "| fused-late-unimodal [transduction]", "| strokes-trajectory",
+        "| strokes-trajectory [transduction]"]
     results = [json.loads(line) for line in
                (tmp_path / "bench" / "results.jsonl").read_text().splitlines()]
     fused = results[2]
@@ -104,6 +106,7 @@ def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None
     assert 0 <= fused["test_20way_error"]["error"] <= 1
     assert results[3]["test_time"] == {"tta": 0, "transduction": 1}
     for row in results:  # Lake-style runs within the validation and every test alphabet
+        # (with strokes in the strokes-only run)
         assert 0 <= row["val_within_error"]["error"] <= 1
         assert list(row["test_within_by_alphabet"]) == ["Sanskrit"]
     cells = fused["within_modalities"]

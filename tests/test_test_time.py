@@ -1,4 +1,4 @@
-"""Test-time augmentation, confidence-weighted late fusion and transduction
+"""Test-time augmentation, confidence- and reliability-weighted late fusion and transduction
 (`metamodal.model.test_time`): the arithmetic, the config keys and flags, typed errors, and
 that training is left unchanged."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -125,11 +126,82 @@ def test_confidence_weighting_moves_each_querys_weight_off_an_uncertain_modality
     torch.testing.assert_close(one[0], logits[0, 1], rtol=0, atol=0)
 
 
+def test_reliability_weighting_mixes_each_class_by_each_modalitys_agreement() -> None:
+    """Per class c: weights ``softmax(mix + r * log A[:, c])`` over the modalities, ``A[m, c]``
+    the probability modality m gives c on the queries the fused posterior puts in c."""
+    fusion = LateFusion(modalities=["a", "b"], dim=4).double()
+    with torch.no_grad():
+        fusion.mix.copy_(torch.tensor([0.2, -0.2], dtype=torch.float64))
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 2, 3, generator=g, dtype=torch.float64) * 2  # [Q, M, W]
+    valid = torch.ones(6, 2, dtype=torch.bool)
+    valid[5, 1] = False  # the last query lacks b
+    learned = fusion.combine(logits, valid)
+    fusion.reliability = 1.5
+    assert torch.equal(fusion.combine(logits, valid), learned)  # training: the learned mix
+    fusion.eval()
+    got = fusion.combine(logits, valid)
+    expected = torch.empty(6, 3, dtype=torch.float64)
+    mix = fusion.mix.detach()
+    for q in range(6):
+        ms = [m for m in range(2) if valid[q, m]]
+        fused = (mix[ms].softmax(0).unsqueeze(-1) * logits[q, ms]).sum(0)
+        expected[q] = fused
+    posterior = expected.softmax(-1)  # the fused posterior of the learned mix
+    for q in range(6):
+        ms = [m for m in range(2) if valid[q, m]]
+        for c in range(3):
+            agreement = []
+            for m in ms:
+                has = valid[:, m]
+                p_m = logits[has, m].softmax(-1)[:, c]
+                agreement.append((posterior[has, c] * p_m).sum() / posterior[has, c].sum())
+            weights = (mix[ms] + 1.5 * torch.stack(agreement).log()).softmax(0)
+            expected[q, c] = (weights * logits[q, ms, c]).sum()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    assert fusion.last_weights.shape == (6, 2, 3)
+    torch.testing.assert_close(got[5], logits[5, 0], rtol=0, atol=0)  # one modality: alone
+    fusion.reliability = 0.0
+    torch.testing.assert_close(fusion.combine(logits, valid), learned, rtol=0, atol=0)
+
+
+def test_reliability_weighting_leans_on_the_modality_that_tells_each_class_apart() -> None:
+    """Modality a separates classes 0-1 and confuses 2 with 3, b the reverse: per class,
+    the weights follow the modality that knows it, where a fixed mix cannot."""
+    labels = torch.arange(4).repeat(5)  # 20 queries, 5 per class
+    g = torch.Generator().manual_seed(0)
+    sure = torch.nn.functional.one_hot(labels, 4).double() * 4
+
+    def confused(pair: list[int]) -> torch.Tensor:
+        out = sure.clone()
+        rows = (labels == pair[0]) | (labels == pair[1])
+        out[rows] = 0.0
+        out[rows.nonzero().squeeze(1).unsqueeze(1), torch.tensor(pair)] = 2.0
+        return out + 0.1 * torch.randn(out.shape, generator=g, dtype=torch.float64)
+
+    logits = torch.stack([confused([2, 3]), confused([0, 1])], 1)  # [20, 2, 4]
+    valid = torch.ones(20, 2, dtype=torch.bool)
+    fusion = LateFusion(modalities=["a", "b"], dim=4).double().eval()
+    plain = fusion.combine(logits, valid)
+    fusion.reliability = 2.0
+    weighted = fusion.combine(logits, valid)
+    assert (weighted.argmax(-1) == labels).all()
+    weights = fusion.last_weights[0]  # [M, W] for query 0
+    assert weights[0, 0] > 0.5 > weights[0, 2] and weights[1, 2] > 0.5 > weights[1, 0]
+
+    def margin(scores: torch.Tensor) -> torch.Tensor:  # true class over the best other
+        true = scores.gather(1, labels.unsqueeze(1)).squeeze(1)
+        return true - scores.scatter(1, labels.unsqueeze(1), -math.inf).amax(1)
+
+    assert (margin(weighted) > margin(plain) + 0.5).all()  # each class told apart further
+
+
 def test_test_time_settings_are_checked() -> None:
     for bad in ({"tta": -1}, {"tta": 65}, {"tta": True}, {"transduction": 21},
                 {"transduction": 1.5}, {"fusion_confidence": -0.5},
                 {"fusion_confidence": 101}, {"fusion_confidence": "high"},
-                {"fusion_confidence": True}):
+                {"fusion_confidence": True}, {"fusion_reliability": -1},
+                {"fusion_reliability": 101}, {"fusion_reliability": "some"}):
         key = next(iter(bad))
         with pytest.raises(ConfigError) as error:
             TestTime(**bad).check()
@@ -201,6 +273,12 @@ def test_eval_uses_the_runs_settings_and_flags_override_them(setup) -> None:
         plan = sampled_episodes(prepared.store, prepared.split.test, 4, 1, 3, 0, 5)
         logits[confidence] = torch.cat(episode_logits(run.model, prepared.store, plan))
     assert not torch.allclose(logits[0], logits[50])  # the weights moved
+    assert main(["eval", str(setup["plain"]), "--fusion-reliability", "1", "--episodes-count",
+                 "5", "--no-baseline", "--no-progress"]) == 0
+    run = load_run(setup["plain"], test_time={"fusion_reliability": 1})
+    assert run.model.backbone.fusion.reliability == 1
+    moved = torch.cat(episode_logits(run.model, prepared.store, plan))
+    assert not torch.allclose(moved, logits[0])  # the per-class weights moved them too
 
 
 def test_cli_flags_and_typed_errors(setup, capsys) -> None:
@@ -236,6 +314,9 @@ def test_tta_without_transforms_and_transduction_without_prototypes_are_refused(
     with pytest.raises(ConfigError) as error:  # an override the run cannot honour names it
         api.evaluate(gated, fusion_confidence=1, progress=False)
     assert error.value.column == "fusion_confidence"
+    with pytest.raises(ConfigError) as error:
+        api.evaluate(gated, fusion_reliability=1, progress=False)
+    assert error.value.column == "fusion_reliability" and "late" in error.value.fix
     assert str(error.value.file) == str(gated)
 
 

@@ -90,6 +90,8 @@ class FewShotClassifier(EstimatorParams):
             the run's ``transduction``).
         fusion_confidence: late fusion lowers the weight of a modality whose posterior is
             uncertain, query by query (default: the run's ``fusion_confidence``).
+        fusion_reliability: late fusion weighs each modality per class by its agreement with
+            the fused model on the queries of each `predict` call (default: the run's).
 
     Attributes (after ``fit``):
         run_: the loaded run (`metamodal.runs.directory.Run`: model, preprocessor, schema).
@@ -145,6 +147,7 @@ class FewShotClassifier(EstimatorParams):
         tta: int | None = None,
         transduction: int | None = None,
         fusion_confidence: float | None = None,
+        fusion_reliability: float | None = None,
     ) -> None:
         self.run = run
         self.device = device
@@ -153,6 +156,7 @@ class FewShotClassifier(EstimatorParams):
         self.tta = tta
         self.transduction = transduction
         self.fusion_confidence = fusion_confidence
+        self.fusion_reliability = fusion_reliability
 
     def __sklearn_tags__(self) -> Any:
         """scikit-learn's tags: a classifier that needs ``y`` and validates its own input
@@ -177,7 +181,8 @@ class FewShotClassifier(EstimatorParams):
             RunError: the run directory is missing or damaged.
         """
         key = (os.fspath(self.run) if isinstance(self.run, str | os.PathLike) else None,
-               self.device, self.tta, self.transduction, self.fusion_confidence)
+               self.device, self.tta, self.transduction, self.fusion_confidence,
+               self.fusion_reliability)
         if key[0] is None:
             raise ConfigError(f"run must be a run directory path, not {type(self.run).__name__}",
                               column="run", fix="FewShotClassifier('path/to/run')")
@@ -185,7 +190,8 @@ class FewShotClassifier(EstimatorParams):
         if cached is None or cached[0] != key:
             self._loaded = (key, load_run(key[0], device=self.device, test_time={
                 "tta": self.tta, "transduction": self.transduction,
-                "fusion_confidence": self.fusion_confidence}))
+                "fusion_confidence": self.fusion_confidence,
+                "fusion_reliability": self.fusion_reliability}))
         return self._loaded[1]
 
     def _used_modalities(self, run: Run) -> list[str]:

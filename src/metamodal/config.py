@@ -22,19 +22,22 @@ MAX_TTA = 64
 MAX_TRANSDUCTION = 20
 """The most soft k-means steps."""
 MAX_FUSION_CONFIDENCE = 100.0
-"""The largest confidence weight of late fusion (beyond it the weights are all-or-nothing)."""
+"""The largest confidence or reliability weight of late fusion (beyond it the weights are
+all-or-nothing)."""
 
 
 @dataclass(frozen=True)
 class TestTime:
-    """Test-time settings of a model (``tta``, ``transduction`` and ``fusion_confidence`` of
-    `TrainConfig`).
+    """Test-time settings of a model (``tta``, ``transduction``, ``fusion_confidence`` and
+    ``fusion_reliability`` of `TrainConfig`).
 
     Args:
         tta: augmented copies averaged into each sample's embedding (0 = off).
         transduction: soft k-means steps refining the prototypes with the queries (0 = off).
         fusion_confidence: how much late fusion moves each query's modality weights away from
             a modality whose posterior is uncertain (0 = off; `metamodal.fusion.late`).
+        fusion_reliability: how much late fusion weighs each modality per class by how well it
+            agrees on the queries the fused model gives that class (0 = off).
 
     Example:
         >>> TestTime(tta=4).check().tta
@@ -46,6 +49,7 @@ class TestTime:
     tta: int = 0
     transduction: int = 0
     fusion_confidence: float = 0.0
+    fusion_reliability: float = 0.0
 
     def check(self, *, source: str | None = None) -> TestTime:
         """Itself, when the counts are integers and the weight a number, each in range;
@@ -56,12 +60,13 @@ class TestTime:
                 raise ConfigError(f"{key} must be an integer in 0..{most}, got {value!r}",
                                   file=source, column=key,
                                   fix=f"set {key} = 0 (off) or a count up to {most}")
-        value = self.fusion_confidence
-        if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                0 <= value <= MAX_FUSION_CONFIDENCE):
-            raise ConfigError(f"fusion_confidence must be a number in 0..{MAX_FUSION_CONFIDENCE:g}"
-                              f", got {value!r}", file=source, column="fusion_confidence",
-                              fix="set fusion_confidence = 0 (off) or e.g. 4")
+        for key, example in (("fusion_confidence", 4), ("fusion_reliability", 1)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    0 <= value <= MAX_FUSION_CONFIDENCE):
+                raise ConfigError(f"{key} must be a number in 0..{MAX_FUSION_CONFIDENCE:g}, got "
+                                  f"{value!r}", file=source, column=key,
+                                  fix=f"set {key} = 0 (off) or e.g. {example}")
         return self
 
 
@@ -148,6 +153,10 @@ class TrainConfig:
             modality whose posterior over the classes is uncertain: weights ``softmax(mix -
             fusion_confidence * entropy)`` (0 = off, the learned mix alone; at most 100);
             see `metamodal.fusion.late.LateFusion`.
+        fusion_reliability: late fusion in evaluation weighs each modality per class by how
+            much it agrees, on the episode's queries the fused model assigns to that class,
+            that they belong there: weights ``softmax(mix + fusion_reliability * log
+            agreement)`` (0 = off; at most 100); see `metamodal.fusion.late.LateFusion`.
         world_size: the number of processes the run was trained with: set from ``torchrun``'s
             environment when training starts (1 without it) and recorded in the run's
             ``config.toml``; not a choice (`metamodal.train.distributed`).
@@ -219,6 +228,7 @@ class TrainConfig:
     tta: int = 0
     transduction: int = 0
     fusion_confidence: float = 0.0
+    fusion_reliability: float = 0.0
     world_size: int = 1
     dist_backend: str = "auto"
     dist_timeout: float = 600.0
@@ -335,10 +345,11 @@ class TrainConfig:
         self.test_time().check(source=source)
 
     def test_time(self) -> TestTime:
-        """The test-time settings (``tta``, ``transduction``, ``fusion_confidence``) as a
-        `TestTime`."""
+        """The test-time settings (``tta``, ``transduction``, ``fusion_confidence``,
+        ``fusion_reliability``) as a `TestTime`."""
         return TestTime(tta=self.tta, transduction=self.transduction,
-                        fusion_confidence=self.fusion_confidence)
+                        fusion_confidence=self.fusion_confidence,
+                        fusion_reliability=self.fusion_reliability)
 
     def _validate_tasks(self, bad: Callable[[str, str, str], ConfigError]) -> None:
         """The multi-task settings: weights match the tasks, a known weighting."""

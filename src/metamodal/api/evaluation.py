@@ -197,7 +197,8 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
 def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
     """`evaluate` with its settings resolved; ``shard``: this process's part of a job."""
     loaded = load_run(s.run, test_time={"tta": s.tta, "transduction": s.transduction,
-                                        "fusion_confidence": s.fusion_confidence})
+                                        "fusion_confidence": s.fusion_confidence,
+                                        "fusion_reliability": s.fusion_reliability})
     prepared = load_run_data(loaded, s.data)
     classes = prepared.classes(s.split)
     model = _model(loaded, s.learner)

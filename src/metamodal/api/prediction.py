@@ -54,7 +54,8 @@ def predict(run: str | Path | None = None, settings: PredictSettings | None = No
     s = resolve(PredictSettings, settings, {"run": run, **options}, verb="predict")
     classifier = FewShotClassifier(s.run, modalities=s.modalities, tta=s.tta,
                                    transduction=s.transduction,
-                                   fusion_confidence=s.fusion_confidence)
+                                   fusion_confidence=s.fusion_confidence,
+                                   fusion_reliability=s.fusion_reliability)
     support = classifier.load_samples(s.support, labelled=True)
     classifier.fit(support, support.labels)
     query = classifier.load_samples(s.query)

@@ -66,6 +66,9 @@ class EvalSettings(EpisodeShape):
             (default: the run's ``transduction``; 0 = off).
         fusion_confidence: late fusion lowers the weight of a modality whose posterior is
             uncertain, query by query (default: the run's ``fusion_confidence``; 0 = off).
+        fusion_reliability: late fusion weighs each modality per class by its agreement with
+            the fused model on the episode's queries (default: the run's
+            ``fusion_reliability``; 0 = off).
     """
 
     run: str = flag("", name="")
@@ -84,6 +87,7 @@ class EvalSettings(EpisodeShape):
     tta: int | None = flag(None, metavar="N")
     transduction: int | None = flag(None, metavar="STEPS")
     fusion_confidence: float | None = flag(None, metavar="WEIGHT")
+    fusion_reliability: float | None = flag(None, metavar="WEIGHT")
 
 
 @dataclass
@@ -117,6 +121,8 @@ class PredictSettings:
         tta: test-time augmentation copies per sample (default: the run's ``tta``).
         transduction: soft k-means steps over the queries (default: the run's).
         fusion_confidence: confidence weighting of late fusion (default: the run's).
+        fusion_reliability: per-class reliability weighting of late fusion (default: the
+            run's).
     """
 
     run: str = flag("", name="")
@@ -127,6 +133,7 @@ class PredictSettings:
     tta: int | None = flag(None, metavar="N")
     transduction: int | None = flag(None, metavar="STEPS")
     fusion_confidence: float | None = flag(None, metavar="WEIGHT")
+    fusion_reliability: float | None = flag(None, metavar="WEIGHT")
 
 
 @dataclass

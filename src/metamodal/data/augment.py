@@ -18,6 +18,9 @@ Configured by the ``augment`` table of a training config (``TrainConfig.augment`
     follow = "image"             # move them with the image's geometric transform...
     frame = [0, 0, 105, -105]    # ...where (x, y) = (left, top) and (right, bottom) of the image
     discrete = [3]               # columns copied by nearest step (flags), not interpolated
+    pen = 3                      # the column > 0 on each stroke's first step; with it:
+    reverse_strokes = 0.5        # draw each stroke backwards with this probability
+    shuffle_strokes = 0.5        # put a drawing's strokes in a random order (probability)
     time_warp = 0.2              # random monotone re-timing of up to 20% of the length
     jitter = 0.01                # Gaussian noise (std, fraction of the frame) on coords
 
@@ -118,6 +121,13 @@ def _columns(value: Any, key: str, width: int | None) -> tuple[int, ...]:
         raise _error(f"augment.{key} = {value!r} names a column the sequences lack", key,
                      f"use column numbers 0..{width - 1}")
     return tuple(value)
+
+
+def _column(value: Any, key: str, width: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _error(f"augment.{key} must be one column number, got {value!r}", key,
+                     "e.g. pen = 3")
+    return _columns([value], key, width)[0]
 
 
 class Augmentation:
@@ -225,7 +235,8 @@ class Augmentation:
                              "e.g. frame = [0, 0, 105, -105] for Omniglot strokes")
             frame = tuple(float(v) for v in frame)
         follow = extra.get("follow")
-        spec = ModalityAugment(kind, values, flip, coords, follow, frame, discrete)
+        pen = _column(extra["pen"], f"{name}.pen", width) if "pen" in extra else None
+        spec = ModalityAugment(kind, values, flip, coords, follow, frame, discrete, pen)
         kind_object.check_augment(name, spec)
         return spec
 

@@ -30,6 +30,15 @@ class LateFusion(Fusion):
     (an alphabet whose strokes it never learned to tell apart) spreads its posterior and
     steps back for that query, where the learned ``mix`` weights it the same everywhere.
 
+    ``reliability`` > 0 (from ``fusion_reliability``) weighs the modalities per class instead,
+    transductively: with ``P`` ``[Q, W]`` the fused posterior (learned mix, and confidence when
+    set) and ``P_m`` each modality's, modality ``m``'s agreement on class ``c`` is
+    ``A[m, c] = sum_q P[q, c] P_m[q, c] / sum_q P[q, c]``, the probability it gives ``c`` on
+    the queries the fused model puts there; class ``c``'s logits are then mixed with weights
+    ``softmax(scores + reliability * log A[:, c])`` over the modalities. A modality that tells
+    one class of the episode poorly from the others (strokes of two characters drawn alike)
+    steps back for that class only.
+
     Args:
         modalities: the modality names (the order of the M axis).
         dim: embedding size (also ``out_dim``).
@@ -39,7 +48,8 @@ class LateFusion(Fusion):
 
     Shapes:
         ``forward``: ``{name: [B, dim]}``, ``{name: bool [B]}`` -> ``[B, M, dim]``;
-        ``combine``: ``[Q, M, W]``, bool ``[Q, M]`` -> ``[Q, W]``.
+        ``combine``: ``[Q, M, W]``, bool ``[Q, M]`` -> ``[Q, W]``; ``last_weights`` ``[Q, M]``
+        (``[Q, M, W]`` with ``reliability``).
 
     Example:
         >>> fusion = LateFusion(modalities=["a", "b"], dim=4)
@@ -67,6 +77,7 @@ class LateFusion(Fusion):
             self.bias = nn.Parameter(torch.zeros(count, dim))
         self.last_weights: Tensor | None = None
         self.confidence = 0.0
+        self.reliability = 0.0
 
     def forward(self, embeddings: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
         """Per-modality embeddings ``[B, M, dim]`` in ``self.modalities`` order, absent zero."""
@@ -80,17 +91,29 @@ class LateFusion(Fusion):
         """Mix per-modality logits: ``[Q, M, W]`` with bool ``valid`` ``[Q, M]`` -> ``[Q, W]``.
 
         Each query's weights are a softmax of the learned ``mix`` scores over its valid
-        modalities (in evaluation minus ``confidence`` times each modality's entropy);
-        invalid modalities' logits are never read; a query with no valid modality gets zeros.
-        The weights are kept in ``last_weights`` ``[Q, M]`` (detached).
+        modalities (in evaluation minus ``confidence`` times each modality's entropy, and per
+        class plus ``reliability`` times the log of each modality's agreement: see the class
+        docstring); invalid modalities' logits are never read; a query with no valid modality
+        gets zeros. The weights are kept in ``last_weights`` (detached).
         """
         valid = valid.to(torch.bool)
         safe = torch.where(valid.unsqueeze(-1), logits, torch.zeros((), dtype=logits.dtype))
         scores = self.mix.to(logits.dtype).expand(valid.shape)
-        if self.confidence and not self.training:
-            log_p = safe.log_softmax(-1)
+        evaluating = not self.training
+        if evaluating and (self.confidence or self.reliability):
+            log_p = safe.log_softmax(-1)  # [Q, M, W]
+        if self.confidence and evaluating:
             entropy = -(log_p.exp() * log_p).sum(-1)  # [Q, M]
             scores = scores - self.confidence * entropy
-        weights = masked_softmax(scores, valid)
+        weights = masked_softmax(scores, valid)  # [Q, M]
+        if self.reliability and evaluating:
+            fused = (weights.unsqueeze(-1) * safe).sum(dim=1).softmax(-1)  # [Q, W]
+            mass = fused.unsqueeze(1) * valid.unsqueeze(-1).to(fused.dtype)  # [Q, M, W]
+            agreement = (mass * log_p.exp()).sum(0) / mass.sum(0).clamp_min(1e-12)  # [M, W]
+            tiny = torch.finfo(agreement.dtype).tiny
+            per_class = scores.unsqueeze(-1) + self.reliability * agreement.clamp_min(tiny).log()
+            weights = masked_softmax(per_class, valid.unsqueeze(-1), dim=1)  # [Q, M, W]
+            self.last_weights = weights.detach()
+            return (weights * safe).sum(dim=1)
         self.last_weights = weights.detach()
         return (weights.unsqueeze(-1) * safe).sum(dim=1)

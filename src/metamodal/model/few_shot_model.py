@@ -100,12 +100,12 @@ class FewShotModel(nn.Module):
         """Use ``test_time`` in evaluation mode (`metamodal.model.test_time`): ``tta``
         transformed copies of each sample, drawn by ``augmentation``, averaged into its
         embedding (`embed`); ``transduction`` soft k-means steps in the learner;
-        ``fusion_confidence`` in late fusion's mix.
+        ``fusion_confidence`` and ``fusion_reliability`` in late fusion's mix.
 
         Raises:
             ConfigError: settings out of range, ``tta`` without transforms, transduction
-                with a learner that has no prototypes, or ``fusion_confidence`` without late
-                fusion (the key named, and ``source``).
+                with a learner that has no prototypes, or ``fusion_confidence`` /
+                ``fusion_reliability`` without late fusion (the key named, and ``source``).
         """
         check_test_time(test_time, self.learner, augmentation, source=source,
                         fusion=self.backbone.fusion)
@@ -115,6 +115,7 @@ class FewShotModel(nn.Module):
             self.learner.transduction = test_time.transduction
         if hasattr(self.backbone.fusion, "confidence"):
             self.backbone.fusion.confidence = float(test_time.fusion_confidence)
+            self.backbone.fusion.reliability = float(test_time.fusion_reliability)
 
     def embed(self, batch: Mapping[str, Any]) -> Embeddings:
         """The backbone's embeddings of ``batch`` (see `Backbone.forward`); in evaluation

@@ -10,6 +10,9 @@ augmentation, confidence-weighted late fusion and transductive refinement of the
   reproducible.
 - **Confidence-weighted late fusion** (``fusion_confidence = c``): each query's modality
   weights become ``softmax(mix - c * entropy)`` (`metamodal.fusion.late.LateFusion`).
+- **Reliability-weighted late fusion** (``fusion_reliability = r``): each modality's weight
+  for a class becomes ``softmax(mix + r * log agreement)``, its agreement with the fused
+  model on the episode's queries of that class (`metamodal.fusion.late.LateFusion`).
 - **Transduction** (``transduction = T``): ``T`` steps of soft k-means over the episode's
   unlabelled queries refine each prototype (Ren et al. 2018, "Meta-Learning for
   Semi-Supervised Few-Shot Classification"); see `metamodal.learners.protonet.ProtoNet`.
@@ -48,9 +51,9 @@ def tta_augmentation(options: Mapping[str, Any] | None, preprocessor: Any) -> Au
 def apply_test_time(model: Any, config: TrainConfig, preprocessor: Any, *,
                     source: str | None = None) -> None:
     """Give ``model`` (a `metamodal.model.FewShotModel`) the test-time settings of a training
-    ``config`` (``tta``, ``transduction``, ``fusion_confidence``), its copies drawn by
-    `tta_augmentation` for data decoded by ``preprocessor``; `ConfigError` as
-    `check_test_time`, naming ``source``."""
+    ``config`` (``tta``, ``transduction``, ``fusion_confidence``, ``fusion_reliability``),
+    its copies drawn by `tta_augmentation` for data decoded by ``preprocessor``; `ConfigError`
+    as `check_test_time`, naming ``source``."""
     model.set_test_time(config.test_time(), tta_augmentation(config.augment, preprocessor)
                         if config.tta else None, source=source)
 
@@ -63,8 +66,8 @@ def check_test_time(test_time: TestTime, learner: Any, augmentation: Augmentatio
         ConfigError: ``tta`` without any per-modality transform in ``augmentation`` or with a
             learner that adapts the network per task (key ``tta``), ``transduction`` with
             a learner that has no prototypes to refine (key ``transduction``), or
-            ``fusion_confidence`` with a ``fusion`` other than late fusion (key
-            ``fusion_confidence``).
+            ``fusion_confidence`` or ``fusion_reliability`` with a ``fusion`` other than late
+            fusion (the key named).
     """
     test_time.check(source=source)
     if test_time.tta and (augmentation is None or not augmentation.modalities):
@@ -81,11 +84,12 @@ def check_test_time(test_time: TestTime, learner: Any, augmentation: Augmentatio
         raise ConfigError(f"learner {type(learner).__name__} has no prototypes to refine by "
                           "transduction", file=source, column="transduction",
                           fix="use learner = 'protonet', or set transduction = 0")
-    if test_time.fusion_confidence and not hasattr(fusion, "confidence"):
-        raise ConfigError(f"fusion_confidence weighs the per-modality posteriors of late "
-                          f"fusion, and this model fuses with {type(fusion).__name__}",
-                          file=source, column="fusion_confidence",
-                          fix="train with fusion = 'late', or set fusion_confidence = 0")
+    for key in ("fusion_confidence", "fusion_reliability"):
+        if getattr(test_time, key) and not getattr(fusion, "late", False):
+            raise ConfigError(f"{key} weighs the per-modality posteriors of late fusion, and "
+                              f"this model fuses with {type(fusion).__name__}",
+                              file=source, column=key,
+                              fix=f"train with fusion = 'late', or set {key} = 0")
 
 
 def averaged_embedding(embed: Any, batch: Mapping[str, Any], copies: int,

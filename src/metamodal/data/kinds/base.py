@@ -45,6 +45,7 @@ class ModalityAugment:
         follow: the image modality a trajectory moves with (sequence).
         frame: ``(left, top, right, bottom)`` of the image in the sequence's units.
         discrete: columns copied by nearest step when re-timing (sequence).
+        pen: the column flagging the first step of each stroke, > 0 there (sequence).
 
     Example:
         >>> ModalityAugment("image", {"rotate": 10.0}).geometric
@@ -58,6 +59,7 @@ class ModalityAugment:
     follow: str | None = None
     frame: tuple[float, float, float, float] | None = None
     discrete: tuple[int, ...] = ()
+    pen: int | None = None
 
     def get(self, name: str) -> float:
         """The value of numeric option ``name`` (0 = off)."""

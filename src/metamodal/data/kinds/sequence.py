@@ -69,6 +69,59 @@ def time_warp(mb: ModalityBatch, strength: float, discrete: Sequence[int],
     return ModalityBatch(torch.where(keep, warped, values), mb.present, lengths)
 
 
+def reorder_strokes(mb: ModalityBatch, pen: int, shuffle: float, reverse: float,
+                    generator: torch.Generator) -> ModalityBatch:
+    """Redraw each drawing with its strokes in another order and direction.
+
+    A stroke is the run of steps from one whose ``pen`` column is > 0 (and step 0) to the
+    next. With probability ``shuffle`` a drawing's strokes are put in a random order, and each
+    stroke is drawn backwards with probability ``reverse``: people draw the same character
+    with its strokes in different orders and directions, which says nothing of what it is.
+    Every column moves with its step except ``pen``, which keeps its values per position in
+    the stroke (the first step of each stroke in the new order stays flagged).
+
+    Args:
+        mb: sequences ``[B, T, D]`` with lengths ``[B]`` (steps past a length stay put).
+        pen: the stroke-start column.
+        shuffle: probability that a drawing's strokes are reordered.
+        reverse: probability that a stroke is reversed.
+        generator: the random source.
+
+    Example:
+        >>> steps = torch.tensor([[[0.0, 1], [1, 0], [2, 1], [3, 0], [4, 0]]])  # x, pen
+        >>> out = reorder_strokes(ModalityBatch(steps, torch.tensor([True]),
+        ...                                     torch.tensor([5])), 1, 0.0, 1.0,
+        ...                       torch.Generator().manual_seed(0))
+        >>> out.values[0].tolist()
+        [[1.0, 1.0], [0.0, 0.0], [4.0, 1.0], [3.0, 0.0], [2.0, 0.0]]
+    """
+    values, lengths = mb.values, mb.lengths
+    b, t, _ = values.shape
+    if lengths is None or t < 2:
+        return mb
+    valid = step_mask(mb)
+    index = torch.arange(t).expand(b, t)
+    starts = ((values[..., pen] > 0) | (index == 0)) & valid
+    stroke = starts.long().cumsum(1) - 1  # [B, T] stroke number of each step
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(1).values  # its start
+    length = torch.zeros(b, t, dtype=torch.long).scatter_add_(
+        1, stroke.clamp_min(0), valid.long())  # [B, strokes] steps per stroke
+    stroke_length = length.gather(1, stroke.clamp_min(0))
+    position = index - first  # within the stroke, 0-based
+    backwards = (torch.rand(b, t, generator=generator) < reverse).gather(1, stroke.clamp_min(0))
+    new_position = torch.where(backwards, stroke_length - 1 - position, position)
+    shuffled = torch.rand(b, 1, generator=generator) < shuffle
+    rank = torch.where(shuffled, torch.rand(b, t, generator=generator).argsort(1).argsort(1),
+                       index)  # [B, strokes] each stroke's place in the new order
+    key = rank.gather(1, stroke.clamp_min(0)) * t + new_position
+    key = torch.where(valid, key, t * t + index)
+    order = key.argsort(dim=1)  # [B, T]: the source step of each new step (keys distinct)
+    moved = values.gather(1, order.unsqueeze(-1).expand_as(values))
+    flag_source = first.gather(1, order) + new_position.gather(1, order)
+    moved[..., pen] = values[..., pen].gather(1, flag_source.clamp(0, t - 1))
+    return ModalityBatch(torch.where(valid.unsqueeze(-1), moved, values), mb.present, lengths)
+
+
 def coordinate_unit(spec: ModalityAugment, scale: tuple[Tensor, Tensor] | None
                     ) -> tuple[Tensor, Tensor]:
     """Stored units of the coords: ``(mean [2], std [2])`` of stored = (raw - mean) / std.
@@ -116,7 +169,8 @@ def move_points(mb: ModalityBatch, spec: ModalityAugment, matrix: Tensor,
 def augment_sequences(mb: ModalityBatch, spec: ModalityAugment, generator: torch.Generator,
                       matrix: Tensor | None, scale: tuple[Tensor, Tensor] | None
                       ) -> ModalityBatch:
-    """Move the coords by ``matrix`` (when given), then time warp and jitter them.
+    """Reorder and reverse the strokes (``shuffle_strokes`` / ``reverse_strokes``), move the
+    coords by ``matrix`` (when given), then time warp and jitter them.
 
     Example:
         >>> mb = ModalityBatch(torch.zeros(1, 3, 2), torch.tensor([True]), torch.tensor([3]))
@@ -125,6 +179,9 @@ def augment_sequences(mb: ModalityBatch, spec: ModalityAugment, generator: torch
         >>> bool(out.values.abs().sum() > 0)
         True
     """
+    if spec.pen is not None and (spec.get("shuffle_strokes") or spec.get("reverse_strokes")):
+        mb = reorder_strokes(mb, spec.pen, spec.get("shuffle_strokes"),
+                             spec.get("reverse_strokes"), generator)
     if matrix is not None:
         mb = move_points(mb, spec, matrix, scale)
     if spec.get("time_warp"):
@@ -145,7 +202,8 @@ def augment_sequences(mb: ModalityBatch, spec: ModalityAugment, generator: torch
 @register_kind
 class SequenceKind(ModalityKind):
     """Numeric sequences ``[T, D]`` from ``.npy`` / ``.csv`` files; trajectory geometry
-    (its own or following an image's), time warp and jitter as augmentation.
+    (its own or following an image's), stroke order and direction, time warp and jitter as
+    augmentation.
 
     Example:
         >>> SequenceKind().length_unit, "time_warp" in SequenceKind().augment_options
@@ -159,8 +217,9 @@ class SequenceKind(ModalityKind):
     length_unit = "steps"
     suffixes = SEQUENCE_SUFFIXES
     media_folder = "sequences"
-    augment_options = {**GEOMETRY_OPTIONS, "time_warp": (0, 0.9), "jitter": (0, 1)}
-    augment_choices = ("coords", "follow", "frame", "discrete")
+    augment_options = {**GEOMETRY_OPTIONS, "time_warp": (0, 0.9), "jitter": (0, 1),
+                       "shuffle_strokes": (0, 1), "reverse_strokes": (0, 1)}
+    augment_choices = ("coords", "follow", "frame", "discrete", "pen")
 
     def describe(self, cells: Sequence[Cell], batch: ModalityBatch,
                  context: DecodeContext) -> dict[str, Any]:
@@ -172,6 +231,10 @@ class SequenceKind(ModalityKind):
             raise augment_error(f"augment.{name}: a geometric transform or jitter of a "
                                 "sequence needs its coordinate columns", f"{name}.coords",
                                 "name them, e.g. coords = [0, 1]")
+        if spec.pen is None and (spec.get("shuffle_strokes") or spec.get("reverse_strokes")):
+            raise augment_error(f"augment.{name}: reordering or reversing strokes needs the "
+                                "column that marks where each stroke starts", f"{name}.pen",
+                                "name it, e.g. pen = 3 for Omniglot strokes")
 
     def augment_info(self, loader: ModalityLoader) -> dict[str, Any]:
         info: dict[str, Any] = {}

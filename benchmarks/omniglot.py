@@ -73,7 +73,7 @@ steps, confidence weighting 4 and reliability weighting 1 of late fusion; 16 and
 `configs/omniglot.toml`'s, and 4 and 1 were chosen, like them, within the validation
 alphabet)."""
 WITHIN_RUNS = 20
-"""Runs within each held-out test alphabet in the all-alphabet proxy."""
+"""Runs within each held-out test alphabet in the all-alphabet proxy (``--within-runs``)."""
 STROKES = {"coords": [0, 1], "follow": "image", "frame": [0, 0, 105, -105], "discrete": [3]}
 """Omniglot strokes are pixel coordinates of the 105 x 105 drawing, y pointing up."""
 OWN_FRAME = {k: v for k, v in STROKES.items() if k != "follow"}
@@ -262,10 +262,12 @@ def _error(accuracies: list[float], episodes: list[Any]) -> dict[str, float]:
 
 def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
          best_val: float | None, *, episodes: int, runs: int,
-         test_time: dict[str, float] | None = None) -> dict[str, Any]:
+         test_time: dict[str, float] | None = None,
+         within_runs: int = WITHIN_RUNS) -> dict[str, Any]:
     """Evaluate a trained run: 5-way 1-shot on val / test, Lake-style within-alphabet runs on
-    the validation alphabet, on Sanskrit and spread over every test alphabet (with test-time
-    settings, each modality alone at 5 ways and the 100 Sanskrit runs are left out)."""
+    the validation alphabet (``runs``), on Sanskrit and spread over every test alphabet
+    (``within_runs`` in each; with test-time settings, each modality alone at 5 ways and the
+    100 Sanskrit runs are left out)."""
     run = load_run(run_dir, test_time=test_time)
     prepared = load_run_data(run)
     split, store, model = prepared.split, prepared.store, run.model
@@ -298,7 +300,7 @@ def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
                                "lake-20way", primary)
         row["test_20way_error"] = _error(result.accuracies, lake)
     result, lake = _within(model, store, prepared, split.test, alphabets,
-                           WITHIN_RUNS * len(alphabets), run_dir, "test-within-all", primary)
+                           within_runs * len(alphabets), run_dir, "test-within-all", primary)
     row["test_within_all_error"] = _error(result.accuracies, lake)
     row["test_within_by_alphabet"] = {  # run k lies within alphabet k % len(alphabets)
         a: _error(result.accuracies[i::len(alphabets)], lake[i::len(alphabets)])
@@ -307,7 +309,7 @@ def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
         fused = {}
         for tag, stage, classes, groups in (("val", "val", split.val, [VAL]),
                                             ("test", "test", split.test, alphabets)):
-            count = runs if stage == "val" else WITHIN_RUNS * len(alphabets)
+            count = runs if stage == "val" else within_runs * len(alphabets)
             results = {}
             for only in (None, *([m] for m in modalities)):
                 key = "fused" if only is None else only[0]
@@ -333,7 +335,7 @@ def _minutes(row: dict[str, Any]) -> str:
     return f"{row['steps']} steps" + (f", {seconds / 60:.1f} min" if seconds else "")
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def print_table(rows: list[dict[str, Any]], within_runs: int = WITHIN_RUNS) -> None:
     """The tables of `docs/omniglot.md`: accuracy / error with 95% intervals, training time;
     then, for rows with within-alphabet runs on the validation alphabet, the Lake-style
     errors (validation, Sanskrit, every test alphabet) and, for fused models, both
@@ -353,8 +355,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     within = [row for row in rows if "val_within_error" in row]
     if not within:
         return
-    print("\nOne-shot within-alphabet error, images only (validation: 17-way within Tagalog; "
-          f"test: {WITHIN_RUNS} 20-way runs within each test alphabet)\n")
+    print("\nOne-shot within-alphabet error, images only, or strokes for a run on strokes "
+          "alone (validation: 17-way within Tagalog; "
+          f"test: {within_runs} 20-way runs within each test alphabet)\n")
     print("| configuration | test time | val within Tagalog | test, every test alphabet | "
           "by alphabet | test within Sanskrit (100 runs) |")
     print("|---|---|---|---|---|---|")
@@ -406,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="cap every configuration's steps (a smoke run)")
     parser.add_argument("--episodes", type=int, default=600, help="5-way test episodes")
     parser.add_argument("--runs", type=int, default=100, help="20-way within-alphabet runs")
+    parser.add_argument("--within-runs", type=int, default=WITHIN_RUNS,
+                        help=f"runs within each test alphabet (default {WITHIN_RUNS})")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--split", choices=sorted(SPLITS), default="sanskrit",
                         help="held-out test alphabets: sanskrit (one) or wide (three)")
@@ -462,11 +467,12 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir, seconds = result.run_dir, round(result.seconds, 1)
                 best_val = result.best_val_accuracy
             row = _row(label, config, run_dir, seconds, best_val, episodes=args.episodes,
-                       runs=args.runs, test_time=TEST_TIME[setting])
+                       runs=args.runs, test_time=TEST_TIME[setting],
+                       within_runs=args.within_runs)
             done[label] = row
             with results_file.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
-    print_table([done[n] for n in order if n in done])
+    print_table([done[n] for n in order if n in done], args.within_runs)
     return 0
 
 

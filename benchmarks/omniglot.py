@@ -91,6 +91,16 @@ RESNET12_BF16: dict[str, Any] = {"modalities": ["image"], **WIDE_VAL,
                                  "augment": {"rotate_classes": True, "image": AFFINE}}
 """ResNet-12 on the images in bfloat16 with rotated classes and affine maps: the runs of
 ``configs/omniglot.toml``'s precision and ways, which name their ways, queries and steps."""
+
+
+def _strokes_60way(encoder: dict[str, Any], redraw: dict[str, Any]) -> dict[str, Any]:
+    """Strokes alone at 60 ways, 3 queries, in bfloat16, with rotated classes and affine maps:
+    ``encoder`` options of `trajectory` beyond ``pen``, ``redraw`` options beyond the maps."""
+    return {"modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
+            "encoders": TRAJECTORY, "encoder_options": {"strokes": {"pen": 3, **encoder}},
+            "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE, **redraw}}}
+
+
 BASE: dict[str, Any] = {"learner": "protonet", "ways": 5, "shots": 1, "queries": 15,
                         "val_every": 500, "val_episodes": 200, "checkpoint_every": 500}
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -154,36 +164,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
                                                    "val_every": 1000},
     "images-60way-rot-affine-resnet12-3000-bf16": {**RESNET12_BF16, "ways": 60, "queries": 3,
                                                    "val_every": 500},
-    "strokes-60way-rot-affine-3000-bf16": {
-        "modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
-        "encoders": TRAJECTORY, "encoder_options": TRAJECTORY_OPTIONS,
-        "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE}}},
-    "strokes-60way-rot-affine-reorder-3000-bf16": {
-        "modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
-        "encoders": TRAJECTORY, "encoder_options": TRAJECTORY_OPTIONS,
-        "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE, **REORDER}}},
-    "strokes-60way-rot-affine-reorder-all-3000-bf16": {
-        "modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
-        "encoders": TRAJECTORY, "encoder_options": TRAJECTORY_OPTIONS,
-        "augment": {"rotate_classes": True,
-                    "strokes": {**OWN_FRAME, **AFFINE, **REORDER, "shuffle_strokes": 1.0}}},
-    "strokes-60way-rot-affine-reorder-128ch-3000-bf16": {
-        "modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
-        "encoders": TRAJECTORY, "encoder_options": {"strokes": {"pen": 3, "channels": 128}},
-        "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE, **REORDER}}},
-    "strokes-60way-rot-affine-reorder-128pt-3000-bf16": {
-        "modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
-        "encoders": TRAJECTORY, "encoder_options": {"strokes": {"pen": 3, "points": 128}},
-        "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE, **REORDER}}},
-    "strokes-60way-rot-affine-reorder-256pt-3000-bf16": {
-        "modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
-        "encoders": TRAJECTORY, "encoder_options": {"strokes": {"pen": 3, "points": 256}},
-        "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE, **REORDER}}},
-    "strokes-60way-rot-affine-reorder-128pt-128ch-3000-bf16": {
-        "modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
-        "encoders": TRAJECTORY,
-        "encoder_options": {"strokes": {"pen": 3, "points": 128, "channels": 128}},
-        "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE, **REORDER}}},
+    "strokes-60way-rot-affine-3000-bf16": _strokes_60way({}, {}),
+    "strokes-60way-rot-affine-reorder-3000-bf16": _strokes_60way({}, REORDER),
+    "strokes-60way-rot-affine-reorder-all-3000-bf16": _strokes_60way(
+        {}, {**REORDER, "shuffle_strokes": 1.0}),
+    "strokes-60way-rot-affine-reorder-128ch-3000-bf16": _strokes_60way({"channels": 128},
+                                                                       REORDER),
+    "strokes-60way-rot-affine-reorder-128pt-3000-bf16": _strokes_60way({"points": 128}, REORDER),
+    "strokes-60way-rot-affine-reorder-256pt-3000-bf16": _strokes_60way({"points": 256}, REORDER),
+    "strokes-60way-rot-affine-reorder-128pt-128ch-3000-bf16": _strokes_60way(
+        {"points": 128, "channels": 128}, REORDER),
     "images-20way-rot-affine-5000": {"modalities": ["image"], "ways": 20, "queries": 5,
                                      **WIDE_VAL, "val_every": 1000,
                                      "augment": {"rotate_classes": True, "image": AFFINE}},

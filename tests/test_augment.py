@@ -178,6 +178,7 @@ def test_audio_masks_stay_inside_the_valid_frames() -> None:
     ({"strokes": {"pen": 3, "shuffle_strokes": 1.5}}, "augment.strokes.shuffle_strokes",
      "out of range"),
     ({"strokes": {"pen": True}}, "augment.strokes.pen", "one column number"),
+    ({"strokes": {"pen": -1}}, "augment.strokes.pen", "names a column"),
     ({"caption": {"pen": 0}}, "augment.caption.pen", "text modality has no 'pen'"),
     ({"rotate_classes": True, "caption": {}}, "augment.rotate_classes", "cannot rotate the text"),
 ])

@@ -117,9 +117,10 @@ def _columns(value: Any, key: str, width: int | None) -> tuple[int, ...]:
     ):
         raise _error(f"augment.{key} must be a list of column numbers, got {value!r}", key,
                      "e.g. coords = [0, 1]")
-    if width is not None and any(not 0 <= v < width for v in value):
+    if any(v < 0 for v in value) or (width is not None and any(v >= width for v in value)):
         raise _error(f"augment.{key} = {value!r} names a column the sequences lack", key,
-                     f"use column numbers 0..{width - 1}")
+                     "use column numbers from 0" if width is None
+                     else f"use column numbers 0..{width - 1}")
     return tuple(value)
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -58,20 +59,37 @@ from metamodal.train.trainer import Trainer
 VAL, TEST = "Tagalog", "Sanskrit"
 SPLITS = {"sanskrit": [TEST], "wide": [TEST, "Korean", "Greek"]}
 """Test alphabets of each ``--split`` (Tagalog validates in both)."""
-TEST_TIME = {"plain": {"tta": 0, "transduction": 0}, "tta": {"tta": 8, "transduction": 0},
-             "transduction": {"tta": 0, "transduction": 1},
-             "tta+transduction": {"tta": 8, "transduction": 1},
-             "tta16+transduction10": {"tta": 16, "transduction": 10},
-             "confidence4": {"tta": 0, "transduction": 0, "fusion_confidence": 4},
-             "tta16+transduction10+confidence4": {"tta": 16, "transduction": 10,
-                                                  "fusion_confidence": 4},
-             "reliability1": {"tta": 0, "transduction": 0, "fusion_reliability": 1},
-             "tta16+transduction10+reliability1": {"tta": 16, "transduction": 10,
-                                                   "fusion_reliability": 1}}
-"""Test-time settings of ``--test-time`` (8 or 16 augmented copies, 1 or 10 soft k-means
-steps, confidence weighting 4 and reliability weighting 1 of late fusion; 16 and 10 are
-`configs/omniglot.toml`'s, and 4 and 1 were chosen, like them, within the validation
-alphabet)."""
+TEST_TIME_KEYS = {"tta": ("tta", 8), "transduction": ("transduction", 1),
+                  "confidence": ("fusion_confidence", None),
+                  "reliability": ("fusion_reliability", None)}
+"""``--test-time`` parts: a name and its value (``tta16``), or the default count (``tta`` is 8
+copies, ``transduction`` 1 step); `configs/omniglot.toml` has ``tta16+transduction10``, and
+fusion's confidence 4 and reliability 1 were chosen, like those, within the validation
+alphabet."""
+
+
+def test_time_setting(name: str) -> dict[str, float]:
+    """The test-time settings of a ``--test-time`` name: ``plain``, or parts joined by ``+``
+    (``tta16+transduction10+reliability1``); `ValueError` for an unknown one.
+
+    Example:
+        >>> test_time_setting("tta+reliability0.5")
+        {'tta': 8, 'transduction': 0, 'fusion_reliability': 0.5}
+    """
+    setting: dict[str, float] = {"tta": 0, "transduction": 0}
+    for part in ([] if name == "plain" else name.split("+")):
+        match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)?", part)
+        if match is None or match[1] not in TEST_TIME_KEYS:
+            raise ValueError(f"unknown test-time part {part!r} in {name!r}; use plain or "
+                             f"{', '.join(TEST_TIME_KEYS)} with a number, joined by +")
+        key, default = TEST_TIME_KEYS[match[1]]
+        if match[2] is None and default is None:
+            raise ValueError(f"{part!r} in {name!r} needs its weight, e.g. {part}1")
+        number = float(match[2]) if match[2] is not None else default
+        setting[key] = int(number) if key in ("tta", "transduction") else number
+    return setting
+
+
 WITHIN_RUNS = 20
 """Runs within each held-out test alphabet in the all-alphabet proxy (``--within-runs``)."""
 STROKES = {"coords": [0, 1], "follow": "image", "frame": [0, 0, 105, -105], "discrete": [3]}
@@ -408,13 +426,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure a run trained elsewhere under NAME (repeatable); with "
                         "--run, only the runs given are measured")
     parser.add_argument("--test-time", default="plain",
-                        help=f"comma-separated test-time settings: {', '.join(TEST_TIME)}")
+                        help="comma-separated test-time settings: plain, or parts joined by + "
+                        "(tta16+transduction10+reliability1; tta alone is 8 copies, "
+                        "transduction alone 1 step)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = args.test_time.split(",")
-    unknown = [s for s in settings if s not in TEST_TIME]
-    if unknown:
-        parser.error(f"unknown test-time settings {unknown}; known: {', '.join(TEST_TIME)}")
+    try:
+        test_times = {setting: test_time_setting(setting) for setting in settings}
+    except ValueError as error:
+        parser.error(str(error))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "omniglot"
@@ -457,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir, seconds = result.run_dir, round(result.seconds, 1)
                 best_val = result.best_val_accuracy
             row = _row(label, config, run_dir, seconds, best_val, episodes=args.episodes,
-                       runs=args.runs, test_time=TEST_TIME[setting],
+                       runs=args.runs, test_time=test_times[setting],
                        within_runs=args.within_runs)
             done[label] = row
             with results_file.open("a") as handle:

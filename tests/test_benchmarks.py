@@ -80,6 +80,21 @@ def test_features_benchmark_checks_pass_at_a_tiny_size() -> None:
     assert "cached and on-the-fly features agree" in done.stdout
 
 
+def test_omniglot_benchmark_reads_test_time_settings_by_name() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    from omniglot import test_time_setting
+
+    assert test_time_setting("plain") == {"tta": 0, "transduction": 0}
+    assert test_time_setting("tta+transduction") == {"tta": 8, "transduction": 1}
+    assert test_time_setting("tta16+transduction10+reliability0.5") == {
+        "tta": 16, "transduction": 10, "fusion_reliability": 0.5}
+    assert test_time_setting("confidence4") == {"tta": 0, "transduction": 0,
+                                                "fusion_confidence": 4.0}
+    for bad in ("reliability", "tta+colour2", "tta8x"):
+        with pytest.raises(ValueError, match="reliability"):
+            test_time_setting(bad)
+
+
 def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from omniglot_fixtures import write_archives

@@ -21,8 +21,9 @@ trained with `metamodal.train.trainer.Trainer` and measured on:
 ``--split wide`` holds out three test alphabets (Sanskrit, Korean, Greek; four train) instead
 of one, so that the proxy is spread over several alphabets. ``--run NAME=DIR`` measures a run
 trained elsewhere (e.g. ``metamodal train --config configs/omniglot.toml``) instead of training
-one, and ``--test-time plain,tta,transduction,tta+transduction`` measures each configuration
-with each test-time setting (`metamodal.model.test_time`), one row each.
+one, and ``--test-time plain,tta16+transduction10,reliability1`` measures each configuration
+with each test-time setting (`metamodal.model.test_time`; parts ``ttaN``, ``transductionN``,
+``confidenceX``, ``reliabilityX`` joined by ``+``), one row each.
 
 Results go to ``OUT/results.jsonl`` (one line per configuration; a configuration already there
 is not run again, so an interrupted benchmark resumes) and print as a table.

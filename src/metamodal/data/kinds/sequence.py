@@ -102,18 +102,18 @@ def reorder_strokes(mb: ModalityBatch, pen: int, shuffle: float, reverse: float,
     valid = step_mask(mb)
     index = torch.arange(t).expand(b, t)
     starts = ((values[..., pen] > 0) | (index == 0)) & valid
-    stroke = starts.long().cumsum(1) - 1  # [B, T] stroke number of each step
+    stroke = (starts.long().cumsum(1) - 1).clamp_min(0)  # [B, T] stroke number of each step
     first = torch.where(starts, index, torch.zeros_like(index)).cummax(1).values  # its start
     length = torch.zeros(b, t, dtype=torch.long).scatter_add_(
-        1, stroke.clamp_min(0), valid.long())  # [B, strokes] steps per stroke
-    stroke_length = length.gather(1, stroke.clamp_min(0))
+        1, stroke, valid.long())  # [B, strokes] steps per stroke
+    stroke_length = length.gather(1, stroke)
     position = index - first  # within the stroke, 0-based
-    backwards = (torch.rand(b, t, generator=generator) < reverse).gather(1, stroke.clamp_min(0))
+    backwards = (torch.rand(b, t, generator=generator) < reverse).gather(1, stroke)
     new_position = torch.where(backwards, stroke_length - 1 - position, position)
     shuffled = torch.rand(b, 1, generator=generator) < shuffle
     rank = torch.where(shuffled, torch.rand(b, t, generator=generator).argsort(1).argsort(1),
                        index)  # [B, strokes] each stroke's place in the new order
-    key = rank.gather(1, stroke.clamp_min(0)) * t + new_position
+    key = rank.gather(1, stroke) * t + new_position
     key = torch.where(valid, key, t * t + index)
     order = key.argsort(dim=1)  # [B, T]: the source step of each new step (keys distinct)
     moved = values.gather(1, order.unsqueeze(-1).expand_as(values))

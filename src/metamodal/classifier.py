@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from metamodal.config import test_time_overrides
 from metamodal.data.batch import ModalityBatch, batch_to, index_batch
 from metamodal.data.dataset import MultimodalDataset, load_dataset, load_sample_table
 from metamodal.data.records import Label, checked_labels, records_dataset
@@ -180,18 +181,15 @@ class FewShotClassifier(EstimatorParams):
         Raises:
             RunError: the run directory is missing or damaged.
         """
+        test_time = test_time_overrides(self)
         key = (os.fspath(self.run) if isinstance(self.run, str | os.PathLike) else None,
-               self.device, self.tta, self.transduction, self.fusion_confidence,
-               self.fusion_reliability)
+               self.device, *test_time.values())
         if key[0] is None:
             raise ConfigError(f"run must be a run directory path, not {type(self.run).__name__}",
                               column="run", fix="FewShotClassifier('path/to/run')")
         cached = getattr(self, "_loaded", None)
         if cached is None or cached[0] != key:
-            self._loaded = (key, load_run(key[0], device=self.device, test_time={
-                "tta": self.tta, "transduction": self.transduction,
-                "fusion_confidence": self.fusion_confidence,
-                "fusion_reliability": self.fusion_reliability}))
+            self._loaded = (key, load_run(key[0], device=self.device, test_time=test_time))
         return self._loaded[1]
 
     def _used_modalities(self, run: Run) -> list[str]:

@@ -70,6 +70,18 @@ class TestTime:
         return self
 
 
+def test_time_overrides(source: Any) -> dict[str, Any]:
+    """``source``'s value of each test-time setting (the fields of `TestTime`, read as
+    attributes of the same names; None keeps a run's own): the ``test_time`` of
+    `metamodal.runs.directory.load_run`.
+
+    Example:
+        >>> test_time_overrides(TestTime(tta=2))["tta"]
+        2
+    """
+    return {f.name: getattr(source, f.name) for f in dataclasses.fields(TestTime)}
+
+
 @dataclass
 class TrainConfig:
     """Everything that decides how a model is meta-trained.

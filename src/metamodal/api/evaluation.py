@@ -10,6 +10,7 @@ from typing import Any
 
 from metamodal.api.fields import resolve, write_json
 from metamodal.api.settings import EvalSettings, ReportSettings
+from metamodal.config import test_time_overrides
 from metamodal.errors import ConfigError
 from metamodal.evaluate.ablation import modality_ablation
 from metamodal.evaluate.baseline import UNTRAINED, untrained_baseline
@@ -196,9 +197,7 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
 
 def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
     """`evaluate` with its settings resolved; ``shard``: this process's part of a job."""
-    loaded = load_run(s.run, test_time={"tta": s.tta, "transduction": s.transduction,
-                                        "fusion_confidence": s.fusion_confidence,
-                                        "fusion_reliability": s.fusion_reliability})
+    loaded = load_run(s.run, test_time=test_time_overrides(s))
     prepared = load_run_data(loaded, s.data)
     classes = prepared.classes(s.split)
     model = _model(loaded, s.learner)

@@ -8,6 +8,7 @@ from typing import Any
 
 from metamodal.api.fields import resolve, write_json
 from metamodal.api.settings import PredictSettings
+from metamodal.config import test_time_overrides
 
 
 @dataclass
@@ -52,10 +53,7 @@ def predict(run: str | Path | None = None, settings: PredictSettings | None = No
     from metamodal.classifier import FewShotClassifier
 
     s = resolve(PredictSettings, settings, {"run": run, **options}, verb="predict")
-    classifier = FewShotClassifier(s.run, modalities=s.modalities, tta=s.tta,
-                                   transduction=s.transduction,
-                                   fusion_confidence=s.fusion_confidence,
-                                   fusion_reliability=s.fusion_reliability)
+    classifier = FewShotClassifier(s.run, modalities=s.modalities, **test_time_overrides(s))
     support = classifier.load_samples(s.support, labelled=True)
     classifier.fit(support, support.labels)
     query = classifier.load_samples(s.query)

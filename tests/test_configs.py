@@ -27,7 +27,9 @@ def test_omniglot_config_trains_on_an_omniglot_import(tmp_path: Path, name: str)
          "val_ways": 2, "val_queries": 1, "device": "cpu"})
     run = Trainer(config, tmp_path / "run", progress=False).fit().run_dir
     saved = tomllib.loads((run / "config.toml").read_text())["train"]
-    assert saved["augment"] == load_config(CONFIGS / name).augment
+    shipped = load_config(CONFIGS / name)
+    assert saved["augment"] == shipped.augment
+    assert saved["encoder_options"] == shipped.encoder_options
     assert (saved["tta"], saved["transduction"]) == (16, 10)
 
 

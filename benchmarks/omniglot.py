@@ -120,6 +120,13 @@ def _strokes_60way(encoder: dict[str, Any], redraw: dict[str, Any]) -> dict[str,
             "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE, **redraw}}}
 
 
+FUSED_60WAY: dict[str, Any] = {
+    "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16", "fusion": "late",
+    "fusion_options": {"unimodal_loss": 1.0},
+    "encoders": {**TRAJECTORY, "image": "resnet12"}, "encoder_options": TRAJECTORY_OPTIONS,
+    "augment": {"rotate_classes": True, "image": AFFINE, "strokes": {**STROKES, **REORDER}}}
+"""Images and redrawn strokes at 60 ways in bfloat16, late fusion with unimodal losses: the
+runs of ``configs/omniglot-fused.toml``, which name their stroke encoder's options."""
 BASE: dict[str, Any] = {"learner": "protonet", "ways": 5, "shots": 1, "queries": 15,
                         "val_every": 500, "val_episodes": 200, "checkpoint_every": 500}
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -210,17 +217,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "fusion_options": {"unimodal_loss": 1.0},
         "encoders": {**TRAJECTORY, "image": "resnet12"}, "encoder_options": TRAJECTORY_OPTIONS,
         "augment": {"rotate_classes": True, "image": AFFINE, "strokes": STROKES}},
-    "images+strokes-60way-rot-affine-reorder-unimodal-resnet12-3000-bf16": {
-        "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16", "fusion": "late",
-        "fusion_options": {"unimodal_loss": 1.0},
-        "encoders": {**TRAJECTORY, "image": "resnet12"}, "encoder_options": TRAJECTORY_OPTIONS,
-        "augment": {"rotate_classes": True, "image": AFFINE, "strokes": {**STROKES, **REORDER}}},
+    "images+strokes-60way-rot-affine-reorder-unimodal-resnet12-3000-bf16": FUSED_60WAY,
     "images+strokes-60way-rot-affine-reorder-256pt-unimodal-resnet12-3000-bf16": {
-        "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16", "fusion": "late",
-        "fusion_options": {"unimodal_loss": 1.0},
-        "encoders": {**TRAJECTORY, "image": "resnet12"},
-        "encoder_options": {"strokes": {"pen": 3, "points": 256}},
-        "augment": {"rotate_classes": True, "image": AFFINE, "strokes": {**STROKES, **REORDER}}},
+        **FUSED_60WAY, "encoder_options": {"strokes": {"pen": 3, "points": 256}}},
     "images+strokes-20way-rot-affine-align": {
         "ways": 20, "queries": 5, **WIDE_VAL, "encoders": TRAJECTORY,
         "encoder_options": TRAJECTORY_OPTIONS, "fusion": "late",

@@ -359,9 +359,7 @@ class TrainConfig:
     def test_time(self) -> TestTime:
         """The test-time settings (``tta``, ``transduction``, ``fusion_confidence``,
         ``fusion_reliability``) as a `TestTime`."""
-        return TestTime(tta=self.tta, transduction=self.transduction,
-                        fusion_confidence=self.fusion_confidence,
-                        fusion_reliability=self.fusion_reliability)
+        return TestTime(**test_time_overrides(self))
 
     def _validate_tasks(self, bad: Callable[[str, str, str], ConfigError]) -> None:
         """The multi-task settings: weights match the tasks, a known weighting."""

@@ -106,14 +106,13 @@ class LateFusion(Fusion):
             entropy = -(log_p.exp() * log_p).sum(-1)  # [Q, M]
             scores = scores - self.confidence * entropy
         weights = masked_softmax(scores, valid)  # [Q, M]
+        mixing = weights.unsqueeze(-1)  # [Q, M, 1]: one weight for every class
         if self.reliability and evaluating:
-            fused = (weights.unsqueeze(-1) * safe).sum(dim=1).softmax(-1)  # [Q, W]
+            fused = (mixing * safe).sum(dim=1).softmax(-1)  # [Q, W]
             mass = fused.unsqueeze(1) * valid.unsqueeze(-1).to(fused.dtype)  # [Q, M, W]
             agreement = (mass * log_p.exp()).sum(0) / mass.sum(0).clamp_min(1e-12)  # [M, W]
             tiny = torch.finfo(agreement.dtype).tiny
             per_class = scores.unsqueeze(-1) + self.reliability * agreement.clamp_min(tiny).log()
-            weights = masked_softmax(per_class, valid.unsqueeze(-1), dim=1)  # [Q, M, W]
-            self.last_weights = weights.detach()
-            return (weights * safe).sum(dim=1)
+            weights = mixing = masked_softmax(per_class, valid.unsqueeze(-1), dim=1)  # [Q, M, W]
         self.last_weights = weights.detach()
-        return (weights.unsqueeze(-1) * safe).sum(dim=1)
+        return (mixing * safe).sum(dim=1)

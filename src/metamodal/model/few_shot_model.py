@@ -113,7 +113,7 @@ class FewShotModel(nn.Module):
         self.tta_augmentation = augmentation if test_time.tta else None
         if hasattr(self.learner, "transduction"):
             self.learner.transduction = test_time.transduction
-        if hasattr(self.backbone.fusion, "confidence"):
+        if self.late:
             self.backbone.fusion.confidence = float(test_time.fusion_confidence)
             self.backbone.fusion.reliability = float(test_time.fusion_reliability)
 

@@ -23,7 +23,9 @@ of one, so that the proxy is spread over several alphabets. ``--run NAME=DIR`` m
 trained elsewhere (e.g. ``metamodal train --config configs/omniglot.toml``) instead of training
 one, and ``--test-time plain,tta16+transduction10,reliability1`` measures each configuration
 with each test-time setting (`metamodal.model.test_time`; parts ``ttaN``, ``transductionN``,
-``confidenceX``, ``reliabilityX`` joined by ``+``), one row each.
+``confidenceX``, ``reliabilityX`` joined by ``+``), one row each. ``--baseline NAME`` adds each
+configuration's paired difference against NAME's on the same within-alphabet runs, with the
+same test-time setting (a gain smaller than either row's own interval can show there).
 
 Results go to ``OUT/results.jsonl`` (one line per configuration; a configuration already there
 is not run again, so an interrupted benchmark resumes) and print as a table.
@@ -268,6 +270,11 @@ def _error(accuracies: list[float], episodes: list[Any]) -> dict[str, float]:
     return {"error": error, "ci95": half}
 
 
+def _rounded(accuracies: list[float]) -> list[float]:
+    """Per-run accuracies as stored in ``results.jsonl`` (six decimals)."""
+    return [round(float(a), 6) for a in accuracies]
+
+
 def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
          best_val: float | None, *, episodes: int, runs: int,
          test_time: dict[str, float] | None = None,
@@ -303,6 +310,7 @@ def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
     result, lake = _within(model, store, prepared, split.val, [VAL], runs, run_dir,
                            "val-within", primary)
     row["val_within_error"] = _error(result.accuracies, lake)
+    row["val_within_accuracies"] = _rounded(result.accuracies)  # per run: paired differences
     if TEST in alphabets and full:
         result, lake = _within(model, store, prepared, split.test, [TEST], runs, run_dir,
                                "lake-20way", primary)
@@ -310,6 +318,7 @@ def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
     result, lake = _within(model, store, prepared, split.test, alphabets,
                            within_runs * len(alphabets), run_dir, "test-within-all", primary)
     row["test_within_all_error"] = _error(result.accuracies, lake)
+    row["test_within_accuracies"] = _rounded(result.accuracies)
     row["test_within_by_alphabet"] = {  # run k lies within alphabet k % len(alphabets)
         a: _error(result.accuracies[i::len(alphabets)], lake[i::len(alphabets)])
         for i, a in enumerate(alphabets)}
@@ -394,6 +403,39 @@ def print_table(rows: list[dict[str, Any]], within_runs: int = WITHIN_RUNS) -> N
                   f"{-gap['points']:+.1f} ± {gap['ci95']:.1f} |")
 
 
+def print_paired(rows: list[dict[str, Any]], baseline: str) -> None:
+    """Each configuration against ``baseline`` measured with the same test-time setting: the
+    paired difference of the one-shot within-alphabet errors on the same runs (row minus
+    baseline, in points, with its 95% interval; negative: the row is better)."""
+    def setting(row: dict[str, Any]) -> str:
+        return json.dumps(row.get("test_time") or {}, sort_keys=True)
+
+    def run_name(row: dict[str, Any]) -> str:
+        return row["name"].split(" [", 1)[0]
+
+    bases = {setting(row): row for row in rows if run_name(row) == baseline}
+    print(f"\nPaired against {baseline} with the same test-time setting: one-shot "
+          "within-alphabet error of the row minus the baseline's on the same runs, in points "
+          "(negative: the row is better)\n")
+    print("| configuration | test time | val within Tagalog | test, every test alphabet |")
+    print("|---|---|---|---|")
+    for row in rows:
+        base = bases.get(setting(row))
+        if run_name(row) != baseline and base is not None and "val_within_error" in row:
+            print(f"| {row['name']} | {_test_time(row)} | {_gap(row, base, 'val')} | "
+                  f"{_gap(row, base, 'test')} |")
+
+
+def _gap(row: dict[str, Any], base: dict[str, Any], stage: str) -> str:
+    """``row``'s error minus ``base``'s on the ``stage`` within-alphabet runs, paired ("-"
+    for rows measured before per-run accuracies were kept)."""
+    key = f"{stage}_within_accuracies"
+    if key not in row or key not in base or len(row[key]) != len(base[key]):
+        return "-"
+    difference = paired_difference(base[key], row[key])  # accuracy lost = error gained
+    return f"{100 * difference.mean:+.1f} ± {100 * difference.ci95:.1f}"
+
+
 def _test_time(row: dict[str, Any]) -> str:
     setting = row.get("test_time") or {}
     parts = [f"tta {setting['tta']}" if setting.get("tta") else "",
@@ -429,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated test-time settings: plain, or parts joined by + "
                         "(tta16+transduction10+reliability1; tta alone is 8 copies, "
                         "transduction alone 1 step)")
+    parser.add_argument("--baseline", metavar="NAME",
+                        help="also print each configuration's paired difference against "
+                        "NAME's (a configuration or --run name) on the same runs")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = args.test_time.split(",")
@@ -449,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in CONFIGS and n not in given]
     if unknown:
         parser.error(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
+    if args.baseline is not None and args.baseline not in names:
+        parser.error(f"--baseline {args.baseline} is not among the measured configurations "
+                     f"{', '.join(names)}")
     results_file = out / "results.jsonl"
     done = {}
     if results_file.exists():
@@ -483,7 +531,10 @@ def main(argv: list[str] | None = None) -> int:
             done[label] = row
             with results_file.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
-    print_table([done[n] for n in order if n in done], args.within_runs)
+    measured = [done[n] for n in order if n in done]
+    print_table(measured, args.within_runs)
+    if args.baseline is not None:
+        print_paired(measured, args.baseline)
     return 0
 
 

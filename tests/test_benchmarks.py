@@ -137,3 +137,18 @@ def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None
     measured = subprocess.run(elsewhere, capture_output=True, text=True, timeout=600)
     assert measured.returncode == 0, measured.stderr[-2000:]
     assert "| reuse | - |" in measured.stdout and "trained in" not in measured.stderr
+    runs = tmp_path / "bench" / "runs"
+    paired = [*elsewhere, "--run", f"same={runs / 'images'}",
+              "--run", f"fused={runs / 'fused-late-unimodal'}", "--baseline", "reuse"]
+    compared = subprocess.run(paired, capture_output=True, text=True, timeout=600)
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    assert "| same | plain | +0.0 ± 0.0 | +0.0 ± 0.0 |" in compared.stdout  # the same model
+    rows = {json.loads(line)["name"]: json.loads(line) for line in
+            (tmp_path / "bench" / "results.jsonl").read_text().splitlines()}
+    base, fused = rows["reuse"], rows["fused"]  # the fused run's image branch: error gained
+    gained = 100 * (sum(base["val_within_accuracies"]) - sum(fused["val_within_accuracies"]))
+    assert f"| fused | plain | {gained / len(base['val_within_accuracies']):+.1f} ± " \
+        in compared.stdout
+    unknown = subprocess.run([*elsewhere, "--baseline", "nothing"], capture_output=True,
+                             text=True, timeout=600)
+    assert unknown.returncode == 2 and "--baseline nothing" in unknown.stderr

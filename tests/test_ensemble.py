@@ -19,7 +19,7 @@ from metamodal.cli import main
 from metamodal.config import TrainConfig
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.errors import ConfigError, RunError
-from metamodal.evaluate import episode_plans
+from metamodal.evaluate import episode_plans, protocol
 from metamodal.evaluate.episode_plans import sampled_episodes
 from metamodal.evaluate.protocol import episode_logits
 from metamodal.model import EnsembleModel
@@ -116,6 +116,51 @@ def test_evaluation_equals_the_members_probabilities_combined_by_hand(
         hits = combined.argmax(-1) == plan.query_labels[e]
         expected.append(float(hits.double().mean()))
     assert report.result.accuracies == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def metric_ensemble(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stack ensemble of the two ProtoNet runs and a ProtoNet on caption and
+    measurements alone: members that all embed once."""
+    root = tmp_path_factory.mktemp("metric-ensemble")
+    Trainer(TrainConfig(data=str(runs["data"]), modalities=["caption", "measurements"],
+                        ways=2, shots=1, queries=1, dim=8, steps=3, val_every=0,
+                        val_episodes=1, device="cpu", cache=False), root / "subset",
+            progress=False).fit()
+    members = [*runs["members"][:2], str(root / "subset")]
+    api.ensemble(members, out=str(root / "stack"), method="stack", ways=2, queries=2,
+                 episodes_count=20, seed=1)
+    return root / "stack"
+
+
+@pytest.mark.parametrize("shown", [None, ["image", "caption"], ["image"]])
+def test_an_ensemble_of_metric_learners_embeds_each_sample_once_per_member(
+        metric_ensemble: Path, shown: list[str] | None) -> None:
+    """Members that embed once are evaluated from their own embeddings, each sample embedded
+    once per member, and give the log-probabilities of the ensemble's episode-by-episode
+    ``adapt_predict``: with every modality, with samples missing a member's modalities,
+    and with a selection that shows a member nothing."""
+    run = load_run(metric_ensemble)
+    store = load_run_data(run).store
+    plan = sampled_episodes(store, load_run_data(run).classes("test"), 2, 1, 2, 7, 12)
+    embedded = [0, 0, 0]
+    for k, member in enumerate(run.model.members):
+        def counting(batch: dict, embed=member.embed, k: int = k) -> object:
+            embedded[k] += len(next(iter(batch.values())).present)
+            return embed(batch)
+        member.embed = counting
+    fast = episode_logits(run.model, store, plan, modalities=shown)
+    needed = torch.cat(plan.support + plan.query).unique().numel()
+    assert all(count <= needed for count in embedded)  # once each, not once per episode
+    if shown is None:
+        assert embedded == [needed] * 3
+    assert (embedded[2] == 0) == (shown == ["image"])  # the third sees neither
+    selected = protocol.select_modalities(run.model, store, shown)
+    episodes = zip(plan.support, plan.support_labels, plan.query, plan.ways, strict=True)
+    slow = protocol._predict_per_episode(run.model, store, plan, episodes, selected, None, 0,
+                                         "cpu")
+    for one, other in zip(fast, slow, strict=True):
+        torch.testing.assert_close(one, other, atol=1e-5, rtol=1e-5)
 
 
 def test_combine_log_probs_ignores_a_member_that_saw_nothing() -> None:

@@ -7,7 +7,10 @@ embeds each sample that any episode needs exactly once (in batches, without grad
 mode; `metamodal.evaluate.embedding.embed_store`) and then runs every episode's ``logits`` on
 those precomputed embeddings: 600 episodes cost 600 small calls instead of 600 passes of the
 encoders. When the learner adapts the network per task (the MAML family), each episode's
-support and query batches go through ``adapt_predict``.
+support and query batches go through ``adapt_predict``. An ensemble
+(`metamodal.model.EnsembleModel`) whose members all embed once is evaluated member by member
+from their own embeddings, the members' logits combined per episode (with ``drop``, and for
+other members, episode by episode through its ``adapt_predict``).
 
 The model is anything with the interface of ``metamodal.model.FewShotModel``:
 
@@ -149,12 +152,60 @@ def _plan_logits(model: Any, store: TensorStore, plan: EpisodePlan, selected: li
                  device: torch.device | str, progress: bool) -> list[Tensor]:
     """Each episode's query logits ``[Q, ways]`` (detached), embedding once where the model
     allows it."""
+    if _members_embed_once(model, drop):
+        return _ensemble_from_members(model, store, plan, selected, seed, batch_size, device,
+                                      progress)
     episodes = zip(plan.support, plan.support_labels, plan.query, plan.ways, strict=True)
     episodes = progress_bar(episodes, enabled=progress, total=len(plan.ways), desc="episodes")
     if _embeds_once(model):
         return _predict_from_embeddings(model, store, plan, episodes, selected, drop, seed,
                                         batch_size, device, progress)
     return _predict_per_episode(model, store, plan, episodes, selected, drop, seed, device)
+
+
+def _members_embed_once(model: Any, drop: Mapping[str, float] | None) -> bool:
+    """Whether ``model`` is an ensemble (``members`` and ``combine``, as
+    `metamodal.model.EnsembleModel`) of models that all embed once, evaluated without
+    ``drop``: then `_ensemble_from_members` evaluates it."""
+    members = getattr(model, "members", None)
+    return (members is not None and hasattr(model, "combine") and not drop
+            and all(_embeds_once(member) for member in members))
+
+
+def _ensemble_from_members(model: Any, store: TensorStore, plan: EpisodePlan,
+                           selected: list[str], seed: int, batch_size: int,
+                           device: torch.device | str, progress: bool) -> list[Tensor]:
+    """An ensemble's combined log-probabilities ``[Q, ways]`` of each episode, every member's
+    logits computed from its own embeddings (each sample embedded once per member, not once
+    per episode) and combined by ``model.combine``. As
+    `metamodal.model.EnsembleModel.member_logits` does episode by episode, a member takes
+    part in an episode whose support shows it one of its selected modalities, for the
+    queries that show it one."""
+    n = len(plan.ways)
+    members = list(model.members)
+    logits = [[torch.zeros(q.numel(), w, device=device)
+               for q, w in zip(plan.query, plan.ways, strict=True)] for _ in members]
+    available = [[torch.zeros(q.numel(), dtype=torch.bool, device=device) for q in plan.query]
+                 for _ in members]
+    for k, member in enumerate(members):
+        own = [name for name in selected if name in member.modalities]
+        seen = torch.zeros(len(store), dtype=torch.bool)  # [N]: shows the member something
+        for name in own:
+            seen |= store.modalities[name].present.cpu().to(torch.bool)
+        usable = [i for i in range(n)
+                  if bool(seen[plan.support[i]].any()) and bool(seen[plan.query[i]].any())]
+        if not usable:
+            continue
+        part = _plan_logits(member, store, plan.subset(usable), own, None, seed, batch_size,
+                            device, progress)
+        for i, one in zip(usable, part, strict=True):
+            shown = seen[plan.query[i]].to(device)
+            logits[k][i] = torch.where(shown.unsqueeze(1), one.float(),
+                                       torch.zeros((), device=device))
+            available[k][i] = shown
+    return [model.combine(torch.stack([rows[i] for rows in logits]),
+                          torch.stack([rows[i] for rows in available])).detach()
+            for i in range(n)]
 
 
 def _shared_predictions(model: Any, store: TensorStore, plan: EpisodePlan,

@@ -9,8 +9,8 @@ those precomputed embeddings: 600 episodes cost 600 small calls instead of 600 p
 encoders. When the learner adapts the network per task (the MAML family), each episode's
 support and query batches go through ``adapt_predict``. An ensemble
 (`metamodal.model.EnsembleModel`) whose members all embed once is evaluated member by member
-from their own embeddings, the members' logits combined per episode (with ``drop``, and for
-other members, episode by episode through its ``adapt_predict``).
+from their own embeddings, the members' logits combined per episode; with ``drop``, or with a
+member that adapts per task, it goes episode by episode through its own ``adapt_predict``.
 
 The model is anything with the interface of ``metamodal.model.FewShotModel``:
 

@@ -24,8 +24,8 @@ trained elsewhere (e.g. ``metamodal train --config configs/omniglot.toml``) inst
 one, and ``--test-time plain,tta16+transduction10,reliability1`` measures each configuration
 with each test-time setting (`metamodal.model.test_time`; parts ``ttaN``, ``transductionN``,
 ``confidenceX``, ``reliabilityX`` joined by ``+``), one row each. ``--baseline NAME`` adds each
-configuration's paired difference against NAME's on the same within-alphabet runs, with the
-same test-time setting (a gain smaller than either row's own interval can show there).
+configuration's paired difference against NAME's on the same within-alphabet runs (images
+only), with the same test-time setting: a gain smaller than either row's interval can show.
 
 Results go to ``OUT/results.jsonl`` (one line per configuration; a configuration already there
 is not run again, so an interrupted benchmark resumes) and print as a table.
@@ -405,8 +405,9 @@ def print_table(rows: list[dict[str, Any]], within_runs: int = WITHIN_RUNS) -> N
 
 def print_paired(rows: list[dict[str, Any]], baseline: str) -> None:
     """Each configuration against ``baseline`` measured with the same test-time setting: the
-    paired difference of the one-shot within-alphabet errors on the same runs (row minus
-    baseline, in points, with its 95% interval; negative: the row is better)."""
+    paired difference of the one-shot within-alphabet errors on the same runs, images only as
+    in `print_table`'s second table (row minus baseline, in points, with its 95% interval;
+    negative: the row is better)."""
     def setting(row: dict[str, Any]) -> str:
         return json.dumps(row.get("test_time") or {}, sort_keys=True)
 
@@ -415,8 +416,8 @@ def print_paired(rows: list[dict[str, Any]], baseline: str) -> None:
 
     bases = {setting(row): row for row in rows if run_name(row) == baseline}
     print(f"\nPaired against {baseline} with the same test-time setting: one-shot "
-          "within-alphabet error of the row minus the baseline's on the same runs, in points "
-          "(negative: the row is better)\n")
+          "within-alphabet error (images only, as in the table above) of the row minus the "
+          "baseline's on the same runs, in points (negative: the row is better)\n")
     print("| configuration | test time | val within Tagalog | test, every test alphabet |")
     print("|---|---|---|---|")
     for row in rows:

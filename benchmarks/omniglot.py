@@ -25,7 +25,8 @@ one, and ``--test-time plain,tta16+transduction10,reliability1`` measures each c
 with each test-time setting (`metamodal.model.test_time`; parts ``ttaN``, ``transductionN``,
 ``confidenceX``, ``reliabilityX`` joined by ``+``), one row each. ``--baseline NAME`` adds each
 configuration's paired difference against NAME's on the same within-alphabet runs (images
-only), with the same test-time setting: a gain smaller than either row's interval can show.
+only, and with both modalities where both are fused), with the same test-time setting: a gain
+smaller than either row's interval can show.
 
 Results go to ``OUT/results.jsonl`` (one line per configuration; a configuration already there
 is not run again, so an interrupted benchmark resumes) and print as a table.
@@ -333,6 +334,8 @@ def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
                 results[key], lake = _within(model, store, prepared, classes, groups, count,
                                              run_dir, f"{tag}-within-all", only)
                 fused[f"{tag}_{key}"] = _error(results[key].accuracies, lake)
+            row.setdefault("fused_within_accuracies", {})[stage] = _rounded(
+                results["fused"].accuracies)  # per run: paired differences between runs
             best = max(modalities, key=lambda m: -fused[f"val_{m}"]["error"])
             difference = paired_difference(results["fused"], results[best])
             fused[f"{tag}_fused_minus_{best}"] = {"points": 100 * difference.mean,
@@ -400,14 +403,14 @@ def print_table(rows: list[dict[str, Any]], within_runs: int = WITHIN_RUNS) -> N
                   f"{_cell(cells[f'{stage}_fused'], 'error')} | "
                   f"{_cell(cells.get(f'{stage}_image'), 'error')} | "
                   f"{_cell(cells.get(f'{stage}_strokes'), 'error')} | "
-                  f"{-gap['points']:+.1f} ± {gap['ci95']:.1f} |")
+                  f"{_signed(-gap['points'])} ± {gap['ci95']:.1f} |")
 
 
 def print_paired(rows: list[dict[str, Any]], baseline: str) -> None:
     """Each configuration against ``baseline`` measured with the same test-time setting: the
     paired difference of the one-shot within-alphabet errors on the same runs, images only as
-    in `print_table`'s second table (row minus baseline, in points, with its 95% interval;
-    negative: the row is better)."""
+    in `print_table`'s second table, and for two fused runs also with both modalities (row
+    minus baseline, in points, with its 95% interval; negative: the row is better)."""
     def setting(row: dict[str, Any]) -> str:
         return json.dumps(row.get("test_time") or {}, sort_keys=True)
 
@@ -416,25 +419,38 @@ def print_paired(rows: list[dict[str, Any]], baseline: str) -> None:
 
     bases = {setting(row): row for row in rows if run_name(row) == baseline}
     print(f"\nPaired against {baseline} with the same test-time setting: one-shot "
-          "within-alphabet error (images only, as in the table above) of the row minus the "
-          "baseline's on the same runs, in points (negative: the row is better)\n")
-    print("| configuration | test time | val within Tagalog | test, every test alphabet |")
-    print("|---|---|---|---|")
+          "within-alphabet error of the row minus the baseline's on the same runs, images "
+          "only as in the table above, and with both modalities where both runs are fused, "
+          "in points (negative: the row is better)\n")
+    print("| configuration | test time | val within Tagalog | test, every test alphabet | "
+          "val, both modalities | test, both modalities |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         base = bases.get(setting(row))
-        if run_name(row) != baseline and base is not None and "val_within_error" in row:
-            print(f"| {row['name']} | {_test_time(row)} | {_gap(row, base, 'val')} | "
-                  f"{_gap(row, base, 'test')} |")
+        if run_name(row) == baseline or base is None or "val_within_error" not in row:
+            continue
+        fused = row.get("fused_within_accuracies", {})
+        base_fused = base.get("fused_within_accuracies", {})
+        cells = [_gap(row.get(f"{stage}_within_accuracies"),
+                      base.get(f"{stage}_within_accuracies")) for stage in ("val", "test")]
+        cells += [_gap(fused.get(stage), base_fused.get(stage)) for stage in ("val", "test")]
+        print(f"| {row['name']} | {_test_time(row)} | {' | '.join(cells)} |")
 
 
-def _gap(row: dict[str, Any], base: dict[str, Any], stage: str) -> str:
-    """``row``'s error minus ``base``'s on the ``stage`` within-alphabet runs, paired ("-"
-    for rows measured before per-run accuracies were kept)."""
-    key = f"{stage}_within_accuracies"
-    if key not in row or key not in base or len(row[key]) != len(base[key]):
+def _gap(accuracies: list[float] | None, base: list[float] | None) -> str:
+    """The error of the runs scored ``accuracies`` minus that of the same runs scored
+    ``base``, paired ("-" where either is missing, as for rows measured before per-run
+    accuracies were kept)."""
+    if not accuracies or not base or len(accuracies) != len(base):
         return "-"
-    difference = paired_difference(base[key], row[key])  # accuracy lost = error gained
-    return f"{100 * difference.mean:+.1f} ± {100 * difference.ci95:.1f}"
+    difference = paired_difference(base, accuracies)  # accuracy lost = error gained
+    return f"{_signed(100 * difference.mean)} ± {100 * difference.ci95:.1f}"
+
+
+def _signed(points: float) -> str:
+    """``points`` to one decimal with its sign, ``+0.0`` for a difference that rounds to
+    zero (never ``-0.0``)."""
+    return f"{round(points, 1) + 0.0:+.1f}"
 
 
 def _test_time(row: dict[str, Any]) -> str:

@@ -139,16 +139,23 @@ def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None
     assert "| reuse | - |" in measured.stdout and "trained in" not in measured.stderr
     runs = tmp_path / "bench" / "runs"
     paired = [*elsewhere, "--run", f"same={runs / 'images'}",
-              "--run", f"fused={runs / 'fused-late-unimodal'}", "--baseline", "reuse"]
+              "--run", f"fused={runs / 'fused-late-unimodal'}",
+              "--run", f"refused={runs / 'fused-late-unimodal'}", "--baseline", "reuse"]
     compared = subprocess.run(paired, capture_output=True, text=True, timeout=600)
     assert compared.returncode == 0, compared.stderr[-2000:]
-    assert "| same | plain | +0.0 ± 0.0 | +0.0 ± 0.0 |" in compared.stdout  # the same model
+    assert "| same | plain | +0.0 ± 0.0 | +0.0 ± 0.0 | - | - |" in compared.stdout  # itself
     rows = {json.loads(line)["name"]: json.loads(line) for line in
             (tmp_path / "bench" / "results.jsonl").read_text().splitlines()}
     base, fused = rows["reuse"], rows["fused"]  # the fused run's image branch: error gained
     gained = 100 * (sum(base["val_within_accuracies"]) - sum(fused["val_within_accuracies"]))
-    assert f"| fused | plain | {gained / len(base['val_within_accuracies']):+.1f} ± " \
-        in compared.stdout
+    mean = round(gained / len(base["val_within_accuracies"]), 1) + 0.0  # never "-0.0"
+    assert f"| fused | plain | {mean:+.1f} ± " in compared.stdout
+    assert len(fused["fused_within_accuracies"]["test"]) == len(fused["test_within_accuracies"])
+    both = subprocess.run([*paired[:-1], "fused"], capture_output=True, text=True, timeout=600)
+    assert both.returncode == 0, both.stderr[-2000:]  # two fused runs: both modalities paired
+    assert "| refused | plain | +0.0 ± 0.0 | +0.0 ± 0.0 | +0.0 ± 0.0 | +0.0 ± 0.0 |" \
+        in both.stdout
+    assert "| reuse | plain | " in both.stdout and " | - | - |" in both.stdout
     unknown = subprocess.run([*elsewhere, "--baseline", "nothing"], capture_output=True,
                              text=True, timeout=600)
     assert unknown.returncode == 2 and "--baseline nothing" in unknown.stderr

@@ -141,8 +141,9 @@ def test_an_ensemble_of_metric_learners_embeds_each_sample_once_per_member(
     ``adapt_predict``: with every modality, with samples missing a member's modalities,
     and with a selection that shows a member nothing."""
     run = load_run(metric_ensemble)
-    store = load_run_data(run).store
-    plan = sampled_episodes(store, load_run_data(run).classes("test"), 2, 1, 2, 7, 12)
+    prepared = load_run_data(run)
+    store = prepared.store
+    plan = sampled_episodes(store, prepared.classes("test"), 2, 1, 2, 7, 12)
     embedded = [0, 0, 0]
     for k, member in enumerate(run.model.members):
         def counting(batch: dict, embed=member.embed, k: int = k) -> object:

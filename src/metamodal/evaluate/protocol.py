@@ -64,6 +64,7 @@ from metamodal.evaluate.embedding import (
 from metamodal.evaluate.episode_plans import EpisodePlan, file_episodes, sampled_episodes
 from metamodal.evaluate.result import EvalResult
 from metamodal.evaluate.stats import confusion_matrices, macro_f1_from_confusion, mean_ci95
+from metamodal.model.ensemble import shown_any, votes
 
 EPISODE_CHUNK = 100
 """The most episodes handed to a model's ``logits_many`` at once."""
@@ -189,9 +190,7 @@ def _ensemble_from_members(model: Any, store: TensorStore, plan: EpisodePlan,
                  for _ in members]
     for k, member in enumerate(members):
         own = [name for name in selected if name in member.modalities]
-        seen = torch.zeros(len(store), dtype=torch.bool)  # [N]: shows the member something
-        for name in own:
-            seen |= store.modalities[name].present.cpu().to(torch.bool)
+        seen = shown_any({name: store.modalities[name] for name in own}, len(store), "cpu")
         usable = [i for i in range(n)
                   if bool(seen[plan.support[i]].any()) and bool(seen[plan.query[i]].any())]
         if not usable:
@@ -200,8 +199,7 @@ def _ensemble_from_members(model: Any, store: TensorStore, plan: EpisodePlan,
                             device, progress)
         for i, one in zip(usable, part, strict=True):
             shown = seen[plan.query[i]].to(device)
-            logits[k][i] = torch.where(shown.unsqueeze(1), one.float(),
-                                       torch.zeros((), device=device))
+            logits[k][i] = votes(one, shown)
             available[k][i] = shown
     return [model.combine(torch.stack([rows[i] for rows in logits]),
                           torch.stack([rows[i] for rows in available])).detach()

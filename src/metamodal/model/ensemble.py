@@ -20,6 +20,21 @@ METHODS = ("mean", "stack")
 opinion pool) and renormalises it."""
 
 
+def shown_any(modalities: Mapping[str, Any], size: int, device: torch.device | str) -> Tensor:
+    """bool ``[size]``: whether a sample carries at least one of ``modalities`` (a mapping of
+    name to anything with a ``present`` mask ``[size]``: a batch, or a store's columns)."""
+    seen = torch.zeros(size, dtype=torch.bool, device=device)
+    for column in modalities.values():
+        seen |= column.present.to(device=device, dtype=torch.bool)
+    return seen
+
+
+def votes(logits: Tensor, seen: Tensor) -> Tensor:
+    """A member's logits ``[Q, ways]`` as `combine_log_probs` takes them: float, and zero on
+    the queries it does not see (``seen`` bool ``[Q]``; the mask ``available`` says so)."""
+    return torch.where(seen.unsqueeze(1), logits.float(), torch.zeros((), device=logits.device))
+
+
 def combine_log_probs(
     logits: Tensor, available: Tensor, temperatures: Tensor, weights: Tensor,
     method: Literal["mean", "stack"],
@@ -162,14 +177,6 @@ class EnsembleModel(nn.Module):
         """The part of ``batch`` that ``member`` sees: its own modalities."""
         return {name: batch[name] for name in member.modalities if name in batch}
 
-    @staticmethod
-    def _seen(own: Mapping[str, Any], size: int, device: torch.device) -> Tensor:
-        """bool ``[size]``: whether a sample carries at least one modality of ``own``."""
-        seen = torch.zeros(size, dtype=torch.bool, device=device)
-        for mb in own.values():
-            seen |= mb.present.to(device=device, dtype=torch.bool)
-        return seen
-
     def member_logits(
         self, support: Mapping[str, Any], support_labels: Tensor, query: Mapping[str, Any],
         ways: int, context: EpisodeContext | None = None,
@@ -187,15 +194,14 @@ class EnsembleModel(nn.Module):
         seen: list[Tensor] = []
         for member in self.members:
             own_q, own_s = self._own(member, query), self._own(member, support)
-            q_seen = self._seen(own_q, size, device)
-            s_seen = self._seen(own_s, len(support_labels), device)
+            q_seen = shown_any(own_q, size, device)
+            s_seen = shown_any(own_s, len(support_labels), device)
             if not bool(q_seen.any()) or not bool(s_seen.any()):
                 rows.append(torch.zeros(size, ways, device=device))
                 seen.append(torch.zeros(size, dtype=torch.bool, device=device))
                 continue
             logits = member.adapt_predict(own_s, support_labels, own_q, ways, context)
-            rows.append(torch.where(q_seen.unsqueeze(1), logits.float(),
-                                    torch.zeros((), device=device)))
+            rows.append(votes(logits, q_seen))
             seen.append(q_seen)
         return torch.stack(rows), torch.stack(seen)
 

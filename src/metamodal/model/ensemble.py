@@ -31,7 +31,7 @@ def shown_any(modalities: Mapping[str, Any], size: int, device: torch.device | s
 
 def votes(logits: Tensor, seen: Tensor) -> Tensor:
     """A member's logits ``[Q, ways]`` as `combine_log_probs` takes them: float, and zero on
-    the queries it does not see (``seen`` bool ``[Q]``; the mask ``available`` says so)."""
+    the queries it does not see (``seen`` bool ``[Q]``, its row of ``available`` there)."""
     return torch.where(seen.unsqueeze(1), logits.float(), torch.zeros((), device=logits.device))
 
 

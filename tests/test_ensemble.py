@@ -26,6 +26,7 @@ from metamodal.model import EnsembleModel
 from metamodal.model.ensemble import combine_log_probs
 from metamodal.runs import ensemble as fitting
 from metamodal.runs import load_run, load_run_data
+from metamodal.runs.directory import read_run_config
 from metamodal.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -116,6 +117,26 @@ def test_evaluation_equals_the_members_probabilities_combined_by_hand(
         hits = combined.argmax(-1) == plan.query_labels[e]
         expected.append(float(hits.double().mean()))
     assert report.result.accuracies == pytest.approx(expected)
+
+
+def test_an_ensemble_is_fitted_with_the_test_time_settings_its_members_keep(
+        runs: dict[str, Path], tmp_path: Path) -> None:
+    members = runs["members"][:2]  # the two ProtoNets
+    shape = dict(method="mean", ways=2, queries=2, episodes_count=20, seed=1)
+    plain = api.ensemble(members, out=str(tmp_path / "plain"), **shape)
+    refined = api.ensemble(members, out=str(tmp_path / "refined"), transduction=3, **shape)
+    assert refined.temperatures != plain.temperatures  # fitted on the refined logits
+    for name, steps in (("plain", 0), ("refined", 3)):
+        run = load_run(tmp_path / name)
+        assert [m.learner.transduction for m in run.model.members] == [steps, steps]
+        for k in range(2):  # what every later command loads
+            member = read_run_config(tmp_path / name / "members" / str(k))
+            assert member["train"]["transduction"] == steps
+    assert load_run(members[0]).config.transduction == 0  # the members' own runs unchanged
+    with pytest.raises(ConfigError, match="fusion_reliability") as error:
+        api.ensemble(members, out=str(tmp_path / "bad"), fusion_reliability=1, **shape)
+    assert error.value.file == members[0]  # the gated run has no late fusion to weigh
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from typing import Any
 
 from metamodal.api.fields import resolve, write_json
 from metamodal.api.settings import EnsembleSettings
+from metamodal.config import test_time_overrides
 from metamodal.errors import ConfigError
 
 
@@ -117,7 +118,7 @@ def ensemble(runs: list[str] | None = None, settings: EnsembleSettings | None = 
     if Path(s.out).exists() and not s.overwrite:
         raise ConfigError(f"{s.out} already exists", column="out",
                           fix="choose a new directory, or pass overwrite=True (--overwrite)")
-    loaded = [load_run(path) for path in s.runs]
+    loaded = [load_run(path, test_time=test_time_overrides(s)) for path in s.runs]
     check_members(loaded)
     preprocessor = union_preprocessor(loaded)
     prepared = load_run_data(dataclasses.replace(loaded[0], preprocessor=preprocessor))

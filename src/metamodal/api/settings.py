@@ -39,7 +39,30 @@ class EpisodeShape:
 
 
 @dataclass
-class EvalSettings(EpisodeShape):
+class TestTimeOptions:
+    """Test-time settings that replace a run's own for one command (None keeps the run's;
+    `metamodal.model.test_time`, `metamodal.config.test_time_overrides`).
+
+    Args:
+        tta: test-time augmentation: copies of each sample averaged into its embedding
+            (default: the run's ``tta``; 0 = off).
+        transduction: soft k-means steps refining the prototypes with each episode's queries
+            (default: the run's ``transduction``; 0 = off).
+        fusion_confidence: late fusion lowers the weight of a modality whose posterior is
+            uncertain, query by query (default: the run's ``fusion_confidence``; 0 = off).
+        fusion_reliability: late fusion weighs each modality per class by its agreement with
+            the fused model on the episode's queries (default: the run's
+            ``fusion_reliability``; 0 = off).
+    """
+
+    tta: int | None = flag(None, metavar="N")
+    transduction: int | None = flag(None, metavar="STEPS")
+    fusion_confidence: float | None = flag(None, metavar="WEIGHT")
+    fusion_reliability: float | None = flag(None, metavar="WEIGHT")
+
+
+@dataclass
+class EvalSettings(EpisodeShape, TestTimeOptions):
     """What `metamodal.api.evaluate` measures.
 
     Args:
@@ -60,15 +83,6 @@ class EvalSettings(EpisodeShape):
         json: also write the results as JSON to this file.
         task: for a multi-task run, evaluate only this label column's task (default: every
             task, the main label's at the top of the results).
-        tta: test-time augmentation: copies of each sample averaged into its embedding
-            (default: the run's ``tta``; 0 = off).
-        transduction: soft k-means steps refining the prototypes with each episode's queries
-            (default: the run's ``transduction``; 0 = off).
-        fusion_confidence: late fusion lowers the weight of a modality whose posterior is
-            uncertain, query by query (default: the run's ``fusion_confidence``; 0 = off).
-        fusion_reliability: late fusion weighs each modality per class by its agreement with
-            the fused model on the episode's queries (default: the run's
-            ``fusion_reliability``; 0 = off).
     """
 
     run: str = flag("", name="")
@@ -84,10 +98,6 @@ class EvalSettings(EpisodeShape):
     progress: bool = flag(True, name="--no-progress")
     json: str | None = flag(None, metavar="FILE")
     task: str | None = flag(None, metavar="NAME")
-    tta: int | None = flag(None, metavar="N")
-    transduction: int | None = flag(None, metavar="STEPS")
-    fusion_confidence: float | None = flag(None, metavar="WEIGHT")
-    fusion_reliability: float | None = flag(None, metavar="WEIGHT")
 
 
 @dataclass
@@ -109,7 +119,7 @@ class ReportSettings(EpisodeShape):
 
 
 @dataclass
-class PredictSettings:
+class PredictSettings(TestTimeOptions):
     """What `metamodal.api.predict` classifies.
 
     Args:
@@ -118,11 +128,6 @@ class PredictSettings:
         query: the query samples (a table of the same columns, labels not needed).
         modalities: predict with only these modalities (the others count as absent).
         json: also write the predictions as JSON to this file.
-        tta: test-time augmentation copies per sample (default: the run's ``tta``).
-        transduction: soft k-means steps over the queries (default: the run's).
-        fusion_confidence: confidence weighting of late fusion (default: the run's).
-        fusion_reliability: per-class reliability weighting of late fusion (default: the
-            run's).
     """
 
     run: str = flag("", name="")
@@ -130,10 +135,6 @@ class PredictSettings:
     query: str = flag("", metavar="TABLE")
     modalities: list[str] | None = None
     json: str | None = flag(None, metavar="FILE")
-    tta: int | None = flag(None, metavar="N")
-    transduction: int | None = flag(None, metavar="STEPS")
-    fusion_confidence: float | None = flag(None, metavar="WEIGHT")
-    fusion_reliability: float | None = flag(None, metavar="WEIGHT")
 
 
 @dataclass
@@ -694,9 +695,11 @@ class ExportSettings:
 
 
 @dataclass
-class EnsembleSettings:
+class EnsembleSettings(TestTimeOptions):
     """What `metamodal.api.ensemble` combines and writes: two or more trained runs of the
-    same dataset and class split, fitted once on episodes of their validation classes.
+    same dataset and class split, fitted once on episodes of their validation classes. The
+    test-time settings (`TestTimeOptions`: ``tta``, ``transduction``, ...) replace every
+    member's own: the ensemble is fitted with them and its members keep them.
 
     Args:
         runs: the member run directories (two or more).

@@ -50,7 +50,8 @@ class Run:
 
     Args:
         path: the run directory.
-        config: the training configuration.
+        config: the training configuration, with the test-time settings the model was
+            loaded with (`load_run`'s ``test_time``).
         model: the model with its trained weights, in eval mode.
         preprocessor: the fitted preprocessor that decodes new samples as in training.
         split: the class split used in training.
@@ -137,6 +138,15 @@ def write_ensemble_files(
     atomic_write_text(run_dir / CONFIG_FILE, tomli_w.dumps(_drop_none(document)))
 
 
+def write_member_config(member_dir: str | Path, run: Run) -> None:
+    """Write ``config.toml`` of an ensemble's member ``run`` into ``member_dir``
+    (atomically): the run's own, with ``run.config`` as its ``[train]`` table, so that the
+    member keeps the test-time settings it was loaded (and the ensemble fitted) with."""
+    document = read_run_config(run.path)
+    document["train"] = run.config.to_dict()
+    atomic_write_text(Path(member_dir) / CONFIG_FILE, tomli_w.dumps(_drop_none(document)))
+
+
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The parsed ``config.toml`` of a run; `RunError` naming the file (and the key) when it
     is missing, corrupt, lacks a section or holds an unknown or mistyped training setting."""
@@ -191,14 +201,14 @@ def load_run(run_dir: str | Path, *, device: str = "cpu",
     changes = {k: v for k, v in (test_time or {}).items() if v is not None}
     if "ensemble" in document:
         return _load_ensemble(run_dir, document, preprocessor, device, changes)
-    model = _build_model(run_dir, document, preprocessor, changes)
+    model, config = _build_model(run_dir, document, preprocessor, changes)
     target = resolve_device(str(device))
     load_weights(run_dir / WEIGHTS_FILE, model)
     model.to(target).eval()
     split, schema = _split_and_schema(document, config_path)
     return Run(
         path=run_dir,
-        config=TrainConfig.from_dict(document["train"], source=str(config_path)),
+        config=config,
         model=model,
         preprocessor=preprocessor,
         split=split,
@@ -207,11 +217,11 @@ def load_run(run_dir: str | Path, *, device: str = "cpu",
 
 
 def _build_model(run_dir: Path, document: dict[str, Any], preprocessor: Preprocessor,
-                 test_time: Mapping[str, float]) -> FewShotModel:
+                 test_time: Mapping[str, float]) -> tuple[FewShotModel, TrainConfig]:
     """The untrained model ``config.toml``'s ``[model]`` table describes, checked against the
-    run's preprocessor, with the run's test-time settings updated by ``test_time``;
-    `RunError` naming the file and key when they do not fit, `ConfigError` when
-    ``test_time`` does not."""
+    run's preprocessor, with the run's test-time settings updated by ``test_time``, and the
+    training configuration with those settings; `RunError` naming the file and key when they
+    do not fit, `ConfigError` when ``test_time`` does not."""
     config_path = run_dir / CONFIG_FILE
     try:
         model = FewShotModel.build(**document["model"])
@@ -250,7 +260,7 @@ def _build_model(run_dir: Path, document: dict[str, Any], preprocessor: Preproce
     except ConfigError as error:
         raise RunError(error.message, file=config_path, column="train.freeze",
                        fix="restore the run's config.toml") from None
-    return model
+    return model, train
 
 
 def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Preprocessor,
@@ -292,9 +302,9 @@ def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Prepro
                 raise RunError(f"the ensemble decodes modality {name!r} differently from "
                                f"member {k}", file=run_dir / PREPROCESSOR_FILE,
                                column=f"loaders.{name}", fix="re-run `metamodal ensemble`")
-        models.append(_build_model(member_dir, own_document, own, test_time))
-        configs.append(TrainConfig.from_dict(own_document["train"],
-                                             source=str(member_dir / CONFIG_FILE)))
+        member_model, member_config = _build_model(member_dir, own_document, own, test_time)
+        models.append(member_model)
+        configs.append(member_config)
     try:
         model = EnsembleModel(models, table.get("method", "mean"),
                               table.get("temperatures"), table.get("weights"))

@@ -36,22 +36,29 @@ from metamodal.errors import ConfigError
 from metamodal.evaluate.episode_plans import EpisodePlan
 from metamodal.evaluate.protocol import episode_logits
 from metamodal.evaluate.stats import mean_ci95
-from metamodal.model.ensemble import METHODS, EnsembleModel, combine_log_probs
+from metamodal.model.ensemble import (
+    METHODS,
+    EnsembleModel,
+    combine_log_probs,
+    shown_any,
+    votes,
+)
 from metamodal.runs.directory import (
-    CONFIG_FILE,
     MEMBERS_DIR,
     PREPROCESSOR_FILE,
     Run,
     write_ensemble_files,
+    write_member_config,
 )
 from metamodal.runs.weights import WEIGHTS_FILE, save_weights
 from metamodal.train.alignment import ALIGNMENT_FILE
 from metamodal.train.logger import METRICS_FILE
 
-MEMBER_FILES = (CONFIG_FILE, PREPROCESSOR_FILE, METRICS_FILE, ALIGNMENT_FILE)
-"""The files of a member run copied into the ensemble (what rebuilds its model, its learning
-curve and its alignment; not its checkpoint, TensorBoard events or report). Its weights go
-into the ensemble's own ``model.safetensors``."""
+MEMBER_FILES = (PREPROCESSOR_FILE, METRICS_FILE, ALIGNMENT_FILE)
+"""The files of a member run copied into the ensemble beside its ``config.toml``
+(`write_member_config`): what rebuilds its model, its learning curve and its alignment; not
+its checkpoint, TensorBoard events or report. Its weights go into the ensemble's own
+``model.safetensors``."""
 
 
 def check_members(runs: Sequence[Run]) -> None:
@@ -216,15 +223,6 @@ class FittedEnsemble:
     validation: dict[str, Any] = field(default_factory=dict)
 
 
-def _availability(store: TensorStore, rows: Tensor, names: Sequence[str]) -> Tensor:
-    """bool ``[len(rows)]``: which rows carry at least one of ``names``."""
-    batch = store.batch(rows, [n for n in names if n in store.modalities])
-    seen = torch.zeros(len(rows), dtype=torch.bool)
-    for mb in batch.values():
-        seen |= mb.present.to(torch.bool).cpu()
-    return seen
-
-
 def member_validation_logits(runs: Sequence[Run], store: TensorStore,
                              plan: EpisodePlan) -> tuple[Tensor, Tensor, Tensor]:
     """Every member's logits of the plan's queries, as `metamodal.model.EnsembleModel` sees
@@ -240,12 +238,13 @@ def member_validation_logits(runs: Sequence[Run], store: TensorStore,
                           column="ways", fix="give ways explicitly")
     rows, seen = [], []
     for run in runs:
-        names = list(run.model.modalities)
+        own = {name: store.modalities[name] for name in run.model.modalities
+               if name in store.modalities}
+        shown = shown_any(own, len(store), "cpu")  # [len(store)]
         logits = torch.cat([x.float().cpu() for x in episode_logits(run.model, store, plan)])
-        available = torch.cat([
-            _availability(store, query, names) & bool(_availability(store, support, names).any())
-            for support, query in zip(plan.support, plan.query, strict=True)])
-        rows.append(torch.where(available.unsqueeze(1), logits, torch.zeros(())))
+        available = torch.cat([shown[query] & bool(shown[support].any())
+                               for support, query in zip(plan.support, plan.query, strict=True)])
+        rows.append(votes(logits, available))
         seen.append(available)
     return torch.stack(rows), torch.stack(seen), torch.cat(plan.query_labels)
 
@@ -320,6 +319,7 @@ def write_ensemble(out: str | Path, runs: Sequence[Run], fitted: FittedEnsemble,
         for k, run in enumerate(runs):
             target = staging / MEMBERS_DIR / str(k)
             target.mkdir(parents=True)
+            write_member_config(target, run)
             for name in MEMBER_FILES:
                 if (Path(run.path) / name).is_file():
                     shutil.copy2(Path(run.path) / name, target / name)

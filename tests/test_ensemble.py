@@ -357,3 +357,16 @@ def test_the_command_line_builds_an_ensemble(runs: dict[str, Path], tmp_path: Pa
     assert load_run(out).ensemble["method"] == "stack"
     assert (tmp_path / "e.json").is_file()
     assert main(["ensemble", runs["members"][0], "--out", str(tmp_path / "y")]) == 2
+
+
+def test_the_ensemble_table_keeps_its_columns_with_long_run_names() -> None:
+    from metamodal.api.ensemble import EnsembleResult
+
+    result = EnsembleResult(out="ens", method="mean", members=["runs/a", "runs/" + "b" * 60],
+                            names=["protonet+late"] * 2, temperatures=[1.0, 2.0],
+                            weights=[1.0, 1.0], member_accuracy=[[0.9, 0.01], [0.8, 0.02]],
+                            accuracy=[0.95, 0.01], validation={"episodes": 3, "ways": 2,
+                                                               "shots": 1, "seed": 0})
+    header, *rows = result.table().splitlines()[1:5]
+    assert len({row.index(" ± ") for row in rows}) == 1  # the members' rows and the ensemble's
+    assert header.index("val accuracy") + len("val accuracy") == rows[0].index(" ± ") + 8

@@ -46,20 +46,23 @@ class EnsembleResult:
         return dataclasses.asdict(self)
 
     def table(self) -> str:
-        """Each member's validation accuracy, temperature and weight, then the ensemble's."""
+        """Each member's validation accuracy, temperature and weight, then the ensemble's (the
+        first column as wide as the longest label)."""
         v = self.validation
+        labels = [f"{k}: {name} ({Path(member).name})"
+                  for k, (name, member) in enumerate(zip(self.names, self.members, strict=True))]
+        last = "ensemble (fitted on these episodes)"
+        width = max(40, *(len(label) for label in [*labels, last]))
         lines = [f"ensemble ({self.method}) of {len(self.members)} runs, fitted on "
                  f"{v.get('episodes')} validation episodes ({v.get('ways')}-way "
                  f"{v.get('shots')}-shot, seed {v.get('seed')})",
-                 f"{'member':<40} {'val accuracy':>16} {'temperature':>12} {'weight':>8}"]
-        for k, member in enumerate(self.members):
+                 f"{'member':<{width}} {'val accuracy':>16} {'temperature':>12} {'weight':>8}"]
+        for k, label in enumerate(labels):
             accuracy, half = self.member_accuracy[k]
-            label = f"{k}: {self.names[k]} ({Path(member).name})"
-            lines.append(f"{label:<40} {100 * accuracy:>8.2f} ± {100 * half:<5.2f} "
+            lines.append(f"{label:<{width}} {100 * accuracy:>8.2f} ± {100 * half:<5.2f} "
                          f"{self.temperatures[k]:>12.3f} {self.weights[k]:>8.3f}")
         accuracy, half = self.accuracy
-        lines.append(f"{'ensemble (fitted on these episodes)':<40} {100 * accuracy:>8.2f} ± "
-                     f"{100 * half:<5.2f}")
+        lines.append(f"{last:<{width}} {100 * accuracy:>8.2f} ± {100 * half:<5.2f}")
         lines.append(f"written: {self.out} (evaluate on test: metamodal eval {self.out})")
         return "\n".join(lines)
 

@@ -86,6 +86,11 @@ def _drop_none(value: Any) -> Any:
     return value
 
 
+def _write_config(run_dir: Path, document: dict[str, Any]) -> None:
+    """Write ``document`` as the run's ``config.toml`` (atomically; None values left out)."""
+    atomic_write_text(run_dir / CONFIG_FILE, tomli_w.dumps(_drop_none(document)))
+
+
 def write_run_files(
     run_dir: str | Path,
     *,
@@ -108,7 +113,7 @@ def write_run_files(
     }
     if alignment:
         document["alignment"] = dict(alignment)
-    atomic_write_text(run_dir / CONFIG_FILE, tomli_w.dumps(_drop_none(document)))
+    _write_config(run_dir, document)
     atomic_write_json(run_dir / PREPROCESSOR_FILE, preprocessor.state_dict())
 
 
@@ -135,7 +140,7 @@ def write_ensemble_files(
         "dataset": schema.to_dict(),
     }
     atomic_write_json(run_dir / PREPROCESSOR_FILE, preprocessor.state_dict())
-    atomic_write_text(run_dir / CONFIG_FILE, tomli_w.dumps(_drop_none(document)))
+    _write_config(run_dir, document)
 
 
 def write_member_config(member_dir: str | Path, run: Run) -> None:
@@ -144,7 +149,7 @@ def write_member_config(member_dir: str | Path, run: Run) -> None:
     member keeps the test-time settings it was loaded (and the ensemble fitted) with."""
     document = read_run_config(run.path)
     document["train"] = run.config.to_dict()
-    atomic_write_text(Path(member_dir) / CONFIG_FILE, tomli_w.dumps(_drop_none(document)))
+    _write_config(Path(member_dir), document)
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:

@@ -23,10 +23,11 @@ of one, so that the proxy is spread over several alphabets. ``--run NAME=DIR`` m
 trained elsewhere (e.g. ``metamodal train --config configs/omniglot.toml``) instead of training
 one, and ``--test-time plain,tta16+transduction10,reliability1`` measures each configuration
 with each test-time setting (`metamodal.model.test_time`; parts ``ttaN``, ``transductionN``,
-``confidenceX``, ``reliabilityX`` joined by ``+``), one row each. ``--baseline NAME`` adds each
-configuration's paired difference against NAME's on the same within-alphabet runs (images
-only, and with both modalities where both are fused), with the same test-time setting: a gain
-smaller than either row's interval can show.
+``confidenceX``, ``reliabilityX``, ``balance`` joined by ``+``), one row each. ``--baseline
+NAME`` adds each configuration's paired difference against NAME's on the same within-alphabet
+runs (images only, and with both modalities where both are fused), with the same test-time
+setting: a gain smaller than either row's interval can show. ``--baseline 'NAME [SETTING]'``
+pairs every row against that one row instead (one run with and without a test-time setting).
 
 Results go to ``OUT/results.jsonl`` (one line per configuration; a configuration already there
 is not run again, so an interrupted benchmark resumes) and print as a table.
@@ -64,12 +65,13 @@ VAL, TEST = "Tagalog", "Sanskrit"
 SPLITS = {"sanskrit": [TEST], "wide": [TEST, "Korean", "Greek"]}
 """Test alphabets of each ``--split`` (Tagalog validates in both)."""
 TEST_TIME_KEYS = {"tta": ("tta", 8), "transduction": ("transduction", 1),
+                  "balance": ("transduction_balance", 1),
                   "confidence": ("fusion_confidence", None),
                   "reliability": ("fusion_reliability", None)}
-"""``--test-time`` parts: a name and its value (``tta16``), or the default count (``tta`` is 8
-copies, ``transduction`` 1 step); `configs/omniglot.toml` has ``tta16+transduction10``, and
-fusion's confidence 4 and reliability 1 were chosen, like those, within the validation
-alphabet."""
+"""``--test-time`` parts: a name and its value (``tta16``), or the default (``tta`` is 8
+copies, ``transduction`` 1 step, ``balance`` turns ``transduction_balance`` on);
+`configs/omniglot.toml` has ``tta16+transduction10+balance``, and fusion's confidence 4 and
+reliability 1 were chosen, like those, within the validation alphabet."""
 
 
 def test_time_setting(name: str) -> dict[str, float]:
@@ -78,9 +80,9 @@ def test_time_setting(name: str) -> dict[str, float]:
 
     Example:
         >>> test_time_setting("tta+reliability0.5")
-        {'tta': 8, 'transduction': 0, 'fusion_reliability': 0.5}
+        {'tta': 8, 'transduction': 0, 'transduction_balance': False, 'fusion_reliability': 0.5}
     """
-    setting: dict[str, float] = {"tta": 0, "transduction": 0}
+    setting: dict[str, float] = {"tta": 0, "transduction": 0, "transduction_balance": False}
     for part in ([] if name == "plain" else name.split("+")):
         match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)?", part)
         if match is None or match[1] not in TEST_TIME_KEYS:
@@ -90,7 +92,8 @@ def test_time_setting(name: str) -> dict[str, float]:
         if match[2] is None and default is None:
             raise ValueError(f"{part!r} in {name!r} needs its weight, e.g. {part}1")
         number = float(match[2]) if match[2] is not None else default
-        setting[key] = int(number) if key in ("tta", "transduction") else number
+        setting[key] = (int(number) if key in ("tta", "transduction") else
+                        bool(number) if key == "transduction_balance" else number)
     return setting
 
 
@@ -407,27 +410,28 @@ def print_table(rows: list[dict[str, Any]], within_runs: int = WITHIN_RUNS) -> N
 
 
 def print_paired(rows: list[dict[str, Any]], baseline: str) -> None:
-    """Each configuration against ``baseline`` measured with the same test-time setting: the
-    paired difference of the one-shot within-alphabet errors on the same runs, images only as
-    in `print_table`'s second table, and for two fused runs also with both modalities (row
-    minus baseline, in points, with its 95% interval; negative: the row is better)."""
-    def setting(row: dict[str, Any]) -> str:
-        return json.dumps(row.get("test_time") or {}, sort_keys=True)
-
+    """Each configuration against ``baseline`` measured with the same test-time setting (or,
+    where ``baseline`` is a row's label, ``NAME [SETTING]``, against that row): the paired
+    difference of the one-shot within-alphabet errors on the same runs, images only as in
+    `print_table`'s second table, and for two fused runs also with both modalities (row minus
+    baseline, in points, with its 95% interval; negative: the row is better)."""
     def run_name(row: dict[str, Any]) -> str:
         return row["name"].split(" [", 1)[0]
 
-    bases = {setting(row): row for row in rows if run_name(row) == baseline}
-    print(f"\nPaired against {baseline} with the same test-time setting: one-shot "
-          "within-alphabet error of the row minus the baseline's on the same runs, images "
-          "only as in the table above, and with both modalities where both runs are fused, "
-          "in points (negative: the row is better)\n")
+    fixed = next((row for row in rows if row["name"] == baseline), None)
+    bases = {_test_time(row): row for row in rows if run_name(row) == baseline}
+    print(f"\nPaired against {baseline}{'' if fixed else ' with the same test-time setting'}: "
+          "one-shot within-alphabet error of the row minus the baseline's on the same runs, "
+          "images only as in the table above, and with both modalities where both runs are "
+          "fused, in points (negative: the row is better)\n")
     print("| configuration | test time | val within Tagalog | test, every test alphabet | "
           "val, both modalities | test, both modalities |")
     print("|---|---|---|---|---|---|")
     for row in rows:
-        base = bases.get(setting(row))
-        if run_name(row) == baseline or base is None or "val_within_error" not in row:
+        if fixed is None and run_name(row) == baseline:
+            continue
+        base = fixed or bases.get(_test_time(row))
+        if base is None or base is row or "val_within_error" not in row:
             continue
         fused = row.get("fused_within_accuracies", {})
         base_fused = base.get("fused_within_accuracies", {})
@@ -457,11 +461,17 @@ def _test_time(row: dict[str, Any]) -> str:
     setting = row.get("test_time") or {}
     parts = [f"tta {setting['tta']}" if setting.get("tta") else "",
              f"transduction {setting['transduction']}" if setting.get("transduction") else "",
+             "balanced" if setting.get("transduction_balance") else "",
              f"confidence {setting['fusion_confidence']:g}"
              if setting.get("fusion_confidence") else "",
              f"reliability {setting['fusion_reliability']:g}"
              if setting.get("fusion_reliability") else ""]
     return ", ".join(p for p in parts if p) or "plain"
+
+
+def _label(name: str, setting: str) -> str:
+    """A row's name: the configuration's, with its test-time setting unless plain."""
+    return name if setting == "plain" else f"{name} [{setting}]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -490,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
                         "transduction alone 1 step)")
     parser.add_argument("--baseline", metavar="NAME",
                         help="also print each configuration's paired difference against "
-                        "NAME's (a configuration or --run name) on the same runs")
+                        "NAME's (a configuration or --run name) on the same runs, with the "
+                        "same test-time setting; 'NAME [SETTING]': against that one row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = args.test_time.split(",")
@@ -511,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in CONFIGS and n not in given]
     if unknown:
         parser.error(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
-    if args.baseline is not None and args.baseline not in names:
+    labels = [_label(name, setting) for name in names for setting in settings]
+    if args.baseline is not None and args.baseline not in names + labels:
         parser.error(f"--baseline {args.baseline} is not among the measured configurations "
                      f"{', '.join(names)}")
     results_file = out / "results.jsonl"
@@ -526,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(given[name])
             config, seconds, best_val = load_run(run_dir).config, None, None
         for setting in settings:
-            label = name if setting == "plain" else f"{name} [{setting}]"
+            label = _label(name, setting)
             order.append(label)
             if label in done:
                 continue

@@ -84,12 +84,14 @@ def test_omniglot_benchmark_reads_test_time_settings_by_name() -> None:
     sys.path.insert(0, str(BENCHMARKS))
     from omniglot import test_time_setting
 
-    assert test_time_setting("plain") == {"tta": 0, "transduction": 0}
-    assert test_time_setting("tta+transduction") == {"tta": 8, "transduction": 1}
+    plain = {"tta": 0, "transduction": 0, "transduction_balance": False}
+    assert test_time_setting("plain") == plain
+    assert test_time_setting("tta+transduction") == {**plain, "tta": 8, "transduction": 1}
     assert test_time_setting("tta16+transduction10+reliability0.5") == {
-        "tta": 16, "transduction": 10, "fusion_reliability": 0.5}
-    assert test_time_setting("confidence4") == {"tta": 0, "transduction": 0,
-                                                "fusion_confidence": 4.0}
+        **plain, "tta": 16, "transduction": 10, "fusion_reliability": 0.5}
+    assert test_time_setting("confidence4") == {**plain, "fusion_confidence": 4.0}
+    assert test_time_setting("transduction10+balance") == {
+        **plain, "transduction": 10, "transduction_balance": True}
     for bad in ("reliability", "tta+colour2", "tta8x"):
         with pytest.raises(ValueError, match="reliability"):
             test_time_setting(bad)
@@ -119,7 +121,8 @@ def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None
     fused = results[2]
     assert set(fused["test_5way_alone"]) == {"image", "strokes"}
     assert 0 <= fused["test_20way_error"]["error"] <= 1
-    assert results[3]["test_time"] == {"tta": 0, "transduction": 1}
+    assert results[3]["test_time"] == {"tta": 0, "transduction": 1,
+                                       "transduction_balance": False}
     for row in results:  # Lake-style runs within the validation and every test alphabet
         # (with strokes in the strokes-only run)
         assert 0 <= row["val_within_error"]["error"] <= 1
@@ -156,6 +159,13 @@ def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None
     assert "| refused | plain | +0.0 ± 0.0 | +0.0 ± 0.0 | +0.0 ± 0.0 | +0.0 ± 0.0 |" \
         in both.stdout
     assert "| reuse | plain | " in both.stdout and " | - | - |" in both.stdout
+    against_row = subprocess.run([*elsewhere, "--test-time", "plain,transduction",
+                                  "--baseline", "reuse [transduction]"],
+                                 capture_output=True, text=True, timeout=600)
+    assert against_row.returncode == 0, against_row.stderr[-2000:]
+    assert "Paired against reuse [transduction]:" in against_row.stdout
+    assert "| reuse | plain | " in against_row.stdout  # the same run without the setting
+    assert "| reuse [transduction] | " not in against_row.stdout.split("Paired against")[1]
     unknown = subprocess.run([*elsewhere, "--baseline", "nothing"], capture_output=True,
                              text=True, timeout=600)
     assert unknown.returncode == 2 and "--baseline nothing" in unknown.stderr

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from metamodal import api
+from metamodal import config as config_module
 from metamodal.cli import main
 from metamodal.config import TestTime, TrainConfig
 from metamodal.datasets.synthetic import make_synthetic
@@ -22,7 +23,7 @@ from metamodal.fusion.late import LateFusion
 from metamodal.learners.embeddings import Embeddings
 from metamodal.learners.protonet import ProtoNet
 from metamodal.model.test_time import TTA_SEED, averaged_embedding, tta_augmentation
-from metamodal.ops import squared_distances
+from metamodal.ops import balanced_softmax, squared_distances
 from metamodal.runs.directory import load_run, load_run_data
 from metamodal.runs.weights import WEIGHTS_FILE
 
@@ -48,15 +49,16 @@ def setup(tmp_path_factory) -> dict[str, Path]:
 # ---------------------------------------------------------------------------- arithmetic
 
 def _by_hand(supports: list[torch.Tensor], labels: torch.Tensor, queries: list[torch.Tensor],
-             steps: int) -> torch.Tensor:
-    """Soft k-means over views with equal weights (mean of the views' logits), by hand."""
+             steps: int, assign=lambda logits: logits.softmax(-1)) -> torch.Tensor:
+    """Soft k-means over views with equal weights (mean of the views' logits), by hand,
+    each step's assignment ``assign(logits)``."""
     def logits_of(prototypes: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([-squared_distances(q, p) for q, p in zip(queries, prototypes,
                                                                       strict=True)]).mean(0)
 
     prototypes = [torch.stack([s[labels == k].mean(0) for k in range(3)]) for s in supports]
     for _ in range(steps):
-        w = logits_of(prototypes).softmax(-1)  # one assignment for every view
+        w = assign(logits_of(prototypes))  # one assignment for every view
         prototypes = [torch.stack([
             (s[labels == k].sum(0) + (w[:, k:k + 1] * q).sum(0))
             / ((labels == k).sum() + w[:, k].sum()) for k in range(3)])
@@ -79,6 +81,46 @@ def test_soft_kmeans_refines_prototypes_as_ren_et_al() -> None:
     assert not torch.allclose(refined, plain)
     head.train()  # training is never transductive
     torch.testing.assert_close(head.logits(None, s, labels, q, 3), plain)
+
+
+def test_balanced_softmax_spreads_the_mass_evenly_over_the_classes() -> None:
+    p = balanced_softmax(torch.tensor([[2.0, 0.0], [1.0, 0.0]], dtype=torch.float64))
+    # a 2 x 2 doubly stochastic [[x, 1-x], [1-x, x]] keeps the odds ratio e^2 / e^1 of exp(logits)
+    x = math.sqrt(math.e) / (1 + math.sqrt(math.e))
+    torch.testing.assert_close(p, torch.tensor([[x, 1 - x], [1 - x, x]], dtype=torch.float64),
+                               rtol=0, atol=1e-6)
+    logits = torch.randn(12, 4, generator=torch.Generator().manual_seed(0)) * 3
+    p = balanced_softmax(logits)
+    torch.testing.assert_close(p.sum(1), torch.ones(12), rtol=0, atol=1e-5)
+    torch.testing.assert_close(p.sum(0), torch.full((4,), 3.0), rtol=0, atol=1e-3)
+    assert not torch.allclose(p, logits.softmax(-1), atol=1e-2)
+
+
+def test_balanced_transduction_gives_each_class_its_share_of_the_queries() -> None:
+    """Three classes, one query each: unbalanced soft k-means lets two queries crowd one
+    prototype and gets one right; balanced, each class takes one and all three are right."""
+    support = torch.tensor([[-0.82, 0.64], [0.13, -0.85], [0.77, -0.11]], dtype=torch.float64)
+    query = torch.tensor([[-1.22, -1.14], [1.12, -0.72], [1.82, -0.11]], dtype=torch.float64)
+    labels = torch.arange(3)
+    s = Embeddings(support, torch.ones(3, 1, dtype=torch.bool))
+    q = Embeddings(query, torch.ones(3, 1, dtype=torch.bool))
+    head = ProtoNet().double().eval()
+    head.transduction = 3
+    assert head.logits(None, s, labels, q, 3).argmax(-1).tolist() == [1, 2, 2]
+    head.balance = True
+    balanced = head.logits(None, s, labels, q, 3)
+    assert balanced.argmax(-1).tolist() == [0, 1, 2]
+    torch.testing.assert_close(balanced, _by_hand([support], labels, [query], 3,
+                                                  assign=balanced_softmax), rtol=0, atol=1e-12)
+    head.transduction = 0  # balance only shapes transduction's assignments
+    torch.testing.assert_close(head.logits(None, s, labels, q, 3), -squared_distances(
+        query, support))
+    head.transduction = 3  # fewer queries than classes: refined unbalanced
+    two = Embeddings(query[:2], torch.ones(2, 1, dtype=torch.bool))
+    head.balance = False
+    unbalanced = head.logits(None, s, labels, two, 3)
+    head.balance = True
+    torch.testing.assert_close(head.logits(None, s, labels, two, 3), unbalanced)
 
 
 def test_under_late_fusion_the_fused_assignment_refines_every_modality() -> None:
@@ -201,7 +243,8 @@ def test_test_time_settings_are_checked() -> None:
                 {"transduction": 1.5}, {"fusion_confidence": -0.5},
                 {"fusion_confidence": 101}, {"fusion_confidence": "high"},
                 {"fusion_confidence": True}, {"fusion_reliability": -1},
-                {"fusion_reliability": 101}, {"fusion_reliability": "some"}):
+                {"fusion_reliability": 101}, {"fusion_reliability": "some"},
+                {"transduction_balance": 1}, {"transduction_balance": "yes"}):
         key = next(iter(bad))
         with pytest.raises(ConfigError) as error:
             TestTime(**bad).check()
@@ -293,6 +336,35 @@ def test_cli_flags_and_typed_errors(setup, capsys) -> None:
     assert error.value.column == "transduction"
 
 
+def test_balanced_transduction_is_a_setting_and_a_flag_both_ways(setup, tmp_path) -> None:
+    """``transduction_balance`` in a run's config, ``--transduction-balance`` to turn it on
+    for one command and ``--no-transduction-balance`` off; it moves the logits of episodes
+    whose queries are spread evenly over the classes."""
+    from metamodal.evaluate.episode_plans import sampled_episodes
+    from metamodal.evaluate.protocol import episode_logits
+
+    balanced = api.train(tmp_path / "balanced", data=str(setup["data"]),
+                         modalities=["image", "caption"], fusion="late", steps=3,
+                         augment=AUGMENT, transduction=3, transduction_balance=True,
+                         progress=False, **SMALL).run_dir
+    assert load_run(balanced).config.transduction_balance
+    logits = {}
+    for balance in (True, False, None):
+        run = load_run(balanced, test_time={"transduction_balance": balance})
+        assert run.model.learner.balance is (balance is not False)
+        prepared = load_run_data(run)
+        plan = sampled_episodes(prepared.store, prepared.split.test, 4, 1, 3, 0, 5)
+        logits[balance] = torch.cat(episode_logits(run.model, prepared.store, plan))
+    assert not torch.allclose(logits[True], logits[False])
+    torch.testing.assert_close(logits[None], logits[True])
+    for flags in (["--no-transduction-balance"], ["--transduction-balance"]):
+        assert main(["eval", str(balanced), *flags, "--episodes-count", "5", "--no-baseline",
+                     "--no-progress"]) == 0
+    overrides = config_module.test_time_overrides(
+        api.EvalSettings(run="x", transduction_balance=False))
+    assert load_run(balanced, test_time=overrides).model.learner.balance is False
+
+
 def test_tta_without_transforms_and_transduction_without_prototypes_are_refused(
         setup) -> None:
     root = setup["root"]
@@ -304,6 +376,11 @@ def test_tta_without_transforms_and_transduction_without_prototypes_are_refused(
         api.train(root / "matching", data=str(setup["data"]), modalities=["image"], steps=1,
                   learner="matchingnet", transduction=1, progress=False, **SMALL)
     assert error.value.column == "transduction"
+    with pytest.raises(ConfigError) as error:
+        api.train(root / "matching-balanced", data=str(setup["data"]), modalities=["image"],
+                  steps=1, learner="matchingnet", transduction_balance=True, progress=False,
+                  **SMALL)
+    assert error.value.column == "transduction_balance"
     with pytest.raises(ConfigError) as error:
         api.train(root / "gated", data=str(setup["data"]), modalities=["image", "caption"],
                   steps=1, fusion="gated", fusion_confidence=2, progress=False, **SMALL)
@@ -323,10 +400,13 @@ def test_tta_without_transforms_and_transduction_without_prototypes_are_refused(
 def test_the_classifier_takes_the_settings(setup) -> None:
     from metamodal.classifier import FewShotClassifier
 
-    clf = FewShotClassifier(setup["plain"], tta=2, transduction=1, fusion_confidence=3)
+    clf = FewShotClassifier(setup["plain"], tta=2, transduction=1, fusion_confidence=3,
+                            transduction_balance=True)
     assert clf.get_params()["tta"] == 2
     assert clf.loaded_run().model.test_time == TestTime(tta=2, transduction=1,
+                                                        transduction_balance=True,
                                                         fusion_confidence=3)
+    assert clf.loaded_run().model.learner.balance
 
 
 class _Kill(Exception):

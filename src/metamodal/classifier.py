@@ -89,6 +89,8 @@ class FewShotClassifier(EstimatorParams):
             `metamodal.model.test_time`).
         transduction: soft k-means steps over the queries of each `predict` call (default:
             the run's ``transduction``).
+        transduction_balance: those steps assign the queries evenly over the classes, for
+            `predict` calls whose queries are spread evenly over them (default: the run's).
         fusion_confidence: late fusion lowers the weight of a modality whose posterior is
             uncertain, query by query (default: the run's ``fusion_confidence``).
         fusion_reliability: late fusion weighs each modality per class by its agreement with
@@ -147,6 +149,7 @@ class FewShotClassifier(EstimatorParams):
         media_root: str | os.PathLike[str] | None = None,
         tta: int | None = None,
         transduction: int | None = None,
+        transduction_balance: bool | None = None,
         fusion_confidence: float | None = None,
         fusion_reliability: float | None = None,
     ) -> None:
@@ -156,6 +159,7 @@ class FewShotClassifier(EstimatorParams):
         self.media_root = media_root
         self.tta = tta
         self.transduction = transduction
+        self.transduction_balance = transduction_balance
         self.fusion_confidence = fusion_confidence
         self.fusion_reliability = fusion_reliability
 

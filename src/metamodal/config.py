@@ -28,12 +28,14 @@ all-or-nothing)."""
 
 @dataclass(frozen=True)
 class TestTime:
-    """Test-time settings of a model (``tta``, ``transduction``, ``fusion_confidence`` and
-    ``fusion_reliability`` of `TrainConfig`).
+    """Test-time settings of a model (``tta``, ``transduction``, ``transduction_balance``,
+    ``fusion_confidence`` and ``fusion_reliability`` of `TrainConfig`).
 
     Args:
         tta: augmented copies averaged into each sample's embedding (0 = off).
         transduction: soft k-means steps refining the prototypes with the queries (0 = off).
+        transduction_balance: the soft k-means steps assign the queries evenly over the
+            classes (Sinkhorn balancing; off by default).
         fusion_confidence: how much late fusion moves each query's modality weights away from
             a modality whose posterior is uncertain (0 = off; `metamodal.fusion.late`).
         fusion_reliability: how much late fusion weighs each modality per class by how well it
@@ -48,12 +50,13 @@ class TestTime:
 
     tta: int = 0
     transduction: int = 0
+    transduction_balance: bool = False
     fusion_confidence: float = 0.0
     fusion_reliability: float = 0.0
 
     def check(self, *, source: str | None = None) -> TestTime:
-        """Itself, when the counts are integers and the weight a number, each in range;
-        `ConfigError` naming the key."""
+        """Itself, when the counts are integers, the weights numbers, each in range, and
+        ``transduction_balance`` a boolean; `ConfigError` naming the key."""
         for key, most in (("tta", MAX_TTA), ("transduction", MAX_TRANSDUCTION)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
@@ -67,6 +70,11 @@ class TestTime:
                 raise ConfigError(f"{key} must be a number in 0..{MAX_FUSION_CONFIDENCE:g}, got "
                                   f"{value!r}", file=source, column=key,
                                   fix=f"set {key} = 0 (off) or e.g. {example}")
+        if not isinstance(self.transduction_balance, bool):
+            raise ConfigError("transduction_balance must be true or false, got "
+                              f"{self.transduction_balance!r}", file=source,
+                              column="transduction_balance",
+                              fix="set transduction_balance = true (or false, the default)")
         return self
 
 
@@ -161,6 +169,12 @@ class TrainConfig:
             off; at most 64); see `metamodal.model.test_time`. Validation uses it too.
         transduction: soft k-means steps refining ProtoNet's prototypes with the episode's
             unlabelled queries in evaluation (0 = off; at most 20; Ren et al. 2018).
+        transduction_balance: the soft k-means steps of ``transduction`` assign the episode's
+            queries evenly over its classes (each class receives ``Q / ways`` of them,
+            balanced by Sinkhorn's iterations) instead of by each query's softmax alone: for
+            episodes whose queries are spread evenly over the classes, as in Lake et al.'s
+            one-shot runs and N-way K-query episodes; an episode with fewer queries than
+            classes is refined unbalanced. See `metamodal.learners.protonet.ProtoNet`.
         fusion_confidence: late fusion in evaluation lowers, for each query, the weight of a
             modality whose posterior over the classes is uncertain: weights ``softmax(mix -
             fusion_confidence * entropy)`` (0 = off, the learned mix alone; at most 100);
@@ -239,6 +253,7 @@ class TrainConfig:
     freeze: list[str] = field(default_factory=list)
     tta: int = 0
     transduction: int = 0
+    transduction_balance: bool = False
     fusion_confidence: float = 0.0
     fusion_reliability: float = 0.0
     world_size: int = 1
@@ -357,8 +372,8 @@ class TrainConfig:
         self.test_time().check(source=source)
 
     def test_time(self) -> TestTime:
-        """The test-time settings (``tta``, ``transduction``, ``fusion_confidence``,
-        ``fusion_reliability``) as a `TestTime`."""
+        """The test-time settings (``tta``, ``transduction``, ``transduction_balance``,
+        ``fusion_confidence``, ``fusion_reliability``) as a `TestTime`."""
         return TestTime(**test_time_overrides(self))
 
     def _validate_tasks(self, bad: Callable[[str, str, str], ConfigError]) -> None:

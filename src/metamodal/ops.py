@@ -1,5 +1,5 @@
-"""Tensor math that any stage may use: distances, a dtype-safe epsilon, safe square roots and
-L2 normalisation.
+"""Tensor math that any stage may use: distances, a dtype-safe epsilon, safe square roots, L2
+normalisation and a balanced softmax.
 
 Nothing here knows about episodes, learners or modalities: each function takes tensors and
 returns tensors, and imports nothing from metamodal.
@@ -82,3 +82,24 @@ def euclidean_distances(query: Tensor, keys: Tensor, eps: float = 1e-12) -> Tens
         [[5.0]]
     """
     return safe_sqrt(squared_distances(query, keys), eps)
+
+
+def balanced_softmax(logits: Tensor, iterations: int = 100) -> Tensor:
+    """The softmax of ``logits`` ``[Q, W]`` rescaled so that every column holds the same mass,
+    ``Q / W``, while every row still sums to 1: Sinkhorn's alternating normalisations
+    (Cuturi, 2013, "Sinkhorn Distances"), in log space, in float32, returned in the logits'
+    dtype. It assigns ``Q`` items evenly over ``W`` classes where the plain softmax lets
+    several items crowd into one class.
+
+    Example:
+        >>> p = balanced_softmax(torch.tensor([[2.0, 0.0], [1.0, 0.0]]))
+        >>> [round(x, 3) for x in p.sum(0).tolist()], [round(x, 3) for x in p.sum(1).tolist()]
+        ([1.0, 1.0], [1.0, 1.0])
+    """
+    queries, ways = logits.shape
+    log_p = logits.float().log_softmax(-1)
+    column_mass = torch.log(torch.tensor(queries / ways))
+    for _ in range(iterations):
+        log_p = log_p - log_p.logsumexp(0, keepdim=True) + column_mass
+        log_p = log_p - log_p.logsumexp(1, keepdim=True)
+    return log_p.exp().to(logits.dtype)

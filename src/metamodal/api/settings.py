@@ -48,6 +48,9 @@ class TestTimeOptions:
             (default: the run's ``tta``; 0 = off).
         transduction: soft k-means steps refining the prototypes with each episode's queries
             (default: the run's ``transduction``; 0 = off).
+        transduction_balance: those steps assign the queries evenly over the classes, for
+            episodes whose queries are spread evenly over them (default: the run's
+            ``transduction_balance``).
         fusion_confidence: late fusion lowers the weight of a modality whose posterior is
             uncertain, query by query (default: the run's ``fusion_confidence``; 0 = off).
         fusion_reliability: late fusion weighs each modality per class by its agreement with
@@ -57,6 +60,7 @@ class TestTimeOptions:
 
     tta: int | None = flag(None, metavar="N")
     transduction: int | None = flag(None, metavar="STEPS")
+    transduction_balance: bool | None = flag(None)
     fusion_confidence: float | None = flag(None, metavar="WEIGHT")
     fusion_reliability: float | None = flag(None, metavar="WEIGHT")
 

@@ -16,7 +16,7 @@ from metamodal.learners.base import (
     register_log_scalar,
 )
 from metamodal.learners.embeddings import Embeddings
-from metamodal.ops import squared_distances
+from metamodal.ops import balanced_softmax, squared_distances
 
 
 @learners.register("protonet")
@@ -41,6 +41,10 @@ class ProtoNet(MetricLearner):
             its supports (weight 1) and of the queries; under late fusion the fused logits
             assign and every modality's prototypes move (`logits`). 0 (the default) = off;
             set by `metamodal.model.FewShotModel.set_test_time`.
+        balance: the soft k-means steps assign the queries evenly over the classes (the
+            softmax balanced by Sinkhorn's iterations, `metamodal.ops.balanced_softmax`, so
+            that each class receives ``Q / ways`` of the queries' weight), when the episode has
+            at least as many queries as classes; set from ``transduction_balance``.
 
     Example:
         >>> import torch
@@ -56,6 +60,7 @@ class ProtoNet(MetricLearner):
         super().__init__()
         register_log_scalar(self, "log_temperature", temperature, learn=learn_temperature)
         self.transduction = 0
+        self.balance = False
 
     def scores(
         self,
@@ -96,7 +101,11 @@ class ProtoNet(MetricLearner):
         logits) and moves each prototype to the weighted mean of its supports (weight 1) and
         the queries. Under late fusion the assignment comes from the *fused* logits and
         refines every modality's prototypes (from the queries that have that modality): one
-        modality's confidence moves the other's prototypes.
+        modality's confidence moves the other's prototypes. With ``balance`` the assignment is
+        balanced over the classes (`metamodal.ops.balanced_softmax`): where the queries are
+        spread evenly over the classes, as in a one-shot run with one query per class, two
+        queries drawn to one prototype share it and the weaker pull goes to a class that no
+        query claims yet.
         """
         if self.training or not self.transduction:
             return super().logits(backbone, support, support_labels, query, ways, context)
@@ -123,8 +132,10 @@ class ProtoNet(MetricLearner):
                 return per[:, 0]
         per_modality = per_modality.clone()
         temperature = self.log_temperature.exp()
+        assign = balanced_softmax if self.balance and len(query) >= ways else (
+            lambda logits: logits.softmax(-1))
         for _ in range(self.transduction):
-            weights = combine(per_modality).softmax(-1)  # [Q, ways]
+            weights = assign(combine(per_modality))  # [Q, ways]
             for m, has, queries in views:
                 one_hot = F.one_hot(support_labels[has], ways).to(queries.dtype)  # [S_m, ways]
                 sums = one_hot.T @ supports[m][has]  # [ways, D]

@@ -99,12 +99,13 @@ class FewShotModel(nn.Module):
                       source: str | None = None) -> None:
         """Use ``test_time`` in evaluation mode (`metamodal.model.test_time`): ``tta``
         transformed copies of each sample, drawn by ``augmentation``, averaged into its
-        embedding (`embed`); ``transduction`` soft k-means steps in the learner;
-        ``fusion_confidence`` and ``fusion_reliability`` in late fusion's mix.
+        embedding (`embed`); ``transduction`` soft k-means steps in the learner, balanced over
+        the classes with ``transduction_balance``; ``fusion_confidence`` and
+        ``fusion_reliability`` in late fusion's mix.
 
         Raises:
-            ConfigError: settings out of range, ``tta`` without transforms, transduction
-                with a learner that has no prototypes, or ``fusion_confidence`` /
+            ConfigError: settings out of range, ``tta`` without transforms, transduction (or
+                its balance) with a learner that has no prototypes, or ``fusion_confidence`` /
                 ``fusion_reliability`` without late fusion (the key named, and ``source``).
         """
         check_test_time(test_time, self.learner, augmentation, source=source,
@@ -113,6 +114,7 @@ class FewShotModel(nn.Module):
         self.tta_augmentation = augmentation if test_time.tta else None
         if hasattr(self.learner, "transduction"):
             self.learner.transduction = test_time.transduction
+            self.learner.balance = test_time.transduction_balance
         if self.late:
             self.backbone.fusion.confidence = float(test_time.fusion_confidence)
             self.backbone.fusion.reliability = float(test_time.fusion_reliability)

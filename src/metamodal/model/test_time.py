@@ -16,6 +16,9 @@ augmentation, confidence-weighted late fusion and transductive refinement of the
 - **Transduction** (``transduction = T``): ``T`` steps of soft k-means over the episode's
   unlabelled queries refine each prototype (Ren et al. 2018, "Meta-Learning for
   Semi-Supervised Few-Shot Classification"); see `metamodal.learners.protonet.ProtoNet`.
+  With ``transduction_balance = true`` each step assigns the queries evenly over the classes
+  (Sinkhorn balancing, `metamodal.ops.balanced_softmax`), for episodes whose queries are
+  spread evenly over their classes.
 
 All act only in evaluation mode: training is unchanged, so each can be switched on for a
 run that was trained without it (``metamodal eval RUN --tta 8 --transduction 1``).
@@ -51,9 +54,9 @@ def tta_augmentation(options: Mapping[str, Any] | None, preprocessor: Any) -> Au
 def apply_test_time(model: Any, config: TrainConfig, preprocessor: Any, *,
                     source: str | None = None) -> None:
     """Give ``model`` (a `metamodal.model.FewShotModel`) the test-time settings of a training
-    ``config`` (``tta``, ``transduction``, ``fusion_confidence``, ``fusion_reliability``),
-    its copies drawn by `tta_augmentation` for data decoded by ``preprocessor``; `ConfigError`
-    as `check_test_time`, naming ``source``."""
+    ``config`` (``tta``, ``transduction``, ``transduction_balance``, ``fusion_confidence``,
+    ``fusion_reliability``), its copies drawn by `tta_augmentation` for data decoded by
+    ``preprocessor``; `ConfigError` as `check_test_time`, naming ``source``."""
     model.set_test_time(config.test_time(), tta_augmentation(config.augment, preprocessor)
                         if config.tta else None, source=source)
 
@@ -84,6 +87,11 @@ def check_test_time(test_time: TestTime, learner: Any, augmentation: Augmentatio
         raise ConfigError(f"learner {type(learner).__name__} has no prototypes to refine by "
                           "transduction", file=source, column="transduction",
                           fix="use learner = 'protonet', or set transduction = 0")
+    if test_time.transduction_balance and not hasattr(learner, "transduction"):
+        raise ConfigError(f"learner {type(learner).__name__} has no prototypes to refine by "
+                          "transduction, balanced or not", file=source,
+                          column="transduction_balance",
+                          fix="use learner = 'protonet', or set transduction_balance = false")
     for key in ("fusion_confidence", "fusion_reliability"):
         if getattr(test_time, key) and not getattr(fusion, "late", False):
             raise ConfigError(f"{key} weighs the per-modality posteriors of late fusion, and "

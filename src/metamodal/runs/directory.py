@@ -187,8 +187,8 @@ def load_run(run_dir: str | Path, *, device: str = "cpu",
     """Load a run directory written by `metamodal.train.Trainer`.
 
     ``test_time`` replaces the run's test-time settings (``tta``, ``transduction``,
-    ``fusion_confidence``, ``fusion_reliability``; a None value keeps the run's;
-    `metamodal.model.test_time`), for every member of an ensemble.
+    ``transduction_balance``, ``fusion_confidence``, ``fusion_reliability``; a None value
+    keeps the run's; `metamodal.model.test_time`), for every member of an ensemble.
 
     Raises `RunError` naming the file (and the key or tensor) when the directory, its config,
     preprocessor or weights are missing, corrupt or do not fit together, and `ConfigError`

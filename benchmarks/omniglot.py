@@ -92,8 +92,8 @@ def test_time_setting(name: str) -> dict[str, float]:
         if match[2] is None and default is None:
             raise ValueError(f"{part!r} in {name!r} needs its weight, e.g. {part}1")
         number = float(match[2]) if match[2] is not None else default
-        setting[key] = (int(number) if key in ("tta", "transduction") else
-                        bool(number) if key == "transduction_balance" else number)
+        setting[key] = {"tta": int, "transduction": int,
+                        "transduction_balance": bool}.get(key, float)(number)
     return setting
 
 

@@ -86,9 +86,9 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, *, only: Sequence[str
         names = [how.name or ("--no-" if negated else "--") + f.name.replace("_", "-"),
                  *how.aliases]
         kwargs["default"] = argparse.SUPPRESS
-        if hint is bool:  # None (keep what is set elsewhere): --x and --no-x
-            kwargs["action"] = ("store_false" if default is True else "store_true"
-                                if default is False else argparse.BooleanOptionalAction)
+        if hint is bool:  # a default of None keeps what is set elsewhere: --x and --no-x
+            kwargs["action"] = {True: "store_false", False: "store_true"}.get(
+                default, argparse.BooleanOptionalAction)
         elif origin is list or origin is dict or f.name == "augment":
             kwargs.update(action="append", metavar=how.metavar or "A,B")
         elif origin is Literal:

@@ -414,13 +414,14 @@ class _Kill(Exception):
 
 
 def test_resume_with_test_time_settings_is_bit_identical(setup, tmp_path: Path) -> None:
-    """Validation runs with tta and transduction; a killed run resumed ends with the same
-    weights and the same validation record as an uninterrupted one."""
+    """Validation runs with tta and balanced transduction; a killed run resumed ends with the
+    same weights and the same validation record as an uninterrupted one."""
     from metamodal.train.checkpoint import CHECKPOINT_FILE
     from metamodal.train.trainer import Trainer
 
     config = TrainConfig(data=str(setup["data"]), modalities=["image", "caption"],
                          fusion="late", steps=6, augment=AUGMENT, tta=2, transduction=1,
+                         transduction_balance=True,
                          **{**SMALL, "val_every": 2, "checkpoint_every": 2})
     Trainer(config, tmp_path / "full", progress=False).fit()
 

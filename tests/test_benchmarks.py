@@ -169,3 +169,44 @@ def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None
     unknown = subprocess.run([*elsewhere, "--baseline", "nothing"], capture_output=True,
                              text=True, timeout=600)
     assert unknown.returncode == 2 and "--baseline nothing" in unknown.stderr
+
+
+def test_balanced_transduction_benchmark_pairs_even_and_uneven_queries(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from omniglot_fixtures import write_archives
+
+    from metamodal import api
+    from metamodal.datasets.omniglot import import_omniglot
+
+    write_archives(tmp_path / "src", "small1", {"Alpha": 5, "Tagalog": 5, "Sanskrit": 6},
+                   drawers=8)
+    data = import_omniglot(tmp_path / "src", tmp_path / "data", image_size=14,
+                           val_groups=["Tagalog"], test_groups=["Sanskrit"]).path
+    small = {"modalities": ["image"], "steps": 2, "ways": 2, "queries": 1, "dim": 8,
+             "val_every": 0, "device": "cpu", "cache": False, "progress": False}
+    run = api.train(tmp_path / "run", data=str(data), transduction=2, **small).run_dir
+    script = [sys.executable, str(BENCHMARKS / "balanced_transduction.py"), "--run", str(run),
+              "--split", "test", "--runs", "3", "--threads", "1", "--out", str(tmp_path / "bt")]
+    done = subprocess.run(script, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [r.split(" | ")[:3] for r in rows] == [  # 6-way runs within Sanskrit
+        ["| even", "3", "18"], ["| random classes", "3", "18"], ["| half the classes", "3", "18"]]
+    files = {kind: [json.loads(line) for line in (tmp_path / "bt" / f"test-{kind}.jsonl")
+                    .read_text().splitlines()]
+             for kind in ("even", "random-classes", "half-the-classes")}
+    supports = [[e["support"] for e in episodes] for episodes in files.values()]
+    assert supports[0] == supports[1] == supports[2]  # the rows pair on the same supports
+
+    def per_class(episode: dict) -> list[int]:  # an Omniglot id is CLASS/DRAWING
+        queries = [q.rsplit("/", 1)[0] for q in episode["query"]]
+        return sorted(queries.count(s.rsplit("/", 1)[0]) for s in episode["support"])
+
+    assert [per_class(e) for e in files["even"]] == [[1] * 6] * 3
+    assert [per_class(e) for e in files["half-the-classes"]] == [[0, 0, 0, 2, 2, 2]] * 3
+    assert all(sum(per_class(e)) == 6 and per_class(e) != [1] * 6
+               for e in files["random-classes"][:1])
+    plain = api.train(tmp_path / "plain", data=str(data), **small).run_dir
+    refused = subprocess.run([*script[:3], str(plain), *script[4:]], capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode == 2 and "transduction = 0" in refused.stderr

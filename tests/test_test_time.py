@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -407,6 +408,20 @@ def test_the_classifier_takes_the_settings(setup) -> None:
                                                         transduction_balance=True,
                                                         fusion_confidence=3)
     assert clf.loaded_run().model.learner.balance
+    from metamodal import load_dataset
+
+    dataset = load_dataset(setup["data"])
+    rows = {c: [i for i, label in enumerate(dataset.labels) if label == c]
+            for c in load_run(setup["plain"]).split.test[:3]}
+    support = dataset.subset([r[0] for r in rows.values()])
+    query = dataset.subset([i for r in rows.values() for i in r[1:]])
+    clf.fit(support, support.labels)
+    with pytest.warns(UserWarning, match="spread evenly over the 3 classes"):
+        clf.predict(query)  # the balance's assumption is named where it applies
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="transduction_balance")
+        clf.predict(query.subset([0, 1]))  # fewer queries than classes: refined unbalanced
+        clf.set_params(transduction_balance=False).fit(support, support.labels).predict(query)
 
 
 class _Kill(Exception):

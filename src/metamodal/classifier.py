@@ -433,7 +433,16 @@ class FewShotClassifier(EstimatorParams):
         return self._logits(self._read(X, self.run_, self.modalities_, labelled=False))
 
     def _logits(self, dataset: MultimodalDataset) -> np.ndarray:
-        """Logits ``[Q, classes]`` of the samples of a dataset read by `_read`."""
+        """Logits ``[Q, classes]`` of the samples of a dataset read by `_read`; a warning when
+        balanced transduction assumes the ``Q`` samples spread evenly over the classes."""
+        test_time = self.run_.model.test_time
+        if (test_time.transduction and test_time.transduction_balance
+                and len(dataset) >= len(self.classes_)):
+            warnings.warn(
+                f"transduction_balance is on: the {len(dataset)} query samples are taken to be "
+                f"spread evenly over the {len(self.classes_)} classes; where they are not, it "
+                "raises the error (docs/test-time.md): pass transduction_balance=False "
+                "(--no-transduction-balance)", stacklevel=3)
         query = self._encode(dataset, self.run_, self.modalities_)
         if not bool(query.usable.all()):
             first = int((~query.usable).nonzero()[0])

@@ -435,9 +435,10 @@ class FewShotClassifier(EstimatorParams):
     def _logits(self, dataset: MultimodalDataset) -> np.ndarray:
         """Logits ``[Q, classes]`` of the samples of a dataset read by `_read`; a warning when
         balanced transduction assumes the ``Q`` samples spread evenly over the classes."""
-        test_time = self.run_.model.test_time
-        if (test_time.transduction and test_time.transduction_balance
-                and len(dataset) >= len(self.classes_)):
+        model = self.run_.model
+        settings = [m.test_time for m in getattr(model, "members", None) or [model]]
+        if len(dataset) >= len(self.classes_) and any(
+                t.transduction and t.transduction_balance for t in settings):
             warnings.warn(
                 f"transduction_balance is on: the {len(dataset)} query samples are taken to be "
                 f"spread evenly over the {len(self.classes_)} classes; where they are not, it "

@@ -32,15 +32,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from metamodal.data.episode_files import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from omniglot import alphabets_holding, within_ways  # noqa: E402  (benchmarks/omniglot.py)
+
+from metamodal.data.episode_files import (  # noqa: E402
     EpisodeIds,
     protocol_episodes,
     read_episode_file,
     write_episode_file,
 )
-from metamodal.evaluate.protocol import evaluate_episodes
-from metamodal.evaluate.stats import paired_difference, pooled_error
-from metamodal.runs.directory import load_run, load_run_data
+from metamodal.evaluate.protocol import evaluate_episodes  # noqa: E402
+from metamodal.evaluate.stats import paired_difference, pooled_error  # noqa: E402
+from metamodal.runs.directory import Run, load_run, load_run_data  # noqa: E402
 
 KINDS = ("even", "random classes", "half the classes")
 POOL = 6
@@ -79,21 +83,20 @@ def uneven_runs(runs: list[EpisodeIds], labels: dict[str, str], kind: str,
     return out
 
 
-def measure(run_dir: str, split: str, runs: int, seed: int, out: Path) -> list[dict[str, Any]]:
-    """Each kind of run, balanced and unbalanced: errors, their intervals, the paired
-    difference and the per-run accuracies."""
-    prepared = load_run_data(load_run(run_dir))
+def measure(loaded: dict[bool, Run], split: str, runs: int, seed: int,
+            out: Path) -> list[dict[str, Any]]:
+    """Each kind of run, with the run loaded unbalanced and balanced (``loaded[False]``,
+    ``loaded[True]``): errors, their intervals, the paired difference and the per-run
+    accuracies."""
+    prepared = load_run_data(loaded[False])
     store, dataset = prepared.store, prepared.dataset
     classes = getattr(prepared.split, split)
-    groups = sorted({g for g, c in zip(dataset.groups, dataset.labels, strict=True)
-                     if g is not None and c in set(classes)})
-    ways = min(20, min(sum(c.startswith(g + "/") for c in set(classes)) for g in groups))
-    pool = protocol_episodes(store.ids, store.labels, ways=ways, shots=1, queries=POOL,
-                             runs=runs, seed=seed, classes=classes, groups=dataset.groups,
-                             within=groups)
+    groups = alphabets_holding(classes, dataset.groups)
+    pool = protocol_episodes(store.ids, store.labels, ways=within_ways(classes, groups),
+                             shots=1, queries=POOL, runs=runs, seed=seed, classes=classes,
+                             groups=dataset.groups, within=groups)
     labels = dict(zip(store.ids, store.labels, strict=True))
-    models = {balance: load_run(run_dir, test_time={"transduction_balance": balance}).model
-              for balance in (False, True)}
+    models = {balance: run.model for balance, run in loaded.items()}
     rows = []
     for kind in KINDS:
         episodes = uneven_runs(pool, labels, kind, seed)
@@ -141,13 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if not load_run(args.run).config.transduction:
+    loaded = {balance: load_run(args.run, test_time={"transduction_balance": balance})
+              for balance in (False, True)}
+    if not loaded[False].config.transduction:
         print(f"{args.run} has transduction = 0: the balance changes nothing; give a run "
               "with transduction (or retrain with it)", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print_table(measure(args.run, args.split, args.runs, args.seed, out), args.run, args.split)
+    print_table(measure(loaded, args.split, args.runs, args.seed, out), args.run, args.split)
     return 0
 
 

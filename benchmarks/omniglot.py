@@ -253,13 +253,31 @@ STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000,
 """Steps of a configuration when not the default (``--steps``; ``--max-steps`` caps both)."""
 
 
+def alphabets_holding(classes: list[str], groups: list[str | None]) -> list[str]:
+    """The groups (alphabets) among ``groups`` (each sample's, None where it has none) that
+    hold some of ``classes`` (named ``ALPHABET/character``), sorted.
+
+    Example:
+        >>> alphabets_holding(["Greek/c1", "Korean/c2"], ["Greek", None, "Latin", "Korean"])
+        ['Greek', 'Korean']
+    """
+    return sorted(g for g in set(groups) if g is not None
+                  and any(c.startswith(g + "/") for c in classes))
+
+
+def within_ways(classes: list[str], groups: list[str]) -> int:
+    """The ways of a one-shot run within any one of ``groups``: 20, or fewer where a group
+    holds fewer of ``classes``."""
+    return min(20, min(len({c for c in classes if c.startswith(g + "/")}) for g in groups))
+
+
 def _within(model: Any, store: Any, prepared: Any, classes: list[str], groups: list[str],
             runs: int, run_dir: Path, tag: str,
             modalities: list[str] | None) -> tuple[Any, list[Any]]:
     """Lake-style one-shot runs within ``groups`` (20 ways, or all of a smaller alphabet's
     characters; run ``k`` in group ``k % len(groups)``): the result and the episodes."""
-    ways = min(20, min(len({c for c in classes if c.startswith(g + "/")}) for g in groups))
-    lake = protocol_episodes(store.ids, store.labels, ways=ways, shots=1, queries=1,
+    lake = protocol_episodes(store.ids, store.labels, ways=within_ways(classes, groups),
+                             shots=1, queries=1,
                              runs=runs, seed=0, classes=classes,
                              groups=prepared.dataset.groups, within=groups)
     path = write_episode_file(run_dir / f"{tag}.jsonl", lake)
@@ -309,8 +327,7 @@ def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
         row["test_5way_alone"] = {m: five_way(split.test, [m]) for m in modalities}
         row["val_5way_alone"] = {m: five_way(split.val, [m]) for m in modalities}
     primary = ["image"] if "image" in modalities else modalities[:1]  # in the within runs
-    alphabets = sorted({g for g in prepared.dataset.groups if g is not None
-                        and any(c.startswith(g + "/") for c in split.test)})
+    alphabets = alphabets_holding(split.test, prepared.dataset.groups)
     result, lake = _within(model, store, prepared, split.val, [VAL], runs, run_dir,
                            "val-within", primary)
     row["val_within_error"] = _error(result.accuracies, lake)

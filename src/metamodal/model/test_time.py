@@ -83,15 +83,11 @@ def check_test_time(test_time: TestTime, learner: Any, augmentation: Augmentatio
                           "test-time augmentation averages embeddings of a fixed network",
                           file=source, column="tta",
                           fix="use a metric learner (protonet, ...), or set tta = 0")
-    if test_time.transduction and not hasattr(learner, "transduction"):
-        raise ConfigError(f"learner {type(learner).__name__} has no prototypes to refine by "
-                          "transduction", file=source, column="transduction",
-                          fix="use learner = 'protonet', or set transduction = 0")
-    if test_time.transduction_balance and not hasattr(learner, "transduction"):
-        raise ConfigError(f"learner {type(learner).__name__} has no prototypes to refine by "
-                          "transduction, balanced or not", file=source,
-                          column="transduction_balance",
-                          fix="use learner = 'protonet', or set transduction_balance = false")
+    for key, off in (("transduction", "0"), ("transduction_balance", "false")):
+        if getattr(test_time, key) and not hasattr(learner, "transduction"):
+            raise ConfigError(f"learner {type(learner).__name__} has no prototypes to refine "
+                              "by transduction", file=source, column=key,
+                              fix=f"use learner = 'protonet', or set {key} = {off}")
     for key in ("fusion_confidence", "fusion_reliability"):
         if getattr(test_time, key) and not getattr(fusion, "late", False):
             raise ConfigError(f"{key} weighs the per-modality posteriors of late fusion, and "

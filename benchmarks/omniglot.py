@@ -97,6 +97,9 @@ def test_time_setting(name: str) -> dict[str, float]:
     return setting
 
 
+test_time_setting.__test__ = False  # a helper that pytest would take for a test
+
+
 WITHIN_RUNS = 20
 """Runs within each held-out test alphabet in the all-alphabet proxy (``--within-runs``)."""
 STROKES = {"coords": [0, 1], "follow": "image", "frame": [0, 0, 105, -105], "discrete": [3]}

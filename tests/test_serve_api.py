@@ -13,6 +13,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -405,6 +406,49 @@ def test_predictions_equal_the_classifier(runs: dict[str, Path], rows: list[dict
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     assert [p["label"] for p in served["predictions"]] == clf.predict(
         records(queries, modalities))
+
+
+def test_the_run_balance_is_off_unless_served_with_it(runs: dict[str, Path],
+                                                      rows: list[dict[str, str]],
+                                                      tmp_path: Path) -> None:
+    """A run whose config balances its soft k-means steps is served unbalanced (a request's
+    queries are not known to be spread evenly over the task's classes) unless serve is given
+    ``transduction_balance``; either way the answers are the classifier's with that setting,
+    and /api/model says which settings are in force."""
+    common = dict(data=str(runs["data"]), ways=2, shots=1, queries=1, dim=8, val_every=0,
+                  val_episodes=1, device="cpu", cache=False, steps=2)
+    run = tmp_path / "balanced"
+    Trainer(TrainConfig(transduction=3, transduction_balance=True, **common), run,
+            progress=False).fit()
+    support, queries = rows[:12], rows[12:21]  # 4 classes, 9 queries: the balance applies
+    served = {}
+    for given in (None, True, False):
+        app = create_app(run, state=tmp_path / f"state-{given}", eval_episodes=0,
+                         **({} if given is None else {"transduction_balance": given}))
+        with TestClient(app, raise_server_exceptions=False) as c:
+            settings = c.get("/api/model").json()["test_time"]
+            created = new_task(c, support, runs["data"])
+            fields, files = form(queries, runs["data"], "q", labelled=False)
+            r = post(c, f"/api/tasks/{created['id']}/predict", fields, files)
+        assert r.status_code == 200, r.text
+        balance = bool(given)
+        assert settings == [{"tta": 0, "transduction": 3, "transduction_balance": balance,
+                             "fusion_confidence": 0.0, "fusion_reliability": 0.0}]
+        clf = FewShotClassifier(run, media_root=runs["data"], transduction_balance=balance)
+        clf.fit(records(support), [row["species"] for row in support])
+        served[given] = np.array([[p["probabilities"][label] for label in clf.classes_]
+                                  for p in r.json()["predictions"]])
+        with pytest.warns(UserWarning, match="spread evenly") if balance else nullcontext():
+            expected = clf.predict_proba(records(queries))
+        np.testing.assert_allclose(served[given], expected, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(served[None], served[False])
+    assert not np.allclose(served[None], served[True], atol=1e-4)
+
+
+def test_serve_refuses_a_bad_test_time_setting(runs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        create_app(runs["maml"], state=tmp_path, eval_episodes=0, transduction=2)
+    assert raised.value.column == "transduction"
 
 
 # -- persistence -----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from metamodal.errors import (
 from metamodal.estimator import EstimatorParams
 from metamodal.io import atomic_write
 from metamodal.learners.embeddings import Embeddings
+from metamodal.model.test_time import settings_in_force
 from metamodal.runs.directory import (
     CONFIG_FILE,
     MEMBERS_DIR,
@@ -436,9 +437,8 @@ class FewShotClassifier(EstimatorParams):
         """Logits ``[Q, classes]`` of the samples of a dataset read by `_read`; a warning when
         balanced transduction assumes the ``Q`` samples spread evenly over the classes."""
         model = self.run_.model
-        settings = [m.test_time for m in getattr(model, "members", None) or [model]]
         if len(dataset) >= len(self.classes_) and any(
-                t.transduction and t.transduction_balance for t in settings):
+                t.transduction and t.transduction_balance for t in settings_in_force(model)):
             warnings.warn(
                 f"transduction_balance is on: the {len(dataset)} query samples are taken to be "
                 f"spread evenly over the {len(self.classes_)} classes; where they are not, it "

@@ -90,6 +90,9 @@ def test_time_overrides(source: Any) -> dict[str, Any]:
     return {f.name: getattr(source, f.name) for f in dataclasses.fields(TestTime)}
 
 
+test_time_overrides.__test__ = False  # a library function that pytest would take for a test
+
+
 @dataclass
 class TrainConfig:
     """Everything that decides how a model is meta-trained.

@@ -13,6 +13,7 @@ from typing import Any
 from metamodal.api.evaluation import evaluate
 from metamodal.api.fields import resolve
 from metamodal.api.settings import ServeSettings
+from metamodal.config import test_time_overrides
 from metamodal.errors import ConfigError
 
 
@@ -66,6 +67,8 @@ def create_app(run: str | Path | None = None, settings: ServeSettings | None = N
     s = resolve(ServeSettings, settings, {"run": run, **options}, verb="serve")
     if s.token is None and os.environ.get(TOKEN_VARIABLE):
         s = dataclasses.replace(s, token=os.environ[TOKEN_VARIABLE])
+    if s.transduction_balance is None:  # requests are not known to be spread evenly
+        s = dataclasses.replace(s, transduction_balance=False)
     try:
         from metamodal.serve.app import build_app
     except ImportError as error:
@@ -75,7 +78,7 @@ def create_app(run: str | Path | None = None, settings: ServeSettings | None = N
 
     def measure() -> dict[str, Any]:
         report = evaluate(s.run, episodes_count=s.eval_episodes, baseline=False,
-                          progress=False)
+                          progress=False, **test_time_overrides(s))
         r = report.result
         return {"accuracy": r.accuracy, "ci95": r.ci95, "ways": r.ways, "shots": r.shots,
                 "episodes": r.episodes, "split": report.split}

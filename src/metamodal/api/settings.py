@@ -142,11 +142,18 @@ class PredictSettings(TestTimeOptions):
 
 
 @dataclass
-class ServeSettings:
+class ServeSettings(TestTimeOptions):
     """What `metamodal.api.serve` serves, where, and within which limits.
+
+    The test-time settings (`TestTimeOptions`) replace the run's, as in ``metamodal predict``,
+    but for ``transduction_balance``.
 
     Args:
         run: the run directory whose model classifies.
+        transduction_balance: the soft k-means steps assign each request's queries evenly over
+            the task's classes; off unless given, whatever the run's setting, since a
+            request's queries are not known to be spread evenly over them (a request of one
+            class's samples would be pushed onto the others).
         host: the address to listen on; any address other than loopback needs ``token``.
         port: the TCP port.
         token: the bearer token that write requests need (and every request, on an address

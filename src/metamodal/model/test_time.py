@@ -42,6 +42,13 @@ TTA_SEED = 0
 """Seed of the copies' transforms (fixed: the same copies for every model and call)."""
 
 
+def settings_in_force(model: Any) -> list[TestTime]:
+    """The test-time settings a loaded model applies: its own ``test_time`` (one), or each
+    member's of an ensemble (`metamodal.model.EnsembleModel`, whose members keep their
+    own)."""
+    return [m.test_time for m in getattr(model, "members", None) or [model]]
+
+
 def tta_augmentation(options: Mapping[str, Any] | None, preprocessor: Any) -> Augmentation:
     """The transforms of test-time augmentation: the per-modality tables of a run's
     ``augment`` options (``rotate_classes`` and ``modality_dropout`` left out), for data

@@ -36,6 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from metamodal.config import test_time_overrides
 from metamodal.errors import (
     ConfigError,
     DatasetError,
@@ -129,7 +130,8 @@ def build_app(s: ServeSettings,
     if not is_loopback(s.host) and not s.token:
         raise ConfigError(f"serving on {s.host} (reachable from other machines) needs a token",
                           column="token", fix="give --token SECRET, or serve on 127.0.0.1")
-    engine = Engine(s.run, device=s.device, batching=s.batching)
+    engine = Engine(s.run, device=s.device, batching=s.batching,
+                    test_time=test_time_overrides(s))
     store = TaskStore(s.state, model=engine.fingerprint,
                       limits=Limits(s.max_tasks, s.max_examples, s.max_classes))
     accuracy = _Accuracy(store, measure_accuracy)
@@ -204,14 +206,15 @@ def build_app(s: ServeSettings,
     @app.get("/api/model")
     def model() -> dict[str, Any]:
         """The model: learner, fusion, embedding size, the modalities it accepts (and how a
-        form gives each), its test accuracy (measured once), the limits and what needs the
-        token."""
+        form gives each), its test-time settings, its test accuracy (measured once), the
+        limits and what needs the token."""
         config = engine.run.config
         ensemble = engine.run.ensemble
         learner, fusion = (("ensemble", str(ensemble.get("method"))) if ensemble is not None
                            else (config.learner, config.fusion))
         return {"learner": learner, "fusion": fusion, "dim": config.dim,
                 "modalities": [m.to_dict() for m in engine.modality_info()],
+                "test_time": engine.test_time(),
                 "test_accuracy": accuracy.value, "test_accuracy_status": accuracy.status,
                 "limits": limits,
                 "auth": {"token_required_for_writes": bool(s.token),

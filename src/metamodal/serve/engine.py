@@ -13,12 +13,14 @@ batch by one worker thread (`EmbedBatcher`); ``benchmarks/serve.py`` measures wh
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import io
 import queue
 import re
 import tempfile
 import threading
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ from metamodal.data.batch import batch_to
 from metamodal.data.kinds import modality_kind
 from metamodal.data.records import records_dataset
 from metamodal.errors import InsufficientSamplesError, LocatedError, ModalityError
+from metamodal.model.test_time import settings_in_force
 from metamodal.runs.directory import WEIGHTS_FILE, Run
 from metamodal.runs.support import EncodedSamples
 from metamodal.serve.store import NewExample, TaskRecord
@@ -134,13 +137,17 @@ class Engine:
         run: the run directory.
         device: where the model runs.
         batching: embed the queries of concurrent requests together (`EmbedBatcher`).
+        test_time: test-time settings replacing the run's (`FewShotClassifier`'s keywords
+            ``tta``, ``transduction``, ...; None keeps the run's).
 
     Raises:
         RunError: the run directory is missing or damaged.
+        ConfigError: a test-time setting is invalid or does not fit the model.
     """
 
-    def __init__(self, run: str | Path, *, device: str = "cpu", batching: bool = True) -> None:
-        self.classifier = FewShotClassifier(run, device=device)
+    def __init__(self, run: str | Path, *, device: str = "cpu", batching: bool = True,
+                 test_time: Mapping[str, Any] | None = None) -> None:
+        self.classifier = FewShotClassifier(run, device=device, **(test_time or {}))
         self.run: Run = self.classifier.loaded_run()
         self.model = self.run.model.eval()
         self.embeds_once = self.model.capabilities().embeds_once
@@ -152,6 +159,12 @@ class Engine:
         self._fitted_guard = threading.Lock()
 
     # -- what the model accepts ----------------------------------------------------------
+
+    def test_time(self) -> list[dict[str, Any]]:
+        """The test-time settings in force: one dict (``tta``, ``transduction``,
+        ``transduction_balance``, ``fusion_confidence``, ``fusion_reliability``) for the
+        model, or one per member of an ensemble."""
+        return [dataclasses.asdict(t) for t in settings_in_force(self.model)]
 
     def modality_info(self) -> list[ModalityInfo]:
         """Each modality the model accepts and how a form gives it."""

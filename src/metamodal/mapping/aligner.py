@@ -9,18 +9,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metamodal.errors import ConfigError
-from metamodal.mapping.contrastive import MAX_LOGIT_SCALE, margin_alignment_loss
+from metamodal.mapping.contrastive import margin_alignment_loss, masked_info_nce
 from metamodal.mapping.regression import (
     REGRESSION_LOSSES,
     RegressionMap,
+    regression_errors,
     regression_loss,
     stacked_maps,
 )
-from metamodal.ops import l2_normalize
 
 OBJECTIVES = ("infonce", "margin", "regression")
 POSITIVES = ("instance", "class")
@@ -180,30 +179,15 @@ class Aligner(nn.Module):
     def _info_nce(self, parts: Mapping[str, Tensor], present: Mapping[str, Tensor],
                   labels: Tensor | None) -> Tensor:
         """`info_nce` averaged over the modality pairs with at least two samples having
-        both, every pair at once: each pair's ``[B, B]`` similarities in one ``[P, B, B]``
-        batch, the samples lacking either modality masked out of its rows and columns."""
+        both, every pair at once (`masked_info_nce`)."""
         pairs = self.pairs()
-        normed = {m: l2_normalize(parts[m]) for m in {m for pair in pairs for m in pair}}
-        first = torch.stack([normed[a] for a, _ in pairs])  # [P, B, D]
-        second = torch.stack([normed[b] for _, b in pairs])
         keep = torch.stack([present[a] & present[b] for a, b in pairs])  # [P, B]
-        counts = keep.sum(1)
-        scale = self.log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
-        logits = scale * first @ second.transpose(1, 2)  # [P, B, B]
-        valid = keep.unsqueeze(2) & keep.unsqueeze(1)
-        same = (labels.unsqueeze(1) == labels.unsqueeze(0)
-                if self.positives == "class" and labels is not None
-                else torch.eye(keep.shape[1], dtype=torch.bool, device=keep.device))
-        positive = valid & same
-        total = logits.new_zeros(len(pairs))
-        for side, mask, wanted in ((logits, valid, positive),
-                                   (logits.transpose(1, 2), valid.transpose(1, 2),
-                                    positive.transpose(1, 2))):
-            rows = (side.masked_fill(~mask, -math.inf).logsumexp(2)
-                    - side.masked_fill(~wanted, -math.inf).logsumexp(2))
-            total = total + torch.where(keep, rows, 0.0).sum(1) / counts.clamp_min(1)
-        used = counts >= 2
-        return torch.where(used, 0.5 * total, 0.0).sum() / used.sum().clamp_min(1)
+        positive = (labels.unsqueeze(1) == labels.unsqueeze(0)
+                    if self.positives == "class" and labels is not None else None)
+        losses = masked_info_nce(torch.stack([parts[a] for a, _ in pairs]),
+                                 torch.stack([parts[b] for _, b in pairs]), self.log_scale,
+                                 keep, positive)
+        return losses.sum() / (keep.sum(1) >= 2).sum().clamp_min(1)
 
     def _maps_loss(self, parts: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
         """The regression maps' loss on detached embeddings, averaged over the ordered pairs
@@ -217,11 +201,8 @@ class Aligner(nn.Module):
         source = torch.stack([parts[a].detach() for a, _ in ordered])  # [Q, B, D]
         target = torch.stack([parts[b].detach() for _, b in ordered])
         keep = torch.stack([present[a] & present[b] for a, b in ordered])  # [Q, B]
-        prediction = stacked_maps(maps, source)
-        if self.regression_kind == "mse":
-            errors = (prediction - target).pow(2).mean(-1)  # [Q, B]
-        else:
-            errors = 1 - F.cosine_similarity(prediction, target, dim=-1)
+        errors = regression_errors(stacked_maps(maps, source), target,
+                                   self.regression_kind)  # [Q, B]
         counts = keep.sum(1)
         per_map = torch.where(keep, errors, 0.0).sum(1) / counts.clamp_min(1)
         used = counts >= 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from metamodal.losses import contrastive_loss
@@ -45,19 +44,42 @@ def info_nce(a: Tensor, b: Tensor, log_scale: Tensor, labels: Tensor | None = No
         >>> float(info_nce(x, x, torch.tensor(math.log(100.0)))) < 1e-3
         True
     """
-    if a.shape[0] < 2:
-        return a.sum() * 0.0
+    keep = torch.ones(1, a.shape[0], dtype=torch.bool, device=a.device)
+    positive = None if labels is None else labels.unsqueeze(1) == labels.unsqueeze(0)
+    return masked_info_nce(a.unsqueeze(0), b.unsqueeze(0), log_scale, keep, positive)[0]
+
+
+def masked_info_nce(a: Tensor, b: Tensor, log_scale: Tensor, keep: Tensor,
+                    positive: Tensor | None = None) -> Tensor:
+    """`info_nce` of ``P`` pairs of modalities at once, each on the rows it keeps (the
+    samples that have both of its modalities).
+
+    Args:
+        a: ``[P, N, D]`` embeddings of each pair's first modality.
+        b: ``[P, N, D]`` embeddings of its second modality, row by row the same samples.
+        log_scale: 0-d tensor, the log of the inverse temperature.
+        keep: bool ``[P, N]``, the rows each pair uses; the others are neither anchors nor
+            negatives.
+        positive: bool ``[N, N]``, which rows are positives of each other (default: each
+            row itself; rows of one class for class-level positives).
+
+    Returns:
+        ``[P]``: each pair's loss, zero for a pair that keeps fewer than two rows.
+    """
     scale = log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
-    logits = scale * l2_normalize(a) @ l2_normalize(b).T  # [N, N]
-    if labels is None:
-        target = torch.arange(a.shape[0], device=a.device)
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-    positive = labels.unsqueeze(1) == labels.unsqueeze(0)  # symmetric: same mask both ways
-    total = logits.new_zeros(())
-    for side in (logits, logits.T):
-        mass = side.masked_fill(~positive, float("-inf")).logsumexp(1)
-        total = total + (side.logsumexp(1) - mass).mean()
-    return 0.5 * total
+    logits = scale * l2_normalize(a) @ l2_normalize(b).transpose(1, 2)  # [P, N, N]
+    if positive is None:
+        positive = torch.eye(keep.shape[1], dtype=torch.bool, device=keep.device)
+    valid = keep.unsqueeze(2) & keep.unsqueeze(1)  # [P, N, N]
+    wanted = valid & positive
+    counts = keep.sum(1)  # [P]
+    total = logits.new_zeros(len(keep))
+    for side, mask, chosen in ((logits, valid, wanted), (logits.transpose(1, 2),
+                               valid.transpose(1, 2), wanted.transpose(1, 2))):
+        rows = (side.masked_fill(~mask, -math.inf).logsumexp(2)
+                - side.masked_fill(~chosen, -math.inf).logsumexp(2))  # [P, N]
+        total = total + torch.where(keep, rows, 0.0).sum(1) / counts.clamp_min(1)
+    return torch.where(counts >= 2, 0.5 * total, 0.0)
 
 
 def margin_alignment_loss(a: Tensor, b: Tensor, *, margin: float = 1.0) -> Tensor:

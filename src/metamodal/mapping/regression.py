@@ -34,9 +34,15 @@ def regression_loss(prediction: Tensor, target: Tensor, kind: str = "mse") -> Te
                           fix=f"use one of: {', '.join(REGRESSION_LOSSES)}")
     if prediction.shape[0] == 0:
         return prediction.sum() * 0.0
+    return regression_errors(prediction, target, kind).mean()
+
+
+def regression_errors(prediction: Tensor, target: Tensor, kind: str = "mse") -> Tensor:
+    """Each row's `regression_loss`: ``[..., N, D]`` -> ``[..., N]`` (the mean squared error
+    of its entries, or ``1 - cos``)."""
     if kind == "mse":
-        return F.mse_loss(prediction, target)
-    return (1 - F.cosine_similarity(prediction, target, dim=-1)).mean()
+        return (prediction - target).pow(2).mean(-1)
+    return 1 - F.cosine_similarity(prediction, target, dim=-1)
 
 
 class RegressionMap(nn.Module):

@@ -135,8 +135,9 @@ def server(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture
 def token_server(trained: tuple[Path, Path], tmp_path: Path) -> Iterator[str]:
-    """The server of the run with a token (writes need it)."""
-    with serving(trained[1], tmp_path / "state", token=TOKEN, eval_episodes=0) as url:
+    """The server of the run with a token (writes need it), and 3 soft k-means steps."""
+    with serving(trained[1], tmp_path / "state", token=TOKEN, eval_episodes=0,
+                 transduction=3) as url:
         yield url
 
 
@@ -250,6 +251,7 @@ def exercise_page(driver, url: str, data: Path, scratch: Path) -> None:
     driver.get(url + "/")
     wait_ready(driver, "the page to load the model")
     assert driver.find_element("id", "model-learner").text == "protonet"
+    assert driver.find_element("id", "model-test-time").text == "plain"
     names = {e.get_attribute("data-modality") for e in by_testid(driver, "model-modality")}
     assert names == {"image", "caption"}
     assert driver.execute_script("return document.querySelectorAll('script[src^=http], "
@@ -363,6 +365,7 @@ def test_token_and_class_removal(browser, token_server: str, trained: tuple[Path
     driver.get(token_server + "/")
     wait_ready(driver, "the page to load the model")
     assert "change" in driver.find_element("id", "token-state").text
+    assert driver.find_element("id", "model-test-time").text == "3 soft k-means steps"
 
     driver.find_element("id", "class-name").send_keys(CLASS_A)
     driver.find_element("id", "class-add").click()

@@ -354,6 +354,7 @@
     $("model-learner").textContent = model.learner || "?";
     $("model-fusion").textContent = model.fusion
       ? `${model.fusion}${model.dim ? `, ${model.dim}-d embedding` : ""}` : "none";
+    $("model-test-time").textContent = testTimeText(model.test_time);
     showAccuracy(model);
     const list = $("model-modalities");
     list.replaceChildren(...model.modalities.map((m) => el("li", {
@@ -369,6 +370,23 @@
     $("query-files").removeAttribute("accept");
     for (const card of state.cards.values()) card.el.remove();
     state.cards.clear();
+  }
+
+  // test_time: the settings in force, one object (or one per ensemble member)
+  function testTimeText(settings) {
+    const one = (t) => {
+      const parts = [];
+      if (t.tta) parts.push(`${t.tta} augmented copies`);
+      if (t.transduction) {
+        const balanced = t.transduction_balance ? ", balanced" : "";
+        parts.push(`${t.transduction} soft k-means steps${balanced}`);
+      }
+      if (t.fusion_confidence) parts.push(`confidence weight ${t.fusion_confidence}`);
+      if (t.fusion_reliability) parts.push(`reliability weight ${t.fusion_reliability}`);
+      return parts.length ? parts.join(", ") : "plain";
+    };
+    const texts = [...new Set((settings || []).map(one))];
+    return texts.length ? texts.join(" | ") : "?";
   }
 
   // test_accuracy: {mean, ci95} in percent, or {accuracy, ci95} as fractions; while the server

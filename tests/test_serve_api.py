@@ -11,6 +11,7 @@ import io
 import pickle
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -28,12 +29,13 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from metamodal.api.serve import create_app  # noqa: E402
+from metamodal.api.settings import ServeSettings  # noqa: E402
 from metamodal.classifier import FewShotClassifier  # noqa: E402
 from metamodal.cli import main  # noqa: E402
 from metamodal.config import TrainConfig  # noqa: E402
 from metamodal.datasets.synthetic import make_synthetic  # noqa: E402
 from metamodal.errors import ConfigError, RunError  # noqa: E402
-from metamodal.serve.app import PAGE  # noqa: E402
+from metamodal.serve.app import PAGE, build_app  # noqa: E402
 from metamodal.serve.engine import Sample  # noqa: E402
 from metamodal.serve.store import DATABASE  # noqa: E402
 from metamodal.train.trainer import Trainer  # noqa: E402
@@ -449,6 +451,35 @@ def test_serve_refuses_a_bad_test_time_setting(runs: dict[str, Path], tmp_path: 
     with pytest.raises(ConfigError) as raised:
         create_app(runs["maml"], state=tmp_path, eval_episodes=0, transduction=2)
     assert raised.value.column == "transduction"
+
+
+def test_the_accuracy_is_measured_again_with_other_settings(runs: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """The accuracy kept in the state is reused by a server with the same test-time
+    settings, and measured again by one with other settings."""
+    calls = []
+
+    def measure() -> dict[str, Any]:
+        calls.append(1)
+        return {"accuracy": 0.5 + len(calls) / 10, "ci95": 0.1}
+
+    def served(**options: Any) -> dict[str, Any]:
+        settings = ServeSettings(run=str(runs["protonet"]), state=str(tmp_path), **options)
+        with TestClient(build_app(settings, measure)) as c:
+            deadline = time.monotonic() + 30
+            while (body := c.get("/api/model").json())["test_accuracy_status"] == "measuring":
+                assert time.monotonic() < deadline, "the accuracy was not measured"
+                time.sleep(0.05)
+        return body
+
+    first = served(transduction_balance=False)
+    assert first["test_accuracy"]["accuracy"] == pytest.approx(0.6)
+    assert first["test_accuracy"]["test_time"] == first["test_time"]
+    assert served(transduction_balance=False)["test_accuracy"] == first["test_accuracy"]
+    assert len(calls) == 1
+    other = served(transduction=2, transduction_balance=False)
+    assert len(calls) == 2 and other["test_accuracy"]["accuracy"] == pytest.approx(0.7)
+    assert other["test_accuracy"]["test_time"][0]["transduction"] == 2
 
 
 # -- persistence -----------------------------------------------------------------------------

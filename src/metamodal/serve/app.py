@@ -93,10 +93,16 @@ def _status(error: MetamodalError) -> int:
 
 
 class _Accuracy:
-    """The run's test accuracy, measured once in the background and kept in the state."""
+    """The run's test accuracy, measured once in the background and kept in the state with
+    the test-time settings it was measured with (``test_time``): other settings measure it
+    again."""
 
-    def __init__(self, store: TaskStore, measure: Callable[[], dict[str, Any]] | None) -> None:
-        self.value: dict[str, Any] | None = store.read_meta("test_accuracy")
+    def __init__(self, store: TaskStore, measure: Callable[[], dict[str, Any]] | None,
+                 test_time: list[dict[str, Any]]) -> None:
+        kept = store.read_meta("test_accuracy")
+        self.value: dict[str, Any] | None = (
+            kept if isinstance(kept, dict) and kept.get("test_time") == test_time else None)
+        self.test_time = test_time
         self.status = "measured" if self.value else ("off" if measure is None else "measuring")
         if self.status == "measuring":
             threading.Thread(target=self._measure, args=(store, measure), daemon=True,
@@ -104,7 +110,7 @@ class _Accuracy:
 
     def _measure(self, store: TaskStore, measure: Callable[[], dict[str, Any]]) -> None:
         try:
-            self.value = measure()
+            self.value = {**measure(), "test_time": self.test_time}
         except MetamodalError as error:
             self.status = f"unavailable: {error}"
             return
@@ -120,8 +126,9 @@ def build_app(s: ServeSettings,
     Args:
         s: the resolved `ServeSettings`.
         measure_accuracy: measures the run's test accuracy (``accuracy``, ``ci95``,
-            ``ways``, ``shots``, ``episodes``, ``split``), called once in the background
-            when the state holds no measurement; None: not measured.
+            ``ways``, ``shots``, ``episodes``, ``split``) with the settings of ``s``, called
+            once in the background when the state holds no measurement with those settings;
+            None: not measured.
 
     Raises:
         RunError: the run is missing or damaged, or the state belongs to another model.
@@ -134,7 +141,7 @@ def build_app(s: ServeSettings,
                     test_time=test_time_overrides(s))
     store = TaskStore(s.state, model=engine.fingerprint,
                       limits=Limits(s.max_tasks, s.max_examples, s.max_classes))
-    accuracy = _Accuracy(store, measure_accuracy)
+    accuracy = _Accuracy(store, measure_accuracy, engine.test_time())
     reads_need_token = bool(s.token) and not is_loopback(s.host)
 
     app = FastAPI(title="metamodal", summary="Few-shot classification of multimodal samples: "

@@ -209,6 +209,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "strokes-60way-rot-affine-reorder-256pt-3000-bf16": _strokes_60way({"points": 256}, REORDER),
     "strokes-60way-rot-affine-reorder-128pt-128ch-3000-bf16": _strokes_60way(
         {"points": 128, "channels": 128}, REORDER),
+    "strokes-60way-rot-affine-reorder-256pt-128ch-3000-bf16": _strokes_60way(
+        {"points": 256, "channels": 128}, REORDER),
+    "strokes-60way-rot-affine-reorder-256pt-9000-bf16": _strokes_60way({"points": 256}, REORDER),
     "images-20way-rot-affine-5000": {"modalities": ["image"], "ways": 20, "queries": 5,
                                      **WIDE_VAL, "val_every": 1000,
                                      "augment": {"rotate_classes": True, "image": AFFINE}},
@@ -229,6 +232,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "images+strokes-60way-rot-affine-reorder-unimodal-resnet12-3000-bf16": FUSED_60WAY,
     "images+strokes-60way-rot-affine-reorder-256pt-unimodal-resnet12-3000-bf16": {
         **FUSED_60WAY, "encoder_options": {"strokes": {"pen": 3, "points": 256}}},
+    "images+strokes-60way-rot-affine-reorder-256pt-128ch-unimodal-resnet12-3000-bf16": {
+        **FUSED_60WAY, "encoder_options": {"strokes": {"pen": 3, "points": 256,
+                                                       "channels": 128}}},
     "images+strokes-20way-rot-affine-align": {
         "ways": 20, "queries": 5, **WIDE_VAL, "encoders": TRAJECTORY,
         "encoder_options": TRAJECTORY_OPTIONS, "fusion": "late",
@@ -250,8 +256,12 @@ STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000,
          "strokes-60way-rot-affine-reorder-128pt-3000-bf16": 3000,
          "strokes-60way-rot-affine-reorder-256pt-3000-bf16": 3000,
          "strokes-60way-rot-affine-reorder-128pt-128ch-3000-bf16": 3000,
+         "strokes-60way-rot-affine-reorder-256pt-128ch-3000-bf16": 3000,
+         "strokes-60way-rot-affine-reorder-256pt-9000-bf16": 9000,
          "images+strokes-60way-rot-affine-reorder-unimodal-resnet12-3000-bf16": 3000,
          "images+strokes-60way-rot-affine-reorder-256pt-unimodal-resnet12-3000-bf16": 3000,
+         "images+strokes-60way-rot-affine-reorder-256pt-128ch-unimodal-resnet12-3000-bf16":
+             3000,
          "images+strokes-20way-rot-affine-unimodal-resnet12-4000": 4000}
 """Steps of a configuration when not the default (``--steps``; ``--max-steps`` caps both)."""
 

@@ -67,8 +67,6 @@ def create_app(run: str | Path | None = None, settings: ServeSettings | None = N
     s = resolve(ServeSettings, settings, {"run": run, **options}, verb="serve")
     if s.token is None and os.environ.get(TOKEN_VARIABLE):
         s = dataclasses.replace(s, token=os.environ[TOKEN_VARIABLE])
-    if s.transduction_balance is None:  # requests are not known to be spread evenly
-        s = dataclasses.replace(s, transduction_balance=False)
     try:
         from metamodal.serve.app import build_app
     except ImportError as error:

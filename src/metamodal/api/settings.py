@@ -146,7 +146,7 @@ class ServeSettings(TestTimeOptions):
     """What `metamodal.api.serve` serves, where, and within which limits.
 
     The test-time settings (`TestTimeOptions`) replace the run's, as in ``metamodal predict``,
-    but for ``transduction_balance``.
+    but for ``transduction_balance``, which is off unless given.
 
     Args:
         run: the run directory whose model classifies.
@@ -174,6 +174,7 @@ class ServeSettings(TestTimeOptions):
     """
 
     run: str = flag("", name="")
+    transduction_balance: bool = False  # unlike the other test-time settings: not the run's
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None

@@ -448,7 +448,8 @@ def print_paired(rows: list[dict[str, Any]], baseline: str) -> None:
     def run_name(row: dict[str, Any]) -> str:
         return row["name"].split(" [", 1)[0]
 
-    fixed = next((row for row in rows if row["name"] == baseline), None)
+    fixed = next((row for row in rows if row["name"] == baseline), None) if " [" in baseline \
+        else None  # a configuration's own name also labels its plain row
     bases = {_test_time(row): row for row in rows if run_name(row) == baseline}
     print(f"\nPaired against {baseline}{'' if fixed else ' with the same test-time setting'}: "
           "one-shot within-alphabet error of the row minus the baseline's on the same runs, "

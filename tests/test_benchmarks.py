@@ -166,6 +166,13 @@ def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None
     assert "Paired against reuse [transduction]:" in against_row.stdout
     assert "| reuse | plain | " in against_row.stdout  # the same run without the setting
     assert "| reuse [transduction] | " not in against_row.stdout.split("Paired against")[1]
+    same_setting = subprocess.run([*elsewhere, "--run", f"same={runs / 'images'}",
+                                   "--test-time", "plain,transduction", "--baseline", "reuse"],
+                                  capture_output=True, text=True, timeout=600)
+    assert same_setting.returncode == 0, same_setting.stderr[-2000:]
+    paired_rows = same_setting.stdout.split("Paired against")[1]
+    assert "| same [transduction] | transduction 1 | +0.0 ± 0.0 | +0.0 ± 0.0 |" in paired_rows
+    assert "| reuse [transduction] | " not in paired_rows  # against itself: left out
     unknown = subprocess.run([*elsewhere, "--baseline", "nothing"], capture_output=True,
                              text=True, timeout=600)
     assert unknown.returncode == 2 and "--baseline nothing" in unknown.stderr

@@ -235,6 +235,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "images+strokes-60way-rot-affine-reorder-256pt-128ch-unimodal-resnet12-3000-bf16": {
         **FUSED_60WAY, "encoder_options": {"strokes": {"pen": 3, "points": 256,
                                                        "channels": 128}}},
+    "images+strokes-60way-rot-affine-reorder-256pt-unimodal-distill-resnet12-3000-bf16": {
+        **FUSED_60WAY, "fusion_options": {"unimodal_loss": 1.0, "distill": 1.0},
+        "encoder_options": {"strokes": {"pen": 3, "points": 256}}},
     "images+strokes-20way-rot-affine-align": {
         "ways": 20, "queries": 5, **WIDE_VAL, "encoders": TRAJECTORY,
         "encoder_options": TRAJECTORY_OPTIONS, "fusion": "late",
@@ -261,6 +264,8 @@ STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000,
          "images+strokes-60way-rot-affine-reorder-unimodal-resnet12-3000-bf16": 3000,
          "images+strokes-60way-rot-affine-reorder-256pt-unimodal-resnet12-3000-bf16": 3000,
          "images+strokes-60way-rot-affine-reorder-256pt-128ch-unimodal-resnet12-3000-bf16":
+             3000,
+         "images+strokes-60way-rot-affine-reorder-256pt-unimodal-distill-resnet12-3000-bf16":
              3000,
          "images+strokes-20way-rot-affine-unimodal-resnet12-4000": 4000}
 """Steps of a configuration when not the default (``--steps``; ``--max-steps`` caps both)."""

@@ -85,3 +85,19 @@ def test_a_setting_of_the_wrong_type_is_a_config_error_naming_it(options: dict,
     with pytest.raises(ConfigError) as caught:
         api.evaluate("RUN", **options)  # refused before the run is read
     assert caught.value.column == name
+
+
+def test_fusion_flags_land_in_fusion_options_merged_with_the_config_files() -> None:
+    from metamodal.cli import _train
+
+    args = _subparser("train").parse_args(["--out", "r", "--fusion", "late", "--distill", "2",
+                                           "--unimodal-loss", "0.5"])
+    values = _train(args, lambda **given: given)
+    assert values["fusion"] == "late"
+    assert values["fusion_options"] == {"distill": 2.0, "unimodal_loss": 0.5}
+    args = _subparser("train").parse_args(["--out", "r", "--distill", "1"])
+    from_file = TrainConfig(fusion="late", fusion_options={"unimodal_loss": 1.0})
+    merged = from_file.merged({"fusion_options": _train(args, lambda **g: g)["fusion_options"]})
+    assert merged.fusion_options == {"unimodal_loss": 1.0, "distill": 1.0}
+    assert "fusion_options" not in _train(_subparser("train").parse_args(["--out", "r"]),
+                                          lambda **given: given)

@@ -634,3 +634,56 @@ def test_late_fusion_unimodal_loss_adds_each_modalitys_own_query_loss() -> None:
     with pytest.raises(ConfigError, match="unimodal_loss"):
         FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
                            fusion_options={"unimodal_loss": -1})
+
+
+def test_late_fusion_distill_pulls_each_modality_toward_the_fixed_fused_posterior() -> None:
+    from metamodal.data.batch import Episode, ModalityBatch
+    from metamodal.model import FewShotModel
+
+    torch.manual_seed(0)
+    kinds = {"a": "tabular", "b": "tabular"}
+    info = {"a": {"features": 3}, "b": {"features": 3}}
+    plain = FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
+                               learner="protonet")
+    both = FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
+                              learner="protonet",
+                              fusion_options={"unimodal_loss": 0.5, "distill": 2.0})
+    both.load_state_dict(plain.state_dict())
+    present = torch.ones(8, dtype=torch.bool)
+    batch = {"a": ModalityBatch(torch.randn(8, 3), present),
+             "b": ModalityBatch(torch.randn(8, 3), present.clone())}
+    batch["b"] = batch["b"].with_present(present.clone().index_fill_(0, torch.tensor([4]), False))
+    support = {k: v.index(torch.arange(4)) for k, v in batch.items()}
+    query = {k: v.index(torch.arange(4, 8)) for k, v in batch.items()}
+    labels = torch.arange(4)
+    episode = Episode(support, query, labels, labels.clone(), list("wxyz"),
+                      ["1", "2", "3", "4"], ["5", "6", "7", "8"])
+    base, logits = plain.loss(episode)
+    total, same_logits = both.loss(episode)
+    assert torch.allclose(logits, same_logits)
+    s, q = both.backbone(support), both.backbone(query)
+    per_modality, valid = both.learner.late_logits(s, labels, q, 4)
+    assert valid[:, 1].tolist() == [False, True, True, True]  # query 0 lacks b
+    fused = logits.softmax(-1)
+    terms = []
+    for m in range(2):
+        rows = valid[:, m]
+        own = torch.nn.functional.cross_entropy(per_modality[rows, m], labels[rows])
+        log_q = per_modality[rows, m].log_softmax(-1)
+        kl = (fused[rows] * (fused[rows].log() - log_q)).sum(-1).mean()
+        assert kl > 0  # the branches disagree with the fused posterior
+        terms.append(0.5 * own + 2.0 * kl)
+    assert torch.allclose(total, base + (terms[0] + terms[1]) / 2, atol=1e-6)
+    # The fused posterior is a fixed target: the distillation term sends no gradient to the
+    # mixing weights (the branches' logits do not depend on them), only to the encoders.
+    only = FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
+                              learner="protonet", fusion_options={"distill": 1.0})
+    only.load_state_dict(plain.state_dict())
+    only.loss(episode)[0].backward()
+    plain.loss(episode)[0].backward()
+    assert torch.allclose(only.backbone.fusion.mix.grad, plain.backbone.fusion.mix.grad)
+    encoder = only.backbone.encoders["a"].net[0].weight
+    assert not torch.allclose(encoder.grad, plain.backbone.encoders["a"].net[0].weight.grad)
+    with pytest.raises(ConfigError, match="distill"):
+        FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
+                           fusion_options={"distill": float("nan")})

@@ -190,10 +190,11 @@ def _train(args: argparse.Namespace, verb: Callable[..., Any]) -> Any:
     values = _given(args)
     learner = _take(values, api.LearnerFlags).options()
     align = _take(values, api.AlignFlags).options()
-    if learner:
-        values["learner_options"] = learner
-    if align:
-        values["align_options"] = align
+    fusion = _take(values, api.FusionFlags).options()
+    for key, options in (("learner_options", learner), ("align_options", align),
+                         ("fusion_options", fusion)):
+        if options:
+            values[key] = options
     return verb(**values)
 
 
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
           lambda a: _train(a, api.train), (api.RunSettings, {}),
           (TrainConfig, {"flags": TRAIN_FLAGS, "skip": ("align_only", "world_size"),
                          "required": False}),
-          (api.LearnerFlags, {}), (api.AlignFlags, {}))
+          (api.LearnerFlags, {}), (api.AlignFlags, {}), (api.FusionFlags, {}))
     _verb(sub, "align", "align the encoders of two or more modalities (contrastive or "
           "regression); writes a run directory", lambda a: _train(a, api.align),
           (api.RunSettings, {}),

@@ -585,6 +585,25 @@ class AlignFlags:
 
 
 @dataclass
+class FusionFlags:
+    """Late fusion's training options that have flags of their own (they land in
+    `metamodal.config.TrainConfig`'s ``fusion_options``; ``fusion = "late"`` only).
+
+    Args:
+        unimodal_loss: weight of each modality's own query loss (0 = off).
+        distill: weight of each modality's KL divergence from the fused posterior
+            (cross-modal distillation; 0 = off).
+    """
+
+    unimodal_loss: float | None = None
+    distill: float | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The options given, as ``fusion_options``."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
 class RunSettings:
     """How `metamodal.api.train` and `metamodal.api.align` write their run directory.
 

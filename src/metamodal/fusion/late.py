@@ -45,6 +45,10 @@ class LateFusion(Fusion):
         project: apply a learned linear map per modality in ``forward``.
         unimodal_loss: weight of each modality's own query loss, added in training by
             metric learners (`metamodal.learners.base.MetricLearner.loss`); 0 = off.
+        distill: weight of each modality's distillation loss, added in training the same way:
+            the KL divergence from the fused posterior (held fixed) to the modality's own, so
+            that each branch learns what the others tell it about the episode's classes
+            (cross-modal distillation, for a model later used with one modality); 0 = off.
 
     Shapes:
         ``forward``: ``{name: [B, dim]}``, ``{name: bool [B]}`` -> ``[B, M, dim]``;
@@ -63,12 +67,14 @@ class LateFusion(Fusion):
     late: bool = True
 
     def __init__(self, *, modalities: Sequence[str], dim: int, project: bool = False,
-                 unimodal_loss: float = 0.0) -> None:
+                 unimodal_loss: float = 0.0, distill: float = 0.0) -> None:
         super().__init__(modalities=modalities, dim=dim)
-        if isinstance(unimodal_loss, bool) or not isinstance(unimodal_loss, int | float) or not (
-                0 <= unimodal_loss <= 100):
-            raise ValueError(f"unimodal_loss must be a number in [0, 100], got {unimodal_loss!r}")
+        for name, weight in (("unimodal_loss", unimodal_loss), ("distill", distill)):
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not (
+                    0 <= weight <= 100):
+                raise ValueError(f"{name} must be a number in [0, 100], got {weight!r}")
         self.unimodal_loss = float(unimodal_loss)
+        self.distill = float(distill)
         count = len(self.modalities)
         self.mix = nn.Parameter(torch.zeros(count))
         self.project = project

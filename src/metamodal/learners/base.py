@@ -322,7 +322,9 @@ class MetricLearner(Learner):
         With a late fusion whose ``unimodal_loss`` weight is above zero, each modality's own
         logits are also trained: that weight times the mean over modalities of their
         `query_loss` on the queries they are valid for (deep supervision of every branch, so
-        that no modality leans on another).
+        that no modality leans on another). With its ``distill`` weight above zero, that weight
+        times the mean over modalities of the KL divergence from the fused posterior (detached)
+        to the modality's own, per valid query, is added too (cross-modal distillation).
         """
         support, query = embed_pair(backbone, episode.support, episode.query)
         return self.embedded_loss(backbone, support, query, episode, context)
@@ -333,8 +335,9 @@ class MetricLearner(Learner):
         """`loss` of ``episode`` whose support and query sets are already embedded
         (``support``, ``query``, e.g. by `embed_pair`): the loss and the logits ``[Q, ways]``.
         """
-        weight = getattr(backbone.fusion, "unimodal_loss", 0.0) if support.late else 0.0
-        if not weight:
+        own = getattr(backbone.fusion, "unimodal_loss", 0.0) if support.late else 0.0
+        distill = getattr(backbone.fusion, "distill", 0.0) if support.late else 0.0
+        if not (own or distill):
             logits = self.logits(backbone, support, episode.support_labels, query,
                                  episode.ways, context)
             total = self.query_loss(logits, episode.query_labels)
@@ -344,11 +347,20 @@ class MetricLearner(Learner):
                                                    episode.ways, context)
             logits = backbone.fusion.combine(per_modality, valid)
             total = self.query_loss(logits, episode.query_labels)
-            branches = [self.query_loss(per_modality[valid[:, m], m],
-                                        episode.query_labels[valid[:, m]])
-                        for m in range(per_modality.shape[1]) if bool(valid[:, m].any())]
+            target = logits.detach().log_softmax(-1)  # [Q, ways]
+            branches = []
+            for m in range(per_modality.shape[1]):
+                rows = valid[:, m]
+                if not bool(rows.any()):
+                    continue
+                branch = per_modality[rows, m]
+                term = own * self.query_loss(branch, episode.query_labels[rows]) if own else 0.0
+                if distill:
+                    term = term + distill * F.kl_div(branch.log_softmax(-1), target[rows],
+                                                     reduction="batchmean", log_target=True)
+                branches.append(term)
             if branches:
-                total = total + weight * torch.stack(branches).mean()
+                total = total + torch.stack(branches).mean()
         total = total + self.extra_loss(support, episode.support_labels, query,
                                         episode.query_labels)
         return total, logits

@@ -238,6 +238,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "images+strokes-60way-rot-affine-reorder-256pt-unimodal-distill-resnet12-3000-bf16": {
         **FUSED_60WAY, "fusion_options": {"unimodal_loss": 1.0, "distill": 1.0},
         "encoder_options": {"strokes": {"pen": 3, "points": 256}}},
+    "images+strokes-60way-rot-affine-reorder-256pt-unimodal-predict-resnet12-3000-bf16": {
+        **FUSED_60WAY, "encoder_options": {"strokes": {"pen": 3, "points": 256}},
+        "align_weight": 0.5, "align_objective": "regression",
+        "align_options": {"direction": "image->strokes", "regression_loss": "cosine"}},
     "images+strokes-20way-rot-affine-align": {
         "ways": 20, "queries": 5, **WIDE_VAL, "encoders": TRAJECTORY,
         "encoder_options": TRAJECTORY_OPTIONS, "fusion": "late",
@@ -266,6 +270,8 @@ STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000,
          "images+strokes-60way-rot-affine-reorder-256pt-128ch-unimodal-resnet12-3000-bf16":
              3000,
          "images+strokes-60way-rot-affine-reorder-256pt-unimodal-distill-resnet12-3000-bf16":
+             3000,
+         "images+strokes-60way-rot-affine-reorder-256pt-unimodal-predict-resnet12-3000-bf16":
              3000,
          "images+strokes-20way-rot-affine-unimodal-resnet12-4000": 4000}
 """Steps of a configuration when not the default (``--steps``; ``--max-steps`` caps both)."""

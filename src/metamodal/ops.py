@@ -84,12 +84,18 @@ def euclidean_distances(query: Tensor, keys: Tensor, eps: float = 1e-12) -> Tens
     return safe_sqrt(squared_distances(query, keys), eps)
 
 
-def balanced_softmax(logits: Tensor, iterations: int = 100) -> Tensor:
+def balanced_softmax(logits: Tensor, iterations: int = 100, *, tolerance: float = 0.01,
+                     max_iterations: int = 1000) -> Tensor:
     """The softmax of ``logits`` ``[Q, W]`` rescaled so that every column holds the same mass,
     ``Q / W``, while every row still sums to 1: Sinkhorn's alternating normalisations
     (Cuturi, 2013, "Sinkhorn Distances"), in log space, in float32, returned in the logits'
     dtype. It assigns ``Q`` items evenly over ``W`` classes where the plain softmax lets
     several items crowd into one class.
+
+    ``iterations`` normalisations always run; then, ten at a time up to ``max_iterations``,
+    more run while some column's mass is off ``Q / W`` by more than ``tolerance`` (relative,
+    as a log-ratio): sharp logits (a large scale, items that agree on one class) converge
+    slowly, and a fixed count would leave them unbalanced.
 
     Example:
         >>> p = balanced_softmax(torch.tensor([[2.0, 0.0], [1.0, 0.0]]))
@@ -99,7 +105,17 @@ def balanced_softmax(logits: Tensor, iterations: int = 100) -> Tensor:
     queries, ways = logits.shape
     log_p = logits.float().log_softmax(-1)
     column_mass = torch.log(torch.tensor(queries / ways))
-    for _ in range(iterations):
-        log_p = log_p - log_p.logsumexp(0, keepdim=True) + column_mass
-        log_p = log_p - log_p.logsumexp(1, keepdim=True)
+
+    def normalise(log_p: Tensor, times: int) -> Tensor:
+        for _ in range(times):
+            log_p = log_p - log_p.logsumexp(0, keepdim=True) + column_mass
+            log_p = log_p - log_p.logsumexp(1, keepdim=True)
+        return log_p
+
+    log_p = normalise(log_p, iterations)
+    done = iterations
+    while done < max_iterations and bool(
+            (log_p.logsumexp(0) - column_mass).abs().max() > tolerance):
+        log_p = normalise(log_p, 10)
+        done += 10
     return log_p.exp().to(logits.dtype)

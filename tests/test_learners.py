@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from metamodal.errors import ConfigError, DatasetError, InsufficientSamplesError
 from metamodal.learners import (
@@ -600,69 +601,66 @@ def test_siamese_fused_pairs_leave_out_samples_without_any_modality() -> None:
     assert torch.allclose(loss, again)
 
 
-def test_late_fusion_unimodal_loss_adds_each_modalitys_own_query_loss() -> None:
-    from metamodal.data.batch import Episode, ModalityBatch
+def _late_model(**fusion_options: float) -> Any:
+    """A ProtoNet with late fusion over two tabular modalities ``a`` and ``b``, the same
+    weights whatever ``fusion_options``."""
     from metamodal.model import FewShotModel
 
     torch.manual_seed(0)
-    kinds = {"a": "tabular", "b": "tabular"}
-    info = {"a": {"features": 3}, "b": {"features": 3}}
-    plain = FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
-                               learner="protonet")
-    weighted = FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
-                                  learner="protonet", fusion_options={"unimodal_loss": 0.5})
-    weighted.load_state_dict(plain.state_dict())
-    present = torch.ones(6, dtype=torch.bool)
-    batch = {"a": ModalityBatch(torch.randn(6, 3), present),
-             "b": ModalityBatch(torch.randn(6, 3), present.clone())}
-    batch["b"] = batch["b"].with_present(torch.tensor([True, True, True, False, True, True]))
-    support = {k: v.index(torch.arange(3)) for k, v in batch.items()}
-    query = {k: v.index(torch.arange(3, 6)) for k, v in batch.items()}
-    labels = torch.arange(3)
-    episode = Episode(support, query, labels, labels.clone(), ["x", "y", "z"],
-                      ["1", "2", "3"], ["4", "5", "6"])
+    return FewShotModel.build(kinds={"a": "tabular", "b": "tabular"},
+                              input_info={"a": {"features": 3}, "b": {"features": 3}}, dim=4,
+                              fusion="late", learner="protonet",
+                              fusion_options=fusion_options or None)
+
+
+def _late_episode(ways: int) -> Any:
+    """An episode of ``ways`` classes, one support and one query each, for `_late_model`;
+    query 0 lacks modality ``b``."""
+    from metamodal.data.batch import Episode, ModalityBatch
+
+    generator = torch.Generator().manual_seed(1)
+    present = torch.ones(2 * ways, dtype=torch.bool)
+    batch = {m: ModalityBatch(torch.randn(2 * ways, 3, generator=generator), present.clone())
+             for m in ("a", "b")}
+    batch["b"] = batch["b"].with_present(present.clone().index_fill_(0, torch.tensor([ways]),
+                                                                     False))
+    labels = torch.arange(ways)
+    names = [str(i) for i in range(2 * ways)]
+    return Episode({k: v.index(torch.arange(ways)) for k, v in batch.items()},
+                   {k: v.index(torch.arange(ways, 2 * ways)) for k, v in batch.items()},
+                   labels, labels.clone(), [f"c{i}" for i in range(ways)], names[:ways],
+                   names[ways:])
+
+
+def _branch_logits(model: Any, episode: Any) -> tuple[Tensor, Tensor]:
+    """Each modality's query logits ``[Q, M, ways]`` and which are valid ``[Q, M]``."""
+    s, q = model.backbone(episode.support), model.backbone(episode.query)
+    return model.learner.late_logits(s, episode.support_labels, q, episode.ways)
+
+
+def test_late_fusion_unimodal_loss_adds_each_modalitys_own_query_loss() -> None:
+    plain, weighted, episode = _late_model(), _late_model(unimodal_loss=0.5), _late_episode(3)
+    labels = episode.query_labels
     base, logits = plain.loss(episode)
     total, same_logits = weighted.loss(episode)
     assert torch.allclose(logits, same_logits)
-    learner, backbone = weighted.learner, weighted.backbone
-    s, q = backbone(support), backbone(query)
-    per_modality, valid = learner.late_logits(s, labels, q, 3)
+    per_modality, valid = _branch_logits(weighted, episode)
     assert valid[:, 1].tolist() == [False, True, True]  # query 0 lacks b
     own = [torch.nn.functional.cross_entropy(per_modality[valid[:, m], m], labels[valid[:, m]])
            for m in range(2)]
     assert torch.allclose(total, base + 0.5 * (own[0] + own[1]) / 2)
     with pytest.raises(ConfigError, match="unimodal_loss"):
-        FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
-                           fusion_options={"unimodal_loss": -1})
+        _late_model(unimodal_loss=-1)
 
 
 def test_late_fusion_distill_pulls_each_modality_toward_the_fixed_fused_posterior() -> None:
-    from metamodal.data.batch import Episode, ModalityBatch
-    from metamodal.model import FewShotModel
-
-    torch.manual_seed(0)
-    kinds = {"a": "tabular", "b": "tabular"}
-    info = {"a": {"features": 3}, "b": {"features": 3}}
-    plain = FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
-                               learner="protonet")
-    both = FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
-                              learner="protonet",
-                              fusion_options={"unimodal_loss": 0.5, "distill": 2.0})
-    both.load_state_dict(plain.state_dict())
-    present = torch.ones(8, dtype=torch.bool)
-    batch = {"a": ModalityBatch(torch.randn(8, 3), present),
-             "b": ModalityBatch(torch.randn(8, 3), present.clone())}
-    batch["b"] = batch["b"].with_present(present.clone().index_fill_(0, torch.tensor([4]), False))
-    support = {k: v.index(torch.arange(4)) for k, v in batch.items()}
-    query = {k: v.index(torch.arange(4, 8)) for k, v in batch.items()}
-    labels = torch.arange(4)
-    episode = Episode(support, query, labels, labels.clone(), list("wxyz"),
-                      ["1", "2", "3", "4"], ["5", "6", "7", "8"])
+    plain, both, episode = _late_model(), _late_model(unimodal_loss=0.5, distill=2.0), \
+        _late_episode(4)
+    labels = episode.query_labels
     base, logits = plain.loss(episode)
     total, same_logits = both.loss(episode)
     assert torch.allclose(logits, same_logits)
-    s, q = both.backbone(support), both.backbone(query)
-    per_modality, valid = both.learner.late_logits(s, labels, q, 4)
+    per_modality, valid = _branch_logits(both, episode)
     assert valid[:, 1].tolist() == [False, True, True, True]  # query 0 lacks b
     fused = logits.softmax(-1)
     terms = []
@@ -676,14 +674,11 @@ def test_late_fusion_distill_pulls_each_modality_toward_the_fixed_fused_posterio
     assert torch.allclose(total, base + (terms[0] + terms[1]) / 2, atol=1e-6)
     # The fused posterior is a fixed target: the distillation term sends no gradient to the
     # mixing weights (the branches' logits do not depend on them), only to the encoders.
-    only = FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
-                              learner="protonet", fusion_options={"distill": 1.0})
-    only.load_state_dict(plain.state_dict())
+    only = _late_model(distill=1.0)
     only.loss(episode)[0].backward()
     plain.loss(episode)[0].backward()
     assert torch.allclose(only.backbone.fusion.mix.grad, plain.backbone.fusion.mix.grad)
     encoder = only.backbone.encoders["a"].net[0].weight
     assert not torch.allclose(encoder.grad, plain.backbone.encoders["a"].net[0].weight.grad)
     with pytest.raises(ConfigError, match="distill"):
-        FewShotModel.build(kinds=kinds, input_info=info, dim=4, fusion="late",
-                           fusion_options={"distill": float("nan")})
+        _late_model(distill=float("nan"))

@@ -436,9 +436,11 @@ def print_table(rows: list[dict[str, Any]], within_runs: int = WITHIN_RUNS) -> N
         return
     print("\nFusion, one-shot within-alphabet error with both modalities in support and query "
           "(the same runs), and the paired difference fused - better single modality "
-          "(chosen on validation), in points (negative: fusion pays)\n")
-    print("| configuration | test time | split | fused | image | strokes | fused - better |")
-    print("|---|---|---|---|---|---|---|")
+          "(chosen on validation), in points (negative: fusion pays); on test also fused - "
+          "image within each test alphabet\n")
+    print("| configuration | test time | split | fused | image | strokes | fused - better | "
+          "fused - image, by alphabet |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in fused:
         cells = row["within_modalities"]
         for stage in ("val", "test"):
@@ -447,7 +449,22 @@ def print_table(rows: list[dict[str, Any]], within_runs: int = WITHIN_RUNS) -> N
                   f"{_cell(cells[f'{stage}_fused'], 'error')} | "
                   f"{_cell(cells.get(f'{stage}_image'), 'error')} | "
                   f"{_cell(cells.get(f'{stage}_strokes'), 'error')} | "
-                  f"{_signed(-gap['points'])} ± {gap['ci95']:.1f} |")
+                  f"{_signed(-gap['points'])} ± {gap['ci95']:.1f} | "
+                  f"{_fusion_by_alphabet(row) if stage == 'test' else '-'} |")
+
+
+def _fusion_by_alphabet(row: dict[str, Any]) -> str:
+    """Fused - image within each test alphabet, paired over its runs (run ``k`` lies within
+    alphabet ``k % len(alphabets)``), from the per-run accuracies kept ("-" where they are
+    not)."""
+    alphabets = list(row.get("test_within_by_alphabet", {}))
+    image = row.get("test_within_accuracies")
+    fused = row.get("fused_within_accuracies", {}).get("test")
+    if not alphabets or not image or not fused or len(image) != len(fused):
+        return "-"
+    count = len(alphabets)
+    return ", ".join(f"{a} {_gap(fused[i::count], image[i::count])}"
+                     for i, a in enumerate(alphabets))
 
 
 def print_paired(rows: list[dict[str, Any]], baseline: str) -> None:

@@ -133,6 +133,11 @@ def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None
     gap = next(v for k, v in cells.items() if k.startswith("test_fused_minus_"))
     assert gap["ci95"] >= 0
     assert "| fused-late-unimodal | plain | test |" in done.stdout  # the fusion table
+    line = next(x for x in done.stdout.splitlines()
+                if x.startswith("| fused-late-unimodal | plain | test |"))
+    image, both = fused["test_within_accuracies"], fused["fused_within_accuracies"]["test"]
+    gained = round(100 * sum(i - f for i, f in zip(image, both, strict=True)) / len(image), 1) + 0.0
+    assert f"| Sanskrit {gained:+.1f} ± " in line  # fused - image within the test alphabet
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)  # resumes: no
     assert again.returncode == 0 and "trained in" not in again.stderr  # training again
     elsewhere = [*args[:args.index("--only")], "--run", f"reuse={tmp_path / 'bench/runs/images'}",

@@ -97,7 +97,6 @@ def test_balanced_softmax_spreads_the_mass_evenly_over_the_classes() -> None:
     assert not torch.allclose(p, logits.softmax(-1), atol=1e-2)
 
 
-
 @pytest.mark.parametrize("scale", [50.0, 200.0])
 def test_balanced_softmax_keeps_going_until_sharp_logits_are_balanced(scale: float) -> None:
     logits = torch.randn(20, 20, generator=torch.Generator().manual_seed(0)) * scale
@@ -110,6 +109,8 @@ def test_balanced_softmax_keeps_going_until_sharp_logits_are_balanced(scale: flo
     easy = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(balanced_softmax(easy), balanced_softmax(easy, max_iterations=100),
                                rtol=0, atol=0)  # converged within 100: the same 100 steps
+
+
 def test_balanced_transduction_gives_each_class_its_share_of_the_queries() -> None:
     """Three classes, one query each: unbalanced soft k-means lets two queries crowd one
     prototype and gets one right; balanced, each class takes one and all three are right."""

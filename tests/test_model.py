@@ -453,6 +453,15 @@ def test_build_reports_unknown_names_and_mismatched_encoders() -> None:
         FewShotModel.build(kinds=KINDS, input_info={"a": info["a"]})
     with pytest.raises(ConfigError, match="hyper-parameter"):
         FewShotModel.build(kinds=KINDS, input_info=info, learner_options={"temprature": 2.0})
+    # An option's error names the config table that holds it, not the component.
+    for options, key in [({"learner_options": {"temperature": 0.0}}, "learner_options"),
+                         ({"fusion": "late", "fusion_options": {"distill": -1.0}},
+                          "fusion_options"),
+                         ({"fusion_options": {"hiden": 4}}, "fusion_options"),
+                         ({"encoder_options": {"a": {"depth": 2}}}, "encoder_options.a")]:
+        with pytest.raises(ConfigError) as located:
+            FewShotModel.build(kinds=KINDS, input_info=info, **options)
+        assert located.value.column == key, options
     with pytest.raises(ConfigError, match="at least one modality"):
         FewShotModel.build(kinds={}, input_info={})
 

@@ -51,19 +51,25 @@ class Registry(Generic[T]):
                 fix=f"use one of: {', '.join(self.names())}",
             ) from None
 
-    def create(self, name: str, **kwargs: Any) -> T:
+    def create(self, name: str, /, *, options_key: str | None = None, **kwargs: Any) -> T:
         """Build the component registered as ``name`` with keyword arguments.
+
+        Args:
+            name: the registered name.
+            options_key: the config key that holds the component's options (e.g.
+                ``fusion_options``), named by a rejected value's error; default ``name``.
+            **kwargs: the constructor's arguments.
 
         Raises:
             UnknownNameError: no component has that name.
             ConfigError: the component rejects an option value (its ``ValueError``, e.g.
-                ``temperature = 0``), naming the component as the key.
+                ``temperature = 0``), naming ``options_key`` as the key.
         """
         factory = self.get(name)
         try:
             return factory(**kwargs)
         except ValueError as error:
-            raise ConfigError(f"{self.family} {name!r}: {error}", column=name,
+            raise ConfigError(f"{self.family} {name!r}: {error}", column=options_key or name,
                               fix=f"correct the {self.family}'s options") from error
 
     def names(self) -> list[str]:

@@ -219,9 +219,11 @@ def hyperparameters(factory: Callable[..., Any]) -> dict[str, Any]:
 
 
 def check_hyperparameters(
-    family: str, name: str, factory: Callable[..., Any], hyper: Mapping[str, Any]
+    family: str, name: str, factory: Callable[..., Any], hyper: Mapping[str, Any], *,
+    options_key: str | None = None,
 ) -> None:
-    """Raise `ConfigError` naming the accepted hyper-parameters when ``hyper`` has others.
+    """Raise `ConfigError` naming the accepted hyper-parameters when ``hyper`` has others
+    (its key is ``options_key``, the config table that holds them, where given).
 
     Example:
         >>> check_hyperparameters("encoder", "mlp", encoders.get("mlp"), {"depth": 2})
@@ -236,7 +238,7 @@ def check_hyperparameters(
         listed = ", ".join(f"{key}={value!r}" for key, value in known.items()) or "none"
         raise ConfigError(
             f"{family} {name!r} has no hyper-parameter {', '.join(map(repr, unknown))}",
-            fix=f"use: {listed}",
+            column=options_key, fix=f"use: {listed}",
         )
 
 
@@ -271,8 +273,9 @@ def build_encoder(
         )
     name = DEFAULT_ENCODERS[kind] if name is None else name
     check_encoder(name, kind, modality)
-    check_hyperparameters("encoder", name, encoders.get(name), hyper)
-    return encoders.create(name, dim=dim, input_info=input_info, **hyper)
+    key = f"encoder_options.{modality}" if modality else "encoder_options"
+    check_hyperparameters("encoder", name, encoders.get(name), hyper, options_key=key)
+    return encoders.create(name, options_key=key, dim=dim, input_info=input_info, **hyper)
 
 
 def require_info(encoder: str, input_info: Mapping[str, Any], *keys: str) -> list[int]:

@@ -171,5 +171,6 @@ def build_fusion(name: str, *, modalities: Sequence[str], dim: int, **hyper: Any
         >>> build_fusion("gated", modalities=["a", "b"], dim=8, hidden=4).out_dim
         8
     """
-    check_hyperparameters("fusion", name, fusions.get(name), hyper)
-    return fusions.create(name, modalities=modalities, dim=dim, **hyper)
+    check_hyperparameters("fusion", name, fusions.get(name), hyper, options_key="fusion_options")
+    return fusions.create(name, options_key="fusion_options", modalities=modalities, dim=dim,
+                          **hyper)

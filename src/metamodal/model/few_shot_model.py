@@ -317,9 +317,10 @@ class FewShotModel(nn.Module):
         fusion_options = dict(fusion_options or {})
         fusion_module = build_fusion(fusion, modalities=names, dim=dim, **fusion_options)
         learner_options = dict(learner_options or {})
-        check_hyperparameters("learner", learner, learners.get(learner), learner_options)
-        learner_module = learners.create(learner, dim=int(fusion_module.out_dim),
-                                         **learner_options)
+        check_hyperparameters("learner", learner, learners.get(learner), learner_options,
+                              options_key="learner_options")
+        learner_module = learners.create(learner, options_key="learner_options",
+                                         dim=int(fusion_module.out_dim), **learner_options)
         spec = {
             "kinds": dict(kinds),
             "input_info": {name: dict(input_info[name]) for name in names},

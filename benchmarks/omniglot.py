@@ -296,15 +296,17 @@ def within_ways(classes: list[str], groups: list[str]) -> int:
 
 
 def _within(model: Any, store: Any, prepared: Any, classes: list[str], groups: list[str],
-            runs: int, run_dir: Path, tag: str,
+            runs: int, episode_dir: Path, tag: str,
             modalities: list[str] | None) -> tuple[Any, list[Any]]:
     """Lake-style one-shot runs within ``groups`` (20 ways, or all of a smaller alphabet's
-    characters; run ``k`` in group ``k % len(groups)``): the result and the episodes."""
+    characters; run ``k`` in group ``k % len(groups)``), written to ``episode_dir/TAG.jsonl``
+    and read back: the result and the episodes."""
     lake = protocol_episodes(store.ids, store.labels, ways=within_ways(classes, groups),
                              shots=1, queries=1,
                              runs=runs, seed=0, classes=classes,
                              groups=prepared.dataset.groups, within=groups)
-    path = write_episode_file(run_dir / f"{tag}.jsonl", lake)
+    episode_dir.mkdir(parents=True, exist_ok=True)
+    path = write_episode_file(episode_dir / f"{tag}.jsonl", lake)
     result = evaluate_episodes(model, store, read_episode_file(path, store),
                                modalities=modalities)
     return result, lake
@@ -322,13 +324,14 @@ def _rounded(accuracies: list[float]) -> list[float]:
 
 
 def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
-         best_val: float | None, *, episodes: int, runs: int,
+         best_val: float | None, *, episode_dir: Path, episodes: int, runs: int,
          test_time: dict[str, float] | None = None,
          within_runs: int = WITHIN_RUNS) -> dict[str, Any]:
     """Evaluate a trained run: 5-way 1-shot on val / test, Lake-style within-alphabet runs on
     the validation alphabet (``runs``), on Sanskrit and spread over every test alphabet
     (``within_runs`` in each; with test-time settings, each modality alone at 5 ways and the
-    100 Sanskrit runs are left out)."""
+    100 Sanskrit runs are left out). The runs' episode files go to ``episode_dir``; the run
+    directory is only read."""
     run = load_run(run_dir, test_time=test_time)
     prepared = load_run_data(run)
     split, store, model = prepared.split, prepared.store, run.model
@@ -352,16 +355,17 @@ def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
         row["val_5way_alone"] = {m: five_way(split.val, [m]) for m in modalities}
     primary = ["image"] if "image" in modalities else modalities[:1]  # in the within runs
     alphabets = alphabets_holding(split.test, prepared.dataset.groups)
-    result, lake = _within(model, store, prepared, split.val, [VAL], runs, run_dir,
+    result, lake = _within(model, store, prepared, split.val, [VAL], runs, episode_dir,
                            "val-within", primary)
     row["val_within_error"] = _error(result.accuracies, lake)
     row["val_within_accuracies"] = _rounded(result.accuracies)  # per run: paired differences
     if TEST in alphabets and full:
-        result, lake = _within(model, store, prepared, split.test, [TEST], runs, run_dir,
+        result, lake = _within(model, store, prepared, split.test, [TEST], runs, episode_dir,
                                "lake-20way", primary)
         row["test_20way_error"] = _error(result.accuracies, lake)
     result, lake = _within(model, store, prepared, split.test, alphabets,
-                           within_runs * len(alphabets), run_dir, "test-within-all", primary)
+                           within_runs * len(alphabets), episode_dir, "test-within-all",
+                           primary)
     row["test_within_all_error"] = _error(result.accuracies, lake)
     row["test_within_accuracies"] = _rounded(result.accuracies)
     row["test_within_by_alphabet"] = {  # run k lies within alphabet k % len(alphabets)
@@ -376,7 +380,7 @@ def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
             for only in (None, *([m] for m in modalities)):
                 key = "fused" if only is None else only[0]
                 results[key], lake = _within(model, store, prepared, classes, groups, count,
-                                             run_dir, f"{tag}-within-all", only)
+                                             episode_dir, f"{tag}-within-all", only)
                 fused[f"{tag}_{key}"] = _error(results[key].accuracies, lake)
             row.setdefault("fused_within_accuracies", {})[stage] = _rounded(
                 results["fused"].accuracies)  # per run: paired differences between runs
@@ -613,7 +617,8 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 run_dir, seconds = result.run_dir, round(result.seconds, 1)
                 best_val = result.best_val_accuracy
-            row = _row(label, config, run_dir, seconds, best_val, episodes=args.episodes,
+            row = _row(label, config, run_dir, seconds, best_val,
+                       episode_dir=out / "episodes", episodes=args.episodes,
                        runs=args.runs, test_time=test_times[setting],
                        within_runs=args.within_runs)
             done[label] = row

@@ -142,9 +142,12 @@ def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None
     assert again.returncode == 0 and "trained in" not in again.stderr  # training again
     elsewhere = [*args[:args.index("--only")], "--run", f"reuse={tmp_path / 'bench/runs/images'}",
                  "--episodes", "5", "--runs", "2", "--threads", "1"]
+    before = sorted((tmp_path / "bench/runs/images").rglob("*"))
     measured = subprocess.run(elsewhere, capture_output=True, text=True, timeout=600)
     assert measured.returncode == 0, measured.stderr[-2000:]
     assert "| reuse | - |" in measured.stdout and "trained in" not in measured.stderr
+    assert sorted((tmp_path / "bench/runs/images").rglob("*")) == before  # only read
+    assert (tmp_path / "bench/episodes/test-within-all.jsonl").is_file()
     runs = tmp_path / "bench" / "runs"
     paired = [*elsewhere, "--run", f"same={runs / 'images'}",
               "--run", f"fused={runs / 'fused-late-unimodal'}",

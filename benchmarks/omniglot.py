@@ -30,7 +30,8 @@ setting: a gain smaller than either row's interval can show. ``--baseline 'NAME 
 pairs every row against that one row instead (one run with and without a test-time setting).
 
 Results go to ``OUT/results.jsonl`` (one line per configuration; a configuration already there
-is not run again, so an interrupted benchmark resumes) and print as a table.
+is not run again, so an interrupted benchmark resumes) and print as a table; the one-shot runs'
+episode files go to ``OUT/episodes`` (a run given with ``--run`` is only read).
 
     python benchmarks/omniglot.py --source PATH/TO/omniglot --out omniglot-bench
     python benchmarks/omniglot.py --source ... --out ... --only images,fused-late --max-steps 200

@@ -335,8 +335,8 @@ class MetricLearner(Learner):
         """`loss` of ``episode`` whose support and query sets are already embedded
         (``support``, ``query``, e.g. by `embed_pair`): the loss and the logits ``[Q, ways]``.
         """
-        own = getattr(backbone.fusion, "unimodal_loss", 0.0) if support.late else 0.0
-        distill = getattr(backbone.fusion, "distill", 0.0) if support.late else 0.0
+        late = backbone.fusion if support.late else None
+        own, distill = getattr(late, "unimodal_loss", 0.0), getattr(late, "distill", 0.0)
         if not (own or distill):
             logits = self.logits(backbone, support, episode.support_labels, query,
                                  episode.ways, context)

@@ -301,12 +301,11 @@ def _within(model: Any, store: Any, prepared: Any, classes: list[str], groups: l
             modalities: list[str] | None) -> tuple[Any, list[Any]]:
     """Lake-style one-shot runs within ``groups`` (20 ways, or all of a smaller alphabet's
     characters; run ``k`` in group ``k % len(groups)``), written to ``episode_dir/TAG.jsonl``
-    and read back: the result and the episodes."""
+    (the folder exists) and read back: the result and the episodes."""
     lake = protocol_episodes(store.ids, store.labels, ways=within_ways(classes, groups),
                              shots=1, queries=1,
                              runs=runs, seed=0, classes=classes,
                              groups=prepared.dataset.groups, within=groups)
-    episode_dir.mkdir(parents=True, exist_ok=True)
     path = write_episode_file(episode_dir / f"{tag}.jsonl", lake)
     result = evaluate_episodes(model, store, read_episode_file(path, store),
                                modalities=modalities)
@@ -574,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "episodes").mkdir(parents=True, exist_ok=True)
     data = out / "omniglot"
     if not (data / "dataset.toml").exists() and not args.run:
         import_omniglot(args.source, data, val_groups=[VAL], test_groups=SPLITS[args.split],

@@ -458,10 +458,17 @@ def test_build_reports_unknown_names_and_mismatched_encoders() -> None:
                          ({"fusion": "late", "fusion_options": {"distill": -1.0}},
                           "fusion_options"),
                          ({"fusion_options": {"hiden": 4}}, "fusion_options"),
-                         ({"encoder_options": {"a": {"depth": 2}}}, "encoder_options.a")]:
+                         ({"encoder_options": {"a": {"depth": 2}}}, "encoder_options.a"),
+                         # ranges the components check themselves (`OptionError`)
+                         ({"encoder_options": {"a": {"hidden": [0]}}}, "encoder_options.a"),
+                         ({"fusion": "lowrank", "fusion_options": {"rank": 0}},
+                          "fusion_options")]:
         with pytest.raises(ConfigError) as located:
             FewShotModel.build(kinds=KINDS, input_info=info, **options)
         assert located.value.column == key, options
+    assert str(located.value) == ("key fusion_options: lowrank: rank must be >= 1, got 0 "
+                                  "(fix: use e.g. rank=4)")  # the component's own words
+    assert info_error.value.column is None  # data prepared for another encoder: no option
     with pytest.raises(ConfigError, match="at least one modality"):
         FewShotModel.build(kinds={}, input_info={})
 

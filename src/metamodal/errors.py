@@ -73,6 +73,12 @@ class ConfigError(LocatedError):
     column_label = "key"
 
 
+class OptionError(ConfigError):
+    """A component's option (an encoder's, a fusion's) is out of range. The component does not
+    know where its options came from: `metamodal.registry.Registry.create`, which builds it from
+    a config table, names that table as the key where the component named none."""
+
+
 class UnknownNameError(ConfigError, KeyError):
     """A registry has no entry of that name; the message lists the registered names."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from metamodal.errors import ConfigError, UnknownNameError
+from metamodal.errors import ConfigError, OptionError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -63,11 +63,17 @@ class Registry(Generic[T]):
         Raises:
             UnknownNameError: no component has that name.
             ConfigError: the component rejects an option value (its ``ValueError``, e.g.
-                ``temperature = 0``), naming ``options_key`` as the key.
+                ``temperature = 0``, or an `OptionError` that names no key), naming
+                ``options_key`` as the key.
         """
         factory = self.get(name)
         try:
             return factory(**kwargs)
+        except OptionError as error:
+            if error.column is not None:
+                raise
+            raise OptionError(error.message, file=error.file, column=options_key or name,
+                              fix=error.fix) from error
         except ValueError as error:
             raise ConfigError(f"{self.family} {name!r}: {error}", column=options_key or name,
                               fix=f"correct the {self.family}'s options") from error

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder
 from metamodal.encoders.layers import mlp_layers
-from metamodal.errors import ConfigError, ModalityError
+from metamodal.errors import ConfigError, ModalityError, OptionError
 
 
 class FeatureAdapter(Encoder):
@@ -67,7 +67,7 @@ class FeatureAdapter(Encoder):
         self.features = int(input_info["features"])
         widths = [int(hidden)] if isinstance(hidden, int) else [int(w) for w in hidden]
         if any(w < 1 for w in widths) or not 0.0 <= float(dropout) < 1.0:
-            raise ConfigError(f"{name}: hidden widths must be positive and dropout in [0, 1), "
+            raise OptionError(f"{name}: hidden widths must be positive and dropout in [0, 1), "
                               f"got hidden={hidden!r}, dropout={dropout!r}",
                               fix="use e.g. hidden=[256], dropout=0.1")
         self.mlp = nn.Sequential(nn.Dropout(dropout),

@@ -20,7 +20,7 @@ from metamodal.encoders.layers import (
     resolve_lengths,
     to_channels_last,
 )
-from metamodal.errors import ConfigError, ModalityError
+from metamodal.errors import ModalityError, OptionError
 
 
 @register_encoder("audio-cnn", ["audio"])
@@ -67,7 +67,7 @@ class AudioCNN(Encoder):
         (self.n_mels,) = require_info("audio-cnn", input_info, "n_mels")
         check_pool("audio-cnn", pool)
         if channels < 1 or blocks < 1:
-            raise ConfigError(
+            raise OptionError(
                 f"audio-cnn needs channels >= 1 and blocks >= 1, got {channels}, {blocks}",
                 fix="use e.g. channels=32, blocks=4",
             )

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder, require_info
 from metamodal.encoders.layers import to_channels_last
-from metamodal.errors import ConfigError, ModalityError
+from metamodal.errors import ModalityError, OptionError
 
 
 def _pool_kernel(height: int, width: int, *, last: bool) -> tuple[int, int]:
@@ -93,7 +93,7 @@ class Conv4(_ImageEncoder):
     ) -> None:
         super().__init__(dim=dim, input_info=input_info, name="conv4")
         if hidden < 1 or blocks < 1:
-            raise ConfigError(
+            raise OptionError(
                 f"conv4 needs hidden >= 1 and blocks >= 1, got hidden={hidden}, blocks={blocks}",
                 fix="use e.g. hidden=64, blocks=4",
             )
@@ -181,7 +181,7 @@ class ResNet12(_ImageEncoder):
         super().__init__(dim=dim, input_info=input_info, name="resnet12")
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1:
-            raise ConfigError(
+            raise OptionError(
                 f"resnet12 needs a non-empty list of positive widths, got {widths!r}",
                 fix="use e.g. widths=[32, 64, 128, 256]",
             )

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from metamodal.errors import ConfigError
+from metamodal.errors import OptionError
 
 
 def length_mask(lengths: Tensor, size: int) -> Tensor:
@@ -79,7 +79,7 @@ def check_pool(encoder: str, pool: str) -> None:
         >>> check_pool("tcn", "meanmax")
     """
     if pool not in POOLS:
-        raise ConfigError(
+        raise OptionError(
             f"{encoder}: unknown pool {pool!r}", fix=f"use one of: {', '.join(POOLS)}"
         )
 

@@ -25,7 +25,7 @@ from metamodal.encoders.layers import (
     resolve_lengths,
 )
 from metamodal.encoders.text import TokenEmbedding, token_mask
-from metamodal.errors import ConfigError, ModalityError
+from metamodal.errors import ModalityError, OptionError
 
 
 def check_steps(name: str, batch: ModalityBatch, features: int) -> None:
@@ -196,7 +196,7 @@ class TCN(Encoder):
         (self.features,) = require_info("tcn", input_info, "features")
         check_pool("tcn", pool)
         if levels < 1 or kernel_size < 1 or channels < 1:
-            raise ConfigError(
+            raise OptionError(
                 f"tcn needs channels, levels and kernel_size >= 1, got {channels}, {levels}, "
                 f"{kernel_size}",
                 fix="use e.g. channels=64, levels=3, kernel_size=3",

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder, require_info
 from metamodal.encoders.layers import mlp_layers
-from metamodal.errors import ConfigError, ModalityError
+from metamodal.errors import ModalityError, OptionError
 
 
 @register_encoder("mlp", ["tabular"])
@@ -45,7 +45,7 @@ class TabularMLP(Encoder):
         (self.features,) = require_info("mlp", input_info, "features")
         widths = [int(hidden)] if isinstance(hidden, int) else [int(w) for w in hidden]
         if any(w < 1 for w in widths):
-            raise ConfigError(
+            raise OptionError(
                 f"mlp: hidden widths must be positive, got {hidden!r}",
                 fix="use e.g. hidden=[64]",
             )

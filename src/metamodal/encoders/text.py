@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder, require_info
 from metamodal.encoders.layers import length_mask, masked_max, masked_mean, resolve_lengths
-from metamodal.errors import ConfigError, ModalityError
+from metamodal.errors import ModalityError, OptionError
 
 
 def token_mask(values: Tensor, lengths: Tensor | None) -> Tensor:
@@ -164,7 +164,7 @@ class TextCNN(_TextEncoder):
         super().__init__(dim=dim, input_info=input_info, name="textcnn")
         self.widths = [int(k) for k in widths]
         if not self.widths or min(self.widths) < 1:
-            raise ConfigError(
+            raise OptionError(
                 f"textcnn needs positive convolution widths, got {widths!r}",
                 fix="use e.g. widths=[3, 4, 5]",
             )

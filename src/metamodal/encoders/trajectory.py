@@ -31,7 +31,7 @@ from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder, require_info
 from metamodal.encoders.layers import resolve_lengths
 from metamodal.encoders.sequence import check_steps
-from metamodal.errors import ConfigError
+from metamodal.errors import OptionError
 
 
 def resample_trajectory(points: Tensor, starts: Tensor, lengths: Tensor, count: int
@@ -138,12 +138,12 @@ class TrajectoryEncoder(Encoder):
         columns = [*coords, *([pen] if pen >= 0 else [])]
         if (len(coords) != 2 or any(not isinstance(c, int) or not 0 <= c < self.features
                                     for c in columns)):
-            raise ConfigError(
+            raise OptionError(
                 f"trajectory: coords {list(coords)} and pen {pen} must be columns of the "
                 f"{self.features}-feature steps",
                 fix=f"give two x, y columns in 0..{self.features - 1} (and pen, or -1)")
         if points < 4 or channels < 1 or blocks < 1 or not 0 <= dropout < 1:
-            raise ConfigError(
+            raise OptionError(
                 f"trajectory needs points >= 4, channels >= 1, blocks >= 1, 0 <= dropout < 1; "
                 f"got {points}, {channels}, {blocks}, {dropout}",
                 fix="use e.g. points=64, channels=64, blocks=4")

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder, require_info
 from metamodal.encoders.image import Conv4
-from metamodal.errors import ConfigError, ModalityError
+from metamodal.errors import ModalityError, OptionError
 
 TEMPORAL = ("mean", "conv")
 """How `VideoConv` pools frame embeddings over time."""
@@ -54,7 +54,7 @@ class VideoConv(Encoder):
         self.frames, self.channels, self.height, self.width = require_info(
             "video-conv", input_info, "frames", "channels", "height", "width")
         if temporal not in TEMPORAL:
-            raise ConfigError(f"video-conv temporal must be one of {TEMPORAL}, got "
+            raise OptionError(f"video-conv temporal must be one of {TEMPORAL}, got "
                               f"{temporal!r}", fix='set temporal = "mean" or "conv"')
         self.frame_encoder = Conv4(dim=dim, input_info={
             "channels": self.channels, "height": self.height, "width": self.width},

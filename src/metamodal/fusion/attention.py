@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metamodal.errors import ConfigError
+from metamodal.errors import OptionError
 from metamodal.fusion.base import Fusion, fusions
 
 POOLS = ("cls", "mean")
@@ -71,12 +71,12 @@ class AttentionFusion(Fusion):
     ) -> None:
         super().__init__(modalities=modalities, dim=dim)
         if heads < 1 or dim % heads:
-            raise ConfigError(
+            raise OptionError(
                 f"attention: dim {dim} is not divisible by heads={heads}",
                 fix="choose heads that divide dim (e.g. 1, 2 or 4)",
             )
         if pool not in POOLS:
-            raise ConfigError(f"attention: unknown pool {pool!r}", fix="use cls or mean")
+            raise OptionError(f"attention: unknown pool {pool!r}", fix="use cls or mean")
         self.pool = pool
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.type_embedding = nn.Parameter(torch.randn(len(self.modalities), dim) * 0.02)

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from metamodal.errors import ConfigError
+from metamodal.errors import OptionError
 from metamodal.fusion.base import Fusion, fusions
 
 MISSING_MODES = ("token", "indicator")
@@ -48,7 +48,7 @@ class ConcatFusion(Fusion):
     ) -> None:
         super().__init__(modalities=modalities, dim=dim)
         if missing not in MISSING_MODES:
-            raise ConfigError(
+            raise OptionError(
                 f"concat: unknown missing mode {missing!r}",
                 fix=f"use one of: {', '.join(MISSING_MODES)}",
             )

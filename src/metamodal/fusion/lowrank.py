@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from metamodal.errors import ConfigError
+from metamodal.errors import OptionError
 from metamodal.fusion.base import Fusion, fusions
 
 
@@ -41,7 +41,7 @@ class LowRankFusion(Fusion):
     def __init__(self, *, modalities: Sequence[str], dim: int, rank: int = 4) -> None:
         super().__init__(modalities=modalities, dim=dim)
         if rank < 1:
-            raise ConfigError(f"lowrank: rank must be >= 1, got {rank}", fix="use e.g. rank=4")
+            raise OptionError(f"lowrank: rank must be >= 1, got {rank}", fix="use e.g. rank=4")
         self.rank = rank
         factors = torch.empty(len(self.modalities), rank, dim + 1, dim)
         for m in range(factors.shape[0]):

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from metamodal.errors import ConfigError
+from metamodal.errors import OptionError
 from metamodal.fusion.base import Fusion, fusions
 
 MAX_FEATURES = 65536
@@ -70,7 +70,7 @@ class TensorFusion(Fusion):
         self.rank_dim = default_rank_dim(count) if rank_dim is None else int(rank_dim)
         self.features = (self.rank_dim + 1) ** count
         if self.rank_dim < 1 or self.features > MAX_FEATURES:
-            raise ConfigError(
+            raise OptionError(
                 f"tensor: rank_dim={self.rank_dim} with {count} modalities gives an outer "
                 f"product of {self.features} values (at most {MAX_FEATURES})",
                 fix=f"use a smaller rank_dim (e.g. {default_rank_dim(count)}) or the lowrank "

@@ -19,10 +19,14 @@ trained with `metamodal.train.trainer.Trainer` and measured on:
   with each alone, with the paired difference between the fused model and images alone.
 
 ``--split wide`` holds out three test alphabets (Sanskrit, Korean, Greek; four train) instead
-of one, so that the proxy is spread over several alphabets. ``--run NAME=DIR`` measures a run
-trained elsewhere (e.g. ``metamodal train --config configs/omniglot.toml``) instead of training
-one, and ``--test-time plain,tta16+transduction10,reliability1`` measures each configuration
-with each test-time setting (`metamodal.model.test_time`; parts ``ttaN``, ``transductionN``,
+of one, so that the proxy is spread over several alphabets. The configurations named ``recipe``
+and ``fused-recipe`` are the shipped ``configs/omniglot.toml`` and ``configs/omniglot-fused.toml``
+as they stand, and the ``recipe-...`` / ``fused-recipe-...`` ones the variants measured against
+them; a configuration can start from another's finished run (`STARTS_FROM`) or combine others
+into an ensemble (`ENSEMBLES`), and those are trained first where they are not yet. ``--run
+NAME=DIR`` measures a run trained elsewhere instead of training one, and ``--test-time
+plain,tta16+transduction10,reliability1`` measures each configuration with each test-time
+setting (`metamodal.model.test_time`; parts ``ttaN``, ``transductionN``,
 ``confidenceX``, ``reliabilityX``, ``balance`` joined by ``+``), one row each. ``--baseline
 NAME`` adds each configuration's paired difference against NAME's on the same within-alphabet
 runs (images only, and with both modalities where both are fused), with the same test-time
@@ -54,7 +58,8 @@ from typing import Any
 
 import torch
 
-from metamodal.config import TrainConfig
+from metamodal.api.ensemble import ensemble
+from metamodal.config import TrainConfig, load_config
 from metamodal.data.episode_files import protocol_episodes, read_episode_file, write_episode_file
 from metamodal.datasets.omniglot import import_omniglot
 from metamodal.evaluate.protocol import evaluate, evaluate_episodes
@@ -277,6 +282,94 @@ STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000,
          "images+strokes-20way-rot-affine-unimodal-resnet12-4000": 4000}
 """Steps of a configuration when not the default (``--steps``; ``--max-steps`` caps both)."""
 
+REPO = Path(__file__).resolve().parent.parent
+IMAGES_RECIPE, FUSED_RECIPE = "configs/omniglot.toml", "configs/omniglot-fused.toml"
+W48 = {"widths": [48, 96, 192, 384]}
+"""`configs/omniglot.toml`'s ResNet-12 widths."""
+
+
+def config_file(path: str, **changes: Any) -> dict[str, Any]:
+    """The configuration of a shipped config file (``path`` relative to the repository) as a
+    row of `CONFIGS`: every `TrainConfig` value but ``data`` (the benchmark's dataset), with
+    ``changes`` replacing whole keys (a table such as ``encoder_options`` too).
+
+    Example:
+        >>> config_file(IMAGES_RECIPE, seed=1)["seed"], config_file(IMAGES_RECIPE)["ways"]
+        (1, 60)
+    """
+    values = load_config(REPO / path).updated(changes).to_dict()
+    del values["data"]
+    return values
+
+
+_FUSED_STROKES = config_file(FUSED_RECIPE)["encoder_options"]["strokes"]
+CONFIGS.update({
+    # the shipped recipes as they stand, and the variants measured against them
+    # (their validation in training uses the files' test-time settings)
+    "recipe": config_file(IMAGES_RECIPE),
+    "recipe-w32": config_file(IMAGES_RECIPE, encoder_options={}),
+    "recipe-w32-seed1": config_file(IMAGES_RECIPE, encoder_options={}, seed=1),
+    "recipe-w32-d256": config_file(IMAGES_RECIPE, encoder_options={}, dim=256),
+    "recipe-w64": config_file(IMAGES_RECIPE,
+                              encoder_options={"image": {"widths": [64, 128, 256, 512]}}),
+    "fused-recipe": config_file(FUSED_RECIPE),
+    "fused-recipe-seed1": config_file(FUSED_RECIPE, seed=1),
+    "fused-recipe-w48": config_file(FUSED_RECIPE,
+                                    encoder_options={"strokes": _FUSED_STROKES, "image": W48}),
+    "fused-recipe-128ch": config_file(FUSED_RECIPE, encoder_options={
+        "strokes": {**_FUSED_STROKES, "channels": 128}}),
+    "fused-recipe-on-recipe": config_file(FUSED_RECIPE, freeze=["image"], encoder_options={
+        "strokes": _FUSED_STROKES, "image": W48}),
+})
+STARTS_FROM = {"fused-recipe-on-recipe": "recipe"}
+"""Configurations trained from another one's finished run (``init_from``; here with the image
+encoder held fixed): that one is trained first where it is not yet."""
+ENSEMBLES: dict[str, dict[str, Any]] = {
+    "recipe-w32-x2": {"runs": ["recipe-w32", "recipe-w32-seed1"], "method": "mean",
+                      "ways": 17, "queries": 1},
+    "fused-recipe-x2": {"runs": ["fused-recipe", "fused-recipe-seed1"], "method": "mean",
+                        "ways": 17, "queries": 1},
+    "recipe+strokes": {"runs": ["recipe", "strokes-60way-rot-affine-reorder-256pt-3000-bf16"],
+                       "method": "stack", "ways": 17, "queries": 5, "episodes_count": 200,
+                       "tta": 16, "transduction": 10, "transduction_balance": True},
+}
+"""Ensembles of configurations (`metamodal.api.ensemble`'s options: the member configurations,
+trained first where they are not yet, then fitted within the validation alphabet)."""
+
+
+def train_row(name: str, out: Path, data: Path, default_steps: int, max_steps: int | None,
+              trained: dict[str, tuple[Path, float | None, float | None]],
+              ) -> tuple[Path, float | None, float | None]:
+    """Train configuration ``name`` (of `CONFIGS` or `ENSEMBLES`) into ``OUT/runs/NAME``, first
+    the configurations it starts from or combines; a finished run is kept as it is (an
+    interrupted one resumes). ``trained`` remembers what this call already saw. Returns the
+    run directory, the training seconds (an ensemble's: its members' summed) and the best
+    validation accuracy (None for an ensemble)."""
+    if name in trained:
+        return trained[name]
+    run_dir = out / "runs" / name
+    if name in ENSEMBLES:
+        options = dict(ENSEMBLES[name])
+        members = [train_row(member, out, data, default_steps, max_steps, trained)
+                   for member in options.pop("runs")]
+        if not (run_dir / "config.toml").exists():  # written whole, by a rename
+            ensemble([str(member[0]) for member in members], out=str(run_dir), **options)
+        seconds = [member[1] for member in members]
+        trained[name] = (run_dir, None if None in seconds else round(sum(seconds), 1), None)
+        return trained[name]
+    config = TrainConfig(data=str(data), steps=STEPS.get(name, default_steps)).updated(
+        {**BASE, **CONFIGS[name]})
+    if max_steps is not None:
+        config = config.updated({"steps": min(config.steps, max_steps)})
+    if name in STARTS_FROM:
+        source = train_row(STARTS_FROM[name], out, data, default_steps, max_steps, trained)
+        config = config.updated({"init_from": str(source[0])})
+    started = time.perf_counter()
+    result = Trainer(config, run_dir, progress=False).fit(resume=True)
+    print(f"{name}: trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    trained[name] = (result.run_dir, round(result.seconds, 1), result.best_val_accuracy)
+    return trained[name]
+
 
 def alphabets_holding(classes: list[str], groups: list[str | None]) -> list[str]:
     """The groups (alphabets) among ``groups`` (each sample's, None where it has none) that
@@ -323,8 +416,8 @@ def _rounded(accuracies: list[float]) -> list[float]:
     return [round(float(a), 6) for a in accuracies]
 
 
-def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
-         best_val: float | None, *, episode_dir: Path, episodes: int, runs: int,
+def _row(name: str, run_dir: Path, seconds: float | None, best_val: float | None, *,
+         episode_dir: Path, episodes: int, runs: int,
          test_time: dict[str, float] | None = None,
          within_runs: int = WITHIN_RUNS) -> dict[str, Any]:
     """Evaluate a trained run: 5-way 1-shot on val / test, Lake-style within-alphabet runs on
@@ -333,6 +426,7 @@ def _row(name: str, config: TrainConfig, run_dir: Path, seconds: float | None,
     100 Sanskrit runs are left out). The runs' episode files go to ``episode_dir``; the run
     directory is only read."""
     run = load_run(run_dir, test_time=test_time)
+    config = run.config  # an ensemble's: its first member's
     prepared = load_run_data(run)
     split, store, model = prepared.split, prepared.store, run.model
     modalities = list(run.model.modalities)
@@ -581,10 +675,11 @@ def main(argv: list[str] | None = None) -> int:
     given = dict(item.split("=", 1) for item in args.run if "=" in item)
     if len(given) != len(args.run):
         parser.error("--run takes NAME=DIR")
-    names = list(given) if given else (args.only.split(",") if args.only else list(CONFIGS))
-    unknown = [n for n in names if n not in CONFIGS and n not in given]
+    known = [*CONFIGS, *ENSEMBLES]
+    names = list(given) if given else (args.only.split(",") if args.only else known)
+    unknown = [n for n in names if n not in known and n not in given]
     if unknown:
-        parser.error(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
+        parser.error(f"unknown configurations {unknown}; known: {', '.join(known)}")
     labels = [_label(name, setting) for name in names for setting in settings]
     if args.baseline is not None and args.baseline not in names + labels:
         parser.error(f"--baseline {args.baseline} is not among the measured configurations "
@@ -595,29 +690,19 @@ def main(argv: list[str] | None = None) -> int:
         for line in results_file.read_text().splitlines():
             row = json.loads(line)
             done[row["name"]] = row
-    order = []
+    order, trained = [], {}
     for name in names:
-        if name in given:
-            run_dir = Path(given[name])
-            config, seconds, best_val = load_run(run_dir).config, None, None
         for setting in settings:
             label = _label(name, setting)
             order.append(label)
             if label in done:
                 continue
-            if name not in given:
-                steps = STEPS.get(name, args.steps)
-                if args.max_steps is not None:
-                    steps = min(steps, args.max_steps)
-                config = TrainConfig(data=str(data), steps=steps).updated(
-                    {**BASE, **CONFIGS[name]})
-                started = time.perf_counter()
-                result = Trainer(config, out / "runs" / name, progress=False).fit(resume=True)
-                print(f"{name}: trained in {time.perf_counter() - started:.0f} s",
-                      file=sys.stderr)
-                run_dir, seconds = result.run_dir, round(result.seconds, 1)
-                best_val = result.best_val_accuracy
-            row = _row(label, config, run_dir, seconds, best_val,
+            if name in given:
+                run_dir, seconds, best_val = Path(given[name]), None, None
+            else:
+                run_dir, seconds, best_val = train_row(name, out, data, args.steps,
+                                                       args.max_steps, trained)
+            row = _row(label, run_dir, seconds, best_val,
                        episode_dir=out / "episodes", episodes=args.episodes,
                        runs=args.runs, test_time=test_times[setting],
                        within_runs=args.within_runs)

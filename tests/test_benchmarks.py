@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -225,3 +226,72 @@ def test_balanced_transduction_benchmark_pairs_even_and_uneven_queries(tmp_path:
     refused = subprocess.run([*script[:3], str(plain), *script[4:]], capture_output=True,
                              text=True, timeout=600)
     assert refused.returncode == 2 and "transduction = 0" in refused.stderr
+
+
+def test_omniglot_benchmark_rows_are_the_shipped_recipes() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    import omniglot
+
+    from metamodal.config import TrainConfig, load_config
+
+    def row(name: str) -> dict:
+        return TrainConfig(data="d", steps=omniglot.STEPS.get(name, 2000)).updated(
+            {**omniglot.BASE, **omniglot.CONFIGS[name]}).to_dict()
+
+    for name, path in (("recipe", "configs/omniglot.toml"),
+                       ("fused-recipe", "configs/omniglot-fused.toml")):
+        assert row(name) == load_config(omniglot.REPO / path).updated({"data": "d"}).to_dict()
+    fused, frozen = row("fused-recipe"), row("fused-recipe-on-recipe")
+    assert {k for k in fused if fused[k] != frozen[k]} == {"freeze", "encoder_options"}
+    assert frozen["encoder_options"] == {**fused["encoder_options"],
+                                         "image": row("recipe")["encoder_options"]["image"]}
+    assert row("recipe-w32")["encoder_options"] == {}  # the encoder's default widths
+    known = set(omniglot.CONFIGS)
+    assert set(omniglot.STARTS_FROM) <= known and set(omniglot.STARTS_FROM.values()) <= known
+    assert all(set(spec["runs"]) <= known for spec in omniglot.ENSEMBLES.values())
+    assert not known & set(omniglot.ENSEMBLES)
+
+
+def test_omniglot_benchmark_trains_what_a_row_starts_from_or_combines(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(BENCHMARKS))
+    import omniglot
+    from omniglot_fixtures import write_archives
+
+    from metamodal.runs.directory import load_run
+
+    write_archives(tmp_path / "src", "small1",
+                   {"Alpha": 5, "Beta": 5, "Tagalog": 5, "Sanskrit": 6}, drawers=16)
+    small = {"modalities": ["image"], "dim": 8, "cache": False}
+    monkeypatch.setitem(omniglot.CONFIGS, "small", small)
+    monkeypatch.setitem(omniglot.CONFIGS, "small-seed1", {**small, "seed": 1})
+    monkeypatch.setitem(omniglot.CONFIGS, "small-frozen", {**small, "freeze": ["image"]})
+    monkeypatch.setitem(omniglot.STARTS_FROM, "small-frozen", "small")
+    monkeypatch.setitem(omniglot.ENSEMBLES, "small-x2", {
+        "runs": ["small", "small-seed1"], "method": "mean", "ways": 5, "queries": 5,
+        "episodes_count": 3})
+    out = tmp_path / "bench"
+    args = ["--source", str(tmp_path / "src"), "--out", str(out), "--only",
+            "small-frozen,small-x2", "--max-steps", "2", "--episodes", "3", "--runs", "2",
+            "--threads", "1"]
+    assert omniglot.main(args) == 0
+    trained = capsys.readouterr().err
+    assert sorted(line.split(":")[0] for line in trained.splitlines()
+                  if "trained in" in line) == ["small", "small-frozen", "small-seed1"]
+    runs = out / "runs"
+    frozen, source = load_run(runs / "small-frozen"), load_run(runs / "small")
+    assert frozen.config.init_from == str(runs / "small") and frozen.config.steps == 2
+    image = {k: v for k, v in source.model.state_dict().items() if ".image." in k}
+    assert image and all(torch.equal(v, frozen.model.state_dict()[k])
+                         for k, v in image.items())  # loaded, then held fixed
+    assert not all(torch.equal(v, load_run(runs / "small-seed1").model.state_dict()[k])
+                   for k, v in image.items())  # a seed of its own
+    combined = load_run(runs / "small-x2")
+    assert combined.ensemble is not None
+    assert combined.ensemble["sources"] == [str(runs / "small"), str(runs / "small-seed1")]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in rows] == ["small-frozen", "small-x2"]
+    assert rows[1]["selection_val"] is None and rows[1]["train_seconds"] > 0
+    assert omniglot.main(args) == 0  # measured already: nothing is trained again
+    assert "trained in" not in capsys.readouterr().err

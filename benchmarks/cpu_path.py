@@ -17,8 +17,9 @@ computation it replaced, on the embedded dataset at the demo's sizes (five modal
     episodes fitted together (`FineTune.logits_many`);
 (4) a training step in float32 against the encoders and fusion under bfloat16 autocast
     (``precision = "bf16"``, what ``auto`` picks on a CPU with AMX or AVX512-BF16), for the
-    demo's fused model and for ``resnet12`` at the Omniglot recipe's shape (20-way 1-shot
-    5-query episodes of 28 x 28 images).
+    demo's fused model and for ``resnet12`` at the Omniglot recipe's shape, as
+    ``configs/omniglot.toml`` sets it (its widths, ways and queries; 1-shot episodes of 28 x 28
+    images).
 
 Before anything is timed, each pair is checked to compute the same thing in float64: the same
 loss and gradients (1, 2), the same logits (3). bfloat16 (4) rounds to 8 bits of mantissa: its
@@ -44,6 +45,7 @@ from episodes import median_pair
 from text_table import print_table
 from torch import Tensor, nn
 
+from metamodal.config import TrainConfig, load_config
 from metamodal.data.batch import Episode, cat_batches
 from metamodal.data.episodes import EpisodeSampler
 from metamodal.datasets.synthetic import make_synthetic
@@ -235,13 +237,18 @@ def time_precisions(build: Callable[[torch.dtype], FewShotModel], episodes: list
     return median_pair(side("fp32"), side("bf16"), warmup, steps, CPU)
 
 
-def resnet12_model(data: PreparedData, dtype: torch.dtype) -> FewShotModel:
-    """The Omniglot recipe's model: ``resnet12`` on the images alone, ProtoNet, 64-d."""
+RECIPE = Path(__file__).resolve().parent.parent / "configs" / "omniglot.toml"
+
+
+def resnet12_model(data: PreparedData, recipe: TrainConfig, dtype: torch.dtype) -> FewShotModel:
+    """The Omniglot recipe's model: ``resnet12`` on the images alone at ``recipe``'s widths
+    and embedding size, ProtoNet."""
     torch.manual_seed(0)
     return FewShotModel.build(kinds=data.preprocessor.kinds(),
-                              input_info=data.preprocessor.input_info(), dim=64,
+                              input_info=data.preprocessor.input_info(), dim=recipe.dim,
                               encoders={"image": "resnet12"}, fusion="mean",
-                              learner="protonet").to(dtype).train()
+                              encoder_options=recipe.encoder_options,
+                              learner=recipe.learner).to(dtype).train()
 
 
 def time_steps(data: PreparedData, episodes: list[Episode], kind: str, warmup: int,
@@ -315,12 +322,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"device cpu ({platform.processor() or platform.machine()}), torch "
           f"{torch.__version__}, torch.set_num_threads({torch.get_num_threads()}), Python "
           f"{sys.version.split()[0]}")
+    recipe = load_config(RECIPE)
     with tempfile.TemporaryDirectory() as tmp:
         root = make_synthetic(Path(tmp) / "data", classes=args.classes, per_class=20, seed=0,
                               image_size=16, track_length=32)
         data = prepare_data(root, seed=0, cache=False)
-        root = make_synthetic(Path(tmp) / "images", classes=args.classes, per_class=20, seed=0,
-                              image_size=28, track_length=32)
+        root = make_synthetic(Path(tmp) / "images", classes=max(args.classes, recipe.ways),
+                              per_class=20, seed=0, image_size=28, track_length=32)
         images = prepare_data(root, seed=0, cache=False, modalities=["image"])
     sampler = EpisodeSampler(data.store, data.split.train + data.split.val + data.split.test,
                              5, 1, 15, seed=0)
@@ -363,15 +371,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                 [["5-way 1-shot, 100 Adam steps", "one by one", "100 episodes at once",
                   f"{slow:.2f}", f"{fast:.2f}", f"{slow / fast:.2f}x", f"{difference:.1e}"]],
                 text_columns=3)
-    ways = min(20, args.classes)  # the recipe's 20 ways, fewer for a smaller dataset
     many_way = EpisodeSampler(images.store, images.split.train + images.split.val
-                              + images.split.test, ways, 1, 5, seed=0)
+                              + images.split.test, recipe.ways, 1, recipe.queries, seed=0)
     cases = {"fused": (lambda dtype: fused_model(data, dtype), episodes),
-             "resnet12": (lambda dtype: resnet12_model(images, dtype),
+             "resnet12": (lambda dtype: resnet12_model(images, recipe, dtype),
                           [many_way[i] for i in range(args.warmup + args.steps)])}
+    widths = "-".join(map(str, recipe.encoder_options.get("image", {}).get("widths", [])))
     rows = []
     for name, title in (("fused", "the demo's fused ProtoNet, 5-way 1-shot 15-query"),
-                        ("resnet12", f"resnet12, {ways}-way 1-shot 5-query, 28 x 28 images")):
+                        ("resnet12", f"resnet12 {widths or 'default'}, {recipe.ways}-way "
+                         f"1-shot {recipe.queries}-query, 28 x 28 images")):
         build, steps_of = cases[name]
         fp32_error, bf16_error = precision_errors(build, steps_of[0])
         slow, fast = time_precisions(build, steps_of, args.warmup, args.steps)

@@ -12,8 +12,9 @@ derives each case by breaking one thing:
 - ``splits.toml``: unreadable, a directory, empty or overlapping splits, unknown groups;
 - media files of every kind: truncated, garbage, empty, decompression bombs, NaN pixels or
   samples, absurd audio headers, pickled or misshapen ``.npy`` arrays;
-- run directories: ``config.toml``, ``preprocessor.json``, ``model.safetensors``,
-  ``checkpoint.pt`` (resumed), missing files;
+- run directories: ``config.toml`` (its keys, and the encoder, fusion and learner options out
+  of type or range), ``preprocessor.json``, ``model.safetensors``, ``checkpoint.pt`` (resumed),
+  missing files;
 - saved classifiers (``support.json``, ``support.safetensors``) and query tables;
 - ``metamodal train`` flags.
 
@@ -462,9 +463,17 @@ def build_corpus() -> list[Case]:
         run_edits[f"config.toml/model.{key.strip()}={value}"] = (
             lambda r, k=key, v=value: _set_toml_option(r / "config.toml", "model", k.strip(),
                                                        v))
-    for value in ("0", "-1", "nan", "inf", '"hot"'):
-        run_edits[f"config.toml/model.learner_options.temperature={value}"] = (
-            lambda r, v=value: _set_learner_option(r / "config.toml", "temperature", v))
+    component_options = [("learner_options", "temperature", value)
+                         for value in ("0", "-1", "nan", "inf", '"hot"')]
+    component_options += [("fusion_options", "hidden", value)  # the gated fusion's
+                          for value in ('"wide"', "-1", "0", "1000000000000", "[32]", "nan")]
+    component_options += [("encoder_options.image", key, value)  # conv4's
+                          for key, value in (("hidden", "-3"), ("hidden", "2.5"),
+                                             ("blocks", "100000"), ("blocks", "true"),
+                                             ("depth", "2"))]
+    for table, key, value in component_options:
+        run_edits[f"config.toml/model.{table}.{key}={value}"] = (
+            lambda r, t=table, k=key, v=value: _set_model_option(r / "config.toml", t, k, v))
     for what, change in _preprocessor_edits().items():
         run_edits[f"preprocessor.json/{what}"] = (
             lambda r, c=change: _edit_json(r / "preprocessor.json", c))
@@ -652,12 +661,14 @@ def _media(data: Path, column: str, row: int, write: Callable[[Path], None]) -> 
     _write_rows(data / "samples.csv", fields, rows)
 
 
-def _set_learner_option(path: Path, key: str, value: str) -> None:
+def _set_model_option(path: Path, table: str, key: str, value: str) -> None:
+    """Set ``key = value`` in ``[model.TABLE]`` of a run's ``config.toml``, adding the table
+    where it is missing."""
     text = path.read_text()
-    if "[model.learner_options]" in text:
-        _set_toml_option(path, "model.learner_options", key, value)
+    if f"[model.{table}]" in text:
+        _set_toml_option(path, f"model.{table}", key, value)
     else:
-        path.write_text(text.rstrip("\n") + f"\n\n[model.learner_options]\n{key} = {value}\n")
+        path.write_text(text.rstrip("\n") + f"\n\n[model.{table}]\n{key} = {value}\n")
 
 
 def _edit_json(path: Path, change: Callable[[dict], object]) -> None:

@@ -473,6 +473,39 @@ def test_build_reports_unknown_names_and_mismatched_encoders() -> None:
         FewShotModel.build(kinds={}, input_info={})
 
 
+@pytest.mark.parametrize("options,key,words", [
+    ({"fusion_options": {"hidden": "wide"}}, "fusion_options",
+     "fusion 'gated': hidden = 'wide' is not of type int"),
+    ({"fusion_options": {"hidden": -1}}, "fusion_options", "gated needs hidden >= 1, got -1"),
+    ({"fusion_options": {"hidden": 10**12}}, "fusion_options", "is over 16,777,216 in magnitude"),
+    ({"fusion": "attention", "fusion_options": {"layers": 10**6}}, "fusion_options",
+     "attention needs layers in 1..64"),
+    ({"fusion": "concat", "fusion_options": {"hidden": -1}}, "fusion_options",
+     "concat needs hidden >= 0"),
+    ({"encoder_options": {"a": {"hidden": [64] * 65}}}, "encoder_options.a", "has over 64 items"),
+    ({"encoder_options": {"a": {"dropout": float("nan")}}}, "encoder_options.a",
+     "is not a finite number"),
+    ({"encoder_options": {"a": {"hidden": True}}}, "encoder_options.a", "is not of type"),
+    ({"encoders": {"t": "gru"}, "encoder_options": {"t": {"layers": 65}}}, "encoder_options.t",
+     "gru needs hidden, embedding_dim >= 1, layers in 1..64"),
+    ({"learner": "relationnet", "learner_options": {"layers": 100}}, "learner_options",
+     "layers in 1..64"),
+    ({"learner": "finetune", "learner_options": {"lr": 0.0}}, "learner_options",
+     "lr and scale must be > 0"),
+    ({"learner": "am3", "learner_options": {"hidden": 0}}, "learner_options",
+     "hidden must be >= 1"),
+])
+def test_component_options_of_the_wrong_type_or_out_of_range_are_located_config_errors(
+        options: dict, key: str, words: str) -> None:
+    """Caught before anything is built (types, bounds) or by the component itself (its
+    ranges), never a raw TypeError or torch's RuntimeError, nor a model of 10^12 units."""
+    with pytest.raises(ConfigError) as located:
+        FewShotModel.build(kinds=KINDS, input_info=input_info(), **options)
+    assert located.value.column == key and words in str(located.value), str(located.value)
+    FewShotModel.build(kinds=KINDS, input_info=input_info(),  # an int for mlp's widths
+                       encoder_options={"a": {"hidden": 32}})
+
+
 @pytest.mark.parametrize("learner", learners.names())
 @pytest.mark.parametrize("fusion", ["mean", "late"])
 def test_every_learner_trains_through_a_built_model(learner: str, fusion: str) -> None:

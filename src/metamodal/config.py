@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
 import types
@@ -531,7 +532,7 @@ def _from_dict(values: dict[str, Any], *, source: str) -> TrainConfig:
         if key not in known:
             raise ConfigError(f"unknown key {key!r}", file=source, column=key,
                               fix=f"use one of: {', '.join(sorted(known))}")
-        if value is not None and not _matches(value, hints[key]):
+        if value is not None and not fits_type(value, hints[key]):
             raise ConfigError(f"{key} has the wrong type ({type(value).__name__})", file=source,
                               column=key, fix=f"give a value of type {hints[key]}")
         if hints[key] is float and isinstance(value, int):
@@ -540,17 +541,36 @@ def _from_dict(values: dict[str, Any], *, source: str) -> TrainConfig:
     return TrainConfig(**clean)
 
 
-def _matches(value: Any, hint: Any) -> bool:
+def fits_type(value: Any, hint: Any) -> bool:
+    """True when ``value``, as TOML or JSON gives it, is of type ``hint``: a union (``None``
+    only where it holds ``None``), a ``list`` / ``tuple`` / ``Sequence`` as a list or tuple of
+    fitting items (a string is no sequence), a ``Literal``'s values, ``dict``, ``Any``, and
+    ``float`` taking an int (a bool is no number).
+
+    Example:
+        >>> from collections.abc import Sequence
+        >>> fits_type([32, 64], Sequence[int]), fits_type(True, int), fits_type(None, int | None)
+        (True, False, True)
+    """
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
-        return any(_matches(value, h) for h in typing.get_args(hint) if h is not type(None))
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
+        return any(fits_type(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin in (list, tuple, collections.abc.Sequence):
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(
+                fits_type(v, a) for v, a in zip(value, args, strict=True))
+        return all(fits_type(v, args[0] if args else Any) for v in value)
     if origin is dict:
         return isinstance(value, dict)
     if hint is Any:
         return True
+    if hint is None or hint is type(None):
+        return value is None
     if hint is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:

@@ -63,7 +63,8 @@ class Registry(Generic[T]):
         Raises:
             UnknownNameError: no component has that name.
             ConfigError: the component rejects an option value (its ``ValueError``, e.g.
-                ``temperature = 0``, or an `OptionError` that names no key), naming
+                ``temperature = 0``, an `OptionError` that names no key, or a ``TypeError`` or
+                torch's ``RuntimeError`` while it is built, e.g. a negative size), naming
                 ``options_key`` as the key.
         """
         factory = self.get(name)
@@ -74,7 +75,8 @@ class Registry(Generic[T]):
                 raise
             raise OptionError(error.message, file=error.file, column=options_key or name,
                               fix=error.fix) from error
-        except ValueError as error:
+        except (ValueError, TypeError, RuntimeError) as error:  # RuntimeError: torch's, as
+            # for a negative or too large size
             raise ConfigError(f"{self.family} {name!r}: {error}", column=options_key or name,
                               fix=f"correct the {self.family}'s options") from error
 
@@ -87,3 +89,22 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.family!r}, {self.names()})"
+
+
+MAX_LAYERS = 64
+"""The most blocks or layers a component's option may stack."""
+
+
+def require_option(ok: bool, component: str, rule: str, *, fix: str) -> None:
+    """Raise `OptionError` ``"COMPONENT needs RULE"`` unless ``ok``: a component's check of
+    its own options' ranges (`Registry.create` names the config table as the key).
+
+    Example:
+        >>> require_option(True, "gated", "hidden >= 1, got 32", fix="use e.g. hidden=32")
+        >>> require_option(False, "gated", "hidden >= 1, got 0", fix="use e.g. hidden=32")
+        Traceback (most recent call last):
+        ...
+        metamodal.errors.OptionError: gated needs hidden >= 1, got 0 (fix: use e.g. hidden=32)
+    """
+    if not ok:
+        raise OptionError(f"{component} needs {rule}", fix=fix)

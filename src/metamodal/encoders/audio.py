@@ -21,6 +21,7 @@ from metamodal.encoders.layers import (
     to_channels_last,
 )
 from metamodal.errors import ModalityError, OptionError
+from metamodal.registry import MAX_LAYERS
 
 
 @register_encoder("audio-cnn", ["audio"])
@@ -66,7 +67,7 @@ class AudioCNN(Encoder):
         super().__init__(dim=dim, input_info=input_info)
         (self.n_mels,) = require_info("audio-cnn", input_info, "n_mels")
         check_pool("audio-cnn", pool)
-        if channels < 1 or blocks < 1:
+        if channels < 1 or not 1 <= blocks <= MAX_LAYERS:
             raise OptionError(
                 f"audio-cnn needs channels >= 1 and blocks >= 1, got {channels}, {blocks}",
                 fix="use e.g. channels=32, blocks=4",

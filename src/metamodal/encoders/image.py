@@ -16,6 +16,7 @@ from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder, require_info
 from metamodal.encoders.layers import to_channels_last
 from metamodal.errors import ModalityError, OptionError
+from metamodal.registry import MAX_LAYERS
 
 
 def _pool_kernel(height: int, width: int, *, last: bool) -> tuple[int, int]:
@@ -92,7 +93,7 @@ class Conv4(_ImageEncoder):
         self, *, dim: int, input_info: Mapping[str, Any], hidden: int = 64, blocks: int = 4
     ) -> None:
         super().__init__(dim=dim, input_info=input_info, name="conv4")
-        if hidden < 1 or blocks < 1:
+        if hidden < 1 or not 1 <= blocks <= MAX_LAYERS:
             raise OptionError(
                 f"conv4 needs hidden >= 1 and blocks >= 1, got hidden={hidden}, blocks={blocks}",
                 fix="use e.g. hidden=64, blocks=4",

@@ -26,6 +26,7 @@ from metamodal.encoders.layers import (
 )
 from metamodal.encoders.text import TokenEmbedding, token_mask
 from metamodal.errors import ModalityError, OptionError
+from metamodal.registry import MAX_LAYERS, require_option
 
 
 def check_steps(name: str, batch: ModalityBatch, features: int) -> None:
@@ -85,6 +86,11 @@ class GRUEncoder(Encoder):
         dropout: float = 0.0,
     ) -> None:
         super().__init__(dim=dim, input_info=input_info)
+        require_option(min(hidden, embedding_dim) >= 1 and 1 <= layers <= MAX_LAYERS
+                       and 0 <= dropout < 1, "gru",
+                       f"hidden, embedding_dim >= 1, layers in 1..{MAX_LAYERS} and "
+                       f"0 <= dropout < 1, got {hidden}, {embedding_dim}, {layers}, {dropout}",
+                       fix="use e.g. hidden=64, layers=1")
         self.text = "vocab_size" in input_info
         if self.text:
             (vocab_size,) = require_info("gru", input_info, "vocab_size")
@@ -195,7 +201,7 @@ class TCN(Encoder):
         super().__init__(dim=dim, input_info=input_info)
         (self.features,) = require_info("tcn", input_info, "features")
         check_pool("tcn", pool)
-        if levels < 1 or kernel_size < 1 or channels < 1:
+        if levels < 1 or levels > MAX_LAYERS or kernel_size < 1 or channels < 1:
             raise OptionError(
                 f"tcn needs channels, levels and kernel_size >= 1, got {channels}, {levels}, "
                 f"{kernel_size}",

@@ -38,7 +38,7 @@ class TabularMLP(Encoder):
         *,
         dim: int,
         input_info: Mapping[str, Any],
-        hidden: Sequence[int] = (64,),
+        hidden: int | Sequence[int] = (64,),
         dropout: float = 0.0,
     ) -> None:
         super().__init__(dim=dim, input_info=input_info)

@@ -16,6 +16,7 @@ from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder, require_info
 from metamodal.encoders.layers import length_mask, masked_max, masked_mean, resolve_lengths
 from metamodal.errors import ModalityError, OptionError
+from metamodal.registry import require_option
 
 
 def token_mask(values: Tensor, lengths: Tensor | None) -> Tensor:
@@ -107,6 +108,9 @@ class BagOfEmbeddings(_TextEncoder):
         hidden: int = 64,
     ) -> None:
         super().__init__(dim=dim, input_info=input_info, name="bag")
+        require_option(embedding_dim >= 1 and hidden >= 0, "bag",
+                       f"embedding_dim >= 1 and hidden >= 0, got {embedding_dim}, {hidden}",
+                       fix="use e.g. embedding_dim=64, hidden=64 (0: one linear map)")
         self.embed = TokenEmbedding(self.vocab_size, embedding_dim)
         if hidden > 0:
             self.head: nn.Module = nn.Sequential(
@@ -162,6 +166,9 @@ class TextCNN(_TextEncoder):
         dropout: float = 0.0,
     ) -> None:
         super().__init__(dim=dim, input_info=input_info, name="textcnn")
+        require_option(embedding_dim >= 1 and filters >= 1 and 0 <= dropout < 1, "textcnn",
+                       f"embedding_dim, filters >= 1 and 0 <= dropout < 1, got {embedding_dim}, "
+                       f"{filters}, {dropout}", fix="use e.g. embedding_dim=64, filters=64")
         self.widths = [int(k) for k in widths]
         if not self.widths or min(self.widths) < 1:
             raise OptionError(

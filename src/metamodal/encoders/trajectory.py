@@ -32,6 +32,7 @@ from metamodal.encoders.base import Encoder, register_encoder, require_info
 from metamodal.encoders.layers import resolve_lengths
 from metamodal.encoders.sequence import check_steps
 from metamodal.errors import OptionError
+from metamodal.registry import MAX_LAYERS
 
 
 def resample_trajectory(points: Tensor, starts: Tensor, lengths: Tensor, count: int
@@ -142,7 +143,7 @@ class TrajectoryEncoder(Encoder):
                 f"trajectory: coords {list(coords)} and pen {pen} must be columns of the "
                 f"{self.features}-feature steps",
                 fix=f"give two x, y columns in 0..{self.features - 1} (and pen, or -1)")
-        if points < 4 or channels < 1 or blocks < 1 or not 0 <= dropout < 1:
+        if points < 4 or channels < 1 or not 1 <= blocks <= MAX_LAYERS or not 0 <= dropout < 1:
             raise OptionError(
                 f"trajectory needs points >= 4, channels >= 1, blocks >= 1, 0 <= dropout < 1; "
                 f"got {points}, {channels}, {blocks}, {dropout}",

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from metamodal.errors import OptionError
 from metamodal.fusion.base import Fusion, fusions
+from metamodal.registry import MAX_LAYERS, require_option
 
 POOLS = ("cls", "mean")
 
@@ -77,6 +78,10 @@ class AttentionFusion(Fusion):
             )
         if pool not in POOLS:
             raise OptionError(f"attention: unknown pool {pool!r}", fix="use cls or mean")
+        require_option(1 <= layers <= MAX_LAYERS and feedforward >= 1 and 0 <= dropout < 1,
+                       "attention", f"layers in 1..{MAX_LAYERS}, feedforward >= 1 and "
+                       f"0 <= dropout < 1, got {layers}, {feedforward}, {dropout}",
+                       fix="use e.g. layers=1, feedforward=2")
         self.pool = pool
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.type_embedding = nn.Parameter(torch.randn(len(self.modalities), dim) * 0.02)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from metamodal.errors import OptionError
 from metamodal.fusion.base import Fusion, fusions
+from metamodal.registry import require_option
 
 MISSING_MODES = ("token", "indicator")
 
@@ -47,6 +48,8 @@ class ConcatFusion(Fusion):
         self, *, modalities: Sequence[str], dim: int, missing: str = "token", hidden: int = 0
     ) -> None:
         super().__init__(modalities=modalities, dim=dim)
+        require_option(hidden >= 0, "concat", f"hidden >= 0, got {hidden}",
+                       fix="use 0 (one linear map) or a width, e.g. hidden=64")
         if missing not in MISSING_MODES:
             raise OptionError(
                 f"concat: unknown missing mode {missing!r}",

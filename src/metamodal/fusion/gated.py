@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from metamodal.fusion.base import Fusion, fusions, masked_softmax
+from metamodal.registry import require_option
 
 
 @fusions.register("gated")
@@ -42,6 +43,7 @@ class GatedFusion(Fusion):
 
     def __init__(self, *, modalities: Sequence[str], dim: int, hidden: int = 32) -> None:
         super().__init__(modalities=modalities, dim=dim)
+        require_option(hidden >= 1, "gated", f"hidden >= 1, got {hidden}", fix="use e.g. hidden=32")
         count = len(self.modalities)
         self.gate_in = nn.Parameter(torch.randn(count, dim, hidden) / dim**0.5)
         self.gate_in_bias = nn.Parameter(torch.zeros(count, hidden))

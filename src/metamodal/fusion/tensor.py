@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from metamodal.errors import OptionError
 from metamodal.fusion.base import Fusion, fusions
+from metamodal.registry import require_option
 
 MAX_FEATURES = 65536
 """Largest outer-product size ``(rank_dim + 1) ** M`` that `TensorFusion` accepts."""
@@ -66,6 +67,8 @@ class TensorFusion(Fusion):
         hidden: int = 0,
     ) -> None:
         super().__init__(modalities=modalities, dim=dim)
+        require_option(hidden >= 0, "tensor", f"hidden >= 0, got {hidden}",
+                       fix="use 0 (one linear map) or a width, e.g. hidden=64")
         count = len(self.modalities)
         self.rank_dim = default_rank_dim(count) if rank_dim is None else int(rank_dim)
         self.features = (self.rank_dim + 1) ** count

@@ -49,6 +49,8 @@ class AM3(MetricLearner):
 
     def __init__(self, *, dim: int, hidden: int = 64) -> None:
         super().__init__()
+        if hidden < 1:
+            raise ValueError(f"hidden must be >= 1, got {hidden}")
         self.g = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
         nn.init.zeros_(self.g[2].weight)  # g starts as the identity (residual below)
         nn.init.zeros_(self.g[2].bias)

@@ -215,6 +215,9 @@ class FineTune(MetricLearner):
             raise ValueError(f"optimizer must be 'adam', 'sgd' or 'lbfgs', got {optimizer!r}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if not (lr > 0 and scale > 0 and weight_decay >= 0):
+            raise ValueError(f"lr and scale must be > 0 and weight_decay >= 0, got {lr}, {scale}, "
+                             f"{weight_decay}")
         self.steps = steps
         self.lr = lr
         self.optimizer = optimizer

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metamodal.learners.base import EpisodeContext, MetricLearner, class_means, learners
+from metamodal.registry import MAX_LAYERS
 
 
 @learners.register("relationnet")
@@ -44,6 +45,9 @@ class RelationNet(MetricLearner):
         super().__init__()
         if pool not in ("mean", "sum"):
             raise ValueError(f"pool must be 'mean' or 'sum', got {pool!r}")
+        if hidden < 1 or not 1 <= layers <= MAX_LAYERS:
+            raise ValueError(f"hidden must be >= 1 and layers in 1..{MAX_LAYERS}, got {hidden}, "
+                             f"{layers}")
         self.pool = pool
         blocks: list[nn.Module] = []
         width = 2 * dim

@@ -79,6 +79,9 @@ class Siamese(MetricLearner):
             raise ValueError(f"predict must be 'mean' or 'nearest', got {predict!r}")
         if margin <= 0:
             raise ValueError(f"margin must be > 0, got {margin}")
+        if not (scale > 0 and cross_modal_weight >= 0):
+            raise ValueError(f"scale must be > 0 and cross_modal_weight >= 0, got {scale}, "
+                             f"{cross_modal_weight}")
         self.margin = margin
         self.normalize = normalize
         self.predict = predict

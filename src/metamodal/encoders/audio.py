@@ -69,7 +69,8 @@ class AudioCNN(Encoder):
         check_pool("audio-cnn", pool)
         if channels < 1 or not 1 <= blocks <= MAX_LAYERS:
             raise OptionError(
-                f"audio-cnn needs channels >= 1 and blocks >= 1, got {channels}, {blocks}",
+                f"audio-cnn needs channels >= 1 and blocks in 1..{MAX_LAYERS}, got {channels}, "
+                f"{blocks}",
                 fix="use e.g. channels=32, blocks=4",
             )
         self.pool = pool

@@ -95,7 +95,8 @@ class Conv4(_ImageEncoder):
         super().__init__(dim=dim, input_info=input_info, name="conv4")
         if hidden < 1 or not 1 <= blocks <= MAX_LAYERS:
             raise OptionError(
-                f"conv4 needs hidden >= 1 and blocks >= 1, got hidden={hidden}, blocks={blocks}",
+                f"conv4 needs hidden >= 1 and blocks in 1..{MAX_LAYERS}, got hidden={hidden}, "
+                f"blocks={blocks}",
                 fix="use e.g. hidden=64, blocks=4",
             )
         layers: list[nn.Module] = []

@@ -201,10 +201,10 @@ class TCN(Encoder):
         super().__init__(dim=dim, input_info=input_info)
         (self.features,) = require_info("tcn", input_info, "features")
         check_pool("tcn", pool)
-        if levels < 1 or levels > MAX_LAYERS or kernel_size < 1 or channels < 1:
+        if not 1 <= levels <= MAX_LAYERS or kernel_size < 1 or channels < 1:
             raise OptionError(
-                f"tcn needs channels, levels and kernel_size >= 1, got {channels}, {levels}, "
-                f"{kernel_size}",
+                f"tcn needs channels, kernel_size >= 1 and levels in 1..{MAX_LAYERS}, got "
+                f"{channels}, {kernel_size}, {levels}",
                 fix="use e.g. channels=64, levels=3, kernel_size=3",
             )
         self.pool = pool

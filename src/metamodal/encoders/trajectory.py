@@ -145,8 +145,8 @@ class TrajectoryEncoder(Encoder):
                 fix=f"give two x, y columns in 0..{self.features - 1} (and pen, or -1)")
         if points < 4 or channels < 1 or not 1 <= blocks <= MAX_LAYERS or not 0 <= dropout < 1:
             raise OptionError(
-                f"trajectory needs points >= 4, channels >= 1, blocks >= 1, 0 <= dropout < 1; "
-                f"got {points}, {channels}, {blocks}, {dropout}",
+                f"trajectory needs points >= 4, channels >= 1, blocks in 1..{MAX_LAYERS}, "
+                f"0 <= dropout < 1; got {points}, {channels}, {blocks}, {dropout}",
                 fix="use e.g. points=64, channels=64, blocks=4")
         self.coords = [int(c) for c in coords]
         self.pen = int(pen)

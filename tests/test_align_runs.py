@@ -188,3 +188,48 @@ def test_align_weight_trains_jointly_then_zero_shot_and_imputation(aligned, tmp_
     assert main(["zero-shot", str(joint), "--data", str(copy), "--ways", "3", "--queries", "2",
                  "--episodes-count", "5"]) == 2
     assert f"no description: {dropped}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options,key", [
+    ({"temperature": float("nan")}, "align_temperature"),
+    ({"temperature": "hot"}, "align_temperature"),
+    ({"temperature": 0.0}, "align_temperature"),
+    ({"margin": -1.0}, "align_margin"),
+    ({"margin": float("inf")}, "align_margin"),
+    ({"learn_temperature": "yes"}, "align_learn_temperature"),
+    ({"direction": 5}, "align_direction"),
+    ({"positives": ["class"]}, "align_positives"),
+])
+def test_alignment_options_of_the_wrong_type_or_range_are_config_errors(options: dict,
+                                                                         key: str) -> None:
+    from metamodal.errors import ConfigError
+    from metamodal.mapping import Aligner
+
+    with pytest.raises(ConfigError) as located:
+        Aligner(["a", "b"], dim=4, **options)
+    assert located.value.column == key
+
+
+@pytest.mark.parametrize("change", [
+    lambda table: table.pop("modalities"),
+    lambda table: table.update(dim="x"),
+    lambda table: table.update(dim=10**9),
+    lambda table: table.update(modalities="caption"),
+    lambda table: table.update(temperature="hot"),
+    lambda table: table.update(bogus=1),
+])
+def test_a_damaged_alignment_table_is_a_run_error_naming_the_file(aligned, tmp_path: Path,
+                                                                  change) -> None:
+    import tomli_w
+
+    from metamodal.errors import RunError
+
+    _, run = aligned
+    damaged = tmp_path / "run"
+    shutil.copytree(run, damaged)
+    document = tomllib.loads((damaged / "config.toml").read_text())
+    change(document["alignment"])
+    (damaged / "config.toml").write_text(tomli_w.dumps(document))
+    with pytest.raises(RunError) as error:
+        load_alignment(damaged)
+    assert error.value.file == str(damaged / "config.toml")

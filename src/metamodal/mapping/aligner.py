@@ -25,6 +25,11 @@ OBJECTIVES = ("infonce", "margin", "regression")
 POSITIVES = ("instance", "class")
 
 
+def _finite(value: Any) -> bool:
+    """True for an int or float (not a bool) that is finite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def parse_direction(direction: str) -> tuple[str, str]:
     """``"caption->image"`` -> ``("caption", "image")``; `ConfigError` otherwise."""
     source, arrow, target = direction.partition("->")
@@ -88,8 +93,8 @@ class Aligner(nn.Module):
         positives: str = "instance",
     ) -> None:
         super().__init__()
-        names = list(dict.fromkeys(modalities))
-        if len(names) < 2:
+        names = list(dict.fromkeys(modalities)) if not isinstance(modalities, str) else []
+        if len(names) < 2 or not all(isinstance(name, str) for name in names):
             raise ConfigError(f"alignment needs two or more modalities, got {names}",
                               column="align_modalities",
                               fix="name at least two modalities, e.g. image,caption")
@@ -103,9 +108,19 @@ class Aligner(nn.Module):
         if positives not in POSITIVES:
             raise ConfigError(f"unknown positives {positives!r}", column="align_positives",
                               fix=f"use one of: {', '.join(POSITIVES)}")
-        if temperature <= 0:
-            raise ConfigError("temperature must be > 0", column="align_temperature",
-                              fix="e.g. 0.07")
+        if not (_finite(temperature) and temperature > 0):
+            raise ConfigError(f"temperature must be a finite number > 0, got {temperature!r}",
+                              column="align_temperature", fix="e.g. 0.07")
+        if not (_finite(margin) and margin >= 0):
+            raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}",
+                              column="align_margin", fix="e.g. 1.0")
+        if not isinstance(learn_temperature, bool):
+            raise ConfigError(f"learn_temperature must be true or false, got "
+                              f"{learn_temperature!r}", column="align_learn_temperature",
+                              fix="true (learned) or false (fixed)")
+        if direction is not None and not isinstance(direction, str):
+            raise ConfigError(f"a mapping direction is SOURCE->TARGET, got {direction!r}",
+                              column="align_direction", fix="e.g. caption->image")
         self.modalities = names
         self.dim = dim
         self.objective = objective

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from metamodal.config import TrainConfig
+from metamodal.config import LIMITS, TrainConfig
 from metamodal.data.batch import TensorStore
-from metamodal.errors import DatasetError, ModalityError, RunError
+from metamodal.errors import ConfigError, DatasetError, ModalityError, RunError
 from metamodal.mapping.aligner import Aligner
 from metamodal.mapping.joint import encode_store
 from metamodal.mapping.retrieval import retrieval_ranks, similarity
@@ -95,9 +95,16 @@ def load_alignment(run_dir: str | Path, *, device: str = "cpu") -> Aligner:
         raise RunError("this run trained no cross-modal alignment", file=run_dir / "config.toml",
                        fix="train one with `metamodal align --data DIR --modalities a,b --out RUN`"
                        " or `metamodal train ... --align-weight 0.5`")
-    options = dict(options)
-    modalities, dim = options.pop("modalities"), options.pop("dim")
-    aligner = Aligner(modalities, dim=dim, **options)
+    try:
+        options = dict(options)
+        modalities, dim = options.pop("modalities"), options.pop("dim")
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= LIMITS["dim"]:
+            raise ConfigError(f"dim must be an integer in 1..{LIMITS['dim']}, got {dim!r}")
+        aligner = Aligner(modalities, dim=dim, **options)
+    except (ConfigError, KeyError, TypeError, ValueError) as error:
+        raise RunError(f"the [alignment] table is damaged ({error})",
+                       file=run_dir / "config.toml",
+                       fix="train the alignment again (`metamodal align ...`)") from None
     load_weights(run_dir / ALIGNMENT_FILE, aligner)
     return aligner.to(device).eval()
 

@@ -340,6 +340,9 @@ def test_too_few_missing_or_damaged_runs_are_typed_errors(runs: dict[str, Path],
     (damaged / "config.toml").write_text(text.replace("temperatures = [", "temperatures = [-1, "))
     with pytest.raises(RunError, match="temperatures"):
         load_run(damaged)
+    names = text[text.index("names = ["):].split("]", 1)[0] + "]"  # shown, not used: kept
+    (damaged / "config.toml").write_text(text.replace(names, "names = [1, 2]"))
+    assert load_run(damaged).name == "ensemble-mean(1, 2)"
     with pytest.raises(ConfigError, match="another learner"):
         api.evaluate(str(runs["mean"]), learner="protonet", episodes_count=2, ways=2,
                      queries=1, progress=False)

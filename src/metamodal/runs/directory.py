@@ -73,8 +73,9 @@ class Run:
     def name(self) -> str:
         """``learner+fusion``, or ``ensemble-METHOD(member, ...)`` for an ensemble."""
         if self.ensemble is not None:
-            names = self.ensemble.get("names") or []
-            return f"ensemble-{self.ensemble.get('method')}({', '.join(names)})"
+            names = self.ensemble.get("names")  # shown only: whatever a damaged table holds
+            shown = ", ".join(map(str, names)) if isinstance(names, list) else ""
+            return f"ensemble-{self.ensemble.get('method')}({shown})"
         return f"{self.config.learner}+{self.config.fusion}"
 
 

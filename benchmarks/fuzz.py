@@ -459,7 +459,8 @@ def build_corpus() -> list[Case]:
         run_edits[f"config.toml/train.{key}={value}"] = (
             lambda r, k=key, v=value: _set_toml_option(r / "config.toml", "train", k, v))
     for key, value in {"learner": '"no-such-learner"', "fusion": '"no-such-fusion"',
-                       "dim": "0", "dim ": "1e9", "kinds": "3"}.items():
+                       "dim": "0", "dim ": "1e9", "dim  ": "10000000", "kinds": "3",
+                       "fusion ": '["gated"]', "learner ": "true"}.items():
         run_edits[f"config.toml/model.{key.strip()}={value}"] = (
             lambda r, k=key, v=value: _set_toml_option(r / "config.toml", "model", k.strip(),
                                                        v))
@@ -471,6 +472,9 @@ def build_corpus() -> list[Case]:
                           for key, value in (("hidden", "-3"), ("hidden", "2.5"),
                                              ("blocks", "100000"), ("blocks", "true"),
                                              ("depth", "2"))]
+    for table in ("encoders", "encoder_options", "fusion_options", "learner_options"):
+        run_edits[f"config.toml/model.{table}=text"] = (  # a table replaced by a string
+            lambda r, t=table: _replace_model_table(r / "config.toml", t))
     for table, key, value in component_options:
         run_edits[f"config.toml/model.{table}.{key}={value}"] = (
             lambda r, t=table, k=key, v=value: _set_model_option(r / "config.toml", t, k, v))
@@ -659,6 +663,19 @@ def _media(data: Path, column: str, row: int, write: Callable[[Path], None]) -> 
     write(data / name)
     rows[row][column] = name
     _write_rows(data / "samples.csv", fields, rows)
+
+
+def _replace_model_table(path: Path, table: str) -> None:
+    """Replace ``[model.TABLE]`` (and its subtables) of a run's ``config.toml`` by ``TABLE =
+    "x"`` in ``[model]``."""
+    out, skipping = [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("["):
+            skipping = line.strip().startswith(f"[model.{table}")
+        if not skipping:
+            out.append(line)
+    path.write_text("\n".join(out) + "\n", encoding="utf-8")
+    _set_toml_option(path, "model", table, '"x"')
 
 
 def _set_model_option(path: Path, table: str, key: str, value: str) -> None:

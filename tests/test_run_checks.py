@@ -84,6 +84,27 @@ def test_config_toml_with_a_zero_temperature(trained, tmp_path: Path) -> None:
     assert "temperature" in error.message
 
 
+@pytest.mark.parametrize(("table", "key"), [
+    ({"encoders": "conv4"}, "model.encoders"),  # a table replaced by a string
+    ({"fusion_options": [1]}, "model.fusion_options"),
+    ({"learner": True}, "model.learner"),
+    ({"kinds": {"image": 3}}, "model.kinds"),
+    ({"dim": 10**7}, "model.dim"),  # refused before 10^7-wide layers are allocated
+])
+def test_config_toml_with_a_model_table_of_the_wrong_shape(trained, tmp_path: Path,
+                                                           table: dict, key: str) -> None:
+    import tomllib
+
+    import tomli_w
+
+    run = _copy(trained[1], tmp_path)
+    document = tomllib.loads((run / "config.toml").read_text())
+    document["model"].update(table)
+    (run / "config.toml").write_text(tomli_w.dumps(document))
+    error = _error(run)
+    assert error.file == str(run / "config.toml") and error.column == key
+
+
 def test_zero_temperature_and_checkpoint_every_are_config_errors(trained, tmp_path: Path,
                                                                  capsys) -> None:
     data = trained[0]

@@ -541,11 +541,24 @@ def _from_dict(values: dict[str, Any], *, source: str) -> TrainConfig:
     return TrainConfig(**clean)
 
 
+def type_name(hint: Any) -> str:
+    """A type hint as a message shows it.
+
+    Example:
+        >>> from collections.abc import Mapping
+        >>> type_name(int), type_name(Mapping[str, int] | None)
+        ('int', 'Mapping[str, int] | None')
+    """
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("collections.abc.", "").replace("typing.", "")
+
+
 def fits_type(value: Any, hint: Any) -> bool:
     """True when ``value``, as TOML or JSON gives it, is of type ``hint``: a union (``None``
     only where it holds ``None``), a ``list`` / ``tuple`` / ``Sequence`` as a list or tuple of
-    fitting items (a string is no sequence), a ``Literal``'s values, ``dict``, ``Any``, and
-    ``float`` taking an int (a bool is no number).
+    fitting items (a string is no sequence), a ``Literal``'s values, a ``dict`` / ``Mapping``
+    of fitting keys and values, ``Any``, and ``float`` taking an int (a bool is no number).
 
     Example:
         >>> from collections.abc import Sequence
@@ -565,8 +578,10 @@ def fits_type(value: Any, hint: Any) -> bool:
             return len(value) == len(args) and all(
                 fits_type(v, a) for v, a in zip(value, args, strict=True))
         return all(fits_type(v, args[0] if args else Any) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
+    if origin in (dict, collections.abc.Mapping):
+        args = typing.get_args(hint)
+        return isinstance(value, dict) and (not args or all(
+            fits_type(k, args[0]) and fits_type(v, args[1]) for k, v in value.items()))
     if hint is Any:
         return True
     if hint is None or hint is type(None):

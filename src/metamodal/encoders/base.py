@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from metamodal.config import fits_type
+from metamodal.config import fits_type, type_name
 from metamodal.data.batch import ModalityBatch, all_present
 from metamodal.data.kinds import kinds as modality_kinds
 from metamodal.errors import ConfigError
@@ -289,8 +289,8 @@ def check_hyperparameters(
     for key, value in hyper.items():
         fix = f"give a value like its default, {key} = {known[key]!r}"
         if key in hints and not fits_type(value, hints[key]):
-            shown = getattr(hints[key], "__name__", None) or str(hints[key])
-            raise ConfigError(f"{family} {name!r}: {key} = {value!r} is not of type {shown}",
+            raise ConfigError(f"{family} {name!r}: {key} = {value!r} is not of type "
+                              f"{type_name(hints[key])}",
                               column=options_key, fix=fix)
         why = _out_of_bounds(value)
         if why:

@@ -16,6 +16,7 @@ union of their modalities. `load_run` returns it as a `Run` whose model is an
 
 from __future__ import annotations
 
+import typing
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 import tomli_w
 
-from metamodal.config import TrainConfig, resolve_device
+from metamodal.config import LIMITS, TrainConfig, fits_type, resolve_device, type_name
 from metamodal.data.loaders.base import loaders
 from metamodal.data.preprocess import Preprocessor, create_loader
 from metamodal.data.schema import DatasetSchema
@@ -229,6 +230,15 @@ def _build_model(run_dir: Path, document: dict[str, Any], preprocessor: Preproce
     training configuration with those settings; `RunError` naming the file and key when they
     do not fit, `ConfigError` when ``test_time`` does not."""
     config_path = run_dir / CONFIG_FILE
+    hints = typing.get_type_hints(FewShotModel.build)
+    for key, value in document["model"].items():
+        if key in hints and not fits_type(value, hints[key]):
+            raise RunError(f"config.toml's [model] {key} = {value!r} is not of type "
+                           f"{type_name(hints[key])}", file=config_path, column=f"model.{key}",
+                           fix="restore the run's config.toml")
+    if not 1 <= document["model"].get("dim", 1) <= LIMITS["dim"]:
+        raise RunError(f"config.toml's [model] dim is not in 1..{LIMITS['dim']}",
+                       file=config_path, column="model.dim", fix="restore the run's config.toml")
     try:
         model = FewShotModel.build(**document["model"])
     except TypeError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Callable
@@ -533,8 +534,9 @@ def _from_dict(values: dict[str, Any], *, source: str) -> TrainConfig:
             raise ConfigError(f"unknown key {key!r}", file=source, column=key,
                               fix=f"use one of: {', '.join(sorted(known))}")
         if value is not None and not fits_type(value, hints[key]):
-            raise ConfigError(f"{key} has the wrong type ({type(value).__name__})", file=source,
-                              column=key, fix=f"give a value of type {hints[key]}")
+            raise ConfigError(f"{key} has the wrong type ({reprlib.repr(value)} is not "
+                              f"{type_name(hints[key])})", file=source, column=key,
+                              fix=f"give a value of type {type_name(hints[key])}")
         if hints[key] is float and isinstance(value, int):
             value = float(value)
         clean[key] = value

@@ -506,6 +506,18 @@ def test_component_options_of_the_wrong_type_or_out_of_range_are_located_config_
                        encoder_options={"a": {"hidden": 32}})
 
 
+def test_options_of_a_component_whose_hints_do_not_resolve_are_not_type_checked() -> None:
+    from metamodal.encoders.base import check_hyperparameters
+
+    def factory(*, dim: int, thing: OnlyForTypeCheckers | None = None,  # noqa: F821
+                scale: float = 1.0) -> None:
+        pass
+
+    check_hyperparameters("learner", "third-party", factory, {"scale": "x"})  # no type check
+    with pytest.raises(ConfigError, match="is not a finite number"):  # the bounds still hold
+        check_hyperparameters("learner", "third-party", factory, {"scale": float("nan")})
+
+
 @pytest.mark.parametrize("learner", learners.names())
 @pytest.mark.parametrize("fusion", ["mean", "late"])
 def test_every_learner_trains_through_a_built_model(learner: str, fusion: str) -> None:

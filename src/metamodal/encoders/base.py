@@ -234,10 +234,15 @@ def hyperparameters(factory: Callable[..., Any]) -> dict[str, Any]:
 
 
 def _option_hints(factory: Callable[..., Any]) -> dict[str, Any]:
-    """The type hints of a registered constructor's keyword options (its own win)."""
+    """The type hints of a registered constructor's keyword options (its own win; none from a
+    constructor whose hints do not resolve, e.g. names imported only for type checkers)."""
     hints: dict[str, Any] = {}
     for init in _constructors(factory):
-        for key, hint in typing.get_type_hints(init).items():
+        try:
+            resolved = typing.get_type_hints(init)
+        except (NameError, TypeError, AttributeError):
+            continue
+        for key, hint in resolved.items():
             hints.setdefault(key, hint)
     return hints
 

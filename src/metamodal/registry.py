@@ -75,8 +75,11 @@ class Registry(Generic[T]):
                 raise
             raise OptionError(error.message, file=error.file, column=options_key or name,
                               fix=error.fix) from error
-        except (ValueError, TypeError, RuntimeError) as error:  # RuntimeError: torch's, as
-            # for a negative or too large size
+        except (TypeError, RuntimeError) as error:  # an option it lacks, a size torch refuses
+            raise ConfigError(f"{self.family} {name!r} rejects its options ({error})",
+                              column=options_key or name,
+                              fix=f"correct the {self.family}'s options") from error
+        except ValueError as error:
             raise ConfigError(f"{self.family} {name!r}: {error}", column=options_key or name,
                               fix=f"correct the {self.family}'s options") from error
 

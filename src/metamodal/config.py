@@ -543,6 +543,16 @@ def _from_dict(values: dict[str, Any], *, source: str) -> TrainConfig:
     return TrainConfig(**clean)
 
 
+def is_number(value: Any) -> bool:
+    """True for a finite int or float (not a bool).
+
+    Example:
+        >>> is_number(1.5), is_number(True), is_number(float("nan"))
+        (True, False, False)
+    """
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def type_name(hint: Any) -> str:
     """A type hint as a message shows it.
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metamodal.config import is_number
 from metamodal.errors import ConfigError
 from metamodal.mapping.contrastive import margin_alignment_loss, masked_info_nce
 from metamodal.mapping.regression import (
@@ -23,11 +24,6 @@ from metamodal.mapping.regression import (
 
 OBJECTIVES = ("infonce", "margin", "regression")
 POSITIVES = ("instance", "class")
-
-
-def _finite(value: Any) -> bool:
-    """True for an int or float (not a bool) that is finite."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def parse_direction(direction: str) -> tuple[str, str]:
@@ -108,10 +104,10 @@ class Aligner(nn.Module):
         if positives not in POSITIVES:
             raise ConfigError(f"unknown positives {positives!r}", column="align_positives",
                               fix=f"use one of: {', '.join(POSITIVES)}")
-        if not (_finite(temperature) and temperature > 0):
+        if not (is_number(temperature) and temperature > 0):
             raise ConfigError(f"temperature must be a finite number > 0, got {temperature!r}",
                               column="align_temperature", fix="e.g. 0.07")
-        if not (_finite(margin) and margin >= 0):
+        if not (is_number(margin) and margin >= 0):
             raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}",
                               column="align_margin", fix="e.g. 1.0")
         if not isinstance(learn_temperature, bool):

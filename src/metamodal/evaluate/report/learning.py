@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from metamodal.config import is_number
 from metamodal.evaluate.report.render import (
     Section,
     cell_text,
     html_image,
     html_table,
-    is_number,
     md_table,
     new_figure,
     save_png,

@@ -109,16 +109,6 @@ def finite(x: float | None, default: float = 0.0) -> float:
     return x if x is not None and math.isfinite(x) else default
 
 
-def is_number(value: Any) -> bool:
-    """True for a finite int or float (not a bool).
-
-    Example:
-        >>> is_number(1.5), is_number(True), is_number(float("nan"))
-        (True, False, False)
-    """
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def cell_text(value: Any) -> str:
     """A table cell: ``—`` for None, 4 decimals for a float, else the text.
 

@@ -283,42 +283,44 @@ STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000,
 """Steps of a configuration when not the default (``--steps``; ``--max-steps`` caps both)."""
 
 REPO = Path(__file__).resolve().parent.parent
-IMAGES_RECIPE, FUSED_RECIPE = "configs/omniglot.toml", "configs/omniglot-fused.toml"
+IMAGES_RECIPE = load_config(REPO / "configs" / "omniglot.toml")
+FUSED_RECIPE = load_config(REPO / "configs" / "omniglot-fused.toml")
+"""The shipped recipes, each file read once."""
 W48 = {"widths": [48, 96, 192, 384]}
 """`configs/omniglot.toml`'s ResNet-12 widths."""
 
 
-def config_file(path: str, **changes: Any) -> dict[str, Any]:
-    """The configuration of a shipped config file (``path`` relative to the repository) as a
-    row of `CONFIGS`: every `TrainConfig` value but ``data`` (the benchmark's dataset), with
-    ``changes`` replacing whole keys (a table such as ``encoder_options`` too).
+def recipe_row(recipe: TrainConfig, **changes: Any) -> dict[str, Any]:
+    """A shipped recipe as a row of `CONFIGS`: every `TrainConfig` value but ``data`` (the
+    benchmark's dataset), with ``changes`` replacing whole keys (a table such as
+    ``encoder_options`` too).
 
     Example:
-        >>> config_file(IMAGES_RECIPE, seed=1)["seed"], config_file(IMAGES_RECIPE)["ways"]
+        >>> recipe_row(IMAGES_RECIPE, seed=1)["seed"], recipe_row(IMAGES_RECIPE)["ways"]
         (1, 60)
     """
-    values = load_config(REPO / path).updated(changes).to_dict()
+    values = recipe.updated(changes).to_dict()
     del values["data"]
     return values
 
 
-_FUSED_STROKES = config_file(FUSED_RECIPE)["encoder_options"]["strokes"]
+_FUSED_STROKES = FUSED_RECIPE.encoder_options["strokes"]
 CONFIGS.update({
     # the shipped recipes as they stand, and the variants measured against them
     # (their validation in training uses the files' test-time settings)
-    "recipe": config_file(IMAGES_RECIPE),
-    "recipe-w32": config_file(IMAGES_RECIPE, encoder_options={}),
-    "recipe-w32-seed1": config_file(IMAGES_RECIPE, encoder_options={}, seed=1),
-    "recipe-w32-d256": config_file(IMAGES_RECIPE, encoder_options={}, dim=256),
-    "recipe-w64": config_file(IMAGES_RECIPE,
+    "recipe": recipe_row(IMAGES_RECIPE),
+    "recipe-w32": recipe_row(IMAGES_RECIPE, encoder_options={}),
+    "recipe-w32-seed1": recipe_row(IMAGES_RECIPE, encoder_options={}, seed=1),
+    "recipe-w32-d256": recipe_row(IMAGES_RECIPE, encoder_options={}, dim=256),
+    "recipe-w64": recipe_row(IMAGES_RECIPE,
                               encoder_options={"image": {"widths": [64, 128, 256, 512]}}),
-    "fused-recipe": config_file(FUSED_RECIPE),
-    "fused-recipe-seed1": config_file(FUSED_RECIPE, seed=1),
-    "fused-recipe-w48": config_file(FUSED_RECIPE,
+    "fused-recipe": recipe_row(FUSED_RECIPE),
+    "fused-recipe-seed1": recipe_row(FUSED_RECIPE, seed=1),
+    "fused-recipe-w48": recipe_row(FUSED_RECIPE,
                                     encoder_options={"strokes": _FUSED_STROKES, "image": W48}),
-    "fused-recipe-128ch": config_file(FUSED_RECIPE, encoder_options={
+    "fused-recipe-128ch": recipe_row(FUSED_RECIPE, encoder_options={
         "strokes": {**_FUSED_STROKES, "channels": 128}}),
-    "fused-recipe-on-recipe": config_file(FUSED_RECIPE, freeze=["image"], encoder_options={
+    "fused-recipe-on-recipe": recipe_row(FUSED_RECIPE, freeze=["image"], encoder_options={
         "strokes": _FUSED_STROKES, "image": W48}),
 })
 STARTS_FROM = {"fused-recipe-on-recipe": "recipe"}

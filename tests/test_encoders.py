@@ -21,7 +21,6 @@ from metamodal.encoders import (
     check_encoder,
     encoders,
     encoders_for,
-    hyperparameters,
     image,
 )
 from metamodal.encoders.layers import (
@@ -33,6 +32,7 @@ from metamodal.encoders.layers import (
     to_channels_last,
 )
 from metamodal.errors import ConfigError, ModalityError, UnknownNameError
+from metamodal.registry import hyperparameters
 
 torch.set_num_threads(1)
 

@@ -23,6 +23,7 @@ from metamodal.learners import (
     learners,
 )
 from metamodal.model import Backbone, FewShotModel
+from metamodal.registry import Registry
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (see conftest.py)
 
@@ -507,15 +508,16 @@ def test_component_options_of_the_wrong_type_or_out_of_range_are_located_config_
 
 
 def test_options_of_a_component_whose_hints_do_not_resolve_are_not_type_checked() -> None:
-    from metamodal.encoders.base import check_hyperparameters
 
     def factory(*, dim: int, thing: OnlyForTypeCheckers | None = None,  # noqa: F821
                 scale: float = 1.0) -> None:
         pass
 
-    check_hyperparameters("learner", "third-party", factory, {"scale": "x"})  # no type check
+    third_party = Registry("learner")
+    third_party.register("third-party")(factory)
+    third_party.check_options("third-party", {"scale": "x"})  # no type check
     with pytest.raises(ConfigError, match="is not a finite number"):  # the bounds still hold
-        check_hyperparameters("learner", "third-party", factory, {"scale": float("nan")})
+        third_party.check_options("third-party", {"scale": float("nan")})
 
 
 @pytest.mark.parametrize("learner", learners.names())

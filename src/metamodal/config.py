@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import math
 import reprlib
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ import torch
 
 from metamodal.data.schema import DatasetSchema
 from metamodal.errors import ConfigError
+from metamodal.hints import fits_type, type_name
 from metamodal.io import ParseError, loads_toml
 
 MAX_TTA = 64
@@ -541,65 +540,3 @@ def _from_dict(values: dict[str, Any], *, source: str) -> TrainConfig:
             value = float(value)
         clean[key] = value
     return TrainConfig(**clean)
-
-
-def is_number(value: Any) -> bool:
-    """True for a finite int or float (not a bool).
-
-    Example:
-        >>> is_number(1.5), is_number(True), is_number(float("nan"))
-        (True, False, False)
-    """
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def type_name(hint: Any) -> str:
-    """A type hint as a message shows it.
-
-    Example:
-        >>> from collections.abc import Mapping
-        >>> type_name(int), type_name(Mapping[str, int] | None)
-        ('int', 'Mapping[str, int] | None')
-    """
-    if isinstance(hint, type) and not typing.get_args(hint):
-        return hint.__name__
-    return str(hint).replace("collections.abc.", "").replace("typing.", "")
-
-
-def fits_type(value: Any, hint: Any) -> bool:
-    """True when ``value``, as TOML or JSON gives it, is of type ``hint``: a union (``None``
-    only where it holds ``None``), a ``list`` / ``tuple`` / ``Sequence`` as a list or tuple of
-    fitting items (a string is no sequence), a ``Literal``'s values, a ``dict`` / ``Mapping``
-    of fitting keys and values, ``Any``, and ``float`` taking an int (a bool is no number).
-
-    Example:
-        >>> from collections.abc import Sequence
-        >>> fits_type([32, 64], Sequence[int]), fits_type(True, int), fits_type(None, int | None)
-        (True, False, True)
-    """
-    origin = typing.get_origin(hint)
-    if origin in (types.UnionType, typing.Union):
-        return any(fits_type(value, h) for h in typing.get_args(hint))
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if origin in (list, tuple, collections.abc.Sequence):
-        args = typing.get_args(hint)
-        if not isinstance(value, list | tuple):
-            return False
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(
-                fits_type(v, a) for v, a in zip(value, args, strict=True))
-        return all(fits_type(v, args[0] if args else Any) for v in value)
-    if origin in (dict, collections.abc.Mapping):
-        args = typing.get_args(hint)
-        return isinstance(value, dict) and (not args or all(
-            fits_type(k, args[0]) and fits_type(v, args[1]) for k, v in value.items()))
-    if hint is Any:
-        return True
-    if hint is None or hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)

@@ -43,10 +43,8 @@ from metamodal.encoders.base import (
     Encoder,
     build_encoder,
     check_encoder,
-    check_hyperparameters,
     encoders,
     encoders_for,
-    hyperparameters,
     register_encoder,
 )
 
@@ -58,10 +56,8 @@ __all__ = [
     "audio",
     "build_encoder",
     "check_encoder",
-    "check_hyperparameters",
     "encoders",
     "encoders_for",
-    "hyperparameters",
     "image",
     "register_encoder",
     "sequence",

@@ -8,16 +8,12 @@ compute nor pollute BatchNorm statistics, and their output rows are exactly zero
 
 from __future__ import annotations
 
-import inspect
-import math
-import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from metamodal.config import fits_type, type_name
 from metamodal.data.batch import ModalityBatch, all_present
 from metamodal.data.kinds import kinds as modality_kinds
 from metamodal.errors import ConfigError
@@ -192,117 +188,6 @@ def check_encoder(name: str, kind: str, modality: str | None = None) -> None:
         )
 
 
-MAX_OPTION_INT = 1 << 24
-"""The largest magnitude of a component's integer option (sizes, counts, steps)."""
-MAX_OPTION_ITEMS = 64
-"""The most items of a component's list option (a network's widths, say)."""
-
-
-def _constructors(factory: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
-    """The functions that take a registered constructor's keyword options: the factory, or a
-    class's ``__init__`` and, while one passes ``**options`` on, its base classes'."""
-    owners = factory.__mro__ if isinstance(factory, type) else [factory]
-    for owner in owners:
-        init = owner.__dict__.get("__init__") if isinstance(factory, type) else owner
-        if init is None:
-            continue
-        yield init
-        if not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
-            break
-
-
-def hyperparameters(factory: Callable[..., Any]) -> dict[str, Any]:
-    """The keyword hyper-parameters of a registered constructor and their defaults.
-
-    ``dim``, ``input_info`` and ``modalities`` (given by the model, not by a config) are left
-    out. A class constructor that passes ``**options`` on to its base class also accepts the
-    base class's hyper-parameters (its own defaults win).
-
-    Example:
-        >>> hyperparameters(encoders.get("mlp"))
-        {'hidden': (64,), 'dropout': 0.0}
-    """
-    skip = {"self", "dim", "input_info", "modalities"}
-    found: dict[str, Any] = {}
-    for init in _constructors(factory):
-        for parameter in inspect.signature(init).parameters.values():
-            if parameter.name not in skip and parameter.kind in (
-                parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD
-            ):
-                found.setdefault(parameter.name, parameter.default)
-    return found
-
-
-def _option_hints(factory: Callable[..., Any]) -> dict[str, Any]:
-    """The type hints of a registered constructor's keyword options (its own win; none from a
-    constructor whose hints do not resolve, e.g. names imported only for type checkers)."""
-    hints: dict[str, Any] = {}
-    for init in _constructors(factory):
-        try:
-            resolved = typing.get_type_hints(init)
-        except (NameError, TypeError, AttributeError):
-            continue
-        for key, hint in resolved.items():
-            hints.setdefault(key, hint)
-    return hints
-
-
-def _out_of_bounds(value: Any) -> str | None:
-    """Why an option's value lies outside what any component takes (a number that is not
-    finite, an integer over `MAX_OPTION_INT`, a list of more than `MAX_OPTION_ITEMS`), or None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "is not a finite number"
-    if isinstance(value, int) and abs(value) > MAX_OPTION_INT:
-        return f"is over {MAX_OPTION_INT:,} in magnitude"
-    if isinstance(value, list | tuple):
-        if len(value) > MAX_OPTION_ITEMS:
-            return f"has over {MAX_OPTION_ITEMS} items"
-        return next((why for why in map(_out_of_bounds, value) if why), None)
-    return None
-
-
-def check_hyperparameters(
-    family: str, name: str, factory: Callable[..., Any], hyper: Mapping[str, Any], *,
-    options_key: str | None = None,
-) -> None:
-    """Raise `ConfigError` naming the accepted hyper-parameters when ``hyper`` has others,
-    or when a value is not of its option's type or out of any component's bounds (not
-    finite, `MAX_OPTION_INT`, `MAX_OPTION_ITEMS`); its key is ``options_key``, the config table
-    that holds them, where given. Each component checks its own ranges when it is built.
-
-    Example:
-        >>> check_hyperparameters("encoder", "mlp", encoders.get("mlp"), {"depth": 2})
-        Traceback (most recent call last):
-        ...
-        metamodal.errors.ConfigError: encoder 'mlp' has no hyper-parameter 'depth' \
-(fix: use: hidden=(64,), dropout=0.0)
-        >>> check_hyperparameters("encoder", "mlp", encoders.get("mlp"), {"dropout": "x"})
-        Traceback (most recent call last):
-        ...
-        metamodal.errors.ConfigError: encoder 'mlp': dropout = 'x' is not of type float \
-(fix: give a value like its default, dropout = 0.0)
-    """
-    known = hyperparameters(factory)
-    unknown = [key for key in hyper if key not in known]
-    if unknown:
-        listed = ", ".join(f"{key}={value!r}" for key, value in known.items()) or "none"
-        raise ConfigError(
-            f"{family} {name!r} has no hyper-parameter {', '.join(map(repr, unknown))}",
-            column=options_key, fix=f"use: {listed}",
-        )
-    hints = _option_hints(factory)
-    for key, value in hyper.items():
-        fix = f"give a value like its default, {key} = {known[key]!r}"
-        if key in hints and not fits_type(value, hints[key]):
-            raise ConfigError(f"{family} {name!r}: {key} = {value!r} is not of type "
-                              f"{type_name(hints[key])}",
-                              column=options_key, fix=fix)
-        why = _out_of_bounds(value)
-        if why:
-            raise ConfigError(f"{family} {name!r}: {key} = {value!r} {why}",
-                              column=options_key, fix=fix)
-
-
 def build_encoder(
     kind: str,
     name: str | None = None,
@@ -320,7 +205,7 @@ def build_encoder(
         dim: the embedding size.
         input_info: the modality loader's ``input_info()``.
         modality: the modality's name (for error messages).
-        **hyper: the encoder's hyper-parameters (see `hyperparameters`).
+        **hyper: the encoder's hyper-parameters (see `metamodal.registry.hyperparameters`).
 
     Example:
         >>> enc = build_encoder("text", dim=16, input_info={"vocab_size": 50, "max_length": 12})
@@ -335,7 +220,7 @@ def build_encoder(
     name = DEFAULT_ENCODERS[kind] if name is None else name
     check_encoder(name, kind, modality)
     key = f"encoder_options.{modality}" if modality else "encoder_options"
-    check_hyperparameters("encoder", name, encoders.get(name), hyper, options_key=key)
+    encoders.check_options(name, hyper, options_key=key)
     return encoders.create(name, options_key=key, dim=dim, input_info=input_info, **hyper)
 
 

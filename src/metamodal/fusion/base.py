@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from metamodal.data.batch import all_present
-from metamodal.encoders.base import check_hyperparameters
 from metamodal.errors import ConfigError, ModalityError
 from metamodal.registry import Registry
 
@@ -171,6 +170,6 @@ def build_fusion(name: str, *, modalities: Sequence[str], dim: int, **hyper: Any
         >>> build_fusion("gated", modalities=["a", "b"], dim=8, hidden=4).out_dim
         8
     """
-    check_hyperparameters("fusion", name, fusions.get(name), hyper, options_key="fusion_options")
+    fusions.check_options(name, hyper, options_key="fusion_options")
     return fusions.create(name, options_key="fusion_options", modalities=modalities, dim=dim,
                           **hyper)

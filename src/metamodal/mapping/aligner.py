@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metamodal.config import is_number
 from metamodal.errors import ConfigError
+from metamodal.hints import is_number
 from metamodal.mapping.contrastive import margin_alignment_loss, masked_info_nce
 from metamodal.mapping.regression import (
     REGRESSION_LOSSES,

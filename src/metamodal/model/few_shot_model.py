@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from metamodal.data.augment import Augmentation
 from metamodal.data.batch import Episode, cat_batches
-from metamodal.encoders import DEFAULT_ENCODERS, build_encoder, check_hyperparameters
+from metamodal.encoders import DEFAULT_ENCODERS, build_encoder
 from metamodal.errors import ConfigError, DatasetError
 from metamodal.fusion.base import build_fusion
 from metamodal.learners.base import (
@@ -317,8 +317,7 @@ class FewShotModel(nn.Module):
         fusion_options = dict(fusion_options or {})
         fusion_module = build_fusion(fusion, modalities=names, dim=dim, **fusion_options)
         learner_options = dict(learner_options or {})
-        check_hyperparameters("learner", learner, learners.get(learner), learner_options,
-                              options_key="learner_options")
+        learners.check_options(learner, learner_options, options_key="learner_options")
         learner_module = learners.create(learner, options_key="learner_options",
                                          dim=int(fusion_module.out_dim), **learner_options)
         spec = {

@@ -25,13 +25,14 @@ from typing import Any
 
 import tomli_w
 
-from metamodal.config import LIMITS, TrainConfig, fits_type, resolve_device, type_name
+from metamodal.config import LIMITS, TrainConfig, resolve_device
 from metamodal.data.loaders.base import loaders
 from metamodal.data.preprocess import Preprocessor, create_loader
 from metamodal.data.schema import DatasetSchema
 from metamodal.data.splits import ClassSplit
 from metamodal.encoders.features import preprocessor_from_state
 from metamodal.errors import ConfigError, LocatedError, MetamodalError, RunError
+from metamodal.hints import fits_type, type_name
 from metamodal.io import ParseError, atomic_write_json, atomic_write_text, loads_json, loads_toml
 from metamodal.model import EnsembleModel, FewShotModel
 from metamodal.model.freeze import freeze

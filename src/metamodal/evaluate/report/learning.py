@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from metamodal.config import is_number
 from metamodal.evaluate.report.render import (
     Section,
     cell_text,
@@ -16,6 +15,7 @@ from metamodal.evaluate.report.render import (
     new_figure,
     save_png,
 )
+from metamodal.hints import is_number
 
 LEARNING_CURVE_PNG = "learning_curve.png"
 

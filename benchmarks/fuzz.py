@@ -12,9 +12,9 @@ derives each case by breaking one thing:
 - ``splits.toml``: unreadable, a directory, empty or overlapping splits, unknown groups;
 - media files of every kind: truncated, garbage, empty, decompression bombs, NaN pixels or
   samples, absurd audio headers, pickled or misshapen ``.npy`` arrays;
-- run directories: ``config.toml`` (its keys, and the encoder, fusion and learner options out
-  of type or range), ``preprocessor.json``, ``model.safetensors``, ``checkpoint.pt`` (resumed),
-  missing files;
+- run directories: ``config.toml`` (its keys, the sizes in ``input_info``, and the encoder,
+  fusion and learner options out of type or range), ``preprocessor.json``,
+  ``model.safetensors``, ``checkpoint.pt`` (resumed), missing files;
 - saved classifiers (``support.json``, ``support.safetensors``) and query tables;
 - ``metamodal train`` flags.
 
@@ -472,6 +472,9 @@ def build_corpus() -> list[Case]:
                           for key, value in (("hidden", "-3"), ("hidden", "2.5"),
                                              ("blocks", "100000"), ("blocks", "true"),
                                              ("depth", "2"))]
+    component_options += [("input_info.image", key, value)  # sizes the model is built for
+                          for key, value in (("channels", "10000000"), ("height", "-1"),
+                                             ("width", '"wide"'))]
     for table in ("encoders", "encoder_options", "fusion_options", "learner_options"):
         run_edits[f"config.toml/model.{table}=text"] = (  # a table replaced by a string
             lambda r, t=table: _replace_model_table(r / "config.toml", t))

@@ -105,6 +105,32 @@ def test_config_toml_with_a_model_table_of_the_wrong_shape(trained, tmp_path: Pa
     assert error.file == str(run / "config.toml") and error.column == key
 
 
+@pytest.mark.parametrize(("modality", "key"), [("image", "channels"),
+                                             ("caption", "vocab_size")])
+def test_config_toml_sizes_that_differ_from_the_preprocessor_are_refused_before_building(
+        trained, tmp_path: Path, monkeypatch, modality: str, key: str) -> None:
+    """A damaged input_info (10^7 image channels: 22 GB of first layer) is compared with what
+    preprocessor.json decodes before any model is built, not after."""
+    import tomllib
+
+    import tomli_w
+
+    from metamodal.model import FewShotModel
+
+    run = _copy(trained[1], tmp_path)
+    document = tomllib.loads((run / "config.toml").read_text())
+    document["model"]["input_info"][modality][key] = 10**7
+    (run / "config.toml").write_text(tomli_w.dumps(document))
+
+    def build(**_: object) -> None:
+        raise AssertionError("the model was built from a damaged input_info")
+
+    monkeypatch.setattr(FewShotModel, "build", build)
+    error = _error(run)
+    assert error.file == str(run / "preprocessor.json") and error.column == f"loaders.{modality}"
+    assert "10000000" in error.message
+
+
 def test_zero_temperature_and_checkpoint_every_are_config_errors(trained, tmp_path: Path,
                                                                  capsys) -> None:
     data = trained[0]

@@ -240,6 +240,22 @@ def _build_model(run_dir: Path, document: dict[str, Any], preprocessor: Preproce
     if not 1 <= document["model"].get("dim", 1) <= LIMITS["dim"]:
         raise RunError(f"config.toml's [model] dim is not in 1..{LIMITS['dim']}",
                        file=config_path, column="model.dim", fix="restore the run's config.toml")
+    # checked before building: the sizes in input_info decide what is allocated
+    kinds = document["model"].get("kinds") or {}
+    if set(kinds) - set(preprocessor.modalities):
+        raise RunError(f"the model uses modalities {sorted(kinds)} but the "
+                       f"preprocessor decodes {sorted(preprocessor.modalities)}",
+                       file=run_dir / PREPROCESSOR_FILE, column="modalities",
+                       fix="restore the preprocessor.json that belongs to this run, or re-train")
+    info = preprocessor.input_info()
+    expected = document["model"].get("input_info") or {}
+    for name in kinds:
+        wanted = expected.get(name)
+        if wanted is not None and info[name] != wanted:
+            raise RunError(
+                f"modality {name!r} decodes to {info[name]}, but the model was built for "
+                f"{wanted}", file=run_dir / PREPROCESSOR_FILE, column=f"loaders.{name}",
+                fix="restore the preprocessor.json that belongs to this run, or re-train")
     try:
         model = FewShotModel.build(**document["model"])
     except TypeError as error:
@@ -251,21 +267,6 @@ def _build_model(run_dir: Path, document: dict[str, Any], preprocessor: Preproce
                        file=config_path,
                        column=f"model.{error.column}" if error.column else "model",
                        fix=error.fix or "restore the run's config.toml") from None
-    if set(model.modalities) - set(preprocessor.modalities):
-        raise RunError(f"the model uses modalities {sorted(model.modalities)} but the "
-                       f"preprocessor decodes {sorted(preprocessor.modalities)}",
-                       file=run_dir / PREPROCESSOR_FILE, column="modalities",
-                       fix="restore the preprocessor.json that belongs to this run, or re-train")
-    info = preprocessor.input_info()
-    expected = document["model"].get("input_info")
-    if isinstance(expected, dict):
-        for name in model.modalities:
-            if expected.get(name) is not None and info.get(name) != expected.get(name):
-                raise RunError(
-                    f"modality {name!r} decodes to {info.get(name)}, but the model was built "
-                    f"for {expected.get(name)}", file=run_dir / PREPROCESSOR_FILE,
-                    column=f"loaders.{name}",
-                    fix="restore the preprocessor.json that belongs to this run, or re-train")
     train = TrainConfig.from_dict(document["train"], source=str(config_path))
     if test_time:  # the run's own settings were checked with its config
         train = train.updated(dict(test_time))

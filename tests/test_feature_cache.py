@@ -326,6 +326,35 @@ def test_cache_cli_shows_and_clears(toy: FeatureCache, tmp_path: Path,
     assert FeatureCache().info().entries == 0 and "cleared" in capsys.readouterr().out
 
 
+def test_a_cache_pointed_at_other_files_reads_and_deletes_none_of_them(tmp_path: Path) -> None:
+    """Only the cache's own folders and shard names are touched: a run's weights (a foreign
+    safetensors file, once discarded as a damaged shard) survive info, put, evict and clear."""
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "runs" / "run" / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    save_file({"w": torch.ones(4)}, str(weights))
+    cache = FeatureCache(tmp_path / "runs", limit=0)
+    assert cache.info().entries == 0
+    ns = FeatureCache.namespace("toy", "1", {})
+    cache.put(ns, {content_key(b"a"): torch.ones(8)}, encoder="toy", version="1", options={})
+    cache.limit = 1  # every shard is over the limit: evict all of them
+    cache.evict()
+    assert cache.clear() == 0 and weights.is_file() and cache.stats.corrupt == 0
+
+
+@pytest.mark.parametrize("root", ["/dev/null", "file"])
+def test_a_cache_directory_that_is_a_file_or_a_size_too_large_is_a_config_error(
+        tmp_path: Path, root: str) -> None:
+    path = tmp_path / root if root == "file" else Path(root)
+    if root == "file":
+        path.write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        FeatureCache(path).info()
+    with pytest.raises(ConfigError, match="too large"):
+        parse_size("1" + "0" * 400)
+
+
 def test_content_keys_and_namespaces() -> None:
     assert content_key(b"x") == hashlib.sha256(b"x").hexdigest()
     a = FeatureCache.namespace("minilm", "v1", {"max_length": 8})

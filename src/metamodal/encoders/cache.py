@@ -67,6 +67,10 @@ _FORMAT = "1"
 _SUFFIX = ".safetensors"
 _TMP_PREFIX = ".tmp-"
 _STALE_TMP_SECONDS = 3600.0
+_NAMESPACE_NAME = re.compile(r"[0-9a-f]{24}")
+_SHARD_NAME = re.compile(r"[0-9]{20}-[0-9]+-[0-9a-f]{8}\.safetensors")
+"""The names the cache gives its folders and shards: nothing else in its directory is read
+or deleted (a cache directory pointed at a folder of runs leaves their weights alone)."""
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -89,7 +93,11 @@ def parse_size(text: str | int) -> int:
         if match is None or unit not in _UNITS:
             raise ConfigError(f"not a size: {text!r}", column=LIMIT_ENV,
                               fix="give bytes, or a number with KB, MB, GB, KiB, MiB or GiB")
-        value = int(float(match.group(1)) * _UNITS[unit])
+        try:
+            value = int(float(match.group(1)) * _UNITS[unit])
+        except OverflowError:  # hundreds of digits: infinite as a float
+            raise ConfigError(f"not a size: {text!r} is too large", column=LIMIT_ENV,
+                              fix="give a size below 1 EB, e.g. 2GiB") from None
     if value < 0:
         raise ConfigError(f"a size must be >= 0, got {text!r}", column=LIMIT_ENV,
                           fix="give a positive size, e.g. 2GiB")
@@ -278,8 +286,7 @@ class FeatureCache:
         """(shard, keys) of every readable shard of ``namespace``, newest first."""
         folder = self.root / namespace
         try:
-            entries = [e for e in os.scandir(folder)
-                       if e.name.endswith(_SUFFIX) and not e.name.startswith(_TMP_PREFIX)]
+            entries = [e for e in os.scandir(folder) if _SHARD_NAME.fullmatch(e.name)]
         except FileNotFoundError:
             return []
         shards = []
@@ -416,11 +423,10 @@ class FeatureCache:
                     stat = entry.stat()
                 except FileNotFoundError:
                     continue
-                if entry.name.startswith(_TMP_PREFIX):
+                if _is_temporary(entry.name):
                     if now - stat.st_mtime > _STALE_TMP_SECONDS:
                         Path(entry.path).unlink(missing_ok=True)
-                    continue
-                if entry.name.endswith(_SUFFIX):
+                elif _SHARD_NAME.fullmatch(entry.name):
                     shards.append((Path(entry.path), stat.st_size, stat.st_mtime))
         return shards
 
@@ -473,7 +479,7 @@ class FeatureCache:
                 if not index or _describe(index[0][0]).get("encoder") != encoder:
                     continue
             for entry in list(os.scandir(folder)):
-                if entry.name.endswith(_SUFFIX) or entry.name.startswith(_TMP_PREFIX):
+                if _SHARD_NAME.fullmatch(entry.name) or _is_temporary(entry.name):
                     try:
                         freed += entry.stat().st_size
                         Path(entry.path).unlink()
@@ -485,11 +491,24 @@ class FeatureCache:
         return freed
 
 
+def _is_temporary(name: str) -> bool:
+    """True for the name of a shard being written (`_write_atomic`)."""
+    return name.startswith(_TMP_PREFIX) and bool(
+        _SHARD_NAME.fullmatch(name.removeprefix(_TMP_PREFIX)))
+
+
 def _folders(root: Path) -> Iterable[Path]:
+    """The namespace folders of the cache directory ``root`` (none where it does not exist);
+    `ConfigError` where ``root`` is not a directory."""
     try:
-        return [Path(e.path) for e in os.scandir(root) if e.is_dir()]
+        return [Path(e.path) for e in os.scandir(root)
+                if e.is_dir() and _NAMESPACE_NAME.fullmatch(e.name)]
     except FileNotFoundError:
         return []
+    except NotADirectoryError:
+        raise ConfigError(f"the feature cache's directory (--dir, or {CACHE_ENV}) is not a "
+                          "directory", file=root, fix="point it at a directory, or at a path "
+                          "that does not exist yet") from None
 
 
 def _describe(path: Path) -> dict[str, Any]:

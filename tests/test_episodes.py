@@ -26,7 +26,7 @@ from metamodal.data.episodes import (
     check_class_sizes,
     episodes_from_sampler,
 )
-from metamodal.errors import ConfigError, DatasetError, InsufficientSamplesError
+from metamodal.errors import ConfigError, DatasetError, InsufficientSamplesError, OutputError
 
 
 def make_store(sizes: list[int], shuffle_seed: int = 0) -> TensorStore:
@@ -458,7 +458,7 @@ def test_write_episode_file_is_atomic(tmp_path: Path, monkeypatch: pytest.Monkey
 
     with monkeypatch.context() as patch:
         patch.setattr(episode_files_module.os, "replace", no_rename)
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(OutputError, match="disk full"):  # typed, naming the file
             write_episode_file(path, [sampler[7]])
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["episodes.jsonl"]

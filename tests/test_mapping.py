@@ -147,6 +147,8 @@ def test_regression_objective_and_maps_predict_the_other_modality() -> None:
         Aligner(["a", "b"], dim=4, objective="regression", direction="a")
     with pytest.raises(ConfigError, match="not aligned"):
         Aligner(["a", "b"], dim=4, objective="regression", direction="a->c")
+    with pytest.raises(ConfigError, match="joins two modalities"):  # was a KeyError in training
+        Aligner(["a", "b"], dim=4, objective="regression", direction="a->a")
 
 
 def per_pair_alignment_loss(aligner: Aligner, parts: dict, present: dict,

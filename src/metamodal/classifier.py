@@ -25,7 +25,7 @@ from metamodal.errors import (
     RunError,
 )
 from metamodal.estimator import EstimatorParams
-from metamodal.io import atomic_write
+from metamodal.io import atomic_write, make_directory
 from metamodal.learners.embeddings import Embeddings
 from metamodal.model.test_time import settings_in_force
 from metamodal.runs.directory import (
@@ -553,7 +553,7 @@ class FewShotClassifier(EstimatorParams):
             raise RunError("only string class labels can be saved", column="classes",
                            fix="fit with string labels, e.g. y = [str(label) for label in y]")
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        make_directory(directory)
         source = self.run_.path
         if directory.resolve() != source.resolve():
             if (source / MEMBERS_DIR).is_dir():  # an ensemble: its members' configs too

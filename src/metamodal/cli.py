@@ -143,6 +143,29 @@ def _augment(items: list[str]) -> dict[str, Any]:
     return table
 
 
+def _list(items: list[str], kind: type, name: str) -> list[Any]:
+    """Repeated or comma-separated ``items`` of a list flag, each read as ``kind``."""
+    values = [v.strip() for item in items for v in item.split(",") if v.strip()]
+    example = f"e.g. {name} {'0.5,1' if kind is float else '1,5' if kind is int else 'a,b'}"
+    if not values:
+        raise ConfigError(f"{name} was given no values", column=name,
+                          fix=f"{example}, or leave the flag out")
+    try:
+        return [kind(v) for v in values]
+    except ValueError:
+        bad = next(v for v in values if not _reads_as(v, kind))
+        raise ConfigError(f"{name} expects {kind.__name__} values separated by commas, got "
+                          f"{bad!r}", column=name, fix=example) from None
+
+
+def _reads_as(text: str, kind: type) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
+
+
 def collect(args: argparse.Namespace, cls: type, names: Sequence[str]) -> dict[str, Any]:
     """The values the user gave for the fields ``names`` of ``cls``, typed as the fields."""
     hints = typing.get_type_hints(cls)
@@ -157,8 +180,7 @@ def collect(args: argparse.Namespace, cls: type, names: Sequence[str]) -> dict[s
         elif typing.get_origin(hint) is dict:
             value = _pairs(value, "--" + name.replace("_", "-"))
         elif typing.get_origin(hint) is list:
-            kind = typing.get_args(hint)[0]
-            value = [kind(v.strip()) for item in value for v in item.split(",") if v.strip()]
+            value = _list(value, typing.get_args(hint)[0], "--" + name.replace("_", "-"))
         values[name] = value
     return values
 

@@ -79,6 +79,12 @@ class OptionError(ConfigError):
     a config table, names that table as the key where the component named none."""
 
 
+class OutputError(ConfigError):
+    """A file or directory cannot be written where it was asked to go: an existing directory
+    in a file's place (or a file in a directory's), a parent that is a file, no permission, a
+    full disk; ``file`` holds the path."""
+
+
 class UnknownNameError(ConfigError, KeyError):
     """A registry has no entry of that name; the message lists the registered names."""
 

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from metamodal.errors import OutputError
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write ``path`` atomically: ``write(tmp)`` fills a temporary file beside it, then rename.
@@ -29,18 +31,81 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         'hi'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise OutputError("is a directory, where a file is to be written", file=path,
+                          fix="give the path of a file (inside that directory, say)")
+    make_directory(path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise _unwritable(path, error) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
         tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise _unwritable(path, error) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def make_directory(path: str | Path, *, key: str | None = None) -> Path:
+    """``mkdir -p path``; `OutputError` where it cannot be made (a file in its place or in a
+    parent's, named as the file; no permission), keyed ``key`` (the setting that gave it).
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> make_directory(root / "a" / "b").is_dir()
+        True
+        >>> _ = (root / "f").write_text("x")
+        >>> make_directory(root / "f" / "b")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        metamodal.errors.OutputError: .../f: is a file, where a directory is needed (...)
+    """
+    path = Path(path)
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        raise OutputError("is a file, where a directory is needed", file=blocking, column=key,
+                          fix="give a path that has no file in a directory's place (a new "
+                          "name, say)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as error:  # ValueError: a NUL character
+        raise OutputError(f"cannot be made a directory ({_reason(error)})", file=path,
+                          column=key, fix="give a directory path whose parents are "
+                          "directories you may write to") from None
+    return path
+
+
+def file_in_the_way(path: str | Path) -> Path | None:
+    """``path`` or the nearest of its parents that exists and is not a directory (so that no
+    directory can be made at ``path``), or None (also where the file system cannot tell).
+
+    Example:
+        >>> file_in_the_way("/dev/null/state"), file_in_the_way("/tmp/new/state")
+        (PosixPath('/dev/null'), None)
+    """
+    path = Path(path)
+    try:
+        return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    except (OSError, ValueError):  # unreadable, a NUL character: making it says so
+        return None
+
+
+def _reason(error: OSError | ValueError) -> str:
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+def _unwritable(path: Path, error: OSError) -> OutputError:
+    return OutputError(f"cannot be written ({_reason(error)})", file=path,
+                       fix="give a file path in a directory you may write to, with room")
 
 
 def publish_directory(tmp: str | Path, dest: str | Path) -> Path:

@@ -100,6 +100,7 @@ def ensemble(runs: list[str] | None = None, settings: EnsembleSettings | None = 
     from metamodal.evaluate.shape import resolve_eval_shape
     from metamodal.runs import load_run, load_run_data
     from metamodal.runs.ensemble import (
+        check_ensemble_target,
         check_members,
         fit_ensemble,
         union_preprocessor,
@@ -118,9 +119,7 @@ def ensemble(runs: list[str] | None = None, settings: EnsembleSettings | None = 
     if not s.out:
         raise ConfigError("no output directory", column="out",
                           fix="give out= (--out DIR), the ensemble run directory to write")
-    if Path(s.out).exists() and not s.overwrite:
-        raise ConfigError(f"{s.out} already exists", column="out",
-                          fix="choose a new directory, or pass overwrite=True (--overwrite)")
+    check_ensemble_target(s.out, s.runs, overwrite=s.overwrite)
     loaded = [load_run(path, test_time=test_time_overrides(s)) for path in s.runs]
     check_members(loaded)
     preprocessor = union_preprocessor(loaded)

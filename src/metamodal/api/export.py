@@ -94,6 +94,7 @@ def export(run: str | Path | None = None, settings: ExportSettings | None = None
     """
     from metamodal import export as exporting
     from metamodal.io import atomic_write, atomic_write_json
+    from metamodal.model import EnsembleModel
     from metamodal.runs import load_run
 
     s = resolve(ExportSettings, settings, {"run": run, **options}, verb="export")
@@ -105,14 +106,21 @@ def export(run: str | Path | None = None, settings: ExportSettings | None = None
     if side == out:
         raise ConfigError(f"export: {out} would be overwritten by its own sidecar",
                           file=out, fix="name the model file e.g. model.onnx or model.pt")
+    run_dir = Path(s.run).resolve()
     for path in (out, side):
         if path.exists() and not s.overwrite:
             raise ConfigError(f"export: {path} exists", file=path,
                               fix="give another OUT, or --overwrite to replace it")
+        if path.is_file() and run_dir in path.resolve().parents:
+            raise ConfigError(f"export: {path} is a file of the run it would replace",
+                              file=path, fix="write the export outside the run directory")
     if s.format == "onnx":
         _require(("onnx", "onnxruntime", "onnxscript"))
     loaded = load_run(s.run, device="cpu")
     model = loaded.model
+    if isinstance(model, EnsembleModel):
+        raise ConfigError(f"export: {s.run} is an ensemble; export writes one network",
+                          column="run", fix="export each run the ensemble was made from")
     known = model.modalities
     chosen = list(s.modalities) if s.modalities else known
     unknown = [name for name in chosen if name not in known]

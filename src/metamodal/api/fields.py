@@ -26,6 +26,8 @@ class Flag:
         metavar: the placeholder in ``--help``.
         pairs: the field is a ``dict[str, str]`` given as repeated ``KEY=VALUE`` flags.
         values: a Python literal in ``--help`` for the default, where ``repr`` misleads.
+        most: the largest value the setting takes (a count that would otherwise allocate
+            without end), refused by `make` above it.
     """
 
     name: str | None = None
@@ -33,6 +35,7 @@ class Flag:
     metavar: str | None = None
     pairs: bool = False
     values: str | None = None
+    most: int | None = None
 
 
 def flag(default: Any = dataclasses.MISSING, **how: Any) -> Any:
@@ -107,8 +110,8 @@ def _fits(value: Any, hint: Any) -> bool:
 
 
 def make(cls: type, values: dict[str, Any], *, verb: str) -> Any:
-    """``cls(**values)``; an unknown setting, or a value of the wrong type or outside the
-    field's choices, is a `ConfigError` naming the setting.
+    """``cls(**values)``; an unknown setting, or a value of the wrong type, outside the field's
+    choices or over its `Flag`'s ``most``, is a `ConfigError` naming the setting.
 
     Example:
         >>> from metamodal.api.settings import EvalSettings
@@ -130,6 +133,10 @@ typing.Literal['test', 'val', 'train', 'all'] (fix: e.g. split = 'test')
             example = "" if default is dataclasses.MISSING else f"e.g. {name} = {default!r}"
             raise ConfigError(f"{verb}: {name} = {value!r} is not {hints[name]}", column=name,
                               fix=example or f"give {name} a value of type {hints[name]}")
+        most = getattr(fields[name].metadata.get("flag"), "most", None)
+        if most is not None and value is not None and value > most:
+            raise ConfigError(f"{verb}: {name} = {value:,} is over {most:,}", column=name,
+                              fix=f"give {name} at most {most:,}")
     values = {k: str(v) if isinstance(v, Path) and hints[k] in (str, str | None) else v
               for k, v in values.items()}
     return cls(**values)

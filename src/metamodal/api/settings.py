@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from metamodal.api.fields import flag
+from metamodal.config import MAX_EPISODES
 
 # ----------------------------------------------------------------------------- settings
 
@@ -34,7 +35,7 @@ class EpisodeShape:
     ways: int | None = None
     shots: int = 1
     queries: int | None = None
-    episodes_count: int = 600
+    episodes_count: int = flag(600, most=MAX_EPISODES)
     seed: int = 0
 
 
@@ -256,7 +257,7 @@ class EpisodesSettings:
     ways: int = 5
     shots: int = 1
     queries: int = 15
-    runs: int = 600
+    runs: int = flag(600, most=MAX_EPISODES)
     seed: int = 0
 
 
@@ -504,7 +505,7 @@ class ZeroShotSettings:
     ways: int = 5
     shots: list[int] = flag([1, 5], values="1,5")
     queries: int = 15
-    episodes_count: int = 600
+    episodes_count: int = flag(600, most=MAX_EPISODES)
     am3_steps: int = 500
     seed: int = 0
     device: str = "cpu"
@@ -659,8 +660,8 @@ class DemoSettings:
     maml_inner_steps: int = 1
     maml_eval_steps: int = 1
     maml_lr: float = 5.0
-    episodes: int = 600
-    robustness_episodes: int = 300
+    episodes: int = flag(600, most=MAX_EPISODES)
+    robustness_episodes: int = flag(300, most=MAX_EPISODES)
     seed: int = 0
     dim: int = 64
     align_steps: int | None = None
@@ -753,7 +754,7 @@ class EnsembleSettings(TestTimeOptions):
     ways: int | None = None
     shots: int = 1
     queries: int | None = None
-    episodes_count: int = 300
+    episodes_count: int = flag(300, most=MAX_EPISODES)
     seed: int = 0
     overwrite: bool = False
     json: str | None = flag(None, metavar="FILE")

@@ -17,6 +17,7 @@ import torch
 
 from metamodal.data.batch import Episode, TensorStore
 from metamodal.data.episodes import EpisodeSampler, check_counts, few
+from metamodal.data.paths import PathRefused, check_regular_file
 from metamodal.errors import ConfigError, DatasetError, InsufficientSamplesError
 from metamodal.io import atomic_write
 
@@ -108,6 +109,12 @@ def read_episode_file(
         (['b', 'a'], ['s1', 's0'], [1])
     """
     path = Path(path)
+    try:
+        check_regular_file(path, "episode")  # a FIFO would block the read below
+    except PathRefused as refused:
+        raise DatasetError(refused.message, file=path, fix=refused.fix) from None
+    except FileNotFoundError:
+        pass  # the read below says so
     try:
         # utf-8-sig: a byte-order mark (some Windows editors write one) is not part of line 1.
         # Split on "\n" only: str.splitlines would also split inside ids holding U+2028,

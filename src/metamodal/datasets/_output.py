@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.errors import ConfigError
-from metamodal.io import publish_directory
+from metamodal.io import make_directory, publish_directory
 
 SCHEMA_NAME = "dataset.toml"
 
@@ -90,7 +90,7 @@ def staged_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
     check_target(out, overwrite)
     existing = out.is_dir()
     if not existing:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_directory(out.parent)
     name = Path(os.path.abspath(out)).name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out if existing else out.parent))
     try:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.errors import ChecksumError, ConfigError, DownloadError
+from metamodal.io import make_directory
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def fetch(
     """
     _check_url(url)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(dest.parent)
     record_path = dest.with_name(dest.name + ".sha256")
     source = "given"
     if sha256 is not None:

@@ -60,6 +60,7 @@ from metamodal.datasets.strokes import (
     read_stroke_file,
 )
 from metamodal.errors import ConfigError, DatasetError
+from metamodal.io import make_directory
 
 __all__ = ["MAX_STROKE_BYTES", "STROKE_FEATURES", "import_omniglot", "parse_strokes",
            "read_stroke_file"]
@@ -419,7 +420,7 @@ def _write_runs(runs: _Set, out: Path, image_options: dict[str, Any], stroke_len
             copies.append((f, out / f"images/{sample_id}.png"))
         seen_ids.update(support + query)
         episodes.append(EpisodeIds(run, support, query))
-    out.mkdir(parents=True, exist_ok=True)
+    make_directory(out)
     for f, dest in progress_bar(copies, progress, "import all_runs"):
         f.copy_to(dest, max_file_bytes)
     write_samples_csv(out / "samples.csv", ["id", "character", "run", "image", "strokes"], rows)

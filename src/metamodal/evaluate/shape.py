@@ -61,7 +61,7 @@ def resolve_eval_shape(
     Raises:
         InsufficientSamplesError: even the lowered (or the explicit) shape cannot be supplied,
             e.g. fewer than two classes hold ``shots + 1`` samples; the message says why.
-        ConfigError: ``ways``, ``shots`` or ``queries`` is below 1.
+        ConfigError: ``ways`` is below 2, ``shots`` or ``queries`` below 1.
 
     Example:
         >>> import warnings
@@ -76,7 +76,10 @@ def resolve_eval_shape(
         >>> resolve_eval_shape(store, ["c0", "c1", "c2"], ways=3, queries=4)
         (3, 1, 4)
     """
-    for label, value in (("ways", ways), ("shots", shots), ("queries", queries)):
+    if ways is not None and ways < 2:
+        raise ConfigError(f"ways = {ways}: an episode of fewer than 2 classes has every query "
+                          "right", column="ways", fix="use at least 2 ways")
+    for label, value in (("shots", shots), ("queries", queries)):
         if value is not None and value < 1:
             raise ConfigError(f"{label} = {value} < 1", column=label,
                               fix=f"use at least one for {label}")

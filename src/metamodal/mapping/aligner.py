@@ -32,6 +32,9 @@ def parse_direction(direction: str) -> tuple[str, str]:
     if not arrow or not source.strip() or not target.strip():
         raise ConfigError(f"a mapping direction is SOURCE->TARGET, got {direction!r}",
                           column="align_direction", fix="e.g. caption->image")
+    if source.strip() == target.strip():
+        raise ConfigError(f"a mapping direction joins two modalities, got {direction!r}",
+                          column="align_direction", fix="e.g. caption->image")
     return source.strip(), target.strip()
 
 

@@ -36,6 +36,7 @@ from metamodal.errors import ConfigError
 from metamodal.evaluate.episode_plans import EpisodePlan
 from metamodal.evaluate.protocol import episode_logits
 from metamodal.evaluate.stats import mean_ci95
+from metamodal.io import make_directory
 from metamodal.model.ensemble import (
     METHODS,
     EnsembleModel,
@@ -44,6 +45,7 @@ from metamodal.model.ensemble import (
     votes,
 )
 from metamodal.runs.directory import (
+    CONFIG_FILE,
     MEMBERS_DIR,
     PREPROCESSOR_FILE,
     Run,
@@ -294,6 +296,37 @@ def fit_ensemble(runs: Sequence[Run], store: TensorStore, plan: EpisodePlan,
                           dict(validation or {}))
 
 
+def check_ensemble_target(out: str | Path, members: Sequence[str | Path], *,
+                          overwrite: bool = False) -> None:
+    """Refuse an ensemble of a run with itself, and an ``out`` that is a member, exists
+    (without ``overwrite``), or would replace anything but a run directory.
+
+    Raises:
+        ConfigError: keyed ``runs`` or ``out``.
+    """
+    out = Path(out).resolve()
+    seen: dict[Path, str | Path] = {}
+    for member in members:
+        place = Path(member).resolve()
+        if place in seen:
+            raise ConfigError(f"{member} and {seen[place]} are the same run", column="runs",
+                              fix="give each run once: an ensemble of a run with itself is "
+                              "that run")
+        seen[place] = member
+        if place == out:
+            raise ConfigError(f"--out {out} is one of the member runs", column="out",
+                              fix="write the ensemble to a new directory")
+    if not out.exists():
+        return
+    if not overwrite:
+        raise ConfigError(f"{out} already exists", column="out",
+                          fix="choose a new directory, or pass overwrite=True (--overwrite)")
+    if not (out / CONFIG_FILE).is_file():
+        raise ConfigError(f"{out} is not a run directory (no {CONFIG_FILE}); --overwrite "
+                          "replaces only a run", column="out",
+                          fix="choose a new directory, or empty this one yourself")
+
+
 def write_ensemble(out: str | Path, runs: Sequence[Run], fitted: FittedEnsemble,
                    preprocessor: Preprocessor, *, overwrite: bool = False) -> Path:
     """Write the ensemble run directory ``out``: the members' files copied into
@@ -303,17 +336,11 @@ def write_ensemble(out: str | Path, runs: Sequence[Run], fitted: FittedEnsemble,
     half-written run.
 
     Raises:
-        ConfigError: ``out`` exists and ``overwrite`` is False, or is one of the members.
+        ConfigError: see `check_ensemble_target`.
     """
     out = Path(out)
-    for run in runs:
-        if out.resolve() == Path(run.path).resolve():
-            raise ConfigError(f"--out {out} is one of the member runs", column="out",
-                              fix="write the ensemble to a new directory")
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists", column="out",
-                          fix="choose a new directory, or pass overwrite=True (--overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_ensemble_target(out, [run.path for run in runs], overwrite=overwrite)
+    make_directory(out.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for k, run in enumerate(runs):

@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 from metamodal.errors import RunError
+from metamodal.io import make_directory
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def make_staging(out: Path) -> Path:
         >>> work.name.startswith(".run.staging-"), (work / OWNER_FILE).is_file()
         (True, True)
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(out.parent)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{STAGING_INFIX}"))
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "run": out.name}
     (work / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")

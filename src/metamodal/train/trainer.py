@@ -25,7 +25,7 @@ from metamodal.data.schema import load_schema
 from metamodal.data.splits import SPLITS_FILE
 from metamodal.errors import ConfigError, InsufficientSamplesError, RunError
 from metamodal.evaluate.protocol import evaluate
-from metamodal.io import replace_directory
+from metamodal.io import make_directory, replace_directory
 from metamodal.learners.base import check_support
 from metamodal.learners.baselines import SupervisedClassifier
 from metamodal.learners.task_batching import (
@@ -302,7 +302,7 @@ class Trainer:
             self._work = make_staging(self.out)
         else:
             self._work = self.out
-            self.out.mkdir(parents=True, exist_ok=True)
+            make_directory(self.out)
             if state is None:  # a fresh start must not leave a former run's files to be resumed
                 checkpoint_path.unlink(missing_ok=True)
                 (self.out / WEIGHTS_FILE).unlink(missing_ok=True)

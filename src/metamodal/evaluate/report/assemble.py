@@ -34,6 +34,7 @@ from metamodal.evaluate.report.results import (
 )
 from metamodal.evaluate.report.robustness import ablation_section, robustness_section
 from metamodal.evaluate.result import EvalResult
+from metamodal.io import make_directory
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -97,7 +98,7 @@ def write_report(
         True
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_directory(out)
     named = named_results(results)
     ablation_list = list(ablation) if ablation else []
     robust = {m: list(curve) for m, curve in robustness.items() if curve} if robustness else {}

@@ -1,0 +1,148 @@
+"""Hostile flags and outputs of the commands beyond ``train``: where their files go, counts
+that would allocate without end, lists that are not lists, runs combined with themselves and
+outputs that would replace a run or a dataset. Each must end in a typed one-line error (exit
+status 2) that leaves every input as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from metamodal.classifier import FewShotClassifier
+from metamodal.cli import main
+from metamodal.config import MAX_EPISODES, TrainConfig
+from metamodal.datasets.synthetic import make_synthetic
+from metamodal.errors import OutputError
+from metamodal.train.trainer import Trainer
+
+EPISODES = ["--ways", "2", "--queries", "1"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(dataset, run, a second run of another seed) of a tiny model."""
+    root = tmp_path_factory.mktemp("hostile")
+    data = make_synthetic(root / "data", classes=15, per_class=4, image_size=8, seed=1)
+    made = []
+    for seed in (0, 1):
+        config = TrainConfig(data=str(data), steps=2, ways=2, shots=1, queries=1, dim=8,
+                             val_every=0, val_episodes=2, device="cpu", cache=False, seed=seed,
+                             preprocess={"image": {"size": 8}})
+        Trainer(config, root / f"run{seed}", progress=False).fit()
+        made.append(root / f"run{seed}")
+    return data, made[0], made[1]
+
+
+def _digest(directory: Path) -> str:
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    return hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str], *words: str) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+def test_an_output_file_that_is_a_directory_or_below_a_file_is_a_typed_error(
+        runs, tmp_path: Path, capsys) -> None:
+    data, run, _ = runs
+    (tmp_path / "file").write_text("x")
+    _refused(["episodes", str(data), "--out", str(tmp_path), *EPISODES, "--runs", "2"], capsys,
+             str(tmp_path), "is a directory")
+    _refused(["episodes", str(data), "--out", str(tmp_path / "file" / "e.jsonl"), *EPISODES,
+              "--runs", "2"], capsys, str(tmp_path / "file"), "is a file")
+    _refused(["eval", str(run), "--json", str(tmp_path), *EPISODES, "--episodes-count", "2"],
+             capsys, "is a directory")
+    _refused(["inspect", str(data), "--json", str(tmp_path)], capsys, "is a directory")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_classifier_saved_over_a_file_is_an_output_error(runs, tmp_path: Path) -> None:
+    data, run, _ = runs
+    (tmp_path / "file").write_text("x")
+    clf = FewShotClassifier(run)
+    support = clf.load_samples(data / "samples.csv", labelled=True)
+    clf.fit(support, support.labels)
+    with pytest.raises(OutputError) as caught:
+        clf.save(tmp_path / "file")
+    assert caught.value.file == str(tmp_path / "file")
+
+
+@pytest.mark.parametrize("argv", [
+    ["episodes", "{data}", "--out", "{tmp}/e.jsonl", *EPISODES, "--runs", "{huge}"],
+    ["eval", "{run}", *EPISODES, "--episodes-count", "{huge}"],
+    ["ensemble", "{run}", "{run2}", "--out", "{tmp}/ens", *EPISODES, "--episodes-count",
+     "{huge}"],
+    ["zero-shot", "{run}", "--episodes-count", "{huge}"],
+])
+def test_episode_counts_are_bounded(runs, tmp_path: Path, capsys, argv: list[str]) -> None:
+    """Refused at once, where 10^8 episodes held gigabytes after a minute."""
+    data, run, run2 = runs
+    values = {"data": data, "run": run, "run2": run2, "tmp": tmp_path, "huge": MAX_EPISODES + 1}
+    _refused([a.format(**values) for a in argv], capsys, f"over {MAX_EPISODES:,}")
+
+
+def test_an_episode_file_that_is_a_fifo_is_refused_without_blocking(runs, tmp_path: Path,
+                                                                     capsys) -> None:
+    _, run, _ = runs
+    fifo = tmp_path / "episodes.jsonl"
+    os.mkfifo(fifo)
+    status: list[int] = []
+    worker = threading.Thread(target=lambda: status.append(
+        main(["eval", str(run), "--episodes", str(fifo)])), daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():  # unblock the reader, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("reading a FIFO as an episode file hung")
+    assert status == [2] and "FIFO" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["zero-shot", "{run}", "--shots", "a,b"], ("--shots", "'a'")),
+    (["zero-shot", "{run}", "--shots", ""], ("--shots", "no values")),
+    (["eval", "{run}", "--modalities", ","], ("--modalities", "no values")),
+    (["train", "--data", "{data}", "--out", "{tmp}/r", "--tasks", "species,genus",
+      "--task-weights", "1,heavy"], ("--task-weights", "'heavy'")),
+    (["eval", "{run}", "--ways", "1"], ("ways", "fewer than 2")),
+])
+def test_list_flags_and_one_way_episodes_are_typed_errors(
+        runs, tmp_path: Path, capsys, argv: list[str], words: tuple[str, ...]) -> None:
+    data, run, _ = runs
+    _refused([a.format(data=data, run=run, tmp=tmp_path) for a in argv], capsys, *words)
+
+
+def test_an_ensemble_of_a_run_with_itself_or_over_a_dataset_is_refused(
+        runs, tmp_path: Path, capsys) -> None:
+    data, run, run2 = runs
+    _refused(["ensemble", str(run), f"{run.parent}/./{run.name}/", "--out",
+              str(tmp_path / "e"), *EPISODES], capsys, "same run")
+    dataset = Path(shutil.copytree(data, tmp_path / "data"))
+    before = _digest(dataset)
+    _refused(["ensemble", str(run), str(run2), "--out", str(dataset), "--overwrite",
+              *EPISODES], capsys, "not a run directory")
+    assert _digest(dataset) == before
+
+
+def test_export_refuses_an_ensemble_and_the_run_s_own_files(runs, tmp_path: Path,
+                                                           capsys) -> None:
+    _, run, run2 = runs
+    assert main(["ensemble", str(run), str(run2), "--out", str(tmp_path / "ens"),
+                 *EPISODES, "--episodes-count", "4"]) == 0
+    _refused(["export", str(tmp_path / "ens"), str(tmp_path / "m.pt"), "--format",
+              "torchscript"], capsys, "ensemble")
+    own = Path(shutil.copytree(run, tmp_path / "own"))
+    before = _digest(own)
+    _refused(["export", str(own), str(own / "model.safetensors"), "--overwrite", "--format",
+              "torchscript"], capsys, "a file of the run")
+    assert _digest(own) == before

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import pickle
 import struct
 import threading
@@ -28,16 +29,16 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from metamodal.api.serve import create_app  # noqa: E402
+from metamodal.api.serve import create_app, serve  # noqa: E402
 from metamodal.api.settings import ServeSettings  # noqa: E402
 from metamodal.classifier import FewShotClassifier  # noqa: E402
 from metamodal.cli import main  # noqa: E402
 from metamodal.config import TrainConfig  # noqa: E402
 from metamodal.datasets.synthetic import make_synthetic  # noqa: E402
 from metamodal.errors import ConfigError, RunError  # noqa: E402
-from metamodal.serve.app import PAGE, build_app  # noqa: E402
+from metamodal.serve.app import PAGE, build_app, check_settings  # noqa: E402
 from metamodal.serve.engine import Sample  # noqa: E402
-from metamodal.serve.store import DATABASE  # noqa: E402
+from metamodal.serve.store import DATABASE, TaskStore  # noqa: E402
 from metamodal.train.trainer import Trainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -1173,3 +1174,102 @@ def test_the_token_may_come_from_the_environment_and_the_scheme_is_case_blind(
         assert answer.status_code == 404, header
     assert client.delete("/api/tasks/nothing",
                          headers={"Authorization": "Basic from-env"}).status_code == 401
+
+
+# -- settings a server cannot run with: refused before the run is loaded ---------------------
+
+BAD_SETTINGS = [("port", 70000), ("port", -1), ("port", 99999),
+                ("max_request_mb", math.nan), ("max_request_mb", math.inf),
+                ("max_request_mb", -1.0), ("max_request_mb", 0), ("max_request_mb", 4097),
+                ("max_samples", -1), ("max_tasks", 0), ("max_classes", -5),
+                ("max_examples", 0), ("max_examples", 1_000_001), ("eval_episodes", -5),
+                ("eval_episodes", 1_000_001), ("cors", "not an origin"),
+                ("cors", "http://ok.example/"), ("cors", "http://ok.example/path"),
+                ("cors", "HTTP://OK.EXAMPLE"), ("cors", "ftp://ok.example"),
+                ("cors", "http://ok.example:80"), ("cors", "http://ok.example:99999"),
+                ("cors", "http://ok.example,http://b.example"), ("cors", "null"),
+                ("cors", "http://999.1.1.1"), ("cors", "http://[nope]"),
+                ("cors", "http://user@ok.example"), ("state", "")]
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_SETTINGS)
+def test_a_setting_out_of_range_is_refused_before_loading(tmp_path: Path, key: str,
+                                                          value: Any) -> None:
+    """The run does not exist: a ConfigError, not a RunError, shows the check comes first."""
+    options = {"state": str(tmp_path / "state"), "eval_episodes": 0, key: value}
+    with pytest.raises(ConfigError) as caught:
+        create_app(tmp_path / "no-run", **options)
+    assert caught.value.column == key and caught.value.fix
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("port", 0), ("port", 65535), ("max_request_mb", 1 / 1024), ("max_request_mb", 4096),
+    ("max_samples", 1), ("max_tasks", 1_000_000), ("eval_episodes", 0),
+    ("eval_episodes", 1_000_000), ("cors", "*"), ("cors", ""), ("cors", "http://[::1]:8080"),
+    ("cors", "https://app.example.org:8443"), ("cors", "http://127.0.0.1:3000")])
+def test_settings_at_the_bounds_are_accepted(tmp_path: Path, key: str, value: Any) -> None:
+    check_settings(ServeSettings(run="run", state=str(tmp_path), **{key: value}))
+
+
+def test_a_state_that_is_not_a_directory_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    for state, blocking in (("/dev/null", "/dev/null"), (tmp_path / "file", tmp_path / "file"),
+                            (tmp_path / "file" / "sub", tmp_path / "file")):
+        with pytest.raises(ConfigError) as caught:
+            create_app(tmp_path / "no-run", state=state, eval_episodes=0)
+        assert caught.value.column == "state" and caught.value.file == str(blocking)
+        with pytest.raises(ConfigError) as caught:  # the store's own check
+            TaskStore(state, model="m")
+        assert caught.value.column == "state" and caught.value.file == str(blocking)
+
+
+def test_a_state_directory_that_cannot_be_made_is_a_config_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(self: Path, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    with pytest.raises(ConfigError) as caught:
+        TaskStore(tmp_path / "state", model="m")
+    assert caught.value.column == "state" and caught.value.file == str(tmp_path / "state")
+    assert "Permission denied" in caught.value.message
+
+
+@pytest.fixture
+def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting a server fails the test: every check must come before it."""
+    import uvicorn
+
+    def started(*_: Any, **__: Any) -> None:
+        raise AssertionError("a server was started")
+
+    monkeypatch.setattr(uvicorn.Server, "run", started)
+
+
+@pytest.mark.usefixtures("no_server")
+@pytest.mark.parametrize(("key", "value"), [("host", "999.1.1.1"), ("host", ""),
+                                            ("host", "a\x00b"), ("host", "a" * 300),
+                                            ("port", 99999), ("port", -1)])
+def test_serve_refuses_a_bad_host_or_port_before_starting(tmp_path: Path, key: str,
+                                                          value: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        serve(tmp_path / "no-run", state=str(tmp_path / "state"), token="t", **{key: value})
+    assert caught.value.column == key and caught.value.fix
+
+
+@pytest.mark.usefixtures("no_server")
+@pytest.mark.parametrize(("flags", "key"), [
+    (["--port", "70000"], "port"), (["--port", "-1"], "port"),
+    (["--max-request-mb", "nan"], "max_request_mb"),
+    (["--max-request-mb", "inf"], "max_request_mb"),
+    (["--max-request-mb", "-1"], "max_request_mb"), (["--max-samples", "-1"], "max_samples"),
+    (["--max-tasks", "0"], "max_tasks"), (["--max-classes", "-5"], "max_classes"),
+    (["--max-examples", "0"], "max_examples"), (["--eval-episodes", "-5"], "eval_episodes"),
+    (["--state", "/dev/null"], "state"), (["--host", "999.1.1.1", "--token", "t"], "host"),
+    (["--cors", "not an origin"], "cors")])
+def test_cli_serve_refuses_bad_settings_in_one_line(tmp_path: Path, flags: list[str],
+                                                    key: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", str(tmp_path / "no-run"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"key {key}:" in err and err.count("\n") == 1, err

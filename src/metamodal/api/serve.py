@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,22 @@ TOKEN_VARIABLE = "METAMODAL_SERVE_TOKEN"
 not show in the process list)."""
 
 
+def check_host(host: str) -> None:
+    """Refuse a host to listen on that is no address: neither an IP address nor a name this
+    machine resolves.
+
+    Raises:
+        ConfigError: keyed ``host``.
+    """
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, ValueError) as error:  # socket.gaierror; UnicodeError, NUL: ValueError
+        raise ConfigError(f"cannot listen on {host!r}: it does not resolve to an address "
+                          f"({error})", column="host",
+                          fix="give an IP address (127.0.0.1, 0.0.0.0, ::) or a name this "
+                          "machine resolves") from None
+
+
 def create_app(run: str | Path | None = None, settings: ServeSettings | None = None,
                **options: Any) -> Any:
     """The FastAPI app of ``metamodal serve`` for ``run`` (the API, the page and the OpenAPI
@@ -57,8 +74,9 @@ def create_app(run: str | Path | None = None, settings: ServeSettings | None = N
             variable ``METAMODAL_SERVE_TOKEN`` gives it.
 
     Raises:
-        ConfigError: the ``serve`` extra is not installed, or a non-loopback host without a
-            token.
+        ConfigError: the ``serve`` extra is not installed, a setting out of range (see
+            `metamodal.serve.app.check_settings`), a state that is not a directory, or a
+            non-loopback host without a token.
         RunError: the run is missing or damaged, or the state belongs to another model.
 
     Example:
@@ -95,14 +113,16 @@ def serve(run: str | Path | None = None, settings: ServeSettings | None = None,
         settings: a `ServeSettings`; ``options`` (its field names) override it.
 
     Raises:
-        ConfigError: the ``serve`` extra is not installed, or a non-loopback host without a
-            token.
+        ConfigError: the ``serve`` extra is not installed, a host that does not resolve, a
+            setting out of range (see `metamodal.serve.app.check_settings`), a state that is
+            not a directory, or a non-loopback host without a token.
         RunError: the run is missing or damaged, or the state belongs to another model.
 
     Example:
         >>> serve("runs/demo", port=8000, state="serve-state")  # doctest: +SKIP
     """
     s = resolve(ServeSettings, settings, {"run": run, **options}, verb="serve")
+    check_host(s.host)
     app = create_app(s.run, s)
     import uvicorn
 

@@ -24,6 +24,8 @@ has a token; prediction is a read.
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import math
 import re
 import threading
 from collections.abc import Callable
@@ -36,7 +38,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from metamodal.config import test_time_overrides
+from metamodal.config import MAX_EPISODES, test_time_overrides
 from metamodal.errors import (
     ConfigError,
     DatasetError,
@@ -45,6 +47,7 @@ from metamodal.errors import (
     MetamodalError,
     ModalityError,
 )
+from metamodal.io import file_in_the_way
 from metamodal.serve.engine import Engine
 from metamodal.serve.forms import BodyLimit, BodyTooLargeError, read_form, samples_of
 from metamodal.serve.store import LimitError, Limits, NotFoundError, TaskRecord, TaskStore
@@ -55,6 +58,16 @@ if TYPE_CHECKING:
 PAGE = Path(__file__).parent / "page"
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+MAX_REQUEST_MB = (1 / 1024, 4096.0)
+"""The bounds of ``max_request_mb``: 1 KiB to 4 GiB."""
+MAX_COUNT = 1_000_000
+"""The largest ``max_samples``, ``max_examples``, ``max_classes`` and ``max_tasks``."""
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_ORIGIN = re.compile(rf"(?P<scheme>https?)://(?P<host>\[[0-9a-f:.]+\]|{_LABEL}(?:\.{_LABEL})*)"
+                     r"(?::(?P<port>[1-9][0-9]{0,4}))?")
+_DEFAULT_PORT = {"http": 80, "https": 443}
 
 
 _STATUS = [(BodyTooLargeError, 413), (NotFoundError, 404), (LimitError, 409),
@@ -78,6 +91,68 @@ def is_loopback(host: str) -> bool:
         (True, False)
     """
     return host in LOOPBACK or host.startswith("127.")
+
+
+def is_origin(text: str) -> bool:
+    """True for a web origin as a browser sends it: ``scheme://host[:port]``, scheme http or
+    https, in lowercase, with no path (not even ``/``) and no default port.
+
+    Example:
+        >>> is_origin("https://app.example.org:8443"), is_origin("https://app.example.org/")
+        (True, False)
+    """
+    match = _ORIGIN.fullmatch(text)
+    if match is None:
+        return False
+    host, port = match["host"], int(match["port"] or 0)
+    if port > 65535 or port == _DEFAULT_PORT[match["scheme"]]:
+        return False
+    try:
+        if host.startswith("["):
+            ipaddress.IPv6Address(host[1:-1])
+        elif all(label.isdigit() for label in host.split(".")):
+            ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def check_settings(s: ServeSettings) -> None:
+    """Refuse settings a server cannot run with, before anything is loaded: a port outside
+    0..65535, ``max_request_mb`` not a finite size in `MAX_REQUEST_MB`, a ``max_*`` count
+    outside 1..`MAX_COUNT`, ``eval_episodes`` outside 0..`MAX_EPISODES`, a ``cors`` that
+    is not a web origin (`is_origin`) or ``*``, and a ``state`` that is not a directory.
+
+    Raises:
+        ConfigError: naming the setting at fault.
+    """
+    if not 0 <= s.port <= 65535:
+        raise ConfigError(f"port {s.port} is not a TCP port", column="port",
+                          fix="give a port from 0 to 65535 (0: any free port)")
+    low, high = MAX_REQUEST_MB
+    if not (math.isfinite(s.max_request_mb) and low <= s.max_request_mb <= high):
+        raise ConfigError(f"max_request_mb = {s.max_request_mb} is not a size from 1/1024 to "
+                          f"{high:g} MiB", column="max_request_mb",
+                          fix="give a number of MiB such as 32")
+    counts = [(key, 1, MAX_COUNT) for key in ("max_samples", "max_examples", "max_classes",
+                                               "max_tasks")]
+    for key, least, most in [*counts, ("eval_episodes", 0, MAX_EPISODES)]:
+        value = getattr(s, key)
+        if not least <= value <= most:
+            raise ConfigError(f"{key} = {value} is outside {least}..{most:,}", column=key,
+                              fix=f"give a whole number from {least} to {most:,}")
+    if s.cors and s.cors != "*" and not is_origin(s.cors):
+        raise ConfigError(f"cors = {s.cors!r} is not a web origin", column="cors",
+                          fix="give scheme://host[:port] as a browser sends it (http or https, "
+                          "lowercase, no path or trailing /), e.g. https://app.example.org, "
+                          "or * for any origin")
+    if not s.state:
+        raise ConfigError("no state directory given", column="state",
+                          fix="give --state DIR, e.g. --state metamodal-state")
+    blocking = file_in_the_way(s.state)  # before a large model loads; `TaskStore` makes it
+    if blocking is not None:
+        raise ConfigError("is a file, where the state directory is needed", file=blocking,
+                          column="state", fix="give --state a directory (new or existing)")
 
 
 def error_body(error: MetamodalError) -> dict[str, Any]:
@@ -132,8 +207,10 @@ def build_app(s: ServeSettings,
 
     Raises:
         RunError: the run is missing or damaged, or the state belongs to another model.
-        ConfigError: a non-loopback host without a token.
+        ConfigError: a setting out of range (`check_settings`), or a non-loopback host without
+            a token.
     """
+    check_settings(s)
     if not is_loopback(s.host) and not s.token:
         raise ConfigError(f"serving on {s.host} (reachable from other machines) needs a token",
                           column="token", fix="give --token SECRET, or serve on 127.0.0.1")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.errors import ConfigError, RunError
+from metamodal.io import make_directory
 
 DATABASE = "tasks.sqlite"
 
@@ -119,6 +120,7 @@ class TaskStore:
         limits: the bounds that writes respect.
 
     Raises:
+        ConfigError: the directory is not one, or cannot be created.
         RunError: the database is corrupt or was written for another model.
 
     Example:
@@ -132,7 +134,7 @@ class TaskStore:
     def __init__(self, directory: str | Path, *, model: str,
                  limits: Limits | None = None) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_directory(self.directory, key="state")
         self.path = self.directory / DATABASE
         self.limits = limits or Limits()
         self._local = threading.local()

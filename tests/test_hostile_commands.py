@@ -17,7 +17,7 @@ from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
 from metamodal.config import MAX_EPISODES, TrainConfig
 from metamodal.datasets.synthetic import make_synthetic
-from metamodal.errors import OutputError
+from metamodal.errors import ConfigError, OutputError
 from metamodal.train.trainer import Trainer
 
 EPISODES = ["--ways", "2", "--queries", "1"]
@@ -146,3 +146,29 @@ def test_export_refuses_an_ensemble_and_the_run_s_own_files(runs, tmp_path: Path
     _refused(["export", str(own), str(own / "model.safetensors"), "--overwrite", "--format",
               "torchscript"], capsys, "a file of the run")
     assert _digest(own) == before
+
+
+def test_python_api_misuse_is_a_config_error(runs, tmp_path: Path) -> None:
+    """Wrong types handed to the API's entry points: a typed error, not an AttributeError."""
+    from metamodal import api
+    from metamodal.data.dataset import load_dataset
+    from metamodal.data.episode_files import protocol_episodes
+    from metamodal.evaluate.protocol import EvalResult
+    from metamodal.runs import load_run
+
+    data, run, _ = runs
+    with pytest.raises(ConfigError, match="not a EvalSettings"):
+        api.evaluate(run, settings={"ways": 2})
+    for call in (lambda: load_dataset(None), lambda: load_run(None), lambda: api.compare("a")):
+        with pytest.raises(ConfigError, match="not a"):
+            call()
+    a = EvalResult(0.8, 0.02, 0.8, 2, 5, 1, 15, 0, accuracies=[0.7, 0.9], episode_digest="x")
+    b = EvalResult(0.6, 0.02, 0.6, 2, 5, 1, 15, 0, accuracies=[0.6, 0.6], episode_digest="y")
+    with pytest.raises(ConfigError, match="different episodes"):
+        api.compare({"a": a, "b": b})
+    ids, labels = ["a1", "a2", "b1", "b2"], ["a", "a", "b", "b"]
+    with pytest.raises(ConfigError, match="4 ids but 1 groups"):
+        protocol_episodes(ids, labels, ways=2, shots=1, queries=1, runs=1, groups=["G"],
+                          within="*")
+    with pytest.raises(ConfigError, match="no queries"):
+        protocol_episodes(ids, labels, ways=2, shots=1, queries=0, runs=1)

@@ -331,8 +331,21 @@ def compare(results: Mapping[str, EvalResult | EvalReport]) -> Comparison:
         >>> round(compare({"a": a, "b": b}).difference("a", "b").mean, 3)
         0.2
     """
-    return Comparison({name: r.result if isinstance(r, EvalReport) else r
-                       for name, r in results.items()})
+    if not isinstance(results, Mapping):
+        raise ConfigError(f"compare takes a mapping of name -> result, not a "
+                          f"{type(results).__name__}", column="results",
+                          fix='e.g. compare({"protonet": report_a, "maml": report_b})')
+    unpacked = {name: r.result if isinstance(r, EvalReport) else r for name, r in results.items()}
+    for name, result in unpacked.items():
+        if not isinstance(result, EvalResult):
+            raise ConfigError(f"compare: {name!r} is a {type(result).__name__}, not a result",
+                              column="results", fix="give what evaluate returns")
+    if len({r.episode_digest for r in unpacked.values() if r.episode_digest}) > 1:
+        raise ConfigError("compare: the results were measured on different episodes, so their "
+                          "episodes cannot be paired", column="results",
+                          fix="evaluate every method with the same seed, shape and split, or "
+                          "the same --episodes file")
+    return Comparison(unpacked)
 
 
 @dataclass

@@ -145,6 +145,10 @@ typing.Literal['test', 'val', 'train', 'all'] (fix: e.g. split = 'test')
 def resolve(cls: type, settings: Any, options: dict[str, Any], *, verb: str) -> Any:
     """``settings`` (an instance of ``cls``, or None for its defaults) with ``options`` (field
     name -> value; None values are left out) applied; an unknown name is a `ConfigError`."""
+    if settings is not None and not isinstance(settings, cls):
+        raise ConfigError(f"{verb}: settings is a {type(settings).__name__}, not a "
+                          f"{cls.__name__}", column="settings",
+                          fix=f"pass a {cls.__name__}, or its fields as keywords")
     values = dataclasses.asdict(settings) if settings is not None else {}
     values.update({k: v for k, v in options.items() if v is not None})
     return make(cls, values, verb=verb)

@@ -9,6 +9,7 @@ into tensors.
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from metamodal.data.loading import build_loader
 from metamodal.data.paths import PathRefused, check_regular_file, resolve_inside
 from metamodal.data.schema import SCHEMA_FILE, DatasetSchema, ModalitySpec, load_schema
 from metamodal.data.table import TABLE_SUFFIXES, SampleTable, read_samples
-from metamodal.errors import DatasetError, ModalityError, UnknownNameError
+from metamodal.errors import ConfigError, DatasetError, ModalityError, UnknownNameError
 
 ID_COLUMN = "id"
 """The column holding each sample's unique id."""
@@ -254,6 +255,9 @@ def dataset_root(path: str | Path) -> Path:
         >>> dataset_root("my-dataset").name
         'my-dataset'
     """
+    if not isinstance(path, str | os.PathLike):
+        raise ConfigError(f"a dataset directory is a path, not a {type(path).__name__}",
+                          column="data", fix="give the dataset directory's path")
     path = Path(path)
     return path.parent if path.name == SCHEMA_FILE and path.is_file() else path
 

@@ -342,10 +342,16 @@ def protocol_episodes(
         [('run01', 'G', ['a', 'b']), ('run02', 'H', ['c', 'd'])]
     """
     check_counts(ways, shots, queries)
+    if queries < 1:
+        raise ConfigError("a run with no queries measures nothing", column="queries",
+                          fix="set queries to an integer >= 1")
     _check_runs(runs)
     if len(ids) != len(labels):
         raise ConfigError(f"{len(ids)} ids but {len(labels)} labels",
                           fix="give one label per sample")
+    if groups is not None and len(groups) != len(ids):
+        raise ConfigError(f"{len(ids)} ids but {len(groups)} groups",
+                          fix="give one group per sample")
     allowed = list(dict.fromkeys(classes)) if classes is not None else sorted(set(labels))
     if within is None:
         store = TensorStore(list(ids), list(labels), {}, {})

@@ -16,6 +16,7 @@ union of their modalities. `load_run` returns it as a `Run` whose model is an
 
 from __future__ import annotations
 
+import os
 import typing
 import warnings
 from collections.abc import Mapping
@@ -202,6 +203,9 @@ def load_run(run_dir: str | Path, *, device: str = "cpu",
         >>> run.model.modalities  # doctest: +SKIP
         ['image', 'caption']
     """
+    if not isinstance(run_dir, str | os.PathLike):
+        raise ConfigError(f"a run directory is a path, not a {type(run_dir).__name__}",
+                          column="run", fix="give the run directory's path")
     run_dir = Path(run_dir)
     document = read_run_config(run_dir)
     config_path = run_dir / CONFIG_FILE

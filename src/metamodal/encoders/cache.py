@@ -96,7 +96,7 @@ def parse_size(text: str | int) -> int:
         try:
             value = int(float(match.group(1)) * _UNITS[unit])
         except OverflowError:  # hundreds of digits: infinite as a float
-            raise ConfigError(f"not a size: {text!r} is too large", column=LIMIT_ENV,
+            raise ConfigError(f"not a size: {len(match.group(1))} digits", column=LIMIT_ENV,
                               fix="give a size below 1 EB, e.g. 2GiB") from None
     if value < 0:
         raise ConfigError(f"a size must be >= 0, got {text!r}", column=LIMIT_ENV,

@@ -3,8 +3,12 @@ two worker processes sharing one study, and the best trial reproducing its score
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -40,13 +44,30 @@ lr = { low = 1e-4, high = 1e-2, log = true }
 "learner_options.inner_steps" = { low = 1, high = 5 }
 [encoders]
 image = { choices = ["conv4", "resnet12"] }
-"""))
+"""), TrainConfig(learner="maml"))
     assert [p.name for p in space.params] == ["fusion", "lr", "learner_options.inner_steps",
                                               "encoders.image"]
     assert space.params[2].integer and not space.params[1].integer
     assert space.params[2].grid(space.file) == [1, 2, 3, 4, 5]
     with pytest.raises(ConfigError, match="grid search needs"):
         space.grid()  # lr: a float range without a step
+
+
+def test_an_option_is_checked_against_every_component_a_trial_may_choose(
+        tmp_path: Path) -> None:
+    space = SearchSpace.from_toml(space_file(tmp_path, """
+learner = { choices = ["maml", "anil"] }
+"learner_options.inner_steps" = { low = 1, high = 5 }
+"encoders.image" = { choices = ["conv4"] }
+"encoder_options.image.blocks" = { low = 2, high = 4 }
+"""))
+    assert len(space.params) == 4
+    base = TrainConfig(learner="maml", learner_options={"inner_steps": 2})
+    SearchSpace.from_toml(space_file(tmp_path, "lr = { low = 0.001, high = 0.01 }"), base)
+    with pytest.raises(ConfigError) as error:  # the base's options do not fit a choice
+        SearchSpace.from_toml(space_file(tmp_path, "learner = { choices = ['protonet'] }"),
+                              base)
+    assert error.value.column == "learner" and "inner_steps" in error.value.message
 
 
 @pytest.mark.parametrize("text,key,words", [
@@ -61,6 +82,25 @@ image = { choices = ["conv4", "resnet12"] }
     ("lr = 0.01", "lr", "needs { choices"),
     ("lr = { low = 1e-4, high = 1e-2, scale = 'log' }", "lr", "unknown key"),
     ("ways = { low = -5, high = 0 }", "ways", "not a valid training setting"),
+    ("'learner_options.inner_steps' = { low = -5, high = 1 }", "learner_options.inner_steps",
+     "learner 'protonet' has no hyper-parameter 'inner_steps'"),
+    ("learner = { choices = ['maml', 'protonet'] }\n"
+     "'learner_options.inner_steps' = { low = 1, high = 5 }", "learner_options.inner_steps",
+     "learner 'protonet' has no hyper-parameter"),
+    ("fusion = { choices = ['gated', 'nosuch'] }", "fusion", "unknown fusion 'nosuch'"),
+    ("'encoders.image' = { choices = ['nosuch'] }", "encoders.image", "unknown encoder"),
+    ("'fusion_options.hidden' = { low = 1.0, high = 8.0 }", "fusion_options.hidden",
+     "not of type int"),
+    ("'encoders.image' = { choices = ['resnet12'] }\n"
+     "'encoder_options.image.hidden' = { choices = [8] }", "encoder_options.image.hidden",
+     "no hyper-parameter 'hidden'"),
+    ("'encoder_options.image.nosuch' = { choices = [1] }", "encoder_options.image.nosuch",
+     "no encoder takes"),
+    ("dim = { low = 4, high = 8, step = 0.5 }", "dim", "whole step"),
+    ("dim = { low = 4, high = 8, step = 0 }", "dim", "step must be"),
+    ("dim = { low = 4, high = 8, step = -1 }", "dim", "step must be"),
+    ("dim = { low = 4, high = 8, step = 5 }", "dim", "step must be"),
+    ("lr = { low = 0.1, high = 0.2, step = nan }", "lr", "step must be"),
     ("", None, "empty"),
     ("lr = [", None, "not valid TOML"),
 ])
@@ -71,6 +111,73 @@ def test_a_bad_space_is_a_config_error_naming_the_file_and_key(
         SearchSpace.from_toml(path, TrainConfig())
     assert error.value.file == str(path) and error.value.column == key
     assert words in error.value.message and error.value.fix
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_space_that_is_not_a_regular_file_is_refused_without_opening_it(
+        tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "space.toml"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+        threading.Thread(target=_unblock, args=(path,), daemon=True).start()
+    with pytest.raises(ConfigError) as error:
+        SearchSpace.from_toml(path)
+    assert error.value.file == str(path)
+    assert ("FIFO" if kind == "fifo" else "directory") in error.value.message
+
+
+def _unblock(fifo: Path) -> None:
+    """Should the space's reader be blocked on ``fifo``, give it an end of file (no reader:
+    nothing to do), so that the test fails instead of hanging."""
+    time.sleep(5)
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError as error:
+        assert error.errno in (errno.ENXIO, errno.ENOENT)
+
+
+def test_a_grid_of_too_many_combinations_is_refused_before_anything_is_written(
+        tmp_path: Path, data: Path) -> None:
+    path = space_file(tmp_path, """
+dim = { low = 1, high = 100 }
+val_episodes = { low = 1, high = 100 }
+batch_size = { low = 1, high = 11 }
+""")
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError) as error:
+        api.search(data, space=str(path), out=str(out), sampler="grid", trials=1, **TRAIN,
+                   **OBJECTIVE)
+    assert error.value.file == str(path) and "110,000 combinations" in error.value.message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("key,value", [
+    ("trials", 0), ("trials", -3), ("trials", 100_001), ("study", ""), ("study", "  "),
+    ("study", "s" * 513), ("sampler_seed", -1), ("sampler_seed", 2**32),
+    ("objective_episodes", 100_000_000), ("objective_episodes", 0), ("objective_ways", 1),
+    ("objective_queries", 0),
+])
+def test_a_search_setting_out_of_range_is_refused_before_anything_is_written(
+        tmp_path: Path, data: Path, key: str, value: object) -> None:
+    space = space_file(tmp_path, "lr = { low = 0.001, high = 0.01 }")
+    out = tmp_path / "out"
+    settings = {**TRAIN, **OBJECTIVE, "trials": 1, key: value}
+    with pytest.raises(ConfigError) as error:
+        api.search(data, space=str(space), out=str(out), **settings)
+    assert error.value.column == key and error.value.fix
+    assert not out.exists()
+
+
+def test_an_out_that_is_a_file_is_a_config_error(tmp_path: Path, data: Path) -> None:
+    space = space_file(tmp_path, "lr = { low = 0.001, high = 0.01 }")
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    with pytest.raises(ConfigError) as error:
+        api.search(data, space=str(space), out=str(out), trials=1, **TRAIN, **OBJECTIVE)
+    assert error.value.column == "out" and error.value.file == str(out)
+    assert out.read_text() == "not a folder"
 
 
 def test_a_storage_that_cannot_be_opened_or_is_corrupt_is_a_typed_error(
@@ -92,20 +199,33 @@ def test_a_storage_that_cannot_be_opened_or_is_corrupt_is_a_typed_error(
 
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_search_goes_on(
         tmp_path: Path, data: Path) -> None:
-    space = space_file(tmp_path, "fusion = { choices = ['mean', 'nonexistent'] }")
+    # a modality the dataset lacks: only training finds out
+    space = space_file(tmp_path, "modalities = { choices = [['image'], ['nonexistent']] }")
     out = tmp_path / "out"
     result = api.search(data, space=str(space), out=str(out), trials=2, sampler="grid",
                         pruner="none", **TRAIN, **OBJECTIVE)
-    states = {t["values"]["fusion"]: t for t in result.trials}
+    states = {t["values"]["modalities"]: t for t in result.trials}
     assert states["nonexistent"]["state"] == "fail"
     assert "nonexistent" in states["nonexistent"]["error"]
-    assert states["mean"]["state"] == "complete" and 0 <= states["mean"]["score"] <= 1
-    assert result.best["values"] == {"fusion": "mean"}
-    assert load_config(out / "best.toml").fusion == "mean"
+    assert states["image"]["state"] == "complete" and 0 <= states["image"]["score"] <= 1
+    assert result.best["values"] == {"modalities": "image"}
+    assert load_config(out / "best.toml").modalities == ["image"]
     lines = (out / "trials.csv").read_text().splitlines()
     assert len(lines) == 3 and "nonexistent" in lines[2] + lines[1]
     assert (out / "report" / "history.png").stat().st_size > 0
     assert "<- best" in result.table()
+
+
+def test_a_search_whose_every_trial_failed_is_a_config_error_naming_the_first_failure(
+        tmp_path: Path, data: Path) -> None:
+    space = space_file(tmp_path, "modalities = { choices = [['nonexistent']] }")
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError) as error:
+        api.search(data, space=str(space), out=str(out), trials=1, pruner="none", **TRAIN,
+                   **OBJECTIVE)
+    assert "every trial" in error.value.message and "nonexistent" in error.value.message
+    assert error.value.file == str(space)
+    assert "nonexistent" in (out / "trials.csv").read_text()
 
 
 def test_two_workers_share_one_study_and_the_best_trial_reproduces_its_score(

@@ -6,7 +6,8 @@ scores it with `metamodal.api.evaluate` on *fixed* validation episodes
 (``OUT/val-episodes.jsonl``, written once from the dataset's validation split, the same for
 every trial and every worker). The trainer's validations during training go to the pruner. A
 trial that fails (a bad combination of settings) is recorded as failed with its reason, and
-the search goes on. Storage, sampler and pruner: `metamodal.search.study`.
+the search goes on; a search whose every trial failed is a `ConfigError` naming the first
+failure. Storage, sampler and pruner: `metamodal.search.study`.
 """
 
 from __future__ import annotations
@@ -24,14 +25,25 @@ from metamodal.api.evaluation import evaluate
 from metamodal.api.fields import resolve
 from metamodal.api.settings import SearchSettings
 from metamodal.api.training import train
-from metamodal.config import TrainConfig, load_config
+from metamodal.config import LIMITS, TrainConfig, load_config
 from metamodal.errors import ConfigError, RunError
+from metamodal.io import make_directory
 from metamodal.search.space import SearchSpace, nest
 
 log = logging.getLogger(__name__)
 
 EPISODES_FILE = "val-episodes.jsonl"
 TRIALS_DIR = "trials"
+
+MAX_TRIALS = 100_000
+"""The largest study (``trials``): each trial is a training run."""
+MAX_OBJECTIVE_EPISODES = 100_000
+"""The most fixed validation episodes (``objective_episodes``): every trial is scored on all of
+them, so the bound is a tenth of `metamodal.config.MAX_EPISODES`."""
+MAX_SAMPLER_SEED = 2**32 - 1
+"""The largest ``sampler_seed`` (numpy's, which Optuna's samplers seed)."""
+MAX_STUDY_NAME = 512
+"""The longest study name (characters): what Optuna's database storages hold."""
 
 
 @dataclass
@@ -88,7 +100,9 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
             `metamodal.config.TrainConfig` (``steps``, ``ways``, ...), fixed for every trial.
 
     Raises:
-        ConfigError: a bad space (named key), storage URL, or setting.
+        ConfigError: a bad space (named key), storage URL or setting (`check_settings`), an
+            ``out`` that cannot be a directory (`metamodal.errors.OutputError`), or a study
+            whose every trial failed (naming the first failure).
         RunError: a corrupt study file.
 
     Example:
@@ -117,6 +131,7 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
     names = {f.name for f in dataclasses.fields(SearchSettings)}
     own = {k: options.pop(k) for k in list(options) if k in names}
     s = resolve(SearchSettings, settings, own, verb="search")
+    check_settings(s)
     for key, fix in (("space", "--space SPACE.toml"), ("out", "--out DIR")):
         if not getattr(s, key):
             raise ConfigError(f"no {key} given", column=key, fix=f"pass {fix}")
@@ -126,15 +141,15 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
         raise ConfigError("no dataset given", column="data", fix="pass DATA")
     base = base.updated({"data": str(Path(base.data).resolve())})
     space = SearchSpace.from_toml(s.space, base)
-    out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
+    sampler = make_sampler(s.sampler, space, s.sampler_seed)
+    pruner = make_pruner(s.pruner, base.steps, base.val_every)
+    out = make_directory(s.out, key="out")
     storage = open_storage(s.storage, out)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a failed trial is logged in one line by the objective: not by Optuna with its traceback
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        study = optuna.create_study(
-            storage=storage, study_name=s.study, direction="maximize", load_if_exists=True,
-            sampler=make_sampler(s.sampler, space, s.sampler_seed),
-            pruner=make_pruner(s.pruner, base.steps, base.val_every))
+        study = optuna.create_study(storage=storage, study_name=s.study, direction="maximize",
+                                    load_if_exists=True, sampler=sampler, pruner=pruner)
     except Exception as error:  # the storage's own errors: locked, corrupt, wrong schema
         raise RunError(f"the study cannot be opened ({type(error).__name__}: {error})",
                        column="storage", fix="give another --storage or --study") from None
@@ -147,9 +162,40 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
                        catch=(Exception,),
                        callbacks=[optuna.study.MaxTrialsCallback(s.trials, states=None)])
     summary = write_outputs(study, out)
+    failed = summary.all_failed()
+    if failed is not None:
+        raise ConfigError(f"every trial of study {summary.study!r} failed ({len(summary.rows)}); "
+                          f"the first, trial {failed.number}: {failed.error or 'no reason given'}",
+                          file=s.space, fix="correct the space or the fixed settings (each "
+                          f"trial's error is in {summary.files['trials']})")
     rows = [dataclasses.asdict(r) for r in summary.rows]
     best = dataclasses.asdict(summary.best) if summary.best else None
     return SearchResult(summary.study, rows, best, summary.importances, summary.files)
+
+
+def check_settings(s: SearchSettings) -> None:
+    """The search's own settings are in range: checked before anything is opened or written.
+
+    Raises:
+        ConfigError: naming the setting (``trials``, ``study``, ``sampler_seed`` or an
+            ``objective_*`` count).
+    """
+    counts = {"trials": (1, MAX_TRIALS), "objective_ways": (2, LIMITS["ways"]),
+              "objective_shots": (1, LIMITS["shots"]),
+              "objective_queries": (1, LIMITS["queries"]),
+              "objective_episodes": (1, MAX_OBJECTIVE_EPISODES)}
+    if s.sampler_seed is not None:
+        counts["sampler_seed"] = (0, MAX_SAMPLER_SEED)
+    for key, (least, most) in counts.items():
+        value = getattr(s, key)
+        if not least <= value <= most:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{key} must be in {least:,}..{most:,}, got {value:,}",
+                              column=key, fix=f"give {flag} from {least:,} to {most:,}")
+    if not s.study.strip() or len(s.study) > MAX_STUDY_NAME:
+        raise ConfigError(f"the study name must be 1 to {MAX_STUDY_NAME} characters, not all "
+                          f"blank (got {len(s.study)})", column="study",
+                          fix="give --study NAME, e.g. --study metamodal")
 
 
 def fixed_episodes(out: Path, data: str, seed: int, *, ways: int, shots: int, queries: int,

@@ -52,6 +52,13 @@ class SearchSummary:
     importances: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
 
+    def all_failed(self) -> TrialRow | None:
+        """The first trial where the study has trials and every one of them failed (none
+        completed, was pruned or is running), else None."""
+        if self.rows and all(row.state == "fail" for row in self.rows):
+            return self.rows[0]
+        return None
+
 
 def summarise(study: Any) -> SearchSummary:
     """The trials of an Optuna study as `TrialRow` s, and its best (a pruned trial has no

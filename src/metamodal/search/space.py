@@ -13,22 +13,29 @@ dotted keys for the settings inside its tables:
     "augment.image.rotate" = { low = 0.0, high = 20.0, step = 5.0 }
 
 A range of integers (``low``, ``high`` both integers) draws integers, one of floats draws floats;
-``log = true`` draws on a log scale, ``step`` on a grid. Every value a key can take is checked
-against the training config before any trial runs, so a misspelt key or a value of the wrong
-type is a `ConfigError` naming the file and the key, never a failed trial.
+``log = true`` draws on a log scale, ``step`` on a grid (a whole step for integers). Every value
+a key can take is checked against the training config before any trial runs, so a misspelt
+key, a value of the wrong type, a component name no registry holds (``fusion``, ``learner``,
+``encoders.*``) or an option that a component which can be chosen lacks
+(``learner_options.*``, ...) is a `ConfigError` naming the file and the key, never a failed
+trial.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from metamodal.config import TrainConfig
+from metamodal.data.paths import PathRefused, check_regular_file
 from metamodal.errors import ConfigError
 from metamodal.io import ParseError, loads_toml
+from metamodal.registry import Registry
 
 FIXED = ("data", "seed", "init_from", "device", "cache")
 """Training settings a search may not vary: they define the data, its split (and so the fixed
@@ -36,6 +43,18 @@ validation episodes) or where training runs, not the model."""
 
 MAX_CHOICES = 1000
 """The most choices (or grid points) of one key."""
+
+MAX_GRID = 100_000
+"""The most combinations of a grid search (the product of its keys' grid sizes): Optuna's
+grid sampler holds every one of them in memory."""
+
+MAX_SPACE_BYTES = 1 << 20
+"""The largest space file read (a space of a few keys takes a few hundred bytes)."""
+
+COMPONENTS = {"learner": "learner_options", "fusion": "fusion_options",
+              "encoders": "encoder_options"}
+"""The settings that name a registered component (``encoders.MODALITY`` one per modality),
+with the table of that component's options."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +111,7 @@ class Param:
             raise ConfigError(f"the grid of this range has {count} points", file=file,
                               column=self.name, fix=f"use a step giving at most {MAX_CHOICES}")
         values = [self.low + k * step for k in range(count)]
-        return [int(v) for v in values] if self.integer and float(step).is_integer() else values
+        return [int(v) for v in values] if self.integer else values
 
     def examples(self) -> list[Any]:
         """Values that stand for what this setting can take (checked against the config)."""
@@ -120,14 +139,23 @@ class SearchSpace:
         """
         path = Path(path)
         try:
+            check_regular_file(path, "search space")
+            if path.stat().st_size > MAX_SPACE_BYTES:
+                raise ConfigError(f"the search space file is over {MAX_SPACE_BYTES:,} bytes",
+                                  file=path, fix="give a space TOML of one key per setting")
             table = loads_toml(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError("the search space file does not exist", file=path,
                               fix="write a space TOML, e.g. fusion = { choices = "
                               "[\"mean\", \"gated\"] }") from None
-        except (ParseError, OSError, UnicodeDecodeError) as error:
+        except PathRefused as error:  # a directory, a FIFO (reading one would block), ...
+            raise ConfigError(error.message, file=path, fix=error.fix) from None
+        except (ParseError, UnicodeDecodeError) as error:
             raise ConfigError(f"the search space is not valid TOML ({error})", file=path,
                               fix="fix the TOML syntax") from None
+        except (OSError, ValueError) as error:  # no permission, a NUL character, ...
+            raise ConfigError(f"the search space file cannot be read ({error})", file=path,
+                              fix="give a readable space TOML") from None
         params = [_param(name, spec, path) for name, spec in _flatten(table)]
         if not params:
             raise ConfigError("the search space is empty", file=path,
@@ -137,15 +165,24 @@ class SearchSpace:
         return space
 
     def check(self, base: TrainConfig) -> None:
-        """Every value of every key applied to ``base`` is a valid training config.
+        """Every value of every key applied to ``base`` is a valid training config, whose
+        components (`COMPONENTS`) are registered and take their options, whichever of the
+        space's choices of the other keys a trial draws with it.
 
         Raises:
-            ConfigError: naming the space file and the key.
+            ConfigError: naming the space file and the key; or the base config's key, where a
+                component the space does not choose is unknown or lacks a base option.
         """
+        for key, names, options, options_key in self._components(base, None):
+            if key not in self.by_name:  # a trial keeps the base config's component
+                _check_component(key, names, options, options_key)
         for param in self.params:
             for value in param.examples():
                 try:
-                    base.merged(nest({param.name: value})).validate()
+                    config = base.merged(nest({param.name: value}))
+                    config.validate()
+                    for component in self._components(config, param.name):
+                        _check_component(*component)
                 except ConfigError as error:
                     raise ConfigError(f"{param.name} = {value!r} is not a valid training "
                                       f"setting: {error.message}", file=self.file,
@@ -153,13 +190,55 @@ class SearchSpace:
                                       "train --help for the settings and their values"
                                       ) from None
 
+    @functools.cached_property
+    def by_name(self) -> dict[str, Param]:
+        """The space's keys and their settings."""
+        return {param.name: param for param in self.params}
+
+    def _components(self, config: TrainConfig, varied: str | None
+                    ) -> Iterator[tuple[str, list[Any] | None, dict[str, Any], str]]:
+        """Each component of ``config`` as (its key, the names a trial may give it, its options,
+        the options' key). The names are the space's choices where a key other than ``varied``
+        chooses the component, else ``config``'s (None: a modality's default encoder, which
+        only the dataset knows); the options leave out those the space varies (each trial
+        gives them its own values), except ``varied``."""
+        def names(key: str, current: str | None) -> list[Any] | None:
+            param = self.by_name.get(key)
+            if key != varied and param is not None and param.choices is not None:
+                return list(param.choices)
+            return None if current is None else [current]
+
+        def options(table: str, values: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in values.items()
+                    if f"{table}.{k}" == varied or f"{table}.{k}" not in self.by_name}
+
+        for key in ("learner", "fusion"):
+            table = COMPONENTS[key]
+            yield key, names(key, getattr(config, key)), options(
+                table, getattr(config, table)), table
+        for modality in sorted({*config.encoders, *config.encoder_options}):
+            key, table = f"encoders.{modality}", f"{COMPONENTS['encoders']}.{modality}"
+            yield key, names(key, config.encoders.get(modality)), options(
+                table, config.encoder_options.get(modality, {})), table
+
     def suggest(self, trial: Any) -> dict[str, Any]:
         """The values an Optuna trial draws, by dotted name."""
         return {param.name: param.suggest(trial) for param in self.params}
 
     def grid(self) -> dict[str, list[Any]]:
-        """The grid of a grid search: each setting's values."""
-        return {param.name: param.grid(self.file) for param in self.params}
+        """The grid of a grid search: each setting's values.
+
+        Raises:
+            ConfigError: a key's grid cannot be made (`Param.grid`), or the grid has more
+                than `MAX_GRID` combinations.
+        """
+        grid = {param.name: param.grid(self.file) for param in self.params}
+        size = math.prod(len(values) for values in grid.values())
+        if size > MAX_GRID:
+            raise ConfigError(f"the grid has {size:,} combinations (at most {MAX_GRID:,})",
+                              file=self.file, fix="give fewer choices or larger steps, or "
+                              "use --sampler tpe or random")
+        return grid
 
 
 def nest(values: dict[str, Any]) -> dict[str, Any]:
@@ -177,6 +256,34 @@ def nest(values: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(table, {})
         node[key] = value
     return out
+
+
+def _check_component(key: str, names: list[Any] | None, options: dict[str, Any],
+                     options_key: str) -> None:
+    """Each of ``names`` is a registered component that takes ``options``; with no names (a
+    modality's default encoder), some encoder takes them.
+
+    Raises:
+        ConfigError: an unknown name (`metamodal.errors.UnknownNameError`), an option the
+            component lacks or a value of the wrong type, keyed ``options_key`` or the family.
+    """
+    from metamodal.encoders import encoders
+    from metamodal.fusion import fusions
+    from metamodal.learners import learners
+
+    registry: Registry[Any] = {"learner": learners, "fusion": fusions}.get(key, encoders)
+    if names is not None:
+        for name in names:
+            registry.check_options(name, options, options_key=options_key)
+        return
+    for name in registry.names():
+        try:
+            registry.check_options(name, options, options_key=options_key)
+            return
+        except ConfigError:
+            continue
+    raise ConfigError(f"no {registry.family} takes the options {options}", column=options_key,
+                      fix=f"name the encoder ({key} = ...) and give options it takes")
 
 
 _SPEC_KEYS = {"choices", "low", "high", "log", "step"}
@@ -258,7 +365,12 @@ def _param(name: str, spec: Any, file: Path) -> Param:
         raise bad("a log range needs low > 0", "raise low above 0, or drop log")
     if step is not None and (not isinstance(step, int | float) or isinstance(step, bool)
                              or not 0 < step <= high - low):
-        raise bad(f"step must be a number in (0, {high - low}]", "give a smaller step")
+        raise bad(f"step must be a number > 0 and at most high - low = {high - low}",
+                  "give a step between 0 and high - low")
+    integer = isinstance(low, int) and isinstance(high, int)
+    if integer and step is not None and not float(step).is_integer():
+        raise bad(f"a range of integers needs a whole step, not {step}",
+                  "give an integer step, or float bounds (low = 4.0) to draw floats")
     if log and step is not None:
         raise bad("a range cannot have both log and step", "drop one of them")
     return Param(name, low=low, high=high, log=log, step=step)

@@ -120,7 +120,12 @@ def _is_sqlite(path: Path) -> bool:
 
 
 def make_sampler(name: str, space: SearchSpace, seed: int | None) -> Any:
-    """Optuna's sampler for ``tpe``, ``random`` or ``grid``."""
+    """Optuna's sampler for ``tpe``, ``random`` or ``grid``.
+
+    Raises:
+        ConfigError: a grid search over a space that has no grid, or too large a grid
+            (`metamodal.search.space.SearchSpace.grid`).
+    """
     import optuna
 
     if name == "grid":

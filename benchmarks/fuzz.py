@@ -78,11 +78,13 @@ class Case:
     Args:
         name: a unique, readable id (``family/what``).
         family: the group of cases it belongs to (sampling is stratified by family).
-        op: what runs on it: ``dataset``, ``run``, ``resume``, ``query`` or ``flags``.
+        op: what runs on it: ``dataset``, ``run``, ``resume``, ``query``, ``flags`` or
+            ``command``.
         mutate: changes the case directory (holding ``data/`` and ``run/`` copies).
         expect: ``error`` (hostile) or ``ok`` (must be accepted).
         row: the error must name a row (the mutation is in one row of the sample table).
-        flags: extra ``metamodal train`` flags (``flags`` cases).
+        flags: extra ``metamodal train`` flags (``flags`` cases), or the whole ``metamodal``
+            command line of a ``command`` case, where ``{work}`` is the case directory.
     """
 
     name: str
@@ -577,7 +579,72 @@ def build_corpus() -> list[Case]:
                   ("--encoder", "image=no-such-encoder"), ("--learner", "nope"),
                   ("--modalities", "video"), ("--val-ways", "100")):
         add(f"flags/{' '.join(flags)}", "train flags", "flags", lambda d: None, flags=flags)
+
+    # the other commands' flags and outputs (``{work}`` holds data/, run/, run2/ and fifo)
+    data, run, run2, table = "{work}/data", "{work}/run", "{work}/run2", "{work}/data/samples.csv"
+    few = ("--ways", "2", "--queries", "1")
+    for command in (
+            ("episodes", data, "--out", "{work}", *few),
+            ("episodes", data, "--out", f"{table}/e.jsonl", *few),
+            ("episodes", data, "--out", "{work}/out/e.jsonl", *few, "--runs", "100000000"),
+            ("episodes", data, "--out", "{work}/out/e.jsonl", "--ways", "2", "--queries", "0"),
+            ("eval", run, "--json", data, *few, "--episodes-count", "2"),
+            ("eval", run, *few, "--episodes-count", "1000000000"),
+            ("eval", run, "--ways", "1"),
+            ("eval", run, "--modalities", ","),
+            ("eval", run, "--episodes", "{work}/fifo"),
+            ("inspect", data, "--json", data),
+            ("zero-shot", run, "--shots", "a,b"),
+            ("zero-shot", run, "--shots", ""),
+            ("ensemble", run, f"{run}/.", "--out", "{work}/out/e", *few),
+            ("ensemble", run, run2, "--out", data, "--overwrite", *few),
+            ("ensemble", run, run2, "--out", "{work}/out/e", *few, "--episodes-count",
+             "1000000000"),
+            ("export", run, f"{run}/model.safetensors", "--overwrite", "--format",
+             "torchscript"),
+            ("serve", run, "--port", "70000"),
+            ("serve", run, "--max-request-mb", "nan"),
+            ("serve", run, "--max-samples", "-1"),
+            ("serve", run, "--state", table),
+            ("serve", run, "--cors", "not an origin"),
+            ("serve", run, "--host", "999.1.1.1", "--token", "t"),
+            ("cache", "info", "--dir", table),
+            ("cache", "info", "--limit", "1" + "0" * 400),
+            ("demo", "--out", table),
+            ("train", "--data", data, "--out", "{work}/out/r", "--config", "{work}/fifo"),
+            *[("search", "--data", data, "--space", f"{{work}}/{space}.toml", "--out",
+               "{work}/out/s", "--steps", "1", "--trials", "1", "--no-cache", "--sampler",
+               "grid" if space.startswith("grid") else "tpe") for space in SEARCH_SPACES],
+            ("search", "--data", data, "--space", "{work}/fifo", "--out", "{work}/out/s"),
+            *[("search", "--data", data, "--space", "{work}/lr.toml", "--out", "{work}/out/s",
+               *flags) for flags in (("--trials", "0"), ("--study", " "),
+                                     ("--sampler-seed", "-1"),
+                                     ("--objective-episodes", "100000000"))],
+            ("search", "--data", data, "--space", "{work}/lr.toml", "--out", table)):
+        add(f"command/{' '.join(command)}", "command flags", "command", _command_files,
+            flags=command)
     return cases
+
+
+SEARCH_SPACES = {
+    "unknown-fusion": 'fusion = { choices = ["nosuch"] }',
+    "unknown-encoder": '"encoders.image" = { choices = ["nosuch"] }',
+    "option-the-learner-lacks": '"learner_options.inner_steps" = { low = 1, high = 3 }',
+    "half-step-of-ints": "dim = { low = 4, high = 8, step = 0.5 }",
+    "zero-step": "lr = { low = 0.001, high = 0.01, step = 0.0 }",
+    "grid-of-a-billion": "\n".join(f'"augment.image.{key}" = {{ low = 0.0, high = 0.999, '
+                                   'step = 0.001 }' for key in ("rotate", "translate", "scale")),
+}
+"""Search spaces that the search refuses before its first trial (each in ``{work}``)."""
+
+
+def _command_files(work: Path) -> None:
+    """What the ``command`` cases name: a second run, a FIFO, and search spaces."""
+    shutil.copytree(work / "run", work / "run2", symlinks=True)
+    os.mkfifo(work / "fifo")
+    (work / "lr.toml").write_text("lr = { low = 0.0001, high = 0.01, log = true }\n")
+    for name, text in SEARCH_SPACES.items():
+        (work / f"{name}.toml").write_text(text + "\n")
 
 
 # -- edit helpers used above ----------------------------------------------------------------
@@ -915,7 +982,7 @@ def make_base(root: Path) -> Base:
 
 def _located(error: BaseException, case: Case) -> bool:
     file = getattr(error, "file", None)
-    if case.op == "flags":
+    if case.op in ("flags", "command"):
         return file is not None or getattr(error, "column", None) is not None
     if file is None:
         return False
@@ -970,6 +1037,11 @@ def _run_op(case: Case, work: Path, base: Base) -> tuple[str, object]:
         args.progress = False
         args.call(args)  # what `metamodal train` runs: api.train with the flags' settings
         return "ok", None
+    if case.op == "command":
+        from metamodal.cli import build_parser
+
+        args = build_parser().parse_args([a.format(work=work) for a in case.flags])
+        return "ok", args.call(args)
     raise ValueError(case.op)
 
 
@@ -980,7 +1052,7 @@ def run_case(case: Case, base: Base, scratch: Path, timeout: float = 30.0) -> tu
     work = Path(tempfile.mkdtemp(dir=scratch))
     try:
         shutil.copytree(base.data, work / "data", symlinks=True)
-        if case.op in ("run", "resume"):
+        if case.op in ("run", "resume", "command"):
             shutil.copytree(base.run, work / "run", symlinks=True)
             if case.op == "resume":
                 os.replace(work / "run" / "checkpoint-half.pt", work / "run" / "checkpoint.pt")
@@ -1001,7 +1073,7 @@ def run_case(case: Case, base: Base, scratch: Path, timeout: float = 30.0) -> tu
         if (work / "PWNED").exists():
             return "raw exception", "a checkpoint ran code"
         if error is not None or case.expect == "error":
-            outputs = ("new-run",) if case.op == "flags" else ()
+            outputs = {"flags": ("new-run",), "command": ("out",)}.get(case.op, ())
             changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k)
                              and not k.startswith(outputs) and not _is_staging(k))
             if changed and not (error is None and case.op == "resume"):

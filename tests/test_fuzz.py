@@ -30,7 +30,7 @@ def test_the_corpus_covers_every_input_with_at_least_1000_cases(fuzz) -> None:
     for needed in ("dataset.toml text", "loader options", "cells csv", "cells jsonl",
                    "cells parquet", "splits.toml", "media image", "media sound", "media track",
                    "run directory", "saved classifier", "checkpoint", "query table",
-                   "train flags"):
+                   "train flags", "command flags"):
         assert needed in families
 
 

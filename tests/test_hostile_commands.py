@@ -91,20 +91,22 @@ def test_episode_counts_are_bounded(runs, tmp_path: Path, capsys, argv: list[str
     _refused([a.format(**values) for a in argv], capsys, f"over {MAX_EPISODES:,}")
 
 
-def test_an_episode_file_that_is_a_fifo_is_refused_without_blocking(runs, tmp_path: Path,
-                                                                     capsys) -> None:
-    _, run, _ = runs
-    fifo = tmp_path / "episodes.jsonl"
+@pytest.mark.parametrize("flag", ["--episodes", "--config"])
+def test_an_episode_or_config_file_that_is_a_fifo_is_refused_without_blocking(
+        runs, tmp_path: Path, capsys, flag: str) -> None:
+    data, run, _ = runs
+    fifo = tmp_path / "file"
     os.mkfifo(fifo)
+    argv = (["eval", str(run), "--episodes", str(fifo)] if flag == "--episodes" else
+            ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--config", str(fifo)])
     status: list[int] = []
-    worker = threading.Thread(target=lambda: status.append(
-        main(["eval", str(run), "--episodes", str(fifo)])), daemon=True)
+    worker = threading.Thread(target=lambda: status.append(main(argv)), daemon=True)
     worker.start()
     worker.join(30)
     if worker.is_alive():  # unblock the reader, then fail
         with open(fifo, "wb"):
             pass
-        pytest.fail("reading a FIFO as an episode file hung")
+        pytest.fail(f"reading a FIFO given to {flag} hung")
     assert status == [2] and "FIFO" in capsys.readouterr().err
 
 

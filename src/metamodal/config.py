@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from metamodal.data.paths import PathRefused, check_regular_file
 from metamodal.data.schema import DatasetSchema
 from metamodal.errors import ConfigError
 from metamodal.hints import fits_type, type_name
@@ -468,7 +469,8 @@ def with_dataset_encoders(config: TrainConfig, schema: DatasetSchema) -> TrainCo
     its ``[modalities.NAME]`` tables) for the modalities it uses and names no encoder for.
 
     Example:
-        >>> from metamodal.data.schema import DatasetSchema
+        >>> from metamodal.data.paths import PathRefused, check_regular_file
+from metamodal.data.schema import DatasetSchema
         >>> schema = DatasetSchema.from_dict({"label": "y", "modalities": {"s": {
         ...     "kind": "sequence", "column": "s", "encoder": "trajectory",
         ...     "encoder_options": {"pen": 3}}}})
@@ -491,6 +493,10 @@ def with_dataset_encoders(config: TrainConfig, schema: DatasetSchema) -> TrainCo
     return config.updated({"encoders": encoders, "encoder_options": options})
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest config file read (a few hundred settings take a few KiB)."""
+
+
 def load_config(path: str | Path) -> TrainConfig:
     """Read a `TrainConfig` from a TOML file (keys as in `TrainConfig`; a ``[train]`` table or
     top-level keys).
@@ -508,11 +514,17 @@ def load_config(path: str | Path) -> TrainConfig:
     """
     path = Path(path)
     try:
+        check_regular_file(path, "config")  # a FIFO would block the read below
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"the config file is over {MAX_CONFIG_BYTES:,} bytes", file=path,
+                              fix="give a TOML file of training settings")
         values = loads_toml(path.read_text(encoding="utf-8"))
+    except PathRefused as refused:
+        raise ConfigError(refused.message, file=path, fix=refused.fix) from None
     except FileNotFoundError:
         raise ConfigError("config file not found", file=path,
                           fix="check the path given to --config") from None
-    except (IsADirectoryError, UnicodeDecodeError) as error:
+    except (OSError, UnicodeDecodeError) as error:  # unreadable: no permission, not UTF-8
         raise ConfigError(f"cannot read the config file ({error})", file=path,
                           fix="give a UTF-8 TOML file to --config") from None
     except ParseError as error:

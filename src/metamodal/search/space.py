@@ -365,7 +365,7 @@ def _param(name: str, spec: Any, file: Path) -> Param:
         raise bad("a log range needs low > 0", "raise low above 0, or drop log")
     if step is not None and (not isinstance(step, int | float) or isinstance(step, bool)
                              or not 0 < step <= high - low):
-        raise bad(f"step must be a number > 0 and at most high - low = {high - low}",
+        raise bad(f"step must be a number > 0 and at most high - low = {high - low:g}",
                   "give a step between 0 and high - low")
     integer = isinstance(low, int) and isinstance(high, int)
     if integer and step is not None and not float(step).is_integer():

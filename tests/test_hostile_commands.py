@@ -88,7 +88,7 @@ def test_episode_counts_are_bounded(runs, tmp_path: Path, capsys, argv: list[str
     """Refused at once, where 10^8 episodes held gigabytes after a minute."""
     data, run, run2 = runs
     values = {"data": data, "run": run, "run2": run2, "tmp": tmp_path, "huge": MAX_EPISODES + 1}
-    _refused([a.format(**values) for a in argv], capsys, f"over {MAX_EPISODES:,}")
+    _refused([a.format(**values) for a in argv], capsys, f"at most {MAX_EPISODES:,}")
 
 
 @pytest.mark.parametrize("flag", ["--episodes", "--config"])

@@ -29,6 +29,7 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from metamodal.api.fields import make  # noqa: E402
 from metamodal.api.serve import create_app, serve  # noqa: E402
 from metamodal.api.settings import ServeSettings  # noqa: E402
 from metamodal.classifier import FewShotClassifier  # noqa: E402
@@ -1208,7 +1209,8 @@ def test_a_setting_out_of_range_is_refused_before_loading(tmp_path: Path, key: s
     ("eval_episodes", 1_000_000), ("cors", "*"), ("cors", ""), ("cors", "http://[::1]:8080"),
     ("cors", "https://app.example.org:8443"), ("cors", "http://127.0.0.1:3000")])
 def test_settings_at_the_bounds_are_accepted(tmp_path: Path, key: str, value: Any) -> None:
-    check_settings(ServeSettings(run="run", state=str(tmp_path), **{key: value}))
+    check_settings(make(ServeSettings, {"run": "run", "state": str(tmp_path), key: value},
+                        verb="serve"))
 
 
 def test_a_state_that_is_not_a_directory_is_a_config_error(tmp_path: Path) -> None:

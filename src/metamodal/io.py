@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written checkpoint, cache or report."""
+"""Atomic file writes (a reader never sees a half-written checkpoint, cache or report) and
+output directories; a place that cannot be written is an `OutputError` naming it."""
 
 from __future__ import annotations
 

@@ -113,9 +113,6 @@ def ensemble(runs: list[str] | None = None, settings: EnsembleSettings | None = 
     if len(s.runs) < 2:
         raise ConfigError(f"an ensemble needs at least 2 runs, got {len(s.runs)}",
                           column="runs", fix="give two or more run directories")
-    if s.episodes_count < 1:
-        raise ConfigError(f"episodes_count = {s.episodes_count} < 1", column="episodes_count",
-                          fix="fit on at least one validation episode (300 by default)")
     if not s.out:
         raise ConfigError("no output directory", column="out",
                           fix="give out= (--out DIR), the ensemble run directory to write")

@@ -26,8 +26,8 @@ class Flag:
         metavar: the placeholder in ``--help``.
         pairs: the field is a ``dict[str, str]`` given as repeated ``KEY=VALUE`` flags.
         values: a Python literal in ``--help`` for the default, where ``repr`` misleads.
-        most: the largest value the setting takes (a count that would otherwise allocate
-            without end), refused by `make` above it.
+        least, most: the range of a number setting (a count that would otherwise allocate
+            without end, a port), checked by `make`; NaN is outside every range.
     """
 
     name: str | None = None
@@ -35,7 +35,8 @@ class Flag:
     metavar: str | None = None
     pairs: bool = False
     values: str | None = None
-    most: int | None = None
+    least: float | None = None
+    most: float | None = None
 
 
 def flag(default: Any = dataclasses.MISSING, **how: Any) -> Any:
@@ -109,9 +110,15 @@ def _fits(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
+def _number(value: float) -> str:
+    """``1,000,000`` for an int, ``0.000976562`` / ``nan`` for a float."""
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
 def make(cls: type, values: dict[str, Any], *, verb: str) -> Any:
     """``cls(**values)``; an unknown setting, or a value of the wrong type, outside the field's
-    choices or over its `Flag`'s ``most``, is a `ConfigError` naming the setting.
+    choices or outside its `Flag`'s ``least`` .. ``most``, is a `ConfigError` naming the
+    setting.
 
     Example:
         >>> from metamodal.api.settings import EvalSettings
@@ -133,10 +140,15 @@ typing.Literal['test', 'val', 'train', 'all'] (fix: e.g. split = 'test')
             example = "" if default is dataclasses.MISSING else f"e.g. {name} = {default!r}"
             raise ConfigError(f"{verb}: {name} = {value!r} is not {hints[name]}", column=name,
                               fix=example or f"give {name} a value of type {hints[name]}")
-        most = getattr(fields[name].metadata.get("flag"), "most", None)
-        if most is not None and value is not None and value > most:
-            raise ConfigError(f"{verb}: {name} = {value:,} is over {most:,}", column=name,
-                              fix=f"give {name} at most {most:,}")
+        how = fields[name].metadata.get("flag") or Flag()
+        if value is not None and not isinstance(value, bool | str | list | dict) and not (
+                (how.least is None or value >= how.least)
+                and (how.most is None or value <= how.most)):
+            limits = [f"at least {_number(how.least)}" if how.least is not None else "",
+                      f"at most {_number(how.most)}" if how.most is not None else ""]
+            wanted = " and ".join(part for part in limits if part)
+            raise ConfigError(f"{verb}: {name} = {_number(value)} is outside its range "
+                              f"({wanted})", column=name, fix=f"give {name} {wanted}")
     values = {k: str(v) if isinstance(v, Path) and hints[k] in (str, str | None) else v
               for k, v in values.items()}
     return cls(**values)

@@ -25,7 +25,7 @@ from metamodal.api.evaluation import evaluate
 from metamodal.api.fields import resolve
 from metamodal.api.settings import SearchSettings
 from metamodal.api.training import train
-from metamodal.config import LIMITS, TrainConfig, load_config
+from metamodal.config import TrainConfig, load_config
 from metamodal.errors import ConfigError, RunError
 from metamodal.io import make_directory
 from metamodal.search.space import SearchSpace, nest
@@ -35,13 +35,6 @@ log = logging.getLogger(__name__)
 EPISODES_FILE = "val-episodes.jsonl"
 TRIALS_DIR = "trials"
 
-MAX_TRIALS = 100_000
-"""The largest study (``trials``): each trial is a training run."""
-MAX_OBJECTIVE_EPISODES = 100_000
-"""The most fixed validation episodes (``objective_episodes``): every trial is scored on all of
-them, so the bound is a tenth of `metamodal.config.MAX_EPISODES`."""
-MAX_SAMPLER_SEED = 2**32 - 1
-"""The largest ``sampler_seed`` (numpy's, which Optuna's samplers seed)."""
 MAX_STUDY_NAME = 512
 """The longest study name (characters): what Optuna's database storages hold."""
 
@@ -100,7 +93,8 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
             `metamodal.config.TrainConfig` (``steps``, ``ways``, ...), fixed for every trial.
 
     Raises:
-        ConfigError: a bad space (named key), storage URL or setting (`check_settings`), an
+        ConfigError: a bad space (named key), a setting outside its range (`SearchSettings`),
+            a storage URL or study name it cannot use (`check_settings`), an
             ``out`` that cannot be a directory (`metamodal.errors.OutputError`), or a study
             whose every trial failed (naming the first failure).
         RunError: a corrupt study file.
@@ -174,24 +168,12 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
 
 
 def check_settings(s: SearchSettings) -> None:
-    """The search's own settings are in range: checked before anything is opened or written.
+    """The study's name is usable (the numbers' ranges are declared with `SearchSettings`
+    and checked when it is made): checked before anything is opened or written.
 
     Raises:
-        ConfigError: naming the setting (``trials``, ``study``, ``sampler_seed`` or an
-            ``objective_*`` count).
+        ConfigError: keyed ``study``.
     """
-    counts = {"trials": (1, MAX_TRIALS), "objective_ways": (2, LIMITS["ways"]),
-              "objective_shots": (1, LIMITS["shots"]),
-              "objective_queries": (1, LIMITS["queries"]),
-              "objective_episodes": (1, MAX_OBJECTIVE_EPISODES)}
-    if s.sampler_seed is not None:
-        counts["sampler_seed"] = (0, MAX_SAMPLER_SEED)
-    for key, (least, most) in counts.items():
-        value = getattr(s, key)
-        if not least <= value <= most:
-            flag = "--" + key.replace("_", "-")
-            raise ConfigError(f"{key} must be in {least:,}..{most:,}, got {value:,}",
-                              column=key, fix=f"give {flag} from {least:,} to {most:,}")
     if not s.study.strip() or len(s.study) > MAX_STUDY_NAME:
         raise ConfigError(f"the study name must be 1 to {MAX_STUDY_NAME} characters, not all "
                           f"blank (got {len(s.study)})", column="study",

@@ -74,9 +74,10 @@ def create_app(run: str | Path | None = None, settings: ServeSettings | None = N
             variable ``METAMODAL_SERVE_TOKEN`` gives it.
 
     Raises:
-        ConfigError: the ``serve`` extra is not installed, a setting out of range (see
-            `metamodal.serve.app.check_settings`), a state that is not a directory, or a
-            non-loopback host without a token.
+        ConfigError: the ``serve`` extra is not installed, a setting outside its declared
+            range (`ServeSettings`), a ``cors`` that is no origin, a state that is not a
+            directory (`metamodal.serve.app.check_settings`), or a non-loopback host without
+            a token.
         RunError: the run is missing or damaged, or the state belongs to another model.
 
     Example:
@@ -113,9 +114,8 @@ def serve(run: str | Path | None = None, settings: ServeSettings | None = None,
         settings: a `ServeSettings`; ``options`` (its field names) override it.
 
     Raises:
-        ConfigError: the ``serve`` extra is not installed, a host that does not resolve, a
-            setting out of range (see `metamodal.serve.app.check_settings`), a state that is
-            not a directory, or a non-loopback host without a token.
+        ConfigError: the ``serve`` extra is not installed, a host that does not resolve, or
+            what `create_app` refuses.
         RunError: the run is missing or damaged, or the state belongs to another model.
 
     Example:

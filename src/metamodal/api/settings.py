@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from metamodal.api.fields import flag
-from metamodal.config import MAX_EPISODES
+from metamodal.config import LIMITS, MAX_EPISODES
+
+MAX_COUNT = 1_000_000
+"""The most samples, examples, classes or tasks a server's limits allow."""
+MAX_TRIALS = 100_000
+"""The largest search (``trials``): each trial is a training run."""
+MAX_OBJECTIVE_EPISODES = 100_000
+"""The most fixed validation episodes of a search: every trial is scored on all of them, so
+the bound is a tenth of `metamodal.config.MAX_EPISODES`."""
 
 # ----------------------------------------------------------------------------- settings
 
@@ -35,7 +43,7 @@ class EpisodeShape:
     ways: int | None = None
     shots: int = 1
     queries: int | None = None
-    episodes_count: int = flag(600, most=MAX_EPISODES)
+    episodes_count: int = flag(600, least=1, most=MAX_EPISODES)
     seed: int = 0
 
 
@@ -177,18 +185,18 @@ class ServeSettings(TestTimeOptions):
     run: str = flag("", name="")
     transduction_balance: bool = False  # unlike the other test-time settings: not the run's
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = flag(8000, least=0, most=65535)
     token: str | None = None
     state: str = flag("metamodal-state", metavar="DIR")
     device: str = "cpu"
     batching: bool = flag(True, name="--no-batching")
     cors: str | None = flag(None, metavar="ORIGIN")
-    max_request_mb: float = 32.0
-    max_samples: int = 64
-    max_examples: int = 2000
-    max_classes: int = 200
-    max_tasks: int = 1000
-    eval_episodes: int = 600
+    max_request_mb: float = flag(32.0, least=1 / 1024, most=4096.0)
+    max_samples: int = flag(64, least=1, most=MAX_COUNT)
+    max_examples: int = flag(2000, least=1, most=MAX_COUNT)
+    max_classes: int = flag(200, least=1, most=MAX_COUNT)
+    max_tasks: int = flag(1000, least=1, most=MAX_COUNT)
+    eval_episodes: int = flag(600, least=0, most=MAX_EPISODES)
 
 
 @dataclass
@@ -217,17 +225,17 @@ class SearchSettings:
 
     space: str = flag("", metavar="SPACE.toml")
     out: str = flag("", metavar="DIR")
-    trials: int = 20
+    trials: int = flag(20, least=1, most=MAX_TRIALS)
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
     storage: str | None = flag(None, metavar="URL")
     study: str = "metamodal"
-    sampler_seed: int | None = None
+    sampler_seed: int | None = flag(None, least=0, most=2**32 - 1)  # numpy's seeds
     config: str | None = flag(None, metavar="FILE.toml")
-    objective_ways: int = 5
-    objective_shots: int = 1
-    objective_queries: int = 15
-    objective_episodes: int = 200
+    objective_ways: int = flag(5, least=2, most=LIMITS["ways"])
+    objective_shots: int = flag(1, least=1, most=LIMITS["shots"])
+    objective_queries: int = flag(15, least=1, most=LIMITS["queries"])
+    objective_episodes: int = flag(200, least=1, most=MAX_OBJECTIVE_EPISODES)
 
 
 @dataclass
@@ -257,7 +265,7 @@ class EpisodesSettings:
     ways: int = 5
     shots: int = 1
     queries: int = 15
-    runs: int = flag(600, most=MAX_EPISODES)
+    runs: int = flag(600, least=1, most=MAX_EPISODES)
     seed: int = 0
 
 
@@ -505,7 +513,7 @@ class ZeroShotSettings:
     ways: int = 5
     shots: list[int] = flag([1, 5], values="1,5")
     queries: int = 15
-    episodes_count: int = flag(600, most=MAX_EPISODES)
+    episodes_count: int = flag(600, least=1, most=MAX_EPISODES)
     am3_steps: int = 500
     seed: int = 0
     device: str = "cpu"
@@ -660,8 +668,8 @@ class DemoSettings:
     maml_inner_steps: int = 1
     maml_eval_steps: int = 1
     maml_lr: float = 5.0
-    episodes: int = flag(600, most=MAX_EPISODES)
-    robustness_episodes: int = flag(300, most=MAX_EPISODES)
+    episodes: int = flag(600, least=1, most=MAX_EPISODES)
+    robustness_episodes: int = flag(300, least=1, most=MAX_EPISODES)
     seed: int = 0
     dim: int = 64
     align_steps: int | None = None
@@ -754,7 +762,7 @@ class EnsembleSettings(TestTimeOptions):
     ways: int | None = None
     shots: int = 1
     queries: int | None = None
-    episodes_count: int = flag(300, most=MAX_EPISODES)
+    episodes_count: int = flag(300, least=1, most=MAX_EPISODES)
     seed: int = 0
     overwrite: bool = False
     json: str | None = flag(None, metavar="FILE")

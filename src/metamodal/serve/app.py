@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import math
 import re
 import threading
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from metamodal.config import MAX_EPISODES, test_time_overrides
+from metamodal.config import test_time_overrides
 from metamodal.errors import (
     ConfigError,
     DatasetError,
@@ -59,10 +58,6 @@ PAGE = Path(__file__).parent / "page"
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-MAX_REQUEST_MB = (1 / 1024, 4096.0)
-"""The bounds of ``max_request_mb``: 1 KiB to 4 GiB."""
-MAX_COUNT = 1_000_000
-"""The largest ``max_samples``, ``max_examples``, ``max_classes`` and ``max_tasks``."""
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
 _ORIGIN = re.compile(rf"(?P<scheme>https?)://(?P<host>\[[0-9a-f:.]+\]|{_LABEL}(?:\.{_LABEL})*)"
@@ -118,29 +113,13 @@ def is_origin(text: str) -> bool:
 
 
 def check_settings(s: ServeSettings) -> None:
-    """Refuse settings a server cannot run with, before anything is loaded: a port outside
-    0..65535, ``max_request_mb`` not a finite size in `MAX_REQUEST_MB`, a ``max_*`` count
-    outside 1..`MAX_COUNT`, ``eval_episodes`` outside 0..`MAX_EPISODES`, a ``cors`` that
-    is not a web origin (`is_origin`) or ``*``, and a ``state`` that is not a directory.
+    """Refuse, before anything is loaded, a ``cors`` that is not a web origin (`is_origin`)
+    or ``*``, and a ``state`` that is not a directory (the numbers' ranges are declared with
+    `ServeSettings` and checked when it is made).
 
     Raises:
         ConfigError: naming the setting at fault.
     """
-    if not 0 <= s.port <= 65535:
-        raise ConfigError(f"port {s.port} is not a TCP port", column="port",
-                          fix="give a port from 0 to 65535 (0: any free port)")
-    low, high = MAX_REQUEST_MB
-    if not (math.isfinite(s.max_request_mb) and low <= s.max_request_mb <= high):
-        raise ConfigError(f"max_request_mb = {s.max_request_mb} is not a size from 1/1024 to "
-                          f"{high:g} MiB", column="max_request_mb",
-                          fix="give a number of MiB such as 32")
-    counts = [(key, 1, MAX_COUNT) for key in ("max_samples", "max_examples", "max_classes",
-                                               "max_tasks")]
-    for key, least, most in [*counts, ("eval_episodes", 0, MAX_EPISODES)]:
-        value = getattr(s, key)
-        if not least <= value <= most:
-            raise ConfigError(f"{key} = {value} is outside {least}..{most:,}", column=key,
-                              fix=f"give a whole number from {least} to {most:,}")
     if s.cors and s.cors != "*" and not is_origin(s.cors):
         raise ConfigError(f"cors = {s.cors!r} is not a web origin", column="cors",
                           fix="give scheme://host[:port] as a browser sends it (http or https, "
@@ -207,8 +186,8 @@ def build_app(s: ServeSettings,
 
     Raises:
         RunError: the run is missing or damaged, or the state belongs to another model.
-        ConfigError: a setting out of range (`check_settings`), or a non-loopback host without
-            a token.
+        ConfigError: a ``cors`` or ``state`` `check_settings` refuses, or a non-loopback host
+            without a token.
     """
     check_settings(s)
     if not is_loopback(s.host) and not s.token:

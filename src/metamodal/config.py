@@ -469,8 +469,7 @@ def with_dataset_encoders(config: TrainConfig, schema: DatasetSchema) -> TrainCo
     its ``[modalities.NAME]`` tables) for the modalities it uses and names no encoder for.
 
     Example:
-        >>> from metamodal.data.paths import PathRefused, check_regular_file
-from metamodal.data.schema import DatasetSchema
+        >>> from metamodal.data.schema import DatasetSchema
         >>> schema = DatasetSchema.from_dict({"label": "y", "modalities": {"s": {
         ...     "kind": "sequence", "column": "s", "encoder": "trajectory",
         ...     "encoder_options": {"pen": 3}}}})

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from metamodal.data.paths import PathRefused, check_regular_file
+from metamodal.data.paths import PathRefused, read_small_text
 from metamodal.data.schema import DatasetSchema
 from metamodal.errors import ConfigError
 from metamodal.hints import fits_type, type_name
@@ -513,12 +513,8 @@ def load_config(path: str | Path) -> TrainConfig:
     """
     path = Path(path)
     try:
-        check_regular_file(path, "config")  # a FIFO would block the read below
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"the config file is over {MAX_CONFIG_BYTES:,} bytes", file=path,
-                              fix="give a TOML file of training settings")
-        values = loads_toml(path.read_text(encoding="utf-8"))
-    except PathRefused as refused:
+        values = loads_toml(read_small_text(path, "config", MAX_CONFIG_BYTES))
+    except PathRefused as refused:  # a FIFO (reading one would block), too large, ...
         raise ConfigError(refused.message, file=path, fix=refused.fix) from None
     except FileNotFoundError:
         raise ConfigError("config file not found", file=path,

@@ -109,3 +109,31 @@ def check_regular_file(path: str | Path, noun: str = "file") -> None:
             else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
     raise PathRefused(f"the {noun} path is {what}, not a file",
                       f"point it at a regular {noun} file")
+
+
+def read_small_text(path: str | Path, noun: str, max_bytes: int) -> str:
+    """The UTF-8 text of the regular file ``path`` (a settings file: a config, a search
+    space), refused unopened when it is not a regular file (`check_regular_file`) or holds
+    more than ``max_bytes``.
+
+    Raises:
+        FileNotFoundError: nothing is at ``path``.
+        PathRefused: a directory, a FIFO, a device, or over ``max_bytes``.
+        OSError, UnicodeDecodeError: it cannot be read as UTF-8 text.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "c.toml"
+        >>> _ = path.write_text("steps = 10\\n")
+        >>> read_small_text(path, "config", 1 << 20)
+        'steps = 10\\n'
+        >>> read_small_text(path, "config", 4)
+        Traceback (most recent call last):
+        ...
+        metamodal.data.paths.PathRefused: the config file is over 4 bytes
+    """
+    check_regular_file(path, noun)
+    if os.stat(path).st_size > max_bytes:
+        raise PathRefused(f"the {noun} file is over {max_bytes:,} bytes",
+                          f"give a {noun} file of at most {max_bytes:,} bytes")
+    return Path(path).read_text(encoding="utf-8")

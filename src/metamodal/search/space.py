@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.config import TrainConfig
-from metamodal.data.paths import PathRefused, check_regular_file
+from metamodal.data.paths import PathRefused, read_small_text
 from metamodal.errors import ConfigError
 from metamodal.io import ParseError, loads_toml
 from metamodal.registry import Registry
@@ -139,16 +139,12 @@ class SearchSpace:
         """
         path = Path(path)
         try:
-            check_regular_file(path, "search space")
-            if path.stat().st_size > MAX_SPACE_BYTES:
-                raise ConfigError(f"the search space file is over {MAX_SPACE_BYTES:,} bytes",
-                                  file=path, fix="give a space TOML of one key per setting")
-            table = loads_toml(path.read_text(encoding="utf-8"))
+            table = loads_toml(read_small_text(path, "search space", MAX_SPACE_BYTES))
         except FileNotFoundError:
             raise ConfigError("the search space file does not exist", file=path,
                               fix="write a space TOML, e.g. fusion = { choices = "
                               "[\"mean\", \"gated\"] }") from None
-        except PathRefused as error:  # a directory, a FIFO (reading one would block), ...
+        except PathRefused as error:  # a FIFO (reading one would block), too large, ...
             raise ConfigError(error.message, file=path, fix=error.fix) from None
         except (ParseError, UnicodeDecodeError) as error:
             raise ConfigError(f"the search space is not valid TOML ({error})", file=path,

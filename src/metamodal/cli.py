@@ -150,20 +150,14 @@ def _list(items: list[str], kind: type, name: str) -> list[Any]:
     if not values:
         raise ConfigError(f"{name} was given no values", column=name,
                           fix=f"{example}, or leave the flag out")
-    try:
-        return [kind(v) for v in values]
-    except ValueError:
-        bad = next(v for v in values if not _reads_as(v, kind))
-        raise ConfigError(f"{name} expects {kind.__name__} values separated by commas, got "
-                          f"{bad!r}", column=name, fix=example) from None
-
-
-def _reads_as(text: str, kind: type) -> bool:
-    try:
-        kind(text)
-    except ValueError:
-        return False
-    return True
+    read = []
+    for text in values:
+        try:
+            read.append(kind(text))
+        except ValueError:
+            raise ConfigError(f"{name} expects {kind.__name__} values separated by commas, got "
+                              f"{text!r}", column=name, fix=example) from None
+    return read
 
 
 def collect(args: argparse.Namespace, cls: type, names: Sequence[str]) -> dict[str, Any]:

@@ -141,9 +141,8 @@ typing.Literal['test', 'val', 'train', 'all'] (fix: e.g. split = 'test')
             raise ConfigError(f"{verb}: {name} = {value!r} is not {hints[name]}", column=name,
                               fix=example or f"give {name} a value of type {hints[name]}")
         how = fields[name].metadata.get("flag") or Flag()
-        if value is not None and not isinstance(value, bool | str | list | dict) and not (
-                (how.least is None or value >= how.least)
-                and (how.most is None or value <= how.most)):
+        if value is not None and not ((how.least is None or value >= how.least)
+                                      and (how.most is None or value <= how.most)):
             limits = [f"at least {_number(how.least)}" if how.least is not None else "",
                       f"at most {_number(how.most)}" if how.most is not None else ""]
             wanted = " and ".join(part for part in limits if part)

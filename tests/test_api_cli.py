@@ -125,7 +125,8 @@ def test_cli_eval_writes_the_contract_json(trained: tuple[Path, Path], tmp_path:
     assert len(result["ablation"]) == 1 + 2 * len(load_run(run).model.modalities)
 
 
-def test_cli_eval_on_a_fixed_episode_file(trained: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cli_eval_on_a_fixed_episode_file(trained: tuple[Path, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     _, run = trained
     loaded = load_run(run)
     store = load_run_data(loaded).store
@@ -136,6 +137,15 @@ def test_cli_eval_on_a_fixed_episode_file(trained: tuple[Path, Path], tmp_path: 
     out = tmp_path / "eval.json"
     assert main(["eval", str(run), "--episodes", str(path), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["episodes"] == 7
+    # what the file fixes cannot also be asked for: refused, not ignored without a word
+    for extra in (["--ways", "5"], ["--shots", "5"], ["--episodes-count", "100"],
+                  ["--ablation"], ["--robustness"]):
+        capsys.readouterr()
+        assert main(["eval", str(run), "--episodes", str(path), *extra]) == 2
+        error = capsys.readouterr().err
+        assert str(path) in error and f"fixes the episodes, so {extra[0]} cannot" in error
+    assert main(["eval", str(run), "--episodes", str(path), "--split", "val", "--seed", "3",
+                 "--json", str(out)]) == 0
 
 
 def test_cli_predict_and_report(trained: tuple[Path, Path], tmp_path: Path) -> None:

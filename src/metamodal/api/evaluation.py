@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,7 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
         >>> report.result.accuracy, report.result.ci95  # doctest: +SKIP
     """
     s = resolve(EvalSettings, settings, {"run": run, **options}, verb="evaluate")
+    _check_episode_file(s)
     from metamodal.memory import release_memory
     from metamodal.train.distributed import join
 
@@ -193,6 +194,26 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
             return _evaluate(s, job if job.active else None)
         finally:
             release_memory(collect=False)  # the run's model and embeddings, for what follows
+
+
+FIXED_BY_EPISODE_FILE = ("ways", "shots", "queries", "episodes_count", "ablation", "robustness",
+                         "imputation")
+"""`EvalSettings` fields that an episode file leaves nothing to do: its episodes have their own
+shape, and the ablations draw episodes of their own."""
+
+
+def _check_episode_file(s: EvalSettings) -> None:
+    """Raise `ConfigError` when ``s`` names an episode file and also sets what the file fixes
+    (`FIXED_BY_EPISODE_FILE`), which would otherwise be ignored without a word."""
+    if not s.episodes:
+        return
+    defaults = {f.name: f.default for f in fields(EvalSettings)}
+    given = [name for name in FIXED_BY_EPISODE_FILE if getattr(s, name) != defaults[name]]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ConfigError(f"the episode file fixes the episodes, so {flags} cannot apply to them",
+                          file=s.episodes, column=given[0],
+                          fix=f"leave out {flags}, or drop --episodes to draw episodes")
 
 
 def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
@@ -239,11 +260,11 @@ def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
                         chance=1 / results[0].ways if results[0].ways else None,
                         task=s.task or (columns[0] if len(columns) > 1 else None),
                         tasks=others)
-    if s.ablation and not s.episodes:
+    if s.ablation:
         report.ablation = modality_ablation(model, prepared.store, classes, **common)
-    if s.robustness and not s.episodes:
+    if s.robustness:
         report.robustness = missing_modality_curve(model, prepared.store, classes, **common)
-    if (s.robustness or s.imputation) and not s.episodes:
+    if s.robustness or s.imputation:
         if not s.learner and _aligned_metric_run(s.run, loaded):
             from metamodal.train.alignment import load_alignment
 

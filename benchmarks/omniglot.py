@@ -127,11 +127,12 @@ RESNET12_BF16: dict[str, Any] = {"modalities": ["image"], **WIDE_VAL,
 ``configs/omniglot.toml``'s precision and ways, which name their ways, queries and steps."""
 
 
-def _strokes_60way(encoder: dict[str, Any], redraw: dict[str, Any]) -> dict[str, Any]:
+def _strokes_60way(encoder: dict[str, Any], redraw: dict[str, Any],
+                   name: str = "trajectory") -> dict[str, Any]:
     """Strokes alone at 60 ways, 3 queries, in bfloat16, with rotated classes and affine maps:
-    ``encoder`` options of `trajectory` beyond ``pen``, ``redraw`` options beyond the maps."""
+    ``encoder`` options of encoder ``name`` beyond ``pen``, ``redraw`` options beyond the maps."""
     return {"modalities": ["strokes"], "ways": 60, "queries": 3, **WIDE_VAL, "precision": "bf16",
-            "encoders": TRAJECTORY, "encoder_options": {"strokes": {"pen": 3, **encoder}},
+            "encoders": {"strokes": name}, "encoder_options": {"strokes": {"pen": 3, **encoder}},
             "augment": {"rotate_classes": True, "strokes": {**OWN_FRAME, **AFFINE, **redraw}}}
 
 
@@ -218,6 +219,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "strokes-60way-rot-affine-reorder-256pt-128ch-3000-bf16": _strokes_60way(
         {"points": 256, "channels": 128}, REORDER),
     "strokes-60way-rot-affine-reorder-256pt-9000-bf16": _strokes_60way({"points": 256}, REORDER),
+    "strokes-60way-rot-affine-reorder-strokeset-3000-bf16": _strokes_60way({}, REORDER,
+                                                                           "stroke-set"),
     "images-20way-rot-affine-5000": {"modalities": ["image"], "ways": 20, "queries": 5,
                                      **WIDE_VAL, "val_every": 1000,
                                      "augment": {"rotate_classes": True, "image": AFFINE}},
@@ -271,6 +274,7 @@ STEPS = {"images-60way-rot-affine": 1000, "images-20way-rot-affine-56px": 1000,
          "strokes-60way-rot-affine-reorder-128pt-128ch-3000-bf16": 3000,
          "strokes-60way-rot-affine-reorder-256pt-128ch-3000-bf16": 3000,
          "strokes-60way-rot-affine-reorder-256pt-9000-bf16": 9000,
+         "strokes-60way-rot-affine-reorder-strokeset-3000-bf16": 3000,
          "images+strokes-60way-rot-affine-reorder-unimodal-resnet12-3000-bf16": 3000,
          "images+strokes-60way-rot-affine-reorder-256pt-unimodal-resnet12-3000-bf16": 3000,
          "images+strokes-60way-rot-affine-reorder-256pt-128ch-unimodal-resnet12-3000-bf16":
@@ -322,8 +326,11 @@ CONFIGS.update({
         "strokes": {**_FUSED_STROKES, "channels": 128}}),
     "fused-recipe-on-recipe": recipe_row(FUSED_RECIPE, freeze=["image"], encoder_options={
         "strokes": _FUSED_STROKES, "image": W48}),
+    "fused-recipe-on-recipe-stroke-set": recipe_row(
+        FUSED_RECIPE, freeze=["image"], encoders={"image": "resnet12", "strokes": "stroke-set"},
+        encoder_options={"strokes": {"pen": 3}, "image": W48}),
 })
-STARTS_FROM = {"fused-recipe-on-recipe": "recipe"}
+STARTS_FROM = {"fused-recipe-on-recipe": "recipe", "fused-recipe-on-recipe-stroke-set": "recipe"}
 """Configurations trained from another one's finished run (``init_from``; here with the image
 encoder held fixed): that one is trained first where it is not yet."""
 ENSEMBLES: dict[str, dict[str, Any]] = {

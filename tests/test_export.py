@@ -131,7 +131,8 @@ def test_gru_and_trajectory_do_not_export_to_onnx_and_the_error_says_why(
     with pytest.raises(ConfigError, match="'track' has encoder 'trajectory'.*searchsorted"):
         api.export(runs["rnn"], out=tmp_path / "m.onnx", modalities=["track", "image"])
     assert not (tmp_path / "m.onnx").exists()
-    assert set(UNSUPPORTED["onnx"]) == {"gru", "trajectory"} and not UNSUPPORTED["torchscript"]
+    assert set(UNSUPPORTED["onnx"]) == {"gru", "trajectory", "stroke-set"}
+    assert not UNSUPPORTED["torchscript"]
 
 
 def test_a_subset_exports_and_the_rest_counts_as_absent(runs: dict[str, Path],
@@ -175,6 +176,17 @@ def test_the_video_encoder_exports(tmp_path: Path) -> None:
     write_torchscript(graph, tmp_path / "v.pt")
     assert check(graph, tmp_path / "v.onnx", "onnx", model.backbone) <= TOLERANCE
     assert check(graph, tmp_path / "v.pt", "torchscript", model.backbone) <= TOLERANCE
+
+
+def test_the_stroke_set_encoder_exports_to_torchscript_only(tmp_path: Path) -> None:
+    model = FewShotModel.build(kinds={"pen": "sequence"}, input_info={
+        "pen": {"features": 3, "max_length": 16}}, dim=8, encoders={"pen": "stroke-set"},
+        encoder_options={"pen": {"pen": 2, "points": 8, "channels": 4}}).eval()
+    graph = EmbeddingGraph(model.backbone, {"pen": "sequence"})
+    write_torchscript(graph, tmp_path / "s.pt")
+    # other lengths and other strokes than traced: the cut into strokes is not baked in
+    assert check(graph, tmp_path / "s.pt", "torchscript", model.backbone) <= TOLERANCE
+    assert "searchsorted" in UNSUPPORTED["onnx"]["stroke-set"]
 
 
 def test_a_pretrained_encoder_exports_only_as_its_adapter_over_features(

@@ -1,5 +1,6 @@
-"""The pen-trajectory encoder: what it ignores (position, size, sampling rate, padding), what it
-keeps (pen-up jumps are not path), and the Omniglot import choosing it for strokes."""
+"""The pen-trajectory encoders: what they ignore (position, size, sampling rate, padding; for
+``stroke-set`` also the strokes' order and direction), what they keep (pen-up jumps are not
+path), and the Omniglot import choosing ``trajectory`` for strokes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from metamodal.config import TrainConfig, with_dataset_encoders
 from metamodal.data.batch import ModalityBatch
 from metamodal.data.schema import DatasetSchema
 from metamodal.datasets.omniglot import import_omniglot
-from metamodal.encoders.trajectory import TrajectoryEncoder, resample_trajectory
+from metamodal.encoders.trajectory import (
+    StrokeSetEncoder,
+    TrajectoryEncoder,
+    resample_trajectory,
+    split_strokes,
+)
 from metamodal.errors import ConfigError, DatasetError, ModalityError
 from metamodal.train.trainer import Trainer
 
@@ -75,6 +81,75 @@ def test_bad_columns_and_inputs_are_typed_errors() -> None:
     with pytest.raises(ConfigError, match="columns"):
         TrajectoryEncoder(dim=4, input_info={"features": 3}, coords=[0, 5])
     enc = TrajectoryEncoder(dim=4, input_info={"features": 3}, points=8, channels=2)
+    with pytest.raises(ModalityError, match="float"):
+        enc(ModalityBatch(torch.zeros(2, 5, 2), torch.ones(2, dtype=torch.bool)))
+
+
+def _stroke_set() -> StrokeSetEncoder:
+    """A `StrokeSetEncoder` whose BatchNorm statistics come from random drawings, in eval mode."""
+    torch.manual_seed(0)
+    encoder = StrokeSetEncoder(dim=8, input_info={"features": 3, "max_length": 40}, pen=2,
+                               points=16, channels=8)
+    for _ in range(5):
+        values = torch.randn(16, 12, 3)
+        values[..., 2] = (torch.rand(16, 12) < 0.3).float()
+        encoder(ModalityBatch(values, torch.ones(16, dtype=torch.bool),
+                              torch.randint(2, 13, (16,))))
+    return encoder.eval()
+
+
+def _redrawn(strokes: list[list[tuple[float, float]]]) -> list[tuple[float, float, float]]:
+    """Strokes (lists of points) as steps: x, y and a flag on each stroke's first point."""
+    return [(x, y, float(i == 0)) for stroke in strokes for i, (x, y) in enumerate(stroke)]
+
+
+THREE_STROKES = [[(0.0, 0.0), (0.0, 4.0), (3.0, 4.0)], [(5.0, 1.0), (7.0, 1.0)],
+                 [(1.0, -2.0), (2.0, -3.0), (4.0, -3.5), (6.0, -2.0)]]
+
+
+def test_stroke_set_ignores_the_order_and_direction_of_strokes() -> None:
+    encoder = _stroke_set()
+    base = encoder(_drawing(_redrawn(THREE_STROKES)))
+    redrawn = [THREE_STROKES[2][::-1], THREE_STROKES[0], THREE_STROKES[1][::-1]]
+    assert torch.allclose(encoder(_drawing(_redrawn(redrawn))), base, atol=1e-5)
+    moved = [[(10 + 2.5 * x, -3 + 2.5 * y) for x, y in s] for s in redrawn]
+    assert torch.allclose(encoder(_drawing(_redrawn(moved), pad=7)), base, atol=1e-5)
+    # what it keeps: where each stroke lies, and the strokes' shapes
+    shifted = [THREE_STROKES[0], [(x, y + 3) for x, y in THREE_STROKES[1]], THREE_STROKES[2]]
+    assert not torch.allclose(encoder(_drawing(_redrawn(shifted))), base, atol=1e-3)
+    mirrored = [[(-x, y) for x, y in s] for s in THREE_STROKES]
+    assert not torch.allclose(encoder(_drawing(_redrawn(mirrored))), base, atol=1e-3)
+    # the whole-drawing encoder sees a reordered drawing as another one
+    trajectory = TrajectoryEncoder(dim=8, input_info={"features": 3}, pen=2, points=32)
+    trajectory.eval()
+    assert not torch.allclose(trajectory(_drawing(_redrawn(redrawn))),
+                              trajectory(_drawing(_redrawn(THREE_STROKES))), atol=1e-3)
+
+
+def test_split_strokes_keeps_extra_strokes_in_the_last_row_without_their_jumps() -> None:
+    steps = _drawing(_redrawn(THREE_STROKES), pad=2)
+    xy, starts = steps.values[..., :2], steps.values[..., 2] > 0
+    rows, row_starts, counts = split_strokes(xy, starts, steps.lengths, 4)
+    assert counts.tolist() == [[3, 2, 4, 0]]
+    assert rows[0, 1, :2].tolist() == [[5.0, 1.0], [7.0, 1.0]]
+    assert rows[0, 1, 2:].eq(torch.tensor([7.0, 1.0])).all()  # padded with its last step
+    rows, row_starts, counts = split_strokes(xy, starts, steps.lengths, 2)
+    assert counts.tolist() == [[3, 6]]
+    assert row_starts[0, 1, :6].tolist() == [True, False, True, False, False, False]
+    out, _ = resample_trajectory(rows[:, 1], row_starts[:, 1], counts[:, 1], 20)
+    y = out[0, :, 1]
+    assert ((y >= 1.0 - 1e-6) | (y <= -2.0 + 1e-6)).all(), out  # nothing on the jump
+
+
+def test_stroke_set_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="columns"):
+        StrokeSetEncoder(dim=4, input_info={"features": 3}, pen=3)
+    for bad in ({"points": 3}, {"max_strokes": 0}, {"max_strokes": 10**6},
+                {"attention": -1}, {"dropout": 1.0}):
+        with pytest.raises(ConfigError, match="stroke-set needs"):
+            StrokeSetEncoder(dim=4, input_info={"features": 3}, **bad)
+    enc = StrokeSetEncoder(dim=4, input_info={"features": 3}, points=8, channels=2,
+                           attention=0)
     with pytest.raises(ModalityError, match="float"):
         enc(ModalityBatch(torch.zeros(2, 5, 2), torch.ones(2, dtype=torch.bool)))
 

@@ -54,6 +54,8 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
                "sequence, torch.export on its data-dependent lengths)",
         "trajectory": "it resamples each stroke along its path with torch.searchsorted, which "
                       "has no ONNX operator",
+        "stroke-set": "it cuts the strokes apart and resamples them with torch.searchsorted, "
+                      "which has no ONNX operator",
     },
     "torchscript": {},
 }

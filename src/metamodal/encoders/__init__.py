@@ -10,6 +10,8 @@ name           kinds               what
 ``gru``        sequence, text      bidirectional GRU over packed sequences, linear
 ``tcn``        sequence            dilated causal conv blocks, masked mean/max pool, linear
 ``trajectory`` sequence            pen strokes: resampled along the path, normalised, 1-D CNN
+``stroke-set`` sequence            pen strokes as a set: each stroke (either way) by a 1-D CNN,
+                                   self-attention across strokes, mean and max over them
 ``audio-cnn``  audio               2-D conv blocks over log-mels, masked pool over frames
 ``mlp``        tabular             multi-layer perceptron
 ``video-conv`` video               conv4 on every frame, mean (or 1-D conv) over time

@@ -107,6 +107,44 @@ def trajectory_features(resampled: Tensor, first: Tensor) -> Tensor:
     return torch.cat([normal, offset, first.unsqueeze(-1).to(normal.dtype)], -1)
 
 
+def pen_columns(encoder: str, features: int, coords: list[int] | tuple[int, int], pen: int
+                ) -> tuple[list[int], int]:
+    """The ``x, y`` columns and the stroke-start column (-1: none) of ``features``-wide steps.
+
+    Raises:
+        OptionError: a column is not one of the steps' (``encoder`` names the encoder).
+    """
+    columns = [*coords, *([pen] if pen >= 0 else [])]
+    if (len(coords) != 2 or any(not isinstance(c, int) or not 0 <= c < features
+                                for c in columns)):
+        raise OptionError(
+            f"{encoder}: coords {list(coords)} and pen {pen} must be columns of the "
+            f"{features}-feature steps",
+            fix=f"give two x, y columns in 0..{features - 1} (and pen, or -1)")
+    return [int(c) for c in coords], int(pen)
+
+
+def stroke_starts(values: Tensor, pen: int) -> Tensor:
+    """Bool ``[n, T]``: the steps of ``values [n, T, features]`` whose ``pen`` column is > 0
+    (which holds for a raw 0/1 flag and for its standardised value); none for ``pen`` -1."""
+    if pen < 0:
+        return torch.zeros(values.shape[:2], dtype=torch.bool, device=values.device)
+    return values[..., pen] > 0
+
+
+def conv_body(width: int, channels: int, blocks: int) -> nn.Sequential:
+    """``blocks`` of (conv5, BatchNorm, ReLU) over ``[n, width, P]``, the length halved between
+    blocks: ``[n, width, P] -> [n, channels, P / 2 ** (blocks - 1)]``."""
+    layers: list[nn.Module] = []
+    for i in range(blocks):
+        layers += [nn.Conv1d(width, channels, 5, padding=2, bias=False),
+                   nn.BatchNorm1d(channels), nn.ReLU()]
+        if i < blocks - 1:
+            layers.append(nn.MaxPool1d(2, ceil_mode=True))
+        width = channels
+    return nn.Sequential(*layers)
+
+
 @register_encoder("trajectory", ["sequence"])
 class TrajectoryEncoder(Encoder):
     """Pen trajectories: resample along the path, normalise, 1-D CNN (see the module docstring).
@@ -148,30 +186,14 @@ class TrajectoryEncoder(Encoder):
     ) -> None:
         super().__init__(dim=dim, input_info=input_info)
         (self.features,) = require_info("trajectory", input_info, "features")
-        columns = [*coords, *([pen] if pen >= 0 else [])]
-        if (len(coords) != 2 or any(not isinstance(c, int) or not 0 <= c < self.features
-                                    for c in columns)):
-            raise OptionError(
-                f"trajectory: coords {list(coords)} and pen {pen} must be columns of the "
-                f"{self.features}-feature steps",
-                fix=f"give two x, y columns in 0..{self.features - 1} (and pen, or -1)")
+        self.coords, self.pen = pen_columns("trajectory", self.features, coords, pen)
         if points < 4 or channels < 1 or not 1 <= blocks <= MAX_LAYERS or not 0 <= dropout < 1:
             raise OptionError(
                 f"trajectory needs points >= 4, channels >= 1, blocks in 1..{MAX_LAYERS}, "
                 f"0 <= dropout < 1; got {points}, {channels}, {blocks}, {dropout}",
                 fix="use e.g. points=64, channels=64, blocks=4")
-        self.coords = [int(c) for c in coords]
-        self.pen = int(pen)
         self.points = int(points)
-        layers: list[nn.Module] = []
-        width = 5
-        for i in range(blocks):
-            layers += [nn.Conv1d(width, channels, 5, padding=2, bias=False),
-                       nn.BatchNorm1d(channels), nn.ReLU()]
-            if i < blocks - 1:
-                layers.append(nn.MaxPool1d(2, ceil_mode=True))
-            width = channels
-        self.body = nn.Sequential(*layers)
+        self.body = conv_body(5, channels, blocks)
         self.dropout = nn.Dropout(dropout)
         self.project = nn.Linear(2 * channels, dim)
 
@@ -183,9 +205,8 @@ class TrajectoryEncoder(Encoder):
         """Embed ``[n, T, features]`` with lengths ``[n]`` -> ``[n, dim]``."""
         lengths = resolve_lengths(lengths, values.shape[1], values.shape[0], values.device)
         lengths = lengths.clamp_min(1)
-        starts = (values[..., self.pen] > 0) if self.pen >= 0 else torch.zeros(
-            values.shape[:2], dtype=torch.bool, device=values.device)
-        resampled, first = resample_trajectory(values[..., self.coords], starts, lengths,
+        resampled, first = resample_trajectory(values[..., self.coords],
+                                               stroke_starts(values, self.pen), lengths,
                                                self.points)
         h = self.body(trajectory_features(resampled, first).transpose(1, 2))  # [n, C, P']
         pooled = torch.cat([h.mean(-1), h.amax(-1)], -1)
@@ -278,13 +299,7 @@ class StrokeSetEncoder(Encoder):
     ) -> None:
         super().__init__(dim=dim, input_info=input_info)
         (self.features,) = require_info("stroke-set", input_info, "features")
-        columns = [*coords, *([pen] if pen >= 0 else [])]
-        if (len(coords) != 2 or any(not isinstance(c, int) or not 0 <= c < self.features
-                                    for c in columns)):
-            raise OptionError(
-                f"stroke-set: coords {list(coords)} and pen {pen} must be columns of the "
-                f"{self.features}-feature steps",
-                fix=f"give two x, y columns in 0..{self.features - 1} (and pen, or -1)")
+        self.coords, self.pen = pen_columns("stroke-set", self.features, coords, pen)
         if (not 4 <= points <= MAX_POINTS or not 1 <= max_strokes <= MAX_STROKES
                 or channels < 1 or not 1 <= blocks <= MAX_LAYERS
                 or not 0 <= attention <= MAX_LAYERS or not 0 <= dropout < 1):
@@ -294,19 +309,9 @@ class StrokeSetEncoder(Encoder):
                 f"0 <= dropout < 1; got {points}, {max_strokes}, {channels}, {blocks}, "
                 f"{attention}, {dropout}",
                 fix="use e.g. points=32, max_strokes=12, channels=64, blocks=3, attention=1")
-        self.coords = [int(c) for c in coords]
-        self.pen = int(pen)
         self.points = int(points)
         self.max_strokes = int(max_strokes)
-        layers: list[nn.Module] = []
-        width = 4
-        for i in range(blocks):
-            layers += [nn.Conv1d(width, channels, 5, padding=2, bias=False),
-                       nn.BatchNorm1d(channels), nn.ReLU()]
-            if i < blocks - 1:
-                layers.append(nn.MaxPool1d(2, ceil_mode=True))
-            width = channels
-        self.body = nn.Sequential(*layers)
+        self.body = conv_body(4, channels, blocks)
         self.stroke = nn.Sequential(nn.Linear(2 * channels, channels), nn.ReLU())
         heads = next(h for h in (4, 2, 1) if channels % h == 0)
         self.relate = nn.ModuleList(
@@ -333,10 +338,9 @@ class StrokeSetEncoder(Encoder):
         """Embed ``[n, T, features]`` with lengths ``[n]`` -> ``[n, dim]``."""
         n, steps = values.shape[:2]
         lengths = resolve_lengths(lengths, steps, n, values.device).clamp(1, steps)
-        xy = values[..., self.coords]
-        starts = (values[..., self.pen] > 0) if self.pen >= 0 else torch.zeros(
-            values.shape[:2], dtype=torch.bool, device=values.device)
-        rows, row_starts, counts = split_strokes(xy, starts, lengths, self.max_strokes)
+        rows, row_starts, counts = split_strokes(values[..., self.coords],
+                                                 stroke_starts(values, self.pen), lengths,
+                                                 self.max_strokes)
         drawn = counts > 0  # [n, S]; stroke 0 always is
         owner = torch.arange(n, device=values.device).unsqueeze(1).expand_as(drawn)[drawn]
         strokes, _ = resample_trajectory(rows[drawn], row_starts[drawn], counts[drawn],

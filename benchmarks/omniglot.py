@@ -326,11 +326,8 @@ CONFIGS.update({
         "strokes": {**_FUSED_STROKES, "channels": 128}}),
     "fused-recipe-on-recipe": recipe_row(FUSED_RECIPE, freeze=["image"], encoder_options={
         "strokes": _FUSED_STROKES, "image": W48}),
-    "fused-recipe-on-recipe-stroke-set": recipe_row(
-        FUSED_RECIPE, freeze=["image"], encoders={"image": "resnet12", "strokes": "stroke-set"},
-        encoder_options={"strokes": {"pen": 3}, "image": W48}),
 })
-STARTS_FROM = {"fused-recipe-on-recipe": "recipe", "fused-recipe-on-recipe-stroke-set": "recipe"}
+STARTS_FROM = {"fused-recipe-on-recipe": "recipe"}
 """Configurations trained from another one's finished run (``init_from``; here with the image
 encoder held fixed): that one is trained first where it is not yet."""
 ENSEMBLES: dict[str, dict[str, Any]] = {

@@ -347,15 +347,14 @@ class StrokeSetEncoder(Encoder):
                                          self.points)  # [m, P, 2]
         # one position and scale per drawing: its ink's centroid and RMS radius, each stroke
         # weighed by its length (the same whatever the strokes' order and direction)
-        ink = (strokes[:, 1:] - strokes[:, :-1]).norm(dim=-1).sum(1, keepdim=True)
-        weight = ink.new_zeros(n).index_add(0, owner, ink.squeeze(1))[owner].unsqueeze(1)
-        weight = torch.where(weight > 0, ink / weight.clamp_min(1e-12),
-                             1 / drawn.sum(1)[owner].unsqueeze(1).to(ink.dtype))  # [m, 1]
-        centre = strokes.new_zeros(n, 2).index_add(0, owner, weight * strokes.mean(1))
-        spread = (strokes - centre[owner].unsqueeze(1)).square().sum(-1).mean(1, keepdim=True)
-        radius = ink.new_zeros(n).index_add(0, owner, (weight * spread).squeeze(1))
-        radius = radius.sqrt().clamp_min(1e-6)  # [n]
-        strokes = (strokes - centre[owner].unsqueeze(1)) / radius[owner].view(-1, 1, 1)
+        length = (strokes[:, 1:] - strokes[:, :-1]).norm(dim=-1).sum(1)  # [m]
+        total = length.new_zeros(n).index_add(0, owner, length)[owner]  # its drawing's ink
+        alone = 1 / drawn.sum(1)[owner].to(length.dtype)  # equal weights for a drawing of dots
+        weight = torch.where(total > 0, length / total.clamp_min(1e-12), alone).unsqueeze(1)
+        centre = strokes.new_zeros(n, 2).index_add(0, owner, weight * strokes.mean(1))[owner]
+        spread = (strokes - centre.unsqueeze(1)).square().sum(-1).mean(1, keepdim=True)
+        radius = length.new_zeros(n).index_add(0, owner, (weight * spread).squeeze(1))[owner]
+        strokes = (strokes - centre.unsqueeze(1)) / radius.sqrt().clamp_min(1e-6).view(-1, 1, 1)
         encoded = self._encode_strokes(strokes)  # [m, C]
         h = encoded.new_zeros(n, self.max_strokes, encoded.shape[-1])
         h[drawn] = encoded

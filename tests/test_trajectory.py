@@ -80,6 +80,8 @@ def test_resampled_points_never_lie_on_a_pen_up_jump() -> None:
 def test_bad_columns_and_inputs_are_typed_errors() -> None:
     with pytest.raises(ConfigError, match="columns"):
         TrajectoryEncoder(dim=4, input_info={"features": 3}, coords=[0, 5])
+    with pytest.raises(ConfigError, match="points in 4..4096"):  # not gigabytes per drawing
+        TrajectoryEncoder(dim=4, input_info={"features": 3}, points=1 << 24)
     enc = TrajectoryEncoder(dim=4, input_info={"features": 3}, points=8, channels=2)
     with pytest.raises(ModalityError, match="float"):
         enc(ModalityBatch(torch.zeros(2, 5, 2), torch.ones(2, dtype=torch.bool)))

@@ -42,7 +42,8 @@ from metamodal.errors import OptionError
 from metamodal.registry import MAX_LAYERS
 
 MAX_POINTS = 4096
-"""The most points `StrokeSetEncoder` resamples each stroke to."""
+"""The most points a drawing (`TrajectoryEncoder`) or a stroke (`StrokeSetEncoder`) is
+resampled to."""
 MAX_STROKES = 256
 """The most strokes `StrokeSetEncoder` keeps apart per drawing."""
 
@@ -187,10 +188,12 @@ class TrajectoryEncoder(Encoder):
         super().__init__(dim=dim, input_info=input_info)
         (self.features,) = require_info("trajectory", input_info, "features")
         self.coords, self.pen = pen_columns("trajectory", self.features, coords, pen)
-        if points < 4 or channels < 1 or not 1 <= blocks <= MAX_LAYERS or not 0 <= dropout < 1:
+        if (not 4 <= points <= MAX_POINTS or channels < 1 or not 1 <= blocks <= MAX_LAYERS
+                or not 0 <= dropout < 1):
             raise OptionError(
-                f"trajectory needs points >= 4, channels >= 1, blocks in 1..{MAX_LAYERS}, "
-                f"0 <= dropout < 1; got {points}, {channels}, {blocks}, {dropout}",
+                f"trajectory needs points in 4..{MAX_POINTS}, channels >= 1, blocks in "
+                f"1..{MAX_LAYERS}, 0 <= dropout < 1; got {points}, {channels}, {blocks}, "
+                f"{dropout}",
                 fix="use e.g. points=64, channels=64, blocks=4")
         self.points = int(points)
         self.body = conv_body(5, channels, blocks)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +148,25 @@ def test_cli_eval_on_a_fixed_episode_file(trained: tuple[Path, Path], tmp_path: 
         assert str(path) in error and f"fixes the episodes, so {extra[0]} cannot" in error
     assert main(["eval", str(run), "--episodes", str(path), "--split", "val", "--seed", "3",
                  "--json", str(out)]) == 0
+
+
+def test_report_refuses_descriptions_it_would_not_use(trained: tuple[Path, Path],
+                                                      tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    """Zero-shot needs an alignment: the flag was ignored without a word after the whole
+    evaluation; now it is refused before it."""
+    _, run = trained
+    assert main(["report", str(run), "--descriptions-from", "caption"]) == 2
+    error = capsys.readouterr().err
+    assert str(run / "config.toml") in error and "this run trained no alignment" in error
+    late = tmp_path / "late"  # the same run as if it had trained an alignment, fusing late
+    shutil.copytree(run, late)
+    config = (late / "config.toml").read_text()
+    config = re.sub(r'(?m)^fusion = ".*"$', 'fusion = "late"', config)
+    (late / "config.toml").write_text(config + '\n[alignment]\nmodalities = ["a", "b"]\n')
+    assert main(["report", str(late), "--descriptions-from", "caption"]) == 2
+    assert "this run fuses late" in capsys.readouterr().err
 
 
 def test_cli_predict_and_report(trained: tuple[Path, Path], tmp_path: Path) -> None:

@@ -403,6 +403,8 @@ def report(run: str | Path | None = None, settings: ReportSettings | None = None
         >>> report("runs/demo").path  # doctest: +SKIP
     """
     s = resolve(ReportSettings, settings, {"run": run, **options}, verb="report")
+    if s.descriptions_from is not None:
+        _check_descriptions_from(s.run, s.descriptions_from)
     measured = evaluate(s.run, ways=s.ways, shots=s.shots, queries=s.queries,
                         episodes_count=s.episodes_count, seed=s.seed, modalities=s.modalities,
                         ablation=True, robustness=True, progress=s.progress)
@@ -413,6 +415,24 @@ def report(run: str | Path | None = None, settings: ReportSettings | None = None
         learning_curve=read_metrics(s.run), title=f"metamodal run {Path(s.run).name}",
         mapping=_mapping_results(s, measured))
     return ReportResult(path)
+
+
+def _check_descriptions_from(run: str | Path, modality: str) -> None:
+    """Raise `ConfigError` unless the report of ``run`` measures zero-shot with classes
+    described by ``modality``: a run that trained an alignment, without late fusion, and has
+    that modality (checked before the report's evaluation, which would otherwise ignore it)."""
+    document = read_run_config(run)
+    train = document.get("train", {})
+    why = ("trained no alignment" if "alignment" not in document else
+           "fuses late, one embedding per modality" if train.get("fusion") == "late" else
+           None if modality in train.get("modalities", [modality]) else
+           f"has no modality {modality!r} (it has {', '.join(train['modalities'])})")
+    if why is not None:
+        raise ConfigError(f"--descriptions-from describes the classes of zero-shot, which the "
+                          f"report measures for a run with an alignment; this run {why}",
+                          file=Path(run) / "config.toml", column="descriptions_from",
+                          fix="leave out --descriptions-from, or report on a run trained with "
+                              "--align-weight and early fusion")
 
 
 def _mapping_results(s: ReportSettings, measured: EvalReport) -> MappingResults | None:

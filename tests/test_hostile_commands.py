@@ -124,6 +124,17 @@ def test_list_flags_and_one_way_episodes_are_typed_errors(
     _refused([a.format(data=data, run=run, tmp=tmp_path) for a in argv], capsys, *words)
 
 
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--align-weight", "nan"), ("--align-weight", "inf"), ("--am3-steps", "-1"),
+    ("--align-steps", "0")])
+def test_demo_refuses_mapping_settings_even_without_the_mapping(
+        tmp_path: Path, capsys, flag: str, value: str) -> None:
+    """They were accepted unread under --no-mapping (and refused only with the mapping)."""
+    _refused(["demo", "--no-mapping", "--out", str(tmp_path / "d"), flag, value], capsys,
+             flag.removeprefix("--").replace("-", "_"), "outside its range")
+    assert not (tmp_path / "d").exists()
+
+
 def test_an_ensemble_of_a_run_with_itself_or_over_a_dataset_is_refused(
         runs, tmp_path: Path, capsys) -> None:
     data, run, run2 = runs

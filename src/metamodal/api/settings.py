@@ -672,9 +672,9 @@ class DemoSettings:
     robustness_episodes: int = flag(300, least=1, most=MAX_EPISODES)
     seed: int = 0
     dim: int = 64
-    align_steps: int | None = None
-    align_weight: float = 0.5
-    am3_steps: int | None = None
+    align_steps: int | None = flag(None, least=1, most=LIMITS["steps"])
+    align_weight: float = flag(0.5, least=0, most=1e6)
+    am3_steps: int | None = flag(None, least=1, most=LIMITS["steps"])
     mapping: bool = flag(True, name="--no-mapping")
     precision: str = "auto"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_an_unknown_setting_is_a_config_error() -> None:
 
 @pytest.mark.parametrize(("options", "name"), [
     ({"shots": "5"}, "shots"), ({"split": "tset"}, "split"), ({"ablation": 1}, "ablation"),
-    ({"modalities": "image"}, "modalities"),
+    ({"modalities": "image"}, "modalities"), ({"split": Path("test")}, "split"),
 ])
 def test_a_setting_of_the_wrong_type_is_a_config_error_naming_it(options: dict,
                                                                  name: str) -> None:
@@ -85,6 +86,13 @@ def test_a_setting_of_the_wrong_type_is_a_config_error_naming_it(options: dict,
     with pytest.raises(ConfigError) as caught:
         api.evaluate("RUN", **options)  # refused before the run is read
     assert caught.value.column == name
+
+
+def test_a_path_is_taken_where_a_setting_is_a_string() -> None:
+    from metamodal.api.fields import make
+
+    settings = make(api.EvalSettings, {"run": Path("RUN"), "data": Path("DATA")}, verb="evaluate")
+    assert (settings.run, settings.data) == ("RUN", "DATA")
 
 
 def test_fusion_flags_land_in_fusion_options_merged_with_the_config_files() -> None:

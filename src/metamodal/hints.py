@@ -8,6 +8,7 @@ import collections.abc
 import math
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 
@@ -34,20 +35,24 @@ def type_name(hint: Any) -> str:
     return str(hint).replace("collections.abc.", "").replace("typing.", "")
 
 
-def fits_type(value: Any, hint: Any) -> bool:
+def fits_type(value: Any, hint: Any, *, paths: bool = False) -> bool:
     """True when ``value``, as TOML or JSON gives it, is of type ``hint``: a union (``None``
     only where it holds ``None``), a ``list`` / ``tuple`` / ``Sequence`` as a list or tuple of
     fitting items (a string is no sequence), a ``Literal``'s values, a ``dict`` / ``Mapping``
     of fitting keys and values, ``Any``, and ``float`` taking an int (a bool is no number).
+    With ``paths``, as settings given in Python are checked, a `Path` is also a ``str``.
 
     Example:
         >>> from collections.abc import Sequence
         >>> fits_type([32, 64], Sequence[int]), fits_type(True, int), fits_type(None, int | None)
         (True, False, True)
     """
+    def fits(item: Any, item_hint: Any) -> bool:
+        return fits_type(item, item_hint, paths=paths)
+
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
-        return any(fits_type(value, h) for h in typing.get_args(hint))
+        return any(fits(value, h) for h in typing.get_args(hint))
     if origin is typing.Literal:
         return value in typing.get_args(hint)
     if origin in (list, tuple, collections.abc.Sequence):
@@ -56,12 +61,12 @@ def fits_type(value: Any, hint: Any) -> bool:
             return False
         if origin is tuple and args and args[-1] is not Ellipsis:
             return len(value) == len(args) and all(
-                fits_type(v, a) for v, a in zip(value, args, strict=True))
-        return all(fits_type(v, args[0] if args else Any) for v in value)
+                fits(v, a) for v, a in zip(value, args, strict=True))
+        return all(fits(v, args[0] if args else Any) for v in value)
     if origin in (dict, collections.abc.Mapping):
         args = typing.get_args(hint)
         return isinstance(value, dict) and (not args or all(
-            fits_type(k, args[0]) and fits_type(v, args[1]) for k, v in value.items()))
+            fits(k, args[0]) and fits(v, args[1]) for k, v in value.items()))
     if hint is Any:
         return True
     if hint is None or hint is type(None):
@@ -70,4 +75,6 @@ def fits_type(value: Any, hint: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if hint is str and paths:
+        return isinstance(value, str | Path)
     return isinstance(value, hint)

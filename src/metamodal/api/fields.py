@@ -7,13 +7,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from metamodal.errors import ConfigError
+from metamodal.hints import fits_type
 
 
 @dataclass(frozen=True)
@@ -84,32 +84,6 @@ def field_help(cls: type) -> dict[str, str]:
     return found
 
 
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether ``value`` is of the type ``hint`` (the hints settings use: int, float, str,
-    bool, ``X | None``, ``Literal[...]``, ``list[X]``, ``dict[str, str]``)."""
-    origin = typing.get_origin(hint)
-    if origin is typing.Union or isinstance(hint, types.UnionType):
-        return any(_fits(value, h) for h in typing.get_args(hint))
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list | tuple) and all(_fits(v, item) for v in value)
-    if origin is dict:
-        key, item = typing.get_args(hint)
-        return isinstance(value, dict) and all(
-            _fits(k, key) and _fits(v, item) for k, v in value.items())
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str | Path)
-    return isinstance(value, hint)
-
-
 def _number(value: float) -> str:
     """``1,000,000`` for an int, ``0.000976562`` / ``nan`` for a float."""
     return f"{value:,}" if isinstance(value, int) else f"{value:g}"
@@ -135,7 +109,7 @@ typing.Literal['test', 'val', 'train', 'all'] (fix: e.g. split = 'test')
                           column=unknown[0], fix=f"use {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
     for name, value in values.items():
-        if not _fits(value, hints[name]):
+        if not fits_type(value, hints[name], paths=True):
             default = fields[name].default
             example = "" if default is dataclasses.MISSING else f"e.g. {name} = {default!r}"
             raise ConfigError(f"{verb}: {name} = {value!r} is not {hints[name]}", column=name,

@@ -16,6 +16,7 @@ from metamodal.cli import main
 from metamodal.data.episode_files import write_episode_file
 from metamodal.data.episodes import EpisodeSampler
 from metamodal.errors import InsufficientSamplesError, ModalityError, RunError
+from metamodal.evaluate.stats import paired_difference
 from metamodal.runs.directory import load_run, load_run_data
 
 
@@ -112,7 +113,8 @@ def test_query_with_modalities_the_model_never_saw(trained: tuple[Path, Path],
         clf.predict(foreign)
 
 
-def test_cli_eval_writes_the_contract_json(trained: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cli_eval_writes_the_contract_json(trained: tuple[Path, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     _, run = trained
     out = tmp_path / "eval.json"
     assert main(["eval", str(run), "--ways", "3", "--shots", "1", "--queries", "2",
@@ -125,6 +127,13 @@ def test_cli_eval_writes_the_contract_json(trained: tuple[Path, Path], tmp_path:
     # same episodes, different weights: the per-episode accuracies must differ somewhere
     assert baseline["accuracies"] != result["accuracies"]
     assert len(result["ablation"]) == 1 + 2 * len(load_run(run).model.modalities)
+    # the terminal's ablation table gives each variant's paired difference to all
+    printed = capsys.readouterr().out
+    full, *variants = result["ablation"]
+    for variant in variants:
+        gap = paired_difference(variant["accuracies"], full["accuracies"])
+        line = next(x for x in printed.splitlines() if x.startswith(variant["name"] + " "))
+        assert f"{100 * gap.mean:+.2f} ± {100 * gap.ci95:.2f}" in line
 
 
 def test_cli_eval_on_a_fixed_episode_file(trained: tuple[Path, Path], tmp_path: Path,

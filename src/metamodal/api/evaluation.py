@@ -16,7 +16,12 @@ from metamodal.evaluate.ablation import modality_ablation
 from metamodal.evaluate.baseline import UNTRAINED, untrained_baseline
 from metamodal.evaluate.protocol import EpisodeShard, EvalResult, evaluate_episodes
 from metamodal.evaluate.protocol import evaluate as evaluate_model
-from metamodal.evaluate.report import MappingResults, format_results_table, write_report
+from metamodal.evaluate.report import (
+    MappingResults,
+    format_ablation_table,
+    format_results_table,
+    write_report,
+)
 from metamodal.evaluate.robustness import (
     imputation_curves,
     imputation_gains,
@@ -133,7 +138,7 @@ class EvalReport:
                          f"{self.pooled['runs']} runs: {100 * self.pooled['error']:.2f}%"
                          f"{interval} (95% interval over runs)")
         if self.ablation is not None:
-            lines.append(format_results_table({r.name: r for r in self.ablation}))
+            lines.append(format_ablation_table(self.ablation))
         for modality, rows in (self.robustness or {}).items():
             lines.append(f"without {modality}: " + "  ".join(
                 f"{100 * r.accuracy:.1f}±{100 * r.ci95:.1f}" for r in rows))

@@ -37,6 +37,7 @@ from metamodal.evaluate.report.robustness import (
     ABLATION_PNG,
     ROBUSTNESS_PNG,
     ablation_section,
+    format_ablation_table,
     robustness_section,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "MappingResults",
     "Section",
     "ablation_section",
+    "format_ablation_table",
     "format_results_table",
     "learning_section",
     "mapping_section",

@@ -106,16 +106,26 @@ def format_results_table(results: ResultsLike) -> str:
         method    accuracy (%)  macro-F1  episodes
         protonet  93.21 ± 0.45  0.930          600
     """
-    header = ("method", "accuracy (%)", "macro-F1", "episodes")
-    rows = [
-        (name, f"{pct(r.accuracy)} ± {pct(r.ci95)}", num(r.macro_f1), str(r.episodes))
-        for name, r in named_results(results)
-    ]
+    header = ["method", "accuracy (%)", "macro-F1", "episodes"]
+    rows = [[name, f"{pct(r.accuracy)} ± {pct(r.ci95)}", num(r.macro_f1), str(r.episodes)]
+            for name, r in named_results(results)]
+    return text_table(header, rows, right=1)
+
+
+def text_table(header: list[str], rows: list[list[str]], *, right: int = 0) -> str:
+    """Fixed-width columns for a terminal, two spaces apart: the last ``right`` columns
+    right-aligned, the others left-aligned (no trailing spaces or newline).
+
+    Example:
+        >>> print(text_table(["a", "count"], [["xyz", "7"]], right=1))
+        a    count
+        xyz      7
+    """
     widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header))]
     lines = []
     for row in [header, *rows]:
-        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2])]
-        cells.append(row[3].rjust(widths[3]))
+        cells = [cell.rjust(width) if c >= len(row) - right else cell.ljust(width)
+                 for c, (cell, width) in enumerate(zip(row, widths, strict=True))]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from metamodal.evaluate.report.render import (
     plain_label,
     save_png,
 )
-from metamodal.evaluate.report.results import same_episodes
+from metamodal.evaluate.report.results import same_episodes, text_table
 from metamodal.evaluate.result import EvalResult
 from metamodal.evaluate.stats import paired_difference
 
@@ -30,6 +30,8 @@ ROBUSTNESS_PNG = "robustness.png"
 
 
 def _ablation_rows(ablation: list[EvalResult]) -> tuple[list[str], list[list[str]]]:
+    """Each variant's modalities, accuracy, interval and paired difference to ``all`` on the
+    same episodes (``*``: the difference's interval excludes 0)."""
     named = named_results(ablation)
     full = next((r for n, r in named if n == "all"), None)
     header = ["Variant", "Modalities", "Accuracy (%)", "95% CI (±)", "Δ vs all (points)"]
@@ -41,6 +43,21 @@ def _ablation_rows(ablation: list[EvalResult]) -> tuple[list[str], list[list[str
             delta = f"{100 * d.mean:+.2f} ± {pct(d.ci95)}" + (" *" if d.significant else "")
         rows.append([name, ", ".join(r.modalities or []), pct(r.accuracy), pct(r.ci95), delta])
     return header, rows
+
+
+def format_ablation_table(ablation: list[EvalResult]) -> str:
+    """The modality ablation as a text table for a terminal: the report's table, with each
+    variant's paired difference to ``all`` in points.
+
+    Example:
+        >>> a = EvalResult(0.9, 0.01, 0.9, 2, 5, 1, 15, 0, [0.9, 0.9], "all", ["a", "b"])
+        >>> b = EvalResult(0.8, 0.01, 0.8, 2, 5, 1, 15, 0, [0.8, 0.8], "only:a", ["a"])
+        >>> print(format_ablation_table([a, b]))
+        Variant  Modalities  Accuracy (%)  95% CI (±)  Δ vs all (points)
+        all      a, b               90.00        1.00                  —
+        only:a   a                  80.00        1.00    -10.00 ± 0.00 *
+    """
+    return text_table(*_ablation_rows(ablation), right=3)
 
 
 def drop_rates(robustness: Mapping[str, list[EvalResult]]) -> dict[str, list[float]]:

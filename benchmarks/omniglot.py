@@ -29,9 +29,11 @@ plain,tta16+transduction10,reliability1`` measures each configuration with each 
 setting (`metamodal.model.test_time`; parts ``ttaN``, ``transductionN``,
 ``confidenceX``, ``reliabilityX``, ``balance`` joined by ``+``), one row each. ``--baseline
 NAME`` adds each configuration's paired difference against NAME's on the same within-alphabet
-runs (images only, and with both modalities where both are fused), with the same test-time
-setting: a gain smaller than either row's interval can show. ``--baseline 'NAME [SETTING]'``
-pairs every row against that one row instead (one run with and without a test-time setting).
+runs (images only, and with both modalities where the row is fused, against the baseline's
+both modalities or its images), with the same test-time setting: a gain smaller than either
+row's interval can show. ``--baseline 'NAME [SETTING]'`` pairs every row against that one row
+instead (one run with and without a test-time setting), which may be a row of
+``OUT/results.jsonl`` that this call does not measure.
 
 Results go to ``OUT/results.jsonl`` (one line per configuration; a configuration already there
 is not run again, so an interrupted benchmark resumes) and print as a table; the one-shot runs'
@@ -571,22 +573,26 @@ def _fusion_by_alphabet(row: dict[str, Any]) -> str:
                      for i, a in enumerate(alphabets))
 
 
-def print_paired(rows: list[dict[str, Any]], baseline: str) -> None:
+def print_paired(rows: list[dict[str, Any]], baseline: str,
+                 fixed: dict[str, Any] | None = None) -> None:
     """Each configuration against ``baseline`` measured with the same test-time setting (or,
-    where ``baseline`` is a row's label, ``NAME [SETTING]``, against that row): the paired
-    difference of the one-shot within-alphabet errors on the same runs, images only as in
-    `print_table`'s second table, and for two fused runs also with both modalities (row minus
-    baseline, in points, with its 95% interval; negative: the row is better)."""
+    where ``baseline`` is a row's label, ``NAME [SETTING]``, against that row, ``fixed`` where
+    it is not among ``rows``): the paired difference of the one-shot within-alphabet errors on
+    the same runs, images only as in `print_table`'s second table, and for a fused row also
+    with both modalities, against the baseline's both modalities, or its images where it has
+    no others (row minus baseline, in points, with its 95% interval; negative: the row is
+    better)."""
     def run_name(row: dict[str, Any]) -> str:
         return row["name"].split(" [", 1)[0]
 
-    fixed = next((row for row in rows if row["name"] == baseline), None) if " [" in baseline \
-        else None  # a configuration's own name also labels its plain row
+    if fixed is None and " [" in baseline:  # a configuration's own name also labels its plain row
+        fixed = next((row for row in rows if row["name"] == baseline), None)
     bases = {_test_time(row): row for row in rows if run_name(row) == baseline}
     print(f"\nPaired against {baseline}{'' if fixed else ' with the same test-time setting'}: "
           "one-shot within-alphabet error of the row minus the baseline's on the same runs, "
-          "images only as in the table above, and with both modalities where both runs are "
-          "fused, in points (negative: the row is better)\n")
+          "images only as in the table above, and, where the row is fused, with both "
+          "modalities against the baseline's (its images where it has no strokes), in points "
+          "(negative: the row is better)\n")
     print("| configuration | test time | val within Tagalog | test, every test alphabet | "
           "val, both modalities | test, both modalities |")
     print("|---|---|---|---|---|---|")
@@ -597,7 +603,9 @@ def print_paired(rows: list[dict[str, Any]], baseline: str) -> None:
         if base is None or base is row or "val_within_error" not in row:
             continue
         fused = row.get("fused_within_accuracies", {})
-        base_fused = base.get("fused_within_accuracies", {})
+        base_fused = base.get("fused_within_accuracies") or (
+            {stage: base.get(f"{stage}_within_accuracies") for stage in ("val", "test")}
+            if fused else {})
         cells = [_gap(row.get(f"{stage}_within_accuracies"),
                       base.get(f"{stage}_within_accuracies")) for stage in ("val", "test")]
         cells += [_gap(fused.get(stage), base_fused.get(stage)) for stage in ("val", "test")]
@@ -664,7 +672,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", metavar="NAME",
                         help="also print each configuration's paired difference against "
                         "NAME's (a configuration or --run name) on the same runs, with the "
-                        "same test-time setting; 'NAME [SETTING]': against that one row")
+                        "same test-time setting; 'NAME [SETTING]': against that one row, "
+                        "which may be one measured before, in OUT's results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = args.test_time.split(",")
@@ -687,15 +696,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown configurations {unknown}; known: {', '.join(known)}")
     labels = [_label(name, setting) for name in names for setting in settings]
-    if args.baseline is not None and args.baseline not in names + labels:
-        parser.error(f"--baseline {args.baseline} is not among the measured configurations "
-                     f"{', '.join(names)}")
     results_file = out / "results.jsonl"
     done = {}
     if results_file.exists():
         for line in results_file.read_text().splitlines():
             row = json.loads(line)
             done[row["name"]] = row
+    if args.baseline is not None and args.baseline not in names + labels + list(done):
+        parser.error(f"--baseline {args.baseline} is neither among the measured configurations "
+                     f"{', '.join(names)} nor a row of {results_file}")
     order, trained = [], {}
     for name in names:
         for setting in settings:
@@ -718,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     measured = [done[n] for n in order if n in done]
     print_table(measured, args.within_runs)
     if args.baseline is not None:
-        print_paired(measured, args.baseline)
+        print_paired(measured, args.baseline, None if args.baseline in names + labels
+                     else done[args.baseline])
     return 0
 
 

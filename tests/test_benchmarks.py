@@ -163,6 +163,17 @@ def test_omniglot_benchmark_trains_evaluates_and_resumes(tmp_path: Path) -> None
     mean = round(gained / len(base["val_within_accuracies"]), 1) + 0.0  # never "-0.0"
     assert f"| fused | plain | {mean:+.1f} ± " in compared.stdout
     assert len(fused["fused_within_accuracies"]["test"]) == len(fused["test_within_accuracies"])
+    # a fused row against a baseline on images alone: both modalities against its images
+    lost = [b - f for b, f in zip(base["test_within_accuracies"],
+                                  fused["fused_within_accuracies"]["test"], strict=True)]
+    both_cell = f"{round(100 * sum(lost) / len(lost), 1) + 0.0:+.1f} ± "
+    fused_line = next(x for x in compared.stdout.split("Paired against")[1].splitlines()
+                      if x.startswith("| fused | plain |"))
+    assert fused_line.split(" | ")[-1].startswith(both_cell)
+    earlier = subprocess.run([*elsewhere, "--baseline", "fused"], capture_output=True, text=True,
+                             timeout=600)  # a row measured by an earlier call
+    assert earlier.returncode == 0, earlier.stderr[-2000:]
+    assert "| reuse | plain | " in earlier.stdout.split("Paired against fused:")[1]
     both = subprocess.run([*paired[:-1], "fused"], capture_output=True, text=True, timeout=600)
     assert both.returncode == 0, both.stderr[-2000:]  # two fused runs: both modalities paired
     assert "| refused | plain | +0.0 ± 0.0 | +0.0 ± 0.0 | +0.0 ± 0.0 | +0.0 ± 0.0 |" \

@@ -168,18 +168,22 @@ def test_errors_name_the_file_row_and_column(tmp_path: Path) -> None:
     nan = tone(440, 8000, 0.1)
     nan[17] = np.nan
     soundfile.write(tmp_path / "nan.wav", nan, 8000, subtype="FLOAT")
+    loud = tone(440, 8000, 0.1)
+    loud[23] = 1e30  # finite, but its spectrogram's power would overflow float32
+    soundfile.write(tmp_path / "loud.wav", loud, 8000, subtype="FLOAT")
     soundfile.write(tmp_path / "ok.wav", tone(440, 8000, 0.1), 8000)
-    cells = ["missing.wav", "bad.wav", "empty.wav", "nan.wav", "ok.wav"]
-    for row, (cell, message) in enumerate(zip(cells[:4], ["not found", "cannot decode",
-                                                          "no samples", "sample 17"],
+    cells = ["missing.wav", "bad.wav", "empty.wav", "nan.wav", "loud.wav", "ok.wav"]
+    for row, (cell, message) in enumerate(zip(cells[:5], ["not found", "cannot decode",
+                                                          "no samples", "sample 17",
+                                                          "sample 23, channel 0 is 1e[+]30"],
                                               strict=True), start=1):
         with pytest.raises(DatasetError, match=message) as info:
             AudioLoader(**SMALL).decode([None] * (row - 1) + [cell], context(tmp_path, row))
         assert (info.value.file, info.value.row, info.value.column) == (cell, row, "sound")
     problems: list[DatasetError] = []
-    batch = AudioLoader(**SMALL).decode(cells, context(tmp_path, 5, problems))
-    assert [p.file for p in problems] == cells[:4]
-    assert batch.present.tolist() == [False, False, False, False, True]
+    batch = AudioLoader(**SMALL).decode(cells, context(tmp_path, 6, problems))
+    assert [p.file for p in problems] == cells[:5]
+    assert batch.present.tolist() == [False, False, False, False, False, True]
 
 
 def test_state_dict_round_trip_decodes_identically(tmp_path: Path) -> None:

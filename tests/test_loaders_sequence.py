@@ -127,6 +127,25 @@ def test_problems_are_collected_and_samples_treated_as_missing(tmp_path: Path) -
     assert batch.lengths.tolist() == [0, 2, 0]
 
 
+def test_a_finite_value_too_large_for_the_network_is_a_problem_not_nan(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.array([[0.0, 5.0], [2.0, 7.0]]))
+    np.save(tmp_path / "huge.npy", np.array([[1.0, 6.0], [3e38, 6.0]], dtype=np.float32))
+    np.save(tmp_path / "far.npy", np.array([[1.0, 6.0], [1e7, 6.0]]))
+    loader = SequenceLoader()
+    loader.fit(["a.npy"], context(tmp_path, 1))  # mean [1, 6], std [1, 1]
+    problems: list[DatasetError] = []
+    batch = loader.decode(["huge.npy", "a.npy", "far.npy"], context(tmp_path, 3, problems))
+    assert [(p.file, p.row, p.column) for p in problems] == [("huge.npy", 1, "track"),
+                                                             ("far.npy", 3, "track")]
+    assert "step 1, feature 0" in str(problems[0]) and "standardised" in str(problems[0])
+    assert batch.present.tolist() == [False, True, False]
+    assert batch.lengths.tolist() == [0, 2, 0]
+    assert torch.isfinite(batch.values).all() and batch.values[[0, 2]].abs().sum() == 0
+    unnormalised: list[DatasetError] = []  # the bound holds for the values as given, too
+    SequenceLoader(normalize=False).decode(["far.npy"], context(tmp_path, 1, unnormalised))
+    assert len(unnormalised) == 1 and "standardised" not in str(unnormalised[0])
+
+
 def test_state_dict_round_trip_decodes_identically(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for k in range(3):

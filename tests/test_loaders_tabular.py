@@ -120,8 +120,9 @@ def test_a_finite_value_beyond_float32_once_standardised_is_a_problem_not_inf() 
     problems: list[DatasetError] = []
     loader = TabularLoader(columns=COLUMNS)
     loader.fit([["1", "10", "5"], ["3", "30", "5"]], context(2))
-    batch = loader.decode([["1e308", "20", "5"], ["2", "20", "5"]], context(2, problems))
-    assert [(p.row, p.column) for p in problems] == [(1, "wingspan_cm")]
+    batch = loader.decode([["1e308", "20", "5"], ["2", "20", "5"], ["2", "1e20", "5"]],
+                          context(3, problems))  # 1e20: finite in float32, too far for it
+    assert [(p.row, p.column) for p in problems] == [(1, "wingspan_cm"), (3, "weight_g")]
     assert "float32" in str(problems[0])
-    assert batch.present.tolist() == [False, True]
+    assert batch.present.tolist() == [False, True, False]
     assert torch.isfinite(batch.values).all() and batch.values[0].abs().sum() == 0

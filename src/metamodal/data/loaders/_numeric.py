@@ -20,6 +20,12 @@ from metamodal.errors import ConfigError
 MIN_STD = 1e-6
 """A standard deviation below this counts as constant; it is replaced by 1."""
 
+MAX_INPUT = 1e6
+"""The largest magnitude of a value the model is given (a sequence's or a row's, standardised
+where the loader standardises): beyond it the network's float32 arithmetic (squared distances,
+attention products) can overflow to NaN. A value a million standard deviations from the
+meta-train data is a unit or export error."""
+
 
 def is_number(text: str) -> bool:
     """Whether ``float(text)`` parses.

@@ -116,6 +116,10 @@ MAX_FFT = 65_536
 MAX_MELS = 1024
 """The most mel bands."""
 
+MAX_AMPLITUDE = 1e6
+"""The largest magnitude of an audio sample read (a float recording's lie within ±1; PCM is
+read scaled to ±1): a larger one overflows the spectrogram's float32 power."""
+
 
 def _option(name: str, value: Any, kind: type, minimum: float, maximum: float, *,
             strict: bool = True) -> Any:
@@ -310,6 +314,14 @@ class AudioLoader(StandardisingState, ModalityLoader):
                 f"audio holds NaN or infinite values (first at sample {int(sample)}, "
                 f"channel {int(channel)})",
                 "re-export the recording with finite sample values",
+            )
+        loud = np.abs(data) > MAX_AMPLITUDE
+        if loud.any():
+            sample, channel = np.argwhere(loud)[0]
+            raise DecodeFailure(
+                f"audio sample {int(sample)}, channel {int(channel)} is "
+                f"{float(data[sample, channel]):g}, beyond ±{MAX_AMPLITUDE:,.0f}",
+                "re-export the recording with samples within -1..1",
             )
         wave = torch.from_numpy(data.mean(axis=1, dtype=np.float32))
         wave = resample(wave, rate, self.sample_rate)

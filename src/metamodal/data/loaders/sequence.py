@@ -34,6 +34,7 @@ from metamodal.data.loaders._media import (
     report_failure,
 )
 from metamodal.data.loaders._numeric import (
+    MAX_INPUT,
     StandardisingState,
     check_count,
     check_normalize,
@@ -222,6 +223,17 @@ class SequenceLoader(StandardisingState, ModalityLoader):
             std = torch.tensor(self.std_, dtype=torch.float32)
             valid = torch.arange(values.shape[1]).view(1, -1, 1) < lengths.view(-1, 1, 1)
             values = (values - mean) / std * valid
+        for i in torch.nonzero(~(values.abs() <= MAX_INPUT).flatten(1).all(1)).flatten().tolist():
+            step, feature = (int(v) for v in torch.nonzero(~(values[i].abs() <= MAX_INPUT))[0])
+            seen = (" once standardised with the meta-train mean and std"
+                    if self.normalize and self.mean_ is not None else "")
+            report_failure(DecodeFailure(
+                f"sequence value at step {step}, feature {feature} is "
+                f"{float(values[i, step, feature]):g}{seen}: beyond ±{MAX_INPUT:,.0f}, "
+                "which overflows the network's float32 arithmetic",
+                fix="write the sequence in the units the model was trained on"), cells[i], i,
+                context)
+            values[i], lengths[i], present[i] = 0.0, 0, False
         return ModalityBatch(values, present, lengths)
 
     def input_info(self) -> dict[str, Any]:

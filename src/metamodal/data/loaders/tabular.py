@@ -22,7 +22,12 @@ import numpy as np
 import torch
 
 from metamodal.data.batch import ModalityBatch
-from metamodal.data.loaders._numeric import StandardisingState, check_normalize, is_number
+from metamodal.data.loaders._numeric import (
+    MAX_INPUT,
+    StandardisingState,
+    check_normalize,
+    is_number,
+)
 from metamodal.data.loaders.base import Cell, DecodeContext, ModalityLoader, loaders
 from metamodal.errors import ConfigError, DatasetError
 
@@ -96,10 +101,11 @@ class TabularLoader(StandardisingState, ModalityLoader):
         values = np.where(np.isnan(values) | ~present[:, None], 0.0, values)
         with np.errstate(over="ignore"):
             out = values.astype(np.float32)
-        for i, j in zip(*np.nonzero(~np.isfinite(out)), strict=True):
+        for i, j in zip(*np.nonzero(~(np.abs(out) <= MAX_INPUT)), strict=True):
             context.report(DatasetError(
-                "value is beyond float32 range once standardised with the meta-train mean "
-                "and std", file=context.table_file, row=context.rows[i],
+                f"value is beyond ±{MAX_INPUT:,.0f} once standardised with the meta-train mean "
+                "and std, which overflows the network's float32 arithmetic",
+                file=context.table_file, row=context.rows[i],
                 column=self._column_name(j, context),
                 fix="write the value in the units the model was trained on"))
             present[i] = False

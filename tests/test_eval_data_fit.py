@@ -5,6 +5,7 @@ episode shape is lowered to what small data supplies unless the user set it."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 import warnings
@@ -13,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from metamodal.config import TrainConfig
+from metamodal.data.episode_files import read_episode_file
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.errors import InsufficientSamplesError, ModalityError
 from metamodal.evaluate.ablation import modality_ablation
-from metamodal.evaluate.protocol import evaluate
+from metamodal.evaluate.protocol import evaluate, evaluate_episodes
 from metamodal.evaluate.robustness import missing_modality_curve
 from metamodal.evaluate.shape import resolve_eval_shape
 from metamodal.runs.directory import load_run, load_run_data
@@ -187,3 +189,31 @@ def test_the_command_evaluates_an_image_and_track_model_on_images_only(
                       for n in ("lacking", "named"))
     assert lacking["modalities"] == named["modalities"] == ["image"]
     assert lacking["accuracies"] == named["accuracies"]
+
+
+def test_a_class_whose_support_shows_nothing_is_never_predicted_and_its_queries_count_wrong(
+        image_track, tmp_path: Path) -> None:
+    """The score does not depend on the order of the classes: a class none of whose support
+    samples shows the model a selected modality takes no query, and its own are wrong."""
+    _, run_dir, _ = image_track
+    run = load_run(run_dir)
+    prepared = load_run_data(run)
+    store = prepared.store
+    a, b = prepared.split.test[:2]
+    rows = {label: [i for i, x in enumerate(store.labels) if x == label][:3] for label in (a, b)}
+    store.modalities["track"].present[rows[a][0]] = False  # a's only support lacks the track
+    for i in rows[a][1:] + rows[b]:
+        store.modalities["track"].present[i] = True
+    queries = [store.ids[i] for i in rows[a][1:] + rows[b][1:]]
+    scores = []
+    for order in ((a, b), (b, a)):
+        path = tmp_path / f"{order[0]}.jsonl"
+        path.write_text(json.dumps({"episode": "e", "support": [store.ids[rows[c][0]]
+                                                                  for c in order],
+                                    "query": queries}) + "\n")
+        with pytest.warns(UserWarning, match="1 of 1 episodes hold a class none of whose"):
+            result = evaluate_episodes(run.model, store, read_episode_file(path, store),
+                                       modalities=["track"])
+        scores.append(result.accuracy)
+    assert scores[0] == scores[1] <= 0.5  # a's two queries wrong, b's two predicted as b
+    assert scores[0] == 0.5

@@ -42,6 +42,7 @@ accuracy over many test episodes drawn from held-out classes, with a 95% confide
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -113,18 +114,21 @@ def _score(
     selected = select_modalities(model, store, modalities, drop)
     drop = {m: float(r) for m, r in drop.items()} if drop else None
 
+    unseen = unseen_classes(store, plan, selected, drop, seed)
     if shard is None or shard.world_size == 1 or drop:
         logits = _plan_logits(model, store, plan, selected, drop, seed, batch_size, device,
                               progress)
-        predicted = [x.argmax(-1).cpu() for x in logits]
+        predicted = [_known(x, u).argmax(-1).cpu() for x, u in zip(logits, unseen, strict=True)]
     else:
         predicted = _shared_predictions(model, store, plan, selected, seed, batch_size, device,
-                                        progress, shard)
+                                        progress, shard, unseen)
     pred = torch.cat(predicted)
     target = torch.cat(plan.query_labels)
+    known = ~torch.cat([u[labels] for u, labels in zip(unseen, plan.query_labels, strict=True)])
     sizes = torch.tensor([q.numel() for q in plan.query_labels])
     group = torch.repeat_interleave(torch.arange(n_episodes), sizes)
-    correct = torch.bincount(group, weights=(pred == target).double(), minlength=n_episodes)
+    correct = torch.bincount(group, weights=((pred == target) & known).double(),
+                             minlength=n_episodes)
     accuracies = (correct / sizes).tolist()
     confusion = confusion_matrices(pred, target, group, n_episodes, max(plan.ways))
     f1 = macro_f1_from_confusion(confusion)
@@ -146,6 +150,35 @@ def _score(
         drop=drop,
         episode_digest=plan.digest(len(store)),
     )
+
+
+def unseen_classes(store: TensorStore, plan: EpisodePlan, selected: Sequence[str],
+                   drop: Mapping[str, float] | None, seed: int) -> list[Tensor]:
+    """Per episode, bool ``[ways]``: the classes none of whose support samples shows the model
+    one of ``selected`` (those ``drop`` hides, as the embedding hides them, not counted). The
+    model knows nothing of such a class: it is predicted for no query, and its own queries
+    count as wrong, whatever the order of the classes (a warning says how many episodes)."""
+    rows = torch.cat(plan.support + plan.query).unique()
+    hidden = hidden_rows(store, rows, drop, seed)
+    shown = torch.zeros(len(store), dtype=torch.bool)
+    for name in selected:
+        shown |= store.modalities[name].present.bool().cpu() & ~hidden.get(
+            name, torch.zeros(len(store), dtype=torch.bool))
+    unseen = [torch.bincount(labels[shown[support]], minlength=ways) == 0
+              for support, labels, ways in zip(plan.support, plan.support_labels, plan.ways,
+                                                strict=True)]
+    count = sum(bool(u.any()) for u in unseen)
+    if count:
+        warnings.warn(f"{count} of {len(unseen)} episodes hold a class none of whose support "
+                      f"samples shows the model {', '.join(selected)}: no query is predicted "
+                      "as it, and its queries count as wrong", stacklevel=3)
+    return unseen
+
+
+def _known(logits: Tensor, unseen: Tensor) -> Tensor:
+    """``logits`` ``[Q, ways]`` with the ``unseen`` classes (bool ``[ways]``) at the lowest
+    value, so that no query is predicted as one (all of them unseen: all equal)."""
+    return logits.masked_fill(unseen.to(logits.device), torch.finfo(logits.dtype).min)
 
 
 def _plan_logits(model: Any, store: TensorStore, plan: EpisodePlan, selected: list[str],
@@ -209,16 +242,18 @@ def _ensemble_from_members(model: Any, store: TensorStore, plan: EpisodePlan,
 def _shared_predictions(model: Any, store: TensorStore, plan: EpisodePlan,
                         selected: list[str], seed: int, batch_size: int,
                         device: torch.device | str, progress: bool,
-                        shard: EpisodeShard) -> list[Tensor]:
-    """Each episode's predicted query labels ``[Q]`` (CPU): this process predicts episodes
-    ``rank, rank + world_size, ...``, and every process gets all of them."""
+                        shard: EpisodeShard, unseen: list[Tensor]) -> list[Tensor]:
+    """Each episode's predicted query labels ``[Q]`` (CPU), never one of its ``unseen``
+    classes: this process predicts episodes ``rank, rank + world_size, ...``, and every
+    process gets all of them."""
     n, world = len(plan.ways), shard.world_size
     mine = list(range(shard.rank, n, world))
     predicted = []
     if mine:
         logits = _plan_logits(model, store, plan.subset(mine), selected, None, seed, batch_size,
                               device, progress and shard.rank == 0)
-        predicted = [x.argmax(-1).cpu() for x in logits]
+        predicted = [_known(x, unseen[i]).argmax(-1).cpu()
+                     for i, x in zip(mine, logits, strict=True)]
     everyone = shard.all_gather_object(predicted)
     ordered: list[Tensor] = [torch.empty(0)] * n
     for rank, theirs in enumerate(everyone):
@@ -240,7 +275,8 @@ def episode_logits(
     progress: bool = False,
 ) -> list[Tensor]:
     """The query logits of every episode of ``plan``, exactly as `evaluate` computes them
-    before taking the argmax (the same inputs, masking and embedding path).
+    before taking the argmax (the same inputs, masking and embedding path; a class none of
+    whose support samples shows the model a modality at the lowest value, `unseen_classes`).
 
     Args:
         model: a few-shot model (see the module docstring), already on ``device``.
@@ -260,7 +296,9 @@ def episode_logits(
         raise ConfigError("no episodes to evaluate", fix="evaluate at least one episode")
     selected = select_modalities(model, store, modalities, drop)
     drop = {m: float(r) for m, r in drop.items()} if drop else None
-    return _plan_logits(model, store, plan, selected, drop, seed, batch_size, device, progress)
+    unseen = unseen_classes(store, plan, selected, drop, seed)
+    logits = _plan_logits(model, store, plan, selected, drop, seed, batch_size, device, progress)
+    return [_known(x, u) for x, u in zip(logits, unseen, strict=True)]
 
 
 def _check_logits(logits: Tensor, queries: int, ways: int) -> None:

@@ -339,6 +339,21 @@ def test_eval_uses_the_runs_settings_and_flags_override_them(setup) -> None:
     assert not torch.allclose(moved, logits[0])  # the per-class weights moved them too
 
 
+def test_under_another_learner_eval_keeps_the_settings_and_checks_them_against_it(
+        setup) -> None:
+    shape = {"episodes_count": 20, "baseline": False, "progress": False}
+    own = api.evaluate(setup["tt"], **shape)  # the run's protonet, tta 2, transduction 1
+    again = api.evaluate(setup["tt"], learner="protonet", **shape)
+    assert again.result.accuracies == own.result.accuracies  # its settings kept
+    plain = api.evaluate(setup["plain"], learner="protonet", tta=2, transduction=1, **shape)
+    assert plain.result.accuracies == own.result.accuracies  # the flags reach the new learner
+    with pytest.raises(ConfigError, match="--learner finetune") as error:
+        api.evaluate(setup["tt"], learner="finetune", tta=0, **shape)
+    assert error.value.column == "transduction"  # finetune has no prototypes to refine
+    api.evaluate(setup["tt"], learner="finetune", tta=0, transduction=0, episodes_count=2,
+                 baseline=False, progress=False)
+
+
 def test_cli_flags_and_typed_errors(setup, capsys) -> None:
     assert main(["eval", str(setup["plain"]), "--tta", "2", "--transduction", "1",
                  "--episodes-count", "5", "--no-baseline", "--no-progress"]) == 0

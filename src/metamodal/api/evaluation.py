@@ -29,6 +29,7 @@ from metamodal.evaluate.robustness import (
 )
 from metamodal.evaluate.shape import resolve_eval_shape
 from metamodal.evaluate.stats import PairedDifference, paired_difference, pooled_error
+from metamodal.model.test_time import apply_test_time
 from metamodal.runs import PreparedData, Run, load_run, load_run_data, read_run_config
 from metamodal.train.logger import read_metrics
 
@@ -153,8 +154,10 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def _model(run: Run, learner: str | None) -> Any:
-    """The run's model, or its backbone under another learner (a copy)."""
+def _model(run: Run, learner: str | None, test_time: Mapping[str, Any]) -> Any:
+    """The run's model, or its backbone under another learner (a copy) with the run's
+    test-time settings updated by ``test_time`` (None keeps the run's), checked against that
+    learner."""
     if not learner:
         return run.model
     if run.ensemble is not None:
@@ -166,6 +169,9 @@ def _model(run: Run, learner: str | None) -> Any:
 
     model = copy.deepcopy(run.model)
     model.learner = learners.create(learner, dim=model.backbone.fusion.out_dim)
+    config = run.config.updated({k: v for k, v in test_time.items() if v is not None})
+    apply_test_time(model, config, run.preprocessor,
+                    source=f"{run.path / 'config.toml'} under --learner {learner}")
     return model.eval()
 
 
@@ -223,10 +229,11 @@ def _check_episode_file(s: EvalSettings) -> None:
 
 def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
     """`evaluate` with its settings resolved; ``shard``: this process's part of a job."""
-    loaded = load_run(s.run, test_time=test_time_overrides(s))
+    test_time = test_time_overrides(s)  # under another learner, checked against that one
+    loaded = load_run(s.run, test_time=None if s.learner else test_time)
     prepared = load_run_data(loaded, s.data)
     classes = prepared.classes(s.split)
-    model = _model(loaded, s.learner)
+    model = _model(loaded, s.learner, test_time)
     columns = _task_columns(s, loaded)
     others: dict[str, EvalResult] | None = None
     if s.task is not None and s.task != columns[0]:

@@ -6,11 +6,14 @@ import csv
 import json
 import re
 import shutil
+import tomllib
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from metamodal import api
 from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
 from metamodal.data.episode_files import write_episode_file
@@ -155,8 +158,14 @@ def test_cli_eval_on_a_fixed_episode_file(trained: tuple[Path, Path], tmp_path: 
         assert main(["eval", str(run), "--episodes", str(path), *extra]) == 2
         error = capsys.readouterr().err
         assert str(path) in error and f"fixes the episodes, so {extra[0]} cannot" in error
-    assert main(["eval", str(run), "--episodes", str(path), "--split", "val", "--seed", "3",
-                 "--json", str(out)]) == 0
+    with pytest.warns(UserWarning, match="split 'val' draws nothing from an episode file"):
+        assert main(["eval", str(run), "--episodes", str(path), "--split", "val", "--seed", "3",
+                     "--json", str(out)]) == 0
+    # imputation measures the run as trained: not under another learner or modalities
+    for extra in (["--learner", "protonet"], ["--modalities", "image"]):
+        capsys.readouterr()
+        assert main(["eval", str(run), "--imputation", "--episodes-count", "2", *extra]) == 2
+        assert f"which {extra[0]} would change" in capsys.readouterr().err
 
 
 def test_report_refuses_descriptions_it_would_not_use(trained: tuple[Path, Path],
@@ -214,3 +223,22 @@ def test_cli_eval_on_another_dataset_uses_the_runs_preprocessing(
     result = json.loads(out.read_text())
     assert result["split"] == "all" and result["episodes"] == 30
 
+
+
+def test_eval_warns_when_the_data_splits_the_runs_training_classes_into_test(
+        trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = trained
+    other = tmp_path / "swapped"  # the same samples, the run's train and test groups swapped
+    shutil.copytree(data, other, ignore=shutil.ignore_patterns(".metamodal-cache"))
+    splits = tomllib.loads((data / "splits.toml").read_text())
+    swapped = {"train": splits["test"], "val": splits["val"], "test": splits["train"]}
+    (other / "splits.toml").write_text("".join(f"{k} = {json.dumps(v)}\n"
+                                               for k, v in swapped.items()))
+    with pytest.warns(UserWarning, match=r"(\d+) of the \1 test classes of the data were "
+                                         "classes the run trained on"):
+        api.evaluate(str(run), data=str(other), episodes_count=2, ways=3, queries=2,
+                     baseline=False, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # its own data: no such warning
+        api.evaluate(str(run), episodes_count=2, ways=3, queries=2, baseline=False,
+                     progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -215,10 +216,15 @@ shape, and the ablations draw episodes of their own."""
 
 def _check_episode_file(s: EvalSettings) -> None:
     """Raise `ConfigError` when ``s`` names an episode file and also sets what the file fixes
-    (`FIXED_BY_EPISODE_FILE`), which would otherwise be ignored without a word."""
+    (`FIXED_BY_EPISODE_FILE`), which would otherwise be ignored without a word; warn that a
+    split other than the default draws nothing (the file names its samples)."""
     if not s.episodes:
         return
     defaults = {f.name: f.default for f in fields(EvalSettings)}
+    if s.split != defaults["split"]:
+        warnings.warn(f"split {s.split!r} draws nothing from an episode file, whose episodes "
+                      "name their samples: the results are those of the file's episodes",
+                      stacklevel=3)
     given = [name for name in FIXED_BY_EPISODE_FILE if getattr(s, name) != defaults[name]]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
@@ -233,6 +239,12 @@ def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
     loaded = load_run(s.run, test_time=None if s.learner else test_time)
     prepared = load_run_data(loaded, s.data)
     classes = prepared.classes(s.split)
+    seen = sorted(set(classes) & set(loaded.split.train)) if s.split in ("test", "val") else []
+    if seen and not s.episodes:
+        warnings.warn(f"{len(seen)} of the {len(classes)} {s.split} classes of the data were "
+                      f"classes the run trained on (e.g. {seen[0]!r}): the score is not one of "
+                      "unseen classes; give --data a dataset whose splits.toml keeps them out",
+                      stacklevel=3)
     model = _model(loaded, s.learner, test_time)
     columns = _task_columns(s, loaded)
     others: dict[str, EvalResult] | None = None
@@ -276,8 +288,14 @@ def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
         report.ablation = modality_ablation(model, prepared.store, classes, **common)
     if s.robustness:
         report.robustness = missing_modality_curve(model, prepared.store, classes, **common)
+    if s.imputation and (s.learner or s.modalities):
+        flag = "--learner" if s.learner else "--modalities"
+        raise ConfigError(f"imputation measures the run as trained, imputing each of its "
+                          f"modalities from the others, which {flag} would change",
+                          file=s.run, column="imputation",
+                          fix=f"drop {flag} or --imputation")
     if s.robustness or s.imputation:
-        if not s.learner and _aligned_metric_run(s.run, loaded):
+        if not s.learner and not s.modalities and _aligned_metric_run(s.run, loaded):
             from metamodal.train.alignment import load_alignment
 
             report.imputation = imputation_curves(model, load_alignment(s.run), prepared.store,

@@ -78,8 +78,9 @@ def test_resampled_points_never_lie_on_a_pen_up_jump() -> None:
 
 
 def test_bad_columns_and_inputs_are_typed_errors() -> None:
-    with pytest.raises(ConfigError, match="columns"):
-        TrajectoryEncoder(dim=4, input_info={"features": 3}, coords=[0, 5])
+    for bad in ({"coords": [0, 5]}, {"coords": [0, 0]}, {"pen": 0}, {"pen": 1}, {"pen": -2}):
+        with pytest.raises(ConfigError, match="different columns"):  # x, y and pen apart
+            TrajectoryEncoder(dim=4, input_info={"features": 3}, **bad)
     with pytest.raises(ConfigError, match="points in 4..4096"):  # not gigabytes per drawing
         TrajectoryEncoder(dim=4, input_info={"features": 3}, points=1 << 24)
     enc = TrajectoryEncoder(dim=4, input_info={"features": 3}, points=8, channels=2)
@@ -144,8 +145,9 @@ def test_split_strokes_keeps_extra_strokes_in_the_last_row_without_their_jumps()
 
 
 def test_stroke_set_options_are_checked() -> None:
-    with pytest.raises(ConfigError, match="columns"):
-        StrokeSetEncoder(dim=4, input_info={"features": 3}, pen=3)
+    for bad in ({"pen": 3}, {"pen": 0}, {"coords": [1, 1]}):
+        with pytest.raises(ConfigError, match="different columns"):
+            StrokeSetEncoder(dim=4, input_info={"features": 3}, **bad)
     for bad in ({"points": 3}, {"max_strokes": 0}, {"max_strokes": 10**6},
                 {"attention": -1}, {"dropout": 1.0}):
         with pytest.raises(ConfigError, match="stroke-set needs"):

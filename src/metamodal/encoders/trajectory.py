@@ -113,15 +113,16 @@ def pen_columns(encoder: str, features: int, coords: list[int] | tuple[int, int]
     """The ``x, y`` columns and the stroke-start column (-1: none) of ``features``-wide steps.
 
     Raises:
-        OptionError: a column is not one of the steps' (``encoder`` names the encoder).
+        OptionError: a column is not one of the steps', or two of them are the same one
+            (``encoder`` names the encoder).
     """
-    columns = [*coords, *([pen] if pen >= 0 else [])]
+    columns = [*coords, *([pen] if pen != -1 else [])]
     if (len(coords) != 2 or any(not isinstance(c, int) or not 0 <= c < features
-                                for c in columns)):
+                                for c in columns) or len(set(columns)) < len(columns)):
         raise OptionError(
-            f"{encoder}: coords {list(coords)} and pen {pen} must be columns of the "
+            f"{encoder}: coords {list(coords)} and pen {pen} must be different columns of the "
             f"{features}-feature steps",
-            fix=f"give two x, y columns in 0..{features - 1} (and pen, or -1)")
+            fix=f"give two x, y columns in 0..{features - 1} and pen another (or -1: none)")
     return [int(c) for c in coords], int(pen)
 
 

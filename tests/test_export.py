@@ -323,6 +323,22 @@ def test_the_sidecar_holds_inputs_preprocessing_and_rule(runs: dict[str, Path],
     assert "prototype" in sidecar["rule"]["text"] and sidecar["rule"]["temperature"] > 0
 
 
+def test_the_rule_says_it_leaves_out_the_runs_test_time_settings() -> None:
+    from metamodal.export import prototype_rule
+    from metamodal.model import FewShotModel
+    from metamodal.model.test_time import TestTime
+
+    model = FewShotModel.build(kinds={"m": "tabular"}, input_info={"m": {"features": 3}},
+                               dim=8, fusion="mean")
+    assert prototype_rule(model, ["m"])["reproduced"] and "test_time" not in prototype_rule(
+        model, ["m"])
+    model.set_test_time(TestTime(transduction=2, transduction_balance=True))
+    rule = prototype_rule(model, ["m"])
+    assert not rule["reproduced"]
+    assert rule["test_time"] == {"transduction": 2, "transduction_balance": True}
+    assert "transduction = 2" in rule["test_time_text"]
+
+
 def test_the_command_writes_the_model_and_prints_the_check(
         runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "model.onnx"

@@ -23,7 +23,7 @@ import copy
 import inspect
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -396,6 +396,18 @@ def prototype_rule(model: Any, modalities: Sequence[str]) -> dict[str, Any]:
             "embedding[:, m]. valid[q, m] = present[q, m] and m is usable. Final logit[q, k] "
             "= sum over valid m of w[q, m] * logits[q, m, k], w[q] = softmax of `mix` over "
             "the valid m of q (zero logits when q has none).")
+    settings = {k: v for k, v in asdict(model.test_time).items() if v}
+    if settings:  # the run's test-time settings act outside the graph
+        rule["reproduced"] = False
+        rule["test_time"] = settings
+        rule["test_time_text"] = (
+            "the run evaluates and predicts with test-time settings the graph leaves out ("
+            + ", ".join(f"{k} = {v}" for k, v in settings.items())
+            + "; see metamodal.model.test_time): augmented copies averaged into each "
+            "embedding (tta), soft k-means steps refining the prototypes with the queries "
+            "(transduction, transduction_balance), per-query or per-class weights in late "
+            "fusion's mix (fusion_confidence, fusion_reliability); the rule above is the "
+            "model without them")
     rule["exported_modalities"] = list(modalities)
     return rule
 

@@ -161,6 +161,14 @@ def test_cli_eval_on_a_fixed_episode_file(trained: tuple[Path, Path], tmp_path: 
     with pytest.warns(UserWarning, match="split 'val' draws nothing from an episode file"):
         assert main(["eval", str(run), "--episodes", str(path), "--split", "val", "--seed", "3",
                      "--json", str(out)]) == 0
+    one_way = tmp_path / "one-way.jsonl"  # a single class: every query right, any model
+    line = json.loads(path.read_text().splitlines()[0])
+    first = loaded.split.test[0]
+    ids = [i for i, label in zip(store.ids, store.labels, strict=True) if label == first][:2]
+    one_way.write_text(json.dumps({**line, "support": ids[:1], "query": ids[1:]}) + "\n")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--episodes", str(one_way)]) == 2
+    assert "has one class" in capsys.readouterr().err
     # imputation measures the run as trained: not under another learner or modalities
     for extra in (["--learner", "protonet"], ["--modalities", "image"]):
         capsys.readouterr()

@@ -278,6 +278,8 @@ def test_bad_labels_are_typed_errors_naming_the_row(trained) -> None:
     assert (error.row, error.column) == (5, "y")
     error = _error(lambda: clf.fit(X))
     assert error.column == "y" and "fit(X, y)" in str(error)
+    error = _error(lambda: clf.fit(X, [y[0]] * len(y)), InsufficientSamplesError)
+    assert error.column == "y" and "one class" in str(error)  # every query would be it
     assert not hasattr(clf, "classes_")  # a failed fit leaves the classifier unfitted
 
 

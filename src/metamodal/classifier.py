@@ -306,8 +306,8 @@ class FewShotClassifier(EstimatorParams):
             RunError: the run directory is missing or corrupt.
             DatasetError: ``y`` does not give one valid label per sample, or ``X`` cannot be
                 read (the row and column are named).
-            InsufficientSamplesError: a label is not among ``classes``, or a class has no
-                support sample with a used modality.
+            InsufficientSamplesError: one class only, a label not among ``classes``, or a
+                class with no support sample with a used modality.
         """
         run = self.loaded_run()
         modalities = self._used_modalities(run)
@@ -384,8 +384,8 @@ class FewShotClassifier(EstimatorParams):
 
         Raises:
             DatasetError: ``y`` does not give one valid label per sample.
-            InsufficientSamplesError: a label is not among ``classes``, or a class has no
-                support sample with a used modality.
+            InsufficientSamplesError: one class only, a label not among ``classes``, or a
+                class with no support sample with a used modality.
         """
         run = self.loaded_run()
         modalities = self._used_modalities(run)
@@ -397,6 +397,11 @@ class FewShotClassifier(EstimatorParams):
             if len(set(classes)) < len(classes):
                 raise DatasetError("a class is named twice", column="classes",
                                    fix="name each class once")
+        if len(classes) < 2:
+            raise InsufficientSamplesError(
+                f"the support holds one class, {classes[0]!r}: every query would be predicted "
+                "as it", file=file, column="y" if rows is None else "label",
+                fix="give support samples of at least two classes")
         counts = {c: 0 for c in classes}
         for position, (label, ok) in enumerate(zip(labels, support.usable.tolist(),
                                                    strict=True)):

@@ -129,7 +129,8 @@ def file_episodes(store: TensorStore, episodes: Sequence[Episode]) -> EpisodePla
 
     Raises:
         DatasetError: an episode names an id that ``store`` lacks, has labels that do not
-            match its samples or fall outside ``0..ways-1``, or has no query sample.
+            match its samples or fall outside ``0..ways-1``, has no query sample, or has one
+            class.
     """
     index_of = store.index_of()
     plan = EpisodePlan([], [], [], [], [])
@@ -162,6 +163,10 @@ def file_episodes(store: TensorStore, episodes: Sequence[Episode]) -> EpisodePla
             raise DatasetError(
                 f"episode {label!r} has no query samples", fix="give every episode a query set"
             )
+        if ways < 2:
+            raise DatasetError(
+                f"episode {label!r} has one class: every query would be predicted as it, "
+                "right whatever the model", fix="give every episode at least two classes")
         plan.support.append(rows[0])
         plan.query.append(rows[1])
         plan.support_labels.append(s_lab)

@@ -78,6 +78,7 @@ def test_an_unknown_setting_is_a_config_error() -> None:
 @pytest.mark.parametrize(("options", "name"), [
     ({"shots": "5"}, "shots"), ({"split": "tset"}, "split"), ({"ablation": 1}, "ablation"),
     ({"modalities": "image"}, "modalities"), ({"split": Path("test")}, "split"),
+    ({"modalities": []}, "modalities"),
 ])
 def test_a_setting_of_the_wrong_type_is_a_config_error_naming_it(options: dict,
                                                                  name: str) -> None:

@@ -91,8 +91,8 @@ def _number(value: float) -> str:
 
 def make(cls: type, values: dict[str, Any], *, verb: str) -> Any:
     """``cls(**values)``; an unknown setting, or a value of the wrong type, outside the field's
-    choices or outside its `Flag`'s ``least`` .. ``most``, is a `ConfigError` naming the
-    setting.
+    choices or outside its `Flag`'s ``least`` .. ``most``, or an empty list where the default
+    is None (which would mean the default), is a `ConfigError` naming the setting.
 
     Example:
         >>> from metamodal.api.settings import EvalSettings
@@ -114,6 +114,9 @@ typing.Literal['test', 'val', 'train', 'all'] (fix: e.g. split = 'test')
             example = "" if default is dataclasses.MISSING else f"e.g. {name} = {default!r}"
             raise ConfigError(f"{verb}: {name} = {value!r} is not {hints[name]}", column=name,
                               fix=example or f"give {name} a value of type {hints[name]}")
+        if fields[name].default is None and isinstance(value, list | tuple) and not value:
+            raise ConfigError(f"{verb}: {name} = {value!r} names nothing", column=name,
+                              fix=f"give {name} a value, or leave it out (None) for the default")
         how = fields[name].metadata.get("flag") or Flag()
         if value is not None and not ((how.least is None or value >= how.least)
                                       and (how.most is None or value <= how.most)):

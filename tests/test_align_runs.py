@@ -172,6 +172,9 @@ def test_align_weight_trains_jointly_then_zero_shot_and_imputation(aligned, tmp_
                  "--queries", "2", "--episodes-count", "5"]) == 0
     assert "Classes described by the caption of each class's samples." in (
         joint / "report" / "results.md").read_text()
+    # the default shape, lowered to 8 samples a class: zero-shot's 5 shots fit as well
+    assert main(["report", str(joint), "--episodes-count", "2", "--no-progress"]) == 0
+    assert "5-shot" in (joint / "report" / "results.md").read_text()
     assert main(["report", str(joint), "--descriptions-from", "sound"]) == 2
     assert "this run has no modality 'sound'" in capsys.readouterr().err
     for flags, message in ((["--descriptions-from", "image"], "cannot describe classes by"),

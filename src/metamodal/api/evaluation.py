@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.api.fields import resolve, write_json
-from metamodal.api.settings import EvalSettings, ReportSettings
+from metamodal.api.settings import EvalSettings, ReportSettings, ZeroShotSettings
 from metamodal.config import test_time_overrides
 from metamodal.errors import ConfigError
 from metamodal.evaluate.ablation import modality_ablation
@@ -486,9 +486,12 @@ def _mapping_results(s: ReportSettings, measured: EvalReport) -> MappingResults 
         imputation=measured.imputation)
     described = s.descriptions_from or (prepared.dataset.root / DESCRIPTIONS_FILE).is_file()
     if described and not run.model.late:
-        results.zero_shot = zero_shot(s.run, descriptions_from=s.descriptions_from,
-                                      ways=measured.result.ways,
-                                      queries=measured.result.queries,
+        shots = ZeroShotSettings().shots  # its few+zero-shot counts: the most shots must fit
+        ways, _, queries = resolve_eval_shape(prepared.store, prepared.split.test, s.ways,
+                                              max(shots), s.queries,
+                                              file=prepared.dataset.root, split="test")
+        results.zero_shot = zero_shot(s.run, descriptions_from=s.descriptions_from, ways=ways,
+                                      shots=shots, queries=queries,
                                       episodes_count=s.episodes_count, seed=s.seed)
     return results
 

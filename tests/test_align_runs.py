@@ -175,6 +175,10 @@ def test_align_weight_trains_jointly_then_zero_shot_and_imputation(aligned, tmp_
     # the default shape, lowered to 8 samples a class: zero-shot's 5 shots fit as well
     assert main(["report", str(joint), "--episodes-count", "2", "--no-progress"]) == 0
     assert "5-shot" in (joint / "report" / "results.md").read_text()
+    with pytest.warns(UserWarning, match="cross-modal sections .* are left out"):
+        assert main(["report", str(joint), "--modalities", "caption", "--episodes-count", "2",
+                     "--no-progress", *EPISODES]) == 0
+    assert "5-shot" not in (joint / "report" / "results.md").read_text()
     assert main(["report", str(joint), "--descriptions-from", "sound"]) == 2
     assert "this run has no modality 'sound'" in capsys.readouterr().err
     for flags, message in ((["--descriptions-from", "image"], "cannot describe classes by"),

@@ -469,12 +469,18 @@ def _mapping_results(s: ReportSettings, measured: EvalReport) -> MappingResults 
     """The report's mapping sections for a run that trained an alignment: retrieval between
     its first two aligned modalities, the joint space, imputation vs masking (measured by
     `evaluate`), and zero-shot when the dataset has a descriptions.toml (or
-    ``descriptions_from`` names a modality); None for other runs."""
+    ``descriptions_from`` names a modality); None for other runs, and (with a warning) for a
+    report on some modalities."""
     from metamodal.api.mapping import project, retrieve, zero_shot
     from metamodal.mapping.descriptions import DESCRIPTIONS_FILE
     from metamodal.train.alignment import load_alignment
 
     if "alignment" not in read_run_config(s.run):
+        return None
+    if s.modalities:
+        warnings.warn("the cross-modal sections (retrieval, joint space, imputation, zero-shot) "
+                      "map every aligned modality to the others, so they are left out of a "
+                      "report on some modalities (--modalities)", stacklevel=3)
         return None
     aligner = load_alignment(s.run)
     run = load_run(s.run)

@@ -348,6 +348,24 @@ def test_episode_file_orders_classes_by_first_support_appearance(tmp_path: Path)
     assert second.name == "3" and second.classes == ["c1"] and second.query_ids == []
 
 
+def test_an_episode_file_holds_a_bounded_number_of_episodes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from metamodal.data import episode_files
+
+    store = make_store([3, 3])
+    c0 = [i for i, label in zip(store.ids, store.labels, strict=True) if label == "c0"]
+    c1 = [i for i, label in zip(store.ids, store.labels, strict=True) if label == "c1"]
+    line = json.dumps({"support": [c0[0], c1[0]], "query": [c0[1]]})
+    path = tmp_path / "episodes.jsonl"
+    path.write_text(f"{line}\n\n{line}\n{line}\n")
+    monkeypatch.setattr(episode_files, "MAX_EPISODES", 2)
+    with pytest.raises(DatasetError, match="more than 2 episodes") as error:
+        read_episode_file(path, store)
+    assert error.value.row == 4  # the line of the third episode
+    path.write_text(f"{line}\n{line}\n")
+    assert len(read_episode_file(path, store)) == 2
+
+
 def _bad_file(tmp_path: Path, lines: list[str]) -> Path:
     path = tmp_path / "episodes.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

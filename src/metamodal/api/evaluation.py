@@ -267,7 +267,7 @@ def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
     if s.episodes:
         from metamodal.data.episode_files import read_episode_file
 
-        episodes = read_episode_file(s.episodes, prepared.store)
+        episodes = read_episode_file(s.episodes, prepared.store, modalities=[])  # ids only
         results = [evaluate_episodes(m, prepared.store, episodes, modalities=modalities,
                                      shard=shard) for m in models]
         counts = [len(e.query_ids) for e in episodes]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metamodal.config import MAX_EPISODES
 from metamodal.data.batch import Episode, TensorStore
 from metamodal.data.episodes import EpisodeSampler, check_counts, few
 from metamodal.data.paths import PathRefused, check_regular_file
@@ -93,8 +94,9 @@ def read_episode_file(
 
     Raises:
         DatasetError: a line is not a JSON object of that shape, names an unknown id, repeats an
-            id, has an empty support set, or has a query whose class is not in the support set;
-            the error names the file, the line and the id.
+            id, has an empty support set, or has a query whose class is not in the support set,
+            or the file holds more than `metamodal.config.MAX_EPISODES` episodes; the error
+            names the file, the line and the id.
 
     Example:
         >>> import tempfile
@@ -130,6 +132,10 @@ def read_episode_file(
     for line_no, text in enumerate(lines, start=1):
         if not text.strip():
             continue
+        if len(episodes) == MAX_EPISODES:
+            raise _line_error(path, line_no, "episode",
+                              f"the file holds more than {MAX_EPISODES:,} episodes",
+                              f"split it into files of at most {MAX_EPISODES:,} episodes")
         name, support_ids, query_ids = _parse_line(path, line_no, text)
         if not support_ids:
             raise _line_error(

@@ -198,6 +198,11 @@ def evaluate(run: str | Path | None = None, settings: EvalSettings | None = None
     """
     s = resolve(EvalSettings, settings, {"run": run, **options}, verb="evaluate")
     _check_episode_file(s)
+    if s.imputation and (s.learner or s.modalities):  # refused before minutes of evaluation
+        flag = "--learner" if s.learner else "--modalities"
+        raise ConfigError(f"imputation measures the run as trained, imputing each of its "
+                          f"modalities from the others, which {flag} would change",
+                          file=s.run, column="imputation", fix=f"drop {flag} or --imputation")
     from metamodal.memory import release_memory
     from metamodal.train.distributed import join
 
@@ -288,12 +293,6 @@ def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
         report.ablation = modality_ablation(model, prepared.store, classes, **common)
     if s.robustness:
         report.robustness = missing_modality_curve(model, prepared.store, classes, **common)
-    if s.imputation and (s.learner or s.modalities):
-        flag = "--learner" if s.learner else "--modalities"
-        raise ConfigError(f"imputation measures the run as trained, imputing each of its "
-                          f"modalities from the others, which {flag} would change",
-                          file=s.run, column="imputation",
-                          fix=f"drop {flag} or --imputation")
     if s.robustness or s.imputation:
         if not s.learner and not s.modalities and _aligned_metric_run(s.run, loaded):
             from metamodal.train.alignment import load_alignment

@@ -479,6 +479,8 @@ def test_build_reports_unknown_names_and_mismatched_encoders() -> None:
      "fusion 'gated': hidden = 'wide' is not of type int"),
     ({"fusion_options": {"hidden": -1}}, "fusion_options", "gated needs hidden >= 1, got -1"),
     ({"fusion_options": {"hidden": 10**12}}, "fusion_options", "is over 16,777,216 in magnitude"),
+    ({"fusion_options": {"hidden": 10**6}}, "fusion_options", "wider than 8,192"),
+    ({"encoder_options": {"a": {"hidden": [64, 8193]}}}, "encoder_options.a", "wider than 8,192"),
     ({"fusion": "attention", "fusion_options": {"layers": 10**6}}, "fusion_options",
      "attention needs layers in 1..64"),
     ({"fusion": "concat", "fusion_options": {"hidden": -1}}, "fusion_options",

@@ -92,7 +92,7 @@ class Registry(Generic[T]):
             if key in hints and not fits_type(value, hints[key]):
                 raise ConfigError(f"{self.family} {name!r}: {key} = {value!r} is not of type "
                                   f"{type_name(hints[key])}", column=options_key, fix=fix)
-            why = _out_of_bounds(value)
+            why = _out_of_bounds(value) or (_too_wide(value) if key in WIDTH_OPTIONS else None)
             if why:
                 raise ConfigError(f"{self.family} {name!r}: {key} = {value!r} {why}",
                                   column=options_key, fix=fix)
@@ -146,6 +146,12 @@ MAX_OPTION_INT = 1 << 24
 """The largest magnitude of a component's integer option (sizes, counts, steps)."""
 MAX_OPTION_ITEMS = 64
 """The most items of a component's list option (a network's widths, say)."""
+MAX_WIDTH = 8192
+"""The widest layer a component's option may ask for (as `metamodal.config.LIMITS` bounds
+``dim``): an option named in `WIDTH_OPTIONS`, or each item of it, at most this."""
+WIDTH_OPTIONS = frozenset({"hidden", "channels", "widths", "embedding_dim", "filters"})
+"""The option names that set a layer's width (units, channels, an embedding's size): a
+weight matrix grows with their square, so 2^24 would ask for terabytes."""
 
 
 def _constructors(factory: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
@@ -196,6 +202,15 @@ def _option_hints(factory: Callable[..., Any]) -> dict[str, Any]:
         for key, hint in resolved.items():
             hints.setdefault(key, hint)
     return hints
+
+
+def _too_wide(value: Any) -> str | None:
+    """Why a width option (an int, or a list of them) asks for a layer wider than `MAX_WIDTH`,
+    or None."""
+    widths = value if isinstance(value, list | tuple) else [value]
+    if any(isinstance(w, int) and w > MAX_WIDTH for w in widths):
+        return f"asks for a layer wider than {MAX_WIDTH:,}"
+    return None
 
 
 def _out_of_bounds(value: Any) -> str | None:

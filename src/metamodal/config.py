@@ -18,6 +18,7 @@ from metamodal.data.schema import DatasetSchema
 from metamodal.errors import ConfigError
 from metamodal.hints import fits_type, type_name
 from metamodal.io import ParseError, loads_toml
+from metamodal.registry import MAX_WIDTH
 
 MAX_TTA = 64
 """The most augmented copies of a sample (each is one more pass of the encoders)."""
@@ -403,7 +404,7 @@ class TrainConfig:
 MAX_EPISODES = 1_000_000
 """The most episodes one evaluation, validation or episode file holds (their plans and
 embeddings' indices are held in memory)."""
-LIMITS = {"dim": 8192, "ways": 10_000, "shots": 10_000, "queries": 10_000, "steps": 10**9,
+LIMITS = {"dim": MAX_WIDTH, "ways": 10_000, "shots": 10_000, "queries": 10_000, "steps": 10**9,
           "meta_batch": 10_000, "vmap_chunk": 10_000, "batch_size": 1_000_000, "val_ways": 10_000,
           "val_shots": 10_000, "val_queries": 10_000, "val_episodes": MAX_EPISODES,
           "checkpoint_every": 10**9, "val_every": 10**9, "patience": 10**9, "seed": 2**63 - 1,

@@ -147,8 +147,8 @@ MAX_OPTION_INT = 1 << 24
 MAX_OPTION_ITEMS = 64
 """The most items of a component's list option (a network's widths, say)."""
 MAX_WIDTH = 8192
-"""The widest layer a component's option may ask for (as `metamodal.config.LIMITS` bounds
-``dim``): an option named in `WIDTH_OPTIONS`, or each item of it, at most this."""
+"""The widest layer a component's option may ask for (an option named in `WIDTH_OPTIONS`, or
+each item of it), and the largest ``dim`` (`metamodal.config.LIMITS`)."""
 WIDTH_OPTIONS = frozenset({"hidden", "channels", "widths", "embedding_dim", "filters"})
 """The option names that set a layer's width (units, channels, an embedding's size): a
 weight matrix grows with their square, so 2^24 would ask for terabytes."""

@@ -162,8 +162,8 @@ def unseen_classes(store: TensorStore, plan: EpisodePlan, selected: Sequence[str
     hidden = hidden_rows(store, rows, drop, seed)
     shown = torch.zeros(len(store), dtype=torch.bool)
     for name in selected:
-        shown |= store.modalities[name].present.bool().cpu() & ~hidden.get(
-            name, torch.zeros(len(store), dtype=torch.bool))
+        present = store.modalities[name].present.bool().cpu()
+        shown |= present & ~hidden[name] if name in hidden else present
     unseen = [torch.bincount(labels[shown[support]], minlength=ways) == 0
               for support, labels, ways in zip(plan.support, plan.support_labels, plan.ways,
                                                 strict=True)]

@@ -223,8 +223,9 @@ class SequenceLoader(StandardisingState, ModalityLoader):
             std = torch.tensor(self.std_, dtype=torch.float32)
             valid = torch.arange(values.shape[1]).view(1, -1, 1) < lengths.view(-1, 1, 1)
             values = (values - mean) / std * valid
-        for i in torch.nonzero(~(values.abs() <= MAX_INPUT).flatten(1).all(1)).flatten().tolist():
-            step, feature = (int(v) for v in torch.nonzero(~(values[i].abs() <= MAX_INPUT))[0])
+        far = ~(values.abs() <= MAX_INPUT)  # NaN counts as far
+        for i in torch.nonzero(far.flatten(1).any(1)).flatten().tolist():
+            step, feature = (int(v) for v in torch.nonzero(far[i])[0])
             seen = (" once standardised with the meta-train mean and std"
                     if self.normalize and self.mean_ is not None else "")
             report_failure(DecodeFailure(

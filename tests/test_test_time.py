@@ -296,6 +296,30 @@ def test_tta_embedding_is_the_mean_over_the_sample_and_its_copies(setup) -> None
                                    copy.deepcopy(model).train().backbone(batch).z)
 
 
+def test_tta_embeds_once_where_no_shown_modality_has_a_transform(setup) -> None:
+    run = load_run(setup["tt"])
+    store = load_run_data(run).store
+    from metamodal.evaluate.embedding import masked_batch
+
+    names = list(run.model.modalities)
+    augmentation = tta_augmentation(run.config.augment, run.preprocessor)
+    assert set(augmentation.modalities) == {"image"}  # the caption has no transform
+    calls = []
+
+    def counted(batch):
+        calls.append(1)
+        return run.model.backbone(batch)
+
+    with torch.no_grad():
+        for selected, passes in ((["caption"], 1), (names, 3)):
+            calls.clear()
+            batch = masked_batch(store, torch.arange(6), names, selected, {})
+            got = averaged_embedding(counted, batch, 2, augmentation)
+            assert len(calls) == passes
+            torch.testing.assert_close(got.z, run.model.backbone(batch).z if passes == 1
+                                       else run.model.embed(batch).z, rtol=0, atol=1e-6)
+
+
 # ----------------------------------------------------------------------- config and flags
 
 def test_training_is_unchanged_by_test_time_settings(setup) -> None:

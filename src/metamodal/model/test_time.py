@@ -107,7 +107,9 @@ def averaged_embedding(embed: Any, batch: Mapping[str, Any], copies: int,
                        augmentation: Augmentation) -> Embeddings:
     """The mean of ``embed(batch)`` and ``embed`` of ``copies`` transformed copies of
     ``batch``: ``z`` (``[B, D]`` or ``[B, M, D]``) and the per-modality ``parts`` averaged,
-    ``present`` unchanged (the transforms never hide a modality).
+    ``present`` unchanged (the transforms never hide a modality). Where no modality that
+    a sample of ``batch`` shows has a transform (``eval --modalities`` of an untransformed
+    one), every copy would be the sample itself: it is embedded once.
 
     Args:
         embed: ``embed(batch) -> Embeddings`` (a backbone).
@@ -117,6 +119,9 @@ def averaged_embedding(embed: Any, batch: Mapping[str, Any], copies: int,
     """
     generator = torch.Generator().manual_seed(TTA_SEED)
     first = embed(batch)
+    if not any(name in augmentation.modalities and bool(batch[name].present.any())
+               for name in batch):
+        return first
     device = first.z.device
     on_cpu = batch_to(batch, "cpu") if device.type != "cpu" else batch  # transforms draw there
     z: Tensor = first.z.clone()

@@ -18,6 +18,7 @@ from sklearn.metrics import accuracy_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.utils.validation import check_is_fitted
 
+from metamodal import api
 from metamodal.classifier import FewShotClassifier
 from metamodal.config import TrainConfig
 from metamodal.data.dataset import load_dataset
@@ -324,3 +325,15 @@ def test_bad_cells_are_typed_errors_naming_row_and_column(trained, tmp_path: Pat
     assert (error.row, error.column) == (2, "id")
     error = _error(lambda: fit({"caption": ["x"]}))
     assert error.file == "X"
+
+
+def test_predict_names_the_support_tables_label_column(trained) -> None:
+    data, run = trained
+    support, query = _split(data)
+    one_class = [r for r in support if r["species"] == support[0]["species"]]
+    table = _write(data / "one-class-support.csv", one_class)
+    queries = _write(data / "one-class-query.csv", query)
+    with pytest.raises(InsufficientSamplesError, match="one class") as caught:
+        api.predict(str(run), support=str(table), query=str(queries))
+    assert caught.value.column == "species"  # the table's label column, not fit's y
+    assert Path(caught.value.file) == table

@@ -325,9 +325,11 @@ class FewShotClassifier(EstimatorParams):
         else:
             dataset = self._read(X, run, modalities, labelled=False)
             labels = checked_labels(y, len(dataset))
+        from_table = y is None
         return self.fit_encoded(self._encode(dataset, run, modalities), labels, classes,
-                                rows=None if y is not None else dataset.rows(),
-                                file=getattr(dataset.table, "file", None))
+                                rows=dataset.rows() if from_table else None,
+                                file=getattr(dataset.table, "file", None),
+                                column=dataset.schema.label if from_table else "y")
 
     def encode(self, X: SampleSource) -> EncodedSamples:
         """Read, decode and (for a learner that embeds once) embed samples: what `fit_encoded`
@@ -371,7 +373,8 @@ class FewShotClassifier(EstimatorParams):
 
     def fit_encoded(self, support: EncodedSamples, y: Sequence[Label],
                     classes: Sequence[Label] | None = None, *, rows: list[int] | None = None,
-                    file: str | os.PathLike[str] | None = None) -> FewShotClassifier:
+                    file: str | os.PathLike[str] | None = None,
+                    column: str = "y") -> FewShotClassifier:
         """Keep encoded support samples (from `encode`) with their labels: `fit` without
         reading, for a caller that keeps encoded samples (a server's stored tasks).
 
@@ -379,8 +382,8 @@ class FewShotClassifier(EstimatorParams):
             support: the ``S`` encoded support samples.
             y: their labels, ``S`` of them.
             classes: the classes to predict, in order (default: the sorted labels).
-            rows, file: where the samples came from, for error messages (default: the
-                position in ``y``).
+            rows, file, column: where the samples and their labels came from, for error
+                messages (default: the position in ``y``, column ``y``).
 
         Raises:
             DatasetError: ``y`` does not give one valid label per sample.
@@ -389,7 +392,7 @@ class FewShotClassifier(EstimatorParams):
         """
         run = self.loaded_run()
         modalities = self._used_modalities(run)
-        labels = checked_labels(y, len(support))
+        labels = checked_labels(y, len(support), column=column)
         if classes is None:
             classes = sorted(set(labels))
         else:
@@ -400,7 +403,7 @@ class FewShotClassifier(EstimatorParams):
         if len(classes) < 2:
             raise InsufficientSamplesError(
                 f"the support holds one class, {classes[0]!r}: every query would be predicted "
-                "as it", file=file, column="y" if rows is None else "label",
+                "as it", file=file, column=column,
                 fix="give support samples of at least two classes")
         counts = {c: 0 for c in classes}
         for position, (label, ok) in enumerate(zip(labels, support.usable.tolist(),
@@ -409,7 +412,7 @@ class FewShotClassifier(EstimatorParams):
                 raise InsufficientSamplesError(
                     f"support label {label!r} is not among the classes given",
                     row=position + 1 if rows is None else rows[position],
-                    column="y" if rows is None else "label",
+                    column=column,
                     fix="add it to `classes` or remove those samples")
             counts[label] += int(ok)
         empty = [c for c, n in counts.items() if n == 0]

@@ -55,7 +55,9 @@ def predict(run: str | Path | None = None, settings: PredictSettings | None = No
     s = resolve(PredictSettings, settings, {"run": run, **options}, verb="predict")
     classifier = FewShotClassifier(s.run, modalities=s.modalities, **test_time_overrides(s))
     support = classifier.load_samples(s.support, labelled=True)
-    classifier.fit(support, support.labels)
+    classifier.fit_encoded(classifier.encode(support), support.labels,
+                           rows=support.rows(), file=getattr(support.table, "file", None),
+                           column=support.schema.label)  # errors name the table's cells
     query = classifier.load_samples(s.query)
     probabilities = classifier.predict_proba(query)
     rows = []

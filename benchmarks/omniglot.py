@@ -27,7 +27,8 @@ into an ensemble (`ENSEMBLES`), and those are trained first where they are not y
 NAME=DIR`` measures a run trained elsewhere instead of training one, and ``--test-time
 plain,tta16+transduction10,reliability1`` measures each configuration with each test-time
 setting (`metamodal.model.test_time`; parts ``ttaN``, ``transductionN``,
-``confidenceX``, ``reliabilityX``, ``balance`` joined by ``+``), one row each. ``--baseline
+``confidenceX``, ``reliabilityX``, ``balance`` joined by ``+``; ``own`` keeps each run's, and
+each ensemble member's, own settings), one row each. ``--baseline
 NAME`` adds each configuration's paired difference against NAME's on the same within-alphabet
 runs (images only, and with both modalities where the row is fused, against the baseline's
 both modalities or its images), with the same test-time setting: a gain smaller than either
@@ -82,19 +83,22 @@ copies, ``transduction`` 1 step, ``balance`` turns ``transduction_balance`` on);
 reliability 1 were chosen, like those, within the validation alphabet."""
 
 
-def test_time_setting(name: str) -> dict[str, float]:
-    """The test-time settings of a ``--test-time`` name: ``plain``, or parts joined by ``+``
-    (``tta16+transduction10+reliability1``); `ValueError` for an unknown one.
+def test_time_setting(name: str) -> dict[str, float] | None:
+    """The test-time settings of a ``--test-time`` name: ``plain``, parts joined by ``+``
+    (``tta16+transduction10+reliability1``), or ``own`` (None: each run keeps its own, each
+    member of an ensemble its own); `ValueError` for an unknown one.
 
     Example:
         >>> test_time_setting("tta+reliability0.5")
         {'tta': 8, 'transduction': 0, 'transduction_balance': False, 'fusion_reliability': 0.5}
     """
+    if name == "own":
+        return None
     setting: dict[str, float] = {"tta": 0, "transduction": 0, "transduction_balance": False}
     for part in ([] if name == "plain" else name.split("+")):
         match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)?", part)
         if match is None or match[1] not in TEST_TIME_KEYS:
-            raise ValueError(f"unknown test-time part {part!r} in {name!r}; use plain or "
+            raise ValueError(f"unknown test-time part {part!r} in {name!r}; use plain, own or "
                              f"{', '.join(TEST_TIME_KEYS)} with a number, joined by +")
         key, default = TEST_TIME_KEYS[match[1]]
         if match[2] is None and default is None:
@@ -340,6 +344,8 @@ ENSEMBLES: dict[str, dict[str, Any]] = {
     "recipe+strokes": {"runs": ["recipe", "strokes-60way-rot-affine-reorder-256pt-3000-bf16"],
                        "method": "stack", "ways": 17, "queries": 5, "episodes_count": 200,
                        "tta": 16, "transduction": 10, "transduction_balance": True},
+    "recipe+fused-recipe": {"runs": ["recipe", "fused-recipe"], "method": "mean",
+                            "ways": 17, "queries": 1},
 }
 """Ensembles of configurations (`metamodal.api.ensemble`'s options: the member configurations,
 trained first where they are not yet, then fitted within the validation alphabet)."""
@@ -442,7 +448,7 @@ def _row(name: str, run_dir: Path, seconds: float | None, best_val: float | None
                            "steps": config.steps, "modalities": modalities,
                            "selection_val": best_val,
                            "selection_shape": f"{config.val_ways or config.ways}-way",
-                           "test_time": dict(test_time or {})}
+                           "test_time": {"own": True} if test_time is None else dict(test_time)}
 
     def five_way(classes: list[str], only: list[str] | None) -> dict[str, float]:
         result = evaluate(model, store, classes, ways=5, shots=1, queries=15, episodes=episodes,
@@ -451,7 +457,8 @@ def _row(name: str, run_dir: Path, seconds: float | None, best_val: float | None
 
     row["val_5way"] = five_way(split.val, None)
     row["test_5way"] = five_way(split.test, None)
-    full = not any((test_time or {}).values())  # test-time rows skip the per-modality 5-way
+    full = test_time is not None and not any(test_time.values())  # only plain rows measure
+    # each modality alone at 5 ways
     if len(modalities) > 1 and full:
         row["test_5way_alone"] = {m: five_way(split.test, [m]) for m in modalities}
         row["val_5way_alone"] = {m: five_way(split.val, [m]) for m in modalities}
@@ -630,6 +637,8 @@ def _signed(points: float) -> str:
 
 def _test_time(row: dict[str, Any]) -> str:
     setting = row.get("test_time") or {}
+    if setting.get("own"):
+        return "each run's own"
     parts = [f"tta {setting['tta']}" if setting.get("tta") else "",
              f"transduction {setting['transduction']}" if setting.get("transduction") else "",
              "balanced" if setting.get("transduction_balance") else "",
@@ -666,7 +675,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure a run trained elsewhere under NAME (repeatable); with "
                         "--run, only the runs given are measured")
     parser.add_argument("--test-time", default="plain",
-                        help="comma-separated test-time settings: plain, or parts joined by + "
+                        help="comma-separated test-time settings: plain, own (each run's, "
+                        "each ensemble member's), or parts joined by + "
                         "(tta16+transduction10+reliability1; tta alone is 8 copies, "
                         "transduction alone 1 step)")
     parser.add_argument("--baseline", metavar="NAME",

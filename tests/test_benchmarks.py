@@ -83,10 +83,13 @@ def test_features_benchmark_checks_pass_at_a_tiny_size() -> None:
 
 def test_omniglot_benchmark_reads_test_time_settings_by_name() -> None:
     sys.path.insert(0, str(BENCHMARKS))
-    from omniglot import test_time_setting
+    from omniglot import _test_time, test_time_setting
 
     plain = {"tta": 0, "transduction": 0, "transduction_balance": False}
     assert test_time_setting("plain") == plain
+    assert test_time_setting("own") is None  # each run's (each ensemble member's) own
+    assert _test_time({"test_time": {"own": True}}) == "each run's own"
+    assert _test_time({"test_time": plain}) == "plain"
     assert test_time_setting("tta+transduction") == {**plain, "tta": 8, "transduction": 1}
     assert test_time_setting("tta16+transduction10+reliability0.5") == {
         **plain, "tta": 16, "transduction": 10, "fusion_reliability": 0.5}

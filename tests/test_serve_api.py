@@ -484,6 +484,21 @@ def test_the_accuracy_is_measured_again_with_other_settings(runs: dict[str, Path
     assert other["test_accuracy"]["test_time"][0]["transduction"] == 2
 
 
+def test_a_measurement_that_fails_untyped_is_unavailable(runs: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    """Whatever the background measurement raises, the status leaves "measuring"."""
+    def measure() -> dict[str, Any]:
+        raise TypeError("a bug")
+
+    settings = ServeSettings(run=str(runs["protonet"]), state=str(tmp_path))
+    with TestClient(build_app(settings, measure)) as c:
+        deadline = time.monotonic() + 30
+        while (body := c.get("/api/model").json())["test_accuracy_status"] == "measuring":
+            assert time.monotonic() < deadline, "the status stayed measuring"
+            time.sleep(0.05)
+    assert body["test_accuracy_status"] == "unavailable: a bug"
+
+
 # -- persistence -----------------------------------------------------------------------------
 
 def test_tasks_survive_a_restart(runs: dict[str, Path], rows: list[dict[str, str]],
@@ -577,6 +592,9 @@ BAD_SAMPLES = {
                                   "e0.track"),
     "text as a binary file": ({}, [("e0.caption", ("c.bin", b"\xff\xfe\x00\x81"))], 422,
                               "e0.caption"),
+    "image as text": ({"e0.image": "e0.image"}, [], 422, "e0.image"),  # not a server path
+    "image as a path out": ({"e0.image": "/etc/passwd"}, [], 422, "e0.image"),
+    "sequence as text": ({"e0.track": "a.npy"}, [], 422, "e0.track"),
     "NaN measurement": ({"e0.weight_g": "nan"}, [], 422, "e0.weight_g"),
     "infinite measurement": ({"e0.weight_g": "-inf"}, [], 422, "e0.weight_g"),
     "non-numeric measurement": ({"e0.weight_g": "heavy"}, [], 422, "e0.weight_g"),
@@ -643,6 +661,8 @@ LABELS = {
     "given twice": ({"e0.label": ["cat", "dog"], "e0.caption": "x"}, "e0.label"),
     "given twice by two spellings of n": ({"e0.label": "cat", "e00.label": "dog",
                                            "e0.caption": "x"}, None),
+    "two dots": ({"e0.label": "..", "e0.caption": "x"}, "e0.label"),  # /classes/.. would
+    "one dot": ({"e0.label": " . ", "e0.caption": "x"}, "e0.label"),  # name the task itself
 }
 
 

@@ -165,7 +165,7 @@ class _Accuracy:
     def _measure(self, store: TaskStore, measure: Callable[[], dict[str, Any]]) -> None:
         try:
             self.value = {**measure(), "test_time": self.test_time}
-        except MetamodalError as error:
+        except Exception as error:  # noqa: BLE001 - whatever fails, the page must not wait
             self.status = f"unavailable: {error}"
             return
         store.write_meta("test_accuracy", self.value)

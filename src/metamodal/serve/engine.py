@@ -35,7 +35,7 @@ from metamodal.classifier import FewShotClassifier
 from metamodal.data.batch import batch_to
 from metamodal.data.kinds import modality_kind
 from metamodal.data.records import records_dataset
-from metamodal.errors import InsufficientSamplesError, LocatedError, ModalityError
+from metamodal.errors import DatasetError, InsufficientSamplesError, LocatedError, ModalityError
 from metamodal.model.test_time import settings_in_force
 from metamodal.runs.directory import WEIGHTS_FILE, Run
 from metamodal.runs.support import EncodedSamples
@@ -212,6 +212,12 @@ class Engine:
                             (Path(tmp) / name).write_bytes(value.data)
                             names[str(Path(tmp) / name)] = f"{sample.key}.{column}"
                             value = name
+                    elif info.input == "file":  # text would be read as a path on the server
+                        raise DatasetError(
+                            f"{sample.key}.{column} is text, and {info.name} is read from a "
+                            "file", column=f"{sample.key}.{column}",
+                            fix=f"send {sample.key}.{column} as a file upload "
+                            f"(curl -F '{sample.key}.{column}=@FILE')")
                     record[column] = value
                 records.append(record)
             try:

@@ -86,6 +86,9 @@ async def samples_of(form: Any, letter: str, *, columns: dict[str, str], labelle
             if not isinstance(value, str) or not value.strip() or len(value) > MAX_LABEL:
                 raise ConfigError(f"{key} must be a class name of 1 to {MAX_LABEL} characters",
                                   column=key, fix="give each example a label")
+            if not value.strip().strip("."):  # /classes/.. would reach the task's own URL
+                raise ConfigError(f"{key} is only dots, which a class's URL cannot hold",
+                                  column=key, fix="give the class a name with other characters")
             sample.label = value.strip()
             continue
         if column not in columns:

@@ -375,3 +375,21 @@ def test_the_ensemble_table_keeps_its_columns_with_long_run_names() -> None:
     header, *rows = result.table().splitlines()[1:5]
     assert len({row.index(" ± ") for row in rows}) == 1  # the members' rows and the ensemble's
     assert header.index("val accuracy") + len("val accuracy") == rows[0].index(" ± ") + 8
+
+
+def test_a_multi_task_first_member_predicts_the_main_label(runs: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    config = TrainConfig(data=str(runs["data"]), tasks=["species", "genus"], steps=2, ways=2,
+                         shots=1, queries=1, dim=8, val_every=0, val_episodes=1, device="cpu",
+                         cache=False)
+    Trainer(config, tmp_path / "mt", progress=False).fit()
+    out = tmp_path / "ens"
+    api.ensemble([str(tmp_path / "mt"), runs["members"][0]], out=str(out), ways=2, queries=1,
+                 episodes_count=3)
+    report = api.evaluate(str(out), ways=2, shots=1, queries=1, episodes_count=3,
+                          progress=False, baseline=False)
+    assert 0 <= report.result.accuracy <= 1 and report.tasks is None
+    with pytest.raises(ConfigError):  # the other task's head is not part of the ensemble
+        api.evaluate(str(out), task="genus", ways=2, shots=1, queries=1, episodes_count=3,
+                     progress=False, baseline=False)
+

@@ -338,7 +338,9 @@ def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Prepro
                        fix="re-run `metamodal ensemble`") from None
     load_weights(run_dir / WEIGHTS_FILE, model)
     model.to(resolve_device(str(device))).eval()
-    return Run(path=run_dir, config=configs[0], model=model, preprocessor=preprocessor,
+    config = configs[0].updated({"tasks": None, "task_weights": None})  # the members'
+    # predictions of the main label are combined, whatever tasks they were trained on
+    return Run(path=run_dir, config=config, model=model, preprocessor=preprocessor,
                split=split, schema=schema, ensemble=dict(table))
 
 

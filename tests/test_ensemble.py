@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import csv
 import shutil
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomli_w
 import torch
 
 from metamodal import api
@@ -345,6 +347,14 @@ def test_too_few_missing_or_damaged_runs_are_typed_errors(runs: dict[str, Path],
     names = text[text.index("names = ["):].split("]", 1)[0] + "]"  # shown, not used: kept
     (damaged / "config.toml").write_text(text.replace(names, "names = [1, 2]"))
     assert load_run(damaged).name == "ensemble-mean(1, 2)"
+    (damaged / "config.toml").write_text(text)
+    member = damaged / "members" / "1" / "config.toml"
+    own = tomllib.loads(member.read_text())
+    for broken in ({"train": 5}, {"foo": ["a"]}):
+        member.write_text(tomli_w.dumps({**own, "split": {**own["split"], **broken}}))
+        with pytest.raises(RunError, match="split") as caught:  # not a raw TypeError
+            load_run(damaged)
+        assert caught.value.file == str(member) and caught.value.column == "split"
     with pytest.raises(ConfigError, match="another learner"):
         api.evaluate(str(runs["mean"]), learner="protonet", episodes_count=2, ways=2,
                      queries=1, progress=False)

@@ -313,7 +313,8 @@ def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Prepro
         if "ensemble" in own_document:
             raise RunError("a member of an ensemble is itself an ensemble",
                            file=member_dir / CONFIG_FILE, fix="combine the trained runs directly")
-        if ClassSplit.from_dict(own_document["split"]).to_dict() != split.to_dict():
+        own_split, _ = _split_and_schema(own_document, member_dir / CONFIG_FILE)
+        if own_split.to_dict() != split.to_dict():
             raise RunError(f"member {k}'s class split differs from the ensemble's",
                            file=member_dir / CONFIG_FILE, column="split",
                            fix="re-run `metamodal ensemble`")

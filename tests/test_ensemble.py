@@ -326,6 +326,14 @@ def test_too_few_missing_or_damaged_runs_are_typed_errors(runs: dict[str, Path],
         api.ensemble(runs["members"][:2], out=str(runs["mean"]))
     with pytest.raises(ConfigError, match="itself an ensemble"):
         api.ensemble([runs["members"][0], str(runs["mean"])], out=str(tmp_path / "x"))
+    moved = tmp_path / "moved"  # a member whose dataset is gone: ensemble has no --data
+    shutil.copytree(runs["members"][0], moved)
+    config = tomllib.loads((moved / "config.toml").read_text())
+    config["train"]["data"] = str(tmp_path / "gone")
+    (moved / "config.toml").write_text(tomli_w.dumps(config))
+    with pytest.raises(RunError, match="is not there") as caught:
+        api.ensemble([str(moved), runs["members"][1]], out=str(tmp_path / "x"))
+    assert caught.value.column == "train.data" and "--data" not in caught.value.fix
     damaged = tmp_path / "damaged"
     shutil.copytree(runs["mean"], damaged)
     (damaged / "model.safetensors").write_bytes(b"not weights")

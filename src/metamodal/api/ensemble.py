@@ -10,7 +10,7 @@ from typing import Any
 from metamodal.api.fields import resolve, write_json
 from metamodal.api.settings import EnsembleSettings
 from metamodal.config import test_time_overrides
-from metamodal.errors import ConfigError
+from metamodal.errors import ConfigError, RunError
 
 
 @dataclass
@@ -120,7 +120,12 @@ def ensemble(runs: list[str] | None = None, settings: EnsembleSettings | None = 
     loaded = [load_run(path, test_time=test_time_overrides(s)) for path in s.runs]
     check_members(loaded)
     preprocessor = union_preprocessor(loaded)
-    prepared = load_run_data(dataclasses.replace(loaded[0], preprocessor=preprocessor))
+    try:
+        prepared = load_run_data(dataclasses.replace(loaded[0], preprocessor=preprocessor))
+    except RunError as error:  # its fix offers --data, which ensemble has not
+        raise RunError(f"the first run's dataset is needed to fit the ensemble: "
+                       f"{error.message}", file=error.file, column=error.column,
+                       fix="move the training dataset back to where train.data says") from None
     classes = prepared.classes("val")
     if len(classes) < 2:
         raise ConfigError(f"the runs' validation split has {len(classes)} class(es); fitting "

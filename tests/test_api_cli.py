@@ -18,7 +18,7 @@ from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
 from metamodal.data.episode_files import write_episode_file
 from metamodal.data.episodes import EpisodeSampler
-from metamodal.errors import InsufficientSamplesError, ModalityError, RunError
+from metamodal.errors import ConfigError, InsufficientSamplesError, ModalityError, RunError
 from metamodal.evaluate.stats import paired_difference
 from metamodal.runs.directory import load_run, load_run_data
 
@@ -207,6 +207,27 @@ def test_cli_predict_and_report(trained: tuple[Path, Path], tmp_path: Path) -> N
     assert main(["report", str(run), "--ways", "3", "--queries", "2",
                  "--episodes-count", "20"]) == 0
     assert (run / "report" / "index.html").is_file()
+
+
+def test_json_never_overwrites_an_input_or_a_runs_file(trained: tuple[Path, Path],
+                                                        tmp_path: Path, capsys) -> None:
+    data, run = trained
+    support, query, _ = _support_query(data, run)
+    kept = {path: path.read_bytes() for path in (support, run / "model.safetensors",
+                                                 run / "config.toml")}
+    for argv in (["predict", str(run), "--support", str(support), "--query", str(query),
+                  "--json", str(support)],
+                 ["eval", str(run), "--json", str(run / "model.safetensors")],
+                 ["eval", str(run), "--json", str(run / "config.toml")]):
+        assert main(argv) == 2
+        assert "--json" in capsys.readouterr().err
+    assert all(path.read_bytes() == content for path, content in kept.items())
+    with pytest.raises(ConfigError) as caught:  # inside the ensemble about to be written
+        api.ensemble([str(run), str(run)], out=str(tmp_path / "ens"),
+                     json=str(tmp_path / "ens" / "config.toml"))
+    assert caught.value.column == "json"
+    assert main(["eval", str(run), "--ways", "3", "--queries", "1", "--episodes-count", "2",
+                 "--json", str(run / "eval.json")]) == 0  # a file of its own, beside them
 
 
 def test_cli_reports_typed_errors_without_traceback(tmp_path: Path, capsys) -> None:

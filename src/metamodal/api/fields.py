@@ -139,7 +139,40 @@ def resolve(cls: type, settings: Any, options: dict[str, Any], *, verb: str) -> 
                           fix=f"pass a {cls.__name__}, or its fields as keywords")
     values = dataclasses.asdict(settings) if settings is not None else {}
     values.update({k: v for k, v in options.items() if v is not None})
-    return make(cls, values, verb=verb)
+    resolved = make(cls, values, verb=verb)
+    if getattr(resolved, "json", None):
+        check_json_target(resolved.json, resolved)
+    return resolved
+
+
+RUN_FILES = frozenset({"config.toml", "preprocessor.json", "model.safetensors", "metrics.jsonl",
+                       "checkpoint.pt", "support.safetensors"})
+"""The files of a run directory (`metamodal.runs`) that a result's JSON must never replace."""
+
+
+def check_json_target(json: str | Path, settings: Any) -> None:
+    """`ConfigError` (before any work) when ``--json`` would overwrite a file the verb reads or
+    writes (the run, an input table, an episode file) or a file of a run directory (its
+    ``config.toml``, weights, ...: one named in `RUN_FILES` beside a ``config.toml``, or
+    inside a directory that the settings name, such as ``out``)."""
+    target = Path(json).resolve()
+    given: list[Path] = []
+    for item in dataclasses.fields(settings):
+        if item.name == "json":
+            continue
+        value = getattr(settings, item.name)
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(v, str | Path) and str(v) and (item.name == "out" or Path(v).exists()):
+                given.append(Path(v).resolve())
+    clash = next((p for p in given if p == target), None)
+    if clash is None and target.name in RUN_FILES and (
+            (target.parent / "config.toml").exists()
+            or any(p == target.parent or p in target.parents for p in given)):
+        clash = target.parent
+    if clash is not None:
+        raise ConfigError(f"--json {json} would overwrite {target.name}, a file this command "
+                          f"reads or a run's own", column="json",
+                          fix="write the result to a file of its own, e.g. result.json")
 
 
 def write_json(path: str | Path | None, result: Any) -> None:

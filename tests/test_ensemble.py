@@ -6,6 +6,7 @@ on validation classes only, and runs that cannot be combined get typed errors.""
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 import tomllib
 from pathlib import Path
@@ -411,3 +412,35 @@ def test_a_multi_task_first_member_predicts_the_main_label(runs: dict[str, Path]
         api.evaluate(str(out), task="genus", ways=2, shots=1, queries=1, episodes_count=3,
                      progress=False, baseline=False)
 
+
+
+def test_a_member_blind_in_validation_is_refused_and_bounds_are_warned(
+        runs: dict[str, Path], tmp_path: Path) -> None:
+    common = dict(ways=2, shots=1, queries=1, dim=8, val_every=0, val_episodes=1,
+                  device="cpu", cache=False)
+    Trainer(TrainConfig(data=str(runs["data"]), modalities=["caption"], steps=1, **common),
+            tmp_path / "caption", progress=False).fit()
+    val = set(load_run(tmp_path / "caption").split.val)
+    data = tmp_path / "data"  # the validation classes' captions emptied
+    shutil.copytree(runs["data"], data)
+    rows = _rows(data)
+    for row in rows:
+        if row["species"] in val:
+            row["caption"] = ""
+    with (data / "samples.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    shutil.copytree(tmp_path / "caption", tmp_path / "blind")
+    config = tomllib.loads((tmp_path / "blind" / "config.toml").read_text())
+    config["train"]["data"] = str(data)
+    (tmp_path / "blind" / "config.toml").write_text(tomli_w.dumps(config))
+    with pytest.raises(ConfigError, match="sees none of its modalities") as caught:
+        api.ensemble([str(tmp_path / "blind"), runs["members"][0]], out=str(tmp_path / "x"),
+                     ways=2, queries=1, episodes_count=3)
+    assert caught.value.column == "runs"
+    with pytest.warns(UserWarning, match="at the bound") as caught:  # two queries in all
+        result = api.ensemble(runs["members"][:2], out=str(tmp_path / "few"), ways=2,
+                              queries=1, episodes_count=2)
+    assert any(math.isclose(math.log(t), -5, abs_tol=1e-3) for t in result.temperatures)
+    assert any(member in str(w.message) for w in caught for member in runs["members"][:2])

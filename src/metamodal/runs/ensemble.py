@@ -19,8 +19,10 @@ The result is a run directory (`metamodal.runs.directory.write_ensemble_files`) 
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +139,12 @@ def union_preprocessor(runs: Sequence[Run]) -> Preprocessor:
     return preprocessor_from_state(union)
 
 
+LOG_TEMPERATURE = (-5.0, 5.0)
+"""The range of a fitted member's log-temperature."""
+LOG_WEIGHT = (-8.0, 4.0)
+"""The range of a fitted stack weight's logarithm."""
+
+
 def fit_temperature(logits: Tensor, labels: Tensor, *, steps: int = 100) -> float:
     """The temperature ``T > 0`` minimising the mean negative log-likelihood of
     ``softmax(logits / T)`` (Guo et al. 2017).
@@ -158,13 +166,14 @@ def fit_temperature(logits: Tensor, labels: Tensor, *, steps: int = 100) -> floa
 
     def closure() -> Tensor:
         optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.clamp(-5, 5).exp(), labels)
+        loss = torch.nn.functional.cross_entropy(logits / log_t.clamp(*LOG_TEMPERATURE).exp(),
+                                                 labels)
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimiser.step(closure)
-    return float(log_t.detach().clamp(-5, 5).exp())
+    return float(log_t.detach().clamp(*LOG_TEMPERATURE).exp())
 
 
 def fit_stack_weights(logits: Tensor, available: Tensor, labels: Tensor, temperatures: Tensor,
@@ -190,14 +199,14 @@ def fit_stack_weights(logits: Tensor, available: Tensor, labels: Tensor, tempera
     def closure() -> Tensor:
         optimiser.zero_grad()
         combined = combine_log_probs(logits, available, temperatures,
-                                     log_w.clamp(-8, 4).exp(), "stack")
+                                     log_w.clamp(*LOG_WEIGHT).exp(), "stack")
         loss = torch.nn.functional.nll_loss(combined, labels)
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimiser.step(closure)
-    return log_w.detach().clamp(-8, 4).exp()
+    return log_w.detach().clamp(*LOG_WEIGHT).exp()
 
 
 @dataclass
@@ -278,13 +287,21 @@ def fit_ensemble(runs: Sequence[Run], store: TensorStore, plan: EpisodePlan,
         raise ConfigError(f"unknown ensemble method {method!r}", column="method",
                           fix=f"use one of: {', '.join(METHODS)}")
     logits, available, labels = member_validation_logits(runs, store, plan)
-    temperatures = torch.tensor([
-        fit_temperature(logits[m][available[m]], labels[available[m]])
-        if bool(available[m].any()) else 1.0 for m in range(len(runs))])
+    for m, run in enumerate(runs):
+        if not bool(available[m].any()):
+            raise ConfigError(
+                f"{run.path} sees none of its modalities ({', '.join(run.model.modalities)}) "
+                "in the validation episodes: its temperature cannot be fitted", column="runs",
+                fix="combine runs whose modalities the validation samples carry")
+    temperatures = torch.tensor([fit_temperature(logits[m][available[m]], labels[available[m]])
+                                 for m in range(len(runs))])
     if method == "stack":
         weights = fit_stack_weights(logits, available, labels, temperatures)
     else:
         weights = torch.ones(len(runs))
+    _warn_at_bounds(runs, temperatures, LOG_TEMPERATURE, "temperature")
+    if method == "stack":
+        _warn_at_bounds(runs, weights, LOG_WEIGHT, "weight")
     combined = combine_log_probs(logits, available, temperatures, weights, method)
     members = []
     for m in range(len(runs)):
@@ -294,6 +311,18 @@ def fit_ensemble(runs: Sequence[Run], store: TensorStore, plan: EpisodePlan,
     return FittedEnsemble(method, [round(float(t), 6) for t in temperatures],
                           [round(float(w), 6) for w in weights], members, [accuracy, half],
                           dict(validation or {}))
+
+
+def _warn_at_bounds(runs: Sequence[Run], values: Tensor, log_range: tuple[float, float],
+                    what: str) -> None:
+    """Warn of each member whose fitted ``what`` stopped at a bound of ``log_range``: the
+    validation episodes did not pin it down (too few, or too easy for that member)."""
+    for run, value in zip(runs, values.tolist(), strict=True):
+        if any(math.isclose(math.log(value), bound, abs_tol=1e-4) for bound in log_range):
+            warnings.warn(f"{run.path}: its fitted {what} {value:.4g} is at the bound "
+                          f"(e^{log_range[0]:g} .. e^{log_range[1]:g}) of what is fitted; the "
+                          "validation episodes do not pin it down: draw more of them "
+                          "(--episodes-count) or more queries (--queries)", stacklevel=3)
 
 
 def check_ensemble_target(out: str | Path, members: Sequence[str | Path], *,

@@ -663,6 +663,8 @@ LABELS = {
                                            "e0.caption": "x"}, None),
     "two dots": ({"e0.label": "..", "e0.caption": "x"}, "e0.label"),  # /classes/.. would
     "one dot": ({"e0.label": " . ", "e0.caption": "x"}, "e0.label"),  # name the task itself
+    "a NUL": ({"e0.label": "c\x00t", "e0.caption": "x"}, "e0.label"),
+    "an escape": ({"e0.label": "\x1b[31mcat", "e0.caption": "x"}, "e0.label"),
 }
 
 
@@ -675,8 +677,8 @@ def test_bad_labels_are_400(client: TestClient, task: dict, case: str) -> None:
     assert client.get(f"/api/tasks/{task['id']}").json() == before
 
 
-@pytest.mark.parametrize("name", [["one", "two"], None])
-def test_a_task_name_is_one_text_field(client: TestClient, name: list | None) -> None:
+@pytest.mark.parametrize("name", [["one", "two"], None, "bi\x00rds"])
+def test_a_task_name_is_one_text_field(client: TestClient, name: list | str | None) -> None:
     files = [("name", ("name.txt", b"birds"))] if name is None else None
     fields = {"e0.label": "a", "e0.caption": "x"} | ({"name": name} if name else {})
     count = len(client.get("/api/tasks").json()["tasks"])

@@ -48,7 +48,13 @@ from metamodal.errors import (
 )
 from metamodal.io import file_in_the_way
 from metamodal.serve.engine import Engine
-from metamodal.serve.forms import BodyLimit, BodyTooLargeError, read_form, samples_of
+from metamodal.serve.forms import (
+    BodyLimit,
+    BodyTooLargeError,
+    has_control_characters,
+    read_form,
+    samples_of,
+)
 from metamodal.serve.store import LimitError, Limits, NotFoundError, TaskRecord, TaskStore
 
 if TYPE_CHECKING:
@@ -296,6 +302,9 @@ def build_app(s: ServeSettings,
         if len(names) > 1 or not all(isinstance(n, str) for n in names):
             raise ConfigError("the task's name must be one text field", column="name",
                               fix="e.g. -F name=birds")
+        if names and has_control_characters(names[0]):
+            raise ConfigError("the task's name holds a control character", column="name",
+                              fix="name the task with printable characters")
         name = (names[0] if names else "").strip()[:200] or "untitled"
         return summary(await run_in_threadpool(store.create_task, name, examples))
 

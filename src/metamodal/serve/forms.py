@@ -8,6 +8,7 @@ Any other field is an error naming it, so a misspelt modality never passes as a 
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -23,6 +24,11 @@ _TOO_LARGE_FIX = "send fewer or smaller files, or serve with a higher --max-requ
 
 MAX_LABEL = 200
 """The longest class label, in characters."""
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a control character (NUL, a newline, an escape, ...)."""
+    return any(unicodedata.category(c) == "Cc" for c in text)
 
 
 class BodyTooLargeError(ConfigError):
@@ -89,6 +95,9 @@ async def samples_of(form: Any, letter: str, *, columns: dict[str, str], labelle
             if not value.strip().strip("."):  # /classes/.. would reach the task's own URL
                 raise ConfigError(f"{key} is only dots, which a class's URL cannot hold",
                                   column=key, fix="give the class a name with other characters")
+            if has_control_characters(value):
+                raise ConfigError(f"{key} holds a control character", column=key,
+                                  fix="give the class a name of printable characters")
             sample.label = value.strip()
             continue
         if column not in columns:

@@ -164,12 +164,9 @@ def check_json_target(json: str | Path, settings: Any) -> None:
         for v in value if isinstance(value, list | tuple) else [value]:
             if isinstance(v, str | Path) and str(v) and (item.name == "out" or Path(v).exists()):
                 given.append(Path(v).resolve())
-    clash = next((p for p in given if p == target), None)
-    if clash is None and target.name in RUN_FILES and (
-            (target.parent / "config.toml").exists()
-            or any(p == target.parent or p in target.parents for p in given)):
-        clash = target.parent
-    if clash is not None:
+    runs_own = target.name in RUN_FILES and ((target.parent / "config.toml").exists()
+                                             or any(p in target.parents for p in given))
+    if target in given or runs_own:
         raise ConfigError(f"--json {json} would overwrite {target.name}, a file this command "
                           f"reads or a run's own", column="json",
                           fix="write the result to a file of its own, e.g. result.json")

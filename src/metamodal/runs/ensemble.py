@@ -295,13 +295,12 @@ def fit_ensemble(runs: Sequence[Run], store: TensorStore, plan: EpisodePlan,
                 fix="combine runs whose modalities the validation samples carry")
     temperatures = torch.tensor([fit_temperature(logits[m][available[m]], labels[available[m]])
                                  for m in range(len(runs))])
-    if method == "stack":
-        weights = fit_stack_weights(logits, available, labels, temperatures)
-    else:
-        weights = torch.ones(len(runs))
     _warn_at_bounds(runs, temperatures, LOG_TEMPERATURE, "temperature")
     if method == "stack":
+        weights = fit_stack_weights(logits, available, labels, temperatures)
         _warn_at_bounds(runs, weights, LOG_WEIGHT, "weight")
+    else:
+        weights = torch.ones(len(runs))
     combined = combine_log_probs(logits, available, temperatures, weights, method)
     members = []
     for m in range(len(runs)):

@@ -145,16 +145,26 @@ def resolve(cls: type, settings: Any, options: dict[str, Any], *, verb: str) -> 
     return resolved
 
 
-RUN_FILES = frozenset({"config.toml", "preprocessor.json", "model.safetensors", "metrics.jsonl",
-                       "checkpoint.pt", "support.safetensors"})
-"""The files of a run directory (`metamodal.runs`) that a result's JSON must never replace."""
+def run_files() -> frozenset[str]:
+    """The files of a run directory that a result's JSON must never replace, named by the
+    modules that write them (imported here, not at start-up: they load torch)."""
+    from metamodal.runs.directory import CONFIG_FILE, PREPROCESSOR_FILE
+    from metamodal.runs.support import SUPPORT_FILE
+    from metamodal.runs.weights import WEIGHTS_FILE
+    from metamodal.train.checkpoint import CHECKPOINT_FILE
+    from metamodal.train.logger import METRICS_FILE
+
+    return frozenset({CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE, METRICS_FILE,
+                      CHECKPOINT_FILE, SUPPORT_FILE})
 
 
 def check_json_target(json: str | Path, settings: Any) -> None:
     """`ConfigError` (before any work) when ``--json`` would overwrite a file the verb reads or
     writes (the run, an input table, an episode file) or a file of a run directory (its
-    ``config.toml``, weights, ...: one named in `RUN_FILES` beside a ``config.toml``, or
-    inside a directory that the settings name, such as ``out``)."""
+    ``config.toml``, weights, ...: one of `run_files` beside a ``config.toml``, or inside a
+    directory that the settings name, such as ``out``)."""
+    from metamodal.runs.directory import CONFIG_FILE
+
     target = Path(json).resolve()
     given: list[Path] = []
     for item in dataclasses.fields(settings):
@@ -164,8 +174,8 @@ def check_json_target(json: str | Path, settings: Any) -> None:
         for v in value if isinstance(value, list | tuple) else [value]:
             if isinstance(v, str | Path) and str(v) and (item.name == "out" or Path(v).exists()):
                 given.append(Path(v).resolve())
-    runs_own = target.name in RUN_FILES and ((target.parent / "config.toml").exists()
-                                             or any(p in target.parents for p in given))
+    runs_own = target.name in run_files() and ((target.parent / CONFIG_FILE).exists()
+                                               or any(p in target.parents for p in given))
     if target in given or runs_own:
         raise ConfigError(f"--json {json} would overwrite {target.name}, a file this command "
                           f"reads or a run's own", column="json",

@@ -135,6 +135,22 @@ def test_demo_refuses_mapping_settings_even_without_the_mapping(
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("argv", [
+    ["eval", "{run}", "--seed", "{big}"],
+    ["episodes", "{data}", "--out", "{tmp}/e.jsonl", "--split-seed", "{big}"],
+    ["make-synthetic", "{tmp}/s", "--seed", "{big}"],
+    ["eval", "{run}", "--seed", "-1"],
+])
+def test_a_seed_beyond_a_signed_64_bit_integer_is_refused(
+        runs, tmp_path: Path, capsys, argv: list[str]) -> None:
+    """eval crashed (ValueError: Overflow when unpacking long long) where torch's generator
+    took the seed; make-synthetic and episodes accepted it."""
+    data, run, _ = runs
+    _refused([a.format(data=data, run=run, tmp=tmp_path, big=2**63) for a in argv], capsys,
+             "seed", "outside its range")
+    assert not (tmp_path / "e.jsonl").exists() and not (tmp_path / "s").exists()
+
+
 def test_an_ensemble_of_a_run_with_itself_or_over_a_dataset_is_refused(
         runs, tmp_path: Path, capsys) -> None:
     data, run, run2 = runs

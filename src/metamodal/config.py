@@ -401,13 +401,15 @@ class TrainConfig:
                       "task_weights", "drop task_weights, or use task_weighting = 'fixed'")
 
 
+MAX_SEED = 2**63 - 1
+"""The largest seed: torch's generators take a signed 64-bit integer."""
 MAX_EPISODES = 1_000_000
 """The most episodes one evaluation, validation or episode file holds (their plans and
 embeddings' indices are held in memory)."""
 LIMITS = {"dim": MAX_WIDTH, "ways": 10_000, "shots": 10_000, "queries": 10_000, "steps": 10**9,
           "meta_batch": 10_000, "vmap_chunk": 10_000, "batch_size": 1_000_000, "val_ways": 10_000,
           "val_shots": 10_000, "val_queries": 10_000, "val_episodes": MAX_EPISODES,
-          "checkpoint_every": 10**9, "val_every": 10**9, "patience": 10**9, "seed": 2**63 - 1,
+          "checkpoint_every": 10**9, "val_every": 10**9, "patience": 10**9, "seed": MAX_SEED,
           "world_size": 1_000_000}
 """Upper bounds of the integer settings: far beyond any real use, low enough to refuse a
 typo that would allocate without end."""

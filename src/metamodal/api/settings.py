@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from metamodal.api.fields import flag
-from metamodal.config import LIMITS, MAX_EPISODES
+from metamodal.config import LIMITS, MAX_EPISODES, MAX_SEED
 
 MAX_COUNT = 1_000_000
 """The most samples, examples, classes or tasks a server's limits allow."""
@@ -44,7 +44,7 @@ class EpisodeShape:
     shots: int = 1
     queries: int | None = None
     episodes_count: int = flag(600, least=1, most=MAX_EPISODES)
-    seed: int = 0
+    seed: int = flag(0, least=0, most=MAX_SEED)
 
 
 @dataclass
@@ -261,12 +261,12 @@ class EpisodesSettings:
     out: str = flag("", metavar="FILE")
     within: str | None = flag(None, metavar="GROUPS")
     split: Literal["all", "train", "val", "test"] = "all"
-    split_seed: int = 0
+    split_seed: int = flag(0, least=0, most=MAX_SEED)
     ways: int = 5
     shots: int = 1
     queries: int = 15
     runs: int = flag(600, least=1, most=MAX_EPISODES)
-    seed: int = 0
+    seed: int = flag(0, least=0, most=MAX_SEED)
 
 
 @dataclass
@@ -289,7 +289,7 @@ class SyntheticSettings:
     out: str = flag("", name="")
     classes: int = 100
     per_class: int = 20
-    seed: int = 0
+    seed: int = flag(0, least=0, most=MAX_SEED)
     missing_rate: float = 0.1
     noise: float = 0.5
     attribute_values: int = 3
@@ -481,7 +481,7 @@ class RetrieveSettings:
     split: Literal["test", "val", "train", "all"] = "test"
     baseline_runs: dict[str, str] = flag({}, name="--baseline-run", metavar="NAME=RUN",
                                          pairs=True)
-    seed: int = 0
+    seed: int = flag(0, least=0, most=MAX_SEED)
     device: str = "cpu"
     json: str | None = flag(None, metavar="FILE")
 
@@ -515,7 +515,7 @@ class ZeroShotSettings:
     queries: int = 15
     episodes_count: int = flag(600, least=1, most=MAX_EPISODES)
     am3_steps: int = 500
-    seed: int = 0
+    seed: int = flag(0, least=0, most=MAX_SEED)
     device: str = "cpu"
     json: str | None = flag(None, metavar="FILE")
 
@@ -670,7 +670,7 @@ class DemoSettings:
     maml_lr: float = 5.0
     episodes: int = flag(600, least=1, most=MAX_EPISODES)
     robustness_episodes: int = flag(300, least=1, most=MAX_EPISODES)
-    seed: int = 0
+    seed: int = flag(0, least=0, most=MAX_SEED)
     dim: int = 64
     align_steps: int | None = flag(None, least=1, most=LIMITS["steps"])
     align_weight: float = flag(0.5, least=0, most=1e6)
@@ -763,6 +763,6 @@ class EnsembleSettings(TestTimeOptions):
     shots: int = 1
     queries: int | None = None
     episodes_count: int = flag(300, least=1, most=MAX_EPISODES)
-    seed: int = 0
+    seed: int = flag(0, least=0, most=MAX_SEED)
     overwrite: bool = False
     json: str | None = flag(None, metavar="FILE")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
+import stat
 import tomllib
 from pathlib import Path
 
@@ -444,3 +446,33 @@ def test_a_member_blind_in_validation_is_refused_and_bounds_are_warned(
                               queries=1, episodes_count=2)
     assert any(math.isclose(math.log(t), -5, abs_tol=1e-3) for t in result.temperatures)
     assert any(member in str(w.message) for w in caught for member in runs["members"][:2])
+
+
+def test_overwriting_an_ensemble_keeps_the_old_one_until_the_new_one_is_in_place(
+        runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old run was deleted before the new one was renamed into place (a failed rename
+    left neither), and the new directory kept `tempfile.mkdtemp`'s mode 0700."""
+    out = tmp_path / "ens"
+    shape = dict(ways=2, queries=1, episodes_count=3)
+    api.ensemble(runs["members"][:2], out=str(out), **shape)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    plain.rmdir()
+    before = (out / "config.toml").read_bytes()
+    real = {"rename": os.rename, "replace": os.replace}
+
+    def failing(name: str):
+        def move(src, dst, *args, **kwargs):
+            if Path(dst) == out and ".old-" not in Path(src).name:
+                raise OSError("the disk went away")
+            return real[name](src, dst, *args, **kwargs)
+        return move
+
+    monkeypatch.setattr(os, "rename", failing("rename"))
+    monkeypatch.setattr(os, "replace", failing("replace"))
+    with pytest.raises(OSError, match="disk went away"):
+        api.ensemble(runs["members"][1:], out=str(out), overwrite=True, **shape)
+    assert (out / "config.toml").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ens"]
+

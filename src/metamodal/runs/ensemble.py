@@ -38,7 +38,7 @@ from metamodal.errors import ConfigError
 from metamodal.evaluate.episode_plans import EpisodePlan
 from metamodal.evaluate.protocol import episode_logits
 from metamodal.evaluate.stats import mean_ci95
-from metamodal.io import make_directory
+from metamodal.io import make_directory, publish_directory, replace_directory
 from metamodal.model.ensemble import (
     METHODS,
     EnsembleModel,
@@ -361,7 +361,8 @@ def write_ensemble(out: str | Path, runs: Sequence[Run], fitted: FittedEnsemble,
     ``members/N``, ``config.toml`` with the ``[ensemble]`` table, ``preprocessor.json`` and
     ``model.safetensors`` (every member's weights). The
     directory is assembled beside ``out`` and renamed into place, so a failure leaves no
-    half-written run.
+    half-written run; an old run at ``out`` (``overwrite``) is removed only once the new one
+    is in place (`metamodal.io.replace_directory`).
 
     Raises:
         ConfigError: see `check_ensemble_target`.
@@ -397,8 +398,9 @@ def write_ensemble(out: str | Path, runs: Sequence[Run], fitted: FittedEnsemble,
                              split=runs[0].split, schema=runs[0].schema,
                              preprocessor=preprocessor)
         if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+            replace_directory(staging, out)
+        else:
+            publish_directory(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -165,10 +165,16 @@ def test_cli_eval_on_a_fixed_episode_file(trained: tuple[Path, Path], tmp_path: 
     line = json.loads(path.read_text().splitlines()[0])
     first = loaded.split.test[0]
     ids = [i for i, label in zip(store.ids, store.labels, strict=True) if label == first][:2]
-    one_way.write_text(json.dumps({**line, "support": ids[:1], "query": ids[1:]}) + "\n")
-    capsys.readouterr()
-    assert main(["eval", str(run), "--episodes", str(one_way)]) == 2
-    assert "has one class" in capsys.readouterr().err
+    one_way.write_text(json.dumps(line) + "\n"
+                       + json.dumps({**line, "support": ids[:1], "query": ids[1:]}) + "\n")
+    no_query = tmp_path / "no-query.jsonl"
+    no_query.write_text(json.dumps(line) + "\n\n" + json.dumps({**line, "query": []}) + "\n")
+    for episodes, row, words in ((one_way, 2, "has one class"),
+                                 (no_query, 3, "has no query samples")):
+        capsys.readouterr()
+        assert main(["eval", str(run), "--episodes", str(episodes)]) == 2
+        error = capsys.readouterr().err
+        assert words in error and f"{episodes}, row {row}" in error  # the file and its line
     # imputation measures the run as trained: not under another learner or modalities
     for extra in (["--learner", "protonet"], ["--modalities", "image"]):
         capsys.readouterr()

@@ -216,6 +216,8 @@ class Episode:
         support_ids: sample ids of the support set.
         query_ids: sample ids of the query set.
         name: the episode's name (from an episode file) or its number.
+        origin: ``(file, line)`` of an episode read from an episode file, for errors that
+            concern the episode as a whole (one class, no query).
     """
 
     support: Batch
@@ -226,6 +228,7 @@ class Episode:
     support_ids: list[str]
     query_ids: list[str]
     name: str = ""
+    origin: tuple[str, int] | None = None
 
     @property
     def ways(self) -> int:
@@ -243,4 +246,5 @@ class Episode:
             self.support_ids,
             self.query_ids,
             self.name,
+            self.origin,
         )

@@ -193,6 +193,7 @@ def read_episode_file(
                 support_ids=[support_ids[k] for k in grouped],
                 query_ids=list(query_ids),
                 name=name,
+                origin=(str(path), line_no),
             )
         )
     if not episodes:

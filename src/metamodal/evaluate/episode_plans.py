@@ -130,12 +130,13 @@ def file_episodes(store: TensorStore, episodes: Sequence[Episode]) -> EpisodePla
     Raises:
         DatasetError: an episode names an id that ``store`` lacks, has labels that do not
             match its samples or fall outside ``0..ways-1``, has no query sample, or has one
-            class.
+            class; it names the episode file and line where the episode came from one.
     """
     index_of = store.index_of()
     plan = EpisodePlan([], [], [], [], [])
     for number, ep in enumerate(episodes):
         label = ep.name or str(number)
+        where = {"file": ep.origin[0], "row": ep.origin[1]} if ep.origin else {}
         rows = []
         for ids in (ep.support_ids, ep.query_ids):
             unknown = [s for s in ids if s not in index_of]
@@ -143,7 +144,7 @@ def file_episodes(store: TensorStore, episodes: Sequence[Episode]) -> EpisodePla
                 raise DatasetError(
                     f"episode {label!r} names samples that are not in the data: "
                     f"{', '.join(map(str, unknown[:5]))}",
-                    fix="evaluate on the dataset the episode file was written for",
+                    fix="evaluate on the dataset the episode file was written for", **where,
                 )
             rows.append(torch.tensor([index_of[s] for s in ids], dtype=torch.long))
         s_lab = torch.as_tensor(ep.support_labels, dtype=torch.long).cpu()
@@ -157,16 +158,16 @@ def file_episodes(store: TensorStore, episodes: Sequence[Episode]) -> EpisodePla
         ):
             raise DatasetError(
                 f"episode {label!r} has labels that do not match its samples or classes",
-                fix="give one label in 0..ways-1 per support and query sample",
+                fix="give one label in 0..ways-1 per support and query sample", **where,
             )
         if q_lab.numel() == 0:
-            raise DatasetError(
-                f"episode {label!r} has no query samples", fix="give every episode a query set"
-            )
+            raise DatasetError(f"episode {label!r} has no query samples", column="query",
+                               fix="give every episode a query set", **where)
         if ways < 2:
             raise DatasetError(
                 f"episode {label!r} has one class: every query would be predicted as it, "
-                "right whatever the model", fix="give every episode at least two classes")
+                "right whatever the model", column="support",
+                fix="give every episode at least two classes", **where)
         plan.support.append(rows[0])
         plan.query.append(rows[1])
         plan.support_labels.append(s_lab)

@@ -12,12 +12,14 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
 from metamodal.config import MAX_EPISODES, TrainConfig
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.errors import ConfigError, OutputError
+from metamodal.mapping.retrieval import retrieval_ranks
 from metamodal.train.trainer import Trainer
 
 EPISODES = ["--ways", "2", "--queries", "1"]
@@ -149,6 +151,21 @@ def test_a_seed_beyond_a_signed_64_bit_integer_is_refused(
     _refused([a.format(data=data, run=run, tmp=tmp_path, big=2**63) for a in argv], capsys,
              "seed", "outside its range")
     assert not (tmp_path / "e.jsonl").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_diverging_training_is_a_typed_error_and_broken_embeddings_never_hit(
+        runs, tmp_path: Path, capsys) -> None:
+    """A NaN training loss went on to the end (align kept a diverged step's weights as its
+    best: NaN similarities ranked every target first, a Recall@1 of 100%)."""
+    data, _, _ = runs
+    for verb, shape in ((["train"], EPISODES),
+                        (["align", "--modalities", "image,caption"], [])):
+        _refused([*verb, "--data", str(data), "--out", str(tmp_path / verb[0]), "--steps", "6",
+                  "--val-every", "2", "--lr", "1e5", "--no-progress", *shape], capsys,
+                 "key lr", "training diverged", "lower lr")
+    broken = retrieval_ranks(torch.full((3, 2), float("nan")), torch.ones(3, 2),
+                             torch.tensor([0, 0, 1]))
+    assert broken.recall(1, "instance").sum() == 0 and broken.recall(1, "class").sum() == 0
 
 
 def test_an_ensemble_of_a_run_with_itself_or_over_a_dataset_is_refused(

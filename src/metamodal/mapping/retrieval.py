@@ -27,7 +27,8 @@ def first_positive_rank(scores: Tensor, positive: Tensor) -> Tensor:
     """The 1-based rank of the best-scored positive target of each query.
 
     Ties are counted against the query (a negative scored equal to the best positive ranks
-    above it), so constant scores give the worst rank, not the best.
+    above it), so constant scores give the worst rank, not the best; a NaN score (from an
+    embedding that overflowed) counts as the lowest, so broken embeddings miss, never hit.
 
     Args:
         scores: ``[N, M]`` similarity of each query to each target (higher is closer).
@@ -40,9 +41,13 @@ def first_positive_rank(scores: Tensor, positive: Tensor) -> Tensor:
         >>> s = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1]])
         >>> first_positive_rank(s, torch.tensor([[False, False, True], [True, False, False]]))
         tensor([2, 2])
+        >>> nan = torch.full((1, 3), float("nan"))
+        >>> first_positive_rank(nan, torch.tensor([[True, False, False]]))
+        tensor([3])
     """
     if not bool(positive.any(1).all()):
         raise ValueError("every query needs at least one positive target")
+    scores = scores.nan_to_num(nan=float("-inf"))
     best = scores.masked_fill(~positive, float("-inf")).amax(1, keepdim=True)  # [N, 1]
     above = ((scores >= best) & ~positive).sum(1)
     return above + 1

@@ -592,7 +592,12 @@ class Trainer:
         window["acc"] += values["train_acc"]
         window["n"] += 1
         if progress.step % LOG_EVERY == 0 or progress.step == self.config.steps:
-            logger.log(progress.step, {"train_loss": float(window["loss"]) / window["n"],
+            loss = float(window["loss"]) / window["n"]
+            if not math.isfinite(loss):
+                raise ConfigError(
+                    f"training diverged: the training loss is {loss} by step {progress.step}",
+                    column="lr", fix=f"train again with a lower lr (it is {self.config.lr:g})")
+            logger.log(progress.step, {"train_loss": loss,
                                        "train_acc": float(window["acc"]) / window["n"],
                                        "lr": schedule.get_last_lr()[0]})
             progress.window = {"loss": 0.0, "acc": 0.0, "n": 0}

@@ -168,6 +168,76 @@ def test_a_diverging_training_is_a_typed_error_and_broken_embeddings_never_hit(
     assert broken.recall(1, "instance").sum() == 0 and broken.recall(1, "class").sum() == 0
 
 
+def test_outputs_never_replace_a_device_a_fifo_a_dataset_s_files_or_a_run_s_files(
+        runs, tmp_path: Path, capsys) -> None:
+    """episodes --out and --json went through a rename that put a file in the place of a
+    FIFO (or, as root, of /dev/null), of the dataset's own table or schema, or of an
+    aligned run's alignment.safetensors; export --json could replace its own sidecar."""
+    data, run, _ = runs
+    dataset = Path(shutil.copytree(data, tmp_path / "data"))
+    aligned = Path(shutil.copytree(run, tmp_path / "run"))
+    (aligned / "alignment.safetensors").write_bytes(b"weights")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    before = _digest(dataset), _digest(aligned)
+    shape = [*EPISODES, "--runs", "2"]
+    for argv, words in (
+            (["episodes", str(dataset), "--out", str(dataset / "samples.csv"), *shape],
+             ("key out", "a file of a dataset directory")),
+            (["episodes", str(dataset), "--out", str(aligned / "config.toml"), *shape],
+             ("key out", "a run's own config.toml")),
+            (["episodes", str(dataset), "--out", str(fifo), *shape], ("not a regular file",)),
+            (["inspect", str(dataset), "--json", str(dataset / "dataset.toml")],
+             ("key json", "a file of a dataset directory")),
+            (["inspect", str(dataset), "--json", str(fifo)], ("not a regular file",)),
+            (["eval", str(run), "--data", str(dataset), "--json", str(dataset / "samples.csv"),
+              *EPISODES], ("key json", "a file of a dataset directory")),
+            (["eval", str(aligned), "--json", str(aligned / "alignment.safetensors"),
+              *EPISODES], ("key json", "alignment.safetensors")),
+            (["export", str(run), str(tmp_path / "m.pt"), "--format", "torchscript",
+              "--json", str(tmp_path / "m.json")], ("key json", "the export's own file"))):
+        _refused(argv, capsys, *words)
+    assert (_digest(dataset), _digest(aligned)) == before and fifo.is_fifo()
+    assert not (tmp_path / "m.pt").exists()
+
+
+RANGE = "outside its range"
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["episodes", "{data}", "--out", "{tmp}/e.jsonl", "--ways", "1", "--queries", "1"],
+     ("ways", RANGE)),
+    (["episodes", "{data}", "--out", "{tmp}/e.jsonl", "--queries", "0"], ("queries", RANGE)),
+    (["zero-shot", "{run}", "--queries", "0"], ("queries", RANGE)),
+    (["zero-shot", "{run}", "--ways", "1"], ("ways", RANGE)),
+    (["zero-shot", "{run}", "--am3-steps", "-5"], ("am3_steps", RANGE)),
+    (["export", "{run}", "{tmp}/m.onnx", "--opset", "0"], ("opset", RANGE)),
+    (["import", "omniglot", "{tmp}", "{tmp}/o", "--stroke-length", "1000000000000"],
+     ("stroke_length", RANGE)),
+    (["train", "--data", "{data}", "--out", "{tmp}/r", "--lr", "1e39"], ("lr", "at most 1000")),
+    (["train", "--data", "{data}", "--out", "{tmp}/r", "--dist-timeout", "1e300"],
+     ("dist_timeout", "a week")),
+    (["retrieve", "{run}", "--query-modality", "image", "--target-modality", "caption",
+      "--device", "nope"], ("key device", "unknown device")),
+])
+def test_out_of_range_settings_are_refused_before_any_work(
+        runs, tmp_path: Path, capsys, argv: list[str], words: tuple[str, ...]) -> None:
+    """Each was accepted: a 1-way episode file that eval rejects, NaN accuracies, a negative
+    step count read as 0, an exporter's 100 KB dump, a length inspect refuses later, an
+    overflow inside the optimiser or torch's timeout, an AssertionError from torch.cuda."""
+    data, run, _ = runs
+    _refused([a.format(data=data, run=run, tmp=tmp_path) for a in argv], capsys, *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_master_port_outside_tcp_s_range_is_a_typed_error() -> None:
+    from metamodal.train.distributed import Launch
+
+    with pytest.raises(ConfigError, match="MASTER_PORT 70000 is not a TCP port"):
+        Launch.from_environment({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                 "MASTER_PORT": "70000"})
+
+
 def test_an_ensemble_of_a_run_with_itself_or_over_a_dataset_is_refused(
         runs, tmp_path: Path, capsys) -> None:
     data, run, run2 = runs

@@ -175,6 +175,20 @@ def test_read_results_rejects_bad_files(tmp_path: Path) -> None:
         read_results(tmp_path / "bad.json")
 
 
+@pytest.mark.parametrize(("line", "words"), [("not json", "not valid JSON"),
+                                            ("[1, 2]", "must be a JSON object")])
+def test_a_damaged_training_log_is_a_run_error_naming_its_line(
+        tmp_path: Path, line: str, words: str) -> None:
+    """The report crashed with a JSONDecodeError or a TypeError, after its evaluation."""
+    from metamodal.train.logger import read_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "train_loss": NaN}\n\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(RunError, match=words) as caught:
+        read_metrics(tmp_path)
+    assert caught.value.file == str(log) and caught.value.row == 3
+
+
 def test_paired_comparisons_reference_is_first_without_baseline() -> None:
     rows = paired_comparisons([METHOD.renamed("a"), TRICKY.renamed("b")])
     assert [(r["method"], r["reference"]) for r in rows] == [("b", "a")]

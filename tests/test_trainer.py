@@ -258,15 +258,20 @@ def test_run_records_an_absolute_dataset_path(
     assert Path(load_run(tmp_path / "run").config.data) == tiny_data.resolve()
 
 
-def test_fresh_start_discards_an_unfinished_runs_checkpoint(
+def test_an_unfinished_run_is_refused_without_resume_and_discarded_by_overwrite(
     tiny_data: Path, tmp_path: Path
 ) -> None:
+    """A fresh start deleted an unfinished run's checkpoint without a word."""
     run_dir = tmp_path / "run"
     _interrupted_run(tiny_data, run_dir)
-    assert (run_dir / CHECKPOINT_FILE).exists()
-    with pytest.raises(_Kill):
+    checkpoint = (run_dir / CHECKPOINT_FILE).read_bytes()
+    with pytest.raises(RunError, match="unfinished run") as caught:
+        Trainer(_config(tiny_data, steps=30, val_every=0, seed=2), run_dir, progress=False).fit()
+    assert caught.value.file == str(run_dir) and "--resume" in caught.value.fix
+    assert (run_dir / CHECKPOINT_FILE).read_bytes() == checkpoint
+    with pytest.raises(_Kill):  # a fresh start must not leave the former checkpoint behind
         Trainer(_config(tiny_data, steps=30, val_every=0, seed=2), run_dir, progress=False,
-                callbacks=[_kill_at(3)]).fit()
+                callbacks=[_kill_at(3)]).fit(overwrite=True)
     assert not (run_dir / CHECKPOINT_FILE).exists()
 
 

@@ -342,9 +342,9 @@ class TrainConfig:
         if self.dist_backend not in ("auto", "gloo", "nccl"):
             raise bad(f"unknown dist_backend {self.dist_backend!r}", "dist_backend",
                       "use 'auto', 'gloo' (CPUs) or 'nccl' (GPUs)")
-        if not (0 < self.dist_timeout < math.inf):
-            raise bad("dist_timeout must be a finite number of seconds > 0", "dist_timeout",
-                      "e.g. dist_timeout = 600")
+        if not (0 < self.dist_timeout <= MAX_DIST_TIMEOUT):
+            raise bad(f"dist_timeout must be a number of seconds > 0 and at most "
+                      f"{MAX_DIST_TIMEOUT:,} (a week)", "dist_timeout", "e.g. dist_timeout = 600")
         if self.task_batching not in ("auto", "loop", "vmap"):
             raise bad(f"unknown task_batching {self.task_batching!r}", "task_batching",
                       "use 'auto', 'loop' or 'vmap'")
@@ -357,8 +357,8 @@ class TrainConfig:
         if self.pretrain_classifier not in ("linear", "cosine"):
             raise bad(f"unknown pretrain_classifier {self.pretrain_classifier!r}",
                       "pretrain_classifier", "use 'linear' or 'cosine'")
-        if not (0 < self.lr < math.inf):
-            raise bad("lr must be a finite number > 0", "lr", "e.g. lr = 1e-3")
+        if not (0 < self.lr <= MAX_LR):
+            raise bad(f"lr must be a number > 0 and at most {MAX_LR:g}", "lr", "e.g. lr = 1e-3")
         for key in ("weight_decay", "grad_clip"):
             if not (0 <= getattr(self, key) < math.inf):
                 raise bad(f"{key} must be a finite number >= 0", key, f"e.g. {key} = 0")
@@ -403,6 +403,11 @@ class TrainConfig:
 
 MAX_SEED = 2**63 - 1
 """The largest seed: torch's generators take a signed 64-bit integer."""
+MAX_LR = 1e3
+"""The largest learning rate: far above any that trains, well inside float32 (1e39 overflowed
+inside the optimiser)."""
+MAX_DIST_TIMEOUT = 7 * 24 * 3600
+"""The longest ``dist_timeout`` in seconds (a week; 1e300 overflowed torch's timeout)."""
 MAX_EPISODES = 1_000_000
 """The most episodes one evaluation, validation or episode file holds (their plans and
 embeddings' indices are held in memory)."""

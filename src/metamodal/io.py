@@ -19,6 +19,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write ``path`` atomically: ``write(tmp)`` fills a temporary file beside it, then rename.
 
     The file gets the permissions a plain ``open(path, "w")`` would give (``0666 & ~umask``).
+    A directory, device, FIFO or socket at ``path`` is an `OutputError` (the rename would
+    replace it: ``--out /dev/null`` run as root replaced the system's ``/dev/null``).
 
     Args:
         path: the destination file.
@@ -35,6 +37,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     if path.is_dir():
         raise OutputError("is a directory, where a file is to be written", file=path,
                           fix="give the path of a file (inside that directory, say)")
+    if path.exists() and not path.is_file():  # the rename would put a file in its place
+        raise OutputError("is not a regular file (a device, a FIFO or a socket), where a file "
+                          "is to be written", file=path, fix="give the path of a file")
     make_directory(path.parent)
     try:
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

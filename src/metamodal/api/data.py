@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metamodal.api.fields import resolve, write_json
+from metamodal.api.fields import check_output_file, resolve, write_json
 from metamodal.api.settings import (
     IMPORT_LAYOUTS,
     CacheSettings,
@@ -149,6 +149,8 @@ def inspect(directory: str | Path, *, json: str | Path | None = None) -> Any:
     """
     from metamodal.data.inspect import inspect_dataset
 
+    if json:
+        check_output_file(json, "json")
     report = inspect_dataset(directory)
     write_json(json, report)
     return report
@@ -200,6 +202,7 @@ def episodes(data: str | Path | None = None, settings: EpisodesSettings | None =
     from metamodal.data.splits import load_split
 
     s = resolve(EpisodesSettings, settings, {"data": data, **options}, verb="episodes")
+    check_output_file(s.out, "out")
     dataset = load_dataset(s.data)
     labels = [str(label) for label in dataset.labels]
     classes = None

@@ -434,6 +434,7 @@ def report(run: str | Path | None = None, settings: ReportSettings | None = None
     s = resolve(ReportSettings, settings, {"run": run, **options}, verb="report")
     if s.descriptions_from is not None:
         _check_descriptions_from(s.run, s.descriptions_from)
+    curve = read_metrics(s.run)  # a damaged log is refused before the evaluation's work
     measured = evaluate(s.run, ways=s.ways, shots=s.shots, queries=s.queries,
                         episodes_count=s.episodes_count, seed=s.seed, modalities=s.modalities,
                         ablation=True, robustness=True, progress=s.progress)
@@ -441,7 +442,7 @@ def report(run: str | Path | None = None, settings: ReportSettings | None = None
         Path(s.run) / "report", results={measured.name: measured.result,
                                          UNTRAINED: measured.baseline},
         ablation=measured.ablation, robustness=measured.robustness,
-        learning_curve=read_metrics(s.run), title=f"metamodal run {Path(s.run).name}",
+        learning_curve=curve, title=f"metamodal run {Path(s.run).name}",
         mapping=_mapping_results(s, measured))
     return ReportResult(path)
 

@@ -106,6 +106,10 @@ def export(run: str | Path | None = None, settings: ExportSettings | None = None
     if side == out:
         raise ConfigError(f"export: {out} would be overwritten by its own sidecar",
                           file=out, fix="name the model file e.g. model.onnx or model.pt")
+    if s.json and Path(s.json).resolve() in (out.resolve(), side.resolve()):
+        raise ConfigError(f"export: --json {s.json} is the export's own file, which the "
+                          "result would replace", column="json",
+                          fix="write the result to a file of its own, e.g. export-result.json")
     run_dir = Path(s.run).resolve()
     for path in (out, side):
         if path.exists() and not s.overwrite:
@@ -156,7 +160,8 @@ def export(run: str | Path | None = None, settings: ExportSettings | None = None
     except (RuntimeError, ValueError, TypeError) as error:  # the exporter's own failure
         raise RunError(f"export: the {s.format} exporter failed on modalities "
                        f"{', '.join(graph.modalities)}: {str(error)[:400]}", file=s.run,
-                       fix="export fewer modalities with --modalities, or another --format"
+                       fix="export fewer modalities with --modalities, or with --opset 17 "
+                       "(the default), or in another --format"
                        ) from error
     info = exporting.sidecar(loaded, graph, format=s.format,
                              opset=s.opset if s.format == "onnx" else None, model_file=out.name)

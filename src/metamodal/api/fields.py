@@ -151,20 +151,21 @@ def run_files() -> frozenset[str]:
     from metamodal.runs.directory import CONFIG_FILE, PREPROCESSOR_FILE
     from metamodal.runs.support import SUPPORT_FILE
     from metamodal.runs.weights import WEIGHTS_FILE
+    from metamodal.train.alignment import ALIGNMENT_FILE
     from metamodal.train.checkpoint import CHECKPOINT_FILE
     from metamodal.train.logger import METRICS_FILE
+    from metamodal.train.multitask import TASKS_FILE
+    from metamodal.train.transfer import TRANSFER_FILE
 
     return frozenset({CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE, METRICS_FILE,
-                      CHECKPOINT_FILE, SUPPORT_FILE})
+                      CHECKPOINT_FILE, SUPPORT_FILE, ALIGNMENT_FILE, TASKS_FILE, TRANSFER_FILE})
 
 
 def check_json_target(json: str | Path, settings: Any) -> None:
     """`ConfigError` (before any work) when ``--json`` would overwrite a file the verb reads or
-    writes (the run, an input table, an episode file) or a file of a run directory (its
-    ``config.toml``, weights, ...: one of `run_files` beside a ``config.toml``, or inside a
-    directory that the settings name, such as ``out``)."""
-    from metamodal.runs.directory import CONFIG_FILE
-
+    writes (the run, an input table, an episode file), a file of a run directory (its
+    ``config.toml``, weights, ...: one of `run_files` inside a directory that the settings
+    name, such as ``out``) or of a dataset (`check_output_file`)."""
     target = Path(json).resolve()
     given: list[Path] = []
     for item in dataclasses.fields(settings):
@@ -174,12 +175,34 @@ def check_json_target(json: str | Path, settings: Any) -> None:
         for v in value if isinstance(value, list | tuple) else [value]:
             if isinstance(v, str | Path) and str(v) and (item.name == "out" or Path(v).exists()):
                 given.append(Path(v).resolve())
-    runs_own = target.name in run_files() and ((target.parent / CONFIG_FILE).exists()
-                                               or any(p in target.parents for p in given))
-    if target in given or runs_own:
+    if target in given or (target.name in run_files()
+                           and any(p in target.parents for p in given)):
         raise ConfigError(f"--json {json} would overwrite {target.name}, a file this command "
                           f"reads or a run's own", column="json",
                           fix="write the result to a file of its own, e.g. result.json")
+    check_output_file(target, "json")
+
+
+def check_output_file(target: str | Path, key: str) -> None:
+    """`ConfigError` when the output file ``target`` would replace something that is not a
+    regular file, a run's own file (one of `run_files` beside a ``config.toml``) or a file
+    that exists inside a dataset directory (one above it holds a ``dataset.toml``: its
+    schema, table, splits or media)."""
+    from metamodal.data.schema import SCHEMA_FILE
+    from metamodal.runs.directory import CONFIG_FILE
+
+    target = Path(target).resolve()
+    if target.exists() and not target.is_file():
+        raise ConfigError(f"{target} is not a regular file (a directory, a device, a FIFO or a "
+                          "socket); writing there would replace it", column=key,
+                          fix="give the path of a file")
+    if target.name in run_files() and (target.parent / CONFIG_FILE).exists():
+        raise ConfigError(f"{target} is a run's own {target.name}; writing there would "
+                          "replace it", column=key, fix="write to a file of its own")
+    if target.exists() and any((folder / SCHEMA_FILE).is_file() for folder in target.parents):
+        raise ConfigError(f"{target} is a file of a dataset directory; writing there would "
+                          "replace it", column=key,
+                          fix="write to a new file, outside the dataset directory")
 
 
 def write_json(path: str | Path | None, result: Any) -> None:

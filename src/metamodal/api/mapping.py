@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from metamodal.api.fields import resolve, write_json
 from metamodal.api.settings import RetrieveSettings, ZeroShotSettings
+from metamodal.config import resolve_device
 from metamodal.evaluate.projection import Projection, joint_projection
 from metamodal.evaluate.retrieval import RetrievalReport
 from metamodal.evaluate.zeroshot import ZeroShotReport
@@ -57,6 +59,7 @@ def retrieve(
     s = resolve(RetrieveSettings, settings, {"run": run, "query_modality": query_modality,
                                              "target_modality": target_modality, **options},
                 verb="retrieve")
+    s = dataclasses.replace(s, device=str(resolve_device(s.device)))
     aligner = load_alignment(s.run, device=s.device)
     check_aligned(aligner, s.query_modality, s.target_modality)
     loaded = load_run(s.run, device=s.device)
@@ -98,6 +101,7 @@ def zero_shot(run: str | Path | None = None, settings: ZeroShotSettings | None =
     from metamodal.mapping.descriptions import read_descriptions
 
     s = resolve(ZeroShotSettings, settings, {"run": run, **options}, verb="zero_shot")
+    s = dataclasses.replace(s, device=str(resolve_device(s.device)))
     loaded = load_run(s.run, device=s.device)
     prepared = load_run_data(loaded, s.data)
     texts = None

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from metamodal.api.fields import flag
 from metamodal.config import LIMITS, MAX_EPISODES, MAX_SEED
+from metamodal.data.loaders.sequence import MAX_LENGTH as SEQUENCE_MAX_LENGTH
 
 MAX_COUNT = 1_000_000
 """The most samples, examples, classes or tasks a server's limits allow."""
@@ -262,9 +263,9 @@ class EpisodesSettings:
     within: str | None = flag(None, metavar="GROUPS")
     split: Literal["all", "train", "val", "test"] = "all"
     split_seed: int = flag(0, least=0, most=MAX_SEED)
-    ways: int = 5
-    shots: int = 1
-    queries: int = 15
+    ways: int = flag(5, least=2, most=LIMITS["ways"])
+    shots: int = flag(1, least=1, most=LIMITS["shots"])
+    queries: int = flag(15, least=1, most=LIMITS["queries"])
     runs: int = flag(600, least=1, most=MAX_EPISODES)
     seed: int = flag(0, least=0, most=MAX_SEED)
 
@@ -404,7 +405,7 @@ class OmniglotImportSettings(ImportSettings):
     """
 
     image_size: int = 28
-    stroke_length: int = 256
+    stroke_length: int = flag(256, least=1, most=SEQUENCE_MAX_LENGTH)
     no_strokes: bool = False
     allow_unmatched: bool = False
 
@@ -500,7 +501,7 @@ class ZeroShotSettings:
         shots: shot counts of few+zero-shot.
         queries: query samples per class.
         episodes_count: test episodes.
-        am3_steps: meta-training episodes of the AM3 head (backbone frozen).
+        am3_steps: meta-training episodes of the AM3 head (backbone frozen; 0: untrained).
         seed: seed of the episodes.
         device: where the encoders run.
         json: also write the results as JSON to this file.
@@ -510,11 +511,11 @@ class ZeroShotSettings:
     descriptions: str | None = None
     descriptions_from: str | None = flag(None, metavar="MODALITY")
     data: str | None = None
-    ways: int = 5
+    ways: int = flag(5, least=2, most=LIMITS["ways"])
     shots: list[int] = flag([1, 5], values="1,5")
-    queries: int = 15
+    queries: int = flag(15, least=1, most=LIMITS["queries"])
     episodes_count: int = flag(600, least=1, most=MAX_EPISODES)
-    am3_steps: int = 500
+    am3_steps: int = flag(500, least=0, most=LIMITS["steps"])
     seed: int = flag(0, least=0, most=MAX_SEED)
     device: str = "cpu"
     json: str | None = flag(None, metavar="FILE")
@@ -714,7 +715,8 @@ class ExportSettings:
         format: onnx (run with onnxruntime) or torchscript (torch.jit.load).
         modalities: export only these modalities (the others count as absent); needed
             when a modality's encoder does not export.
-        opset: the ONNX opset.
+        opset: the ONNX opset (7 to 23, the versions torch's exporter writes; the encoders'
+            operators need 13 or more).
         features: export a modality with a frozen pretrained encoder as its adapter over
             precomputed features (the pretrained network stays outside the graph).
         check: run the written file (onnxruntime or torch.jit.load) on example inputs and
@@ -727,7 +729,7 @@ class ExportSettings:
     out: str = flag("", name="")
     format: Literal["onnx", "torchscript"] = "onnx"
     modalities: list[str] | None = None
-    opset: int = 17
+    opset: int = flag(17, least=7, most=23)
     features: bool = False
     check: bool = flag(True, name="--no-check")
     overwrite: bool = False

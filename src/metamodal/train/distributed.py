@@ -159,6 +159,9 @@ class Launch:
         if world > 1 and not env.get("MASTER_ADDR"):
             raise ConfigError("WORLD_SIZE is set but MASTER_ADDR is not", column="MASTER_ADDR",
                               fix=fix)
+        if world > 1 and not 1 <= numbers["MASTER_PORT"] <= 65535:
+            raise ConfigError(f"MASTER_PORT {numbers['MASTER_PORT']} is not a TCP port",
+                              column="MASTER_PORT", fix="give a port from 1 to 65535, e.g. 29500")
         return cls(rank, world, numbers["LOCAL_RANK"], env.get("MASTER_ADDR", ""),
                    numbers["MASTER_PORT"], numbers["TORCHELASTIC_RESTART_COUNT"],
                    env.get("TORCHELASTIC_USE_AGENT_STORE") == "True")

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from metamodal.errors import RunError
 from metamodal.io import ParseError, atomic_write_text, loads_json
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,32 @@ class MetricsLogger:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All records of a run's ``metrics.jsonl`` (empty when there is none)."""
+    """All records of a run's ``metrics.jsonl`` (empty when there is none).
+
+    Raises:
+        RunError: the file is unreadable, or a line is not a JSON object (names the line).
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    fix = f"restore {METRICS_FILE}, or delete the damaged line (the run itself is intact)"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise RunError(f"cannot read the training log: {error}", file=path, fix=fix) from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = loads_json(line)
+        except ParseError as error:
+            raise RunError(str(error), file=path, row=number, fix=fix) from None
+        if not isinstance(record, dict):
+            raise RunError("a record must be a JSON object", file=path,
+                           row=number, fix=fix)
+        records.append(record)
+    return records
 
 
 def _step(line: str) -> int | None:

@@ -202,18 +202,21 @@ class Trainer:
 
         Nothing of a former run in ``out`` is touched before the inputs (dataset, config,
         checkpoint) have been validated. A finished run in ``out`` is refused unless
-        ``resume`` (which returns it as it is) or ``overwrite`` is given; with ``overwrite``
-        the new run is written beside it and replaces it only once it is complete, so a
-        failure or a kill leaves the finished run as it was; what a kill leaves beside it is
-        cleaned up or named by the next `fit` (`metamodal.train.staging.clean_leftovers`).
+        ``resume`` (which returns it as it is) or ``overwrite`` is given, an unfinished one
+        (a checkpoint) unless ``resume`` (which continues it) or ``overwrite`` is given; with
+        ``overwrite`` a finished run's successor is written beside it and replaces it only
+        once it is complete, so a failure or a kill leaves the finished run as it was; what a
+        kill leaves beside it is cleaned up or named by the next `fit`
+        (`metamodal.train.staging.clean_leftovers`).
 
         Args:
             resume: continue from ``out``'s checkpoint (start afresh when there is none).
             overwrite: replace a finished run in ``out``.
 
         Raises:
-            RunError: ``out`` holds a finished run and neither flag is given, its checkpoint
-                is corrupt, or an interrupted replacement left the finished run aside.
+            RunError: ``out`` holds a finished or unfinished run and neither flag is given, its
+                checkpoint is corrupt, or an interrupted replacement left the finished run
+                aside.
             ConfigError: ``device`` names one this machine lacks (``cuda`` without CUDA).
 
         Started by ``torchrun`` (several processes), each process trains its share of every
@@ -239,6 +242,13 @@ class Trainer:
                 "the directory already holds a finished run", file=self.out,
                 fix="pass --resume to keep it, --overwrite to replace it once the new run "
                 "is complete, or choose another --out")
+        if not finished_before and not resume and not overwrite and (
+                self.out / CHECKPOINT_FILE).is_file():
+            raise RunError(
+                f"the directory holds an unfinished run (its {CHECKPOINT_FILE}), which a fresh "
+                "start would delete", file=self.out,
+                fix="pass --resume to continue it, --overwrite to start it again, or choose "
+                "another --out")
         state = self._load_state(self.out / CHECKPOINT_FILE) if resume else None
         return finished_before, state, self.config
 

@@ -264,3 +264,29 @@ lr = { low = 1e-3, high = 1e-2, log = true }
     score = api.evaluate(again, split="val", episodes=str(out / "val-episodes.jsonl"),
                          baseline=False, progress=False).result.accuracy
     assert score == pytest.approx(best.value, abs=1e-9)
+
+
+def test_a_second_study_in_the_same_out_is_refused_and_a_killed_trial_is_replaced(
+        tmp_path: Path, data: Path) -> None:
+    """A second --study in the same --out replaced the first study's trial runs (its numbers
+    start at 0 too); a trial whose worker was killed counted toward --trials, so a rerun
+    never replaced it and the search ended without a best trial."""
+    space = space_file(tmp_path, 'fusion = { choices = ["mean", "gated"] }')
+    out = tmp_path / "out"
+    run = dict(space=str(space), out=str(out), pruner="none", **TRAIN, **OBJECTIVE)
+    api.search(data, trials=1, **run)
+    before = sorted(p.read_bytes() for p in (out / "trials" / "0000").rglob("*") if p.is_file())
+    with pytest.raises(ConfigError, match="not trials of study 'other'") as caught:
+        api.search(data, trials=1, study="other", **run)
+    assert caught.value.column == "study" and "0000" in caught.value.message
+    assert sorted(p.read_bytes() for p in (out / "trials" / "0000").rglob("*")
+                  if p.is_file()) == before
+    # a worker killed mid-trial: Optuna's heartbeat fails its trial, with no error of ours
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name="metamodal", storage=storage)
+    killed = study.ask()
+    killed.set_user_attr("run", str(out / "trials" / f"{killed.number:04d}"))
+    study.tell(killed, state=optuna.trial.TrialState.FAIL)
+    result = api.search(data, trials=2, **run)
+    states = sorted(t["state"] for t in result.trials)
+    assert states == ["complete", "complete", "fail"] and result.best is not None

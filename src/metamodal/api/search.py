@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,7 +121,12 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
 
     from metamodal.search.report import write_outputs
     from metamodal.search.space import SearchSpace
-    from metamodal.search.study import make_pruner, make_sampler, open_storage
+    from metamodal.search.study import (
+        HEARTBEAT_GRACE,
+        make_pruner,
+        make_sampler,
+        open_storage,
+    )
 
     names = {f.name for f in dataclasses.fields(SearchSettings)}
     own = {k: options.pop(k) for k in list(options) if k in names}
@@ -147,15 +153,27 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
     except Exception as error:  # the storage's own errors: locked, corrupt, wrong schema
         raise RunError(f"the study cannot be opened ({type(error).__name__}: {error})",
                        column="storage", fix="give another --storage or --study") from None
+    check_trial_folders(out, study)
     episodes = fixed_episodes(out, base.data, base.seed, ways=s.objective_ways,
                               shots=s.objective_shots, queries=s.objective_queries,
                               count=s.objective_episodes)
-    remaining = s.trials - len(study.trials)
+    with warnings.catch_warnings():  # a killed worker's trial past its grace: failed now
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # (storages with heartbeats: SQL ones)
+    remaining = s.trials - counted_trials(study)
     if remaining > 0:
+        def enough(study: optuna.Study, _: Any) -> None:
+            if counted_trials(study) >= s.trials:
+                study.stop()
+
         study.optimize(objective(space, base, out, episodes), n_trials=remaining,
-                       catch=(Exception,),
-                       callbacks=[optuna.study.MaxTrialsCallback(s.trials, states=None)])
+                       catch=(Exception,), callbacks=[enough])
     summary = write_outputs(study, out)
+    running = [row.number for row in summary.rows if row.state == "running"]
+    if running and summary.best is None:
+        log.warning("trial(s) %s still running: another worker's, or of one killed less than "
+                    "%d s ago, which a search started after that replaces",
+                    ", ".join(map(str, running)), HEARTBEAT_GRACE)
     failed = summary.all_failed()
     if failed is not None:
         raise ConfigError(f"every trial of study {summary.study!r} failed ({len(summary.rows)}); "
@@ -178,6 +196,39 @@ def check_settings(s: SearchSettings) -> None:
         raise ConfigError(f"the study name must be 1 to {MAX_STUDY_NAME} characters, not all "
                           f"blank (got {len(s.study)})", column="study",
                           fix="give --study NAME, e.g. --study metamodal")
+
+
+def killed(trial: Any) -> bool:
+    """Whether ``trial`` failed because its worker stopped (Optuna's heartbeat failed it: no
+    error of its own was recorded); such a trial does not count toward ``trials``."""
+    import optuna
+
+    return trial.state == optuna.trial.TrialState.FAIL and "error" not in trial.user_attrs
+
+
+def counted_trials(study: Any) -> int:
+    """The trials that count toward the study's size: all but the killed ones (running ones
+    included, so that several workers share the count)."""
+    return sum(not killed(t) for t in study.get_trials(deepcopy=False))
+
+
+def check_trial_folders(out: Path, study: Any) -> None:
+    """`ConfigError` when ``OUT/trials`` holds run folders that are not this study's trials
+    (another study's, or one from another storage): its trial numbers start at 0 too, and
+    would replace them."""
+    folder = out / TRIALS_DIR
+    if not folder.is_dir():
+        return
+    found = {p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit()}
+    own = {f"{t.number:04d}" for t in study.get_trials(deepcopy=False)}
+    foreign = sorted(found - own)
+    if foreign:
+        raise ConfigError(
+            f"{folder} holds run folders ({', '.join(foreign[:5])}) that are not trials of "
+            f"study {study.study_name!r} in this storage; its trials would replace them",
+            column="study", file=folder,
+            fix="give this study an --out of its own, or the --storage and --study that "
+            "made those runs")
 
 
 def fixed_episodes(out: Path, data: str, seed: int, *, ways: int, shots: int, queries: int,
@@ -204,7 +255,6 @@ def objective(space: SearchSpace, base: TrainConfig, out: Path,
     import optuna
 
     def score(trial: optuna.Trial) -> float:
-        values = space.suggest(trial)
         run_dir = out / TRIALS_DIR / f"{trial.number:04d}"
         trial.set_user_attr("run", str(run_dir))
 
@@ -216,7 +266,8 @@ def objective(space: SearchSpace, base: TrainConfig, out: Path,
                                              f"{metrics['val_acc']:.4f})")
 
         try:
-            config = base.merged(nest(values))
+            # inside: a space changed since the study began fails here, with its reason
+            config = base.merged(nest(space.suggest(trial)))
             trial.set_user_attr("config", config.to_dict())
             train(run_dir, config=config, progress=False, overwrite=True, callbacks=[report])
             result = evaluate(run_dir, split="val", episodes=str(episodes), baseline=False,

@@ -23,6 +23,11 @@ from typing import Any
 from metamodal.errors import ConfigError, MetamodalError, RunError
 from metamodal.search.space import SearchSpace
 
+HEARTBEAT_INTERVAL = 60
+"""Seconds between a running trial's heartbeats (SQL storages)."""
+HEARTBEAT_GRACE = 180
+"""Seconds without a heartbeat after which a running trial counts as killed, and is failed."""
+
 
 def open_storage(url: str | None, out: Path) -> Any:
     """The study's storage: ``url`` (default: ``sqlite:///OUT/study.db``); ``journal:PATH`` is
@@ -64,7 +69,8 @@ def open_storage(url: str | None, out: Path) -> Any:
                     "system) or a database server (--storage postgresql://...)", stacklevel=2)
         with warnings.catch_warnings():  # heartbeats: a killed worker's trial is failed
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=60, grace_period=180)
+            return RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL,
+                              grace_period=HEARTBEAT_GRACE)
     except MetamodalError:
         raise
     except (ArgumentError, ValueError, ImportError) as error:  # not a URL of a known database

@@ -290,3 +290,21 @@ def test_a_second_study_in_the_same_out_is_refused_and_a_killed_trial_is_replace
     result = api.search(data, trials=2, **run)
     states = sorted(t["state"] for t in result.trials)
     assert states == ["complete", "complete", "fail"] and result.best is not None
+
+
+def test_continuing_a_study_with_other_fixed_settings_is_refused(
+        tmp_path: Path, data: Path) -> None:
+    """A study continued with other objective episodes, steps or dataset scored its new
+    trials on the episode file written for the first ones (of another dataset's classes,
+    even) and ranked them together, without a word."""
+    space = space_file(tmp_path, 'fusion = { choices = ["mean", "gated"] }')
+    run = dict(space=str(space), out=str(tmp_path / "out"), pruner="none")
+    api.search(data, trials=1, **run, **TRAIN, **OBJECTIVE)
+    other = api.make_synthetic(tmp_path / "other", classes=20, per_class=4, image_size=8,
+                               seed=5).path
+    for source, changes, key in ((data, {"objective_episodes": 9}, "objective_episodes"),
+                                 (data, {"steps": 5}, "steps"), (other, {}, "data")):
+        with pytest.raises(ConfigError, match="began with") as caught:
+            api.search(source, trials=2, **run, **{**TRAIN, **OBJECTIVE, **changes})
+        assert caught.value.column == key
+    assert len(api.search(data, trials=2, **run, **TRAIN, **OBJECTIVE).trials) == 2

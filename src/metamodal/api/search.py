@@ -13,6 +13,7 @@ failure. Storage, sampler and pruner: `metamodal.search.study`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import warnings
@@ -34,6 +35,12 @@ from metamodal.search.space import SearchSpace, nest
 log = logging.getLogger(__name__)
 
 EPISODES_FILE = "val-episodes.jsonl"
+FIXED_ATTR = "fixed_settings"
+"""The study's user attribute that records the settings all its trials share."""
+MACHINE_SETTINGS = frozenset({"device", "dist_backend", "dist_timeout", "world_size", "cache",
+                              "compile", "task_batching", "vmap_chunk", "checkpoint_every"})
+"""Settings each worker may give for its own machine: they do not change what a trial
+learns (a worker on a GPU beside one on a CPU)."""
 TRIALS_DIR = "trials"
 
 MAX_STUDY_NAME = 512
@@ -154,6 +161,10 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
         raise RunError(f"the study cannot be opened ({type(error).__name__}: {error})",
                        column="storage", fix="give another --storage or --study") from None
     check_trial_folders(out, study)
+    check_fixed_settings(study, {
+        "train": {k: v for k, v in base.to_dict().items() if k not in MACHINE_SETTINGS},
+        "objective": {"ways": s.objective_ways, "shots": s.objective_shots,
+                      "queries": s.objective_queries, "episodes": s.objective_episodes}})
     episodes = fixed_episodes(out, base.data, base.seed, ways=s.objective_ways,
                               shots=s.objective_shots, queries=s.objective_queries,
                               count=s.objective_episodes)
@@ -229,6 +240,30 @@ def check_trial_folders(out: Path, study: Any) -> None:
             column="study", file=folder,
             fix="give this study an --out of its own, or the --storage and --study that "
             "made those runs")
+
+
+def check_fixed_settings(study: Any, fixed: dict[str, Any]) -> None:
+    """Record the settings every trial of ``study`` shares (the fixed training settings, the
+    dataset among them, and the objective's episodes) when it begins; `ConfigError` when a
+    later worker or run of the study gives other ones: its trials would be trained and
+    scored otherwise (on the episode file written for the first) and ranked together."""
+    fixed = json.loads(json.dumps(fixed))  # as the storage gives it back
+    recorded = study.user_attrs.get(FIXED_ATTR)
+    if recorded is None:
+        study.set_user_attr(FIXED_ATTR, fixed)
+        return
+    for part, values in fixed.items():
+        before = recorded.get(part, {}) if isinstance(recorded, dict) else {}
+        changed = sorted(k for k in set(values) | set(before) if values.get(k) != before.get(k))
+        if changed:
+            key = changed[0]
+            name = f"objective_{key}" if part == "objective" else key
+            raise ConfigError(
+                f"study {study.study_name!r} began with {name} = {before.get(key)!r}, not "
+                f"{values.get(key)!r}: its trials share their fixed settings and their "
+                "validation episodes", column=name,
+                fix=f"give {name} = {before.get(key)!r} to continue it, or start a study of "
+                "its own (another --study and --out)")
 
 
 def fixed_episodes(out: Path, data: str, seed: int, *, ways: int, shots: int, queries: int,

@@ -4,7 +4,9 @@ two worker processes sharing one study, and the best trial reproducing its score
 from __future__ import annotations
 
 import errno
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -308,3 +310,24 @@ def test_continuing_a_study_with_other_fixed_settings_is_refused(
             api.search(source, trials=2, **run, **{**TRAIN, **OBJECTIVE, **changes})
         assert caught.value.column == key
     assert len(api.search(data, trials=2, **run, **TRAIN, **OBJECTIVE).trials) == 2
+
+
+@pytest.mark.parametrize(("key", "value"), [("ci95", "abc"), ("config", None),
+                                            ("run", ["x"])])
+def test_a_damaged_trial_record_is_a_run_error(
+        tmp_path: Path, data: Path, key: str, value: object) -> None:
+    """A study whose storage lost a trial's config, or holds text for its interval, ended
+    in a KeyError or a format ValueError once the trials had run."""
+    space = space_file(tmp_path, 'fusion = { choices = ["mean", "gated"] }')
+    run = dict(space=str(space), out=str(tmp_path / "out"), pruner="none", **TRAIN,
+               **OBJECTIVE)
+    api.search(data, trials=1, **run)
+    with sqlite3.connect(tmp_path / "out" / "study.db") as db:  # what a damaged file holds
+        if value is None:
+            db.execute("DELETE FROM trial_user_attributes WHERE key = ?", (key,))
+        else:
+            db.execute("UPDATE trial_user_attributes SET value_json = ? WHERE key = ?",
+                       (json.dumps(value), key))
+    with pytest.raises(RunError, match=key) as caught:
+        api.search(data, trials=1, **run)
+    assert caught.value.column == key

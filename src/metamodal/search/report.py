@@ -13,11 +13,13 @@ from __future__ import annotations
 import csv
 import html
 import io
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metamodal.errors import RunError
 from metamodal.io import atomic_write, atomic_write_text
 
 
@@ -70,11 +72,25 @@ def summarise(study: Any) -> SearchSummary:
         complete = trial.state == optuna.trial.TrialState.COMPLETE
         rows.append(TrialRow(trial.number, trial.state.name.lower(),
                              trial.value if complete else None,
-                             trial.user_attrs.get("ci95"), dict(trial.params),
-                             trial.user_attrs.get("error"), trial.user_attrs.get("run")))
+                             _attr(study, trial, "ci95", float), dict(trial.params),
+                             _attr(study, trial, "error", str), _attr(study, trial, "run", str)))
     done = [r for r in rows if r.state == "complete" and r.score is not None]
     best = max(done, key=lambda r: (r.score, -r.number)) if done else None
     return SearchSummary(study.study_name, rows, best, _importances(study, len(done)))
+
+
+def _attr(study: Any, trial: Any, key: str, kind: type) -> Any:
+    """``trial``'s user attribute ``key`` (None when absent) when it is a ``kind`` (a finite
+    number for ``float``), else a `RunError`: the study's storage was damaged."""
+    value = trial.user_attrs.get(key)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if value is None or (kind is float and number and math.isfinite(value)) or (
+            kind is not float and isinstance(value, kind)):
+        return value
+    raise RunError(f"trial {trial.number} of study {study.study_name!r} records {key} = "
+                   f"{value!r}, not a {'finite number' if kind is float else kind.__name__}",
+                   column=key, fix="the study's storage is damaged: continue it from a copy "
+                   "made before, or start another study (another --study and --out)")
 
 
 def _importances(study: Any, completed: int) -> dict[str, float]:
@@ -107,7 +123,12 @@ def write_outputs(study: Any, out: Path) -> SearchSummary:
     atomic_write_text(out / "trials.csv", buffer.getvalue())
     summary.files["trials"] = str(out / "trials.csv")
     if summary.best is not None:
-        config = study.trials[summary.best.number].user_attrs["config"]
+        config = _attr(study, study.trials[summary.best.number], "config", dict)
+        if config is None:
+            raise RunError(f"the best trial ({summary.best.number}) of study "
+                           f"{summary.study!r} records no config", column="config",
+                           fix="the study's storage is damaged: continue it from a copy made "
+                           "before, or start another study (another --study and --out)")
         header = (f"# The best trial ({summary.best.number}) of study {summary.study}: "
                   f"validation accuracy {summary.best.score:.4f} on the search's fixed "
                   "episodes.\n# metamodal train --config best.toml --out RUN\n")

@@ -366,6 +366,23 @@ def test_a_checkpoint_with_a_bad_entry_is_a_run_error_naming_it(
     assert caught.value.file == str(run_dir / CHECKPOINT_FILE)
 
 
+def test_a_checkpoint_with_a_bad_aligner_entry_is_a_run_error_naming_it(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """The aligner's entry was loaded outside the checks: a raw RuntimeError or TypeError."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(_Kill):
+        Trainer(_config(tiny_data, steps=30, val_every=0, checkpoint_every=2, align_weight=0.5),
+                run_dir, progress=False, callbacks=[_kill_at(5)]).fit()
+    state = torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)
+    for bad in ({"bogus": torch.zeros(1)}, [1, 2, 3]):
+        state["aligner"] = bad
+        torch.save(state, run_dir / CHECKPOINT_FILE)
+        with pytest.raises(RunError) as caught:
+            Trainer(_config(tiny_data, steps=30), run_dir, progress=False).fit(resume=True)
+        assert caught.value.column == "aligner" and "--overwrite" in caught.value.fix
+
+
 def test_a_too_small_validation_split_names_the_split_and_the_flags(
     tiny_data: Path, tmp_path: Path
 ) -> None:

@@ -67,7 +67,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     Nothing is unpickled as code: a file that needs more than tensors and plain data, or that
     is not a checkpoint at all, is a `RunError` naming the file (and the entry it lacks).
     """
-    fix = "delete it to start over, or train without --resume"
+    fix = "train again with --overwrite (instead of --resume) to start over"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError, RuntimeError, EOFError, ... for a bad file
@@ -124,13 +124,18 @@ class TrainingProgress:
 def restore_training(state: dict[str, Any], model: nn.Module, classifier: nn.Module | None,
                      optimizer: torch.optim.Optimizer,
                      schedule: torch.optim.lr_scheduler.LRScheduler,
-                     path: str | Path) -> TrainingProgress:
+                     path: str | Path, *, aligner: nn.Module | None = None,
+                     heads: nn.Module | None = None) -> TrainingProgress:
     """Load a checkpoint's states into the training objects and the generators; returns its
     progress.
 
+    Args:
+        aligner: the cross-modal aligner, when the run trains one (its entry ``aligner``).
+        heads: the multi-task heads, when the run has them (its entry ``tasks``).
+
     Raises:
-        RunError: an entry does not fit the model, optimiser or generators (names the file
-            ``path`` and the entry).
+        RunError: an entry does not fit the model, aligner, task heads, optimiser or
+            generators (names the file ``path`` and the entry).
     """
     entry = "model"
     try:
@@ -138,6 +143,12 @@ def restore_training(state: dict[str, Any], model: nn.Module, classifier: nn.Mod
         if classifier is not None:
             entry = "classifier"
             classifier.load_state_dict(state["classifier"])
+        if aligner is not None and state.get("aligner") is not None:
+            entry = "aligner"
+            aligner.load_state_dict(state["aligner"])
+        if heads is not None:
+            entry = "tasks"
+            heads.load_state_dict(state["tasks"])
         entry = "optimizer"
         optimizer.load_state_dict(state["optimizer"])
         entry = "schedule"
@@ -151,8 +162,8 @@ def restore_training(state: dict[str, Any], model: nn.Module, classifier: nn.Mod
             IndexError) as error:
         raise RunError(f"checkpoint entry does not fit this run ({type(error).__name__}: "
                        f"{str(error)[:200]})", file=path,
-                       column=entry, fix="delete checkpoint.pt to start over, or train "
-                       "without --resume") from None
+                       column=entry, fix="train again with --overwrite (instead of "
+                       "--resume) to start over") from None
     return progress
 
 

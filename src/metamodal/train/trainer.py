@@ -360,11 +360,8 @@ class Trainer:
         progress = TrainingProgress()
         if state is not None:
             progress = restore_training(state, model, classifier, optimizer, schedule,
-                                        self._work / CHECKPOINT_FILE)
-            if aligner is not None and state.get("aligner") is not None:
-                aligner.load_state_dict(state["aligner"])
-            if self.heads is not None:
-                self.heads.load_state_dict(state["tasks"])
+                                        self._work / CHECKPOINT_FILE, aligner=aligner,
+                                        heads=self.heads)
         already_finished = progress.finished
         step_loss = self._step_function(model, classifier, *training, device)
         self.job.same_weights(model, aligner)

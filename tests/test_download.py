@@ -208,6 +208,31 @@ def test_unreachable_or_missing_files_and_bad_arguments(server: _Server,
         fetch(f"http://127.0.0.1:{port}/a.zip", tmp_path / "a.zip", timeout=5)
 
 
+def test_bad_urls_timeouts_records_and_folders_in_the_way_are_typed_errors(
+        server: _Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each was a raw ValueError, OverflowError, UnicodeDecodeError or IsADirectoryError
+    (the last after the whole download)."""
+    for url in ("http://[::1", "http://127.0.0.1:99999/"):
+        with pytest.raises(ConfigError, match="invalid URL"):
+            download_omniglot(tmp_path / "d", base_url=url)
+    for timeout in ("-1", "nan", "inf", "1e309", "0"):
+        assert main(["download", "omniglot", str(tmp_path / "d"), "--url", server.url,
+                     "--timeout", timeout]) == 2
+        assert "timeout" in capsys.readouterr().err
+    server.files["a.zip"] = b"archive"
+    (tmp_path / "a.zip.sha256").write_bytes(b"\xff")
+    with pytest.raises(DownloadError, match="recorded checksum") as caught:
+        fetch(server.url + "a.zip", tmp_path / "a.zip", record=True)
+    assert caught.value.file == str(tmp_path / "a.zip.sha256")
+    for in_the_way in ("b.zip", "b.zip.part"):
+        (tmp_path / in_the_way).mkdir()
+        with pytest.raises(DownloadError, match="not a file") as caught:
+            fetch(server.url + "a.zip", tmp_path / "b.zip")
+        assert caught.value.file == str(tmp_path / in_the_way)
+        (tmp_path / in_the_way).rmdir()
+    assert server.requests == []  # refused before any request
+
+
 def test_the_built_in_checksums_match_the_real_small_archives(server: _Server,
                                                               tmp_path: Path) -> None:
     if SHARED_OMNIGLOT is None:

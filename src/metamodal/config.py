@@ -406,6 +406,8 @@ MAX_SEED = 2**63 - 1
 MAX_LR = 1e3
 """The largest learning rate: far above any that trains, well inside float32 (1e39 overflowed
 inside the optimiser)."""
+MAX_TIMEOUT = 24 * 3600
+"""The longest network timeout in seconds (a day; inf and 1e309 overflowed the socket's)."""
 MAX_DIST_TIMEOUT = 7 * 24 * 3600
 """The longest ``dist_timeout`` in seconds (a week; 1e300 overflowed torch's timeout)."""
 MAX_EPISODES = 1_000_000

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from metamodal.api.fields import flag
-from metamodal.config import LIMITS, MAX_EPISODES, MAX_SEED
+from metamodal.config import LIMITS, MAX_EPISODES, MAX_SEED, MAX_TIMEOUT
 from metamodal.data.loaders.sequence import MAX_LENGTH as SEQUENCE_MAX_LENGTH
 
 MAX_COUNT = 1_000_000
@@ -440,7 +440,7 @@ class DownloadSettings:
         val_groups: alphabets held out for validation.
         test_groups: alphabets held out for testing.
         image_size: decoded image size.
-        timeout: network timeout in seconds.
+        timeout: seconds to wait for the server's next bytes (up to a day).
         progress: show a progress bar.
     """
 
@@ -454,7 +454,7 @@ class DownloadSettings:
     val_groups: list[str] = flag([], metavar="GROUPS")
     test_groups: list[str] = flag([], metavar="GROUPS")
     image_size: int = 28
-    timeout: float = 60.0
+    timeout: float = flag(60.0, least=0.001, most=MAX_TIMEOUT)
     progress: bool = flag(True, name="--no-progress")
 
 

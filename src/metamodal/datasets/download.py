@@ -134,8 +134,13 @@ def _check_hex(name: str, value: str) -> str:
 
 
 def _check_url(url: str) -> None:
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme not in ("http", "https"):
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsing it is the check (a port out of range raises)
+    except ValueError as error:  # an unclosed IPv6 bracket, a bad port
+        raise ConfigError(f"invalid URL {url!r}: {error}", column="url",
+                          fix="give an http:// or https:// address") from None
+    if parts.scheme not in ("http", "https"):
         raise ConfigError(f"unsupported URL {url!r}", column="url",
                           fix="give an http:// or https:// address")
 
@@ -199,11 +204,21 @@ def fetch(
     if sha256 is not None:
         expected: str | None = _check_hex(dest.name, sha256)
     elif record and record_path.is_file():
-        words = record_path.read_text(encoding="utf-8").split()
+        try:
+            words = record_path.read_text(encoding="utf-8").split()
+        except (OSError, UnicodeDecodeError) as error:
+            raise DownloadError(f"cannot read the recorded checksum: {error}", file=record_path,
+                                fix="delete it (the next download records it again) or pass "
+                                f"--sha256 {dest.name}=<hex>") from None
         expected = _check_hex(dest.name, words[0] if words else "")
         source = f"recorded in {record_path.name} on first download"
     else:
         expected = None
+    part = dest.with_name(dest.name + ".part")
+    for path in (dest, part):
+        if path.exists() and not path.is_file():
+            raise DownloadError("is not a file (a directory?), where the download goes",
+                                file=path, fix="move it away, then run the command again")
     if dest.is_file():
         actual = sha256_file(dest)
         if expected is not None and actual != expected:
@@ -213,7 +228,6 @@ def fetch(
             _record(record_path, dest, actual)
         return dest, actual
 
-    part = dest.with_name(dest.name + ".part")
     digest = _download(url, part, progress=progress, timeout=timeout, max_bytes=max_bytes)
     actual = digest.hexdigest()
     if expected is not None and actual != expected:
@@ -393,6 +407,7 @@ def download_omniglot(
     if unknown:
         raise ConfigError(f"checksum given for an archive not asked for: {', '.join(unknown)}",
                           column="sha256", fix="name archives of the chosen sets")
+    _check_url(base_url)
     base = base_url if base_url.endswith("/") else base_url + "/"
     archives, unpacked, recorded = [], [], []
     for name in names:

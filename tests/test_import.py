@@ -266,6 +266,24 @@ def test_all_runs_label_line_naming_a_missing_image(tmp_path: Path) -> None:
     assert caught.value.row == 4
 
 
+def test_all_runs_listing_a_test_item_twice_or_another_run_s_image_is_refused(
+        tmp_path: Path) -> None:
+    """The import wrote a dataset holding one id twice, with two labels, and exited 0."""
+    runs = write_all_runs(tmp_path / "src", runs=2, ways=3)
+    labels = runs / "run01" / "class_labels.txt"
+    original = labels.read_text()
+    labels.write_text(original + "run01/test/item01.png run01/training/class02.png\n")
+    with pytest.raises(DatasetError, match="listed twice") as caught:
+        import_omniglot(runs, tmp_path / "out")
+    assert caught.value.row == 4 and caught.value.file.endswith("class_labels.txt")
+    labels.write_text(original)
+    other = runs / "run02" / "class_labels.txt"
+    other.write_text(other.read_text() + "run02/test/item01.png run01/training/class01.png\n")
+    with pytest.raises(DatasetError, match="another run's"):
+        import_omniglot(runs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- class folders
 
 

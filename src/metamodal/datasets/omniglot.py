@@ -377,7 +377,7 @@ def _write_runs(runs: _Set, out: Path, image_options: dict[str, Any], stroke_len
         label_of: dict[tuple[str, ...], str] = {}
         for f in training:
             label_of[f.parts] = f"{run}/{f.stem}"
-        tests: list[tuple[SourceFile, str]] = []
+        tests: list[tuple[SourceFile, str, int]] = []
         for line_no, line in enumerate(text.split("\n"), start=1):
             fields = line.split()
             if not fields:
@@ -400,21 +400,25 @@ def _write_runs(runs: _Set, out: Path, image_options: dict[str, Any], stroke_len
             if train.parts not in label_of:
                 label_of[train.parts] = f"{run}/{train.stem}"
                 training.append(train)
-            tests.append((test, label_of[train.parts]))
+            tests.append((test, label_of[train.parts], line_no))
         if not tests:
             raise DatasetError("no test image listed", file=labels_file.origin,
                                fix="give the class_labels.txt of the official runs")
         support, query = [], []
         for f in training:
             sample_id = "/".join(f.parts[len(base):])[: -len(f.suffix)]
+            if sample_id in seen_ids:
+                raise DatasetError(f"training image {sample_id!r} is another run's too",
+                                   file=labels_file.origin,
+                                   fix="name the images of this run's own folder")
             support.append(sample_id)
             rows.append([sample_id, label_of[f.parts], run, f"images/{sample_id}.png", None])
             copies.append((f, out / f"images/{sample_id}.png"))
-        for f, label in tests:
+        for f, label, line_no in tests:
             sample_id = "/".join(f.parts[len(base):])[: -len(f.suffix)]
-            if sample_id in seen_ids or sample_id in support:
+            if sample_id in seen_ids or sample_id in support or sample_id in query:
                 raise DatasetError(f"image {sample_id!r} listed twice", file=labels_file.origin,
-                                   fix="list each test image once")
+                                   row=line_no, fix="list each test image once")
             query.append(sample_id)
             rows.append([sample_id, label, run, f"images/{sample_id}.png", None])
             copies.append((f, out / f"images/{sample_id}.png"))

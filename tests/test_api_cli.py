@@ -151,6 +151,11 @@ def test_cli_eval_on_a_fixed_episode_file(trained: tuple[Path, Path], tmp_path: 
     out = tmp_path / "eval.json"
     assert main(["eval", str(run), "--episodes", str(path), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["episodes"] == 7
+    # episodes of the classes the run trained on score what it has seen: said, not silent
+    seen = tmp_path / "seen.jsonl"
+    write_episode_file(seen, [EpisodeSampler(store, loaded.split.train, 3, 1, 2, seed=9)[0]])
+    with pytest.warns(UserWarning, match=r"seen.jsonl: 3 of the 3 classes .* the run trained on"):
+        assert main(["eval", str(run), "--episodes", str(seen)]) == 0
     # what the file fixes cannot also be asked for: refused, not ignored without a word
     for extra in (["--ways", "5"], ["--shots", "5"], ["--episodes-count", "100"],
                   ["--ablation"], ["--robustness"]):

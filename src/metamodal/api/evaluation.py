@@ -238,6 +238,18 @@ def _check_episode_file(s: EvalSettings) -> None:
                           fix=f"leave out {flags}, or drop --episodes to draw episodes")
 
 
+def _warn_of_trained_classes(episodes: list[Any], trained: list[str], path: str) -> None:
+    """Warn when an episode file's episodes draw classes the run trained on (a file written
+    with ``metamodal episodes --split all``, the default, holds some)."""
+    used = {c for episode in episodes for c in episode.classes}
+    seen = sorted(used & set(trained))
+    if seen:
+        warnings.warn(f"{path}: {len(seen)} of the {len(used)} classes of its episodes are "
+                      f"classes the run trained on (e.g. {seen[0]!r}): the score is not one of "
+                      "unseen classes; write the file with `metamodal episodes --split test`",
+                      stacklevel=4)
+
+
 def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
     """`evaluate` with its settings resolved; ``shard``: this process's part of a job."""
     test_time = test_time_overrides(s)  # under another learner, checked against that one
@@ -273,6 +285,7 @@ def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
         from metamodal.data.episode_files import read_episode_file
 
         episodes = read_episode_file(s.episodes, prepared.store, modalities=[])  # ids only
+        _warn_of_trained_classes(episodes, loaded.split.train, s.episodes)
         results = [evaluate_episodes(m, prepared.store, episodes, modalities=modalities,
                                      shard=shard) for m in models]
         counts = [len(e.query_ids) for e in episodes]

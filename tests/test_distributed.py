@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,6 +209,24 @@ def test_torchrun_restarts_resume_from_the_last_checkpoint(data: Path, alone: Pa
     assert done.returncode == 0, done.stderr[-3000:]
     params, buffers = _differences(alone / "protonet-float32", run)
     assert params == 0.0 and buffers < 1e-6, (params, buffers)
+
+
+def test_each_process_reads_its_own_copy_of_the_data(data: Path) -> None:
+    """A process other than rank 0 opened rank 0's --data path (sent with its settings), not
+    its own copy: another machine's copy at another path was never read, nor compared."""
+    own = Path(shutil.copytree(data, data.parent / "own-copy"))
+    table = own / "samples.csv"
+    lines = table.read_text().splitlines()
+    column = lines[0].split(",").index("body_length_cm")
+    for row, line in enumerate(lines[1:], start=1):  # its normalisation statistics differ
+        cells = line.split(",")
+        cells[column] = str(float(cells[column]) + 1) if cells[column] else ""
+        lines[row] = ",".join(cells)
+    table.write_text("\n".join(lines) + "\n")
+    runs = [{"config": _config(data, "protonet", 2), "out": str(data.parent / "own")}]
+    done, _ = _torchrun(str(WORKER), _spec(data.parent / "own.json", runs,
+                                           vary={"data": [str(data), str(own)]}))
+    assert done.returncode != 0 and "decoded other data than rank 0" in done.stderr
 
 
 # -- bad input, in one process -----------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -381,6 +382,23 @@ def test_a_checkpoint_with_a_bad_aligner_entry_is_a_run_error_naming_it(
         with pytest.raises(RunError) as caught:
             Trainer(_config(tiny_data, steps=30), run_dir, progress=False).fit(resume=True)
         assert caught.value.column == "aligner" and "--overwrite" in caught.value.fix
+
+
+def test_resuming_on_a_changed_dataset_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    """A run resumed on relabelled data went on from its checkpoint without a word: not the
+    run it continued, and not bit-exact with one trained without the kill."""
+    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    run_dir = tmp_path / "run"
+    _interrupted_run(data, run_dir)
+    table = data / "samples.csv"
+    lines = table.read_text().splitlines()
+    first, last = lines[1].split(","), lines[-1].split(",")
+    first[1:4], last[1:4] = last[1:4], first[1:4]  # two samples swap their classes
+    lines[1], lines[-1] = ",".join(first), ",".join(last)
+    table.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="not the one the checkpoint was trained on") as caught:
+        Trainer(_config(data, steps=30), run_dir, progress=False).fit(resume=True)
+    assert caught.value.column == "data" and caught.value.file == str(data)
 
 
 def test_a_too_small_validation_split_names_the_split_and_the_flags(

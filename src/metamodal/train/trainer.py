@@ -63,7 +63,7 @@ from metamodal.train.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from metamodal.train.distributed import Job, QuietLogger, join, seed_task
+from metamodal.train.distributed import Job, QuietLogger, data_fingerprint, join, seed_task
 from metamodal.train.logger import MetricsLogger, run_is_finished
 from metamodal.train.multitask import (
     TASKS_FILE,
@@ -258,6 +258,8 @@ class Trainer:
         self.config = self.config.updated({"world_size": job.world_size})
         job.check_same(self.config)
         finished_before, state, config = job.on_main(lambda: self._start(resume, overwrite))
+        if not job.is_main:  # each machine reads its own copy of the data (compared below)
+            config = config.updated({"data": self.config.data})
         if config.world_size != job.world_size:
             log.info("resuming a run trained on %d process(es) with %d", config.world_size,
                      job.world_size)
@@ -270,6 +272,15 @@ class Trainer:
                             encoders=cfg.encoders)
         self._data = data
         job.check_data(data, cfg.data)
+        self._fingerprint = data_fingerprint(data.store.ids, data.store.labels,
+                                             data.split.to_dict(), data.preprocessor.state_dict())
+        if state is not None and state.get("data") not in (None, self._fingerprint):
+            raise ConfigError("the dataset is not the one the checkpoint was trained on (its "
+                              "sample ids, labels, class split or fitted preprocessing "
+                              "differ): the resumed run would not be the run it continues",
+                              file=cfg.data, column="data",
+                              fix="resume on the dataset the run began with, or train again "
+                              "with --overwrite")
         device = job.device_for(resolve_device(cfg.device))
         self._precision = resolve_precision(cfg.precision, device)
         if cfg.precision == "auto":
@@ -411,8 +422,8 @@ class Trainer:
                                          or progress.step % cfg.checkpoint_every == 0):
                     save_checkpoint(checkpoint_path, {**training_state(
                         self.config.to_dict(), progress, model, classifier, self.aligner,
-                        optimizer, schedule), "tasks": (self.heads.state_dict()
-                                                        if self.heads is not None else None)})
+                        optimizer, schedule), "data": self._fingerprint,
+                        "tasks": self.heads.state_dict() if self.heads is not None else None})
                 if self.callbacks:  # values read from the device only for callbacks
                     values = {k: float(v) for k, v in values.items()}
                 for callback in self.callbacks:

@@ -119,6 +119,8 @@ def test_an_episode_or_config_file_that_is_a_fifo_is_refused_without_blocking(
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--tasks", "species,genus",
       "--task-weights", "1,heavy"], ("--task-weights", "'heavy'")),
     (["eval", "{run}", "--ways", "1"], ("ways", "fewer than 2")),
+    (["retrieve", "{run}", "--query-modality", "image", "--target-modality", "caption",
+      "--baseline-run", "x"], ("--baseline-run expects NAME=RUN", "give --baseline-run NAME=RUN")),
 ])
 def test_list_flags_and_one_way_episodes_are_typed_errors(
         runs, tmp_path: Path, capsys, argv: list[str], words: tuple[str, ...]) -> None:

@@ -102,13 +102,15 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, *, only: Sequence[str
     return added
 
 
-def _pairs(items: list[str], name: str) -> dict[str, str]:
+def _pairs(items: list[str], name: str, form: str) -> dict[str, str]:
+    """Repeated ``KEY=VALUE`` ``items`` of the flag ``name`` (``form``: its metavar, as
+    ``NAME=HEX``) as a table."""
     result = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"{name} expects KEY=VALUE, got {item!r}", column=name,
-                              fix="e.g. --encoder image=conv4")
+            raise ConfigError(f"{name} expects {form}, got {item!r}", column=name,
+                              fix=f"give {name} {form}")
         result[key.strip()] = value.strip()
     return result
 
@@ -163,6 +165,8 @@ def _list(items: list[str], kind: type, name: str) -> list[Any]:
 def collect(args: argparse.Namespace, cls: type, names: Sequence[str]) -> dict[str, Any]:
     """The values the user gave for the fields ``names`` of ``cls``, typed as the fields."""
     hints = typing.get_type_hints(cls)
+    fields = {f.name: f.metadata["flag"] for f in dataclasses.fields(cls)
+              if "flag" in f.metadata}
     values: dict[str, Any] = {}
     for name in names:
         if not hasattr(args, name):
@@ -172,7 +176,9 @@ def collect(args: argparse.Namespace, cls: type, names: Sequence[str]) -> dict[s
         if name == "augment":
             value = _augment(value)
         elif typing.get_origin(hint) is dict:
-            value = _pairs(value, "--" + name.replace("_", "-"))
+            how = fields.get(name) or TRAIN_FLAGS.get(name) or Flag()
+            value = _pairs(value, how.name or "--" + name.replace("_", "-"),
+                           how.metavar or "KEY=VALUE")
         elif typing.get_origin(hint) is list:
             value = _list(value, typing.get_args(hint)[0], "--" + name.replace("_", "-"))
         values[name] = value

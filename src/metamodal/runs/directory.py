@@ -468,8 +468,9 @@ def load_run_data(run: Run, data: str | Path | None = None, *, cache: bool = Tru
         if source is None or not (source / "dataset.toml").is_file():
             raise RunError(f"the run's dataset {run.config.data!r} is not there (no "
                            "dataset.toml)", file=run.path / CONFIG_FILE, column="train.data",
-                           fix="pass the dataset to evaluate on (--data DIR, or data=), or "
-                           "move the training dataset back to where train.data says")
+                           fix="move the training dataset back to where train.data says, "
+                           "or give the dataset with --data DIR (eval, retrieve, zero-shot; "
+                           "data= in Python)")
         return prepare_data(source, preprocessor=run.preprocessor, split=run.split,
                             cache=cache)
     return prepare_data(data, seed=run.config.seed, preprocessor=run.preprocessor, cache=cache)

@@ -191,6 +191,9 @@ def test_a_storage_that_cannot_be_opened_or_is_corrupt_is_a_typed_error(
     assert error.value.column == "storage"
     with pytest.raises(ConfigError):
         api.search(data, storage=f"journal:{tmp_path / 'missing' / 'j.log'}", **common)
+    for memory in ("sqlite:///:memory:", "sqlite://"):  # a raw traceback from the heartbeat
+        with pytest.raises(ConfigError, match="in-memory"):
+            api.search(data, storage=memory, **common)
     corrupt = tmp_path / "corrupt.db"
     corrupt.write_bytes(b"this is not a database" * 100)
     with pytest.raises(RunError) as error:

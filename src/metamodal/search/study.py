@@ -51,6 +51,9 @@ def open_storage(url: str | None, out: Path) -> Any:
                 raise ConfigError("the journal's folder does not exist", column="storage",
                                   file=path, fix="create the folder, or give another path")
             return JournalStorage(JournalFileBackend(str(path)))
+        if url in ("sqlite://", "sqlite:///", "sqlite:///:memory:") or ":memory:" in url:
+            raise ConfigError("an in-memory SQLite study ends with its process: no worker can "
+                              "share it, no run continue it", column="storage", fix=fix)
         if url.startswith("sqlite:///"):
             path = Path(url.removeprefix("sqlite:///"))
             if not path.parent.is_dir():

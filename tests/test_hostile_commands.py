@@ -160,11 +160,12 @@ def test_a_diverging_training_is_a_typed_error_and_broken_embeddings_never_hit(
     """A NaN training loss went on to the end (align kept a diverged step's weights as its
     best: NaN similarities ranked every target first, a Recall@1 of 100%)."""
     data, _, _ = runs
-    for verb, shape in ((["train"], EPISODES),
-                        (["align", "--modalities", "image,caption"], [])):
-        _refused([*verb, "--data", str(data), "--out", str(tmp_path / verb[0]), "--steps", "6",
-                  "--val-every", "2", "--lr", "1e5", "--no-progress", *shape], capsys,
-                 "key lr", "training diverged", "lower lr")
+    _refused(["train", "--data", str(data), "--out", str(tmp_path / "train"), "--steps", "6",
+              "--val-every", "2", "--lr", "1000", "--no-progress", *EPISODES], capsys,
+             "key lr", "training diverged", "lower lr")
+    _refused(["align", "--modalities", "image,caption", "--data", str(data), "--out",
+              str(tmp_path / "align"), "--objective", "margin", "--margin", "1e308"], capsys,
+             "align_margin", "from 0 to 1000")  # it made the loss NaN
     broken = retrieval_ranks(torch.full((3, 2), float("nan")), torch.ones(3, 2),
                              torch.tensor([0, 0, 1]))
     assert broken.recall(1, "instance").sum() == 0 and broken.recall(1, "class").sum() == 0

@@ -272,8 +272,9 @@ def exercise_page(driver, url: str, data: Path, scratch: Path) -> None:
     # fast path: two image files dropped at once onto A's card = two examples
     drop_files(driver, card(driver, CLASS_A), [image(r) for r in a_rows[:2]])
     wait_for(driver, lambda: len(examples_of(driver, CLASS_A)) == 2, "two examples of A")
-    selected = driver.find_element("css selector", "#task-select option:checked").text
-    assert "field guide" in selected and "2 examples" in selected
+    wait_for(driver, lambda: all(words in driver.find_element(
+        "css selector", "#task-select option:checked").text for words in (
+            "field guide", "2 examples")), "the task's line: its name and 2 examples")
     wait_for(driver, lambda: len(loaded_images(driver, by_testid(
         card(driver, CLASS_A), "example-thumbnail"))) == 2, "A's two thumbnails")
 

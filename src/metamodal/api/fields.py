@@ -192,9 +192,12 @@ def check_output_file(target: str | Path, key: str) -> None:
     from metamodal.runs.directory import CONFIG_FILE
 
     target = Path(target).resolve()
+    if target.is_dir():
+        raise ConfigError(f"{target} is a directory, where a file is to be written", column=key,
+                          fix="give the path of a file (inside that directory, say)")
     if target.exists() and not target.is_file():
-        raise ConfigError(f"{target} is not a regular file (a directory, a device, a FIFO or a "
-                          "socket); writing there would replace it", column=key,
+        raise ConfigError(f"{target} is not a regular file (a device, a FIFO or a socket); "
+                          "writing there would replace it", column=key,
                           fix="give the path of a file")
     if target.name in run_files() and (target.parent / CONFIG_FILE).exists():
         raise ConfigError(f"{target} is a run's own {target.name}; writing there would "

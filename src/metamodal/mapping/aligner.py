@@ -23,6 +23,8 @@ from metamodal.mapping.regression import (
 )
 
 OBJECTIVES = ("infonce", "margin", "regression")
+MAX_MARGIN = 1e3
+"""The largest margin: far above the distances of the joint space (1e308 made the loss NaN)."""
 POSITIVES = ("instance", "class")
 
 
@@ -110,9 +112,9 @@ class Aligner(nn.Module):
         if not (is_number(temperature) and temperature > 0):
             raise ConfigError(f"temperature must be a finite number > 0, got {temperature!r}",
                               column="align_temperature", fix="e.g. 0.07")
-        if not (is_number(margin) and margin >= 0):
-            raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}",
-                              column="align_margin", fix="e.g. 1.0")
+        if not (is_number(margin) and 0 <= margin <= MAX_MARGIN):
+            raise ConfigError(f"margin must be a number from 0 to {MAX_MARGIN:g}, got "
+                              f"{margin!r}", column="align_margin", fix="e.g. 1.0")
         if not isinstance(learn_temperature, bool):
             raise ConfigError(f"learn_temperature must be true or false, got "
                               f"{learn_temperature!r}", column="align_learn_temperature",

@@ -614,7 +614,8 @@ class Trainer:
             if not math.isfinite(loss):
                 raise ConfigError(
                     f"training diverged: the training loss is {loss} by step {progress.step}",
-                    column="lr", fix=f"train again with a lower lr (it is {self.config.lr:g})")
+                    column="lr", fix=f"train again with a lower lr (it is {self.config.lr:g})"
+                    ", or with loss settings nearer their defaults (a margin, a temperature)")
             logger.log(progress.step, {"train_loss": loss,
                                        "train_acc": float(window["acc"]) / window["n"],
                                        "lr": schedule.get_last_lr()[0]})

@@ -216,6 +216,36 @@ def test_existing_output_needs_overwrite_and_must_be_a_dataset(tmp_path: Path) -
     assert (other / "keep.txt").read_text() == "mine"
 
 
+def test_an_overwrite_that_fails_midway_leaves_the_old_dataset_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old entries were deleted before the new ones were moved in: a move that failed
+    there left a directory with neither dataset."""
+    import os
+
+    root = make_synthetic(tmp_path / "d", classes=15, per_class=1, image_size=8)
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    entries = sorted(p.name for p in root.iterdir())
+    real = os.replace
+    calls = {"in": 0}
+
+    def failing(src, dst, *args, **kwargs):
+        if Path(src).parent.name.startswith(".d."):  # a new entry moved in from the staging
+            calls["in"] += 1
+            if calls["in"] == 2:
+                raise OSError("the disk went away")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="disk went away"):
+        make_synthetic(root, classes=15, per_class=2, image_size=8, overwrite=True)
+    monkeypatch.setattr(os, "replace", real)
+    after = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert after == before and calls["in"] == 2
+    assert sorted(p.name for p in root.iterdir()) == entries  # nothing staged or aside is left
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
 def test_output_can_be_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -51,17 +51,32 @@ def check_target(out: Path, overwrite: bool) -> None:
 
 
 def move_into(tmp: Path, out: Path) -> None:
-    """Replace the content of directory ``out`` by that of ``tmp`` (a directory inside it),
-    moving ``dataset.toml`` last so that a half-moved directory is not taken for a dataset."""
-    for entry in out.iterdir():
-        if entry != tmp:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    for entry in sorted(tmp.iterdir(), key=lambda path: path.name == SCHEMA_NAME):
-        os.replace(entry, out / entry.name)
+    """Replace the content of directory ``out`` by that of ``tmp`` (a directory inside it):
+    the old entries are moved aside (``dataset.toml`` first), the new ones in (``dataset.toml``
+    last), so that a half-moved directory is never taken for a dataset; only then are the old
+    ones deleted. If a move fails, every entry is moved back: ``out`` is as it was."""
+    aside = Path(tempfile.mkdtemp(prefix=".old-", dir=out))
+    old = sorted((e.name for e in out.iterdir() if e not in (tmp, aside)),
+                 key=lambda name: name != SCHEMA_NAME)
+    new = sorted((e.name for e in tmp.iterdir()), key=lambda name: name == SCHEMA_NAME)
+    moved_aside: list[str] = []
+    moved_in: list[str] = []
+    try:
+        for name in old:
+            os.replace(out / name, aside / name)
+            moved_aside.append(name)
+        for name in new:
+            os.replace(tmp / name, out / name)
+            moved_in.append(name)
+    except BaseException:
+        for name in reversed(moved_in):
+            os.replace(out / name, tmp / name)
+        for name in reversed(moved_aside):
+            os.replace(aside / name, out / name)
+        aside.rmdir()
+        raise
     tmp.rmdir()
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from metamodal.mapping.retrieval import retrieval_ranks
 from metamodal.train.trainer import Trainer
 
 EPISODES = ["--ways", "2", "--queries", "1"]
+RANGE = "outside its range"
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +152,7 @@ def test_a_seed_beyond_a_signed_64_bit_integer_is_refused(
     took the seed; make-synthetic and episodes accepted it."""
     data, run, _ = runs
     _refused([a.format(data=data, run=run, tmp=tmp_path, big=2**63) for a in argv], capsys,
-             "seed", "outside its range")
+             "seed", RANGE)
     assert not (tmp_path / "e.jsonl").exists() and not (tmp_path / "s").exists()
 
 
@@ -202,9 +203,6 @@ def test_outputs_never_replace_a_device_a_fifo_a_dataset_s_files_or_a_run_s_file
         _refused(argv, capsys, *words)
     assert (_digest(dataset), _digest(aligned)) == before and fifo.is_fifo()
     assert not (tmp_path / "m.pt").exists()
-
-
-RANGE = "outside its range"
 
 
 @pytest.mark.parametrize(("argv", "words"), [

@@ -26,7 +26,7 @@ from metamodal.data.episode_files import read_episode_file
 from metamodal.data.episodes import EpisodeSampler
 from metamodal.data.inspect import inspect_dataset
 from metamodal.datasets._sources import extract_zip
-from metamodal.datasets.importers import import_folder, import_table
+from metamodal.datasets.importers import import_dataset, import_folder, import_table
 from metamodal.datasets.omniglot import import_omniglot, parse_strokes, read_stroke_file
 from metamodal.errors import ConfigError, DatasetError
 from metamodal.runs.prepared import prepare_data
@@ -550,3 +550,18 @@ def test_twenty_way_training_on_real_omniglot_validates_on_tagalog(
     metrics = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text()
                .splitlines()]
     assert any("val_acc" in m for m in metrics) and metrics[-1].get("event") == "end"
+
+
+def test_python_misuse_of_import_dataset_is_a_config_error(tmp_path: Path) -> None:
+    """A column list holding a number, a number as the source or no output directory were
+    an AttributeError or a TypeError from pathlib."""
+    table = tmp_path / "t.csv"
+    table.write_text("label,title\na,x\nb,y\n")
+    with pytest.raises(ConfigError, match="text must name columns") as caught:
+        import_dataset("table", str(table), str(tmp_path / "o"), label="label",
+                       text=["title", 3])
+    assert caught.value.column == "text"
+    for source, out in ((123, str(tmp_path / "o")), (str(table), None)):
+        with pytest.raises(ConfigError, match="must be a path"):
+            import_dataset("table", source, out, label="label")
+    assert not (tmp_path / "o").exists()

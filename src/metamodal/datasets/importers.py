@@ -87,7 +87,7 @@ def import_dataset(layout: str, source: str | Path, out: str | Path,
     `import_table`, `metamodal.datasets.omniglot.import_omniglot`).
 
     Raises:
-        ConfigError: an unknown layout.
+        ConfigError: an unknown layout, or a ``source`` or ``out`` that is not a path.
 
     Example:
         >>> import_dataset("imagefolder", "photos", "photos-ds")  # doctest: +SKIP
@@ -95,4 +95,8 @@ def import_dataset(layout: str, source: str | Path, out: str | Path,
     if layout not in _IMPORTERS:
         raise ConfigError(f"unknown layout {layout!r}", column="layout",
                           fix=f"use one of: {', '.join(LAYOUTS)}")
+    for key, value in (("source", source), ("out", out)):
+        if not isinstance(value, str | Path) or not str(value):
+            raise ConfigError(f"{key} must be a path, got {value!r}", column=key,
+                              fix=f"give {key} as a str or pathlib.Path")
     return _IMPORTERS[layout](source, out, **options)

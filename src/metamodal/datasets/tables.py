@@ -29,11 +29,15 @@ def _slug(text: str) -> str:
     return slug or "column"
 
 
-def _columns(values: Sequence[str] | str | None) -> list[str]:
+def _columns(values: Sequence[str] | str | None, role: str) -> list[str]:
+    """The column names given for ``role``: a comma-separated string or a list of them."""
     if values is None:
         return []
     if isinstance(values, str):
         values = [values]
+    if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"{role} must name columns (a string or a list of strings), got "
+                          f"{values!r}", column=role, fix=f'e.g. {role}="title,summary"')
     return [c.strip() for v in values for c in v.split(",") if c.strip()]
 
 
@@ -110,8 +114,9 @@ def import_table(
     table = read_samples(source)
     file = str(source)
     roles: dict[str, str] = {}
-    by_role = {"text": _columns(text), "numeric": _columns(numeric), "image": _columns(image),
-               "audio": _columns(audio), "sequence": _columns(sequence), "video": _columns(video)}
+    by_role = {role: _columns(value, role) for role, value in (
+        ("text", text), ("numeric", numeric), ("image", image), ("audio", audio),
+        ("sequence", sequence), ("video", video))}
     if not any(by_role.values()):
         raise ConfigError(
             "no modality column named",

@@ -34,12 +34,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         'hi'
     """
     path = Path(path)
-    if path.is_dir():
-        raise OutputError("is a directory, where a file is to be written", file=path,
-                          fix="give the path of a file (inside that directory, say)")
-    if path.exists() and not path.is_file():  # the rename would put a file in its place
-        raise OutputError("is not a regular file (a device, a FIFO or a socket), where a file "
-                          "is to be written", file=path, fix="give the path of a file")
+    check_file_target(path)
     make_directory(path.parent)
     try:
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -58,6 +53,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def check_file_target(path: str | Path) -> None:
+    """`OutputError` when ``path`` holds something a written file must not replace: a
+    directory, a device, a FIFO or a socket (a rename into place would replace it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError("is a directory, where a file is to be written", file=path,
+                          fix="give the path of a file (inside that directory, say)")
+    if path.exists() and not path.is_file():
+        raise OutputError("is not a regular file (a device, a FIFO or a socket), where a file "
+                          "is to be written", file=path, fix="give the path of a file")
 
 
 def make_directory(path: str | Path, *, key: str | None = None) -> Path:

@@ -106,7 +106,7 @@ def export(run: str | Path | None = None, settings: ExportSettings | None = None
     if side == out:
         raise ConfigError(f"export: {out} would be overwritten by its own sidecar",
                           file=out, fix="name the model file e.g. model.onnx or model.pt")
-    if s.json and Path(s.json).resolve() in (out.resolve(), side.resolve()):
+    if s.json and Path(s.json).resolve() == side.resolve():  # OUT itself: `resolve` refused
         raise ConfigError(f"export: --json {s.json} is the export's own file, which the "
                           "result would replace", column="json",
                           fix="write the result to a file of its own, e.g. export-result.json")

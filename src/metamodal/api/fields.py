@@ -189,16 +189,11 @@ def check_output_file(target: str | Path, key: str) -> None:
     that exists inside a dataset directory (one above it holds a ``dataset.toml``: its
     schema, table, splits or media)."""
     from metamodal.data.schema import SCHEMA_FILE
+    from metamodal.io import check_file_target
     from metamodal.runs.directory import CONFIG_FILE
 
     target = Path(target).resolve()
-    if target.is_dir():
-        raise ConfigError(f"{target} is a directory, where a file is to be written", column=key,
-                          fix="give the path of a file (inside that directory, say)")
-    if target.exists() and not target.is_file():
-        raise ConfigError(f"{target} is not a regular file (a device, a FIFO or a socket); "
-                          "writing there would replace it", column=key,
-                          fix="give the path of a file")
+    check_file_target(target)
     if target.name in run_files() and (target.parent / CONFIG_FILE).exists():
         raise ConfigError(f"{target} is a run's own {target.name}; writing there would "
                           "replace it", column=key, fix="write to a file of its own")

@@ -220,6 +220,13 @@ def data_fingerprint(ids: Sequence[str], labels: Sequence[str], split: dict[str,
     return digest.hexdigest()[:16]
 
 
+def prepared_fingerprint(data: PreparedData) -> str:
+    """`data_fingerprint` of decoded data: its store's ids and labels, its class split and its
+    fitted preprocessor."""
+    return data_fingerprint(data.store.ids, data.store.labels, data.split.to_dict(),
+                            data.preprocessor.state_dict())
+
+
 class QuietLogger:
     """The metrics logger of a process other than rank 0: records nothing."""
 
@@ -460,14 +467,12 @@ class Job:
                                   column=keys[0], fix="start every process with the same "
                                   "flags and config file")
 
-    def check_data(self, data: PreparedData, where: str | Path) -> None:
-        """Raise `ConfigError` unless every process decoded the same ``data`` (compared by
-        `data_fingerprint`; ``where``, the dataset directory, is named in the error)."""
+    def check_data(self, fingerprint: str, where: str | Path) -> None:
+        """Raise `ConfigError` unless every process decoded the same data (its
+        `prepared_fingerprint`; ``where``, the dataset directory, is named in the error)."""
         if not self.active:
             return
-        everyone = self.all_gather_object(data_fingerprint(
-            data.store.ids, data.store.labels, data.split.to_dict(),
-            data.preprocessor.state_dict()))
+        everyone = self.all_gather_object(fingerprint)
         other = [r for r, f in enumerate(everyone) if f != everyone[0]]
         if other:
             raise ConfigError(

@@ -63,7 +63,7 @@ from metamodal.train.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from metamodal.train.distributed import Job, QuietLogger, data_fingerprint, join, seed_task
+from metamodal.train.distributed import Job, QuietLogger, join, prepared_fingerprint, seed_task
 from metamodal.train.logger import MetricsLogger, run_is_finished
 from metamodal.train.multitask import (
     TASKS_FILE,
@@ -271,9 +271,8 @@ class Trainer:
                             preprocess=cfg.preprocess, cache=cfg.cache,
                             encoders=cfg.encoders)
         self._data = data
-        job.check_data(data, cfg.data)
-        self._fingerprint = data_fingerprint(data.store.ids, data.store.labels,
-                                             data.split.to_dict(), data.preprocessor.state_dict())
+        self._fingerprint = prepared_fingerprint(data)
+        job.check_data(self._fingerprint, cfg.data)
         if state is not None and state.get("data") not in (None, self._fingerprint):
             raise ConfigError("the dataset is not the one the checkpoint was trained on (its "
                               "sample ids, labels, class split or fitted preprocessing "

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from metamodal.api import retrieve
 from metamodal.cli import main
 from metamodal.datasets.synthetic import shared_attributes
-from metamodal.errors import DatasetError
+from metamodal.errors import ConfigError, DatasetError
 from metamodal.evaluate.retrieval import CEILING
 from metamodal.mapping import read_descriptions
 from metamodal.runs.directory import load_run
@@ -58,6 +58,9 @@ def test_align_writes_a_run_with_its_alignment(aligned) -> None:
     aligner = load_alignment(run)
     assert sorted(aligner.maps) == ["caption->measurements", "measurements->caption"]
     assert (run / ALIGNMENT_FILE).is_file()
+    with pytest.raises(ConfigError) as caught:  # as load_run: not torch's own error
+        load_alignment(run, device="nope")
+    assert caught.value.column == "device"
 
 
 def test_retrieve_reports_both_directions_with_baselines(aligned, tmp_path: Path,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from metamodal.config import LIMITS, TrainConfig
+from metamodal.config import LIMITS, TrainConfig, resolve_device
 from metamodal.data.batch import TensorStore
 from metamodal.errors import ConfigError, DatasetError, ModalityError, RunError
 from metamodal.mapping.aligner import Aligner
@@ -85,6 +85,7 @@ def load_alignment(run_dir: str | Path, *, device: str = "cpu") -> Aligner:
 
     Raises:
         RunError: the run trained no alignment, or its alignment file is missing or corrupt.
+        ConfigError: ``device`` names one this machine lacks (as `load_run`'s).
     """
     from metamodal.runs.directory import read_run_config
 
@@ -106,7 +107,7 @@ def load_alignment(run_dir: str | Path, *, device: str = "cpu") -> Aligner:
                        file=run_dir / "config.toml",
                        fix="train the alignment again (`metamodal align ...`)") from None
     load_weights(run_dir / ALIGNMENT_FILE, aligner)
-    return aligner.to(device).eval()
+    return aligner.to(resolve_device(str(device))).eval()
 
 
 def check_aligned(aligner: Aligner, *modalities: str) -> None:

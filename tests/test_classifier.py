@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 import warnings
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from metamodal.errors import (
     DatasetError,
     InsufficientSamplesError,
     ModalityError,
+    OutputError,
     RunError,
 )
 from metamodal.train.trainer import Trainer
@@ -226,6 +228,28 @@ def test_save_and_load_keep_the_predictions(trained, tmp_path: Path) -> None:
     np.testing.assert_allclose(again.predict_proba(_records(query)),
                                clf.predict_proba(_records(query)), rtol=1e-5, atol=1e-6)
 
+
+
+def test_save_refuses_a_directory_holding_another_run_or_other_files(trained,
+                                                                      tmp_path: Path) -> None:
+    data, run = trained
+    support, _ = _split(data)
+    clf = FewShotClassifier(run, media_root=data).fit(_records(support), _labels(support))
+    other = tmp_path / "other-run"
+    shutil.copytree(run, other)
+    (other / "notes.txt").write_text("mine")
+    before = {f.name: f.read_bytes() for f in other.iterdir() if f.is_file()}
+    for target in (other, tmp_path / "notes"):
+        (tmp_path / "notes").mkdir(exist_ok=True)
+        (tmp_path / "notes" / "a.txt").write_text("mine")
+        with pytest.raises(OutputError, match="no saved classifier") as caught:
+            clf.save(target)
+        assert caught.value.file == str(target)
+    assert {f.name: f.read_bytes() for f in other.iterdir() if f.is_file()} == before
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["a.txt"]
+    clf.save(tmp_path / "saved")
+    clf.save(tmp_path / "saved")  # over an earlier save: allowed
+    assert FewShotClassifier.load(tmp_path / "saved", media_root=data).classes_ == clf.classes_
 
 def test_integer_labels_predict_and_score_but_do_not_save(trained, tmp_path: Path) -> None:
     data, run = trained

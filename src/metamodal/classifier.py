@@ -22,6 +22,7 @@ from metamodal.errors import (
     DatasetError,
     InsufficientSamplesError,
     ModalityError,
+    OutputError,
     RunError,
 )
 from metamodal.estimator import EstimatorParams
@@ -49,6 +50,26 @@ SampleSource = Any
 """What ``X`` may be: a list of dicts, a pandas DataFrame, a sample table or dataset directory
 path, or a `MultimodalDataset` (see `FewShotClassifier`)."""
 
+
+SAVED_FILES = frozenset({CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE, MEMBERS_DIR, SUPPORT_FILE,
+                         SUPPORT_META})
+"""What `FewShotClassifier.save` writes into a directory other than its run's."""
+
+
+def check_save_directory(directory: Path) -> None:
+    """Raise `OutputError` unless ``directory`` is missing, empty, or holds only what an
+    earlier `FewShotClassifier.save` wrote there (its ``support.json`` among them)."""
+    if not directory.is_dir():
+        return  # missing (made), or a file in its place (make_directory says so)
+    entries = {entry.name for entry in directory.iterdir()}
+    if not entries or (SUPPORT_META in entries and entries <= SAVED_FILES):
+        return
+    others = sorted(entries - SAVED_FILES) or sorted(entries)
+    raise OutputError(
+        "the directory is not empty and is no saved classifier: it holds "
+        f"{', '.join(others[:5])}{', ...' if len(others) > 5 else ''}, and saving would "
+        f"replace its {CONFIG_FILE}, {WEIGHTS_FILE} and {PREPROCESSOR_FILE}",
+        file=directory, fix="save into a new or empty directory (or one an earlier save wrote)")
 
 class FewShotClassifier(EstimatorParams):
     """Classify new classes from a few labelled examples with a meta-trained run.
@@ -555,14 +576,18 @@ class FewShotClassifier(EstimatorParams):
         Raises:
             RunError: not fitted, or the classes are not strings (``support.json`` names
                 classes as strings).
+            OutputError: ``directory`` holds anything but an earlier `save`'s files (another
+                run's, whose weights this would replace, or files of the user's).
         """
         self._check_fitted()
         if not all(isinstance(c, str) for c in self.classes_):
             raise RunError("only string class labels can be saved", column="classes",
                            fix="fit with string labels, e.g. y = [str(label) for label in y]")
         directory = Path(directory)
-        make_directory(directory)
         source = self.run_.path
+        if directory.resolve() != source.resolve():
+            check_save_directory(directory)
+        make_directory(directory)
         if directory.resolve() != source.resolve():
             if (source / MEMBERS_DIR).is_dir():  # an ensemble: its members' configs too
                 shutil.rmtree(directory / MEMBERS_DIR, ignore_errors=True)

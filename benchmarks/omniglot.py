@@ -332,6 +332,9 @@ CONFIGS.update({
         "strokes": {**_FUSED_STROKES, "channels": 128}}),
     "fused-recipe-on-recipe": recipe_row(FUSED_RECIPE, freeze=["image"], encoder_options={
         "strokes": _FUSED_STROKES, "image": W48}),
+    "fused-recipe-strokeimage": recipe_row(
+        FUSED_RECIPE, encoders={**FUSED_RECIPE.encoders, "strokes": "stroke-image"},
+        encoder_options={"strokes": {"pen": 3, "points": 256}}),
 })
 STARTS_FROM = {"fused-recipe-on-recipe": "recipe"}
 """Configurations trained from another one's finished run (``init_from``; here with the image

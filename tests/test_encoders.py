@@ -70,6 +70,8 @@ CASES = [
          {"channels": 6, "points": 8, "pen": 2}),
     Case("stroke-set", "sequence", {"features": 3, "max_length": MAX_LEN},
          {"channels": 6, "points": 8, "pen": 2}),
+    Case("stroke-image", "sequence", {"features": 3, "max_length": MAX_LEN},
+         {"points": 16, "size": 8, "widths": [8, 8], "pen": 2}),
     Case("audio-cnn", "audio", {"n_mels": 8, "max_frames": MAX_LEN}, {"channels": 4}),
     Case("mlp", "tabular", {"features": 5}, {"hidden": [8]}),
 ]
@@ -301,7 +303,7 @@ def test_missing_input_info_raises_config_error() -> None:
 
 def test_registry_lists_names_and_unknown_name_lists_them() -> None:
     expected = {"conv4", "resnet12", "bag", "textcnn", "gru", "tcn", "trajectory", "stroke-set",
-                "audio-cnn", "mlp"}
+                "stroke-image", "audio-cnn", "mlp"}
     assert expected <= set(encoders.names())
     with pytest.raises(UnknownNameError) as info:
         encoders.create("vit", dim=4, input_info={})
@@ -325,7 +327,8 @@ def test_every_kind_has_a_default_encoder_that_fits_it() -> None:
 
 def test_encoder_kind_checks() -> None:
     assert encoders_for("text") == ["bag", "gru", "minilm", "textcnn"]
-    assert encoders_for("sequence") == ["gru", "stroke-set", "tcn", "trajectory"]
+    assert encoders_for("sequence") == ["gru", "stroke-image", "stroke-set", "tcn",
+                                          "trajectory"]
     check_encoder("gru", "sequence")
     with pytest.raises(ConfigError, match="bag, gru, minilm, textcnn"):
         check_encoder("tcn", "text", "caption")

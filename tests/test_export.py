@@ -131,7 +131,7 @@ def test_gru_and_trajectory_do_not_export_to_onnx_and_the_error_says_why(
     with pytest.raises(ConfigError, match="'track' has encoder 'trajectory'.*searchsorted"):
         api.export(runs["rnn"], out=tmp_path / "m.onnx", modalities=["track", "image"])
     assert not (tmp_path / "m.onnx").exists()
-    assert set(UNSUPPORTED["onnx"]) == {"gru", "trajectory", "stroke-set"}
+    assert set(UNSUPPORTED["onnx"]) == {"gru", "trajectory", "stroke-set", "stroke-image"}
     assert not UNSUPPORTED["torchscript"]
 
 

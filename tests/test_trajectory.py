@@ -16,8 +16,10 @@ from metamodal.data.batch import ModalityBatch
 from metamodal.data.schema import DatasetSchema
 from metamodal.datasets.omniglot import import_omniglot
 from metamodal.encoders.trajectory import (
+    StrokeImageEncoder,
     StrokeSetEncoder,
     TrajectoryEncoder,
+    render_motion,
     resample_trajectory,
     split_strokes,
 )
@@ -54,17 +56,23 @@ def test_position_size_and_padding_do_not_change_the_embedding(
     assert not torch.allclose(encoder(_drawing(mirrored)), base, atol=1e-3)
 
 
-def test_sampling_rate_does_not_change_the_embedding(encoder: TrajectoryEncoder) -> None:
+def _densified(steps: list[tuple[float, float, float]]) -> list[tuple[float, float, float]]:
+    """The same drawing recorded four times as often (no points on the pen-up jumps)."""
     dense = []
-    for (x0, y0, p0), (x1, y1, p1) in zip(L_SHAPE, L_SHAPE[1:], strict=False):
+    for (x0, y0, p0), (x1, y1, p1) in zip(steps, steps[1:], strict=False):
         if p1:  # a new stroke begins: no points on the pen-up jump
             dense.append((x0, y0, p0))
             continue
         dense += [(x0 + (x1 - x0) * k / 4, y0 + (y1 - y0) * k / 4, p0 if k == 0 else 0.0)
                   for k in range(4)]
-    dense.append(L_SHAPE[-1])
-    assert len(dense) > 2 * len(L_SHAPE)
-    assert torch.allclose(encoder(_drawing(dense)), encoder(_drawing(L_SHAPE)), atol=1e-4)
+    dense.append(steps[-1])
+    assert len(dense) > 2 * len(steps)
+    return dense
+
+
+def test_sampling_rate_does_not_change_the_embedding(encoder: TrajectoryEncoder) -> None:
+    assert torch.allclose(encoder(_drawing(_densified(L_SHAPE))), encoder(_drawing(L_SHAPE)),
+                          atol=1e-4)
 
 
 def test_resampled_points_never_lie_on_a_pen_up_jump() -> None:
@@ -154,6 +162,65 @@ def test_stroke_set_options_are_checked() -> None:
             StrokeSetEncoder(dim=4, input_info={"features": 3}, **bad)
     enc = StrokeSetEncoder(dim=4, input_info={"features": 3}, points=8, channels=2,
                            attention=0)
+    with pytest.raises(ModalityError, match="float"):
+        enc(ModalityBatch(torch.zeros(2, 5, 2), torch.ones(2, dtype=torch.bool)))
+
+
+
+def _render(steps: list[tuple[float, float, float]], size: int = 9) -> torch.Tensor:
+    """`StrokeImageEncoder`'s grid ``[4, size, size]`` of one drawing (x, y, stroke start)."""
+    drawing = _drawing(steps)
+    xy, starts = drawing.values[..., :2], drawing.values[..., 2] > 0
+    resampled, first = resample_trajectory(xy, starts, drawing.lengths, 64)
+    centred = resampled - resampled.mean(1, keepdim=True)
+    normal = centred / centred.square().sum(-1).mean().sqrt()
+    return render_motion(normal, first, size, 2.0)[0]
+
+
+def test_stroke_image_renders_ink_direction_and_progress() -> None:
+    grid = _render(L_SHAPE)
+    ink, dx, dy, progress = grid
+    assert ink.amax() == 1 and (ink >= 0).all() and (ink > 0).sum() >= 9
+    # the first stroke goes up, then right; the second right: no ink moves left or down
+    assert dx.min() >= -1e-6 and dy.min() >= -1e-6 and dy.max() > 0.2 and dx.max() > 0.2
+    # the second stroke is drawn last: its cells hold later progress than the first's
+    late = progress / ink.clamp_min(1e-6)
+    assert late[:, 7][ink[:, 7] > 0.5].min() > 0.8 and late[:, 2][ink[:, 2] > 0.2].max() < 0.5
+    # drawn backwards: about the same ink (resampled from the other end), the directions
+    # negated, the progress reversed
+    backwards = _render([(x, y, float(i in (0, 2))) for i, (x, y, _) in
+                         enumerate(L_SHAPE[4:2:-1] + L_SHAPE[2::-1])])
+    assert torch.allclose(backwards[0], ink, atol=0.15)
+    assert torch.allclose(backwards[1:3], -grid[1:3], atol=0.15)
+    assert (backwards[3] - progress).abs().max() > 0.5
+
+
+def test_stroke_image_ignores_position_size_sampling_and_padding() -> None:
+    torch.manual_seed(0)
+    encoder = StrokeImageEncoder(dim=8, input_info={"features": 3, "max_length": 40}, pen=2,
+                                 points=64, size=12, widths=[4, 8]).eval()
+    base = encoder(_drawing(L_SHAPE))
+    moved = [(10 + 2.5 * x, -3 + 2.5 * y, p) for x, y, p in L_SHAPE]
+    assert torch.allclose(encoder(_drawing(moved, pad=5)), base, atol=1e-4)
+    assert torch.allclose(encoder(_drawing(_densified(L_SHAPE))), base, atol=1e-4)
+    redrawn = [THREE_STROKES[1], THREE_STROKES[0][::-1], THREE_STROKES[2]]
+    # what it keeps: the mirror image and the order of the strokes
+    assert not torch.allclose(encoder(_drawing([(-x, y, p) for x, y, p in L_SHAPE])), base,
+                              atol=1e-3)
+    assert not torch.allclose(encoder(_drawing(_redrawn(redrawn))),
+                              encoder(_drawing(_redrawn(THREE_STROKES))), atol=1e-3)
+
+
+def test_stroke_image_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="different columns"):
+        StrokeImageEncoder(dim=4, input_info={"features": 3}, pen=0)
+    for bad in ({"points": 3}, {"size": 10**6}, {"size": 2}, {"extent": 0.0},
+                {"extent": float("nan")}):
+        with pytest.raises(ConfigError, match="stroke-image needs"):
+            StrokeImageEncoder(dim=4, input_info={"features": 3}, **bad)
+    with pytest.raises(ConfigError, match="widths"):
+        StrokeImageEncoder(dim=4, input_info={"features": 3}, widths=[])
+    enc = StrokeImageEncoder(dim=4, input_info={"features": 3}, size=8, widths=[2])
     with pytest.raises(ModalityError, match="float"):
         enc(ModalityBatch(torch.zeros(2, 5, 2), torch.ones(2, dtype=torch.bool)))
 

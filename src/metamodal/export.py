@@ -56,6 +56,8 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
                       "has no ONNX operator",
         "stroke-set": "it cuts the strokes apart and resamples them with torch.searchsorted, "
                       "which has no ONNX operator",
+        "stroke-image": "it resamples each stroke along its path with torch.searchsorted, "
+                        "which has no ONNX operator",
     },
     "torchscript": {},
 }

@@ -12,6 +12,8 @@ name           kinds               what
 ``trajectory`` sequence            pen strokes: resampled along the path, normalised, 1-D CNN
 ``stroke-set`` sequence            pen strokes as a set: each stroke (either way) by a 1-D CNN,
                                    self-attention across strokes, mean and max over them
+``stroke-image`` sequence          pen strokes rendered with their motion (ink, direction,
+                                   progress), ResNet-12
 ``audio-cnn``  audio               2-D conv blocks over log-mels, masked pool over frames
 ``mlp``        tabular             multi-layer perceptron
 ``video-conv`` video               conv4 on every frame, mean (or 1-D conv) over time

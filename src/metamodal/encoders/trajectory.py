@@ -1,5 +1,6 @@
-"""Encoders of pen trajectories: ``trajectory`` (the whole drawing through a 1-D CNN) and
-``stroke-set`` (each stroke on its own, pooled in no order).
+"""Encoders of pen trajectories: ``trajectory`` (the whole drawing through a 1-D CNN),
+``stroke-set`` (each stroke on its own, pooled in no order) and ``stroke-image`` (the drawing
+rendered with its motion, through a ResNet-12).
 
 A pen trajectory is a sequence modality whose steps carry an ``x, y`` position and, optionally, a
 flag marking the first point of each stroke (the pen touching down), as Omniglot's strokes
@@ -24,6 +25,12 @@ CNN sees as different sequences (training can only show it redrawn copies). ``st
 is blind to both by construction: it cuts the drawing at each pen-down flag, resamples every
 stroke on its own, encodes each stroke and its reversal with one shared 1-D CNN (their sum),
 relates the strokes by self-attention without positions, and pools them by mean and max.
+
+``stroke-image`` gives a 2-D CNN what the pen did: it resamples and normalises the drawing as
+``trajectory`` does, then renders it on a grid whose channels hold the ink, the pen's direction
+of motion (``x`` and ``y`` of the unit step) and how far along the drawing each point lies
+(0 at the first point, 1 at the last), each point splatted bilinearly onto its four nearest
+cells. A photograph of the same character shows the ink only, at the drawer's size and place.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from torch import Tensor, nn
 
 from metamodal.data.batch import ModalityBatch
 from metamodal.encoders.base import Encoder, register_encoder, require_info
+from metamodal.encoders.image import ResNet12
 from metamodal.encoders.layers import resolve_lengths
 from metamodal.encoders.sequence import check_steps
 from metamodal.errors import OptionError
@@ -46,6 +54,8 @@ MAX_POINTS = 4096
 resampled to."""
 MAX_STROKES = 256
 """The most strokes `StrokeSetEncoder` keeps apart per drawing."""
+MAX_GRID = 256
+"""The largest grid side `StrokeImageEncoder` renders on."""
 
 
 def resample_trajectory(points: Tensor, starts: Tensor, lengths: Tensor, count: int
@@ -368,3 +378,117 @@ class StrokeSetEncoder(Encoder):
         mean = (h * mask).sum(1) / mask.sum(1)
         peak = h.masked_fill(~drawn.unsqueeze(-1), float("-inf")).amax(1)
         return self.project(self.dropout(torch.cat([mean, peak], -1)))
+
+
+def render_motion(normal: Tensor, first: Tensor, size: int, extent: float) -> Tensor:
+    """Render normalised drawings with their motion: ``[n, P, 2], [n, P] -> [n, 4, size, size]``.
+
+    Args:
+        normal: float ``[n, P, 2]`` points, normalised per drawing (`trajectory_features`'
+            first two columns: centred, unit RMS radius).
+        first: bool ``[n, P]``, True where a stroke starts.
+        size: cells along each side of the grid.
+        extent: the normalised coordinate at the grid's edges (``-extent .. extent`` along both
+            axes; points beyond lie on the border cells).
+
+    Returns:
+        Channels ink, direction ``x``, direction ``y`` and progress along the drawing, each the
+        bilinear splat of its points' values, divided by the drawing's densest ink cell (ink in
+        ``0..1``). A point's direction is the unit step from the point before it in its stroke
+        (zero at a stroke's first point and where the pen stood still).
+
+    Example:
+        >>> line = torch.tensor([[[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]])
+        >>> grid = render_motion(line, torch.tensor([[True, False, False]]), 3, 1.0)
+        >>> grid[0, 0, 1].tolist(), grid[0, 1, 1].tolist()
+        ([1.0, 1.0, 1.0], [0.0, 1.0, 1.0])
+    """
+    n, count, _ = normal.shape
+    step = torch.cat([torch.zeros_like(normal[:, :1]), normal[:, 1:] - normal[:, :-1]], 1)
+    step = step.masked_fill(first.unsqueeze(-1), 0.0)
+    direction = step / step.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    progress = torch.linspace(0, 1, count, device=normal.device, dtype=normal.dtype)
+    values = torch.cat([torch.ones_like(normal[..., :1]), direction,
+                        progress.expand(n, count).unsqueeze(-1)], -1)  # [n, P, 4]
+    cell = ((normal / extent + 1) * (size - 1) / 2).clamp(0, size - 1)  # [n, P, 2]: x, y
+    low = cell.floor().clamp(max=size - 2) if size > 1 else cell.floor()
+    frac = cell - low
+    grid = normal.new_zeros(n, 4, size * size)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            if size == 1 and (dx or dy):
+                continue
+            weight = ((frac[..., 0] if dx else 1 - frac[..., 0])
+                      * (frac[..., 1] if dy else 1 - frac[..., 1]))  # [n, P]
+            index = ((low[..., 1] + dy) * size + low[..., 0] + dx).long()  # row y, column x
+            grid.scatter_add_(2, index.unsqueeze(1).expand(n, 4, count),
+                              (values * weight.unsqueeze(-1)).transpose(1, 2))
+    densest = grid[:, :1].amax(-1, keepdim=True).clamp_min(1e-6)
+    return (grid / densest).view(n, 4, size, size)
+
+
+@register_encoder("stroke-image", ["sequence"])
+class StrokeImageEncoder(Encoder):
+    """Pen trajectories rendered with their motion, then a ResNet-12 (module docstring).
+
+    Args:
+        dim: output size.
+        input_info: ``{"features", "max_length"}`` from the sequence loader.
+        coords: the ``x, y`` columns of the steps.
+        pen: the column flagging the first point of a stroke (a value > 0 marks it), or -1
+            for one stroke per drawing.
+        points: points per resampled drawing (each splatted onto the grid).
+        size: cells along each side of the rendered grid.
+        extent: the normalised coordinate (in RMS radii from the ink's centroid) at the grid's
+            edges.
+        widths: the ResNet-12's block widths (`metamodal.encoders.image.ResNet12`).
+
+    Shapes:
+        ``[B, T, features]`` with lengths ``[B]`` -> ``[B, dim]``.
+
+    Example:
+        >>> enc = StrokeImageEncoder(dim=8, input_info={"features": 3, "max_length": 6},
+        ...                          pen=2, points=16, size=8, widths=[4, 4])
+        >>> batch = ModalityBatch(torch.randn(3, 6, 3), torch.ones(3, dtype=torch.bool),
+        ...                       torch.tensor([6, 2, 4]))
+        >>> enc(batch).shape
+        torch.Size([3, 8])
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        input_info: Mapping[str, Any],
+        coords: list[int] | tuple[int, int] = (0, 1),
+        pen: int = -1,
+        points: int = 256,
+        size: int = 28,
+        extent: float = 2.0,
+        widths: list[int] | tuple[int, ...] = (32, 64, 128, 256),
+    ) -> None:
+        super().__init__(dim=dim, input_info=input_info)
+        (self.features,) = require_info("stroke-image", input_info, "features")
+        self.coords, self.pen = pen_columns("stroke-image", self.features, coords, pen)
+        if (not 4 <= points <= MAX_POINTS or not 4 <= size <= MAX_GRID
+                or not 0.1 <= extent <= 100):
+            raise OptionError(
+                f"stroke-image needs points in 4..{MAX_POINTS}, size in 4..{MAX_GRID}, extent "
+                f"in 0.1..100; got {points}, {size}, {extent}",
+                fix="use e.g. points=256, size=28, extent=2.0")
+        self.points, self.size, self.extent = int(points), int(size), float(extent)
+        self.body = ResNet12(dim=dim, input_info={"channels": 4, "height": size, "width": size},
+                             widths=widths)
+
+    def check(self, batch: ModalityBatch) -> None:
+        """Raise `ModalityError` unless ``batch.values`` is float ``[B, T, features]``."""
+        check_steps("stroke-image", batch, self.features)
+
+    def encode(self, values: Tensor, lengths: Tensor | None) -> Tensor:
+        """Embed ``[n, T, features]`` with lengths ``[n]`` -> ``[n, dim]``."""
+        lengths = resolve_lengths(lengths, values.shape[1], values.shape[0], values.device)
+        resampled, first = resample_trajectory(values[..., self.coords],
+                                               stroke_starts(values, self.pen),
+                                               lengths.clamp_min(1), self.points)
+        normal = trajectory_features(resampled, first)[..., :2]
+        return self.body.encode(render_motion(normal, first, self.size, self.extent), None)

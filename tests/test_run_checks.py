@@ -258,6 +258,18 @@ def test_saved_support_labels_out_of_range(trained, tmp_path: Path) -> None:
     assert error.column == "labels" and error.file == str(saved / "support.safetensors")
 
 
+
+@pytest.mark.parametrize("change", ["width", "dtype"])
+def test_saved_support_embeddings_must_fit_the_model(trained, tmp_path: Path,
+                                                     change: str) -> None:
+    saved = _copy(trained[2], tmp_path)
+    tensors = load_file(str(saved / "support.safetensors"))
+    z = tensors["z"]
+    tensors["z"] = z[..., :7].contiguous() if change == "width" else z.double()
+    save_file(tensors, str(saved / "support.safetensors"))
+    error = _error(saved, FewShotClassifier.load)
+    assert error.column == "z" and error.file == str(saved / "support.safetensors")
+
 def test_a_query_without_any_modality_gets_an_error_not_a_label(trained, tmp_path) -> None:
     data, run, saved = trained
     rows = _rows(data)[8:11]

@@ -627,7 +627,9 @@ class FewShotClassifier(EstimatorParams):
                 f"({run.config.learner}) needs {expected}",
                 file=directory / SUPPORT_META, column="form",
                 fix="fit this run's classifier on the support set again and save it")
-        tensors = read_support_tensors(directory / SUPPORT_FILE, meta, run.model.modalities)
+        width = run.model.backbone.fusion.out_dim if expected == "embeddings" else None
+        tensors = read_support_tensors(directory / SUPPORT_FILE, meta, run.model.modalities,
+                                       int(width) if width is not None else None)
         classifier.support_labels_ = tensors["labels"]
         classifier.support_ = EncodedSamples.from_tensors(
             tensors, meta["form"], meta["modalities"]).to(device)

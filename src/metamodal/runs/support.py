@@ -65,9 +65,12 @@ def read_support_meta(path: Path) -> dict:
     return meta
 
 
-def read_support_tensors(path: Path, meta: dict, model_modalities: list[str]) -> dict:
-    """``support.safetensors``, checked against ``support.json``: every tensor present, of
-    consistent sizes, finite, labels within the classes; `RunError` naming the tensor."""
+def read_support_tensors(path: Path, meta: dict, model_modalities: list[str],
+                         width: int | None = None) -> dict:
+    """``support.safetensors``, checked against ``support.json`` and the model: every tensor
+    present, of consistent sizes, finite, labels within the classes, embeddings ``z`` float32
+    and ``width`` wide (the model's fused embedding size, for the ``embeddings`` form);
+    `RunError` naming the tensor."""
     fix = "fit the classifier on its support set and save it again"
     try:
         tensors = load_file(str(path))
@@ -106,9 +109,14 @@ def read_support_tensors(path: Path, meta: dict, model_modalities: list[str]) ->
     if meta["form"] == "embeddings":
         z = need("z")
         present = need("present", 2)
-        if z.dim() not in (2, 3) or present.dtype != torch.bool:
-            raise RunError("`z` must be [S, D] or [S, M, D] with a bool `present`", file=path,
-                           column="z", fix=fix)
+        if (z.dim() not in (2, 3) or present.dtype != torch.bool
+                or (z.dim() == 3 and z.shape[1] != present.shape[1])):
+            raise RunError("`z` must be [S, D] or [S, M, D] with a bool `present` [S, M]",
+                           file=path, column="z", fix=fix)
+        if z.dtype != torch.float32 or (width is not None and z.shape[-1] != width):
+            raise RunError(f"`z` is {str(z.dtype).removeprefix('torch.')} and "
+                           f"{z.shape[-1]} wide; the model embeds float32, {width} wide",
+                           file=path, column="z", fix=fix)
     else:
         for name in meta["modalities"]:
             need(f"{name}.values")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from metamodal import api
 from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
 from metamodal.config import MAX_EPISODES, TrainConfig
@@ -289,3 +290,31 @@ def test_python_api_misuse_is_a_config_error(runs, tmp_path: Path) -> None:
                           within="*")
     with pytest.raises(ConfigError, match="no queries"):
         protocol_episodes(ids, labels, ways=2, shots=1, queries=0, runs=1)
+
+
+@pytest.mark.parametrize("flags", [
+    ["--baseline-steps", "0"], ["--steps", "0"], ["--maml-steps", "0"], ["--dim", "0"],
+    ["--maml-lr", "nan"], ["--maml-lr", "inf"], ["--maml-inner-steps", "0"],
+    ["--per-class", "1"],
+])
+def test_the_demo_checks_every_setting_before_any_work(tmp_path: Path, capsys,
+                                                       flags: list[str]) -> None:
+    """Each was refused only after the dataset was generated, or after seven runs trained."""
+    _refused(["demo", "--out", str(tmp_path / "demo"), "--no-progress", *flags], capsys,
+             flags[0].removeprefix("--").replace("-", "_"))
+    assert not (tmp_path / "demo").exists()
+
+
+def test_the_demo_api_checks_its_precision_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="precision"):
+        api.demo(tmp_path / "demo", precision="fp8")
+    assert not (tmp_path / "demo").exists()
+
+
+def test_a_huge_inner_learning_rate_is_refused_and_named(runs, tmp_path: Path, capsys) -> None:
+    """1e300 trained into a NaN loss whose fix named lr, not learner_options.inner_lr."""
+    data, _, _ = runs
+    _refused(["train", "--data", str(data), "--out", str(tmp_path / "m"), "--learner", "maml",
+              "--inner-lr", "1e300", "--steps", "2", "--no-progress", *EPISODES], capsys,
+             "learner_options.inner_lr", "at most 1000")
+    assert not (tmp_path / "m").exists()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from metamodal.api.fields import flag
-from metamodal.config import LIMITS, MAX_EPISODES, MAX_SEED, MAX_TIMEOUT
+from metamodal.config import LIMITS, MAX_EPISODES, MAX_LR, MAX_SEED, MAX_TIMEOUT
 from metamodal.data.loaders.sequence import MAX_LENGTH as SEQUENCE_MAX_LENGTH
 
 MAX_COUNT = 1_000_000
@@ -634,16 +634,20 @@ class RunSettings:
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo; the defaults finish in minutes on 2 CPU cores.
+    """Sizes of the demo; the defaults finish in minutes on 2 CPU cores. Every setting is
+    checked before any work starts.
 
     Args:
-        classes, per_class: size of the generated dataset.
-        image_size, track_length: size of its images and trajectories.
+        classes: classes of the generated dataset.
+        per_class: samples per class (at least 20: the 5-shot episodes take 15 queries).
+        image_size: side of its images in pixels.
+        track_length: steps of its trajectories.
         steps: meta-training episodes of each episodic model.
         baseline_steps: supervised pre-training batches of the baselines.
         maml_steps: meta-updates of MAML (one episode each).
-        maml_inner_steps, maml_eval_steps, maml_lr: MAML's inner loop in training and at
-            evaluation, and its learning rate.
+        maml_inner_steps: MAML's inner-loop steps in training.
+        maml_eval_steps: MAML's inner-loop steps at evaluation.
+        maml_lr: MAML's inner-loop learning rate.
         episodes: test episodes per evaluation (>= 600 for published numbers).
         robustness_episodes: episodes per point of the missing-modality curves.
         seed: seeds data generation, splits, training and episodes.
@@ -660,24 +664,24 @@ class DemoSettings:
     """
 
     classes: int = 100
-    per_class: int = 20
+    per_class: int = flag(20, least=20, most=100_000)
     image_size: int = 16
     track_length: int = 32
-    steps: int = 600
-    baseline_steps: int = 600
-    maml_steps: int = 600
-    maml_inner_steps: int = 1
-    maml_eval_steps: int = 1
-    maml_lr: float = 5.0
+    steps: int = flag(600, least=1, most=LIMITS["steps"])
+    baseline_steps: int = flag(600, least=1, most=LIMITS["steps"])
+    maml_steps: int = flag(600, least=1, most=LIMITS["steps"])
+    maml_inner_steps: int = flag(1, least=1, most=1000)
+    maml_eval_steps: int = flag(1, least=1, most=1000)
+    maml_lr: float = flag(5.0, least=1e-12, most=MAX_LR)
     episodes: int = flag(600, least=1, most=MAX_EPISODES)
     robustness_episodes: int = flag(300, least=1, most=MAX_EPISODES)
     seed: int = flag(0, least=0, most=MAX_SEED)
-    dim: int = 64
+    dim: int = flag(64, least=1, most=LIMITS["dim"])
     align_steps: int | None = flag(None, least=1, most=LIMITS["steps"])
     align_weight: float = flag(0.5, least=0, most=1e6)
     am3_steps: int | None = flag(None, least=1, most=LIMITS["steps"])
     mapping: bool = flag(True, name="--no-mapping")
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 QUICK_DEMO = {"classes": 40, "per_class": 20, "steps": 60, "baseline_steps": 60,

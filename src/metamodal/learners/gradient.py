@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metamodal.config import MAX_LR
 from metamodal.data.batch import ModalityBatch, all_present
 from metamodal.errors import ConfigError
 from metamodal.learners.base import (
@@ -80,17 +81,18 @@ def positive_int(name: str, value: Any) -> int:
     return value
 
 
-def positive_float(name: str, value: Any) -> float:
-    """``value`` as a float when it is a finite number > 0, else a `ConfigError` naming
-    ``learner_options.<name>``.
+def positive_float(name: str, value: Any, most: float = math.inf) -> float:
+    """``value`` as a float when it is a finite number > 0 (and at most ``most``), else a
+    `ConfigError` naming ``learner_options.<name>``.
 
     Example:
         >>> positive_float("inner_lr", 1)
         1.0
     """
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
-            or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a number > 0, got {value!r}",
+            or not math.isfinite(value) or value > most:
+        limit = f" and at most {most:g}" if math.isfinite(most) else ""
+        raise ConfigError(f"{name} must be a number > 0{limit}, got {value!r}",
                           column=f"learner_options.{name}",
                           fix=f"set learner_options.{name} to a positive number (e.g. 0.1)")
     return float(value)
@@ -155,10 +157,11 @@ class GradientLearner(Learner):
     ) -> None:
         super().__init__()
         self.inner_steps = positive_int("inner_steps", inner_steps)
-        self.inner_lr = positive_float("inner_lr", inner_lr)
+        self.inner_lr = positive_float("inner_lr", inner_lr, MAX_LR)
         self.eval_steps = positive_int("eval_steps", inner_steps if eval_steps is None
                                        else eval_steps)
-        self.eval_lr = positive_float("eval_lr", inner_lr if eval_lr is None else eval_lr)
+        self.eval_lr = positive_float("eval_lr", inner_lr if eval_lr is None else eval_lr,
+                                      MAX_LR)
         self.first_order = bool(first_order)
         if isinstance(adapt, str):
             adapt = adapt if adapt in ("all", "head", "fusion") else [adapt]

@@ -611,10 +611,14 @@ class Trainer:
         if progress.step % LOG_EVERY == 0 or progress.step == self.config.steps:
             loss = float(window["loss"]) / window["n"]
             if not math.isfinite(loss):
+                inner = self.config.learner_options.get("inner_lr")
+                inner_fix = (f" or learner_options.inner_lr (it is {inner:g})"
+                             if isinstance(inner, int | float) else "")
                 raise ConfigError(
                     f"training diverged: the training loss is {loss} by step {progress.step}",
                     column="lr", fix=f"train again with a lower lr (it is {self.config.lr:g})"
-                    ", or with loss settings nearer their defaults (a margin, a temperature)")
+                    f"{inner_fix}, or with loss settings nearer their defaults (a margin, a "
+                    "temperature)")
             logger.log(progress.step, {"train_loss": loss,
                                        "train_acc": float(window["acc"]) / window["n"],
                                        "lr": schedule.get_last_lr()[0]})

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
@@ -329,8 +331,6 @@ def test_cache_cli_shows_and_clears(toy: FeatureCache, tmp_path: Path,
 def test_a_cache_pointed_at_other_files_reads_and_deletes_none_of_them(tmp_path: Path) -> None:
     """Only the cache's own folders and shard names are touched: a run's weights (a foreign
     safetensors file, once discarded as a damaged shard) survive info, put, evict and clear."""
-    from safetensors.torch import save_file
-
     weights = tmp_path / "runs" / "run" / "model.safetensors"
     weights.parent.mkdir(parents=True)
     save_file({"w": torch.ones(4)}, str(weights))
@@ -383,3 +383,106 @@ def test_cli_train_eval_predict_choose_and_reuse_pretrained_features(
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "bad"), "--encoder",
                  "w=efficientnet-lite0", "--steps", "1", "--no-progress"]) == 2
     assert "encodes image modalities, not tabular" in capsys.readouterr().err
+
+
+_NOT_A_SHARD = textwrap.dedent("""
+    import os, sys, torch
+    from pathlib import Path
+    from metamodal.encoders.cache import FeatureCache, content_key
+    root, kind = Path(sys.argv[1]), sys.argv[2]
+    cache = FeatureCache(root, limit=0)
+    ns = FeatureCache.namespace("toy", "1", {})
+    cache.put(ns, {content_key(b"a"): torch.ones(3)}, encoder="toy", version="1", options={})
+    odd = root / ns / "99999999999999999999-1-deadbeef.safetensors"  # newest: read first
+    outside = root.parent / "outside"
+    if kind == "directory":
+        odd.mkdir()
+        (odd / "inside").write_text("kept")
+    elif kind == "fifo":
+        os.mkfifo(odd)
+    else:  # a link out of the cache, to a FIFO: following it would block
+        os.mkfifo(outside)
+        odd.symlink_to(outside)
+    fresh = FeatureCache(root, limit=0)
+    assert list(fresh.get(ns, [content_key(b"a")])) == [content_key(b"a")]
+    assert fresh.info().entries == 1 and fresh.stats.corrupt == 0
+    fresh.limit = 1  # every shard is over the limit: evict them all
+    fresh.evict()
+    assert fresh.clear() == 0 and fresh.info().entries == 0
+    assert os.path.lexists(odd)  # not deleted (a folder's content neither)
+    assert kind != "directory" or (odd / "inside").read_text() == "kept"
+    assert kind != "link" or os.path.lexists(outside)
+""")
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "link"])
+def test_an_entry_named_like_a_shard_that_is_not_a_regular_file_is_left_alone(
+        tmp_path: Path, kind: str) -> None:
+    """Get, info, evict and clear neither open (a FIFO would block them for ever) nor delete a
+    folder, FIFO or symbolic link with a shard's name; the real shards beside it still work."""
+    run = subprocess.run([sys.executable, "-c", _NOT_A_SHARD, str(tmp_path / "c"), kind],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def _write_shard(folder: Path, keys: list[str], features: torch.Tensor) -> None:
+    """A consistent shard of the toy encoder (hash, keys and metadata right), as
+    `FeatureCache.put` would write one but without its checks."""
+    features = features.contiguous()
+    meta = {"format": "1", "encoder": "efficientnet-lite0", "version": "toy==1",
+            "options": json.dumps({"scale": 1.0}), "keys": json.dumps(keys),
+            "sha256": hashlib.sha256(features.numpy().tobytes()).hexdigest()}
+    save_file({"features": features},
+              str(folder / "99999999999999999999-1-deadbeef.safetensors"), metadata=meta)
+
+
+@pytest.mark.parametrize("damage", ["wrong-width", "nan", "inf"])
+def test_a_consistent_shard_of_the_wrong_size_or_not_finite_is_discarded_and_recomputed(
+        toy: FeatureCache, tmp_path: Path, damage: str) -> None:
+    """Hash, keys and metadata are right, but the features are 7 wide for a 6-feature encoder,
+    or hold a NaN / an infinity: damaged like a truncated shard (deleted with a warning, its
+    entries computed again), never copied into the features (a shape error, or NaN
+    probabilities from ``predict``)."""
+    data = _dataset(tmp_path / "data")
+    n = len(_prepare(data, normalize=False).store)
+    (good,) = list(toy.root.rglob("*.safetensors"))
+    with safe_open(str(good), framework="pt") as handle:
+        keys = json.loads(handle.metadata()["keys"])
+        features = handle.get_tensor("features")
+    good.unlink()
+    if damage == "wrong-width":
+        features = torch.cat([features, torch.ones(len(keys), 1)], dim=1)
+    else:
+        features[3, 2] = float("nan") if damage == "nan" else float("inf")
+    _write_shard(good.parent, keys, features)
+    with pytest.warns(UserWarning, match="damaged shard"):
+        rebuilt = _prepare(data, normalize=False)
+    assert _loader(rebuilt).computed == n and _loader(rebuilt).cache.stats.corrupt == 1
+    expected = torch.stack([toy_features(b) for b in _photo_files(data)])
+    assert torch.equal(rebuilt.store.modalities["photo"].values, expected)
+    assert _loader(_prepare(data, normalize=False)).computed == 0
+
+
+def test_non_finite_features_are_not_stored(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path / "c", limit=0)
+    ns = FeatureCache.namespace("toy", "1", {})
+    bad = torch.tensor([1.0, float("nan"), 2.0])
+    cache.put(ns, {content_key(b"a"): bad, content_key(b"b"): torch.ones(3)}, encoder="toy",
+              version="1", options={})
+    assert cache.stats.written == 1
+    assert list(FeatureCache(tmp_path / "c").get(ns, [content_key(b"a"), content_key(b"b")])
+                ) == [content_key(b"b")]
+
+
+@pytest.mark.parametrize("size", ["0.1", "0.5B", "0.0001KB"])
+def test_a_size_limit_between_0_and_1_byte_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        size: str) -> None:
+    """It would round down to 0, which means no limit at all ("of none")."""
+    with pytest.raises(ConfigError, match="at least 1 byte"):
+        parse_size(size)
+    monkeypatch.setenv("METAMODAL_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("METAMODAL_CACHE_LIMIT", size)
+    assert main(["cache", "info"]) == 2
+    assert "at least 1 byte" in capsys.readouterr().err
+    assert (parse_size("0"), parse_size("0.0"), parse_size("1"), parse_size("1.5")) == (0, 0, 1, 1)

@@ -18,9 +18,12 @@ a temporary file in the same directory and renames it into place (``os.replace``
 sees a whole shard or none, and two processes filling one cache at once never lose or tear an
 entry (when both compute the same input, both shards hold it, and either copy is used). The
 index is the shard files themselves: each process reads the headers of the shards it has not
-seen yet, so there is no index file to corrupt. A shard that cannot be read, or whose bytes do
-not match their hash (a truncated or damaged file), is deleted and its entries are computed
-again: nothing from it is trusted. Shards are never unpickled (safetensors only).
+seen yet, so there is no index file to corrupt. A shard that cannot be read, whose bytes do
+not match their hash (a truncated or damaged file), whose features are not float32 ``[n, F]``
+with the namespace's ``F``, or that holds a NaN or infinite feature, is deleted and its entries
+are computed again: nothing from it is trusted. Only regular files are shards: a folder, FIFO,
+device or symbolic link named like one is never opened (which could fail, block, or leave the
+cache) and never deleted. Shards are never unpickled (safetensors only).
 
 Size: when the cache grows past its limit, whole shards are deleted, least recently used first
 (a shard's modification time is set on every read). Location and limit come from the
@@ -38,6 +41,7 @@ import json
 import logging
 import os
 import re
+import stat
 import time
 import uuid
 import warnings
@@ -78,8 +82,11 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 def parse_size(text: str | int) -> int:
     """Bytes of a size written as an integer or with a unit (``KB``, ``MiB``, ``GB``, ...).
 
+    Fractions of a byte are dropped; a size above 0 but below one byte is refused, since it
+    would be 0, which means "no limit".
+
     Raises:
-        ConfigError: the text is not a size.
+        ConfigError: the text is not a size, is negative, or is between 0 and 1 byte.
 
     Example:
         >>> parse_size("500MB"), parse_size("2GiB"), parse_size(1024)
@@ -93,11 +100,16 @@ def parse_size(text: str | int) -> int:
         if match is None or unit not in _UNITS:
             raise ConfigError(f"not a size: {text!r}", column=LIMIT_ENV,
                               fix="give bytes, or a number with KB, MB, GB, KiB, MiB or GiB")
+        amount = float(match.group(1)) * _UNITS[unit]
         try:
-            value = int(float(match.group(1)) * _UNITS[unit])
+            value = int(amount)
         except OverflowError:  # hundreds of digits: infinite as a float
             raise ConfigError(f"not a size: {len(match.group(1))} digits", column=LIMIT_ENV,
                               fix="give a size below 1 EB, e.g. 2GiB") from None
+        if 0 < amount < 1:
+            raise ConfigError(f"a size must be 0 (no limit) or at least 1 byte, got {text!r}",
+                              column=LIMIT_ENV, fix="give a size of 1 byte or more, e.g. "
+                              "2GiB, or 0 for no limit")
     if value < 0:
         raise ConfigError(f"a size must be >= 0, got {text!r}", column=LIMIT_ENV,
                           fix="give a positive size, e.g. 2GiB")
@@ -259,11 +271,18 @@ class FeatureCache:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def get(self, namespace: str, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    def get(self, namespace: str, keys: Sequence[str], *,
+            width: int | None = None) -> dict[str, torch.Tensor]:
         """The cached feature vector (float32 ``[F]``) of each key of ``keys`` that is present.
 
-        Shards read are marked as used (for LRU eviction); a damaged shard is deleted with a
-        warning and its keys count as missing.
+        Shards read are marked as used (for LRU eviction); a damaged shard (see `_read`) is
+        deleted with a warning and its keys count as missing.
+
+        Args:
+            namespace: from `FeatureCache.namespace`.
+            keys: content keys.
+            width: the feature size ``F`` the namespace's encoder gives, where known: a shard
+                of another size is damaged.
         """
         wanted = set(keys)
         found: dict[str, torch.Tensor] = {}
@@ -272,7 +291,7 @@ class FeatureCache:
                     if key in wanted and key not in found]
             if not rows:
                 continue
-            features = self._read(shard)
+            features = self._read(shard, width)
             if features is None:
                 continue
             for i, key in rows:
@@ -302,8 +321,10 @@ class FeatureCache:
         return shards
 
     def _read_keys(self, path: Path) -> list[str] | None:
+        """The content keys in a shard's header; None where it is not there, or damaged (then
+        deleted)."""
         try:
-            with safe_open(str(path), framework="pt") as handle:
+            with _open_shard(path) as handle:
                 meta = handle.metadata() or {}
                 if meta.get("format") != _FORMAT:
                     raise ValueError(f"format {meta.get('format')!r}")
@@ -311,23 +332,26 @@ class FeatureCache:
                 if not isinstance(keys, list):
                     raise ValueError("keys is not a list")
                 return [str(k) for k in keys]
-        except FileNotFoundError:  # evicted or cleared by another process meanwhile
+        except FileNotFoundError:  # evicted or cleared meanwhile, or not a regular file
             return None
         except Exception as exc:  # truncated, damaged or foreign: never trusted
             self._discard(path, exc)
             return None
 
-    def _read(self, path: Path) -> torch.Tensor | None:
-        """The ``features`` tensor of a shard after checking its hash, or None (deleted)."""
+    def _read(self, path: Path, width: int | None = None) -> torch.Tensor | None:
+        """The ``features`` tensor of a shard, or None where it is gone or damaged (deleted).
+
+        Damaged: unreadable, its bytes do not match their hash, it is not float32 ``[n, F]``
+        with one row per key and ``F == width`` (where given), or a feature is NaN or infinite.
+        """
         try:
-            with safe_open(str(path), framework="pt") as handle:
+            with _open_shard(path) as handle:
                 meta = handle.metadata() or {}
                 features = handle.get_tensor("features")
             digest = _digest(features)
             if digest != meta.get("sha256"):
                 raise ValueError("the features do not match their hash")
-            if features.dim() != 2 or features.shape[0] != len(self._headers.get(path, ())):
-                raise ValueError(f"features of shape {tuple(features.shape)} do not match keys")
+            _check_features(features, len(self._headers.get(path, ())), width)
             return features
         except FileNotFoundError:
             self._headers.pop(path, None)
@@ -337,11 +361,14 @@ class FeatureCache:
             return None
 
     def _discard(self, path: Path, reason: Exception) -> None:
+        """Warn about a damaged shard, count it and delete it."""
         warnings.warn(f"feature cache: deleting damaged shard {path} ({reason}); its entries "
                       "are computed again", stacklevel=4)
         self.stats.corrupt += 1
         self._headers.pop(path, None)
-        path.unlink(missing_ok=True)
+        if _is_regular(path):
+            with contextlib.suppress(OSError):  # gone meanwhile, or a read-only cache
+                path.unlink()
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -358,14 +385,19 @@ class FeatureCache:
 
         Written as new shards of at most `SHARD_ENTRIES` entries, each atomically; then the
         least recently used shards are evicted while the cache is over its limit. A failed
-        write warns and is otherwise ignored (the cache is an optimisation).
+        write warns and is otherwise ignored (the cache is an optimisation). Vectors holding
+        a NaN or an infinity are not stored (logged): a shard with one would be damaged.
 
         Args:
             namespace: from `FeatureCache.namespace` of (encoder, version, options).
             features: content key -> feature vector.
             encoder, version, options: recorded in each shard for ``metamodal cache info``.
         """
-        items = list(features.items())
+        items = [(key, vector) for key, vector in features.items()
+                 if bool(torch.isfinite(vector).all())]
+        if len(items) < len(features):
+            log.warning("feature cache: %d feature vectors with NaN or infinite values are not "
+                        "stored", len(features) - len(items))
         if not items:
             return
         folder = self.root / namespace
@@ -418,16 +450,11 @@ class FeatureCache:
         shards = []
         now = time.time()
         for folder in _folders(self.root):
-            for entry in os.scandir(folder):
-                try:
-                    stat = entry.stat()
-                except FileNotFoundError:
-                    continue
-                if _is_temporary(entry.name):
-                    if now - stat.st_mtime > _STALE_TMP_SECONDS:
-                        Path(entry.path).unlink(missing_ok=True)
-                elif _SHARD_NAME.fullmatch(entry.name):
-                    shards.append((Path(entry.path), stat.st_size, stat.st_mtime))
+            for entry, status in _cache_files(folder):
+                if not _is_temporary(entry.name):
+                    shards.append((Path(entry.path), status.st_size, status.st_mtime))
+                elif now - status.st_mtime > _STALE_TMP_SECONDS:
+                    Path(entry.path).unlink(missing_ok=True)
         return shards
 
     # -- inspecting and clearing ------------------------------------------------------------
@@ -478,13 +505,12 @@ class FeatureCache:
                 index = self._index(folder.name)
                 if not index or _describe(index[0][0]).get("encoder") != encoder:
                     continue
-            for entry in list(os.scandir(folder)):
-                if _SHARD_NAME.fullmatch(entry.name) or _is_temporary(entry.name):
-                    try:
-                        freed += entry.stat().st_size
-                        Path(entry.path).unlink()
-                    except FileNotFoundError:
-                        continue
+            for entry, status in _cache_files(folder):
+                try:
+                    Path(entry.path).unlink()
+                except FileNotFoundError:
+                    continue
+                freed += status.st_size
             self._headers = {p: k for p, k in self._headers.items() if p.parent != folder}
             with contextlib.suppress(OSError):  # another process is writing into it
                 folder.rmdir()
@@ -495,6 +521,55 @@ def _is_temporary(name: str) -> bool:
     """True for the name of a shard being written (`_write_atomic`)."""
     return name.startswith(_TMP_PREFIX) and bool(
         _SHARD_NAME.fullmatch(name.removeprefix(_TMP_PREFIX)))
+
+
+def _is_regular(path: Path) -> bool:
+    """True where ``path`` itself (not a link's target) is a regular file."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _open_shard(path: Path) -> Any:
+    """`safe_open` of the shard file ``path``.
+
+    Raises:
+        FileNotFoundError: ``path`` is gone, or is not a regular file (a folder, FIFO, device
+            or link named like a shard is not one: opening it could fail, block for ever or
+            leave the cache).
+    """
+    if not _is_regular(path):
+        raise FileNotFoundError(f"not a shard file: {path}")
+    return safe_open(str(path), framework="pt")
+
+
+def _cache_files(folder: Path) -> list[tuple[os.DirEntry[str], os.stat_result]]:
+    """(entry, its status) of the shards and temporary shards in the namespace ``folder``
+    that are regular files (anything else named like one is left alone)."""
+    files = []
+    for entry in os.scandir(folder):
+        if not (_SHARD_NAME.fullmatch(entry.name) or _is_temporary(entry.name)):
+            continue
+        try:
+            status = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(status.st_mode):
+            files.append((entry, status))
+    return files
+
+
+def _check_features(features: torch.Tensor, rows: int, width: int | None) -> None:
+    """Raise ValueError unless ``features`` is float32 ``[rows, width]`` and finite."""
+    shape = tuple(features.shape)
+    if features.dtype != torch.float32 or features.dim() != 2 or shape[0] != rows:
+        raise ValueError(f"features of type {features.dtype} and shape {shape}, not float32 "
+                         f"[{rows} keys, F]")
+    if width is not None and shape[1] != width:
+        raise ValueError(f"features of size {shape[1]}, the encoder gives {width}")
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("features hold NaN or infinite values")
 
 
 def _folders(root: Path) -> Iterable[Path]:
@@ -512,8 +587,9 @@ def _folders(root: Path) -> Iterable[Path]:
 
 
 def _describe(path: Path) -> dict[str, Any]:
+    """Encoder, version and options recorded in a shard's header ({} where unreadable)."""
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with _open_shard(path) as handle:
             meta = handle.metadata() or {}
         return {"encoder": meta.get("encoder", "?"), "version": meta.get("version", "?"),
                 "options": json.loads(meta.get("options", "{}"))}

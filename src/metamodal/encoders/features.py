@@ -174,14 +174,17 @@ class PretrainedLoader(StandardisingState, ModalityLoader):
         """Raw (unstandardised) features float ``[B, F]`` and ``present`` bool ``[B]``.
 
         Each present cell's bytes are hashed; the hashes found in the cache are read, the
-        others decoded and encoded in batches (with a progress bar) and written back.
+        others decoded and encoded in batches (with a progress bar) and written back. A cached
+        shard whose features are not of the encoder's size, or not finite, is damaged: deleted
+        and computed again.
         """
         raw = self._read_raw(cells, context)
         out = torch.zeros(len(cells), self.encoder.features)
         present = torch.zeros(len(cells), dtype=torch.bool)
         keys = {i: content_key(data) for i, (data, _) in raw.items()}
         cache = self._cache()
-        found = cache.get(self.namespace, sorted(set(keys.values()))) if cache else {}
+        found = (cache.get(self.namespace, sorted(set(keys.values())),
+                           width=self.encoder.features) if cache else {})
         todo: list[int] = []
         for i, key in keys.items():
             if key in found and augment is None:

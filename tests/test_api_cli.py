@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import tomllib
 import warnings
 from pathlib import Path
@@ -282,3 +285,15 @@ def test_eval_warns_when_the_data_splits_the_runs_training_classes_into_test(
         warnings.simplefilter("error", UserWarning)  # its own data: no such warning
         api.evaluate(str(run), episodes_count=2, ways=3, queries=2, baseline=False,
                      progress=False)
+
+
+def test_a_reader_that_goes_away_is_no_traceback(tmp_path: Path) -> None:
+    """`metamodal cache info | head -1`: the table's print raised a raw BrokenPipeError."""
+    env = {**os.environ, "METAMODAL_CACHE": str(tmp_path / "cache")}
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    done = subprocess.run([sys.executable, "-m", "metamodal", "cache", "info"], stdout=write,
+                          stderr=subprocess.PIPE, env=env, timeout=300, text=True)
+    os.close(write)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 141

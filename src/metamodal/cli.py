@@ -307,14 +307,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         result = args.call(args)
+        if os.environ.get("RANK", "0") in ("0", ""):  # under torchrun, rank 0 prints
+            print(result.table(), flush=True)
     except MetamodalError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    if os.environ.get("RANK", "0") in ("0", ""):  # under torchrun, rank 0 prints
-        print(result.table())
+    except BrokenPipeError:  # the reader went away (`metamodal cache info | head -1`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to say
+        return 141
     return 0 if getattr(result, "ok", True) else 1
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import pickle
+import sqlite3
 import struct
 import threading
 import time
@@ -22,7 +24,10 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile
+import torch
 from PIL import Image
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -35,6 +40,7 @@ from metamodal.api.settings import ServeSettings  # noqa: E402
 from metamodal.classifier import FewShotClassifier  # noqa: E402
 from metamodal.cli import main  # noqa: E402
 from metamodal.config import TrainConfig  # noqa: E402
+from metamodal.data.loaders.image import ImageLoader  # noqa: E402
 from metamodal.datasets.synthetic import make_synthetic  # noqa: E402
 from metamodal.errors import ConfigError, RunError  # noqa: E402
 from metamodal.serve.app import PAGE, build_app, check_settings  # noqa: E402
@@ -199,9 +205,9 @@ def test_model_describes_modalities_limits_and_auth(client: TestClient) -> None:
                                   "accept": None, "columns": None}
     assert by_name["measurements"] == {"name": "measurements", "kind": "tabular",
                                        "input": "fields", "accept": None, "columns": TABULAR}
-    assert body["limits"] == {"max_request_bytes": 32 << 20, "max_samples_per_request": 64,
-                              "max_examples_per_task": 2000, "max_tasks": 1000,
-                              "max_classes_per_task": 200}
+    assert body["limits"] == {"max_request_bytes": 32 << 20, "max_request_pixels": 64 << 20,
+                              "max_samples_per_request": 64, "max_examples_per_task": 2000,
+                              "max_tasks": 1000, "max_classes_per_task": 200}
     assert body["auth"] == {"token_required_for_writes": False,
                             "token_required_for_reads": False}
     assert body["test_accuracy"] is None and body["test_accuracy_status"] == "off"
@@ -548,6 +554,109 @@ def test_a_corrupt_database_is_a_run_error(runs: dict[str, Path], tmp_path: Path
     assert Path(caught.value.file).name == DATABASE and caught.value.fix
 
 
+def _nan_tensors(blob: bytes) -> bytes:
+    """A stored example's tensors, every float made NaN."""
+    tensors = load_tensors(blob)
+    return save_tensors({k: t.fill_(math.nan) if t.is_floating_point() else t
+                         for k, t in tensors.items()})
+
+
+# (table, column, the damaged value from the example's, listed apart, GET /api/tasks/ID fails)
+DAMAGE = {
+    "modalities not JSON": ("examples", "modalities", lambda _: "notjson", True, True),
+    "modalities nested too deep": ("examples", "modalities", lambda _: "[" * 100_000, True,
+                                   True),
+    "modalities not names": ("examples", "modalities", lambda _: '{"a": 1}', True, True),
+    "label not text": ("examples", "label", lambda _: b"\xff", True, True),
+    "text not text": ("examples", "text", lambda _: b"a b", True, True),
+    "tensors not safetensors": ("examples", "tensors", lambda _: b"\x00\x01\x02\x03", False,
+                                False),
+    "tensors not bytes": ("examples", "tensors", lambda _: "text", False, False),
+    "tensors of NaN": ("examples", "tensors", _nan_tensors, False, False),
+    "tensors missing one": ("examples", "tensors", lambda _: save_tensors(
+        {"present": torch.ones(1, 5, dtype=torch.bool)}), False, False),
+    "tensors of two rows": ("examples", "tensors", lambda b: save_tensors(
+        {k: torch.cat([t, t]) for k, t in load_tensors(b).items()}), False, False),
+    "task name not text": ("tasks", "name", lambda _: b"\xff", True, True),
+    "task version not a number": ("tasks", "version", lambda _: "one", True, True),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_a_damaged_row_is_a_run_error_of_its_task_only(runs: dict[str, Path],
+                                                       tmp_path: Path, case: str) -> None:
+    """One damaged value in tasks.sqlite: its task's requests answer the error body naming the
+    database, the column, the task and the example (500, the server's own state), the task
+    list lists the others and that task apart under ``damaged``, and the fix given (delete
+    the example, or the task) brings the service back."""
+    table, column, value, listed_apart, get_fails = DAMAGE[case]
+    query = {"q0.caption": "a b thing"}
+    with TestClient(create_app(runs["protonet"], state=tmp_path, eval_episodes=0)) as c:
+        bad, good = (post(c, "/api/tasks", _texts(["a", "b", "a"])).json()["id"]
+                     for _ in range(2))
+    db = sqlite3.connect(tmp_path / DATABASE)
+    example, blob = db.execute("SELECT id, tensors FROM examples WHERE task_id = ? "
+                               "ORDER BY seq", (bad,)).fetchone()
+    key = ("id", bad) if table == "tasks" else ("id", example)
+    db.execute(f"UPDATE {table} SET {column} = ? WHERE {key[0]} = ?", (value(blob), key[1]))
+    db.commit()
+    db.close()
+    app = create_app(runs["protonet"], state=tmp_path, eval_episodes=0)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        listed = c.get("/api/tasks")
+        assert listed.status_code == 200, listed.text
+        damaged = listed.json()["damaged"]
+        assert [t["id"] for t in listed.json()["tasks"]] == ([good] if listed_apart
+                                                             else [bad, good])
+        assert [d.pop("id") for d in damaged] == [bad] * listed_apart
+        answers = [post(c, f"/api/tasks/{bad}/predict", query)]
+        if get_fails:
+            answers.append(c.get(f"/api/tasks/{bad}"))
+        for body in [assert_error(r, 500, f"{table}.{column}") for r in answers] + damaged:
+            assert set(body) == ERROR_KEYS and body["column"] == f"{table}.{column}"
+            assert body["file"] == DATABASE and bad in body["error"] and body["fix"]
+            assert (example in body["error"]) == (table == "examples")
+        assert post(c, f"/api/tasks/{good}/predict", query).status_code == 200
+        # the fix given: delete the example (or the task)
+        fixed = c.delete(f"/api/tasks/{bad}/examples/{example}" if table == "examples"
+                         else f"/api/tasks/{bad}")
+        assert fixed.status_code in (200, 204), fixed.text
+        after = c.get("/api/tasks").json()
+        assert after["damaged"] == [] and len(after["tasks"]) == 1 + (table == "examples")
+        if table == "examples":
+            assert post(c, f"/api/tasks/{bad}/predict", query).status_code == 200
+    assert app.state.store.count() == 1 + (table == "examples")
+
+
+def test_a_damaged_thumbnail_is_a_run_error(client: TestClient, runs: dict[str, Path],
+                                            rows: list[dict[str, str]]) -> None:
+    task = new_task(client, rows[:2], runs["data"], modalities=("image",))
+    example = client.get(f"/api/tasks/{task['id']}").json()["examples"][0]
+    with sqlite3.connect(runs["root"] / "state" / DATABASE) as db:
+        db.execute("UPDATE examples SET thumbnail = 12 WHERE id = ?", (example["id"],))
+    body = assert_error(client.get(example["thumbnail"]), 500, "examples.thumbnail")
+    assert body["file"] == DATABASE and example["id"] in body["error"]
+    client.delete(f"/api/tasks/{task['id']}")
+
+
+def test_a_damaged_accuracy_measurement_is_measured_again(runs: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    settings = ServeSettings(run=str(runs["protonet"]), state=str(tmp_path))
+    with TestClient(build_app(settings)):
+        pass
+    with sqlite3.connect(tmp_path / DATABASE) as db:
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('test_accuracy', '{notjson')")
+    with TestClient(build_app(settings, lambda: {"accuracy": 0.5})) as c:
+        deadline = time.monotonic() + 30
+        while (body := c.get("/api/model").json())["test_accuracy_status"] == "measuring":
+            assert time.monotonic() < deadline, "the status stayed measuring"
+            time.sleep(0.05)
+    assert body["test_accuracy"]["accuracy"] == 0.5
+    with sqlite3.connect(tmp_path / DATABASE) as db:  # the damaged value is replaced
+        (kept,) = db.execute("SELECT value FROM meta WHERE key = 'test_accuracy'").fetchone()
+    assert json.loads(kept)["accuracy"] == 0.5
+
+
 # -- hostile input: a typed 4xx, never a 500 -------------------------------------------------
 
 def _wav(samples: np.ndarray) -> bytes:
@@ -872,8 +981,9 @@ def small(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 
 def test_model_reports_the_limits(small: TestClient) -> None:
     assert small.get("/api/model").json()["limits"] == {
-        "max_request_bytes": 65536, "max_samples_per_request": 3, "max_examples_per_task": 5,
-        "max_tasks": 2, "max_classes_per_task": 3}
+        "max_request_bytes": 65536, "max_request_pixels": 64 << 20,
+        "max_samples_per_request": 3, "max_examples_per_task": 5, "max_tasks": 2,
+        "max_classes_per_task": 3}
 
 
 def test_limits_are_409(small: TestClient) -> None:
@@ -951,6 +1061,41 @@ def test_more_files_than_allowed_is_400(small: TestClient) -> None:
 def test_a_part_over_a_mebibyte_of_text_is_400(client: TestClient, task: dict) -> None:
     r = post(client, f"/api/tasks/{task['id']}/predict", {"q0.caption": "x" * (1 << 20 + 1)})
     assert_error(r, 400)
+
+
+@pytest.mark.parametrize("endpoint", ["examples", "predict"])
+def test_images_over_the_pixel_budget_are_422_before_any_is_decoded(
+        client: TestClient, task: dict, endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two small files declaring 6000 x 6000 pixels each pass a request's budget of 64
+    megapixels together: refused from their headers, naming the second, none decoded."""
+    decoded: list[Path] = []
+    monkeypatch.setattr(ImageLoader, "_read_file", lambda _, path, root: decoded.append(path))
+    key = "e" if endpoint == "examples" else "q"
+    fields = {f"{key}{n}.label": "a" for n in range(2)} if key == "e" else {}
+    files = [(f"{key}{n}.image", ("a.png", declared_png(6000, 6000))) for n in range(2)]
+    body = assert_error(post(client, f"/api/tasks/{task['id']}/{endpoint}", fields, files),
+                        422, f"{key}1.image")
+    assert f"{64 << 20:,}" in body["error"] and "72,000,000" in body["error"]
+    assert decoded == []
+
+
+def test_the_pixel_budget_counts_what_is_decoded(runs: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    """Each image counts its pixels, a JPEG as Pillow decodes it reduced (800 px: 100)."""
+    app = create_app(runs["protonet"], state=tmp_path, eval_episodes=0)
+    app.state.engine.max_pixels = 100 * 100
+    jpeg = io.BytesIO()
+    Image.new("RGB", (800, 800), (10, 200, 30)).save(jpeg, "JPEG")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        url = f"/api/tasks/{post(c, '/api/tasks', _texts(['a', 'b'])).json()['id']}/predict"
+        for images, status in (([png(100, 100)], 200), ([jpeg.getvalue()], 200),
+                               ([png(101, 100)], 422), ([png(50, 100)] * 2, 200),
+                               ([png(50, 100)] * 3, 422)):
+            r = post(c, url, {}, [(f"q{n}.image", ("a", data)) for n, data in enumerate(images)])
+            if status == 200:
+                assert r.status_code == 200, r.text
+            else:
+                assert_error(r, 422, f"q{len(images) - 1}.image")
 
 
 # -- what a client names is never a path -----------------------------------------------------

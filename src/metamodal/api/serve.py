@@ -142,4 +142,4 @@ def serve(run: str | Path | None = None, settings: ServeSettings | None = None,
     finally:
         for sig, handler in quiet.items():
             signal.signal(sig, handler)
-    return ServeResult(url, s.state, len(app.state.store.tasks()))
+    return ServeResult(url, s.state, app.state.store.count())

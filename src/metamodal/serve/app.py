@@ -1,11 +1,12 @@
 """The HTTP API and the page of ``metamodal serve``: `build_app` builds the FastAPI app.
 
-Endpoints (JSON; every error is ``{"error", "file", "row", "column", "fix"}`` with a 4xx):
+Endpoints (JSON; every error is ``{"error", "file", "row", "column", "fix"}`` with a 4xx, or a
+500 for a `RunError`: a stored row the server cannot read back):
 
 ====== ============================================== ==========================================
 GET    ``/api/health``                                ``{"status": "ok"}``
 GET    ``/api/model``                                 modalities, learner, dim, test accuracy
-GET    ``/api/tasks``                                 every task's summary
+GET    ``/api/tasks``                                 every task's summary; damaged ones apart
 POST   ``/api/tasks``                                 a new task from examples ``e<n>.*``
 GET    ``/api/tasks/{id}``                            a task with its examples
 DELETE ``/api/tasks/{id}``                            delete a task
@@ -45,6 +46,7 @@ from metamodal.errors import (
     LocatedError,
     MetamodalError,
     ModalityError,
+    RunError,
 )
 from metamodal.io import file_in_the_way
 from metamodal.serve.engine import Engine
@@ -73,7 +75,7 @@ _DEFAULT_PORT = {"http": 80, "https": 443}
 
 _STATUS = [(BodyTooLargeError, 413), (NotFoundError, 404), (LimitError, 409),
            (InsufficientSamplesError, 409), (ModalityError, 422), (DatasetError, 422),
-           (ConfigError, 400), (MetamodalError, 422)]
+           (ConfigError, 400), (RunError, 500), (MetamodalError, 422)]
 
 _EXAMPLES_FORM = {"requestBody": {"content": {"multipart/form-data": {"schema": {
     "type": "object", "description": "examples e<n>.label plus e<n>.<column> per modality "
@@ -159,7 +161,10 @@ class _Accuracy:
 
     def __init__(self, store: TaskStore, measure: Callable[[], dict[str, Any]] | None,
                  test_time: list[dict[str, Any]]) -> None:
-        kept = store.read_meta("test_accuracy")
+        try:
+            kept = store.read_meta("test_accuracy")
+        except RunError:  # a damaged measurement is measured again, and replaced
+            kept = None
         self.value: dict[str, Any] | None = (
             kept if isinstance(kept, dict) and kept.get("test_time") == test_time else None)
         self.test_time = test_time
@@ -246,6 +251,7 @@ def build_app(s: ServeSettings,
 
     columns = engine.columns()
     limits = dict(max_request_bytes=int(s.max_request_mb * (1 << 20)),
+                  max_request_pixels=engine.max_pixels,
                   max_samples_per_request=s.max_samples, max_examples_per_task=s.max_examples,
                   max_classes_per_task=s.max_classes, max_tasks=s.max_tasks)
 
@@ -291,8 +297,11 @@ def build_app(s: ServeSettings,
 
     @app.get("/api/tasks")
     def list_tasks() -> dict[str, Any]:
-        """Every task, oldest first."""
-        return {"tasks": [summary(t) for t in store.tasks()]}
+        """Every task, oldest first; a task whose stored rows cannot be read back is listed
+        apart, under ``damaged``: its ``id`` with the error naming the row."""
+        tasks, damaged = store.tasks()
+        return {"tasks": [summary(t) for t in tasks],
+                "damaged": [{"id": d.id, **error_body(d.error)} for d in damaged]}
 
     @app.post("/api/tasks", status_code=201, openapi_extra=_EXAMPLES_FORM)
     async def create_task(request: Request) -> dict[str, Any]:

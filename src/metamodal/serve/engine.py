@@ -4,7 +4,9 @@ classifies queries against a task, all through `metamodal.classifier.FewShotClas
 Uploaded files are written under server-chosen names into a private temporary directory and
 read from there by the run's own loaders (so a corrupt file is the same typed error it is
 anywhere else); no name a client sends is ever used as a path. Errors name the form field
-(``e0.image``) rather than the temporary file.
+(``e0.image``) rather than the temporary file. Before anything is decoded, the pixels a
+request's images decode to (read from their headers) are held to a budget per request
+(`MAX_REQUEST_PIXELS`): a small PNG may declare 64 megapixels of one colour.
 
 With ``batching`` on, the queries of requests that wait at the same time are embedded as one
 batch by one worker thread (`EmbedBatcher`); ``benchmarks/serve.py`` measures what that gains.
@@ -28,18 +30,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from metamodal.classifier import FewShotClassifier
 from metamodal.data.batch import batch_to
 from metamodal.data.kinds import modality_kind
+from metamodal.data.loaders.image import MAX_PIXELS
 from metamodal.data.records import records_dataset
 from metamodal.errors import DatasetError, InsufficientSamplesError, LocatedError, ModalityError
 from metamodal.model.test_time import settings_in_force
 from metamodal.runs.directory import WEIGHTS_FILE, Run
 from metamodal.runs.support import EncodedSamples
-from metamodal.serve.store import NewExample, TaskRecord
+from metamodal.serve.store import NewExample, StoredExample, TaskRecord, damaged
 
 THUMBNAIL_SIZE = 96
 """The longest side of a stored thumbnail, in pixels."""
@@ -47,7 +51,17 @@ THUMBNAIL_SIZE = 96
 TEXT_SNIPPET = 200
 """The most characters of an example's text kept for display."""
 
+MAX_REQUEST_PIXELS = MAX_PIXELS
+"""The most pixels the images of one request may decode to (counted from their headers
+before any is decoded): 64 megapixels, what the image loader decodes of one image at most, so
+that any image it accepts can still be sent alone."""
+
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
+
+
+class TooManyPixelsError(DatasetError):
+    """The images of a request decode to more pixels than the budget of a request (422, as
+    an image over the loader's own bound is)."""
 
 
 @dataclass
@@ -139,6 +153,7 @@ class Engine:
         batching: embed the queries of concurrent requests together (`EmbedBatcher`).
         test_time: test-time settings replacing the run's (`FewShotClassifier`'s keywords
             ``tta``, ``transduction``, ...; None keeps the run's).
+        max_pixels: the most pixels the images of one request may decode to.
 
     Raises:
         RunError: the run directory is missing or damaged.
@@ -146,7 +161,9 @@ class Engine:
     """
 
     def __init__(self, run: str | Path, *, device: str = "cpu", batching: bool = True,
-                 test_time: Mapping[str, Any] | None = None) -> None:
+                 test_time: Mapping[str, Any] | None = None,
+                 max_pixels: int = MAX_REQUEST_PIXELS) -> None:
+        self.max_pixels = max_pixels
         self.classifier = FewShotClassifier(run, device=device, **(test_time or {}))
         self.run: Run = self.classifier.loaded_run()
         self.model = self.run.model.eval()
@@ -192,8 +209,33 @@ class Engine:
 
     # -- encoding ------------------------------------------------------------------------
 
+    def _check_pixels(self, samples: list[Sample]) -> None:
+        """Refuse, before any is decoded, images that decode to more than ``max_pixels``
+        together, naming the field that passes the budget.
+
+        Raises:
+            TooManyPixelsError: naming that field (``q3.image``).
+        """
+        images = {info.name for info in self.modality_info() if info.kind == "image"}
+        total = 0
+        for sample in samples:
+            for column, value in sample.values.items():
+                if column in images and isinstance(value, Upload):
+                    pixels = _decoded_pixels(value.data)
+                    total += pixels
+                    if total > self.max_pixels:
+                        raise TooManyPixelsError(
+                            f"the image decodes to {pixels:,} pixels, which bring the "
+                            f"request's images to {total:,}, more than the "
+                            f"{self.max_pixels:,} a request may decode",
+                            column=f"{sample.key}.{column}",
+                            fix="send fewer or smaller images per request (the model "
+                            "shrinks each to its own small size anyway)")
+
     def _decode(self, samples: list[Sample]) -> EncodedSamples:
-        """The samples read and decoded by the run's loaders, from a private directory."""
+        """The samples read and decoded by the run's loaders, from a private directory,
+        within the pixel budget (`_check_pixels`)."""
+        self._check_pixels(samples)
         kinds = {info.name: info for info in self.modality_info()}
         columns = self.columns()
         with tempfile.TemporaryDirectory(prefix="metamodal-upload-") as tmp:
@@ -231,7 +273,8 @@ class Engine:
         its text snippet and its image thumbnail.
 
         Raises:
-            DatasetError: a value is unusable (named by its form field).
+            DatasetError: a value is unusable (named by its form field), or the images
+                decode to more pixels than a request may (`TooManyPixelsError`).
             ModalityError: a sample carries none of the model's modalities.
         """
         decoded = self._decode(samples)
@@ -288,16 +331,36 @@ class Engine:
             raise InsufficientSamplesError(
                 f"task {task.id!r} has {len(classes)} class(es); predicting needs two",
                 column="task", fix="add examples of at least two classes to the task")
-        form = "embeddings" if self.embeds_once else "samples"
-        rows = [EncodedSamples.from_tensors(load_tensors(example.tensors), form,
-                                            self.modalities)
-                for example in task.examples]
+        rows = [self._stored_row(task.id, example) for example in task.examples]
+        try:
+            support = EncodedSamples.cat(rows)
+        except (IndexError, RuntimeError) as error:  # rows of sizes that do not fit
+            raise damaged("examples.tensors", f"the examples' sizes differ: {error}",
+                          task_id=task.id) from None
         fitted = copy.copy(self.classifier)  # shares the loaded run
-        fitted.fit_encoded(EncodedSamples.cat(rows), [e.label for e in task.examples], classes)
+        fitted.fit_encoded(support, [e.label for e in task.examples], classes)
         ids = [e.id for e in task.examples]
         with self._fitted_guard:
             self._fitted[task.id] = (task.version, fitted, ids)
         return fitted, ids
+
+    def _stored_row(self, task_id: str, example: StoredExample) -> EncodedSamples:
+        """An example's stored tensors read back as one encoded row (`_fault_of` checks them).
+
+        Raises:
+            RunError: they cannot be read back (`metamodal.serve.store.damaged`).
+        """
+        form = "embeddings" if self.embeds_once else "samples"
+        try:
+            tensors = load_tensors(example.tensors)
+            wrong = next(filter(None, (_fault_of(name, t) for name, t in tensors.items())), None)
+            if wrong is None:
+                return EncodedSamples.from_tensors(tensors, form, self.modalities)
+        except KeyError as error:  # from_tensors: a tensor the model's form needs
+            wrong = f"tensor {error.args[0]!r} is missing"
+        except (SafetensorError, IndexError, ValueError, RuntimeError) as error:
+            wrong = f"{type(error).__name__}: {error}"
+        raise damaged("examples.tensors", wrong, task_id=task_id, example_id=example.id)
 
     def forget(self, task_id: str) -> None:
         """Drop the fitted classifier kept for a task (it was deleted)."""
@@ -313,7 +376,8 @@ class Engine:
 
         Raises:
             InsufficientSamplesError: the task has fewer than two classes.
-            DatasetError, ModalityError: a query is unusable (named by its form field).
+            DatasetError, ModalityError: a query is unusable (named by its form field), or
+                the images decode to more pixels than a request may (`TooManyPixelsError`).
         """
         fitted, ids = self._task_classifier(task)
         decoded = self._decode(samples)
@@ -360,6 +424,33 @@ def _require_finite(values: torch.Tensor, samples: list[Sample]) -> None:
         raise ModalityError(f"the model's output for sample {first} is not a finite number",
                             column=first, fix="check its numbers: a value far beyond those "
                             "the model was trained on (e.g. 1e39) overflows it")
+
+
+def _fault_of(name: str, tensor: torch.Tensor) -> str | None:
+    """What is wrong with a stored tensor of one example (None: nothing): not one row, a
+    ``present`` that is not boolean, or a value that is not finite."""
+    if tensor.dim() == 0 or len(tensor) != 1:
+        return f"tensor {name!r} holds {tensor.shape[0] if tensor.dim() else 0} rows, not one"
+    if name.endswith("present") and tensor.dtype != torch.bool:
+        return f"tensor {name!r} is {tensor.dtype}, not boolean"
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        return f"tensor {name!r} holds NaN or infinite values"
+    return None
+
+
+def _decoded_pixels(data: bytes) -> int:
+    """The pixels Pillow decodes an image file into, read from its header (a JPEG as reduced
+    by draft mode, up to 8 times a side; 0 when the header cannot be read: the loader then
+    refuses the file with its reason)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft(None, (1, 1))
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - Pillow raises many types for corrupt files
+        return 0
+    return width * height
 
 
 def _text_of(upload: Upload, field_name: str) -> str:

@@ -10,6 +10,11 @@ An example's encoded tensors (one row of `metamodal.runs.support.EncodedSamples`
 as safetensors bytes, read back without unpickling. The database records a fingerprint of the
 model (the run's weights): a state written by another model is refused, since its stored
 embeddings mean nothing to this one.
+
+Every stored value is checked as it is read back (text columns hold text, ``modalities`` a JSON
+list of names, ``version`` a whole number; the engine checks the tensors): a value that is not
+is a `RunError` built by `damaged`, naming ``tasks.sqlite``, the table's column, the task and
+the example, so that one damaged row fails the requests that need it, never the others.
 """
 
 from __future__ import annotations
@@ -42,6 +47,32 @@ CREATE TABLE IF NOT EXISTS examples (
     thumbnail BLOB, tensors BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS examples_of_task ON examples (task_id, seq);
 """
+
+
+def damaged(column: str, reason: str, *, task_id: str | None = None,
+            example_id: str | None = None) -> RunError:
+    """The error of a stored value that cannot be read back.
+
+    It names the database by its file name only (the answer goes to clients, who need not
+    know the state directory), ``column`` as ``table.column``, the task and the example, and
+    the fix: delete the example (or the task) and add it again.
+
+    Example:
+        >>> damaged("examples.modalities", "not JSON", task_id="t1", example_id="e1").column
+        'examples.modalities'
+    """
+    where = ", ".join([f"task {task_id!r}"] * (task_id is not None)
+                      + [f"example {example_id!r}"] * (example_id is not None))
+    if example_id is not None:
+        again = (f"delete the example (DELETE /api/tasks/{task_id}/examples/{example_id}) "
+                 "and add it again, or ")
+    elif task_id is not None:
+        again = f"delete the task (DELETE /api/tasks/{task_id}) and create it again, or "
+    else:
+        again = ""
+    message = f"the stored {column} cannot be read back ({reason})"
+    return RunError(f"{where}: {message}" if where else message, file=DATABASE, column=column,
+                    fix=f"{again}restore {DATABASE} from a backup")
 
 
 class LimitError(ConfigError):
@@ -100,6 +131,14 @@ class TaskRecord:
         for example in self.examples:
             counts[example.label] = counts.get(example.label, 0) + 1
         return list(counts.items())
+
+
+@dataclass
+class DamagedTask:
+    """A task whose stored rows cannot be read back: its id and the error (`damaged`)."""
+
+    id: str
+    error: RunError
 
 
 @dataclass
@@ -199,27 +238,41 @@ class TaskStore:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def tasks(self) -> list[TaskRecord]:
-        """Every task with its examples (without their tensors), oldest first."""
+    def tasks(self) -> tuple[list[TaskRecord], list[DamagedTask]]:
+        """Every task with its examples (without their tensors), oldest first; apart, each
+        task whose stored rows cannot be read back (their tensors are not read here)."""
+        tasks, damaged_tasks = [], []
         with self._read() as db:
-            tasks = [TaskRecord(*row) for row in db.execute(
-                "SELECT id, name, created, version FROM tasks ORDER BY created, id")]
-            for task in tasks:
-                task.examples = self._examples(db, task.id, tensors=False)
-        return tasks
+            for row in db.execute("SELECT id, name, created, version FROM tasks "
+                                  "ORDER BY created, id").fetchall():
+                try:
+                    task = self._task(row)
+                    task.examples = self._examples(db, task.id, tensors=False)
+                except RunError as error:
+                    damaged_tasks.append(DamagedTask(str(row[0]), error))
+                else:
+                    tasks.append(task)
+        return tasks, damaged_tasks
+
+    def count(self) -> int:
+        """How many tasks the state holds (damaged ones too)."""
+        with self._read() as db:
+            (count,) = db.execute("SELECT COUNT(*) FROM tasks").fetchone()
+        return count
 
     def get(self, task_id: str, *, tensors: bool = False) -> TaskRecord:
         """One task with its examples (and their tensors when ``tensors``).
 
         Raises:
             NotFoundError: no such task.
+            RunError: a stored value of the task cannot be read back (`damaged`).
         """
         with self._read() as db:
             row = db.execute("SELECT id, name, created, version FROM tasks WHERE id = ?",
                              (task_id,)).fetchone()
             if row is None:
                 raise _no_task(task_id)
-            task = TaskRecord(*row)
+            task = self._task(row)
             task.examples = self._examples(db, task_id, tensors=tensors)
         return task
 
@@ -228,6 +281,7 @@ class TaskStore:
 
         Raises:
             NotFoundError: no such task or example.
+            RunError: the stored thumbnail is not bytes (`damaged`).
         """
         with self._read() as db:
             row = db.execute("SELECT thumbnail FROM examples WHERE id = ? AND task_id = ?",
@@ -235,23 +289,54 @@ class TaskStore:
         if row is None:
             raise NotFoundError(f"task {task_id!r} has no example {example_id!r}",
                                 column="example", fix="list the task's examples first")
+        if row[0] is not None and not isinstance(row[0], bytes):
+            raise damaged("examples.thumbnail", f"{type(row[0]).__name__}, not bytes",
+                          task_id=task_id, example_id=example_id)
         return row[0]
+
+    @staticmethod
+    def _task(row: tuple) -> TaskRecord:
+        """A ``tasks`` row (id, name, created, version) read back, its values checked."""
+        task_id = row[0] if isinstance(row[0], str) else repr(row[0])
+        for column, value, kind in zip(("id", "name", "created", "version"), row,
+                                       (str, str, str, int), strict=True):
+            _check(value, kind, f"tasks.{column}", task_id=task_id)
+        return TaskRecord(*row)
 
     @staticmethod
     def _examples(db: sqlite3.Connection, task_id: str, *,
                   tensors: bool) -> list[StoredExample]:
+        """The task's ``examples`` rows read back, their values checked (`damaged`)."""
         columns = "id, label, modalities, text, thumbnail IS NOT NULL" + (
             ", tensors" if tensors else "")
-        return [StoredExample(row[0], row[1], json.loads(row[2]), row[3], bool(row[4]),
-                              row[5] if tensors else None)
-                for row in db.execute(f"SELECT {columns} FROM examples WHERE task_id = ? "
-                                      "ORDER BY seq", (task_id,))]
+        examples = []
+        for row in db.execute(f"SELECT {columns} FROM examples WHERE task_id = ? "
+                              "ORDER BY seq", (task_id,)):
+            example_id = row[0] if isinstance(row[0], str) else repr(row[0])
+            where = {"task_id": task_id, "example_id": example_id}
+            _check(row[0], str, "examples.id", **where)
+            _check(row[1], str, "examples.label", **where)
+            _check(row[3], str | None, "examples.text", **where)
+            if tensors:
+                _check(row[5], bytes, "examples.tensors", **where)
+            modalities = _json(row[2], "examples.modalities", **where)
+            if not isinstance(modalities, list) or not all(isinstance(m, str)
+                                                           for m in modalities):
+                raise damaged("examples.modalities", "not a list of modality names",
+                              **where)
+            examples.append(StoredExample(row[0], row[1], modalities, row[3], bool(row[4]),
+                                          row[5] if tensors else None))
+        return examples
 
     def read_meta(self, key: str) -> Any:
-        """A value kept beside the tasks (JSON), or None."""
+        """A value kept beside the tasks (JSON), or None.
+
+        Raises:
+            RunError: the stored value is not JSON (`damaged`, naming ``meta.KEY``).
+        """
         with self._read() as db:
             row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        return None if row is None else _json(row[0], f"meta.{key}")
 
     def write_meta(self, key: str, value: Any) -> None:
         """Keep a JSON value beside the tasks."""
@@ -368,6 +453,24 @@ class TaskStore:
         if db is not None:
             db.close()
             self._local.db = None
+
+
+def _check(value: Any, kind: Any, column: str, **where: Any) -> None:
+    """Refuse a stored ``value`` that is not of ``kind`` (a type or a union of types)."""
+    if not isinstance(value, kind):
+        name = getattr(kind, "__name__", str(kind))
+        raise damaged(column, f"{type(value).__name__}, not {name}", **where)
+
+
+def _json(value: Any, column: str, **where: Any) -> Any:
+    """A stored JSON text read back; a value that is not JSON text is `damaged`."""
+    if not isinstance(value, str):
+        raise damaged(column, f"{type(value).__name__}, not JSON text", **where)
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, a number too long to
+        # convert, or arrays nested too deep
+        raise damaged(column, f"not JSON: {error}", **where) from None
 
 
 def _no_task(task_id: str) -> NotFoundError:

@@ -974,14 +974,14 @@ def small(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     task, 2 tasks, a 64 KiB body."""
     app = create_app(runs["protonet"], state=tmp_path_factory.mktemp("small"), eval_episodes=0,
                      max_samples=3, max_examples=5, max_classes=3, max_tasks=2,
-                     max_request_mb=1 / 16)
+                     max_request_mb=1 / 16, max_request_mpx=2)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
 
 def test_model_reports_the_limits(small: TestClient) -> None:
     assert small.get("/api/model").json()["limits"] == {
-        "max_request_bytes": 65536, "max_request_pixels": 64 << 20,
+        "max_request_bytes": 65536, "max_request_pixels": 2 << 20,
         "max_samples_per_request": 3, "max_examples_per_task": 5, "max_tasks": 2,
         "max_classes_per_task": 3}
 
@@ -1082,8 +1082,9 @@ def test_images_over_the_pixel_budget_are_422_before_any_is_decoded(
 def test_the_pixel_budget_counts_what_is_decoded(runs: dict[str, Path],
                                                  tmp_path: Path) -> None:
     """Each image counts its pixels, a JPEG as Pillow decodes it reduced (800 px: 100)."""
-    app = create_app(runs["protonet"], state=tmp_path, eval_episodes=0)
-    app.state.engine.max_pixels = 100 * 100
+    app = create_app(runs["protonet"], state=tmp_path, eval_episodes=0,
+                     max_request_mpx=100 * 100 / (1 << 20))  # --max-request-mpx
+    assert app.state.engine.max_pixels == 100 * 100
     jpeg = io.BytesIO()
     Image.new("RGB", (800, 800), (10, 200, 30)).save(jpeg, "JPEG")
     with TestClient(app, raise_server_exceptions=False) as c:

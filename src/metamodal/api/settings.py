@@ -175,6 +175,8 @@ class ServeSettings(TestTimeOptions):
         batching: embed the queries of requests waiting at the same time as one batch.
         cors: a web origin allowed to call the API from a page of its own (default: none).
         max_request_mb: the largest request body, in MiB.
+        max_request_mpx: the most pixels the images of one request may decode to, in
+            mebipixels (2**20 pixels), read from their headers before any is decoded.
         max_samples: the most examples or queries in one request.
         max_examples: the most examples a task holds.
         max_classes: the most classes a task holds.
@@ -193,6 +195,7 @@ class ServeSettings(TestTimeOptions):
     batching: bool = flag(True, name="--no-batching")
     cors: str | None = flag(None, metavar="ORIGIN")
     max_request_mb: float = flag(32.0, least=1 / 1024, most=4096.0)
+    max_request_mpx: float = flag(64.0, least=1 / 1024, most=65536.0)
     max_samples: int = flag(64, least=1, most=MAX_COUNT)
     max_examples: int = flag(2000, least=1, most=MAX_COUNT)
     max_classes: int = flag(200, least=1, most=MAX_COUNT)

@@ -205,7 +205,8 @@ def build_app(s: ServeSettings,
         raise ConfigError(f"serving on {s.host} (reachable from other machines) needs a token",
                           column="token", fix="give --token SECRET, or serve on 127.0.0.1")
     engine = Engine(s.run, device=s.device, batching=s.batching,
-                    test_time=test_time_overrides(s))
+                    test_time=test_time_overrides(s),
+                    max_pixels=int(s.max_request_mpx * (1 << 20)))
     store = TaskStore(s.state, model=engine.fingerprint,
                       limits=Limits(s.max_tasks, s.max_examples, s.max_classes))
     accuracy = _Accuracy(store, measure_accuracy, engine.test_time())

@@ -303,3 +303,21 @@ def test_tabular_columns_are_matched_by_name(trained, tmp_path: Path) -> None:
     expected = clf.predict_proba(_write(tmp_path / "q.csv", rows))
     np.testing.assert_allclose(clf.predict_proba(same), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(clf.predict_proba(shuffled), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_table_with_some_of_a_tabular_modality_s_columns_names_the_missing_ones(
+        trained, tmp_path: Path) -> None:
+    """It said no modality had a column, though weight_g is one of measurements'."""
+    data, _, saved = trained
+    clf = FewShotClassifier.load(saved)
+    columns = ["body_length_cm", "body_width_cm", "weight_g", "air_temp_c"]
+    rows = [{"id": r["id"], **{c: r[c] for c in columns}} for r in _rows(data)[8:]
+            if all(r[c] for c in columns)][:4]
+    some = _write(tmp_path / "some.csv", [{"id": r["id"], "weight_g": r["weight_g"]}
+                                          for r in rows])
+    with pytest.raises(ModalityError, match="measurements lacks body_length_cm, body_width_cm, "
+                                            "air_temp_c") as caught:
+        clf.predict(some)
+    assert caught.value.file == str(some) and "leave a cell empty" in caught.value.fix
+    rows[1]["air_temp_c"] = ""  # what the fix says: an empty cell is a missing value
+    assert len(clf.predict(_write(tmp_path / "all.csv", rows))) == 4

@@ -279,11 +279,17 @@ class FewShotClassifier(EstimatorParams):
                   and _has_columns(dataset, name)]
         where = dataset.table.file if hasattr(dataset, "table") else None
         if unknown or not usable:
+            partial = {name: _missing_columns(dataset, name) for name in modalities
+                       if _any_column(dataset, name) and name in dataset.schema.modalities}
             what = (f"modalities {unknown} were never seen in training" if unknown
-                    else "none of the modalities used has a column in this table")
+                    else "none of the modalities used has all its columns in this table" + (
+                        "; " + "; ".join(f"{name} lacks {', '.join(missing)}"
+                                         for name, missing in partial.items())
+                        if partial else ""))
             raise ModalityError(
                 what, file=where,
-                fix=f"give samples with the model's modalities: {', '.join(modalities)}",
+                fix=f"give samples with the model's modalities: {', '.join(modalities)} (a "
+                "tabular modality needs every column; leave a cell empty for a missing value)",
             )
         lacking = [name for name in modalities if not _any_column(dataset, name)]
         if lacking and warn_lacking:
@@ -643,10 +649,15 @@ def _usable(batch: dict[str, ModalityBatch]) -> torch.Tensor:
     return torch.stack([mb.present.to(torch.bool) for mb in batch.values()], 1).any(1)
 
 
-def _has_columns(dataset: MultimodalDataset, modality: str) -> bool:
+def _missing_columns(dataset: MultimodalDataset, modality: str) -> list[str]:
+    """The columns of ``modality`` the samples' table lacks."""
     spec = dataset.schema.modalities[modality]
     columns = spec.columns if spec.columns is not None else [spec.column]
-    return all(c in dataset.table.columns for c in columns)
+    return [c for c in columns if c not in dataset.table.columns]
+
+
+def _has_columns(dataset: MultimodalDataset, modality: str) -> bool:
+    return not _missing_columns(dataset, modality)
 
 
 def _any_column(dataset: MultimodalDataset, modality: str) -> bool:

@@ -72,8 +72,9 @@ def resolve_inside(root: str | Path, relative: str, *, allow_outside: bool = Fal
         if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
             raise PathRefused(
                 "the path leads outside the dataset directory",
-                f"move the file into the dataset directory, or set {OUTSIDE_KEY} = true in "
-                "dataset.toml to allow paths outside it")
+                "move the file into the directory paths are read from (the dataset directory, "
+                f"or a classifier's media_root); for a dataset, {OUTSIDE_KEY} = true in "
+                "dataset.toml allows paths outside it")
     return path
 
 

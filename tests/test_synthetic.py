@@ -216,6 +216,22 @@ def test_existing_output_needs_overwrite_and_must_be_a_dataset(tmp_path: Path) -
     assert (other / "keep.txt").read_text() == "mine"
 
 
+
+def test_an_overwrite_replaces_the_dataset_s_entries_only(tmp_path: Path) -> None:
+    """Every entry of the directory was deleted: a .git, runs, the user's notes."""
+    root = make_synthetic(tmp_path / "d", classes=15, per_class=1, image_size=8)
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("[core]")
+    (root / "runs" / "mine").mkdir(parents=True)
+    (root / "notes.txt").write_text("mine")
+    (root / "samples.jsonl").write_text('{"id": "stale"}\n')  # an old table of another format
+    make_synthetic(root, classes=15, per_class=2, image_size=8, overwrite=True)
+    assert len(read_rows(root)) == 30 and not (root / "samples.jsonl").exists()
+    assert (root / ".git" / "config").read_text() == "[core]"
+    assert (root / "runs" / "mine").is_dir() and (root / "notes.txt").read_text() == "mine"
+    assert not any(p.name.startswith(".old-") or p.name.startswith(".d.")
+                   for p in root.iterdir())
+
 def test_an_overwrite_that_fails_midway_leaves_the_old_dataset_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

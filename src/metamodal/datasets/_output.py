@@ -3,7 +3,8 @@
 Generators and importers build the whole dataset in a temporary directory beside (or inside) the
 output and move it into place only when it is complete, so an interrupted run never leaves a
 half-written directory that looks like a dataset. A non-empty output is replaced only when asked
-to (``overwrite``) and only when it already holds a dataset (a ``dataset.toml``).
+to (``overwrite``) and only when it already holds a dataset (a ``dataset.toml``); then only the
+dataset's own entries are replaced (`move_into`): the user's other files and folders stay.
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from metamodal.data.table import TABLE_SUFFIXES
 from metamodal.errors import ConfigError
 from metamodal.io import make_directory, publish_directory
 
 SCHEMA_NAME = "dataset.toml"
+OLD_DATASET_FILES = frozenset({SCHEMA_NAME, *(f"samples{suffix}" for suffix in TABLE_SUFFIXES)})
+"""The entries of an old dataset that an overwrite removes even when the new one does not
+write them (a stale sample table of another format would be read instead of the new one)."""
 
 
 def check_target(out: Path, overwrite: bool) -> None:
@@ -51,14 +56,17 @@ def check_target(out: Path, overwrite: bool) -> None:
 
 
 def move_into(tmp: Path, out: Path) -> None:
-    """Replace the content of directory ``out`` by that of ``tmp`` (a directory inside it):
-    the old entries are moved aside (``dataset.toml`` first), the new ones in (``dataset.toml``
-    last), so that a half-moved directory is never taken for a dataset; only then are the old
-    ones deleted. If a move fails, every entry is moved back: ``out`` is as it was."""
+    """Replace the dataset in directory ``out`` by the one in ``tmp`` (a directory inside it):
+    the old entries it replaces (those of the new one's names, and `OLD_DATASET_FILES`) are
+    moved aside (``dataset.toml`` first), the new ones in (``dataset.toml`` last), so that a
+    half-moved directory is never taken for a dataset; only then are the old ones deleted.
+    Every other entry (the user's notes, a ``.git``, runs) stays. If a move fails, every entry
+    is moved back: ``out`` is as it was."""
     aside = Path(tempfile.mkdtemp(prefix=".old-", dir=out))
-    old = sorted((e.name for e in out.iterdir() if e not in (tmp, aside)),
-                 key=lambda name: name != SCHEMA_NAME)
     new = sorted((e.name for e in tmp.iterdir()), key=lambda name: name == SCHEMA_NAME)
+    replaced = set(new) | OLD_DATASET_FILES
+    old = sorted((e.name for e in out.iterdir() if e not in (tmp, aside) and e.name in replaced),
+                 key=lambda name: name != SCHEMA_NAME)
     moved_aside: list[str] = []
     moved_in: list[str] = []
     try:

@@ -266,6 +266,22 @@ def test_export_refuses_an_ensemble_and_the_run_s_own_files(runs, tmp_path: Path
     assert _digest(own) == before
 
 
+def test_export_refuses_a_dataset_s_files_and_another_run_s(runs, tmp_path: Path,
+                                                            capsys) -> None:
+    """export OUT --overwrite wrote a TorchScript archive over a dataset's dataset.toml (and
+    the training data's samples.csv); its --json was refused there already."""
+    data, run, run2 = runs
+    dataset = Path(shutil.copytree(data, tmp_path / "data"))
+    other = Path(shutil.copytree(run2, tmp_path / "other"))
+    before = _digest(dataset), _digest(other)
+    for out, words in ((dataset / "dataset.toml", "a file of a dataset directory"),
+                       (dataset / "samples.csv", "a file of a dataset directory"),
+                       (other / "config.toml", "a run's own config.toml")):
+        _refused(["export", str(run), str(out), "--overwrite", "--format", "torchscript",
+                  "--no-check"], capsys, "key out", words)
+    assert (_digest(dataset), _digest(other)) == before
+
+
 def test_python_api_misuse_is_a_config_error(runs, tmp_path: Path) -> None:
     """Wrong types handed to the API's entry points: a typed error, not an AttributeError."""
     from metamodal import api

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metamodal.api.fields import resolve, write_json
+from metamodal.api.fields import check_output_file, resolve, write_json
 from metamodal.api.settings import ExportSettings
 from metamodal.errors import ConfigError, MissingExtraError, RunError
 
@@ -118,6 +118,7 @@ def export(run: str | Path | None = None, settings: ExportSettings | None = None
         if path.is_file() and run_dir in path.resolve().parents:
             raise ConfigError(f"export: {path} is a file of the run it would replace",
                               file=path, fix="write the export outside the run directory")
+        check_output_file(path, "out")  # a dataset's file, another run's, a device
     if s.format == "onnx":
         _require(("onnx", "onnxruntime", "onnxscript"))
     loaded = load_run(s.run, device="cpu")

@@ -486,3 +486,16 @@ def test_a_size_limit_between_0_and_1_byte_is_refused(
     assert main(["cache", "info"]) == 2
     assert "at least 1 byte" in capsys.readouterr().err
     assert (parse_size("0"), parse_size("0.0"), parse_size("1"), parse_size("1.5")) == (0, 0, 1, 1)
+
+
+def test_a_home_directory_that_does_not_exist_is_a_typed_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """~nouser/x ended cache info and clear in pathlib's raw RuntimeError."""
+    monkeypatch.setenv("METAMODAL_CACHE", "~no-such-user-here/x")
+    for argv in (["cache", "info"], ["cache", "clear"]):
+        assert main(argv) == 2
+        assert "METAMODAL_CACHE" in capsys.readouterr().err
+    monkeypatch.setenv("METAMODAL_CACHE", str(tmp_path / "c"))
+    assert main(["cache", "clear", "--dir", "~no-such-user-here/x"]) == 2
+    assert "key dir" in capsys.readouterr().err

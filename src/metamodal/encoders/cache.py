@@ -116,6 +116,21 @@ def parse_size(text: str | int) -> int:
     return value
 
 
+def expanded(path: str | Path, key: str) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; `ConfigError` naming ``key`` where
+    there is no such home directory (pathlib's RuntimeError).
+
+    Example:
+        >>> expanded("/tmp/cache", "dir")
+        PosixPath('/tmp/cache')
+    """
+    try:
+        return Path(path).expanduser()
+    except RuntimeError as error:
+        raise ConfigError(f"cannot expand {str(path)!r}: {error}", column=key,
+                          fix="give the cache directory as an absolute path") from None
+
+
 def default_cache_dir() -> Path:
     """``$METAMODAL_CACHE``, else ``$XDG_CACHE_HOME/metamodal/features`` (``~/.cache/...``).
 
@@ -125,7 +140,7 @@ def default_cache_dir() -> Path:
     """
     configured = os.environ.get(CACHE_ENV)
     if configured:
-        return Path(configured).expanduser()
+        return expanded(configured, CACHE_ENV)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "metamodal" / "features"
 
@@ -245,7 +260,7 @@ class FeatureCache:
     """
 
     def __init__(self, root: str | Path | None = None, limit: int | str | None = None) -> None:
-        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        self.root = expanded(root, "dir") if root is not None else default_cache_dir()
         if limit is None:
             limit = os.environ.get(LIMIT_ENV) or DEFAULT_LIMIT
         self.limit = parse_size(limit)

@@ -334,3 +334,32 @@ def test_a_huge_inner_learning_rate_is_refused_and_named(runs, tmp_path: Path, c
               "--inner-lr", "1e300", "--steps", "2", "--no-progress", *EPISODES], capsys,
              "learner_options.inner_lr", "at most 1000")
     assert not (tmp_path / "m").exists()
+
+
+def test_a_demo_directory_made_with_other_settings_is_refused(tmp_path: Path, capsys) -> None:
+    """The demo reused OUT/data and OUT/runs whatever sizes were asked for, and reported on
+    the old ones without a word."""
+    from metamodal.api.demo import SETTINGS_RECORD, check_demo_settings
+    from metamodal.api.settings import DemoSettings
+
+    out = tmp_path / "demo"
+    check_demo_settings(out, DemoSettings(classes=30), None)  # what a first demo records
+    _refused(["demo", "--out", str(out), "--classes", "60", "--no-progress"], capsys,
+             "key classes", "classes = 30, not 60", "another --out")
+    check_demo_settings(out, DemoSettings(classes=30, episodes=7), None)  # evaluation only
+    assert sorted(p.name for p in out.iterdir()) == [SETTINGS_RECORD]
+    (out / SETTINGS_RECORD).write_text("[" * 5000)
+    _refused(["demo", "--out", str(out), "--no-progress"], capsys, SETTINGS_RECORD,
+             "cannot be read")
+
+
+@pytest.mark.parametrize(("argument", "value"), [
+    ("out", 5), ("out", ""), ("data", 5), ("settings", {"steps": 5}), ("echo", None),
+    ("progress", "no"), ("quick", "yes")])
+def test_demo_arguments_of_the_wrong_type_are_refused_before_any_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argument: str, value: object) -> None:
+    monkeypatch.chdir(tmp_path)
+    arguments = {"out": tmp_path / "demo", argument: value}
+    with pytest.raises(ConfigError, match=f"demo: {argument} must be") as caught:
+        api.demo(**arguments)
+    assert caught.value.column == argument and not any(tmp_path.iterdir())

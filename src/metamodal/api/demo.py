@@ -3,8 +3,10 @@ from the other verbs of `metamodal.api` alone."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,18 @@ from metamodal.api.prediction import worked_episode
 from metamodal.api.settings import QUICK_DEMO, DemoSettings
 from metamodal.api.training import train
 from metamodal.config import TrainConfig
+from metamodal.data.paths import PathRefused, read_small_text
+from metamodal.errors import ConfigError, RunError
 from metamodal.evaluate.protocol import EvalResult
 from metamodal.evaluate.report import MappingResults
 from metamodal.evaluate.retrieval import ALIGNED, CEILING, RANDOM, RetrievalReport
 from metamodal.evaluate.zeroshot import AM3_NAME, ZERO_SHOT, ZeroShotReport
+from metamodal.io import atomic_write_json, make_directory
+
+SETTINGS_RECORD = "demo-settings.json"
+"""The settings a demo directory's data and runs were made with (`check_demo_settings`)."""
+EVALUATION_ONLY = frozenset({"episodes", "robustness_episodes", "mapping"})
+"""Demo settings that change what is measured, not the data or the trained runs."""
 
 FUSED = "protonet+gated"
 MAML = "maml+gated"
@@ -134,11 +144,11 @@ def demo(
     Example:
         >>> result = demo("metamodal-demo", echo=print)  # doctest: +SKIP
     """
-    from dataclasses import asdict
-
+    check_demo_arguments(out, data, settings, quick, progress, echo)
     base_sizes = asdict(settings) if settings is not None else dict(QUICK_DEMO if quick else {})
     settings = make(DemoSettings, {**base_sizes, **sizes}, verb="demo")
     out = Path(out)
+    check_demo_settings(out, settings, data)
     shared = None
     if data is None:
         from metamodal.datasets.synthetic import shared_attributes
@@ -222,6 +232,60 @@ def demo(
     echo(worked_episode(fused_dir, seed=settings.seed + 7).table(queries=1))
     return result
 
+
+
+
+def check_demo_arguments(out: Any, data: Any, settings: Any, quick: Any, progress: Any,
+                         echo: Any) -> None:
+    """`ConfigError` naming the first of `demo`'s arguments of the wrong type (before any
+    work: a TypeError came after the dataset was generated, or after a run trained)."""
+    for name, value, fits, what in (
+            ("out", out, isinstance(out, str | os.PathLike) and str(out) != "", "a path"),
+            ("data", data, data is None or isinstance(data, str | os.PathLike)
+             and str(data) != "", "a path or None"),
+            ("settings", settings, settings is None or isinstance(settings, DemoSettings),
+             "a DemoSettings or None"),
+            ("quick", quick, isinstance(quick, bool), "True or False"),
+            ("progress", progress, isinstance(progress, bool), "True or False"),
+            ("echo", echo, callable(echo), "a function of one string")):
+        if not fits:
+            raise ConfigError(f"demo: {name} must be {what}, got {value!r}", column=name,
+                              fix=f"give {name} as {what}")
+
+def check_demo_settings(out: Path, settings: DemoSettings, data: str | Path | None) -> None:
+    """Refuse to go on in a demo directory made with other settings; record them in a new one.
+
+    The data (``OUT/data``) and the finished runs (``OUT/runs``) of a demo are reused, so a
+    second demo in ``out`` with other sizes would report on the first one's data and models.
+    ``OUT/demo-settings.json`` keeps the settings they were made with (all but
+    `EVALUATION_ONLY`, and ``data``); it is written before any work.
+
+    Raises:
+        ConfigError: a setting differs from the recorded one (named, with both values).
+        RunError: the record is damaged.
+    """
+    wanted = {key: value for key, value in asdict(settings).items()
+              if key not in EVALUATION_ONLY}
+    wanted["data"] = None if data is None else str(data)
+    record = out / SETTINGS_RECORD
+    if not record.exists():
+        make_directory(out)
+        atomic_write_json(record, wanted)
+        return
+    try:
+        kept = json.loads(read_small_text(record, "demo settings record", 1 << 16))
+    except (PathRefused, OSError, ValueError, RecursionError) as error:
+        raise RunError(f"the demo's settings record cannot be read ({error})", file=record,
+                       fix="delete the demo directory (or give another --out)") from None
+    if not isinstance(kept, dict):
+        raise RunError("the demo's settings record is not a JSON object", file=record,
+                       fix="delete the demo directory (or give another --out)")
+    for key, value in wanted.items():
+        if kept.get(key) != value:
+            raise ConfigError(
+                f"{out} holds a demo made with {key} = {kept.get(key)!r}, not {value!r}: its "
+                "data and runs would be reused", column=key,
+                fix=f"give another --out, or delete {out} to start again")
 
 def _verdicts(result: DemoResult, one_shot: Comparison, echo: Echo) -> None:
     """Decide and print whether the fused models beat the best single modality and the

@@ -363,3 +363,25 @@ def test_demo_arguments_of_the_wrong_type_are_refused_before_any_work(
     with pytest.raises(ConfigError, match=f"demo: {argument} must be") as caught:
         api.demo(**arguments)
     assert caught.value.column == argument and not any(tmp_path.iterdir())
+
+
+def test_a_report_never_replaces_a_page_it_did_not_write(tmp_path: Path) -> None:
+    """report_results replaced a user's index.html and results.md; '' wrote into the working
+    directory; a result that was not an EvalResult was an AttributeError."""
+    from metamodal.evaluate.result import EvalResult
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>my homepage</h1>")
+    (site / "results.md").write_text("notes")
+    with pytest.raises(OutputError, match="no report wrote"):
+        api.report_results(site, {})
+    assert (site / "index.html").read_text() == "<h1>my homepage</h1>"
+    assert sorted(p.name for p in site.iterdir()) == ["index.html", "results.md"]
+    with pytest.raises(OutputError, match="no report directory"):
+        api.report_results("", {})
+    with pytest.raises(ConfigError, match="'a' is a int, not an EvalResult"):
+        api.report_results(tmp_path / "r", {"a": 1})
+    result = EvalResult(0.9, 0.01, 0.9, 600, 5, 1, 15, 0)
+    for _ in range(2):  # a report's own directory is written again
+        assert (api.report_results(tmp_path / "r", {"m": result}).path / "index.html").is_file()

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from metamodal.errors import ConfigError, RunError
+from metamodal.errors import ConfigError, OutputError, RunError
 from metamodal.evaluate.report.learning import learning_section
 from metamodal.evaluate.report.mapping import MappingResults, mapping_section
 from metamodal.evaluate.report.render import (
@@ -40,6 +40,21 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 INDEX_HTML = "index.html"
 
+
+
+def check_report_directory(out_dir: str | Path) -> None:
+    """`OutputError` when ``out_dir`` is empty, or holds a page (``index.html`` or
+    ``results.md``) that no report wrote (a report also writes ``results.json``): writing there
+    would replace the user's."""
+    if str(out_dir) == "":
+        raise OutputError("no report directory given", column="out",
+                          fix="give the report a directory, e.g. report")
+    out = Path(out_dir)
+    pages = [name for name in ("index.html", "results.md") if (out / name).exists()]
+    if pages and not (out / RESULTS_JSON).is_file():
+        raise OutputError(f"holds {' and '.join(pages)} that no report wrote (no "
+                          f"{RESULTS_JSON}); writing the report would replace them", file=out,
+                          fix="write the report to a new or empty directory")
 
 def write_report(
     out_dir: str | Path,
@@ -97,6 +112,7 @@ def write_report(
         >>> (out / "index.html").is_file()  # doctest: +SKIP
         True
     """
+    check_report_directory(out_dir)
     out = Path(out_dir)
     make_directory(out)
     named = named_results(results)

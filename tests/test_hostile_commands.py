@@ -360,7 +360,7 @@ def test_demo_arguments_of_the_wrong_type_are_refused_before_any_work(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argument: str, value: object) -> None:
     monkeypatch.chdir(tmp_path)
     arguments = {"out": tmp_path / "demo", argument: value}
-    with pytest.raises(ConfigError, match=f"demo: {argument} must be") as caught:
+    with pytest.raises(ConfigError, match=f"demo: {argument}") as caught:
         api.demo(**arguments)
     assert caught.value.column == argument and not any(tmp_path.iterdir())
 
@@ -385,3 +385,24 @@ def test_a_report_never_replaces_a_page_it_did_not_write(tmp_path: Path) -> None
     result = EvalResult(0.9, 0.01, 0.9, 600, 5, 1, 15, 0)
     for _ in range(2):  # a report's own directory is written again
         assert (api.report_results(tmp_path / "r", {"m": result}).path / "index.html").is_file()
+
+
+@pytest.mark.parametrize(("call", "argument"), [
+    (lambda run: api.worked_episode(run, ways=None), "ways"),
+    (lambda run: api.worked_episode(run, shots=""), "shots"),
+    (lambda run: api.worked_episode(run, queries=float("nan")), "queries"),
+    (lambda run: api.project(run, modalities="image"), "modalities"),
+    (lambda run: api.ensemble(str(run), out="ens"), "runs"),
+    (lambda run: api.import_dataset(["imagefolder"], "a", "b"), "layout"),
+    (lambda run: api.inspect(run, json=5), "json"),
+    (lambda run: api.retrieve(run, "image", "caption", shared=5), "shared"),
+    (lambda run: api.train(run, callbacks=print), "callbacks"),
+    (lambda run: api.report_results(None, {}), "out"),
+    (lambda run: api.worked_episode(run, wayz=5), None),
+])
+def test_api_arguments_of_the_wrong_type_are_config_errors(runs, call, argument) -> None:
+    """Each was a raw TypeError, ValueError, KeyError or AttributeError from deep inside."""
+    _, run, _ = runs
+    with pytest.raises(ConfigError) as caught:
+        call(run)
+    assert caught.value.column == argument

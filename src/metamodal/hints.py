@@ -77,4 +77,6 @@ def fits_type(value: Any, hint: Any, *, paths: bool = False) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is str and paths:
         return isinstance(value, str | Path)
+    if origin is not None:  # another generic (Callable[...], os.PathLike[str]): its class
+        return isinstance(value, origin)
     return isinstance(value, hint)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metamodal.api.fields import check_output_file, resolve, write_json
+from metamodal.api.fields import check_output_file, resolve, typed_arguments, write_json
 from metamodal.api.settings import (
     IMPORT_LAYOUTS,
     CacheSettings,
@@ -63,6 +63,7 @@ def make_synthetic(out: str | Path | None = None, settings: SyntheticSettings | 
     return SyntheticResult(Path(path), s.classes, s.per_class)
 
 
+@typed_arguments("import")
 def import_dataset(layout: str, source: str | Path | None = None, out: str | Path | None = None,
                    settings: ImportSettings | None = None, **options: Any) -> Any:
     """Import data in a common layout as a dataset directory (``metamodal import LAYOUT``).
@@ -132,6 +133,7 @@ def download(dataset: str | None = None, directory: str | Path | None = None,
         image_size=s.image_size)
 
 
+@typed_arguments("inspect")
 def inspect(directory: str | Path, *, json: str | Path | None = None) -> Any:
     """Validate a dataset directory and describe it (``metamodal inspect``): sizes, classes,
     modalities and every problem at once.

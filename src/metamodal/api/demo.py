@@ -4,7 +4,6 @@ from the other verbs of `metamodal.api` alone."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from metamodal.api.evaluation import (
     report_results,
     run_info,
 )
-from metamodal.api.fields import make
+from metamodal.api.fields import make, typed_arguments
 from metamodal.api.mapping import project, retrieve, zero_shot
 from metamodal.api.prediction import worked_episode
 from metamodal.api.settings import QUICK_DEMO, DemoSettings
@@ -111,6 +110,7 @@ def _beats(a: EvalResult, b: EvalResult) -> bool:
     return a.accuracy - a.ci95 > b.accuracy + b.ci95
 
 
+@typed_arguments("demo")
 def demo(
     out: str | Path = "metamodal-demo",
     *,
@@ -144,7 +144,10 @@ def demo(
     Example:
         >>> result = demo("metamodal-demo", echo=print)  # doctest: +SKIP
     """
-    check_demo_arguments(out, data, settings, quick, progress, echo)
+    for name, path in (("out", out), ("data", data)):
+        if path is not None and str(path) == "":
+            raise ConfigError(f"demo: {name} is empty", column=name,
+                              fix=f"give {name} a directory, or leave it out")
     base_sizes = asdict(settings) if settings is not None else dict(QUICK_DEMO if quick else {})
     settings = make(DemoSettings, {**base_sizes, **sizes}, verb="demo")
     out = Path(out)
@@ -234,23 +237,6 @@ def demo(
 
 
 
-
-def check_demo_arguments(out: Any, data: Any, settings: Any, quick: Any, progress: Any,
-                         echo: Any) -> None:
-    """`ConfigError` naming the first of `demo`'s arguments of the wrong type (before any
-    work: a TypeError came after the dataset was generated, or after a run trained)."""
-    for name, value, fits, what in (
-            ("out", out, isinstance(out, str | os.PathLike) and str(out) != "", "a path"),
-            ("data", data, data is None or isinstance(data, str | os.PathLike)
-             and str(data) != "", "a path or None"),
-            ("settings", settings, settings is None or isinstance(settings, DemoSettings),
-             "a DemoSettings or None"),
-            ("quick", quick, isinstance(quick, bool), "True or False"),
-            ("progress", progress, isinstance(progress, bool), "True or False"),
-            ("echo", echo, callable(echo), "a function of one string")):
-        if not fits:
-            raise ConfigError(f"demo: {name} must be {what}, got {value!r}", column=name,
-                              fix=f"give {name} as {what}")
 
 def check_demo_settings(out: Path, settings: DemoSettings, data: str | Path | None) -> None:
     """Refuse to go on in a demo directory made with other settings; record them in a new one.

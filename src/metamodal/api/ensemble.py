@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metamodal.api.fields import resolve, write_json
+from metamodal.api.fields import resolve, typed_arguments, write_json
 from metamodal.api.settings import EnsembleSettings
 from metamodal.config import test_time_overrides
 from metamodal.errors import ConfigError, RunError
@@ -67,6 +67,7 @@ class EnsembleResult:
         return "\n".join(lines)
 
 
+@typed_arguments("ensemble")
 def ensemble(runs: list[str] | None = None, settings: EnsembleSettings | None = None,
              **options: Any) -> EnsembleResult:
     """Combine two or more trained runs into one ensemble run (``metamodal ensemble``).

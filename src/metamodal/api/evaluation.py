@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from metamodal.api.fields import resolve, write_json
+from metamodal.api.fields import resolve, typed_arguments, write_json
 from metamodal.api.settings import EvalSettings, ReportSettings, ZeroShotSettings
 from metamodal.config import test_time_overrides
 from metamodal.errors import ConfigError
@@ -515,6 +515,7 @@ def _mapping_results(s: ReportSettings, measured: EvalReport) -> MappingResults 
     return results
 
 
+@typed_arguments("report")
 def report_results(
     out: str | Path,
     comparison: Comparison | Mapping[str, EvalResult],

@@ -5,15 +5,17 @@ with typed errors (`make`, `resolve`), and writing a result's JSON (`write_json`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from metamodal.errors import ConfigError
-from metamodal.hints import fits_type
+from metamodal.hints import fits_type, type_name
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,72 @@ typing.Literal['test', 'val', 'train', 'all'] (fix: e.g. split = 'test')
               for k, v in values.items()}
     return cls(**values)
 
+
+
+Function = TypeVar("Function", bound=Callable[..., Any])
+
+
+def argument_hints(function: Callable[..., Any], signature: inspect.Signature
+                   ) -> dict[str, Any]:
+    """The type hints of ``function``'s parameters, each resolved in the function's module as
+    `typing.get_type_hints` does; one naming a type imported only for type checkers (kept out
+    of start-up, e.g. `metamodal.train.trainer.StepCallback`) is left out."""
+    hints = {}
+    for name, parameter in signature.parameters.items():
+        annotation = parameter.annotation
+        if annotation is inspect.Parameter.empty:
+            continue
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, function.__globals__)  # noqa: S307 (own source)
+            except NameError:
+                continue
+        hints[name] = annotation
+    return hints
+
+
+def typed_arguments(verb: str) -> Callable[[Function], Function]:
+    """Check a function's arguments against its type hints at each call (`fits_type`, a `Path`
+    counting as a ``str``): one that does not fit, or an unknown keyword, is a `ConfigError`
+    naming it, before the function runs (a TypeError or AttributeError came from deep inside,
+    or after work was done). ``**options`` are left to the function.
+
+    Example:
+        >>> @typed_arguments("demo")
+        ... def twice(ways: int = 5) -> int:
+        ...     return 2 * ways
+        >>> twice(ways=None)
+        Traceback (most recent call last):
+        ...
+        metamodal.errors.ConfigError: key ways: demo: ways = None is not int (fix: give ways \
+a value of type int)
+    """
+    def decorate(function: Function) -> Function:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as error:
+                raise ConfigError(f"{verb}: {error}", fix="see help(metamodal.api."
+                                  f"{function.__name__})") from None
+            hints = argument_hints(function, signature)
+            for name, value in bound.arguments.items():
+                kind = signature.parameters[name].kind
+                if name in hints and kind not in (inspect.Parameter.VAR_KEYWORD,
+                                                  inspect.Parameter.VAR_POSITIONAL) \
+                        and not fits_type(value, hints[name], paths=True):
+                    shown = repr(value) if len(repr(value)) <= 80 else type(value).__name__
+                    raise ConfigError(f"{verb}: {name} = {shown} is not "
+                                      f"{type_name(hints[name])}", column=name,
+                                      fix=f"give {name} a value of type "
+                                      f"{type_name(hints[name])}")
+            return function(*args, **kwargs)
+
+        return typing.cast(Function, checked)
+
+    return decorate
 
 def resolve(cls: type, settings: Any, options: dict[str, Any], *, verb: str) -> Any:
     """``settings`` (an instance of ``cls``, or None for its defaults) with ``options`` (field

@@ -7,7 +7,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from metamodal.api.fields import resolve, write_json
+from metamodal.api.fields import resolve, typed_arguments, write_json
 from metamodal.api.settings import RetrieveSettings, ZeroShotSettings
 from metamodal.config import resolve_device
 from metamodal.evaluate.projection import Projection, joint_projection
@@ -17,6 +17,7 @@ from metamodal.memory import release_memory
 from metamodal.runs import PreparedData, Run, load_run, load_run_data
 
 
+@typed_arguments("retrieve")
 def retrieve(
     run: str | Path | None = None,
     query_modality: str | None = None,
@@ -119,6 +120,7 @@ def zero_shot(run: str | Path | None = None, settings: ZeroShotSettings | None =
     return report
 
 
+@typed_arguments("project")
 def project(run: str | Path | Run, prepared: PreparedData | None = None, *,
             modalities: Sequence[str] | None = None) -> Projection:
     """A 2-D picture of the joint embedding space of a run's test classes: each modality's

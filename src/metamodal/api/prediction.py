@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metamodal.api.fields import resolve, write_json
+from metamodal.api.fields import resolve, typed_arguments, write_json
 from metamodal.api.settings import PredictSettings
 from metamodal.config import test_time_overrides
 
@@ -111,6 +111,7 @@ class WorkedEpisode:
         return "\n".join(lines)
 
 
+@typed_arguments("worked_episode")
 def worked_episode(run: str | Path, *, ways: int = 5, shots: int = 1, queries: int = 1,
                    seed: int = 0, split: str = "test") -> WorkedEpisode:
     """Draw one episode of a run's ``split`` classes (with the sampler evaluation uses) and

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metamodal.api.fields import resolve
+from metamodal.api.fields import resolve, typed_arguments
 from metamodal.api.settings import RunSettings
 from metamodal.config import TrainConfig, load_config
 from metamodal.errors import ConfigError
@@ -93,6 +93,7 @@ def _fit(config: TrainConfig, s: RunSettings, score: str,
                        result.transfer.to_dict() if result.transfer is not None else None)
 
 
+@typed_arguments("train")
 def train(out: str | Path | None = None, settings: RunSettings | None = None, *,
           callbacks: list[StepCallback] | None = None, **options: Any) -> TrainReport:
     """Meta-train a model and write its run directory (``metamodal train``).
@@ -118,6 +119,10 @@ def train(out: str | Path | None = None, settings: RunSettings | None = None, *,
         >>> train("runs/demo", data="data", learner="protonet", fusion="gated",
         ...       steps=1000).best_val_accuracy  # doctest: +SKIP
     """
+    if callbacks is not None and not (isinstance(callbacks, list | tuple)
+                                      and all(callable(c) for c in callbacks)):
+        raise ConfigError(f"train: callbacks must be a list of functions, got {callbacks!r}",
+                          column="callbacks", fix="give callbacks=[function, ...]")
     s, base, changes = _run_settings(settings, {"out": out, **options}, "train")
     config = base.merged(changes)
     if not config.data:

@@ -19,7 +19,7 @@ from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
 from metamodal.config import MAX_EPISODES, TrainConfig
 from metamodal.datasets.synthetic import make_synthetic
-from metamodal.errors import ConfigError, OutputError
+from metamodal.errors import ConfigError, ModalityError, OutputError
 from metamodal.mapping.retrieval import retrieval_ranks
 from metamodal.train.trainer import Trainer
 
@@ -399,10 +399,11 @@ def test_a_report_never_replaces_a_page_it_did_not_write(tmp_path: Path) -> None
     (lambda run: api.train(run, callbacks=print), "callbacks"),
     (lambda run: api.report_results(None, {}), "out"),
     (lambda run: api.worked_episode(run, wayz=5), None),
+    (lambda run: api.project(run, modalities=["imag"]), "modalities"),
 ])
 def test_api_arguments_of_the_wrong_type_are_config_errors(runs, call, argument) -> None:
     """Each was a raw TypeError, ValueError, KeyError or AttributeError from deep inside."""
     _, run, _ = runs
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises((ConfigError, ModalityError)) as caught:  # an unknown modality
         call(run)
     assert caught.value.column == argument

@@ -10,6 +10,7 @@ from typing import Any
 from metamodal.api.fields import resolve, typed_arguments, write_json
 from metamodal.api.settings import RetrieveSettings, ZeroShotSettings
 from metamodal.config import resolve_device
+from metamodal.errors import ModalityError
 from metamodal.evaluate.projection import Projection, joint_projection
 from metamodal.evaluate.retrieval import RetrievalReport
 from metamodal.evaluate.zeroshot import ZeroShotReport
@@ -136,6 +137,11 @@ def project(run: str | Path | Run, prepared: PreparedData | None = None, *,
         >>> project("runs/align").points.shape  # doctest: +SKIP
     """
     loaded = run if isinstance(run, Run) else load_run(run)
+    unknown = [name for name in modalities or () if name not in loaded.model.modalities]
+    if unknown:
+        raise ModalityError(f"project: the run has no modality {', '.join(unknown)}",
+                            column="modalities",
+                            fix=f"choose among {', '.join(loaded.model.modalities)}")
     prepared = prepared if prepared is not None else load_run_data(loaded)
     return joint_projection(loaded.model, prepared.store, prepared.split.test,
                             modalities=modalities)

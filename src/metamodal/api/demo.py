@@ -236,8 +236,6 @@ def demo(
     return result
 
 
-
-
 def check_demo_settings(out: Path, settings: DemoSettings, data: str | Path | None) -> None:
     """Refuse to go on in a demo directory made with other settings; record them in a new one.
 
@@ -272,6 +270,7 @@ def check_demo_settings(out: Path, settings: DemoSettings, data: str | Path | No
                 f"{out} holds a demo made with {key} = {kept.get(key)!r}, not {value!r}: its "
                 "data and runs would be reused", column=key,
                 fix=f"give another --out, or delete {out} to start again")
+
 
 def _verdicts(result: DemoResult, one_shot: Comparison, echo: Echo) -> None:
     """Decide and print whether the fused models beat the best single modality and the

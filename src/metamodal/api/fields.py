@@ -132,7 +132,6 @@ typing.Literal['test', 'val', 'train', 'all'] (fix: e.g. split = 'test')
     return cls(**values)
 
 
-
 Function = TypeVar("Function", bound=Callable[..., Any])
 
 
@@ -197,6 +196,7 @@ a value of type int)
         return typing.cast(Function, checked)
 
     return decorate
+
 
 def resolve(cls: type, settings: Any, options: dict[str, Any], *, verb: str) -> Any:
     """``settings`` (an instance of ``cls``, or None for its defaults) with ``options`` (field

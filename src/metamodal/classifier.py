@@ -71,6 +71,7 @@ def check_save_directory(directory: Path) -> None:
         f"replace its {CONFIG_FILE}, {WEIGHTS_FILE} and {PREPROCESSOR_FILE}",
         file=directory, fix="save into a new or empty directory (or one an earlier save wrote)")
 
+
 class FewShotClassifier(EstimatorParams):
     """Classify new classes from a few labelled examples with a meta-trained run.
 

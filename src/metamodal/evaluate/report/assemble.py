@@ -41,7 +41,6 @@ RESULTS_MD = "results.md"
 INDEX_HTML = "index.html"
 
 
-
 def check_report_directory(out_dir: str | Path) -> None:
     """`OutputError` when ``out_dir`` is empty, or holds a page (``index.html`` or
     ``results.md``) that no report wrote (a report also writes ``results.json``): writing there
@@ -50,11 +49,12 @@ def check_report_directory(out_dir: str | Path) -> None:
         raise OutputError("no report directory given", column="out",
                           fix="give the report a directory, e.g. report")
     out = Path(out_dir)
-    pages = [name for name in ("index.html", "results.md") if (out / name).exists()]
+    pages = [name for name in (INDEX_HTML, RESULTS_MD) if (out / name).exists()]
     if pages and not (out / RESULTS_JSON).is_file():
         raise OutputError(f"holds {' and '.join(pages)} that no report wrote (no "
                           f"{RESULTS_JSON}); writing the report would replace them", file=out,
                           fix="write the report to a new or empty directory")
+
 
 def write_report(
     out_dir: str | Path,

@@ -387,7 +387,7 @@ def render_motion(normal: Tensor, first: Tensor, size: int, extent: float) -> Te
         normal: float ``[n, P, 2]`` points, normalised per drawing (`trajectory_features`'
             first two columns: centred, unit RMS radius).
         first: bool ``[n, P]``, True where a stroke starts.
-        size: cells along each side of the grid.
+        size: cells along each side of the grid (2 or more).
         extent: the normalised coordinate at the grid's edges (``-extent .. extent`` along both
             axes; points beyond lie on the border cells).
 
@@ -411,13 +411,11 @@ def render_motion(normal: Tensor, first: Tensor, size: int, extent: float) -> Te
     values = torch.cat([torch.ones_like(normal[..., :1]), direction,
                         progress.expand(n, count).unsqueeze(-1)], -1)  # [n, P, 4]
     cell = ((normal / extent + 1) * (size - 1) / 2).clamp(0, size - 1)  # [n, P, 2]: x, y
-    low = cell.floor().clamp(max=size - 2) if size > 1 else cell.floor()
+    low = cell.floor().clamp(max=size - 2)
     frac = cell - low
     grid = normal.new_zeros(n, 4, size * size)
     for dx in (0, 1):
         for dy in (0, 1):
-            if size == 1 and (dx or dy):
-                continue
             weight = ((frac[..., 0] if dx else 1 - frac[..., 0])
                       * (frac[..., 1] if dy else 1 - frac[..., 1]))  # [n, P]
             index = ((low[..., 1] + dy) * size + low[..., 0] + dx).long()  # row y, column x

@@ -77,6 +77,8 @@ _SHARD_NAME = re.compile(r"[0-9]{20}-[0-9]+-[0-9a-f]{8}\.safetensors")
 or deleted (a cache directory pointed at a folder of runs leaves their weights alone)."""
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+MAX_SIZE = 10**18
+"""The largest cache size limit (1 EB): far beyond any disk, and exact as a float."""
 
 
 def parse_size(text: str | int) -> int:
@@ -99,20 +101,20 @@ def parse_size(text: str | int) -> int:
         unit = match.group(2).upper() if match else None
         if match is None or unit not in _UNITS:
             raise ConfigError(f"not a size: {text!r}", column=LIMIT_ENV,
-                              fix="give bytes, or a number with KB, MB, GB, KiB, MiB or GiB")
+                              fix="give bytes, or a number with KB, MB, GB, TB, KiB, MiB, GiB "
+                              "or TiB")
         amount = float(match.group(1)) * _UNITS[unit]
-        try:
-            value = int(amount)
-        except OverflowError:  # hundreds of digits: infinite as a float
-            raise ConfigError(f"not a size: {len(match.group(1))} digits", column=LIMIT_ENV,
-                              fix="give a size below 1 EB, e.g. 2GiB") from None
+        if amount > MAX_SIZE:  # inf too (hundreds of digits)
+            raise ConfigError(f"a size must be at most 1 EB, got {text[:40]!r}",
+                              column=LIMIT_ENV, fix="give a size below 1 EB, e.g. 2GiB")
+        value = int(amount)
         if 0 < amount < 1:
             raise ConfigError(f"a size must be 0 (no limit) or at least 1 byte, got {text!r}",
                               column=LIMIT_ENV, fix="give a size of 1 byte or more, e.g. "
                               "2GiB, or 0 for no limit")
-    if value < 0:
-        raise ConfigError(f"a size must be >= 0, got {text!r}", column=LIMIT_ENV,
-                          fix="give a positive size, e.g. 2GiB")
+    if not 0 <= value <= MAX_SIZE:
+        raise ConfigError(f"a size must be from 0 to 1 EB, got {text!r}", column=LIMIT_ENV,
+                          fix="give a positive size below 1 EB, e.g. 2GiB")
     return value
 
 

@@ -339,7 +339,7 @@ def test_a_huge_inner_learning_rate_is_refused_and_named(runs, tmp_path: Path, c
 def test_a_demo_directory_made_with_other_settings_is_refused(tmp_path: Path, capsys) -> None:
     """The demo reused OUT/data and OUT/runs whatever sizes were asked for, and reported on
     the old ones without a word."""
-    from metamodal.api.demo import SETTINGS_RECORD, check_demo_settings
+    from metamodal.api.demo_record import SETTINGS_RECORD, check_demo_settings
     from metamodal.api.settings import DemoSettings
 
     out = tmp_path / "demo"
@@ -380,7 +380,7 @@ def test_a_report_never_replaces_a_page_it_did_not_write(tmp_path: Path) -> None
     assert sorted(p.name for p in site.iterdir()) == ["index.html", "results.md"]
     with pytest.raises(OutputError, match="no report directory"):
         api.report_results("", {})
-    with pytest.raises(ConfigError, match="'a' is a int, not an EvalResult"):
+    with pytest.raises(ConfigError, match="comparison"):
         api.report_results(tmp_path / "r", {"a": 1})
     result = EvalResult(0.9, 0.01, 0.9, 600, 5, 1, 15, 0)
     for _ in range(2):  # a report's own directory is written again

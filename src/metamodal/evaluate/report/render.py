@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metamodal.errors import ConfigError
 from metamodal.evaluate.result import EvalResult
 from metamodal.io import atomic_write
 
@@ -65,14 +64,9 @@ def named_results(results: ResultsLike | None) -> list[tuple[str, EvalResult]]:
     """
     if results is None:
         return []
-    pairs = (list(results.items()) if isinstance(results, Mapping)
-             else [(None, r) for r in results])
-    for name, r in pairs:
-        if not isinstance(r, EvalResult):
-            raise ConfigError(f"result {name!r} is a {type(r).__name__}, not an EvalResult",
-                              column="results", fix="give the results of evaluate or compare")
-    return [(str(name) if name is not None else r.name or f"result {k + 1}", r)
-            for k, (name, r) in enumerate(pairs)]
+    if isinstance(results, Mapping):
+        return [(str(name), r) for name, r in results.items()]
+    return [(r.name or f"result {k + 1}", r) for k, r in enumerate(results)]
 
 
 def pct(x: float | None, digits: int = 2) -> str:

@@ -183,3 +183,18 @@ def test_large_jpeg_is_shrunk_to_the_right_colour(tmp_path: Path, channels: int)
 def test_empty_batch_has_zero_rows(tmp_path: Path) -> None:
     batch = ImageLoader(size=4).decode([], context(tmp_path, 0))
     assert batch.values.shape == (0, 3, 4, 4) and batch.present.shape == (0,)
+
+
+def test_decoded_pixels_count_a_jpeg_at_the_loader_s_draft() -> None:
+    """serve's per-request pixel budget counted every JPEG at its smallest draft (1/8 a side),
+    which a loader of a large size does not decode it to."""
+    import io
+
+    from metamodal.data.loaders.image import decoded_pixels
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (800, 800), (10, 200, 30)).save(jpeg, "JPEG")
+    assert decoded_pixels(jpeg.getvalue()) == 100 * 100
+    assert decoded_pixels(jpeg.getvalue(), "RGB", 400) == 400 * 400
+    assert decoded_pixels(jpeg.getvalue(), "RGB", 800) == 800 * 800
+    assert decoded_pixels(b"not an image") == 0

@@ -37,7 +37,7 @@ from safetensors.torch import save as save_tensors
 from metamodal.classifier import FewShotClassifier
 from metamodal.data.batch import batch_to
 from metamodal.data.kinds import modality_kind
-from metamodal.data.loaders.image import MAX_PIXELS
+from metamodal.data.loaders.image import MAX_PIXELS, ImageLoader, decoded_pixels
 from metamodal.data.records import records_dataset
 from metamodal.errors import DatasetError, InsufficientSamplesError, LocatedError, ModalityError
 from metamodal.model.test_time import settings_in_force
@@ -221,7 +221,9 @@ class Engine:
         for sample in samples:
             for column, value in sample.values.items():
                 if column in images and isinstance(value, Upload):
-                    pixels = _decoded_pixels(value.data)
+                    loader = self.run.preprocessor.loaders.get(column)
+                    draft = loader.draft_target() if isinstance(loader, ImageLoader) else ()
+                    pixels = decoded_pixels(value.data, *draft)
                     total += pixels
                     if total > self.max_pixels:
                         raise TooManyPixelsError(
@@ -436,21 +438,6 @@ def _fault_of(name: str, tensor: torch.Tensor) -> str | None:
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         return f"tensor {name!r} holds NaN or infinite values"
     return None
-
-
-def _decoded_pixels(data: bytes) -> int:
-    """The pixels Pillow decodes an image file into, read from its header (a JPEG as reduced
-    by draft mode, up to 8 times a side; 0 when the header cannot be read: the loader then
-    refuses the file with its reason)."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft(None, (1, 1))
-            width, height = image.size
-    except Exception:  # noqa: BLE001 - Pillow raises many types for corrupt files
-        return 0
-    return width * height
 
 
 def _text_of(upload: Upload, field_name: str) -> str:

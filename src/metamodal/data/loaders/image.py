@@ -15,6 +15,7 @@ normalisation (mean 0, std 1), so that ``metamodal inspect`` can check files wit
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,6 +55,32 @@ otherwise take gigabytes)."""
 _CHUNK = 512  # images decoded at once while fitting (bounds memory for large datasets)
 _SIXTEEN_BIT = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 _GRAY_MODES = ("1", "L", "LA", "F", *_SIXTEEN_BIT)
+
+
+def drafted_size(image: Image.Image, mode: str | None, side: int) -> tuple[int, int]:
+    """The ``(width, height)`` Pillow decodes ``image`` into once draft mode has reduced it
+    toward ``side`` x ``side`` in ``mode`` (a JPEG only, up to 8 times a side)."""
+    image.draft(mode, (side, side))
+    return image.size
+
+
+def decoded_pixels(data: bytes, mode: str | None = None, side: int = 1) -> int:
+    """The pixels the image file ``data`` decodes to, read from its header (`drafted_size`);
+    0 when the header cannot be read (decoding then refuses the file with its reason). The
+    defaults count a JPEG at its smallest draft.
+
+    Example:
+        >>> buffer = io.BytesIO()
+        >>> Image.new("L", (40, 30)).save(buffer, "PNG")
+        >>> decoded_pixels(buffer.getvalue())
+        1200
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = drafted_size(image, mode, side)
+    except Exception:  # noqa: BLE001 - Pillow raises many types for corrupt files
+        return 0
+    return width * height
 
 
 def _parse_size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -179,14 +206,16 @@ class ImageLoader(StandardisingState, ModalityLoader):
         pixels.mul_(1.0 / 255.0)
         return pixels, torch.from_numpy(present)
 
+    def draft_target(self) -> tuple[str, int]:
+        """The mode and side a JPEG is drafted toward before decoding (`drafted_size`)."""
+        return "L" if self.channels == 1 else "RGB", max(self.height, self.width)
+
     def _read_file(self, path: Path, root: Path | str) -> np.ndarray:
         """One image as ``[H, W, C]`` (or ``[H, W, 1]`` broadcastable) float values 0..255."""
         fix = "replace it with a valid image file, or leave the cell empty if there is no image"
         try:
             with Image.open(path) as image:
-                side = max(self.height, self.width)
-                image.draft("L" if self.channels == 1 else "RGB", (side, side))  # JPEG only
-                width, height = image.size
+                width, height = drafted_size(image, *self.draft_target())
                 if width * height > MAX_PIXELS:
                     raise DecodeFailure(
                         f"image is {width} x {height} pixels, more than the {MAX_PIXELS:,} "

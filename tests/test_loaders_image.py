@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 from metamodal.data.loaders import DecodeContext, ImageLoader, loaders
+from metamodal.data.loaders.image import decoded_pixels
 from metamodal.errors import ConfigError, DatasetError
 
 
@@ -188,10 +190,6 @@ def test_empty_batch_has_zero_rows(tmp_path: Path) -> None:
 def test_decoded_pixels_count_a_jpeg_at_the_loader_s_draft() -> None:
     """serve's per-request pixel budget counted every JPEG at its smallest draft (1/8 a side),
     which a loader of a large size does not decode it to."""
-    import io
-
-    from metamodal.data.loaders.image import decoded_pixels
-
     jpeg = io.BytesIO()
     Image.new("RGB", (800, 800), (10, 200, 30)).save(jpeg, "JPEG")
     assert decoded_pixels(jpeg.getvalue()) == 100 * 100

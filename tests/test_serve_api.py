@@ -11,10 +11,16 @@ import io
 import json
 import math
 import pickle
+import re
+import signal
+import socket
 import sqlite3
 import struct
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import zlib
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -1425,6 +1431,37 @@ def test_serve_refuses_a_bad_host_or_port_before_starting(tmp_path: Path, key: s
     with pytest.raises(ConfigError) as caught:
         serve(tmp_path / "no-run", state=str(tmp_path / "state"), token="t", **{key: value})
     assert caught.value.column == key and caught.value.fix
+
+
+@pytest.mark.usefixtures("no_server")
+def test_serve_refuses_a_port_in_use_before_loading_the_model(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError) as caught:
+            serve(tmp_path / "no-run", state=str(tmp_path / "state"), port=port)
+    assert caught.value.column == "port" and str(port) in caught.value.message
+    assert "--port 0" in caught.value.fix
+
+
+def test_serve_on_port_0_prints_the_port_it_bound_and_stops_on_sigterm(
+        runs: dict[str, Path], tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "metamodal", "serve", str(runs["protonet"]), "--state",
+         str(tmp_path / "state"), "--port", "0", "--eval-episodes", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        url = re.search(r"on (http://127\.0\.0\.1:(\d+)/) ", line)
+        assert url and int(url.group(2)) > 0, line
+        with urllib.request.urlopen(url.group(1) + "api/health", timeout=60) as answer:
+            assert answer.status == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0, server.stderr.read()
+    finally:
+        server.kill()
+        server.wait()
 
 
 @pytest.mark.usefixtures("no_server")

@@ -46,20 +46,40 @@ TOKEN_VARIABLE = "METAMODAL_SERVE_TOKEN"
 not show in the process list)."""
 
 
-def check_host(host: str) -> None:
-    """Refuse a host to listen on that is no address: neither an IP address nor a name this
-    machine resolves.
+BACKLOG = 2048
+"""Connections the listening socket queues (uvicorn's default)."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host`` and ``port`` (0: a free port the system picks) and
+    listening, for the server to take over; its ``getsockname()`` gives the port actually
+    bound. Connections made before the server starts wait in its backlog.
 
     Raises:
-        ConfigError: keyed ``host``.
+        ConfigError: keyed ``host`` for a host that is neither an IP address nor a name this
+            machine resolves; keyed ``port`` for a port that cannot be bound (in use, or
+            privileged).
     """
     try:
-        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     except (OSError, ValueError) as error:  # socket.gaierror; UnicodeError, NUL: ValueError
         raise ConfigError(f"cannot listen on {host!r}: it does not resolve to an address "
                           f"({error})", column="host",
                           fix="give an IP address (127.0.0.1, 0.0.0.0, ::) or a name this "
                           "machine resolves") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as error:
+        sock.close()
+        raise ConfigError(f"cannot listen on port {port} of {host}: {error.strerror or error}",
+                          column="port",
+                          fix="choose a free port (or --port 0 for one the system picks); "
+                          "ports below 1024 need administrator rights") from None
+    return sock
 
 
 def create_app(run: str | Path | None = None, settings: ServeSettings | None = None,
@@ -114,22 +134,26 @@ def serve(run: str | Path | None = None, settings: ServeSettings | None = None,
         settings: a `ServeSettings`; ``options`` (its field names) override it.
 
     Raises:
-        ConfigError: the ``serve`` extra is not installed, a host that does not resolve, or
-            what `create_app` refuses.
+        ConfigError: the ``serve`` extra is not installed, a host that does not resolve, a
+            port that cannot be bound (`listening_socket`), or what `create_app` refuses.
         RunError: the run is missing or damaged, or the state belongs to another model.
 
     Example:
         >>> serve("runs/demo", port=8000, state="serve-state")  # doctest: +SKIP
     """
     s = resolve(ServeSettings, settings, {"run": run, **options}, verb="serve")
-    check_host(s.host)
-    app = create_app(s.run, s)
+    sock = listening_socket(s.host, s.port)  # before the model loads: a busy port fails fast
+    try:
+        app = create_app(s.run, s)
+    except BaseException:
+        sock.close()
+        raise
     import uvicorn
 
     host = f"[{s.host}]" if ":" in s.host else s.host
-    url = f"http://{host}:{s.port}/"
+    url = f"http://{host}:{sock.getsockname()[1]}/"
     print(f"serving {s.run} on {url} (Ctrl-C to stop)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=s.host, port=s.port, log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
                                            timeout_graceful_shutdown=10))
     # uvicorn stops gracefully on SIGINT / SIGTERM, then raises the signal again for the
     # handler that was there before it: a quiet one here, so the verb returns its result.
@@ -138,8 +162,9 @@ def serve(run: str | Path | None = None, settings: ServeSettings | None = None,
                                                                    signal.SIGTERM)
              } if main_thread else {}
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         for sig, handler in quiet.items():
             signal.signal(sig, handler)
     return ServeResult(url, s.state, app.state.store.count())

@@ -244,6 +244,25 @@ def test_json_never_overwrites_an_input_or_a_runs_file(trained: tuple[Path, Path
                  "--json", str(run / "eval.json")]) == 0  # a file of its own, beside them
 
 
+def test_json_never_overwrites_a_reports_page(trained: tuple[Path, Path], tmp_path: Path,
+                                              capsys) -> None:
+    _, run = trained
+    report = run / "report"
+    assert main(["report", str(run), "--ways", "3", "--queries", "1",
+                 "--episodes-count", "2"]) == 0
+    pages = {name: (report / name).read_bytes() for name in ("index.html", "results.md",
+                                                             "results.json")}
+    for name in pages:
+        assert main(["eval", str(run), "--ways", "3", "--queries", "1", "--episodes-count",
+                     "2", "--json", str(report / name)]) == 2
+        error = capsys.readouterr().err
+        assert "key json" in error and "page of the report" in error
+    assert all((report / name).read_bytes() == page for name, page in pages.items())
+    (tmp_path / "mine").mkdir()  # an index.html of no report is the user's to replace
+    assert main(["eval", str(run), "--ways", "3", "--queries", "1", "--episodes-count", "2",
+                 "--json", str(tmp_path / "mine" / "index.html")]) == 0
+
+
 def test_cli_reports_typed_errors_without_traceback(tmp_path: Path, capsys) -> None:
     assert main(["eval", str(tmp_path / "missing-run")]) == 2
     err = capsys.readouterr().err

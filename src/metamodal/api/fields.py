@@ -253,10 +253,12 @@ def check_json_target(json: str | Path, settings: Any) -> None:
 
 def check_output_file(target: str | Path, key: str) -> None:
     """`ConfigError` when the output file ``target`` would replace something that is not a
-    regular file, a run's own file (one of `run_files` beside a ``config.toml``) or a file
-    that exists inside a dataset directory (one above it holds a ``dataset.toml``: its
-    schema, table, splits or media)."""
+    regular file, a run's own file (one of `run_files` beside a ``config.toml``), a report's
+    page (``index.html``, ``results.md`` or ``results.json`` beside a report's
+    ``results.json``, such as a run's ``report/``) or a file that exists inside a dataset
+    directory (one above it holds a ``dataset.toml``: its schema, table, splits or media)."""
     from metamodal.data.schema import SCHEMA_FILE
+    from metamodal.evaluate.report.assemble import INDEX_HTML, RESULTS_JSON, RESULTS_MD
     from metamodal.io import check_file_target
     from metamodal.runs.directory import CONFIG_FILE
 
@@ -265,6 +267,11 @@ def check_output_file(target: str | Path, key: str) -> None:
     if target.name in run_files() and (target.parent / CONFIG_FILE).exists():
         raise ConfigError(f"{target} is a run's own {target.name}; writing there would "
                           "replace it", column=key, fix="write to a file of its own")
+    if (target.name in (INDEX_HTML, RESULTS_MD, RESULTS_JSON)
+            and (target.parent / RESULTS_JSON).is_file()):
+        raise ConfigError(f"{target} is a page of the report in {target.parent}; writing "
+                          "there would replace it", column=key,
+                          fix="write to a file of its own, outside the report's directory")
     if target.exists() and any((folder / SCHEMA_FILE).is_file() for folder in target.parents):
         raise ConfigError(f"{target} is a file of a dataset directory; writing there would "
                           "replace it", column=key,

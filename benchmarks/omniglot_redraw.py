@@ -33,6 +33,7 @@ import sys
 import time
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,8 +45,8 @@ from metamodal.data.episode_files import protocol_episodes
 from metamodal.data.episodes import Episode
 from metamodal.data.loaders.image import ImageLoader
 from metamodal.evaluate.stats import pooled_error
+from metamodal.learners.embeddings import Embeddings
 from metamodal.model.test_time import tta_augmentation
-from metamodal.ops import balanced_softmax, squared_distances
 from metamodal.runs.directory import load_run, load_run_data
 
 FRAME = 105
@@ -124,24 +125,29 @@ class Redrawer:
         return torch.rot90((pixels - mean) / std, int(angle or 0) // 90, dims=(-2, -1))
 
 
-def one_shot_error(z: torch.Tensor, position: dict[str, int], episodes: list, labels: dict,
-                   temperature: float, steps: int) -> tuple[float, float]:
-    """Error and 95% interval over ``episodes`` (one support and one query a class) with
-    prototypes refined by ``steps`` balanced soft k-means steps, as `ProtoNet.logits` does
-    with ``transduction_balance``; ``z`` ``[N, D]`` holds each drawing's embedding."""
+def one_shot_error(model: Any, z: torch.Tensor, position: dict[str, int], episodes: list,
+                   labels: dict[str, str], steps: int) -> tuple[float, float]:
+    """Error and 95% interval over ``episodes`` (one support and one query a class) of the
+    run's learner with ``steps`` balanced soft k-means steps (its ``transduction`` and
+    ``transduction_balance``); ``z`` ``[N, D]`` holds each drawing's embedding."""
+    learner = model.learner
+    learner.transduction, learner.balance = steps, True
     accuracies = []
     for episode in episodes:
-        support = z[[position[i] for i in episode.support_ids]]
-        query = z[[position[i] for i in episode.query_ids]]
         classes = [labels[i] for i in episode.support_ids]
         truth = torch.tensor([classes.index(labels[i]) for i in episode.query_ids])
-        logits = -squared_distances(query, support) / temperature
-        for _ in range(steps):
-            weights = balanced_softmax(logits)
-            prototypes = (support + weights.T @ query) / (1 + weights.sum(0)).unsqueeze(1)
-            logits = -squared_distances(query, prototypes) / temperature
+        support, query = ([position[i] for i in ids]
+                          for ids in (episode.support_ids, episode.query_ids))
+        with torch.no_grad():
+            logits = learner.logits(model.backbone, embedded(z[support]), torch.arange(
+                len(support)), embedded(z[query]), len(support))
         accuracies.append(float((logits.argmax(-1) == truth).float().mean()))
     return pooled_error(accuracies, [len(e.query_ids) for e in episodes])
+
+
+def embedded(z: torch.Tensor) -> Embeddings:
+    """``z`` ``[B, D]`` as the embeddings of ``B`` drawings with their image."""
+    return Embeddings(z, torch.ones(len(z), 1, dtype=torch.bool), None, ["image"])
 
 
 def test_time(args: argparse.Namespace) -> None:
@@ -166,7 +172,6 @@ def test_time(args: argparse.Namespace) -> None:
         with torch.no_grad():
             return model.backbone({"image": ModalityBatch(values, everywhere, None)}).z.float()
 
-    temperature = float(model.learner.log_temperature.exp())
     print(f"{'copies':24s} {'prototypes':>14s} {'+ 10 k-means steps':>20s}")
     for way in ("none", "affine", "redrawn", "redrawn+affine"):
         started = time.perf_counter()
@@ -181,7 +186,7 @@ def test_time(args: argparse.Namespace) -> None:
                                       generator)["image"].values
             total += embed(values)
         z = total / (1 if way == "none" else args.copies + 1)
-        cells = [one_shot_error(z, position, episodes, labels, temperature, steps)
+        cells = [one_shot_error(model, z, position, episodes, labels, steps)
                  for steps in (0, 10)]
         print(f"{way:24s} " + " ".join(f"{100 * e:8.2f} +- {100 * h:4.2f}" for e, h in cells)
               + f"   ({time.perf_counter() - started:.0f} s)", flush=True)

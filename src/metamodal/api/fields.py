@@ -172,6 +172,8 @@ a value of type int)
     """
     def decorate(function: Function) -> Function:
         signature = inspect.signature(function)
+        # resolved at the first call, once the function's module has defined every name
+        hints_once = functools.cache(lambda: argument_hints(function, signature))
 
         @functools.wraps(function)
         def checked(*args: Any, **kwargs: Any) -> Any:
@@ -180,7 +182,7 @@ a value of type int)
             except TypeError as error:
                 raise ConfigError(f"{verb}: {error}", fix="see help(metamodal.api."
                                   f"{function.__name__})") from None
-            hints = argument_hints(function, signature)
+            hints = hints_once()
             for name, value in bound.arguments.items():
                 kind = signature.parameters[name].kind
                 if name in hints and kind not in (inspect.Parameter.VAR_KEYWORD,
@@ -258,7 +260,7 @@ def check_output_file(target: str | Path, key: str) -> None:
     ``results.json``, such as a run's ``report/``) or a file that exists inside a dataset
     directory (one above it holds a ``dataset.toml``: its schema, table, splits or media)."""
     from metamodal.data.schema import SCHEMA_FILE
-    from metamodal.evaluate.report.assemble import INDEX_HTML, RESULTS_JSON, RESULTS_MD
+    from metamodal.evaluate.report.assemble import REPORT_PAGES, RESULTS_JSON
     from metamodal.io import check_file_target
     from metamodal.runs.directory import CONFIG_FILE
 
@@ -267,8 +269,7 @@ def check_output_file(target: str | Path, key: str) -> None:
     if target.name in run_files() and (target.parent / CONFIG_FILE).exists():
         raise ConfigError(f"{target} is a run's own {target.name}; writing there would "
                           "replace it", column=key, fix="write to a file of its own")
-    if (target.name in (INDEX_HTML, RESULTS_MD, RESULTS_JSON)
-            and (target.parent / RESULTS_JSON).is_file()):
+    if target.name in REPORT_PAGES and (target.parent / RESULTS_JSON).is_file():
         raise ConfigError(f"{target} is a page of the report in {target.parent}; writing "
                           "there would replace it", column=key,
                           fix="write to a file of its own, outside the report's directory")

@@ -39,6 +39,8 @@ from metamodal.io import make_directory
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 INDEX_HTML = "index.html"
+REPORT_PAGES = (INDEX_HTML, RESULTS_MD, RESULTS_JSON)
+"""The pages every report writes; ``results.json`` marks a directory a report wrote."""
 
 
 def check_report_directory(out_dir: str | Path) -> None:
@@ -49,7 +51,7 @@ def check_report_directory(out_dir: str | Path) -> None:
         raise OutputError("no report directory given", column="out",
                           fix="give the report a directory, e.g. report")
     out = Path(out_dir)
-    pages = [name for name in (INDEX_HTML, RESULTS_MD) if (out / name).exists()]
+    pages = [name for name in REPORT_PAGES if name != RESULTS_JSON and (out / name).exists()]
     if pages and not (out / RESULTS_JSON).is_file():
         raise OutputError(f"holds {' and '.join(pages)} that no report wrote (no "
                           f"{RESULTS_JSON}); writing the report would replace them", file=out,

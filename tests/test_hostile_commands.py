@@ -219,6 +219,10 @@ def test_outputs_never_replace_a_device_a_fifo_a_dataset_s_files_or_a_run_s_file
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--lr", "1e39"], ("lr", "at most 1000")),
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--dist-timeout", "1e300"],
      ("dist_timeout", "a week")),
+    (["train", "--data", "{data}", "--out", "{tmp}/r", "--max-minutes", "nan"],
+     ("max_minutes", "a year")),
+    (["train", "--data", "{data}", "--out", "{tmp}/r", "--max-minutes", "-1"],
+     ("max_minutes", "a year")),
     (["retrieve", "{run}", "--query-modality", "image", "--target-modality", "caption",
       "--device", "nope"], ("key device", "unknown device")),
 ])

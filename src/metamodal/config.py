@@ -133,6 +133,11 @@ class TrainConfig:
         val_episodes: episodes per validation.
         patience: stop after this many validations without improvement (0 = never).
         checkpoint_every: save a resumable checkpoint every this many steps.
+        max_minutes: end training early where ``steps`` would take longer than this many
+            minutes of wall-clock time (steps and validations, summed over resumes; 0 = no
+            limit): every 10 steps the steps left are fitted to the time left, at the pace
+            of this machine, and the learning-rate schedule is compressed to end there
+            (`metamodal.train.budget`). The steps done then depend on the machine's speed.
         seed: seeds the split, the episodes, the initialisation and dropout.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
         cache: keep decoded tensors in an on-disk cache inside the dataset directory.
@@ -243,6 +248,7 @@ class TrainConfig:
     val_episodes: int = 100
     patience: int = 0
     checkpoint_every: int = 100
+    max_minutes: float = 0.0
     seed: int = 0
     device: str = "auto"
     cache: bool = True
@@ -357,6 +363,10 @@ class TrainConfig:
         if self.pretrain_classifier not in ("linear", "cosine"):
             raise bad(f"unknown pretrain_classifier {self.pretrain_classifier!r}",
                       "pretrain_classifier", "use 'linear' or 'cosine'")
+        if not (0 <= self.max_minutes <= MAX_MINUTES):
+            raise bad(f"max_minutes must be a number of minutes >= 0 and at most "
+                      f"{MAX_MINUTES:,} (a year), got {self.max_minutes}", "max_minutes",
+                      "e.g. max_minutes = 55 (0 = no time limit)")
         if not (0 < self.lr <= MAX_LR):
             raise bad(f"lr must be a number > 0 and at most {MAX_LR:g}", "lr", "e.g. lr = 1e-3")
         for key in ("weight_decay", "grad_clip"):
@@ -406,6 +416,8 @@ MAX_SEED = 2**63 - 1
 MAX_LR = 1e3
 """The largest learning rate: far above any that trains, well inside float32 (1e39 overflowed
 inside the optimiser)."""
+MAX_MINUTES = 365 * 24 * 60
+"""The longest ``max_minutes`` (a year)."""
 MAX_TIMEOUT = 24 * 3600
 """The longest network timeout in seconds (a day; inf and 1e309 overflowed the socket's)."""
 MAX_DIST_TIMEOUT = 7 * 24 * 3600

@@ -55,6 +55,7 @@ from metamodal.train.alignment import (
     build_aligner,
     class_rows,
 )
+from metamodal.train.budget import REPLAN_EVERY, StepPlan, TimeBudget
 from metamodal.train.checkpoint import (
     CHECKPOINT_FILE,
     TrainingProgress,
@@ -117,13 +118,6 @@ class TrainResult:
     stopped_early: bool
     seconds: float = 0.0
     transfer: Transfer | None = None
-
-
-def _schedule(config: TrainConfig) -> Callable[[int], float]:
-    """The learning-rate factor of each step: cosine decay to 0 over ``steps``, or constant."""
-    if config.schedule == "constant":
-        return lambda step: 1.0
-    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
 
 
 def seed_everything(seed: int) -> None:
@@ -360,7 +354,8 @@ class Trainer:
         frozen = {id(p) for n, p in model.named_parameters() if n in self.frozen}
         params = [p for p in params if id(p) not in frozen]  # frozen weights are not optimised
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
+        plan = self._plan = StepPlan(cfg.steps, cfg.schedule)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, plan)
         if self.job.is_main:
             write_run_files(self._work, config=cfg, model_spec=model.spec, split=data.split,
                             schema=data.dataset.schema, preprocessor=data.preprocessor,
@@ -372,20 +367,24 @@ class Trainer:
             progress = restore_training(state, model, classifier, optimizer, schedule,
                                         self._work / CHECKPOINT_FILE, aligner=aligner,
                                         heads=self.heads)
+            # the configured steps rule, with a time limit the fewer of them and the plan's
+            plan.replan(progress.step, min(plan.steps, cfg.steps) if cfg.max_minutes
+                        else cfg.steps)
         already_finished = progress.finished
         step_loss = self._step_function(model, classifier, *training, device)
         self.job.same_weights(model, aligner)
         self.job.watch(model, aligner)
         logger = (MetricsLogger(self._work, resume_step=progress.step if state else None)
                   if self.job.is_main else QuietLogger())
-        bar = tqdm(total=cfg.steps, initial=progress.step, unit="step", leave=False,
+        budget = TimeBudget(cfg.max_minutes, cfg.val_every, cfg.steps) if cfg.max_minutes else None
+        bar = tqdm(total=plan.steps, initial=progress.step, unit="step", leave=False,
                    disable=not self.progress or already_finished or not self.job.is_main,
                    desc=f"train {cfg.learner}+{cfg.fusion}")
         train_mode(model, cfg.freeze)
         try:
             while not progress.finished:
                 started = time.perf_counter()
-                model.learner.on_step(progress.step, cfg.steps)
+                model.learner.on_step(progress.step, plan.steps)
                 optimizer.zero_grad(set_to_none=True)
                 with backbone_precision(model.backbone, self._precision, device):
                     loss, acc = self.job.step(step_loss, progress.step, params)
@@ -394,15 +393,20 @@ class Trainer:
                 optimizer.step()
                 schedule.step()
                 progress.step += 1
+                if budget is not None:
+                    budget.record_step(time.perf_counter() - started)
+                    if progress.step % REPLAN_EVERY == 0:
+                        self._fit_to_budget(budget, progress, started, bar)
                 bar.update(1)
                 values = {"train_loss": loss, "train_acc": acc}
                 self._log_window(progress, values, logger, schedule)
                 if self.heads is not None:
                     values.update(self.task_values)
-                    if progress.step % LOG_EVERY == 0 or progress.step == cfg.steps:
+                    if progress.step % LOG_EVERY == 0 or progress.step == plan.steps:
                         logger.log(progress.step, dict(self.task_values))
-                if progress.step == cfg.steps or (cfg.val_every
-                                                  and progress.step % cfg.val_every == 0):
+                if progress.step == plan.steps or (cfg.val_every
+                                                   and progress.step % cfg.val_every == 0):
+                    validating = time.perf_counter()
                     values["val_acc"] = self._validate(model, classifier, data, device)
                     # validation's embeddings; a collection here did not lower the demo's peak
                     release_memory(collect=False)
@@ -412,7 +416,10 @@ class Trainer:
                     logger.log(progress.step, {"val_acc": values["val_acc"]})
                     self._select(progress, values["val_acc"], model)
                     bar.set_postfix(val=f"{values['val_acc']:.3f}", best=f"{progress.best:.3f}")
-                progress.finished = progress.stopped_early or progress.step >= cfg.steps
+                    if budget is not None and progress.step < plan.steps:
+                        budget.validation_seconds = time.perf_counter() - validating
+                        self._fit_to_budget(budget, progress, started, bar)
+                progress.finished = progress.stopped_early or progress.step >= plan.steps
                 progress.seconds += time.perf_counter() - started
                 if progress.finished or progress.step % cfg.checkpoint_every == 0:
                     progress.window.update({k: float(progress.window[k])
@@ -431,6 +438,8 @@ class Trainer:
                 logger.log(progress.step, {"event": "end", "best_val_acc": progress.best,
                                            "best_step": progress.best_step,
                                            "stopped_early": progress.stopped_early,
+                                           "time_limited": progress.step < cfg.steps
+                                           and not progress.stopped_early,
                                            "train_seconds": round(progress.seconds, 3)})
         finally:
             bar.close()
@@ -600,6 +609,18 @@ class Trainer:
 
         return step_loss
 
+    def _fit_to_budget(self, budget: TimeBudget, progress: TrainingProgress, started: float,
+                       bar: tqdm) -> None:
+        """End training where ``max_minutes`` holds it (`TimeBudget.last_step`), the step
+        ``progress.step`` done and this one begun at ``started``; rank 0 decides for every
+        process."""
+        elapsed = progress.seconds + time.perf_counter() - started
+        last = self.job.on_main(lambda: budget.last_step(progress.step, elapsed))
+        if last is not None and last != self._plan.steps:
+            self._plan.replan(progress.step, last)
+            bar.total = self._plan.steps
+            bar.refresh()
+
     def _log_window(self, progress: TrainingProgress, values: dict[str, float | Tensor],
                     logger: MetricsLogger, schedule: torch.optim.lr_scheduler.LRScheduler) -> None:
         """Average the training loss and accuracy over ``LOG_EVERY`` steps and log them (the
@@ -608,7 +629,7 @@ class Trainer:
         window["loss"] += values["train_loss"]
         window["acc"] += values["train_acc"]
         window["n"] += 1
-        if progress.step % LOG_EVERY == 0 or progress.step == self.config.steps:
+        if progress.step % LOG_EVERY == 0 or progress.step == self._plan.steps:
             loss = float(window["loss"]) / window["n"]
             if not math.isfinite(loss):
                 inner = self.config.learner_options.get("inner_lr")

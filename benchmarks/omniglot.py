@@ -68,6 +68,7 @@ from metamodal.datasets.omniglot import import_omniglot
 from metamodal.evaluate.protocol import evaluate, evaluate_episodes
 from metamodal.evaluate.stats import paired_difference, pooled_error
 from metamodal.runs.directory import load_run, load_run_data
+from metamodal.train.logger import read_metrics
 from metamodal.train.trainer import Trainer
 
 VAL, TEST = "Tagalog", "Sanskrit"
@@ -447,8 +448,10 @@ def _row(name: str, run_dir: Path, seconds: float | None, best_val: float | None
     prepared = load_run_data(run)
     split, store, model = prepared.split, prepared.store, run.model
     modalities = list(run.model.modalities)
-    row: dict[str, Any] = {"name": name, "train_seconds": seconds,
-                           "steps": config.steps, "modalities": modalities,
+    end = next((r for r in reversed(read_metrics(run_dir)) if r.get("event") == "end"), {})
+    row: dict[str, Any] = {"name": name, "train_seconds": seconds or end.get("train_seconds"),
+                           # fewer than configured where max_minutes ended training
+                           "steps": end.get("step", config.steps), "modalities": modalities,
                            "selection_val": best_val,
                            "selection_shape": f"{config.val_ways or config.ways}-way",
                            "test_time": {"own": True} if test_time is None else dict(test_time)}

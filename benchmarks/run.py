@@ -18,8 +18,10 @@ Entries (``--only`` picks some):
   against the computation it replaced), losses, gradients and logits compared;
 - ``recipe``: ``configs/omniglot.toml`` trained by ``metamodal train`` on the device (given
   ``--omniglot``: an imported Omniglot dataset, or the folder of its archives, imported
-  first): wall seconds of the command, training seconds and the best validation accuracy the
-  run logged. ``--recipe-flags`` adds flags (e.g. ``"--precision bf16"``).
+  first): wall seconds of the command, training seconds, the steps trained (fewer than
+  3,000 where the recipe's ``max_minutes`` ended it, ``time_limited``) and the best
+  validation accuracy the run logged. ``--recipe-flags`` adds flags (e.g. ``"--precision
+  bf16"``, or ``"--max-minutes 0"`` for all 3,000 steps on any machine).
 
 Each entry runs in its own process, as its script runs alone; its output is passed through as
 it comes. The JSON (``--json``, default ``benchmarks-DEVICE.json``) holds the device, torch,
@@ -149,6 +151,8 @@ def recipe(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 record["train_seconds"] = entry.get("train_seconds")
                 record["best_val_acc"] = entry.get("best_val_acc")
                 record["best_step"] = entry.get("best_step")
+                record["steps"] = entry.get("step")  # fewer than 3,000 where max_minutes cut
+                record["time_limited"] = entry.get("time_limited")
     return record
 
 

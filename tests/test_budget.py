@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_trainer import _Kill, _kill_at
 
 from metamodal.config import TrainConfig
 from metamodal.datasets.synthetic import make_synthetic
@@ -104,6 +105,7 @@ def test_a_time_limited_run_ends_within_its_minutes_with_its_schedule_compressed
     result = Trainer(_config(data), tmp_path / "run", progress=False).fit()
     # 200 steps would take 200 s and 20 validations 100 s more: a minute holds about 36
     assert 30 <= result.steps < 45 and 50 <= result.seconds <= 60, result
+    assert result.time_limited
     records = _records(tmp_path / "run")
     end = records[-1]
     assert end["event"] == "end" and end["time_limited"] is True
@@ -121,17 +123,16 @@ def test_a_run_the_limit_holds_trains_every_step(data: Path, tmp_path: Path,
     result = Trainer(_config(data, steps=30, max_minutes=10.0), tmp_path / "run",
                      progress=False).fit()
     assert result.steps == 30 and _records(tmp_path / "run")[-1]["time_limited"] is False
+    assert not result.time_limited
 
 
-class _Kill(Exception):
-    pass
+def test_the_report_says_the_limit_ended_training(data: Path, tmp_path: Path,
+                                                  clock: SimpleNamespace) -> None:
+    from metamodal import api
 
-
-def _kill_at(step_to_die: int):
-    def callback(step: int, values: dict) -> None:
-        if step == step_to_die:
-            raise _Kill
-    return callback
+    report = api.train(tmp_path / "run", config=_config(data), progress=False)
+    assert report.time_limited and report.to_dict()["time_limited"] is True
+    assert "[ended by max_minutes]" in report.table() and report.steps < 200
 
 
 def test_a_resumed_time_limited_run_keeps_its_plan_and_its_spent_time(

@@ -46,7 +46,8 @@ def _config(data: Path, learner: str, meta_batch: int) -> dict[str, Any]:
     return dict(data=str(data), modalities=["image", "measurements"], learner=learner,
                 steps=6, meta_batch=meta_batch, ways=2, shots=1, queries=1, dim=8,
                 val_every=3, val_episodes=4, checkpoint_every=2, seed=1, device="cpu",
-                cache=False, dist_timeout=60.0)
+                cache=False, dist_timeout=60.0,
+                max_minutes=600.0)  # rank 0's time plan sent to every process (it holds 6 steps)
 
 
 CASES = {  # name: (learner, meta_batch, float64)

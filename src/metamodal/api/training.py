@@ -32,6 +32,7 @@ class TrainReport:
         transfer: what ``init_from`` reused, newly initialised or dropped and what ``freeze``
             froze (``transfer.json``'s content, `metamodal.train.transfer.Transfer.to_dict`);
             None when neither was asked for.
+        time_limited: whether ``max_minutes`` ended training before its ``steps``.
     """
 
     run_dir: Path
@@ -42,6 +43,7 @@ class TrainReport:
     seconds: float
     score: str = "validation accuracy"
     transfer: dict[str, Any] | None = None
+    time_limited: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (the run directory as a string; NaN as None)."""
@@ -56,7 +58,8 @@ class TrainReport:
         table when ``init_from`` or ``freeze`` was given."""
         line = (f"run: {self.run_dir}  steps: {self.steps}  best {self.score}: "
                 f"{self.best_val_accuracy:.4f} (step {self.best_step})"
-                + ("  [stopped early]" if self.stopped_early else ""))
+                + ("  [stopped early]" if self.stopped_early else "")
+                + ("  [ended by max_minutes]" if self.time_limited else ""))
         if not self.transfer:
             return line
         from metamodal.train.transfer import Transfer
@@ -90,7 +93,8 @@ def _fit(config: TrainConfig, s: RunSettings, score: str,
         resume=s.resume, overwrite=s.overwrite)
     return TrainReport(result.run_dir, result.steps, result.best_val_accuracy, result.best_step,
                        result.stopped_early, result.seconds, score,
-                       result.transfer.to_dict() if result.transfer is not None else None)
+                       result.transfer.to_dict() if result.transfer is not None else None,
+                       result.time_limited)
 
 
 @typed_arguments("train")

@@ -109,6 +109,7 @@ class TrainResult:
         seconds: wall-clock seconds of training (steps and validations, summed over resumes).
         transfer: what ``init_from`` reused and ``freeze`` froze (`Transfer`), None when
             neither was asked for.
+        time_limited: whether ``max_minutes`` ended training before ``steps``.
     """
 
     run_dir: Path
@@ -118,6 +119,7 @@ class TrainResult:
     stopped_early: bool
     seconds: float = 0.0
     transfer: Transfer | None = None
+    time_limited: bool = False
 
 
 def seed_everything(seed: int) -> None:
@@ -367,7 +369,8 @@ class Trainer:
             progress = restore_training(state, model, classifier, optimizer, schedule,
                                         self._work / CHECKPOINT_FILE, aligner=aligner,
                                         heads=self.heads)
-            # the configured steps rule, with a time limit the fewer of them and the plan's
+            # resumed: end at the configured steps, or with a time limit at the plan's end
+            # where that comes first (the limit may then move it again)
             plan.replan(progress.step, min(plan.steps, cfg.steps) if cfg.max_minutes
                         else cfg.steps)
         already_finished = progress.finished
@@ -434,19 +437,20 @@ class Trainer:
                     values = {k: float(v) for k, v in values.items()}
                 for callback in self.callbacks:
                     callback(progress.step, values)
+            time_limited = progress.step < cfg.steps and not progress.stopped_early
             if not already_finished:
                 logger.log(progress.step, {"event": "end", "best_val_acc": progress.best,
                                            "best_step": progress.best_step,
                                            "stopped_early": progress.stopped_early,
-                                           "time_limited": progress.step < cfg.steps
-                                           and not progress.stopped_early,
+                                           "time_limited": time_limited,
                                            "train_seconds": round(progress.seconds, 3)})
         finally:
             bar.close()
             logger.close()
         best = progress.best if progress.best >= 0 else float("nan")
         return TrainResult(self.out, progress.step, best, progress.best_step,
-                           progress.stopped_early, progress.seconds, self.transfer)
+                           progress.stopped_early, progress.seconds, self.transfer,
+                           time_limited)
 
     def _step_function(
         self,

@@ -15,6 +15,7 @@ from test_trainer import _Kill, _kill_at
 
 from metamodal.config import TrainConfig
 from metamodal.datasets.synthetic import make_synthetic
+from metamodal.errors import RunError
 from metamodal.train import trainer as trainer_module
 from metamodal.train.budget import StepPlan, TimeBudget
 from metamodal.train.checkpoint import CHECKPOINT_FILE
@@ -133,6 +134,22 @@ def test_the_report_says_the_limit_ended_training(data: Path, tmp_path: Path,
     report = api.train(tmp_path / "run", config=_config(data), progress=False)
     assert report.time_limited and report.to_dict()["time_limited"] is True
     assert "[ended by max_minutes]" in report.table() and report.steps < 200
+
+
+def test_a_checkpoint_s_plan_is_checked_not_trusted(data: Path, tmp_path: Path,
+                                                   clock: SimpleNamespace) -> None:
+    with pytest.raises(_Kill):
+        Trainer(_config(data), tmp_path / "run", progress=False,
+                callbacks=[_kill_at(12)]).fit()
+    state = torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=True)
+    plan = state["schedule"]["lr_lambdas"][0]
+    for bad in ({"steps": "200"}, {"anchor_progress": 7.0}, {"anchor_step": 10**6},
+                {"schedule": "exec"}):
+        state["schedule"]["lr_lambdas"] = [{**plan, **bad}]
+        torch.save(state, tmp_path / "run" / CHECKPOINT_FILE)
+        with pytest.raises(RunError) as caught:
+            Trainer(_config(data), tmp_path / "run", progress=False).fit(resume=True)
+        assert caught.value.column == "schedule", bad
 
 
 def test_a_resumed_time_limited_run_keeps_its_plan_and_its_spent_time(

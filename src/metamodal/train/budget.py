@@ -54,6 +54,16 @@ class StepPlan:
             return 1.0
         return 0.5 * (1 + math.cos(math.pi * self.progress(step)))
 
+    def check(self) -> None:
+        """Raise `ValueError` unless the plan's values have their types and ranges (a
+        checkpoint's are not trusted)."""
+        counts = (self.steps, self.anchor_step)
+        if (not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts)
+                or self.anchor_step > self.steps or self.schedule not in ("cosine", "constant")
+                or not isinstance(self.anchor_progress, float)
+                or not 0.0 <= self.anchor_progress <= 1.0):
+            raise ValueError(f"a learning-rate plan with values out of range: {vars(self)}")
+
     def replan(self, step: int, steps: int) -> None:
         """End training at step ``steps`` (at least ``step``, the steps done) instead."""
         steps = max(step, steps)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 REPLAN_EVERY = 10
 """A time-limited run fits its remaining steps to the time left every this many steps (and
@@ -96,9 +96,9 @@ class TimeBudget:
     val_every: int
     steps: int
     validation_seconds: float = 0.0
-    _timed: float = 0.0
-    _count: int = 0
-    _warm: bool = False
+    _timed: float = field(default=0.0, init=False)  # seconds of the steps counted
+    _count: int = field(default=0, init=False)
+    _warm: bool = field(default=False, init=False)  # the first step has been left out
 
     def record_step(self, seconds: float) -> None:
         """One more step took ``seconds`` (this process's first is left out: it warms up)."""

@@ -123,18 +123,20 @@ class TrainingProgress:
 
 def restore_training(state: dict[str, Any], model: nn.Module, classifier: nn.Module | None,
                      optimizer: torch.optim.Optimizer,
-                     schedule: torch.optim.lr_scheduler.LRScheduler,
+                     schedule: torch.optim.lr_scheduler.LambdaLR,
                      path: str | Path, *, aligner: nn.Module | None = None,
                      heads: nn.Module | None = None) -> TrainingProgress:
     """Load a checkpoint's states into the training objects and the generators; returns its
     progress.
 
     Args:
+        schedule: the learning-rate schedule, whose factors are `metamodal.train.budget.StepPlan`s
+            (their checkpointed plans are checked).
         aligner: the cross-modal aligner, when the run trains one (its entry ``aligner``).
         heads: the multi-task heads, when the run has them (its entry ``tasks``).
 
     Raises:
-        RunError: an entry does not fit the model, aligner, task heads, optimiser or
+        RunError: an entry does not fit the model, aligner, task heads, optimiser, schedule or
             generators (names the file ``path`` and the entry).
     """
     entry = "model"
@@ -153,6 +155,8 @@ def restore_training(state: dict[str, Any], model: nn.Module, classifier: nn.Mod
         optimizer.load_state_dict(state["optimizer"])
         entry = "schedule"
         schedule.load_state_dict(state["schedule"])
+        for plan in schedule.lr_lambdas:  # the trainer's `StepPlan`s, checked, not trusted
+            plan.check()
         entry = "rng"
         set_rng_state(state["rng"])
         entry = "progress"

@@ -369,13 +369,6 @@ class Trainer:
             progress = restore_training(state, model, classifier, optimizer, schedule,
                                         self._work / CHECKPOINT_FILE, aligner=aligner,
                                         heads=self.heads)
-            try:
-                plan.check()
-            except ValueError as error:
-                raise RunError(f"checkpoint entry does not fit this run ({str(error)[:200]})",
-                               file=self._work / CHECKPOINT_FILE, column="schedule",
-                               fix="train again with --overwrite (instead of --resume) to "
-                               "start over") from None
             # resumed: end at the configured steps, or with a time limit at the plan's end
             # where that comes first (the limit may then move it again)
             plan.replan(progress.step, min(plan.steps, cfg.steps) if cfg.max_minutes

@@ -350,6 +350,8 @@ ENSEMBLES: dict[str, dict[str, Any]] = {
                        "tta": 16, "transduction": 10, "transduction_balance": True},
     "recipe+fused-recipe": {"runs": ["recipe", "fused-recipe"], "method": "mean",
                             "ways": 17, "queries": 1},
+    "recipe+fused-recipe-joint": {"runs": ["recipe", "fused-recipe"], "method": "mean",
+                                  "ways": 17, "queries": 1, "joint_transduction": True},
 }
 """Ensembles of configurations (`metamodal.api.ensemble`'s options: the member configurations,
 trained first where they are not yet, then fitted within the validation alphabet)."""

@@ -5,6 +5,7 @@ on validation classes only, and runs that cannot be combined get typed errors.""
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -12,6 +13,7 @@ import shutil
 import stat
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,13 +23,16 @@ import torch
 from metamodal import api
 from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
-from metamodal.config import TrainConfig
+from metamodal.config import TestTime, TrainConfig
+from metamodal.data.batch import ModalityBatch
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.errors import ConfigError, RunError
 from metamodal.evaluate import episode_plans, protocol
 from metamodal.evaluate.episode_plans import sampled_episodes
 from metamodal.evaluate.protocol import episode_logits
-from metamodal.model import EnsembleModel
+from metamodal.learners.embeddings import Embeddings
+from metamodal.learners.protonet import ProtoNet
+from metamodal.model import EnsembleModel, FewShotModel
 from metamodal.model.ensemble import combine_log_probs
 from metamodal.runs import ensemble as fitting
 from metamodal.runs import load_run, load_run_data
@@ -476,3 +481,92 @@ def test_overwriting_an_ensemble_keeps_the_old_one_until_the_new_one_is_in_place
     assert (out / "config.toml").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ens"]
 
+
+
+def _member(balance: bool = False, steps: int = 3) -> FewShotModel:
+    """A small ProtoNet on three tabular features, with ``steps`` transduction steps."""
+    model = FewShotModel.build(kinds={"x": "tabular"}, input_info={"x": {"features": 3}},
+                               dim=8, fusion="mean", learner="protonet").double().eval()
+    model.set_test_time(TestTime(transduction=steps, transduction_balance=balance))
+    return model
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_joint_transduction_of_identical_members_is_each_ones_own(balance: bool) -> None:
+    """At temperature 1, the mean of two identical members' probabilities is each one's:
+    joint steps assign as each member's own would, and the ensemble's log-probabilities are
+    the log-softmax of the member's transductive logits."""
+    torch.manual_seed(0)
+    first = _member(balance)
+    ensemble = EnsembleModel([first, copy.deepcopy(first)], "mean").eval()
+    ensemble.joint_transduction = True
+    on = torch.ones(6, dtype=torch.bool)
+    support = {"x": ModalityBatch(torch.randn(6, 3, dtype=torch.float64), on)}
+    query = {"x": ModalityBatch(torch.randn(6, 3, dtype=torch.float64), on)}
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    own = first.adapt_predict(support, labels, query, 3)
+    torch.testing.assert_close(ensemble.adapt_predict(support, labels, query, 3),
+                               own.float().log_softmax(-1), rtol=0, atol=1e-5)
+    first.set_test_time(TestTime())  # without steps the member's logits are its plain ones
+    assert not torch.allclose(first.adapt_predict(support, labels, query, 3), own)
+
+
+def test_joint_transduction_lets_a_confident_member_move_an_unsure_members_prototypes() -> None:
+    """Member B alone takes query 0 (class 0, nearer B's class-1 support) for class 1, and
+    its own soft k-means step pulls its class-1 prototype towards it. Member A tells the two
+    queries apart with confidence; in one joint step, A's assignment moves B's class-0
+    prototype towards query 0 and B gets it right."""
+    head = ProtoNet().double().eval()
+    labels = torch.tensor([0, 1])
+    on = torch.ones(2, 1, dtype=torch.bool)
+
+    def refinement(support: list[list[float]], query: list[list[float]]) -> Any:
+        return head.refinement(None, Embeddings(torch.tensor(support, dtype=torch.float64), on),
+                               labels, Embeddings(torch.tensor(query, dtype=torch.float64), on),
+                               2)
+
+    b_support, b_query = [[0.0, 0.0], [4.0, 0.0]], [[2.2, 0.0], [5.0, 0.0]]
+    head.transduction = 1
+    alone = head.logits(None, Embeddings(torch.tensor(b_support, dtype=torch.float64), on),
+                        labels, Embeddings(torch.tensor(b_query, dtype=torch.float64), on), 2)
+    assert alone.argmax(-1).tolist() == [1, 1]  # B's own step keeps query 0 wrong
+    refinements = [refinement([[0.0], [10.0]], [[1.0], [9.0]]), refinement(b_support, b_query)]
+    ensemble = EnsembleModel([_member(steps=1), _member(steps=1)], "mean").eval()
+    logits = torch.stack([r.logits().float() for r in refinements])
+    refined = ensemble.refine_jointly(logits, torch.ones(2, 2, dtype=torch.bool), refinements)
+    assert refined[1].argmax(-1).tolist() == [0, 1]  # B, jointly: both right
+    assert refined[0].argmax(-1).tolist() == [0, 1]
+    assert ensemble.combine(refined, torch.ones(2, 2, dtype=torch.bool)).argmax(-1).tolist() \
+        == [0, 1]
+
+
+def test_a_joint_transduction_ensemble_is_written_loaded_and_evaluated_both_ways(
+        runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--joint-transduction`` is kept in the [ensemble] table; evaluation from embeddings
+    (each sample embedded once per member) equals the episode-by-episode ``adapt_predict``,
+    and differs from the same members' own steps; a damaged value is a typed error."""
+    out = tmp_path / "joint"
+    assert main(["ensemble", *runs["members"][:2], "--out", str(out), "--transduction", "2",
+                 "--joint-transduction", "--ways", "2", "--queries", "2",
+                 "--episodes-count", "6", "--seed", "1"]) == 0
+    assert "joint transduction" in capsys.readouterr().out
+    run = load_run(out)
+    assert run.ensemble["joint_transduction"] is True and run.model.joint_transduction
+    prepared = load_run_data(run)
+    plan = sampled_episodes(prepared.store, prepared.classes("test"), 2, 1, 2, 7, 8)
+    fast = episode_logits(run.model, prepared.store, plan)
+    selected = protocol.select_modalities(run.model, prepared.store, None)
+    episodes = zip(plan.support, plan.support_labels, plan.query, plan.ways, strict=True)
+    slow = protocol._predict_per_episode(run.model, prepared.store, plan, episodes, selected,
+                                         None, 0, "cpu")
+    for one, other in zip(fast, slow, strict=True):
+        torch.testing.assert_close(one, other, atol=1e-5, rtol=1e-5)
+    run.model.joint_transduction = False
+    own = episode_logits(run.model, prepared.store, plan)
+    assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(fast, own, strict=True))
+    text = (out / "config.toml").read_text()
+    (out / "config.toml").write_text(text.replace("joint_transduction = true",
+                                                  'joint_transduction = "yes"'))
+    with pytest.raises(RunError, match="joint_transduction") as caught:
+        load_run(out)
+    assert caught.value.column == "ensemble.joint_transduction"

@@ -22,7 +22,7 @@ from metamodal.datasets.synthetic import make_synthetic
 from metamodal.errors import ConfigError
 from metamodal.fusion.late import LateFusion
 from metamodal.learners.embeddings import Embeddings
-from metamodal.learners.protonet import ProtoNet
+from metamodal.learners.protonet import ProtoNet, soft_assignment
 from metamodal.model.test_time import TTA_SEED, averaged_embedding, tta_augmentation
 from metamodal.ops import balanced_softmax, squared_distances
 from metamodal.runs.directory import load_run, load_run_data
@@ -536,3 +536,33 @@ def test_tta_with_a_learner_that_adapts_weights_is_refused(setup) -> None:
         api.train(setup["root"] / "maml", data=str(setup["data"]), modalities=["image"],
                   steps=1, learner="maml", augment=AUGMENT, tta=2, progress=False, **SMALL)
     assert error.value.column == "tta"
+
+
+@pytest.mark.parametrize("late", [False, True])
+@pytest.mark.parametrize("balance", [False, True])
+def test_transduction_is_refinement_steps_driven_by_its_own_assignments(late: bool,
+                                                                       balance: bool) -> None:
+    """`ProtoNet.refinement` starts from the plain logits, and stepping it with
+    `soft_assignment` of its own logits is the learner's transduction, step for step: the
+    path an ensemble drives from outside (joint transduction) is the same arithmetic."""
+    torch.manual_seed(2)
+    views = 2 if late else 1
+    support = torch.randn(6, views, 4, dtype=torch.float64)
+    query = torch.randn(6, views, 4, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    backbone = torch.nn.Module()
+    backbone.fusion = LateFusion(modalities=["a", "b"], dim=4).double()
+    if late:
+        s = Embeddings(support, torch.ones(6, 2, dtype=torch.bool))
+        q = Embeddings(query, torch.ones(6, 2, dtype=torch.bool))
+    else:
+        s = Embeddings(support[:, 0], torch.ones(6, 1, dtype=torch.bool))
+        q = Embeddings(query[:, 0], torch.ones(6, 1, dtype=torch.bool))
+    head = ProtoNet().double().eval()
+    refinement = head.refinement(backbone, s, labels, q, 3)
+    torch.testing.assert_close(refinement.logits(), head.logits(backbone, s, labels, q, 3))
+    head.transduction, head.balance = 3, balance
+    for _ in range(3):
+        refinement.step(soft_assignment(refinement.logits(), balance=balance))
+    torch.testing.assert_close(refinement.logits(), head.logits(backbone, s, labels, q, 3),
+                               rtol=0, atol=1e-12)

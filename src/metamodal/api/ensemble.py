@@ -29,6 +29,7 @@ class EnsembleResult:
             ones it was fitted on: optimistic; ``metamodal eval OUT`` measures it on test).
         validation: the validation episodes' shape (split, ways, shots, queries, episodes,
             seed).
+        joint_transduction: the members' transduction steps are taken jointly.
     """
 
     out: str
@@ -40,6 +41,7 @@ class EnsembleResult:
     member_accuracy: list[list[float]]
     accuracy: list[float]
     validation: dict[str, Any] = field(default_factory=dict)
+    joint_transduction: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (what ``--json`` writes)."""
@@ -51,7 +53,8 @@ class EnsembleResult:
         v = self.validation
         labels = [f"{k}: {name} ({Path(member).name})"
                   for k, (name, member) in enumerate(zip(self.names, self.members, strict=True))]
-        last = "ensemble (fitted on these episodes)"
+        last = "ensemble (fitted on these episodes)" + (
+            ", joint transduction" if self.joint_transduction else "")
         width = max(40, *(len(label) for label in [*labels, last]))
         lines = [f"ensemble ({self.method}) of {len(self.members)} runs, fitted on "
                  f"{v.get('episodes')} validation episodes ({v.get('ways')}-way "
@@ -139,12 +142,13 @@ def ensemble(runs: list[str] | None = None, settings: EnsembleSettings | None = 
                             s.episodes_count)
     validation = {"split": "val", "ways": ways, "shots": shots, "queries": queries,
                   "episodes": s.episodes_count, "seed": s.seed}
-    fitted = fit_ensemble(loaded, prepared.store, plan, s.method, validation=validation)
+    fitted = fit_ensemble(loaded, prepared.store, plan, s.method, validation=validation,
+                          joint_transduction=s.joint_transduction)
     write_ensemble(s.out, loaded, fitted, preprocessor, overwrite=s.overwrite)
     result = EnsembleResult(out=str(s.out), method=s.method, members=list(s.runs),
                             names=[run.name for run in loaded],
                             temperatures=fitted.temperatures, weights=fitted.weights,
                             member_accuracy=fitted.member_accuracy, accuracy=fitted.accuracy,
-                            validation=validation)
+                            validation=validation, joint_transduction=s.joint_transduction)
     write_json(s.json, result)
     return result

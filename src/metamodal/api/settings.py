@@ -761,6 +761,10 @@ class EnsembleSettings(TestTimeOptions):
         queries: query samples per class; when not given 15, lowered to what the classes hold.
         episodes_count: validation episodes the temperatures and weights are fitted on.
         seed: seed of the validation episodes.
+        joint_transduction: the members' transduction steps take each query's assignment
+            from the ensemble's combined probabilities instead of each member's own, so that
+            one member's confidence moves the others' prototypes (members with prototypes,
+            each with its own ``transduction`` steps and balance).
         overwrite: replace OUT when it exists.
         json: also write the result as JSON to this file.
     """
@@ -768,6 +772,7 @@ class EnsembleSettings(TestTimeOptions):
     runs: list[str] = flag([], name="")
     out: str = ""
     method: Literal["mean", "stack"] = "mean"
+    joint_transduction: bool = False
     ways: int | None = None
     shots: int = 1
     queries: int | None = None

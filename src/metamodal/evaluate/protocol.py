@@ -65,7 +65,7 @@ from metamodal.evaluate.embedding import (
 from metamodal.evaluate.episode_plans import EpisodePlan, file_episodes, sampled_episodes
 from metamodal.evaluate.result import EvalResult
 from metamodal.evaluate.stats import confusion_matrices, macro_f1_from_confusion, mean_ci95
-from metamodal.model.ensemble import shown_any, votes
+from metamodal.model.ensemble import refines, shown_any, votes
 
 EPISODE_CHUNK = 100
 """The most episodes handed to a model's ``logits_many`` at once."""
@@ -211,16 +211,20 @@ def _ensemble_from_members(model: Any, store: TensorStore, plan: EpisodePlan,
                            device: torch.device | str, progress: bool) -> list[Tensor]:
     """An ensemble's combined log-probabilities ``[Q, ways]`` of each episode, every member's
     logits computed from its own embeddings (each sample embedded once per member, not once
-    per episode) and combined by ``model.combine``. As
+    per episode) and combined by ``model.combine``; with ``model.joint_transduction``, the
+    prototypes of the members that have them refined jointly first
+    (`metamodal.model.EnsembleModel.refine_jointly`). As
     `metamodal.model.EnsembleModel.member_logits` does episode by episode, a member takes
     part in an episode whose support shows it one of its selected modalities, for the
     queries that show it one."""
     n = len(plan.ways)
     members = list(model.members)
+    joint = bool(getattr(model, "joint_transduction", False))
     logits = [[torch.zeros(q.numel(), w, device=device)
                for q, w in zip(plan.query, plan.ways, strict=True)] for _ in members]
     available = [[torch.zeros(q.numel(), dtype=torch.bool, device=device) for q in plan.query]
                  for _ in members]
+    refinements: list[list[Any]] = [[None] * n for _ in members]
     for k, member in enumerate(members):
         own = [name for name in selected if name in member.modalities]
         seen = shown_any({name: store.modalities[name] for name in own}, len(store), "cpu")
@@ -228,15 +232,48 @@ def _ensemble_from_members(model: Any, store: TensorStore, plan: EpisodePlan,
                   if bool(seen[plan.support[i]].any()) and bool(seen[plan.query[i]].any())]
         if not usable:
             continue
-        part = _plan_logits(member, store, plan.subset(usable), own, None, seed, batch_size,
-                            device, progress)
+        if joint and refines(member):
+            refined = _plan_refinements(member, store, plan.subset(usable), own, seed,
+                                        batch_size, device, progress)
+            part = [r.logits() for r in refined]
+            for i, r in zip(usable, refined, strict=True):
+                refinements[k][i] = r
+        else:
+            part = _plan_logits(member, store, plan.subset(usable), own, None, seed,
+                                batch_size, device, progress)
         for i, one in zip(usable, part, strict=True):
             shown = seen[plan.query[i]].to(device)
             logits[k][i] = votes(one, shown)
             available[k][i] = shown
-    return [model.combine(torch.stack([rows[i] for rows in logits]),
-                          torch.stack([rows[i] for rows in available])).detach()
-            for i in range(n)]
+    combined = []
+    for i in range(n):
+        rows = torch.stack([member_rows[i] for member_rows in logits])
+        seen_by = torch.stack([member_seen[i] for member_seen in available])
+        if joint:
+            with evaluation_mode(model):
+                rows = model.refine_jointly(rows, seen_by, [r[i] for r in refinements])
+        combined.append(model.combine(rows, seen_by).detach())
+    return combined
+
+
+def _plan_refinements(model: Any, store: TensorStore, plan: EpisodePlan, selected: list[str],
+                      seed: int, batch_size: int, device: torch.device | str,
+                      progress: bool) -> list[Any]:
+    """Each episode's `metamodal.learners.protonet.PrototypeRefinement` by ``model`` (a
+    `metamodal.model.FewShotModel` whose learner has prototypes), from embeddings of every
+    sample the episodes need, each embedded once."""
+    needed = torch.cat(plan.support + plan.query).unique()
+    emb = embed_store(model, store, needed, selected, None, seed=seed, batch_size=batch_size,
+                      device=device, progress=progress)
+    position = torch.full((len(store),), -1, dtype=torch.long)
+    position[needed] = torch.arange(needed.numel())
+    position = position.to(device)
+    with evaluation_mode(model):
+        return [model.refinement(index_embeddings(emb, position[support.to(device)]),
+                                 labels.to(device),
+                                 index_embeddings(emb, position[query.to(device)]), ways)
+                for support, labels, query, ways in zip(plan.support, plan.support_labels,
+                                                        plan.query, plan.ways, strict=True)]
 
 
 def _shared_predictions(model: Any, store: TensorStore, plan: EpisodePlan,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -95,7 +97,8 @@ class ProtoNet(MetricLearner):
         context: EpisodeContext | None = None,
     ) -> Tensor:
         """Query logits ``[Q, ways]`` (see `MetricLearner.logits`), refined in evaluation mode
-        by ``transduction`` soft k-means steps.
+        by ``transduction`` soft k-means steps (`PrototypeRefinement`, each step's assignment
+        by `soft_assignment`, balanced with ``balance``).
 
         Each step assigns every query softly to the classes (the softmax of the current
         logits) and moves each prototype to the weighted mean of its supports (weight 1) and
@@ -109,6 +112,23 @@ class ProtoNet(MetricLearner):
         """
         if self.training or not self.transduction:
             return super().logits(backbone, support, support_labels, query, ways, context)
+        refinement = self.refinement(backbone, support, support_labels, query, ways, context)
+        for _ in range(self.transduction):
+            refinement.step(soft_assignment(refinement.logits(), balance=self.balance))
+        return refinement.logits()
+
+    def refinement(
+        self,
+        backbone: nn.Module,
+        support: Embeddings,
+        support_labels: Tensor,
+        query: Embeddings,
+        ways: int,
+        context: EpisodeContext | None = None,
+    ) -> PrototypeRefinement:
+        """The episode's prototypes, ready to be refined by soft k-means steps whose
+        assignments come from outside (`logits` takes its own; an ensemble takes its
+        members' together, `metamodal.model.EnsembleModel`). Arguments as `logits`."""
         counts = check_support(support_labels, ways)
         if support.late:
             per_modality, valid = self.late_logits(support, support_labels, query, ways,
@@ -130,17 +150,63 @@ class ProtoNet(MetricLearner):
 
             def combine(per: Tensor) -> Tensor:
                 return per[:, 0]
-        per_modality = per_modality.clone()
-        temperature = self.log_temperature.exp()
-        assign = balanced_softmax if self.balance and len(query) >= ways else (
-            lambda logits: logits.softmax(-1))
-        for _ in range(self.transduction):
-            weights = assign(combine(per_modality))  # [Q, ways]
-            for m, has, queries in views:
-                one_hot = F.one_hot(support_labels[has], ways).to(queries.dtype)  # [S_m, ways]
-                sums = one_hot.T @ supports[m][has]  # [ways, D]
-                joined = weights * valid[:, m].unsqueeze(1).to(weights.dtype)  # [Q, ways]
-                prototypes = (sums + joined.T @ queries) / (
-                    one_hot.sum(0) + joined.sum(0)).unsqueeze(1)
-                per_modality[:, m] = -squared_distances(queries, prototypes) / temperature
-        return combine(per_modality)
+        return PrototypeRefinement(per_modality.clone(), valid, views, supports,
+                                   support_labels, self.log_temperature.exp(), combine)
+
+
+def soft_assignment(logits: Tensor, *, balance: bool) -> Tensor:
+    """The weights ``[Q, ways]`` with which a soft k-means step assigns each query to the
+    classes: the softmax of ``logits`` ``[Q, ways]`` (log-probabilities serve as well), or,
+    with ``balance`` and at least as many queries as classes, the softmax balanced over the
+    classes (`metamodal.ops.balanced_softmax`)."""
+    if balance and len(logits) >= logits.shape[1]:
+        return balanced_softmax(logits)
+    return logits.softmax(-1)
+
+
+class PrototypeRefinement:
+    """Soft k-means over one episode's unlabelled queries (Ren et al. 2018), one step at a
+    time: `step` takes the queries' assignment to the classes and moves every prototype to
+    the weighted mean of its supports (weight 1) and the queries; `logits` are the queries'
+    logits under the current prototypes. Built by `ProtoNet.refinement`.
+
+    Args:
+        per_modality: ``[Q, M, ways]`` the queries' logits per modality (``M = 1`` for a
+            single fused embedding); updated in place by `step`.
+        valid: bool ``[Q, M]``: whether query ``q``'s modality ``m`` is scored.
+        views: ``(m, has, queries)`` per refined modality: bool ``has [S]`` (the supports
+            with ``m``) and ``queries [Q, D]`` (the queries' embeddings in ``m``).
+        supports: ``[S, D]`` the supports' embeddings in each modality.
+        support_labels: long ``[S]``.
+        temperature: the learner's temperature (divides the squared distances).
+        combine: ``[Q, M, ways] -> [Q, ways]``: the per-modality logits fused.
+    """
+
+    def __init__(self, per_modality: Tensor, valid: Tensor,
+                 views: list[tuple[int, Tensor, Tensor]], supports: list[Tensor],
+                 support_labels: Tensor, temperature: Tensor,
+                 combine: Callable[[Tensor], Tensor]) -> None:
+        self.per_modality = per_modality
+        self.valid = valid
+        self.views = views
+        self.supports = supports
+        self.support_labels = support_labels
+        self.temperature = temperature
+        self.combine = combine
+
+    def logits(self) -> Tensor:
+        """``[Q, ways]``: the queries' logits under the current prototypes."""
+        return self.combine(self.per_modality)
+
+    def step(self, weights: Tensor) -> None:
+        """One soft k-means step with ``weights`` ``[Q, ways]`` (each query's assignment to
+        the classes; a query with a zero row pulls no prototype)."""
+        ways = weights.shape[1]
+        for m, has, queries in self.views:
+            one_hot = F.one_hot(self.support_labels[has], ways).to(queries.dtype)  # [S_m, ways]
+            sums = one_hot.T @ self.supports[m][has]  # [ways, D]
+            joined = weights.to(queries.dtype) * self.valid[:, m].unsqueeze(1).to(
+                queries.dtype)  # [Q, ways]
+            prototypes = (sums + joined.T @ queries) / (
+                one_hot.sum(0) + joined.sum(0)).unsqueeze(1)
+            self.per_modality[:, m] = -squared_distances(queries, prototypes) / self.temperature

@@ -13,6 +13,7 @@ from metamodal.data.batch import Episode
 from metamodal.errors import ConfigError
 from metamodal.learners.base import EpisodeContext, LearnerCapabilities
 from metamodal.learners.embeddings import Embeddings
+from metamodal.learners.protonet import PrototypeRefinement, soft_assignment
 
 METHODS = ("mean", "stack")
 """How members are combined: ``mean`` averages their temperature-calibrated probabilities;
@@ -27,6 +28,14 @@ def shown_any(modalities: Mapping[str, Any], size: int, device: torch.device | s
     for column in modalities.values():
         seen |= column.present.to(device=device, dtype=torch.bool)
     return seen
+
+
+def refines(member: Any) -> bool:
+    """Whether ``member`` (a `metamodal.model.FewShotModel`) has prototypes that joint
+    transduction can refine (its learner's ``refinement``, as
+    `metamodal.learners.protonet.ProtoNet`'s) and embeds every sample once."""
+    return (hasattr(getattr(member, "learner", None), "refinement")
+            and member.capabilities().embeds_once)
 
 
 def votes(logits: Tensor, seen: Tensor) -> Tensor:
@@ -100,6 +109,12 @@ class EnsembleModel(nn.Module):
         temperatures: ``[M]`` each member's fitted temperature (default ones).
         weights: ``[M]`` each member's weight (default ones).
 
+    Attributes:
+        joint_transduction: in evaluation mode, the members' transduction steps take each
+            query's assignment from the ensemble's combined probabilities (`refine_jointly`);
+            False (each member refines alone) by default; set from the run's ``[ensemble]``
+            table.
+
     Example:
         >>> from metamodal.model import FewShotModel
         >>> a = FewShotModel.build(kinds={"x": "tabular"}, input_info={"x": {"features": 3}},
@@ -145,6 +160,7 @@ class EnsembleModel(nn.Module):
         # not in the state dict: the run's config.toml is where the combination is kept
         self.register_buffer("temperatures", t, persistent=False)
         self.register_buffer("weights", w, persistent=False)
+        self.joint_transduction = False
 
     @property
     def modalities(self) -> list[str]:
@@ -181,7 +197,9 @@ class EnsembleModel(nn.Module):
         self, support: Mapping[str, Any], support_labels: Tensor, query: Mapping[str, Any],
         ways: int, context: EpisodeContext | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Each member's raw logits of the episode, on its own modalities.
+        """Each member's raw logits of the episode, on its own modalities; with
+        ``joint_transduction`` in evaluation mode, its prototypes refined jointly
+        (`refine_jointly`).
 
         Returns:
             ``(logits [M, Q, ways], available bool [M, Q])``; a member that sees none of its
@@ -190,20 +208,62 @@ class EnsembleModel(nn.Module):
         """
         size = len(next(iter(query.values())))
         device = support_labels.device
+        joint = self.joint_transduction and not self.training
         rows: list[Tensor] = []
         seen: list[Tensor] = []
+        refinements: list[PrototypeRefinement | None] = []
         for member in self.members:
             own_q, own_s = self._own(member, query), self._own(member, support)
             q_seen = shown_any(own_q, size, device)
             s_seen = shown_any(own_s, len(support_labels), device)
+            refinement = None
             if not bool(q_seen.any()) or not bool(s_seen.any()):
-                rows.append(torch.zeros(size, ways, device=device))
-                seen.append(torch.zeros(size, dtype=torch.bool, device=device))
-                continue
-            logits = member.adapt_predict(own_s, support_labels, own_q, ways, context)
+                logits = torch.zeros(size, ways, device=device)
+                q_seen = torch.zeros(size, dtype=torch.bool, device=device)
+            elif joint and refines(member):
+                refinement = member.refinement(member.embed(own_s), support_labels,
+                                               member.embed(own_q), ways, context)
+                logits = refinement.logits()
+            else:
+                logits = member.adapt_predict(own_s, support_labels, own_q, ways, context)
             rows.append(votes(logits, q_seen))
             seen.append(q_seen)
-        return torch.stack(rows), torch.stack(seen)
+            refinements.append(refinement)
+        logits, available = torch.stack(rows), torch.stack(seen)
+        if joint:
+            logits = self.refine_jointly(logits, available, refinements)
+        return logits, available
+
+    def refine_jointly(self, logits: Tensor, available: Tensor,
+                       refinements: Sequence[PrototypeRefinement | None]) -> Tensor:
+        """Joint transduction: the members' soft k-means steps (each member's own
+        ``transduction`` steps, balanced or not by its own ``transduction_balance``) take
+        every query's assignment from the *ensemble's* combined probabilities, so that one
+        member's confidence moves the others' prototypes too.
+
+        Args:
+            logits: ``[M, Q, ways]`` the members' logits before any step (as `votes`).
+            available: bool ``[M, Q]``.
+            refinements: per member, its `PrototypeRefinement` of the episode (before any
+                step), or None for a member whose logits stay as they are (one with no
+                prototypes, or unavailable in the episode).
+
+        Returns:
+            ``[M, Q, ways]`` the members' logits after their steps.
+        """
+        logits = logits.clone()
+        steps = [0 if r is None else member.test_time.transduction
+                 for r, member in zip(refinements, self.members, strict=True)]
+        for step in range(max(steps, default=0)):
+            combined = self.combine(logits, available)  # [Q, ways] log-probabilities
+            for m, refinement in enumerate(refinements):
+                if refinement is None or step >= steps[m]:
+                    continue
+                weights = soft_assignment(combined, balance=self.members[m].test_time
+                                          .transduction_balance)
+                refinement.step(weights * available[m].unsqueeze(1).to(weights.dtype))
+                logits[m] = votes(refinement.logits(), available[m])
+        return logits
 
     def combine(self, logits: Tensor, available: Tensor) -> Tensor:
         """``[Q, ways]`` log-probabilities from `member_logits`' output (`combine_log_probs`

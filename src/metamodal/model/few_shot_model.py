@@ -23,6 +23,7 @@ from metamodal.learners.base import (
     learners,
 )
 from metamodal.learners.embeddings import Embeddings
+from metamodal.learners.protonet import PrototypeRefinement
 from metamodal.learners.task_batching import obstacles
 from metamodal.model.backbone import Backbone
 from metamodal.model.test_time import TestTime, averaged_embedding, check_test_time
@@ -188,6 +189,20 @@ class FewShotModel(nn.Module):
             return self.logits(self.embed(support), support_labels, self.embed(query), ways,
                                context)
         return self.learner(self.backbone, support, support_labels, query, ways, context)
+
+    def refinement(
+        self, support: Embeddings, support_labels: Tensor, query: Embeddings, ways: int,
+        context: EpisodeContext | None = None,
+    ) -> PrototypeRefinement | None:
+        """The episode's prototypes, from precomputed embeddings (as `logits`), ready for
+        soft k-means steps whose assignments come from outside (an ensemble's joint
+        transduction, `metamodal.model.EnsembleModel`), or None when the learner has no
+        prototypes to refine. Its ``logits()`` before any step are `logits`' without
+        transduction."""
+        refine = getattr(self.learner, "refinement", None)
+        if refine is None:
+            return None
+        return refine(self.backbone, support, support_labels, query, ways, context)
 
     def episode_logits(self, episode: Episode,
                        context: EpisodeContext | None = None) -> Tensor:

@@ -7,9 +7,10 @@ schema), ``preprocessor.json`` (fitted loaders: vocabulary, normalisation statis
 
 An ensemble run (written by ``metamodal ensemble``) has no ``[model]`` table: its
 ``config.toml`` holds an ``[ensemble]`` table (method, member directories, fitted temperatures
-and weights), each member's ``config.toml`` and ``preprocessor.json`` (what rebuilds its
-model) are copied under ``members/0``, ``members/1``, ..., its ``model.safetensors`` holds
-every member's weights (``members.N.`` prefixes), and its ``preprocessor.json`` decodes the
+and weights, joint transduction), each member's ``config.toml`` and ``preprocessor.json``
+(what rebuilds its model) are copied under ``members/0``, ``members/1``, ..., its
+``model.safetensors`` holds every member's weights (``members.N.`` prefixes), and its
+``preprocessor.json`` decodes the
 union of their modalities. `load_run` returns it as a `Run` whose model is an
 `metamodal.model.EnsembleModel`.
 """
@@ -290,7 +291,7 @@ def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Prepro
     """The `Run` of an ensemble run directory: each member's model built from
     ``members/N`` (its config and preprocessor, checked against the ensemble's split and
     preprocessor), the `EnsembleModel` of them with the ``[ensemble]`` table's method,
-    temperatures and weights, and every member's weights from the ensemble's own
+    temperatures, weights and joint transduction, and every member's weights from the ensemble's own
     ``model.safetensors``."""
     config_path = run_dir / CONFIG_FILE
     table = document["ensemble"]
@@ -337,6 +338,12 @@ def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Prepro
         raise RunError(f"config.toml's [ensemble] table is invalid: {message}",
                        file=config_path, column=f"ensemble.{key}",
                        fix="re-run `metamodal ensemble`") from None
+    joint = table.get("joint_transduction", False)  # absent in ensembles written before it
+    if not isinstance(joint, bool):
+        raise RunError(f"config.toml's [ensemble] joint_transduction = {joint!r} is not true "
+                       "or false", file=config_path, column="ensemble.joint_transduction",
+                       fix="re-run `metamodal ensemble`")
+    model.joint_transduction = joint
     load_weights(run_dir / WEIGHTS_FILE, model)
     model.to(resolve_device(str(device))).eval()
     config = configs[0].updated({"tasks": None, "task_weights": None})  # the members'

@@ -224,6 +224,8 @@ class FittedEnsemble:
             test split for an honest one), with its interval.
         validation: the episodes' shape: ``split``, ``ways``, ``shots``, ``queries``,
             ``episodes``, ``seed``.
+        joint_transduction: the members' transduction is joint
+            (`metamodal.model.EnsembleModel.refine_jointly`; ``accuracy`` was measured so).
     """
 
     method: str
@@ -232,6 +234,7 @@ class FittedEnsemble:
     member_accuracy: list[list[float]]
     accuracy: list[float]
     validation: dict[str, Any] = field(default_factory=dict)
+    joint_transduction: bool = False
 
 
 def member_validation_logits(runs: Sequence[Run], store: TensorStore,
@@ -268,8 +271,13 @@ def _episode_accuracy(predictions: Tensor, labels: Tensor, plan: EpisodePlan) ->
 
 def fit_ensemble(runs: Sequence[Run], store: TensorStore, plan: EpisodePlan,
                  method: Literal["mean", "stack"], *,
-                 validation: dict[str, Any] | None = None) -> FittedEnsemble:
+                 validation: dict[str, Any] | None = None,
+                 joint_transduction: bool = False) -> FittedEnsemble:
     """Fit the ensemble of ``runs`` on the validation episodes ``plan`` of ``store``.
+
+    The temperatures and weights are fitted on each member's own logits (each with its own
+    transduction); with ``joint_transduction`` the ensemble's accuracy on the episodes is
+    measured with the members' steps taken jointly.
 
     Args:
         runs: the member runs (`check_members` passed).
@@ -277,6 +285,7 @@ def fit_ensemble(runs: Sequence[Run], store: TensorStore, plan: EpisodePlan,
         plan: episodes drawn from the runs' **validation** classes.
         method: ``mean`` or ``stack``.
         validation: the episodes' description, recorded in the result.
+        joint_transduction: see `metamodal.model.EnsembleModel.refine_jointly`.
 
     Example:
         >>> val = prepared.classes("val")  # doctest: +SKIP
@@ -301,7 +310,12 @@ def fit_ensemble(runs: Sequence[Run], store: TensorStore, plan: EpisodePlan,
         _warn_at_bounds(runs, weights, LOG_WEIGHT, "weight")
     else:
         weights = torch.ones(len(runs))
-    combined = combine_log_probs(logits, available, temperatures, weights, method)
+    if joint_transduction:
+        model = EnsembleModel([run.model for run in runs], method, temperatures, weights)
+        model.joint_transduction = True
+        combined = torch.cat([x.float().cpu() for x in episode_logits(model, store, plan)])
+    else:
+        combined = combine_log_probs(logits, available, temperatures, weights, method)
     members = []
     for m in range(len(runs)):
         accuracy, half = mean_ci95(_episode_accuracy(logits[m].argmax(-1), labels, plan))
@@ -309,7 +323,7 @@ def fit_ensemble(runs: Sequence[Run], store: TensorStore, plan: EpisodePlan,
     accuracy, half = mean_ci95(_episode_accuracy(combined.argmax(-1), labels, plan))
     return FittedEnsemble(method, [round(float(t), 6) for t in temperatures],
                           [round(float(w), 6) for w in weights], members, [accuracy, half],
-                          dict(validation or {}))
+                          dict(validation or {}), joint_transduction)
 
 
 def _warn_at_bounds(runs: Sequence[Run], values: Tensor, log_range: tuple[float, float],
@@ -386,6 +400,7 @@ def write_ensemble(out: str | Path, runs: Sequence[Run], fitted: FittedEnsemble,
             "names": [run.name for run in runs],
             "temperatures": fitted.temperatures,
             "weights": fitted.weights,
+            "joint_transduction": fitted.joint_transduction,
             "validation": {**fitted.validation,
                            "member_accuracy": [a for a, _ in fitted.member_accuracy],
                            "member_ci95": [h for _, h in fitted.member_accuracy],

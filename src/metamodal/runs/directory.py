@@ -10,9 +10,8 @@ An ensemble run (written by ``metamodal ensemble``) has no ``[model]`` table: it
 and weights, joint transduction), each member's ``config.toml`` and ``preprocessor.json``
 (what rebuilds its model) are copied under ``members/0``, ``members/1``, ..., its
 ``model.safetensors`` holds every member's weights (``members.N.`` prefixes), and its
-``preprocessor.json`` decodes the
-union of their modalities. `load_run` returns it as a `Run` whose model is an
-`metamodal.model.EnsembleModel`.
+``preprocessor.json`` decodes the union of their modalities. `load_run` returns it as a `Run`
+whose model is an `metamodal.model.EnsembleModel`.
 """
 
 from __future__ import annotations

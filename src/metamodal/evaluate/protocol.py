@@ -256,18 +256,28 @@ def _ensemble_from_members(model: Any, store: TensorStore, plan: EpisodePlan,
     return combined
 
 
+def _embedded_once(model: Any, store: TensorStore, plan: EpisodePlan, selected: list[str],
+                   drop: Mapping[str, float] | None, seed: int, batch_size: int,
+                   device: torch.device | str, progress: bool) -> tuple[Any, Tensor]:
+    """The embeddings of every sample the episodes of ``plan`` need, each embedded once
+    (`embed_store`), and long ``[len(store)]`` ``position``: a store row's index among them
+    (-1 for rows no episode needs), on ``device``."""
+    needed = torch.cat(plan.support + plan.query).unique()
+    emb = embed_store(model, store, needed, selected, drop, seed=seed, batch_size=batch_size,
+                      device=device, progress=progress)
+    position = torch.full((len(store),), -1, dtype=torch.long)
+    position[needed] = torch.arange(needed.numel())
+    return emb, position.to(device)
+
+
 def _plan_refinements(model: Any, store: TensorStore, plan: EpisodePlan, selected: list[str],
                       seed: int, batch_size: int, device: torch.device | str,
                       progress: bool) -> list[Any]:
     """Each episode's `metamodal.learners.protonet.PrototypeRefinement` by ``model`` (a
     `metamodal.model.FewShotModel` whose learner has prototypes), from embeddings of every
     sample the episodes need, each embedded once."""
-    needed = torch.cat(plan.support + plan.query).unique()
-    emb = embed_store(model, store, needed, selected, None, seed=seed, batch_size=batch_size,
-                      device=device, progress=progress)
-    position = torch.full((len(store),), -1, dtype=torch.long)
-    position[needed] = torch.arange(needed.numel())
-    position = position.to(device)
+    emb, position = _embedded_once(model, store, plan, selected, None, seed, batch_size,
+                                   device, progress)
     with evaluation_mode(model):
         return [model.refinement(index_embeddings(emb, position[support.to(device)]),
                                  labels.to(device),
@@ -355,12 +365,8 @@ def _predict_from_embeddings(
     `EPISODE_CHUNK` consecutive episodes of the same ways at a time through the model's
     ``logits_many`` where it has one (a learner that fits per episode fits them together),
     one by one otherwise."""
-    needed = torch.cat(plan.support + plan.query).unique()
-    emb = embed_store(model, store, needed, selected, drop, seed=seed, batch_size=batch_size,
-                      device=device, progress=progress)
-    position = torch.full((len(store),), -1, dtype=torch.long)
-    position[needed] = torch.arange(needed.numel())
-    position = position.to(device)
+    emb, position = _embedded_once(model, store, plan, selected, drop, seed, batch_size,
+                                   device, progress)
     many = getattr(model, "logits_many", None)
     preds: list[Tensor] = []
     chunk: list[tuple[Any, Tensor, Any]] = []  # (support, labels, query) embeddings

@@ -544,7 +544,8 @@ def test_a_joint_transduction_ensemble_is_written_loaded_and_evaluated_both_ways
         runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--joint-transduction`` is kept in the [ensemble] table; evaluation from embeddings
     (each sample embedded once per member) equals the episode-by-episode ``adapt_predict``,
-    and differs from the same members' own steps; a damaged value is a typed error."""
+    and differs from the same members' own steps; a damaged value is a typed error, and so
+    is the flag where no member has steps to take."""
     out = tmp_path / "joint"
     assert main(["ensemble", *runs["members"][:2], "--out", str(out), "--transduction", "2",
                  "--joint-transduction", "--ways", "2", "--queries", "2",
@@ -570,3 +571,7 @@ def test_a_joint_transduction_ensemble_is_written_loaded_and_evaluated_both_ways
     with pytest.raises(RunError, match="joint_transduction") as caught:
         load_run(out)
     assert caught.value.column == "ensemble.joint_transduction"
+    with pytest.raises(ConfigError, match="no member with prototypes") as caught:  # no steps
+        api.ensemble(runs["members"], out=str(tmp_path / "none"), joint_transduction=True)
+    assert caught.value.column == "joint_transduction" and "--transduction" in caught.value.fix
+    assert not (tmp_path / "none").exists()

@@ -92,7 +92,8 @@ def ensemble(runs: list[str] | None = None, settings: EnsembleSettings | None = 
 
     Raises:
         ConfigError: fewer than two runs; runs with different class splits (their label
-            spaces differ) or a modality decoded differently; no validation classes; ``out``
+            spaces differ) or a modality decoded differently; ``joint_transduction`` where no
+            member with prototypes takes transduction steps; no validation classes; ``out``
             exists without ``overwrite``.
         RunError: a run directory is missing or damaged (the file is named).
 
@@ -122,7 +123,7 @@ def ensemble(runs: list[str] | None = None, settings: EnsembleSettings | None = 
                           fix="give out= (--out DIR), the ensemble run directory to write")
     check_ensemble_target(s.out, s.runs, overwrite=s.overwrite)
     loaded = [load_run(path, test_time=test_time_overrides(s)) for path in s.runs]
-    check_members(loaded)
+    check_members(loaded, joint_transduction=s.joint_transduction)
     preprocessor = union_preprocessor(loaded)
     try:
         prepared = load_run_data(dataclasses.replace(loaded[0], preprocessor=preprocessor))

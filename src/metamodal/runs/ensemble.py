@@ -43,6 +43,7 @@ from metamodal.model.ensemble import (
     METHODS,
     EnsembleModel,
     combine_log_probs,
+    refines,
     shown_any,
     votes,
 )
@@ -65,10 +66,11 @@ its checkpoint, TensorBoard events or report. Its weights go into the ensemble's
 ``model.safetensors``."""
 
 
-def check_members(runs: Sequence[Run]) -> None:
+def check_members(runs: Sequence[Run], *, joint_transduction: bool = False) -> None:
     """Raise a `ConfigError` unless ``runs`` can be combined: at least two, none an ensemble,
-    the same class split (hence the same validation and test classes), and every modality
-    that two runs share decoded the same way (the same loader options and fitted state).
+    the same class split (hence the same validation and test classes), every modality that
+    two runs share decoded the same way (the same loader options and fitted state), and,
+    with ``joint_transduction``, a member with prototypes that takes transduction steps.
 
     Example:
         >>> check_members([load_run("runs/a"), load_run("runs/b")])  # doctest: +SKIP
@@ -107,6 +109,13 @@ def check_members(runs: Sequence[Run]) -> None:
                     f"({_difference(theirs, mine)})", column=f"runs.{name}",
                     fix=f"combine runs whose {name!r} preprocessing is the same (the same "
                     "--preprocess options, encoder and training classes), or retrain one")
+    if joint_transduction and not any(refines(run.model) and run.model.test_time.transduction
+                                      for run in runs):
+        raise ConfigError("joint transduction takes the members' transduction steps together, "
+                          "and no member with prototypes (ProtoNet) has any",
+                          column="joint_transduction",
+                          fix="give --transduction 10 (the steps of every member), or leave "
+                          "out --joint-transduction")
 
 
 def _difference(a: Any, b: Any, path: str = "") -> str:
@@ -280,12 +289,16 @@ def fit_ensemble(runs: Sequence[Run], store: TensorStore, plan: EpisodePlan,
     measured with the members' steps taken jointly.
 
     Args:
-        runs: the member runs (`check_members` passed).
+        runs: the member runs (`check_members` passed, with ``joint_transduction``).
         store: the decoded samples (by `union_preprocessor`).
         plan: episodes drawn from the runs' **validation** classes.
         method: ``mean`` or ``stack``.
         validation: the episodes' description, recorded in the result.
         joint_transduction: see `metamodal.model.EnsembleModel.refine_jointly`.
+
+    Raises:
+        ConfigError: an unknown ``method``; a member that sees none of its modalities in the
+            episodes.
 
     Example:
         >>> val = prepared.classes("val")  # doctest: +SKIP

@@ -250,8 +250,7 @@ def _ensemble_from_members(model: Any, store: TensorStore, plan: EpisodePlan,
         rows = torch.stack([member_rows[i] for member_rows in logits])
         seen_by = torch.stack([member_seen[i] for member_seen in available])
         if joint:
-            with evaluation_mode(model):
-                rows = model.refine_jointly(rows, seen_by, [r[i] for r in refinements])
+            rows = model.refine_jointly(rows, seen_by, [r[i] for r in refinements])
         combined.append(model.combine(rows, seen_by).detach())
     return combined
 

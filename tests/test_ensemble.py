@@ -553,6 +553,7 @@ def test_a_joint_transduction_ensemble_is_written_loaded_and_evaluated_both_ways
     assert "joint transduction" in capsys.readouterr().out
     run = load_run(out)
     assert run.ensemble["joint_transduction"] is True and run.model.joint_transduction
+    assert run.name == "ensemble-mean+joint(protonet+gated, protonet+late)"  # in reports
     prepared = load_run_data(run)
     plan = sampled_episodes(prepared.store, prepared.classes("test"), 2, 1, 2, 7, 8)
     fast = episode_logits(run.model, prepared.store, plan)

@@ -74,11 +74,13 @@ class Run:
 
     @property
     def name(self) -> str:
-        """``learner+fusion``, or ``ensemble-METHOD(member, ...)`` for an ensemble."""
+        """``learner+fusion``, or ``ensemble-METHOD(member, ...)`` for an ensemble
+        (``ensemble-METHOD+joint(...)`` with joint transduction)."""
         if self.ensemble is not None:
             names = self.ensemble.get("names")  # shown only: whatever a damaged table holds
             shown = ", ".join(map(str, names)) if isinstance(names, list) else ""
-            return f"ensemble-{self.ensemble.get('method')}({shown})"
+            joint = "+joint" if self.ensemble.get("joint_transduction") is True else ""
+            return f"ensemble-{self.ensemble.get('method')}{joint}({shown})"
         return f"{self.config.learner}+{self.config.fusion}"
 
 

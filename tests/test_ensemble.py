@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib.util
 import math
 import os
 import shutil
@@ -271,7 +272,8 @@ def test_predict_classifier_and_server_accept_an_ensemble(runs: dict[str, Path],
 
     app = create_app(runs["stack"], state=tmp_path / "state", eval_episodes=0)
     with TestClient(app, raise_server_exceptions=False) as c:
-        assert c.get("/api/model").json()["learner"] == "ensemble"
+        model = c.get("/api/model").json()
+        assert model["learner"] == "ensemble" and model["joint_transduction"] is False
         fields = {f"e{n}.label": row["species"] for n, row in enumerate(support)}
         fields.update({f"e{n}.caption": row["caption"] for n, row in enumerate(support)
                        if row["caption"]})
@@ -566,6 +568,13 @@ def test_a_joint_transduction_ensemble_is_written_loaded_and_evaluated_both_ways
     run.model.joint_transduction = False
     own = episode_logits(run.model, prepared.store, plan)
     assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(fast, own, strict=True))
+    if importlib.util.find_spec("fastapi") and importlib.util.find_spec("httpx"):
+        from fastapi.testclient import TestClient
+
+        from metamodal.api.serve import create_app
+
+        with TestClient(create_app(out, state=tmp_path / "state", eval_episodes=0)) as c:
+            assert c.get("/api/model").json()["joint_transduction"] is True  # serve says so
     text = (out / "config.toml").read_text()
     (out / "config.toml").write_text(text.replace("joint_transduction = true",
                                                   'joint_transduction = "yes"'))

@@ -282,8 +282,9 @@ def build_app(s: ServeSettings,
     @app.get("/api/model")
     def model() -> dict[str, Any]:
         """The model: learner, fusion, embedding size, the modalities it accepts (and how a
-        form gives each), its test-time settings, its test accuracy (measured once), the
-        limits and what needs the token."""
+        form gives each), its test-time settings (and whether an ensemble's members take their
+        transduction steps jointly), its test accuracy (measured once), the limits and what
+        needs the token."""
         config = engine.run.config
         ensemble = engine.run.ensemble
         learner, fusion = (("ensemble", str(ensemble.get("method"))) if ensemble is not None
@@ -291,6 +292,7 @@ def build_app(s: ServeSettings,
         return {"learner": learner, "fusion": fusion, "dim": config.dim,
                 "modalities": [m.to_dict() for m in engine.modality_info()],
                 "test_time": engine.test_time(),
+                "joint_transduction": bool(getattr(engine.model, "joint_transduction", False)),
                 "test_accuracy": accuracy.value, "test_accuracy_status": accuracy.status,
                 "limits": limits,
                 "auth": {"token_required_for_writes": bool(s.token),

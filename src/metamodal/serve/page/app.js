@@ -354,7 +354,8 @@
     $("model-learner").textContent = model.learner || "?";
     $("model-fusion").textContent = model.fusion
       ? `${model.fusion}${model.dim ? `, ${model.dim}-d embedding` : ""}` : "none";
-    $("model-test-time").textContent = testTimeText(model.test_time);
+    $("model-test-time").textContent = testTimeText(model.test_time)
+      + (model.joint_transduction ? " (the members' steps taken jointly)" : "");
     showAccuracy(model);
     const list = $("model-modalities");
     list.replaceChildren(...model.modalities.map((m) => el("li", {

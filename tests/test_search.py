@@ -20,6 +20,7 @@ optuna = pytest.importorskip("optuna")
 from metamodal import api  # noqa: E402
 from metamodal.config import TrainConfig, load_config  # noqa: E402
 from metamodal.errors import ConfigError, RunError  # noqa: E402
+from metamodal.search import study as study_module  # noqa: E402
 from metamodal.search.space import SearchSpace  # noqa: E402
 
 TRAIN = dict(steps=6, val_every=3, val_episodes=2, dim=8, ways=3, shots=1, queries=2,
@@ -295,6 +296,53 @@ def test_a_second_study_in_the_same_out_is_refused_and_a_killed_trial_is_replace
     result = api.search(data, trials=2, **run)
     states = sorted(t["state"] for t in result.trials)
     assert states == ["complete", "complete", "fail"] and result.best is not None
+
+
+def test_a_killed_workers_trial_on_a_journal_is_failed_and_replaced(
+        tmp_path: Path, data: Path) -> None:
+    """The journal storage keeps no heartbeat of Optuna's: a killed worker's trial stayed
+    running for ever and counted toward --trials, so a rerun never replaced it. Trials now
+    beat (`TrialHeartbeat`); one whose beat is past the grace is failed when a search starts,
+    one beating within it is another worker's and is left running."""
+    space = space_file(tmp_path, 'fusion = { choices = ["mean", "gated"] }')
+    out = tmp_path / "out"
+    run = dict(space=str(space), out=str(out), pruner="none", study="j",
+               storage=f"journal:{tmp_path / 'study.log'}", **TRAIN, **OBJECTIVE)
+    first = api.search(data, trials=1, **run)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.log")))
+    study = optuna.load_study(study_name="j", storage=storage)
+    beat = study.trials[0].user_attrs[study_module.HEARTBEAT_ATTR]  # the finished trial's
+    assert abs(beat - time.time()) < 600 and first.trials[0]["state"] == "complete"
+    killed, alive = study.ask(), study.ask()
+    killed.set_user_attr("run", str(out / "trials" / f"{killed.number:04d}"))
+    killed.set_user_attr(study_module.HEARTBEAT_ATTR,
+                         time.time() - study_module.HEARTBEAT_GRACE - 60)
+    alive.set_user_attr("run", str(out / "trials" / f"{alive.number:04d}"))
+    alive.set_user_attr(study_module.HEARTBEAT_ATTR, time.time())
+    result = api.search(data, trials=3, **run)
+    states = {t["number"]: t["state"] for t in result.trials}
+    assert states[killed.number] == "fail" and states[alive.number] == "running"
+    assert sorted(states.values()) == ["complete", "complete", "fail", "running"]
+    assert result.best is not None
+
+
+def test_a_trial_heartbeat_beats_until_its_block_ends() -> None:
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    trial = study.ask()
+
+    def last() -> float:
+        return study.trials[0].user_attrs[study_module.HEARTBEAT_ATTR]
+
+    with study_module.TrialHeartbeat(trial, interval=0.01):
+        first = last()
+        deadline = time.monotonic() + 30
+        while last() == first and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert last() > first  # beat again while the block runs
+    ended = last()
+    time.sleep(0.1)
+    assert last() == ended  # and not after
 
 
 def test_continuing_a_study_with_other_fixed_settings_is_refused(

@@ -12,11 +12,11 @@ failure. Storage, sampler and pruner: `metamodal.search.study`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +130,8 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
     from metamodal.search.space import SearchSpace
     from metamodal.search.study import (
         HEARTBEAT_GRACE,
+        fail_stale_trials,
+        has_own_heartbeat,
         make_pruner,
         make_sampler,
         open_storage,
@@ -168,16 +170,15 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
     episodes = fixed_episodes(out, base.data, base.seed, ways=s.objective_ways,
                               shots=s.objective_shots, queries=s.objective_queries,
                               count=s.objective_episodes)
-    with warnings.catch_warnings():  # a killed worker's trial past its grace: failed now
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # (storages with heartbeats: SQL ones)
+    fail_stale_trials(study)  # a killed worker's trial past its grace: failed now
     remaining = s.trials - counted_trials(study)
     if remaining > 0:
         def enough(study: optuna.Study, _: Any) -> None:
             if counted_trials(study) >= s.trials:
                 study.stop()
 
-        study.optimize(objective(space, base, out, episodes), n_trials=remaining,
+        study.optimize(objective(space, base, out, episodes,
+                                 beat=not has_own_heartbeat(storage)), n_trials=remaining,
                        catch=(Exception,), callbacks=[enough])
     summary = write_outputs(study, out)
     running = [row.number for row in summary.rows if row.state == "running"]
@@ -284,12 +285,19 @@ def fixed_episodes(out: Path, data: str, seed: int, *, ways: int, shots: int, qu
     return path
 
 
-def objective(space: SearchSpace, base: TrainConfig, out: Path,
-              episodes: Path) -> Callable[[Any], float]:
-    """The function Optuna maximises: train a trial's run, score it on the fixed episodes."""
+def objective(space: SearchSpace, base: TrainConfig, out: Path, episodes: Path, *,
+              beat: bool = False) -> Callable[[Any], float]:
+    """The function Optuna maximises: train a trial's run, score it on the fixed episodes
+    (``beat``: within a `TrialHeartbeat`, for storages without Optuna's heartbeat)."""
     import optuna
 
+    from metamodal.search.study import TrialHeartbeat
+
     def score(trial: optuna.Trial) -> float:
+        with TrialHeartbeat(trial) if beat else contextlib.nullcontext():
+            return trained_and_scored(trial)
+
+    def trained_and_scored(trial: optuna.Trial) -> float:
         run_dir = out / TRIALS_DIR / f"{trial.number:04d}"
         trial.set_user_attr("run", str(run_dir))
 
@@ -305,7 +313,7 @@ def objective(space: SearchSpace, base: TrainConfig, out: Path,
             config = base.merged(nest(space.suggest(trial)))
             trial.set_user_attr("config", config.to_dict())
             train(run_dir, config=config, progress=False, overwrite=True, callbacks=[report])
-            result = evaluate(run_dir, split="val", episodes=str(episodes), baseline=False,
+            result = evaluate(run_dir, episodes=str(episodes), baseline=False,
                               progress=False).result
         except optuna.TrialPruned:
             raise

@@ -11,22 +11,36 @@ Workers on several machines need a storage all of them reach: a database server'
 safest), or a journal file on a shared file system. A SQLite file on a network file system
 (NFS, SMB, Lustre, ...) is warned about (`network_filesystem`): SQLite's locking is not
 reliable there, and concurrent writers from several machines can corrupt the study.
+
+A worker killed mid-trial leaves its trial running in the storage. SQL storages keep Optuna's
+heartbeat; on the others (the journal) `TrialHeartbeat` records the time in the trial's
+``heartbeat`` attribute instead; either way `fail_stale_trials` fails a running trial whose
+heartbeat is older than `HEARTBEAT_GRACE` when a search starts.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
 import warnings
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from metamodal.errors import ConfigError, MetamodalError, RunError
 from metamodal.search.space import SearchSpace
 
 HEARTBEAT_INTERVAL = 60
-"""Seconds between a running trial's heartbeats (SQL storages)."""
+"""Seconds between a running trial's heartbeats (Optuna's on SQL storages, `TrialHeartbeat`
+elsewhere)."""
 HEARTBEAT_GRACE = 180
 """Seconds without a heartbeat after which a running trial counts as killed, and is failed."""
+HEARTBEAT_ATTR = "heartbeat"
+"""The user attribute `TrialHeartbeat` keeps a trial's last heartbeat in (Unix seconds)."""
+
+log = logging.getLogger(__name__)
 
 
 def open_storage(url: str | None, out: Path) -> Any:
@@ -90,6 +104,85 @@ NETWORK_FILESYSTEMS = frozenset({
     "fuse.glusterfs", "fuse.ceph", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.rclone",
 })
 """File-system types (as ``/proc/mounts`` names them) that are shared over a network."""
+
+
+def has_own_heartbeat(storage: Any) -> bool:
+    """Whether ``storage`` keeps Optuna's heartbeat (SQL storages opened by `open_storage`);
+    the others need `TrialHeartbeat`."""
+    from optuna.storages import RDBStorage
+
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
+
+
+class TrialHeartbeat:
+    """While the ``with`` block runs, a thread writes the time to ``trial``'s ``heartbeat``
+    user attribute every `HEARTBEAT_INTERVAL` seconds (the first at once), so that a search
+    started later can tell a killed worker's trial (`fail_stale_trials`) from a running one
+    on a storage without Optuna's heartbeat. A write that fails is logged and ends the beats
+    (the trial goes on).
+
+    Example:
+        >>> import optuna
+        >>> study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+        >>> trial = study.ask()
+        >>> with TrialHeartbeat(trial):
+        ...     pass
+        >>> HEARTBEAT_ATTR in study.trials[0].user_attrs
+        True
+    """
+
+    def __init__(self, trial: Any, interval: float | None = None) -> None:
+        self.trial = trial
+        self.interval = HEARTBEAT_INTERVAL if interval is None else interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True,
+                                        name=f"heartbeat-trial-{trial.number}")
+
+    def _write(self) -> bool:
+        try:
+            self.trial.set_user_attr(HEARTBEAT_ATTR, time.time())
+        except Exception as error:  # the storage's own errors: the trial goes on without
+            log.warning("trial %d: its heartbeat cannot be written (%s): a search started "
+                        "more than %d s from now may take it for a killed worker's",
+                        self.trial.number, error, HEARTBEAT_GRACE)
+            return False
+        return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval) and self._write():
+            pass
+
+    def __enter__(self) -> TrialHeartbeat:
+        if self._write():
+            self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def fail_stale_trials(study: Any, now: float | None = None) -> None:
+    """Fail the running trials of killed workers: on SQL storages by Optuna's heartbeat, on the
+    others those whose `TrialHeartbeat` (or, without one, whose start) is more than
+    `HEARTBEAT_GRACE` seconds before ``now`` (default: the time). A failed trial records no
+    error, so it does not count toward the study's size."""
+    import optuna
+
+    with warnings.catch_warnings():  # (experimental in Optuna; a no-op without heartbeats)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    if has_own_heartbeat(study._storage):  # noqa: SLF001 (Optuna names it nowhere else)
+        return
+    now = time.time() if now is None else now
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        beat = trial.user_attrs.get(HEARTBEAT_ATTR)
+        if not isinstance(beat, int | float):
+            beat = trial.datetime_start.timestamp() if trial.datetime_start else now
+        if now - beat > HEARTBEAT_GRACE:  # (finished meanwhile by its worker: left so)
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
 
 def network_filesystem(path: str | Path, mounts: str | Path = "/proc/mounts") -> str | None:

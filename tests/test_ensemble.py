@@ -575,6 +575,27 @@ def test_a_joint_transduction_ensemble_is_written_loaded_and_evaluated_both_ways
 
         with TestClient(create_app(out, state=tmp_path / "state", eval_episodes=0)) as c:
             assert c.get("/api/model").json()["joint_transduction"] is True  # serve says so
+    # one evaluation may take the steps the other way: an ensemble made without the flag
+    # and evaluated with it equals the joint one, and the joint one evaluated without it
+    # equals the one made without (the temperatures are fitted on the members' own steps)
+    plain = tmp_path / "plain"
+    api.ensemble(runs["members"][:2], out=str(plain), transduction=2, ways=2, queries=2,
+                 episodes_count=6, seed=1)
+    shape = dict(ways=3, shots=1, queries=3, episodes_count=12, seed=4, baseline=False,
+                 progress=False)
+    joint = api.evaluate(out, **shape)
+    made_plain = api.evaluate(plain, **shape)
+    assert joint.result.accuracies != made_plain.result.accuracies
+    unjoined = api.evaluate(out, joint_transduction=False, **shape)
+    assert unjoined.result.accuracies == made_plain.result.accuracies
+    assert unjoined.name == made_plain.name == "ensemble-mean(protonet+gated, protonet+late)"
+    joined = api.evaluate(plain, joint_transduction=True, **shape)
+    assert joined.result.accuracies == joint.result.accuracies and joined.name == joint.name
+    with pytest.raises(ConfigError, match="ensembles") as caught:  # one network
+        api.evaluate(runs["members"][0], joint_transduction=True, **shape)
+    assert caught.value.column == "joint_transduction"
+    with pytest.raises(ConfigError, match="no member with prototypes"):
+        api.evaluate(plain, joint_transduction=True, transduction=0, **shape)
     text = (out / "config.toml").read_text()
     (out / "config.toml").write_text(text.replace("joint_transduction = true",
                                                   'joint_transduction = "yes"'))

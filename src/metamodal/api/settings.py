@@ -97,6 +97,9 @@ class EvalSettings(EpisodeShape, TestTimeOptions):
         json: also write the results as JSON to this file.
         task: for a multi-task run, evaluate only this label column's task (default: every
             task, the main label's at the top of the results).
+        joint_transduction: for an ensemble, take its members' transduction steps jointly or
+            each on its own for this evaluation (default: as the ensemble was made; its
+            temperatures and weights stay as fitted).
     """
 
     run: str = flag("", name="")
@@ -112,6 +115,7 @@ class EvalSettings(EpisodeShape, TestTimeOptions):
     progress: bool = flag(True, name="--no-progress")
     json: str | None = flag(None, metavar="FILE")
     task: str | None = flag(None, metavar="NAME")
+    joint_transduction: bool | None = flag(None)
 
 
 @dataclass

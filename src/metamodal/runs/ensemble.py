@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,13 +109,39 @@ def check_members(runs: Sequence[Run], *, joint_transduction: bool = False) -> N
                     f"({_difference(theirs, mine)})", column=f"runs.{name}",
                     fix=f"combine runs whose {name!r} preprocessing is the same (the same "
                     "--preprocess options, encoder and training classes), or retrain one")
-    if joint_transduction and not any(refines(run.model) and run.model.test_time.transduction
-                                      for run in runs):
+    if joint_transduction:
+        _check_steps_to_join([run.model for run in runs])
+
+
+def _check_steps_to_join(members: Sequence[Any]) -> None:
+    """`ConfigError` keyed ``joint_transduction`` unless a member with prototypes takes
+    transduction steps (without one, joint transduction would change nothing)."""
+    if not any(refines(model) and model.test_time.transduction for model in members):
         raise ConfigError("joint transduction takes the members' transduction steps together, "
                           "and no member with prototypes (ProtoNet) has any",
                           column="joint_transduction",
                           fix="give --transduction 10 (the steps of every member), or leave "
                           "out --joint-transduction")
+
+
+def with_joint_transduction(run: Run, joint: bool) -> Run:
+    """``run`` (an ensemble) with its members' transduction steps taken jointly or not, for one
+    evaluation: its model changed in place, and its ``[ensemble]`` table's copy (hence its
+    name) with it; the temperatures and weights stay as fitted.
+
+    Raises:
+        ConfigError: keyed ``joint_transduction``: ``run`` is not an ensemble, or ``joint``
+            where no member with prototypes takes steps.
+    """
+    if run.ensemble is None:
+        raise ConfigError("joint transduction is a setting of ensembles, and this run is one "
+                          "network", file=run.path, column="joint_transduction",
+                          fix="give an ensemble run (`metamodal ensemble`), or leave out "
+                          "--joint-transduction / --no-joint-transduction")
+    if joint:
+        _check_steps_to_join(run.model.members)
+    run.model.joint_transduction = joint
+    return replace(run, ensemble={**run.ensemble, "joint_transduction": joint})
 
 
 def _difference(a: Any, b: Any, path: str = "") -> str:

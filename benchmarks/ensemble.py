@@ -9,8 +9,15 @@ modalities), three ProtoNet members that differ in fusion (gated, late, mean), e
 members' own validation classes; every model evaluated at 5-way 1-shot, 15 queries, 600 test
 episodes (seed 0).
 
+With ``--transduction STEPS`` (and ``--balance``) every model takes that many soft k-means steps
+at test time (the members evaluated with them, the ensembles fitted with them), and each
+ensemble is also evaluated with ``joint_transduction``: its members' steps take their
+assignments from the ensemble's combined probabilities; the script then prints the paired
+difference of each ensemble's joint steps against its members' own.
+
     python benchmarks/ensemble.py --out ensemble-bench            # about 10 minutes on 2 cores
     python benchmarks/ensemble.py --out ensemble-bench --steps 100  # a quick look
+    python benchmarks/ensemble.py --out ensemble-bench --transduction 10 --balance
 
 Trained runs are kept in ``OUT`` and reused when the script runs again.
 """
@@ -50,7 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", nargs="+", metavar="RUN",
                         help="ensemble these trained runs (e.g. the demo's) instead of "
                         "training the three members")
+    parser.add_argument("--transduction", type=int, default=0, metavar="STEPS",
+                        help="soft k-means steps at test time for every model, and each "
+                        "ensemble evaluated with joint transduction too")
+    parser.add_argument("--balance", action="store_true",
+                        help="those steps balanced over the classes (transduction_balance)")
     args = parser.parse_args(argv)
+    test_time = ({"transduction": args.transduction, "transduction_balance": args.balance}
+                 if args.transduction else {})
+    suffix = (f"-t{args.transduction}{'b' if args.balance else ''}"
+              if args.transduction else "")
     out = Path(args.out)
     members = []
     names = MEMBERS
@@ -71,18 +87,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trained {name} in {time.perf_counter() - start:.0f} s "
                   "(taken on a shared machine)", flush=True)
         members.append(str(run))
-    ensembles = {}
+    models = [(name, run, test_time) for name, run in zip(names, members, strict=True)]
     for method in ("mean", "stack"):
-        target = out / (f"ensemble-{method}" if args.runs else
-                        f"ensemble-{method}-{args.steps}")
+        target = out / (f"ensemble-{method}{suffix}" + ("" if args.runs else f"-{args.steps}"))
         fitted = api.ensemble(members, out=str(target), method=method, ways=5, queries=15,
-                              episodes_count=args.val_episodes, seed=1, overwrite=True)
+                              episodes_count=args.val_episodes, seed=1, overwrite=True,
+                              **test_time)
         print(fitted.table(), flush=True)
-        ensembles[f"ensemble ({method})"] = str(target)
+        models.append((f"ensemble ({method})", str(target), {}))
+        if args.transduction:
+            models.append((f"ensemble ({method}, joint)", str(target),
+                           {"joint_transduction": True}))
     results = {}
-    for name, run in [*zip(names, members, strict=True), *ensembles.items()]:
+    for name, run, options in models:
         report = api.evaluate(run, ways=5, shots=1, queries=15, episodes_count=args.episodes,
-                              seed=0, baseline=False, progress=False)
+                              seed=0, baseline=False, progress=False, **options)
         results[name] = report.result
     digests = {r.episode_digest for r in results.values()}
     assert len(digests) == 1, "the models were not evaluated on the same episodes"
@@ -91,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         episodes = api.episodes(api.run_info(members[0]).data, out=str(out / "lake.jsonl"),
                                 within=args.within, split="test", ways=20, shots=1,
                                 queries=1, runs=args.lake_runs, seed=0).path
-        for name, run in [*zip(names, members, strict=True), *ensembles.items()]:
+        for name, run, options in models:
             lake[name] = api.evaluate(run, episodes=str(episodes), modalities=["image"],
-                                      baseline=False, progress=False)
+                                      baseline=False, progress=False, **options)
     best = max(names, key=lambda n: results[n].accuracy)
     rows = []
     for name, result in results.items():
@@ -116,11 +135,19 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     trained = ("the given runs" if args.runs else
                f"members trained {args.steps} steps each")
-    print_table(f"5-way 1-shot, {args.episodes} test episodes (seed 0), {trained}; "
+    steps = (f"; {args.transduction}{' balanced' if args.balance else ''} transduction steps"
+             if args.transduction else "")
+    print_table(f"5-way 1-shot, {args.episodes} test episodes (seed 0), {trained}{steps}; "
                 "chance 20%",
                 ["model", "accuracy % (95% CI)", f"paired difference vs {best}",
                  *([f"20-way within {args.within}: error %", "accuracy vs best, paired"]
                    if lake else [])], rows)
+    for method in ("mean", "stack") if args.transduction else ():
+        own, joint = results[f"ensemble ({method})"], results[f"ensemble ({method}, joint)"]
+        diff = paired_difference(joint.accuracies, own.accuracies)
+        print(f"ensemble ({method}): joint transduction against each member's own steps, "
+              f"paired: {100 * diff.mean:+.2f} ± {100 * diff.ci95:.2f}"
+              + (" (significant)" if diff.significant else ""))
     return 0
 
 

@@ -242,6 +242,25 @@ def test_balanced_transduction_benchmark_pairs_even_and_uneven_queries(tmp_path:
     assert refused.returncode == 2 and "transduction = 0" in refused.stderr
 
 
+def test_ensemble_benchmark_evaluates_each_ensemble_with_and_without_joint_steps(
+        tmp_path: Path) -> None:
+    """``--transduction`` fits each ensemble once and evaluates it both ways on the same
+    episodes (the script asserts the episodes are the same), pairing joint against own."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "ensemble.py"), "--out",
+                           str(tmp_path), "--steps", "2", "--episodes", "6", "--val-episodes",
+                           "4", "--transduction", "2", "--balance"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = done.stdout.split("2 balanced transduction steps; chance 20%")[1]
+    shown = [line.split("  ")[0].split(":")[0] for line in table.splitlines()
+             if line.startswith("ensemble (")]
+    assert shown == ["ensemble (mean)", "ensemble (mean, joint)", "ensemble (stack)",
+                     "ensemble (stack, joint)", "ensemble (mean)", "ensemble (stack)"]
+    assert table.count("joint transduction against each member's own steps, paired") == 2
+    assert sorted(p.name for p in tmp_path.glob("ensemble-*")) == [
+        "ensemble-mean-t2b-2", "ensemble-stack-t2b-2"]  # one fit each
+
+
 def test_omniglot_benchmark_rows_are_the_shipped_recipes() -> None:
     sys.path.insert(0, str(BENCHMARKS))
     import omniglot

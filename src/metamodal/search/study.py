@@ -164,11 +164,11 @@ class TrialHeartbeat:
             self._thread.join()
 
 
-def fail_stale_trials(study: Any, now: float | None = None) -> None:
+def fail_stale_trials(study: Any) -> None:
     """Fail the running trials of killed workers: on SQL storages by Optuna's heartbeat, on the
     others those whose `TrialHeartbeat` (or, without one, whose start) is more than
-    `HEARTBEAT_GRACE` seconds before ``now`` (default: the time). A failed trial records no
-    error, so it does not count toward the study's size."""
+    `HEARTBEAT_GRACE` seconds old. A failed trial records no error, so it does not count
+    toward the study's size."""
     import optuna
 
     with warnings.catch_warnings():  # (experimental in Optuna; a no-op without heartbeats)
@@ -176,7 +176,7 @@ def fail_stale_trials(study: Any, now: float | None = None) -> None:
         optuna.storages.fail_stale_trials(study)
     if has_own_heartbeat(study._storage):  # noqa: SLF001 (Optuna names it nowhere else)
         return
-    now = time.time() if now is None else now
+    now = time.time()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         beat = trial.user_attrs.get(HEARTBEAT_ATTR)
         if not isinstance(beat, int | float):

@@ -866,6 +866,23 @@ def test_an_urlencoded_form_is_accepted(client: TestClient, task: dict) -> None:
     assert len(r.json()["predictions"][0]["nearest"]) == 1
 
 
+def test_an_urlencoded_form_is_read_as_utf8(client: TestClient, task: dict) -> None:
+    """Starlette read an urlencoded body as Latin-1 and replaced a bad escape by U+FFFD: the
+    label ``caf\xc3\xa9`` (curl --data sends it so) became ``cafÃ©``, and ``%FF`` vanished."""
+    url = f"/api/tasks/{task['id']}/examples"
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for body in ("e0.label=caf\u00e9&e0.caption=a+crimson".encode(),  # raw UTF-8
+                 b"e0.label=caf%C3%A9&e0.caption=a+crimson"):  # percent-encoded
+        r = client.post(url, content=body, headers=form)
+        assert r.status_code == 201, r.text
+        shown = json.dumps(client.get(f"/api/tasks/{task['id']}").json(), ensure_ascii=False)
+        assert "caf\u00e9" in shown and "caf\u00c3" not in shown
+    for body in (b"e0.label=caf%FF&e0.caption=a", b"e0.label=caf\xe9&e0.caption=a"):
+        r = client.post(url, content=body, headers=form)
+        assert r.status_code == 400 and r.json()["column"] == "form", r.text
+        assert "UTF-8" in r.json()["error"]
+
+
 def test_unknown_ids_are_404(client: TestClient, task: dict) -> None:
     t = task["id"]
     before = client.get(f"/api/tasks/{t}").json()

@@ -11,8 +11,9 @@ import re
 import unicodedata
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import parse_qsl
 
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 from metamodal.errors import ConfigError, DatasetError
@@ -45,8 +46,11 @@ async def read_form(request: Request, *, max_samples: int, max_files: int) -> An
     if not kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         raise ConfigError("the request must be a multipart form", column="content-type",
                           fix="send multipart/form-data (curl -F 'e0.label=cat' ...)")
+    max_fields = max_samples * 64 + 8
+    if kind.startswith("application/x-www-form-urlencoded"):
+        return _urlencoded(await request.body(), max_fields)
     try:
-        return await request.form(max_files=max_files, max_fields=max_samples * 64 + 8,
+        return await request.form(max_files=max_files, max_fields=max_fields,
                                   max_part_size=1 << 20)
     except BodyTooLargeError:
         raise
@@ -55,6 +59,27 @@ async def read_form(request: Request, *, max_samples: int, max_files: int) -> An
         raise ConfigError(f"the form cannot be read: {detail}", column="form",
                           fix="send a well-formed multipart form within the server's limits"
                           ) from None
+
+
+def _urlencoded(body: bytes, max_fields: int) -> FormData:
+    """The fields of an urlencoded form, its bytes and percent-escapes read as UTF-8 (Starlette
+    reads the bytes as Latin-1 and replaces an invalid escape by U+FFFD: a label sent as
+    ``caf\xc3\xa9`` became ``cafÃ©``, one with ``%FF`` lost the byte without a word).
+
+    Raises:
+        ConfigError: keyed ``form``: not UTF-8, or more than ``max_fields`` fields.
+    """
+    fix = "send the form's text as UTF-8, percent-encoded (curl --data-urlencode), or as multipart"
+    try:
+        text = body.decode("utf-8")
+        return FormData(parse_qsl(text, keep_blank_values=True, encoding="utf-8",
+                                  errors="strict", max_num_fields=max_fields))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"the form's text is not UTF-8 ({error.reason})", column="form",
+                          fix=fix) from None
+    except ValueError:  # parse_qsl: more fields than max_num_fields
+        raise ConfigError(f"the form has more than {max_fields} fields", column="form",
+                          fix="send fewer samples in one request") from None
 
 
 async def samples_of(form: Any, letter: str, *, columns: dict[str, str], labelled: bool,

@@ -388,3 +388,37 @@ def test_token_and_class_removal(browser, token_server: str, trained: tuple[Path
     wait_for(driver, lambda: card(driver, CLASS_A) is None, "A's card removed")
     assert "0 classes" in driver.find_element("id", "task-summary").text
     assert not by_testid(driver, "error")
+
+
+def test_a_damaged_task_is_listed_with_its_error(browser, trained: tuple[Path, Path],
+                                                 tmp_path: Path) -> None:
+    """The server lists a task whose stored rows are damaged apart (``damaged``); the page
+    dropped it without a word. It now lists it, not openable, with the error and the fix."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from metamodal.api.serve import create_app
+    from metamodal.serve.store import DATABASE
+
+    state = tmp_path / "state"
+    with TestClient(create_app(trained[1], state=str(state), eval_episodes=0)) as c:
+        ids = [c.post("/api/tasks", data={"name": name, "e0.label": "a",
+                                          "e0.caption": "a red bird", "e1.label": "b",
+                                          "e1.caption": "a blue fish"}).json()["id"]
+               for name in ("kept", "broken")]
+    db = sqlite3.connect(state / DATABASE)
+    db.execute("UPDATE tasks SET name = ? WHERE id = ?", (b"\xff", ids[1]))
+    db.commit()
+    db.close()
+    driver = browser
+    with serving(trained[1], state, eval_episodes=0) as url:
+        driver.get(url + "/")
+        wait_ready(driver, "the page to load the model")
+        damaged = wait_for(driver, lambda: by_testid(driver, "task-damaged"), "the damaged task")
+        assert [d.get_attribute("data-task") for d in damaged] == [ids[1]]
+        assert damaged[0].get_attribute("disabled") is not None
+        assert ids[1] in damaged[0].text and "damaged" in damaged[0].text
+        assert "fix" in damaged[0].get_attribute("title")
+        texts = [o.text for o in driver.find_elements("css selector", "#task-select option")]
+        assert any(t.startswith("kept") for t in texts)

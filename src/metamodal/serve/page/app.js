@@ -451,6 +451,14 @@
           + `${plural(t.size, "example", "examples")})`,
       }));
     }
+    // a task the server cannot read (its stored rows damaged): listed, not openable, with
+    // the server's error and fix, so that it does not vanish without a word
+    for (const d of data.damaged || []) {
+      options.push(el("option", {
+        value: "", disabled: true, testid: "task-damaged", "data-task": d.id,
+        text: `${d.id}: damaged (${d.error})`, title: d.fix ? `fix: ${d.fix}` : d.error,
+      }));
+    }
     select.replaceChildren(...options);
     const known = (data.tasks || []).some((t) => t.id === current);
     select.value = known ? current : "";

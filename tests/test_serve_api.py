@@ -12,6 +12,7 @@ import json
 import math
 import pickle
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -1414,6 +1415,24 @@ def test_a_state_that_is_not_a_directory_is_a_config_error(tmp_path: Path) -> No
         with pytest.raises(ConfigError) as caught:  # the store's own check
             TaskStore(state, model="m")
         assert caught.value.column == "state" and caught.value.file == str(blocking)
+
+
+def test_a_state_inside_the_run_is_a_config_error(runs: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    """Tasks kept inside the run directory were lost when the run was trained again with
+    --overwrite (the directory is replaced whole); such a state is refused before loading."""
+    run = runs["protonet"]
+    for state in (run, run / "serve-state", run / "." / "a" / ".." / "b"):
+        with pytest.raises(ConfigError, match="inside the run") as caught:
+            create_app(run, state=state, eval_episodes=0)
+        assert caught.value.column == "state" and "outside the run" in caught.value.fix
+        assert not (run / "serve-state").exists() and not (run / "b").exists()
+    beside = run.parent / f"{run.name}-state"  # a sibling whose name starts like the run's
+    try:
+        with TestClient(create_app(run, state=beside, eval_episodes=0)) as c:
+            assert c.get("/api/health").status_code == 200
+    finally:
+        shutil.rmtree(beside, ignore_errors=True)
 
 
 def test_a_state_directory_that_cannot_be_made_is_a_config_error(

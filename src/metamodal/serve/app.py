@@ -122,8 +122,8 @@ def is_origin(text: str) -> bool:
 
 def check_settings(s: ServeSettings) -> None:
     """Refuse, before anything is loaded, a ``cors`` that is not a web origin (`is_origin`)
-    or ``*``, and a ``state`` that is not a directory (the numbers' ranges are declared with
-    `ServeSettings` and checked when it is made).
+    or ``*``, and a ``state`` that is not a directory or lies inside the run directory (the
+    numbers' ranges are declared with `ServeSettings` and checked when it is made).
 
     Raises:
         ConfigError: naming the setting at fault.
@@ -136,6 +136,13 @@ def check_settings(s: ServeSettings) -> None:
     if not s.state:
         raise ConfigError("no state directory given", column="state",
                           fix="give --state DIR, e.g. --state metamodal-state")
+    run, state = Path(s.run).resolve(), Path(s.state).resolve()
+    if s.run and (state == run or run in state.parents):
+        raise ConfigError("the state directory lies inside the run directory, which training "
+                          "again (--overwrite) or a new ensemble there replaces whole, tasks "
+                          "and all", file=s.state, column="state",
+                          fix="give --state a directory outside the run, e.g. --state "
+                          "metamodal-state (move an existing one there first)")
     blocking = file_in_the_way(s.state)  # before a large model loads; `TaskStore` makes it
     if blocking is not None:
         raise ConfigError("is a file, where the state directory is needed", file=blocking,

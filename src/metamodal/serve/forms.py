@@ -25,6 +25,8 @@ _TOO_LARGE_FIX = "send fewer or smaller files, or serve with a higher --max-requ
 
 MAX_LABEL = 200
 """The longest class label, in characters."""
+MAX_FIELD_BYTES = 1 << 20
+"""The largest text field of a form (a file's bytes are bound by the request's size)."""
 
 
 def has_control_characters(text: str) -> bool:
@@ -51,7 +53,7 @@ async def read_form(request: Request, *, max_samples: int, max_files: int) -> An
         return _urlencoded(await request.body(), max_fields)
     try:
         return await request.form(max_files=max_files, max_fields=max_fields,
-                                  max_part_size=1 << 20)
+                                  max_part_size=MAX_FIELD_BYTES)
     except BodyTooLargeError:
         raise
     except Exception as error:  # the multipart parser's own errors (starlette HTTPException)
@@ -67,19 +69,24 @@ def _urlencoded(body: bytes, max_fields: int) -> FormData:
     ``caf\xc3\xa9`` became ``cafÃ©``, one with ``%FF`` lost the byte without a word).
 
     Raises:
-        ConfigError: keyed ``form``: not UTF-8, or more than ``max_fields`` fields.
+        ConfigError: keyed ``form``: not UTF-8, or more than ``max_fields`` fields; keyed by
+            the field: a field over `MAX_FIELD_BYTES`.
     """
     fix = "send the form's text as UTF-8, percent-encoded (curl --data-urlencode), or as multipart"
     try:
-        text = body.decode("utf-8")
-        return FormData(parse_qsl(text, keep_blank_values=True, encoding="utf-8",
-                                  errors="strict", max_num_fields=max_fields))
+        fields = parse_qsl(body.decode("utf-8"), keep_blank_values=True, encoding="utf-8",
+                           errors="strict", max_num_fields=max_fields)
     except UnicodeDecodeError as error:
         raise ConfigError(f"the form's text is not UTF-8 ({error.reason})", column="form",
                           fix=fix) from None
     except ValueError:  # parse_qsl: more fields than max_num_fields
         raise ConfigError(f"the form has more than {max_fields} fields", column="form",
                           fix="send fewer samples in one request") from None
+    for key, value in fields:
+        if len(key.encode()) + len(value.encode()) > MAX_FIELD_BYTES:
+            raise ConfigError(f"the form field is larger than {MAX_FIELD_BYTES >> 20} MiB",
+                              column=key[:100], fix="send shorter text")
+    return FormData(fields)
 
 
 async def samples_of(form: Any, letter: str, *, columns: dict[str, str], labelled: bool,

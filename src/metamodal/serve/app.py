@@ -141,8 +141,8 @@ def check_settings(s: ServeSettings) -> None:
         raise ConfigError("the state directory lies inside the run directory, which training "
                           "again (--overwrite) or a new ensemble there replaces whole, tasks "
                           "and all", file=s.state, column="state",
-                          fix="give --state a directory outside the run, e.g. --state "
-                          "metamodal-state (move an existing one there first)")
+                          fix=f"give --state a directory outside the run ({s.run}); move "
+                          "an existing state there first")
     blocking = file_in_the_way(s.state)  # before a large model loads; `TaskStore` makes it
     if blocking is not None:
         raise ConfigError("is a file, where the state directory is needed", file=blocking,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +165,7 @@ def soft_assignment(logits: Tensor, *, balance: bool) -> Tensor:
     return logits.softmax(-1)
 
 
+@dataclass(eq=False)  # (tensors: compared by identity)
 class PrototypeRefinement:
     """Soft k-means over one episode's unlabelled queries (Ren et al. 2018), one step at a
     time: `step` takes the queries' assignment to the classes and moves every prototype to
@@ -182,17 +184,13 @@ class PrototypeRefinement:
         combine: ``[Q, M, ways] -> [Q, ways]``: the per-modality logits fused.
     """
 
-    def __init__(self, per_modality: Tensor, valid: Tensor,
-                 views: list[tuple[int, Tensor, Tensor]], supports: list[Tensor],
-                 support_labels: Tensor, temperature: Tensor,
-                 combine: Callable[[Tensor], Tensor]) -> None:
-        self.per_modality = per_modality
-        self.valid = valid
-        self.views = views
-        self.supports = supports
-        self.support_labels = support_labels
-        self.temperature = temperature
-        self.combine = combine
+    per_modality: Tensor
+    valid: Tensor
+    views: list[tuple[int, Tensor, Tensor]]
+    supports: list[Tensor]
+    support_labels: Tensor
+    temperature: Tensor
+    combine: Callable[[Tensor], Tensor]
 
     def logits(self) -> Tensor:
         """``[Q, ways]``: the queries' logits under the current prototypes."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from metamodal import api  # noqa: E402
+from metamodal.api.search import FIXED_ATTR  # noqa: E402
 from metamodal.config import TrainConfig, load_config  # noqa: E402
 from metamodal.errors import ConfigError, RunError  # noqa: E402
 from metamodal.search import study as study_module  # noqa: E402
@@ -357,10 +359,40 @@ def test_continuing_a_study_with_other_fixed_settings_is_refused(
                                seed=5).path
     for source, changes, key in ((data, {"objective_episodes": 9}, "objective_episodes"),
                                  (data, {"steps": 5}, "steps"), (other, {}, "data")):
-        with pytest.raises(ConfigError, match="began with") as caught:
+        with pytest.raises(ConfigError, match="began (with|on another dataset)") as caught:
             api.search(source, trials=2, **run, **{**TRAIN, **OBJECTIVE, **changes})
         assert caught.value.column == key
     assert len(api.search(data, trials=2, **run, **TRAIN, **OBJECTIVE).trials) == 2
+
+
+def test_a_study_goes_on_with_its_dataset_at_another_path_but_not_with_it_edited(
+        tmp_path: Path, data: Path) -> None:
+    """Workers on machines that mount one dataset at different paths were refused: the study
+    named its dataset by the first worker's absolute path. It now names it by the digest of
+    its schema, sample table and splits, so a copy anywhere goes on and an edited one is
+    refused; a study that recorded a path (an older metamodal's) is compared by the path."""
+    space = space_file(tmp_path, 'fusion = { choices = ["mean", "gated"] }')
+    run = dict(space=str(space), out=str(tmp_path / "out"), pruner="none", **TRAIN,
+               **OBJECTIVE)
+    api.search(data, trials=1, **run)
+    mounted = shutil.copytree(data, tmp_path / "mnt" / "shared" / "data")
+    result = api.search(mounted, trials=2, **run)
+    assert [t["state"] for t in result.trials] == ["complete", "complete"]
+    assert Path(result.trials[1]["run"]).is_dir()
+    table = mounted / "samples.csv"
+    table.write_text("".join(table.read_text().splitlines(keepends=True)[:-1]))  # a row less
+    with pytest.raises(ConfigError, match="began on another dataset") as caught:
+        api.search(mounted, trials=3, **run)
+    assert caught.value.column == "data" and "a copy at any path" in caught.value.fix
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    study = optuna.load_study(study_name="metamodal", storage=storage)
+    fixed = study.user_attrs[FIXED_ATTR]
+    fixed["train"]["data"] = str(data.resolve())
+    study.set_user_attr(FIXED_ATTR, fixed)
+    with pytest.raises(ConfigError, match="began with data") as caught:
+        api.search(tmp_path / "mnt" / "shared" / "data", trials=3, **run)
+    assert len(api.search(data, trials=3, **run).trials) == 3
 
 
 @pytest.mark.parametrize(("key", "value"), [("ci95", "abc"), ("config", None),

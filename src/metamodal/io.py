@@ -1,8 +1,10 @@
-"""Atomic file writes (a reader never sees a half-written checkpoint, cache or report) and
-output directories; a place that cannot be written is an `OutputError` naming it."""
+"""Atomic file writes (a reader never sees a half-written checkpoint, cache or report),
+output directories and files' SHA-256; a place that cannot be written is an `OutputError`
+naming it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -228,3 +230,20 @@ def replace_directory(new: str | Path, dest: str | Path) -> Path:
         raise
     shutil.rmtree(aside, ignore_errors=True)
     return dest
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB blocks.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "a"
+        >>> _ = p.write_bytes(b"abc")
+        >>> sha256_file(p)[:16]
+        'ba7816bf8f01cfea'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 EPISODES_FILE = "val-episodes.jsonl"
 FIXED_ATTR = "fixed_settings"
 """The study's user attribute that records the settings all its trials share."""
+DATA_DIGEST = "sha256:"
+"""How a study's fixed settings begin the digest of its dataset (`study_dataset`)."""
 MACHINE_SETTINGS = frozenset({"device", "dist_backend", "dist_timeout", "world_size", "cache",
                               "compile", "task_batching", "vmap_chunk", "checkpoint_every"})
 """Settings each worker may give for its own machine: they do not change what a trial
@@ -164,7 +166,8 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
                        column="storage", fix="give another --storage or --study") from None
     check_trial_folders(out, study)
     check_fixed_settings(study, {
-        "train": {k: v for k, v in base.to_dict().items() if k not in MACHINE_SETTINGS},
+        "train": {k: v for k, v in base.to_dict().items() if k not in MACHINE_SETTINGS}
+        | {"data": study_dataset(study, base.data)},
         "objective": {"ways": s.objective_ways, "shots": s.objective_shots,
                       "queries": s.objective_queries, "episodes": s.objective_episodes}})
     episodes = fixed_episodes(out, base.data, base.seed, ways=s.objective_ways,
@@ -243,6 +246,21 @@ def check_trial_folders(out: Path, study: Any) -> None:
             "made those runs")
 
 
+def study_dataset(study: Any, data: str) -> str:
+    """How ``study``'s fixed settings name its dataset ``data``: by the digest of the files
+    that define it (`dataset_digest`: its schema, sample table and splits), not by its path,
+    so that workers on machines that mount the dataset at different paths share the study and
+    one that edited it is refused. A study begun by a metamodal that recorded the path is
+    compared by the path, as it was."""
+    from metamodal.data.dataset import dataset_digest
+
+    recorded = study.user_attrs.get(FIXED_ATTR)
+    before = recorded.get("train", {}).get("data") if isinstance(recorded, dict) else None
+    if isinstance(before, str) and not before.startswith(DATA_DIGEST):
+        return data
+    return DATA_DIGEST + dataset_digest(data)
+
+
 def check_fixed_settings(study: Any, fixed: dict[str, Any]) -> None:
     """Record the settings every trial of ``study`` shares (the fixed training settings, the
     dataset among them, and the objective's episodes) when it begins; `ConfigError` when a
@@ -259,6 +277,13 @@ def check_fixed_settings(study: Any, fixed: dict[str, Any]) -> None:
         if changed:
             key = changed[0]
             name = f"objective_{key}" if part == "objective" else key
+            if name == "data" and str(values.get(key)).startswith(DATA_DIGEST):
+                raise ConfigError(
+                    f"study {study.study_name!r} began on another dataset: this one's "
+                    "dataset.toml, sample table or splits.toml differ from the ones its first "
+                    "worker read", column="data",
+                    fix="give the dataset the study began with (a copy at any path will do), "
+                    "or start a study of its own (another --study and --out)")
             raise ConfigError(
                 f"study {study.study_name!r} began with {name} = {before.get(key)!r}, not "
                 f"{values.get(key)!r}: its trials share their fixed settings and their "

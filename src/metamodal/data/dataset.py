@@ -9,6 +9,7 @@ into tensors.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -18,8 +19,10 @@ from metamodal.data.loaders.base import Cell, DecodeContext
 from metamodal.data.loading import build_loader
 from metamodal.data.paths import PathRefused, check_regular_file, resolve_inside
 from metamodal.data.schema import SCHEMA_FILE, DatasetSchema, ModalitySpec, load_schema
+from metamodal.data.splits import SPLITS_FILE
 from metamodal.data.table import TABLE_SUFFIXES, SampleTable, read_samples
 from metamodal.errors import ConfigError, DatasetError, ModalityError, UnknownNameError
+from metamodal.io import sha256_file
 
 ID_COLUMN = "id"
 """The column holding each sample's unique id."""
@@ -299,6 +302,46 @@ def samples_path(root: Path, schema: DatasetSchema) -> Path:
         file=str(root),
         fix=f"add one of {', '.join(SAMPLE_FILES)} or set `samples` in {SCHEMA_FILE}",
     )
+
+
+def dataset_digest(path: str | Path) -> str:
+    """A hash of the files that define a dataset directory: ``dataset.toml``, its sample table
+    and ``splits.toml`` where there is one. The directory's own path is not part of it (the
+    same dataset copied, or mounted elsewhere on another machine, has the same digest); media
+    files are not read (one replaced under the same name keeps it).
+
+    Raises:
+        DatasetError: no readable ``dataset.toml`` or sample table.
+
+    Example:
+        >>> import shutil, tempfile
+        >>> root = Path(tempfile.mkdtemp()) / "toy"
+        >>> root.mkdir()
+        >>> _ = (root / "dataset.toml").write_text(
+        ...     'label = "y"\\n[modalities.t]\\nkind = "text"\\ncolumn = "t"\\n')
+        >>> _ = (root / "samples.csv").write_text("id,y,t\\na,x,hello\\n")
+        >>> copy = shutil.copytree(root, root.parent / "elsewhere")
+        >>> dataset_digest(root) == dataset_digest(copy)
+        True
+        >>> _ = (copy / "samples.csv").write_text("id,y,t\\na,x,bye\\n")
+        >>> dataset_digest(root) == dataset_digest(copy)
+        False
+    """
+    root = dataset_root(path)
+    digest = hashlib.sha256()
+    for role, file in (("schema", root / SCHEMA_FILE),
+                       ("samples", samples_path(root, load_schema(root))),
+                       ("splits", root / SPLITS_FILE)):
+        try:
+            check_regular_file(file, role)
+            digest.update(f"{role}\0{sha256_file(file)}\0".encode())
+        except FileNotFoundError:  # only splits.toml may be missing: the others were read
+            pass
+        except (PathRefused, OSError) as error:
+            reason = error.message if isinstance(error, PathRefused) else error.strerror
+            raise DatasetError(f"the {role} file cannot be read ({reason})", file=file,
+                               fix=f"make {file.name} a readable regular file") from None
+    return digest.hexdigest()
 
 
 def usable_labels(schema: DatasetSchema, table: SampleTable,

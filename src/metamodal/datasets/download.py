@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.errors import ChecksumError, ConfigError, DownloadError
-from metamodal.io import make_directory
+from metamodal.io import make_directory, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -106,23 +106,6 @@ class DownloadResult:
                                        if path.name in self.recorded else "")
                  for path in self.archives]
         return "\n".join(lines + ([self.summary] if self.summary else []))
-
-
-def sha256_file(path: str | Path) -> str:
-    """The hex SHA-256 of a file.
-
-    Example:
-        >>> import tempfile
-        >>> p = Path(tempfile.mkdtemp()) / "a"
-        >>> _ = p.write_bytes(b"abc")
-        >>> sha256_file(p)[:16]
-        'ba7816bf8f01cfea'
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_hex(name: str, value: str) -> str:

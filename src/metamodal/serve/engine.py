@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import io
 import queue
 import re
@@ -40,6 +39,7 @@ from metamodal.data.kinds import modality_kind
 from metamodal.data.loaders.image import MAX_PIXELS, ImageLoader, decoded_pixels
 from metamodal.data.records import records_dataset
 from metamodal.errors import DatasetError, InsufficientSamplesError, LocatedError, ModalityError
+from metamodal.io import sha256_file
 from metamodal.model.test_time import settings_in_force
 from metamodal.runs.directory import WEIGHTS_FILE, Run
 from metamodal.runs.support import EncodedSamples
@@ -169,7 +169,7 @@ class Engine:
         self.model = self.run.model.eval()
         self.embeds_once = self.model.capabilities().embeds_once
         self.modalities = list(self.model.modalities)
-        self.fingerprint = _digest(self.run.path / WEIGHTS_FILE)
+        self.fingerprint = sha256_file(self.run.path / WEIGHTS_FILE)
         self._batcher = EmbedBatcher(self.classifier.embed) if (
             batching and self.embeds_once) else None
         self._fitted: dict[str, tuple[int, FewShotClassifier, list[str]]] = {}
@@ -460,12 +460,3 @@ def _located_in_form(error: LocatedError, names: dict[str, str], tmp: str,
     error.message = error.message.replace(tmp + "/", "")
     error.args = (str(error),)
     return error
-
-
-def _digest(path: Path) -> str:
-    """SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

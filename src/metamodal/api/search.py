@@ -255,7 +255,8 @@ def study_dataset(study: Any, data: str) -> str:
     from metamodal.data.dataset import dataset_digest
 
     recorded = study.user_attrs.get(FIXED_ATTR)
-    before = recorded.get("train", {}).get("data") if isinstance(recorded, dict) else None
+    train = recorded.get("train") if isinstance(recorded, dict) else None
+    before = train.get("data") if isinstance(train, dict) else None
     if isinstance(before, str) and not before.startswith(DATA_DIGEST):
         return data
     return DATA_DIGEST + dataset_digest(data)

@@ -414,3 +414,108 @@ def test_a_damaged_trial_record_is_a_run_error(
     with pytest.raises(RunError, match=key) as caught:
         api.search(data, trials=1, **run)
     assert caught.value.column == key
+
+
+def test_a_journal_cut_mid_record_is_refused_at_its_line_and_goes_on_once_cut(
+        tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed while appending leaves the journal's last line incomplete: Optuna read
+    it without a word, then appended onto that line (a raw JSONDecodeError, and the journal
+    unreadable from then on). It is refused at its line, with the cut that repairs it."""
+    monkeypatch.setattr(study_module, "JOURNAL_SETTLE", 0.01)
+    space = space_file(tmp_path, 'fusion = { choices = ["mean", "gated"] }')
+    journal = tmp_path / "study.log"
+    run = dict(space=str(space), out=str(tmp_path / "out"), pruner="none", study="j",
+               storage=f"journal:{journal}", **TRAIN, **OBJECTIVE)
+    api.search(data, trials=1, **run)
+    whole = journal.read_bytes()
+    lines = whole.count(b"\n")
+    journal.write_bytes(whole[:-20])
+    with pytest.raises(RunError, match="incomplete") as caught:
+        api.search(data, trials=2, **run)
+    assert caught.value.row == lines and caught.value.column == "storage"
+    assert journal.read_bytes() == whole[:-20]  # nothing appended onto the cut line
+    size = int(caught.value.fix.split("truncate -s ")[1].split()[0])
+    os.truncate(journal, size)  # the fix's cut
+    assert len(api.search(data, trials=2, **run).trials) >= 2
+    damaged = journal.read_bytes().split(b"\n")
+    damaged[2] = b'{"op_code": 1, "worker_id": "x", "study_id": 0,'
+    journal.write_bytes(b"\n".join(damaged))
+    with pytest.raises(RunError, match="cannot be replayed") as caught:
+        api.search(data, trials=3, **run)
+    assert caught.value.row == 3
+
+
+def test_a_study_file_that_is_a_fifo_a_search_output_or_in_a_dataset_is_refused(
+        tmp_path: Path, data: Path) -> None:
+    """A FIFO journal hung the search; a journal at OUT/trials.csv (or best.toml, a report
+    page) was overwritten by the search's own outputs, the study lost; a SQLite file inside
+    the dataset directory was created there."""
+    space = space_file(tmp_path, "fusion = { choices = ['mean'] }")
+    out = tmp_path / "out"
+    common = dict(space=str(space), out=str(out), trials=1, **TRAIN, **OBJECTIVE)
+    fifo = tmp_path / "j.fifo"
+    os.mkfifo(fifo)
+    inside = data / "new.db"
+    for storage, words in ((f"journal:{fifo}", "FIFO"),
+                           (f"journal:{out / 'trials.csv'}", "writes in its --out"),
+                           (f"journal:{out / 'report' / 'index.html'}", "writes in its --out"),
+                           (f"sqlite:///{out / 'best.toml'}", "writes in its --out"),
+                           (f"sqlite:///{inside}", "inside a dataset directory")):
+        with pytest.raises(ConfigError, match=words) as caught:
+            api.search(data, storage=storage, **common)
+        assert caught.value.column == "storage"
+    assert not inside.exists() and not (out / "report").exists()
+
+
+def test_an_objective_the_data_cannot_supply_records_nothing_in_the_study(
+        tmp_path: Path, data: Path) -> None:
+    """A search refused for its objective's episodes had already recorded them as the
+    study's: the corrected command was then refused, with a fix to give the bad value."""
+    space = space_file(tmp_path, "fusion = { choices = ['mean'] }")
+    out = tmp_path / "out"
+    run = dict(space=str(space), out=str(out), trials=1, pruner="none", **TRAIN)
+    with pytest.raises(ConfigError, match="--objective-ways") as caught:
+        api.search(data, **run, **{**OBJECTIVE, "objective_ways": 50})
+    assert "validation episodes" in caught.value.message
+    assert not (out / "study.db").exists() and not any(out.iterdir())
+    result = api.search(data, **run, **OBJECTIVE)
+    assert [t["state"] for t in result.trials] == ["complete"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_bad_fixed_setting_is_keyed_by_its_flag_not_by_the_space(
+        tmp_path: Path, data: Path) -> None:
+    space = space_file(tmp_path, "fusion = { choices = ['mean'] }")
+    for key, value in (("steps", 0), ("max_minutes", float("nan")), ("dim", 0)):
+        with pytest.raises(ConfigError) as caught:
+            api.search(data, space=str(space), out=str(tmp_path / "out"), trials=1,
+                       **{**TRAIN, key: value}, **OBJECTIVE)
+        assert caught.value.column == key and caught.value.file is None
+
+
+def test_a_worker_with_another_space_or_a_foreign_study_is_refused_before_any_trial(
+        tmp_path: Path, data: Path) -> None:
+    """A worker whose space chose among other values failed every trial it drew with
+    Optuna's "CategoricalDistribution does not support dynamic value space", and those
+    failures counted toward --trials; a study no metamodal search made ran a trial first."""
+    out = tmp_path / "out"
+    run = dict(out=str(out), pruner="none", **TRAIN, **OBJECTIVE)
+    api.search(data, space=str(space_file(tmp_path, 'fusion = { choices = ["mean", "gated"] }')),
+               trials=1, **run)
+    other = tmp_path / "other.toml"
+    other.write_text('fusion = { choices = ["mean", "late"] }')
+    with pytest.raises(ConfigError, match="another search space") as caught:
+        api.search(data, space=str(other), trials=3, **run)
+    assert caught.value.file == str(other) and caught.value.column == "fusion"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
+    assert len(optuna.load_study(study_name="metamodal", storage=storage).trials) == 1
+
+    foreign = optuna.create_study(storage=storage, study_name="foreign")
+    foreign.add_trial(optuna.trial.create_trial(
+        params={"fusion": "bogus"}, value=0.5,
+        distributions={"fusion": optuna.distributions.CategoricalDistribution(["bogus"])}))
+    with pytest.raises(ConfigError, match="no metamodal search made") as caught:
+        api.search(data, space=str(other), trials=3, study="foreign",
+                   **{**run, "out": str(tmp_path / "out2")},
+                   storage=f"sqlite:///{out / 'study.db'}")
+    assert caught.value.column == "study"

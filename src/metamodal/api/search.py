@@ -17,6 +17,8 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +30,13 @@ from metamodal.api.fields import resolve
 from metamodal.api.settings import SearchSettings
 from metamodal.api.training import train
 from metamodal.config import TrainConfig, load_config
-from metamodal.errors import ConfigError, RunError
+from metamodal.errors import ConfigError, InsufficientSamplesError, RunError
 from metamodal.io import make_directory
+from metamodal.search.report import EPISODES_FILE, TRIALS_DIR
 from metamodal.search.space import SearchSpace, nest
 
 log = logging.getLogger(__name__)
 
-EPISODES_FILE = "val-episodes.jsonl"
 FIXED_ATTR = "fixed_settings"
 """The study's user attribute that records the settings all its trials share."""
 DATA_DIGEST = "sha256:"
@@ -43,7 +45,6 @@ MACHINE_SETTINGS = frozenset({"device", "dist_backend", "dist_timeout", "world_s
                               "compile", "task_batching", "vmap_chunk", "checkpoint_every"})
 """Settings each worker may give for its own machine: they do not change what a trial
 learns (a worker on a GPU beside one on a CPU)."""
-TRIALS_DIR = "trials"
 
 MAX_STUDY_NAME = 512
 """The longest study name (characters): what Optuna's database storages hold."""
@@ -151,28 +152,37 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
     if not base.data:
         raise ConfigError("no dataset given", column="data", fix="pass DATA")
     base = base.updated({"data": str(Path(base.data).resolve())})
+    base.validate(source=s.config or None)  # a bad flag is the flag's, not the space's
     space = SearchSpace.from_toml(s.space, base)
     sampler = make_sampler(s.sampler, space, s.sampler_seed)
     pruner = make_pruner(s.pruner, base.steps, base.val_every)
     out = make_directory(s.out, key="out")
-    storage = open_storage(s.storage, out)
-    # a failed trial is logged in one line by the objective: not by Optuna with its traceback
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # drawn before the study is opened: an objective the data cannot supply records nothing
+    drafted = draft_episodes(out, base.data, base.seed, ways=s.objective_ways,
+                             shots=s.objective_shots, queries=s.objective_queries,
+                             count=s.objective_episodes)
     try:
-        study = optuna.create_study(storage=storage, study_name=s.study, direction="maximize",
-                                    load_if_exists=True, sampler=sampler, pruner=pruner)
-    except Exception as error:  # the storage's own errors: locked, corrupt, wrong schema
-        raise RunError(f"the study cannot be opened ({type(error).__name__}: {error})",
-                       column="storage", fix="give another --storage or --study") from None
-    check_trial_folders(out, study)
-    check_fixed_settings(study, {
-        "train": {k: v for k, v in base.to_dict().items() if k not in MACHINE_SETTINGS}
-        | {"data": study_dataset(study, base.data)},
-        "objective": {"ways": s.objective_ways, "shots": s.objective_shots,
-                      "queries": s.objective_queries, "episodes": s.objective_episodes}})
-    episodes = fixed_episodes(out, base.data, base.seed, ways=s.objective_ways,
-                              shots=s.objective_shots, queries=s.objective_queries,
-                              count=s.objective_episodes)
+        storage = open_storage(s.storage, out)
+        # a failed trial is logged in one line by the objective: not by Optuna's traceback
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        try:
+            study = optuna.create_study(storage=storage, study_name=s.study,
+                                        direction="maximize", load_if_exists=True,
+                                        sampler=sampler, pruner=pruner)
+        except Exception as error:  # the storage's own errors: locked, corrupt, wrong schema
+            raise RunError(f"the study cannot be opened ({type(error).__name__}: {error})",
+                           column="storage", fix="give another --storage or --study") from None
+        check_trial_folders(out, study)
+        check_fixed_settings(study, {
+            "train": {k: v for k, v in base.to_dict().items() if k not in MACHINE_SETTINGS}
+            | {"data": study_dataset(study, base.data)},
+            "objective": {"ways": s.objective_ways, "shots": s.objective_shots,
+                          "queries": s.objective_queries, "episodes": s.objective_episodes},
+            "space": space.to_dict()}, space_file=s.space)
+    except BaseException:
+        discard_episodes(drafted)
+        raise
+    episodes = publish_episodes(drafted, out)
     fail_stale_trials(study)  # a killed worker's trial past its grace: failed now
     remaining = s.trials - counted_trials(study)
     if remaining > 0:
@@ -262,53 +272,110 @@ def study_dataset(study: Any, data: str) -> str:
     return DATA_DIGEST + dataset_digest(data)
 
 
-def check_fixed_settings(study: Any, fixed: dict[str, Any]) -> None:
+def check_fixed_settings(study: Any, fixed: dict[str, Any], *, space_file: str = "") -> None:
     """Record the settings every trial of ``study`` shares (the fixed training settings, the
-    dataset among them, and the objective's episodes) when it begins; `ConfigError` when a
-    later worker or run of the study gives other ones: its trials would be trained and
-    scored otherwise (on the episode file written for the first) and ranked together."""
-    fixed = json.loads(json.dumps(fixed))  # as the storage gives it back
+    dataset among them, the objective's episodes and the search space) when it begins;
+    `ConfigError` when a later worker or run of the study gives other ones: its trials would
+    be trained and scored otherwise (on the episode file written for the first) and ranked
+    together, or fail on a space Optuna cannot change. A part an older metamodal did not
+    record is recorded now. A study with trials that no metamodal search made is refused."""
+    fixed = json.loads(json.dumps(fixed, default=str))  # as the storage gives it back
     recorded = study.user_attrs.get(FIXED_ATTR)
     if recorded is None:
+        foreign = [t.number for t in study.get_trials(deepcopy=False) if "run" not in t.user_attrs]
+        if foreign:
+            raise ConfigError(f"study {study.study_name!r} holds trials that no metamodal "
+                              f"search made (trial {foreign[0]} records no run)",
+                              column="study", fix="give a study of its own (another --study)")
         study.set_user_attr(FIXED_ATTR, fixed)
         return
+    recorded = recorded if isinstance(recorded, dict) else {}
+    if set(fixed) - set(recorded):
+        study.set_user_attr(FIXED_ATTR, {**fixed, **recorded})
     for part, values in fixed.items():
-        before = recorded.get(part, {}) if isinstance(recorded, dict) else {}
+        before = recorded.get(part, values)
+        before = before if isinstance(before, dict) else {}
         changed = sorted(k for k in set(values) | set(before) if values.get(k) != before.get(k))
-        if changed:
-            key = changed[0]
-            name = f"objective_{key}" if part == "objective" else key
-            if name == "data" and str(values.get(key)).startswith(DATA_DIGEST):
-                raise ConfigError(
-                    f"study {study.study_name!r} began on another dataset: this one's "
-                    "dataset.toml, sample table or splits.toml differ from the ones its first "
-                    "worker read", column="data",
-                    fix="give the dataset the study began with (a copy at any path will do), "
-                    "or start a study of its own (another --study and --out)")
+        if not changed:
+            continue
+        key = changed[0]
+        own = "give another --study and --out"
+        if part == "space":
             raise ConfigError(
-                f"study {study.study_name!r} began with {name} = {before.get(key)!r}, not "
-                f"{values.get(key)!r}: its trials share their fixed settings and their "
-                "validation episodes", column=name,
-                fix=f"give {name} = {before.get(key)!r} to continue it, or start a study of "
-                "its own (another --study and --out)")
+                f"study {study.study_name!r} began with another search space: {key} was "
+                f"{_setting(before.get(key))}, here {_setting(values.get(key))}",
+                file=space_file or None, column=key,
+                fix=f"give the space the study began with, or {own} for this one")
+        if part == "train" and key == "data" and str(values[key]).startswith(DATA_DIGEST):
+            raise ConfigError(
+                f"study {study.study_name!r} began on another dataset: this one's "
+                "dataset.toml, sample table or splits.toml differ from the ones its first "
+                "worker read", column="data",
+                fix=f"give the dataset the study began with (a copy at any path will do), "
+                f"or {own} for this one")
+        name = f"objective_{key}" if part == "objective" else key
+        raise ConfigError(
+            f"study {study.study_name!r} began with {name} = {before.get(key)!r}, not "
+            f"{values.get(key)!r}: its trials share their fixed settings and their "
+            "validation episodes", column=name,
+            fix=f"give {name} = {before.get(key)!r} to continue it, or {own} for this one")
 
 
-def fixed_episodes(out: Path, data: str, seed: int, *, ways: int, shots: int, queries: int,
-                   count: int) -> Path:
-    """The validation episodes every trial is scored on, written once (the same file for
-    every worker: it depends only on the dataset, its split and these numbers)."""
+def _setting(param: Any) -> str:
+    """A space setting as recorded (`SearchSpace.to_dict`), for a message."""
+    if not isinstance(param, dict):
+        return "absent"
+    if param.get("choices") is not None:
+        return f"one of {param['choices']}"
+    return f"a range {param.get('low')}..{param.get('high')}" + (
+        " (log)" if param.get("log") else "") + (
+        f" step {param['step']}" if param.get("step") is not None else "")
+
+
+def draft_episodes(out: Path, data: str, seed: int, *, ways: int, shots: int, queries: int,
+                   count: int) -> Path | None:
+    """The validation episodes every trial is scored on, drawn into a folder of their own
+    inside ``out`` (`publish_episodes` puts them in place); None where ``OUT`` already holds
+    them (they depend only on the dataset, its split and these numbers, which the study's
+    fixed settings check).
+
+    Raises:
+        ConfigError: the validation split cannot supply such episodes (naming the flags).
+    """
+    if (out / EPISODES_FILE).exists():
+        return None
+    folder = Path(tempfile.mkdtemp(prefix=".episodes-", dir=out))
+    try:
+        return write_episodes(data, out=str(folder / EPISODES_FILE), split="val",
+                              split_seed=seed, ways=ways, shots=shots, queries=queries,
+                              runs=count, seed=seed).path
+    except InsufficientSamplesError as error:
+        raise ConfigError(
+            f"the search's validation episodes ({ways}-way {shots}-shot, {queries} queries) "
+            f"cannot be drawn: {error.message}", fix="lower --objective-ways, "
+            "--objective-shots or --objective-queries (" + (error.fix or "").replace(
+                "--ways", "--objective-ways") + ")") from None
+    finally:
+        if not (folder / EPISODES_FILE).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish_episodes(drafted: Path | None, out: Path) -> Path:
+    """``OUT``'s validation episodes: ``drafted`` moved into place unless another worker's
+    are already there (the same file: they depend only on the data and the settings)."""
     from metamodal.io import atomic_write
 
     path = out / EPISODES_FILE
-    if not path.exists():
-        tmp_dir = out / f".episodes-{os.getpid()}"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        written = write_episodes(data, out=str(tmp_dir / EPISODES_FILE), split="val",
-                                 split_seed=seed, ways=ways, shots=shots, queries=queries,
-                                 runs=count, seed=seed).path
-        atomic_write(path, lambda tmp: os.replace(written, tmp))
-        tmp_dir.rmdir()
+    if drafted is not None and not path.exists():
+        atomic_write(path, lambda tmp: os.replace(drafted, tmp))
+    discard_episodes(drafted)
     return path
+
+
+def discard_episodes(drafted: Path | None) -> None:
+    """Remove the folder `draft_episodes` drew into (what is left of it)."""
+    if drafted is not None:
+        shutil.rmtree(drafted.parent, ignore_errors=True)
 
 
 def objective(space: SearchSpace, base: TrainConfig, out: Path, episodes: Path, *,

@@ -6,6 +6,9 @@
     OUT/report/index.html    the table and the two plots
     OUT/report/history.png   each trial's score and the best so far
     OUT/report/importance.png  how much each setting explains the score (Optuna's fANOVA)
+
+beside the trials' run directories (``OUT/trials/NNNN``) and the validation episodes every
+trial is scored on (``OUT/val-episodes.jsonl``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ from typing import Any
 
 from metamodal.errors import RunError
 from metamodal.io import atomic_write, atomic_write_text
+
+TRIALS_FILE = "trials.csv"
+BEST_FILE = "best.toml"
+REPORT_DIR = "report"
+TRIALS_DIR = "trials"
+EPISODES_FILE = "val-episodes.jsonl"
+OUT_ENTRIES = frozenset({TRIALS_FILE, BEST_FILE, REPORT_DIR, TRIALS_DIR, EPISODES_FILE})
+"""What a search writes in ``OUT`` (besides its default storage, ``study.db``)."""
 
 
 @dataclass
@@ -120,8 +131,8 @@ def write_outputs(study: Any, out: Path) -> SearchSummary:
         writer.writerow([row.number, row.state, _num(row.score), _num(row.ci95),
                          *[row.values.get(n, "") for n in names], row.error or "",
                          row.run or ""])
-    atomic_write_text(out / "trials.csv", buffer.getvalue())
-    summary.files["trials"] = str(out / "trials.csv")
+    atomic_write_text(out / TRIALS_FILE, buffer.getvalue())
+    summary.files["trials"] = str(out / TRIALS_FILE)
     if summary.best is not None:
         config = _attr(study, study.trials[summary.best.number], "config", dict)
         if config is None:
@@ -133,9 +144,9 @@ def write_outputs(study: Any, out: Path) -> SearchSummary:
                   f"validation accuracy {summary.best.score:.4f} on the search's fixed "
                   "episodes.\n# metamodal train --config best.toml --out RUN\n")
         plain = {k: v for k, v in config.items() if v is not None}
-        atomic_write_text(out / "best.toml", header + tomli_w.dumps(plain))
-        summary.files["best"] = str(out / "best.toml")
-    report = out / "report"
+        atomic_write_text(out / BEST_FILE, header + tomli_w.dumps(plain))
+        summary.files["best"] = str(out / BEST_FILE)
+    report = out / REPORT_DIR
     report.mkdir(exist_ok=True)
     _plot_history(summary, report / "history.png")
     if summary.importances:

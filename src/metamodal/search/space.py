@@ -186,6 +186,17 @@ class SearchSpace:
                                       "train --help for the settings and their values"
                                       ) from None
 
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Each setting's draw by its name: what a study records of its space.
+
+        Example:
+            >>> space = SearchSpace([Param("lr", low=1e-4, high=1e-2, log=True)], Path("s.toml"))
+            >>> space.to_dict()["lr"]["log"]
+            True
+        """
+        return {param.name: {k: v for k, v in dataclasses.asdict(param).items() if k != "name"}
+                for param in self.params}
+
     @functools.cached_property
     def by_name(self) -> dict[str, Param]:
         """The space's keys and their settings."""

@@ -20,6 +20,8 @@ heartbeat is older than `HEARTBEAT_GRACE` when a search starts.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import threading
@@ -37,6 +39,8 @@ HEARTBEAT_INTERVAL = 60
 elsewhere)."""
 HEARTBEAT_GRACE = 180
 """Seconds without a heartbeat after which a running trial counts as killed, and is failed."""
+JOURNAL_SETTLE = 1.0
+"""Seconds `check_journal` waits before it looks again at a journal's incomplete last line."""
 HEARTBEAT_ATTR = "heartbeat"
 """The user attribute `TrialHeartbeat` keeps a trial's last heartbeat in (Unix seconds)."""
 
@@ -61,15 +65,18 @@ def open_storage(url: str | None, out: Path) -> Any:
     try:
         if url.startswith("journal:"):
             path = Path(url.removeprefix("journal:"))
+            check_storage_file(path, out)
             if not path.parent.is_dir():
                 raise ConfigError("the journal's folder does not exist", column="storage",
                                   file=path, fix="create the folder, or give another path")
+            check_journal(path)
             return JournalStorage(JournalFileBackend(str(path)))
         if url in ("sqlite://", "sqlite:///", "sqlite:///:memory:") or ":memory:" in url:
             raise ConfigError("an in-memory SQLite study ends with its process: no worker can "
                               "share it, no run continue it", column="storage", fix=fix)
         if url.startswith("sqlite:///"):
             path = Path(url.removeprefix("sqlite:///"))
+            check_storage_file(path, out)
             if not path.parent.is_dir():
                 raise ConfigError("the database's folder does not exist", column="storage",
                                   file=path, fix="create the folder, or give another path")
@@ -95,7 +102,77 @@ def open_storage(url: str | None, out: Path) -> Any:
                           column="storage", fix=fix) from None
     except Exception as error:  # the store's own errors: unreachable, locked, corrupt
         raise RunError(f"the storage {url!r} cannot be read ({type(error).__name__}: "
-                       f"{error})", column="storage", fix=fix) from None
+                       f"{error})", column="storage", fix="check that the storage is "
+                       "reachable and whole, or give another --storage") from None
+
+
+def check_storage_file(path: Path, out: Path) -> None:
+    """Refuse a study's file (a journal or SQLite database) that is something other than a
+    regular file, one of the files a search writes in ``out`` (`OUT_ENTRIES`, or inside its
+    report or trials), or inside a dataset directory: the search would write over it, or it
+    over the search's own files.
+
+    Raises:
+        ConfigError: keyed ``storage``.
+    """
+    from metamodal.data.paths import PathRefused, check_regular_file
+    from metamodal.data.schema import SCHEMA_FILE
+    from metamodal.search.report import OUT_ENTRIES
+
+    def refuse(why: str, fix: str) -> ConfigError:
+        return ConfigError(f"the study's file {why}", file=path, column="storage", fix=fix)
+
+    try:
+        check_regular_file(path, "study")
+    except FileNotFoundError:
+        pass
+    except PathRefused as refused:
+        raise refuse(f"cannot be used: {refused.message}", refused.fix) from None
+    target, out = path.resolve(), out.resolve()
+    if out in target.parents and target.relative_to(out).parts[0] in OUT_ENTRIES:
+        raise refuse(f"is {target.relative_to(out)}, which the search writes in its --out",
+                     f"give it a name of its own, e.g. {out / 'study.log'}")
+    if any((folder / SCHEMA_FILE).is_file() for folder in target.parents):
+        raise refuse("lies inside a dataset directory", "keep it outside the dataset, e.g. "
+                     f"in the search's --out ({out})")
+
+
+def check_journal(path: Path) -> None:
+    """Refuse a journal file whose records cannot all be replayed, naming the first bad line:
+    Optuna reads such a journal without a word, then appends onto its incomplete last line
+    and leaves it unreadable. An incomplete last line is what a worker killed while writing
+    leaves; it is looked at again after a moment, in case another worker is writing it.
+
+    Raises:
+        RunError: keyed ``storage``, the line in ``row``.
+    """
+    for attempt in range(2):
+        with open(path, "rb") if path.exists() else contextlib.nullcontext(None) as handle:
+            if handle is None:
+                return
+            size, number = 0, 0
+            for number, line in enumerate(handle, start=1):
+                if not line.endswith(b"\n"):
+                    break
+                size += len(line)
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict) or "op_code" not in record:
+                    raise RunError(
+                        "the journal's record is not one of Optuna's (a JSON object with an "
+                        "op_code): the records from here on cannot be replayed", file=path,
+                        row=number, column="storage", fix="restore the journal from a copy, "
+                        "or give another --storage for a new study")
+            else:
+                return
+        if attempt == 0:
+            time.sleep(JOURNAL_SETTLE)
+    raise RunError(f"the journal's last record (line {number}) is incomplete: a worker "
+                   "stopped while writing it", file=path, row=number, column="storage",
+                   fix=f"cut it off (the {number - 1} records before it are whole): "
+                   f"truncate -s {size} {path}")
 
 
 NETWORK_FILESYSTEMS = frozenset({

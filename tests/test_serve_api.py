@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
+import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -462,6 +463,56 @@ def test_the_run_balance_is_off_unless_served_with_it(runs: dict[str, Path],
     assert not np.allclose(served[None], served[True], atol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def ensemble_run(runs: dict[str, Path]) -> Path:
+    """An ensemble of two ProtoNet runs that share no modality: images, and captions."""
+    from metamodal import api
+
+    root = runs["root"]
+    common = dict(data=str(runs["data"]), ways=2, shots=1, queries=1, dim=8, val_every=0,
+                  val_episodes=1, device="cpu", cache=False, steps=1)
+    with warnings.catch_warnings():  # of so few episodes, which do not matter here
+        warnings.simplefilter("ignore", UserWarning)
+        for name in ("image", "caption"):
+            Trainer(TrainConfig(modalities=[name], **common), root / f"only-{name}",
+                    progress=False).fit()
+        api.ensemble([str(root / "only-image"), str(root / "only-caption")],
+                     out=str(root / "ensemble"), ways=2, queries=1, episodes_count=4, seed=1)
+    return root / "ensemble"
+
+
+def test_the_test_time_settings_are_a_list_of_one_per_member(
+        client: TestClient, ensemble_run: Path, tmp_path: Path) -> None:
+    """``test_time`` is always a list (the page and the kept measurements read it so): one
+    object for a run, one per member for an ensemble."""
+    (plain,) = client.get("/api/model").json()["test_time"]
+    assert set(plain) == {"tta", "transduction", "transduction_balance", "fusion_confidence",
+                          "fusion_reliability"}
+    with TestClient(create_app(ensemble_run, state=tmp_path, eval_episodes=0)) as c:
+        members = c.get("/api/model").json()["test_time"]
+    assert isinstance(members, list) and len(members) == 2 and members[0].keys() == plain.keys()
+
+
+def test_an_ensemble_refuses_a_query_no_member_can_compare(ensemble_run: Path,
+                                                           tmp_path: Path) -> None:
+    """Examples of captions only, a query of an image only: the image member has no example
+    to compare with, the caption member nothing of the query. The ensemble answered the first
+    class at 0.5 / 0.5 as if it had voted; it is a 422 naming the query, as a query with none
+    of a run's modalities is."""
+    app = create_app(ensemble_run, state=tmp_path, eval_episodes=0)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        task = post(c, "/api/tasks", _texts(["a", "b", "a"])).json()["id"]
+        url = f"/api/tasks/{task}/predict"
+        image = [("q1.image", ("q.png", png(8, 8)))]
+        body = assert_error(post(c, url, {"q0.caption": "a a thing"}, image), 422, "q1")
+        assert "no member of the ensemble" in body["error"]
+        assert "q1 carries image, the examples carry caption" in body["error"]
+        assert "image (member 1); caption (member 2)" in body["error"]
+        both = post(c, url, {"q0.caption": "a a thing", "q1.caption": "b"}, image)
+        assert both.status_code == 200, both.text
+        assert [p["label"] for p in both.json()["predictions"]][0] == "a"
+
+
 def test_serve_refuses_a_bad_test_time_setting(runs: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         create_app(runs["maml"], state=tmp_path, eval_episodes=0, transduction=2)
@@ -635,6 +686,32 @@ def test_a_damaged_row_is_a_run_error_of_its_task_only(runs: dict[str, Path],
     assert app.state.store.count() == 1 + (table == "examples")
 
 
+def test_removing_beside_another_damaged_example_answers_what_is_known(
+        runs: dict[str, Path], tmp_path: Path) -> None:
+    """Two damaged examples in one task: removing one committed, then answered 500 with the
+    other's error. The removal's answer says it stands, with the task's damage under
+    ``damaged``; removing the other (its class) brings the task back whole."""
+    with TestClient(create_app(runs["protonet"], state=tmp_path, eval_episodes=0)) as c:
+        task = post(c, "/api/tasks", _texts(["a", "b", "a", "b"])).json()["id"]
+    with sqlite3.connect(tmp_path / DATABASE) as db:
+        ids = [i for (i,) in db.execute("SELECT id FROM examples ORDER BY seq")]
+        db.execute("UPDATE examples SET modalities = 'notjson' WHERE id IN (?, ?)", ids[:2])
+    with TestClient(create_app(runs["protonet"], state=tmp_path, eval_episodes=0),
+                    raise_server_exceptions=False) as c:
+        r = c.delete(f"/api/tasks/{task}/examples/{ids[0]}")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["id"] == task and set(body["damaged"]) == ERROR_KEYS
+        assert body["damaged"]["column"] == "examples.modalities"
+        assert ids[1] in body["damaged"]["error"]
+        assert [d["id"] for d in c.get("/api/tasks").json()["damaged"]] == [task]
+        assert_error(c.delete(f"/api/tasks/{task}/examples/{ids[0]}"), 404, "example")
+        r = c.delete(f"/api/tasks/{task}/classes/b")
+        assert r.status_code == 200, r.text
+        assert r.json()["classes"] == [{"label": "a", "examples": 1}]
+        assert [e["id"] for e in c.get(f"/api/tasks/{task}").json()["examples"]] == [ids[2]]
+
+
 def test_a_damaged_thumbnail_is_a_run_error(client: TestClient, runs: dict[str, Path],
                                             rows: list[dict[str, str]]) -> None:
     task = new_task(client, rows[:2], runs["data"], modalities=("image",))
@@ -804,10 +881,41 @@ def test_a_task_name_is_one_text_field(client: TestClient, name: list | str | No
     assert created.json()["name"] == "untitled"
 
 
+def test_a_task_name_over_200_characters_is_400(client: TestClient) -> None:
+    """A name of 201 characters was cut to 200 without a word; it is refused as a label is."""
+    count = len(client.get("/api/tasks").json()["tasks"])
+    body = assert_error(post(client, "/api/tasks", {"e0.label": "a", "e0.caption": "x",
+                                                    "name": "n" * 201}), 400, "name")
+    assert "201 characters" in body["error"]
+    assert len(client.get("/api/tasks").json()["tasks"]) == count
+    created = post(client, "/api/tasks", {"e0.label": "a", "e0.caption": "x",
+                                          "name": f" {'n' * 200} "})
+    assert created.status_code == 201 and created.json()["name"] == "n" * 200
+    client.delete(f"/api/tasks/{created.json()['id']}")
+
+
 def test_a_label_given_as_a_file_is_400(client: TestClient, task: dict) -> None:
     r = post(client, f"/api/tasks/{task['id']}/examples", {"e0.caption": "x"},
              [("e0.label", ("label.txt", b"cat"))])
     assert_error(r, 400, "e0.label")
+
+
+def test_a_text_sent_as_a_file_is_its_text(client: TestClient, task: dict) -> None:
+    """``-F e0.caption=@c.txt``: the file's UTF-8 text is the caption, stored and shown as
+    typed text (it was used for the prediction, yet the example's ``text`` was null)."""
+    created = post(client, "/api/tasks", {"e0.label": "a", "e1.label": "b",
+                                          "e1.caption": "a plain thing"},
+                   [("e0.caption", ("c.txt", "a crimson caf\u00e9 thing".encode()))])
+    assert created.status_code == 201, created.text
+    url = f"/api/tasks/{created.json()['id']}"
+    examples = client.get(url).json()["examples"]
+    assert [e["text"] for e in examples] == ["a crimson caf\u00e9 thing", "a plain thing"]
+    assert examples[0]["modalities"] == ["caption"]
+    r = post(client, f"{url}/predict", {"k": "1"},
+             [("q0.caption", ("q.txt", "a crimson caf\u00e9 thing".encode()))])
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["nearest"][0]["text"] == "a crimson caf\u00e9 thing"
+    client.delete(url)
 
 
 FORMS = {
@@ -881,7 +989,104 @@ def test_an_urlencoded_form_is_read_as_utf8(client: TestClient, task: dict) -> N
     for body in (b"e0.label=caf%FF&e0.caption=a", b"e0.label=caf\xe9&e0.caption=a"):
         r = client.post(url, content=body, headers=form)
         assert r.status_code == 400 and r.json()["column"] == "form", r.text
-        assert "UTF-8" in r.json()["error"]
+        assert "UTF-8" in r.json()["error"] and "multipart" not in r.json()["fix"]
+
+
+def _multipart(parts: list[tuple[str, bytes]], *, closed: bool = True,
+               headers: dict[str, bytes] | None = None) -> bytes:
+    """A multipart body of boundary ``XXB``: one text part per (name, bytes), each with the
+    extra part ``headers`` given for its name, and the closing boundary when ``closed``."""
+    body = b""
+    for name, data in parts:
+        extra = (headers or {}).get(name)
+        body += (b"--XXB\r\nContent-Disposition: form-data; name=\"" + name.encode() + b"\"\r\n"
+                 + (b"Content-Type: " + extra + b"\r\n" if extra else b"") + b"\r\n" + data
+                 + b"\r\n")
+    return body + b"--XXB--\r\n" * closed
+
+
+MULTIPART = {"content-type": "multipart/form-data; boundary=XXB"}
+
+
+def test_a_truncated_multipart_body_is_400_and_stores_nothing(client: TestClient) -> None:
+    """A body without its closing boundary was acknowledged (201) without the part it cut
+    short (``e1.weight_g``), and one cut inside an earlier part was a misleading 422: both are
+    a 400 keyed ``form``, and no task is made."""
+    parts = [("e0.label", b"a"), ("e0.caption", b"a crimson thing"), ("e1.label", b"b"),
+             ("e1.caption", b"a plain thing"), ("e1.weight_g", b"12345")]
+    whole = _multipart(parts)
+    cut = {"inside the last part": whole[:whole.index(b"12345") + 5],
+           "after the last part": _multipart(parts, closed=False),
+           "inside an earlier part": whole[:whole.index(b"a plain") + 3],
+           "inside a part's headers": whole[:whole.index(b'name="e1.label"')],
+           "an empty body": b""}
+    count = len(client.get("/api/tasks").json()["tasks"])
+    for case, body in cut.items():
+        r = client.post("/api/tasks", content=body, headers=MULTIPART)
+        error = assert_error(r, 400, "form")
+        assert error["error"] == "the multipart body is truncated (no closing boundary)", case
+    assert len(client.get("/api/tasks").json()["tasks"]) == count
+    r = client.post("/api/tasks", content=whole, headers=MULTIPART)  # the whole body is fine
+    assert r.status_code == 201, r.text
+    client.delete(f"/api/tasks/{r.json()['id']}")
+
+
+@pytest.mark.parametrize("field, data, headers", [
+    ("e0.label", b"r\xffd", None),
+    ("e0.caption", b"x\xfe\xff", None),
+    ("e0.caption", "caf\u00e9".encode("latin-1"), None),
+    ("e0.caption", "caf\u00e9".encode("latin-1"), b"text/plain; charset=iso-8859-1"),
+    ("e0.caption", b"cafe", b"text/plain; charset=iso-8859-1"),  # the charset is refused
+])
+def test_multipart_text_must_be_utf8(client: TestClient, task: dict, field: str, data: bytes,
+                                     headers: bytes | None) -> None:
+    """Text that is not UTF-8 (or declared in another charset) was read as Latin-1 without a
+    word (``r\xffd`` became ``r\u00ffd``); it is a 400 naming the field, as urlencoded."""
+    before = client.get(f"/api/tasks/{task['id']}").json()
+    parts = dict([("e0.label", b"a"), ("e0.caption", b"a thing"), (field, data)])
+    body = _multipart(list(parts.items()), headers={field: headers} if headers else None)
+    for url in (f"/api/tasks/{task['id']}/examples", "/api/tasks"):
+        r = client.post(url, content=body, headers=MULTIPART)
+        error = assert_error(r, 400, field)
+        assert ("UTF-8" in error["error"] or "charset" in error["error"]) and "UTF-8" in \
+            error["fix"]
+    assert client.get(f"/api/tasks/{task['id']}").json() == before
+    query = _multipart([("q0.caption", data)], headers={"q0.caption": headers} if headers
+                       else None)
+    r = client.post(f"/api/tasks/{task['id']}/predict", content=query, headers=MULTIPART)
+    assert_error(r, 400, "q0.caption")
+
+
+def test_a_multipart_form_of_another_charset_is_400(client: TestClient, task: dict) -> None:
+    r = client.post(f"/api/tasks/{task['id']}/predict", content=_multipart(
+        [("q0.caption", b"cafe")]), headers={
+            "content-type": "multipart/form-data; boundary=XXB; charset=latin-1"})
+    assert_error(r, 400, "content-type")
+    r = client.post(f"/api/tasks/{task['id']}/predict", content=_multipart(
+        [("q0.caption", "caf\u00e9".encode())]), headers={
+            "content-type": "multipart/form-data; boundary=XXB; charset=UTF-8"})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+@pytest.mark.parametrize("kind", ["multipart", "urlencoded"])
+def test_a_compressed_body_is_415(client: TestClient, task: dict, encoding: str,
+                                  kind: str) -> None:
+    """A gzipped form was answered "the form's text is not UTF-8"; any content encoding is
+    a 415 that says to send the body uncompressed."""
+    import gzip
+
+    plain, headers = ((_multipart([("q0.caption", b"a thing")]), dict(MULTIPART))
+                      if kind == "multipart" else
+                      (b"q0.caption=a+thing", {"content-type":
+                                               "application/x-www-form-urlencoded"}))
+    r = client.post(f"/api/tasks/{task['id']}/predict", content=gzip.compress(plain),
+                    headers={**headers, "content-encoding": encoding})
+    body = assert_error(r, 415, "content-encoding")
+    assert encoding in body["error"] and "uncompressed" in body["fix"]
+    r = client.post(f"/api/tasks/{task['id']}/predict", content=plain,
+                    headers={**headers, "content-encoding": "identity"})
+    assert r.status_code == 200, r.text
 
 
 def test_unknown_ids_are_404(client: TestClient, task: dict) -> None:
@@ -1433,6 +1638,25 @@ def test_a_state_inside_the_run_is_a_config_error(runs: dict[str, Path],
             assert c.get("/api/health").status_code == 200
     finally:
         shutil.rmtree(beside, ignore_errors=True)
+
+
+def test_a_state_inside_a_dataset_is_a_config_error(runs: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    """Writes inside a dataset directory are refused elsewhere; tasks.sqlite was written
+    there. A state that is a dataset directory, or lies inside one, is refused before
+    loading, and nothing is made."""
+    data = runs["data"]
+    (tmp_path / "dataset.toml").mkdir()  # a directory of that name marks no dataset
+    for state in (data, data / "serve-state", data / "images" / "deep" / "state"):
+        with pytest.raises(ConfigError, match="inside the dataset directory") as caught:
+            create_app(tmp_path / "no-run", state=state, eval_episodes=0)
+        assert caught.value.column == "state" and "outside the dataset" in caught.value.fix
+        assert str(data) in caught.value.message
+    assert not (data / "serve-state").exists() and not (data / "images" / "deep").exists()
+    assert not (data / DATABASE).exists()
+    with TestClient(create_app(runs["protonet"], state=tmp_path / "state",
+                               eval_episodes=0)) as c:
+        assert c.get("/api/health").status_code == 200
 
 
 def test_a_state_directory_that_cannot_be_made_is_a_config_error(

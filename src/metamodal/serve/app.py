@@ -36,9 +36,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metamodal.config import test_time_overrides
+from metamodal.data.schema import SCHEMA_FILE
 from metamodal.errors import (
     ConfigError,
     DatasetError,
@@ -53,11 +55,19 @@ from metamodal.serve.engine import Engine
 from metamodal.serve.forms import (
     BodyLimit,
     BodyTooLargeError,
-    has_control_characters,
+    UnsupportedEncodingError,
     read_form,
     samples_of,
+    task_name,
 )
-from metamodal.serve.store import LimitError, Limits, NotFoundError, TaskRecord, TaskStore
+from metamodal.serve.store import (
+    LimitError,
+    Limits,
+    NewExample,
+    NotFoundError,
+    TaskRecord,
+    TaskStore,
+)
 
 if TYPE_CHECKING:
     from metamodal.api.settings import ServeSettings
@@ -73,9 +83,9 @@ _ORIGIN = re.compile(rf"(?P<scheme>https?)://(?P<host>\[[0-9a-f:.]+\]|{_LABEL}(?
 _DEFAULT_PORT = {"http": 80, "https": 443}
 
 
-_STATUS = [(BodyTooLargeError, 413), (NotFoundError, 404), (LimitError, 409),
-           (InsufficientSamplesError, 409), (ModalityError, 422), (DatasetError, 422),
-           (ConfigError, 400), (RunError, 500), (MetamodalError, 422)]
+_STATUS = [(BodyTooLargeError, 413), (UnsupportedEncodingError, 415), (NotFoundError, 404),
+           (LimitError, 409), (InsufficientSamplesError, 409), (ModalityError, 422),
+           (DatasetError, 422), (ConfigError, 400), (RunError, 500), (MetamodalError, 422)]
 
 _EXAMPLES_FORM = {"requestBody": {"content": {"multipart/form-data": {"schema": {
     "type": "object", "description": "examples e<n>.label plus e<n>.<column> per modality "
@@ -122,7 +132,8 @@ def is_origin(text: str) -> bool:
 
 def check_settings(s: ServeSettings) -> None:
     """Refuse, before anything is loaded, a ``cors`` that is not a web origin (`is_origin`)
-    or ``*``, and a ``state`` that is not a directory or lies inside the run directory (the
+    or ``*``, and a ``state`` that is not a directory, lies inside the run directory or
+    inside a dataset directory (one of it or its parents holds a ``dataset.toml``; the
     numbers' ranges are declared with `ServeSettings` and checked when it is made).
 
     Raises:
@@ -143,6 +154,12 @@ def check_settings(s: ServeSettings) -> None:
                           "and all", file=s.state, column="state",
                           fix=f"give --state a directory outside the run ({s.run}); move "
                           "an existing state there first")
+    dataset = next((folder for folder in (state, *state.parents)
+                    if (folder / SCHEMA_FILE).is_file()), None)
+    if dataset is not None:
+        raise ConfigError(f"the state directory lies inside the dataset directory {dataset}, "
+                          "where nothing is written", file=s.state, column="state",
+                          fix="give --state a directory outside the dataset")
     blocking = file_in_the_way(s.state)  # before a large model loads; `TaskStore` makes it
     if blocking is not None:
         raise ConfigError("is a file, where the state directory is needed", file=blocking,
@@ -275,11 +292,22 @@ def build_app(s: ServeSettings,
                 for e in task.examples]
         return out
 
-    async def examples_from(request: Request, extra: tuple[str, ...] = ()) -> tuple[Any, list]:
-        form = await read_form(request, max_samples=s.max_samples, max_files=s.max_samples * 8)
-        samples = await samples_of(form, "e", columns=columns, labelled=True,
-                                   max_samples=s.max_samples, extra=extra)
-        return form, await run_in_threadpool(engine.encode_examples, samples)
+    async def form_of(request: Request) -> FormData:
+        return await read_form(request, max_samples=s.max_samples,
+                               max_files=s.max_samples * 8)
+
+    async def examples_from(form: FormData, extra: tuple[str, ...] = ()) -> list[NewExample]:
+        samples = samples_of(form, "e", columns=columns, labelled=True,
+                             max_samples=s.max_samples, extra=extra)
+        return await run_in_threadpool(engine.encode_examples, samples)
+
+    def after_removal(task_id: str) -> dict[str, Any]:
+        """The task's summary after a committed removal; where another of its rows cannot be
+        read back, its ``id`` and that error under ``damaged`` (the removal stands)."""
+        try:
+            return summary(store.get(task_id))
+        except RunError as error:
+            return {"id": task_id, "damaged": error_body(error)}
 
     @app.get("/api/health")
     def health() -> dict[str, str]:
@@ -316,15 +344,9 @@ def build_app(s: ServeSettings,
     @app.post("/api/tasks", status_code=201, openapi_extra=_EXAMPLES_FORM)
     async def create_task(request: Request) -> dict[str, Any]:
         """A new task from labelled examples (``name`` optional)."""
-        form, examples = await examples_from(request, extra=("name",))
-        names = form.getlist("name")
-        if len(names) > 1 or not all(isinstance(n, str) for n in names):
-            raise ConfigError("the task's name must be one text field", column="name",
-                              fix="e.g. -F name=birds")
-        if names and has_control_characters(names[0]):
-            raise ConfigError("the task's name holds a control character", column="name",
-                              fix="name the task with printable characters")
-        name = (names[0] if names else "").strip()[:200] or "untitled"
+        form = await form_of(request)
+        name = task_name(form)
+        examples = await examples_from(form, extra=("name",))
         return summary(await run_in_threadpool(store.create_task, name, examples))
 
     @app.get("/api/tasks/{task_id}")
@@ -343,19 +365,22 @@ def build_app(s: ServeSettings,
     async def add_examples(task_id: str, request: Request) -> dict[str, Any]:
         """Add labelled examples to a task (of its classes or new ones)."""
         store.get(task_id)  # 404 before reading the uploads
-        _, examples = await examples_from(request)
+        examples = await examples_from(await form_of(request))
         task, added = await run_in_threadpool(store.add_examples, task_id, examples)
         return {**summary(task), "added": added}
 
     @app.delete("/api/tasks/{task_id}/examples/{example_id}")
     def remove_example(task_id: str, example_id: str) -> dict[str, Any]:
-        """Remove one example."""
-        return summary(store.remove_examples(task_id, example_id=example_id))
+        """Remove one example: the task's summary, or, where another of its rows is damaged,
+        its id and the error under ``damaged``."""
+        store.remove_examples(task_id, example_id=example_id)
+        return after_removal(task_id)
 
     @app.delete("/api/tasks/{task_id}/classes/{label:path}")  # a label may hold "/"
     def remove_class(task_id: str, label: str) -> dict[str, Any]:
-        """Remove every example of a class."""
-        return summary(store.remove_examples(task_id, label=label))
+        """Remove every example of a class (the answer as `remove_example`'s)."""
+        store.remove_examples(task_id, label=label)
+        return after_removal(task_id)
 
     @app.get("/api/tasks/{task_id}/examples/{example_id}/thumbnail",
              responses={200: {"content": {"image/png": {}}}})
@@ -372,9 +397,9 @@ def build_app(s: ServeSettings,
         """Classify query samples against a task: label, probabilities, the modalities each
         query lacked and its nearest examples."""
         task = await run_in_threadpool(store.get, task_id, tensors=True)
-        form = await read_form(request, max_samples=s.max_samples, max_files=s.max_samples * 8)
-        samples = await samples_of(form, "q", columns=columns, labelled=False,
-                                   max_samples=s.max_samples, extra=("k",))
+        form = await form_of(request)
+        samples = samples_of(form, "q", columns=columns, labelled=False,
+                             max_samples=s.max_samples, extra=("k",))
         given = form.getlist("k")  # ASCII digits only: int() refuses "²", which isdigit()
         k = (given[0] or "3") if given else "3"
         if len(given) > 1 or not isinstance(k, str) or not re.fullmatch(r"[0-9]{1,2}", k) \

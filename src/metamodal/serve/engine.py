@@ -40,6 +40,7 @@ from metamodal.data.loaders.image import MAX_PIXELS, ImageLoader, decoded_pixels
 from metamodal.data.records import records_dataset
 from metamodal.errors import DatasetError, InsufficientSamplesError, LocatedError, ModalityError
 from metamodal.io import sha256_file
+from metamodal.model.ensemble import EnsembleModel
 from metamodal.model.test_time import settings_in_force
 from metamodal.runs.directory import WEIGHTS_FILE, Run
 from metamodal.runs.support import EncodedSamples
@@ -234,10 +235,26 @@ class Engine:
                             fix="send fewer or smaller images per request (the model "
                             "shrinks each to its own small size anyway)")
 
+    def _read_text_files(self, samples: list[Sample]) -> None:
+        """Replace, in place, each file sent for a modality given as text (a caption, a
+        tabular column) by its UTF-8 text, which is then read, stored and shown as typed text.
+
+        Raises:
+            ModalityError: a file that is not UTF-8 text, named by its form field.
+        """
+        inputs = {info.name: info.input for info in self.modality_info()}
+        columns = self.columns()
+        for sample in samples:
+            for column, value in list(sample.values.items()):
+                if isinstance(value, Upload) and inputs[columns[column]] != "file":
+                    sample.values[column] = _text_of(value, f"{sample.key}.{column}")
+
     def _decode(self, samples: list[Sample]) -> EncodedSamples:
         """The samples read and decoded by the run's loaders, from a private directory,
-        within the pixel budget (`_check_pixels`)."""
+        within the pixel budget (`_check_pixels`); a file sent for a text modality is read as
+        its text (`_read_text_files`)."""
         self._check_pixels(samples)
+        self._read_text_files(samples)
         kinds = {info.name: info for info in self.modality_info()}
         columns = self.columns()
         with tempfile.TemporaryDirectory(prefix="metamodal-upload-") as tmp:
@@ -248,14 +265,11 @@ class Engine:
                 for column, value in sample.values.items():
                     info = kinds[columns[column]]
                     if isinstance(value, Upload):
-                        if info.input != "file":
-                            value = _text_of(value, f"{sample.key}.{column}")
-                        else:
-                            suffix = value.suffix if _SUFFIX.match(value.suffix) else ""
-                            name = f"{sample.key}.{column}{suffix}"
-                            (Path(tmp) / name).write_bytes(value.data)
-                            names[str(Path(tmp) / name)] = f"{sample.key}.{column}"
-                            value = name
+                        suffix = value.suffix if _SUFFIX.match(value.suffix) else ""
+                        name = f"{sample.key}.{column}{suffix}"
+                        (Path(tmp) / name).write_bytes(value.data)
+                        names[str(Path(tmp) / name)] = f"{sample.key}.{column}"
+                        value = name
                     elif info.input == "file":  # text would be read as a path on the server
                         raise DatasetError(
                             f"{sample.key}.{column} is text, and {info.name} is read from a "
@@ -364,6 +378,37 @@ class Engine:
             wrong = f"{type(error).__name__}: {error}"
         raise damaged("examples.tensors", wrong, task_id=task_id, example_id=example.id)
 
+    def _require_a_voter(self, task: TaskRecord, decoded: EncodedSamples,
+                         samples: list[Sample]) -> None:
+        """For an ensemble, refuse a query that no member can compare with the task's
+        examples. A member votes on a query when the query carries one of its modalities and
+        the task's examples carry one too (`EnsembleModel.member_logits`); a query on which no
+        member votes would get the uniform distribution, a guess shown as an answer.
+
+        Raises:
+            ModalityError: naming the first such query, with the modalities it carries, the
+                examples carry and each member takes.
+        """
+        if not isinstance(self.model, EnsembleModel):
+            return
+        held = {name for example in task.examples for name in example.modalities}
+        members = [list(member.modalities) for member in self.model.members]
+        for row, sample in enumerate(samples):
+            carried = self._present(decoded, row)
+            if any(held.intersection(own) and set(carried).intersection(own)
+                   for own in members):
+                continue
+            examples = [name for name in self.modalities if name in held]
+            raise ModalityError(
+                f"no member of the ensemble can compare {sample.key} with the task's examples: "
+                f"{sample.key} carries {', '.join(carried)}, the examples carry "
+                f"{', '.join(examples)}, and the members take "
+                + "; ".join(f"{', '.join(own)} (member {m + 1})"
+                            for m, own in enumerate(members)),
+                column=sample.key,
+                fix=f"give {sample.key} a modality of a member that the examples carry, or "
+                "add examples with the modalities of a member that the query carries")
+
     def forget(self, task_id: str) -> None:
         """Drop the fitted classifier kept for a task (it was deleted)."""
         with self._fitted_guard:
@@ -378,12 +423,15 @@ class Engine:
 
         Raises:
             InsufficientSamplesError: the task has fewer than two classes.
-            DatasetError, ModalityError: a query is unusable (named by its form field), or
-                the images decode to more pixels than a request may (`TooManyPixelsError`).
+            DatasetError, ModalityError: a query is unusable (named by its form field): for
+                an ensemble, one that no member can compare with the task's examples
+                (`_require_a_voter`); or the images decode to more pixels than a request may
+                (`TooManyPixelsError`).
         """
         fitted, ids = self._task_classifier(task)
         decoded = self._decode(samples)
         _require_usable(decoded, samples)
+        self._require_a_voter(task, decoded, samples)
         query = self._batcher(decoded) if self._batcher is not None else fitted.embed(decoded)
         probabilities = torch.softmax(torch.from_numpy(fitted.decision_function_encoded(query)),
                                       -1).numpy()
@@ -441,11 +489,14 @@ def _fault_of(name: str, tensor: torch.Tensor) -> str | None:
 
 
 def _text_of(upload: Upload, field_name: str) -> str:
+    """The UTF-8 text of a file sent for a modality given as text."""
     try:
         return upload.data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ModalityError("a text modality was sent as a file that is not UTF-8 text",
-                            column=field_name, fix="send the text as a form value") from None
+        raise ModalityError(f"{field_name} is a file that is not UTF-8 text, and its value "
+                            "is read as text", column=field_name,
+                            fix="send the text encoded as UTF-8, as a form value or a file"
+                            ) from None
 
 
 def _located_in_form(error: LocatedError, names: dict[str, str], tmp: str,

@@ -381,8 +381,9 @@ class TaskStore:
         return self.get(task_id), added
 
     def remove_examples(self, task_id: str, *, example_id: str | None = None,
-                        label: str | None = None) -> TaskRecord:
-        """Remove one example, or every example of a class, in one transaction.
+                        label: str | None = None) -> None:
+        """Remove one example, or every example of a class, in one transaction (the task is
+        not read back: another of its rows may be damaged, and the removal stands).
 
         Raises:
             NotFoundError: no such task, example or class.
@@ -402,7 +403,6 @@ class TaskStore:
                                     column="example" if example_id is not None else "label",
                                     fix="list the task's examples and classes first")
             self._bump(db, task_id)
-        return self.get(task_id)
 
     def delete_task(self, task_id: str) -> None:
         """Delete a task and its examples.

@@ -160,7 +160,7 @@ batch_size = { low = 1, high = 11 }
 
 @pytest.mark.parametrize("key,value", [
     ("trials", 0), ("trials", -3), ("trials", 100_001), ("study", ""), ("study", "  "),
-    ("study", "s" * 513), ("sampler_seed", -1), ("sampler_seed", 2**32),
+    ("study", "s" * 513), ("study", "a\nb"), ("study", "x\x1b[2J"), ("sampler_seed", -1), ("sampler_seed", 2**32),
     ("objective_episodes", 100_000_000), ("objective_episodes", 0), ("objective_ways", 1),
     ("objective_queries", 0),
 ])
@@ -298,6 +298,8 @@ def test_a_second_study_in_the_same_out_is_refused_and_a_killed_trial_is_replace
     result = api.search(data, trials=2, **run)
     states = sorted(t["state"] for t in result.trials)
     assert states == ["complete", "complete", "fail"] and result.best is not None
+    reason = next(t["error"] for t in result.trials if t["number"] == killed.number)
+    assert "worker stopped" in reason and "worker stopped" in result.table()
 
 
 def test_a_killed_workers_trial_on_a_journal_is_failed_and_replaced(

@@ -217,10 +217,10 @@ def check_settings(s: SearchSettings) -> None:
     Raises:
         ConfigError: keyed ``study``.
     """
-    if not s.study.strip() or len(s.study) > MAX_STUDY_NAME:
-        raise ConfigError(f"the study name must be 1 to {MAX_STUDY_NAME} characters, not all "
-                          f"blank (got {len(s.study)})", column="study",
-                          fix="give --study NAME, e.g. --study metamodal")
+    if not s.study.strip() or len(s.study) > MAX_STUDY_NAME or not s.study.isprintable():
+        raise ConfigError(f"the study name must be 1 to {MAX_STUDY_NAME} printable characters, "
+                          f"not all blank (got {s.study[:40]!r}, {len(s.study)} characters)",
+                          column="study", fix="give --study NAME, e.g. --study metamodal")
 
 
 def killed(trial: Any) -> bool:

@@ -32,6 +32,8 @@ TRIALS_DIR = "trials"
 EPISODES_FILE = "val-episodes.jsonl"
 OUT_ENTRIES = frozenset({TRIALS_FILE, BEST_FILE, REPORT_DIR, TRIALS_DIR, EPISODES_FILE})
 """What a search writes in ``OUT`` (besides its default storage, ``study.db``)."""
+KILLED = "its worker stopped during the trial (its heartbeat ended)"
+"""The reason shown for a trial failed without an error of its own: its worker was killed."""
 
 
 @dataclass
@@ -81,10 +83,13 @@ def summarise(study: Any) -> SearchSummary:
     rows = []
     for trial in study.get_trials(deepcopy=False):
         complete = trial.state == optuna.trial.TrialState.COMPLETE
+        error = _attr(study, trial, "error", str)
+        if error is None and trial.state == optuna.trial.TrialState.FAIL:
+            error = KILLED
         rows.append(TrialRow(trial.number, trial.state.name.lower(),
                              trial.value if complete else None,
-                             _attr(study, trial, "ci95", float), dict(trial.params),
-                             _attr(study, trial, "error", str), _attr(study, trial, "run", str)))
+                             _attr(study, trial, "ci95", float), dict(trial.params), error,
+                             _attr(study, trial, "run", str)))
     done = [r for r in rows if r.state == "complete" and r.score is not None]
     best = max(done, key=lambda r: (r.score, -r.number)) if done else None
     return SearchSummary(study.study_name, rows, best, _importances(study, len(done)))

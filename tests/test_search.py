@@ -160,7 +160,8 @@ batch_size = { low = 1, high = 11 }
 
 @pytest.mark.parametrize("key,value", [
     ("trials", 0), ("trials", -3), ("trials", 100_001), ("study", ""), ("study", "  "),
-    ("study", "s" * 513), ("study", "a\nb"), ("study", "x\x1b[2J"), ("sampler_seed", -1), ("sampler_seed", 2**32),
+    ("study", "s" * 513), ("study", "a\nb"), ("study", "x\x1b[2J"), ("sampler_seed", -1),
+    ("sampler_seed", 2**32),
     ("objective_episodes", 100_000_000), ("objective_episodes", 0), ("objective_ways", 1),
     ("objective_queries", 0),
 ])

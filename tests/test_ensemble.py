@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import csv
 import importlib.util
+import json
 import math
 import os
 import shutil
@@ -144,10 +145,65 @@ def test_an_ensemble_is_fitted_with_the_test_time_settings_its_members_keep(
             member = read_run_config(tmp_path / name / "members" / str(k))
             assert member["train"]["transduction"] == steps
     assert load_run(members[0]).config.transduction == 0  # the members' own runs unchanged
-    with pytest.raises(ConfigError, match="fusion_reliability") as error:
-        api.ensemble(members, out=str(tmp_path / "bad"), fusion_reliability=1, **shape)
-    assert error.value.file == members[0]  # the gated run has no late fusion to weigh
+    # a setting goes to the members that can take it: the late run weighs its modalities,
+    # the gated one (no late fusion) keeps its own and still votes
+    api.ensemble(members, out=str(tmp_path / "reliable"), fusion_reliability=1, **shape)
+    kept = [read_run_config(tmp_path / "reliable" / "members" / str(k))["train"]
+            for k in range(2)]
+    assert [t["fusion_reliability"] for t in kept] == [0, 1]
+    # refused only where no member can take it, naming every member and why
+    gated, maml = members[0], runs["members"][2]
+    with pytest.raises(ConfigError, match="no member of the ensemble") as error:
+        api.ensemble([gated, maml], out=str(tmp_path / "bad"), fusion_reliability=1, **shape)
+    assert error.value.column == "fusion_reliability"
+    assert gated in error.value.message and maml in error.value.message
     assert not (tmp_path / "bad").exists()
+
+
+def test_test_time_settings_go_to_the_members_that_can_take_them(
+        runs: dict[str, Path], tmp_path: Path) -> None:
+    """With a MAML member, `--joint-transduction` said to give `--transduction 10`, which
+    was then refused for the MAML member: a loop. The steps now go to the members with
+    prototypes; a MAML member keeps its logits and still votes."""
+    gated, late, maml = runs["members"]
+    shape = dict(ways=2, queries=2, episodes_count=6, seed=1)
+    with pytest.raises(ConfigError, match="no member with prototypes") as caught:
+        api.ensemble([gated, maml], out=str(tmp_path / "x"), joint_transduction=True, **shape)
+    assert "--transduction" in caught.value.fix and gated in caught.value.fix
+    assert maml not in caught.value.fix
+    out = tmp_path / "joint"
+    made = api.ensemble([gated, maml], out=str(out), joint_transduction=True, transduction=2,
+                        **shape)
+    assert made.joint_transduction
+    steps = [read_run_config(out / "members" / str(k))["train"]["transduction"]
+             for k in range(2)]
+    assert steps == [2, 0]
+    run = load_run(out)
+    assert [m.test_time.transduction for m in run.model.members] == [2, 0]
+    assert run.name == "ensemble-mean+joint(protonet+gated, maml+gated)"
+    # eval of an ensemble with a MAML member takes the same settings the same way
+    report = api.evaluate(str(runs["mean"]), transduction=2, joint_transduction=True,
+                          ways=2, queries=2, episodes_count=4, seed=2, baseline=False,
+                          progress=False, json=str(tmp_path / "e.json"))
+    assert report.name.startswith("ensemble-mean+joint(")
+    written = json.loads((tmp_path / "e.json").read_text())
+    assert [t["transduction"] for t in written["test_time"]] == [2, 2, 0]
+    with pytest.raises(ConfigError, match="no member") as caught:  # no [augment], or MAML
+        api.evaluate(str(runs["mean"]), tta=1, ways=2, queries=2, episodes_count=2,
+                     progress=False)
+    assert caught.value.column == "tta"
+
+
+def test_an_ensemble_written_inside_a_run_is_refused(runs: dict[str, Path]) -> None:
+    """ensemble --out RUN/ens was accepted, and training RUN again deleted it."""
+    member = Path(runs["members"][0])
+    before = sorted(p.name for p in member.iterdir())
+    with pytest.raises(ConfigError, match="inside the run directory") as caught:
+        api.ensemble(runs["members"][:2], out=str(member / "ens"))
+    assert caught.value.column == "out"
+    assert sorted(p.name for p in member.iterdir()) == before
+    with pytest.raises(ConfigError, match="inside the run directory"):  # or an ensemble
+        api.ensemble(runs["members"][:2], out=str(runs["mean"] / "deeper" / "ens"))
 
 
 @pytest.fixture(scope="module")
@@ -360,8 +416,14 @@ def test_too_few_missing_or_damaged_runs_are_typed_errors(runs: dict[str, Path],
     with pytest.raises(RunError, match="members"):
         load_run(damaged)
     (damaged / "config.toml").write_text(text.replace("temperatures = [", "temperatures = [-1, "))
-    with pytest.raises(RunError, match="temperatures"):
+    with pytest.raises(RunError, match="temperatures") as caught:
         load_run(damaged)
+    assert caught.value.column == "ensemble.temperatures"
+    weights = text[text.index("weights = ["):].split("]", 1)[0] + "]"
+    (damaged / "config.toml").write_text(text.replace(weights, "weights = [-3.0, 1.0, 1.0]"))
+    with pytest.raises(RunError, match="weights") as caught:  # was keyed temperatures
+        load_run(damaged)
+    assert caught.value.column == "ensemble.weights"
     names = text[text.index("names = ["):].split("]", 1)[0] + "]"  # shown, not used: kept
     (damaged / "config.toml").write_text(text.replace(names, "names = [1, 2]"))
     assert load_run(damaged).name == "ensemble-mean(1, 2)"
@@ -586,9 +648,22 @@ def test_a_joint_transduction_ensemble_is_written_loaded_and_evaluated_both_ways
     joint = api.evaluate(out, **shape)
     made_plain = api.evaluate(plain, **shape)
     assert joint.result.accuracies != made_plain.result.accuracies
-    unjoined = api.evaluate(out, joint_transduction=False, **shape)
+    unjoined = api.evaluate(out, joint_transduction=False, json=str(tmp_path / "u.json"),
+                            **shape)
     assert unjoined.result.accuracies == made_plain.result.accuracies
     assert unjoined.name == made_plain.name == "ensemble-mean(protonet+gated, protonet+late)"
+    # the JSON says what was evaluated: it recorded "name": null and no settings
+    api.evaluate(out, json=str(tmp_path / "j.json"), **shape)
+    results = {k: json.loads((tmp_path / f"{k}.json").read_text()) for k in "ju"}
+    assert results["j"]["name"] == joint.name and results["u"]["name"] == unjoined.name
+    assert (results["j"]["joint_transduction"], results["u"]["joint_transduction"]) == (
+        True, False)
+    assert [t["transduction"] for t in results["j"]["test_time"]] == [2, 2]
+    # no steps, no joint transduction: the name said "+joint" for the members' own logits
+    stepless = api.evaluate(out, transduction=0, **shape)
+    assert stepless.name == made_plain.name
+    assert stepless.result.accuracies == api.evaluate(plain, transduction=0,
+                                                      **shape).result.accuracies
     joined = api.evaluate(plain, joint_transduction=True, **shape)
     assert joined.result.accuracies == joint.result.accuracies and joined.name == joint.name
     with pytest.raises(ConfigError, match="ensembles") as caught:  # one network

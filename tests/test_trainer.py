@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from metamodal import api
+from metamodal.classifier import FewShotClassifier
 from metamodal.config import TrainConfig, load_config
 from metamodal.data.episodes import EpisodeSampler
 from metamodal.datasets.synthetic import make_synthetic
@@ -274,6 +276,72 @@ def test_an_unfinished_run_is_refused_without_resume_and_discarded_by_overwrite(
         Trainer(_config(tiny_data, steps=30, val_every=0, seed=2), run_dir, progress=False,
                 callbacks=[_kill_at(3)]).fit(overwrite=True)
     assert not (run_dir / CHECKPOINT_FILE).exists()
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_unfinished(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Validation before the first checkpoint wrote model.safetensors, and such a killed run
+    was taken for finished: train refused it as one, eval used its half-trained weights."""
+    run_dir = tmp_path / "run"
+    config = _config(tiny_data, steps=30, val_every=2, checkpoint_every=10)
+    with pytest.raises(_Kill):
+        Trainer(config, run_dir, progress=False, callbacks=[_kill_at(3)]).fit()
+    assert (run_dir / "model.safetensors").is_file()
+    assert not (run_dir / CHECKPOINT_FILE).exists()
+    with pytest.raises(RunError, match="before its first checkpoint") as caught:
+        Trainer(config, run_dir, progress=False).fit()
+    assert caught.value.file == str(run_dir) and "--overwrite" in caught.value.fix
+    for load in (load_run, lambda run: api.evaluate(run, episodes_count=2, progress=False),
+                 FewShotClassifier.load):
+        with pytest.raises(RunError, match="did not finish") as caught:
+            load(run_dir)
+        assert caught.value.file == str(run_dir) and "--overwrite" in caught.value.fix
+    Trainer(_config(tiny_data, steps=4, val_every=2), run_dir,
+            progress=False).fit(overwrite=True)
+    assert load_run(run_dir).config.steps == 4  # trained again: finished
+
+
+def test_a_killed_run_with_a_checkpoint_loads_only_once_resumed_to_its_end(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    _interrupted_run(tiny_data, run_dir)
+    with pytest.raises(RunError, match="did not finish") as caught:
+        load_run(run_dir)
+    assert "--resume" in caught.value.fix
+    Trainer(_config(tiny_data, steps=30, val_every=0, checkpoint_every=2), run_dir,
+            progress=False).fit(resume=True)
+    assert load_run(run_dir).config.steps == 30
+    # killed between the last checkpoint and the end record: --resume writes the record
+    log = run_dir / "metrics.jsonl"
+    lines = log.read_text().splitlines()
+    assert json.loads(lines[-1])["event"] == "end"
+    log.write_text("".join(line + "\n" for line in lines[:-1]))
+    with pytest.raises(RunError, match="did not finish"):
+        load_run(run_dir)
+    Trainer(_config(tiny_data, steps=30, val_every=0, checkpoint_every=2), run_dir,
+            progress=False).fit(resume=True)
+    assert log.read_text().splitlines() == lines[:-1] + [lines[-1]]
+    load_run(run_dir)
+    # a run whose log is gone (or a directory FewShotClassifier.save wrote) is not told by
+    # its log: without a checkpoint it loads, as before the end record decided
+    log.unlink()
+    (run_dir / CHECKPOINT_FILE).unlink()
+    assert load_run(run_dir).config.steps == 30
+
+
+def test_an_output_directory_inside_a_run_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    """train --out RUN/x was accepted, and training RUN again (--overwrite) deleted it."""
+    run_dir = tmp_path / "run"
+    Trainer(_config(tiny_data, steps=2, val_every=0), run_dir, progress=False).fit()
+    before = _snapshot(run_dir)
+    for inner in (run_dir / "inner", run_dir / "a" / "b"):
+        with pytest.raises(ConfigError, match="inside the run directory") as caught:
+            api.train(str(inner), data=str(tiny_data), steps=2, ways=3, queries=3,
+                      val_every=0, preprocess=SMALL, progress=False)
+        assert caught.value.column == "out" and str(tmp_path) in caught.value.fix
+    assert _snapshot(run_dir) == before
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metamodal.api.fields import resolve, typed_arguments, write_json
+from metamodal.api.fields import check_not_inside_run, resolve, typed_arguments, write_json
 from metamodal.api.settings import EnsembleSettings
 from metamodal.config import test_time_overrides
 from metamodal.errors import ConfigError, RunError
@@ -92,9 +92,11 @@ def ensemble(runs: list[str] | None = None, settings: EnsembleSettings | None = 
 
     Raises:
         ConfigError: fewer than two runs; runs with different class splits (their label
-            spaces differ) or a modality decoded differently; ``joint_transduction`` where no
-            member with prototypes takes transduction steps; no validation classes; ``out``
-            exists without ``overwrite``.
+            spaces differ) or a modality decoded differently; a test-time setting that no
+            member can honour (each member that can takes it, the others keep their own:
+            `metamodal.runs.directory.members_with_test_time`); ``joint_transduction`` where
+            no member with prototypes takes transduction steps; no validation classes; ``out``
+            exists without ``overwrite``, or lies inside a run directory.
         RunError: a run directory is missing or damaged (the file is named).
 
     Example:
@@ -104,8 +106,10 @@ def ensemble(runs: list[str] | None = None, settings: EnsembleSettings | None = 
     from metamodal.evaluate.episode_plans import sampled_episodes
     from metamodal.evaluate.shape import resolve_eval_shape
     from metamodal.runs import load_run, load_run_data
+    from metamodal.runs.directory import members_with_test_time
     from metamodal.runs.ensemble import (
         check_ensemble_target,
+        check_joint_steps,
         check_members,
         fit_ensemble,
         union_preprocessor,
@@ -121,9 +125,14 @@ def ensemble(runs: list[str] | None = None, settings: EnsembleSettings | None = 
     if not s.out:
         raise ConfigError("no output directory", column="out",
                           fix="give out= (--out DIR), the ensemble run directory to write")
+    check_not_inside_run(s.out, "out")
     check_ensemble_target(s.out, s.runs, overwrite=s.overwrite)
-    loaded = [load_run(path, test_time=test_time_overrides(s)) for path in s.runs]
-    check_members(loaded, joint_transduction=s.joint_transduction)
+    loaded = [load_run(path) for path in s.runs]
+    check_members(loaded)
+    # the settings given go to each member that can honour them (the others keep theirs)
+    loaded = members_with_test_time(loaded, test_time_overrides(s))
+    if s.joint_transduction:
+        check_joint_steps([run.model for run in loaded], [str(run.path) for run in loaded])
     preprocessor = union_preprocessor(loaded)
     try:
         prepared = load_run_data(dataclasses.replace(loaded[0], preprocessor=preprocessor))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from metamodal.evaluate.robustness import (
 )
 from metamodal.evaluate.shape import resolve_eval_shape
 from metamodal.evaluate.stats import PairedDifference, paired_difference, pooled_error
-from metamodal.model.test_time import apply_test_time
+from metamodal.model.test_time import apply_test_time, settings_in_force
 from metamodal.runs import PreparedData, Run, load_run, load_run_data, read_run_config
 from metamodal.train.logger import read_metrics
 
@@ -80,6 +80,10 @@ class EvalReport:
         task: the label column evaluated (None: the main label of a single-task run).
         tasks: for a multi-task run evaluated on every task, each further task's label
             column -> its result on episodes of its own classes (`metamodal.train.multitask`).
+        test_time: the test-time settings in force (`metamodal.config.TestTime` as a dict):
+            one, or one per member of an ensemble.
+        joint_transduction: for an ensemble, whether its members' transduction steps were
+            taken jointly (`metamodal.model.EnsembleModel.refines_jointly`); None otherwise.
     """
 
     name: str
@@ -94,11 +98,20 @@ class EvalReport:
     imputation: dict[str, Curves] | None = None
     task: str | None = None
     tasks: dict[str, EvalResult] | None = None
+    test_time: list[dict[str, Any]] | None = None
+    joint_transduction: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``metamodal eval --json``: at least accuracy (0..1), ci95, episodes,
-        ways and shots, then the run, split, baseline, chance and the optional parts."""
-        output: dict[str, Any] = {**self.result.to_dict(), "run": self.run, "split": self.split}
+        ways and shots, then the run, split, baseline, chance and the optional parts; its
+        ``name`` is the evaluated model's (`name`), with the test-time settings in force
+        (``test_time``) and, for an ensemble, ``joint_transduction``."""
+        output: dict[str, Any] = {**self.result.to_dict(), "name": self.name, "run": self.run,
+                                  "split": self.split}
+        if self.test_time is not None:
+            output["test_time"] = [dict(t) for t in self.test_time]
+        if self.joint_transduction is not None:
+            output["joint_transduction"] = self.joint_transduction
         if self.task is not None:
             output["task"] = self.task
         if self.tasks:
@@ -267,6 +280,7 @@ def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
                       "unseen classes; give --data a dataset whose splits.toml keeps them out",
                       stacklevel=3)
     model = _model(loaded, s.learner, test_time)
+    in_force = [asdict(t) for t in settings_in_force(model)]
     columns = _task_columns(s, loaded)
     others: dict[str, EvalResult] | None = None
     if s.task is not None and s.task != columns[0]:
@@ -305,7 +319,8 @@ def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
                         split=s.split, pooled=pooled,
                         chance=1 / results[0].ways if results[0].ways else None,
                         task=s.task or (columns[0] if len(columns) > 1 else None),
-                        tasks=others)
+                        tasks=others, test_time=in_force,
+                        joint_transduction=getattr(model, "refines_jointly", None))
     if s.ablation:
         report.ablation = modality_ablation(model, prepared.store, classes, **common)
     if s.robustness:

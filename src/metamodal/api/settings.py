@@ -751,8 +751,10 @@ class ExportSettings:
 class EnsembleSettings(TestTimeOptions):
     """What `metamodal.api.ensemble` combines and writes: two or more trained runs of the
     same dataset and class split, fitted once on episodes of their validation classes. The
-    test-time settings (`TestTimeOptions`: ``tta``, ``transduction``, ...) replace every
-    member's own: the ensemble is fitted with them and its members keep them.
+    test-time settings (`TestTimeOptions`: ``tta``, ``transduction``, ...) replace the own of
+    every member that can honour them (one that cannot keeps its own and still votes; a
+    setting no member can honour is refused): the ensemble is fitted with them and its
+    members keep them.
 
     Args:
         runs: the member run directories (two or more).

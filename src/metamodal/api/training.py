@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metamodal.api.fields import resolve, typed_arguments
+from metamodal.api.fields import check_not_inside_run, resolve, typed_arguments
 from metamodal.api.settings import RunSettings
 from metamodal.config import TrainConfig, load_config
 from metamodal.errors import ConfigError
@@ -89,6 +89,7 @@ def _fit(config: TrainConfig, s: RunSettings, score: str,
     if not s.out:
         raise ConfigError("no run directory given", column="out",
                           fix="pass --out RUN (out= in Python)")
+    check_not_inside_run(s.out, "out")
     result = Trainer(config, s.out, progress=s.progress, callbacks=callbacks).fit(
         resume=s.resume, overwrite=s.overwrite)
     return TrainReport(result.run_dir, result.steps, result.best_val_accuracy, result.best_step,
@@ -116,8 +117,10 @@ def train(out: str | Path | None = None, settings: RunSettings | None = None, *,
         a `TrainReport`.
 
     Raises:
-        ConfigError: no dataset, an unknown key or a bad value (named).
-        RunError: ``out`` holds a finished run and neither ``resume`` nor ``overwrite``.
+        ConfigError: no dataset, an unknown key or a bad value (named); ``out`` inside
+            another run directory (key ``out``).
+        RunError: ``out`` holds a finished or unfinished run and neither ``resume`` nor
+            ``overwrite``.
 
     Example:
         >>> train("runs/demo", data="data", learner="protonet", fusion="gated",

@@ -38,6 +38,12 @@ def refines(member: Any) -> bool:
             and member.capabilities().embeds_once)
 
 
+def takes_joint_steps(member: Any) -> bool:
+    """Whether ``member`` takes part in joint transduction with steps of its own: it has
+    prototypes to refine (`refines`) and its ``transduction`` is not 0."""
+    return refines(member) and bool(member.test_time.transduction)
+
+
 def votes(logits: Tensor, seen: Tensor) -> Tensor:
     """A member's logits ``[Q, ways]`` as `combine_log_probs` takes them: float, and zero on
     the queries it does not see (``seen`` bool ``[Q]``, its row of ``available`` there)."""
@@ -152,10 +158,13 @@ class EnsembleModel(nn.Module):
                 raise ConfigError(f"{name} must be {count} finite numbers, got "
                                   f"{values.tolist()}", column=name,
                                   fix="re-run `metamodal ensemble` to fit them")
-        if not bool((t > 0).all()) or not bool((w >= 0).all()) or not bool((w > 0).any()):
-            raise ConfigError(f"temperatures must be positive and weights non-negative (not "
-                              f"all zero), got {t.tolist()} and {w.tolist()}",
+        if not bool((t > 0).all()):
+            raise ConfigError(f"temperatures must be positive, got {t.tolist()}",
                               column="temperatures",
+                              fix="re-run `metamodal ensemble` to fit them")
+        if not bool((w >= 0).all()) or not bool((w > 0).any()):
+            raise ConfigError(f"weights must be non-negative and not all zero, got "
+                              f"{w.tolist()}", column="weights",
                               fix="re-run `metamodal ensemble` to fit them")
         # not in the state dict: the run's config.toml is where the combination is kept
         self.register_buffer("temperatures", t, persistent=False)
@@ -169,6 +178,13 @@ class EnsembleModel(nn.Module):
         for member in self.members:
             names += [m for m in member.modalities if m not in names]
         return names
+
+    @property
+    def refines_jointly(self) -> bool:
+        """Whether evaluation takes joint transduction steps: ``joint_transduction`` is on and
+        a member with prototypes takes transduction steps (`takes_joint_steps`); without
+        one, the members' logits are their own, as with ``joint_transduction`` off."""
+        return self.joint_transduction and any(takes_joint_steps(m) for m in self.members)
 
     @property
     def late(self) -> bool:

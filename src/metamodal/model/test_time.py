@@ -68,39 +68,61 @@ def apply_test_time(model: Any, config: TrainConfig, preprocessor: Any, *,
                         if config.tta else None, source=source)
 
 
+def unhonoured_settings(test_time: TestTime, learner: Any, augmentation: Augmentation | None,
+                        *, source: str | None = None,
+                        fusion: Any = None) -> dict[str, ConfigError]:
+    """The settings of ``test_time`` (in range: `TestTime.check`) that a model of ``learner``
+    and ``fusion`` cannot honour, each with the `ConfigError` that says why (naming
+    ``source``): ``tta`` without any per-modality transform in ``augmentation`` or with a
+    learner that adapts the network per task, ``transduction`` or ``transduction_balance``
+    with a learner that has no prototypes to refine, ``fusion_confidence`` or
+    ``fusion_reliability`` with a ``fusion`` other than late fusion. Empty: all honoured."""
+    found: dict[str, ConfigError] = {}
+    if test_time.tta and (augmentation is None or not augmentation.modalities):
+        found["tta"] = ConfigError(
+            "tta needs the transforms of at least one modality, and the run's [augment] table "
+            "has none", file=source, column="tta",
+            fix="add e.g. [augment.image] rotate = 10 to the training config, or set tta = 0")
+    elif test_time.tta and not learner.capabilities().embeds_once:
+        found["tta"] = ConfigError(
+            f"learner {type(learner).__name__} adapts the network per task; test-time "
+            "augmentation averages embeddings of a fixed network", file=source, column="tta",
+            fix="use a metric learner (protonet, ...), or set tta = 0")
+    for key, off in (("transduction", "0"), ("transduction_balance", "false")):
+        if getattr(test_time, key) and not hasattr(learner, "transduction"):
+            found[key] = ConfigError(f"learner {type(learner).__name__} has no prototypes to "
+                                     "refine by transduction", file=source, column=key,
+                                     fix=f"use learner = 'protonet', or set {key} = {off}")
+    for key in ("fusion_confidence", "fusion_reliability"):
+        if getattr(test_time, key) and not getattr(fusion, "late", False):
+            found[key] = ConfigError(f"{key} weighs the per-modality posteriors of late fusion, "
+                                     f"and this model fuses with {type(fusion).__name__}",
+                                     file=source, column=key,
+                                     fix=f"train with fusion = 'late', or set {key} = 0")
+    return found
+
+
 def check_test_time(test_time: TestTime, learner: Any, augmentation: Augmentation | None,
                     *, source: str | None = None, fusion: Any = None) -> None:
     """Refuse settings the model cannot honour.
 
     Raises:
-        ConfigError: ``tta`` without any per-modality transform in ``augmentation`` or with a
-            learner that adapts the network per task (key ``tta``), ``transduction`` with
-            a learner that has no prototypes to refine (key ``transduction``), or
-            ``fusion_confidence`` or ``fusion_reliability`` with a ``fusion`` other than late
-            fusion (the key named).
+        ConfigError: a setting out of range (`TestTime.check`), or the first that
+            `unhonoured_settings` finds (the key named).
     """
     test_time.check(source=source)
-    if test_time.tta and (augmentation is None or not augmentation.modalities):
-        raise ConfigError("tta needs the transforms of at least one modality, and the run's "
-                          "[augment] table has none", file=source, column="tta",
-                          fix="add e.g. [augment.image] rotate = 10 to the training config, "
-                          "or set tta = 0")
-    if test_time.tta and not learner.capabilities().embeds_once:
-        raise ConfigError(f"learner {type(learner).__name__} adapts the network per task; "
-                          "test-time augmentation averages embeddings of a fixed network",
-                          file=source, column="tta",
-                          fix="use a metric learner (protonet, ...), or set tta = 0")
-    for key, off in (("transduction", "0"), ("transduction_balance", "false")):
-        if getattr(test_time, key) and not hasattr(learner, "transduction"):
-            raise ConfigError(f"learner {type(learner).__name__} has no prototypes to refine "
-                              "by transduction", file=source, column=key,
-                              fix=f"use learner = 'protonet', or set {key} = {off}")
-    for key in ("fusion_confidence", "fusion_reliability"):
-        if getattr(test_time, key) and not getattr(fusion, "late", False):
-            raise ConfigError(f"{key} weighs the per-modality posteriors of late fusion, and "
-                              f"this model fuses with {type(fusion).__name__}",
-                              file=source, column=key,
-                              fix=f"train with fusion = 'late', or set {key} = 0")
+    for error in unhonoured_settings(test_time, learner, augmentation, source=source,
+                                     fusion=fusion).values():
+        raise error
+
+
+def unhonoured_by(model: Any, config: TrainConfig, preprocessor: Any, *,
+                  source: str | None = None) -> dict[str, ConfigError]:
+    """`unhonoured_settings` of a `metamodal.model.FewShotModel` given the test-time
+    settings of a training ``config`` (as `apply_test_time` would give them)."""
+    augmentation = tta_augmentation(config.augment, preprocessor) if config.tta else None
+    return unhonoured_settings(config.test_time(), model.learner, augmentation, source=source,
+                               fusion=model.backbone.fusion)
 
 
 def averaged_embedding(embed: Any, batch: Mapping[str, Any], copies: int,

@@ -1,8 +1,9 @@
 """The run directory: the format that training writes and that evaluation, prediction,
 reports and serving read (strictly), below `metamodal.train` and `metamodal.evaluate`.
 
-- `directory`: ``config.toml`` and ``preprocessor.json``, `load_run`, `load_run_data`, and
-  ensemble runs (`write_ensemble_files`);
+- `directory`: ``config.toml`` and ``preprocessor.json``, `load_run`, `load_run_data`,
+  whether a run is finished (`training_status`, `check_finished`), and ensemble runs
+  (`write_ensemble_files`);
 - `weights`: ``model.safetensors``;
 - `prepared`: a dataset decoded for training or evaluation (`prepare_data`).
 """
@@ -12,10 +13,12 @@ from metamodal.runs.directory import (
     MEMBERS_DIR,
     PREPROCESSOR_FILE,
     Run,
+    check_finished,
     load_run,
     load_run_data,
     read_preprocessor,
     read_run_config,
+    training_status,
     write_ensemble_files,
     write_run_files,
 )
@@ -30,6 +33,7 @@ __all__ = [
     "WEIGHTS_FILE",
     "PreparedData",
     "Run",
+    "check_finished",
     "load_run",
     "load_run_data",
     "load_weights",
@@ -37,6 +41,7 @@ __all__ = [
     "read_preprocessor",
     "read_run_config",
     "save_weights",
+    "training_status",
     "write_ensemble_files",
     "write_run_files",
 ]

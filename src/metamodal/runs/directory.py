@@ -12,6 +12,15 @@ and weights, joint transduction), each member's ``config.toml`` and ``preprocess
 ``model.safetensors`` holds every member's weights (``members.N.`` prefixes), and its
 ``preprocessor.json`` decodes the union of their modalities. `load_run` returns it as a `Run`
 whose model is an `metamodal.model.EnsembleModel`.
+
+A run is **finished** when the last record training writes is in its ``metrics.jsonl``: a line
+with ``"event": "end"`` (every run of ``metamodal train`` and ``metamodal align`` has one).
+Before it, ``model.safetensors`` may already hold the best validation weights so far
+(validation can come before the first checkpoint): such a run is unfinished, and `load_run`
+refuses it (`check_finished`). A directory without ``metrics.jsonl`` (what
+`metamodal.classifier.FewShotClassifier.save` writes, an ensemble run, a run whose log was
+deleted) cannot be told by its log: it counts as finished when it holds ``config.toml`` and
+``model.safetensors`` and no ``checkpoint.pt`` (`training_status`).
 """
 
 from __future__ import annotations
@@ -19,14 +28,14 @@ from __future__ import annotations
 import os
 import typing
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomli_w
 
-from metamodal.config import LIMITS, TrainConfig, resolve_device
+from metamodal.config import LIMITS, TestTime, TrainConfig, resolve_device
 from metamodal.data.loaders.base import loaders
 from metamodal.data.preprocess import Preprocessor, create_loader
 from metamodal.data.schema import DatasetSchema
@@ -37,7 +46,7 @@ from metamodal.hints import fits_type, type_name
 from metamodal.io import ParseError, atomic_write_json, atomic_write_text, loads_json, loads_toml
 from metamodal.model import EnsembleModel, FewShotModel
 from metamodal.model.freeze import freeze
-from metamodal.model.test_time import apply_test_time
+from metamodal.model.test_time import apply_test_time, unhonoured_by
 from metamodal.runs.weights import WEIGHTS_FILE, load_weights
 from metamodal.version import __version__
 
@@ -45,6 +54,92 @@ CONFIG_FILE = "config.toml"
 PREPROCESSOR_FILE = "preprocessor.json"
 MEMBERS_DIR = "members"
 """Where an ensemble run keeps its member runs (``members/0``, ``members/1``, ...)."""
+METRICS_FILE = "metrics.jsonl"
+"""The training log, one JSON record a line (written by `metamodal.train.logger`)."""
+CHECKPOINT_FILE = "checkpoint.pt"
+"""The resumable training state (written by `metamodal.train.checkpoint`)."""
+END_EVENT = "end"
+"""The ``event`` of the record training writes last, once the run is complete."""
+
+TrainingStatus = Literal["finished", "resumable", "unresumable", "none"]
+"""What a directory holds (`training_status`)."""
+
+
+def training_ended(run_dir: str | Path) -> bool:
+    """Whether ``run_dir``'s ``metrics.jsonl`` records the end of training (a line with
+    ``"event": "end"``; damaged lines are skipped; no file: False).
+
+    Example:
+        >>> import tempfile
+        >>> training_ended(tempfile.mkdtemp())
+        False
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return False
+    for line in reversed(path.read_text(errors="replace").splitlines()):
+        try:
+            record = loads_json(line)
+        except ParseError:
+            continue
+        if isinstance(record, dict) and record.get("event") == END_EVENT:
+            return True
+    return False
+
+
+def training_status(run_dir: str | Path) -> TrainingStatus:
+    """What ``run_dir`` holds (see the module's documentation):
+
+    - ``finished``: ``metrics.jsonl`` records the end of training; or, without
+      ``metrics.jsonl``, ``config.toml`` and ``model.safetensors`` are there and no
+      ``checkpoint.pt``;
+    - ``resumable``: training did not end (killed, failed or still going) and
+      ``checkpoint.pt`` is there: ``train --resume`` continues it;
+    - ``unresumable``: ``metrics.jsonl`` is there without the end record and no
+      ``checkpoint.pt``: training stopped (or is still going) before its first checkpoint,
+      and can only start again (``train --overwrite``);
+    - ``none``: no run (a missing or empty directory, or one without log or weights).
+
+    Example:
+        >>> import tempfile
+        >>> training_status(tempfile.mkdtemp())
+        'none'
+    """
+    run_dir = Path(run_dir)
+    if training_ended(run_dir):
+        return "finished"
+    if (run_dir / CHECKPOINT_FILE).exists():
+        return "resumable"
+    if (run_dir / METRICS_FILE).is_file():
+        return "unresumable"
+    if (run_dir / CONFIG_FILE).is_file() and (run_dir / WEIGHTS_FILE).is_file():
+        return "finished"
+    return "none"
+
+
+def check_finished(run_dir: str | Path) -> None:
+    """Refuse a run whose training did not finish (`training_status` ``resumable`` or
+    ``unresumable``): its weights are those of part of a training.
+
+    Raises:
+        RunError: naming the run directory, with the way to finish it.
+    """
+    status = training_status(run_dir)
+    if status not in ("resumable", "unresumable"):
+        return
+    message = (f"the run's training did not finish ({METRICS_FILE} has no end record: it was "
+               "killed, failed or is still training), so its weights are those of part of a "
+               "training")
+    if status == "resumable":
+        raise RunError(message, file=run_dir,
+                       fix=f"let it finish, or continue it from its {CHECKPOINT_FILE}: the same "
+                       "`metamodal train` command with --resume (or train it again with "
+                       "--overwrite)")
+    raise RunError(f"{message}; it stopped before its first checkpoint and cannot be resumed",
+                   file=run_dir,
+                   fix="let it finish if it is still training; otherwise train it again: the "
+                   "same `metamodal train` command with --overwrite (a lower "
+                   "--checkpoint-every makes a later kill resumable)")
 
 
 @dataclass
@@ -75,11 +170,13 @@ class Run:
     @property
     def name(self) -> str:
         """``learner+fusion``, or ``ensemble-METHOD(member, ...)`` for an ensemble
-        (``ensemble-METHOD+joint(...)`` with joint transduction)."""
+        (``ensemble-METHOD+joint(...)`` where its members' transduction steps are taken
+        jointly: `metamodal.model.EnsembleModel.refines_jointly`, which needs a member with
+        prototypes that takes steps)."""
         if self.ensemble is not None:
             names = self.ensemble.get("names")  # shown only: whatever a damaged table holds
             shown = ", ".join(map(str, names)) if isinstance(names, list) else ""
-            joint = "+joint" if self.ensemble.get("joint_transduction") is True else ""
+            joint = "+joint" if getattr(self.model, "refines_jointly", False) else ""
             return f"ensemble-{self.ensemble.get('method')}{joint}({shown})"
         return f"{self.config.learner}+{self.config.fusion}"
 
@@ -194,10 +291,12 @@ def load_run(run_dir: str | Path, *, device: str = "cpu",
 
     ``test_time`` replaces the run's test-time settings (``tta``, ``transduction``,
     ``transduction_balance``, ``fusion_confidence``, ``fusion_reliability``; a None value
-    keeps the run's; `metamodal.model.test_time`), for every member of an ensemble.
+    keeps the run's; `metamodal.model.test_time`); of an ensemble, in every member that can
+    honour them (`members_with_test_time`).
 
     Raises `RunError` naming the file (and the key or tensor) when the directory, its config,
-    preprocessor or weights are missing, corrupt or do not fit together, and `ConfigError`
+    preprocessor or weights are missing, corrupt or do not fit together, or naming the
+    directory when its training did not finish (`check_finished`), and `ConfigError`
     (key ``device``) when ``device`` names one this machine lacks (``cuda`` without CUDA).
 
     Example:
@@ -210,6 +309,7 @@ def load_run(run_dir: str | Path, *, device: str = "cpu",
                           column="run", fix="give the run directory's path")
     run_dir = Path(run_dir)
     document = read_run_config(run_dir)
+    check_finished(run_dir)
     config_path = run_dir / CONFIG_FILE
     preprocessor = read_preprocessor(run_dir / PREPROCESSOR_FILE)
     changes = {k: v for k, v in (test_time or {}).items() if v is not None}
@@ -304,7 +404,7 @@ def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Prepro
                        fix="re-run `metamodal ensemble`")
     split, schema = _split_and_schema(document, config_path)
     state = preprocessor.state_dict()
-    models, configs = [], []
+    runs: list[Run] = []
     for k, member in enumerate(members):
         if member != f"{MEMBERS_DIR}/{k}":
             raise RunError(f"member {k} is {member!r}, not {MEMBERS_DIR}/{k} inside the run",
@@ -315,7 +415,7 @@ def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Prepro
         if "ensemble" in own_document:
             raise RunError("a member of an ensemble is itself an ensemble",
                            file=member_dir / CONFIG_FILE, fix="combine the trained runs directly")
-        own_split, _ = _split_and_schema(own_document, member_dir / CONFIG_FILE)
+        own_split, own_schema = _split_and_schema(own_document, member_dir / CONFIG_FILE)
         if own_split.to_dict() != split.to_dict():
             raise RunError(f"member {k}'s class split differs from the ensemble's",
                            file=member_dir / CONFIG_FILE, column="split",
@@ -327,11 +427,12 @@ def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Prepro
                 raise RunError(f"the ensemble decodes modality {name!r} differently from "
                                f"member {k}", file=run_dir / PREPROCESSOR_FILE,
                                column=f"loaders.{name}", fix="re-run `metamodal ensemble`")
-        member_model, member_config = _build_model(member_dir, own_document, own, test_time)
-        models.append(member_model)
-        configs.append(member_config)
+        member_model, member_config = _build_model(member_dir, own_document, own, {})
+        runs.append(Run(path=member_dir, config=member_config, model=member_model,
+                        preprocessor=own, split=own_split, schema=own_schema))
+    runs = members_with_test_time(runs, test_time)
     try:
-        model = EnsembleModel(models, table.get("method", "mean"),
+        model = EnsembleModel([run.model for run in runs], table.get("method", "mean"),
                               table.get("temperatures"), table.get("weights"))
     except (ConfigError, TypeError, ValueError, RuntimeError) as error:
         message = error.message if isinstance(error, LocatedError) else str(error)
@@ -347,10 +448,51 @@ def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Prepro
     model.joint_transduction = joint
     load_weights(run_dir / WEIGHTS_FILE, model)
     model.to(resolve_device(str(device))).eval()
-    config = configs[0].updated({"tasks": None, "task_weights": None})  # the members'
+    config = runs[0].config.updated({"tasks": None, "task_weights": None})  # the members'
     # predictions of the main label are combined, whatever tasks they were trained on
     return Run(path=run_dir, config=config, model=model, preprocessor=preprocessor,
                split=split, schema=schema, ensemble=dict(table))
+
+
+def members_with_test_time(members: Sequence[Run],
+                           test_time: Mapping[str, Any] | None) -> list[Run]:
+    """The members of an ensemble with the test-time settings ``test_time`` (`load_run`'s:
+    None values keep each member's own) where each can honour them: a setting a member
+    cannot honour (`metamodal.model.test_time.unhonoured_settings`: ``transduction`` for a
+    learner without prototypes, ``tta`` for one that adapts per task or a run without
+    ``[augment]`` tables, ``fusion_confidence`` without late fusion, ...) keeps that
+    member's own value, and the member still votes with its own logits. The members'
+    models are changed in place; each returned `Run`'s ``config`` holds its settings.
+
+    Raises:
+        ConfigError: keyed by the setting: a value out of range, or a setting that no member
+            can honour (every member and why named).
+
+    Example:
+        >>> runs = members_with_test_time([load_run("runs/a"), load_run("runs/maml")],
+        ...                               {"transduction": 10})  # doctest: +SKIP
+        >>> [run.config.transduction for run in runs]  # doctest: +SKIP
+        [10, 0]
+    """
+    changes = {k: v for k, v in (test_time or {}).items() if v is not None}
+    if not changes:
+        return list(members)
+    replace(TestTime(), **changes).check()
+    unhonoured = [unhonoured_by(run.model, run.config.updated(changes), run.preprocessor,
+                                source=str(run.path)) for run in members]
+    for key in changes:
+        if all(key in found for found in unhonoured):
+            why = "; ".join(f"{run.path}: {found[key].message}"
+                            for run, found in zip(members, unhonoured, strict=True))
+            raise ConfigError(f"no member of the ensemble can use {key} ({why})", column=key,
+                              fix=f"leave {key} out, or combine a run that can use it "
+                              f"({unhonoured[0][key].fix})")
+    result = []
+    for run, found in zip(members, unhonoured, strict=True):
+        config = run.config.updated({k: v for k, v in changes.items() if k not in found})
+        apply_test_time(run.model, config, run.preprocessor, source=str(run.path))
+        result.append(replace(run, config=config))
+    return result
 
 
 def _split_and_schema(document: dict[str, Any],

@@ -20,8 +20,7 @@ from torch import nn
 
 from metamodal.errors import RunError
 from metamodal.io import atomic_write
-
-CHECKPOINT_FILE = "checkpoint.pt"
+from metamodal.runs.directory import CHECKPOINT_FILE as CHECKPOINT_FILE  # where it is named
 
 
 def rng_state() -> dict[str, Any]:

@@ -9,10 +9,9 @@ from typing import Any
 
 from metamodal.errors import RunError
 from metamodal.io import ParseError, atomic_write_text, loads_json
+from metamodal.runs.directory import METRICS_FILE
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLogger:
@@ -105,25 +104,3 @@ def _step(line: str) -> int | None:
     step = record.get("step") if isinstance(record, dict) else None
     return step if isinstance(step, int) and not isinstance(step, bool) else None
 
-
-def run_is_finished(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a finished run: its ``metrics.jsonl`` records the end of
-    training, or it has ``config.toml`` and ``model.safetensors`` but no checkpoint to resume.
-
-    Example:
-        >>> import tempfile
-        >>> run_is_finished(tempfile.mkdtemp())
-        False
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / METRICS_FILE
-    if path.is_file():
-        for line in reversed(path.read_text(errors="replace").splitlines()):
-            try:
-                record = loads_json(line)
-            except ParseError:
-                continue
-            if isinstance(record, dict) and record.get("event") == "end":
-                return True
-    return ((run_dir / "config.toml").is_file() and (run_dir / "model.safetensors").is_file()
-            and not (run_dir / "checkpoint.pt").exists())

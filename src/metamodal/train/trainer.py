@@ -39,7 +39,13 @@ from metamodal.memory import release_memory
 from metamodal.model import FewShotModel
 from metamodal.model.freeze import freeze, train_mode
 from metamodal.model.test_time import apply_test_time
-from metamodal.runs.directory import write_run_files
+from metamodal.runs.directory import (
+    END_EVENT,
+    METRICS_FILE,
+    training_ended,
+    training_status,
+    write_run_files,
+)
 from metamodal.runs.prepared import PreparedData, prepare_data
 from metamodal.runs.weights import WEIGHTS_FILE, save_weights
 from metamodal.train.acceleration import (
@@ -65,7 +71,7 @@ from metamodal.train.checkpoint import (
     training_state,
 )
 from metamodal.train.distributed import Job, QuietLogger, join, prepared_fingerprint, seed_task
-from metamodal.train.logger import MetricsLogger, run_is_finished
+from metamodal.train.logger import MetricsLogger
 from metamodal.train.multitask import (
     TASKS_FILE,
     TaskHeads,
@@ -197,9 +203,12 @@ class Trainer:
         """Train (or resume training) and write the run directory; returns a `TrainResult`.
 
         Nothing of a former run in ``out`` is touched before the inputs (dataset, config,
-        checkpoint) have been validated. A finished run in ``out`` is refused unless
-        ``resume`` (which returns it as it is) or ``overwrite`` is given, an unfinished one
-        (a checkpoint) unless ``resume`` (which continues it) or ``overwrite`` is given; with
+        checkpoint) have been validated. A finished run in ``out`` (its ``metrics.jsonl``
+        records the end of training: `metamodal.runs.directory.training_status`) is refused
+        unless ``resume`` (which returns it as it is) or ``overwrite`` is given, an unfinished
+        one (a checkpoint) unless ``resume`` (which continues it) or ``overwrite`` is given,
+        one stopped before its first checkpoint unless ``overwrite`` (or ``resume``, which
+        finds no checkpoint and starts again) is given; with
         ``overwrite`` a finished run's successor is written beside it and replaces it only
         once it is complete, so a failure or a kill leaves the finished run as it was; what a
         kill leaves beside it is cleaned up or named by the next `fit`
@@ -232,19 +241,26 @@ class Trainer:
         """Rank 0's look at ``out``: whether it holds a finished run, the checkpoint state
         to resume from (None: start afresh) and the config to train with."""
         clean_leftovers(self.out)
-        finished_before = run_is_finished(self.out)
+        status = training_status(self.out)
+        finished_before = status == "finished"
         if finished_before and not resume and not overwrite:
             raise RunError(
                 "the directory already holds a finished run", file=self.out,
                 fix="pass --resume to keep it, --overwrite to replace it once the new run "
                 "is complete, or choose another --out")
-        if not finished_before and not resume and not overwrite and (
-                self.out / CHECKPOINT_FILE).is_file():
+        if status == "resumable" and not resume and not overwrite:
             raise RunError(
                 f"the directory holds an unfinished run (its {CHECKPOINT_FILE}), which a fresh "
                 "start would delete", file=self.out,
                 fix="pass --resume to continue it, --overwrite to start it again, or choose "
                 "another --out")
+        if status == "unresumable" and not resume and not overwrite:
+            raise RunError(
+                "the directory holds an unfinished run, stopped before its first checkpoint "
+                f"(its {METRICS_FILE} has no end record and there is no {CHECKPOINT_FILE}): "
+                "it cannot be resumed, and a fresh start would delete it", file=self.out,
+                fix="pass --overwrite to train it again from the start, or choose another "
+                "--out")
         state = self._load_state(self.out / CHECKPOINT_FILE) if resume else None
         return finished_before, state, self.config
 
@@ -374,6 +390,8 @@ class Trainer:
             plan.replan(progress.step, min(plan.steps, cfg.steps) if cfg.max_minutes
                         else cfg.steps)
         already_finished = progress.finished
+        # a kill between the last checkpoint and the end record: the record is written now
+        end_recorded = already_finished and training_ended(self._work)
         step_loss = self._step_function(model, classifier, *training, device)
         self.job.same_weights(model, aligner)
         self.job.watch(model, aligner)
@@ -438,8 +456,8 @@ class Trainer:
                 for callback in self.callbacks:
                     callback(progress.step, values)
             time_limited = progress.step < cfg.steps and not progress.stopped_early
-            if not already_finished:
-                logger.log(progress.step, {"event": "end", "best_val_acc": progress.best,
+            if not end_recorded:
+                logger.log(progress.step, {"event": END_EVENT, "best_val_acc": progress.best,
                                            "best_step": progress.best_step,
                                            "stopped_early": progress.stopped_early,
                                            "time_limited": time_limited,

@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 
 from metamodal.errors import ConfigError, RunError
 from metamodal.io import atomic_write_json
-from metamodal.runs.directory import PREPROCESSOR_FILE, read_run_config
+from metamodal.runs.directory import PREPROCESSOR_FILE, check_finished, read_run_config
 from metamodal.runs.weights import WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,7 @@ def read_source(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
                        file=path, fix=fix)
     try:
         document = read_run_config(run_dir)
+        check_finished(run_dir)
     except RunError as error:
         raise RunError(f"--init-from: {error.message}", file=error.file, column=error.column,
                        fix=error.fix) from None

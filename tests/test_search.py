@@ -522,3 +522,21 @@ def test_a_worker_with_another_space_or_a_foreign_study_is_refused_before_any_tr
                    **{**run, "out": str(tmp_path / "out2")},
                    storage=f"sqlite:///{out / 'study.db'}")
     assert caught.value.column == "study"
+
+
+def test_an_out_in_a_run_or_a_dataset_directory_is_refused_before_anything_is_written(
+        tmp_path: Path, data: Path) -> None:
+    """`--out RUN` replaced the run's report page with the search's and mixed its trials
+    into the run; `--out DATA` wrote them into the dataset directory."""
+    space = space_file(tmp_path, "fusion = { choices = ['mean'] }")
+    run = tmp_path / "run"
+    api.train(run, data=str(data), **{**TRAIN, "steps": 2}, progress=False)
+    before = sorted(p.name for p in run.iterdir())
+    for out, words in ((run, "is the run directory"), (run / "search", "lies inside the run"),
+                       (data, "inside the dataset directory"),
+                       (data / "search", "inside the dataset directory")):
+        with pytest.raises(ConfigError, match=words) as caught:
+            api.search(data, space=str(space), out=str(out), trials=1, **TRAIN, **OBJECTIVE)
+        assert caught.value.column == "out"
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert not (data / "search").exists() and not (data / "study.db").exists()

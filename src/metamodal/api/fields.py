@@ -260,7 +260,7 @@ def check_output_file(target: str | Path, key: str) -> None:
     page (``index.html``, ``results.md`` or ``results.json`` beside a report's
     ``results.json``, such as a run's ``report/``) or a file that exists inside a dataset
     directory (one above it holds a ``dataset.toml``: its schema, table, splits or media)."""
-    from metamodal.data.schema import SCHEMA_FILE
+    from metamodal.data.schema import dataset_holding
     from metamodal.evaluate.report.assemble import REPORT_PAGES, RESULTS_JSON
     from metamodal.io import check_file_target
     from metamodal.runs.directory import CONFIG_FILE
@@ -274,17 +274,18 @@ def check_output_file(target: str | Path, key: str) -> None:
         raise ConfigError(f"{target} is a page of the report in {target.parent}; writing "
                           "there would replace it", column=key,
                           fix="write to a file of its own, outside the report's directory")
-    if target.exists() and any((folder / SCHEMA_FILE).is_file() for folder in target.parents):
+    if target.exists() and dataset_holding(target.parent) is not None:
         raise ConfigError(f"{target} is a file of a dataset directory; writing there would "
                           "replace it", column=key,
                           fix="write to a new file, outside the dataset directory")
 
 
-def check_not_inside_run(path: str | Path, key: str) -> None:
+def check_not_inside_run(path: str | Path, key: str, *, itself: bool = False) -> None:
     """`ConfigError` keyed ``key`` when the output directory ``path`` lies inside a run
-    directory: a folder above it holds a run's ``config.toml`` beside its
-    ``model.safetensors`` or ``checkpoint.pt``. Training that run again (``--overwrite``) or
-    writing a new ensemble there replaces it whole, with whatever lies inside.
+    directory (or, with ``itself``, is one): a folder above it holds a run's ``config.toml``
+    beside its ``model.safetensors`` or ``checkpoint.pt``. Training that run again
+    (``--overwrite``) or writing a new ensemble there replaces it whole, with whatever lies
+    inside.
 
     Example:
         >>> import tempfile
@@ -293,11 +294,13 @@ def check_not_inside_run(path: str | Path, key: str) -> None:
     from metamodal.runs.directory import CHECKPOINT_FILE, CONFIG_FILE
     from metamodal.runs.weights import WEIGHTS_FILE
 
-    for folder in Path(path).resolve().parents:
+    resolved = Path(path).resolve()
+    for folder in (resolved, *resolved.parents) if itself else resolved.parents:
         if (folder / CONFIG_FILE).is_file() and ((folder / WEIGHTS_FILE).is_file()
                                                  or (folder / CHECKPOINT_FILE).is_file()):
+            where = "is" if folder == resolved else "lies inside"
             raise ConfigError(
-                f"{path} lies inside the run directory {folder}, which training that run "
+                f"{path} {where} the run directory {folder}, which training that run "
                 "again (--overwrite) or a new ensemble written there replaces whole, with "
                 "everything inside it", column=key,
                 fix=f"write to a directory outside the run, e.g. one beside it in "

@@ -26,7 +26,7 @@ from typing import Any
 
 from metamodal.api.data import episodes as write_episodes
 from metamodal.api.evaluation import evaluate
-from metamodal.api.fields import resolve
+from metamodal.api.fields import check_not_inside_run, resolve
 from metamodal.api.settings import SearchSettings
 from metamodal.api.training import train
 from metamodal.config import TrainConfig, load_config
@@ -147,6 +147,7 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
     for key, fix in (("space", "--space SPACE.toml"), ("out", "--out DIR")):
         if not getattr(s, key):
             raise ConfigError(f"no {key} given", column=key, fix=f"pass {fix}")
+    check_out(s.out)
     base = (load_config(s.config) if s.config else TrainConfig()).merged(
         {**options, **({"data": str(data)} if data else {})})
     if not base.data:
@@ -221,6 +222,24 @@ def check_settings(s: SearchSettings) -> None:
         raise ConfigError(f"the study name must be 1 to {MAX_STUDY_NAME} printable characters, "
                           f"not all blank (got {s.study[:40]!r}, {len(s.study)} characters)",
                           column="study", fix="give --study NAME, e.g. --study metamodal")
+
+
+def check_out(out: str) -> None:
+    """Refuse an ``out`` (where the trials' runs, the report and the default storage go) that
+    is or lies inside a run directory (its report page would be replaced, and training it
+    again deletes what lies inside) or a dataset directory.
+
+    Raises:
+        ConfigError: keyed ``out``.
+    """
+    from metamodal.data.schema import dataset_holding
+
+    check_not_inside_run(out, "out", itself=True)
+    dataset = dataset_holding(out)
+    if dataset is not None:
+        raise ConfigError(f"{out} lies inside the dataset directory {dataset}, where a search "
+                          "writes nothing", column="out",
+                          fix="give --out a directory outside the dataset, e.g. search")
 
 
 def killed(trial: Any) -> bool:

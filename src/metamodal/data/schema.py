@@ -201,6 +201,21 @@ class DatasetSchema:
         return schema
 
 
+def dataset_holding(path: str | Path) -> Path | None:
+    """The dataset directory that ``path`` is or lies inside (the nearest of it and the
+    folders above it that holds a ``dataset.toml``), or None: where output must not go.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = (root / SCHEMA_FILE).write_text('label = "y"')
+        >>> dataset_holding(root / "runs" / "a") == root.resolve()
+        True
+    """
+    path = Path(path).resolve()
+    return next((folder for folder in (path, *path.parents) if (folder / SCHEMA_FILE).is_file()),
+                None)
+
 def load_schema(root: str | Path) -> DatasetSchema:
     """Read and validate the ``dataset.toml`` of a dataset directory.
 

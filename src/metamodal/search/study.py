@@ -116,7 +116,7 @@ def check_storage_file(path: Path, out: Path) -> None:
         ConfigError: keyed ``storage``.
     """
     from metamodal.data.paths import PathRefused, check_regular_file
-    from metamodal.data.schema import SCHEMA_FILE
+    from metamodal.data.schema import dataset_holding
     from metamodal.search.report import OUT_ENTRIES
 
     def refuse(why: str, fix: str) -> ConfigError:
@@ -132,7 +132,7 @@ def check_storage_file(path: Path, out: Path) -> None:
     if out in target.parents and target.relative_to(out).parts[0] in OUT_ENTRIES:
         raise refuse(f"is {target.relative_to(out)}, which the search writes in its --out",
                      f"give it a name of its own, e.g. {out / 'study.log'}")
-    if any((folder / SCHEMA_FILE).is_file() for folder in target.parents):
+    if dataset_holding(target.parent) is not None:
         raise refuse("lies inside a dataset directory", "keep it outside the dataset, e.g. "
                      f"in the search's --out ({out})")
 

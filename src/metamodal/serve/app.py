@@ -40,7 +40,7 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metamodal.config import test_time_overrides
-from metamodal.data.schema import SCHEMA_FILE
+from metamodal.data.schema import dataset_holding
 from metamodal.errors import (
     ConfigError,
     DatasetError,
@@ -154,8 +154,7 @@ def check_settings(s: ServeSettings) -> None:
                           "and all", file=s.state, column="state",
                           fix=f"give --state a directory outside the run ({s.run}); move "
                           "an existing state there first")
-    dataset = next((folder for folder in (state, *state.parents)
-                    if (folder / SCHEMA_FILE).is_file()), None)
+    dataset = dataset_holding(state)
     if dataset is not None:
         raise ConfigError(f"the state directory lies inside the dataset directory {dataset}, "
                           "where nothing is written", file=s.state, column="state",

@@ -176,7 +176,10 @@ def test_read_results_rejects_bad_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("line", "words"), [("not json", "not valid JSON"),
-                                            ("[1, 2]", "must be a JSON object")])
+                                            ("[1, 2]", "must be a JSON object"),
+                                            ('{"step": "five", "val_acc": 0.5}', "step"),
+                                            ('{"step": null, "train_loss": 1}', "step"),
+                                            ('{"step": true}', "step")])
 def test_a_damaged_training_log_is_a_run_error_naming_its_line(
         tmp_path: Path, line: str, words: str) -> None:
     """The report crashed with a JSONDecodeError or a TypeError, after its evaluation."""

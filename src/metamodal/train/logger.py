@@ -70,7 +70,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """All records of a run's ``metrics.jsonl`` (empty when there is none).
 
     Raises:
-        RunError: the file is unreadable, or a line is not a JSON object (names the line).
+        RunError: the file is unreadable, or a line is not a JSON object or has a ``step``
+            that is not a whole number >= 0 (names the line).
     """
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
@@ -91,6 +92,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         if not isinstance(record, dict):
             raise RunError("a record must be a JSON object", file=path,
                            row=number, fix=fix)
+        step = record.get("step")
+        if "step" in record and (not isinstance(step, int) or isinstance(step, bool)
+                                 or step < 0):
+            raise RunError(f"a record's step must be a whole number >= 0, got {step!r}",
+                           file=path, row=number, column="step", fix=fix)
         records.append(record)
     return records
 

@@ -486,6 +486,15 @@ def test_table_errors_name_row_and_column(tmp_path: Path) -> None:
         import_table(table, tmp_path / "o", label="species", image="photo")
     assert (caught.value.row, caught.value.column) == (5, "photo")
 
+    # a NUL, an over-long name or path: a raw ValueError / OSError (File name too long)
+    for bad, words in (("photos/o\x00wl.png", "NUL"), ("photos/" + "o" * 300 + ".png",
+                                                      "longer than"),
+                       ("photos/" + "o/" * 2500 + "owl.png", "characters long")):
+        table.write_text(text.replace("photos/owl1.png", bad))
+        with pytest.raises(DatasetError, match=words) as caught:
+            import_table(table, tmp_path / "o", label="species", image="photo")
+        assert (caught.value.row, caught.value.column) == (5, "photo")
+
     table.write_text(text.replace("photos/owl1.png", "photos/gone.png"))
     with pytest.raises(DatasetError, match="not found") as caught:
         import_table(table, tmp_path / "o", label="species", image="photo")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.data.kinds import modality_kind
+from metamodal.data.paths import PathRefused, resolve_inside
 from metamodal.datasets._output import holdout_split, staged_directory
 from metamodal.datasets._sources import MAX_FILE_BYTES, SourceFile
 from metamodal.datasets.common import ImportResult, few, write_dataset
@@ -211,14 +212,23 @@ def import_table(
                 if cell is None:
                     cells.append(None)
                     continue
-                target = (base / cell).resolve()
+                try:  # a NUL, an over-long name or path: refused as such, before the OS sees it
+                    target = resolve_inside(base, cell, allow_outside=True).resolve()
+                    found = target.is_file()
+                except PathRefused as refused:
+                    raise DatasetError(refused.message, file=file, row=row, column=column,
+                                       fix=refused.fix) from None
+                except OSError as error:
+                    raise DatasetError(f"the path cannot be examined ({error.strerror})",
+                                       file=file, row=row, column=column,
+                                       fix="correct the path") from None
                 if not target.is_relative_to(inside):
                     raise DatasetError(
                         f"path {cell!r} leads out of the source folder {inside}",
                         file=file, row=row, column=column,
                         fix="put the file under the table's folder, or pass --root with a "
                         "folder that holds every file")
-                if not target.is_file():
+                if not found:
                     if allow_missing_files:
                         missing += 1
                         cells.append(None)

@@ -244,6 +244,22 @@ def test_json_never_overwrites_an_input_or_a_runs_file(trained: tuple[Path, Path
                  "--json", str(run / "eval.json")]) == 0  # a file of its own, beside them
 
 
+def test_predict_json_never_overwrites_a_media_file_it_reads(
+        trained: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    """Tables outside a dataset directory: --json naming a support or query image wrote the
+    predictions over it (the next predict could not decode it)."""
+    data, run = trained
+    _support_query(data, run)
+    folder = tmp_path / "p"
+    shutil.copytree(data, folder, ignore=shutil.ignore_patterns("dataset.toml"))
+    for table in ("support.csv", "query.csv"):
+        image = folder / _rows_of(folder / table)[0]["image"]
+        before = image.read_bytes()
+        assert main(["predict", str(run), "--support", str(folder / "support.csv"),
+                     "--query", str(folder / "query.csv"), "--json", str(image)]) == 2
+        assert "media file" in capsys.readouterr().err and image.read_bytes() == before
+
+
 def test_json_never_overwrites_a_reports_page(trained: tuple[Path, Path], tmp_path: Path,
                                               capsys) -> None:
     _, run = trained

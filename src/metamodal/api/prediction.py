@@ -9,6 +9,7 @@ from typing import Any
 from metamodal.api.fields import resolve, typed_arguments, write_json
 from metamodal.api.settings import PredictSettings
 from metamodal.config import test_time_overrides
+from metamodal.errors import ConfigError
 
 
 @dataclass
@@ -55,10 +56,12 @@ def predict(run: str | Path | None = None, settings: PredictSettings | None = No
     s = resolve(PredictSettings, settings, {"run": run, **options}, verb="predict")
     classifier = FewShotClassifier(s.run, modalities=s.modalities, **test_time_overrides(s))
     support = classifier.load_samples(s.support, labelled=True)
+    _check_json_reads(s.json, support)
     classifier.fit_encoded(classifier.encode(support), support.labels,
                            rows=support.rows(), file=getattr(support.table, "file", None),
                            column=support.schema.label)  # errors name the table's cells
     query = classifier.load_samples(s.query)
+    _check_json_reads(s.json, query)
     probabilities = classifier.predict_proba(query)
     rows = []
     for sample_id, p in zip(query.ids, probabilities, strict=True):
@@ -69,6 +72,15 @@ def predict(run: str | Path | None = None, settings: PredictSettings | None = No
     result = PredictResult(list(classifier.classes_), rows)
     write_json(s.json, result)
     return result
+
+
+def _check_json_reads(json: str | None, samples: Any) -> None:
+    """`ConfigError` keyed ``json`` when ``--json`` names a media file of ``samples``
+    (a `MultimodalDataset`) that the prediction reads (it was written over with the JSON)."""
+    if json and Path(json).resolve() in samples.media_files():
+        raise ConfigError(f"--json {json} would overwrite a media file of the samples, which "
+                          "this command reads", column="json",
+                          fix="write the result to a file of its own, e.g. result.json")
 
 
 @dataclass

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from metamodal.data.kinds import modality_kind
 from metamodal.data.loaders.base import Cell, DecodeContext
 from metamodal.data.loading import build_loader
 from metamodal.data.paths import PathRefused, check_regular_file, resolve_inside
@@ -127,6 +128,22 @@ class MultimodalDataset:
         for values in zip(*columns, strict=True):
             cells.append(None if all(v is None for v in values) else list(values))
         return cells
+
+    def media_files(self) -> set[Path]:
+        """The media files the samples' cells name (of every modality whose cells are paths),
+        resolved: the files decoding them reads.
+
+        Example:
+            >>> schema = DatasetSchema("toy", "y", modalities={
+            ...     "photo": ModalitySpec("photo", "image", "photo")})
+            >>> table = SampleTable("samples.csv", {"id": ["a", "b"], "y": ["x", "x"],
+            ...                                     "photo": ["a.png", None]}, 2)
+            >>> [p.name for p in MultimodalDataset(Path("d"), schema, table).media_files()]
+            ['a.png']
+        """
+        return {(self.root / cell).resolve() for name, spec in self.schema.modalities.items()
+                if modality_kind(spec.kind).media
+                for cell in self.cells(name) if isinstance(cell, str)}
 
     def context(self, modality: str, problems: list[DatasetError] | None = None) -> DecodeContext:
         """The `DecodeContext` for decoding ``modality``'s cells (rows, column, root)."""

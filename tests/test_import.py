@@ -77,6 +77,7 @@ def test_stroke_parser_on_a_hand_written_file(tmp_path: Path) -> None:
     (b"START\n1,2,3\n4,5\n", "line 3"),
     (b"START\n1,2,3\nstart over\n", "line 3"),
     (b"START\n1,nan,3\n", "line 2"),
+    (b"START\n1,2,3\n1e39,2,3\n", "line 3"),  # finite, but inf once stored as float32
     (b"START\nBREAK\n", "no point"),
     (b"START\n1,2,3\n\xff\xfe\n", "not UTF-8"),
 ])

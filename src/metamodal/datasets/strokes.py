@@ -24,6 +24,8 @@ STROKE_FEATURES = ("x", "y", "t", "pen_down")
 MAX_STROKE_BYTES = 16 << 20
 """Largest stroke file read (the official ones are under 20 KB)."""
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""The largest magnitude a stroke coordinate may have: the points are stored as float32."""
 _FIX_STROKES = ("a stroke file holds START / BREAK lines, each followed by 'x,y,t' lines; "
                 "replace the file from the official archive")
 
@@ -46,8 +48,8 @@ def parse_strokes(text: str, file: str | Path | None = None) -> np.ndarray:
         each stroke and 0 elsewhere (`STROKE_FEATURES`).
 
     Raises:
-        DatasetError: a line is neither START, BREAK nor three finite numbers (named by its
-            1-based line number), or the file has no point.
+        DatasetError: a line is neither START, BREAK nor three finite numbers that float32
+            holds (named by its 1-based line number), or the file has no point.
 
     Example:
         >>> parse_strokes("START\\n1,-2,0\\n2,-3,15\\nBREAK\\n5,-5,900\\nBREAK\\n").tolist()
@@ -67,10 +69,10 @@ def parse_strokes(text: str, file: str | Path | None = None) -> np.ndarray:
             x, y, t = (float(v) for v in fields) if len(fields) == 3 else (math.nan,) * 3
         except ValueError:
             x = y = t = math.nan
-        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(t)):
+        if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in (x, y, t)):
             raise DatasetError(f"line {line_no}: expected START, BREAK or 'x,y,t' with three "
-                               f"finite numbers, got {line[:40]!r}", file=file, row=line_no,
-                               fix=_FIX_STROKES)
+                               f"finite numbers (float32: at most {FLOAT32_MAX:.3g} in size), "
+                               f"got {line[:40]!r}", file=file, row=line_no, fix=_FIX_STROKES)
         points.append((x, y, t, 1.0 if start else 0.0))
         start = False
     if not points:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -191,9 +192,10 @@ def test_task_settings_are_checked(data: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         _fit(data, tmp_path / "b", tasks=["genus", "species"])
     assert caught.value.column == "tasks"
-    with pytest.raises(ConfigError) as caught:
-        TrainConfig(tasks=["species", "genus"], task_weights=[1.0]).validate()
-    assert caught.value.column == "task_weights"
+    for weights in ([1.0], [1.0, 1e308], [1.0, -1.0], [0.0, 1.0], [1.0, math.nan]):
+        with pytest.raises(ConfigError) as caught:  # 1e308 diverged, the error blamed lr
+            TrainConfig(tasks=["species", "genus"], task_weights=weights).validate()
+        assert caught.value.column == "task_weights"
     with pytest.raises(ConfigError) as caught:
         TrainConfig(task_weighting="soft").validate()
     assert caught.value.column == "task_weighting"

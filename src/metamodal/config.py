@@ -27,6 +27,9 @@ MAX_TRANSDUCTION = 20
 MAX_FUSION_CONFIDENCE = 100.0
 """The largest confidence or reliability weight of late fusion (beyond it the weights are
 all-or-nothing)."""
+MAX_TASK_WEIGHT = 1e3
+"""The largest fixed loss weight of a task (multi-task learning; larger ones swamp the
+others' gradients and overflow the loss)."""
 
 
 @dataclass(frozen=True)
@@ -164,8 +167,8 @@ class TrainConfig:
         tasks: the label columns to train on (multi-task learning; the dataset's ``labels``,
             the main ``label`` first); ``None``: only the main label
             (`metamodal.train.multitask`).
-        task_weights: fixed loss weight per task in ``tasks`` order (default 1 each; 0
-            leaves a task out).
+        task_weights: fixed loss weight per task in ``tasks`` order, at most 1,000 (default
+            1 each; 0 leaves a task out).
         task_weighting: ``fixed`` (``task_weights``) or ``uncertainty`` (learned log-variances,
             Kendall, Gal & Cipolla 2018).
         freeze: parts of the model to freeze: ``encoders`` (every encoder), ``backbone``
@@ -403,9 +406,11 @@ class TrainConfig:
         if len(self.task_weights) != count:
             raise bad(f"task_weights has {len(self.task_weights)} weights for {count} "
                       "task(s)", "task_weights", "give one weight per entry of tasks")
-        if not all(0 <= w < math.inf for w in self.task_weights) or self.task_weights[0] <= 0:
-            raise bad("task weights must be finite numbers >= 0, the first > 0",
-                      "task_weights", "e.g. task_weights = [1.0, 0.5]")
+        if not all(0 <= w <= MAX_TASK_WEIGHT for w in self.task_weights) or (
+                self.task_weights[0] <= 0):
+            raise bad(f"task weights must be numbers in 0..{MAX_TASK_WEIGHT:g}, the first > 0 "
+                      f"(got {self.task_weights})", "task_weights",
+                      "e.g. task_weights = [1.0, 0.5]")
         if self.task_weighting == "uncertainty":
             raise bad("task_weights are fixed weights; uncertainty weighting learns them",
                       "task_weights", "drop task_weights, or use task_weighting = 'fixed'")

@@ -491,3 +491,14 @@ def test_too_few_classes_for_the_ways_says_so() -> None:
 
     with pytest.raises(InsufficientSamplesError, match="needs 5 classes, but .* only 4"):
         check_class_sizes({c: 20 for c in "abcd"}, list("abcd"), 5, 1, 15)
+
+
+def test_no_class_large_enough_suggests_fewer_shots_or_queries_not_zero_ways() -> None:
+    """With every class too small the fix said "at most 0 ways at this size", and
+    --within's default 15 queries led users to try --ways 0."""
+    from metamodal.data.episodes import check_class_sizes
+    from metamodal.errors import InsufficientSamplesError
+
+    with pytest.raises(InsufficientSamplesError) as caught:
+        check_class_sizes({"a": 5, "b": 6}, ["a", "b"], 2, 1, 15)
+    assert "0 ways" not in caught.value.fix and "shots + queries <= 6" in caught.value.fix

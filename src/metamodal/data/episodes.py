@@ -143,11 +143,12 @@ def check_class_sizes(
             f"{len(small)} class(es) have fewer than the {need} samples needed per class "
             f"(shots {shots} + queries {queries}): {small_text}"
         )
-    raise InsufficientSamplesError(
-        message,
-        fix=f"use fewer shots, queries or ways (at most {len(usable)} ways at this size), "
-        "or add samples to the small classes",
-    )
+    largest = max((sizes.get(c, 0) for c in classes), default=0)
+    fix = (f"use fewer shots, queries or ways (at most {len(usable)} ways at this size), "
+           "or add samples to the small classes") if usable else (
+        f"use fewer shots or queries: no class has {need} samples (the largest has "
+        f"{largest}, so shots + queries <= {largest}), or add samples to the classes")
+    raise InsufficientSamplesError(message, fix=fix)
 
 
 def _smallest(keys: np.ndarray, k: int) -> np.ndarray:

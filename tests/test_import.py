@@ -398,14 +398,20 @@ def test_out_is_never_overwritten_without_asking(tmp_path: Path) -> None:
         _png(src / label / "0.png", 1)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "mine.txt").write_text("keep")
-    with pytest.raises(ConfigError, match="not empty"):
-        import_folder(src, tmp_path / "busy")
-    with pytest.raises(ConfigError, match="no dataset.toml"):
-        import_folder(src, tmp_path / "busy", overwrite=True)
+    for overwrite in (False, True):  # the first's fix was --overwrite, then refused
+        with pytest.raises(ConfigError, match="no dataset.toml") as caught:
+            import_folder(src, tmp_path / "busy", overwrite=overwrite)
+        assert "--overwrite" not in caught.value.fix
     assert (tmp_path / "busy" / "mine.txt").read_text() == "keep"
     import_folder(src, tmp_path / "ds")
+    with pytest.raises(ConfigError, match="not empty") as caught:
+        import_folder(src, tmp_path / "ds")
+    assert "--overwrite" in caught.value.fix
+    # a stale split of the old dataset named its classes: the new one was unusable
+    (tmp_path / "ds" / "splits.toml").write_text('train = ["x"]\nval = ["y"]\ntest = ["z"]\n')
     _png(src / "c" / "0.png", 2)
     assert import_folder(src, tmp_path / "ds", overwrite=True).classes == 3
+    assert not (tmp_path / "ds" / "splits.toml").exists()
 
 
 # ----------------------------------------------------------------------------- tables

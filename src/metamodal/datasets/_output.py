@@ -24,9 +24,11 @@ from metamodal.errors import ConfigError
 from metamodal.io import make_directory, publish_directory
 
 SCHEMA_NAME = "dataset.toml"
-OLD_DATASET_FILES = frozenset({SCHEMA_NAME, *(f"samples{suffix}" for suffix in TABLE_SUFFIXES)})
+OLD_DATASET_FILES = frozenset({SCHEMA_NAME, "splits.toml", "descriptions.toml",
+                               *(f"samples{suffix}" for suffix in TABLE_SUFFIXES)})
 """The entries of an old dataset that an overwrite removes even when the new one does not
-write them (a stale sample table of another format would be read instead of the new one)."""
+write them (a stale sample table of another format would be read instead of the new one, a
+stale split or class descriptions would name the old classes)."""
 
 
 def check_target(out: Path, overwrite: bool) -> None:
@@ -47,12 +49,14 @@ def check_target(out: Path, overwrite: bool) -> None:
                           fix="choose another output path")
     if not any(out.iterdir()):
         return
-    if not overwrite:
-        raise ConfigError("output directory exists and is not empty", file=out,
-                          fix="pass overwrite=True (--overwrite) or choose a new directory")
     if not (out / SCHEMA_NAME).is_file():
-        raise ConfigError("refusing to overwrite a directory that holds no dataset.toml",
-                          file=out, fix="choose a new directory or empty this one yourself")
+        raise ConfigError("output directory exists, is not empty and holds no dataset.toml "
+                          "(only a dataset directory is ever overwritten)", file=out,
+                          fix="choose a new directory or empty this one yourself")
+    if not overwrite:
+        raise ConfigError("output directory exists and is not empty (it holds a dataset)",
+                          file=out,
+                          fix="pass overwrite=True (--overwrite) or choose a new directory")
 
 
 def move_into(tmp: Path, out: Path) -> None:

@@ -90,6 +90,14 @@ def test_feature_mismatch_names_both_files_and_sizes(tmp_path: Path) -> None:
         loader.decode(["three.npy"], context(tmp_path, 1))
 
 
+def _lying_npy(path: Path, shape: tuple[int, ...]) -> None:
+    """A float32 .npy file whose header claims ``shape`` over 24 bytes of data."""
+    with path.open("wb") as handle:
+        np.lib.format.write_array_header_1_0(
+            handle, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        handle.write(b"\0" * 24)
+
+
 @pytest.mark.parametrize(("name", "write", "message"), [
     ("nan.npy", lambda p: np.save(p, np.array([[1.0, 2.0], [3.0, 4.0], [np.nan, 0.0]])),
      "NaN or infinite .*step 2, feature 0"),
@@ -105,6 +113,8 @@ def test_feature_mismatch_names_both_files_and_sizes(tmp_path: Path) -> None:
     ("objects.npy", lambda p: np.save(p, np.array([{"a": 1}], dtype=object)), "numeric .npy"),
     ("garbage.npy", lambda p: p.write_bytes(b"\x00garbage"), "cannot read sequence"),
     ("empty.npy", lambda p: np.save(p, np.zeros((0, 3))), "empty"),
+    # a header claiming 800 GB: refused before np.load allocates it
+    ("claims.npy", lambda p: _lying_npy(p, (10**11, 2)), "claims shape"),
     ("header.csv", lambda p: p.write_text("a,b\n"), "empty"),
     ("track.txt", lambda p: p.write_text("1,2\n"), "unsupported sequence file type"),
     ("missing.npy", lambda p: None, "file not found"),

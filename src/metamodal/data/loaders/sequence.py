@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -95,7 +96,29 @@ def read_sequence_file(path: Path) -> np.ndarray:
     return array
 
 
+def _check_npy_size(path: Path) -> None:
+    """Refuse a ``.npy`` file whose header claims more data than the file holds, before
+    ``np.load`` allocates it (a 100-byte file may claim hundreds of GiB). Headers of other
+    versions than 1.0 and 2.0 are left to ``np.load``."""
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            read = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read is None:
+                return
+            shape, _, dtype = read(handle)
+        except ValueError:
+            return  # np.load says what is wrong
+        held = path.stat().st_size - handle.tell()
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > held:
+        raise ValueError(f"the .npy header claims shape {list(shape)} of {dtype} "
+                         f"({claimed:,} bytes), and the file holds {held:,} bytes of data")
+
+
 def _read_npy(path: Path) -> np.ndarray:
+    _check_npy_size(path)
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:

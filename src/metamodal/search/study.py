@@ -20,7 +20,6 @@ heartbeat is older than `HEARTBEAT_GRACE` when a search starts.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -146,10 +145,10 @@ def check_journal(path: Path) -> None:
     Raises:
         RunError: keyed ``storage``, the line in ``row``.
     """
+    if not path.exists():
+        return
     for attempt in range(2):
-        with open(path, "rb") if path.exists() else contextlib.nullcontext(None) as handle:
-            if handle is None:
-                return
+        with open(path, "rb") as handle:
             size, number = 0, 0
             for number, line in enumerate(handle, start=1):
                 if not line.endswith(b"\n"):

@@ -259,6 +259,47 @@ def test_saved_support_labels_out_of_range(trained, tmp_path: Path) -> None:
 
 
 
+def test_saved_support_json_without_its_tensors_is_an_error_not_an_unfitted_classifier(
+        trained, tmp_path: Path) -> None:
+    saved = _copy(trained[2], tmp_path)
+    (saved / "support.safetensors").unlink()
+    error = _error(saved, FewShotClassifier.load)
+    assert error.file == str(saved / "support.safetensors")
+    assert "support.json" in error.fix
+
+
+def _edit_support(saved: Path, change) -> None:
+    tensors = load_file(str(saved / "support.safetensors"))
+    change(tensors)
+    save_file(tensors, str(saved / "support.safetensors"))
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    (lambda t: t.update(present=torch.zeros_like(t["present"])), "present"),
+    (lambda t: t.update(present=torch.ones(len(t["labels"]), 9, dtype=torch.bool)), "present"),
+    (lambda t: t.update(labels=torch.zeros_like(t["labels"])), "classes"),
+])
+def test_saved_support_presence_and_classes_are_checked(trained, tmp_path: Path, change,
+                                                         key: str) -> None:
+    """A row with no modality, a `present` of the wrong width, or a class of support.json
+    without a sample: refused on load, naming the file and tensor (they loaded and predicted,
+    or failed in predict naming no file)."""
+    saved = _copy(trained[2], tmp_path)
+    _edit_support(saved, change)
+    error = _error(saved, FewShotClassifier.load)
+    name = "support.json" if key == "classes" else "support.safetensors"
+    assert error.file == str(saved / name) and error.column == key
+
+
+def test_saved_support_modalities_named_twice(trained, tmp_path: Path) -> None:
+    saved = _copy(trained[2], tmp_path)
+    meta = json.loads((saved / "support.json").read_text())
+    meta["modalities"] = meta["modalities"][:1] * 2
+    (saved / "support.json").write_text(json.dumps(meta))
+    error = _error(saved, FewShotClassifier.load)
+    assert error.file == str(saved / "support.json") and error.column == "modalities"
+
+
 @pytest.mark.parametrize("change", ["width", "dtype"])
 def test_saved_support_embeddings_must_fit_the_model(trained, tmp_path: Path,
                                                      change: str) -> None:

@@ -625,6 +625,11 @@ class FewShotClassifier(EstimatorParams):
         used = classifier._used_modalities(run)
         directory = Path(directory)
         if not (directory / SUPPORT_FILE).exists():
+            if (directory / SUPPORT_META).exists():
+                raise RunError(f"{SUPPORT_META} is here but {SUPPORT_FILE}, the support "
+                               "set it describes, is missing", file=directory / SUPPORT_FILE,
+                               fix="fit the classifier on its support set and save it again "
+                               f"(or delete {SUPPORT_META} to load the run unfitted)")
             return classifier
         meta = read_support_meta(directory / SUPPORT_META)
         expected = "embeddings" if run.model.capabilities().embeds_once else "samples"

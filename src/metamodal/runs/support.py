@@ -57,9 +57,11 @@ def read_support_meta(path: Path) -> dict:
             or not all(isinstance(c, str) for c in classes) or len(set(classes)) < len(classes)):
         raise RunError("`classes` must be a non-empty list of distinct class names", file=path,
                        column="classes", fix=fix)
-    if not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities):
-        raise RunError("`modalities` must be a list of modality names", file=path,
-                       column="modalities", fix=fix)
+    if (not isinstance(modalities, list) or not modalities
+            or not all(isinstance(m, str) for m in modalities)
+            or len(set(modalities)) < len(modalities)):
+        raise RunError("`modalities` must be a non-empty list of distinct modality names",
+                       file=path, column="modalities", fix=fix)
     if meta["form"] not in SUPPORT_FORMS:
         raise RunError(f"unknown form {meta['form']!r}", file=path, column="form", fix=fix)
     return meta
@@ -70,7 +72,8 @@ def read_support_tensors(path: Path, meta: dict, model_modalities: list[str],
     """``support.safetensors``, checked against ``support.json`` and the model: every tensor
     present, of consistent sizes, finite, labels within the classes, embeddings ``z`` float32
     and ``width`` wide (the model's fused embedding size, for the ``embeddings`` form);
-    `RunError` naming the tensor."""
+    `RunError` naming the tensor. Every row has a modality present, and every class of
+    ``support.json`` has a row (else `predict` would fail later, naming no file)."""
     fix = "fit the classifier on its support set and save it again"
     try:
         tensors = load_file(str(path))
@@ -117,6 +120,11 @@ def read_support_tensors(path: Path, meta: dict, model_modalities: list[str],
             raise RunError(f"`z` is {str(z.dtype).removeprefix('torch.')} and "
                            f"{z.shape[-1]} wide; the model embeds float32, {width} wide",
                            file=path, column="z", fix=fix)
+        if present.shape[1] != len(meta["modalities"]):
+            raise RunError(f"`present` has {present.shape[1]} columns, support.json names "
+                           f"{len(meta['modalities'])} modalities", file=path,
+                           column="present", fix=fix)
+        usable, present_key = present.any(1), "present"
     else:
         for name in meta["modalities"]:
             need(f"{name}.values")
@@ -125,6 +133,19 @@ def read_support_tensors(path: Path, meta: dict, model_modalities: list[str],
                                fix=fix)
             if f"{name}.lengths" in tensors:
                 need(f"{name}.lengths", 1)
+        usable = torch.stack([tensors[f"{name}.present"] for name in meta["modalities"]],
+                             1).any(1)
+        present_key = f"{meta['modalities'][0]}.present"
+    if not bool(usable.all()):
+        row = int(torch.nonzero(~usable)[0]) + 1
+        raise RunError(f"support sample {row} has no modality present", file=path,
+                       column=present_key, fix=fix)
+    without = sorted(set(range(len(meta["classes"]))) - set(labels.tolist()))
+    if without:
+        named = ", ".join(repr(meta["classes"][k]) for k in without[:5])
+        raise RunError(f"support.json names classes without a support sample: {named}"
+                       f"{', ...' if len(without) > 5 else ''}", file=path.with_name(
+                           SUPPORT_META), column="classes", fix=fix)
     return tensors
 
 

@@ -98,8 +98,9 @@ def test_support_class_without_example_is_a_typed_error(trained: tuple[Path, Pat
     for column in ("image", "caption", "sound", "track", "body_length_cm", "body_width_cm",
                    "weight_g", "air_temp_c"):
         rows[0][column] = ""
-    with pytest.raises(InsufficientSamplesError, match=rows[0]["species"]):
+    with pytest.raises(ModalityError, match=rows[0]["species"]) as caught:  # its row named
         FewShotClassifier(run).fit(_write(data / "support-empty.csv", rows))
+    assert caught.value.row == 1
 
 
 def test_predict_before_fit_is_a_typed_error(trained: tuple[Path, Path]) -> None:

@@ -323,6 +323,26 @@ def test_a_query_without_any_modality_gets_an_error_not_a_label(trained, tmp_pat
     assert caught.value.file == str(query) and caught.value.row == 2
 
 
+def test_a_support_sample_without_any_modality_is_an_error_not_dropped(trained,
+                                                                        capsys) -> None:
+    """As in the query: a support row with every modality empty names its row (it was
+    dropped without a word, so the classifier had fewer examples than it was given)."""
+    data, run, _ = trained
+    rows = _rows(data)[:8]
+    for column in ("image", "caption", "sound", "track", "body_length_cm", "body_width_cm",
+                   "weight_g", "air_temp_c"):
+        rows[2][column] = ""
+    support = _write(data / "support-empty.csv", rows)
+    classifier = FewShotClassifier(run)
+    samples = classifier.load_samples(support, labelled=True)
+    with pytest.raises(ModalityError) as caught:
+        classifier.fit(samples, samples.labels)
+    assert caught.value.row == 3
+    assert main(["predict", str(run), "--support", str(support), "--query",
+                 str(support)]) != 0
+    assert f"{support}, row 3:" in capsys.readouterr().err
+
+
 def test_tabular_columns_are_matched_by_name(trained, tmp_path: Path) -> None:
     data, run, saved = trained
     clf = FewShotClassifier.load(saved)

@@ -328,14 +328,16 @@ class FewShotClassifier(EstimatorParams):
             y: their labels, ``S`` of them. Leaving it out takes the labels from the label
                 column of a sample table or dataset ``X``: deprecated, pass them.
             classes: the classes to predict, in order (default: the sorted labels). A class
-                with no usable support sample raises `InsufficientSamplesError`.
+                with no support sample raises `InsufficientSamplesError`.
 
         Raises:
             RunError: the run directory is missing or corrupt.
             DatasetError: ``y`` does not give one valid label per sample, or ``X`` cannot be
                 read (the row and column are named).
             InsufficientSamplesError: one class only, a label not among ``classes``, or a
-                class with no support sample with a used modality.
+                class with no support sample.
+            ModalityError: a support sample carries none of the used modalities (the row is
+                named).
         """
         run = self.loaded_run()
         modalities = self._used_modalities(run)
@@ -416,7 +418,9 @@ class FewShotClassifier(EstimatorParams):
         Raises:
             DatasetError: ``y`` does not give one valid label per sample.
             InsufficientSamplesError: one class only, a label not among ``classes``, or a
-                class with no support sample with a used modality.
+                class with no support sample.
+            ModalityError: a support sample carries none of the used modalities (the row is
+                named).
         """
         run = self.loaded_run()
         modalities = self._used_modalities(run)
@@ -436,25 +440,26 @@ class FewShotClassifier(EstimatorParams):
         counts = {c: 0 for c in classes}
         for position, (label, ok) in enumerate(zip(labels, support.usable.tolist(),
                                                    strict=True)):
+            row = position + 1 if rows is None else rows[position]
             if label not in counts:
                 raise InsufficientSamplesError(
-                    f"support label {label!r} is not among the classes given",
-                    row=position + 1 if rows is None else rows[position],
-                    column=column,
-                    fix="add it to `classes` or remove those samples")
-            counts[label] += int(ok)
+                    f"support label {label!r} is not among the classes given", row=row,
+                    column=column, fix="add it to `classes` or remove those samples")
+            if not ok:
+                raise ModalityError(
+                    f"a support sample of class {label!r} carries none of the used "
+                    "modalities; it would teach the classifier nothing", file=file, row=row,
+                    fix=f"give it at least one of: {', '.join(modalities)}, or leave it out")
+            counts[label] += 1
         empty = [c for c, n in counts.items() if n == 0]
         if empty:
             raise InsufficientSamplesError(
-                f"classes without a usable support example: {', '.join(map(str, empty))}",
-                file=file,
-                fix="give at least one sample with one of the used modalities "
-                f"({', '.join(modalities)}) for each class",
-            )
-        keep = torch.nonzero(support.usable).flatten()
+                f"classes without a support example: {', '.join(map(str, empty))}",
+                file=file, fix="give at least one sample of each class, or leave the class "
+                "out of `classes`")
         index = {c: k for k, c in enumerate(classes)}
-        self.support_ = support.index(keep).to(self.device)
-        self.support_labels_ = torch.tensor([index[labels[i]] for i in keep.tolist()],
+        self.support_ = support.to(self.device)
+        self.support_labels_ = torch.tensor([index[label] for label in labels],
                                             dtype=torch.long)
         self.run_, self.modalities_, self.classes_ = run, modalities, list(classes)
         return self

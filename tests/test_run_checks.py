@@ -187,20 +187,23 @@ def test_config_toml_with_an_unknown_dataset_key(trained, tmp_path: Path, table:
     assert error.file == str(run / "config.toml") and error.column == key
 
 
-@pytest.mark.parametrize(("change", "key"), [
-    (lambda s: s["loaders"]["image"].update(kind="hologram"), "loaders.image.kind"),
-    (lambda s: s["loaders"]["image"].update(kind="text"), "loaders.image.kind"),
-    (lambda s: s["loaders"]["caption"].update(fitted="yes"), "loaders.caption.fitted"),
-    (lambda s: s.update(fitted="yes"), "fitted"),
-    (lambda s: s["loaders"].update(caption="fitted"), "loaders.caption"),
+@pytest.mark.parametrize(("change", "key", "said"), [
+    (lambda s: s["loaders"]["image"].update(kind="hologram"), "loaders.image.kind",
+     "unknown loader kind 'hologram'"),
+    (lambda s: s["loaders"]["image"].update(kind="text"), "loaders.image.kind",
+     "is of kind 'image', but its loader state is of kind 'text'"),  # it was called unknown
+    (lambda s: s["loaders"]["caption"].update(fitted="yes"), "loaders.caption.fitted", ""),
+    (lambda s: s.update(fitted="yes"), "fitted", ""),
+    (lambda s: s["loaders"].update(caption="fitted"), "loaders.caption", ""),
 ], ids=["unknown-kind", "other-kind", "loader-fitted-string", "fitted-string",
         "state-string"])
 def test_preprocessor_json_with_a_bad_kind_or_fitted_state(trained, tmp_path: Path, change,
-                                                           key: str) -> None:
+                                                           key: str, said: str) -> None:
     run = _copy(trained[1], tmp_path)
     _edit_json(run / "preprocessor.json", change)
     error = _error(run)
     assert error.file == str(run / "preprocessor.json") and error.column == key
+    assert said in error.message
 
 
 def test_train_data_pointing_nowhere_is_an_error_only_when_the_data_is_needed(

@@ -560,12 +560,16 @@ def _check_preprocessor_state(state: Any, path: Path) -> None:
             continue
         spec = specs.get(name)
         expected = spec.get("kind") if isinstance(spec, dict) else None
-        if kind not in loaders or (expected is not None and kind != expected):
-            raise RunError(f"modality {name!r} names the unknown loader kind {kind!r}"
-                           + (f" (its modality is of kind {expected!r})" if expected else ""),
+        if kind not in loaders:
+            raise RunError(f"modality {name!r} names the unknown loader kind {kind!r}",
                            file=path, column=f"loaders.{name}.kind",
                            fix=f"use one of: {', '.join(loaders.names())}; or restore the "
                            "run's preprocessor.json")
+        if expected is not None and kind != expected:
+            raise RunError(f"modality {name!r} is of kind {expected!r}, but its loader state "
+                           f"is of kind {kind!r}", file=path, column=f"loaders.{name}.kind",
+                           fix=f"set it to {expected!r}, or restore the run's "
+                           "preprocessor.json")
 
 
 def read_preprocessor(path: Path) -> Preprocessor:

@@ -103,6 +103,7 @@ def _lying_npy(path: Path, shape: tuple[int, ...]) -> None:
      "NaN or infinite .*step 2, feature 0"),
     ("inf.csv", lambda p: p.write_text("a,b\n1,2\n3,inf\n"), "NaN or infinite .*line 3, feature 1"),
     ("text.csv", lambda p: p.write_text("1,2\n3,x\n"), "line 2, value 2 is not a number"),
+    ("underscore.csv", lambda p: p.write_text("1,2\n3,1_000\n"), "line 2, value 2 is not"),
     ("ragged.csv", lambda p: p.write_text("1,2\n3\n"), "line 2 has 1 values, expected 2"),
     # lines are those of the file, blank lines included
     ("gaps.csv", lambda p: p.write_text("a,b\n\n1,2\n \n3,nan\n"), "line 5, feature 1"),

@@ -8,6 +8,7 @@ meta-train samples and stored in their state as plain lists of floats (`Standard
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -27,18 +28,23 @@ attention products) can overflow to NaN. A value a million standard deviations f
 meta-train data is a unit or export error."""
 
 
+NUMBER = re.compile(r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)\s*",
+                    re.IGNORECASE | re.ASCII)
+"""A number as a data file writes it: ASCII decimal digits, an optional point and exponent (or
+inf / nan, which the loaders then refuse as not finite). Python's ``float`` also takes
+``1_000`` and digits of other scripts; in a data file those are typing or export errors."""
+
+
 def is_number(text: str) -> bool:
-    """Whether ``float(text)`` parses.
+    """Whether ``text`` is a number as a data file writes it (`NUMBER`).
 
     Example:
-        >>> is_number("1e3"), is_number("nan"), is_number("ten")
-        (True, True, False)
+        >>> is_number("1e3"), is_number(" -.5 "), is_number("nan"), is_number("ten")
+        (True, True, True, False)
+        >>> is_number("1_000"), is_number("0x10")
+        (False, False)
     """
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return NUMBER.fullmatch(text) is not None
 
 
 def check_count(kind: str, name: str, value: object, minimum: int, maximum: int) -> int:

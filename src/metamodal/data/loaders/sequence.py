@@ -152,15 +152,11 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int]]:
     for line, row in zip(lines, body, strict=True):
         if len(row) != width:
             raise ValueError(f"line {line} has {len(row)} values, expected {width}")
-    try:
-        return np.array(body, dtype=str).astype(np.float64).reshape(len(body), width), lines
-    except ValueError:
-        for line, row in zip(lines, body, strict=True):
-            for column, cell in enumerate(row):
-                if not is_number(cell):
-                    raise ValueError(f"line {line}, value {column + 1} is "
-                                     f"not a number: {cell!r}") from None
-        raise
+    for line, row in zip(lines, body, strict=True):
+        for column, cell in enumerate(row):
+            if not is_number(cell):
+                raise ValueError(f"line {line}, value {column + 1} is not a number: {cell!r}")
+    return np.array(body, dtype=str).astype(np.float64).reshape(len(body), width), lines
 
 
 @loaders.register("sequence")

@@ -171,13 +171,9 @@ class TabularLoader(StandardisingState, ModalityLoader):
         values = np.full((len(cells), width), np.nan)
         if not texts:
             return values, present
-        try:
-            parsed = np.array(texts, dtype=str).astype(np.float64)
-            good = np.ones(len(texts), dtype=bool)
-        except ValueError:
-            good = np.array([is_number(text) for text in texts], dtype=bool)
-            parsed = np.array([float(t) if ok else np.nan for t, ok in zip(texts, good,
-                                                                          strict=True)])
+        good = np.array([is_number(text) for text in texts], dtype=bool)
+        parsed = np.full(len(texts), np.nan)
+        parsed[good] = np.array(texts, dtype=str)[good].astype(np.float64)
         finite = np.isfinite(parsed)
         position = np.asarray(where, dtype=np.int64)
         values[position[:, 0], position[:, 1]] = np.where(good & finite, parsed, np.nan)

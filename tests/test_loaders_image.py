@@ -126,6 +126,7 @@ def test_corrupt_files_are_reported_with_their_path(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="cannot decode image") as info:
         ImageLoader().decode(["bad.png"], context(tmp_path, 1))
     assert info.value.file == "bad.png"
+    assert "(the path is in samples.csv)" in info.value.message  # the row is the table's
     problems: list[DatasetError] = []
     batch = ImageLoader(size=2).decode(["cut.png", good, "bad.png", "gone.png"],
                                        context(tmp_path, 4, problems))

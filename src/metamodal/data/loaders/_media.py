@@ -66,12 +66,20 @@ def in_chunks(
 def report_failure(
     failure: DecodeFailure, cell: Cell, index: int, context: DecodeContext
 ) -> None:
-    """Report ``failure`` of cell number ``index`` as a `DatasetError` naming file, row, column.
+    """Report ``failure`` of cell number ``index`` as a `DatasetError` naming the file, and
+    the row and column of the table that names it (the message names the table too).
 
     The error keeps the failure's cause (``__cause__``), and is raised or collected by
     ``context.report``.
+
+    Example:
+        >>> ctx = DecodeContext(Path("d"), "query.csv", [4], "photo", problems=[])
+        >>> report_failure(DecodeFailure("cannot decode", "replace it"), "a.png", 0, ctx)
+        >>> str(ctx.problems[0])
+        'a.png, row 4, column photo: cannot decode (the path is in query.csv) (fix: replace it)'
     """
-    error = DatasetError(failure.message, file=str(cell), row=context.rows[index],
+    where = f" (the path is in {context.table_file})" if context.table_file else ""
+    error = DatasetError(failure.message + where, file=str(cell), row=context.rows[index],
                          column=context.column, fix=failure.fix)
     error.__cause__ = failure.__cause__
     context.report(error)

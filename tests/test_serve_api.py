@@ -1624,14 +1624,17 @@ def test_a_state_that_is_not_a_directory_is_a_config_error(tmp_path: Path) -> No
 
 def test_a_state_inside_the_run_is_a_config_error(runs: dict[str, Path],
                                                    tmp_path: Path) -> None:
-    """Tasks kept inside the run directory were lost when the run was trained again with
-    --overwrite (the directory is replaced whole); such a state is refused before loading."""
-    run = runs["protonet"]
-    for state in (run, run / "serve-state", run / "." / "a" / ".." / "b"):
-        with pytest.raises(ConfigError, match="inside the run") as caught:
+    """Tasks kept inside the run directory (or another run's) were lost when the run was
+    trained again with --overwrite (the directory is replaced whole); such a state is refused
+    before loading."""
+    run, other = runs["protonet"], runs["maml"]
+    for state in (run, run / "serve-state", run / "." / "a" / ".." / "b",
+                  other / "serve-state"):  # another run's --overwrite loses them as well
+        with pytest.raises(ConfigError, match="the run directory") as caught:
             create_app(run, state=state, eval_episodes=0)
         assert caught.value.column == "state" and "outside the run" in caught.value.fix
         assert not (run / "serve-state").exists() and not (run / "b").exists()
+        assert not (other / "serve-state").exists()
     beside = run.parent / f"{run.name}-state"  # a sibling whose name starts like the run's
     try:
         with TestClient(create_app(run, state=beside, eval_episodes=0)) as c:

@@ -39,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from metamodal.api.fields import check_not_inside_run
 from metamodal.config import test_time_overrides
 from metamodal.data.schema import dataset_holding
 from metamodal.errors import (
@@ -147,14 +148,8 @@ def check_settings(s: ServeSettings) -> None:
     if not s.state:
         raise ConfigError("no state directory given", column="state",
                           fix="give --state DIR, e.g. --state metamodal-state")
-    run, state = Path(s.run).resolve(), Path(s.state).resolve()
-    if s.run and (state == run or run in state.parents):
-        raise ConfigError("the state directory lies inside the run directory, which training "
-                          "again (--overwrite) or a new ensemble there replaces whole, tasks "
-                          "and all", file=s.state, column="state",
-                          fix=f"give --state a directory outside the run ({s.run}); move "
-                          "an existing state there first")
-    dataset = dataset_holding(state)
+    check_not_inside_run(s.state, "state", itself=True)  # the served run's, or another's
+    dataset = dataset_holding(Path(s.state).resolve())
     if dataset is not None:
         raise ConfigError(f"the state directory lies inside the dataset directory {dataset}, "
                           "where nothing is written", file=s.state, column="state",

@@ -299,6 +299,8 @@ def test_bad_labels_are_typed_errors_naming_the_row(trained) -> None:
     assert (error.row, error.column) == (4, "y") and "mix" in str(error)
     error = _error(lambda: clf.fit(X, "species"))
     assert error.column == "y"
+    error = _error(lambda: clf.fit(X, [*y[:4], y[0] + " ", *y[5:]]))  # two classes of one
+    assert (error.row, error.column) == (5, "y") and "surrounding spaces" in str(error)
     error = _error(lambda: clf.fit(X, y, classes=sorted(set(y))[:2]), InsufficientSamplesError)
     assert (error.row, error.column) == (5, "y")
     error = _error(lambda: clf.fit(X))

@@ -159,6 +159,20 @@ def test_duplicate_id_names_both_rows(tmp_path: Path) -> None:
     assert "duplicate id 'b'" in error.message and "row 2" in error.message
 
 
+@pytest.mark.parametrize("spelling", ["cat ", " cat", "cat\t"])
+def test_labels_that_differ_only_in_surrounding_spaces_are_refused(tmp_path: Path,
+                                                                    spelling: str) -> None:
+    """'cat ' beside 'cat' made two classes of one without a word."""
+    error = dataset_error(make(tmp_path, [*ROWS, f'e,"{spelling}",felid,x,,,']))
+    assert (error.row, error.column) == (5, "label") and "'cat'" in error.message
+
+
+def test_labels_in_two_unicode_normal_forms_are_refused(tmp_path: Path) -> None:
+    rows = [*ROWS, "e,caf\u00e9,felid,x,,,", "f,cafe\u0301,felid,y,,,"]
+    error = dataset_error(make(tmp_path, rows))
+    assert (error.row, error.column) == (6, "label") and "normal form" in error.message
+
+
 def test_empty_label_and_missing_label_column(tmp_path: Path) -> None:
     rows = [*ROWS[:2], "b,,felid,x,,,"]
     error = dataset_error(make(tmp_path, rows))

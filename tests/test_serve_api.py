@@ -1128,6 +1128,17 @@ def test_a_label_with_a_slash_can_be_removed(client: TestClient) -> None:
     assert [c["label"] for c in r.json()["classes"]] == ["c"]
 
 
+def test_a_label_in_either_unicode_normal_form_is_one_class(client: TestClient) -> None:
+    """'café' composed and decomposed are one class (they made two, then predict refused
+    the task's labels as two spellings of one)."""
+    created = post(client, "/api/tasks", {"e0.label": "caf\u00e9", "e0.caption": "x",
+                                          "e1.label": "cafe\u0301", "e1.caption": "y",
+                                          "e2.label": "tea", "e2.caption": "z"}).json()
+    assert sorted(c["label"] for c in created["classes"]) == ["caf\u00e9", "tea"]
+    r = post(client, f"/api/tasks/{created['id']}/predict", {"q0.caption": "x"})
+    assert r.status_code == 200, r.text
+
+
 def _texts(labels: list[str]) -> dict[str, str]:
     fields = {}
     for n, label in enumerate(labels):

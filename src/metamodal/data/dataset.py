@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -473,6 +474,9 @@ def check_table(
                 DatasetError("empty label", file=file, row=row, column=column,
                              fix=f"give every sample its class in column {column}")
                 for row, value in enumerate(table.columns[column], start=1) if value is None]
+        problems += [problem for column in schema.label_columns if column in table.columns
+                     for problem in lookalike_labels(table.columns[column], column=column,
+                                                     file=file)]
     if require_group and schema.group is not None and not absent(schema.group, "the group"):
         problems += _check_groups(table, schema.label, schema.group)
     if require_modalities:
@@ -480,6 +484,35 @@ def check_table(
             for column in spec.source_columns():
                 absent(column, f"modality {spec.name!r}:")
         problems += _rows_without_modality(table, schema)
+    return problems
+
+
+def lookalike_labels(labels: Sequence[object], *, column: str,
+                     file: str | None = None) -> list[DatasetError]:
+    """Labels that differ from an earlier one only in surrounding spaces or Unicode normal
+    form (``"cat"``, ``"cat "``; ``"é"`` composed or not) would be two classes of one: a
+    `DatasetError` at the first row (1-based) of each later spelling. Labels that are not
+    strings (None, integers) are passed over.
+
+    Example:
+        >>> [(p.row, p.message[:34]) for p in lookalike_labels(["cat", 1, "cat "], column="y")]
+        [(3, "label 'cat ' differs from 'cat' (r")]
+    """
+    first: dict[str, tuple[str, int]] = {}
+    problems, seen = [], set()
+    for row, label in enumerate(labels, start=1):
+        if not isinstance(label, str) or label in seen:
+            continue
+        seen.add(label)
+        key = unicodedata.normalize("NFC", label.strip())
+        if key not in first:
+            first[key] = (label, row)
+            continue
+        other, other_row = first[key]
+        problems.append(DatasetError(
+            f"label {label!r} differs from {other!r} (row {other_row}) only in surrounding "
+            "spaces or Unicode normal form", file=file, row=row, column=column,
+            fix="spell each class one way (the two would be two classes)"))
     return problems
 
 

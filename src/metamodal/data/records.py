@@ -35,7 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from metamodal.data.dataset import ID_COLUMN, MultimodalDataset, check_table
+from metamodal.data.dataset import (
+    ID_COLUMN,
+    MultimodalDataset,
+    check_table,
+    lookalike_labels,
+)
 from metamodal.data.kinds import modality_kind
 from metamodal.data.schema import DatasetSchema
 from metamodal.data.table import SampleTable, normalise_cell
@@ -130,7 +135,8 @@ def records_dataset(
 
 def checked_labels(values: Any, size: int, *, column: str = "y") -> list[Label]:
     """The labels of ``values``, one per sample, checked: strings or integers, one type for
-    all, none empty, NaN or None; `DatasetError` naming the row and ``column`` otherwise.
+    all, none empty, NaN or None, no two spellings of one label (`lookalike_labels`);
+    `DatasetError` naming the row and ``column`` otherwise.
 
     Args:
         values: a sequence of labels (a list, tuple, NumPy array or pandas Series).
@@ -170,6 +176,9 @@ def checked_labels(values: Any, size: int, *, column: str = "y") -> list[Label]:
             raise DatasetError(f"labels mix {kind.__name__} and {type(label).__name__}",
                                row=row, column=column, fix="give every label as a string, "
                                "or every label as an integer")
+    lookalikes = lookalike_labels(labels, column=column)
+    if lookalikes:
+        raise lookalikes[0]
     return labels
 
 

@@ -291,7 +291,7 @@ def samples_of(form: FormData, letter: str, *, columns: dict[str, str], labelled
             if has_control_characters(value):
                 raise ConfigError(f"{key} holds a control character", column=key,
                                   fix="give the class a name of printable characters")
-            sample.label = value.strip()
+            sample.label = unicodedata.normalize("NFC", value.strip())  # one spelling a class
             continue
         if column not in columns:
             raise ConfigError(f"the model has no column {column!r}", column=key,

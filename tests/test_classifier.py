@@ -115,14 +115,15 @@ def test_get_params_and_set_params_round_trip(trained) -> None:
     clf = FewShotClassifier(run)
     params = {"run": "elsewhere", "device": "cuda", "modalities": ["track"],
               "media_root": "media", "tta": 4, "transduction": 1,
-              "transduction_balance": True, "fusion_confidence": 2.0, "fusion_reliability": 1.0}
+              "transduction_balance": True, "fusion_confidence": 2.0, "fusion_reliability": 1.0,
+              "joint_transduction": False}
     assert clf.set_params(**params) is clf
     assert clf.get_params() == clf.get_params(deep=False) == params
     clf.set_params(**FewShotClassifier(run).get_params())
     assert clf.get_params() == {"run": run, "device": "cpu", "modalities": None,
                                 "media_root": None, "tta": None, "transduction": None,
                                 "transduction_balance": None, "fusion_confidence": None,
-                                "fusion_reliability": None}
+                                "fusion_reliability": None, "joint_transduction": None}
     with pytest.raises(ConfigError) as caught:
         clf.set_params(ways=5)
     assert caught.value.column == "ways" and "modalities" in str(caught.value)

@@ -39,7 +39,7 @@ def test_each_settings_field_is_a_flag_with_its_documentation(verb: str, cls: ty
     assert names <= _dests(parser)
     helps = {a.dest: a.help or "" for a in parser._actions}
     documented = {}
-    for base in cls.__mro__:
+    for base in reversed(cls.__mro__):  # a class's own words for a field it redefines
         if dataclasses.is_dataclass(base):
             documented.update(field_help(base))
     for name in names:

@@ -348,6 +348,53 @@ def test_predict_classifier_and_server_accept_an_ensemble(runs: dict[str, Path],
                            for p in answers)
 
 
+def test_predict_classifier_and_server_take_joint_transduction_either_way(
+        runs: dict[str, Path], tmp_path: Path) -> None:
+    """As eval does, predict, `FewShotClassifier` and serve take an ensemble's steps jointly
+    or not for one use (they took them only as the ensemble was made): the joint ensemble
+    without them predicts as one made without, and the other way round."""
+    shape = dict(transduction=2, ways=2, queries=2, episodes_count=6, seed=1)
+    joint, plain = tmp_path / "joint", tmp_path / "plain"
+    api.ensemble(runs["members"][:2], out=str(joint), joint_transduction=True, **shape)
+    api.ensemble(runs["members"][:2], out=str(plain), **shape)
+    rows = _rows(runs["data"])
+    X = [{k: (v or None) for k, v in row.items() if k not in ("id", "species", "family")}
+         for row in rows]
+    y = [row["species"] for row in rows[:10]]
+
+    def proba(run: Path, **options) -> np.ndarray:
+        clf = FewShotClassifier(run, media_root=runs["data"], **options).fit(X[:10], y)
+        return clf.predict_proba(X[10:22])
+
+    as_made, made_plain = proba(joint), proba(plain)
+    assert not np.allclose(as_made, made_plain, atol=1e-6)
+    np.testing.assert_allclose(proba(joint, joint_transduction=False), made_plain, atol=1e-6)
+    np.testing.assert_allclose(proba(plain, joint_transduction=True), as_made, atol=1e-6)
+    with pytest.raises(ConfigError, match="ensembles") as caught:  # one network
+        proba(runs["members"][0], joint_transduction=False)
+    assert caught.value.column == "joint_transduction"
+    for name, part in (("support-j.csv", rows[:10]), ("query-j.csv", rows[10:22])):
+        with (runs["data"] / name).open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(part)
+    predicted = api.predict(str(joint), support=str(runs["data"] / "support-j.csv"),
+                            query=str(runs["data"] / "query-j.csv"), joint_transduction=False)
+    np.testing.assert_allclose([[p["probabilities"][c] for c in sorted(set(y))]
+                                for p in predicted.predictions], made_plain, atol=1e-6)
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from metamodal.api.serve import create_app
+
+    app = create_app(joint, state=tmp_path / "state", eval_episodes=0,
+                     joint_transduction=False)
+    with TestClient(app) as c:
+        assert c.get("/api/model").json()["joint_transduction"] is False
+
+
 def test_a_reloaded_ensemble_predicts_the_same(runs: dict[str, Path], tmp_path: Path) -> None:
     rows = _rows(runs["data"])
     X = [{k: (v or None) for k, v in row.items() if k not in ("id", "species", "family")}

@@ -118,6 +118,9 @@ class FewShotClassifier(EstimatorParams):
             uncertain, query by query (default: the run's ``fusion_confidence``).
         fusion_reliability: late fusion weighs each modality per class by its agreement with
             the fused model on the queries of each `predict` call (default: the run's).
+        joint_transduction: for an ensemble run, its members' transduction steps are taken
+            jointly (True) or each on its own (False) (default: as the ensemble was made);
+            given for a run that is not an ensemble, a `ConfigError` on loading.
 
     Attributes (after ``fit``):
         run_: the loaded run (`metamodal.runs.directory.Run`: model, preprocessor, schema).
@@ -175,6 +178,7 @@ class FewShotClassifier(EstimatorParams):
         transduction_balance: bool | None = None,
         fusion_confidence: float | None = None,
         fusion_reliability: float | None = None,
+        joint_transduction: bool | None = None,
     ) -> None:
         self.run = run
         self.device = device
@@ -185,6 +189,7 @@ class FewShotClassifier(EstimatorParams):
         self.transduction_balance = transduction_balance
         self.fusion_confidence = fusion_confidence
         self.fusion_reliability = fusion_reliability
+        self.joint_transduction = joint_transduction
 
     def __sklearn_tags__(self) -> Any:
         """scikit-learn's tags: a classifier that needs ``y`` and validates its own input
@@ -210,13 +215,14 @@ class FewShotClassifier(EstimatorParams):
         """
         test_time = test_time_overrides(self)
         key = (os.fspath(self.run) if isinstance(self.run, str | os.PathLike) else None,
-               self.device, *test_time.values())
+               self.device, self.joint_transduction, *test_time.values())
         if key[0] is None:
             raise ConfigError(f"run must be a run directory path, not {type(self.run).__name__}",
                               column="run", fix="FewShotClassifier('path/to/run')")
         cached = getattr(self, "_loaded", None)
         if cached is None or cached[0] != key:
-            self._loaded = (key, load_run(key[0], device=self.device, test_time=test_time))
+            self._loaded = (key, load_run(key[0], device=self.device, test_time=test_time,
+                                          joint_transduction=self.joint_transduction))
         return self._loaded[1]
 
     def _used_modalities(self, run: Run) -> list[str]:

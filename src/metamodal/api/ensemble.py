@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metamodal.api.fields import check_not_inside_run, resolve, typed_arguments, write_json
+from metamodal.api.fields import resolve, typed_arguments, write_json
 from metamodal.api.settings import EnsembleSettings
 from metamodal.config import test_time_overrides
 from metamodal.errors import ConfigError, RunError
@@ -105,11 +105,11 @@ def ensemble(runs: list[str] | None = None, settings: EnsembleSettings | None = 
     """
     from metamodal.evaluate.episode_plans import sampled_episodes
     from metamodal.evaluate.shape import resolve_eval_shape
+    from metamodal.model.ensemble import check_joint_steps
     from metamodal.runs import load_run, load_run_data
-    from metamodal.runs.directory import members_with_test_time
+    from metamodal.runs.directory import check_not_inside_run, members_with_test_time
     from metamodal.runs.ensemble import (
         check_ensemble_target,
-        check_joint_steps,
         check_members,
         fit_ensemble,
         union_preprocessor,

@@ -266,11 +266,8 @@ def _warn_of_trained_classes(episodes: list[Any], trained: list[str], path: str)
 def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
     """`evaluate` with its settings resolved; ``shard``: this process's part of a job."""
     test_time = test_time_overrides(s)  # under another learner, checked against that one
-    loaded = load_run(s.run, test_time=None if s.learner else test_time)
-    if s.joint_transduction is not None:
-        from metamodal.runs.ensemble import with_joint_transduction
-
-        loaded = with_joint_transduction(loaded, s.joint_transduction)
+    loaded = load_run(s.run, test_time=None if s.learner else test_time,
+                      joint_transduction=s.joint_transduction)
     prepared = load_run_data(loaded, s.data)
     classes = prepared.classes(s.split)
     seen = sorted(set(classes) & set(loaded.split.train)) if s.split in ("test", "val") else []

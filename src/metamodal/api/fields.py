@@ -1,7 +1,7 @@
 """How a verb's settings dataclass becomes keywords and flags: `Flag` metadata, the field
 documentation read from the class's ``Args:`` (`field_help`), building settings from keywords
-with typed errors (`make`, `resolve`), checking where output goes (`check_output_file`,
-`check_not_inside_run`), and writing a result's JSON (`write_json`)."""
+with typed errors (`make`, `resolve`), checking where output goes (`check_output_file`), and
+writing a result's JSON (`write_json`)."""
 
 from __future__ import annotations
 
@@ -278,33 +278,6 @@ def check_output_file(target: str | Path, key: str) -> None:
         raise ConfigError(f"{target} is a file of a dataset directory; writing there would "
                           "replace it", column=key,
                           fix="write to a new file, outside the dataset directory")
-
-
-def check_not_inside_run(path: str | Path, key: str, *, itself: bool = False) -> None:
-    """`ConfigError` keyed ``key`` when the output directory ``path`` lies inside a run
-    directory (or, with ``itself``, is one): a folder above it holds a run's ``config.toml``
-    beside its ``model.safetensors`` or ``checkpoint.pt``. Training that run again
-    (``--overwrite``) or writing a new ensemble there replaces it whole, with whatever lies
-    inside.
-
-    Example:
-        >>> import tempfile
-        >>> check_not_inside_run(Path(tempfile.mkdtemp()) / "runs" / "a", "out")
-    """
-    from metamodal.runs.directory import CHECKPOINT_FILE, CONFIG_FILE
-    from metamodal.runs.weights import WEIGHTS_FILE
-
-    resolved = Path(path).resolve()
-    for folder in (resolved, *resolved.parents) if itself else resolved.parents:
-        if (folder / CONFIG_FILE).is_file() and ((folder / WEIGHTS_FILE).is_file()
-                                                 or (folder / CHECKPOINT_FILE).is_file()):
-            where = "is" if folder == resolved else "lies inside"
-            raise ConfigError(
-                f"{path} {where} the run directory {folder}, which training that run "
-                "again (--overwrite) or a new ensemble written there replaces whole, with "
-                "everything inside it", column=key,
-                fix=f"write to a directory outside the run, e.g. one beside it in "
-                f"{folder.parent}")
 
 
 def write_json(path: str | Path | None, result: Any) -> None:

@@ -54,7 +54,8 @@ def predict(run: str | Path | None = None, settings: PredictSettings | None = No
     from metamodal.classifier import FewShotClassifier
 
     s = resolve(PredictSettings, settings, {"run": run, **options}, verb="predict")
-    classifier = FewShotClassifier(s.run, modalities=s.modalities, **test_time_overrides(s))
+    classifier = FewShotClassifier(s.run, modalities=s.modalities, **test_time_overrides(s),
+                                   joint_transduction=s.joint_transduction)
     support = classifier.load_samples(s.support, labelled=True)
     _check_json_reads(s.json, support)
     classifier.fit_encoded(classifier.encode(support), support.labels,

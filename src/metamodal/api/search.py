@@ -26,7 +26,7 @@ from typing import Any
 
 from metamodal.api.data import episodes as write_episodes
 from metamodal.api.evaluation import evaluate
-from metamodal.api.fields import check_not_inside_run, resolve
+from metamodal.api.fields import resolve
 from metamodal.api.settings import SearchSettings
 from metamodal.api.training import train
 from metamodal.config import TrainConfig, load_config
@@ -233,6 +233,7 @@ def check_out(out: str) -> None:
         ConfigError: keyed ``out``.
     """
     from metamodal.data.schema import dataset_holding
+    from metamodal.runs.directory import check_not_inside_run
 
     check_not_inside_run(out, "out", itself=True)
     dataset = dataset_holding(out)

@@ -115,7 +115,8 @@ def create_app(run: str | Path | None = None, settings: ServeSettings | None = N
 
     def measure() -> dict[str, Any]:
         report = evaluate(s.run, episodes_count=s.eval_episodes, baseline=False,
-                          progress=False, **test_time_overrides(s))
+                          progress=False, **test_time_overrides(s),
+                          joint_transduction=s.joint_transduction)
         r = report.result
         return {"accuracy": r.accuracy, "ci95": r.ci95, "ways": r.ways, "shots": r.shots,
                 "episodes": r.episodes, "split": report.split}

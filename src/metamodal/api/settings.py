@@ -66,6 +66,9 @@ class TestTimeOptions:
         fusion_reliability: late fusion weighs each modality per class by its agreement with
             the fused model on the episode's queries (default: the run's
             ``fusion_reliability``; 0 = off).
+        joint_transduction: for an ensemble, take its members' transduction steps jointly or
+            each on its own (default: as the ensemble was made; its temperatures and weights
+            stay as fitted); on a run that is not an ensemble, either value is an error.
     """
 
     tta: int | None = flag(None, metavar="N")
@@ -73,6 +76,7 @@ class TestTimeOptions:
     transduction_balance: bool | None = flag(None)
     fusion_confidence: float | None = flag(None, metavar="WEIGHT")
     fusion_reliability: float | None = flag(None, metavar="WEIGHT")
+    joint_transduction: bool | None = flag(None)
 
 
 @dataclass
@@ -97,9 +101,6 @@ class EvalSettings(EpisodeShape, TestTimeOptions):
         json: also write the results as JSON to this file.
         task: for a multi-task run, evaluate only this label column's task (default: every
             task, the main label's at the top of the results).
-        joint_transduction: for an ensemble, take its members' transduction steps jointly or
-            each on its own for this evaluation (default: as the ensemble was made; its
-            temperatures and weights stay as fitted).
     """
 
     run: str = flag("", name="")
@@ -115,7 +116,6 @@ class EvalSettings(EpisodeShape, TestTimeOptions):
     progress: bool = flag(True, name="--no-progress")
     json: str | None = flag(None, metavar="FILE")
     task: str | None = flag(None, metavar="NAME")
-    joint_transduction: bool | None = flag(None)
 
 
 @dataclass

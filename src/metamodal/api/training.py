@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metamodal.api.fields import check_not_inside_run, resolve, typed_arguments
+from metamodal.api.fields import resolve, typed_arguments
 from metamodal.api.settings import RunSettings
 from metamodal.config import TrainConfig, load_config
 from metamodal.errors import ConfigError
@@ -84,6 +84,7 @@ def _run_settings(settings: RunSettings | None, options: dict[str, Any],
 
 def _fit(config: TrainConfig, s: RunSettings, score: str,
          callbacks: list[StepCallback] | None = None) -> TrainReport:
+    from metamodal.runs.directory import check_not_inside_run
     from metamodal.train.trainer import Trainer
 
     if not s.out:

@@ -44,6 +44,36 @@ def takes_joint_steps(member: Any) -> bool:
     return refines(member) and bool(member.test_time.transduction)
 
 
+def check_joint_steps(members: Sequence[Any], labels: Sequence[str]) -> None:
+    """`ConfigError` keyed ``joint_transduction`` unless a member with prototypes takes
+    transduction steps (`takes_joint_steps`; without one, joint
+    transduction would change nothing); its fix names the members (``labels``, one per
+    member) that would take steps.
+
+    Example:
+        >>> from metamodal.runs import load_run
+        >>> check_joint_steps([load_run("runs/maml").model, load_run("runs/a").model],
+        ...                   ["runs/maml", "runs/a"])  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        metamodal.errors.ConfigError: key joint_transduction: ...
+    """
+    if any(takes_joint_steps(model) for model in members):
+        return
+    refining = [label for model, label in zip(members, labels, strict=True) if refines(model)]
+    if not refining:
+        raise ConfigError("joint transduction takes the members' transduction steps together, "
+                          "and no member has prototypes to refine (ProtoNet)",
+                          column="joint_transduction",
+                          fix="leave out --joint-transduction, or combine a ProtoNet run")
+    raise ConfigError("joint transduction takes the members' transduction steps together, "
+                      "and no member with prototypes (ProtoNet) has any",
+                      column="joint_transduction",
+                      fix=f"give --transduction 10 (taken by the members with prototypes: "
+                      f"{', '.join(refining)}; the others keep their logits), or leave out "
+                      "--joint-transduction")
+
+
 def votes(logits: Tensor, seen: Tensor) -> Tensor:
     """A member's logits ``[Q, ways]`` as `combine_log_probs` takes them: float, and zero on
     the queries it does not see (``seen`` bool ``[Q]``, its row of ``available`` there)."""

@@ -45,6 +45,7 @@ from metamodal.errors import ConfigError, LocatedError, MetamodalError, RunError
 from metamodal.hints import fits_type, type_name
 from metamodal.io import ParseError, atomic_write_json, atomic_write_text, loads_json, loads_toml
 from metamodal.model import EnsembleModel, FewShotModel
+from metamodal.model.ensemble import check_joint_steps
 from metamodal.model.freeze import freeze
 from metamodal.model.test_time import apply_test_time, unhonoured_by
 from metamodal.runs.weights import WEIGHTS_FILE, load_weights
@@ -285,14 +286,41 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     return document
 
 
+def check_not_inside_run(path: str | Path, key: str, *, itself: bool = False) -> None:
+    """`ConfigError` keyed ``key`` when the output directory ``path`` lies inside a run
+    directory (or, with ``itself``, is one): a folder above it holds a run's ``config.toml``
+    beside its ``model.safetensors`` or ``checkpoint.pt``. Training that run again
+    (``--overwrite``) or writing a new ensemble there replaces it whole, with whatever lies
+    inside.
+
+    Example:
+        >>> import tempfile
+        >>> check_not_inside_run(Path(tempfile.mkdtemp()) / "runs" / "a", "out")
+    """
+    resolved = Path(path).resolve()
+    for folder in (resolved, *resolved.parents) if itself else resolved.parents:
+        if (folder / CONFIG_FILE).is_file() and ((folder / WEIGHTS_FILE).is_file()
+                                                 or (folder / CHECKPOINT_FILE).is_file()):
+            where = "is" if folder == resolved else "lies inside"
+            raise ConfigError(
+                f"{path} {where} the run directory {folder}, which training that run "
+                "again (--overwrite) or a new ensemble written there replaces whole, with "
+                "everything inside it", column=key,
+                fix=f"write to a directory outside the run, e.g. one beside it in "
+                f"{folder.parent}")
+
+
 def load_run(run_dir: str | Path, *, device: str = "cpu",
-             test_time: Mapping[str, float | None] | None = None) -> Run:
+             test_time: Mapping[str, float | None] | None = None,
+             joint_transduction: bool | None = None) -> Run:
     """Load a run directory written by `metamodal.train.Trainer`.
 
     ``test_time`` replaces the run's test-time settings (``tta``, ``transduction``,
     ``transduction_balance``, ``fusion_confidence``, ``fusion_reliability``; a None value
     keeps the run's; `metamodal.model.test_time`); of an ensemble, in every member that can
-    honour them (`members_with_test_time`).
+    honour them (`members_with_test_time`). ``joint_transduction`` (not None) takes an
+    ensemble's transduction steps jointly or not (a `ConfigError` for a run that is not an
+    ensemble).
 
     Raises `RunError` naming the file (and the key or tensor) when the directory, its config,
     preprocessor or weights are missing, corrupt or do not fit together, or naming the
@@ -314,7 +342,13 @@ def load_run(run_dir: str | Path, *, device: str = "cpu",
     preprocessor = read_preprocessor(run_dir / PREPROCESSOR_FILE)
     changes = {k: v for k, v in (test_time or {}).items() if v is not None}
     if "ensemble" in document:
-        return _load_ensemble(run_dir, document, preprocessor, device, changes)
+        run = _load_ensemble(run_dir, document, preprocessor, device, changes)
+        return run if joint_transduction is None else _joint(run, joint_transduction)
+    if joint_transduction is not None:
+        raise ConfigError("joint transduction is a setting of ensembles, and this run is one "
+                          "network", file=run_dir, column="joint_transduction",
+                          fix="give an ensemble run (`metamodal ensemble`), or leave out "
+                          "--joint-transduction / --no-joint-transduction")
     model, config = _build_model(run_dir, document, preprocessor, changes)
     target = resolve_device(str(device))
     load_weights(run_dir / WEIGHTS_FILE, model)
@@ -385,6 +419,25 @@ def _build_model(run_dir: Path, document: dict[str, Any], preprocessor: Preproce
         raise RunError(error.message, file=config_path, column="train.freeze",
                        fix="restore the run's config.toml") from None
     return model, train
+
+
+def _joint(run: Run, joint: bool) -> Run:
+    """``run``, an ensemble just loaded, with its members' transduction steps taken jointly
+    or not: its model changed in place, and its ``[ensemble]`` table's copy with it; the
+    temperatures and weights stay as fitted.
+
+    Raises:
+        ConfigError: keyed ``joint_transduction``: ``joint`` where no member with prototypes
+            takes steps (`check_joint_steps`).
+    """
+    if joint:
+        names = run.ensemble.get("names")
+        count = len(run.model.members)
+        shown = names if isinstance(names, list) and len(names) == count else ["?"] * count
+        check_joint_steps(run.model.members,
+                          [f"member {k} ({name})" for k, name in enumerate(shown)])
+    run.model.joint_transduction = joint
+    return replace(run, ensemble={**run.ensemble, "joint_transduction": joint})
 
 
 def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Preprocessor,

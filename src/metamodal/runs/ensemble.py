@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,10 +42,9 @@ from metamodal.io import make_directory, publish_directory, replace_directory
 from metamodal.model.ensemble import (
     METHODS,
     EnsembleModel,
+    check_joint_steps,
     combine_log_probs,
-    refines,
     shown_any,
-    takes_joint_steps,
     votes,
 )
 from metamodal.runs.directory import (
@@ -112,59 +111,6 @@ def check_members(runs: Sequence[Run], *, joint_transduction: bool = False) -> N
                     "--preprocess options, encoder and training classes), or retrain one")
     if joint_transduction:
         check_joint_steps([run.model for run in runs], [str(run.path) for run in runs])
-
-
-def check_joint_steps(members: Sequence[Any], labels: Sequence[str]) -> None:
-    """`ConfigError` keyed ``joint_transduction`` unless a member with prototypes takes
-    transduction steps (`metamodal.model.ensemble.takes_joint_steps`; without one, joint
-    transduction would change nothing); its fix names the members (``labels``, one per
-    member) that would take steps.
-
-    Example:
-        >>> check_joint_steps([load_run("runs/maml").model, load_run("runs/a").model],
-        ...                   ["runs/maml", "runs/a"])  # doctest: +SKIP
-        Traceback (most recent call last):
-        ...
-        metamodal.errors.ConfigError: key joint_transduction: ...
-    """
-    if any(takes_joint_steps(model) for model in members):
-        return
-    refining = [label for model, label in zip(members, labels, strict=True) if refines(model)]
-    if not refining:
-        raise ConfigError("joint transduction takes the members' transduction steps together, "
-                          "and no member has prototypes to refine (ProtoNet)",
-                          column="joint_transduction",
-                          fix="leave out --joint-transduction, or combine a ProtoNet run")
-    raise ConfigError("joint transduction takes the members' transduction steps together, "
-                      "and no member with prototypes (ProtoNet) has any",
-                      column="joint_transduction",
-                      fix=f"give --transduction 10 (taken by the members with prototypes: "
-                      f"{', '.join(refining)}; the others keep their logits), or leave out "
-                      "--joint-transduction")
-
-
-def with_joint_transduction(run: Run, joint: bool) -> Run:
-    """``run`` (an ensemble) with its members' transduction steps taken jointly or not, for one
-    evaluation: its model changed in place (hence its name), and its ``[ensemble]`` table's
-    copy with it; the temperatures and weights stay as fitted.
-
-    Raises:
-        ConfigError: keyed ``joint_transduction``: ``run`` is not an ensemble, or ``joint``
-            where no member with prototypes takes steps.
-    """
-    if run.ensemble is None:
-        raise ConfigError("joint transduction is a setting of ensembles, and this run is one "
-                          "network", file=run.path, column="joint_transduction",
-                          fix="give an ensemble run (`metamodal ensemble`), or leave out "
-                          "--joint-transduction / --no-joint-transduction")
-    if joint:
-        names = run.ensemble.get("names")
-        count = len(run.model.members)
-        shown = names if isinstance(names, list) and len(names) == count else ["?"] * count
-        check_joint_steps(run.model.members,
-                          [f"member {k} ({name})" for k, name in enumerate(shown)])
-    run.model.joint_transduction = joint
-    return replace(run, ensemble={**run.ensemble, "joint_transduction": joint})
 
 
 def _difference(a: Any, b: Any, path: str = "") -> str:

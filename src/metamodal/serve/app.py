@@ -39,7 +39,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from metamodal.api.fields import check_not_inside_run
 from metamodal.config import test_time_overrides
 from metamodal.data.schema import dataset_holding
 from metamodal.errors import (
@@ -52,6 +51,7 @@ from metamodal.errors import (
     RunError,
 )
 from metamodal.io import file_in_the_way
+from metamodal.runs.directory import check_not_inside_run
 from metamodal.serve.engine import Engine
 from metamodal.serve.forms import (
     BodyLimit,
@@ -223,7 +223,8 @@ def build_app(s: ServeSettings,
         raise ConfigError(f"serving on {s.host} (reachable from other machines) needs a token",
                           column="token", fix="give --token SECRET, or serve on 127.0.0.1")
     engine = Engine(s.run, device=s.device, batching=s.batching,
-                    test_time=test_time_overrides(s),
+                    test_time={**test_time_overrides(s),
+                               "joint_transduction": s.joint_transduction},
                     max_pixels=int(s.max_request_mpx * (1 << 20)))
     store = TaskStore(s.state, model=engine.fingerprint,
                       limits=Limits(s.max_tasks, s.max_examples, s.max_classes))

@@ -334,6 +334,33 @@ def test_a_class_folder_with_mixed_file_types_is_a_typed_error(tmp_path: Path) -
     assert result.samples == 4 and "skipped 1" in result.summary()
 
 
+def test_a_file_that_cannot_be_decoded_is_refused_or_left_out(tmp_path: Path,
+                                                               capsys) -> None:
+    """A corrupt, empty or cut image was copied and counted as imported (training then
+    failed on it): every copy is decoded once; the import is refused, naming the source
+    file, or with --skip-bad-files the file is left out and the summary says so."""
+    src = tmp_path / "src"
+    for label in ("a", "b", "c"):
+        for i in range(2):
+            _png(src / label / f"{i}.png", i)
+    (src / "a" / "bad.png").write_bytes(b"not an image")
+    (src / "b" / "empty.png").write_bytes(b"")
+    (src / "c" / "cut.png").write_bytes((src / "c" / "0.png").read_bytes()[:40])
+    with pytest.raises(DatasetError, match="3 file.s. cannot be read as images") as caught:
+        import_folder(src, tmp_path / "out")
+    assert caught.value.file == str(src / "a" / "bad.png")
+    assert "--skip-bad-files" in caught.value.fix and ".out." not in caught.value.message
+    assert not (tmp_path / "out").exists()
+    assert main(["import", "imagefolder", str(src), str(tmp_path / "out"),
+                 "--skip-bad-files", "--no-progress"]) == 0
+    assert "skipped 3 file(s) that cannot be read as images" in capsys.readouterr().out
+    assert [row["id"] for row in _rows(tmp_path / "out")] == [
+        f"{label}/{i}.png" for label in "abc" for i in range(2)]
+    assert not (tmp_path / "out" / "images" / "a" / "bad.png").exists()
+    problems = inspect_dataset(tmp_path / "out").problems  # only the split is too small
+    assert not [p for p in problems if str(p.file).endswith(".png")]
+
+
 def test_an_import_source_with_no_classes_is_a_typed_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no classes found") as caught:

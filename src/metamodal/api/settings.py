@@ -337,10 +337,13 @@ class FolderImportSettings(ImportSettings):
     Args:
         group_level: folders above the class folders are groups (auto: detect).
         skip_other_files: leave out files of other types instead of failing.
+        skip_bad_files: leave out files that cannot be read (corrupt, empty, truncated)
+            instead of failing; every file is decoded once at import.
     """
 
     group_level: Literal["auto", "yes", "no"] = "auto"
     skip_other_files: bool = False
+    skip_bad_files: bool = False
 
 
 @dataclass

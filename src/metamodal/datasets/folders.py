@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.data.kinds import kinds, modality_kind
+from metamodal.data.loaders._media import in_chunks
+from metamodal.data.loaders.base import DecodeContext, ModalityLoader
 from metamodal.datasets._output import holdout_split, staged_directory
 from metamodal.datasets._sources import MAX_FILE_BYTES, SourceFile, walk_folder
 from metamodal.datasets.common import ImportResult, few, image_options, write_dataset
@@ -109,6 +111,7 @@ def import_folder(
     overwrite: bool = False,
     progress: bool = False,
     max_file_bytes: int = MAX_FILE_BYTES,
+    skip_bad_files: bool = False,
 ) -> ImportResult:
     """Import one folder per class (``imagefolder`` / ``audiofolder`` / ``videofolder``) as a
     dataset directory.
@@ -119,7 +122,9 @@ def import_folder(
     Files are copied to the kind's media folder (``OUT/images/...``, ``OUT/audio/...``,
     ``OUT/videos/...``: `ModalityKind.media_folder`) under their relative path, which is also
     the sample's id; the file types taken are the kind's `ModalityKind.suffixes`. Files at the
-    top of ``SOURCE`` and empty class folders are skipped with a warning.
+    top of ``SOURCE`` and empty class folders are skipped with a warning. Every copy is decoded
+    once by the kind's loader: a file it cannot read (corrupt, empty, truncated) is an error,
+    or left out with ``skip_bad_files``.
 
     Args:
         source: the folder.
@@ -139,25 +144,31 @@ def import_folder(
         overwrite: replace an existing dataset at ``out``.
         progress: show a progress bar while copying.
         max_file_bytes: the largest file copied.
+        skip_bad_files: leave out files the kind's loader cannot read instead of raising.
 
     Returns:
         an `ImportResult`.
 
     Raises:
         DatasetError: no class folder with files of the kind; a class folder with files of
-            other types (without ``skip_other``); mixed levels; an unreadable or too large file.
+            other types (without ``skip_other``); mixed levels; an unreadable or too large file;
+            a file the kind's loader cannot decode (without ``skip_bad_files``).
         ConfigError: ``out`` may not be written; an unknown held-out group.
 
     Example:
         >>> import tempfile
+        >>> from PIL import Image
         >>> src = Path(tempfile.mkdtemp())
         >>> for label in ("cat", "dog"):
         ...     (src / label).mkdir()
         ...     for i in range(3):
-        ...         _ = (src / label / f"{i}.png").write_bytes(b"not decoded here")
-        >>> result = import_folder(src, Path(tempfile.mkdtemp()) / "pets")
+        ...         Image.new("L", (4, 4)).save(src / label / f"{i}.png")
+        >>> _ = (src / "dog" / "3.png").write_bytes(b"not an image")
+        >>> result = import_folder(src, Path(tempfile.mkdtemp()) / "pets", skip_bad_files=True)
         >>> result.samples, result.classes, (result.path / "images/dog/2.png").is_file()
         (6, 2, True)
+        >>> result.notes
+        ['skipped 1 file(s) that cannot be read as images']
     """
     known = folder_kinds()
     if kind not in known:
@@ -200,17 +211,13 @@ def import_folder(
             "`metamodal import table` for a table of file paths",
         )
     folder = str(hints.media_folder)
-    rows: list[list[str | None]] = []
-    jobs: list[tuple[SourceFile, tuple[str, ...]]] = []
-    for c in classes:
-        for f in c.files:
-            sample_id = "/".join(f.parts)
-            rows.append([sample_id, c.label, *([c.group] if grouped else []),
-                         f"{folder}/{sample_id}"])
-            jobs.append((f, f.parts))
-    units = sorted({c.group for c in classes} if grouped else {c.label for c in classes})
-    splits = holdout_split(units, val_groups, test_groups,
-                           what="group" if grouped else "class")
+    jobs = [(c, f) for c in classes for f in c.files]
+
+    def units(kept: list[_ClassFolder]) -> list[str]:
+        return sorted({c.group for c in kept} if grouped else {c.label for c in kept})
+
+    what = "group" if grouped else "class"
+    holdout_split(units(classes), val_groups, test_groups, what=what)  # before any copy
     schema: dict[str, Any] = {"name": name or source.resolve().name, "label": "label"}
     if grouped:
         schema["group"] = "group"
@@ -218,13 +225,52 @@ def import_folder(
     schema["modalities"] = {kind: {"kind": kind, "column": kind, **options}}
     header = ["id", "label", *(["group"] if grouped else []), kind]
     with staged_directory(out, overwrite) as tmp:
-        for f, parts in progress_bar(jobs, progress, f"copy {kind}s"):
-            f.copy_to(tmp.joinpath(folder, *parts), max_file_bytes)
+        for _, f in progress_bar(jobs, progress, f"copy {kind}s"):
+            f.copy_to(tmp.joinpath(folder, *f.parts), max_file_bytes)
+        cells = [f"{folder}/{'/'.join(f.parts)}" for _, f in jobs]
+        bad = _undecodable(tmp, cells, hints.create_loader(**options), kind, progress)
+        if bad and not skip_bad_files:
+            first = min(bad)
+            origin = jobs[first][1].origin
+            said = bad[first].message.replace(str(tmp / cells[first]), origin)  # not the copy
+            raise DatasetError(
+                f"{len(bad)} file(s) cannot be read as {kind}s "
+                f"({few([jobs[k][1].origin for k in sorted(bad)])}); the first: {said}",
+                file=origin,
+                fix="replace or remove them, or pass --skip-bad-files to leave them out")
+        for k in bad:
+            tmp.joinpath(folder, *jobs[k][1].parts).unlink()
+        jobs = [job for k, job in enumerate(jobs) if k not in bad]
+        kept = list({id(c): c for c, _ in jobs}.values())
+        if not kept:
+            raise DatasetError(f"no file can be read as {kind}s", file=source,
+                               fix=f"check that the files are {kind}s")
+        rows = [["/".join(f.parts), c.label, *([c.group] if grouped else []),
+                 f"{folder}/{'/'.join(f.parts)}"] for c, f in jobs]
+        splits = holdout_split(units(kept), val_groups, test_groups, what=what)
         write_dataset(tmp, header, rows, schema, splits)
     notes = [f"skipped {skipped} file(s) of other types"] if skipped else []
-    return ImportResult(Path(out), len(rows), len(classes),
-                        len({c.group for c in classes}) if grouped else None,
+    if bad:
+        notes.append(f"skipped {len(bad)} file(s) that cannot be read as {kind}s")
+    return ImportResult(Path(out), len(rows), len(kept),
+                        len({c.group for c in kept}) if grouped else None,
                         {kind: kind}, notes=notes)
+
+
+CHECK_CHUNK = 256
+"""Files decoded at a time when an import checks that its copies can be read."""
+
+
+def _undecodable(root: Path, cells: list[str], loader: ModalityLoader, kind: str,
+                 progress: bool) -> dict[int, DatasetError]:
+    """The files among ``cells`` (paths below ``root``) that ``loader`` cannot decode: their
+    position -> the loader's error, decoded `CHECK_CHUNK` at a time."""
+    problems: list[DatasetError] = []
+    context = DecodeContext(root, "", list(range(len(cells))), kind, problems, noun=kind)
+    chunks = list(in_chunks(cells, context, CHECK_CHUNK))
+    for part, sub in progress_bar(chunks, progress, f"check {kind}s"):
+        loader.decode(part, sub)
+    return {int(problem.row): problem for problem in problems}
 
 
 def import_imagefolder(source: str | Path, out: str | Path, **options: Any) -> ImportResult:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -344,6 +345,30 @@ def test_a_support_sample_without_any_modality_is_an_error_not_dropped(trained,
     assert main(["predict", str(run), "--support", str(support), "--query",
                  str(support)]) != 0
     assert f"{support}, row 3:" in capsys.readouterr().err
+
+
+def test_a_lacking_column_is_warned_of_once_and_on_the_command_line_in_words(
+        trained, capsys, monkeypatch) -> None:
+    """predict warned twice of a query table's lacking column (the table's loader, then the
+    classifier, in other words), and the command line showed each warning with the library's
+    source line under it."""
+    data, run, _ = trained
+    rows = _rows(data)
+    fields = [c for c in rows[0] if c != "sound"]
+    support = _write(data / "support-nosound.csv", rows[:8])
+    query = _write(data / "query-nosound.csv",
+                   [{k: row[k] for k in fields} for row in rows[8:11]], fields)
+    with pytest.warns(UserWarning) as caught:
+        main(["predict", str(run), "--support", str(support), "--query", str(query)])
+    assert len([w for w in caught if "sound" in str(w.message)]) == 1
+    capsys.readouterr()
+    monkeypatch.setattr("sys.argv", ["metamodal", "predict", str(run), "--support",
+                                     str(support), "--query", str(query)])
+    with monkeypatch.context() as patched:
+        patched.setattr(warnings, "showwarning", warnings.showwarning)  # restored after
+        assert main() == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {query}: no column ['sound']") and ".py:" not in err
 
 
 def test_tabular_columns_are_matched_by_name(trained, tmp_path: Path) -> None:

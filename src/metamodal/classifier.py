@@ -263,7 +263,8 @@ class FewShotClassifier(EstimatorParams):
               labelled: bool) -> MultimodalDataset:
         warn_lacking = True
         if isinstance(X, MultimodalDataset):
-            dataset = X
+            dataset = X  # read with the run's schema (load_samples), its loader has warned
+            warn_lacking = X.schema != run.schema
         elif isinstance(X, str | os.PathLike):
             path = Path(X)
             if path.is_dir():

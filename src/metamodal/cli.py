@@ -13,6 +13,7 @@ import sys
 import tomllib
 import types
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -299,12 +300,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SHOWN: set[str] = set()
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: Any = None, line: str | None = None) -> None:
+    """`warnings.showwarning` on the command line: ``warning: MESSAGE`` on stderr, each
+    message once, without the library's source line it was raised at (``-v`` shows it)."""
+    text = str(message)
+    if text not in _SHOWN:
+        _SHOWN.add(text)
+        print(f"warning: {text}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metamodal`` command; returns the exit status (2 for a typed
     error, 1 when ``inspect`` finds a problem)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if argv is None and not args.verbose:  # the command line: a warning's words, once each
+        warnings.showwarning = _show_warning
     try:
         result = args.call(args)
         if os.environ.get("RANK", "0") in ("0", ""):  # under torchrun, rank 0 prints

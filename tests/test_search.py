@@ -448,6 +448,31 @@ def test_a_journal_cut_mid_record_is_refused_at_its_line_and_goes_on_once_cut(
     assert caught.value.row == 3
 
 
+def test_a_journal_damaged_while_the_search_runs_is_a_typed_error_at_its_line(
+        tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another worker killed while appending, during this worker's trial: this worker then
+    appended onto the cut line and Optuna's raw JSONDecodeError ended the search. It is the
+    error `check_journal` gives at the start, naming the line."""
+    search_module = sys.modules["metamodal.api.search"]  # the module, not api.search
+    monkeypatch.setattr(study_module, "JOURNAL_SETTLE", 0.01)
+    journal = tmp_path / "study.log"
+
+    def objective(*args, **kwargs):
+        def score(trial) -> float:
+            with journal.open("ab") as handle:  # a record cut short by a killed worker
+                handle.write(b'{"op_code": 4, "worker_id": "gone", "trial_')
+            return 0.5
+        return score
+
+    monkeypatch.setattr(search_module, "objective", objective)
+    space = space_file(tmp_path, 'fusion = { choices = ["mean", "gated"] }')
+    with pytest.raises(RunError, match="cannot be replayed") as caught:
+        api.search(data, trials=2, space=str(space), out=str(tmp_path / "out"),
+                   pruner="none", study="j", storage=f"journal:{journal}", **TRAIN,
+                   **OBJECTIVE)
+    assert caught.value.column == "storage" and caught.value.row is not None
+
+
 def test_a_study_file_that_is_a_fifo_a_search_output_or_in_a_dataset_is_refused(
         tmp_path: Path, data: Path) -> None:
     """A FIFO journal hung the search; a journal at OUT/trials.csv (or best.toml, a report

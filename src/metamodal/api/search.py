@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from metamodal.api.fields import resolve
 from metamodal.api.settings import SearchSettings
 from metamodal.api.training import train
 from metamodal.config import TrainConfig, load_config
-from metamodal.errors import ConfigError, InsufficientSamplesError, RunError
+from metamodal.errors import ConfigError, InsufficientSamplesError, MetamodalError, RunError
 from metamodal.io import make_directory
 from metamodal.search.report import EPISODES_FILE, TRIALS_DIR
 from metamodal.search.space import SearchSpace, nest
@@ -191,10 +191,12 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
             if counted_trials(study) >= s.trials:
                 study.stop()
 
-        study.optimize(objective(space, base, out, episodes,
-                                 beat=not has_own_heartbeat(storage)), n_trials=remaining,
-                       catch=(Exception,), callbacks=[enough])
-    summary = write_outputs(study, out)
+        with storage_failures(s.storage):
+            study.optimize(objective(space, base, out, episodes,
+                                     beat=not has_own_heartbeat(storage)), n_trials=remaining,
+                           catch=(Exception,), callbacks=[enough])
+    with storage_failures(s.storage):
+        summary = write_outputs(study, out)
     running = [row.number for row in summary.rows if row.state == "running"]
     if running and summary.best is None:
         log.warning("trial(s) %s still running: another worker's, or of one killed less than "
@@ -209,6 +211,26 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
     rows = [dataclasses.asdict(r) for r in summary.rows]
     best = dataclasses.asdict(summary.best) if summary.best else None
     return SearchResult(summary.study, rows, best, summary.importances, summary.files)
+
+
+@contextlib.contextmanager
+def storage_failures(url: str | None) -> Iterator[None]:
+    """Turn an error of the study's storage during the search (a journal another worker left
+    damaged, a database gone) into a `RunError` keyed ``storage``: for a journal, the one
+    `check_journal` gives, naming the line and the repair."""
+    from metamodal.search.study import check_journal
+
+    try:
+        yield
+    except MetamodalError:
+        raise
+    except Exception as error:
+        if url and url.startswith("journal:"):
+            check_journal(Path(url.removeprefix("journal:")))
+        raise RunError(f"the study's storage failed during the search "
+                       f"({type(error).__name__}: {error})", column="storage",
+                       fix="check the storage, then run the same search again: finished "
+                       "trials are kept") from None
 
 
 def check_settings(s: SearchSettings) -> None:

@@ -206,6 +206,33 @@ def test_outputs_never_replace_a_device_a_fifo_a_dataset_s_files_or_a_run_s_file
     assert not (tmp_path / "m.pt").exists()
 
 
+def test_a_run_is_never_written_into_a_dataset_or_a_folder_of_other_files(
+        runs, tmp_path: Path, capsys) -> None:
+    """train / align --out accepted the dataset directory itself or a folder of the user's
+    files; the next --overwrite replaced that directory whole: the dataset or the user's
+    files were deleted. A folder a run killed early left (only run files) is still fine."""
+    data, _, _ = runs
+    dataset = Path(shutil.copytree(data, tmp_path / "data"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    before = _digest(dataset)
+    small = ["--steps", "2", "--val-every", "0", "--no-progress"]
+    for verb, extra in (("train", ["--ways", "2", "--queries", "1"]),
+                        ("align", ["--modalities", "image,caption"])):
+        for out, words in ((dataset, ("key out", "dataset directory")),
+                           (dataset / "runs" / "a", ("key out", "dataset directory")),
+                           (mine, ("key out", "thesis.tex", "holds no run"))):
+            _refused([verb, "--data", str(dataset), "--out", str(out), *extra, *small],
+                     capsys, *words)
+    assert _digest(dataset) == before and (mine / "thesis.tex").read_text() == "years of work"
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "config.toml").write_text("steps = 2\n")  # a run killed before its log began
+    assert main(["train", "--data", str(dataset), "--out", str(early), "--ways", "2",
+                 "--queries", "1", *small]) == 0
+
+
 @pytest.mark.parametrize(("argv", "words"), [
     (["episodes", "{data}", "--out", "{tmp}/e.jsonl", "--ways", "1", "--queries", "1"],
      ("ways", RANGE)),

@@ -13,6 +13,8 @@ from metamodal.runs.directory import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
+TENSORBOARD_DIR = "tensorboard"
+"""The folder of a run that holds its TensorBoard event files."""
 
 class MetricsLogger:
     """Appends metric records to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
@@ -43,7 +45,7 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(
-                str(Path(run_dir) / "tensorboard"),
+                str(Path(run_dir) / TENSORBOARD_DIR),
                 purge_step=None if resume_step is None else resume_step + 1,
             )
         except ImportError:  # pragma: no cover - tensorboard is a dependency

@@ -21,7 +21,7 @@ from metamodal.config import TrainConfig, resolve_device, with_dataset_encoders
 from metamodal.data.augment import Augmentation, augmentation_for, step_generator
 from metamodal.data.batch import Episode, TensorStore
 from metamodal.data.episodes import EpisodeSampler, check_class_sizes
-from metamodal.data.schema import load_schema
+from metamodal.data.schema import dataset_holding, load_schema
 from metamodal.data.splits import SPLITS_FILE
 from metamodal.errors import ConfigError, InsufficientSamplesError, RunError
 from metamodal.evaluate.protocol import evaluate
@@ -40,8 +40,10 @@ from metamodal.model import FewShotModel
 from metamodal.model.freeze import freeze, train_mode
 from metamodal.model.test_time import apply_test_time
 from metamodal.runs.directory import (
+    CONFIG_FILE,
     END_EVENT,
     METRICS_FILE,
+    PREPROCESSOR_FILE,
     training_ended,
     training_status,
     write_run_files,
@@ -71,7 +73,7 @@ from metamodal.train.checkpoint import (
     training_state,
 )
 from metamodal.train.distributed import Job, QuietLogger, join, prepared_fingerprint, seed_task
-from metamodal.train.logger import MetricsLogger
+from metamodal.train.logger import TENSORBOARD_DIR, MetricsLogger
 from metamodal.train.multitask import (
     TASKS_FILE,
     TaskHeads,
@@ -134,6 +136,37 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
+
+
+def check_run_directory(out: Path) -> None:
+    """Refuse an output directory where a run would lose or destroy files: one that is or lies
+    inside a dataset directory, or that holds files but no run (they would sit among the run's
+    files, and ``--overwrite`` later replaces the directory whole, with them).
+
+    Raises:
+        ConfigError: keyed ``out``.
+    """
+    dataset = dataset_holding(out.resolve())
+    if dataset is not None:
+        raise ConfigError(f"{out} is or lies inside the dataset directory {dataset}, which a "
+                          "run's files would mix with (and --overwrite replace)", column="out",
+                          fix="write the run to a directory outside the dataset, e.g. runs/NAME")
+    if training_status(out) != "none" or not out.is_dir():
+        return
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in RUN_ENTRIES)
+    if foreign:
+        raise ConfigError(
+            f"{out} is not empty and holds no run: {', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''} would sit among the run's files, and "
+            "--overwrite later replaces the directory whole", column="out",
+            fix="give --out a new or empty directory (e.g. one inside this one)")
+
+
+RUN_ENTRIES = frozenset({CONFIG_FILE, PREPROCESSOR_FILE, METRICS_FILE, CHECKPOINT_FILE,
+                         WEIGHTS_FILE, ALIGNMENT_FILE, TASKS_FILE, TRANSFER_FILE,
+                         TENSORBOARD_DIR})
+"""What training writes into a run directory: a directory holding only these (a run killed
+before its log began) may be trained into."""
 
 class Trainer:
     """Meta-trains a `FewShotModel` on a dataset directory and writes a run directory.
@@ -241,6 +274,7 @@ class Trainer:
         """Rank 0's look at ``out``: whether it holds a finished run, the checkpoint state
         to resume from (None: start afresh) and the config to train with."""
         clean_leftovers(self.out)
+        check_run_directory(self.out)
         status = training_status(self.out)
         finished_before = status == "finished"
         if finished_before and not resume and not overwrite:

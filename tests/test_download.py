@@ -191,6 +191,40 @@ def test_archives_without_a_known_checksum_are_trusted_on_first_use(
                           import_data=False)
 
 
+def test_other_archives_are_unpacked_again_and_their_dataset_imported_only_when_asked(
+    server: _Server, tmp_path: Path, fixture_archives: dict[str, bytes]
+) -> None:
+    """The folder unpacked from a first archive survived a second, different archive (its
+    checksum verified), and the dataset was built from the first one's content: the folder is
+    unpacked again from the verified archive, and a dataset of other archives is a typed error
+    until --overwrite imports the new ones."""
+    names = ["images_background_small1.zip", "strokes_background_small1.zip"]
+    first = {name: fixture_archives[name] for name in names}
+    second = {name: fixture_archives[name.replace("small1", "small2")] for name in names}
+
+    def download(archives: dict[str, bytes], **options) -> Path:
+        server.files.update(archives)
+        result = download_omniglot(tmp_path / "omni", base_url=server.url,
+                                   sets=[n[:-4] for n in names],
+                                   sha256={n: _sha(d) for n, d in archives.items()}, **options)
+        return result.dataset
+
+    def alphabets(dataset: Path) -> set[str]:
+        lines = (dataset / "samples.csv").read_text().splitlines()[1:]
+        return {line.split("/")[0] for line in lines}
+
+    assert alphabets(download(first)) == {"Alpha", "Beta"}
+    (tmp_path / "omni/archives/images_background_small1.zip").unlink()  # fetched again
+    (tmp_path / "omni/archives/strokes_background_small1.zip").unlink()
+    with pytest.raises(ConfigError, match="other archives") as caught:
+        download(second)
+    assert "--overwrite" in caught.value.fix
+    unpacked = tmp_path / "omni/unpacked/images_background_small1"
+    assert sorted(p.name for p in unpacked.iterdir()) == ["Beta", "Gamma"]
+    assert alphabets(download(second, overwrite=True)) == {"Beta", "Gamma"}
+    assert alphabets(download(second)) == {"Beta", "Gamma"}  # the same archives: as it is
+
+
 def test_unreachable_or_missing_files_and_bad_arguments(server: _Server,
                                                         tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="404"):

@@ -7,8 +7,13 @@ archives, unpacks them safely (`metamodal.datasets._sources.extract_zip`) and im
 (`metamodal.datasets.omniglot.import_omniglot`)::
 
     DIR/archives/<name>.zip            the archives as downloaded (+ <name>.zip.sha256 records)
-    DIR/unpacked/<name>/...            their content
+    DIR/unpacked/<name>/...            their content (+ <name>.sha256: the archive unpacked)
     DIR/dataset/                       the imported dataset
+    DIR/imported.json                  the archives (name -> SHA-256) the dataset was made of
+
+An unpacked folder whose record names another archive (or none: an older layout) is unpacked
+again from the verified archive, replacing the old folder once complete; a dataset imported
+from other archives is imported again only with ``overwrite`` (else a `ConfigError` says so).
 
 Checksums: the SHA-256 of the four ``*_background_small*`` archives is recorded in
 `OMNIGLOT_SHA256` (computed from copies of the archives as published). The full background and
@@ -26,6 +31,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,7 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.errors import ChecksumError, ConfigError, DownloadError
-from metamodal.io import make_directory, sha256_file
+from metamodal.io import (
+    atomic_write_json,
+    atomic_write_text,
+    loads_json,
+    make_directory,
+    replace_directory,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -392,26 +405,28 @@ def download_omniglot(
                           column="sha256", fix="name archives of the chosen sets")
     _check_url(base_url)
     base = base_url if base_url.endswith("/") else base_url + "/"
-    archives, unpacked, recorded = [], [], []
+    archives, unpacked, recorded, digests = [], [], [], {}
     for name in names:
         expected = checksums.get(name)
         if expected is None and not (directory / "archives" / f"{name}.sha256").is_file():
             recorded.append(name)
-        path, _ = fetch(urllib.parse.urljoin(base, name), directory / "archives" / name,
-                        sha256=expected, record=expected is None, progress=progress,
-                        timeout=timeout)
+        path, digests[name] = fetch(urllib.parse.urljoin(base, name),
+                                    directory / "archives" / name, sha256=expected,
+                                    record=expected is None, progress=progress,
+                                    timeout=timeout)
         archives.append(path)
-        folder = directory / "unpacked" / name[: -len(".zip")]
-        if not folder.is_dir():
-            from metamodal.datasets._sources import extract_zip
-
-            extract_zip(path, folder)
-        unpacked.append(folder)
+        unpacked.append(_unpacked(path, directory / "unpacked" / name[: -len(".zip")],
+                                  digests[name]))
     result = DownloadResult(archives, unpacked, None, recorded)
     if not import_data:
         return result
-    dataset = directory / "dataset"
+    dataset, record = directory / "dataset", directory / IMPORTED_FILE
     if (dataset / "dataset.toml").is_file() and not overwrite:
+        made_of = _read_record(record)
+        if made_of is not None and made_of != digests:
+            raise ConfigError(f"{dataset} was imported from other archives than the ones now "
+                              "verified", file=record, column="overwrite",
+                              fix="pass --overwrite to import the verified archives again")
         result.dataset = dataset
         result.summary = f"{dataset} already imported (pass --overwrite to import again)"
         return result
@@ -419,6 +434,41 @@ def download_omniglot(
 
     imported = import_omniglot(unpacked, dataset, overwrite=overwrite, progress=progress,
                                **import_options)
+    atomic_write_json(record, digests)
     result.dataset = dataset
     result.summary = imported.summary()
     return result
+
+
+IMPORTED_FILE = "imported.json"
+"""Beside ``dataset/``: the archives (name -> SHA-256) it was imported from."""
+
+
+def _unpacked(archive: Path, folder: Path, digest: str) -> Path:
+    """``folder`` holding the content of ``archive`` (SHA-256 ``digest``): unpacked unless
+    its record (``folder`` + ``.sha256``) names that digest; an old folder is replaced only
+    once the new one is complete."""
+    from metamodal.datasets._sources import extract_zip
+
+    record = folder.with_name(f"{folder.name}.sha256")
+    if folder.is_dir() and record.is_file() and record.read_text().strip() == digest:
+        return folder
+    if not folder.exists():
+        extract_zip(archive, folder)
+    else:  # another archive's content, or an older layout without a record
+        fresh = folder.with_name(f".{folder.name}.unpacking")
+        if fresh.exists():
+            shutil.rmtree(fresh)  # a former attempt's leftover
+        replace_directory(extract_zip(archive, fresh), folder)
+    atomic_write_text(record, digest + "\n")
+    return folder
+
+
+def _read_record(path: Path) -> dict[str, str] | None:
+    """`IMPORTED_FILE`'s archives, or None where there is none (a dataset imported before
+    the record was kept) or it cannot be read."""
+    try:
+        record = loads_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None

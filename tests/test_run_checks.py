@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -251,6 +252,18 @@ def test_saved_classifier_files_are_checked(trained, tmp_path: Path, name: str, 
     (saved / name).write_text(content)
     error = _error(saved, FewShotClassifier.load)
     assert error.file == str(saved / name) and error.column == key
+
+
+@pytest.mark.parametrize("name", ["preprocessor.json", "support.json",
+                                  "support.safetensors"])
+def test_a_run_file_that_is_a_fifo_is_refused_without_blocking(trained, tmp_path: Path,
+                                                                name: str) -> None:
+    """A FIFO in place of one of these files blocked every verb that loads the run."""
+    saved = _copy(trained[2], tmp_path)
+    (saved / name).unlink()
+    os.mkfifo(saved / name)
+    error = _error(saved, FewShotClassifier.load)
+    assert error.file == str(saved / name) and "not a regular file" in error.message
 
 
 def test_saved_support_labels_out_of_range(trained, tmp_path: Path) -> None:

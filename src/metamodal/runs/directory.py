@@ -629,6 +629,9 @@ def read_preprocessor(path: Path) -> Preprocessor:
     """The fitted preprocessor of a run's ``preprocessor.json``; `RunError` naming the file
     (and the loader, as key) when it is missing, corrupt or invalid (missing fields, zero or
     non-finite statistics, statistics of the wrong size)."""
+    if path.exists() and not path.is_file():  # a FIFO would block the read for ever
+        raise RunError("preprocessor.json is not a regular file (a FIFO, a device or a "
+                       "folder)", file=path, fix="restore the run's preprocessor.json")
     try:
         state = loads_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

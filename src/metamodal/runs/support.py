@@ -42,6 +42,9 @@ def read_support_meta(path: Path) -> dict:
     """``support.json``, checked: ``classes`` a non-empty list of unique strings,
     ``modalities`` a list of strings, ``form`` ``embeddings`` or ``samples``."""
     fix = "fit the classifier on its support set and save it again"
+    if path.exists() and not path.is_file():  # a FIFO would block the read for ever
+        raise RunError("support.json is not a regular file (a FIFO, a device or a folder)",
+                       file=path, fix=fix)
     try:
         meta = loads_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -75,6 +78,9 @@ def read_support_tensors(path: Path, meta: dict, model_modalities: list[str],
     `RunError` naming the tensor. Every row has a modality present, and every class of
     ``support.json`` has a row (else `predict` would fail later, naming no file)."""
     fix = "fit the classifier on its support set and save it again"
+    if not path.is_file():  # a FIFO would block the read for ever
+        raise RunError("support.safetensors is not a regular file (a FIFO, a device or a "
+                       "folder)", file=path, fix=fix)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:

@@ -233,6 +233,27 @@ def test_a_run_is_never_written_into_a_dataset_or_a_folder_of_other_files(
                  "--queries", "1", *small]) == 0
 
 
+def test_no_dataset_or_download_is_written_inside_a_run(runs, tmp_path: Path,
+                                                       capsys) -> None:
+    """make-synthetic, import and download wrote into a run directory, whose next
+    train --overwrite deleted what they wrote."""
+    data, run, _ = runs
+    inside = Path(shutil.copytree(run, tmp_path / "run"))
+    before = _digest(inside)
+    photos = tmp_path / "photos"
+    for label in ("a", "b"):
+        (photos / label).mkdir(parents=True)
+        shutil.copy(next((data / "images").iterdir()), photos / label / "1.png")
+    for argv in (["make-synthetic", str(inside / "data"), "--classes", "15",
+                  "--per-class", "2"],
+                 ["import", "imagefolder", str(photos), str(inside / "photos")],
+                 ["download", "omniglot", str(inside), "--url", "http://127.0.0.1:9/",
+                  "--no-progress"]):
+        _refused(argv, capsys, "the run directory")
+    assert _digest(inside) == before and sorted(p.name for p in inside.iterdir()) == sorted(
+        p.name for p in run.iterdir())
+
+
 @pytest.mark.parametrize(("argv", "words"), [
     (["episodes", "{data}", "--out", "{tmp}/e.jsonl", "--ways", "1", "--queries", "1"],
      ("ways", RANGE)),

@@ -36,12 +36,16 @@ def check_target(out: Path, overwrite: bool) -> None:
 
     Raises:
         ConfigError: ``out`` is a file, or a non-empty directory without ``overwrite``, or a
-            non-empty directory that holds no ``dataset.toml``.
+            non-empty directory that holds no ``dataset.toml``, or is or lies inside a run
+            directory (which training it again replaces whole, with the dataset).
 
     Example:
         >>> import tempfile
         >>> check_target(Path(tempfile.mkdtemp()), overwrite=False)  # empty: fine
     """
+    from metamodal.runs.directory import check_not_inside_run
+
+    check_not_inside_run(out, "out", itself=True)
     if not out.exists():
         return
     if not out.is_dir():

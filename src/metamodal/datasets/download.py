@@ -396,7 +396,10 @@ def download_omniglot(
     Example:
         >>> download_omniglot("omniglot", val_groups=["Tagalog"])  # doctest: +SKIP
     """
+    from metamodal.runs.directory import check_not_inside_run
+
     directory = Path(directory)
+    check_not_inside_run(directory, "dir", itself=True)  # a run's --overwrite would delete it
     names = omniglot_archives(sets)
     checksums = {**{n: h for n, h in OMNIGLOT_SHA256.items() if h}, **_parse_checksums(sha256)}
     unknown = sorted(set(_parse_checksums(sha256)) - set(names))

@@ -273,6 +273,11 @@ def test_no_dataset_or_download_is_written_inside_a_run(runs, tmp_path: Path,
      ("max_minutes", "a year")),
     (["retrieve", "{run}", "--query-modality", "image", "--target-modality", "caption",
       "--device", "nope"], ("key device", "unknown device")),
+    # memory grew until the process died / a dataset no verb could use was downloaded
+    (["make-synthetic", "{tmp}/s", "--classes", "15", "--per-class", "1000000000"],
+     ("per_class", "100,000")),
+    (["download", "omniglot", "{tmp}/dl", "--image-size", "100000", "--url",
+      "http://127.0.0.1:9/"], ("image_size", "4096")),
 ])
 def test_out_of_range_settings_are_refused_before_any_work(
         runs, tmp_path: Path, capsys, argv: list[str], words: tuple[str, ...]) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metamodal.data.loaders.image import MAX_SIDE
 from metamodal.datasets._output import write_samples_csv, write_schema
 from metamodal.errors import ConfigError
 
@@ -101,9 +102,10 @@ def image_options(image_size: int | None, channels: int | None) -> dict[str, Any
     """
     options: dict[str, Any] = {}
     if image_size is not None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        if (isinstance(image_size, bool) or not isinstance(image_size, int)
+                or not 1 <= image_size <= MAX_SIDE):
             raise ConfigError(f"invalid image size {image_size!r}", column="image_size",
-                              fix="give a positive number of pixels, e.g. 28")
+                              fix=f"give a number of pixels from 1 to {MAX_SIDE}, e.g. 28")
         options["size"] = image_size
     if channels is not None:
         if channels not in (1, 3):

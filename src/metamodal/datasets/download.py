@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metamodal.datasets.common import image_options
 from metamodal.errors import ChecksumError, ConfigError, DownloadError
 from metamodal.io import (
     atomic_write_json,
@@ -400,6 +401,8 @@ def download_omniglot(
 
     directory = Path(directory)
     check_not_inside_run(directory, "dir", itself=True)  # a run's --overwrite would delete it
+    if import_data:  # an option the import refuses, before anything is fetched
+        image_options(import_options.get("image_size"), None)
     names = omniglot_archives(sets)
     checksums = {**{n: h for n, h in OMNIGLOT_SHA256.items() if h}, **_parse_checksums(sha256)}
     unknown = sorted(set(_parse_checksums(sha256)) - set(names))

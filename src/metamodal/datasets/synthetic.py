@@ -430,10 +430,14 @@ def _write_readme(root: Path, arguments: dict[str, object]) -> None:
     (root / "README.md").write_text(text, encoding="utf-8")
 
 
+MAX_PER_CLASS = 100_000
+"""The most samples per class `make_synthetic` writes (`metamodal demo`'s bound too)."""
+
+
 def _check_arguments(**values: object) -> None:
     """Raise ConfigError naming the first argument outside its range."""
     ranges: dict[str, tuple[type, float, float, str]] = {
-        "per_class": (int, 1, math.inf, "at least 1"),
+        "per_class": (int, 1, MAX_PER_CLASS, f"from 1 to {MAX_PER_CLASS:,}"),
         "missing_rate": (float, 0.0, 0.999999, "in [0, 1)"),
         "noise": (float, 0.0, 100.0, "in [0, 100]"),
         "flip_rate": (float, 0.0, 1.0, "in [0, 1]"),

@@ -82,6 +82,41 @@ def test_retrieve_reports_both_directions_with_baselines(aligned, tmp_path: Path
     assert "median rank" in capsys.readouterr().out
 
 
+def test_a_baseline_run_must_read_the_aligned_run_s_inputs(aligned, tmp_path: Path,
+                                                           capsys) -> None:
+    """A baseline run without one of the modalities ended in a raw KeyError; one trained on
+    other data (another vocabulary) was fed the aligned run's token ids (an IndexError, or
+    meaningless rows when the sizes happened to agree). Both are typed errors naming the
+    baseline; a baseline trained on the same data counts; a name given twice is refused."""
+    data, run = aligned
+    same = tmp_path / "same"
+    assert main(["train", "--data", str(data), "--modalities", "caption,measurements",
+                 "--out", str(same), "--steps", "2", "--val-every", "0", *EPISODES,
+                 *SMALL]) == 0
+    captions = tmp_path / "captions"
+    assert main(["train", "--data", str(data), "--modalities", "caption", "--out",
+                 str(captions), "--steps", "2", "--val-every", "0", *EPISODES, *SMALL]) == 0
+    other_data, other = tmp_path / "other-data", tmp_path / "other"
+    assert main(["make-synthetic", str(other_data), "--classes", "15", "--per-class", "6",
+                 "--image-size", "8", "--seed", "5"]) == 0
+    assert main(["train", "--data", str(other_data), "--modalities", "caption,measurements",
+                 "--out", str(other), "--steps", "2", "--val-every", "0", *EPISODES,
+                 *SMALL]) == 0
+    capsys.readouterr()
+    common = ["retrieve", str(run), "--query-modality", "caption", "--target-modality",
+              "measurements"]
+    for baseline, words in ((captions, f"{captions}, column baseline_runs: baseline run 'b' "
+                             "has no encoder of 'measurements'"),
+                            (other, f"{other / 'preprocessor.json'}, column loaders.caption: "
+                             "baseline run 'b' decodes 'caption' otherwise")):
+        assert main([*common, "--baseline-run", f"b={baseline}"]) == 2
+        assert words in capsys.readouterr().err
+    assert main([*common, "--baseline-run", f"b={same}", "--baseline-run", f"b={other}"]) == 2
+    assert "--baseline-run names 'b' twice" in capsys.readouterr().err
+    assert main([*common, "--baseline-run", f"b={same}"]) == 0
+    assert "ridge on b" in capsys.readouterr().out
+
+
 def test_the_retrieval_ceiling_ranks_by_what_the_modalities_share(aligned) -> None:
     data, run = aligned
     test = load_run(run).split.test

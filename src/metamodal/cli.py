@@ -112,6 +112,9 @@ def _pairs(items: list[str], name: str, form: str) -> dict[str, str]:
         if not sep or not key.strip():
             raise ConfigError(f"{name} expects {form}, got {item!r}", column=name,
                               fix=f"give {name} {form}")
+        if key.strip() in result:  # the later one replaced the earlier without a word
+            raise ConfigError(f"{name} names {key.strip()!r} twice", column=name,
+                              fix=f"give each {form.split('=')[0]} once")
         result[key.strip()] = value.strip()
     return result
 

@@ -10,7 +10,7 @@ from typing import Any
 from metamodal.api.fields import resolve, typed_arguments, write_json
 from metamodal.api.settings import RetrieveSettings, ZeroShotSettings
 from metamodal.config import resolve_device
-from metamodal.errors import ModalityError
+from metamodal.errors import ModalityError, RunError
 from metamodal.evaluate.projection import Projection, joint_projection
 from metamodal.evaluate.retrieval import RetrievalReport
 from metamodal.evaluate.zeroshot import ZeroShotReport
@@ -70,13 +70,45 @@ def retrieve(
     classes = prepared.classes(s.split)
     baselines = {"untrained encoders": untrained_baseline(loaded.model, seed=s.seed)}
     for name, path in s.baseline_runs.items():
-        baselines[name] = load_run(path, device=s.device).model
+        other = load_run(path, device=s.device)
+        _check_baseline(other, name, loaded, (s.query_modality, s.target_modality))
+        baselines[name] = other.model
     report = evaluate_retrieval(loaded.model, prepared.store, classes, split.train,
                                 s.query_modality, s.target_modality, baselines=baselines,
                                 shared=shared, seed=s.seed, device=s.device)
     release_memory(collect=False)  # what the retrieval freed, for what the caller does next
     write_json(s.json, report)
     return report
+
+
+def _check_baseline(run: Run, name: str, aligned: Run, modalities: Sequence[str]) -> None:
+    """Refuse a baseline run (``--baseline-run NAME=RUN``) whose encoders cannot read the
+    aligned run's decoded samples: one without an encoder of the two modalities, or one that
+    decodes them otherwise (another vocabulary, size or fitted statistics).
+
+    Raises:
+        ModalityError: a modality the baseline run has no encoder for.
+        RunError: naming the baseline's preprocessor.json and the loader.
+    """
+    from metamodal.runs.directory import PREPROCESSOR_FILE
+    from metamodal.train.transfer import loader_difference
+
+    missing = [m for m in modalities if m not in run.model.modalities]
+    if missing:
+        raise ModalityError(f"baseline run {name!r} has no encoder of {missing[0]!r}",
+                            file=run.path, column="baseline_runs",
+                            fix="give a baseline run trained with both modalities")
+    ours = aligned.preprocessor.state_dict()["loaders"]
+    theirs = run.preprocessor.state_dict()["loaders"]
+    for modality in modalities:
+        if theirs.get(modality) != ours.get(modality):
+            what = loader_difference(ours.get(modality), theirs.get(modality))
+            raise RunError(
+                f"baseline run {name!r} decodes {modality!r} otherwise than the aligned run "
+                f"({what or 'other fitted statistics'}): its encoders would read inputs "
+                "they were not trained on", file=run.path / PREPROCESSOR_FILE,
+                column=f"loaders.{modality}", fix="give a baseline run trained on the same "
+                "dataset and training classes with the same preprocessing")
 
 
 def zero_shot(run: str | Path | None = None, settings: ZeroShotSettings | None = None,

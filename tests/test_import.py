@@ -209,6 +209,22 @@ def test_an_archive_member_leading_out_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists() and not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("member", ["images_background/Alpha",  # a file and a folder
+                                    "images_background/" + "/".join(["d" * 200] * 30) + "/f"])
+def test_an_archive_member_that_cannot_be_placed_is_a_typed_error(tmp_path: Path,
+                                                                  member: str) -> None:
+    """A raw NotADirectoryError / OSError (file name too long) ended the unpacking."""
+    archive = tmp_path / "images_background.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("images_background/Alpha/character01/0101_01.png", drawing_png(1))
+        z.writestr(member, b"x")
+        z.writestr("images_background/Alpha/x.png", drawing_png(2))
+    with pytest.raises(DatasetError, match="cannot be written to the output") as caught:
+        extract_zip(archive, tmp_path / "x")
+    assert str(caught.value.file).startswith(f"{archive}:") and "rename" in caught.value.fix
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_source_without_omniglot_data_is_a_typed_error(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "notes.txt").write_text("hello")

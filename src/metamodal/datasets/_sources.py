@@ -16,6 +16,7 @@ place. The rules that keep an import inside its source:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -153,7 +154,15 @@ class SourceFile:
         """Copy the content to ``dest`` (parents created), at most ``limit`` bytes."""
         if self.size > limit:
             raise self._too_big(limit)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "a folder of that name exists", str(dest))
+        except OSError as err:  # a member that is a file and a folder, a name too long
+            raise DatasetError(
+                f"cannot be written to the output ({err.strerror}): a file of the source has "
+                "the name of a folder there, or the path is too long", file=self.origin,
+                fix="rename the file or leave it out of the source") from None
         try:
             if self.archive is None:
                 shutil.copyfile(str(self.path), dest)

@@ -44,17 +44,23 @@ REPORT_PAGES = (INDEX_HTML, RESULTS_MD, RESULTS_JSON)
 
 
 def check_report_directory(out_dir: str | Path) -> None:
-    """`OutputError` when ``out_dir`` is empty, or holds a page (``index.html`` or
-    ``results.md``) that no report wrote (a report also writes ``results.json``): writing there
-    would replace the user's."""
+    """`OutputError` when ``out_dir`` is empty, is a symbolic link (the report would land
+    where it points), or holds files while no report wrote there (a report writes
+    ``results.json``): writing there would replace the user's pages and plots."""
     if str(out_dir) == "":
         raise OutputError("no report directory given", column="out",
                           fix="give the report a directory, e.g. report")
     out = Path(out_dir)
-    pages = [name for name in REPORT_PAGES if name != RESULTS_JSON and (out / name).exists()]
-    if pages and not (out / RESULTS_JSON).is_file():
-        raise OutputError(f"holds {' and '.join(pages)} that no report wrote (no "
-                          f"{RESULTS_JSON}); writing the report would replace them", file=out,
+    if out.is_symlink():
+        raise OutputError("is a symbolic link: the report would be written where it points",
+                          file=out, fix="remove the link, or write the report elsewhere")
+    if not out.is_dir() or (out / RESULTS_JSON).is_file():
+        return
+    held = sorted(entry.name for entry in out.iterdir())
+    if held:
+        raise OutputError(f"holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''} "
+                          f"and no report wrote there (no {RESULTS_JSON}): writing the report "
+                          "would replace them", file=out,
                           fix="write the report to a new or empty directory")
 
 

@@ -165,6 +165,37 @@ def test_splits_file_problems_are_listed(tmp_path: Path) -> None:
     assert "not valid TOML" in inspect_dataset(tmp_path).problems[0].message
 
 
+@pytest.mark.parametrize("name", ["dataset.toml", "splits.toml", "descriptions.toml"])
+def test_a_dataset_s_own_file_linked_out_of_it_is_refused_unread(tmp_path: Path,
+                                                                 name: str) -> None:
+    """splits.toml, descriptions.toml (and dataset.toml) were followed out of the dataset
+    directory and their values echoed in the errors; the sample table and media are not."""
+    (tmp_path / "zoo").mkdir()
+    root = make(tmp_path / "zoo")
+    outside = tmp_path / "secret.toml"
+    outside.write_text(SCHEMA if name == "dataset.toml" else 'train = ["API_KEY=sk-1"]\n'
+                       if name == "splits.toml" else 'API_KEY = "sk-1 secret"\n')
+    if name == "dataset.toml":
+        (root / name).unlink()
+    (root / name).symlink_to(outside)
+    report = inspect_dataset(root)
+    (problem,) = problems(report)
+    assert problem.file == str(root / name) and "leads outside" in problem.message
+    assert "API_KEY" not in str(problem) and "in place of the link" in problem.fix
+
+
+def test_descriptions_that_zero_shot_would_refuse_are_listed(tmp_path: Path) -> None:
+    root = make(tmp_path)
+    (root / "descriptions.toml").write_bytes(b"\xff\xfe not UTF-8")
+    (problem,) = problems(inspect_dataset(root))  # it said: no problems found
+    assert problem.file == str(root / "descriptions.toml")
+    (root / "descriptions.toml").write_text('cat = "a small animal"\nemu = "a bird"\n')
+    (problem,) = problems(inspect_dataset(root))
+    assert problem.column == "emu"
+    (root / "descriptions.toml").write_text('cat = "a small animal"\n')
+    assert problems(inspect_dataset(root)) == []
+
+
 def test_warnings_go_into_the_report(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
     report = inspect_dataset(make(tmp_path, schema='lable = "typo"\n' + SCHEMA))
     assert problems(report) == [] and len(recwarn) == 0  # no Python warning escapes

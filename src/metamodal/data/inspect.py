@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,6 +212,7 @@ def _inspect(root: Path, report: InspectionReport) -> None:
     if dataset.groups is not None:
         report.groups = len({group for group in dataset.groups if group is not None})
     _check_split(dataset, report)
+    _check_descriptions(root, sizes, report)
     for name, spec in schema.modalities.items():
         if all(column in table.columns for column in spec.source_columns()):
             report.modalities[name] = _inspect_modality(dataset, spec, report)
@@ -301,6 +302,18 @@ def _inspect_modality(
         return stats
     stats.details = _decoded_details(spec, batch, cells, context)
     return stats
+
+
+def _check_descriptions(root: Path, classes: Iterable[str], report: InspectionReport) -> None:
+    """Record what ``zero-shot`` would refuse in the dataset's ``descriptions.toml``, if it
+    has one (`metamodal.mapping.descriptions.read_descriptions`)."""
+    from metamodal.mapping.descriptions import DESCRIPTIONS_FILE, read_descriptions
+
+    if (root / DESCRIPTIONS_FILE).exists() or (root / DESCRIPTIONS_FILE).is_symlink():
+        try:
+            read_descriptions(root, classes)
+        except DatasetError as exc:
+            report.problems.append(exc)
 
 
 DEFAULT_WAYS = 5

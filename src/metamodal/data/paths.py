@@ -4,7 +4,9 @@ Every media path of a sample table and the ``samples`` table named in ``dataset.
 resolved with `resolve_inside` (``../``, an absolute path or a symbolic link leading out of
 the dataset directory is refused unless ``dataset.toml`` sets ``allow_outside_paths = true``)
 and checked with `check_regular_file` before it is opened, so that a FIFO, a device or a
-directory is refused without being opened (opening a FIFO would block).
+directory is refused without being opened (opening a FIFO would block). The dataset's own
+files (``dataset.toml``, ``splits.toml``, ``descriptions.toml``) are checked the same way by
+`check_own_file`, always.
 """
 
 from __future__ import annotations
@@ -138,3 +140,27 @@ def read_small_text(path: str | Path, noun: str, max_bytes: int) -> str:
         raise PathRefused(f"the {noun} file is over {max_bytes:,} bytes",
                           f"give a {noun} file of at most {max_bytes:,} bytes")
     return Path(path).read_text(encoding="utf-8")
+
+
+def check_own_file(root: str | Path, name: str) -> None:
+    """Refuse the dataset's own file ``root / name`` (``dataset.toml``, ``splits.toml``,
+    ``descriptions.toml``) when it is a symbolic link leading out of ``root`` (its content,
+    echoed by error messages, is not the dataset's) or is not a regular file; nothing there
+    is fine (the caller says whether that is).
+
+    Raises:
+        PathRefused: the message and fix for the caller's typed error.
+
+    Example:
+        >>> import tempfile
+        >>> check_own_file(tempfile.mkdtemp(), "splits.toml")  # none: fine
+    """
+    try:
+        resolve_inside(root, name)
+    except PathRefused as refused:
+        raise PathRefused(f"{name}: {refused.message}", "put the file itself in the dataset "
+                          "directory, in place of the link") from None
+    try:
+        check_regular_file(Path(root) / name, name)
+    except FileNotFoundError:
+        return

@@ -38,7 +38,7 @@ from typing import Any
 
 from metamodal.data.kinds import kinds as kind_registry
 from metamodal.data.kinds import modality_kind
-from metamodal.data.paths import OUTSIDE_KEY
+from metamodal.data.paths import OUTSIDE_KEY, PathRefused, check_own_file
 from metamodal.errors import DatasetError
 from metamodal.io import ParseError, loads_toml
 
@@ -261,6 +261,11 @@ def read_schema(root: str | Path, problems: list[DatasetError]) -> DatasetSchema
     if path.name != SCHEMA_FILE or path.is_dir():
         path = path / SCHEMA_FILE
     file = str(path)
+    try:
+        check_own_file(path.parent, SCHEMA_FILE)
+    except PathRefused as refused:
+        problems.append(DatasetError(refused.message, file=file, fix=refused.fix))
+        return None
     if not path.is_file():
         problems.append(
             DatasetError(

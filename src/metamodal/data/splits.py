@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metamodal.data.paths import PathRefused, check_regular_file
+from metamodal.data.paths import PathRefused, check_own_file
 from metamodal.errors import ConfigError, DatasetError
 from metamodal.io import ParseError, loads_toml
 
@@ -269,7 +269,9 @@ def _seeded_split(
 
 def _read_splits_file(path: Path) -> dict[str, list[str]]:
     try:
-        check_regular_file(path, "splits")
+        check_own_file(path.parent, path.name)  # not a link out, nor a FIFO
+        if not path.exists():
+            raise FileNotFoundError(path)
         # utf-8-sig: a byte-order mark (Windows editors may write one) is not TOML syntax
         data = loads_toml(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
@@ -278,7 +280,7 @@ def _read_splits_file(path: Path) -> dict[str, list[str]]:
         ) from None
     except PathRefused as refused:
         raise DatasetError(refused.message, file=path,
-                           fix="make splits.toml a file, or remove it to split by seed") from None
+                           fix=f"{refused.fix}; or remove it to split by seed") from None
     except (ParseError, UnicodeDecodeError) as err:
         raise DatasetError(
             str(err) if isinstance(err, ParseError) else f"not valid TOML: {err}",

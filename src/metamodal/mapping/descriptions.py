@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metamodal.data.paths import PathRefused, check_own_file
 from metamodal.errors import DatasetError
 
 DESCRIPTIONS_FILE = "descriptions.toml"
@@ -41,7 +42,12 @@ def read_descriptions(path: str | Path, classes: Iterable[str] | None = None) ->
         {'cat': 'a small furry animal'}
     """
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir():  # the dataset's own file: not a link out of it
+        try:
+            check_own_file(path, DESCRIPTIONS_FILE)
+        except PathRefused as refused:
+            raise DatasetError(refused.message, file=path / DESCRIPTIONS_FILE,
+                               fix=refused.fix) from None
         path = path / DESCRIPTIONS_FILE
     if not path.is_file():
         raise DatasetError("class descriptions not found", file=path,

@@ -117,6 +117,24 @@ def test_a_baseline_run_must_read_the_aligned_run_s_inputs(aligned, tmp_path: Pa
     assert "ridge on b" in capsys.readouterr().out
 
 
+def test_resume_continues_only_a_run_of_its_own_verb(aligned, tmp_path: Path,
+                                                      capsys) -> None:
+    """align --resume of a finished train run exited 0 and reported the run's few-shot
+    accuracy as a Recall@1; train --resume of an align run is refused the same way."""
+    data, run = aligned
+    trained = tmp_path / "trained"
+    assert main(["train", "--data", str(data), "--modalities", "caption,measurements",
+                 "--out", str(trained), "--steps", "2", "--val-every", "0", *EPISODES,
+                 *SMALL]) == 0
+    capsys.readouterr()
+    assert main(["align", "--data", str(data), "--modalities", "caption,measurements",
+                 "--out", str(trained), "--resume", *SMALL]) == 2
+    assert "a run of `metamodal train`, which `align --resume` does not" in (
+        capsys.readouterr().err)
+    assert main(["train", "--data", str(data), "--out", str(run), "--resume", *SMALL]) == 2
+    assert "a run of `metamodal align`" in capsys.readouterr().err
+
+
 def test_the_retrieval_ceiling_ranks_by_what_the_modalities_share(aligned) -> None:
     data, run = aligned
     test = load_run(run).split.test

@@ -44,6 +44,7 @@ from metamodal.runs.directory import (
     END_EVENT,
     METRICS_FILE,
     PREPROCESSOR_FILE,
+    read_run_config,
     training_ended,
     training_status,
     write_run_files,
@@ -295,8 +296,24 @@ class Trainer:
                 "it cannot be resumed, and a fresh start would delete it", file=self.out,
                 fix="pass --overwrite to train it again from the start, or choose another "
                 "--out")
+        if resume and status != "none":
+            self._check_same_verb()
         state = self._load_state(self.out / CHECKPOINT_FILE) if resume else None
         return finished_before, state, self.config
+
+    def _check_same_verb(self) -> None:
+        """Refuse to resume a run another verb made (``align --resume`` of a ``train`` run
+        reported the run's few-shot accuracy as its Recall@1)."""
+        path = self.out / CONFIG_FILE
+        if not path.is_file():
+            return
+        made = read_run_config(self.out)["train"].get("align_only", False)
+        if bool(made) != bool(self.config.align_only):
+            verb, other = ("align", "train") if made else ("train", "align")
+            raise RunError(f"the directory holds a run of `metamodal {verb}`, which `{other} "
+                           "--resume` does not continue", file=self.out,
+                           fix=f"resume it with `metamodal {verb} --resume`, or give "
+                           f"`{other}` another --out")
 
     def _fit(self, resume: bool, overwrite: bool) -> TrainResult:
         """`fit` inside the job ``self.job``."""

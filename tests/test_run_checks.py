@@ -128,9 +128,10 @@ def test_config_toml_sizes_that_differ_from_the_preprocessor_are_refused_before_
         raise AssertionError("the model was built from a damaged input_info")
 
     monkeypatch.setattr(FewShotModel, "build", build)
-    error = _error(run)
-    assert error.file == str(run / "preprocessor.json") and error.column == f"loaders.{modality}"
-    assert "10000000" in error.message
+    error = _error(run)  # config.toml was edited: it was blamed on preprocessor.json alone
+    assert (error.file, error.column) == (str(run / "config.toml"),
+                                          f"model.input_info.{modality}")
+    assert "10000000" in error.message and "config.toml and preprocessor.json" in error.fix
 
 
 def test_zero_temperature_and_checkpoint_every_are_config_errors(trained, tmp_path: Path,

@@ -393,9 +393,12 @@ def _build_model(run_dir: Path, document: dict[str, Any], preprocessor: Preproce
         wanted = expected.get(name)
         if wanted is not None and info[name] != wanted:
             raise RunError(
-                f"modality {name!r} decodes to {info[name]}, but the model was built for "
-                f"{wanted}", file=run_dir / PREPROCESSOR_FILE, column=f"loaders.{name}",
-                fix="restore the preprocessor.json that belongs to this run, or re-train")
+                f"preprocessor.json decodes modality {name!r} to {info[name]}, but "
+                f"config.toml's [model.input_info.{name}] says the model was built for "
+                f"{wanted}: one of the two files was changed", file=config_path,
+                column=f"model.input_info.{name}",
+                fix="restore whichever of config.toml and preprocessor.json was edited (both "
+                "belong to the run), or re-train")
     try:
         model = FewShotModel.build(**document["model"])
     except TypeError as error:

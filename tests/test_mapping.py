@@ -297,6 +297,8 @@ def test_descriptions_file_errors_name_the_class_and_the_fix(tmp_path: Path) -> 
     path.write_text('cat = "  ,, "\n')
     with pytest.raises(DatasetError, match="empty"):
         read_descriptions(path)
+    path.write_text('cat = "пушистый"\n')  # was refused as empty: its words were dropped
+    assert read_descriptions(path) == {"cat": "пушистый"}
     path.write_text("cat = 3\n")
     with pytest.raises(DatasetError, match="not a string"):
         read_descriptions(path)
@@ -324,6 +326,9 @@ def test_description_map_generalises_to_new_attribute_combinations() -> None:
     query = torch.stack([proto[p] for p in test])
     assert zero_shot_logits(query, semantic).argmax(1).tolist() == [0, 1]
     assert BagOfWords().fit(["A b", "b c"]).vocab_ == ["a", "b", "c"]
+    # words of every script count: Cyrillic ones were dropped (zero-shot fell to chance)
+    assert BagOfWords().fit(["красный шар", "синий шар"]).vocab_ == ["красный", "синий", "шар"]
+    assert BagOfWords().fit(["café crème"]).vocab_ == ["café", "crème"]  # not "caf", "cr"
 
 
 def test_cross_fitted_semantics_leave_each_class_out_of_its_own_map() -> None:

@@ -16,7 +16,9 @@ from metamodal.data.paths import PathRefused, check_own_file
 from metamodal.errors import DatasetError
 
 DESCRIPTIONS_FILE = "descriptions.toml"
-_TOKEN = re.compile(r"[a-z0-9]+")
+_TOKEN = re.compile(r"[^\W_]+")
+"""A word: letters and digits of any script (``[a-z0-9]`` dropped every word of Cyrillic,
+Greek or CJK and cut ``café`` to ``caf``)."""
 
 
 def read_descriptions(path: str | Path, classes: Iterable[str] | None = None) -> dict[str, str]:
@@ -94,7 +96,12 @@ def require_descriptions(descriptions: Mapping[str, str], classes: Sequence[str]
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case alphanumeric words of ``text``."""
+    """Lower-case words (letters and digits of any script) of ``text``.
+
+    Example:
+        >>> tokenize("A grey-blue Cat, café and кошка_2")
+        ['a', 'grey', 'blue', 'cat', 'café', 'and', 'кошка', '2']
+    """
     return _TOKEN.findall(text.lower())
 
 

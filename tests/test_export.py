@@ -365,6 +365,27 @@ def test_every_fusion_exports(fusion: str, tmp_path: Path) -> None:
     assert check(graph, tmp_path / "f.pt", "torchscript", model.backbone) <= TOLERANCE
 
 
+def test_a_long_padded_length_is_traced_short_and_runs_at_full_length(tmp_path: Path) -> None:
+    """The example inputs had the loader's whole padded length: a max_length of a million
+    (within its bound) took minutes and gigabytes. They are cut to TRACE_MAX_LENGTH; the
+    length axis is dynamic, so the file still runs at the whole length."""
+    from metamodal.export import TRACE_MAX_LENGTH, example_inputs, run_exported
+
+    long = TRACE_MAX_LENGTH + 300
+    model = FewShotModel.build(kinds={"seq": "sequence"}, input_info={
+        "seq": {"features": 2, "max_length": long}}, dim=8).eval()
+    graph = EmbeddingGraph(model.backbone, {"seq": "sequence"})
+    assert example_inputs(graph)[0].shape[1] == TRACE_MAX_LENGTH
+    write_onnx(graph, tmp_path / "l.onnx")
+    values = torch.randn(2, long, 2)
+    present, lengths = torch.tensor([True, True]), torch.tensor([long, 7])
+    named = dict(zip(graph.input_names(), [values, present, lengths], strict=True))
+    z, _ = run_exported(tmp_path / "l.onnx", "onnx", named)
+    with torch.no_grad():
+        expected = model.backbone(graph.batch([values, present, lengths]))
+    assert float((z - expected.z).abs().max()) <= TOLERANCE
+
+
 def test_each_export_setting_is_a_flag_with_its_documentation() -> None:
     import argparse
     import dataclasses

@@ -132,10 +132,16 @@ def input_layout(name: str, kind: str, info: Mapping[str, Any]) -> Layout:
                       column=name, fix="export the other modalities with --modalities")
 
 
+TRACE_MAX_LENGTH = 1024
+"""The longest length axis the example inputs have: the exported length axes are dynamic, so
+a loader's padded length of up to a million steps is traced (and checked) at this one."""
+
+
 def example_inputs(graph: EmbeddingGraph, batch: int = 3, seed: int = 0) -> list[Tensor]:
     """Inputs to trace ``graph`` with: ``batch`` (>= 2) samples of random values at the
-    padded sizes, where the second sample lacks every modality and lengths differ, so that
-    the general path (masking absent rows, padding) is the one traced.
+    padded sizes (a length axis at most `TRACE_MAX_LENGTH`), where the second sample lacks
+    every modality and lengths differ, so that the general path (masking absent rows,
+    padding) is the one traced.
 
     Example:
         >>> from metamodal.model import FewShotModel
@@ -152,6 +158,8 @@ def example_inputs(graph: EmbeddingGraph, batch: int = 3, seed: int = 0) -> list
     for name in graph.modalities:
         layout = graph.layouts[name]
         shape = [batch, *layout.shape]
+        if layout.length_axis is not None:
+            shape[layout.length_axis] = min(shape[layout.length_axis], TRACE_MAX_LENGTH)
         if layout.dtype == torch.long:
             vocab = int(graph.backbone.encoders[name].input_info.get("vocab_size", 2))
             values = torch.randint(1, max(vocab, 2), shape, generator=generator)

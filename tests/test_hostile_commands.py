@@ -278,6 +278,7 @@ def test_no_dataset_or_download_is_written_inside_a_run(runs, tmp_path: Path,
      ("per_class", "100,000")),
     (["download", "omniglot", "{tmp}/dl", "--image-size", "100000", "--url",
       "http://127.0.0.1:9/"], ("image_size", "4096")),
+    (["download", "omniglot", "{tmp}/dl", "--url", ""], ("key url", "unsupported URL ''")),
 ])
 def test_out_of_range_settings_are_refused_before_any_work(
         runs, tmp_path: Path, capsys, argv: list[str], words: tuple[str, ...]) -> None:

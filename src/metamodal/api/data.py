@@ -127,7 +127,7 @@ def download(dataset: str | None = None, directory: str | Path | None = None,
                 verb="download")
     return download_omniglot(
         s.dir, sets=list(s.sets) or ["background-small"],
-        **({"base_url": s.url} if s.url else {}), sha256=dict(s.sha256),
+        **({"base_url": s.url} if s.url is not None else {}), sha256=dict(s.sha256),
         import_data=not s.no_import, overwrite=s.overwrite, progress=s.progress,
         timeout=s.timeout, val_groups=list(s.val_groups), test_groups=list(s.test_groups),
         image_size=s.image_size)

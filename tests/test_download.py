@@ -28,6 +28,7 @@ class _Server:
         self.requests: list[tuple[str, str | None]] = []
         self.cut_after: int | None = None
         self.ignore_range = False
+        self.partial_unsaid = False  # answer 206 without a Content-Range
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,7 +44,9 @@ class _Server:
                     self.send_error(404)
                     return
                 start = 0
-                if requested and not server.ignore_range:
+                if server.partial_unsaid:
+                    self.send_response(206)
+                elif requested and not server.ignore_range:
                     start = int(requested.split("=")[1].split("-")[0])
                     if start >= len(data):
                         self.send_error(416)
@@ -223,6 +226,16 @@ def test_other_archives_are_unpacked_again_and_their_dataset_imported_only_when_
     assert sorted(p.name for p in unpacked.iterdir()) == ["Beta", "Gamma"]
     assert alphabets(download(second, overwrite=True)) == {"Beta", "Gamma"}
     assert alphabets(download(second)) == {"Beta", "Gamma"}  # the same archives: as it is
+
+
+def test_a_partial_answer_that_does_not_say_which_part_is_a_typed_error(
+        server: _Server, tmp_path: Path) -> None:
+    """Its fix said to delete a .part file that did not exist."""
+    server.files["a.bin"] = b"x" * 100
+    server.partial_unsaid = True
+    with pytest.raises(DownloadError, match="without saying which part") as caught:
+        fetch(server.url + "a.bin", tmp_path / "a.bin")
+    assert "--url" in caught.value.fix and ".part" not in caught.value.fix
 
 
 def test_unreachable_or_missing_files_and_bad_arguments(server: _Server,

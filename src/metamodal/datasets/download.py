@@ -278,8 +278,12 @@ def _download(url: str, part: Path, *, progress: bool, timeout: float,
             match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
             start = int(match.group(1)) if match else -1
             if start != have:
-                raise DownloadError(f"the server resumed at byte {start}, not {have}",
-                                    file=url, fix=f"delete {part} and run the command again")
+                said = (f"resumed at byte {start}" if start >= 0 else
+                        "answered 206 (part of the file) without saying which part")
+                raise DownloadError(
+                    f"the server {said}, not from byte {have}", file=url,
+                    fix=(f"delete {part} and run the command again" if have else
+                         "the server does not serve the file as asked; try another --url"))
         length = response.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else None
         if total is not None and total > max_bytes:

@@ -138,6 +138,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+RUN_ENTRIES = frozenset({CONFIG_FILE, PREPROCESSOR_FILE, METRICS_FILE, CHECKPOINT_FILE,
+                         WEIGHTS_FILE, ALIGNMENT_FILE, TASKS_FILE, TRANSFER_FILE,
+                         TENSORBOARD_DIR, ".DS_Store", "Thumbs.db"})
+"""What a directory may hold and be trained into although it holds no run: what training
+writes (a run killed before its log began) and the files file browsers leave."""
+
 
 def check_run_directory(out: Path) -> None:
     """Refuse an output directory where a run would lose or destroy files: one that is or lies
@@ -162,12 +168,6 @@ def check_run_directory(out: Path) -> None:
             "--overwrite later replaces the directory whole", column="out",
             fix="give --out a new or empty directory (e.g. one inside this one)")
 
-
-RUN_ENTRIES = frozenset({CONFIG_FILE, PREPROCESSOR_FILE, METRICS_FILE, CHECKPOINT_FILE,
-                         WEIGHTS_FILE, ALIGNMENT_FILE, TASKS_FILE, TRANSFER_FILE,
-                         TENSORBOARD_DIR})
-"""What training writes into a run directory: a directory holding only these (a run killed
-before its log began) may be trained into."""
 
 class Trainer:
     """Meta-trains a `FewShotModel` on a dataset directory and writes a run directory.

@@ -61,7 +61,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     Trainer(TrainConfig(modalities=SUBSET, learner="maml",
                         learner_options={"inner_steps": 1, "eval_steps": 2}, steps=1,
                         **common), root / "maml", progress=False).fit()
-    other = make_synthetic(root / "other", classes=15, per_class=4, image_size=8, seed=4)
+    other = make_synthetic(root / "other-data", classes=15, per_class=4, image_size=8, seed=4)
     Trainer(TrainConfig(steps=1, **{**common, "data": str(other), "seed": 5}), root / "other",
             progress=False).fit()
     members = [str(root / name) for name in ("gated", "late", "maml")]

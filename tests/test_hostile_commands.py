@@ -443,16 +443,21 @@ def test_a_report_never_replaces_a_page_it_did_not_write(tmp_path: Path) -> None
     result = EvalResult(0.9, 0.01, 0.9, 600, 5, 1, 15, 0)
     for _ in range(2):  # a report's own directory is written again
         assert (api.report_results(tmp_path / "r", {"m": result}).path / "index.html").is_file()
-    # a user's plot in a folder no report wrote, and a report folder that is a link out
+    # a user's plots in a folder no report wrote, and a report folder that is a link out
     plots = tmp_path / "plots"
     plots.mkdir()
-    (plots / "methods.png").write_bytes(b"my photo")
+    (plots / "figure-1.png").write_bytes(b"my photo")
     (tmp_path / "link").symlink_to(plots)
-    for out, words in ((plots, "methods.png and no report wrote"), (tmp_path / "link",
-                                                                     "symbolic link")):
+    for out, words in ((plots, "figure-1.png and no report"), (tmp_path / "link",
+                                                                "symbolic link")):
         with pytest.raises(OutputError, match=words):
             api.report_results(out, {"m": result})
-    assert (plots / "methods.png").read_bytes() == b"my photo"
+    assert sorted(p.name for p in plots.iterdir()) == ["figure-1.png"]
+    # a report stopped before its results.json (written last) is written again
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "methods.png").write_bytes(b"half a report")
+    assert (api.report_results(stopped, {"m": result}).path / "results.json").is_file()
 
 
 @pytest.mark.parametrize(("call", "argument"), [

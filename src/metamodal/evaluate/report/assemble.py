@@ -17,8 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.errors import ConfigError, OutputError, RunError
-from metamodal.evaluate.report.learning import learning_section
-from metamodal.evaluate.report.mapping import MappingResults, mapping_section
+from metamodal.evaluate.report.learning import LEARNING_CURVE_PNG, learning_section
+from metamodal.evaluate.report.mapping import (
+    IMPUTATION_PNG,
+    PROJECTION_PNG,
+    MappingResults,
+    mapping_section,
+)
 from metamodal.evaluate.report.render import (
     CSS,
     Section,
@@ -28,11 +33,17 @@ from metamodal.evaluate.report.render import (
     write_bytes,
 )
 from metamodal.evaluate.report.results import (
+    METHODS_PNG,
     paired_comparisons,
     results_section,
     training_time_section,
 )
-from metamodal.evaluate.report.robustness import ablation_section, robustness_section
+from metamodal.evaluate.report.robustness import (
+    ABLATION_PNG,
+    ROBUSTNESS_PNG,
+    ablation_section,
+    robustness_section,
+)
 from metamodal.evaluate.result import EvalResult
 from metamodal.io import make_directory
 
@@ -42,11 +53,16 @@ INDEX_HTML = "index.html"
 REPORT_PAGES = (INDEX_HTML, RESULTS_MD, RESULTS_JSON)
 """The pages every report writes; ``results.json`` marks a directory a report wrote."""
 
+REPORT_PLOTS = frozenset({METHODS_PNG, ABLATION_PNG, ROBUSTNESS_PNG, LEARNING_CURVE_PNG,
+                          PROJECTION_PNG, IMPUTATION_PNG})
+"""The plots a report draws before its pages (``results.json`` first): a directory holding
+only these is a report stopped before its pages, and is written again."""
+
 
 def check_report_directory(out_dir: str | Path) -> None:
     """`OutputError` when ``out_dir`` is empty, is a symbolic link (the report would land
-    where it points), or holds files while no report wrote there (a report writes
-    ``results.json``): writing there would replace the user's pages and plots."""
+    where it points), or holds files other than a report's plots (`REPORT_PLOTS`) while no
+    report finished there (its ``results.json``): writing there would replace the user's."""
     if str(out_dir) == "":
         raise OutputError("no report directory given", column="out",
                           fix="give the report a directory, e.g. report")
@@ -57,7 +73,7 @@ def check_report_directory(out_dir: str | Path) -> None:
     if not out.is_dir() or (out / RESULTS_JSON).is_file():
         return
     held = sorted(entry.name for entry in out.iterdir())
-    if held:
+    if set(held) - REPORT_PLOTS:
         raise OutputError(f"holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''} "
                           f"and no report wrote there (no {RESULTS_JSON}): writing the report "
                           "would replace them", file=out,

@@ -229,8 +229,19 @@ def test_a_run_is_never_written_into_a_dataset_or_a_folder_of_other_files(
     early = tmp_path / "early"
     early.mkdir()
     (early / "config.toml").write_text("steps = 2\n")  # a run killed before its log began
-    assert main(["train", "--data", str(dataset), "--out", str(early), "--ways", "2",
-                 "--queries", "1", *small]) == 0
+    shape = ["--ways", "2", "--queries", "1"]
+    assert main(["train", "--data", str(dataset), "--out", str(early), *shape, *small]) == 0
+    # --overwrite replaced a finished run's directory whole, with a dataset or notes in it
+    (early / "report").mkdir()  # a run's own: replaced with it
+    inner = Path(shutil.copytree(dataset, early / "data"))
+    (early / "notes.txt").write_text("mine")
+    _refused(["train", "--data", str(inner), "--out", str(early), "--overwrite", *shape,
+              *small], capsys, "key out", "data, notes.txt besides its run")
+    assert (early / "notes.txt").read_text() == "mine" and (inner / "dataset.toml").is_file()
+    shutil.rmtree(inner)
+    (early / "notes.txt").unlink()
+    assert main(["train", "--data", str(dataset), "--out", str(early), "--overwrite", *shape,
+                 *small]) == 0
 
 
 def test_no_dataset_or_download_is_written_inside_a_run(runs, tmp_path: Path,

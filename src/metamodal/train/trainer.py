@@ -42,6 +42,7 @@ from metamodal.model.test_time import apply_test_time
 from metamodal.runs.directory import (
     CONFIG_FILE,
     END_EVENT,
+    MEMBERS_DIR,
     METRICS_FILE,
     PREPROCESSOR_FILE,
     read_run_config,
@@ -50,6 +51,7 @@ from metamodal.runs.directory import (
     write_run_files,
 )
 from metamodal.runs.prepared import PreparedData, prepare_data
+from metamodal.runs.support import SUPPORT_FILE, SUPPORT_META
 from metamodal.runs.weights import WEIGHTS_FILE, save_weights
 from metamodal.train.acceleration import (
     ChunkPlan,
@@ -144,11 +146,17 @@ RUN_ENTRIES = frozenset({CONFIG_FILE, PREPROCESSOR_FILE, METRICS_FILE, CHECKPOIN
 """What a directory may hold and be trained into although it holds no run: what training
 writes (a run killed before its log began) and the files file browsers leave."""
 
+FINISHED_RUN_ENTRIES = RUN_ENTRIES | {"report", MEMBERS_DIR, SUPPORT_FILE, SUPPORT_META}
+"""What a finished run's directory may hold and be replaced whole by ``--overwrite``: besides
+`RUN_ENTRIES`, its report, an ensemble's members and a saved classifier's support set."""
 
-def check_run_directory(out: Path) -> None:
+
+def check_run_directory(out: Path, *, replaced: bool = False) -> None:
     """Refuse an output directory where a run would lose or destroy files: one that is or lies
-    inside a dataset directory, or that holds files but no run (they would sit among the run's
-    files, and ``--overwrite`` later replaces the directory whole, with them).
+    inside a dataset directory, one that holds files but no run (they would sit among the
+    run's files, and ``--overwrite`` later replaces the directory whole, with them), and, when
+    it is to be ``replaced`` (``--overwrite`` of a finished run), one that holds more than a
+    run's files (a dataset, the user's).
 
     Raises:
         ConfigError: keyed ``out``.
@@ -158,15 +166,22 @@ def check_run_directory(out: Path) -> None:
         raise ConfigError(f"{out} is or lies inside the dataset directory {dataset}, which a "
                           "run's files would mix with (and --overwrite replace)", column="out",
                           fix="write the run to a directory outside the dataset, e.g. runs/NAME")
-    if training_status(out) != "none" or not out.is_dir():
+    status = training_status(out)
+    if not out.is_dir() or (status != "none" and not replaced):
         return
-    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in RUN_ENTRIES)
+    allowed = RUN_ENTRIES if status == "none" else FINISHED_RUN_ENTRIES
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in allowed)
+    named = f"{', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}"
+    if foreign and status == "none":
+        raise ConfigError(
+            f"{out} is not empty and holds no run: {named} would sit among the run's files, "
+            "and --overwrite later replaces the directory whole", column="out",
+            fix="give --out a new or empty directory (e.g. one inside this one)")
     if foreign:
         raise ConfigError(
-            f"{out} is not empty and holds no run: {', '.join(foreign[:5])}"
-            f"{', ...' if len(foreign) > 5 else ''} would sit among the run's files, and "
-            "--overwrite later replaces the directory whole", column="out",
-            fix="give --out a new or empty directory (e.g. one inside this one)")
+            f"{out} holds {named} besides its run, which --overwrite would delete with the "
+            "run it replaces", column="out",
+            fix="move them out of the run directory first, then run the command again")
 
 
 class Trainer:
@@ -275,9 +290,9 @@ class Trainer:
         """Rank 0's look at ``out``: whether it holds a finished run, the checkpoint state
         to resume from (None: start afresh) and the config to train with."""
         clean_leftovers(self.out)
-        check_run_directory(self.out)
         status = training_status(self.out)
         finished_before = status == "finished"
+        check_run_directory(self.out, replaced=finished_before and overwrite and not resume)
         if finished_before and not resume and not overwrite:
             raise RunError(
                 "the directory already holds a finished run", file=self.out,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import threading
 import warnings
@@ -236,6 +237,35 @@ def test_a_partial_answer_that_does_not_say_which_part_is_a_typed_error(
     with pytest.raises(DownloadError, match="without saying which part") as caught:
         fetch(server.url + "a.bin", tmp_path / "a.bin")
     assert "--url" in caught.value.fix and ".part" not in caught.value.fix
+
+
+@pytest.mark.parametrize("record", ["imported.json", "unpacked/images_background.sha256",
+                                    "archives/images_background.zip.sha256"])
+@pytest.mark.parametrize("what", ["fifo", "folder", "link"])
+def test_a_record_that_is_not_a_regular_file_is_refused_without_blocking(
+    server: _Server, tmp_path: Path, fixture_archives: dict[str, bytes], record: str,
+    what: str
+) -> None:
+    """A FIFO at imported.json or at an archive's checksum record blocked for ever; a folder
+    there was a raw IsADirectoryError; a link was written through."""
+    server.files["images_background.zip"] = fixture_archives["images_background_small1.zip"]
+    server.files["strokes_background.zip"] = fixture_archives["strokes_background_small1.zip"]
+    options = dict(base_url=server.url, sets=["images_background", "strokes_background"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trust on first use
+        download_omniglot(tmp_path / "omni", **options)
+        path = tmp_path / "omni" / record
+        path.unlink()
+        if what == "fifo":
+            os.mkfifo(path)
+        elif what == "folder":
+            path.mkdir()
+        else:
+            path.symlink_to(tmp_path / "elsewhere")
+        with pytest.raises(DownloadError, match="not a regular file") as caught:
+            download_omniglot(tmp_path / "omni", **options)
+    assert caught.value.file == str(path) and "remove it" in caught.value.fix
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_unreachable_or_missing_files_and_bad_arguments(server: _Server,

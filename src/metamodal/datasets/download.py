@@ -198,16 +198,19 @@ def fetch(
     make_directory(dest.parent)
     record_path = dest.with_name(dest.name + ".sha256")
     source = "given"
+    if record:
+        check_record(record_path)
     if sha256 is not None:
         expected: str | None = _check_hex(dest.name, sha256)
     elif record and record_path.is_file():
+        fix = f"delete it (the next download records it again) or pass --sha256 {dest.name}=<hex>"
         try:
             words = record_path.read_text(encoding="utf-8").split()
-        except (OSError, UnicodeDecodeError) as error:
-            raise DownloadError(f"cannot read the recorded checksum: {error}", file=record_path,
-                                fix="delete it (the next download records it again) or pass "
-                                f"--sha256 {dest.name}=<hex>") from None
-        expected = _check_hex(dest.name, words[0] if words else "")
+            expected = _check_hex(dest.name, words[0] if words else "")
+        except (OSError, UnicodeDecodeError, ConfigError) as error:
+            said = error.message if isinstance(error, ConfigError) else error
+            raise DownloadError(f"cannot read the recorded checksum: {said}", file=record_path,
+                                fix=fix) from None
         source = f"recorded in {record_path.name} on first download"
     else:
         expected = None
@@ -238,7 +241,7 @@ def fetch(
 
 def _record(record_path: Path, dest: Path, actual: str) -> None:
     """Trust on first use: keep the SHA-256 of a file that had no known checksum, and say so."""
-    record_path.write_text(f"{actual}  {dest.name}\n", encoding="utf-8")
+    atomic_write_text(record_path, f"{actual}  {dest.name}\n")
     warnings.warn(
         f"{dest.name}: no known checksum; recorded its SHA-256 {actual} in {record_path.name} "
         "(trust on first use: later runs check against it; compare it with a source you "
@@ -431,6 +434,7 @@ def download_omniglot(
     if not import_data:
         return result
     dataset, record = directory / "dataset", directory / IMPORTED_FILE
+    check_record(record)
     if (dataset / "dataset.toml").is_file() and not overwrite:
         made_of = _read_record(record)
         if made_of is not None and made_of != digests:
@@ -461,7 +465,8 @@ def _unpacked(archive: Path, folder: Path, digest: str) -> Path:
     from metamodal.datasets._sources import extract_zip
 
     record = folder.with_name(f"{folder.name}.sha256")
-    if folder.is_dir() and record.is_file() and record.read_text().strip() == digest:
+    check_record(record)
+    if folder.is_dir() and record.is_file() and _read_text(record).strip() == digest:
         return folder
     if not folder.exists():
         extract_zip(archive, folder)
@@ -482,3 +487,26 @@ def _read_record(path: Path) -> dict[str, str] | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def _read_text(path: Path) -> str:
+    """A record's text ("" when it cannot be read: the record is then written again)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return ""
+
+
+def check_record(path: Path) -> None:
+    """Refuse a record download keeps (``NAME.zip.sha256``, ``unpacked/NAME.sha256``,
+    ``imported.json``) that is a link, a FIFO or a folder: reading a FIFO blocks for ever,
+    writing through a link writes elsewhere.
+
+    Raises:
+        DownloadError: naming the record, with the fix to remove it.
+    """
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise DownloadError("is not a regular file (a link, a FIFO or a folder), where "
+                            "download keeps a record", file=path,
+                            fix="remove it (download writes it again), then run the command "
+                            "again")

@@ -373,6 +373,9 @@ def test_predict_classifier_and_server_take_joint_transduction_either_way(
     with pytest.raises(ConfigError, match="ensembles") as caught:  # one network
         proba(runs["members"][0], joint_transduction=False)
     assert caught.value.column == "joint_transduction"
+    with pytest.raises(ConfigError, match="true, false or None") as caught:  # it meant True
+        proba(joint, joint_transduction="false")
+    assert caught.value.column == "joint_transduction"
     for name, part in (("support-j.csv", rows[:10]), ("query-j.csv", rows[10:22])):
         with (runs["data"] / name).open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

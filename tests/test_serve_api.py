@@ -1137,6 +1137,11 @@ def test_a_label_in_either_unicode_normal_form_is_one_class(client: TestClient) 
     assert sorted(c["label"] for c in created["classes"]) == ["caf\u00e9", "tea"]
     r = post(client, f"/api/tasks/{created['id']}/predict", {"q0.caption": "x"})
     assert r.status_code == 200, r.text
+    post(client, f"/api/tasks/{created['id']}/examples", {"e0.label": "milk", "e0.caption": "w"})
+    for spelling in ("cafe%CC%81", "milk%20"):  # removed by the spelling it was added with
+        r = client.delete(f"/api/tasks/{created['id']}/classes/{spelling}")
+        assert r.status_code == 200, r.text
+    assert [c["label"] for c in r.json()["classes"]] == ["tea"]
 
 
 def _texts(labels: list[str]) -> dict[str, str]:

@@ -335,6 +335,10 @@ def load_run(run_dir: str | Path, *, device: str = "cpu",
     if not isinstance(run_dir, str | os.PathLike):
         raise ConfigError(f"a run directory is a path, not a {type(run_dir).__name__}",
                           column="run", fix="give the run directory's path")
+    if joint_transduction is not None and not isinstance(joint_transduction, bool):
+        raise ConfigError(f"joint_transduction must be true, false or None, not "
+                          f"{joint_transduction!r}", column="joint_transduction",
+                          fix="give True or False (or None: as the ensemble was made)")
     run_dir = Path(run_dir)
     document = read_run_config(run_dir)
     check_finished(run_dir)

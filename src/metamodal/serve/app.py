@@ -57,6 +57,7 @@ from metamodal.serve.forms import (
     BodyLimit,
     BodyTooLargeError,
     UnsupportedEncodingError,
+    class_label,
     read_form,
     samples_of,
     task_name,
@@ -374,7 +375,7 @@ def build_app(s: ServeSettings,
     @app.delete("/api/tasks/{task_id}/classes/{label:path}")  # a label may hold "/"
     def remove_class(task_id: str, label: str) -> dict[str, Any]:
         """Remove every example of a class (the answer as `remove_example`'s)."""
-        store.remove_examples(task_id, label=label)
+        store.remove_examples(task_id, label=class_label(label))  # as the forms keep it
         return after_removal(task_id)
 
     @app.get("/api/tasks/{task_id}/examples/{example_id}/thumbnail",

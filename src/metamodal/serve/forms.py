@@ -250,6 +250,17 @@ def task_name(form: FormData) -> str:
     return name or "untitled"
 
 
+def class_label(text: str) -> str:
+    """A class label as a task keeps it: stripped and in Unicode NFC, so that the spellings a
+    client may send (decomposed accents, a trailing space) are one class.
+
+    Example:
+        >>> class_label(" cafe\u0301 ") == "caf\u00e9"
+        True
+    """
+    return unicodedata.normalize("NFC", text.strip())
+
+
 def samples_of(form: FormData, letter: str, *, columns: dict[str, str], labelled: bool,
                max_samples: int, extra: tuple[str, ...] = ()) -> list[Sample]:
     """The samples of prefix ``letter`` (``e`` or ``q``) in a parsed form, in index order.
@@ -291,7 +302,7 @@ def samples_of(form: FormData, letter: str, *, columns: dict[str, str], labelled
             if has_control_characters(value):
                 raise ConfigError(f"{key} holds a control character", column=key,
                                   fix="give the class a name of printable characters")
-            sample.label = unicodedata.normalize("NFC", value.strip())  # one spelling a class
+            sample.label = class_label(value)
             continue
         if column not in columns:
             raise ConfigError(f"the model has no column {column!r}", column=key,

@@ -438,8 +438,22 @@ def test_too_few_missing_or_damaged_runs_are_typed_errors(runs: dict[str, Path],
         api.ensemble([runs["members"][0]], out=str(tmp_path / "x"))
     with pytest.raises(RunError, match="not found"):
         api.ensemble([runs["members"][0], str(tmp_path / "nope")], out=str(tmp_path / "x"))
-    with pytest.raises(ConfigError, match="already exists"):
+    with pytest.raises(ConfigError, match="already holds a run"):
         api.ensemble(runs["members"][:2], out=str(runs["mean"]))
+    # an empty directory is usable (it was refused, and --overwrite refused it too); a
+    # folder of other files is refused with a fix that works; so is a dataset's folder
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    for out, words, fix in ((tmp_path / "full", "not a run directory", "new or empty"),
+                            (runs["data"] / "ens", "dataset directory", "outside")):
+        with pytest.raises(ConfigError, match=words) as caught:
+            api.ensemble(runs["members"][:2], out=str(out), overwrite=True)
+        assert fix in caught.value.fix and "--overwrite" not in caught.value.fix
+    assert not (runs["data"] / "ens").exists()
+    made = api.ensemble(runs["members"][:2], out=str(tmp_path / "empty"), ways=2, queries=2,
+                        episodes_count=4)
+    assert (Path(made.out) / "config.toml").is_file()
     with pytest.raises(ConfigError, match="itself an ensemble"):
         api.ensemble([runs["members"][0], str(runs["mean"])], out=str(tmp_path / "x"))
     moved = tmp_path / "moved"  # a member whose dataset is gone: ensemble has no --data

@@ -317,7 +317,7 @@ def test_an_ensemble_of_a_run_with_itself_or_over_a_dataset_is_refused(
     dataset = Path(shutil.copytree(data, tmp_path / "data"))
     before = _digest(dataset)
     _refused(["ensemble", str(run), str(run2), "--out", str(dataset), "--overwrite",
-              *EPISODES], capsys, "not a run directory")
+              *EPISODES], capsys, "inside the dataset directory")
     assert _digest(dataset) == before
 
 

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from metamodal.data.batch import TensorStore
 from metamodal.data.preprocess import Preprocessor
+from metamodal.data.schema import dataset_holding
 from metamodal.encoders.features import preprocessor_from_state
 from metamodal.errors import ConfigError
 from metamodal.evaluate.episode_plans import EpisodePlan
@@ -348,8 +349,9 @@ def _warn_at_bounds(runs: Sequence[Run], values: Tensor, log_range: tuple[float,
 
 def check_ensemble_target(out: str | Path, members: Sequence[str | Path], *,
                           overwrite: bool = False) -> None:
-    """Refuse an ensemble of a run with itself, and an ``out`` that is a member, exists
-    (without ``overwrite``), or would replace anything but a run directory.
+    """Refuse an ensemble of a run with itself, and an ``out`` that is a member, lies in a
+    dataset directory, holds a run (without ``overwrite``), or is anything else but a missing
+    or empty directory.
 
     Raises:
         ConfigError: keyed ``runs`` or ``out``.
@@ -366,15 +368,21 @@ def check_ensemble_target(out: str | Path, members: Sequence[str | Path], *,
         if place == out:
             raise ConfigError(f"--out {out} is one of the member runs", column="out",
                               fix="write the ensemble to a new directory")
-    if not out.exists():
+    dataset = dataset_holding(out)
+    if dataset is not None:
+        raise ConfigError(f"{out} is or lies inside the dataset directory {dataset}",
+                          column="out", fix="write the ensemble to a directory outside the "
+                          "dataset, e.g. runs/NAME")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
-    if not overwrite:
-        raise ConfigError(f"{out} already exists", column="out",
-                          fix="choose a new directory, or pass overwrite=True (--overwrite)")
     if not (out / CONFIG_FILE).is_file():
-        raise ConfigError(f"{out} is not a run directory (no {CONFIG_FILE}); --overwrite "
-                          "replaces only a run", column="out",
-                          fix="choose a new directory, or empty this one yourself")
+        raise ConfigError(f"{out} exists and is not a run directory (no {CONFIG_FILE}); only "
+                          "a run is ever replaced", column="out",
+                          fix="choose a new or empty directory")
+    if not overwrite:
+        raise ConfigError(f"{out} already holds a run", column="out",
+                          fix="choose a new directory, or pass overwrite=True (--overwrite) "
+                          "to replace it")
 
 
 def write_ensemble(out: str | Path, runs: Sequence[Run], fitted: FittedEnsemble,

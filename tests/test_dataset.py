@@ -159,7 +159,7 @@ def test_duplicate_id_names_both_rows(tmp_path: Path) -> None:
     assert "duplicate id 'b'" in error.message and "row 2" in error.message
 
 
-@pytest.mark.parametrize("spelling", ["cat ", " cat", "cat\t"])
+@pytest.mark.parametrize("spelling", ["cat ", " cat", "cat\t", "cat\u200b", "\ufeffcat"])
 def test_labels_that_differ_only_in_surrounding_spaces_are_refused(tmp_path: Path,
                                                                     spelling: str) -> None:
     """'cat ' beside 'cat' made two classes of one without a word."""

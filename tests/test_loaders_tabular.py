@@ -47,6 +47,8 @@ def test_without_normalize_values_are_raw_and_empty_values_get_the_mean() -> Non
     loader = TabularLoader(columns=["a", "b"], normalize=False)
     loader.fit([["1", "10"], ["3", None]], context(2))
     assert loader.decode([["-2.5", None]], context(1)).values.tolist() == [[-2.5, 10.0]]
+    # a spreadsheet's no-break space around a number (float() allowed it) is not refused
+    assert loader.decode([["7\u00a0", " 1E+01 "]], context(1)).values.tolist() == [[7.0, 10.0]]
 
 
 def test_bad_values_name_the_row_and_exact_column() -> None:
@@ -58,6 +60,7 @@ def test_bad_values_name_the_row_and_exact_column() -> None:
                                   # Python's float() takes these; a data file does not mean them
                                   (["1_000", "2", "3"], "wingspan_cm", "not a number"),
                                   (["1", "\u0661\u0662", "3"], "weight_g", "not a number")]:
+        # (white space around a number is not part of it: "7\u00a0" from a spreadsheet is 7)
         with pytest.raises(DatasetError, match=message) as info:
             loader.decode([["1", "2", "3"], cell], context(2))
         assert (info.value.file, info.value.row, info.value.column) == ("samples.csv", 2, column)

@@ -489,10 +489,10 @@ def check_table(
 
 def lookalike_labels(labels: Sequence[object], *, column: str,
                      file: str | None = None) -> list[DatasetError]:
-    """Labels that differ from an earlier one only in surrounding spaces or Unicode normal
-    form (``"cat"``, ``"cat "``; ``"é"`` composed or not) would be two classes of one: a
-    `DatasetError` at the first row (1-based) of each later spelling. Labels that are not
-    strings (None, integers) are passed over.
+    """Labels that differ from an earlier one only in surrounding spaces, invisible (format)
+    characters or Unicode normal form (``"cat"``, ``"cat "``, ``"cat\\u200b"``; ``"é"``
+    composed or not) would be two classes of one: a `DatasetError` at the first row (1-based)
+    of each later spelling. Labels that are not strings (None, integers) are passed over.
 
     Example:
         >>> [(p.row, p.message[:34]) for p in lookalike_labels(["cat", 1, "cat "], column="y")]
@@ -504,14 +504,16 @@ def lookalike_labels(labels: Sequence[object], *, column: str,
         if not isinstance(label, str) or label in seen:
             continue
         seen.add(label)
-        key = unicodedata.normalize("NFC", label.strip())
+        key = "".join(c for c in unicodedata.normalize("NFC", label.strip())
+                      if unicodedata.category(c) != "Cf")  # zero-width and other invisibles
         if key not in first:
             first[key] = (label, row)
             continue
         other, other_row = first[key]
         problems.append(DatasetError(
             f"label {label!r} differs from {other!r} (row {other_row}) only in surrounding "
-            "spaces or Unicode normal form", file=file, row=row, column=column,
+            "spaces, invisible characters or Unicode normal form", file=file, row=row,
+            column=column,
             fix="spell each class one way (the two would be two classes)"))
     return problems
 

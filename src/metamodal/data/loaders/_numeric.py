@@ -28,7 +28,7 @@ attention products) can overflow to NaN. A value a million standard deviations f
 meta-train data is a unit or export error."""
 
 
-NUMBER = re.compile(r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)\s*",
+NUMBER = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)",
                     re.IGNORECASE | re.ASCII)
 """A number as a data file writes it: ASCII decimal digits, an optional point and exponent (or
 inf / nan, which the loaders then refuse as not finite). Python's ``float`` also takes
@@ -36,15 +36,16 @@ inf / nan, which the loaders then refuse as not finite). Python's ``float`` also
 
 
 def is_number(text: str) -> bool:
-    """Whether ``text`` is a number as a data file writes it (`NUMBER`).
+    """Whether ``text`` is a number as a data file writes it (`NUMBER`), white space around
+    it aside (a spreadsheet's no-break space too, as ``float`` allows).
 
     Example:
-        >>> is_number("1e3"), is_number(" -.5 "), is_number("nan"), is_number("ten")
+        >>> is_number("1e3"), is_number(" -.5 "), is_number("7\u00a0"), is_number("ten")
         (True, True, True, False)
-        >>> is_number("1_000"), is_number("0x10")
-        (False, False)
+        >>> is_number("1_000"), is_number("0x10"), is_number("nan")
+        (False, False, True)
     """
-    return NUMBER.fullmatch(text) is not None
+    return NUMBER.fullmatch(text.strip()) is not None
 
 
 def check_count(kind: str, name: str, value: object, minimum: int, maximum: int) -> int:

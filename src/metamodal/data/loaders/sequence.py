@@ -156,7 +156,8 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int]]:
         for column, cell in enumerate(row):
             if not is_number(cell):
                 raise ValueError(f"line {line}, value {column + 1} is not a number: {cell!r}")
-    return np.array(body, dtype=str).astype(np.float64).reshape(len(body), width), lines
+    stripped = [[cell.strip() for cell in row] for row in body]
+    return np.array(stripped, dtype=str).astype(np.float64).reshape(len(body), width), lines
 
 
 @loaders.register("sequence")

@@ -173,7 +173,8 @@ class TabularLoader(StandardisingState, ModalityLoader):
             return values, present
         good = np.array([is_number(text) for text in texts], dtype=bool)
         parsed = np.full(len(texts), np.nan)
-        parsed[good] = np.array(texts, dtype=str)[good].astype(np.float64)
+        parsed[good] = np.array([text.strip() for text in texts], dtype=str)[good].astype(
+            np.float64)
         finite = np.isfinite(parsed)
         position = np.asarray(where, dtype=np.int64)
         values[position[:, 0], position[:, 1]] = np.where(good & finite, parsed, np.nan)

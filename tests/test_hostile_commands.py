@@ -242,6 +242,15 @@ def test_a_run_is_never_written_into_a_dataset_or_a_folder_of_other_files(
     (early / "notes.txt").unlink()
     assert main(["train", "--data", str(dataset), "--out", str(early), "--overwrite", *shape,
                  *small]) == 0
+    # --out . from inside the run: a raw OSError after the whole training, leftovers inside
+    here = os.getcwd()
+    try:
+        os.chdir(early)
+        _refused(["train", "--data", str(dataset), "--out", ".", "--overwrite", *shape,
+                  *small], capsys, "key out", "working directory")
+    finally:
+        os.chdir(here)
+    assert not [p for p in early.iterdir() if p.name.startswith(".")]
 
 
 def test_no_dataset_or_download_is_written_inside_a_run(runs, tmp_path: Path,

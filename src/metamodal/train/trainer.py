@@ -167,6 +167,12 @@ def check_run_directory(out: Path, *, replaced: bool = False) -> None:
                           "run's files would mix with (and --overwrite replace)", column="out",
                           fix="write the run to a directory outside the dataset, e.g. runs/NAME")
     status = training_status(out)
+    here = Path.cwd().resolve()
+    if replaced and out.is_dir() and out.resolve() in (here, *here.parents):
+        raise ConfigError(f"{out} is the working directory or holds it: --overwrite cannot "
+                          "replace it", column="out",
+                          fix="run the command from outside the run directory (e.g. its "
+                          "parent, with --out NAME)")
     if not out.is_dir() or (status != "none" and not replaced):
         return
     allowed = RUN_ENTRIES if status == "none" else FINISHED_RUN_ENTRIES

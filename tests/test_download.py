@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import threading
 import warnings
@@ -227,6 +228,9 @@ def test_other_archives_are_unpacked_again_and_their_dataset_imported_only_when_
     assert sorted(p.name for p in unpacked.iterdir()) == ["Beta", "Gamma"]
     assert alphabets(download(second, overwrite=True)) == {"Beta", "Gamma"}
     assert alphabets(download(second)) == {"Beta", "Gamma"}  # the same archives: as it is
+    # an unpacked folder damaged since: --overwrite unpacks it again (it was trusted)
+    shutil.rmtree(unpacked / "Gamma")
+    assert alphabets(download(second, overwrite=True)) == {"Beta", "Gamma"}
 
 
 def test_a_partial_answer_that_does_not_say_which_part_is_a_typed_error(

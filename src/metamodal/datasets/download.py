@@ -429,7 +429,7 @@ def download_omniglot(
                                     timeout=timeout)
         archives.append(path)
         unpacked.append(_unpacked(path, directory / "unpacked" / name[: -len(".zip")],
-                                  digests[name]))
+                                  digests[name], again=overwrite and import_data))
     result = DownloadResult(archives, unpacked, None, recorded)
     if not import_data:
         return result
@@ -458,15 +458,17 @@ IMPORTED_FILE = "imported.json"
 """Beside ``dataset/``: the archives (name -> SHA-256) it was imported from."""
 
 
-def _unpacked(archive: Path, folder: Path, digest: str) -> Path:
+def _unpacked(archive: Path, folder: Path, digest: str, *, again: bool = False) -> Path:
     """``folder`` holding the content of ``archive`` (SHA-256 ``digest``): unpacked unless
-    its record (``folder`` + ``.sha256``) names that digest; an old folder is replaced only
+    its record (``folder`` + ``.sha256``) names that digest (or ``again``: an import with
+    ``overwrite`` trusts no folder it did not just unpack); an old folder is replaced only
     once the new one is complete."""
     from metamodal.datasets._sources import extract_zip
 
     record = folder.with_name(f"{folder.name}.sha256")
     check_record(record)
-    if folder.is_dir() and record.is_file() and _read_text(record).strip() == digest:
+    if (not again and folder.is_dir() and record.is_file()
+            and _read_text(record).strip() == digest):
         return folder
     if not folder.exists():
         extract_zip(archive, folder)

@@ -309,6 +309,24 @@ def test_saved_support_presence_and_classes_are_checked(trained, tmp_path: Path,
     assert error.file == str(saved / name) and error.column == key
 
 
+def test_saved_support_lookalike_classes_and_links_out_are_refused(trained,
+                                                                    tmp_path: Path) -> None:
+    """support.json naming 'a' and 'a ' loaded as two classes (fit refuses them); a support
+    file linked out of the classifier's folder was followed."""
+    saved = _copy(trained[2], tmp_path)
+    meta = json.loads((saved / "support.json").read_text())
+    meta["classes"][1] = meta["classes"][0] + " "
+    (saved / "support.json").write_text(json.dumps(meta))
+    error = _error(saved, FewShotClassifier.load)
+    assert error.file == str(saved / "support.json") and error.column == "classes"
+    saved = _copy(trained[2], tmp_path / "linked")
+    outside = tmp_path / "outside.safetensors"
+    (saved / "support.safetensors").rename(outside)
+    (saved / "support.safetensors").symlink_to(outside)
+    error = _error(saved, FewShotClassifier.load)
+    assert error.file == str(saved / "support.safetensors") and "outside" in error.message
+
+
 def test_saved_support_modalities_named_twice(trained, tmp_path: Path) -> None:
     saved = _copy(trained[2], tmp_path)
     meta = json.loads((saved / "support.json").read_text())

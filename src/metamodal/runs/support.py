@@ -15,6 +15,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from metamodal.data.batch import Batch, ModalityBatch, batch_to, cat_batches, index_batch
+from metamodal.data.dataset import lookalike_labels
+from metamodal.data.paths import PathRefused, check_own_file
 from metamodal.errors import RunError
 from metamodal.io import ParseError, atomic_write, atomic_write_json, loads_json
 from metamodal.learners.embeddings import Embeddings
@@ -42,9 +44,7 @@ def read_support_meta(path: Path) -> dict:
     """``support.json``, checked: ``classes`` a non-empty list of unique strings,
     ``modalities`` a list of strings, ``form`` ``embeddings`` or ``samples``."""
     fix = "fit the classifier on its support set and save it again"
-    if path.exists() and not path.is_file():  # a FIFO would block the read for ever
-        raise RunError("support.json is not a regular file (a FIFO, a device or a folder)",
-                       file=path, fix=fix)
+    _check_file(path, fix)
     try:
         meta = loads_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -60,6 +60,9 @@ def read_support_meta(path: Path) -> dict:
             or not all(isinstance(c, str) for c in classes) or len(set(classes)) < len(classes)):
         raise RunError("`classes` must be a non-empty list of distinct class names", file=path,
                        column="classes", fix=fix)
+    lookalikes = lookalike_labels(classes, column="classes")  # as fit refuses them
+    if lookalikes:
+        raise RunError(lookalikes[0].message, file=path, column="classes", fix=fix)
     if (not isinstance(modalities, list) or not modalities
             or not all(isinstance(m, str) for m in modalities)
             or len(set(modalities)) < len(modalities)):
@@ -70,6 +73,16 @@ def read_support_meta(path: Path) -> dict:
     return meta
 
 
+def _check_file(path: Path, fix: str) -> None:
+    """Refuse a support file that is a link out of the classifier's folder (what it says is
+    not the classifier's) or not a regular file (a FIFO would block the read for ever)."""
+    try:
+        check_own_file(path.parent, path.name)
+    except PathRefused as refused:
+        raise RunError(f"{refused.message} (not a regular file of the saved classifier)",
+                       file=path, fix=fix) from None
+
+
 def read_support_tensors(path: Path, meta: dict, model_modalities: list[str],
                          width: int | None = None) -> dict:
     """``support.safetensors``, checked against ``support.json`` and the model: every tensor
@@ -78,9 +91,7 @@ def read_support_tensors(path: Path, meta: dict, model_modalities: list[str],
     `RunError` naming the tensor. Every row has a modality present, and every class of
     ``support.json`` has a row (else `predict` would fail later, naming no file)."""
     fix = "fit the classifier on its support set and save it again"
-    if not path.is_file():  # a FIFO would block the read for ever
-        raise RunError("support.safetensors is not a regular file (a FIFO, a device or a "
-                       "folder)", file=path, fix=fix)
+    _check_file(path, fix)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:

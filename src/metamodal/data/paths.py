@@ -157,9 +157,9 @@ def check_own_file(root: str | Path, name: str) -> None:
     """
     try:
         resolve_inside(root, name)
-    except PathRefused as refused:
-        raise PathRefused(f"{name}: {refused.message}", "put the file itself in the dataset "
-                          "directory, in place of the link") from None
+    except PathRefused:
+        raise PathRefused(f"{name} is a link that leads outside its directory {root}",
+                          f"put the file itself in {root}, in place of the link") from None
     try:
         check_regular_file(Path(root) / name, name)
     except FileNotFoundError:

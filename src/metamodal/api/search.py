@@ -254,15 +254,11 @@ def check_out(out: str) -> None:
     Raises:
         ConfigError: keyed ``out``.
     """
-    from metamodal.data.schema import dataset_holding
+    from metamodal.data.schema import check_outside_dataset
     from metamodal.runs.directory import check_not_inside_run
 
     check_not_inside_run(out, "out", itself=True)
-    dataset = dataset_holding(out)
-    if dataset is not None:
-        raise ConfigError(f"{out} lies inside the dataset directory {dataset}, where a search "
-                          "writes nothing", column="out",
-                          fix="give --out a directory outside the dataset, e.g. search")
+    check_outside_dataset(out, "out")
 
 
 def killed(trial: Any) -> bool:

@@ -39,7 +39,7 @@ from typing import Any
 from metamodal.data.kinds import kinds as kind_registry
 from metamodal.data.kinds import modality_kind
 from metamodal.data.paths import OUTSIDE_KEY, PathRefused, check_own_file
-from metamodal.errors import DatasetError
+from metamodal.errors import ConfigError, DatasetError
 from metamodal.io import ParseError, loads_toml
 
 SCHEMA_FILE = "dataset.toml"
@@ -215,6 +215,21 @@ def dataset_holding(path: str | Path) -> Path | None:
     path = Path(path).resolve()
     return next((folder for folder in (path, *path.parents) if (folder / SCHEMA_FILE).is_file()),
                 None)
+
+def check_outside_dataset(path: str | Path, key: str) -> None:
+    """`ConfigError` keyed ``key`` when the output directory ``path`` is or lies inside a
+    dataset directory (`dataset_holding`): metamodal writes nothing of its own there.
+
+    Example:
+        >>> import tempfile
+        >>> check_outside_dataset(Path(tempfile.mkdtemp()) / "runs" / "a", "out")
+    """
+    dataset = dataset_holding(path)
+    if dataset is not None:
+        raise ConfigError(f"{path} is or lies inside the dataset directory {dataset}, where "
+                          "nothing is written", column=key,
+                          fix=f"give {key} a directory outside the dataset, e.g. one beside it")
+
 
 def load_schema(root: str | Path) -> DatasetSchema:
     """Read and validate the ``dataset.toml`` of a dataset directory.

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from metamodal.data.batch import TensorStore
 from metamodal.data.preprocess import Preprocessor
-from metamodal.data.schema import dataset_holding
+from metamodal.data.schema import check_outside_dataset
 from metamodal.encoders.features import preprocessor_from_state
 from metamodal.errors import ConfigError
 from metamodal.evaluate.episode_plans import EpisodePlan
@@ -368,11 +368,7 @@ def check_ensemble_target(out: str | Path, members: Sequence[str | Path], *,
         if place == out:
             raise ConfigError(f"--out {out} is one of the member runs", column="out",
                               fix="write the ensemble to a new directory")
-    dataset = dataset_holding(out)
-    if dataset is not None:
-        raise ConfigError(f"{out} is or lies inside the dataset directory {dataset}",
-                          column="out", fix="write the ensemble to a directory outside the "
-                          "dataset, e.g. runs/NAME")
+    check_outside_dataset(out, "out")
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     if not (out / CONFIG_FILE).is_file():

@@ -40,7 +40,7 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metamodal.config import test_time_overrides
-from metamodal.data.schema import dataset_holding
+from metamodal.data.schema import check_outside_dataset
 from metamodal.errors import (
     ConfigError,
     DatasetError,
@@ -150,11 +150,7 @@ def check_settings(s: ServeSettings) -> None:
         raise ConfigError("no state directory given", column="state",
                           fix="give --state DIR, e.g. --state metamodal-state")
     check_not_inside_run(s.state, "state", itself=True)  # the served run's, or another's
-    dataset = dataset_holding(Path(s.state).resolve())
-    if dataset is not None:
-        raise ConfigError(f"the state directory lies inside the dataset directory {dataset}, "
-                          "where nothing is written", file=s.state, column="state",
-                          fix="give --state a directory outside the dataset")
+    check_outside_dataset(s.state, "state")
     blocking = file_in_the_way(s.state)  # before a large model loads; `TaskStore` makes it
     if blocking is not None:
         raise ConfigError("is a file, where the state directory is needed", file=blocking,

@@ -21,7 +21,7 @@ from metamodal.config import TrainConfig, resolve_device, with_dataset_encoders
 from metamodal.data.augment import Augmentation, augmentation_for, step_generator
 from metamodal.data.batch import Episode, TensorStore
 from metamodal.data.episodes import EpisodeSampler, check_class_sizes
-from metamodal.data.schema import dataset_holding, load_schema
+from metamodal.data.schema import check_outside_dataset, load_schema
 from metamodal.data.splits import SPLITS_FILE
 from metamodal.errors import ConfigError, InsufficientSamplesError, RunError
 from metamodal.evaluate.protocol import evaluate
@@ -161,11 +161,7 @@ def check_run_directory(out: Path, *, replaced: bool = False) -> None:
     Raises:
         ConfigError: keyed ``out``.
     """
-    dataset = dataset_holding(out.resolve())
-    if dataset is not None:
-        raise ConfigError(f"{out} is or lies inside the dataset directory {dataset}, which a "
-                          "run's files would mix with (and --overwrite replace)", column="out",
-                          fix="write the run to a directory outside the dataset, e.g. runs/NAME")
+    check_outside_dataset(out, "out")
     status = training_status(out)
     here = Path.cwd().resolve()
     if replaced and out.is_dir() and out.resolve() in (here, *here.parents):

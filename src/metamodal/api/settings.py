@@ -422,11 +422,12 @@ class OmniglotImportSettings(ImportSettings):
 
 IMPORT_LAYOUTS: dict[str, tuple[type[ImportSettings], str]] = {
     "imagefolder": (ImageFolderSettings, "one folder of images per class "
-                    "(SOURCE/[GROUP/]CLASS/FILE)"),
+                    "(SOURCE/[GROUP/]CLASS/FILE; SOURCE a folder, .zip or .tar[.gz|.bz2|.xz])"),
     "audiofolder": (FolderImportSettings, "one folder of audio files per class "
-                    "(SOURCE/[GROUP/]CLASS/FILE)"),
+                    "(SOURCE/[GROUP/]CLASS/FILE; SOURCE a folder, .zip or .tar[.gz|.bz2|.xz])"),
     "videofolder": (VideoFolderSettings, "one folder of videos per class "
-                    "(SOURCE/[GROUP/]CLASS/FILE); frames sampled uniformly"),
+                    "(SOURCE/[GROUP/]CLASS/FILE; SOURCE a folder, .zip or .tar[.gz|.bz2|.xz]); "
+                    "frames sampled uniformly"),
     "table": (TableImportSettings, "a CSV / JSON-lines / Parquet table; name the columns by "
               "role"),
     "omniglot": (OmniglotImportSettings, "the official Omniglot archives or folders (images + "

@@ -1,13 +1,15 @@
-"""Safe reading of import sources: folders and zip archives, never a path out of them.
+"""Safe reading of import sources: folders, zip and tar archives, never a path out of them.
 
 Importers see a source as a list of `SourceFile` objects, each with safe path components
-relative to the source's root, whether the source is a folder on disk or a zip archive read in
-place. The rules that keep an import inside its source:
+relative to the source's root, whether the source is a folder on disk, a zip archive read in
+place or a tar archive (plain, gzip, bzip2 or xz) unpacked in one pass into a scratch folder
+(`source_files`). The rules that keep an import inside its source:
 
 - a folder is walked without following directory symlinks; a file symlink is followed only when
   its target lies inside the source; others are skipped with a warning;
-- a zip member whose name is absolute, holds a ``..`` component, a backslash, a drive letter or a
-  NUL is rejected (a "zip slip"); symlink members are skipped;
+- an archive member whose name is absolute, holds a ``..`` component, a backslash, a drive
+  letter or a NUL is rejected (a "zip slip"); symlink, hard-link and device members are
+  skipped;
 - every file is bounded in size (the bound is checked while reading, not taken from the
   archive's header), and so is the total of an archive;
 - operating-system noise is skipped: ``__MACOSX/``, ``.DS_Store``, AppleDouble ``._*`` files,
@@ -16,17 +18,23 @@ place. The rules that keep an import inside its source:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
+import lzma
 import os
 import shutil
 import stat
+import tarfile
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from metamodal.errors import DatasetError
 from metamodal.io import publish_directory
@@ -42,8 +50,15 @@ MAX_ARCHIVE_BYTES = 1 << 35
 MAX_DEPTH = 64
 """Deepest folder nesting walked below a source root."""
 
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+"""File names read as tar archives (compression detected from the content)."""
+
+ARCHIVE_SUFFIXES = (".zip", *TAR_SUFFIXES)
+"""File names `source_files` reads as archives."""
+
 _NOISE_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}
 _COPY_CHUNK = 1 << 20
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 def is_noise(name: str) -> bool:
@@ -154,15 +169,7 @@ class SourceFile:
         """Copy the content to ``dest`` (parents created), at most ``limit`` bytes."""
         if self.size > limit:
             raise self._too_big(limit)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.is_dir():
-                raise IsADirectoryError(errno.EISDIR, "a folder of that name exists", str(dest))
-        except OSError as err:  # a member that is a file and a folder, a name too long
-            raise DatasetError(
-                f"cannot be written to the output ({err.strerror}): a file of the source has "
-                "the name of a folder there, or the path is too long", file=self.origin,
-                fix="rename the file or leave it out of the source") from None
+        _make_parent(dest, self.origin)
         try:
             if self.archive is None:
                 shutil.copyfile(str(self.path), dest)
@@ -170,16 +177,37 @@ class SourceFile:
                     dest.unlink()
                     raise self._too_big(limit)
                 return
-            written = 0
-            with self.archive.open(str(self.member)) as src, open(dest, "wb") as out:
-                while chunk := src.read(_COPY_CHUNK):
-                    written += len(chunk)
-                    if written > limit:
-                        raise self._too_big(limit)
-                    out.write(chunk)
+            with self.archive.open(str(self.member)) as src:
+                _copy_bounded(src, dest, limit, self._too_big)
         except (OSError, zipfile.BadZipFile, RuntimeError, EOFError) as err:
             raise DatasetError(f"cannot read file: {err}", file=self.origin,
                                fix="check that the file (or archive) is intact") from None
+
+
+def _make_parent(dest: Path, origin: str) -> None:
+    """Create ``dest``'s folders; a `DatasetError` naming ``origin`` where a file of the source
+    has the name of a folder there (or the reverse), or the path is too long."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder of that name exists", str(dest))
+    except OSError as err:
+        raise DatasetError(
+            f"cannot be written to the output ({err.strerror}): a file of the source has "
+            "the name of a folder there, or the path is too long", file=origin,
+            fix="rename the file or leave it out of the source") from None
+
+
+def _copy_bounded(src: BinaryIO, dest: Path, limit: int,
+                  too_big: Callable[[int], DatasetError]) -> None:
+    """Copy the stream ``src`` to the file ``dest``, refusing more than ``limit`` bytes."""
+    written = 0
+    with open(dest, "wb") as out:
+        while chunk := src.read(_COPY_CHUNK):
+            written += len(chunk)
+            if written > limit:
+                raise too_big(limit)
+            out.write(chunk)
 
 
 def walk_folder(root: str | Path, *, max_depth: int = MAX_DEPTH) -> Iterator[SourceFile]:
@@ -335,15 +363,183 @@ def extract_zip(
     with open_zip(path) as archive:
         files = zip_files(archive, max_file_bytes=max_file_bytes,
                           max_total_bytes=max_total_bytes)
-        tops = {f.parts[0] for f in files}
-        strip = len(tops) == 1 and all(len(f.parts) > 1 for f in files)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
-            for f in files:
-                f.copy_to(tmp.joinpath(*(f.parts[1:] if strip else f.parts)), max_file_bytes)
+            for f in strip_single_top(files):
+                f.copy_to(tmp.joinpath(*f.parts), max_file_bytes)
             publish_directory(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     log.info("unpacked %s (%d files) into %s", path, len(files), dest)
     return dest
+
+
+def strip_single_top(files: list[SourceFile]) -> list[SourceFile]:
+    """The files with their common top-level folder removed, when they all lie below one
+    (an archive of ``pets/cat/1.png`` ... reads as ``cat/1.png`` ...); else unchanged.
+
+    Example:
+        >>> files = [SourceFile(("pets", "cat", "1.png"), "a.zip:pets/cat/1.png", 1)]
+        >>> [f.parts for f in strip_single_top(files)]
+        [('cat', '1.png')]
+    """
+    if len({f.parts[0] for f in files}) != 1 or any(len(f.parts) < 2 for f in files):
+        return files
+    return [dataclasses.replace(f, parts=f.parts[1:]) for f in files]
+
+
+def archive_stem(path: str | Path) -> str | None:
+    """The name of an archive without its suffix (``pets.tar.gz`` -> ``pets``); None for a
+    name that is not an archive's (`ARCHIVE_SUFFIXES`).
+
+    Example:
+        >>> archive_stem("data/pets.tar.gz"), archive_stem("pets.ZIP"), archive_stem("pets")
+        ('pets', 'pets', None)
+    """
+    name = Path(path).name
+    for suffix in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """A tar header that is damaged after the first member is an error (`tarfile` would take
+    it for the archive's end and drop every member after it, silently)."""
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:  # noqa: D102
+        try:
+            return super().fromtarfile(archive)
+        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as err:
+            raise tarfile.ReadError(f"damaged header at byte {archive.offset}: {err}") from None
+
+
+def tar_files(
+    path: str | Path,
+    dest: Path,
+    *,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    max_total_bytes: int = MAX_ARCHIVE_BYTES,
+) -> list[SourceFile]:
+    """Unpack the regular members of a tar archive (plain, gzip, bzip2 or xz) below the
+    existing folder ``dest`` in one pass over the archive, and list them, in name order.
+
+    A compressed tar can only be read front to back, so its members are written where they lie
+    rather than read when an importer reaches them. The rules are `zip_files`': unsafe names
+    refused, noise skipped, links, devices and FIFOs skipped (one warning), every member and
+    the total bounded (while reading). A name given twice keeps its last member, as ``tar -x``
+    does.
+
+    Raises:
+        DatasetError: the archive is unreadable or damaged (naming the member reached), or a
+            member is unsafe or too large.
+
+    Example:
+        >>> import io, tempfile
+        >>> tmp = Path(tempfile.mkdtemp())
+        >>> with tarfile.open(tmp / "a.tar.gz", "w:gz") as tar:
+        ...     info = tarfile.TarInfo("set/a/b.png"); info.size = 2
+        ...     tar.addfile(info, io.BytesIO(b"hi"))
+        >>> files = tar_files(tmp / "a.tar.gz", tmp)
+        >>> [(f.parts, f.origin.endswith("a.tar.gz:set/a/b.png")) for f in files]
+        [(('set', 'a', 'b.png'), True)]
+        >>> files[0].read_bytes()
+        b'hi'
+    """
+    label = str(path)
+    files: dict[tuple[str, ...], SourceFile] = {}
+    total = 0
+    skipped = 0
+    member = ""
+    try:
+        with tarfile.open(path, "r:*", tarinfo=_StrictTarInfo) as tar:
+            for info in tar:  # headers and content in the order they lie
+                member = info.name
+                parts = safe_member_parts(info.name, label)
+                if info.isdir() or not parts or any(is_noise(p) for p in parts):
+                    continue
+                if not info.isreg():
+                    skipped += 1
+                    continue
+                origin = f"{label}:{info.name}"
+                if info.size > max_file_bytes:
+                    raise DatasetError(
+                        f"member larger than the import limit of {max_file_bytes} bytes",
+                        file=origin, fix="leave it out of the archive")
+                total += info.size
+                if total > max_total_bytes:
+                    raise DatasetError(
+                        f"archive holds more than {max_total_bytes} bytes uncompressed",
+                        file=label, fix="split the archive, or raise max_total_bytes")
+                target = dest.joinpath(*parts)
+                _make_parent(target, origin)
+                handle = tar.extractfile(info)
+                if handle is None:  # pragma: no cover - isreg() members always have content
+                    continue
+                with handle:
+                    _copy_bounded(handle, target, max_file_bytes,
+                                  lambda limit, o=origin: DatasetError(
+                                      f"member larger than the import limit of {limit} bytes",
+                                      file=o, fix="leave it out of the archive"))
+                files[parts] = SourceFile(parts, origin, info.size, path=target)
+    except _TAR_ERRORS as err:
+        said = (f"damaged after {len(files)} file(s), the last member read {member!r}: {err}"
+                if member else "not a readable tar archive (plain, gzip, bzip2 or xz)")
+        raise DatasetError(
+            said, file=label,
+            fix="download or pack the archive again (it may be incomplete or damaged)",
+        ) from None
+    if skipped:
+        warnings.warn(f"skipped {skipped} link, device or FIFO member(s) of {label}",
+                      stacklevel=2)
+    return [files[parts] for parts in sorted(files)]
+
+
+def source_files(
+    source: str | Path,
+    stack: ExitStack,
+    *,
+    scratch: str | Path,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    max_total_bytes: int = MAX_ARCHIVE_BYTES,
+) -> list[SourceFile]:
+    """The files of an import source: a folder (`walk_folder`), a zip archive read in place
+    (`zip_files`) or a tar archive unpacked into a temporary folder made in ``scratch``
+    (`tar_files`). An archive whose files all lie below one folder reads as that folder
+    (`strip_single_top`). The archive stays open, and the temporary folder exists, until
+    ``stack`` closes.
+
+    Raises:
+        DatasetError: ``source`` does not exist, is a file that is not an archive
+            (`ARCHIVE_SUFFIXES`), or is unreadable or unsafe.
+
+    Example:
+        >>> import io, tempfile
+        >>> tmp = Path(tempfile.mkdtemp())
+        >>> with zipfile.ZipFile(tmp / "pets.zip", "w") as z:
+        ...     z.writestr("pets/cat/1.png", b"x"); z.writestr("pets/dog/1.png", b"y")
+        >>> with ExitStack() as stack:
+        ...     [f.parts for f in source_files(tmp / "pets.zip", stack, scratch=tmp)]
+        [('cat', '1.png'), ('dog', '1.png')]
+    """
+    source = Path(source)
+    if source.is_dir():
+        return list(walk_folder(source))
+    if not source.exists():
+        raise DatasetError("source not found", file=source,
+                           fix="give an existing folder or archive")
+    if archive_stem(source) is None:
+        raise DatasetError(
+            "neither a folder nor an archive", file=source,
+            fix=f"give a folder, or an archive ({', '.join(ARCHIVE_SUFFIXES)})")
+    if source.name.lower().endswith(".zip"):
+        archive = stack.enter_context(open_zip(source))
+        files = zip_files(archive, max_file_bytes=max_file_bytes, max_total_bytes=max_total_bytes)
+    else:
+        scratch_dir = Path(tempfile.mkdtemp(prefix=".unpack-", dir=scratch))
+        stack.callback(shutil.rmtree, scratch_dir, ignore_errors=True)
+        files = tar_files(source, scratch_dir, max_file_bytes=max_file_bytes,
+                          max_total_bytes=max_total_bytes)
+    return strip_single_top(files)

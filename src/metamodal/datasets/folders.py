@@ -1,15 +1,17 @@
 """Importers of one folder per class: ``imagefolder``, ``audiofolder``, ``videofolder``.
 
 ``SOURCE/CLASS/FILE`` (or ``SOURCE/GROUP/CLASS/FILE``, splits then made by group), as
-torchvision's ``ImageFolder`` reads them. Which files a kind takes and where they are copied come
-from the kind's importer hints (`metamodal.data.kinds.ModalityKind.suffixes` and
-``media_folder``), so any media kind with hints can be imported this way.
+torchvision's ``ImageFolder`` reads them; ``SOURCE`` is a folder, or a zip or tar archive of
+one. Which files a kind takes and where they are copied come from the kind's importer hints
+(`metamodal.data.kinds.ModalityKind.suffixes` and ``media_folder``), so any media kind with
+hints can be imported this way.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,12 @@ from typing import Any
 from metamodal.data.kinds import kinds, modality_kind
 from metamodal.data.loaders._media import in_chunks
 from metamodal.data.loaders.base import DecodeContext, ModalityLoader
-from metamodal.datasets._output import holdout_split, staged_directory
-from metamodal.datasets._sources import MAX_FILE_BYTES, SourceFile, walk_folder
+from metamodal.datasets._output import check_target, holdout_split, staged_directory
+from metamodal.datasets._sources import MAX_FILE_BYTES, SourceFile, archive_stem, source_files
 from metamodal.datasets.common import ImportResult, few, image_options, write_dataset
 from metamodal.datasets.common import progress as progress_bar
 from metamodal.errors import ConfigError, DatasetError
+from metamodal.io import make_directory
 
 __all__ = ["folder_kinds", "import_audiofolder", "import_folder", "import_imagefolder",
            "import_videofolder"]
@@ -46,6 +49,11 @@ class _ClassFolder:
     parts: tuple[str, ...]
     files: list[SourceFile] = field(default_factory=list)
     other: list[SourceFile] = field(default_factory=list)
+
+
+def _source_name(source: Path) -> str:
+    """A dataset's default name: its source folder's, or its archive's without the suffix."""
+    return (archive_stem(source) if source.is_file() else None) or source.resolve().name
 
 
 def _class_folders(
@@ -127,14 +135,15 @@ def import_folder(
     or left out with ``skip_bad_files``.
 
     Args:
-        source: the folder.
+        source: the folder, or a zip or tar archive of it (`ARCHIVE_SUFFIXES`; an archive
+            whose files lie below one folder reads as that folder).
         out: the dataset directory to write (must not exist or be empty, unless
             ``overwrite`` and it holds a dataset).
         kind: a media kind with importer hints (`folder_kinds`): ``image``, ``audio``,
             ``video``, ...
         group_level: True: ``SOURCE/GROUP/CLASS``; False: ``SOURCE/CLASS``; None: detect.
         skip_other: leave out files of other types instead of raising.
-        name: the dataset's name (default: the source folder's name).
+        name: the dataset's name (default: the source folder's or archive's name).
         val_groups, test_groups: groups (labels, without a group level) to hold out for
             meta-validation and meta-test; given, they are written to ``splits.toml``.
         image_size, channels: image / video loader options written to ``dataset.toml``
@@ -181,80 +190,83 @@ def import_folder(
     options.update(loader_options or {})
     if options:
         hints.create_loader(**options)  # a ConfigError names the option the loader refuses
-    files = list(walk_folder(source))
-    classes, grouped = _class_folders(source, files, group_level)
-    suffixes = hints.suffixes
-    for c in classes:
-        c.other = [f for f in c.files if f.suffix not in suffixes]
-        c.files = [f for f in c.files if f.suffix in suffixes]
-        if c.other and not skip_other:
-            types = sorted({f.suffix or "(no suffix)" for f in c.other})
+    check_target(Path(out), overwrite)  # before an archive is read
+    with ExitStack() as stack:  # an archive open, a tar's scratch folder, until the end
+        files = source_files(source, stack, scratch=make_directory(Path(out).absolute().parent),
+                             max_file_bytes=max_file_bytes)
+        classes, grouped = _class_folders(source, files, group_level)
+        suffixes = hints.suffixes
+        for c in classes:
+            c.other = [f for f in c.files if f.suffix not in suffixes]
+            c.files = [f for f in c.files if f.suffix in suffixes]
+            if c.other and not skip_other:
+                types = sorted({f.suffix or "(no suffix)" for f in c.other})
+                raise DatasetError(
+                    f"class folder holds files that are not {kind}s (mixed file types): "
+                    f"{len(c.other)} of type {', '.join(types)} ({few([f.name for f in c.other])})",
+                    file=source.joinpath(*c.parts),
+                    fix=f"move files that are not {kind}s ({', '.join(suffixes)}) out of the class "
+                    "folders, or pass --skip-other-files to leave them out",
+                )
+        skipped = sum(len(c.other) for c in classes)
+        empty = [c for c in classes if not c.files]
+        if empty:
+            warnings.warn(f"skipped {len(empty)} class folder(s) without {kind} files: "
+                          f"{few(['/'.join(c.parts) for c in empty])}", stacklevel=2)
+        classes = [c for c in classes if c.files]
+        if not classes:
+            layout = "SOURCE/GROUP/CLASS/FILE" if grouped else "SOURCE/CLASS/FILE"
             raise DatasetError(
-                f"class folder holds files that are not {kind}s (mixed file types): "
-                f"{len(c.other)} of type {', '.join(types)} ({few([f.name for f in c.other])})",
-                file=source.joinpath(*c.parts),
-                fix=f"move files that are not {kind}s ({', '.join(suffixes)}) out of the class "
-                "folders, or pass --skip-other-files to leave them out",
+                f"no classes found: no class folder holds {kind} files ({', '.join(suffixes)})",
+                file=source,
+                fix=f"lay the data out as one folder per class ({layout}), or use "
+                "`metamodal import table` for a table of file paths",
             )
-    skipped = sum(len(c.other) for c in classes)
-    empty = [c for c in classes if not c.files]
-    if empty:
-        warnings.warn(f"skipped {len(empty)} class folder(s) without {kind} files: "
-                      f"{few(['/'.join(c.parts) for c in empty])}", stacklevel=2)
-    classes = [c for c in classes if c.files]
-    if not classes:
-        layout = "SOURCE/GROUP/CLASS/FILE" if grouped else "SOURCE/CLASS/FILE"
-        raise DatasetError(
-            f"no classes found: no class folder holds {kind} files ({', '.join(suffixes)})",
-            file=source,
-            fix=f"lay the data out as one folder per class ({layout}), or use "
-            "`metamodal import table` for a table of file paths",
-        )
-    folder = str(hints.media_folder)
-    jobs = [(c, f) for c in classes for f in c.files]
+        folder = str(hints.media_folder)
+        jobs = [(c, f) for c in classes for f in c.files]
 
-    def units(kept: list[_ClassFolder]) -> list[str]:
-        return sorted({c.group for c in kept} if grouped else {c.label for c in kept})
+        def units(kept: list[_ClassFolder]) -> list[str]:
+            return sorted({c.group for c in kept} if grouped else {c.label for c in kept})
 
-    what = "group" if grouped else "class"
-    holdout_split(units(classes), val_groups, test_groups, what=what)  # before any copy
-    schema: dict[str, Any] = {"name": name or source.resolve().name, "label": "label"}
-    if grouped:
-        schema["group"] = "group"
-    schema["samples"] = "samples.csv"
-    schema["modalities"] = {kind: {"kind": kind, "column": kind, **options}}
-    header = ["id", "label", *(["group"] if grouped else []), kind]
-    with staged_directory(out, overwrite) as tmp:
-        for _, f in progress_bar(jobs, progress, f"copy {kind}s"):
-            f.copy_to(tmp.joinpath(folder, *f.parts), max_file_bytes)
-        cells = [f"{folder}/{'/'.join(f.parts)}" for _, f in jobs]
-        bad = _undecodable(tmp, cells, hints.create_loader(**options), kind, progress)
-        if bad and not skip_bad_files:
-            first = min(bad)
-            origin = jobs[first][1].origin
-            said = bad[first].message.replace(str(tmp / cells[first]), origin)  # not the copy
-            raise DatasetError(
-                f"{len(bad)} file(s) cannot be read as {kind}s "
-                f"({few([jobs[k][1].origin for k in sorted(bad)])}); the first: {said}",
-                file=origin,
-                fix="replace or remove them, or pass --skip-bad-files to leave them out")
-        for k in bad:
-            tmp.joinpath(folder, *jobs[k][1].parts).unlink()
-        jobs = [job for k, job in enumerate(jobs) if k not in bad]
-        kept = list({id(c): c for c, _ in jobs}.values())
-        if not kept:
-            raise DatasetError(f"no file can be read as {kind}s", file=source,
-                               fix=f"check that the files are {kind}s")
-        rows = [["/".join(f.parts), c.label, *([c.group] if grouped else []),
-                 f"{folder}/{'/'.join(f.parts)}"] for c, f in jobs]
-        splits = holdout_split(units(kept), val_groups, test_groups, what=what)
-        write_dataset(tmp, header, rows, schema, splits)
-    notes = [f"skipped {skipped} file(s) of other types"] if skipped else []
-    if bad:
-        notes.append(f"skipped {len(bad)} file(s) that cannot be read as {kind}s")
-    return ImportResult(Path(out), len(rows), len(kept),
-                        len({c.group for c in kept}) if grouped else None,
-                        {kind: kind}, notes=notes)
+        what = "group" if grouped else "class"
+        holdout_split(units(classes), val_groups, test_groups, what=what)  # before any copy
+        schema: dict[str, Any] = {"name": name or _source_name(source), "label": "label"}
+        if grouped:
+            schema["group"] = "group"
+        schema["samples"] = "samples.csv"
+        schema["modalities"] = {kind: {"kind": kind, "column": kind, **options}}
+        header = ["id", "label", *(["group"] if grouped else []), kind]
+        with staged_directory(out, overwrite) as tmp:
+            for _, f in progress_bar(jobs, progress, f"copy {kind}s"):
+                f.copy_to(tmp.joinpath(folder, *f.parts), max_file_bytes)
+            cells = [f"{folder}/{'/'.join(f.parts)}" for _, f in jobs]
+            bad = _undecodable(tmp, cells, hints.create_loader(**options), kind, progress)
+            if bad and not skip_bad_files:
+                first = min(bad)
+                origin = jobs[first][1].origin
+                said = bad[first].message.replace(str(tmp / cells[first]), origin)  # not the copy
+                raise DatasetError(
+                    f"{len(bad)} file(s) cannot be read as {kind}s "
+                    f"({few([jobs[k][1].origin for k in sorted(bad)])}); the first: {said}",
+                    file=origin,
+                    fix="replace or remove them, or pass --skip-bad-files to leave them out")
+            for k in bad:
+                tmp.joinpath(folder, *jobs[k][1].parts).unlink()
+            jobs = [job for k, job in enumerate(jobs) if k not in bad]
+            kept = list({id(c): c for c, _ in jobs}.values())
+            if not kept:
+                raise DatasetError(f"no file can be read as {kind}s", file=source,
+                                   fix=f"check that the files are {kind}s")
+            rows = [["/".join(f.parts), c.label, *([c.group] if grouped else []),
+                     f"{folder}/{'/'.join(f.parts)}"] for c, f in jobs]
+            splits = holdout_split(units(kept), val_groups, test_groups, what=what)
+            write_dataset(tmp, header, rows, schema, splits)
+        notes = [f"skipped {skipped} file(s) of other types"] if skipped else []
+        if bad:
+            notes.append(f"skipped {len(bad)} file(s) that cannot be read as {kind}s")
+        return ImportResult(Path(out), len(rows), len(kept),
+                            len({c.group for c in kept}) if grouped else None,
+                            {kind: kind}, notes=notes)
 
 
 CHECK_CHUNK = 256

@@ -501,3 +501,34 @@ def test_a_home_directory_that_does_not_exist_is_a_typed_error(
     monkeypatch.setenv("METAMODAL_CACHE", str(tmp_path / "c"))
     assert main(["cache", "clear", "--dir", "~no-such-user-here/x"]) == 2
     assert "key dir" in capsys.readouterr().err
+
+
+def test_no_progress_reaches_the_feature_extraction_bar(
+    toy: FeatureCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train --no-progress`` (and eval's) still drew the bar of features being computed:
+    the flag did not reach the pretrained loaders."""
+    import metamodal.encoders.features as features
+
+    shown: list[bool] = []
+
+    def bar(*args, disable: bool = False, **kwargs):
+        shown.append(not disable)
+        return features.tqdm.__wrapped__(*args, disable=True, **kwargs)
+
+    bar.__wrapped__ = features.tqdm
+    monkeypatch.setattr(features, "tqdm", bar)
+    monkeypatch.setattr(ToyImageEncoder, "batch_size", 4)
+    data = _dataset(tmp_path / "data", classes=9, per_class=4)
+    train = ["train", "--data", str(data), "--encoder", "photo=efficientnet-lite0", "--ways",
+             "2", "--shots", "1", "--queries", "1", "--steps", "1", "--dim", "8",
+             "--val-every", "0", "--val-episodes", "2", "--device", "cpu", "--no-cache"]
+    assert main([*train, "--out", str(tmp_path / "shown")]) == 0
+    assert any(shown)  # the bar is drawn unless asked not to
+    for verb in ([*train, "--out", str(tmp_path / "quiet")],  # its fit remembered from above
+                 ["eval", str(tmp_path / "quiet"), "--ways", "2", "--queries", "1",
+                  "--episodes-count", "2"]):
+        FeatureCache().clear()
+        shown.clear()
+        assert main([*verb, "--no-progress"]) == 0
+        assert shown and not any(shown)

@@ -268,7 +268,7 @@ def _evaluate(s: EvalSettings, shard: EpisodeShard | None) -> EvalReport:
     test_time = test_time_overrides(s)  # under another learner, checked against that one
     loaded = load_run(s.run, test_time=None if s.learner else test_time,
                       joint_transduction=s.joint_transduction)
-    prepared = load_run_data(loaded, s.data)
+    prepared = load_run_data(loaded, s.data, progress=s.progress)
     classes = prepared.classes(s.split)
     seen = sorted(set(classes) & set(loaded.split.train)) if s.split in ("test", "val") else []
     if seen and not s.episodes:
@@ -513,7 +513,7 @@ def _mapping_results(s: ReportSettings, measured: EvalReport) -> MappingResults 
         return None
     aligner = load_alignment(s.run)
     run = load_run(s.run)
-    prepared = load_run_data(run)
+    prepared = load_run_data(run, progress=s.progress)
     results = MappingResults(
         retrieval=retrieve(s.run, query_modality=aligner.modalities[0],
                            target_modality=aligner.modalities[1], seed=s.seed),

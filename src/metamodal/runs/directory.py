@@ -660,13 +660,15 @@ def read_preprocessor(path: Path) -> Preprocessor:
     return preprocessor
 
 
-def load_run_data(run: Run, data: str | Path | None = None, *, cache: bool = True):
+def load_run_data(run: Run, data: str | Path | None = None, *, cache: bool = True,
+                  progress: bool = True):
     """Decode the samples a run is evaluated on, exactly as in training.
 
     Args:
         run: a loaded run.
         data: another dataset directory; by default the run's own dataset and class split.
         cache: use the dataset's on-disk cache of decoded tensors.
+        progress: show a progress bar while pretrained encoders compute features.
 
     Returns:
         `metamodal.runs.prepared.PreparedData` whose ``split`` is the run's split for its own
@@ -689,5 +691,6 @@ def load_run_data(run: Run, data: str | Path | None = None, *, cache: bool = Tru
                            "or give the dataset with --data DIR (eval, retrieve, zero-shot; "
                            "data= in Python)")
         return prepare_data(source, preprocessor=run.preprocessor, split=run.split,
-                            cache=cache)
-    return prepare_data(data, seed=run.config.seed, preprocessor=run.preprocessor, cache=cache)
+                            cache=cache, progress=progress)
+    return prepare_data(data, seed=run.config.seed, preprocessor=run.preprocessor, cache=cache,
+                        progress=progress)

@@ -11,7 +11,11 @@ from metamodal.data.dataset import MultimodalDataset, load_dataset
 from metamodal.data.loaders.base import DecodeContext
 from metamodal.data.preprocess import Preprocessor
 from metamodal.data.splits import ClassSplit, split_classes
-from metamodal.encoders.features import preprocessor_from_state, pretrained_loaders
+from metamodal.encoders.features import (
+    PretrainedLoader,
+    preprocessor_from_state,
+    pretrained_loaders,
+)
 from metamodal.errors import ModalityError
 
 CACHE_DIR = ".metamodal-cache"
@@ -43,6 +47,7 @@ def prepare_data(
     preprocessor: Preprocessor | None = None,
     split: ClassSplit | None = None,
     encoders: dict[str, str] | None = None,
+    progress: bool = True,
 ) -> PreparedData:
     """Load ``data``, split its classes, fit a preprocessor on meta-train classes, decode.
 
@@ -64,6 +69,7 @@ def prepare_data(
             encoder is pretrained (``minilm``, ``efficientnet-lite0``, ``resemblyzer``) is
             decoded into that frozen encoder's features, computed once per input through the
             feature cache (`metamodal.encoders.features`). Ignored with ``preprocessor``.
+        progress: show a progress bar while pretrained encoders compute features.
 
     Example:
         >>> prepared = prepare_data("demo-data", seed=0)  # doctest: +SKIP
@@ -79,6 +85,7 @@ def prepare_data(
             seed=seed,
             splits_file=splits_file if splits_file.exists() else None,
         )
+    fit = preprocessor is None
     if preprocessor is None:
         specs = dataset.schema.modalities
         prebuilt = pretrained_loaders(
@@ -88,7 +95,10 @@ def prepare_data(
         overrides = {k: v for k, v in (preprocess or {}).items() if k not in prebuilt}
         preprocessor = Preprocessor(specs, modalities=modalities, overrides=overrides,
                                     prebuilt=prebuilt)
+    _show_progress(preprocessor, progress)  # before fit, which computes features too
+    if fit:
         preprocessor.fit(dataset, split.train)
+        _show_progress(preprocessor, progress)  # a fit remembered rebuilds its loaders
     cache_dir = dataset.root / CACHE_DIR if cache else None
     lacking = lacking_modalities(preprocessor, dataset)
     if not lacking:
@@ -96,6 +106,13 @@ def prepare_data(
     else:
         store = _transform_without(preprocessor, dataset, lacking, cache_dir)
     return PreparedData(dataset, split, preprocessor, store)
+
+
+def _show_progress(preprocessor: Preprocessor, progress: bool) -> None:
+    """Whether the pretrained loaders of ``preprocessor`` draw a bar while computing."""
+    for loader in preprocessor.loaders.values():
+        if isinstance(loader, PretrainedLoader):
+            loader.progress = progress
 
 
 def lacking_modalities(preprocessor: Preprocessor, dataset: MultimodalDataset) -> list[str]:

@@ -349,7 +349,7 @@ class Trainer:
         seed_everything(cfg.seed)
         data = prepare_data(cfg.data, seed=cfg.seed, modalities=cfg.modalities,
                             preprocess=cfg.preprocess, cache=cfg.cache,
-                            encoders=cfg.encoders)
+                            encoders=cfg.encoders, progress=self.progress)
         self._data = data
         self._fingerprint = prepared_fingerprint(data)
         job.check_data(self._fingerprint, cfg.data)

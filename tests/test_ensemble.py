@@ -454,6 +454,12 @@ def test_too_few_missing_or_damaged_runs_are_typed_errors(runs: dict[str, Path],
     made = api.ensemble(runs["members"][:2], out=str(tmp_path / "empty"), ways=2, queries=2,
                         episodes_count=4)
     assert (Path(made.out) / "config.toml").is_file()
+    # through a link, --overwrite replaced the link and left it beside, renamed .latest.old-*
+    (tmp_path / "latest").symlink_to("empty", target_is_directory=True)
+    api.ensemble(runs["members"][:2], out=str(tmp_path / "latest"), overwrite=True, ways=2,
+                 queries=2, episodes_count=4)
+    assert (tmp_path / "latest").is_symlink() and not list(tmp_path.glob(".latest*"))
+    assert (tmp_path / "empty" / "config.toml").is_file()
     with pytest.raises(ConfigError, match="itself an ensemble"):
         api.ensemble([runs["members"][0], str(runs["mean"])], out=str(tmp_path / "x"))
     moved = tmp_path / "moved"  # a member whose dataset is gone: ensemble has no --data

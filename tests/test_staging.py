@@ -115,3 +115,16 @@ def test_a_finished_run_moved_aside_is_named_and_never_deleted(data: Path,
     assert _snapshot(aside) == before and not run_dir.exists()
     aside.rename(run_dir)
     assert load_run(run_dir).config.steps == 3
+
+
+def test_overwrite_through_a_link_replaces_the_run_it_leads_to_and_keeps_the_link(
+        data: Path, tmp_path: Path) -> None:
+    """``--out LINK --overwrite`` replaced the link with a new directory and left the link,
+    renamed ``.LINK.old-*``, beside it (the run behind it untouched)."""
+    Trainer(_config(data), tmp_path / "real", progress=False).fit()
+    (tmp_path / "latest").symlink_to("real", target_is_directory=True)
+    Trainer(_config(data, steps=4, seed=2), tmp_path / "latest",
+            progress=False).fit(overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "real"]
+    assert (tmp_path / "latest").is_symlink()
+    assert load_run(tmp_path / "real").config.steps == 4

@@ -202,12 +202,28 @@ def loads_json(text: str) -> Any:
         raise ParseError(f"not valid JSON: {exc}") from None
 
 
+def followed(path: str | Path) -> Path:
+    """``path``, or where it leads when it is itself a symbolic link: an output directory
+    reached through a link is written (and replaced) where it lies, and the link kept.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "run").mkdir(); (root / "latest").symlink_to("run")
+        >>> followed(root / "latest") == (root / "run").resolve(), followed(root / "new").name
+        (True, 'new')
+    """
+    path = Path(path)
+    return path.resolve() if path.is_symlink() else path
+
+
 def replace_directory(new: str | Path, dest: str | Path) -> Path:
     """Put the fully written directory ``new`` in place of the directory ``dest``.
 
     ``dest`` is renamed aside, ``new`` renamed into place (`publish_directory`), and only then
     is the old one deleted; if the second rename fails the old directory is put back. ``new``
-    must be on the same file system (e.g. made in ``dest``'s parent).
+    must be on the same file system (e.g. made in ``dest``'s parent), and ``dest`` not a
+    symbolic link (`followed` gives where it leads).
 
     Example:
         >>> import tempfile

@@ -39,7 +39,7 @@ from metamodal.errors import ConfigError
 from metamodal.evaluate.episode_plans import EpisodePlan
 from metamodal.evaluate.protocol import episode_logits
 from metamodal.evaluate.stats import mean_ci95
-from metamodal.io import make_directory, publish_directory, replace_directory
+from metamodal.io import followed, make_directory, publish_directory, replace_directory
 from metamodal.model.ensemble import (
     METHODS,
     EnsembleModel,
@@ -393,7 +393,7 @@ def write_ensemble(out: str | Path, runs: Sequence[Run], fitted: FittedEnsemble,
     Raises:
         ConfigError: see `check_ensemble_target`.
     """
-    out = Path(out)
+    out = followed(out)  # an ensemble behind a link is replaced there, the link kept
     check_ensemble_target(out, [run.path for run in runs], overwrite=overwrite)
     make_directory(out.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -25,7 +25,7 @@ from metamodal.data.schema import check_outside_dataset, load_schema
 from metamodal.data.splits import SPLITS_FILE
 from metamodal.errors import ConfigError, InsufficientSamplesError, RunError
 from metamodal.evaluate.protocol import evaluate
-from metamodal.io import make_directory, replace_directory
+from metamodal.io import followed, make_directory, replace_directory
 from metamodal.learners.base import check_support
 from metamodal.learners.baselines import SupervisedClassifier
 from metamodal.learners.task_batching import (
@@ -244,7 +244,7 @@ class Trainer:
             config = config.updated({"data": str(Path(config.data).resolve())})
             config = with_dataset_encoders(config, load_schema(config.data))
         self.config = config
-        self.out = Path(out)
+        self.out = followed(out)  # a run behind a link is replaced there, the link kept
         self.progress = progress
         self.callbacks = list(callbacks or [])
         self._vmap = False  # whether meta-batches run under vmap (`uses_vmap`, set by `fit`)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -177,6 +178,10 @@ def test_a_source_that_is_neither_folder_nor_archive_is_a_typed_error(tmp_path: 
     assert ".tar.gz" in caught.value.fix
     with pytest.raises(DatasetError, match="source not found"):
         import_folder(tmp_path / "missing.tar", tmp_path / "ds")
+    for fifo in ("photos.tar", "photos.zip"):  # reading one waited for a writer forever
+        os.mkfifo(tmp_path / fifo)
+        with pytest.raises(DatasetError, match="nor a regular file"):
+            import_folder(tmp_path / fifo, tmp_path / "ds")
 
 
 def test_the_output_is_checked_before_an_archive_is_unpacked(tmp_path: Path) -> None:

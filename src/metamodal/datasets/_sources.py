@@ -512,8 +512,8 @@ def source_files(
     ``stack`` closes.
 
     Raises:
-        DatasetError: ``source`` does not exist, is a file that is not an archive
-            (`ARCHIVE_SUFFIXES`), or is unreadable or unsafe.
+        DatasetError: ``source`` does not exist, is neither a folder nor a regular file, is
+            a file that is not an archive (`ARCHIVE_SUFFIXES`), or is unreadable or unsafe.
 
     Example:
         >>> import io, tempfile
@@ -530,6 +530,9 @@ def source_files(
     if not source.exists():
         raise DatasetError("source not found", file=source,
                            fix="give an existing folder or archive")
+    if not source.is_file():  # reading a FIFO would wait for a writer forever
+        raise DatasetError("neither a folder nor a regular file (a FIFO, device or socket)",
+                           file=source, fix="give a folder or an archive file")
     if archive_stem(source) is None:
         raise DatasetError(
             "neither a folder nor an archive", file=source,

@@ -16,7 +16,8 @@ derives each case by breaking one thing:
   fusion and learner options out of type or range), ``preprocessor.json``,
   ``model.safetensors``, ``checkpoint.pt`` (resumed), missing files;
 - saved classifiers (``support.json``, ``support.safetensors``) and query tables;
-- ``metamodal train`` flags.
+- ``metamodal train`` flags, the other commands' flags and outputs;
+- archives given to ``metamodal import imagefolder`` (`ARCHIVES`).
 
 Each case runs the calls a user would make on that input (``prepare_data`` and
 ``inspect_dataset`` for a dataset, ``FewShotClassifier.load(...).predict`` for a run or a saved
@@ -623,6 +624,12 @@ def build_corpus() -> list[Case]:
             ("search", "--data", data, "--space", "{work}/lr.toml", "--out", table)):
         add(f"command/{' '.join(command)}", "command flags", "command", _command_files,
             flags=command)
+
+    # archives given to the folder importers (each written by `_archive`)
+    for name, expect in ARCHIVES.items():
+        add(f"import/{name}", "import archives", "command",
+            lambda d, n=name: _archive(d, n), expect=expect,
+            flags=("import", "imagefolder", f"{{work}}/{name}", "{work}/out/ds", "--no-progress"))
     return cases
 
 
@@ -645,6 +652,108 @@ def _command_files(work: Path) -> None:
     (work / "lr.toml").write_text("lr = { low = 0.0001, high = 0.01, log = true }\n")
     for name, text in SEARCH_SPACES.items():
         (work / f"{name}.toml").write_text(text + "\n")
+
+
+ARCHIVES = {
+    "slip.zip": "error", "absolute.zip": "error", "backslash.zip": "error",
+    "slip.tar": "error", "absolute.tar": "error", "damaged-header.tar": "error",
+    "cut.tar.gz": "error", "garbage.tar.gz": "error", "empty.tar": "error",
+    "zip-inside.tar.gz": "error", "tar-inside.zip": "error", "cut.zip": "error",
+    "fifo.tar": "error", "fifo.zip": "error", "only-noise.zip": "error",
+    "only-links.tar": "error", "file-and-folder.tar": "error", "encrypted.zip": "error",
+    "short-member.tar": "error", "photos.rar": "error",
+    "with-links.tar": "ok", "classes.tar.bz2": "ok", "no-top-folder.zip": "ok",
+}
+"""Archives given to ``import imagefolder`` (`_archive` writes each): hostile ones must end in
+a typed error naming the archive, harmless ones import."""
+
+
+def _archive(work: Path, name: str) -> None:
+    """Write the archive ``name`` of `ARCHIVES` into ``work``."""
+    import tarfile
+    import zipfile
+
+    from PIL import Image
+
+    def png(value: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("L", (6, 6), value).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    good = [(f"set/{c}/{i}.png", png(40 * c + i)) for c in range(3) for i in range(3)]
+    path = work / name
+
+    def tar(members: list[tuple[str, bytes]], mode: str = "w", target: Path = path,
+            extra: Callable[[tarfile.TarFile], None] | None = None) -> None:
+        with tarfile.open(target, mode) as archive:
+            for member, data in members:
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+            if extra is not None:
+                extra(archive)
+
+    def link(archive: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo("set/0/link.png")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(info)
+
+    def zipped(members: list[tuple[str, bytes]], target: Path = path) -> None:
+        with zipfile.ZipFile(target, "w") as archive:
+            for member, data in members:
+                archive.writestr(member, data)
+
+    if name.startswith("fifo."):
+        os.mkfifo(path)
+    elif name in ("slip.zip", "absolute.zip", "backslash.zip"):
+        bad = {"slip": "../evil.png", "absolute": "/evil.png", "backslash": "set\\..\\e.png"}
+        zipped([*good, (bad[name.split(".")[0]], png(1))])
+    elif name in ("slip.tar", "absolute.tar"):
+        tar([*good, ("../evil.png" if name == "slip.tar" else "/evil.png", png(1))])
+    elif name == "damaged-header.tar":
+        tar(good)
+        data = bytearray(path.read_bytes())
+        data[512 + 512 * ((len(good[0][1]) + 511) // 512) + 3] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif name == "cut.tar.gz":
+        tar(good, "w:gz")
+        path.write_bytes(path.read_bytes()[:200])
+    elif name == "garbage.tar.gz":
+        path.write_bytes(np.random.default_rng(0).bytes(3000))
+    elif name == "empty.tar":
+        path.write_bytes(b"")
+    elif name == "zip-inside.tar.gz":
+        zipped(good)
+    elif name == "tar-inside.zip":
+        tar(good)
+    elif name == "cut.zip":
+        zipped(good)
+        path.write_bytes(path.read_bytes()[:300])
+    elif name == "only-noise.zip":
+        zipped([("__MACOSX/set/0/._0.png", b"x"), ("set/.DS_Store", b"x")])
+    elif name == "only-links.tar":
+        tar([], extra=link)
+    elif name == "file-and-folder.tar":
+        tar([*good, ("set/0/0.png/inner.png", png(2))])
+    elif name == "encrypted.zip":
+        zipped(good)
+        data = bytearray(path.read_bytes())
+        data[6] |= 0x1  # the first member's local header says: encrypted
+        data[data.find(b"PK\x01\x02") + 8] |= 0x1  # and so does its central directory entry
+        path.write_bytes(bytes(data))
+    elif name == "short-member.tar":
+        tar(good)
+        path.write_bytes(path.read_bytes()[:512 + 20])  # the first member's data cut
+    elif name == "photos.rar":
+        path.write_bytes(b"Rar!\x1a\x07\x00")
+    elif name == "with-links.tar":
+        tar(good, extra=link)
+    elif name == "classes.tar.bz2":
+        tar(good, "w:bz2")
+    elif name == "no-top-folder.zip":
+        zipped([(member.removeprefix("set/"), data) for member, data in good])
+    else:  # pragma: no cover - every name of ARCHIVES is written above
+        raise ValueError(name)
 
 
 # -- edit helpers used above ----------------------------------------------------------------

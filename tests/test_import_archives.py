@@ -122,7 +122,7 @@ def test_a_damaged_tar_is_refused_not_cut_short(tmp_path: Path) -> None:
         with pytest.raises(DatasetError, match=said) as caught:
             import_folder(tmp_path / name, tmp_path / "out" / "ds")
         assert caught.value.file == str(tmp_path / name)
-    assert list((tmp_path / "out").iterdir()) == []  # no dataset, no scratch folder
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "out").exists()  # nothing made
 
 
 def test_hostile_tar_members_are_refused_or_skipped(tmp_path: Path) -> None:
@@ -145,9 +145,9 @@ def test_hostile_tar_members_are_refused_or_skipped(tmp_path: Path) -> None:
             info = tarfile.TarInfo(f"birds/birds-a/link{kind.decode()}.png")
             info.type, info.linkname = kind, target
             tar.addfile(info)
-    with pytest.warns(UserWarning, match="skipped 3 link, device or FIFO member"):
+    with pytest.warns(UserWarning, match="skipped 2 link, device or FIFO member.*link2.png"):
         result = import_folder(tmp_path / "links.tar", tmp_path / "out" / "links")
-    assert result.samples == 12
+    assert result.samples == 13  # the hard link to a member is a copy of it
 
     big = [*good, ("birds/birds-a/big.png", b"x" * 5000)]
     with pytest.raises(DatasetError, match="larger than the import limit of 4000") as caught:
@@ -159,6 +159,223 @@ def test_hostile_tar_members_are_refused_or_skipped(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="name of a folder"):
         import_folder(_tar(tmp_path / "both.tar", both), tmp_path / "out" / "both")
     assert _leftovers(tmp_path / "out") == []
+
+
+def test_a_tar_cut_where_a_member_begins_is_refused(tmp_path: Path) -> None:
+    """A plain tar cut exactly at a member's header (no end-of-archive marker) imported the
+    members before the cut, silently: a class was lost with exit status 0."""
+    members = _members(_source(tmp_path / "src"))
+    whole = _tar(tmp_path / "whole.tar", members).read_bytes()
+    block = 512 + 512 * ((len(members[0][1]) + 511) // 512)  # header + data of one member
+    (tmp_path / "cut.tar").write_bytes(whole[: 6 * block])
+    with pytest.raises(DatasetError, match="damaged after 6 file.*end-of-archive marker"):
+        import_folder(tmp_path / "cut.tar", tmp_path / "ds")
+
+
+def test_a_zip_whose_directory_lost_members_is_refused(tmp_path: Path) -> None:
+    """zipfile reads a damaged central directory up to the damage and lists fewer members:
+    the import succeeded with a class missing."""
+    archive = tmp_path / "pets.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for member, data in _members(_source(tmp_path / "src")):
+            z.writestr(member, data)
+    data = bytearray(archive.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    declared = int.from_bytes(data[end + 10:end + 12], "little")
+    data[end + 8:end + 12] = (declared + 1).to_bytes(2, "little") * 2  # one more than listed
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=f"declares {declared + 1} members, {declared} could"):
+        import_folder(archive, tmp_path / "ds")
+
+
+def test_zip_members_come_in_folder_order_and_a_path_given_twice_once(tmp_path: Path) -> None:
+    """A zip was read in the order of its raw names ('cat-1/' before 'cat/'), so the same
+    files gave other rows, and other seeded episodes, than their folder; a path given twice
+    (or as a//b and a/./b) became two rows with one id, a dataset inspect then refused."""
+    folder = tmp_path / "src"
+    for label in ("cat", "cat-1", "cat.b", "dog"):
+        for i in range(2):
+            path = folder / label / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (6, 6), 30 * i + len(label)).save(path)
+    import_folder(folder, tmp_path / "from-folder")
+    members = _members(folder)
+    with zipfile.ZipFile(tmp_path / "src.zip", "w") as z:
+        for member, data in members:
+            z.writestr(member, b"stale" if member == "cat/0.png" else data)
+        z.writestr("cat/0.png", dict(members)["cat/0.png"])  # the last copy counts
+        z.writestr("dog//./1.png", dict(members)["dog/1.png"])
+    import_folder(tmp_path / "src.zip", tmp_path / "from-zip")
+    assert _dataset(tmp_path / "from-zip") == _dataset(tmp_path / "from-folder")
+
+
+def test_damaged_or_unusual_zip_members_are_typed_errors(tmp_path: Path) -> None:
+    members = _members(_source(tmp_path / "src"))
+    deflated = tmp_path / "deflated.zip"
+    with zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as z:
+        for member, data in members:
+            z.writestr(member, data)
+    data = bytearray(deflated.read_bytes())
+    for k in range(40, 48):  # inside the first member's compressed data
+        data[k] ^= 0x5A
+    deflated.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="cannot read file") as caught:  # was a zlib.error
+        import_folder(deflated, tmp_path / "ds")
+    assert caught.value.file.startswith(f"{deflated}:")
+
+    method = tmp_path / "deflate64.zip"  # what Windows writes for large archives
+    with zipfile.ZipFile(method, "w") as z:
+        for member, payload in members:
+            z.writestr(member, payload)
+    data = bytearray(method.read_bytes())
+    for header, at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        start = data.find(header)
+        while start >= 0:
+            data[start + at:start + at + 2] = (9).to_bytes(2, "little")
+            start = data.find(header, start + 4)
+    method.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="not supported") as caught:
+        import_folder(method, tmp_path / "ds")
+    assert "pack the archive again" in caught.value.fix
+
+    utf8 = tmp_path / "names.zip"  # flagged UTF-8, but a name is not: a UnicodeDecodeError
+    with zipfile.ZipFile(utf8, "w") as z:
+        for member, payload in members:
+            z.writestr(member.replace("0.png", "\u00e90.png"), payload)
+    utf8.write_bytes(utf8.read_bytes().replace("\u00e9".encode(), b"\xff\xfe"))
+    with pytest.raises(DatasetError, match="not a readable zip archive"):
+        import_folder(utf8, tmp_path / "ds")
+
+    windows = tmp_path / "windows.zip"
+    with zipfile.ZipFile(windows, "w") as z:
+        z.writestr("set\\cat\\0.png", members[0][1])
+    with pytest.raises(DatasetError, match="a backslash in it .a zip made on Windows"):
+        import_folder(windows, tmp_path / "ds")
+
+    fifo = tmp_path / "fifo-member.zip"  # a Unix FIFO's mode: skipped, like a tar's FIFO
+    with zipfile.ZipFile(fifo, "w") as z:
+        for member, payload in members:
+            z.writestr(member, payload)
+        info = zipfile.ZipInfo("birds/birds-a/pipe.png")
+        info.external_attr = (0o010644 << 16)
+        z.writestr(info, b"")
+    with pytest.warns(UserWarning, match="skipped 1 link, device or FIFO member.*pipe.png"):
+        assert import_folder(fifo, tmp_path / "ds").samples == 12
+
+
+def test_a_tar_name_that_is_not_utf8_is_refused_naming_it(tmp_path: Path) -> None:
+    """A file name that is not UTF-8 reached samples.csv and failed it with a raw
+    UnicodeEncodeError (from a tar, or a folder)."""
+    members = _members(_source(tmp_path / "src"))
+    bad = os.fsdecode(b"birds/birds-a/\xff.png")
+    with tarfile.open(tmp_path / "names.tar", "w", format=tarfile.GNU_FORMAT,
+                      errors="surrogateescape") as tar:
+        for name, data in [*members, (bad, members[0][1])]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(DatasetError, match="is not valid UTF-8") as caught:
+        import_folder(tmp_path / "names.tar", tmp_path / "ds")
+    assert "\\udcff" in str(caught.value)
+    folder = _source(tmp_path / "folder")
+    (folder / "birds" / "birds-a" / os.fsdecode(b"\xff.png")).write_bytes(members[0][1])
+    with pytest.raises(DatasetError, match="is not valid UTF-8"):
+        import_folder(folder, tmp_path / "ds")
+
+
+def test_links_inside_a_tar_are_copies_of_their_members(tmp_path: Path) -> None:
+    """A folder's link that stays inside it is followed, and a tar of that folder's link was
+    dropped: a hard link, and a symbolic link (also to a link, and to a later member), are
+    copies of the member they name; one leading out is skipped."""
+    members = _members(_source(tmp_path / "src"))
+
+    def link(tar: tarfile.TarFile, name: str, kind: bytes, target: str) -> None:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, target
+        tar.addfile(info)
+
+    with tarfile.open(tmp_path / "links.tar", "w") as tar:
+        link(tar, "fish/fish-a/early.png", tarfile.SYMTYPE, "../fish-b/0.png")  # before it
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link(tar, "birds/birds-a/hard.png", tarfile.LNKTYPE, "birds/birds-b/1.png")
+        link(tar, "birds/birds-a/soft.png", tarfile.SYMTYPE, "hard.png")  # a link to a link
+        link(tar, "birds/birds-a/out.png", tarfile.SYMTYPE, "../../../outside.png")
+    with pytest.warns(UserWarning, match="skipped 1 link.*out.png"):
+        import_folder(tmp_path / "links.tar", tmp_path / "ds")
+    _, files = _dataset(tmp_path / "ds")
+    content = dict(members)
+    assert files["images/birds/birds-a/hard.png"] == content["birds/birds-b/1.png"]
+    assert files["images/birds/birds-a/soft.png"] == content["birds/birds-b/1.png"]
+    assert files["images/fish/fish-a/early.png"] == content["fish/fish-b/0.png"]
+    assert len(files) == 15
+
+
+def test_the_top_folder_is_said_and_can_be_kept(tmp_path: Path) -> None:
+    """An archive of one group's folder lost that group to the top-folder rule, and a README
+    beside the top folder turned it into a group: the rule now ignores loose files, says when
+    it applies, and --keep-top-folder turns it off."""
+    folder = _source(tmp_path / "src")
+    birds = [(f"birds/{m}", d) for m, d in _members(folder / "birds")]
+    _tar(tmp_path / "one-group.tar", [*birds, ("README.md", b"notes")])
+    with pytest.warns(UserWarning, match="1 file.s. at the top"):
+        result = import_folder(tmp_path / "one-group.tar", tmp_path / "stripped")
+    assert result.groups is None and result.classes == 2
+    assert "read the archive's top folder birds/ as its root" in result.summary()
+    with pytest.warns(UserWarning, match="1 file.s. at the top"):
+        kept = import_folder(tmp_path / "one-group.tar", tmp_path / "kept",
+                             keep_top_folder=True)
+    assert (kept.groups, kept.classes) == (1, 2)
+    assert main(["import", "imagefolder", str(tmp_path / "one-group.tar"),
+                 str(tmp_path / "cli"), "--keep-top-folder", "--no-progress"]) == 0
+    assert "group" in (tmp_path / "cli" / "dataset.toml").read_text()
+
+
+def test_errors_about_a_class_folder_name_its_place_in_the_archive(tmp_path: Path) -> None:
+    members = [*_members(_source(tmp_path / "src"), "pets/"), ("pets/fish/fish-a/notes.txt", b"")]
+    _tar(tmp_path / "pets.tgz", members, "w:gz")
+    with pytest.raises(DatasetError, match="mixed file types") as caught:
+        import_folder(tmp_path / "pets.tgz", tmp_path / "ds")
+    assert caught.value.file == f"{tmp_path / 'pets.tgz'}:pets/fish/fish-a"
+
+
+def test_a_full_disk_is_the_output_s_fault_not_the_archive_s(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No space left while a tar was unpacked was reported as a damaged archive (with the fix
+    to download it again); a folder's copy as an unreadable file."""
+    import errno
+
+    import metamodal.datasets._sources as sources
+
+    folder = _source(tmp_path / "src")
+    archive = _tar(tmp_path / "src.tar.gz", _members(folder), "w:gz")
+
+    class Full(io.BufferedWriter):
+        def write(self, data):  # noqa: ANN001, ANN202
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sources, "open", lambda path, mode: Full(io.FileIO(path, mode)),
+                        raising=False)
+    with pytest.raises(ConfigError, match="cannot write .No space left on device") as caught:
+        import_folder(archive, tmp_path / "ds")
+    assert "free space" in caught.value.fix and ".unpack-" in str(caught.value.file)
+
+    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sources.shutil, "copyfile", full)
+    with pytest.raises(ConfigError, match="cannot write .No space left on device"):
+        import_folder(folder, tmp_path / "ds")
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_missing_source_makes_no_folder(tmp_path: Path) -> None:
+    for source in ("missing.tar", "missing"):
+        with pytest.raises(DatasetError, match="not found"):
+            import_folder(tmp_path / source, tmp_path / "p" / "q" / "out")
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_a_name_given_twice_keeps_the_last_member_as_tar_does(tmp_path: Path) -> None:
@@ -193,3 +410,41 @@ def test_the_output_is_checked_before_an_archive_is_unpacked(tmp_path: Path) -> 
         import_folder(archive, tmp_path / "busy" / ".")
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["mine.txt"]
     assert _leftovers(tmp_path) == []
+
+
+def test_sigterm_cleans_up_the_unpacked_archive(tmp_path: Path) -> None:
+    """SIGTERM (a timeout, `docker stop`, a batch system) killed the command at once, leaving
+    the tar's scratch folder (up to the archive's size) beside OUT; it now ends as Ctrl-C
+    does: cleaned up, with exit status 143."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    archive = _tar(tmp_path / "src.tar", _members(_source(tmp_path / "src")))
+    marker, out = tmp_path / "unpacked", tmp_path / "out" / "ds"
+    script = textwrap.dedent(f"""
+        import sys, time
+        import metamodal.datasets._sources as sources
+        unpack = sources.tar_files
+        def slow(*args, **kwargs):
+            files = unpack(*args, **kwargs)
+            open({str(marker)!r}, "w").close()
+            time.sleep(60)
+            return files
+        sources.tar_files = slow
+        from metamodal.cli import main
+        sys.argv = ["metamodal", "import", "imagefolder", {str(archive)!r}, {str(out)!r}]
+        sys.exit(main())
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists() and [p.name for p in tmp_path.glob(".unpack-*")]
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and "terminated (SIGTERM)" in err
+    assert _leftovers(tmp_path) == [] and not out.exists()

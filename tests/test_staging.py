@@ -17,7 +17,7 @@ import pytest
 
 from metamodal.config import TrainConfig
 from metamodal.datasets.synthetic import make_synthetic
-from metamodal.errors import RunError
+from metamodal.errors import OutputError, RunError
 from metamodal.runs.directory import load_run
 from metamodal.train.staging import OWNER_FILE, clean_leftovers, make_staging
 from metamodal.train.trainer import Trainer
@@ -128,3 +128,10 @@ def test_overwrite_through_a_link_replaces_the_run_it_leads_to_and_keeps_the_lin
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "real"]
     assert (tmp_path / "latest").is_symlink()
     assert load_run(tmp_path / "real").config.steps == 4
+
+
+def test_an_out_that_is_a_loop_of_links_is_a_typed_error(data: Path, tmp_path: Path) -> None:
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(OutputError, match="symbolic link that leads nowhere") as caught:
+        Trainer(_config(data), tmp_path / "loop", progress=False).fit()
+    assert caught.value.file == str(tmp_path / "loop")

@@ -9,7 +9,9 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 import tomllib
 import types
 import typing
@@ -316,14 +318,27 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
         print(f"warning: {text}", file=sys.stderr if file is None else file)
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP on the command line, raised where the command is, so that what it
+    has begun is cleaned up (temporary and staging folders) as after Ctrl-C."""
+
+
+def _terminate(signum: int, frame: Any) -> None:  # noqa: ARG001 - a signal handler's signature
+    raise Terminated(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metamodal`` command; returns the exit status (2 for a typed
-    error, 1 when ``inspect`` finds a problem)."""
+    error, 1 when ``inspect`` finds a problem, 130 after Ctrl-C, 143 after SIGTERM / SIGHUP)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if argv is None and not args.verbose:  # the command line: a warning's words, once each
         warnings.showwarning = _show_warning
+    if argv is None and threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):  # no SIGHUP on Windows
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), _terminate)
     try:
         result = args.call(args)
         if os.environ.get("RANK", "0") in ("0", ""):  # under torchrun, rank 0 prints
@@ -334,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated as stop:
+        print(f"terminated ({stop})", file=sys.stderr)
+        return 143
     except BrokenPipeError:  # the reader went away (`metamodal cache info | head -1`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to say
         return 141

@@ -206,6 +206,9 @@ def followed(path: str | Path) -> Path:
     """``path``, or where it leads when it is itself a symbolic link: an output directory
     reached through a link is written (and replaced) where it lies, and the link kept.
 
+    Raises:
+        OutputError: the link is part of a loop of links.
+
     Example:
         >>> import tempfile
         >>> root = Path(tempfile.mkdtemp())
@@ -214,7 +217,13 @@ def followed(path: str | Path) -> Path:
         (True, 'new')
     """
     path = Path(path)
-    return path.resolve() if path.is_symlink() else path
+    if not path.is_symlink():
+        return path
+    try:
+        return path.resolve(strict=False)
+    except (OSError, RuntimeError) as err:  # a loop of links
+        raise OutputError(f"is a symbolic link that leads nowhere ({err})", file=path,
+                          fix="give the directory itself, or mend the link") from None
 
 
 def replace_directory(new: str | Path, dest: str | Path) -> Path:

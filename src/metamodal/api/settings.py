@@ -339,11 +339,14 @@ class FolderImportSettings(ImportSettings):
         skip_other_files: leave out files of other types instead of failing.
         skip_bad_files: leave out files that cannot be read (corrupt, empty, truncated)
             instead of failing; every file is decoded once at import.
+        keep_top_folder: for an archive whose files lie below one folder: keep that folder
+            (a class, or a group) instead of reading it as the source's root.
     """
 
     group_level: Literal["auto", "yes", "no"] = "auto"
     skip_other_files: bool = False
     skip_bad_files: bool = False
+    keep_top_folder: bool = False
 
 
 @dataclass

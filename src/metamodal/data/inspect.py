@@ -369,13 +369,13 @@ def _check_every_seed(dataset: MultimodalDataset, sizes: Counter[str],
     """What the seeded split needs whatever the seed, as warnings beside the problems of the
     seed-0 split: three groups (or classes) to make three class-disjoint splits at all; and
     the seeds (of 0 .. `SEEDS_CHECKED` - 1) whose split training would refuse."""
-    unit = "group" if dataset.groups is not None else "class"
+    unit, plural = ("group", "groups") if dataset.groups is not None else ("class", "classes")
     units = ({g for g in dataset.groups if g is not None} if dataset.groups is not None
              else set(dataset.classes))
     if len(units) < 3:
         report.warnings.append(
             f"the dataset has {len(units)} {unit}(s); a class-disjoint meta-train / validation "
-            f"/ test split (made by {unit}) needs at least 3, whatever the seed: add {unit}s")
+            f"/ test split (made by {unit}) needs at least 3, whatever the seed: add {plural}")
         return
     short = [
         seed for seed, split in seeded_splits(dataset.labels, dataset.groups,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.data.table import TABLE_SUFFIXES
-from metamodal.errors import ConfigError
+from metamodal.errors import ConfigError, OutputError
 from metamodal.io import make_directory, publish_directory
 
 SCHEMA_NAME = "dataset.toml"
@@ -123,7 +123,11 @@ def staged_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
     if not existing:
         make_directory(out.parent)
     name = Path(os.path.abspath(out)).name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out if existing else out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out if existing else out.parent))
+    except OSError as err:
+        raise OutputError(f"cannot write there ({err.strerror or err})", file=out,
+                          fix="choose an output directory you may write to") from None
     try:
         yield tmp
         if existing:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from metamodal.errors import DatasetError
+from metamodal.errors import DatasetError, OutputError
 from metamodal.io import publish_directory
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,6 @@ ARCHIVE_SUFFIXES = (".zip", *TAR_SUFFIXES)
 
 _NOISE_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}
 _COPY_CHUNK = 1 << 20
-_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 def is_noise(name: str) -> bool:
@@ -86,23 +85,45 @@ def safe_member_parts(name: str, archive: str | Path | None = None) -> tuple[str
         >>> safe_member_parts("../../etc/passwd")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        metamodal.errors.DatasetError: unsafe archive member name '../../etc/passwd' ...
+        metamodal.errors.DatasetError: unsafe archive member name '../../etc/passwd': a '..' ...
     """
-    bad = (
-        name.startswith("/")
-        or "\\" in name
-        or "\x00" in name
-        or (len(name) >= 2 and name[1] == ":")
-        or any(part == ".." for part in name.split("/"))
-    )
-    if bad:
+    why = ("absolute" if name.startswith("/") else
+           "a NUL character in it" if "\x00" in name else
+           "a backslash in it (a zip made on Windows, or names in an encoding other than "
+           "UTF-8?)" if "\\" in name else
+           "a drive letter" if len(name) >= 2 and name[1] == ":" else
+           "a '..' component, leading out of the archive"
+           if any(part == ".." for part in name.split("/")) else None)
+    if why is not None:
         raise DatasetError(
-            f"unsafe archive member name {name!r} (absolute, or leading out of the archive)",
+            f"unsafe archive member name {name!r}: {why}",
             file=archive,
-            fix="use an archive whose members are relative paths without '..'; refusing to "
-            "extract it",
+            fix="use an archive whose members are relative paths without '..', backslashes or "
+            "drive letters; refusing to extract it",
         )
+    check_utf8(name, archive)
     return tuple(part for part in PurePosixPath(name).parts if part not in ("", "."))
+
+
+def check_utf8(name: str, where: str | Path | None) -> None:
+    """Refuse a file name that is not valid UTF-8 (the operating system hands such names over
+    with surrogates, which no table can hold).
+
+    Raises:
+        DatasetError: naming ``where`` (the folder or archive) and the name, escaped.
+
+    Example:
+        >>> check_utf8("caf\u00e9.png", "photos")
+        >>> check_utf8(os.fsdecode(b"caf\\xe9.png"), "photos")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        metamodal.errors.DatasetError: photos: file name 'caf\\udce9.png' is not valid UTF-8 ...
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetError(f"file name {name!r} is not valid UTF-8", file=where,
+                           fix="rename it (in UTF-8), or leave it out of the source") from None
 
 
 @dataclass(frozen=True)
@@ -158,40 +179,77 @@ class SourceFile:
             else:
                 with open(str(self.path), "rb") as handle:
                     data = handle.read(limit + 1)
-        except (OSError, zipfile.BadZipFile, RuntimeError, EOFError) as err:
-            raise DatasetError(f"cannot read file: {err}", file=self.origin,
-                               fix="check that the file (or archive) is intact") from None
+        except _READ_ERRORS as err:
+            raise self._unreadable(err) from None
         if len(data) > limit:
             raise self._too_big(limit)
         return data
 
     def copy_to(self, dest: Path, limit: int = MAX_FILE_BYTES) -> None:
-        """Copy the content to ``dest`` (parents created), at most ``limit`` bytes."""
+        """Copy the content to ``dest`` (parents created), at most ``limit`` bytes.
+
+        Raises:
+            DatasetError: the file is too large, unreadable, or has the name of a folder.
+            OutputError: ``dest`` cannot be written (a full disk, no permission).
+        """
         if self.size > limit:
             raise self._too_big(limit)
         _make_parent(dest, self.origin)
         try:
             if self.archive is None:
-                shutil.copyfile(str(self.path), dest)
+                try:
+                    shutil.copyfile(str(self.path), dest)
+                except OSError as err:
+                    if err.errno in _WRITE_ERRNOS:
+                        raise _unwritable(dest, err) from None
+                    raise
                 if dest.stat().st_size > limit:  # it grew while we looked
                     dest.unlink()
                     raise self._too_big(limit)
                 return
             with self.archive.open(str(self.member)) as src:
                 _copy_bounded(src, dest, limit, self._too_big)
-        except (OSError, zipfile.BadZipFile, RuntimeError, EOFError) as err:
-            raise DatasetError(f"cannot read file: {err}", file=self.origin,
-                               fix="check that the file (or archive) is intact") from None
+        except _READ_ERRORS as err:
+            raise self._unreadable(err) from None
+
+    def _unreadable(self, err: BaseException) -> DatasetError:
+        if isinstance(err, NotImplementedError):  # zipfile: Deflate64, Implode, ...
+            return DatasetError(f"cannot read file: {err}", file=self.origin,
+                                fix="pack the archive again with the usual compression "
+                                "(deflate: `zip -r`, or a tar archive)")
+        return DatasetError(f"cannot read file: {err}", file=self.origin,
+                            fix="check that the file (or archive) is intact")
+
+
+_READ_ERRORS = (OSError, zipfile.BadZipFile, RuntimeError, EOFError, zlib.error,
+                lzma.LZMAError)
+"""What reading a file or an archive member raises when it is damaged (zipfile raises
+``NotImplementedError``, a ``RuntimeError``, for a compression it lacks)."""
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.EFBIG}
+"""Errors of writing a copy: the output's fault, not the source's."""
+
+
+def _unwritable(dest: Path, err: OSError) -> OutputError:
+    """The `OutputError` of a copy that cannot be written."""
+    return OutputError(
+        f"cannot write ({err.strerror or err})", file=dest,
+        fix="free space (or get permission) where the dataset is written: an import needs "
+        "room for a copy of every file, and a tar archive's files twice while it runs")
 
 
 def _make_parent(dest: Path, origin: str) -> None:
     """Create ``dest``'s folders; a `DatasetError` naming ``origin`` where a file of the source
-    has the name of a folder there (or the reverse), or the path is too long."""
+    has the name of a folder there (or the reverse), or the path is too long; an
+    `OutputError` where the folders cannot be written."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.is_dir():
             raise IsADirectoryError(errno.EISDIR, "a folder of that name exists", str(dest))
     except OSError as err:
+        if err.errno in _WRITE_ERRNOS:
+            raise _unwritable(dest.parent, err) from None
         raise DatasetError(
             f"cannot be written to the output ({err.strerror}): a file of the source has "
             "the name of a folder there, or the path is too long", file=origin,
@@ -200,14 +258,27 @@ def _make_parent(dest: Path, origin: str) -> None:
 
 def _copy_bounded(src: BinaryIO, dest: Path, limit: int,
                   too_big: Callable[[int], DatasetError]) -> None:
-    """Copy the stream ``src`` to the file ``dest``, refusing more than ``limit`` bytes."""
+    """Copy the stream ``src`` to the file ``dest``, refusing more than ``limit`` bytes; what
+    reading raises propagates, an error of writing is an `OutputError`."""
     written = 0
-    with open(dest, "wb") as out:
+    try:
+        out = open(dest, "wb")  # noqa: SIM115 - closed below, its errors told apart
+    except OSError as err:
+        raise _unwritable(dest, err) from None
+    try:
         while chunk := src.read(_COPY_CHUNK):
             written += len(chunk)
             if written > limit:
                 raise too_big(limit)
-            out.write(chunk)
+            try:
+                out.write(chunk)
+            except OSError as err:
+                raise _unwritable(dest, err) from None
+    finally:
+        try:
+            out.close()
+        except OSError as err:
+            raise _unwritable(dest, err) from None
 
 
 def walk_folder(root: str | Path, *, max_depth: int = MAX_DEPTH) -> Iterator[SourceFile]:
@@ -218,7 +289,8 @@ def walk_folder(root: str | Path, *, max_depth: int = MAX_DEPTH) -> Iterator[Sou
     at the end.
 
     Raises:
-        DatasetError: ``root`` is not a readable directory, or nests deeper than ``max_depth``.
+        DatasetError: ``root`` is not a readable directory, nests deeper than ``max_depth``, or
+            holds a name that is not valid UTF-8.
 
     Example:
         >>> import tempfile
@@ -246,10 +318,14 @@ def walk_folder(root: str | Path, *, max_depth: int = MAX_DEPTH) -> Iterator[Sou
         for entry in entries:
             if is_noise(entry.name):
                 continue
+            check_utf8(entry.name, folder)
             path = Path(entry.path)
             here = (*parts, entry.name)
             if entry.is_symlink():
-                target = path.resolve()
+                try:
+                    target = path.resolve()
+                except (OSError, RuntimeError):  # a loop of links
+                    target = path
                 if target.is_dir() or not target.is_file() or not target.is_relative_to(inside):
                     skipped.append(str(path))
                     continue
@@ -270,12 +346,33 @@ def walk_folder(root: str | Path, *, max_depth: int = MAX_DEPTH) -> Iterator[Sou
 
 
 def open_zip(path: str | Path) -> zipfile.ZipFile:
-    """Open a zip archive, or raise a `DatasetError` naming it."""
+    """Open a zip archive whose directory lists every member it declares, or raise a
+    `DatasetError` naming it (`zipfile` stops reading a damaged directory early, silently)."""
     try:
-        return zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as err:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile, ValueError) as err:  # ValueError: a name not UTF-8
         raise DatasetError(f"not a readable zip archive: {err}", file=path,
                            fix="download the archive again (it may be incomplete)") from None
+    declared = _declared_members(archive)
+    if declared is not None and declared != len(archive.infolist()):
+        archive.close()
+        raise DatasetError(
+            f"damaged zip archive: its directory declares {declared} members, "
+            f"{len(archive.infolist())} could be read", file=path,
+            fix="download or pack the archive again")
+    return archive
+
+
+def _declared_members(archive: zipfile.ZipFile) -> int | None:
+    """The member count the archive's end record declares (None where it cannot be read)."""
+    find = getattr(zipfile, "_EndRecData", None)  # the reader zipfile itself uses
+    if find is None or archive.fp is None:
+        return None
+    try:
+        record = find(archive.fp)
+    except (OSError, ValueError):
+        return None
+    return int(record[zipfile._ECD_ENTRIES_TOTAL]) if record else None
 
 
 def zip_files(
@@ -284,9 +381,12 @@ def zip_files(
     max_file_bytes: int = MAX_FILE_BYTES,
     max_total_bytes: int = MAX_ARCHIVE_BYTES,
 ) -> list[SourceFile]:
-    """Every regular member of an open zip archive, in name order, checked for safety.
+    """Every regular member of an open zip archive, in the order of their path components
+    (a folder's), checked for safety. A path given twice (also as ``a//b`` and ``a/b``) keeps
+    its last member, as ``unzip`` and ``tar -x`` do.
 
-    Noise members (`is_noise` on any component) and symlink members are skipped.
+    Noise members (`is_noise` on any component) are skipped, and so are symlink, FIFO and
+    device members (by the Unix mode a zip made on Unix records), with one warning.
 
     Raises:
         DatasetError: a member has an unsafe name (`safe_member_parts`), is encrypted, is
@@ -301,15 +401,18 @@ def zip_files(
         [('set', 'a', 'b.png')]
     """
     label = archive.filename or "archive"
-    files: list[SourceFile] = []
+    files: dict[tuple[str, ...], SourceFile] = {}
     total = 0
-    symlinks = 0
-    for info in sorted(archive.infolist(), key=lambda i: i.filename):
+    skipped: list[str] = []
+    for info in archive.infolist():  # in the archive's order: the last of a path wins
         parts = safe_member_parts(info.filename, label)
         if info.is_dir() or not parts or any(is_noise(p) for p in parts):
             continue
-        if stat.S_ISLNK(info.external_attr >> 16):
-            symlinks += 1
+        kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix mode recorded
+        if kind == stat.S_IFDIR:
+            continue
+        if kind not in (0, stat.S_IFREG):
+            skipped.append(info.filename)
             continue
         origin = f"{label}:{info.filename}"
         if info.flag_bits & 0x1:
@@ -324,11 +427,18 @@ def zip_files(
                 f"archive holds more than {max_total_bytes} bytes uncompressed",
                 file=label, fix="split the archive, or raise max_total_bytes",
             )
-        files.append(SourceFile(parts, origin, info.file_size, archive=archive,
-                                member=info.filename))
-    if symlinks:
-        warnings.warn(f"skipped {symlinks} symlink member(s) of {label}", stacklevel=2)
-    return files
+        files[parts] = SourceFile(parts, origin, info.file_size, archive=archive,
+                                  member=info.filename)
+    _warn_skipped(skipped, label)
+    return [files[parts] for parts in sorted(files)]
+
+
+def _warn_skipped(members: list[str], label: str) -> None:
+    """One warning naming the link, device and FIFO members skipped in archive ``label``."""
+    if members:
+        warnings.warn(f"skipped {len(members)} link, device or FIFO member(s) of {label}: "
+                      + ", ".join(members[:5]) + (" ..." if len(members) > 5 else ""),
+                      stacklevel=3)
 
 
 def extract_zip(
@@ -365,7 +475,7 @@ def extract_zip(
                           max_total_bytes=max_total_bytes)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
-            for f in strip_single_top(files):
+            for f in strip_single_top(files)[0]:
                 f.copy_to(tmp.joinpath(*f.parts), max_file_bytes)
             publish_directory(tmp, dest)
         except BaseException:
@@ -375,18 +485,23 @@ def extract_zip(
     return dest
 
 
-def strip_single_top(files: list[SourceFile]) -> list[SourceFile]:
-    """The files with their common top-level folder removed, when they all lie below one
-    (an archive of ``pets/cat/1.png`` ... reads as ``cat/1.png`` ...); else unchanged.
+def strip_single_top(files: list[SourceFile]) -> tuple[list[SourceFile], str | None]:
+    """The files with their common top-level folder removed, when every file in a folder lies
+    below one (an archive of ``pets/cat/1.png`` ... reads as ``cat/1.png`` ...; files at the
+    very top, a README say, stay where they are), and that folder's name (None: unchanged).
 
     Example:
-        >>> files = [SourceFile(("pets", "cat", "1.png"), "a.zip:pets/cat/1.png", 1)]
-        >>> [f.parts for f in strip_single_top(files)]
-        [('cat', '1.png')]
+        >>> files = [SourceFile(("pets", "cat", "1.png"), "a.zip:pets/cat/1.png", 1),
+        ...          SourceFile(("README",), "a.zip:README", 1)]
+        >>> stripped, top = strip_single_top(files)
+        >>> [f.parts for f in stripped], top
+        ([('cat', '1.png'), ('README',)], 'pets')
     """
-    if len({f.parts[0] for f in files}) != 1 or any(len(f.parts) < 2 for f in files):
-        return files
-    return [dataclasses.replace(f, parts=f.parts[1:]) for f in files]
+    tops = {f.parts[0] for f in files if len(f.parts) > 1}
+    if len(tops) != 1 or any(f.parts == (*tops,) for f in files):
+        return files, None
+    return [dataclasses.replace(f, parts=f.parts[1:]) if len(f.parts) > 1 else f
+            for f in files], tops.pop()
 
 
 def archive_stem(path: str | Path) -> str | None:
@@ -405,8 +520,8 @@ def archive_stem(path: str | Path) -> str | None:
 
 
 class _StrictTarInfo(tarfile.TarInfo):
-    """A tar header that is damaged after the first member is an error (`tarfile` would take
-    it for the archive's end and drop every member after it, silently)."""
+    """A tar header that is damaged, or missing, after the first member is an error (`tarfile`
+    would take it for the archive's end and drop every member after it, silently)."""
 
     @classmethod
     def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:  # noqa: D102
@@ -414,6 +529,11 @@ class _StrictTarInfo(tarfile.TarInfo):
             return super().fromtarfile(archive)
         except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as err:
             raise tarfile.ReadError(f"damaged header at byte {archive.offset}: {err}") from None
+        except tarfile.EmptyHeaderError:
+            if archive.offset == 0:
+                raise
+            raise tarfile.ReadError("the archive ends without its end-of-archive marker (cut "
+                                    "short?)") from None
 
 
 def tar_files(
@@ -424,17 +544,20 @@ def tar_files(
     max_total_bytes: int = MAX_ARCHIVE_BYTES,
 ) -> list[SourceFile]:
     """Unpack the regular members of a tar archive (plain, gzip, bzip2 or xz) below the
-    existing folder ``dest`` in one pass over the archive, and list them, in name order.
+    existing folder ``dest`` in one pass over the archive, and list them, in the order of
+    their path components.
 
     A compressed tar can only be read front to back, so its members are written where they lie
     rather than read when an importer reaches them. The rules are `zip_files`': unsafe names
-    refused, noise skipped, links, devices and FIFOs skipped (one warning), every member and
-    the total bounded (while reading). A name given twice keeps its last member, as ``tar -x``
-    does.
+    refused, noise skipped, every member and the total bounded (while reading). A hard or
+    symbolic link to a regular member of the archive is a copy of it (as a folder's link that
+    stays inside it is followed); other links, devices and FIFOs are skipped, with one warning.
+    A name given twice keeps its last member, as ``tar -x`` does. No link is ever made on disk.
 
     Raises:
-        DatasetError: the archive is unreadable or damaged (naming the member reached), or a
-            member is unsafe or too large.
+        DatasetError: the archive is unreadable, damaged or cut short (naming the last member
+            read), or a member is unsafe or too large.
+        OutputError: ``dest`` cannot be written (a full disk, no permission).
 
     Example:
         >>> import io, tempfile
@@ -442,17 +565,31 @@ def tar_files(
         >>> with tarfile.open(tmp / "a.tar.gz", "w:gz") as tar:
         ...     info = tarfile.TarInfo("set/a/b.png"); info.size = 2
         ...     tar.addfile(info, io.BytesIO(b"hi"))
+        ...     link = tarfile.TarInfo("set/a/c.png"); link.type = tarfile.SYMTYPE
+        ...     link.linkname = "b.png"; tar.addfile(link)
         >>> files = tar_files(tmp / "a.tar.gz", tmp)
-        >>> [(f.parts, f.origin.endswith("a.tar.gz:set/a/b.png")) for f in files]
-        [(('set', 'a', 'b.png'), True)]
-        >>> files[0].read_bytes()
+        >>> [(f.parts, f.origin.endswith(f"a.tar.gz:{'/'.join(f.parts)}")) for f in files]
+        [(('set', 'a', 'b.png'), True), (('set', 'a', 'c.png'), True)]
+        >>> files[1].read_bytes()
         b'hi'
     """
     label = str(path)
     files: dict[tuple[str, ...], SourceFile] = {}
+    links: list[tuple[tuple[str, ...], tuple[str, ...] | None, str]] = []
+    skipped: list[str] = []
     total = 0
-    skipped = 0
     member = ""
+
+    def count(size: int, origin: str) -> None:
+        nonlocal total
+        if size > max_file_bytes:
+            raise DatasetError(f"member larger than the import limit of {max_file_bytes} bytes",
+                               file=origin, fix="leave it out of the archive")
+        total += size
+        if total > max_total_bytes:
+            raise DatasetError(f"archive holds more than {max_total_bytes} bytes uncompressed",
+                               file=label, fix="split the archive, or raise max_total_bytes")
+
     try:
         with tarfile.open(path, "r:*", tarinfo=_StrictTarInfo) as tar:
             for info in tar:  # headers and content in the order they lie
@@ -460,19 +597,14 @@ def tar_files(
                 parts = safe_member_parts(info.name, label)
                 if info.isdir() or not parts or any(is_noise(p) for p in parts):
                     continue
-                if not info.isreg():
-                    skipped += 1
-                    continue
                 origin = f"{label}:{info.name}"
-                if info.size > max_file_bytes:
-                    raise DatasetError(
-                        f"member larger than the import limit of {max_file_bytes} bytes",
-                        file=origin, fix="leave it out of the archive")
-                total += info.size
-                if total > max_total_bytes:
-                    raise DatasetError(
-                        f"archive holds more than {max_total_bytes} bytes uncompressed",
-                        file=label, fix="split the archive, or raise max_total_bytes")
+                if info.islnk() or info.issym():
+                    links.append((parts, _link_target(parts, info), origin))
+                    continue
+                if not info.isreg():
+                    skipped.append(info.name)
+                    continue
+                count(info.size, origin)
                 target = dest.joinpath(*parts)
                 _make_parent(target, origin)
                 handle = tar.extractfile(info)
@@ -484,17 +616,50 @@ def tar_files(
                                       f"member larger than the import limit of {limit} bytes",
                                       file=o, fix="leave it out of the archive"))
                 files[parts] = SourceFile(parts, origin, info.size, path=target)
-    except _TAR_ERRORS as err:
+    except (tarfile.TarError, *_READ_ERRORS) as err:
         said = (f"damaged after {len(files)} file(s), the last member read {member!r}: {err}"
                 if member else "not a readable tar archive (plain, gzip, bzip2 or xz)")
         raise DatasetError(
             said, file=label,
             fix="download or pack the archive again (it may be incomplete or damaged)",
         ) from None
-    if skipped:
-        warnings.warn(f"skipped {skipped} link, device or FIFO member(s) of {label}",
-                      stacklevel=2)
+    while links:  # a link to a link is copied once its target is
+        found = [link for link in links if link[1] in files]
+        for parts, target, origin in found:
+            original = files[target]  # type: ignore[index]
+            count(original.size, origin)
+            original.copy_to(dest.joinpath(*parts), max_file_bytes)
+            files[parts] = SourceFile(parts, origin, original.size, path=dest.joinpath(*parts))
+        links = [link for link in links if link not in found]
+        if not found:
+            break
+    _warn_skipped([*skipped, *(origin.removeprefix(f"{label}:") for _, _, origin in links)],
+                  label)
     return [files[parts] for parts in sorted(files)]
+
+
+def _link_target(parts: tuple[str, ...], info: tarfile.TarInfo) -> tuple[str, ...] | None:
+    """The path components of the member a link member names (a hard link from the archive's
+    root, a symbolic one from its own folder), or None when it leads out of the archive.
+
+    Example:
+        >>> link = tarfile.TarInfo("a/b/l.png"); link.type = tarfile.SYMTYPE
+        >>> link.linkname = "../c/x.png"; _link_target(("a", "b", "l.png"), link)
+        ('a', 'c', 'x.png')
+        >>> link.linkname = "/etc/passwd"; _link_target(("a", "b", "l.png"), link) is None
+        True
+    """
+    if info.issym() and info.linkname.startswith("/"):
+        return None
+    resolved = [] if info.islnk() else list(parts[:-1])
+    for part in info.linkname.split("/"):
+        if part == "..":
+            if not resolved:
+                return None
+            resolved.pop()
+        elif part not in ("", "."):
+            resolved.append(part)
+    return tuple(resolved) or None
 
 
 def source_files(
@@ -504,16 +669,22 @@ def source_files(
     scratch: str | Path,
     max_file_bytes: int = MAX_FILE_BYTES,
     max_total_bytes: int = MAX_ARCHIVE_BYTES,
-) -> list[SourceFile]:
+    keep_top_folder: bool = False,
+) -> tuple[list[SourceFile], str | None]:
     """The files of an import source: a folder (`walk_folder`), a zip archive read in place
-    (`zip_files`) or a tar archive unpacked into a temporary folder made in ``scratch``
-    (`tar_files`). An archive whose files all lie below one folder reads as that folder
-    (`strip_single_top`). The archive stays open, and the temporary folder exists, until
+    (`zip_files`) or a tar archive unpacked into a temporary folder made beside ``scratch``
+    (in its nearest existing folder: nothing is created for it). An archive whose files all
+    lie below one folder reads as that folder (`strip_single_top`), unless
+    ``keep_top_folder``. The archive stays open, and the temporary folder exists, until
     ``stack`` closes.
+
+    Returns:
+        the files, and the name of the archive's top folder taken for its root (or None).
 
     Raises:
         DatasetError: ``source`` does not exist, is neither a folder nor a regular file, is
             a file that is not an archive (`ARCHIVE_SUFFIXES`), or is unreadable or unsafe.
+        OutputError: the temporary folder cannot be written.
 
     Example:
         >>> import io, tempfile
@@ -521,12 +692,13 @@ def source_files(
         >>> with zipfile.ZipFile(tmp / "pets.zip", "w") as z:
         ...     z.writestr("pets/cat/1.png", b"x"); z.writestr("pets/dog/1.png", b"y")
         >>> with ExitStack() as stack:
-        ...     [f.parts for f in source_files(tmp / "pets.zip", stack, scratch=tmp)]
-        [('cat', '1.png'), ('dog', '1.png')]
+        ...     files, top = source_files(tmp / "pets.zip", stack, scratch=tmp)
+        ...     [f.parts for f in files], top
+        ([('cat', '1.png'), ('dog', '1.png')], 'pets')
     """
     source = Path(source)
     if source.is_dir():
-        return list(walk_folder(source))
+        return list(walk_folder(source)), None
     if not source.exists():
         raise DatasetError("source not found", file=source,
                            fix="give an existing folder or archive")
@@ -541,8 +713,14 @@ def source_files(
         archive = stack.enter_context(open_zip(source))
         files = zip_files(archive, max_file_bytes=max_file_bytes, max_total_bytes=max_total_bytes)
     else:
-        scratch_dir = Path(tempfile.mkdtemp(prefix=".unpack-", dir=scratch))
+        beside = Path(scratch).absolute()
+        while not beside.is_dir() and beside != beside.parent:
+            beside = beside.parent
+        try:
+            scratch_dir = Path(tempfile.mkdtemp(prefix=".unpack-", dir=beside))
+        except OSError as err:
+            raise _unwritable(beside, err) from None
         stack.callback(shutil.rmtree, scratch_dir, ignore_errors=True)
         files = tar_files(source, scratch_dir, max_file_bytes=max_file_bytes,
                           max_total_bytes=max_total_bytes)
-    return strip_single_top(files)
+    return (files, None) if keep_top_folder else strip_single_top(files)

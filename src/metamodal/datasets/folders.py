@@ -24,7 +24,6 @@ from metamodal.datasets._sources import MAX_FILE_BYTES, SourceFile, archive_stem
 from metamodal.datasets.common import ImportResult, few, image_options, write_dataset
 from metamodal.datasets.common import progress as progress_bar
 from metamodal.errors import ConfigError, DatasetError
-from metamodal.io import make_directory
 
 __all__ = ["folder_kinds", "import_audiofolder", "import_folder", "import_imagefolder",
            "import_videofolder"]
@@ -49,6 +48,13 @@ class _ClassFolder:
     parts: tuple[str, ...]
     files: list[SourceFile] = field(default_factory=list)
     other: list[SourceFile] = field(default_factory=list)
+
+
+def _folder_of(file: SourceFile, parts: tuple[str, ...]) -> str:
+    """Where the class folder ``parts`` holding ``file`` is, as its origin names places: a
+    path, or ``archive.zip:top/CLASS`` in an archive (whose top folder may have been taken
+    for its root)."""
+    return file.origin.rsplit("/", len(file.parts) - len(parts))[0]
 
 
 def _source_name(source: Path) -> str:
@@ -120,6 +126,7 @@ def import_folder(
     progress: bool = False,
     max_file_bytes: int = MAX_FILE_BYTES,
     skip_bad_files: bool = False,
+    keep_top_folder: bool = False,
 ) -> ImportResult:
     """Import one folder per class (``imagefolder`` / ``audiofolder`` / ``videofolder``) as a
     dataset directory.
@@ -154,6 +161,8 @@ def import_folder(
         progress: show a progress bar while copying.
         max_file_bytes: the largest file copied.
         skip_bad_files: leave out files the kind's loader cannot read instead of raising.
+        keep_top_folder: an archive whose files lie below one folder reads as that folder
+            unless this is set (then the folder is a class, or a group of classes).
 
     Returns:
         an `ImportResult`.
@@ -192,8 +201,8 @@ def import_folder(
         hints.create_loader(**options)  # a ConfigError names the option the loader refuses
     check_target(Path(out), overwrite)  # before an archive is read
     with ExitStack() as stack:  # an archive open, a tar's scratch folder, until the end
-        files = source_files(source, stack, scratch=make_directory(Path(out).absolute().parent),
-                             max_file_bytes=max_file_bytes)
+        files, top = source_files(source, stack, scratch=Path(out).absolute().parent,
+                                  max_file_bytes=max_file_bytes, keep_top_folder=keep_top_folder)
         classes, grouped = _class_folders(source, files, group_level)
         suffixes = hints.suffixes
         for c in classes:
@@ -204,7 +213,7 @@ def import_folder(
                 raise DatasetError(
                     f"class folder holds files that are not {kind}s (mixed file types): "
                     f"{len(c.other)} of type {', '.join(types)} ({few([f.name for f in c.other])})",
-                    file=source.joinpath(*c.parts),
+                    file=_folder_of(c.files[0] if c.files else c.other[0], c.parts),
                     fix=f"move files that are not {kind}s ({', '.join(suffixes)}) out of the class "
                     "folders, or pass --skip-other-files to leave them out",
                 )
@@ -262,6 +271,9 @@ def import_folder(
             splits = holdout_split(units(kept), val_groups, test_groups, what=what)
             write_dataset(tmp, header, rows, schema, splits)
         notes = [f"skipped {skipped} file(s) of other types"] if skipped else []
+        if top is not None:
+            notes.insert(0, f"read the archive's top folder {top}/ as its root "
+                            "(--keep-top-folder keeps it)")
         if bad:
             notes.append(f"skipped {len(bad)} file(s) that cannot be read as {kind}s")
         return ImportResult(Path(out), len(rows), len(kept),

@@ -448,3 +448,15 @@ def test_sigterm_cleans_up_the_unpacked_archive(tmp_path: Path) -> None:
     _, err = process.communicate(timeout=60)
     assert process.returncode == 143 and "terminated (SIGTERM)" in err
     assert _leftovers(tmp_path) == [] and not out.exists()
+
+
+def test_an_archive_of_the_other_kind_is_named_so(tmp_path: Path) -> None:
+    members = _members(_source(tmp_path / "src"))
+    _tar(tmp_path / "photos.zip", members)
+    with zipfile.ZipFile(tmp_path / "photos.tar.gz", "w") as z:
+        for member, data in members:
+            z.writestr(member, data)
+    for name, hint in (("photos.zip", "it is a tar archive: name it .tar"),
+                       ("photos.tar.gz", "it is a zip archive: name it .zip")):
+        with pytest.raises(DatasetError, match=hint):
+            import_folder(tmp_path / name, tmp_path / "ds")

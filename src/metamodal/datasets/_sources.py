@@ -351,7 +351,8 @@ def open_zip(path: str | Path) -> zipfile.ZipFile:
     try:
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile, ValueError) as err:  # ValueError: a name not UTF-8
-        raise DatasetError(f"not a readable zip archive: {err}", file=path,
+        raise DatasetError(f"not a readable zip archive: {err}{_misnamed(path, 'zip')}",
+                           file=path,
                            fix="download the archive again (it may be incomplete)") from None
     declared = _declared_members(archive)
     if declared is not None and declared != len(archive.infolist()):
@@ -361,6 +362,19 @@ def open_zip(path: str | Path) -> zipfile.ZipFile:
             f"{len(archive.infolist())} could be read", file=path,
             fix="download or pack the archive again")
     return archive
+
+
+def _misnamed(path: str | Path, named: str) -> str:
+    """``"; it is a tar archive: name it .tar"`` (or zip) where ``path``, named as the other
+    kind, is one; else empty."""
+    try:
+        if named == "tar" and zipfile.is_zipfile(path):
+            return "; it is a zip archive: name it .zip"
+        if named == "zip" and tarfile.is_tarfile(path):
+            return "; it is a tar archive: name it .tar (or .tar.gz, ...)"
+    except (OSError, EOFError, zlib.error, lzma.LZMAError):
+        pass
+    return ""
 
 
 def _declared_members(archive: zipfile.ZipFile) -> int | None:
@@ -618,7 +632,8 @@ def tar_files(
                 files[parts] = SourceFile(parts, origin, info.size, path=target)
     except (tarfile.TarError, *_READ_ERRORS) as err:
         said = (f"damaged after {len(files)} file(s), the last member read {member!r}: {err}"
-                if member else "not a readable tar archive (plain, gzip, bzip2 or xz)")
+                if member else "not a readable tar archive (plain, gzip, bzip2 or xz)"
+                + _misnamed(path, "tar"))
         raise DatasetError(
             said, file=label,
             fix="download or pack the archive again (it may be incomplete or damaged)",

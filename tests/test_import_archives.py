@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from metamodal.cli import main
-from metamodal.datasets.importers import import_folder
+from metamodal.datasets.importers import import_folder, import_table
 from metamodal.errors import ConfigError, DatasetError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,10 +46,10 @@ def _members(root: Path, top: str = "") -> list[tuple[str, bytes]]:
             for p in sorted(root.rglob("*.png"))]
 
 
-def _dataset(out: Path) -> tuple[list[dict[str, str]], dict[str, bytes]]:
+def _dataset(out: Path, column: str = "image") -> tuple[list[dict[str, str]], dict[str, bytes]]:
     with (out / "samples.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    return rows, {r["image"]: (out / r["image"]).read_bytes() for r in rows}
+    return rows, {r[column]: (out / r[column]).read_bytes() for r in rows}
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -460,3 +460,79 @@ def test_an_archive_of_the_other_kind_is_named_so(tmp_path: Path) -> None:
                        ("photos.tar.gz", "it is a zip archive: name it .zip")):
         with pytest.raises(DatasetError, match=hint):
             import_folder(tmp_path / name, tmp_path / "ds")
+
+
+def _shop(root: Path) -> Path:
+    """``root/shop/items.csv`` naming ``photos/*.png`` beside it: 3 classes of 3."""
+    folder = root / "shop"
+    (folder / "photos").mkdir(parents=True)
+    lines = ["sample,species,title,photo"]
+    for c, label in enumerate(["fox", "owl", "elk"]):
+        for i in range(3):
+            Image.new("L", (6, 6), 30 * c + i).save(folder / "photos" / f"{label}{i}.png")
+            lines.append(f"{label}{i},{label},a {label},photos/{label}{i}.png")
+    (folder / "items.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _pack(folder: Path, archive: Path, extra: list[tuple[str, bytes]] = ()) -> Path:
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                z.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
+        for member, data in extra:
+            z.writestr(member, data)
+    return archive
+
+
+def test_a_table_in_an_archive_imports_as_from_its_folder(tmp_path: Path, capsys) -> None:
+    """`import table` read only a table in a folder: a dataset published as one archive of
+    its table and files had to be unpacked by hand first."""
+    folder = _shop(tmp_path / "src")
+    options = dict(label="species", id_column="sample", text="title", image="photo")
+    import_table(folder / "items.csv", tmp_path / "from-folder", **options)
+    archive = _pack(folder, tmp_path / "shop.zip")
+    result = import_table(archive, tmp_path / "out" / "from-zip", **options)
+    assert (result.samples, result.classes) == (9, 3)
+    assert _dataset(tmp_path / "out" / "from-zip", "photo") == _dataset(
+        tmp_path / "from-folder", "photo")
+    assert 'name = "shop"' in (tmp_path / "out" / "from-zip" / "dataset.toml").read_text()
+    assert _leftovers(tmp_path / "out") == []
+    _tar(tmp_path / "shop.tar.gz", [(f"shop/{p.relative_to(folder).as_posix()}", p.read_bytes())
+                                    for p in sorted(folder.rglob("*")) if p.is_file()], "w:gz")
+    assert main(["import", "table", str(tmp_path / "shop.tar.gz"), str(tmp_path / "from-tar"),
+                 "--label", "species", "--id", "sample", "--text", "title", "--image", "photo",
+                 "--table", "shop/items.csv", "--no-progress"]) == 0
+    assert "imported 9 samples of 3 classes" in capsys.readouterr().out
+    assert _dataset(tmp_path / "from-tar", "photo") == _dataset(tmp_path / "from-folder", "photo")
+
+
+def test_a_table_archive_s_errors_name_its_members(tmp_path: Path) -> None:
+    folder = _shop(tmp_path / "src")
+    options = dict(label="species", id_column="sample", image="photo")
+    two = _pack(folder, tmp_path / "two.zip", [("shop/old.csv", b"a,b\n")])
+    with pytest.raises(DatasetError, match="holds 2 tables .shop/items.csv, shop/old.csv") as e:
+        import_table(two, tmp_path / "ds", **options)
+    assert "--table" in e.value.fix
+    with pytest.raises(DatasetError, match="holds no file 'shop/new.csv'"):
+        import_table(two, tmp_path / "ds", table_in_archive="shop/new.csv", **options)
+    with pytest.raises(DatasetError, match="unsafe archive member name '../x.csv'"):
+        import_table(two, tmp_path / "ds", table_in_archive="../x.csv", **options)
+    with pytest.raises(DatasetError, match="holds no table"):
+        import_table(_pack(folder / "photos", tmp_path / "photos.zip"), tmp_path / "ds",
+                     **options)
+
+    (folder / "items.csv").write_text((folder / "items.csv").read_text()
+                                      + "elk3,elk,x,../../outside.png\n")
+    bad = _pack(folder, tmp_path / "bad.zip")
+    with pytest.raises(DatasetError, match="leads out of the source folder") as caught:
+        import_table(bad, tmp_path / "ds", **options)
+    assert caught.value.file == f"{bad}:shop/items.csv" and caught.value.row == 10
+    assert ".unpack-" not in str(caught.value)
+    with pytest.raises(ConfigError, match="not a folder") as caught:
+        import_table(bad, tmp_path / "ds", root="shop/nothing", **options)
+    assert caught.value.file == f"{bad}:shop/nothing"
+    with pytest.raises(ConfigError, match="the source is not one"):
+        import_table(folder / "items.csv", tmp_path / "ds", table_in_archive="items.csv",
+                     **options)
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "ds").exists()

@@ -98,6 +98,7 @@ def import_dataset(layout: str, source: str | Path | None = None, out: str | Pat
         values["skip_other"] = values.pop("skip_other_files")
     if layout == "table":
         values["id_column"] = values.pop("id")
+        values["table_in_archive"] = values.pop("table")
     if layout == "omniglot":
         values["strokes"] = not values.pop("no_strokes")
         if values["name"] is None:

@@ -388,8 +388,10 @@ class TableImportSettings(ImportSettings):
         sequence: columns holding .npy / .csv sequence file paths.
         video: columns holding video file paths.
         root: folder the file paths are relative to (default: the table's folder); paths out
-            of it are refused.
+            of it are refused. For an archive SOURCE, a folder inside the archive.
         allow_missing_files: a path to a missing file becomes an empty cell.
+        table: when SOURCE is a zip or tar archive holding the table and its files: the
+            table's path inside it (default: its only CSV / JSON-lines / Parquet file).
     """
 
     label: str = ""
@@ -403,6 +405,7 @@ class TableImportSettings(ImportSettings):
     video: list[str] = flag([], metavar="COLUMNS")
     root: str | None = None
     allow_missing_files: bool = False
+    table: str | None = flag(None, metavar="PATH")
 
 
 @dataclass
@@ -431,8 +434,8 @@ IMPORT_LAYOUTS: dict[str, tuple[type[ImportSettings], str]] = {
     "videofolder": (VideoFolderSettings, "one folder of videos per class "
                     "(SOURCE/[GROUP/]CLASS/FILE; SOURCE a folder, .zip or .tar[.gz|.bz2|.xz]); "
                     "frames sampled uniformly"),
-    "table": (TableImportSettings, "a CSV / JSON-lines / Parquet table; name the columns by "
-              "role"),
+    "table": (TableImportSettings, "a CSV / JSON-lines / Parquet table, or a .zip / .tar[.gz] "
+              "holding it and its files; name the columns by role"),
     "omniglot": (OmniglotImportSettings, "the official Omniglot archives or folders (images + "
                  "strokes, all_runs)"),
 }

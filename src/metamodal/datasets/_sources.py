@@ -714,6 +714,22 @@ def source_files(
     source = Path(source)
     if source.is_dir():
         return list(walk_folder(source)), None
+    check_archive(source)
+    if source.name.lower().endswith(".zip"):
+        archive = stack.enter_context(open_zip(source))
+        files = zip_files(archive, max_file_bytes=max_file_bytes, max_total_bytes=max_total_bytes)
+    else:
+        files = tar_files(source, _scratch(stack, scratch), max_file_bytes=max_file_bytes,
+                          max_total_bytes=max_total_bytes)
+    return (files, None) if keep_top_folder else strip_single_top(files)
+
+
+def check_archive(source: Path) -> None:
+    """Refuse a source that is not a regular file named as an archive (`ARCHIVE_SUFFIXES`).
+
+    Raises:
+        DatasetError: naming ``source``.
+    """
     if not source.exists():
         raise DatasetError("source not found", file=source,
                            fix="give an existing folder or archive")
@@ -724,18 +740,54 @@ def source_files(
         raise DatasetError(
             "neither a folder nor an archive", file=source,
             fix=f"give a folder, or an archive ({', '.join(ARCHIVE_SUFFIXES)})")
+
+
+def unpack_archive(
+    source: str | Path,
+    stack: ExitStack,
+    *,
+    scratch: str | Path,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    max_total_bytes: int = MAX_ARCHIVE_BYTES,
+) -> Path:
+    """Unpack a zip or tar archive, as it is (no top folder taken away), into a temporary
+    folder made beside ``scratch`` (`source_files`' rules), removed when ``stack`` closes.
+
+    Raises:
+        DatasetError: as `source_files`.
+        OutputError: the temporary folder cannot be written.
+
+    Example:
+        >>> import tempfile
+        >>> tmp = Path(tempfile.mkdtemp())
+        >>> with zipfile.ZipFile(tmp / "shop.zip", "w") as z:
+        ...     z.writestr("shop/items.csv", "a,b\\n")
+        >>> with ExitStack() as stack:
+        ...     (unpack_archive(tmp / "shop.zip", stack, scratch=tmp) / "shop/items.csv").is_file()
+        True
+    """
+    source = Path(source)
+    check_archive(source)
+    folder = _scratch(stack, scratch)
     if source.name.lower().endswith(".zip"):
-        archive = stack.enter_context(open_zip(source))
-        files = zip_files(archive, max_file_bytes=max_file_bytes, max_total_bytes=max_total_bytes)
+        with open_zip(source) as archive:
+            for f in zip_files(archive, max_file_bytes=max_file_bytes,
+                               max_total_bytes=max_total_bytes):
+                f.copy_to(folder.joinpath(*f.parts), max_file_bytes)
     else:
-        beside = Path(scratch).absolute()
-        while not beside.is_dir() and beside != beside.parent:
-            beside = beside.parent
-        try:
-            scratch_dir = Path(tempfile.mkdtemp(prefix=".unpack-", dir=beside))
-        except OSError as err:
-            raise _unwritable(beside, err) from None
-        stack.callback(shutil.rmtree, scratch_dir, ignore_errors=True)
-        files = tar_files(source, scratch_dir, max_file_bytes=max_file_bytes,
-                          max_total_bytes=max_total_bytes)
-    return (files, None) if keep_top_folder else strip_single_top(files)
+        tar_files(source, folder, max_file_bytes=max_file_bytes, max_total_bytes=max_total_bytes)
+    return folder
+
+
+def _scratch(stack: ExitStack, near: str | Path) -> Path:
+    """A new temporary folder in the nearest existing folder of ``near`` (nothing is created
+    for it), removed when ``stack`` closes."""
+    beside = Path(near).absolute()
+    while not beside.is_dir() and beside != beside.parent:
+        beside = beside.parent
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=".unpack-", dir=beside))
+    except OSError as err:
+        raise _unwritable(beside, err) from None
+    stack.callback(shutil.rmtree, folder, ignore_errors=True)
+    return folder

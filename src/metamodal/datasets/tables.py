@@ -4,25 +4,86 @@ role (text, numbers, and paths of image, audio, sequence or video files)."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from metamodal.data.kinds import modality_kind
 from metamodal.data.paths import PathRefused, resolve_inside
-from metamodal.datasets._output import holdout_split, staged_directory
-from metamodal.datasets._sources import MAX_FILE_BYTES, SourceFile
+from metamodal.data.table import TABLE_SUFFIXES
+from metamodal.datasets._output import check_target, holdout_split, staged_directory
+from metamodal.datasets._sources import (
+    MAX_FILE_BYTES,
+    SourceFile,
+    archive_stem,
+    safe_member_parts,
+    unpack_archive,
+)
 from metamodal.datasets.common import ImportResult, few, write_dataset
 from metamodal.datasets.common import progress as progress_bar
-from metamodal.errors import ConfigError, DatasetError
+from metamodal.errors import ConfigError, DatasetError, LocatedError
 
 __all__ = ["MEDIA_ROLES", "import_table"]
 
 MEDIA_ROLES = ("image", "audio", "sequence", "video")
 """The roles of columns holding file paths: each is a modality kind, whose importer hints
 (`metamodal.data.kinds.ModalityKind.suffixes`) say which files it takes."""
+
+
+def _import_archive(source: Path, out: str | Path, member: str | None, root: str | Path | None,
+                    name: str | None, options: dict[str, Any]) -> ImportResult:
+    """`import_table` of the table inside the archive ``source``: unpacked beside ``out``,
+    imported from there, errors naming ``ARCHIVE:MEMBER``."""
+    check_target(Path(out), bool(options["overwrite"]))  # before the archive is unpacked
+    with ExitStack() as stack:
+        folder = unpack_archive(source, stack, scratch=Path(out).absolute().parent,
+                                max_file_bytes=options["max_file_bytes"])
+        if member is not None:
+            table = folder.joinpath(*safe_member_parts(member, source))
+            if not table.is_file():
+                raise DatasetError(f"the archive holds no file {member!r}", file=source,
+                                   column="table", fix="give the table's path in the archive "
+                                   f"({few(_tables(folder), 10) or 'it holds no table'})")
+        else:
+            tables = _tables(folder)
+            if len(tables) != 1:
+                raise DatasetError(
+                    f"the archive holds {len(tables)} tables ({few(tables, 10)})" if tables
+                    else f"the archive holds no table ({', '.join(TABLE_SUFFIXES)})",
+                    file=source, column="table",
+                    fix="say which with --table PATH (its path in the archive)" if tables
+                    else "give an archive that holds the table, or the table itself")
+            table = folder / tables[0]
+        base = folder.joinpath(*safe_member_parts(str(root), source)) if root else None
+        try:
+            return import_table(table, out, root=base, name=name or archive_stem(source),
+                                **options)
+        except LocatedError as error:
+            _name_members(error, folder, source)
+            raise
+
+
+def _tables(folder: Path) -> list[str]:
+    """The files of a table's type below ``folder``, as sorted ``/``-paths."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.suffix.lower() in TABLE_SUFFIXES and p.is_file())
+
+
+def _name_members(error: LocatedError, folder: Path, archive: Path) -> None:
+    """Let ``error`` name the places inside ``folder`` (an unpacked ``archive``) as
+    ``ARCHIVE:MEMBER`` rather than by the temporary folder's paths."""
+    def named(text: str) -> str:
+        for prefix in {str(folder), str(folder.resolve())}:
+            text = text.replace(prefix + os.sep, f"{archive}:").replace(prefix, f"{archive}:")
+        return text
+
+    error.file = named(error.file) if error.file is not None else None
+    error.message = named(error.message)
+    error.fix = named(error.fix) if error.fix is not None else None
 
 
 def _slug(text: str) -> str:
@@ -63,6 +124,7 @@ def import_table(
     overwrite: bool = False,
     progress: bool = False,
     max_file_bytes: int = MAX_FILE_BYTES,
+    table_in_archive: str | None = None,
 ) -> ImportResult:
     """Import a table (CSV, JSON lines or Parquet) whose columns the user names by role.
 
@@ -72,8 +134,15 @@ def import_table(
     out. An empty cell is a missing modality (normal). File paths are relative to ``root``
     (default: the table's folder); a path that leads out of it is refused.
 
+    ``source`` may also be a zip or tar archive holding the table and its files (a dataset as
+    it is often published): it is unpacked beside ``out`` for the import (bounded and checked
+    as the folder importers' archives are), the table is its only table file or
+    ``table_in_archive``, ``root`` is a folder inside the archive, and errors name places as
+    ``ARCHIVE:MEMBER``.
+
     Args:
-        source: the table (``.csv``, ``.jsonl`` or ``.parquet``; Parquet needs pyarrow).
+        source: the table (``.csv``, ``.jsonl`` or ``.parquet``; Parquet needs pyarrow), or an
+            archive holding it (`metamodal.datasets._sources.ARCHIVE_SUFFIXES`).
         out: the dataset directory to write.
         label: the column holding the class label.
         id_column: the column of unique sample ids (default: ``id`` if the table has one, else
@@ -90,6 +159,8 @@ def import_table(
         overwrite: replace an existing dataset at ``out``.
         progress: show a progress bar while copying.
         max_file_bytes: the largest file copied.
+        table_in_archive: the table's path inside an archive ``source`` (default: its only
+            file of a table's type).
 
     Returns:
         an `ImportResult`.
@@ -97,7 +168,8 @@ def import_table(
     Raises:
         DatasetError: a named column is absent; an empty or duplicate id; an empty label; a
             number that does not parse; a path out of ``root``, to a missing file or of the
-            wrong type; no samples.
+            wrong type; no samples; an archive without one table (or without
+            ``table_in_archive``).
         ConfigError: no modality column named, a column named twice, ``out`` not writable.
 
     Example:
@@ -112,6 +184,17 @@ def import_table(
     from metamodal.data.table import read_samples
 
     source = Path(source)
+    options = dict(label=label, id_column=id_column, group=group, text=text, numeric=numeric,
+                   image=image, audio=audio, sequence=sequence, video=video,
+                   allow_missing_files=allow_missing_files, val_groups=val_groups,
+                   test_groups=test_groups, overwrite=overwrite, progress=progress,
+                   max_file_bytes=max_file_bytes)
+    if archive_stem(source) is not None and not source.is_dir():
+        return _import_archive(source, out, table_in_archive, root, name, options)
+    if table_in_archive is not None:
+        raise ConfigError("table_in_archive names the table inside an archive, and the source "
+                          "is not one", file=source, column="table",
+                          fix="leave --table out, or give the archive as the source")
     table = read_samples(source)
     file = str(source)
     roles: dict[str, str] = {}

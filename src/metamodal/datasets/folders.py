@@ -57,6 +57,30 @@ def _folder_of(file: SourceFile, parts: tuple[str, ...]) -> str:
     return file.origin.rsplit("/", len(file.parts) - len(parts))[0]
 
 
+def _keep_kind(classes: list[_ClassFolder], kind: str, suffixes: Sequence[str],
+               skip_other: bool) -> int:
+    """Keep the files of ``kind`` (``suffixes``) in each class folder, the others in its
+    ``other``; a `DatasetError` for a folder holding others unless ``skip_other``; a warning
+    naming the folders left without files. Returns how many files were left out."""
+    for c in classes:
+        c.other = [f for f in c.files if f.suffix not in suffixes]
+        c.files = [f for f in c.files if f.suffix in suffixes]
+        if c.other and not skip_other:
+            types = sorted({f.suffix or "(no suffix)" for f in c.other})
+            raise DatasetError(
+                f"class folder holds files that are not {kind}s (mixed file types): "
+                f"{len(c.other)} of type {', '.join(types)} ({few([f.name for f in c.other])})",
+                file=_folder_of(c.files[0] if c.files else c.other[0], c.parts),
+                fix=f"move files that are not {kind}s ({', '.join(suffixes)}) out of the class "
+                "folders, or pass --skip-other-files to leave them out",
+            )
+    empty = [c for c in classes if not c.files]
+    if empty:
+        warnings.warn(f"skipped {len(empty)} class folder(s) without {kind} files: "
+                      f"{few(['/'.join(c.parts) for c in empty])}", stacklevel=4)
+    return sum(len(c.other) for c in classes)
+
+
 def _source_name(source: Path) -> str:
     """A dataset's default name: its source folder's, or its archive's without the suffix."""
     return (archive_stem(source) if source.is_file() else None) or source.resolve().name
@@ -204,30 +228,13 @@ def import_folder(
         files, top = source_files(source, stack, scratch=Path(out).absolute().parent,
                                   max_file_bytes=max_file_bytes, keep_top_folder=keep_top_folder)
         classes, grouped = _class_folders(source, files, group_level)
-        suffixes = hints.suffixes
-        for c in classes:
-            c.other = [f for f in c.files if f.suffix not in suffixes]
-            c.files = [f for f in c.files if f.suffix in suffixes]
-            if c.other and not skip_other:
-                types = sorted({f.suffix or "(no suffix)" for f in c.other})
-                raise DatasetError(
-                    f"class folder holds files that are not {kind}s (mixed file types): "
-                    f"{len(c.other)} of type {', '.join(types)} ({few([f.name for f in c.other])})",
-                    file=_folder_of(c.files[0] if c.files else c.other[0], c.parts),
-                    fix=f"move files that are not {kind}s ({', '.join(suffixes)}) out of the class "
-                    "folders, or pass --skip-other-files to leave them out",
-                )
-        skipped = sum(len(c.other) for c in classes)
-        empty = [c for c in classes if not c.files]
-        if empty:
-            warnings.warn(f"skipped {len(empty)} class folder(s) without {kind} files: "
-                          f"{few(['/'.join(c.parts) for c in empty])}", stacklevel=2)
+        skipped = _keep_kind(classes, kind, hints.suffixes, skip_other)
         classes = [c for c in classes if c.files]
         if not classes:
             layout = "SOURCE/GROUP/CLASS/FILE" if grouped else "SOURCE/CLASS/FILE"
             raise DatasetError(
-                f"no classes found: no class folder holds {kind} files ({', '.join(suffixes)})",
-                file=source,
+                f"no classes found: no class folder holds {kind} files "
+                f"({', '.join(hints.suffixes)})", file=source,
                 fix=f"lay the data out as one folder per class ({layout}), or use "
                 "`metamodal import table` for a table of file paths",
             )

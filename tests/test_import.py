@@ -555,7 +555,7 @@ def test_table_errors_name_row_and_column(tmp_path: Path) -> None:
     assert result.samples == 9 and _rows(tmp_path / "o")[4]["photo"] == ""
 
     table.write_text(text.replace("photos/owl1.png", "tracks/owl1.npy"))
-    with pytest.raises(DatasetError, match="not a image file"):
+    with pytest.raises(DatasetError, match="not an image file"):
         import_table(table, tmp_path / "o2", label="species", image="photo")
     table.write_text(text.replace(",20,", ",twenty,"))
     with pytest.raises(DatasetError, match="not a finite number") as caught:

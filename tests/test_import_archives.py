@@ -516,8 +516,10 @@ def test_a_table_archive_s_errors_name_its_members(tmp_path: Path) -> None:
     assert "--table" in e.value.fix
     with pytest.raises(DatasetError, match="holds no file 'shop/new.csv'"):
         import_table(two, tmp_path / "ds", table_in_archive="shop/new.csv", **options)
-    with pytest.raises(DatasetError, match="unsafe archive member name '../x.csv'"):
-        import_table(two, tmp_path / "ds", table_in_archive="../x.csv", **options)
+    for key, value in (("table_in_archive", "../x.csv"), ("root", "/etc")):
+        with pytest.raises(ConfigError, match="is not a path inside the archive") as caught:
+            import_table(two, tmp_path / "ds", **{key: value}, **options)
+        assert caught.value.column == key.removesuffix("_in_archive")
     with pytest.raises(DatasetError, match="holds no table"):
         import_table(_pack(folder / "photos", tmp_path / "photos.zip"), tmp_path / "ds",
                      **options)
@@ -536,3 +538,81 @@ def test_a_table_archive_s_errors_name_its_members(tmp_path: Path) -> None:
         import_table(folder / "items.csv", tmp_path / "ds", table_in_archive="items.csv",
                      **options)
     assert _leftovers(tmp_path) == [] and not (tmp_path / "ds").exists()
+
+
+def test_two_columns_naming_one_file_each_get_their_copy(tmp_path: Path) -> None:
+    """The copies were keyed by the source file: the second column's cells pointed at a copy
+    never written (inspect: unreadable), and the import said it succeeded."""
+    folder = _shop(tmp_path / "src")
+    text = (folder / "items.csv").read_text().splitlines()
+    rows = [f"{text[0]},again"] + [f"{line},{line.rsplit(',', 1)[1]}" for line in text[1:]]
+    (folder / "items.csv").write_text("\n".join(rows) + "\n")
+    import_table(_pack(folder, tmp_path / "shop.zip"), tmp_path / "ds", label="species",
+                 image="photo,again")
+    from metamodal.data.inspect import inspect_dataset
+
+    rows_out, photos = _dataset(tmp_path / "ds", "photo")
+    _, again = _dataset(tmp_path / "ds", "again")
+    assert list(photos.values()) == list(again.values()) and len(again) == 9
+    assert inspect_dataset(tmp_path / "ds").modalities["again"].details["unreadable"] == 0
+
+
+def test_an_archive_table_may_name_hidden_files_links_and_sequence_csvs(tmp_path: Path) -> None:
+    """A hidden file the table names was dropped as noise ('not found'); a zip's symbolic link
+    to a member was skipped (a tar's was a copy); a sequence's .csv beside deeper files made
+    the table ambiguous."""
+    folder = _shop(tmp_path / "src")
+    (folder / "photos" / ".fox0.png").write_bytes((folder / "photos" / "fox0.png").read_bytes())
+    (folder / "items.csv").write_text((folder / "items.csv").read_text().replace(
+        "photos/fox0.png", "photos/.fox0.png").replace("photos/owl0.png", "photos/link.png"))
+    (folder / "photos" / "seq.csv").write_text("1,2\n3,4\n")
+    archive = _pack(folder, tmp_path / "shop.zip")
+    with zipfile.ZipFile(archive, "a") as z:
+        info = zipfile.ZipInfo("shop/photos/link.png")
+        info.external_attr = (0o120777 << 16)  # a Unix symbolic link
+        z.writestr(info, "owl0.png")
+    import_table(archive, tmp_path / "ds", label="species", image="photo")
+    _, photos = _dataset(tmp_path / "ds", "photo")
+    assert photos["media/photo/photos/.fox0.png"] == (folder / "photos/fox0.png").read_bytes()
+    assert photos["media/photo/photos/link.png"] == (folder / "photos/owl0.png").read_bytes()
+
+
+def test_a_table_archive_checks_the_options_before_unpacking_and_names_members(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in the roles was reported only after the whole archive was unpacked; an error
+    of writing the unpacked files named the temporary folder."""
+    import errno
+
+    import metamodal.datasets._sources as sources
+
+    with pytest.raises(ConfigError, match="no modality column"):  # the archive is not read
+        import_table(tmp_path / "missing.zip", tmp_path / "ds", label="species")
+    archive = _pack(_shop(tmp_path / "src"), tmp_path / "shop.zip")
+
+    class Full(io.BufferedWriter):
+        def write(self, data):  # noqa: ANN001, ANN202
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sources, "open", lambda path, mode: Full(io.FileIO(path, mode)),
+                        raising=False)
+    with pytest.raises(ConfigError, match="No space left") as caught:
+        import_table(archive, tmp_path / "ds", label="species", image="photo")
+    assert caught.value.file.startswith(f"{archive}:shop/") and ".unpack-" not in str(
+        caught.value)
+    assert _leftovers(tmp_path) == []
+
+
+def test_an_output_behind_a_link_is_written_there_and_a_loop_is_typed(tmp_path: Path) -> None:
+    """An OUT that is a link to a folder not yet made ended, after all the copying, in a raw
+    NotADirectoryError; a loop of links in a raw RuntimeError."""
+    folder = _source(tmp_path / "src")
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "latest").symlink_to("datasets/new")
+    import_folder(folder, tmp_path / "latest")
+    assert (tmp_path / "latest").is_symlink()
+    assert (tmp_path / "datasets" / "new" / "dataset.toml").is_file()
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(ConfigError, match="symbolic link that leads nowhere"):
+        import_folder(folder, tmp_path / "loop")
+    with pytest.raises(ConfigError, match="cannot be resolved"):
+        import_folder(folder, tmp_path / "loop" / "x")

@@ -17,7 +17,7 @@ import pytest
 
 from metamodal.config import TrainConfig
 from metamodal.datasets.synthetic import make_synthetic
-from metamodal.errors import OutputError, RunError
+from metamodal.errors import ConfigError, OutputError, RunError
 from metamodal.runs.directory import load_run
 from metamodal.train.staging import OWNER_FILE, clean_leftovers, make_staging
 from metamodal.train.trainer import Trainer
@@ -135,3 +135,8 @@ def test_an_out_that_is_a_loop_of_links_is_a_typed_error(data: Path, tmp_path: P
     with pytest.raises(OutputError, match="symbolic link that leads nowhere") as caught:
         Trainer(_config(data), tmp_path / "loop", progress=False).fit()
     assert caught.value.file == str(tmp_path / "loop")
+    for config, out, key in ((_config(data), tmp_path / "loop" / "run", "out"),
+                             (_config(tmp_path / "loop"), tmp_path / "run", "data")):
+        with pytest.raises(ConfigError, match="cannot be resolved") as caught:
+            Trainer(config, out, progress=False).fit()
+        assert caught.value.column == key

@@ -202,6 +202,23 @@ def loads_json(text: str) -> Any:
         raise ParseError(f"not valid JSON: {exc}") from None
 
 
+def resolved(path: str | Path, key: str | None = None) -> Path:
+    """``path`` made absolute, its symbolic links followed (`pathlib.Path.resolve`).
+
+    Raises:
+        OutputError: keyed ``key``, for a loop of symbolic links on the way.
+
+    Example:
+        >>> resolved("/tmp/../tmp/x").as_posix()
+        '/tmp/x'
+    """
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError) as err:  # a loop of links
+        raise OutputError(f"cannot be resolved ({err})", file=path, column=key,
+                          fix="give a path without a loop of symbolic links") from None
+
+
 def followed(path: str | Path) -> Path:
     """``path``, or where it leads when it is itself a symbolic link: an output directory
     reached through a link is written (and replaced) where it lies, and the link kept.

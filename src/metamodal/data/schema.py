@@ -40,7 +40,7 @@ from metamodal.data.kinds import kinds as kind_registry
 from metamodal.data.kinds import modality_kind
 from metamodal.data.paths import OUTSIDE_KEY, PathRefused, check_own_file
 from metamodal.errors import ConfigError, DatasetError
-from metamodal.io import ParseError, loads_toml
+from metamodal.io import ParseError, loads_toml, resolved
 
 SCHEMA_FILE = "dataset.toml"
 """Name of the schema file in a dataset directory."""
@@ -201,9 +201,12 @@ class DatasetSchema:
         return schema
 
 
-def dataset_holding(path: str | Path) -> Path | None:
+def dataset_holding(path: str | Path, key: str | None = None) -> Path | None:
     """The dataset directory that ``path`` is or lies inside (the nearest of it and the
     folders above it that holds a ``dataset.toml``), or None: where output must not go.
+
+    Raises:
+        OutputError: keyed ``key``, for a loop of symbolic links on the way.
 
     Example:
         >>> import tempfile
@@ -212,9 +215,10 @@ def dataset_holding(path: str | Path) -> Path | None:
         >>> dataset_holding(root / "runs" / "a") == root.resolve()
         True
     """
-    path = Path(path).resolve()
+    path = resolved(path, key)
     return next((folder for folder in (path, *path.parents) if (folder / SCHEMA_FILE).is_file()),
                 None)
+
 
 def check_outside_dataset(path: str | Path, key: str) -> None:
     """`ConfigError` keyed ``key`` when the output directory ``path`` is or lies inside a
@@ -224,7 +228,7 @@ def check_outside_dataset(path: str | Path, key: str) -> None:
         >>> import tempfile
         >>> check_outside_dataset(Path(tempfile.mkdtemp()) / "runs" / "a", "out")
     """
-    dataset = dataset_holding(path)
+    dataset = dataset_holding(path, key)
     if dataset is not None:
         raise ConfigError(f"{path} is or lies inside the dataset directory {dataset}, where "
                           "nothing is written", column=key,

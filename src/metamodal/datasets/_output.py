@@ -21,7 +21,7 @@ from typing import Any
 
 from metamodal.data.table import TABLE_SUFFIXES
 from metamodal.errors import ConfigError, OutputError
-from metamodal.io import make_directory, publish_directory
+from metamodal.io import followed, make_directory, publish_directory
 
 SCHEMA_NAME = "dataset.toml"
 OLD_DATASET_FILES = frozenset({SCHEMA_NAME, "splits.toml", "descriptions.toml",
@@ -45,6 +45,7 @@ def check_target(out: Path, overwrite: bool) -> None:
     """
     from metamodal.runs.directory import check_not_inside_run
 
+    out = followed(out)
     check_not_inside_run(out, "out", itself=True)
     if not out.exists():
         return
@@ -117,7 +118,7 @@ def staged_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
         >>> sorted(p.name for p in out.iterdir())
         ['dataset.toml']
     """
-    out = Path(out)
+    out = followed(out)  # a dataset behind a link is written there, the link kept
     check_target(out, overwrite)
     existing = out.is_dir()
     if not existing:

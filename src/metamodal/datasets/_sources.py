@@ -236,7 +236,7 @@ def _unwritable(dest: Path, err: OSError) -> OutputError:
     return OutputError(
         f"cannot write ({err.strerror or err})", file=dest,
         fix="free space (or get permission) where the dataset is written: an import needs "
-        "room for a copy of every file, and a tar archive's files twice while it runs")
+        "room for a copy of every file, and an unpacked archive's files twice while it runs")
 
 
 def _make_parent(dest: Path, origin: str) -> None:
@@ -394,13 +394,15 @@ def zip_files(
     *,
     max_file_bytes: int = MAX_FILE_BYTES,
     max_total_bytes: int = MAX_ARCHIVE_BYTES,
+    skip_noise: bool = True,
 ) -> list[SourceFile]:
     """Every regular member of an open zip archive, in the order of their path components
     (a folder's), checked for safety. A path given twice (also as ``a//b`` and ``a/b``) keeps
     its last member, as ``unzip`` and ``tar -x`` do.
 
-    Noise members (`is_noise` on any component) are skipped, and so are symlink, FIFO and
-    device members (by the Unix mode a zip made on Unix records), with one warning.
+    Noise members (`is_noise` on any component) are skipped unless not ``skip_noise``. A
+    symbolic link to another member (by the Unix mode a zip made on Unix records) reads as
+    that member; other links, FIFO and device members are skipped, with one warning.
 
     Raises:
         DatasetError: a member has an unsafe name (`safe_member_parts`), is encrypted, is
@@ -416,19 +418,27 @@ def zip_files(
     """
     label = archive.filename or "archive"
     files: dict[tuple[str, ...], SourceFile] = {}
+    links: list[tuple[tuple[str, ...], tuple[str, ...] | None, str]] = []
     total = 0
     skipped: list[str] = []
     for info in archive.infolist():  # in the archive's order: the last of a path wins
         parts = safe_member_parts(info.filename, label)
-        if info.is_dir() or not parts or any(is_noise(p) for p in parts):
+        if info.is_dir() or not parts or (skip_noise and any(is_noise(p) for p in parts)):
             continue
         kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix mode recorded
         if kind == stat.S_IFDIR:
             continue
+        origin = f"{label}:{info.filename}"
+        if kind == stat.S_IFLNK and info.file_size <= _MAX_LINK_BYTES:
+            try:
+                target = archive.read(info).decode("utf-8")
+            except (*_READ_ERRORS, UnicodeDecodeError):
+                target = "/"  # unreadable: leads nowhere
+            links.append((parts, _link_target(parts, target, hard=False), origin))
+            continue
         if kind not in (0, stat.S_IFREG):
             skipped.append(info.filename)
             continue
-        origin = f"{label}:{info.filename}"
         if info.flag_bits & 0x1:
             raise DatasetError("encrypted archive member", file=origin,
                                fix="use an archive without a password")
@@ -443,8 +453,37 @@ def zip_files(
             )
         files[parts] = SourceFile(parts, origin, info.file_size, archive=archive,
                                   member=info.filename)
+    for parts, origin in _follow_links(links, files):  # bounded as their targets were
+        total += files[parts].size
+        if total > max_total_bytes:
+            raise DatasetError(f"archive holds more than {max_total_bytes} bytes uncompressed",
+                               file=label, fix="split the archive, or raise max_total_bytes")
+        files[parts] = dataclasses.replace(files[parts], origin=origin)
+    skipped += [origin.removeprefix(f"{label}:") for _, _, origin in links]
     _warn_skipped(skipped, label)
     return [files[parts] for parts in sorted(files)]
+
+
+_MAX_LINK_BYTES = 4096
+"""Longest symbolic-link target read from a zip member."""
+
+
+def _follow_links(links: list[tuple[tuple[str, ...], tuple[str, ...] | None, str]],
+                  files: dict[tuple[str, ...], SourceFile]) -> list[tuple[tuple[str, ...], str]]:
+    """Give each link ``(parts, target parts, origin)`` whose target is in ``files`` (or is
+    another such link) its target's entry in ``files`` under its own parts; removes those
+    from ``links`` (what stays leads nowhere in the archive). Returns ``(parts, origin)`` of
+    the links followed."""
+    followed: list[tuple[tuple[str, ...], str]] = []
+    while True:
+        found = [link for link in links if link[1] in files]
+        if not found:
+            return followed
+        for parts, target, origin in found:
+            files[parts] = dataclasses.replace(files[target],  # type: ignore[index]
+                                               parts=parts)
+            followed.append((parts, origin))
+            links.remove((parts, target, origin))
 
 
 def _warn_skipped(members: list[str], label: str) -> None:
@@ -556,6 +595,7 @@ def tar_files(
     *,
     max_file_bytes: int = MAX_FILE_BYTES,
     max_total_bytes: int = MAX_ARCHIVE_BYTES,
+    skip_noise: bool = True,
 ) -> list[SourceFile]:
     """Unpack the regular members of a tar archive (plain, gzip, bzip2 or xz) below the
     existing folder ``dest`` in one pass over the archive, and list them, in the order of
@@ -563,7 +603,8 @@ def tar_files(
 
     A compressed tar can only be read front to back, so its members are written where they lie
     rather than read when an importer reaches them. The rules are `zip_files`': unsafe names
-    refused, noise skipped, every member and the total bounded (while reading). A hard or
+    refused, noise skipped (with ``skip_noise``), every member and the total bounded (while
+    reading). A hard or
     symbolic link to a regular member of the archive is a copy of it (as a folder's link that
     stays inside it is followed); other links, devices and FIFOs are skipped, with one warning.
     A name given twice keeps its last member, as ``tar -x`` does. No link is ever made on disk.
@@ -609,11 +650,12 @@ def tar_files(
             for info in tar:  # headers and content in the order they lie
                 member = info.name
                 parts = safe_member_parts(info.name, label)
-                if info.isdir() or not parts or any(is_noise(p) for p in parts):
+                if info.isdir() or not parts or (skip_noise and any(is_noise(p) for p in parts)):
                     continue
                 origin = f"{label}:{info.name}"
                 if info.islnk() or info.issym():
-                    links.append((parts, _link_target(parts, info), origin))
+                    links.append((parts, _link_target(parts, info.linkname,
+                                                      hard=info.islnk()), origin))
                     continue
                 if not info.isreg():
                     skipped.append(info.name)
@@ -638,36 +680,32 @@ def tar_files(
             said, file=label,
             fix="download or pack the archive again (it may be incomplete or damaged)",
         ) from None
-    while links:  # a link to a link is copied once its target is
-        found = [link for link in links if link[1] in files]
-        for parts, target, origin in found:
-            original = files[target]  # type: ignore[index]
-            count(original.size, origin)
-            original.copy_to(dest.joinpath(*parts), max_file_bytes)
-            files[parts] = SourceFile(parts, origin, original.size, path=dest.joinpath(*parts))
-        links = [link for link in links if link not in found]
-        if not found:
-            break
+    for parts, origin in _follow_links(links, files):  # copies, on disk: no link is made
+        original = files[parts]
+        count(original.size, origin)
+        original.copy_to(dest.joinpath(*parts), max_file_bytes)
+        files[parts] = SourceFile(parts, origin, original.size, path=dest.joinpath(*parts))
     _warn_skipped([*skipped, *(origin.removeprefix(f"{label}:") for _, _, origin in links)],
                   label)
     return [files[parts] for parts in sorted(files)]
 
 
-def _link_target(parts: tuple[str, ...], info: tarfile.TarInfo) -> tuple[str, ...] | None:
-    """The path components of the member a link member names (a hard link from the archive's
-    root, a symbolic one from its own folder), or None when it leads out of the archive.
+def _link_target(parts: tuple[str, ...], linkname: str, *,
+                 hard: bool) -> tuple[str, ...] | None:
+    """The path components of the member a link member ``parts`` names (a hard link from the
+    archive's root, a symbolic one from its own folder), or None when it leads out of the
+    archive.
 
     Example:
-        >>> link = tarfile.TarInfo("a/b/l.png"); link.type = tarfile.SYMTYPE
-        >>> link.linkname = "../c/x.png"; _link_target(("a", "b", "l.png"), link)
+        >>> _link_target(("a", "b", "l.png"), "../c/x.png", hard=False)
         ('a', 'c', 'x.png')
-        >>> link.linkname = "/etc/passwd"; _link_target(("a", "b", "l.png"), link) is None
+        >>> _link_target(("a", "b", "l.png"), "/etc/passwd", hard=False) is None
         True
     """
-    if info.issym() and info.linkname.startswith("/"):
+    if linkname.startswith("/"):
         return None
-    resolved = [] if info.islnk() else list(parts[:-1])
-    for part in info.linkname.split("/"):
+    resolved = [] if hard else list(parts[:-1])
+    for part in linkname.split("/"):
         if part == "..":
             if not resolved:
                 return None
@@ -719,7 +757,7 @@ def source_files(
         archive = stack.enter_context(open_zip(source))
         files = zip_files(archive, max_file_bytes=max_file_bytes, max_total_bytes=max_total_bytes)
     else:
-        files = tar_files(source, _scratch(stack, scratch), max_file_bytes=max_file_bytes,
+        files = tar_files(source, scratch_folder(stack, scratch), max_file_bytes=max_file_bytes,
                           max_total_bytes=max_total_bytes)
     return (files, None) if keep_top_folder else strip_single_top(files)
 
@@ -744,18 +782,18 @@ def check_archive(source: Path) -> None:
 
 def unpack_archive(
     source: str | Path,
-    stack: ExitStack,
+    dest: Path,
     *,
-    scratch: str | Path,
     max_file_bytes: int = MAX_FILE_BYTES,
     max_total_bytes: int = MAX_ARCHIVE_BYTES,
-) -> Path:
-    """Unpack a zip or tar archive, as it is (no top folder taken away), into a temporary
-    folder made beside ``scratch`` (`source_files`' rules), removed when ``stack`` closes.
+) -> None:
+    """Unpack a zip or tar archive as it is (no top folder taken away, hidden files kept: a
+    table may name them) into the existing folder ``dest`` (`scratch_folder`), by
+    `source_files`' rules otherwise.
 
     Raises:
         DatasetError: as `source_files`.
-        OutputError: the temporary folder cannot be written.
+        OutputError: ``dest`` cannot be written.
 
     Example:
         >>> import tempfile
@@ -763,23 +801,24 @@ def unpack_archive(
         >>> with zipfile.ZipFile(tmp / "shop.zip", "w") as z:
         ...     z.writestr("shop/items.csv", "a,b\\n")
         >>> with ExitStack() as stack:
-        ...     (unpack_archive(tmp / "shop.zip", stack, scratch=tmp) / "shop/items.csv").is_file()
+        ...     folder = scratch_folder(stack, tmp)
+        ...     unpack_archive(tmp / "shop.zip", folder)
+        ...     (folder / "shop/items.csv").is_file()
         True
     """
     source = Path(source)
     check_archive(source)
-    folder = _scratch(stack, scratch)
+    bounds = {"max_file_bytes": max_file_bytes, "max_total_bytes": max_total_bytes,
+              "skip_noise": False}
     if source.name.lower().endswith(".zip"):
         with open_zip(source) as archive:
-            for f in zip_files(archive, max_file_bytes=max_file_bytes,
-                               max_total_bytes=max_total_bytes):
-                f.copy_to(folder.joinpath(*f.parts), max_file_bytes)
+            for f in zip_files(archive, **bounds):
+                f.copy_to(dest.joinpath(*f.parts), max_file_bytes)
     else:
-        tar_files(source, folder, max_file_bytes=max_file_bytes, max_total_bytes=max_total_bytes)
-    return folder
+        tar_files(source, dest, **bounds)
 
 
-def _scratch(stack: ExitStack, near: str | Path) -> Path:
+def scratch_folder(stack: ExitStack, near: str | Path) -> Path:
     """A new temporary folder in the nearest existing folder of ``near`` (nothing is created
     for it), removed when ``stack`` closes."""
     beside = Path(near).absolute()

@@ -20,7 +20,9 @@ from metamodal.datasets._sources import (
     MAX_FILE_BYTES,
     SourceFile,
     archive_stem,
+    is_noise,
     safe_member_parts,
+    scratch_folder,
     unpack_archive,
 )
 from metamodal.datasets.common import ImportResult, few, write_dataset
@@ -39,27 +41,18 @@ def _import_archive(source: Path, out: str | Path, member: str | None, root: str
     """`import_table` of the table inside the archive ``source``: unpacked beside ``out``,
     imported from there, errors naming ``ARCHIVE:MEMBER``."""
     check_target(Path(out), bool(options["overwrite"]))  # before the archive is unpacked
+    table_parts = _inside("table", member) if member is not None else None
+    root_parts = _inside("root", str(root)) if root is not None else None
     with ExitStack() as stack:
-        folder = unpack_archive(source, stack, scratch=Path(out).absolute().parent,
-                                max_file_bytes=options["max_file_bytes"])
-        if member is not None:
-            table = folder.joinpath(*safe_member_parts(member, source))
+        folder = scratch_folder(stack, Path(out).absolute().parent)
+        try:
+            unpack_archive(source, folder, max_file_bytes=options["max_file_bytes"])
+            table = folder.joinpath(*(table_parts or _only_table(folder, source)))
             if not table.is_file():
                 raise DatasetError(f"the archive holds no file {member!r}", file=source,
                                    column="table", fix="give the table's path in the archive "
                                    f"({few(_tables(folder), 10) or 'it holds no table'})")
-        else:
-            tables = _tables(folder)
-            if len(tables) != 1:
-                raise DatasetError(
-                    f"the archive holds {len(tables)} tables ({few(tables, 10)})" if tables
-                    else f"the archive holds no table ({', '.join(TABLE_SUFFIXES)})",
-                    file=source, column="table",
-                    fix="say which with --table PATH (its path in the archive)" if tables
-                    else "give an archive that holds the table, or the table itself")
-            table = folder / tables[0]
-        base = folder.joinpath(*safe_member_parts(str(root), source)) if root else None
-        try:
+            base = folder.joinpath(*root_parts) if root_parts is not None else None
             return import_table(table, out, root=base, name=name or archive_stem(source),
                                 **options)
         except LocatedError as error:
@@ -67,10 +60,68 @@ def _import_archive(source: Path, out: str | Path, member: str | None, root: str
             raise
 
 
+def _inside(key: str, value: str) -> tuple[str, ...]:
+    """The path components of ``value``, an option (``table``, ``root``) naming a path
+    inside an archive; a `ConfigError` keyed ``key`` for one that leads out of it."""
+    try:
+        return safe_member_parts(value)
+    except DatasetError:
+        raise ConfigError(f"{value!r} is not a path inside the archive", column=key,
+                          fix=f"give --{key} as a relative path the archive lists, without "
+                          "'..' (e.g. shop/items.csv)") from None
+
+
+def _only_table(folder: Path, source: Path) -> tuple[str, ...]:
+    """The path components of the table nearest the root of the unpacked archive ``folder``
+    (a sequence's ``.csv`` files lie deeper); a `DatasetError` where there is none, or two
+    as near."""
+    tables = _tables(folder)
+    nearest = [t for t in tables if t.count("/") == min(t.count("/") for t in tables)]
+    if len(nearest) == 1:
+        return tuple(nearest[0].split("/"))
+    raise DatasetError(
+        f"the archive holds {len(nearest)} tables ({few(nearest, 10)})" if tables
+        else f"the archive holds no table ({', '.join(TABLE_SUFFIXES)})",
+        file=source, column="table",
+        fix="say which with --table PATH (its path in the archive)" if tables
+        else "give an archive that holds the table, or the table itself")
+
+
+def _roles(label: str, group: str | None, id_column: str | None,
+           by_role: dict[str, list[str]]) -> dict[str, str]:
+    """Column -> its role (``label``, ``group``, ``id`` or a modality's), checked.
+
+    Raises:
+        ConfigError: no modality column, a column named twice, a modality column ``id``.
+    """
+    if not any(by_role.values()):
+        raise ConfigError(
+            "no modality column named",
+            column="text",
+            fix="name the columns by role: --text COL, --numeric COL, --image COL, --audio COL "
+            "--sequence COL or --video COL (comma-separated lists)",
+        )
+    roles: dict[str, str] = {}
+    singles = {"label": [label], "group": [group] if group else [],
+               "id": [id_column] if id_column else []}
+    for role, names in {**singles, **by_role}.items():
+        for column in names:
+            if column in roles:
+                raise ConfigError(f"column {column!r} named twice (as {roles[column]} and "
+                                  f"{role})", column=column, fix="give each column one role")
+            roles[column] = role
+    if "id" in roles and roles["id"] != "id":
+        raise ConfigError("a modality column may not be named 'id'", column="id",
+                          fix="rename that column, or name it as the id column with --id id")
+    return roles
+
+
 def _tables(folder: Path) -> list[str]:
-    """The files of a table's type below ``folder``, as sorted ``/``-paths."""
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.suffix.lower() in TABLE_SUFFIXES and p.is_file())
+    """The files of a table's type below ``folder`` (not operating-system noise such as
+    ``__MACOSX/._items.csv``), as sorted ``/``-paths."""
+    found = (p.relative_to(folder) for p in folder.rglob("*")
+             if p.suffix.lower() in TABLE_SUFFIXES and p.is_file())
+    return sorted(p.as_posix() for p in found if not any(is_noise(part) for part in p.parts))
 
 
 def _name_members(error: LocatedError, folder: Path, archive: Path) -> None:
@@ -78,7 +129,7 @@ def _name_members(error: LocatedError, folder: Path, archive: Path) -> None:
     ``ARCHIVE:MEMBER`` rather than by the temporary folder's paths."""
     def named(text: str) -> str:
         for prefix in {str(folder), str(folder.resolve())}:
-            text = text.replace(prefix + os.sep, f"{archive}:").replace(prefix, f"{archive}:")
+            text = text.replace(prefix + os.sep, f"{archive}:").replace(prefix, str(archive))
         return text
 
     error.file = named(error.file) if error.file is not None else None
@@ -184,12 +235,16 @@ def import_table(
     from metamodal.data.table import read_samples
 
     source = Path(source)
-    options = dict(label=label, id_column=id_column, group=group, text=text, numeric=numeric,
-                   image=image, audio=audio, sequence=sequence, video=video,
-                   allow_missing_files=allow_missing_files, val_groups=val_groups,
-                   test_groups=test_groups, overwrite=overwrite, progress=progress,
-                   max_file_bytes=max_file_bytes)
+    by_role = {role: _columns(value, role) for role, value in (
+        ("text", text), ("numeric", numeric), ("image", image), ("audio", audio),
+        ("sequence", sequence), ("video", video))}
+    _roles(label, group, id_column, by_role)  # before a table (or an archive) is read
     if archive_stem(source) is not None and not source.is_dir():
+        options = dict(label=label, id_column=id_column, group=group, text=text,
+                       numeric=numeric, image=image, audio=audio, sequence=sequence,
+                       video=video, allow_missing_files=allow_missing_files,
+                       val_groups=val_groups, test_groups=test_groups, overwrite=overwrite,
+                       progress=progress, max_file_bytes=max_file_bytes)
         return _import_archive(source, out, table_in_archive, root, name, options)
     if table_in_archive is not None:
         raise ConfigError("table_in_archive names the table inside an archive, and the source "
@@ -197,34 +252,14 @@ def import_table(
                           fix="leave --table out, or give the archive as the source")
     table = read_samples(source)
     file = str(source)
-    roles: dict[str, str] = {}
-    by_role = {role: _columns(value, role) for role, value in (
-        ("text", text), ("numeric", numeric), ("image", image), ("audio", audio),
-        ("sequence", sequence), ("video", video))}
-    if not any(by_role.values()):
-        raise ConfigError(
-            "no modality column named",
-            column="text",
-            fix="name the columns by role: --text COL, --numeric COL, --image COL, --audio COL "
-            "--sequence COL or --video COL (comma-separated lists)",
-        )
     if id_column is None and "id" in table.columns:
         id_column = "id"
-    singles = {"label": [label], "group": [group] if group else [],
-               "id": [id_column] if id_column else []}
-    for role, names in {**singles, **by_role}.items():
-        for column in names:
-            if column in roles:
-                raise ConfigError(f"column {column!r} named twice (as {roles[column]} and "
-                                  f"{role})", column=column, fix="give each column one role")
-            roles[column] = role
-            if column not in table.columns:
-                raise DatasetError("column not found", file=file, column=column,
-                                   fix=f"use one of the table's columns: "
-                                   f"{few(list(table.columns), 20)}")
-    if "id" in roles and roles["id"] != "id":
-        raise ConfigError("a modality column may not be named 'id'", column="id",
-                          fix="rename that column, or name it as the id column with --id id")
+    roles = _roles(label, group, id_column, by_role)
+    for column in roles:
+        if column not in table.columns:
+            raise DatasetError("column not found", file=file, column=column,
+                               fix=f"use one of the table's columns: "
+                               f"{few(list(table.columns), 20)}")
     if table.n_rows == 0:
         raise DatasetError("the table has no samples", file=file, fix="add one row per sample")
 
@@ -279,7 +314,7 @@ def import_table(
         raise ConfigError("the root of the file paths is not a folder", file=base,
                           column="root", fix="pass --root with the folder the paths start from")
     inside = base.resolve()
-    copies: dict[Path, tuple[str, Path, int]] = {}
+    copies: dict[str, tuple[str, Path, int]] = {}  # by destination: a file per column folder
     file_cells: dict[str, list[str | None]] = {}
     missing = 0
     folders: dict[str, str] = {}
@@ -323,7 +358,8 @@ def import_table(
                         "pass --allow-missing-files")
                 if target.suffix.lower() not in suffixes:
                     raise DatasetError(
-                        f"{cell!r} is not a {kind} file (type {target.suffix or 'none'})",
+                        f"{cell!r} is not {'an' if kind[0] in 'aeiou' else 'a'} {kind} file "
+                        f"(type {target.suffix or 'none'})",
                         file=file, row=row, column=column,
                         fix=f"use files of type {', '.join(suffixes)}, or name the "
                         "column with its right role")
@@ -333,7 +369,7 @@ def import_table(
                                        row=row, column=column, fix="leave the file out")
                 relative = target.relative_to(inside).as_posix()
                 dest = f"media/{folder}/{relative}"
-                copies.setdefault(target, (dest, target, size))
+                copies.setdefault(dest, (dest, target, size))
                 cells.append(dest)
             file_cells[column] = cells
     if missing:

@@ -43,7 +43,14 @@ from metamodal.data.splits import ClassSplit
 from metamodal.encoders.features import preprocessor_from_state
 from metamodal.errors import ConfigError, LocatedError, MetamodalError, RunError
 from metamodal.hints import fits_type, type_name
-from metamodal.io import ParseError, atomic_write_json, atomic_write_text, loads_json, loads_toml
+from metamodal.io import (
+    ParseError,
+    atomic_write_json,
+    atomic_write_text,
+    loads_json,
+    loads_toml,
+    resolved,
+)
 from metamodal.model import EnsembleModel, FewShotModel
 from metamodal.model.ensemble import check_joint_steps
 from metamodal.model.freeze import freeze
@@ -297,11 +304,11 @@ def check_not_inside_run(path: str | Path, key: str, *, itself: bool = False) ->
         >>> import tempfile
         >>> check_not_inside_run(Path(tempfile.mkdtemp()) / "runs" / "a", "out")
     """
-    resolved = Path(path).resolve()
-    for folder in (resolved, *resolved.parents) if itself else resolved.parents:
+    place = resolved(path, key)
+    for folder in (place, *place.parents) if itself else place.parents:
         if (folder / CONFIG_FILE).is_file() and ((folder / WEIGHTS_FILE).is_file()
                                                  or (folder / CHECKPOINT_FILE).is_file()):
-            where = "is" if folder == resolved else "lies inside"
+            where = "is" if folder == place else "lies inside"
             raise ConfigError(
                 f"{path} {where} the run directory {folder}, which training that run "
                 "again (--overwrite) or a new ensemble written there replaces whole, with "

@@ -241,7 +241,12 @@ class Trainer:
     ) -> None:
         config.validate()
         if config.data:  # the run must find its dataset from any working directory
-            config = config.updated({"data": str(Path(config.data).resolve())})
+            try:
+                config = config.updated({"data": str(Path(config.data).resolve())})
+            except (OSError, RuntimeError) as err:  # a loop of links
+                raise ConfigError(f"cannot be resolved ({err})", file=config.data,
+                                  column="data", fix="give the dataset directory itself, "
+                                  "without a loop of symbolic links") from None
             config = with_dataset_encoders(config, load_schema(config.data))
         self.config = config
         self.out = followed(out)  # a run behind a link is replaced there, the link kept

@@ -56,6 +56,20 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
+def _disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file the importers' copies open for writing fails as a full disk does."""
+    import errno
+
+    import metamodal.datasets._sources as sources
+
+    class Full(io.BufferedWriter):
+        def write(self, data):  # noqa: ANN001, ANN202
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sources, "open", lambda path, mode: Full(io.FileIO(path, mode)),
+                        raising=False)
+
+
 @pytest.mark.parametrize("name,mode,top", [
     ("src.tar", "w", "src/"),
     ("src.tar.gz", "w:gz", "src/"),
@@ -352,12 +366,7 @@ def test_a_full_disk_is_the_output_s_fault_not_the_archive_s(
     folder = _source(tmp_path / "src")
     archive = _tar(tmp_path / "src.tar.gz", _members(folder), "w:gz")
 
-    class Full(io.BufferedWriter):
-        def write(self, data):  # noqa: ANN001, ANN202
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(sources, "open", lambda path, mode: Full(io.FileIO(path, mode)),
-                        raising=False)
+    _disk_full(monkeypatch)
     with pytest.raises(ConfigError, match="cannot write .No space left on device") as caught:
         import_folder(archive, tmp_path / "ds")
     assert "free space" in caught.value.fix and ".unpack-" in str(caught.value.file)
@@ -581,20 +590,11 @@ def test_a_table_archive_checks_the_options_before_unpacking_and_names_members(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A typo in the roles was reported only after the whole archive was unpacked; an error
     of writing the unpacked files named the temporary folder."""
-    import errno
-
-    import metamodal.datasets._sources as sources
-
     with pytest.raises(ConfigError, match="no modality column"):  # the archive is not read
         import_table(tmp_path / "missing.zip", tmp_path / "ds", label="species")
     archive = _pack(_shop(tmp_path / "src"), tmp_path / "shop.zip")
 
-    class Full(io.BufferedWriter):
-        def write(self, data):  # noqa: ANN001, ANN202
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(sources, "open", lambda path, mode: Full(io.FileIO(path, mode)),
-                        raising=False)
+    _disk_full(monkeypatch)
     with pytest.raises(ConfigError, match="No space left") as caught:
         import_table(archive, tmp_path / "ds", label="species", image="photo")
     assert caught.value.file.startswith(f"{archive}:shop/") and ".unpack-" not in str(

@@ -8,10 +8,12 @@ place or a tar archive (plain, gzip, bzip2 or xz) unpacked in one pass into a sc
 - a folder is walked without following directory symlinks; a file symlink is followed only when
   its target lies inside the source; others are skipped with a warning;
 - an archive member whose name is absolute, holds a ``..`` component, a backslash, a drive
-  letter or a NUL is rejected (a "zip slip"); symlink, hard-link and device members are
-  skipped;
+  letter or a NUL is rejected (a "zip slip"); a link member to another member reads as a copy
+  of it (no link is ever made on disk), other links, device and FIFO members are skipped;
 - every file is bounded in size (the bound is checked while reading, not taken from the
-  archive's header), and so is the total of an archive;
+  archive's header), and so is the total of an archive; a damaged archive is an error, never
+  a silently shorter one (tar and zip readers stop at the damage);
+- a file name that is not valid UTF-8 is refused;
 - operating-system noise is skipped: ``__MACOSX/``, ``.DS_Store``, AppleDouble ``._*`` files,
   ``Thumbs.db``, ``desktop.ini`` and other hidden (dot) files.
 """
@@ -604,10 +606,10 @@ def tar_files(
     A compressed tar can only be read front to back, so its members are written where they lie
     rather than read when an importer reaches them. The rules are `zip_files`': unsafe names
     refused, noise skipped (with ``skip_noise``), every member and the total bounded (while
-    reading). A hard or
-    symbolic link to a regular member of the archive is a copy of it (as a folder's link that
-    stays inside it is followed); other links, devices and FIFOs are skipped, with one warning.
-    A name given twice keeps its last member, as ``tar -x`` does. No link is ever made on disk.
+    reading). A hard or symbolic link to a regular member of the archive is a copy of it (as a
+    folder's link that stays inside it is followed); other links, devices and FIFOs are
+    skipped, with one warning. A name given twice keeps its last member, as ``tar -x`` does.
+    No link is ever made on disk.
 
     Raises:
         DatasetError: the archive is unreadable, damaged or cut short (naming the last member

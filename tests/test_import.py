@@ -25,7 +25,7 @@ from metamodal.cli import main
 from metamodal.data.episode_files import read_episode_file
 from metamodal.data.episodes import EpisodeSampler
 from metamodal.data.inspect import inspect_dataset
-from metamodal.datasets._sources import extract_zip
+from metamodal.datasets._archives import extract_zip
 from metamodal.datasets.importers import import_dataset, import_folder, import_table
 from metamodal.datasets.omniglot import import_omniglot, parse_strokes, read_stroke_file
 from metamodal.errors import ConfigError, DatasetError

@@ -435,14 +435,14 @@ def test_sigterm_cleans_up_the_unpacked_archive(tmp_path: Path) -> None:
     marker, out = tmp_path / "unpacked", tmp_path / "out" / "ds"
     script = textwrap.dedent(f"""
         import sys, time
-        import metamodal.datasets._sources as sources
-        unpack = sources.tar_files
+        import metamodal.datasets._archives as archives
+        unpack = archives.tar_files
         def slow(*args, **kwargs):
             files = unpack(*args, **kwargs)
             open({str(marker)!r}, "w").close()
             time.sleep(60)
             return files
-        sources.tar_files = slow
+        archives.tar_files = slow
         from metamodal.cli import main
         sys.argv = ["metamodal", "import", "imagefolder", {str(archive)!r}, {str(out)!r}]
         sys.exit(main())

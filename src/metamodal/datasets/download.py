@@ -3,7 +3,7 @@
 `fetch` downloads one file into ``NAME.part`` (resuming a partial one with an HTTP ``Range``
 request), checks its SHA-256 and only then renames it to its final name, so a file with the
 final name is always complete and verified. `download_omniglot` fetches the official Omniglot
-archives, unpacks them safely (`metamodal.datasets._sources.extract_zip`) and imports them
+archives, unpacks them safely (`metamodal.datasets._archives.extract_zip`) and imports them
 (`metamodal.datasets.omniglot.import_omniglot`)::
 
     DIR/archives/<name>.zip            the archives as downloaded (+ <name>.zip.sha256 records)
@@ -463,7 +463,7 @@ def _unpacked(archive: Path, folder: Path, digest: str, *, again: bool = False) 
     its record (``folder`` + ``.sha256``) names that digest (or ``again``: an import with
     ``overwrite`` trusts no folder it did not just unpack); an old folder is replaced only
     once the new one is complete."""
-    from metamodal.datasets._sources import extract_zip
+    from metamodal.datasets._archives import extract_zip
 
     record = folder.with_name(f"{folder.name}.sha256")
     check_record(record)

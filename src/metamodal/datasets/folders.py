@@ -19,8 +19,9 @@ from typing import Any
 from metamodal.data.kinds import kinds, modality_kind
 from metamodal.data.loaders._media import in_chunks
 from metamodal.data.loaders.base import DecodeContext, ModalityLoader
+from metamodal.datasets._archives import archive_stem, source_files
 from metamodal.datasets._output import check_target, holdout_split, staged_directory
-from metamodal.datasets._sources import MAX_FILE_BYTES, SourceFile, archive_stem, source_files
+from metamodal.datasets._sources import MAX_FILE_BYTES, SourceFile
 from metamodal.datasets.common import ImportResult, few, image_options, write_dataset
 from metamodal.datasets.common import progress as progress_bar
 from metamodal.errors import ConfigError, DatasetError

@@ -14,8 +14,9 @@ dataset stands alone) and, when held-out groups are named, ``OUT/splits.toml``:
   table's folder or ``root``; a path leading out of it is refused).
 - ``omniglot``: the official Omniglot archives, see `metamodal.datasets.omniglot`.
 
-Every importer reads its source safely (`metamodal.datasets._sources`: no path out of the
-source, no symlink out of it, bounded sizes, operating-system noise skipped), builds the whole
+Every importer reads its source safely (`metamodal.datasets._sources` for folders,
+`metamodal.datasets._archives` for zip and tar archives: no path out of the source, no symlink
+out of it, bounded sizes, operating-system noise skipped), builds the whole
 dataset in a temporary directory and moves it into place only when complete; a non-empty
 ``OUT`` is replaced only with ``overwrite`` and only when it holds a dataset. Bad input raises a
 `DatasetError` (or `ConfigError` for a bad argument) naming the file, row and column with a fix.

@@ -36,20 +36,14 @@ from typing import Any
 
 import numpy as np
 
+from metamodal.datasets._archives import open_zip, safe_member_parts, zip_files
 from metamodal.datasets._output import (
     holdout_split,
     staged_directory,
     write_samples_csv,
     write_schema,
 )
-from metamodal.datasets._sources import (
-    MAX_FILE_BYTES,
-    SourceFile,
-    open_zip,
-    safe_member_parts,
-    walk_folder,
-    zip_files,
-)
+from metamodal.datasets._sources import MAX_FILE_BYTES, SourceFile, walk_folder
 from metamodal.datasets.common import ImportResult, few, image_options
 from metamodal.datasets.common import progress as progress_bar
 from metamodal.datasets.strokes import (

@@ -15,16 +15,14 @@ from typing import Any
 from metamodal.data.kinds import modality_kind
 from metamodal.data.paths import PathRefused, resolve_inside
 from metamodal.data.table import TABLE_SUFFIXES
-from metamodal.datasets._output import check_target, holdout_split, staged_directory
-from metamodal.datasets._sources import (
-    MAX_FILE_BYTES,
-    SourceFile,
+from metamodal.datasets._archives import (
     archive_stem,
-    is_noise,
     safe_member_parts,
     scratch_folder,
     unpack_archive,
 )
+from metamodal.datasets._output import check_target, holdout_split, staged_directory
+from metamodal.datasets._sources import MAX_FILE_BYTES, SourceFile, is_noise
 from metamodal.datasets.common import ImportResult, few, write_dataset
 from metamodal.datasets.common import progress as progress_bar
 from metamodal.errors import ConfigError, DatasetError, LocatedError
@@ -193,7 +191,7 @@ def import_table(
 
     Args:
         source: the table (``.csv``, ``.jsonl`` or ``.parquet``; Parquet needs pyarrow), or an
-            archive holding it (`metamodal.datasets._sources.ARCHIVE_SUFFIXES`).
+            archive holding it (`metamodal.datasets._archives.ARCHIVE_SUFFIXES`).
         out: the dataset directory to write.
         label: the column holding the class label.
         id_column: the column of unique sample ids (default: ``id`` if the table has one, else

@@ -17,7 +17,8 @@ derives each case by breaking one thing:
   ``model.safetensors``, ``checkpoint.pt`` (resumed), missing files;
 - saved classifiers (``support.json``, ``support.safetensors``) and query tables;
 - ``metamodal train`` flags, the other commands' flags and outputs;
-- archives given to ``metamodal import imagefolder`` (`ARCHIVES`).
+- archives given to ``metamodal import imagefolder`` (`ARCHIVES`) and ``import table``
+  (`TABLE_ARCHIVES`).
 
 Each case runs the calls a user would make on that input (``prepare_data`` and
 ``inspect_dataset`` for a dataset, ``FewShotClassifier.load(...).predict`` for a run or a saved
@@ -630,6 +631,12 @@ def build_corpus() -> list[Case]:
         add(f"import/{name}", "import archives", "command",
             lambda d, n=name: _archive(d, n), expect=expect,
             flags=("import", "imagefolder", f"{{work}}/{name}", "{work}/out/ds", "--no-progress"))
+    # an archive of a table and its files given to `import table` (written by `_table_archive`)
+    for name, (flags, expect) in TABLE_ARCHIVES.items():
+        add(f"import table/{name}", "import archives", "command",
+            lambda d, n=name: _table_archive(d, n), expect=expect,
+            flags=("import", "table", "{work}/shop.zip", "{work}/out/ds", "--label", "species",
+                   "--image", "photo", "--no-progress", *flags))
     return cases
 
 
@@ -666,6 +673,53 @@ ARCHIVES = {
 }
 """Archives given to ``import imagefolder`` (`_archive` writes each): hostile ones must end in
 a typed error naming the archive, harmless ones import."""
+
+
+TABLE_ARCHIVES: dict[str, tuple[tuple[str, ...], str]] = {
+    "two-tables": ((), "error"), "no-table": ((), "error"), "path-out": ((), "error"),
+    "missing-file": ((), "error"), "link-out": ((), "error"), "not-an-image": ((), "error"),
+    "table-outside": (("--table", "../items.csv"), "error"),
+    "root-absolute": (("--root", "/etc"), "error"), "root-a-file": (("--root", "shop/items.csv"),
+                                                                     "error"),
+    "no-such-table": (("--table", "shop/nope.csv"), "error"),
+    "fine": ((), "ok"), "nested-sequence-csv": ((), "ok"),
+}
+"""``{work}/shop.zip`` given to ``import table`` with these flags (`_table_archive` writes
+it): hostile ones must end in a typed error naming the archive, harmless ones import."""
+
+
+def _table_archive(work: Path, name: str) -> None:
+    """Write ``work/shop.zip`` for the case ``name`` of `TABLE_ARCHIVES`: ``shop/items.csv``
+    naming ``photos/*.png`` beside it, broken as the name says."""
+    import zipfile
+
+    from PIL import Image
+
+    rows = ["species,photo"]
+    members: dict[str, bytes] = {}
+    for c in range(3):
+        for i in range(2):
+            buffer = io.BytesIO()
+            Image.new("L", (6, 6), 40 * c + i).save(buffer, format="PNG")
+            members[f"shop/photos/{c}{i}.png"] = buffer.getvalue()
+            rows.append(f"s{c},photos/{c}{i}.png")
+    cell = {"path-out": "../../outside.png", "missing-file": "photos/nope.png",
+            "link-out": "photos/link.png", "not-an-image": "items.csv"}.get(name)
+    if cell is not None:
+        rows.append(f"s0,{cell}")
+    if name != "no-table":
+        members["shop/items.csv"] = ("\n".join(rows) + "\n").encode()
+    if name == "two-tables":
+        members["shop/old.csv"] = b"species,photo\n"
+    if name == "nested-sequence-csv":
+        members["shop/photos/seq/track.csv"] = b"1,2\n3,4\n"
+    with zipfile.ZipFile(work / "shop.zip", "w") as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
+        if name == "link-out":
+            info = zipfile.ZipInfo("shop/photos/link.png")
+            info.external_attr = 0o120777 << 16  # a Unix symbolic link, leading out
+            archive.writestr(info, "../../../outside.png")
 
 
 def _archive(work: Path, name: str) -> None:

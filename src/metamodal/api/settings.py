@@ -391,7 +391,8 @@ class TableImportSettings(ImportSettings):
             of it are refused. For an archive SOURCE, a folder inside the archive.
         allow_missing_files: a path to a missing file becomes an empty cell.
         table: when SOURCE is a zip or tar archive holding the table and its files: the
-            table's path inside it (default: its only CSV / JSON-lines / Parquet file).
+            table's path inside it (default: its CSV / JSON-lines / Parquet file nearest its
+            root).
     """
 
     label: str = ""

@@ -126,7 +126,7 @@ def _name_members(error: LocatedError, folder: Path, archive: Path) -> None:
     """Let ``error`` name the places inside ``folder`` (an unpacked ``archive``) as
     ``ARCHIVE:MEMBER`` rather than by the temporary folder's paths."""
     def named(text: str) -> str:
-        for prefix in {str(folder), str(folder.resolve())}:
+        for prefix in sorted({str(folder), str(folder.resolve())}, key=len, reverse=True):
             text = text.replace(prefix + os.sep, f"{archive}:").replace(prefix, str(archive))
         return text
 
@@ -185,8 +185,8 @@ def import_table(
 
     ``source`` may also be a zip or tar archive holding the table and its files (a dataset as
     it is often published): it is unpacked beside ``out`` for the import (bounded and checked
-    as the folder importers' archives are), the table is its only table file or
-    ``table_in_archive``, ``root`` is a folder inside the archive, and errors name places as
+    as the folder importers' archives are), the table is its table file nearest its root (or
+    ``table_in_archive``), ``root`` is a folder inside the archive, and errors name places as
     ``ARCHIVE:MEMBER``.
 
     Args:
@@ -208,8 +208,8 @@ def import_table(
         overwrite: replace an existing dataset at ``out``.
         progress: show a progress bar while copying.
         max_file_bytes: the largest file copied.
-        table_in_archive: the table's path inside an archive ``source`` (default: its only
-            file of a table's type).
+        table_in_archive: the table's path inside an archive ``source`` (default: its file of
+            a table's type nearest its root).
 
     Returns:
         an `ImportResult`.

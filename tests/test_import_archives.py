@@ -616,3 +616,27 @@ def test_an_output_behind_a_link_is_written_there_and_a_loop_is_typed(tmp_path: 
         import_folder(folder, tmp_path / "loop")
     with pytest.raises(ConfigError, match="cannot be resolved"):
         import_folder(folder, tmp_path / "loop" / "x")
+
+
+def test_unpacking_a_tar_shows_its_progress_when_asked(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large tar archive was unpacked for minutes without a sign: the import's progress
+    bar now follows the archive's bytes read (not shown with --no-progress)."""
+    import metamodal.datasets._archives as archives
+
+    bars: list[tuple[bool, object]] = []
+    real = archives.tqdm
+
+    def recording(*args, disable: bool = False, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        bar = real(*args, disable=False, file=io.StringIO(), **kwargs)
+        bars.append((not disable, bar))
+        return bar
+
+    monkeypatch.setattr(archives, "tqdm", recording)
+    archive = _tar(tmp_path / "src.tar.gz", _members(_source(tmp_path / "src")), "w:gz")
+    for shown in (True, False):
+        bars.clear()
+        import_folder(archive, tmp_path / f"ds-{shown}", progress=shown)
+        [(drawn, bar)] = bars
+        assert drawn is shown and bar.total == archive.stat().st_size
+        assert bar.n >= bar.total * 0.9  # the compressed bytes read, as far as the reader went

@@ -29,6 +29,9 @@ import zipfile
 import zlib
 from contextlib import ExitStack
 from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from tqdm.auto import tqdm
 
 from metamodal.datasets._sources import (
     MAX_FILE_BYTES,
@@ -342,6 +345,7 @@ def tar_files(
     max_file_bytes: int = MAX_FILE_BYTES,
     max_total_bytes: int = MAX_ARCHIVE_BYTES,
     skip_noise: bool = True,
+    progress: bool = False,
 ) -> list[SourceFile]:
     """Unpack the regular members of a tar archive (plain, gzip, bzip2 or xz) below the
     existing folder ``dest`` in one pass over the archive, and list them, in the order of
@@ -353,7 +357,7 @@ def tar_files(
     reading). A hard or symbolic link to a regular member of the archive is a copy of it (as a
     folder's link that stays inside it is followed); other links, devices and FIFOs are
     skipped, with one warning. A name given twice keeps its last member, as ``tar -x`` does.
-    No link is ever made on disk.
+    No link is ever made on disk. With ``progress``, a bar follows the archive's bytes read.
 
     Raises:
         DatasetError: the archive is unreadable, damaged or cut short (naming the last member
@@ -392,7 +396,11 @@ def tar_files(
                                file=label, fix="split the archive, or raise max_total_bytes")
 
     try:
-        with tarfile.open(path, "r:*", tarinfo=_StrictTarInfo) as tar:
+        with open(path, "rb") as raw, tqdm(total=Path(path).stat().st_size, unit="B",
+                                           unit_scale=True, desc="unpack", leave=False,
+                                           delay=1.0, disable=not progress) as bar, \
+                tarfile.open(fileobj=_Counted(raw, bar), mode="r:*",
+                             tarinfo=_StrictTarInfo) as tar:
             for info in tar:  # headers and content in the order they lie
                 member = info.name
                 parts = safe_member_parts(info.name, label)
@@ -436,6 +444,34 @@ def tar_files(
     return [files[parts] for parts in sorted(files)]
 
 
+class _Counted:
+    """A binary file whose position, as it is read, moves a progress bar (how far into a
+    compressed tar archive its reader is)."""
+
+    mode = "rb"
+
+    def __init__(self, raw: BinaryIO, bar: Any) -> None:
+        self.raw, self.bar, self.name = raw, bar, getattr(raw, "name", None)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if (ahead := self.raw.tell() - self.bar.n) > 0:
+            self.bar.update(ahead)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
 def _link_target(parts: tuple[str, ...], linkname: str, *,
                  hard: bool) -> tuple[str, ...] | None:
     """The path components of the member a link member ``parts`` names (a hard link from the
@@ -469,13 +505,14 @@ def source_files(
     max_file_bytes: int = MAX_FILE_BYTES,
     max_total_bytes: int = MAX_ARCHIVE_BYTES,
     keep_top_folder: bool = False,
+    progress: bool = False,
 ) -> tuple[list[SourceFile], str | None]:
     """The files of an import source: a folder (`walk_folder`), a zip archive read in place
     (`zip_files`) or a tar archive unpacked into a temporary folder made beside ``scratch``
     (in its nearest existing folder: nothing is created for it). An archive whose files all
     lie below one folder reads as that folder (`strip_single_top`), unless
     ``keep_top_folder``. The archive stays open, and the temporary folder exists, until
-    ``stack`` closes.
+    ``stack`` closes. ``progress``: a bar while a tar archive is unpacked.
 
     Returns:
         the files, and the name of the archive's top folder taken for its root (or None).
@@ -504,7 +541,7 @@ def source_files(
         files = zip_files(archive, max_file_bytes=max_file_bytes, max_total_bytes=max_total_bytes)
     else:
         files = tar_files(source, scratch_folder(stack, scratch), max_file_bytes=max_file_bytes,
-                          max_total_bytes=max_total_bytes)
+                          max_total_bytes=max_total_bytes, progress=progress)
     return (files, None) if keep_top_folder else strip_single_top(files)
 
 
@@ -532,10 +569,11 @@ def unpack_archive(
     *,
     max_file_bytes: int = MAX_FILE_BYTES,
     max_total_bytes: int = MAX_ARCHIVE_BYTES,
+    progress: bool = False,
 ) -> None:
     """Unpack a zip or tar archive as it is (no top folder taken away, hidden files kept: a
     table may name them) into the existing folder ``dest`` (`scratch_folder`), by
-    `source_files`' rules otherwise.
+    `source_files`' rules otherwise; ``progress``: a bar while a tar archive is unpacked.
 
     Raises:
         DatasetError: as `source_files`.
@@ -561,7 +599,7 @@ def unpack_archive(
             for f in zip_files(archive, **bounds):
                 f.copy_to(dest.joinpath(*f.parts), max_file_bytes)
     else:
-        tar_files(source, dest, **bounds)
+        tar_files(source, dest, progress=progress, **bounds)
 
 
 def scratch_folder(stack: ExitStack, near: str | Path) -> Path:

@@ -227,7 +227,8 @@ def import_folder(
     check_target(Path(out), overwrite)  # before an archive is read
     with ExitStack() as stack:  # an archive open, a tar's scratch folder, until the end
         files, top = source_files(source, stack, scratch=Path(out).absolute().parent,
-                                  max_file_bytes=max_file_bytes, keep_top_folder=keep_top_folder)
+                                  max_file_bytes=max_file_bytes, keep_top_folder=keep_top_folder,
+                                  progress=progress)
         classes, grouped = _class_folders(source, files, group_level)
         skipped = _keep_kind(classes, kind, hints.suffixes, skip_other)
         classes = [c for c in classes if c.files]

@@ -44,7 +44,8 @@ def _import_archive(source: Path, out: str | Path, member: str | None, root: str
     with ExitStack() as stack:
         folder = scratch_folder(stack, Path(out).absolute().parent)
         try:
-            unpack_archive(source, folder, max_file_bytes=options["max_file_bytes"])
+            unpack_archive(source, folder, max_file_bytes=options["max_file_bytes"],
+                           progress=bool(options["progress"]))
             table = folder.joinpath(*(table_parts or _only_table(folder, source)))
             if not table.is_file():
                 raise DatasetError(f"the archive holds no file {member!r}", file=source,

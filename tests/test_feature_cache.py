@@ -507,7 +507,7 @@ def test_no_progress_reaches_the_feature_extraction_bar(
     toy: FeatureCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``train --no-progress`` (and eval's) still drew the bar of features being computed:
-    the flag did not reach the pretrained loaders."""
+    the flag did not reach the pretrained loaders; predict had no such flag."""
     import metamodal.encoders.features as features
 
     shown: list[bool] = []
@@ -527,8 +527,14 @@ def test_no_progress_reaches_the_feature_extraction_bar(
     assert any(shown)  # the bar is drawn unless asked not to
     for verb in ([*train, "--out", str(tmp_path / "quiet")],  # its fit remembered from above
                  ["eval", str(tmp_path / "quiet"), "--ways", "2", "--queries", "1",
-                  "--episodes-count", "2"]):
+                  "--episodes-count", "2"],
+                 ["predict", str(tmp_path / "quiet"), "--support", str(data / "samples.csv"),
+                  "--query", str(data / "samples.csv")]):
         FeatureCache().clear()
         shown.clear()
         assert main([*verb, "--no-progress"]) == 0
         assert shown and not any(shown)
+    from metamodal.serve.engine import Engine
+
+    loader = Engine(tmp_path / "quiet").run.preprocessor.loaders["photo"]
+    assert isinstance(loader, PretrainedLoader) and not loader.progress  # a server's log

@@ -52,10 +52,12 @@ def predict(run: str | Path | None = None, settings: PredictSettings | None = No
         >>> predict("runs/demo", support="support.csv", query="query.csv").table()  # doctest: +SKIP
     """
     from metamodal.classifier import FewShotClassifier
+    from metamodal.runs.prepared import show_progress
 
     s = resolve(PredictSettings, settings, {"run": run, **options}, verb="predict")
     classifier = FewShotClassifier(s.run, modalities=s.modalities, **test_time_overrides(s),
                                    joint_transduction=s.joint_transduction)
+    show_progress(classifier.loaded_run().preprocessor, s.progress)
     support = classifier.load_samples(s.support, labelled=True)
     _check_json_reads(s.json, support)
     classifier.fit_encoded(classifier.encode(support), support.labels,

@@ -146,6 +146,7 @@ class PredictSettings(TestTimeOptions):
         query: the query samples (a table of the same columns, labels not needed).
         modalities: predict with only these modalities (the others count as absent).
         json: also write the predictions as JSON to this file.
+        progress: show a progress bar while pretrained encoders compute features.
     """
 
     run: str = flag("", name="")
@@ -153,6 +154,7 @@ class PredictSettings(TestTimeOptions):
     query: str = flag("", metavar="TABLE")
     modalities: list[str] | None = None
     json: str | None = flag(None, metavar="FILE")
+    progress: bool = flag(True, name="--no-progress")
 
 
 @dataclass

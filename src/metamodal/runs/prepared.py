@@ -95,10 +95,10 @@ def prepare_data(
         overrides = {k: v for k, v in (preprocess or {}).items() if k not in prebuilt}
         preprocessor = Preprocessor(specs, modalities=modalities, overrides=overrides,
                                     prebuilt=prebuilt)
-    _show_progress(preprocessor, progress)  # before fit, which computes features too
+    show_progress(preprocessor, progress)  # before fit, which computes features too
     if fit:
         preprocessor.fit(dataset, split.train)
-        _show_progress(preprocessor, progress)  # a fit remembered rebuilds its loaders
+        show_progress(preprocessor, progress)  # a fit remembered rebuilds its loaders
     cache_dir = dataset.root / CACHE_DIR if cache else None
     lacking = lacking_modalities(preprocessor, dataset)
     if not lacking:
@@ -108,8 +108,9 @@ def prepare_data(
     return PreparedData(dataset, split, preprocessor, store)
 
 
-def _show_progress(preprocessor: Preprocessor, progress: bool) -> None:
-    """Whether the pretrained loaders of ``preprocessor`` draw a bar while computing."""
+def show_progress(preprocessor: Preprocessor, progress: bool) -> None:
+    """Whether the pretrained loaders of ``preprocessor`` draw a bar while they compute
+    features (`metamodal.encoders.features.PretrainedLoader.progress`)."""
     for loader in preprocessor.loaders.values():
         if isinstance(loader, PretrainedLoader):
             loader.progress = progress

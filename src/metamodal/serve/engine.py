@@ -43,6 +43,7 @@ from metamodal.io import sha256_file
 from metamodal.model.ensemble import EnsembleModel
 from metamodal.model.test_time import settings_in_force
 from metamodal.runs.directory import WEIGHTS_FILE, Run
+from metamodal.runs.prepared import show_progress
 from metamodal.runs.support import EncodedSamples
 from metamodal.serve.store import NewExample, StoredExample, TaskRecord, damaged
 
@@ -167,6 +168,7 @@ class Engine:
         self.max_pixels = max_pixels
         self.classifier = FewShotClassifier(run, device=device, **(test_time or {}))
         self.run: Run = self.classifier.loaded_run()
+        show_progress(self.run.preprocessor, False)  # no bars in a server's log
         self.model = self.run.model.eval()
         self.embeds_once = self.model.capabilities().embeds_once
         self.modalities = list(self.model.modalities)

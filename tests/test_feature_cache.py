@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -529,8 +530,12 @@ def test_no_progress_reaches_the_feature_extraction_bar(
                  ["eval", str(tmp_path / "quiet"), "--ways", "2", "--queries", "1",
                   "--episodes-count", "2"],
                  ["predict", str(tmp_path / "quiet"), "--support", str(data / "samples.csv"),
-                  "--query", str(data / "samples.csv")]):
+                  "--query", str(data / "samples.csv")],
+                 ["ensemble", str(tmp_path / "shown"), str(tmp_path / "quiet"), "--out",
+                  str(tmp_path / "ens"), "--ways", "2", "--queries", "1",
+                  "--episodes-count", "2"]):
         FeatureCache().clear()
+        shutil.rmtree(data / ".metamodal-cache", ignore_errors=True)  # decoded: computed again
         shown.clear()
         assert main([*verb, "--no-progress"]) == 0
         assert shown and not any(shown)

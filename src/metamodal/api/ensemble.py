@@ -135,7 +135,8 @@ def ensemble(runs: list[str] | None = None, settings: EnsembleSettings | None = 
         check_joint_steps([run.model for run in loaded], [str(run.path) for run in loaded])
     preprocessor = union_preprocessor(loaded)
     try:
-        prepared = load_run_data(dataclasses.replace(loaded[0], preprocessor=preprocessor))
+        prepared = load_run_data(dataclasses.replace(loaded[0], preprocessor=preprocessor),
+                                 progress=s.progress)
     except RunError as error:  # its fix offers --data, which ensemble has not
         raise RunError(f"the first run's dataset is needed to fit the ensemble: "
                        f"{error.message}", file=error.file, column=error.column,

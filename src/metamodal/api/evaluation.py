@@ -516,7 +516,8 @@ def _mapping_results(s: ReportSettings, measured: EvalReport) -> MappingResults 
     prepared = load_run_data(run, progress=s.progress)
     results = MappingResults(
         retrieval=retrieve(s.run, query_modality=aligner.modalities[0],
-                           target_modality=aligner.modalities[1], seed=s.seed),
+                           target_modality=aligner.modalities[1], seed=s.seed,
+                           progress=s.progress),
         projection=project(run, prepared, modalities=aligner.modalities),
         imputation=measured.imputation)
     described = s.descriptions_from or (prepared.dataset.root / DESCRIPTIONS_FILE).is_file()
@@ -527,7 +528,8 @@ def _mapping_results(s: ReportSettings, measured: EvalReport) -> MappingResults 
                                               file=prepared.dataset.root, split="test")
         results.zero_shot = zero_shot(s.run, descriptions_from=s.descriptions_from, ways=ways,
                                       shots=shots, queries=queries,
-                                      episodes_count=s.episodes_count, seed=s.seed)
+                                      episodes_count=s.episodes_count, seed=s.seed,
+                                      progress=s.progress)
     return results
 
 

@@ -65,7 +65,7 @@ def retrieve(
     aligner = load_alignment(s.run, device=s.device)
     check_aligned(aligner, s.query_modality, s.target_modality)
     loaded = load_run(s.run, device=s.device)
-    prepared = load_run_data(loaded, s.data)
+    prepared = load_run_data(loaded, s.data, progress=s.progress)
     split = prepared.split
     classes = prepared.classes(s.split)
     baselines = {"untrained encoders": untrained_baseline(loaded.model, seed=s.seed)}
@@ -137,7 +137,7 @@ def zero_shot(run: str | Path | None = None, settings: ZeroShotSettings | None =
     s = resolve(ZeroShotSettings, settings, {"run": run, **options}, verb="zero_shot")
     s = dataclasses.replace(s, device=str(resolve_device(s.device)))
     loaded = load_run(s.run, device=s.device)
-    prepared = load_run_data(loaded, s.data)
+    prepared = load_run_data(loaded, s.data, progress=s.progress)
     texts = None
     if s.descriptions is not None or s.descriptions_from is None:
         source = s.descriptions if s.descriptions is not None else prepared.dataset.root

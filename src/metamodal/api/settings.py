@@ -493,6 +493,7 @@ class RetrieveSettings:
         seed: seeds the random rankings and the untrained encoders.
         device: where the encoders run.
         json: also write the results (and top matches) as JSON to this file.
+        progress: show a progress bar while pretrained encoders compute features.
     """
 
     run: str = flag("", name="")
@@ -505,6 +506,7 @@ class RetrieveSettings:
     seed: int = flag(0, least=0, most=MAX_SEED)
     device: str = "cpu"
     json: str | None = flag(None, metavar="FILE")
+    progress: bool = flag(True, name="--no-progress")
 
 
 @dataclass
@@ -525,6 +527,7 @@ class ZeroShotSettings:
         seed: seed of the episodes.
         device: where the encoders run.
         json: also write the results as JSON to this file.
+        progress: show a progress bar while pretrained encoders compute features.
     """
 
     run: str = flag("", name="")
@@ -539,6 +542,7 @@ class ZeroShotSettings:
     seed: int = flag(0, least=0, most=MAX_SEED)
     device: str = "cpu"
     json: str | None = flag(None, metavar="FILE")
+    progress: bool = flag(True, name="--no-progress")
 
 
 @dataclass
@@ -786,6 +790,7 @@ class EnsembleSettings(TestTimeOptions):
             each with its own ``transduction`` steps and balance).
         overwrite: replace OUT when it exists.
         json: also write the result as JSON to this file.
+        progress: show a progress bar while pretrained encoders compute features.
     """
 
     runs: list[str] = flag([], name="")
@@ -799,3 +804,4 @@ class EnsembleSettings(TestTimeOptions):
     seed: int = flag(0, least=0, most=MAX_SEED)
     overwrite: bool = False
     json: str | None = flag(None, metavar="FILE")
+    progress: bool = flag(True, name="--no-progress")

@@ -166,9 +166,9 @@ def zip_files(
         [('set', 'a', 'b.png')]
     """
     label = archive.filename or "archive"
+    budget = _Budget(label, max_file_bytes, max_total_bytes)
     files: dict[tuple[str, ...], SourceFile] = {}
     links: list[tuple[tuple[str, ...], tuple[str, ...] | None, str]] = []
-    total = 0
     skipped: list[str] = []
     for info in archive.infolist():  # in the archive's order: the last of a path wins
         parts = safe_member_parts(info.filename, label)
@@ -191,26 +191,40 @@ def zip_files(
         if info.flag_bits & 0x1:
             raise DatasetError("encrypted archive member", file=origin,
                                fix="use an archive without a password")
-        if info.file_size > max_file_bytes:
-            raise DatasetError(f"member larger than the import limit of {max_file_bytes} bytes",
-                               file=origin, fix="leave it out of the archive")
-        total += info.file_size
-        if total > max_total_bytes:
-            raise DatasetError(
-                f"archive holds more than {max_total_bytes} bytes uncompressed",
-                file=label, fix="split the archive, or raise max_total_bytes",
-            )
+        budget.take(info.file_size, origin)
         files[parts] = SourceFile(parts, origin, info.file_size, archive=archive,
                                   member=info.filename)
-    for parts, origin in _follow_links(links, files):  # bounded as their targets were
-        total += files[parts].size
-        if total > max_total_bytes:
-            raise DatasetError(f"archive holds more than {max_total_bytes} bytes uncompressed",
-                               file=label, fix="split the archive, or raise max_total_bytes")
+    for parts, origin in _follow_links(links, files):  # each a copy: counted again
+        budget.take(files[parts].size, origin)
         files[parts] = dataclasses.replace(files[parts], origin=origin)
     skipped += [origin.removeprefix(f"{label}:") for _, _, origin in links]
     _warn_skipped(skipped, label)
     return [files[parts] for parts in sorted(files)]
+
+
+@dataclasses.dataclass
+class _Budget:
+    """What an archive may hold: each member at most ``per_file`` bytes, all of them
+    ``total`` (as their headers say; reads are bounded again as they go)."""
+
+    label: str
+    per_file: int
+    total: int
+    used: int = 0
+
+    def too_big(self, origin: str) -> DatasetError:
+        """The error of a member larger than ``per_file``."""
+        return DatasetError(f"member larger than the import limit of {self.per_file} bytes",
+                            file=origin, fix="leave it out of the archive")
+
+    def take(self, size: int, origin: str) -> None:
+        """Count a member of ``size`` bytes, or raise a `DatasetError` past a bound."""
+        if size > self.per_file:
+            raise self.too_big(origin)
+        self.used += size
+        if self.used > self.total:
+            raise DatasetError(f"archive holds more than {self.total} bytes uncompressed",
+                               file=self.label, fix="split the archive, or raise max_total_bytes")
 
 
 _MAX_LINK_BYTES = 4096
@@ -382,19 +396,8 @@ def tar_files(
     files: dict[tuple[str, ...], SourceFile] = {}
     links: list[tuple[tuple[str, ...], tuple[str, ...] | None, str]] = []
     skipped: list[str] = []
-    total = 0
+    budget = _Budget(label, max_file_bytes, max_total_bytes)
     member = ""
-
-    def count(size: int, origin: str) -> None:
-        nonlocal total
-        if size > max_file_bytes:
-            raise DatasetError(f"member larger than the import limit of {max_file_bytes} bytes",
-                               file=origin, fix="leave it out of the archive")
-        total += size
-        if total > max_total_bytes:
-            raise DatasetError(f"archive holds more than {max_total_bytes} bytes uncompressed",
-                               file=label, fix="split the archive, or raise max_total_bytes")
-
     try:
         with open(path, "rb") as raw, tqdm(total=Path(path).stat().st_size, unit="B",
                                            unit_scale=True, desc="unpack", leave=False,
@@ -414,7 +417,7 @@ def tar_files(
                 if not info.isreg():
                     skipped.append(info.name)
                     continue
-                count(info.size, origin)
+                budget.take(info.size, origin)
                 target = dest.joinpath(*parts)
                 make_parent(target, origin)
                 handle = tar.extractfile(info)
@@ -422,9 +425,7 @@ def tar_files(
                     continue
                 with handle:
                     copy_bounded(handle, target, max_file_bytes,
-                                  lambda limit, o=origin: DatasetError(
-                                      f"member larger than the import limit of {limit} bytes",
-                                      file=o, fix="leave it out of the archive"))
+                                 lambda limit, o=origin: budget.too_big(o))
                 files[parts] = SourceFile(parts, origin, info.size, path=target)
     except (tarfile.TarError, *READ_ERRORS) as err:
         said = (f"damaged after {len(files)} file(s), the last member read {member!r}: {err}"
@@ -436,7 +437,7 @@ def tar_files(
         ) from None
     for parts, origin in _follow_links(links, files):  # copies, on disk: no link is made
         original = files[parts]
-        count(original.size, origin)
+        budget.take(original.size, origin)
         original.copy_to(dest.joinpath(*parts), max_file_bytes)
         files[parts] = SourceFile(parts, origin, original.size, path=dest.joinpath(*parts))
     _warn_skipped([*skipped, *(origin.removeprefix(f"{label}:") for _, _, origin in links)],

@@ -369,7 +369,8 @@ def test_a_full_disk_is_the_output_s_fault_not_the_archive_s(
     _disk_full(monkeypatch)
     with pytest.raises(ConfigError, match="cannot write .No space left on device") as caught:
         import_folder(archive, tmp_path / "ds")
-    assert "free space" in caught.value.fix and ".unpack-" in str(caught.value.file)
+    assert "free space" in caught.value.fix and ".unpack-" not in str(caught.value)
+    assert caught.value.file == f"{archive}:birds/birds-a/0.png"  # not the temporary copy
 
     def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -640,3 +641,57 @@ def test_unpacking_a_tar_shows_its_progress_when_asked(tmp_path: Path,
         [(drawn, bar)] = bars
         assert drawn is shown and bar.total == archive.stat().st_size
         assert bar.n >= bar.total * 0.9  # the compressed bytes read, as far as the reader went
+
+
+def test_the_last_member_of_a_path_wins_link_or_not(tmp_path: Path) -> None:
+    """A link member before a regular member of the same path was followed at the end, over
+    the later member (tar -x keeps the later one): an updated archive imported stale
+    content."""
+    members = _members(_source(tmp_path / "src"))
+    content = dict(members)
+    with tarfile.open(tmp_path / "order.tar", "w") as tar:
+        link = tarfile.TarInfo("birds/birds-a/0.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "1.png"
+        tar.addfile(link)
+        for name, data in [*members[1:], members[0]]:  # the regular 0.png comes last
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        again = tarfile.TarInfo("fish/fish-a/0.png")  # and here a link comes last
+        again.type, again.linkname = tarfile.SYMTYPE, "2.png"
+        tar.addfile(again)
+    import_folder(tmp_path / "order.tar", tmp_path / "ds")
+    _, files = _dataset(tmp_path / "ds")
+    assert files["images/birds/birds-a/0.png"] == content["birds/birds-a/0.png"]
+    assert files["images/fish/fish-a/0.png"] == content["fish/fish-a/2.png"]
+
+
+def test_tar_archives_joined_with_cat_are_refused(tmp_path: Path) -> None:
+    """tar reads up to the first end-of-archive marker: the second of two joined archives was
+    left out with exit status 0 (zeros padding a record, and other trailing bytes, are fine)."""
+    members = _members(_source(tmp_path / "src"))
+    first = _tar(tmp_path / "a.tar", members[:6]).read_bytes()
+    second = _tar(tmp_path / "b.tar", members[6:]).read_bytes()
+    (tmp_path / "joined.tar").write_bytes(first + second)
+    with pytest.raises(DatasetError, match="another archive after its end-of-archive marker"):
+        import_folder(tmp_path / "joined.tar", tmp_path / "ds")
+    (tmp_path / "padded.tar").write_bytes(first + bytes(20480) + b"trailing notes")
+    assert import_folder(tmp_path / "padded.tar", tmp_path / "ok").samples == 6
+
+
+def test_a_progress_bar_that_cannot_be_drawn_does_not_stop_the_unpacking(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing the unpack bar to a closed pipe raised inside the tar reader: a sound archive
+    was reported damaged."""
+    import metamodal.datasets._archives as archives
+
+    real = archives.tqdm
+
+    class Broken(real):  # type: ignore[misc, valid-type]
+        def update(self, n=1):  # noqa: ANN001, ANN202
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(archives, "tqdm", lambda *a, **k: Broken(*a, **{**k, "disable": False,
+                                                                       "file": io.StringIO()}))
+    archive = _tar(tmp_path / "src.tar.gz", _members(_source(tmp_path / "src")), "w:gz")
+    assert import_folder(archive, tmp_path / "ds", progress=True).samples == 12

@@ -27,7 +27,8 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -44,7 +45,7 @@ from metamodal.datasets._sources import (
     unwritable,
     walk_folder,
 )
-from metamodal.errors import DatasetError
+from metamodal.errors import DatasetError, OutputError
 from metamodal.io import publish_directory
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,8 @@ def zip_files(
                 target = archive.read(info).decode("utf-8")
             except (*READ_ERRORS, UnicodeDecodeError):
                 target = "/"  # unreadable: leads nowhere
+            files.pop(parts, None)  # the last member of a path wins, link or not
+            links = [link for link in links if link[0] != parts]
             links.append((parts, _link_target(parts, target, hard=False), origin))
             continue
         if kind not in (0, stat.S_IFREG):
@@ -192,6 +195,7 @@ def zip_files(
             raise DatasetError("encrypted archive member", file=origin,
                                fix="use an archive without a password")
         budget.take(info.file_size, origin)
+        links = [link for link in links if link[0] != parts]
         files[parts] = SourceFile(parts, origin, info.file_size, archive=archive,
                                   member=info.filename)
     for parts, origin in _follow_links(links, files):  # each a copy: counted again
@@ -411,6 +415,9 @@ def tar_files(
                     continue
                 origin = f"{label}:{info.name}"
                 if info.islnk() or info.issym():
+                    if files.pop(parts, None) is not None:  # the last member of a path wins
+                        dest.joinpath(*parts).unlink()
+                    links = [link for link in links if link[0] != parts]
                     links.append((parts, _link_target(parts, info.linkname,
                                                       hard=info.islnk()), origin))
                     continue
@@ -418,15 +425,21 @@ def tar_files(
                     skipped.append(info.name)
                     continue
                 budget.take(info.size, origin)
+                links = [link for link in links if link[0] != parts]
                 target = dest.joinpath(*parts)
-                make_parent(target, origin)
                 handle = tar.extractfile(info)
                 if handle is None:  # pragma: no cover - isreg() members always have content
                     continue
-                with handle:
+                with handle, _named(origin):
+                    make_parent(target, origin)
                     copy_bounded(handle, target, max_file_bytes,
                                  lambda limit, o=origin: budget.too_big(o))
                 files[parts] = SourceFile(parts, origin, info.size, path=target)
+            if _another_archive_follows(tar):
+                raise DatasetError(
+                    "holds another archive after its end-of-archive marker (archives joined "
+                    "with `cat`), which tar would leave out", file=label,
+                    fix="unpack each and import the folder, or pack them as one archive")
     except (tarfile.TarError, *READ_ERRORS) as err:
         said = (f"damaged after {len(files)} file(s), the last member read {member!r}: {err}"
                 if member else "not a readable tar archive (plain, gzip, bzip2 or xz)"
@@ -438,7 +451,8 @@ def tar_files(
     for parts, origin in _follow_links(links, files):  # copies, on disk: no link is made
         original = files[parts]
         budget.take(original.size, origin)
-        original.copy_to(dest.joinpath(*parts), max_file_bytes)
+        with _named(origin):
+            original.copy_to(dest.joinpath(*parts), max_file_bytes)
         files[parts] = SourceFile(parts, origin, original.size, path=dest.joinpath(*parts))
     _warn_skipped([*skipped, *(origin.removeprefix(f"{label}:") for _, _, origin in links)],
                   label)
@@ -456,8 +470,11 @@ class _Counted:
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
-        if (ahead := self.raw.tell() - self.bar.n) > 0:
-            self.bar.update(ahead)
+        if not self.bar.disable and (ahead := self.raw.tell() - self.bar.n) > 0:
+            try:
+                self.bar.update(ahead)
+            except (OSError, ValueError):  # the bar's stream is gone (a closed pipe, a full disk)
+                self.bar.disable = True
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -471,6 +488,39 @@ class _Counted:
 
     def readable(self) -> bool:
         return True
+
+
+@contextmanager
+def _named(origin: str) -> Iterator[None]:
+    """Let an `OutputError` of writing a member's unpacked copy name the member
+    (``ARCHIVE:MEMBER``), not the temporary folder it was written in."""
+    try:
+        yield
+    except OutputError as error:
+        error.file = origin
+        raise
+
+
+def _another_archive_follows(tar: tarfile.TarFile, limit: int = 1 << 24) -> bool:
+    """Whether, after the end-of-archive marker ``tar`` stopped at, the stream holds another
+    archive's header within ``limit`` bytes (zeros padding the last record are fine; data
+    that is no tar header, or unreadable, is left alone, as tar does)."""
+    assert tar.fileobj is not None
+    for _ in range(limit // tarfile.BLOCKSIZE):
+        try:
+            block = tar.fileobj.read(tarfile.BLOCKSIZE)
+        except (tarfile.TarError, *READ_ERRORS):
+            return False
+        if len(block) < tarfile.BLOCKSIZE:
+            return False
+        if block.count(0) == tarfile.BLOCKSIZE:
+            continue
+        try:
+            tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            return False
+        return True
+    return False
 
 
 def _link_target(parts: tuple[str, ...], linkname: str, *,

@@ -695,3 +695,13 @@ def test_a_progress_bar_that_cannot_be_drawn_does_not_stop_the_unpacking(
                                                                        "file": io.StringIO()}))
     archive = _tar(tmp_path / "src.tar.gz", _members(_source(tmp_path / "src")), "w:gz")
     assert import_folder(archive, tmp_path / "ds", progress=True).samples == 12
+
+
+def test_a_table_cell_naming_a_loop_of_links_is_a_typed_error(tmp_path: Path) -> None:
+    folder = _shop(tmp_path / "src")
+    (folder / "photos" / "loop.png").symlink_to("loop.png")
+    (folder / "items.csv").write_text((folder / "items.csv").read_text()
+                                      + "elk3,elk,x,photos/loop.png\n")
+    with pytest.raises(DatasetError, match="cannot be examined") as caught:
+        import_table(folder / "items.csv", tmp_path / "ds", label="species", image="photo")
+    assert (caught.value.row, caught.value.column) == (10, "photo")

@@ -140,3 +140,23 @@ def test_an_out_that_is_a_loop_of_links_is_a_typed_error(data: Path, tmp_path: P
         with pytest.raises(ConfigError, match="cannot be resolved") as caught:
             Trainer(config, out, progress=False).fit()
         assert caught.value.column == key
+
+
+def test_a_loop_of_links_anywhere_a_path_is_given_is_a_typed_error(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Python raises a raw RuntimeError for a loop of symbolic links: ensemble members,
+    --json, episodes --out, export's run and OUT printed tracebacks."""
+    from metamodal.cli import main
+
+    run = tmp_path / "run"
+    Trainer(_config(data), run, progress=False).fit()
+    (tmp_path / "loop").symlink_to("loop")
+    loop = str(tmp_path / "loop")
+    for argv in (["ensemble", str(run), loop, "--out", str(tmp_path / "e")],
+                 ["eval", str(run), "--json", loop, "--ways", "2", "--queries", "1",
+                  "--episodes-count", "2"],
+                 ["episodes", str(data), "--out", loop, "--ways", "2", "--queries", "1"],
+                 ["export", str(run), loop, "--format", "torchscript"],
+                 ["export", loop, str(tmp_path / "x.pt"), "--format", "torchscript"]):
+        assert main(argv) == 2, argv
+        assert "cannot be resolved" in capsys.readouterr().err

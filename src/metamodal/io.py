@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metamodal.errors import OutputError
+from metamodal.errors import ConfigError, OutputError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -203,10 +203,11 @@ def loads_json(text: str) -> Any:
 
 
 def resolved(path: str | Path, key: str | None = None) -> Path:
-    """``path`` made absolute, its symbolic links followed (`pathlib.Path.resolve`).
+    """``path`` made absolute, its symbolic links followed (`pathlib.Path.resolve`): for any
+    path a user gives, where Python would raise a raw ``RuntimeError`` on a loop of links.
 
     Raises:
-        OutputError: keyed ``key``, for a loop of symbolic links on the way.
+        ConfigError: keyed ``key``, for a loop of symbolic links on the way.
 
     Example:
         >>> resolved("/tmp/../tmp/x").as_posix()
@@ -215,7 +216,7 @@ def resolved(path: str | Path, key: str | None = None) -> Path:
     try:
         return Path(path).resolve()
     except (OSError, RuntimeError) as err:  # a loop of links
-        raise OutputError(f"cannot be resolved ({err})", file=path, column=key,
+        raise ConfigError(f"cannot be resolved ({err})", file=path, column=key,
                           fix="give a path without a loop of symbolic links") from None
 
 

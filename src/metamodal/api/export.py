@@ -93,7 +93,7 @@ def export(run: str | Path | None = None, settings: ExportSettings | None = None
         >>> export("runs/demo", out="model.onnx").table()  # doctest: +SKIP
     """
     from metamodal import export as exporting
-    from metamodal.io import atomic_write, atomic_write_json
+    from metamodal.io import atomic_write, atomic_write_json, resolved
     from metamodal.model import EnsembleModel
     from metamodal.runs import load_run
 
@@ -106,11 +106,11 @@ def export(run: str | Path | None = None, settings: ExportSettings | None = None
     if side == out:
         raise ConfigError(f"export: {out} would be overwritten by its own sidecar",
                           file=out, fix="name the model file e.g. model.onnx or model.pt")
-    if s.json and Path(s.json).resolve() == side.resolve():  # OUT itself: `resolve` refused
+    if s.json and resolved(s.json, "json") == resolved(side, "out"):  # OUT: refused before
         raise ConfigError(f"export: --json {s.json} is the export's own file, which the "
                           "result would replace", column="json",
                           fix="write the result to a file of its own, e.g. export-result.json")
-    run_dir = Path(s.run).resolve()
+    run_dir = resolved(s.run, "run")
     for path in (out, side):
         if path.exists() and not s.overwrite:
             raise ConfigError(f"export: {path} exists", file=path,

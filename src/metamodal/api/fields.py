@@ -237,7 +237,9 @@ def check_json_target(json: str | Path, settings: Any) -> None:
     writes (the run, an input table, an episode file), a file of a run directory (its
     ``config.toml``, weights, ...: one of `run_files` inside a directory that the settings
     name, such as ``out``) or of a dataset (`check_output_file`)."""
-    target = Path(json).resolve()
+    from metamodal.io import resolved
+
+    target = resolved(json, "json")
     given: list[Path] = []
     for item in dataclasses.fields(settings):
         if item.name == "json":
@@ -245,7 +247,7 @@ def check_json_target(json: str | Path, settings: Any) -> None:
         value = getattr(settings, item.name)
         for v in value if isinstance(value, list | tuple) else [value]:
             if isinstance(v, str | Path) and str(v) and (item.name == "out" or Path(v).exists()):
-                given.append(Path(v).resolve())
+                given.append(resolved(v, item.name))
     if target in given or (target.name in run_files()
                            and any(p in target.parents for p in given)):
         raise ConfigError(f"--json {json} would overwrite {target.name}, a file this command "
@@ -262,10 +264,10 @@ def check_output_file(target: str | Path, key: str) -> None:
     directory (one above it holds a ``dataset.toml``: its schema, table, splits or media)."""
     from metamodal.data.schema import dataset_holding
     from metamodal.evaluate.report.assemble import REPORT_PAGES, RESULTS_JSON
-    from metamodal.io import check_file_target
+    from metamodal.io import check_file_target, resolved
     from metamodal.runs.directory import CONFIG_FILE
 
-    target = Path(target).resolve()
+    target = resolved(target, key)
     check_file_target(target)
     if target.name in run_files() and (target.parent / CONFIG_FILE).exists():
         raise ConfigError(f"{target} is a run's own {target.name}; writing there would "

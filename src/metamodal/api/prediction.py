@@ -10,6 +10,7 @@ from metamodal.api.fields import resolve, typed_arguments, write_json
 from metamodal.api.settings import PredictSettings
 from metamodal.config import test_time_overrides
 from metamodal.errors import ConfigError
+from metamodal.io import resolved
 
 
 @dataclass
@@ -80,7 +81,7 @@ def predict(run: str | Path | None = None, settings: PredictSettings | None = No
 def _check_json_reads(json: str | None, samples: Any) -> None:
     """`ConfigError` keyed ``json`` when ``--json`` names a media file of ``samples``
     (a `MultimodalDataset`) that the prediction reads (it was written over with the JSON)."""
-    if json and Path(json).resolve() in samples.media_files():
+    if json and resolved(json, "json") in samples.media_files():
         raise ConfigError(f"--json {json} would overwrite a media file of the samples, which "
                           "this command reads", column="json",
                           fix="write the result to a file of its own, e.g. result.json")

@@ -31,7 +31,7 @@ from metamodal.api.settings import SearchSettings
 from metamodal.api.training import train
 from metamodal.config import TrainConfig, load_config
 from metamodal.errors import ConfigError, InsufficientSamplesError, MetamodalError, RunError
-from metamodal.io import make_directory
+from metamodal.io import make_directory, resolved
 from metamodal.search.report import EPISODES_FILE, TRIALS_DIR
 from metamodal.search.space import SearchSpace, nest
 
@@ -152,7 +152,7 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
         {**options, **({"data": str(data)} if data else {})})
     if not base.data:
         raise ConfigError("no dataset given", column="data", fix="pass DATA")
-    base = base.updated({"data": str(Path(base.data).resolve())})
+    base = base.updated({"data": str(resolved(base.data, "data"))})
     base.validate(source=s.config or None)  # a bad flag is the flag's, not the space's
     space = SearchSpace.from_toml(s.space, base)
     sampler = make_sampler(s.sampler, space, s.sampler_seed)

@@ -284,7 +284,7 @@ def walk_folder(root: str | Path, *, max_depth: int = MAX_DEPTH) -> Iterator[Sou
     yield from walk(root, ())
     if skipped:
         warnings.warn(
-            f"skipped {len(skipped)} symlink(s) that lead out of {root} or to a folder: "
+            f"skipped {len(skipped)} symlink(s) that lead out of {root}, to a folder or nowhere: "
             + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""),
             stacklevel=2,
         )

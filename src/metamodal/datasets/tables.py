@@ -65,9 +65,10 @@ def _inside(key: str, value: str) -> tuple[str, ...]:
     try:
         return safe_member_parts(value)
     except DatasetError:
+        example = "shop/items.csv" if key == "table" else "shop"
         raise ConfigError(f"{value!r} is not a path inside the archive", column=key,
                           fix=f"give --{key} as a relative path the archive lists, without "
-                          "'..' (e.g. shop/items.csv)") from None
+                          f"'..' (e.g. {example})") from None
 
 
 def _only_table(folder: Path, source: Path) -> tuple[str, ...]:
@@ -335,8 +336,9 @@ def import_table(
                 except PathRefused as refused:
                     raise DatasetError(refused.message, file=file, row=row, column=column,
                                        fix=refused.fix) from None
-                except OSError as error:
-                    raise DatasetError(f"the path cannot be examined ({error.strerror})",
+                except (OSError, RuntimeError) as error:  # RuntimeError: a loop of links
+                    raise DatasetError("the path cannot be examined "
+                                       f"({getattr(error, 'strerror', None) or error})",
                                        file=file, row=row, column=column,
                                        fix="correct the path") from None
                 if not target.is_relative_to(inside):

@@ -39,7 +39,13 @@ from metamodal.errors import ConfigError
 from metamodal.evaluate.episode_plans import EpisodePlan
 from metamodal.evaluate.protocol import episode_logits
 from metamodal.evaluate.stats import mean_ci95
-from metamodal.io import followed, make_directory, publish_directory, replace_directory
+from metamodal.io import (
+    followed,
+    make_directory,
+    publish_directory,
+    replace_directory,
+    resolved,
+)
 from metamodal.model.ensemble import (
     METHODS,
     EnsembleModel,
@@ -356,10 +362,10 @@ def check_ensemble_target(out: str | Path, members: Sequence[str | Path], *,
     Raises:
         ConfigError: keyed ``runs`` or ``out``.
     """
-    out = Path(out).resolve()
+    out = resolved(out, "out")
     seen: dict[Path, str | Path] = {}
     for member in members:
-        place = Path(member).resolve()
+        place = resolved(member, "runs")
         if place in seen:
             raise ConfigError(f"{member} and {seen[place]} are the same run", column="runs",
                               fix="give each run once: an ensemble of a run with itself is "

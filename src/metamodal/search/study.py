@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from metamodal.errors import ConfigError, MetamodalError, RunError
+from metamodal.io import resolved
 from metamodal.search.space import SearchSpace
 
 HEARTBEAT_INTERVAL = 60
@@ -127,7 +128,7 @@ def check_storage_file(path: Path, out: Path) -> None:
         pass
     except PathRefused as refused:
         raise refuse(f"cannot be used: {refused.message}", refused.fix) from None
-    target, out = path.resolve(), out.resolve()
+    target, out = resolved(path, "study"), resolved(out, "out")
     if out in target.parents and target.relative_to(out).parts[0] in OUT_ENTRIES:
         raise refuse(f"is {target.relative_to(out)}, which the search writes in its --out",
                      f"give it a name of its own, e.g. {out / 'study.log'}")

@@ -169,7 +169,7 @@ def zip_files(
     label = archive.filename or "archive"
     budget = _Budget(label, max_file_bytes, max_total_bytes)
     files: dict[tuple[str, ...], SourceFile] = {}
-    links: list[tuple[tuple[str, ...], tuple[str, ...] | None, str]] = []
+    links: dict[tuple[str, ...], tuple[tuple[str, ...] | None, str]] = {}
     skipped: list[str] = []
     for info in archive.infolist():  # in the archive's order: the last of a path wins
         parts = safe_member_parts(info.filename, label)
@@ -185,8 +185,7 @@ def zip_files(
             except (*READ_ERRORS, UnicodeDecodeError):
                 target = "/"  # unreadable: leads nowhere
             files.pop(parts, None)  # the last member of a path wins, link or not
-            links = [link for link in links if link[0] != parts]
-            links.append((parts, _link_target(parts, target, hard=False), origin))
+            links[parts] = (_link_target(parts, target, hard=False), origin)
             continue
         if kind not in (0, stat.S_IFREG):
             skipped.append(info.filename)
@@ -195,13 +194,13 @@ def zip_files(
             raise DatasetError("encrypted archive member", file=origin,
                                fix="use an archive without a password")
         budget.take(info.file_size, origin)
-        links = [link for link in links if link[0] != parts]
+        links.pop(parts, None)
         files[parts] = SourceFile(parts, origin, info.file_size, archive=archive,
                                   member=info.filename)
     for parts, origin in _follow_links(links, files):  # each a copy: counted again
         budget.take(files[parts].size, origin)
         files[parts] = dataclasses.replace(files[parts], origin=origin)
-    skipped += [origin.removeprefix(f"{label}:") for _, _, origin in links]
+    skipped += [origin.removeprefix(f"{label}:") for _, origin in links.values()]
     _warn_skipped(skipped, label)
     return [files[parts] for parts in sorted(files)]
 
@@ -235,22 +234,20 @@ _MAX_LINK_BYTES = 4096
 """Longest symbolic-link target read from a zip member."""
 
 
-def _follow_links(links: list[tuple[tuple[str, ...], tuple[str, ...] | None, str]],
+def _follow_links(links: dict[tuple[str, ...], tuple[tuple[str, ...] | None, str]],
                   files: dict[tuple[str, ...], SourceFile]) -> list[tuple[tuple[str, ...], str]]:
-    """Give each link ``(parts, target parts, origin)`` whose target is in ``files`` (or is
-    another such link) its target's entry in ``files`` under its own parts; removes those
-    from ``links`` (what stays leads nowhere in the archive). Returns ``(parts, origin)`` of
-    the links followed."""
+    """Give each link (its parts -> its target's parts and its origin) whose target is in
+    ``files`` (or is another such link) its target's entry in ``files`` under its own parts;
+    removes those from ``links`` (what stays leads nowhere in the archive). Returns
+    ``(parts, origin)`` of the links followed."""
     followed: list[tuple[tuple[str, ...], str]] = []
-    while True:
-        found = [link for link in links if link[1] in files]
-        if not found:
-            return followed
-        for parts, target, origin in found:
+    while found := [parts for parts, (target, _) in links.items() if target in files]:
+        for parts in found:
+            target, origin = links.pop(parts)
             files[parts] = dataclasses.replace(files[target],  # type: ignore[index]
                                                parts=parts)
             followed.append((parts, origin))
-            links.remove((parts, target, origin))
+    return followed
 
 
 def _warn_skipped(members: list[str], label: str) -> None:
@@ -398,7 +395,7 @@ def tar_files(
     """
     label = str(path)
     files: dict[tuple[str, ...], SourceFile] = {}
-    links: list[tuple[tuple[str, ...], tuple[str, ...] | None, str]] = []
+    links: dict[tuple[str, ...], tuple[tuple[str, ...] | None, str]] = {}
     skipped: list[str] = []
     budget = _Budget(label, max_file_bytes, max_total_bytes)
     member = ""
@@ -417,15 +414,14 @@ def tar_files(
                 if info.islnk() or info.issym():
                     if files.pop(parts, None) is not None:  # the last member of a path wins
                         dest.joinpath(*parts).unlink()
-                    links = [link for link in links if link[0] != parts]
-                    links.append((parts, _link_target(parts, info.linkname,
-                                                      hard=info.islnk()), origin))
+                    links[parts] = (_link_target(parts, info.linkname, hard=info.islnk()),
+                                    origin)
                     continue
                 if not info.isreg():
                     skipped.append(info.name)
                     continue
                 budget.take(info.size, origin)
-                links = [link for link in links if link[0] != parts]
+                links.pop(parts, None)
                 target = dest.joinpath(*parts)
                 handle = tar.extractfile(info)
                 if handle is None:  # pragma: no cover - isreg() members always have content
@@ -454,7 +450,7 @@ def tar_files(
         with _named(origin):
             original.copy_to(dest.joinpath(*parts), max_file_bytes)
         files[parts] = SourceFile(parts, origin, original.size, path=dest.joinpath(*parts))
-    _warn_skipped([*skipped, *(origin.removeprefix(f"{label}:") for _, _, origin in links)],
+    _warn_skipped([*skipped, *(origin.removeprefix(f"{label}:") for _, origin in links.values())],
                   label)
     return [files[parts] for parts in sorted(files)]
 

@@ -25,7 +25,7 @@ from metamodal.data.schema import check_outside_dataset, load_schema
 from metamodal.data.splits import SPLITS_FILE
 from metamodal.errors import ConfigError, InsufficientSamplesError, RunError
 from metamodal.evaluate.protocol import evaluate
-from metamodal.io import followed, make_directory, replace_directory
+from metamodal.io import followed, make_directory, replace_directory, resolved
 from metamodal.learners.base import check_support
 from metamodal.learners.baselines import SupervisedClassifier
 from metamodal.learners.task_batching import (
@@ -241,12 +241,7 @@ class Trainer:
     ) -> None:
         config.validate()
         if config.data:  # the run must find its dataset from any working directory
-            try:
-                config = config.updated({"data": str(Path(config.data).resolve())})
-            except (OSError, RuntimeError) as err:  # a loop of links
-                raise ConfigError(f"cannot be resolved ({err})", file=config.data,
-                                  column="data", fix="give the dataset directory itself, "
-                                  "without a loop of symbolic links") from None
+            config = config.updated({"data": str(resolved(config.data, "data"))})
             config = with_dataset_encoders(config, load_schema(config.data))
         self.config = config
         self.out = followed(out)  # a run behind a link is replaced there, the link kept

@@ -332,6 +332,37 @@ def test_a_killed_workers_trial_on_a_journal_is_failed_and_replaced(
     assert result.best is not None
 
 
+def test_a_trial_stopped_by_sigterm_is_failed_and_replaced(
+        tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (a timeout, a batch system's preemption) stops a verb by raising
+    `metamodal.cli.Terminated`, which Optuna lets through without failing the trial: it
+    stayed running, counted toward --trials, and the same search started again trained
+    nothing and wrote no best.toml. It is failed as Ctrl-C fails it, and replaced."""
+    from metamodal.cli import Terminated
+
+    search_module = sys.modules["metamodal.api.search"]
+    real_train = search_module.train
+
+    def terminated(*args, **kwargs):
+        raise Terminated("SIGTERM")
+
+    space = space_file(tmp_path, 'fusion = { choices = ["mean", "gated"] }')
+    out = tmp_path / "out"
+    run = dict(space=str(space), out=str(out), pruner="none", study="j", trials=1,
+               storage=f"journal:{tmp_path / 'study.log'}", **TRAIN, **OBJECTIVE)
+    monkeypatch.setattr(search_module, "train", terminated)
+    with pytest.raises(Terminated):
+        api.search(data, **run)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.log")))
+    (stopped,) = optuna.load_study(study_name="j", storage=storage).get_trials()
+    assert stopped.state == optuna.trial.TrialState.FAIL and "error" not in stopped.user_attrs
+    monkeypatch.setattr(search_module, "train", real_train)
+    result = api.search(data, **run)
+    assert sorted(t["state"] for t in result.trials) == ["complete", "fail"]
+    assert result.best is not None and (out / "best.toml").is_file()
+
+
 def test_a_trial_heartbeat_beats_until_its_block_ends() -> None:
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     trial = study.ask()

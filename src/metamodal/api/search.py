@@ -425,8 +425,17 @@ def objective(space: SearchSpace, base: TrainConfig, out: Path, episodes: Path, 
     from metamodal.search.study import TrialHeartbeat
 
     def score(trial: optuna.Trial) -> float:
-        with TrialHeartbeat(trial) if beat else contextlib.nullcontext():
-            return trained_and_scored(trial)
+        try:
+            with TrialHeartbeat(trial) if beat else contextlib.nullcontext():
+                return trained_and_scored(trial)
+        except (Exception, KeyboardInterrupt):
+            raise  # Optuna fails the trial
+        except BaseException:
+            # a signal turned into an exception (`metamodal.cli.Terminated`), which Optuna
+            # lets through with its trial left running: failed here as Ctrl-C fails it (no
+            # error of ours: the worker stopped), so that a search started again replaces it
+            trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
 
     def trained_and_scored(trial: optuna.Trial) -> float:
         run_dir = out / TRIALS_DIR / f"{trial.number:04d}"

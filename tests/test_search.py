@@ -158,6 +158,21 @@ batch_size = { low = 1, high = 11 }
     assert not out.exists()
 
 
+def test_a_float_grid_stays_inside_its_range(tmp_path: Path, data: Path) -> None:
+    """0.3 + 3 * 0.2 is 0.9000000000000001 in floats: the grid's last point passed the range
+    (and modality_dropout's bound, 0.9), and its trial failed with a fix asking for what was
+    given. Every grid point is a number of the range, and every trial trains."""
+    path = space_file(tmp_path, '"augment.modality_dropout" = { low = 0.3, high = 0.9, '
+                                'step = 0.2 }')
+    assert SearchSpace.from_toml(path, TrainConfig()).grid() == {
+        "augment.modality_dropout": [0.3, 0.5, 0.7, 0.9]}
+    result = api.search(data, space=str(path), out=str(tmp_path / "out"), sampler="grid",
+                        trials=4, pruner="none", **TRAIN, **OBJECTIVE)
+    assert sorted(t["values"]["augment.modality_dropout"] for t in result.trials) == [
+        0.3, 0.5, 0.7, 0.9]
+    assert all(t["state"] == "complete" for t in result.trials)
+
+
 @pytest.mark.parametrize("key,value", [
     ("trials", 0), ("trials", -3), ("trials", 100_001), ("study", ""), ("study", "  "),
     ("study", "s" * 513), ("study", "a\nb"), ("study", "x\x1b[2J"), ("sampler_seed", -1),

@@ -318,6 +318,34 @@ def test_a_second_study_in_the_same_out_is_refused_and_a_killed_trial_is_replace
     assert "worker stopped" in reason and "worker stopped" in result.table()
 
 
+def test_two_studies_started_together_on_one_out_cannot_both_train_there(
+        tmp_path: Path, data: Path) -> None:
+    """Two workers of different studies (a typo in one's --study) started at the same moment
+    both passed the check of OUT's trial folders (none existed yet) and trained into the same
+    trials/0000, replacing each other's run. The first worker records its study in
+    OUT/study.txt before any trial; a worker of another study is refused by that record."""
+    space = space_file(tmp_path, 'fusion = { choices = ["mean", "gated"] }')
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.txt").write_text("a\n")  # worker a has claimed OUT, not yet trained
+    run = dict(space=str(space), out=str(out), pruner="none", trials=1,
+               storage=f"journal:{tmp_path / 'study.log'}", **TRAIN, **OBJECTIVE)
+    with pytest.raises(ConfigError, match="holds the trials of study 'a'") as caught:
+        api.search(data, study="b", **run)
+    assert caught.value.column == "study" and caught.value.file == str(out / "study.txt")
+    assert not (out / "trials").exists()
+    assert api.search(data, study="a", **run).best is not None
+    fresh = tmp_path / "fresh"
+    api.search(data, study="c", **{**run, "out": str(fresh),
+                                   "storage": f"journal:{tmp_path / 'c.log'}"})
+    assert (fresh / "study.txt").read_text() == "c\n"
+    (fresh / "study.txt").unlink()
+    os.mkfifo(fresh / "study.txt")  # never opened: it would hang
+    with pytest.raises(ConfigError, match="cannot be read"):
+        api.search(data, study="c", **{**run, "out": str(fresh),
+                                       "storage": f"journal:{tmp_path / 'c.log'}"})
+
+
 def test_a_killed_workers_trial_on_a_journal_is_failed_and_replaced(
         tmp_path: Path, data: Path) -> None:
     """The journal storage keeps no heartbeat of Optuna's: a killed worker's trial stayed

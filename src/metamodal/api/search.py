@@ -32,7 +32,7 @@ from metamodal.api.training import train
 from metamodal.config import TrainConfig, load_config
 from metamodal.errors import ConfigError, InsufficientSamplesError, MetamodalError, RunError
 from metamodal.io import make_directory, resolved
-from metamodal.search.report import EPISODES_FILE, TRIALS_DIR
+from metamodal.search.report import EPISODES_FILE, STUDY_FILE, TRIALS_DIR
 from metamodal.search.space import SearchSpace, nest
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
             raise RunError(f"the study cannot be opened ({type(error).__name__}: {error})",
                            column="storage", fix="give another --storage or --study") from None
         check_trial_folders(out, study)
+        claim_out(out, study.study_name)
         check_fixed_settings(study, {
             "train": {k: v for k, v in base.to_dict().items() if k not in MACHINE_SETTINGS}
             | {"data": study_dataset(study, base.data)},
@@ -292,6 +293,51 @@ def check_trial_folders(out: Path, study: Any) -> None:
             column="study", file=folder,
             fix="give this study an --out of its own, or the --storage and --study that "
             "made those runs")
+
+
+def claim_out(out: Path, study_name: str) -> None:
+    """Record in ``OUT/study.txt`` that ``out`` holds the trials of ``study_name``, or refuse
+    another study's worker. The file is written once and linked into place, which fails where
+    another worker was first: two workers of different studies started together (where
+    `check_trial_folders` finds no runs yet) cannot both pass, and would train into the same
+    ``OUT/trials/0000``.
+
+    Raises:
+        ConfigError: keyed ``study``: ``out`` holds another study's trials, or its record
+            cannot be read.
+    """
+    from metamodal.data.paths import PathRefused, check_regular_file
+
+    path = out / STUDY_FILE
+    if not os.path.lexists(path):
+        fd, draft = tempfile.mkstemp(dir=out, prefix=f".{STUDY_FILE}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(study_name + "\n")
+            os.chmod(draft, 0o644)
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another worker was first: its record is read below
+        except OSError:  # a file system without hard links: the rename, nearly as good
+            if not os.path.lexists(path):
+                os.replace(draft, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(draft)
+    try:
+        check_regular_file(path, "study record")
+        with path.open("rb") as handle:
+            recorded = handle.read(4 * MAX_STUDY_NAME + 2).decode("utf-8").removesuffix("\n")
+    except (PathRefused, OSError, UnicodeDecodeError) as error:
+        why = error.message if isinstance(error, PathRefused) else str(error)
+        raise ConfigError(f"the record of the study whose trials {out} holds cannot be read "
+                          f"({why})", file=path, column="study",
+                          fix=f"remove {path} if {out} holds no other study's trials") from None
+    if recorded != study_name:
+        raise ConfigError(
+            f"{out} holds the trials of study {recorded[:80]!r}, not of {study_name!r}; its "
+            "trial numbers start at 0 too, and its runs would replace them", file=path,
+            column="study", fix=f"give this study an --out of its own, or --study {recorded[:80]}")
 
 
 def study_dataset(study: Any, data: str) -> str:

@@ -7,8 +7,9 @@
     OUT/report/history.png   each trial's score and the best so far
     OUT/report/importance.png  how much each setting explains the score (Optuna's fANOVA)
 
-beside the trials' run directories (``OUT/trials/NNNN``) and the validation episodes every
-trial is scored on (``OUT/val-episodes.jsonl``).
+beside the trials' run directories (``OUT/trials/NNNN``), the validation episodes every
+trial is scored on (``OUT/val-episodes.jsonl``) and the name of the study whose trials ``OUT``
+holds (``OUT/study.txt``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ BEST_FILE = "best.toml"
 REPORT_DIR = "report"
 TRIALS_DIR = "trials"
 EPISODES_FILE = "val-episodes.jsonl"
-OUT_ENTRIES = frozenset({TRIALS_FILE, BEST_FILE, REPORT_DIR, TRIALS_DIR, EPISODES_FILE})
+STUDY_FILE = "study.txt"
+OUT_ENTRIES = frozenset({TRIALS_FILE, BEST_FILE, REPORT_DIR, TRIALS_DIR, EPISODES_FILE,
+                         STUDY_FILE})
 """What a search writes in ``OUT`` (besides its default storage, ``study.db``)."""
 KILLED = "its worker stopped during the trial (its heartbeat ended)"
 """The reason shown for a trial failed without an error of its own: its worker was killed."""

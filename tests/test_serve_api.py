@@ -602,6 +602,27 @@ def test_a_state_of_another_model_is_refused(runs: dict[str, Path],
     assert caught.value.fix
 
 
+def test_a_state_without_the_record_of_its_model_is_refused(runs: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """A state whose record of the model was lost (a damaged or edited database) was taken by
+    any run as its own: another model's stored embeddings then answered its predictions, or
+    a raw error. A state holding examples must name its model; an empty one is taken."""
+    with TestClient(create_app(runs["protonet"], state=tmp_path, eval_episodes=0)) as c:
+        assert post(c, "/api/tasks", {"e0.label": "a", "e0.caption": "x"}).status_code == 201
+    with sqlite3.connect(tmp_path / DATABASE) as db:
+        db.execute("DELETE FROM meta")
+    for run in ("protonet", "maml"):
+        with pytest.raises(RunError) as caught:
+            create_app(runs[run], state=tmp_path, eval_episodes=0)
+        assert caught.value.column == "meta.model" and caught.value.fix
+        assert Path(caught.value.file).name == DATABASE
+    with sqlite3.connect(tmp_path / DATABASE) as db:
+        db.execute("DELETE FROM examples")
+        db.execute("DELETE FROM tasks")
+    with TestClient(create_app(runs["maml"], state=tmp_path, eval_episodes=0)) as c:
+        assert c.get("/api/tasks").json()["tasks"] == []
+
+
 @pytest.mark.parametrize("garbage", [b"\x00\x01garbage" * 500, b"SQLite format 3\x00" + bytes(
     range(256)) * 20])
 def test_a_corrupt_database_is_a_run_error(runs: dict[str, Path], tmp_path: Path,
@@ -635,6 +656,16 @@ DAMAGE = {
         {"present": torch.ones(1, 5, dtype=torch.bool)}), False, False),
     "tensors of two rows": ("examples", "tensors", lambda b: save_tensors(
         {k: torch.cat([t, t]) for k, t in load_tensors(b).items()}), False, False),
+    "label empty": ("examples", "label", lambda _: "", True, True),
+    "label with a newline": ("examples", "label", lambda _: "a\nb", True, True),
+    "modalities not the tensors'": ("examples", "modalities", lambda _: '["image"]', False,
+                                    False),
+    "tensors carrying no modality": ("examples", "tensors", lambda b: save_tensors(
+        {k: t.zero_() if k == "present" else t for k, t in load_tensors(b).items()}), False,
+        False),
+    "tensors of another width": ("examples", "tensors", lambda b: save_tensors(
+        {k: t[..., :2].contiguous() if k == "z" else t for k, t in load_tensors(b).items()}),
+        False, False),
     "task name not text": ("tasks", "name", lambda _: b"\xff", True, True),
     "task version not a number": ("tasks", "version", lambda _: "one", True, True),
 }
@@ -712,12 +743,24 @@ def test_removing_beside_another_damaged_example_answers_what_is_known(
         assert [e["id"] for e in c.get(f"/api/tasks/{task}").json()["examples"]] == [ids[2]]
 
 
+def _png(side: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (side, side)).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("thumbnail", [12, b"\x89PNG garbage", _png(2000)],
+                         ids=["a number", "not a PNG", "too large"])
 def test_a_damaged_thumbnail_is_a_run_error(client: TestClient, runs: dict[str, Path],
-                                            rows: list[dict[str, str]]) -> None:
+                                            rows: list[dict[str, str]], thumbnail) -> None:
+    """A stored thumbnail that is not a PNG of at most 96 pixels a side (not bytes, or edited
+    into garbage or a large image) was served as it was."""
     task = new_task(client, rows[:2], runs["data"], modalities=("image",))
     example = client.get(f"/api/tasks/{task['id']}").json()["examples"][0]
+    assert client.get(example["thumbnail"]).status_code == 200
     with sqlite3.connect(runs["root"] / "state" / DATABASE) as db:
-        db.execute("UPDATE examples SET thumbnail = 12 WHERE id = ?", (example["id"],))
+        db.execute("UPDATE examples SET thumbnail = ? WHERE id = ?",
+                   (thumbnail, example["id"]))
     body = assert_error(client.get(example["thumbnail"]), 500, "examples.thumbnail")
     assert body["file"] == DATABASE and example["id"] in body["error"]
     client.delete(f"/api/tasks/{task['id']}")

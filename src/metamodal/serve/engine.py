@@ -45,10 +45,13 @@ from metamodal.model.test_time import settings_in_force
 from metamodal.runs.directory import WEIGHTS_FILE, Run
 from metamodal.runs.prepared import show_progress
 from metamodal.runs.support import EncodedSamples
-from metamodal.serve.store import NewExample, StoredExample, TaskRecord, damaged
-
-THUMBNAIL_SIZE = 96
-"""The longest side of a stored thumbnail, in pixels."""
+from metamodal.serve.store import (
+    THUMBNAIL_SIZE,
+    NewExample,
+    StoredExample,
+    TaskRecord,
+    damaged,
+)
 
 TEXT_SNIPPET = 200
 """The most characters of an example's text kept for display."""
@@ -353,8 +356,9 @@ class Engine:
         try:
             support = EncodedSamples.cat(rows)
         except (IndexError, RuntimeError) as error:  # rows of sizes that do not fit
-            raise damaged("examples.tensors", f"the examples' sizes differ: {error}",
-                          task_id=task.id) from None
+            odd = _odd_one(task.examples, rows)
+            raise damaged("examples.tensors", f"its sizes differ from the other examples' "
+                          f"({error})", task_id=task.id, example_id=odd.id) from None
         fitted = copy.copy(self.classifier)  # shares the loaded run
         fitted.fit_encoded(support, [e.label for e in task.examples], classes)
         ids = [e.id for e in task.examples]
@@ -373,7 +377,16 @@ class Engine:
             tensors = load_tensors(example.tensors)
             wrong = next(filter(None, (_fault_of(name, t) for name, t in tensors.items())), None)
             if wrong is None:
-                return EncodedSamples.from_tensors(tensors, form, self.modalities)
+                row = EncodedSamples.from_tensors(tensors, form, self.modalities)
+                carried = _carried(row)
+                if not carried:
+                    wrong = "they carry none of the model's modalities"
+                elif sorted(carried) != sorted(example.modalities):
+                    raise damaged("examples.modalities", f"lists {example.modalities}, but "
+                                  f"the stored tensors carry {carried}", task_id=task_id,
+                                  example_id=example.id)
+                else:
+                    return row
         except KeyError as error:  # from_tensors: a tensor the model's form needs
             wrong = f"tensor {error.args[0]!r} is missing"
         except (SafetensorError, IndexError, ValueError, RuntimeError) as error:
@@ -476,6 +489,24 @@ def _require_finite(values: torch.Tensor, samples: list[Sample]) -> None:
         raise ModalityError(f"the model's output for sample {first} is not a finite number",
                             column=first, fix="check its numbers: a value far beyond those "
                             "the model was trained on (e.g. 1e39) overflows it")
+
+
+def _carried(row: EncodedSamples) -> list[str]:
+    """The modalities one encoded row carries, by its ``present`` flags."""
+    present = (row.embeddings.present if row.embeddings is not None else
+               torch.stack([mb.present for mb in row.batch.values()], 1))
+    return [name for name, has in zip(row.modalities, present[0].tolist(), strict=True) if has]
+
+
+def _odd_one(examples: list[StoredExample], rows: list[EncodedSamples]) -> StoredExample:
+    """The first example whose encoded row's sizes (each tensor's shape past its row) are not
+    those most of the task's examples have: the one that does not fit with the others."""
+    def sizes(row: EncodedSamples) -> tuple:
+        return tuple((name, tuple(t.shape[1:])) for name, t in sorted(row.tensors().items()))
+
+    shapes = [sizes(row) for row in rows]
+    usual = max(shapes, key=shapes.count)
+    return next(e for e, shape in zip(examples, shapes, strict=True) if shape != usual)
 
 
 def _fault_of(name: str, tensor: torch.Tensor) -> str | None:

@@ -25,20 +25,14 @@ from starlette.requests import Request
 
 from metamodal.errors import ConfigError, DatasetError
 from metamodal.serve.engine import Sample, Upload
+from metamodal.serve.store import MAX_LABEL, has_control_characters, label_fault
 
 _FIELD = re.compile(r"^([eq])(0|[1-9][0-9]{0,5})\.(.+)$")  # one spelling per n
 
 _TOO_LARGE_FIX = "send fewer or smaller files, or serve with a higher --max-request-mb"
 
-MAX_LABEL = 200
-"""The longest class label or task name, in characters."""
 MAX_FIELD_BYTES = 1 << 20
 """The largest text field of a form (a file's bytes are bound by the request's size)."""
-
-
-def has_control_characters(text: str) -> bool:
-    """Whether ``text`` holds a control character (NUL, a newline, an escape, ...)."""
-    return any(unicodedata.category(c) == "Cc" for c in text)
 
 
 class BodyTooLargeError(ConfigError):
@@ -293,15 +287,9 @@ def samples_of(form: FormData, letter: str, *, columns: dict[str, str], labelled
         index, column = int(match.group(2)), match.group(3)
         sample = samples.setdefault(index, Sample(f"{letter}{index}"))
         if column == "label" and labelled:
-            if not isinstance(value, str) or not value.strip() or len(value) > MAX_LABEL:
-                raise ConfigError(f"{key} must be a class name of 1 to {MAX_LABEL} characters",
-                                  column=key, fix="give each example a label")
-            if not value.strip().strip("."):  # /classes/.. would reach the task's own URL
-                raise ConfigError(f"{key} is only dots, which a class's URL cannot hold",
-                                  column=key, fix="give the class a name with other characters")
-            if has_control_characters(value):
-                raise ConfigError(f"{key} holds a control character", column=key,
-                                  fix="give the class a name of printable characters")
+            wrong = label_fault(value if isinstance(value, str) else "")
+            if wrong is not None:
+                raise ConfigError(f"{key} {wrong[0]}", column=key, fix=wrong[1])
             sample.label = class_label(value)
             continue
         if column not in columns:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,11 @@ from metamodal.errors import ConfigError, RunError
 from metamodal.io import make_directory
 
 DATABASE = "tasks.sqlite"
+MAX_LABEL = 200
+"""The longest class label or task name, in characters."""
+THUMBNAIL_SIZE = 96
+"""The longest side of a stored thumbnail, in pixels."""
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -73,6 +79,42 @@ def damaged(column: str, reason: str, *, task_id: str | None = None,
     message = f"the stored {column} cannot be read back ({reason})"
     return RunError(f"{where}: {message}" if where else message, file=DATABASE, column=column,
                     fix=f"{again}restore {DATABASE} from a backup")
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a control character (NUL, a newline, an escape, ...)."""
+    return any(unicodedata.category(c) == "Cc" for c in text)
+
+
+def label_fault(label: str) -> tuple[str, str] | None:
+    """What makes ``label`` no class name (what is wrong, and the fix), or None: it is blank,
+    longer than `MAX_LABEL`, only dots (``/classes/..`` would reach the task's own URL) or
+    holds a control character. Checked as a label comes in, and as it is read back.
+
+    Example:
+        >>> label_fault("finch"), label_fault("..")[0]
+        (None, 'is only dots, which a class\'s URL cannot hold')
+    """
+    if not label.strip() or len(label) > MAX_LABEL:
+        return (f"must be a class name of 1 to {MAX_LABEL} characters",
+                "give each example a label")
+    if not label.strip().strip("."):
+        return ("is only dots, which a class's URL cannot hold",
+                "give the class a name with other characters")
+    if has_control_characters(label):
+        return "holds a control character", "give the class a name of printable characters"
+    return None
+
+
+def thumbnail_fault(data: bytes) -> str | None:
+    """What makes ``data`` no thumbnail a server stores (a PNG of at most `THUMBNAIL_SIZE`
+    pixels a side, by its header), or None."""
+    if len(data) < 24 or not data.startswith(_PNG) or data[12:16] != b"IHDR":
+        return "not a PNG image"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if not (0 < width <= THUMBNAIL_SIZE and 0 < height <= THUMBNAIL_SIZE):
+        return f"a PNG of {width} x {height} pixels, more than {THUMBNAIL_SIZE} a side"
+    return None
 
 
 class LimitError(ConfigError):
@@ -184,12 +226,19 @@ class TaskStore:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     db.execute(statement)
                 row = db.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()
-                if row is None:
+                unowned = row is None and db.execute(
+                    "SELECT 1 FROM examples LIMIT 1").fetchone() is not None
+                if row is None and not unowned:
                     db.execute("INSERT INTO meta VALUES ('model', ?)", (model,))
         except sqlite3.DatabaseError as error:
             raise RunError(f"the task database is unreadable ({error})", file=self.path,
                            fix="point --state at another directory, or move this one away"
                            ) from None
+        if unowned:  # any model would take the examples as its own: they mean nothing to it
+            raise RunError(
+                "the state holds encoded examples but no record of the model that encoded "
+                "them (the database was damaged or edited)", file=self.path,
+                column="meta.model", fix="give another --state, and move this one away")
         if row is not None and row[0] != model:
             raise RunError(
                 "the state holds tasks encoded by another model", file=self.path,
@@ -289,9 +338,12 @@ class TaskStore:
         if row is None:
             raise NotFoundError(f"task {task_id!r} has no example {example_id!r}",
                                 column="example", fix="list the task's examples first")
-        if row[0] is not None and not isinstance(row[0], bytes):
-            raise damaged("examples.thumbnail", f"{type(row[0]).__name__}, not bytes",
-                          task_id=task_id, example_id=example_id)
+        if row[0] is not None:
+            wrong = (f"{type(row[0]).__name__}, not bytes" if not isinstance(row[0], bytes)
+                     else thumbnail_fault(row[0]))
+            if wrong is not None:
+                raise damaged("examples.thumbnail", wrong, task_id=task_id,
+                              example_id=example_id)
         return row[0]
 
     @staticmethod
@@ -316,6 +368,9 @@ class TaskStore:
             where = {"task_id": task_id, "example_id": example_id}
             _check(row[0], str, "examples.id", **where)
             _check(row[1], str, "examples.label", **where)
+            wrong = label_fault(row[1])
+            if wrong is not None:
+                raise damaged("examples.label", wrong[0], **where)
             _check(row[3], str | None, "examples.text", **where)
             if tensors:
                 _check(row[5], bytes, "examples.tensors", **where)

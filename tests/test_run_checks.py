@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
-from metamodal.config import TrainConfig
+from metamodal.config import TrainConfig, load_config
 from metamodal.datasets.synthetic import make_synthetic
 from metamodal.errors import ConfigError, ModalityError, RunError
 from metamodal.runs.directory import load_run, load_run_data
@@ -334,6 +334,33 @@ def test_saved_support_modalities_named_twice(trained, tmp_path: Path) -> None:
     (saved / "support.json").write_text(json.dumps(meta))
     error = _error(saved, FewShotClassifier.load)
     assert error.file == str(saved / "support.json") and error.column == "modalities"
+
+
+def test_saved_support_embeddings_are_tied_to_the_weights_that_made_them(
+        trained, tmp_path: Path) -> None:
+    """Weights replaced by another run's of the same shape loaded without a word, and the
+    saved support embeddings were compared with queries the other network embedded.
+    support.json records the weights' SHA-256; a folder saved before it did still loads."""
+    data, run, saved = trained
+    config = load_config(run / "config.toml").updated({"seed": 7})
+    Trainer(config, tmp_path / "other", progress=False).fit()
+    swapped = _copy(saved, tmp_path)
+    shutil.copyfile(tmp_path / "other" / "model.safetensors", swapped / "model.safetensors")
+    error = _error(swapped, FewShotClassifier.load)
+    assert error.column == "model" and error.file == str(swapped / "support.json")
+    meta = json.loads((swapped / "support.json").read_text())
+    for recorded, loads in (("not a digest", False), (None, True)):
+        if recorded is None:
+            meta.pop("model")
+        else:
+            meta["model"] = recorded
+        (swapped / "support.json").write_text(json.dumps(meta))
+        if loads:  # saved before the digest was recorded: not checked
+            assert FewShotClassifier.load(swapped).classes_ == meta["classes"]
+        else:
+            assert _error(swapped, FewShotClassifier.load).column == "model"
+    query = _write(data / "query-tied.csv", _rows(data)[8:12])
+    assert FewShotClassifier.load(saved).predict(query) is not None  # the saved one loads
 
 
 @pytest.mark.parametrize("change", ["width", "dtype"])

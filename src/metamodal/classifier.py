@@ -26,7 +26,7 @@ from metamodal.errors import (
     RunError,
 )
 from metamodal.estimator import EstimatorParams
-from metamodal.io import atomic_write, make_directory
+from metamodal.io import atomic_write, make_directory, sha256_file
 from metamodal.learners.embeddings import Embeddings
 from metamodal.model.test_time import settings_in_force
 from metamodal.runs.directory import (
@@ -41,6 +41,7 @@ from metamodal.runs.support import (
     SUPPORT_FILE,
     SUPPORT_META,
     EncodedSamples,
+    check_support_model,
     read_support_meta,
     read_support_tensors,
     write_support,
@@ -616,7 +617,8 @@ class FewShotClassifier(EstimatorParams):
                              lambda tmp, src=source / name: shutil.copyfile(src, tmp))
         tensors = {"labels": self.support_labels_, **self.support_.tensors()}
         write_support(directory, tensors, classes=self.classes_,
-                      modalities=self.support_.modalities, form=self.support_.form)
+                      modalities=self.support_.modalities, form=self.support_.form,
+                      model=sha256_file(directory / WEIGHTS_FILE))
         return directory
 
     @classmethod
@@ -644,6 +646,7 @@ class FewShotClassifier(EstimatorParams):
                                f"(or delete {SUPPORT_META} to load the run unfitted)")
             return classifier
         meta = read_support_meta(directory / SUPPORT_META)
+        check_support_model(directory / SUPPORT_META, meta, run.path / WEIGHTS_FILE)
         expected = "embeddings" if run.model.capabilities().embeds_once else "samples"
         if meta["form"] != expected:
             raise RunError(

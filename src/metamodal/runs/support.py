@@ -6,6 +6,7 @@ them."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from metamodal.data.batch import Batch, ModalityBatch, batch_to, cat_batches, in
 from metamodal.data.dataset import lookalike_labels
 from metamodal.data.paths import PathRefused, check_own_file
 from metamodal.errors import RunError
-from metamodal.io import ParseError, atomic_write, atomic_write_json, loads_json
+from metamodal.io import ParseError, atomic_write, atomic_write_json, loads_json, sha256_file
 from metamodal.learners.embeddings import Embeddings
 
 SUPPORT_FILE = "support.safetensors"
@@ -29,15 +30,35 @@ SUPPORT_FORMS = ("embeddings", "samples")
 
 
 def write_support(directory: str | Path, tensors: dict[str, torch.Tensor], *,
-                  classes: list[str], modalities: list[str], form: str) -> None:
+                  classes: list[str], modalities: list[str], form: str, model: str) -> None:
     """Write ``support.safetensors`` (``tensors``: ``labels`` long ``[S]``, then ``z`` /
     ``present`` for embeddings or ``NAME.values`` / ``NAME.present`` / ``NAME.lengths`` per
-    modality for samples) and ``support.json`` into ``directory``, each atomically."""
+    modality for samples) and ``support.json`` into ``directory``, each atomically;
+    ``model`` is the SHA-256 of the weights that embedded them (`check_support_model`)."""
     directory = Path(directory)
     tensors = {key: tensor.contiguous().cpu() for key, tensor in tensors.items()}
     atomic_write(directory / SUPPORT_FILE, lambda tmp: save_file(tensors, str(tmp)))
     atomic_write_json(directory / SUPPORT_META, {
-        "classes": classes, "modalities": modalities, "form": form})
+        "classes": classes, "modalities": modalities, "form": form, "model": model})
+
+
+def check_support_model(path: Path, meta: dict, weights: Path) -> None:
+    """Refuse embeddings that other weights made: ``support.json``'s ``model`` (the SHA-256
+    of the weights that embedded the support set; a folder saved before it was recorded has
+    none, and is not checked) against the SHA-256 of ``weights``, the weights the classifier
+    loads. Decoded samples (the ``samples`` form) are the weights' input and are not checked.
+
+    Raises:
+        RunError: keyed ``model``: other weights, or a ``model`` that is not a digest.
+    """
+    recorded = meta.get("model")
+    if meta["form"] != "embeddings" or recorded is None:
+        return
+    if recorded != sha256_file(weights):
+        raise RunError(f"the saved support set was embedded by other weights than "
+                       f"{weights.name} (its SHA-256 differs from support.json's `model`)",
+                       file=path, column="model", fix="restore the weights that were saved "
+                       "with it, or fit the classifier on its support set again and save it")
 
 
 def read_support_meta(path: Path) -> dict:
@@ -70,6 +91,10 @@ def read_support_meta(path: Path) -> dict:
                        file=path, column="modalities", fix=fix)
     if meta["form"] not in SUPPORT_FORMS:
         raise RunError(f"unknown form {meta['form']!r}", file=path, column="form", fix=fix)
+    if "model" in meta and not (isinstance(meta["model"], str)
+                                and re.fullmatch("[0-9a-f]{64}", meta["model"])):
+        raise RunError("`model` must be the SHA-256 of the weights, 64 hex digits", file=path,
+                       column="model", fix=fix)
     return meta
 
 

@@ -417,6 +417,31 @@ def test_a_search_is_not_a_torchrun_job(monkeypatch: pytest.MonkeyPatch) -> None
         api.search("data", space="space.toml", out="out")
 
 
+def test_a_verb_that_does_not_share_its_work_is_not_a_torchrun_job(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`torchrun -m metamodal ensemble` (or make-synthetic, report, export, ...) ran the verb
+    once in every process, each writing the same --out: one failed on another's output and
+    the job exited non-zero though the ensemble was written (with --overwrite they replaced
+    each other's). Only train, align and eval share their work out; the others are refused
+    before anything is written. A job of one process runs them as before."""
+    from metamodal.cli import main
+
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    for argv, out in ((["ensemble", "a", "b", "--out", str(tmp_path / "ens")], "ens"),
+                      (["make-synthetic", str(tmp_path / "data"), "--classes", "3"], "data")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"metamodal {argv[0]} is not a torchrun job" in err and "WORLD_SIZE" in err
+        assert not (tmp_path / out).exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["make-synthetic", str(tmp_path / "data"), "--classes", "15",
+                 "--per-class", "2"]) == 0
+
+
 def test_a_study_database_on_a_network_file_system_is_warned_about(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("optuna")

@@ -81,6 +81,10 @@ learner = { choices = ["maml", "anil"] }
     ("lr = { low = 0.01, high = 0.01 }", "lr", "empty"),
     ("fusion = { choices = [] }", "fusion", "at least one choice"),
     ("seed = { low = 0, high = 9 }", "seed", "may not vary"),
+    # each of these passed, then trained no trial or one that means nothing
+    ("modalities = { choices = [[]] }", "modalities", "names no modality"),
+    ("world_size = { choices = [2] }", "world_size", "recorded by training"),
+    ("align_only = { choices = [true] }", "align_only", "trains none"),
     ("'dim.x' = { choices = [1] }", "dim.x", "not a table"),
     ("dim = { choices = ['wide'] }", "dim", "not a valid training setting"),
     ("lr = { low = 0.0, high = 0.1, log = true }", "lr", "log range"),
@@ -520,6 +524,13 @@ def test_a_journal_cut_mid_record_is_refused_at_its_line_and_goes_on_once_cut(
     with pytest.raises(RunError, match="cannot be replayed") as caught:
         api.search(data, trials=3, **run)
     assert caught.value.row == 3
+    for record in (b'{"op_code": 99}', b'{"op_code": "8", "worker_id": "x"}'):
+        # objects with an op_code Optuna does not know: its bare AssertionError, no line
+        damaged[2] = record
+        journal.write_bytes(b"\n".join(damaged))
+        with pytest.raises(RunError, match="cannot be replayed") as caught:
+            api.search(data, trials=3, **run)
+        assert caught.value.row == 3
 
 
 def test_a_journal_damaged_while_the_search_runs_is_a_typed_error_at_its_line(

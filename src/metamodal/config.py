@@ -336,6 +336,9 @@ class TrainConfig:
                           f"set {key} to {most} or less")
         if self.ways < 2:
             raise bad("ways must be >= 2", "ways", "use --ways 2 or more")
+        if self.modalities is not None and not self.modalities:
+            raise bad("modalities names no modality", "modalities", "name at least one, or "
+                      "leave modalities out to use all of the dataset's")
         for key in ("val_ways", "val_shots", "val_queries", "val_every", "patience", "seed",
                     "vmap_chunk"):
             if getattr(self, key) < 0 or (key == "val_ways" and self.val_ways == 1):

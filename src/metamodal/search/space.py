@@ -41,6 +41,12 @@ FIXED = ("data", "seed", "init_from", "device", "cache")
 """Training settings a search may not vary: they define the data, its split (and so the fixed
 validation episodes) or where training runs, not the model."""
 
+NOT_SEARCHED = {
+    "world_size": "it is recorded by training (the processes of a torchrun job), not set",
+    "align_only": "a search scores few-shot runs, and an alignment-only run trains none",
+}
+"""Training settings that are no choice a search makes, with the reason."""
+
 MAX_CHOICES = 1000
 """The most choices (or grid points) of one key."""
 
@@ -336,6 +342,9 @@ def _param(name: str, spec: Any, file: Path) -> Param:
     if head in FIXED:
         raise bad(f"a search may not vary {head}",
                   f"fix it with --{head.replace('_', '-')} for every trial")
+    if head in NOT_SEARCHED:
+        raise bad(f"a search may not vary {head}: {NOT_SEARCHED[head]}",
+                  f"leave {head} out of the space")
     if "." in name and not isinstance(TrainConfig().to_dict()[head], dict):
         raise bad(f"{head} is not a table, so {name!r} names nothing",
                   f"write {head} = {{ ... }} without the dotted part")

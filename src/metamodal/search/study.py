@@ -148,6 +148,7 @@ def check_journal(path: Path) -> None:
     """
     if not path.exists():
         return
+    op_codes = journal_op_codes()
     for attempt in range(2):
         with open(path, "rb") as handle:
             size, number = 0, 0
@@ -159,10 +160,11 @@ def check_journal(path: Path) -> None:
                     record = json.loads(line)
                 except ValueError:
                     record = None
-                if not isinstance(record, dict) or "op_code" not in record:
+                if (not isinstance(record, dict) or type(record.get("op_code")) is not int
+                        or record["op_code"] not in op_codes):
                     raise RunError(
-                        "the journal's record is not one of Optuna's (a JSON object with an "
-                        "op_code): the records from here on cannot be replayed", file=path,
+                        "the journal's record is not one of Optuna's (a JSON object with one "
+                        "of its op_codes): the records from here on cannot be replayed", file=path,
                         row=number, column="storage", fix="restore the journal from a copy, "
                         "or give another --storage for a new study")
             else:
@@ -173,6 +175,16 @@ def check_journal(path: Path) -> None:
                    "stopped while writing it", file=path, row=number, column="storage",
                    fix=f"cut it off (the {number - 1} records before it are whole): "
                    f"truncate -s {size} {path}")
+
+
+def journal_op_codes() -> frozenset[int]:
+    """The operation codes of Optuna's journal records (a record of another code stops its
+    replay with a bare AssertionError)."""
+    try:
+        from optuna.storages.journal._storage import JournalOperation
+    except ImportError:  # a layout of another Optuna version: the codes of 4.x and 5.x
+        return frozenset(range(11))
+    return frozenset(int(op) for op in JournalOperation)
 
 
 NETWORK_FILESYSTEMS = frozenset({

@@ -476,11 +476,12 @@ def test_too_few_missing_or_damaged_runs_are_typed_errors(runs: dict[str, Path],
     with pytest.raises(RunError, match="model weights are corrupt"):
         load_run(damaged)
     shutil.copyfile(runs["mean"] / "model.safetensors", damaged / "model.safetensors")
-    (damaged / "members" / "1" / "preprocessor.json").unlink()
-    with pytest.raises(RunError, match="preprocessor.json is missing"):
-        load_run(damaged)
-    shutil.copyfile(runs["mean"] / "members" / "1" / "preprocessor.json",
-                    damaged / "members" / "1" / "preprocessor.json")
+    for name in ("preprocessor.json", "config.toml"):  # the fixes asked for a train run
+        (damaged / "members" / "1" / name).unlink()
+        with pytest.raises(RunError, match=f"member 1: .*{name} is missing") as caught:
+            load_run(damaged)
+        assert "re-run `metamodal ensemble`" in caught.value.fix
+        shutil.copyfile(runs["mean"] / "members" / "1" / name, damaged / "members" / "1" / name)
     text = (runs["mean"] / "config.toml").read_text()
     (damaged / "config.toml").write_text(text.replace('"members/1"', '"../elsewhere"'))
     with pytest.raises(RunError, match="members"):

@@ -478,7 +478,13 @@ def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Prepro
                            file=config_path, column=f"ensemble.members[{k}]",
                            fix="re-run `metamodal ensemble`; its members are copied inside")
         member_dir = run_dir / member
-        own_document = read_run_config(member_dir)
+        try:
+            own_document = read_run_config(member_dir)
+            own = read_preprocessor(member_dir / PREPROCESSOR_FILE)
+        except RunError as error:  # its fix would ask for a run of `metamodal train`
+            raise RunError(f"member {k}: {error.message}", file=error.file, row=error.row,
+                           column=error.column, fix="re-run `metamodal ensemble`; its "
+                           f"members are copied inside it, in {MEMBERS_DIR}/N") from None
         if "ensemble" in own_document:
             raise RunError("a member of an ensemble is itself an ensemble",
                            file=member_dir / CONFIG_FILE, fix="combine the trained runs directly")
@@ -487,7 +493,6 @@ def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Prepro
             raise RunError(f"member {k}'s class split differs from the ensemble's",
                            file=member_dir / CONFIG_FILE, column="split",
                            fix="re-run `metamodal ensemble`")
-        own = read_preprocessor(member_dir / PREPROCESSOR_FILE)
         for name in own.modalities:
             if name not in state["loaders"] or (
                     state["loaders"][name] != own.state_dict()["loaders"][name]):

@@ -30,7 +30,13 @@ from metamodal.api.fields import resolve
 from metamodal.api.settings import SearchSettings
 from metamodal.api.training import train
 from metamodal.config import TrainConfig, load_config
-from metamodal.errors import ConfigError, InsufficientSamplesError, MetamodalError, RunError
+from metamodal.errors import (
+    ConfigError,
+    InsufficientSamplesError,
+    MetamodalError,
+    OutputError,
+    RunError,
+)
 from metamodal.io import make_directory, resolved
 from metamodal.search.report import EPISODES_FILE, STUDY_FILE, TRIALS_DIR
 from metamodal.search.space import SearchSpace, nest
@@ -310,7 +316,11 @@ def claim_out(out: Path, study_name: str) -> None:
 
     path = out / STUDY_FILE
     if not os.path.lexists(path):
-        fd, draft = tempfile.mkstemp(dir=out, prefix=f".{STUDY_FILE}.", suffix=".tmp")
+        try:
+            fd, draft = tempfile.mkstemp(dir=out, prefix=f".{STUDY_FILE}.", suffix=".tmp")
+        except OSError as error:
+            raise OutputError(f"{out} cannot be written ({error.strerror})", file=out,
+                              column="out", fix="give an --out this user may write") from None
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(study_name + "\n")

@@ -423,7 +423,7 @@ def test_a_verb_that_does_not_share_its_work_is_not_a_torchrun_job(
     """`torchrun -m metamodal ensemble` (or make-synthetic, report, export, ...) ran the verb
     once in every process, each writing the same --out: one failed on another's output and
     the job exited non-zero though the ensemble was written (with --overwrite they replaced
-    each other's). Only train, align and eval share their work out; the others are refused
+    each other's). Only train and eval share their work out; the others are refused
     before anything is written. A job of one process runs them as before."""
     from metamodal.cli import main
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from metamodal import api
-from metamodal.api.fields import Flag, field_help
+from metamodal.api.fields import Flag, check_torchrun_verb, field_help
 from metamodal.config import TrainConfig
 from metamodal.errors import ConfigError, MetamodalError
 
@@ -318,29 +318,6 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
         print(f"warning: {text}", file=sys.stderr if file is None else file)
 
 
-SHARED_VERBS = ("train", "align", "eval")
-"""The verbs that share their work out among the processes of a torchrun job."""
-
-
-def _check_job(verb: str) -> None:
-    """Refuse a verb that does not share its work out (`SHARED_VERBS`) started by torchrun
-    in several processes: it would run once in each, every one writing the same outputs (one
-    failing on another's, or replacing it).
-
-    Raises:
-        ConfigError: keyed ``WORLD_SIZE``.
-    """
-    from metamodal.train.distributed import Launch
-
-    launch = Launch.from_environment()
-    if launch is not None and launch.world_size > 1 and verb not in SHARED_VERBS:
-        raise ConfigError(
-            f"metamodal {verb} is not a torchrun job: only {', '.join(SHARED_VERBS)} share "
-            f"their work out, and {verb} would run once in each of the {launch.world_size} "
-            "processes, every one writing the same outputs", column="WORLD_SIZE",
-            fix=f"run `metamodal {verb}` once, without torchrun")
-
-
 class Terminated(BaseException):
     """SIGTERM or SIGHUP on the command line, raised where the command is, so that what it
     has begun is cleaned up (temporary and staging folders) as after Ctrl-C."""
@@ -363,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), _terminate)
     try:
-        _check_job(args.command)
+        check_torchrun_verb(args.command)
         result = args.call(args)
         if os.environ.get("RANK", "0") in ("0", ""):  # under torchrun, rank 0 prints
             print(result.table(), flush=True)

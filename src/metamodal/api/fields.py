@@ -1,7 +1,8 @@
 """How a verb's settings dataclass becomes keywords and flags: `Flag` metadata, the field
 documentation read from the class's ``Args:`` (`field_help`), building settings from keywords
-with typed errors (`make`, `resolve`), checking where output goes (`check_output_file`), and
-writing a result's JSON (`write_json`)."""
+with typed errors (`make`, `resolve`), checking where output goes (`check_output_file`),
+writing a result's JSON (`write_json`), and refusing a verb torchrun started that does not
+share its work out (`check_torchrun_verb`)."""
 
 from __future__ import annotations
 
@@ -288,3 +289,26 @@ def write_json(path: str | Path | None, result: Any) -> None:
         from metamodal.io import atomic_write_json
 
         atomic_write_json(path, result.to_dict())
+
+
+SHARED_VERBS = ("train", "eval")
+"""The verbs that share their work out among the processes of a torchrun job."""
+
+
+def check_torchrun_verb(verb: str) -> None:
+    """Refuse a verb that does not share its work out (`SHARED_VERBS`) started by torchrun
+    in several processes: it would run once in each, every one writing the same outputs (one
+    failing on another's, or replacing it).
+
+    Raises:
+        ConfigError: keyed ``WORLD_SIZE``.
+    """
+    from metamodal.train.distributed import Launch
+
+    launch = Launch.from_environment()
+    if launch is not None and launch.world_size > 1 and verb not in SHARED_VERBS:
+        raise ConfigError(
+            f"metamodal {verb} is not a torchrun job: only {' and '.join(SHARED_VERBS)} share "
+            f"their work out, and {verb} would run once in each of the {launch.world_size} "
+            "processes, every one writing the same outputs", column="WORLD_SIZE",
+            fix=f"run `metamodal {verb}` once, without torchrun")

@@ -170,6 +170,10 @@ def test_a_float_grid_stays_inside_its_range(tmp_path: Path, data: Path) -> None
                                 'step = 0.2 }')
     assert SearchSpace.from_toml(path, TrainConfig()).grid() == {
         "augment.modality_dropout": [0.3, 0.5, 0.7, 0.9]}
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text("weight_decay = { low = 1e-13, high = 4e-13, step = 1e-13 }")
+    assert SearchSpace.from_toml(tiny, TrainConfig()).grid() == {  # not rounded to one value
+        "weight_decay": [1e-13, 2e-13, 3e-13, 4e-13]}
     result = api.search(data, space=str(path), out=str(tmp_path / "out"), sampler="grid",
                         trials=4, pruner="none", **TRAIN, **OBJECTIVE)
     assert sorted(t["values"]["augment.modality_dropout"] for t in result.trials) == [
@@ -324,30 +328,62 @@ def test_a_second_study_in_the_same_out_is_refused_and_a_killed_trial_is_replace
 
 def test_two_studies_started_together_on_one_out_cannot_both_train_there(
         tmp_path: Path, data: Path) -> None:
-    """Two workers of different studies (a typo in one's --study) started at the same moment
-    both passed the check of OUT's trial folders (none existed yet) and trained into the same
-    trials/0000, replacing each other's run. The first worker records its study in
+    """Two workers of different studies (a typo in one's --study), or of one name in two
+    storages (a typo in one's --storage), started at the same moment both passed the check
+    of OUT's trial folders (none existed yet) and trained into the same trials/0000,
+    replacing each other's run. The first worker records its study's name and token in
     OUT/study.txt before any trial; a worker of another study is refused by that record."""
     space = space_file(tmp_path, 'fusion = { choices = ["mean", "gated"] }')
     out = tmp_path / "out"
     out.mkdir()
-    (out / "study.txt").write_text("a\n")  # worker a has claimed OUT, not yet trained
+    (out / "study.txt").write_text("a\n" + "0" * 32 + "\n")  # claimed, nothing trained yet
     run = dict(space=str(space), out=str(out), pruner="none", trials=1,
                storage=f"journal:{tmp_path / 'study.log'}", **TRAIN, **OBJECTIVE)
-    with pytest.raises(ConfigError, match="holds the trials of study 'a'") as caught:
-        api.search(data, study="b", **run)
-    assert caught.value.column == "study" and caught.value.file == str(out / "study.txt")
+    for study, column, words in (("b", "study", "holds the trials of study 'a'"),
+                                 ("a", "storage", "another study named 'a'")):
+        with pytest.raises(ConfigError, match=words) as caught:
+            api.search(data, study=study, **run)
+        assert caught.value.column == column and caught.value.file == str(out / "study.txt")
     assert not (out / "trials").exists()
-    assert api.search(data, study="a", **run).best is not None
-    fresh = tmp_path / "fresh"
-    api.search(data, study="c", **{**run, "out": str(fresh),
-                                   "storage": f"journal:{tmp_path / 'c.log'}"})
-    assert (fresh / "study.txt").read_text() == "c\n"
-    (fresh / "study.txt").unlink()
-    os.mkfifo(fresh / "study.txt")  # never opened: it would hang
+    fresh = {**run, "out": str(tmp_path / "fresh"), "storage": f"journal:{tmp_path / 'c.log'}"}
+    assert api.search(data, study="c", **fresh).best is not None
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "c.log")))
+    token = optuna.load_study(study_name="c", storage=storage).user_attrs["out_token"]
+    record = tmp_path / "fresh" / "study.txt"
+    assert record.read_text() == f"c\n{token}\n"
+    assert len(api.search(data, study="c", **{**fresh, "trials": 2}).trials) == 2
+    for damaged in ("", f"c\r\n{token}\n", f"\n{token}\n", "c\n"):
+        record.write_text(damaged)  # the fix (remove it) works, where --study '' cannot
+        with pytest.raises(ConfigError, match="cannot be read") as caught:
+            api.search(data, study="c", **fresh)
+        assert f"remove {record}" in caught.value.fix
+    record.unlink()
+    os.mkfifo(record)  # never opened: it would hang
     with pytest.raises(ConfigError, match="cannot be read"):
-        api.search(data, study="c", **{**run, "out": str(fresh),
-                                       "storage": f"journal:{tmp_path / 'c.log'}"})
+        api.search(data, study="c", **fresh)
+
+
+def test_a_worker_waits_for_the_token_of_a_study_another_has_just_created(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that loads a study another worker has created, before its token is recorded,
+    takes the token that worker records; a study an older metamodal began gets one."""
+    search_module = sys.modules["metamodal.api.search"]
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.log")))
+    optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    later = threading.Timer(0.3, lambda: optuna.load_study(
+        study_name="s", storage=storage).set_user_attr("out_token", "f" * 32))
+    later.start()
+    study, token = search_module.open_study(storage, "s", None, None)
+    later.join()
+    assert token == "f" * 32
+    optuna.create_study(study_name="old", storage=storage, direction="maximize"
+                        ).set_user_attr(FIXED_ATTR, {})
+    monkeypatch.setattr(search_module, "TOKEN_WAIT", 60.0)  # not waited for: begun before
+    started = time.monotonic()
+    study, token = search_module.open_study(storage, "old", None, None)
+    assert time.monotonic() - started < 5 and study.user_attrs["out_token"] == token
 
 
 def test_a_killed_workers_trial_on_a_journal_is_failed_and_replaced(

@@ -17,8 +17,11 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,10 @@ from metamodal.search.space import SearchSpace, nest
 
 log = logging.getLogger(__name__)
 
+TOKEN_ATTR = "out_token"
+"""The study's user attribute that tells it from a study of its name in another storage."""
+TOKEN_WAIT = 10.0
+"""How long a worker waits for the token of a study another worker has just created (s)."""
 FIXED_ATTR = "fixed_settings"
 """The study's user attribute that records the settings all its trials share."""
 DATA_DIGEST = "sha256:"
@@ -173,14 +180,12 @@ def search(data: str | Path | None = None, settings: SearchSettings | None = Non
         # a failed trial is logged in one line by the objective: not by Optuna's traceback
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         try:
-            study = optuna.create_study(storage=storage, study_name=s.study,
-                                        direction="maximize", load_if_exists=True,
-                                        sampler=sampler, pruner=pruner)
+            study, token = open_study(storage, s.study, sampler, pruner)
         except Exception as error:  # the storage's own errors: locked, corrupt, wrong schema
             raise RunError(f"the study cannot be opened ({type(error).__name__}: {error})",
                            column="storage", fix="give another --storage or --study") from None
         check_trial_folders(out, study)
-        claim_out(out, study.study_name)
+        claim_out(out, study.study_name, token)
         check_fixed_settings(study, {
             "train": {k: v for k, v in base.to_dict().items() if k not in MACHINE_SETTINGS}
             | {"data": study_dataset(study, base.data)},
@@ -301,16 +306,43 @@ def check_trial_folders(out: Path, study: Any) -> None:
             "made those runs")
 
 
-def claim_out(out: Path, study_name: str) -> None:
-    """Record in ``OUT/study.txt`` that ``out`` holds the trials of ``study_name``, or refuse
-    another study's worker. The file is written once and linked into place, which fails where
-    another worker was first: two workers of different studies started together (where
-    `check_trial_folders` finds no runs yet) cannot both pass, and would train into the same
+def open_study(storage: Any, name: str, sampler: Any, pruner: Any) -> tuple[Any, str]:
+    """The study ``name`` in ``storage``, created or loaded, and its token: a random id that
+    the worker which created the study records in it (user attribute `TOKEN_ATTR`), so that
+    two studies of one name in two storages are told apart (`claim_out`). A worker that loads
+    a study just created waits for its token; a study an older metamodal began gets one."""
+    import optuna
+
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                    sampler=sampler, pruner=pruner)
+        study.set_user_attr(TOKEN_ATTR, uuid.uuid4().hex)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                    load_if_exists=True, sampler=sampler, pruner=pruner)
+    waited = 0.0
+    while TOKEN_ATTR not in (attrs := study.user_attrs):
+        if (FIXED_ATTR in attrs or waited >= TOKEN_WAIT  # begun before tokens were recorded
+                or study.get_trials(deepcopy=False)):
+            study.set_user_attr(TOKEN_ATTR, uuid.uuid4().hex)
+        else:  # its creator records the token next
+            time.sleep(0.1)
+            waited += 0.1
+    return study, str(attrs[TOKEN_ATTR])
+
+
+def claim_out(out: Path, study_name: str, token: str) -> None:
+    """Record in ``OUT/study.txt`` that ``out`` holds the trials of the study ``study_name``
+    of token ``token`` (`open_study`), or refuse a worker of another study. The record is
+    written once and linked into place, which fails where another worker was first: two
+    workers of different studies (or of one name in two storages) started together, where
+    `check_trial_folders` finds no runs yet, cannot both pass, and would train into the same
     ``OUT/trials/0000``.
 
     Raises:
         ConfigError: keyed ``study``: ``out`` holds another study's trials, or its record
             cannot be read.
+        OutputError: the record cannot be written.
     """
     from metamodal.data.paths import PathRefused, check_regular_file
 
@@ -323,7 +355,7 @@ def claim_out(out: Path, study_name: str) -> None:
                               column="out", fix="give an --out this user may write") from None
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(study_name + "\n")
+                handle.write(f"{study_name}\n{token}\n")
             os.chmod(draft, 0o644)
             os.link(draft, path)
         except FileExistsError:
@@ -337,17 +369,27 @@ def claim_out(out: Path, study_name: str) -> None:
     try:
         check_regular_file(path, "study record")
         with path.open("rb") as handle:
-            recorded = handle.read(4 * MAX_STUDY_NAME + 2).decode("utf-8").removesuffix("\n")
-    except (PathRefused, OSError, UnicodeDecodeError) as error:
+            text = handle.read(4 * MAX_STUDY_NAME + 64).decode("utf-8")
+        recorded, recorded_token, rest = text.split("\n")
+        if (rest or not recorded or not recorded.isprintable()
+                or not re.fullmatch("[0-9a-f]{32}", recorded_token)):
+            raise ValueError("not a study's name and token, one a line")
+    except (PathRefused, OSError, ValueError) as error:  # UnicodeDecodeError among them
         why = error.message if isinstance(error, PathRefused) else str(error)
         raise ConfigError(f"the record of the study whose trials {out} holds cannot be read "
                           f"({why})", file=path, column="study",
                           fix=f"remove {path} if {out} holds no other study's trials") from None
     if recorded != study_name:
         raise ConfigError(
-            f"{out} holds the trials of study {recorded[:80]!r}, not of {study_name!r}; its "
+            f"{out} holds the trials of study {recorded!r}, not of {study_name!r}; its "
             "trial numbers start at 0 too, and its runs would replace them", file=path,
-            column="study", fix=f"give this study an --out of its own, or --study {recorded[:80]}")
+            column="study", fix=f"give this study an --out of its own, or --study {recorded}")
+    if recorded_token != token:
+        raise ConfigError(
+            f"{out} holds the trials of another study named {study_name!r}, in another "
+            "storage; its trial numbers start at 0 too, and its runs would replace them",
+            file=path, column="storage", fix="give this study an --out of its own, or the "
+            "--storage of the study whose trials it holds")
 
 
 def study_dataset(study: Any, data: str) -> str:

@@ -117,8 +117,9 @@ class Param:
             raise ConfigError(f"the grid of this range has {count} points", file=file,
                               column=self.name, fix=f"use a step giving at most {MAX_CHOICES}")
         # low + k * step in floats can pass high (0.3 + 3 * 0.2 = 0.9000000000000001):
-        # rounded off and kept in the range, whose ends are what was checked
-        values = [min(max(round(self.low + k * step, 12), self.low), self.high)
+        # rounded to 15 significant digits (any scale) and kept in the range, whose ends
+        # are what was checked
+        values = [min(max(float(f"{self.low + k * step:.15g}"), self.low), self.high)
                   for k in range(count)]
         return [int(v) for v in values] if self.integer else values
 

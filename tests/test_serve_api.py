@@ -658,11 +658,16 @@ DAMAGE = {
         {k: torch.cat([t, t]) for k, t in load_tensors(b).items()}), False, False),
     "label empty": ("examples", "label", lambda _: "", True, True),
     "label with a newline": ("examples", "label", lambda _: "a\nb", True, True),
+    "label another spelling of one": ("examples", "label", lambda _: "b\u200b", True, True),
     "modalities not the tensors'": ("examples", "modalities", lambda _: '["image"]', False,
                                     False),
     "tensors carrying no modality": ("examples", "tensors", lambda b: save_tensors(
         {k: t.zero_() if k == "present" else t for k, t in load_tensors(b).items()}), False,
         False),
+    "tensors of float64": ("examples", "tensors", lambda b: save_tensors(
+        {k: t.double() if k == "z" else t for k, t in load_tensors(b).items()}), False, False),
+    "tensors of integers": ("examples", "tensors", lambda b: save_tensors(
+        {k: t.long() if k == "z" else t for k, t in load_tensors(b).items()}), False, False),
     "tensors of another width": ("examples", "tensors", lambda b: save_tensors(
         {k: t[..., :2].contiguous() if k == "z" else t for k, t in load_tensors(b).items()}),
         False, False),

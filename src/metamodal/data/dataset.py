@@ -487,6 +487,18 @@ def check_table(
     return problems
 
 
+def plain_spelling(label: str) -> str:
+    """``label`` stripped, in Unicode NFC and without invisible (format) characters such as
+    zero-width spaces: the spelling that labels of one class share (`lookalike_labels`).
+
+    Example:
+        >>> plain_spelling(" cafe\u0301\u200b ") == "caf\u00e9"
+        True
+    """
+    return "".join(c for c in unicodedata.normalize("NFC", label.strip())
+                   if unicodedata.category(c) != "Cf")
+
+
 def lookalike_labels(labels: Sequence[object], *, column: str,
                      file: str | None = None) -> list[DatasetError]:
     """Labels that differ from an earlier one only in surrounding spaces, invisible (format)
@@ -504,8 +516,7 @@ def lookalike_labels(labels: Sequence[object], *, column: str,
         if not isinstance(label, str) or label in seen:
             continue
         seen.add(label)
-        key = "".join(c for c in unicodedata.normalize("NFC", label.strip())
-                      if unicodedata.category(c) != "Cf")  # zero-width and other invisibles
+        key = plain_spelling(label)
         if key not in first:
             first[key] = (label, row)
             continue

@@ -376,6 +376,10 @@ class Engine:
         try:
             tensors = load_tensors(example.tensors)
             wrong = next(filter(None, (_fault_of(name, t) for name, t in tensors.items())), None)
+            if wrong is None and form == "embeddings" and "z" in tensors and (
+                    tensors["z"].dtype != torch.float32):  # the model's: cat would fail, or cast
+                wrong = f"tensor 'z' is {str(tensors['z'].dtype).removeprefix('torch.')}, " \
+                        "not float32"
             if wrong is None:
                 row = EncodedSamples.from_tensors(tensors, form, self.modalities)
                 carried = _carried(row)

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from metamodal.data.dataset import plain_spelling
 from metamodal.errors import ConfigError, RunError
 from metamodal.io import make_directory
 
@@ -381,6 +382,17 @@ class TaskStore:
                               **where)
             examples.append(StoredExample(row[0], row[1], modalities, row[3], bool(row[4]),
                                           row[5] if tensors else None))
+        first: dict[str, StoredExample] = {}
+        for example in examples:  # two spellings of one class (an edit, or a state older
+            # than labels kept in NFC): the one not plainly spelt is the damaged row
+            plain = plain_spelling(example.label)
+            other = first.setdefault(plain, example)
+            if other.label != example.label:
+                odd = other if other.label != plain and example.label == plain else example
+                raise damaged("examples.label", f"{odd.label!r} spells the label "
+                              f"{plain!r} of another example otherwise only in surrounding "
+                              "spaces, invisible characters or Unicode normal form",
+                              task_id=task_id, example_id=odd.id)
         return examples
 
     def read_meta(self, key: str) -> Any:

@@ -440,6 +440,13 @@ def test_a_verb_that_does_not_share_its_work_is_not_a_torchrun_job(
     monkeypatch.setenv("RANK", "0")
     assert main(["make-synthetic", str(tmp_path / "data"), "--classes", "15",
                  "--per-class", "2"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    # a RANK a scheduler left, without torchrun's WORLD_SIZE: one process, which prints (it
+    # printed nothing, and exited 0)
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["inspect", str(tmp_path / "data")]) == 0
+    assert "data" in capsys.readouterr().out
 
 
 def test_a_study_database_on_a_network_file_system_is_warned_about(

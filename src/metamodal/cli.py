@@ -340,9 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), _terminate)
     try:
-        check_torchrun_verb(args.command)
+        prints = check_torchrun_verb(args.command)  # under torchrun, rank 0 prints
         result = args.call(args)
-        if os.environ.get("RANK", "0") in ("0", ""):  # under torchrun, rank 0 prints
+        if prints:
             print(result.table(), flush=True)
     except MetamodalError as error:
         print(f"error: {error}", file=sys.stderr)

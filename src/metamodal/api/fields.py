@@ -295,20 +295,27 @@ SHARED_VERBS = ("train", "eval")
 """The verbs that share their work out among the processes of a torchrun job."""
 
 
-def check_torchrun_verb(verb: str) -> None:
+def check_torchrun_verb(verb: str) -> bool:
     """Refuse a verb that does not share its work out (`SHARED_VERBS`) started by torchrun
     in several processes: it would run once in each, every one writing the same outputs (one
     failing on another's, or replacing it).
 
+    Returns:
+        Whether this process prints the verb's result: it is the job's rank 0, or belongs to
+        no torchrun job (``WORLD_SIZE`` unset, whatever ``RANK`` a scheduler left).
+
     Raises:
-        ConfigError: keyed ``WORLD_SIZE``.
+        ConfigError: keyed ``WORLD_SIZE`` (or another variable of torchrun's that is wrong).
     """
     from metamodal.train.distributed import Launch
 
     launch = Launch.from_environment()
-    if launch is not None and launch.world_size > 1 and verb not in SHARED_VERBS:
+    if launch is None:
+        return True
+    if launch.world_size > 1 and verb not in SHARED_VERBS:
         raise ConfigError(
             f"metamodal {verb} is not a torchrun job: only {' and '.join(SHARED_VERBS)} share "
             f"their work out, and {verb} would run once in each of the {launch.world_size} "
             "processes, every one writing the same outputs", column="WORLD_SIZE",
             fix=f"run `metamodal {verb}` once, without torchrun")
+    return launch.rank == 0

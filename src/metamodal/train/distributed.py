@@ -139,7 +139,7 @@ class Launch:
         if "WORLD_SIZE" not in env:
             return None
         fix = ("start the job with torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK, "
-               "MASTER_ADDR and MASTER_PORT), or unset WORLD_SIZE to train in one process")
+               "MASTER_ADDR and MASTER_PORT), or unset WORLD_SIZE to run in one process")
         numbers = {}
         for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT",
                      "TORCHELASTIC_RESTART_COUNT"):

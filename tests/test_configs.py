@@ -49,6 +49,42 @@ def test_a_config_files_out_of_range_value_names_the_file(tmp_path: Path) -> Non
     assert caught.value.file == str(path) and caught.value.column == "device"
 
 
+@pytest.mark.parametrize("text,key", [
+    ('steps = 2\nlearner = "maml"\n[train]\nlr = 0.5\n', "learner"),
+    ("[train]\nsteps = 2\n[learner_options]\ninner_steps = 3\n", "learner_options"),
+    ("[train]\nsteps = 2\n[nosuch]\nx = 1\n", "nosuch"),
+])
+def test_a_setting_beside_a_train_table_is_refused_not_passed_over(
+        tmp_path: Path, text: str, key: str) -> None:
+    """A file with a [train] table was read for that table alone: keys above it and tables
+    beside it ([learner_options], [augment], as the docs write them without [train]) were
+    passed over without a word, and a run trained with other settings than the file's."""
+    from metamodal.errors import ConfigError
+
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="outside the .train. table") as caught:
+        load_config(path)
+    assert caught.value.file == str(path) and caught.value.column == key
+    path.write_text("[train]\nsteps = 2\n[train.learner_options]\ninner_steps = 3\n")
+    assert load_config(path).learner_options == {"inner_steps": 3}
+
+
+def test_a_runs_config_file_is_a_config(tmp_path: Path) -> None:
+    """A run's config.toml (its [train] table beside [model], [split], [dataset]) loads as
+    the run's training settings."""
+    from metamodal.datasets.synthetic import make_synthetic
+
+    data = make_synthetic(tmp_path / "data", classes=15, per_class=3, image_size=8, seed=1)
+    config = load_config(CONFIGS / "omniglot.toml").updated(
+        {"data": str(data), "steps": 1, "ways": 2, "queries": 1, "val_ways": 2, "val_queries": 1,
+         "dim": 8, "val_episodes": 1, "device": "cpu", "modalities": ["image"],
+         "encoders": {"image": "conv4"}, "encoder_options": {}, "tta": 0})
+    run = Trainer(config, tmp_path / "run", progress=False).fit().run_dir
+    assert set(tomllib.loads((run / "config.toml").read_text())) > {"train", "model", "split"}
+    assert load_config(run / "config.toml").steps == 1
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_a_config_error_naming_the_device(tmp_path: Path) -> None:
     from metamodal.config import TrainConfig, resolve_device

@@ -526,9 +526,15 @@ MAX_CONFIG_BYTES = 1 << 20
 """The largest config file read (a few hundred settings take a few KiB)."""
 
 
+RUN_DOCUMENT_KEYS = ("metamodal_version", "model", "split", "dataset", "alignment", "ensemble")
+"""The top-level keys of a run's ``config.toml`` beside its ``[train]`` table, which
+`load_config` passes over (a run's config file may be given to ``--config``)."""
+
+
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a `TrainConfig` from a TOML file (keys as in `TrainConfig`; a ``[train]`` table or
-    top-level keys).
+    """Read a `TrainConfig` from a TOML file (keys as in `TrainConfig`; a ``[train]`` table,
+    beside which only a run's other tables (`RUN_DOCUMENT_KEYS`) may stand, or top-level
+    keys).
 
     Raises:
         ConfigError: the file is missing or not TOML, or a key is unknown, mistyped or out of
@@ -555,7 +561,15 @@ def load_config(path: str | Path) -> TrainConfig:
     except ParseError as error:
         raise ConfigError(str(error), file=path,
                           fix="fix the TOML syntax at the line named") from None
-    values = values.get("train", values)
+    if "train" in values:
+        stray = sorted(set(values) - {"train"} - set(RUN_DOCUMENT_KEYS))
+        if stray:  # they would be passed over: a file of [train] reads only that table
+            raise ConfigError(
+                f"{stray[0]} is outside the [train] table, which holds this file's training "
+                "settings", file=path, column=stray[0],
+                fix=f"write it inside (`[train.{stray[0]}]` for a table, or the key below "
+                "[train]), or drop the [train] header")
+        values = values["train"]
     if not isinstance(values, dict):
         raise ConfigError("`train` must be a table", file=path, column="train",
                           fix="write [train] with keys of TrainConfig")

@@ -497,6 +497,13 @@ def test_build_reports_unknown_names_and_mismatched_encoders() -> None:
      "lr and scale must be > 0"),
     ({"learner": "am3", "learner_options": {"hidden": 0}}, "learner_options",
      "hidden must be >= 1"),
+    # each was taken: a low-rank fusion of 1.4 TB, an inner loop holding 10 MB a step
+    ({"fusion": "lowrank", "fusion_options": {"rank": 20_000}}, "fusion_options",
+     "wider than 8,192"),
+    ({"learner": "maml", "learner_options": {"inner_steps": 101}}, "learner_options.inner_steps",
+     "inner_steps must be an integer of 1 to 100"),
+    ({"learner": "maml", "learner_options": {"eval_steps": 1001}}, "learner_options.eval_steps",
+     "eval_steps must be an integer of 1 to 1,000"),
 ])
 def test_component_options_of_the_wrong_type_or_out_of_range_are_located_config_errors(
         options: dict, key: str, words: str) -> None:

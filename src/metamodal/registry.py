@@ -149,9 +149,10 @@ MAX_OPTION_ITEMS = 64
 MAX_WIDTH = 8192
 """The widest layer a component's option may ask for (an option named in `WIDTH_OPTIONS`, or
 each item of it), and the largest ``dim`` (`metamodal.config.LIMITS`)."""
-WIDTH_OPTIONS = frozenset({"hidden", "channels", "widths", "embedding_dim", "filters"})
-"""The option names that set a layer's width (units, channels, an embedding's size): a
-weight matrix grows with their square, so 2^24 would ask for terabytes."""
+WIDTH_OPTIONS = frozenset({"hidden", "channels", "widths", "embedding_dim", "filters", "rank"})
+"""The option names that set a layer's width (units, channels, an embedding's size, a
+low-rank fusion's factors): a weight matrix grows with them (with their square for most), so
+2^24 would ask for terabytes."""
 
 
 def _constructors(factory: Callable[..., Any]) -> Iterator[Callable[..., Any]]:

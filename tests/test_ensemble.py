@@ -473,9 +473,17 @@ def test_too_few_missing_or_damaged_runs_are_typed_errors(runs: dict[str, Path],
     damaged = tmp_path / "damaged"
     shutil.copytree(runs["mean"], damaged)
     (damaged / "model.safetensors").write_bytes(b"not weights")
-    with pytest.raises(RunError, match="model weights are corrupt"):
+    with pytest.raises(RunError, match="model weights are corrupt") as caught:
         load_run(damaged)
+    assert "re-run `metamodal ensemble`" in caught.value.fix  # it asked for training
     shutil.copyfile(runs["mean"] / "model.safetensors", damaged / "model.safetensors")
+    shutil.rmtree(damaged / "members" / "1")  # a member a link out of the ensemble: read
+    (damaged / "members" / "1").symlink_to(runs["members"][1], target_is_directory=True)
+    with pytest.raises(RunError, match="leads out of the ensemble") as caught:
+        load_run(damaged)
+    assert caught.value.column == "ensemble.members[1]"
+    (damaged / "members" / "1").unlink()
+    shutil.copytree(runs["mean"] / "members" / "1", damaged / "members" / "1")
     for name in ("preprocessor.json", "config.toml"):  # the fixes asked for a train run
         (damaged / "members" / "1" / name).unlink()
         with pytest.raises(RunError, match=f"member 1: .*{name} is missing") as caught:

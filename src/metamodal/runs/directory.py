@@ -478,6 +478,11 @@ def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Prepro
                            file=config_path, column=f"ensemble.members[{k}]",
                            fix="re-run `metamodal ensemble`; its members are copied inside")
         member_dir = run_dir / member
+        if not resolved(member_dir, f"ensemble.members[{k}]").is_relative_to(
+                resolved(run_dir, "run")):
+            raise RunError(f"member {k} ({member}) is a link that leads out of the ensemble",
+                           file=member_dir, column=f"ensemble.members[{k}]",
+                           fix="re-run `metamodal ensemble`; its members are copied inside")
         try:
             own_document = read_run_config(member_dir)
             own = read_preprocessor(member_dir / PREPROCESSOR_FILE)
@@ -518,7 +523,12 @@ def _load_ensemble(run_dir: Path, document: dict[str, Any], preprocessor: Prepro
                        "or false", file=config_path, column="ensemble.joint_transduction",
                        fix="re-run `metamodal ensemble`")
     model.joint_transduction = joint
-    load_weights(run_dir / WEIGHTS_FILE, model)
+    try:
+        load_weights(run_dir / WEIGHTS_FILE, model)
+    except RunError as error:  # its fix would ask for training: the weights are its members'
+        raise RunError(error.message, file=error.file, row=error.row, column=error.column,
+                       fix="re-run `metamodal ensemble`, or restore its model.safetensors"
+                       ) from None
     model.to(resolve_device(str(device))).eval()
     config = runs[0].config.updated({"tasks": None, "task_weights": None})  # the members'
     # predictions of the main label are combined, whatever tasks they were trained on

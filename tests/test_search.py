@@ -85,6 +85,8 @@ learner = { choices = ["maml", "anil"] }
     ("modalities = { choices = [[]] }", "modalities", "names no modality"),
     ("world_size = { choices = [2] }", "world_size", "recorded by training"),
     ("align_only = { choices = [true] }", "align_only", "trains none"),
+    ("dist_backend = { choices = ['gloo', 'nccl'] }", "dist_backend", "each worker's machine"),
+    ("compile = { choices = [true, false] }", "compile", "each worker's machine"),
     ("'dim.x' = { choices = [1] }", "dim.x", "not a table"),
     ("dim = { choices = ['wide'] }", "dim", "not a valid training setting"),
     ("lr = { low = 0.0, high = 0.1, log = true }", "lr", "log range"),

@@ -42,7 +42,7 @@ from metamodal.errors import (
 )
 from metamodal.io import make_directory, resolved
 from metamodal.search.report import EPISODES_FILE, STUDY_FILE, TRIALS_DIR
-from metamodal.search.space import SearchSpace, nest
+from metamodal.search.space import MACHINE_SETTINGS, SearchSpace, nest
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,6 @@ FIXED_ATTR = "fixed_settings"
 """The study's user attribute that records the settings all its trials share."""
 DATA_DIGEST = "sha256:"
 """How a study's fixed settings begin the digest of its dataset (`study_dataset`)."""
-MACHINE_SETTINGS = frozenset({"device", "dist_backend", "dist_timeout", "world_size", "cache",
-                              "compile", "task_batching", "vmap_chunk", "checkpoint_every"})
-"""Settings each worker may give for its own machine: they do not change what a trial
-learns (a worker on a GPU beside one on a CPU)."""
 
 MAX_STUDY_NAME = 512
 """The longest study name (characters): what Optuna's database storages hold."""

@@ -41,6 +41,11 @@ FIXED = ("data", "seed", "init_from", "device", "cache")
 """Training settings a search may not vary: they define the data, its split (and so the fixed
 validation episodes) or where training runs, not the model."""
 
+MACHINE_SETTINGS = frozenset({"device", "dist_backend", "dist_timeout", "world_size", "cache",
+                              "compile", "task_batching", "vmap_chunk", "checkpoint_every"})
+"""Settings each worker may give for its own machine: they do not change what a trial
+learns (a worker on a GPU beside one on a CPU)."""
+
 NOT_SEARCHED = {
     "world_size": "it is recorded by training (the processes of a torchrun job), not set",
     "align_only": "a search scores few-shot runs, and an alignment-only run trains none",
@@ -346,6 +351,10 @@ def _param(name: str, spec: Any, file: Path) -> Param:
     if head in NOT_SEARCHED:
         raise bad(f"a search may not vary {head}: {NOT_SEARCHED[head]}",
                   f"leave {head} out of the space")
+    if head in MACHINE_SETTINGS:
+        raise bad(f"a search may not vary {head}: a setting of each worker's machine, which "
+                  "changes how a trial trains, not what it learns",
+                  f"give it as --{head.replace('_', '-')} to the worker that needs it")
     if "." in name and not isinstance(TrainConfig().to_dict()[head], dict):
         raise bad(f"{head} is not a table, so {name!r} names nothing",
                   f"write {head} = {{ ... }} without the dotted part")

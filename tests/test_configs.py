@@ -85,6 +85,31 @@ def test_a_runs_config_file_is_a_config(tmp_path: Path) -> None:
     assert load_config(run / "config.toml").steps == 1
 
 
+def test_a_config_files_value_found_bad_once_training_begins_names_the_file(
+        tmp_path: Path) -> None:
+    """An unknown fusion or a component option out of its range, set in a config file, was
+    found when the model was built and named only the key; the rule for config files is that
+    the error names the file. A flag's value (given over the file's) names no file."""
+    from metamodal import api
+    from metamodal.datasets.synthetic import make_synthetic
+    from metamodal.errors import ConfigError
+
+    data = make_synthetic(tmp_path / "data", classes=15, per_class=3, image_size=8, seed=1)
+    path = tmp_path / "c.toml"
+    for text, key in (('fusion = "nosuch"\n', "fusion"),
+                      ("[fusion_options]\nhidden = -1\n", "fusion_options")):
+        path.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            api.train(tmp_path / "run", config=str(path), data=str(data), steps=1,
+                      progress=False)
+        assert caught.value.file == str(path) and caught.value.column == key
+    path.write_text('fusion = "nosuch"\n')
+    with pytest.raises(ConfigError) as caught:
+        api.train(tmp_path / "run", config=str(path), data=str(data), fusion="other",
+                  steps=1, progress=False)
+    assert caught.value.file is None and "other" in caught.value.message
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_a_config_error_naming_the_device(tmp_path: Path) -> None:
     from metamodal.config import TrainConfig, resolve_device

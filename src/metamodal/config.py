@@ -531,21 +531,13 @@ RUN_DOCUMENT_KEYS = ("metamodal_version", "model", "split", "dataset", "alignmen
 `load_config` passes over (a run's config file may be given to ``--config``)."""
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read a `TrainConfig` from a TOML file (keys as in `TrainConfig`; a ``[train]`` table,
-    beside which only a run's other tables (`RUN_DOCUMENT_KEYS`) may stand, or top-level
-    keys).
+def read_config_values(path: str | Path) -> dict[str, Any]:
+    """The settings a config file gives, by key, unchecked (`load_config` checks them): its
+    top-level keys, or its ``[train]`` table.
 
     Raises:
-        ConfigError: the file is missing or not TOML, or a key is unknown, mistyped or out of
-            range (`TrainConfig.validate`); the error names the file and the key.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.toml"
-        >>> _ = p.write_text('learner = "protonet"\\n[preprocess.image]\\nsize = 16\\n')
-        >>> load_config(p).preprocess
-        {'image': {'size': 16}}
+        ConfigError: the file is missing, unreadable or not TOML, or holds keys beside its
+            ``[train]`` table (`RUN_DOCUMENT_KEYS` aside); the error names the file.
     """
     path = Path(path)
     try:
@@ -573,6 +565,27 @@ def load_config(path: str | Path) -> TrainConfig:
     if not isinstance(values, dict):
         raise ConfigError("`train` must be a table", file=path, column="train",
                           fix="write [train] with keys of TrainConfig")
+    return values
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a `TrainConfig` from a TOML file (keys as in `TrainConfig`; a ``[train]`` table,
+    beside which only a run's other tables (`RUN_DOCUMENT_KEYS`) may stand, or top-level
+    keys).
+
+    Raises:
+        ConfigError: the file is missing or not TOML, or a key is unknown, mistyped or out of
+            range (`TrainConfig.validate`); the error names the file and the key.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.toml"
+        >>> _ = p.write_text('learner = "protonet"\\n[preprocess.image]\\nsize = 16\\n')
+        >>> load_config(p).preprocess
+        {'image': {'size': 16}}
+    """
+    path = Path(path)
+    values = read_config_values(path)
     config = _from_dict(values, source=str(path))
     config.validate(source=str(path))
     return config

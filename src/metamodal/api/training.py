@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from metamodal.api.fields import resolve, typed_arguments
 from metamodal.api.settings import RunSettings
-from metamodal.config import TrainConfig, load_config
+from metamodal.config import TrainConfig, load_config, read_config_values
 from metamodal.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -67,23 +67,24 @@ class TrainReport:
         return line + "\n" + Transfer.from_dict(self.transfer).table()
 
 
-def _run_settings(settings: RunSettings | None, options: dict[str, Any],
-                  verb: str) -> tuple[RunSettings, TrainConfig, dict[str, Any]]:
-    """Split ``options`` into the run's settings, the base config and the config changes."""
+def _run_settings(settings: RunSettings | None, options: dict[str, Any], verb: str
+                  ) -> tuple[RunSettings, TrainConfig, dict[str, Any], str | None]:
+    """Split ``options`` into the run's settings, the base config, the config changes and
+    the config file the base was read from (None: no file)."""
     names = {f.name for f in dataclasses.fields(RunSettings)}
     config = options.pop("config", None)
     run_options = {k: options.pop(k) for k in list(options) if k in names}
     s = resolve(RunSettings, settings, run_options, verb=verb)
     if isinstance(config, TrainConfig):
-        base = config
-    else:
-        path = config if config is not None else s.config
-        base = load_config(path) if path else TrainConfig()
-    return s, base, options
+        return s, config, options, None
+    path = str(config if config is not None else s.config) or None
+    return s, load_config(path) if path else TrainConfig(), options, path
 
 
-def _fit(config: TrainConfig, s: RunSettings, score: str,
+def _fit(config: TrainConfig, s: RunSettings, score: str, source: tuple[str | None, dict],
          callbacks: list[StepCallback] | None = None) -> TrainReport:
+    """Train ``config`` into ``s.out``; ``source`` is the config file and the changes made to
+    it (`_named_in_file`)."""
     from metamodal.runs.directory import check_not_inside_run
     from metamodal.train.trainer import Trainer
 
@@ -91,12 +92,32 @@ def _fit(config: TrainConfig, s: RunSettings, score: str,
         raise ConfigError("no run directory given", column="out",
                           fix="pass --out RUN (out= in Python)")
     check_not_inside_run(s.out, "out")
-    result = Trainer(config, s.out, progress=s.progress, callbacks=callbacks).fit(
-        resume=s.resume, overwrite=s.overwrite)
+    try:
+        result = Trainer(config, s.out, progress=s.progress, callbacks=callbacks).fit(
+            resume=s.resume, overwrite=s.overwrite)
+    except ConfigError as error:
+        raise _named_in_file(error, *source) from None
     return TrainReport(result.run_dir, result.steps, result.best_val_accuracy, result.best_step,
                        result.stopped_early, result.seconds, score,
                        result.transfer.to_dict() if result.transfer is not None else None,
                        result.time_limited)
+
+
+def _named_in_file(error: ConfigError, path: str | None,
+                   changes: dict[str, Any]) -> ConfigError:
+    """``error`` naming the config file ``path`` where it names no file and its key was set
+    there, not by a flag (``changes``): what is found once training builds the model (an
+    unknown fusion, an option out of a component's range) named only the key."""
+    if not path or error.file is not None or not error.column:
+        return error
+    key = error.column.split(".")[0]
+    try:
+        values = read_config_values(path)
+    except ConfigError:  # read when training began: changed since
+        return error
+    if key in values and key not in changes:
+        error.file = str(path)
+    return error
 
 
 @typed_arguments("train")
@@ -131,12 +152,12 @@ def train(out: str | Path | None = None, settings: RunSettings | None = None, *,
                                       and all(callable(c) for c in callbacks)):
         raise ConfigError(f"train: callbacks must be a list of functions, got {callbacks!r}",
                           column="callbacks", fix="give callbacks=[function, ...]")
-    s, base, changes = _run_settings(settings, {"out": out, **options}, "train")
+    s, base, changes, path = _run_settings(settings, {"out": out, **options}, "train")
     config = base.merged(changes)
     if not config.data:
         raise ConfigError("no dataset given", column="data",
                           fix="pass --data DIR or set data in the config file")
-    return _fit(config, s, "validation accuracy", callbacks)
+    return _fit(config, s, "validation accuracy", (path, changes), callbacks)
 
 
 def align(out: str | Path | None = None, settings: RunSettings | None = None,
@@ -157,7 +178,7 @@ def align(out: str | Path | None = None, settings: RunSettings | None = None,
     Example:
         >>> align("runs/align", data="data", modalities=["image", "caption"])  # doctest: +SKIP
     """
-    s, base, changes = _run_settings(settings, {"out": out, **options}, "align")
+    s, base, changes, path = _run_settings(settings, {"out": out, **options}, "align")
     names = list(changes.get("modalities") or [])
     if len(names) < 2:
         raise ConfigError("align needs two or more modalities", column="modalities",
@@ -166,4 +187,4 @@ def align(out: str | Path | None = None, settings: RunSettings | None = None,
                "learner": "protonet"}
     config = base.merged(changes)
     positives = config.align_options.get("positives", "instance")
-    return _fit(config, s, f"validation Recall@1 ({positives} level)")
+    return _fit(config, s, f"validation Recall@1 ({positives} level)", (path, changes))

@@ -77,7 +77,8 @@ def _run_settings(settings: RunSettings | None, options: dict[str, Any], verb: s
     s = resolve(RunSettings, settings, run_options, verb=verb)
     if isinstance(config, TrainConfig):
         return s, config, options, None
-    path = str(config if config is not None else s.config) or None
+    given = config if config is not None else s.config
+    path = str(given) if given else None
     return s, load_config(path) if path else TrainConfig(), options, path
 
 

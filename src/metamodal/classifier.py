@@ -646,7 +646,6 @@ class FewShotClassifier(EstimatorParams):
                                f"(or delete {SUPPORT_META} to load the run unfitted)")
             return classifier
         meta = read_support_meta(directory / SUPPORT_META)
-        check_support_model(directory / SUPPORT_META, meta, run.path / WEIGHTS_FILE)
         expected = "embeddings" if run.model.capabilities().embeds_once else "samples"
         if meta["form"] != expected:
             raise RunError(
@@ -654,6 +653,7 @@ class FewShotClassifier(EstimatorParams):
                 f"({run.config.learner}) needs {expected}",
                 file=directory / SUPPORT_META, column="form",
                 fix="fit this run's classifier on the support set again and save it")
+        check_support_model(directory / SUPPORT_META, meta, run.path / WEIGHTS_FILE)
         width = run.model.backbone.fusion.out_dim if expected == "embeddings" else None
         tensors = read_support_tensors(directory / SUPPORT_FILE, meta, run.model.modalities,
                                        int(width) if width is not None else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -276,6 +277,31 @@ def test_an_unfinished_run_is_refused_without_resume_and_discarded_by_overwrite(
         Trainer(_config(tiny_data, steps=30, val_every=0, seed=2), run_dir, progress=False,
                 callbacks=[_kill_at(3)]).fit(overwrite=True)
     assert not (run_dir / CHECKPOINT_FILE).exists()
+
+
+@pytest.mark.parametrize(("name", "spoil"), [
+    (CHECKPOINT_FILE, "fifo"), ("metrics.jsonl", "fifo"), ("metrics.jsonl", "folder"),
+    ("metrics.jsonl", "dangling link"), ("tensorboard", "file"), ("tensorboard", "fifo"),
+])
+def test_a_run_entry_of_the_wrong_kind_is_refused_before_it_is_opened(
+        tiny_data: Path, tmp_path: Path, name: str, spoil: str) -> None:
+    """--resume of a run whose checkpoint.pt or metrics.jsonl is a FIFO hung for ever; a
+    folder or a dangling link there, or a file where tensorboard/ belongs, was a raw
+    traceback. Each is refused, naming it, and the run resumes once it is moved away."""
+    run_dir = tmp_path / "run"
+    _interrupted_run(tiny_data, run_dir)
+    entry = run_dir / name
+    kept = tmp_path / "kept"
+    entry.rename(kept)
+    {"fifo": lambda: os.mkfifo(entry), "folder": entry.mkdir, "file": entry.touch,
+     "dangling link": lambda: entry.symlink_to(tmp_path / "gone")}[spoil]()
+    config = _config(tiny_data, steps=30, val_every=0, checkpoint_every=2)
+    with pytest.raises(RunError) as caught:
+        Trainer(config, run_dir, progress=False).fit(resume=True)
+    assert caught.value.file == str(entry) and "move it out" in caught.value.fix
+    entry.rmdir() if spoil == "folder" else entry.unlink()
+    kept.rename(entry)
+    assert Trainer(config, run_dir, progress=False).fit(resume=True).steps == 30
 
 
 def test_a_run_killed_before_its_first_checkpoint_is_unfinished(

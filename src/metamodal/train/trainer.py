@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -186,6 +187,32 @@ def check_run_directory(out: Path, *, replaced: bool = False) -> None:
             fix="move them out of the run directory first, then run the command again")
 
 
+def check_run_entries(out: Path) -> None:
+    """Refuse a run directory whose ``checkpoint.pt`` or ``metrics.jsonl`` is there but no
+    regular file (a FIFO would block their reading for ever, a folder is a raw error), or
+    whose ``tensorboard`` is there but no folder: checked before any of them is opened.
+
+    Raises:
+        RunError: naming the entry.
+    """
+    from metamodal.data.paths import PathRefused, check_regular_file
+
+    fix = "move it out of the run directory (training writes it anew), then run it again"
+    for name in (CHECKPOINT_FILE, METRICS_FILE):
+        path = out / name
+        if not os.path.lexists(path):
+            continue
+        try:
+            check_regular_file(path, name)
+        except FileNotFoundError:
+            raise RunError(f"{name} is a link that leads nowhere", file=path, fix=fix) from None
+        except PathRefused as refused:
+            raise RunError(refused.message, file=path, fix=fix) from None
+    board = out / TENSORBOARD_DIR
+    if os.path.lexists(board) and not board.is_dir():
+        raise RunError(f"{TENSORBOARD_DIR} is not a folder", file=board, fix=fix)
+
+
 class Trainer:
     """Meta-trains a `FewShotModel` on a dataset directory and writes a run directory.
 
@@ -292,6 +319,7 @@ class Trainer:
         """Rank 0's look at ``out``: whether it holds a finished run, the checkpoint state
         to resume from (None: start afresh) and the config to train with."""
         clean_leftovers(self.out)
+        check_run_entries(self.out)
         status = training_status(self.out)
         finished_before = status == "finished"
         check_run_directory(self.out, replaced=finished_before and overwrite and not resume)

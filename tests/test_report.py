@@ -179,14 +179,23 @@ def test_read_results_rejects_bad_files(tmp_path: Path) -> None:
                                             ("[1, 2]", "must be a JSON object"),
                                             ('{"step": "five", "val_acc": 0.5}', "step"),
                                             ('{"step": null, "train_loss": 1}', "step"),
-                                            ('{"step": true}', "step")])
+                                            ('{"step": true}', "step"),
+                                            # plotted as they were: a validation of 750 %
+                                            ('{"step": 5, "val_acc": 7.5}', "val_acc"),
+                                            ('{"step": 5, "val_acc": true}', "val_acc"),
+                                            ('{"step": 5, "train_loss": Infinity}', "train_loss"),
+                                            ('{"step": 5, "event": "end", "best_step": -1}',
+                                             "best_step"),
+                                            ('{"step": 5, "time_limited": "yes"}',
+                                             "time_limited")])
 def test_a_damaged_training_log_is_a_run_error_naming_its_line(
         tmp_path: Path, line: str, words: str) -> None:
     """The report crashed with a JSONDecodeError or a TypeError, after its evaluation."""
     from metamodal.train.logger import read_metrics
 
     log = tmp_path / "metrics.jsonl"
-    log.write_text('{"step": 1, "train_loss": NaN}\n\n' + line + "\n", encoding="utf-8")
+    log.write_text('{"step": 1, "train_loss": 0.5, "unknown": [1]}\n\n' + line + "\n",
+                   encoding="utf-8")
     with pytest.raises(RunError, match=words) as caught:
         read_metrics(tmp_path)
     assert caught.value.file == str(log) and caught.value.row == 3

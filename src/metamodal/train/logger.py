@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,30 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
                                  or step < 0):
             raise RunError(f"a record's step must be a whole number >= 0, got {step!r}",
                            file=path, row=number, column="step", fix=fix)
+        for key, value in record.items():
+            wrong = _value_fault(key, value)
+            if wrong is not None:
+                raise RunError(f"{key} {wrong}, got {value!r}", file=path, row=number,
+                               column=key, fix=fix)
         records.append(record)
     return records
+
+
+def _value_fault(key: str, value: Any) -> str | None:
+    """What is wrong with a value training logs under ``key`` (None: nothing, or a key it
+    does not know): an accuracy is a number in [0, 1], a loss, rate or time a finite number,
+    ``best_step`` a whole number >= 0 and the end record's flags true or false."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if key in ("stopped_early", "time_limited"):
+        return None if isinstance(value, bool) else "must be true or false"
+    if key == "best_step":
+        whole = number and math.isfinite(value) and value == int(value) >= 0
+        return None if whole else "must be a whole number >= 0"
+    if "acc" in key.split("_"):
+        return None if number and 0 <= value <= 1 else "must be an accuracy from 0 to 1"
+    if any(part in key.split("_") for part in ("loss", "lr", "var", "seconds")):
+        return None if number and math.isfinite(value) else "must be a finite number"
+    return None
 
 
 def _step(line: str) -> int | None:

@@ -1192,6 +1192,23 @@ def test_a_label_in_either_unicode_normal_form_is_one_class(client: TestClient) 
     assert [c["label"] for c in r.json()["classes"]] == ["tea"]
 
 
+def test_a_label_spelt_with_an_invisible_character_is_refused_as_it_comes_in(
+        client: TestClient) -> None:
+    """'tea' and 'tea' with a zero-width space were stored as two classes: the task then
+    failed on every prediction (two spellings of one class), and is a damaged row when read.
+    Such a label is refused as it comes in, naming the class it spells, in a task or across
+    one request."""
+    created = post(client, "/api/tasks", _texts(["tea", "milk"])).json()
+    r = post(client, f"/api/tasks/{created['id']}/examples",
+             {"e0.label": "tea\u200b", "e0.caption": "w"})
+    body = assert_error(r, 400, "label")
+    assert "'tea'" in body["error"] and "'tea'" in body["fix"]
+    assert_error(post(client, "/api/tasks", _texts(["tea", "\u200btea"])), 400, "label")
+    r = post(client, f"/api/tasks/{created['id']}/predict", {"q0.caption": "a tea thing"})
+    assert r.status_code == 200, r.text
+    client.delete(f"/api/tasks/{created['id']}")
+
+
 def _texts(labels: list[str]) -> dict[str, str]:
     fields = {}
     for n, label in enumerate(labels):

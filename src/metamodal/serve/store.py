@@ -492,6 +492,15 @@ class TaskStore:
                 f"{limits.max_examples}", column="max_examples",
                 fix="remove examples first, or serve with a higher --max-examples")
         classes = {e.label for e in current} | {e.label for e in examples}
+        spelt = {plain_spelling(e.label): e.label for e in current}
+        for example in examples:
+            other = spelt.setdefault(plain_spelling(example.label), example.label)
+            if other != example.label:  # one class, stored apart: the task then fails
+                raise ConfigError(
+                    f"label {example.label!r} is another spelling of the task's class "
+                    f"{other!r} (they differ only in surrounding spaces, invisible characters "
+                    "or Unicode normal form)", column="label",
+                    fix=f"send the label as {other!r}, or name another class")
         if len(classes) > limits.max_classes:
             raise LimitError(f"the task would hold {len(classes)} classes, more than "
                              f"{limits.max_classes}", column="max_classes",

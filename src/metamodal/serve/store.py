@@ -93,8 +93,8 @@ def label_fault(label: str) -> tuple[str, str] | None:
     holds a control character. Checked as a label comes in, and as it is read back.
 
     Example:
-        >>> label_fault("finch"), label_fault("..")[0]
-        (None, 'is only dots, which a class\'s URL cannot hold')
+        >>> label_fault("finch"), label_fault("..")[1]
+        (None, 'give the class a name with other characters')
     """
     if not label.strip() or len(label) > MAX_LABEL:
         return (f"must be a class name of 1 to {MAX_LABEL} characters",

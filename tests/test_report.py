@@ -194,8 +194,8 @@ def test_a_damaged_training_log_is_a_run_error_naming_its_line(
     from metamodal.train.logger import read_metrics
 
     log = tmp_path / "metrics.jsonl"
-    log.write_text('{"step": 1, "train_loss": 0.5, "unknown": [1]}\n\n' + line + "\n",
-                   encoding="utf-8")
+    log.write_text('{"step": 1, "train_loss": 0.5, "best_val_acc": -1.0, "unknown": [1]}\n\n'
+                   + line + "\n", encoding="utf-8")  # -1: a run that never validated
     with pytest.raises(RunError, match=words) as caught:
         read_metrics(tmp_path)
     assert caught.value.file == str(log) and caught.value.row == 3

@@ -119,8 +119,9 @@ def _value_fault(key: str, value: Any) -> str | None:
     if key == "best_step":
         whole = number and math.isfinite(value) and value == int(value) >= 0
         return None if whole else "must be a whole number >= 0"
-    if "acc" in key.split("_"):
-        return None if number and 0 <= value <= 1 else "must be an accuracy from 0 to 1"
+    if "acc" in key.split("_"):  # best_val_acc -1: no validation ran (`Progress.best`)
+        fits = number and (0 <= value <= 1 or (key == "best_val_acc" and value == -1))
+        return None if fits else "must be an accuracy from 0 to 1"
     if any(part in key.split("_") for part in ("loss", "lr", "var", "seconds")):
         return None if number and math.isfinite(value) else "must be a finite number"
     return None

@@ -309,13 +309,10 @@ class Engine:
             row = encoded.index(torch.tensor([k]))
             tensors = {name: t.detach().cpu().contiguous() for name, t in row.tensors().items()}
             examples.append(NewExample(
-                label=sample.label or "", modalities=self._present(decoded, k),
+                label=sample.label or "", modalities=_carried(decoded, k),
                 tensors=save_tensors(tensors), text=self._text(sample),
                 thumbnail=self._thumbnail(sample)))
         return examples
-
-    def _present(self, decoded: EncodedSamples, row: int) -> list[str]:
-        return [name for name, mb in decoded.batch.items() if bool(mb.present[row])]
 
     def _text(self, sample: Sample) -> str | None:
         for info in self.modality_info():
@@ -413,7 +410,7 @@ class Engine:
         held = {name for example in task.examples for name in example.modalities}
         members = [list(member.modalities) for member in self.model.members]
         for row, sample in enumerate(samples):
-            carried = self._present(decoded, row)
+            carried = _carried(decoded, row)
             if any(held.intersection(own) and set(carried).intersection(own)
                    for own in members):
                 continue
@@ -467,7 +464,7 @@ class Engine:
                 "probability": float(p[best]),
                 "probabilities": dict(zip(fitted.classes_, map(float, p), strict=True)),
                 "missing_modalities": [m for m in self.modalities
-                                       if m not in self._present(decoded, row)],
+                                       if m not in _carried(decoded, row)],
                 "nearest": [{"example": ids[j], "label": by_id[ids[j]].label,
                              "score": float(scores[row, j]),
                              "has_thumbnail": by_id[ids[j]].has_thumbnail,
@@ -495,11 +492,12 @@ def _require_finite(values: torch.Tensor, samples: list[Sample]) -> None:
                             "the model was trained on (e.g. 1e39) overflows it")
 
 
-def _carried(row: EncodedSamples) -> list[str]:
-    """The modalities one encoded row carries, by its ``present`` flags."""
-    present = (row.embeddings.present if row.embeddings is not None else
-               torch.stack([mb.present for mb in row.batch.values()], 1))
-    return [name for name, has in zip(row.modalities, present[0].tolist(), strict=True) if has]
+def _carried(samples: EncodedSamples, row: int = 0) -> list[str]:
+    """The modalities sample ``row`` carries, by its ``present`` flags (either form)."""
+    present = (samples.embeddings.present if samples.embeddings is not None else
+               torch.stack([mb.present for mb in samples.batch.values()], 1))
+    return [name for name, has in zip(samples.modalities, present[row].tolist(), strict=True)
+            if has]
 
 
 def _odd_one(examples: list[StoredExample], rows: list[EncodedSamples]) -> StoredExample:

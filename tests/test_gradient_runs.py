@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
@@ -117,6 +118,29 @@ def test_classifier_keeps_the_support_samples_and_round_trips(
     shutil.copyfile(tmp_path / "proto" / "support.json", tmp_path / "saved" / "support.json")
     with pytest.raises(RunError, match="support.json.*embeddings.*samples"):
         FewShotClassifier.load(tmp_path / "saved")
+
+
+@pytest.mark.parametrize(("key", "dtype"), [("image.values", torch.float64),
+                                          ("caption.values", torch.int32),
+                                          ("caption.lengths", torch.int32),
+                                          ("image.present", torch.uint8)])
+def test_saved_support_samples_of_another_dtype_are_refused(
+    runs: tuple[Path, Path, Path], tmp_path: Path, key: str, dtype: torch.dtype
+) -> None:
+    """A saved MAML support set whose decoded samples are not of the loaders' dtypes is a
+    `RunError` naming the tensor: float64 pixels were a bare RuntimeError inside the encoder
+    at predict, int32 token ids were used as they were."""
+    data, maml, _ = runs
+    support, _ = _tables(data, maml)
+    FewShotClassifier(maml).fit(support).save(tmp_path / "saved")
+    path = tmp_path / "saved" / "support.safetensors"
+    tensors = load_file(str(path))
+    tensors[key] = tensors[key].to(dtype)
+    save_file(tensors, str(path))
+    with pytest.raises(RunError) as raised:
+        FewShotClassifier.load(tmp_path / "saved")
+    assert raised.value.column == key and raised.value.file == str(path)
+    assert str(dtype).removeprefix("torch.") in raised.value.message
 
 
 def test_a_run_directory_of_one_learner_loaded_as_another(

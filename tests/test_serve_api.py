@@ -722,6 +722,30 @@ def test_a_damaged_row_is_a_run_error_of_its_task_only(runs: dict[str, Path],
     assert app.state.store.count() == 1 + (table == "examples")
 
 
+@pytest.mark.parametrize(("key", "dtype"), [("image.values", torch.float64),
+                                          ("caption.values", torch.int32),
+                                          ("caption.lengths", torch.int32)])
+def test_a_stored_sample_of_another_dtype_is_a_damaged_row(runs: dict[str, Path],
+                                                           tmp_path: Path, key: str,
+                                                           dtype: torch.dtype) -> None:
+    """The decoded samples a MAML run stores: a tensor of a dtype the loaders do not give is a
+    damaged row naming it. Float64 pixels failed inside the encoder (a bare 500); int32 token
+    ids or lengths were cast where the rows are joined."""
+    with TestClient(create_app(runs["maml"], state=tmp_path, eval_episodes=0)) as c:
+        task = post(c, "/api/tasks", _texts(["a", "b", "a"])).json()["id"]
+    with sqlite3.connect(tmp_path / DATABASE) as db:
+        example, blob = db.execute("SELECT id, tensors FROM examples ORDER BY seq").fetchone()
+        tensors = {k: t.to(dtype) if k == key else t for k, t in load_tensors(blob).items()}
+        db.execute("UPDATE examples SET tensors = ? WHERE id = ?",
+                   (save_tensors(tensors), example))
+    app = create_app(runs["maml"], state=tmp_path, eval_episodes=0)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = post(c, f"/api/tasks/{task}/predict", {"q0.caption": "a b thing"})
+        body = assert_error(r, 500, "examples.tensors")
+        assert f"tensor {key!r} is {str(dtype).removeprefix('torch.')}" in body["error"]
+        assert example in body["error"]
+
+
 def test_removing_beside_another_damaged_example_answers_what_is_known(
         runs: dict[str, Path], tmp_path: Path) -> None:
     """Two damaged examples in one task: removing one committed, then answered 500 with the

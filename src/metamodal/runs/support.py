@@ -29,6 +29,25 @@ SUPPORT_FORMS = ("embeddings", "samples")
 (learners that adapt the network's weights)."""
 
 
+def dtype_fault(key: str, tensor: torch.Tensor) -> str | None:
+    """What is wrong with the dtype of a stored support tensor (None: nothing), by its key:
+    ``present`` bool, ``labels`` and ``lengths`` int64, embeddings ``z`` float32, and a
+    modality's ``values`` what the loaders decode: float32, or int64 token ids. Any other
+    dtype would be cast where samples are joined, or fail inside an encoder.
+
+    Example:
+        >>> dtype_fault("image.values", torch.zeros(1, dtype=torch.float64))
+        "tensor 'image.values' is float64, not float32 or int64"
+    """
+    last = key.rsplit(".", 1)[-1]
+    wanted = {"present": (torch.bool,), "labels": (torch.long,), "lengths": (torch.long,),
+              "z": (torch.float32,), "values": (torch.float32, torch.long)}.get(last)
+    if wanted is None or tensor.dtype in wanted:
+        return None
+    names = " or ".join(str(dtype).removeprefix("torch.") for dtype in wanted)
+    return f"tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}, not {names}"
+
+
 def write_support(directory: str | Path, tensors: dict[str, torch.Tensor], *,
                   classes: list[str], modalities: list[str], form: str, model: str) -> None:
     """Write ``support.safetensors`` (``tensors``: ``labels`` long ``[S]``, then ``z`` /
@@ -136,6 +155,9 @@ def read_support_tensors(path: Path, meta: dict, model_modalities: list[str],
         if tensor.shape[0] != size:
             raise RunError(f"tensor has {tensor.shape[0]} rows, the labels {size}", file=path,
                            column=key, fix=fix)
+        wrong = dtype_fault(key, tensor)
+        if wrong is not None:
+            raise RunError(wrong, file=path, column=key, fix=fix)
         return tensor
 
     size = -1
@@ -154,13 +176,11 @@ def read_support_tensors(path: Path, meta: dict, model_modalities: list[str],
     if meta["form"] == "embeddings":
         z = need("z")
         present = need("present", 2)
-        if (z.dim() not in (2, 3) or present.dtype != torch.bool
-                or (z.dim() == 3 and z.shape[1] != present.shape[1])):
+        if z.dim() not in (2, 3) or (z.dim() == 3 and z.shape[1] != present.shape[1]):
             raise RunError("`z` must be [S, D] or [S, M, D] with a bool `present` [S, M]",
                            file=path, column="z", fix=fix)
-        if z.dtype != torch.float32 or (width is not None and z.shape[-1] != width):
-            raise RunError(f"`z` is {str(z.dtype).removeprefix('torch.')} and "
-                           f"{z.shape[-1]} wide; the model embeds float32, {width} wide",
+        if width is not None and z.shape[-1] != width:
+            raise RunError(f"`z` is {z.shape[-1]} wide; the model embeds {width} wide",
                            file=path, column="z", fix=fix)
         if present.shape[1] != len(meta["modalities"]):
             raise RunError(f"`present` has {present.shape[1]} columns, support.json names "
@@ -170,9 +190,7 @@ def read_support_tensors(path: Path, meta: dict, model_modalities: list[str],
     else:
         for name in meta["modalities"]:
             need(f"{name}.values")
-            if need(f"{name}.present", 1).dtype != torch.bool:
-                raise RunError("tensor must be bool", file=path, column=f"{name}.present",
-                               fix=fix)
+            need(f"{name}.present", 1)
             if f"{name}.lengths" in tensors:
                 need(f"{name}.lengths", 1)
         usable = torch.stack([tensors[f"{name}.present"] for name in meta["modalities"]],

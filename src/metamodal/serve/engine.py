@@ -44,7 +44,7 @@ from metamodal.model.ensemble import EnsembleModel
 from metamodal.model.test_time import settings_in_force
 from metamodal.runs.directory import WEIGHTS_FILE, Run
 from metamodal.runs.prepared import show_progress
-from metamodal.runs.support import EncodedSamples
+from metamodal.runs.support import EncodedSamples, dtype_fault
 from metamodal.serve.store import (
     THUMBNAIL_SIZE,
     NewExample,
@@ -373,10 +373,6 @@ class Engine:
         try:
             tensors = load_tensors(example.tensors)
             wrong = next(filter(None, (_fault_of(name, t) for name, t in tensors.items())), None)
-            if wrong is None and form == "embeddings" and "z" in tensors and (
-                    tensors["z"].dtype != torch.float32):  # the model's: cat would fail, or cast
-                wrong = f"tensor 'z' is {str(tensors['z'].dtype).removeprefix('torch.')}, " \
-                        "not float32"
             if wrong is None:
                 row = EncodedSamples.from_tensors(tensors, form, self.modalities)
                 carried = _carried(row)
@@ -512,12 +508,13 @@ def _odd_one(examples: list[StoredExample], rows: list[EncodedSamples]) -> Store
 
 
 def _fault_of(name: str, tensor: torch.Tensor) -> str | None:
-    """What is wrong with a stored tensor of one example (None: nothing): not one row, a
-    ``present`` that is not boolean, or a value that is not finite."""
+    """What is wrong with a stored tensor of one example (None: nothing): not one row, a dtype
+    the model does not take (`dtype_fault`: cat would cast it, or an encoder fail), or a
+    value that is not finite."""
     if tensor.dim() == 0 or len(tensor) != 1:
         return f"tensor {name!r} holds {tensor.shape[0] if tensor.dim() else 0} rows, not one"
-    if name.endswith("present") and tensor.dtype != torch.bool:
-        return f"tensor {name!r} is {tensor.dtype}, not boolean"
+    if (wrong := dtype_fault(name, tensor)) is not None:
+        return wrong
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         return f"tensor {name!r} holds NaN or infinite values"
     return None

@@ -562,8 +562,10 @@ def test_a_journal_cut_mid_record_is_refused_at_its_line_and_goes_on_once_cut(
     with pytest.raises(RunError, match="cannot be replayed") as caught:
         api.search(data, trials=3, **run)
     assert caught.value.row == 3
-    for record in (b'{"op_code": 99}', b'{"op_code": "8", "worker_id": "x"}'):
-        # objects with an op_code Optuna does not know: its bare AssertionError, no line
+    for record in (b'{"op_code": 99}', b'{"op_code": "8", "worker_id": "x"}',
+                   b'{"op_code": 2}', b'{"op_code": 0, "worker_id": "x"}'):
+        # objects with an op_code Optuna does not know: its bare AssertionError, no line;
+        # a known op_code without its operation's fields: its bare KeyError, no line
         damaged[2] = record
         journal.write_bytes(b"\n".join(damaged))
         with pytest.raises(RunError, match="cannot be replayed") as caught:

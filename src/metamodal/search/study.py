@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 import warnings
 from pathlib import Path
 from types import TracebackType
@@ -150,6 +151,7 @@ def check_journal(path: Path) -> None:
         return
     op_codes = journal_op_codes()
     for attempt in range(2):
+        replay = journal_replay()
         with open(path, "rb") as handle:
             size, number = 0, 0
             for number, line in enumerate(handle, start=1):
@@ -161,12 +163,14 @@ def check_journal(path: Path) -> None:
                 except ValueError:
                     record = None
                 if (not isinstance(record, dict) or type(record.get("op_code")) is not int
-                        or record["op_code"] not in op_codes):
+                        or record["op_code"] not in op_codes
+                        or not _replays(replay, record)):
                     raise RunError(
                         "the journal's record is not one of Optuna's (a JSON object with one "
-                        "of its op_codes): the records from here on cannot be replayed", file=path,
-                        row=number, column="storage", fix="restore the journal from a copy, "
-                        "or give another --storage for a new study")
+                        "of its op_codes and that operation's fields): the records from here "
+                        "on cannot be replayed", file=path, row=number, column="storage",
+                        fix="restore the journal from a copy, or give another --storage for "
+                        "a new study")
             else:
                 return
         if attempt == 0:
@@ -175,6 +179,30 @@ def check_journal(path: Path) -> None:
                    "stopped while writing it", file=path, row=number, column="storage",
                    fix=f"cut it off (the {number - 1} records before it are whole): "
                    f"truncate -s {size} {path}")
+
+
+def journal_replay() -> Any:
+    """Optuna's own replay of journal records, as a worker of no record's (so that a record
+    another worker may legitimately have lost a race with is passed over, as Optuna passes
+    it), or None where this Optuna version keeps it elsewhere."""
+    try:
+        from optuna.storages.journal._storage import JournalStorageReplayResult
+    except ImportError:
+        return None
+    return JournalStorageReplayResult(worker_id_prefix=f"metamodal-check-{uuid.uuid4().hex}-")
+
+
+def _replays(replay: Any, record: dict) -> bool:
+    """Whether ``record`` replays (``replay``: `journal_replay`'s, None: not checked): a
+    record of a known op_code without that operation's fields, or with values of another
+    type, stops Optuna's replay with a bare KeyError or TypeError."""
+    if replay is None:
+        return True
+    try:
+        replay.apply_logs([record])
+    except Exception:  # noqa: BLE001 - whatever stops Optuna's replay stops it here)
+        return False
+    return True
 
 
 def journal_op_codes() -> frozenset[int]:

@@ -305,3 +305,34 @@ def test_cli_huge_or_deeply_nested_augment_values_are_typed_errors(
                      "--steps", "2", "--no-progress", "--augment", f"image.rotate={value}"])
         assert code == 2
         assert "augment.image.rotate" in capsys.readouterr().err
+
+
+def test_sample_copies_are_each_samples_own_whatever_its_batch_and_padding() -> None:
+    """`Augmentation.sample_copies` (test-time augmentation): a sample's copies are the same
+    alone and in a batch padded to a longer sample, for token dropout over padded text and
+    jitter over padded sequences (draws whose shapes follow the padding); two samples of one
+    batch get copies of their own."""
+    aug = Augmentation({"words": {"token_dropout": 0.3},
+                        "track": {"jitter": 0.05, "coords": [0, 1]}},
+                       {"words": "text", "track": "sequence"}, widths={"track": 2})
+    present = torch.ones(2, dtype=torch.bool)
+    tokens = torch.zeros(2, 12, dtype=torch.long)
+    tokens[0, :12] = torch.arange(2, 14)
+    tokens[1, :5] = torch.arange(20, 25)
+    steps = torch.zeros(2, 30, 2)
+    steps[0] = torch.rand(30, 2)
+    steps[1, :7] = torch.rand(7, 2)
+    both = {"words": ModalityBatch(tokens, present, torch.tensor([12, 5])),
+            "track": ModalityBatch(steps, present, torch.tensor([30, 7]))}
+    one = torch.ones(1, dtype=torch.bool)
+    alone = {"words": ModalityBatch(tokens[1:, :5], one, torch.tensor([5])),
+             "track": ModalityBatch(steps[1:, :7], one, torch.tensor([7]))}
+    for joined, single in zip(aug.sample_copies(both, 3), aug.sample_copies(alone, 3),
+                              strict=True):
+        for name, length_axis in (("words", 1), ("track", 1)):
+            got, want = joined[name], single[name]
+            n = int(want.lengths[0])
+            assert int(got.lengths[1]) == n
+            torch.testing.assert_close(got.values[1:].narrow(length_axis, 0, n),
+                                       want.values.narrow(length_axis, 0, n), rtol=0, atol=0)
+        assert not torch.equal(joined["track"].values[0, :7], joined["track"].values[1, :7])

@@ -67,16 +67,20 @@ ERROR_KEYS = {"error", "file", "row", "column", "fix"}
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A synthetic dataset, a ProtoNet run on its five modalities and a MAML run on three."""
+    """A synthetic dataset, a ProtoNet run on its five modalities (and one trained with an
+    image augmentation, for test-time augmentation) and a MAML run on three."""
     root = tmp_path_factory.mktemp("serve")
     data = make_synthetic(root / "data", classes=12, per_class=3, image_size=8, seed=3)
     common = dict(data=str(data), ways=2, shots=1, queries=1, dim=8, val_every=0,
                   val_episodes=1, device="cpu", cache=False)
     Trainer(TrainConfig(steps=2, **common), root / "protonet", progress=False).fit()
+    Trainer(TrainConfig(steps=2, augment={"image": {"rotate": 30, "shift": 0.2}}, **common),
+            root / "augmented", progress=False).fit()
     Trainer(TrainConfig(modalities=["image", "caption", "measurements"], learner="maml",
                         learner_options={"inner_steps": 1, "eval_steps": 2}, steps=1,
                         **common), root / "maml", progress=False).fit()
-    return {"data": data, "protonet": root / "protonet", "maml": root / "maml", "root": root}
+    return {"data": data, "protonet": root / "protonet", "maml": root / "maml",
+            "augmented": root / "augmented", "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -1633,11 +1637,16 @@ def test_concurrent_writers_lose_no_example(client: TestClient, runs: dict[str, 
     assert client.get(f"/api/tasks/{created['id']}").json()["size"] == 2 + sum(per_thread) + 8
 
 
-@pytest.mark.parametrize("batching", [True, False])
+@pytest.mark.parametrize(("batching", "tta"), [(True, 0), (False, 0), (True, 4)])
 def test_parallel_predictions_equal_a_sequential_one(runs: dict[str, Path],
                                                      rows: list[dict[str, str]],
-                                                     tmp_path: Path, batching: bool) -> None:
-    app = create_app(runs["protonet"], state=tmp_path, eval_episodes=0, batching=batching)
+                                                     tmp_path: Path, batching: bool,
+                                                     tta: int) -> None:
+    """Queries sent together (embedded as one batch) get the answers each gets alone, with
+    test-time augmentation too: its copies of a query drew from one generator per batch, so
+    an answer depended on what other clients sent at the same moment."""
+    run = runs["augmented"] if tta else runs["protonet"]
+    app = create_app(run, state=tmp_path, eval_episodes=0, batching=batching, tta=tta)
     assert (app.state.engine._batcher is not None) == batching
     with TestClient(app, raise_server_exceptions=False) as c:
         created = new_task(c, rows[:9], runs["data"])

@@ -282,9 +282,8 @@ def test_tta_embedding_is_the_mean_over_the_sample_and_its_copies(setup) -> None
     augmentation = tta_augmentation(run.config.augment, run.preprocessor)
     with torch.no_grad():
         got = model.embed(batch)
-        generator = torch.Generator().manual_seed(TTA_SEED)
         copies = [model.backbone(batch)] + [
-            model.backbone(augmentation.batch(batch, generator)) for _ in range(2)]
+            model.backbone(c) for c in augmentation.sample_copies(batch, 2, seed=TTA_SEED)]
         expected = torch.stack([c.z for c in copies]).mean(0)
         assert not torch.allclose(copies[0].z, copies[1].z)  # the copies differ
         torch.testing.assert_close(got.z, expected, rtol=0, atol=1e-6)
@@ -294,6 +293,27 @@ def test_tta_embedding_is_the_mean_over_the_sample_and_its_copies(setup) -> None
         training = copy.deepcopy(model).train()  # training embeds each sample once
         torch.testing.assert_close(training.embed(batch).z,
                                    copy.deepcopy(model).train().backbone(batch).z)
+
+
+def test_a_samples_tta_embedding_does_not_depend_on_its_batch(setup) -> None:
+    """Each sample's copies are drawn from its own generator: the same sample embeds the same
+    alone, after others, and twice in one batch. Drawn from one generator per batch, a
+    sample's copies depended on the samples before it (a server answered a query by what
+    other clients sent at the same moment)."""
+    run = load_run(setup["tt"])
+    store = load_run_data(run).store
+    from metamodal.evaluate.embedding import masked_batch
+
+    names = list(run.model.modalities)
+    with torch.no_grad():
+        alone = run.model.embed(masked_batch(store, torch.tensor([3]), names, names, {})).z
+        for rows in ([0, 1, 3], [3, 3], [5, 3, 2]):
+            batch = masked_batch(store, torch.tensor(rows), names, names, {})
+            z = run.model.embed(batch).z
+            for at in [i for i, row in enumerate(rows) if row == 3]:
+                torch.testing.assert_close(z[at:at + 1], alone, rtol=0, atol=1e-5)
+        two = run.model.embed(masked_batch(store, torch.tensor([3, 4]), names, names, {})).z
+        assert not torch.allclose(two[0], two[1])  # other samples, other embeddings
 
 
 def test_tta_embeds_once_where_no_shown_modality_has_a_transform(setup) -> None:

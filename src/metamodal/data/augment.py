@@ -52,14 +52,15 @@ trajectories of ``c``'s samples.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from metamodal.data.batch import Batch, Episode, ModalityBatch, TensorStore
+from metamodal.data.batch import Batch, Episode, ModalityBatch, TensorStore, cat_batches
 from metamodal.data.geometry import FLIPS
 from metamodal.data.kinds import (
     AugmentContext,
@@ -341,6 +342,61 @@ class Augmentation:
         if self.modality_dropout:
             out = _drop_modalities(out, self.modality_dropout, generator)
         return out
+
+
+    def sample_copies(self, batch: Mapping[str, ModalityBatch], copies: int,
+                      seed: int = 0) -> Iterator[Batch]:
+        """``copies`` transformed copies of ``batch`` (test-time augmentation), each sample's
+        drawn from a generator of its own, seeded by ``seed`` and the sample's values: a
+        sample's copies are the same whatever batch it comes in, and wherever in it (`batch`
+        draws a whole batch from one generator, so a sample's copies there depend on the
+        samples before it). Each sample is cut to its own length first (a variable-length
+        kind's ``length_axis``); each copy is padded to its longest sample again.
+
+        Example:
+            >>> aug = Augmentation({"v": {"noise": 0.1}}, {"v": "tabular"})
+            >>> def of(values):
+            ...     return {"v": ModalityBatch(values, torch.ones(len(values), dtype=torch.bool))}
+            >>> a, b = torch.zeros(1, 3), torch.ones(1, 3)
+            >>> alone = next(aug.sample_copies(of(a), 1))["v"].values
+            >>> after_b = next(aug.sample_copies(of(torch.cat([b, a])), 1))["v"].values[1:]
+            >>> torch.equal(after_b, alone)
+            True
+        """
+        size = len(next(iter(batch.values())))
+        rows = [self._own_row(batch, i) for i in range(size)]
+        generators = [torch.Generator().manual_seed(_content_seed(row, seed)) for row in rows]
+        for _ in range(copies):
+            yield cat_batches([self.batch(row, generator)
+                               for row, generator in zip(rows, generators, strict=True)])
+
+    def _own_row(self, batch: Mapping[str, ModalityBatch], row: int) -> Batch:
+        """Sample ``row`` of ``batch`` alone, each variable-length modality cut to its length
+        (at least 1: an absent modality's values are never used)."""
+        index = torch.tensor([row])
+        out = {}
+        for name, mb in batch.items():
+            one = mb.index(index)
+            axis = modality_kind(self.kinds[name]).length_axis if name in self.kinds else None
+            if one.lengths is not None and axis is not None:
+                length = min(max(int(one.lengths[0]), 1), one.values.shape[axis])
+                one = ModalityBatch(one.values.narrow(axis, 0, length), one.present,
+                                    one.lengths)
+            out[name] = one
+        return out
+
+
+def _content_seed(row: Mapping[str, ModalityBatch], seed: int) -> int:
+    """A 63-bit seed from ``seed`` and the values of a one-sample batch's present modalities
+    (their names, shapes and bytes)."""
+    digest = hashlib.blake2b(str(seed).encode(), digest_size=8)
+    for name in sorted(row):
+        mb = row[name]
+        if bool(mb.present[0]):
+            values = mb.values.detach().cpu().contiguous()
+            digest.update(f"{name}:{values.dtype}:{tuple(values.shape)}".encode())
+            digest.update(values.numpy().tobytes())
+    return int.from_bytes(digest.digest(), "little") >> 1
 
 
 def _drop_modalities(batch: Batch, rate: float, generator: torch.Generator) -> Batch:

@@ -6,8 +6,9 @@ augmentation, confidence-weighted late fusion and transductive refinement of the
   own per-modality ``[augment]`` tables (class rotations and modality dropout are left out:
   they change what a sample is, not how it was drawn). A support drawing's copies stand in
   for more supports (for prototypes, their mean is the same thing), a query's copies vote.
-  The copies are drawn from a generator seeded anew for every batch, so an evaluation is
-  reproducible.
+  Each sample's copies are drawn from a generator seeded by its own values
+  (`metamodal.data.augment.Augmentation.sample_copies`): a sample's embedding is the same
+  whatever batch it comes in and wherever in it, and an evaluation is reproducible.
 - **Confidence-weighted late fusion** (``fusion_confidence = c``): each query's modality
   weights become ``softmax(mix - c * entropy)`` (`metamodal.fusion.late.LateFusion`).
 - **Reliability-weighted late fusion** (``fusion_reliability = r``): each modality's weight
@@ -29,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from metamodal.config import TestTime, TrainConfig
@@ -39,7 +39,8 @@ from metamodal.errors import ConfigError
 from metamodal.learners.embeddings import Embeddings
 
 TTA_SEED = 0
-"""Seed of the copies' transforms (fixed: the same copies for every model and call)."""
+"""Seed of the copies' transforms, with each sample's values (the same copies of a sample
+for every model, call and batch)."""
 
 
 def settings_in_force(model: Any) -> list[TestTime]:
@@ -139,7 +140,6 @@ def averaged_embedding(embed: Any, batch: Mapping[str, Any], copies: int,
         copies: transformed copies (>= 1).
         augmentation: the transforms (`tta_augmentation`).
     """
-    generator = torch.Generator().manual_seed(TTA_SEED)
     first = embed(batch)
     if not any(name in augmentation.modalities and bool(batch[name].present.any())
                for name in batch):
@@ -148,8 +148,8 @@ def averaged_embedding(embed: Any, batch: Mapping[str, Any], copies: int,
     on_cpu = batch_to(batch, "cpu") if device.type != "cpu" else batch  # transforms draw there
     z: Tensor = first.z.clone()
     parts = None if first.parts is None else {k: v.clone() for k, v in first.parts.items()}
-    for _ in range(copies):
-        other = embed(batch_to(augmentation.batch(on_cpu, generator), device))
+    for copy in augmentation.sample_copies(on_cpu, copies, seed=TTA_SEED):
+        other = embed(batch_to(copy, device))
         z += other.z
         if parts is not None and other.parts is not None:
             for name in parts:

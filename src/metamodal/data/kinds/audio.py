@@ -93,6 +93,7 @@ class AudioKind(ModalityKind):
     default_encoder = "audio-cnn"
     media = True
     length_unit = "frames"
+    length_axis = 2
     suffixes = AUDIO_SUFFIXES
     media_folder = "audio"
     augment_options = {"time_shift": (0, 1), "gain_db": (0, 40), "freq_mask": (0, 1000),

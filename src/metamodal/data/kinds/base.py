@@ -106,6 +106,8 @@ class ModalityKind:
             and modification time enter the decode cache key), not inline values.
         multi_column: the modality reads a list of ``columns`` (tabular), not one ``column``.
         length_unit: what the loader's ``lengths`` count, for inspection (``tokens``, ...).
+        length_axis: the axis of ``values`` that ``lengths`` measures (padded to the longest
+            in a batch), or None for a kind of fixed size.
         suffixes: importer hint: file suffixes of this kind's media files (lower case).
         media_folder: importer hint: the folder an importer copies this kind's files into.
         import_options: importer hint: the loader options an importer's ``image_size`` /
@@ -126,6 +128,7 @@ class ModalityKind:
     media: ClassVar[bool] = False
     multi_column: ClassVar[bool] = False
     length_unit: ClassVar[str] = "length"
+    length_axis: ClassVar[int | None] = None
     suffixes: ClassVar[tuple[str, ...]] = ()
     media_folder: ClassVar[str | None] = None
     import_options: ClassVar[tuple[str, ...]] = ()

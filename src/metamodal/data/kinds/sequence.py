@@ -215,6 +215,7 @@ class SequenceKind(ModalityKind):
     default_encoder = "tcn"
     media = True
     length_unit = "steps"
+    length_axis = 1
     suffixes = SEQUENCE_SUFFIXES
     media_folder = "sequences"
     augment_options = {**GEOMETRY_OPTIONS, "time_warp": (0, 0.9), "jitter": (0, 1),

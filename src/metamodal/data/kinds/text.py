@@ -52,6 +52,7 @@ class TextKind(ModalityKind):
     loader = "text"
     default_encoder = "bag"
     length_unit = "tokens"
+    length_axis = 1
     augment_options = {"token_dropout": (0, 0.9)}
 
     def describe(self, cells: Sequence[Cell], batch: ModalityBatch,

@@ -364,3 +364,28 @@ def test_predict_names_the_support_tables_label_column(trained) -> None:
         api.predict(str(run), support=str(table), query=str(queries))
     assert caught.value.column == "species"  # the table's label column, not fit's y
     assert Path(caught.value.file) == table
+
+
+def test_a_query_a_late_fusion_model_cannot_compare_is_refused(trained,
+                                                                tmp_path: Path) -> None:
+    """Late fusion compares each modality on its own: a query that carries none of the
+    modalities the support samples carry got no score, and `predict` showed the first class
+    at even probabilities. It is a `ModalityError` naming the query's row; a query that shares
+    a modality is still classified."""
+    data, _ = trained
+    run = tmp_path / "late"
+    Trainer(TrainConfig(data=str(data), steps=2, ways=2, shots=1, queries=1, dim=8,
+                        val_every=0, val_episodes=2, device="cpu", cache=False,
+                        modalities=["image", "caption"], fusion="late",
+                        preprocess={"image": {"size": 8}}), run, progress=False).fit()
+    rows = _rows(data)
+    support = [{"caption": rows[0]["caption"]}, {"caption": rows[4]["caption"]}]
+    clf = FewShotClassifier(run, media_root=data).fit(support, ["a", "b"])
+    query = _write(data / "query-late.csv", [dict(rows[1], caption=""), rows[5]])
+    with pytest.raises(ModalityError) as raised:
+        clf.predict(query)
+    assert raised.value.row == 1 and raised.value.file == str(query)
+    assert "carries image" in raised.value.message and "late fusion" in raised.value.message
+    assert len(clf.predict([{"caption": rows[1]["caption"], "image": rows[1]["image"]}])) == 1
+    gated = FewShotClassifier(trained[1], media_root=data).fit(support, ["a", "b"])
+    assert len(gated.predict([{"image": rows[1]["image"]}])) == 1  # one shared space

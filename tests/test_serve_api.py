@@ -68,7 +68,8 @@ ERROR_KEYS = {"error", "file", "row", "column", "fix"}
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A synthetic dataset, a ProtoNet run on its five modalities (and one trained with an
-    image augmentation, for test-time augmentation) and a MAML run on three."""
+    image augmentation, for test-time augmentation; one of late fusion on two) and a MAML run
+    on three."""
     root = tmp_path_factory.mktemp("serve")
     data = make_synthetic(root / "data", classes=12, per_class=3, image_size=8, seed=3)
     common = dict(data=str(data), ways=2, shots=1, queries=1, dim=8, val_every=0,
@@ -76,11 +77,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     Trainer(TrainConfig(steps=2, **common), root / "protonet", progress=False).fit()
     Trainer(TrainConfig(steps=2, augment={"image": {"rotate": 30, "shift": 0.2}}, **common),
             root / "augmented", progress=False).fit()
+    Trainer(TrainConfig(steps=2, modalities=["image", "caption"], fusion="late", **common),
+            root / "late", progress=False).fit()
     Trainer(TrainConfig(modalities=["image", "caption", "measurements"], learner="maml",
                         learner_options={"inner_steps": 1, "eval_steps": 2}, steps=1,
                         **common), root / "maml", progress=False).fit()
     return {"data": data, "protonet": root / "protonet", "maml": root / "maml",
-            "augmented": root / "augmented", "root": root}
+            "augmented": root / "augmented", "late": root / "late", "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -515,6 +518,23 @@ def test_an_ensemble_refuses_a_query_no_member_can_compare(ensemble_run: Path,
         both = post(c, url, {"q0.caption": "a a thing", "q1.caption": "b"}, image)
         assert both.status_code == 200, both.text
         assert [p["label"] for p in both.json()["predictions"]][0] == "a"
+
+
+def test_a_late_fusion_model_refuses_a_query_it_cannot_compare(runs: dict[str, Path],
+                                                                tmp_path: Path) -> None:
+    """Examples of captions only, a query of an image only: late fusion compares each
+    modality on its own, and answered the first class at 0.5 / 0.5 with every example
+    "nearest" at score 0. It is a 422 naming the query, as for an ensemble."""
+    app = create_app(runs["late"], state=tmp_path, eval_episodes=0)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        task = post(c, "/api/tasks", _texts(["a", "b", "a"])).json()["id"]
+        url = f"/api/tasks/{task}/predict"
+        image = [("q1.image", ("q.png", png(8, 8)))]
+        body = assert_error(post(c, url, {"q0.caption": "a a thing"}, image), 422, "q1")
+        assert "late fusion" in body["error"]
+        assert "q1 carries image, the examples carry caption" in body["error"]
+        both = post(c, url, {"q0.caption": "a a thing", "q1.caption": "b"}, image)
+        assert both.status_code == 200, both.text
 
 
 def test_serve_refuses_a_bad_test_time_setting(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -26,8 +26,10 @@ from metamodal.errors import (
     RunError,
 )
 from metamodal.estimator import EstimatorParams
+from metamodal.fusion.late import LateFusion
 from metamodal.io import atomic_write, make_directory, sha256_file
 from metamodal.learners.embeddings import Embeddings
+from metamodal.model.ensemble import EnsembleModel
 from metamodal.model.test_time import settings_in_force
 from metamodal.runs.directory import (
     CONFIG_FILE,
@@ -502,6 +504,21 @@ class FewShotClassifier(EstimatorParams):
                 "for them", file=getattr(dataset.table, "file", None), row=dataset.rows()[first],
                 fix=f"give each query sample at least one of: {', '.join(self.modalities_)}, "
                 "or leave such samples out")
+        comparable = self.comparable(query)
+        if not bool(comparable.all()):
+            first = int((~comparable).nonzero()[0])
+            carried = [n for n, has in zip(query.modalities, query.carried[first].tolist(),
+                                           strict=True) if has]
+            held = [n for n, has in zip(self.support_.modalities,
+                                        self.support_.carried.any(0).tolist(), strict=True)
+                    if has]
+            raise ModalityError(
+                f"query sample {dataset.ids[first]!r} carries {', '.join(carried)} and the "
+                f"support samples carry {', '.join(held)}: {_why_incomparable(self.run_.model)}"
+                f", so it would get even probabilities, a guess", file=getattr(
+                    dataset.table, "file", None), row=dataset.rows()[first],
+                fix="give the query a modality the support samples carry, or fit on support "
+                "samples that carry the query's")
         return self.decision_function_encoded(query)
 
     @torch.no_grad()
@@ -519,6 +536,20 @@ class FewShotClassifier(EstimatorParams):
             logits = model.adapt_predict(self.support_.batch, labels, query.batch,
                                          len(self.classes_))
         return logits.float().cpu().numpy()
+
+    def comparable(self, query: EncodedSamples) -> torch.Tensor:
+        """Bool ``[Q]``: whether the model can compare each encoded query sample with the
+        support set, by the modalities they carry. A late-fusion model compares each modality
+        on its own, so it needs one that both the query and some support sample carry; an
+        ensemble needs a member that can (its other members see only their own modalities).
+        A query it cannot compare gets no score at all: even probabilities, a guess that
+        `predict` would show as its first class."""
+        self._check_fitted()
+        names = query.modalities
+        support = dict(zip(self.support_.modalities, self.support_.carried.any(0).tolist(),
+                           strict=True))
+        held = torch.tensor([support.get(name, False) for name in names], dtype=torch.bool)
+        return _compares(self.run_.model, names, query.carried, held)
 
     @torch.no_grad()
     def support_scores(self, query: EncodedSamples) -> np.ndarray:
@@ -685,3 +716,30 @@ def _any_column(dataset: MultimodalDataset, modality: str) -> bool:
     """True when the samples have a column of ``modality`` (one of a tabular modality's)."""
     spec = dataset.schema.modalities.get(modality)
     return spec is not None and any(c in dataset.table.columns for c in spec.source_columns())
+
+
+def _compares(model: Any, names: list[str], carried: torch.Tensor,
+              held: torch.Tensor) -> torch.Tensor:
+    """Bool ``[Q]``: whether ``model`` (a run's model, or an ensemble's) can compare each query
+    (``carried``: bool ``[Q, M]`` over ``names``) with support samples that carry ``held``
+    (bool ``[M]``): see `FewShotClassifier.comparable`."""
+    if isinstance(model, EnsembleModel):
+        votes = [_compares(member, names, carried, held) for member in model.members]
+        return torch.stack(votes).any(0)
+    own = torch.tensor([name in model.modalities for name in names], dtype=torch.bool)
+    if _late(model):
+        return (carried & (held & own)).any(1)
+    return (carried & own).any(1) & bool((held & own).any())
+
+
+def _late(model: Any) -> bool:
+    """Whether ``model`` compares each modality on its own (late fusion)."""
+    return isinstance(getattr(getattr(model, "backbone", None), "fusion", None), LateFusion)
+
+
+def _why_incomparable(model: Any) -> str:
+    if isinstance(model, EnsembleModel):
+        return ("no member of the ensemble takes a modality of both (members take "
+                + "; ".join(", ".join(member.modalities) for member in model.members) + ")")
+    return "the model compares each modality on its own (late fusion) and they share none"
+

@@ -251,6 +251,13 @@ class EncodedSamples:
         """The modality names, in order."""
         return list(self.batch) if self.embeddings is None else list(self.embeddings.modalities)
 
+    @property
+    def carried(self) -> torch.Tensor:
+        """Bool ``[S, M]``: which of the `modalities` each sample carries."""
+        if self.embeddings is not None:
+            return self.embeddings.present
+        return torch.stack([mb.present for mb in self.batch.values()], 1)
+
     def index(self, rows: torch.Tensor) -> EncodedSamples:
         """Rows ``rows`` (long ``[K]``) as new `EncodedSamples` of length K."""
         return EncodedSamples(

@@ -390,36 +390,36 @@ class Engine:
             wrong = f"{type(error).__name__}: {error}"
         raise damaged("examples.tensors", wrong, task_id=task_id, example_id=example.id)
 
-    def _require_a_voter(self, task: TaskRecord, decoded: EncodedSamples,
-                         samples: list[Sample]) -> None:
-        """For an ensemble, refuse a query that no member can compare with the task's
-        examples. A member votes on a query when the query carries one of its modalities and
-        the task's examples carry one too (`EnsembleModel.member_logits`); a query on which no
-        member votes would get the uniform distribution, a guess shown as an answer.
+    def _require_comparable(self, fitted: FewShotClassifier, decoded: EncodedSamples,
+                            samples: list[Sample]) -> None:
+        """Refuse a query the model cannot compare with the task's examples
+        (`FewShotClassifier.comparable`: a late-fusion model needs a modality both carry, an
+        ensemble a member that can compare them): it would get even probabilities, a guess
+        shown as an answer.
 
         Raises:
             ModalityError: naming the first such query, with the modalities it carries, the
-                examples carry and each member takes.
+                examples carry and (for an ensemble) each member takes.
         """
-        if not isinstance(self.model, EnsembleModel):
+        comparable = fitted.comparable(decoded)
+        if bool(comparable.all()):
             return
-        held = {name for example in task.examples for name in example.modalities}
-        members = [list(member.modalities) for member in self.model.members]
-        for row, sample in enumerate(samples):
-            carried = _carried(decoded, row)
-            if any(held.intersection(own) and set(carried).intersection(own)
-                   for own in members):
-                continue
-            examples = [name for name in self.modalities if name in held]
-            raise ModalityError(
-                f"no member of the ensemble can compare {sample.key} with the task's examples: "
-                f"{sample.key} carries {', '.join(carried)}, the examples carry "
-                f"{', '.join(examples)}, and the members take "
-                + "; ".join(f"{', '.join(own)} (member {m + 1})"
-                            for m, own in enumerate(members)),
-                column=sample.key,
-                fix=f"give {sample.key} a modality of a member that the examples carry, or "
-                "add examples with the modalities of a member that the query carries")
+        row = int((~comparable).nonzero()[0])
+        key, examples = samples[row].key, fitted.support_.carried.any(0).tolist()
+        held = [name for name, has in zip(fitted.support_.modalities, examples, strict=True)
+                if has]
+        carry = f"{key} carries {', '.join(_carried(decoded, row))}, the examples carry " \
+                f"{', '.join(held)}"
+        if isinstance(self.model, EnsembleModel):
+            members = "; ".join(f"{', '.join(member.modalities)} (member {m + 1})"
+                                for m, member in enumerate(self.model.members))
+            message = (f"no member of the ensemble can compare {key} with the task's "
+                       f"examples: {carry}, and the members take {members}")
+        else:
+            message = (f"the model compares each modality on its own (late fusion) and "
+                       f"cannot compare {key} with the task's examples: {carry}")
+        raise ModalityError(message, column=key, fix=f"give {key} a modality that the "
+                            "examples carry, or add examples with the modalities it carries")
 
     def forget(self, task_id: str) -> None:
         """Drop the fitted classifier kept for a task (it was deleted)."""
@@ -436,14 +436,14 @@ class Engine:
         Raises:
             InsufficientSamplesError: the task has fewer than two classes.
             DatasetError, ModalityError: a query is unusable (named by its form field): for
-                an ensemble, one that no member can compare with the task's examples
-                (`_require_a_voter`); or the images decode to more pixels than a request may
-                (`TooManyPixelsError`).
+                a late-fusion model or an ensemble, one it cannot compare with the task's
+                examples (`_require_comparable`); or the images decode to more pixels than a
+                request may (`TooManyPixelsError`).
         """
         fitted, ids = self._task_classifier(task)
         decoded = self._decode(samples)
         _require_usable(decoded, samples)
-        self._require_a_voter(task, decoded, samples)
+        self._require_comparable(fitted, decoded, samples)
         query = self._batcher(decoded) if self._batcher is not None else fitted.embed(decoded)
         probabilities = torch.softmax(torch.from_numpy(fitted.decision_function_encoded(query)),
                                       -1).numpy()
@@ -490,10 +490,8 @@ def _require_finite(values: torch.Tensor, samples: list[Sample]) -> None:
 
 def _carried(samples: EncodedSamples, row: int = 0) -> list[str]:
     """The modalities sample ``row`` carries, by its ``present`` flags (either form)."""
-    present = (samples.embeddings.present if samples.embeddings is not None else
-               torch.stack([mb.present for mb in samples.batch.values()], 1))
-    return [name for name, has in zip(samples.modalities, present[row].tolist(), strict=True)
-            if has]
+    return [name for name, has in zip(samples.modalities, samples.carried[row].tolist(),
+                                      strict=True) if has]
 
 
 def _odd_one(examples: list[StoredExample], rows: list[EncodedSamples]) -> StoredExample:

@@ -287,10 +287,12 @@ def samples_of(form: FormData, letter: str, *, columns: dict[str, str], labelled
         index, column = int(match.group(2)), match.group(3)
         sample = samples.setdefault(index, Sample(f"{letter}{index}"))
         if column == "label" and labelled:
-            wrong = label_fault(value if isinstance(value, str) else "")
+            # checked as it is kept, and read back: NFC can lengthen it (U+0958 is two)
+            label = class_label(value) if isinstance(value, str) else ""
+            wrong = label_fault(label)
             if wrong is not None:
                 raise ConfigError(f"{key} {wrong[0]}", column=key, fix=wrong[1])
-            sample.label = class_label(value)
+            sample.label = label
             continue
         if column not in columns:
             raise ConfigError(f"the model has no column {column!r}", column=key,

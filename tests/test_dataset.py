@@ -167,6 +167,16 @@ def test_labels_that_differ_only_in_surrounding_spaces_are_refused(tmp_path: Pat
     assert (error.row, error.column) == (5, "label") and "'cat'" in error.message
 
 
+@pytest.mark.parametrize("label", ["\x1b[2Jcat", "ca\x07t", "\x1b]0;title\x07"])
+def test_a_label_or_id_with_a_control_character_is_refused(tmp_path: Path, label: str) -> None:
+    """An escape in a label or id reached the terminal of every verb that prints them
+    (`predict` cleared the screen, set its title), and `inspect` found no problem."""
+    error = dataset_error(make(tmp_path, [*ROWS, f'e,"{label}",felid,x,,,']))
+    assert (error.row, error.column) == (5, "label") and "control character" in error.message
+    error = dataset_error(make(tmp_path, [*ROWS, f'"{label}",cat,felid,x,,,']))
+    assert (error.row, error.column) == (5, "id") and "control character" in error.message
+
+
 def test_labels_in_two_unicode_normal_forms_are_refused(tmp_path: Path) -> None:
     rows = [*ROWS, "e,caf\u00e9,felid,x,,,", "f,cafe\u0301,felid,y,,,"]
     error = dataset_error(make(tmp_path, rows))

@@ -442,6 +442,16 @@ def check_table(
                         fix="give every sample a unique id",
                     )
                 )
+            elif has_control_characters(sample_id):
+                problems.append(
+                    DatasetError(
+                        f"id {sample_id!r} holds a control character",
+                        file=file,
+                        row=row,
+                        column=ID_COLUMN,
+                        fix="write ids of printable characters",
+                    )
+                )
             elif sample_id in first_row:
                 problems.append(
                     DatasetError(
@@ -475,8 +485,8 @@ def check_table(
                              fix=f"give every sample its class in column {column}")
                 for row, value in enumerate(table.columns[column], start=1) if value is None]
         problems += [problem for column in schema.label_columns if column in table.columns
-                     for problem in lookalike_labels(table.columns[column], column=column,
-                                                     file=file)]
+                     for problem in label_problems(table.columns[column], column=column,
+                                                   file=file)]
     if require_group and schema.group is not None and not absent(schema.group, "the group"):
         problems += _check_groups(table, schema.label, schema.group)
     if require_modalities:
@@ -499,15 +509,28 @@ def plain_spelling(label: str) -> str:
                    if unicodedata.category(c) != "Cf")
 
 
-def lookalike_labels(labels: Sequence[object], *, column: str,
-                     file: str | None = None) -> list[DatasetError]:
-    """Labels that differ from an earlier one only in surrounding spaces, invisible (format)
-    characters or Unicode normal form (``"cat"``, ``"cat "``, ``"cat\\u200b"``; ``"é"``
-    composed or not) would be two classes of one: a `DatasetError` at the first row (1-based)
-    of each later spelling. Labels that are not strings (None, integers) are passed over.
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a control character (NUL, a newline, an escape, ...).
 
     Example:
-        >>> [(p.row, p.message[:34]) for p in lookalike_labels(["cat", 1, "cat "], column="y")]
+        >>> has_control_characters("cat"), has_control_characters("\x1b[2Jcat")
+        (False, True)
+    """
+    return any(unicodedata.category(c) == "Cc" for c in text)
+
+
+def label_problems(labels: Sequence[object], *, column: str,
+                   file: str | None = None) -> list[DatasetError]:
+    """Labels no class can be named by: one holding a control character (an escape would
+    reach the terminal of every verb that prints the classes, a newline break its tables),
+    or one that differs from an earlier label only in surrounding spaces, invisible (format)
+    characters or Unicode normal form (``"cat"``, ``"cat "``, ``"cat\u200b"``; ``"é"``
+    composed or not), which would be two classes of one: a `DatasetError` at the first row
+    (1-based) of each such spelling. Labels that are not strings (None, integers) are passed
+    over.
+
+    Example:
+        >>> [(p.row, p.message[:34]) for p in label_problems(["cat", 1, "cat "], column="y")]
         [(3, "label 'cat ' differs from 'cat' (r")]
     """
     first: dict[str, tuple[str, int]] = {}
@@ -519,6 +542,10 @@ def lookalike_labels(labels: Sequence[object], *, column: str,
         key = plain_spelling(label)
         if key not in first:
             first[key] = (label, row)
+            if has_control_characters(label):
+                problems.append(DatasetError(
+                    f"label {label!r} holds a control character", file=file, row=row,
+                    column=column, fix="name each class with printable characters"))
             continue
         other, other_row = first[key]
         problems.append(DatasetError(

@@ -39,7 +39,7 @@ from metamodal.data.dataset import (
     ID_COLUMN,
     MultimodalDataset,
     check_table,
-    lookalike_labels,
+    label_problems,
 )
 from metamodal.data.kinds import modality_kind
 from metamodal.data.schema import DatasetSchema
@@ -135,7 +135,7 @@ def records_dataset(
 
 def checked_labels(values: Any, size: int, *, column: str = "y") -> list[Label]:
     """The labels of ``values``, one per sample, checked: strings or integers, one type for
-    all, none empty, NaN or None, no two spellings of one label (`lookalike_labels`);
+    all, none empty, NaN or None, no two spellings of one label (`label_problems`);
     `DatasetError` naming the row and ``column`` otherwise.
 
     Args:
@@ -176,9 +176,9 @@ def checked_labels(values: Any, size: int, *, column: str = "y") -> list[Label]:
             raise DatasetError(f"labels mix {kind.__name__} and {type(label).__name__}",
                                row=row, column=column, fix="give every label as a string, "
                                "or every label as an integer")
-    lookalikes = lookalike_labels(labels, column=column)
-    if lookalikes:
-        raise lookalikes[0]
+    problems = label_problems(labels, column=column)
+    if problems:
+        raise problems[0]
     return labels
 
 

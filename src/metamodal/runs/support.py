@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from metamodal.data.batch import Batch, ModalityBatch, batch_to, cat_batches, index_batch
-from metamodal.data.dataset import lookalike_labels
+from metamodal.data.dataset import label_problems
 from metamodal.data.paths import PathRefused, check_own_file
 from metamodal.errors import RunError
 from metamodal.io import ParseError, atomic_write, atomic_write_json, loads_json, sha256_file
@@ -100,9 +100,9 @@ def read_support_meta(path: Path) -> dict:
             or not all(isinstance(c, str) for c in classes) or len(set(classes)) < len(classes)):
         raise RunError("`classes` must be a non-empty list of distinct class names", file=path,
                        column="classes", fix=fix)
-    lookalikes = lookalike_labels(classes, column="classes")  # as fit refuses them
-    if lookalikes:
-        raise RunError(lookalikes[0].message, file=path, column="classes", fix=fix)
+    problems = label_problems(classes, column="classes")  # as fit refuses them
+    if problems:
+        raise RunError(problems[0].message, file=path, column="classes", fix=fix)
     if (not isinstance(modalities, list) or not modalities
             or not all(isinstance(m, str) for m in modalities)
             or len(set(modalities)) < len(modalities)):

@@ -23,9 +23,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import FormData
 from starlette.requests import Request
 
+from metamodal.data.dataset import has_control_characters
 from metamodal.errors import ConfigError, DatasetError
 from metamodal.serve.engine import Sample, Upload
-from metamodal.serve.store import MAX_LABEL, has_control_characters, label_fault
+from metamodal.serve.store import MAX_LABEL, label_fault
 
 _FIELD = re.compile(r"^([eq])(0|[1-9][0-9]{0,5})\.(.+)$")  # one spelling per n
 

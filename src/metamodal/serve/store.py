@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import unicodedata
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from metamodal.data.dataset import plain_spelling
+from metamodal.data.dataset import has_control_characters, plain_spelling
 from metamodal.errors import ConfigError, RunError
 from metamodal.io import make_directory
 
@@ -80,11 +79,6 @@ def damaged(column: str, reason: str, *, task_id: str | None = None,
     message = f"the stored {column} cannot be read back ({reason})"
     return RunError(f"{where}: {message}" if where else message, file=DATABASE, column=column,
                     fix=f"{again}restore {DATABASE} from a backup")
-
-
-def has_control_characters(text: str) -> bool:
-    """Whether ``text`` holds a control character (NUL, a newline, an escape, ...)."""
-    return any(unicodedata.category(c) == "Cc" for c in text)
 
 
 def label_fault(label: str) -> tuple[str, str] | None:

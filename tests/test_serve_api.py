@@ -939,7 +939,8 @@ def test_the_second_sample_is_named(client: TestClient, task: dict) -> None:
     assert_error(r, 422, "q1.weight_g")
     r = post(client, f"/api/tasks/{task['id']}/predict", {"q0.caption": "fine"},
              [("q1.image", ("x.png", b"junk"))])
-    assert_error(r, 422, "q1.image")
+    body = assert_error(r, 422, "q1.image")
+    assert "list of dicts" not in body["error"]  # the form, not a Python list, was sent
 
 
 LABELS = {

@@ -63,6 +63,10 @@ def is_dataframe(value: Any) -> bool:
     return pandas is not None and isinstance(value, pandas.DataFrame)
 
 
+RECORDS_SOURCE = "X (list of dicts)"
+"""How messages name samples given as a list of dicts (the table they are read as)."""
+
+
 def records_dataset(
     records: Any,
     schema: DatasetSchema,
@@ -102,7 +106,7 @@ def records_dataset(
         source = "X (DataFrame)"
         columns, n_rows = _frame_columns(records, source)
     elif isinstance(records, Sequence) and not isinstance(records, str | bytes):
-        source = "X (list of dicts)"
+        source = RECORDS_SOURCE
         columns, n_rows = _record_columns(records, source)
     else:
         raise DatasetError(

@@ -37,7 +37,7 @@ from metamodal.classifier import FewShotClassifier
 from metamodal.data.batch import batch_to
 from metamodal.data.kinds import modality_kind
 from metamodal.data.loaders.image import MAX_PIXELS, ImageLoader, decoded_pixels
-from metamodal.data.records import records_dataset
+from metamodal.data.records import RECORDS_SOURCE, records_dataset
 from metamodal.errors import DatasetError, InsufficientSamplesError, LocatedError, ModalityError
 from metamodal.io import sha256_file
 from metamodal.model.ensemble import EnsembleModel
@@ -538,6 +538,7 @@ def _located_in_form(error: LocatedError, names: dict[str, str], tmp: str,
         key = keys[error.row - 1]
         column = key if not error.column else f"{key}.{error.column}"
     error.file, error.row, error.column = None, None, column or error.column
-    error.message = error.message.replace(tmp + "/", "")
+    error.message = error.message.replace(tmp + "/", "").replace(
+        f" (the path is in {RECORDS_SOURCE})", "")  # the form's samples, read as records
     error.args = (str(error),)
     return error

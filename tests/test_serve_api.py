@@ -1881,3 +1881,66 @@ def test_cli_serve_refuses_bad_settings_in_one_line(tmp_path: Path, flags: list[
     assert main(["serve", str(tmp_path / "no-run"), "--port", "0", *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and f"key {key}:" in err and err.count("\n") == 1, err
+
+
+CROSS_SITE = {  # (method, path, headers) -> the header refused, None: answered
+    "a write from another site's page": (
+        "post", "/api/tasks", {"Origin": "http://evil.example"}, "Origin"),
+    "a delete from another site's page": (
+        "delete", "/api/tasks/x", {"Origin": "https://evil.example"}, "Origin"),
+    "a sandboxed page's write": ("post", "/api/tasks", {"Origin": "null"}, "Origin"),
+    "a read by a page that points its name here": (
+        "get", "/api/tasks", {"Host": "evil.example:8000"}, "Host"),
+    "a write by such a page, same origin as it sees it": (
+        "post", "/api/tasks", {"Host": "evil.example:8000",
+                               "Origin": "http://evil.example:8000"}, "Host"),
+    "the server's own page": (
+        "post", "/api/tasks", {"Host": "127.0.0.1:8000", "Origin": "http://127.0.0.1:8000"},
+        None),
+    "localhost's own page": (
+        "post", "/api/tasks", {"Host": "localhost:8000", "Origin": "http://localhost:8000"},
+        None),
+    "a program (no Origin)": ("post", "/api/tasks", {}, None),
+    "a read from another site's page (the browser keeps the answer from it)": (
+        "get", "/api/tasks", {"Origin": "http://evil.example"}, None),
+    "a name the server was told to answer to": (
+        "get", "/api/tasks", {"Host": "proxy.example.org"}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(CROSS_SITE))
+def test_requests_from_other_sites_are_refused(runs: dict[str, Path], tmp_path: Path,
+                                                case: str) -> None:
+    """A server on loopback without a token took writes from any page the user visited (a
+    form posted cross-site needs no preflight) and answered a page of another site that had
+    pointed its own name at 127.0.0.1 (DNS rebinding). Both are a 403 naming the header;
+    every answer carries headers that keep the page out of other sites' frames."""
+    method, path, headers, refused = CROSS_SITE[case]
+    app = create_app(runs["protonet"], state=tmp_path, eval_episodes=0,
+                     allow_hosts="proxy.example.org")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        fields = {"e0.label": "a", "e0.caption": "x", "e1.label": "b", "e1.caption": "y"}
+        r = (c.post(path, data=fields, headers=headers) if method == "post"
+             else getattr(c, method)(path, headers=headers))
+        if refused:
+            assert_error(r, 403, refused)
+            assert c.get("/api/tasks").json()["tasks"] == []
+        else:
+            assert r.status_code in (200, 201, 404), r.text
+        assert r.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_cors_origin_may_write(runs: dict[str, Path], tmp_path: Path) -> None:
+    app = create_app(runs["protonet"], state=tmp_path, eval_episodes=0,
+                     cors="https://app.example.org")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        fields = {"e0.label": "a", "e0.caption": "x", "e1.label": "b", "e1.caption": "y"}
+        ok = c.post("/api/tasks", data=fields, headers={"Origin": "https://app.example.org"})
+        assert ok.status_code == 201, ok.text
+        other = c.post("/api/tasks", data=fields, headers={"Origin": "https://b.example.org"})
+        assert_error(other, 403, "Origin")
+    with pytest.raises(ConfigError) as raised:
+        create_app(runs["protonet"], state=tmp_path, allow_hosts="a b.example")
+    assert raised.value.column == "allow_hosts"

@@ -154,8 +154,11 @@ def serve(run: str | Path | None = None, settings: ServeSettings | None = None,
     host = f"[{s.host}]" if ":" in s.host else s.host
     url = f"http://{host}:{sock.getsockname()[1]}/"
     print(f"serving {s.run} on {url} (Ctrl-C to stop)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
-                                           timeout_graceful_shutdown=10))
+    from metamodal.serve.connections import guarded_protocol
+
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_level="warning", timeout_graceful_shutdown=10,
+        http=guarded_protocol(s.request_timeout, s.max_connections)))
     # uvicorn stops gracefully on SIGINT / SIGTERM, then raises the signal again for the
     # handler that was there before it: a quiet one here, so the verb returns its result.
     main_thread = threading.current_thread() is threading.main_thread()

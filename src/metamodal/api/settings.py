@@ -180,7 +180,14 @@ class ServeSettings(TestTimeOptions):
         device: where the model runs (``cpu``, ``cuda``).
         batching: embed the queries of requests waiting at the same time as one batch.
         cors: a web origin allowed to call the API from a page of its own (default: none).
+        allow_hosts: dotted host names (comma-separated) a server on loopback answers to,
+            besides ``localhost`` and IP addresses: the names a proxy of yours sends. Any
+            other is refused (a page of another site that points its own name at this
+            machine, DNS rebinding).
         max_request_mb: the largest request body, in MiB.
+        request_timeout: seconds a connection has to send a whole request (its headers and
+            body), from opening or from its last answer; a slower one is closed.
+        max_connections: the most connections open at once; one more is closed as it opens.
         max_request_mpx: the most pixels the images of one request may decode to, in
             mebipixels (2**20 pixels), read from their headers before any is decoded.
         max_samples: the most examples or queries in one request.
@@ -200,7 +207,10 @@ class ServeSettings(TestTimeOptions):
     device: str = "cpu"
     batching: bool = flag(True, name="--no-batching")
     cors: str | None = flag(None, metavar="ORIGIN")
+    allow_hosts: str | None = flag(None, metavar="NAMES")
     max_request_mb: float = flag(32.0, least=1 / 1024, most=4096.0)
+    request_timeout: float = flag(60.0, least=1.0, most=86400.0)
+    max_connections: int = flag(256, least=1, most=65536)
     max_request_mpx: float = flag(64.0, least=1 / 1024, most=65536.0)
     max_samples: int = flag(64, least=1, most=MAX_COUNT)
     max_examples: int = flag(2000, least=1, most=MAX_COUNT)

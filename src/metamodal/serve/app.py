@@ -132,11 +132,76 @@ def is_origin(text: str) -> bool:
     return True
 
 
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+"""Headers of every answer: the page loads nothing from elsewhere, and no other site may
+frame it (a click on "remove class" in a hidden frame) or have a file sniffed as a script."""
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def host_names(text: str | None) -> list[str]:
+    """The host names of a comma-separated list (``allow_hosts``), in lowercase.
+
+    Example:
+        >>> host_names(" App.example.org, ,proxy.local ")
+        ['app.example.org', 'proxy.local']
+    """
+    return [name.strip().lower() for name in (text or "").split(",") if name.strip()]
+
+
+def cross_site(method: str, host: str | None, origin: str | None, *, bound: str,
+               cors: str | None, allowed: list[str]) -> tuple[str, str, str] | None:
+    """Why a request is refused as coming from another site (its header, what is wrong, the
+    fix), or None.
+
+    - On a loopback address (no token needed), a ``Host`` that is a dotted name other than
+      those ``allowed`` is refused: only a page of another site that has pointed its own name
+      at this machine sends one (DNS rebinding), and it could then read every task. Names
+      without a dot (``localhost``) and IP addresses are what local clients send.
+    - A write (any method but GET, HEAD, OPTIONS) whose ``Origin`` is neither the server's
+      own (the ``Host`` it names) nor the ``cors`` origin is refused: a browser sends it from
+      a page of another site, which may post forms anywhere (cross-site request forgery).
+      Clients other than browsers send no ``Origin``.
+
+    Example:
+        >>> cross_site("POST", "127.0.0.1:8000", "http://evil.example", bound="127.0.0.1",
+        ...            cors=None, allowed=[])[0]
+        'Origin'
+        >>> cross_site("POST", "127.0.0.1:8000", "http://127.0.0.1:8000", bound="127.0.0.1",
+        ...            cors=None, allowed=[]) is None
+        True
+    """
+    name = (host or "").rsplit(":", 1)[0] if not (host or "").endswith("]") else host
+    name = (name or "").strip("[]").lower()
+    if host and is_loopback(bound) and "." in name and name not in allowed:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return ("Host", f"this server on {bound} does not answer to the name {name!r}",
+                    f"call it by localhost or its address, or start it with --allow-hosts "
+                    f"{name} if a proxy of yours sends that name")
+    if origin is None or method in SAFE_METHODS or cors == "*" or origin == cors:
+        return None
+    own = origin.split("://", 1)[-1]
+    if host is not None and own.lower() == host.lower():
+        return None
+    return ("Origin", f"a write from a page of another site ({origin}) is refused",
+            "call the API from the server's own page or a program, or start the server with "
+            "--cors ORIGIN for a page of yours")
+
+
 def check_settings(s: ServeSettings) -> None:
     """Refuse, before anything is loaded, a ``cors`` that is not a web origin (`is_origin`)
-    or ``*``, and a ``state`` that is not a directory, lies inside the run directory or
-    inside a dataset directory (one of it or its parents holds a ``dataset.toml``; the
-    numbers' ranges are declared with `ServeSettings` and checked when it is made).
+    or ``*``, an ``allow_hosts`` that names no host, and a ``state`` that is not a
+    directory, lies inside the run directory or inside a dataset directory (one of it or its
+    parents holds a ``dataset.toml``; the numbers' ranges are declared with `ServeSettings`
+    and checked when it is made).
 
     Raises:
         ConfigError: naming the setting at fault.
@@ -146,6 +211,11 @@ def check_settings(s: ServeSettings) -> None:
                           fix="give scheme://host[:port] as a browser sends it (http or https, "
                           "lowercase, no path or trailing /), e.g. https://app.example.org, "
                           "or * for any origin")
+    for name in host_names(s.allow_hosts):
+        if not re.fullmatch(rf"{_LABEL}(?:\.{_LABEL})*", name):
+            raise ConfigError(f"allow_hosts names {name!r}, which is not a host name",
+                              column="allow_hosts", fix="give host names, comma-separated, "
+                              "e.g. --allow-hosts app.example.org")
     if not s.state:
         raise ConfigError("no state directory given", column="state",
                           fix="give --state DIR, e.g. --state metamodal-state")
@@ -250,6 +320,23 @@ def build_app(s: ServeSettings,
         return JSONResponse({"error": str(error.detail), "file": None, "row": None,
                              "column": None, "fix": "see the endpoints in /openapi.json"},
                             status_code=error.status_code, headers=error.headers)
+
+    allowed = host_names(s.allow_hosts)
+
+    @app.middleware("http")
+    async def same_site(request: Request, call_next: Any) -> Response:
+        refused = cross_site(request.method, request.headers.get("host"),
+                             request.headers.get("origin"), bound=s.host, cors=s.cors,
+                             allowed=allowed)
+        if refused is not None:
+            header, error, fix = refused
+            response: Response = JSONResponse(
+                {"error": error, "file": None, "row": None, "column": header, "fix": fix},
+                status_code=403)
+        else:
+            response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     @app.middleware("http")
     async def authorise(request: Request, call_next: Any) -> Response:

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import FormData
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from metamodal.data.dataset import has_control_characters
 from metamodal.errors import ConfigError, DatasetError
@@ -64,7 +64,11 @@ async def read_form(request: Request, *, max_samples: int, max_files: int) -> Fo
             f"content encoding {encoding} is not supported", column="content-encoding",
             fix="send the body uncompressed, without a Content-Encoding header")
     max_fields = max_samples * 64 + 8
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # nobody reads the answer: no traceback in the server's log
+        raise ConfigError("the client closed the connection before its form was sent",
+                          column="form", fix="send the whole form") from None
     if kind.startswith("application/x-www-form-urlencoded"):
         return _urlencoded(body, max_fields)
     return _multipart(body, kind, max_fields=max_fields, max_files=max_files)

@@ -389,3 +389,17 @@ def test_a_query_a_late_fusion_model_cannot_compare_is_refused(trained,
     assert len(clf.predict([{"caption": rows[1]["caption"], "image": rows[1]["image"]}])) == 1
     gated = FewShotClassifier(trained[1], media_root=data).fit(support, ["a", "b"])
     assert len(gated.predict([{"image": rows[1]["image"]}])) == 1  # one shared space
+
+
+def test_a_tabular_modality_with_some_of_its_columns_is_refused_beside_a_whole_one(
+        trained) -> None:
+    """Query samples with one of the measurements' four columns: refused when they carry no
+    other modality, but used, the three others imputed, when a caption key stood beside
+    (even empty). It is refused either way, naming the columns."""
+    data, run = trained
+    rows = _rows(data)
+    clf = FewShotClassifier(run, media_root=data).fit(_records(rows[:2]), ["a", "b"])
+    for query in ([{"weight_g": 1500.0}], [{"weight_g": 1500.0, "caption": None}],
+                  [{"weight_g": 1500.0, "caption": "a red thing"}]):
+        with pytest.raises(ModalityError, match="measurements lacks body_length_cm"):
+            clf.predict(query)

@@ -289,14 +289,19 @@ class FewShotClassifier(EstimatorParams):
         usable = [name for name in modalities if name in dataset.schema.modalities
                   and _has_columns(dataset, name)]
         where = dataset.table.file if hasattr(dataset, "table") else None
-        if unknown or not usable:
-            partial = {name: _missing_columns(dataset, name) for name in modalities
-                       if _any_column(dataset, name) and name in dataset.schema.modalities}
-            what = (f"modalities {unknown} were never seen in training" if unknown
-                    else "none of the modalities used has all its columns in this table" + (
-                        "; " + "; ".join(f"{name} lacks {', '.join(missing)}"
-                                         for name, missing in partial.items())
-                        if partial else ""))
+        partial = {name: _missing_columns(dataset, name) for name in modalities
+                   if _any_column(dataset, name) and name in dataset.schema.modalities
+                   and not _has_columns(dataset, name)}
+        # a modality with some of its columns is refused even beside a whole one (it was
+        # decoded with the others' values imputed)
+        if unknown or not usable or partial:
+            if unknown:
+                what = f"modalities {unknown} were never seen in training"
+            else:
+                what = ("none of the modalities used has all its columns in this table"
+                        if not usable else "a modality has only some of its columns here")
+                what += "".join(f"; {name} lacks {', '.join(missing)}"
+                                for name, missing in partial.items())
             raise ModalityError(
                 what, file=where,
                 fix=f"give samples with the model's modalities: {', '.join(modalities)} (a "

@@ -747,4 +747,3 @@ def _why_incomparable(model: Any) -> str:
         return ("no member of the ensemble takes a modality of both (members take "
                 + "; ".join(", ".join(member.modalities) for member in model.members) + ")")
     return "the model compares each modality on its own (late fusion) and they share none"
-

@@ -343,7 +343,6 @@ class Augmentation:
             out = _drop_modalities(out, self.modality_dropout, generator)
         return out
 
-
     def sample_copies(self, batch: Mapping[str, ModalityBatch], copies: int,
                       seed: int = 0) -> Iterator[Batch]:
         """``copies`` transformed copies of ``batch`` (test-time augmentation), each sample's

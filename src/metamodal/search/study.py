@@ -200,7 +200,7 @@ def _replays(replay: Any, record: dict) -> bool:
         return True
     try:
         replay.apply_logs([record])
-    except Exception:  # noqa: BLE001 - whatever stops Optuna's replay stops it here)
+    except Exception:  # noqa: BLE001 - whatever stops Optuna's replay stops it here
         return False
     return True
 

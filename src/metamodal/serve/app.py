@@ -177,9 +177,9 @@ def cross_site(method: str, host: str | None, origin: str | None, *, bound: str,
         ...            cors=None, allowed=[]) is None
         True
     """
-    name = (host or "").rsplit(":", 1)[0] if not (host or "").endswith("]") else host
-    name = (name or "").strip("[]").lower()
-    if host and is_loopback(bound) and "." in name and name not in allowed:
+    name = (host if host.endswith("]") else host.rsplit(":", 1)[0]).strip("[]").lower() \
+        if host else ""  # without its port and an IPv6 address's brackets
+    if is_loopback(bound) and "." in name and name not in allowed:
         try:
             ipaddress.ip_address(name)
         except ValueError:

@@ -512,14 +512,10 @@ class FewShotClassifier(EstimatorParams):
         comparable = self.comparable(query)
         if not bool(comparable.all()):
             first = int((~comparable).nonzero()[0])
-            carried = [n for n, has in zip(query.modalities, query.carried[first].tolist(),
-                                           strict=True) if has]
-            held = [n for n, has in zip(self.support_.modalities,
-                                        self.support_.carried.any(0).tolist(), strict=True)
-                    if has]
             raise ModalityError(
-                f"query sample {dataset.ids[first]!r} carries {', '.join(carried)} and the "
-                f"support samples carry {', '.join(held)}: {_why_incomparable(self.run_.model)}"
+                f"query sample {dataset.ids[first]!r} carries "
+                f"{', '.join(query.carried_by(first))} and the support samples carry "
+                f"{', '.join(self.support_.carried_by())}: {_why_incomparable(self.run_.model)}"
                 f", so it would get even probabilities, a guess", file=getattr(
                     dataset.table, "file", None), row=dataset.rows()[first],
                 fix="give the query a modality the support samples carry, or fit on support "
@@ -550,10 +546,8 @@ class FewShotClassifier(EstimatorParams):
         A query it cannot compare gets no score at all: even probabilities, a guess that
         `predict` would show as its first class."""
         self._check_fitted()
-        names = query.modalities
-        support = dict(zip(self.support_.modalities, self.support_.carried.any(0).tolist(),
-                           strict=True))
-        held = torch.tensor([support.get(name, False) for name in names], dtype=torch.bool)
+        names, support = query.modalities, self.support_.carried_by()
+        held = torch.tensor([name in support for name in names], dtype=torch.bool)
         return _compares(self.run_.model, names, query.carried, held)
 
     @torch.no_grad()

@@ -258,6 +258,11 @@ class EncodedSamples:
             return self.embeddings.present
         return torch.stack([mb.present for mb in self.batch.values()], 1)
 
+    def carried_by(self, row: int | None = None) -> list[str]:
+        """The `modalities` sample ``row`` carries; None: those any sample carries."""
+        flags = self.carried.any(0) if row is None else self.carried[row]
+        return [name for name, has in zip(self.modalities, flags.tolist(), strict=True) if has]
+
     def index(self, rows: torch.Tensor) -> EncodedSamples:
         """Rows ``rows`` (long ``[K]``) as new `EncodedSamples` of length K."""
         return EncodedSamples(

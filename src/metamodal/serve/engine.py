@@ -309,7 +309,7 @@ class Engine:
             row = encoded.index(torch.tensor([k]))
             tensors = {name: t.detach().cpu().contiguous() for name, t in row.tensors().items()}
             examples.append(NewExample(
-                label=sample.label or "", modalities=_carried(decoded, k),
+                label=sample.label or "", modalities=decoded.carried_by(k),
                 tensors=save_tensors(tensors), text=self._text(sample),
                 thumbnail=self._thumbnail(sample)))
         return examples
@@ -375,7 +375,7 @@ class Engine:
             wrong = next(filter(None, (_fault_of(name, t) for name, t in tensors.items())), None)
             if wrong is None:
                 row = EncodedSamples.from_tensors(tensors, form, self.modalities)
-                carried = _carried(row)
+                carried = row.carried_by(0)
                 if not carried:
                     wrong = "they carry none of the model's modalities"
                 elif sorted(carried) != sorted(example.modalities):
@@ -405,11 +405,9 @@ class Engine:
         if bool(comparable.all()):
             return
         row = int((~comparable).nonzero()[0])
-        key, examples = samples[row].key, fitted.support_.carried.any(0).tolist()
-        held = [name for name, has in zip(fitted.support_.modalities, examples, strict=True)
-                if has]
-        carry = f"{key} carries {', '.join(_carried(decoded, row))}, the examples carry " \
-                f"{', '.join(held)}"
+        key = samples[row].key
+        carry = f"{key} carries {', '.join(decoded.carried_by(row))}, the examples carry " \
+                f"{', '.join(fitted.support_.carried_by())}"
         if isinstance(self.model, EnsembleModel):
             members = "; ".join(f"{', '.join(member.modalities)} (member {m + 1})"
                                 for m, member in enumerate(self.model.members))
@@ -460,7 +458,7 @@ class Engine:
                 "probability": float(p[best]),
                 "probabilities": dict(zip(fitted.classes_, map(float, p), strict=True)),
                 "missing_modalities": [m for m in self.modalities
-                                       if m not in _carried(decoded, row)],
+                                       if m not in decoded.carried_by(row)],
                 "nearest": [{"example": ids[j], "label": by_id[ids[j]].label,
                              "score": float(scores[row, j]),
                              "has_thumbnail": by_id[ids[j]].has_thumbnail,
@@ -486,12 +484,6 @@ def _require_finite(values: torch.Tensor, samples: list[Sample]) -> None:
         raise ModalityError(f"the model's output for sample {first} is not a finite number",
                             column=first, fix="check its numbers: a value far beyond those "
                             "the model was trained on (e.g. 1e39) overflows it")
-
-
-def _carried(samples: EncodedSamples, row: int = 0) -> list[str]:
-    """The modalities sample ``row`` carries, by its ``present`` flags (either form)."""
-    return [name for name, has in zip(samples.modalities, samples.carried[row].tolist(),
-                                      strict=True) if has]
 
 
 def _odd_one(examples: list[StoredExample], rows: list[EncodedSamples]) -> StoredExample:

@@ -389,6 +389,14 @@ def test_a_query_a_late_fusion_model_cannot_compare_is_refused(trained,
     assert len(clf.predict([{"caption": rows[1]["caption"], "image": rows[1]["image"]}])) == 1
     gated = FewShotClassifier(trained[1], media_root=data).fit(support, ["a", "b"])
     assert len(gated.predict([{"image": rows[1]["image"]}])) == 1  # one shared space
+    # a modality that only some classes' support samples carry is not compared at all
+    image = {"image": rows[1]["image"]}
+    for kept, lacking in (([{"caption": "red"}, image], "'a'"),
+                          ([{"caption": "red", **image}, {"caption": "blue"}], "'b'"),
+                          ([{"caption": "red"}, image, image], "'a'")):
+        clf = FewShotClassifier(run, media_root=data).fit(kept, ["a", "b", "c"][:len(kept)])
+        with pytest.raises(ModalityError, match=f"no support sample of {lacking} carries image"):
+            clf.predict([{"image": rows[5]["image"]}])
 
 
 def test_a_tabular_modality_with_some_of_its_columns_is_refused_beside_a_whole_one(

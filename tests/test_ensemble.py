@@ -760,3 +760,22 @@ def test_a_joint_transduction_ensemble_is_written_loaded_and_evaluated_both_ways
         api.ensemble(runs["members"], out=str(tmp_path / "none"), joint_transduction=True)
     assert caught.value.column == "joint_transduction" and "--transduction" in caught.value.fix
     assert not (tmp_path / "none").exists()
+
+
+def test_a_late_member_does_not_vote_where_a_class_lacks_the_querys_modality(
+        runs: dict[str, Path]) -> None:
+    """Supports of class a carry a caption only, of class b an image only; a query of an
+    image. The late-fusion member compares a modality only where every class carries it, so it
+    has no score for the query: its logits of zero counted as a vote of even probabilities,
+    pulling the gated member's answer towards a coin toss. It abstains there now."""
+    rows = _rows(runs["data"])
+    clf = FewShotClassifier(runs["mean"], media_root=runs["data"])
+    clf.fit([{"caption": rows[0]["caption"]}, {"image": rows[4]["image"]}], ["a", "b"])
+    query = clf.encode([{"image": rows[5]["image"]}, {"caption": rows[1]["caption"],
+                                                      "image": rows[1]["image"]}])
+    model = clf.run_.model
+    _, available = model.member_logits(clf.support_.batch, clf.support_labels_, query.batch, 2)
+    late = [i for i, member in enumerate(model.members) if "late" in type(
+        member.backbone.fusion).__name__.lower()]
+    assert late and available[late[0]].tolist() == [False, False]
+    assert available.any(0).tolist() == [True, True]  # the others vote

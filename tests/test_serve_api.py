@@ -502,7 +502,8 @@ def test_the_test_time_settings_are_a_list_of_one_per_member(
 
 @pytest.mark.parametrize(("run", "why"), [
     ("ensemble", ["no member of the ensemble", "image (member 1); caption (member 2)"]),
-    ("late", ["compares each modality on its own (late fusion)"])])
+    ("late", ["late fusion compares a modality only where every class",
+              "no support sample of 'a', 'b' carries image"])])
 def test_a_query_the_model_cannot_compare_is_refused(request: pytest.FixtureRequest,
                                                      runs: dict[str, Path], tmp_path: Path,
                                                      run: str, why: list[str]) -> None:
@@ -519,7 +520,7 @@ def test_a_query_the_model_cannot_compare_is_refused(request: pytest.FixtureRequ
         url = f"/api/tasks/{task}/predict"
         image = [("q1.image", ("q.png", png(8, 8)))]
         body = assert_error(post(c, url, {"q0.caption": "a a thing"}, image), 422, "q1")
-        assert "q1 carries image, the examples carry caption" in body["error"]
+        assert "it carries image, the support samples carry caption" in body["error"]
         assert all(words in body["error"] for words in why), body["error"]
         both = post(c, url, {"q0.caption": "a a thing", "q1.caption": "b"}, image)
         assert both.status_code == 200, both.text

@@ -26,10 +26,9 @@ from metamodal.errors import (
     RunError,
 )
 from metamodal.estimator import EstimatorParams
-from metamodal.fusion.late import LateFusion
 from metamodal.io import atomic_write, make_directory, sha256_file
 from metamodal.learners.embeddings import Embeddings
-from metamodal.model.ensemble import EnsembleModel
+from metamodal.model.ensemble import EnsembleModel, compares_per_modality
 from metamodal.model.test_time import settings_in_force
 from metamodal.runs.directory import (
     CONFIG_FILE,
@@ -513,10 +512,9 @@ class FewShotClassifier(EstimatorParams):
         if not bool(comparable.all()):
             first = int((~comparable).nonzero()[0])
             raise ModalityError(
-                f"query sample {dataset.ids[first]!r} carries "
-                f"{', '.join(query.carried_by(first))} and the support samples carry "
-                f"{', '.join(self.support_.carried_by())}: {_why_incomparable(self.run_.model)}"
-                f", so it would get even probabilities, a guess", file=getattr(
+                f"query sample {dataset.ids[first]!r} cannot be compared with the support "
+                f"samples: {self.why_incomparable(query, first)}; it would get even "
+                "probabilities, a guess", file=getattr(
                     dataset.table, "file", None), row=dataset.rows()[first],
                 fix="give the query a modality the support samples carry, or fit on support "
                 "samples that carry the query's")
@@ -540,15 +538,51 @@ class FewShotClassifier(EstimatorParams):
 
     def comparable(self, query: EncodedSamples) -> torch.Tensor:
         """Bool ``[Q]``: whether the model can compare each encoded query sample with the
-        support set, by the modalities they carry. A late-fusion model compares each modality
-        on its own, so it needs one that both the query and some support sample carry; an
-        ensemble needs a member that can (its other members see only their own modalities).
-        A query it cannot compare gets no score at all: even probabilities, a guess that
-        `predict` would show as its first class."""
+        support set, by the modalities they carry. A metric learner of late fusion compares
+        each modality on its own, and a modality only where every class has a support sample
+        carrying it; an ensemble needs a member that can compare them (its members see only
+        their own modalities). A query it cannot compare gets no score at all: even
+        probabilities, a guess that `predict` would show as its first class."""
         self._check_fitted()
-        names, support = query.modalities, self.support_.carried_by()
-        held = torch.tensor([name in support for name in names], dtype=torch.bool)
-        return _compares(self.run_.model, names, query.carried, held)
+        return _compares(self.run_.model, query.modalities, query.carried,
+                         *self._held(query.modalities))
+
+    def why_incomparable(self, query: EncodedSamples, row: int) -> str:
+        """Why query sample ``row`` cannot be compared with the support set (`comparable`),
+        in words: what it carries, and what the support samples or the classes lack."""
+        model, carried = self.run_.model, query.carried_by(row)
+        start = f"it carries {', '.join(carried)}, the support samples carry " \
+                f"{', '.join(self.support_.carried_by())}"
+        if isinstance(model, EnsembleModel):
+            return (f"{start}, and no member of the ensemble takes a modality of both (the "
+                    "members take " + "; ".join(f"{', '.join(member.modalities)} (member "
+                                                f"{m + 1})" for m, member in
+                                                enumerate(model.members)) + ")")
+        by_class, gaps = self._class_carries(), []
+        for name in [n for n in carried if n in self.support_.modalities]:
+            has = by_class[:, self.support_.modalities.index(name)].tolist()
+            lacking = [repr(label) for label, held in zip(self.classes_, has, strict=True)
+                       if not held]
+            if lacking:
+                gaps.append(f"no support sample of {', '.join(lacking)} carries {name}")
+        return (f"{start}: late fusion compares a modality only where every class has a "
+                "support sample carrying it" + (f" ({'; '.join(gaps)})" if gaps else ""))
+
+    def _class_carries(self) -> torch.Tensor:
+        """Bool ``[classes, M]`` over the support's modalities: whether some support sample of
+        the class carries the modality."""
+        carried = self.support_.carried.float()  # [S, M]
+        return torch.zeros(len(self.classes_), carried.shape[1]).index_add_(
+            0, self.support_labels_.cpu(), carried) > 0
+
+    def _held(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bool ``[M]`` each, over ``names``: the modalities some support sample carries, and
+        those that every class has a support sample carrying."""
+        by_class = self._class_carries()
+        some, every = by_class.any(0).tolist(), by_class.all(0).tolist()
+        position = {name: m for m, name in enumerate(self.support_.modalities)}
+        return (torch.tensor([name in position and some[position[name]] for name in names]),
+                torch.tensor([name in position and every[position[name]] for name in names]))
 
     @torch.no_grad()
     def support_scores(self, query: EncodedSamples) -> np.ndarray:
@@ -717,27 +751,16 @@ def _any_column(dataset: MultimodalDataset, modality: str) -> bool:
     return spec is not None and any(c in dataset.table.columns for c in spec.source_columns())
 
 
-def _compares(model: Any, names: list[str], carried: torch.Tensor,
-              held: torch.Tensor) -> torch.Tensor:
+def _compares(model: Any, names: list[str], carried: torch.Tensor, some: torch.Tensor,
+              every: torch.Tensor) -> torch.Tensor:
     """Bool ``[Q]``: whether ``model`` (a run's model, or an ensemble's) can compare each query
-    (``carried``: bool ``[Q, M]`` over ``names``) with support samples that carry ``held``
-    (bool ``[M]``): see `FewShotClassifier.comparable`."""
+    (``carried``: bool ``[Q, M]`` over ``names``) with support samples of which ``some`` carry
+    a modality and, of ``every`` class, some carry it (bool ``[M]`` each): see
+    `FewShotClassifier.comparable`."""
     if isinstance(model, EnsembleModel):
-        votes = [_compares(member, names, carried, held) for member in model.members]
+        votes = [_compares(member, names, carried, some, every) for member in model.members]
         return torch.stack(votes).any(0)
     own = torch.tensor([name in model.modalities for name in names], dtype=torch.bool)
-    if _late(model):
-        return (carried & (held & own)).any(1)
-    return (carried & own).any(1) & bool((held & own).any())
-
-
-def _late(model: Any) -> bool:
-    """Whether ``model`` compares each modality on its own (late fusion)."""
-    return isinstance(getattr(getattr(model, "backbone", None), "fusion", None), LateFusion)
-
-
-def _why_incomparable(model: Any) -> str:
-    if isinstance(model, EnsembleModel):
-        return ("no member of the ensemble takes a modality of both (members take "
-                + "; ".join(", ".join(member.modalities) for member in model.members) + ")")
-    return "the model compares each modality on its own (late fusion) and they share none"
+    if compares_per_modality(model):
+        return (carried & (every & own)).any(1)
+    return (carried & own).any(1) & bool((some & own).any())

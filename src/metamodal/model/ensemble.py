@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from metamodal.data.batch import Episode
 from metamodal.errors import ConfigError
+from metamodal.fusion.late import LateFusion
 from metamodal.learners.base import EpisodeContext, LearnerCapabilities
 from metamodal.learners.embeddings import Embeddings
 from metamodal.learners.protonet import PrototypeRefinement, soft_assignment
@@ -27,6 +28,36 @@ def shown_any(modalities: Mapping[str, Any], size: int, device: torch.device | s
     seen = torch.zeros(size, dtype=torch.bool, device=device)
     for column in modalities.values():
         seen |= column.present.to(device=device, dtype=torch.bool)
+    return seen
+
+
+def compares_per_modality(model: Any) -> bool:
+    """Whether ``model`` (a `metamodal.model.FewShotModel`) compares each modality on its own,
+    and a modality only where every class of the episode has a support sample carrying it: a
+    metric learner of late fusion (`metamodal.learners.base.EpisodicMetric.late_logits`). A
+    query that carries no such modality gets no score from it at all."""
+    fusion = getattr(getattr(model, "backbone", None), "fusion", None)
+    return isinstance(fusion, LateFusion) and model.capabilities().embeds_once
+
+
+def compared(member: Any, query: Mapping[str, Any], support: Mapping[str, Any],
+             support_labels: Tensor, ways: int) -> Tensor:
+    """bool ``[Q]``: the queries ``member`` can compare with the support samples (``query`` and
+    ``support``: its own modalities' batches): for one that `compares_per_modality`, those
+    that carry a modality every class's support samples carry; for another, those that carry
+    one of its modalities, where some support sample carries one too."""
+    size, device = len(next(iter(query.values()))), support_labels.device
+    if not compares_per_modality(member):
+        return shown_any(query, size, device) & bool(
+            shown_any(support, len(support_labels), device).any())
+    seen = torch.zeros(size, dtype=torch.bool, device=device)
+    for name, column in query.items():
+        if name not in support:
+            continue
+        held = support[name].present.to(device=device, dtype=torch.float32)
+        if bool((torch.zeros(ways, device=device).index_add_(0, support_labels, held) > 0)
+                .all()):
+            seen |= column.present.to(device=device, dtype=torch.bool)
     return seen
 
 
@@ -260,10 +291,9 @@ class EnsembleModel(nn.Module):
         refinements: list[PrototypeRefinement | None] = []
         for member in self.members:
             own_q, own_s = self._own(member, query), self._own(member, support)
-            q_seen = shown_any(own_q, size, device)
-            s_seen = shown_any(own_s, len(support_labels), device)
+            q_seen = compared(member, own_q, own_s, support_labels, ways)
             refinement = None
-            if not bool(q_seen.any()) or not bool(s_seen.any()):
+            if not bool(q_seen.any()):
                 logits = torch.zeros(size, ways, device=device)
                 q_seen = torch.zeros(size, dtype=torch.bool, device=device)
             elif joint and refines(member):

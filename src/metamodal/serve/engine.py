@@ -40,7 +40,6 @@ from metamodal.data.loaders.image import MAX_PIXELS, ImageLoader, decoded_pixels
 from metamodal.data.records import RECORDS_SOURCE, records_dataset
 from metamodal.errors import DatasetError, InsufficientSamplesError, LocatedError, ModalityError
 from metamodal.io import sha256_file
-from metamodal.model.ensemble import EnsembleModel
 from metamodal.model.test_time import settings_in_force
 from metamodal.runs.directory import WEIGHTS_FILE, Run
 from metamodal.runs.prepared import show_progress
@@ -398,26 +397,18 @@ class Engine:
         shown as an answer.
 
         Raises:
-            ModalityError: naming the first such query, with the modalities it carries, the
-                examples carry and (for an ensemble) each member takes.
+            ModalityError: naming the first such query and why
+                (`FewShotClassifier.why_incomparable`).
         """
         comparable = fitted.comparable(decoded)
         if bool(comparable.all()):
             return
         row = int((~comparable).nonzero()[0])
         key = samples[row].key
-        carry = f"{key} carries {', '.join(decoded.carried_by(row))}, the examples carry " \
-                f"{', '.join(fitted.support_.carried_by())}"
-        if isinstance(self.model, EnsembleModel):
-            members = "; ".join(f"{', '.join(member.modalities)} (member {m + 1})"
-                                for m, member in enumerate(self.model.members))
-            message = (f"no member of the ensemble can compare {key} with the task's "
-                       f"examples: {carry}, and the members take {members}")
-        else:
-            message = (f"the model compares each modality on its own (late fusion) and "
-                       f"cannot compare {key} with the task's examples: {carry}")
-        raise ModalityError(message, column=key, fix=f"give {key} a modality that the "
-                            "examples carry, or add examples with the modalities it carries")
+        raise ModalityError(f"{key} cannot be compared with the task's examples (the support "
+                            f"samples): {fitted.why_incomparable(decoded, row)}", column=key,
+                            fix=f"give {key} a modality the examples carry, or add examples "
+                            "with the modalities it carries")
 
     def forget(self, task_id: str) -> None:
         """Drop the fitted classifier kept for a task (it was deleted)."""

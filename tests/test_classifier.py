@@ -5,6 +5,7 @@ a DataFrame or a dataset with labels, and bad input is a typed error naming row 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 import warnings
@@ -411,3 +412,29 @@ def test_a_tabular_modality_with_some_of_its_columns_is_refused_beside_a_whole_o
                   [{"weight_g": 1500.0, "caption": "a red thing"}]):
         with pytest.raises(ModalityError, match="measurements lacks body_length_cm"):
             clf.predict(query)
+
+
+def test_a_saved_classifier_keeps_its_test_time_settings(trained, tmp_path: Path) -> None:
+    """Its support set was embedded with its settings (tta averages augmented copies):
+    loaded, it answered with the run's settings instead, neither what was saved nor a fresh
+    fit. `load` restores them; a damaged value names support.json's key."""
+    data, _ = trained
+    run = tmp_path / "augmented"
+    Trainer(TrainConfig(data=str(data), steps=2, ways=2, shots=1, queries=1, dim=8,
+                        val_every=0, val_episodes=2, device="cpu", cache=False,
+                        augment={"image": {"rotate": 30, "shift": 0.2}},
+                        preprocess={"image": {"size": 8}}), run, progress=False).fit()
+    support, query = _split(data)
+    clf = FewShotClassifier(run, media_root=data, tta=4, transduction_balance=True)
+    clf.fit(_records(support), _labels(support))
+    clf.save(tmp_path / "saved")
+    loaded = FewShotClassifier.load(tmp_path / "saved", media_root=data)
+    assert (loaded.tta, loaded.transduction_balance, loaded.transduction) == (4, True, None)
+    np.testing.assert_allclose(loaded.predict_proba(_records(query)),
+                               clf.predict_proba(_records(query)), rtol=0, atol=1e-6)
+    meta = json.loads((tmp_path / "saved" / "support.json").read_text())
+    meta["test_time"]["tta"] = -3
+    (tmp_path / "saved" / "support.json").write_text(json.dumps(meta))
+    with pytest.raises(RunError) as raised:
+        FewShotClassifier.load(tmp_path / "saved")
+    assert raised.value.column == "test_time.tta"

@@ -1933,3 +1933,18 @@ def test_a_cors_origin_may_write(runs: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         create_app(runs["protonet"], state=tmp_path, allow_hosts="a b.example")
     assert raised.value.column == "allow_hosts"
+
+
+def test_a_state_embedded_with_another_tta_is_refused(runs: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    """The examples of a ProtoNet run are stored embedded, averaged over their augmented
+    copies where tta is on. A server started again with another --tta compared those
+    prototypes with queries embedded otherwise (and embedded new examples otherwise), and said
+    the new setting was in force. It is refused at start-up, keyed tta; the same tta serves."""
+    with TestClient(create_app(runs["augmented"], state=tmp_path, eval_episodes=0, tta=4)) as c:
+        assert post(c, "/api/tasks", _texts(["a", "b"])).status_code == 201
+    with pytest.raises(ConfigError) as raised:
+        create_app(runs["augmented"], state=tmp_path, eval_episodes=0, tta=0)
+    assert raised.value.column == "tta" and "--tta 4" in raised.value.fix
+    with TestClient(create_app(runs["augmented"], state=tmp_path, eval_episodes=0, tta=4)) as c:
+        assert len(c.get("/api/tasks").json()["tasks"]) == 1

@@ -41,10 +41,12 @@ from metamodal.runs.directory import (
 from metamodal.runs.support import (
     SUPPORT_FILE,
     SUPPORT_META,
+    TEST_TIME_KEYS,
     EncodedSamples,
     check_support_model,
     read_support_meta,
     read_support_tensors,
+    saved_test_time,
     write_support,
 )
 
@@ -654,8 +656,9 @@ class FewShotClassifier(EstimatorParams):
 
     def save(self, directory: str | Path) -> Path:
         """Write the run (config, preprocessor, weights) and the fitted support set to
-        ``directory``, which `load` reads back. The constructor's ``modalities`` and
-        ``media_root`` are not written: pass them to `load` again.
+        ``directory``, which `load` reads back, with the test-time settings that embedded
+        the support set. The constructor's ``modalities`` and ``media_root`` are not
+        written: pass them to `load` again.
 
         Raises:
             RunError: not fitted, or the classes are not strings (``support.json`` names
@@ -682,7 +685,8 @@ class FewShotClassifier(EstimatorParams):
         tensors = {"labels": self.support_labels_, **self.support_.tensors()}
         write_support(directory, tensors, classes=self.classes_,
                       modalities=self.support_.modalities, form=self.support_.form,
-                      model=sha256_file(directory / WEIGHTS_FILE))
+                      model=sha256_file(directory / WEIGHTS_FILE),
+                      test_time={key: getattr(self, key) for key in TEST_TIME_KEYS})
         return directory
 
     @classmethod
@@ -695,12 +699,9 @@ class FewShotClassifier(EstimatorParams):
 
         Args:
             directory: what `save` wrote, or a run directory.
-            device, modalities, media_root: as for the constructor.
+            device, modalities, media_root: as for the constructor; the test-time settings
+                are those the saved classifier had (which embedded its support set).
         """
-        classifier = cls(directory, device=device, modalities=modalities,
-                         media_root=media_root)
-        run = classifier.loaded_run()
-        used = classifier._used_modalities(run)
         directory = Path(directory)
         if not (directory / SUPPORT_FILE).exists():
             if (directory / SUPPORT_META).exists():
@@ -708,8 +709,16 @@ class FewShotClassifier(EstimatorParams):
                                "set it describes, is missing", file=directory / SUPPORT_FILE,
                                fix="fit the classifier on its support set and save it again "
                                f"(or delete {SUPPORT_META} to load the run unfitted)")
+            classifier = cls(directory, device=device, modalities=modalities,
+                             media_root=media_root)
+            classifier.loaded_run()
             return classifier
         meta = read_support_meta(directory / SUPPORT_META)
+        classifier = cls(directory, device=device, modalities=modalities,
+                         media_root=media_root,
+                         **saved_test_time(directory / SUPPORT_META, meta))
+        run = classifier.loaded_run()
+        used = classifier._used_modalities(run)
         expected = "embeddings" if run.model.capabilities().embeds_once else "samples"
         if meta["form"] != expected:
             raise RunError(

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from metamodal.config import TestTime
 from metamodal.data.batch import Batch, ModalityBatch, batch_to, cat_batches, index_batch
 from metamodal.data.dataset import label_problems
 from metamodal.data.paths import PathRefused, check_own_file
-from metamodal.errors import RunError
+from metamodal.errors import ConfigError, RunError
 from metamodal.io import ParseError, atomic_write, atomic_write_json, loads_json, sha256_file
 from metamodal.learners.embeddings import Embeddings
 
@@ -49,16 +51,45 @@ def dtype_fault(key: str, tensor: torch.Tensor) -> str | None:
 
 
 def write_support(directory: str | Path, tensors: dict[str, torch.Tensor], *,
-                  classes: list[str], modalities: list[str], form: str, model: str) -> None:
+                  classes: list[str], modalities: list[str], form: str, model: str,
+                  test_time: dict[str, Any]) -> None:
     """Write ``support.safetensors`` (``tensors``: ``labels`` long ``[S]``, then ``z`` /
     ``present`` for embeddings or ``NAME.values`` / ``NAME.present`` / ``NAME.lengths`` per
     modality for samples) and ``support.json`` into ``directory``, each atomically;
-    ``model`` is the SHA-256 of the weights that embedded them (`check_support_model`)."""
+    ``model`` is the SHA-256 of the weights that embedded them (`check_support_model`),
+    ``test_time`` the classifier's test-time settings (`TEST_TIME_KEYS`; None: the run's),
+    which embedded them too (``tta``) and which `read_support_meta` gives back."""
     directory = Path(directory)
     tensors = {key: tensor.contiguous().cpu() for key, tensor in tensors.items()}
     atomic_write(directory / SUPPORT_FILE, lambda tmp: save_file(tensors, str(tmp)))
     atomic_write_json(directory / SUPPORT_META, {
-        "classes": classes, "modalities": modalities, "form": form, "model": model})
+        "classes": classes, "modalities": modalities, "form": form, "model": model,
+        "test_time": test_time})
+
+
+TEST_TIME_KEYS = (*(f.name for f in fields(TestTime)), "joint_transduction")
+"""The classifier's test-time settings a saved support set records."""
+
+
+def saved_test_time(path: Path, meta: dict) -> dict[str, Any]:
+    """``support.json``'s test-time settings (none where it was saved before they were kept),
+    checked as the constructor would check them: `RunError` naming the key otherwise."""
+    saved = meta.get("test_time", {})
+    fix = "fit the classifier on its support set and save it again"
+    if not isinstance(saved, dict) or set(saved) - set(TEST_TIME_KEYS):
+        raise RunError(f"`test_time` must be an object of {', '.join(TEST_TIME_KEYS)}",
+                       file=path, column="test_time", fix=fix)
+    given = {key: value for key, value in saved.items() if value is not None}
+    joint = given.pop("joint_transduction", None)
+    try:
+        TestTime(**given).check()
+    except ConfigError as error:
+        raise RunError(error.message, file=path, column=f"test_time.{error.column}",
+                       fix=fix) from None
+    if joint is not None and not isinstance(joint, bool):
+        raise RunError("joint_transduction must be true or false", file=path,
+                       column="test_time.joint_transduction", fix=fix)
+    return dict(saved)
 
 
 def check_support_model(path: Path, meta: dict, weights: Path) -> None:

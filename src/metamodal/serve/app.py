@@ -293,7 +293,7 @@ def build_app(s: ServeSettings,
                     test_time={**test_time_overrides(s),
                                "joint_transduction": s.joint_transduction},
                     max_pixels=int(s.max_request_mpx * (1 << 20)))
-    store = TaskStore(s.state, model=engine.fingerprint,
+    store = TaskStore(s.state, model=engine.fingerprint, tta=engine.embedding_tta,
                       limits=Limits(s.max_tasks, s.max_examples, s.max_classes))
     accuracy = _Accuracy(store, measure_accuracy, engine.test_time())
     reads_need_token = bool(s.token) and not is_loopback(s.host)

@@ -175,6 +175,8 @@ class Engine:
         self.embeds_once = self.model.capabilities().embeds_once
         self.modalities = list(self.model.modalities)
         self.fingerprint = sha256_file(self.run.path / WEIGHTS_FILE)
+        # the test-time augmentation stored embeddings are made with (None: stored decoded)
+        self.embedding_tta = settings_in_force(self.model)[0].tta if self.embeds_once else None
         self._batcher = EmbedBatcher(self.classifier.embed) if (
             batching and self.embeds_once) else None
         self._fitted: dict[str, tuple[int, FewShotClassifier, list[str]]] = {}

@@ -193,10 +193,13 @@ class TaskStore:
     Args:
         directory: the state directory (created if missing).
         model: the fingerprint of the model the examples are encoded by.
+        tta: the test-time augmentation the stored embeddings were made with (None: the
+            examples are stored decoded, and embedded as they are used).
         limits: the bounds that writes respect.
 
     Raises:
-        ConfigError: the directory is not one, or cannot be created.
+        ConfigError: keyed ``tta``: the state's embeddings were made with another ``tta``
+            (prototypes of averaged copies beside queries of one, or the reverse).
         RunError: the database is corrupt or was written for another model.
 
     Example:
@@ -207,7 +210,7 @@ class TaskStore:
         [('finch', 1)]
     """
 
-    def __init__(self, directory: str | Path, *, model: str,
+    def __init__(self, directory: str | Path, *, model: str, tta: int | None = None,
                  limits: Limits | None = None) -> None:
         self.directory = Path(directory)
         make_directory(self.directory, key="state")
@@ -225,6 +228,9 @@ class TaskStore:
                     "SELECT 1 FROM examples LIMIT 1").fetchone() is not None
                 if row is None and not unowned:
                     db.execute("INSERT INTO meta VALUES ('model', ?)", (model,))
+                made = db.execute("SELECT value FROM meta WHERE key = 'tta'").fetchone()
+                if made is None and tta is not None:  # kept from now on (older states: too)
+                    db.execute("INSERT INTO meta VALUES ('tta', ?)", (str(tta),))
         except sqlite3.DatabaseError as error:
             raise RunError(f"the task database is unreadable ({error})", file=self.path,
                            fix="point --state at another directory, or move this one away"
@@ -239,6 +245,12 @@ class TaskStore:
                 "the state holds tasks encoded by another model", file=self.path,
                 column="model",
                 fix="serve that model's run with this --state, or give another --state")
+        if tta is not None and made is not None and made[0] != str(tta):
+            raise ConfigError(
+                f"the state's examples were embedded with tta = {made[0]}; this server's is "
+                f"{tta}, and its queries would be compared with prototypes made otherwise",
+                file=self.path, column="tta",
+                fix=f"serve with --tta {made[0]}, or give another --state")
 
     # -- connections ------------------------------------------------------------------------
 

@@ -226,6 +226,27 @@ def test_a_truncated_or_damaged_shard_is_detected_and_rebuilt(toy: FeatureCache,
     assert _loader(_prepare(data, normalize=False)).computed == 0
 
 
+@pytest.mark.parametrize("blocker", ["file", "fifo"])
+def test_a_cache_folder_that_is_no_folder_is_passed_over_with_a_warning(
+        toy: FeatureCache, tmp_path: Path, blocker: str) -> None:
+    """An encoder's folder of the cache that is a file or a FIFO ended the run in a bare
+    NotADirectoryError (shards named like one were already passed over). The features are
+    computed without the cache, with one warning."""
+    data = _dataset(tmp_path / "data")
+    n = len(_prepare(data, normalize=False).store)
+    (folder,) = {shard.parent for shard in toy.root.rglob("*.safetensors")}
+    shutil.rmtree(folder)
+    if blocker == "file":
+        folder.write_text("not a folder")
+    else:
+        os.mkfifo(folder)
+    with pytest.warns(UserWarning, match="cannot read"):
+        again = _prepare(data, normalize=False)
+    assert _loader(again).computed == n
+    expected = torch.stack([toy_features(b) for b in _photo_files(data)])
+    assert torch.equal(again.store.modalities["photo"].values, expected)
+
+
 _WRITER = textwrap.dedent("""
     import sys, torch
     from metamodal.encoders.cache import FeatureCache, content_key

@@ -268,6 +268,7 @@ class FeatureCache:
         self.limit = parse_size(limit)
         self.stats = CacheStats()
         self._headers: dict[Path, list[str]] = {}
+        self._unreadable: set[Path] = set()  # namespace folders that cannot be listed
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.root)!r}, limit={self.limit})"
@@ -324,6 +325,12 @@ class FeatureCache:
         try:
             entries = [e for e in os.scandir(folder) if _SHARD_NAME.fullmatch(e.name)]
         except FileNotFoundError:
+            return []
+        except OSError as exc:  # a file, FIFO or device where the folder should be, ...
+            if folder not in self._unreadable:
+                self._unreadable.add(folder)
+                warnings.warn(f"feature cache: cannot read {folder} ({exc}); features are "
+                              "computed without it", stacklevel=3)
             return []
         shards = []
         for entry in sorted(entries, key=lambda e: e.name, reverse=True):

@@ -36,19 +36,20 @@ def test_sigterm_stops_the_server_gracefully_and_keeps_its_tasks(tmp_path: Path)
         again.stop(signal.SIGTERM)
 
 
-def test_slow_and_surplus_connections_are_closed_and_an_abort_is_no_traceback(
+def test_slow_and_surplus_connections_are_answered_and_closed_and_an_abort_is_no_traceback(
         tmp_path: Path) -> None:
     """A client that never finished its headers or body held its connection for ever (a
     thousand such made the server unreachable and flooded its log at the open-file limit);
-    an upload the client abandoned left a ClientDisconnect traceback in the log. Slow
-    connections are closed after --request-timeout, connections beyond --max-connections
-    as they open, and the server still answers."""
+    an upload the client abandoned left a ClientDisconnect traceback in the log. Headers not
+    sent in time, or a body silent for --request-timeout, are answered 408; a connection
+    beyond --max-connections is answered 503 (and logged); an upload that keeps sending,
+    however slowly, goes on; and the server still answers."""
     import socket
     import time
 
     import httpx
 
-    run, _ = bench.make_run(tmp_path, steps=2, dim=8)
+    run, data = bench.make_run(tmp_path, steps=2, dim=8)
     server = bench.Server(run, tmp_path / "state", "--request-timeout", "2",
                           "--max-connections", "4")
     try:
@@ -57,19 +58,29 @@ def test_slow_and_surplus_connections_are_closed_and_an_abort_is_no_traceback(
             sock.sendall(first)
             return sock
 
+        def answer(sock: socket.socket) -> bytes:
+            received = b""
+            while chunk := sock.recv(4096):
+                received += chunk
+            sock.close()
+            return received
+
+        body = b"--zz\r\n" + b"x" * 2000
         head = (b"POST /api/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/"
-                b"form-data; boundary=zz\r\nContent-Length: 1000\r\n\r\n--zz\r\n")
-        slow = [opened(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n"), opened(head)]
+                b"form-data; boundary=zz\r\nContent-Length: %d\r\n\r\n" % (len(body) + 100))
+        slow = [opened(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n"),
+                opened(head + body[:10])]
         time.sleep(0.5)
-        surplus = [opened(b"") for _ in range(4)]  # beyond the 4 open at once
-        time.sleep(0.5)
-        assert any(sock.recv(1) == b"" for sock in surplus)  # closed as they opened
-        for sock in surplus:
-            sock.close()
-        time.sleep(2.5)
-        for sock in slow:  # closed by the server after the 2 s
-            assert sock.recv(1) == b""
-            sock.close()
+        surplus = [opened(b"") for _ in range(3)]  # beyond the 4 open at once
+        assert any(answer(sock).startswith(b"HTTP/1.1 503") for sock in surplus)
+        for sock in slow:  # the headers, and then the body, not sent in time
+            assert answer(sock).startswith(b"HTTP/1.1 408"), "a slow request was not answered"
+        steady = opened(head)
+        for start in range(0, len(body), 200):  # 3 s in all, never silent for 2
+            steady.sendall(body[start:start + 200])
+            time.sleep(0.3)
+        steady.sendall((b"\r\n--zz--" + b" " * 100)[:100])  # the 100 bytes declared past it
+        assert not answer(steady).startswith(b"HTTP/1.1 408")  # answered, not timed out
         abandoned = opened(head)
         abandoned.close()  # mid-upload
         time.sleep(0.5)
@@ -78,3 +89,4 @@ def test_slow_and_surplus_connections_are_closed_and_an_abort_is_no_traceback(
         server.stop(signal.SIGTERM)
     log = server.process.stderr.read()
     assert "Traceback" not in log and "ClientDisconnect" not in log, log[-2000:]
+    assert log.count("--max-connections") == 1  # said once

@@ -185,9 +185,9 @@ class ServeSettings(TestTimeOptions):
             other is refused (a page of another site that points its own name at this
             machine, DNS rebinding).
         max_request_mb: the largest request body, in MiB.
-        request_timeout: seconds a connection has to send a whole request (its headers and
-            body), from opening or from its last answer; a slower one is closed.
-        max_connections: the most connections open at once; one more is closed as it opens.
+        request_timeout: the longest a request's body may fall silent, in seconds (its
+            headers are due within 10 s, or this if shorter); then it is answered 408.
+        max_connections: the most connections open at once; one more is answered 503.
         max_request_mpx: the most pixels the images of one request may decode to, in
             mebipixels (2**20 pixels), read from their headers before any is decoded.
         max_samples: the most examples or queries in one request.

@@ -6,7 +6,7 @@ augmentation, confidence-weighted late fusion and transductive refinement of the
   own per-modality ``[augment]`` tables (class rotations and modality dropout are left out:
   they change what a sample is, not how it was drawn). A support drawing's copies stand in
   for more supports (for prototypes, their mean is the same thing), a query's copies vote.
-  Each sample's copies are drawn from a generator seeded by its own values
+  Each sample's copies are drawn from a generator of its own, seeded by its shape
   (`metamodal.data.augment.Augmentation.sample_copies`): a sample's embedding is the same
   whatever batch it comes in and wherever in it, and an evaluation is reproducible.
 - **Confidence-weighted late fusion** (``fusion_confidence = c``): each query's modality
@@ -39,8 +39,8 @@ from metamodal.errors import ConfigError
 from metamodal.learners.embeddings import Embeddings
 
 TTA_SEED = 0
-"""Seed of the copies' transforms, with each sample's values (the same copies of a sample
-for every model, call and batch)."""
+"""Seed of the copies' transforms, with each sample's shape (the same copies of a sample for
+every model, call and batch)."""
 
 
 def settings_in_force(model: Any) -> list[TestTime]:

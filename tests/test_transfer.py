@@ -188,6 +188,19 @@ def test_init_from_a_missing_or_damaged_run_is_a_run_error(setup, tmp_path: Path
     assert not (tmp_path / "r").exists()
 
 
+def test_init_from_an_ensemble_is_a_run_error(setup, tmp_path: Path) -> None:
+    """An ensemble's config.toml has no [model] table: a bare KeyError 'model'."""
+    ensemble, copy = tmp_path / "ensemble", tmp_path / "copy"
+    shutil.copytree(setup["source"], copy)
+    api.ensemble([str(setup["source"]), str(copy)], out=str(ensemble), ways=2, queries=1,
+                 episodes_count=2, seed=1)
+    with pytest.raises(RunError, match="ensemble") as error:
+        api.train(tmp_path / "r", data=str(setup["a"]), init_from=str(ensemble), steps=1,
+                  progress=False, **SMALL)
+    assert error.value.file == str(ensemble / "config.toml") and "members" in error.value.fix
+    assert not (tmp_path / "r").exists()
+
+
 def test_an_unknown_freeze_name_is_a_config_error(setup, tmp_path: Path, capsys) -> None:
     with pytest.raises(ConfigError) as error:
         api.train(tmp_path / "r", data=str(setup["a"]), modalities=["image", "caption"],

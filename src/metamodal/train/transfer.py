@@ -34,7 +34,12 @@ from safetensors.torch import load_file
 
 from metamodal.errors import ConfigError, RunError
 from metamodal.io import atomic_write_json
-from metamodal.runs.directory import PREPROCESSOR_FILE, check_finished, read_run_config
+from metamodal.runs.directory import (
+    CONFIG_FILE,
+    PREPROCESSOR_FILE,
+    check_finished,
+    read_run_config,
+)
 from metamodal.runs.weights import WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
@@ -187,6 +192,10 @@ def read_source(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
     except RunError as error:
         raise RunError(f"--init-from: {error.message}", file=error.file, column=error.column,
                        fix=error.fix) from None
+    if "ensemble" in document:  # its weights are its members' side by side, not one model's
+        raise RunError("--init-from: the run is an ensemble, whose weights are several "
+                       "models'", file=Path(run_dir) / CONFIG_FILE, column="ensemble",
+                       fix="start from one of the runs it combines (its members)")
     try:
         state = load_file(str(path))
     except (SafetensorError, RuntimeError, OSError) as error:

@@ -217,3 +217,23 @@ def test_a_class_whose_support_shows_nothing_is_never_predicted_and_its_queries_
         scores.append(result.accuracy)
     assert scores[0] == scores[1] <= 0.5  # a's two queries wrong, b's two predicted as b
     assert scores[0] == 0.5
+
+
+def test_a_dataset_whose_store_cannot_be_written_is_evaluated_with_a_warning(
+        image_track, tmp_path: Path) -> None:
+    """The decoded store under DATA/.metamodal-cache is an optimisation: a dataset where it
+    cannot be written (read-only, a full disk; here a file in its place) made every
+    evaluation fail, and a full disk ended training in a bare SafetensorError. Now it warns,
+    and decodes again."""
+    data, run_dir, _ = image_track
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy, ignore=shutil.ignore_patterns(".metamodal-cache"))
+    (copy / ".metamodal-cache").write_text("not a folder")
+    run = load_run(run_dir)
+    with pytest.warns(UserWarning, match="cannot write the store cache"):
+        prepared = load_run_data(run, copy, cache=True)
+    result = evaluate(run.model, prepared.store, prepared.split.test, **SHAPE)
+    assert 0.0 <= result.accuracy <= 1.0
+    with warnings.catch_warnings():  # trained with cache = false: no store is written at all
+        warnings.simplefilter("error", UserWarning)
+        load_run_data(run, copy)

@@ -31,7 +31,7 @@ from metamodal.datasets.synthetic import (
     make_synthetic,
     value_positions,
 )
-from metamodal.errors import ConfigError
+from metamodal.errors import ConfigError, OutputError
 
 MEDIA = ("image", "sound", "track")
 ORDER = tuple(ATTRIBUTES)
@@ -415,3 +415,26 @@ def test_families_are_near_equal_groups_of_classes(tmp_path: Path) -> None:
                                     classes_per_family=5))
     sizes = sorted(np.unique([row["family"] for row in rows], return_counts=True)[1].tolist())
     assert sizes == [4, 4, 4, 5]
+
+
+def test_a_full_disk_is_an_output_error_and_leaves_nothing(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fills while the dataset is written ended in a bare OSError (the half-written
+    folder was already removed). It is an OutputError naming the output; another OSError is
+    not relabelled."""
+    import errno
+
+    from metamodal.datasets import synthetic
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(synthetic.np, "save", full)
+    with pytest.raises(OutputError, match="No space left") as raised:
+        make_synthetic(tmp_path / "d", classes=15, per_class=2)
+    assert raised.value.file == str(tmp_path / "d") and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(synthetic.np, "save", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(errno.EACCES, "Permission denied")))
+    with pytest.raises(PermissionError):
+        make_synthetic(tmp_path / "d", classes=15, per_class=2)
+    assert list(tmp_path.iterdir()) == []

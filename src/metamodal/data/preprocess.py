@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from metamodal.data.batch import ModalityBatch, TensorStore
@@ -51,6 +51,7 @@ from metamodal.errors import (
     ConfigError,
     DatasetError,
     MetamodalError,
+    OutputError,
     RunError,
     UnknownNameError,
 )
@@ -370,8 +371,9 @@ def _save_store(store: TensorStore, path: Path) -> None:
     }
     try:
         atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
-    except OSError as exc:
-        warnings.warn(f"cannot write the store cache {path}: {exc}", stacklevel=3)
+    except (OSError, OutputError, SafetensorError) as exc:  # a read-only dataset, a full disk
+        warnings.warn(f"cannot write the store cache {path}: {exc}; the data is decoded "
+                      "again next time", stacklevel=3)
 
 
 def _load_store(path: Path) -> TensorStore | None:

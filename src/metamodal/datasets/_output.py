@@ -10,6 +10,7 @@ dataset's own entries are replaced (`move_into`): the user's other files and fol
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import shutil
@@ -96,6 +97,11 @@ def move_into(tmp: Path, out: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+"""The errors of a write that the disk refuses (full, over a quota or a size limit,
+read-only): the output cannot be written, whatever the input."""
+
+
 @contextmanager
 def staged_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """A temporary directory to fill; on success it becomes ``out``, on failure it is removed.
@@ -109,6 +115,7 @@ def staged_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
 
     Raises:
         ConfigError: ``out`` may not be written (see `check_target`).
+        OutputError: the disk refuses the writes (full, read-only, a quota).
 
     Example:
         >>> import tempfile
@@ -135,6 +142,13 @@ def staged_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
             move_into(tmp, out)
         else:
             publish_directory(tmp, out)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno not in _NO_ROOM:
+            raise
+        raise OutputError(f"cannot be written ({err.strerror or err})", file=out,
+                          fix="free space on its disk, or choose another output directory"
+                          ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

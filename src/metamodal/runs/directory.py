@@ -682,14 +682,16 @@ def read_preprocessor(path: Path) -> Preprocessor:
     return preprocessor
 
 
-def load_run_data(run: Run, data: str | Path | None = None, *, cache: bool = True,
+def load_run_data(run: Run, data: str | Path | None = None, *, cache: bool | None = None,
                   progress: bool = True):
     """Decode the samples a run is evaluated on, exactly as in training.
 
     Args:
         run: a loaded run.
         data: another dataset directory; by default the run's own dataset and class split.
-        cache: use the dataset's on-disk cache of decoded tensors.
+        cache: use the dataset's on-disk cache of decoded tensors; None: as the run did in
+            training (its ``cache``: off for a run trained on a dataset it could not write
+            to, ``--no-cache``).
         progress: show a progress bar while pretrained encoders compute features.
 
     Returns:
@@ -704,6 +706,7 @@ def load_run_data(run: Run, data: str | Path | None = None, *, cache: bool = Tru
     """
     from metamodal.runs.prepared import prepare_data
 
+    cache = run.config.cache if cache is None else cache
     if data is None:
         source = Path(run.config.data) if run.config.data else None
         if source is None or not (source / "dataset.toml").is_file():

@@ -501,7 +501,8 @@ def test_the_test_time_settings_are_a_list_of_one_per_member(
 
 
 @pytest.mark.parametrize(("run", "why"), [
-    ("ensemble", ["no member of the ensemble", "image (member 1); caption (member 2)"]),
+    ("ensemble", ["no member of the ensemble", "member 1 (image): no support sample carries",
+                  "member 2 (caption): it takes none of the query's"]),
     ("late", ["late fusion compares a modality only where every class",
               "no support sample of 'a', 'b' carries image"])])
 def test_a_query_the_model_cannot_compare_is_refused(request: pytest.FixtureRequest,

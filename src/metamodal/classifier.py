@@ -551,24 +551,33 @@ class FewShotClassifier(EstimatorParams):
 
     def why_incomparable(self, query: EncodedSamples, row: int) -> str:
         """Why query sample ``row`` cannot be compared with the support set (`comparable`),
-        in words: what it carries, and what the support samples or the classes lack."""
+        in words: what it carries, and what the support samples, the classes or (for an
+        ensemble) each member lack."""
         model, carried = self.run_.model, query.carried_by(row)
         start = f"it carries {', '.join(carried)}, the support samples carry " \
                 f"{', '.join(self.support_.carried_by())}"
-        if isinstance(model, EnsembleModel):
-            return (f"{start}, and no member of the ensemble takes a modality of both (the "
-                    "members take " + "; ".join(f"{', '.join(member.modalities)} (member "
-                                                f"{m + 1})" for m, member in
-                                                enumerate(model.members)) + ")")
+        if not isinstance(model, EnsembleModel):
+            return f"{start}: {self._why_not(model, carried)}"
+        return f"{start}; no member of the ensemble can compare it: " + "; ".join(
+            f"member {m + 1} ({', '.join(member.modalities)}): "
+            f"{self._why_not(member, carried)}" for m, member in enumerate(model.members))
+
+    def _why_not(self, model: Any, carried: list[str]) -> str:
+        """Why ``model`` (a run's, or an ensemble member's) cannot compare a query carrying
+        ``carried`` with the support set."""
+        own = [name for name in carried if name in model.modalities]
+        if not own:
+            return "it takes none of the query's modalities"
+        if not compares_per_modality(model):
+            return "no support sample carries a modality it takes"
         by_class, gaps = self._class_carries(), []
-        for name in [n for n in carried if n in self.support_.modalities]:
+        for name in [n for n in own if n in self.support_.modalities]:
             has = by_class[:, self.support_.modalities.index(name)].tolist()
             lacking = [repr(label) for label, held in zip(self.classes_, has, strict=True)
                        if not held]
-            if lacking:
-                gaps.append(f"no support sample of {', '.join(lacking)} carries {name}")
-        return (f"{start}: late fusion compares a modality only where every class has a "
-                "support sample carrying it" + (f" ({'; '.join(gaps)})" if gaps else ""))
+            gaps.append(f"no support sample of {', '.join(lacking)} carries {name}")
+        return ("late fusion compares a modality only where every class has a support sample "
+                "carrying it" + (f" ({'; '.join(gaps)})" if gaps else ""))
 
     def _class_carries(self) -> torch.Tensor:
         """Bool ``[classes, M]`` over the support's modalities: whether some support sample of

@@ -167,14 +167,24 @@ def test_labels_that_differ_only_in_surrounding_spaces_are_refused(tmp_path: Pat
     assert (error.row, error.column) == (5, "label") and "'cat'" in error.message
 
 
-@pytest.mark.parametrize("label", ["\x1b[2Jcat", "ca\x07t", "\x1b]0;title\x07"])
-def test_a_label_or_id_with_a_control_character_is_refused(tmp_path: Path, label: str) -> None:
-    """An escape in a label or id reached the terminal of every verb that prints them
-    (`predict` cleared the screen, set its title), and `inspect` found no problem."""
+@pytest.mark.parametrize("label", ["\x1b[2Jcat", "ca\x07t", "\x1b]0;title\x07",
+                                   "abc\u202edcba", "line\u2028two"])
+def test_a_label_id_or_group_with_a_control_character_is_refused(tmp_path: Path,
+                                                                 label: str) -> None:
+    """An escape in a label, id or group reached the terminal of every verb that prints them
+    (`predict` cleared the screen, set its title; a right-to-left override reordered the
+    line), and `inspect` found no problem."""
     error = dataset_error(make(tmp_path, [*ROWS, f'e,"{label}",felid,x,,,']))
     assert (error.row, error.column) == (5, "label") and "control character" in error.message
     error = dataset_error(make(tmp_path, [*ROWS, f'"{label}",cat,felid,x,,,']))
     assert (error.row, error.column) == (5, "id") and "control character" in error.message
+    error = dataset_error(make(tmp_path, [*ROWS, f'e,lynx,"{label}",x,,,']))
+    assert (error.row, error.column) == (5, "family") and "control character" in error.message
+
+
+def test_a_label_of_invisible_characters_only_is_refused(tmp_path: Path) -> None:
+    error = dataset_error(make(tmp_path, [*ROWS, 'e,"\u200b\u200b",felid,x,,,']))
+    assert (error.row, error.column) == (5, "label") and "invisible" in error.message
 
 
 def test_labels_in_two_unicode_normal_forms_are_refused(tmp_path: Path) -> None:

@@ -947,6 +947,9 @@ LABELS = {
     "one dot": ({"e0.label": " . ", "e0.caption": "x"}, "e0.label"),  # name the task itself
     "a NUL": ({"e0.label": "c\x00t", "e0.caption": "x"}, "e0.label"),
     "an escape": ({"e0.label": "\x1b[31mcat", "e0.caption": "x"}, "e0.label"),
+    "a right-to-left override": ({"e0.label": "abc\u202edcba", "e0.caption": "x"}, "e0.label"),
+    "only invisible": ({"e0.label": "\u200b", "e0.caption": "x"}, "e0.label"),
+    "invisible and dots": ({"e0.label": "\u200b\u200b.", "e0.caption": "x"}, "e0.label"),
 }
 
 

@@ -509,14 +509,22 @@ def plain_spelling(label: str) -> str:
                    if unicodedata.category(c) != "Cf")
 
 
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Bidirectional embeddings, overrides and isolates: they reorder what a terminal or a page
+shows after them (the "Trojan source" spoof)."""
+
+
 def has_control_characters(text: str) -> bool:
-    """Whether ``text`` holds a control character (NUL, a newline, an escape, ...).
+    """Whether ``text`` holds a character that controls how text is shown rather than being
+    shown: a control character (NUL, a newline, an escape, ...), a line or paragraph
+    separator, or a bidirectional override, embedding or isolate.
 
     Example:
-        >>> has_control_characters("cat"), has_control_characters("\x1b[2Jcat")
-        (False, True)
+        >>> [has_control_characters(t) for t in ("cat", "\x1b[2Jcat", "abc\u202edcba")]
+        [False, True, True]
     """
-    return any(unicodedata.category(c) == "Cc" for c in text)
+    return any(c in _BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Zl", "Zp")
+               for c in text)
 
 
 def label_problems(labels: Sequence[object], *, column: str,
@@ -540,6 +548,11 @@ def label_problems(labels: Sequence[object], *, column: str,
             continue
         seen.add(label)
         key = plain_spelling(label)
+        if not key:
+            problems.append(DatasetError(
+                f"label {label!r} is only spaces or invisible characters", file=file,
+                row=row, column=column, fix="name each class with visible characters"))
+            continue
         if key not in first:
             first[key] = (label, row)
             if has_control_characters(label):
@@ -588,6 +601,10 @@ def _check_groups(table: SampleTable, label: str, group: str) -> list[DatasetErr
                     fix=f"give every sample the group of its class in column {group}",
                 )
             )
+        elif has_control_characters(grp):
+            problems.append(DatasetError(f"group {grp!r} holds a control character",
+                                         file=table.file, row=row, column=group,
+                                         fix="name each group with printable characters"))
         elif cls is not None:
             first = seen.setdefault(cls, (grp, row))
             if first[0] != grp:

@@ -90,10 +90,10 @@ def label_fault(label: str) -> tuple[str, str] | None:
         >>> label_fault("finch"), label_fault("..")[1]
         (None, 'give the class a name with other characters')
     """
-    if not label.strip() or len(label) > MAX_LABEL:
-        return (f"must be a class name of 1 to {MAX_LABEL} characters",
+    if not plain_spelling(label) or len(label) > MAX_LABEL:
+        return (f"must be a class name of 1 to {MAX_LABEL} characters, not all invisible",
                 "give each example a label")
-    if not label.strip().strip("."):
+    if not plain_spelling(label).strip("."):
         return ("is only dots, which a class's URL cannot hold",
                 "give the class a name with other characters")
     if has_control_characters(label):

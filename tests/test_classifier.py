@@ -438,3 +438,13 @@ def test_a_saved_classifier_keeps_its_test_time_settings(trained, tmp_path: Path
     with pytest.raises(RunError) as raised:
         FewShotClassifier.load(tmp_path / "saved")
     assert raised.value.column == "test_time.tta"
+
+
+def test_a_media_root_that_is_no_path_is_a_config_error(trained) -> None:
+    """Every other parameter of the wrong type is a ConfigError; media_root=123 was a bare
+    TypeError from pathlib."""
+    data, run = trained
+    rows = _rows(data)
+    with pytest.raises(ConfigError) as raised:
+        FewShotClassifier(run, media_root=123).fit(_records(rows[:2]), ["a", "b"])
+    assert raised.value.column == "media_root"

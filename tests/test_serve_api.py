@@ -1898,6 +1898,8 @@ CROSS_SITE = {  # (method, path, headers) -> the header refused, None: answered
         "get", "/api/tasks", {"Origin": "http://evil.example"}, None),
     "a name the server was told to answer to": (
         "get", "/api/tasks", {"Host": "proxy.example.org"}, None),
+    "that name in its absolute form": (
+        "get", "/api/tasks", {"Host": "Proxy.Example.Org.:8000"}, None),
 }
 
 
@@ -1934,9 +1936,10 @@ def test_a_cors_origin_may_write(runs: dict[str, Path], tmp_path: Path) -> None:
         assert ok.status_code == 201, ok.text
         other = c.post("/api/tasks", data=fields, headers={"Origin": "https://b.example.org"})
         assert_error(other, 403, "Origin")
-    with pytest.raises(ConfigError) as raised:
-        create_app(runs["protonet"], state=tmp_path, allow_hosts="a b.example")
-    assert raised.value.column == "allow_hosts"
+    for names in ("a b.example", ",", " "):
+        with pytest.raises(ConfigError) as raised:
+            create_app(runs["protonet"], state=tmp_path, allow_hosts=names)
+        assert raised.value.column == "allow_hosts"
 
 
 def test_a_state_embedded_with_another_tta_is_refused(runs: dict[str, Path],

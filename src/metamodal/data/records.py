@@ -44,7 +44,7 @@ from metamodal.data.dataset import (
 from metamodal.data.kinds import modality_kind
 from metamodal.data.schema import DatasetSchema
 from metamodal.data.table import SampleTable, normalise_cell
-from metamodal.errors import DatasetError, ModalityError
+from metamodal.errors import ConfigError, DatasetError, ModalityError
 
 Label = str | int
 """A class label given in ``y``: a string or an integer (one type for all samples)."""
@@ -127,6 +127,11 @@ def records_dataset(
         root = Path(".")
         _refuse_media_cells(table, schema, decoded)
     else:
+        if not isinstance(media_root, str | os.PathLike):
+            raise ConfigError(f"media_root must be a directory path, got "
+                              f"{type(media_root).__name__} {media_root!r}",
+                              column="media_root", fix="give the directory that the samples' "
+                              "media paths are relative to, e.g. media_root='data'")
         root = Path(media_root)
         if not root.is_dir():
             raise DatasetError("media_root is not a directory", file=root,

@@ -146,13 +146,15 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 def host_names(text: str | None) -> list[str]:
-    """The host names of a comma-separated list (``allow_hosts``), in lowercase.
+    """The host names of a comma-separated list (``allow_hosts``), in lowercase, without the
+    root's trailing dot (``example.org.`` is ``example.org``).
 
     Example:
-        >>> host_names(" App.example.org, ,proxy.local ")
+        >>> host_names(" App.example.org., ,proxy.local ")
         ['app.example.org', 'proxy.local']
     """
-    return [name.strip().lower() for name in (text or "").split(",") if name.strip()]
+    return [name.strip().lower().removesuffix(".") for name in (text or "").split(",")
+            if name.strip()]
 
 
 def cross_site(method: str, host: str | None, origin: str | None, *, bound: str,
@@ -178,7 +180,7 @@ def cross_site(method: str, host: str | None, origin: str | None, *, bound: str,
         True
     """
     name = (host if host.endswith("]") else host.rsplit(":", 1)[0]).strip("[]").lower() \
-        if host else ""  # without its port and an IPv6 address's brackets
+        .removesuffix(".") if host else ""  # without its port, brackets or root's dot
     if is_loopback(bound) and "." in name and name not in allowed:
         try:
             ipaddress.ip_address(name)
@@ -211,6 +213,10 @@ def check_settings(s: ServeSettings) -> None:
                           fix="give scheme://host[:port] as a browser sends it (http or https, "
                           "lowercase, no path or trailing /), e.g. https://app.example.org, "
                           "or * for any origin")
+    if s.allow_hosts is not None and not host_names(s.allow_hosts):
+        raise ConfigError("allow_hosts names no host", column="allow_hosts",
+                          fix="give host names, comma-separated, e.g. --allow-hosts "
+                          "app.example.org, or leave it out")
     for name in host_names(s.allow_hosts):
         if not re.fullmatch(rf"{_LABEL}(?:\.{_LABEL})*", name):
             raise ConfigError(f"allow_hosts names {name!r}, which is not a host name",

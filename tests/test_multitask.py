@@ -221,6 +221,10 @@ def test_evaluation_reports_both_tasks(run: Path, tmp_path: Path) -> None:
     for key in ("accuracy", "ci95", "episodes", "ways", "shots"):
         assert key in out and key in out["tasks"]["genus"]
     assert out["task"] == "species" and out["episodes"] == 30
+    # each task's chance: a further task's episodes may hold fewer classes than the main's
+    assert out["tasks"]["genus"]["chance"] == 1 / out["tasks"]["genus"]["ways"]
+    chance = next(line for line in report.table().splitlines() if line.startswith("chance"))
+    assert f"[genus] {100 / out['tasks']['genus']['ways']:.1f}%" in chance
     genus = api.evaluate(run, task="genus", **EVAL)
     assert genus.task == "genus" and genus.tasks is None
     assert genus.result.episode_digest == report.tasks["genus"].episode_digest

@@ -115,7 +115,8 @@ class EvalReport:
         if self.task is not None:
             output["task"] = self.task
         if self.tasks:
-            output["tasks"] = {name: r.to_dict() for name, r in self.tasks.items()}
+            output["tasks"] = {name: {**r.to_dict(), "chance": 1 / r.ways if r.ways else None}
+                               for name, r in self.tasks.items()}
         if self.baseline is not None:
             output["baseline"] = {UNTRAINED: self.baseline.to_dict()}
         output["chance"] = self.chance
@@ -145,7 +146,11 @@ class EvalReport:
         named.update({f"{self.name} [{column}]": r for column, r in (self.tasks or {}).items()})
         lines = [format_results_table(named)]
         if self.chance:
-            lines.append(f"chance: {100 * self.chance:.1f}%")
+            # a further task's episodes hold as many classes as its labels supply
+            others = "".join(f"; [{column}] {100 / r.ways:.1f}% ({r.ways}-way)"
+                             for column, r in (self.tasks or {}).items() if r.ways)
+            lines.append(f"chance: {100 * self.chance:.1f}%"
+                         + (f" ({self.result.ways}-way){others}" if others else ""))
         if self.pooled is not None:
             half = self.pooled["error_ci95"]
             interval = f" ± {100 * half:.2f}" if half is not None else ""

@@ -546,7 +546,7 @@ class FewShotClassifier(EstimatorParams):
         their own modalities). A query it cannot compare gets no score at all: even
         probabilities, a guess that `predict` would show as its first class."""
         self._check_fitted()
-        return _compares(self.run_.model, query.modalities, query.carried,
+        return _compares(self.run_.model, query.modalities, query.carried.cpu(),
                          *self._held(query.modalities))
 
     def why_incomparable(self, query: EncodedSamples, row: int) -> str:
@@ -582,7 +582,7 @@ class FewShotClassifier(EstimatorParams):
     def _class_carries(self) -> torch.Tensor:
         """Bool ``[classes, M]`` over the support's modalities: whether some support sample of
         the class carries the modality."""
-        carried = self.support_.carried.float()  # [S, M]
+        carried = self.support_.carried.float().cpu()  # [S, M]
         return torch.zeros(len(self.classes_), carried.shape[1]).index_add_(
             0, self.support_labels_.cpu(), carried) > 0
 

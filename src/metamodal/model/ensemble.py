@@ -41,12 +41,13 @@ def compares_per_modality(model: Any) -> bool:
 
 
 def compared(member: Any, query: Mapping[str, Any], support: Mapping[str, Any],
-             support_labels: Tensor, ways: int) -> Tensor:
-    """bool ``[Q]``: the queries ``member`` can compare with the support samples (``query`` and
-    ``support``: its own modalities' batches): for one that `compares_per_modality`, those
-    that carry a modality every class's support samples carry; for another, those that carry
-    one of its modalities, where some support sample carries one too."""
-    size, device = len(next(iter(query.values()))), support_labels.device
+             support_labels: Tensor, ways: int, size: int) -> Tensor:
+    """bool ``[size]``: the queries ``member`` can compare with the support samples (``query``
+    and ``support``: its own modalities' batches, possibly none): for one that
+    `compares_per_modality`, those that carry a modality every class's support samples carry;
+    for another, those that carry one of its modalities, where some support sample carries one
+    too."""
+    device = support_labels.device
     if not compares_per_modality(member):
         return shown_any(query, size, device) & bool(
             shown_any(support, len(support_labels), device).any())
@@ -291,7 +292,7 @@ class EnsembleModel(nn.Module):
         refinements: list[PrototypeRefinement | None] = []
         for member in self.members:
             own_q, own_s = self._own(member, query), self._own(member, support)
-            q_seen = compared(member, own_q, own_s, support_labels, ways)
+            q_seen = compared(member, own_q, own_s, support_labels, ways, size)
             refinement = None
             if not bool(q_seen.any()):
                 logits = torch.zeros(size, ways, device=device)

@@ -425,13 +425,20 @@ def test_a_saved_classifier_keeps_its_test_time_settings(trained, tmp_path: Path
                         augment={"image": {"rotate": 30, "shift": 0.2}},
                         preprocess={"image": {"size": 8}}), run, progress=False).fit()
     support, query = _split(data)
-    clf = FewShotClassifier(run, media_root=data, tta=4, transduction_balance=True)
+    clf = FewShotClassifier(run, media_root=data, tta=4, transduction_balance=True,
+                            modalities=["image", "caption"])
     clf.fit(_records(support), _labels(support))
+    expected = clf.predict_proba(_records(query))
+    clf.set_params(tta=0, modalities=["image"])  # for the next fit: the fitted set is as it was
     clf.save(tmp_path / "saved")
     loaded = FewShotClassifier.load(tmp_path / "saved", media_root=data)
     assert (loaded.tta, loaded.transduction_balance, loaded.transduction) == (4, True, None)
-    np.testing.assert_allclose(loaded.predict_proba(_records(query)),
-                               clf.predict_proba(_records(query)), rtol=0, atol=1e-6)
+    assert loaded.modalities_ == ["image", "caption"]
+    np.testing.assert_allclose(loaded.predict_proba(_records(query)), expected, rtol=0,
+                               atol=1e-6)
+    with pytest.raises(ConfigError) as raised:  # queries of other modalities than it was fit on
+        FewShotClassifier.load(tmp_path / "saved", media_root=data, modalities=["caption"])
+    assert raised.value.column == "modalities"
     meta = json.loads((tmp_path / "saved" / "support.json").read_text())
     meta["test_time"]["tta"] = -3
     (tmp_path / "saved" / "support.json").write_text(json.dumps(meta))

@@ -478,6 +478,9 @@ class FewShotClassifier(EstimatorParams):
         self.support_labels_ = torch.tensor([index[label] for label in labels],
                                             dtype=torch.long)
         self.run_, self.modalities_, self.classes_ = run, modalities, list(classes)
+        # what embedded the support set, which `save` records (set_params may change the
+        # parameters before the next fit)
+        self.test_time_ = {key: getattr(self, key) for key in TEST_TIME_KEYS}
         return self
 
     def _check_fitted(self) -> None:
@@ -665,9 +668,9 @@ class FewShotClassifier(EstimatorParams):
 
     def save(self, directory: str | Path) -> Path:
         """Write the run (config, preprocessor, weights) and the fitted support set to
-        ``directory``, which `load` reads back, with the test-time settings that embedded
-        the support set. The constructor's ``modalities`` and ``media_root`` are not
-        written: pass them to `load` again.
+        ``directory``, which `load` reads back, with the test-time settings and the
+        modalities that embedded the support set (as they were at `fit`). The constructor's
+        ``media_root`` is not written: pass it to `load` again.
 
         Raises:
             RunError: not fitted, or the classes are not strings (``support.json`` names
@@ -694,8 +697,8 @@ class FewShotClassifier(EstimatorParams):
         tensors = {"labels": self.support_labels_, **self.support_.tensors()}
         write_support(directory, tensors, classes=self.classes_,
                       modalities=self.support_.modalities, form=self.support_.form,
-                      model=sha256_file(directory / WEIGHTS_FILE),
-                      test_time={key: getattr(self, key) for key in TEST_TIME_KEYS})
+                      model=sha256_file(directory / WEIGHTS_FILE), test_time=self.test_time_,
+                      used=self.modalities_)
         return directory
 
     @classmethod
@@ -709,7 +712,12 @@ class FewShotClassifier(EstimatorParams):
         Args:
             directory: what `save` wrote, or a run directory.
             device, modalities, media_root: as for the constructor; the test-time settings
-                are those the saved classifier had (which embedded its support set).
+                and (unless given, and then the same) the modalities are those that embedded
+                the saved support set.
+
+        Raises:
+            ConfigError: keyed ``modalities``: other modalities than those that embedded the
+                saved support set.
         """
         directory = Path(directory)
         if not (directory / SUPPORT_FILE).exists():
@@ -723,11 +731,18 @@ class FewShotClassifier(EstimatorParams):
             classifier.loaded_run()
             return classifier
         meta = read_support_meta(directory / SUPPORT_META)
-        classifier = cls(directory, device=device, modalities=modalities,
-                         media_root=media_root,
-                         **saved_test_time(directory / SUPPORT_META, meta))
+        used = meta.get("used")  # None: saved before they were kept
+        if modalities is not None and used is not None and set(modalities) != set(used):
+            raise ConfigError(
+                f"the saved support set was embedded from {', '.join(used)}; its prototypes "
+                f"mean nothing to queries of {', '.join(modalities)}",
+                column="modalities", fix=f"load it without modalities, or with "
+                f"modalities={used}; or fit a classifier of these modalities again")
+        test_time = saved_test_time(directory / SUPPORT_META, meta)
+        classifier = cls(directory, device=device, media_root=media_root,
+                         modalities=modalities if modalities is not None else used,
+                         **test_time)
         run = classifier.loaded_run()
-        used = classifier._used_modalities(run)
         expected = "embeddings" if run.model.capabilities().embeds_once else "samples"
         if meta["form"] != expected:
             raise RunError(
@@ -742,8 +757,8 @@ class FewShotClassifier(EstimatorParams):
         classifier.support_labels_ = tensors["labels"]
         classifier.support_ = EncodedSamples.from_tensors(
             tensors, meta["form"], meta["modalities"]).to(device)
-        classifier.run_, classifier.modalities_ = run, used
-        classifier.classes_ = meta["classes"]
+        classifier.run_, classifier.modalities_ = run, classifier._used_modalities(run)
+        classifier.classes_, classifier.test_time_ = meta["classes"], test_time
         return classifier
 
 

@@ -52,19 +52,20 @@ def dtype_fault(key: str, tensor: torch.Tensor) -> str | None:
 
 def write_support(directory: str | Path, tensors: dict[str, torch.Tensor], *,
                   classes: list[str], modalities: list[str], form: str, model: str,
-                  test_time: dict[str, Any]) -> None:
+                  test_time: dict[str, Any], used: list[str]) -> None:
     """Write ``support.safetensors`` (``tensors``: ``labels`` long ``[S]``, then ``z`` /
     ``present`` for embeddings or ``NAME.values`` / ``NAME.present`` / ``NAME.lengths`` per
     modality for samples) and ``support.json`` into ``directory``, each atomically;
     ``model`` is the SHA-256 of the weights that embedded them (`check_support_model`),
-    ``test_time`` the classifier's test-time settings (`TEST_TIME_KEYS`; None: the run's),
-    which embedded them too (``tta``) and which `read_support_meta` gives back."""
+    ``test_time`` the classifier's test-time settings (`TEST_TIME_KEYS`; None: the run's)
+    and ``used`` the modalities it used, which embedded them too and which `load` gives
+    back (`saved_test_time`; ``used`` checked by `read_support_meta`)."""
     directory = Path(directory)
     tensors = {key: tensor.contiguous().cpu() for key, tensor in tensors.items()}
     atomic_write(directory / SUPPORT_FILE, lambda tmp: save_file(tensors, str(tmp)))
     atomic_write_json(directory / SUPPORT_META, {
         "classes": classes, "modalities": modalities, "form": form, "model": model,
-        "test_time": test_time})
+        "test_time": test_time, "used": used})
 
 
 TEST_TIME_KEYS = (*(f.name for f in fields(TestTime)), "joint_transduction")
@@ -139,6 +140,11 @@ def read_support_meta(path: Path) -> dict:
             or len(set(modalities)) < len(modalities)):
         raise RunError("`modalities` must be a non-empty list of distinct modality names",
                        file=path, column="modalities", fix=fix)
+    used = meta.get("used", modalities)  # saved before it was kept: every one
+    if (not isinstance(used, list) or not used or not all(m in modalities for m in used)
+            or len(set(used)) < len(used)):
+        raise RunError("`used` must be a non-empty list of distinct names of `modalities`",
+                       file=path, column="used", fix=fix)
     if meta["form"] not in SUPPORT_FORMS:
         raise RunError(f"unknown form {meta['form']!r}", file=path, column="form", fix=fix)
     if "model" in meta and not (isinstance(meta["model"], str)

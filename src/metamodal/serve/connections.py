@@ -23,6 +23,10 @@ HEADER_TIMEOUT = 10.0
 """Seconds a connection has to send a request's headers (at most the request timeout): a
 client sends them at once."""
 
+MIN_BODY_RATE = 1024
+"""Bytes a second a request body must average once it has taken ``request_timeout``
+seconds: a trickle of a byte now and then would hold its connection for ever."""
+
 FULL_LOG_INTERVAL = 60.0
 """Seconds between two log lines saying that connections are being turned away."""
 
@@ -36,8 +40,10 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> type[H11Pr
 
     - a request's headers are due within `HEADER_TIMEOUT` seconds (or ``request_timeout``,
       if shorter) of the connection's opening or its last answer, and its body may fall
-      silent for at most ``request_timeout`` seconds at a time (a slow upload that keeps
-      sending goes on); otherwise the connection is answered 408 and closed;
+      silent for at most ``request_timeout`` seconds at a time and, once it has taken that
+      long, must average `MIN_BODY_RATE` (a slow upload that keeps sending goes on);
+      otherwise the connection is answered 408 and closed (one that has not begun a request
+      is closed without a word, as an idle keep-alive connection is);
     - a connection beyond ``max_connections`` open at once is answered 503 (with
       ``Retry-After``) and closed as it opens, and the server's log says so, at most once a
       minute.
@@ -49,6 +55,8 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> type[H11Pr
 
     class GuardedH11Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
+        _begun = False  # bytes of a request since the opening or the last answer
+        _body: tuple[float, int] | None = None  # (when the body began, its bytes so far)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -65,11 +73,22 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> type[H11Pr
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self._deadline is not None and self.conn.their_state is h11.SEND_BODY:
-                self._arm(request_timeout)  # the body streams in: only its silence counts
+            if self._deadline is None:  # turned away as it opened
+                return
+            self._begun = True
+            if self.conn.their_state is not h11.SEND_BODY:
+                return
+            now = time.monotonic()
+            began, size = self._body or (now, 0)
+            self._body = (began, size + len(data))
+            if now - began > request_timeout and self._body[1] < MIN_BODY_RATE * (now - began):
+                self._expire(trickle=True)
+            else:
+                self._arm(request_timeout)  # the body streams in: its silence counts
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            self._begun, self._body = False, None
             self._arm(headers_due)
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -82,14 +101,16 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> type[H11Pr
                 self._deadline.cancel()
             self._deadline = self.loop.call_later(seconds, self._expire)
 
-        def _expire(self) -> None:
+        def _expire(self, *, trickle: bool = False) -> None:
             if self.transport.is_closing() or self.conn.their_state not in _INCOMPLETE:
                 return
-            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no answer begun
-                _answer(self.transport, 408, "the request was not sent in time",
-                        "request-timeout", f"send the headers within {headers_due:g} s and "
-                        f"keep the body flowing (silent for at most {request_timeout:g} s)")
-            else:
+            if self._begun and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                _answer(self.transport, 408, "the request was not sent in time" + (
+                    f" (its body came slower than {MIN_BODY_RATE} bytes a second)"
+                    if trickle else ""), "request-timeout", f"send the headers within "
+                    f"{headers_due:g} s and keep the body flowing (silent for at most "
+                    f"{request_timeout:g} s, {MIN_BODY_RATE} bytes a second on average)")
+            else:  # nothing of a request yet (idle), or an answer begun
                 self.transport.close()
 
     return GuardedH11Protocol

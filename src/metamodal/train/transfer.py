@@ -193,9 +193,11 @@ def read_source(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
         raise RunError(f"--init-from: {error.message}", file=error.file, column=error.column,
                        fix=error.fix) from None
     if "ensemble" in document:  # its weights are its members' side by side, not one model's
+        sources = document["ensemble"].get("sources")
+        named = (": " + ", ".join(map(str, sources))) if isinstance(sources, list) else ""
         raise RunError("--init-from: the run is an ensemble, whose weights are several "
                        "models'", file=Path(run_dir) / CONFIG_FILE, column="ensemble",
-                       fix="start from one of the runs it combines (its members)")
+                       fix=f"start from one of the runs it was made of{named}")
     try:
         state = load_file(str(path))
     except (SafetensorError, RuntimeError, OSError) as error:

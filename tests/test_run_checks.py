@@ -20,7 +20,7 @@ from metamodal.classifier import FewShotClassifier
 from metamodal.cli import main
 from metamodal.config import TrainConfig, load_config
 from metamodal.datasets.synthetic import make_synthetic
-from metamodal.errors import ConfigError, ModalityError, RunError
+from metamodal.errors import ConfigError, ModalityError, OutputError, RunError
 from metamodal.runs.directory import load_run, load_run_data
 from metamodal.train.trainer import Trainer
 
@@ -469,3 +469,20 @@ def test_a_table_with_some_of_a_tabular_modality_s_columns_names_the_missing_one
     assert caught.value.file == str(some) and "leave a cell empty" in caught.value.fix
     rows[1]["air_temp_c"] = ""  # what the fix says: an empty cell is a missing value
     assert len(clf.predict(_write(tmp_path / "all.csv", rows))) == 4
+
+
+def test_a_checkpoint_that_cannot_be_written_is_an_output_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's writer reports a full disk or a file-size limit as a RuntimeError ("unexpected
+    pos"), which ended training in a bare traceback. It is an OutputError naming
+    checkpoint.pt, and no temporary file is left."""
+    from metamodal.train import checkpoint
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 25 vs 16")
+
+    monkeypatch.setattr(checkpoint.torch, "save", failing)
+    with pytest.raises(OutputError, match="cannot be written") as raised:
+        checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", {"step": 1})
+    assert raised.value.file == str(tmp_path / "checkpoint.pt")
+    assert list(tmp_path.iterdir()) == []

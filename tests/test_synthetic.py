@@ -438,3 +438,16 @@ def test_a_full_disk_is_an_output_error_and_leaves_nothing(tmp_path: Path,
     with pytest.raises(PermissionError):
         make_synthetic(tmp_path / "d", classes=15, per_class=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_naming_a_staged_file_names_it_in_the_output(tmp_path: Path) -> None:
+    """An importer's error about a file it was writing named the hidden staging folder,
+    removed by the time the message is read. It names the file in the output."""
+    from metamodal.datasets._output import staged_directory
+
+    with pytest.raises(OutputError) as raised:
+        with staged_directory(tmp_path / "out") as tmp:
+            raise OutputError("cannot write (File too large)", file=tmp / "images" / "a.png")
+    assert raised.value.file == str(tmp_path / "out" / "images" / "a.png")
+    assert str(tmp_path / "out" / "images" / "a.png") in str(raised.value)
+    assert list(tmp_path.iterdir()) == []

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from metamodal.data.table import TABLE_SUFFIXES
-from metamodal.errors import ConfigError, OutputError
+from metamodal.errors import ConfigError, LocatedError, OutputError
 from metamodal.io import followed, make_directory, publish_directory
 
 SCHEMA_NAME = "dataset.toml"
@@ -149,6 +149,13 @@ def staged_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
         raise OutputError(f"cannot be written ({err.strerror or err})", file=out,
                           fix="free space on its disk, or choose another output directory"
                           ) from None
+    except LocatedError as err:  # named in the staging folder, gone once it is read
+        shutil.rmtree(tmp, ignore_errors=True)
+        named, staging = Path(os.path.abspath(err.file or "/")), Path(os.path.abspath(tmp))
+        if err.file is not None and named.is_relative_to(staging):
+            err.file = str(out / named.relative_to(staging))
+            err.args = (str(err),)
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

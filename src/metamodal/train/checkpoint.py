@@ -52,8 +52,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write a training-state dict (model, optimiser, schedule, step, RNG...) atomically."""
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Write a training-state dict (model, optimiser, schedule, step, RNG...) atomically.
+
+    Raises:
+        OutputError: it cannot be written (a full disk, a file-size limit): torch's writer
+            reports a failed write as a RuntimeError.
+    """
+    def write(tmp: Path) -> None:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as error:
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else "failed"
+            raise OSError(f"the write failed, the disk full or a file-size limit reached? "
+                          f"({detail})") from None
+
+    return atomic_write(path, write)
 
 
 CHECKPOINT_KEYS = ("config", "model", "classifier", "optimizer", "schedule", "rng", "progress")

@@ -1955,3 +1955,8 @@ def test_a_state_embedded_with_another_tta_is_refused(runs: dict[str, Path],
     assert raised.value.column == "tta" and "--tta 4" in raised.value.fix
     with TestClient(create_app(runs["augmented"], state=tmp_path, eval_episodes=0, tta=4)) as c:
         assert len(c.get("/api/tasks").json()["tasks"]) == 1
+    with sqlite3.connect(tmp_path / DATABASE) as db:  # a damaged record is damage, no mismatch
+        db.execute("UPDATE meta SET value = 'abc' WHERE key = 'tta'")
+    with pytest.raises(RunError) as damaged_record:
+        create_app(runs["augmented"], state=tmp_path, eval_episodes=0, tta=4)
+    assert damaged_record.value.column == "meta.tta"

@@ -521,8 +521,8 @@ class FewShotClassifier(EstimatorParams):
                 f"samples: {self.why_incomparable(query, first)}; it would get even "
                 "probabilities, a guess", file=getattr(
                     dataset.table, "file", None), row=dataset.rows()[first],
-                fix="give the query a modality the support samples carry, or fit on support "
-                "samples that carry the query's")
+                fix="give the query a modality every class's support samples carry, or give "
+                "every class support samples with the query's")
         return self.decision_function_encoded(query)
 
     @torch.no_grad()

@@ -409,8 +409,8 @@ class Engine:
         key = samples[row].key
         raise ModalityError(f"{key} cannot be compared with the task's examples (the support "
                             f"samples): {fitted.why_incomparable(decoded, row)}", column=key,
-                            fix=f"give {key} a modality the examples carry, or add examples "
-                            "with the modalities it carries")
+                            fix=f"give {key} a modality every class's examples carry, or "
+                            "add examples of each class with the modalities it carries")
 
     def forget(self, task_id: str) -> None:
         """Drop the fitted classifier kept for a task (it was deleted)."""

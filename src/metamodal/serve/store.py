@@ -245,6 +245,11 @@ class TaskStore:
                 "the state holds tasks encoded by another model", file=self.path,
                 column="model",
                 fix="serve that model's run with this --state, or give another --state")
+        if made is not None and not (isinstance(made[0], str) and made[0].isdigit()):
+            raise RunError("the state's record of the tta its examples were embedded with "
+                           f"cannot be read back ({made[0]!r})", file=self.path,
+                           column="meta.tta", fix="give another --state, and move this one "
+                           "away (or restore it from a backup)")
         if tta is not None and made is not None and made[0] != str(tta):
             raise ConfigError(
                 f"the state's examples were embedded with tta = {made[0]}; this server's is "

@@ -65,7 +65,7 @@ def test_slow_and_surplus_connections_are_answered_and_closed_and_an_abort_is_no
             sock.close()
             return received
 
-        body = b"--zz\r\n" + b"x" * 4000
+        body = b"--zz\r\n" + b"x" * 8000
         head = (b"POST /api/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/"
                 b"form-data; boundary=zz\r\nContent-Length: %d\r\n\r\n" % (len(body) + 100))
         slow = [opened(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n"),
@@ -76,8 +76,8 @@ def test_slow_and_surplus_connections_are_answered_and_closed_and_an_abort_is_no
         for sock in slow:  # the headers, and then the body, not sent in time
             assert answer(sock).startswith(b"HTTP/1.1 408"), "a slow request was not answered"
         steady = opened(head)
-        for start in range(0, len(body), 400):  # 3 s in all at 1.3 kB/s, never silent for 2
-            steady.sendall(body[start:start + 400])
+        for start in range(0, len(body), 800):  # 3 s in all at 2.7 kB/s, never silent for 2
+            steady.sendall(body[start:start + 800])
             time.sleep(0.3)
         steady.sendall((b"\r\n--zz--" + b" " * 100)[:100])  # the 100 bytes declared past it
         assert not answer(steady).startswith(b"HTTP/1.1 408")  # answered, not timed out

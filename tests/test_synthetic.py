@@ -445,9 +445,8 @@ def test_an_error_naming_a_staged_file_names_it_in_the_output(tmp_path: Path) ->
     removed by the time the message is read. It names the file in the output."""
     from metamodal.datasets._output import staged_directory
 
-    with pytest.raises(OutputError) as raised:
-        with staged_directory(tmp_path / "out") as tmp:
-            raise OutputError("cannot write (File too large)", file=tmp / "images" / "a.png")
+    with pytest.raises(OutputError) as raised, staged_directory(tmp_path / "out") as tmp:
+        raise OutputError("cannot write (File too large)", file=tmp / "images" / "a.png")
     assert raised.value.file == str(tmp_path / "out" / "images" / "a.png")
     assert str(tmp_path / "out" / "images" / "a.png") in str(raised.value)
     assert list(tmp_path.iterdir()) == []

@@ -27,6 +27,7 @@ from metamodal.errors import (
 )
 from metamodal.estimator import EstimatorParams
 from metamodal.io import atomic_write, make_directory, sha256_file
+from metamodal.learners.base import class_modality_counts
 from metamodal.learners.embeddings import Embeddings
 from metamodal.model.ensemble import EnsembleModel, compares_per_modality
 from metamodal.model.test_time import settings_in_force
@@ -585,9 +586,8 @@ class FewShotClassifier(EstimatorParams):
     def _class_carries(self) -> torch.Tensor:
         """Bool ``[classes, M]`` over the support's modalities: whether some support sample of
         the class carries the modality."""
-        carried = self.support_.carried.float().cpu()  # [S, M]
-        return torch.zeros(len(self.classes_), carried.shape[1]).index_add_(
-            0, self.support_labels_.cpu(), carried) > 0
+        return class_modality_counts(self.support_.carried.cpu(), self.support_labels_.cpu(),
+                                     len(self.classes_)) > 0
 
     def _held(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Bool ``[M]`` each, over ``names``: the modalities some support sample carries, and

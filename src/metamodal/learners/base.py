@@ -281,10 +281,7 @@ class MetricLearner(Learner):
         have ``m``; ``valid[q, m]`` is True when query ``q`` has ``m`` and every class has a
         support sample with ``m`` (other rows are zeros, never to be read). The caller has
         checked ``support_labels`` (`check_support`)."""
-        # per_class[k, m]: support samples of class k that have modality m
-        has_modality = support.present.to(torch.long)
-        per_class = has_modality.new_zeros(ways, has_modality.shape[1])
-        per_class.index_add_(0, support_labels, has_modality)
+        per_class = class_modality_counts(support.present, support_labels, ways)
         usable = (per_class > 0).all(0).tolist()  # one transfer for every modality
         per_modality: list[Tensor] = []
         valid: list[Tensor] = []
@@ -389,6 +386,20 @@ def embed_pair(
     both = backbone(cat_batches([support, query]))
     first, second = both.split([n_support, len(both) - n_support])
     return first, second
+
+
+def class_modality_counts(present: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """Long ``[ways, M]``: how many support samples of each class carry each modality
+    (``present`` bool ``[S, M]``, ``labels`` long ``[S]``). Late fusion compares a modality
+    only where every class's count is above zero (`MetricLearner.late_logits`).
+
+    Example:
+        >>> present = torch.tensor([[True, False], [True, True]])
+        >>> class_modality_counts(present, torch.tensor([0, 1]), 2).tolist()
+        [[1, 0], [1, 1]]
+    """
+    has = present.to(torch.long)
+    return has.new_zeros(ways, has.shape[1]).index_add_(0, labels, has)
 
 
 def informative_support(

@@ -12,7 +12,11 @@ from torch import Tensor, nn
 from metamodal.data.batch import Episode
 from metamodal.errors import ConfigError
 from metamodal.fusion.late import LateFusion
-from metamodal.learners.base import EpisodeContext, LearnerCapabilities
+from metamodal.learners.base import (
+    EpisodeContext,
+    LearnerCapabilities,
+    class_modality_counts,
+)
 from metamodal.learners.embeddings import Embeddings
 from metamodal.learners.protonet import PrototypeRefinement, soft_assignment
 
@@ -34,7 +38,7 @@ def shown_any(modalities: Mapping[str, Any], size: int, device: torch.device | s
 def compares_per_modality(model: Any) -> bool:
     """Whether ``model`` (a `metamodal.model.FewShotModel`) compares each modality on its own,
     and a modality only where every class of the episode has a support sample carrying it: a
-    metric learner of late fusion (`metamodal.learners.base.EpisodicMetric.late_logits`). A
+    metric learner of late fusion (`metamodal.learners.base.MetricLearner.late_logits`). A
     query that carries no such modality gets no score from it at all."""
     fusion = getattr(getattr(model, "backbone", None), "fusion", None)
     return isinstance(fusion, LateFusion) and model.capabilities().embeds_once
@@ -51,15 +55,13 @@ def compared(member: Any, query: Mapping[str, Any], support: Mapping[str, Any],
     if not compares_per_modality(member):
         return shown_any(query, size, device) & bool(
             shown_any(support, len(support_labels), device).any())
-    seen = torch.zeros(size, dtype=torch.bool, device=device)
-    for name, column in query.items():
-        if name not in support:
-            continue
-        held = support[name].present.to(device=device, dtype=torch.float32)
-        if bool((torch.zeros(ways, device=device).index_add_(0, support_labels, held) > 0)
-                .all()):
-            seen |= column.present.to(device=device, dtype=torch.bool)
-    return seen
+    names = [name for name in query if name in support]
+    if not names:
+        return torch.zeros(size, dtype=torch.bool, device=device)
+    held = torch.stack([support[n].present.to(device, torch.bool) for n in names], 1)
+    every = (class_modality_counts(held, support_labels, ways) > 0).all(0)  # [M]
+    carried = torch.stack([query[n].present.to(device, torch.bool) for n in names], 1)
+    return (carried & every).any(1)
 
 
 def refines(member: Any) -> bool:

@@ -394,9 +394,9 @@ class Engine:
     def _require_comparable(self, fitted: FewShotClassifier, decoded: EncodedSamples,
                             samples: list[Sample]) -> None:
         """Refuse a query the model cannot compare with the task's examples
-        (`FewShotClassifier.comparable`: a late-fusion model needs a modality both carry, an
-        ensemble a member that can compare them): it would get even probabilities, a guess
-        shown as an answer.
+        (`FewShotClassifier.comparable`: a late-fusion model needs a modality that the query
+        and every class's examples carry, an ensemble a member that can compare them): it
+        would get even probabilities, a guess shown as an answer.
 
         Raises:
             ModalityError: naming the first such query and why

@@ -82,18 +82,20 @@ def damaged(column: str, reason: str, *, task_id: str | None = None,
 
 
 def label_fault(label: str) -> tuple[str, str] | None:
-    """What makes ``label`` no class name (what is wrong, and the fix), or None: it is blank,
-    longer than `MAX_LABEL`, only dots (``/classes/..`` would reach the task's own URL) or
-    holds a control character. Checked as a label comes in, and as it is read back.
+    """What makes ``label`` no class name (what is wrong, and the fix), or None: it is blank
+    or invisible, longer than `MAX_LABEL`, only dots (``/classes/..`` would reach the task's
+    own URL) or holds a control character. Checked as a label comes in, and as it is read
+    back.
 
     Example:
         >>> label_fault("finch"), label_fault("..")[1]
         (None, 'give the class a name with other characters')
     """
-    if not plain_spelling(label) or len(label) > MAX_LABEL:
+    plain = plain_spelling(label)
+    if not plain or len(label) > MAX_LABEL:
         return (f"must be a class name of 1 to {MAX_LABEL} characters, not all invisible",
                 "give each example a label")
-    if not plain_spelling(label).strip("."):
+    if not plain.strip("."):
         return ("is only dots, which a class's URL cannot hold",
                 "give the class a name with other characters")
     if has_control_characters(label):
